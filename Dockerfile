@@ -1,0 +1,21 @@
+# Build: docker build -t retaind .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations ./migrations
+RUN cargo build --release --locked --bin retaind
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home /var/lib/retaind --create-home retaind
+COPY --from=build /src/target/release/retaind /usr/local/bin/retaind
+USER retaind
+WORKDIR /var/lib/retaind
+# Inside a container the API must listen on all interfaces to be reachable through a port mapping.
+ENV RETAIND_HTTP_ADDR=0.0.0.0:8080 \
+    DATABASE_URL=sqlite:///var/lib/retaind/data/retaind.db
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s CMD curl -fsS http://127.0.0.1:8080/readyz || exit 1
+ENTRYPOINT ["retaind"]

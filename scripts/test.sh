@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite. Works on a fresh machine: finds or starts Postgres, creates a scratch
+# database for this run, builds retaind, runs the Rust tests (unit, store contract, HTTP
+# integration) and then the boto3 compatibility tests in a Python venv it creates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/postgres.sh
+
+db="retaind_test_$$"
+cleanup() {
+    drop_database "$db"
+    stop_scratch_postgres
+}
+trap cleanup EXIT
+
+ensure_postgres
+export RETAIND_TEST_DATABASE_URL; RETAIND_TEST_DATABASE_URL=$(create_scratch_database "$db")
+echo "test database: $RETAIND_TEST_DATABASE_URL"
+
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+venv=$target_dir/test-venv
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+cargo build --locked --bins
+cargo test --locked --all-targets
+
+export RETAIND_BIN="$target_dir/debug/retaind"
+"$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider

@@ -1,0 +1,102 @@
+//! The one place that knows AWS error names and HTTP statuses.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store;
+use crate::topic::TopicError;
+
+/// Every failure the HTTP API reports, named after the AWS IoT data-plane exception it becomes.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    UnknownOperation(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("the payload is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the service is unavailable; retry later")]
+    Unavailable(#[source] store::Error),
+    #[error("internal failure")]
+    Internal(#[source] store::Error),
+}
+
+/// The body of every error response, as the AWS SDKs parse it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person to read.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::InvalidRequest(msg.into())
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "InvalidRequestException"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFoundException"),
+            Self::UnknownOperation(_) => (StatusCode::NOT_FOUND, "UnknownOperationException"),
+            Self::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowedException")
+            }
+            Self::TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLargeException",
+            ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalFailureException",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, name) = self.parts();
+        if let Self::Unavailable(cause) | Self::Internal(cause) = &self {
+            // The cause goes to the log, never to the client.
+            tracing::error!(error = %cause, kind = name, "request failed");
+        }
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                message: self.to_string(),
+            }),
+        )
+            .into_response();
+        // botocore reads the exception name from this header (text before ':').
+        response
+            .headers_mut()
+            .insert("x-amzn-errortype", HeaderValue::from_static(name));
+        response
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(err: store::Error) -> Self {
+        match err {
+            store::Error::Unavailable(_) | store::Error::Closed => Self::Unavailable(err),
+            store::Error::Internal(_) | store::Error::Config(_) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<TopicError> for ApiError {
+    fn from(err: TopicError) -> Self {
+        Self::InvalidRequest(err.to_string())
+    }
+}

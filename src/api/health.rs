@@ -1,0 +1,34 @@
+//! Liveness and readiness probes.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiState, ErrorBody};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+/// The process is up and serving HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The store answers; a load balancer should send traffic here only while this is 200.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "ServiceUnavailableException: the store does not answer", body = ErrorBody),
+    )
+)]
+pub async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
+    state.store.ping().await?;
+    Ok(Json(Health { status: "ready" }))
+}

@@ -1,0 +1,89 @@
+//! The HTTP API: the AWS IoT data-plane operations for retained messages, health probes and
+//! the OpenAPI document with its browsable UI.
+//!
+//! Handlers translate between HTTP and the store; AWS error names live in [`error`] alone.
+//! This module must not reach into the database directly.
+
+mod error;
+mod health;
+mod mqtt5_headers;
+mod openapi;
+mod page_token;
+mod payload;
+mod publish;
+mod request_context;
+mod retained;
+mod topic_path;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::FromRef;
+use axum::http::{Method, Uri};
+use axum::middleware::from_fn;
+use axum::routing::{get, post};
+use payload::MaxPayload;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use error::{ApiError, ErrorBody};
+pub use openapi::spec;
+pub use page_token::PageTokens;
+pub use request_context::RequestId;
+use topic_path::TopicPath;
+
+use crate::store::Store;
+use crate::topic::TopicLimits;
+
+/// What every handler shares: a cheap `Clone` handle.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub tokens: PageTokens,
+    pub topic_limits: TopicLimits,
+    pub max_payload_bytes: usize,
+}
+
+impl FromRef<ApiState> for MaxPayload {
+    fn from_ref(state: &ApiState) -> Self {
+        MaxPayload(state.max_payload_bytes)
+    }
+}
+
+impl FromRef<ApiState> for TopicLimits {
+    fn from_ref(state: &ApiState) -> Self {
+        state.topic_limits
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/retainedMessage", get(retained::list))
+        .route("/retainedMessage/", get(empty_topic))
+        .route("/retainedMessage/{*topic}", get(retained::get))
+        .route("/topics/", post(empty_topic))
+        .route("/topics/{*topic}", post(publish::publish))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route_layer(from_fn(request_context::record_route))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec()))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(from_fn(request_context::request_context))
+        .with_state(state)
+}
+
+// The handlers below answer without needing the body, but read it anyway: see `payload::drain`.
+
+async fn empty_topic(body: Body) -> ApiError {
+    payload::drain(body).await;
+    crate::topic::TopicError::Empty.into()
+}
+
+async fn unknown_route(method: Method, uri: Uri, body: Body) -> ApiError {
+    payload::drain(body).await;
+    ApiError::UnknownOperation(format!("no operation at {method} {}", uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: Uri, body: Body) -> ApiError {
+    payload::drain(body).await;
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}

@@ -1,0 +1,30 @@
+//! The OpenAPI description, generated from the handlers' annotations.
+
+use utoipa::OpenApi;
+
+use super::{error, health, publish, retained};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "retaind",
+        description = "MQTT retained messages over HTTP, wire-compatible with the AWS IoT data plane \
+            (ListRetainedMessages, GetRetainedMessage, Publish). Errors carry the AWS exception name \
+            in the `x-amzn-ErrorType` header and every response carries `x-amzn-RequestId`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        retained::list,
+        retained::get,
+        publish::publish,
+        health::healthz,
+        health::readyz
+    ),
+    components(schemas(error::ErrorBody))
+)]
+pub struct ApiDoc;
+
+/// The document served at `/openapi.json` and committed as `openapi/openapi.json`.
+pub fn spec() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

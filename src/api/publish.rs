@@ -1,0 +1,205 @@
+//! Publish: `POST /topics/{topic}`. A retained publish is committed before the 200.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::mqtt5_headers::{self, CORRELATION_DATA, PAYLOAD_FORMAT, USER_PROPERTIES};
+use super::payload::Payload;
+use super::{ApiError, ApiState, ErrorBody, RequestId, TopicPath};
+use crate::store::{MessageProperties, PayloadFormat, Qos, RetainedMessage, Write};
+use crate::topic::{TopicLimits, TopicName};
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct PublishParams {
+    /// 0, 1 or 2 (default 0). AWS accepts 0 and 1; retaind's broker also serves 2.
+    #[param(value_type = Option<u8>, minimum = 0, maximum = 2)]
+    qos: Option<String>,
+    /// `true` stores the message as the topic's retained message; with an empty body it deletes it.
+    #[param(value_type = Option<bool>)]
+    retain: Option<String>,
+    /// MQTT 5 content type (a UTF-8 string, e.g. a MIME type).
+    content_type: Option<String>,
+    /// MQTT 5 response topic (a topic name, no wildcards).
+    response_topic: Option<String>,
+    /// MQTT 5 message expiry in seconds; 0 or absent means the message never expires.
+    #[param(value_type = Option<u32>, minimum = 0)]
+    message_expiry: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishResponse {
+    pub message: String,
+    /// The request id, also sent as `x-amzn-RequestId`.
+    pub trace_id: String,
+}
+
+/// A publish request with every field checked.
+#[derive(Debug)]
+struct Publish {
+    topic: TopicName,
+    payload: Bytes,
+    qos: Qos,
+    retain: bool,
+    properties: MessageProperties,
+    expiry_secs: Option<u32>,
+}
+
+impl Publish {
+    fn parse(
+        topic: TopicName,
+        params: PublishParams,
+        headers: &HeaderMap,
+        payload: Bytes,
+        limits: TopicLimits,
+    ) -> Result<Self, ApiError> {
+        let qos = match params.qos.as_deref() {
+            None => Qos::AtMostOnce,
+            Some(raw) => raw
+                .parse::<u8>()
+                .ok()
+                .and_then(Qos::from_u8)
+                .ok_or_else(|| ApiError::invalid("qos must be 0, 1 or 2"))?,
+        };
+        let retain = match params.retain.as_deref() {
+            None => false,
+            Some(raw) if raw.eq_ignore_ascii_case("true") => true,
+            Some(raw) if raw.eq_ignore_ascii_case("false") => false,
+            Some(_) => return Err(ApiError::invalid("retain must be true or false")),
+        };
+        let expiry_secs = match params.message_expiry.as_deref() {
+            None => None,
+            Some(raw) => match raw.parse::<u32>() {
+                Ok(0) => None,
+                Ok(secs) => Some(secs),
+                Err(_) => {
+                    return Err(ApiError::invalid(format!(
+                        "messageExpiry must be a whole number of seconds from 0 to {}",
+                        u32::MAX
+                    )));
+                }
+            },
+        };
+        let response_topic = params
+            .response_topic
+            .map(|raw| TopicName::parse(raw, limits))
+            .transpose()
+            .map_err(|e| ApiError::invalid(format!("responseTopic: {e}")))?;
+        let header = |name: &str| -> Result<Option<&str>, ApiError> {
+            headers
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .map_err(|_| ApiError::invalid(format!("{name} must be ASCII")))
+                })
+                .transpose()
+        };
+        let properties = MessageProperties {
+            user_properties: header(USER_PROPERTIES)?
+                .map(mqtt5_headers::user_properties)
+                .transpose()?
+                .unwrap_or_default(),
+            payload_format: header(PAYLOAD_FORMAT)?
+                .map(mqtt5_headers::payload_format)
+                .transpose()?
+                .unwrap_or_default(),
+            correlation_data: header(CORRELATION_DATA)?
+                .map(mqtt5_headers::correlation_data)
+                .transpose()?,
+            content_type: params.content_type,
+            response_topic,
+        };
+        if properties.payload_format == PayloadFormat::Utf8
+            && std::str::from_utf8(&payload).is_err()
+        {
+            // MQTT 5 receivers may reject such a message (0x99); refuse it here, at the source.
+            return Err(ApiError::invalid(
+                "payload is declared UTF8_DATA but is not valid UTF-8",
+            ));
+        }
+        if retain && topic.is_reserved() {
+            return Err(ApiError::invalid(
+                "retained messages cannot be stored on topics that start with '$'",
+            ));
+        }
+        Ok(Self {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            expiry_secs,
+        })
+    }
+
+    /// The change this publish makes to the retained store, if any. Only a 0-byte body deletes.
+    fn retained_write(self, now_ms: i64) -> Option<Write> {
+        if !self.retain {
+            return None;
+        }
+        if self.payload.is_empty() {
+            return Some(Write::Delete(self.topic));
+        }
+        Some(Write::Put(RetainedMessage {
+            topic: self.topic,
+            payload: self.payload,
+            qos: self.qos,
+            properties: self.properties,
+            expires_at_ms: self.expiry_secs.map(|s| now_ms + i64::from(s) * 1000),
+            last_modified_ms: now_ms,
+            last_accessed_ms: now_ms,
+        }))
+    }
+}
+
+/// Publishes a message to a topic; with `retain=true` it becomes (or, empty, removes) the
+/// topic's retained message, durably, before the response.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}",
+    operation_id = "Publish",
+    tag = "publish",
+    params(
+        ("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too"),
+        PublishParams,
+        ("x-amz-mqtt5-user-properties" = Option<String>, Header, description = "Base64 of a JSON array of single-key objects, e.g. `[{\"deviceName\":\"alpha\"}]`"),
+        ("x-amz-mqtt5-payload-format-indicator" = Option<String>, Header, description = "`UNSPECIFIED_BYTES` or `UTF8_DATA`"),
+        ("x-amz-mqtt5-correlation-data" = Option<String>, Header, description = "Base64 of the correlation data"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The payload bytes; empty with retain=true deletes the retained message"),
+    responses(
+        (status = 200, body = PublishResponse),
+        (status = 400, description = "InvalidRequestException: invalid topic, parameter or header", body = ErrorBody),
+        (status = 413, description = "RequestEntityTooLargeException: payload over the configured limit", body = ErrorBody),
+        (status = 503, description = "ServiceUnavailableException: the store did not answer; the publish may or may not have been stored", body = ErrorBody),
+    )
+)]
+pub async fn publish(
+    State(state): State<ApiState>,
+    Extension(request_id): Extension<RequestId>,
+    topic: Result<TopicPath, ApiError>,
+    params: Result<Query<PublishParams>, QueryRejection>,
+    headers: HeaderMap,
+    Payload(payload): Payload,
+) -> Result<Json<PublishResponse>, ApiError> {
+    // Everything is checked only once the body has been read: an answer sent while the client
+    // is still sending would make the server drop the connection under the client's next
+    // request (boto3 reuses connections).
+    let TopicPath(topic) = topic?;
+    let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let publish = Publish::parse(topic, params, &headers, payload, state.topic_limits)?;
+    if let Some(write) = publish.retained_write(state.store.clock().now_ms()) {
+        state.store.write(write).await?;
+    }
+    Ok(Json(PublishResponse {
+        message: "OK".into(),
+        trace_id: request_id.0.to_string(),
+    }))
+}

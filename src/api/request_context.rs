@@ -1,0 +1,52 @@
+//! Request ids and the access log: every response carries `x-amzn-RequestId`, and every
+//! request produces one log line with method, route, status, latency and that id.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// The id of the request being served; also the `traceId` Publish answers with.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// The route template that served a response (`/topics/{*topic}`), so logs group requests by
+/// route rather than by topic.
+#[derive(Clone)]
+struct Route(Arc<str>);
+
+/// Runs around every request, matched or not.
+pub async fn request_context(mut req: Request, next: Next) -> Response {
+    let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+    let method = req.method().clone();
+    let started = Instant::now();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = next.run(req).await;
+    res.headers_mut().insert(
+        "x-amzn-requestid",
+        HeaderValue::from_str(&id).expect("a UUID is a valid header value"),
+    );
+    let route = res
+        .extensions()
+        .get::<Route>()
+        .map_or("(unmatched)", |r| &r.0);
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        route,
+        status = res.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    res
+}
+
+/// Runs inside matched routes only, where axum knows the route template.
+pub async fn record_route(matched: MatchedPath, req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    res.extensions_mut().insert(Route(matched.as_str().into()));
+    res
+}

@@ -1,0 +1,178 @@
+//! ListRetainedMessages and GetRetainedMessage.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, ApiState, ErrorBody, TopicPath};
+use crate::store::{RetainedMessage, RetainedSummary, UserProperty};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 200;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    max_results: Option<String>,
+    /// The `nextToken` of the previous page.
+    next_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListRetainedMessagesResponse {
+    /// Retained messages in byte order of topic, without payloads.
+    pub retained_topics: Vec<RetainedMessageSummary>,
+    /// Present when more topics follow; pass it back to get the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetainedMessageSummary {
+    pub topic: String,
+    /// Payload size in bytes.
+    pub payload_size: i64,
+    pub qos: u8,
+    /// Epoch milliseconds of the last update.
+    pub last_modified_time: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GetRetainedMessageResponse {
+    pub topic: String,
+    /// The payload, base64-encoded.
+    #[schema(format = Byte)]
+    pub payload: String,
+    pub qos: u8,
+    /// Epoch milliseconds of the last update.
+    pub last_modified_time: i64,
+    /// Base64 of a JSON array of single-key objects, e.g. `[{"deviceName":"alpha"}]`; absent
+    /// when the message has no user properties.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub user_properties: Option<String>,
+}
+
+/// Lists retained messages, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/retainedMessage",
+    operation_id = "ListRetainedMessages",
+    tag = "retained messages",
+    params(ListParams),
+    responses(
+        (status = 200, body = ListRetainedMessagesResponse),
+        (status = 400, description = "InvalidRequestException: bad maxResults or a nextToken this service did not issue", body = ErrorBody),
+        (status = 503, description = "ServiceUnavailableException", body = ErrorBody),
+    )
+)]
+pub async fn list(
+    State(state): State<ApiState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<ListRetainedMessagesResponse>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let page_size = match params.max_results.as_deref() {
+        None => DEFAULT_PAGE_SIZE,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "maxResults must be an integer from 1 to {MAX_PAGE_SIZE}"
+                ))
+            })?,
+    };
+    let after = match params.next_token.as_deref() {
+        None | Some("") => None,
+        Some(token) => Some(
+            state
+                .tokens
+                .redeem(token)
+                .ok_or_else(|| ApiError::invalid("nextToken was not issued by this service"))?,
+        ),
+    };
+    // One extra row tells whether another page follows without a second query.
+    let mut page = state.store.list(after.as_ref(), page_size + 1).await?;
+    let next_token = if page.len() > page_size as usize {
+        page.truncate(page_size as usize);
+        page.last().map(|last| state.tokens.issue(&last.topic))
+    } else {
+        None
+    };
+    Ok(Json(ListRetainedMessagesResponse {
+        retained_topics: page.into_iter().map(RetainedMessageSummary::from).collect(),
+        next_token,
+    }))
+}
+
+/// Gets the retained message of one topic, payload included.
+#[utoipa::path(
+    get,
+    path = "/retainedMessage/{topic}",
+    operation_id = "GetRetainedMessage",
+    tag = "retained messages",
+    params(("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too")),
+    responses(
+        (status = 200, body = GetRetainedMessageResponse),
+        (status = 400, description = "InvalidRequestException: not a valid topic name", body = ErrorBody),
+        (status = 404, description = "ResourceNotFoundException: no retained message on this topic", body = ErrorBody),
+        (status = 503, description = "ServiceUnavailableException", body = ErrorBody),
+    )
+)]
+pub async fn get(
+    State(state): State<ApiState>,
+    TopicPath(topic): TopicPath,
+) -> Result<Json<GetRetainedMessageResponse>, ApiError> {
+    match state.store.get(topic.clone()).await? {
+        Some(msg) => Ok(Json(msg.into())),
+        None => Err(ApiError::NotFound(format!(
+            "no retained message on topic {topic}"
+        ))),
+    }
+}
+
+impl From<RetainedSummary> for RetainedMessageSummary {
+    fn from(s: RetainedSummary) -> Self {
+        Self {
+            topic: s.topic.to_string(),
+            payload_size: s.payload_size,
+            qos: s.qos.as_u8(),
+            last_modified_time: s.last_modified_ms,
+        }
+    }
+}
+
+impl From<RetainedMessage> for GetRetainedMessageResponse {
+    fn from(m: RetainedMessage) -> Self {
+        Self {
+            payload: STANDARD.encode(&m.payload),
+            qos: m.qos.as_u8(),
+            last_modified_time: m.last_modified_ms,
+            user_properties: aws_user_properties(&m.properties.user_properties),
+            topic: m.topic.to_string(),
+        }
+    }
+}
+
+/// AWS's wire form: base64 of `[{"key":"value"}, ...]`, one object per property.
+fn aws_user_properties(props: &[UserProperty]) -> Option<String> {
+    if props.is_empty() {
+        return None;
+    }
+    let objects: Vec<serde_json::Value> = props
+        .iter()
+        .map(|p| serde_json::json!({ p.key.as_str(): p.value.as_str() }))
+        .collect();
+    Some(STANDARD.encode(serde_json::to_vec(&objects).expect("JSON values always serialize")))
+}

@@ -1,0 +1,88 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// retaind: MQTT retained messages as a service, with an AWS IoT data-plane compatible HTTP API.
+///
+/// Run without a subcommand to serve.
+#[derive(Debug, Parser)]
+#[command(name = "retaind", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the OpenAPI document (or write it to a file).
+    Openapi {
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Everything `retaind` needs to serve; each flag can also come from the environment.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address for the HTTP API (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "RETAIND_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Address for MQTT. Reserved: the MQTT listener arrives with the broker.
+    #[arg(long, env = "RETAIND_MQTT_ADDR", default_value = "127.0.0.1:1883")]
+    pub mqtt_addr: SocketAddr,
+
+    /// Where retained messages live: sqlite://PATH (file created if missing) or postgres://...
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/retaind.db")]
+    pub database_url: String,
+
+    /// Largest accepted payload in bytes; larger publishes get 413.
+    #[arg(long, env = "RETAIND_MAX_PAYLOAD_BYTES", default_value_t = 128 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Longest accepted topic in UTF-8 bytes.
+    #[arg(long, env = "RETAIND_MAX_TOPIC_BYTES", default_value_t = 256)]
+    pub max_topic_bytes: usize,
+
+    /// Most levels ('/'-separated parts) in a topic.
+    #[arg(long, env = "RETAIND_MAX_TOPIC_LEVELS", default_value_t = 8)]
+    pub max_topic_levels: usize,
+
+    /// Delete a retained message neither updated nor read for this long (e.g. 3years, 90days).
+    #[arg(long, env = "RETAIND_RETENTION", default_value = "3years", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
+    /// How often expired and idle messages are purged.
+    #[arg(long, env = "RETAIND_MAINTENANCE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub maintenance_interval: Duration,
+
+    /// Most connections to the database.
+    #[arg(long, env = "RETAIND_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long any database call may take before the request fails with 503.
+    #[arg(long, env = "RETAIND_STORE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub store_timeout: Duration,
+
+    /// Log line format. The level comes from RUST_LOG (default: info).
+    #[arg(long, env = "RETAIND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl ServeConfig {
+    /// The defaults, as `retaind` with no flags and no environment would use them.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["retaind"]).serve
+    }
+}

@@ -1,0 +1,9 @@
+//! retaind: MQTT retained messages as a service, with an AWS IoT data-plane compatible HTTP API.
+//!
+//! Layers, each importing only those above it in this list: `topic` (pure names and rules),
+//! `store` (persistence), `api` (HTTP), `app` (configuration and wiring).
+
+pub mod api;
+pub mod app;
+pub mod store;
+pub mod topic;

@@ -1,0 +1,66 @@
+use anyhow::Context;
+use clap::Parser;
+use retaind::app::{self, Cli, Command, LogFormat, ServeConfig};
+use retaind::store::Clock;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Openapi { output }) => write_openapi(output),
+        None => serve(cli.serve).await,
+    }
+}
+
+fn write_openapi(output: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let json = retaind::api::spec().to_pretty_json()? + "\n";
+    match output {
+        Some(path) => {
+            std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
+        }
+        None => {
+            print!("{json}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let running = app::start(&config, Clock::System).await?;
+    // Printed on stdout, not logged: scripts (and the compatibility tests) read the bound port here.
+    println!("retaind: HTTP API on http://{}", running.http_addr);
+    println!("retaind: store {}", app::redact_url(&config.database_url));
+    tracing::info!(
+        http = %running.http_addr,
+        mqtt = %config.mqtt_addr,
+        "serving; the MQTT listener is not available yet (--mqtt-addr is reserved for the broker)"
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

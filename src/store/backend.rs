@@ -1,0 +1,47 @@
+use async_trait::async_trait;
+
+use super::{Error, RetainedMessage, RetainedSummary, Write};
+use crate::topic::TopicName;
+
+/// A database that keeps retained messages. Every method is one round of work against the
+/// database; batching, deadlines and caching belong to [`super::Store`], not here.
+///
+/// Times are passed in (epoch ms) rather than read from the database's clock, so that every
+/// node and every backend agree on "now" as the service sees it, and tests can move time.
+#[async_trait]
+pub trait RetainedStore: Send + Sync + 'static {
+    /// Applies writes atomically: all of them or none. When several writes name the same topic
+    /// the last one wins, exactly as if they had been applied one after another.
+    async fn apply(&self, writes: &[Write]) -> Result<(), Error>;
+
+    /// The unexpired messages among `topics` (in no particular order; missing ones are absent).
+    async fn get_many(
+        &self,
+        topics: &[TopicName],
+        now_ms: i64,
+    ) -> Result<Vec<RetainedMessage>, Error>;
+
+    /// Up to `limit` unexpired messages with topics strictly after `after`, in byte order of topic.
+    async fn list(
+        &self,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedSummary>, Error>;
+
+    /// Records that `topics` were read at `now_ms` (never moves a time backwards).
+    async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error>;
+
+    /// Deletes up to `limit` messages whose expiry is at or before `now_ms`; returns how many.
+    async fn purge_expired(&self, now_ms: i64, limit: u32) -> Result<u64, Error>;
+
+    /// Deletes up to `limit` messages neither updated nor read since `cutoff_ms`; returns how many.
+    async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error>;
+
+    /// The secret that signs pagination tokens. Created once per database, so every node that
+    /// shares the database accepts the tokens of the others.
+    async fn token_key(&self, candidate: &[u8]) -> Result<Vec<u8>, Error>;
+
+    /// A cheap query that succeeds only when the database answers.
+    async fn ping(&self) -> Result<(), Error>;
+}

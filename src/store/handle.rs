@@ -1,0 +1,258 @@
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::coalesce::{CoalesceLimits, Coalescer};
+use super::{Clock, Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
+use crate::topic::TopicName;
+
+/// Tuning for a [`Store`] handle.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Deadline for any one database call; past it the caller gets [`Error::Unavailable`].
+    pub timeout: Duration,
+    /// Point-read batches in flight at once (each holds one database connection).
+    pub read_concurrency: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            read_concurrency: 8,
+        }
+    }
+}
+
+/// Writes in one group commit at most. Large enough to amortise the commit, small enough that
+/// one batch's statement stays well within a single round trip.
+const MAX_WRITE_BATCH: usize = 512;
+const MAX_READ_BATCH: usize = 256;
+const QUEUE: usize = 4096;
+
+/// Reads are recorded for the retention rule only when the stored access time is older than
+/// this. Retention is measured in years, so an hour of imprecision costs nothing and saves a
+/// write per read.
+const TOUCH_GRANULARITY_MS: i64 = 60 * 60 * 1000;
+/// Most distinct topics remembered between two flushes; beyond it reads go unrecorded until
+/// the next flush, which only delays (never loses) the refresh of a topic that is read again.
+const MAX_PENDING_TOUCHES: usize = 100_000;
+/// Rows deleted per purge statement, so a large purge never holds long locks.
+const PURGE_BATCH: u32 = 1000;
+
+type WriteResult = Result<(), Error>;
+type ReadResult = Result<Option<RetainedMessage>, Error>;
+
+/// The service's handle on retained-message storage: cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn RetainedStore>,
+    writes: Coalescer<Write, WriteResult>,
+    reads: Coalescer<TopicName, ReadResult>,
+    touched: Mutex<HashSet<TopicName>>,
+    clock: Clock,
+    timeout: Duration,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub touched: usize,
+    pub expired: u64,
+    pub idle: u64,
+}
+
+impl Store {
+    /// Wraps a backend. Must be called inside a Tokio runtime: it starts the batching workers,
+    /// which stop by themselves when the last clone of the handle is dropped.
+    pub fn new(backend: Arc<dyn RetainedStore>, clock: Clock, options: StoreOptions) -> Self {
+        let timeout = options.timeout;
+        let writes = {
+            let backend = backend.clone();
+            // One batch in flight: batches commit in arrival order, so the last publish to a
+            // topic is the one that stays.
+            let limits = CoalesceLimits {
+                queue: QUEUE,
+                max_batch: MAX_WRITE_BATCH,
+                concurrency: 1,
+            };
+            Coalescer::spawn(limits, move |writes: Vec<Write>| {
+                let backend = backend.clone();
+                async move {
+                    let result = deadline(timeout, backend.apply(&writes)).await;
+                    vec![result; writes.len()]
+                }
+            })
+        };
+        let reads = {
+            let (backend, clock) = (backend.clone(), clock.clone());
+            let limits = CoalesceLimits {
+                queue: QUEUE,
+                max_batch: MAX_READ_BATCH,
+                concurrency: options.read_concurrency.max(1),
+            };
+            Coalescer::spawn(limits, move |topics: Vec<TopicName>| {
+                let (backend, now) = (backend.clone(), clock.now_ms());
+                async move { read_batch(&*backend, topics, now, timeout).await }
+            })
+        };
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                writes,
+                reads,
+                touched: Mutex::new(HashSet::new()),
+                clock,
+                timeout,
+            }),
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// Stores or deletes one retained message; returns once the change is committed.
+    ///
+    /// The deadline covers the wait in the queue too. A caller that times out gets
+    /// [`Error::Unavailable`] while its write may still commit: the outcome is unknown, as with
+    /// any timeout, and retrying a retained write is harmless.
+    pub async fn write(&self, write: Write) -> Result<(), Error> {
+        let call = async {
+            self.inner
+                .writes
+                .call(write)
+                .await
+                .unwrap_or(Err(Error::Closed))
+        };
+        deadline(self.inner.timeout, call).await
+    }
+
+    /// The unexpired retained message for `topic`, if any. Counts as a read for retention.
+    pub async fn get(&self, topic: TopicName) -> Result<Option<RetainedMessage>, Error> {
+        let call = async {
+            self.inner
+                .reads
+                .call(topic)
+                .await
+                .unwrap_or(Err(Error::Closed))
+        };
+        let found = deadline(self.inner.timeout, call).await?;
+        if let Some(msg) = &found {
+            self.note_read(msg);
+        }
+        Ok(found)
+    }
+
+    /// One page of unexpired messages after `after`, in byte order of topic.
+    pub async fn list(
+        &self,
+        after: Option<&TopicName>,
+        limit: u32,
+    ) -> Result<Vec<RetainedSummary>, Error> {
+        let now = self.inner.clock.now_ms();
+        deadline(
+            self.inner.timeout,
+            self.inner.backend.list(after, limit, now),
+        )
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        deadline(self.inner.timeout, self.inner.backend.ping()).await
+    }
+
+    /// The key that signs pagination tokens, shared by every node on the same database.
+    pub async fn token_key(&self) -> Result<Vec<u8>, Error> {
+        let candidate = *uuid::Uuid::new_v4().as_bytes();
+        let candidate = [candidate, *uuid::Uuid::new_v4().as_bytes()].concat();
+        deadline(self.inner.timeout, self.inner.backend.token_key(&candidate)).await
+    }
+
+    /// Records pending reads, then deletes expired messages and those idle for `retention`.
+    /// Purges run in bounded batches until none is left, so requests keep flowing meanwhile.
+    pub async fn maintain(&self, retention: Duration) -> Result<MaintenanceReport, Error> {
+        let timeout = self.inner.timeout;
+        let backend = &self.inner.backend;
+        let now = self.inner.clock.now_ms();
+        let touched: Vec<TopicName> = std::mem::take(&mut *self.touched()).into_iter().collect();
+        let mut report = MaintenanceReport {
+            touched: touched.len(),
+            ..Default::default()
+        };
+        if !touched.is_empty() {
+            deadline(timeout, backend.touch(&touched, now)).await?;
+        }
+        loop {
+            let n = deadline(timeout, backend.purge_expired(now, PURGE_BATCH)).await?;
+            report.expired += n;
+            if n < u64::from(PURGE_BATCH) {
+                break;
+            }
+        }
+        let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        loop {
+            let n = deadline(timeout, backend.purge_idle(cutoff, PURGE_BATCH)).await?;
+            report.idle += n;
+            if n < u64::from(PURGE_BATCH) {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    fn note_read(&self, msg: &RetainedMessage) {
+        if self.inner.clock.now_ms() - msg.last_accessed_ms < TOUCH_GRANULARITY_MS {
+            return;
+        }
+        let mut touched = self.touched();
+        if touched.len() < MAX_PENDING_TOUCHES {
+            touched.insert(msg.topic.clone());
+        }
+    }
+
+    fn touched(&self) -> std::sync::MutexGuard<'_, HashSet<TopicName>> {
+        // The set is only ever inserted into or taken whole; a panic cannot leave it half-made.
+        self.inner
+            .touched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn deadline<T>(
+    timeout: Duration,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(Error::timed_out()))
+}
+
+async fn read_batch(
+    backend: &dyn RetainedStore,
+    topics: Vec<TopicName>,
+    now_ms: i64,
+    timeout: Duration,
+) -> Vec<ReadResult> {
+    let unique: Vec<TopicName> = {
+        let mut seen = HashSet::with_capacity(topics.len());
+        topics.iter().filter(|t| seen.insert(*t)).cloned().collect()
+    };
+    match deadline(timeout, backend.get_many(&unique, now_ms)).await {
+        Ok(found) => {
+            let by_topic: HashMap<TopicName, RetainedMessage> =
+                found.into_iter().map(|m| (m.topic.clone(), m)).collect();
+            topics
+                .iter()
+                .map(|t| Ok(by_topic.get(t).cloned()))
+                .collect()
+        }
+        Err(e) => vec![Err(e); topics.len()],
+    }
+}

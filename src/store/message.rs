@@ -1,0 +1,92 @@
+use bytes::Bytes;
+
+use crate::topic::TopicName;
+
+/// MQTT quality of service. Stored with a retained message and capped by each subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Qos {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl Qos {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::AtMostOnce),
+            1 => Some(Self::AtLeastOnce),
+            2 => Some(Self::ExactlyOnce),
+            _ => None,
+        }
+    }
+
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+/// MQTT 5 Payload Format Indicator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum PayloadFormat {
+    #[default]
+    Unspecified = 0,
+    Utf8 = 1,
+}
+
+/// One MQTT 5 user property. Order and duplicate keys are significant, so these live in a Vec.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserProperty {
+    pub key: String,
+    pub value: String,
+}
+
+/// The MQTT 5 properties a retained message carries to its future subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageProperties {
+    pub user_properties: Vec<UserProperty>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<TopicName>,
+    pub correlation_data: Option<Bytes>,
+    pub payload_format: PayloadFormat,
+}
+
+/// A retained message as stored: one per topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedMessage {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub properties: MessageProperties,
+    /// When the MQTT 5 Message Expiry Interval runs out (epoch ms); `None` never expires.
+    pub expires_at_ms: Option<i64>,
+    pub last_modified_ms: i64,
+    /// The later of the last update and the last recorded read; drives the retention purge.
+    pub last_accessed_ms: i64,
+}
+
+/// What a listing shows of a message: everything but the payload and properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedSummary {
+    pub topic: TopicName,
+    pub payload_size: i64,
+    pub qos: Qos,
+    pub last_modified_ms: i64,
+}
+
+/// One change to the store. A batch of these is applied atomically, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(RetainedMessage),
+    Delete(TopicName),
+}
+
+impl Write {
+    pub fn topic(&self) -> &TopicName {
+        match self {
+            Self::Put(msg) => &msg.topic,
+            Self::Delete(topic) => topic,
+        }
+    }
+}

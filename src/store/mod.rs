@@ -1,0 +1,30 @@
+//! The retained-message store: the only door to persistence.
+//!
+//! [`RetainedStore`] is the backend trait, implemented for Postgres (production) and SQLite (the
+//! zero-setup default); both pass the same contract suite in `tests/store_contract.rs`.
+//! [`Store`] is the cheap `Clone` handle the rest of the service uses. It adds what a backend
+//! should not have to know about: group commit of writes, coalescing of point reads, lazy
+//! recording of reads for the retention rule, and a deadline on every call so a store that
+//! stops answering becomes an error instead of a hang.
+//!
+//! This module knows nothing about HTTP or MQTT sessions.
+
+mod backend;
+mod clock;
+mod coalesce;
+mod error;
+mod handle;
+mod message;
+mod open;
+mod postgres;
+mod row;
+mod sqlite;
+
+pub use backend::RetainedStore;
+pub use clock::Clock;
+pub use error::Error;
+pub use handle::{MaintenanceReport, Store, StoreOptions};
+pub use message::{
+    MessageProperties, PayloadFormat, Qos, RetainedMessage, RetainedSummary, UserProperty, Write,
+};
+pub use open::open_backend;

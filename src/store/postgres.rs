@@ -1,0 +1,215 @@
+//! Postgres backend: the production store. Every batch is one statement, so one round trip and
+//! one commit however many messages it carries.
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+
+use super::row::{
+    MessageRow, SummaryRow, encode_user_properties, last_write_per_topic, message_columns,
+};
+use super::{Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
+use crate::topic::TopicName;
+
+pub(super) struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub(super) async fn migrate(pool: PgPool) -> Result<Self, Error> {
+        // sqlx takes an advisory lock, so nodes starting together migrate once.
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+/// Deletes and upserts in one statement. The writes were reduced to one per topic beforehand,
+/// so the two parts never touch the same row.
+const APPLY: &str = "
+WITH deleted AS (
+    DELETE FROM retained_messages WHERE topic = ANY($12::text[])
+)
+INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
+    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms)
+SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
+    $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[])
+ON CONFLICT (topic) DO UPDATE SET
+    payload = EXCLUDED.payload, qos = EXCLUDED.qos, user_properties = EXCLUDED.user_properties,
+    content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
+    correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
+    expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
+    last_accessed_ms = EXCLUDED.last_accessed_ms";
+
+#[derive(Default)]
+struct Columns<'a> {
+    topic: Vec<&'a str>,
+    payload: Vec<&'a [u8]>,
+    qos: Vec<i16>,
+    user_properties: Vec<Option<String>>,
+    content_type: Vec<Option<&'a str>>,
+    response_topic: Vec<Option<&'a str>>,
+    correlation_data: Vec<Option<&'a [u8]>>,
+    payload_format: Vec<i16>,
+    expires_at_ms: Vec<Option<i64>>,
+    last_modified_ms: Vec<i64>,
+    last_accessed_ms: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, m: &'a RetainedMessage) {
+        let p = &m.properties;
+        self.topic.push(m.topic.as_str());
+        self.payload.push(&m.payload);
+        self.qos.push(i16::from(m.qos.as_u8()));
+        self.user_properties
+            .push(encode_user_properties(&p.user_properties));
+        self.content_type.push(p.content_type.as_deref());
+        self.response_topic
+            .push(p.response_topic.as_ref().map(TopicName::as_str));
+        self.correlation_data.push(p.correlation_data.as_deref());
+        self.payload_format.push(i16::from(p.payload_format as u8));
+        self.expires_at_ms.push(m.expires_at_ms);
+        self.last_modified_ms.push(m.last_modified_ms);
+        self.last_accessed_ms.push(m.last_accessed_ms);
+    }
+}
+
+#[async_trait]
+impl RetainedStore for PostgresStore {
+    async fn apply(&self, writes: &[Write]) -> Result<(), Error> {
+        let mut cols = Columns::default();
+        let mut deletes: Vec<&str> = Vec::new();
+        for w in last_write_per_topic(writes) {
+            match w {
+                Write::Put(m) => cols.push(m),
+                Write::Delete(topic) => deletes.push(topic.as_str()),
+            }
+        }
+        sqlx::query(APPLY)
+            .bind(cols.topic)
+            .bind(cols.payload)
+            .bind(cols.qos)
+            .bind(cols.user_properties)
+            .bind(cols.content_type)
+            .bind(cols.response_topic)
+            .bind(cols.correlation_data)
+            .bind(cols.payload_format)
+            .bind(cols.expires_at_ms)
+            .bind(cols.last_modified_ms)
+            .bind(cols.last_accessed_ms)
+            .bind(deletes)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_many(
+        &self,
+        topics: &[TopicName],
+        now_ms: i64,
+    ) -> Result<Vec<RetainedMessage>, Error> {
+        let names: Vec<&str> = topics.iter().map(TopicName::as_str).collect();
+        let rows: Vec<MessageRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM retained_messages
+             WHERE topic = ANY($1::text[]) AND (expires_at_ms IS NULL OR expires_at_ms > $2)"
+        ))
+        .bind(names)
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(RetainedMessage::try_from).collect()
+    }
+
+    async fn list(
+        &self,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedSummary>, Error> {
+        // Two statements rather than `$1 IS NULL OR topic > $1`, which hides the index from
+        // Postgres' generic plan.
+        let rows: Vec<SummaryRow> = match after {
+            None => sqlx::query_as(
+                "SELECT topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms
+                 FROM retained_messages
+                 WHERE expires_at_ms IS NULL OR expires_at_ms > $1
+                 ORDER BY topic LIMIT $2",
+            )
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?,
+            Some(after) => sqlx::query_as(
+                "SELECT topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms
+                 FROM retained_messages
+                 WHERE topic > $3 AND (expires_at_ms IS NULL OR expires_at_ms > $1)
+                 ORDER BY topic LIMIT $2",
+            )
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .bind(after.as_str())
+            .fetch_all(&self.pool)
+            .await?,
+        };
+        rows.into_iter().map(RetainedSummary::try_from).collect()
+    }
+
+    async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {
+        let names: Vec<&str> = topics.iter().map(TopicName::as_str).collect();
+        sqlx::query(
+            "UPDATE retained_messages SET last_accessed_ms = $2
+             WHERE topic = ANY($1::text[]) AND last_accessed_ms < $2",
+        )
+        .bind(names)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now_ms: i64, limit: u32) -> Result<u64, Error> {
+        // The outer condition is repeated so that a row updated after the inner scan is
+        // re-checked against its new version rather than deleted on the strength of the old one.
+        let done = sqlx::query(
+            "DELETE FROM retained_messages
+             WHERE topic IN (SELECT topic FROM retained_messages WHERE expires_at_ms <= $1 LIMIT $2)
+               AND expires_at_ms <= $1",
+        )
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "DELETE FROM retained_messages
+             WHERE topic IN (SELECT topic FROM retained_messages WHERE last_accessed_ms < $1 LIMIT $2)
+               AND last_accessed_ms < $1",
+        )
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn token_key(&self, candidate: &[u8]) -> Result<Vec<u8>, Error> {
+        sqlx::query("INSERT INTO retaind_meta (name, value) VALUES ('token_key', $1) ON CONFLICT DO NOTHING")
+            .bind(candidate)
+            .execute(&self.pool)
+            .await?;
+        let key: Vec<u8> =
+            sqlx::query_scalar("SELECT value FROM retaind_meta WHERE name = 'token_key'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(key)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

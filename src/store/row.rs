@@ -1,0 +1,128 @@
+//! The row shape shared by both backends, and its conversion to and from the domain types.
+
+use bytes::Bytes;
+
+use super::{
+    Error, MessageProperties, PayloadFormat, Qos, RetainedMessage, RetainedSummary, UserProperty,
+};
+use crate::topic::TopicName;
+
+/// Columns selected for a full message, as a literal so queries built with `concat!` stay
+/// `&'static str` (sqlx accepts only those without an explicit safety assertion).
+macro_rules! message_columns {
+    () => {
+        "topic, payload, qos, user_properties, content_type, response_topic, correlation_data, \
+         payload_format, expires_at_ms, last_modified_ms, last_accessed_ms"
+    };
+}
+pub(super) use message_columns;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct MessageRow {
+    topic: String,
+    payload: Vec<u8>,
+    qos: i16,
+    user_properties: Option<String>,
+    content_type: Option<String>,
+    response_topic: Option<String>,
+    correlation_data: Option<Vec<u8>>,
+    payload_format: i16,
+    expires_at_ms: Option<i64>,
+    last_modified_ms: i64,
+    last_accessed_ms: i64,
+}
+
+impl TryFrom<MessageRow> for RetainedMessage {
+    type Error = Error;
+
+    fn try_from(row: MessageRow) -> Result<Self, Error> {
+        let user_properties = match row.user_properties {
+            Some(json) => decode_user_properties(&json)?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            qos: decode_qos(row.qos)?,
+            topic: TopicName::from_stored(row.topic),
+            payload: Bytes::from(row.payload),
+            properties: MessageProperties {
+                user_properties,
+                content_type: row.content_type,
+                response_topic: row.response_topic.map(TopicName::from_stored),
+                correlation_data: row.correlation_data.map(Bytes::from),
+                payload_format: if row.payload_format == 1 {
+                    PayloadFormat::Utf8
+                } else {
+                    PayloadFormat::Unspecified
+                },
+            },
+            expires_at_ms: row.expires_at_ms,
+            last_modified_ms: row.last_modified_ms,
+            last_accessed_ms: row.last_accessed_ms,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct SummaryRow {
+    topic: String,
+    payload_size: i64,
+    qos: i16,
+    last_modified_ms: i64,
+}
+
+impl TryFrom<SummaryRow> for RetainedSummary {
+    type Error = Error;
+
+    fn try_from(row: SummaryRow) -> Result<Self, Error> {
+        Ok(Self {
+            topic: TopicName::from_stored(row.topic),
+            payload_size: row.payload_size,
+            qos: decode_qos(row.qos)?,
+            last_modified_ms: row.last_modified_ms,
+        })
+    }
+}
+
+fn decode_qos(raw: i16) -> Result<Qos, Error> {
+    u8::try_from(raw)
+        .ok()
+        .and_then(Qos::from_u8)
+        .ok_or_else(|| Error::Internal(format!("stored qos {raw} is not 0, 1 or 2").into()))
+}
+
+/// Stored as `[[key, value], ...]`: compact, ordered, duplicates kept.
+pub(super) fn encode_user_properties(props: &[UserProperty]) -> Option<String> {
+    if props.is_empty() {
+        return None;
+    }
+    let pairs: Vec<(&str, &str)> = props
+        .iter()
+        .map(|p| (p.key.as_str(), p.value.as_str()))
+        .collect();
+    Some(serde_json::to_string(&pairs).expect("string pairs always serialize"))
+}
+
+fn decode_user_properties(json: &str) -> Result<Vec<UserProperty>, Error> {
+    let pairs: Vec<(String, String)> = serde_json::from_str(json).map_err(|e| {
+        Error::Internal(format!("stored user properties are not valid: {e}").into())
+    })?;
+    Ok(pairs
+        .into_iter()
+        .map(|(key, value)| UserProperty { key, value })
+        .collect())
+}
+
+/// Keeps only the last write per topic, preserving order. After this, puts and deletes name
+/// disjoint topics, so a backend may apply them in any order within one transaction.
+pub(super) fn last_write_per_topic(writes: &[super::Write]) -> Vec<&super::Write> {
+    let mut last = std::collections::HashMap::with_capacity(writes.len());
+    for (i, w) in writes.iter().enumerate() {
+        last.insert(w.topic(), i);
+    }
+    writes
+        .iter()
+        .enumerate()
+        .filter(|(i, w)| last.get(w.topic()) == Some(i))
+        .map(|(_, w)| w)
+        .collect()
+}

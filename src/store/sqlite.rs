@@ -1,0 +1,178 @@
+//! SQLite backend: the zero-setup default. WAL mode lets readers run beside the one writer;
+//! `synchronous=FULL` makes a commit durable before it returns, so an acknowledged publish
+//! survives power loss. Writes go through a single connection because SQLite has one writer
+//! anyway; group commit upstream turns many publishes into one transaction on it.
+
+use async_trait::async_trait;
+use sqlx::SqlitePool;
+
+use super::row::{
+    MessageRow, SummaryRow, encode_user_properties, last_write_per_topic, message_columns,
+};
+use super::{Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
+use crate::topic::TopicName;
+
+pub(super) struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    pub(super) async fn migrate(writer: SqlitePool, reader: SqlitePool) -> Result<Self, Error> {
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        Ok(Self { writer, reader })
+    }
+}
+
+const UPSERT: &str = "
+INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
+    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (topic) DO UPDATE SET
+    payload = excluded.payload, qos = excluded.qos, user_properties = excluded.user_properties,
+    content_type = excluded.content_type, response_topic = excluded.response_topic,
+    correlation_data = excluded.correlation_data, payload_format = excluded.payload_format,
+    expires_at_ms = excluded.expires_at_ms, last_modified_ms = excluded.last_modified_ms,
+    last_accessed_ms = excluded.last_accessed_ms";
+
+#[async_trait]
+impl RetainedStore for SqliteStore {
+    async fn apply(&self, writes: &[Write]) -> Result<(), Error> {
+        let mut tx = self.writer.begin().await?;
+        for w in last_write_per_topic(writes) {
+            match w {
+                Write::Put(m) => {
+                    let p = &m.properties;
+                    sqlx::query(UPSERT)
+                        .bind(m.topic.as_str())
+                        .bind(&m.payload[..])
+                        .bind(i16::from(m.qos.as_u8()))
+                        .bind(encode_user_properties(&p.user_properties))
+                        .bind(p.content_type.as_deref())
+                        .bind(p.response_topic.as_ref().map(TopicName::as_str))
+                        .bind(p.correlation_data.as_deref())
+                        .bind(i16::from(p.payload_format as u8))
+                        .bind(m.expires_at_ms)
+                        .bind(m.last_modified_ms)
+                        .bind(m.last_accessed_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Write::Delete(topic) => {
+                    sqlx::query("DELETE FROM retained_messages WHERE topic = ?")
+                        .bind(topic.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_many(
+        &self,
+        topics: &[TopicName],
+        now_ms: i64,
+    ) -> Result<Vec<RetainedMessage>, Error> {
+        // Point lookups on one connection cost microseconds in SQLite; one statement per topic
+        // is simpler than building an IN list and just as fast.
+        let mut conn = self.reader.acquire().await?;
+        let mut found = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let row: Option<MessageRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM retained_messages
+                 WHERE topic = ? AND (expires_at_ms IS NULL OR expires_at_ms > ?)"
+            ))
+            .bind(topic.as_str())
+            .bind(now_ms)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = row {
+                found.push(RetainedMessage::try_from(row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn list(
+        &self,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedSummary>, Error> {
+        let rows: Vec<SummaryRow> = sqlx::query_as(
+            "SELECT topic, length(payload) AS payload_size, qos, last_modified_ms
+             FROM retained_messages
+             WHERE (?1 IS NULL OR topic > ?1) AND (expires_at_ms IS NULL OR expires_at_ms > ?2)
+             ORDER BY topic LIMIT ?3",
+        )
+        .bind(after.map(TopicName::as_str))
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(RetainedSummary::try_from).collect()
+    }
+
+    async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {
+        let mut tx = self.writer.begin().await?;
+        for topic in topics {
+            sqlx::query(
+                "UPDATE retained_messages SET last_accessed_ms = ?2
+                 WHERE topic = ?1 AND last_accessed_ms < ?2",
+            )
+            .bind(topic.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now_ms: i64, limit: u32) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "DELETE FROM retained_messages WHERE topic IN
+             (SELECT topic FROM retained_messages WHERE expires_at_ms <= ?1 LIMIT ?2)",
+        )
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "DELETE FROM retained_messages WHERE topic IN
+             (SELECT topic FROM retained_messages WHERE last_accessed_ms < ?1 LIMIT ?2)",
+        )
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn token_key(&self, candidate: &[u8]) -> Result<Vec<u8>, Error> {
+        sqlx::query(
+            "INSERT INTO retaind_meta (name, value) VALUES ('token_key', ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(candidate)
+        .execute(&self.writer)
+        .await?;
+        let key: Vec<u8> =
+            sqlx::query_scalar("SELECT value FROM retaind_meta WHERE name = 'token_key'")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(key)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+}

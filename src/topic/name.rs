@@ -1,0 +1,181 @@
+use std::fmt;
+
+/// Limits a deployment applies to topic names on top of the MQTT rules.
+///
+/// The defaults are AWS IoT Core's: 256 UTF-8 bytes and at most 7 slashes (8 levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    pub max_bytes: usize,
+    pub max_levels: usize,
+}
+
+impl Default for TopicLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256,
+            max_levels: 8,
+        }
+    }
+}
+
+/// Why a string is not an acceptable topic name. The messages are shown to API clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic must not be empty")]
+    Empty,
+    // [MQTT-4.7.1-1] wildcards are for filters, never for the names messages are published to.
+    #[error("topic name must not contain the wildcard characters '+' or '#'")]
+    Wildcard,
+    // [MQTT-4.7.3-2] U+0000 is not allowed in topic names.
+    #[error("topic must not contain the null character U+0000")]
+    NullCharacter,
+    #[error("topic is {actual} bytes long; the limit is {limit} bytes")]
+    TooLong { actual: usize, limit: usize },
+    #[error("topic has {actual} levels; the limit is {limit}")]
+    TooManyLevels { actual: usize, limit: usize },
+}
+
+/// A valid MQTT topic name (no wildcards) within the configured limits.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicName(String);
+
+impl TopicName {
+    pub fn parse(raw: impl Into<String>, limits: TopicLimits) -> Result<Self, TopicError> {
+        let raw = raw.into();
+        if raw.is_empty() {
+            // [MQTT-4.7.3-1] topic names are at least one character long.
+            return Err(TopicError::Empty);
+        }
+        if raw.len() > limits.max_bytes {
+            return Err(TopicError::TooLong {
+                actual: raw.len(),
+                limit: limits.max_bytes,
+            });
+        }
+        if raw.contains(['+', '#']) {
+            return Err(TopicError::Wildcard);
+        }
+        if raw.contains('\0') {
+            return Err(TopicError::NullCharacter);
+        }
+        let levels = raw.split('/').count();
+        if levels > limits.max_levels {
+            return Err(TopicError::TooManyLevels {
+                actual: levels,
+                limit: limits.max_levels,
+            });
+        }
+        Ok(Self(raw))
+    }
+
+    /// Rebuilds a name that was validated before it was stored. Limits may have been tightened
+    /// since, and a stored message must stay readable, so only the MQTT rules are not rechecked.
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Topics beginning with `$` are reserved for the server ([MQTT-4.7.2-1]); AWS refuses
+    /// retained messages on them.
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with('$')
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl AsRef<str> for TopicName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<TopicName, TopicError> {
+        TopicName::parse(s, TopicLimits::default())
+    }
+
+    #[test]
+    fn ordinary_names_parse() {
+        for ok in [
+            "a",
+            "a/b",
+            "a//b",
+            "/a",
+            "a/",
+            "sensors/room 1/temp",
+            "ünï/çødé",
+            "$SYS/x",
+        ] {
+            assert_eq!(parse(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn empty_name_is_rejected() {
+        assert_eq!(parse(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn wildcards_are_rejected_anywhere() {
+        for bad in ["+", "#", "a/+/b", "a/#", "a+b", "a#"] {
+            assert_eq!(parse(bad), Err(TopicError::Wildcard), "{bad}");
+        }
+    }
+
+    #[test]
+    fn null_character_is_rejected() {
+        assert_eq!(parse("a\0b"), Err(TopicError::NullCharacter));
+    }
+
+    #[test]
+    fn byte_limit_counts_utf8_bytes_not_chars() {
+        let limits = TopicLimits {
+            max_bytes: 4,
+            max_levels: 8,
+        };
+        assert!(TopicName::parse("abcd", limits).is_ok());
+        // "é" is two bytes: three characters, five bytes.
+        assert_eq!(
+            TopicName::parse("aéé", limits),
+            Err(TopicError::TooLong {
+                actual: 5,
+                limit: 4
+            })
+        );
+    }
+
+    #[test]
+    fn level_limit_counts_levels() {
+        assert!(parse("1/2/3/4/5/6/7/8").is_ok());
+        assert_eq!(
+            parse("1/2/3/4/5/6/7/8/9"),
+            Err(TopicError::TooManyLevels {
+                actual: 9,
+                limit: 8
+            })
+        );
+    }
+
+    #[test]
+    fn dollar_topics_are_reserved() {
+        assert!(parse("$aws/things").unwrap().is_reserved());
+        assert!(!parse("a/$b").unwrap().is_reserved());
+    }
+}

@@ -1,0 +1,234 @@
+//! Shared by the integration tests: fresh stores on real SQLite and real Postgres, and the real
+//! server started on port 0 against them.
+
+#![allow(dead_code)] // each test binary uses its own subset of these helpers
+
+pub mod proxy;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use retaind::app::{self, Running, ServeConfig};
+use retaind::store::{self, Clock, RetainedStore, Store, StoreOptions};
+use sqlx::Connection;
+use sqlx::postgres::PgConnectOptions;
+
+/// 2026-01-01T00:00:00Z: tests run on a manual clock so expiry and retention need no sleeping.
+pub const T0_MS: i64 = 1_767_225_600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Somewhere to keep a fresh, empty store; dropping it removes a SQLite file.
+pub struct FreshDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn postgres_base_url() -> String {
+    std::env::var("RETAIND_TEST_DATABASE_URL").expect(
+        "RETAIND_TEST_DATABASE_URL is not set: run the tests with ./scripts/test.sh, \
+         which starts Postgres and creates a scratch database",
+    )
+}
+
+/// A new empty database: a SQLite file in a temporary directory, or a new schema in the
+/// run's Postgres scratch database (selected through `search_path`).
+pub async fn fresh_db(backend: Backend) -> FreshDb {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let url = format!(
+                "sqlite://{}",
+                dir.path().join("nested/retaind.db").display()
+            );
+            FreshDb {
+                url,
+                _dir: Some(dir),
+            }
+        }
+        Backend::Postgres => {
+            let base = postgres_base_url();
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&base)
+                .await
+                .expect("connecting to the test database");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                .execute(&mut conn)
+                .await
+                .expect("creating a test schema");
+            let sep = if base.contains('?') { '&' } else { '?' };
+            FreshDb {
+                url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+                _dir: None,
+            }
+        }
+    }
+}
+
+pub async fn open_backend(url: &str) -> Arc<dyn RetainedStore> {
+    store::open_backend(url, 4, Duration::from_secs(5))
+        .await
+        .expect("opening the store")
+}
+
+pub async fn fresh_store(backend: Backend, clock: Clock) -> (Store, FreshDb) {
+    let db = fresh_db(backend).await;
+    let store = Store::new(open_backend(&db.url).await, clock, StoreOptions::default());
+    (store, db)
+}
+
+/// The real service, serving HTTP on a free port.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub clock: Clock,
+    pub db: FreshDb,
+    pub running: Option<Running>,
+}
+
+pub fn test_config(database_url: &str) -> ServeConfig {
+    let mut config = ServeConfig::defaults();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.database_url = database_url.to_owned();
+    // The tests drive maintenance themselves through `Store::maintain`.
+    config.maintenance_interval = Duration::from_secs(3600);
+    config
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = fresh_db(backend).await;
+    let config = test_config(&db.url);
+    spawn_app_with(db, config).await
+}
+
+pub async fn spawn_app_with(db: FreshDb, config: ServeConfig) -> TestApp {
+    let clock = Clock::manual(T0_MS);
+    let running = app::start(&config, clock.clone())
+        .await
+        .expect("starting retaind");
+    TestApp {
+        base: format!("http://{}", running.http_addr),
+        http: reqwest::Client::new(),
+        clock,
+        db,
+        running: Some(running),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.base)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.running.as_ref().expect("app is running").store
+    }
+
+    pub async fn publish(
+        &self,
+        path_and_query: impl AsRef<str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(path_and_query.as_ref()))
+            .body(body)
+            .send()
+            .await
+            .expect("HTTP request")
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path_and_query))
+            .send()
+            .await
+            .expect("HTTP request")
+    }
+
+    pub async fn get_json(&self, path_and_query: &str) -> serde_json::Value {
+        self.get(path_and_query)
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
+    /// Publishes a retained message and insists it was accepted.
+    pub async fn retain(&self, topic_encoded: &str, body: &'static str) {
+        let res = self
+            .publish(&format!("/topics/{topic_encoded}?retain=true&qos=1"), body)
+            .await;
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    }
+
+    /// Every retained topic with its payload, following nextToken to the end: a picture of the
+    /// whole stored state, for checking that a rejected request changed nothing.
+    pub async fn snapshot(&self) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let path = match &token {
+                Some(t) => format!("/retainedMessage?maxResults=200&nextToken={t}"),
+                None => "/retainedMessage?maxResults=200".to_owned(),
+            };
+            let page: serde_json::Value = self.get_json(&path).await;
+            for item in page["retainedTopics"].as_array().unwrap() {
+                let topic = item["topic"].as_str().unwrap().to_owned();
+                let enc = encode(&topic);
+                let full: serde_json::Value =
+                    self.get_json(&format!("/retainedMessage/{enc}")).await;
+                out.push((topic, full));
+            }
+            match page["nextToken"].as_str() {
+                Some(t) => token = Some(t.to_owned()),
+                None => return out,
+            }
+        }
+    }
+
+    pub async fn stop(mut self) -> FreshDb {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        self.db
+    }
+}
+
+/// Percent-encodes a topic as one path segment, the way the AWS SDKs do.
+pub fn encode(topic: &str) -> String {
+    percent_encoding::utf8_percent_encode(topic, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Host and port of a Postgres URL, for pointing a proxy at it.
+pub fn postgres_host_port(url: &str) -> (String, u16) {
+    let opts = PgConnectOptions::from_str(url).expect("a Postgres URL");
+    (opts.get_host().to_owned(), opts.get_port())
+}
+
+/// Declares each listed async test once per backend: `mod sqlite { ... }` and `mod postgres { ... }`.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}

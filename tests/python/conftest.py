@@ -1,0 +1,150 @@
+"""Fixtures for the boto3 / AWS CLI compatibility tests.
+
+Every test gets its own retaind process on a fresh, empty store, once on SQLite and once on
+Postgres, so listings can be asserted exactly. Needs RETAIND_BIN (the server binary) and
+RETAIND_TEST_DATABASE_URL (a Postgres database in which each test creates its own schema);
+scripts/test.sh sets both.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import boto3
+import pytest
+from botocore.config import Config
+
+READY = re.compile(r"^retaind: HTTP API on (http://\S+)$")
+START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 15
+
+
+def pytest_configure(config):
+    missing = [v for v in ("RETAIND_BIN", "RETAIND_TEST_DATABASE_URL") if not os.environ.get(v)]
+    if missing:
+        raise pytest.UsageError(
+            f"{' and '.join(missing)} not set. RETAIND_BIN is the retaind binary "
+            "(target/debug/retaind); RETAIND_TEST_DATABASE_URL is a Postgres database the tests "
+            "may create schemas in. ./scripts/test.sh sets both."
+        )
+    if not os.access(os.environ["RETAIND_BIN"], os.X_OK):
+        raise pytest.UsageError(f"RETAIND_BIN={os.environ['RETAIND_BIN']} is not an executable")
+
+
+def psql(url, sql):
+    subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True,
+                   capture_output=True, timeout=30)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    """A URL of an empty store; a Postgres schema is dropped again after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path}/store/retaind.db"
+        return
+    base = os.environ["RETAIND_TEST_DATABASE_URL"]
+    schema = f"t_{uuid.uuid4().hex}"
+    psql(base, f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-c%20search_path%3D{schema}"
+    psql(base, f"DROP SCHEMA {schema} CASCADE")
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+
+
+@pytest.fixture
+def server(database_url, tmp_path):
+    """A running retaind on a free port; stopped with SIGTERM, which must end it cleanly."""
+    stderr_path = tmp_path / "retaind.stderr"
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(
+            [os.environ["RETAIND_BIN"], "--http-addr", "127.0.0.1:0",
+             "--database-url", database_url],
+            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True,
+        )
+    try:
+        url = _wait_until_ready(proc, stderr_path)
+        yield Server(url, proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"retaind did not stop within {STOP_TIMEOUT_S}s of SIGTERM")
+        proc.stdout.close()
+    assert proc.returncode == 0, (
+        f"retaind exited with {proc.returncode} after SIGTERM; stderr:\n{stderr_path.read_text()}"
+    )
+
+
+def _wait_until_ready(proc, stderr_path):
+    """Reads stdout up to the ready line; a timer kills a server that never gets there."""
+    timer = threading.Timer(START_TIMEOUT_S, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            match = READY.match(line.rstrip("\n"))
+            if match:
+                return match.group(1)
+    finally:
+        timer.cancel()
+    proc.wait(timeout=5)
+    pytest.fail(f"retaind ended (status {proc.returncode}) before printing its ready line "
+                f"(startup timeout {START_TIMEOUT_S}s); stderr:\n{stderr_path.read_text()}")
+
+
+def make_client(endpoint_url, **config):
+    # No retries: a 5xx from the server must surface as-is, not be hidden by a retry.
+    return boto3.client(
+        "iot-data",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"total_max_attempts": 1}, **config),
+    )
+
+
+@pytest.fixture
+def client(server):
+    return make_client(server.url)
+
+
+@pytest.fixture
+def unvalidated_client(server):
+    """Sends what boto3 would refuse client side (qos=3, maxResults=0, ...)."""
+    return make_client(server.url, parameter_validation=False)
+
+
+def list_all(client, page_size=None):
+    """Every summary, through boto3's own paginator."""
+    config = {"PageSize": page_size} if page_size else {}
+    pages = client.get_paginator("list_retained_messages").paginate(PaginationConfig=config)
+    return [item for page in pages for item in page["retainedTopics"]]
+
+
+def snapshot(client):
+    """The whole stored state: every summary, and every message as GetRetainedMessage returns it."""
+    summaries = list_all(client)
+    messages = []
+    for summary in summaries:
+        response = client.get_retained_message(topic=summary["topic"])
+        response.pop("ResponseMetadata")
+        messages.append(response)
+    return summaries, messages
+
+
+def now_ms():
+    return time.time_ns() // 1_000_000

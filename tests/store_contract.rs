@@ -1,0 +1,303 @@
+//! The contract every `RetainedStore` backend must keep, run against real SQLite and real
+//! Postgres. A new backend is added to `for_each_backend!` and must pass all of it.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
+use retaind::store::{
+    Clock, MessageProperties, PayloadFormat, Qos, RetainedMessage, Store, StoreOptions,
+    UserProperty, Write,
+};
+use retaind::topic::{TopicLimits, TopicName};
+
+fn topic(s: &str) -> TopicName {
+    TopicName::parse(
+        s,
+        TopicLimits {
+            max_bytes: 1024,
+            max_levels: 64,
+        },
+    )
+    .unwrap()
+}
+
+fn message(t: &str, payload: &'static str, at_ms: i64) -> RetainedMessage {
+    RetainedMessage {
+        topic: topic(t),
+        payload: Bytes::from_static(payload.as_bytes()),
+        qos: Qos::AtLeastOnce,
+        properties: MessageProperties::default(),
+        expires_at_ms: None,
+        last_modified_ms: at_ms,
+        last_accessed_ms: at_ms,
+    }
+}
+
+fn full_message(at_ms: i64) -> RetainedMessage {
+    RetainedMessage {
+        topic: topic("devices/ünï/config"),
+        payload: Bytes::from_static(&[0, 1, 2, 255]),
+        qos: Qos::ExactlyOnce,
+        properties: MessageProperties {
+            user_properties: vec![
+                UserProperty {
+                    key: "deviceName".into(),
+                    value: "alpha".into(),
+                },
+                UserProperty {
+                    key: "deviceCnt".into(),
+                    value: "45".into(),
+                },
+                UserProperty {
+                    key: "deviceName".into(),
+                    value: "beta".into(),
+                },
+            ],
+            content_type: Some("application/octet-stream".into()),
+            response_topic: Some(topic("devices/replies")),
+            correlation_data: Some(Bytes::from_static(&[9, 8, 7])),
+            payload_format: PayloadFormat::Utf8,
+        },
+        expires_at_ms: Some(at_ms + 60_000),
+        last_modified_ms: at_ms,
+        last_accessed_ms: at_ms,
+    }
+}
+
+async fn topics_listed(store: &Store) -> Vec<String> {
+    store
+        .list(None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.topic.to_string())
+        .collect()
+}
+
+async fn every_field_round_trips(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    let msg = full_message(T0_MS);
+    store.write(Write::Put(msg.clone())).await.unwrap();
+    assert_eq!(
+        store.get(msg.topic.clone()).await.unwrap(),
+        Some(msg.clone())
+    );
+    let listed = store.list(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].topic, msg.topic);
+    assert_eq!(listed[0].payload_size, 4);
+    assert_eq!(listed[0].qos, Qos::ExactlyOnce);
+    assert_eq!(listed[0].last_modified_ms, T0_MS);
+}
+
+async fn a_put_replaces_and_a_delete_removes(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    store
+        .write(Write::Put(message("a", "one", T0_MS)))
+        .await
+        .unwrap();
+    store
+        .write(Write::Put(message("a", "two", T0_MS + 1)))
+        .await
+        .unwrap();
+    let got = store.get(topic("a")).await.unwrap().unwrap();
+    assert_eq!(
+        (&got.payload[..], got.last_modified_ms),
+        (&b"two"[..], T0_MS + 1)
+    );
+    store.write(Write::Delete(topic("a"))).await.unwrap();
+    assert_eq!(store.get(topic("a")).await.unwrap(), None);
+    // Deleting what is not there is not an error: MQTT clears absent retained messages silently.
+    store.write(Write::Delete(topic("never"))).await.unwrap();
+}
+
+async fn within_one_batch_the_last_write_per_topic_wins(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let backend = open_backend(&db.url).await;
+    backend
+        .apply(&[
+            Write::Put(message("x", "1", T0_MS)),
+            Write::Put(message("y", "1", T0_MS)),
+            Write::Delete(topic("x")),
+            Write::Put(message("y", "2", T0_MS)),
+            Write::Put(message("z", "1", T0_MS)),
+            Write::Delete(topic("z")),
+            Write::Put(message("x", "3", T0_MS)),
+        ])
+        .await
+        .unwrap();
+    let mut got = backend
+        .get_many(&[topic("x"), topic("y"), topic("z")], T0_MS)
+        .await
+        .unwrap();
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let got: Vec<(&str, &[u8])> = got
+        .iter()
+        .map(|m| (m.topic.as_str(), &m.payload[..]))
+        .collect();
+    assert_eq!(got, [("x", &b"3"[..]), ("y", &b"2"[..])]);
+}
+
+async fn concurrent_writes_all_land(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    let writes = (0..300).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .write(Write::Put(message(&format!("c/{i:03}"), "v", T0_MS)))
+                .await
+        })
+    });
+    for w in writes.collect::<Vec<_>>() {
+        w.await.unwrap().unwrap();
+    }
+    let reads = (0..300).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.get(topic(&format!("c/{i:03}"))).await })
+    });
+    for r in reads.collect::<Vec<_>>() {
+        assert!(r.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(store.list(None, 1000).await.unwrap().len(), 300);
+}
+
+async fn listing_is_in_byte_order_and_resumes_after_a_topic(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    for t in ["b", "a/b", "A", "a", "$SYS/x", "é", "a b", "z", "a/"] {
+        store
+            .write(Write::Put(message(t, "v", T0_MS)))
+            .await
+            .unwrap();
+    }
+    // UTF-8 byte order: '$' < ' ' ... 'A' < 'a' < 'é'; independent of any locale.
+    let expected = ["$SYS/x", "A", "a", "a b", "a/", "a/b", "b", "z", "é"];
+    assert_eq!(topics_listed(&store).await, expected);
+    let page = store.list(Some(&topic("a b")), 3).await.unwrap();
+    let page: Vec<&str> = page.iter().map(|s| s.topic.as_str()).collect();
+    assert_eq!(page, ["a/", "a/b", "b"]);
+    // Resuming after a topic that no longer exists still continues from its place.
+    let page = store.list(Some(&topic("c")), 10).await.unwrap();
+    assert_eq!(
+        page.iter().map(|s| s.topic.as_str()).collect::<Vec<_>>(),
+        ["z", "é"]
+    );
+}
+
+async fn expired_messages_are_invisible_then_purged(backend: Backend) {
+    let clock = Clock::manual(T0_MS);
+    let (store, _db) = fresh_store(backend, clock.clone()).await;
+    let mut short = message("short", "v", T0_MS);
+    short.expires_at_ms = Some(T0_MS + 10_000);
+    store.write(Write::Put(short)).await.unwrap();
+    store
+        .write(Write::Put(message("forever", "v", T0_MS)))
+        .await
+        .unwrap();
+
+    clock.advance(Duration::from_millis(9_999));
+    assert!(store.get(topic("short")).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .maintain(Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .expired,
+        0
+    );
+
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(store.get(topic("short")).await.unwrap(), None);
+    assert_eq!(topics_listed(&store).await, ["forever"]);
+    let report = store.maintain(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!((report.expired, report.idle), (1, 0));
+}
+
+async fn idle_messages_are_purged_and_reads_keep_them(backend: Backend) {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    let retention = 3 * YEAR;
+    let clock = Clock::manual(T0_MS);
+    let (store, _db) = fresh_store(backend, clock.clone()).await;
+    for t in ["read", "updated", "idle"] {
+        store
+            .write(Write::Put(message(t, "v", T0_MS)))
+            .await
+            .unwrap();
+    }
+    clock.advance(2 * YEAR);
+    store.get(topic("read")).await.unwrap().unwrap();
+    let now = clock.now_ms();
+    store
+        .write(Write::Put(message("updated", "v2", now)))
+        .await
+        .unwrap();
+    assert_eq!(store.maintain(retention).await.unwrap().touched, 1);
+
+    clock.advance(YEAR + Duration::from_secs(1));
+    let report = store.maintain(retention).await.unwrap();
+    assert_eq!(report.idle, 1);
+    assert_eq!(topics_listed(&store).await, ["read", "updated"]);
+}
+
+async fn a_recorded_read_never_moves_access_time_backwards(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let backend = open_backend(&db.url).await;
+    backend
+        .apply(&[Write::Put(message("t", "v", T0_MS + 500))])
+        .await
+        .unwrap();
+    backend
+        .touch(&[topic("t"), topic("absent")], T0_MS)
+        .await
+        .unwrap();
+    let got = backend.get_many(&[topic("t")], T0_MS).await.unwrap();
+    assert_eq!(got[0].last_accessed_ms, T0_MS + 500);
+    backend.touch(&[topic("t")], T0_MS + 900).await.unwrap();
+    let got = backend.get_many(&[topic("t")], T0_MS).await.unwrap();
+    assert_eq!(got[0].last_accessed_ms, T0_MS + 900);
+}
+
+async fn the_token_key_is_shared_by_every_node_on_a_database(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let node_a = open_backend(&db.url).await;
+    let node_b = open_backend(&db.url).await; // also proves migrations run twice harmlessly
+    let key = node_a.token_key(b"first candidate").await.unwrap();
+    assert_eq!(key, b"first candidate");
+    assert_eq!(node_b.token_key(b"second candidate").await.unwrap(), key);
+}
+
+async fn data_survives_reopening(backend: Backend) {
+    let db = fresh_db(backend).await;
+    {
+        let store = Store::new(
+            open_backend(&db.url).await,
+            Clock::manual(T0_MS),
+            StoreOptions::default(),
+        );
+        store.write(Write::Put(full_message(T0_MS))).await.unwrap();
+    }
+    let store = Store::new(
+        open_backend(&db.url).await,
+        Clock::manual(T0_MS),
+        StoreOptions::default(),
+    );
+    assert_eq!(
+        store.get(full_message(T0_MS).topic).await.unwrap(),
+        Some(full_message(T0_MS))
+    );
+}
+
+for_each_backend!(
+    every_field_round_trips,
+    a_put_replaces_and_a_delete_removes,
+    within_one_batch_the_last_write_per_topic_wins,
+    concurrent_writes_all_land,
+    listing_is_in_byte_order_and_resumes_after_a_topic,
+    expired_messages_are_invisible_then_purged,
+    idle_messages_are_purged_and_reads_keep_them,
+    a_recorded_read_never_moves_access_time_backwards,
+    the_token_key_is_shared_by_every_node_on_a_database,
+    data_survives_reopening,
+);

@@ -1,0 +1,85 @@
+//! A Postgres that goes away gives 503 ServiceUnavailableException, quickly, and the service
+//! recovers by itself when the database returns. The database sits behind a TCP proxy that the
+//! test cuts and restores.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::proxy::{Mode, Proxy};
+use common::{Backend, fresh_db, postgres_host_port, spawn_app_with, test_config};
+
+const STORE_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn outage_then_recovery(mode: Mode) {
+    let db = fresh_db(Backend::Postgres).await;
+    let proxy = Proxy::start(postgres_host_port(&db.url)).await;
+    let (host, port) = postgres_host_port(&db.url);
+    let via_proxy = db
+        .url
+        .replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
+    assert_ne!(
+        via_proxy, db.url,
+        "the test database URL must name host:port explicitly"
+    );
+    let mut config = test_config(&via_proxy);
+    config.store_timeout = STORE_TIMEOUT;
+    let app = spawn_app_with(db, config).await;
+    app.retain("before", "v").await;
+
+    proxy.fail(mode);
+    for (method, path) in [
+        ("POST", "/topics/during?retain=true"),
+        ("GET", "/retainedMessage/before"),
+        ("GET", "/retainedMessage"),
+        ("GET", "/readyz"),
+    ] {
+        let started = Instant::now();
+        let res = app
+            .http
+            .request(method.parse().unwrap(), app.url(path))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503, "{method} {path}");
+        assert_eq!(
+            res.headers()["x-amzn-errortype"],
+            "ServiceUnavailableException"
+        );
+        // Not a hang: the answer comes within the store deadline (plus the queue wait before it).
+        assert!(
+            started.elapsed() < 3 * STORE_TIMEOUT,
+            "{method} {path} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        app.get("/healthz").await.status(),
+        200,
+        "the process itself stays up"
+    );
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.get("/readyz").await.status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not recover after the database returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.retain("after", "v").await;
+    assert_eq!(app.get("/retainedMessage/before").await.status(), 200);
+    assert_eq!(app.get("/retainedMessage/after").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_refuses_connections_gives_503_then_recovers() {
+    outage_then_recovery(Mode::Refuse).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_never_answers_gives_503_then_recovers() {
+    outage_then_recovery(Mode::Blackhole).await;
+}
