@@ -262,9 +262,26 @@ async fn a_recorded_read_never_moves_access_time_backwards(backend: Backend) {
 async fn the_token_key_is_shared_by_every_node_on_a_database(backend: Backend) {
     let db = fresh_db(backend).await;
     let node_a = open_backend(&db.url).await;
-    let node_b = open_backend(&db.url).await; // also proves migrations run twice harmlessly
     let key = node_a.token_key(b"first candidate").await.unwrap();
     assert_eq!(key, b"first candidate");
+    let node_b = match backend {
+        Backend::Postgres => open_backend(&db.url).await, // migrations run twice harmlessly
+        Backend::Sqlite => {
+            // A SQLite file serves one process; a second one is refused while the first is open.
+            let refused = retaind::store::open_backend(&db.url, 4, Duration::from_millis(300))
+                .await
+                .err()
+                .expect("a second open of a SQLite store must be refused");
+            assert!(
+                refused
+                    .to_string()
+                    .contains("in use by another retaind process"),
+                "{refused}"
+            );
+            drop(node_a);
+            open_backend(&db.url).await
+        }
+    };
     assert_eq!(node_b.token_key(b"second candidate").await.unwrap(), key);
 }
 

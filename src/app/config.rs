@@ -69,6 +69,12 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_STORE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
 
+    /// Memory for the read cache of retained messages, in MiB; 0 turns it off. With several
+    /// nodes on one Postgres, a node hears of the others' writes within milliseconds (and stops
+    /// serving from its cache if it cannot hear them for 2 s).
+    #[arg(long, env = "RETAIND_READ_CACHE_MIB", default_value_t = 64)]
+    pub read_cache_mib: u64,
+
     /// Log line format. The level comes from RUST_LOG (default: info).
     #[arg(long, env = "RETAIND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

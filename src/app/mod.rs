@@ -58,6 +58,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             timeout: config.store_timeout,
             // Half the pool for point reads leaves connections for writes, lists and purges.
             read_concurrency: (config.db_max_connections as usize / 2).max(1),
+            cache_bytes: config.read_cache_mib.saturating_mul(1 << 20),
         },
     );
     let tokens = PageTokens::new(&store.token_key().await.map_err(store_err)?);

@@ -1,5 +1,6 @@
 use async_trait::async_trait;
 
+use super::feed::Change;
 use super::{Error, RetainedMessage, RetainedSummary, Write};
 use crate::topic::TopicName;
 
@@ -44,4 +45,17 @@ pub trait RetainedStore: Send + Sync + 'static {
 
     /// A cheap query that succeeds only when the database answers.
     async fn ping(&self) -> Result<(), Error>;
+
+    /// News of changes made by other processes sharing the database, for read caches. `None`
+    /// when no other process can write to it.
+    fn change_feed(&self) -> Option<Box<dyn ChangeFeed>> {
+        None
+    }
+}
+
+/// A stream of [`Change`]s that never ends: it reconnects by itself and says when it could not
+/// hear (`Lost`) and when it hears again (`Resumed`).
+#[async_trait]
+pub trait ChangeFeed: Send + 'static {
+    async fn next(&mut self) -> Change;
 }

@@ -1,10 +1,14 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
+use super::backend::ChangeFeed;
+use super::cache::{Lookup, ReadCache, unexpired};
 use super::coalesce::{CoalesceLimits, Coalescer};
-use super::{Clock, Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
+use super::{Change, Clock, Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
 use crate::topic::TopicName;
 
 /// Tuning for a [`Store`] handle.
@@ -14,6 +18,8 @@ pub struct StoreOptions {
     pub timeout: Duration,
     /// Point-read batches in flight at once (each holds one database connection).
     pub read_concurrency: usize,
+    /// Memory for the read cache, in bytes; 0 turns it off.
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -21,6 +27,7 @@ impl Default for StoreOptions {
         Self {
             timeout: Duration::from_secs(5),
             read_concurrency: 8,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -55,8 +62,17 @@ struct Inner {
     writes: Coalescer<Write, WriteResult>,
     reads: Coalescer<TopicName, ReadResult>,
     touched: Mutex<HashSet<TopicName>>,
+    cache: Option<Arc<ReadCache>>,
     clock: Clock,
     timeout: Duration,
+    /// Stops the change-feed follower when the last handle goes.
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// What one maintenance pass did.
@@ -72,8 +88,17 @@ impl Store {
     /// which stop by themselves when the last clone of the handle is dropped.
     pub fn new(backend: Arc<dyn RetainedStore>, clock: Clock, options: StoreOptions) -> Self {
         let timeout = options.timeout;
+        let stop = CancellationToken::new();
+        let cache = (options.cache_bytes > 0).then(|| {
+            let feed = backend.change_feed();
+            let cache = Arc::new(ReadCache::new(options.cache_bytes, feed.is_none()));
+            if let Some(feed) = feed {
+                tokio::spawn(follow(feed, Arc::downgrade(&cache), stop.clone()));
+            }
+            cache
+        });
         let writes = {
-            let backend = backend.clone();
+            let (backend, cache) = (backend.clone(), cache.clone());
             // One batch in flight: batches commit in arrival order, so the last publish to a
             // topic is the one that stays.
             let limits = CoalesceLimits {
@@ -82,10 +107,14 @@ impl Store {
                 concurrency: 1,
             };
             Coalescer::spawn(limits, move |writes: Vec<Write>| {
-                let backend = backend.clone();
+                let (backend, cache) = (backend.clone(), cache.clone());
                 async move {
                     let result = deadline(timeout, backend.apply(&writes)).await;
-                    vec![result; writes.len()]
+                    let n = writes.len();
+                    if let Some(cache) = cache {
+                        record_writes(&cache, writes, result.is_ok(), timeout);
+                    }
+                    vec![result; n]
                 }
             })
         };
@@ -107,10 +136,17 @@ impl Store {
                 writes,
                 reads,
                 touched: Mutex::new(HashSet::new()),
+                cache,
                 clock,
                 timeout,
+                stop,
             }),
         }
+    }
+
+    /// Whether reads may be answered from the cache now (it is on and its change feed works).
+    pub fn cache_in_use(&self) -> bool {
+        self.inner.cache.as_ref().is_some_and(|c| c.in_use())
     }
 
     pub fn clock(&self) -> &Clock {
@@ -135,6 +171,28 @@ impl Store {
 
     /// The unexpired retained message for `topic`, if any. Counts as a read for retention.
     pub async fn get(&self, topic: TopicName) -> Result<Option<RetainedMessage>, Error> {
+        let found = match &self.inner.cache {
+            None => self.read(topic).await?,
+            Some(cache) => match cache.lookup(&topic).await {
+                Lookup::Hit(cached) => {
+                    let now = self.inner.clock.now_ms();
+                    unexpired(cached, now).map(|m| RetainedMessage::clone(&m))
+                }
+                Lookup::Miss(fill) => {
+                    let found = self.read(topic).await?;
+                    fill.fill(found.clone().map(Arc::new));
+                    found
+                }
+                Lookup::Bypass => self.read(topic).await?,
+            },
+        };
+        if let Some(msg) = &found {
+            self.note_read(msg);
+        }
+        Ok(found)
+    }
+
+    async fn read(&self, topic: TopicName) -> Result<Option<RetainedMessage>, Error> {
         let call = async {
             self.inner
                 .reads
@@ -142,11 +200,7 @@ impl Store {
                 .await
                 .unwrap_or(Err(Error::Closed))
         };
-        let found = deadline(self.inner.timeout, call).await?;
-        if let Some(msg) = &found {
-            self.note_read(msg);
-        }
-        Ok(found)
+        deadline(self.inner.timeout, call).await
     }
 
     /// One page of unexpired messages after `after`, in byte order of topic.
@@ -187,6 +241,10 @@ impl Store {
         };
         if !touched.is_empty() {
             deadline(timeout, backend.touch(&touched, now)).await?;
+            if let Some(cache) = &self.inner.cache {
+                // Their cached copies carry the old access time; read them afresh.
+                touched.iter().for_each(|t| cache.evict(t));
+            }
         }
         loop {
             let n = deadline(timeout, backend.purge_expired(now, PURGE_BATCH)).await?;
@@ -199,6 +257,11 @@ impl Store {
         loop {
             let n = deadline(timeout, backend.purge_idle(cutoff, PURGE_BATCH)).await?;
             report.idle += n;
+            if n > 0
+                && let Some(cache) = &self.inner.cache
+            {
+                cache.forget_all(); // rare: nothing was read for the whole retention period
+            }
             if n < u64::from(PURGE_BATCH) {
                 break;
             }
@@ -222,6 +285,38 @@ impl Store {
             .touched
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Puts committed writes in the cache. After a failure the outcome is unknown (a timed-out
+/// write may still commit), so the cache is bypassed for a while and then starts empty.
+fn record_writes(cache: &ReadCache, writes: Vec<Write>, committed: bool, timeout: Duration) {
+    if !committed {
+        cache.suspend(timeout * 2);
+        return;
+    }
+    for w in writes {
+        match w {
+            Write::Put(m) => cache.written(m.topic.clone(), Some(Arc::new(m))),
+            Write::Delete(topic) => cache.written(topic, None),
+        }
+    }
+}
+
+/// Applies what the change feed reports to the cache until the store handle is dropped.
+async fn follow(mut feed: Box<dyn ChangeFeed>, cache: Weak<ReadCache>, stop: CancellationToken) {
+    loop {
+        let change = tokio::select! {
+            () = stop.cancelled() => return,
+            change = feed.next() => change,
+        };
+        let Some(cache) = cache.upgrade() else { return };
+        match change {
+            Change::Topics(topics) => topics.iter().for_each(|t| cache.evict(t)),
+            Change::All => cache.forget_all(),
+            Change::Lost => cache.distrust(),
+            Change::Resumed => cache.trust(),
+        }
     }
 }
 

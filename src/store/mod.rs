@@ -4,25 +4,30 @@
 //! zero-setup default); both pass the same contract suite in `tests/store_contract.rs`.
 //! [`Store`] is the cheap `Clone` handle the rest of the service uses. It adds what a backend
 //! should not have to know about: group commit of writes, coalescing of point reads, lazy
-//! recording of reads for the retention rule, and a deadline on every call so a store that
+//! recording of reads for the retention rule, a read cache kept coherent across nodes by a
+//! change feed, and a deadline on every call so a store that
 //! stops answering becomes an error instead of a hang.
 //!
 //! This module knows nothing about HTTP or MQTT sessions.
 
 mod backend;
+mod cache;
 mod clock;
 mod coalesce;
 mod error;
+mod feed;
 mod handle;
 mod message;
 mod open;
 mod postgres;
+mod postgres_feed;
 mod row;
 mod sqlite;
 
-pub use backend::RetainedStore;
+pub use backend::{ChangeFeed, RetainedStore};
 pub use clock::Clock;
 pub use error::Error;
+pub use feed::Change;
 pub use handle::{MaintenanceReport, Store, StoreOptions};
 pub use message::{
     MessageProperties, PayloadFormat, Qos, RetainedMessage, RetainedSummary, UserProperty, Write,

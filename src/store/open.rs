@@ -53,6 +53,7 @@ pub async fn open_backend(
                 ))
             })?;
         }
+        let lock = lock_sqlite_file(options.get_filename(), timeout).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(timeout)
@@ -63,10 +64,52 @@ pub async fn open_backend(
             .acquire_timeout(timeout)
             .connect_with(options)
             .await?;
-        Ok(Arc::new(SqliteStore::migrate(writer, reader).await?))
+        Ok(Arc::new(SqliteStore::migrate(writer, reader, lock).await?))
     } else {
         Err(Error::config(
             "DATABASE_URL must start with sqlite:// or postgres:// (or postgresql://)",
         ))
+    }
+}
+
+/// A SQLite store belongs to one process: its cache is kept coherent by seeing every write,
+/// which a second process writing to the same file would defeat. The lock is held for as long
+/// as the store is open and released by the OS if the process dies. Waiting up to `patience`
+/// lets a restart overlap the previous instance's exit.
+async fn lock_sqlite_file(
+    db: &std::path::Path,
+    patience: Duration,
+) -> Result<std::fs::File, Error> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::config(format!("cannot open {}: {e}", path.display())))?;
+    let give_up = tokio::time::Instant::now() + patience;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(lock_error(db, &path, e)),
+        }
+    }
+}
+
+fn lock_error(db: &std::path::Path, path: &std::path::Path, e: std::fs::TryLockError) -> Error {
+    match e {
+        std::fs::TryLockError::WouldBlock => Error::config(format!(
+            "{} is in use by another retaind process; a SQLite store serves one process \
+             (run several nodes on Postgres)",
+            db.display()
+        )),
+        std::fs::TryLockError::Error(e) => {
+            Error::config(format!("cannot lock {}: {e}", path.display()))
+        }
     }
 }

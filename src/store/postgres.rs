@@ -1,9 +1,14 @@
 //! Postgres backend: the production store. Every batch is one statement, so one round trip and
 //! one commit however many messages it carries.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::PgPool;
 
+use super::backend::ChangeFeed;
+use super::feed;
+use super::postgres_feed::PgChangeFeed;
 use super::row::{
     MessageRow, SummaryRow, encode_user_properties, last_write_per_topic, message_columns,
 };
@@ -12,22 +17,26 @@ use crate::topic::TopicName;
 
 pub(super) struct PostgresStore {
     pool: PgPool,
+    /// Names this process in change notices, so it can skip its own.
+    node: Arc<str>,
 }
 
 impl PostgresStore {
     pub(super) async fn migrate(pool: PgPool) -> Result<Self, Error> {
         // sqlx takes an advisory lock, so nodes starting together migrate once.
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let node = uuid::Uuid::new_v4().to_string().into();
+        Ok(Self { pool, node })
     }
 }
 
-/// Deletes and upserts in one statement. The writes were reduced to one per topic beforehand,
-/// so the two parts never touch the same row.
+/// Deletes, upserts and tells the other nodes, in one statement. The writes were reduced to one
+/// per topic beforehand, so the two parts never touch the same row. Notifications are delivered
+/// at commit, and only if it commits.
 const APPLY: &str = "
 WITH deleted AS (
     DELETE FROM retained_messages WHERE topic = ANY($12::text[])
-)
+), upserted AS (
 INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
     correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms)
 SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
@@ -37,7 +46,9 @@ ON CONFLICT (topic) DO UPDATE SET
     content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
     correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
     expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
-    last_accessed_ms = EXCLUDED.last_accessed_ms";
+    last_accessed_ms = EXCLUDED.last_accessed_ms
+)
+SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($13::text[]) AS notice";
 
 #[derive(Default)]
 struct Columns<'a> {
@@ -78,7 +89,9 @@ impl RetainedStore for PostgresStore {
     async fn apply(&self, writes: &[Write]) -> Result<(), Error> {
         let mut cols = Columns::default();
         let mut deletes: Vec<&str> = Vec::new();
-        for w in last_write_per_topic(writes) {
+        let writes = last_write_per_topic(writes);
+        let notices = feed::announce(&self.node, writes.iter().map(|w| w.topic().as_str()));
+        for w in writes {
             match w {
                 Write::Put(m) => cols.push(m),
                 Write::Delete(topic) => deletes.push(topic.as_str()),
@@ -97,6 +110,7 @@ impl RetainedStore for PostgresStore {
             .bind(cols.last_modified_ms)
             .bind(cols.last_accessed_ms)
             .bind(deletes)
+            .bind(notices)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -186,13 +200,23 @@ impl RetainedStore for PostgresStore {
     async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
         let done = sqlx::query(
             "DELETE FROM retained_messages
-             WHERE topic IN (SELECT topic FROM retained_messages WHERE last_accessed_ms < $1 LIMIT $2)
+             WHERE topic IN (SELECT topic FROM retained_messages
+                             WHERE last_accessed_day <= $3 AND last_accessed_ms < $1 LIMIT $2)
                AND last_accessed_ms < $1",
         )
         .bind(cutoff_ms)
         .bind(i64::from(limit))
+        .bind(super::row::day_of(cutoff_ms))
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() > 0 {
+            // Rare (nothing read for years), so the other nodes simply forget everything.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(feed::CHANNEL)
+                .bind(feed::everything(&self.node))
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(done.rows_affected())
     }
 
@@ -211,5 +235,12 @@ impl RetainedStore for PostgresStore {
     async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn change_feed(&self) -> Option<Box<dyn ChangeFeed>> {
+        Some(Box::new(PgChangeFeed::new(
+            self.pool.clone(),
+            self.node.clone(),
+        )))
     }
 }

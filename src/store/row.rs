@@ -17,6 +17,12 @@ macro_rules! message_columns {
 }
 pub(super) use message_columns;
 
+/// The day (since the epoch) of a time in ms, as the `last_accessed_day` column computes it.
+/// The idle purge looks rows up by day through its index, then compares exact times.
+pub(super) fn day_of(ms: i64) -> i32 {
+    i32::try_from(ms.div_euclid(86_400_000)).unwrap_or(i32::MAX)
+}
+
 #[derive(sqlx::FromRow)]
 pub(super) struct MessageRow {
     topic: String,

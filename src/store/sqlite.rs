@@ -15,12 +15,22 @@ use crate::topic::TopicName;
 pub(super) struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Held while open: no other process may use the file (see `open::lock_sqlite_file`).
+    _lock: std::fs::File,
 }
 
 impl SqliteStore {
-    pub(super) async fn migrate(writer: SqlitePool, reader: SqlitePool) -> Result<Self, Error> {
+    pub(super) async fn migrate(
+        writer: SqlitePool,
+        reader: SqlitePool,
+        lock: std::fs::File,
+    ) -> Result<Self, Error> {
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            _lock: lock,
+        })
     }
 }
 
@@ -148,10 +158,12 @@ impl RetainedStore for SqliteStore {
     async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
         let done = sqlx::query(
             "DELETE FROM retained_messages WHERE topic IN
-             (SELECT topic FROM retained_messages WHERE last_accessed_ms < ?1 LIMIT ?2)",
+             (SELECT topic FROM retained_messages
+              WHERE last_accessed_day <= ?3 AND last_accessed_ms < ?1 LIMIT ?2)",
         )
         .bind(cutoff_ms)
         .bind(i64::from(limit))
+        .bind(super::row::day_of(cutoff_ms))
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())

@@ -29,6 +29,17 @@ pub struct FreshDb {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl FreshDb {
+    /// Another handle on a database that a first [`FreshDb`] owns, for a second node.
+    #[allow(dead_code)]
+    pub fn shared(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            _dir: None,
+        }
+    }
+}
+
 pub fn postgres_base_url() -> String {
     std::env::var("RETAIND_TEST_DATABASE_URL").expect(
         "RETAIND_TEST_DATABASE_URL is not set: run the tests with ./scripts/test.sh, \

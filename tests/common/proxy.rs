@@ -20,6 +20,7 @@ pub enum Mode {
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
+    stalled: tokio::sync::watch::Sender<bool>,
     links: Arc<Mutex<Vec<AbortHandle>>>,
     held: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -31,10 +32,12 @@ impl Proxy {
         let proxy = Self {
             addr,
             mode: Arc::new(Mutex::new(Mode::Open)),
+            stalled: tokio::sync::watch::Sender::new(false),
             links: Arc::default(),
             held: Arc::default(),
         };
         let (mode, links, held) = (proxy.mode.clone(), proxy.links.clone(), proxy.held.clone());
+        let stalled = proxy.stalled.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let current = *mode.lock().unwrap();
@@ -43,12 +46,18 @@ impl Proxy {
                     Mode::Blackhole => held.lock().unwrap().push(client),
                     Mode::Open => {
                         let target = target.clone();
+                        let mut stall = stalled.subscribe();
                         let link = tokio::spawn(async move {
                             if let Ok(mut server) =
                                 TcpStream::connect((target.0.as_str(), target.1)).await
                             {
-                                let _ =
-                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                                tokio::select! {
+                                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                    // Stalled: stop forwarding but keep both sockets open.
+                                    _ = async { stall.wait_for(|s| *s).await.map(|_| ()) } => {
+                                        let _ = stall.wait_for(|s| !*s).await.map(|_| ());
+                                    }
+                                }
                             }
                         });
                         links.lock().unwrap().push(link.abort_handle());
@@ -67,8 +76,16 @@ impl Proxy {
         }
     }
 
+    /// Stops forwarding on open connections without closing them, and holds new ones
+    /// unanswered: a network that dies silently.
+    pub fn stall(&self) {
+        *self.mode.lock().unwrap() = Mode::Blackhole;
+        self.stalled.send_replace(true);
+    }
+
     pub fn restore(&self) {
         *self.mode.lock().unwrap() = Mode::Open;
+        self.stalled.send_replace(false);
         self.held.lock().unwrap().clear();
     }
 }

@@ -1,0 +1,292 @@
+//! Recently read retained messages, kept in memory so that reads of hot topics skip the
+//! database.
+//!
+//! Correctness rests on three rules. A node's own writes update the cache after they commit.
+//! Other nodes' writes arrive through the change feed and evict. And a fill from the database
+//! goes through a placeholder that any write or eviction of the same topic cancels, so a read
+//! that raced a change can never put the older value back.
+//!
+//! When the feed may be missing changes (it lost its connection, or a write's outcome is
+//! unknown), the cache is switched off until it can be trusted again, and then starts empty.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use quick_cache::Weighter;
+use quick_cache::sync::{Cache, DefaultLifecycle, PlaceholderGuard};
+
+use super::RetainedMessage;
+use crate::topic::TopicName;
+
+/// A cached answer: the message, or the knowledge that there is none.
+pub(super) type Cached = Option<Arc<RetainedMessage>>;
+
+#[derive(Clone)]
+struct Bytes;
+
+impl Weighter<TopicName, Cached> for Bytes {
+    fn weight(&self, topic: &TopicName, value: &Cached) -> u64 {
+        // Approximate bookkeeping per entry (map slot, Arc, struct) on top of the data.
+        const OVERHEAD: usize = 160;
+        let data = value.as_ref().map_or(0, |m| {
+            let p = &m.properties;
+            m.payload.len()
+                + p.user_properties
+                    .iter()
+                    .map(|u| u.key.len() + u.value.len() + 48)
+                    .sum::<usize>()
+                + p.content_type.as_ref().map_or(0, String::len)
+                + p.response_topic.as_ref().map_or(0, |t| t.as_str().len())
+                + p.correlation_data.as_ref().map_or(0, |c| c.len())
+        });
+        (OVERHEAD + topic.as_str().len() + data) as u64
+    }
+}
+
+pub(super) struct ReadCache {
+    entries: Cache<TopicName, Cached, Bytes>,
+    /// Whether the change feed is known to work (always, when there is no other writer).
+    trusted: AtomicBool,
+    /// While non-zero, reads bypass the cache until this time (ms since `epoch`); after it the
+    /// cache starts empty. Set when a write's outcome is unknown: it may still commit later.
+    suspended_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// What a lookup found.
+pub(super) enum Lookup<'a> {
+    Hit(Cached),
+    /// Not cached: read the database, then hand the answer to [`Fill::fill`].
+    Miss(Fill<'a>),
+    /// The cache cannot be trusted right now: read the database.
+    Bypass,
+}
+
+type Guard<'a> = PlaceholderGuard<
+    'a,
+    TopicName,
+    Cached,
+    Bytes,
+    quick_cache::DefaultHashBuilder,
+    DefaultLifecycle<TopicName, Cached>,
+>;
+
+pub(super) struct Fill<'a>(Guard<'a>);
+
+impl Fill<'_> {
+    /// Caches a database answer, unless the topic changed while it was being read.
+    pub(super) fn fill(self, value: Cached) {
+        let _ = self.0.insert(value);
+    }
+}
+
+impl ReadCache {
+    /// A cache of about `max_bytes`, trusted from the start or only once the feed says so.
+    pub(super) fn new(max_bytes: u64, trusted: bool) -> Self {
+        let estimated_items = (max_bytes / 512).max(16) as usize;
+        Self {
+            entries: Cache::with_weighter(estimated_items, max_bytes.max(1), Bytes),
+            trusted: AtomicBool::new(trusted),
+            suspended_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub(super) async fn lookup(&self, topic: &TopicName) -> Lookup<'_> {
+        if !self.trusted.load(Ordering::Acquire) {
+            return Lookup::Bypass;
+        }
+        let until = self.suspended_until_ms.load(Ordering::Acquire);
+        if until != 0 {
+            if self.now_ms() < until {
+                return Lookup::Bypass;
+            }
+            // Whatever a late commit changed is forgotten before anything is served again.
+            self.entries.clear();
+            let _ = self.suspended_until_ms.compare_exchange(
+                until,
+                0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        // A concurrent reader of the same missing topic waits for the first one's answer
+        // instead of asking the database again.
+        match self.entries.get_value_or_guard_async(topic).await {
+            Ok(value) => Lookup::Hit(value),
+            Err(guard) => Lookup::Miss(Fill(guard)),
+        }
+    }
+
+    pub(super) fn in_use(&self) -> bool {
+        self.trusted.load(Ordering::Acquire) && self.suspended_until_ms.load(Ordering::Acquire) == 0
+    }
+
+    /// Records a committed write. Also cancels any fill of the topic in progress.
+    pub(super) fn written(&self, topic: TopicName, value: Cached) {
+        self.entries.insert(topic, value);
+    }
+
+    /// Forgets a topic (and cancels any fill of it in progress).
+    pub(super) fn evict(&self, topic: &TopicName) {
+        self.entries.remove(topic);
+    }
+
+    /// Stops answering and filling, and forgets everything.
+    pub(super) fn distrust(&self) {
+        self.trusted.store(false, Ordering::Release);
+        self.entries.clear();
+    }
+
+    /// Starts answering again, from empty.
+    pub(super) fn trust(&self) {
+        self.entries.clear();
+        self.trusted.store(true, Ordering::Release);
+    }
+
+    pub(super) fn forget_all(&self) {
+        self.entries.clear();
+    }
+
+    /// Bypasses the cache for `period`, then starts it empty: a write whose outcome is unknown
+    /// may commit late, and its topics' cached values would then be stale.
+    pub(super) fn suspend(&self, period: Duration) {
+        let until = self.now_ms() + u64::try_from(period.as_millis()).unwrap_or(u64::MAX / 2) + 1;
+        self.suspended_until_ms.fetch_max(until, Ordering::AcqRel);
+        self.entries.clear();
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+    }
+
+    #[cfg(test)]
+    fn peek(&self, topic: &TopicName) -> Option<Cached> {
+        self.entries.get(topic)
+    }
+}
+
+/// Whether a cached message may still be served at `now_ms`.
+pub(super) fn unexpired(value: Cached, now_ms: i64) -> Cached {
+    value.filter(|m| m.expires_at_ms.is_none_or(|at| at > now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MessageProperties, Qos};
+
+    fn topic(s: &str) -> TopicName {
+        TopicName::from_stored(s.to_owned())
+    }
+
+    fn msg(t: &str, payload: &'static str) -> Cached {
+        Some(Arc::new(RetainedMessage {
+            topic: topic(t),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            qos: Qos::AtLeastOnce,
+            properties: MessageProperties::default(),
+            expires_at_ms: None,
+            last_modified_ms: 1,
+            last_accessed_ms: 1,
+        }))
+    }
+
+    async fn miss<'a>(cache: &'a ReadCache, t: &TopicName) -> Fill<'a> {
+        match cache.lookup(t).await {
+            Lookup::Miss(fill) => fill,
+            _ => panic!("expected a miss"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_is_served_afterwards() {
+        let cache = ReadCache::new(1 << 20, true);
+        let t = topic("a");
+        miss(&cache, &t).await.fill(msg("a", "v1"));
+        assert!(matches!(cache.lookup(&t).await, Lookup::Hit(Some(m)) if m.payload == "v1"));
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_raced_a_write_does_not_overwrite_it() {
+        let cache = ReadCache::new(1 << 20, true);
+        let t = topic("a");
+        let fill = miss(&cache, &t).await; // a read of v1 is under way...
+        cache.written(t.clone(), msg("a", "v2")); // ...when v2 commits
+        fill.fill(msg("a", "v1"));
+        assert_eq!(cache.peek(&t).unwrap().unwrap().payload, "v2");
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_raced_an_eviction_is_dropped() {
+        let cache = ReadCache::new(1 << 20, true);
+        let t = topic("a");
+        let fill = miss(&cache, &t).await;
+        cache.evict(&t); // another node changed it meanwhile
+        fill.fill(msg("a", "old"));
+        assert!(cache.peek(&t).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_raced_distrust_is_dropped_and_nothing_is_served() {
+        let cache = ReadCache::new(1 << 20, true);
+        let t = topic("a");
+        cache.written(topic("b"), msg("b", "x"));
+        let fill = miss(&cache, &t).await;
+        cache.distrust();
+        fill.fill(msg("a", "old"));
+        assert!(matches!(cache.lookup(&t).await, Lookup::Bypass));
+        cache.trust();
+        assert!(cache.peek(&t).is_none() && cache.peek(&topic("b")).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_cache_bypasses_until_trusted() {
+        let cache = ReadCache::new(1 << 20, false);
+        assert!(matches!(cache.lookup(&topic("a")).await, Lookup::Bypass));
+        cache.trust();
+        assert!(matches!(cache.lookup(&topic("a")).await, Lookup::Miss(_)));
+    }
+
+    #[tokio::test]
+    async fn a_suspended_cache_bypasses_then_starts_empty() {
+        let cache = ReadCache::new(1 << 20, true);
+        let t = topic("a");
+        cache.written(t.clone(), msg("a", "v1"));
+        cache.suspend(Duration::from_millis(50));
+        cache.written(t.clone(), msg("a", "v2"));
+        assert!(matches!(cache.lookup(&t).await, Lookup::Bypass));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(matches!(cache.lookup(&t).await, Lookup::Miss(_)));
+    }
+
+    #[tokio::test]
+    async fn absence_is_cached_too() {
+        let cache = ReadCache::new(1 << 20, true);
+        let t = topic("nothing");
+        miss(&cache, &t).await.fill(None);
+        assert!(matches!(cache.lookup(&t).await, Lookup::Hit(None)));
+    }
+
+    #[tokio::test]
+    async fn the_cache_stays_within_its_byte_budget() {
+        let cache = ReadCache::new(64 * 1024, true);
+        for i in 0..10_000 {
+            cache.written(topic(&format!("t/{i}")), msg("x", "0123456789abcdef"));
+        }
+        assert!(
+            cache.entries.weight() <= 64 * 1024,
+            "{}",
+            cache.entries.weight()
+        );
+    }
+
+    #[test]
+    fn expired_messages_are_not_served() {
+        let mut m = msg("a", "v").unwrap();
+        Arc::get_mut(&mut m).unwrap().expires_at_ms = Some(100);
+        assert!(unexpired(Some(m.clone()), 99).is_some());
+        assert!(unexpired(Some(m), 100).is_none());
+    }
+}
