@@ -19,6 +19,7 @@
 #   select    pgbench: the same point SELECT                               (bench/pgbench/select.sql)
 #   list      retaind: GET /retainedMessage, first page of 50              (bench/wrk/list.lua)
 #   list      pgbench: the same page query                                 (bench/pgbench/list.sql)
+#   get, read cache off: retaind restarted with --read-cache-mib 0          (bench/wrk/get.lua)
 # The table goes to stdout and to bench/results/latest.md (git-ignored), raw outputs next to it.
 # Exits 1 if any request or transaction failed; the table marks which.
 set -euo pipefail
@@ -53,12 +54,8 @@ cleanup() {
     local status=$?
     set +e
     for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    if [ -n "$RETAIND_PID" ] && kill -0 "$RETAIND_PID" 2>/dev/null; then
-        kill -TERM "$RETAIND_PID"
-        for _ in $(seq 1 100); do kill -0 "$RETAIND_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$RETAIND_PID" 2>/dev/null
-        wait "$RETAIND_PID" 2>/dev/null
-    fi
+    stop_retaind
+    tail -n 200 "$WORK/retaind.stderr" >"$RAW/retaind.stderr.tail" 2>/dev/null
     [ -n "${PG_ADMIN_URL:-}" ] && drop_database "$DB_NAME"
     stop_scratch_postgres
     rm -rf "$WORK"
@@ -95,20 +92,34 @@ if [ $((CONNECTIONS + RETAIND_POOL + 5)) -gt "$MAX_CONN" ]; then
 fi
 
 # --- retaind -----------------------------------------------------------------------------------
-log "starting retaind"
-# As shipped: default flags and log level (one access-log line per request, to a file here).
-"$ROOT/target/release/retaind" --http-addr 127.0.0.1:0 --database-url "$DB_URL" \
-    >"$WORK/retaind.out" 2>"$RAW/retaind.stderr" &
-RETAIND_PID=$!
-BASE=""
-for _ in $(seq 1 600); do
-    line=$(grep -m1 '^retaind: HTTP API on http://' "$WORK/retaind.out" || true)
-    if [ -n "$line" ]; then BASE=${line#retaind: HTTP API on }; break; fi
-    kill -0 "$RETAIND_PID" 2>/dev/null || { log "retaind exited at start:"; cat "$RAW/retaind.stderr" >&2; exit 1; }
-    sleep 0.1
-done
-[ -n "$BASE" ] || { log "retaind did not report its address within 60 s"; exit 1; }
-log "retaind at $BASE (pid $RETAIND_PID)"
+stop_retaind() {
+    [ -n "$RETAIND_PID" ] && kill -0 "$RETAIND_PID" 2>/dev/null || return 0
+    kill -TERM "$RETAIND_PID"
+    for _ in $(seq 1 100); do kill -0 "$RETAIND_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$RETAIND_PID" 2>/dev/null || true
+    wait "$RETAIND_PID" 2>/dev/null || true
+    RETAIND_PID=""
+}
+
+start_retaind() { # EXTRA FLAGS...
+    log "starting retaind $*"
+    # As shipped: default flags and log level (one access-log line per request). The log goes
+    # to the scratch directory; its last lines are kept with the raw results.
+    "$ROOT/target/release/retaind" --http-addr 127.0.0.1:0 --database-url "$DB_URL" "$@" \
+        >"$WORK/retaind.out" 2>"$WORK/retaind.stderr" &
+    RETAIND_PID=$!
+    BASE=""
+    for _ in $(seq 1 600); do
+        line=$(grep -m1 '^retaind: HTTP API on http://' "$WORK/retaind.out" || true)
+        if [ -n "$line" ]; then BASE=${line#retaind: HTTP API on }; break; fi
+        kill -0 "$RETAIND_PID" 2>/dev/null || { log "retaind exited at start:"; cat "$WORK/retaind.stderr" >&2; exit 1; }
+        sleep 0.1
+    done
+    [ -n "$BASE" ] || { log "retaind did not report its address within 60 s"; exit 1; }
+    log "retaind at $BASE (pid $RETAIND_PID)"
+}
+
+start_retaind
 
 # --- data --------------------------------------------------------------------------------------
 # Straight into retaind's table (it has migrated by now): 100,000 topics, 256 distinct-looking
@@ -236,6 +247,10 @@ run_wrk get get.lua /retainedMessage/bench%2Ft%2F0
 run_pgbench select select.sql
 run_wrk list list.lua /retainedMessage
 run_pgbench list_sql list.sql
+# The same gets with the read cache off: every one goes to Postgres (coalesced into batches).
+stop_retaind
+start_retaind --read-cache-mib 0
+run_wrk get_nocache get.lua /retainedMessage/bench%2Ft%2F0
 
 # --- report ------------------------------------------------------------------------------------
 ms() { awk -v us="$1" 'BEGIN { printf "%.1f ms", us / 1000 }'; }
@@ -258,7 +273,8 @@ R_PUB=$(ratio "${RPS[publish]}" "${RPS[upsert]}")
 R_GET=$(ratio "${RPS[get]}" "${RPS[select]}")
 R_LIST=$(ratio "${RPS[list]}" "${RPS[list_sql]}")
 FAILED=0
-for k in publish upsert get select list list_sql; do [ -z "${ERR[$k]}" ] || FAILED=1; done
+R_GET_NC=$(ratio "${RPS[get_nocache]}" "${RPS[select]}")
+for k in publish upsert get select list list_sql get_nocache; do [ -z "${ERR[$k]}" ] || FAILED=1; done
 
 {
     echo "## retaind vs pgbench, $CONNECTIONS connections, ${DURATION} s per scenario"
@@ -267,6 +283,7 @@ for k in publish upsert get select list list_sql; do [ -z "${ERR[$k]}" ] || FAIL
     echo "|---|---:|---:|---:|---:|---:|---|"
     echo "| retained publish (256 B, 100k topics) vs single-row upsert | $(cell publish) | $(ms "${P99[publish]}") | $(cell upsert) | $(ms "${P99[upsert]}") | ${R_PUB}× | $(verdict "$R_PUB" 2) |"
     echo "| get vs point select | $(cell get) | $(ms "${P99[get]}") | $(cell select) | $(ms "${P99[select]}") | ${R_GET}× | $(verdict "$R_GET" 2) |"
+    echo "| get with the read cache off (\`--read-cache-mib 0\`) vs point select | $(cell get_nocache) | $(ms "${P99[get_nocache]}") | $(cell select) | $(ms "${P99[select]}") | ${R_GET_NC}× | none (for reference) |"
     echo "| list, first page (50) vs the same page query | $(cell list) | $(ms "${P99[list]}") | $(cell list_sql) | $(ms "${P99[list_sql]}") | ${R_LIST}× | none |"
     echo
     echo "ratio = retaind req/s ÷ pgbench tps. Both sides at $CONNECTIONS concurrent connections/clients, $THREADS load-generator threads, ${WARMUP} s warm-up, CHECKPOINT before each scenario, durable commits."
@@ -279,7 +296,7 @@ for k in publish upsert get select list list_sql; do [ -z "${ERR[$k]}" ] || FAIL
     echo
     echo "| scenario | retaind | postgres (all backends) | wrk | pgbench | other processes | idle | iowait (% of machine) |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-    for k in publish upsert get select list list_sql; do
+    for k in publish upsert get select list list_sql get_nocache; do
         c=${CPU[$k]}
         if [ -n "$c" ]; then
             g() { sed -n "s/.*$1=\([0-9]*\).*/\1/p" <<<"$c"; }
