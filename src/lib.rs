@@ -5,5 +5,7 @@
 
 pub mod api;
 pub mod app;
+pub mod broker;
+pub mod mqtt;
 pub mod store;
 pub mod topic;

@@ -46,11 +46,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let running = app::start(&config, Clock::System).await?;
     // Printed on stdout, not logged: scripts (and the compatibility tests) read the bound port here.
     println!("retaind: HTTP API on http://{}", running.http_addr);
+    println!("retaind: MQTT on mqtt://{}", running.mqtt_addr);
+    println!(
+        "retaind: MQTT over WebSocket on ws://{}/mqtt",
+        running.http_addr
+    );
     println!("retaind: store {}", app::redact_url(&config.database_url));
     tracing::info!(
         http = %running.http_addr,
-        mqtt = %config.mqtt_addr,
-        "serving; the MQTT listener is not available yet (--mqtt-addr is reserved for the broker)"
+        mqtt = %running.mqtt_addr,
+        "serving"
     );
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");

@@ -306,6 +306,207 @@ async fn data_survives_reopening(backend: Backend) {
     );
 }
 
+/// A message carrying every optional field, with its topic as payload so that a page can be
+/// compared message by message.
+fn full_message_on(t: &str, at_ms: i64) -> RetainedMessage {
+    RetainedMessage {
+        topic: topic(t),
+        payload: Bytes::from(t.to_owned()),
+        ..full_message(at_ms)
+    }
+}
+
+async fn put_all(store: &Store, topics: &[&str]) {
+    for t in topics {
+        store
+            .write(Write::Put(full_message_on(t, T0_MS)))
+            .await
+            .unwrap();
+    }
+}
+
+fn topics_of(page: &[RetainedMessage]) -> Vec<&str> {
+    page.iter().map(|m| m.topic.as_str()).collect()
+}
+
+async fn scanning_a_range_returns_full_messages_in_byte_order(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    let topics = [
+        "a/b/c", "a", "a0", "a/é", "b", "a/", "A/b", "a/b", "a.b", "$SYS/a",
+    ];
+    put_all(&store, &topics).await;
+    // `a/#` below `a` as a range: from "a/" (inclusive) up to "a0" (exclusive; '0' follows '/').
+    let page = store.scan("a/", Some("a0"), None, 100).await.unwrap();
+    let expected: Vec<RetainedMessage> = ["a/", "a/b", "a/b/c", "a/é"]
+        .iter()
+        .map(|t| full_message_on(t, T0_MS))
+        .collect();
+    assert_eq!(page, expected);
+}
+
+async fn a_scan_does_not_count_as_a_read(backend: Backend) {
+    let clock = Clock::manual(T0_MS);
+    let (store, _db) = fresh_store(backend, clock.clone()).await;
+    for t in ["s/1", "s/2"] {
+        store
+            .write(Write::Put(message(t, "v", T0_MS)))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(24 * 3600));
+    let page = store.scan("s/", Some("s0"), None, 10).await.unwrap();
+    assert_eq!(topics_of(&page), ["s/1", "s/2"]);
+    assert!(page.iter().all(|m| m.last_accessed_ms == T0_MS));
+    let retention = Duration::from_secs(365 * 24 * 3600);
+    assert_eq!(store.maintain(retention).await.unwrap().touched, 0);
+    // Whereas a point read is recorded.
+    store.get(topic("s/1")).await.unwrap().unwrap();
+    assert_eq!(store.maintain(retention).await.unwrap().touched, 1);
+}
+
+async fn scan_pages_resume_after_a_topic_and_end_exactly(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    put_all(
+        &store,
+        &[
+            "c/7", "b", "c/0", "c/1", "c/2", "c", "c/3", "c/4", "c0", "c/5", "c/6", "d",
+        ],
+    )
+    .await;
+    let (from, until) = ("c/", Some("c0"));
+    let first = store.scan(from, until, None, 4).await.unwrap();
+    assert_eq!(topics_of(&first), ["c/0", "c/1", "c/2", "c/3"]);
+    let second = store
+        .scan(from, until, Some(&first[3].topic), 4)
+        .await
+        .unwrap();
+    assert_eq!(topics_of(&second), ["c/4", "c/5", "c/6", "c/7"]);
+    // The range held exactly two pages: the third is empty, not a repeat or a spill past `until`.
+    let third = store
+        .scan(from, until, Some(&second[3].topic), 4)
+        .await
+        .unwrap();
+    assert!(third.is_empty(), "{:?}", topics_of(&third));
+    // Resuming after a topic that no longer exists continues from its place.
+    let page = store
+        .scan(from, until, Some(&topic("c/3x")), 2)
+        .await
+        .unwrap();
+    assert_eq!(topics_of(&page), ["c/4", "c/5"]);
+    // An `after` before the range starts at `from`; one at or past `until` finds nothing.
+    let page = store.scan(from, until, Some(&topic("b")), 2).await.unwrap();
+    assert_eq!(topics_of(&page), ["c/0", "c/1"]);
+    let page = store
+        .scan(from, until, Some(&topic("c0")), 2)
+        .await
+        .unwrap();
+    assert!(page.is_empty(), "{:?}", topics_of(&page));
+}
+
+async fn a_scan_without_upper_bound_runs_to_the_end(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    put_all(&store, &["z", "b/x", "a", "\u{10000}", "é", "b"]).await;
+    let page = store.scan("b", None, None, 100).await.unwrap();
+    assert_eq!(topics_of(&page), ["b", "b/x", "z", "é", "\u{10000}"]);
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scan("b", None, after.as_ref(), 2).await.unwrap();
+        paged.extend(page.iter().map(|m| m.topic.to_string()));
+        match page.last() {
+            Some(last) if page.len() == 2 => after = Some(last.topic.clone()),
+            _ => break,
+        }
+    }
+    assert_eq!(paged, ["b", "b/x", "z", "é", "\u{10000}"]);
+    // An empty `from` is the very start.
+    let page = store.scan("", None, None, 100).await.unwrap();
+    assert_eq!(topics_of(&page), ["a", "b", "b/x", "z", "é", "\u{10000}"]);
+}
+
+async fn expired_messages_are_not_scanned(backend: Backend) {
+    let clock = Clock::manual(T0_MS);
+    let (store, _db) = fresh_store(backend, clock.clone()).await;
+    for (t, expires_at_ms) in [
+        ("e/0", Some(T0_MS + 10_000)),
+        ("e/1", None),
+        ("e/2", Some(T0_MS + 20_000)),
+        ("e/3", None),
+    ] {
+        let mut msg = message(t, "v", T0_MS);
+        msg.expires_at_ms = expires_at_ms;
+        store.write(Write::Put(msg)).await.unwrap();
+    }
+    clock.advance(Duration::from_millis(9_999));
+    let page = store.scan("e/", Some("e0"), None, 10).await.unwrap();
+    assert_eq!(topics_of(&page), ["e/0", "e/1", "e/2", "e/3"]);
+    clock.advance(Duration::from_millis(1));
+    let page = store.scan("e/", Some("e0"), None, 10).await.unwrap();
+    assert_eq!(topics_of(&page), ["e/1", "e/2", "e/3"]);
+    // Expired rows do not take places in a page: `limit` counts only what is returned.
+    let page = store.scan("e/", Some("e0"), None, 2).await.unwrap();
+    assert_eq!(topics_of(&page), ["e/1", "e/2"]);
+    clock.advance(Duration::from_millis(10_000));
+    let page = store.scan("e/", None, None, 2).await.unwrap();
+    assert_eq!(topics_of(&page), ["e/1", "e/3"]);
+}
+
+async fn scan_bounds_compare_multibyte_topics_by_bytes(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    // 'É' is C3 89, 'é' C3 A9, 'ê' C3 AA, 'ë' C3 AB: all after every ASCII byte.
+    put_all(
+        &store,
+        &[
+            "a/ê",
+            "a/e",
+            "a/é/x",
+            "a/f",
+            "a/z",
+            "a/É",
+            "a/ë",
+            "a/é",
+            "a/éa",
+            "a/\u{10000}",
+        ],
+    )
+    .await;
+    let page = store.scan("a/é", Some("a/ê"), None, 100).await.unwrap();
+    assert_eq!(topics_of(&page), ["a/é", "a/é/x", "a/éa"]);
+    let page = store
+        .scan("a/é", Some("a/ê"), Some(&topic("a/é")), 100)
+        .await
+        .unwrap();
+    assert_eq!(topics_of(&page), ["a/é/x", "a/éa"]);
+    // A locale would put the accented letters among the e's; byte order puts them after 'z'.
+    let page = store.scan("a/f", Some("a/ê"), None, 100).await.unwrap();
+    assert_eq!(
+        topics_of(&page),
+        ["a/f", "a/z", "a/É", "a/é", "a/é/x", "a/éa"]
+    );
+    let page = store.scan("a/ë", None, None, 100).await.unwrap();
+    assert_eq!(topics_of(&page), ["a/ë", "a/\u{10000}"]);
+}
+
+async fn an_empty_range_scans_nothing(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    assert!(store.scan("", None, None, 10).await.unwrap().is_empty());
+    put_all(&store, &["a", "b", "c"]).await;
+    for (from, until) in [
+        ("b", Some("b")),  // empty interval
+        ("c", Some("b")),  // inverted
+        ("b0", Some("c")), // nothing stored inside
+        ("d", None),       // past the last topic
+    ] {
+        let page = store.scan(from, until, None, 10).await.unwrap();
+        assert!(
+            page.is_empty(),
+            "[{from}, {until:?}): {:?}",
+            topics_of(&page)
+        );
+    }
+    assert!(store.scan("a", None, None, 0).await.unwrap().is_empty());
+}
+
 for_each_backend!(
     every_field_round_trips,
     a_put_replaces_and_a_delete_removes,
@@ -317,4 +518,11 @@ for_each_backend!(
     a_recorded_read_never_moves_access_time_backwards,
     the_token_key_is_shared_by_every_node_on_a_database,
     data_survives_reopening,
+    scanning_a_range_returns_full_messages_in_byte_order,
+    a_scan_does_not_count_as_a_read,
+    scan_pages_resume_after_a_topic_and_end_exactly,
+    a_scan_without_upper_bound_runs_to_the_end,
+    expired_messages_are_not_scanned,
+    scan_bounds_compare_multibyte_topics_by_bytes,
+    an_empty_range_scans_nothing,
 );

@@ -1,12 +1,15 @@
 //! The HTTP API: the AWS IoT data-plane operations for retained messages, health probes and
 //! the OpenAPI document with its browsable UI.
 //!
-//! Handlers translate between HTTP and the store; AWS error names live in [`error`] alone.
+//! MQTT over WebSocket (`/mqtt`) is handed to the broker once upgraded.
+//!
+//! Handlers translate between HTTP and the store or broker; AWS error names live in [`error`] alone.
 //! This module must not reach into the database directly.
 
 mod error;
 mod health;
 mod mqtt5_headers;
+mod mqtt_websocket;
 mod openapi;
 mod page_token;
 mod payload;
@@ -30,6 +33,7 @@ pub use page_token::PageTokens;
 pub use request_context::RequestId;
 use topic_path::TopicPath;
 
+use crate::broker::Broker;
 use crate::store::Store;
 use crate::topic::TopicLimits;
 
@@ -37,6 +41,7 @@ use crate::topic::TopicLimits;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
+    pub broker: Broker,
     pub tokens: PageTokens,
     pub topic_limits: TopicLimits,
     pub max_payload_bytes: usize,
@@ -61,6 +66,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/retainedMessage/{*topic}", get(retained::get))
         .route("/topics/", post(empty_topic))
         .route("/topics/{*topic}", post(publish::publish))
+        .route("/mqtt", get(mqtt_websocket::upgrade))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route_layer(from_fn(request_context::record_route))

@@ -11,7 +11,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::mqtt5_headers::{self, CORRELATION_DATA, PAYLOAD_FORMAT, USER_PROPERTIES};
 use super::payload::Payload;
 use super::{ApiError, ApiState, ErrorBody, RequestId, TopicPath};
-use crate::store::{MessageProperties, PayloadFormat, Qos, RetainedMessage, Write};
+use crate::broker::Message;
+use crate::store::{MessageProperties, PayloadFormat, Qos};
 use crate::topic::{TopicLimits, TopicName};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -139,23 +140,17 @@ impl Publish {
         })
     }
 
-    /// The change this publish makes to the retained store, if any. Only a 0-byte body deletes.
-    fn retained_write(self, now_ms: i64) -> Option<Write> {
-        if !self.retain {
-            return None;
-        }
-        if self.payload.is_empty() {
-            return Some(Write::Delete(self.topic));
-        }
-        Some(Write::Put(RetainedMessage {
+    /// The message the broker stores (when retained) and relays to MQTT subscribers.
+    fn into_message(self, now_ms: i64) -> Message {
+        Message {
             topic: self.topic,
             payload: self.payload,
             qos: self.qos,
+            retain: self.retain,
             properties: self.properties,
             expires_at_ms: self.expiry_secs.map(|s| now_ms + i64::from(s) * 1000),
-            last_modified_ms: now_ms,
-            last_accessed_ms: now_ms,
-        }))
+            origin: None,
+        }
     }
 }
 
@@ -195,9 +190,8 @@ pub async fn publish(
     let TopicPath(topic) = topic?;
     let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let publish = Publish::parse(topic, params, &headers, payload, state.topic_limits)?;
-    if let Some(write) = publish.retained_write(state.store.clock().now_ms()) {
-        state.store.write(write).await?;
-    }
+    let message = publish.into_message(state.store.clock().now_ms());
+    state.broker.publish(message).await?;
     Ok(Json(PublishResponse {
         message: "OK".into(),
         trace_id: request_id.0.to_string(),

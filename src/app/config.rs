@@ -33,9 +33,38 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
-    /// Address for MQTT. Reserved: the MQTT listener arrives with the broker.
+    /// Address for MQTT over TCP (3.1.1 and 5.0). MQTT over WebSocket is served on the HTTP
+    /// address at /mqtt.
     #[arg(long, env = "RETAIND_MQTT_ADDR", default_value = "127.0.0.1:1883")]
     pub mqtt_addr: SocketAddr,
+
+    /// Largest MQTT packet accepted from a client, in bytes (advertised to MQTT 5 clients as
+    /// Maximum Packet Size); a larger one closes the connection.
+    #[arg(long, env = "RETAIND_MQTT_MAX_PACKET_BYTES", default_value_t = 256 * 1024)]
+    pub mqtt_max_packet_bytes: u32,
+
+    /// Messages queued for one MQTT session (online or offline) beyond those in flight. When
+    /// full, QoS 0 messages are dropped, and a connected client that cannot take more QoS 1/2
+    /// messages is disconnected; an offline session drops new messages.
+    #[arg(long, env = "RETAIND_MQTT_MAX_QUEUED_MESSAGES", default_value_t = 1000)]
+    pub mqtt_max_queued_messages: usize,
+
+    /// Payload bytes queued for one MQTT session; counts towards the same policy.
+    #[arg(long, env = "RETAIND_MQTT_MAX_QUEUED_BYTES", default_value_t = 16 << 20)]
+    pub mqtt_max_queued_bytes: usize,
+
+    /// QoS 1/2 messages in flight to one client (also capped by its Receive Maximum).
+    #[arg(long, env = "RETAIND_MQTT_MAX_INFLIGHT", default_value_t = 256)]
+    pub mqtt_max_inflight: u16,
+
+    /// QoS 1/2 messages a client may have unacknowledged towards retaind (MQTT 5 Receive
+    /// Maximum); an MQTT 5 client that sends more is disconnected.
+    #[arg(long, env = "RETAIND_MQTT_RECEIVE_MAXIMUM", default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
+    pub mqtt_receive_maximum: u16,
+
+    /// Topic aliases an MQTT 5 client may set up.
+    #[arg(long, env = "RETAIND_MQTT_TOPIC_ALIAS_MAXIMUM", default_value_t = 64)]
+    pub mqtt_topic_alias_maximum: u16,
 
     /// Where retained messages live: sqlite://PATH (file created if missing) or postgres://...
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/retaind.db")]

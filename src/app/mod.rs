@@ -15,6 +15,7 @@ pub use config::{Cli, Command, LogFormat, ServeConfig};
 pub use redact::redact_url;
 
 use crate::api::{self, ApiState, PageTokens};
+use crate::broker::{self, Broker, BrokerConfig};
 use crate::store::{self, Clock, Store, StoreOptions};
 use crate::topic::TopicLimits;
 
@@ -22,6 +23,11 @@ use crate::topic::TopicLimits;
 pub enum Error {
     #[error("cannot open the store at {url}: {source}")]
     Store { url: String, source: store::Error },
+    #[error("cannot listen for MQTT on {addr}: {source}")]
+    BindMqtt {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -29,12 +35,18 @@ pub enum Error {
     },
 }
 
+/// How long MQTT clients get to receive their DISCONNECT at shutdown.
+const MQTT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A started service: its bound address and the means to stop it.
 pub struct Running {
     pub http_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
     pub store: Store,
+    pub broker: Broker,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    mqtt: JoinHandle<()>,
     maintenance: JoinHandle<()>,
 }
 
@@ -62,15 +74,43 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         },
     );
     let tokens = PageTokens::new(&store.token_key().await.map_err(store_err)?);
+    let topic_limits = TopicLimits {
+        max_bytes: config.max_topic_bytes,
+        max_levels: config.max_topic_levels,
+    };
+    let broker = Broker::new(
+        store.clone(),
+        BrokerConfig {
+            topic_limits,
+            max_payload_bytes: config.max_payload_bytes,
+            max_packet_bytes: config.mqtt_max_packet_bytes,
+            max_queued_messages: config.mqtt_max_queued_messages,
+            max_queued_bytes: config.mqtt_max_queued_bytes,
+            max_inflight: config.mqtt_max_inflight,
+            receive_maximum: config.mqtt_receive_maximum,
+            topic_alias_maximum: config.mqtt_topic_alias_maximum,
+            ..BrokerConfig::default()
+        },
+    );
     let state = ApiState {
         store: store.clone(),
+        broker: broker.clone(),
         tokens,
-        topic_limits: TopicLimits {
-            max_bytes: config.max_topic_bytes,
-            max_levels: config.max_topic_levels,
-        },
+        topic_limits,
         max_payload_bytes: config.max_payload_bytes,
     };
+    let mqtt_listener = TcpListener::bind(config.mqtt_addr)
+        .await
+        .map_err(|source| Error::BindMqtt {
+            addr: config.mqtt_addr,
+            source,
+        })?;
+    let mqtt_addr = mqtt_listener
+        .local_addr()
+        .map_err(|source| Error::BindMqtt {
+            addr: config.mqtt_addr,
+            source,
+        })?;
     let listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| Error::Bind {
@@ -88,6 +128,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future(),
     );
+    let mqtt = tokio::spawn(broker::serve_tcp(broker.clone(), mqtt_listener));
     let maintenance = tokio::spawn(maintenance::run(
         store.clone(),
         config.retention,
@@ -96,21 +137,29 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     ));
     Ok(Running {
         http_addr,
+        mqtt_addr,
         store,
+        broker,
         shutdown,
         server,
+        mqtt,
         maintenance,
     })
 }
 
 impl Running {
-    /// Stops accepting connections, lets in-flight requests finish, then stops background work.
+    /// Stops accepting connections, lets in-flight requests finish, tells MQTT clients the
+    /// server is going away, then stops background work.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
+        self.broker.shutdown(MQTT_SHUTDOWN_GRACE).await;
         match self.server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
             Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        }
+        if let Err(e) = self.mqtt.await {
+            tracing::error!(error = %e, "MQTT listener task failed");
         }
         if let Err(e) = self.maintenance.await {
             tracing::error!(error = %e, "maintenance task failed");

@@ -30,6 +30,23 @@ pub trait RetainedStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Vec<RetainedSummary>, Error>;
 
+    /// Up to `limit` unexpired full messages whose topics are in `[from, until)` (byte order;
+    /// `until: None` = no upper bound) and strictly after `after` (when given), in byte order
+    /// of topic.
+    ///
+    /// This is how a wildcard subscription's retained messages are found page by page: the
+    /// caller turns the filter's literal prefix into a range and matches each topic itself.
+    /// Bounds need not be valid topic names, but must not contain U+0000: Postgres text cannot
+    /// hold it (and no topic contains it either).
+    async fn scan(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedMessage>, Error>;
+
     /// Records that `topics` were read at `now_ms` (never moves a time backwards).
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error>;
 

@@ -217,6 +217,29 @@ impl Store {
         .await
     }
 
+    /// One page of unexpired full messages whose topics are in `[from, until)` (byte order;
+    /// `until: None` = no upper bound) and strictly after `after`, in byte order of topic: how
+    /// the broker finds the retained messages for a wildcard subscription, page by page.
+    ///
+    /// Goes straight to the database under the usual deadline; the read cache holds single
+    /// topics and cannot answer a range. Unlike [`Store::get`], a scan does not count as a read
+    /// for retention: retained messages the broker delivers to subscribers do not refresh their
+    /// retention in this version.
+    pub async fn scan(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+    ) -> Result<Vec<RetainedMessage>, Error> {
+        let now = self.inner.clock.now_ms();
+        deadline(
+            self.inner.timeout,
+            self.inner.backend.scan(from, until, after, limit, now),
+        )
+        .await
+    }
+
     pub async fn ping(&self) -> Result<(), Error> {
         deadline(self.inner.timeout, self.inner.backend.ping()).await
     }

@@ -17,6 +17,33 @@ macro_rules! message_columns {
 }
 pub(super) use message_columns;
 
+/// Where a range scan starts, resolved before the query: the later of `from` (inclusive) and
+/// `after` (exclusive). Each backend then runs a plain range on the primary key rather than
+/// combining both bounds (and their absence) in SQL, which would hide the index from the planner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ScanStart<'a> {
+    /// Topics `>= from`.
+    At(&'a str),
+    /// Topics `> after`.
+    After(&'a str),
+}
+
+impl<'a> ScanStart<'a> {
+    pub(super) fn new(from: &'a str, after: Option<&'a TopicName>) -> Self {
+        // `str` compares bytewise, the order both databases use for topics.
+        match after {
+            Some(after) if after.as_str() >= from => Self::After(after.as_str()),
+            _ => Self::At(from),
+        }
+    }
+
+    pub(super) fn bound(self) -> &'a str {
+        match self {
+            Self::At(s) | Self::After(s) => s,
+        }
+    }
+}
+
 /// The day (since the epoch) of a time in ms, as the `last_accessed_day` column computes it.
 /// The idle purge looks rows up by day through its index, then compares exact times.
 pub(super) fn day_of(ms: i64) -> i32 {
@@ -131,4 +158,48 @@ pub(super) fn last_write_per_topic(writes: &[super::Write]) -> Vec<&super::Write
         .filter(|(i, w)| last.get(w.topic()) == Some(i))
         .map(|(_, w)| w)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> TopicName {
+        TopicName::from_stored(s.to_owned())
+    }
+
+    #[test]
+    fn a_scan_starts_at_from_without_after() {
+        assert_eq!(ScanStart::new("a/", None), ScanStart::At("a/"));
+    }
+
+    #[test]
+    fn a_scan_resumes_after_a_topic_inside_the_range() {
+        let after = name("a/b");
+        assert_eq!(ScanStart::new("a/", Some(&after)), ScanStart::After("a/b"));
+    }
+
+    #[test]
+    fn after_equal_to_from_excludes_from() {
+        let after = name("a/");
+        assert_eq!(ScanStart::new("a/", Some(&after)), ScanStart::After("a/"));
+    }
+
+    #[test]
+    fn after_before_from_is_ignored() {
+        let after = name("a");
+        assert_eq!(ScanStart::new("a/", Some(&after)), ScanStart::At("a/"));
+    }
+
+    #[test]
+    fn the_start_compares_multibyte_topics_by_bytes() {
+        // 'é' is C3 A9 and 'z' is 7A: byte order puts "a/z" first, whatever a locale says.
+        let after = name("a/z");
+        assert_eq!(ScanStart::new("a/é", Some(&after)), ScanStart::At("a/é"));
+        let after = name("a/éa");
+        assert_eq!(
+            ScanStart::new("a/é", Some(&after)),
+            ScanStart::After("a/éa")
+        );
+    }
 }

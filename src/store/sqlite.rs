@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use sqlx::SqlitePool;
 
 use super::row::{
-    MessageRow, SummaryRow, encode_user_properties, last_write_per_topic, message_columns,
+    MessageRow, ScanStart, SummaryRow, encode_user_properties, last_write_per_topic,
+    message_columns,
 };
 use super::{Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
 use crate::topic::TopicName;
@@ -44,6 +45,22 @@ ON CONFLICT (topic) DO UPDATE SET
     correlation_data = excluded.correlation_data, payload_format = excluded.payload_format,
     expires_at_ms = excluded.expires_at_ms, last_modified_ms = excluded.last_modified_ms,
     last_accessed_ms = excluded.last_accessed_ms";
+
+/// A range scan of full messages with the given bounds on `topic`: `?1` is the lower bound,
+/// `?2` now, `?3` the limit and `?4` the upper bound. One statement per combination of bounds,
+/// so that SQLite searches the primary key between them (`?1 IS NULL OR ...` would make it
+/// walk the table from the start).
+macro_rules! scan_statement {
+    ($bounds:literal) => {
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM retained_messages WHERE ",
+            $bounds,
+            " AND (expires_at_ms IS NULL OR expires_at_ms > ?2) ORDER BY topic LIMIT ?3"
+        )
+    };
+}
 
 #[async_trait]
 impl RetainedStore for SqliteStore {
@@ -125,6 +142,32 @@ impl RetainedStore for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         rows.into_iter().map(RetainedSummary::try_from).collect()
+    }
+
+    async fn scan(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedMessage>, Error> {
+        let start = ScanStart::new(from, after);
+        let statement = match (start, until) {
+            (ScanStart::At(_), None) => scan_statement!("topic >= ?1"),
+            (ScanStart::After(_), None) => scan_statement!("topic > ?1"),
+            (ScanStart::At(_), Some(_)) => scan_statement!("topic >= ?1 AND topic < ?4"),
+            (ScanStart::After(_), Some(_)) => scan_statement!("topic > ?1 AND topic < ?4"),
+        };
+        let mut query = sqlx::query_as(statement)
+            .bind(start.bound())
+            .bind(now_ms)
+            .bind(i64::from(limit));
+        if let Some(until) = until {
+            query = query.bind(until);
+        }
+        let rows: Vec<MessageRow> = query.fetch_all(&self.reader).await?;
+        rows.into_iter().map(RetainedMessage::try_from).collect()
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {

@@ -1,9 +1,11 @@
-//! Topic names: parsed once at the edge, carried as a type afterwards.
+//! Topic names and filters: parsed once at the edge, carried as types afterwards.
 //!
-//! This module is pure: no I/O, no async, no knowledge of HTTP or storage. It owns the MQTT
-//! rules for what a topic name may contain and the deployment limits (bytes, levels) that a
-//! service applies on top of them.
+//! This module is pure: no I/O, no async, no knowledge of HTTP, storage or sessions. It owns the
+//! MQTT rules for what a topic name or filter may contain, how a filter matches a name, and the
+//! deployment limits (bytes, levels) that a service applies to names on top of them.
 
+mod filter;
 mod name;
 
+pub use filter::{FilterError, FilterSpec, TopicFilter, prefix_end};
 pub use name::{TopicError, TopicLimits, TopicName};

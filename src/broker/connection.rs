@@ -1,0 +1,454 @@
+//! One client connection: CONNECT and CONNACK, then a loop that reads packets, settles
+//! publishes once the store has them, and writes what the session has queued, until the
+//! client leaves, breaks the protocol or is taken over; then its Will.
+//!
+//! Packet handling is in `inbound`; this file owns the lifecycle and the write side.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::inbound::Settled;
+use super::message::Message;
+use super::registry::Session;
+use super::retained::{PAGE, RetainedScan};
+use super::{Broker, BrokerConfig, ClientKey, wire};
+use crate::mqtt::{
+    self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet,
+    PublishAck2, PublishAck2Reason, Version,
+};
+use crate::topic::TopicName;
+
+/// Inbound publishes waiting for the store before they are acknowledged and routed. Past
+/// this the connection stops reading: a client cannot queue unbounded work.
+const MAX_PENDING: usize = 1024;
+/// Packets handled back to back before the answers are flushed.
+const READ_BURST: usize = 64;
+/// Flush once this much is buffered, so a long drain does not build a large buffer.
+const FLUSH_BYTES: usize = 64 * 1024;
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a connection ends.
+pub(super) enum End {
+    /// The client sent DISCONNECT; with reason 0x04 it still wants its Will published.
+    ClientDisconnect { keep_will: bool },
+    /// The socket closed or failed, or the client stopped reading.
+    Lost,
+    /// We close it, telling an MQTT 5 client why.
+    Close(DisconnectReasonCode),
+}
+
+/// A Will message and how long after the connection ends it is published.
+pub(super) struct Will {
+    pub message: Message,
+    pub delay: Duration,
+}
+
+pub(super) struct Connection<T> {
+    pub broker: Broker,
+    pub cfg: BrokerConfig,
+    pub framed: Framed<T>,
+    pub v5: bool,
+    pub client: ClientKey,
+    pub session: Arc<Session>,
+    connection: u64,
+    stop: CancellationToken,
+    keep_alive: Option<Duration>,
+    last_heard: Instant,
+    pub will: Option<Will>,
+    pub session_expiry: u32,
+    /// How many QoS 1/2 messages may be in flight to the client.
+    window: usize,
+    /// MQTT 5 topic aliases the client set up [MQTT-3.3.2-10].
+    pub aliases: HashMap<u16, TopicName>,
+    pub pending: FuturesOrdered<BoxFuture<'static, Settled>>,
+    /// QoS 1/2 publishes received and not fully acknowledged, for Receive Maximum.
+    pub unacked_in: usize,
+    pub scans: VecDeque<RetainedScan>,
+    dirty: bool,
+}
+
+pub(super) async fn serve<T>(broker: Broker, io: T, peer: String)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = broker.config().clone();
+    let handshake = mqtt::handshake(io, cfg.max_packet_bytes);
+    let (framed, connect) = match tokio::time::timeout(cfg.connect_timeout, handshake).await {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection closed before CONNECT");
+            return;
+        }
+        Ok(Ok(accepted)) => accepted,
+    };
+    let Some(mut conn) = Connection::accept(broker, cfg, framed, connect).await else {
+        return;
+    };
+    let span = tracing::info_span!("mqtt", client = %conn.client, %peer);
+    let end = {
+        let _guard = span.enter();
+        tracing::debug!("connected");
+        drop(_guard);
+        conn.run().await
+    };
+    conn.finish(end).await;
+}
+
+impl<T> Connection<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async fn accept(
+        broker: Broker,
+        cfg: BrokerConfig,
+        mut framed: Framed<T>,
+        connect: mqtt::Connect,
+    ) -> Option<Self> {
+        let v5 = framed.version() == Version::V5;
+        let mut assigned = None;
+        let client: ClientKey = if connect.client_id.is_empty() {
+            // [MQTT-3.1.3-8] in 3.1.1 a client without an id cannot ask for a lasting
+            // session; MQTT 5 assigns one either way [MQTT-3.1.3-6].
+            if !v5 && !connect.clean_start {
+                refuse(&mut framed, ConnectAckReason::ClientIdentifierNotValid).await;
+                return None;
+            }
+            let id = format!("retaind-{}", uuid::Uuid::new_v4().simple());
+            assigned = Some(id.clone());
+            id.into()
+        } else {
+            Arc::from(&*connect.client_id)
+        };
+        let will = match connect.last_will.as_ref() {
+            None => None,
+            Some(w) => {
+                match super::inbound::will(w, &client, &cfg, broker.store().clock().now_ms()) {
+                    Ok(will) => Some(will),
+                    Err(reason) => {
+                        refuse(&mut framed, reason).await;
+                        return None;
+                    }
+                }
+            }
+        };
+        let attached = broker.attach(client.clone(), connect.clean_start);
+        let client_window = if v5 {
+            connect.receive_max.map_or(u16::MAX, NonZeroU16::get)
+        } else {
+            u16::MAX
+        };
+        if let Some(max) = connect.max_packet_size {
+            framed.set_max_outbound_size(max.get());
+        }
+        let mut conn = Self {
+            broker,
+            window: usize::from(client_window.min(cfg.max_inflight.max(1))),
+            keep_alive: (connect.keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            last_heard: Instant::now(),
+            cfg,
+            framed,
+            v5,
+            client,
+            session: attached.session,
+            connection: attached.connection,
+            stop: attached.stop,
+            will,
+            session_expiry: connect.session_expiry_interval_secs,
+            aliases: HashMap::new(),
+            pending: FuturesOrdered::new(),
+            unacked_in: 0,
+            scans: VecDeque::new(),
+            dirty: false,
+        };
+        let connack = ConnectAck {
+            session_present: attached.session_present,
+            reason_code: ConnectAckReason::Success,
+            receive_max: NonZeroU16::new(conn.cfg.receive_maximum).unwrap_or(NonZeroU16::MAX),
+            max_packet_size: Some(conn.cfg.max_packet_bytes),
+            assigned_client_id: assigned.map(Into::into),
+            topic_alias_max: conn.cfg.topic_alias_maximum,
+            ..ConnectAck::default()
+        };
+        let greeted = conn
+            .write(Packet::ConnectAck(Box::new(connack)))
+            .await
+            .is_ok()
+            && conn.resend().await.is_ok()
+            && conn.flush().await.is_ok();
+        if !greeted {
+            conn.broker
+                .detach(&conn.session, conn.connection, Duration::ZERO);
+            return None;
+        }
+        Some(conn)
+    }
+
+    /// A resumed session's unacknowledged messages go out again first, PUBLISH with DUP=1 and
+    /// PUBREL as they were [MQTT-4.4.0-1].
+    async fn resend(&mut self) -> Result<(), End> {
+        let now = self.broker.store().clock().now_ms();
+        let again: Vec<(NonZeroU16, Option<Packet>, bool)> = self
+            .session
+            .state()
+            .unacknowledged()
+            .map(|i| {
+                let packet = if i.released {
+                    Some(Packet::PublishRelease(PublishAck2 {
+                        packet_id: i.packet_id,
+                        reason_code: PublishAck2Reason::Success,
+                        properties: Vec::new(),
+                        reason_string: None,
+                    }))
+                } else {
+                    wire::publish_packet(&i.delivery, Some(i.packet_id), true, now)
+                        .map(|p| Packet::Publish(Box::new(p)))
+                };
+                (i.packet_id, packet, i.released)
+            })
+            .collect();
+        for (id, packet, _) in again {
+            let sent = match packet {
+                Some(p) => self.write(p).await?,
+                None => false,
+            };
+            if !sent {
+                self.session.state().forget(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self) -> End {
+        loop {
+            if let Err(end) = self.pump().await {
+                return end;
+            }
+            let deadline = self.keep_alive.map(|k| self.last_heard + k);
+            let keep_alive = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let readable = self.pending.len() < MAX_PENDING;
+            let step = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => Err(End::Close(self.session.stop_reason())),
+                Some(settled) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.settle(settled).await
+                }
+                packet = self.framed.recv(), if readable => match packet {
+                    Ok(packet) => {
+                        self.last_heard = Instant::now();
+                        self.handle_burst(packet).await
+                    }
+                    Err(e) => Err(read_error(e)),
+                },
+                () = self.session.wake.notified() => Ok(()),
+                // [MQTT-3.1.2-22] nothing heard for 1.5 × keep alive.
+                () = keep_alive => Err(End::Close(DisconnectReasonCode::KeepAliveTimeout)),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Handles a packet and whatever else has already arrived, so that the answers to a burst
+    /// of publishes leave in one write.
+    async fn handle_burst(&mut self, first: Packet) -> Result<(), End> {
+        self.handle(first).await?;
+        for _ in 0..READ_BURST {
+            if self.pending.len() >= MAX_PENDING {
+                break;
+            }
+            match self.framed.recv().now_or_never() {
+                Some(Ok(packet)) => self.handle(packet).await?,
+                Some(Err(e)) => return Err(read_error(e)),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what the session has queued, as far as the flow-control window allows, topping
+    /// the queue up from pending retained deliveries; then flushes.
+    async fn pump(&mut self) -> Result<(), End> {
+        loop {
+            let next = self.session.state().next_outgoing(self.window);
+            let Some(out) = next else {
+                if self.refill().await? {
+                    continue;
+                }
+                break;
+            };
+            let now = self.broker.store().clock().now_ms();
+            let sent = match wire::publish_packet(&out.delivery, out.packet_id, false, now) {
+                Some(p) => self.write(Packet::Publish(Box::new(p))).await?,
+                None => false,
+            };
+            if !sent && let Some(id) = out.packet_id {
+                self.session.state().forget(id);
+            }
+            if self.framed.pending_write_bytes() >= FLUSH_BYTES {
+                self.flush().await?;
+            }
+        }
+        if self.dirty {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues the next page of retained messages when the queue is short. True if it queued
+    /// something or has more to read.
+    async fn refill(&mut self) -> Result<bool, End> {
+        if self.session.state().queued() >= PAGE as usize {
+            return Ok(false);
+        }
+        let Some(scan) = self.scans.front_mut() else {
+            return Ok(false);
+        };
+        let limits = self.cfg.topic_limits;
+        match scan.next_page(self.broker.store(), limits).await {
+            Ok((deliveries, more)) => {
+                if !more {
+                    self.scans.pop_front();
+                }
+                let queued = !deliveries.is_empty();
+                let mut state = self.session.state();
+                deliveries.into_iter().for_each(|d| state.push_retained(d));
+                Ok(queued || more || !self.scans.is_empty())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read retained messages for a subscription");
+                Err(End::Close(DisconnectReasonCode::UnspecifiedError))
+            }
+        }
+    }
+
+    /// Queues a packet. False when the client's Maximum Packet Size rules it out, which
+    /// MQTT 5 says to treat as delivered [MQTT-3.1.2-25].
+    pub async fn write(&mut self, packet: Packet) -> Result<bool, End> {
+        match tokio::time::timeout(self.cfg.write_timeout, self.framed.feed(packet)).await {
+            Ok(Ok(())) => {
+                self.dirty = true;
+                Ok(true)
+            }
+            Ok(Err(mqtt::Error::Encode(e))) => {
+                tracing::debug!(error = %e, "a packet was not sent");
+                Ok(false)
+            }
+            Ok(Err(_)) | Err(_) => Err(End::Lost),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(self.cfg.write_timeout, self.framed.flush()).await {
+            Ok(Ok(())) => {
+                self.dirty = false;
+                Ok(())
+            }
+            Ok(Err(_)) | Err(_) => Err(End::Lost),
+        }
+    }
+
+    async fn finish(mut self, end: End) {
+        let shutting_down = self.broker.shutdown_signal().is_cancelled();
+        let publish_will =
+            !matches!(end, End::ClientDisconnect { keep_will: false }) && !shutting_down;
+        match &end {
+            End::Close(reason) => {
+                tracing::debug!(?reason, "closing the connection");
+                if self.v5 {
+                    let goodbye = Packet::Disconnect(Disconnect {
+                        reason_code: *reason,
+                        ..Disconnect::default()
+                    });
+                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.framed.send(goodbye)).await;
+                }
+            }
+            End::ClientDisconnect { .. } => tracing::debug!("client disconnected"),
+            End::Lost => tracing::debug!("connection lost"),
+        }
+        // Publishes already read still reach the store and the subscribers.
+        while let Some(settled) = self.pending.next().await {
+            if settled.result.is_ok()
+                && let Some(message) = settled.message
+            {
+                self.broker.route(message);
+            }
+        }
+        let expiry = Duration::from_secs(u64::from(self.session_expiry));
+        self.broker.detach(&self.session, self.connection, expiry);
+        if publish_will && let Some(will) = self.will.take() {
+            self.broker
+                .publish_will(will, self.client.clone(), self.connection, expiry);
+        }
+    }
+}
+
+impl Broker {
+    /// [MQTT-3.1.2-8] publishes a Will, after its delay unless the session was resumed in
+    /// the meantime or ended first [MQTT-3.1.3-9].
+    fn publish_will(&self, will: Will, client: ClientKey, connection: u64, expiry: Duration) {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let delay = will.delay.min(expiry);
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = broker.shutdown_signal().cancelled() => return,
+                }
+                if broker.resumed_since(&client, connection) {
+                    return;
+                }
+            }
+            if let Err(e) = broker.publish(will.message).await {
+                tracing::warn!(%client, error = %e, "the Will message could not be stored");
+            }
+        });
+    }
+}
+
+fn read_error(e: mqtt::Error) -> End {
+    use crate::mqtt::DecodeError;
+    match e {
+        mqtt::Error::Closed | mqtt::Error::Io(_) => End::Lost,
+        mqtt::Error::Decode(DecodeError::MaxSizeExceeded { .. }) => {
+            End::Close(DisconnectReasonCode::PacketTooLarge)
+        }
+        mqtt::Error::Decode(DecodeError::Io(_)) => End::Lost,
+        _ => End::Close(DisconnectReasonCode::MalformedPacket),
+    }
+}
+
+/// Answers a CONNECT with a refusal [MQTT-3.2.2-6] and leaves the connection to close.
+async fn refuse<T>(framed: &mut Framed<T>, reason: ConnectAckReason)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let connack = ConnectAck {
+        reason_code: reason,
+        ..ConnectAck::default()
+    };
+    let _ = tokio::time::timeout(
+        GOODBYE_TIMEOUT,
+        framed.send(Packet::ConnectAck(Box::new(connack))),
+    )
+    .await;
+}

@@ -1,0 +1,32 @@
+//! Accepting MQTT over TCP.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::Broker;
+
+/// Accepts connections until the broker shuts down; each is served on its own task.
+pub async fn serve_tcp(broker: Broker, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = broker.shutdown_signal().cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                // MQTT packets are small and latency matters more than coalescing them.
+                let _ = socket.set_nodelay(true);
+                let broker = broker.clone();
+                tokio::spawn(
+                    async move { broker.serve_connection(socket, peer.to_string()).await },
+                );
+            }
+            Err(e) => {
+                // Usually out of file descriptors: wait instead of spinning.
+                tracing::warn!(error = %e, "cannot accept an MQTT connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

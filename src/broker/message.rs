@@ -1,0 +1,77 @@
+//! What the broker moves around: a published message, and one copy of it on its way to one
+//! subscriber.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::ClientKey;
+use crate::store::{MessageProperties, Qos, RetainedMessage, Write};
+use crate::topic::TopicName;
+
+/// An application message as published, over MQTT or HTTP. Shared by every delivery of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub retain: bool,
+    pub properties: MessageProperties,
+    /// When the MQTT 5 Message Expiry Interval runs out (epoch ms).
+    pub expires_at_ms: Option<i64>,
+    /// The publishing client, for No Local; `None` for HTTP publishes.
+    pub origin: Option<ClientKey>,
+}
+
+impl Message {
+    /// The change a retained publish makes to the store. [MQTT-3.3.1-6]: an empty retained
+    /// payload removes the topic's retained message and is not stored.
+    pub fn retained_write(&self, now_ms: i64) -> Option<Write> {
+        if !self.retain {
+            return None;
+        }
+        if self.payload.is_empty() {
+            return Some(Write::Delete(self.topic.clone()));
+        }
+        Some(Write::Put(RetainedMessage {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            properties: self.properties.clone(),
+            expires_at_ms: self.expires_at_ms,
+            last_modified_ms: now_ms,
+            last_accessed_ms: now_ms,
+        }))
+    }
+
+    /// A stored retained message, as it is sent to a new subscription.
+    pub fn from_retained(stored: RetainedMessage) -> Self {
+        Self {
+            topic: stored.topic,
+            payload: stored.payload,
+            qos: stored.qos,
+            retain: true,
+            properties: stored.properties,
+            expires_at_ms: stored.expires_at_ms,
+            origin: None,
+        }
+    }
+
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(published QoS, granted QoS) [MQTT-3.8.4-8].
+    pub qos: Qos,
+    /// The RETAIN flag as sent: set for retained messages sent on subscribe, and for ordinary
+    /// forwarding only with Retain As Published [MQTT-3.3.1-12, -13].
+    pub retain: bool,
+    /// Subscription identifiers of every matching subscription [MQTT-3.3.4-3].
+    pub subscription_ids: Vec<NonZeroU32>,
+}

@@ -1,0 +1,178 @@
+//! The embedded MQTT broker: sessions, the subscription tree, routing and retained delivery.
+//!
+//! [`Broker`] is a cheap `Clone` handle. The pure parts — the subscription tree (`tree`) and
+//! a session's queues and acknowledgements (`session`) — hold no I/O and are tested directly.
+//! `connection` runs one client's protocol over any byte stream (TCP, or a WebSocket from the
+//! HTTP layer); `listener` accepts TCP connections. Retained messages live in the [`Store`]
+//! shared with the HTTP API, so both see one state.
+
+mod connection;
+mod inbound;
+mod listener;
+mod message;
+mod registry;
+mod retained;
+mod session;
+mod tree;
+mod wire;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use listener::serve_tcp;
+pub use message::Message;
+pub use tree::{ClientKey, SubscriptionTree};
+
+use crate::store::{self, Store};
+use crate::topic::TopicLimits;
+use registry::Registry;
+use session::SubOptions;
+
+/// Limits and advertised values; every buffer a client can grow is bounded by one of these.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub topic_limits: TopicLimits,
+    pub max_payload_bytes: usize,
+    /// Largest packet accepted from a client (advertised as MQTT 5 Maximum Packet Size).
+    pub max_packet_bytes: u32,
+    /// Messages waiting for one session beyond those in flight.
+    pub max_queued_messages: usize,
+    /// Payload bytes waiting for one session.
+    pub max_queued_bytes: usize,
+    /// QoS 1/2 messages sent to one client and not yet acknowledged.
+    pub max_inflight: u16,
+    /// QoS 1/2 messages one client may have unacknowledged towards us (MQTT 5 Receive Maximum).
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    /// Time allowed between accepting a connection and receiving its CONNECT.
+    pub connect_timeout: Duration,
+    /// Time a client may leave written data unread before it is disconnected.
+    pub write_timeout: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            topic_limits: TopicLimits::default(),
+            max_payload_bytes: 128 * 1024,
+            max_packet_bytes: 256 * 1024,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 << 20,
+            max_inflight: 256,
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Handle on the broker: cheap to clone, shared by listeners, connections and the HTTP API.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: BrokerConfig,
+    subscriptions: RwLock<SubscriptionTree<SubOptions>>,
+    sessions: Mutex<Registry>,
+    shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them to say goodbye.
+    connections: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl Broker {
+    pub fn new(store: Store, config: BrokerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                subscriptions: RwLock::new(SubscriptionTree::new()),
+                sessions: Mutex::new(Registry::default()),
+                shutdown: CancellationToken::new(),
+                connections: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Publishes a message from outside MQTT (the HTTP API): a retained one is committed to
+    /// the store first, then it reaches every matching subscription.
+    pub async fn publish(&self, message: Message) -> Result<(), Error> {
+        let now = self.inner.store.clock().now_ms();
+        if let Some(write) = message.retained_write(now) {
+            self.inner.store.write(write).await?;
+        }
+        self.route(Arc::new(message));
+        Ok(())
+    }
+
+    /// Serves one client over an established byte stream until it goes away.
+    pub async fn serve_connection<T>(&self, io: T, peer: String)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let broker = self.clone();
+        let task = self
+            .inner
+            .connections
+            .track_future(connection::serve(broker, io, peer));
+        task.await;
+    }
+
+    /// Asks every connection to close (MQTT 5: DISCONNECT 0x8B) and waits for them, up to `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.connections.close();
+        if tokio::time::timeout(grace, self.inner.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some MQTT connections did not close in time");
+        }
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    fn subscriptions_read(&self) -> std::sync::RwLockReadGuard<'_, SubscriptionTree<SubOptions>> {
+        // The tree is only changed by whole insert/remove calls; a panic cannot leave it torn.
+        self.inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn subscriptions_write(&self) -> std::sync::RwLockWriteGuard<'_, SubscriptionTree<SubOptions>> {
+        self.inner
+            .subscriptions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

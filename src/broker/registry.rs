@@ -1,0 +1,257 @@
+//! Sessions by client id, their link to a live connection, and routing a message to them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::message::{Delivery, Message};
+use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
+use super::{Broker, ClientKey};
+use crate::mqtt::DisconnectReasonCode;
+
+#[derive(Default)]
+pub(super) struct Registry {
+    sessions: HashMap<ClientKey, Arc<Session>>,
+    next_connection: u64,
+}
+
+/// A session: state that outlives connections when the client asked for it.
+pub(super) struct Session {
+    pub key: ClientKey,
+    state: Mutex<SessionState>,
+    /// Wakes the connection task when something was queued for it.
+    pub wake: Notify,
+    online: AtomicBool,
+    /// The connection currently attached (0: none). A connection that finds another id here
+    /// was taken over and leaves the session alone.
+    connection: AtomicU64,
+    /// Cancelled to make the attached connection close; the reason is sent in MQTT 5.
+    link: Mutex<Option<(CancellationToken, DisconnectReasonCode)>>,
+}
+
+impl Session {
+    fn new(key: ClientKey, limits: SessionLimits) -> Self {
+        Self {
+            key,
+            state: Mutex::new(SessionState::new(limits)),
+            wake: Notify::new(),
+            online: AtomicBool::new(false),
+            connection: AtomicU64::new(0),
+            link: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        // State changes are whole method calls on plain data; a panic cannot leave it torn.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn link(&self) -> std::sync::MutexGuard<'_, Option<(CancellationToken, DisconnectReasonCode)>> {
+        self.link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Why the attached connection was asked to close.
+    pub fn stop_reason(&self) -> DisconnectReasonCode {
+        self.link()
+            .as_ref()
+            .map_or(DisconnectReasonCode::SessionTakenOver, |(_, r)| *r)
+    }
+
+    fn kick(&self, reason: DisconnectReasonCode) {
+        if let Some((stop, r)) = self.link().as_mut() {
+            *r = reason;
+            stop.cancel();
+        }
+    }
+
+    pub fn is_attached_to(&self, connection: u64) -> bool {
+        self.connection.load(Ordering::Acquire) == connection
+    }
+
+    fn offer(&self, delivery: Delivery) {
+        let online = self.online.load(Ordering::Acquire);
+        let outcome = self.state().enqueue(delivery, online);
+        match outcome {
+            Enqueued::Queued => self.wake.notify_one(),
+            Enqueued::Dropped => {}
+            Enqueued::Full => {
+                tracing::warn!(client = %self.key, "subscriber is not keeping up; disconnecting it");
+                self.kick(DisconnectReasonCode::QuotaExceeded);
+            }
+        }
+    }
+}
+
+/// A connection's hold on its session.
+pub(super) struct Attached {
+    pub session: Arc<Session>,
+    pub session_present: bool,
+    pub connection: u64,
+    pub stop: CancellationToken,
+}
+
+impl Broker {
+    fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_queued: self.inner.config.max_queued_messages,
+            max_queued_bytes: self.inner.config.max_queued_bytes,
+        }
+    }
+
+    /// Binds a new connection to the client's session, taking it over from any connection
+    /// that holds it [MQTT-3.1.4-3]. `clean_start` discards a previous session [MQTT-3.1.2-4].
+    pub(super) fn attach(&self, key: ClientKey, clean_start: bool) -> Attached {
+        let mut registry = self.sessions();
+        registry.next_connection += 1;
+        let connection = registry.next_connection;
+        let existing = registry.sessions.get(&key).cloned();
+        if let Some(old) = &existing {
+            old.kick(DisconnectReasonCode::SessionTakenOver);
+        }
+        let (session, session_present) = match existing {
+            Some(old) if !clean_start => (old, true),
+            other => {
+                if let Some(old) = other {
+                    self.unsubscribe_all(&old);
+                }
+                let fresh = Arc::new(Session::new(key.clone(), self.session_limits()));
+                registry.sessions.insert(key, fresh.clone());
+                (fresh, false)
+            }
+        };
+        let stop = self.inner.shutdown.child_token();
+        *session.link() = Some((stop.clone(), DisconnectReasonCode::ServerShuttingDown));
+        session.connection.store(connection, Ordering::Release);
+        session.online.store(true, Ordering::Release);
+        Attached {
+            session,
+            session_present,
+            connection,
+            stop,
+        }
+    }
+
+    /// The connection is gone. A session with no expiry ends now [MQTT-4.1.0-2]; others end
+    /// when `expiry` passes without a new connection. A taken-over session is left alone.
+    pub(super) fn detach(&self, session: &Arc<Session>, connection: u64, expiry: Duration) {
+        {
+            let mut registry = self.sessions();
+            if !session.is_attached_to(connection) {
+                return;
+            }
+            session.online.store(false, Ordering::Release);
+            *session.link() = None;
+            if expiry.is_zero() {
+                registry.sessions.remove(&session.key);
+                drop(registry);
+                self.unsubscribe_all(session);
+                return;
+            }
+        }
+        if expiry >= Duration::from_secs(u64::from(u32::MAX)) {
+            return; // [MQTT-3.1.2-?] 0xFFFFFFFF: the session does not expire.
+        }
+        let broker = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(expiry) => {}
+                () = broker.inner.shutdown.cancelled() => return,
+            }
+            let mut registry = broker.sessions();
+            let current = registry.sessions.get(&session.key);
+            if current.is_some_and(|s| Arc::ptr_eq(s, &session))
+                && session.is_attached_to(connection)
+            {
+                registry.sessions.remove(&session.key);
+                drop(registry);
+                broker.unsubscribe_all(&session);
+            }
+        });
+    }
+
+    fn unsubscribe_all(&self, session: &Session) {
+        let specs: Vec<_> = session
+            .state()
+            .subscriptions
+            .drain()
+            .map(|(s, _)| s)
+            .collect();
+        let mut tree = self.subscriptions_write();
+        for spec in specs {
+            tree.remove(&session.key, &spec);
+        }
+    }
+
+    /// Whether a session that ended its connection at `connection` was resumed since.
+    pub(super) fn resumed_since(&self, key: &ClientKey, connection: u64) -> bool {
+        self.sessions()
+            .sessions
+            .get(key)
+            .is_some_and(|s| !s.is_attached_to(connection))
+    }
+
+    /// Sends a message to every matching subscription. A client with several matching
+    /// subscriptions gets one copy at the highest granted QoS carrying every subscription
+    /// identifier [MQTT-3.3.4-2, -3].
+    pub(super) fn route(&self, message: Arc<Message>) {
+        if message.expired(self.inner.store.clock().now_ms()) {
+            return;
+        }
+        let mut matched = Vec::new();
+        self.subscriptions_read()
+            .matches(&message.topic, &mut matched);
+        if matched.is_empty() {
+            return;
+        }
+        matched.sort_by(|a, b| a.0.cmp(&b.0));
+        let targets: Vec<(Arc<Session>, Delivery)> = {
+            let registry = self.sessions();
+            matched
+                .chunk_by(|a, b| a.0 == b.0)
+                .filter_map(|subs| {
+                    let delivery = merge(&message, subs)?;
+                    let session = registry.sessions.get(&subs[0].0)?.clone();
+                    Some((session, delivery))
+                })
+                .collect()
+        };
+        for (session, delivery) in targets {
+            session.offer(delivery);
+        }
+    }
+}
+
+/// One client's matching subscriptions → the single copy it receives, or none when every one
+/// of them is No Local and the client published the message itself [MQTT-3.8.3-3].
+fn merge(message: &Arc<Message>, subs: &[(ClientKey, SubOptions)]) -> Option<Delivery> {
+    let own = message.origin.as_ref() == Some(&subs[0].0);
+    let mut wanted = subs
+        .iter()
+        .map(|(_, o)| o)
+        .filter(|o| !(own && o.no_local))
+        .peekable();
+    wanted.peek()?;
+    let mut granted = crate::store::Qos::AtMostOnce;
+    let mut retain = false;
+    let mut subscription_ids = Vec::new();
+    for options in wanted {
+        granted = granted.max(options.qos);
+        retain |= options.retain_as_published && message.retain;
+        subscription_ids.extend(options.subscription_id);
+    }
+    Some(Delivery {
+        message: message.clone(),
+        qos: message.qos.min(granted),
+        retain,
+        subscription_ids,
+    })
+}

@@ -1,0 +1,408 @@
+//! One client's session state, free of I/O: its subscriptions, the messages waiting for it,
+//! the QoS 1/2 messages it has not acknowledged yet, and the QoS 2 messages it is sending us.
+//!
+//! The connection task drives it; when the client is offline it keeps queueing for a
+//! persistent session. Every buffer here is bounded ([`SessionLimits`]).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU16;
+
+use super::message::Delivery;
+use crate::store::Qos;
+use crate::topic::FilterSpec;
+
+/// Options of one subscription as granted, as the subscription tree and the session keep them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubOptions {
+    pub qos: Qos,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub subscription_id: Option<std::num::NonZeroU32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Messages waiting to be sent (not counting those in flight).
+    pub max_queued: usize,
+    /// Payload bytes waiting to be sent.
+    pub max_queued_bytes: usize,
+}
+
+/// What became of a message offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Dropped by policy: QoS 0 when the queue is full or the client is offline, or any QoS
+    /// while an offline session's queue is full.
+    Dropped,
+    /// A QoS ≥ 1 message for an online client whose queue is full: the client is not keeping
+    /// up and is disconnected, so its session (if persistent) keeps what was queued.
+    Full,
+}
+
+/// A message sent at QoS ≥ 1 and not yet fully acknowledged.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: NonZeroU16,
+    pub delivery: Delivery,
+    /// QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is missing.
+    pub released: bool,
+}
+
+/// The next thing to put on the wire.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub packet_id: Option<NonZeroU16>,
+    pub delivery: Delivery,
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    /// Every subscription of the session, as the client wrote it → granted options.
+    pub subscriptions: HashMap<FilterSpec, SubOptions>,
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    inflight: VecDeque<Inflight>,
+    last_packet_id: u16,
+    /// QoS 2 packet ids we answered with PUBREC and await PUBREL for [MQTT-4.3.3-9].
+    incoming_qos2: HashSet<NonZeroU16>,
+    limits: SessionLimits,
+    /// Messages dropped by policy since the last report.
+    pub dropped: u64,
+}
+
+impl SessionState {
+    pub fn new(limits: SessionLimits) -> Self {
+        Self {
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            last_packet_id: 0,
+            incoming_qos2: HashSet::new(),
+            limits,
+            dropped: 0,
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    #[cfg(test)]
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn enqueue(&mut self, delivery: Delivery, online: bool) -> Enqueued {
+        let qos0 = delivery.qos == Qos::AtMostOnce;
+        if qos0 && !online {
+            self.dropped += 1;
+            return Enqueued::Dropped;
+        }
+        let size = delivery.message.payload.len();
+        let full = self.queue.len() >= self.limits.max_queued
+            || self.queued_bytes + size > self.limits.max_queued_bytes;
+        if full {
+            if qos0 || !online {
+                self.dropped += 1;
+                return Enqueued::Dropped;
+            }
+            return Enqueued::Full;
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(delivery);
+        Enqueued::Queued
+    }
+
+    /// Takes the next queued message if the flow-control `window` (the client's Receive
+    /// Maximum, capped by ours) allows it, giving QoS ≥ 1 messages a free packet id.
+    /// Messages leave in queue order, so per-topic order holds [MQTT-4.6.0-6].
+    pub fn next_outgoing(&mut self, window: usize) -> Option<Outgoing> {
+        let front = self.queue.front()?;
+        if front.qos != Qos::AtMostOnce && self.inflight.len() >= window {
+            return None;
+        }
+        let delivery = self.queue.pop_front()?;
+        self.queued_bytes -= delivery.message.payload.len();
+        if delivery.qos == Qos::AtMostOnce {
+            return Some(Outgoing {
+                packet_id: None,
+                delivery,
+            });
+        }
+        let packet_id = self.free_packet_id()?;
+        self.inflight.push_back(Inflight {
+            packet_id,
+            delivery: delivery.clone(),
+            released: false,
+        });
+        Some(Outgoing {
+            packet_id: Some(packet_id),
+            delivery,
+        })
+    }
+
+    fn free_packet_id(&mut self) -> Option<NonZeroU16> {
+        // At most 65535 ids exist; the window keeps far fewer in use, so this ends quickly.
+        for _ in 0..u16::MAX {
+            self.last_packet_id = self.last_packet_id.wrapping_add(1);
+            let Some(id) = NonZeroU16::new(self.last_packet_id) else {
+                continue;
+            };
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn position(&self, packet_id: NonZeroU16) -> Option<usize> {
+        // Acknowledgements mostly arrive in order, so the front is the usual hit.
+        self.inflight.iter().position(|i| i.packet_id == packet_id)
+    }
+
+    /// PUBACK for a QoS 1 message. False when no QoS 1 message has that id.
+    pub fn acknowledge(&mut self, packet_id: NonZeroU16) -> bool {
+        match self.position(packet_id) {
+            Some(i) if self.inflight[i].delivery.qos == Qos::AtLeastOnce => {
+                self.inflight.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC for a QoS 2 message: from now on only PUBCOMP is awaited. False when unknown.
+    pub fn received(&mut self, packet_id: NonZeroU16) -> bool {
+        match self.position(packet_id) {
+            Some(i) if self.inflight[i].delivery.qos == Qos::ExactlyOnce => {
+                self.inflight[i].released = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBCOMP: the QoS 2 exchange is over. False when no released message has that id.
+    pub fn completed(&mut self, packet_id: NonZeroU16) -> bool {
+        match self.position(packet_id) {
+            Some(i) if self.inflight[i].released => {
+                self.inflight.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops an in-flight message without an acknowledgement: it expired before it could be
+    /// resent, the client cannot take it (too large), or an MQTT 5 client refused it.
+    pub fn forget(&mut self, packet_id: NonZeroU16) {
+        if let Some(i) = self.position(packet_id) {
+            self.inflight.remove(i);
+        }
+    }
+
+    /// Queues a retained message for a new subscription. The caller bounds these (a page at
+    /// a time, only when the queue is short), so the queue limits do not apply: a retained
+    /// message the client subscribed for must not be dropped because live traffic is busy.
+    pub fn push_retained(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.message.payload.len();
+        self.queue.push_back(delivery);
+    }
+
+    /// What must be sent again on a resumed session, in the original order: unacknowledged
+    /// PUBLISHes (with DUP) and PUBRELs [MQTT-4.4.0-1].
+    pub fn unacknowledged(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    /// A QoS 2 PUBLISH arrived; false if this id is already awaiting PUBREL, i.e. a resend
+    /// that must not be delivered again [MQTT-4.3.3-10].
+    pub fn begin_incoming_qos2(&mut self, packet_id: NonZeroU16) -> bool {
+        self.incoming_qos2.insert(packet_id)
+    }
+
+    /// PUBREL: forget the id. False if it was unknown.
+    pub fn release_incoming_qos2(&mut self, packet_id: NonZeroU16) -> bool {
+        self.incoming_qos2.remove(&packet_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::broker::message::Message;
+    use crate::store::MessageProperties;
+    use crate::topic::{TopicLimits, TopicName};
+
+    fn delivery(payload: &'static str, qos: Qos) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: TopicName::parse("t", TopicLimits::default()).unwrap(),
+                payload: Bytes::from_static(payload.as_bytes()),
+                qos,
+                retain: false,
+                properties: MessageProperties::default(),
+                expires_at_ms: None,
+                origin: None,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn state(max_queued: usize) -> SessionState {
+        SessionState::new(SessionLimits {
+            max_queued,
+            max_queued_bytes: 1 << 20,
+        })
+    }
+
+    fn payload(o: &Outgoing) -> &[u8] {
+        &o.delivery.message.payload
+    }
+
+    #[test]
+    fn qos0_is_not_queued_for_an_offline_client() {
+        let mut s = state(10);
+        assert_eq!(
+            s.enqueue(delivery("a", Qos::AtMostOnce), false),
+            Enqueued::Dropped
+        );
+        assert_eq!(
+            s.enqueue(delivery("b", Qos::AtLeastOnce), false),
+            Enqueued::Queued
+        );
+        assert_eq!(s.queued(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_drops_qos0_and_reports_qos1_for_online_clients() {
+        let mut s = state(1);
+        assert_eq!(
+            s.enqueue(delivery("a", Qos::AtLeastOnce), true),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery("b", Qos::AtMostOnce), true),
+            Enqueued::Dropped
+        );
+        assert_eq!(
+            s.enqueue(delivery("c", Qos::AtLeastOnce), true),
+            Enqueued::Full
+        );
+        assert_eq!(
+            s.enqueue(delivery("d", Qos::AtLeastOnce), false),
+            Enqueued::Dropped
+        );
+        assert_eq!(s.dropped, 2);
+    }
+
+    #[test]
+    fn the_byte_limit_bounds_the_queue_too() {
+        let mut s = SessionState::new(SessionLimits {
+            max_queued: 100,
+            max_queued_bytes: 3,
+        });
+        assert_eq!(
+            s.enqueue(delivery("ab", Qos::AtLeastOnce), true),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery("cd", Qos::AtLeastOnce), true),
+            Enqueued::Full
+        );
+        s.next_outgoing(10).unwrap();
+        assert_eq!(
+            s.enqueue(delivery("cd", Qos::AtLeastOnce), true),
+            Enqueued::Queued
+        );
+    }
+
+    #[test]
+    fn the_window_limits_qos1_in_flight_and_acks_open_it() {
+        let mut s = state(10);
+        for p in ["1", "2", "3"] {
+            s.enqueue(delivery(p, Qos::AtLeastOnce), true);
+        }
+        let first = s.next_outgoing(2).unwrap();
+        let second = s.next_outgoing(2).unwrap();
+        assert!(s.next_outgoing(2).is_none(), "window of 2 is full");
+        assert_ne!(first.packet_id, second.packet_id);
+        assert!(s.acknowledge(first.packet_id.unwrap()));
+        assert!(
+            !s.acknowledge(first.packet_id.unwrap()),
+            "an id is acked once"
+        );
+        assert_eq!(payload(&s.next_outgoing(2).unwrap()), b"3");
+    }
+
+    #[test]
+    fn qos0_is_not_held_back_by_an_empty_window() {
+        let mut s = state(10);
+        s.enqueue(delivery("a", Qos::AtMostOnce), true);
+        let out = s.next_outgoing(0).unwrap();
+        assert!(out.packet_id.is_none());
+    }
+
+    #[test]
+    fn qos2_needs_pubrec_then_pubcomp() {
+        let mut s = state(10);
+        s.enqueue(delivery("x", Qos::ExactlyOnce), true);
+        let id = s.next_outgoing(10).unwrap().packet_id.unwrap();
+        assert!(!s.acknowledge(id), "PUBACK does not finish QoS 2");
+        assert!(!s.completed(id), "PUBCOMP before PUBREC is out of order");
+        assert!(s.received(id));
+        assert!(s.unacknowledged().next().unwrap().released);
+        assert!(s.completed(id));
+        assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn unacknowledged_messages_are_kept_in_send_order_for_resending() {
+        let mut s = state(10);
+        for p in ["1", "2"] {
+            s.enqueue(delivery(p, Qos::AtLeastOnce), true);
+        }
+        s.next_outgoing(10);
+        s.next_outgoing(10);
+        let order: Vec<&[u8]> = s
+            .unacknowledged()
+            .map(|i| &i.delivery.message.payload[..])
+            .collect();
+        assert_eq!(order, [b"1", b"2"]);
+    }
+
+    #[test]
+    fn packet_ids_skip_ids_still_in_flight_after_wrapping() {
+        let mut s = state(100_000);
+        s.enqueue(delivery("held", Qos::AtLeastOnce), true);
+        let held = s.next_outgoing(usize::MAX).unwrap().packet_id.unwrap();
+        for _ in 0..u16::MAX as usize + 5 {
+            s.enqueue(delivery("x", Qos::AtLeastOnce), true);
+            let id = s.next_outgoing(usize::MAX).unwrap().packet_id.unwrap();
+            assert_ne!(id, held);
+            s.acknowledge(id);
+        }
+    }
+
+    #[test]
+    fn a_resent_incoming_qos2_publish_is_recognised() {
+        let mut s = state(10);
+        let id = NonZeroU16::new(7).unwrap();
+        assert!(s.begin_incoming_qos2(id));
+        assert!(!s.begin_incoming_qos2(id), "DUP resend before PUBREL");
+        assert!(s.release_incoming_qos2(id));
+        assert!(!s.release_incoming_qos2(id));
+        assert!(
+            s.begin_incoming_qos2(id),
+            "the id can be reused after PUBCOMP"
+        );
+    }
+}

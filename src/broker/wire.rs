@@ -1,0 +1,102 @@
+//! Broker messages ⇄ MQTT PUBLISH packets: the properties, the remaining expiry, the flags.
+
+use std::num::{NonZeroU16, NonZeroU32};
+
+use bytestring::ByteString;
+
+use super::message::Delivery;
+use crate::mqtt::{Publish, PublishProperties, QoS};
+use crate::store::{MessageProperties, PayloadFormat, Qos, UserProperty};
+use crate::topic::{TopicError, TopicLimits, TopicName};
+
+pub(super) fn codec_qos(qos: Qos) -> QoS {
+    match qos {
+        Qos::AtMostOnce => QoS::AtMostOnce,
+        Qos::AtLeastOnce => QoS::AtLeastOnce,
+        Qos::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+pub(super) fn store_qos(qos: QoS) -> Qos {
+    match qos {
+        QoS::AtMostOnce => Qos::AtMostOnce,
+        QoS::AtLeastOnce => Qos::AtLeastOnce,
+        QoS::ExactlyOnce => Qos::ExactlyOnce,
+    }
+}
+
+/// The PUBLISH for a delivery, or `None` if the message expired while it waited
+/// [MQTT-3.3.2-5]. The expiry sent is what is left of it [MQTT-3.3.2-6].
+pub(super) fn publish_packet(
+    delivery: &Delivery,
+    packet_id: Option<NonZeroU16>,
+    dup: bool,
+    now_ms: i64,
+) -> Option<Publish> {
+    let m = &delivery.message;
+    let message_expiry_interval = match m.expires_at_ms {
+        None => None,
+        Some(at) if at <= now_ms => return None,
+        Some(at) => {
+            let secs = (at - now_ms + 999) / 1000;
+            NonZeroU32::new(u32::try_from(secs).unwrap_or(u32::MAX))
+        }
+    };
+    let p = &m.properties;
+    Some(Publish {
+        dup,
+        retain: delivery.retain,
+        qos: codec_qos(delivery.qos),
+        topic: ByteString::from(m.topic.as_str()),
+        packet_id,
+        payload: m.payload.clone(),
+        properties: Some(PublishProperties {
+            topic_alias: None,
+            correlation_data: p.correlation_data.clone(),
+            message_expiry_interval,
+            content_type: p.content_type.as_deref().map(ByteString::from),
+            user_properties: p
+                .user_properties
+                .iter()
+                .map(|u| (u.key.as_str().into(), u.value.as_str().into()))
+                .collect(),
+            is_utf8_payload: p.payload_format == PayloadFormat::Utf8,
+            response_topic: p
+                .response_topic
+                .as_ref()
+                .map(|t| ByteString::from(t.as_str())),
+            subscription_ids: delivery.subscription_ids.clone(),
+        }),
+    })
+}
+
+/// The MQTT 5 properties of an incoming PUBLISH (or Will), as the broker keeps them. The
+/// response topic is a topic name and must follow the same rules [MQTT-3.3.2-14].
+pub(super) fn message_properties(
+    user_properties: &[(ByteString, ByteString)],
+    content_type: Option<&ByteString>,
+    response_topic: Option<&ByteString>,
+    correlation_data: Option<&bytes::Bytes>,
+    utf8: bool,
+    limits: TopicLimits,
+) -> Result<MessageProperties, TopicError> {
+    Ok(MessageProperties {
+        user_properties: user_properties
+            .iter()
+            .map(|(k, v)| UserProperty {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        content_type: content_type.map(|c| c.to_string()),
+        response_topic: response_topic
+            .map(|t| TopicName::parse(t.to_string(), limits))
+            .transpose()?,
+        correlation_data: correlation_data.cloned(),
+        payload_format: if utf8 {
+            PayloadFormat::Utf8
+        } else {
+            PayloadFormat::Unspecified
+        },
+    })
+}

@@ -1,0 +1,149 @@
+//! A socket carrying MQTT packets, after the version has been settled by the CONNECT.
+
+use futures_util::{SinkExt, StreamExt};
+use rmqtt_codec::error::{DecodeError, EncodeError};
+use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
+use rmqtt_codec::{MqttCodec, MqttPacket};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::v3;
+use super::{Connect, Packet};
+
+/// The protocol a client speaks; MQTT 3.1 clients are served as 3.1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V3,
+    V5,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the client closed the connection")]
+    Closed,
+    #[error("malformed packet: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("cannot encode a packet: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("the first packet was not CONNECT")]
+    NotConnect,
+    #[error("unsupported protocol name or version")]
+    UnsupportedVersion,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// MQTT packets over `T` (a TCP stream, or a WebSocket presented as one).
+pub struct Framed<T> {
+    io: tokio_util::codec::Framed<T, MqttCodec>,
+    version: Version,
+}
+
+/// Reads the CONNECT that must open every connection [MQTT-3.1.0-1] and settles the version.
+/// `max_packet_size` bounds every packet the client may send, the CONNECT included, so a
+/// hostile header cannot make the broker reserve memory it then waits to fill.
+pub async fn handshake<T>(io: T, max_packet_size: u32) -> Result<(Framed<T>, Connect), Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut io = tokio_util::codec::Framed::new(io, MqttCodec::Version(VersionCodec));
+    let version = match io.next().await {
+        None => return Err(Error::Closed),
+        Some(Ok((MqttPacket::Version(ProtocolVersion::MQTT3), _))) => Version::V3,
+        Some(Ok((MqttPacket::Version(ProtocolVersion::MQTT5), _))) => Version::V5,
+        Some(Ok(_)) | Some(Err(DecodeError::UnsupportedPacketType)) => {
+            return Err(Error::NotConnect);
+        }
+        Some(Err(DecodeError::InvalidProtocol)) => {
+            if is_connect_for_mqtt(io.read_buffer()) {
+                // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, in the 3.1.1 form every
+                // client version can read, then close.
+                let _ = io.get_mut().write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            }
+            return Err(Error::UnsupportedVersion);
+        }
+        Some(Err(e)) => return Err(e.into()),
+    };
+    *io.codec_mut() = match version {
+        Version::V3 => MqttCodec::V3(rmqtt_codec::v3::Codec::new(max_packet_size)),
+        Version::V5 => MqttCodec::V5(rmqtt_codec::v5::Codec::new(max_packet_size, 0)),
+    };
+    let mut framed = Framed { io, version };
+    match framed.recv().await? {
+        Packet::Connect(connect) => Ok((framed, *connect)),
+        _ => Err(Error::NotConnect),
+    }
+}
+
+/// A CONNECT whose protocol name is MQTT's, whatever level it asks for.
+fn is_connect_for_mqtt(buf: &[u8]) -> bool {
+    let Some(&first) = buf.first() else {
+        return false;
+    };
+    // Skip the remaining-length varint (1–4 bytes) to reach the protocol name.
+    let body = buf[1..]
+        .iter()
+        .position(|b| b & 0x80 == 0)
+        .filter(|&i| i < 4)
+        .map(|i| &buf[i + 2..]);
+    first == 0x10 && body.is_some_and(|b| b.starts_with(b"\x00\x04MQTT"))
+}
+
+impl<T> Framed<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The next packet, as MQTT 5. Cancel-safe: a packet is never half-consumed.
+    pub async fn recv(&mut self) -> Result<Packet, Error> {
+        match self.io.next().await {
+            None => Err(Error::Closed),
+            Some(Err(DecodeError::Io(msg))) => {
+                Err(Error::Io(std::io::Error::other(msg.to_string())))
+            }
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok((MqttPacket::V5(packet), _))) => Ok(packet),
+            Some(Ok((MqttPacket::V3(packet), _))) => Ok(v3::inbound(packet)),
+            Some(Ok((MqttPacket::Version(_), _))) => Err(Error::NotConnect),
+        }
+    }
+
+    /// Queues a packet for sending without flushing. Packets a 3.1.1 client has no form for
+    /// (a server DISCONNECT, AUTH) are dropped: for them the connection just closes.
+    pub async fn feed(&mut self, packet: Packet) -> Result<(), Error> {
+        let packet = match self.version {
+            Version::V5 => MqttPacket::V5(packet),
+            Version::V3 => match v3::outbound(packet) {
+                Some(p) => MqttPacket::V3(p),
+                None => return Ok(()),
+            },
+        };
+        self.io.feed(packet).await?;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        SinkExt::<MqttPacket>::flush(&mut self.io).await?;
+        Ok(())
+    }
+
+    pub async fn send(&mut self, packet: Packet) -> Result<(), Error> {
+        self.feed(packet).await?;
+        self.flush().await
+    }
+
+    /// Bytes queued for the client but not yet written to the socket.
+    pub fn pending_write_bytes(&self) -> usize {
+        self.io.write_buffer().len()
+    }
+
+    /// The largest packet the client said it accepts (MQTT 5 Maximum Packet Size); a larger
+    /// PUBLISH fails to encode and the broker skips it, as [MQTT-3.1.2-25] asks.
+    pub fn set_max_outbound_size(&mut self, size: u32) {
+        if let MqttCodec::V5(codec) = self.io.codec_mut() {
+            codec.set_max_outbound_size(size);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! MQTT framing: bytes on a socket ⇄ typed packets, for MQTT 3.1.1 and 5.0.
+//!
+//! Encoding and decoding are rmqtt-codec's (see docs/decisions/004-mqtt-codec.md). This module
+//! adds what the codec leaves to its caller: picking the protocol version from the first
+//! CONNECT, and presenting both versions as MQTT 5 packets so that the broker has one protocol
+//! to reason about. MQTT 3.1.1 packets are translated on the way in and out (`v3`).
+//!
+//! It knows nothing of sessions, subscriptions or storage.
+
+mod framed;
+mod v3;
+
+pub use bytestring::ByteString;
+pub use framed::{Error, Framed, Version, handshake};
+pub use rmqtt_codec::error::DecodeError;
+pub use rmqtt_codec::types::{Publish, QoS};
+pub use rmqtt_codec::v5::Connect;
+pub use rmqtt_codec::v5::{
+    ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, LastWill, Packet, PublishAck,
+    PublishAck2, PublishAck2Reason, PublishAckReason, PublishProperties, RetainHandling, Subscribe,
+    SubscribeAck, SubscribeAckReason, SubscriptionOptions, Unsubscribe, UnsubscribeAck,
+    UnsubscribeAckReason, UserProperties,
+};
