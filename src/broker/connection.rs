@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::inbound::Settled;
 use super::message::Message;
-use super::registry::Session;
-use super::retained::{PAGE, RetainedScan};
+use super::registry::{Session, deliver_blocked};
+use super::retained::{Page, RetainedScan};
 use super::{Broker, BrokerConfig, ClientKey, wire};
 use crate::mqtt::{
     self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet,
@@ -36,6 +36,9 @@ const READ_BURST: usize = 64;
 /// Flush once this much is buffered, so a long drain does not build a large buffer.
 const FLUSH_BYTES: usize = 64 * 1024;
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The next retained page is read while fewer messages than this wait in the queue: about
+/// two pages, so the client is never kept waiting for the database, and memory stays bounded.
+const FETCH_BELOW: usize = 4000;
 
 /// Why a connection ends.
 pub(super) enum End {
@@ -74,6 +77,11 @@ pub(super) struct Connection<T> {
     /// QoS 1/2 publishes received and not fully acknowledged, for Receive Maximum.
     pub unacked_in: usize,
     pub scans: VecDeque<RetainedScan>,
+    /// The retained page being read, at most one at a time.
+    fetching: Option<BoxFuture<'static, Result<Page, crate::store::Error>>>,
+    /// Deliveries waiting for room in slow subscribers' queues; while set, nothing more is
+    /// read or settled, which slows this publisher to its subscribers' pace.
+    pub blocked: Option<BoxFuture<'static, ()>>,
     dirty: bool,
 }
 
@@ -120,9 +128,9 @@ where
         let v5 = framed.version() == Version::V5;
         let mut assigned = None;
         let client: ClientKey = if connect.client_id.is_empty() {
-            // [MQTT-3.1.3-8] in 3.1.1 a client without an id cannot ask for a lasting
-            // session; MQTT 5 assigns one either way [MQTT-3.1.3-6].
-            if !v5 && !connect.clean_start {
+            // [MQTT-3.1.3-8] a client without an id cannot ask to resume a session (the codec
+            // already refuses most such CONNECTs; this covers the rest).
+            if !connect.clean_start {
                 refuse(&mut framed, ConnectAckReason::ClientIdentifierNotValid).await;
                 return None;
             }
@@ -172,6 +180,8 @@ where
             pending: FuturesOrdered::new(),
             unacked_in: 0,
             scans: VecDeque::new(),
+            fetching: None,
+            blocked: None,
             dirty: false,
         };
         let connack = ConnectAck {
@@ -244,12 +254,29 @@ where
                     None => std::future::pending().await,
                 }
             };
-            let readable = self.pending.len() < MAX_PENDING;
+            let free = self.blocked.is_none();
+            let readable = free && self.pending.len() < MAX_PENDING;
+            let blocked = async {
+                match self.blocked.as_mut() {
+                    Some(waiting) => waiting.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let fetched = async {
+                match self.fetching.as_mut() {
+                    Some(page) => page.await,
+                    None => std::future::pending().await,
+                }
+            };
             let step = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => Err(End::Close(self.session.stop_reason())),
-                Some(settled) = self.pending.next(), if !self.pending.is_empty() => {
-                    self.settle(settled).await
+                () = blocked => {
+                    self.blocked = None;
+                    Ok(())
+                }
+                Some(settled) = self.pending.next(), if free && !self.pending.is_empty() => {
+                    self.settle_burst(settled).await
                 }
                 packet = self.framed.recv(), if readable => match packet {
                     Ok(packet) => {
@@ -258,6 +285,10 @@ where
                     }
                     Err(e) => Err(read_error(e)),
                 },
+                page = fetched => {
+                    self.fetching = None;
+                    self.fetched(page)
+                }
                 () = self.session.wake.notified() => Ok(()),
                 // [MQTT-3.1.2-22] nothing heard for 1.5 × keep alive.
                 () = keep_alive => Err(End::Close(DisconnectReasonCode::KeepAliveTimeout)),
@@ -273,7 +304,7 @@ where
     async fn handle_burst(&mut self, first: Packet) -> Result<(), End> {
         self.handle(first).await?;
         for _ in 0..READ_BURST {
-            if self.pending.len() >= MAX_PENDING {
+            if self.pending.len() >= MAX_PENDING || self.blocked.is_some() {
                 break;
             }
             match self.framed.recv().now_or_never() {
@@ -285,17 +316,33 @@ where
         Ok(())
     }
 
+    /// Settles a publish and every other one whose store write is done too, so that a
+    /// committed batch is acknowledged in one write.
+    async fn settle_burst(&mut self, first: Settled) -> Result<(), End> {
+        self.settle(first).await?;
+        while self.blocked.is_none() {
+            match self.pending.next().now_or_never() {
+                Some(Some(settled)) => self.settle(settled).await?,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
     /// Writes what the session has queued, as far as the flow-control window allows, topping
     /// the queue up from pending retained deliveries; then flushes.
     async fn pump(&mut self) -> Result<(), End> {
+        let mut taken = false;
         loop {
+            // A connection being taken over must leave the session's queue to its successor.
+            if self.stop.is_cancelled() {
+                break;
+            }
             let next = self.session.state().next_outgoing(self.window);
             let Some(out) = next else {
-                if self.refill().await? {
-                    continue;
-                }
                 break;
             };
+            taken = true;
             let now = self.broker.store().clock().now_ms();
             let sent = match wire::publish_packet(&out.delivery, out.packet_id, false, now) {
                 Some(p) => self.write(Packet::Publish(Box::new(p))).await?,
@@ -308,31 +355,43 @@ where
                 self.flush().await?;
             }
         }
+        if taken {
+            // Publishers waiting for room in this session's queue may go on.
+            self.session.room.notify_waiters();
+        }
+        self.fetch_retained();
         if self.dirty {
             self.flush().await?;
         }
         Ok(())
     }
 
-    /// Queues the next page of retained messages when the queue is short. True if it queued
-    /// something or has more to read.
-    async fn refill(&mut self) -> Result<bool, End> {
-        if self.session.state().queued() >= PAGE as usize {
-            return Ok(false);
+    /// Starts reading the next page of retained messages once the queue is short enough
+    /// that the page will be needed soon: the client drains one page while the next is read.
+    fn fetch_retained(&mut self) {
+        if self.fetching.is_some() || self.session.state().queued() >= FETCH_BELOW {
+            return;
         }
-        let Some(scan) = self.scans.front_mut() else {
-            return Ok(false);
-        };
-        let limits = self.cfg.topic_limits;
-        match scan.next_page(self.broker.store(), limits).await {
-            Ok((deliveries, more)) => {
-                if !more {
-                    self.scans.pop_front();
+        if let Some(scan) = self.scans.pop_front() {
+            let store = self.broker.store().clone();
+            self.fetching = Some(Box::pin(scan.fetch(store, self.cfg.topic_limits)));
+        }
+    }
+
+    fn fetched(&mut self, page: Result<Page, crate::store::Error>) -> Result<(), End> {
+        match page {
+            Ok(page) => {
+                if let Some(next) = page.next {
+                    self.scans.push_front(next);
                 }
-                let queued = !deliveries.is_empty();
                 let mut state = self.session.state();
-                deliveries.into_iter().for_each(|d| state.push_retained(d));
-                Ok(queued || more || !self.scans.is_empty())
+                page.deliveries
+                    .into_iter()
+                    .for_each(|d| state.push_retained(d));
+                drop(state);
+                // Read the page after this one while this one is being sent.
+                self.fetch_retained();
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read retained messages for a subscription");
@@ -386,11 +445,14 @@ where
             End::Lost => tracing::debug!("connection lost"),
         }
         // Publishes already read still reach the store and the subscribers.
+        if let Some(waiting) = self.blocked.take() {
+            waiting.await;
+        }
         while let Some(settled) = self.pending.next().await {
             if settled.result.is_ok()
                 && let Some(message) = settled.message
             {
-                self.broker.route(message);
+                deliver_blocked(self.broker.route(message)).await;
             }
         }
         let expiry = Duration::from_secs(u64::from(self.session_expiry));

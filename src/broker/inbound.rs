@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{Connection, End, Will};
 use super::message::Message;
+use super::registry::deliver_blocked;
 use super::retained::RetainedScan;
 use super::session::SubOptions;
 use super::{BrokerConfig, ClientKey, wire};
@@ -86,6 +87,9 @@ where
     }
 
     async fn on_publish(&mut self, p: Publish) -> Result<(), End> {
+        if p.dup && p.qos == QoS::AtMostOnce {
+            return Err(End::Close(DisconnectReasonCode::MalformedPacket)); // [MQTT-3.3.1-2]
+        }
         let ack = p.packet_id.map(|id| (p.qos, id));
         if ack.is_some() && self.v5 && self.unacked_in >= usize::from(self.cfg.receive_maximum) {
             return Err(End::Close(DisconnectReasonCode::ReceiveMaximumExceeded)); // [MQTT-3.3.4-9]
@@ -119,7 +123,7 @@ where
         let write = message.retained_write(self.broker.store().clock().now_ms());
         let message = Arc::new(message);
         match write {
-            None if self.pending.is_empty() => {
+            None if self.pending.is_empty() && self.blocked.is_none() => {
                 let settled = Settled {
                     message: Some(message),
                     ack,
@@ -207,7 +211,9 @@ where
             // [MQTT-3.3.2-1] a topic name is required without an alias.
             TopicError::Empty => Refusal::Close(R::ProtocolError),
             // [MQTT-3.3.2-2] wildcards never appear in topic names.
-            TopicError::Wildcard | TopicError::NullCharacter => Refusal::Close(R::TopicNameInvalid),
+            TopicError::Wildcard => Refusal::Close(R::TopicNameInvalid),
+            // [MQTT-1.5.4-2] U+0000 in a UTF-8 string makes the packet malformed.
+            TopicError::NullCharacter => Refusal::Close(R::MalformedPacket),
             TopicError::TooLong { .. } | TopicError::TooManyLevels { .. } => {
                 Refusal::Reject(R::TopicNameInvalid)
             }
@@ -219,7 +225,10 @@ where
         match settled.result {
             Ok(()) => {
                 if let Some(message) = settled.message {
-                    self.broker.route(message);
+                    let blocked = self.broker.route(message);
+                    if !blocked.is_empty() {
+                        self.blocked = Some(Box::pin(deliver_blocked(blocked)));
+                    }
                 }
                 if let Some((qos, id)) = settled.ack {
                     if qos == QoS::AtLeastOnce {

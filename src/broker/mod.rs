@@ -121,7 +121,7 @@ impl Broker {
         if let Some(write) = message.retained_write(now) {
             self.inner.store.write(write).await?;
         }
-        self.route(Arc::new(message));
+        registry::deliver_blocked(self.route(Arc::new(message))).await;
         Ok(())
     }
 

@@ -1,16 +1,21 @@
 //! Retained messages for a new subscription, read from the store a page at a time so that
-//! subscribing to `#` over millions of messages never holds more than a page in memory.
+//! subscribing to `#` over millions of messages never holds more than two pages in memory.
+//! The connection fetches the next page while the client is still taking the current one.
 
 use std::sync::Arc;
 
 use super::message::{Delivery, Message};
 use super::session::SubOptions;
-use crate::store::{self, Store};
+use crate::store::{self, RetainedMessage, Store};
 use crate::topic::{TopicFilter, TopicLimits, TopicName};
 
-/// Rows fetched per store call: large enough to amortise the round trip, small enough that
-/// the session queue stays within its bounds.
-pub(super) const PAGE: u32 = 200;
+/// Rows in a first page, before payload sizes are known.
+const FIRST_PAGE: u32 = 250;
+/// Bounds on rows per page.
+const MIN_PAGE: u32 = 16;
+const MAX_PAGE: u32 = 2000;
+/// Payload bytes a page aims for: the rows per page follow from the sizes seen so far.
+const PAGE_BYTES: usize = 1 << 20;
 
 /// Where one subscription's retained delivery has got to.
 pub(super) struct RetainedScan {
@@ -19,6 +24,13 @@ pub(super) struct RetainedScan {
     from: String,
     until: Option<String>,
     after: Option<TopicName>,
+    page: u32,
+}
+
+/// One page of deliveries; `next` is the scan to continue with, if there is more.
+pub(super) struct Page {
+    pub deliveries: Vec<Delivery>,
+    pub next: Option<RetainedScan>,
 }
 
 impl RetainedScan {
@@ -30,39 +42,53 @@ impl RetainedScan {
             from,
             until,
             after: None,
+            page: FIRST_PAGE,
         }
     }
 
-    /// The next page of deliveries, and whether more may follow.
-    pub async fn next_page(
-        &mut self,
-        store: &Store,
-        limits: TopicLimits,
-    ) -> Result<(Vec<Delivery>, bool), store::Error> {
+    /// Reads the next page. Owns the scan and hands it back, so the fetch can run while the
+    /// connection goes on serving the client.
+    pub async fn fetch(mut self, store: Store, limits: TopicLimits) -> Result<Page, store::Error> {
         let now = store.clock().now_ms();
-        let found = if self.filter.has_wildcards() {
-            let page = store
-                .scan(&self.from, self.until.as_deref(), self.after.as_ref(), PAGE)
-                .await?;
-            self.after = page.last().map(|m| m.topic.clone());
-            let more = page.len() == PAGE as usize;
-            let matching = page
-                .into_iter()
-                .filter(|m| self.filter.matches(&m.topic))
-                .collect();
-            return Ok((self.deliveries(matching, now), more));
-        } else {
-            // An exact filter is a point read, which the read cache can answer. A filter longer
-            // than any storable topic simply has no retained message.
-            match TopicName::parse(self.filter.as_str(), limits) {
+        if !self.filter.has_wildcards() {
+            // An exact filter is a point read, which the read cache can answer. A filter
+            // longer than any storable topic simply has no retained message.
+            let found = match TopicName::parse(self.filter.as_str(), limits) {
                 Ok(topic) => store.get(topic).await?.into_iter().collect(),
                 Err(_) => Vec::new(),
-            }
-        };
-        Ok((self.deliveries(found, now), false))
+            };
+            return Ok(Page {
+                deliveries: self.deliveries(found, now),
+                next: None,
+            });
+        }
+        let rows = store
+            .scan(
+                &self.from,
+                self.until.as_deref(),
+                self.after.as_ref(),
+                self.page,
+            )
+            .await?;
+        let more = rows.len() == self.page as usize;
+        self.after = rows.last().map(|m| m.topic.clone());
+        if let Some(average) = average_payload(&rows) {
+            let fit = PAGE_BYTES / average.max(1);
+            self.page = u32::try_from(fit)
+                .unwrap_or(MAX_PAGE)
+                .clamp(MIN_PAGE, MAX_PAGE);
+        }
+        let matching = rows
+            .into_iter()
+            .filter(|m| self.filter.matches(&m.topic))
+            .collect();
+        Ok(Page {
+            deliveries: self.deliveries(matching, now),
+            next: more.then_some(self),
+        })
     }
 
-    fn deliveries(&self, found: Vec<crate::store::RetainedMessage>, now: i64) -> Vec<Delivery> {
+    fn deliveries(&self, found: Vec<RetainedMessage>, now: i64) -> Vec<Delivery> {
         found
             .into_iter()
             .map(Message::from_retained)
@@ -76,4 +102,9 @@ impl RetainedScan {
             })
             .collect()
     }
+}
+
+fn average_payload(rows: &[RetainedMessage]) -> Option<usize> {
+    let total: usize = rows.iter().map(|m| m.payload.len()).sum();
+    (!rows.is_empty()).then(|| total / rows.len())
 }

@@ -29,15 +29,15 @@ pub struct SessionLimits {
 }
 
 /// What became of a message offered to a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Enqueued {
     Queued,
     /// Dropped by policy: QoS 0 when the queue is full or the client is offline, or any QoS
     /// while an offline session's queue is full.
     Dropped,
-    /// A QoS ≥ 1 message for an online client whose queue is full: the client is not keeping
-    /// up and is disconnected, so its session (if persistent) keeps what was queued.
-    Full,
+    /// A QoS ≥ 1 message for an online client whose queue is full, handed back: the
+    /// publisher waits for room (back-pressure), and disconnects the client if none comes.
+    Full(Delivery),
 }
 
 /// A message sent at QoS ≥ 1 and not yet fully acknowledged.
@@ -108,7 +108,7 @@ impl SessionState {
                 self.dropped += 1;
                 return Enqueued::Dropped;
             }
-            return Enqueued::Full;
+            return Enqueued::Full(delivery);
         }
         self.queued_bytes += size;
         self.queue.push_back(delivery);
@@ -271,36 +271,36 @@ mod tests {
     #[test]
     fn qos0_is_not_queued_for_an_offline_client() {
         let mut s = state(10);
-        assert_eq!(
+        assert!(matches!(
             s.enqueue(delivery("a", Qos::AtMostOnce), false),
             Enqueued::Dropped
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             s.enqueue(delivery("b", Qos::AtLeastOnce), false),
             Enqueued::Queued
-        );
+        ));
         assert_eq!(s.queued(), 1);
     }
 
     #[test]
     fn a_full_queue_drops_qos0_and_reports_qos1_for_online_clients() {
         let mut s = state(1);
-        assert_eq!(
+        assert!(matches!(
             s.enqueue(delivery("a", Qos::AtLeastOnce), true),
             Enqueued::Queued
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             s.enqueue(delivery("b", Qos::AtMostOnce), true),
             Enqueued::Dropped
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             s.enqueue(delivery("c", Qos::AtLeastOnce), true),
-            Enqueued::Full
-        );
-        assert_eq!(
+            Enqueued::Full(_)
+        ));
+        assert!(matches!(
             s.enqueue(delivery("d", Qos::AtLeastOnce), false),
             Enqueued::Dropped
-        );
+        ));
         assert_eq!(s.dropped, 2);
     }
 
@@ -310,19 +310,19 @@ mod tests {
             max_queued: 100,
             max_queued_bytes: 3,
         });
-        assert_eq!(
+        assert!(matches!(
             s.enqueue(delivery("ab", Qos::AtLeastOnce), true),
             Enqueued::Queued
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             s.enqueue(delivery("cd", Qos::AtLeastOnce), true),
-            Enqueued::Full
-        );
+            Enqueued::Full(_)
+        ));
         s.next_outgoing(10).unwrap();
-        assert_eq!(
+        assert!(matches!(
             s.enqueue(delivery("cd", Qos::AtLeastOnce), true),
             Enqueued::Queued
-        );
+        ));
     }
 
     #[test]

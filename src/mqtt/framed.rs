@@ -2,12 +2,9 @@
 
 use futures_util::{SinkExt, StreamExt};
 use rmqtt_codec::error::{DecodeError, EncodeError};
-use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
-use rmqtt_codec::{MqttCodec, MqttPacket};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::v3;
-use super::{Connect, Packet};
+use super::{Codec, Connect, ConnectAck, ConnectAckReason, Packet};
 
 /// The protocol a client speaks; MQTT 3.1 clients are served as 3.1.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +31,7 @@ pub enum Error {
 
 /// MQTT packets over `T` (a TCP stream, or a WebSocket presented as one).
 pub struct Framed<T> {
-    io: tokio_util::codec::Framed<T, MqttCodec>,
+    io: tokio_util::codec::Framed<T, Codec>,
     version: Version,
 }
 
@@ -45,15 +42,12 @@ pub async fn handshake<T>(io: T, max_packet_size: u32) -> Result<(Framed<T>, Con
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut io = tokio_util::codec::Framed::new(io, MqttCodec::Version(VersionCodec));
-    let version = match io.next().await {
+    let mut io = tokio_util::codec::Framed::new(io, Codec::new(max_packet_size));
+    let connect = match io.next().await {
         None => return Err(Error::Closed),
-        Some(Ok((MqttPacket::Version(ProtocolVersion::MQTT3), _))) => Version::V3,
-        Some(Ok((MqttPacket::Version(ProtocolVersion::MQTT5), _))) => Version::V5,
-        Some(Ok(_)) | Some(Err(DecodeError::UnsupportedPacketType)) => {
-            return Err(Error::NotConnect);
-        }
-        Some(Err(DecodeError::InvalidProtocol)) => {
+        Some(Ok(Packet::Connect(connect))) => *connect,
+        Some(Ok(_)) => return Err(Error::NotConnect),
+        Some(Err(Error::UnsupportedVersion)) => {
             if is_connect_for_mqtt(io.read_buffer()) {
                 // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, in the 3.1.1 form every
                 // client version can read, then close.
@@ -61,17 +55,20 @@ where
             }
             return Err(Error::UnsupportedVersion);
         }
-        Some(Err(e)) => return Err(e.into()),
+        Some(Err(Error::Decode(DecodeError::InvalidClientId))) => {
+            // The codec refuses an empty client id with a request to resume a session
+            // [MQTT-3.1.3-8]; the client is owed a CONNACK saying so (3.1.1: 0x02, 5: 0x85).
+            let refusal = ConnectAck {
+                reason_code: ConnectAckReason::ClientIdentifierNotValid,
+                ..ConnectAck::default()
+            };
+            let _ = io.send(Packet::ConnectAck(Box::new(refusal))).await;
+            return Err(DecodeError::InvalidClientId.into());
+        }
+        Some(Err(e)) => return Err(e),
     };
-    *io.codec_mut() = match version {
-        Version::V3 => MqttCodec::V3(rmqtt_codec::v3::Codec::new(max_packet_size)),
-        Version::V5 => MqttCodec::V5(rmqtt_codec::v5::Codec::new(max_packet_size, 0)),
-    };
-    let mut framed = Framed { io, version };
-    match framed.recv().await? {
-        Packet::Connect(connect) => Ok((framed, *connect)),
-        _ => Err(Error::NotConnect),
-    }
+    let version = io.codec().version().ok_or(Error::NotConnect)?;
+    Ok((Framed { io, version }, connect))
 }
 
 /// A CONNECT whose protocol name is MQTT's, whatever level it asks for.
@@ -98,35 +95,17 @@ where
 
     /// The next packet, as MQTT 5. Cancel-safe: a packet is never half-consumed.
     pub async fn recv(&mut self) -> Result<Packet, Error> {
-        match self.io.next().await {
-            None => Err(Error::Closed),
-            Some(Err(DecodeError::Io(msg))) => {
-                Err(Error::Io(std::io::Error::other(msg.to_string())))
-            }
-            Some(Err(e)) => Err(e.into()),
-            Some(Ok((MqttPacket::V5(packet), _))) => Ok(packet),
-            Some(Ok((MqttPacket::V3(packet), _))) => Ok(v3::inbound(packet)),
-            Some(Ok((MqttPacket::Version(_), _))) => Err(Error::NotConnect),
-        }
+        self.io.next().await.unwrap_or(Err(Error::Closed))
     }
 
     /// Queues a packet for sending without flushing. Packets a 3.1.1 client has no form for
     /// (a server DISCONNECT, AUTH) are dropped: for them the connection just closes.
     pub async fn feed(&mut self, packet: Packet) -> Result<(), Error> {
-        let packet = match self.version {
-            Version::V5 => MqttPacket::V5(packet),
-            Version::V3 => match v3::outbound(packet) {
-                Some(p) => MqttPacket::V3(p),
-                None => return Ok(()),
-            },
-        };
-        self.io.feed(packet).await?;
-        Ok(())
+        self.io.feed(packet).await
     }
 
     pub async fn flush(&mut self) -> Result<(), Error> {
-        SinkExt::<MqttPacket>::flush(&mut self.io).await?;
-        Ok(())
+        SinkExt::<Packet>::flush(&mut self.io).await
     }
 
     pub async fn send(&mut self, packet: Packet) -> Result<(), Error> {
@@ -142,8 +121,6 @@ where
     /// The largest packet the client said it accepts (MQTT 5 Maximum Packet Size); a larger
     /// PUBLISH fails to encode and the broker skips it, as [MQTT-3.1.2-25] asks.
     pub fn set_max_outbound_size(&mut self, size: u32) {
-        if let MqttCodec::V5(codec) = self.io.codec_mut() {
-            codec.set_max_outbound_size(size);
-        }
+        self.io.codec_mut().set_max_outbound_size(size);
     }
 }

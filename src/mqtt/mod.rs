@@ -5,12 +5,15 @@
 //! CONNECT, and presenting both versions as MQTT 5 packets so that the broker has one protocol
 //! to reason about. MQTT 3.1.1 packets are translated on the way in and out (`v3`).
 //!
-//! It knows nothing of sessions, subscriptions or storage.
+//! The byte-level work is `codec` (no I/O, so it can be fuzzed and property-tested); `framed`
+//! puts it on a socket. It knows nothing of sessions, subscriptions or storage.
 
+mod codec;
 mod framed;
 mod v3;
 
 pub use bytestring::ByteString;
+pub use codec::{Codec, decode_stream};
 pub use framed::{Error, Framed, Version, handshake};
 pub use rmqtt_codec::error::DecodeError;
 pub use rmqtt_codec::types::{Publish, QoS};

@@ -130,13 +130,15 @@ impl RetainedStore for SqliteStore {
         limit: u32,
         now_ms: i64,
     ) -> Result<Vec<RetainedSummary>, Error> {
+        // `topic > ''` holds for every topic (none is empty) and, unlike `?1 IS NULL OR ...`,
+        // lets SQLite seek the primary key to the page instead of scanning from the start.
         let rows: Vec<SummaryRow> = sqlx::query_as(
             "SELECT topic, length(payload) AS payload_size, qos, last_modified_ms
              FROM retained_messages
-             WHERE (?1 IS NULL OR topic > ?1) AND (expires_at_ms IS NULL OR expires_at_ms > ?2)
+             WHERE topic > ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)
              ORDER BY topic LIMIT ?3",
         )
-        .bind(after.map(TopicName::as_str))
+        .bind(after.map_or("", TopicName::as_str))
         .bind(now_ms)
         .bind(i64::from(limit))
         .fetch_all(&self.reader)

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
+pub mod mqtt;
 pub mod proxy;
 
 use std::str::FromStr;
@@ -96,6 +97,9 @@ pub async fn fresh_store(backend: Backend, clock: Clock) -> (Store, FreshDb) {
 /// The real service, serving HTTP on a free port.
 pub struct TestApp {
     pub base: String,
+    /// The bound MQTT (TCP) listener; MQTT over WebSocket is `ws://{http_addr}/mqtt`.
+    pub mqtt_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
     pub http: reqwest::Client,
     pub clock: Clock,
     pub db: FreshDb,
@@ -105,6 +109,7 @@ pub struct TestApp {
 pub fn test_config(database_url: &str) -> ServeConfig {
     let mut config = ServeConfig::defaults();
     config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.mqtt_addr = "127.0.0.1:0".parse().unwrap();
     config.database_url = database_url.to_owned();
     // The tests drive maintenance themselves through `Store::maintain`.
     config.maintenance_interval = Duration::from_secs(3600);
@@ -124,6 +129,8 @@ pub async fn spawn_app_with(db: FreshDb, config: ServeConfig) -> TestApp {
         .expect("starting retaind");
     TestApp {
         base: format!("http://{}", running.http_addr),
+        mqtt_addr: running.mqtt_addr,
+        http_addr: running.http_addr,
         http: reqwest::Client::new(),
         clock,
         db,

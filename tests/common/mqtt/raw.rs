@@ -1,0 +1,299 @@
+//! A bare TCP connection to the broker with hand-built packets, for what rumqttc will not send
+//! (malformed bytes, protocol violations) or not decode (a server DISCONNECT `E0 00`), and for
+//! byte-exact answers such as a v3 CONNACK `20 02 00 01`.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::within;
+use crate::common::TestApp;
+
+/// Hand-built MQTT packets, byte by byte as the specifications lay them out.
+pub mod build {
+    /// Variable Byte Integer (MQTT 5 §1.5.5, 3.1.1 §2.2.3).
+    pub fn var_int(mut n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if n == 0 {
+                return out;
+            }
+        }
+    }
+
+    /// A length-prefixed UTF-8 string or binary field.
+    pub fn string(s: impl AsRef<[u8]>) -> Vec<u8> {
+        let s = s.as_ref();
+        let mut out = (s.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(s);
+        out
+    }
+
+    /// Fixed header (first byte, remaining length) followed by `body`.
+    pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        out.extend(var_int(body.len()));
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A property block: its length then the properties.
+    pub fn props(raw: &[u8]) -> Vec<u8> {
+        let mut out = var_int(raw.len());
+        out.extend_from_slice(raw);
+        out
+    }
+
+    /// CONNECT; `v5_props` is `Some` (raw properties, without their length) for MQTT 5.
+    pub fn connect(
+        client_id: &str,
+        clean: bool,
+        keep_alive: u16,
+        v5_props: Option<&[u8]>,
+    ) -> Vec<u8> {
+        let mut body = string("MQTT");
+        body.push(if v5_props.is_some() { 5 } else { 4 });
+        body.push(if clean { 0x02 } else { 0x00 });
+        body.extend(keep_alive.to_be_bytes());
+        if let Some(p) = v5_props {
+            body.extend(props(p));
+        }
+        body.extend(string(client_id));
+        packet(0x10, &body)
+    }
+
+    /// A Will for [`connect_with_will`]; `props` are its MQTT 5 properties (ignored for 3.1.1).
+    pub struct Will<'a> {
+        pub topic: &'a str,
+        pub payload: &'a [u8],
+        pub qos: u8,
+        pub retain: bool,
+        pub props: &'a [u8],
+    }
+
+    /// CONNECT carrying a Will; MQTT 5 when `v5_props` (the CONNECT's properties) is `Some`.
+    pub fn connect_with_will(
+        client_id: &str,
+        clean: bool,
+        keep_alive: u16,
+        v5_props: Option<&[u8]>,
+        will: Will<'_>,
+    ) -> Vec<u8> {
+        let mut body = string("MQTT");
+        body.push(if v5_props.is_some() { 5 } else { 4 });
+        body.push(u8::from(clean) << 1 | 0x04 | will.qos << 3 | u8::from(will.retain) << 5);
+        body.extend(keep_alive.to_be_bytes());
+        if let Some(p) = v5_props {
+            body.extend(props(p));
+        }
+        body.extend(string(client_id));
+        if v5_props.is_some() {
+            body.extend(props(will.props));
+        }
+        body.extend(string(will.topic));
+        body.extend(string(will.payload));
+        packet(0x10, &body)
+    }
+
+    /// PUBLISH; `v5_props` is `Some` for MQTT 5.
+    pub fn publish(
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        dup: bool,
+        pkid: u16,
+        v5_props: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let first = 0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain);
+        let mut body = string(topic);
+        if qos > 0 {
+            body.extend(pkid.to_be_bytes());
+        }
+        if let Some(p) = v5_props {
+            body.extend(props(p));
+        }
+        body.extend_from_slice(payload);
+        packet(first, &body)
+    }
+
+    /// SUBSCRIBE of one filter with its options byte; `v5_props` is `Some` for MQTT 5.
+    pub fn subscribe(pkid: u16, filter: &str, options: u8, v5_props: Option<&[u8]>) -> Vec<u8> {
+        let mut body = pkid.to_be_bytes().to_vec();
+        if let Some(p) = v5_props {
+            body.extend(props(p));
+        }
+        body.extend(string(filter));
+        body.push(options);
+        packet(0x82, &body)
+    }
+
+    /// PUBACK (0x40), PUBREC (0x50), PUBREL (0x62) or PUBCOMP (0x70) with reason Success.
+    pub fn ack(first: u8, pkid: u16) -> Vec<u8> {
+        packet(first, &pkid.to_be_bytes())
+    }
+
+    /// MQTT 5 DISCONNECT with a reason code.
+    pub fn disconnect_v5(reason: u8) -> Vec<u8> {
+        packet(0xE0, &[reason, 0])
+    }
+}
+
+/// One packet as read off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPacket {
+    pub first: u8,
+    pub body: Vec<u8>,
+}
+
+/// A PUBLISH decoded by hand; properties are left raw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPublish {
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub pkid: u16,
+    pub props: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl RawPacket {
+    /// The packet type, the high nibble of the first byte (3 = PUBLISH, 14 = DISCONNECT, ...).
+    pub fn kind(&self) -> u8 {
+        self.first >> 4
+    }
+
+    /// The reason code of an MQTT 5 DISCONNECT; an empty body means 0x00.
+    pub fn disconnect_reason(&self) -> u8 {
+        assert_eq!(self.kind(), 14, "expected DISCONNECT, got {self:?}");
+        self.body.first().copied().unwrap_or(0)
+    }
+
+    /// The reason code of an MQTT 5 PUBACK/PUBREC/PUBCOMP; absent means 0x00.
+    pub fn ack_reason(&self) -> u8 {
+        self.body.get(2).copied().unwrap_or(0)
+    }
+
+    pub fn publish(&self, v5: bool) -> RawPublish {
+        assert_eq!(self.kind(), 3, "expected PUBLISH, got {self:?}");
+        let b = &self.body;
+        let tlen = u16::from_be_bytes([b[0], b[1]]) as usize;
+        let topic = String::from_utf8(b[2..2 + tlen].to_vec()).expect("UTF-8 topic");
+        let qos = (self.first >> 1) & 3;
+        let mut at = 2 + tlen;
+        let mut pkid = 0;
+        if qos > 0 {
+            pkid = u16::from_be_bytes([b[at], b[at + 1]]);
+            at += 2;
+        }
+        let mut props = Vec::new();
+        if v5 {
+            let (len, used) = read_var_int(&b[at..]);
+            props = b[at + used..at + used + len].to_vec();
+            at += used + len;
+        }
+        RawPublish {
+            topic,
+            qos,
+            retain: self.first & 1 == 1,
+            dup: self.first & 8 == 8,
+            pkid,
+            props,
+            payload: b[at..].to_vec(),
+        }
+    }
+}
+
+fn read_var_int(b: &[u8]) -> (usize, usize) {
+    let mut n = 0usize;
+    for (i, byte) in b.iter().enumerate().take(4) {
+        n |= ((byte & 0x7F) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (n, i + 1);
+        }
+    }
+    panic!("malformed variable byte integer from the server: {b:?}")
+}
+
+/// A bare TCP connection to the broker.
+pub struct Raw {
+    stream: TcpStream,
+}
+
+impl Raw {
+    pub async fn open(app: &TestApp) -> Self {
+        let stream = within("a TCP connection", TcpStream::connect(app.mqtt_addr))
+            .await
+            .expect("connecting to the MQTT listener");
+        Self { stream }
+    }
+
+    /// Opens a connection, sends `connect` and returns the CONNACK.
+    pub async fn connect(app: &TestApp, connect: &[u8]) -> (Self, RawPacket) {
+        let mut raw = Self::open(app).await;
+        raw.send(connect).await;
+        let ack = raw
+            .recv()
+            .await
+            .expect("a CONNACK, not a closed connection");
+        assert_eq!(ack.kind(), 2, "expected CONNACK, got {ack:?}");
+        (raw, ack)
+    }
+
+    /// Writes `bytes`; a write refused because the server already closed is not an error here,
+    /// since what the server answered is read with [`Raw::recv`].
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// The next packet, or `None` once the server has closed the connection.
+    pub async fn recv(&mut self) -> Option<RawPacket> {
+        within("a packet from the server", async {
+            let mut first = [0u8; 1];
+            if self.stream.read_exact(&mut first).await.is_err() {
+                return None;
+            }
+            let mut len = 0usize;
+            for i in 0..4 {
+                let mut b = [0u8; 1];
+                self.stream.read_exact(&mut b).await.ok()?;
+                len |= ((b[0] & 0x7F) as usize) << (7 * i);
+                if b[0] & 0x80 == 0 {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            self.stream.read_exact(&mut body).await.ok()?;
+            Some(RawPacket {
+                first: first[0],
+                body,
+            })
+        })
+        .await
+    }
+
+    /// The next packet, which must be of type `kind`.
+    pub async fn expect(&mut self, kind: u8) -> RawPacket {
+        let p = self
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("expected packet type {kind}, the connection was closed"));
+        assert_eq!(p.kind(), kind, "expected packet type {kind}, got {p:?}");
+        p
+    }
+
+    /// Reads until the server closes the connection; returns what it sent before closing.
+    pub async fn until_closed(&mut self) -> Vec<RawPacket> {
+        let mut got = Vec::new();
+        while let Some(p) = self.recv().await {
+            got.push(p);
+        }
+        got
+    }
+}

@@ -1,0 +1,264 @@
+//! The broker's bounds, each hit on purpose against the real server with small configured
+//! limits: queued messages per session (online and offline), messages in flight, Receive
+//! Maximum, Topic Alias Maximum, payload size and topic limits. Every refusal is checked for its
+//! reason code and for leaving the store unchanged.
+
+mod common;
+
+use common::mqtt::raw::{Raw, RawPacket, build};
+use common::mqtt::{Qos5, V5, v5_options};
+use common::{Backend, TestApp, fresh_db, spawn_app, spawn_app_with, test_config};
+
+async fn app_with(edit: impl FnOnce(&mut retaind::app::ServeConfig)) -> TestApp {
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    edit(&mut config);
+    spawn_app_with(db, config).await
+}
+
+fn v5_connect_with(id: &str, clean: bool, props: &[u8]) -> Vec<u8> {
+    build::connect(id, clean, 60, Some(props))
+}
+
+const RECEIVE_MAXIMUM: u8 = 0x21;
+const SESSION_EXPIRY: u8 = 0x11;
+const TOPIC_ALIAS: u8 = 0x23;
+
+fn payload_of(p: &RawPacket) -> String {
+    String::from_utf8(p.publish(true).payload).unwrap()
+}
+
+#[tokio::test]
+async fn online_qos1_subscriber_with_a_full_queue_is_disconnected_with_0x97() {
+    let app = app_with(|c| c.mqtt_max_queued_messages = 3).await;
+    let connect = v5_connect_with("slow", true, &[RECEIVE_MAXIMUM, 0, 1]);
+    let (mut slow, _) = Raw::connect(&app, &connect).await;
+    slow.send(&build::subscribe(1, "q", 1, Some(&[]))).await;
+    slow.expect(9).await;
+    let (mut publ, _) = V5::connect(v5_options(&app, "pub")).await;
+    // One in flight, three queued, the fifth does not fit.
+    for i in 0..5 {
+        publ.publish("q", Qos5::AtLeastOnce, false, format!("{i}").as_bytes())
+            .await;
+    }
+    let got = slow.until_closed().await;
+    let (last, before) = got.split_last().expect("packets before the close");
+    assert_eq!(last.disconnect_reason(), 0x97, "{got:?}");
+    assert_eq!(before.iter().map(payload_of).collect::<Vec<_>>(), ["0"]);
+}
+
+#[tokio::test]
+async fn qos0_messages_beyond_a_full_queue_are_dropped_and_the_client_stays() {
+    let app = app_with(|c| c.mqtt_max_queued_messages = 3).await;
+    let connect = v5_connect_with("slow", true, &[RECEIVE_MAXIMUM, 0, 1]);
+    let (mut slow, _) = Raw::connect(&app, &connect).await;
+    slow.send(&build::subscribe(1, "a", 1, Some(&[]))).await;
+    slow.expect(9).await;
+    slow.send(&build::subscribe(2, "b", 0, Some(&[]))).await;
+    slow.expect(9).await;
+    let (mut publ, _) = V5::connect(v5_options(&app, "pub")).await;
+    // a1 fills the window; a2 holds the queue's head, so b0..b4 wait behind it: b0 and b1
+    // fit, b2..b4 do not.
+    publ.publish("a", Qos5::AtLeastOnce, false, b"a1").await;
+    publ.publish("a", Qos5::AtLeastOnce, false, b"a2").await;
+    for i in 0..5 {
+        publ.publish("b", Qos5::AtMostOnce, false, format!("b{i}").as_bytes())
+            .await;
+    }
+    // A QoS 1 publish from the same connection is acknowledged after the QoS 0 ones were routed.
+    publ.publish("elsewhere", Qos5::AtLeastOnce, false, b"fence")
+        .await;
+    let a1 = slow.expect(3).await.publish(true);
+    assert_eq!(a1.payload, b"a1");
+    slow.send(&build::ack(0x40, a1.pkid)).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let p = slow.expect(3).await.publish(true);
+        if p.qos == 1 {
+            slow.send(&build::ack(0x40, p.pkid)).await;
+        }
+        got.push(String::from_utf8(p.payload).unwrap());
+    }
+    assert_eq!(got, ["a2", "b0", "b1"]);
+    publ.publish("a", Qos5::AtLeastOnce, false, b"after").await;
+    assert_eq!(payload_of(&slow.expect(3).await), "after");
+}
+
+#[tokio::test]
+async fn offline_session_drops_new_messages_once_its_queue_is_full() {
+    let app = app_with(|c| c.mqtt_max_queued_messages = 3).await;
+    let session = [SESSION_EXPIRY, 0, 0, 1, 0];
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("off", true, &session)).await;
+    raw.send(&build::subscribe(1, "off", 1, Some(&[]))).await;
+    raw.expect(9).await;
+    raw.send(&build::disconnect_v5(0)).await;
+    assert_eq!(raw.until_closed().await, vec![]);
+    let (mut publ, _) = V5::connect(v5_options(&app, "pub")).await;
+    for i in 0..5 {
+        publ.publish("off", Qos5::AtLeastOnce, false, format!("{i}").as_bytes())
+            .await;
+    }
+    let (mut raw, ack) = Raw::connect(&app, &v5_connect_with("off", false, &session)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    publ.publish("off", Qos5::AtLeastOnce, false, b"online")
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let p = raw.expect(3).await.publish(true);
+        raw.send(&build::ack(0x40, p.pkid)).await;
+        got.push(String::from_utf8(p.payload).unwrap());
+    }
+    assert_eq!(got, ["0", "1", "2", "online"]);
+}
+
+#[tokio::test]
+async fn messages_in_flight_are_capped_by_the_configured_maximum() {
+    let app = app_with(|c| c.mqtt_max_inflight = 2).await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("s", true, &[])).await;
+    raw.send(&build::subscribe(1, "w", 1, Some(&[]))).await;
+    raw.expect(9).await;
+    let (mut publ, _) = V5::connect(v5_options(&app, "pub")).await;
+    for i in 0..3 {
+        publ.publish("w", Qos5::AtLeastOnce, false, format!("{i}").as_bytes())
+            .await;
+    }
+    let first = raw.expect(3).await.publish(true);
+    raw.expect(3).await;
+    // All three were routed (PUBACKed); a third in flight would come before the PINGRESP.
+    raw.send(&[0xC0, 0x00]).await;
+    raw.expect(13).await;
+    raw.send(&build::ack(0x40, first.pkid)).await;
+    assert_eq!(payload_of(&raw.expect(3).await), "2");
+}
+
+#[tokio::test]
+async fn configured_receive_maximum_is_advertised_and_enforced_with_0x93() {
+    let app = app_with(|c| c.mqtt_receive_maximum = 2).await;
+    let (_probe, ack) = V5::connect(v5_options(&app, "probe")).await;
+    assert_eq!(ack.properties.and_then(|p| p.receive_max), Some(2));
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("p", true, &[])).await;
+    for pkid in 1..=2 {
+        raw.send(&build::publish(
+            "rm",
+            2,
+            false,
+            false,
+            pkid,
+            Some(&[]),
+            b"x",
+        ))
+        .await;
+        let rec = raw.expect(5).await;
+        assert_eq!(
+            (&rec.body[..2], rec.ack_reason()),
+            (&[0, pkid as u8][..], 0)
+        );
+    }
+    // Two QoS 2 publishes await PUBREL: a third is one too many.
+    raw.send(&build::publish("rm", 2, false, false, 3, Some(&[]), b"x"))
+        .await;
+    let got = raw.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].disconnect_reason(), 0x93);
+}
+
+#[tokio::test]
+async fn configured_topic_alias_maximum_is_advertised_and_enforced_with_0x94() {
+    let app = app_with(|c| c.mqtt_topic_alias_maximum = 2).await;
+    let (_probe, ack) = V5::connect(v5_options(&app, "probe")).await;
+    assert_eq!(ack.properties.and_then(|p| p.topic_alias_max), Some(2));
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("p", true, &[])).await;
+    raw.send(&build::publish(
+        "t",
+        1,
+        true,
+        false,
+        1,
+        Some(&[TOPIC_ALIAS, 0, 2]),
+        b"ok",
+    ))
+    .await;
+    assert_eq!(raw.expect(4).await.ack_reason(), 0);
+    raw.send(&build::publish(
+        "u",
+        1,
+        true,
+        false,
+        2,
+        Some(&[TOPIC_ALIAS, 0, 3]),
+        b"no",
+    ))
+    .await;
+    let got = raw.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].disconnect_reason(), 0x94);
+    let topics: Vec<String> = app.snapshot().await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(topics, ["t"]);
+}
+
+#[tokio::test]
+async fn v5_payload_over_the_payload_limit_disconnects_with_0x95_and_stores_nothing() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("p", true, &[])).await;
+    let big = vec![b'x'; 128 * 1024 + 1];
+    raw.send(&build::publish("big", 1, true, false, 1, Some(&[]), &big))
+        .await;
+    let got = raw.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].disconnect_reason(), 0x95);
+    assert_eq!(app.snapshot().await, vec![]);
+}
+
+#[tokio::test]
+async fn v3_payload_over_the_payload_limit_closes_and_stores_nothing() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (mut raw, _) = Raw::connect(&app, &build::connect("p", true, 60, None)).await;
+    let big = vec![b'x'; 128 * 1024 + 1];
+    raw.send(&build::publish("big", 1, true, false, 1, None, &big))
+        .await;
+    assert_eq!(raw.until_closed().await, vec![]);
+    assert_eq!(app.snapshot().await, vec![]);
+}
+
+#[tokio::test]
+async fn payload_at_the_limit_is_accepted_and_stored() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("p", true, &[])).await;
+    let max = vec![b'x'; 128 * 1024];
+    raw.send(&build::publish("max", 1, true, false, 1, Some(&[]), &max))
+        .await;
+    assert_eq!(raw.expect(4).await.ack_reason(), 0);
+    let stored: serde_json::Value = app.get_json("/retainedMessage/max").await;
+    assert_eq!(stored["topic"], "max");
+}
+
+#[tokio::test]
+async fn topic_with_too_many_levels_gets_puback_0x90_and_stores_nothing() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("p", true, &[])).await;
+    raw.send(&build::publish(
+        "1/2/3/4/5/6/7/8/9",
+        1,
+        true,
+        false,
+        5,
+        Some(&[]),
+        b"x",
+    ))
+    .await;
+    let ack = raw.expect(4).await;
+    assert_eq!((&ack.body[..2], ack.ack_reason()), (&[0u8, 5][..], 0x90));
+    raw.send(&build::publish(
+        "1/2/3/4/5/6/7/8",
+        1,
+        true,
+        false,
+        6,
+        Some(&[]),
+        b"x",
+    ))
+    .await;
+    assert_eq!(raw.expect(4).await.ack_reason(), 0);
+    let topics: Vec<String> = app.snapshot().await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(topics, ["1/2/3/4/5/6/7/8"]);
+}
