@@ -17,6 +17,15 @@ ensure_postgres
 export RETAIND_TEST_DATABASE_URL; RETAIND_TEST_DATABASE_URL=$(create_scratch_database "$db")
 echo "test database: $RETAIND_TEST_DATABASE_URL"
 
+# The MQTT client tests drive retaind with Mosquitto's command-line clients.
+if ! command -v mosquitto_pub >/dev/null 2>&1; then
+    echo "installing Debian's mosquitto-clients" >&2
+    apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
+    [ "$(id -u)" = 0 ] || ! command -v sudo >/dev/null 2>&1 || apt=(sudo "${apt[@]}")
+    "${apt[@]}" install -y -qq mosquitto-clients >/dev/null 2>&1 ||
+        { "${apt[@]}" update -qq && "${apt[@]}" install -y -qq mosquitto-clients >/dev/null; }
+fi
+
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 venv=$target_dir/test-venv
 if [ ! -x "$venv/bin/python" ]; then

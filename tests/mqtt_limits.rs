@@ -48,6 +48,41 @@ async fn online_qos1_subscriber_with_a_full_queue_is_disconnected_with_0x97() {
 }
 
 #[tokio::test]
+async fn a_slow_qos1_subscriber_holds_its_publisher_back_and_loses_nothing() {
+    let app = app_with(|c| c.mqtt_max_queued_messages = 3).await;
+    let connect = v5_connect_with("slow", true, &[RECEIVE_MAXIMUM, 0, 1]);
+    let (mut slow, _) = Raw::connect(&app, &connect).await;
+    slow.send(&build::subscribe(1, "q", 1, Some(&[]))).await;
+    slow.expect(9).await;
+    // Ten QoS 1 messages into a queue of three with one in flight: the publisher must wait for
+    // room instead of the broker dropping messages or disconnecting a subscriber that keeps up.
+    let publisher = {
+        let options = v5_options(&app, "pub");
+        tokio::spawn(async move {
+            let (mut publ, _) = V5::connect(options).await;
+            for i in 0..10 {
+                publ.publish("q", Qos5::AtLeastOnce, false, format!("{i}").as_bytes())
+                    .await;
+            }
+            publ
+        })
+    };
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let p = slow
+            .recv()
+            .await
+            .expect("the slow subscriber stays connected");
+        assert_eq!(p.kind(), 3, "only PUBLISHes are expected, got {p:?}");
+        let publish = p.publish(true);
+        got.push(String::from_utf8(publish.payload).unwrap());
+        slow.send(&build::ack(0x40, publish.pkid)).await;
+    }
+    assert_eq!(got, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    publisher.await.expect("the publisher got every PUBACK");
+}
+
+#[tokio::test]
 async fn qos0_messages_beyond_a_full_queue_are_dropped_and_the_client_stays() {
     let app = app_with(|c| c.mqtt_max_queued_messages = 3).await;
     let connect = v5_connect_with("slow", true, &[RECEIVE_MAXIMUM, 0, 1]);

@@ -1,9 +1,10 @@
-"""Fixtures for the boto3 / AWS CLI compatibility tests.
+"""Fixtures for the boto3 / AWS CLI compatibility tests and the third-party MQTT client tests.
 
 Every test gets its own retaind process on a fresh, empty store, once on SQLite and once on
-Postgres, so listings can be asserted exactly. Needs RETAIND_BIN (the server binary) and
-RETAIND_TEST_DATABASE_URL (a Postgres database in which each test creates its own schema);
-scripts/test.sh sets both.
+Postgres, so listings can be asserted exactly. It serves the HTTP API, MQTT over TCP and MQTT over
+WebSocket, each on a free port (1883 may belong to another broker on the machine). Needs
+RETAIND_BIN (the server binary) and RETAIND_TEST_DATABASE_URL (a Postgres database in which each
+test creates its own schema); scripts/test.sh sets both.
 """
 
 import os
@@ -19,7 +20,12 @@ import boto3
 import pytest
 from botocore.config import Config
 
-READY = re.compile(r"^retaind: HTTP API on (http://\S+)$")
+# What retaind prints on stdout once each listener is bound; all three must appear.
+READY_LINES = {
+    "http": re.compile(r"^retaind: HTTP API on (http://\S+)$"),
+    "mqtt": re.compile(r"^retaind: MQTT on mqtt://(\S+):(\d+)$"),
+    "ws": re.compile(r"^retaind: MQTT over WebSocket on ws://(\S+):(\d+)(/\S*)$"),
+}
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 15
 
@@ -59,6 +65,11 @@ def database_url(request, tmp_path):
 class Server:
     url: str
     process: subprocess.Popen
+    mqtt_host: str
+    mqtt_port: int
+    ws_host: str
+    ws_port: int
+    ws_path: str
 
 
 @pytest.fixture
@@ -68,12 +79,15 @@ def server(database_url, tmp_path):
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
             [os.environ["RETAIND_BIN"], "--http-addr", "127.0.0.1:0",
-             "--database-url", database_url],
+             "--mqtt-addr", "127.0.0.1:0", "--database-url", database_url],
             stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True,
         )
     try:
-        url = _wait_until_ready(proc, stderr_path)
-        yield Server(url, proc)
+        ready = _wait_until_ready(proc, stderr_path)
+        mqtt_host, mqtt_port = ready["mqtt"]
+        ws_host, ws_port, ws_path = ready["ws"]
+        yield Server(ready["http"][0], proc, mqtt_host, int(mqtt_port), ws_host, int(ws_port),
+                     ws_path)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -90,19 +104,27 @@ def server(database_url, tmp_path):
 
 
 def _wait_until_ready(proc, stderr_path):
-    """Reads stdout up to the ready line; a timer kills a server that never gets there."""
+    """Reads stdout up to the last ready line; a timer kills a server that never gets there.
+
+    Returns each ready line's captured groups by name ("http", "mqtt", "ws")."""
+    found = {}
     timer = threading.Timer(START_TIMEOUT_S, proc.kill)
     timer.start()
     try:
         for line in proc.stdout:
-            match = READY.match(line.rstrip("\n"))
-            if match:
-                return match.group(1)
+            for name, pattern in READY_LINES.items():
+                match = pattern.match(line.rstrip("\n"))
+                if match:
+                    found[name] = match.groups()
+            if len(found) == len(READY_LINES):
+                return found
     finally:
         timer.cancel()
     proc.wait(timeout=5)
-    pytest.fail(f"retaind ended (status {proc.returncode}) before printing its ready line "
-                f"(startup timeout {START_TIMEOUT_S}s); stderr:\n{stderr_path.read_text()}")
+    missing = ", ".join(p.pattern for n, p in READY_LINES.items() if n not in found)
+    pytest.fail(f"retaind ended (status {proc.returncode}) before printing its ready lines "
+                f"(missing: {missing}; startup timeout {START_TIMEOUT_S}s); "
+                f"stderr:\n{stderr_path.read_text()}")
 
 
 def make_client(endpoint_url, **config):
