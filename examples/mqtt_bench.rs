@@ -116,6 +116,10 @@ struct Args {
     /// Retained messages to store and then receive.
     #[arg(long, default_value_t = 50_000)]
     messages: usize,
+    /// Clients storing the retained messages at once, each with its own share of the topics
+    /// and its own `--inflight` window: one device, or a fleet.
+    #[arg(long, default_value_t = 1)]
+    store_publishers: usize,
     /// Unacknowledged QoS 1 publishes a client may have outstanding.
     #[arg(long, default_value_t = 100)]
     inflight: u16,
@@ -719,21 +723,51 @@ async fn retained(run: Arc<Run>) -> anyhow::Result<bool> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Store.
-    let (publisher, events) = run.connect("retained-pub").await?;
+    let publishers = args.store_publishers.max(1);
     let (done_tx, mut done) = watch::channel(0);
-    let driver = drive_publisher(events, QoS::AtLeastOnce, done_tx, stop_rx.clone());
-    eprintln!("retained: storing {total} retained messages under {base}/ at QoS 1");
+    let done_tx = Arc::new(done_tx);
+    let mut clients = Vec::with_capacity(publishers);
+    for i in 0..publishers {
+        let (client, events) = run.connect(&format!("retained-pub{i}")).await?;
+        // Each publisher counts its own acknowledgements; the sum is what is stored.
+        let (own_tx, mut own_rx) = watch::channel(0u64);
+        let driver = drive_publisher(events, QoS::AtLeastOnce, own_tx, stop_rx.clone());
+        let total_tx = done_tx.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            while own_rx.changed().await.is_ok() {
+                let now = *own_rx.borrow_and_update();
+                total_tx.send_modify(|n| *n += now - last);
+                last = now;
+            }
+        });
+        clients.push((client, driver));
+    }
+    eprintln!(
+        "retained: storing {total} retained messages under {base}/ at QoS 1 from {publishers} client(s)"
+    );
     let started = Instant::now();
-    for n in 0..total as u64 {
-        publisher
-            .publish(
-                format!("{base}/{n}"),
-                QoS::AtLeastOnce,
-                true,
-                run.payload(0, n),
-            )
-            .await
-            .context("storing")?;
+    let mut sending = Vec::with_capacity(publishers);
+    for (i, (client, _)) in clients.iter().enumerate() {
+        let (client, run, base) = (client.clone(), run.clone(), base.clone());
+        sending.push(tokio::spawn(async move {
+            for n in (i..total).step_by(publishers) {
+                let n = n as u64;
+                client
+                    .publish(
+                        format!("{base}/{n}"),
+                        QoS::AtLeastOnce,
+                        true,
+                        run.payload(0, n),
+                    )
+                    .await
+                    .context("storing")?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in sending {
+        task.await??;
     }
     let stored = wait_for_count(&mut done, total as u64, run.idle_timeout()).await;
     let store_s = started.elapsed().as_secs_f64();
@@ -771,7 +805,7 @@ async fn retained(run: Arc<Run>) -> anyhow::Result<bool> {
     disconnect(subscriber, sub_events).await;
 
     println!(
-        "scenario=retained messages={total} payload_bytes={} store_total_s={store_s:.3} \
+        "scenario=retained messages={total} store_publishers={publishers} payload_bytes={} store_total_s={store_s:.3} \
          store_per_s={:.0} delivered={} first_ms={:.1} deliver_total_s={deliver_s:.3} \
          deliver_per_s={:.0} errors={}",
         args.payload_bytes,
@@ -808,7 +842,9 @@ async fn retained(run: Arc<Run>) -> anyhow::Result<bool> {
         disconnect_publisher(clearer, clear_driver, &mut ignored).await;
     }
     let mut publisher_error = None;
-    disconnect_publisher(publisher, driver, &mut publisher_error).await;
+    for (client, driver) in clients {
+        disconnect_publisher(client, driver, &mut publisher_error).await;
+    }
     let _ = stop_tx.send(true);
     Ok(error.is_none() && publisher_error.is_none() && tally.unique == total)
 }

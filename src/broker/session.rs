@@ -63,6 +63,8 @@ pub struct SessionState {
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
     inflight: VecDeque<Inflight>,
+    /// The packet ids of `inflight`, so a free id is found without scanning the window.
+    in_use: HashSet<NonZeroU16>,
     last_packet_id: u16,
     /// QoS 2 packet ids we answered with PUBREC and await PUBREL for [MQTT-4.3.3-9].
     incoming_qos2: HashSet<NonZeroU16>,
@@ -78,6 +80,7 @@ impl SessionState {
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: VecDeque::new(),
+            in_use: HashSet::new(),
             last_packet_id: 0,
             incoming_qos2: HashSet::new(),
             limits,
@@ -150,11 +153,17 @@ impl SessionState {
             let Some(id) = NonZeroU16::new(self.last_packet_id) else {
                 continue;
             };
-            if !self.inflight.iter().any(|i| i.packet_id == id) {
+            if self.in_use.insert(id) {
                 return Some(id);
             }
         }
         None
+    }
+
+    fn remove(&mut self, i: usize) {
+        if let Some(done) = self.inflight.remove(i) {
+            self.in_use.remove(&done.packet_id);
+        }
     }
 
     fn position(&self, packet_id: NonZeroU16) -> Option<usize> {
@@ -166,7 +175,7 @@ impl SessionState {
     pub fn acknowledge(&mut self, packet_id: NonZeroU16) -> bool {
         match self.position(packet_id) {
             Some(i) if self.inflight[i].delivery.qos == Qos::AtLeastOnce => {
-                self.inflight.remove(i);
+                self.remove(i);
                 true
             }
             _ => false,
@@ -188,7 +197,7 @@ impl SessionState {
     pub fn completed(&mut self, packet_id: NonZeroU16) -> bool {
         match self.position(packet_id) {
             Some(i) if self.inflight[i].released => {
-                self.inflight.remove(i);
+                self.remove(i);
                 true
             }
             _ => false,
@@ -199,7 +208,7 @@ impl SessionState {
     /// resent, the client cannot take it (too large), or an MQTT 5 client refused it.
     pub fn forget(&mut self, packet_id: NonZeroU16) {
         if let Some(i) = self.position(packet_id) {
-            self.inflight.remove(i);
+            self.remove(i);
         }
     }
 

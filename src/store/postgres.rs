@@ -208,7 +208,16 @@ impl RetainedStore for PostgresStore {
         if let Some(until) = until {
             query = query.bind(until);
         }
-        let rows: Vec<MessageRow> = query.fetch_all(&self.pool).await?;
+        // Walk the primary key in order and stop after `limit` rows. Left to itself, the planner
+        // may misjudge a range just filled (statistics lag behind) as small, read all of it
+        // with a bitmap scan and sort it, for every page: paging through a large range then
+        // costs its square. Without sorting, only the ordered index scan remains.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL enable_sort = off")
+            .execute(&mut *tx)
+            .await?;
+        let rows: Vec<MessageRow> = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         rows.into_iter().map(RetainedMessage::try_from).collect()
     }
 
