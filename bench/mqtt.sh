@@ -13,6 +13,7 @@
 #                    (default 250; 0 = no limit, which overflows the subscribers' queues on this
 #                    machine: Mosquitto then drops QoS 1 messages and retaind disconnects)
 #   BENCH_RATE       messages/s per fan-out publisher (default 0: as fast as flow control allows)
+#   BENCH_FLEET      clients storing the retained messages at once in retained-fleet (default 16)
 #   PG_ADMIN_URL     a Postgres superuser URL (default: see scripts/postgres.sh)
 #
 # Scenarios (examples/mqtt_bench.rs has the details):
@@ -21,8 +22,10 @@
 #   fanout-qos1  the same at QoS 1; publishers wait for PUBACKs (100 in flight each)
 #                In both, a publisher waits while BENCH_OUTSTANDING of its messages have not
 #                reached every subscriber, so the rate is what the broker delivers end to end.
-#   retained     store BENCH_MESSAGES retained messages at QoS 1, every PUBACK awaited
-#                (store/s), then time a new subscriber to PREFIX/# until it has them all
+#   retained     store BENCH_MESSAGES retained messages at QoS 1 from one client (100 in
+#                flight), every PUBACK awaited (store/s), then time a new subscriber to PREFIX/#
+#                until it has them all
+#   retained-fleet  the same with the messages stored by BENCH_FLEET clients at once
 #
 # Both brokers get limits that do not hold them back (defaults in brackets):
 #   in flight to a subscriber   retaind 256 (its default); Mosquitto unlimited
@@ -54,6 +57,7 @@ WARMUP=${WARMUP%s}
 MESSAGES=${BENCH_MESSAGES:-50000}
 RATE=${BENCH_RATE:-0}
 OUTSTANDING=${BENCH_OUTSTANDING:-250}
+FLEET=${BENCH_FLEET:-16}
 for v in DURATION WARMUP MESSAGES; do
     [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || { echo "bench: $v must be a positive integer" >&2; exit 2; }
 done
@@ -176,16 +180,21 @@ declare -A LINE CPU IDLE GEN FAILED
 
 run_bench() { # BROKER PORT PID SCENARIO
     local broker=$1 port=$2 pid=$3 scenario=$4 key="$1/$4" rc=0
+    # retained-fleet: the retained scenario with the messages stored by FLEET clients at once.
+    local bench_scenario=$scenario extra=()
+    if [ "$scenario" = retained-fleet ]; then
+        bench_scenario=retained extra=(--store-publishers "$FLEET")
+    fi
     checkpoint_db
     log "$scenario on $broker"
     local c0 i0 t0 g0 c1 i1 t1 g1
     c0=$(cpu_ticks "$pid"); read -r i0 t0 < <(idle_ticks); children_cpu_s g0
-    "$BENCH" --host 127.0.0.1 --port "$port" --scenario "$scenario" --duration "$DURATION" \
+    "$BENCH" --host 127.0.0.1 --port "$port" --scenario "$bench_scenario" "${extra[@]}" --duration "$DURATION" \
         --warmup "$WARMUP" --messages "$MESSAGES" --payload-bytes 256 \
         --publishers 4 --subscribers 4 --rate "$RATE" --max-outstanding "$OUTSTANDING" \
         >"$RAW/$broker-$scenario.out" 2>"$RAW/$broker-$scenario.err" || rc=$?
     c1=$(cpu_ticks "$pid"); read -r i1 t1 < <(idle_ticks); children_cpu_s g1
-    LINE[$key]=$(grep "^scenario=$scenario " "$RAW/$broker-$scenario.out" || true)
+    LINE[$key]=$(grep "^scenario=$bench_scenario " "$RAW/$broker-$scenario.out" || true)
     FAILED[$key]=""
     [ "$rc" = 0 ] || FAILED[$key]="exit $rc"
     [ -n "${LINE[$key]}" ] || FAILED[$key]="no result"
@@ -201,7 +210,7 @@ run_bench() { # BROKER PORT PID SCENARIO
 checkpoint_db() { psql_db -c 'CHECKPOINT' >/dev/null; }
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
-SCENARIOS=(fanout-qos0 fanout-qos1 retained)
+SCENARIOS=(fanout-qos0 fanout-qos1 retained retained-fleet)
 for scenario in "${SCENARIOS[@]}"; do
     run_bench mosquitto "$MOSQUITTO_PORT" "$MOSQUITTO_PID" "$scenario"
     run_bench retaind "$RETAIND_PORT" "$RETAIND_PID" "$scenario"
@@ -255,9 +264,11 @@ MOSQUITTO_VERSION=$({ "$MOSQUITTO" -h 2>&1 || true; } | sed -n 's/^mosquitto ver
         if [ "$s" = fanout-qos1 ]; then what="acked"; else what="sent"; fi
         row "$s" "publishes/s ($what)" published_per_s 0
     done
-    row retained "stored/s (QoS 1, acked)" store_per_s 0
+    row retained "stored/s (QoS 1, acked, 1 client)" store_per_s 0
     row retained "delivered/s to a new subscriber" deliver_per_s 0
     row retained "time to deliver all (s)" deliver_total_s 3
+    row retained-fleet "stored/s (QoS 1, acked, $FLEET clients)" store_per_s 0
+    row retained-fleet "time to deliver all (s)" deliver_total_s 3
     row retained "first retained message (ms)" first_ms 1
     echo
     pace="each publisher keeps at most $OUTSTANDING messages not yet received by every subscriber"
