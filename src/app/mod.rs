@@ -124,9 +124,13 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
 
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            listener,
+            // The peer address is for logs (MQTT over WebSocket names its clients by it).
+            api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future(),
     );
     let mqtt = tokio::spawn(broker::serve_tcp(broker.clone(), mqtt_listener));
     let maintenance = tokio::spawn(maintenance::run(

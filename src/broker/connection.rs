@@ -16,6 +16,7 @@ use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::inbound::Settled;
 use super::message::Message;
@@ -105,14 +106,15 @@ where
     let Some(mut conn) = Connection::accept(broker, cfg, framed, connect).await else {
         return;
     };
+    // Every line this connection logs carries its client id and peer.
     let span = tracing::info_span!("mqtt", client = %conn.client, %peer);
-    let end = {
-        let _guard = span.enter();
+    async move {
         tracing::debug!("connected");
-        drop(_guard);
-        conn.run().await
-    };
-    conn.finish(end).await;
+        let end = conn.run().await;
+        conn.finish(end).await;
+    }
+    .instrument(span)
+    .await;
 }
 
 impl<T> Connection<T>
