@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
 use retaind::store::{
-    Clock, MessageProperties, PayloadFormat, Qos, RetainedMessage, Store, StoreOptions,
-    UserProperty, Write,
+    Clock, MessageProperties, PayloadFormat, Qos, RetainedMessage, RetainedSummary, Store,
+    StoreOptions, UserProperty, Write,
 };
 use retaind::topic::{TopicLimits, TopicName};
 
@@ -507,6 +507,166 @@ async fn an_empty_range_scans_nothing(backend: Backend) {
     assert!(store.scan("a", None, None, 0).await.unwrap().is_empty());
 }
 
+fn summary_topics(page: &[RetainedSummary]) -> Vec<&str> {
+    page.iter().map(|s| s.topic.as_str()).collect()
+}
+
+async fn listing_a_range_returns_summaries_in_byte_order(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    let topics = [
+        "a/b/c", "a", "a0", "a/é", "b", "a/", "A/b", "a/b", "a.b", "$SYS/a",
+    ];
+    put_all(&store, &topics).await;
+    let page = store.list_range("a/", Some("a0"), None, 100).await.unwrap();
+    assert_eq!(summary_topics(&page), ["a/", "a/b", "a/b/c", "a/é"]);
+    // Summaries, like `list`: the payload's size (here the topic itself), not the payload.
+    let listed = store.list(Some(&topic("a.b")), 4).await.unwrap();
+    assert_eq!(page, listed);
+    let sizes: Vec<i64> = page.iter().map(|s| s.payload_size).collect();
+    assert_eq!(sizes, [2, 3, 5, 4]);
+    assert!(
+        page.iter()
+            .all(|s| s.qos == Qos::ExactlyOnce && s.last_modified_ms == T0_MS)
+    );
+}
+
+async fn range_listing_pages_resume_after_a_topic_and_end_exactly(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    put_all(
+        &store,
+        &[
+            "c/7", "b", "c/0", "c/1", "c/2", "c", "c/3", "c/4", "c0", "c/5", "c/6", "d",
+        ],
+    )
+    .await;
+    let (from, until) = ("c/", Some("c0"));
+    let first = store.list_range(from, until, None, 4).await.unwrap();
+    assert_eq!(summary_topics(&first), ["c/0", "c/1", "c/2", "c/3"]);
+    let second = store
+        .list_range(from, until, Some(&first[3].topic), 4)
+        .await
+        .unwrap();
+    assert_eq!(summary_topics(&second), ["c/4", "c/5", "c/6", "c/7"]);
+    let third = store
+        .list_range(from, until, Some(&second[3].topic), 4)
+        .await
+        .unwrap();
+    assert!(third.is_empty(), "{:?}", summary_topics(&third));
+    // Resuming after a topic that no longer exists continues from its place.
+    let page = store
+        .list_range(from, until, Some(&topic("c/3x")), 2)
+        .await
+        .unwrap();
+    assert_eq!(summary_topics(&page), ["c/4", "c/5"]);
+    // An `after` before the range starts at `from`; one at or past `until` finds nothing.
+    let page = store
+        .list_range(from, until, Some(&topic("b")), 2)
+        .await
+        .unwrap();
+    assert_eq!(summary_topics(&page), ["c/0", "c/1"]);
+    let page = store
+        .list_range(from, until, Some(&topic("c0")), 2)
+        .await
+        .unwrap();
+    assert!(page.is_empty(), "{:?}", summary_topics(&page));
+    // Without an upper bound the range runs to the last topic; an empty `from` is the start.
+    let page = store.list_range("c0", None, None, 100).await.unwrap();
+    assert_eq!(summary_topics(&page), ["c0", "d"]);
+    let page = store
+        .list_range("", None, Some(&topic("c/6")), 100)
+        .await
+        .unwrap();
+    assert_eq!(summary_topics(&page), ["c/7", "c0", "d"]);
+}
+
+async fn expired_messages_are_not_listed_in_a_range(backend: Backend) {
+    let clock = Clock::manual(T0_MS);
+    let (store, _db) = fresh_store(backend, clock.clone()).await;
+    for (t, expires_at_ms) in [
+        ("e/0", Some(T0_MS + 10_000)),
+        ("e/1", None),
+        ("e/2", Some(T0_MS + 20_000)),
+        ("e/3", None),
+    ] {
+        let mut msg = message(t, "v", T0_MS);
+        msg.expires_at_ms = expires_at_ms;
+        store.write(Write::Put(msg)).await.unwrap();
+    }
+    clock.advance(Duration::from_millis(9_999));
+    let page = store.list_range("e/", Some("e0"), None, 10).await.unwrap();
+    assert_eq!(summary_topics(&page), ["e/0", "e/1", "e/2", "e/3"]);
+    clock.advance(Duration::from_millis(1));
+    // Expired rows do not take places in a page: `limit` counts only what is returned.
+    let page = store.list_range("e/", Some("e0"), None, 2).await.unwrap();
+    assert_eq!(summary_topics(&page), ["e/1", "e/2"]);
+    clock.advance(Duration::from_millis(10_000));
+    let page = store.list_range("e/", None, None, 10).await.unwrap();
+    assert_eq!(summary_topics(&page), ["e/1", "e/3"]);
+}
+
+async fn range_listing_compares_multibyte_topics_by_bytes(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    put_all(
+        &store,
+        &[
+            "a/ê",
+            "a/e",
+            "a/é/x",
+            "a/f",
+            "a/z",
+            "a/É",
+            "a/é",
+            "a/\u{10000}",
+        ],
+    )
+    .await;
+    let page = store
+        .list_range("a/é", Some("a/ê"), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(summary_topics(&page), ["a/é", "a/é/x"]);
+    // A locale would put the accented letters among the e's; byte order puts them after 'z'.
+    let page = store
+        .list_range("a/f", Some("a/ê"), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(summary_topics(&page), ["a/f", "a/z", "a/É", "a/é", "a/é/x"]);
+    let page = store.list_range("a/ê", None, None, 100).await.unwrap();
+    assert_eq!(summary_topics(&page), ["a/ê", "a/\u{10000}"]);
+}
+
+async fn an_empty_range_lists_nothing(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    assert!(
+        store
+            .list_range("", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    put_all(&store, &["a", "b", "c"]).await;
+    for (from, until) in [
+        ("b", Some("b")),  // empty interval
+        ("c", Some("b")),  // inverted
+        ("b0", Some("c")), // nothing stored inside
+        ("d", None),       // past the last topic
+    ] {
+        let page = store.list_range(from, until, None, 10).await.unwrap();
+        assert!(
+            page.is_empty(),
+            "[{from}, {until:?}): {:?}",
+            summary_topics(&page)
+        );
+    }
+    assert!(
+        store
+            .list_range("a", None, None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 for_each_backend!(
     every_field_round_trips,
     a_put_replaces_and_a_delete_removes,
@@ -525,4 +685,9 @@ for_each_backend!(
     expired_messages_are_not_scanned,
     scan_bounds_compare_multibyte_topics_by_bytes,
     an_empty_range_scans_nothing,
+    listing_a_range_returns_summaries_in_byte_order,
+    range_listing_pages_resume_after_a_topic_and_end_exactly,
+    expired_messages_are_not_listed_in_a_range,
+    range_listing_compares_multibyte_topics_by_bytes,
+    an_empty_range_lists_nothing,
 );

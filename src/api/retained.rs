@@ -1,4 +1,7 @@
-//! ListRetainedMessages and GetRetainedMessage.
+//! ListRetainedMessages and GetRetainedMessage, and retaind's extension to ListRetainedMessages:
+//! narrowing the listing to a topic filter or prefix (see [`list_filter`]).
+
+mod list_filter;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -10,6 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiState, ErrorBody, TopicPath};
 use crate::store::{RetainedMessage, RetainedSummary, UserProperty};
+use crate::topic::TopicName;
+use list_filter::{FilteredPage, Selection, WALK_LIMITS};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 200;
@@ -23,6 +28,20 @@ pub struct ListParams {
     max_results: Option<String>,
     /// The `nextToken` of the previous page.
     next_token: Option<String>,
+    /// **retaind extension, not part of the AWS API; AWS SDKs don't send it.** Lists only the
+    /// topics matching this MQTT topic filter: `+` matches one level, `#` the rest (including
+    /// the parent level: `a/#` matches `a`), and a leading wildcard does not match `$` topics.
+    /// Shared subscriptions (`$share/...`) are refused. Percent-encode it: `+` is `%2B` and
+    /// `#` is `%23` in a query string. A page may hold fewer than `maxResults` topics, even
+    /// none, and still carry a `nextToken`: one request reads at most 10,000 stored topics.
+    #[param(example = "devices/+/config")]
+    topic_filter: Option<String>,
+    /// **retaind extension, not part of the AWS API; AWS SDKs don't send it.** Lists only the
+    /// topics that start with these characters (a literal prefix, no wildcards; `devices/a`
+    /// matches `devices/a/x` and `devices/ab`). With `topicFilter` too, a topic must match
+    /// both. Not empty. Pages behave as with `topicFilter`.
+    #[param(min_length = 1, example = "devices/")]
+    topic_prefix: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -72,7 +91,7 @@ pub struct GetRetainedMessageResponse {
     params(ListParams),
     responses(
         (status = 200, body = ListRetainedMessagesResponse),
-        (status = 400, description = "InvalidRequestException: bad maxResults or a nextToken this service did not issue", body = ErrorBody),
+        (status = 400, description = "InvalidRequestException: bad maxResults, a nextToken this service did not issue, or an invalid topicFilter or topicPrefix", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException", body = ErrorBody),
     )
 )]
@@ -102,18 +121,55 @@ pub async fn list(
                 .ok_or_else(|| ApiError::invalid("nextToken was not issued by this service"))?,
         ),
     };
-    // One extra row tells whether another page follows without a second query.
-    let mut page = state.store.list(after.as_ref(), page_size + 1).await?;
-    let next_token = if page.len() > page_size as usize {
-        page.truncate(page_size as usize);
-        page.last().map(|last| state.tokens.issue(&last.topic))
-    } else {
-        None
+    let selection = Selection::parse(
+        params.topic_filter.as_deref(),
+        params.topic_prefix.as_deref(),
+    )
+    .map_err(ApiError::invalid)?;
+    let (page, next_after) = match selection {
+        None => list_all(&state, after, page_size).await?,
+        Some(selection) => list_selected(&state, &selection, after, page_size).await?,
     };
     Ok(Json(ListRetainedMessagesResponse {
         retained_topics: page.into_iter().map(RetainedMessageSummary::from).collect(),
-        next_token,
+        next_token: next_after.map(|topic| state.tokens.issue(&topic)),
     }))
+}
+
+/// A page of the plain (AWS) listing, and the topic the next page starts after, if any.
+async fn list_all(
+    state: &ApiState,
+    after: Option<TopicName>,
+    page_size: u32,
+) -> Result<(Vec<RetainedSummary>, Option<TopicName>), ApiError> {
+    // One extra row tells whether another page follows without a second query.
+    let mut page = state.store.list(after.as_ref(), page_size + 1).await?;
+    if page.len() > page_size as usize {
+        page.truncate(page_size as usize);
+        let next_after = page.last().map(|last| last.topic.clone());
+        Ok((page, next_after))
+    } else {
+        Ok((page, None))
+    }
+}
+
+/// A page of the listing narrowed to `selection`, read from the store range that holds it.
+async fn list_selected(
+    state: &ApiState,
+    selection: &Selection,
+    after: Option<TopicName>,
+    page_size: u32,
+) -> Result<(Vec<RetainedSummary>, Option<TopicName>), ApiError> {
+    let (from, until) = selection.range();
+    let mut page = FilteredPage::new(selection, page_size, after, WALK_LIMITS);
+    while let Some((after, limit)) = page.next_read() {
+        let rows = state
+            .store
+            .list_range(&from, until.as_deref(), after, limit)
+            .await?;
+        page.take(rows);
+    }
+    Ok(page.finish())
 }
 
 /// Gets the retained message of one topic, payload included.

@@ -47,6 +47,21 @@ pub trait RetainedStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error>;
 
+    /// Like [`RetainedStore::scan`] but returns summaries (no payloads), as [`RetainedStore::list`]
+    /// does: up to `limit` unexpired messages whose topics are in `[from, until)` and strictly
+    /// after `after` (when given), in byte order of topic. The same rules for the bounds apply.
+    ///
+    /// This is how ListRetainedMessages narrowed by a topic filter or prefix walks its range:
+    /// the caller matches each topic itself.
+    async fn list_range(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedSummary>, Error>;
+
     /// Records that `topics` were read at `now_ms` (never moves a time backwards).
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error>;
 

@@ -240,6 +240,27 @@ impl Store {
         .await
     }
 
+    /// One page of unexpired summaries whose topics are in `[from, until)` (byte order;
+    /// `until: None` = no upper bound) and strictly after `after`, in byte order of topic: how
+    /// a listing narrowed to a topic filter or prefix walks its range. Like [`Store::list`], it
+    /// goes to the database under the usual deadline and does not count as a read.
+    pub async fn list_range(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+    ) -> Result<Vec<RetainedSummary>, Error> {
+        let now = self.inner.clock.now_ms();
+        deadline(
+            self.inner.timeout,
+            self.inner
+                .backend
+                .list_range(from, until, after, limit, now),
+        )
+        .await
+    }
+
     pub async fn ping(&self) -> Result<(), Error> {
         deadline(self.inner.timeout, self.inner.backend.ping()).await
     }

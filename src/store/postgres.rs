@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::PgPool;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgPool};
 
 use super::backend::ChangeFeed;
 use super::feed;
 use super::postgres_feed::PgChangeFeed;
 use super::row::{
-    MessageRow, ScanStart, SummaryRow, encode_user_properties, last_write_per_topic,
-    message_columns,
+    MessageRow, RangeStatements, ScanStart, SummaryRow, encode_user_properties,
+    last_write_per_topic, message_columns,
 };
 use super::{Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
 use crate::topic::TopicName;
@@ -28,6 +29,39 @@ impl PostgresStore {
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         let node = uuid::Uuid::new_v4().to_string().into();
         Ok(Self { pool, node })
+    }
+
+    /// Up to `limit` unexpired rows from `start` up to `until` (exclusive), in topic order, with
+    /// one of the `statements` of a range query.
+    async fn range<R>(
+        &self,
+        statements: &RangeStatements,
+        start: ScanStart<'_>,
+        until: Option<&str>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<R>, Error>
+    where
+        R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        let mut query = sqlx::query_as(statements.pick(start, until))
+            .bind(start.bound())
+            .bind(now_ms)
+            .bind(i64::from(limit));
+        if let Some(until) = until {
+            query = query.bind(until);
+        }
+        // Walk the primary key in order and stop after `limit` rows. Left to itself, the planner
+        // may misjudge a range just filled (statistics lag behind) as small, read all of it
+        // with a bitmap scan and sort it, for every page: paging through a large range then
+        // costs its square. Without sorting, only the ordered index scan remains.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL enable_sort = off")
+            .execute(&mut *tx)
+            .await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 }
 
@@ -51,21 +85,38 @@ ON CONFLICT (topic) DO UPDATE SET
 )
 SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($13::text[]) AS notice";
 
-/// A range scan of full messages with the given bounds on `topic`: `$1` is the lower bound,
-/// `$2` now, `$3` the limit and `$4` the upper bound. One statement per combination of bounds,
-/// so that even Postgres' generic plan is an index range scan on the primary key with both
-/// bounds as index conditions.
-macro_rules! scan_statement {
-    ($bounds:literal) => {
+/// A range query with the given bounds on `topic`: `$1` is the lower bound, `$2` now, `$3` the
+/// limit and `$4` the upper bound. One statement per combination of bounds, so that even
+/// Postgres' generic plan is an index range scan on the primary key with both bounds as index
+/// conditions.
+macro_rules! range_statements {
+    ($columns:expr) => {
+        RangeStatements {
+            at: range_statement!($columns, "topic >= $1"),
+            after: range_statement!($columns, "topic > $1"),
+            at_until: range_statement!($columns, "topic >= $1 AND topic < $4"),
+            after_until: range_statement!($columns, "topic > $1 AND topic < $4"),
+        }
+    };
+}
+
+macro_rules! range_statement {
+    ($columns:expr, $bounds:literal) => {
         concat!(
             "SELECT ",
-            message_columns!(),
+            $columns,
             " FROM retained_messages WHERE ",
             $bounds,
             " AND (expires_at_ms IS NULL OR expires_at_ms > $2) ORDER BY topic LIMIT $3"
         )
     };
 }
+
+/// Full messages in a range: [`RetainedStore::scan`].
+const SCAN: RangeStatements = range_statements!(message_columns!());
+/// Summaries in a range: [`RetainedStore::list_range`].
+const LIST_RANGE: RangeStatements =
+    range_statements!("topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms");
 
 #[derive(Default)]
 struct Columns<'a> {
@@ -195,30 +246,21 @@ impl RetainedStore for PostgresStore {
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error> {
         let start = ScanStart::new(from, after);
-        let statement = match (start, until) {
-            (ScanStart::At(_), None) => scan_statement!("topic >= $1"),
-            (ScanStart::After(_), None) => scan_statement!("topic > $1"),
-            (ScanStart::At(_), Some(_)) => scan_statement!("topic >= $1 AND topic < $4"),
-            (ScanStart::After(_), Some(_)) => scan_statement!("topic > $1 AND topic < $4"),
-        };
-        let mut query = sqlx::query_as(statement)
-            .bind(start.bound())
-            .bind(now_ms)
-            .bind(i64::from(limit));
-        if let Some(until) = until {
-            query = query.bind(until);
-        }
-        // Walk the primary key in order and stop after `limit` rows. Left to itself, the planner
-        // may misjudge a range just filled (statistics lag behind) as small, read all of it
-        // with a bitmap scan and sort it, for every page: paging through a large range then
-        // costs its square. Without sorting, only the ordered index scan remains.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL enable_sort = off")
-            .execute(&mut *tx)
-            .await?;
-        let rows: Vec<MessageRow> = query.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        let rows: Vec<MessageRow> = self.range(&SCAN, start, until, limit, now_ms).await?;
         rows.into_iter().map(RetainedMessage::try_from).collect()
+    }
+
+    async fn list_range(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedSummary>, Error> {
+        let start = ScanStart::new(from, after);
+        let rows: Vec<SummaryRow> = self.range(&LIST_RANGE, start, until, limit, now_ms).await?;
+        rows.into_iter().map(RetainedSummary::try_from).collect()
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {

@@ -44,6 +44,31 @@ impl<'a> ScanStart<'a> {
     }
 }
 
+/// One SQL statement per combination of a range's bounds, all selecting the same columns, so
+/// that each runs as a plain range on the primary key. Built by each backend's
+/// `range_statements!` macro, which knows its placeholder syntax.
+pub(super) struct RangeStatements {
+    /// Topics `>= start`, no upper bound.
+    pub(super) at: &'static str,
+    /// Topics `> start`, no upper bound.
+    pub(super) after: &'static str,
+    /// Topics `>= start` and `< until`.
+    pub(super) at_until: &'static str,
+    /// Topics `> start` and `< until`.
+    pub(super) after_until: &'static str,
+}
+
+impl RangeStatements {
+    pub(super) fn pick(&self, start: ScanStart<'_>, until: Option<&str>) -> &'static str {
+        match (start, until) {
+            (ScanStart::At(_), None) => self.at,
+            (ScanStart::After(_), None) => self.after,
+            (ScanStart::At(_), Some(_)) => self.at_until,
+            (ScanStart::After(_), Some(_)) => self.after_until,
+        }
+    }
+}
+
 /// The day (since the epoch) of a time in ms, as the `last_accessed_day` column computes it.
 /// The idle purge looks rows up by day through its index, then compares exact times.
 pub(super) fn day_of(ms: i64) -> i32 {

@@ -4,11 +4,12 @@
 //! anyway; group commit upstream turns many publishes into one transaction on it.
 
 use async_trait::async_trait;
-use sqlx::SqlitePool;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, SqlitePool};
 
 use super::row::{
-    MessageRow, ScanStart, SummaryRow, encode_user_properties, last_write_per_topic,
-    message_columns,
+    MessageRow, RangeStatements, ScanStart, SummaryRow, encode_user_properties,
+    last_write_per_topic, message_columns,
 };
 use super::{Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
 use crate::topic::TopicName;
@@ -46,20 +47,62 @@ ON CONFLICT (topic) DO UPDATE SET
     expires_at_ms = excluded.expires_at_ms, last_modified_ms = excluded.last_modified_ms,
     last_accessed_ms = excluded.last_accessed_ms";
 
-/// A range scan of full messages with the given bounds on `topic`: `?1` is the lower bound,
-/// `?2` now, `?3` the limit and `?4` the upper bound. One statement per combination of bounds,
-/// so that SQLite searches the primary key between them (`?1 IS NULL OR ...` would make it
-/// walk the table from the start).
-macro_rules! scan_statement {
-    ($bounds:literal) => {
+/// A range query with the given bounds on `topic`: `?1` is the lower bound, `?2` now, `?3` the
+/// limit and `?4` the upper bound. One statement per combination of bounds, so that SQLite
+/// searches the primary key between them (`?1 IS NULL OR ...` would make it walk the table from
+/// the start).
+macro_rules! range_statements {
+    ($columns:expr) => {
+        RangeStatements {
+            at: range_statement!($columns, "topic >= ?1"),
+            after: range_statement!($columns, "topic > ?1"),
+            at_until: range_statement!($columns, "topic >= ?1 AND topic < ?4"),
+            after_until: range_statement!($columns, "topic > ?1 AND topic < ?4"),
+        }
+    };
+}
+
+macro_rules! range_statement {
+    ($columns:expr, $bounds:literal) => {
         concat!(
             "SELECT ",
-            message_columns!(),
+            $columns,
             " FROM retained_messages WHERE ",
             $bounds,
             " AND (expires_at_ms IS NULL OR expires_at_ms > ?2) ORDER BY topic LIMIT ?3"
         )
     };
+}
+
+/// Full messages in a range: [`RetainedStore::scan`].
+const SCAN: RangeStatements = range_statements!(message_columns!());
+/// Summaries in a range: [`RetainedStore::list_range`].
+const LIST_RANGE: RangeStatements =
+    range_statements!("topic, length(payload) AS payload_size, qos, last_modified_ms");
+
+impl SqliteStore {
+    /// Up to `limit` unexpired rows from `start` up to `until` (exclusive), in topic order, with
+    /// one of the `statements` of a range query.
+    async fn range<R>(
+        &self,
+        statements: &RangeStatements,
+        start: ScanStart<'_>,
+        until: Option<&str>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<R>, Error>
+    where
+        R: for<'r> FromRow<'r, SqliteRow> + Send + Unpin,
+    {
+        let mut query = sqlx::query_as(statements.pick(start, until))
+            .bind(start.bound())
+            .bind(now_ms)
+            .bind(i64::from(limit));
+        if let Some(until) = until {
+            query = query.bind(until);
+        }
+        Ok(query.fetch_all(&self.reader).await?)
+    }
 }
 
 #[async_trait]
@@ -155,21 +198,21 @@ impl RetainedStore for SqliteStore {
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error> {
         let start = ScanStart::new(from, after);
-        let statement = match (start, until) {
-            (ScanStart::At(_), None) => scan_statement!("topic >= ?1"),
-            (ScanStart::After(_), None) => scan_statement!("topic > ?1"),
-            (ScanStart::At(_), Some(_)) => scan_statement!("topic >= ?1 AND topic < ?4"),
-            (ScanStart::After(_), Some(_)) => scan_statement!("topic > ?1 AND topic < ?4"),
-        };
-        let mut query = sqlx::query_as(statement)
-            .bind(start.bound())
-            .bind(now_ms)
-            .bind(i64::from(limit));
-        if let Some(until) = until {
-            query = query.bind(until);
-        }
-        let rows: Vec<MessageRow> = query.fetch_all(&self.reader).await?;
+        let rows: Vec<MessageRow> = self.range(&SCAN, start, until, limit, now_ms).await?;
         rows.into_iter().map(RetainedMessage::try_from).collect()
+    }
+
+    async fn list_range(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedSummary>, Error> {
+        let start = ScanStart::new(from, after);
+        let rows: Vec<SummaryRow> = self.range(&LIST_RANGE, start, until, limit, now_ms).await?;
+        rows.into_iter().map(RetainedSummary::try_from).collect()
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {
