@@ -4,6 +4,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+# The web console, compiled into the binary (src/api/console.rs).
+COPY console ./console
 RUN cargo build --release --locked --bin retaind
 
 FROM debian:bookworm-slim

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite. Works on a fresh machine: finds or starts Postgres, creates a scratch
 # database for this run, builds retaind, runs the Rust tests (unit, store contract, HTTP
-# integration) and then the boto3 compatibility tests in a Python venv it creates.
+# integration), the boto3 compatibility tests in a Python venv it creates, and the web
+# console's tests in headless chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/postgres.sh
@@ -38,3 +39,19 @@ cargo test --locked --all-targets
 
 export RETAIND_BIN="$target_dir/debug/retaind"
 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
+
+# The web console in a real browser: Debian's chromium, headless, driven by playwright-core
+# (version locked in tests/browser/package-lock.json).
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian's ${missing[*]}" >&2
+    apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
+    [ "$(id -u)" = 0 ] || ! command -v sudo >/dev/null 2>&1 || apt=(sudo "${apt[@]}")
+    "${apt[@]}" install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+        { "${apt[@]}" update -qq && "${apt[@]}" install -y -qq "${missing[@]}" >/dev/null; }
+fi
+npm ci --prefix tests/browser --silent --no-audit --no-fund
+# The test files name themselves (a directory argument means different things across Node versions).
+node --test tests/browser/*.test.mjs

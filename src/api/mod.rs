@@ -1,11 +1,12 @@
-//! The HTTP API: the AWS IoT data-plane operations for retained messages, health probes and
-//! the OpenAPI document with its browsable UI.
+//! The HTTP API: the AWS IoT data-plane operations for retained messages, health probes, the
+//! OpenAPI document with its browsable UI, and the web console's files.
 //!
 //! MQTT over WebSocket (`/mqtt`) is handed to the broker once upgraded.
 //!
 //! Handlers translate between HTTP and the store or broker; AWS error names live in [`error`] alone.
 //! This module must not reach into the database directly.
 
+mod console;
 mod error;
 mod health;
 mod mqtt5_headers;
@@ -67,6 +68,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/topics/", post(empty_topic))
         .route("/topics/{*topic}", post(publish::publish))
         .route("/mqtt", get(mqtt_websocket::upgrade))
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route_layer(from_fn(request_context::record_route))

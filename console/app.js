@@ -1,0 +1,504 @@
+// The retaind console: retained messages (list, detail, edit, delete), a publish form and an
+// MQTT test client. Plain DOM; views are sections of index.html shown by the URL fragment
+// (#/retained, #/retained/<topic>, #/publish, #/client), so links, the back button and
+// bookmarks work. Data is only ever put in the page with textContent, never as HTML.
+
+import * as api from './api.js';
+import {
+  decodeUserProperties, describePayload, formatBytes, formatTime, payloadPreview, utf8Decode,
+} from './format.js';
+import { MqttClient, brokerUrl } from './mqtt-ws.js';
+
+/** The live message list keeps this many; older ones drop off the end. */
+const MAX_LIVE_MESSAGES = 500;
+
+const $ = (id) => document.getElementById(id);
+
+/** Builds an element: `el('a', { href: '#' }, 'text', child)`. */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === 'class') node.className = value;
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+/** Shows what failed in an alert region: the AWS error name, status and message. */
+function showError(region, err) {
+  const summary = err instanceof api.ApiError ? err.summary : String(err.message ?? err);
+  region.replaceChildren(el('strong', {}, summary));
+  if (err.requestId) region.append(el('small', {}, `Request id ${err.requestId}`));
+  region.hidden = false;
+}
+
+function clearError(region) {
+  region.hidden = true;
+  region.replaceChildren();
+}
+
+function topicHref(topic) {
+  return `#/retained/${encodeURIComponent(topic)}`;
+}
+
+function timeElement(epochMs) {
+  return el('time', { datetime: new Date(epochMs).toISOString() }, formatTime(epochMs));
+}
+
+// ---- Routing -------------------------------------------------------------------------------
+
+const views = {
+  retained: $('view-retained'),
+  detail: $('view-detail'),
+  publish: $('view-publish'),
+  client: $('view-client'),
+};
+
+function route() {
+  // Fragments like #main (the skip link) are in-page targets, not views.
+  if (location.hash && !location.hash.startsWith('#/')) return;
+  const hash = location.hash || '#/retained';
+  const [, section, ...rest] = hash.split('/');
+  const encodedTopic = rest.join('/');
+  let name = ['retained', 'publish', 'client'].includes(section) ? section : 'retained';
+  let topic = null;
+  if (name === 'retained' && encodedTopic !== '') {
+    name = 'detail';
+    try {
+      topic = decodeURIComponent(encodedTopic);
+    } catch {
+      topic = encodedTopic; // not valid percent-encoding: take it as typed
+    }
+  }
+  for (const [key, view] of Object.entries(views)) view.hidden = key !== name;
+  for (const link of document.querySelectorAll('[data-nav]')) {
+    const current = link.dataset.nav === (name === 'detail' ? 'retained' : name);
+    if (current) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  if (name === 'retained') list.load();
+  if (name === 'detail') detail.load(topic);
+
+  // Move focus to the new view's heading, so keyboard and screen-reader users start there
+  // rather than on the link they left behind.
+  const heading = views[name].querySelector('h1');
+  heading.tabIndex = -1;
+  heading.focus({ preventScroll: true });
+  document.title = `${heading.textContent} – retaind console`;
+}
+
+// ---- Retained messages: the list ----------------------------------------------------------
+
+const list = {
+  filter: '',
+  /** The nextToken that led to each page seen so far; page 1 has none. */
+  tokens: [undefined],
+  page: 0,
+  nextToken: undefined,
+  /** Said in front of the next status line, e.g. what was just deleted. */
+  notice: '',
+  /** A newer load supersedes an older one still in flight. */
+  generation: 0,
+
+  async load() {
+    const generation = ++this.generation;
+    const status = $('retained-status');
+    status.textContent = 'Loading…';
+    try {
+      const result = await api.listRetained({
+        maxResults: Number($('page-size').value),
+        nextToken: this.tokens[this.page],
+        filter: this.filter,
+      });
+      if (generation !== this.generation) return;
+      clearError($('retained-error'));
+      this.nextToken = result.nextToken;
+      this.render(result.retainedTopics ?? []);
+    } catch (err) {
+      if (generation !== this.generation) return;
+      // Rows from before the failure would pass for its answer: clear them.
+      this.nextToken = undefined;
+      this.render([]);
+      status.textContent = '';
+      showError($('retained-error'), err);
+    }
+  },
+
+  render(items) {
+    $('retained-rows').replaceChildren(
+      ...items.map((item) =>
+        el('tr', {},
+          el('td', { 'data-label': 'Topic' }, el('a', { href: topicHref(item.topic) }, item.topic)),
+          el('td', { class: 'num', 'data-label': 'Size' }, formatBytes(item.payloadSize)),
+          el('td', { class: 'num', 'data-label': 'QoS' }, String(item.qos)),
+          el('td', { 'data-label': 'Last modified' }, timeElement(item.lastModifiedTime)),
+        ),
+      ),
+    );
+    const scope = this.filter ? ` matching “${this.filter}”` : '';
+    let text;
+    if (items.length > 0) {
+      text = `Page ${this.page + 1}: ${items.length} retained message${items.length === 1 ? '' : 's'}${scope}.`;
+    } else if (this.nextToken) {
+      // A filtered page reads a bounded stretch of topics, so it can be empty with more to come.
+      text = `No retained messages${scope} on this page, but more topics follow: use Next page.`;
+    } else {
+      text = `No retained messages${scope}${this.page > 0 ? ' on this page' : ''}.`;
+    }
+    $('retained-status').textContent = text;
+    if (this.notice) {
+      $('retained-status').textContent = `${this.notice} ${$('retained-status').textContent}`;
+      this.notice = '';
+    }
+    $('retained-table').hidden = items.length === 0;
+    $('page-label').textContent = `Page ${this.page + 1}`;
+    $('first-page').disabled = this.page === 0;
+    $('prev-page').disabled = this.page === 0;
+    $('next-page').disabled = !this.nextToken;
+  },
+
+  restart() {
+    this.tokens = [undefined];
+    this.page = 0;
+    this.load();
+  },
+};
+
+$('filter-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  // Not trimmed: spaces are legal in topics.
+  list.filter = $('filter').value;
+  list.restart();
+});
+$('page-size').addEventListener('change', () => list.restart());
+$('refresh').addEventListener('click', () => list.load());
+$('first-page').addEventListener('click', () => list.restart());
+$('prev-page').addEventListener('click', () => {
+  list.page = Math.max(0, list.page - 1);
+  list.load();
+});
+$('next-page').addEventListener('click', () => {
+  if (!list.nextToken) return;
+  list.page += 1;
+  list.tokens[list.page] = list.nextToken;
+  list.load();
+});
+
+// ---- Retained messages: one message -------------------------------------------------------
+
+const detail = {
+  /** The message on show, as GetRetainedMessage returned it (payload as bytes). */
+  message: null,
+  generation: 0,
+
+  async load(topic) {
+    const generation = ++this.generation;
+    this.message = null;
+    $('detail-title').textContent = 'Retained message';
+    $('detail-body').hidden = true;
+    clearError($('detail-error'));
+    try {
+      const message = await api.getRetained(topic);
+      if (generation !== this.generation) return;
+      this.message = message;
+      this.render(message);
+    } catch (err) {
+      if (generation !== this.generation) return;
+      showError($('detail-error'), err);
+    }
+  },
+
+  render(msg) {
+    $('detail-topic').textContent = msg.topic;
+    $('detail-qos').textContent = String(msg.qos);
+    $('detail-modified').dateTime = new Date(msg.lastModifiedTime).toISOString();
+    $('detail-modified').textContent = formatTime(msg.lastModifiedTime);
+    $('detail-size').textContent = formatBytes(msg.payload.length);
+    const shown = describePayload(msg.payload);
+    $('detail-format').textContent = shown.kind === 'binary' ? 'binary, shown as hex' : shown.kind;
+    $('detail-payload').textContent = shown.text;
+
+    let props = [];
+    try {
+      props = decodeUserProperties(msg.userProperties);
+    } catch (err) {
+      showError($('detail-error'), new Error(`The user properties could not be read: ${err.message}`));
+    }
+    $('detail-no-props').hidden = props.length > 0;
+    $('detail-props').hidden = props.length === 0;
+    $('detail-props').tBodies[0].replaceChildren(
+      ...props.map(([k, v]) => el('tr', {}, el('td', { 'data-label': 'Key' }, k), el('td', { 'data-label': 'Value' }, v))),
+    );
+    $('detail-body').hidden = false;
+  },
+};
+
+$('edit-republish').addEventListener('click', () => {
+  const msg = detail.message;
+  if (!msg) return;
+  let props = [];
+  try {
+    props = decodeUserProperties(msg.userProperties);
+  } catch {
+    // already reported in the detail view; republish without them
+  }
+  publishForm.fill({ topic: msg.topic, qos: msg.qos, retain: true, payload: msg.payload, props });
+  location.hash = '#/publish';
+});
+
+const confirmDialog = $('confirm-delete');
+
+$('delete-message').addEventListener('click', () => {
+  if (!detail.message) return;
+  $('confirm-topic').textContent = detail.message.topic;
+  confirmDialog.returnValue = '';
+  confirmDialog.showModal(); // focus goes to Cancel (autofocus); Escape cancels
+});
+
+confirmDialog.addEventListener('close', async () => {
+  // Back to where the user was, whatever they chose.
+  $('delete-message').focus();
+  if (confirmDialog.returnValue !== 'delete' || !detail.message) return;
+  const { topic, qos } = detail.message;
+  try {
+    await api.deleteRetained(topic, qos);
+    list.notice = `Deleted the retained message on ${topic}.`;
+    location.hash = '#/retained';
+  } catch (err) {
+    showError($('detail-error'), err);
+  }
+});
+
+// ---- Publish -------------------------------------------------------------------------------
+
+const publishForm = {
+  addProperty(key = '', value = '') {
+    const n = $('pub-props').children.length + 1;
+    const keyId = `prop-key-${n}-${Date.now()}`;
+    const valueId = `prop-value-${n}-${Date.now()}`;
+    const remove = el('button', { type: 'button', class: 'secondary' }, 'Remove');
+    const row = el('li', {},
+      el('div', { class: 'field' }, el('label', { for: keyId }, 'Key'),
+        el('input', { id: keyId, class: 'prop-key', autocomplete: 'off', spellcheck: 'false' })),
+      el('div', { class: 'field' }, el('label', { for: valueId }, 'Value'),
+        el('input', { id: valueId, class: 'prop-value', autocomplete: 'off', spellcheck: 'false' })),
+      remove,
+    );
+    row.querySelector('.prop-key').value = key;
+    row.querySelector('.prop-value').value = value;
+    remove.setAttribute('aria-label', `Remove user property ${n}`);
+    remove.addEventListener('click', () => {
+      row.remove();
+      $('add-prop').focus();
+    });
+    $('pub-props').append(row);
+    return row;
+  },
+
+  properties() {
+    return Array.from($('pub-props').children, (row) => [
+      row.querySelector('.prop-key').value,
+      row.querySelector('.prop-value').value,
+    ]).filter(([k, v]) => k !== '' || v !== '');
+  },
+
+  /** Prefills the form, e.g. from "Edit and republish". `payload` is bytes. */
+  fill({ topic, qos, retain, payload, props }) {
+    $('pub-topic').value = topic;
+    $('pub-qos').value = String(qos);
+    $('pub-retain').checked = retain;
+    // GetRetainedMessage does not return a content type: start without one.
+    $('pub-content-type').value = '';
+    const text = utf8Decode(payload);
+    // A textarea holds text only: a binary payload cannot be edited here, so say so.
+    $('pub-payload').value = text ?? '';
+    $('pub-binary-note').hidden = text !== null;
+    $('pub-props').replaceChildren();
+    for (const [k, v] of props) this.addProperty(k, v);
+    clearError($('publish-error'));
+    $('publish-status').replaceChildren();
+  },
+};
+
+$('add-prop').addEventListener('click', () => publishForm.addProperty().querySelector('input').focus());
+
+$('publish-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const status = $('publish-status');
+  const errors = $('publish-error');
+  clearError(errors);
+  status.replaceChildren();
+  const topic = $('pub-topic').value;
+  if (topic === '') {
+    showError(errors, new Error('Enter a topic to publish to.'));
+    $('pub-topic').focus();
+    return;
+  }
+  const request = {
+    topic,
+    qos: Number($('pub-qos').value),
+    retain: $('pub-retain').checked,
+    payload: $('pub-payload').value,
+    contentType: $('pub-content-type').value.trim(),
+    userProperties: publishForm.properties(),
+  };
+  const button = $('publish-form').querySelector('button[type=submit]');
+  button.disabled = true;
+  status.textContent = 'Publishing…';
+  try {
+    await api.publish(request);
+    $('pub-binary-note').hidden = true;
+    const what = request.retain
+      ? request.payload === ''
+        ? 'An empty retained message deletes the retained message on'
+        : 'Published and retained on'
+      : 'Published (not retained) to';
+    status.replaceChildren(`${what} `, el('code', {}, topic), ` at QoS ${request.qos}.`);
+    if (request.retain && request.payload !== '') {
+      status.append(' ', el('a', { href: topicHref(topic) }, 'View the retained message'));
+    }
+  } catch (err) {
+    status.textContent = '';
+    showError(errors, err);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+// ---- Test client ---------------------------------------------------------------------------
+
+const client = {
+  /** The live connection, or null. */
+  mqtt: null,
+  connecting: null,
+  /** filter → QoS asked for; kept across reconnects and subscribed again on connect. */
+  filters: new Map(),
+
+  setState(text) {
+    $('conn-state').textContent = text;
+    $('conn-state').dataset.state = text;
+    $('conn-toggle').textContent = text === 'connected' ? 'Disconnect' : 'Connect';
+    $('conn-toggle').disabled = text === 'connecting';
+  },
+
+  /** Connects if needed; resolves once connected and subscribed to every listed filter. */
+  async connect() {
+    if (this.mqtt) return;
+    if (this.connecting) return this.connecting;
+    this.setState('connecting');
+    const mqtt = new MqttClient(brokerUrl());
+    mqtt.addEventListener('message', (event) => this.show(event.detail));
+    mqtt.addEventListener('close', (event) => {
+      if (this.mqtt === mqtt) this.mqtt = null;
+      this.setState('disconnected');
+      this.renderFilters();
+      if (event.detail.error) {
+        showError($('client-error'), new Error(`MQTT connection lost: ${event.detail.error.message}`));
+      }
+    });
+    this.connecting = (async () => {
+      try {
+        await mqtt.connect();
+        this.mqtt = mqtt;
+        this.setState('connected');
+        clearError($('client-error'));
+        for (const [filter, qos] of this.filters) await mqtt.subscribe(filter, qos);
+        this.renderFilters();
+      } finally {
+        this.connecting = null;
+      }
+    })();
+    return this.connecting;
+  },
+
+  disconnect() {
+    this.mqtt?.disconnect();
+  },
+
+  async subscribe(filter, qos) {
+    await this.connect();
+    await this.mqtt.subscribe(filter, qos);
+    this.filters.set(filter, qos);
+    this.renderFilters();
+  },
+
+  async unsubscribe(filter) {
+    if (this.mqtt) await this.mqtt.unsubscribe(filter);
+    this.filters.delete(filter);
+    this.renderFilters();
+  },
+
+  renderFilters() {
+    const active = this.mqtt !== null;
+    $('no-subs').hidden = this.filters.size > 0;
+    $('subs').replaceChildren(
+      ...Array.from(this.filters, ([filter, qos]) => {
+        const button = el('button', { type: 'button', class: 'secondary', 'aria-label': `Unsubscribe from ${filter}` }, 'Unsubscribe');
+        button.addEventListener('click', () => {
+          this.unsubscribe(filter).catch((err) => showError($('client-error'), err));
+        });
+        const state = active ? `QoS ${qos}` : `QoS ${qos}, paused until connected`;
+        return el('li', {}, el('code', {}, filter), el('span', { class: 'muted' }, state), button);
+      }),
+    );
+  },
+
+  /** Adds a received message at the top of the list. */
+  show({ topic, payload, qos, retain, dup }) {
+    const preview = payloadPreview(payload);
+    const badges = el('span', { class: 'badges' },
+      retain
+        ? el('span', { class: 'badge retain', title: 'RETAIN flag set: a stored retained message, sent on subscribe' }, 'RETAIN')
+        : el('span', { class: 'badge live', title: 'RETAIN flag not set: published while subscribed' }, 'live'),
+      el('span', { class: 'badge' }, `QoS ${qos}`),
+    );
+    if (dup) badges.append(el('span', { class: 'badge' }, 'DUP'));
+    if (preview.kind === 'binary') badges.append(el('span', { class: 'badge' }, 'binary, hex'));
+    const item = el('li', { class: retain ? 'message retained' : 'message' },
+      el('div', { class: 'message-head' },
+        el('code', { class: 'message-topic' }, topic),
+        badges,
+        timeElement(Date.now()),
+      ),
+      el('pre', { class: 'payload' }, preview.text),
+    );
+    $('messages').prepend(item);
+    while ($('messages').children.length > MAX_LIVE_MESSAGES) $('messages').lastElementChild.remove();
+    $('no-messages').hidden = true;
+  },
+};
+
+$('conn-toggle').addEventListener('click', () => {
+  if (client.mqtt) {
+    client.disconnect();
+    return;
+  }
+  client.connect().catch((err) => showError($('client-error'), new Error(`Could not connect: ${err.message}`)));
+});
+
+$('subscribe-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const filter = $('sub-filter').value;
+  if (filter === '') {
+    showError($('client-error'), new Error('Enter a topic filter, e.g. devices/#.'));
+    return;
+  }
+  clearError($('client-error'));
+  try {
+    await client.subscribe(filter, Number($('sub-qos').value));
+  } catch (err) {
+    showError($('client-error'), new Error(`Could not subscribe to ${filter}: ${err.message}`));
+  }
+});
+
+$('clear-messages').addEventListener('click', () => {
+  $('messages').replaceChildren();
+  $('no-messages').hidden = false;
+});
+
+// ---- Start ---------------------------------------------------------------------------------
+
+window.addEventListener('hashchange', route);
+client.setState('disconnected');
+route();
