@@ -12,6 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Openapi { output }) => write_openapi(output),
+        Some(Command::HashPassword) => hash_password(),
         None => serve(cli.serve).await,
     }
 }
@@ -27,6 +28,23 @@ fn write_openapi(output: Option<std::path::PathBuf>) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Reads one line from stdin (so `echo secret | retaind hash-password` and an interactive prompt
+/// both work) and prints its hash; the password itself is never echoed or logged.
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password on standard input (give it as the first line)"
+    );
+    println!("{}", retaind::auth::hash_password(password));
+    Ok(())
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {

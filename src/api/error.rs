@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::AuthError;
 use crate::store;
 use crate::topic::TopicError;
 
@@ -16,6 +17,12 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The caller could not be authenticated: the status and AWS name come from the cause.
+    #[error("{0}")]
+    Unauthenticated(#[from] AuthError),
+    /// The caller is known but its policy does not allow the operation.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     UnknownOperation(String),
     #[error("{0}")]
@@ -44,6 +51,11 @@ impl ApiError {
         match self {
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "InvalidRequestException"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFoundException"),
+            Self::Unauthenticated(cause) => (
+                StatusCode::from_u16(cause.http_status()).unwrap_or(StatusCode::FORBIDDEN),
+                cause.aws_error_type(),
+            ),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "ForbiddenException"),
             Self::UnknownOperation(_) => (StatusCode::NOT_FOUND, "UnknownOperationException"),
             Self::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowedException")

@@ -4,8 +4,10 @@
 //! MQTT over WebSocket (`/mqtt`) is handed to the broker once upgraded.
 //!
 //! Handlers translate between HTTP and the store or broker; AWS error names live in [`error`] alone.
+//! Who may call is decided in [`auth`]: credentials in a middleware, policies per handler.
 //! This module must not reach into the database directly.
 
+mod auth;
 mod console;
 mod error;
 mod health;
@@ -23,7 +25,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::FromRef;
 use axum::http::{Method, Uri};
-use axum::middleware::from_fn;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use payload::MaxPayload;
 use utoipa_swagger_ui::SwaggerUi;
@@ -34,6 +36,7 @@ pub use page_token::PageTokens;
 pub use request_context::RequestId;
 use topic_path::TopicPath;
 
+use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::store::Store;
 use crate::topic::TopicLimits;
@@ -46,6 +49,8 @@ pub struct ApiState {
     pub tokens: PageTokens,
     pub topic_limits: TopicLimits,
     pub max_payload_bytes: usize,
+    /// Checks credentials on the AWS operations; disabled when no principals are configured.
+    pub auth: Authenticator,
 }
 
 impl FromRef<ApiState> for MaxPayload {
@@ -61,12 +66,18 @@ impl FromRef<ApiState> for TopicLimits {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    // The AWS operations need credentials when principals are configured. The probes, the
+    // OpenAPI document and the console's files (which hold no data) do not; MQTT over
+    // WebSocket authenticates in its CONNECT, like MQTT over TCP. See decision 007.
+    let operations = Router::new()
         .route("/retainedMessage", get(retained::list))
         .route("/retainedMessage/", get(empty_topic))
         .route("/retainedMessage/{*topic}", get(retained::get))
         .route("/topics/", post(empty_topic))
         .route("/topics/{*topic}", post(publish::publish))
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+    Router::new()
+        .merge(operations)
         .route("/mqtt", get(mqtt_websocket::upgrade))
         .route("/", get(console::index))
         .route("/console/{file}", get(console::asset))

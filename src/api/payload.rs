@@ -8,6 +8,7 @@
 
 use axum::body::Body;
 use axum::extract::{FromRef, FromRequest, Request};
+use axum::http::HeaderMap;
 use axum::http::header::{CONTENT_LENGTH, EXPECT};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -32,33 +33,44 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let MaxPayload(limit) = MaxPayload::from_ref(state);
-        let too_large = ApiError::TooLarge { limit };
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        // A client that asked "100-continue" has not sent the body and will not: answer now.
-        let waits_for_continue = req.headers().contains_key(EXPECT);
-        if declared.is_some_and(|n| n > limit as u64) {
-            if !waits_for_continue && declared.is_some_and(|n| n <= DRAIN_LIMIT as u64) {
-                drain(req.into_body()).await;
-            }
+        let (parts, body) = req.into_parts();
+        read_limited(&parts.headers, body, limit).await.map(Self)
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes; a larger one is 413 (after draining it, as the
+/// module documentation explains). Also used by authentication, which must hash the body
+/// before any handler runs.
+pub(super) async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = ApiError::TooLarge { limit };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // A client that asked "100-continue" has not sent the body and will not: answer now.
+    let waits_for_continue = headers.contains_key(EXPECT);
+    if declared.is_some_and(|n| n > limit as u64) {
+        if !waits_for_continue && declared.is_some_and(|n| n <= DRAIN_LIMIT as u64) {
+            drain(body).await;
+        }
+        return Err(too_large);
+    }
+    let mut stream = body.into_data_stream();
+    let mut payload = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+        if payload.len() + chunk.len() > limit {
+            drain(Body::from_stream(stream)).await;
             return Err(too_large);
         }
-        let mut stream = req.into_body().into_data_stream();
-        let mut payload = BytesMut::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
-            if payload.len() + chunk.len() > limit {
-                drain(Body::from_stream(stream)).await;
-                return Err(too_large);
-            }
-            payload.extend_from_slice(&chunk);
-        }
-        Ok(Self(payload.freeze()))
+        payload.extend_from_slice(&chunk);
     }
+    Ok(payload.freeze())
 }
 
 /// Reads and discards a body (up to [`DRAIN_LIMIT`]), so that an error answered before the

@@ -8,9 +8,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::mqtt5_headers::{self, CORRELATION_DATA, PAYLOAD_FORMAT, USER_PROPERTIES};
 use super::payload::Payload;
 use super::{ApiError, ApiState, ErrorBody, RequestId, TopicPath};
+use crate::auth::Action;
 use crate::broker::Message;
 use crate::store::{MessageProperties, PayloadFormat, Qos};
 use crate::topic::{TopicLimits, TopicName};
@@ -172,6 +174,8 @@ impl Publish {
     responses(
         (status = 200, body = PublishResponse),
         (status = 400, description = "InvalidRequestException: invalid topic, parameter or header", body = ErrorBody),
+        (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:Publish (and, with retain=true, iot:RetainPublish) on the topic", body = ErrorBody),
         (status = 413, description = "RequestEntityTooLargeException: payload over the configured limit", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException: the store did not answer; the publish may or may not have been stored", body = ErrorBody),
     )
@@ -179,6 +183,7 @@ impl Publish {
 pub async fn publish(
     State(state): State<ApiState>,
     Extension(request_id): Extension<RequestId>,
+    caller: Caller,
     topic: Result<TopicPath, ApiError>,
     params: Result<Query<PublishParams>, QueryRejection>,
     headers: HeaderMap,
@@ -190,6 +195,11 @@ pub async fn publish(
     let TopicPath(topic) = topic?;
     let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let publish = Publish::parse(topic, params, &headers, payload, state.topic_limits)?;
+    // As on AWS, a retained publish needs both actions.
+    caller.authorize(Action::Publish, Some(&publish.topic))?;
+    if publish.retain {
+        caller.authorize(Action::RetainPublish, Some(&publish.topic))?;
+    }
     let message = publish.into_message(state.store.clock().now_ms());
     state.broker.publish(message).await?;
     Ok(Json(PublishResponse {

@@ -11,7 +11,9 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::{ApiError, ApiState, ErrorBody, TopicPath};
+use crate::auth::Action;
 use crate::store::{RetainedMessage, RetainedSummary, UserProperty};
 use crate::topic::TopicName;
 use list_filter::{FilteredPage, Selection, WALK_LIMITS};
@@ -92,13 +94,17 @@ pub struct GetRetainedMessageResponse {
     responses(
         (status = 200, body = ListRetainedMessagesResponse),
         (status = 400, description = "InvalidRequestException: bad maxResults, a nextToken this service did not issue, or an invalid topicFilter or topicPrefix", body = ErrorBody),
+        (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:ListRetainedMessages", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException", body = ErrorBody),
     )
 )]
 pub async fn list(
     State(state): State<ApiState>,
+    caller: Caller,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ListRetainedMessagesResponse>, ApiError> {
+    caller.authorize(Action::ListRetainedMessages, None)?;
     let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let page_size = match params.max_results.as_deref() {
         None => DEFAULT_PAGE_SIZE,
@@ -182,14 +188,18 @@ async fn list_selected(
     responses(
         (status = 200, body = GetRetainedMessageResponse),
         (status = 400, description = "InvalidRequestException: not a valid topic name", body = ErrorBody),
+        (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:GetRetainedMessage on the topic", body = ErrorBody),
         (status = 404, description = "ResourceNotFoundException: no retained message on this topic", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException", body = ErrorBody),
     )
 )]
 pub async fn get(
     State(state): State<ApiState>,
+    caller: Caller,
     TopicPath(topic): TopicPath,
 ) -> Result<Json<GetRetainedMessageResponse>, ApiError> {
+    caller.authorize(Action::GetRetainedMessage, Some(&topic))?;
     match state.store.get(topic.clone()).await? {
         Some(msg) => Ok(Json(msg.into())),
         None => Err(ApiError::NotFound(format!(

@@ -24,11 +24,20 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Hash a password for `mqtt_password_hash` in the --config file: reads it from the first
+    /// line of standard input, prints its argon2id PHC string.
+    HashPassword,
 }
 
 /// Everything `retaind` needs to serve; each flag can also come from the environment.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// TOML file of principals: credentials (AWS access keys, API bearer tokens, MQTT
+    /// passwords) and their policies (see docs/examples/auth.toml). Without it, or with no
+    /// principals in it, access is anonymous and both listeners must be on loopback addresses.
+    #[arg(long, env = "RETAIND_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address for the HTTP API (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "RETAIND_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,

@@ -6,6 +6,7 @@ mod maintenance;
 mod redact;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -15,12 +16,25 @@ pub use config::{Cli, Command, LogFormat, ServeConfig};
 pub use redact::redact_url;
 
 use crate::api::{self, ApiState, PageTokens};
+use crate::auth::{AuthConfig, Authenticator, ConfigError};
 use crate::broker::{self, Broker, BrokerConfig};
 use crate::store::{self, Clock, Store, StoreOptions};
 use crate::topic::TopicLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("--config {path}: {source}")]
+    AuthConfig { path: PathBuf, source: ConfigError },
+    #[error(
+        "{flag} {addr} is not a loopback address, and no principals are configured: without \
+         principals retaind allows anonymous access, so it listens only on loopback addresses \
+         (127.0.0.1, ::1). Configure principals with --config (see docs/examples/auth.toml), \
+         or bind {flag} to a loopback address"
+    )]
+    AnonymousNotLocal {
+        flag: &'static str,
+        addr: SocketAddr,
+    },
     #[error("cannot open the store at {url}: {source}")]
     Store { url: String, source: store::Error },
     #[error("cannot listen for MQTT on {addr}: {source}")]
@@ -44,6 +58,8 @@ pub struct Running {
     pub mqtt_addr: SocketAddr,
     pub store: Store,
     pub broker: Broker,
+    /// Who may do what; disabled (everyone may do everything) when no principals are configured.
+    pub auth: Authenticator,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     mqtt: JoinHandle<()>,
@@ -52,6 +68,8 @@ pub struct Running {
 
 /// Opens the store, binds the listener and starts serving. Returns once requests can be served.
 pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error> {
+    let auth = load_auth(config)?;
+    check_local_only(config, &auth)?;
     let store_err = |source| Error::Store {
         url: redact_url(&config.database_url),
         source,
@@ -91,6 +109,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             topic_alias_maximum: config.mqtt_topic_alias_maximum,
             ..BrokerConfig::default()
         },
+        auth.clone(),
     );
     let state = ApiState {
         store: store.clone(),
@@ -98,6 +117,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         tokens,
         topic_limits,
         max_payload_bytes: config.max_payload_bytes,
+        auth: auth.clone(),
     };
     let mqtt_listener = TcpListener::bind(config.mqtt_addr)
         .await
@@ -144,11 +164,41 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         mqtt_addr,
         store,
         broker,
+        auth,
         shutdown,
         server,
         mqtt,
         maintenance,
     })
+}
+
+/// The principals of `--config`; none (anonymous access) without the flag.
+fn load_auth(config: &ServeConfig) -> Result<Authenticator, Error> {
+    let Some(path) = &config.config else {
+        return Ok(Authenticator::disabled());
+    };
+    let err = |source| Error::AuthConfig {
+        path: path.clone(),
+        source,
+    };
+    Authenticator::new(AuthConfig::load(path).map_err(err)?).map_err(err)
+}
+
+/// Mosquitto 2's "local only" rule: anonymous access is allowed only to this machine. An
+/// unspecified address (`0.0.0.0`, `::`) is every interface, so it is refused too.
+fn check_local_only(config: &ServeConfig, auth: &Authenticator) -> Result<(), Error> {
+    if auth.is_enabled() {
+        return Ok(());
+    }
+    for (flag, addr) in [
+        ("--http-addr", config.http_addr),
+        ("--mqtt-addr", config.mqtt_addr),
+    ] {
+        if !addr.ip().to_canonical().is_loopback() {
+            return Err(Error::AnonymousNotLocal { flag, addr });
+        }
+    }
+    Ok(())
 }
 
 impl Running {

@@ -23,6 +23,7 @@ use super::message::Message;
 use super::registry::{Session, deliver_blocked};
 use super::retained::{Page, RetainedScan};
 use super::{Broker, BrokerConfig, ClientKey, wire};
+use crate::auth::{Action, AuthError, Principal};
 use crate::mqtt::{
     self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet,
     PublishAck2, PublishAck2Reason, Version,
@@ -63,6 +64,8 @@ pub(super) struct Connection<T> {
     pub framed: Framed<T>,
     pub v5: bool,
     pub client: ClientKey,
+    /// Who the client authenticated as; `None` when authentication is off (all allowed).
+    pub principal: Option<Arc<Principal>>,
     pub session: Arc<Session>,
     connection: u64,
     stop: CancellationToken,
@@ -142,10 +145,22 @@ where
         } else {
             Arc::from(&*connect.client_id)
         };
+        let principal = match authenticate(&broker, &connect, &client).await {
+            Ok(principal) => principal,
+            Err(reason) => {
+                refuse(&mut framed, reason).await;
+                return None;
+            }
+        };
         let will = match connect.last_will.as_ref() {
             None => None,
             Some(w) => {
                 match super::inbound::will(w, &client, &cfg, broker.store().clock().now_ms()) {
+                    // [issue 5] a Will the client could not publish itself is refused up front.
+                    Ok(will) if !may_publish(principal.as_deref(), &will.message, &client) => {
+                        refuse(&mut framed, ConnectAckReason::NotAuthorized).await;
+                        return None;
+                    }
                     Ok(will) => Some(will),
                     Err(reason) => {
                         refuse(&mut framed, reason).await;
@@ -154,7 +169,7 @@ where
                 }
             }
         };
-        let attached = broker.attach(client.clone(), connect.clean_start);
+        let attached = broker.attach(client.clone(), connect.clean_start, principal.clone());
         let client_window = if v5 {
             connect.receive_max.map_or(u16::MAX, NonZeroU16::get)
         } else {
@@ -173,6 +188,7 @@ where
             framed,
             v5,
             client,
+            principal,
             session: attached.session,
             connection: attached.connection,
             stop: attached.stop,
@@ -389,6 +405,7 @@ where
                 let mut state = self.session.state();
                 page.deliveries
                     .into_iter()
+                    .filter(|d| self.session.may_receive(&d.message.topic))
                     .for_each(|d| state.push_retained(d));
                 drop(state);
                 // Read the page after this one while this one is being sent.
@@ -487,6 +504,47 @@ impl Broker {
             }
         });
     }
+}
+
+/// Checks CONNECT's credentials when principals are configured ([MQTT-3.1.4-2]: the server
+/// may refuse any client it cannot authenticate), and that the principal may connect with this
+/// client id. Password hashes are slow on purpose, so they are checked off the async threads.
+async fn authenticate(
+    broker: &Broker,
+    connect: &mqtt::Connect,
+    client: &ClientKey,
+) -> Result<Option<Arc<Principal>>, ConnectAckReason> {
+    let auth = broker.auth().clone();
+    if !auth.is_enabled() {
+        return Ok(None);
+    }
+    let username = connect.username.as_ref().map(|u| u.to_string());
+    let password = connect.password.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        auth.verify_mqtt(username.as_deref(), password.as_deref())
+    })
+    .await;
+    let principal = match verified {
+        Ok(Ok(principal)) => principal,
+        // 3.1.1: 0x05 not authorized; 5: 0x87.
+        Ok(Err(AuthError::MissingCredentials)) => return Err(ConnectAckReason::NotAuthorized),
+        // 3.1.1: 0x04 bad user name or password; 5: 0x86.
+        Ok(Err(_)) => return Err(ConnectAckReason::BadUserNameOrPassword),
+        Err(_) => return Err(ConnectAckReason::ServerUnavailable),
+    };
+    if !principal.allows(Action::Connect, client, Some(client)) {
+        return Err(ConnectAckReason::NotAuthorized);
+    }
+    Ok(Some(principal))
+}
+
+/// Whether `principal` may publish `message` (and retain it, when it is retained).
+pub(super) fn may_publish(principal: Option<&Principal>, message: &Message, client: &str) -> bool {
+    principal.is_none_or(|p| {
+        let topic = message.topic.as_str();
+        p.allows(Action::Publish, topic, Some(client))
+            && (!message.retain || p.allows(Action::RetainPublish, topic, Some(client)))
+    })
 }
 
 fn read_error(e: mqtt::Error) -> End {

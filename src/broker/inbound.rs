@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::connection::{Connection, End, Will};
+use super::connection::{Connection, End, Will, may_publish};
 use super::message::Message;
 use super::registry::deliver_blocked;
 use super::retained::RetainedScan;
 use super::session::SubOptions;
 use super::{BrokerConfig, ClientKey, wire};
+use crate::auth::Action;
 use crate::mqtt::{
     ByteString, ConnectAckReason, Disconnect, DisconnectReasonCode, LastWill, Packet, Publish,
     PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason, QoS, RetainHandling, Subscribe,
@@ -24,6 +25,9 @@ pub(super) struct Settled {
     /// The message to route; `None` for a resent QoS 2 publish that was routed already.
     pub message: Option<Arc<Message>>,
     pub ack: Option<(QoS, NonZeroU16)>,
+    /// What the acknowledgement says when the store took the write (not authorized, for a
+    /// publish that was dropped).
+    pub reason: PublishAckReason,
     pub result: Result<(), crate::store::Error>,
 }
 
@@ -113,12 +117,37 @@ where
                     Settled {
                         message: None,
                         ack,
+                        reason: PublishAckReason::Success,
                         result: Ok(()),
                     }
                 }));
                 return Ok(());
             }
             self.unacked_in += 1;
+        }
+        if !may_publish(self.principal.as_deref(), &message, &self.client) {
+            // [issue 5] dropped. MQTT 5 says why (0x87); 3.1.1 has no way to, so the publish is
+            // acknowledged as usual and goes nowhere. In order behind earlier publishes.
+            let reason = if self.v5 {
+                PublishAckReason::NotAuthorized
+            } else {
+                PublishAckReason::Success
+            };
+            if self.v5
+                && let Some((QoS::ExactlyOnce, id)) = ack
+            {
+                // A refused QoS 2 exchange ends at PUBREC; no PUBREL follows.
+                self.session.state().release_incoming_qos2(id);
+            }
+            self.pending.push_back(Box::pin(async move {
+                Settled {
+                    message: None,
+                    ack,
+                    reason,
+                    result: Ok(()),
+                }
+            }));
+            return Ok(());
         }
         let write = message.retained_write(self.broker.store().clock().now_ms());
         let message = Arc::new(message);
@@ -127,6 +156,7 @@ where
                 let settled = Settled {
                     message: Some(message),
                     ack,
+                    reason: PublishAckReason::Success,
                     result: Ok(()),
                 };
                 self.settle(settled).await
@@ -143,6 +173,7 @@ where
                     Settled {
                         message: Some(message),
                         ack,
+                        reason: PublishAckReason::Success,
                         result,
                     }
                 }));
@@ -231,11 +262,11 @@ where
                     }
                 }
                 if let Some((qos, id)) = settled.ack {
-                    if qos == QoS::AtLeastOnce {
+                    let refused = u8::from(settled.reason) >= 0x80;
+                    if qos == QoS::AtLeastOnce || refused {
                         self.unacked_in = self.unacked_in.saturating_sub(1);
                     }
-                    self.write(publish_ack(qos, id, PublishAckReason::Success))
-                        .await?;
+                    self.write(publish_ack(qos, id, settled.reason)).await?;
                 }
                 Ok(())
             }
@@ -268,6 +299,18 @@ where
             };
             if spec.share_group().is_some() && opts.no_local {
                 return Err(End::Close(DisconnectReasonCode::ProtocolError)); // [MQTT-3.8.3-4]
+            }
+            let allowed = self.principal.as_ref().is_none_or(|p| {
+                p.allows(
+                    Action::Subscribe,
+                    spec.filter().as_str(),
+                    Some(&self.client),
+                )
+            });
+            if !allowed {
+                // [issue 5] 3.1.1 shows this as the failure code 0x80.
+                status.push(SubscribeAckReason::NotAuthorized);
+                continue;
             }
             let options = SubOptions {
                 qos: wire::store_qos(opts.qos),

@@ -26,6 +26,7 @@ pub use listener::serve_tcp;
 pub use message::Message;
 pub use tree::{ClientKey, SubscriptionTree};
 
+use crate::auth::Authenticator;
 use crate::store::{self, Store};
 use crate::topic::TopicLimits;
 use registry::Registry;
@@ -78,6 +79,7 @@ pub struct Broker {
 
 struct Inner {
     store: Store,
+    auth: Authenticator,
     config: BrokerConfig,
     subscriptions: RwLock<SubscriptionTree<SubOptions>>,
     sessions: Mutex<Registry>,
@@ -93,10 +95,13 @@ pub enum Error {
 }
 
 impl Broker {
-    pub fn new(store: Store, config: BrokerConfig) -> Self {
+    /// `auth` decides who may connect, publish, subscribe and receive; with no principals
+    /// configured ([`Authenticator::disabled`]) everyone may do everything.
+    pub fn new(store: Store, config: BrokerConfig, auth: Authenticator) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
+                auth,
                 config,
                 subscriptions: RwLock::new(SubscriptionTree::new()),
                 sessions: Mutex::new(Registry::default()),
@@ -112,6 +117,10 @@ impl Broker {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
     }
 
     /// Publishes a message from outside MQTT (the HTTP API): a retained one is committed to

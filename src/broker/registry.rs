@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::message::{Delivery, Message};
 use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
 use super::{Broker, ClientKey};
+use crate::auth::{Action, Principal};
 use crate::mqtt::DisconnectReasonCode;
+use crate::topic::TopicName;
 
 #[derive(Default)]
 pub(super) struct Registry {
@@ -33,6 +35,8 @@ pub(super) struct Session {
     connection: AtomicU64,
     /// Cancelled to make the attached connection close; the reason is sent in MQTT 5.
     link: Mutex<Option<(CancellationToken, DisconnectReasonCode)>>,
+    /// Who the attached (or last) connection authenticated as; `None` when auth is off.
+    principal: Mutex<Option<Arc<Principal>>>,
 }
 
 impl Session {
@@ -45,7 +49,20 @@ impl Session {
             online: AtomicBool::new(false),
             connection: AtomicU64::new(0),
             link: Mutex::new(None),
+            principal: Mutex::new(None),
         }
+    }
+
+    /// [issue 5] a message reaches a client only if its principal may `iot:Receive` the topic,
+    /// retained messages included.
+    pub fn may_receive(&self, topic: &TopicName) -> bool {
+        let principal = self
+            .principal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        principal
+            .as_ref()
+            .is_none_or(|p| p.allows(Action::Receive, topic.as_str(), Some(&self.key)))
     }
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
@@ -112,7 +129,12 @@ impl Broker {
 
     /// Binds a new connection to the client's session, taking it over from any connection
     /// that holds it [MQTT-3.1.4-3]. `clean_start` discards a previous session [MQTT-3.1.2-4].
-    pub(super) fn attach(&self, key: ClientKey, clean_start: bool) -> Attached {
+    pub(super) fn attach(
+        &self,
+        key: ClientKey,
+        clean_start: bool,
+        principal: Option<Arc<Principal>>,
+    ) -> Attached {
         let mut registry = self.sessions();
         registry.next_connection += 1;
         let connection = registry.next_connection;
@@ -131,6 +153,10 @@ impl Broker {
                 (fresh, false)
             }
         };
+        *session
+            .principal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = principal;
         let stop = self.inner.shutdown.child_token();
         *session.link() = Some((stop.clone(), DisconnectReasonCode::ServerShuttingDown));
         session.connection.store(connection, Ordering::Release);
@@ -226,6 +252,9 @@ impl Broker {
                 .filter_map(|subs| {
                     let delivery = merge(&message, subs)?;
                     let session = registry.sessions.get(&subs[0].0)?.clone();
+                    if !session.may_receive(&message.topic) {
+                        return None;
+                    }
                     Some((session, delivery))
                 })
                 .collect()

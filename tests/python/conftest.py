@@ -7,6 +7,7 @@ RETAIND_BIN (the server binary) and RETAIND_TEST_DATABASE_URL (a Postgres databa
 test creates its own schema); scripts/test.sh sets both.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -73,13 +74,28 @@ class Server:
 
 
 @pytest.fixture
-def server(database_url, tmp_path):
+def with_principals():
+    """Whether `server` runs with AUTH_TOML as its --config (and `client` signs with its
+    credentials). A test module can override this fixture to run its tests both ways."""
+    return False
+
+
+@pytest.fixture
+def server(database_url, tmp_path, with_principals):
     """A running retaind on a free port; stopped with SIGTERM, which must end it cleanly."""
+    args = ("--config", str(write_auth_config(tmp_path))) if with_principals else ()
+    with run_server(database_url, tmp_path, *args) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def run_server(database_url, tmp_path, *extra_args):
+    """Starts retaind (with `extra_args` after the usual flags), yields its Server, stops it."""
     stderr_path = tmp_path / "retaind.stderr"
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
             [os.environ["RETAIND_BIN"], "--http-addr", "127.0.0.1:0",
-             "--mqtt-addr", "127.0.0.1:0", "--database-url", database_url],
+             "--mqtt-addr", "127.0.0.1:0", "--database-url", database_url, *extra_args],
             stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True,
         )
     try:
@@ -127,27 +143,32 @@ def _wait_until_ready(proc, stderr_path):
                 f"stderr:\n{stderr_path.read_text()}")
 
 
-def make_client(endpoint_url, **config):
+def make_client(endpoint_url, access_key_id="testing", secret_access_key="testing", **config):
     # No retries: a 5xx from the server must surface as-is, not be hidden by a retry.
     return boto3.client(
         "iot-data",
         endpoint_url=endpoint_url,
         region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
         config=Config(retries={"total_max_attempts": 1}, **config),
     )
 
 
-@pytest.fixture
-def client(server):
-    return make_client(server.url)
+def credentials(with_principals):
+    """The principal's keys with principals; without, anything (retaind does not check)."""
+    return (ACCESS_KEY_ID, SECRET_ACCESS_KEY) if with_principals else ("testing", "testing")
 
 
 @pytest.fixture
-def unvalidated_client(server):
+def client(server, with_principals):
+    return make_client(server.url, *credentials(with_principals))
+
+
+@pytest.fixture
+def unvalidated_client(server, with_principals):
     """Sends what boto3 would refuse client side (qos=3, maxResults=0, ...)."""
-    return make_client(server.url, parameter_validation=False)
+    return make_client(server.url, *credentials(with_principals), parameter_validation=False)
 
 
 def list_all(client, page_size=None):
@@ -170,3 +191,48 @@ def snapshot(client):
 
 def now_ms():
     return time.time_ns() // 1_000_000
+
+
+# --- with principals (--config) ------------------------------------------------------------
+
+ACCESS_KEY_ID = "AKIDRETAINDTEST00001"
+# '/' and '+' as real AWS secrets have them.
+SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYRETAINDKEY"
+
+# One principal: all three operations on every topic, except keeping retained messages under
+# secret/ (an explicit deny wins over the allow).
+AUTH_TOML = f'''
+[[principals]]
+name = "app"
+access_key_id = "{ACCESS_KEY_ID}"
+secret_access_key = "{SECRET_ACCESS_KEY}"
+
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Publish", "iot:RetainPublish", "iot:GetRetainedMessage", "iot:ListRetainedMessages"]
+resources = ["*"]
+
+[[principals.statements]]
+effect = "Deny"
+actions = ["iot:RetainPublish"]
+resources = ["topic/secret/#"]
+'''
+
+
+def write_auth_config(tmp_path):
+    path = tmp_path / "auth.toml"
+    path.write_text(AUTH_TOML)
+    return path
+
+
+@pytest.fixture
+def auth_server(database_url, tmp_path):
+    """A running retaind with AUTH_TOML as its --config."""
+    with run_server(database_url, tmp_path, "--config", str(write_auth_config(tmp_path))) as running:
+        yield running
+
+
+@pytest.fixture
+def signed_client(auth_server):
+    """boto3 with the principal's credentials: every request is signed with SigV4."""
+    return make_client(auth_server.url, ACCESS_KEY_ID, SECRET_ACCESS_KEY)

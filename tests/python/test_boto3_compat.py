@@ -17,6 +17,13 @@ COMPACT = {"separators": (",", ":")}
 MAX_PAYLOAD = 131072
 
 
+@pytest.fixture(params=[False, True], ids=["anonymous", "signed"])
+def with_principals(request):
+    """Every test here runs twice: anonymous, and signed with SigV4 against a server with
+    principals (whose signature checks must then pass for every request boto3 makes)."""
+    return request.param
+
+
 def assert_ok(response):
     meta = response["ResponseMetadata"]
     assert meta["HTTPStatusCode"] == 200

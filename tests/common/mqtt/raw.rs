@@ -67,6 +67,26 @@ pub mod build {
         packet(0x10, &body)
     }
 
+    /// CONNECT with a user name and password; MQTT 5 when `v5_props` is `Some`.
+    pub fn connect_with_login(
+        client_id: &str,
+        v5_props: Option<&[u8]>,
+        username: &str,
+        password: &[u8],
+    ) -> Vec<u8> {
+        let mut body = string("MQTT");
+        body.push(if v5_props.is_some() { 5 } else { 4 });
+        body.push(0x02 | 0x80 | 0x40); // clean start, user name, password
+        body.extend(60u16.to_be_bytes());
+        if let Some(p) = v5_props {
+            body.extend(props(p));
+        }
+        body.extend(string(client_id));
+        body.extend(string(username));
+        body.extend(string(password));
+        packet(0x10, &body)
+    }
+
     /// A Will for [`connect_with_will`]; `props` are its MQTT 5 properties (ignored for 3.1.1).
     pub struct Will<'a> {
         pub topic: &'a str,

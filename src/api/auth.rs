@@ -1,0 +1,160 @@
+//! Who is calling the HTTP API, and whether they may: [`authenticate`] runs as middleware on the
+//! AWS operations' routes, and each handler checks its policy through [`Caller`].
+//!
+//! Credentials and policies are judged by [`crate::auth`]; this module only takes them off the
+//! request and turns failures into AWS errors. The Authorization header (and anything derived
+//! from it) is never logged. Health probes, the OpenAPI document and the console's files are
+//! not behind this middleware: see [`super::router`].
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::payload::{drain, read_limited};
+use super::{ApiError, ApiState};
+use crate::auth::{Action, AuthError, Principal, SigV4Request};
+use crate::topic::TopicName;
+
+/// The principal the middleware authenticated, as a request extension.
+#[derive(Clone)]
+struct Authenticated(Arc<Principal>);
+
+/// How the request says who it is.
+enum Credentials<'a> {
+    /// `Authorization: AWS4-HMAC-SHA256 Credential=...`, as the AWS SDKs and CLI sign.
+    SigV4,
+    /// `Authorization: Bearer <token>`, an API token from the config file.
+    Bearer(&'a str),
+    Missing,
+    Unsupported,
+}
+
+impl<'a> Credentials<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let Some(value) = headers.get(AUTHORIZATION) else {
+            return Self::Missing;
+        };
+        let Ok(value) = value.to_str() else {
+            return Self::Unsupported;
+        };
+        let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+        if scheme.eq_ignore_ascii_case("AWS4-HMAC-SHA256") {
+            Self::SigV4
+        } else if scheme.eq_ignore_ascii_case("Bearer") {
+            Self::Bearer(rest.trim())
+        } else {
+            Self::Unsupported
+        }
+    }
+}
+
+/// Authenticates a request to an AWS operation when principals are configured, and passes it
+/// on with its principal attached; otherwise answers with the AWS error (401 or 403).
+pub async fn authenticate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if !state.auth.is_enabled() {
+        return next.run(req).await;
+    }
+    match authenticated(&state, req).await {
+        Ok(req) => next.run(req).await,
+        Err(err) => {
+            // The kind only: the cause could quote the credentials the client sent.
+            tracing::debug!(kind = err_kind(&err), "authentication failed");
+            err.into_response()
+        }
+    }
+}
+
+fn err_kind(err: &ApiError) -> &'static str {
+    match err {
+        ApiError::Unauthenticated(cause) => cause.aws_error_type(),
+        ApiError::TooLarge { .. } => "RequestEntityTooLargeException",
+        _ => "other",
+    }
+}
+
+async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiError> {
+    let verified = match Credentials::of(req.headers()) {
+        Credentials::SigV4 => return verify_sigv4(state, req).await,
+        Credentials::Bearer(token) => state.auth.verify_bearer(token).map_err(ApiError::from),
+        Credentials::Missing => Err(AuthError::MissingCredentials.into()),
+        Credentials::Unsupported => Err(AuthError::Malformed(
+            "the Authorization header must be AWS4-HMAC-SHA256 (SigV4) or Bearer".into(),
+        )
+        .into()),
+    };
+    let (mut parts, body) = req.into_parts();
+    match verified {
+        Ok(principal) => {
+            parts.extensions.insert(Authenticated(principal));
+            Ok(Request::from_parts(parts, body))
+        }
+        Err(err) => {
+            // Answering before the client has sent its body would break its connection under
+            // its next request: see `payload`.
+            drain(body).await;
+            Err(err)
+        }
+    }
+}
+
+/// SigV4 signs the body's hash, so the body is read (within the payload limit) before anything
+/// else, and handed on to the handler from memory.
+async fn verify_sigv4(state: &ApiState, req: Request) -> Result<Request, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let body = read_limited(&parts.headers, body, state.max_payload_bytes).await?;
+    let principal = state.auth.verify_sigv4(
+        &SigV4Request {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            payload_sha256: Sha256::digest(&body).into(),
+        },
+        SystemTime::now(),
+    )?;
+    parts.extensions.insert(Authenticated(principal));
+    Ok(Request::from_parts(parts, Body::from(body)))
+}
+
+/// Who is calling, for a handler to check against its policy: the authenticated principal, or
+/// anyone at all when no principals are configured.
+pub struct Caller(Option<Arc<Principal>>);
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Authenticated>() {
+            Some(Authenticated(principal)) => Ok(Self(Some(principal.clone()))),
+            // A route outside the middleware: refuse rather than let it through unchecked.
+            None if state.auth.is_enabled() => Err(AuthError::MissingCredentials.into()),
+            None => Ok(Self(None)),
+        }
+    }
+}
+
+impl Caller {
+    /// Whether the caller's policy allows `action` on `topic` (on nothing in particular for
+    /// account-wide actions such as listing); 403 `ForbiddenException` if not.
+    pub fn authorize(&self, action: Action, topic: Option<&TopicName>) -> Result<(), ApiError> {
+        let Some(principal) = &self.0 else {
+            return Ok(());
+        };
+        if principal.allows(action, topic.map_or("", TopicName::as_str), None) {
+            return Ok(());
+        }
+        let action = action.name();
+        Err(ApiError::Forbidden(match topic {
+            Some(topic) => format!("not authorized to perform {action} on topic {topic}"),
+            None => format!("not authorized to perform {action}"),
+        }))
+    }
+}

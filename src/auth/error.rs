@@ -1,0 +1,57 @@
+//! Why a credential check failed, and how the HTTP layer answers it.
+
+/// A failed credential check. The `Display` text is safe to send to the client: it never holds
+/// a secret, a signature or a password.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("Missing authentication")]
+    MissingCredentials,
+    #[error("The security token included in the request is invalid")]
+    UnknownAccessKey,
+    #[error(
+        "The request signature we calculated does not match the signature you provided. \
+         Check your AWS Secret Access Key and signing method."
+    )]
+    SignatureMismatch,
+    #[error(
+        "Signature expired: the request time is more than 5 minutes from the server time \
+         (clock skew)"
+    )]
+    RequestTimeTooSkewed,
+    #[error("Malformed authorization: {0}")]
+    Malformed(String),
+    #[error("Bad credentials")]
+    BadCredentials,
+}
+
+impl AuthError {
+    /// The HTTP status for this failure.
+    ///
+    /// botocore's `iot-data` service model knows `UnauthorizedException` (401),
+    /// `ForbiddenException` (403) and `InvalidRequestException` (400), so each of these is raised
+    /// by boto3 as the matching modeled exception (`client.exceptions.ForbiddenException`, a
+    /// `ClientError` with that code). A malformed `Authorization` header is the client's bug
+    /// rather than a credential it lacks, hence 400 `InvalidRequestException`.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            AuthError::MissingCredentials => 401,
+            AuthError::Malformed(_) => 400,
+            AuthError::UnknownAccessKey
+            | AuthError::SignatureMismatch
+            | AuthError::RequestTimeTooSkewed
+            | AuthError::BadCredentials => 403,
+        }
+    }
+
+    /// The AWS error name (`x-amzn-ErrorType`) matching [`AuthError::http_status`].
+    pub fn aws_error_type(&self) -> &'static str {
+        match self {
+            AuthError::MissingCredentials => "UnauthorizedException",
+            AuthError::Malformed(_) => "InvalidRequestException",
+            AuthError::UnknownAccessKey
+            | AuthError::SignatureMismatch
+            | AuthError::RequestTimeTooSkewed
+            | AuthError::BadCredentials => "ForbiddenException",
+        }
+    }
+}

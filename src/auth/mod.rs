@@ -1,0 +1,240 @@
+//! Authentication and authorization: who is calling, and what they may do.
+//!
+//! This module is pure: no async, no sockets, no knowledge of HTTP routing or MQTT sessions. Its
+//! only I/O is reading the principals file in [`AuthConfig::load`]. It owns:
+//! - the principals file and its validation ([`AuthConfig`], [`Authenticator::new`]);
+//! - credential checks: AWS SigV4 ([`Authenticator::verify_sigv4`]), bearer tokens stored as
+//!   SHA-256 digests, MQTT username/password stored as argon2 hashes;
+//! - policies in the spirit of AWS IoT ([`Principal::allows`]).
+//!
+//! The HTTP layer turns [`AuthError`] into a response through [`AuthError::http_status`] and
+//! [`AuthError::aws_error_type`]; the broker turns it into a CONNACK reason code.
+//!
+//! With no principals configured ([`Authenticator::disabled`]), every credential check succeeds
+//! with an anonymous principal that may do everything; the application restricts listeners to
+//! loopback in that mode.
+
+mod amz_date;
+mod config;
+mod error;
+mod password;
+mod pattern;
+mod policy;
+mod sigv4;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub use config::{AuthConfig, ConfigError, PrincipalConfig, StatementConfig};
+pub use error::AuthError;
+pub use password::hash_password;
+pub use policy::{Action, Effect, Principal};
+pub use sigv4::SigV4Request;
+
+use password::StoredHash;
+
+/// Checks credentials against the configured principals. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Present only when no principals are configured.
+    anonymous: Option<Arc<Principal>>,
+    access_keys: HashMap<String, AccessKey>,
+    tokens: HashMap<[u8; 32], Arc<Principal>>,
+    mqtt_users: HashMap<String, MqttUser>,
+    /// Verified against when the username is unknown, so that unknown and known usernames
+    /// take the same (argon2) time to refuse.
+    decoy_hash: Option<StoredHash>,
+}
+
+struct AccessKey {
+    secret: String,
+    principal: Arc<Principal>,
+}
+
+struct MqttUser {
+    hash: StoredHash,
+    principal: Arc<Principal>,
+}
+
+impl Authenticator {
+    /// Validates the configuration: unique names, access keys, tokens and usernames, parseable
+    /// password hashes, known actions and well-formed resources. An empty configuration gives
+    /// [`Authenticator::disabled`].
+    pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
+        if config.principals.is_empty() {
+            return Ok(Self::disabled());
+        }
+        let mut inner = Inner {
+            anonymous: None,
+            access_keys: HashMap::new(),
+            tokens: HashMap::new(),
+            mqtt_users: HashMap::new(),
+            decoy_hash: None,
+        };
+        for valid in config::validate(config)? {
+            let principal = Arc::new(Principal::new(valid.name, valid.statements));
+            if let Some((id, secret)) = valid.access_key {
+                let principal = principal.clone();
+                inner
+                    .access_keys
+                    .insert(id, AccessKey { secret, principal });
+            }
+            for digest in valid.token_hashes {
+                inner.tokens.insert(digest, principal.clone());
+            }
+            if let Some((username, hash)) = valid.mqtt {
+                inner.decoy_hash.get_or_insert_with(|| hash.clone());
+                inner
+                    .mqtt_users
+                    .insert(username, MqttUser { hash, principal });
+            }
+        }
+        Ok(Authenticator {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// No principals configured: everyone is anonymous and everything is allowed.
+    pub fn disabled() -> Self {
+        Authenticator {
+            inner: Arc::new(Inner {
+                anonymous: Some(Arc::new(Principal::anonymous())),
+                access_keys: HashMap::new(),
+                tokens: HashMap::new(),
+                mqtt_users: HashMap::new(),
+                decoy_hash: None,
+            }),
+        }
+    }
+
+    /// True iff at least one principal is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.anonymous.is_none()
+    }
+
+    /// The allow-everything principal of a disabled authenticator; `None` when enabled.
+    pub fn anonymous(&self) -> Option<Arc<Principal>> {
+        self.inner.anonymous.clone()
+    }
+
+    /// SigV4 as the AWS SDKs sign. Ok → the principal. `now` is the server's clock (injected so
+    /// tests can sign at fixed times).
+    pub fn verify_sigv4(
+        &self,
+        req: &SigV4Request<'_>,
+        now: SystemTime,
+    ) -> Result<Arc<Principal>, AuthError> {
+        self.verify_sigv4_for(req, now, sigv4::IOT_SERVICES)
+    }
+
+    fn verify_sigv4_for(
+        &self,
+        req: &SigV4Request<'_>,
+        now: SystemTime,
+        services: &[&str],
+    ) -> Result<Arc<Principal>, AuthError> {
+        if let Some(anonymous) = self.anonymous() {
+            return Ok(anonymous);
+        }
+        let auth = sigv4::parse_authorization(req.headers)?;
+        let key = self
+            .inner
+            .access_keys
+            .get(auth.access_key_id)
+            .ok_or(AuthError::UnknownAccessKey)?;
+        sigv4::verify(req, &auth, &key.secret, now, services)?;
+        Ok(key.principal.clone())
+    }
+
+    /// A bearer token (`Authorization: Bearer <token>`), compared by its SHA-256 digest.
+    pub fn verify_bearer(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        if let Some(anonymous) = self.anonymous() {
+            return Ok(anonymous);
+        }
+        if token.is_empty() {
+            return Err(AuthError::MissingCredentials);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // The map lookup is keyed by the digest, so its timing reveals nothing usable about the
+        // token; the final comparison is constant-time anyway.
+        match self.inner.tokens.get_key_value(&digest) {
+            Some((stored, principal)) if bool::from(stored.ct_eq(&digest)) => Ok(principal.clone()),
+            _ => Err(AuthError::BadCredentials),
+        }
+    }
+
+    /// Authenticates an HTTP request by whichever credentials it carries: a SigV4
+    /// `Authorization` header, or `Authorization: Bearer <token>`; none → `MissingCredentials`.
+    pub fn verify_http(
+        &self,
+        req: &SigV4Request<'_>,
+        now: SystemTime,
+    ) -> Result<Arc<Principal>, AuthError> {
+        if let Some(anonymous) = self.anonymous() {
+            return Ok(anonymous);
+        }
+        let Some(value) = req.headers.get(http::header::AUTHORIZATION) else {
+            return Err(AuthError::MissingCredentials);
+        };
+        if sigv4::is_sigv4(req.headers) {
+            return self.verify_sigv4(req, now);
+        }
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                AuthError::Malformed(
+                    "Authorization must be AWS4-HMAC-SHA256 or Bearer <token>".into(),
+                )
+            })?;
+        self.verify_bearer(token.trim())
+    }
+
+    /// MQTT CONNECT credentials (argon2 verify: slow by design; callers run it on a blocking
+    /// thread). No username or no password → `MissingCredentials`; wrong ones → `BadCredentials`.
+    pub fn verify_mqtt(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<Arc<Principal>, AuthError> {
+        if let Some(anonymous) = self.anonymous() {
+            return Ok(anonymous);
+        }
+        let (Some(username), Some(password)) = (username, password) else {
+            return Err(AuthError::MissingCredentials);
+        };
+        match self.inner.mqtt_users.get(username) {
+            Some(user) if user.hash.verify(password) => Ok(user.principal.clone()),
+            Some(_) => Err(AuthError::BadCredentials),
+            None => {
+                if let Some(decoy) = &self.inner.decoy_hash {
+                    decoy.verify(password);
+                }
+                Err(AuthError::BadCredentials)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("enabled", &self.is_enabled())
+            .field("access_keys", &self.inner.access_keys.len())
+            .field("tokens", &self.inner.tokens.len())
+            .field("mqtt_users", &self.inner.mqtt_users.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+//! MQTT authentication and authorization with principals from a `--config` file: CONNECT
+//! credentials and client ids, SUBSCRIBE and PUBLISH permissions, and `iot:Receive` filtering of
+//! live and retained messages. Every refusal is checked for its reason code and for leaving the
+//! store unchanged.
+
+mod common;
+
+use common::mqtt::raw::{Raw, RawPacket, build};
+use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
+use retaind::topic::{TopicLimits, TopicName};
+
+const PASSWORD: &str = "s3cret-device";
+const ADMIN_PASSWORD: &str = "admin-pass";
+
+/// A device may use `devices/<its client id>/...` and read `shared/...` except
+/// `shared/secret`; it may connect only as `dev1`. An admin may do everything.
+fn config_toml() -> String {
+    let device = retaind::auth::hash_password(PASSWORD);
+    let admin = retaind::auth::hash_password(ADMIN_PASSWORD);
+    format!(
+        r#"
+[[principals]]
+name = "device"
+mqtt_username = "device"
+mqtt_password_hash = "{device}"
+
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Connect"]
+resources = ["client/dev1"]
+
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Publish", "iot:RetainPublish", "iot:Receive"]
+resources = ["topic/devices/${{iot:ClientId}}/#"]
+
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Publish", "iot:Receive"]
+resources = ["topic/shared/#"]
+
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Subscribe"]
+resources = ["topicfilter/devices/${{iot:ClientId}}/#", "topicfilter/shared/#"]
+
+[[principals.statements]]
+effect = "Deny"
+actions = ["iot:Receive"]
+resources = ["topic/shared/secret"]
+
+[[principals]]
+name = "admin"
+mqtt_username = "admin"
+mqtt_password_hash = "{admin}"
+
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:*"]
+resources = ["*"]
+"#
+    )
+}
+
+async fn app() -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    std::fs::write(&path, config_toml()).unwrap();
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.config = Some(path);
+    (spawn_app_with(db, config).await, dir)
+}
+
+const V5: Option<&[u8]> = Some(&[]);
+
+async fn login(app: &TestApp, id: &str, v5: bool, user: &str, password: &str) -> (Raw, RawPacket) {
+    let props = if v5 { V5 } else { None };
+    let connect = build::connect_with_login(id, props, user, password.as_bytes());
+    Raw::connect(app, &connect).await
+}
+
+/// The CONNACK's return code (3.1.1) or reason code (5): the second byte of either.
+fn connack_code(ack: &RawPacket) -> u8 {
+    ack.body[1]
+}
+
+fn topic(s: &str) -> TopicName {
+    TopicName::parse(s, TopicLimits::default()).unwrap()
+}
+
+async fn stored(app: &TestApp, t: &str) -> Option<Vec<u8>> {
+    app.store()
+        .get(topic(t))
+        .await
+        .unwrap()
+        .map(|m| m.payload.to_vec())
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_with_0x04_and_0x86() {
+    let (app, _dir) = app().await;
+    let (_, v3) = login(&app, "dev1", false, "device", "wrong").await;
+    assert_eq!(connack_code(&v3), 0x04);
+    let (_, v5) = login(&app, "dev1", true, "device", "wrong").await;
+    assert_eq!(connack_code(&v5), 0x86);
+    let (_, unknown) = login(&app, "dev1", true, "nobody", PASSWORD).await;
+    assert_eq!(connack_code(&unknown), 0x86);
+}
+
+#[tokio::test]
+async fn no_credentials_are_refused_with_0x05_and_0x87() {
+    let (app, _dir) = app().await;
+    let (_, v3) = Raw::connect(&app, &build::connect("dev1", true, 60, None)).await;
+    assert_eq!(connack_code(&v3), 0x05);
+    let (_, v5) = Raw::connect(&app, &build::connect("dev1", true, 60, V5)).await;
+    assert_eq!(connack_code(&v5), 0x87);
+}
+
+#[tokio::test]
+async fn a_client_id_the_policy_does_not_allow_is_refused() {
+    let (app, _dir) = app().await;
+    let (_, v5) = login(&app, "dev2", true, "device", PASSWORD).await;
+    assert_eq!(connack_code(&v5), 0x87);
+    let (_, v3) = login(&app, "dev2", false, "device", PASSWORD).await;
+    assert_eq!(connack_code(&v3), 0x05);
+    let (_, ok) = login(&app, "dev1", true, "device", PASSWORD).await;
+    assert_eq!(connack_code(&ok), 0x00);
+}
+
+#[tokio::test]
+async fn a_denied_subscription_gets_a_failure_code_and_allowed_ones_are_granted() {
+    let (app, _dir) = app().await;
+    let (mut v5, _) = login(&app, "dev1", true, "device", PASSWORD).await;
+    v5.send(&build::subscribe(1, "other/#", 1, V5)).await;
+    assert_eq!(v5.expect(9).await.body.last(), Some(&0x87));
+    v5.send(&build::subscribe(2, "devices/dev1/#", 1, V5)).await;
+    assert_eq!(v5.expect(9).await.body.last(), Some(&0x01));
+    // A filter wider than the policy's is not covered by it.
+    v5.send(&build::subscribe(3, "devices/#", 1, V5)).await;
+    assert_eq!(v5.expect(9).await.body.last(), Some(&0x87));
+
+    let (mut v3, _) = login(&app, "dev1", false, "device", PASSWORD).await;
+    v3.send(&build::subscribe(1, "other/#", 1, None)).await;
+    assert_eq!(v3.expect(9).await.body.last(), Some(&0x80));
+}
+
+#[tokio::test]
+async fn a_denied_publish_gets_0x87_and_stores_nothing() {
+    let (app, _dir) = app().await;
+    let (mut c, _) = login(&app, "dev1", true, "device", PASSWORD).await;
+    c.send(&build::publish("other/x", 1, true, false, 7, V5, b"no"))
+        .await;
+    let ack = c.expect(4).await;
+    assert_eq!(ack.ack_reason(), 0x87);
+    // Publishing to shared/ is allowed, retaining there is not.
+    c.send(&build::publish("shared/x", 1, true, false, 8, V5, b"no"))
+        .await;
+    assert_eq!(c.expect(4).await.ack_reason(), 0x87);
+    // Its own topics are fine, retained too; the acks come in order.
+    c.send(&build::publish(
+        "devices/dev1/state",
+        1,
+        true,
+        false,
+        9,
+        V5,
+        b"ok",
+    ))
+    .await;
+    assert_eq!(c.expect(4).await.ack_reason(), 0x00);
+    assert_eq!(stored(&app, "other/x").await, None);
+    assert_eq!(stored(&app, "shared/x").await, None);
+    assert_eq!(
+        stored(&app, "devices/dev1/state").await.as_deref(),
+        Some(&b"ok"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_denied_v3_publish_is_dropped_and_stores_nothing() {
+    let (app, _dir) = app().await;
+    let (mut c, _) = login(&app, "dev1", false, "device", PASSWORD).await;
+    c.send(&build::publish("other/x", 1, true, false, 7, None, b"no"))
+        .await;
+    // 3.1.1 cannot say why: the publish is acknowledged and goes nowhere.
+    c.expect(4).await;
+    c.send(&build::publish(
+        "devices/dev1/s",
+        1,
+        true,
+        false,
+        8,
+        None,
+        b"ok",
+    ))
+    .await;
+    c.expect(4).await;
+    assert_eq!(stored(&app, "other/x").await, None);
+    assert_eq!(
+        stored(&app, "devices/dev1/s").await.as_deref(),
+        Some(&b"ok"[..])
+    );
+}
+
+#[tokio::test]
+async fn messages_the_principal_may_not_receive_never_arrive_retained_or_live() {
+    let (app, _dir) = app().await;
+    let (mut admin, ack) = login(&app, "admin-1", true, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(connack_code(&ack), 0x00);
+    for (t, p, id) in [
+        ("shared/secret", "hidden", 1),
+        ("shared/open", "visible", 2),
+    ] {
+        admin
+            .send(&build::publish(t, 1, true, false, id, V5, p.as_bytes()))
+            .await;
+        assert_eq!(admin.expect(4).await.ack_reason(), 0x00);
+    }
+    let (mut dev, _) = login(&app, "dev1", true, "device", PASSWORD).await;
+    dev.send(&build::subscribe(1, "shared/#", 1, V5)).await;
+    dev.expect(9).await;
+    // Retained on subscribe: only what it may receive.
+    let first = dev.expect(3).await.publish(true);
+    assert_eq!((first.topic.as_str(), first.retain), ("shared/open", true));
+    dev.send(&build::ack(0x40, first.pkid)).await;
+    // Live: the secret one is skipped; the marker after it proves nothing else was queued.
+    for (t, p, id) in [
+        ("shared/secret", "live hidden", 3),
+        ("shared/open", "marker", 4),
+    ] {
+        admin
+            .send(&build::publish(t, 1, false, false, id, V5, p.as_bytes()))
+            .await;
+        admin.expect(4).await;
+    }
+    let next = dev.expect(3).await.publish(true);
+    assert_eq!(
+        (
+            next.topic.as_str(),
+            String::from_utf8(next.payload).unwrap()
+        ),
+        ("shared/open", "marker".to_owned())
+    );
+}
