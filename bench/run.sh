@@ -103,9 +103,14 @@ stop_retaind() {
 
 start_retaind() { # EXTRA FLAGS...
     log "starting retaind $*"
-    # As shipped: default flags and log level (one access-log line per request). The log goes
-    # to the scratch directory; its last lines are kept with the raw results.
-    "$ROOT/target/release/retaind" --http-addr 127.0.0.1:0 --database-url "$DB_URL" "$@" \
+    # As shipped: default flags and log level (one access-log line per request), except that the
+    # per-principal request rates (modelled on AWS's per-account quotas: 500 gets/s, 10 lists/s,
+    # 2,000 publishes/s) are off, since measuring throughput is the point. MQTT takes a free port:
+    # 1883 may belong to another broker. The log goes to the scratch directory; its last lines
+    # are kept with the raw results.
+    "$ROOT/target/release/retaind" --http-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 \
+        --rate-get-retained-message 0 --rate-list-retained-messages 0 --rate-publish 0 \
+        --database-url "$DB_URL" "$@" \
         >"$WORK/retaind.out" 2>"$WORK/retaind.stderr" &
     RETAIND_PID=$!
     BASE=""

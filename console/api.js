@@ -3,6 +3,7 @@
 // body's `message`, or what went wrong on the network.
 
 import { base64ToBytes, encodeUserProperties } from './format.js';
+import { authHeaders } from './session.js';
 
 export class ApiError extends Error {
   /**
@@ -24,6 +25,11 @@ export class ApiError extends Error {
     const name = this.errorType || 'Error';
     return `${name} (HTTP ${this.status}): ${this.message}`;
   }
+
+  /** 401 (no credentials) or 403 (unknown token, or a policy that does not allow it). */
+  get refusedCredentials() {
+    return this.status === 401 || this.status === 403;
+  }
 }
 
 /** Topics travel as one path segment: '/' and everything else special is percent-encoded. */
@@ -34,7 +40,9 @@ function topicPath(topic) {
 async function request(method, path, { headers = {}, body } = {}) {
   let response;
   try {
-    response = await fetch(path, { method, headers, body, cache: 'no-store' });
+    response = await fetch(path, {
+      method, headers: { ...headers, ...authHeaders() }, body, cache: 'no-store',
+    });
   } catch (err) {
     // fetch rejects only when no HTTP answer came back at all.
     throw new ApiError(`could not reach retaind (${err.message})`);

@@ -2,12 +2,14 @@
 // MQTT test client. Plain DOM; views are sections of index.html shown by the URL fragment
 // (#/retained, #/retained/<topic>, #/publish, #/client), so links, the back button and
 // bookmarks work. Data is only ever put in the page with textContent, never as HTML.
+// With principals configured, a sign-in view comes first (see session.js).
 
 import * as api from './api.js';
 import {
   decodeUserProperties, describePayload, formatBytes, formatTime, payloadPreview, utf8Decode,
 } from './format.js';
 import { MqttClient, brokerUrl } from './mqtt-ws.js';
+import * as session from './session.js';
 
 /** The live message list keeps this many; older ones drop off the end. */
 const MAX_LIVE_MESSAGES = 500;
@@ -25,11 +27,20 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-/** Shows what failed in an alert region: the AWS error name, status and message. */
-function showError(region, err) {
+/**
+ * Shows what failed in an alert region: the AWS error name, status and message, after
+ * `context` ("Could not connect: "). Refused credentials (HTTP 401/403, CONNACK 0x04/0x05)
+ * come with a button to sign in again.
+ */
+function showError(region, err, context = '') {
   const summary = err instanceof api.ApiError ? err.summary : String(err.message ?? err);
-  region.replaceChildren(el('strong', {}, summary));
+  region.replaceChildren(el('strong', {}, `${context}${summary}`));
   if (err.requestId) region.append(el('small', {}, `Request id ${err.requestId}`));
+  if (err.refusedCredentials) {
+    const again = el('button', { type: 'button', class: 'secondary sign-in-again' }, 'Sign in again');
+    again.addEventListener('click', () => signIn.prompt());
+    region.append(again);
+  }
   region.hidden = false;
 }
 
@@ -49,6 +60,7 @@ function timeElement(epochMs) {
 // ---- Routing -------------------------------------------------------------------------------
 
 const views = {
+  signin: $('view-signin'),
   retained: $('view-retained'),
   detail: $('view-detail'),
   publish: $('view-publish'),
@@ -71,6 +83,11 @@ function route() {
       topic = encodedTopic; // not valid percent-encoding: take it as typed
     }
   }
+  // The view asked for waits behind the sign-in view, and shows once signed in.
+  const signingIn = signIn.needed();
+  if (signingIn) name = 'signin';
+  $('site-nav').hidden = signingIn;
+  $('sign-out').hidden = signingIn || !session.isAuthRequired();
   for (const [key, view] of Object.entries(views)) view.hidden = key !== name;
   for (const link of document.querySelectorAll('[data-nav]')) {
     const current = link.dataset.nav === (name === 'detail' ? 'retained' : name);
@@ -87,6 +104,60 @@ function route() {
   heading.focus({ preventScroll: true });
   document.title = `${heading.textContent} – retaind console`;
 }
+
+// ---- Sign-in ---------------------------------------------------------------------------------
+
+const signIn = {
+  /** Set by "Sign in again": show the form even though credentials are stored. */
+  asked: false,
+
+  needed() {
+    return this.asked || (session.isAuthRequired() && !session.credentials());
+  },
+
+  prompt() {
+    this.asked = true;
+    const stored = session.credentials();
+    // The user name may be kept; the secrets are typed again.
+    $('signin-mqtt-username').value = stored?.mqttUsername ?? '';
+    $('signin-token').value = '';
+    $('signin-mqtt-password').value = '';
+    route();
+  },
+};
+
+$('signin-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const errors = $('signin-error');
+  clearError(errors);
+  const token = $('signin-token').value.trim();
+  const mqttUsername = $('signin-mqtt-username').value;
+  const mqttPassword = $('signin-mqtt-password').value;
+  if (token === '' && mqttUsername === '') {
+    showError(errors, new Error('Enter an API token (for retained messages and publishing), an MQTT user name and password (for the test client), or both.'));
+    $('signin-token').focus();
+    return;
+  }
+  if (mqttPassword !== '' && mqttUsername === '') {
+    showError(errors, new Error('Enter the MQTT user name that goes with the password.'));
+    $('signin-mqtt-username').focus();
+    return;
+  }
+  session.signIn({ token, mqttUsername, mqttPassword });
+  $('signin-form').reset();
+  signIn.asked = false;
+  // A connection made with the old credentials would go on under them.
+  client.disconnect();
+  route();
+});
+
+$('sign-out').addEventListener('click', () => {
+  client.disconnect();
+  session.signOut();
+  // Reloading drops everything the page holds from the signed-in session (lists, payloads,
+  // live messages) at once; the reloaded page starts at the sign-in view.
+  location.reload();
+});
 
 // ---- Retained messages: the list ----------------------------------------------------------
 
@@ -387,15 +458,13 @@ const client = {
     if (this.mqtt) return;
     if (this.connecting) return this.connecting;
     this.setState('connecting');
-    const mqtt = new MqttClient(brokerUrl());
+    const mqtt = new MqttClient(brokerUrl(), session.mqttCredentials());
     mqtt.addEventListener('message', (event) => this.show(event.detail));
     mqtt.addEventListener('close', (event) => {
       if (this.mqtt === mqtt) this.mqtt = null;
       this.setState('disconnected');
       this.renderFilters();
-      if (event.detail.error) {
-        showError($('client-error'), new Error(`MQTT connection lost: ${event.detail.error.message}`));
-      }
+      if (event.detail.error) showError($('client-error'), event.detail.error, 'MQTT connection lost: ');
     });
     this.connecting = (async () => {
       try {
@@ -474,7 +543,7 @@ $('conn-toggle').addEventListener('click', () => {
     client.disconnect();
     return;
   }
-  client.connect().catch((err) => showError($('client-error'), new Error(`Could not connect: ${err.message}`)));
+  client.connect().catch((err) => showError($('client-error'), err, 'Could not connect: '));
 });
 
 $('subscribe-form').addEventListener('submit', async (event) => {
@@ -488,7 +557,7 @@ $('subscribe-form').addEventListener('submit', async (event) => {
   try {
     await client.subscribe(filter, Number($('sub-qos').value));
   } catch (err) {
-    showError($('client-error'), new Error(`Could not subscribe to ${filter}: ${err.message}`));
+    showError($('client-error'), err, `Could not subscribe to ${filter}: `);
   }
 });
 
@@ -501,4 +570,6 @@ $('clear-messages').addEventListener('click', () => {
 
 window.addEventListener('hashchange', route);
 client.setState('disconnected');
-route();
+// A reload may bring back what was typed into the sign-in form: start it empty.
+$('signin-form').reset();
+session.discover().then(route);

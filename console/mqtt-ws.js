@@ -32,9 +32,16 @@ const decoder = new TextDecoder('utf-8', { fatal: true });
 
 /** The MQTT error a caller sees: a refused CONNECT, a failed subscription, a lost link. */
 export class MqttError extends Error {
-  constructor(message) {
+  /** @param {number|null} connackCode the CONNACK return code when the CONNECT was refused */
+  constructor(message, connackCode = null) {
     super(message);
     this.name = 'MqttError';
+    this.connackCode = connackCode;
+  }
+
+  /** CONNACK 0x04 (bad user name or password) or 0x05 (not authorized). */
+  get refusedCredentials() {
+    return this.connackCode === 4 || this.connackCode === 5;
   }
 }
 
@@ -139,12 +146,17 @@ export function brokerUrl(location = window.location) {
 export class MqttClient extends EventTarget {
   /**
    * @param {string} url `ws://host/mqtt`
-   * @param {object} options `keepAliveSeconds`; `WebSocket`, the class to connect with (tests
-   *   pass a fake one to feed the client bytes split and joined in chosen ways)
+   * @param {object} options `keepAliveSeconds`; `username` and `password` for CONNECT (none
+   *   when `username` is absent); `WebSocket`, the class to connect with (tests pass a fake one
+   *   to feed the client bytes split and joined in chosen ways)
    */
-  constructor(url, { keepAliveSeconds = 30, WebSocket = globalThis.WebSocket } = {}) {
+  constructor(url, {
+    keepAliveSeconds = 30, username = null, password = null, WebSocket = globalThis.WebSocket,
+  } = {}) {
     super();
     this.url = url;
+    this.username = username;
+    this.password = password;
     this.WebSocket = WebSocket;
     this.keepAliveSeconds = keepAliveSeconds;
     this.clientId = randomClientId();
@@ -174,14 +186,7 @@ export class MqttClient extends EventTarget {
           this.shutdown(new MqttError(`server chose sub-protocol "${socket.protocol}", not "mqtt"`));
           return;
         }
-        const body = [
-          ...encodeString('MQTT'),
-          4, // protocol level 4 is 3.1.1 [MQTT-3.1.2-2]
-          0x02, // clean session, no will, no user name or password
-          ...u16(this.keepAliveSeconds),
-          ...encodeString(this.clientId),
-        ];
-        this.send(packet(PACKET.CONNECT, 0, body));
+        this.send(this.connectPacket());
       });
       socket.addEventListener('message', (event) => this.receive(new Uint8Array(event.data)));
       // The browser hides why a WebSocket failed; `close` follows `error` with a code.
@@ -190,6 +195,25 @@ export class MqttClient extends EventTarget {
         this.shutdown(new MqttError(`connection closed (code ${event.code}${why})`));
       });
     });
+  }
+
+  /** CONNECT: clean session, no will, the user name and password if given. */
+  connectPacket() {
+    const hasUser = this.username !== null && this.username !== undefined;
+    // A password needs a user name [MQTT-3.1.2-22].
+    const hasPassword = hasUser && this.password !== null && this.password !== undefined;
+    const flags = 0x02 | (hasUser ? 0x80 : 0) | (hasPassword ? 0x40 : 0);
+    const body = [
+      ...encodeString('MQTT'),
+      4, // protocol level 4 is 3.1.1 [MQTT-3.1.2-2]
+      flags,
+      ...u16(this.keepAliveSeconds),
+      // Client id, then user name, then password, in that order [MQTT-3.1.3-1].
+      ...encodeString(this.clientId),
+      ...(hasUser ? encodeString(this.username) : []),
+      ...(hasPassword ? encodeString(this.password) : []), // binary data: UTF-8 of the text
+    ];
+    return packet(PACKET.CONNECT, 0, body);
   }
 
   /** Subscribes to one filter; resolves with the granted QoS. */
@@ -272,8 +296,9 @@ export class MqttClient extends EventTarget {
         if (body.length !== 2) throw new MqttError('malformed CONNACK');
         const code = body[1];
         if (code !== 0) {
-          const why = CONNACK_REFUSALS[code] ?? `return code ${code}`;
-          throw new MqttError(`connection refused: ${why}`);
+          const hex = `0x${code.toString(16).padStart(2, '0')}`;
+          const why = CONNACK_REFUSALS[code] ?? 'unknown return code';
+          throw new MqttError(`connection refused (CONNACK ${hex}): ${why}`, code);
         }
         this.startKeepAlive();
         this.settle('connack', undefined);

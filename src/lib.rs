@@ -1,13 +1,15 @@
 //! retaind: MQTT retained messages as a service, with an AWS IoT data-plane compatible HTTP API.
 //!
 //! Layers, each importing only those above it in this list: `topic` (pure names and rules),
-//! `auth` (pure credentials and policies), `store` (persistence), `api` (HTTP), `app`
-//! (configuration and wiring).
+//! `auth` (pure credentials and policies), `rate` (a pure token bucket), `tls` (certificates and handshakes), `store`
+//! (persistence), `api` (HTTP), `app` (configuration and wiring).
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod mqtt;
+pub mod rate;
 pub mod store;
+pub mod tls;
 pub mod topic;

@@ -69,6 +69,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         "retaind: MQTT over WebSocket on ws://{}/mqtt",
         running.http_addr
     );
+    if let Some(addr) = running.mqtts_addr {
+        println!("retaind: MQTT over TLS on mqtts://{addr}");
+    }
+    if let Some(addr) = running.https_addr {
+        println!("retaind: HTTPS API on https://{addr}");
+        println!("retaind: MQTT over secure WebSocket on wss://{addr}/mqtt");
+    }
     println!("retaind: store {}", app::redact_url(&config.database_url));
     tracing::info!(
         http = %running.http_addr,

@@ -297,3 +297,137 @@ async fn topic_with_too_many_levels_gets_puback_0x90_and_stores_nothing() {
     let topics: Vec<String> = app.snapshot().await.into_iter().map(|(t, _)| t).collect();
     assert_eq!(topics, ["1/2/3/4/5/6/7/8"]);
 }
+
+/// SUBSCRIBE of several filters at QoS 0 in one packet; MQTT 5 when `v5`.
+fn subscribe_many(pkid: u16, filters: &[&str], v5: bool) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    if v5 {
+        body.push(0); // no properties
+    }
+    for filter in filters {
+        body.extend(build::string(filter));
+        body.push(0);
+    }
+    build::packet(0x82, &body)
+}
+
+/// The return codes of a SUBACK, after its packet id (and, for MQTT 5, its properties).
+fn suback_codes(p: &RawPacket, v5: bool) -> Vec<u8> {
+    assert_eq!(p.kind(), 9, "expected SUBACK, got {p:?}");
+    let skip = if v5 { 3 } else { 2 }; // an empty property block is one byte
+    p.body[skip..].to_vec()
+}
+
+#[tokio::test]
+async fn connections_beyond_the_maximum_get_connack_server_busy_and_store_nothing() {
+    let app = app_with(|c| c.mqtt_max_connections = 2).await;
+    let (mut first, ack) = Raw::connect(&app, &v5_connect_with("one", true, &[])).await;
+    assert_eq!(ack.body[1], 0);
+    let (_second, ack) = Raw::connect(&app, &build::connect("two", true, 60, None)).await;
+    assert_eq!(ack.body[1], 0);
+
+    // MQTT 5: 0x89 Server busy, with a retained Will that must not be stored.
+    let will = build::Will {
+        topic: "wills/three",
+        payload: b"gone",
+        qos: 1,
+        retain: true,
+        props: &[],
+    };
+    let connect = build::connect_with_will("three", true, 60, Some(&[]), will);
+    let (mut third, ack) = Raw::connect(&app, &connect).await;
+    assert_eq!(ack.body[1], 0x89);
+    assert!(third.until_closed().await.is_empty());
+    // MQTT 3.1.1: 0x03 Server unavailable.
+    let (mut fourth, ack) = Raw::connect(&app, &build::connect("four", true, 60, None)).await;
+    assert_eq!(ack.body, [0, 0x03]);
+    assert!(fourth.until_closed().await.is_empty());
+    assert!(app.snapshot().await.is_empty());
+
+    // A place frees up when a client leaves.
+    first.send(&build::disconnect_v5(0)).await;
+    first.until_closed().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_again, ack) = Raw::connect(&app, &v5_connect_with("five", true, &[])).await;
+        if ack.body[1] == 0 {
+            break;
+        }
+        assert_eq!(ack.body[1], 0x89);
+        assert!(std::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_beyond_the_maximum_get_suback_0x97_and_the_rest_are_granted() {
+    let app = app_with(|c| c.mqtt_max_subscriptions = 2).await;
+    let (mut sub, _) = Raw::connect(&app, &v5_connect_with("subs", true, &[])).await;
+    sub.send(&subscribe_many(1, &["a", "b", "c"], true)).await;
+    assert_eq!(suback_codes(&sub.expect(9).await, true), [0, 0, 0x97]);
+    // Subscribing again to a held filter replaces it and does not count twice.
+    sub.send(&subscribe_many(2, &["a", "d", "b"], true)).await;
+    assert_eq!(suback_codes(&sub.expect(9).await, true), [0, 0x97, 0]);
+
+    // Nothing reaches the refused filters; the granted ones work.
+    app.publish("/topics/c?qos=0", "to c").await;
+    app.publish("/topics/d?qos=0", "to d").await;
+    app.publish("/topics/a?qos=0", "to a").await;
+    assert_eq!(payload_of(&sub.expect(3).await), "to a");
+    assert!(app.snapshot().await.is_empty());
+}
+
+#[tokio::test]
+async fn mqtt_3_1_1_subscriptions_beyond_the_maximum_get_the_failure_code_0x80() {
+    let app = app_with(|c| c.mqtt_max_subscriptions = 1).await;
+    let (mut sub, _) = Raw::connect(&app, &build::connect("subs3", true, 60, None)).await;
+    sub.send(&subscribe_many(1, &["a", "b"], false)).await;
+    assert_eq!(suback_codes(&sub.expect(9).await, false), [0, 0x80]);
+    sub.send(&subscribe_many(2, &["a"], false)).await;
+    assert_eq!(suback_codes(&sub.expect(9).await, false), [0]);
+}
+
+#[tokio::test]
+async fn publishes_beyond_the_rate_get_puback_0x97_and_store_nothing() {
+    let app = app_with(|c| c.mqtt_max_publish_rate = 2.0).await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("fast", true, &[])).await;
+    for (pkid, topic) in [(1, "r/1"), (2, "r/2"), (3, "r/3")] {
+        raw.send(&build::publish(
+            topic,
+            1,
+            true,
+            false,
+            pkid,
+            Some(&[]),
+            b"x",
+        ))
+        .await;
+    }
+    let reasons: Vec<u8> = [
+        raw.expect(4).await,
+        raw.expect(4).await,
+        raw.expect(4).await,
+    ]
+    .iter()
+    .map(RawPacket::ack_reason)
+    .collect();
+    assert_eq!(reasons, [0, 0, 0x97]);
+    let topics: Vec<String> = app.snapshot().await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(topics, ["r/1", "r/2"]);
+}
+
+#[tokio::test]
+async fn mqtt_3_1_1_publishes_beyond_the_rate_are_dropped() {
+    let app = app_with(|c| c.mqtt_max_publish_rate = 2.0).await;
+    let (mut raw, _) = Raw::connect(&app, &build::connect("fast3", true, 60, None)).await;
+    for (pkid, topic) in [(1, "r/1"), (2, "r/2"), (3, "r/3")] {
+        raw.send(&build::publish(topic, 1, true, false, pkid, None, b"x"))
+            .await;
+    }
+    // 3.1.1 has no code to refuse a publish with: each is acknowledged.
+    for pkid in 1..=3u16 {
+        assert_eq!(raw.expect(4).await.body, pkid.to_be_bytes());
+    }
+    let topics: Vec<String> = app.snapshot().await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(topics, ["r/1", "r/2"]);
+}

@@ -11,9 +11,9 @@ use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -122,6 +122,14 @@ async fn verify_sigv4(state: &ApiState, req: Request) -> Result<Request, ApiErro
     )?;
     parts.extensions.insert(Authenticated(principal));
     Ok(Request::from_parts(parts, Body::from(body)))
+}
+
+/// The name of the principal [`authenticate`] attached to a request; `None` when
+/// authentication is off (every caller is the anonymous principal).
+pub(super) fn principal_name(extensions: &Extensions) -> Option<&str> {
+    extensions
+        .get::<Authenticated>()
+        .map(|Authenticated(principal)| principal.name.as_str())
 }
 
 /// Who is calling, for a handler to check against its policy: the authenticated principal, or

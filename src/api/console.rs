@@ -1,16 +1,19 @@
 //! The web console: static files from `console/`, compiled into the binary so `cargo run`
 //! serves them with no build step and no internet. `GET /` is the page, `GET /console/{file}`
-//! its scripts and styles.
+//! its scripts and styles, `GET /console/session-info` whether it must ask for credentials.
 //!
 //! Everything the console does goes through the public HTTP API and MQTT over WebSocket, like
-//! any other client; this module only hands out files and must not grow API logic.
+//! any other client; this module only hands out files and must not grow API logic. The files
+//! stay public with principals configured: they hold no data (decision 008).
 
-use axum::extract::Path;
+use axum::Json;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::ApiError;
+use super::{ApiError, ApiState};
 
 /// Scripts and styles come from this origin only, and no inline script runs, so an injected
 /// `<script>` or `onclick=` in a topic or payload cannot execute. `connect-src` admits the API
@@ -52,6 +55,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../console/api.js"),
     },
     Asset {
+        name: "session.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../console/session.js"),
+    },
+    Asset {
         name: "format.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../../console/format.js"),
@@ -71,6 +79,27 @@ const ASSETS: &[Asset] = &[
 /// `GET /`: the console page.
 pub async fn index(headers: HeaderMap) -> Response {
     serve(&INDEX, &headers)
+}
+
+/// What the console may learn before anyone signs in: whether to ask for credentials. Nothing
+/// else (no principal names, no credential kinds), since anyone can call it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionInfo {
+    auth_required: bool,
+}
+
+/// `GET /console/session-info`: `{"authRequired": true}` when principals are configured.
+pub async fn session_info(State(state): State<ApiState>) -> Response {
+    let mut response = Json(SessionInfo {
+        auth_required: state.auth.is_enabled(),
+    })
+    .into_response();
+    // A restart with or without `--config` changes the answer: never reuse a stale one.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `GET /console/{file}`.

@@ -29,6 +29,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("the payload is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// The caller exceeded its request rate for the operation named.
+    #[error("rate exceeded for {0}; retry later")]
+    Throttled(&'static str),
     #[error("the service is unavailable; retry later")]
     Unavailable(#[source] store::Error),
     #[error("internal failure")]
@@ -64,6 +67,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLargeException",
             ),
+            Self::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailableException",

@@ -5,6 +5,7 @@
 //!
 //! Handlers translate between HTTP and the store or broker; AWS error names live in [`error`] alone.
 //! Who may call is decided in [`auth`]: credentials in a middleware, policies per handler.
+//! How often each caller may call is [`throttle`]'s, in a middleware after `auth`'s.
 //! This module must not reach into the database directly.
 
 mod auth;
@@ -19,6 +20,7 @@ mod payload;
 mod publish;
 mod request_context;
 mod retained;
+mod throttle;
 mod topic_path;
 
 use axum::Router;
@@ -34,6 +36,7 @@ pub use error::{ApiError, ErrorBody};
 pub use openapi::spec;
 pub use page_token::PageTokens;
 pub use request_context::RequestId;
+pub use throttle::{RateLimits, Throttle};
 use topic_path::TopicPath;
 
 use crate::auth::Authenticator;
@@ -51,6 +54,8 @@ pub struct ApiState {
     pub max_payload_bytes: usize,
     /// Checks credentials on the AWS operations; disabled when no principals are configured.
     pub auth: Authenticator,
+    /// Per-principal request rates of the AWS operations.
+    pub throttle: Throttle,
 }
 
 impl FromRef<ApiState> for MaxPayload {
@@ -67,19 +72,23 @@ impl FromRef<ApiState> for TopicLimits {
 
 pub fn router(state: ApiState) -> Router {
     // The AWS operations need credentials when principals are configured. The probes, the
-    // OpenAPI document and the console's files (which hold no data) do not; MQTT over
-    // WebSocket authenticates in its CONNECT, like MQTT over TCP. See decision 007.
+    // OpenAPI document, the console's files (which hold no data) and its session-info (which
+    // says only whether to sign in) do not; MQTT over WebSocket authenticates in its CONNECT,
+    // like MQTT over TCP. See decisions 007 and 008.
     let operations = Router::new()
         .route("/retainedMessage", get(retained::list))
         .route("/retainedMessage/", get(empty_topic))
         .route("/retainedMessage/{*topic}", get(retained::get))
         .route("/topics/", post(empty_topic))
         .route("/topics/{*topic}", post(publish::publish))
+        // Layers run last-added first: credentials, then the caller's request rate.
+        .route_layer(from_fn_with_state(state.clone(), throttle::throttle))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .merge(operations)
         .route("/mqtt", get(mqtt_websocket::upgrade))
         .route("/", get(console::index))
+        .route("/console/session-info", get(console::session_info))
         .route("/console/{file}", get(console::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -177,6 +177,7 @@ impl Publish {
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
         (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:Publish (and, with retain=true, iot:RetainPublish) on the topic", body = ErrorBody),
         (status = 413, description = "RequestEntityTooLargeException: payload over the configured limit", body = ErrorBody),
+        (status = 429, description = "ThrottlingException: the caller's Publish rate (--rate-publish) is used up; nothing was stored", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException: the store did not answer; the publish may or may not have been stored", body = ErrorBody),
     )
 )]

@@ -96,6 +96,7 @@ pub struct GetRetainedMessageResponse {
         (status = 400, description = "InvalidRequestException: bad maxResults, a nextToken this service did not issue, or an invalid topicFilter or topicPrefix", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
         (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:ListRetainedMessages", body = ErrorBody),
+        (status = 429, description = "ThrottlingException: the caller's ListRetainedMessages rate (--rate-list-retained-messages) is used up", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException", body = ErrorBody),
     )
 )]
@@ -191,6 +192,7 @@ async fn list_selected(
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
         (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:GetRetainedMessage on the topic", body = ErrorBody),
         (status = 404, description = "ResourceNotFoundException: no retained message on this topic", body = ErrorBody),
+        (status = 429, description = "ThrottlingException: the caller's GetRetainedMessage rate (--rate-get-retained-message) is used up", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException", body = ErrorBody),
     )
 )]

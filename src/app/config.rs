@@ -47,6 +47,30 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MQTT_ADDR", default_value = "127.0.0.1:1883")]
     pub mqtt_addr: SocketAddr,
 
+    /// Address for MQTT over TLS (e.g. 0.0.0.0:8883); off unless given. Needs --tls-cert and
+    /// --tls-key.
+    #[arg(long, env = "RETAIND_MQTTS_ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub mqtts_addr: Option<SocketAddr>,
+
+    /// Address for HTTPS: the API, the console and MQTT over secure WebSocket at /mqtt; off
+    /// unless given. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "RETAIND_HTTPS_ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub https_addr: Option<SocketAddr>,
+
+    /// PEM file with the server's certificate chain (leaf first), for the TLS listeners.
+    #[arg(long, env = "RETAIND_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "RETAIND_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file of CA certificates: TLS clients are asked for a certificate signed by one of
+    /// them (optional, so password clients still connect). An MQTT client presenting one is
+    /// the principal whose `client_cert_sha256` matches it.
+    #[arg(long, env = "RETAIND_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Largest MQTT packet accepted from a client, in bytes (advertised to MQTT 5 clients as
     /// Maximum Packet Size); a larger one closes the connection.
     #[arg(long, env = "RETAIND_MQTT_MAX_PACKET_BYTES", default_value_t = 256 * 1024)]
@@ -74,6 +98,41 @@ pub struct ServeConfig {
     /// Topic aliases an MQTT 5 client may set up.
     #[arg(long, env = "RETAIND_MQTT_TOPIC_ALIAS_MAXIMUM", default_value_t = 64)]
     pub mqtt_topic_alias_maximum: u16,
+
+    /// Concurrent MQTT connections over every listener (TCP, TLS, WebSocket); a CONNECT beyond it is
+    /// refused with CONNACK 0x89 Server busy (MQTT 3.1.1: 0x03 Server unavailable).
+    #[arg(long, env = "RETAIND_MQTT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub mqtt_max_connections: usize,
+
+    /// Subscriptions one MQTT session may hold (AWS IoT's default: 50 per connection); a
+    /// filter beyond it gets SUBACK 0x97 Quota exceeded (MQTT 3.1.1: 0x80).
+    #[arg(long, env = "RETAIND_MQTT_MAX_SUBSCRIPTIONS", default_value_t = 50)]
+    pub mqtt_max_subscriptions: usize,
+
+    /// PUBLISH packets per second one MQTT connection may send, in bursts of up to one
+    /// second's worth; beyond it a publish is dropped (MQTT 5 QoS 1/2: PUBACK/PUBREC 0x97).
+    /// 0: no limit, the default (AWS IoT's is 100 per connection, but bulk loads over MQTT
+    /// are ordinary on a self-hosted broker).
+    #[arg(long, env = "RETAIND_MQTT_MAX_PUBLISH_RATE", default_value_t = 0.0,
+          value_parser = parse_rate)]
+    pub mqtt_max_publish_rate: f64,
+
+    /// GetRetainedMessage requests per second per principal, in bursts of up to one second's
+    /// worth; beyond it 429 ThrottlingException. 0: no limit. AWS IoT's default: 500 per account.
+    #[arg(long, env = "RETAIND_RATE_GET_RETAINED_MESSAGE", default_value_t = 500.0,
+          value_parser = parse_rate)]
+    pub rate_get_retained_message: f64,
+
+    /// ListRetainedMessages requests per second per principal (as above). AWS IoT's default:
+    /// 10 per account.
+    #[arg(long, env = "RETAIND_RATE_LIST_RETAINED_MESSAGES", default_value_t = 10.0,
+          value_parser = parse_rate)]
+    pub rate_list_retained_messages: f64,
+
+    /// HTTP Publish requests per second per principal (as above). AWS IoT's default: 2,000
+    /// inbound publishes per second per account in most regions.
+    #[arg(long, env = "RETAIND_RATE_PUBLISH", default_value_t = 2000.0, value_parser = parse_rate)]
+    pub rate_publish: f64,
 
     /// Where retained messages live: sqlite://PATH (file created if missing) or postgres://...
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/retaind.db")]
@@ -122,6 +181,16 @@ pub struct ServeConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A request rate: a finite, non-negative number of requests per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{s:?} is not a rate (requests per second, 0 for no limit)"
+        )),
+    }
 }
 
 impl ServeConfig {

@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Cli, Command, LogFormat, ServeConfig};
 pub use redact::redact_url;
 
-use crate::api::{self, ApiState, PageTokens};
+use crate::api::{self, ApiState, PageTokens, RateLimits, Throttle};
 use crate::auth::{AuthConfig, Authenticator, ConfigError};
 use crate::broker::{self, Broker, BrokerConfig};
 use crate::store::{self, Clock, Store, StoreOptions};
+use crate::tls::{self, TlsAcceptors, TlsFiles, TlsIncoming};
 use crate::topic::TopicLimits;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,16 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    #[error("{flag} needs --tls-cert and --tls-key")]
+    TlsFilesMissing { flag: &'static str },
+    #[error("cannot listen on {flag} {addr}: {source}")]
+    BindTls {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// How long MQTT clients get to receive their DISCONNECT at shutdown.
@@ -56,13 +67,19 @@ const MQTT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(
 pub struct Running {
     pub http_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
+    /// MQTT over TLS, when `--mqtts-addr` is given.
+    pub mqtts_addr: Option<SocketAddr>,
+    /// HTTPS (API, console, MQTT over secure WebSocket), when `--https-addr` is given.
+    pub https_addr: Option<SocketAddr>,
     pub store: Store,
     pub broker: Broker,
     /// Who may do what; disabled (everyone may do everything) when no principals are configured.
     pub auth: Authenticator,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    https: Option<JoinHandle<std::io::Result<()>>>,
     mqtt: JoinHandle<()>,
+    mqtts: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
 }
 
@@ -70,6 +87,7 @@ pub struct Running {
 pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error> {
     let auth = load_auth(config)?;
     check_local_only(config, &auth)?;
+    let tls = load_tls(config)?;
     let store_err = |source| Error::Store {
         url: redact_url(&config.database_url),
         source,
@@ -107,6 +125,9 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_inflight: config.mqtt_max_inflight,
             receive_maximum: config.mqtt_receive_maximum,
             topic_alias_maximum: config.mqtt_topic_alias_maximum,
+            max_connections: config.mqtt_max_connections,
+            max_subscriptions: config.mqtt_max_subscriptions,
+            max_publish_rate: config.mqtt_max_publish_rate,
             ..BrokerConfig::default()
         },
         auth.clone(),
@@ -118,6 +139,11 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         topic_limits,
         max_payload_bytes: config.max_payload_bytes,
         auth: auth.clone(),
+        throttle: Throttle::new(RateLimits {
+            get_retained_message: config.rate_get_retained_message,
+            list_retained_messages: config.rate_list_retained_messages,
+            publish: config.rate_publish,
+        }),
     };
     let mqtt_listener = TcpListener::bind(config.mqtt_addr)
         .await
@@ -142,17 +168,50 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         source,
     })?;
 
+    let mqtts_incoming = bind_tls(
+        "--mqtts-addr",
+        config.mqtts_addr,
+        tls.as_ref().map(|t| &t.mqtt),
+    )
+    .await?;
+    let https_incoming = bind_tls(
+        "--https-addr",
+        config.https_addr,
+        tls.as_ref().map(|t| &t.https),
+    )
+    .await?;
+    let mqtts_addr = mqtts_incoming.as_ref().map(|(_, addr)| *addr);
+    let https_addr = https_incoming.as_ref().map(|(_, addr)| *addr);
+
     let shutdown = CancellationToken::new();
+    // One router for HTTP and HTTPS, so both share its state (throttles, caches).
+    let router = api::router(state);
     let server = tokio::spawn(
         axum::serve(
             listener,
             // The peer address is for logs (MQTT over WebSocket names its clients by it).
-            api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+            router
+                .clone()
+                .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future(),
     );
+    let https = https_incoming.map(|(incoming, _)| {
+        // `tap_io` makes the peer address available as `ConnectInfo`, as on plain HTTP.
+        let incoming = axum::serve::ListenerExt::tap_io(incoming, |_| {});
+        tokio::spawn(
+            axum::serve(
+                incoming,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+        )
+    });
     let mqtt = tokio::spawn(broker::serve_tcp(broker.clone(), mqtt_listener));
+    let mqtts = mqtts_incoming
+        .map(|(incoming, _)| tokio::spawn(broker::serve_tls(broker.clone(), incoming)));
     let maintenance = tokio::spawn(maintenance::run(
         store.clone(),
         config.retention,
@@ -162,14 +221,48 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     Ok(Running {
         http_addr,
         mqtt_addr,
+        mqtts_addr,
+        https_addr,
         store,
         broker,
         auth,
         shutdown,
         server,
+        https,
         mqtt,
+        mqtts,
         maintenance,
     })
+}
+
+/// The TLS certificate and key (and client CA), when `--tls-cert` is given. Loaded before
+/// anything is bound, so a bad file stops startup with an error naming it.
+fn load_tls(config: &ServeConfig) -> Result<Option<TlsAcceptors>, Error> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert,
+        key,
+        client_ca: config.tls_client_ca.as_deref(),
+    };
+    Ok(Some(TlsAcceptors::load(&files)?))
+}
+
+/// Binds a TLS listener when its address is given.
+async fn bind_tls(
+    flag: &'static str,
+    addr: Option<SocketAddr>,
+    acceptor: Option<&tokio_rustls::TlsAcceptor>,
+) -> Result<Option<(TlsIncoming, SocketAddr)>, Error> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let acceptor = acceptor.ok_or(Error::TlsFilesMissing { flag })?;
+    let err = |source| Error::BindTls { flag, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok(Some((TlsIncoming::new(listener, acceptor.clone()), bound)))
 }
 
 /// The principals of `--config`; none (anonymous access) without the flag.
@@ -191,9 +284,12 @@ fn check_local_only(config: &ServeConfig, auth: &Authenticator) -> Result<(), Er
         return Ok(());
     }
     for (flag, addr) in [
-        ("--http-addr", config.http_addr),
-        ("--mqtt-addr", config.mqtt_addr),
+        ("--http-addr", Some(config.http_addr)),
+        ("--mqtt-addr", Some(config.mqtt_addr)),
+        ("--mqtts-addr", config.mqtts_addr),
+        ("--https-addr", config.https_addr),
     ] {
+        let Some(addr) = addr else { continue };
         if !addr.ip().to_canonical().is_loopback() {
             return Err(Error::AnonymousNotLocal { flag, addr });
         }
@@ -207,13 +303,17 @@ impl Running {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.broker.shutdown(MQTT_SHUTDOWN_GRACE).await;
-        match self.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        for server in std::iter::once(self.server).chain(self.https) {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
+                Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+            }
         }
-        if let Err(e) = self.mqtt.await {
-            tracing::error!(error = %e, "MQTT listener task failed");
+        for listener in std::iter::once(self.mqtt).chain(self.mqtts) {
+            if let Err(e) = listener.await {
+                tracing::error!(error = %e, "MQTT listener task failed");
+            }
         }
         if let Err(e) = self.maintenance.await {
             tracing::error!(error = %e, "maintenance task failed");

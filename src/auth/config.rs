@@ -32,6 +32,9 @@ pub struct PrincipalConfig {
     pub mqtt_username: Option<String>,
     /// An argon2 PHC string, as `retaind hash-password` prints it.
     pub mqtt_password_hash: Option<String>,
+    /// Hex SHA-256 of the DER encoding of a TLS client certificate (signed by
+    /// `--tls-client-ca`): an MQTT client presenting it is this principal.
+    pub client_cert_sha256: Option<String>,
     #[serde(default)]
     pub statements: Vec<StatementConfig>,
 }
@@ -48,6 +51,7 @@ impl fmt::Debug for PrincipalConfig {
             )
             .field("api_tokens_sha256", &self.api_tokens_sha256.len())
             .field("mqtt_username", &self.mqtt_username)
+            .field("client_cert_sha256", &self.client_cert_sha256)
             .field("statements", &self.statements)
             .finish_non_exhaustive()
     }
@@ -94,6 +98,7 @@ pub(super) struct ValidPrincipal {
     pub(super) access_key: Option<(String, String)>,
     pub(super) token_hashes: Vec<[u8; 32]>,
     pub(super) mqtt: Option<(String, StoredHash)>,
+    pub(super) client_cert: Option<[u8; 32]>,
     pub(super) statements: Vec<Statement>,
 }
 
@@ -103,6 +108,7 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
     let mut keys = std::collections::HashMap::new();
     let mut usernames = std::collections::HashMap::new();
     let mut tokens = std::collections::HashMap::new();
+    let mut certs = std::collections::HashMap::new();
     let mut out = Vec::with_capacity(config.principals.len());
     for p in config.principals {
         let invalid = |message: String| ConfigError::Invalid {
@@ -172,6 +178,21 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
                 ));
             }
         };
+        let client_cert = match &p.client_cert_sha256 {
+            None => None,
+            Some(hex_digest) => {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(hex_digest.trim(), &mut digest).map_err(|_| {
+                    invalid("client_cert_sha256 is not a hex SHA-256 digest (64 hex digits)".into())
+                })?;
+                if let Some(other) = certs.insert(digest, p.name.clone()) {
+                    return Err(invalid(format!(
+                        "client_cert_sha256 is already the certificate of principal {other:?}"
+                    )));
+                }
+                Some(digest)
+            }
+        };
         let statements = p
             .statements
             .iter()
@@ -183,6 +204,7 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
             access_key,
             token_hashes,
             mqtt,
+            client_cert,
             statements,
         });
     }

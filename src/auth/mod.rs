@@ -49,6 +49,8 @@ struct Inner {
     access_keys: HashMap<String, AccessKey>,
     tokens: HashMap<[u8; 32], Arc<Principal>>,
     mqtt_users: HashMap<String, MqttUser>,
+    /// By the SHA-256 of a TLS client certificate's DER encoding.
+    client_certs: HashMap<[u8; 32], Arc<Principal>>,
     /// Verified against when the username is unknown, so that unknown and known usernames
     /// take the same (argon2) time to refuse.
     decoy_hash: Option<StoredHash>,
@@ -77,6 +79,7 @@ impl Authenticator {
             access_keys: HashMap::new(),
             tokens: HashMap::new(),
             mqtt_users: HashMap::new(),
+            client_certs: HashMap::new(),
             decoy_hash: None,
         };
         for valid in config::validate(config)? {
@@ -89,6 +92,9 @@ impl Authenticator {
             }
             for digest in valid.token_hashes {
                 inner.tokens.insert(digest, principal.clone());
+            }
+            if let Some(digest) = valid.client_cert {
+                inner.client_certs.insert(digest, principal.clone());
             }
             if let Some((username, hash)) = valid.mqtt {
                 inner.decoy_hash.get_or_insert_with(|| hash.clone());
@@ -110,6 +116,7 @@ impl Authenticator {
                 access_keys: HashMap::new(),
                 tokens: HashMap::new(),
                 mqtt_users: HashMap::new(),
+                client_certs: HashMap::new(),
                 decoy_hash: None,
             }),
         }
@@ -223,6 +230,20 @@ impl Authenticator {
             }
         }
     }
+
+    /// The principal a TLS client certificate stands for, by the SHA-256 of its DER encoding.
+    /// The caller has already checked, in the TLS handshake, that the client holds the
+    /// certificate's key and that a trusted CA signed it. Unknown → `BadCredentials`.
+    pub fn verify_client_cert(&self, sha256: &[u8; 32]) -> Result<Arc<Principal>, AuthError> {
+        if let Some(anonymous) = self.anonymous() {
+            return Ok(anonymous);
+        }
+        self.inner
+            .client_certs
+            .get(sha256)
+            .cloned()
+            .ok_or(AuthError::BadCredentials)
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -232,6 +253,7 @@ impl std::fmt::Debug for Authenticator {
             .field("access_keys", &self.inner.access_keys.len())
             .field("tokens", &self.inner.tokens.len())
             .field("mqtt_users", &self.inner.mqtt_users.len())
+            .field("client_certs", &self.inner.client_certs.len())
             .finish()
     }
 }

@@ -455,3 +455,39 @@ fn example_config_loads_and_grants_what_it_says() {
     assert!(ops.allows(Action::Subscribe, "#", Some("console")));
     assert!(ops.allows(Action::Connect, "console", Some("console")));
 }
+
+#[test]
+fn client_certificates_are_matched_by_digest() {
+    let digest: [u8; 32] = Sha256::digest(b"a DER certificate").into();
+    let auth = config(&format!(
+        r#"
+        [[principals]]
+        name = "sensor"
+        client_cert_sha256 = "{}"
+        "#,
+        hex::encode_upper(digest)
+    ))
+    .unwrap();
+    assert_eq!(auth.verify_client_cert(&digest).unwrap().name, "sensor");
+    assert!(matches!(
+        auth.verify_client_cert(&[0; 32]),
+        Err(AuthError::BadCredentials)
+    ));
+}
+
+#[test]
+fn client_cert_digests_must_be_hex_and_unique() {
+    assert!(
+        invalid_message("[[principals]]\nname = \"a\"\nclient_cert_sha256 = \"abc\"\n")
+            .contains("client_cert_sha256")
+    );
+    let digest = hex::encode([7u8; 32]);
+    let message = invalid_message(&format!(
+        "[[principals]]\nname = \"a\"\nclient_cert_sha256 = \"{digest}\"\n\
+         [[principals]]\nname = \"b\"\nclient_cert_sha256 = \"{digest}\"\n"
+    ));
+    assert!(
+        message.contains("already") && message.contains("\"a\""),
+        "{message}"
+    );
+}

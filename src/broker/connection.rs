@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::inbound::Settled;
+use super::limits::ConnectionSlot;
 use super::message::Message;
 use super::registry::{Session, deliver_blocked};
 use super::retained::{Page, RetainedScan};
@@ -28,6 +29,8 @@ use crate::mqtt::{
     self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet,
     PublishAck2, PublishAck2Reason, Version,
 };
+use crate::rate::TokenBucket;
+use crate::tls::CertFingerprint;
 use crate::topic::TopicName;
 
 /// Inbound publishes waiting for the store before they are acknowledged and routed. Past
@@ -87,10 +90,19 @@ pub(super) struct Connection<T> {
     /// read or settled, which slows this publisher to its subscribers' pace.
     pub blocked: Option<BoxFuture<'static, ()>>,
     dirty: bool,
+    /// This connection's place under `--mqtt-max-connections`, freed when it is dropped.
+    _slot: ConnectionSlot,
+    /// Its PUBLISH rate, `--mqtt-max-publish-rate`.
+    pub publish_rate: TokenBucket,
 }
 
-pub(super) async fn serve<T>(broker: Broker, io: T, peer: String)
-where
+/// `client_cert` is the fingerprint of the TLS client certificate the peer proved it holds.
+pub(super) async fn serve<T>(
+    broker: Broker,
+    io: T,
+    peer: String,
+    client_cert: Option<CertFingerprint>,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = broker.config().clone();
@@ -106,7 +118,7 @@ where
         }
         Ok(Ok(accepted)) => accepted,
     };
-    let Some(mut conn) = Connection::accept(broker, cfg, framed, connect).await else {
+    let Some(mut conn) = Connection::accept(broker, cfg, framed, connect, client_cert).await else {
         return;
     };
     // Every line this connection logs carries its client id and peer.
@@ -129,6 +141,7 @@ where
         cfg: BrokerConfig,
         mut framed: Framed<T>,
         connect: mqtt::Connect,
+        client_cert: Option<CertFingerprint>,
     ) -> Option<Self> {
         let v5 = framed.version() == Version::V5;
         let mut assigned = None;
@@ -145,7 +158,14 @@ where
         } else {
             Arc::from(&*connect.client_id)
         };
-        let principal = match authenticate(&broker, &connect, &client).await {
+        // [issue 5] a global cap on connections, checked before the costly password hash.
+        // [MQTT-3.2.2-6] refused with CONNACK 0x89 Server busy (3.1.1: 0x03), then closed.
+        let Some(slot) = broker.inner.live.try_acquire(cfg.max_connections) else {
+            tracing::debug!(%client, "too many connections");
+            refuse(&mut framed, ConnectAckReason::ServerBusy).await;
+            return None;
+        };
+        let principal = match authenticate(&broker, &connect, &client, client_cert).await {
             Ok(principal) => principal,
             Err(reason) => {
                 refuse(&mut framed, reason).await;
@@ -169,6 +189,7 @@ where
                 }
             }
         };
+        let cfg_publish_rate = cfg.max_publish_rate;
         let attached = broker.attach(client.clone(), connect.clean_start, principal.clone());
         let client_window = if v5 {
             connect.receive_max.map_or(u16::MAX, NonZeroU16::get)
@@ -201,6 +222,8 @@ where
             fetching: None,
             blocked: None,
             dirty: false,
+            _slot: slot,
+            publish_rate: TokenBucket::new(cfg_publish_rate, std::time::Instant::now()),
         };
         let connack = ConnectAck {
             session_present: attached.session_present,
@@ -509,14 +532,25 @@ impl Broker {
 /// Checks CONNECT's credentials when principals are configured ([MQTT-3.1.4-2]: the server
 /// may refuse any client it cannot authenticate), and that the principal may connect with this
 /// client id. Password hashes are slow on purpose, so they are checked off the async threads.
+///
+/// A TLS client certificate mapped to a principal (`client_cert_sha256`) stands in for the
+/// credentials; credentials sent with it must name the same principal.
 async fn authenticate(
     broker: &Broker,
     connect: &mqtt::Connect,
     client: &ClientKey,
+    client_cert: Option<CertFingerprint>,
 ) -> Result<Option<Arc<Principal>>, ConnectAckReason> {
     let auth = broker.auth().clone();
     if !auth.is_enabled() {
         return Ok(None);
+    }
+    let by_cert = client_cert.and_then(|digest| auth.verify_client_cert(&digest).ok());
+    if let Some(principal) = &by_cert
+        && connect.username.is_none()
+        && connect.password.is_none()
+    {
+        return authorize_connect(principal.clone(), client);
     }
     let username = connect.username.as_ref().map(|u| u.to_string());
     let password = connect.password.clone();
@@ -532,6 +566,17 @@ async fn authenticate(
         Ok(Err(_)) => return Err(ConnectAckReason::BadUserNameOrPassword),
         Err(_) => return Err(ConnectAckReason::ServerUnavailable),
     };
+    if by_cert.is_some_and(|by_cert| !Arc::ptr_eq(&by_cert, &principal)) {
+        return Err(ConnectAckReason::NotAuthorized);
+    }
+    authorize_connect(principal, client)
+}
+
+/// Whether the authenticated `principal` may connect with this client id.
+fn authorize_connect(
+    principal: Arc<Principal>,
+    client: &ClientKey,
+) -> Result<Option<Arc<Principal>>, ConnectAckReason> {
     if !principal.allows(Action::Connect, client, Some(client)) {
         return Err(ConnectAckReason::NotAuthorized);
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{Connection, End, Will, may_publish};
+use super::limits;
 use super::message::Message;
 use super::registry::deliver_blocked;
 use super::retained::RetainedScan;
@@ -125,11 +126,20 @@ where
             }
             self.unacked_in += 1;
         }
-        if !may_publish(self.principal.as_deref(), &message, &self.client) {
-            // [issue 5] dropped. MQTT 5 says why (0x87); 3.1.1 has no way to, so the publish is
+        let refusal = if !self.publish_rate.try_take(std::time::Instant::now()) {
+            // [issue 5] over --mqtt-max-publish-rate. 0x96 Message rate too high is not a
+            // PUBACK/PUBREC code [MQTT-3.4.2.1, 3.5.2.1], so MQTT 5 gets 0x97 Quota exceeded.
+            Some(PublishAckReason::QuotaExceeded)
+        } else if !may_publish(self.principal.as_deref(), &message, &self.client) {
+            Some(PublishAckReason::NotAuthorized)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            // [issue 5] dropped. MQTT 5 says why; 3.1.1 has no way to, so the publish is
             // acknowledged as usual and goes nowhere. In order behind earlier publishes.
             let reason = if self.v5 {
-                PublishAckReason::NotAuthorized
+                refusal
             } else {
                 PublishAckReason::Success
             };
@@ -310,6 +320,17 @@ where
             if !allowed {
                 // [issue 5] 3.1.1 shows this as the failure code 0x80.
                 status.push(SubscribeAckReason::NotAuthorized);
+                continue;
+            }
+            let fits = limits::subscription_fits(
+                &self.session.state().subscriptions,
+                &spec,
+                self.cfg.max_subscriptions,
+            );
+            if !fits {
+                // [issue 5] beyond --mqtt-max-subscriptions: 0x97 Quota exceeded (3.1.1: the
+                // failure code 0x80); the packet's other filters are still handled.
+                status.push(SubscribeAckReason::QuotaExceeded);
                 continue;
             }
             let options = SubOptions {

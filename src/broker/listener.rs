@@ -1,10 +1,11 @@
-//! Accepting MQTT over TCP.
+//! Accepting MQTT over TCP and over TLS.
 
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use super::Broker;
+use crate::tls::{self, TlsIncoming};
 
 /// Accepts connections until the broker shuts down; each is served on its own task.
 pub async fn serve_tcp(broker: Broker, listener: TcpListener) {
@@ -28,5 +29,24 @@ pub async fn serve_tcp(broker: Broker, listener: TcpListener) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Accepts TLS connections until the broker shuts down. Handshakes happen in [`TlsIncoming`]
+/// (bounded and timed out); a client's certificate, if it presented one, goes along to
+/// authentication.
+pub async fn serve_tls(broker: Broker, mut incoming: TlsIncoming) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = broker.shutdown_signal().cancelled() => return,
+            established = incoming.next() => established,
+        };
+        let client_cert = tls::client_cert_sha256(&stream);
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            broker
+                .serve_connection_with_cert(stream, format!("mqtts://{peer}"), client_cert)
+                .await;
+        });
     }
 }

@@ -3,11 +3,12 @@
 //! [`Broker`] is a cheap `Clone` handle. The pure parts — the subscription tree (`tree`) and
 //! a session's queues and acknowledgements (`session`) — hold no I/O and are tested directly.
 //! `connection` runs one client's protocol over any byte stream (TCP, or a WebSocket from the
-//! HTTP layer); `listener` accepts TCP connections. Retained messages live in the [`Store`]
+//! HTTP layer); `listener` accepts TCP and TLS connections. Retained messages live in the [`Store`]
 //! shared with the HTTP API, so both see one state.
 
 mod connection;
 mod inbound;
+mod limits;
 mod listener;
 mod message;
 mod registry;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use listener::serve_tcp;
+pub use listener::{serve_tcp, serve_tls};
 pub use message::Message;
 pub use tree::{ClientKey, SubscriptionTree};
 
@@ -48,6 +49,12 @@ pub struct BrokerConfig {
     /// QoS 1/2 messages one client may have unacknowledged towards us (MQTT 5 Receive Maximum).
     pub receive_maximum: u16,
     pub topic_alias_maximum: u16,
+    /// Concurrent connections across all listeners; a CONNECT beyond it is refused.
+    pub max_connections: usize,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: usize,
+    /// PUBLISH packets per second one connection may send; 0: no limit.
+    pub max_publish_rate: f64,
     /// Time allowed between accepting a connection and receiving its CONNECT.
     pub connect_timeout: Duration,
     /// Time a client may leave written data unread before it is disconnected.
@@ -65,6 +72,9 @@ impl Default for BrokerConfig {
             max_inflight: 256,
             receive_maximum: 1024,
             topic_alias_maximum: 64,
+            max_connections: 10_000,
+            max_subscriptions: 50,
+            max_publish_rate: 0.0,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
         }
@@ -86,6 +96,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them to say goodbye.
     connections: TaskTracker,
+    /// Connections past CONNECT, against `config.max_connections`.
+    live: Arc<limits::ConnectionCount>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +119,7 @@ impl Broker {
                 sessions: Mutex::new(Registry::default()),
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
+                live: Arc::default(),
             }),
         }
     }
@@ -139,11 +152,24 @@ impl Broker {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_connection_with_cert(io, peer, None).await;
+    }
+
+    /// [`Broker::serve_connection`] for a client that proved, in a TLS handshake, that it holds
+    /// the certificate with this fingerprint; it may then connect without credentials.
+    pub async fn serve_connection_with_cert<T>(
+        &self,
+        io: T,
+        peer: String,
+        client_cert: Option<crate::tls::CertFingerprint>,
+    ) where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let broker = self.clone();
-        let task = self
-            .inner
-            .connections
-            .track_future(connection::serve(broker, io, peer));
+        let task =
+            self.inner
+                .connections
+                .track_future(connection::serve(broker, io, peer, client_cert));
         task.await;
     }
 

@@ -9,27 +9,16 @@
 // the list on a phone-sized screen) go to docs/screenshots/ for the README.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  ROOT, expectText, launchBrowser, startRetaind, stopRetaind, watchForProblems,
+} from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const SCREENSHOTS = path.join(ROOT, 'docs/screenshots');
-const RETAIND_BIN = process.env.RETAIND_BIN ?? path.join(ROOT, 'target/debug/retaind');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-/** How long one step may wait for the page; the whole file has a timeout per test too. */
-const STEP_TIMEOUT_MS = 15_000;
 const TEST_TIMEOUT_MS = 60_000;
-
-// Without the background-networking flags this machine's chromium has its connections refused.
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
 
 const TOPIC = 'console-test/sensor-1/config';
 
@@ -39,52 +28,6 @@ let page;
 let scratch;
 /** Page errors and Content-Security-Policy violations: none may happen. */
 const problems = [];
-
-// ---- The retaind process --------------------------------------------------------------------
-
-/** Starts retaind on free ports and resolves with its HTTP base URL once it says it listens. */
-function startRetaind(dbPath) {
-  const child = spawn(
-    RETAIND_BIN,
-    ['--http-addr', '127.0.0.1:0', '--mqtt-addr', '127.0.0.1:0', '--database-url', `sqlite://${dbPath}`],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } },
-  );
-  // If this test process dies some other way, do not leave retaind behind.
-  process.once('exit', () => child.kill('SIGKILL'));
-  let stderr = '';
-  child.stderr.on('data', (chunk) => {
-    stderr = (stderr + chunk).slice(-8000);
-  });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error('retaind did not report its HTTP address within 30 s')), 30_000);
-    const fail = (err) => {
-      clearTimeout(timer);
-      child.kill('SIGKILL');
-      reject(new Error(`${err.message}\nretaind stderr:\n${stderr}`));
-    };
-    let stdout = '';
-    child.stdout.on('data', (chunk) => {
-      stdout += chunk;
-      const match = /retaind: HTTP API on (http:\/\/\S+)/.exec(stdout);
-      if (match) {
-        clearTimeout(timer);
-        resolve({ child, base: match[1], stderr: () => stderr });
-      }
-    });
-    child.once('error', fail);
-    child.once('exit', (code, signal) => fail(new Error(`retaind exited early (${code ?? signal})`)));
-  });
-}
-
-async function stopRetaind() {
-  const { child } = server;
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(timer);
-}
 
 // ---- HTTP helpers, for seeding and for checking what the page claims -------------------------
 
@@ -109,16 +52,6 @@ async function navigate(linkName) {
   await page.getByRole('navigation', { name: 'Console sections' }).getByRole('link', { name: linkName }).click();
 }
 
-/** Waits until `locator` holds `text`, and says what it held instead if it never does. */
-async function expectText(locator, text) {
-  try {
-    await locator.filter({ hasText: text }).first().waitFor();
-  } catch (err) {
-    const actual = await locator.allTextContents().catch(() => []);
-    throw new Error(`expected ${JSON.stringify(text)} in ${locator}, found ${JSON.stringify(actual)}\n${err.message}`);
-  }
-}
-
 async function screenshot(name) {
   await page.screenshot({ path: path.join(SCREENSHOTS, name) });
 }
@@ -137,26 +70,14 @@ before(async () => {
   await httpPublish('devices/camera-7/thumbnail', new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0xff]));
   await httpPublish('fleet/firmware/latest', '{"version": "4.2.1", "url": "https://example.com/fw/4.2.1.bin"}');
 
-  context = await chromium.launchPersistentContext(path.join(scratch, 'chromium-profile'), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: 60_000,
-    viewport: { width: 1280, height: 800 },
-    locale: 'en-GB',
-  });
-  context.setDefaultTimeout(STEP_TIMEOUT_MS);
-  page = context.pages()[0] ?? (await context.newPage());
-  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
-  page.on('console', (msg) => {
-    if (/Content.Security.Policy/i.test(msg.text())) problems.push(`CSP: ${msg.text()}`);
-  });
+  ({ context, page } = await launchBrowser(path.join(scratch, 'chromium-profile')));
+  watchForProblems(page, problems);
   await page.goto(`${server.base}/`);
 }, { timeout: 90_000 });
 
 after(async () => {
   await context?.close().catch(() => {});
-  if (server) await stopRetaind();
+  if (server) await stopRetaind(server);
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 

@@ -91,7 +91,33 @@ test('a refused CONNACK fails the connect with the reason', async () => {
   const done = client.connect();
   FakeSocket.last.open();
   FakeSocket.last.deliver([0x20, 0x02, 0x00, 0x05]);
-  await assert.rejects(done, /not authorized/);
+  await assert.rejects(done, (err) => {
+    assert.equal(err.message, 'connection refused (CONNACK 0x05): not authorized');
+    assert.equal(err.refusedCredentials, true);
+    return true;
+  });
+});
+
+test('CONNECT carries the user name and password after the client id', async () => {
+  const { client, socket } = await connected({ keepAliveSeconds: 30, username: 'ops', password: 'pä' });
+  const id = client.clientId;
+  const password = Buffer.from('pä'); // 3 bytes of UTF-8
+  assert.deepEqual(socket.sent[0], [
+    0x10, 10 + 2 + id.length + 2 + 3 + 2 + password.length,
+    // user name and password flags, clean session [MQTT-3.1.2-19] [MQTT-3.1.2-21]
+    0x00, 0x04, ...Buffer.from('MQTT'), 0x04, 0xc2, 0x00, 30,
+    0x00, id.length, ...Buffer.from(id),
+    0x00, 3, ...Buffer.from('ops'),
+    0x00, password.length, ...password,
+  ]);
+});
+
+test('a CONNACK refusing the credentials says so', async () => {
+  const client = new MqttClient('ws://broker/mqtt', { WebSocket: FakeSocket, username: 'u', password: 'wrong' });
+  const done = client.connect();
+  FakeSocket.last.open();
+  FakeSocket.last.deliver([0x20, 0x02, 0x00, 0x04]);
+  await assert.rejects(done, /^MqttError: connection refused \(CONNACK 0x04\): bad user name or password$/);
 });
 
 test('SUBSCRIBE and UNSUBSCRIBE carry packet ids and resolve on their acks', async () => {

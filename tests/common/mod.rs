@@ -113,6 +113,11 @@ pub fn test_config(database_url: &str) -> ServeConfig {
     config.database_url = database_url.to_owned();
     // The tests drive maintenance themselves through `Store::maintain`.
     config.maintenance_interval = Duration::from_secs(3600);
+    // Request rates are off unless a test sets them (tests/http_throttle.rs): most tests list
+    // and read far faster than the defaults allow.
+    config.rate_get_retained_message = 0.0;
+    config.rate_list_retained_messages = 0.0;
+    config.rate_publish = 0.0;
     config
 }
 

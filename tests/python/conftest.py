@@ -95,7 +95,11 @@ def run_server(database_url, tmp_path, *extra_args):
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
             [os.environ["RETAIND_BIN"], "--http-addr", "127.0.0.1:0",
-             "--mqtt-addr", "127.0.0.1:0", "--database-url", database_url, *extra_args],
+             "--mqtt-addr", "127.0.0.1:0", "--database-url", database_url,
+             # The AWS-like request rates (10 lists/s) would throttle the paginator tests, whose
+             # clients do not retry; throttling has its own tests (tests/http_throttle.rs).
+             "--rate-get-retained-message", "0", "--rate-list-retained-messages", "0",
+             "--rate-publish", "0", *extra_args],
             stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True,
         )
     try:

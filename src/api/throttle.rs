@@ -1,0 +1,199 @@
+//! Per-principal request rates for the AWS operations: one token bucket per principal and
+//! operation, checked by [`throttle`] after authentication and before the handler, so a
+//! throttled request is answered with 429 `ThrottlingException` and nothing is stored.
+//!
+//! Only principals from the config file reach this middleware (unknown callers are refused by
+//! authentication first), so the buckets are bounded by three per configured principal; with
+//! authentication off every caller is the anonymous principal and shares one bucket per
+//! operation. The bucket arithmetic is [`TokenBucket`]'s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::payload::drain;
+use super::{ApiError, ApiState, auth};
+use crate::rate::TokenBucket;
+
+/// The throttled operations, each with its own rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    GetRetainedMessage,
+    ListRetainedMessages,
+    Publish,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GetRetainedMessage => "GetRetainedMessage",
+            Self::ListRetainedMessages => "ListRetainedMessages",
+            Self::Publish => "Publish",
+        }
+    }
+
+    /// Which operation a request to one of the AWS routes is.
+    fn of(method: &Method, route: Option<&str>) -> Self {
+        if method == Method::POST {
+            Self::Publish
+        } else if route == Some("/retainedMessage") {
+            Self::ListRetainedMessages
+        } else {
+            Self::GetRetainedMessage
+        }
+    }
+}
+
+/// Requests per second allowed to each principal, per operation; `0` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    pub get_retained_message: f64,
+    pub list_retained_messages: f64,
+    pub publish: f64,
+}
+
+impl RateLimits {
+    /// No limit on anything.
+    pub const UNLIMITED: Self = Self {
+        get_retained_message: 0.0,
+        list_retained_messages: 0.0,
+        publish: 0.0,
+    };
+
+    fn per_second(&self, op: Operation) -> f64 {
+        match op {
+            Operation::GetRetainedMessage => self.get_retained_message,
+            Operation::ListRetainedMessages => self.list_retained_messages,
+            Operation::Publish => self.publish,
+        }
+    }
+}
+
+/// The buckets of every principal: a cheap `Clone` handle.
+#[derive(Clone)]
+pub struct Throttle {
+    limits: RateLimits,
+    buckets: Arc<Mutex<Buckets>>,
+}
+
+/// One bucket per operation (created on first use), for each principal.
+type PerOperation = [Option<TokenBucket>; 3];
+
+#[derive(Default)]
+struct Buckets {
+    anonymous: PerOperation,
+    /// By principal name.
+    named: HashMap<Arc<str>, PerOperation>,
+}
+
+impl Throttle {
+    pub fn new(limits: RateLimits) -> Self {
+        Self {
+            limits,
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Whether `principal` may make one more `op` request at `now`; spends a token if so.
+    fn admit(&self, op: Operation, principal: Option<&str>, now: Instant) -> bool {
+        let rate = self.limits.per_second(op);
+        if rate <= 0.0 {
+            return true;
+        }
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let buckets = &mut *buckets;
+        let per_operation = match principal {
+            None => &mut buckets.anonymous,
+            Some(name) => {
+                if !buckets.named.contains_key(name) {
+                    buckets
+                        .named
+                        .insert(Arc::from(name), PerOperation::default());
+                }
+                buckets.named.get_mut(name).expect("inserted above")
+            }
+        };
+        per_operation[op as usize]
+            .get_or_insert_with(|| TokenBucket::new(rate, now))
+            .try_take(now)
+    }
+}
+
+/// Answers 429 `ThrottlingException` when the caller has used up its rate for the operation;
+/// runs inside [`auth::authenticate`], so the caller is known.
+pub async fn throttle(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let op = Operation::of(
+        req.method(),
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let principal = auth::principal_name(req.extensions());
+    if state.throttle.admit(op, principal, Instant::now()) {
+        return next.run(req).await;
+    }
+    tracing::debug!(operation = op.name(), principal, "throttled");
+    // [issue 5] refused before the handler: nothing is read into the store. The body is
+    // drained so the client's connection survives for its retry: see `payload`.
+    drain(req.into_body()).await;
+    ApiError::Throttled(op.name()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: f64) -> RateLimits {
+        RateLimits {
+            get_retained_message: rate,
+            list_retained_messages: rate,
+            publish: rate,
+        }
+    }
+
+    #[test]
+    fn principals_and_operations_have_separate_buckets() {
+        let t0 = Instant::now();
+        let throttle = Throttle::new(limits(1.0));
+        assert!(throttle.admit(Operation::Publish, Some("a"), t0));
+        assert!(!throttle.admit(Operation::Publish, Some("a"), t0));
+        assert!(throttle.admit(Operation::Publish, Some("b"), t0));
+        assert!(throttle.admit(Operation::GetRetainedMessage, Some("a"), t0));
+        assert!(throttle.admit(Operation::Publish, None, t0));
+    }
+
+    #[test]
+    fn zero_means_no_limit() {
+        let t0 = Instant::now();
+        let throttle = Throttle::new(RateLimits::UNLIMITED);
+        for _ in 0..10_000 {
+            assert!(throttle.admit(Operation::ListRetainedMessages, None, t0));
+        }
+        assert!(throttle.buckets.lock().unwrap().named.is_empty());
+    }
+
+    #[test]
+    fn routes_map_to_operations() {
+        let of = Operation::of;
+        assert_eq!(
+            of(&Method::POST, Some("/topics/{*topic}")),
+            Operation::Publish
+        );
+        assert_eq!(
+            of(&Method::GET, Some("/retainedMessage")),
+            Operation::ListRetainedMessages
+        );
+        assert_eq!(
+            of(&Method::GET, Some("/retainedMessage/{*topic}")),
+            Operation::GetRetainedMessage
+        );
+    }
+}

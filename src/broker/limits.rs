@@ -1,0 +1,79 @@
+//! The issue 5 limits that are not a queue's: concurrent connections across the broker, and
+//! subscriptions per session. Pure counting, no I/O; the connection and SUBSCRIBE handling
+//! decide what to answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::topic::FilterSpec;
+
+/// The number of live connections, shared by every listener.
+#[derive(Debug, Default)]
+pub(super) struct ConnectionCount {
+    live: AtomicUsize,
+}
+
+/// One counted connection; dropping it frees its place.
+#[derive(Debug)]
+pub(super) struct ConnectionSlot(Arc<ConnectionCount>);
+
+impl ConnectionCount {
+    /// A place for one more connection, unless `max` are already live.
+    pub fn try_acquire(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
+                (live < max).then_some(live + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(self.clone()))
+    }
+
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether a session holding `existing` may subscribe to `spec` within `max` subscriptions:
+/// replacing a subscription it already has [MQTT-3.8.4-3] does not add one.
+pub(super) fn subscription_fits<V>(
+    existing: &HashMap<FilterSpec, V>,
+    spec: &FilterSpec,
+    max: usize,
+) -> bool {
+    existing.contains_key(spec) || existing.len() < max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_beyond_the_maximum_are_refused_until_one_leaves() {
+        let count = Arc::new(ConnectionCount::default());
+        let first = count.try_acquire(2).expect("first");
+        let _second = count.try_acquire(2).expect("second");
+        assert!(count.try_acquire(2).is_none());
+        drop(first);
+        assert_eq!(count.live(), 1);
+        assert!(count.try_acquire(2).is_some());
+    }
+
+    #[test]
+    fn a_new_filter_beyond_the_maximum_does_not_fit_but_a_repeated_one_does() {
+        let a = FilterSpec::parse("a/#").unwrap();
+        let b = FilterSpec::parse("b/+").unwrap();
+        let held: HashMap<FilterSpec, ()> = [(a.clone(), ())].into();
+        assert!(subscription_fits(&held, &a, 1));
+        assert!(!subscription_fits(&held, &b, 1));
+        assert!(subscription_fits(&held, &b, 2));
+        assert!(!subscription_fits(&HashMap::<FilterSpec, ()>::new(), &a, 0));
+    }
+}

@@ -1,0 +1,294 @@
+//! TLS for MQTT (`--mqtts-addr`) and HTTPS (`--https-addr`): the server configuration loaded
+//! from PEM files, and [`TlsIncoming`], which turns a TCP listener into established TLS streams.
+//!
+//! rustls runs on the `ring` provider, named explicitly rather than through the process-wide
+//! default: the default (aws-lc-rs) needs cmake and slows clean builds a lot, and an explicit
+//! provider cannot be changed under us by another crate in the build.
+//!
+//! With `--tls-client-ca`, clients are asked for a certificate signed by that CA; presenting one
+//! is optional, so password clients keep working. What a certificate is worth (which principal
+//! it is) is decided by the auth module from [`client_cert_sha256`]; this module only proves the
+//! client holds the key of a certificate the CA signed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::server::TlsStream;
+
+/// Time a client gets to complete its TLS handshake; one that never finishes cannot hold a
+/// connection (or a handshake slot) longer than this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress on one listener; further connections wait in the kernel's backlog.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// SHA-256 of a client certificate's DER encoding: how the principals file names it.
+pub type CertFingerprint = [u8; 32];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--tls-cert {}: {message}", path.display())]
+    Cert { path: PathBuf, message: String },
+    #[error("--tls-key {}: {message}", path.display())]
+    Key { path: PathBuf, message: String },
+    #[error("--tls-client-ca {}: {message}", path.display())]
+    ClientCa { path: PathBuf, message: String },
+    #[error("--tls-cert {} and --tls-key {}: {source}", cert.display(), key.display())]
+    Config {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+}
+
+/// The PEM files `--tls-cert`, `--tls-key` and (optionally) `--tls-client-ca` name.
+#[derive(Debug, Clone)]
+pub struct TlsFiles<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub client_ca: Option<&'a Path>,
+}
+
+/// Acceptors for both TLS listeners, sharing one certificate and key.
+#[derive(Clone)]
+pub struct TlsAcceptors {
+    /// MQTT: no ALPN required (clients rarely offer one).
+    pub mqtt: TlsAcceptor,
+    /// HTTPS: HTTP/1.1 (the API is served without HTTP/2).
+    pub https: TlsAcceptor,
+}
+
+impl TlsAcceptors {
+    /// Reads and checks the files; every error names the file (and flag) at fault.
+    pub fn load(files: &TlsFiles<'_>) -> Result<Self, Error> {
+        let cert_err = |message: String| Error::Cert {
+            path: files.cert.to_path_buf(),
+            message,
+        };
+        let chain = CertificateDer::pem_file_iter(files.cert)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| cert_err(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(cert_err("no PEM CERTIFICATE found".into()));
+        }
+        let key = PrivateKeyDer::from_pem_file(files.key).map_err(|e| Error::Key {
+            path: files.key.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config_err = |source| Error::Config {
+            cert: files.cert.to_path_buf(),
+            key: files.key.to_path_buf(),
+            source,
+        };
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(config_err)?;
+        let builder = match files.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let ca_err = |message: String| Error::ClientCa {
+                    path: path.to_path_buf(),
+                    message,
+                };
+                let mut roots = RootCertStore::empty();
+                for cert in
+                    CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?
+                {
+                    let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+                    roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(ca_err("no PEM CERTIFICATE found".into()));
+                }
+                // Optional: a client without a certificate goes on to username/password.
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| ca_err(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mqtt = builder.with_single_cert(chain, key).map_err(config_err)?;
+        let mut https = mqtt.clone();
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            mqtt: TlsAcceptor::from(Arc::new(mqtt)),
+            https: TlsAcceptor::from(Arc::new(https)),
+        })
+    }
+}
+
+/// The fingerprint of the certificate the client presented (verified against the client CA
+/// during the handshake); `None` when it presented none.
+pub fn client_cert_sha256(stream: &TlsStream<TcpStream>) -> Option<CertFingerprint> {
+    let (_, connection) = stream.get_ref();
+    let leaf = connection.peer_certificates()?.first()?;
+    Some(Sha256::digest(leaf.as_ref()).into())
+}
+
+/// A TCP listener whose connections come out TLS-established. Handshakes run concurrently on
+/// their own tasks (a slow client does not hold up the others), at most
+/// [`MAX_PENDING_HANDSHAKES`] at once, each within [`HANDSHAKE_TIMEOUT`]; failed ones are
+/// logged and dropped. Dropping it aborts the handshakes in progress.
+pub struct TlsIncoming {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+}
+
+impl TlsIncoming {
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> Self {
+        Self {
+            listener,
+            acceptor,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            handshakes: JoinSet::new(),
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The next established connection. Cancel-safe: nothing is lost if the future is dropped.
+    pub async fn next(&mut self) -> (TlsStream<TcpStream>, SocketAddr) {
+        loop {
+            let room = self.handshakes.len() < MAX_PENDING_HANDSHAKES;
+            tokio::select! {
+                accepted = self.listener.accept(), if room => match accepted {
+                    Ok((tcp, peer)) => {
+                        // MQTT packets and API responses are small; latency beats coalescing.
+                        let _ = tcp.set_nodelay(true);
+                        let acceptor = self.acceptor.clone();
+                        let timeout = self.handshake_timeout;
+                        self.handshakes.spawn(handshake(acceptor, tcp, peer, timeout));
+                    }
+                    Err(e) => {
+                        // Usually out of file descriptors: wait instead of spinning.
+                        tracing::warn!(error = %e, "cannot accept a TLS connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(done) = self.handshakes.join_next() => {
+                    if let Ok(Some(established)) = done {
+                        return established;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some((stream, peer)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serves HTTPS through `axum::serve`, which brings graceful shutdown.
+impl axum::serve::Listener for TlsIncoming {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.next().await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        TlsIncoming::local_addr(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    fn self_signed() -> (tempfile::TempDir, CertificateDer<'static>) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        (dir, cert.der().clone())
+    }
+
+    #[tokio::test]
+    async fn a_stalled_handshake_is_dropped_without_holding_up_others() {
+        let (dir, cert) = self_signed();
+        let acceptors = TlsAcceptors::load(&TlsFiles {
+            cert: &dir.path().join("cert.pem"),
+            key: &dir.path().join("key.pem"),
+            client_ca: None,
+        })
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = TlsIncoming::new(listener, acceptors.mqtt);
+        incoming.handshake_timeout = Duration::from_millis(200);
+
+        // Connects and never says hello.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let honest = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.map(|_| ())
+        });
+
+        let deadline = Duration::from_secs(5);
+        let (_, peer) = tokio::time::timeout(deadline, incoming.next())
+            .await
+            .expect("the honest client is accepted while the silent one stalls");
+        assert_ne!(Some(peer), silent.local_addr().ok());
+        honest.await.unwrap().expect("honest handshake");
+
+        // The silent one is closed once its time is up; `next` keeps reaping meanwhile and
+        // must not yield it.
+        let mut byte = [0u8; 1];
+        let closed = tokio::select! {
+            read = silent.read(&mut byte) => read,
+            _ = incoming.next() => panic!("the silent client cannot complete a handshake"),
+        };
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
+}
