@@ -419,7 +419,7 @@ where
         }
     }
 
-    fn fetched(&mut self, page: Result<Page, crate::store::Error>) -> Result<(), End> {
+    pub(super) fn fetched(&mut self, page: Result<Page, crate::store::Error>) -> Result<(), End> {
         match page {
             Ok(page) => {
                 if let Some(next) = page.next {

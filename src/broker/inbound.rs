@@ -302,6 +302,7 @@ where
 
     async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
         let mut status = Vec::with_capacity(s.topic_filters.len());
+        let mut first_pages = Vec::new();
         for (raw, opts) in s.topic_filters {
             let Ok(spec) = FilterSpec::parse(&raw) else {
                 status.push(SubscribeAckReason::TopicFilterInvalid); // [MQTT-3.8.3-?]
@@ -361,9 +362,18 @@ where
                 RetainHandling::NoAtSubscribe => false,
             };
             if wanted && spec.share_group().is_none() {
-                self.scans
-                    .push_back(RetainedScan::new(spec.filter().clone(), options));
+                first_pages.push(RetainedScan::new(spec.filter().clone(), options));
             }
+        }
+        // The first page of each filter's retained messages is read now, before SUBACK: the
+        // subscription's view of the retained state is taken at subscribe time, so a message
+        // published after SUBACK arrives once, live, and never again as a retained copy read
+        // later. Further pages (large wildcard subscriptions) are read while these are sent.
+        for scan in first_pages {
+            let page = scan
+                .fetch(self.broker.store().clone(), self.cfg.topic_limits)
+                .await;
+            self.fetched(page)?;
         }
         let suback = SubscribeAck {
             packet_id: s.packet_id,
