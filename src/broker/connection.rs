@@ -18,13 +18,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::admission::{authenticate, may_publish, refuse};
 use super::inbound::Settled;
 use super::limits::ConnectionSlot;
-use super::message::Message;
 use super::registry::{Session, deliver_blocked};
 use super::retained::{Page, RetainedScan};
+use super::will::{Will, will};
 use super::{Broker, BrokerConfig, ClientKey, wire};
-use crate::auth::{Action, AuthError, Principal};
+use crate::auth::Principal;
 use crate::mqtt::{
     self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet,
     PublishAck2, PublishAck2Reason, Version,
@@ -40,7 +41,7 @@ const MAX_PENDING: usize = 1024;
 const READ_BURST: usize = 64;
 /// Flush once this much is buffered, so a long drain does not build a large buffer.
 const FLUSH_BYTES: usize = 64 * 1024;
-const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The next retained page is read while fewer messages than this wait in the queue: about
 /// two pages, so the client is never kept waiting for the database, and memory stays bounded.
 const FETCH_BELOW: usize = 4000;
@@ -53,12 +54,6 @@ pub(super) enum End {
     Lost,
     /// We close it, telling an MQTT 5 client why.
     Close(DisconnectReasonCode),
-}
-
-/// A Will message and how long after the connection ends it is published.
-pub(super) struct Will {
-    pub message: Message,
-    pub delay: Duration,
 }
 
 pub(super) struct Connection<T> {
@@ -175,7 +170,7 @@ where
         let will = match connect.last_will.as_ref() {
             None => None,
             Some(w) => {
-                match super::inbound::will(w, &client, &cfg, broker.store().clock().now_ms()) {
+                match will(w, &client, &cfg, broker.store().clock().now_ms()) {
                     // [issue 5] a Will the client could not publish itself is refused up front.
                     Ok(will) if !may_publish(principal.as_deref(), &will.message, &client) => {
                         refuse(&mut framed, ConnectAckReason::NotAuthorized).await;
@@ -506,92 +501,6 @@ where
     }
 }
 
-impl Broker {
-    /// [MQTT-3.1.2-8] publishes a Will, after its delay unless the session was resumed in
-    /// the meantime or ended first [MQTT-3.1.3-9].
-    fn publish_will(&self, will: Will, client: ClientKey, connection: u64, expiry: Duration) {
-        let broker = self.clone();
-        tokio::spawn(async move {
-            let delay = will.delay.min(expiry);
-            if !delay.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = broker.shutdown_signal().cancelled() => return,
-                }
-                if broker.resumed_since(&client, connection) {
-                    return;
-                }
-            }
-            if let Err(e) = broker.publish(will.message).await {
-                tracing::warn!(%client, error = %e, "the Will message could not be stored");
-            }
-        });
-    }
-}
-
-/// Checks CONNECT's credentials when principals are configured ([MQTT-3.1.4-2]: the server
-/// may refuse any client it cannot authenticate), and that the principal may connect with this
-/// client id. Password hashes are slow on purpose, so they are checked off the async threads.
-///
-/// A TLS client certificate mapped to a principal (`client_cert_sha256`) stands in for the
-/// credentials; credentials sent with it must name the same principal.
-async fn authenticate(
-    broker: &Broker,
-    connect: &mqtt::Connect,
-    client: &ClientKey,
-    client_cert: Option<CertFingerprint>,
-) -> Result<Option<Arc<Principal>>, ConnectAckReason> {
-    let auth = broker.auth().clone();
-    if !auth.is_enabled() {
-        return Ok(None);
-    }
-    let by_cert = client_cert.and_then(|digest| auth.verify_client_cert(&digest).ok());
-    if let Some(principal) = &by_cert
-        && connect.username.is_none()
-        && connect.password.is_none()
-    {
-        return authorize_connect(principal.clone(), client);
-    }
-    let username = connect.username.as_ref().map(|u| u.to_string());
-    let password = connect.password.clone();
-    let verified = tokio::task::spawn_blocking(move || {
-        auth.verify_mqtt(username.as_deref(), password.as_deref())
-    })
-    .await;
-    let principal = match verified {
-        Ok(Ok(principal)) => principal,
-        // 3.1.1: 0x05 not authorized; 5: 0x87.
-        Ok(Err(AuthError::MissingCredentials)) => return Err(ConnectAckReason::NotAuthorized),
-        // 3.1.1: 0x04 bad user name or password; 5: 0x86.
-        Ok(Err(_)) => return Err(ConnectAckReason::BadUserNameOrPassword),
-        Err(_) => return Err(ConnectAckReason::ServerUnavailable),
-    };
-    if by_cert.is_some_and(|by_cert| !Arc::ptr_eq(&by_cert, &principal)) {
-        return Err(ConnectAckReason::NotAuthorized);
-    }
-    authorize_connect(principal, client)
-}
-
-/// Whether the authenticated `principal` may connect with this client id.
-fn authorize_connect(
-    principal: Arc<Principal>,
-    client: &ClientKey,
-) -> Result<Option<Arc<Principal>>, ConnectAckReason> {
-    if !principal.allows(Action::Connect, client, Some(client)) {
-        return Err(ConnectAckReason::NotAuthorized);
-    }
-    Ok(Some(principal))
-}
-
-/// Whether `principal` may publish `message` (and retain it, when it is retained).
-pub(super) fn may_publish(principal: Option<&Principal>, message: &Message, client: &str) -> bool {
-    principal.is_none_or(|p| {
-        let topic = message.topic.as_str();
-        p.allows(Action::Publish, topic, Some(client))
-            && (!message.retain || p.allows(Action::RetainPublish, topic, Some(client)))
-    })
-}
-
 fn read_error(e: mqtt::Error) -> End {
     use crate::mqtt::DecodeError;
     match e {
@@ -602,20 +511,4 @@ fn read_error(e: mqtt::Error) -> End {
         mqtt::Error::Decode(DecodeError::Io(_)) => End::Lost,
         _ => End::Close(DisconnectReasonCode::MalformedPacket),
     }
-}
-
-/// Answers a CONNECT with a refusal [MQTT-3.2.2-6] and leaves the connection to close.
-async fn refuse<T>(framed: &mut Framed<T>, reason: ConnectAckReason)
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    let connack = ConnectAck {
-        reason_code: reason,
-        ..ConnectAck::default()
-    };
-    let _ = tokio::time::timeout(
-        GOODBYE_TIMEOUT,
-        framed.send(Packet::ConnectAck(Box::new(connack))),
-    )
-    .await;
 }

@@ -2,22 +2,22 @@
 
 use std::num::NonZeroU16;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::connection::{Connection, End, Will, may_publish};
+use super::admission::may_publish;
+use super::connection::{Connection, End};
 use super::limits;
 use super::message::Message;
 use super::registry::deliver_blocked;
 use super::retained::RetainedScan;
 use super::session::SubOptions;
-use super::{BrokerConfig, ClientKey, wire};
+use super::wire;
 use crate::auth::Action;
 use crate::mqtt::{
-    ByteString, ConnectAckReason, Disconnect, DisconnectReasonCode, LastWill, Packet, Publish,
-    PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason, QoS, RetainHandling, Subscribe,
-    SubscribeAck, SubscribeAckReason, Unsubscribe, UnsubscribeAck, UnsubscribeAckReason,
+    ByteString, Disconnect, DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2,
+    PublishAck2Reason, PublishAckReason, QoS, RetainHandling, Subscribe, SubscribeAck,
+    SubscribeAckReason, Unsubscribe, UnsubscribeAck, UnsubscribeAckReason,
 };
 use crate::topic::{FilterSpec, TopicError, TopicName};
 
@@ -425,52 +425,6 @@ where
             keep_will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
         }
     }
-}
-
-/// The Will of a CONNECT, checked like a PUBLISH would be.
-pub(super) fn will(
-    w: &LastWill,
-    client: &ClientKey,
-    cfg: &BrokerConfig,
-    now_ms: i64,
-) -> Result<Will, ConnectAckReason> {
-    let topic = TopicName::parse(&*w.topic, cfg.topic_limits)
-        .map_err(|_| ConnectAckReason::TopicNameInvalid)?;
-    if w.retain && topic.is_reserved() {
-        return Err(ConnectAckReason::TopicNameInvalid);
-    }
-    if w.message.len() > cfg.max_payload_bytes {
-        return Err(ConnectAckReason::PacketTooLarge);
-    }
-    let utf8 = w.is_utf8_payload.unwrap_or(false);
-    if utf8 && std::str::from_utf8(&w.message).is_err() {
-        return Err(ConnectAckReason::PayloadFormatInvalid);
-    }
-    let properties = wire::message_properties(
-        &w.user_properties,
-        w.content_type.as_ref(),
-        w.response_topic.as_ref(),
-        w.correlation_data.as_ref(),
-        utf8,
-        cfg.topic_limits,
-    )
-    .map_err(|_| ConnectAckReason::ProtocolError)?;
-    Ok(Will {
-        message: Message {
-            topic,
-            payload: w.message.clone(),
-            qos: wire::store_qos(w.qos),
-            retain: w.retain,
-            properties,
-            // The expiry runs from when the Will is published; fixed here as an approximation
-            // that only errs for long Will delays.
-            expires_at_ms: w
-                .message_expiry_interval
-                .map(|s| now_ms + i64::from(s.get()) * 1000),
-            origin: Some(client.clone()),
-        },
-        delay: Duration::from_secs(u64::from(w.will_delay_interval_sec.unwrap_or(0))),
-    })
 }
 
 fn ack2(packet_id: NonZeroU16, known: bool) -> PublishAck2 {

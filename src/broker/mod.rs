@@ -6,6 +6,7 @@
 //! HTTP layer); `listener` accepts TCP and TLS connections. Retained messages live in the [`Store`]
 //! shared with the HTTP API, so both see one state.
 
+mod admission;
 mod connection;
 mod inbound;
 mod limits;
@@ -15,6 +16,7 @@ mod registry;
 mod retained;
 mod session;
 mod tree;
+mod will;
 mod wire;
 
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,0 +1,92 @@
+//! Who gets in: a CONNECT's credentials and client id checked against the principals, the
+//! publish permission a PUBLISH or a Will needs, and the CONNACK that refuses a client.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::connection::GOODBYE_TIMEOUT;
+use super::message::Message;
+use super::{Broker, ClientKey};
+use crate::auth::{Action, AuthError, Principal};
+use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet};
+use crate::tls::CertFingerprint;
+
+/// Checks CONNECT's credentials when principals are configured ([MQTT-3.1.4-2]: the server
+/// may refuse any client it cannot authenticate), and that the principal may connect with this
+/// client id. Password hashes are slow on purpose, so they are checked off the async threads.
+///
+/// A TLS client certificate mapped to a principal (`client_cert_sha256`) stands in for the
+/// credentials; credentials sent with it must name the same principal.
+pub(super) async fn authenticate(
+    broker: &Broker,
+    connect: &mqtt::Connect,
+    client: &ClientKey,
+    client_cert: Option<CertFingerprint>,
+) -> Result<Option<Arc<Principal>>, ConnectAckReason> {
+    let auth = broker.auth().clone();
+    if !auth.is_enabled() {
+        return Ok(None);
+    }
+    let by_cert = client_cert.and_then(|digest| auth.verify_client_cert(&digest).ok());
+    if let Some(principal) = &by_cert
+        && connect.username.is_none()
+        && connect.password.is_none()
+    {
+        return authorize_connect(principal.clone(), client);
+    }
+    let username = connect.username.as_ref().map(|u| u.to_string());
+    let password = connect.password.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        auth.verify_mqtt(username.as_deref(), password.as_deref())
+    })
+    .await;
+    let principal = match verified {
+        Ok(Ok(principal)) => principal,
+        // 3.1.1: 0x05 not authorized; 5: 0x87.
+        Ok(Err(AuthError::MissingCredentials)) => return Err(ConnectAckReason::NotAuthorized),
+        // 3.1.1: 0x04 bad user name or password; 5: 0x86.
+        Ok(Err(_)) => return Err(ConnectAckReason::BadUserNameOrPassword),
+        Err(_) => return Err(ConnectAckReason::ServerUnavailable),
+    };
+    if by_cert.is_some_and(|by_cert| !Arc::ptr_eq(&by_cert, &principal)) {
+        return Err(ConnectAckReason::NotAuthorized);
+    }
+    authorize_connect(principal, client)
+}
+
+/// Whether the authenticated `principal` may connect with this client id.
+fn authorize_connect(
+    principal: Arc<Principal>,
+    client: &ClientKey,
+) -> Result<Option<Arc<Principal>>, ConnectAckReason> {
+    if !principal.allows(Action::Connect, client, Some(client)) {
+        return Err(ConnectAckReason::NotAuthorized);
+    }
+    Ok(Some(principal))
+}
+
+/// Whether `principal` may publish `message` (and retain it, when it is retained).
+pub(super) fn may_publish(principal: Option<&Principal>, message: &Message, client: &str) -> bool {
+    principal.is_none_or(|p| {
+        let topic = message.topic.as_str();
+        p.allows(Action::Publish, topic, Some(client))
+            && (!message.retain || p.allows(Action::RetainPublish, topic, Some(client)))
+    })
+}
+
+/// Answers a CONNECT with a refusal [MQTT-3.2.2-6] and leaves the connection to close.
+pub(super) async fn refuse<T>(framed: &mut Framed<T>, reason: ConnectAckReason)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let connack = ConnectAck {
+        reason_code: reason,
+        ..ConnectAck::default()
+    };
+    let _ = tokio::time::timeout(
+        GOODBYE_TIMEOUT,
+        framed.send(Packet::ConnectAck(Box::new(connack))),
+    )
+    .await;
+}

@@ -1,0 +1,90 @@
+//! Will messages: checked like a PUBLISH when the client connects, published when its
+//! connection ends badly, after the Will Delay unless the session resumes first.
+
+use std::time::Duration;
+
+use super::message::Message;
+use super::{Broker, BrokerConfig, ClientKey, wire};
+use crate::mqtt::{ConnectAckReason, LastWill};
+use crate::topic::TopicName;
+
+/// A Will message and how long after the connection ends it is published.
+pub(super) struct Will {
+    pub message: Message,
+    pub delay: Duration,
+}
+
+/// The Will of a CONNECT, checked like a PUBLISH would be.
+pub(super) fn will(
+    w: &LastWill,
+    client: &ClientKey,
+    cfg: &BrokerConfig,
+    now_ms: i64,
+) -> Result<Will, ConnectAckReason> {
+    let topic = TopicName::parse(&*w.topic, cfg.topic_limits)
+        .map_err(|_| ConnectAckReason::TopicNameInvalid)?;
+    if w.retain && topic.is_reserved() {
+        return Err(ConnectAckReason::TopicNameInvalid);
+    }
+    if w.message.len() > cfg.max_payload_bytes {
+        return Err(ConnectAckReason::PacketTooLarge);
+    }
+    let utf8 = w.is_utf8_payload.unwrap_or(false);
+    if utf8 && std::str::from_utf8(&w.message).is_err() {
+        return Err(ConnectAckReason::PayloadFormatInvalid);
+    }
+    let properties = wire::message_properties(
+        &w.user_properties,
+        w.content_type.as_ref(),
+        w.response_topic.as_ref(),
+        w.correlation_data.as_ref(),
+        utf8,
+        cfg.topic_limits,
+    )
+    .map_err(|_| ConnectAckReason::ProtocolError)?;
+    Ok(Will {
+        message: Message {
+            topic,
+            payload: w.message.clone(),
+            qos: wire::store_qos(w.qos),
+            retain: w.retain,
+            properties,
+            // The expiry runs from when the Will is published; fixed here as an approximation
+            // that only errs for long Will delays.
+            expires_at_ms: w
+                .message_expiry_interval
+                .map(|s| now_ms + i64::from(s.get()) * 1000),
+            origin: Some(client.clone()),
+        },
+        delay: Duration::from_secs(u64::from(w.will_delay_interval_sec.unwrap_or(0))),
+    })
+}
+
+impl Broker {
+    /// [MQTT-3.1.2-8] publishes a Will, after its delay unless the session was resumed in
+    /// the meantime or ended first [MQTT-3.1.3-9].
+    pub(super) fn publish_will(
+        &self,
+        will: Will,
+        client: ClientKey,
+        connection: u64,
+        expiry: Duration,
+    ) {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let delay = will.delay.min(expiry);
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = broker.shutdown_signal().cancelled() => return,
+                }
+                if broker.resumed_since(&client, connection) {
+                    return;
+                }
+            }
+            if let Err(e) = broker.publish(will.message).await {
+                tracing::warn!(%client, error = %e, "the Will message could not be stored");
+            }
+        });
+    }
+}
