@@ -152,6 +152,7 @@ impl Publish {
             properties: self.properties,
             expires_at_ms: self.expiry_secs.map(|s| now_ms + i64::from(s) * 1000),
             origin: None,
+            wire: Default::default(),
         }
     }
 }

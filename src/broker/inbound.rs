@@ -243,6 +243,7 @@ where
                 .message_expiry_interval
                 .map(|s| now + i64::from(s.get()) * 1000),
             origin: Some(self.client.clone()),
+            wire: Default::default(),
         })
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::ClientKey;
+use super::wire::WireForm;
 use crate::store::{MessageProperties, Qos, RetainedMessage, Write};
 use crate::topic::TopicName;
 
@@ -22,6 +23,8 @@ pub struct Message {
     pub expires_at_ms: Option<i64>,
     /// The publishing client, for No Local; `None` for HTTP publishes.
     pub origin: Option<ClientKey>,
+    /// Its PUBLISH form, built by the first delivery and shared by the others.
+    pub wire: WireForm,
 }
 
 impl Message {
@@ -55,6 +58,7 @@ impl Message {
             properties: stored.properties,
             expires_at_ms: stored.expires_at_ms,
             origin: None,
+            wire: WireForm::default(),
         }
     }
 

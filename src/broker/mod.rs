@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 pub use listener::{serve_tcp, serve_tls};
 pub use message::Message;
 pub use tree::{ClientKey, SubscriptionTree};
+pub use wire::WireForm;
 
 use crate::auth::Authenticator;
 use crate::store::{self, Store};

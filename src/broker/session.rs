@@ -259,6 +259,7 @@ mod tests {
                 properties: MessageProperties::default(),
                 expires_at_ms: None,
                 origin: None,
+                wire: Default::default(),
             }),
             qos,
             retain: false,

@@ -55,6 +55,7 @@ pub(super) fn will(
                 .message_expiry_interval
                 .map(|s| now_ms + i64::from(s.get()) * 1000),
             origin: Some(client.clone()),
+            wire: Default::default(),
         },
         delay: Duration::from_secs(u64::from(w.will_delay_interval_sec.unwrap_or(0))),
     })

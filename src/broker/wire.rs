@@ -4,7 +4,9 @@ use std::num::{NonZeroU16, NonZeroU32};
 
 use bytestring::ByteString;
 
-use super::message::Delivery;
+use std::sync::OnceLock;
+
+use super::message::{Delivery, Message};
 use crate::mqtt::{Publish, PublishProperties, QoS};
 use crate::store::{MessageProperties, PayloadFormat, Qos, UserProperty};
 use crate::topic::{TopicError, TopicLimits, TopicName};
@@ -42,32 +44,56 @@ pub(super) fn publish_packet(
             NonZeroU32::new(u32::try_from(secs).unwrap_or(u32::MAX))
         }
     };
-    let p = &m.properties;
+    let (topic, shared) = m.wire.0.get_or_init(|| wire_form(m));
+    let mut properties = shared.clone();
+    properties.message_expiry_interval = message_expiry_interval;
+    properties.subscription_ids = delivery.subscription_ids.clone();
     Some(Publish {
         dup,
         retain: delivery.retain,
         qos: codec_qos(delivery.qos),
-        topic: ByteString::from(m.topic.as_str()),
+        topic: topic.clone(),
         packet_id,
         payload: m.payload.clone(),
-        properties: Some(PublishProperties {
-            topic_alias: None,
-            correlation_data: p.correlation_data.clone(),
-            message_expiry_interval,
-            content_type: p.content_type.as_deref().map(ByteString::from),
-            user_properties: p
-                .user_properties
-                .iter()
-                .map(|u| (u.key.as_str().into(), u.value.as_str().into()))
-                .collect(),
-            is_utf8_payload: p.payload_format == PayloadFormat::Utf8,
-            response_topic: p
-                .response_topic
-                .as_ref()
-                .map(|t| ByteString::from(t.as_str())),
-            subscription_ids: delivery.subscription_ids.clone(),
-        }),
+        properties: Some(properties),
     })
+}
+
+/// What every subscriber's PUBLISH of a message has in common, encoded once per message: the
+/// topic and the properties other than the expiry left and the subscription identifiers.
+/// Cloning it shares the strings' buffers (`ByteString` is reference-counted).
+#[derive(Debug, Clone, Default)]
+pub struct WireForm(OnceLock<(ByteString, PublishProperties)>);
+
+impl PartialEq for WireForm {
+    /// Derived from the message's other fields, so it never tells two messages apart.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for WireForm {}
+
+fn wire_form(m: &Message) -> (ByteString, PublishProperties) {
+    let p = &m.properties;
+    let properties = PublishProperties {
+        topic_alias: None,
+        correlation_data: p.correlation_data.clone(),
+        message_expiry_interval: None,
+        content_type: p.content_type.as_deref().map(ByteString::from),
+        user_properties: p
+            .user_properties
+            .iter()
+            .map(|u| (u.key.as_str().into(), u.value.as_str().into()))
+            .collect(),
+        is_utf8_payload: p.payload_format == PayloadFormat::Utf8,
+        response_topic: p
+            .response_topic
+            .as_ref()
+            .map(|t| ByteString::from(t.as_str())),
+        subscription_ids: Vec::new(),
+    };
+    (ByteString::from(m.topic.as_str()), properties)
 }
 
 /// The MQTT 5 properties of an incoming PUBLISH (or Will), as the broker keeps them. The
