@@ -86,11 +86,12 @@ async fn a_node_that_cannot_hear_the_others_stops_serving_from_its_cache() {
     let (host, port) = postgres_host_port(&url);
     let via_proxy = url.replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
     let a = spawn_app_with(db, test_config(&url)).await;
+    // Written before b starts listening, so that no late notice of it can evict b's copy below.
+    a.retain("cfg", "v1").await;
     let mut config_b = test_config(&via_proxy);
     config_b.store_timeout = Duration::from_millis(500);
     let b = spawn_app_with(second_node(&url), config_b).await;
 
-    a.retain("cfg", "v1").await;
     cache_ready(&b).await;
     assert_eq!(payload_of(&b, "cfg").await, (200, Some(b64("v1")))); // now cached on b
 

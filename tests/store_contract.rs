@@ -118,15 +118,18 @@ async fn within_one_batch_the_last_write_per_topic_wins(backend: Backend) {
     let db = fresh_db(backend).await;
     let backend = open_backend(&db.url).await;
     backend
-        .apply(&[
-            Write::Put(message("x", "1", T0_MS)),
-            Write::Put(message("y", "1", T0_MS)),
-            Write::Delete(topic("x")),
-            Write::Put(message("y", "2", T0_MS)),
-            Write::Put(message("z", "1", T0_MS)),
-            Write::Delete(topic("z")),
-            Write::Put(message("x", "3", T0_MS)),
-        ])
+        .apply(
+            &[
+                Write::Put(message("x", "1", T0_MS)).into(),
+                Write::Put(message("y", "1", T0_MS)).into(),
+                Write::Delete(topic("x")).into(),
+                Write::Put(message("y", "2", T0_MS)).into(),
+                Write::Put(message("z", "1", T0_MS)).into(),
+                Write::Delete(topic("z")).into(),
+                Write::Put(message("x", "3", T0_MS)).into(),
+            ],
+            None,
+        )
         .await
         .unwrap();
     let mut got = backend
@@ -245,7 +248,7 @@ async fn a_recorded_read_never_moves_access_time_backwards(backend: Backend) {
     let db = fresh_db(backend).await;
     let backend = open_backend(&db.url).await;
     backend
-        .apply(&[Write::Put(message("t", "v", T0_MS + 500))])
+        .apply(&[Write::Put(message("t", "v", T0_MS + 500)).into()], None)
         .await
         .unwrap();
     backend

@@ -150,6 +150,11 @@ impl FromRequestParts<ApiState> for Caller {
 }
 
 impl Caller {
+    /// The authenticated principal; `None` when authentication is off.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.0.as_deref()
+    }
+
     /// Whether the caller's policy allows `action` on `topic` (on nothing in particular for
     /// account-wide actions such as listing); 403 `ForbiddenException` if not.
     pub fn authorize(&self, action: Action, topic: Option<&TopicName>) -> Result<(), ApiError> {

@@ -107,6 +107,10 @@ impl From<store::Error> for ApiError {
         match err {
             store::Error::Unavailable(_) | store::Error::Closed => Self::Unavailable(err),
             store::Error::Internal(_) | store::Error::Config(_) => Self::Internal(err),
+            // Not a throttle: waiting does not help, so nothing an SDK retries by itself.
+            store::Error::QuotaExceeded(_) => {
+                Self::InvalidRequest(format!("{err}; nothing was stored"))
+            }
         }
     }
 }

@@ -174,7 +174,7 @@ impl Publish {
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The payload bytes; empty with retain=true deletes the retained message"),
     responses(
         (status = 200, body = PublishResponse),
-        (status = 400, description = "InvalidRequestException: invalid topic, parameter or header", body = ErrorBody),
+        (status = 400, description = "InvalidRequestException: invalid topic, parameter or header; or a retained publish that would exceed the quota on stored retained messages (--max-retained-messages, or the principal's max_retained_messages), in which case nothing was stored", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
         (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:Publish (and, with retain=true, iot:RetainPublish) on the topic", body = ErrorBody),
         (status = 413, description = "RequestEntityTooLargeException: payload over the configured limit", body = ErrorBody),
@@ -203,7 +203,8 @@ pub async fn publish(
         caller.authorize(Action::RetainPublish, Some(&publish.topic))?;
     }
     let message = publish.into_message(state.store.clock().now_ms());
-    state.broker.publish(message).await?;
+    let owner = crate::broker::owner(caller.principal());
+    state.broker.publish(message, owner).await?;
     Ok(Json(PublishResponse {
         message: "OK".into(),
         trace_id: request_id.0.to_string(),

@@ -150,6 +150,21 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MAX_TOPIC_LEVELS", default_value_t = 8)]
     pub max_topic_levels: usize,
 
+    /// Most retained messages the service keeps. A retained publish that would store one more
+    /// is refused (HTTP 400 InvalidRequestException; MQTT 5 PUBACK/PUBREC 0x97 Quota exceeded);
+    /// rewriting a stored topic and deleting are always allowed. 0: no limit.
+    #[arg(long, env = "RETAIND_MAX_RETAINED_MESSAGES", default_value_t = 0)]
+    pub max_retained_messages: u64,
+
+    /// Most retained messages one principal may keep, counting those its publishes stored,
+    /// for principals whose entry in --config sets no `max_retained_messages`. 0: no limit.
+    #[arg(
+        long,
+        env = "RETAIND_MAX_RETAINED_MESSAGES_PER_PRINCIPAL",
+        default_value_t = 0
+    )]
+    pub max_retained_messages_per_principal: u64,
+
     /// Delete a retained message neither updated nor read for this long (e.g. 3years, 90days).
     #[arg(long, env = "RETAIND_RETENTION", default_value = "3years", value_parser = humantime::parse_duration)]
     pub retention: Duration,

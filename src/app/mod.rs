@@ -107,6 +107,8 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             // Half the pool for point reads leaves connections for writes, lists and purges.
             read_concurrency: (config.db_max_connections as usize / 2).max(1),
             cache_bytes: config.read_cache_mib.saturating_mul(1 << 20),
+            max_messages: (config.max_retained_messages > 0)
+                .then_some(config.max_retained_messages),
         },
     );
     let tokens = PageTokens::new(&store.token_key().await.map_err(store_err)?);
@@ -274,7 +276,10 @@ fn load_auth(config: &ServeConfig) -> Result<Authenticator, Error> {
         path: path.clone(),
         source,
     };
-    Authenticator::new(AuthConfig::load(path).map_err(err)?).map_err(err)
+    let principals = AuthConfig::load(path)
+        .map_err(err)?
+        .with_default_retained_quota(config.max_retained_messages_per_principal);
+    Authenticator::new(principals).map_err(err)
 }
 
 /// Mosquitto 2's "local only" rule: anonymous access is allowed only to this machine. An

@@ -35,6 +35,9 @@ pub struct PrincipalConfig {
     /// Hex SHA-256 of the DER encoding of a TLS client certificate (signed by
     /// `--tls-client-ca`): an MQTT client presenting it is this principal.
     pub client_cert_sha256: Option<String>,
+    /// Most retained messages this principal may keep, counting those its publishes stored;
+    /// 0 means no limit. Unset: `--max-retained-messages-per-principal`.
+    pub max_retained_messages: Option<u64>,
     #[serde(default)]
     pub statements: Vec<StatementConfig>,
 }
@@ -52,6 +55,7 @@ impl fmt::Debug for PrincipalConfig {
             .field("api_tokens_sha256", &self.api_tokens_sha256.len())
             .field("mqtt_username", &self.mqtt_username)
             .field("client_cert_sha256", &self.client_cert_sha256)
+            .field("max_retained_messages", &self.max_retained_messages)
             .field("statements", &self.statements)
             .finish_non_exhaustive()
     }
@@ -90,6 +94,14 @@ impl AuthConfig {
     pub fn parse(toml: &str) -> Result<Self, ConfigError> {
         toml::from_str(toml).map_err(|e| ConfigError::Parse(e.to_string()))
     }
+
+    /// Gives every principal that sets no `max_retained_messages` this one (0: no limit).
+    pub fn with_default_retained_quota(mut self, max_retained_messages: u64) -> Self {
+        for p in &mut self.principals {
+            p.max_retained_messages.get_or_insert(max_retained_messages);
+        }
+        self
+    }
 }
 
 /// One principal's credentials and policy, checked.
@@ -100,6 +112,7 @@ pub(super) struct ValidPrincipal {
     pub(super) mqtt: Option<(String, StoredHash)>,
     pub(super) client_cert: Option<[u8; 32]>,
     pub(super) statements: Vec<Statement>,
+    pub(super) max_retained_messages: Option<u64>,
 }
 
 /// Checks every principal and the uniqueness of names and credentials across them.
@@ -206,6 +219,7 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
             mqtt,
             client_cert,
             statements,
+            max_retained_messages: p.max_retained_messages.filter(|&n| n > 0),
         });
     }
     Ok(out)

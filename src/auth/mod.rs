@@ -83,7 +83,11 @@ impl Authenticator {
             decoy_hash: None,
         };
         for valid in config::validate(config)? {
-            let principal = Arc::new(Principal::new(valid.name, valid.statements));
+            let principal = Arc::new(Principal::new(
+                valid.name,
+                valid.statements,
+                valid.max_retained_messages,
+            ));
             if let Some((id, secret)) = valid.access_key {
                 let principal = principal.clone();
                 inner

@@ -176,14 +176,22 @@ impl Statement {
 #[derive(Debug)]
 pub struct Principal {
     pub name: String,
+    /// Most retained messages this principal may keep (those its publishes stored); `None`:
+    /// no quota of its own.
+    pub max_retained_messages: Option<u64>,
     statements: Vec<Statement>,
     allow_all: bool,
 }
 
 impl Principal {
-    pub(super) fn new(name: String, statements: Vec<Statement>) -> Self {
+    pub(super) fn new(
+        name: String,
+        statements: Vec<Statement>,
+        max_retained_messages: Option<u64>,
+    ) -> Self {
         Principal {
             name,
+            max_retained_messages,
             statements,
             allow_all: false,
         }
@@ -193,6 +201,7 @@ impl Principal {
     pub(super) fn anonymous() -> Self {
         Principal {
             name: "anonymous".to_owned(),
+            max_retained_messages: None,
             statements: Vec::new(),
             allow_all: true,
         }
@@ -235,7 +244,7 @@ mod tests {
                     .collect(),
             })
             .collect();
-        Principal::new("test".into(), statements)
+        Principal::new("test".into(), statements, None)
     }
 
     fn allow(actions: &[&str], resources: &[&str]) -> Principal {

@@ -10,12 +10,22 @@ use super::message::Message;
 use super::{Broker, ClientKey};
 use crate::auth::{Action, AuthError, Principal};
 use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet};
+use crate::store::Owner;
 use crate::tls::CertFingerprint;
 
 /// Checks CONNECT's credentials when principals are configured ([MQTT-3.1.4-2]: the server
 /// may refuse any client it cannot authenticate), and that the principal may connect with this
 /// client id. Password hashes are slow on purpose, so they are checked off the async threads.
 ///
+/// Whom a principal's retained publishes are charged to; everyone is the one anonymous owner
+/// when authentication is off.
+pub fn owner(principal: Option<&Principal>) -> Owner {
+    principal.map_or_else(Owner::anonymous, |p| Owner {
+        name: p.name.as_str().into(),
+        max_messages: p.max_retained_messages,
+    })
+}
+
 /// A TLS client certificate mapped to a principal (`client_cert_sha256`) stands in for the
 /// credentials; credentials sent with it must name the same principal.
 pub(super) async fn authenticate(

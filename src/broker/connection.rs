@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::admission::{authenticate, may_publish, refuse};
+use super::admission::{authenticate, may_publish, owner, refuse};
 use super::inbound::Settled;
 use super::limits::ConnectionSlot;
 use super::registry::{Session, deliver_blocked};
@@ -31,6 +31,7 @@ use crate::mqtt::{
     PublishAck2, PublishAck2Reason, Version,
 };
 use crate::rate::TokenBucket;
+use crate::store::Owner;
 use crate::tls::CertFingerprint;
 use crate::topic::TopicName;
 
@@ -64,6 +65,8 @@ pub(super) struct Connection<T> {
     pub client: ClientKey,
     /// Who the client authenticated as; `None` when authentication is off (all allowed).
     pub principal: Option<Arc<Principal>>,
+    /// Whom this client's retained publishes are charged to.
+    pub owner: Owner,
     pub session: Arc<Session>,
     connection: u64,
     stop: CancellationToken,
@@ -176,7 +179,10 @@ where
                         refuse(&mut framed, ConnectAckReason::NotAuthorized).await;
                         return None;
                     }
-                    Ok(will) => Some(will),
+                    Ok(will) => Some(Will {
+                        owner: owner(principal.as_deref()),
+                        ..will
+                    }),
                     Err(reason) => {
                         refuse(&mut framed, reason).await;
                         return None;
@@ -204,6 +210,7 @@ where
             framed,
             v5,
             client,
+            owner: owner(principal.as_deref()),
             principal,
             session: attached.session,
             connection: attached.connection,

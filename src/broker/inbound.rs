@@ -19,6 +19,7 @@ use crate::mqtt::{
     PublishAck2Reason, PublishAckReason, QoS, RetainHandling, Subscribe, SubscribeAck,
     SubscribeAckReason, Unsubscribe, UnsubscribeAck, UnsubscribeAckReason,
 };
+use crate::store;
 use crate::topic::{FilterSpec, TopicError, TopicName};
 
 /// An inbound publish once the store has (or has not) taken its retained write.
@@ -175,9 +176,10 @@ where
                 // Retained writes commit before the acknowledgement [MQTT-3.3.1-5]; everything
                 // from this client settles in order behind them, so per-topic order holds.
                 let store = self.broker.store().clone();
+                let owner = self.owner.clone();
                 self.pending.push_back(Box::pin(async move {
                     let result = match write {
-                        Some(w) => store.write(w).await,
+                        Some(w) => store.write_as(w, owner).await,
                         None => Ok(()),
                     };
                     Settled {
@@ -280,6 +282,28 @@ where
                     self.write(publish_ack(qos, id, settled.reason)).await?;
                 }
                 Ok(())
+            }
+            Err(store::Error::QuotaExceeded(quota)) => {
+                // [issue 5] refused and delivered to nobody, like a denied publish: MQTT 5
+                // says 0x97 Quota exceeded; 3.1.1 cannot say it, and closing would only make
+                // the client resend, so it is acknowledged and dropped.
+                tracing::info!(client = %self.client, %quota, "a retained publish was refused");
+                let Some((qos, id)) = settled.ack else {
+                    return Ok(());
+                };
+                if qos == QoS::AtLeastOnce || self.v5 {
+                    // A QoS 2 exchange acknowledged as usual stays open until PUBREL.
+                    self.unacked_in = self.unacked_in.saturating_sub(1);
+                }
+                let reason = if self.v5 {
+                    if qos == QoS::ExactlyOnce {
+                        self.session.state().release_incoming_qos2(id);
+                    }
+                    PublishAckReason::QuotaExceeded
+                } else {
+                    PublishAckReason::Success
+                };
+                self.write(publish_ack(qos, id, reason)).await.map(drop)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "a retained publish could not be stored");

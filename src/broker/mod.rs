@@ -25,13 +25,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use admission::owner;
 pub use listener::{serve_tcp, serve_tls};
 pub use message::Message;
 pub use tree::{ClientKey, SubscriptionTree};
 pub use wire::WireForm;
 
 use crate::auth::Authenticator;
-use crate::store::{self, Store};
+use crate::store::{self, Owner, Store};
 use crate::topic::TopicLimits;
 use registry::Registry;
 use session::SubOptions;
@@ -140,11 +141,12 @@ impl Broker {
     }
 
     /// Publishes a message from outside MQTT (the HTTP API): a retained one is committed to
-    /// the store first, then it reaches every matching subscription.
-    pub async fn publish(&self, message: Message) -> Result<(), Error> {
+    /// the store first, charged to `owner`, then it reaches every matching subscription. One
+    /// the store refuses (a quota) reaches nobody.
+    pub async fn publish(&self, message: Message, owner: Owner) -> Result<(), Error> {
         let now = self.inner.store.clock().now_ms();
         if let Some(write) = message.retained_write(now) {
-            self.inner.store.write(write).await?;
+            self.inner.store.write_as(write, owner).await?;
         }
         registry::deliver_blocked(self.route(Arc::new(message))).await;
         Ok(())

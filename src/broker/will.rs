@@ -6,12 +6,15 @@ use std::time::Duration;
 use super::message::Message;
 use super::{Broker, BrokerConfig, ClientKey, wire};
 use crate::mqtt::{ConnectAckReason, LastWill};
+use crate::store::Owner;
 use crate::topic::TopicName;
 
 /// A Will message and how long after the connection ends it is published.
 pub(super) struct Will {
     pub message: Message,
     pub delay: Duration,
+    /// Whom a retained Will is charged to: the client's principal.
+    pub owner: Owner,
 }
 
 /// The Will of a CONNECT, checked like a PUBLISH would be.
@@ -58,6 +61,7 @@ pub(super) fn will(
             wire: Default::default(),
         },
         delay: Duration::from_secs(u64::from(w.will_delay_interval_sec.unwrap_or(0))),
+        owner: Owner::anonymous(),
     })
 }
 
@@ -83,7 +87,7 @@ impl Broker {
                     return;
                 }
             }
-            if let Err(e) = broker.publish(will.message).await {
+            if let Err(e) = broker.publish(will.message, will.owner).await {
                 tracing::warn!(%client, error = %e, "the Will message could not be stored");
             }
         });

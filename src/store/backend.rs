@@ -1,7 +1,10 @@
 use async_trait::async_trait;
 
 use super::feed::Change;
-use super::{Error, RetainedMessage, RetainedSummary, Write};
+use super::{Error, OwnedWrite, QuotaExceeded, RetainedMessage, RetainedSummary};
+
+/// What became of one write of a batch.
+pub type Admission = Result<(), QuotaExceeded>;
 use crate::topic::TopicName;
 
 /// A database that keeps retained messages. Every method is one round of work against the
@@ -13,7 +16,20 @@ use crate::topic::TopicName;
 pub trait RetainedStore: Send + Sync + 'static {
     /// Applies writes atomically: all of them or none. When several writes name the same topic
     /// the last one wins, exactly as if they had been applied one after another.
-    async fn apply(&self, writes: &[Write]) -> Result<(), Error>;
+    ///
+    /// A put that would keep more than `max_total` messages in the store, or more than its
+    /// owner's quota, is refused (and written not at all), as [`super::quota`] decides from
+    /// counts read under a lock that orders such decisions across every node. One answer per
+    /// write, in order.
+    async fn apply(
+        &self,
+        writes: &[OwnedWrite],
+        max_total: Option<u64>,
+    ) -> Result<Vec<Admission>, Error>;
+
+    /// How many retained messages are stored, expired ones not yet purged included: all of
+    /// them, or those of one owner. Read from the counts the quotas use.
+    async fn count(&self, owner: Option<&str>) -> Result<u64, Error>;
 
     /// The unexpired messages among `topics` (in no particular order; missing ones are absent).
     async fn get_many(

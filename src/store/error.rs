@@ -14,6 +14,9 @@ pub enum Error {
     /// The configuration names a store we cannot open (bad URL, unsupported scheme).
     #[error("store configuration: {0}")]
     Config(Arc<str>),
+    /// The write would keep more retained messages than a quota allows; nothing was written.
+    #[error("retained message quota reached: {0}")]
+    QuotaExceeded(super::QuotaExceeded),
     /// The handle's background workers have stopped (the service is shutting down).
     #[error("store is shutting down")]
     Closed,

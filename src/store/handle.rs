@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::backend::Admission;
 use super::backend::ChangeFeed;
 use super::cache::{Lookup, ReadCache, unexpired};
 use super::coalesce::{CoalesceLimits, Coalescer};
-use super::{Change, Clock, Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
+use super::{
+    Change, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary, Write,
+};
 use crate::topic::TopicName;
 
 /// Tuning for a [`Store`] handle.
@@ -20,6 +23,8 @@ pub struct StoreOptions {
     pub read_concurrency: usize,
     /// Memory for the read cache, in bytes; 0 turns it off.
     pub cache_bytes: u64,
+    /// Most retained messages the whole store may keep; `None`: no limit.
+    pub max_messages: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -28,6 +33,7 @@ impl Default for StoreOptions {
             timeout: Duration::from_secs(5),
             read_concurrency: 8,
             cache_bytes: 64 << 20,
+            max_messages: None,
         }
     }
 }
@@ -59,7 +65,7 @@ pub struct Store {
 
 struct Inner {
     backend: Arc<dyn RetainedStore>,
-    writes: Coalescer<Write, WriteResult>,
+    writes: Coalescer<OwnedWrite, WriteResult>,
     reads: Coalescer<TopicName, ReadResult>,
     touched: Mutex<HashSet<TopicName>>,
     cache: Option<Arc<ReadCache>>,
@@ -106,15 +112,21 @@ impl Store {
                 max_batch: MAX_WRITE_BATCH,
                 concurrency: 1,
             };
-            Coalescer::spawn(limits, move |writes: Vec<Write>| {
+            let max_messages = options.max_messages;
+            Coalescer::spawn(limits, move |writes: Vec<OwnedWrite>| {
                 let (backend, cache) = (backend.clone(), cache.clone());
                 async move {
-                    let result = deadline(timeout, backend.apply(&writes)).await;
-                    let n = writes.len();
+                    let result = deadline(timeout, backend.apply(&writes, max_messages)).await;
                     if let Some(cache) = cache {
-                        record_writes(&cache, writes, result.is_ok(), timeout);
+                        record_writes(&cache, &writes, result.as_deref(), timeout);
                     }
-                    vec![result; n]
+                    match result {
+                        Ok(verdicts) => verdicts
+                            .into_iter()
+                            .map(|v| v.map_err(Error::QuotaExceeded))
+                            .collect(),
+                        Err(e) => vec![Err(e); writes.len()],
+                    }
                 }
             })
         };
@@ -159,10 +171,16 @@ impl Store {
     /// [`Error::Unavailable`] while its write may still commit: the outcome is unknown, as with
     /// any timeout, and retrying a retained write is harmless.
     pub async fn write(&self, write: Write) -> Result<(), Error> {
+        self.write_as(write, Owner::anonymous()).await
+    }
+
+    /// Like [`Store::write`], charged to `owner`: a put that would take it (or the store) past
+    /// its quota of retained messages fails with [`Error::QuotaExceeded`] and writes nothing.
+    pub async fn write_as(&self, write: Write, owner: Owner) -> Result<(), Error> {
         let call = async {
             self.inner
                 .writes
-                .call(write)
+                .call(OwnedWrite { write, owner })
                 .await
                 .unwrap_or(Err(Error::Closed))
         };
@@ -261,6 +279,12 @@ impl Store {
         .await
     }
 
+    /// How many retained messages are stored (expired ones not yet purged included): all of
+    /// them, or those charged to one owner.
+    pub async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
+        deadline(self.inner.timeout, self.inner.backend.count(owner)).await
+    }
+
     pub async fn ping(&self) -> Result<(), Error> {
         deadline(self.inner.timeout, self.inner.backend.ping()).await
     }
@@ -332,17 +356,26 @@ impl Store {
     }
 }
 
-/// Puts committed writes in the cache. After a failure the outcome is unknown (a timed-out
-/// write may still commit), so the cache is bypassed for a while and then starts empty.
-fn record_writes(cache: &ReadCache, writes: Vec<Write>, committed: bool, timeout: Duration) {
-    if !committed {
+/// Puts committed writes in the cache (refused ones changed nothing). After a failure the
+/// outcome is unknown (a timed-out write may still commit), so the cache is bypassed for a
+/// while and then starts empty.
+fn record_writes(
+    cache: &ReadCache,
+    writes: &[OwnedWrite],
+    verdicts: Result<&[Admission], &Error>,
+    timeout: Duration,
+) {
+    let Ok(verdicts) = verdicts else {
         cache.suspend(timeout * 2);
         return;
-    }
-    for w in writes {
-        match w {
-            Write::Put(m) => cache.written(m.topic.clone(), Some(Arc::new(m))),
-            Write::Delete(topic) => cache.written(topic, None),
+    };
+    for (w, verdict) in writes.iter().zip(verdicts) {
+        if verdict.is_err() {
+            continue;
+        }
+        match &w.write {
+            Write::Put(m) => cache.written(m.topic.clone(), Some(Arc::new(m.clone()))),
+            Write::Delete(topic) => cache.written(topic.clone(), None),
         }
     }
 }

@@ -90,3 +90,48 @@ impl Write {
         }
     }
 }
+
+/// Who a retained write is charged to: the principal whose publish made it, and how many
+/// retained messages that principal may keep. The empty name is everyone when authentication
+/// is off.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Owner {
+    pub name: std::sync::Arc<str>,
+    /// `None`: no quota of its own (the service-wide one still applies).
+    pub max_messages: Option<u64>,
+}
+
+impl Owner {
+    pub fn anonymous() -> Self {
+        Self::default()
+    }
+}
+
+/// A write and whom it is charged to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedWrite {
+    pub write: Write,
+    pub owner: Owner,
+}
+
+impl From<Write> for OwnedWrite {
+    fn from(write: Write) -> Self {
+        Self {
+            write,
+            owner: Owner::anonymous(),
+        }
+    }
+}
+
+/// Why a write was refused: storing it would keep more retained messages than allowed.
+/// Nothing of it was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaExceeded {
+    #[error("the service keeps at most {limit} retained messages")]
+    Service { limit: u64 },
+    #[error("principal {owner:?} may keep at most {limit} retained messages")]
+    Owner {
+        owner: std::sync::Arc<str>,
+        limit: u64,
+    },
+}

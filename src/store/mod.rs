@@ -21,15 +21,17 @@ mod message;
 mod open;
 mod postgres;
 mod postgres_feed;
+mod quota;
 mod row;
 mod sqlite;
 
-pub use backend::{ChangeFeed, RetainedStore};
+pub use backend::{Admission, ChangeFeed, RetainedStore};
 pub use clock::Clock;
 pub use error::Error;
 pub use feed::Change;
 pub use handle::{MaintenanceReport, Store, StoreOptions};
 pub use message::{
-    MessageProperties, PayloadFormat, Qos, RetainedMessage, RetainedSummary, UserProperty, Write,
+    MessageProperties, OwnedWrite, Owner, PayloadFormat, Qos, QuotaExceeded, RetainedMessage,
+    RetainedSummary, UserProperty, Write,
 };
 pub use open::open_backend;

@@ -7,14 +7,16 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgPool};
 
+use super::backend::Admission;
 use super::backend::ChangeFeed;
 use super::feed;
 use super::postgres_feed::PgChangeFeed;
+use super::quota;
 use super::row::{
     MessageRow, RangeStatements, ScanStart, SummaryRow, encode_user_properties,
     last_write_per_topic, message_columns,
 };
-use super::{Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
+use super::{Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary, Write};
 use crate::topic::TopicName;
 
 pub(super) struct PostgresStore {
@@ -73,15 +75,15 @@ WITH deleted AS (
     DELETE FROM retained_messages WHERE topic = ANY($12::text[])
 ), upserted AS (
 INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
-    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms)
+    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner)
 SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
-    $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[])
+    $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[], $14::text[])
 ON CONFLICT (topic) DO UPDATE SET
     payload = EXCLUDED.payload, qos = EXCLUDED.qos, user_properties = EXCLUDED.user_properties,
     content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
     correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
     expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
-    last_accessed_ms = EXCLUDED.last_accessed_ms
+    last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner
 )
 SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($13::text[]) AS notice";
 
@@ -131,10 +133,12 @@ struct Columns<'a> {
     expires_at_ms: Vec<Option<i64>>,
     last_modified_ms: Vec<i64>,
     last_accessed_ms: Vec<i64>,
+    owner: Vec<&'a str>,
 }
 
 impl<'a> Columns<'a> {
-    fn push(&mut self, m: &'a RetainedMessage) {
+    fn push(&mut self, m: &'a RetainedMessage, owner: &'a Owner) {
+        self.owner.push(&owner.name);
         let p = &m.properties;
         self.topic.push(m.topic.as_str());
         self.payload.push(&m.payload);
@@ -152,36 +156,114 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// Runs [`APPLY`] for `writes` (reduced to the last per topic) on `db`.
+async fn apply_all<'c, E>(db: E, node: &str, writes: Vec<&OwnedWrite>) -> Result<(), Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let mut cols = Columns::default();
+    let mut deletes: Vec<&str> = Vec::new();
+    let writes = last_write_per_topic(writes);
+    let notices = feed::announce(node, writes.iter().map(|w| w.write.topic().as_str()));
+    for w in writes {
+        match &w.write {
+            Write::Put(m) => cols.push(m, &w.owner),
+            Write::Delete(topic) => deletes.push(topic.as_str()),
+        }
+    }
+    sqlx::query(APPLY)
+        .bind(cols.topic)
+        .bind(cols.payload)
+        .bind(cols.qos)
+        .bind(cols.user_properties)
+        .bind(cols.content_type)
+        .bind(cols.response_topic)
+        .bind(cols.correlation_data)
+        .bind(cols.payload_format)
+        .bind(cols.expires_at_ms)
+        .bind(cols.last_modified_ms)
+        .bind(cols.last_accessed_ms)
+        .bind(deletes)
+        .bind(notices)
+        .bind(cols.owner)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The counts a quota decision starts from. The caller holds the lock on `retained_total`,
+/// which every node takes before deciding, so no other decision can interleave.
+async fn standing(
+    tx: &mut sqlx::PgConnection,
+    writes: &[OwnedWrite],
+) -> Result<quota::Standing, Error> {
+    let total: i64 = sqlx::query_scalar("SELECT messages FROM retained_total FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
+    let owners = quota::owners_with_quota(writes);
+    let by_owner: Vec<(String, i64)> = if owners.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT owner, messages FROM retained_owner_counts WHERE owner = ANY($1::text[])",
+        )
+        .bind(owners)
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    let topics: Vec<&str> = writes.iter().map(|w| w.write.topic().as_str()).collect();
+    let owner_of: Vec<(String, String)> =
+        sqlx::query_as("SELECT topic, owner FROM retained_messages WHERE topic = ANY($1::text[])")
+            .bind(topics)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(quota::Standing {
+        total: u64::try_from(total).unwrap_or(0),
+        by_owner: by_owner
+            .into_iter()
+            .map(|(o, n)| (o.into(), u64::try_from(n).unwrap_or(0)))
+            .collect(),
+        owner_of: owner_of.into_iter().map(|(t, o)| (t, o.into())).collect(),
+    })
+}
+
 #[async_trait]
 impl RetainedStore for PostgresStore {
-    async fn apply(&self, writes: &[Write]) -> Result<(), Error> {
-        let mut cols = Columns::default();
-        let mut deletes: Vec<&str> = Vec::new();
-        let writes = last_write_per_topic(writes);
-        let notices = feed::announce(&self.node, writes.iter().map(|w| w.topic().as_str()));
-        for w in writes {
-            match w {
-                Write::Put(m) => cols.push(m),
-                Write::Delete(topic) => deletes.push(topic.as_str()),
-            }
+    async fn apply(
+        &self,
+        writes: &[OwnedWrite],
+        max_total: Option<u64>,
+    ) -> Result<Vec<Admission>, Error> {
+        if !quota::applies(writes, max_total) {
+            apply_all(&self.pool, &self.node, writes.iter().collect()).await?;
+            return Ok(vec![Ok(()); writes.len()]);
         }
-        sqlx::query(APPLY)
-            .bind(cols.topic)
-            .bind(cols.payload)
-            .bind(cols.qos)
-            .bind(cols.user_properties)
-            .bind(cols.content_type)
-            .bind(cols.response_topic)
-            .bind(cols.correlation_data)
-            .bind(cols.payload_format)
-            .bind(cols.expires_at_ms)
-            .bind(cols.last_modified_ms)
-            .bind(cols.last_accessed_ms)
-            .bind(deletes)
-            .bind(notices)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut tx = self.pool.begin().await?;
+        let verdicts = quota::admit(writes, max_total, standing(&mut tx, writes).await?);
+        let admitted = writes
+            .iter()
+            .zip(&verdicts)
+            .filter_map(|(w, v)| v.is_ok().then_some(w));
+        apply_all(&mut *tx, &self.node, admitted.collect()).await?;
+        tx.commit().await?;
+        Ok(verdicts)
+    }
+
+    async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
+        let n: Option<i64> = match owner {
+            None => {
+                sqlx::query_scalar("SELECT messages FROM retained_total")
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            Some(owner) => {
+                sqlx::query_scalar("SELECT messages FROM retained_owner_counts WHERE owner = $1")
+                    .bind(owner)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
     async fn get_many(

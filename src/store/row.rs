@@ -172,16 +172,19 @@ fn decode_user_properties(json: &str) -> Result<Vec<UserProperty>, Error> {
 
 /// Keeps only the last write per topic, preserving order. After this, puts and deletes name
 /// disjoint topics, so a backend may apply them in any order within one transaction.
-pub(super) fn last_write_per_topic(writes: &[super::Write]) -> Vec<&super::Write> {
+pub(super) fn last_write_per_topic<'a>(
+    writes: impl IntoIterator<Item = &'a super::OwnedWrite>,
+) -> Vec<&'a super::OwnedWrite> {
+    let writes: Vec<&super::OwnedWrite> = writes.into_iter().collect();
     let mut last = std::collections::HashMap::with_capacity(writes.len());
     for (i, w) in writes.iter().enumerate() {
-        last.insert(w.topic(), i);
+        last.insert(w.write.topic(), i);
     }
     writes
         .iter()
         .enumerate()
-        .filter(|(i, w)| last.get(w.topic()) == Some(i))
-        .map(|(_, w)| w)
+        .filter(|(i, w)| last.get(w.write.topic()) == Some(i))
+        .map(|(_, w)| *w)
         .collect()
 }
 

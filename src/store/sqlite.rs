@@ -7,11 +7,13 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, SqlitePool};
 
+use super::backend::Admission;
+use super::quota;
 use super::row::{
     MessageRow, RangeStatements, ScanStart, SummaryRow, encode_user_properties,
     last_write_per_topic, message_columns,
 };
-use super::{Error, RetainedMessage, RetainedStore, RetainedSummary, Write};
+use super::{Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Write};
 use crate::topic::TopicName;
 
 pub(super) struct SqliteStore {
@@ -38,14 +40,14 @@ impl SqliteStore {
 
 const UPSERT: &str = "
 INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
-    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (topic) DO UPDATE SET
     payload = excluded.payload, qos = excluded.qos, user_properties = excluded.user_properties,
     content_type = excluded.content_type, response_topic = excluded.response_topic,
     correlation_data = excluded.correlation_data, payload_format = excluded.payload_format,
     expires_at_ms = excluded.expires_at_ms, last_modified_ms = excluded.last_modified_ms,
-    last_accessed_ms = excluded.last_accessed_ms";
+    last_accessed_ms = excluded.last_accessed_ms, owner = excluded.owner";
 
 /// A range query with the given bounds on `topic`: `?1` is the lower bound, `?2` now, `?3` the
 /// limit and `?4` the upper bound. One statement per combination of bounds, so that SQLite
@@ -105,39 +107,112 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl RetainedStore for SqliteStore {
-    async fn apply(&self, writes: &[Write]) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await?;
-        for w in last_write_per_topic(writes) {
-            match w {
-                Write::Put(m) => {
-                    let p = &m.properties;
-                    sqlx::query(UPSERT)
-                        .bind(m.topic.as_str())
-                        .bind(&m.payload[..])
-                        .bind(i16::from(m.qos.as_u8()))
-                        .bind(encode_user_properties(&p.user_properties))
-                        .bind(p.content_type.as_deref())
-                        .bind(p.response_topic.as_ref().map(TopicName::as_str))
-                        .bind(p.correlation_data.as_deref())
-                        .bind(i16::from(p.payload_format as u8))
-                        .bind(m.expires_at_ms)
-                        .bind(m.last_modified_ms)
-                        .bind(m.last_accessed_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Write::Delete(topic) => {
-                    sqlx::query("DELETE FROM retained_messages WHERE topic = ?")
-                        .bind(topic.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                }
+/// Applies `writes` (reduced to the last per topic) in the transaction `tx`.
+async fn apply_all(tx: &mut sqlx::SqliteConnection, writes: Vec<&OwnedWrite>) -> Result<(), Error> {
+    for w in last_write_per_topic(writes) {
+        match &w.write {
+            Write::Put(m) => {
+                let p = &m.properties;
+                sqlx::query(UPSERT)
+                    .bind(m.topic.as_str())
+                    .bind(&m.payload[..])
+                    .bind(i16::from(m.qos.as_u8()))
+                    .bind(encode_user_properties(&p.user_properties))
+                    .bind(p.content_type.as_deref())
+                    .bind(p.response_topic.as_ref().map(TopicName::as_str))
+                    .bind(p.correlation_data.as_deref())
+                    .bind(i16::from(p.payload_format as u8))
+                    .bind(m.expires_at_ms)
+                    .bind(m.last_modified_ms)
+                    .bind(m.last_accessed_ms)
+                    .bind(&*w.owner.name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Write::Delete(topic) => {
+                sqlx::query("DELETE FROM retained_messages WHERE topic = ?")
+                    .bind(topic.as_str())
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The counts a quota decision starts from. SQLite has one writer, and this runs in its
+/// transaction, so nothing can change them before the batch commits.
+async fn standing(
+    tx: &mut sqlx::SqliteConnection,
+    writes: &[OwnedWrite],
+) -> Result<quota::Standing, Error> {
+    let total: i64 = sqlx::query_scalar("SELECT messages FROM retained_total")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut standing = quota::Standing {
+        total: u64::try_from(total).unwrap_or(0),
+        ..Default::default()
+    };
+    for owner in quota::owners_with_quota(writes) {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT messages FROM retained_owner_counts WHERE owner = ?")
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let n = n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
+        standing.by_owner.insert(owner.into(), n);
+    }
+    for w in writes {
+        let topic = w.write.topic().as_str();
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT owner FROM retained_messages WHERE topic = ?")
+                .bind(topic)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(owner) = owner {
+            standing.owner_of.insert(topic.to_owned(), owner.into());
+        }
+    }
+    Ok(standing)
+}
+
+#[async_trait]
+impl RetainedStore for SqliteStore {
+    async fn apply(
+        &self,
+        writes: &[OwnedWrite],
+        max_total: Option<u64>,
+    ) -> Result<Vec<Admission>, Error> {
+        let mut tx = self.writer.begin().await?;
+        let verdicts = if quota::applies(writes, max_total) {
+            quota::admit(writes, max_total, standing(&mut tx, writes).await?)
+        } else {
+            vec![Ok(()); writes.len()]
+        };
+        let admitted = writes
+            .iter()
+            .zip(&verdicts)
+            .filter_map(|(w, v)| v.is_ok().then_some(w));
+        apply_all(&mut tx, admitted.collect()).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(verdicts)
+    }
+
+    async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
+        let n: Option<i64> = match owner {
+            None => {
+                sqlx::query_scalar("SELECT messages FROM retained_total")
+                    .fetch_optional(&self.reader)
+                    .await?
+            }
+            Some(owner) => {
+                sqlx::query_scalar("SELECT messages FROM retained_owner_counts WHERE owner = ?")
+                    .bind(owner)
+                    .fetch_optional(&self.reader)
+                    .await?
+            }
+        };
+        Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
     async fn get_many(

@@ -1,0 +1,227 @@
+//! Quotas on the number of retained messages, against real SQLite and real Postgres: the
+//! counts the database keeps, and the store refusing what would exceed them, writing nothing.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Backend, T0_MS, fresh_db, open_backend};
+use retaind::store::{
+    Clock, Error, MessageProperties, OwnedWrite, Owner, Qos, QuotaExceeded, RetainedMessage,
+    RetainedStore, Store, StoreOptions, Write,
+};
+use retaind::topic::TopicName;
+
+fn topic(s: &str) -> TopicName {
+    TopicName::from_stored(s.to_owned())
+}
+
+fn message(t: &str, expires_at_ms: Option<i64>) -> RetainedMessage {
+    RetainedMessage {
+        topic: topic(t),
+        payload: Bytes::from_static(b"v"),
+        qos: Qos::AtLeastOnce,
+        properties: MessageProperties::default(),
+        expires_at_ms,
+        last_modified_ms: T0_MS,
+        last_accessed_ms: T0_MS,
+    }
+}
+
+fn put(t: &str) -> Write {
+    Write::Put(message(t, None))
+}
+
+fn owner(name: &str, max_messages: Option<u64>) -> Owner {
+    Owner {
+        name: name.into(),
+        max_messages,
+    }
+}
+
+fn store_on(backend: Arc<dyn RetainedStore>, max_messages: Option<u64>) -> Store {
+    let options = StoreOptions {
+        max_messages,
+        ..StoreOptions::default()
+    };
+    Store::new(backend, Clock::manual(T0_MS), options)
+}
+
+async fn listed(store: &Store) -> Vec<String> {
+    let page = store.list(None, 200).await.unwrap();
+    page.into_iter().map(|s| s.topic.to_string()).collect()
+}
+
+/// The counts agree with what is stored, per owner and in total.
+async fn assert_counts(store: &Store, expected: &[(&str, u64)]) {
+    let total: u64 = expected.iter().map(|(_, n)| n).sum();
+    assert_eq!(store.count(None).await.unwrap(), total, "total");
+    for (name, n) in expected {
+        assert_eq!(store.count(Some(name)).await.unwrap(), *n, "owner {name:?}");
+    }
+}
+
+async fn counts_follow_puts_takeovers_deletes_and_purges(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let store = store_on(open_backend(&db.url).await, None);
+    let (a, b) = (owner("a", None), owner("b", None));
+    assert_counts(&store, &[("a", 0)]).await;
+    for t in ["1", "2", "3"] {
+        store.write_as(put(t), a.clone()).await.unwrap();
+    }
+    store.write_as(put("1"), a.clone()).await.unwrap(); // a rewrite adds nothing
+    store.write_as(put("4"), b.clone()).await.unwrap();
+    store.write_as(put("2"), b.clone()).await.unwrap(); // b takes "2" over from a
+    assert_counts(&store, &[("a", 2), ("b", 2)]).await;
+    store.write(Write::Delete(topic("1"))).await.unwrap();
+    store.write(Write::Delete(topic("absent"))).await.unwrap();
+    store.write(put("5")).await.unwrap(); // anonymous
+    assert_counts(&store, &[("a", 1), ("b", 2), ("", 1)]).await;
+    let expiring = Write::Put(message("6", Some(T0_MS - 1)));
+    store.write_as(expiring, b.clone()).await.unwrap();
+    assert_counts(&store, &[("a", 1), ("b", 3), ("", 1)]).await;
+    let report = store.maintain(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(report.expired, 1);
+    assert_counts(&store, &[("a", 1), ("b", 2), ("", 1)]).await;
+    // Two days on, everything has been idle for longer than a day.
+    store.clock().advance(Duration::from_secs(2 * 86_400));
+    let report = store.maintain(Duration::from_secs(86_400)).await.unwrap();
+    assert_eq!(report.idle, 4);
+    assert_counts(&store, &[("a", 0), ("b", 0), ("", 0)]).await;
+}
+
+async fn the_service_quota_refuses_new_topics_and_writes_nothing(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let store = store_on(open_backend(&db.url).await, Some(2));
+    store.write(put("x")).await.unwrap();
+    store.write(put("y")).await.unwrap();
+    let refused = store.write(put("z")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::QuotaExceeded(QuotaExceeded::Service { limit: 2 }))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(store.get(topic("z")).await.unwrap(), None);
+    assert_eq!(listed(&store).await, ["x", "y"]);
+    assert_eq!(store.count(None).await.unwrap(), 2);
+    // Rewriting a stored topic and deleting stay allowed at the limit; a delete makes room.
+    store.write(put("x")).await.unwrap();
+    store.write(Write::Delete(topic("y"))).await.unwrap();
+    store.write(put("z")).await.unwrap();
+    assert_eq!(listed(&store).await, ["x", "z"]);
+}
+
+async fn an_owner_is_held_to_its_quota_and_a_takeover_frees_a_place(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let store = store_on(open_backend(&db.url).await, None);
+    let p = owner("p", Some(2));
+    store.write_as(put("p/1"), p.clone()).await.unwrap();
+    store.write_as(put("p/2"), p.clone()).await.unwrap();
+    let refused = store.write_as(put("p/3"), p.clone()).await;
+    match refused {
+        Err(Error::QuotaExceeded(QuotaExceeded::Owner { owner, limit: 2 })) => {
+            assert_eq!(&*owner, "p");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.get(topic("p/3")).await.unwrap(), None);
+    store.write_as(put("p/1"), p.clone()).await.unwrap(); // its own topic: no change
+    // Another principal may still store, and taking one of p's topics leaves p room again.
+    store
+        .write_as(put("p/2"), owner("q", Some(1)))
+        .await
+        .unwrap();
+    assert_counts(&store, &[("p", 1), ("q", 1)]).await;
+    store.write_as(put("p/3"), p.clone()).await.unwrap();
+    assert_eq!(listed(&store).await, ["p/1", "p/2", "p/3"]);
+}
+
+async fn one_batch_admits_in_order_and_applies_only_what_it_admits(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let backend = open_backend(&db.url).await;
+    let p = owner("p", Some(1));
+    let writes: Vec<OwnedWrite> = vec![
+        OwnedWrite {
+            write: put("a"),
+            owner: p.clone(),
+        },
+        OwnedWrite {
+            write: put("b"),
+            owner: p.clone(),
+        },
+        Write::Delete(topic("a")).into(),
+        OwnedWrite {
+            write: put("b"),
+            owner: p.clone(),
+        },
+        OwnedWrite {
+            write: put("c"),
+            owner: owner("q", None),
+        },
+        OwnedWrite {
+            write: put("d"),
+            owner: owner("q", None),
+        },
+    ];
+    let verdicts = backend.apply(&writes, Some(2)).await.unwrap();
+    assert_eq!(
+        verdicts,
+        vec![
+            Ok(()),
+            Err(QuotaExceeded::Owner {
+                owner: "p".into(),
+                limit: 1
+            }),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err(QuotaExceeded::Service { limit: 2 }),
+        ]
+    );
+    let stored = backend.list(None, 10, T0_MS).await.unwrap();
+    let stored: Vec<&str> = stored.iter().map(|s| s.topic.as_str()).collect();
+    assert_eq!(stored, ["b", "c"]);
+    assert_eq!(backend.count(None).await.unwrap(), 2);
+}
+
+/// Two nodes (two connection pools on Postgres; two store handles on SQLite, which admits one
+/// process) racing to add new topics never keep more than the quota between them.
+async fn racing_nodes_never_exceed_the_service_quota(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let first = open_backend(&db.url).await;
+    let second = match backend {
+        Backend::Postgres => open_backend(&db.url).await,
+        Backend::Sqlite => first.clone(),
+    };
+    let nodes = [store_on(first, Some(60)), store_on(second, Some(60))];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, store) in nodes.iter().enumerate() {
+        for i in 0..50 {
+            let store = store.clone();
+            tasks.spawn(async move { store.write(put(&format!("n{n}/{i:02}"))).await });
+        }
+    }
+    let (mut stored, mut refused) = (0, 0);
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            Ok(()) => stored += 1,
+            Err(Error::QuotaExceeded(QuotaExceeded::Service { limit: 60 })) => refused += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!((stored, refused), (60, 40));
+    assert_eq!(listed(&nodes[0]).await.len(), 60);
+    assert_eq!(nodes[1].count(None).await.unwrap(), 60);
+}
+
+for_each_backend!(
+    counts_follow_puts_takeovers_deletes_and_purges,
+    the_service_quota_refuses_new_topics_and_writes_nothing,
+    an_owner_is_held_to_its_quota_and_a_takeover_frees_a_place,
+    one_batch_admits_in_order_and_applies_only_what_it_admits,
+    racing_nodes_never_exceed_the_service_quota,
+);
