@@ -7,10 +7,10 @@ mod common;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::mqtt::raw::build;
-use common::mqtt::{Qos5, V3, V5, v3_options, v5_options, within};
+use common::mqtt::ws::RawWs;
+use common::mqtt::{Qos5, V3, V5, v3_options, v5_options};
 use common::{Backend, TestApp, spawn_app};
 use rumqttc::{QoS, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ws_url(app: &TestApp) -> String {
     format!("ws://{}/mqtt", app.http_addr)
@@ -104,88 +104,6 @@ for_each_backend!(
     v5_over_websocket_gets_retained_with_properties_on_subscribe,
     websocket_and_tcp_clients_with_one_id_take_over_each_other,
 );
-
-/// A WebSocket client by hand, to control framing: what rumqttc cannot.
-struct RawWs {
-    stream: tokio::net::TcpStream,
-    inbox: Vec<u8>,
-}
-
-impl RawWs {
-    /// Upgrades `GET /mqtt` offering `protocol`; returns the client and the response head.
-    async fn open(app: &TestApp, protocol: &str) -> (Self, String) {
-        let mut stream = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
-        let request = format!(
-            "GET /mqtt HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: {protocol}\r\n\r\n",
-            app.http_addr
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        within("the upgrade response", async {
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                stream.read_exact(&mut b).await.unwrap();
-                head.push(b[0]);
-            }
-        })
-        .await;
-        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
-        let inbox = Vec::new();
-        (Self { stream, inbox }, head)
-    }
-
-    /// Sends one masked frame: `fin` ends the message, `opcode` 2 is binary, 0 continuation.
-    async fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
-        assert!(payload.len() < 126);
-        let mask = [0x37, 0xFA, 0x21, 0x3D];
-        let mut out = vec![u8::from(fin) << 7 | opcode, 0x80 | payload.len() as u8];
-        out.extend(mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&out).await.unwrap();
-    }
-
-    /// The next MQTT packet from the server, reassembled from however many binary frames.
-    async fn packet(&mut self) -> (u8, Vec<u8>) {
-        within("an MQTT packet over WebSocket", async {
-            loop {
-                if let Some((first, body, used)) = split_packet(&self.inbox) {
-                    self.inbox.drain(..used);
-                    return (first, body);
-                }
-                let mut h = [0u8; 2];
-                self.stream.read_exact(&mut h).await.unwrap();
-                assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
-                let len = match h[1] & 0x7F {
-                    126 => usize::from(self.stream.read_u16().await.unwrap()),
-                    127 => self.stream.read_u64().await.unwrap() as usize,
-                    n => usize::from(n),
-                };
-                let mut payload = vec![0u8; len];
-                self.stream.read_exact(&mut payload).await.unwrap();
-                assert!(matches!(h[0] & 0x0F, 0 | 2), "not a binary frame: {h:?}");
-                self.inbox.extend(payload);
-            }
-        })
-        .await
-    }
-}
-
-/// One whole MQTT packet at the start of `buf`: (first byte, body, bytes used).
-fn split_packet(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
-    let (&first, rest) = buf.split_first()?;
-    let mut len = 0usize;
-    for (i, b) in rest.iter().enumerate().take(4) {
-        len |= usize::from(b & 0x7F) << (7 * i);
-        if b & 0x80 == 0 {
-            let start = 1 + i + 1;
-            return (buf.len() >= start + len)
-                .then(|| (first, buf[start..start + len].to_vec(), start + len));
-        }
-    }
-    None
-}
 
 #[tokio::test]
 async fn websocket_accepts_the_mqttv3_1_subprotocol() {

@@ -1,6 +1,7 @@
 //! TLS: MQTT over TLS (`--mqtts-addr`) and HTTPS (`--https-addr`) with a throwaway CA made at
-//! test time, client certificates standing for principals (`client_cert_sha256`), a plain-TCP
-//! client on the TLS port, and the startup errors for bad files and non-local addresses.
+//! test time, client certificates standing for principals (`client_cert_sha256`) over MQTT/TLS,
+//! the HTTPS API and MQTT over secure WebSocket, a plain-TCP client on the TLS port, and the
+//! startup errors for bad files and non-local addresses.
 
 mod common;
 
@@ -8,8 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use common::mqtt::raw::build;
 use common::mqtt::within;
+use common::mqtt::ws::RawWs;
 use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -32,9 +36,12 @@ struct Pki {
     ca: CertificateDer<'static>,
     client_chain: Vec<CertificateDer<'static>>,
     client_key: PrivateKeyDer<'static>,
+    /// The client certificate and its key in one PEM, as `reqwest::Identity` takes them.
+    client_identity: String,
     /// A client certificate from the same CA that no principal names.
     stranger_chain: Vec<CertificateDer<'static>>,
     stranger_key: PrivateKeyDer<'static>,
+    stranger_identity: String,
 }
 
 impl Pki {
@@ -72,8 +79,10 @@ impl Pki {
             ca: ca.der().clone(),
             client_chain: vec![client.der().clone()],
             client_key: der_key(&client_key),
+            client_identity: client.pem() + &client_key.serialize_pem(),
             stranger_chain: vec![stranger.der().clone()],
             stranger_key: der_key(&stranger_key),
+            stranger_identity: stranger.pem() + &stranger_key.serialize_pem(),
             dir,
         }
     }
@@ -108,8 +117,8 @@ impl Pki {
     }
 }
 
-/// A device with a password, a sensor known by its client certificate, and an admin with an
-/// API token.
+/// A device with a password, a sensor known by its client certificate (which may connect as
+/// sensor-*, and publish and read under sensors/), and an admin with an API token.
 fn auth_toml(pki: &Pki) -> String {
     let device = retaind::auth::hash_password(DEVICE_PASSWORD);
     let sensor_cert = pki.client_cert_sha256();
@@ -132,6 +141,10 @@ client_cert_sha256 = "{sensor_cert}"
 effect = "Allow"
 actions = ["iot:Connect"]
 resources = ["client/sensor-*"]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Publish", "iot:RetainPublish", "iot:GetRetainedMessage"]
+resources = ["topic/sensors/#"]
 
 [[principals]]
 name = "admin"
@@ -178,12 +191,32 @@ fn https_addr(app: &TestApp) -> SocketAddr {
         .expect("HTTPS is on")
 }
 
+/// An HTTPS client trusting the test CA, presenting `identity` (a PEM certificate and key) if
+/// given, and the base URL of the HTTPS listener.
+fn https_client(app: &TestApp, pki: &Pki, identity: Option<&str>) -> (reqwest::Client, String) {
+    let addr = https_addr(app);
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_der(&pki.ca).unwrap())
+        .resolve("localhost", addr);
+    if let Some(pem) = identity {
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+    }
+    let base = format!("https://localhost:{}", addr.port());
+    (builder.build().unwrap(), base)
+}
+
 async fn tls_open(app: &TestApp, connector: &TlsConnector) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(mqtts_addr(app)).await.unwrap();
+    tls_open_at(mqtts_addr(app), connector).await
+}
+
+async fn tls_open_at(addr: SocketAddr, connector: &TlsConnector) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     within("a TLS handshake", connector.connect(name, tcp))
         .await
-        .expect("TLS handshake with the MQTT listener")
+        .expect("TLS handshake")
 }
 
 /// Sends `connect` over a new TLS connection and returns the MQTT 3.1.1 CONNACK's return code.
@@ -310,15 +343,7 @@ async fn plain_tcp_client_on_the_tls_port_is_dropped_and_others_carry_on() {
 async fn https_serves_the_api() {
     let pki = Pki::new();
     let app = spawn_tls_app(&pki).await;
-    let addr = https_addr(&app);
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_der(&pki.ca).unwrap())
-        .resolve("localhost", addr)
-        .build()
-        .unwrap();
-    let base = format!("https://localhost:{}", addr.port());
+    let (http, base) = https_client(&app, &pki, None);
 
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -351,6 +376,193 @@ async fn https_serves_the_api() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401, "the same auth as plain HTTP");
+    app.stop().await;
+}
+
+/// GetRetainedMessage over plain HTTP as the admin: what the store holds, whatever the
+/// request under test did.
+async fn stored(app: &TestApp, topic_encoded: &str) -> reqwest::Response {
+    app.http
+        .get(app.url(&format!("/retainedMessage/{topic_encoded}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn error_type(res: &reqwest::Response) -> Option<&str> {
+    res.headers()
+        .get("x-amzn-ErrorType")
+        .and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test]
+async fn https_client_certificate_stands_for_its_principal() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let (sensor, base) = https_client(&app, &pki, Some(&pki.client_identity));
+
+    let publish = sensor
+        .post(format!("{base}/topics/sensors%2Ft1?retain=true"))
+        .body("by certificate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(publish.status(), 200, "{:?}", publish.text().await);
+    let got = sensor
+        .get(format!("{base}/retainedMessage/sensors%2Ft1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    let got: serde_json::Value = got.json().await.unwrap();
+    assert_eq!(got["payload"], B64.encode("by certificate"), "{got}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn https_unmapped_client_certificate_is_unauthorized() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let (stranger, base) = https_client(&app, &pki, Some(&pki.stranger_identity));
+
+    let publish = stranger
+        .post(format!("{base}/topics/sensors%2Ft1?retain=true"))
+        .body("from a stranger")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(publish.status(), 401);
+    assert_eq!(error_type(&publish), Some("UnauthorizedException"));
+    let body: serde_json::Value = publish.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("not mapped"),
+        "{body}"
+    );
+    assert_eq!(stored(&app, "sensors%2Ft1").await.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn https_client_certificate_principal_keeps_its_policy() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let (sensor, base) = https_client(&app, &pki, Some(&pki.client_identity));
+
+    // The sensor may publish under sensors/ only.
+    let publish = sensor
+        .post(format!("{base}/topics/config%2Fall?retain=true"))
+        .body("not the sensor's")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(publish.status(), 403);
+    assert_eq!(error_type(&publish), Some("ForbiddenException"));
+    assert_eq!(stored(&app, "config%2Fall").await.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn https_authorization_header_wins_over_client_certificate() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let (sensor, base) = https_client(&app, &pki, Some(&pki.client_identity));
+
+    // A bad token is an error, not a fallback to the certificate's principal.
+    let publish = sensor
+        .post(format!("{base}/topics/sensors%2Ft1?retain=true"))
+        .bearer_auth("not-a-token")
+        .body("with a wrong token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(publish.status(), 403);
+    assert_eq!(error_type(&publish), Some("ForbiddenException"));
+    assert_eq!(stored(&app, "sensors%2Ft1").await.status(), 404);
+
+    // A good token is its own principal: the admin may publish where the sensor may not.
+    let publish = sensor
+        .post(format!("{base}/topics/config%2Fall?retain=true"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body("by the admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(publish.status(), 200, "{:?}", publish.text().await);
+    assert_eq!(stored(&app, "config%2Fall").await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_without_credentials_stays_unauthorized() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let publish = app
+        .publish("/topics/sensors%2Ft1?retain=true", "anyone")
+        .await;
+    assert_eq!(publish.status(), 401);
+    assert_eq!(error_type(&publish), Some("UnauthorizedException"));
+    let body: serde_json::Value = publish.json().await.unwrap();
+    assert_eq!(body["message"], "Missing authentication", "{body}");
+    assert_eq!(stored(&app, "sensors%2Ft1").await.status(), 404);
+    app.stop().await;
+}
+
+/// MQTT over secure WebSocket on the HTTPS listener, presenting `identity` if given.
+async fn wss_open(
+    app: &TestApp,
+    pki: &Pki,
+    identity: Option<(&[CertificateDer<'static>], &PrivateKeyDer<'static>)>,
+) -> RawWs<TlsStream<TcpStream>> {
+    let tls = tls_open_at(https_addr(app), &pki.connector(identity)).await;
+    let (ws, head) = RawWs::upgrade(tls, "localhost", "mqtt").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    ws
+}
+
+#[tokio::test]
+async fn wss_client_certificate_stands_for_its_principal() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let mut ws = wss_open(&app, &pki, Some((&pki.client_chain, &pki.client_key))).await;
+
+    ws.frame(true, 2, &build::connect("sensor-ws", true, 60, None))
+        .await;
+    assert_eq!(
+        ws.packet().await,
+        (0x20, vec![0, 0]),
+        "accepted, no password"
+    );
+    let publish = build::publish("sensors/ws", 1, true, false, 7, None, b"over wss");
+    ws.frame(true, 2, &publish).await;
+    assert_eq!(ws.packet().await, (0x40, vec![0, 7]), "PUBACK");
+
+    let got = stored(&app, "sensors%2Fws").await;
+    assert_eq!(got.status(), 200);
+    let got: serde_json::Value = got.json().await.unwrap();
+    assert_eq!(got["payload"], B64.encode("over wss"), "{got}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn wss_unmapped_client_certificate_without_password_is_refused() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let stranger = Some((&pki.stranger_chain[..], &pki.stranger_key));
+    let mut ws = wss_open(&app, &pki, stranger).await;
+    ws.frame(true, 2, &build::connect("sensor-ws", true, 60, None))
+        .await;
+    assert_eq!(
+        ws.packet().await,
+        (0x20, vec![0, 0x05]),
+        "not authorized, as over MQTT/TLS"
+    );
+
+    // No certificate at all: the same.
+    let mut ws = wss_open(&app, &pki, None).await;
+    ws.frame(true, 2, &build::connect("sensor-ws", true, 60, None))
+        .await;
+    assert_eq!(ws.packet().await, (0x20, vec![0, 0x05]));
     app.stop().await;
 }
 

@@ -2,7 +2,8 @@
 //! AWS operations' routes, and each handler checks its policy through [`Caller`].
 //!
 //! Credentials and policies are judged by [`crate::auth`]; this module only takes them off the
-//! request and turns failures into AWS errors. The Authorization header (and anything derived
+//! request (the Authorization header, or else the HTTPS connection's client certificate, see
+//! [`Peer`]) and turns failures into AWS errors. The Authorization header (and anything derived
 //! from it) is never logged. Health probes, the OpenAPI document and the console's files are
 //! not behind this middleware: see [`super::router`].
 
@@ -19,8 +20,9 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::payload::{drain, read_limited};
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, Peer};
 use crate::auth::{Action, AuthError, Principal, SigV4Request};
+use crate::tls::CertFingerprint;
 use crate::topic::TopicName;
 
 /// The principal the middleware authenticated, as a request extension.
@@ -33,14 +35,21 @@ enum Credentials<'a> {
     SigV4,
     /// `Authorization: Bearer <token>`, an API token from the config file.
     Bearer(&'a str),
+    /// No Authorization header, over HTTPS with a client certificate the CA signed.
+    ClientCert(CertFingerprint),
     Missing,
     Unsupported,
 }
 
 impl<'a> Credentials<'a> {
-    fn of(headers: &'a HeaderMap) -> Self {
+    fn of(headers: &'a HeaderMap, peer: Option<&Peer>) -> Self {
+        // The header wins over a certificate: a client that signs or sends a token means to be
+        // that caller, whatever certificate its TLS stack happens to present. A bad header is
+        // therefore an error even on a connection with a good certificate.
         let Some(value) = headers.get(AUTHORIZATION) else {
-            return Self::Missing;
+            return peer
+                .and_then(Peer::client_cert)
+                .map_or(Self::Missing, Self::ClientCert);
         };
         let Ok(value) = value.to_str() else {
             return Self::Unsupported;
@@ -81,9 +90,13 @@ fn err_kind(err: &ApiError) -> &'static str {
 }
 
 async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiError> {
-    let verified = match Credentials::of(req.headers()) {
+    let verified = match Credentials::of(req.headers(), Peer::of(req.extensions())) {
         Credentials::SigV4 => return verify_sigv4(state, req).await,
         Credentials::Bearer(token) => state.auth.verify_bearer(token).map_err(ApiError::from),
+        Credentials::ClientCert(digest) => state
+            .auth
+            .verify_client_cert(&digest)
+            .map_err(ApiError::from),
         Credentials::Missing => Err(AuthError::MissingCredentials.into()),
         Credentials::Unsupported => Err(AuthError::Malformed(
             "the Authorization header must be AWS4-HMAC-SHA256 (SigV4) or Bearer".into(),

@@ -188,24 +188,23 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     let shutdown = CancellationToken::new();
     // One router for HTTP and HTTPS, so both share its state (throttles, caches).
     let router = api::router(state);
+    // Each connection's `api::Peer`: its address for logs (MQTT over WebSocket names its
+    // clients by it) and, over HTTPS, the client certificate that may stand for a principal.
     let server = tokio::spawn(
         axum::serve(
             listener,
-            // The peer address is for logs (MQTT over WebSocket names its clients by it).
             router
                 .clone()
-                .into_make_service_with_connect_info::<SocketAddr>(),
+                .into_make_service_with_connect_info::<api::Peer>(),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future(),
     );
     let https = https_incoming.map(|(incoming, _)| {
-        // `tap_io` makes the peer address available as `ConnectInfo`, as on plain HTTP.
-        let incoming = axum::serve::ListenerExt::tap_io(incoming, |_| {});
         tokio::spawn(
             axum::serve(
                 incoming,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
+                router.into_make_service_with_connect_info::<api::Peer>(),
             )
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future(),

@@ -22,6 +22,9 @@ pub enum AuthError {
     Malformed(String),
     #[error("Bad credentials")]
     BadCredentials,
+    /// A CA-signed certificate that no principal lists: as good as no credentials at all.
+    #[error("The client certificate is not mapped to a principal")]
+    UnmappedCertificate,
 }
 
 impl AuthError {
@@ -34,7 +37,7 @@ impl AuthError {
     /// rather than a credential it lacks, hence 400 `InvalidRequestException`.
     pub fn http_status(&self) -> u16 {
         match self {
-            AuthError::MissingCredentials => 401,
+            AuthError::MissingCredentials | AuthError::UnmappedCertificate => 401,
             AuthError::Malformed(_) => 400,
             AuthError::UnknownAccessKey
             | AuthError::SignatureMismatch
@@ -46,7 +49,9 @@ impl AuthError {
     /// The AWS error name (`x-amzn-ErrorType`) matching [`AuthError::http_status`].
     pub fn aws_error_type(&self) -> &'static str {
         match self {
-            AuthError::MissingCredentials => "UnauthorizedException",
+            AuthError::MissingCredentials | AuthError::UnmappedCertificate => {
+                "UnauthorizedException"
+            }
             AuthError::Malformed(_) => "InvalidRequestException",
             AuthError::UnknownAccessKey
             | AuthError::SignatureMismatch

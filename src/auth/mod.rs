@@ -237,7 +237,7 @@ impl Authenticator {
 
     /// The principal a TLS client certificate stands for, by the SHA-256 of its DER encoding.
     /// The caller has already checked, in the TLS handshake, that the client holds the
-    /// certificate's key and that a trusted CA signed it. Unknown → `BadCredentials`.
+    /// certificate's key and that a trusted CA signed it. Unknown → `UnmappedCertificate`.
     pub fn verify_client_cert(&self, sha256: &[u8; 32]) -> Result<Arc<Principal>, AuthError> {
         if let Some(anonymous) = self.anonymous() {
             return Ok(anonymous);
@@ -246,7 +246,7 @@ impl Authenticator {
             .client_certs
             .get(sha256)
             .cloned()
-            .ok_or(AuthError::BadCredentials)
+            .ok_or(AuthError::UnmappedCertificate)
     }
 }
 

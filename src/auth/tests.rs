@@ -471,7 +471,7 @@ fn client_certificates_are_matched_by_digest() {
     assert_eq!(auth.verify_client_cert(&digest).unwrap().name, "sensor");
     assert!(matches!(
         auth.verify_client_cert(&[0; 32]),
-        Err(AuthError::BadCredentials)
+        Err(AuthError::UnmappedCertificate)
     ));
 }
 

@@ -1,6 +1,7 @@
 //! MQTT clients for the integration tests, all against the real listener: rumqttc for ordinary
-//! MQTT 3.1.1 and 5.0 flows, and a raw TCP socket with hand-built packets for what rumqttc will
-//! not send (malformed bytes, protocol violations) or not decode (a server DISCONNECT `E0 00`).
+//! MQTT 3.1.1 and 5.0 flows, a raw TCP socket with hand-built packets for what rumqttc will
+//! not send (malformed bytes, protocol violations) or not decode (a server DISCONNECT `E0 00`),
+//! and a hand-made WebSocket client ([`ws`]) for framing and WSS.
 //!
 //! Every wait has a deadline ([`DEADLINE`]); nothing here sleeps for a fixed time.
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use super::TestApp;
 
 pub mod raw;
+pub mod ws;
 
 /// How long any awaited MQTT event may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
