@@ -462,6 +462,42 @@ async fn https_client_certificate_principal_keeps_its_policy() {
     app.stop().await;
 }
 
+/// A browser holding a mapped certificate must not publish for a page on another site.
+#[tokio::test]
+async fn https_client_certificate_does_not_authenticate_cross_site_browser_requests() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let (sensor, base) = https_client(&app, &pki, Some(&pki.client_identity));
+    let url = format!("{base}/topics/sensors%2Ft1?retain=true");
+    for (header, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "https://elsewhere.example"),
+    ] {
+        let publish = sensor
+            .post(&url)
+            .header(header, value)
+            .body("forged")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(publish.status(), 403, "{header}: {value}");
+        assert_eq!(error_type(&publish), Some("ForbiddenException"));
+        assert_eq!(stored(&app, "sensors%2Ft1").await.status(), 404);
+    }
+    // The same request from the server's own pages is the certificate's principal.
+    let publish = sensor
+        .post(&url)
+        .header("sec-fetch-site", "same-origin")
+        .body("own page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(publish.status(), 200);
+    assert_eq!(stored(&app, "sensors%2Ft1").await.status(), 200);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn https_authorization_header_wins_over_client_certificate() {
     let pki = Pki::new();
