@@ -167,6 +167,29 @@ async fn concurrent_writes_all_land(backend: Backend) {
     assert_eq!(store.list(None, 1000).await.unwrap().len(), 300);
 }
 
+/// With several write lanes, writes to one topic still commit in the order they were made,
+/// even when they are all in flight at once (as a client's pipelined publishes are).
+async fn writes_to_a_topic_commit_in_order_across_lanes(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let options = StoreOptions {
+        write_lanes: 4,
+        ..StoreOptions::default()
+    };
+    let store = Store::new(open_backend(&db.url).await, Clock::manual(T0_MS), options);
+    const VALUES: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
+    let writes = (0..16).flat_map(|t| {
+        VALUES.map(|v| store.write(Write::Put(message(&format!("t/{t:02}"), v, T0_MS))))
+    });
+    for done in futures_util::future::join_all(writes).await {
+        done.unwrap();
+    }
+    let stored = store.scan("t/", None, None, 100).await.unwrap();
+    assert_eq!(stored.len(), 16);
+    for m in stored {
+        assert_eq!(&m.payload[..], b"7", "{}", m.topic);
+    }
+}
+
 async fn listing_is_in_byte_order_and_resumes_after_a_topic(backend: Backend) {
     let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
     for t in ["b", "a/b", "A", "a", "$SYS/x", "é", "a b", "z", "a/"] {
@@ -675,6 +698,7 @@ for_each_backend!(
     a_put_replaces_and_a_delete_removes,
     within_one_batch_the_last_write_per_topic_wins,
     concurrent_writes_all_land,
+    writes_to_a_topic_commit_in_order_across_lanes,
     listing_is_in_byte_order_and_resumes_after_a_topic,
     expired_messages_are_invisible_then_purged,
     idle_messages_are_purged_and_reads_keep_them,

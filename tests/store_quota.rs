@@ -189,7 +189,8 @@ async fn one_batch_admits_in_order_and_applies_only_what_it_admits(backend: Back
 }
 
 /// Two nodes (two connection pools on Postgres; two store handles on SQLite, which admits one
-/// process) racing to add new topics never keep more than the quota between them.
+/// process), each committing on two lanes at once, racing to add new topics never keep more
+/// than the quota between them.
 async fn racing_nodes_never_exceed_the_service_quota(backend: Backend) {
     let db = fresh_db(backend).await;
     let first = open_backend(&db.url).await;
@@ -197,7 +198,15 @@ async fn racing_nodes_never_exceed_the_service_quota(backend: Backend) {
         Backend::Postgres => open_backend(&db.url).await,
         Backend::Sqlite => first.clone(),
     };
-    let nodes = [store_on(first, Some(60)), store_on(second, Some(60))];
+    let on = |backend| {
+        let options = StoreOptions {
+            max_messages: Some(60),
+            write_lanes: 2,
+            ..StoreOptions::default()
+        };
+        Store::new(backend, Clock::manual(T0_MS), options)
+    };
+    let nodes = [on(first), on(second)];
     let mut tasks = tokio::task::JoinSet::new();
     for (n, store) in nodes.iter().enumerate() {
         for i in 0..50 {

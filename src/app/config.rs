@@ -177,6 +177,13 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
+    /// Group commits in flight at once, each on its own database connection; a topic's writes
+    /// always use the same one, so they stay in order. 1 (the default) makes the biggest
+    /// batches; more lets Postgres use more cores when many clients store at once.
+    #[arg(long, env = "RETAIND_DB_WRITE_LANES", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub db_write_lanes: u16,
+
     /// How long any database call may take before the request fails with 503.
     #[arg(long, env = "RETAIND_STORE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,

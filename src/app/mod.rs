@@ -109,6 +109,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             cache_bytes: config.read_cache_mib.saturating_mul(1 << 20),
             max_messages: (config.max_retained_messages > 0)
                 .then_some(config.max_retained_messages),
+            write_lanes: usize::from(config.db_write_lanes),
         },
     );
     let tokens = PageTokens::new(&store.token_key().await.map_err(store_err)?);

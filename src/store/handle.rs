@@ -1,5 +1,6 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -25,6 +26,10 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// Most retained messages the whole store may keep; `None`: no limit.
     pub max_messages: Option<u64>,
+    /// Group commits in flight at once, each on its own connection, topics spread over them
+    /// by hash (so each topic's writes stay in order). More than one lets the database use
+    /// more than one core for writes, at the price of smaller batches.
+    pub write_lanes: usize,
 }
 
 impl Default for StoreOptions {
@@ -34,6 +39,7 @@ impl Default for StoreOptions {
             read_concurrency: 8,
             cache_bytes: 64 << 20,
             max_messages: None,
+            write_lanes: 1,
         }
     }
 }
@@ -65,7 +71,8 @@ pub struct Store {
 
 struct Inner {
     backend: Arc<dyn RetainedStore>,
-    writes: Coalescer<OwnedWrite, WriteResult>,
+    /// Write lanes: a topic always goes to the same one, so its writes commit in order.
+    writes: Vec<Coalescer<OwnedWrite, WriteResult>>,
     reads: Coalescer<TopicName, ReadResult>,
     touched: Mutex<HashSet<TopicName>>,
     cache: Option<Arc<ReadCache>>,
@@ -103,33 +110,35 @@ impl Store {
             }
             cache
         });
-        let writes = {
-            let (backend, cache) = (backend.clone(), cache.clone());
-            // One batch in flight: batches commit in arrival order, so the last publish to a
-            // topic is the one that stays.
-            let limits = CoalesceLimits {
-                queue: QUEUE,
-                max_batch: MAX_WRITE_BATCH,
-                concurrency: 1,
-            };
-            let max_messages = options.max_messages;
-            Coalescer::spawn(limits, move |writes: Vec<OwnedWrite>| {
+        let writes = (0..options.write_lanes.max(1))
+            .map(|_| {
                 let (backend, cache) = (backend.clone(), cache.clone());
-                async move {
-                    let result = deadline(timeout, backend.apply(&writes, max_messages)).await;
-                    if let Some(cache) = cache {
-                        record_writes(&cache, &writes, result.as_deref(), timeout);
+                // One batch in flight per lane: a lane's batches commit in arrival order, so the
+                // last publish to a topic is the one that stays.
+                let limits = CoalesceLimits {
+                    queue: QUEUE,
+                    max_batch: MAX_WRITE_BATCH,
+                    concurrency: 1,
+                };
+                let max_messages = options.max_messages;
+                Coalescer::spawn(limits, move |writes: Vec<OwnedWrite>| {
+                    let (backend, cache) = (backend.clone(), cache.clone());
+                    async move {
+                        let result = deadline(timeout, backend.apply(&writes, max_messages)).await;
+                        if let Some(cache) = cache {
+                            record_writes(&cache, &writes, result.as_deref(), timeout);
+                        }
+                        match result {
+                            Ok(verdicts) => verdicts
+                                .into_iter()
+                                .map(|v| v.map_err(Error::QuotaExceeded))
+                                .collect(),
+                            Err(e) => vec![Err(e); writes.len()],
+                        }
                     }
-                    match result {
-                        Ok(verdicts) => verdicts
-                            .into_iter()
-                            .map(|v| v.map_err(Error::QuotaExceeded))
-                            .collect(),
-                        Err(e) => vec![Err(e); writes.len()],
-                    }
-                }
+                })
             })
-        };
+            .collect();
         let reads = {
             let (backend, clock) = (backend.clone(), clock.clone());
             let limits = CoalesceLimits {
@@ -178,8 +187,12 @@ impl Store {
     /// its quota of retained messages fails with [`Error::QuotaExceeded`] and writes nothing.
     pub async fn write_as(&self, write: Write, owner: Owner) -> Result<(), Error> {
         let call = async {
-            self.inner
-                .writes
+            let lanes = &self.inner.writes;
+            let lane = match lanes.len() {
+                1 => 0,
+                n => (lane_hasher().hash_one(write.topic().as_str()) % n as u64) as usize,
+            };
+            lanes[lane]
                 .call(OwnedWrite { write, owner })
                 .await
                 .unwrap_or(Err(Error::Closed))
@@ -354,6 +367,11 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Spreads topics over write lanes; fixed keys, so a topic keeps its lane for the process's life.
+fn lane_hasher() -> std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> {
+    std::hash::BuildHasherDefault::default()
 }
 
 /// Puts committed writes in the cache (refused ones changed nothing). After a failure the

@@ -191,21 +191,25 @@ where
     Ok(())
 }
 
-/// The counts a quota decision starts from. The caller holds the lock on `retained_total`,
-/// which every node takes before deciding, so no other decision can interleave.
+/// The counts a quota decision starts from, read after locking every shard of
+/// `retained_total`: a connection adding messages updates one of them, so the lock waits for
+/// those in progress and holds off the next ones, on every node, until this batch commits.
 async fn standing(
     tx: &mut sqlx::PgConnection,
     writes: &[OwnedWrite],
 ) -> Result<quota::Standing, Error> {
-    let total: i64 = sqlx::query_scalar("SELECT messages FROM retained_total FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await?;
+    let shards: Vec<i64> =
+        sqlx::query_scalar("SELECT messages FROM retained_total ORDER BY shard FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?;
+    let total: i64 = shards.iter().sum();
     let owners = quota::owners_with_quota(writes);
     let by_owner: Vec<(String, i64)> = if owners.is_empty() {
         Vec::new()
     } else {
         sqlx::query_as(
-            "SELECT owner, messages FROM retained_owner_counts WHERE owner = ANY($1::text[])",
+            "SELECT owner, sum(messages)::int8 FROM retained_owner_counts
+             WHERE owner = ANY($1::text[]) GROUP BY owner",
         )
         .bind(owners)
         .fetch_all(&mut *tx)
@@ -252,15 +256,17 @@ impl RetainedStore for PostgresStore {
     async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
         let n: Option<i64> = match owner {
             None => {
-                sqlx::query_scalar("SELECT messages FROM retained_total")
-                    .fetch_optional(&self.pool)
+                sqlx::query_scalar("SELECT sum(messages)::int8 FROM retained_total")
+                    .fetch_one(&self.pool)
                     .await?
             }
             Some(owner) => {
-                sqlx::query_scalar("SELECT messages FROM retained_owner_counts WHERE owner = $1")
-                    .bind(owner)
-                    .fetch_optional(&self.pool)
-                    .await?
+                sqlx::query_scalar(
+                    "SELECT sum(messages)::int8 FROM retained_owner_counts WHERE owner = $1",
+                )
+                .bind(owner)
+                .fetch_one(&self.pool)
+                .await?
             }
         };
         Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
