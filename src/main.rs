@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use retaind::app::{self, Cli, Command, LogFormat, ServeConfig};
 use retaind::store::Clock;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -54,8 +55,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
+    // Colours only for a person at a terminal; files, journald and log shippers get plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     match config.log_format {
         LogFormat::Text => logs.init(),

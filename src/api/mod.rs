@@ -24,6 +24,8 @@ mod retained;
 mod throttle;
 mod topic_path;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::FromRef;
@@ -46,9 +48,27 @@ use crate::broker::Broker;
 use crate::store::Store;
 use crate::topic::TopicLimits;
 
-/// What every handler shares: a cheap `Clone` handle.
+/// What every handler shares: a cheap `Clone` handle (one reference count; axum clones it for
+/// every extractor and middleware of every request).
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<Shared>);
+
+impl From<Shared> for ApiState {
+    fn from(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The contents of [`ApiState`].
+pub struct Shared {
     pub store: Store,
     pub broker: Broker,
     pub tokens: PageTokens,

@@ -135,7 +135,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         },
         auth.clone(),
     );
-    let state = ApiState {
+    let state = ApiState::from(api::Shared {
         store: store.clone(),
         broker: broker.clone(),
         tokens,
@@ -147,7 +147,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             list_retained_messages: config.rate_list_retained_messages,
             publish: config.rate_publish,
         }),
-    };
+    });
     let mqtt_listener = TcpListener::bind(config.mqtt_addr)
         .await
         .map_err(|source| Error::BindMqtt {
