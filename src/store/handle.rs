@@ -111,33 +111,7 @@ impl Store {
             cache
         });
         let writes = (0..options.write_lanes.max(1))
-            .map(|_| {
-                let (backend, cache) = (backend.clone(), cache.clone());
-                // One batch in flight per lane: a lane's batches commit in arrival order, so the
-                // last publish to a topic is the one that stays.
-                let limits = CoalesceLimits {
-                    queue: QUEUE,
-                    max_batch: MAX_WRITE_BATCH,
-                    concurrency: 1,
-                };
-                let max_messages = options.max_messages;
-                Coalescer::spawn(limits, move |writes: Vec<OwnedWrite>| {
-                    let (backend, cache) = (backend.clone(), cache.clone());
-                    async move {
-                        let result = deadline(timeout, backend.apply(&writes, max_messages)).await;
-                        if let Some(cache) = cache {
-                            record_writes(&cache, &writes, result.as_deref(), timeout);
-                        }
-                        match result {
-                            Ok(verdicts) => verdicts
-                                .into_iter()
-                                .map(|v| v.map_err(Error::QuotaExceeded))
-                                .collect(),
-                            Err(e) => vec![Err(e); writes.len()],
-                        }
-                    }
-                })
-            })
+            .map(|_| write_lane(backend.clone(), cache.clone(), &options))
             .collect();
         let reads = {
             let (backend, clock) = (backend.clone(), clock.clone());
@@ -367,6 +341,37 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// One group-commit lane. One batch in flight: a lane's batches commit in arrival order, so the
+/// last publish to a topic is the one that stays.
+fn write_lane(
+    backend: Arc<dyn RetainedStore>,
+    cache: Option<Arc<ReadCache>>,
+    options: &StoreOptions,
+) -> Coalescer<OwnedWrite, WriteResult> {
+    let limits = CoalesceLimits {
+        queue: QUEUE,
+        max_batch: MAX_WRITE_BATCH,
+        concurrency: 1,
+    };
+    let (timeout, max_messages) = (options.timeout, options.max_messages);
+    Coalescer::spawn(limits, move |writes: Vec<OwnedWrite>| {
+        let (backend, cache) = (backend.clone(), cache.clone());
+        async move {
+            let result = deadline(timeout, backend.apply(&writes, max_messages)).await;
+            if let Some(cache) = cache {
+                record_writes(&cache, &writes, result.as_deref(), timeout);
+            }
+            match result {
+                Ok(verdicts) => verdicts
+                    .into_iter()
+                    .map(|v| v.map_err(Error::QuotaExceeded))
+                    .collect(),
+                Err(e) => vec![Err(e); writes.len()],
+            }
+        }
+    })
 }
 
 /// Spreads topics over write lanes; fixed keys, so a topic keeps its lane for the process's life.
