@@ -2,9 +2,10 @@
 //! AWS operations' routes, and each handler checks its policy through [`Caller`].
 //!
 //! Credentials and policies are judged by [`crate::auth`]; this module only takes them off the
-//! request (the Authorization header, or else the HTTPS connection's client certificate, see
-//! [`Peer`]) and turns failures into AWS errors. The Authorization header (and anything derived
-//! from it) is never logged. Health probes, the OpenAPI document and the console's files are
+//! request (the Authorization header or a presigned URL's query, or else the HTTPS connection's
+//! client certificate, see [`Peer`]) and turns failures into AWS errors. The Authorization header
+//! and the query string (and anything derived from them) are never logged: the access log names
+//! the route template, not the URI. Health probes, the OpenAPI document and the console's files are
 //! not behind this middleware: see [`super::router`].
 
 use std::sync::Arc;
@@ -32,7 +33,8 @@ struct Authenticated(Arc<Principal>);
 
 /// How the request says who it is.
 enum Credentials<'a> {
-    /// `Authorization: AWS4-HMAC-SHA256 Credential=...`, as the AWS SDKs and CLI sign.
+    /// `Authorization: AWS4-HMAC-SHA256 Credential=...`, as the AWS SDKs and CLI sign, or the
+    /// same signature in the query string (a presigned URL).
     SigV4,
     /// `Authorization: Bearer <token>`, an API token from the config file.
     Bearer(&'a str),
@@ -43,10 +45,15 @@ enum Credentials<'a> {
 }
 
 impl<'a> Credentials<'a> {
-    fn of(headers: &'a HeaderMap, peer: Option<&Peer>) -> Self {
+    fn of(headers: &'a HeaderMap, query: Option<&str>, peer: Option<&Peer>) -> Self {
         // The header wins over a certificate: a client that signs or sends a token means to be
         // that caller, whatever certificate its TLS stack happens to present. A bad header is
-        // therefore an error even on a connection with a good certificate.
+        // therefore an error even on a connection with a good certificate. A presigned URL
+        // counts as signing; with an Authorization header too, the SigV4 check refuses it as
+        // malformed.
+        if crate::auth::is_presigned(query) {
+            return Self::SigV4;
+        }
         let Some(value) = headers.get(AUTHORIZATION) else {
             return peer
                 .and_then(Peer::client_cert)
@@ -91,24 +98,25 @@ fn err_kind(err: &ApiError) -> &'static str {
 }
 
 async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiError> {
-    let verified = match Credentials::of(req.headers(), Peer::of(req.extensions())) {
-        Credentials::SigV4 => return verify_sigv4(state, req).await,
-        Credentials::Bearer(token) => state.auth.verify_bearer(token).map_err(ApiError::from),
-        Credentials::ClientCert(_) if cross_site(req.headers()) => Err(ApiError::Forbidden(
-            "a client certificate does not authenticate a cross-site browser request; \
+    let verified =
+        match Credentials::of(req.headers(), req.uri().query(), Peer::of(req.extensions())) {
+            Credentials::SigV4 => return verify_sigv4(state, req).await,
+            Credentials::Bearer(token) => state.auth.verify_bearer(token).map_err(ApiError::from),
+            Credentials::ClientCert(_) if cross_site(req.headers()) => Err(ApiError::Forbidden(
+                "a client certificate does not authenticate a cross-site browser request; \
              send credentials (SigV4 or a bearer token)"
-                .into(),
-        )),
-        Credentials::ClientCert(digest) => state
-            .auth
-            .verify_client_cert(&digest)
-            .map_err(ApiError::from),
-        Credentials::Missing => Err(AuthError::MissingCredentials.into()),
-        Credentials::Unsupported => Err(AuthError::Malformed(
-            "the Authorization header must be AWS4-HMAC-SHA256 (SigV4) or Bearer".into(),
-        )
-        .into()),
-    };
+                    .into(),
+            )),
+            Credentials::ClientCert(digest) => state
+                .auth
+                .verify_client_cert(&digest)
+                .map_err(ApiError::from),
+            Credentials::Missing => Err(AuthError::MissingCredentials.into()),
+            Credentials::Unsupported => Err(AuthError::Malformed(
+                "the Authorization header must be AWS4-HMAC-SHA256 (SigV4) or Bearer".into(),
+            )
+            .into()),
+        };
     let (mut parts, body) = req.into_parts();
     match verified {
         Ok(principal) => {

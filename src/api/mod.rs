@@ -96,7 +96,8 @@ pub fn router(state: ApiState) -> Router {
     // The AWS operations need credentials when principals are configured. The probes, the
     // OpenAPI document, the console's files (which hold no data) and its session-info (which
     // says only whether to sign in) do not; MQTT over WebSocket authenticates in its CONNECT,
-    // like MQTT over TCP. See decisions 007 and 008.
+    // like MQTT over TCP, or by a presigned upgrade URL it checks itself. See decisions 007
+    // and 008.
     let operations = Router::new()
         .route("/retainedMessage", get(retained::list))
         .route("/retainedMessage/", get(empty_topic))

@@ -2,22 +2,31 @@
 //! stream. Binary frames carry MQTT bytes, and a packet may span frames or share one.
 //!
 //! Over HTTPS the connection's client certificate goes to the broker with the stream, so a
-//! WSS client authenticates by it exactly as an MQTT-over-TLS client does.
+//! WSS client authenticates by it exactly as an MQTT-over-TLS client does. An upgrade request
+//! whose query carries a SigV4 signature (a presigned URL, as the AWS IoT device SDKs build it
+//! with the service name `iotdevicegateway`) is verified before the upgrade and refused with the
+//! AWS error if bad; its principal then goes to the broker the same way, so the CONNECT needs
+//! no credentials. The signature wins over a certificate, as the Authorization header does for
+//! the HTTP API.
 
 use std::io;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::Extension;
 use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::future::ready;
 use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
 use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 
-use super::{ApiState, Peer};
-use crate::broker::Broker;
-use crate::tls::CertFingerprint;
+use super::{ApiError, ApiState, Peer};
+use crate::auth::{self, AuthError, Principal, SigV4Request};
+use crate::broker::{Broker, TransportIdentity};
 
 /// Room for the WebSocket framing around the largest MQTT packet we accept.
 const FRAME_OVERHEAD: usize = 16;
@@ -25,11 +34,26 @@ const FRAME_OVERHEAD: usize = 16;
 pub async fn upgrade(
     State(state): State<ApiState>,
     peer: Option<Extension<ConnectInfo<Peer>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let (name, client_cert) = match peer {
         Some(Extension(ConnectInfo(peer))) => (peer.websocket_name(), peer.client_cert()),
         None => ("websocket".to_owned(), None),
+    };
+    let identity = match presigned_principal(&state, &method, &uri, &headers) {
+        Ok(Some(principal)) => Some(TransportIdentity::Signed(principal)),
+        Ok(None) => client_cert.map(TransportIdentity::ClientCert),
+        Err(err) => {
+            // The kind only: the cause could quote the credentials the client sent.
+            tracing::debug!(
+                kind = err.aws_error_type(),
+                "presigned WebSocket URL refused"
+            );
+            return ApiError::from(err).into_response();
+        }
     };
     let broker = state.broker.clone();
     let max = broker.config().max_packet_bytes as usize + FRAME_OVERHEAD;
@@ -37,14 +61,36 @@ pub async fn upgrade(
     ws.protocols(["mqtt", "mqttv3.1"])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(broker, socket, name, client_cert))
+        .on_upgrade(move |socket| serve(broker, socket, name, identity))
+}
+
+/// The principal a presigned upgrade URL names, once its signature checks out; `None` when the
+/// query carries no signature or principals are not configured (the CONNECT decides then).
+fn presigned_principal(
+    state: &ApiState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<Principal>>, AuthError> {
+    if !state.auth.is_enabled() || !auth::is_presigned(uri.query()) {
+        return Ok(None);
+    }
+    let req = SigV4Request {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query(),
+        headers,
+        // An upgrade request has no body.
+        payload_sha256: Sha256::digest(b"").into(),
+    };
+    state.auth.verify_sigv4(&req, SystemTime::now()).map(Some)
 }
 
 async fn serve(
     broker: Broker,
     socket: WebSocket,
     peer: String,
-    client_cert: Option<CertFingerprint>,
+    identity: Option<TransportIdentity>,
 ) {
     let (sink, stream) = socket.split();
     let reader = StreamReader::new(stream.filter_map(|frame| {
@@ -65,6 +111,6 @@ async fn serve(
             .with(|bytes: Bytes| ready(Ok::<_, io::Error>(Frame::Binary(bytes)))),
     ));
     broker
-        .serve_connection_with_cert(tokio::io::join(reader, writer), peer, client_cert)
+        .serve_connection_as(tokio::io::join(reader, writer), peer, identity)
         .await;
 }

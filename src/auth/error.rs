@@ -18,6 +18,8 @@ pub enum AuthError {
          (clock skew)"
     )]
     RequestTimeTooSkewed,
+    #[error("Signature expired: the presigned URL's X-Amz-Date plus X-Amz-Expires has passed")]
+    PresignedUrlExpired,
     #[error("Malformed authorization: {0}")]
     Malformed(String),
     #[error("Bad credentials")]
@@ -42,6 +44,7 @@ impl AuthError {
             AuthError::UnknownAccessKey
             | AuthError::SignatureMismatch
             | AuthError::RequestTimeTooSkewed
+            | AuthError::PresignedUrlExpired
             | AuthError::BadCredentials => 403,
         }
     }
@@ -56,6 +59,7 @@ impl AuthError {
             AuthError::UnknownAccessKey
             | AuthError::SignatureMismatch
             | AuthError::RequestTimeTooSkewed
+            | AuthError::PresignedUrlExpired
             | AuthError::BadCredentials => "ForbiddenException",
         }
     }

@@ -20,6 +20,7 @@ mod error;
 mod password;
 mod pattern;
 mod policy;
+mod presigned;
 mod sigv4;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub use config::{AuthConfig, ConfigError, PrincipalConfig, StatementConfig};
 pub use error::AuthError;
 pub use password::hash_password;
 pub use policy::{Action, Effect, Principal};
+pub use presigned::is_presigned;
 pub use sigv4::SigV4Request;
 
 use password::StoredHash;
@@ -136,7 +138,8 @@ impl Authenticator {
         self.inner.anonymous.clone()
     }
 
-    /// SigV4 as the AWS SDKs sign. Ok → the principal. `now` is the server's clock (injected so
+    /// SigV4 as the AWS SDKs sign, in the `Authorization` header or in the query string (a
+    /// presigned URL). Ok → the principal. `now` is the server's clock (injected so
     /// tests can sign at fixed times).
     pub fn verify_sigv4(
         &self,
@@ -155,7 +158,24 @@ impl Authenticator {
         if let Some(anonymous) = self.anonymous() {
             return Ok(anonymous);
         }
-        let auth = sigv4::parse_authorization(req.headers)?;
+        // A request signed both ways is ambiguous about which signature counts.
+        let presigned = match req.query {
+            Some(query) if presigned::is_presigned(Some(query)) => {
+                if req.headers.contains_key(http::header::AUTHORIZATION) {
+                    return Err(AuthError::Malformed(
+                        "a request carries either an Authorization header or X-Amz-Signature \
+                         in its query, not both"
+                            .into(),
+                    ));
+                }
+                Some(presigned::parse_presigned(query)?)
+            }
+            _ => None,
+        };
+        let auth = match &presigned {
+            Some(presigned) => presigned.authorization()?,
+            None => sigv4::parse_authorization(req.headers)?,
+        };
         let key = self
             .inner
             .access_keys
@@ -183,7 +203,8 @@ impl Authenticator {
     }
 
     /// Authenticates an HTTP request by whichever credentials it carries: a SigV4
-    /// `Authorization` header, or `Authorization: Bearer <token>`; none → `MissingCredentials`.
+    /// `Authorization` header or presigned URL, or `Authorization: Bearer <token>`; none →
+    /// `MissingCredentials`.
     pub fn verify_http(
         &self,
         req: &SigV4Request<'_>,
@@ -193,9 +214,12 @@ impl Authenticator {
             return Ok(anonymous);
         }
         let Some(value) = req.headers.get(http::header::AUTHORIZATION) else {
+            if presigned::is_presigned(req.query) {
+                return self.verify_sigv4(req, now);
+            }
             return Err(AuthError::MissingCredentials);
         };
-        if sigv4::is_sigv4(req.headers) {
+        if sigv4::is_sigv4(req.headers) || presigned::is_presigned(req.query) {
             return self.verify_sigv4(req, now);
         }
         let token = value

@@ -7,6 +7,13 @@
 //!   raw path as received, encoding every byte but unreserved characters and `/`.
 //! - the payload hash is computed here from the body; an `x-amz-content-sha256` header, when
 //!   sent, must agree with it, so a signature can never cover a body other than the one received.
+//!
+//! A signature comes either in the `Authorization` header or in the query string (a presigned
+//! URL: `X-Amz-Credential`, `X-Amz-Date`, `X-Amz-Expires`, `X-Amz-SignedHeaders`,
+//! `X-Amz-Signature`). Both forms sign the same canonical request, except that the query form
+//! leaves `X-Amz-Signature` out of the canonical query and dates the request in the query. Its
+//! payload hash is the body's, as botocore's `SigV4QueryAuth` signs for services other than S3
+//! (the empty body's hash for a GET or a WebSocket upgrade).
 
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +23,7 @@ use subtle::ConstantTimeEq;
 
 use super::AuthError;
 use super::amz_date::parse_basic_iso8601;
+use super::presigned::{check_presigned_window, is_signature_param};
 
 /// The parts of an HTTP request a SigV4 signature covers.
 pub struct SigV4Request<'a> {
@@ -34,12 +42,12 @@ pub struct SigV4Request<'a> {
 pub(super) const IOT_SERVICES: &[&str] = &["iotdata", "iotdevicegateway", "iot"];
 
 /// AWS rejects requests whose time is more than five minutes from its clock.
-const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+pub(super) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
-const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+pub(super) const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
-/// The `Authorization` header of a SigV4 request, parsed.
+/// A SigV4 signature, parsed from the `Authorization` header or from a presigned URL's query.
 pub(super) struct Authorization<'h> {
     pub(super) access_key_id: &'h str,
     scope_date: &'h str,
@@ -47,6 +55,19 @@ pub(super) struct Authorization<'h> {
     service: &'h str,
     signed_headers: Vec<&'h str>,
     signature: [u8; 32],
+    form: Form<'h>,
+}
+
+/// Where the signature came from, which decides how the request is dated.
+pub(super) enum Form<'h> {
+    /// `Authorization` header: dated by a signed `X-Amz-Date` (or `Date`) header, and good for
+    /// five minutes either side of it.
+    Header,
+    /// Presigned URL: dated by `X-Amz-Date` in the query, and good until `expires` after it.
+    Query {
+        amz_date: &'h str,
+        expires: Duration,
+    },
 }
 
 /// Whether the request carries a SigV4 `Authorization` header (whatever its validity).
@@ -83,7 +104,17 @@ pub(super) fn parse_authorization(
     let signed_headers =
         signed_headers.ok_or_else(|| malformed("Authorization lacks SignedHeaders"))?;
     let signature = signature.ok_or_else(|| malformed("Authorization lacks Signature"))?;
+    signature_fields(credential, signed_headers, signature, Form::Header)
+}
 
+/// The fields both forms share: `<key>/<date>/<region>/<service>/aws4_request`, the signed
+/// header names and the hexadecimal signature.
+pub(super) fn signature_fields<'h>(
+    credential: &'h str,
+    signed_headers: &'h str,
+    signature: &'h str,
+    form: Form<'h>,
+) -> Result<Authorization<'h>, AuthError> {
     let [access_key_id, scope_date, region, service, terminator] = credential
         .split('/')
         .collect::<Vec<_>>()
@@ -110,6 +141,7 @@ pub(super) fn parse_authorization(
         service,
         signed_headers,
         signature: decoded,
+        form,
     })
 }
 
@@ -124,24 +156,32 @@ pub(super) fn verify(
     if !services.contains(&auth.service) {
         return Err(AuthError::SignatureMismatch);
     }
-    let (date_header, amz_date) = request_time(req.headers)?;
-    if !auth.signed_headers.contains(&date_header) {
-        return Err(malformed("the request date header must be signed"));
-    }
-    let signed_at = parse_basic_iso8601(amz_date)
-        .ok_or_else(|| malformed("request date must be YYYYMMDD'T'HHMMSS'Z'"))?;
-    let skew = now
-        .duration_since(signed_at)
-        .or_else(|e| Ok::<_, AuthError>(e.duration()))?;
-    if skew > MAX_CLOCK_SKEW {
-        return Err(AuthError::RequestTimeTooSkewed);
-    }
+    let amz_date = match auth.form {
+        Form::Header => {
+            let (date_header, amz_date) = request_time(req.headers)?;
+            if !auth.signed_headers.contains(&date_header) {
+                return Err(malformed("the request date header must be signed"));
+            }
+            let skew = now
+                .duration_since(signed_at(amz_date)?)
+                .unwrap_or_else(|e| e.duration());
+            if skew > MAX_CLOCK_SKEW {
+                return Err(AuthError::RequestTimeTooSkewed);
+            }
+            amz_date
+        }
+        Form::Query { amz_date, expires } => {
+            check_presigned_window(signed_at(amz_date)?, expires, now)?;
+            amz_date
+        }
+    };
     if amz_date[..8] != *auth.scope_date {
         return Err(AuthError::SignatureMismatch);
     }
 
     let payload_hash = payload_hash(req)?;
-    let canonical = canonical_request(req, &auth.signed_headers, &payload_hash)?;
+    let presigned = matches!(auth.form, Form::Query { .. });
+    let canonical = canonical_request(req, &auth.signed_headers, &payload_hash, presigned)?;
     let scope = format!(
         "{}/{}/{}/aws4_request",
         auth.scope_date, auth.region, auth.service
@@ -165,7 +205,12 @@ pub(super) fn verify(
     }
 }
 
-fn malformed(what: &str) -> AuthError {
+fn signed_at(amz_date: &str) -> Result<SystemTime, AuthError> {
+    parse_basic_iso8601(amz_date)
+        .ok_or_else(|| malformed("request date must be YYYYMMDD'T'HHMMSS'Z'"))
+}
+
+pub(super) fn malformed(what: &str) -> AuthError {
     AuthError::Malformed(what.to_owned())
 }
 
@@ -202,6 +247,7 @@ fn canonical_request(
     req: &SigV4Request<'_>,
     signed_headers: &[&str],
     payload_hash: &str,
+    presigned: bool,
 ) -> Result<String, AuthError> {
     let mut out = String::with_capacity(512);
     out.push_str(req.method);
@@ -212,7 +258,7 @@ fn canonical_request(
         encode_into(&mut out, req.path.as_bytes(), true);
     }
     out.push('\n');
-    out.push_str(&canonical_query(req.query.unwrap_or("")));
+    out.push_str(&canonical_query(req.query.unwrap_or(""), presigned));
     out.push('\n');
     for name in signed_headers {
         let mut values = req.headers.get_all(*name).iter().peekable();
@@ -249,10 +295,12 @@ fn push_collapsed(out: &mut String, value: &[u8]) {
     }
 }
 
-fn canonical_query(raw: &str) -> String {
+/// The sorted, re-encoded query; a presigned URL's own signature is not part of what it signs.
+fn canonical_query(raw: &str, presigned: bool) -> String {
     let mut pairs: Vec<(String, String)> = raw
         .split('&')
         .filter(|p| !p.is_empty())
+        .filter(|pair| !(presigned && is_signature_param(pair)))
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let mut key = String::new();
@@ -290,7 +338,7 @@ fn encode_into(out: &mut String, bytes: &[u8], keep_slash: bool) {
 }
 
 /// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is.
-fn percent_decode(raw: &str) -> Vec<u8> {
+pub(super) fn percent_decode(raw: &str) -> Vec<u8> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -433,8 +481,11 @@ mod tests {
 
     #[test]
     fn canonical_query_is_decoded_reencoded_and_sorted() {
-        assert_eq!(canonical_query("b=2&a=x%20y&a=1&c"), "a=1&a=x%20y&b=2&c=");
-        assert_eq!(canonical_query("k=a+b&z=%7e"), "k=a%2Bb&z=~");
+        assert_eq!(
+            canonical_query("b=2&a=x%20y&a=1&c", false),
+            "a=1&a=x%20y&b=2&c="
+        );
+        assert_eq!(canonical_query("k=a+b&z=%7e", false), "k=a%2Bb&z=~");
     }
 
     #[test]

@@ -26,20 +26,34 @@ pub fn owner(principal: Option<&Principal>) -> Owner {
     })
 }
 
-/// A TLS client certificate mapped to a principal (`client_cert_sha256`) stands in for the
-/// credentials; credentials sent with it must name the same principal.
+/// Who the transport under MQTT proved the client to be, before its CONNECT arrived.
+#[derive(Clone)]
+pub enum TransportIdentity {
+    /// The fingerprint of the TLS client certificate the peer proved it holds (MQTT over TLS,
+    /// or WSS): worth the principal whose `client_cert_sha256` it is, if any.
+    ClientCert(CertFingerprint),
+    /// A principal whose SigV4 signature the WebSocket upgrade request carried in its query (a
+    /// presigned `/mqtt` URL), already verified by the HTTP layer.
+    Signed(Arc<Principal>),
+}
+
+/// An identity proven by the transport (a mapped TLS client certificate, a presigned WebSocket
+/// URL) stands in for the credentials; credentials sent with it must name the same principal.
 pub(super) async fn authenticate(
     broker: &Broker,
     connect: &mqtt::Connect,
     client: &ClientKey,
-    client_cert: Option<CertFingerprint>,
+    identity: Option<TransportIdentity>,
 ) -> Result<Option<Arc<Principal>>, ConnectAckReason> {
     let auth = broker.auth().clone();
     if !auth.is_enabled() {
         return Ok(None);
     }
-    let by_cert = client_cert.and_then(|digest| auth.verify_client_cert(&digest).ok());
-    if let Some(principal) = &by_cert
+    let by_transport = identity.and_then(|identity| match identity {
+        TransportIdentity::ClientCert(digest) => auth.verify_client_cert(&digest).ok(),
+        TransportIdentity::Signed(principal) => Some(principal),
+    });
+    if let Some(principal) = &by_transport
         && connect.username.is_none()
         && connect.password.is_none()
     {
@@ -59,7 +73,7 @@ pub(super) async fn authenticate(
         Ok(Err(_)) => return Err(ConnectAckReason::BadUserNameOrPassword),
         Err(_) => return Err(ConnectAckReason::ServerUnavailable),
     };
-    if by_cert.is_some_and(|by_cert| !Arc::ptr_eq(&by_cert, &principal)) {
+    if by_transport.is_some_and(|by_transport| !Arc::ptr_eq(&by_transport, &principal)) {
         return Err(ConnectAckReason::NotAuthorized);
     }
     authorize_connect(principal, client)

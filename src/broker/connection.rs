@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::admission::{authenticate, may_publish, owner, refuse};
+use super::admission::{TransportIdentity, authenticate, may_publish, owner, refuse};
 use super::inbound::Settled;
 use super::limits::ConnectionSlot;
 use super::registry::{Session, deliver_blocked};
@@ -32,7 +32,6 @@ use crate::mqtt::{
 };
 use crate::rate::TokenBucket;
 use crate::store::Owner;
-use crate::tls::CertFingerprint;
 use crate::topic::TopicName;
 
 /// Inbound publishes waiting for the store before they are acknowledged and routed. Past
@@ -94,12 +93,13 @@ pub(super) struct Connection<T> {
     pub publish_rate: TokenBucket,
 }
 
-/// `client_cert` is the fingerprint of the TLS client certificate the peer proved it holds.
+/// `identity` is who the transport proved the peer to be (a TLS client certificate, a presigned
+/// WebSocket URL), if anyone.
 pub(super) async fn serve<T>(
     broker: Broker,
     io: T,
     peer: String,
-    client_cert: Option<CertFingerprint>,
+    identity: Option<TransportIdentity>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -116,7 +116,7 @@ pub(super) async fn serve<T>(
         }
         Ok(Ok(accepted)) => accepted,
     };
-    let Some(mut conn) = Connection::accept(broker, cfg, framed, connect, client_cert).await else {
+    let Some(mut conn) = Connection::accept(broker, cfg, framed, connect, identity).await else {
         return;
     };
     // Every line this connection logs carries its client id and peer.
@@ -139,7 +139,7 @@ where
         cfg: BrokerConfig,
         mut framed: Framed<T>,
         connect: mqtt::Connect,
-        client_cert: Option<CertFingerprint>,
+        identity: Option<TransportIdentity>,
     ) -> Option<Self> {
         let v5 = framed.version() == Version::V5;
         let mut assigned = None;
@@ -163,7 +163,7 @@ where
             refuse(&mut framed, ConnectAckReason::ServerBusy).await;
             return None;
         };
-        let principal = match authenticate(&broker, &connect, &client, client_cert).await {
+        let principal = match authenticate(&broker, &connect, &client, identity).await {
             Ok(principal) => principal,
             Err(reason) => {
                 refuse(&mut framed, reason).await;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use super::Broker;
+use super::{Broker, TransportIdentity};
 use crate::tls::{self, TlsIncoming};
 
 /// Accepts connections until the broker shuts down; each is served on its own task.
@@ -41,11 +41,11 @@ pub async fn serve_tls(broker: Broker, mut incoming: TlsIncoming) {
             () = broker.shutdown_signal().cancelled() => return,
             established = incoming.next() => established,
         };
-        let client_cert = tls::client_cert_sha256(&stream);
+        let identity = tls::client_cert_sha256(&stream).map(TransportIdentity::ClientCert);
         let broker = broker.clone();
         tokio::spawn(async move {
             broker
-                .serve_connection_with_cert(stream, format!("mqtts://{peer}"), client_cert)
+                .serve_connection_as(stream, format!("mqtts://{peer}"), identity)
                 .await;
         });
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use admission::owner;
+pub use admission::{TransportIdentity, owner};
 pub use listener::{serve_tcp, serve_tls};
 pub use message::Message;
 pub use tree::{ClientKey, SubscriptionTree};
@@ -157,24 +157,24 @@ impl Broker {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        self.serve_connection_with_cert(io, peer, None).await;
+        self.serve_connection_as(io, peer, None).await;
     }
 
-    /// [`Broker::serve_connection`] for a client that proved, in a TLS handshake, that it holds
-    /// the certificate with this fingerprint; it may then connect without credentials.
-    pub async fn serve_connection_with_cert<T>(
+    /// [`Broker::serve_connection`] for a client whose transport proved who it is (a TLS client
+    /// certificate, a presigned WebSocket URL); it may then connect without credentials.
+    pub async fn serve_connection_as<T>(
         &self,
         io: T,
         peer: String,
-        client_cert: Option<crate::tls::CertFingerprint>,
+        identity: Option<TransportIdentity>,
     ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let broker = self.clone();
-        let task =
-            self.inner
-                .connections
-                .track_future(connection::serve(broker, io, peer, client_cert));
+        let task = self
+            .inner
+            .connections
+            .track_future(connection::serve(broker, io, peer, identity));
         task.await;
     }
 
