@@ -360,15 +360,16 @@ fn write_lane(
         let (backend, cache) = (backend.clone(), cache.clone());
         async move {
             let result = deadline(timeout, backend.apply(&writes, max_messages)).await;
+            let n = writes.len();
             if let Some(cache) = cache {
-                record_writes(&cache, &writes, result.as_deref(), timeout);
+                record_writes(&cache, writes, result.as_deref(), timeout);
             }
             match result {
                 Ok(verdicts) => verdicts
                     .into_iter()
                     .map(|v| v.map_err(Error::QuotaExceeded))
                     .collect(),
-                Err(e) => vec![Err(e); writes.len()],
+                Err(e) => vec![Err(e); n],
             }
         }
     })
@@ -384,7 +385,7 @@ fn lane_hasher() -> std::hash::BuildHasherDefault<std::collections::hash_map::De
 /// while and then starts empty.
 fn record_writes(
     cache: &ReadCache,
-    writes: &[OwnedWrite],
+    writes: Vec<OwnedWrite>,
     verdicts: Result<&[Admission], &Error>,
     timeout: Duration,
 ) {
@@ -392,13 +393,13 @@ fn record_writes(
         cache.suspend(timeout * 2);
         return;
     };
-    for (w, verdict) in writes.iter().zip(verdicts) {
+    for (w, verdict) in writes.into_iter().zip(verdicts) {
         if verdict.is_err() {
             continue;
         }
-        match &w.write {
-            Write::Put(m) => cache.written(m.topic.clone(), Some(Arc::new(m.clone()))),
-            Write::Delete(topic) => cache.written(topic.clone(), None),
+        match w.write {
+            Write::Put(m) => cache.written(m.topic.clone(), Some(Arc::new(m))),
+            Write::Delete(topic) => cache.written(topic, None),
         }
     }
 }
