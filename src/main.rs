@@ -51,10 +51,15 @@ fn hash_password() -> anyhow::Result<()> {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A writer thread does the output, so a request never waits on stderr. Not lossy: when
-    // the buffer is full, logging waits rather than dropping lines. The guard flushes on exit.
+    // the buffer is full, logging waits rather than dropping lines. The thread writes whatever
+    // lines are waiting and then flushes, so through a buffer a burst costs one system call
+    // rather than one per line. The guard flushes on exit.
     let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 << 10,
+            std::io::stderr(),
+        ));
     // Colours only for a person at a terminal; files, journald and log shippers get plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

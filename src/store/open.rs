@@ -25,6 +25,22 @@ pub async fn open_backend(
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Every statement the store runs has an index to use, so a sequential scan
+                    // is only ever a mistake, and one that lasts: a prepared statement keeps a
+                    // generic plan, and one made while the table was empty (a fresh database,
+                    // a mass delete then vacuum) scans the table for each of its `topic =
+                    // ANY($1)` arrays, comparing every row with every element. Measured: with
+                    // 50,000 rows, batches of 100 deletes kept the write lane busy for tens of
+                    // seconds, until autovacuum's analyze replaced the plan. Set per connection,
+                    // not in the URL (`options=`), which poolers such as PgBouncer may refuse.
+                    sqlx::query("SET enable_seqscan = off")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(Arc::new(PostgresStore::migrate(pool).await?))
