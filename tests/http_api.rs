@@ -6,13 +6,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Backend, T0_MS, encode, spawn_app};
-use retaind::topic::{TopicLimits, TopicName};
+use common::{Backend, T0_MS, encode, spawn_app, topic};
 use serde_json::{Value, json};
-
-fn topic(s: &str) -> TopicName {
-    TopicName::parse(s, TopicLimits::default()).unwrap()
-}
 
 async fn error_of(res: reqwest::Response) -> (u16, String, String) {
     let status = res.status().as_u16();

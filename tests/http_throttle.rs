@@ -7,9 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
+use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config, topic};
 use retaind::app::ServeConfig;
-use retaind::topic::{TopicLimits, TopicName};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -21,10 +20,6 @@ async fn app_with(edit: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let mut config = test_config(&db.url);
     edit(&mut config);
     spawn_app_with(db, config).await
-}
-
-fn topic(s: &str) -> TopicName {
-    TopicName::parse(s, TopicLimits::default()).unwrap()
 }
 
 /// Status, `x-amzn-ErrorType` and message of a response that must be an AWS error.

@@ -6,8 +6,7 @@
 mod common;
 
 use common::mqtt::raw::{Raw, RawPacket, build};
-use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
-use retaind::topic::{TopicLimits, TopicName};
+use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config, topic};
 
 const PASSWORD: &str = "s3cret-device";
 const ADMIN_PASSWORD: &str = "admin-pass";
@@ -83,10 +82,6 @@ async fn login(app: &TestApp, id: &str, v5: bool, user: &str, password: &str) ->
 /// The CONNACK's return code (3.1.1) or reason code (5): the second byte of either.
 fn connack_code(ack: &RawPacket) -> u8 {
     ack.body[1]
-}
-
-fn topic(s: &str) -> TopicName {
-    TopicName::parse(s, TopicLimits::default()).unwrap()
 }
 
 async fn stored(app: &TestApp, t: &str) -> Option<Vec<u8>> {

@@ -11,22 +11,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Backend, T0_MS, fresh_db, open_backend};
+use common::{Backend, T0_MS, fresh_db, open_backend, topic};
 use futures_util::future::join_all;
 use retaind::store::{Clock, MessageProperties, Qos, RetainedMessage, Store, StoreOptions, Write};
-use retaind::topic::{TopicLimits, TopicName};
 use sqlx::Connection;
-
-fn topic(s: &str) -> TopicName {
-    TopicName::parse(
-        s,
-        TopicLimits {
-            max_bytes: 1024,
-            max_levels: 64,
-        },
-    )
-    .unwrap()
-}
 
 fn put(name: &str) -> Write {
     Write::Put(RetainedMessage {

@@ -2,8 +2,8 @@
 //!
 //! Pure: a backend reads the counts and the current owners of the batch's topics while holding
 //! the lock that orders quota decisions, asks [`admit`], and applies only what it admits. The
-//! counts themselves are kept by triggers in the database (migration 0003), so every node,
-//! and every path that adds or removes messages, agrees on them.
+//! counts themselves are kept by triggers in the database (migrations 0003 and 0004), so every
+//! node, and every path that adds or removes messages, agrees on them.
 
 use std::collections::HashMap;
 use std::sync::Arc;

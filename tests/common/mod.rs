@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use retaind::app::{self, Running, ServeConfig};
 use retaind::store::{self, Clock, RetainedStore, Store, StoreOptions};
+use retaind::topic::{TopicLimits, TopicName};
 use sqlx::Connection;
 use sqlx::postgres::PgConnectOptions;
 
@@ -80,6 +81,11 @@ pub async fn fresh_db(backend: Backend) -> FreshDb {
             }
         }
     }
+}
+
+/// A topic name within the default limits; panics on an invalid one (tests pass good names).
+pub fn topic(s: &str) -> TopicName {
+    TopicName::parse(s, TopicLimits::default()).unwrap()
 }
 
 pub async fn open_backend(url: &str) -> Arc<dyn RetainedStore> {

@@ -223,6 +223,12 @@ resources = ["topic/secret/#"]
 '''
 
 
+def hash_password(password):
+    """An MQTT password hash for a config file, as `retaind hash-password` makes it."""
+    return subprocess.run([os.environ["RETAIND_BIN"], "hash-password"], input=password + "\n",
+                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+
 def write_auth_config(tmp_path):
     path = tmp_path / "auth.toml"
     path.write_text(AUTH_TOML)

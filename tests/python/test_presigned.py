@@ -7,9 +7,7 @@ Fetched with plain clients (urllib, paho-mqtt) that know nothing of SigV4.
 import base64
 import http.client
 import json
-import os
 import queue
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -23,7 +21,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, list_all, make_client, run_server
+from conftest import (ACCESS_KEY_ID, SECRET_ACCESS_KEY, hash_password, list_all, make_client,
+                      run_server)
 
 TIMEOUT_S = 10
 OTHER_PASSWORD = "other-device-pass"
@@ -119,11 +118,6 @@ def test_a_refused_presigned_publish_stores_nothing(auth_server, signed_client):
 
 
 # --- MQTT over WebSocket ----------------------------------------------------------------------
-
-
-def hash_password(password):
-    return subprocess.run([os.environ["RETAIND_BIN"], "hash-password"], input=password + "\n",
-                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
 
 
 def ws_auth_toml():

@@ -5,7 +5,6 @@ TLS port that must fail without disturbing the TLS sessions.
 The CA and server certificate are made per test with the openssl command-line tool.
 """
 
-import os
 import queue
 import re
 import socket
@@ -19,7 +18,7 @@ import pytest
 from botocore.config import Config
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import run_server
+from conftest import hash_password, run_server
 from test_mqtt_clients import mosquitto_tool
 
 TIMEOUT_S = 10
@@ -56,8 +55,7 @@ def tls_files(tmp_path):
 
 
 def auth_toml():
-    hashed = subprocess.run([os.environ["RETAIND_BIN"], "hash-password"], input=PASSWORD + "\n",
-                            capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    hashed = hash_password(PASSWORD)
     return f'''
 [[principals]]
 name = "device"
