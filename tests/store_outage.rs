@@ -1,17 +1,19 @@
 //! A Postgres that goes away gives 503 ServiceUnavailableException, quickly, and the service
-//! recovers by itself when the database returns. The database sits behind a TCP proxy that the
-//! test cuts and restores.
+//! recovers by itself when the database returns; connections the database dropped while idle
+//! are replaced without failing a request. The database sits behind a TCP proxy that the test
+//! cuts and restores.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::proxy::{Mode, Proxy};
-use common::{Backend, fresh_db, postgres_host_port, spawn_app_with, test_config};
+use common::{Backend, TestApp, fresh_db, postgres_host_port, spawn_app_with, test_config};
 
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn outage_then_recovery(mode: Mode) {
+/// The service on a fresh Postgres database reached through a proxy.
+async fn app_behind_proxy() -> (TestApp, Proxy) {
     let db = fresh_db(Backend::Postgres).await;
     let proxy = Proxy::start(postgres_host_port(&db.url)).await;
     let (host, port) = postgres_host_port(&db.url);
@@ -24,7 +26,11 @@ async fn outage_then_recovery(mode: Mode) {
     );
     let mut config = test_config(&via_proxy);
     config.store_timeout = STORE_TIMEOUT;
-    let app = spawn_app_with(db, config).await;
+    (spawn_app_with(db, config).await, proxy)
+}
+
+async fn outage_then_recovery(mode: Mode) {
+    let (app, proxy) = app_behind_proxy().await;
     app.retain("before", "v").await;
 
     proxy.fail(mode);
@@ -82,4 +88,31 @@ async fn a_database_that_refuses_connections_gives_503_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_never_answers_gives_503_then_recovers() {
     outage_then_recovery(Mode::Blackhole).await;
+}
+
+/// Like a database restart, or an idle-session timeout: every connection is closed while the
+/// service is idle, and the database answers new ones. The write batches run on connections
+/// of their own (src/store/postgres_writers.rs); one idle for over a second is checked before
+/// use, so the next publish reconnects instead of failing with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_the_database_closed_idle_connections_succeeds() {
+    let (app, proxy) = app_behind_proxy().await;
+    app.retain("before", "v1").await;
+
+    proxy.fail(Mode::Open);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.retain("before", "v2").await;
+    app.retain("after", "v").await;
+
+    let got: serde_json::Value = app
+        .get("/retainedMessage/before")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        got["payload"], "djI=",
+        "v2, base64: the second write was stored"
+    );
+    assert_eq!(app.get("/retainedMessage/after").await.status(), 200);
 }

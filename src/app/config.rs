@@ -173,7 +173,8 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MAINTENANCE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub maintenance_interval: Duration,
 
-    /// Most connections to the database.
+    /// Most pooled connections to the database, for reads and maintenance (on Postgres, write
+    /// batches run on one more connection per write lane).
     #[arg(long, env = "RETAIND_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 

@@ -359,8 +359,16 @@ fn write_lane(
     Coalescer::spawn(limits, move |writes: Vec<OwnedWrite>| {
         let (backend, cache) = (backend.clone(), cache.clone());
         async move {
+            let started = std::time::Instant::now();
             let result = deadline(timeout, backend.apply(&writes, max_messages)).await;
             let n = writes.len();
+            // How well writes coalesce, for tuning: RUST_LOG=retaind::store=debug.
+            tracing::debug!(
+                writes = n,
+                took_us = started.elapsed().as_micros() as u64,
+                ok = result.is_ok(),
+                "write batch"
+            );
             if let Some(cache) = cache {
                 record_writes(&cache, writes, result.as_deref(), timeout);
             }

@@ -21,6 +21,7 @@ mod message;
 mod open;
 mod postgres;
 mod postgres_feed;
+mod postgres_writers;
 mod quota;
 mod row;
 mod sqlite;

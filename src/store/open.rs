@@ -35,15 +35,15 @@ pub async fn open_backend(
                     // 50,000 rows, batches of 100 deletes kept the write lane busy for tens of
                     // seconds, until autovacuum's analyze replaced the plan. Set per connection,
                     // not in the URL (`options=`), which poolers such as PgBouncer may refuse.
-                    sqlx::query("SET enable_seqscan = off")
+                    sqlx::query(super::postgres_writers::SESSION_SETUP)
                         .execute(conn)
                         .await?;
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Arc::new(PostgresStore::migrate(pool).await?))
+        Ok(Arc::new(PostgresStore::migrate(pool, options).await?))
     } else if url.starts_with("sqlite:") {
         if url.contains(":memory:") || url.contains("mode=memory") {
             // Acknowledged must mean durable; an in-memory database forgets everything on exit.

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::postgres::PgRow;
-use sqlx::{FromRow, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::{Connection, FromRow, PgPool};
 
 use super::backend::Admission;
 use super::backend::ChangeFeed;
 use super::feed;
 use super::postgres_feed::PgChangeFeed;
+use super::postgres_writers::Writers;
 use super::quota;
 use super::row::{
     MessageRow, RangeStatements, ScanStart, SummaryRow, encode_user_properties,
@@ -21,16 +22,23 @@ use crate::topic::TopicName;
 
 pub(super) struct PostgresStore {
     pool: PgPool,
+    /// Write batches run on these, not on the pool.
+    writers: Writers,
     /// Names this process in change notices, so it can skip its own.
     node: Arc<str>,
 }
 
 impl PostgresStore {
-    pub(super) async fn migrate(pool: PgPool) -> Result<Self, Error> {
+    pub(super) async fn migrate(pool: PgPool, options: PgConnectOptions) -> Result<Self, Error> {
         // sqlx takes an advisory lock, so nodes starting together migrate once.
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         let node = uuid::Uuid::new_v4().to_string().into();
-        Ok(Self { pool, node })
+        let writers = Writers::new(options);
+        Ok(Self {
+            pool,
+            writers,
+            node,
+        })
     }
 
     /// Up to `limit` unexpired rows from `start` up to `until` (exclusive), in topic order, with
@@ -69,11 +77,26 @@ impl PostgresStore {
 
 /// Deletes, upserts and tells the other nodes, in one statement. The writes were reduced to one
 /// per topic beforehand, so the two parts never touch the same row. Notifications are delivered
-/// at commit, and only if it commits.
-const APPLY: &str = "
-WITH deleted AS (
-    DELETE FROM retained_messages WHERE topic = ANY($12::text[])
-), upserted AS (
+/// at commit, and only if it commits. A batch without deletes (most of them) or without puts
+/// leaves that part out rather than running it empty: an empty statement still costs its
+/// executor start and fires its statement-level counting trigger. Every variant takes the
+/// same parameters.
+macro_rules! apply_statement {
+    ($first:expr $(, $part:expr)*) => {
+        concat!("WITH ", $first, $(", ", $part,)* "
+SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($13::text[]) AS notice")
+    };
+}
+
+macro_rules! delete_part {
+    () => {
+        "deleted AS (DELETE FROM retained_messages WHERE topic = ANY($12::text[]))"
+    };
+}
+
+macro_rules! upsert_part {
+    () => {
+        "upserted AS (
 INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
     correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner)
 SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
@@ -84,8 +107,13 @@ ON CONFLICT (topic) DO UPDATE SET
     correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
     expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
     last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner
-)
-SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($13::text[]) AS notice";
+)"
+    };
+}
+
+const APPLY: &str = apply_statement!(delete_part!(), upsert_part!());
+const APPLY_PUTS: &str = apply_statement!(upsert_part!());
+const APPLY_DELETES: &str = apply_statement!(delete_part!());
 
 /// A range query with the given bounds on `topic`: `$1` is the lower bound, `$2` now, `$3` the
 /// limit and `$4` the upper bound. One statement per combination of bounds, so that even
@@ -171,7 +199,13 @@ where
             Write::Delete(topic) => deletes.push(topic.as_str()),
         }
     }
-    sqlx::query(APPLY)
+    let statement = match (cols.topic.is_empty(), deletes.is_empty()) {
+        (true, true) => return Ok(()),
+        (false, true) => APPLY_PUTS,
+        (true, false) => APPLY_DELETES,
+        (false, false) => APPLY,
+    };
+    sqlx::query(statement)
         .bind(cols.topic)
         .bind(cols.payload)
         .bind(cols.qos)
@@ -238,18 +272,23 @@ impl RetainedStore for PostgresStore {
         writes: &[OwnedWrite],
         max_total: Option<u64>,
     ) -> Result<Vec<Admission>, Error> {
-        if !quota::applies(writes, max_total) {
-            apply_all(&self.pool, &self.node, writes.iter().collect()).await?;
-            return Ok(vec![Ok(()); writes.len()]);
-        }
-        let mut tx = self.pool.begin().await?;
-        let verdicts = quota::admit(writes, max_total, standing(&mut tx, writes).await?);
-        let admitted = writes
-            .iter()
-            .zip(&verdicts)
-            .filter_map(|(w, v)| v.is_ok().then_some(w));
-        apply_all(&mut *tx, &self.node, admitted.collect()).await?;
-        tx.commit().await?;
+        // Dropped, not given back, when the batch fails or is abandoned.
+        let mut conn = self.writers.take().await?;
+        let verdicts = if quota::applies(writes, max_total) {
+            let mut tx = conn.begin().await?;
+            let verdicts = quota::admit(writes, max_total, standing(&mut tx, writes).await?);
+            let admitted = writes
+                .iter()
+                .zip(&verdicts)
+                .filter_map(|(w, v)| v.is_ok().then_some(w));
+            apply_all(&mut *tx, &self.node, admitted.collect()).await?;
+            tx.commit().await?;
+            verdicts
+        } else {
+            apply_all(&mut conn, &self.node, writes.iter().collect()).await?;
+            vec![Ok(()); writes.len()]
+        };
+        self.writers.give_back(conn);
         Ok(verdicts)
     }
 
