@@ -174,11 +174,11 @@ pub struct ServeConfig {
     pub maintenance_interval: Duration,
 
     /// Most pooled connections to the database, for reads and maintenance (on Postgres, write
-    /// batches run on up to two more connections per write lane).
+    /// batches run on one more connection per write lane).
     #[arg(long, env = "RETAIND_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
-    /// Group-commit queues, each with its own database connections; a topic's writes
+    /// Group commits in flight at once, each on its own database connection; a topic's writes
     /// always use the same one, so they stay in order. 1 (the default) makes the biggest
     /// batches; more lets Postgres use more cores when many clients store at once.
     #[arg(long, env = "RETAIND_DB_WRITE_LANES", default_value_t = 1,

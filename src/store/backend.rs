@@ -99,13 +99,6 @@ pub trait RetainedStore: Send + Sync + 'static {
     fn change_feed(&self) -> Option<Box<dyn ChangeFeed>> {
         None
     }
-
-    /// How many [`RetainedStore::apply`] batches a write lane may have in flight at once.
-    /// Batches in flight together never share a topic, so each topic's writes still apply in
-    /// order; more than one is only worth it if the backend runs them in parallel.
-    fn write_batches_in_flight(&self) -> usize {
-        1
-    }
 }
 
 /// A stream of [`Change`]s that never ends: it reconnects by itself and says when it could not

@@ -6,11 +6,10 @@
 //! trip to the database carries as much work as has arrived meanwhile. With one slot this is
 //! group commit; with several it is a read coalescer.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CoalesceLimits {
@@ -20,70 +19,6 @@ pub(crate) struct CoalesceLimits {
     pub max_batch: usize,
     /// Batches in flight at once.
     pub concurrency: usize,
-}
-
-/// A request's key (a hash; a collision only costs a wait).
-pub(crate) type KeyOf<Req> = fn(&Req) -> u64;
-
-/// Keys of the requests in flight, with how many of each.
-#[derive(Default)]
-struct InFlight {
-    keys: Mutex<HashMap<u64, usize>>,
-    done: Notify,
-}
-
-impl InFlight {
-    /// Waits until no batch in flight holds any of `keys`, then holds them until the claim
-    /// drops (also if the batch panics).
-    async fn claim(self: &Arc<Self>, keys: Vec<u64>) -> Claim {
-        loop {
-            let done = self.done.notified();
-            tokio::pin!(done);
-            // Registered before checking, so a batch finishing in between still wakes us.
-            done.as_mut().enable();
-            {
-                let mut held = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-                if !keys.iter().any(|k| held.contains_key(k)) {
-                    for &k in &keys {
-                        *held.entry(k).or_default() += 1;
-                    }
-                    return Claim {
-                        in_flight: self.clone(),
-                        keys,
-                    };
-                }
-            }
-            done.await;
-        }
-    }
-}
-
-struct Claim {
-    in_flight: Arc<InFlight>,
-    keys: Vec<u64>,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if self.keys.is_empty() {
-            return;
-        }
-        let in_flight = &self.in_flight;
-        let mut held = in_flight
-            .keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for k in &self.keys {
-            if let Some(n) = held.get_mut(k) {
-                *n -= 1;
-                if *n == 0 {
-                    held.remove(k);
-                }
-            }
-        }
-        drop(held);
-        in_flight.done.notify_waiters();
-    }
 }
 
 struct Job<Req, Resp> {
@@ -111,22 +46,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Resp>> + Send + 'static,
     {
-        Self::spawn_keyed(limits, None, run)
-    }
-
-    /// Like [`Coalescer::spawn`]; with `key`, batches in flight together never share a key.
-    pub(crate) fn spawn_keyed<F, Fut>(
-        limits: CoalesceLimits,
-        key: Option<KeyOf<Req>>,
-        run: F,
-    ) -> Self
-    where
-        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Resp>> + Send + 'static,
-    {
         let (tx, mut rx) = mpsc::channel::<Job<Req, Resp>>(limits.queue);
         let slots = Arc::new(Semaphore::new(limits.concurrency));
-        let in_flight = Arc::new(InFlight::default());
         tokio::spawn(async move {
             loop {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -144,14 +65,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
                 }
                 let (reqs, replies): (Vec<Req>, Vec<_>) =
                     jobs.into_iter().map(|job| (job.req, job.reply)).unzip();
-                // Requests arriving meanwhile wait in the queue for the next batch.
-                let keys = key.map_or_else(Vec::new, |key| reqs.iter().map(key).collect());
-                let claim = in_flight.claim(keys).await;
                 let batch = run(reqs);
                 tokio::spawn(async move {
                     let resps = batch.await;
-                    // Before answering: a caller's next request may need the same key.
-                    drop(claim);
                     debug_assert_eq!(resps.len(), replies.len());
                     for (reply, resp) in replies.into_iter().zip(resps) {
                         // The caller may have given up (timed out); its answer is not needed.
@@ -249,78 +165,5 @@ mod tests {
         let sizes = sizes.lock().unwrap();
         assert!(sizes.iter().all(|&n| (1..=3).contains(&n)), "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), 10);
-    }
-
-    /// The batches started so far, in order.
-    type Started = Arc<Mutex<Vec<Vec<u32>>>>;
-
-    /// A keyed coalescer with two slots whose batch function holds every batch containing
-    /// `held` until `gate` is notified, and records when each batch starts.
-    fn gated(held: u32) -> (Coalescer<u32, u32>, Started, Arc<Notify>) {
-        let started = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
-        let gate = Arc::new(Notify::new());
-        let (s, g) = (started.clone(), gate.clone());
-        let key: KeyOf<u32> = |r| u64::from(*r % 100);
-        let c = Coalescer::spawn_keyed(
-            CoalesceLimits {
-                queue: 64,
-                max_batch: 64,
-                concurrency: 2,
-            },
-            Some(key),
-            move |reqs: Vec<u32>| {
-                let (s, g) = (s.clone(), g.clone());
-                async move {
-                    s.lock().unwrap().push(reqs.clone());
-                    if reqs.contains(&held) {
-                        g.notified().await;
-                    }
-                    reqs
-                }
-            },
-        );
-        (c, started, gate)
-    }
-
-    async fn settle() {
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    #[tokio::test]
-    async fn a_batch_sharing_a_key_with_one_in_flight_waits_for_it() {
-        let (c, started, gate) = gated(1);
-        let first = tokio::spawn({
-            let c = c.clone();
-            async move { c.call(1).await }
-        });
-        settle().await;
-        // Same key (101 % 100 == 1): a free slot, but it must not start.
-        let second = tokio::spawn({
-            let c = c.clone();
-            async move { c.call(101).await }
-        });
-        settle().await;
-        assert_eq!(*started.lock().unwrap(), vec![vec![1]]);
-        gate.notify_one();
-        assert_eq!(first.await.unwrap(), Some(1));
-        assert_eq!(second.await.unwrap(), Some(101));
-        assert_eq!(*started.lock().unwrap(), vec![vec![1], vec![101]]);
-    }
-
-    #[tokio::test]
-    async fn batches_with_disjoint_keys_are_in_flight_together() {
-        let (c, started, gate) = gated(1);
-        let first = tokio::spawn({
-            let c = c.clone();
-            async move { c.call(1).await }
-        });
-        settle().await;
-        // Another key starts and finishes while the first batch is still held.
-        assert_eq!(c.call(2).await, Some(2));
-        assert_eq!(*started.lock().unwrap(), vec![vec![1], vec![2]]);
-        gate.notify_one();
-        assert_eq!(first.await.unwrap(), Some(1));
     }
 }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::backend::Admission;
 use super::backend::ChangeFeed;
 use super::cache::{Lookup, ReadCache, unexpired};
-use super::coalesce::{CoalesceLimits, Coalescer, KeyOf};
+use super::coalesce::{CoalesceLimits, Coalescer};
 use super::{
     Change, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary, Write,
 };
@@ -343,8 +343,8 @@ impl Store {
     }
 }
 
-/// One group-commit lane. Batches in flight together never share a topic: of two writes to a
-/// topic, the later one commits later, so the last publish to a topic is the one that stays.
+/// One group-commit lane. One batch in flight: a lane's batches commit in arrival order, so the
+/// last publish to a topic is the one that stays.
 fn write_lane(
     backend: Arc<dyn RetainedStore>,
     cache: Option<Arc<ReadCache>>,
@@ -353,11 +353,10 @@ fn write_lane(
     let limits = CoalesceLimits {
         queue: QUEUE,
         max_batch: MAX_WRITE_BATCH,
-        concurrency: backend.write_batches_in_flight().max(1),
+        concurrency: 1,
     };
     let (timeout, max_messages) = (options.timeout, options.max_messages);
-    let key: KeyOf<OwnedWrite> = |w| lane_hasher().hash_one(w.write.topic().as_str());
-    Coalescer::spawn_keyed(limits, Some(key), move |writes: Vec<OwnedWrite>| {
+    Coalescer::spawn(limits, move |writes: Vec<OwnedWrite>| {
         let (backend, cache) = (backend.clone(), cache.clone());
         async move {
             let started = std::time::Instant::now();

@@ -458,14 +458,6 @@ impl RetainedStore for PostgresStore {
         Ok(())
     }
 
-    /// Two, so that a batch executes while the one before it waits for its WAL flush and its
-    /// answers go out. Measured on a 2-core VM, 50,000 new retained messages over MQTT: 16
-    /// clients 26-27k/s with one, 32-38k/s with two; one client with 1,000 in flight 28-29k/s
-    /// and 34-37k/s; one client with 100 in flight 15-19k/s and 14-18k/s (decision 003).
-    fn write_batches_in_flight(&self) -> usize {
-        2
-    }
-
     fn change_feed(&self) -> Option<Box<dyn ChangeFeed>> {
         Some(Box::new(PgChangeFeed::new(
             self.pool.clone(),
