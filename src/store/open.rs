@@ -27,15 +27,7 @@ pub async fn open_backend(
             .acquire_timeout(timeout)
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    // Every statement the store runs has an index to use, so a sequential scan
-                    // is only ever a mistake, and one that lasts: a prepared statement keeps a
-                    // generic plan, and one made while the table was empty (a fresh database,
-                    // a mass delete then vacuum) scans the table for each of its `topic =
-                    // ANY($1)` arrays, comparing every row with every element. Measured: with
-                    // 50,000 rows, batches of 100 deletes kept the write lane busy for tens of
-                    // seconds, until autovacuum's analyze replaced the plan. Set per connection,
-                    // not in the URL (`options=`), which poolers such as PgBouncer may refuse.
-                    sqlx::query(super::postgres_writers::SESSION_SETUP)
+                    sqlx::query(super::postgres::SESSION_SETUP)
                         .execute(conn)
                         .await?;
                     Ok(())

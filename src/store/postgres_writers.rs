@@ -16,9 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Executor};
 
 use super::Error;
-
-/// Session settings of every store connection; see `open.rs` for why.
-pub(super) const SESSION_SETUP: &str = "SET enable_seqscan = off";
+use super::postgres::SESSION_SETUP;
 
 /// Write connections also skip planning each batch. A prepared statement is planned afresh
 /// for every execution while Postgres judges a plan for the exact arrays cheaper than its
