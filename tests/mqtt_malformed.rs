@@ -235,3 +235,39 @@ async fn v3_connect_with_the_reserved_flag_set_is_closed_without_connack() {
     raw.send(&connect).await;
     assert_eq!(raw.until_closed().await, vec![]);
 }
+
+/// Retained publishes read in the same burst as a malformed packet are still committed: the
+/// broker closes the connection, but what it had accepted before the bad packet is kept.
+#[tokio::test]
+async fn retained_publishes_read_before_a_malformed_packet_are_still_stored() {
+    let app = app().await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect("bad")).await;
+    let mut burst = build::publish("kept/1", 1, true, false, 1, Some(&[]), b"one");
+    burst.extend(build::publish(
+        "kept/2",
+        1,
+        true,
+        false,
+        2,
+        Some(&[]),
+        b"two",
+    ));
+    burst.extend([0x31, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
+    raw.send(&burst).await;
+    let got = raw.until_closed().await;
+    assert_eq!(
+        got.last().map(|p| p.disconnect_reason()),
+        Some(0x81),
+        "{got:?}"
+    );
+    // The commit may finish after the connection has closed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    let topics = loop {
+        let topics: Vec<String> = app.snapshot().await.into_iter().map(|(t, _)| t).collect();
+        if topics.len() == 2 || tokio::time::Instant::now() > deadline {
+            break topics;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(topics, ["kept/1", "kept/2"]);
+}

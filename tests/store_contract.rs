@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
 use retaind::store::{
-    Clock, MessageProperties, PayloadFormat, Qos, RetainedMessage, RetainedSummary, Store,
-    StoreOptions, UserProperty, Write,
+    Clock, Error as StoreError, MessageProperties, Owner, PayloadFormat, Qos, RetainedMessage,
+    RetainedSummary, Store, StoreOptions, UserProperty, Write,
 };
 use retaind::topic::{TopicLimits, TopicName};
 
@@ -188,6 +188,54 @@ async fn writes_to_a_topic_commit_in_order_across_lanes(backend: Backend) {
     for m in stored {
         assert_eq!(&m.payload[..], b"7", "{}", m.topic);
     }
+}
+
+/// Writes gathered in a batch commit only once it is submitted, all of them, and a topic's
+/// writes keep their order across lanes as with single writes.
+async fn a_write_batch_commits_what_it_gathered_once_submitted(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let options = StoreOptions {
+        write_lanes: 4,
+        ..StoreOptions::default()
+    };
+    let store = Store::new(open_backend(&db.url).await, Clock::manual(T0_MS), options);
+    let mut batch = store.batch();
+    let committed: Vec<_> = (0..16)
+        .flat_map(|t| ["0", "1", "2"].map(|v| (t, v)))
+        .map(|(t, v)| {
+            let write = Write::Put(message(&format!("b/{t:02}"), v, T0_MS));
+            batch.add(write, Owner::anonymous())
+        })
+        .collect();
+    let all = futures_util::future::join_all(committed);
+    tokio::pin!(all);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut all)
+            .await
+            .is_err(),
+        "a write resolved before its batch was submitted"
+    );
+    assert!(store.scan("b/", None, None, 100).await.unwrap().is_empty());
+    batch.submit().await;
+    for done in all.await {
+        done.unwrap();
+    }
+    let stored = store.scan("b/", None, None, 100).await.unwrap();
+    assert_eq!(stored.len(), 16);
+    for m in stored {
+        assert_eq!(&m.payload[..], b"2", "{}", m.topic);
+    }
+}
+
+/// A batch dropped unsubmitted (its connection failed mid-burst) fails its writes and stores
+/// nothing.
+async fn a_write_batch_dropped_unsubmitted_fails_its_writes(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    let mut batch = store.batch();
+    let committed = batch.add(Write::Put(message("d/x", "v", T0_MS)), Owner::anonymous());
+    drop(batch);
+    assert!(matches!(committed.await, Err(StoreError::Closed)));
+    assert_eq!(store.get(topic("d/x")).await.unwrap(), None);
 }
 
 async fn listing_is_in_byte_order_and_resumes_after_a_topic(backend: Backend) {
@@ -699,6 +747,8 @@ for_each_backend!(
     within_one_batch_the_last_write_per_topic_wins,
     concurrent_writes_all_land,
     writes_to_a_topic_commit_in_order_across_lanes,
+    a_write_batch_commits_what_it_gathered_once_submitted,
+    a_write_batch_dropped_unsubmitted_fails_its_writes,
     listing_is_in_byte_order_and_resumes_after_a_topic,
     expired_messages_are_invisible_then_purged,
     idle_messages_are_purged_and_reads_keep_them,

@@ -31,7 +31,7 @@ use crate::mqtt::{
     PublishAck2, PublishAck2Reason, Version,
 };
 use crate::rate::TokenBucket;
-use crate::store::Owner;
+use crate::store::{Owner, WriteBatch};
 use crate::topic::TopicName;
 
 /// Inbound publishes waiting for the store before they are acknowledged and routed. Past
@@ -78,6 +78,8 @@ pub(super) struct Connection<T> {
     /// MQTT 5 topic aliases the client set up [MQTT-3.3.2-10].
     pub aliases: HashMap<u16, TopicName>,
     pub pending: FuturesOrdered<BoxFuture<'static, Settled>>,
+    /// Retained writes of the packets being read, queued together at the end of the burst.
+    pub writes: Option<WriteBatch>,
     /// QoS 1/2 publishes received and not fully acknowledged, for Receive Maximum.
     pub unacked_in: usize,
     pub scans: VecDeque<RetainedScan>,
@@ -219,6 +221,7 @@ where
             session_expiry: connect.session_expiry_interval_secs,
             aliases: HashMap::new(),
             pending: FuturesOrdered::new(),
+            writes: None,
             unacked_in: 0,
             scans: VecDeque::new(),
             fetching: None,
@@ -345,6 +348,15 @@ where
     /// Handles a packet and whatever else has already arrived, so that the answers to a burst
     /// of publishes leave in one write.
     async fn handle_burst(&mut self, first: Packet) -> Result<(), End> {
+        let read = self.read_burst(first).await;
+        // Also when the burst ended in an error: publishes already read still reach the store.
+        if let Some(writes) = self.writes.take() {
+            writes.submit().await;
+        }
+        read
+    }
+
+    async fn read_burst(&mut self, first: Packet) -> Result<(), End> {
         self.handle(first).await?;
         for _ in 0..READ_BURST {
             if self.pending.len() >= MAX_PENDING || self.blocked.is_some() {

@@ -175,11 +175,18 @@ where
             write => {
                 // Retained writes commit before the acknowledgement [MQTT-3.3.1-5]; everything
                 // from this client settles in order behind them, so per-topic order holds.
-                let store = self.broker.store().clone();
-                let owner = self.owner.clone();
+                // Queued with the rest of the burst being read (`handle_burst`), so that
+                // they commit together.
+                let committed = write.map(|w| {
+                    let owner = self.owner.clone();
+                    let store = self.broker.store();
+                    self.writes
+                        .get_or_insert_with(|| store.batch())
+                        .add(w, owner)
+                });
                 self.pending.push_back(Box::pin(async move {
-                    let result = match write {
-                        Some(w) => store.write_as(w, owner).await,
+                    let result = match committed {
+                        Some(committed) => committed.await,
                         None => Ok(()),
                     };
                     Settled {

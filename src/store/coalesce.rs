@@ -6,6 +6,7 @@
 //! trip to the database carries as much work as has arrived meanwhile. With one slot this is
 //! group commit; with several it is a read coalescer.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -21,13 +22,39 @@ pub(crate) struct CoalesceLimits {
     pub concurrency: usize,
 }
 
-struct Job<Req, Resp> {
+/// One request and where its answer goes.
+pub(crate) struct Job<Req, Resp> {
     req: Req,
     reply: oneshot::Sender<Resp>,
 }
 
+impl<Req, Resp> Job<Req, Resp> {
+    /// A request to [`Coalescer::submit`], and the receiver of its answer (which fails if the
+    /// job is dropped unanswered).
+    pub(crate) fn new(req: Req) -> (Self, oneshot::Receiver<Resp>) {
+        let (reply, answer) = oneshot::channel();
+        (Self { req, reply }, answer)
+    }
+}
+
+/// What the queue carries: a single request, or requests submitted together, which are never
+/// split over two batches unless together they exceed the batch limit.
+enum Queued<Req, Resp> {
+    One(Job<Req, Resp>),
+    Many(Vec<Job<Req, Resp>>),
+}
+
+impl<Req, Resp> Queued<Req, Resp> {
+    fn append_to(self, jobs: &mut VecDeque<Job<Req, Resp>>) {
+        match self {
+            Self::One(job) => jobs.push_back(job),
+            Self::Many(many) => jobs.extend(many),
+        }
+    }
+}
+
 pub(crate) struct Coalescer<Req, Resp> {
-    tx: mpsc::Sender<Job<Req, Resp>>,
+    tx: mpsc::Sender<Queued<Req, Resp>>,
 }
 
 impl<Req, Resp> Clone for Coalescer<Req, Resp> {
@@ -46,25 +73,31 @@ impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Resp>> + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::channel::<Job<Req, Resp>>(limits.queue);
+        let (tx, mut rx) = mpsc::channel::<Queued<Req, Resp>>(limits.queue);
         let slots = Arc::new(Semaphore::new(limits.concurrency));
         tokio::spawn(async move {
+            // Jobs taken off the queue and not yet in a batch: what a group beyond the batch
+            // limit left over.
+            let mut waiting = VecDeque::new();
             loop {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let Some(first) = rx.recv().await else {
-                    break;
-                };
-                let mut jobs = vec![first];
-                while jobs.len() < limits.max_batch {
+                if waiting.is_empty() {
+                    let Some(first) = rx.recv().await else {
+                        break;
+                    };
+                    first.append_to(&mut waiting);
+                }
+                while waiting.len() < limits.max_batch {
                     match rx.try_recv() {
-                        Ok(job) => jobs.push(job),
+                        Ok(queued) => queued.append_to(&mut waiting),
                         Err(_) => break,
                     }
                 }
+                let n = waiting.len().min(limits.max_batch);
                 let (reqs, replies): (Vec<Req>, Vec<_>) =
-                    jobs.into_iter().map(|job| (job.req, job.reply)).unzip();
+                    waiting.drain(..n).map(|job| (job.req, job.reply)).unzip();
                 let batch = run(reqs);
                 tokio::spawn(async move {
                     let resps = batch.await;
@@ -82,9 +115,19 @@ impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
 
     /// Queues one request and waits for its answer; `None` when the dispatcher has stopped.
     pub(crate) async fn call(&self, req: Req) -> Option<Resp> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send(Job { req, reply }).await.ok()?;
+        let (job, answer) = Job::new(req);
+        self.tx.send(Queued::One(job)).await.ok()?;
         answer.await.ok()
+    }
+
+    /// Queues requests together: a dispatcher that is waiting for work sees all of them at
+    /// once, so requests that arrive in one burst (one client's pipelined publishes) share a
+    /// batch rather than the first few going out alone. When the dispatcher has stopped, the
+    /// jobs are dropped and their receivers fail.
+    pub(crate) async fn submit(&self, jobs: Vec<Job<Req, Resp>>) {
+        if !jobs.is_empty() {
+            let _ = self.tx.send(Queued::Many(jobs)).await;
+        }
     }
 }
 
@@ -165,5 +208,52 @@ mod tests {
         let sizes = sizes.lock().unwrap();
         assert!(sizes.iter().all(|&n| (1..=3).contains(&n)), "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), 10);
+    }
+
+    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A coalescer that records its batches and answers each request with itself. Its queue
+    /// holds two entries: requests queued one by one would fill it and wait, letting the
+    /// dispatcher take the first two alone.
+    fn recording(max_batch: usize) -> (Coalescer<u32, u32>, Batches) {
+        let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let b = batches.clone();
+        let c = Coalescer::spawn(
+            CoalesceLimits {
+                queue: 2,
+                max_batch,
+                concurrency: 1,
+            },
+            move |reqs: Vec<u32>| {
+                b.lock().unwrap().push(reqs.clone());
+                async move { reqs }
+            },
+        );
+        (c, batches)
+    }
+
+    #[tokio::test]
+    async fn requests_submitted_together_share_a_batch_even_when_the_dispatcher_is_idle() {
+        let (c, batches) = recording(64);
+        let (jobs, answers): (Vec<_>, Vec<_>) = (1..=5).map(Job::new).unzip();
+        c.submit(jobs).await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.await.unwrap(), i as u32 + 1);
+        }
+        assert_eq!(*batches.lock().unwrap(), vec![vec![1, 2, 3, 4, 5]]);
+    }
+
+    #[tokio::test]
+    async fn a_submission_over_the_batch_limit_splits_at_the_limit_in_order() {
+        let (c, batches) = recording(3);
+        let (jobs, answers): (Vec<_>, Vec<_>) = (1..=7).map(Job::new).unzip();
+        c.submit(jobs).await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.await.unwrap(), i as u32 + 1);
+        }
+        assert_eq!(
+            *batches.lock().unwrap(),
+            vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
+        );
     }
 }

@@ -10,6 +10,7 @@ use super::backend::Admission;
 use super::backend::ChangeFeed;
 use super::cache::{Lookup, ReadCache, unexpired};
 use super::coalesce::{CoalesceLimits, Coalescer};
+use super::write_batch::WriteBatch;
 use super::{
     Change, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary, Write,
 };
@@ -60,7 +61,7 @@ const MAX_PENDING_TOUCHES: usize = 100_000;
 /// Rows deleted per purge statement, so a large purge never holds long locks.
 const PURGE_BATCH: u32 = 1000;
 
-type WriteResult = Result<(), Error>;
+pub(super) type WriteResult = Result<(), Error>;
 type ReadResult = Result<Option<RetainedMessage>, Error>;
 
 /// The service's handle on retained-message storage: cheap to clone, safe to share.
@@ -161,17 +162,33 @@ impl Store {
     /// its quota of retained messages fails with [`Error::QuotaExceeded`] and writes nothing.
     pub async fn write_as(&self, write: Write, owner: Owner) -> Result<(), Error> {
         let call = async {
-            let lanes = &self.inner.writes;
-            let lane = match lanes.len() {
-                1 => 0,
-                n => (lane_hasher().hash_one(write.topic().as_str()) % n as u64) as usize,
-            };
-            lanes[lane]
+            self.lane(self.lane_of(write.topic()))
                 .call(OwnedWrite { write, owner })
                 .await
                 .unwrap_or(Err(Error::Closed))
         };
         deadline(self.inner.timeout, call).await
+    }
+
+    /// Gathers writes that are to enter the write queue together; see [`WriteBatch`].
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::new(self.clone(), self.inner.timeout)
+    }
+
+    /// The write lane of `topic`: always the same one, so its writes commit in order.
+    pub(super) fn lane_of(&self, topic: &TopicName) -> usize {
+        match self.inner.writes.len() {
+            1 => 0,
+            n => (lane_hasher().hash_one(topic.as_str()) % n as u64) as usize,
+        }
+    }
+
+    pub(super) fn lane(&self, lane: usize) -> &Coalescer<OwnedWrite, WriteResult> {
+        &self.inner.writes[lane]
+    }
+
+    pub(super) fn lane_count(&self) -> usize {
+        self.inner.writes.len()
     }
 
     /// The unexpired retained message for `topic`, if any. Counts as a read for retention.
@@ -429,7 +446,7 @@ async fn follow(mut feed: Box<dyn ChangeFeed>, cache: Weak<ReadCache>, stop: Can
     }
 }
 
-async fn deadline<T>(
+pub(super) async fn deadline<T>(
     timeout: Duration,
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {

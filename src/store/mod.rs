@@ -25,6 +25,7 @@ mod postgres_writers;
 mod quota;
 mod row;
 mod sqlite;
+mod write_batch;
 
 pub use backend::{Admission, ChangeFeed, RetainedStore};
 pub use clock::Clock;
@@ -36,3 +37,4 @@ pub use message::{
     RetainedSummary, UserProperty, Write,
 };
 pub use open::open_backend;
+pub use write_batch::WriteBatch;

@@ -1,0 +1,77 @@
+//! Writes that enter the write queue together.
+//!
+//! A client that pipelines publishes sends them in bursts, and a connection reads a burst at
+//! once. Queued one by one, the first write of a burst wakes an idle write lane, which takes
+//! what has arrived so far: a batch of a few writes commits, and the rest of the burst waits
+//! for it. Queued together, the whole burst commits in one batch.
+
+use std::future::Future;
+
+use tokio::time::Instant;
+
+use super::coalesce::Job;
+use super::handle::{WriteResult, deadline};
+use super::{Error, OwnedWrite, Owner, Store, Write};
+
+/// Writes gathered by [`WriteBatch::add`] and queued by [`WriteBatch::submit`]. Dropping a
+/// batch without submitting it fails its writes with [`Error::Closed`].
+pub struct WriteBatch {
+    store: Store,
+    timeout: std::time::Duration,
+    /// Per write lane, in the order added.
+    lanes: Vec<Vec<Job<OwnedWrite, WriteResult>>>,
+}
+
+impl WriteBatch {
+    pub(super) fn new(store: Store, timeout: std::time::Duration) -> Self {
+        let lanes = (0..store.lane_count()).map(|_| Vec::new()).collect();
+        Self {
+            store,
+            timeout,
+            lanes,
+        }
+    }
+
+    /// Adds a write, as [`Store::write_as`] would make it. The returned future resolves once
+    /// the write is committed (or refused, or failed); it never resolves before
+    /// [`WriteBatch::submit`]. The usual deadline runs from now.
+    pub fn add(
+        &mut self,
+        write: Write,
+        owner: Owner,
+    ) -> impl Future<Output = Result<(), Error>> + Send + use<> {
+        let until = Instant::now() + self.timeout;
+        let lane = self.store.lane_of(write.topic());
+        let (job, answer) = Job::new(OwnedWrite { write, owner });
+        self.lanes[lane].push(job);
+        async move {
+            match tokio::time::timeout_at(until, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Error::Closed),
+                Err(_) => Err(Error::timed_out()),
+            }
+        }
+    }
+
+    /// Queues every write added, each lane's writes in one piece. Waits while the queue is full
+    /// (back-pressure), within the usual deadline; writes that do not get in by then fail.
+    pub async fn submit(self) {
+        let Self {
+            store,
+            timeout,
+            lanes,
+        } = self;
+        for (lane, jobs) in lanes.into_iter().enumerate() {
+            if jobs.is_empty() {
+                continue;
+            }
+            let lane = store.lane(lane);
+            let queued = async {
+                lane.submit(jobs).await;
+                Ok(())
+            };
+            // On timeout the jobs are dropped, so their writes fail rather than wait on.
+            let _ = deadline(timeout, queued).await;
+        }
+    }
+}
