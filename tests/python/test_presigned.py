@@ -117,6 +117,53 @@ def test_a_refused_presigned_publish_stores_nothing(auth_server, signed_client):
     assert list_all(signed_client) == []
 
 
+class BodySigningQueryAuth(SigV4QueryAuth):
+    """SigV4 in the query string over a request's real body. Outside S3 the signature covers
+    the payload's hash, so a presigned publish must be signed with its body; botocore's
+    `SigV4QueryAuth` would instead move a body into the query string as form fields (and
+    `generate_presigned_url` signs an empty body). A client with a body to presign does this."""
+
+    def _modify_request_before_signing(self, request):
+        body, request.data = request.data, b""
+        super()._modify_request_before_signing(request)
+        request.data = body
+
+
+def presign_publish_with_body(server, topic, body):
+    url = f"{server.url}/topics/{urllib.parse.quote(topic, safe='')}?qos=1&retain=true"
+    request = AWSRequest(method="POST", url=url, data=body)
+    BodySigningQueryAuth(Credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY), "iotdata", "us-east-1",
+                         expires=300).add_auth(request)
+    return request.prepare().url
+
+
+def post(url, body):
+    """POSTs `body` to `url`; returns (status, headers, body) whether it succeeded or not."""
+    request = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_a_presigned_publish_with_its_signed_body_is_stored(auth_server, signed_client):
+    url = presign_publish_with_body(auth_server, "presigned/body", b"21.5")
+    status, _, _ = post(url, b"21.5")
+    assert status == 200
+    assert signed_client.get_retained_message(topic="presigned/body")["payload"] == b"21.5"
+
+
+def test_a_presigned_publish_with_another_body_is_forbidden_and_changes_nothing(
+        auth_server, signed_client):
+    signed_client.publish(topic="presigned/swap", payload=b"before", qos=1, retain=True)
+    url = presign_publish_with_body(auth_server, "presigned/swap", b"signed")
+    status, headers, _ = post(url, b"swapped")
+    assert status == 403
+    assert headers["x-amzn-ErrorType"].startswith("ForbiddenException")
+    assert signed_client.get_retained_message(topic="presigned/swap")["payload"] == b"before"
+
+
 # --- MQTT over WebSocket ----------------------------------------------------------------------
 
 
