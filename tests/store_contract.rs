@@ -170,12 +170,7 @@ async fn concurrent_writes_all_land(backend: Backend) {
 /// With several write lanes, writes to one topic still commit in the order they were made,
 /// even when they are all in flight at once (as a client's pipelined publishes are).
 async fn writes_to_a_topic_commit_in_order_across_lanes(backend: Backend) {
-    let db = fresh_db(backend).await;
-    let options = StoreOptions {
-        write_lanes: 4,
-        ..StoreOptions::default()
-    };
-    let store = Store::new(open_backend(&db.url).await, Clock::manual(T0_MS), options);
+    let (store, _db) = four_lane_store(backend).await;
     const VALUES: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
     let writes = (0..16).flat_map(|t| {
         VALUES.map(|v| store.write(Write::Put(message(&format!("t/{t:02}"), v, T0_MS))))
@@ -183,22 +178,32 @@ async fn writes_to_a_topic_commit_in_order_across_lanes(backend: Backend) {
     for done in futures_util::future::join_all(writes).await {
         done.unwrap();
     }
-    let stored = store.scan("t/", None, None, 100).await.unwrap();
-    assert_eq!(stored.len(), 16);
-    for m in stored {
-        assert_eq!(&m.payload[..], b"7", "{}", m.topic);
-    }
+    assert_every_topic_holds(&store, "t/", 16, b"7").await;
 }
 
-/// Writes gathered in a batch commit only once it is submitted, all of them, and a topic's
-/// writes keep their order across lanes as with single writes.
-async fn a_write_batch_commits_what_it_gathered_once_submitted(backend: Backend) {
+async fn four_lane_store(backend: Backend) -> (Store, common::FreshDb) {
     let db = fresh_db(backend).await;
     let options = StoreOptions {
         write_lanes: 4,
         ..StoreOptions::default()
     };
     let store = Store::new(open_backend(&db.url).await, Clock::manual(T0_MS), options);
+    (store, db)
+}
+
+/// Exactly `count` topics are stored under `prefix`, each with `payload`.
+async fn assert_every_topic_holds(store: &Store, prefix: &str, count: usize, payload: &[u8]) {
+    let stored = store.scan(prefix, None, None, 1000).await.unwrap();
+    assert_eq!(stored.len(), count);
+    for m in stored {
+        assert_eq!(&m.payload[..], payload, "{}", m.topic);
+    }
+}
+
+/// Writes gathered in a batch commit only once it is submitted, all of them, and a topic's
+/// writes keep their order across lanes as with single writes.
+async fn a_write_batch_commits_what_it_gathered_once_submitted(backend: Backend) {
+    let (store, _db) = four_lane_store(backend).await;
     let mut batch = store.batch();
     let committed: Vec<_> = (0..16)
         .flat_map(|t| ["0", "1", "2"].map(|v| (t, v)))
@@ -220,11 +225,7 @@ async fn a_write_batch_commits_what_it_gathered_once_submitted(backend: Backend)
     for done in all.await {
         done.unwrap();
     }
-    let stored = store.scan("b/", None, None, 100).await.unwrap();
-    assert_eq!(stored.len(), 16);
-    for m in stored {
-        assert_eq!(&m.payload[..], b"2", "{}", m.topic);
-    }
+    assert_every_topic_holds(&store, "b/", 16, b"2").await;
 }
 
 /// A batch dropped unsubmitted (its connection failed mid-burst) fails its writes and stores

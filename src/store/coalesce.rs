@@ -232,27 +232,26 @@ mod tests {
         (c, batches)
     }
 
-    #[tokio::test]
-    async fn requests_submitted_together_share_a_batch_even_when_the_dispatcher_is_idle() {
-        let (c, batches) = recording(64);
-        let (jobs, answers): (Vec<_>, Vec<_>) = (1..=5).map(Job::new).unzip();
+    /// Submits requests 1..=n together, checks each is answered, and returns the batches.
+    async fn submit_together(max_batch: usize, n: u32) -> Vec<Vec<u32>> {
+        let (c, batches) = recording(max_batch);
+        let (jobs, answers): (Vec<_>, Vec<_>) = (1..=n).map(Job::new).unzip();
         c.submit(jobs).await;
         for (i, answer) in answers.into_iter().enumerate() {
             assert_eq!(answer.await.unwrap(), i as u32 + 1);
         }
-        assert_eq!(*batches.lock().unwrap(), vec![vec![1, 2, 3, 4, 5]]);
+        batches.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn requests_submitted_together_share_a_batch_even_when_the_dispatcher_is_idle() {
+        assert_eq!(submit_together(64, 5).await, vec![vec![1, 2, 3, 4, 5]]);
     }
 
     #[tokio::test]
     async fn a_submission_over_the_batch_limit_splits_at_the_limit_in_order() {
-        let (c, batches) = recording(3);
-        let (jobs, answers): (Vec<_>, Vec<_>) = (1..=7).map(Job::new).unzip();
-        c.submit(jobs).await;
-        for (i, answer) in answers.into_iter().enumerate() {
-            assert_eq!(answer.await.unwrap(), i as u32 + 1);
-        }
         assert_eq!(
-            *batches.lock().unwrap(),
+            submit_together(3, 7).await,
             vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
         );
     }

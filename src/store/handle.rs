@@ -172,7 +172,7 @@ impl Store {
 
     /// Gathers writes that are to enter the write queue together; see [`WriteBatch`].
     pub fn batch(&self) -> WriteBatch {
-        WriteBatch::new(self.clone(), self.inner.timeout)
+        WriteBatch::new(self.clone())
     }
 
     /// The write lane of `topic`: always the same one, so its writes commit in order.
@@ -189,6 +189,11 @@ impl Store {
 
     pub(super) fn lane_count(&self) -> usize {
         self.inner.writes.len()
+    }
+
+    /// The deadline for any one store call.
+    pub(super) fn timeout(&self) -> Duration {
+        self.inner.timeout
     }
 
     /// The unexpired retained message for `topic`, if any. Counts as a read for retention.
@@ -446,7 +451,7 @@ async fn follow(mut feed: Box<dyn ChangeFeed>, cache: Weak<ReadCache>, stop: Can
     }
 }
 
-pub(super) async fn deadline<T>(
+async fn deadline<T>(
     timeout: Duration,
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {

@@ -10,26 +10,21 @@ use std::future::Future;
 use tokio::time::Instant;
 
 use super::coalesce::Job;
-use super::handle::{WriteResult, deadline};
+use super::handle::WriteResult;
 use super::{Error, OwnedWrite, Owner, Store, Write};
 
 /// Writes gathered by [`WriteBatch::add`] and queued by [`WriteBatch::submit`]. Dropping a
 /// batch without submitting it fails its writes with [`Error::Closed`].
 pub struct WriteBatch {
     store: Store,
-    timeout: std::time::Duration,
     /// Per write lane, in the order added.
     lanes: Vec<Vec<Job<OwnedWrite, WriteResult>>>,
 }
 
 impl WriteBatch {
-    pub(super) fn new(store: Store, timeout: std::time::Duration) -> Self {
+    pub(super) fn new(store: Store) -> Self {
         let lanes = (0..store.lane_count()).map(|_| Vec::new()).collect();
-        Self {
-            store,
-            timeout,
-            lanes,
-        }
+        Self { store, lanes }
     }
 
     /// Adds a write, as [`Store::write_as`] would make it. The returned future resolves once
@@ -40,7 +35,7 @@ impl WriteBatch {
         write: Write,
         owner: Owner,
     ) -> impl Future<Output = Result<(), Error>> + Send + use<> {
-        let until = Instant::now() + self.timeout;
+        let until = Instant::now() + self.store.timeout();
         let lane = self.store.lane_of(write.topic());
         let (job, answer) = Job::new(OwnedWrite { write, owner });
         self.lanes[lane].push(job);
@@ -56,22 +51,14 @@ impl WriteBatch {
     /// Queues every write added, each lane's writes in one piece. Waits while the queue is full
     /// (back-pressure), within the usual deadline; writes that do not get in by then fail.
     pub async fn submit(self) {
-        let Self {
-            store,
-            timeout,
-            lanes,
-        } = self;
+        let Self { store, lanes } = self;
         for (lane, jobs) in lanes.into_iter().enumerate() {
             if jobs.is_empty() {
                 continue;
             }
-            let lane = store.lane(lane);
-            let queued = async {
-                lane.submit(jobs).await;
-                Ok(())
-            };
             // On timeout the jobs are dropped, so their writes fail rather than wait on.
-            let _ = deadline(timeout, queued).await;
+            let queued = store.lane(lane).submit(jobs);
+            let _ = tokio::time::timeout(store.timeout(), queued).await;
         }
     }
 }
