@@ -1,7 +1,7 @@
 //! retaind: MQTT retained messages as a service, with an AWS IoT data-plane compatible HTTP API.
 //!
 //! Layers, each importing only those above it in this list: `topic` (pure names and rules),
-//! `auth` (pure credentials and policies), `rate` (a pure token bucket), `tls` (certificates and handshakes), `store`
+//! `auth` (pure credentials and policies), `rate` (a pure token bucket), `tcp` (accepted sockets' options), `tls` (certificates and handshakes), `store`
 //! (persistence), `api` (HTTP), `app` (configuration and wiring).
 
 pub mod api;
@@ -11,5 +11,6 @@ pub mod broker;
 pub mod mqtt;
 pub mod rate;
 pub mod store;
+pub mod tcp;
 pub mod tls;
 pub mod topic;

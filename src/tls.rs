@@ -25,6 +25,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 
+use crate::tcp::PromptAcks;
+
 /// Time a client gets to complete its TLS handshake; one that never finishes cannot hold a
 /// connection (or a handshake slot) longer than this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,7 +134,7 @@ impl TlsAcceptors {
 
 /// The fingerprint of the certificate the client presented (verified against the client CA
 /// during the handshake); `None` when it presented none.
-pub fn client_cert_sha256(stream: &TlsStream<TcpStream>) -> Option<CertFingerprint> {
+pub fn client_cert_sha256(stream: &TlsStream<PromptAcks>) -> Option<CertFingerprint> {
     let (_, connection) = stream.get_ref();
     let leaf = connection.peer_certificates()?.first()?;
     Some(Sha256::digest(leaf.as_ref()).into())
@@ -146,7 +148,7 @@ pub struct TlsIncoming {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+    handshakes: JoinSet<Option<(TlsStream<PromptAcks>, SocketAddr)>>,
 }
 
 impl TlsIncoming {
@@ -164,14 +166,12 @@ impl TlsIncoming {
     }
 
     /// The next established connection. Cancel-safe: nothing is lost if the future is dropped.
-    pub async fn next(&mut self) -> (TlsStream<TcpStream>, SocketAddr) {
+    pub async fn next(&mut self) -> (TlsStream<PromptAcks>, SocketAddr) {
         loop {
             let room = self.handshakes.len() < MAX_PENDING_HANDSHAKES;
             tokio::select! {
                 accepted = self.listener.accept(), if room => match accepted {
                     Ok((tcp, peer)) => {
-                        // MQTT packets and API responses are small; latency beats coalescing.
-                        let _ = tcp.set_nodelay(true);
                         let acceptor = self.acceptor.clone();
                         let timeout = self.handshake_timeout;
                         self.handshakes.spawn(handshake(acceptor, tcp, peer, timeout));
@@ -197,8 +197,8 @@ async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     timeout: Duration,
-) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
-    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+) -> Option<(TlsStream<PromptAcks>, SocketAddr)> {
+    match tokio::time::timeout(timeout, acceptor.accept(PromptAcks::new(tcp))).await {
         Ok(Ok(stream)) => Some((stream, peer)),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -213,7 +213,7 @@ async fn handshake(
 
 /// Serves HTTPS through `axum::serve`, which brings graceful shutdown.
 impl axum::serve::Listener for TlsIncoming {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<PromptAcks>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

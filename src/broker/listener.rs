@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::{Broker, TransportIdentity};
+use crate::tcp::PromptAcks;
 use crate::tls::{self, TlsIncoming};
 
 /// Accepts connections until the broker shuts down; each is served on its own task.
@@ -16,8 +17,7 @@ pub async fn serve_tcp(broker: Broker, listener: TcpListener) {
         };
         match accepted {
             Ok((socket, peer)) => {
-                // MQTT packets are small and latency matters more than coalescing them.
-                let _ = socket.set_nodelay(true);
+                let socket = PromptAcks::new(socket);
                 let broker = broker.clone();
                 tokio::spawn(
                     async move { broker.serve_connection(socket, peer.to_string()).await },
