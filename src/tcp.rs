@@ -18,6 +18,8 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,6 +29,25 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub struct PromptAcks {
     stream: TcpStream,
+    /// `None`: always acknowledge at once. Otherwise only once switched on.
+    switch: Option<AckSwitch>,
+}
+
+/// Turns prompt ACKs on for a connection accepted with [`PromptAcks::switched_off`]. The plain
+/// HTTP listener accepts that way: a request waits for its whole body anyway, so only a
+/// connection upgraded to MQTT over WebSocket needs the ACKs, and the others are spared the
+/// system call.
+#[derive(Debug, Clone, Default)]
+pub struct AckSwitch(Arc<AtomicBool>);
+
+impl AckSwitch {
+    pub fn turn_on(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl PromptAcks {
@@ -34,14 +55,33 @@ impl PromptAcks {
     /// responses are small, and latency matters more than coalescing them.
     pub fn new(stream: TcpStream) -> Self {
         let _ = stream.set_nodelay(true);
-        Self { stream }
+        Self {
+            stream,
+            switch: None,
+        }
+    }
+
+    /// Like [`PromptAcks::new`], but each read is acknowledged at once only after the returned
+    /// switch is turned on.
+    pub fn switched_off(stream: TcpStream) -> (Self, AckSwitch) {
+        let switch = AckSwitch::default();
+        let mut acks = Self::new(stream);
+        acks.switch = Some(switch.clone());
+        (acks, switch)
     }
 
     pub fn get_ref(&self) -> &TcpStream {
         &self.stream
     }
 
+    pub fn switch(&self) -> Option<&AckSwitch> {
+        self.switch.as_ref()
+    }
+
     fn acknowledge_now(&self) {
+        if self.switch.as_ref().is_some_and(|s| !s.is_on()) {
+            return;
+        }
         #[cfg(any(target_os = "linux", target_os = "android"))]
         let _ = self.stream.set_quickack(true);
     }
@@ -142,6 +182,17 @@ mod tests {
         let (mut client, mut server) = pair().await;
         answer_then_read(&mut client, &mut server).await;
         assert!(!server.quickack().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_switched_off_connection_acknowledges_at_once_only_once_switched_on() {
+        let (mut client, server) = pair().await;
+        let (mut server, switch) = PromptAcks::switched_off(server);
+        answer_then_read(&mut client, &mut server).await;
+        assert!(!server.get_ref().quickack().unwrap());
+        switch.turn_on();
+        answer_then_read(&mut client, &mut server).await;
+        assert!(server.get_ref().quickack().unwrap());
     }
 
     #[tokio::test]

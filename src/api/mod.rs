@@ -12,6 +12,7 @@ mod auth;
 mod console;
 mod error;
 mod health;
+mod incoming;
 mod mqtt5_headers;
 mod mqtt_websocket;
 mod openapi;
@@ -36,6 +37,7 @@ use payload::MaxPayload;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ApiError, ErrorBody};
+pub use incoming::HttpIncoming;
 pub use openapi::spec;
 pub use page_token::PageTokens;
 pub use peer::{Peer, Transport};

@@ -39,9 +39,11 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (name, client_cert) = match peer {
-        Some(Extension(ConnectInfo(peer))) => (peer.websocket_name(), peer.client_cert()),
-        None => ("websocket".to_owned(), None),
+    let (name, client_cert, acks) = match peer {
+        Some(Extension(ConnectInfo(peer))) => {
+            (peer.websocket_name(), peer.client_cert(), peer.acks)
+        }
+        None => ("websocket".to_owned(), None, None),
     };
     let identity = match presigned_principal(&state, &method, &uri, &headers) {
         Ok(Some(principal)) => Some(TransportIdentity::Signed(principal)),
@@ -61,7 +63,13 @@ pub async fn upgrade(
     ws.protocols(["mqtt", "mqttv3.1"])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(broker, socket, name, identity))
+        .on_upgrade(move |socket| {
+            // From here on the connection carries MQTT: its publishes wait for their commits.
+            if let Some(acks) = acks {
+                acks.turn_on();
+            }
+            serve(broker, socket, name, identity)
+        })
 }
 
 /// The principal a presigned upgrade URL names, once its signature checks out; `None` when the

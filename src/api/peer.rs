@@ -8,18 +8,21 @@
 
 use std::net::SocketAddr;
 
+use super::HttpIncoming;
+use crate::tcp::AckSwitch;
+use crate::tls::{self, CertFingerprint, TlsIncoming};
 use axum::extract::ConnectInfo;
 use axum::extract::connect_info::Connected;
 use axum::http::Extensions;
 use axum::serve::IncomingStream;
-use tokio::net::TcpListener;
 
-use crate::tls::{self, CertFingerprint, TlsIncoming};
-
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub transport: Transport,
+    /// Turns on prompt TCP ACKs for the connection (see `crate::tcp`); `None` where they are
+    /// always on (HTTPS).
+    pub acks: Option<AckSwitch>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +60,12 @@ impl Peer {
     }
 }
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+impl Connected<IncomingStream<'_, HttpIncoming>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, HttpIncoming>) -> Self {
         Self {
             addr: *stream.remote_addr(),
             transport: Transport::Plain,
+            acks: stream.io().switch().cloned(),
         }
     }
 }
@@ -73,6 +77,7 @@ impl Connected<IncomingStream<'_, TlsIncoming>> for Peer {
             transport: Transport::Tls {
                 client_cert: tls::client_cert_sha256(stream.io()),
             },
+            acks: None,
         }
     }
 }

@@ -193,7 +193,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     // clients by it) and, over HTTPS, the client certificate that may stand for a principal.
     let server = tokio::spawn(
         axum::serve(
-            listener,
+            api::HttpIncoming::new(listener),
             router
                 .clone()
                 .into_make_service_with_connect_info::<api::Peer>(),
