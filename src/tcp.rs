@@ -31,12 +31,15 @@ pub struct PromptAcks {
     stream: TcpStream,
     /// `None`: always acknowledge at once. Otherwise only once switched on.
     switch: Option<AckSwitch>,
+    /// Whether Nagle's algorithm has been turned off yet.
+    nodelay: bool,
 }
 
-/// Turns prompt ACKs on for a connection accepted with [`PromptAcks::switched_off`]. The plain
-/// HTTP listener accepts that way: a request waits for its whole body anyway, so only a
-/// connection upgraded to MQTT over WebSocket needs the ACKs, and the others are spared the
-/// system call.
+/// Turns prompt ACKs, and Nagle's algorithm off, on for a connection accepted with
+/// [`PromptAcks::switched_off`]. The plain HTTP listener accepts that way. Only a connection
+/// upgraded to MQTT over WebSocket needs them; the others keep the system's defaults. Measured
+/// with `wrk`, 64 connections of gets: Nagle off for every HTTP connection cost 6% of the
+/// throughput.
 #[derive(Debug, Clone, Default)]
 pub struct AckSwitch(Arc<AtomicBool>);
 
@@ -58,15 +61,19 @@ impl PromptAcks {
         Self {
             stream,
             switch: None,
+            nodelay: true,
         }
     }
 
-    /// Like [`PromptAcks::new`], but each read is acknowledged at once only after the returned
-    /// switch is turned on.
+    /// Like [`PromptAcks::new`], but Nagle's algorithm stays on and reads are acknowledged as
+    /// the system does until the returned switch is turned on (then from the next read on).
     pub fn switched_off(stream: TcpStream) -> (Self, AckSwitch) {
         let switch = AckSwitch::default();
-        let mut acks = Self::new(stream);
-        acks.switch = Some(switch.clone());
+        let acks = Self {
+            stream,
+            switch: Some(switch.clone()),
+            nodelay: false,
+        };
         (acks, switch)
     }
 
@@ -78,9 +85,13 @@ impl PromptAcks {
         self.switch.as_ref()
     }
 
-    fn acknowledge_now(&self) {
+    fn acknowledge_now(&mut self) {
         if self.switch.as_ref().is_some_and(|s| !s.is_on()) {
             return;
+        }
+        if !self.nodelay {
+            self.nodelay = true;
+            let _ = self.stream.set_nodelay(true);
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
         let _ = self.stream.set_quickack(true);
@@ -190,9 +201,11 @@ mod tests {
         let (mut server, switch) = PromptAcks::switched_off(server);
         answer_then_read(&mut client, &mut server).await;
         assert!(!server.get_ref().quickack().unwrap());
+        assert!(!server.get_ref().nodelay().unwrap());
         switch.turn_on();
         answer_then_read(&mut client, &mut server).await;
         assert!(server.get_ref().quickack().unwrap());
+        assert!(server.get_ref().nodelay().unwrap());
     }
 
     #[tokio::test]
