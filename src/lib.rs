@@ -1,8 +1,9 @@
 //! retaind: MQTT retained messages as a service, with an AWS IoT data-plane compatible HTTP API.
 //!
 //! Layers, each importing only those above it in this list: `topic` (pure names and rules),
-//! `auth` (pure credentials and policies), `rate` (a pure token bucket), `tcp` (accepted sockets' options), `tls` (certificates and handshakes), `store`
-//! (persistence), `api` (HTTP), `app` (configuration and wiring).
+//! `auth` (pure credentials and policies), `rate` (a pure token bucket), `tcp` (accepted
+//! sockets' options), `tls` (certificates and handshakes), `store` (persistence), `api` (HTTP),
+//! `app` (configuration and wiring).
 
 pub mod api;
 pub mod app;

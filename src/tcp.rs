@@ -14,7 +14,7 @@
 //! `TCP_QUICKACK` asks Linux for an immediate ACK, but Linux drops back to delayed ACKs on
 //! its own whenever the connection looks interactive, so it is set again after every read that
 //! brought data: one cheap system call per read, and a read usually carries a burst of packets.
-//! Elsewhere the stream is passed through unchanged.
+//! On other systems only Nagle's algorithm is turned off.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -66,15 +66,13 @@ impl PromptAcks {
     }
 
     /// Like [`PromptAcks::new`], but Nagle's algorithm stays on and reads are acknowledged as
-    /// the system does until the returned switch is turned on (then from the next read on).
-    pub fn switched_off(stream: TcpStream) -> (Self, AckSwitch) {
-        let switch = AckSwitch::default();
-        let acks = Self {
+    /// the system does until [`PromptAcks::switch`] is turned on (then from the next read on).
+    pub fn switched_off(stream: TcpStream) -> Self {
+        Self {
             stream,
-            switch: Some(switch.clone()),
+            switch: Some(AckSwitch::default()),
             nodelay: false,
-        };
-        (acks, switch)
+        }
     }
 
     pub fn get_ref(&self) -> &TcpStream {
@@ -198,7 +196,8 @@ mod tests {
     #[tokio::test]
     async fn a_switched_off_connection_acknowledges_at_once_only_once_switched_on() {
         let (mut client, server) = pair().await;
-        let (mut server, switch) = PromptAcks::switched_off(server);
+        let mut server = PromptAcks::switched_off(server);
+        let switch = server.switch().unwrap().clone();
         answer_then_read(&mut client, &mut server).await;
         assert!(!server.get_ref().quickack().unwrap());
         assert!(!server.get_ref().nodelay().unwrap());

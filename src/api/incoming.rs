@@ -27,7 +27,7 @@ impl Listener for HttpIncoming {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         // axum's own accept loop, with its handling of accept errors.
         let (stream, addr) = Listener::accept(&mut self.0).await;
-        (PromptAcks::switched_off(stream).0, addr)
+        (PromptAcks::switched_off(stream), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {

@@ -8,13 +8,14 @@
 
 use std::net::SocketAddr;
 
-use super::HttpIncoming;
-use crate::tcp::AckSwitch;
-use crate::tls::{self, CertFingerprint, TlsIncoming};
 use axum::extract::ConnectInfo;
 use axum::extract::connect_info::Connected;
 use axum::http::Extensions;
 use axum::serve::IncomingStream;
+
+use super::HttpIncoming;
+use crate::tcp::AckSwitch;
+use crate::tls::{self, CertFingerprint, TlsIncoming};
 
 #[derive(Debug, Clone)]
 pub struct Peer {
