@@ -6,6 +6,8 @@
 
 mod filter;
 mod name;
+mod text;
 
 pub use filter::{FilterError, FilterSpec, TopicFilter, prefix_end};
 pub use name::{TopicError, TopicLimits, TopicName};
+pub use text::{NullCharacter, check_text};

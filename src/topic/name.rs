@@ -55,7 +55,7 @@ impl TopicName {
         if raw.contains(['+', '#']) {
             return Err(TopicError::Wildcard);
         }
-        if raw.contains('\0') {
+        if super::check_text(&raw).is_err() {
             return Err(TopicError::NullCharacter);
         }
         let levels = raw.split('/').count();
