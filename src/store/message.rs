@@ -42,6 +42,20 @@ pub struct UserProperty {
     pub value: String,
 }
 
+/// AWS IoT's limit on the user properties of one message, measured as they travel in an MQTT 5
+/// packet ([`user_properties_wire_len`]).
+pub const MAX_USER_PROPERTY_BYTES: usize = 8 * 1024;
+
+/// What user properties take in an MQTT 5 packet: per property, its identifier byte and two
+/// strings with their two-byte lengths. Counting the framing, not just the text, means many
+/// empty properties cannot slip under a limit that would stop their content.
+pub fn user_properties_wire_len(props: &[UserProperty]) -> usize {
+    props
+        .iter()
+        .map(|p| 1 + 2 + p.key.len() + 2 + p.value.len())
+        .sum()
+}
+
 /// The MQTT 5 properties a retained message carries to its future subscribers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MessageProperties {

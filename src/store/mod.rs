@@ -33,8 +33,8 @@ pub use error::Error;
 pub use feed::Change;
 pub use handle::{MaintenanceReport, Store, StoreOptions};
 pub use message::{
-    MessageProperties, OwnedWrite, Owner, PayloadFormat, Qos, QuotaExceeded, RetainedMessage,
-    RetainedSummary, UserProperty, Write,
+    MAX_USER_PROPERTY_BYTES, MessageProperties, OwnedWrite, Owner, PayloadFormat, Qos,
+    QuotaExceeded, RetainedMessage, RetainedSummary, UserProperty, Write, user_properties_wire_len,
 };
 pub use open::open_backend;
 pub use write_batch::WriteBatch;
