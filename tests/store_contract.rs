@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
 use retaind::store::{
     Clock, Error as StoreError, MessageProperties, Owner, PayloadFormat, Qos, RetainedMessage,
-    RetainedSummary, Store, StoreOptions, UserProperty, Write,
+    RetainedSummary, Store, StoreOptions, UserProperty, Verdict, Write, purge_delay,
 };
 use retaind::topic::{TopicLimits, TopicName};
 
@@ -129,6 +129,8 @@ async fn within_one_batch_the_last_write_per_topic_wins(backend: Backend) {
                 Write::Put(message("x", "3", T0_MS)).into(),
             ],
             None,
+            T0_MS,
+            common::far_deadline(),
         )
         .await
         .unwrap();
@@ -286,8 +288,95 @@ async fn expired_messages_are_invisible_then_purged(backend: Backend) {
     clock.advance(Duration::from_millis(1));
     assert_eq!(store.get(topic("short")).await.unwrap(), None);
     assert_eq!(topics_listed(&store).await, ["forever"]);
+    // Kept a while after its expiry, so that a write older than it cannot bring back an older
+    // message (see `RetainedStore::apply`).
+    let report = store.maintain(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!((report.expired, report.idle), (0, 0));
+    clock.advance(purge_delay(StoreOptions::default().timeout));
     let report = store.maintain(Duration::from_secs(3600)).await.unwrap();
     assert_eq!((report.expired, report.idle), (1, 0));
+    assert_eq!(topics_listed(&store).await, ["forever"]);
+}
+
+/// A delete leaves a tombstone that no read shows and no count includes, and the purge removes
+/// it once no older write can still arrive; the topic can be written again meanwhile.
+async fn a_delete_leaves_an_invisible_tombstone_until_the_purge(backend: Backend) {
+    let clock = Clock::manual(T0_MS);
+    let (store, _db) = fresh_store(backend, clock.clone()).await;
+    for t in ["a/gone", "a/kept", "a/back"] {
+        store
+            .write(Write::Put(message(t, "v", T0_MS)))
+            .await
+            .unwrap();
+    }
+    store.write(Write::Delete(topic("a/gone"))).await.unwrap();
+    store.write(Write::Delete(topic("a/back"))).await.unwrap();
+    store.write(Write::Delete(topic("a/never"))).await.unwrap();
+    store
+        .write(Write::Put(message("a/back", "again", T0_MS + 1)))
+        .await
+        .unwrap();
+    assert_eq!(store.get(topic("a/gone")).await.unwrap(), None);
+    assert_eq!(store.get(topic("a/never")).await.unwrap(), None);
+    assert_eq!(topics_listed(&store).await, ["a/back", "a/kept"]);
+    let scanned: Vec<String> = store
+        .scan("a/", None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.topic.to_string())
+        .collect();
+    assert_eq!(scanned, ["a/back", "a/kept"]);
+    let ranged = store.list_range("a/", None, None, 100).await.unwrap();
+    assert_eq!(ranged.len(), 2);
+    assert_eq!(store.count(None).await.unwrap(), 2);
+
+    let report = store.maintain(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(report.tombstones, 0, "kept for the purge delay");
+    clock.advance(purge_delay(StoreOptions::default().timeout));
+    let report = store.maintain(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!((report.tombstones, report.expired), (2, 0));
+    assert_eq!(topics_listed(&store).await, ["a/back", "a/kept"]);
+    assert_eq!(store.count(None).await.unwrap(), 2);
+}
+
+/// A topic's row holds the write ticket of the write that made it, and only a write with a
+/// later ticket replaces it: a write that took its ticket first, and reaches the row last, is
+/// superseded and changes nothing (tests/store_stalls.rs makes that happen with a real stall).
+async fn a_write_with_an_earlier_ticket_changes_nothing(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let store = open_backend(&db.url).await;
+    let put =
+        |payload| -> retaind::store::OwnedWrite { Write::Put(message("t", payload, T0_MS)).into() };
+    let first = store
+        .apply(&[put("first")], None, T0_MS, common::far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(first, [Verdict::Applied]);
+    // Stand in for a newer write that got there first: push the row's ticket far ahead.
+    common::execute_sql(
+        &db.url,
+        "UPDATE retained_messages SET write_seq = write_seq + 1000000",
+    )
+    .await;
+    let late = store
+        .apply(&[put("late")], None, T0_MS, common::far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(late, [Verdict::Superseded]);
+    let delete = store
+        .apply(
+            &[Write::Delete(topic("t")).into()],
+            None,
+            T0_MS,
+            common::far_deadline(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(delete, [Verdict::Superseded]);
+    let got = store.get_many(&[topic("t")], T0_MS).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"first");
 }
 
 async fn idle_messages_are_purged_and_reads_keep_them(backend: Backend) {
@@ -320,7 +409,12 @@ async fn a_recorded_read_never_moves_access_time_backwards(backend: Backend) {
     let db = fresh_db(backend).await;
     let backend = open_backend(&db.url).await;
     backend
-        .apply(&[Write::Put(message("t", "v", T0_MS + 500)).into()], None)
+        .apply(
+            &[Write::Put(message("t", "v", T0_MS + 500)).into()],
+            None,
+            T0_MS,
+            common::far_deadline(),
+        )
         .await
         .unwrap();
     backend
@@ -752,6 +846,8 @@ for_each_backend!(
     a_write_batch_dropped_unsubmitted_fails_its_writes,
     listing_is_in_byte_order_and_resumes_after_a_topic,
     expired_messages_are_invisible_then_purged,
+    a_delete_leaves_an_invisible_tombstone_until_the_purge,
+    a_write_with_an_earlier_ticket_changes_nothing,
     idle_messages_are_purged_and_reads_keep_them,
     a_recorded_read_never_moves_access_time_backwards,
     the_token_key_is_shared_by_every_node_on_a_database,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{Backend, T0_MS, fresh_db, open_backend};
 use retaind::store::{
     Clock, Error, MessageProperties, OwnedWrite, Owner, Qos, QuotaExceeded, RetainedMessage,
-    RetainedStore, Store, StoreOptions, Write,
+    RetainedStore, Store, StoreOptions, Verdict, Write,
 };
 use retaind::topic::TopicName;
 
@@ -167,19 +167,22 @@ async fn one_batch_admits_in_order_and_applies_only_what_it_admits(backend: Back
             owner: owner("q", None),
         },
     ];
-    let verdicts = backend.apply(&writes, Some(2)).await.unwrap();
+    let verdicts = backend
+        .apply(&writes, Some(2), T0_MS, common::far_deadline())
+        .await
+        .unwrap();
     assert_eq!(
         verdicts,
         vec![
-            Ok(()),
-            Err(QuotaExceeded::Owner {
+            Verdict::Applied,
+            Verdict::Refused(QuotaExceeded::Owner {
                 owner: "p".into(),
                 limit: 1
             }),
-            Ok(()),
-            Ok(()),
-            Ok(()),
-            Err(QuotaExceeded::Service { limit: 2 }),
+            Verdict::Applied,
+            Verdict::Applied,
+            Verdict::Applied,
+            Verdict::Refused(QuotaExceeded::Service { limit: 2 }),
         ]
     );
     let stored = backend.list(None, 10, T0_MS).await.unwrap();

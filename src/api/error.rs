@@ -106,7 +106,11 @@ impl From<store::Error> for ApiError {
     fn from(err: store::Error) -> Self {
         match err {
             store::Error::Unavailable(_) | store::Error::Closed => Self::Unavailable(err),
-            store::Error::Internal(_) | store::Error::Config(_) => Self::Internal(err),
+            // The edge refuses every value the stores cannot hold, so a value the database
+            // refused is retaind's fault, not the caller's: 500, with the cause in the log.
+            store::Error::Internal(_) | store::Error::Refused(_) | store::Error::Config(_) => {
+                Self::Internal(err)
+            }
             // Not a throttle: waiting does not help, so nothing an SDK retries by itself.
             store::Error::QuotaExceeded(_) => {
                 Self::InvalidRequest(format!("{err}; nothing was stored"))

@@ -1,11 +1,43 @@
+use std::collections::HashSet;
+
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use super::feed::Change;
 use super::{Error, OwnedWrite, QuotaExceeded, RetainedMessage, RetainedSummary};
+use crate::topic::TopicName;
 
 /// What became of one write of a batch.
-pub type Admission = Result<(), QuotaExceeded>;
-use crate::topic::TopicName;
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stored, or deleted.
+    Applied,
+    /// A write to the same topic that started later had already been applied, so this one
+    /// changed nothing: it took effect, and was replaced, before that one.
+    Superseded,
+    /// It would have gone over a quota; nothing of it was written.
+    Refused(QuotaExceeded),
+}
+
+impl Verdict {
+    /// Each write's verdict, from the quota's decisions and the topics the database left alone
+    /// because a later write had already changed them.
+    pub(super) fn of_batch(
+        writes: &[OwnedWrite],
+        admissions: Vec<Result<(), QuotaExceeded>>,
+        superseded: &HashSet<String>,
+    ) -> Vec<Self> {
+        writes
+            .iter()
+            .zip(admissions)
+            .map(|(w, admission)| match admission {
+                Err(quota) => Self::Refused(quota),
+                Ok(()) if superseded.contains(w.write.topic().as_str()) => Self::Superseded,
+                Ok(()) => Self::Applied,
+            })
+            .collect()
+    }
+}
 
 /// A database that keeps retained messages. Every method is one round of work against the
 /// database; batching, deadlines and caching belong to [`super::Store`], not here.
@@ -17,15 +49,29 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// Applies writes atomically: all of them or none. When several writes name the same topic
     /// the last one wins, exactly as if they had been applied one after another.
     ///
+    /// Every batch takes a write ticket when it starts, from a counter the whole database
+    /// shares, and a topic's row is only replaced by a write with a later ticket: a batch that
+    /// stalled (on a lock, on the network) and arrives after a newer write to one of its topics
+    /// leaves that topic alone ([`Verdict::Superseded`]). A delete leaves a tombstone carrying
+    /// its ticket, invisible to every read, so that an older write cannot bring the message
+    /// back; `now_ms` is the tombstone's time, and the expiry purge removes it later.
+    ///
     /// A put that would keep more than `max_total` messages in the store, or more than its
     /// owner's quota, is refused (and written not at all), as [`super::quota`] decides from
     /// counts read under a lock that orders such decisions across every node. One answer per
     /// write, in order.
+    ///
+    /// The call returns only once the batch is settled: committed, failed, or certain never to
+    /// commit. Past `deadline` a backend stops the work, makes sure it cannot commit later (on
+    /// Postgres it terminates the database session that runs it) and fails with
+    /// [`Error::Unavailable`]; whether the batch committed before that is unknown.
     async fn apply(
         &self,
         writes: &[OwnedWrite],
         max_total: Option<u64>,
-    ) -> Result<Vec<Admission>, Error>;
+        now_ms: i64,
+        deadline: Instant,
+    ) -> Result<Vec<Verdict>, Error>;
 
     /// How many retained messages are stored, expired ones not yet purged included: all of
     /// them, or those of one owner. Read from the counts the quotas use.
@@ -81,8 +127,12 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// Records that `topics` were read at `now_ms` (never moves a time backwards).
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error>;
 
-    /// Deletes up to `limit` messages whose expiry is at or before `now_ms`; returns how many.
-    async fn purge_expired(&self, now_ms: i64, limit: u32) -> Result<u64, Error>;
+    /// Deletes up to `limit` messages whose expiry is at or before `cutoff_ms`; returns how many.
+    async fn purge_expired(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error>;
+
+    /// Deletes up to `limit` tombstones of deletes made at or before `cutoff_ms`; returns how
+    /// many.
+    async fn purge_tombstones(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error>;
 
     /// Deletes up to `limit` messages neither updated nor read since `cutoff_ms`; returns how many.
     async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error>;

@@ -6,12 +6,13 @@
 //! goes through a placeholder that any write or eviction of the same topic cancels, so a read
 //! that raced a change can never put the older value back.
 //!
-//! When the feed may be missing changes (it lost its connection, or a write's outcome is
-//! unknown), the cache is switched off until it can be trusted again, and then starts empty.
+//! When the feed may be missing changes (it lost its connection), the cache is switched off
+//! until it can be trusted again, and then starts empty. While a write batch's outcome is not
+//! settled (it passed its deadline and may still commit), the cache is bypassed; once settled,
+//! the batch's topics are forgotten.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use quick_cache::Weighter;
 use quick_cache::sync::{Cache, DefaultLifecycle, PlaceholderGuard};
@@ -48,10 +49,9 @@ pub(super) struct ReadCache {
     entries: Cache<TopicName, Cached, Bytes>,
     /// Whether the change feed is known to work (always, when there is no other writer).
     trusted: AtomicBool,
-    /// While non-zero, reads bypass the cache until this time (ms since `epoch`); after it the
-    /// cache starts empty. Set when a write's outcome is unknown: it may still commit later.
-    suspended_until_ms: AtomicU64,
-    epoch: Instant,
+    /// Write batches past their deadline that may still commit; reads bypass the cache while
+    /// there are any.
+    unsettled: AtomicUsize,
 }
 
 /// What a lookup found.
@@ -88,28 +88,13 @@ impl ReadCache {
         Self {
             entries: Cache::with_weighter(estimated_items, max_bytes.max(1), Bytes),
             trusted: AtomicBool::new(trusted),
-            suspended_until_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            unsettled: AtomicUsize::new(0),
         }
     }
 
     pub(super) async fn lookup(&self, topic: &TopicName) -> Lookup<'_> {
-        if !self.trusted.load(Ordering::Acquire) {
+        if !self.in_use() {
             return Lookup::Bypass;
-        }
-        let until = self.suspended_until_ms.load(Ordering::Acquire);
-        if until != 0 {
-            if self.now_ms() < until {
-                return Lookup::Bypass;
-            }
-            // Whatever a late commit changed is forgotten before anything is served again.
-            self.entries.clear();
-            let _ = self.suspended_until_ms.compare_exchange(
-                until,
-                0,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
         }
         // A concurrent reader of the same missing topic waits for the first one's answer
         // instead of asking the database again.
@@ -120,7 +105,7 @@ impl ReadCache {
     }
 
     pub(super) fn in_use(&self) -> bool {
-        self.trusted.load(Ordering::Acquire) && self.suspended_until_ms.load(Ordering::Acquire) == 0
+        self.trusted.load(Ordering::Acquire) && self.unsettled.load(Ordering::Acquire) == 0
     }
 
     /// Records a committed write. Also cancels any fill of the topic in progress.
@@ -149,21 +134,32 @@ impl ReadCache {
         self.entries.clear();
     }
 
-    /// Bypasses the cache for `period`, then starts it empty: a write whose outcome is unknown
-    /// may commit late, and its topics' cached values would then be stale.
-    pub(super) fn suspend(&self, period: Duration) {
-        let until = self.now_ms() + u64::try_from(period.as_millis()).unwrap_or(u64::MAX / 2) + 1;
-        self.suspended_until_ms.fetch_max(until, Ordering::AcqRel);
-        self.entries.clear();
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+    /// Bypasses the cache until the returned guard is dropped: a write batch passed its
+    /// deadline and may still commit. Whoever holds the guard evicts the batch's topics through
+    /// it once the batch is settled, before letting go.
+    pub(super) fn unsettled(cache: Arc<Self>) -> Unsettled {
+        cache.unsettled.fetch_add(1, Ordering::AcqRel);
+        Unsettled(cache)
     }
 
     #[cfg(test)]
     fn peek(&self, topic: &TopicName) -> Option<Cached> {
         self.entries.get(topic)
+    }
+}
+
+/// See [`ReadCache::unsettled`].
+pub(super) struct Unsettled(Arc<ReadCache>);
+
+impl Unsettled {
+    pub(super) fn evict(&self, topic: &TopicName) {
+        self.0.evict(topic);
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        self.0.unsettled.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -250,15 +246,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_suspended_cache_bypasses_then_starts_empty() {
-        let cache = ReadCache::new(1 << 20, true);
-        let t = topic("a");
+    async fn an_unsettled_batch_bypasses_the_cache_until_it_is_settled() {
+        let cache = Arc::new(ReadCache::new(1 << 20, true));
+        let (t, other) = (topic("a"), topic("b"));
         cache.written(t.clone(), msg("a", "v1"));
-        cache.suspend(Duration::from_millis(50));
-        cache.written(t.clone(), msg("a", "v2"));
+        cache.written(other.clone(), msg("b", "x"));
+        let fill = miss(&cache, &topic("c")).await; // a read under way when the batch stalls
+        let unsettled = ReadCache::unsettled(cache.clone());
         assert!(matches!(cache.lookup(&t).await, Lookup::Bypass));
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(!cache.in_use());
+        unsettled.evict(&t); // the batch wrote "a" and "c", and may have committed
+        unsettled.evict(&topic("c"));
+        fill.fill(msg("c", "before the batch")); // too late: the eviction cancelled it
+        drop(unsettled);
         assert!(matches!(cache.lookup(&t).await, Lookup::Miss(_)));
+        assert!(matches!(cache.lookup(&topic("c")).await, Lookup::Miss(_)));
+        assert!(matches!(cache.lookup(&other).await, Lookup::Hit(Some(m)) if m.payload == "x"));
     }
 
     #[tokio::test]

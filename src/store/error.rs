@@ -11,6 +11,10 @@ pub enum Error {
     /// The database answered with an error that retrying will not fix.
     #[error("store failure: {0}")]
     Internal(Arc<str>),
+    /// The database refused the data of a write (a value it cannot hold, a constraint). Only
+    /// that write is at fault: a batch that meets this is split until the write fails alone.
+    #[error("store refused the data: {0}")]
+    Refused(Arc<str>),
     /// The configuration names a store we cannot open (bad URL, unsupported scheme).
     #[error("store configuration: {0}")]
     Config(Arc<str>),
@@ -35,18 +39,59 @@ impl Error {
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         use sqlx::Error as E;
-        let unavailable = match &err {
-            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
-            E::Protocol(_) => true,
-            E::Database(db) => db.code().is_some_and(|code| is_transient_sqlstate(&code)),
-            _ => false,
-        };
-        let text: Arc<str> = err.to_string().into();
-        if unavailable {
-            Self::Unavailable(text)
-        } else {
-            Self::Internal(text)
+        let text = || -> Arc<str> { err.to_string().into() };
+        match &err {
+            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+                Self::Unavailable(text())
+            }
+            E::Protocol(_) => Self::Unavailable(text()),
+            E::Database(db) => match classify(db.as_ref()) {
+                Class::Transient => Self::Unavailable(text()),
+                Class::BadData => Self::Refused(text()),
+                Class::Other => Self::Internal(text()),
+            },
+            _ => Self::Internal(text()),
         }
+    }
+}
+
+enum Class {
+    /// The server cannot serve you right now; retrying later may work.
+    Transient,
+    /// The data of the statement is at fault, not the statement or the server.
+    BadData,
+    Other,
+}
+
+fn classify(db: &dyn sqlx::error::DatabaseError) -> Class {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        postgres_class(pg.code())
+    } else if let Some(code) = db.code().and_then(|c| c.parse::<i32>().ok()) {
+        sqlite_class(code)
+    } else {
+        Class::Other
+    }
+}
+
+/// By SQLSTATE class: connection exceptions (08), insufficient resources (53) and operator
+/// intervention such as shutdown (57) are transient; data exceptions (22, e.g. a character the
+/// encoding cannot hold), integrity constraint violations (23) and program limits (54, e.g. an
+/// index row too large) are the data's fault.
+fn postgres_class(sqlstate: &str) -> Class {
+    match sqlstate.get(..2) {
+        Some("08" | "53" | "57") => Class::Transient,
+        Some("22" | "23" | "54") => Class::BadData,
+        _ => Class::Other,
+    }
+}
+
+/// By SQLite primary result code (the low byte of an extended code): BUSY (5) and LOCKED (6)
+/// are transient; TOOBIG (18), CONSTRAINT (19), MISMATCH (20) and RANGE (25) are the data's fault.
+fn sqlite_class(extended_code: i32) -> Class {
+    match extended_code & 0xff {
+        5 | 6 => Class::Transient,
+        18..=20 | 25 => Class::BadData,
+        _ => Class::Other,
     }
 }
 
@@ -54,15 +99,4 @@ impl From<sqlx::migrate::MigrateError> for Error {
     fn from(err: sqlx::migrate::MigrateError) -> Self {
         Self::Internal(format!("migration failed: {err}").into())
     }
-}
-
-/// Postgres classes that mean "the server cannot serve you right now" rather than "your
-/// statement is wrong": connection exceptions (08), insufficient resources (53), operator
-/// intervention such as shutdown (57), and SQLite's busy/locked codes (5, 6).
-fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57")
-        || code == "5"
-        || code == "6"
 }

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::backend::Admission;
 use super::backend::ChangeFeed;
 use super::cache::{Lookup, ReadCache, unexpired};
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::write_batch::WriteBatch;
+use super::write_lane::{self, LaneSettings};
 use super::{
     Change, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary, Write,
 };
@@ -45,9 +45,6 @@ impl Default for StoreOptions {
     }
 }
 
-/// Writes in one group commit at most. Large enough to amortise the commit, small enough that
-/// one batch's statement stays well within a single round trip.
-const MAX_WRITE_BATCH: usize = 512;
 const MAX_READ_BATCH: usize = 256;
 const QUEUE: usize = 4096;
 
@@ -60,6 +57,15 @@ const TOUCH_GRANULARITY_MS: i64 = 60 * 60 * 1000;
 const MAX_PENDING_TOUCHES: usize = 100_000;
 /// Rows deleted per purge statement, so a large purge never holds long locks.
 const PURGE_BATCH: u32 = 1000;
+
+/// How long after its expiry an expired message, or after its delete a tombstone, stays in the
+/// database: longer than any write that started before it can still be running (the database
+/// ends a write statement after the store timeout, see `RetainedStore::apply`), with room for
+/// clocks that differ between nodes. Until then it keeps such a write from bringing an older
+/// message back.
+pub fn purge_delay(timeout: Duration) -> Duration {
+    (timeout * 4).max(Duration::from_secs(10 * 60))
+}
 
 pub(super) type WriteResult = Result<(), Error>;
 type ReadResult = Result<Option<RetainedMessage>, Error>;
@@ -95,6 +101,8 @@ pub struct MaintenanceReport {
     pub touched: usize,
     pub expired: u64,
     pub idle: u64,
+    /// Tombstones of deleted messages removed.
+    pub tombstones: u64,
 }
 
 impl Store {
@@ -112,7 +120,13 @@ impl Store {
             cache
         });
         let writes = (0..options.write_lanes.max(1))
-            .map(|_| write_lane(backend.clone(), cache.clone(), &options))
+            .map(|_| {
+                let settings = LaneSettings {
+                    timeout,
+                    max_messages: options.max_messages,
+                };
+                write_lane::spawn(backend.clone(), cache.clone(), clock.clone(), settings)
+            })
             .collect();
         let reads = {
             let (backend, clock) = (backend.clone(), clock.clone());
@@ -323,8 +337,19 @@ impl Store {
                 touched.iter().for_each(|t| cache.evict(t));
             }
         }
+        // Until a write that started before them can no longer be running, expired messages and
+        // tombstones still keep such a write from bringing back an older message.
+        let settled =
+            now.saturating_sub(i64::try_from(purge_delay(timeout).as_millis()).unwrap_or(i64::MAX));
         loop {
-            let n = deadline(timeout, backend.purge_expired(now, PURGE_BATCH)).await?;
+            let n = deadline(timeout, backend.purge_tombstones(settled, PURGE_BATCH)).await?;
+            report.tombstones += n;
+            if n < u64::from(PURGE_BATCH) {
+                break;
+            }
+        }
+        loop {
+            let n = deadline(timeout, backend.purge_expired(settled, PURGE_BATCH)).await?;
             report.expired += n;
             if n < u64::from(PURGE_BATCH) {
                 break;
@@ -365,73 +390,9 @@ impl Store {
     }
 }
 
-/// One group-commit lane. One batch in flight: a lane's batches commit in arrival order, so the
-/// last publish to a topic is the one that stays.
-fn write_lane(
-    backend: Arc<dyn RetainedStore>,
-    cache: Option<Arc<ReadCache>>,
-    options: &StoreOptions,
-) -> Coalescer<OwnedWrite, WriteResult> {
-    let limits = CoalesceLimits {
-        queue: QUEUE,
-        max_batch: MAX_WRITE_BATCH,
-        concurrency: 1,
-    };
-    let (timeout, max_messages) = (options.timeout, options.max_messages);
-    Coalescer::spawn(limits, move |writes: Vec<OwnedWrite>| {
-        let (backend, cache) = (backend.clone(), cache.clone());
-        async move {
-            let started = std::time::Instant::now();
-            let result = deadline(timeout, backend.apply(&writes, max_messages)).await;
-            let n = writes.len();
-            // How well writes coalesce, for tuning: RUST_LOG=retaind::store=debug.
-            tracing::debug!(
-                writes = n,
-                took_us = started.elapsed().as_micros() as u64,
-                ok = result.is_ok(),
-                "write batch"
-            );
-            if let Some(cache) = cache {
-                record_writes(&cache, writes, result.as_deref(), timeout);
-            }
-            match result {
-                Ok(verdicts) => verdicts
-                    .into_iter()
-                    .map(|v| v.map_err(Error::QuotaExceeded))
-                    .collect(),
-                Err(e) => vec![Err(e); n],
-            }
-        }
-    })
-}
-
 /// Spreads topics over write lanes; fixed keys, so a topic keeps its lane for the process's life.
 fn lane_hasher() -> std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> {
     std::hash::BuildHasherDefault::default()
-}
-
-/// Puts committed writes in the cache (refused ones changed nothing). After a failure the
-/// outcome is unknown (a timed-out write may still commit), so the cache is bypassed for a
-/// while and then starts empty.
-fn record_writes(
-    cache: &ReadCache,
-    writes: Vec<OwnedWrite>,
-    verdicts: Result<&[Admission], &Error>,
-    timeout: Duration,
-) {
-    let Ok(verdicts) = verdicts else {
-        cache.suspend(timeout * 2);
-        return;
-    };
-    for (w, verdict) in writes.into_iter().zip(verdicts) {
-        if verdict.is_err() {
-            continue;
-        }
-        match w.write {
-            Write::Put(m) => cache.written(m.topic.clone(), Some(Arc::new(m))),
-            Write::Delete(topic) => cache.written(topic, None),
-        }
-    }
 }
 
 /// Applies what the change feed reports to the cache until the store handle is dropped.

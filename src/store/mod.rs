@@ -26,12 +26,13 @@ mod quota;
 mod row;
 mod sqlite;
 mod write_batch;
+mod write_lane;
 
-pub use backend::{Admission, ChangeFeed, RetainedStore};
+pub use backend::{ChangeFeed, RetainedStore, Verdict};
 pub use clock::Clock;
 pub use error::Error;
 pub use feed::Change;
-pub use handle::{MaintenanceReport, Store, StoreOptions};
+pub use handle::{MaintenanceReport, Store, StoreOptions, purge_delay};
 pub use message::{
     MAX_USER_PROPERTY_BYTES, MessageProperties, OwnedWrite, Owner, PayloadFormat, Qos,
     QuotaExceeded, RetainedMessage, RetainedSummary, UserProperty, Write, user_properties_wire_len,

@@ -35,7 +35,9 @@ pub async fn open_backend(
             })
             .connect_with(options.clone())
             .await?;
-        Ok(Arc::new(PostgresStore::migrate(pool, options).await?))
+        Ok(Arc::new(
+            PostgresStore::migrate(pool, options, timeout).await?,
+        ))
     } else if url.starts_with("sqlite:") {
         if url.contains(":memory:") || url.contains("mode=memory") {
             // Acknowledged must mean durable; an in-memory database forgets everything on exit.

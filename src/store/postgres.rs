@@ -1,23 +1,25 @@
 //! Postgres backend: the production store. Every batch is one statement, so one round trip and
 //! one commit however many messages it carries.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Connection, FromRow, PgPool};
+use tokio::time::Instant;
 
-use super::backend::Admission;
-use super::backend::ChangeFeed;
+use super::backend::{ChangeFeed, Verdict};
 use super::feed;
 use super::postgres_feed::PgChangeFeed;
 use super::postgres_writers::Writers;
 use super::quota;
 use super::row::{
-    MessageRow, RangeStatements, ScanStart, SummaryRow, encode_user_properties,
+    MessageRow, RangeStatements, Row, ScanStart, SummaryRow, encode_user_properties,
     last_write_per_topic, message_columns,
 };
-use super::{Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary, Write};
+use super::{Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary};
 use crate::topic::TopicName;
 
 /// Run by every connection the store opens, pooled or for writes. Every statement the store
@@ -39,11 +41,15 @@ pub(super) struct PostgresStore {
 }
 
 impl PostgresStore {
-    pub(super) async fn migrate(pool: PgPool, options: PgConnectOptions) -> Result<Self, Error> {
+    pub(super) async fn migrate(
+        pool: PgPool,
+        options: PgConnectOptions,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
         // sqlx takes an advisory lock, so nodes starting together migrate once.
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         let node = uuid::Uuid::new_v4().to_string().into();
-        let writers = Writers::new(options);
+        let writers = Writers::new(options, timeout);
         Ok(Self {
             pool,
             writers,
@@ -85,45 +91,89 @@ impl PostgresStore {
     }
 }
 
-/// Deletes, upserts and tells the other nodes, in one statement. The writes were reduced to one
-/// per topic beforehand, so the two parts never touch the same row. Notifications are delivered
-/// at commit, and only if it commits. A batch without deletes (most of them) or without puts
-/// leaves that part out rather than running it empty: an empty statement still costs its
-/// executor start and fires its statement-level counting trigger. Every variant takes the
-/// same parameters.
-macro_rules! apply_statement {
-    ($first:expr $(, $part:expr)*) => {
-        concat!("WITH ", $first, $(", ", $part,)* "
-SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($13::text[]) AS notice")
-    };
+impl PostgresStore {
+    /// One batch on `conn`: with a quota decision, in a transaction that first locks the counts;
+    /// without, as a single statement.
+    async fn run(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        writes: &[OwnedWrite],
+        max_total: Option<u64>,
+        now_ms: i64,
+    ) -> Result<Vec<Verdict>, sqlx::Error> {
+        let (admissions, superseded) = if quota::applies(writes, max_total) {
+            let mut tx = conn.begin().await?;
+            let admissions = quota::admit(writes, max_total, standing(&mut tx, writes).await?);
+            let admitted = writes
+                .iter()
+                .zip(&admissions)
+                .filter_map(|(w, v)| v.is_ok().then_some(w));
+            let superseded = apply_all(&mut *tx, &self.node, admitted.collect(), now_ms).await?;
+            tx.commit().await?;
+            (admissions, superseded)
+        } else {
+            let superseded = apply_all(conn, &self.node, writes.iter().collect(), now_ms).await?;
+            (vec![Ok(()); writes.len()], superseded)
+        };
+        Ok(Verdict::of_batch(writes, admissions, &superseded))
+    }
 }
 
-macro_rules! delete_part {
-    () => {
-        "deleted AS (DELETE FROM retained_messages WHERE topic = ANY($12::text[]))"
-    };
+impl PostgresStore {
+    /// Expired messages (`tombstones: false`) or tombstones, whose expiry is the time of their
+    /// delete, found through the expiry index.
+    async fn purge_by_expiry(
+        &self,
+        cutoff_ms: i64,
+        limit: u32,
+        tombstones: bool,
+    ) -> Result<u64, Error> {
+        // The outer condition is repeated so that a row updated after the inner scan is
+        // re-checked against its new version rather than deleted on the strength of the old one.
+        let done = sqlx::query(
+            "DELETE FROM retained_messages
+             WHERE topic IN (SELECT topic FROM retained_messages
+                             WHERE expires_at_ms <= $1 AND deleted = $3 LIMIT $2)
+               AND expires_at_ms <= $1 AND deleted = $3",
+        )
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .bind(tombstones)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
 }
 
-macro_rules! upsert_part {
-    () => {
-        "upserted AS (
+/// Upserts the batch's rows (messages and tombstones), takes the batch's write ticket, and tells
+/// the other nodes, in one statement; answers with the topics it left alone because a write with
+/// a later ticket got there first.
+///
+/// The ticket is an uncorrelated subquery, so Postgres evaluates it once, as an init plan, when
+/// the first row is produced: before the statement waits for any row lock. Tickets therefore
+/// order the starts of statements, and a statement that stalls on a lock still carries the
+/// ticket of when it began. Notifications are delivered at commit, and only if it commits.
+const APPLY: &str = "
+WITH upserted AS (
 INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
-    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner)
-SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
-    $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[], $14::text[])
+    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
+    deleted, write_seq)
+SELECT u.*, (SELECT nextval('retained_write_seq'))
+FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
+    $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[], $12::text[], $13::bool[]) AS u
 ON CONFLICT (topic) DO UPDATE SET
     payload = EXCLUDED.payload, qos = EXCLUDED.qos, user_properties = EXCLUDED.user_properties,
     content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
     correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
     expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
-    last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner
-)"
-    };
-}
-
-const APPLY: &str = apply_statement!(delete_part!(), upsert_part!());
-const APPLY_PUTS: &str = apply_statement!(upsert_part!());
-const APPLY_DELETES: &str = apply_statement!(delete_part!());
+    last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner,
+    deleted = EXCLUDED.deleted, write_seq = EXCLUDED.write_seq
+WHERE retained_messages.write_seq < EXCLUDED.write_seq
+RETURNING topic
+), notified AS (
+SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($14::text[]) AS notice
+)
+SELECT t FROM UNNEST($1::text[]) AS t, notified WHERE t NOT IN (SELECT topic FROM upserted)";
 
 /// A range query with the given bounds on `topic`: `$1` is the lower bound, `$2` now, `$3` the
 /// limit and `$4` the upper bound. One statement per combination of bounds, so that even
@@ -147,7 +197,7 @@ macro_rules! range_statement {
             $columns,
             " FROM retained_messages WHERE ",
             $bounds,
-            " AND (expires_at_ms IS NULL OR expires_at_ms > $2) ORDER BY topic LIMIT $3"
+            " AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > $2) ORDER BY topic LIMIT $3"
         )
     };
 }
@@ -172,50 +222,72 @@ struct Columns<'a> {
     last_modified_ms: Vec<i64>,
     last_accessed_ms: Vec<i64>,
     owner: Vec<&'a str>,
+    deleted: Vec<bool>,
 }
 
 impl<'a> Columns<'a> {
-    fn push(&mut self, m: &'a RetainedMessage, owner: &'a Owner) {
+    fn push(&mut self, row: Row<'a>, owner: &'a Owner) {
         self.owner.push(&owner.name);
-        let p = &m.properties;
-        self.topic.push(m.topic.as_str());
-        self.payload.push(&m.payload);
-        self.qos.push(i16::from(m.qos.as_u8()));
-        self.user_properties
-            .push(encode_user_properties(&p.user_properties));
-        self.content_type.push(p.content_type.as_deref());
-        self.response_topic
-            .push(p.response_topic.as_ref().map(TopicName::as_str));
-        self.correlation_data.push(p.correlation_data.as_deref());
-        self.payload_format.push(i16::from(p.payload_format as u8));
-        self.expires_at_ms.push(m.expires_at_ms);
-        self.last_modified_ms.push(m.last_modified_ms);
-        self.last_accessed_ms.push(m.last_accessed_ms);
+        match row {
+            Row::Message(m) => {
+                let p = &m.properties;
+                self.topic.push(m.topic.as_str());
+                self.payload.push(&m.payload);
+                self.qos.push(i16::from(m.qos.as_u8()));
+                self.user_properties
+                    .push(encode_user_properties(&p.user_properties));
+                self.content_type.push(p.content_type.as_deref());
+                self.response_topic
+                    .push(p.response_topic.as_ref().map(TopicName::as_str));
+                self.correlation_data.push(p.correlation_data.as_deref());
+                self.payload_format.push(i16::from(p.payload_format as u8));
+                self.expires_at_ms.push(m.expires_at_ms);
+                self.last_modified_ms.push(m.last_modified_ms);
+                self.last_accessed_ms.push(m.last_accessed_ms);
+                self.deleted.push(false);
+            }
+            Row::Tombstone { topic, at_ms } => {
+                self.topic.push(topic.as_str());
+                self.payload.push(&[]);
+                self.qos.push(0);
+                self.user_properties.push(None);
+                self.content_type.push(None);
+                self.response_topic.push(None);
+                self.correlation_data.push(None);
+                self.payload_format.push(0);
+                self.expires_at_ms.push(Some(at_ms));
+                self.last_modified_ms.push(at_ms);
+                self.last_accessed_ms.push(at_ms);
+                self.deleted.push(true);
+            }
+        }
     }
 }
 
-/// Runs [`APPLY`] for `writes` (reduced to the last per topic) on `db`.
-async fn apply_all<'c, E>(db: E, node: &str, writes: Vec<&OwnedWrite>) -> Result<(), Error>
+/// Runs [`APPLY`] for `writes` on `db`; returns the topics that a later write had already
+/// changed, which this batch left alone.
+async fn apply_all<'c, E>(
+    db: E,
+    node: &str,
+    writes: Vec<&OwnedWrite>,
+    now_ms: i64,
+) -> Result<HashSet<String>, sqlx::Error>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
-    let mut cols = Columns::default();
-    let mut deletes: Vec<&str> = Vec::new();
-    let writes = last_write_per_topic(writes);
-    let notices = feed::announce(node, writes.iter().map(|w| w.write.topic().as_str()));
-    for w in writes {
-        match &w.write {
-            Write::Put(m) => cols.push(m, &w.owner),
-            Write::Delete(topic) => deletes.push(topic.as_str()),
-        }
+    let mut writes = last_write_per_topic(writes);
+    if writes.is_empty() {
+        return Ok(HashSet::new());
     }
-    let statement = match (cols.topic.is_empty(), deletes.is_empty()) {
-        (true, true) => return Ok(()),
-        (false, true) => APPLY_PUTS,
-        (true, false) => APPLY_DELETES,
-        (false, false) => APPLY,
-    };
-    sqlx::query(statement)
+    // Every batch locks its rows in the same (topic) order, so two batches on different nodes
+    // that share topics wait for each other instead of deadlocking.
+    writes.sort_unstable_by(|a, b| a.write.topic().cmp(b.write.topic()));
+    let notices = feed::announce(node, writes.iter().map(|w| w.write.topic().as_str()));
+    let mut cols = Columns::default();
+    for w in writes {
+        cols.push(Row::of(&w.write, now_ms), &w.owner);
+    }
+    let superseded: Vec<String> = sqlx::query_scalar(APPLY)
         .bind(cols.topic)
         .bind(cols.payload)
         .bind(cols.qos)
@@ -227,12 +299,12 @@ where
         .bind(cols.expires_at_ms)
         .bind(cols.last_modified_ms)
         .bind(cols.last_accessed_ms)
-        .bind(deletes)
-        .bind(notices)
         .bind(cols.owner)
-        .execute(db)
+        .bind(cols.deleted)
+        .bind(notices)
+        .fetch_all(db)
         .await?;
-    Ok(())
+    Ok(superseded.into_iter().collect())
 }
 
 /// The counts a quota decision starts from, read after locking every shard of
@@ -241,7 +313,7 @@ where
 async fn standing(
     tx: &mut sqlx::PgConnection,
     writes: &[OwnedWrite],
-) -> Result<quota::Standing, Error> {
+) -> Result<quota::Standing, sqlx::Error> {
     let shards: Vec<i64> =
         sqlx::query_scalar("SELECT messages FROM retained_total ORDER BY shard FOR UPDATE")
             .fetch_all(&mut *tx)
@@ -260,11 +332,13 @@ async fn standing(
         .await?
     };
     let topics: Vec<&str> = writes.iter().map(|w| w.write.topic().as_str()).collect();
-    let owner_of: Vec<(String, String)> =
-        sqlx::query_as("SELECT topic, owner FROM retained_messages WHERE topic = ANY($1::text[])")
-            .bind(topics)
-            .fetch_all(&mut *tx)
-            .await?;
+    let owner_of: Vec<(String, String)> = sqlx::query_as(
+        "SELECT topic, owner FROM retained_messages
+             WHERE topic = ANY($1::text[]) AND NOT deleted",
+    )
+    .bind(topics)
+    .fetch_all(&mut *tx)
+    .await?;
     Ok(quota::Standing {
         total: u64::try_from(total).unwrap_or(0),
         by_owner: by_owner
@@ -281,25 +355,35 @@ impl RetainedStore for PostgresStore {
         &self,
         writes: &[OwnedWrite],
         max_total: Option<u64>,
-    ) -> Result<Vec<Admission>, Error> {
-        // Dropped, not given back, when the batch fails or is abandoned.
-        let mut conn = self.writers.take().await?;
-        let verdicts = if quota::applies(writes, max_total) {
-            let mut tx = conn.begin().await?;
-            let verdicts = quota::admit(writes, max_total, standing(&mut tx, writes).await?);
-            let admitted = writes
-                .iter()
-                .zip(&verdicts)
-                .filter_map(|(w, v)| v.is_ok().then_some(w));
-            apply_all(&mut *tx, &self.node, admitted.collect()).await?;
-            tx.commit().await?;
-            verdicts
-        } else {
-            apply_all(&mut conn, &self.node, writes.iter().collect()).await?;
-            vec![Ok(()); writes.len()]
-        };
-        self.writers.give_back(conn);
-        Ok(verdicts)
+        now_ms: i64,
+        deadline: Instant,
+    ) -> Result<Vec<Verdict>, Error> {
+        let mut writer = tokio::time::timeout_at(deadline, self.writers.take())
+            .await
+            .map_err(|_| Error::timed_out())??;
+        let session = writer.session;
+        let run = self.run(&mut writer.conn, writes, max_total, now_ms);
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(verdicts)) => {
+                self.writers.give_back(writer);
+                Ok(verdicts)
+            }
+            // Postgres answered with an error: the statement (and its transaction) is rolled
+            // back, nothing of it can commit. The connection goes, its state being unknown.
+            Ok(Err(e @ sqlx::Error::Database(_))) => Err(e.into()),
+            // The connection broke mid-batch, or the deadline passed: the session may still be
+            // running the batch and commit it later.
+            Ok(Err(e)) => {
+                drop(writer);
+                self.writers.fence(&self.pool, session).await;
+                Err(e.into())
+            }
+            Err(_) => {
+                drop(writer);
+                self.writers.fence(&self.pool, session).await;
+                Err(Error::timed_out())
+            }
+        }
     }
 
     async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
@@ -331,13 +415,13 @@ impl RetainedStore for PostgresStore {
             "SELECT ",
             message_columns!(),
             " FROM retained_messages
-             WHERE topic = ANY($1::text[]) AND (expires_at_ms IS NULL OR expires_at_ms > $2)"
+             WHERE topic = ANY($1::text[]) AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > $2)"
         ))
         .bind(names)
         .bind(now_ms)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(RetainedMessage::try_from).collect()
+        Ok(rows.into_iter().map(MessageRow::into_message).collect())
     }
 
     async fn list(
@@ -352,7 +436,7 @@ impl RetainedStore for PostgresStore {
             None => sqlx::query_as(
                 "SELECT topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms
                  FROM retained_messages
-                 WHERE expires_at_ms IS NULL OR expires_at_ms > $1
+                 WHERE NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > $1)
                  ORDER BY topic LIMIT $2",
             )
             .bind(now_ms)
@@ -362,7 +446,7 @@ impl RetainedStore for PostgresStore {
             Some(after) => sqlx::query_as(
                 "SELECT topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms
                  FROM retained_messages
-                 WHERE topic > $3 AND (expires_at_ms IS NULL OR expires_at_ms > $1)
+                 WHERE topic > $3 AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > $1)
                  ORDER BY topic LIMIT $2",
             )
             .bind(now_ms)
@@ -371,7 +455,7 @@ impl RetainedStore for PostgresStore {
             .fetch_all(&self.pool)
             .await?,
         };
-        rows.into_iter().map(RetainedSummary::try_from).collect()
+        Ok(rows.into_iter().map(SummaryRow::into_summary).collect())
     }
 
     async fn scan(
@@ -384,7 +468,7 @@ impl RetainedStore for PostgresStore {
     ) -> Result<Vec<RetainedMessage>, Error> {
         let start = ScanStart::new(from, after);
         let rows: Vec<MessageRow> = self.range(&SCAN, start, until, limit, now_ms).await?;
-        rows.into_iter().map(RetainedMessage::try_from).collect()
+        Ok(rows.into_iter().map(MessageRow::into_message).collect())
     }
 
     async fn list_range(
@@ -397,7 +481,7 @@ impl RetainedStore for PostgresStore {
     ) -> Result<Vec<RetainedSummary>, Error> {
         let start = ScanStart::new(from, after);
         let rows: Vec<SummaryRow> = self.range(&LIST_RANGE, start, until, limit, now_ms).await?;
-        rows.into_iter().map(RetainedSummary::try_from).collect()
+        Ok(rows.into_iter().map(SummaryRow::into_summary).collect())
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {
@@ -413,19 +497,12 @@ impl RetainedStore for PostgresStore {
         Ok(())
     }
 
-    async fn purge_expired(&self, now_ms: i64, limit: u32) -> Result<u64, Error> {
-        // The outer condition is repeated so that a row updated after the inner scan is
-        // re-checked against its new version rather than deleted on the strength of the old one.
-        let done = sqlx::query(
-            "DELETE FROM retained_messages
-             WHERE topic IN (SELECT topic FROM retained_messages WHERE expires_at_ms <= $1 LIMIT $2)
-               AND expires_at_ms <= $1",
-        )
-        .bind(now_ms)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+    async fn purge_expired(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
+        self.purge_by_expiry(cutoff_ms, limit, false).await
+    }
+
+    async fn purge_tombstones(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
+        self.purge_by_expiry(cutoff_ms, limit, true).await
     }
 
     async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {

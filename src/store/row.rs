@@ -3,9 +3,9 @@
 use bytes::Bytes;
 
 use super::{
-    Error, MessageProperties, PayloadFormat, Qos, RetainedMessage, RetainedSummary, UserProperty,
+    MessageProperties, PayloadFormat, Qos, RetainedMessage, RetainedSummary, UserProperty,
 };
-use crate::topic::TopicName;
+use crate::topic::{TopicName, check_text};
 
 /// Columns selected for a full message, as a literal so queries built with `concat!` stay
 /// `&'static str` (sqlx accepts only those without an explicit safety assertion).
@@ -16,6 +16,26 @@ macro_rules! message_columns {
     };
 }
 pub(super) use message_columns;
+
+/// What a write leaves in its topic's row: a message, or a tombstone that remembers the delete
+/// (and its write ticket) until the expiry purge removes it at `at_ms` plus the purge's delay.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Row<'a> {
+    Message(&'a RetainedMessage),
+    Tombstone { topic: &'a TopicName, at_ms: i64 },
+}
+
+impl<'a> Row<'a> {
+    pub(super) fn of(write: &'a super::Write, now_ms: i64) -> Self {
+        match write {
+            super::Write::Put(m) => Self::Message(m),
+            super::Write::Delete(topic) => Self::Tombstone {
+                topic,
+                at_ms: now_ms,
+            },
+        }
+    }
+}
 
 /// Where a range scan starts, resolved before the query: the later of `from` (inclusive) and
 /// `after` (exclusive). Each backend then runs a plain range on the primary key rather than
@@ -90,33 +110,70 @@ pub(super) struct MessageRow {
     last_accessed_ms: i64,
 }
 
-impl TryFrom<MessageRow> for RetainedMessage {
-    type Error = Error;
+// A stored row is read one at a time, and what cannot be served of it is left out of that row
+// alone, with a warning naming the topic: a row written by an older release, by hand, or before
+// a rule was tightened must never fail a read batch, a page or a subscription's retained
+// delivery that it shares with other rows (and is never skipped, which would end a page early). A string MQTT cannot carry ([MQTT-1.5.4-2]: no
+// U+0000) would make a subscriber disconnect every time it is delivered.
 
-    fn try_from(row: MessageRow) -> Result<Self, Error> {
-        let user_properties = match row.user_properties {
-            Some(json) => decode_user_properties(&json)?,
+impl MessageRow {
+    /// The message, without whatever of it cannot be served.
+    pub(super) fn into_message(self) -> RetainedMessage {
+        let topic = TopicName::from_stored(self.topic);
+        let warn = |what: &str| tracing::warn!(topic = %topic, "stored {what} left out: not a valid MQTT string");
+        let user_properties = match self.user_properties {
             None => Vec::new(),
+            Some(json) => match decode_user_properties(&json) {
+                Ok(props) => {
+                    let before = props.len();
+                    let props: Vec<UserProperty> = props
+                        .into_iter()
+                        .filter(|p| check_text(&p.key).is_ok() && check_text(&p.value).is_ok())
+                        .collect();
+                    if props.len() < before {
+                        warn("user property");
+                    }
+                    props
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "stored user properties left out");
+                    Vec::new()
+                }
+            },
         };
-        Ok(Self {
-            qos: decode_qos(row.qos)?,
-            topic: TopicName::from_stored(row.topic),
-            payload: Bytes::from(row.payload),
+        let content_type = self.content_type.filter(|c| {
+            let ok = check_text(c).is_ok();
+            if !ok {
+                warn("content type");
+            }
+            ok
+        });
+        let response_topic = self.response_topic.filter(|r| {
+            let ok = check_text(r).is_ok();
+            if !ok {
+                warn("response topic");
+            }
+            ok
+        });
+        RetainedMessage {
+            qos: stored_qos(&topic, self.qos),
+            payload: Bytes::from(self.payload),
             properties: MessageProperties {
                 user_properties,
-                content_type: row.content_type,
-                response_topic: row.response_topic.map(TopicName::from_stored),
-                correlation_data: row.correlation_data.map(Bytes::from),
-                payload_format: if row.payload_format == 1 {
+                content_type,
+                response_topic: response_topic.map(TopicName::from_stored),
+                correlation_data: self.correlation_data.map(Bytes::from),
+                payload_format: if self.payload_format == 1 {
                     PayloadFormat::Utf8
                 } else {
                     PayloadFormat::Unspecified
                 },
             },
-            expires_at_ms: row.expires_at_ms,
-            last_modified_ms: row.last_modified_ms,
-            last_accessed_ms: row.last_accessed_ms,
-        })
+            expires_at_ms: self.expires_at_ms,
+            last_modified_ms: self.last_modified_ms,
+            last_accessed_ms: self.last_accessed_ms,
+            topic,
+        }
     }
 }
 
@@ -128,24 +185,28 @@ pub(super) struct SummaryRow {
     last_modified_ms: i64,
 }
 
-impl TryFrom<SummaryRow> for RetainedSummary {
-    type Error = Error;
-
-    fn try_from(row: SummaryRow) -> Result<Self, Error> {
-        Ok(Self {
-            topic: TopicName::from_stored(row.topic),
-            payload_size: row.payload_size,
-            qos: decode_qos(row.qos)?,
-            last_modified_ms: row.last_modified_ms,
-        })
+impl SummaryRow {
+    pub(super) fn into_summary(self) -> RetainedSummary {
+        let topic = TopicName::from_stored(self.topic);
+        RetainedSummary {
+            qos: stored_qos(&topic, self.qos),
+            payload_size: self.payload_size,
+            last_modified_ms: self.last_modified_ms,
+            topic,
+        }
     }
 }
 
-fn decode_qos(raw: i16) -> Result<Qos, Error> {
+/// Both schemas allow only 0, 1 and 2 (a CHECK constraint); anything else was written around
+/// them, and is served as 0 rather than failing the reads it shares.
+fn stored_qos(topic: &TopicName, raw: i16) -> Qos {
     u8::try_from(raw)
         .ok()
         .and_then(Qos::from_u8)
-        .ok_or_else(|| Error::Internal(format!("stored qos {raw} is not 0, 1 or 2").into()))
+        .unwrap_or_else(|| {
+            tracing::warn!(%topic, qos = raw, "stored qos is not 0, 1 or 2; served as 0");
+            Qos::AtMostOnce
+        })
 }
 
 /// Stored as `[[key, value], ...]`: compact, ordered, duplicates kept.
@@ -160,10 +221,8 @@ pub(super) fn encode_user_properties(props: &[UserProperty]) -> Option<String> {
     Some(serde_json::to_string(&pairs).expect("string pairs always serialize"))
 }
 
-fn decode_user_properties(json: &str) -> Result<Vec<UserProperty>, Error> {
-    let pairs: Vec<(String, String)> = serde_json::from_str(json).map_err(|e| {
-        Error::Internal(format!("stored user properties are not valid: {e}").into())
-    })?;
+fn decode_user_properties(json: &str) -> Result<Vec<UserProperty>, serde_json::Error> {
+    let pairs: Vec<(String, String)> = serde_json::from_str(json)?;
     Ok(pairs
         .into_iter()
         .map(|(key, value)| UserProperty { key, value })

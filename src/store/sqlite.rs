@@ -3,17 +3,20 @@
 //! survives power loss. Writes go through a single connection because SQLite has one writer
 //! anyway; group commit upstream turns many publishes into one transaction on it.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, SqlitePool};
+use tokio::time::Instant;
 
-use super::backend::Admission;
+use super::backend::Verdict;
 use super::quota;
 use super::row::{
-    MessageRow, RangeStatements, ScanStart, SummaryRow, encode_user_properties,
+    MessageRow, RangeStatements, Row, ScanStart, SummaryRow, encode_user_properties,
     last_write_per_topic, message_columns,
 };
-use super::{Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Write};
+use super::{Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary};
 use crate::topic::TopicName;
 
 pub(super) struct SqliteStore {
@@ -38,16 +41,21 @@ impl SqliteStore {
     }
 }
 
+/// A message or a tombstone, replacing only a row with an earlier write ticket (see
+/// `RetainedStore::apply`).
 const UPSERT: &str = "
 INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
-    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
+    deleted, write_seq)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (topic) DO UPDATE SET
     payload = excluded.payload, qos = excluded.qos, user_properties = excluded.user_properties,
     content_type = excluded.content_type, response_topic = excluded.response_topic,
     correlation_data = excluded.correlation_data, payload_format = excluded.payload_format,
     expires_at_ms = excluded.expires_at_ms, last_modified_ms = excluded.last_modified_ms,
-    last_accessed_ms = excluded.last_accessed_ms, owner = excluded.owner";
+    last_accessed_ms = excluded.last_accessed_ms, owner = excluded.owner,
+    deleted = excluded.deleted, write_seq = excluded.write_seq
+WHERE retained_messages.write_seq < excluded.write_seq";
 
 /// A range query with the given bounds on `topic`: `?1` is the lower bound, `?2` now, `?3` the
 /// limit and `?4` the upper bound. One statement per combination of bounds, so that SQLite
@@ -71,7 +79,7 @@ macro_rules! range_statement {
             $columns,
             " FROM retained_messages WHERE ",
             $bounds,
-            " AND (expires_at_ms IS NULL OR expires_at_ms > ?2) ORDER BY topic LIMIT ?3"
+            " AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > ?2) ORDER BY topic LIMIT ?3"
         )
     };
 }
@@ -107,11 +115,45 @@ impl SqliteStore {
     }
 }
 
-/// Applies `writes` (reduced to the last per topic) in the transaction `tx`.
-async fn apply_all(tx: &mut sqlx::SqliteConnection, writes: Vec<&OwnedWrite>) -> Result<(), Error> {
+impl SqliteStore {
+    /// Expired messages (`tombstones: false`) or tombstones, whose expiry is the time of their
+    /// delete, found through the expiry index.
+    async fn purge_by_expiry(
+        &self,
+        cutoff_ms: i64,
+        limit: u32,
+        tombstones: bool,
+    ) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "DELETE FROM retained_messages WHERE topic IN
+             (SELECT topic FROM retained_messages
+              WHERE expires_at_ms <= ?1 AND deleted = ?3 LIMIT ?2)",
+        )
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .bind(tombstones)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Applies `writes` (reduced to the last per topic) in the transaction `tx`, under a new write
+/// ticket; returns the topics that a write with a later ticket had already changed.
+async fn apply_all(
+    tx: &mut sqlx::SqliteConnection,
+    writes: Vec<&OwnedWrite>,
+    now_ms: i64,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let ticket: i64 = sqlx::query_scalar(
+        "UPDATE retained_write_seq SET value = value + 1 WHERE only_row = 1 RETURNING value",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut superseded = HashSet::new();
     for w in last_write_per_topic(writes) {
-        match &w.write {
-            Write::Put(m) => {
+        let query = match Row::of(&w.write, now_ms) {
+            Row::Message(m) => {
                 let p = &m.properties;
                 sqlx::query(UPSERT)
                     .bind(m.topic.as_str())
@@ -126,18 +168,29 @@ async fn apply_all(tx: &mut sqlx::SqliteConnection, writes: Vec<&OwnedWrite>) ->
                     .bind(m.last_modified_ms)
                     .bind(m.last_accessed_ms)
                     .bind(&*w.owner.name)
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(false)
             }
-            Write::Delete(topic) => {
-                sqlx::query("DELETE FROM retained_messages WHERE topic = ?")
-                    .bind(topic.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            Row::Tombstone { topic, at_ms } => sqlx::query(UPSERT)
+                .bind(topic.as_str())
+                .bind(&[][..])
+                .bind(0i16)
+                .bind(None::<String>)
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(None::<&[u8]>)
+                .bind(0i16)
+                .bind(Some(at_ms))
+                .bind(at_ms)
+                .bind(at_ms)
+                .bind(&*w.owner.name)
+                .bind(true),
+        };
+        let done = query.bind(ticket).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            superseded.insert(w.write.topic().as_str().to_owned());
         }
     }
-    Ok(())
+    Ok(superseded)
 }
 
 /// The counts a quota decision starts from. SQLite has one writer, and this runs in its
@@ -145,7 +198,7 @@ async fn apply_all(tx: &mut sqlx::SqliteConnection, writes: Vec<&OwnedWrite>) ->
 async fn standing(
     tx: &mut sqlx::SqliteConnection,
     writes: &[OwnedWrite],
-) -> Result<quota::Standing, Error> {
+) -> Result<quota::Standing, sqlx::Error> {
     let total: i64 = sqlx::query_scalar("SELECT messages FROM retained_total")
         .fetch_one(&mut *tx)
         .await?;
@@ -164,11 +217,12 @@ async fn standing(
     }
     for w in writes {
         let topic = w.write.topic().as_str();
-        let owner: Option<String> =
-            sqlx::query_scalar("SELECT owner FROM retained_messages WHERE topic = ?")
-                .bind(topic)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let owner: Option<String> = sqlx::query_scalar(
+            "SELECT owner FROM retained_messages WHERE topic = ? AND NOT deleted",
+        )
+        .bind(topic)
+        .fetch_optional(&mut *tx)
+        .await?;
         if let Some(owner) = owner {
             standing.owner_of.insert(topic.to_owned(), owner.into());
         }
@@ -178,24 +232,29 @@ async fn standing(
 
 #[async_trait]
 impl RetainedStore for SqliteStore {
+    /// SQLite cannot be told to stop a statement from here, and need not be: its one write
+    /// connection runs batches one after another, so a late one still commits before the next.
+    /// The deadline is left to the caller, and the call returns when SQLite is done.
     async fn apply(
         &self,
         writes: &[OwnedWrite],
         max_total: Option<u64>,
-    ) -> Result<Vec<Admission>, Error> {
+        now_ms: i64,
+        _deadline: Instant,
+    ) -> Result<Vec<Verdict>, Error> {
         let mut tx = self.writer.begin().await?;
-        let verdicts = if quota::applies(writes, max_total) {
+        let admissions = if quota::applies(writes, max_total) {
             quota::admit(writes, max_total, standing(&mut tx, writes).await?)
         } else {
             vec![Ok(()); writes.len()]
         };
         let admitted = writes
             .iter()
-            .zip(&verdicts)
+            .zip(&admissions)
             .filter_map(|(w, v)| v.is_ok().then_some(w));
-        apply_all(&mut tx, admitted.collect()).await?;
+        let superseded = apply_all(&mut tx, admitted.collect(), now_ms).await?;
         tx.commit().await?;
-        Ok(verdicts)
+        Ok(Verdict::of_batch(writes, admissions, &superseded))
     }
 
     async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
@@ -229,14 +288,14 @@ impl RetainedStore for SqliteStore {
                 "SELECT ",
                 message_columns!(),
                 " FROM retained_messages
-                 WHERE topic = ? AND (expires_at_ms IS NULL OR expires_at_ms > ?)"
+                 WHERE topic = ? AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > ?)"
             ))
             .bind(topic.as_str())
             .bind(now_ms)
             .fetch_optional(&mut *conn)
             .await?;
             if let Some(row) = row {
-                found.push(RetainedMessage::try_from(row)?);
+                found.push(row.into_message());
             }
         }
         Ok(found)
@@ -253,7 +312,7 @@ impl RetainedStore for SqliteStore {
         let rows: Vec<SummaryRow> = sqlx::query_as(
             "SELECT topic, length(payload) AS payload_size, qos, last_modified_ms
              FROM retained_messages
-             WHERE topic > ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)
+             WHERE topic > ?1 AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > ?2)
              ORDER BY topic LIMIT ?3",
         )
         .bind(after.map_or("", TopicName::as_str))
@@ -261,7 +320,7 @@ impl RetainedStore for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.into_iter().map(RetainedSummary::try_from).collect()
+        Ok(rows.into_iter().map(SummaryRow::into_summary).collect())
     }
 
     async fn scan(
@@ -274,7 +333,7 @@ impl RetainedStore for SqliteStore {
     ) -> Result<Vec<RetainedMessage>, Error> {
         let start = ScanStart::new(from, after);
         let rows: Vec<MessageRow> = self.range(&SCAN, start, until, limit, now_ms).await?;
-        rows.into_iter().map(RetainedMessage::try_from).collect()
+        Ok(rows.into_iter().map(MessageRow::into_message).collect())
     }
 
     async fn list_range(
@@ -287,7 +346,7 @@ impl RetainedStore for SqliteStore {
     ) -> Result<Vec<RetainedSummary>, Error> {
         let start = ScanStart::new(from, after);
         let rows: Vec<SummaryRow> = self.range(&LIST_RANGE, start, until, limit, now_ms).await?;
-        rows.into_iter().map(RetainedSummary::try_from).collect()
+        Ok(rows.into_iter().map(SummaryRow::into_summary).collect())
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {
@@ -306,16 +365,12 @@ impl RetainedStore for SqliteStore {
         Ok(())
     }
 
-    async fn purge_expired(&self, now_ms: i64, limit: u32) -> Result<u64, Error> {
-        let done = sqlx::query(
-            "DELETE FROM retained_messages WHERE topic IN
-             (SELECT topic FROM retained_messages WHERE expires_at_ms <= ?1 LIMIT ?2)",
-        )
-        .bind(now_ms)
-        .bind(i64::from(limit))
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+    async fn purge_expired(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
+        self.purge_by_expiry(cutoff_ms, limit, false).await
+    }
+
+    async fn purge_tombstones(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
+        self.purge_by_expiry(cutoff_ms, limit, true).await
     }
 
     async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {

@@ -83,6 +83,11 @@ pub async fn fresh_db(backend: Backend) -> FreshDb {
     }
 }
 
+/// A deadline no test reaches, for calling a backend's `apply` directly.
+pub fn far_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
+}
+
 /// A topic name within the default limits; panics on an invalid one (tests pass good names).
 pub fn topic(s: &str) -> TopicName {
     TopicName::parse(s, TopicLimits::default()).unwrap()
@@ -225,6 +230,24 @@ impl TestApp {
             running.shutdown().await;
         }
         self.db
+    }
+}
+
+/// Runs `sql` (one or more statements) on the database behind a store URL, over a connection of
+/// its own, as an operator's psql or sqlite3 session would.
+pub async fn execute_sql(url: &str, sql: &str) {
+    use sqlx::Executor;
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("connecting to the SQLite file");
+        conn.execute(sql).await.expect("running SQL");
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connecting to the test schema");
+        conn.execute(sql).await.expect("running SQL");
     }
 }
 

@@ -1,0 +1,167 @@
+//! One group-commit lane: a queue of writes, one batch in the database at a time, and what a
+//! batch's outcome means for the read cache.
+//!
+//! Three rules keep acknowledged writes in order and the cache true to the database:
+//! - **A batch answers at its deadline but holds the lane until it is settled.** The backend
+//!   returns only once nothing more of the batch can commit (on Postgres it terminates the
+//!   session running it). Meanwhile the cache is bypassed, and afterwards the batch's topics are
+//!   evicted, because whether it committed is unknown.
+//! - **A write ticket per batch** (see `RetainedStore::apply`): a batch that stalled in the
+//!   database cannot overwrite a newer write to the same topic, from this node or another.
+//! - **A row the database refuses fails alone.** A batch it refuses for its data is split in
+//!   halves, and those again, until the offending writes are alone; the others commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::backend::Verdict;
+use super::cache::ReadCache;
+use super::coalesce::{CoalesceLimits, Coalescer};
+use super::handle::WriteResult;
+use super::{Clock, Error, OwnedWrite, RetainedStore, Write};
+
+/// Writes in one group commit at most. Large enough to amortise the commit, small enough that
+/// one batch's statement stays well within a single round trip.
+const MAX_WRITE_BATCH: usize = 512;
+const QUEUE: usize = 4096;
+
+/// What a lane needs to know besides its backend.
+pub(super) struct LaneSettings {
+    pub(super) timeout: Duration,
+    /// Most retained messages the whole store may keep.
+    pub(super) max_messages: Option<u64>,
+}
+
+/// Starts a lane. One batch in flight: a lane's batches commit in arrival order, so the last
+/// publish to a topic is the one that stays.
+pub(super) fn spawn(
+    backend: Arc<dyn RetainedStore>,
+    cache: Option<Arc<ReadCache>>,
+    clock: Clock,
+    settings: LaneSettings,
+) -> Coalescer<OwnedWrite, WriteResult> {
+    let limits = CoalesceLimits {
+        queue: QUEUE,
+        max_batch: MAX_WRITE_BATCH,
+        concurrency: 1,
+    };
+    // Held by a batch until it is settled, past its deadline if need be.
+    let turn = Arc::new(Mutex::new(()));
+    let settings = Arc::new(settings);
+    Coalescer::spawn(limits, move |writes: Vec<OwnedWrite>| {
+        let (backend, cache, clock) = (backend.clone(), cache.clone(), clock.clone());
+        let (turn, settings) = (turn.clone(), settings.clone());
+        async move {
+            let turn = turn.lock_owned().await;
+            let n = writes.len();
+            let deadline = Instant::now() + settings.timeout;
+            let now_ms = clock.now_ms();
+            let started = std::time::Instant::now();
+            let mut work = tokio::spawn(async move {
+                let results =
+                    apply_isolating(&*backend, &writes, settings.max_messages, now_ms, deadline)
+                        .await;
+                (writes, results)
+            });
+            let finished = tokio::time::timeout_at(deadline, &mut work).await;
+            // How well writes coalesce, for tuning: RUST_LOG=retaind::store=debug.
+            tracing::debug!(
+                writes = n,
+                took_us = started.elapsed().as_micros() as u64,
+                settled = finished.is_ok(),
+                "write batch"
+            );
+            match finished {
+                Ok(Ok((writes, results))) => {
+                    if let Some(cache) = &cache {
+                        record(cache, writes, &results);
+                    }
+                    drop(turn);
+                    results.into_iter().map(answer).collect()
+                }
+                Ok(Err(panicked)) => {
+                    tracing::error!(error = %panicked, "a write batch panicked");
+                    if let Some(cache) = &cache {
+                        cache.forget_all();
+                    }
+                    drop(turn);
+                    vec![Err(Error::Internal("the write batch failed".into())); n]
+                }
+                Err(_) => {
+                    // The callers learn now that the outcome is unknown; the lane and the cache
+                    // wait for the batch to settle.
+                    let unsettled = cache.map(ReadCache::unsettled);
+                    tokio::spawn(async move {
+                        if let Ok((writes, _)) = work.await
+                            && let Some(unsettled) = &unsettled
+                        {
+                            writes.iter().for_each(|w| unsettled.evict(w.write.topic()));
+                        }
+                        drop(unsettled);
+                        drop(turn);
+                    });
+                    vec![Err(Error::timed_out()); n]
+                }
+            }
+        }
+    })
+}
+
+/// Applies `writes`, splitting the batch while the database refuses its data, so that only the
+/// writes it refuses fail. One result per write, in order; a batch-wide failure is every write's.
+async fn apply_isolating(
+    backend: &dyn RetainedStore,
+    writes: &[OwnedWrite],
+    max_total: Option<u64>,
+    now_ms: i64,
+    deadline: Instant,
+) -> Vec<Result<Verdict, Error>> {
+    match backend.apply(writes, max_total, now_ms, deadline).await {
+        Ok(verdicts) => verdicts.into_iter().map(Ok).collect(),
+        Err(e @ Error::Refused(_)) if writes.len() == 1 => {
+            tracing::error!(topic = %writes[0].write.topic(), error = %e, "the database refused a write");
+            vec![Err(e)]
+        }
+        Err(Error::Refused(_)) => {
+            // In order, so that two writes of one topic in different halves keep their order.
+            let (first, second) = writes.split_at(writes.len() / 2);
+            let mut results =
+                Box::pin(apply_isolating(backend, first, max_total, now_ms, deadline)).await;
+            results.extend(
+                Box::pin(apply_isolating(
+                    backend, second, max_total, now_ms, deadline,
+                ))
+                .await,
+            );
+            results
+        }
+        Err(e) => vec![Err(e); writes.len()],
+    }
+}
+
+fn answer(result: Result<Verdict, Error>) -> WriteResult {
+    match result? {
+        Verdict::Applied | Verdict::Superseded => Ok(()),
+        Verdict::Refused(quota) => Err(Error::QuotaExceeded(quota)),
+    }
+}
+
+/// Brings the cache in line with a settled batch: applied writes are cached as written; a
+/// superseded topic holds a newer write from elsewhere, and a failed write may or may not have
+/// committed, so both are forgotten and read afresh; refused ones changed nothing.
+/// The writes move into the cache rather than being cloned.
+fn record(cache: &ReadCache, writes: Vec<OwnedWrite>, results: &[Result<Verdict, Error>]) {
+    for (w, result) in writes.into_iter().zip(results) {
+        match (result, w.write) {
+            (Ok(Verdict::Applied), Write::Put(m)) => {
+                cache.written(m.topic.clone(), Some(Arc::new(m)))
+            }
+            (Ok(Verdict::Applied), Write::Delete(topic)) => cache.written(topic, None),
+            (Ok(Verdict::Refused(_)), _) => {}
+            (Ok(Verdict::Superseded) | Err(_), w) => cache.evict(w.topic()),
+        }
+    }
+}
