@@ -386,7 +386,10 @@ async fn a_refused_row_fails_alone(backend: Backend) {
             assert!(got.is_ok(), "{t}: {got:?}");
         }
     }
-    assert_eq!(store.scan("p/", Some("p0"), None, 100).await.unwrap().len(), 39);
+    assert_eq!(
+        store.scan("p/", Some("p0"), None, 100).await.unwrap().len(),
+        39
+    );
     assert_eq!(store.get(topic("p/poison")).await.unwrap(), None);
 }
 
