@@ -598,6 +598,10 @@ async fn expired_messages_disappear_and_are_purged(backend: Backend) {
     assert_eq!(app.get("/retainedMessage/brief").await.status(), 404);
     let listed: Vec<String> = app.snapshot().await.into_iter().map(|(t, _)| t).collect();
     assert_eq!(listed, ["lasting"]);
+    // Deleted once no write older than it can still arrive (see `store::purge_delay`).
+    let store_timeout = retaind::app::ServeConfig::defaults().store_timeout;
+    app.clock
+        .advance(retaind::store::purge_delay(store_timeout));
     let report = app
         .store()
         .maintain(Duration::from_secs(3 * 365 * 86400))

@@ -437,10 +437,15 @@ async fn the_token_key_is_shared_by_every_node_on_a_database(backend: Backend) {
         Backend::Postgres => open_backend(&db.url).await, // migrations run twice harmlessly
         Backend::Sqlite => {
             // A SQLite file serves one process; a second one is refused while the first is open.
-            let refused = retaind::store::open_backend(&db.url, 4, Duration::from_millis(300))
-                .await
-                .err()
-                .expect("a second open of a SQLite store must be refused");
+            let refused = retaind::store::open_backend(
+                &db.url,
+                4,
+                Duration::from_millis(300),
+                Duration::ZERO,
+            )
+            .await
+            .err()
+            .expect("a second open of a SQLite store must be refused");
             assert!(
                 refused
                     .to_string()

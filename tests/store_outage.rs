@@ -116,3 +116,65 @@ async fn a_publish_after_the_database_closed_idle_connections_succeeds() {
     );
     assert_eq!(app.get("/retainedMessage/after").await.status(), 200);
 }
+
+/// Postgres URL of the test database with its host and port replaced by `addr`.
+fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
+    let (host, port) = postgres_host_port(url);
+    url.replacen(&format!("{host}:{port}"), &addr.to_string(), 1)
+}
+
+async fn start_error(config: &retaind::app::ServeConfig) -> String {
+    match retaind::app::start(config, retaind::store::Clock::System).await {
+        Ok(_) => panic!("retaind started without its database"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Started while Postgres is down, retaind keeps trying for `--db-startup-wait`, then stops
+/// with the real cause rather than "pool timed out"; a database that does not exist is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_is_not_there_at_start_is_named_with_its_cause() {
+    let db = fresh_db(Backend::Postgres).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut config = test_config(&url_via(&db.url, closed));
+    config.db_startup_wait = Duration::from_millis(1500);
+    let started = Instant::now();
+    let error = start_error(&config).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "gave up at once"
+    );
+    assert!(error.contains("Connection refused"), "{error}");
+    assert!(!error.contains("pool timed out"), "{error}");
+
+    let (host, port) = postgres_host_port(&db.url);
+    let mut config = test_config(&format!(
+        "postgres://postgres@{host}:{port}/retaind_no_such_database"
+    ));
+    config.db_startup_wait = Duration::ZERO;
+    let error = start_error(&config).await;
+    assert!(
+        error.contains("database \"retaind_no_such_database\" does not exist"),
+        "{error}"
+    );
+    assert!(!error.contains("at line"), "{error}");
+}
+
+/// A database that comes up within `--db-startup-wait` is simply used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retaind_waits_at_start_for_a_database_that_comes_up() {
+    let db = fresh_db(Backend::Postgres).await;
+    let proxy = Proxy::start(postgres_host_port(&db.url)).await;
+    proxy.fail(Mode::Refuse);
+    let mut config = test_config(&url_via(&db.url, proxy.addr));
+    config.db_startup_wait = Duration::from_secs(20);
+    let starting = tokio::spawn(async move { spawn_app_with(db, config).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!starting.is_finished(), "started without a database");
+    proxy.restore();
+    let app = starting.await.unwrap();
+    app.retain("after", "v").await;
+}

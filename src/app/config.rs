@@ -185,6 +185,11 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u16).range(1..=16))]
     pub db_write_lanes: u16,
 
+    /// How long to keep trying to reach the database at start (it may be starting too) before
+    /// giving up with the cause. Each failed attempt is logged with its cause.
+    #[arg(long, env = "RETAIND_DB_STARTUP_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub db_startup_wait: Duration,
+
     /// How long any database call may take before the request fails with 503.
     #[arg(long, env = "RETAIND_STORE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,

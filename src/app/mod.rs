@@ -36,8 +36,9 @@ pub enum Error {
         flag: &'static str,
         addr: SocketAddr,
     },
-    #[error("cannot open the store at {url}: {source}")]
-    Store { url: String, source: store::Error },
+    // Not `source`: the message already says it, and a source would print it twice.
+    #[error("cannot open the store at {url}: {cause}")]
+    Store { url: String, cause: store::Error },
     #[error("cannot listen for MQTT on {addr}: {source}")]
     BindMqtt {
         addr: SocketAddr,
@@ -88,14 +89,15 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     let auth = load_auth(config)?;
     check_local_only(config, &auth)?;
     let tls = load_tls(config)?;
-    let store_err = |source| Error::Store {
+    let store_err = |cause| Error::Store {
         url: redact_url(&config.database_url),
-        source,
+        cause,
     };
     let backend = store::open_backend(
         &config.database_url,
         config.db_max_connections,
         config.store_timeout,
+        config.db_startup_wait,
     )
     .await
     .map_err(store_err)?;

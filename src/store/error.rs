@@ -39,7 +39,7 @@ impl Error {
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         use sqlx::Error as E;
-        let text = || -> Arc<str> { err.to_string().into() };
+        let text = || -> Arc<str> { describe(&err).into() };
         match &err {
             E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
                 Self::Unavailable(text())
@@ -52,6 +52,23 @@ impl From<sqlx::Error> for Error {
             },
             _ => Self::Internal(text()),
         }
+    }
+}
+
+/// What went wrong, for logs and operators. sqlx prints a Postgres error with the line of
+/// Postgres' own source file that raised it ("at line 948"), which reads like a line of ours;
+/// the message and its SQLSTATE say more.
+fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        {
+            Some(pg) => match pg.detail() {
+                Some(detail) => format!("{} ({detail}; SQLSTATE {})", pg.message(), pg.code()),
+                None => format!("{} (SQLSTATE {})", pg.message(), pg.code()),
+            },
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
     }
 }
 

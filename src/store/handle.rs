@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::backend::ChangeFeed;
 use super::cache::{Lookup, ReadCache, unexpired};
 use super::coalesce::{CoalesceLimits, Coalescer};
+use super::failures::Failures;
 use super::write_batch::WriteBatch;
 use super::write_lane::{self, LaneSettings};
 use super::{
@@ -85,7 +86,8 @@ struct Inner {
     cache: Option<Arc<ReadCache>>,
     clock: Clock,
     timeout: Duration,
-    /// Stops the change-feed follower when the last handle goes.
+    failures: Arc<Failures>,
+    /// Stops the change-feed follower and the failure summaries when the last handle goes.
     stop: CancellationToken,
 }
 
@@ -111,6 +113,7 @@ impl Store {
     pub fn new(backend: Arc<dyn RetainedStore>, clock: Clock, options: StoreOptions) -> Self {
         let timeout = options.timeout;
         let stop = CancellationToken::new();
+        let failures = Failures::start(stop.clone());
         let cache = (options.cache_bytes > 0).then(|| {
             let feed = backend.change_feed();
             let cache = Arc::new(ReadCache::new(options.cache_bytes, feed.is_none()));
@@ -124,20 +127,21 @@ impl Store {
                 let settings = LaneSettings {
                     timeout,
                     max_messages: options.max_messages,
+                    failures: failures.clone(),
                 };
                 write_lane::spawn(backend.clone(), cache.clone(), clock.clone(), settings)
             })
             .collect();
         let reads = {
-            let (backend, clock) = (backend.clone(), clock.clone());
+            let (backend, clock, failures) = (backend.clone(), clock.clone(), failures.clone());
             let limits = CoalesceLimits {
                 queue: QUEUE,
                 max_batch: MAX_READ_BATCH,
                 concurrency: options.read_concurrency.max(1),
             };
             Coalescer::spawn(limits, move |topics: Vec<TopicName>| {
-                let (backend, now) = (backend.clone(), clock.now_ms());
-                async move { read_batch(&*backend, topics, now, timeout).await }
+                let (backend, now, failures) = (backend.clone(), clock.now_ms(), failures.clone());
+                async move { read_batch(&*backend, topics, now, timeout, &failures).await }
             })
         };
         Self {
@@ -149,6 +153,7 @@ impl Store {
                 cache,
                 clock,
                 timeout,
+                failures,
                 stop,
             }),
         }
@@ -251,11 +256,8 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<RetainedSummary>, Error> {
         let now = self.inner.clock.now_ms();
-        deadline(
-            self.inner.timeout,
-            self.inner.backend.list(after, limit, now),
-        )
-        .await
+        self.call("list", self.inner.backend.list(after, limit, now))
+            .await
     }
 
     /// One page of unexpired full messages whose topics are in `[from, until)` (byte order;
@@ -274,8 +276,8 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<RetainedMessage>, Error> {
         let now = self.inner.clock.now_ms();
-        deadline(
-            self.inner.timeout,
+        self.call(
+            "scan",
             self.inner.backend.scan(from, until, after, limit, now),
         )
         .await
@@ -293,23 +295,21 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<RetainedSummary>, Error> {
         let now = self.inner.clock.now_ms();
-        deadline(
-            self.inner.timeout,
-            self.inner
-                .backend
-                .list_range(from, until, after, limit, now),
-        )
-        .await
+        let work = self
+            .inner
+            .backend
+            .list_range(from, until, after, limit, now);
+        self.call("list range", work).await
     }
 
     /// How many retained messages are stored (expired ones not yet purged included): all of
     /// them, or those charged to one owner.
     pub async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
-        deadline(self.inner.timeout, self.inner.backend.count(owner)).await
+        self.call("count", self.inner.backend.count(owner)).await
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
-        deadline(self.inner.timeout, self.inner.backend.ping()).await
+        self.call("ping", self.inner.backend.ping()).await
     }
 
     /// The key that signs pagination tokens, shared by every node on the same database.
@@ -371,6 +371,19 @@ impl Store {
         Ok(report)
     }
 
+    /// One database call under the deadline; a failure is logged (in summary, see `failures`).
+    async fn call<T>(
+        &self,
+        work: &'static str,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let result = deadline(self.inner.timeout, call).await;
+        if let Err(e) = &result {
+            self.inner.failures.record(work, e);
+        }
+        result
+    }
+
     fn note_read(&self, msg: &RetainedMessage) {
         if self.inner.clock.now_ms() - msg.last_accessed_ms < TOUCH_GRANULARITY_MS {
             return;
@@ -426,6 +439,7 @@ async fn read_batch(
     topics: Vec<TopicName>,
     now_ms: i64,
     timeout: Duration,
+    failures: &Failures,
 ) -> Vec<ReadResult> {
     let unique: Vec<TopicName> = {
         let mut seen = HashSet::with_capacity(topics.len());
@@ -440,6 +454,9 @@ async fn read_batch(
                 .map(|t| Ok(by_topic.get(t).cloned()))
                 .collect()
         }
-        Err(e) => vec![Err(e); topics.len()],
+        Err(e) => {
+            failures.record("read batch", &e);
+            vec![Err(e); topics.len()]
+        }
     }
 }

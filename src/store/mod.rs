@@ -15,6 +15,7 @@ mod cache;
 mod clock;
 mod coalesce;
 mod error;
+mod failures;
 mod feed;
 mod handle;
 mod message;

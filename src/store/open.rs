@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
 
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
@@ -12,16 +13,19 @@ use super::{Error, RetainedStore};
 /// Opens the backend a `DATABASE_URL` names and brings its schema up to date.
 ///
 /// `sqlite://PATH` creates the file (and its directory) if missing; `postgres://` and
-/// `postgresql://` connect to an existing database.
+/// `postgresql://` connect to an existing database, trying for up to `startup_wait` while it
+/// cannot be reached (it may be starting too) before failing with the last cause.
 pub async fn open_backend(
     url: &str,
     max_connections: u32,
     timeout: Duration,
+    startup_wait: Duration,
 ) -> Result<Arc<dyn RetainedStore>, Error> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| Error::config(format!("invalid Postgres URL: {e}")))?
             .application_name("retaind");
+        first_connection(&options, timeout, startup_wait).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
@@ -79,6 +83,38 @@ pub async fn open_backend(
         Err(Error::config(
             "DATABASE_URL must start with sqlite:// or postgres:// (or postgresql://)",
         ))
+    }
+}
+
+/// Waits until Postgres accepts a connection, for up to `wait`, saying each time why not. The
+/// pool would only report that it timed out; a connection of our own gives the cause
+/// (refused, unknown host, bad password, no such database), which is what an operator needs.
+async fn first_connection(
+    options: &PgConnectOptions,
+    timeout: Duration,
+    wait: Duration,
+) -> Result<(), Error> {
+    let give_up = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let attempt = match tokio::time::timeout(timeout, options.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => Error::from(e),
+            Err(_) => Error::Unavailable(
+                format!("no answer within {}", humantime::format_duration(timeout)).into(),
+            ),
+        };
+        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(attempt);
+        }
+        let pause_now = pause.min(left);
+        tracing::warn!(error = %attempt, retry_in = ?pause_now, "cannot connect to the database yet");
+        tokio::time::sleep(pause_now).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 

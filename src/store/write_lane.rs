@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::backend::Verdict;
 use super::cache::ReadCache;
 use super::coalesce::{CoalesceLimits, Coalescer};
+use super::failures::Failures;
 use super::handle::WriteResult;
 use super::{Clock, Error, OwnedWrite, RetainedStore, Write};
 
@@ -33,6 +34,7 @@ pub(super) struct LaneSettings {
     pub(super) timeout: Duration,
     /// Most retained messages the whole store may keep.
     pub(super) max_messages: Option<u64>,
+    pub(super) failures: Arc<Failures>,
 }
 
 /// Starts a lane. One batch in flight: a lane's batches commit in arrival order, so the last
@@ -60,10 +62,10 @@ pub(super) fn spawn(
             let deadline = Instant::now() + settings.timeout;
             let now_ms = clock.now_ms();
             let started = std::time::Instant::now();
+            let max_messages = settings.max_messages;
             let mut work = tokio::spawn(async move {
                 let results =
-                    apply_isolating(&*backend, &writes, settings.max_messages, now_ms, deadline)
-                        .await;
+                    apply_isolating(&*backend, &writes, max_messages, now_ms, deadline).await;
                 (writes, results)
             });
             let finished = tokio::time::timeout_at(deadline, &mut work).await;
@@ -76,6 +78,10 @@ pub(super) fn spawn(
             );
             match finished {
                 Ok(Ok((writes, results))) => {
+                    // One line for the batch, not one per write (see `failures`).
+                    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                        settings.failures.record("write batch", e);
+                    }
                     if let Some(cache) = &cache {
                         record(cache, writes, &results);
                     }
@@ -91,6 +97,7 @@ pub(super) fn spawn(
                     vec![Err(Error::Internal("the write batch failed".into())); n]
                 }
                 Err(_) => {
+                    settings.failures.record("write batch", &Error::timed_out());
                     // The callers learn now that the outcome is unknown; the lane and the cache
                     // wait for the batch to settle.
                     let unsettled = cache.map(ReadCache::unsettled);
@@ -121,9 +128,12 @@ async fn apply_isolating(
 ) -> Vec<Result<Verdict, Error>> {
     match backend.apply(writes, max_total, now_ms, deadline).await {
         Ok(verdicts) => verdicts.into_iter().map(Ok).collect(),
-        Err(e @ Error::Refused(_)) if writes.len() == 1 => {
-            tracing::error!(topic = %writes[0].write.topic(), error = %e, "the database refused a write");
-            vec![Err(e)]
+        Err(Error::Refused(why)) if writes.len() == 1 => {
+            // Named, so that the log says which write it was.
+            let topic = writes[0].write.topic();
+            vec![Err(Error::Refused(
+                format!("topic {topic:?}: {why}").into(),
+            ))]
         }
         Err(Error::Refused(_)) => {
             // In order, so that two writes of one topic in different halves keep their order.

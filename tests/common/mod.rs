@@ -94,7 +94,7 @@ pub fn topic(s: &str) -> TopicName {
 }
 
 pub async fn open_backend(url: &str) -> Arc<dyn RetainedStore> {
-    store::open_backend(url, 4, Duration::from_secs(5))
+    store::open_backend(url, 4, Duration::from_secs(5), Duration::ZERO)
         .await
         .expect("opening the store")
 }
