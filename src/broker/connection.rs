@@ -528,6 +528,7 @@ fn read_error(e: mqtt::Error) -> End {
             End::Close(DisconnectReasonCode::PacketTooLarge)
         }
         mqtt::Error::Decode(DecodeError::Io(_)) => End::Lost,
+        mqtt::Error::Invalid(violation) => End::Close(violation.reason()),
         _ => End::Close(DisconnectReasonCode::MalformedPacket),
     }
 }

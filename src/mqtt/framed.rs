@@ -4,6 +4,7 @@ use futures_util::{SinkExt, StreamExt};
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::validate::Violation;
 use super::{Codec, Connect, ConnectAck, ConnectAckReason, Packet};
 
 /// The protocol a client speaks; MQTT 3.1 clients are served as 3.1.1.
@@ -25,6 +26,8 @@ pub enum Error {
     NotConnect,
     #[error("unsupported protocol name or version")]
     UnsupportedVersion,
+    #[error("invalid packet: {0}")]
+    Invalid(#[from] Violation),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -64,6 +67,18 @@ where
             };
             let _ = io.send(Packet::ConnectAck(Box::new(refusal))).await;
             return Err(DecodeError::InvalidClientId.into());
+        }
+        Some(Err(Error::Invalid(violation))) => {
+            // The codec settled the version before it refused the CONNECT.
+            let refusal = io.codec().version().and_then(|v| violation.connack(v));
+            if let Some(reason_code) = refusal {
+                let refusal = ConnectAck {
+                    reason_code,
+                    ..ConnectAck::default()
+                };
+                let _ = io.send(Packet::ConnectAck(Box::new(refusal))).await;
+            }
+            return Err(violation.into());
         }
         Some(Err(e)) => return Err(e),
     };
