@@ -431,3 +431,127 @@ async fn mqtt_3_1_1_publishes_beyond_the_rate_are_dropped() {
     let topics: Vec<String> = app.snapshot().await.into_iter().map(|(t, _)| t).collect();
     assert_eq!(topics, ["r/1", "r/2"]);
 }
+
+const USER_PROPERTY: u8 = 0x26;
+const REQUEST_PROBLEM_INFO: u8 = 0x17;
+const REASON_STRING: u8 = 0x1F;
+
+/// `n` user properties with empty keys and values: 5 bytes each as measured on the wire
+/// (identifier, two lengths), though they hold no text.
+fn empty_user_properties(n: usize) -> Vec<u8> {
+    [USER_PROPERTY, 0, 0, 0, 0].repeat(n)
+}
+
+/// One user property whose wire size (identifier, lengths, key "k", value) is `size` bytes.
+fn user_property_of_size(size: usize) -> Vec<u8> {
+    let value = "v".repeat(size - 6);
+    let mut out = vec![USER_PROPERTY];
+    out.extend(build::string("k"));
+    out.extend(build::string(value));
+    out
+}
+
+#[tokio::test]
+async fn v5_publish_with_user_properties_over_8_kib_gets_puback_0x83_and_reaches_nobody() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (mut sub, _) = V5::connect(v5_options(&app, "sub")).await;
+    sub.subscribe("p", Qos5::AtLeastOnce).await;
+    let before = app.snapshot().await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("p", true, &[])).await;
+    // 20,000 empty properties: no text at all, 100,000 bytes of framing.
+    for (pkid, props) in [
+        (1, empty_user_properties(20_000)),
+        (2, user_property_of_size(8193)),
+    ] {
+        raw.send(&build::publish(
+            "p",
+            1,
+            true,
+            false,
+            pkid,
+            Some(&props),
+            b"x",
+        ))
+        .await;
+        let ack = raw.expect(4).await;
+        assert_eq!(ack.ack_reason(), 0x83, "{ack:?}");
+        assert_eq!(
+            ack.body.get(4),
+            Some(&REASON_STRING),
+            "a reason string: {ack:?}"
+        );
+    }
+    // QoS 0: dropped, and the connection stays.
+    raw.send(&build::publish(
+        "p",
+        0,
+        true,
+        false,
+        0,
+        Some(&empty_user_properties(2000)),
+        b"x",
+    ))
+    .await;
+    raw.send(&[0xC0, 0x00]).await;
+    raw.expect(13).await;
+    assert_eq!(app.snapshot().await, before);
+    // The subscriber's next message is one published after the refused ones.
+    raw.send(&build::publish(
+        "p",
+        1,
+        false,
+        false,
+        3,
+        Some(&[]),
+        b"after",
+    ))
+    .await;
+    raw.expect(4).await;
+    assert_eq!(&sub.next_publish().await.payload[..], b"after");
+}
+
+#[tokio::test]
+async fn user_properties_at_8_kib_are_stored() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("p", true, &[])).await;
+    let props = user_property_of_size(8192);
+    raw.send(&build::publish("p", 1, true, false, 1, Some(&props), b"x"))
+        .await;
+    assert_eq!(raw.expect(4).await.ack_reason(), 0x00);
+    let stored = app.get_json("/retainedMessage/p").await;
+    assert!(stored["userProperties"].is_string(), "{stored}");
+}
+
+#[tokio::test]
+async fn the_refusal_has_no_reason_string_when_the_client_asked_for_none() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let connect = v5_connect_with("p", true, &[REQUEST_PROBLEM_INFO, 0]);
+    let (mut raw, _) = Raw::connect(&app, &connect).await;
+    let props = empty_user_properties(2000);
+    raw.send(&build::publish("p", 2, true, false, 1, Some(&props), b"x"))
+        .await;
+    let rec = raw.expect(5).await;
+    // Reason 0x83 and an empty property block.
+    assert_eq!(rec.body[2..], [0x83, 0], "{rec:?}");
+}
+
+#[tokio::test]
+async fn a_will_with_user_properties_over_8_kib_gets_connack_0x83() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let before = app.snapshot().await;
+    let props = empty_user_properties(2000);
+    let will = build::Will {
+        topic: "w",
+        payload: b"gone",
+        qos: 1,
+        retain: true,
+        props: &props,
+    };
+    let mut raw = Raw::open(&app).await;
+    raw.send(&build::connect_with_will("w", true, 60, Some(&[]), will))
+        .await;
+    let got = raw.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].kind(), got[0].body[1]), (2, 0x83), "{got:?}");
+    assert_eq!(app.snapshot().await, before);
+}

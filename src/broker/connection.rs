@@ -73,6 +73,9 @@ pub(super) struct Connection<T> {
     last_heard: Instant,
     pub will: Option<Will>,
     pub session_expiry: u32,
+    /// Whether the client accepts reason strings beyond CONNACK, PUBLISH and DISCONNECT
+    /// (MQTT 5 Request Problem Information).
+    pub problem_info: bool,
     /// How many QoS 1/2 messages may be in flight to the client.
     window: usize,
     /// MQTT 5 topic aliases the client set up [MQTT-3.3.2-10].
@@ -219,6 +222,7 @@ where
             stop: attached.stop,
             will,
             session_expiry: connect.session_expiry_interval_secs,
+            problem_info: connect.request_problem_info,
             aliases: HashMap::new(),
             pending: FuturesOrdered::new(),
             writes: None,

@@ -33,6 +33,9 @@ pub(super) struct Settled {
     pub result: Result<(), crate::store::Error>,
 }
 
+/// The reason string of a publish refused for its user properties.
+const USER_PROPERTIES_TOO_LARGE: &str = "user properties over 8192 bytes";
+
 /// Why an inbound PUBLISH is refused.
 enum Refusal {
     /// Answer with this reason in PUBACK/PUBREC when there is one (MQTT 5, QoS ≥ 1); otherwise
@@ -40,6 +43,12 @@ enum Refusal {
     Reject(DisconnectReasonCode),
     /// Always close: the packet breaks the protocol.
     Close(DisconnectReasonCode),
+    /// A valid publish retaind will not take: MQTT 5 QoS 1/2 gets this reason in PUBACK/PUBREC
+    /// (with `why` as its reason string, if the client asked for them); QoS 0 is dropped.
+    Drop {
+        reason: PublishAckReason,
+        why: &'static str,
+    },
 }
 
 impl<T> Connection<T>
@@ -105,6 +114,17 @@ where
             Err(Refusal::Reject(reason)) if self.v5 && ack.is_some() => {
                 let (qos, id) = ack.unwrap_or((QoS::AtMostOnce, NonZeroU16::MIN));
                 let packet = publish_ack(qos, id, ack_reason(reason));
+                return self.write(packet).await.map(drop);
+            }
+            Err(Refusal::Drop { reason, why }) => {
+                let Some((qos, id)) = ack else {
+                    return Ok(());
+                };
+                let mut packet = publish_ack(qos, id, reason);
+                if let Packet::PublishAck(a) | Packet::PublishReceived(a) = &mut packet {
+                    // [MQTT-3.1.2-29] only to a client that asked for problem information.
+                    a.reason_string = self.problem_info.then(|| ByteString::from_static(why));
+                }
                 return self.write(packet).await.map(drop);
             }
             Err(Refusal::Reject(reason) | Refusal::Close(reason)) => {
@@ -241,6 +261,16 @@ where
             self.cfg.topic_limits,
         )
         .map_err(|_| Refusal::Close(R::ProtocolError))?;
+        if store::user_properties_wire_len(&properties.user_properties)
+            > store::MAX_USER_PROPERTY_BYTES
+        {
+            // [issue 13] the limit the HTTP API applies, measured the same way. 0x83: the
+            // publish is valid but not accepted; no PUBACK code names a size limit.
+            return Err(Refusal::Drop {
+                reason: PublishAckReason::ImplementationSpecificError,
+                why: USER_PROPERTIES_TOO_LARGE,
+            });
+        }
         let now = self.broker.store().clock().now_ms();
         Ok(Message {
             topic,
