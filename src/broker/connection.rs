@@ -261,10 +261,10 @@ where
     /// PUBREL as they were [MQTT-4.4.0-1].
     async fn resend(&mut self) -> Result<(), End> {
         let now = self.broker.store().clock().now_ms();
-        let again: Vec<(NonZeroU16, Option<Packet>, bool)> = self
-            .session
-            .state()
-            .unacknowledged()
+        let may_receive = self.session.receive_check();
+        let unacknowledged = self.session.state().resendable(may_receive);
+        let again: Vec<(NonZeroU16, Option<Packet>, bool)> = unacknowledged
+            .iter()
             .map(|i| {
                 let packet = if i.released {
                     Some(Packet::PublishRelease(PublishAck2 {
@@ -397,7 +397,8 @@ where
             if self.stop.is_cancelled() {
                 break;
             }
-            let next = self.session.state().next_outgoing(self.window);
+            let may_receive = self.session.receive_check();
+            let next = self.session.state().next_outgoing(self.window, may_receive);
             let Some(out) = next else {
                 break;
             };

@@ -37,12 +37,16 @@ pub(super) struct Session {
     link: Mutex<Option<(CancellationToken, DisconnectReasonCode)>>,
     /// Who the attached (or last) connection authenticated as; `None` when auth is off.
     principal: Mutex<Option<Arc<Principal>>>,
+    /// The name of the principal that created the session (`None`: anonymous). Only that
+    /// principal may resume it: its queue and subscriptions were granted to it.
+    creator: Option<String>,
 }
 
 impl Session {
-    fn new(key: ClientKey, limits: SessionLimits) -> Self {
+    fn new(key: ClientKey, limits: SessionLimits, creator: Option<String>) -> Self {
         Self {
             key,
+            creator,
             state: Mutex::new(SessionState::new(limits)),
             wake: Notify::new(),
             room: Notify::new(),
@@ -56,13 +60,21 @@ impl Session {
     /// [issue 5] a message reaches a client only if its principal may `iot:Receive` the topic,
     /// retained messages included.
     pub fn may_receive(&self, topic: &TopicName) -> bool {
+        self.receive_check()(topic)
+    }
+
+    /// [`Session::may_receive`] for the current principal, to check many topics with one lock.
+    pub fn receive_check(&self) -> impl Fn(&TopicName) -> bool + '_ {
         let principal = self
             .principal
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        principal
-            .as_ref()
-            .is_none_or(|p| p.allows(Action::Receive, topic.as_str(), Some(&self.key)))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        move |topic| {
+            principal
+                .as_ref()
+                .is_none_or(|p| p.allows(Action::Receive, topic.as_str(), Some(&self.key)))
+        }
     }
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
@@ -128,7 +140,11 @@ impl Broker {
     }
 
     /// Binds a new connection to the client's session, taking it over from any connection
-    /// that holds it [MQTT-3.1.4-3]. `clean_start` discards a previous session [MQTT-3.1.2-4].
+    /// that holds it [MQTT-3.1.4-3]. `clean_start` discards a previous session [MQTT-3.1.2-4],
+    /// and so does a principal other than the one that created it [issue 13]: a session is
+    /// resumed only by its creator, and anyone else starts clean (session present 0) rather
+    /// than being refused, so a device whose credentials moved to a new principal still gets
+    /// in, and resubscribes as the CONNACK tells it to.
     pub(super) fn attach(
         &self,
         key: ClientKey,
@@ -142,13 +158,15 @@ impl Broker {
         if let Some(old) = &existing {
             old.kick(DisconnectReasonCode::SessionTakenOver);
         }
+        let creator = principal.as_ref().map(|p| p.name.clone());
         let (session, session_present) = match existing {
-            Some(old) if !clean_start => (old, true),
+            Some(old) if !clean_start && old.creator == creator => (old, true),
             other => {
                 if let Some(old) = other {
                     self.unsubscribe_all(&old);
                 }
-                let fresh = Arc::new(Session::new(key.clone(), self.session_limits()));
+                let limits = self.session_limits();
+                let fresh = Arc::new(Session::new(key.clone(), limits, creator));
                 registry.sessions.insert(key, fresh.clone());
                 (fresh, false)
             }
