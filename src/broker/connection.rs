@@ -20,7 +20,8 @@ use tracing::Instrument;
 
 use super::admission::{TransportIdentity, authenticate, may_publish, owner, refuse};
 use super::inbound::Settled;
-use super::limits::ConnectionSlot;
+use super::limits::{self, ConnectionSlot};
+use super::password_checks;
 use super::registry::{Session, deliver_blocked};
 use super::retained::{Page, RetainedScan};
 use super::will::{Will, will};
@@ -121,7 +122,9 @@ pub(super) async fn serve<T>(
         }
         Ok(Ok(accepted)) => accepted,
     };
-    let Some(mut conn) = Connection::accept(broker, cfg, framed, connect, identity).await else {
+    let source = password_checks::source_ip(&peer);
+    let accepted = Connection::accept(broker, cfg, framed, connect, identity, source).await;
+    let Some(mut conn) = accepted else {
         return;
     };
     // Every line this connection logs carries its client id and peer.
@@ -145,6 +148,7 @@ where
         mut framed: Framed<T>,
         connect: mqtt::Connect,
         identity: Option<TransportIdentity>,
+        source: Option<std::net::IpAddr>,
     ) -> Option<Self> {
         let v5 = framed.version() == Version::V5;
         let mut assigned = None;
@@ -168,7 +172,7 @@ where
             refuse(&mut framed, ConnectAckReason::ServerBusy).await;
             return None;
         };
-        let principal = match authenticate(&broker, &connect, &client, identity).await {
+        let principal = match authenticate(&broker, &connect, &client, identity, source).await {
             Ok(principal) => principal,
             Err(reason) => {
                 refuse(&mut framed, reason).await;

@@ -12,6 +12,7 @@ mod inbound;
 mod limits;
 mod listener;
 mod message;
+mod password_checks;
 mod registry;
 mod retained;
 mod session;
@@ -28,12 +29,14 @@ use tokio_util::task::TaskTracker;
 pub use admission::{TransportIdentity, owner};
 pub use listener::{serve_tcp, serve_tls};
 pub use message::Message;
+pub use password_checks::PasswordCheckStats;
 pub use tree::{ClientKey, SubscriptionTree};
 pub use wire::WireForm;
 
 use crate::auth::Authenticator;
 use crate::store::{self, Owner, Store};
 use crate::topic::TopicLimits;
+use password_checks::PasswordChecks;
 use registry::Registry;
 use session::SubOptions;
 
@@ -102,6 +105,7 @@ struct Inner {
     connections: TaskTracker,
     /// Connections past CONNECT, against `config.max_connections`.
     live: Arc<limits::ConnectionCount>,
+    password_checks: PasswordChecks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,7 @@ impl Broker {
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 live: Arc::default(),
+                password_checks: PasswordChecks::new(),
             }),
         }
     }
@@ -138,6 +143,11 @@ impl Broker {
 
     pub fn auth(&self) -> &Authenticator {
         &self.inner.auth
+    }
+
+    /// How many MQTT password checks may run at once, run now, and ever ran at once.
+    pub fn password_checks(&self) -> PasswordCheckStats {
+        self.inner.password_checks.stats()
     }
 
     /// Publishes a message from outside MQTT (the HTTP API): a retained one is committed to
