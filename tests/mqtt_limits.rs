@@ -555,3 +555,45 @@ async fn a_will_with_user_properties_over_8_kib_gets_connack_0x83() {
     assert_eq!((got[0].kind(), got[0].body[1]), (2, 0x83), "{got:?}");
     assert_eq!(app.snapshot().await, before);
 }
+
+const SERVER_KEEP_ALIVE: u8 = 0x13;
+
+fn has_property(ack: &RawPacket, property: &[u8]) -> bool {
+    ack.body.windows(property.len()).any(|w| w == property)
+}
+
+#[tokio::test]
+async fn v5_keep_alive_over_the_maximum_or_none_is_answered_with_server_keep_alive() {
+    let app = spawn_app(Backend::Sqlite).await;
+    // The default maximum is AWS IoT's 1200 s.
+    for asked in [0u16, 1201, u16::MAX] {
+        let (_raw, ack) = Raw::connect(&app, &build::connect("k", true, asked, Some(&[]))).await;
+        assert!(
+            has_property(&ack, &[SERVER_KEEP_ALIVE, 0x04, 0xB0]),
+            "{asked}: {ack:?}"
+        );
+    }
+    for asked in [1u16, 60, 1200] {
+        let (_raw, ack) = Raw::connect(&app, &build::connect("k", true, asked, Some(&[]))).await;
+        assert!(
+            !ack.body[3..].contains(&SERVER_KEEP_ALIVE),
+            "{asked}: {ack:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_is_held_to_the_maximum_keep_alive() {
+    let app = app_with(|c| c.mqtt_max_keep_alive = 1).await;
+    let started = std::time::Instant::now();
+    let (mut v5, ack) = Raw::connect(&app, &build::connect("k5", true, 0, Some(&[]))).await;
+    assert!(has_property(&ack, &[SERVER_KEEP_ALIVE, 0, 1]), "{ack:?}");
+    // 3.1.1 has no Server Keep Alive: held to the maximum without being told.
+    let (mut v3, _) = Raw::connect(&app, &build::connect("k3", true, 60, None)).await;
+    let got = v5.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].disconnect_reason(), 0x8D);
+    assert_eq!(v3.until_closed().await, vec![]);
+    // Silent for 1.5 × 1 s, not for ever (v5 asked for none) or 90 s (v3 asked for 60 s).
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -209,11 +209,12 @@ where
         if let Some(max) = connect.max_packet_size {
             framed.set_max_outbound_size(max.get());
         }
+        let keep_alive = limits::keep_alive(connect.keep_alive, cfg.max_keep_alive);
         let mut conn = Self {
             broker,
             window: usize::from(client_window.min(cfg.max_inflight.max(1))),
-            keep_alive: (connect.keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             last_heard: Instant::now(),
             cfg,
             framed,
@@ -245,6 +246,8 @@ where
             max_packet_size: Some(conn.cfg.max_packet_bytes),
             assigned_client_id: assigned.map(Into::into),
             topic_alias_max: conn.cfg.topic_alias_maximum,
+            // [MQTT-3.2.2-21] the client must use this instead of what it asked for.
+            server_keepalive_sec: (keep_alive != connect.keep_alive).then_some(keep_alive),
             ..ConnectAck::default()
         };
         let greeted = conn

@@ -66,6 +66,9 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// Time a client may leave written data unread before it is disconnected.
     pub write_timeout: Duration,
+    /// Longest keep alive a client may have, in seconds: one that asks for more, or for none
+    /// (0), is held to this (MQTT 5: told so in Server Keep Alive). 0: no maximum.
+    pub max_keep_alive: u16,
 }
 
 impl Default for BrokerConfig {
@@ -84,6 +87,7 @@ impl Default for BrokerConfig {
             max_publish_rate: 0.0,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            max_keep_alive: 1200,
         }
     }
 }
