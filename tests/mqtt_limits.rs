@@ -597,3 +597,43 @@ async fn a_client_is_held_to_the_maximum_keep_alive() {
     // Silent for 1.5 × 1 s, not for ever (v5 asked for none) or 90 s (v3 asked for 60 s).
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// A client that goes on sending after exceeding Receive Maximum, and has not yet read what
+/// the broker sent it, still finds DISCONNECT 0x93 when it reads [MQTT-3.3.4-9]: the broker
+/// drains the client's input before it closes, so the close is not a reset, which would
+/// discard what the kernel had not delivered yet.
+#[tokio::test]
+async fn a_client_flooding_past_receive_maximum_gets_disconnect_0x93() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app_with(|c| c.mqtt_receive_maximum = 2).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window keeps most of what the broker sends in its own send queue.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.mqtt_addr).await.unwrap();
+    let mut flood = v5_connect_with("p", true, &[]);
+    flood.extend(build::subscribe(1, "echo", 0, Some(&[])));
+    let echo = build::publish("echo", 0, false, false, 0, Some(&[]), &[b'e'; 1024]);
+    for _ in 0..48 {
+        flood.extend_from_slice(&echo);
+    }
+    for pkid in 1..=3 {
+        flood.extend(build::publish("rm", 2, false, false, pkid, Some(&[]), b"x"));
+    }
+    // More after the one too many, as a client that does not wait for answers sends.
+    let more = build::publish("rm", 0, false, false, 0, Some(&[]), &[b'x'; 1024]);
+    for _ in 0..16 {
+        flood.extend_from_slice(&more);
+    }
+    stream.write_all(&flood).await.unwrap();
+    // Not reading until the broker has given up on the client: its close comes within a
+    // second (the goodbye), the linger within another.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut got = Vec::new();
+    let read = common::mqtt::within("the rest", stream.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "closed, not reset: {read:?} after {} bytes",
+        got.len()
+    );
+    assert_eq!(got[got.len() - 4..], [0xE0, 0x02, 0x93, 0x00]);
+}

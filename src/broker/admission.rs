@@ -150,4 +150,5 @@ where
         framed.send(Packet::ConnectAck(Box::new(connack))),
     )
     .await;
+    framed.close(GOODBYE_TIMEOUT).await;
 }

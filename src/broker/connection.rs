@@ -529,6 +529,7 @@ where
             self.broker
                 .publish_will(will, self.client.clone(), self.connection, expiry);
         }
+        self.framed.close(GOODBYE_TIMEOUT).await;
     }
 }
 

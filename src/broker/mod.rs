@@ -184,12 +184,24 @@ impl Broker {
     ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let broker = self.clone();
-        let task = self
-            .inner
+        self.track(io, peer, identity).await;
+    }
+
+    /// A connection's future, counted by shutdown from this call on: a listener calls it
+    /// before it spawns the task, so a connection accepted just before shutdown is waited for
+    /// (and told why it closes) like the others.
+    fn track<T>(
+        &self,
+        io: T,
+        peer: String,
+        identity: Option<TransportIdentity>,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.inner
             .connections
-            .track_future(connection::serve(broker, io, peer, identity));
-        task.await;
+            .track_future(connection::serve(self.clone(), io, peer, identity))
     }
 
     /// Asks every connection to close (MQTT 5: DISCONNECT 0x8B) and waits for them, up to `grace`.
