@@ -22,7 +22,7 @@ use super::admission::{TransportIdentity, authenticate, may_publish, owner, refu
 use super::inbound::Settled;
 use super::limits::{self, ConnectionSlot};
 use super::password_checks;
-use super::registry::{Session, deliver_blocked};
+use super::registry::Session;
 use super::retained::{Page, RetainedScan};
 use super::will::{Will, will};
 use super::{Broker, BrokerConfig, ClientKey, wire};
@@ -89,9 +89,6 @@ pub(super) struct Connection<T> {
     pub scans: VecDeque<RetainedScan>,
     /// The retained page being read, at most one at a time.
     fetching: Option<BoxFuture<'static, Result<Page, crate::store::Error>>>,
-    /// Deliveries waiting for room in slow subscribers' queues; while set, nothing more is
-    /// read or settled, which slows this publisher to its subscribers' pace.
-    pub blocked: Option<BoxFuture<'static, ()>>,
     dirty: bool,
     /// This connection's place under `--mqtt-max-connections`, freed when it is dropped.
     _slot: ConnectionSlot,
@@ -234,7 +231,6 @@ where
             unacked_in: 0,
             scans: VecDeque::new(),
             fetching: None,
-            blocked: None,
             dirty: false,
             _slot: slot,
             publish_rate: TokenBucket::new(cfg_publish_rate, std::time::Instant::now()),
@@ -311,14 +307,7 @@ where
                     None => std::future::pending().await,
                 }
             };
-            let free = self.blocked.is_none();
-            let readable = free && self.pending.len() < MAX_PENDING;
-            let blocked = async {
-                match self.blocked.as_mut() {
-                    Some(waiting) => waiting.await,
-                    None => std::future::pending().await,
-                }
-            };
+            let readable = self.pending.len() < MAX_PENDING;
             let fetched = async {
                 match self.fetching.as_mut() {
                     Some(page) => page.await,
@@ -328,11 +317,7 @@ where
             let step = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => Err(End::Close(self.session.stop_reason())),
-                () = blocked => {
-                    self.blocked = None;
-                    Ok(())
-                }
-                Some(settled) = self.pending.next(), if free && !self.pending.is_empty() => {
+                Some(settled) = self.pending.next(), if !self.pending.is_empty() => {
                     self.settle_burst(settled).await
                 }
                 packet = self.framed.recv(), if readable => match packet {
@@ -370,7 +355,7 @@ where
     async fn read_burst(&mut self, first: Packet) -> Result<(), End> {
         self.handle(first).await?;
         for _ in 0..READ_BURST {
-            if self.pending.len() >= MAX_PENDING || self.blocked.is_some() {
+            if self.pending.len() >= MAX_PENDING {
                 break;
             }
             match self.framed.recv().now_or_never() {
@@ -386,11 +371,8 @@ where
     /// committed batch is acknowledged in one write.
     async fn settle_burst(&mut self, first: Settled) -> Result<(), End> {
         self.settle(first).await?;
-        while self.blocked.is_none() {
-            match self.pending.next().now_or_never() {
-                Some(Some(settled)) => self.settle(settled).await?,
-                _ => break,
-            }
+        while let Some(Some(settled)) = self.pending.next().now_or_never() {
+            self.settle(settled).await?;
         }
         Ok(())
     }
@@ -398,7 +380,6 @@ where
     /// Writes what the session has queued, as far as the flow-control window allows, topping
     /// the queue up from pending retained deliveries; then flushes.
     async fn pump(&mut self) -> Result<(), End> {
-        let mut taken = false;
         loop {
             // A connection being taken over must leave the session's queue to its successor.
             if self.stop.is_cancelled() {
@@ -409,7 +390,6 @@ where
             let Some(out) = next else {
                 break;
             };
-            taken = true;
             let now = self.broker.store().clock().now_ms();
             let sent = match wire::publish_packet(&out.delivery, out.packet_id, false, now) {
                 Some(p) => self.write(Packet::Publish(Box::new(p))).await?,
@@ -421,10 +401,6 @@ where
             if self.framed.pending_write_bytes() >= FLUSH_BYTES {
                 self.flush().await?;
             }
-        }
-        if taken {
-            // Publishers waiting for room in this session's queue may go on.
-            self.session.room.notify_waiters();
         }
         self.fetch_retained();
         if self.dirty {
@@ -513,14 +489,11 @@ where
             End::Lost => tracing::debug!("connection lost"),
         }
         // Publishes already read still reach the store and the subscribers.
-        if let Some(waiting) = self.blocked.take() {
-            waiting.await;
-        }
         while let Some(settled) = self.pending.next().await {
             if settled.result.is_ok()
                 && let Some(message) = settled.message
             {
-                deliver_blocked(self.broker.route(message)).await;
+                self.broker.route(message);
             }
         }
         let expiry = Duration::from_secs(u64::from(self.session_expiry));

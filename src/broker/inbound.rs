@@ -9,7 +9,6 @@ use super::admission::may_publish;
 use super::connection::{Connection, End};
 use super::limits;
 use super::message::Message;
-use super::registry::deliver_blocked;
 use super::retained::RetainedScan;
 use super::session::SubOptions;
 use super::wire;
@@ -183,7 +182,7 @@ where
         let write = message.retained_write(self.broker.store().clock().now_ms());
         let message = Arc::new(message);
         match write {
-            None if self.pending.is_empty() && self.blocked.is_none() => {
+            None if self.pending.is_empty() => {
                 let settled = Settled {
                     message: Some(message),
                     ack,
@@ -306,10 +305,7 @@ where
         match settled.result {
             Ok(()) => {
                 if let Some(message) = settled.message {
-                    let blocked = self.broker.route(message);
-                    if !blocked.is_empty() {
-                        self.blocked = Some(Box::pin(deliver_blocked(blocked)));
-                    }
+                    self.broker.route(message);
                 }
                 if let Some((qos, id)) = settled.ack {
                     let refused = u8::from(settled.reason) >= 0x80;

@@ -162,7 +162,7 @@ impl Broker {
         if let Some(write) = message.retained_write(now) {
             self.inner.store.write_as(write, owner).await?;
         }
-        registry::deliver_blocked(self.route(Arc::new(message))).await;
+        self.route(Arc::new(message));
         Ok(())
     }
 

@@ -35,8 +35,8 @@ pub enum Enqueued {
     /// Dropped by policy: QoS 0 when the queue is full or the client is offline, or any QoS
     /// while an offline session's queue is full.
     Dropped,
-    /// A QoS ≥ 1 message for an online client whose queue is full, handed back: the
-    /// publisher waits for room (back-pressure), and disconnects the client if none comes.
+    /// A QoS ≥ 1 message for an online client whose queue is full, handed back: the client is
+    /// not keeping up, and routing disconnects it.
     Full(Delivery),
 }
 
