@@ -238,3 +238,47 @@ async fn messages_the_principal_may_not_receive_never_arrive_retained_or_live() 
         ("shared/open", "marker".to_owned())
     );
 }
+
+/// [issue 13] 64 CONNECTs with a bad password at once: no more password checks (argon2, 19 MiB
+/// each) run at once than the broker's limit, the source is soon refused without a check
+/// (0x9F), and a client with the right password, from another address, still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_passwords_runs_a_bounded_number_of_checks_and_a_good_client_gets_in() {
+    let (app, _dir) = app().await;
+    let broker = app.running.as_ref().unwrap().broker.clone();
+    let flood: Vec<_> = (0..64)
+        .map(|i| {
+            let connect =
+                build::connect_with_login(&format!("x{i}"), V5, "device", b"wrong password");
+            let server = app.mqtt_addr;
+            tokio::spawn(async move {
+                let mut raw = Raw::open_from(server, [127, 0, 0, 1].into()).await;
+                raw.send(&connect).await;
+                raw.until_closed().await
+            })
+        })
+        .collect();
+    let good = build::connect_with_login("dev1", V5, "device", PASSWORD.as_bytes());
+    let mut raw = Raw::open_from(app.mqtt_addr, [127, 0, 0, 2].into()).await;
+    raw.send(&good).await;
+    let ack = raw.expect(2).await;
+    assert_eq!(connack_code(&ack), 0x00, "{ack:?}");
+    let mut codes = Vec::new();
+    for attempt in flood {
+        let got = attempt.await.unwrap();
+        assert_eq!(got.len(), 1, "one CONNACK, then closed: {got:?}");
+        codes.push(connack_code(&got[0]));
+    }
+    assert!(
+        codes.iter().all(|c| [0x86, 0x9F, 0x89].contains(c)),
+        "{codes:x?}"
+    );
+    assert!(
+        codes.contains(&0x9F),
+        "the source ran out of budget: {codes:x?}"
+    );
+    let stats = broker.password_checks();
+    assert!(stats.peak >= 1, "{stats:?}");
+    assert!(stats.peak <= stats.limit, "{stats:?}");
+    assert_eq!(stats.running, 0, "{stats:?}");
+}

@@ -47,39 +47,31 @@ async fn online_qos1_subscriber_with_a_full_queue_is_disconnected_with_0x97() {
     assert_eq!(before.iter().map(payload_of).collect::<Vec<_>>(), ["0"]);
 }
 
+/// [issue 13] one client never hurts another: a QoS 1 subscriber that takes nothing does not
+/// make its publisher wait. Its queue overflows and it is disconnected (0x97) at once, while
+/// every PUBACK the publisher waits for comes promptly.
 #[tokio::test]
-async fn a_slow_qos1_subscriber_holds_its_publisher_back_and_loses_nothing() {
+async fn a_stuck_qos1_subscriber_does_not_hold_its_publisher_back() {
     let app = app_with(|c| c.mqtt_max_queued_messages = 3).await;
-    let connect = v5_connect_with("slow", true, &[RECEIVE_MAXIMUM, 0, 1]);
-    let (mut slow, _) = Raw::connect(&app, &connect).await;
-    slow.send(&build::subscribe(1, "q", 1, Some(&[]))).await;
-    slow.expect(9).await;
-    // Ten QoS 1 messages into a queue of three with one in flight: the publisher must wait for
-    // room instead of the broker dropping messages or disconnecting a subscriber that keeps up.
-    let publisher = {
-        let options = v5_options(&app, "pub");
-        tokio::spawn(async move {
-            let (mut publ, _) = V5::connect(options).await;
-            for i in 0..10 {
-                publ.publish("q", Qos5::AtLeastOnce, false, format!("{i}").as_bytes())
-                    .await;
-            }
-            publ
-        })
-    };
-    let mut got = Vec::new();
-    while got.len() < 10 {
-        let p = slow
-            .recv()
-            .await
-            .expect("the slow subscriber stays connected");
-        assert_eq!(p.kind(), 3, "only PUBLISHes are expected, got {p:?}");
-        let publish = p.publish(true);
-        got.push(String::from_utf8(publish.payload).unwrap());
-        slow.send(&build::ack(0x40, publish.pkid)).await;
+    let connect = v5_connect_with("stuck", true, &[RECEIVE_MAXIMUM, 0, 1]);
+    let (mut stuck, _) = Raw::connect(&app, &connect).await;
+    stuck.send(&build::subscribe(1, "q", 1, Some(&[]))).await;
+    stuck.expect(9).await;
+    let (mut publ, _) = V5::connect(v5_options(&app, "pub")).await;
+    for i in 0..10 {
+        let started = std::time::Instant::now();
+        publ.publish("q", Qos5::AtLeastOnce, false, format!("{i}").as_bytes())
+            .await;
+        // The publisher used to wait up to 5 s here for room in the subscriber's queue.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "publish {i} waited"
+        );
     }
-    assert_eq!(got, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
-    publisher.await.expect("the publisher got every PUBACK");
+    let got = stuck.until_closed().await;
+    let (last, before) = got.split_last().expect("packets before the close");
+    assert_eq!(last.disconnect_reason(), 0x97, "{got:?}");
+    assert_eq!(before.iter().map(payload_of).collect::<Vec<_>>(), ["0"]);
 }
 
 #[tokio::test]
@@ -430,4 +422,210 @@ async fn mqtt_3_1_1_publishes_beyond_the_rate_are_dropped() {
     }
     let topics: Vec<String> = app.snapshot().await.into_iter().map(|(t, _)| t).collect();
     assert_eq!(topics, ["r/1", "r/2"]);
+}
+
+const USER_PROPERTY: u8 = 0x26;
+const REQUEST_PROBLEM_INFO: u8 = 0x17;
+const REASON_STRING: u8 = 0x1F;
+
+/// `n` user properties with empty keys and values: 5 bytes each as measured on the wire
+/// (identifier, two lengths), though they hold no text.
+fn empty_user_properties(n: usize) -> Vec<u8> {
+    [USER_PROPERTY, 0, 0, 0, 0].repeat(n)
+}
+
+/// One user property whose wire size (identifier, lengths, key "k", value) is `size` bytes.
+fn user_property_of_size(size: usize) -> Vec<u8> {
+    let value = "v".repeat(size - 6);
+    let mut out = vec![USER_PROPERTY];
+    out.extend(build::string("k"));
+    out.extend(build::string(value));
+    out
+}
+
+#[tokio::test]
+async fn v5_publish_with_user_properties_over_8_kib_gets_puback_0x83_and_reaches_nobody() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (mut sub, _) = V5::connect(v5_options(&app, "sub")).await;
+    sub.subscribe("p", Qos5::AtLeastOnce).await;
+    let before = app.snapshot().await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("p", true, &[])).await;
+    // 20,000 empty properties: no text at all, 100,000 bytes of framing.
+    for (pkid, props) in [
+        (1, empty_user_properties(20_000)),
+        (2, user_property_of_size(8193)),
+    ] {
+        raw.send(&build::publish(
+            "p",
+            1,
+            true,
+            false,
+            pkid,
+            Some(&props),
+            b"x",
+        ))
+        .await;
+        let ack = raw.expect(4).await;
+        assert_eq!(ack.ack_reason(), 0x83, "{ack:?}");
+        assert_eq!(
+            ack.body.get(4),
+            Some(&REASON_STRING),
+            "a reason string: {ack:?}"
+        );
+    }
+    // QoS 0: dropped, and the connection stays.
+    raw.send(&build::publish(
+        "p",
+        0,
+        true,
+        false,
+        0,
+        Some(&empty_user_properties(2000)),
+        b"x",
+    ))
+    .await;
+    raw.send(&[0xC0, 0x00]).await;
+    raw.expect(13).await;
+    assert_eq!(app.snapshot().await, before);
+    // The subscriber's next message is one published after the refused ones.
+    raw.send(&build::publish(
+        "p",
+        1,
+        false,
+        false,
+        3,
+        Some(&[]),
+        b"after",
+    ))
+    .await;
+    raw.expect(4).await;
+    assert_eq!(&sub.next_publish().await.payload[..], b"after");
+}
+
+#[tokio::test]
+async fn user_properties_at_8_kib_are_stored() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (mut raw, _) = Raw::connect(&app, &v5_connect_with("p", true, &[])).await;
+    let props = user_property_of_size(8192);
+    raw.send(&build::publish("p", 1, true, false, 1, Some(&props), b"x"))
+        .await;
+    assert_eq!(raw.expect(4).await.ack_reason(), 0x00);
+    let stored = app.get_json("/retainedMessage/p").await;
+    assert!(stored["userProperties"].is_string(), "{stored}");
+}
+
+#[tokio::test]
+async fn the_refusal_has_no_reason_string_when_the_client_asked_for_none() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let connect = v5_connect_with("p", true, &[REQUEST_PROBLEM_INFO, 0]);
+    let (mut raw, _) = Raw::connect(&app, &connect).await;
+    let props = empty_user_properties(2000);
+    raw.send(&build::publish("p", 2, true, false, 1, Some(&props), b"x"))
+        .await;
+    let rec = raw.expect(5).await;
+    // Reason 0x83 and an empty property block.
+    assert_eq!(rec.body[2..], [0x83, 0], "{rec:?}");
+}
+
+#[tokio::test]
+async fn a_will_with_user_properties_over_8_kib_gets_connack_0x83() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let before = app.snapshot().await;
+    let props = empty_user_properties(2000);
+    let will = build::Will {
+        topic: "w",
+        payload: b"gone",
+        qos: 1,
+        retain: true,
+        props: &props,
+    };
+    let mut raw = Raw::open(&app).await;
+    raw.send(&build::connect_with_will("w", true, 60, Some(&[]), will))
+        .await;
+    let got = raw.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].kind(), got[0].body[1]), (2, 0x83), "{got:?}");
+    assert_eq!(app.snapshot().await, before);
+}
+
+const SERVER_KEEP_ALIVE: u8 = 0x13;
+
+fn has_property(ack: &RawPacket, property: &[u8]) -> bool {
+    ack.body.windows(property.len()).any(|w| w == property)
+}
+
+#[tokio::test]
+async fn v5_keep_alive_over_the_maximum_or_none_is_answered_with_server_keep_alive() {
+    let app = spawn_app(Backend::Sqlite).await;
+    // The default maximum is AWS IoT's 1200 s.
+    for asked in [0u16, 1201, u16::MAX] {
+        let (_raw, ack) = Raw::connect(&app, &build::connect("k", true, asked, Some(&[]))).await;
+        assert!(
+            has_property(&ack, &[SERVER_KEEP_ALIVE, 0x04, 0xB0]),
+            "{asked}: {ack:?}"
+        );
+    }
+    for asked in [1u16, 60, 1200] {
+        let (_raw, ack) = Raw::connect(&app, &build::connect("k", true, asked, Some(&[]))).await;
+        assert!(
+            !ack.body[3..].contains(&SERVER_KEEP_ALIVE),
+            "{asked}: {ack:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_is_held_to_the_maximum_keep_alive() {
+    let app = app_with(|c| c.mqtt_max_keep_alive = 1).await;
+    let started = std::time::Instant::now();
+    let (mut v5, ack) = Raw::connect(&app, &build::connect("k5", true, 0, Some(&[]))).await;
+    assert!(has_property(&ack, &[SERVER_KEEP_ALIVE, 0, 1]), "{ack:?}");
+    // 3.1.1 has no Server Keep Alive: held to the maximum without being told.
+    let (mut v3, _) = Raw::connect(&app, &build::connect("k3", true, 60, None)).await;
+    let got = v5.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].disconnect_reason(), 0x8D);
+    assert_eq!(v3.until_closed().await, vec![]);
+    // Silent for 1.5 × 1 s, not for ever (v5 asked for none) or 90 s (v3 asked for 60 s).
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// A client that goes on sending after exceeding Receive Maximum, and has not yet read what
+/// the broker sent it, still finds DISCONNECT 0x93 when it reads [MQTT-3.3.4-9]: the broker
+/// drains the client's input before it closes, so the close is not a reset, which would
+/// discard what the kernel had not delivered yet.
+#[tokio::test]
+async fn a_client_flooding_past_receive_maximum_gets_disconnect_0x93() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app_with(|c| c.mqtt_receive_maximum = 2).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window keeps most of what the broker sends in its own send queue.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.mqtt_addr).await.unwrap();
+    let mut flood = v5_connect_with("p", true, &[]);
+    flood.extend(build::subscribe(1, "echo", 0, Some(&[])));
+    let echo = build::publish("echo", 0, false, false, 0, Some(&[]), &[b'e'; 1024]);
+    for _ in 0..48 {
+        flood.extend_from_slice(&echo);
+    }
+    for pkid in 1..=3 {
+        flood.extend(build::publish("rm", 2, false, false, pkid, Some(&[]), b"x"));
+    }
+    // More after the one too many, as a client that does not wait for answers sends.
+    let more = build::publish("rm", 0, false, false, 0, Some(&[]), &[b'x'; 1024]);
+    for _ in 0..16 {
+        flood.extend_from_slice(&more);
+    }
+    stream.write_all(&flood).await.unwrap();
+    // Not reading until the broker has given up on the client: its close comes within a
+    // second (the goodbye), the linger within another.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut got = Vec::new();
+    let read = common::mqtt::within("the rest", stream.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "closed, not reset: {read:?} after {} bytes",
+        got.len()
+    );
+    assert_eq!(got[got.len() - 4..], [0xE0, 0x02, 0x93, 0x00]);
 }

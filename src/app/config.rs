@@ -117,6 +117,18 @@ pub struct ServeConfig {
           value_parser = parse_rate)]
     pub mqtt_max_publish_rate: f64,
 
+    /// Longest MQTT keep alive, in seconds (AWS IoT's: 1200). A client asking for more, or for
+    /// none (0), is held to it: MQTT 5 clients are told in CONNACK (Server Keep Alive), 3.1.1
+    /// clients are not. 0: no maximum.
+    #[arg(long, env = "RETAIND_MQTT_MAX_KEEP_ALIVE", default_value_t = 1200)]
+    pub mqtt_max_keep_alive: u16,
+
+    /// How long an MQTT client may leave what retaind writes to it unread before it is
+    /// disconnected as a slow subscriber (e.g. 30s).
+    #[arg(long, env = "RETAIND_MQTT_WRITE_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub mqtt_write_timeout: Duration,
+
     /// GetRetainedMessage requests per second per principal, in bursts of up to one second's
     /// worth; beyond it 429 ThrottlingException. 0: no limit. AWS IoT's default: 500 per account.
     #[arg(long, env = "RETAIND_RATE_GET_RETAINED_MESSAGE", default_value_t = 500.0,

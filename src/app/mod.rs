@@ -133,6 +133,8 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_connections: config.mqtt_max_connections,
             max_subscriptions: config.mqtt_max_subscriptions,
             max_publish_rate: config.mqtt_max_publish_rate,
+            max_keep_alive: config.mqtt_max_keep_alive,
+            write_timeout: config.mqtt_write_timeout,
             ..BrokerConfig::default()
         },
         auth.clone(),

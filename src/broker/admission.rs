@@ -1,12 +1,14 @@
 //! Who gets in: a CONNECT's credentials and client id checked against the principals, the
 //! publish permission a PUBLISH or a Will needs, and the CONNACK that refuses a client.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::GOODBYE_TIMEOUT;
 use super::message::Message;
+use super::password_checks::REFUSAL_DELAY;
 use super::{Broker, ClientKey};
 use crate::auth::{Action, AuthError, Principal};
 use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet};
@@ -44,6 +46,7 @@ pub(super) async fn authenticate(
     connect: &mqtt::Connect,
     client: &ClientKey,
     identity: Option<TransportIdentity>,
+    source: Option<IpAddr>,
 ) -> Result<Option<Arc<Principal>>, ConnectAckReason> {
     let auth = broker.auth().clone();
     if !auth.is_enabled() {
@@ -59,24 +62,58 @@ pub(super) async fn authenticate(
     {
         return authorize_connect(principal.clone(), client);
     }
-    let username = connect.username.as_ref().map(|u| u.to_string());
-    let password = connect.password.clone();
-    let verified = tokio::task::spawn_blocking(move || {
-        auth.verify_mqtt(username.as_deref(), password.as_deref())
-    })
-    .await;
-    let principal = match verified {
-        Ok(Ok(principal)) => principal,
-        // 3.1.1: 0x05 not authorized; 5: 0x87.
-        Ok(Err(AuthError::MissingCredentials)) => return Err(ConnectAckReason::NotAuthorized),
-        // 3.1.1: 0x04 bad user name or password; 5: 0x86.
-        Ok(Err(_)) => return Err(ConnectAckReason::BadUserNameOrPassword),
-        Err(_) => return Err(ConnectAckReason::ServerUnavailable),
+    let (Some(username), Some(password)) = (&connect.username, &connect.password) else {
+        // No password, nothing to hash. 3.1.1: 0x05 not authorized; 5: 0x87.
+        return Err(ConnectAckReason::NotAuthorized);
     };
+    let principal = check_password(broker, username.to_string(), password.clone(), source).await?;
     if by_transport.is_some_and(|by_transport| !Arc::ptr_eq(&by_transport, &principal)) {
         return Err(ConnectAckReason::NotAuthorized);
     }
     authorize_connect(principal, client)
+}
+
+/// Verifies a user name and password within the bounds of `password_checks` [issue 13]: a
+/// slot among the few that may run at once, and a source that has not failed too often; a
+/// refusal for credentials comes after a delay held on a timer.
+async fn check_password(
+    broker: &Broker,
+    username: String,
+    password: bytes::Bytes,
+    source: Option<IpAddr>,
+) -> Result<Arc<Principal>, ConnectAckReason> {
+    let checks = &broker.inner.password_checks;
+    let over_budget = || async {
+        tokio::time::sleep(REFUSAL_DELAY).await;
+        // 3.1.1 has no such code: 0x03 Server unavailable.
+        Err(ConnectAckReason::ConnectionRateExceeded)
+    };
+    if checks.over_budget(source) {
+        return over_budget().await;
+    }
+    // [MQTT-3.2.2-6] 0x89 Server busy (3.1.1: 0x03) when no slot comes free in time.
+    let slot = checks.slot().await.ok_or(ConnectAckReason::ServerBusy)?;
+    // Again: the source may have used up its budget while this CONNECT waited.
+    if checks.over_budget(source) {
+        drop(slot);
+        return over_budget().await;
+    }
+    let auth = broker.auth().clone();
+    let verified =
+        tokio::task::spawn_blocking(move || auth.verify_mqtt(Some(&username), Some(&password)))
+            .await;
+    drop(slot);
+    match verified {
+        Ok(Ok(principal)) => Ok(principal),
+        Ok(Err(AuthError::MissingCredentials)) => Err(ConnectAckReason::NotAuthorized),
+        // 3.1.1: 0x04 bad user name or password; 5: 0x86.
+        Ok(Err(_)) => {
+            checks.failed(source);
+            tokio::time::sleep(REFUSAL_DELAY).await;
+            Err(ConnectAckReason::BadUserNameOrPassword)
+        }
+        Err(_) => Err(ConnectAckReason::ServerUnavailable),
+    }
 }
 
 /// Whether the authenticated `principal` may connect with this client id.
@@ -113,4 +150,5 @@ where
         framed.send(Packet::ConnectAck(Box::new(connack))),
     )
     .await;
+    framed.close(GOODBYE_TIMEOUT).await;
 }

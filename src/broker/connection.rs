@@ -20,8 +20,9 @@ use tracing::Instrument;
 
 use super::admission::{TransportIdentity, authenticate, may_publish, owner, refuse};
 use super::inbound::Settled;
-use super::limits::ConnectionSlot;
-use super::registry::{Session, deliver_blocked};
+use super::limits::{self, ConnectionSlot};
+use super::password_checks;
+use super::registry::Session;
 use super::retained::{Page, RetainedScan};
 use super::will::{Will, will};
 use super::{Broker, BrokerConfig, ClientKey, wire};
@@ -73,6 +74,9 @@ pub(super) struct Connection<T> {
     last_heard: Instant,
     pub will: Option<Will>,
     pub session_expiry: u32,
+    /// Whether the client accepts reason strings beyond CONNACK, PUBLISH and DISCONNECT
+    /// (MQTT 5 Request Problem Information).
+    pub problem_info: bool,
     /// How many QoS 1/2 messages may be in flight to the client.
     window: usize,
     /// MQTT 5 topic aliases the client set up [MQTT-3.3.2-10].
@@ -85,9 +89,6 @@ pub(super) struct Connection<T> {
     pub scans: VecDeque<RetainedScan>,
     /// The retained page being read, at most one at a time.
     fetching: Option<BoxFuture<'static, Result<Page, crate::store::Error>>>,
-    /// Deliveries waiting for room in slow subscribers' queues; while set, nothing more is
-    /// read or settled, which slows this publisher to its subscribers' pace.
-    pub blocked: Option<BoxFuture<'static, ()>>,
     dirty: bool,
     /// This connection's place under `--mqtt-max-connections`, freed when it is dropped.
     _slot: ConnectionSlot,
@@ -118,7 +119,9 @@ pub(super) async fn serve<T>(
         }
         Ok(Ok(accepted)) => accepted,
     };
-    let Some(mut conn) = Connection::accept(broker, cfg, framed, connect, identity).await else {
+    let source = password_checks::source_ip(&peer);
+    let accepted = Connection::accept(broker, cfg, framed, connect, identity, source).await;
+    let Some(mut conn) = accepted else {
         return;
     };
     // Every line this connection logs carries its client id and peer.
@@ -142,6 +145,7 @@ where
         mut framed: Framed<T>,
         connect: mqtt::Connect,
         identity: Option<TransportIdentity>,
+        source: Option<std::net::IpAddr>,
     ) -> Option<Self> {
         let v5 = framed.version() == Version::V5;
         let mut assigned = None;
@@ -165,7 +169,7 @@ where
             refuse(&mut framed, ConnectAckReason::ServerBusy).await;
             return None;
         };
-        let principal = match authenticate(&broker, &connect, &client, identity).await {
+        let principal = match authenticate(&broker, &connect, &client, identity, source).await {
             Ok(principal) => principal,
             Err(reason) => {
                 refuse(&mut framed, reason).await;
@@ -202,11 +206,12 @@ where
         if let Some(max) = connect.max_packet_size {
             framed.set_max_outbound_size(max.get());
         }
+        let keep_alive = limits::keep_alive(connect.keep_alive, cfg.max_keep_alive);
         let mut conn = Self {
             broker,
             window: usize::from(client_window.min(cfg.max_inflight.max(1))),
-            keep_alive: (connect.keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             last_heard: Instant::now(),
             cfg,
             framed,
@@ -219,13 +224,13 @@ where
             stop: attached.stop,
             will,
             session_expiry: connect.session_expiry_interval_secs,
+            problem_info: connect.request_problem_info,
             aliases: HashMap::new(),
             pending: FuturesOrdered::new(),
             writes: None,
             unacked_in: 0,
             scans: VecDeque::new(),
             fetching: None,
-            blocked: None,
             dirty: false,
             _slot: slot,
             publish_rate: TokenBucket::new(cfg_publish_rate, std::time::Instant::now()),
@@ -237,6 +242,8 @@ where
             max_packet_size: Some(conn.cfg.max_packet_bytes),
             assigned_client_id: assigned.map(Into::into),
             topic_alias_max: conn.cfg.topic_alias_maximum,
+            // [MQTT-3.2.2-21] the client must use this instead of what it asked for.
+            server_keepalive_sec: (keep_alive != connect.keep_alive).then_some(keep_alive),
             ..ConnectAck::default()
         };
         let greeted = conn
@@ -257,10 +264,10 @@ where
     /// PUBREL as they were [MQTT-4.4.0-1].
     async fn resend(&mut self) -> Result<(), End> {
         let now = self.broker.store().clock().now_ms();
-        let again: Vec<(NonZeroU16, Option<Packet>, bool)> = self
-            .session
-            .state()
-            .unacknowledged()
+        let may_receive = self.session.receive_check();
+        let unacknowledged = self.session.state().resendable(may_receive);
+        let again: Vec<(NonZeroU16, Option<Packet>, bool)> = unacknowledged
+            .iter()
             .map(|i| {
                 let packet = if i.released {
                     Some(Packet::PublishRelease(PublishAck2 {
@@ -300,14 +307,7 @@ where
                     None => std::future::pending().await,
                 }
             };
-            let free = self.blocked.is_none();
-            let readable = free && self.pending.len() < MAX_PENDING;
-            let blocked = async {
-                match self.blocked.as_mut() {
-                    Some(waiting) => waiting.await,
-                    None => std::future::pending().await,
-                }
-            };
+            let readable = self.pending.len() < MAX_PENDING;
             let fetched = async {
                 match self.fetching.as_mut() {
                     Some(page) => page.await,
@@ -317,11 +317,7 @@ where
             let step = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => Err(End::Close(self.session.stop_reason())),
-                () = blocked => {
-                    self.blocked = None;
-                    Ok(())
-                }
-                Some(settled) = self.pending.next(), if free && !self.pending.is_empty() => {
+                Some(settled) = self.pending.next(), if !self.pending.is_empty() => {
                     self.settle_burst(settled).await
                 }
                 packet = self.framed.recv(), if readable => match packet {
@@ -359,7 +355,7 @@ where
     async fn read_burst(&mut self, first: Packet) -> Result<(), End> {
         self.handle(first).await?;
         for _ in 0..READ_BURST {
-            if self.pending.len() >= MAX_PENDING || self.blocked.is_some() {
+            if self.pending.len() >= MAX_PENDING {
                 break;
             }
             match self.framed.recv().now_or_never() {
@@ -375,11 +371,8 @@ where
     /// committed batch is acknowledged in one write.
     async fn settle_burst(&mut self, first: Settled) -> Result<(), End> {
         self.settle(first).await?;
-        while self.blocked.is_none() {
-            match self.pending.next().now_or_never() {
-                Some(Some(settled)) => self.settle(settled).await?,
-                _ => break,
-            }
+        while let Some(Some(settled)) = self.pending.next().now_or_never() {
+            self.settle(settled).await?;
         }
         Ok(())
     }
@@ -387,17 +380,16 @@ where
     /// Writes what the session has queued, as far as the flow-control window allows, topping
     /// the queue up from pending retained deliveries; then flushes.
     async fn pump(&mut self) -> Result<(), End> {
-        let mut taken = false;
         loop {
             // A connection being taken over must leave the session's queue to its successor.
             if self.stop.is_cancelled() {
                 break;
             }
-            let next = self.session.state().next_outgoing(self.window);
+            let may_receive = self.session.receive_check();
+            let next = self.session.state().next_outgoing(self.window, may_receive);
             let Some(out) = next else {
                 break;
             };
-            taken = true;
             let now = self.broker.store().clock().now_ms();
             let sent = match wire::publish_packet(&out.delivery, out.packet_id, false, now) {
                 Some(p) => self.write(Packet::Publish(Box::new(p))).await?,
@@ -409,10 +401,6 @@ where
             if self.framed.pending_write_bytes() >= FLUSH_BYTES {
                 self.flush().await?;
             }
-        }
-        if taken {
-            // Publishers waiting for room in this session's queue may go on.
-            self.session.room.notify_waiters();
         }
         self.fetch_retained();
         if self.dirty {
@@ -501,14 +489,11 @@ where
             End::Lost => tracing::debug!("connection lost"),
         }
         // Publishes already read still reach the store and the subscribers.
-        if let Some(waiting) = self.blocked.take() {
-            waiting.await;
-        }
         while let Some(settled) = self.pending.next().await {
             if settled.result.is_ok()
                 && let Some(message) = settled.message
             {
-                deliver_blocked(self.broker.route(message)).await;
+                self.broker.route(message);
             }
         }
         let expiry = Duration::from_secs(u64::from(self.session_expiry));
@@ -517,6 +502,7 @@ where
             self.broker
                 .publish_will(will, self.client.clone(), self.connection, expiry);
         }
+        self.framed.close(GOODBYE_TIMEOUT).await;
     }
 }
 
@@ -528,6 +514,7 @@ fn read_error(e: mqtt::Error) -> End {
             End::Close(DisconnectReasonCode::PacketTooLarge)
         }
         mqtt::Error::Decode(DecodeError::Io(_)) => End::Lost,
+        mqtt::Error::Invalid(violation) => End::Close(violation.reason()),
         _ => End::Close(DisconnectReasonCode::MalformedPacket),
     }
 }

@@ -9,7 +9,6 @@ use super::admission::may_publish;
 use super::connection::{Connection, End};
 use super::limits;
 use super::message::Message;
-use super::registry::deliver_blocked;
 use super::retained::RetainedScan;
 use super::session::SubOptions;
 use super::wire;
@@ -33,6 +32,9 @@ pub(super) struct Settled {
     pub result: Result<(), crate::store::Error>,
 }
 
+/// The reason string of a publish refused for its user properties.
+const USER_PROPERTIES_TOO_LARGE: &str = "user properties over 8192 bytes";
+
 /// Why an inbound PUBLISH is refused.
 enum Refusal {
     /// Answer with this reason in PUBACK/PUBREC when there is one (MQTT 5, QoS ≥ 1); otherwise
@@ -40,6 +42,12 @@ enum Refusal {
     Reject(DisconnectReasonCode),
     /// Always close: the packet breaks the protocol.
     Close(DisconnectReasonCode),
+    /// A valid publish retaind will not take: MQTT 5 QoS 1/2 gets this reason in PUBACK/PUBREC
+    /// (with `why` as its reason string, if the client asked for them); QoS 0 is dropped.
+    Drop {
+        reason: PublishAckReason,
+        why: &'static str,
+    },
 }
 
 impl<T> Connection<T>
@@ -107,6 +115,17 @@ where
                 let packet = publish_ack(qos, id, ack_reason(reason));
                 return self.write(packet).await.map(drop);
             }
+            Err(Refusal::Drop { reason, why }) => {
+                let Some((qos, id)) = ack else {
+                    return Ok(());
+                };
+                let mut packet = publish_ack(qos, id, reason);
+                if let Packet::PublishAck(a) | Packet::PublishReceived(a) = &mut packet {
+                    // [MQTT-3.1.2-29] only to a client that asked for problem information.
+                    a.reason_string = self.problem_info.then(|| ByteString::from_static(why));
+                }
+                return self.write(packet).await.map(drop);
+            }
             Err(Refusal::Reject(reason) | Refusal::Close(reason)) => {
                 return Err(End::Close(reason));
             }
@@ -163,7 +182,7 @@ where
         let write = message.retained_write(self.broker.store().clock().now_ms());
         let message = Arc::new(message);
         match write {
-            None if self.pending.is_empty() && self.blocked.is_none() => {
+            None if self.pending.is_empty() => {
                 let settled = Settled {
                     message: Some(message),
                     ack,
@@ -241,6 +260,16 @@ where
             self.cfg.topic_limits,
         )
         .map_err(|_| Refusal::Close(R::ProtocolError))?;
+        if store::user_properties_wire_len(&properties.user_properties)
+            > store::MAX_USER_PROPERTY_BYTES
+        {
+            // [issue 13] the limit the HTTP API applies, measured the same way. 0x83: the
+            // publish is valid but not accepted; no PUBACK code names a size limit.
+            return Err(Refusal::Drop {
+                reason: PublishAckReason::ImplementationSpecificError,
+                why: USER_PROPERTIES_TOO_LARGE,
+            });
+        }
         let now = self.broker.store().clock().now_ms();
         Ok(Message {
             topic,
@@ -276,10 +305,7 @@ where
         match settled.result {
             Ok(()) => {
                 if let Some(message) = settled.message {
-                    let blocked = self.broker.route(message);
-                    if !blocked.is_empty() {
-                        self.blocked = Some(Box::pin(deliver_blocked(blocked)));
-                    }
+                    self.broker.route(message);
                 }
                 if let Some((qos, id)) = settled.ack {
                     let refused = u8::from(settled.reason) >= 0x80;

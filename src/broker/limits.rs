@@ -1,5 +1,5 @@
-//! The issue 5 limits that are not a queue's: concurrent connections across the broker, and
-//! subscriptions per session. Pure counting, no I/O; the connection and SUBSCRIBE handling
+//! The limits that are not a queue's: concurrent connections across the broker, subscriptions
+//! per session, and the longest keep alive. Pure counting, no I/O; the connection and SUBSCRIBE handling
 //! decide what to answer.
 
 use std::collections::HashMap;
@@ -51,9 +51,30 @@ pub(super) fn subscription_fits<V>(
     existing.contains_key(spec) || existing.len() < max
 }
 
+/// The keep alive (seconds) a client asking for `asked` is held to under a maximum of `max`
+/// (0: none). Asking for none (0) or for more than the maximum gets the maximum, which an
+/// MQTT 5 client is told in Server Keep Alive [MQTT-3.2.2-21] and a 3.1.1 client is not.
+pub(super) fn keep_alive(asked: u16, max: u16) -> u16 {
+    if max != 0 && (asked == 0 || asked > max) {
+        max
+    } else {
+        asked
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_alive_is_held_to_the_maximum_when_asked_for_more_or_none() {
+        assert_eq!(keep_alive(60, 1200), 60);
+        assert_eq!(keep_alive(1200, 1200), 1200);
+        assert_eq!(keep_alive(1201, 1200), 1200);
+        assert_eq!(keep_alive(0, 1200), 1200);
+        assert_eq!(keep_alive(0, 0), 0, "no maximum: no keep alive stays so");
+        assert_eq!(keep_alive(u16::MAX, 0), u16::MAX);
+    }
 
     #[test]
     fn connections_beyond_the_maximum_are_refused_until_one_leaves() {

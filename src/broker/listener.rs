@@ -18,10 +18,7 @@ pub async fn serve_tcp(broker: Broker, listener: TcpListener) {
         match accepted {
             Ok((socket, peer)) => {
                 let socket = PromptAcks::new(socket);
-                let broker = broker.clone();
-                tokio::spawn(
-                    async move { broker.serve_connection(socket, peer.to_string()).await },
-                );
+                tokio::spawn(broker.track(socket, peer.to_string(), None));
             }
             Err(e) => {
                 // Usually out of file descriptors: wait instead of spinning.
@@ -42,11 +39,6 @@ pub async fn serve_tls(broker: Broker, mut incoming: TlsIncoming) {
             established = incoming.next() => established,
         };
         let identity = tls::client_cert_sha256(&stream).map(TransportIdentity::ClientCert);
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            broker
-                .serve_connection_as(stream, format!("mqtts://{peer}"), identity)
-                .await;
-        });
+        tokio::spawn(broker.track(stream, format!("mqtts://{peer}"), identity));
     }
 }

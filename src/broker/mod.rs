@@ -12,6 +12,7 @@ mod inbound;
 mod limits;
 mod listener;
 mod message;
+mod password_checks;
 mod registry;
 mod retained;
 mod session;
@@ -28,12 +29,14 @@ use tokio_util::task::TaskTracker;
 pub use admission::{TransportIdentity, owner};
 pub use listener::{serve_tcp, serve_tls};
 pub use message::Message;
+pub use password_checks::PasswordCheckStats;
 pub use tree::{ClientKey, SubscriptionTree};
 pub use wire::WireForm;
 
 use crate::auth::Authenticator;
 use crate::store::{self, Owner, Store};
 use crate::topic::TopicLimits;
+use password_checks::PasswordChecks;
 use registry::Registry;
 use session::SubOptions;
 
@@ -63,6 +66,9 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// Time a client may leave written data unread before it is disconnected.
     pub write_timeout: Duration,
+    /// Longest keep alive a client may have, in seconds: one that asks for more, or for none
+    /// (0), is held to this (MQTT 5: told so in Server Keep Alive). 0: no maximum.
+    pub max_keep_alive: u16,
 }
 
 impl Default for BrokerConfig {
@@ -81,6 +87,7 @@ impl Default for BrokerConfig {
             max_publish_rate: 0.0,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            max_keep_alive: 1200,
         }
     }
 }
@@ -102,6 +109,7 @@ struct Inner {
     connections: TaskTracker,
     /// Connections past CONNECT, against `config.max_connections`.
     live: Arc<limits::ConnectionCount>,
+    password_checks: PasswordChecks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +132,7 @@ impl Broker {
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 live: Arc::default(),
+                password_checks: PasswordChecks::new(),
             }),
         }
     }
@@ -140,6 +149,11 @@ impl Broker {
         &self.inner.auth
     }
 
+    /// How many MQTT password checks may run at once, run now, and ever ran at once.
+    pub fn password_checks(&self) -> PasswordCheckStats {
+        self.inner.password_checks.stats()
+    }
+
     /// Publishes a message from outside MQTT (the HTTP API): a retained one is committed to
     /// the store first, charged to `owner`, then it reaches every matching subscription. One
     /// the store refuses (a quota) reaches nobody.
@@ -148,7 +162,7 @@ impl Broker {
         if let Some(write) = message.retained_write(now) {
             self.inner.store.write_as(write, owner).await?;
         }
-        registry::deliver_blocked(self.route(Arc::new(message))).await;
+        self.route(Arc::new(message));
         Ok(())
     }
 
@@ -170,12 +184,24 @@ impl Broker {
     ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let broker = self.clone();
-        let task = self
-            .inner
+        self.track(io, peer, identity).await;
+    }
+
+    /// A connection's future, counted by shutdown from this call on: a listener calls it
+    /// before it spawns the task, so a connection accepted just before shutdown is waited for
+    /// (and told why it closes) like the others.
+    fn track<T>(
+        &self,
+        io: T,
+        peer: String,
+        identity: Option<TransportIdentity>,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.inner
             .connections
-            .track_future(connection::serve(broker, io, peer, identity));
-        task.await;
+            .track_future(connection::serve(self.clone(), io, peer, identity))
     }
 
     /// Asks every connection to close (MQTT 5: DISCONNECT 0x8B) and waits for them, up to `grace`.

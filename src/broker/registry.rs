@@ -27,8 +27,6 @@ pub(super) struct Session {
     state: Mutex<SessionState>,
     /// Wakes the connection task when something was queued for it.
     pub wake: Notify,
-    /// Wakes publishers waiting for room in this session's queue.
-    pub room: Notify,
     online: AtomicBool,
     /// The connection currently attached (0: none). A connection that finds another id here
     /// was taken over and leaves the session alone.
@@ -37,15 +35,18 @@ pub(super) struct Session {
     link: Mutex<Option<(CancellationToken, DisconnectReasonCode)>>,
     /// Who the attached (or last) connection authenticated as; `None` when auth is off.
     principal: Mutex<Option<Arc<Principal>>>,
+    /// The name of the principal that created the session (`None`: anonymous). Only that
+    /// principal may resume it: its queue and subscriptions were granted to it.
+    creator: Option<String>,
 }
 
 impl Session {
-    fn new(key: ClientKey, limits: SessionLimits) -> Self {
+    fn new(key: ClientKey, limits: SessionLimits, creator: Option<String>) -> Self {
         Self {
             key,
+            creator,
             state: Mutex::new(SessionState::new(limits)),
             wake: Notify::new(),
-            room: Notify::new(),
             online: AtomicBool::new(false),
             connection: AtomicU64::new(0),
             link: Mutex::new(None),
@@ -56,13 +57,21 @@ impl Session {
     /// [issue 5] a message reaches a client only if its principal may `iot:Receive` the topic,
     /// retained messages included.
     pub fn may_receive(&self, topic: &TopicName) -> bool {
+        self.receive_check()(topic)
+    }
+
+    /// [`Session::may_receive`] for the current principal, to check many topics with one lock.
+    pub fn receive_check(&self) -> impl Fn(&TopicName) -> bool + '_ {
         let principal = self
             .principal
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        principal
-            .as_ref()
-            .is_none_or(|p| p.allows(Action::Receive, topic.as_str(), Some(&self.key)))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        move |topic| {
+            principal
+                .as_ref()
+                .is_none_or(|p| p.allows(Action::Receive, topic.as_str(), Some(&self.key)))
+        }
     }
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
@@ -128,7 +137,11 @@ impl Broker {
     }
 
     /// Binds a new connection to the client's session, taking it over from any connection
-    /// that holds it [MQTT-3.1.4-3]. `clean_start` discards a previous session [MQTT-3.1.2-4].
+    /// that holds it [MQTT-3.1.4-3]. `clean_start` discards a previous session [MQTT-3.1.2-4],
+    /// and so does a principal other than the one that created it [issue 13]: a session is
+    /// resumed only by its creator, and anyone else starts clean (session present 0) rather
+    /// than being refused, so a device whose credentials moved to a new principal still gets
+    /// in, and resubscribes as the CONNACK tells it to.
     pub(super) fn attach(
         &self,
         key: ClientKey,
@@ -142,13 +155,15 @@ impl Broker {
         if let Some(old) = &existing {
             old.kick(DisconnectReasonCode::SessionTakenOver);
         }
+        let creator = principal.as_ref().map(|p| p.name.clone());
         let (session, session_present) = match existing {
-            Some(old) if !clean_start => (old, true),
+            Some(old) if !clean_start && old.creator == creator => (old, true),
             other => {
                 if let Some(old) = other {
                     self.unsubscribe_all(&old);
                 }
-                let fresh = Arc::new(Session::new(key.clone(), self.session_limits()));
+                let limits = self.session_limits();
+                let fresh = Arc::new(Session::new(key.clone(), limits, creator));
                 registry.sessions.insert(key, fresh.clone());
                 (fresh, false)
             }
@@ -231,18 +246,18 @@ impl Broker {
 
     /// Sends a message to every matching subscription. A client with several matching
     /// subscriptions gets one copy at the highest granted QoS carrying every subscription
-    /// identifier [MQTT-3.3.4-2, -3]. Returns the QoS ≥ 1 deliveries whose sessions had no
-    /// room: the publisher passes them to [`deliver_blocked`] before it takes more input.
-    #[must_use]
-    pub(super) fn route(&self, message: Arc<Message>) -> Vec<Blocked> {
+    /// identifier [MQTT-3.3.4-2, -3]. Never waits: a connected client whose queue has no room
+    /// for a QoS ≥ 1 message is not keeping up and is disconnected (MQTT 5: 0x97), so one
+    /// slow subscriber never holds its publishers back [issue 13].
+    pub(super) fn route(&self, message: Arc<Message>) {
         if message.expired(self.inner.store.clock().now_ms()) {
-            return Vec::new();
+            return;
         }
         let mut matched = Vec::new();
         self.subscriptions_read()
             .matches(&message.topic, &mut matched);
         if matched.is_empty() {
-            return Vec::new();
+            return;
         }
         matched.sort_by(|a, b| a.0.cmp(&b.0));
         let targets: Vec<(Arc<Session>, Delivery)> = {
@@ -259,42 +274,13 @@ impl Broker {
                 })
                 .collect()
         };
-        targets
-            .into_iter()
-            .filter_map(|(session, delivery)| Some((session.clone(), session.offer(delivery)?)))
-            .collect()
-    }
-}
-
-/// A delivery waiting for room in a session's queue.
-pub(super) type Blocked = (Arc<Session>, Delivery);
-
-/// How long a publisher waits for a subscriber to make room before that subscriber is
-/// disconnected as not keeping up.
-pub(super) const SLOW_SUBSCRIBER_PATIENCE: Duration = Duration::from_secs(5);
-
-/// Waits until every blocked delivery is queued: back-pressure from slow QoS ≥ 1 subscribers
-/// to their publishers, so QoS 1/2 messages are not dropped while the client is connected. A
-/// subscriber that makes no room within [`SLOW_SUBSCRIBER_PATIENCE`] is disconnected (MQTT 5:
-/// 0x97) and, once offline, its session drops what does not fit.
-pub(super) async fn deliver_blocked(blocked: Vec<Blocked>) {
-    let deadline = tokio::time::Instant::now() + SLOW_SUBSCRIBER_PATIENCE;
-    for (session, mut delivery) in blocked {
-        loop {
-            let room = session.room.notified();
-            tokio::pin!(room);
-            // Registered before the retry, so room made in between is not missed.
-            room.as_mut().enable();
-            match session.offer(delivery) {
-                None => break,
-                Some(back) => delivery = back,
-            }
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
+        for (session, delivery) in targets {
+            if let Some(delivery) = session.offer(delivery) {
                 tracing::warn!(client = %session.key, "subscriber is not keeping up; disconnecting it");
                 session.kick(DisconnectReasonCode::QuotaExceeded);
                 session.online.store(false, Ordering::Release);
-                let _ = session.offer(delivery); // queued if the session is persistent and has room
-                break;
+                // Offline now: its session drops what does not fit, as for any offline one.
+                let _ = session.offer(delivery);
             }
         }
     }

@@ -9,7 +9,7 @@ use std::num::NonZeroU16;
 
 use super::message::Delivery;
 use crate::store::Qos;
-use crate::topic::FilterSpec;
+use crate::topic::{FilterSpec, TopicName};
 
 /// Options of one subscription as granted, as the subscription tree and the session keep them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +35,8 @@ pub enum Enqueued {
     /// Dropped by policy: QoS 0 when the queue is full or the client is offline, or any QoS
     /// while an offline session's queue is full.
     Dropped,
-    /// A QoS ≥ 1 message for an online client whose queue is full, handed back: the
-    /// publisher waits for room (back-pressure), and disconnects the client if none comes.
+    /// A QoS ≥ 1 message for an online client whose queue is full, handed back: the client is
+    /// not keeping up, and routing disconnects it.
     Full(Delivery),
 }
 
@@ -121,13 +121,27 @@ impl SessionState {
     /// Takes the next queued message if the flow-control `window` (the client's Receive
     /// Maximum, capped by ours) allows it, giving QoS ≥ 1 messages a free packet id.
     /// Messages leave in queue order, so per-topic order holds [MQTT-4.6.0-6].
-    pub fn next_outgoing(&mut self, window: usize) -> Option<Outgoing> {
-        let front = self.queue.front()?;
-        if front.qos != Qos::AtMostOnce && self.inflight.len() >= window {
-            return None;
-        }
-        let delivery = self.queue.pop_front()?;
-        self.queued_bytes -= delivery.message.payload.len();
+    ///
+    /// A message whose topic the client may not receive now is dropped instead: permission is
+    /// checked when a message leaves, not only when it was queued, since the principal or its
+    /// policy may have changed in between [issue 13].
+    pub fn next_outgoing(
+        &mut self,
+        window: usize,
+        may_receive: impl Fn(&TopicName) -> bool,
+    ) -> Option<Outgoing> {
+        let delivery = loop {
+            let front = self.queue.front()?;
+            if front.qos != Qos::AtMostOnce && self.inflight.len() >= window {
+                return None;
+            }
+            let delivery = self.queue.pop_front()?;
+            self.queued_bytes -= delivery.message.payload.len();
+            if may_receive(&delivery.message.topic) {
+                break delivery;
+            }
+            self.dropped += 1;
+        };
         if delivery.qos == Qos::AtMostOnce {
             return Some(Outgoing {
                 packet_id: None,
@@ -222,8 +236,26 @@ impl SessionState {
 
     /// What must be sent again on a resumed session, in the original order: unacknowledged
     /// PUBLISHes (with DUP) and PUBRELs [MQTT-4.4.0-1].
+    #[cfg(test)]
     pub fn unacknowledged(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight.iter()
+    }
+
+    /// [`SessionState::unacknowledged`] less the PUBLISHes whose topic the client may no
+    /// longer receive, which are forgotten [issue 13]. A PUBREL carries no message and is
+    /// always resent.
+    pub fn resendable(&mut self, may_receive: impl Fn(&TopicName) -> bool) -> Vec<Inflight> {
+        let denied: Vec<NonZeroU16> = self
+            .inflight
+            .iter()
+            .filter(|i| !i.released && !may_receive(&i.delivery.message.topic))
+            .map(|i| i.packet_id)
+            .collect();
+        for id in denied {
+            self.forget(id);
+            self.dropped += 1;
+        }
+        self.inflight.iter().cloned().collect()
     }
 
     /// A QoS 2 PUBLISH arrived; false if this id is already awaiting PUBREL, i.e. a resend
@@ -272,6 +304,10 @@ mod tests {
             max_queued,
             max_queued_bytes: 1 << 20,
         })
+    }
+
+    fn all(_: &TopicName) -> bool {
+        true
     }
 
     fn payload(o: &Outgoing) -> &[u8] {
@@ -328,7 +364,7 @@ mod tests {
             s.enqueue(delivery("cd", Qos::AtLeastOnce), true),
             Enqueued::Full(_)
         ));
-        s.next_outgoing(10).unwrap();
+        s.next_outgoing(10, all).unwrap();
         assert!(matches!(
             s.enqueue(delivery("cd", Qos::AtLeastOnce), true),
             Enqueued::Queued
@@ -341,23 +377,23 @@ mod tests {
         for p in ["1", "2", "3"] {
             s.enqueue(delivery(p, Qos::AtLeastOnce), true);
         }
-        let first = s.next_outgoing(2).unwrap();
-        let second = s.next_outgoing(2).unwrap();
-        assert!(s.next_outgoing(2).is_none(), "window of 2 is full");
+        let first = s.next_outgoing(2, all).unwrap();
+        let second = s.next_outgoing(2, all).unwrap();
+        assert!(s.next_outgoing(2, all).is_none(), "window of 2 is full");
         assert_ne!(first.packet_id, second.packet_id);
         assert!(s.acknowledge(first.packet_id.unwrap()));
         assert!(
             !s.acknowledge(first.packet_id.unwrap()),
             "an id is acked once"
         );
-        assert_eq!(payload(&s.next_outgoing(2).unwrap()), b"3");
+        assert_eq!(payload(&s.next_outgoing(2, all).unwrap()), b"3");
     }
 
     #[test]
     fn qos0_is_not_held_back_by_an_empty_window() {
         let mut s = state(10);
         s.enqueue(delivery("a", Qos::AtMostOnce), true);
-        let out = s.next_outgoing(0).unwrap();
+        let out = s.next_outgoing(0, all).unwrap();
         assert!(out.packet_id.is_none());
     }
 
@@ -365,7 +401,7 @@ mod tests {
     fn qos2_needs_pubrec_then_pubcomp() {
         let mut s = state(10);
         s.enqueue(delivery("x", Qos::ExactlyOnce), true);
-        let id = s.next_outgoing(10).unwrap().packet_id.unwrap();
+        let id = s.next_outgoing(10, all).unwrap().packet_id.unwrap();
         assert!(!s.acknowledge(id), "PUBACK does not finish QoS 2");
         assert!(!s.completed(id), "PUBCOMP before PUBREC is out of order");
         assert!(s.received(id));
@@ -380,8 +416,8 @@ mod tests {
         for p in ["1", "2"] {
             s.enqueue(delivery(p, Qos::AtLeastOnce), true);
         }
-        s.next_outgoing(10);
-        s.next_outgoing(10);
+        s.next_outgoing(10, all);
+        s.next_outgoing(10, all);
         let order: Vec<&[u8]> = s
             .unacknowledged()
             .map(|i| &i.delivery.message.payload[..])
@@ -393,13 +429,59 @@ mod tests {
     fn packet_ids_skip_ids_still_in_flight_after_wrapping() {
         let mut s = state(100_000);
         s.enqueue(delivery("held", Qos::AtLeastOnce), true);
-        let held = s.next_outgoing(usize::MAX).unwrap().packet_id.unwrap();
+        let held = s.next_outgoing(usize::MAX, all).unwrap().packet_id.unwrap();
         for _ in 0..u16::MAX as usize + 5 {
             s.enqueue(delivery("x", Qos::AtLeastOnce), true);
-            let id = s.next_outgoing(usize::MAX).unwrap().packet_id.unwrap();
+            let id = s.next_outgoing(usize::MAX, all).unwrap().packet_id.unwrap();
             assert_ne!(id, held);
             s.acknowledge(id);
         }
+    }
+
+    fn topic_delivery(topic: &str, qos: Qos) -> Delivery {
+        let mut d = delivery("x", qos);
+        Arc::make_mut(&mut d.message).topic =
+            TopicName::parse(topic, TopicLimits::default()).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_queued_message_the_client_may_no_longer_receive_is_dropped_when_it_leaves() {
+        let mut s = state(10);
+        for topic in ["open", "secret", "open"] {
+            s.enqueue(topic_delivery(topic, Qos::AtLeastOnce), true);
+        }
+        let not_secret = |t: &TopicName| t.as_str() != "secret";
+        let sent: Vec<_> = std::iter::from_fn(|| s.next_outgoing(10, not_secret))
+            .map(|o| o.delivery.message.topic.as_str().to_owned())
+            .collect();
+        assert_eq!(sent, ["open", "open"]);
+        assert_eq!((s.inflight(), s.dropped), (2, 1));
+    }
+
+    #[test]
+    fn an_unacknowledged_message_the_client_may_no_longer_receive_is_not_resent() {
+        let mut s = state(10);
+        for (topic, qos) in [
+            ("open", Qos::AtLeastOnce),
+            ("secret", Qos::AtLeastOnce),
+            ("secret", Qos::ExactlyOnce),
+        ] {
+            s.enqueue(topic_delivery(topic, qos), true);
+        }
+        let ids: Vec<_> = std::iter::from_fn(|| s.next_outgoing(10, all))
+            .map(|o| o.packet_id.unwrap())
+            .collect();
+        // The QoS 2 one is past PUBREC: only its PUBREL is left, which carries no message.
+        assert!(s.received(ids[2]));
+        let not_secret = |t: &TopicName| t.as_str() != "secret";
+        let resent: Vec<_> = s
+            .resendable(not_secret)
+            .into_iter()
+            .map(|i| (i.packet_id, i.released))
+            .collect();
+        assert_eq!(resent, [(ids[0], false), (ids[2], true)]);
+        assert!(!s.acknowledge(ids[1]), "the denied one is forgotten");
     }
 
     #[test]

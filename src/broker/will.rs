@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::message::Message;
 use super::{Broker, BrokerConfig, ClientKey, wire};
 use crate::mqtt::{ConnectAckReason, LastWill};
-use crate::store::Owner;
+use crate::store::{self, Owner};
 use crate::topic::TopicName;
 
 /// A Will message and how long after the connection ends it is published.
@@ -45,6 +45,11 @@ pub(super) fn will(
         cfg.topic_limits,
     )
     .map_err(|_| ConnectAckReason::ProtocolError)?;
+    // [issue 13] the user-property limit of a PUBLISH (and of the HTTP API) holds for a Will.
+    if store::user_properties_wire_len(&properties.user_properties) > store::MAX_USER_PROPERTY_BYTES
+    {
+        return Err(ConnectAckReason::ImplementationSpecificError);
+    }
     Ok(Will {
         message: Message {
             topic,

@@ -13,7 +13,7 @@ use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::framed::{Error, Version};
-use super::{Packet, v3};
+use super::{Packet, v3, validate};
 
 /// The codec of one connection, from its first byte on.
 #[derive(Debug)]
@@ -80,12 +80,25 @@ impl Decoder for Codec {
         if matches!(self.inner, MqttCodec::Version(_)) && !self.settle_version(src)? {
             return Ok(None);
         }
-        let decoded = match &mut self.inner {
-            MqttCodec::V3(codec) => codec.decode(src)?.map(|(p, len)| (v3::inbound(p), len)),
-            MqttCodec::V5(codec) => codec.decode(src)?,
+        let (decoded, version) = match &mut self.inner {
+            MqttCodec::V3(codec) => {
+                if !validate::whole_frame(src, self.max_packet_size) {
+                    return Ok(None);
+                }
+                validate::v3_subscribe_options(src)?;
+                let decoded = codec.decode(src)?;
+                (decoded.map(|(p, len)| (v3::inbound(p), len)), Version::V3)
+            }
+            MqttCodec::V5(codec) => (codec.decode(src)?, Version::V5),
             MqttCodec::Version(_) => return Err(Error::NotConnect),
         };
-        decoded.map(|(p, len)| bodiless(p, len)).transpose()
+        let Some((packet, len)) = decoded else {
+            return Ok(None);
+        };
+        let packet = bodiless(packet, len)?;
+        // The one check of every string and rule the decoder leaves to us.
+        validate::packet(&packet, version)?;
+        Ok(Some(packet))
     }
 }
 

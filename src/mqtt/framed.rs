@@ -2,8 +2,9 @@
 
 use futures_util::{SinkExt, StreamExt};
 use rmqtt_codec::error::{DecodeError, EncodeError};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::validate::Violation;
 use super::{Codec, Connect, ConnectAck, ConnectAckReason, Packet};
 
 /// The protocol a client speaks; MQTT 3.1 clients are served as 3.1.1.
@@ -25,6 +26,8 @@ pub enum Error {
     NotConnect,
     #[error("unsupported protocol name or version")]
     UnsupportedVersion,
+    #[error("invalid packet: {0}")]
+    Invalid(#[from] Violation),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -64,6 +67,18 @@ where
             };
             let _ = io.send(Packet::ConnectAck(Box::new(refusal))).await;
             return Err(DecodeError::InvalidClientId.into());
+        }
+        Some(Err(Error::Invalid(violation))) => {
+            // The codec settled the version before it refused the CONNECT.
+            let refusal = io.codec().version().and_then(|v| violation.connack(v));
+            if let Some(reason_code) = refusal {
+                let refusal = ConnectAck {
+                    reason_code,
+                    ..ConnectAck::default()
+                };
+                let _ = io.send(Packet::ConnectAck(Box::new(refusal))).await;
+            }
+            return Err(violation.into());
         }
         Some(Err(e)) => return Err(e),
     };
@@ -116,6 +131,22 @@ where
     /// Bytes queued for the client but not yet written to the socket.
     pub fn pending_write_bytes(&self) -> usize {
         self.io.write_buffer().len()
+    }
+
+    /// Ends the connection so that what was sent reaches the client: shuts the write side (a
+    /// FIN after the last packet), then reads and discards whatever the client still sends
+    /// until it closes too or `linger` has passed. Closing a socket with unread input makes
+    /// the kernel send a reset, which discards what it has not delivered yet: a client that
+    /// was still sending (one flooding past Receive Maximum, a publisher at shutdown) would
+    /// lose the DISCONNECT that says why.
+    pub async fn close(&mut self, linger: std::time::Duration) {
+        let io = self.io.get_mut();
+        let _ = tokio::time::timeout(linger, async {
+            let _ = io.shutdown().await;
+            let mut discard = [0u8; 4096];
+            while matches!(io.read(&mut discard).await, Ok(n) if n > 0) {}
+        })
+        .await;
     }
 
     /// The largest packet the client said it accepts (MQTT 5 Maximum Packet Size); a larger

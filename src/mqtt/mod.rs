@@ -11,6 +11,7 @@
 mod codec;
 mod framed;
 mod v3;
+mod validate;
 
 pub use bytestring::ByteString;
 pub use codec::{Codec, decode_stream};
@@ -24,3 +25,4 @@ pub use rmqtt_codec::v5::{
     SubscribeAck, SubscribeAckReason, SubscriptionOptions, Unsubscribe, UnsubscribeAck,
     UnsubscribeAckReason, UserProperties,
 };
+pub use validate::Violation;

@@ -254,6 +254,19 @@ impl Raw {
         Self { stream }
     }
 
+    /// Opens a connection from another loopback address (any of 127.0.0.0/8), for what the
+    /// broker counts by source address.
+    pub async fn open_from(server: std::net::SocketAddr, local: std::net::IpAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(std::net::SocketAddr::new(local, 0))
+            .expect("binding a loopback address");
+        let stream = within("a TCP connection", socket.connect(server))
+            .await
+            .expect("connecting to the MQTT listener");
+        Self { stream }
+    }
+
     /// Opens a connection, sends `connect` and returns the CONNACK.
     pub async fn connect(app: &TestApp, connect: &[u8]) -> (Self, RawPacket) {
         let mut raw = Self::open(app).await;

@@ -1,0 +1,99 @@
+//! Shutting down (SIGTERM, SIGINT: `Running::shutdown`) sends every MQTT 5 client DISCONNECT
+//! 0x8B before its socket closes, whatever the client was doing: idle, still publishing,
+//! or taking retained messages.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mqtt::raw::build;
+use common::{Backend, spawn_app};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+const GOODBYE: [u8; 4] = [0xE0, 0x02, 0x8B, 0x00];
+
+/// Everything the broker sends until it closes; a reset fails the test.
+fn read_all(mut read: tokio::net::tcp::OwnedReadHalf) -> JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        let read = common::mqtt::within("the close", read.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "closed, not reset: {read:?}");
+        got
+    })
+}
+
+async fn connect(addr: std::net::SocketAddr, id: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&build::connect(id, true, 60, Some(&[])))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 2];
+    stream.read_exact(&mut connack).await.unwrap();
+    let mut rest = vec![0u8; usize::from(connack[1])];
+    stream.read_exact(&mut rest).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mqtt5_client_gets_disconnect_0x8b_at_shutdown() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let addr = app.mqtt_addr;
+    // Retained messages for a subscription to be taking when the shutdown comes.
+    let mut loader = connect(addr, "loader").await;
+    let mut load = Vec::new();
+    for i in 1..=2000u16 {
+        let topic = format!("r/{i}");
+        load.extend(build::publish(
+            &topic,
+            1,
+            true,
+            false,
+            i,
+            Some(&[]),
+            &[b'r'; 200],
+        ));
+    }
+    loader.write_all(&load).await.unwrap();
+    let mut acks = vec![0u8; 2000 * 4];
+    loader.read_exact(&mut acks).await.unwrap();
+
+    let (idle_read, _idle_write) = connect(addr, "idle").await.into_split();
+    let idle = read_all(idle_read);
+
+    // A publisher that never stops sending, so its input is never all read.
+    let (publisher_read, mut publisher_write) = connect(addr, "publisher").await.into_split();
+    let publisher = read_all(publisher_read);
+    let publishing = tokio::spawn(async move {
+        let one = build::publish("busy", 0, false, false, 0, Some(&[]), &[b'p'; 512]);
+        while publisher_write.write_all(&one).await.is_ok() {}
+    });
+
+    let mut subscriber = connect(addr, "subscriber").await;
+    subscriber
+        .write_all(&build::subscribe(1, "r/#", 0, Some(&[])))
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    subscriber.read_exact(&mut first).await.unwrap();
+    let (subscriber_read, _subscriber_write) = subscriber.into_split();
+    let subscriber = read_all(subscriber_read);
+
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("shutdown within its grace period");
+    for (who, got) in [
+        ("idle", idle.await.unwrap()),
+        ("publisher", publisher.await.unwrap()),
+        ("subscriber", subscriber.await.unwrap()),
+    ] {
+        assert!(
+            got.ends_with(&GOODBYE),
+            "{who}: {:x?}",
+            &got[got.len().saturating_sub(16)..]
+        );
+    }
+    publishing.await.unwrap();
+}
