@@ -135,7 +135,13 @@ pub struct ServeConfig {
     pub rate_publish: f64,
 
     /// Where retained messages live: sqlite://PATH (file created if missing) or postgres://...
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/retaind.db")]
+    // `--help` would otherwise print the environment's value, password and all.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://data/retaind.db"
+    )]
     pub database_url: String,
 
     /// Largest accepted payload in bytes; larger publishes get 413.
@@ -220,5 +226,22 @@ impl ServeConfig {
     /// The defaults, as `retaind` with no flags and no environment would use them.
     pub fn defaults() -> Self {
         Cli::parse_from(["retaind"]).serve
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn help_does_not_print_the_database_url_from_the_environment() {
+        let command = Cli::command();
+        let database_url = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "database_url")
+            .expect("the --database-url flag");
+        assert!(database_url.is_hide_env_values_set());
     }
 }
