@@ -20,6 +20,7 @@ mod page_token;
 mod payload;
 mod peer;
 mod publish;
+mod query;
 mod request_context;
 mod retained;
 mod throttle;

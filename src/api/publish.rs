@@ -1,7 +1,6 @@
 //! Publish: `POST /topics/{topic}`. A retained publish is committed before the 200.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use bytes::Bytes;
@@ -11,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::mqtt5_headers::{self, CORRELATION_DATA, PAYLOAD_FORMAT, USER_PROPERTIES};
 use super::payload::Payload;
+use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, RequestId, TopicPath};
 use crate::auth::Action;
 use crate::broker::Message;
@@ -187,7 +187,7 @@ pub async fn publish(
     Extension(request_id): Extension<RequestId>,
     caller: Caller,
     topic: Result<TopicPath, ApiError>,
-    params: Result<Query<PublishParams>, QueryRejection>,
+    params: Result<Params<PublishParams>, ApiError>,
     headers: HeaderMap,
     Payload(payload): Payload,
 ) -> Result<Json<PublishResponse>, ApiError> {
@@ -195,7 +195,7 @@ pub async fn publish(
     // is still sending would make the server drop the connection under the client's next
     // request (boto3 reuses connections).
     let TopicPath(topic) = topic?;
-    let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let Params(params) = params?;
     let publish = Publish::parse(topic, params, &headers, payload, state.topic_limits)?;
     // As on AWS, a retained publish needs both actions.
     caller.authorize(Action::Publish, Some(&publish.topic))?;

@@ -4,14 +4,14 @@
 mod list_filter;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
+use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, TopicPath};
 use crate::auth::Action;
 use crate::store::{RetainedMessage, RetainedSummary, UserProperty};
@@ -103,10 +103,10 @@ pub struct GetRetainedMessageResponse {
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-    params: Result<Query<ListParams>, QueryRejection>,
+    params: Result<Params<ListParams>, ApiError>,
 ) -> Result<Json<ListRetainedMessagesResponse>, ApiError> {
     caller.authorize(Action::ListRetainedMessages, None)?;
-    let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let Params(params) = params?;
     let page_size = match params.max_results.as_deref() {
         None => DEFAULT_PAGE_SIZE,
         Some(raw) => raw
