@@ -9,6 +9,7 @@
 //! This module must not reach into the database directly.
 
 mod auth;
+mod browser;
 mod console;
 mod error;
 mod health;
@@ -37,6 +38,7 @@ use axum::routing::{get, post};
 use payload::MaxPayload;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use browser::AllowedHosts;
 pub use error::{ApiError, ErrorBody};
 pub use incoming::HttpIncoming;
 pub use openapi::spec;
@@ -81,6 +83,8 @@ pub struct Shared {
     pub auth: Authenticator,
     /// Per-principal request rates of the AWS operations.
     pub throttle: Throttle,
+    /// Host names answered besides loopback ones when there are no principals.
+    pub allowed_hosts: AllowedHosts,
 }
 
 impl FromRef<ApiState> for MaxPayload {
@@ -100,19 +104,31 @@ pub fn router(state: ApiState) -> Router {
     // OpenAPI document, the console's files (which hold no data) and its session-info (which
     // says only whether to sign in) do not; MQTT over WebSocket authenticates in its CONNECT,
     // like MQTT over TCP, or by a presigned upgrade URL it checks itself. See decisions 007
-    // and 008.
+    // and 008. Without principals, a browser may not use either for another site's page, and
+    // no route answers for a host name that is not this machine's (see `browser`).
     let operations = Router::new()
         .route("/retainedMessage", get(retained::list))
         .route("/retainedMessage/", get(empty_topic))
         .route("/retainedMessage/{*topic}", get(retained::get))
         .route("/topics/", post(empty_topic))
         .route("/topics/{*topic}", post(publish::publish))
-        // Layers run last-added first: credentials, then the caller's request rate.
+        // Layers run last-added first: the cross-site rule, credentials, then the caller's
+        // request rate.
         .route_layer(from_fn_with_state(state.clone(), throttle::throttle))
-        .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            browser::refuse_cross_site,
+        ));
+    let websocket = Router::new()
+        .route("/mqtt", get(mqtt_websocket::upgrade))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            browser::refuse_cross_site,
+        ));
     Router::new()
         .merge(operations)
-        .route("/mqtt", get(mqtt_websocket::upgrade))
+        .merge(websocket)
         .route("/", get(console::index))
         .route("/console/session-info", get(console::session_info))
         .route("/console/{file}", get(console::asset))
@@ -122,6 +138,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(from_fn_with_state(state.clone(), browser::check_host))
         .layer(from_fn(request_context::request_context))
         .with_state(state)
 }

@@ -52,6 +52,10 @@ impl Peer {
         }
     }
 
+    pub fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls { .. })
+    }
+
     /// `ws://addr` or `wss://addr`: how logs name an MQTT client on this connection.
     pub fn websocket_name(&self) -> String {
         match self.transport {

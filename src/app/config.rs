@@ -42,6 +42,13 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
+    /// Host names, besides localhost and loopback addresses, that requests may name when no
+    /// principals are configured (comma-separated; any port): a proxy's or a /etc/hosts name
+    /// for this machine. Requests for other names get 403, against DNS rebinding. Not used
+    /// with principals.
+    #[arg(long, env = "RETAIND_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
     /// Address for MQTT over TCP (3.1.1 and 5.0). MQTT over WebSocket is served on the HTTP
     /// address at /mqtt.
     #[arg(long, env = "RETAIND_MQTT_ADDR", default_value = "127.0.0.1:1883")]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Cli, Command, LogFormat, ServeConfig};
 pub use redact::redact_url;
 
-use crate::api::{self, ApiState, PageTokens, RateLimits, Throttle};
+use crate::api::{self, AllowedHosts, ApiState, PageTokens, RateLimits, Throttle};
 use crate::auth::{AuthConfig, Authenticator, ConfigError};
 use crate::broker::{self, Broker, BrokerConfig};
 use crate::store::{self, Clock, Store, StoreOptions};
@@ -147,6 +147,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             list_retained_messages: config.rate_list_retained_messages,
             publish: config.rate_publish,
         }),
+        allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
     });
     let mqtt_listener = TcpListener::bind(config.mqtt_addr)
         .await
