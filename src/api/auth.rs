@@ -90,11 +90,7 @@ pub async fn authenticate(State(state): State<ApiState>, req: Request, next: Nex
 }
 
 fn err_kind(err: &ApiError) -> &'static str {
-    match err {
-        ApiError::Unauthenticated(cause) => cause.aws_error_type(),
-        ApiError::TooLarge { .. } => "RequestEntityTooLargeException",
-        _ => "other",
-    }
+    err.parts().1
 }
 
 async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiError> {

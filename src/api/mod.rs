@@ -23,7 +23,9 @@ mod peer;
 mod publish;
 mod query;
 mod request_context;
+mod request_target;
 mod retained;
+mod server;
 mod throttle;
 mod topic_path;
 
@@ -45,6 +47,7 @@ pub use openapi::spec;
 pub use page_token::PageTokens;
 pub use peer::{Peer, Transport};
 pub use request_context::RequestId;
+pub use server::{BodyTimeout, HttpTimeouts, MAX_HEAD_BYTES, MAX_HEADERS, serve};
 pub use throttle::{RateLimits, Throttle};
 use topic_path::TopicPath;
 
@@ -138,6 +141,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(from_fn(request_target::refuse_fragment))
         .layer(from_fn_with_state(state.clone(), browser::check_host))
         .layer(from_fn(request_context::request_context))
         .with_state(state)

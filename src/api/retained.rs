@@ -95,7 +95,7 @@ pub struct GetRetainedMessageResponse {
         (status = 200, body = ListRetainedMessagesResponse),
         (status = 400, description = "InvalidRequestException: bad maxResults, a nextToken this service did not issue, or an invalid topicFilter or topicPrefix", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
-        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:ListRetainedMessages", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:ListRetainedMessages; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
         (status = 429, description = "ThrottlingException: the caller's ListRetainedMessages rate (--rate-list-retained-messages) is used up", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException", body = ErrorBody),
     )
@@ -190,7 +190,7 @@ async fn list_selected(
         (status = 200, body = GetRetainedMessageResponse),
         (status = 400, description = "InvalidRequestException: not a valid topic name", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
-        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:GetRetainedMessage on the topic", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:GetRetainedMessage on the topic; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
         (status = 404, description = "ResourceNotFoundException: no retained message on this topic", body = ErrorBody),
         (status = 429, description = "ThrottlingException: the caller's GetRetainedMessage rate (--rate-get-retained-message) is used up", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException", body = ErrorBody),

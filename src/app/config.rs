@@ -208,6 +208,27 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_READ_CACHE_MIB", default_value_t = 64)]
     pub read_cache_mib: u64,
 
+    /// How long a client has to send a request's head (request line and headers): from the
+    /// connection's start for its first request, from the first byte for later ones. Past it
+    /// the connection is closed.
+    #[arg(long, env = "RETAIND_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub http_header_timeout: Duration,
+
+    /// How long a client has to send a request's whole body, from the end of its head. Past it
+    /// the request gets 408 RequestTimeoutException and the connection is closed.
+    #[arg(long, env = "RETAIND_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub http_body_timeout: Duration,
+
+    /// How long a kept-alive HTTP connection may wait for its next request. WebSocket
+    /// connections (MQTT) are not HTTP connections once upgraded: MQTT keep alive governs them.
+    #[arg(long, env = "RETAIND_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub http_idle_timeout: Duration,
+
+    /// At shutdown, how long HTTP requests in flight may take to finish; connections still
+    /// open then are dropped, so stopping always completes.
+    #[arg(long, env = "RETAIND_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub shutdown_timeout: Duration,
+
     /// Log line format. The level comes from RUST_LOG (default: info).
     #[arg(long, env = "RETAIND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -226,6 +247,15 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{s:?} is not a rate (requests per second, 0 for no limit)"
         )),
+    }
+}
+
+/// A timeout: a duration (humantime, e.g. 10s, 1m) more than zero.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("a timeout must be more than 0".to_owned()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
