@@ -8,12 +8,14 @@ mod common;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::mqtt::raw::build;
 use common::mqtt::within;
 use common::mqtt::ws::RawWs;
+use common::raw_http::{closed, exchange};
 use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -650,6 +652,30 @@ async fn wss_unmapped_client_certificate_without_password_is_refused() {
     ws.frame(true, 2, &build::connect("sensor-ws", true, 60, None))
         .await;
     assert_eq!(ws.packet().await, (0x20, vec![0, 0x05]));
+    app.stop().await;
+}
+
+/// HTTPS connections are served by the same loop as plain HTTP: its timeouts and its answers
+/// in place of hyper's refusals hold there too.
+#[tokio::test]
+async fn https_connections_have_the_http_timeouts_and_error_shape() {
+    const HEADER: Duration = Duration::from_millis(300);
+    let pki = Pki::new();
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = tls_config(&pki, &db.url);
+    config.http_header_timeout = HEADER;
+    let app = spawn_app_with(db, config).await;
+
+    let mut partial = tls_open_at(https_addr(&app), &pki.connector(None)).await;
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    assert!(closed(&mut partial).await >= HEADER);
+
+    let mut malformed = tls_open_at(https_addr(&app), &pki.connector(None)).await;
+    let res = exchange(&mut malformed, b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n").await;
+    res.assert_error(400, "InvalidRequestException", "not valid HTTP/1.1");
     app.stop().await;
 }
 
