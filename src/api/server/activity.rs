@@ -24,6 +24,8 @@ pub(super) struct Activity {
 struct State {
     phase: Phase,
     line: Line,
+    /// hyper is done with the connection: a socket upgraded to a WebSocket reads on, uncounted.
+    retired: bool,
 }
 
 /// The first line of the head being read.
@@ -62,6 +64,7 @@ impl Activity {
             state: Mutex::new(State {
                 phase: Phase::opened(now),
                 line: Line::starting(),
+                retired: false,
             }),
             changed: Notify::new(),
         })
@@ -75,6 +78,9 @@ impl Activity {
     /// Bytes arrived from the client.
     pub(super) fn read(&self, bytes: &[u8], now: Instant) {
         let mut state = self.state();
+        if state.retired {
+            return;
+        }
         let head_began = state.phase.on_read(now);
         if head_began {
             state.line = Line::starting();
@@ -107,6 +113,13 @@ impl Activity {
     pub(super) fn response_done(&self, now: Instant) {
         self.state().phase.on_response_done(now);
         self.changed.notify_one();
+    }
+
+    /// hyper has let go of the connection; what the socket reads from now on is not HTTP.
+    pub(super) fn retire(&self) {
+        let mut state = self.state();
+        state.retired = true;
+        state.line = Line::Done(None);
     }
 
     pub(super) fn deadline(&self, timeouts: &HttpTimeouts) -> Option<(Instant, Expired)> {
@@ -157,6 +170,19 @@ mod tests {
         activity.response_done(now);
         // hyper parses the second request from what it had already read.
         assert_eq!(activity.request_started(), None);
+    }
+
+    #[test]
+    fn a_retired_connection_keeps_nothing_of_what_it_reads() {
+        let now = Instant::now();
+        let activity = Activity::new(now);
+        activity.read(b"GET /mqtt HTTP/1.1\r\n\r\n", now);
+        activity.request_started();
+        activity.response_done(now);
+        activity.retire();
+        activity.read(b"\x10\x0c\x00\x04MQTT", now);
+        assert!(matches!(activity.state().line, Line::Done(None)));
+        assert!(matches!(activity.state().phase, Phase::Idle { .. }));
     }
 
     #[test]

@@ -63,6 +63,8 @@ where
                 if let Err(e) = done {
                     tracing::debug!(%addr, error = %e, "HTTP connection ended with an error");
                 }
+                // Upgraded or closed: an upgraded socket's reads are MQTT, not heads.
+                activity.retire();
                 return;
             }
             () = timer => {
