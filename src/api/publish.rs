@@ -28,8 +28,14 @@ pub struct PublishParams {
     #[param(value_type = Option<bool>)]
     retain: Option<String>,
     /// MQTT 5 content type (a UTF-8 string, e.g. a MIME type).
+    #[param(pattern = r"^[^\u0000]*$")]
     content_type: Option<String>,
-    /// MQTT 5 response topic (a topic name, no wildcards).
+    /// MQTT 5 response topic: a topic name, as the topic (no wildcards, within the same limits).
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^+#/\u0000]*(/[^+#/\u0000]*){0,7}$"
+    )]
     response_topic: Option<String>,
     /// MQTT 5 message expiry in seconds; 0 or absent means the message never expires.
     #[param(value_type = Option<u32>, minimum = 0)]
@@ -165,11 +171,11 @@ impl Publish {
     operation_id = "Publish",
     tag = "publish",
     params(
-        ("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too"),
+        ("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too. At most 256 UTF-8 bytes and 8 levels (the defaults of --max-topic-bytes and --max-topic-levels), no `+`, `#` or U+0000; with retain=true, not starting with `$`", min_length = 1, max_length = 256, pattern = r"^[^+#/\u0000]*(/[^+#/\u0000]*){0,7}$"),
         PublishParams,
-        ("x-amz-mqtt5-user-properties" = Option<String>, Header, description = "Base64 of a JSON array of single-key objects, e.g. `[{\"deviceName\":\"alpha\"}]`"),
-        ("x-amz-mqtt5-payload-format-indicator" = Option<String>, Header, description = "`UNSPECIFIED_BYTES` or `UTF8_DATA`"),
-        ("x-amz-mqtt5-correlation-data" = Option<String>, Header, description = "Base64 of the correlation data"),
+        ("x-amz-mqtt5-user-properties" = Option<String>, Header, nullable = false, description = "Base64 of a JSON array of single-key objects with string values, e.g. `[{\"deviceName\":\"alpha\"}]`; at most 8 KiB as MQTT 5 frames them (5 bytes per property besides its key and value), no U+0000", pattern = r"^[A-Za-z0-9+/]*={0,2}$"),
+        ("x-amz-mqtt5-payload-format-indicator" = Option<String>, Header, nullable = false, description = "`UNSPECIFIED_BYTES` or `UTF8_DATA`; `UTF8_DATA` requires a payload that is UTF-8", pattern = "^(UNSPECIFIED_BYTES|UTF8_DATA)$"),
+        ("x-amz-mqtt5-correlation-data" = Option<String>, Header, nullable = false, description = "Base64 (standard, padded) of at most 65,535 bytes of correlation data", max_length = 87_380, pattern = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The payload bytes; empty with retain=true deletes the retained message"),
     responses(

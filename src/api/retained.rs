@@ -28,7 +28,8 @@ pub struct ListParams {
     /// Page size, 1 to 200 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     max_results: Option<String>,
-    /// The `nextToken` of the previous page.
+    /// The `nextToken` of the previous page (a token this service issued).
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     next_token: Option<String>,
     /// **retaind extension, not part of the AWS API; AWS SDKs don't send it.** Lists only the
     /// topics matching this MQTT topic filter: `+` matches one level, `#` the rest (including
@@ -36,13 +37,17 @@ pub struct ListParams {
     /// Shared subscriptions (`$share/...`) are refused. Percent-encode it: `+` is `%2B` and
     /// `#` is `%23` in a query string. A page may hold fewer than `maxResults` topics, even
     /// none, and still carry a `nextToken`: one request reads at most 10,000 stored topics.
-    #[param(example = "devices/+/config")]
+    #[param(
+        min_length = 1,
+        example = "devices/+/config",
+        pattern = r"^(?!\$share/)(\+|[^+#/\u0000]*)(/(\+|[^+#/\u0000]*))*(/#)?$|^#$"
+    )]
     topic_filter: Option<String>,
     /// **retaind extension, not part of the AWS API; AWS SDKs don't send it.** Lists only the
     /// topics that start with these characters (a literal prefix, no wildcards; `devices/a`
     /// matches `devices/a/x` and `devices/ab`). With `topicFilter` too, a topic must match
     /// both. Not empty. Pages behave as with `topicFilter`.
-    #[param(min_length = 1, example = "devices/")]
+    #[param(min_length = 1, example = "devices/", pattern = r"^[^\u0000]+$")]
     topic_prefix: Option<String>,
 }
 
@@ -185,7 +190,7 @@ async fn list_selected(
     path = "/retainedMessage/{topic}",
     operation_id = "GetRetainedMessage",
     tag = "retained messages",
-    params(("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too")),
+    params(("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too. At most 256 UTF-8 bytes and 8 levels (the defaults of --max-topic-bytes and --max-topic-levels), no `+`, `#` or U+0000", min_length = 1, max_length = 256, pattern = r"^[^+#/\u0000]*(/[^+#/\u0000]*){0,7}$")),
     responses(
         (status = 200, body = GetRetainedMessageResponse),
         (status = 400, description = "InvalidRequestException: not a valid topic name", body = ErrorBody),
