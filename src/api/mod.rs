@@ -47,7 +47,8 @@ pub use openapi::spec;
 pub use page_token::PageTokens;
 pub use peer::{Peer, Transport};
 pub use request_context::RequestId;
-pub use server::{BodyTimeout, HttpTimeouts, MAX_HEAD_BYTES, MAX_HEADERS, serve};
+use server::BodyTimeout;
+pub use server::{HttpTimeouts, serve};
 pub use throttle::{RateLimits, Throttle};
 use topic_path::TopicPath;
 
