@@ -211,7 +211,7 @@ async fn handshake(
     }
 }
 
-/// Serves HTTPS through `axum::serve`, which brings graceful shutdown.
+/// The HTTPS listener, as `crate::api::serve` takes it.
 impl axum::serve::Listener for TlsIncoming {
     type Io = TlsStream<PromptAcks>;
     type Addr = SocketAddr;

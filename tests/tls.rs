@@ -8,12 +8,14 @@ mod common;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::mqtt::raw::build;
 use common::mqtt::within;
 use common::mqtt::ws::RawWs;
+use common::raw_http::{closed, exchange};
 use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -580,6 +582,57 @@ async fn wss_client_certificate_stands_for_its_principal() {
     app.stop().await;
 }
 
+/// A page on another site must not connect as the certificate's principal: the upgrade goes
+/// through, without the certificate's identity, so its CONNECT needs credentials.
+#[tokio::test]
+async fn wss_client_certificate_does_not_count_for_a_cross_site_upgrade() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let cert = Some((&pki.client_chain[..], &pki.client_key));
+    for headers in [
+        &[
+            ("Origin", "https://evil.example"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ][..],
+        &[("Sec-Fetch-Site", "same-site")],
+        &[("Origin", "https://evil.example")],
+    ] {
+        let tls = tls_open_at(https_addr(&app), &pki.connector(cert)).await;
+        let (mut ws, head) = RawWs::upgrade_with(tls, "localhost", "mqtt", headers).await;
+        assert!(head.starts_with("http/1.1 101"), "{headers:?}: {head}");
+        ws.frame(true, 2, &build::connect("sensor-ws", true, 60, None))
+            .await;
+        assert_eq!(
+            ws.packet().await,
+            (0x20, vec![0, 0x05]),
+            "{headers:?}: not authorized without credentials"
+        );
+    }
+
+    // With credentials in CONNECT, a page on another site connects as their principal.
+    let tls = tls_open_at(https_addr(&app), &pki.connector(cert)).await;
+    let headers = [
+        ("Origin", "https://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ];
+    let (mut ws, _) = RawWs::upgrade_with(tls, "localhost", "mqtt", &headers).await;
+    let login = build::connect_with_login("device-ws", None, "device", DEVICE_PASSWORD.as_bytes());
+    ws.frame(true, 2, &login).await;
+    assert_eq!(ws.packet().await, (0x20, vec![0, 0]));
+
+    // The server's own pages keep the certificate.
+    let tls = tls_open_at(https_addr(&app), &pki.connector(cert)).await;
+    let headers = [
+        ("Origin", "https://localhost"),
+        ("Sec-Fetch-Site", "same-origin"),
+    ];
+    let (mut ws, _) = RawWs::upgrade_with(tls, "localhost", "mqtt", &headers).await;
+    ws.frame(true, 2, &build::connect("sensor-ws", true, 60, None))
+        .await;
+    assert_eq!(ws.packet().await, (0x20, vec![0, 0]));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn wss_unmapped_client_certificate_without_password_is_refused() {
     let pki = Pki::new();
@@ -599,6 +652,30 @@ async fn wss_unmapped_client_certificate_without_password_is_refused() {
     ws.frame(true, 2, &build::connect("sensor-ws", true, 60, None))
         .await;
     assert_eq!(ws.packet().await, (0x20, vec![0, 0x05]));
+    app.stop().await;
+}
+
+/// HTTPS connections are served by the same loop as plain HTTP: its timeouts and its answers
+/// in place of hyper's refusals hold there too.
+#[tokio::test]
+async fn https_connections_have_the_http_timeouts_and_error_shape() {
+    const HEADER: Duration = Duration::from_millis(300);
+    let pki = Pki::new();
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = tls_config(&pki, &db.url);
+    config.http_header_timeout = HEADER;
+    let app = spawn_app_with(db, config).await;
+
+    let mut partial = tls_open_at(https_addr(&app), &pki.connector(None)).await;
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    assert!(closed(&mut partial).await >= HEADER);
+
+    let mut malformed = tls_open_at(https_addr(&app), &pki.connector(None)).await;
+    let res = exchange(&mut malformed, b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n").await;
+    res.assert_error(400, "InvalidRequestException", "not valid HTTP/1.1");
     app.stop().await;
 }
 

@@ -13,14 +13,14 @@ use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::HeaderName;
-use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use super::browser::cross_site;
 use super::payload::{drain, read_limited};
 use super::{ApiError, ApiState, Peer};
 use crate::auth::{Action, AuthError, Principal, SigV4Request};
@@ -90,11 +90,7 @@ pub async fn authenticate(State(state): State<ApiState>, req: Request, next: Nex
 }
 
 fn err_kind(err: &ApiError) -> &'static str {
-    match err {
-        ApiError::Unauthenticated(cause) => cause.aws_error_type(),
-        ApiError::TooLarge { .. } => "RequestEntityTooLargeException",
-        _ => "other",
-    }
+    err.parts().1
 }
 
 async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiError> {
@@ -102,11 +98,15 @@ async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiErr
         match Credentials::of(req.headers(), req.uri().query(), Peer::of(req.extensions())) {
             Credentials::SigV4 => return verify_sigv4(state, req).await,
             Credentials::Bearer(token) => state.auth.verify_bearer(token).map_err(ApiError::from),
-            Credentials::ClientCert(_) if cross_site(req.headers()) => Err(ApiError::Forbidden(
-                "a client certificate does not authenticate a cross-site browser request; \
+            // Browsers present a certificate to any site that asks, as they send cookies, so
+            // a page elsewhere could make one publish as the certificate's principal.
+            Credentials::ClientCert(_) if cross_site(req.headers(), "https") => {
+                Err(ApiError::Forbidden(
+                    "a client certificate does not authenticate a cross-site browser request; \
              send credentials (SigV4 or a bearer token)"
-                    .into(),
-            )),
+                        .into(),
+                ))
+            }
             Credentials::ClientCert(digest) => state
                 .auth
                 .verify_client_cert(&digest)
@@ -129,24 +129,6 @@ async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiErr
             drain(body).await;
             Err(err)
         }
-    }
-}
-
-/// Whether a browser says the request comes from another site. Browsers present a client
-/// certificate to any site that asks, as they send cookies, so a page elsewhere could make one
-/// publish as the certificate's principal with a plain form; a certificate therefore counts
-/// only for requests that are not cross-site. Non-browser clients send neither header.
-fn cross_site(headers: &HeaderMap) -> bool {
-    let header = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = header(HeaderName::from_static("sec-fetch-site")) {
-        // "none": typed into the address bar or a bookmark.
-        return !matches!(site, "same-origin" | "none");
-    }
-    // Older browsers: an Origin that is not this server's own.
-    match (header(ORIGIN), header(HOST)) {
-        (Some(origin), Some(host)) => origin != format!("https://{host}"),
-        (Some(_), None) => true,
-        (None, _) => false,
     }
 }
 

@@ -29,6 +29,18 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("the payload is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// The request head was over hyper's limits (answered for hyper, see `server::refusal`).
+    #[error("the request head is too large: at most {max_headers} headers in {max_bytes} bytes")]
+    HeadTooLarge {
+        max_headers: usize,
+        max_bytes: usize,
+    },
+    /// The request target was over hyper's limit (answered for hyper, see `server::refusal`).
+    #[error("the request target (path and query) is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    /// The body did not arrive within `--http-body-timeout` of the request's head.
+    #[error("the request body did not arrive within {} seconds; nothing was stored", .0.as_secs_f64())]
+    RequestTimeout(std::time::Duration),
     /// The caller exceeded its request rate for the operation named.
     #[error("rate exceeded for {0}; retry later")]
     Throttled(&'static str),
@@ -50,7 +62,8 @@ impl ApiError {
         Self::InvalidRequest(msg.into())
     }
 
-    fn parts(&self) -> (StatusCode, &'static str) {
+    /// The status and the AWS error name (`x-amzn-ErrorType`).
+    pub(super) fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "InvalidRequestException"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFoundException"),
@@ -67,6 +80,14 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLargeException",
             ),
+            // The AWS name closest in meaning: the SDKs raise it by name whatever the status.
+            Self::HeadTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "RequestEntityTooLargeException",
+            ),
+            Self::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "RequestEntityTooLargeException"),
+            // The SDKs' standard retry mode retries this name as a transient error.
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeoutException"),
             Self::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -1,4 +1,4 @@
-//! The plain HTTP listener. It hands `axum::serve` its connections as [`PromptAcks`] with
+//! The plain HTTP listener. It hands the server its connections as [`PromptAcks`] with
 //! prompt ACKs switched off, and keeps each connection's switch in its [`super::Peer`]. A
 //! connection that upgrades to MQTT over WebSocket turns the switch on, so that a client with
 //! Nagle's algorithm on keeps sending while its publishes commit, as over plain MQTT

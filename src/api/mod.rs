@@ -9,6 +9,7 @@
 //! This module must not reach into the database directly.
 
 mod auth;
+mod browser;
 mod console;
 mod error;
 mod health;
@@ -20,8 +21,11 @@ mod page_token;
 mod payload;
 mod peer;
 mod publish;
+mod query;
 mod request_context;
+mod request_target;
 mod retained;
+mod server;
 mod throttle;
 mod topic_path;
 
@@ -36,12 +40,15 @@ use axum::routing::{get, post};
 use payload::MaxPayload;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use browser::AllowedHosts;
 pub use error::{ApiError, ErrorBody};
 pub use incoming::HttpIncoming;
 pub use openapi::spec;
 pub use page_token::PageTokens;
 pub use peer::{Peer, Transport};
 pub use request_context::RequestId;
+use server::BodyTimeout;
+pub use server::{HttpTimeouts, serve};
 pub use throttle::{RateLimits, Throttle};
 use topic_path::TopicPath;
 
@@ -80,6 +87,8 @@ pub struct Shared {
     pub auth: Authenticator,
     /// Per-principal request rates of the AWS operations.
     pub throttle: Throttle,
+    /// Host names answered besides loopback ones when there are no principals.
+    pub allowed_hosts: AllowedHosts,
 }
 
 impl FromRef<ApiState> for MaxPayload {
@@ -99,19 +108,31 @@ pub fn router(state: ApiState) -> Router {
     // OpenAPI document, the console's files (which hold no data) and its session-info (which
     // says only whether to sign in) do not; MQTT over WebSocket authenticates in its CONNECT,
     // like MQTT over TCP, or by a presigned upgrade URL it checks itself. See decisions 007
-    // and 008.
+    // and 008. Without principals, a browser may not use either for another site's page, and
+    // no route answers for a host name that is not this machine's (see `browser`).
     let operations = Router::new()
         .route("/retainedMessage", get(retained::list))
         .route("/retainedMessage/", get(empty_topic))
         .route("/retainedMessage/{*topic}", get(retained::get))
         .route("/topics/", post(empty_topic))
         .route("/topics/{*topic}", post(publish::publish))
-        // Layers run last-added first: credentials, then the caller's request rate.
+        // Layers run last-added first: the cross-site rule, credentials, then the caller's
+        // request rate.
         .route_layer(from_fn_with_state(state.clone(), throttle::throttle))
-        .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            browser::refuse_cross_site,
+        ));
+    let websocket = Router::new()
+        .route("/mqtt", get(mqtt_websocket::upgrade))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            browser::refuse_cross_site,
+        ));
     Router::new()
         .merge(operations)
-        .route("/mqtt", get(mqtt_websocket::upgrade))
+        .merge(websocket)
         .route("/", get(console::index))
         .route("/console/session-info", get(console::session_info))
         .route("/console/{file}", get(console::asset))
@@ -121,6 +142,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(from_fn(request_target::refuse_fragment))
+        .layer(from_fn_with_state(state.clone(), browser::check_host))
         .layer(from_fn(request_context::request_context))
         .with_state(state)
 }

@@ -6,14 +6,15 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::ApiError;
-use crate::store::{PayloadFormat, UserProperty};
+use crate::store::{
+    MAX_USER_PROPERTY_BYTES, PayloadFormat, UserProperty, user_properties_wire_len,
+};
+use crate::topic::check_text;
 
 pub const USER_PROPERTIES: &str = "x-amz-mqtt5-user-properties";
 pub const PAYLOAD_FORMAT: &str = "x-amz-mqtt5-payload-format-indicator";
 pub const CORRELATION_DATA: &str = "x-amz-mqtt5-correlation-data";
 
-/// AWS IoT's limit on the user properties of one message, summed over keys and values.
-pub const MAX_USER_PROPERTY_BYTES: usize = 8 * 1024;
 /// MQTT binary data and strings carry a two-byte length.
 pub const MAX_CORRELATION_DATA_BYTES: usize = 65_535;
 
@@ -22,6 +23,9 @@ pub const MAX_CORRELATION_DATA_BYTES: usize = 65_535;
 /// boto3 JSON-encodes whatever it is given, so a caller who passes the array as a JSON *string*
 /// (as boto3's own documentation shows) sends base64 of a string literal that holds the array.
 /// Both forms are accepted: a decoded string is parsed once more.
+///
+/// Keys and values are MQTT UTF-8 strings ([MQTT-1.5.4-2]: no U+0000), and together they must
+/// fit [`MAX_USER_PROPERTY_BYTES`] as an MQTT 5 packet frames them.
 pub fn user_properties(header: &str) -> Result<Vec<UserProperty>, ApiError> {
     let bad = |why: &str| ApiError::invalid(format!("{USER_PROPERTIES} {why}"));
     let raw = STANDARD
@@ -38,7 +42,6 @@ pub fn user_properties(header: &str) -> Result<Vec<UserProperty>, ApiError> {
         ));
     };
     let mut props = Vec::with_capacity(items.len());
-    let mut total = 0;
     for item in items {
         let Value::Object(map) = item else {
             return Err(bad(
@@ -49,13 +52,15 @@ pub fn user_properties(header: &str) -> Result<Vec<UserProperty>, ApiError> {
             let Value::String(value) = value else {
                 return Err(bad("values must be strings"));
             };
-            total += key.len() + value.len();
+            check_text(&key).map_err(|e| bad(&format!("key {key:?} {e}")))?;
+            check_text(&value).map_err(|e| bad(&format!("value of key {key:?} {e}")))?;
             props.push(UserProperty { key, value });
         }
     }
-    if total > MAX_USER_PROPERTY_BYTES {
+    if user_properties_wire_len(&props) > MAX_USER_PROPERTY_BYTES {
         return Err(bad(&format!(
-            "exceed {MAX_USER_PROPERTY_BYTES} bytes in total"
+            "exceed {MAX_USER_PROPERTY_BYTES} bytes in total, counting 5 bytes of MQTT framing \
+             per property besides its key and value"
         )));
     }
     Ok(props)
@@ -144,6 +149,27 @@ mod tests {
     fn user_properties_over_the_size_limit_are_rejected() {
         let big = format!(r#"[{{"k":"{}"}}]"#, "v".repeat(MAX_USER_PROPERTY_BYTES));
         assert!(user_properties(&b64(&big)).is_err());
+    }
+
+    #[test]
+    fn many_empty_user_properties_are_over_the_size_limit() {
+        // Nothing but framing: 5 bytes each on the wire.
+        let fits = MAX_USER_PROPERTY_BYTES / 5;
+        let empty = |n: usize| b64(&format!("[{}]", vec![r#"{"":""}"#; n].join(",")));
+        assert_eq!(user_properties(&empty(fits)).unwrap().len(), fits);
+        assert!(user_properties(&empty(fits + 1)).is_err());
+        assert!(user_properties(&empty(20_000)).is_err());
+    }
+
+    #[test]
+    fn the_null_character_is_refused_in_keys_and_values() {
+        for bad in [r#"[{"a\u0000":"v"}]"#, r#"[{"k":"\u0000"}]"#] {
+            let err = user_properties(&b64(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("must not contain the null character U+0000"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

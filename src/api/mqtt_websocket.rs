@@ -8,6 +8,14 @@
 //! AWS error if bad; its principal then goes to the broker the same way, so the CONNECT needs
 //! no credentials. The signature wins over a certificate, as the Authorization header does for
 //! the HTTP API.
+//!
+//! A browser presents its client certificate to any page's WebSocket, as it sends cookies, so
+//! the certificate does not go to the broker when the upgrade is cross-site ([`cross_site`]):
+//! the connection is upgraded without it, and its CONNECT needs credentials like any other.
+//! Refusing the upgrade instead would also stop a page on another site that signs in properly.
+//! A presigned URL is a bearer credential (whoever holds the URL may use it), so it counts
+//! from any page. Without principals, cross-site upgrades are refused before this handler runs
+//! (`browser::refuse_cross_site`).
 
 use std::io;
 use std::sync::Arc;
@@ -24,6 +32,7 @@ use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 
+use super::browser::cross_site;
 use super::{ApiError, ApiState, Peer};
 use crate::auth::{self, AuthError, Principal, SigV4Request};
 use crate::broker::{Broker, TransportIdentity};
@@ -45,6 +54,8 @@ pub async fn upgrade(
         }
         None => ("websocket".to_owned(), None, None),
     };
+    // A certificate only exists over TLS, so this server's origin is https.
+    let client_cert = client_cert.filter(|_| !cross_site(&headers, "https"));
     let identity = match presigned_principal(&state, &method, &uri, &headers) {
         Ok(Some(principal)) => Some(TransportIdentity::Signed(principal)),
         Ok(None) => client_cert.map(TransportIdentity::ClientCert),

@@ -13,7 +13,7 @@ use axum::http::header::{CONTENT_LENGTH, EXPECT};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::ApiError;
+use super::{ApiError, BodyTimeout};
 
 /// Most bytes read and discarded from an oversized body before answering 413.
 pub const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
@@ -62,8 +62,7 @@ pub(super) async fn read_limited(
     let mut stream = body.into_data_stream();
     let mut payload = BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(read_error)?;
         if payload.len() + chunk.len() > limit {
             drain(Body::from_stream(stream)).await;
             return Err(too_large);
@@ -71,6 +70,14 @@ pub(super) async fn read_limited(
         payload.extend_from_slice(&chunk);
     }
     Ok(payload.freeze())
+}
+
+/// A body that stopped short: too slow (`--http-body-timeout`, 408), or broken.
+fn read_error(err: axum::Error) -> ApiError {
+    match std::error::Error::source(&err).and_then(|e| e.downcast_ref::<BodyTimeout>()) {
+        Some(BodyTimeout(timeout)) => ApiError::RequestTimeout(*timeout),
+        None => ApiError::invalid(format!("could not read the request body: {err}")),
+    }
 }
 
 /// Reads and discards a body (up to [`DRAIN_LIMIT`]), so that an error answered before the

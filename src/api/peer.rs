@@ -1,7 +1,7 @@
 //! Who is at the other end of an HTTP connection: its address and, over HTTPS, the client
-//! certificate it proved it holds. `axum::serve` attaches a [`Peer`] once per connection (as
-//! `ConnectInfo<Peer>`, see `into_make_service_with_connect_info`), so every request on the
-//! connection carries it and nothing per request has to reach back into the TLS session.
+//! certificate it proved it holds. The server ([`super::server`]) makes a [`Peer`] once per
+//! connection and attaches it to every request (as `ConnectInfo<Peer>`), so nothing per request
+//! has to reach back into the TLS session.
 //!
 //! Only what the transport proved lives here; what a certificate is worth (which principal, if
 //! any) is for [`crate::auth`] to decide.
@@ -9,12 +9,12 @@
 use std::net::SocketAddr;
 
 use axum::extract::ConnectInfo;
-use axum::extract::connect_info::Connected;
 use axum::http::Extensions;
-use axum::serve::IncomingStream;
+use tokio_rustls::server::TlsStream;
 
 use super::HttpIncoming;
-use crate::tcp::AckSwitch;
+use super::server::PeerListener;
+use crate::tcp::{AckSwitch, PromptAcks};
 use crate::tls::{self, CertFingerprint, TlsIncoming};
 
 #[derive(Debug, Clone)]
@@ -52,6 +52,10 @@ impl Peer {
         }
     }
 
+    pub fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls { .. })
+    }
+
     /// `ws://addr` or `wss://addr`: how logs name an MQTT client on this connection.
     pub fn websocket_name(&self) -> String {
         match self.transport {
@@ -61,22 +65,22 @@ impl Peer {
     }
 }
 
-impl Connected<IncomingStream<'_, HttpIncoming>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, HttpIncoming>) -> Self {
-        Self {
-            addr: *stream.remote_addr(),
+impl PeerListener for HttpIncoming {
+    fn peer(io: &PromptAcks, addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
             transport: Transport::Plain,
-            acks: stream.io().switch().cloned(),
+            acks: io.switch().cloned(),
         }
     }
 }
 
-impl Connected<IncomingStream<'_, TlsIncoming>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsIncoming>) -> Self {
-        Self {
-            addr: *stream.remote_addr(),
+impl PeerListener for TlsIncoming {
+    fn peer(io: &TlsStream<PromptAcks>, addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
             transport: Transport::Tls {
-                client_cert: tls::client_cert_sha256(stream.io()),
+                client_cert: tls::client_cert_sha256(io),
             },
             acks: None,
         }

@@ -1,7 +1,6 @@
 //! Publish: `POST /topics/{topic}`. A retained publish is committed before the 200.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use bytes::Bytes;
@@ -11,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::mqtt5_headers::{self, CORRELATION_DATA, PAYLOAD_FORMAT, USER_PROPERTIES};
 use super::payload::Payload;
+use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, RequestId, TopicPath};
 use crate::auth::Action;
 use crate::broker::Message;
@@ -28,8 +28,14 @@ pub struct PublishParams {
     #[param(value_type = Option<bool>)]
     retain: Option<String>,
     /// MQTT 5 content type (a UTF-8 string, e.g. a MIME type).
+    #[param(pattern = r"^[^\u0000]*$")]
     content_type: Option<String>,
-    /// MQTT 5 response topic (a topic name, no wildcards).
+    /// MQTT 5 response topic: a topic name, as the topic (no wildcards, within the same limits).
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^+#/\u0000]*(/[^+#/\u0000]*){0,7}$"
+    )]
     response_topic: Option<String>,
     /// MQTT 5 message expiry in seconds; 0 or absent means the message never expires.
     #[param(value_type = Option<u32>, minimum = 0)]
@@ -165,18 +171,19 @@ impl Publish {
     operation_id = "Publish",
     tag = "publish",
     params(
-        ("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too"),
+        ("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too. At most 256 UTF-8 bytes and 8 levels (the defaults of --max-topic-bytes and --max-topic-levels), no `+`, `#` or U+0000; with retain=true, not starting with `$`", min_length = 1, max_length = 256, pattern = r"^[^+#/\u0000]*(/[^+#/\u0000]*){0,7}$"),
         PublishParams,
-        ("x-amz-mqtt5-user-properties" = Option<String>, Header, description = "Base64 of a JSON array of single-key objects, e.g. `[{\"deviceName\":\"alpha\"}]`"),
-        ("x-amz-mqtt5-payload-format-indicator" = Option<String>, Header, description = "`UNSPECIFIED_BYTES` or `UTF8_DATA`"),
-        ("x-amz-mqtt5-correlation-data" = Option<String>, Header, description = "Base64 of the correlation data"),
+        ("x-amz-mqtt5-user-properties" = Option<String>, Header, nullable = false, description = "Base64 of a JSON array of single-key objects with string values, e.g. `[{\"deviceName\":\"alpha\"}]`; at most 8 KiB as MQTT 5 frames them (5 bytes per property besides its key and value), no U+0000", pattern = r"^[A-Za-z0-9+/]*={0,2}$"),
+        ("x-amz-mqtt5-payload-format-indicator" = Option<String>, Header, nullable = false, description = "`UNSPECIFIED_BYTES` or `UTF8_DATA`; `UTF8_DATA` requires a payload that is UTF-8", pattern = "^(UNSPECIFIED_BYTES|UTF8_DATA)$"),
+        ("x-amz-mqtt5-correlation-data" = Option<String>, Header, nullable = false, description = "Base64 (standard, padded) of at most 65,535 bytes of correlation data", max_length = 87_380, pattern = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The payload bytes; empty with retain=true deletes the retained message"),
     responses(
         (status = 200, body = PublishResponse),
         (status = 400, description = "InvalidRequestException: invalid topic, parameter or header; or a retained publish that would exceed the quota on stored retained messages (--max-retained-messages, or the principal's max_retained_messages), in which case nothing was stored", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
-        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:Publish (and, with retain=true, iot:RetainPublish) on the topic", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:Publish (and, with retain=true, iot:RetainPublish) on the topic; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
+        (status = 408, description = "RequestTimeoutException: the body did not arrive within --http-body-timeout of the request's head; nothing was stored", body = ErrorBody),
         (status = 413, description = "RequestEntityTooLargeException: payload over the configured limit", body = ErrorBody),
         (status = 429, description = "ThrottlingException: the caller's Publish rate (--rate-publish) is used up; nothing was stored", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException: the store did not answer; the publish may or may not have been stored", body = ErrorBody),
@@ -187,7 +194,7 @@ pub async fn publish(
     Extension(request_id): Extension<RequestId>,
     caller: Caller,
     topic: Result<TopicPath, ApiError>,
-    params: Result<Query<PublishParams>, QueryRejection>,
+    params: Result<Params<PublishParams>, ApiError>,
     headers: HeaderMap,
     Payload(payload): Payload,
 ) -> Result<Json<PublishResponse>, ApiError> {
@@ -195,7 +202,7 @@ pub async fn publish(
     // is still sending would make the server drop the connection under the client's next
     // request (boto3 reuses connections).
     let TopicPath(topic) = topic?;
-    let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let Params(params) = params?;
     let publish = Publish::parse(topic, params, &headers, payload, state.topic_limits)?;
     // As on AWS, a retained publish needs both actions.
     caller.authorize(Action::Publish, Some(&publish.topic))?;

@@ -4,14 +4,14 @@
 mod list_filter;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
+use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, TopicPath};
 use crate::auth::Action;
 use crate::store::{RetainedMessage, RetainedSummary, UserProperty};
@@ -28,7 +28,8 @@ pub struct ListParams {
     /// Page size, 1 to 200 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     max_results: Option<String>,
-    /// The `nextToken` of the previous page.
+    /// The `nextToken` of the previous page (a token this service issued).
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     next_token: Option<String>,
     /// **retaind extension, not part of the AWS API; AWS SDKs don't send it.** Lists only the
     /// topics matching this MQTT topic filter: `+` matches one level, `#` the rest (including
@@ -36,13 +37,17 @@ pub struct ListParams {
     /// Shared subscriptions (`$share/...`) are refused. Percent-encode it: `+` is `%2B` and
     /// `#` is `%23` in a query string. A page may hold fewer than `maxResults` topics, even
     /// none, and still carry a `nextToken`: one request reads at most 10,000 stored topics.
-    #[param(example = "devices/+/config")]
+    #[param(
+        min_length = 1,
+        example = "devices/+/config",
+        pattern = r"^(?!\$share/)(\+|[^+#/\u0000]*)(/(\+|[^+#/\u0000]*))*(/#)?$|^#$"
+    )]
     topic_filter: Option<String>,
     /// **retaind extension, not part of the AWS API; AWS SDKs don't send it.** Lists only the
     /// topics that start with these characters (a literal prefix, no wildcards; `devices/a`
     /// matches `devices/a/x` and `devices/ab`). With `topicFilter` too, a topic must match
     /// both. Not empty. Pages behave as with `topicFilter`.
-    #[param(min_length = 1, example = "devices/")]
+    #[param(min_length = 1, example = "devices/", pattern = r"^[^\u0000]+$")]
     topic_prefix: Option<String>,
 }
 
@@ -95,7 +100,7 @@ pub struct GetRetainedMessageResponse {
         (status = 200, body = ListRetainedMessagesResponse),
         (status = 400, description = "InvalidRequestException: bad maxResults, a nextToken this service did not issue, or an invalid topicFilter or topicPrefix", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
-        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:ListRetainedMessages", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:ListRetainedMessages; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
         (status = 429, description = "ThrottlingException: the caller's ListRetainedMessages rate (--rate-list-retained-messages) is used up", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException", body = ErrorBody),
     )
@@ -103,10 +108,10 @@ pub struct GetRetainedMessageResponse {
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-    params: Result<Query<ListParams>, QueryRejection>,
+    params: Result<Params<ListParams>, ApiError>,
 ) -> Result<Json<ListRetainedMessagesResponse>, ApiError> {
     caller.authorize(Action::ListRetainedMessages, None)?;
-    let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let Params(params) = params?;
     let page_size = match params.max_results.as_deref() {
         None => DEFAULT_PAGE_SIZE,
         Some(raw) => raw
@@ -185,12 +190,12 @@ async fn list_selected(
     path = "/retainedMessage/{topic}",
     operation_id = "GetRetainedMessage",
     tag = "retained messages",
-    params(("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too")),
+    params(("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too. At most 256 UTF-8 bytes and 8 levels (the defaults of --max-topic-bytes and --max-topic-levels), no `+`, `#` or U+0000", min_length = 1, max_length = 256, pattern = r"^[^+#/\u0000]*(/[^+#/\u0000]*){0,7}$")),
     responses(
         (status = 200, body = GetRetainedMessageResponse),
         (status = 400, description = "InvalidRequestException: not a valid topic name", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
-        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:GetRetainedMessage on the topic", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:GetRetainedMessage on the topic; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
         (status = 404, description = "ResourceNotFoundException: no retained message on this topic", body = ErrorBody),
         (status = 429, description = "ThrottlingException: the caller's GetRetainedMessage rate (--rate-get-retained-message) is used up", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException", body = ErrorBody),

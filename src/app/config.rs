@@ -42,6 +42,13 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
+    /// Host names, besides localhost and loopback addresses, that requests may name when no
+    /// principals are configured (comma-separated; any port): a proxy's or a /etc/hosts name
+    /// for this machine. Requests for other names get 403, against DNS rebinding. Not used
+    /// with principals.
+    #[arg(long, env = "RETAIND_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
     /// Address for MQTT over TCP (3.1.1 and 5.0). MQTT over WebSocket is served on the HTTP
     /// address at /mqtt.
     #[arg(long, env = "RETAIND_MQTT_ADDR", default_value = "127.0.0.1:1883")]
@@ -147,7 +154,13 @@ pub struct ServeConfig {
     pub rate_publish: f64,
 
     /// Where retained messages live: sqlite://PATH (file created if missing) or postgres://...
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/retaind.db")]
+    // `--help` would otherwise print the environment's value, password and all.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://data/retaind.db"
+    )]
     pub database_url: String,
 
     /// Largest accepted payload in bytes; larger publishes get 413.
@@ -212,6 +225,27 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_READ_CACHE_MIB", default_value_t = 64)]
     pub read_cache_mib: u64,
 
+    /// How long a client has to send a request's head (request line and headers): from the
+    /// connection's start for its first request, from the first byte for later ones. Past it
+    /// the connection is closed.
+    #[arg(long, env = "RETAIND_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub http_header_timeout: Duration,
+
+    /// How long a client has to send a request's whole body, from the end of its head. Past it
+    /// the request gets 408 RequestTimeoutException and the connection is closed.
+    #[arg(long, env = "RETAIND_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub http_body_timeout: Duration,
+
+    /// How long a kept-alive HTTP connection may wait for its next request. WebSocket
+    /// connections (MQTT) are not HTTP connections once upgraded: MQTT keep alive governs them.
+    #[arg(long, env = "RETAIND_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub http_idle_timeout: Duration,
+
+    /// At shutdown, how long HTTP requests in flight may take to finish; connections still
+    /// open then are dropped, so stopping always completes.
+    #[arg(long, env = "RETAIND_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub shutdown_timeout: Duration,
+
     /// Log line format. The level comes from RUST_LOG (default: info).
     #[arg(long, env = "RETAIND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -233,9 +267,35 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A timeout: a duration (humantime, e.g. 10s, 1m) more than zero.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("a timeout must be more than 0".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl ServeConfig {
     /// The defaults, as `retaind` with no flags and no environment would use them.
     pub fn defaults() -> Self {
         Cli::parse_from(["retaind"]).serve
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn help_does_not_print_the_database_url_from_the_environment() {
+        let command = Cli::command();
+        let database_url = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "database_url")
+            .expect("the --database-url flag");
+        assert!(database_url.is_hide_env_values_set());
     }
 }

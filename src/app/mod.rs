@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Cli, Command, LogFormat, ServeConfig};
 pub use redact::redact_url;
 
-use crate::api::{self, ApiState, PageTokens, RateLimits, Throttle};
+use crate::api::{self, AllowedHosts, ApiState, HttpTimeouts, PageTokens, RateLimits, Throttle};
 use crate::auth::{AuthConfig, Authenticator, ConfigError};
 use crate::broker::{self, Broker, BrokerConfig};
 use crate::store::{self, Clock, Store, StoreOptions};
@@ -77,8 +77,8 @@ pub struct Running {
     /// Who may do what; disabled (everyone may do everything) when no principals are configured.
     pub auth: Authenticator,
     shutdown: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
-    https: Option<JoinHandle<std::io::Result<()>>>,
+    server: JoinHandle<()>,
+    https: Option<JoinHandle<()>>,
     mqtt: JoinHandle<()>,
     mqtts: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
@@ -151,6 +151,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             list_retained_messages: config.rate_list_retained_messages,
             publish: config.rate_publish,
         }),
+        allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
     });
     let mqtt_listener = TcpListener::bind(config.mqtt_addr)
         .await
@@ -193,27 +194,26 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     let shutdown = CancellationToken::new();
     // One router for HTTP and HTTPS, so both share its state (throttles, caches).
     let router = api::router(state);
-    // Each connection's `api::Peer`: its address for logs (MQTT over WebSocket names its
-    // clients by it) and, over HTTPS, the client certificate that may stand for a principal.
-    let server = tokio::spawn(
-        axum::serve(
-            api::HttpIncoming::new(listener),
-            router
-                .clone()
-                .into_make_service_with_connect_info::<api::Peer>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future(),
-    );
+    let timeouts = HttpTimeouts {
+        header: config.http_header_timeout,
+        body: config.http_body_timeout,
+        idle: config.http_idle_timeout,
+    };
+    let server = tokio::spawn(api::serve(
+        api::HttpIncoming::new(listener),
+        router.clone(),
+        timeouts,
+        shutdown.clone(),
+        config.shutdown_timeout,
+    ));
     let https = https_incoming.map(|(incoming, _)| {
-        tokio::spawn(
-            axum::serve(
-                incoming,
-                router.into_make_service_with_connect_info::<api::Peer>(),
-            )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-        )
+        tokio::spawn(api::serve(
+            incoming,
+            router,
+            timeouts,
+            shutdown.clone(),
+            config.shutdown_timeout,
+        ))
     });
     let mqtt = tokio::spawn(broker::serve_tcp(broker.clone(), mqtt_listener));
     let mqtts = mqtts_incoming
@@ -307,16 +307,15 @@ fn check_local_only(config: &ServeConfig, auth: &Authenticator) -> Result<(), Er
 }
 
 impl Running {
-    /// Stops accepting connections, lets in-flight requests finish, tells MQTT clients the
-    /// server is going away, then stops background work.
+    /// Stops accepting connections, lets in-flight requests finish (dropping the HTTP
+    /// connections still open after `--shutdown-timeout`), tells MQTT clients the server is
+    /// going away, then stops background work.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.broker.shutdown(MQTT_SHUTDOWN_GRACE).await;
         for server in std::iter::once(self.server).chain(self.https) {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
-                Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP server task failed");
             }
         }
         for listener in std::iter::once(self.mqtt).chain(self.mqtts) {

@@ -5,6 +5,7 @@
 
 pub mod mqtt;
 pub mod proxy;
+pub mod raw_http;
 
 use std::str::FromStr;
 use std::sync::Arc;

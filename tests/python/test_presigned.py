@@ -210,11 +210,12 @@ def presigned_mqtt_path(server, secret=SECRET_ACCESS_KEY):
     return f"{url.path}?{url.query}"
 
 
-def connect_ws(server, path, username=None, password=None):
-    """paho-mqtt 3.1.1 over WebSocket at `path`; returns (client, CONNACK reason)."""
+def connect_ws(server, path, username=None, password=None, headers=None):
+    """paho-mqtt 3.1.1 over WebSocket at `path`, sending `headers` with the upgrade too; returns
+    (client, CONNACK reason)."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ws-{uuid.uuid4().hex[:12]}",
                          protocol=mqtt.MQTTv311, transport="websockets")
-    client.ws_set_options(path=path)
+    client.ws_set_options(path=path, headers=headers)
     if username is not None:
         client.username_pw_set(username, password)
     connack = queue.Queue()
@@ -240,6 +241,18 @@ def test_a_presigned_websocket_url_connects_without_credentials(ws_server):
         client.loop_stop()
     http = make_client(ws_server.url, ACCESS_KEY_ID, SECRET_ACCESS_KEY)
     assert http.get_retained_message(topic="presigned/ws")["payload"] == b"over wss"
+
+
+def test_a_presigned_websocket_url_counts_from_another_sites_page(ws_server):
+    """A presigned URL is a bearer credential, not one the browser adds by itself: whoever
+    holds it may use it, from any page."""
+    cross_site = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    client, reason = connect_ws(ws_server, presigned_mqtt_path(ws_server), headers=cross_site)
+    try:
+        assert not reason.is_failure, reason
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def test_a_presigned_websocket_url_with_another_principals_credentials_is_refused(ws_server):

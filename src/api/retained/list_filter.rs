@@ -6,7 +6,7 @@
 //! The handler runs the store queries it asks for.
 
 use crate::store::RetainedSummary;
-use crate::topic::{FilterSpec, TopicFilter, TopicName, prefix_end};
+use crate::topic::{FilterSpec, TopicFilter, TopicName, check_text, prefix_end};
 
 /// How far one filtered request may go. A sparse filter (`+/x` over millions of topics) must not
 /// make one request read the whole table, so a request that reaches `max_examined` rows stops
@@ -58,9 +58,9 @@ impl Selection {
             .map(|raw| {
                 if raw.is_empty() {
                     Err("topicPrefix must not be empty".to_owned())
-                } else if raw.contains('\0') {
+                } else if let Err(e) = check_text(raw) {
                     // No topic contains it, and Postgres text cannot hold it as a bound.
-                    Err("topicPrefix must not contain the null character U+0000".to_owned())
+                    Err(format!("topicPrefix {e}"))
                 } else {
                     Ok(raw.to_owned())
                 }

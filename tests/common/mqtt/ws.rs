@@ -16,19 +16,42 @@ impl RawWs {
     /// Upgrades `GET /mqtt` on the plain HTTP listener offering `protocol`; returns the client
     /// and the response head.
     pub async fn open(app: &TestApp, protocol: &str) -> (Self, String) {
+        Self::open_with(app, protocol, &[]).await
+    }
+
+    /// [`Self::open`] sending `headers` too.
+    pub async fn open_with(
+        app: &TestApp,
+        protocol: &str,
+        headers: &[(&str, &str)],
+    ) -> (Self, String) {
         let stream = TcpStream::connect(app.http_addr).await.unwrap();
-        Self::upgrade(stream, &app.http_addr.to_string(), protocol).await
+        Self::upgrade_with(stream, &app.http_addr.to_string(), protocol, headers).await
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
     /// Upgrades `GET /mqtt` on an open connection; returns the client and the response head,
     /// lowercased.
-    pub async fn upgrade(mut stream: S, host: &str, protocol: &str) -> (Self, String) {
+    pub async fn upgrade(stream: S, host: &str, protocol: &str) -> (Self, String) {
+        Self::upgrade_with(stream, host, protocol, &[]).await
+    }
+
+    /// [`Self::upgrade`] sending `headers` too (`Origin`, `Sec-Fetch-Site`, as browsers do).
+    pub async fn upgrade_with(
+        mut stream: S,
+        host: &str,
+        protocol: &str,
+        headers: &[(&str, &str)],
+    ) -> (Self, String) {
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let request = format!(
             "GET /mqtt HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+             Sec-WebSocket-Protocol: {protocol}\r\n{extra}\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut head = Vec::new();

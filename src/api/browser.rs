@@ -1,0 +1,299 @@
+//! What a browser says about where a request comes from, and the two rules built on it.
+//!
+//! Browsers attach some credentials on their own: a client certificate (like a cookie) and, when
+//! no principals are configured, simply being on this machine. A page on another site could
+//! make the browser send requests that carry them. So:
+//!
+//! - [`cross_site`] is the one test for "a browser sent this for another site's page". A client
+//!   certificate does not count for such a request (see `auth` and `mqtt_websocket`), and
+//!   without principals such requests are refused ([`refuse_cross_site`]).
+//! - Without principals, a request must name this server by a loopback name or a name the
+//!   operator allowed ([`check_host`]): a page on `rebind.evil.example`, whose DNS name was
+//!   pointed at 127.0.0.1 after it loaded (DNS rebinding), is same-origin with itself and
+//!   passes the cross-site test, but its requests say `Host: rebind.evil.example`.
+//!
+//! curl, the AWS SDKs and devices send neither `Origin` nor `Sec-Fetch-*`, and name the host
+//! they were given, so none of this concerns them.
+
+use std::net::IpAddr;
+
+use axum::extract::{Request, State};
+use axum::http::header::{HOST, ORIGIN};
+use axum::http::{HeaderMap, HeaderName};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::payload::drain;
+use super::{ApiError, ApiState, Peer};
+
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
+/// Whether a browser says the request comes from another site's page. `Sec-Fetch-Site` decides
+/// when present (`same-origin`, or `none` for an address typed in or a bookmark, are this
+/// site); browsers that predate it send `Origin`, which must then name this server: the host
+/// and port of the request's `Host` (a missing port being the default of `scheme`, the scheme
+/// the request came by). Without either header it is not a browser's cross-site request.
+///
+/// The Origin's scheme only supplies its default port: no page can have another scheme's origin
+/// on this server's own port, and MQTT libraries send an Origin too, naming the host and port
+/// they connect to (paho-mqtt 1.x with `https` even over plain `ws://`).
+pub(super) fn cross_site(headers: &HeaderMap, scheme: &str) -> bool {
+    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header(&SEC_FETCH_SITE) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = header(&ORIGIN) else {
+        return false;
+    };
+    // `Origin: null` (a sandboxed or local page) names no server at all.
+    let origin = origin
+        .split_once("://")
+        .and_then(|(scheme, authority)| Some((authority, default_port(scheme)?)))
+        .map(|(authority, port)| host_and_port(authority, port));
+    let host = header(&HOST)
+        .zip(default_port(scheme))
+        .map(|(host, port)| host_and_port(host, port));
+    match (origin, host) {
+        (Some(origin), Some(host)) => origin != host,
+        _ => true,
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+/// A `host[:port]` as (normalized name, port), `default` standing in for a missing port.
+fn host_and_port(authority: &str, default: u16) -> (String, Option<u16>) {
+    let (name, port) = split_port(authority.trim());
+    let port = match port {
+        None => Some(default),
+        Some(port) => port.parse().ok(),
+    };
+    (normalized(name), port)
+}
+
+/// The host names, besides loopback ones, that a server without principals answers for
+/// (`--allowed-hosts`): lowercase, without port or trailing dot.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts(Vec<String>);
+
+impl AllowedHosts {
+    /// Takes names as the operator wrote them; a port, if given, is ignored.
+    pub fn new<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
+        Self(
+            names
+                .into_iter()
+                .map(|name| host_name(name.as_ref()))
+                .filter(|name| !name.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Whether `host` (a `Host` header's value) names this server: `localhost` or a name under
+    /// it (RFC 6761: never resolved through DNS, so it cannot be rebound), a loopback address,
+    /// or a configured name; any port.
+    pub fn allows(&self, host: &str) -> bool {
+        let name = host_name(host);
+        let name = name.as_str();
+        name == "localhost"
+            || name.ends_with(".localhost")
+            || name
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+            || self.0.iter().any(|allowed| allowed == name)
+    }
+}
+
+/// The host part of a `Host` value, normalized: lowercase, without port, brackets or a final dot.
+fn host_name(host: &str) -> String {
+    normalized(split_port(host.trim()).0)
+}
+
+/// `name:port`, `[v6]:port`, or either without the port.
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((ip, port)) => (ip, port.strip_prefix(':')),
+            None => (rest, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (name, Some(port)),
+        _ => (authority, None),
+    }
+}
+
+fn normalized(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// The scheme a request arrived by: the connection's, `http` when unknown.
+fn scheme(req: &Request) -> &'static str {
+    match Peer::of(req.extensions()) {
+        Some(peer) if peer.is_tls() => "https",
+        _ => "http",
+    }
+}
+
+/// Without principals, refuses requests for a host name that is not this machine's nor allowed
+/// (403 `ForbiddenException`). With principals every request needs credentials a page cannot
+/// borrow from the browser (a certificate does not count cross-site), so the name is free.
+pub async fn check_host(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if state.auth.is_enabled() {
+        return next.run(req).await;
+    }
+    // HTTP/1.1 requires Host; a request without one is no browser's.
+    let host = req.headers().get(HOST).map(|v| v.to_str().unwrap_or("?"));
+    match host {
+        Some(host) if !state.allowed_hosts.allows(host) => {
+            let err = ApiError::Forbidden(format!(
+                "requests for the host {host:?} are refused: without principals, retaind answers \
+                 only for localhost, loopback addresses and the names in --allowed-hosts \
+                 (against DNS rebinding). Add the name to --allowed-hosts (RETAIND_ALLOWED_HOSTS), \
+                 or configure principals (--config)"
+            ));
+            drain(req.into_body()).await;
+            err.into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Without principals, refuses cross-site browser requests (403 `ForbiddenException`): anyone
+/// on this machine may call, so a page from anywhere would act for whoever opened it.
+pub async fn refuse_cross_site(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.auth.is_enabled() || !cross_site(req.headers(), scheme(&req)) {
+        return next.run(req).await;
+    }
+    drain(req.into_body()).await;
+    ApiError::Forbidden(
+        "cross-site browser requests are refused: without principals anyone on this machine may \
+         call, so a page from another site may not. Use the console at this server's own \
+         address, or configure principals (--config)"
+            .into(),
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn fetch_metadata_decides_when_present() {
+        for (site, cross) in [
+            ("same-origin", false),
+            ("none", false),
+            ("same-site", true),
+            ("cross-site", true),
+        ] {
+            let h = headers(&[("sec-fetch-site", site), ("host", "127.0.0.1:8080")]);
+            assert_eq!(cross_site(&h, "http"), cross, "{site}");
+        }
+        // Even with a matching Origin: the browser's own verdict wins.
+        let h = headers(&[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080"),
+        ]);
+        assert!(cross_site(&h, "http"));
+    }
+
+    #[test]
+    fn without_fetch_metadata_the_origin_must_name_this_server() {
+        for (origin, host, scheme) in [
+            ("http://127.0.0.1:8080", "127.0.0.1:8080", "http"),
+            ("HTTP://LOCALHOST:8080", "localhost:8080", "http"),
+            ("https://retaind.example", "retaind.example", "https"),
+            ("https://retaind.example:443", "retaind.example", "https"),
+            ("http://[::1]:8080", "[::1]:8080", "http"),
+            // paho-mqtt 1.x over plain ws://: this server's own host and port.
+            ("https://127.0.0.1:8080", "127.0.0.1:8080", "http"),
+        ] {
+            let h = headers(&[("origin", origin), ("host", host)]);
+            assert!(!cross_site(&h, scheme), "{origin} {host}");
+        }
+        for (origin, host, scheme) in [
+            ("http://evil.example", "127.0.0.1:8080", "http"),
+            ("null", "127.0.0.1:8080", "http"),
+            ("http://127.0.0.1:8081", "127.0.0.1:8080", "http"),
+            // Port 80 of the same name is another server than this one on 443.
+            ("http://retaind.example", "retaind.example", "https"),
+            ("https://retaind.example", "retaind.example:8443", "https"),
+            ("ftp://127.0.0.1:8080", "127.0.0.1:8080", "http"),
+            ("http://a", "", "http"),
+        ] {
+            let h = headers(&[("origin", origin), ("host", host)]);
+            assert!(cross_site(&h, scheme), "{origin} {host}");
+        }
+        assert!(cross_site(&headers(&[("origin", "http://a")]), "http"));
+    }
+
+    #[test]
+    fn clients_that_are_not_browsers_are_not_cross_site() {
+        assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080")]), "http"));
+        assert!(!cross_site(&headers(&[]), "https"));
+    }
+
+    #[test]
+    fn loopback_names_and_addresses_are_allowed_on_any_port() {
+        let none = AllowedHosts::default();
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST.",
+            "app.localhost:3000",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert!(none.allows(host), "{host}");
+        }
+        for host in [
+            "rebind.evil.example",
+            "localhost.evil.example",
+            "evillocalhost",
+            "10.0.0.1:8080",
+            "[::2]:8080",
+            "",
+        ] {
+            assert!(!none.allows(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn configured_names_are_allowed_on_any_port_in_any_case() {
+        let allowed = AllowedHosts::new(["Retaind.LAN", "box.example:8080", ""]);
+        for host in [
+            "retaind.lan",
+            "RETAIND.lan:80",
+            "box.example",
+            "box.example:9",
+        ] {
+            assert!(allowed.allows(host), "{host}");
+        }
+        assert!(!allowed.allows("sub.retaind.lan"));
+        assert!(!allowed.allows("example"));
+    }
+}

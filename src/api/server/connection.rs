@@ -1,0 +1,87 @@
+//! Drives one HTTP/1.1 connection: hyper serves it, and this closes it when its phase's
+//! deadline passes ([`super::phase`]), starts hyper's graceful shutdown when the server stops,
+//! and drops it when the shutdown deadline passes.
+
+use std::future::pending;
+use std::pin::pin;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::activity::Activity;
+use super::io::ObservedIo;
+use super::service::ConnectionService;
+use super::{MAX_HEAD_BYTES, MAX_HEADERS, Settings};
+use crate::api::Peer;
+
+/// When the server is stopping: first `graceful` (finish what is in flight, take nothing new),
+/// then `now` (drop the connection).
+#[derive(Clone)]
+pub(super) struct Stopping {
+    pub(super) graceful: CancellationToken,
+    pub(super) now: CancellationToken,
+}
+
+pub(super) async fn serve<I>(io: I, peer: Peer, settings: Settings, stopping: Stopping)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new(Instant::now());
+    let addr = peer.addr;
+    let service = ConnectionService {
+        router: settings.router,
+        peer,
+        activity: activity.clone(),
+        body_timeout: settings.timeouts.body,
+    };
+    let io = TokioIo::new(ObservedIo::new(io, activity.clone()));
+    let connection = http1::Builder::new()
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES)
+        // hyper's own header timer would also run while the connection is idle: ours, below,
+        // tells the two apart.
+        .header_read_timeout(None)
+        .serve_connection(io, service)
+        // An upgrade to MQTT over WebSocket completes this future and leaves the socket to
+        // the broker, out of reach of the HTTP timeouts.
+        .with_upgrades();
+    let mut connection = pin!(connection);
+    let mut draining = false;
+    loop {
+        let deadline = activity.deadline(&settings.timeouts);
+        let timer = async {
+            match deadline {
+                Some((at, _)) => sleep_until(at).await,
+                None => pending().await,
+            }
+        };
+        tokio::select! {
+            done = connection.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(%addr, error = %e, "HTTP connection ended with an error");
+                }
+                // Upgraded or closed: an upgraded socket's reads are MQTT, not heads.
+                activity.retire();
+                return;
+            }
+            () = timer => {
+                if let Some(expired) = activity.expired(Instant::now(), &settings.timeouts) {
+                    tracing::debug!(%addr, timeout = expired.name(), "closing an HTTP connection");
+                    return;
+                }
+            }
+            () = activity.changed() => {}
+            () = stopping.graceful.cancelled(), if !draining => {
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            () = stopping.now.cancelled() => {
+                tracing::debug!(%addr, "dropping an HTTP connection at the shutdown deadline");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! retaind's HTTP/1.1 server: accepts connections from a listener (plain or TLS) and serves the
+//! router on each, with what `axum::serve` does not offer (it configures hyper with defaults
+//! and no timeouts):
+//!
+//! - a header, a body and an idle timeout ([`HttpTimeouts`], see [`phase`]), so a client that
+//!   sends part of a request, or nothing after a response, does not hold a connection forever;
+//! - a shutdown deadline, after which the connections still open are dropped, so stopping
+//!   always finishes;
+//! - hyper's own refusals of unparsable requests answered in the AWS error shape
+//!   ([`refusal`]), and a raw `#` in a request target noticed ([`request_line`]).
+
+mod activity;
+mod body;
+mod connection;
+mod io;
+mod phase;
+mod refusal;
+mod request_line;
+mod service;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::serve::Listener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use body::BodyTimeout;
+pub use phase::HttpTimeouts;
+
+use super::Peer;
+use connection::Stopping;
+
+/// Most header lines in a request head (hyper's default).
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes of a request head: request line and headers (about hyper's default). Bounds what
+/// a connection buffers while its head arrives.
+pub const MAX_HEAD_BYTES: usize = 400 * 1024;
+
+/// A listener whose connections know who is at the other end.
+pub trait PeerListener: Listener<Addr = SocketAddr> {
+    fn peer(io: &Self::Io, addr: SocketAddr) -> Peer;
+}
+
+/// What every connection of a server shares.
+#[derive(Clone)]
+struct Settings {
+    router: Router,
+    timeouts: HttpTimeouts,
+}
+
+/// Serves `router` on the connections of `listener` until `shutdown` is cancelled, then lets
+/// requests in flight finish for at most `shutdown_timeout` before dropping their connections.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    timeouts: HttpTimeouts,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+) where
+    L: PeerListener,
+{
+    let settings = Settings { router, timeouts };
+    let stopping = Stopping {
+        graceful: shutdown.clone(),
+        now: CancellationToken::new(),
+    };
+    let connections = TaskTracker::new();
+    loop {
+        tokio::select! {
+            (io, addr) = listener.accept() => {
+                let peer = L::peer(&io, addr);
+                connections.spawn(connection::serve(io, peer, settings.clone(), stopping.clone()));
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(shutdown_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "dropping the HTTP connections still open at the shutdown deadline"
+        );
+        stopping.now.cancel();
+        connections.wait().await;
+    }
+}

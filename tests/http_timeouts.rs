@@ -1,0 +1,183 @@
+//! HTTP connections that stall: a partial head, a partial body, nothing after a response, and
+//! such connections at shutdown. Raw TCP clients against the real server with short timeouts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::mqtt::raw::build;
+use common::mqtt::within;
+use common::mqtt::ws::RawWs;
+use common::raw_http::{closed, connect, exchange, read_response};
+use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
+use tokio::io::AsyncWriteExt;
+
+const HEADER: Duration = Duration::from_millis(400);
+const BODY: Duration = Duration::from_millis(600);
+const IDLE: Duration = Duration::from_millis(1200);
+
+/// The server with short HTTP timeouts (the idle one the longest, so they can be told apart).
+async fn spawn_with_timeouts(backend: Backend) -> TestApp {
+    let db = fresh_db(backend).await;
+    let mut config = test_config(&db.url);
+    config.http_header_timeout = HEADER;
+    config.http_body_timeout = BODY;
+    config.http_idle_timeout = IDLE;
+    spawn_app_with(db, config).await
+}
+
+fn get(app: &TestApp, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", app.http_addr).into_bytes()
+}
+
+#[tokio::test]
+async fn a_partial_head_is_closed_at_the_header_timeout() {
+    let app = spawn_with_timeouts(Backend::Sqlite).await;
+    let mut stream = connect(app.http_addr).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    assert!(closed(&mut stream).await >= HEADER);
+
+    // So is a connection that never sends anything.
+    let mut silent = connect(app.http_addr).await;
+    assert!(closed(&mut silent).await >= HEADER);
+
+    // A head that keeps trickling in does not restart the clock.
+    let (mut from_server, mut to_server) = connect(app.http_addr).await.into_split();
+    let trickle = tokio::spawn(async move {
+        let mut line: &[u8] = b"GET /healthz HTTP/1.1\r\n";
+        while to_server.write_all(line).await.is_ok() {
+            line = b"X-A: b\r\n";
+            tokio::time::sleep(HEADER / 4).await;
+        }
+    });
+    let took = closed(&mut from_server).await;
+    assert!(took >= HEADER && took < HEADER * 3, "{took:?}");
+    trickle.abort();
+    app.stop().await;
+}
+
+async fn a_partial_body_gets_408_and_stores_nothing(backend: Backend) {
+    let app = spawn_with_timeouts(backend).await;
+    app.retain("slow", "original").await;
+    let before = app.snapshot().await;
+    let mut stream = connect(app.http_addr).await;
+    let started = Instant::now();
+    let head = format!(
+        "POST /topics/slow?retain=true HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\nabc",
+        app.http_addr
+    );
+    let res = exchange(&mut stream, head.as_bytes()).await;
+    assert!(started.elapsed() >= BODY);
+    res.assert_error(
+        408,
+        "RequestTimeoutException",
+        "did not arrive within 0.6 seconds",
+    );
+    closed(&mut stream).await;
+    assert_eq!(app.snapshot().await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_at_the_idle_timeout() {
+    let app = spawn_with_timeouts(Backend::Sqlite).await;
+    let mut stream = connect(app.http_addr).await;
+    let res = exchange(&mut stream, &get(&app, "/healthz")).await;
+    assert_eq!(res.status, 200);
+    // Kept alive past the header timeout: idle is not a slow head.
+    let idle_for = closed(&mut stream).await;
+    assert!(idle_for >= IDLE, "closed after {idle_for:?}");
+
+    // A kept-alive connection serves the next request as long as it comes in time.
+    let mut stream = connect(app.http_addr).await;
+    for _ in 0..3 {
+        let res = exchange(&mut stream, &get(&app, "/healthz")).await;
+        assert_eq!(res.status, 200);
+    }
+    app.stop().await;
+}
+
+/// An upgraded connection carries MQTT, whose keep alive governs it: the HTTP timeouts do not.
+#[tokio::test]
+async fn mqtt_over_websocket_outlives_the_http_timeouts() {
+    let app = spawn_with_timeouts(Backend::Sqlite).await;
+    let (mut ws, head) = RawWs::open(&app, "mqtt").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    ws.frame(true, 2, &build::connect("quiet", true, 60, None))
+        .await;
+    assert_eq!(ws.packet().await, (0x20, vec![0, 0]));
+    // Nothing to wait for: the point is that nothing happens for longer than every timeout.
+    tokio::time::sleep(IDLE + HEADER + BODY).await;
+    ws.frame(true, 2, &[0xC0, 0x00]).await;
+    assert_eq!(ws.packet().await, (0xD0, vec![]), "PINGRESP");
+    app.stop().await;
+}
+
+/// Shutdown waits for requests in flight, but not beyond `--shutdown-timeout`: a client that
+/// stops sending its body must not keep the process from exiting.
+#[tokio::test]
+async fn shutdown_finishes_by_its_deadline_with_a_stalled_request_open() {
+    const DEADLINE: Duration = Duration::from_millis(800);
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.http_body_timeout = Duration::from_secs(600);
+    config.shutdown_timeout = DEADLINE;
+    let mut app = spawn_app_with(db, config).await;
+
+    // `100 Continue` comes once the handler reads the body: the request is then in flight.
+    let mut stalled = connect(app.http_addr).await;
+    let head = format!(
+        "POST /topics/stalled?retain=true HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\
+         Expect: 100-continue\r\n\r\n",
+        app.http_addr
+    );
+    let res = exchange(&mut stalled, head.as_bytes()).await;
+    assert_eq!(res.status, 100);
+    stalled.write_all(b"abc").await.unwrap();
+    // And a connection in the middle of its head, and one idle after a response.
+    let mut partial = connect(app.http_addr).await;
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut idle = connect(app.http_addr).await;
+    assert_eq!(
+        exchange(&mut idle, &get(&app, "/healthz")).await.status,
+        200
+    );
+
+    let started = Instant::now();
+    within("shutdown", app.running.take().unwrap().shutdown()).await;
+    let took = started.elapsed();
+    assert!(took >= DEADLINE, "the stalled request held it up: {took:?}");
+    assert!(took < DEADLINE * 4, "{took:?}");
+    for stream in [&mut stalled, &mut partial, &mut idle] {
+        closed(stream).await;
+    }
+}
+
+/// A request whose body is complete still finishes during shutdown, with its answer.
+#[tokio::test]
+async fn a_request_finishing_before_the_deadline_is_answered_during_shutdown() {
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.shutdown_timeout = Duration::from_secs(10);
+    let mut app = spawn_app_with(db, config).await;
+    let mut stream = connect(app.http_addr).await;
+    let head = format!(
+        "POST /topics/late?retain=true HTTP/1.1\r\nHost: {}\r\nContent-Length: 6\r\n\
+         Expect: 100-continue\r\n\r\n",
+        app.http_addr
+    );
+    assert_eq!(exchange(&mut stream, head.as_bytes()).await.status, 100);
+    let shutdown = tokio::spawn(app.running.take().unwrap().shutdown());
+    stream.write_all(b"stored").await.unwrap();
+    let res = read_response(&mut stream).await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    within("shutdown", shutdown).await.unwrap();
+}
+
+for_each_backend!(a_partial_body_gets_408_and_stores_nothing);
