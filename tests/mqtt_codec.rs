@@ -382,3 +382,41 @@ fn every_prefix_of_malformed_input_decodes_without_panic() {
         }
     }
 }
+
+/// A 3.1.1 SUBSCRIBE over the packet-size limit is refused for its size however much of it has
+/// arrived, even when the part that has arrived shows reserved option bits: the outcome must not
+/// depend on how the bytes were split into reads (found by fuzz/run.sh).
+#[test]
+fn an_oversized_v3_subscribe_is_refused_for_its_size_in_one_read_or_many() {
+    const MAX: u32 = 16;
+    let connect = b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1";
+    // Packet id 1, filter "aaaaaaaaaaaaaaaaaaaa" with options 0xFF: 25 bytes, over the limit.
+    let mut subscribe = vec![0x82, 25, 0, 1, 0, 20];
+    subscribe.extend_from_slice(&[b'a'; 20]);
+    subscribe.push(0xFF);
+    let input = [&connect[..], &subscribe].concat();
+    let outcome = |reads: &[&[u8]]| {
+        let mut codec = Codec::new(MAX);
+        let mut buf = BytesMut::new();
+        for read in reads {
+            buf.extend_from_slice(read);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return format!("{e:?}"),
+                }
+            }
+        }
+        "no error".to_owned()
+    };
+    let whole = outcome(&[&input]);
+    assert!(whole.contains("MaxSizeExceeded"), "{whole}");
+    for split in 0..input.len() {
+        assert_eq!(
+            outcome(&[&input[..split], &input[split..]]),
+            whole,
+            "split at {split}"
+        );
+    }
+}

@@ -82,10 +82,12 @@ impl Decoder for Codec {
         }
         let (decoded, version) = match &mut self.inner {
             MqttCodec::V3(codec) => {
-                if !validate::whole_frame(src, self.max_packet_size) {
-                    return Ok(None);
+                match validate::frame(src, self.max_packet_size) {
+                    validate::Frame::Incomplete => return Ok(None),
+                    validate::Frame::Whole => validate::v3_subscribe_options(src)?,
+                    // The decoder refuses it from its header alone.
+                    validate::Frame::Refused => {}
                 }
-                validate::v3_subscribe_options(src)?;
                 let decoded = codec.decode(src)?;
                 (decoded.map(|(p, len)| (v3::inbound(p), len)), Version::V3)
             }
