@@ -106,7 +106,9 @@ impl IntoResponse for ApiError {
         let (status, name) = self.parts();
         if let Self::Unavailable(cause) | Self::Internal(cause) = &self {
             // The cause goes to the log, never to the client.
-            tracing::error!(error = %cause, kind = name, "request failed");
+            // The store logged the failure (in summary, so that an outage does not write a line
+            // per request); the access log has this request's status and id.
+            tracing::debug!(error = %cause, kind = name, "request failed");
         }
         let mut response = (
             status,

@@ -438,7 +438,8 @@ where
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot read retained messages for a subscription");
+                // Logged by the store, in summary.
+                tracing::debug!(error = %e, "cannot read retained messages for a subscription");
                 Err(End::Close(DisconnectReasonCode::UnspecifiedError))
             }
         }

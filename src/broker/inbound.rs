@@ -320,7 +320,8 @@ where
                 // [issue 5] refused and delivered to nobody, like a denied publish: MQTT 5
                 // says 0x97 Quota exceeded; 3.1.1 cannot say it, and closing would only make
                 // the client resend, so it is acknowledged and dropped.
-                tracing::info!(client = %self.client, %quota, "a retained publish was refused");
+                // Per publish, so a client past its quota cannot fill the log.
+                tracing::debug!(client = %self.client, %quota, "a retained publish was refused");
                 let Some((qos, id)) = settled.ack else {
                     return Ok(());
                 };
@@ -339,7 +340,8 @@ where
                 self.write(publish_ack(qos, id, reason)).await.map(drop)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "a retained publish could not be stored");
+                // Logged by the store, once per failed batch and in summary.
+                tracing::debug!(error = %e, "a retained publish could not be stored");
                 let Some((qos, id)) = settled.ack else {
                     return Ok(());
                 };

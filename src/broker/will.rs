@@ -93,7 +93,8 @@ impl Broker {
                 }
             }
             if let Err(e) = broker.publish(will.message, will.owner).await {
-                tracing::warn!(%client, error = %e, "the Will message could not be stored");
+                // Logged by the store, in summary.
+                tracing::debug!(%client, error = %e, "the Will message could not be stored");
             }
         });
     }

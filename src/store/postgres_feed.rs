@@ -28,7 +28,13 @@ pub(super) struct PgChangeFeed {
     next_ping: Instant,
     seq: u64,
     ready: VecDeque<Change>,
+    /// Connection attempts failed in a row; the first is logged, then one in
+    /// [`LOG_EVERY_FAILED`], so a long outage does not write a line per attempt.
+    failed_connects: u64,
 }
+
+/// At one attempt per heartbeat, a warning about every 30 s while the database is away.
+const LOG_EVERY_FAILED: u64 = 60;
 
 impl PgChangeFeed {
     pub(super) fn new(pool: PgPool, node: Arc<str>) -> Self {
@@ -40,6 +46,7 @@ impl PgChangeFeed {
             next_ping: Instant::now(),
             seq: 0,
             ready: VecDeque::new(),
+            failed_connects: 0,
         }
     }
 
@@ -110,11 +117,19 @@ impl ChangeFeed for PgChangeFeed {
             if self.listener.is_none() {
                 match self.connect().await {
                     Ok(()) => {
-                        tracing::info!("change feed listening");
+                        let failed = std::mem::take(&mut self.failed_connects);
+                        tracing::info!(failed_attempts = failed, "change feed listening");
                         return Change::Resumed;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "change feed cannot connect; retrying");
+                        if self.failed_connects % LOG_EVERY_FAILED == 0 {
+                            tracing::warn!(
+                                error = %e,
+                                failed_attempts = self.failed_connects + 1,
+                                "change feed cannot connect; retrying every {HEARTBEAT:?}"
+                            );
+                        }
+                        self.failed_connects += 1;
                         tokio::time::sleep(HEARTBEAT).await;
                         continue;
                     }

@@ -1,0 +1,113 @@
+//! During a database outage the log stays readable: every request keeps its one access-log
+//! line, but the failures are logged by the store once per kind and then in summary, not once
+//! per failed request (measured before: 40,000 warning and error lines in 10 s).
+//!
+//! One test in this binary: it installs the process's log subscriber.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::proxy::{Mode, Proxy};
+use common::{Backend, fresh_db, postgres_host_port, spawn_app_with, test_config};
+
+/// Everything logged, as text lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn at_least_warn(line: &str) -> bool {
+    line.contains(" WARN ") || line.contains(" ERROR ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_in_summary_not_once_per_request() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let db = fresh_db(Backend::Postgres).await;
+    let proxy = Proxy::start(postgres_host_port(&db.url)).await;
+    let (host, port) = postgres_host_port(&db.url);
+    let via_proxy = db
+        .url
+        .replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
+    let mut config = test_config(&via_proxy);
+    config.store_timeout = Duration::from_millis(500);
+    let app = spawn_app_with(db, config).await;
+    app.retain("before", "v").await;
+    let before = captured.lines().len();
+
+    proxy.fail(Mode::Refuse);
+    const REQUESTS: usize = 200;
+    let requests = (0..REQUESTS).map(|i| {
+        let (http, url) = if i % 2 == 0 {
+            (
+                app.http.clone(),
+                app.url(&format!("/topics/t{i}?retain=true")),
+            )
+        } else {
+            (app.http.clone(), app.url(&format!("/retainedMessage/t{i}")))
+        };
+        async move {
+            let req = if i % 2 == 0 {
+                http.post(url).body("v")
+            } else {
+                http.get(url)
+            };
+            req.send().await.unwrap().status().as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(statuses.iter().all(|&s| s == 503), "{statuses:?}");
+
+    let during: Vec<String> = captured.lines()[before..].to_vec();
+    let access = during.iter().filter(|l| l.contains("status=503")).count();
+    assert_eq!(access, REQUESTS, "one access-log line per request");
+    let loud: Vec<&String> = during.iter().filter(|l| at_least_warn(l)).collect();
+    // One line per kind of failure (write batches, read batches, the change feed): not one per
+    // request.
+    assert!(loud.len() <= 6, "{} lines:\n{loud:#?}", loud.len());
+
+    // And the rest is counted in a summary within the window (10 s).
+    let started = Instant::now();
+    loop {
+        let summary = captured.lines()[before..]
+            .iter()
+            .any(|l| at_least_warn(l) && l.contains("more times like that"));
+        if summary {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no summary of the repeated failures"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.restore();
+}
