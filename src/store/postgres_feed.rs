@@ -122,7 +122,7 @@ impl ChangeFeed for PgChangeFeed {
                         return Change::Resumed;
                     }
                     Err(e) => {
-                        if self.failed_connects % LOG_EVERY_FAILED == 0 {
+                        if self.failed_connects.is_multiple_of(LOG_EVERY_FAILED) {
                             tracing::warn!(
                                 error = %e,
                                 failed_attempts = self.failed_connects + 1,
