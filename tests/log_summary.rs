@@ -53,11 +53,7 @@ async fn an_outage_is_logged_in_summary_not_once_per_request() {
 
     let db = fresh_db(Backend::Postgres).await;
     let proxy = Proxy::start(postgres_host_port(&db.url)).await;
-    let (host, port) = postgres_host_port(&db.url);
-    let via_proxy = db
-        .url
-        .replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
-    let mut config = test_config(&via_proxy);
+    let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
     config.store_timeout = Duration::from_millis(500);
     let app = spawn_app_with(db, config).await;
     app.retain("before", "v").await;

@@ -83,8 +83,7 @@ async fn a_node_that_cannot_hear_the_others_stops_serving_from_its_cache() {
     let db = fresh_db(Backend::Postgres).await;
     let url = db.url.clone();
     let proxy = Proxy::start(postgres_host_port(&url)).await;
-    let (host, port) = postgres_host_port(&url);
-    let via_proxy = url.replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
+    let via_proxy = common::postgres_url_via(&url, proxy.addr);
     let a = spawn_app_with(db, test_config(&url)).await;
     // Written before b starts listening, so that no late notice of it can evict b's copy below.
     a.retain("cfg", "v1").await;

@@ -8,7 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Mode, Proxy};
-use common::{Backend, TestApp, fresh_db, postgres_host_port, spawn_app_with, test_config};
+use common::{
+    Backend, TestApp, fresh_db, postgres_host_port, postgres_url_via, spawn_app_with, test_config,
+};
 
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -16,15 +18,7 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 async fn app_behind_proxy() -> (TestApp, Proxy) {
     let db = fresh_db(Backend::Postgres).await;
     let proxy = Proxy::start(postgres_host_port(&db.url)).await;
-    let (host, port) = postgres_host_port(&db.url);
-    let via_proxy = db
-        .url
-        .replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
-    assert_ne!(
-        via_proxy, db.url,
-        "the test database URL must name host:port explicitly"
-    );
-    let mut config = test_config(&via_proxy);
+    let mut config = test_config(&postgres_url_via(&db.url, proxy.addr));
     config.store_timeout = STORE_TIMEOUT;
     (spawn_app_with(db, config).await, proxy)
 }
@@ -117,12 +111,6 @@ async fn a_publish_after_the_database_closed_idle_connections_succeeds() {
     assert_eq!(app.get("/retainedMessage/after").await.status(), 200);
 }
 
-/// Postgres URL of the test database with its host and port replaced by `addr`.
-fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
-    let (host, port) = postgres_host_port(url);
-    url.replacen(&format!("{host}:{port}"), &addr.to_string(), 1)
-}
-
 async fn start_error(config: &retaind::app::ServeConfig) -> String {
     match retaind::app::start(config, retaind::store::Clock::System).await {
         Ok(_) => panic!("retaind started without its database"),
@@ -139,7 +127,7 @@ async fn a_database_that_is_not_there_at_start_is_named_with_its_cause() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let mut config = test_config(&url_via(&db.url, closed));
+    let mut config = test_config(&postgres_url_via(&db.url, closed));
     config.db_startup_wait = Duration::from_millis(1500);
     let started = Instant::now();
     let error = start_error(&config).await;
@@ -169,7 +157,7 @@ async fn retaind_waits_at_start_for_a_database_that_comes_up() {
     let db = fresh_db(Backend::Postgres).await;
     let proxy = Proxy::start(postgres_host_port(&db.url)).await;
     proxy.fail(Mode::Refuse);
-    let mut config = test_config(&url_via(&db.url, proxy.addr));
+    let mut config = test_config(&postgres_url_via(&db.url, proxy.addr));
     config.db_startup_wait = Duration::from_secs(20);
     let starting = tokio::spawn(async move { spawn_app_with(db, config).await });
     tokio::time::sleep(Duration::from_millis(800)).await;

@@ -263,6 +263,18 @@ pub fn postgres_host_port(url: &str) -> (String, u16) {
     (opts.get_host().to_owned(), opts.get_port())
 }
 
+/// A Postgres URL with its host and port replaced by `addr` (a proxy in front of the database,
+/// or a closed port).
+pub fn postgres_url_via(url: &str, addr: std::net::SocketAddr) -> String {
+    let (host, port) = postgres_host_port(url);
+    let via = url.replacen(&format!("{host}:{port}"), &addr.to_string(), 1);
+    assert_ne!(
+        via, url,
+        "the test database URL must name host:port explicitly"
+    );
+    via
+}
+
 /// Declares each listed async test once per backend: `mod sqlite { ... }` and `mod postgres { ... }`.
 #[macro_export]
 macro_rules! for_each_backend {
