@@ -181,3 +181,45 @@ async fn a_request_finishing_before_the_deadline_is_answered_during_shutdown() {
 }
 
 for_each_backend!(a_partial_body_gets_408_and_stores_nothing);
+
+/// A client that asks for large responses and never reads them holds its connection only until
+/// the idle timeout: a response handed to the socket counts as done, and a connection whose
+/// output stays stuck gets no further requests served.
+#[tokio::test]
+async fn a_client_that_stops_reading_responses_is_cut_at_the_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_with_timeouts(Backend::Sqlite).await;
+    let big = vec![b'x'; 128 * 1024];
+    let res = app.publish("/topics/big?retain=true", big).await;
+    assert_eq!(res.status(), 200);
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.http_addr).await.unwrap();
+    const REQUESTS: usize = 200;
+    let requests = get(&app, "/retainedMessage/big").repeat(REQUESTS);
+    let (mut from_server, mut to_server) = stream.split();
+    // The server may stop reading our requests once its output is stuck: write what it takes.
+    let _ = tokio::time::timeout(IDLE, to_server.write_all(&requests)).await;
+    tokio::time::sleep(IDLE * 3).await;
+
+    // Now read everything: a connection the server cut ends well before 200 responses.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    };
+    within("the server to close the connection", read_all).await;
+    let one_response = 128 * 1024 * 4 / 3;
+    assert!(
+        received < REQUESTS * one_response / 2,
+        "{received} bytes: the server kept serving a client that did not read"
+    );
+    drop(stream);
+    app.stop().await;
+}
