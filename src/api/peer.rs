@@ -14,7 +14,7 @@ use axum::http::Extensions;
 use axum::serve::IncomingStream;
 
 use super::HttpIncoming;
-use crate::tcp::AckSwitch;
+use crate::tcp::{AckSwitch, Uptake};
 use crate::tls::{self, CertFingerprint, TlsIncoming};
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,9 @@ pub struct Peer {
     /// Turns on prompt TCP ACKs for the connection (see `crate::tcp`); `None` where they are
     /// always on (HTTPS).
     pub acks: Option<AckSwitch>,
+    /// How much of what is written here the client has taken, for MQTT over WebSocket's
+    /// slow-subscriber check.
+    pub uptake: Uptake,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,7 @@ impl Connected<IncomingStream<'_, HttpIncoming>> for Peer {
             addr: *stream.remote_addr(),
             transport: Transport::Plain,
             acks: stream.io().switch().cloned(),
+            uptake: stream.io().uptake(),
         }
     }
 }
@@ -79,6 +83,7 @@ impl Connected<IncomingStream<'_, TlsIncoming>> for Peer {
                 client_cert: tls::client_cert_sha256(stream.io()),
             },
             acks: None,
+            uptake: stream.io().get_ref().0.uptake(),
         }
     }
 }

@@ -123,8 +123,9 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MQTT_MAX_KEEP_ALIVE", default_value_t = 1200)]
     pub mqtt_max_keep_alive: u16,
 
-    /// How long an MQTT client may leave what retaind writes to it unread before it is
-    /// disconnected as a slow subscriber (e.g. 30s).
+    /// How long an MQTT client may take nothing of what waits for it (bytes its TCP does not
+    /// acknowledge, messages it does not acknowledge) before it is disconnected as a slow
+    /// subscriber, within a tenth of this more (at most 1 s) (e.g. 30s).
     #[arg(long, env = "RETAIND_MQTT_WRITE_TIMEOUT", default_value = "30s",
           value_parser = humantime::parse_duration)]
     pub mqtt_write_timeout: Duration,

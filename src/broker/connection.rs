@@ -21,11 +21,11 @@ use tracing::Instrument;
 use super::admission::{TransportIdentity, authenticate, may_publish, owner, refuse};
 use super::inbound::Settled;
 use super::limits::{self, ConnectionSlot};
-use super::password_checks;
 use super::registry::Session;
 use super::retained::{Page, RetainedScan};
+use super::stall::{Counted, Gauge, Watch};
 use super::will::{Will, will};
-use super::{Broker, BrokerConfig, ClientKey, wire};
+use super::{Broker, BrokerConfig, ClientKey, Remote, wire};
 use crate::auth::Principal;
 use crate::mqtt::{
     self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet,
@@ -51,8 +51,10 @@ const FETCH_BELOW: usize = 4000;
 pub(super) enum End {
     /// The client sent DISCONNECT; with reason 0x04 it still wants its Will published.
     ClientDisconnect { keep_will: bool },
-    /// The socket closed or failed, or the client stopped reading.
+    /// The socket closed or failed.
     Lost,
+    /// The client took nothing of the output waiting for it for `--mqtt-write-timeout`.
+    Stalled,
     /// We close it, telling an MQTT 5 client why.
     Close(DisconnectReasonCode),
 }
@@ -94,19 +96,21 @@ pub(super) struct Connection<T> {
     _slot: ConnectionSlot,
     /// Its PUBLISH rate, `--mqtt-max-publish-rate`.
     pub publish_rate: TokenBucket,
+    /// Whether the client still takes what waits for it (`--mqtt-write-timeout`).
+    pub watch: Watch,
 }
 
-/// `identity` is who the transport proved the peer to be (a TLS client certificate, a presigned
-/// WebSocket URL), if anyone.
-pub(super) async fn serve<T>(
-    broker: Broker,
-    io: T,
-    peer: String,
-    identity: Option<TransportIdentity>,
-) where
+pub(super) async fn serve<T>(broker: Broker, io: T, remote: Remote)
+where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = broker.config().clone();
+    let io = Counted::new(io);
+    let gauge = match remote.uptake {
+        Some(uptake) => Gauge::Tcp(uptake),
+        None => Gauge::Transport(io.accepted()),
+    };
+    let peer = remote.name;
     let handshake = mqtt::handshake(io, cfg.max_packet_bytes);
     let (framed, connect) = match tokio::time::timeout(cfg.connect_timeout, handshake).await {
         Err(_) => {
@@ -119,8 +123,13 @@ pub(super) async fn serve<T>(
         }
         Ok(Ok(accepted)) => accepted,
     };
-    let source = password_checks::source_ip(&peer);
-    let accepted = Connection::accept(broker, cfg, framed, connect, identity, source).await;
+    let watch = Watch::new(cfg.write_timeout, gauge);
+    let arrival = Arrival {
+        identity: remote.identity,
+        source: remote.addr.map(|a| a.ip()),
+        watch,
+    };
+    let accepted = Connection::accept(broker, cfg, framed, connect, arrival).await;
     let Some(mut conn) = accepted else {
         return;
     };
@@ -135,6 +144,15 @@ pub(super) async fn serve<T>(
     .await;
 }
 
+/// What a connection brings to its CONNECT besides the packet.
+struct Arrival {
+    /// Who the transport proved the peer to be, if anyone.
+    identity: Option<TransportIdentity>,
+    /// Its address, for the password-check budget.
+    source: Option<std::net::IpAddr>,
+    watch: Watch,
+}
+
 impl<T> Connection<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -144,9 +162,13 @@ where
         cfg: BrokerConfig,
         mut framed: Framed<T>,
         connect: mqtt::Connect,
-        identity: Option<TransportIdentity>,
-        source: Option<std::net::IpAddr>,
+        arrival: Arrival,
     ) -> Option<Self> {
+        let Arrival {
+            identity,
+            source,
+            watch,
+        } = arrival;
         let v5 = framed.version() == Version::V5;
         let mut assigned = None;
         let client: ClientKey = if connect.client_id.is_empty() {
@@ -234,6 +256,7 @@ where
             dirty: false,
             _slot: slot,
             publish_rate: TokenBucket::new(cfg_publish_rate, std::time::Instant::now()),
+            watch,
         };
         let connack = ConnectAck {
             session_present: attached.session_present,
@@ -314,6 +337,13 @@ where
                     None => std::future::pending().await,
                 }
             };
+            let next_sample = self.watch.next_sample();
+            let sample = async {
+                match next_sample {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let step = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => Err(End::Close(self.session.stop_reason())),
@@ -332,6 +362,7 @@ where
                     self.fetched(page)
                 }
                 () = self.session.wake.notified() => Ok(()),
+                () = sample => self.sample(),
                 // [MQTT-3.1.2-22] nothing heard for 1.5 × keep alive.
                 () = keep_alive => Err(End::Close(DisconnectReasonCode::KeepAliveTimeout)),
             };
@@ -380,6 +411,10 @@ where
     /// Writes what the session has queued, as far as the flow-control window allows, topping
     /// the queue up from pending retained deliveries; then flushes.
     async fn pump(&mut self) -> Result<(), End> {
+        // Also here, not only on its timer: a client that keeps sending keeps the loop busy.
+        if self.watch.due() {
+            self.sample()?;
+        }
         loop {
             // A connection being taken over must leave the session's queue to its successor.
             if self.stop.is_cancelled() {
@@ -406,7 +441,18 @@ where
         if self.dirty {
             self.flush().await?;
         }
+        // Messages left in the queue (its Receive Maximum holds them back) wait for the
+        // client as much as unsent bytes do.
+        if self.session.state().queued() > 0 {
+            self.watch.waiting();
+        }
         Ok(())
+    }
+
+    /// Samples the stall clock (see `stall`).
+    fn sample(&mut self) -> Result<(), End> {
+        let buffered = self.framed.pending_write_bytes() > 0 || self.session.state().queued() > 0;
+        self.watch.sample(buffered).map_err(|_| End::Stalled)
     }
 
     /// Starts reading the next page of retained messages once the queue is short enough
@@ -447,26 +493,30 @@ where
     /// Queues a packet. False when the client's Maximum Packet Size rules it out, which
     /// MQTT 5 says to treat as delivered [MQTT-3.1.2-25].
     pub async fn write(&mut self, packet: Packet) -> Result<bool, End> {
-        match tokio::time::timeout(self.cfg.write_timeout, self.framed.feed(packet)).await {
-            Ok(Ok(())) => {
+        let fed = self.watch.drive(self.framed.feed(packet)).await;
+        match fed.map_err(|_| End::Stalled)? {
+            Ok(()) => {
                 self.dirty = true;
                 Ok(true)
             }
-            Ok(Err(mqtt::Error::Encode(e))) => {
+            Err(mqtt::Error::Encode(e)) => {
                 tracing::debug!(error = %e, "a packet was not sent");
                 Ok(false)
             }
-            Ok(Err(_)) | Err(_) => Err(End::Lost),
+            Err(_) => Err(End::Lost),
         }
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        match tokio::time::timeout(self.cfg.write_timeout, self.framed.flush()).await {
-            Ok(Ok(())) => {
+        let flushed = self.watch.drive(self.framed.flush()).await;
+        match flushed.map_err(|_| End::Stalled)? {
+            Ok(()) => {
                 self.dirty = false;
+                // What was written now waits in the socket until the client takes it.
+                self.watch.waiting();
                 Ok(())
             }
-            Ok(Err(_)) | Err(_) => Err(End::Lost),
+            Err(_) => Err(End::Lost),
         }
     }
 
@@ -474,6 +524,7 @@ where
         let shutting_down = self.broker.shutdown_signal().is_cancelled();
         let publish_will =
             !matches!(end, End::ClientDisconnect { keep_will: false }) && !shutting_down;
+        let mut reset = false;
         match &end {
             End::Close(reason) => {
                 tracing::debug!(?reason, "closing the connection");
@@ -487,6 +538,28 @@ where
             }
             End::ClientDisconnect { .. } => tracing::debug!("client disconnected"),
             End::Lost => tracing::debug!("connection lost"),
+            End::Stalled => {
+                tracing::warn!(
+                    timeout = ?self.cfg.write_timeout,
+                    "the client took nothing of what waited for it; disconnecting it"
+                );
+                if self.framed.pending_write_bytes() == 0 && self.watch.all_taken() {
+                    // It read everything and acknowledged nothing (its Receive Maximum holds
+                    // the rest back): it can still read why.
+                    if self.v5 {
+                        let goodbye = Packet::Disconnect(Disconnect {
+                            reason_code: DisconnectReasonCode::QuotaExceeded,
+                            ..Disconnect::default()
+                        });
+                        let _ =
+                            tokio::time::timeout(GOODBYE_TIMEOUT, self.framed.send(goodbye)).await;
+                    }
+                } else {
+                    // A DISCONNECT or a FIN would wait behind data it does not read; a reset
+                    // reaches it at once and frees the socket's buffers.
+                    reset = self.watch.reset_on_close();
+                }
+            }
         }
         // Publishes already read still reach the store and the subscribers.
         while let Some(settled) = self.pending.next().await {
@@ -502,7 +575,9 @@ where
             self.broker
                 .publish_will(will, self.client.clone(), self.connection, expiry);
         }
-        self.framed.close(GOODBYE_TIMEOUT).await;
+        if !reset {
+            self.framed.close(GOODBYE_TIMEOUT).await;
+        }
     }
 }
 

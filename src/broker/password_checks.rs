@@ -175,13 +175,6 @@ fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The source address in a connection's peer name: `ip:port`, optionally behind a scheme
-/// (`mqtts://`, `ws://`, `wss://`).
-pub(super) fn source_ip(peer: &str) -> Option<IpAddr> {
-    let addr = peer.rsplit_once("://").map_or(peer, |(_, addr)| addr);
-    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,14 +229,6 @@ mod tests {
             1,
             "expired windows were dropped to make room"
         );
-    }
-
-    #[test]
-    fn the_source_is_read_from_every_peer_name_form() {
-        assert_eq!(source_ip("127.0.0.1:5000"), Some(ip("127.0.0.1")));
-        assert_eq!(source_ip("mqtts://[::1]:8883"), Some(ip("::1")));
-        assert_eq!(source_ip("ws://10.0.0.1:80"), Some(ip("10.0.0.1")));
-        assert_eq!(source_ip("websocket"), None);
     }
 
     #[tokio::test]
