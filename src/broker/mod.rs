@@ -9,6 +9,7 @@
 mod admission;
 mod connection;
 mod inbound;
+mod known_credentials;
 mod limits;
 mod listener;
 mod message;
@@ -153,7 +154,8 @@ impl Broker {
         &self.inner.auth
     }
 
-    /// How many MQTT password checks may run at once, run now, and ever ran at once.
+    /// How many MQTT password checks may run at once, run now, ever ran at once and ran in
+    /// all, and how many credentials were answered from earlier checks.
     pub fn password_checks(&self) -> PasswordCheckStats {
         self.inner.password_checks.stats()
     }
