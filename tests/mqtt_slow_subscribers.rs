@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::mqtt::raw::{Raw, build, until_reset};
 use common::mqtt::within;
 use common::mqtt::ws::RawWs;
-use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
+use common::{Backend, TestApp, fresh_db, spawn_app, spawn_app_with, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -144,7 +144,12 @@ async fn a_subscriber_reading_slowly_but_steadily_stays_connected() {
 
 /// An MQTT 5 subscriber to `t` at QoS 1 that accepts two messages in flight.
 async fn v5_qos1_subscriber(app: &TestApp, id: &str) -> Raw {
-    let connect = build::connect(id, true, 60, Some(&[RECEIVE_MAXIMUM, 0, 2]));
+    v5_qos1_subscriber_with(app, id, &[RECEIVE_MAXIMUM, 0, 2]).await
+}
+
+/// An MQTT 5 subscriber to `t` at QoS 1 with the CONNECT properties `props`.
+async fn v5_qos1_subscriber_with(app: &TestApp, id: &str, props: &[u8]) -> Raw {
+    let connect = build::connect(id, true, 60, Some(props));
     let (mut sub, _) = Raw::connect(app, &connect).await;
     sub.send(&build::subscribe(1, "t", 1, Some(&[]))).await;
     sub.expect(9).await;
@@ -181,4 +186,38 @@ async fn a_qos1_subscriber_acknowledging_slowly_stays_connected() {
         sub.send(&build::ack(0x40, p.pkid)).await;
     }
     publisher.abort();
+}
+
+/// [issue 13] Publishers never wait for subscribers, so a subscriber's queue is what absorbs a
+/// burst: with the default limits, a QoS 1 subscriber reading and acknowledging as fast as it
+/// can takes a burst of 3,000 messages published at once (it falls about 2,700 behind) without
+/// being cut. With a queue of 1,000 it got DISCONNECT 0x97 in the burst.
+#[tokio::test]
+async fn a_steady_qos1_subscriber_rides_out_a_burst_of_3000_messages_with_the_default_queue() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut sub = v5_qos1_subscriber_with(&app, "steady", &[]).await;
+    let stream = TcpStream::connect(app.mqtt_addr).await.unwrap();
+    let (mut rx, mut tx) = stream.into_split();
+    tx.write_all(&build::connect("burst", true, 60, None))
+        .await
+        .unwrap();
+    let acks = tokio::spawn(async move {
+        let mut sink = [0u8; 4096];
+        while matches!(rx.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let burst: Vec<u8> = (1..=3000u16)
+        .flat_map(|i| build::publish("t", 1, false, false, i, None, &i.to_be_bytes()))
+        .collect();
+    tx.write_all(&burst).await.unwrap();
+    for i in 1..=3000u16 {
+        let p = sub
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("closed after {} messages", i - 1));
+        assert_eq!(p.kind(), 3, "message {i}: {p:?}");
+        let p = p.publish(true);
+        assert_eq!(p.payload, i.to_be_bytes(), "in order");
+        sub.send(&build::ack(0x40, p.pkid)).await;
+    }
+    acks.abort();
 }

@@ -78,8 +78,13 @@ pub struct ServeConfig {
 
     /// Messages queued for one MQTT session (online or offline) beyond those in flight. When
     /// full, QoS 0 messages are dropped, and a connected client that cannot take more QoS 1/2
-    /// messages is disconnected; an offline session drops new messages.
-    #[arg(long, env = "RETAIND_MQTT_MAX_QUEUED_MESSAGES", default_value_t = 1000)]
+    /// messages is disconnected; an offline session drops new messages. Publishers never wait,
+    /// so this is the burst a subscriber can fall behind by.
+    #[arg(
+        long,
+        env = "RETAIND_MQTT_MAX_QUEUED_MESSAGES",
+        default_value_t = 10_000
+    )]
     pub mqtt_max_queued_messages: usize,
 
     /// Payload bytes queued for one MQTT session; counts towards the same policy.

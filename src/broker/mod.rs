@@ -82,7 +82,7 @@ impl Default for BrokerConfig {
             topic_limits: TopicLimits::default(),
             max_payload_bytes: 128 * 1024,
             max_packet_bytes: 256 * 1024,
-            max_queued_messages: 1000,
+            max_queued_messages: 10_000,
             max_queued_bytes: 16 << 20,
             max_inflight: 256,
             receive_maximum: 1024,
