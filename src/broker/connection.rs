@@ -363,7 +363,7 @@ where
                 }
                 () = self.session.wake.notified() => Ok(()),
                 () = sample => self.sample(),
-                // [MQTT-3.1.2-22] nothing heard for 1.5 × keep alive.
+                // Nothing heard for 1.5 × keep alive: MQTT 5 [MQTT-3.1.2-22], 3.1.1 [MQTT-3.1.2-24].
                 () = keep_alive => Err(End::Close(DisconnectReasonCode::KeepAliveTimeout)),
             };
             if let Err(end) = step {
