@@ -2,7 +2,8 @@
 //! publishes once the store has them, and writes what the session has queued, until the
 //! client leaves, breaks the protocol or is taken over; then its Will.
 //!
-//! Packet handling is in `inbound`; this file owns the lifecycle and the write side.
+//! Packet handling is in `inbound`, the write side in `outbound`; this file owns the lifecycle
+//! and the loop.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU16;
@@ -25,11 +26,10 @@ use super::registry::Session;
 use super::retained::{Page, RetainedScan};
 use super::stall::{Counted, Gauge, Watch};
 use super::will::{Will, will};
-use super::{Broker, BrokerConfig, ClientKey, Remote, wire};
+use super::{Broker, BrokerConfig, ClientKey, Remote};
 use crate::auth::Principal;
 use crate::mqtt::{
-    self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet,
-    PublishAck2, PublishAck2Reason, Version,
+    self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet, Version,
 };
 use crate::rate::TokenBucket;
 use crate::store::{Owner, WriteBatch};
@@ -41,11 +41,11 @@ const MAX_PENDING: usize = 1024;
 /// Packets handled back to back before the answers are flushed.
 const READ_BURST: usize = 64;
 /// Flush once this much is buffered, so a long drain does not build a large buffer.
-const FLUSH_BYTES: usize = 64 * 1024;
+pub(super) const FLUSH_BYTES: usize = 64 * 1024;
 pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The next retained page is read while fewer messages than this wait in the queue: about
 /// two pages, so the client is never kept waiting for the database, and memory stays bounded.
-const FETCH_BELOW: usize = 4000;
+pub(super) const FETCH_BELOW: usize = 4000;
 
 /// Why a connection ends.
 pub(super) enum End {
@@ -71,7 +71,8 @@ pub(super) struct Connection<T> {
     pub owner: Owner,
     pub session: Arc<Session>,
     connection: u64,
-    stop: CancellationToken,
+    /// Cancelled when the connection must close (taken over, kicked, shutdown).
+    pub stop: CancellationToken,
     keep_alive: Option<Duration>,
     last_heard: Instant,
     pub will: Option<Will>,
@@ -80,7 +81,7 @@ pub(super) struct Connection<T> {
     /// (MQTT 5 Request Problem Information).
     pub problem_info: bool,
     /// How many QoS 1/2 messages may be in flight to the client.
-    window: usize,
+    pub window: usize,
     /// MQTT 5 topic aliases the client set up [MQTT-3.3.2-10].
     pub aliases: HashMap<u16, TopicName>,
     pub pending: FuturesOrdered<BoxFuture<'static, Settled>>,
@@ -90,8 +91,9 @@ pub(super) struct Connection<T> {
     pub unacked_in: usize,
     pub scans: VecDeque<RetainedScan>,
     /// The retained page being read, at most one at a time.
-    fetching: Option<BoxFuture<'static, Result<Page, crate::store::Error>>>,
-    dirty: bool,
+    pub fetching: Option<BoxFuture<'static, Result<Page, crate::store::Error>>>,
+    /// Packets written since the last flush.
+    pub dirty: bool,
     /// This connection's place under `--mqtt-max-connections`, freed when it is dropped.
     _slot: ConnectionSlot,
     /// Its PUBLISH rate, `--mqtt-max-publish-rate`.
@@ -283,41 +285,6 @@ where
         Some(conn)
     }
 
-    /// A resumed session's unacknowledged messages go out again first, PUBLISH with DUP=1 and
-    /// PUBREL as they were [MQTT-4.4.0-1].
-    async fn resend(&mut self) -> Result<(), End> {
-        let now = self.broker.store().clock().now_ms();
-        let may_receive = self.session.receive_check();
-        let unacknowledged = self.session.state().resendable(may_receive);
-        let again: Vec<(NonZeroU16, Option<Packet>, bool)> = unacknowledged
-            .iter()
-            .map(|i| {
-                let packet = if i.released {
-                    Some(Packet::PublishRelease(PublishAck2 {
-                        packet_id: i.packet_id,
-                        reason_code: PublishAck2Reason::Success,
-                        properties: Vec::new(),
-                        reason_string: None,
-                    }))
-                } else {
-                    wire::publish_packet(&i.delivery, Some(i.packet_id), true, now)
-                        .map(|p| Packet::Publish(Box::new(p)))
-                };
-                (i.packet_id, packet, i.released)
-            })
-            .collect();
-        for (id, packet, _) in again {
-            let sent = match packet {
-                Some(p) => self.write(p).await?,
-                None => false,
-            };
-            if !sent {
-                self.session.state().forget(id);
-            }
-        }
-        Ok(())
-    }
-
     async fn run(&mut self) -> End {
         loop {
             if let Err(end) = self.pump().await {
@@ -406,118 +373,6 @@ where
             self.settle(settled).await?;
         }
         Ok(())
-    }
-
-    /// Writes what the session has queued, as far as the flow-control window allows, topping
-    /// the queue up from pending retained deliveries; then flushes.
-    async fn pump(&mut self) -> Result<(), End> {
-        // Also here, not only on its timer: a client that keeps sending keeps the loop busy.
-        if self.watch.due() {
-            self.sample()?;
-        }
-        loop {
-            // A connection being taken over must leave the session's queue to its successor.
-            if self.stop.is_cancelled() {
-                break;
-            }
-            let may_receive = self.session.receive_check();
-            let next = self.session.state().next_outgoing(self.window, may_receive);
-            let Some(out) = next else {
-                break;
-            };
-            let now = self.broker.store().clock().now_ms();
-            let sent = match wire::publish_packet(&out.delivery, out.packet_id, false, now) {
-                Some(p) => self.write(Packet::Publish(Box::new(p))).await?,
-                None => false,
-            };
-            if !sent && let Some(id) = out.packet_id {
-                self.session.state().forget(id);
-            }
-            if self.framed.pending_write_bytes() >= FLUSH_BYTES {
-                self.flush().await?;
-            }
-        }
-        self.fetch_retained();
-        if self.dirty {
-            self.flush().await?;
-        }
-        // Messages left in the queue (its Receive Maximum holds them back) wait for the
-        // client as much as unsent bytes do.
-        if self.session.state().queued() > 0 {
-            self.watch.waiting();
-        }
-        Ok(())
-    }
-
-    /// Samples the stall clock (see `stall`).
-    fn sample(&mut self) -> Result<(), End> {
-        let buffered = self.framed.pending_write_bytes() > 0 || self.session.state().queued() > 0;
-        self.watch.sample(buffered).map_err(|_| End::Stalled)
-    }
-
-    /// Starts reading the next page of retained messages once the queue is short enough
-    /// that the page will be needed soon: the client drains one page while the next is read.
-    fn fetch_retained(&mut self) {
-        if self.fetching.is_some() || self.session.state().queued() >= FETCH_BELOW {
-            return;
-        }
-        if let Some(scan) = self.scans.pop_front() {
-            let store = self.broker.store().clone();
-            self.fetching = Some(Box::pin(scan.fetch(store, self.cfg.topic_limits)));
-        }
-    }
-
-    pub(super) fn fetched(&mut self, page: Result<Page, crate::store::Error>) -> Result<(), End> {
-        match page {
-            Ok(page) => {
-                if let Some(next) = page.next {
-                    self.scans.push_front(next);
-                }
-                let mut state = self.session.state();
-                page.deliveries
-                    .into_iter()
-                    .filter(|d| self.session.may_receive(&d.message.topic))
-                    .for_each(|d| state.push_retained(d));
-                drop(state);
-                // Read the page after this one while this one is being sent.
-                self.fetch_retained();
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read retained messages for a subscription");
-                Err(End::Close(DisconnectReasonCode::UnspecifiedError))
-            }
-        }
-    }
-
-    /// Queues a packet. False when the client's Maximum Packet Size rules it out, which
-    /// MQTT 5 says to treat as delivered [MQTT-3.1.2-25].
-    pub async fn write(&mut self, packet: Packet) -> Result<bool, End> {
-        let fed = self.watch.drive(self.framed.feed(packet)).await;
-        match fed.map_err(|_| End::Stalled)? {
-            Ok(()) => {
-                self.dirty = true;
-                Ok(true)
-            }
-            Err(mqtt::Error::Encode(e)) => {
-                tracing::debug!(error = %e, "a packet was not sent");
-                Ok(false)
-            }
-            Err(_) => Err(End::Lost),
-        }
-    }
-
-    async fn flush(&mut self) -> Result<(), End> {
-        let flushed = self.watch.drive(self.framed.flush()).await;
-        match flushed.map_err(|_| End::Stalled)? {
-            Ok(()) => {
-                self.dirty = false;
-                // What was written now waits in the socket until the client takes it.
-                self.watch.waiting();
-                Ok(())
-            }
-            Err(_) => Err(End::Lost),
-        }
     }
 
     async fn finish(mut self, end: End) {

@@ -13,6 +13,7 @@ mod known_credentials;
 mod limits;
 mod listener;
 mod message;
+mod outbound;
 mod password_checks;
 mod registry;
 mod remote;
