@@ -39,7 +39,7 @@
 #                               the publisher but never sent once publishers pause (seen with 256:
 #                               exactly the paused publishers' outstanding messages never arrived).
 #                               The publishers' --max-outstanding keeps the window small anyway.
-#   queued per session          100,000 msgs retaind --mqtt-max-queued-messages (default 1000);
+#   queued per session          100,000 msgs retaind --mqtt-max-queued-messages (default 10000);
 #                               64 MiB       --mqtt-max-queued-bytes (16 MiB); Mosquitto
 #                                            max_queued_messages (1000), max_queued_bytes (0 =
 #                                            none). With Mosquitto's 1000, a subscriber gets only

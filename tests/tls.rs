@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::mqtt::raw::build;
+use common::mqtt::raw::{build, until_reset};
 use common::mqtt::within;
 use common::mqtt::ws::RawWs;
 use common::raw_http::{closed, exchange};
@@ -135,6 +135,10 @@ mqtt_password_hash = "{device}"
 effect = "Allow"
 actions = ["iot:Connect"]
 resources = ["*"]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Subscribe", "iot:Receive"]
+resources = ["topicfilter/stall/#", "topic/stall/#"]
 
 [[principals]]
 name = "sensor"
@@ -738,4 +742,58 @@ async fn start_error(config: &ServeConfig) -> String {
         }
         Err(e) => e.to_string(),
     }
+}
+
+/// [issue 13] Slow subscribers over TLS: a client that stops reading is reset within the write
+/// timeout and a tenth of it (plus room for a busy machine) of the moment it last took data;
+/// what retaind's socket buffers hold does not delay it.
+#[tokio::test]
+async fn a_tls_subscriber_that_stops_reading_is_reset_within_the_timeout() {
+    let pki = Pki::new();
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = tls_config(&pki, &db.url);
+    config.mqtt_write_timeout = Duration::from_secs(1);
+    let app = spawn_app_with(db, config).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let tcp = socket.connect(mqtts_addr(&app)).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut stream = pki.connector(None).connect(name, tcp).await.unwrap();
+    let login = build::connect_with_login("stalled", None, "device", DEVICE_PASSWORD.as_bytes());
+    stream.write_all(&login).await.unwrap();
+    let mut ack = [0u8; 4];
+    within("a CONNACK", stream.read_exact(&mut ack))
+        .await
+        .unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    stream
+        .write_all(&build::subscribe(1, "stall/#", 0, None))
+        .await
+        .unwrap();
+    let mut suback = [0u8; 5];
+    within("a SUBACK", stream.read_exact(&mut suback))
+        .await
+        .unwrap();
+    assert_eq!(suback, [0x90, 3, 0, 1, 0]);
+
+    let (http, base) = (app.http.clone(), app.base.clone());
+    let publisher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            tick.tick().await;
+            let _ = http
+                .post(format!("{base}/topics/stall%2Fload"))
+                .bearer_auth(ADMIN_TOKEN)
+                .body(vec![b'x'; 1024])
+                .send()
+                .await;
+        }
+    });
+    let stalled = until_reset(stream.get_ref().0).await;
+    publisher.abort();
+    let waited = stalled.reset - stalled.last_data;
+    assert!(
+        (Duration::from_secs(1)..=Duration::from_millis(1400)).contains(&waited),
+        "reset {waited:?} after the client last took data"
+    );
 }

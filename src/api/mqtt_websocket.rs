@@ -35,7 +35,7 @@ use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 use super::browser::cross_site;
 use super::{ApiError, ApiState, Peer};
 use crate::auth::{self, AuthError, Principal, SigV4Request};
-use crate::broker::{Broker, TransportIdentity};
+use crate::broker::{Broker, Remote, TransportIdentity};
 
 /// Room for the WebSocket framing around the largest MQTT packet we accept.
 const FRAME_OVERHEAD: usize = 16;
@@ -48,15 +48,29 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (name, client_cert, acks) = match peer {
+    let (mut remote, client_cert, acks) = match peer {
         Some(Extension(ConnectInfo(peer))) => {
-            (peer.websocket_name(), peer.client_cert(), peer.acks)
+            let remote = Remote {
+                name: peer.websocket_name(),
+                addr: Some(peer.addr),
+                identity: None,
+                uptake: Some(peer.uptake.clone()),
+            };
+            (remote, peer.client_cert(), peer.acks)
         }
-        None => ("websocket".to_owned(), None, None),
+        None => {
+            let remote = Remote {
+                name: "websocket".to_owned(),
+                addr: None,
+                identity: None,
+                uptake: None,
+            };
+            (remote, None, None)
+        }
     };
     // A certificate only exists over TLS, so this server's origin is https.
     let client_cert = client_cert.filter(|_| !cross_site(&headers, "https"));
-    let identity = match presigned_principal(&state, &method, &uri, &headers) {
+    remote.identity = match presigned_principal(&state, &method, &uri, &headers) {
         Ok(Some(principal)) => Some(TransportIdentity::Signed(principal)),
         Ok(None) => client_cert.map(TransportIdentity::ClientCert),
         Err(err) => {
@@ -79,7 +93,7 @@ pub async fn upgrade(
             if let Some(acks) = acks {
                 acks.turn_on();
             }
-            serve(broker, socket, name, identity)
+            serve(broker, socket, remote)
         })
 }
 
@@ -105,12 +119,7 @@ fn presigned_principal(
     state.auth.verify_sigv4(&req, SystemTime::now()).map(Some)
 }
 
-async fn serve(
-    broker: Broker,
-    socket: WebSocket,
-    peer: String,
-    identity: Option<TransportIdentity>,
-) {
+async fn serve(broker: Broker, socket: WebSocket, remote: Remote) {
     let (sink, stream) = socket.split();
     let reader = StreamReader::new(stream.filter_map(|frame| {
         ready(match frame {
@@ -130,6 +139,6 @@ async fn serve(
             .with(|bytes: Bytes| ready(Ok::<_, io::Error>(Frame::Binary(bytes)))),
     ));
     broker
-        .serve_connection_as(tokio::io::join(reader, writer), peer, identity)
+        .serve_connection(tokio::io::join(reader, writer), remote)
         .await;
 }

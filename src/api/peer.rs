@@ -14,7 +14,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::HttpIncoming;
 use super::server::PeerListener;
-use crate::tcp::{AckSwitch, PromptAcks};
+use crate::tcp::{AckSwitch, PromptAcks, Uptake};
 use crate::tls::{self, CertFingerprint, TlsIncoming};
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,9 @@ pub struct Peer {
     /// Turns on prompt TCP ACKs for the connection (see `crate::tcp`); `None` where they are
     /// always on (HTTPS).
     pub acks: Option<AckSwitch>,
+    /// How much of what is written here the client has taken, for MQTT over WebSocket's
+    /// slow-subscriber check.
+    pub uptake: Uptake,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,7 @@ impl PeerListener for HttpIncoming {
             addr,
             transport: Transport::Plain,
             acks: io.switch().cloned(),
+            uptake: io.uptake(),
         }
     }
 }
@@ -83,6 +87,7 @@ impl PeerListener for TlsIncoming {
                 client_cert: tls::client_cert_sha256(io),
             },
             acks: None,
+            uptake: io.get_ref().0.uptake(),
         }
     }
 }

@@ -85,8 +85,13 @@ pub struct ServeConfig {
 
     /// Messages queued for one MQTT session (online or offline) beyond those in flight. When
     /// full, QoS 0 messages are dropped, and a connected client that cannot take more QoS 1/2
-    /// messages is disconnected; an offline session drops new messages.
-    #[arg(long, env = "RETAIND_MQTT_MAX_QUEUED_MESSAGES", default_value_t = 1000)]
+    /// messages is disconnected; an offline session drops new messages. Publishers never wait,
+    /// so this is the burst a subscriber can fall behind by.
+    #[arg(
+        long,
+        env = "RETAIND_MQTT_MAX_QUEUED_MESSAGES",
+        default_value_t = 10_000
+    )]
     pub mqtt_max_queued_messages: usize,
 
     /// Payload bytes queued for one MQTT session; counts towards the same policy.
@@ -130,8 +135,9 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MQTT_MAX_KEEP_ALIVE", default_value_t = 1200)]
     pub mqtt_max_keep_alive: u16,
 
-    /// How long an MQTT client may leave what retaind writes to it unread before it is
-    /// disconnected as a slow subscriber (e.g. 30s).
+    /// How long an MQTT client may take nothing of what waits for it (bytes its TCP does not
+    /// acknowledge, messages it does not acknowledge) before it is disconnected as a slow
+    /// subscriber, within a tenth of this more (at most 1 s) (e.g. 30s).
     #[arg(long, env = "RETAIND_MQTT_WRITE_TIMEOUT", default_value = "30s",
           value_parser = humantime::parse_duration)]
     pub mqtt_write_timeout: Duration,

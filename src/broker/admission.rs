@@ -7,8 +7,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::GOODBYE_TIMEOUT;
+use super::known_credentials::Known;
 use super::message::Message;
-use super::password_checks::REFUSAL_DELAY;
+use super::password_checks::{PasswordChecks, REFUSAL_DELAY};
 use super::{Broker, ClientKey};
 use crate::auth::{Action, AuthError, Principal};
 use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet};
@@ -74,8 +75,9 @@ pub(super) async fn authenticate(
 }
 
 /// Verifies a user name and password within the bounds of `password_checks` [issue 13]: a
-/// slot among the few that may run at once, and a source that has not failed too often; a
-/// refusal for credentials comes after a delay held on a timer.
+/// credential checked before is answered as it was; otherwise a slot among the few checks that
+/// may run at once, and a source that has not failed too often. A refusal for credentials comes
+/// after a delay held on a timer.
 async fn check_password(
     broker: &Broker,
     username: String,
@@ -83,34 +85,56 @@ async fn check_password(
     source: Option<IpAddr>,
 ) -> Result<Arc<Principal>, ConnectAckReason> {
     let checks = &broker.inner.password_checks;
-    let over_budget = || async {
+    let refused = |reason| async move {
         tokio::time::sleep(REFUSAL_DELAY).await;
-        // 3.1.1 has no such code: 0x03 Server unavailable.
-        Err(ConnectAckReason::ConnectionRateExceeded)
+        Err(reason)
     };
+    let digest = checks.digest(&username, &password);
+    let recalled = |checks: &PasswordChecks| match checks.recall(digest) {
+        Some(Known::Verified(principal)) => Some(Ok(principal)),
+        // 3.1.1: 0x04 bad user name or password; 5: 0x86.
+        Some(Known::Refused) => Some(Err(ConnectAckReason::BadUserNameOrPassword)),
+        None => None,
+    };
+    // Before the budget: known good devices get in from a source that used it up.
+    match recalled(checks) {
+        Some(Ok(principal)) => return Ok(principal),
+        Some(Err(reason)) => return refused(reason).await,
+        None => {}
+    }
+    // 3.1.1 has no such code: 0x03 Server unavailable.
     if checks.over_budget(source) {
-        return over_budget().await;
+        return refused(ConnectAckReason::ConnectionRateExceeded).await;
     }
     // [MQTT-3.2.2-6] 0x89 Server busy (3.1.1: 0x03) when no slot comes free in time.
     let slot = checks.slot().await.ok_or(ConnectAckReason::ServerBusy)?;
-    // Again: the source may have used up its budget while this CONNECT waited.
+    // Again: the same credential may have been checked while this CONNECT waited, and the
+    // source may have used up its budget.
+    match recalled(checks) {
+        Some(Ok(principal)) => return Ok(principal),
+        Some(Err(reason)) => return refused(reason).await,
+        None => {}
+    }
     if checks.over_budget(source) {
         drop(slot);
-        return over_budget().await;
+        return refused(ConnectAckReason::ConnectionRateExceeded).await;
     }
+    checks.checking();
     let auth = broker.auth().clone();
     let verified =
         tokio::task::spawn_blocking(move || auth.verify_mqtt(Some(&username), Some(&password)))
             .await;
     drop(slot);
     match verified {
-        Ok(Ok(principal)) => Ok(principal),
+        Ok(Ok(principal)) => {
+            checks.remember(digest, Some(principal.clone()));
+            Ok(principal)
+        }
         Ok(Err(AuthError::MissingCredentials)) => Err(ConnectAckReason::NotAuthorized),
-        // 3.1.1: 0x04 bad user name or password; 5: 0x86.
         Ok(Err(_)) => {
+            checks.remember(digest, None);
             checks.failed(source);
-            tokio::time::sleep(REFUSAL_DELAY).await;
-            Err(ConnectAckReason::BadUserNameOrPassword)
+            refused(ConnectAckReason::BadUserNameOrPassword).await
         }
         Err(_) => Err(ConnectAckReason::ServerUnavailable),
     }

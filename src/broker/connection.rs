@@ -2,7 +2,8 @@
 //! publishes once the store has them, and writes what the session has queued, until the
 //! client leaves, breaks the protocol or is taken over; then its Will.
 //!
-//! Packet handling is in `inbound`; this file owns the lifecycle and the write side.
+//! Packet handling is in `inbound`, the write side in `outbound`; this file owns the lifecycle
+//! and the loop.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU16;
@@ -21,15 +22,14 @@ use tracing::Instrument;
 use super::admission::{TransportIdentity, authenticate, may_publish, owner, refuse};
 use super::inbound::Settled;
 use super::limits::{self, ConnectionSlot};
-use super::password_checks;
 use super::registry::Session;
 use super::retained::{Page, RetainedScan};
+use super::stall::{Counted, Gauge, Watch};
 use super::will::{Will, will};
-use super::{Broker, BrokerConfig, ClientKey, wire};
+use super::{Broker, BrokerConfig, ClientKey, Remote};
 use crate::auth::Principal;
 use crate::mqtt::{
-    self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet,
-    PublishAck2, PublishAck2Reason, Version,
+    self, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, Framed, Packet, Version,
 };
 use crate::rate::TokenBucket;
 use crate::store::{Owner, WriteBatch};
@@ -41,18 +41,20 @@ const MAX_PENDING: usize = 1024;
 /// Packets handled back to back before the answers are flushed.
 const READ_BURST: usize = 64;
 /// Flush once this much is buffered, so a long drain does not build a large buffer.
-const FLUSH_BYTES: usize = 64 * 1024;
+pub(super) const FLUSH_BYTES: usize = 64 * 1024;
 pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The next retained page is read while fewer messages than this wait in the queue: about
 /// two pages, so the client is never kept waiting for the database, and memory stays bounded.
-const FETCH_BELOW: usize = 4000;
+pub(super) const FETCH_BELOW: usize = 4000;
 
 /// Why a connection ends.
 pub(super) enum End {
     /// The client sent DISCONNECT; with reason 0x04 it still wants its Will published.
     ClientDisconnect { keep_will: bool },
-    /// The socket closed or failed, or the client stopped reading.
+    /// The socket closed or failed.
     Lost,
+    /// The client took nothing of the output waiting for it for `--mqtt-write-timeout`.
+    Stalled,
     /// We close it, telling an MQTT 5 client why.
     Close(DisconnectReasonCode),
 }
@@ -69,7 +71,8 @@ pub(super) struct Connection<T> {
     pub owner: Owner,
     pub session: Arc<Session>,
     connection: u64,
-    stop: CancellationToken,
+    /// Cancelled when the connection must close (taken over, kicked, shutdown).
+    pub stop: CancellationToken,
     keep_alive: Option<Duration>,
     last_heard: Instant,
     pub will: Option<Will>,
@@ -78,7 +81,7 @@ pub(super) struct Connection<T> {
     /// (MQTT 5 Request Problem Information).
     pub problem_info: bool,
     /// How many QoS 1/2 messages may be in flight to the client.
-    window: usize,
+    pub window: usize,
     /// MQTT 5 topic aliases the client set up [MQTT-3.3.2-10].
     pub aliases: HashMap<u16, TopicName>,
     pub pending: FuturesOrdered<BoxFuture<'static, Settled>>,
@@ -88,25 +91,28 @@ pub(super) struct Connection<T> {
     pub unacked_in: usize,
     pub scans: VecDeque<RetainedScan>,
     /// The retained page being read, at most one at a time.
-    fetching: Option<BoxFuture<'static, Result<Page, crate::store::Error>>>,
-    dirty: bool,
+    pub fetching: Option<BoxFuture<'static, Result<Page, crate::store::Error>>>,
+    /// Packets written since the last flush.
+    pub dirty: bool,
     /// This connection's place under `--mqtt-max-connections`, freed when it is dropped.
     _slot: ConnectionSlot,
     /// Its PUBLISH rate, `--mqtt-max-publish-rate`.
     pub publish_rate: TokenBucket,
+    /// Whether the client still takes what waits for it (`--mqtt-write-timeout`).
+    pub watch: Watch,
 }
 
-/// `identity` is who the transport proved the peer to be (a TLS client certificate, a presigned
-/// WebSocket URL), if anyone.
-pub(super) async fn serve<T>(
-    broker: Broker,
-    io: T,
-    peer: String,
-    identity: Option<TransportIdentity>,
-) where
+pub(super) async fn serve<T>(broker: Broker, io: T, remote: Remote)
+where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = broker.config().clone();
+    let io = Counted::new(io);
+    let gauge = match remote.uptake {
+        Some(uptake) => Gauge::Tcp(uptake),
+        None => Gauge::Transport(io.accepted()),
+    };
+    let peer = remote.name;
     let handshake = mqtt::handshake(io, cfg.max_packet_bytes);
     let (framed, connect) = match tokio::time::timeout(cfg.connect_timeout, handshake).await {
         Err(_) => {
@@ -119,8 +125,13 @@ pub(super) async fn serve<T>(
         }
         Ok(Ok(accepted)) => accepted,
     };
-    let source = password_checks::source_ip(&peer);
-    let accepted = Connection::accept(broker, cfg, framed, connect, identity, source).await;
+    let watch = Watch::new(cfg.write_timeout, gauge);
+    let arrival = Arrival {
+        identity: remote.identity,
+        source: remote.addr.map(|a| a.ip()),
+        watch,
+    };
+    let accepted = Connection::accept(broker, cfg, framed, connect, arrival).await;
     let Some(mut conn) = accepted else {
         return;
     };
@@ -135,6 +146,15 @@ pub(super) async fn serve<T>(
     .await;
 }
 
+/// What a connection brings to its CONNECT besides the packet.
+struct Arrival {
+    /// Who the transport proved the peer to be, if anyone.
+    identity: Option<TransportIdentity>,
+    /// Its address, for the password-check budget.
+    source: Option<std::net::IpAddr>,
+    watch: Watch,
+}
+
 impl<T> Connection<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -144,9 +164,13 @@ where
         cfg: BrokerConfig,
         mut framed: Framed<T>,
         connect: mqtt::Connect,
-        identity: Option<TransportIdentity>,
-        source: Option<std::net::IpAddr>,
+        arrival: Arrival,
     ) -> Option<Self> {
+        let Arrival {
+            identity,
+            source,
+            watch,
+        } = arrival;
         let v5 = framed.version() == Version::V5;
         let mut assigned = None;
         let client: ClientKey = if connect.client_id.is_empty() {
@@ -234,6 +258,7 @@ where
             dirty: false,
             _slot: slot,
             publish_rate: TokenBucket::new(cfg_publish_rate, std::time::Instant::now()),
+            watch,
         };
         let connack = ConnectAck {
             session_present: attached.session_present,
@@ -260,41 +285,6 @@ where
         Some(conn)
     }
 
-    /// A resumed session's unacknowledged messages go out again first, PUBLISH with DUP=1 and
-    /// PUBREL as they were [MQTT-4.4.0-1].
-    async fn resend(&mut self) -> Result<(), End> {
-        let now = self.broker.store().clock().now_ms();
-        let may_receive = self.session.receive_check();
-        let unacknowledged = self.session.state().resendable(may_receive);
-        let again: Vec<(NonZeroU16, Option<Packet>, bool)> = unacknowledged
-            .iter()
-            .map(|i| {
-                let packet = if i.released {
-                    Some(Packet::PublishRelease(PublishAck2 {
-                        packet_id: i.packet_id,
-                        reason_code: PublishAck2Reason::Success,
-                        properties: Vec::new(),
-                        reason_string: None,
-                    }))
-                } else {
-                    wire::publish_packet(&i.delivery, Some(i.packet_id), true, now)
-                        .map(|p| Packet::Publish(Box::new(p)))
-                };
-                (i.packet_id, packet, i.released)
-            })
-            .collect();
-        for (id, packet, _) in again {
-            let sent = match packet {
-                Some(p) => self.write(p).await?,
-                None => false,
-            };
-            if !sent {
-                self.session.state().forget(id);
-            }
-        }
-        Ok(())
-    }
-
     async fn run(&mut self) -> End {
         loop {
             if let Err(end) = self.pump().await {
@@ -311,6 +301,13 @@ where
             let fetched = async {
                 match self.fetching.as_mut() {
                     Some(page) => page.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next_sample = self.watch.next_sample();
+            let sample = async {
+                match next_sample {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -332,7 +329,8 @@ where
                     self.fetched(page)
                 }
                 () = self.session.wake.notified() => Ok(()),
-                // [MQTT-3.1.2-22] nothing heard for 1.5 × keep alive.
+                () = sample => self.sample(),
+                // Nothing heard for 1.5 × keep alive: MQTT 5 [MQTT-3.1.2-22], 3.1.1 [MQTT-3.1.2-24].
                 () = keep_alive => Err(End::Close(DisconnectReasonCode::KeepAliveTimeout)),
             };
             if let Err(end) = step {
@@ -377,104 +375,11 @@ where
         Ok(())
     }
 
-    /// Writes what the session has queued, as far as the flow-control window allows, topping
-    /// the queue up from pending retained deliveries; then flushes.
-    async fn pump(&mut self) -> Result<(), End> {
-        loop {
-            // A connection being taken over must leave the session's queue to its successor.
-            if self.stop.is_cancelled() {
-                break;
-            }
-            let may_receive = self.session.receive_check();
-            let next = self.session.state().next_outgoing(self.window, may_receive);
-            let Some(out) = next else {
-                break;
-            };
-            let now = self.broker.store().clock().now_ms();
-            let sent = match wire::publish_packet(&out.delivery, out.packet_id, false, now) {
-                Some(p) => self.write(Packet::Publish(Box::new(p))).await?,
-                None => false,
-            };
-            if !sent && let Some(id) = out.packet_id {
-                self.session.state().forget(id);
-            }
-            if self.framed.pending_write_bytes() >= FLUSH_BYTES {
-                self.flush().await?;
-            }
-        }
-        self.fetch_retained();
-        if self.dirty {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Starts reading the next page of retained messages once the queue is short enough
-    /// that the page will be needed soon: the client drains one page while the next is read.
-    fn fetch_retained(&mut self) {
-        if self.fetching.is_some() || self.session.state().queued() >= FETCH_BELOW {
-            return;
-        }
-        if let Some(scan) = self.scans.pop_front() {
-            let store = self.broker.store().clone();
-            self.fetching = Some(Box::pin(scan.fetch(store, self.cfg.topic_limits)));
-        }
-    }
-
-    pub(super) fn fetched(&mut self, page: Result<Page, crate::store::Error>) -> Result<(), End> {
-        match page {
-            Ok(page) => {
-                if let Some(next) = page.next {
-                    self.scans.push_front(next);
-                }
-                let mut state = self.session.state();
-                page.deliveries
-                    .into_iter()
-                    .filter(|d| self.session.may_receive(&d.message.topic))
-                    .for_each(|d| state.push_retained(d));
-                drop(state);
-                // Read the page after this one while this one is being sent.
-                self.fetch_retained();
-                Ok(())
-            }
-            Err(e) => {
-                // Logged by the store, in summary.
-                tracing::debug!(error = %e, "cannot read retained messages for a subscription");
-                Err(End::Close(DisconnectReasonCode::UnspecifiedError))
-            }
-        }
-    }
-
-    /// Queues a packet. False when the client's Maximum Packet Size rules it out, which
-    /// MQTT 5 says to treat as delivered [MQTT-3.1.2-25].
-    pub async fn write(&mut self, packet: Packet) -> Result<bool, End> {
-        match tokio::time::timeout(self.cfg.write_timeout, self.framed.feed(packet)).await {
-            Ok(Ok(())) => {
-                self.dirty = true;
-                Ok(true)
-            }
-            Ok(Err(mqtt::Error::Encode(e))) => {
-                tracing::debug!(error = %e, "a packet was not sent");
-                Ok(false)
-            }
-            Ok(Err(_)) | Err(_) => Err(End::Lost),
-        }
-    }
-
-    async fn flush(&mut self) -> Result<(), End> {
-        match tokio::time::timeout(self.cfg.write_timeout, self.framed.flush()).await {
-            Ok(Ok(())) => {
-                self.dirty = false;
-                Ok(())
-            }
-            Ok(Err(_)) | Err(_) => Err(End::Lost),
-        }
-    }
-
     async fn finish(mut self, end: End) {
         let shutting_down = self.broker.shutdown_signal().is_cancelled();
         let publish_will =
             !matches!(end, End::ClientDisconnect { keep_will: false }) && !shutting_down;
+        let mut reset = false;
         match &end {
             End::Close(reason) => {
                 tracing::debug!(?reason, "closing the connection");
@@ -488,6 +393,28 @@ where
             }
             End::ClientDisconnect { .. } => tracing::debug!("client disconnected"),
             End::Lost => tracing::debug!("connection lost"),
+            End::Stalled => {
+                tracing::warn!(
+                    timeout = ?self.cfg.write_timeout,
+                    "the client took nothing of what waited for it; disconnecting it"
+                );
+                if self.framed.pending_write_bytes() == 0 && self.watch.all_taken() {
+                    // It read everything and acknowledged nothing (its Receive Maximum holds
+                    // the rest back): it can still read why.
+                    if self.v5 {
+                        let goodbye = Packet::Disconnect(Disconnect {
+                            reason_code: DisconnectReasonCode::QuotaExceeded,
+                            ..Disconnect::default()
+                        });
+                        let _ =
+                            tokio::time::timeout(GOODBYE_TIMEOUT, self.framed.send(goodbye)).await;
+                    }
+                } else {
+                    // A DISCONNECT or a FIN would wait behind data it does not read; a reset
+                    // reaches it at once and frees the socket's buffers.
+                    reset = self.watch.reset_on_close();
+                }
+            }
         }
         // Publishes already read still reach the store and the subscribers.
         while let Some(settled) = self.pending.next().await {
@@ -503,7 +430,9 @@ where
             self.broker
                 .publish_will(will, self.client.clone(), self.connection, expiry);
         }
-        self.framed.close(GOODBYE_TIMEOUT).await;
+        if !reset {
+            self.framed.close(GOODBYE_TIMEOUT).await;
+        }
     }
 }
 

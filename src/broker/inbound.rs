@@ -58,7 +58,9 @@ where
         match packet {
             Packet::Publish(p) => self.on_publish(*p).await,
             Packet::PublishAck(a) => {
-                self.session.state().acknowledge(a.packet_id);
+                if self.session.state().acknowledge(a.packet_id) {
+                    self.watch.acknowledged();
+                }
                 Ok(())
             }
             Packet::PublishReceived(a) => {
@@ -68,6 +70,9 @@ where
                     return Ok(());
                 }
                 let known = self.session.state().received(a.packet_id);
+                if known {
+                    self.watch.acknowledged();
+                }
                 self.write(Packet::PublishRelease(ack2(a.packet_id, known)))
                     .await
                     .map(drop)
@@ -82,7 +87,9 @@ where
                     .map(drop)
             }
             Packet::PublishComplete(c) => {
-                self.session.state().completed(c.packet_id);
+                if self.session.state().completed(c.packet_id) {
+                    self.watch.acknowledged();
+                }
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s).await,

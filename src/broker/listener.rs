@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use super::{Broker, TransportIdentity};
+use super::{Broker, Remote, TransportIdentity};
 use crate::tcp::PromptAcks;
 use crate::tls::{self, TlsIncoming};
 
@@ -18,7 +18,13 @@ pub async fn serve_tcp(broker: Broker, listener: TcpListener) {
         match accepted {
             Ok((socket, peer)) => {
                 let socket = PromptAcks::new(socket);
-                tokio::spawn(broker.track(socket, peer.to_string(), None));
+                let remote = Remote {
+                    name: peer.to_string(),
+                    addr: Some(peer),
+                    identity: None,
+                    uptake: Some(socket.uptake()),
+                };
+                tokio::spawn(broker.track(socket, remote));
             }
             Err(e) => {
                 // Usually out of file descriptors: wait instead of spinning.
@@ -38,7 +44,12 @@ pub async fn serve_tls(broker: Broker, mut incoming: TlsIncoming) {
             () = broker.shutdown_signal().cancelled() => return,
             established = incoming.next() => established,
         };
-        let identity = tls::client_cert_sha256(&stream).map(TransportIdentity::ClientCert);
-        tokio::spawn(broker.track(stream, format!("mqtts://{peer}"), identity));
+        let remote = Remote {
+            name: format!("mqtts://{peer}"),
+            addr: Some(peer),
+            identity: tls::client_cert_sha256(&stream).map(TransportIdentity::ClientCert),
+            uptake: Some(stream.get_ref().0.uptake()),
+        };
+        tokio::spawn(broker.track(stream, remote));
     }
 }

@@ -9,13 +9,17 @@
 mod admission;
 mod connection;
 mod inbound;
+mod known_credentials;
 mod limits;
 mod listener;
 mod message;
+mod outbound;
 mod password_checks;
 mod registry;
+mod remote;
 mod retained;
 mod session;
+mod stall;
 mod tree;
 mod will;
 mod wire;
@@ -30,6 +34,7 @@ pub use admission::{TransportIdentity, owner};
 pub use listener::{serve_tcp, serve_tls};
 pub use message::Message;
 pub use password_checks::PasswordCheckStats;
+pub use remote::Remote;
 pub use tree::{ClientKey, SubscriptionTree};
 pub use wire::WireForm;
 
@@ -64,7 +69,8 @@ pub struct BrokerConfig {
     pub max_publish_rate: f64,
     /// Time allowed between accepting a connection and receiving its CONNECT.
     pub connect_timeout: Duration,
-    /// Time a client may leave written data unread before it is disconnected.
+    /// Time a client may take nothing of the output waiting for it before it is disconnected
+    /// (see `stall`).
     pub write_timeout: Duration,
     /// Longest keep alive a client may have, in seconds: one that asks for more, or for none
     /// (0), is held to this (MQTT 5: told so in Server Keep Alive). 0: no maximum.
@@ -77,7 +83,7 @@ impl Default for BrokerConfig {
             topic_limits: TopicLimits::default(),
             max_payload_bytes: 128 * 1024,
             max_packet_bytes: 256 * 1024,
-            max_queued_messages: 1000,
+            max_queued_messages: 10_000,
             max_queued_bytes: 16 << 20,
             max_inflight: 256,
             receive_maximum: 1024,
@@ -149,7 +155,8 @@ impl Broker {
         &self.inner.auth
     }
 
-    /// How many MQTT password checks may run at once, run now, and ever ran at once.
+    /// How many MQTT password checks may run at once, run now, ever ran at once and ran in
+    /// all, and how many credentials were answered from earlier checks.
     pub fn password_checks(&self) -> PasswordCheckStats {
         self.inner.password_checks.stats()
     }
@@ -166,42 +173,25 @@ impl Broker {
         Ok(())
     }
 
-    /// Serves one client over an established byte stream until it goes away.
-    pub async fn serve_connection<T>(&self, io: T, peer: String)
+    /// Serves one client over an established byte stream until it goes away; `remote` is what
+    /// the transport knows of it (its address, who it proved to be, its TCP socket's uptake).
+    pub async fn serve_connection<T>(&self, io: T, remote: Remote)
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        self.serve_connection_as(io, peer, None).await;
-    }
-
-    /// [`Broker::serve_connection`] for a client whose transport proved who it is (a TLS client
-    /// certificate, a presigned WebSocket URL); it may then connect without credentials.
-    pub async fn serve_connection_as<T>(
-        &self,
-        io: T,
-        peer: String,
-        identity: Option<TransportIdentity>,
-    ) where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        self.track(io, peer, identity).await;
+        self.track(io, remote).await;
     }
 
     /// A connection's future, counted by shutdown from this call on: a listener calls it
     /// before it spawns the task, so a connection accepted just before shutdown is waited for
     /// (and told why it closes) like the others.
-    fn track<T>(
-        &self,
-        io: T,
-        peer: String,
-        identity: Option<TransportIdentity>,
-    ) -> impl Future<Output = ()> + Send + 'static
+    fn track<T>(&self, io: T, remote: Remote) -> impl Future<Output = ()> + Send + 'static
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         self.inner
             .connections
-            .track_future(connection::serve(self.clone(), io, peer, identity))
+            .track_future(connection::serve(self.clone(), io, remote))
     }
 
     /// Asks every connection to close (MQTT 5: DISCONNECT 0x8B) and waits for them, up to `grace`.

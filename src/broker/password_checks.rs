@@ -4,19 +4,26 @@
 //!
 //! - at most [`PasswordChecks::limit`] run at once (twice the cores); a CONNECT that waits
 //!   longer than [`SLOT_WAIT`] for one is refused with Server busy;
-//! - each source address (an IPv6 one by its /64) may fail [`FAILURES_PER_WINDOW`] times per
-//!   [`FAILURE_WINDOW`]; past that its CONNECTs with passwords are refused without a check,
-//!   the fail2ban approach. The table of addresses is bounded ([`MAX_SOURCES`]);
+//! - a credential checked before is not checked again (`known_credentials`): one that verified
+//!   gets in, one that failed is refused;
+//! - each source address (an IPv6 one by its /64) may fail [`FAILURES_PER_WINDOW`] checks per
+//!   [`FAILURE_WINDOW`]; past that its CONNECTs with credentials not known yet are refused
+//!   without a check, the fail2ban approach. Known good credentials still get in, so one
+//!   misconfigured device does not lock out the others behind its NAT address. The table of
+//!   addresses is bounded ([`MAX_SOURCES`]);
 //! - every refusal for credentials is answered after [`REFUSAL_DELAY`], held on a timer, not a
 //!   thread, so one connection can guess at most once a second.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::known_credentials::{Digest, Known, KnownCredentials};
+use crate::auth::Principal;
 
 /// Longest a CONNECT waits for a password check slot before it is refused as Server busy.
 pub(super) const SLOT_WAIT: Duration = Duration::from_secs(2);
@@ -37,6 +44,10 @@ pub struct PasswordCheckStats {
     pub running: usize,
     /// The most that ever ran at once.
     pub peak: usize,
+    /// Checks (argon2 verifications) run so far.
+    pub checked: u64,
+    /// Credentials answered without a check, because they were checked before.
+    pub recalled: u64,
 }
 
 pub(super) struct PasswordChecks {
@@ -44,7 +55,10 @@ pub(super) struct PasswordChecks {
     slots: Arc<Semaphore>,
     running: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    checked: AtomicU64,
+    recalled: AtomicU64,
     failures: Mutex<FailureBudgets>,
+    known: Option<KnownCredentials>,
 }
 
 /// A running password check's slot; dropping it frees the slot.
@@ -68,7 +82,10 @@ impl PasswordChecks {
             slots: Arc::new(Semaphore::new(limit)),
             running: Arc::default(),
             peak: Arc::default(),
+            checked: AtomicU64::default(),
+            recalled: AtomicU64::default(),
             failures: Mutex::new(FailureBudgets::default()),
+            known: KnownCredentials::new(),
         }
     }
 
@@ -77,6 +94,37 @@ impl PasswordChecks {
             limit: self.limit,
             running: self.running.load(Ordering::Acquire),
             peak: self.peak.load(Ordering::Acquire),
+            checked: self.checked.load(Ordering::Acquire),
+            recalled: self.recalled.load(Ordering::Acquire),
+        }
+    }
+
+    /// A credential's digest, to look it up and remember it by; `None` when credentials are
+    /// not remembered (no random key).
+    pub fn digest(&self, username: &str, password: &[u8]) -> Option<Digest> {
+        Some(self.known.as_ref()?.digest(username, password))
+    }
+
+    /// What a check of this credential found before, if it ran.
+    pub fn recall(&self, digest: Option<Digest>) -> Option<Known> {
+        let known = self.known.as_ref()?.get(&digest?)?;
+        self.recalled.fetch_add(1, Ordering::AcqRel);
+        Some(known)
+    }
+
+    /// A check runs now.
+    pub fn checking(&self) {
+        self.checked.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// What the check of a credential found.
+    pub fn remember(&self, digest: Option<Digest>, verified: Option<Arc<Principal>>) {
+        let (Some(known), Some(digest)) = (&self.known, digest) else {
+            return;
+        };
+        match verified {
+            Some(principal) => known.verified(digest, principal),
+            None => known.refused(digest),
         }
     }
 
@@ -175,13 +223,6 @@ fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The source address in a connection's peer name: `ip:port`, optionally behind a scheme
-/// (`mqtts://`, `ws://`, `wss://`).
-pub(super) fn source_ip(peer: &str) -> Option<IpAddr> {
-    let addr = peer.rsplit_once("://").map_or(peer, |(_, addr)| addr);
-    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,14 +277,6 @@ mod tests {
             1,
             "expired windows were dropped to make room"
         );
-    }
-
-    #[test]
-    fn the_source_is_read_from_every_peer_name_form() {
-        assert_eq!(source_ip("127.0.0.1:5000"), Some(ip("127.0.0.1")));
-        assert_eq!(source_ip("mqtts://[::1]:8883"), Some(ip("::1")));
-        assert_eq!(source_ip("ws://10.0.0.1:80"), Some(ip("10.0.0.1")));
-        assert_eq!(source_ip("websocket"), None);
     }
 
     #[tokio::test]

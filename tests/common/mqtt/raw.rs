@@ -330,3 +330,38 @@ impl Raw {
         got
     }
 }
+
+/// When a client that does not read last took data (its receive queue grew: its TCP
+/// acknowledged more), and when the server then reset the connection.
+pub struct Stalled {
+    pub last_data: tokio::time::Instant,
+    pub reset: tokio::time::Instant,
+}
+
+/// Watches `stream` without reading it, by peeking at its receive queue every few
+/// milliseconds, until the server resets the connection (which sets the socket's error).
+pub async fn until_reset(stream: &TcpStream) -> Stalled {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let mut queue = vec![0u8; 1 << 22];
+    let (mut queued, mut last_data) = (0, Instant::now());
+    within("the server to reset the connection", async {
+        loop {
+            if let Some(e) = stream.take_error().unwrap() {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                return Stalled {
+                    last_data,
+                    reset: Instant::now(),
+                };
+            }
+            let peeked = tokio::time::timeout(Duration::from_millis(5), stream.peek(&mut queue));
+            if let Ok(Ok(n)) = peeked.await
+                && n > queued
+            {
+                (queued, last_data) = (n, Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}

@@ -68,6 +68,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
         (Self { stream, inbox }, head)
     }
 
+    /// The stream under the WebSocket.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
     /// Sends one masked frame: `fin` ends the message, `opcode` 2 is binary, 0 continuation.
     pub async fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
         assert!(payload.len() < 126);

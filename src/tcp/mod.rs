@@ -15,6 +15,11 @@
 //! its own whenever the connection looks interactive, so it is set again after every read that
 //! brought data: one cheap system call per read, and a read usually carries a burst of packets.
 //! On other systems only Nagle's algorithm is turned off.
+//!
+//! Each connection also counts what it writes, for [`Uptake`]: how much of it the client has
+//! taken.
+
+mod uptake;
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -25,6 +30,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+pub use uptake::{Taken, Uptake};
+
 /// An accepted TCP connection, with the socket options above.
 #[derive(Debug)]
 pub struct PromptAcks {
@@ -33,6 +40,7 @@ pub struct PromptAcks {
     switch: Option<AckSwitch>,
     /// Whether Nagle's algorithm has been turned off yet.
     nodelay: bool,
+    uptake: Uptake,
 }
 
 /// Turns prompt ACKs, and Nagle's algorithm off, on for a connection accepted with
@@ -58,25 +66,34 @@ impl PromptAcks {
     /// responses are small, and latency matters more than coalescing them.
     pub fn new(stream: TcpStream) -> Self {
         let _ = stream.set_nodelay(true);
-        Self {
-            stream,
-            switch: None,
-            nodelay: true,
-        }
+        Self::with(stream, None, true)
     }
 
     /// Like [`PromptAcks::new`], but Nagle's algorithm stays on and reads are acknowledged as
     /// the system does until [`PromptAcks::switch`] is turned on (then from the next read on).
     pub fn switched_off(stream: TcpStream) -> Self {
+        Self::with(stream, Some(AckSwitch::default()), false)
+    }
+
+    fn with(stream: TcpStream, switch: Option<AckSwitch>, nodelay: bool) -> Self {
+        let uptake = Uptake::default();
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        uptake.open(std::os::fd::AsRawFd::as_raw_fd(&stream));
         Self {
             stream,
-            switch: Some(AckSwitch::default()),
-            nodelay: false,
+            switch,
+            nodelay,
+            uptake,
         }
     }
 
     pub fn get_ref(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// How much of what was written here the client has taken.
+    pub fn uptake(&self) -> Uptake {
+        self.uptake.clone()
     }
 
     pub fn switch(&self) -> Option<&AckSwitch> {
@@ -111,13 +128,28 @@ impl AsyncRead for PromptAcks {
     }
 }
 
+impl Drop for PromptAcks {
+    fn drop(&mut self) {
+        // Before the stream closes its descriptor (fields drop after this).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        self.uptake.closing();
+        if self.uptake.resets_on_close() {
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
 impl AsyncWrite for PromptAcks {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.uptake.wrote(n);
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -125,7 +157,11 @@ impl AsyncWrite for PromptAcks {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            self.uptake.wrote(n);
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
