@@ -74,7 +74,7 @@ pub(super) async fn authenticate(
     authorize_connect(principal, client)
 }
 
-/// Verifies a user name and password within the bounds of `password_checks` [issue 13]: a
+/// Verifies a user name and password within the bounds of `password_checks`: a
 /// credential checked before is answered as it was; otherwise a slot among the few checks that
 /// may run at once, and a source that has not failed too often. A refusal for credentials comes
 /// after a delay held on a timer.

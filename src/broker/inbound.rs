@@ -270,7 +270,7 @@ where
         if store::user_properties_wire_len(&properties.user_properties)
             > store::MAX_USER_PROPERTY_BYTES
         {
-            // [issue 13] the limit the HTTP API applies, measured the same way. 0x83: the
+            // The limit the HTTP API applies, measured the same way. 0x83: the
             // publish is valid but not accepted; no PUBACK code names a size limit.
             return Err(Refusal::Drop {
                 reason: PublishAckReason::ImplementationSpecificError,

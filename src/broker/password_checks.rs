@@ -1,6 +1,6 @@
 //! Bounds on MQTT password checks. Each one is an argon2 verification (19 MiB, tens of
 //! milliseconds of a core) on a blocking thread, which a flood of CONNECTs with bad passwords
-//! could otherwise multiply without limit [issue 13]:
+//! could otherwise multiply without limit:
 //!
 //! - at most [`PasswordChecks::limit`] run at once (twice the cores); a CONNECT that waits
 //!   longer than [`SLOT_WAIT`] for one is refused with Server busy;

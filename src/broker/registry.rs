@@ -138,7 +138,7 @@ impl Broker {
 
     /// Binds a new connection to the client's session, taking it over from any connection
     /// that holds it [MQTT-3.1.4-3]. `clean_start` discards a previous session [MQTT-3.1.2-4],
-    /// and so does a principal other than the one that created it [issue 13]: a session is
+    /// and so does a principal other than the one that created it: a session is
     /// resumed only by its creator, and anyone else starts clean (session present 0) rather
     /// than being refused, so a device whose credentials moved to a new principal still gets
     /// in, and resubscribes as the CONNACK tells it to.
@@ -248,7 +248,7 @@ impl Broker {
     /// subscriptions gets one copy at the highest granted QoS carrying every subscription
     /// identifier [MQTT-3.3.4-2, -3]. Never waits: a connected client whose queue has no room
     /// for a QoS ≥ 1 message is not keeping up and is disconnected (MQTT 5: 0x97), so one
-    /// slow subscriber never holds its publishers back [issue 13].
+    /// slow subscriber never holds its publishers back.
     pub(super) fn route(&self, message: Arc<Message>) {
         if message.expired(self.inner.store.clock().now_ms()) {
             return;

@@ -124,7 +124,7 @@ impl SessionState {
     ///
     /// A message whose topic the client may not receive now is dropped instead: permission is
     /// checked when a message leaves, not only when it was queued, since the principal or its
-    /// policy may have changed in between [issue 13].
+    /// policy may have changed in between.
     pub fn next_outgoing(
         &mut self,
         window: usize,
@@ -242,7 +242,7 @@ impl SessionState {
     }
 
     /// [`SessionState::unacknowledged`] less the PUBLISHes whose topic the client may no
-    /// longer receive, which are forgotten [issue 13]. A PUBREL carries no message and is
+    /// longer receive, which are forgotten. A PUBREL carries no message and is
     /// always resent.
     pub fn resendable(&mut self, may_receive: impl Fn(&TopicName) -> bool) -> Vec<Inflight> {
         let denied: Vec<NonZeroU16> = self

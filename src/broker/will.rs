@@ -45,7 +45,7 @@ pub(super) fn will(
         cfg.topic_limits,
     )
     .map_err(|_| ConnectAckReason::ProtocolError)?;
-    // [issue 13] the user-property limit of a PUBLISH (and of the HTTP API) holds for a Will.
+    // The user-property limit of a PUBLISH (and of the HTTP API) holds for a Will.
     if store::user_properties_wire_len(&properties.user_properties) > store::MAX_USER_PROPERTY_BYTES
     {
         return Err(ConnectAckReason::ImplementationSpecificError);
