@@ -63,7 +63,9 @@ pub(super) fn spawn(
             let now_ms = clock.now_ms();
             let started = std::time::Instant::now();
             let max_messages = settings.max_messages;
-            let mut work = tokio::spawn(async move {
+            // Polled here while the deadline lasts (no hand-over to another task on the way to
+            // the database), and moved to a task of its own if it outlasts it.
+            let mut work = Box::pin(async move {
                 let results =
                     apply_isolating(&*backend, &writes, max_messages, now_ms, deadline).await;
                 (writes, results)
@@ -77,7 +79,7 @@ pub(super) fn spawn(
                 "write batch"
             );
             match finished {
-                Ok(Ok((writes, results))) => {
+                Ok((writes, results)) => {
                     // One line for the batch, not one per write (see `failures`).
                     if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                         settings.failures.record("write batch", e);
@@ -88,23 +90,14 @@ pub(super) fn spawn(
                     drop(turn);
                     results.into_iter().map(answer).collect()
                 }
-                Ok(Err(panicked)) => {
-                    tracing::error!(error = %panicked, "a write batch panicked");
-                    if let Some(cache) = &cache {
-                        cache.forget_all();
-                    }
-                    drop(turn);
-                    vec![Err(Error::Internal("the write batch failed".into())); n]
-                }
                 Err(_) => {
                     settings.failures.record("write batch", &Error::timed_out());
                     // The callers learn now that the outcome is unknown; the lane and the cache
                     // wait for the batch to settle.
                     let unsettled = cache.map(ReadCache::unsettled);
                     tokio::spawn(async move {
-                        if let Ok((writes, _)) = work.await
-                            && let Some(unsettled) = &unsettled
-                        {
+                        let (writes, _) = work.await;
+                        if let Some(unsettled) = &unsettled {
                             writes.iter().for_each(|w| unsettled.evict(w.write.topic()));
                         }
                         drop(unsettled);
