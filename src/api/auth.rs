@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use super::browser::cross_site;
+use super::browser::{self, cross_site};
 use super::payload::{drain, read_limited};
 use super::{ApiError, ApiState, Peer};
 use crate::auth::{Action, AuthError, Principal, SigV4Request};
@@ -74,9 +74,14 @@ impl<'a> Credentials<'a> {
 }
 
 /// Authenticates a request to an AWS operation when principals are configured, and passes it
-/// on with its principal attached; otherwise answers with the AWS error (401 or 403).
+/// on with its principal attached; otherwise answers with the AWS error (401 or 403). Without
+/// principals it applies the cross-site rule instead (`browser`), in this one layer.
 pub async fn authenticate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     if !state.auth.is_enabled() {
+        if let Some(err) = browser::cross_site_refusal(&state, &req) {
+            drain(req.into_body()).await;
+            return err.into_response();
+        }
         return next.run(req).await;
     }
     match authenticated(&state, req).await {

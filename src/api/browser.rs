@@ -6,9 +6,9 @@
 //!
 //! - [`cross_site`] is the one test for "a browser sent this for another site's page". A client
 //!   certificate does not count for such a request (see `auth` and `mqtt_websocket`), and
-//!   without principals such requests are refused ([`refuse_cross_site`]).
+//!   without principals such requests are refused ([`cross_site_refusal`]).
 //! - Without principals, a request must name this server by a loopback name or a name the
-//!   operator allowed ([`check_host`]): a page on `rebind.evil.example`, whose DNS name was
+//!   operator allowed ([`host_refusal`]): a page on `rebind.evil.example`, whose DNS name was
 //!   pointed at 127.0.0.1 after it loaded (DNS rebinding), is same-origin with itself and
 //!   passes the cross-site test, but its requests say `Host: rebind.evil.example`.
 //!
@@ -140,48 +140,53 @@ fn scheme(req: &Request) -> &'static str {
     }
 }
 
-/// Without principals, refuses requests for a host name that is not this machine's nor allowed
-/// (403 `ForbiddenException`). With principals every request needs credentials a page cannot
-/// borrow from the browser (a certificate does not count cross-site), so the name is free.
-pub async fn check_host(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+/// Without principals, the refusal (403 `ForbiddenException`) of a request for a host name that
+/// is not this machine's nor allowed. With principals every request needs credentials a page
+/// cannot borrow from the browser (a certificate does not count cross-site), so the name is free.
+pub fn host_refusal(state: &ApiState, req: &Request) -> Option<ApiError> {
     if state.auth.is_enabled() {
-        return next.run(req).await;
+        return None;
     }
     // HTTP/1.1 requires Host; a request without one is no browser's.
-    let host = req.headers().get(HOST).map(|v| v.to_str().unwrap_or("?"));
-    match host {
-        Some(host) if !state.allowed_hosts.allows(host) => {
-            let err = ApiError::Forbidden(format!(
-                "requests for the host {host:?} are refused: without principals, retaind answers \
-                 only for localhost, loopback addresses and the names in --allowed-hosts \
-                 (against DNS rebinding). Add the name to --allowed-hosts (RETAIND_ALLOWED_HOSTS), \
-                 or configure principals (--config)"
-            ));
-            drain(req.into_body()).await;
-            err.into_response()
-        }
-        _ => next.run(req).await,
-    }
+    let host = req.headers().get(HOST)?.to_str().unwrap_or("?");
+    (!state.allowed_hosts.allows(host)).then(|| {
+        ApiError::Forbidden(format!(
+            "requests for the host {host:?} are refused: without principals, retaind answers \
+             only for localhost, loopback addresses and the names in --allowed-hosts \
+             (against DNS rebinding). Add the name to --allowed-hosts (RETAIND_ALLOWED_HOSTS), \
+             or configure principals (--config)"
+        ))
+    })
 }
 
-/// Without principals, refuses cross-site browser requests (403 `ForbiddenException`): anyone
-/// on this machine may call, so a page from anywhere would act for whoever opened it.
+/// Without principals, the refusal (403 `ForbiddenException`) of a cross-site browser request:
+/// anyone on this machine may call, so a page from anywhere would act for whoever opened it.
+pub fn cross_site_refusal(state: &ApiState, req: &Request) -> Option<ApiError> {
+    if state.auth.is_enabled() || !cross_site(req.headers(), scheme(req)) {
+        return None;
+    }
+    Some(ApiError::Forbidden(
+        "cross-site browser requests are refused: without principals anyone on this machine may \
+         call, so a page from another site may not. Use the console at this server's own \
+         address, or configure principals (--config)"
+            .into(),
+    ))
+}
+
+/// [`cross_site_refusal`] as a layer, for routes that take no credentials of their own (the
+/// AWS operations check it with their credentials, in one layer: see `auth`).
 pub async fn refuse_cross_site(
     State(state): State<ApiState>,
     req: Request,
     next: Next,
 ) -> Response {
-    if state.auth.is_enabled() || !cross_site(req.headers(), scheme(&req)) {
-        return next.run(req).await;
+    match cross_site_refusal(&state, &req) {
+        None => next.run(req).await,
+        Some(err) => {
+            drain(req.into_body()).await;
+            err.into_response()
+        }
     }
-    drain(req.into_body()).await;
-    ApiError::Forbidden(
-        "cross-site browser requests are refused: without principals anyone on this machine may \
-         call, so a page from another site may not. Use the console at this server's own \
-         address, or configure principals (--config)"
-            .into(),
-    )
-    .into_response()
 }
 
 #[cfg(test)]

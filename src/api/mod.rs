@@ -116,14 +116,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/retainedMessage/{*topic}", get(retained::get))
         .route("/topics/", post(empty_topic))
         .route("/topics/{*topic}", post(publish::publish))
-        // Layers run last-added first: the cross-site rule, credentials, then the caller's
-        // request rate.
+        // Layers run last-added first: credentials (or, without principals, the cross-site
+        // rule), then the caller's request rate.
         .route_layer(from_fn_with_state(state.clone(), throttle::throttle))
-        .route_layer(from_fn_with_state(state.clone(), auth::authenticate))
-        .route_layer(from_fn_with_state(
-            state.clone(),
-            browser::refuse_cross_site,
-        ));
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     let websocket = Router::new()
         .route("/mqtt", get(mqtt_websocket::upgrade))
         .route_layer(from_fn_with_state(
@@ -142,9 +138,10 @@ pub fn router(state: ApiState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(from_fn(request_target::refuse_fragment))
-        .layer(from_fn_with_state(state.clone(), browser::check_host))
-        .layer(from_fn(request_context::request_context))
+        .layer(from_fn_with_state(
+            state.clone(),
+            request_context::request_context,
+        ))
         .with_state(state)
 }
 

@@ -1,13 +1,17 @@
 //! Request ids and the access log: every response carries `x-amzn-RequestId`, and every
-//! request produces one log line with method, route, status, latency and that id.
+//! request produces one log line with method, route, status, latency and that id. The checks
+//! every request must pass before routing run here too.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+
+use super::payload::drain;
+use super::{ApiState, browser, request_target};
 
 /// The id of the request being served; also the `traceId` Publish answers with.
 #[derive(Debug, Clone)]
@@ -18,13 +22,28 @@ pub struct RequestId(pub Arc<str>);
 #[derive(Clone)]
 struct Route(Arc<str>);
 
-/// Runs around every request, matched or not.
-pub async fn request_context(mut req: Request, next: Next) -> Response {
+/// Runs around every request, matched or not: gives it its id, refuses what no route may see
+/// (a host name this server does not answer for, a raw `#` in the target), and writes its
+/// access-log line. One layer for all of it, because each `from_fn` layer costs every request
+/// a clone of the router inside it and a boxed future.
+pub async fn request_context(
+    State(state): State<ApiState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     let method = req.method().clone();
     let started = Instant::now();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut res = next.run(req).await;
+    let refusal =
+        browser::host_refusal(&state, &req).or_else(|| request_target::fragment_refusal(&req));
+    let mut res = match refusal {
+        None => next.run(req).await,
+        Some(err) => {
+            drain(req.into_body()).await;
+            err.into_response()
+        }
+    };
     res.headers_mut().insert(
         "x-amzn-requestid",
         HeaderValue::from_str(&id).expect("a UUID is a valid header value"),

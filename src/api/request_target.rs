@@ -4,26 +4,19 @@
 //! not send fragments; a `#` there is a topic or filter character that was not percent-encoded.
 
 use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
-use super::payload::drain;
 
 /// Marks a request whose target, as sent, had a `#` that hyper cut off with what followed it.
 #[derive(Debug, Clone, Copy)]
 pub struct RawFragment;
 
-/// Refuses a request marked with [`RawFragment`]: 400 `InvalidRequestException`, before any
-/// route runs, so nothing is stored.
-pub async fn refuse_fragment(req: Request, next: Next) -> Response {
-    if req.extensions().get::<RawFragment>().is_none() {
-        return next.run(req).await;
-    }
-    drain(req.into_body()).await;
-    ApiError::invalid(
+/// The refusal of a request marked with [`RawFragment`]: 400 `InvalidRequestException`, before
+/// any route runs, so nothing is stored.
+pub fn fragment_refusal(req: &Request) -> Option<ApiError> {
+    req.extensions().get::<RawFragment>()?;
+    Some(ApiError::invalid(
         "the request target contains a raw '#', which would end it there (HTTP reads what \
          follows as a fragment); percent-encode '#' as %23 in topics and topic filters",
-    )
-    .into_response()
+    ))
 }

@@ -1,13 +1,12 @@
 //! What one connection's parts tell each other: the socket wrapper reports bytes read, the
-//! service reports requests and finished responses, and the connection's driver waits on the
-//! resulting deadline ([`super::phase`]).
+//! service reports requests and finished responses, and the connection's watcher looks at the
+//! resulting deadline ([`super::phase`]) from time to time; nobody is woken by these reports.
 //!
 //! Along the way it keeps the first line of each request head as it arrived, because hyper
 //! hands over the request target with any `#fragment` already cut off ([`super::request_line`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::phase::{Expired, HttpTimeouts, Phase};
@@ -17,8 +16,6 @@ const MAX_LINE_BYTES: usize = 64 * 1024 + 32;
 
 pub(super) struct Activity {
     state: Mutex<State>,
-    /// Wakes the driver when the deadline may have moved earlier.
-    changed: Notify,
 }
 
 struct State {
@@ -66,7 +63,6 @@ impl Activity {
                 line: Line::starting(),
                 retired: false,
             }),
-            changed: Notify::new(),
         })
     }
 
@@ -88,10 +84,6 @@ impl Activity {
         if let Phase::Head { .. } = state.phase {
             state.line.take_in(bytes);
         }
-        drop(state);
-        if head_began {
-            self.changed.notify_one();
-        }
     }
 
     /// A request's head is complete: returns its first line as it arrived, when it was seen
@@ -100,19 +92,15 @@ impl Activity {
         let mut state = self.state();
         let was_waiting = !matches!(state.phase, Phase::Busy { .. });
         state.phase.on_request();
-        let line = match std::mem::replace(&mut state.line, Line::Done(None)) {
+        match std::mem::replace(&mut state.line, Line::Done(None)) {
             Line::Done(line) if was_waiting => line,
             _ => None,
-        };
-        drop(state);
-        self.changed.notify_one();
-        line
+        }
     }
 
     /// A response is complete (or was dropped).
     pub(super) fn response_done(&self, now: Instant) {
         self.state().phase.on_response_done(now);
-        self.changed.notify_one();
     }
 
     /// hyper has let go of the connection; what the socket reads from now on is not HTTP.
@@ -122,17 +110,14 @@ impl Activity {
         state.line = Line::Done(None);
     }
 
-    pub(super) fn deadline(&self, timeouts: &HttpTimeouts) -> Option<(Instant, Expired)> {
-        self.state().phase.deadline(timeouts)
-    }
-
-    pub(super) fn expired(&self, now: Instant, timeouts: &HttpTimeouts) -> Option<Expired> {
-        self.state().phase.expired(now, timeouts)
-    }
-
-    /// Completes when something may have moved the deadline since the last call.
-    pub(super) async fn changed(&self) {
-        self.changed.notified().await;
+    /// Looks at the connection at `now`: which timeout has run out, or else when to look again
+    /// ([`Phase::next_look`]).
+    pub(super) fn look(&self, now: Instant, timeouts: &HttpTimeouts) -> Result<Instant, Expired> {
+        let state = self.state();
+        match state.phase.expired(now, timeouts) {
+            Some(why) => Err(why),
+            None => Ok(state.phase.next_look(now, timeouts)),
+        }
     }
 }
 

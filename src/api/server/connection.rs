@@ -1,18 +1,20 @@
 //! Drives one HTTP/1.1 connection: hyper serves it, and this closes it when its phase's
-//! deadline passes ([`super::phase`]), starts hyper's graceful shutdown when the server stops,
-//! and drops it when the shutdown deadline passes.
+//! deadline passes ([`super::phase`], watched by a small task of its own), starts hyper's
+//! graceful shutdown when the server stops, and drops it when the shutdown deadline passes.
 
-use std::future::pending;
 use std::pin::pin;
+use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::activity::Activity;
 use super::io::ObservedIo;
+use super::phase::HttpTimeouts;
 use super::service::ConnectionService;
 use super::{MAX_HEAD_BYTES, MAX_HEADERS, Settings};
 use crate::api::Peer;
@@ -49,15 +51,17 @@ where
         // the broker, out of reach of the HTTP timeouts.
         .with_upgrades();
     let mut connection = pin!(connection);
+    // The deadlines are watched by a task of their own: a wake-up of this task re-polls hyper's
+    // connection and, through it, the request in flight and every layer of the router.
+    let expired = CancellationToken::new();
+    let _watchdog = AbortOnDropHandle::new(tokio::spawn(watch(
+        addr,
+        activity.clone(),
+        settings.timeouts,
+        expired.clone(),
+    )));
     let mut draining = false;
     loop {
-        let deadline = activity.deadline(&settings.timeouts);
-        let timer = async {
-            match deadline {
-                Some((at, _)) => sleep_until(at).await,
-                None => pending().await,
-            }
-        };
         tokio::select! {
             done = connection.as_mut() => {
                 if let Err(e) = done {
@@ -67,19 +71,34 @@ where
                 activity.retire();
                 return;
             }
-            () = timer => {
-                if let Some(expired) = activity.expired(Instant::now(), &settings.timeouts) {
-                    tracing::debug!(%addr, timeout = expired.name(), "closing an HTTP connection");
-                    return;
-                }
-            }
-            () = activity.changed() => {}
+            () = expired.cancelled() => return,
             () = stopping.graceful.cancelled(), if !draining => {
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
             () = stopping.now.cancelled() => {
                 tracing::debug!(%addr, "dropping an HTTP connection at the shutdown deadline");
+                return;
+            }
+        }
+    }
+}
+
+/// Cancels `expired` once the connection's phase deadline ([`super::phase`]) has passed. It
+/// looks at the connection now and then rather than being told of each request: a wake-up per
+/// request costs more than the looks.
+async fn watch(
+    addr: std::net::SocketAddr,
+    activity: Arc<Activity>,
+    timeouts: HttpTimeouts,
+    expired: CancellationToken,
+) {
+    loop {
+        match activity.look(Instant::now(), &timeouts) {
+            Ok(next) => sleep_until(next).await,
+            Err(why) => {
+                tracing::debug!(%addr, timeout = why.name(), "closing an HTTP connection");
+                expired.cancel();
                 return;
             }
         }

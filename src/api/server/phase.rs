@@ -101,6 +101,23 @@ impl Phase {
         }
     }
 
+    /// When to look at the connection again, having looked at `now`: at its deadline, or
+    /// sooner. Whatever happens after `now` (a head begins, a response finishes) sets a deadline
+    /// at least the shorter of the header and idle timeouts after it, so looking again within
+    /// that span sees every deadline before it passes, and nothing has to announce the events.
+    pub(super) fn next_look(&self, now: Instant, timeouts: &HttpTimeouts) -> Instant {
+        // A zero timeout is refused by the flags; the floor keeps a hand-made one from spinning.
+        let horizon = now
+            + timeouts
+                .header
+                .min(timeouts.idle)
+                .max(Duration::from_millis(1));
+        match self.deadline(timeouts) {
+            Some((at, _)) => at.min(horizon),
+            None => horizon,
+        }
+    }
+
     /// Whether this phase's deadline has passed at `now`.
     pub(super) fn expired(&self, now: Instant, timeouts: &HttpTimeouts) -> Option<Expired> {
         self.deadline(timeouts)
@@ -162,6 +179,55 @@ mod tests {
         // The next request's first byte starts its header timeout, which may come sooner.
         assert!(phase.on_read(at(30)));
         assert_eq!(phase.deadline(&TIMEOUTS), Some((at(40), Expired::Header)));
+    }
+
+    #[test]
+    fn the_next_look_is_the_deadline_or_sooner() {
+        let mut phase = Phase::opened(at(0));
+        assert_eq!(phase.next_look(at(0), &TIMEOUTS), at(10));
+        assert_eq!(phase.next_look(at(4), &TIMEOUTS), at(10));
+        phase.on_request();
+        // No deadline while busy, but the response may finish at any moment.
+        assert_eq!(phase.next_look(at(5), &TIMEOUTS), at(15));
+        phase.on_response_done(at(7));
+        // Idle until 67, but a head beginning at 8 would be due at 18.
+        assert_eq!(phase.next_look(at(7), &TIMEOUTS), at(17));
+        assert_eq!(phase.next_look(at(60), &TIMEOUTS), at(67));
+    }
+
+    #[test]
+    fn no_deadline_set_after_a_look_comes_before_the_next_look() {
+        // Every phase, every event after the look, with either timeout the shorter.
+        let idle_short = HttpTimeouts {
+            idle: Duration::from_secs(5),
+            ..TIMEOUTS
+        };
+        for timeouts in [TIMEOUTS, idle_short] {
+            let phases = [
+                Phase::opened(at(0)),
+                Phase::Busy { in_flight: 1 },
+                Phase::Idle { since: at(0) },
+            ];
+            for phase in phases {
+                let look = phase.next_look(at(1), &timeouts);
+                for event_at in 1..200 {
+                    let mut after = phase;
+                    after.on_read(at(event_at));
+                    after.on_request();
+                    after.on_response_done(at(event_at));
+                    for changed in [phase_after_read(phase, event_at), after] {
+                        if let Some((due, _)) = changed.deadline(&timeouts) {
+                            assert!(due >= look, "{phase:?} -> {changed:?} due before the look");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn phase_after_read(mut phase: Phase, secs: u64) -> Phase {
+        phase.on_read(at(secs));
+        phase
     }
 
     #[test]
