@@ -24,6 +24,7 @@ use super::browser::{self, cross_site};
 use super::payload::{drain, read_limited};
 use super::{ApiError, ApiState, Peer};
 use crate::auth::{Action, AuthError, Principal, SigV4Request};
+use crate::store::Owner;
 use crate::tls::CertFingerprint;
 use crate::topic::TopicName;
 
@@ -185,6 +186,11 @@ impl Caller {
     /// The authenticated principal; `None` when authentication is off.
     pub fn principal(&self) -> Option<&Principal> {
         self.0.as_deref()
+    }
+
+    /// Whom the caller's retained publishes are charged to.
+    pub fn owner(&self) -> Owner {
+        Owner::of(self.principal())
     }
 
     /// Whether the caller's policy allows `action` on `topic` (on nothing in particular for

@@ -36,7 +36,7 @@ use axum::body::Body;
 use axum::extract::FromRef;
 use axum::http::{Method, Uri};
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use payload::MaxPayload;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -49,6 +49,8 @@ pub use peer::{Peer, Transport};
 pub use request_context::RequestId;
 use server::BodyTimeout;
 pub use server::{HttpTimeouts, serve};
+use throttle::Operation::{GetRetainedMessage, ListRetainedMessages, Publish};
+use throttle::RouteThrottle;
 pub use throttle::{RateLimits, Throttle};
 use topic_path::TopicPath;
 
@@ -110,15 +112,30 @@ pub fn router(state: ApiState) -> Router {
     // like MQTT over TCP, or by a presigned upgrade URL it checks itself. See decisions 007
     // and 008. Without principals, a browser may not use either for another site's page, and
     // no route answers for a host name that is not this machine's (see `browser`).
+    // Each AWS route counts against its operation's rate, checked after credentials (or,
+    // without principals, the cross-site rule): layers run last-added first.
+    let op = |operation, route: MethodRouter<ApiState>| {
+        let rate = RouteThrottle {
+            throttle: state.throttle.clone(),
+            operation,
+        };
+        route.route_layer(from_fn_with_state(rate, throttle::throttle))
+    };
     let operations = Router::new()
-        .route("/retainedMessage", get(retained::list))
-        .route("/retainedMessage/", get(empty_topic))
-        .route("/retainedMessage/{*topic}", get(retained::get))
-        .route("/topics/", post(empty_topic))
-        .route("/topics/{*topic}", post(publish::publish))
-        // Layers run last-added first: credentials (or, without principals, the cross-site
-        // rule), then the caller's request rate.
-        .route_layer(from_fn_with_state(state.clone(), throttle::throttle))
+        .route(
+            "/retainedMessage",
+            op(ListRetainedMessages, get(retained::list)),
+        )
+        .route(
+            "/retainedMessage/",
+            op(GetRetainedMessage, get(empty_topic)),
+        )
+        .route(
+            "/retainedMessage/{*topic}",
+            op(GetRetainedMessage, get(retained::get)),
+        )
+        .route("/topics/", op(Publish, post(empty_topic)))
+        .route("/topics/{*topic}", op(Publish, post(publish::publish)))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     let websocket = Router::new()
         .route("/mqtt", get(mqtt_websocket::upgrade))

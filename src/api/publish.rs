@@ -210,8 +210,7 @@ pub async fn publish(
         caller.authorize(Action::RetainPublish, Some(&publish.topic))?;
     }
     let message = publish.into_message(state.store.clock().now_ms());
-    let owner = crate::broker::owner(caller.principal());
-    state.broker.publish(message, owner).await?;
+    state.broker.publish(message, caller.owner()).await?;
     Ok(Json(PublishResponse {
         message: "OK".into(),
         trace_id: request_id.0.to_string(),

@@ -1,6 +1,7 @@
 //! Per-principal request rates for the AWS operations: one token bucket per principal and
 //! operation, checked by [`throttle`] after authentication and before the handler, so a
-//! throttled request is answered with 429 `ThrottlingException` and nothing is stored.
+//! throttled request is answered with 429 `ThrottlingException` and nothing is stored. Each
+//! route names its operation where the router is built ([`RouteThrottle`]).
 //!
 //! Only principals from the config file reach this middleware (unknown callers are refused by
 //! authentication first), so the buckets are bounded by three per configured principal; with
@@ -11,13 +12,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::Method;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::payload::drain;
-use super::{ApiError, ApiState, auth};
+use super::{ApiError, auth};
 use crate::rate::TokenBucket;
 
 /// The throttled operations, each with its own rate.
@@ -34,17 +34,6 @@ impl Operation {
             Self::GetRetainedMessage => "GetRetainedMessage",
             Self::ListRetainedMessages => "ListRetainedMessages",
             Self::Publish => "Publish",
-        }
-    }
-
-    /// Which operation a request to one of the AWS routes is.
-    fn of(method: &Method, route: Option<&str>) -> Self {
-        if method == Method::POST {
-            Self::Publish
-        } else if route == Some("/retainedMessage") {
-            Self::ListRetainedMessages
-        } else {
-            Self::GetRetainedMessage
         }
     }
 }
@@ -127,22 +116,24 @@ impl Throttle {
     }
 }
 
-/// Answers 429 `ThrottlingException` when the caller has used up its rate for the operation;
-/// runs inside [`auth::authenticate`], so the caller is known.
-pub async fn throttle(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let op = Operation::of(
-        req.method(),
-        req.extensions()
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str),
-    );
+/// What the throttle of one route needs: the buckets, and which operation the route is.
+#[derive(Clone)]
+pub struct RouteThrottle {
+    pub throttle: Throttle,
+    pub operation: Operation,
+}
+
+/// Answers 429 `ThrottlingException` when the caller has used up its rate for the route's
+/// operation; runs inside [`auth::authenticate`], so the caller is known.
+pub async fn throttle(State(route): State<RouteThrottle>, req: Request, next: Next) -> Response {
+    let op = route.operation;
     let principal = auth::principal_name(req.extensions());
-    if state.throttle.admit(op, principal, Instant::now()) {
+    if route.throttle.admit(op, principal, Instant::now()) {
         return next.run(req).await;
     }
     tracing::debug!(operation = op.name(), principal, "throttled");
-    // [issue 5] refused before the handler: nothing is read into the store. The body is
-    // drained so the client's connection survives for its retry: see `payload`.
+    // Refused before the handler: nothing is read into the store. The body is drained so the
+    // client's connection survives for its retry: see `payload`.
     drain(req.into_body()).await;
     ApiError::Throttled(op.name()).into_response()
 }
@@ -178,22 +169,5 @@ mod tests {
             assert!(throttle.admit(Operation::ListRetainedMessages, None, t0));
         }
         assert!(throttle.buckets.lock().unwrap().named.is_empty());
-    }
-
-    #[test]
-    fn routes_map_to_operations() {
-        let of = Operation::of;
-        assert_eq!(
-            of(&Method::POST, Some("/topics/{*topic}")),
-            Operation::Publish
-        );
-        assert_eq!(
-            of(&Method::GET, Some("/retainedMessage")),
-            Operation::ListRetainedMessages
-        );
-        assert_eq!(
-            of(&Method::GET, Some("/retainedMessage/{*topic}")),
-            Operation::GetRetainedMessage
-        );
     }
 }

@@ -1,5 +1,6 @@
 use bytes::Bytes;
 
+use crate::auth::Principal;
 use crate::topic::TopicName;
 
 /// MQTT quality of service. Stored with a retained message and capped by each subscription.
@@ -118,6 +119,15 @@ pub struct Owner {
 impl Owner {
     pub fn anonymous() -> Self {
         Self::default()
+    }
+
+    /// Whom a principal's retained publishes are charged to; everyone is the one anonymous
+    /// owner when authentication is off (no principal).
+    pub fn of(principal: Option<&Principal>) -> Self {
+        principal.map_or_else(Self::anonymous, |p| Self {
+            name: p.name.as_str().into(),
+            max_messages: p.max_retained_messages,
+        })
     }
 }
 
