@@ -6,9 +6,13 @@
 //! HTTP layer); `listener` accepts TCP and TLS connections. Retained messages live in the [`Store`]
 //! shared with the HTTP API, so both see one state.
 
+mod accept;
 mod admission;
+mod client;
 mod connection;
-mod inbound;
+mod end;
+mod inbound_publish;
+mod inbound_qos;
 mod known_credentials;
 mod limits;
 mod listener;
@@ -19,7 +23,9 @@ mod registry;
 mod remote;
 mod retained;
 mod session;
+mod settling;
 mod stall;
+mod subscribe;
 mod tree;
 mod will;
 mod wire;
@@ -32,11 +38,10 @@ use tokio_util::task::TaskTracker;
 
 pub use admission::{TransportIdentity, owner};
 pub use listener::{serve_tcp, serve_tls};
-pub use message::Message;
+pub use message::{Message, WireForm};
 pub use password_checks::PasswordCheckStats;
 pub use remote::Remote;
 pub use tree::{ClientKey, SubscriptionTree};
-pub use wire::WireForm;
 
 use crate::auth::Authenticator;
 use crate::store::{self, Owner, Store};
