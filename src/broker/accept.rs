@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Broker;
 use super::admission::{TransportIdentity, authenticate, may_publish, owner};
 use super::client::{Client, Joined};
+use super::handle::Broker;
 use super::limits::{self, GOODBYE_TIMEOUT};
 use super::tree::ClientKey;
 use super::will::{Will, will};

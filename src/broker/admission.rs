@@ -5,10 +5,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::handle::Broker;
 use super::known_credentials::Known;
 use super::message::Message;
 use super::password_checks::{PasswordChecks, REFUSAL_DELAY};
-use super::{Broker, ClientKey};
+use super::tree::ClientKey;
 use crate::auth::{Action, AuthError, Principal};
 use crate::mqtt::{self, ConnectAckReason};
 use crate::store::Owner;

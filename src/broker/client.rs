@@ -11,7 +11,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{may_publish, owner};
+use super::config::BrokerConfig;
 use super::end::End;
+use super::handle::Broker;
 use super::inbound_publish::{self, Aliases};
 use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal};
 use super::limits::ConnectionSlot;
@@ -22,7 +24,6 @@ use super::settling::{Settled, Settling};
 use super::subscribe::{self, Subscriber};
 use super::tree::ClientKey;
 use super::will::Will;
-use super::{Broker, BrokerConfig};
 use crate::auth::Principal;
 use crate::mqtt::{
     ByteString, Disconnect, DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2,

@@ -14,10 +14,11 @@ use tracing::Instrument;
 use super::accept::{Accepted, accept};
 use super::client::{Client, Outbox, Waits};
 use super::end::End;
+use super::handle::Broker;
 use super::limits::GOODBYE_TIMEOUT;
+use super::remote::Remote;
 use super::settling::Settled;
 use super::stall::{Counted, Gauge, Watch};
-use super::{Broker, Remote};
 use crate::mqtt::{self, Disconnect, DisconnectReasonCode, Framed, Packet};
 
 /// Inbound publishes waiting for the store before they are acknowledged and routed. Past
@@ -28,7 +29,34 @@ const READ_BURST: usize = 64;
 /// Flush once this much is buffered, so a long drain does not build a large buffer.
 const FLUSH_BYTES: usize = 64 * 1024;
 
-pub(super) async fn serve<T>(broker: Broker, io: T, remote: Remote)
+impl Broker {
+    /// Serves one client over an established byte stream until it goes away; `remote` is what
+    /// the transport knows of it (its address, who it proved to be, its TCP socket's uptake).
+    pub async fn serve_connection<T>(&self, io: T, remote: Remote)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.track(io, remote).await;
+    }
+
+    /// A connection's future, counted by shutdown from this call on: a listener calls it
+    /// before it spawns the task, so a connection accepted just before shutdown is waited for
+    /// (and told why it closes) like the others.
+    pub(super) fn track<T>(
+        &self,
+        io: T,
+        remote: Remote,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.inner
+            .connections
+            .track_future(serve(self.clone(), io, remote))
+    }
+}
+
+async fn serve<T>(broker: Broker, io: T, remote: Remote)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::BrokerConfig;
+use super::config::BrokerConfig;
 use super::inbound_qos::Refusal;
 use super::message::Message;
 use super::tree::ClientKey;

@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::handle::Broker;
 use super::message::{Delivery, Message};
 use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
-use super::{Broker, ClientKey};
+use super::tree::ClientKey;
 use crate::auth::{Action, Principal};
 use crate::mqtt::DisconnectReasonCode;
 use crate::topic::TopicName;

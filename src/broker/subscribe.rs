@@ -2,7 +2,7 @@
 //! subscription limit, then entered in (or removed from) the subscription tree and the
 //! session. No I/O: the caller reads the first retained pages and sends the answer.
 
-use super::Broker;
+use super::handle::Broker;
 use super::limits;
 use super::registry::Session;
 use super::retained::RetainedScan;
