@@ -2,7 +2,7 @@
 //! around the store, the subscription tree, the sessions and the shutdown signal. Sessions
 //! and routing are in `registry`, connections in `connection`, Wills in `will`.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -12,10 +12,10 @@ use super::config::BrokerConfig;
 use super::limits::ConnectionCount;
 use super::message::Message;
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
-use super::registry::Registry;
-use super::session::SubOptions;
-use super::tree::SubscriptionTree;
-use crate::auth::Authenticator;
+use super::registry::{Attached, Session, Sessions};
+use super::session::{SessionLimits, SubOptions};
+use super::tree::{ClientKey, SubscriptionTree};
+use crate::auth::{Authenticator, Principal};
 use crate::store::{self, Owner, Store};
 
 /// Handle on the broker: cheap to clone, shared by listeners, connections and the HTTP API.
@@ -28,8 +28,7 @@ pub(super) struct Inner {
     pub store: Store,
     pub auth: Authenticator,
     pub config: BrokerConfig,
-    subscriptions: RwLock<SubscriptionTree<SubOptions>>,
-    sessions: Mutex<Registry>,
+    sessions: Sessions,
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them to say goodbye.
     pub connections: TaskTracker,
@@ -42,13 +41,16 @@ impl Broker {
     /// `auth` decides who may connect, publish, subscribe and receive; with no principals
     /// configured ([`Authenticator::disabled`]) everyone may do everything.
     pub fn new(store: Store, config: BrokerConfig, auth: Authenticator) -> Self {
+        let limits = SessionLimits {
+            max_queued: config.max_queued_messages,
+            max_queued_bytes: config.max_queued_bytes,
+        };
         Self {
             inner: Arc::new(Inner {
                 store,
                 auth,
                 config,
-                subscriptions: RwLock::new(SubscriptionTree::new()),
-                sessions: Mutex::new(Registry::default()),
+                sessions: Sessions::new(limits),
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 live: Arc::default(),
@@ -103,29 +105,49 @@ impl Broker {
         &self.inner.shutdown
     }
 
-    pub(super) fn subscriptions_read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, SubscriptionTree<SubOptions>> {
-        // The tree is only changed by whole insert/remove calls; a panic cannot leave it torn.
-        self.inner
-            .subscriptions
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     pub(super) fn subscriptions_write(
         &self,
     ) -> std::sync::RwLockWriteGuard<'_, SubscriptionTree<SubOptions>> {
-        self.inner
-            .subscriptions
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.sessions.subscriptions_write()
     }
 
-    pub(super) fn sessions(&self) -> std::sync::MutexGuard<'_, Registry> {
+    /// Binds a new connection to the client's session (see [`Sessions::attach`]).
+    pub(super) fn attach(
+        &self,
+        key: ClientKey,
+        clean_start: bool,
+        principal: Option<Arc<Principal>>,
+    ) -> Attached {
         self.inner
             .sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .attach(key, clean_start, principal, &self.inner.shutdown)
+    }
+
+    /// The connection is gone; its session ends now or once `expiry` passes without a new
+    /// connection, unless the broker shuts down first.
+    pub(super) fn detach(&self, session: &Arc<Session>, connection: u64, expiry: Duration) {
+        if !self.inner.sessions.detach(session, connection, expiry) {
+            return;
+        }
+        let broker = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(expiry) => {}
+                () = broker.inner.shutdown.cancelled() => return,
+            }
+            broker.inner.sessions.expire(&session, connection);
+        });
+    }
+
+    /// Whether a session that ended its connection at `connection` was resumed since.
+    pub(super) fn resumed_since(&self, key: &ClientKey, connection: u64) -> bool {
+        self.inner.sessions.resumed_since(key, connection)
+    }
+
+    /// Sends a message to every matching subscription (see [`Sessions::route`]).
+    pub(super) fn route(&self, message: Arc<Message>) {
+        let now = self.inner.store.clock().now_ms();
+        self.inner.sessions.route(message, now);
     }
 }
