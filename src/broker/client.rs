@@ -1,7 +1,8 @@
 //! One connected client's protocol state, without its socket: what each packet it sends does
-//! to the broker and its session, and what is to be sent back ([`Client::apply`]); the
-//! publishes waiting for the store; what the session has queued for it. The connection's
-//! loop (`connection`) reads, applies and writes; nothing here touches the transport.
+//! to the broker and its session, and what is to be sent back ([`Client::apply`], into an
+//! [`Outbox`]); its publishes waiting for the store (`settling`) and what else goes out to it
+//! (`outbound`). The connection's loop (`connection`) reads, applies and writes; nothing here
+//! touches the transport.
 
 use std::num::NonZeroU16;
 use std::sync::Arc;
@@ -71,6 +72,7 @@ pub(super) struct Joined {
     pub slot: ConnectionSlot,
 }
 
+/// A client past CONNECT, until its connection ends.
 pub(super) struct Client {
     broker: Broker,
     cfg: BrokerConfig,

@@ -16,8 +16,8 @@ use crate::topic::{TopicError, TopicName};
 /// The reason string of a publish refused for its user properties.
 const USER_PROPERTIES_TOO_LARGE: &str = "user properties over 8192 bytes";
 
-/// The MQTT 5 topic aliases a client set up [MQTT-3.3.2-10], at most `--mqtt` topic alias
-/// maximum of them since a larger alias is refused.
+/// The MQTT 5 topic aliases a client set up [MQTT-3.3.2-10]; an alias above the Topic Alias
+/// Maximum we advertised is refused, so there are at most that many.
 #[derive(Debug, Default)]
 pub(super) struct Aliases(HashMap<u16, TopicName>);
 
@@ -54,7 +54,8 @@ pub(super) fn message(
         // Like the HTTP API: `$` topics belong to the server [MQTT-4.7.2-1].
         return Err(Refusal::Invalid(R::TopicNameInvalid));
     }
-    // [MQTT-3.3.2-19] a payload declared UTF-8 must be UTF-8.
+    // A payload declared UTF-8 must be UTF-8: MQTT 5 §3.3.2.3.2 lets the receiver check and
+    // answer 0x99 Payload format invalid (no numbered clause).
     if props.is_utf8_payload && std::str::from_utf8(&p.payload).is_err() {
         return Err(Refusal::Invalid(R::PayloadFormatInvalid));
     }
@@ -102,4 +103,110 @@ fn topic_name(raw: &ByteString, cfg: &BrokerConfig) -> Result<TopicName, Refusal
             Refusal::Invalid(R::TopicNameInvalid)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::mqtt::{PublishProperties, QoS};
+
+    fn publish(topic: &str, payload: &'static [u8]) -> Publish {
+        Publish {
+            dup: false,
+            retain: false,
+            qos: QoS::AtLeastOnce,
+            topic: ByteString::from(topic),
+            packet_id: NonZeroU16::new(1),
+            payload: Bytes::from_static(payload),
+            properties: Some(PublishProperties::default()),
+        }
+    }
+
+    fn with_alias(mut p: Publish, alias: u16) -> Publish {
+        if let Some(props) = p.properties.as_mut() {
+            props.topic_alias = NonZeroU16::new(alias);
+        }
+        p
+    }
+
+    fn parse(p: Publish, aliases: &mut Aliases) -> Result<Message, Refusal> {
+        let client: ClientKey = "c".into();
+        message(p, aliases, &BrokerConfig::default(), &client, 1_000)
+    }
+
+    #[test]
+    fn an_alias_set_with_a_topic_stands_for_it_later() {
+        let mut aliases = Aliases::default();
+        let first = parse(with_alias(publish("a/b", b"1"), 3), &mut aliases).unwrap();
+        let second = parse(with_alias(publish("", b"2"), 3), &mut aliases).unwrap();
+        assert_eq!(first.topic, second.topic);
+        assert_eq!(second.origin.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn an_unknown_or_too_large_alias_closes_the_connection() {
+        let mut aliases = Aliases::default();
+        assert_eq!(
+            parse(with_alias(publish("", b"x"), 3), &mut aliases).unwrap_err(),
+            Refusal::Close(R::ProtocolError)
+        );
+        let over = BrokerConfig::default().topic_alias_maximum + 1;
+        assert_eq!(
+            parse(with_alias(publish("a", b"x"), over), &mut aliases).unwrap_err(),
+            Refusal::Close(R::TopicAliasInvalid)
+        );
+    }
+
+    #[test]
+    fn a_retained_publish_to_a_reserved_topic_is_invalid_not_a_protocol_error() {
+        let mut p = publish("$SYS/x", b"x");
+        p.retain = true;
+        assert_eq!(
+            parse(p, &mut Aliases::default()).unwrap_err(),
+            Refusal::Invalid(R::TopicNameInvalid)
+        );
+    }
+
+    #[test]
+    fn a_payload_declared_utf8_must_be_utf8() {
+        let mut p = publish("t", b"\xff");
+        if let Some(props) = p.properties.as_mut() {
+            props.is_utf8_payload = true;
+        }
+        assert_eq!(
+            parse(p, &mut Aliases::default()).unwrap_err(),
+            Refusal::Invalid(R::PayloadFormatInvalid)
+        );
+    }
+
+    #[test]
+    fn topic_errors_close_or_are_answered_by_kind() {
+        let mut aliases = Aliases::default();
+        assert_eq!(
+            parse(publish(&"x".repeat(300), b""), &mut aliases).unwrap_err(),
+            Refusal::Invalid(R::TopicNameInvalid)
+        );
+        assert_eq!(
+            parse(publish("a/+", b""), &mut aliases).unwrap_err(),
+            Refusal::Close(R::TopicNameInvalid)
+        );
+        assert_eq!(
+            parse(publish("", b""), &mut aliases).unwrap_err(),
+            Refusal::Close(R::ProtocolError)
+        );
+    }
+
+    #[test]
+    fn the_message_expiry_runs_from_now() {
+        let mut p = publish("t", b"x");
+        if let Some(props) = p.properties.as_mut() {
+            props.message_expiry_interval = std::num::NonZeroU32::new(5);
+        }
+        let m = parse(p, &mut Aliases::default()).unwrap();
+        assert_eq!(m.expires_at_ms, Some(6_000));
+    }
 }

@@ -63,7 +63,7 @@ impl Session {
         }
     }
 
-    /// [issue 5] a message reaches a client only if its principal may `iot:Receive` the topic,
+    /// A message reaches a client only if its principal may `iot:Receive` the topic,
     /// retained messages included.
     pub fn may_receive(&self, topic: &TopicName) -> bool {
         self.receive_check()(topic)

@@ -87,3 +87,52 @@ impl Settling {
         self.0.next().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use bytes::Bytes;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::mqtt::QoS;
+    use crate::store::{MessageProperties, Qos};
+    use crate::topic::{TopicLimits, TopicName};
+
+    fn message() -> Arc<Message> {
+        Arc::new(Message {
+            topic: TopicName::parse("t", TopicLimits::default()).unwrap(),
+            payload: Bytes::from_static(b"x"),
+            qos: Qos::AtLeastOnce,
+            retain: true,
+            properties: MessageProperties::default(),
+            expires_at_ms: None,
+            origin: None,
+            wire: Default::default(),
+        })
+    }
+
+    fn ack(n: u16) -> Option<Ack> {
+        Some((QoS::AtLeastOnce, NonZeroU16::new(n).unwrap()))
+    }
+
+    #[test]
+    fn a_publish_waiting_for_its_write_holds_back_those_behind_it() {
+        let mut settling = Settling::default();
+        let (commit, committed) = oneshot::channel::<()>();
+        let write = async move { committed.await.map_err(|_| store::Error::Closed) };
+        settling.push(message(), ack(1), Some(write));
+        settling.answer(ack(2), PublishAckReason::NotAuthorized);
+        assert!(settling.next_now().is_none(), "the write is not done");
+        assert_eq!(settling.len(), 2);
+        commit.send(()).unwrap();
+        let first = settling.next_now().unwrap();
+        assert_eq!((first.ack, first.result.is_ok()), (ack(1), true));
+        assert!(first.message.is_some());
+        let second = settling.next_now().unwrap();
+        assert_eq!(second.ack, ack(2));
+        assert_eq!(second.reason, PublishAckReason::NotAuthorized);
+        assert!(second.message.is_none() && settling.is_empty());
+    }
+}
