@@ -142,14 +142,6 @@ impl From<store::Error> for ApiError {
     }
 }
 
-impl From<crate::broker::Error> for ApiError {
-    fn from(err: crate::broker::Error) -> Self {
-        match err {
-            crate::broker::Error::Store(e) => e.into(),
-        }
-    }
-}
-
 impl From<TopicError> for ApiError {
     fn from(err: TopicError) -> Self {
         Self::InvalidRequest(err.to_string())

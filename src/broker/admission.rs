@@ -1,25 +1,20 @@
 //! Who gets in: a CONNECT's credentials and client id checked against the principals, the
-//! publish permission a PUBLISH or a Will needs, and the CONNACK that refuses a client.
+//! publish permission a PUBLISH or a Will needs, and whom a client's retained publishes are
+//! charged to. The CONNACK that refuses a client is sent by `accept`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
-use super::connection::GOODBYE_TIMEOUT;
+use super::handle::Broker;
 use super::known_credentials::Known;
 use super::message::Message;
 use super::password_checks::{PasswordChecks, REFUSAL_DELAY};
-use super::{Broker, ClientKey};
+use super::tree::ClientKey;
 use crate::auth::{Action, AuthError, Principal};
-use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet};
+use crate::mqtt::{self, ConnectAckReason};
 use crate::store::Owner;
 use crate::tls::CertFingerprint;
 
-/// Checks CONNECT's credentials when principals are configured ([MQTT-3.1.4-2]: the server
-/// may refuse any client it cannot authenticate), and that the principal may connect with this
-/// client id. Password hashes are slow on purpose, so they are checked off the async threads.
-///
 /// Whom a principal's retained publishes are charged to; everyone is the one anonymous owner
 /// when authentication is off.
 pub fn owner(principal: Option<&Principal>) -> Owner {
@@ -40,6 +35,10 @@ pub enum TransportIdentity {
     Signed(Arc<Principal>),
 }
 
+/// Checks CONNECT's credentials when principals are configured ([MQTT-3.1.4-2]: the server
+/// may refuse any client it cannot authenticate), and that the principal may connect with this
+/// client id. Password hashes are slow on purpose, so they are checked off the async threads.
+///
 /// An identity proven by the transport (a mapped TLS client certificate, a presigned WebSocket
 /// URL) stands in for the credentials; credentials sent with it must name the same principal.
 pub(super) async fn authenticate(
@@ -158,21 +157,4 @@ pub(super) fn may_publish(principal: Option<&Principal>, message: &Message, clie
         p.allows(Action::Publish, topic, Some(client))
             && (!message.retain || p.allows(Action::RetainPublish, topic, Some(client)))
     })
-}
-
-/// Answers a CONNECT with a refusal [MQTT-3.2.2-6] and leaves the connection to close.
-pub(super) async fn refuse<T>(framed: &mut Framed<T>, reason: ConnectAckReason)
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    let connack = ConnectAck {
-        reason_code: reason,
-        ..ConnectAck::default()
-    };
-    let _ = tokio::time::timeout(
-        GOODBYE_TIMEOUT,
-        framed.send(Packet::ConnectAck(Box::new(connack))),
-    )
-    .await;
-    framed.close(GOODBYE_TIMEOUT).await;
 }

@@ -1,12 +1,17 @@
 //! The limits that are not a queue's: concurrent connections across the broker, subscriptions
-//! per session, and the longest keep alive. Pure counting, no I/O; the connection and SUBSCRIBE handling
-//! decide what to answer.
+//! per session, the longest keep alive, and how long a closing connection waits for its
+//! client. Pure counting, no I/O; the connection and SUBSCRIBE handling decide what to answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::topic::FilterSpec;
+
+/// How long a closing connection waits to send its last packet, and then reads and discards
+/// what the client still sends, so that the client gets the packet that says why.
+pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The number of live connections, shared by every listener.
 #[derive(Debug, Default)]

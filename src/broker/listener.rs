@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use super::{Broker, Remote, TransportIdentity};
+use super::admission::TransportIdentity;
+use super::handle::Broker;
+use super::remote::Remote;
 use crate::tcp::PromptAcks;
 use crate::tls::{self, TlsIncoming};
 

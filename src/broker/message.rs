@@ -2,12 +2,13 @@
 //! subscriber.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
-use super::ClientKey;
-use super::wire::WireForm;
+use super::tree::ClientKey;
+use crate::mqtt::PublishProperties;
 use crate::store::{MessageProperties, Qos, RetainedMessage, Write};
 use crate::topic::TopicName;
 
@@ -66,6 +67,32 @@ impl Message {
         self.expires_at_ms.is_some_and(|at| at <= now_ms)
     }
 }
+
+/// What every subscriber's PUBLISH of a message has in common, encoded once per message: the
+/// topic and the properties other than the expiry left and the subscription identifiers.
+/// Cloning it shares the strings' buffers (`ByteString` is reference-counted). `wire` builds
+/// it; it sits in the message so that every delivery of one publish finds the same copy.
+#[derive(Debug, Clone, Default)]
+pub struct WireForm(OnceLock<(ByteString, PublishProperties)>);
+
+impl WireForm {
+    pub(super) fn get_or_init(
+        &self,
+        build: impl FnOnce() -> (ByteString, PublishProperties),
+    ) -> &(ByteString, PublishProperties) {
+        self.0.get_or_init(build)
+    }
+}
+
+/// Written by hand: a cache derived from the message's other fields never tells two messages
+/// apart, whether it is filled yet or not.
+impl PartialEq for WireForm {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for WireForm {}
 
 /// One message on its way to one session.
 #[derive(Debug, Clone)]

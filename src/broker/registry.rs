@@ -1,8 +1,10 @@
-//! Sessions by client id, their link to a live connection, and routing a message to them.
+//! Sessions by client id, their link to a live connection, the subscription tree, and routing
+//! a message to them. Lock order: the sessions before the tree; neither is held across an
+//! `.await`. The handle (`handle`) schedules expiry; everything here is synchronous.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -10,13 +12,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::message::{Delivery, Message};
 use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
-use super::{Broker, ClientKey};
+use super::tree::{ClientKey, SubscriptionTree};
 use crate::auth::{Action, Principal};
 use crate::mqtt::DisconnectReasonCode;
 use crate::topic::TopicName;
 
+/// Every session and subscription of the broker.
+pub(super) struct Sessions {
+    subscriptions: RwLock<SubscriptionTree<SubOptions>>,
+    registry: Mutex<Registry>,
+    limits: SessionLimits,
+}
+
 #[derive(Default)]
-pub(super) struct Registry {
+struct Registry {
     sessions: HashMap<ClientKey, Arc<Session>>,
     next_connection: u64,
 }
@@ -54,7 +63,7 @@ impl Session {
         }
     }
 
-    /// [issue 5] a message reaches a client only if its principal may `iot:Receive` the topic,
+    /// A message reaches a client only if its principal may `iot:Receive` the topic,
     /// retained messages included.
     pub fn may_receive(&self, topic: &TopicName) -> bool {
         self.receive_check()(topic)
@@ -128,12 +137,32 @@ pub(super) struct Attached {
     pub stop: CancellationToken,
 }
 
-impl Broker {
-    fn session_limits(&self) -> SessionLimits {
-        SessionLimits {
-            max_queued: self.inner.config.max_queued_messages,
-            max_queued_bytes: self.inner.config.max_queued_bytes,
+impl Sessions {
+    pub fn new(limits: SessionLimits) -> Self {
+        Self {
+            subscriptions: RwLock::new(SubscriptionTree::new()),
+            registry: Mutex::new(Registry::default()),
+            limits,
         }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn subscriptions_read(&self) -> RwLockReadGuard<'_, SubscriptionTree<SubOptions>> {
+        // The tree is only changed by whole insert/remove calls; a panic cannot leave it torn.
+        self.subscriptions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn subscriptions_write(&self) -> RwLockWriteGuard<'_, SubscriptionTree<SubOptions>> {
+        self.subscriptions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Binds a new connection to the client's session, taking it over from any connection
@@ -141,14 +170,16 @@ impl Broker {
     /// and so does a principal other than the one that created it: a session is
     /// resumed only by its creator, and anyone else starts clean (session present 0) rather
     /// than being refused, so a device whose credentials moved to a new principal still gets
-    /// in, and resubscribes as the CONNACK tells it to.
-    pub(super) fn attach(
+    /// in, and resubscribes as the CONNACK tells it to. The connection's stop signal is a
+    /// child of `shutdown`.
+    pub fn attach(
         &self,
         key: ClientKey,
         clean_start: bool,
         principal: Option<Arc<Principal>>,
+        shutdown: &CancellationToken,
     ) -> Attached {
-        let mut registry = self.sessions();
+        let mut registry = self.registry();
         registry.next_connection += 1;
         let connection = registry.next_connection;
         let existing = registry.sessions.get(&key).cloned();
@@ -162,8 +193,7 @@ impl Broker {
                 if let Some(old) = other {
                     self.unsubscribe_all(&old);
                 }
-                let limits = self.session_limits();
-                let fresh = Arc::new(Session::new(key.clone(), limits, creator));
+                let fresh = Arc::new(Session::new(key.clone(), self.limits, creator));
                 registry.sessions.insert(key, fresh.clone());
                 (fresh, false)
             }
@@ -172,7 +202,7 @@ impl Broker {
             .principal
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = principal;
-        let stop = self.inner.shutdown.child_token();
+        let stop = shutdown.child_token();
         *session.link() = Some((stop.clone(), DisconnectReasonCode::ServerShuttingDown));
         session.connection.store(connection, Ordering::Release);
         session.online.store(true, Ordering::Release);
@@ -185,42 +215,35 @@ impl Broker {
     }
 
     /// The connection is gone. A session with no expiry ends now [MQTT-4.1.0-2]; others end
-    /// when `expiry` passes without a new connection. A taken-over session is left alone.
-    pub(super) fn detach(&self, session: &Arc<Session>, connection: u64, expiry: Duration) {
-        {
-            let mut registry = self.sessions();
-            if !session.is_attached_to(connection) {
-                return;
-            }
-            session.online.store(false, Ordering::Release);
-            *session.link() = None;
-            if expiry.is_zero() {
-                registry.sessions.remove(&session.key);
-                drop(registry);
-                self.unsubscribe_all(session);
-                return;
-            }
+    /// when `expiry` passes without a new connection ([`Sessions::expire`], which the caller
+    /// schedules when this returns true). A taken-over session is left alone.
+    pub fn detach(&self, session: &Arc<Session>, connection: u64, expiry: Duration) -> bool {
+        let mut registry = self.registry();
+        if !session.is_attached_to(connection) {
+            return false;
         }
-        if expiry >= Duration::from_secs(u64::from(u32::MAX)) {
-            return; // [MQTT-3.1.2-?] 0xFFFFFFFF: the session does not expire.
+        session.online.store(false, Ordering::Release);
+        *session.link() = None;
+        if expiry.is_zero() {
+            registry.sessions.remove(&session.key);
+            drop(registry);
+            self.unsubscribe_all(session);
+            return false;
         }
-        let broker = self.clone();
-        let session = session.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(expiry) => {}
-                () = broker.inner.shutdown.cancelled() => return,
-            }
-            let mut registry = broker.sessions();
-            let current = registry.sessions.get(&session.key);
-            if current.is_some_and(|s| Arc::ptr_eq(s, &session))
-                && session.is_attached_to(connection)
-            {
-                registry.sessions.remove(&session.key);
-                drop(registry);
-                broker.unsubscribe_all(&session);
-            }
-        });
+        // MQTT 5 §3.1.2.11.2: 0xFFFFFFFF, the session does not expire.
+        expiry < Duration::from_secs(u64::from(u32::MAX))
+    }
+
+    /// The session's expiry passed: it ends unless a connection took it up since it was
+    /// detached from `connection`.
+    pub fn expire(&self, session: &Arc<Session>, connection: u64) {
+        let mut registry = self.registry();
+        let current = registry.sessions.get(&session.key);
+        if current.is_some_and(|s| Arc::ptr_eq(s, session)) && session.is_attached_to(connection) {
+            registry.sessions.remove(&session.key);
+            drop(registry);
+            self.unsubscribe_all(session);
+        }
     }
 
     fn unsubscribe_all(&self, session: &Session) {
@@ -237,8 +260,8 @@ impl Broker {
     }
 
     /// Whether a session that ended its connection at `connection` was resumed since.
-    pub(super) fn resumed_since(&self, key: &ClientKey, connection: u64) -> bool {
-        self.sessions()
+    pub fn resumed_since(&self, key: &ClientKey, connection: u64) -> bool {
+        self.registry()
             .sessions
             .get(key)
             .is_some_and(|s| !s.is_attached_to(connection))
@@ -249,8 +272,8 @@ impl Broker {
     /// identifier [MQTT-3.3.4-2, -3]. Never waits: a connected client whose queue has no room
     /// for a QoS ≥ 1 message is not keeping up and is disconnected (MQTT 5: 0x97), so one
     /// slow subscriber never holds its publishers back.
-    pub(super) fn route(&self, message: Arc<Message>) {
-        if message.expired(self.inner.store.clock().now_ms()) {
+    pub fn route(&self, message: Arc<Message>, now_ms: i64) {
+        if message.expired(now_ms) {
             return;
         }
         let mut matched = Vec::new();
@@ -261,7 +284,7 @@ impl Broker {
         }
         matched.sort_by(|a, b| a.0.cmp(&b.0));
         let targets: Vec<(Arc<Session>, Delivery)> = {
-            let registry = self.sessions();
+            let registry = self.registry();
             matched
                 .chunk_by(|a, b| a.0 == b.0)
                 .filter_map(|subs| {

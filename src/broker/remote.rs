@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::TransportIdentity;
+use super::admission::TransportIdentity;
 use crate::tcp::Uptake;
 
 /// A client connection as its listener (TCP, TLS, WebSocket) hands it to the broker.

@@ -2,7 +2,10 @@
 //! subscribing to `#` over millions of messages never holds more than two pages in memory.
 //! The connection fetches the next page while the client is still taking the current one.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 use super::message::{Delivery, Message};
 use super::session::SubOptions;
@@ -16,6 +19,46 @@ const MIN_PAGE: u32 = 16;
 const MAX_PAGE: u32 = 2000;
 /// Payload bytes a page aims for: the rows per page follow from the sizes seen so far.
 const PAGE_BYTES: usize = 1 << 20;
+
+/// The next retained page is read while fewer messages than this wait in the queue: about
+/// two pages, so the client is never kept waiting for the database, and memory stays bounded.
+const FETCH_BELOW: usize = 4000;
+
+/// The retained deliveries one connection still owes its subscriptions: the scans to go on
+/// with, and the page being read, at most one at a time.
+#[derive(Default)]
+pub(super) struct RetainedFeed {
+    scans: VecDeque<RetainedScan>,
+    fetching: Option<BoxFuture<'static, Result<Page, store::Error>>>,
+}
+
+impl RetainedFeed {
+    /// Starts reading the next page once the session's queue is short enough that the page
+    /// will be needed soon: the client drains one page while the next is read.
+    pub fn fetch_more(&mut self, queued: usize, store: &Store, limits: TopicLimits) {
+        if self.fetching.is_some() || queued >= FETCH_BELOW {
+            return;
+        }
+        if let Some(scan) = self.scans.pop_front() {
+            self.fetching = Some(Box::pin(scan.fetch(store.clone(), limits)));
+        }
+    }
+
+    /// The page being read, once it is read; never, when none is. Cancel-safe.
+    pub async fn page(&mut self) -> Result<Page, store::Error> {
+        let page = match self.fetching.as_mut() {
+            Some(page) => page.await,
+            None => std::future::pending().await,
+        };
+        self.fetching = None;
+        page
+    }
+
+    /// A scan to go on with before any other, where the page just read left off.
+    pub fn resume(&mut self, scan: RetainedScan) {
+        self.scans.push_front(scan);
+    }
+}
 
 /// Where one subscription's retained delivery has got to.
 pub(super) struct RetainedScan {

@@ -1,5 +1,5 @@
 //! One client's session state, free of I/O: its subscriptions, the messages waiting for it,
-//! the QoS 1/2 messages it has not acknowledged yet, and the QoS 2 messages it is sending us.
+//! the QoS 1/2 messages it has not acknowledged yet, and the QoS 2 ids it is sending us.
 //!
 //! The connection task drives it; when the client is offline it keeps queueing for a
 //! persistent session. Every buffer here is bounded ([`SessionLimits`]).
@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 
+use super::inbound_qos::AwaitingRelease;
 use super::message::Delivery;
 use crate::store::Qos;
 use crate::topic::{FilterSpec, TopicName};
@@ -66,8 +67,8 @@ pub struct SessionState {
     /// The packet ids of `inflight`, so a free id is found without scanning the window.
     in_use: HashSet<NonZeroU16>,
     last_packet_id: u16,
-    /// QoS 2 packet ids we answered with PUBREC and await PUBREL for [MQTT-4.3.3-9].
-    incoming_qos2: HashSet<NonZeroU16>,
+    /// What the client sends us at QoS 2; `inbound_qos` keeps it.
+    awaiting_release: AwaitingRelease,
     limits: SessionLimits,
     /// Messages dropped by policy since the last report.
     pub dropped: u64,
@@ -82,7 +83,7 @@ impl SessionState {
             inflight: VecDeque::new(),
             in_use: HashSet::new(),
             last_packet_id: 0,
-            incoming_qos2: HashSet::new(),
+            awaiting_release: AwaitingRelease::default(),
             limits,
             dropped: 0,
         }
@@ -258,15 +259,9 @@ impl SessionState {
         self.inflight.iter().cloned().collect()
     }
 
-    /// A QoS 2 PUBLISH arrived; false if this id is already awaiting PUBREL, i.e. a resend
-    /// that must not be delivered again [MQTT-4.3.3-10].
-    pub fn begin_incoming_qos2(&mut self, packet_id: NonZeroU16) -> bool {
-        self.incoming_qos2.insert(packet_id)
-    }
-
-    /// PUBREL: forget the id. False if it was unknown.
-    pub fn release_incoming_qos2(&mut self, packet_id: NonZeroU16) -> bool {
-        self.incoming_qos2.remove(&packet_id)
+    /// The QoS 2 ids the client sent that await PUBREL.
+    pub fn awaiting_release(&mut self) -> &mut AwaitingRelease {
+        &mut self.awaiting_release
     }
 }
 
@@ -482,19 +477,5 @@ mod tests {
             .collect();
         assert_eq!(resent, [(ids[0], false), (ids[2], true)]);
         assert!(!s.acknowledge(ids[1]), "the denied one is forgotten");
-    }
-
-    #[test]
-    fn a_resent_incoming_qos2_publish_is_recognised() {
-        let mut s = state(10);
-        let id = NonZeroU16::new(7).unwrap();
-        assert!(s.begin_incoming_qos2(id));
-        assert!(!s.begin_incoming_qos2(id), "DUP resend before PUBREL");
-        assert!(s.release_incoming_qos2(id));
-        assert!(!s.release_incoming_qos2(id));
-        assert!(
-            s.begin_incoming_qos2(id),
-            "the id can be reused after PUBCOMP"
-        );
     }
 }

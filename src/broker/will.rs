@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use super::config::BrokerConfig;
+use super::handle::Broker;
 use super::message::Message;
-use super::{Broker, BrokerConfig, ClientKey, wire};
+use super::tree::ClientKey;
+use super::wire;
 use crate::mqtt::{ConnectAckReason, LastWill};
 use crate::store::{self, Owner};
 use crate::topic::TopicName;

@@ -4,8 +4,6 @@ use std::num::{NonZeroU16, NonZeroU32};
 
 use bytestring::ByteString;
 
-use std::sync::OnceLock;
-
 use super::message::{Delivery, Message};
 use crate::mqtt::{Publish, PublishProperties, QoS};
 use crate::store::{MessageProperties, PayloadFormat, Qos, UserProperty};
@@ -44,7 +42,7 @@ pub(super) fn publish_packet(
             NonZeroU32::new(u32::try_from(secs).unwrap_or(u32::MAX))
         }
     };
-    let (topic, shared) = m.wire.0.get_or_init(|| wire_form(m));
+    let (topic, shared) = m.wire.get_or_init(|| wire_form(m));
     let mut properties = shared.clone();
     properties.message_expiry_interval = message_expiry_interval;
     properties.subscription_ids = delivery.subscription_ids.clone();
@@ -59,21 +57,7 @@ pub(super) fn publish_packet(
     })
 }
 
-/// What every subscriber's PUBLISH of a message has in common, encoded once per message: the
-/// topic and the properties other than the expiry left and the subscription identifiers.
-/// Cloning it shares the strings' buffers (`ByteString` is reference-counted).
-#[derive(Debug, Clone, Default)]
-pub struct WireForm(OnceLock<(ByteString, PublishProperties)>);
-
-impl PartialEq for WireForm {
-    /// Derived from the message's other fields, so it never tells two messages apart.
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for WireForm {}
-
+/// What every subscriber's PUBLISH of `m` has in common, cached in [`Message::wire`].
 fn wire_form(m: &Message) -> (ByteString, PublishProperties) {
     let p = &m.properties;
     let properties = PublishProperties {

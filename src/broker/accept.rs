@@ -1,0 +1,141 @@
+//! A CONNECT accepted or refused: the client id, the connection limit, the credentials (see
+//! `admission`) and the Will checked in that order, then the session joined and the CONNACK
+//! that says how.
+
+use std::net::IpAddr;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::admission::{TransportIdentity, authenticate, may_publish, owner};
+use super::client::{Client, Joined};
+use super::handle::Broker;
+use super::limits::{self, GOODBYE_TIMEOUT};
+use super::tree::ClientKey;
+use super::will::{Will, will};
+use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet, Version};
+
+/// A client let in: its state, the CONNACK to send it, and how long it may stay silent.
+pub(super) struct Accepted {
+    pub client: Client,
+    pub connack: ConnectAck,
+    /// 1.5 × the keep alive it is held to [MQTT-3.1.2-22]; `None`: it may stay silent.
+    pub silence: Option<Duration>,
+}
+
+/// Checks a CONNECT; a refused one is answered here and the connection closed.
+pub(super) async fn accept<T>(
+    broker: Broker,
+    framed: &mut Framed<T>,
+    connect: mqtt::Connect,
+    identity: Option<TransportIdentity>,
+    source: Option<IpAddr>,
+) -> Option<Accepted>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let cfg = broker.config().clone();
+    let v5 = framed.version() == Version::V5;
+    let mut assigned = None;
+    let key: ClientKey = if connect.client_id.is_empty() {
+        // [MQTT-3.1.3-8] a client without an id cannot ask to resume a session (the codec
+        // already refuses most such CONNECTs; this covers the rest).
+        if !connect.clean_start {
+            refuse(framed, ConnectAckReason::ClientIdentifierNotValid).await;
+            return None;
+        }
+        let id = format!("retaind-{}", uuid::Uuid::new_v4().simple());
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        Arc::from(&*connect.client_id)
+    };
+    // A global cap on connections, checked before the costly password hash.
+    // [MQTT-3.2.2-6] refused with CONNACK 0x89 Server busy (3.1.1: 0x03), then closed.
+    let Some(slot) = broker.inner.live.try_acquire(cfg.max_connections) else {
+        tracing::debug!(client = %key, "too many connections");
+        refuse(framed, ConnectAckReason::ServerBusy).await;
+        return None;
+    };
+    let principal = match authenticate(&broker, &connect, &key, identity, source).await {
+        Ok(principal) => principal,
+        Err(reason) => {
+            refuse(framed, reason).await;
+            return None;
+        }
+    };
+    let will = match connect.last_will.as_ref() {
+        None => None,
+        Some(w) => match will(w, &key, &cfg, broker.store().clock().now_ms()) {
+            // A Will the client could not publish itself is refused up front.
+            Ok(will) if !may_publish(principal.as_deref(), &will.message, &key) => {
+                refuse(framed, ConnectAckReason::NotAuthorized).await;
+                return None;
+            }
+            Ok(will) => Some(Will {
+                owner: owner(principal.as_deref()),
+                ..will
+            }),
+            Err(reason) => {
+                refuse(framed, reason).await;
+                return None;
+            }
+        },
+    };
+    let client_window = if v5 {
+        connect.receive_max.map_or(u16::MAX, NonZeroU16::get)
+    } else {
+        u16::MAX
+    };
+    if let Some(max) = connect.max_packet_size {
+        framed.set_max_outbound_size(max.get());
+    }
+    let keep_alive = limits::keep_alive(connect.keep_alive, cfg.max_keep_alive);
+    let joined = Joined {
+        broker,
+        v5,
+        key,
+        principal,
+        will,
+        session_expiry: connect.session_expiry_interval_secs,
+        problem_info: connect.request_problem_info,
+        client_window,
+        slot,
+    };
+    let (client, session_present) = Client::join(joined, connect.clean_start);
+    let connack = ConnectAck {
+        session_present,
+        reason_code: ConnectAckReason::Success,
+        receive_max: NonZeroU16::new(cfg.receive_maximum).unwrap_or(NonZeroU16::MAX),
+        max_packet_size: Some(cfg.max_packet_bytes),
+        assigned_client_id: assigned.map(Into::into),
+        topic_alias_max: cfg.topic_alias_maximum,
+        // [MQTT-3.2.2-21] the client must use this instead of what it asked for.
+        server_keepalive_sec: (keep_alive != connect.keep_alive).then_some(keep_alive),
+        ..ConnectAck::default()
+    };
+    Some(Accepted {
+        client,
+        connack,
+        silence: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+    })
+}
+
+/// Answers a CONNECT with a refusal [MQTT-3.2.2-6] and leaves the connection to close.
+async fn refuse<T>(framed: &mut Framed<T>, reason: ConnectAckReason)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let connack = ConnectAck {
+        reason_code: reason,
+        ..ConnectAck::default()
+    };
+    let _ = tokio::time::timeout(
+        GOODBYE_TIMEOUT,
+        framed.send(Packet::ConnectAck(Box::new(connack))),
+    )
+    .await;
+    framed.close(GOODBYE_TIMEOUT).await;
+}

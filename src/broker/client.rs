@@ -1,0 +1,489 @@
+//! One connected client's protocol state, without its socket: what each packet it sends does
+//! to the broker and its session, and what is to be sent back ([`Client::apply`], into an
+//! [`Outbox`]); its publishes waiting for the store (`settling`) and what else goes out to it
+//! (`outbound`). The connection's loop (`connection`) reads, applies and writes; nothing here
+//! touches the transport.
+
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::{may_publish, owner};
+use super::config::BrokerConfig;
+use super::end::End;
+use super::handle::Broker;
+use super::inbound_publish::{self, Aliases};
+use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal};
+use super::limits::ConnectionSlot;
+use super::outbound::Outbound;
+use super::registry::Session;
+use super::retained::RetainedFeed;
+use super::settling::{Settled, Settling};
+use super::subscribe::{self, Subscriber};
+use super::tree::ClientKey;
+use super::will::Will;
+use crate::auth::Principal;
+use crate::mqtt::{
+    ByteString, Disconnect, DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2,
+    PublishAck2Reason, PublishAckReason, QoS,
+};
+use crate::rate::TokenBucket;
+use crate::store::{self, Owner, WriteBatch};
+
+/// What a connection waits on besides its socket, borrowed apart so that one `select!` can
+/// wait on all of it.
+pub(super) struct Waits<'a> {
+    /// Cancelled when the connection must close (taken over, kicked, shutdown).
+    pub stop: &'a CancellationToken,
+    pub settling: &'a mut Settling,
+    pub retained: &'a mut RetainedFeed,
+    /// Notified when something was queued for the client.
+    pub wake: &'a Notify,
+}
+
+/// What applying packets produced for the connection to do, in order.
+#[derive(Default)]
+pub(super) struct Outbox {
+    pub packets: Vec<Packet>,
+    /// The client acknowledged a message sent to it: it still takes what is sent.
+    pub took: bool,
+}
+
+impl Outbox {
+    fn send(&mut self, packet: Packet) {
+        self.packets.push(packet);
+    }
+}
+
+/// What a connection knows once its CONNECT is accepted (see `accept`).
+pub(super) struct Joined {
+    pub broker: Broker,
+    pub v5: bool,
+    pub key: ClientKey,
+    pub principal: Option<Arc<Principal>>,
+    pub will: Option<Will>,
+    pub session_expiry: u32,
+    pub problem_info: bool,
+    /// The client's Receive Maximum (3.1.1: none).
+    pub client_window: u16,
+    pub slot: ConnectionSlot,
+}
+
+/// A client past CONNECT, until its connection ends.
+pub(super) struct Client {
+    broker: Broker,
+    cfg: BrokerConfig,
+    v5: bool,
+    key: ClientKey,
+    /// Who the client authenticated as; `None` when authentication is off (all allowed).
+    principal: Option<Arc<Principal>>,
+    /// Whom this client's retained publishes are charged to.
+    owner: Owner,
+    session: Arc<Session>,
+    connection: u64,
+    /// Cancelled when the connection must close (taken over, kicked, shutdown).
+    stop: CancellationToken,
+    will: Option<Will>,
+    session_expiry: u32,
+    /// Whether the client accepts reason strings beyond CONNACK, PUBLISH and DISCONNECT
+    /// (MQTT 5 Request Problem Information).
+    problem_info: bool,
+    aliases: Aliases,
+    inbound: InboundQos,
+    pending: Settling,
+    /// Retained writes of the packets being read, queued together at the end of the burst.
+    writes: Option<WriteBatch>,
+    outbound: Outbound,
+    /// Its PUBLISH rate, `--mqtt-max-publish-rate`.
+    publish_rate: TokenBucket,
+    /// This connection's place under `--mqtt-max-connections`, freed when it is dropped.
+    _slot: ConnectionSlot,
+}
+
+impl Client {
+    /// Attaches the client to its session; true with it if the session was resumed.
+    pub fn join(joined: Joined, clean_start: bool) -> (Self, bool) {
+        let Joined {
+            broker,
+            v5,
+            key,
+            principal,
+            will,
+            session_expiry,
+            problem_info,
+            client_window,
+            slot,
+        } = joined;
+        let cfg = broker.config().clone();
+        let attached = broker.attach(key.clone(), clean_start, principal.clone());
+        let client = Self {
+            outbound: Outbound::new(
+                attached.session.clone(),
+                attached.stop.clone(),
+                usize::from(client_window.min(cfg.max_inflight.max(1))),
+                broker.store().clone(),
+                cfg.topic_limits,
+            ),
+            inbound: InboundQos::new(v5, cfg.receive_maximum),
+            publish_rate: TokenBucket::new(cfg.max_publish_rate, std::time::Instant::now()),
+            owner: owner(principal.as_deref()),
+            broker,
+            cfg,
+            v5,
+            key,
+            principal,
+            session: attached.session,
+            connection: attached.connection,
+            stop: attached.stop,
+            will,
+            session_expiry,
+            problem_info,
+            aliases: Aliases::default(),
+            pending: Settling::default(),
+            writes: None,
+            _slot: slot,
+        };
+        (client, attached.session_present)
+    }
+
+    pub fn key(&self) -> &ClientKey {
+        &self.key
+    }
+
+    pub fn v5(&self) -> bool {
+        self.v5
+    }
+
+    /// Applies one packet from the client; what is to be sent back goes to `out`.
+    pub async fn apply(&mut self, packet: Packet, out: &mut Outbox) -> Result<(), End> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(*p, out),
+            Packet::PublishAck(a) => {
+                out.took |= self.session.state().acknowledge(a.packet_id);
+                Ok(())
+            }
+            Packet::PublishReceived(a) => {
+                if u8::from(a.reason_code) >= 0x80 {
+                    // The client refused the message: the exchange ends here [MQTT-4.4.0-2].
+                    self.session.state().forget(a.packet_id);
+                    return Ok(());
+                }
+                let known = self.session.state().received(a.packet_id);
+                out.took |= known;
+                out.send(Packet::PublishRelease(ack2(a.packet_id, known)));
+                Ok(())
+            }
+            Packet::PublishRelease(r) => {
+                let mut state = self.session.state();
+                let known = self.inbound.released(state.awaiting_release(), r.packet_id);
+                drop(state);
+                out.send(Packet::PublishComplete(ack2(r.packet_id, known)));
+                Ok(())
+            }
+            Packet::PublishComplete(c) => {
+                out.took |= self.session.state().completed(c.packet_id);
+                Ok(())
+            }
+            Packet::Subscribe(s) => {
+                let subscribed = subscribe::subscribe(&self.subscriber(), s).map_err(End::Close)?;
+                // The first page of each filter's retained messages is read now, before
+                // SUBACK: the subscription's view of the retained state is taken at subscribe
+                // time, so a message published after SUBACK arrives once, live, and never
+                // again as a retained copy read later. Further pages (large wildcard
+                // subscriptions) are read while these are sent.
+                for scan in subscribed.retained {
+                    let page = scan
+                        .fetch(self.broker.store().clone(), self.cfg.topic_limits)
+                        .await;
+                    self.outbound.fetched(page)?;
+                }
+                out.send(Packet::SubscribeAck(subscribed.ack));
+                Ok(())
+            }
+            Packet::Unsubscribe(u) => {
+                let ack = subscribe::unsubscribe(&self.subscriber(), u);
+                out.send(Packet::UnsubscribeAck(ack));
+                Ok(())
+            }
+            Packet::PingRequest => {
+                out.send(Packet::PingResponse);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
+            // [MQTT-3.1.0-2] a second CONNECT; AUTH without an authentication method; and
+            // packets only a server sends.
+            Packet::Connect(_)
+            | Packet::Auth(_)
+            | Packet::ConnectAck(_)
+            | Packet::SubscribeAck(_)
+            | Packet::UnsubscribeAck(_)
+            | Packet::PingResponse => Err(End::Close(DisconnectReasonCode::ProtocolError)),
+        }
+    }
+
+    fn subscriber(&self) -> Subscriber<'_> {
+        Subscriber {
+            broker: &self.broker,
+            client: &self.key,
+            session: &self.session,
+            principal: self.principal.as_deref(),
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish, out: &mut Outbox) -> Result<(), End> {
+        if p.dup && p.qos == QoS::AtMostOnce {
+            return Err(End::Close(DisconnectReasonCode::MalformedPacket)); // [MQTT-3.3.1-2]
+        }
+        let ack = p.packet_id.map(|id| (p.qos, id));
+        self.inbound.check_room(ack).map_err(End::Close)?;
+        let now = self.broker.store().clock().now_ms();
+        let message =
+            match inbound_publish::message(p, &mut self.aliases, &self.cfg, &self.key, now) {
+                Ok(message) => message,
+                Err(refusal) => return self.refuse_now(ack, refusal, out),
+            };
+        let mut state = self.session.state();
+        let admitted = self.inbound.admit(state.awaiting_release(), ack);
+        drop(state);
+        if admitted == Admitted::Duplicate {
+            // Acknowledged in order behind the original's own PUBREC.
+            self.pending.answer(ack, PublishAckReason::Success);
+            return Ok(());
+        }
+        let refusal = if !self.publish_rate.try_take(std::time::Instant::now()) {
+            // Over --mqtt-max-publish-rate. 0x96 Message rate too high is not a PUBACK/PUBREC
+            // code (MQTT 5 §3.4.2.1, §3.5.2.1), so MQTT 5 gets 0x97 Quota exceeded.
+            Some(PublishAckReason::QuotaExceeded)
+        } else if !may_publish(self.principal.as_deref(), &message, &self.key) {
+            Some(PublishAckReason::NotAuthorized)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            let mut state = self.session.state();
+            let answer =
+                self.inbound
+                    .refused(state.awaiting_release(), ack, Refusal::Dropped(reason));
+            drop(state);
+            // Answered in order behind earlier publishes.
+            let (ack, reason) = match answer {
+                Answer::Ack { ack, reason, .. } => (Some(ack), reason),
+                _ => (None, PublishAckReason::Success),
+            };
+            self.pending.answer(ack, reason);
+            return Ok(());
+        }
+        let write = message.retained_write(now);
+        let message = Arc::new(message);
+        match write {
+            None if self.pending.is_empty() => {
+                let settled = Settled {
+                    message: Some(message),
+                    ack,
+                    reason: PublishAckReason::Success,
+                    result: Ok(()),
+                };
+                self.settle(settled, out)
+            }
+            write => {
+                // Retained writes commit before the acknowledgement [MQTT-3.3.1-5]; everything
+                // from this client settles in order behind them, so per-topic order holds.
+                // Queued with the rest of the burst being read (`submit_writes`), so that
+                // they commit together.
+                let committed = write.map(|w| {
+                    let store = self.broker.store();
+                    self.writes
+                        .get_or_insert_with(|| store.batch())
+                        .add(w, self.owner.clone())
+                });
+                self.pending.push(message, ack, committed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers a publish refused before it was counted, at once.
+    fn refuse_now(
+        &mut self,
+        ack: Option<Ack>,
+        refusal: Refusal,
+        out: &mut Outbox,
+    ) -> Result<(), End> {
+        let answer = self
+            .inbound
+            .refused(self.session.state().awaiting_release(), ack, refusal);
+        self.answer(answer, out)
+    }
+
+    fn answer(&self, answer: Answer, out: &mut Outbox) -> Result<(), End> {
+        match answer {
+            Answer::Nothing => Ok(()),
+            Answer::Ack {
+                ack: (qos, id),
+                reason,
+                why,
+            } => {
+                let mut packet = publish_ack(qos, id, reason);
+                if let Packet::PublishAck(a) | Packet::PublishReceived(a) = &mut packet {
+                    // [MQTT-3.1.2-29] only to a client that asked for problem information.
+                    a.reason_string = why
+                        .filter(|_| self.problem_info)
+                        .map(ByteString::from_static);
+                }
+                out.send(packet);
+                Ok(())
+            }
+            Answer::Close(reason) => Err(End::Close(reason)),
+            Answer::Hangup => Err(End::Lost),
+        }
+    }
+
+    /// Acknowledges and routes a publish the store has settled.
+    pub fn settle(&mut self, settled: Settled, out: &mut Outbox) -> Result<(), End> {
+        let refusal = match settled.result {
+            Ok(()) => {
+                if let Some(message) = settled.message {
+                    self.broker.route(message);
+                }
+                if let Some((qos, id)) = settled.ack {
+                    self.inbound.acknowledged(qos, settled.reason);
+                    out.send(publish_ack(qos, id, settled.reason));
+                }
+                return Ok(());
+            }
+            Err(store::Error::QuotaExceeded(quota)) => {
+                // Refused and delivered to nobody, like a denied publish. Logged per publish,
+                // so a client past its quota cannot fill the log.
+                tracing::debug!(client = %self.key, %quota, "a retained publish was refused");
+                Refusal::Dropped(PublishAckReason::QuotaExceeded)
+            }
+            Err(e) => {
+                // Logged by the store, once per failed batch and in summary.
+                tracing::debug!(error = %e, "a retained publish could not be stored");
+                Refusal::NotStored
+            }
+        };
+        let mut state = self.session.state();
+        let answer = self
+            .inbound
+            .refused(state.awaiting_release(), settled.ack, refusal);
+        drop(state);
+        if let Answer::Ack {
+            ack: (qos, _),
+            reason,
+            ..
+        } = answer
+        {
+            self.inbound.acknowledged(qos, reason);
+        }
+        self.answer(answer, out)
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> End {
+        if let Some(secs) = d.session_expiry_interval_secs {
+            // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended.
+            if self.session_expiry == 0 && secs != 0 {
+                return End::Close(DisconnectReasonCode::ProtocolError);
+            }
+            self.session_expiry = secs;
+        }
+        End::ClientDisconnect {
+            // [MQTT-3.14.4-3] a normal DISCONNECT discards the Will; 0x04 asks for it.
+            keep_will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+        }
+    }
+
+    /// Publishes waiting for the store.
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn waits(&mut self) -> Waits<'_> {
+        Waits {
+            stop: &self.stop,
+            settling: &mut self.pending,
+            retained: self.outbound.feed(),
+            wake: &self.session.wake,
+        }
+    }
+
+    /// A publish whose store write is already done, if the next one is.
+    pub fn settled_now(&mut self) -> Option<Settled> {
+        self.pending.next_now()
+    }
+
+    /// Queues the retained writes of the packets just read, so that they commit together.
+    pub async fn submit_writes(&mut self) {
+        if let Some(writes) = self.writes.take() {
+            writes.submit().await;
+        }
+    }
+
+    /// Why the connection was asked to close.
+    pub fn stop_reason(&self) -> DisconnectReasonCode {
+        self.session.stop_reason()
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.broker.shutdown_signal().is_cancelled()
+    }
+
+    /// What goes to the client besides answers.
+    pub fn outbound(&mut self) -> &mut Outbound {
+        &mut self.outbound
+    }
+
+    /// Ends the client's part: publishes already read still reach the store and the
+    /// subscribers, the session is left to expire, and the Will goes out if asked to.
+    pub async fn leave(&mut self, publish_will: bool) {
+        while let Some(settled) = self.pending.drain().await {
+            if settled.result.is_ok()
+                && let Some(message) = settled.message
+            {
+                self.broker.route(message);
+            }
+        }
+        let expiry = Duration::from_secs(u64::from(self.session_expiry));
+        self.broker.detach(&self.session, self.connection, expiry);
+        if publish_will && let Some(will) = self.will.take() {
+            self.broker
+                .publish_will(will, self.key.clone(), self.connection, expiry);
+        }
+    }
+
+    /// Lets go of the session at once: the CONNACK could not be sent.
+    pub fn abandon(&self) {
+        self.broker
+            .detach(&self.session, self.connection, Duration::ZERO);
+    }
+}
+
+fn ack2(packet_id: NonZeroU16, known: bool) -> PublishAck2 {
+    PublishAck2 {
+        packet_id,
+        reason_code: if known {
+            PublishAck2Reason::Success
+        } else {
+            PublishAck2Reason::PacketIdNotFound
+        },
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+fn publish_ack(qos: QoS, packet_id: NonZeroU16, reason_code: PublishAckReason) -> Packet {
+    let ack = PublishAck {
+        packet_id,
+        reason_code,
+        properties: Vec::new(),
+        reason_string: None,
+    };
+    if qos == QoS::ExactlyOnce {
+        Packet::PublishReceived(ack)
+    } else {
+        Packet::PublishAck(ack)
+    }
+}

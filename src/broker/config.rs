@@ -1,0 +1,58 @@
+//! The broker's limits and advertised values, as the application configures them.
+
+use std::time::Duration;
+
+use crate::topic::TopicLimits;
+
+/// Limits and advertised values; every buffer a client can grow is bounded by one of these.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub topic_limits: TopicLimits,
+    pub max_payload_bytes: usize,
+    /// Largest packet accepted from a client (advertised as MQTT 5 Maximum Packet Size).
+    pub max_packet_bytes: u32,
+    /// Messages waiting for one session beyond those in flight.
+    pub max_queued_messages: usize,
+    /// Payload bytes waiting for one session.
+    pub max_queued_bytes: usize,
+    /// QoS 1/2 messages sent to one client and not yet acknowledged.
+    pub max_inflight: u16,
+    /// QoS 1/2 messages one client may have unacknowledged towards us (MQTT 5 Receive Maximum).
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    /// Concurrent connections across all listeners; a CONNECT beyond it is refused.
+    pub max_connections: usize,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: usize,
+    /// PUBLISH packets per second one connection may send; 0: no limit.
+    pub max_publish_rate: f64,
+    /// Time allowed between accepting a connection and receiving its CONNECT.
+    pub connect_timeout: Duration,
+    /// Time a client may take nothing of the output waiting for it before it is disconnected
+    /// (see `stall`).
+    pub write_timeout: Duration,
+    /// Longest keep alive a client may have, in seconds: one that asks for more, or for none
+    /// (0), is held to this (MQTT 5: told so in Server Keep Alive). 0: no maximum.
+    pub max_keep_alive: u16,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            topic_limits: TopicLimits::default(),
+            max_payload_bytes: 128 * 1024,
+            max_packet_bytes: 256 * 1024,
+            max_queued_messages: 10_000,
+            max_queued_bytes: 16 << 20,
+            max_inflight: 256,
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            max_connections: 10_000,
+            max_subscriptions: 50,
+            max_publish_rate: 0.0,
+            connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            max_keep_alive: 1200,
+        }
+    }
+}

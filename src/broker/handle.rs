@@ -1,0 +1,153 @@
+//! [`Broker`], the handle every listener, connection and the HTTP API share: a cheap `Clone`
+//! around the store, the subscription tree, the sessions and the shutdown signal. Sessions
+//! and routing are in `registry`, connections in `connection`, Wills in `will`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::BrokerConfig;
+use super::limits::ConnectionCount;
+use super::message::Message;
+use super::password_checks::{PasswordCheckStats, PasswordChecks};
+use super::registry::{Attached, Session, Sessions};
+use super::session::{SessionLimits, SubOptions};
+use super::tree::{ClientKey, SubscriptionTree};
+use crate::auth::{Authenticator, Principal};
+use crate::store::{self, Owner, Store};
+
+/// Handle on the broker: cheap to clone, shared by listeners, connections and the HTTP API.
+#[derive(Clone)]
+pub struct Broker {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub store: Store,
+    pub auth: Authenticator,
+    pub config: BrokerConfig,
+    sessions: Sessions,
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them to say goodbye.
+    pub connections: TaskTracker,
+    /// Connections past CONNECT, against `config.max_connections`.
+    pub live: Arc<ConnectionCount>,
+    pub password_checks: PasswordChecks,
+}
+
+impl Broker {
+    /// `auth` decides who may connect, publish, subscribe and receive; with no principals
+    /// configured ([`Authenticator::disabled`]) everyone may do everything.
+    pub fn new(store: Store, config: BrokerConfig, auth: Authenticator) -> Self {
+        let limits = SessionLimits {
+            max_queued: config.max_queued_messages,
+            max_queued_bytes: config.max_queued_bytes,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                auth,
+                config,
+                sessions: Sessions::new(limits),
+                shutdown: CancellationToken::new(),
+                connections: TaskTracker::new(),
+                live: Arc::default(),
+                password_checks: PasswordChecks::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    /// How many MQTT password checks may run at once, run now, ever ran at once and ran in
+    /// all, and how many credentials were answered from earlier checks.
+    pub fn password_checks(&self) -> PasswordCheckStats {
+        self.inner.password_checks.stats()
+    }
+
+    /// Publishes a message from outside MQTT (the HTTP API): a retained one is committed to
+    /// the store first, charged to `owner`, then it reaches every matching subscription. One
+    /// the store refuses (a quota) reaches nobody.
+    pub async fn publish(&self, message: Message, owner: Owner) -> Result<(), store::Error> {
+        let now = self.inner.store.clock().now_ms();
+        if let Some(write) = message.retained_write(now) {
+            self.inner.store.write_as(write, owner).await?;
+        }
+        self.route(Arc::new(message));
+        Ok(())
+    }
+
+    /// Asks every connection to close (MQTT 5: DISCONNECT 0x8B) and waits for them, up to `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.connections.close();
+        if tokio::time::timeout(grace, self.inner.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some MQTT connections did not close in time");
+        }
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    pub(super) fn subscriptions_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, SubscriptionTree<SubOptions>> {
+        self.inner.sessions.subscriptions_write()
+    }
+
+    /// Binds a new connection to the client's session (see [`Sessions::attach`]).
+    pub(super) fn attach(
+        &self,
+        key: ClientKey,
+        clean_start: bool,
+        principal: Option<Arc<Principal>>,
+    ) -> Attached {
+        self.inner
+            .sessions
+            .attach(key, clean_start, principal, &self.inner.shutdown)
+    }
+
+    /// The connection is gone; its session ends now or once `expiry` passes without a new
+    /// connection, unless the broker shuts down first.
+    pub(super) fn detach(&self, session: &Arc<Session>, connection: u64, expiry: Duration) {
+        if !self.inner.sessions.detach(session, connection, expiry) {
+            return;
+        }
+        let broker = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(expiry) => {}
+                () = broker.inner.shutdown.cancelled() => return,
+            }
+            broker.inner.sessions.expire(&session, connection);
+        });
+    }
+
+    /// Whether a session that ended its connection at `connection` was resumed since.
+    pub(super) fn resumed_since(&self, key: &ClientKey, connection: u64) -> bool {
+        self.inner.sessions.resumed_since(key, connection)
+    }
+
+    /// Sends a message to every matching subscription (see [`Sessions::route`]).
+    pub(super) fn route(&self, message: Arc<Message>) {
+        let now = self.inner.store.clock().now_ms();
+        self.inner.sessions.route(message, now);
+    }
+}

@@ -1,0 +1,342 @@
+//! The bookkeeping of QoS 1/2 publishes a client sends us: how many are unacknowledged (for
+//! our Receive Maximum), which QoS 2 ids await their PUBREL, and what the client is told
+//! when retaind refuses a publish, for both protocol versions. No I/O: the connection applies
+//! the answers.
+
+use std::collections::HashSet;
+use std::num::NonZeroU16;
+
+use crate::mqtt::{DisconnectReasonCode, PublishAckReason, QoS};
+
+/// The QoS and packet id of a publish that is acknowledged (QoS 1 or 2).
+pub(super) type Ack = (QoS, NonZeroU16);
+
+/// QoS 2 packet ids we answered with PUBREC and await PUBREL for [MQTT-4.3.3-9]. Kept by the
+/// session, so a publish resent after a reconnect is still recognised.
+#[derive(Debug, Default)]
+pub(super) struct AwaitingRelease(HashSet<NonZeroU16>);
+
+impl AwaitingRelease {
+    /// False if this id already awaits PUBREL, i.e. a resend [MQTT-4.3.3-10].
+    fn begin(&mut self, id: NonZeroU16) -> bool {
+        self.0.insert(id)
+    }
+
+    /// False if the id was unknown.
+    fn end(&mut self, id: NonZeroU16) -> bool {
+        self.0.remove(&id)
+    }
+}
+
+/// Why an inbound PUBLISH is refused. The variants differ in how each protocol version can
+/// say so, and in whether the publish was already counted ([`InboundQos::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// The packet breaks the protocol: always close.
+    Close(DisconnectReasonCode),
+    /// An invalid publish, refused before it is counted: MQTT 5 QoS 1/2 hears this reason in
+    /// PUBACK/PUBREC; otherwise the connection is closed with it.
+    Invalid(DisconnectReasonCode),
+    /// A valid publish retaind will not take, refused before it is counted: QoS 1/2 gets this
+    /// reason (and `why` as reason string, if the client asked for them); QoS 0 is dropped.
+    Declined {
+        reason: PublishAckReason,
+        why: &'static str,
+    },
+    /// A counted publish dropped by policy (publish rate, permission, retained quota): MQTT 5
+    /// hears why and a QoS 2 exchange ends there; 3.1.1 has no way to say it, so the publish
+    /// is acknowledged as usual and goes nowhere (closing would only make the client resend).
+    Dropped(PublishAckReason),
+    /// A counted publish the store could not take: MQTT 5 hears 0x80; 3.1.1 cannot say "not
+    /// stored", so the connection closes and the client resends.
+    NotStored,
+}
+
+/// What the client is told about a refused publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Answer {
+    /// Nothing: a QoS 0 publish is dropped.
+    Nothing,
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) with this reason.
+    Ack {
+        ack: Ack,
+        reason: PublishAckReason,
+        why: Option<&'static str>,
+    },
+    /// Close the connection; an MQTT 5 client is told this reason.
+    Close(DisconnectReasonCode),
+    /// Close the connection without a word.
+    Hangup,
+}
+
+/// The inbound half of one connection's flow control.
+#[derive(Debug)]
+pub(super) struct InboundQos {
+    v5: bool,
+    receive_maximum: usize,
+    /// QoS 1/2 publishes counted and not fully acknowledged.
+    unacked: usize,
+}
+
+/// What [`InboundQos::admit`] made of a publish.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Admitted {
+    /// Counted (or QoS 0); it goes on to be stored and routed.
+    New,
+    /// A resend of a QoS 2 publish not yet released: acknowledge it, deliver nothing again
+    /// [MQTT-4.3.3-10].
+    Duplicate,
+}
+
+impl InboundQos {
+    pub fn new(v5: bool, receive_maximum: u16) -> Self {
+        Self {
+            v5,
+            receive_maximum: usize::from(receive_maximum),
+            unacked: 0,
+        }
+    }
+
+    /// Checked before anything else about a publish: an MQTT 5 client may not have more QoS
+    /// 1/2 publishes unacknowledged than our Receive Maximum [MQTT-3.3.4-9]. 3.1.1 has no
+    /// such limit; the connection's back-pressure bounds it.
+    pub fn check_room(&self, ack: Option<Ack>) -> Result<(), DisconnectReasonCode> {
+        if ack.is_some() && self.v5 && self.unacked >= self.receive_maximum {
+            return Err(DisconnectReasonCode::ReceiveMaximumExceeded);
+        }
+        Ok(())
+    }
+
+    /// Counts a valid publish, unless it is a QoS 2 resend.
+    pub fn admit(&mut self, awaiting: &mut AwaitingRelease, ack: Option<Ack>) -> Admitted {
+        let Some((qos, id)) = ack else {
+            return Admitted::New;
+        };
+        if qos == QoS::ExactlyOnce && !awaiting.begin(id) {
+            return Admitted::Duplicate;
+        }
+        self.unacked += 1;
+        Admitted::New
+    }
+
+    /// The PUBACK or PUBREC of a counted publish goes out. It ends a QoS 1 exchange, and a QoS
+    /// 2 one it refuses; an accepted QoS 2 exchange stays open until PUBREL.
+    pub fn acknowledged(&mut self, qos: QoS, reason: PublishAckReason) {
+        let refused = u8::from(reason) >= 0x80;
+        if qos == QoS::AtLeastOnce || refused {
+            self.unacked = self.unacked.saturating_sub(1);
+        }
+    }
+
+    /// PUBREL: the QoS 2 exchange is over. False if the id was unknown.
+    pub fn released(&mut self, awaiting: &mut AwaitingRelease, id: NonZeroU16) -> bool {
+        let known = awaiting.end(id);
+        if known {
+            self.unacked = self.unacked.saturating_sub(1);
+        }
+        known
+    }
+
+    /// How a refused publish is answered: the one place that knows what each protocol version
+    /// can say. An MQTT 5 QoS 2 exchange refused after it was counted ends at its PUBREC; no
+    /// PUBREL follows, so its id is released now.
+    pub fn refused(
+        &self,
+        awaiting: &mut AwaitingRelease,
+        ack: Option<Ack>,
+        refusal: Refusal,
+    ) -> Answer {
+        let answer = |reason, why| match ack {
+            Some(ack) => Answer::Ack { ack, reason, why },
+            None => Answer::Nothing,
+        };
+        match refusal {
+            Refusal::Close(reason) => Answer::Close(reason),
+            Refusal::Invalid(reason) if self.v5 && ack.is_some() => {
+                answer(ack_reason(reason), None)
+            }
+            Refusal::Invalid(reason) => Answer::Close(reason),
+            Refusal::Declined { reason, why } => answer(reason, Some(why)),
+            Refusal::Dropped(_) | Refusal::NotStored if ack.is_none() => Answer::Nothing,
+            Refusal::Dropped(_) if !self.v5 => answer(PublishAckReason::Success, None),
+            Refusal::NotStored if !self.v5 => Answer::Hangup,
+            Refusal::Dropped(reason) => {
+                self.end_refused(awaiting, ack);
+                answer(reason, None)
+            }
+            Refusal::NotStored => {
+                self.end_refused(awaiting, ack);
+                answer(PublishAckReason::UnspecifiedError, None)
+            }
+        }
+    }
+
+    fn end_refused(&self, awaiting: &mut AwaitingRelease, ack: Option<Ack>) {
+        if let Some((QoS::ExactlyOnce, id)) = ack {
+            awaiting.end(id);
+        }
+    }
+}
+
+/// The PUBACK/PUBREC reason for a publish refused as invalid.
+fn ack_reason(reason: DisconnectReasonCode) -> PublishAckReason {
+    match reason {
+        DisconnectReasonCode::TopicNameInvalid => PublishAckReason::TopicNameInvalid,
+        DisconnectReasonCode::PayloadFormatInvalid => PublishAckReason::PayloadFormatInvalid,
+        DisconnectReasonCode::QuotaExceeded => PublishAckReason::QuotaExceeded,
+        _ => PublishAckReason::UnspecifiedError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V5: bool = true;
+    const V311: bool = false;
+
+    fn id(n: u16) -> NonZeroU16 {
+        NonZeroU16::new(n).unwrap()
+    }
+
+    fn qos1(n: u16) -> Option<Ack> {
+        Some((QoS::AtLeastOnce, id(n)))
+    }
+
+    fn qos2(n: u16) -> Option<Ack> {
+        Some((QoS::ExactlyOnce, id(n)))
+    }
+
+    #[test]
+    fn a_qos2_resend_before_pubrel_is_a_duplicate_and_not_counted_again() {
+        let (mut q, mut awaiting) = (InboundQos::new(V5, 1), AwaitingRelease::default());
+        assert_eq!(q.admit(&mut awaiting, qos2(7)), Admitted::New);
+        q.acknowledged(QoS::ExactlyOnce, PublishAckReason::Success);
+        assert_eq!(q.admit(&mut awaiting, qos2(7)), Admitted::Duplicate);
+        assert!(q.released(&mut awaiting, id(7)));
+        assert!(!q.released(&mut awaiting, id(7)), "released once");
+        assert_eq!(
+            q.admit(&mut awaiting, qos2(7)),
+            Admitted::New,
+            "id reusable"
+        );
+    }
+
+    #[test]
+    fn past_receive_maximum_an_mqtt5_client_is_closed_with_0x93() {
+        let (mut q, mut awaiting) = (InboundQos::new(V5, 2), AwaitingRelease::default());
+        for n in 1..=2 {
+            assert_eq!(q.check_room(qos2(n)), Ok(()));
+            q.admit(&mut awaiting, qos2(n));
+            q.acknowledged(QoS::ExactlyOnce, PublishAckReason::Success);
+        }
+        let exceeded = Err(DisconnectReasonCode::ReceiveMaximumExceeded);
+        assert_eq!(q.check_room(qos1(3)), exceeded, "QoS 2 open until PUBREL");
+        assert_eq!(q.check_room(None), Ok(()), "QoS 0 is not counted");
+        q.released(&mut awaiting, id(1));
+        assert_eq!(q.check_room(qos1(3)), Ok(()));
+    }
+
+    #[test]
+    fn receive_maximum_does_not_apply_to_mqtt311() {
+        let (mut q, mut awaiting) = (InboundQos::new(V311, 1), AwaitingRelease::default());
+        q.admit(&mut awaiting, qos1(1));
+        assert_eq!(q.check_room(qos1(2)), Ok(()));
+    }
+
+    #[test]
+    fn a_puback_frees_a_qos1_slot_and_a_refusing_pubrec_a_qos2_one() {
+        let (mut q, mut awaiting) = (InboundQos::new(V5, 2), AwaitingRelease::default());
+        q.admit(&mut awaiting, qos1(1));
+        q.admit(&mut awaiting, qos2(2));
+        q.acknowledged(QoS::AtLeastOnce, PublishAckReason::Success);
+        q.acknowledged(QoS::ExactlyOnce, PublishAckReason::NotAuthorized);
+        q.admit(&mut awaiting, qos1(3));
+        assert_eq!(q.check_room(qos1(4)), Ok(()));
+    }
+
+    fn ack(ack: Option<Ack>, reason: PublishAckReason, why: Option<&'static str>) -> Answer {
+        Answer::Ack {
+            ack: ack.unwrap(),
+            reason,
+            why,
+        }
+    }
+
+    #[test]
+    fn an_invalid_publish_is_answered_in_mqtt5_and_closes_otherwise() {
+        let invalid = Refusal::Invalid(DisconnectReasonCode::TopicNameInvalid);
+        let mut awaiting = AwaitingRelease::default();
+        let v5 = InboundQos::new(V5, 10);
+        let v311 = InboundQos::new(V311, 10);
+        assert_eq!(
+            v5.refused(&mut awaiting, qos1(1), invalid),
+            ack(qos1(1), PublishAckReason::TopicNameInvalid, None)
+        );
+        let close = Answer::Close(DisconnectReasonCode::TopicNameInvalid);
+        assert_eq!(v5.refused(&mut awaiting, None, invalid), close);
+        assert_eq!(v311.refused(&mut awaiting, qos1(1), invalid), close);
+    }
+
+    #[test]
+    fn a_declined_publish_says_why_and_qos0_is_dropped() {
+        let declined = Refusal::Declined {
+            reason: PublishAckReason::ImplementationSpecificError,
+            why: "too large",
+        };
+        let (q, mut awaiting) = (InboundQos::new(V5, 10), AwaitingRelease::default());
+        assert_eq!(
+            q.refused(&mut awaiting, qos2(1), declined),
+            ack(
+                qos2(1),
+                PublishAckReason::ImplementationSpecificError,
+                Some("too large")
+            )
+        );
+        assert_eq!(q.refused(&mut awaiting, None, declined), Answer::Nothing);
+    }
+
+    #[test]
+    fn a_dropped_publish_is_refused_in_mqtt5_and_acknowledged_in_mqtt311() {
+        let dropped = Refusal::Dropped(PublishAckReason::NotAuthorized);
+        let mut awaiting = AwaitingRelease::default();
+        let mut v5 = InboundQos::new(V5, 10);
+        v5.admit(&mut awaiting, qos2(1));
+        assert_eq!(
+            v5.refused(&mut awaiting, qos2(1), dropped),
+            ack(qos2(1), PublishAckReason::NotAuthorized, None)
+        );
+        assert!(
+            !awaiting.end(id(1)),
+            "a refused QoS 2 exchange ends at PUBREC"
+        );
+
+        let mut v311 = InboundQos::new(V311, 10);
+        v311.admit(&mut awaiting, qos2(2));
+        assert_eq!(
+            v311.refused(&mut awaiting, qos2(2), dropped),
+            ack(qos2(2), PublishAckReason::Success, None)
+        );
+        assert!(awaiting.end(id(2)), "3.1.1: the exchange goes on to PUBREL");
+        assert_eq!(v311.refused(&mut awaiting, None, dropped), Answer::Nothing);
+    }
+
+    #[test]
+    fn a_publish_not_stored_is_refused_in_mqtt5_and_hangs_up_in_mqtt311() {
+        let mut awaiting = AwaitingRelease::default();
+        let v5 = InboundQos::new(V5, 10);
+        let v311 = InboundQos::new(V311, 10);
+        assert_eq!(
+            v5.refused(&mut awaiting, qos1(1), Refusal::NotStored),
+            ack(qos1(1), PublishAckReason::UnspecifiedError, None)
+        );
+        assert_eq!(
+            v311.refused(&mut awaiting, qos1(1), Refusal::NotStored),
+            Answer::Hangup
+        );
+        assert_eq!(
+            v311.refused(&mut awaiting, None, Refusal::NotStored),
+            Answer::Nothing
+        );
+    }
+}
