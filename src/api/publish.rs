@@ -13,7 +13,7 @@ use super::payload::Payload;
 use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, RequestId, TopicPath};
 use crate::auth::Action;
-use crate::broker::Message;
+use crate::broker::Publication;
 use crate::store::{MessageProperties, PayloadFormat, Qos};
 use crate::topic::{TopicLimits, TopicName};
 
@@ -50,117 +50,89 @@ pub struct PublishResponse {
     pub trace_id: String,
 }
 
-/// A publish request with every field checked.
-#[derive(Debug)]
-struct Publish {
+/// Reads a publish request into what the broker publishes, every field checked.
+fn publication(
     topic: TopicName,
+    params: PublishParams,
+    headers: &HeaderMap,
     payload: Bytes,
-    qos: Qos,
-    retain: bool,
-    properties: MessageProperties,
-    expiry_secs: Option<u32>,
-}
-
-impl Publish {
-    fn parse(
-        topic: TopicName,
-        params: PublishParams,
-        headers: &HeaderMap,
-        payload: Bytes,
-        limits: TopicLimits,
-    ) -> Result<Self, ApiError> {
-        let qos = match params.qos.as_deref() {
-            None => Qos::AtMostOnce,
-            Some(raw) => raw
-                .parse::<u8>()
-                .ok()
-                .and_then(Qos::from_u8)
-                .ok_or_else(|| ApiError::invalid("qos must be 0, 1 or 2"))?,
-        };
-        let retain = match params.retain.as_deref() {
-            None => false,
-            Some(raw) if raw.eq_ignore_ascii_case("true") => true,
-            Some(raw) if raw.eq_ignore_ascii_case("false") => false,
-            Some(_) => return Err(ApiError::invalid("retain must be true or false")),
-        };
-        let expiry_secs = match params.message_expiry.as_deref() {
-            None => None,
-            Some(raw) => match raw.parse::<u32>() {
-                Ok(0) => None,
-                Ok(secs) => Some(secs),
-                Err(_) => {
-                    return Err(ApiError::invalid(format!(
-                        "messageExpiry must be a whole number of seconds from 0 to {}",
-                        u32::MAX
-                    )));
-                }
-            },
-        };
-        let response_topic = params
-            .response_topic
-            .map(|raw| TopicName::parse(raw, limits))
+    limits: TopicLimits,
+) -> Result<Publication, ApiError> {
+    let qos = match params.qos.as_deref() {
+        None => Qos::AtMostOnce,
+        Some(raw) => raw
+            .parse::<u8>()
+            .ok()
+            .and_then(Qos::from_u8)
+            .ok_or_else(|| ApiError::invalid("qos must be 0, 1 or 2"))?,
+    };
+    let retain = match params.retain.as_deref() {
+        None => false,
+        Some(raw) if raw.eq_ignore_ascii_case("true") => true,
+        Some(raw) if raw.eq_ignore_ascii_case("false") => false,
+        Some(_) => return Err(ApiError::invalid("retain must be true or false")),
+    };
+    let expiry_secs = match params.message_expiry.as_deref() {
+        None => None,
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(0) => None,
+            Ok(secs) => Some(secs),
+            Err(_) => {
+                return Err(ApiError::invalid(format!(
+                    "messageExpiry must be a whole number of seconds from 0 to {}",
+                    u32::MAX
+                )));
+            }
+        },
+    };
+    let response_topic = params
+        .response_topic
+        .map(|raw| TopicName::parse(raw, limits))
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("responseTopic: {e}")))?;
+    let header = |name: &str| -> Result<Option<&str>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ApiError::invalid(format!("{name} must be ASCII")))
+            })
             .transpose()
-            .map_err(|e| ApiError::invalid(format!("responseTopic: {e}")))?;
-        let header = |name: &str| -> Result<Option<&str>, ApiError> {
-            headers
-                .get(name)
-                .map(|v| {
-                    v.to_str()
-                        .map_err(|_| ApiError::invalid(format!("{name} must be ASCII")))
-                })
-                .transpose()
-        };
-        let properties = MessageProperties {
-            user_properties: header(USER_PROPERTIES)?
-                .map(mqtt5_headers::user_properties)
-                .transpose()?
-                .unwrap_or_default(),
-            payload_format: header(PAYLOAD_FORMAT)?
-                .map(mqtt5_headers::payload_format)
-                .transpose()?
-                .unwrap_or_default(),
-            correlation_data: header(CORRELATION_DATA)?
-                .map(mqtt5_headers::correlation_data)
-                .transpose()?,
-            content_type: params.content_type,
-            response_topic,
-        };
-        if properties.payload_format == PayloadFormat::Utf8
-            && std::str::from_utf8(&payload).is_err()
-        {
-            // MQTT 5 receivers may reject such a message (0x99); refuse it here, at the source.
-            return Err(ApiError::invalid(
-                "payload is declared UTF8_DATA but is not valid UTF-8",
-            ));
-        }
-        if retain && topic.is_reserved() {
-            return Err(ApiError::invalid(
-                "retained messages cannot be stored on topics that start with '$'",
-            ));
-        }
-        Ok(Self {
-            topic,
-            payload,
-            qos,
-            retain,
-            properties,
-            expiry_secs,
-        })
+    };
+    let properties = MessageProperties {
+        user_properties: header(USER_PROPERTIES)?
+            .map(mqtt5_headers::user_properties)
+            .transpose()?
+            .unwrap_or_default(),
+        payload_format: header(PAYLOAD_FORMAT)?
+            .map(mqtt5_headers::payload_format)
+            .transpose()?
+            .unwrap_or_default(),
+        correlation_data: header(CORRELATION_DATA)?
+            .map(mqtt5_headers::correlation_data)
+            .transpose()?,
+        content_type: params.content_type,
+        response_topic,
+    };
+    if properties.payload_format == PayloadFormat::Utf8 && std::str::from_utf8(&payload).is_err() {
+        // MQTT 5 receivers may reject such a message (0x99); refuse it here, at the source.
+        return Err(ApiError::invalid(
+            "payload is declared UTF8_DATA but is not valid UTF-8",
+        ));
     }
-
-    /// The message the broker stores (when retained) and relays to MQTT subscribers.
-    fn into_message(self, now_ms: i64) -> Message {
-        Message {
-            topic: self.topic,
-            payload: self.payload,
-            qos: self.qos,
-            retain: self.retain,
-            properties: self.properties,
-            expires_at_ms: self.expiry_secs.map(|s| now_ms + i64::from(s) * 1000),
-            origin: None,
-            wire: Default::default(),
-        }
+    if retain && topic.is_reserved() {
+        return Err(ApiError::invalid(
+            "retained messages cannot be stored on topics that start with '$'",
+        ));
     }
+    Ok(Publication {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties,
+        expiry_secs,
+    })
 }
 
 /// Publishes a message to a topic; with `retain=true` it becomes (or, empty, removes) the
@@ -203,14 +175,13 @@ pub async fn publish(
     // request (boto3 reuses connections).
     let TopicPath(topic) = topic?;
     let Params(params) = params?;
-    let publish = Publish::parse(topic, params, &headers, payload, state.topic_limits)?;
+    let publish = publication(topic, params, &headers, payload, state.topic_limits)?;
     // As on AWS, a retained publish needs both actions.
     caller.authorize(Action::Publish, Some(&publish.topic))?;
     if publish.retain {
         caller.authorize(Action::RetainPublish, Some(&publish.topic))?;
     }
-    let message = publish.into_message(state.store.clock().now_ms());
-    state.broker.publish(message, caller.owner()).await?;
+    state.broker.publish(publish, caller.owner()).await?;
     Ok(Json(PublishResponse {
         message: "OK".into(),
         trace_id: request_id.0.to_string(),

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::admission::{TransportIdentity, authenticate, may_publish, owner};
+use super::admission::{TransportIdentity, authenticate, may_publish};
 use super::client::{Client, Joined};
 use super::handle::Broker;
 use super::limits::{self, GOODBYE_TIMEOUT};
 use super::tree::ClientKey;
 use super::will::{Will, will};
 use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet, Version};
+use crate::store::Owner;
 
 /// A client let in: its state, the CONNACK to send it, and how long it may stay silent.
 pub(super) struct Accepted {
@@ -75,7 +76,7 @@ where
                 return None;
             }
             Ok(will) => Some(Will {
-                owner: owner(principal.as_deref()),
+                owner: Owner::of(principal.as_deref()),
                 ..will
             }),
             Err(reason) => {

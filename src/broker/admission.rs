@@ -12,17 +12,7 @@ use super::password_checks::{PasswordChecks, REFUSAL_DELAY};
 use super::tree::ClientKey;
 use crate::auth::{Action, AuthError, Principal};
 use crate::mqtt::{self, ConnectAckReason};
-use crate::store::Owner;
 use crate::tls::CertFingerprint;
-
-/// Whom a principal's retained publishes are charged to; everyone is the one anonymous owner
-/// when authentication is off.
-pub fn owner(principal: Option<&Principal>) -> Owner {
-    principal.map_or_else(Owner::anonymous, |p| Owner {
-        name: p.name.as_str().into(),
-        max_messages: p.max_retained_messages,
-    })
-}
 
 /// Who the transport under MQTT proved the client to be, before its CONNECT arrived.
 #[derive(Clone)]

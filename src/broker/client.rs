@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{may_publish, owner};
+use super::admission::may_publish;
 use super::config::BrokerConfig;
 use super::end::End;
 use super::handle::Broker;
@@ -129,7 +129,7 @@ impl Client {
             ),
             inbound: InboundQos::new(v5, cfg.receive_maximum),
             publish_rate: TokenBucket::new(cfg.max_publish_rate, std::time::Instant::now()),
-            owner: owner(principal.as_deref()),
+            owner: Owner::of(principal.as_deref()),
             broker,
             cfg,
             v5,

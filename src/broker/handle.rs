@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use super::config::BrokerConfig;
 use super::limits::ConnectionCount;
-use super::message::Message;
+use super::message::{Message, Publication};
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
 use super::registry::{Attached, Session, Sessions};
 use super::session::{SessionLimits, SubOptions};
@@ -77,15 +77,30 @@ impl Broker {
         self.inner.password_checks.stats()
     }
 
-    /// Publishes a message from outside MQTT (the HTTP API): a retained one is committed to
-    /// the store first, charged to `owner`, then it reaches every matching subscription. One
-    /// the store refuses (a quota) reaches nobody.
-    pub async fn publish(&self, message: Message, owner: Owner) -> Result<(), store::Error> {
+    /// Publishes from outside MQTT (the HTTP API): a retained publication is committed to the
+    /// store first, charged to `owner`, then it reaches every matching subscription. One the
+    /// store refuses (a quota) reaches nobody.
+    pub async fn publish(
+        &self,
+        publication: Publication,
+        owner: Owner,
+    ) -> Result<(), store::Error> {
         let now = self.inner.store.clock().now_ms();
-        if let Some(write) = message.retained_write(now) {
+        self.publish_message(Message::published(publication, None, now), owner, now)
+            .await
+    }
+
+    /// [`Self::publish`] for a message the broker built itself (a Will), at `now_ms`.
+    pub(super) async fn publish_message(
+        &self,
+        message: Message,
+        owner: Owner,
+        now_ms: i64,
+    ) -> Result<(), store::Error> {
+        if let Some(write) = message.retained_write(now_ms) {
             self.inner.store.write_as(write, owner).await?;
         }
-        self.route(Arc::new(message));
+        self.inner.sessions.route(Arc::new(message), now_ms);
         Ok(())
     }
 

@@ -3,10 +3,11 @@
 //! says, the same for every client.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 
 use super::config::BrokerConfig;
 use super::inbound_qos::Refusal;
-use super::message::Message;
+use super::message::{Message, Publication};
 use super::tree::ClientKey;
 use super::wire;
 use crate::mqtt::{ByteString, DisconnectReasonCode as R, Publish, PublishAckReason};
@@ -77,18 +78,19 @@ pub(super) fn message(
             why: USER_PROPERTIES_TOO_LARGE,
         });
     }
-    Ok(Message {
+    let publication = Publication {
         topic,
         payload: p.payload,
         qos: wire::store_qos(p.qos),
         retain: p.retain,
         properties,
-        expires_at_ms: props
-            .message_expiry_interval
-            .map(|s| now_ms + i64::from(s.get()) * 1000),
-        origin: Some(client.clone()),
-        wire: Default::default(),
-    })
+        expiry_secs: props.message_expiry_interval.map(NonZeroU32::get),
+    };
+    Ok(Message::published(
+        publication,
+        Some(client.clone()),
+        now_ms,
+    ))
 }
 
 fn topic_name(raw: &ByteString, cfg: &BrokerConfig) -> Result<TopicName, Refusal> {

@@ -12,6 +12,19 @@ use crate::mqtt::PublishProperties;
 use crate::store::{MessageProperties, Qos, RetainedMessage, Write};
 use crate::topic::TopicName;
 
+/// What a client publishes, as each transport reads it (an MQTT PUBLISH or Will, an HTTP
+/// Publish): the parts of a [`Message`] that the client chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub retain: bool,
+    pub properties: MessageProperties,
+    /// The MQTT 5 Message Expiry Interval, in seconds.
+    pub expiry_secs: Option<u32>,
+}
+
 /// An application message as published, over MQTT or HTTP. Shared by every delivery of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -29,6 +42,22 @@ pub struct Message {
 }
 
 impl Message {
+    /// The message a publication becomes on arriving at `now_ms` from `origin` (`None` over
+    /// HTTP): its expiry counts from then. A publish reads the clock once, and its retained
+    /// write (see [`Self::retained_write`]) and its routing use the same reading.
+    pub fn published(p: Publication, origin: Option<ClientKey>, now_ms: i64) -> Self {
+        Self {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            expires_at_ms: p.expiry_secs.map(|s| now_ms + i64::from(s) * 1000),
+            origin,
+            wire: WireForm::default(),
+        }
+    }
+
     /// The change a retained publish makes to the store. [MQTT-3.3.1-6]: an empty retained
     /// payload removes the topic's retained message and is not stored.
     pub fn retained_write(&self, now_ms: i64) -> Option<Write> {

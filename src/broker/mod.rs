@@ -37,11 +37,11 @@ mod tree;
 mod will;
 mod wire;
 
-pub use admission::{TransportIdentity, owner};
+pub use admission::TransportIdentity;
 pub use config::BrokerConfig;
 pub use handle::Broker;
 pub use listener::{serve_tcp, serve_tls};
-pub use message::{Message, WireForm};
+pub use message::{Message, Publication, WireForm};
 pub use password_checks::PasswordCheckStats;
 pub use remote::Remote;
 pub use tree::{ClientKey, SubscriptionTree};

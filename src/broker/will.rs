@@ -1,11 +1,12 @@
 //! Will messages: checked like a PUBLISH when the client connects, published when its
 //! connection ends badly, after the Will Delay unless the session resumes first.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::config::BrokerConfig;
 use super::handle::Broker;
-use super::message::Message;
+use super::message::{Message, Publication};
 use super::tree::ClientKey;
 use super::wire;
 use crate::mqtt::{ConnectAckReason, LastWill};
@@ -54,20 +55,20 @@ pub(super) fn will(
         return Err(ConnectAckReason::ImplementationSpecificError);
     }
     Ok(Will {
-        message: Message {
-            topic,
-            payload: w.message.clone(),
-            qos: wire::store_qos(w.qos),
-            retain: w.retain,
-            properties,
-            // The expiry runs from when the Will is published; fixed here as an approximation
-            // that only errs for long Will delays.
-            expires_at_ms: w
-                .message_expiry_interval
-                .map(|s| now_ms + i64::from(s.get()) * 1000),
-            origin: Some(client.clone()),
-            wire: Default::default(),
-        },
+        // The expiry runs from when the Will is published; fixed here as an approximation
+        // that only errs for long Will delays.
+        message: Message::published(
+            Publication {
+                topic,
+                payload: w.message.clone(),
+                qos: wire::store_qos(w.qos),
+                retain: w.retain,
+                properties,
+                expiry_secs: w.message_expiry_interval.map(NonZeroU32::get),
+            },
+            Some(client.clone()),
+            now_ms,
+        ),
         delay: Duration::from_secs(u64::from(w.will_delay_interval_sec.unwrap_or(0))),
         owner: Owner::anonymous(),
     })
@@ -95,7 +96,8 @@ impl Broker {
                     return;
                 }
             }
-            if let Err(e) = broker.publish(will.message, will.owner).await {
+            let now = broker.store().clock().now_ms();
+            if let Err(e) = broker.publish_message(will.message, will.owner, now).await {
                 // Logged by the store, in summary.
                 tracing::debug!(%client, error = %e, "the Will message could not be stored");
             }
