@@ -281,7 +281,7 @@ where
         Ok(Message {
             topic,
             payload: p.payload,
-            qos: wire::store_qos(p.qos),
+            qos: p.qos.into(),
             retain: p.retain,
             properties,
             expires_at_ms: props
@@ -402,7 +402,7 @@ where
                 continue;
             }
             let options = SubOptions {
-                qos: wire::store_qos(opts.qos),
+                qos: opts.qos.into(),
                 no_local: opts.no_local,
                 retain_as_published: opts.retain_as_published,
                 subscription_id: s.id,

@@ -54,7 +54,7 @@ pub(super) fn will(
         message: Message {
             topic,
             payload: w.message.clone(),
-            qos: wire::store_qos(w.qos),
+            qos: w.qos.into(),
             retain: w.retain,
             properties,
             // The expiry runs from when the Will is published; fixed here as an approximation

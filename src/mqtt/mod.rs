@@ -6,10 +6,12 @@
 //! to reason about. MQTT 3.1.1 packets are translated on the way in and out (`v3`).
 //!
 //! The byte-level work is `codec` (no I/O, so it can be fuzzed and property-tested); `framed`
-//! puts it on a socket. It knows nothing of sessions, subscriptions or storage.
+//! puts it on a socket. It knows nothing of sessions, subscriptions or storage, except the
+//! stored QoS type, which `qos` converts to and from the codec's.
 
 mod codec;
 mod framed;
+mod qos;
 mod v3;
 mod validate;
 
