@@ -47,7 +47,6 @@ pub use openapi::spec;
 pub use page_token::PageTokens;
 pub use peer::{Peer, Transport};
 pub use request_context::RequestId;
-use server::BodyTimeout;
 pub use server::{HttpTimeouts, serve};
 pub use throttle::{RateLimits, Throttle};
 use topic_path::TopicPath;

@@ -12,7 +12,7 @@ use rmqtt_codec::error::{DecodeError, EncodeError};
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::framed::{Error, Version};
+use super::{Error, Version};
 use super::{Packet, v3, validate};
 
 /// The codec of one connection, from its first byte on.

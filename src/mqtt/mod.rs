@@ -10,14 +10,17 @@
 //! stored QoS type, which `qos` converts to and from the codec's.
 
 mod codec;
+mod error;
 mod framed;
 mod qos;
 mod v3;
 mod validate;
+mod version;
 
 pub use bytestring::ByteString;
 pub use codec::{Codec, decode_stream};
-pub use framed::{Error, Framed, Version, handshake};
+pub use error::Error;
+pub use framed::{Framed, handshake};
 pub use rmqtt_codec::error::DecodeError;
 pub use rmqtt_codec::types::{Publish, QoS};
 pub use rmqtt_codec::v5::Connect;
@@ -28,3 +31,4 @@ pub use rmqtt_codec::v5::{
     UnsubscribeAckReason, UserProperties,
 };
 pub use validate::Violation;
+pub use version::Version;
