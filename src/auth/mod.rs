@@ -15,6 +15,8 @@
 //! loopback in that mode.
 
 mod amz_date;
+#[cfg(test)]
+mod botocore_fixture;
 mod config;
 mod error;
 mod password;

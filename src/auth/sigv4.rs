@@ -366,27 +366,6 @@ pub(super) fn is_signature_param(pair: &str) -> bool {
 }
 
 #[cfg(test)]
-/// Signed once with botocore (`SigV4Auth(creds, "iotdata", "us-east-1")`) for a
-/// retained publish to topic `a/b`, as boto3's `iot-data` client sends it.
-pub(super) mod botocore_fixture {
-    pub const ACCESS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
-    pub const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
-    pub const AMZ_DATE: &str = "20261125T192720Z";
-    pub const PATH: &str = "/topics/a%2Fb";
-    pub const QUERY: &str = "qos=1&retain=true";
-    pub const BODY: &[u8] = br#"{"temp":21}"#;
-    pub const HEADERS: &[(&str, &str)] = &[
-        ("host", "localhost:8080"),
-        ("content-type", "application/json"),
-        ("x-amz-date", AMZ_DATE),
-        (
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261125/us-east-1/iotdata/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=8eee91bc694346d22a232e093e85d034f0f74d9e0d01b321dd4808a91de7eb63",
-        ),
-    ];
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use http::{HeaderMap, HeaderValue};
@@ -467,7 +446,7 @@ mod tests {
 
     #[test]
     fn botocore_iotdata_signature_with_double_encoded_path_verifies() {
-        use super::botocore_fixture::*;
+        use crate::auth::botocore_fixture::*;
         let h = headers(HEADERS);
         let req = SigV4Request {
             method: "POST",

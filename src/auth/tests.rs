@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use super::sigv4::botocore_fixture as boto;
+use super::botocore_fixture as boto;
 use super::*;
 
 fn config(toml: &str) -> Result<Authenticator, ConfigError> {
