@@ -19,7 +19,7 @@ pub(super) const SESSION_SETUP: &str = "SET enable_seqscan = off";
 
 /// The pool for reads, quota counts and maintenance (write batches have connections of their
 /// own, see `writers`), each connection set up with [`SESSION_SETUP`].
-pub(in crate::store) async fn connect(
+pub(super) async fn connect(
     options: &PgConnectOptions,
     max_connections: u32,
     timeout: Duration,
