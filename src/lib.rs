@@ -2,8 +2,10 @@
 //!
 //! Layers, each importing only those above it in this list: `topic` (pure names and rules),
 //! `auth` (pure credentials and policies), `rate` (a pure token bucket), `tcp` (accepted
-//! sockets' options), `tls` (certificates and handshakes), `store` (persistence), `api` (HTTP),
-//! `app` (configuration and wiring).
+//! sockets' options), `tls` (certificates and handshakes), `store` (persistence), `mqtt`
+//! (framing over the codec crate; it borrows only `store::Qos`), `broker` (MQTT sessions,
+//! subscriptions and retained delivery), `api` (HTTP, including MQTT over WebSocket into the
+//! broker), `app` (configuration and wiring).
 
 pub mod api;
 pub mod app;

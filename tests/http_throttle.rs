@@ -1,4 +1,4 @@
-//! Per-principal request rates on the HTTP API (issue 5), against the real server with tiny
+//! Per-principal request rates on the HTTP API, against the real server with tiny
 //! configured rates: 429 `ThrottlingException` in the AWS error shape once a bucket is empty,
 //! nothing stored by a throttled publish, refill over time, and separate buckets per principal
 //! and per operation.

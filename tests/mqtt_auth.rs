@@ -239,7 +239,7 @@ async fn messages_the_principal_may_not_receive_never_arrive_retained_or_live() 
     );
 }
 
-/// [issue 13] 64 CONNECTs guessing passwords at once: no more password checks (argon2, 19 MiB
+/// 64 CONNECTs guessing passwords at once: no more password checks (argon2, 19 MiB
 /// each) run at once than the broker's limit, the source is soon refused without a check
 /// (0x9F), and a client with the right password, from another address, still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +306,7 @@ async fn guesses_from(app: &TestApp, source: [u8; 4], n: usize, tag: &str) -> Ve
     futures_util::future::join_all(guesses).await
 }
 
-/// [issue 13] A device retrying a wrong password is refused every time (0x86) but costs one
+/// A device retrying a wrong password is refused every time (0x86) but costs one
 /// argon2 run: the rest are answered from the refused credential's digest.
 #[tokio::test]
 async fn a_repeated_wrong_password_is_checked_once() {
@@ -331,7 +331,7 @@ async fn a_repeated_wrong_password_is_checked_once() {
     assert_eq!(broker.password_checks().checked, 2);
 }
 
-/// [issue 13] Devices behind one NAT address: when guesses (or a misconfigured device) use up
+/// Devices behind one NAT address: when guesses (or a misconfigured device) use up
 /// the address's failure budget, a device whose password was verified before still connects,
 /// without a check, while credentials not known yet are refused without one (0x9F) and a
 /// known wrong one is still refused as such (0x86).

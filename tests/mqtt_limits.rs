@@ -47,7 +47,7 @@ async fn online_qos1_subscriber_with_a_full_queue_is_disconnected_with_0x97() {
     assert_eq!(before.iter().map(payload_of).collect::<Vec<_>>(), ["0"]);
 }
 
-/// [issue 13] one client never hurts another: a QoS 1 subscriber that takes nothing does not
+/// One client never hurts another: a QoS 1 subscriber that takes nothing does not
 /// make its publisher wait. Its queue overflows and it is disconnected (0x97) at once, while
 /// every PUBACK the publisher waits for comes promptly.
 #[tokio::test]

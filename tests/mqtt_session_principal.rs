@@ -1,4 +1,4 @@
-//! A persistent session belongs to the principal that created it [issue 13]: another principal
+//! A persistent session belongs to the principal that created it: another principal
 //! connecting with the same client id starts clean, without the first one's queued messages
 //! or subscriptions; the same principal resumes it.
 

@@ -188,7 +188,7 @@ async fn a_qos1_subscriber_acknowledging_slowly_stays_connected() {
     publisher.abort();
 }
 
-/// [issue 13] Publishers never wait for subscribers, so a subscriber's queue is what absorbs a
+/// Publishers never wait for subscribers, so a subscriber's queue is what absorbs a
 /// burst: with the default limits, a QoS 1 subscriber reading and acknowledging as fast as it
 /// can takes a burst of 3,000 messages published at once (it falls about 2,700 behind) without
 /// being cut. With a queue of 1,000 it got DISCONNECT 0x97 in the burst.

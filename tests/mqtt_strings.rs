@@ -1,6 +1,6 @@
 //! [MQTT-1.5.4-2] (3.1.1: MQTT-1.5.3-2) U+0000 in any UTF-8 string a client sends makes the
-//! packet malformed, in every packet type and both protocol versions; and the other rules of
-//! issue 13 that the decoder leaves to retaind (3.1.1 password without user name, reserved
+//! packet malformed, in every packet type and both protocol versions; and the other rules
+//! that the decoder leaves to retaind (3.1.1 password without user name, reserved
 //! subscription option bits, a client's Subscription Identifier). Each test checks the answer
 //! (reason code, or a plain close for 3.1.1), that the connection closed, and that the stored
 //! state is what it was.

@@ -86,7 +86,7 @@ async fn a_database_that_never_answers_gives_503_then_recovers() {
 
 /// Like a database restart, or an idle-session timeout: every connection is closed while the
 /// service is idle, and the database answers new ones. The write batches run on connections
-/// of their own (src/store/postgres_writers.rs); one idle for over a second is checked before
+/// of their own (src/store/postgres/writers.rs); one idle for over a second is checked before
 /// use, so the next publish reconnects instead of failing with 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_after_the_database_closed_idle_connections_succeeds() {

@@ -744,7 +744,7 @@ async fn start_error(config: &ServeConfig) -> String {
     }
 }
 
-/// [issue 13] Slow subscribers over TLS: a client that stops reading is reset within the write
+/// Slow subscribers over TLS: a client that stops reading is reset within the write
 /// timeout and a tenth of it (plus room for a busy machine) of the moment it last took data;
 /// what retaind's socket buffers hold does not delay it.
 #[tokio::test]

@@ -209,3 +209,72 @@ impl Caller {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Which credentials a request is taken to carry; each kind is then checked by its
+    //! `crate::auth::Authenticator` method, whose tests are in `crate::auth`.
+
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn with_authorization(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn a_sigv4_authorization_header_is_sigv4() {
+        let headers = with_authorization(
+            "AWS4-HMAC-SHA256 Credential=AKID/20261125/us-east-1/iotdata/aws4_request, \
+             SignedHeaders=host;x-amz-date, Signature=00",
+        );
+        assert!(matches!(
+            Credentials::of(&headers, None, None),
+            Credentials::SigV4
+        ));
+    }
+
+    #[test]
+    fn a_presigned_url_is_sigv4_with_or_without_an_authorization_header() {
+        let query = Some("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=00");
+        assert!(matches!(
+            Credentials::of(&HeaderMap::new(), query, None),
+            Credentials::SigV4
+        ));
+        // With a header too, it is still judged as SigV4, which refuses it as malformed.
+        let headers = with_authorization("Bearer tok-123");
+        assert!(matches!(
+            Credentials::of(&headers, query, None),
+            Credentials::SigV4
+        ));
+    }
+
+    #[test]
+    fn a_bearer_header_carries_its_token_trimmed() {
+        let headers = with_authorization("Bearer  tok-123 ");
+        assert!(matches!(
+            Credentials::of(&headers, None, None),
+            Credentials::Bearer("tok-123")
+        ));
+    }
+
+    #[test]
+    fn no_header_no_signature_and_no_certificate_is_missing() {
+        assert!(matches!(
+            Credentials::of(&HeaderMap::new(), Some("topic=a"), None),
+            Credentials::Missing
+        ));
+    }
+
+    #[test]
+    fn another_scheme_is_unsupported() {
+        let headers = with_authorization("Basic dXNlcjpwYXNz");
+        assert!(matches!(
+            Credentials::of(&headers, None, None),
+            Credentials::Unsupported
+        ));
+    }
+}

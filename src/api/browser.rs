@@ -8,14 +8,12 @@
 //!   certificate does not count for such a request (see `auth` and `mqtt_websocket`), and
 //!   without principals such requests are refused ([`cross_site_refusal`]).
 //! - Without principals, a request must name this server by a loopback name or a name the
-//!   operator allowed ([`host_refusal`]): a page on `rebind.evil.example`, whose DNS name was
+//!   operator allowed ([`host_refusal`], by the rules in `hosts`): a page on `rebind.evil.example`, whose DNS name was
 //!   pointed at 127.0.0.1 after it loaded (DNS rebinding), is same-origin with itself and
 //!   passes the cross-site test, but its requests say `Host: rebind.evil.example`.
 //!
 //! curl, the AWS SDKs and devices send neither `Origin` nor `Sec-Fetch-*`, and name the host
 //! they were given, so none of this concerns them.
-
-use std::net::IpAddr;
 
 use axum::extract::{Request, State};
 use axum::http::header::{HOST, ORIGIN};
@@ -23,6 +21,7 @@ use axum::http::{HeaderMap, HeaderName};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::hosts::{normalized, split_port};
 use super::payload::drain;
 use super::{ApiError, ApiState, Peer};
 
@@ -75,61 +74,6 @@ fn host_and_port(authority: &str, default: u16) -> (String, Option<u16>) {
         Some(port) => port.parse().ok(),
     };
     (normalized(name), port)
-}
-
-/// The host names, besides loopback ones, that a server without principals answers for
-/// (`--allowed-hosts`): lowercase, without port or trailing dot.
-#[derive(Debug, Clone, Default)]
-pub struct AllowedHosts(Vec<String>);
-
-impl AllowedHosts {
-    /// Takes names as the operator wrote them; a port, if given, is ignored.
-    pub fn new<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
-        Self(
-            names
-                .into_iter()
-                .map(|name| host_name(name.as_ref()))
-                .filter(|name| !name.is_empty())
-                .collect(),
-        )
-    }
-
-    /// Whether `host` (a `Host` header's value) names this server: `localhost` or a name under
-    /// it (RFC 6761: never resolved through DNS, so it cannot be rebound), a loopback address,
-    /// or a configured name; any port.
-    pub fn allows(&self, host: &str) -> bool {
-        let name = host_name(host);
-        let name = name.as_str();
-        name == "localhost"
-            || name.ends_with(".localhost")
-            || name
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| ip.to_canonical().is_loopback())
-            || self.0.iter().any(|allowed| allowed == name)
-    }
-}
-
-/// The host part of a `Host` value, normalized: lowercase, without port, brackets or a final dot.
-fn host_name(host: &str) -> String {
-    normalized(split_port(host.trim()).0)
-}
-
-/// `name:port`, `[v6]:port`, or either without the port.
-fn split_port(authority: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((ip, port)) => (ip, port.strip_prefix(':')),
-            None => (rest, None),
-        };
-    }
-    match authority.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (name, Some(port)),
-        _ => (authority, None),
-    }
-}
-
-fn normalized(name: &str) -> String {
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
 /// The scheme a request arrived by: the connection's, `http` when unknown.
@@ -256,49 +200,5 @@ mod tests {
     fn clients_that_are_not_browsers_are_not_cross_site() {
         assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080")]), "http"));
         assert!(!cross_site(&headers(&[]), "https"));
-    }
-
-    #[test]
-    fn loopback_names_and_addresses_are_allowed_on_any_port() {
-        let none = AllowedHosts::default();
-        for host in [
-            "localhost",
-            "localhost:8080",
-            "LOCALHOST.",
-            "app.localhost:3000",
-            "127.0.0.1",
-            "127.0.0.1:8080",
-            "127.1.2.3:1",
-            "[::1]",
-            "[::1]:8080",
-            "[::ffff:127.0.0.1]:80",
-        ] {
-            assert!(none.allows(host), "{host}");
-        }
-        for host in [
-            "rebind.evil.example",
-            "localhost.evil.example",
-            "evillocalhost",
-            "10.0.0.1:8080",
-            "[::2]:8080",
-            "",
-        ] {
-            assert!(!none.allows(host), "{host}");
-        }
-    }
-
-    #[test]
-    fn configured_names_are_allowed_on_any_port_in_any_case() {
-        let allowed = AllowedHosts::new(["Retaind.LAN", "box.example:8080", ""]);
-        for host in [
-            "retaind.lan",
-            "RETAIND.lan:80",
-            "box.example",
-            "box.example:9",
-        ] {
-            assert!(allowed.allows(host), "{host}");
-        }
-        assert!(!allowed.allows("sub.retaind.lan"));
-        assert!(!allowed.allows("example"));
     }
 }

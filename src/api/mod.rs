@@ -13,6 +13,7 @@ mod browser;
 mod console;
 mod error;
 mod health;
+mod hosts;
 mod incoming;
 mod mqtt5_headers;
 mod mqtt_websocket;
@@ -22,88 +23,35 @@ mod payload;
 mod peer;
 mod publish;
 mod query;
+mod rates;
 mod request_context;
 mod request_target;
 mod retained;
 mod server;
+mod state;
 mod throttle;
 mod topic_path;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
-use axum::extract::FromRef;
 use axum::http::{Method, Uri};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodRouter, get, post};
-use payload::MaxPayload;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use browser::AllowedHosts;
 pub use error::{ApiError, ErrorBody};
+pub use hosts::AllowedHosts;
 pub use incoming::HttpIncoming;
 pub use openapi::spec;
 pub use page_token::PageTokens;
 pub use peer::{Peer, Transport};
+use rates::Operation::{GetRetainedMessage, ListRetainedMessages, Publish};
+pub use rates::{RateLimits, Throttle};
 pub use request_context::RequestId;
-use server::BodyTimeout;
 pub use server::{HttpTimeouts, serve};
-use throttle::Operation::{GetRetainedMessage, ListRetainedMessages, Publish};
+pub use state::{ApiState, Shared};
 use throttle::RouteThrottle;
-pub use throttle::{RateLimits, Throttle};
 use topic_path::TopicPath;
-
-use crate::auth::Authenticator;
-use crate::broker::Broker;
-use crate::store::Store;
-use crate::topic::TopicLimits;
-
-/// What every handler shares: a cheap `Clone` handle (one reference count; axum clones it for
-/// every extractor and middleware of every request).
-#[derive(Clone)]
-pub struct ApiState(Arc<Shared>);
-
-impl From<Shared> for ApiState {
-    fn from(shared: Shared) -> Self {
-        Self(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for ApiState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// The contents of [`ApiState`].
-pub struct Shared {
-    pub store: Store,
-    pub broker: Broker,
-    pub tokens: PageTokens,
-    pub topic_limits: TopicLimits,
-    pub max_payload_bytes: usize,
-    /// Checks credentials on the AWS operations; disabled when no principals are configured.
-    pub auth: Authenticator,
-    /// Per-principal request rates of the AWS operations.
-    pub throttle: Throttle,
-    /// Host names answered besides loopback ones when there are no principals.
-    pub allowed_hosts: AllowedHosts,
-}
-
-impl FromRef<ApiState> for MaxPayload {
-    fn from_ref(state: &ApiState) -> Self {
-        MaxPayload(state.max_payload_bytes)
-    }
-}
-
-impl FromRef<ApiState> for TopicLimits {
-    fn from_ref(state: &ApiState) -> Self {
-        state.topic_limits
-    }
-}
 
 pub fn router(state: ApiState) -> Router {
     // The AWS operations need credentials when principals are configured. The probes, the

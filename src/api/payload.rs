@@ -13,7 +13,8 @@ use axum::http::header::{CONTENT_LENGTH, EXPECT};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::{ApiError, BodyTimeout};
+use super::ApiError;
+use super::server::BodyTimeout;
 
 /// Most bytes read and discarded from an oversized body before answering 413.
 pub const DRAIN_LIMIT: usize = 16 * 1024 * 1024;

@@ -1,7 +1,8 @@
 //! Who is at the other end of an HTTP connection: its address and, over HTTPS, the client
 //! certificate it proved it holds. The server ([`super::server`]) makes a [`Peer`] once per
-//! connection and attaches it to every request (as `ConnectInfo<Peer>`), so nothing per request
-//! has to reach back into the TLS session.
+//! connection, through its listener's [`PeerListener`] implementation, and attaches it to every
+//! request (as `ConnectInfo<Peer>`), so nothing per request has to reach back into the TLS
+//! session.
 //!
 //! Only what the transport proved lives here; what a certificate is worth (which principal, if
 //! any) is for [`crate::auth`] to decide.
@@ -10,12 +11,17 @@ use std::net::SocketAddr;
 
 use axum::extract::ConnectInfo;
 use axum::http::Extensions;
+use axum::serve::Listener;
 use tokio_rustls::server::TlsStream;
 
 use super::HttpIncoming;
-use super::server::PeerListener;
 use crate::tcp::{AckSwitch, PromptAcks, Uptake};
 use crate::tls::{self, CertFingerprint, TlsIncoming};
+
+/// A listener whose connections know who is at the other end.
+pub trait PeerListener: Listener<Addr = SocketAddr> {
+    fn peer(io: &Self::Io, addr: SocketAddr) -> Peer;
+}
 
 #[derive(Debug, Clone)]
 pub struct Peer {

@@ -1,15 +1,8 @@
-//! Per-principal request rates for the AWS operations: one token bucket per principal and
-//! operation, checked by [`throttle`] after authentication and before the handler, so a
-//! throttled request is answered with 429 `ThrottlingException` and nothing is stored. Each
-//! route names its operation where the router is built ([`RouteThrottle`]).
-//!
-//! Only principals from the config file reach this middleware (unknown callers are refused by
-//! authentication first), so the buckets are bounded by three per configured principal; with
-//! authentication off every caller is the anonymous principal and shares one bucket per
-//! operation. The bucket arithmetic is [`TokenBucket`]'s.
+//! The 429 `ThrottlingException` of the AWS operations: [`throttle`] runs after
+//! authentication and before the handler, so a throttled request stores nothing. Each route
+//! names its operation where the router is built ([`RouteThrottle`]); the buckets are in
+//! `rates`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -17,104 +10,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::payload::drain;
+use super::rates::{Operation, Throttle};
 use super::{ApiError, auth};
-use crate::rate::TokenBucket;
-
-/// The throttled operations, each with its own rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    GetRetainedMessage,
-    ListRetainedMessages,
-    Publish,
-}
-
-impl Operation {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::GetRetainedMessage => "GetRetainedMessage",
-            Self::ListRetainedMessages => "ListRetainedMessages",
-            Self::Publish => "Publish",
-        }
-    }
-}
-
-/// Requests per second allowed to each principal, per operation; `0` means no limit.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimits {
-    pub get_retained_message: f64,
-    pub list_retained_messages: f64,
-    pub publish: f64,
-}
-
-impl RateLimits {
-    /// No limit on anything.
-    pub const UNLIMITED: Self = Self {
-        get_retained_message: 0.0,
-        list_retained_messages: 0.0,
-        publish: 0.0,
-    };
-
-    fn per_second(&self, op: Operation) -> f64 {
-        match op {
-            Operation::GetRetainedMessage => self.get_retained_message,
-            Operation::ListRetainedMessages => self.list_retained_messages,
-            Operation::Publish => self.publish,
-        }
-    }
-}
-
-/// The buckets of every principal: a cheap `Clone` handle.
-#[derive(Clone)]
-pub struct Throttle {
-    limits: RateLimits,
-    buckets: Arc<Mutex<Buckets>>,
-}
-
-/// One bucket per operation (created on first use), for each principal.
-type PerOperation = [Option<TokenBucket>; 3];
-
-#[derive(Default)]
-struct Buckets {
-    anonymous: PerOperation,
-    /// By principal name.
-    named: HashMap<Arc<str>, PerOperation>,
-}
-
-impl Throttle {
-    pub fn new(limits: RateLimits) -> Self {
-        Self {
-            limits,
-            buckets: Arc::default(),
-        }
-    }
-
-    /// Whether `principal` may make one more `op` request at `now`; spends a token if so.
-    fn admit(&self, op: Operation, principal: Option<&str>, now: Instant) -> bool {
-        let rate = self.limits.per_second(op);
-        if rate <= 0.0 {
-            return true;
-        }
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let buckets = &mut *buckets;
-        let per_operation = match principal {
-            None => &mut buckets.anonymous,
-            Some(name) => {
-                if !buckets.named.contains_key(name) {
-                    buckets
-                        .named
-                        .insert(Arc::from(name), PerOperation::default());
-                }
-                buckets.named.get_mut(name).expect("inserted above")
-            }
-        };
-        per_operation[op as usize]
-            .get_or_insert_with(|| TokenBucket::new(rate, now))
-            .try_take(now)
-    }
-}
 
 /// What the throttle of one route needs: the buckets, and which operation the route is.
 #[derive(Clone)]
@@ -136,38 +33,4 @@ pub async fn throttle(State(route): State<RouteThrottle>, req: Request, next: Ne
     // client's connection survives for its retry: see `payload`.
     drain(req.into_body()).await;
     ApiError::Throttled(op.name()).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(rate: f64) -> RateLimits {
-        RateLimits {
-            get_retained_message: rate,
-            list_retained_messages: rate,
-            publish: rate,
-        }
-    }
-
-    #[test]
-    fn principals_and_operations_have_separate_buckets() {
-        let t0 = Instant::now();
-        let throttle = Throttle::new(limits(1.0));
-        assert!(throttle.admit(Operation::Publish, Some("a"), t0));
-        assert!(!throttle.admit(Operation::Publish, Some("a"), t0));
-        assert!(throttle.admit(Operation::Publish, Some("b"), t0));
-        assert!(throttle.admit(Operation::GetRetainedMessage, Some("a"), t0));
-        assert!(throttle.admit(Operation::Publish, None, t0));
-    }
-
-    #[test]
-    fn zero_means_no_limit() {
-        let t0 = Instant::now();
-        let throttle = Throttle::new(RateLimits::UNLIMITED);
-        for _ in 0..10_000 {
-            assert!(throttle.admit(Operation::ListRetainedMessages, None, t0));
-        }
-        assert!(throttle.buckets.lock().unwrap().named.is_empty());
-    }
 }

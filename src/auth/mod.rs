@@ -15,6 +15,8 @@
 //! loopback in that mode.
 
 mod amz_date;
+#[cfg(test)]
+mod botocore_fixture;
 mod config;
 mod error;
 mod password;
@@ -146,15 +148,6 @@ impl Authenticator {
         req: &SigV4Request<'_>,
         now: SystemTime,
     ) -> Result<Arc<Principal>, AuthError> {
-        self.verify_sigv4_for(req, now, sigv4::IOT_SERVICES)
-    }
-
-    fn verify_sigv4_for(
-        &self,
-        req: &SigV4Request<'_>,
-        now: SystemTime,
-        services: &[&str],
-    ) -> Result<Arc<Principal>, AuthError> {
         if let Some(anonymous) = self.anonymous() {
             return Ok(anonymous);
         }
@@ -181,7 +174,7 @@ impl Authenticator {
             .access_keys
             .get(auth.access_key_id)
             .ok_or(AuthError::UnknownAccessKey)?;
-        sigv4::verify(req, &auth, &key.secret, now, services)?;
+        sigv4::verify(req, &auth, &key.secret, now, sigv4::IOT_SERVICES)?;
         Ok(key.principal.clone())
     }
 
@@ -200,38 +193,6 @@ impl Authenticator {
             Some((stored, principal)) if bool::from(stored.ct_eq(&digest)) => Ok(principal.clone()),
             _ => Err(AuthError::BadCredentials),
         }
-    }
-
-    /// Authenticates an HTTP request by whichever credentials it carries: a SigV4
-    /// `Authorization` header or presigned URL, or `Authorization: Bearer <token>`; none →
-    /// `MissingCredentials`.
-    pub fn verify_http(
-        &self,
-        req: &SigV4Request<'_>,
-        now: SystemTime,
-    ) -> Result<Arc<Principal>, AuthError> {
-        if let Some(anonymous) = self.anonymous() {
-            return Ok(anonymous);
-        }
-        let Some(value) = req.headers.get(http::header::AUTHORIZATION) else {
-            if presigned::is_presigned(req.query) {
-                return self.verify_sigv4(req, now);
-            }
-            return Err(AuthError::MissingCredentials);
-        };
-        if sigv4::is_sigv4(req.headers) || presigned::is_presigned(req.query) {
-            return self.verify_sigv4(req, now);
-        }
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                AuthError::Malformed(
-                    "Authorization must be AWS4-HMAC-SHA256 or Bearer <token>".into(),
-                )
-            })?;
-        self.verify_bearer(token.trim())
     }
 
     /// MQTT CONNECT credentials (argon2 verify: slow by design; callers run it on a blocking

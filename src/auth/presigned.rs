@@ -1,22 +1,21 @@
 //! Presigned URLs: a SigV4 signature carried in the query string (`X-Amz-Algorithm`,
 //! `X-Amz-Credential`, `X-Amz-Date`, `X-Amz-Expires`, `X-Amz-SignedHeaders`,
 //! `X-Amz-Signature`) instead of the `Authorization` header, as botocore's `SigV4QueryAuth`
-//! builds them. This module only takes the parameters off the query and judges the validity
-//! window; the signature itself is checked by [`super::sigv4::verify`], over the same
-//! canonical request as the header form minus `X-Amz-Signature`.
+//! builds them. This module is a parser over `sigv4`: it only takes the parameters off the
+//! query into a [`sigv4::Authorization`](super::sigv4::Authorization); the signature and the
+//! validity window are checked by [`super::sigv4::verify`], over the same canonical request as
+//! the header form minus `X-Amz-Signature`. `sigv4` knows nothing of this module.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::AuthError;
 use super::sigv4::{
-    ALGORITHM, Authorization, Form, MAX_CLOCK_SKEW, malformed, percent_decode, signature_fields,
+    ALGORITHM, Authorization, Form, SIGNATURE_PARAM, is_signature_param, malformed, percent_decode,
+    signature_fields,
 };
 
 /// The longest a presigned URL may be valid for: seven days, as AWS allows.
 const MAX_PRESIGNED_EXPIRY_SECS: u64 = 7 * 24 * 60 * 60;
-
-/// The query parameter that carries a presigned URL's signature.
-const SIGNATURE_PARAM: &str = "X-Amz-Signature";
 
 /// A presigned URL's signing parameters, decoded from the query string; see
 /// [`Presigned::authorization`].
@@ -31,12 +30,6 @@ pub(super) struct Presigned {
 /// Whether the query string carries a SigV4 signature (a presigned URL), whatever its validity.
 pub fn is_presigned(query: Option<&str>) -> bool {
     query.is_some_and(|query| query.split('&').any(is_signature_param))
-}
-
-/// Whether a raw `name=value` query pair is `X-Amz-Signature`.
-pub(super) fn is_signature_param(pair: &str) -> bool {
-    let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-    percent_decode(name) == SIGNATURE_PARAM.as_bytes()
 }
 
 /// Takes a presigned URL's `X-Amz-*` parameters off the query string.
@@ -95,22 +88,6 @@ impl Presigned {
             },
         )
     }
-}
-
-/// A presigned URL is good from its date (or up to five minutes before it, for clock skew)
-/// until `expires` after it.
-pub(super) fn check_presigned_window(
-    signed_at: SystemTime,
-    expires: Duration,
-    now: SystemTime,
-) -> Result<(), AuthError> {
-    if signed_at > now + MAX_CLOCK_SKEW {
-        return Err(AuthError::RequestTimeTooSkewed);
-    }
-    if now > signed_at + expires {
-        return Err(AuthError::PresignedUrlExpired);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

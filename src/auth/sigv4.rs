@@ -18,12 +18,12 @@
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AuthError;
 use super::amz_date::parse_basic_iso8601;
-use super::presigned::{check_presigned_window, is_signature_param};
 
 /// The parts of an HTTP request a SigV4 signature covers.
 pub struct SigV4Request<'a> {
@@ -42,10 +42,22 @@ pub struct SigV4Request<'a> {
 pub(super) const IOT_SERVICES: &[&str] = &["iotdata", "iotdevicegateway", "iot"];
 
 /// AWS rejects requests whose time is more than five minutes from its clock.
-pub(super) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 pub(super) const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+
+/// The query parameter that carries a presigned URL's signature.
+pub(super) const SIGNATURE_PARAM: &str = "X-Amz-Signature";
+
+/// SigV4's URI encoding leaves only the unreserved characters `A-Za-z0-9-_.~` as they are.
+const SIGV4_ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// In the canonical URI, `/` stays as well.
+const SIGV4_PATH_ENCODED: &AsciiSet = &SIGV4_ENCODED.remove(b'/');
 
 /// A SigV4 signature, parsed from the `Authorization` header or from a presigned URL's query.
 pub(super) struct Authorization<'h> {
@@ -68,13 +80,6 @@ pub(super) enum Form<'h> {
         amz_date: &'h str,
         expires: Duration,
     },
-}
-
-/// Whether the request carries a SigV4 `Authorization` header (whatever its validity).
-pub(super) fn is_sigv4(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes().starts_with(ALGORITHM.as_bytes()))
 }
 
 pub(super) fn parse_authorization(
@@ -205,6 +210,22 @@ pub(super) fn verify(
     }
 }
 
+/// A presigned URL is good from its date (or up to five minutes before it, for clock skew)
+/// until `expires` after it.
+fn check_presigned_window(
+    signed_at: SystemTime,
+    expires: Duration,
+    now: SystemTime,
+) -> Result<(), AuthError> {
+    if signed_at > now + MAX_CLOCK_SKEW {
+        return Err(AuthError::RequestTimeTooSkewed);
+    }
+    if now > signed_at + expires {
+        return Err(AuthError::PresignedUrlExpired);
+    }
+    Ok(())
+}
+
 fn signed_at(amz_date: &str) -> Result<SystemTime, AuthError> {
     parse_basic_iso8601(amz_date)
         .ok_or_else(|| malformed("request date must be YYYYMMDD'T'HHMMSS'Z'"))
@@ -325,58 +346,23 @@ fn canonical_query(raw: &str, presigned: bool) -> String {
 
 /// SigV4's URI encoding: every byte but `A-Za-z0-9-_.~` (and `/` in paths) as `%XX`.
 fn encode_into(out: &mut String, bytes: &[u8], keep_slash: bool) {
-    for &b in bytes {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'_' | b'.' | b'~')
-            || (keep_slash && b == b'/')
-        {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    let set = if keep_slash {
+        SIGV4_PATH_ENCODED
+    } else {
+        SIGV4_ENCODED
+    };
+    out.extend(percent_encode(bytes, set));
 }
 
 /// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is.
 pub(super) fn percent_decode(raw: &str) -> Vec<u8> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = bytes.get(i + 1..i + 3)
-            && let Ok(s) = std::str::from_utf8(hex)
-            && let Ok(b) = u8::from_str_radix(s, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    out
+    percent_encoding::percent_decode_str(raw).collect()
 }
 
-#[cfg(test)]
-/// Signed once with botocore (`SigV4Auth(creds, "iotdata", "us-east-1")`) for a
-/// retained publish to topic `a/b`, as boto3's `iot-data` client sends it.
-pub(super) mod botocore_fixture {
-    pub const ACCESS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
-    pub const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
-    pub const AMZ_DATE: &str = "20261125T192720Z";
-    pub const PATH: &str = "/topics/a%2Fb";
-    pub const QUERY: &str = "qos=1&retain=true";
-    pub const BODY: &[u8] = br#"{"temp":21}"#;
-    pub const HEADERS: &[(&str, &str)] = &[
-        ("host", "localhost:8080"),
-        ("content-type", "application/json"),
-        ("x-amz-date", AMZ_DATE),
-        (
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261125/us-east-1/iotdata/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=8eee91bc694346d22a232e093e85d034f0f74d9e0d01b321dd4808a91de7eb63",
-        ),
-    ];
+/// Whether a raw `name=value` query pair is `X-Amz-Signature`.
+pub(super) fn is_signature_param(pair: &str) -> bool {
+    let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+    percent_decode(name) == SIGNATURE_PARAM.as_bytes()
 }
 
 #[cfg(test)]
@@ -460,7 +446,7 @@ mod tests {
 
     #[test]
     fn botocore_iotdata_signature_with_double_encoded_path_verifies() {
-        use super::botocore_fixture::*;
+        use crate::auth::botocore_fixture::*;
         let h = headers(HEADERS);
         let req = SigV4Request {
             method: "POST",

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use super::sigv4::botocore_fixture as boto;
+use super::botocore_fixture as boto;
 use super::*;
 
 fn config(toml: &str) -> Result<Authenticator, ConfigError> {
@@ -63,8 +63,6 @@ fn botocore_signed_publish_authenticates_the_principal() {
         .verify_sigv4(&boto_request(&h, boto::BODY), signed_at())
         .expect("botocore signature verifies");
     assert_eq!(principal.name, "app");
-    let via_http = auth.verify_http(&boto_request(&h, boto::BODY), signed_at());
-    assert_eq!(via_http.expect("verify_http accepts SigV4").name, "app");
 }
 
 #[test]
@@ -124,17 +122,14 @@ fn missing_authorization_is_missing_credentials() {
     let auth = with_boto_key(boto::SECRET);
     let mut h = boto_headers();
     h.remove(http::header::AUTHORIZATION);
-    for result in [
-        auth.verify_sigv4(&boto_request(&h, boto::BODY), signed_at()),
-        auth.verify_http(&boto_request(&h, boto::BODY), signed_at()),
-    ] {
-        let err = result.unwrap_err();
-        assert!(matches!(err, AuthError::MissingCredentials), "{err:?}");
-        assert_eq!(
-            (err.http_status(), err.aws_error_type()),
-            (401, "UnauthorizedException")
-        );
-    }
+    let err = auth
+        .verify_sigv4(&boto_request(&h, boto::BODY), signed_at())
+        .unwrap_err();
+    assert!(matches!(err, AuthError::MissingCredentials), "{err:?}");
+    assert_eq!(
+        (err.http_status(), err.aws_error_type()),
+        (401, "UnauthorizedException")
+    );
 }
 
 #[test]
@@ -226,20 +221,6 @@ fn bearer_tokens_are_matched_by_digest() {
         auth.verify_bearer(""),
         Err(AuthError::MissingCredentials)
     ));
-
-    let mut h = HeaderMap::new();
-    h.insert(
-        http::header::AUTHORIZATION,
-        HeaderValue::from_static("Bearer tok-123"),
-    );
-    let req = SigV4Request {
-        method: "GET",
-        path: "/retainedMessage",
-        query: None,
-        headers: &h,
-        payload_sha256: [0; 32],
-    };
-    assert_eq!(auth.verify_http(&req, signed_at()).unwrap().name, "ci");
 }
 
 #[test]

@@ -81,7 +81,7 @@ pub(super) fn message(
     let publication = Publication {
         topic,
         payload: p.payload,
-        qos: wire::store_qos(p.qos),
+        qos: p.qos.into(),
         retain: p.retain,
         properties,
         expiry_secs: props.message_expiry_interval.map(NonZeroU32::get),

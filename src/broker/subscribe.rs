@@ -8,7 +8,6 @@ use super::registry::Session;
 use super::retained::RetainedScan;
 use super::session::SubOptions;
 use super::tree::ClientKey;
-use super::wire;
 use crate::auth::{Action, Principal};
 use crate::mqtt::{
     DisconnectReasonCode, QoS, RetainHandling, Subscribe, SubscribeAck, SubscribeAckReason,
@@ -62,7 +61,7 @@ pub(super) fn subscribe(
             continue;
         }
         let options = SubOptions {
-            qos: wire::store_qos(opts.qos),
+            qos: opts.qos.into(),
             no_local: opts.no_local,
             retain_as_published: opts.retain_as_published,
             subscription_id: s.id,

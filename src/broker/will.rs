@@ -61,7 +61,7 @@ pub(super) fn will(
             Publication {
                 topic,
                 payload: w.message.clone(),
-                qos: wire::store_qos(w.qos),
+                qos: w.qos.into(),
                 retain: w.retain,
                 properties,
                 expiry_secs: w.message_expiry_interval.map(NonZeroU32::get),

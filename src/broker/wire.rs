@@ -5,25 +5,9 @@ use std::num::{NonZeroU16, NonZeroU32};
 use bytestring::ByteString;
 
 use super::message::{Delivery, Message};
-use crate::mqtt::{Publish, PublishProperties, QoS};
-use crate::store::{MessageProperties, PayloadFormat, Qos, UserProperty};
+use crate::mqtt::{Publish, PublishProperties};
+use crate::store::{MessageProperties, PayloadFormat, UserProperty};
 use crate::topic::{TopicError, TopicLimits, TopicName};
-
-pub(super) fn codec_qos(qos: Qos) -> QoS {
-    match qos {
-        Qos::AtMostOnce => QoS::AtMostOnce,
-        Qos::AtLeastOnce => QoS::AtLeastOnce,
-        Qos::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
-pub(super) fn store_qos(qos: QoS) -> Qos {
-    match qos {
-        QoS::AtMostOnce => Qos::AtMostOnce,
-        QoS::AtLeastOnce => Qos::AtLeastOnce,
-        QoS::ExactlyOnce => Qos::ExactlyOnce,
-    }
-}
 
 /// The PUBLISH for a delivery, or `None` if the message expired while it waited
 /// [MQTT-3.3.2-5]. The expiry sent is what is left of it [MQTT-3.3.2-6].
@@ -49,7 +33,7 @@ pub(super) fn publish_packet(
     Some(Publish {
         dup,
         retain: delivery.retain,
-        qos: codec_qos(delivery.qos),
+        qos: delivery.qos.into(),
         topic: topic.clone(),
         packet_id,
         payload: m.payload.clone(),

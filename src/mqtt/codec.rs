@@ -12,7 +12,7 @@ use rmqtt_codec::error::{DecodeError, EncodeError};
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::framed::{Error, Version};
+use super::{Error, Version};
 use super::{Packet, v3, validate};
 
 /// The codec of one connection, from its first byte on.
@@ -104,8 +104,10 @@ impl Decoder for Codec {
     }
 }
 
-/// PINGREQ and PINGRESP have no body; the codec skips whatever follows their header, so the
-/// length is checked here, and a body makes the packet malformed [MQTT-3.12.1-?, 2.1.3].
+/// PINGREQ and PINGRESP have no body (no variable header and no payload: sections 3.12.2-3 and
+/// 3.13.2-3 of both 3.1.1 and 5.0, which carry no numbered conformance statement); the codec
+/// skips whatever follows their header, so the length is checked here, and a body makes the
+/// packet malformed.
 fn bodiless(packet: Packet, remaining_length: u32) -> Result<Packet, Error> {
     let must_be_empty = matches!(packet, Packet::PingRequest | Packet::PingResponse);
     if must_be_empty && remaining_length != 0 {

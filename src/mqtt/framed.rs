@@ -1,36 +1,10 @@
 //! A socket carrying MQTT packets, after the version has been settled by the CONNECT.
 
 use futures_util::{SinkExt, StreamExt};
-use rmqtt_codec::error::{DecodeError, EncodeError};
+use rmqtt_codec::error::DecodeError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::validate::Violation;
-use super::{Codec, Connect, ConnectAck, ConnectAckReason, Packet};
-
-/// The protocol a client speaks; MQTT 3.1 clients are served as 3.1.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    V3,
-    V5,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the client closed the connection")]
-    Closed,
-    #[error("malformed packet: {0}")]
-    Decode(#[from] DecodeError),
-    #[error("cannot encode a packet: {0}")]
-    Encode(#[from] EncodeError),
-    #[error("the first packet was not CONNECT")]
-    NotConnect,
-    #[error("unsupported protocol name or version")]
-    UnsupportedVersion,
-    #[error("invalid packet: {0}")]
-    Invalid(#[from] Violation),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-}
+use super::{Codec, Connect, ConnectAck, ConnectAckReason, Error, Packet, Version};
 
 /// MQTT packets over `T` (a TCP stream, or a WebSocket presented as one).
 pub struct Framed<T> {

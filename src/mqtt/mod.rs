@@ -6,16 +6,21 @@
 //! to reason about. MQTT 3.1.1 packets are translated on the way in and out (`v3`).
 //!
 //! The byte-level work is `codec` (no I/O, so it can be fuzzed and property-tested); `framed`
-//! puts it on a socket. It knows nothing of sessions, subscriptions or storage.
+//! puts it on a socket. It knows nothing of sessions, subscriptions or storage, except the
+//! stored QoS type, which `qos` converts to and from the codec's.
 
 mod codec;
+mod error;
 mod framed;
+mod qos;
 mod v3;
 mod validate;
+mod version;
 
 pub use bytestring::ByteString;
 pub use codec::{Codec, decode_stream};
-pub use framed::{Error, Framed, Version, handshake};
+pub use error::Error;
+pub use framed::{Framed, handshake};
 pub use rmqtt_codec::error::DecodeError;
 pub use rmqtt_codec::types::{Publish, QoS};
 pub use rmqtt_codec::v5::Connect;
@@ -26,3 +31,4 @@ pub use rmqtt_codec::v5::{
     UnsubscribeAckReason, UserProperties,
 };
 pub use validate::Violation;
+pub use version::Version;

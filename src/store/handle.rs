@@ -1,6 +1,5 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -11,7 +10,8 @@ use super::cache::{Lookup, ReadCache, unexpired};
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::failures::Failures;
 use super::write_batch::WriteBatch;
-use super::write_lane::{self, LaneSettings};
+use super::write_lane::LaneSettings;
+use super::write_lanes::WriteLanes;
 use super::{
     Change, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary, Write,
 };
@@ -68,7 +68,6 @@ pub fn purge_delay(timeout: Duration) -> Duration {
     (timeout * 4).max(Duration::from_secs(10 * 60))
 }
 
-pub(super) type WriteResult = Result<(), Error>;
 type ReadResult = Result<Option<RetainedMessage>, Error>;
 
 /// The service's handle on retained-message storage: cheap to clone, safe to share.
@@ -79,8 +78,8 @@ pub struct Store {
 
 struct Inner {
     backend: Arc<dyn RetainedStore>,
-    /// Write lanes: a topic always goes to the same one, so its writes commit in order.
-    writes: Vec<Coalescer<OwnedWrite, WriteResult>>,
+    /// Shared with every [`WriteBatch`] made from this handle.
+    writes: Arc<WriteLanes>,
     reads: Coalescer<TopicName, ReadResult>,
     touched: Mutex<HashSet<TopicName>>,
     cache: Option<Arc<ReadCache>>,
@@ -122,16 +121,18 @@ impl Store {
             }
             cache
         });
-        let writes = (0..options.write_lanes.max(1))
-            .map(|_| {
-                let settings = LaneSettings {
-                    timeout,
-                    max_messages: options.max_messages,
-                    failures: failures.clone(),
-                };
-                write_lane::spawn(backend.clone(), cache.clone(), clock.clone(), settings)
-            })
-            .collect();
+        let settings = LaneSettings {
+            timeout,
+            max_messages: options.max_messages,
+            failures: failures.clone(),
+        };
+        let writes = Arc::new(WriteLanes::spawn(
+            options.write_lanes,
+            &backend,
+            &cache,
+            &clock,
+            settings,
+        ));
         let reads = {
             let (backend, clock, failures) = (backend.clone(), clock.clone(), failures.clone());
             let limits = CoalesceLimits {
@@ -180,39 +181,13 @@ impl Store {
     /// Like [`Store::write`], charged to `owner`: a put that would take it (or the store) past
     /// its quota of retained messages fails with [`Error::QuotaExceeded`] and writes nothing.
     pub async fn write_as(&self, write: Write, owner: Owner) -> Result<(), Error> {
-        let call = async {
-            self.lane(self.lane_of(write.topic()))
-                .call(OwnedWrite { write, owner })
-                .await
-                .unwrap_or(Err(Error::Closed))
-        };
+        let call = self.inner.writes.write(OwnedWrite { write, owner });
         deadline(self.inner.timeout, call).await
     }
 
     /// Gathers writes that are to enter the write queue together; see [`WriteBatch`].
     pub fn batch(&self) -> WriteBatch {
-        WriteBatch::new(self.clone())
-    }
-
-    /// The write lane of `topic`: always the same one, so its writes commit in order.
-    pub(super) fn lane_of(&self, topic: &TopicName) -> usize {
-        match self.inner.writes.len() {
-            1 => 0,
-            n => (lane_hasher().hash_one(topic.as_str()) % n as u64) as usize,
-        }
-    }
-
-    pub(super) fn lane(&self, lane: usize) -> &Coalescer<OwnedWrite, WriteResult> {
-        &self.inner.writes[lane]
-    }
-
-    pub(super) fn lane_count(&self) -> usize {
-        self.inner.writes.len()
-    }
-
-    /// The deadline for any one store call.
-    pub(super) fn timeout(&self) -> Duration {
-        self.inner.timeout
+        WriteBatch::new(self.inner.writes.clone())
     }
 
     /// The unexpired retained message for `topic`, if any. Counts as a read for retention.
@@ -401,11 +376,6 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// Spreads topics over write lanes; fixed keys, so a topic keeps its lane for the process's life.
-fn lane_hasher() -> std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> {
-    std::hash::BuildHasherDefault::default()
 }
 
 /// Applies what the change feed reports to the cache until the store handle is dropped.

@@ -21,13 +21,12 @@ mod handle;
 mod message;
 mod open;
 mod postgres;
-mod postgres_feed;
-mod postgres_writers;
 mod quota;
 mod row;
 mod sqlite;
 mod write_batch;
 mod write_lane;
+mod write_lanes;
 
 pub use backend::{ChangeFeed, RetainedStore, Verdict};
 pub use clock::Clock;

@@ -2,7 +2,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 
@@ -26,21 +26,8 @@ pub async fn open_backend(
             .map_err(|e| Error::config(format!("invalid Postgres URL: {e}")))?
             .application_name("retaind");
         first_connection(&options, timeout, startup_wait).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(timeout)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::query(super::postgres::SESSION_SETUP)
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .connect_with(options.clone())
-            .await?;
         Ok(Arc::new(
-            PostgresStore::migrate(pool, options, timeout).await?,
+            PostgresStore::open(options, max_connections, timeout).await?,
         ))
     } else if url.starts_with("sqlite:") {
         if url.contains(":memory:") || url.contains("mode=memory") {

@@ -6,28 +6,30 @@
 //! for it. Queued together, the whole burst commits in one batch.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::coalesce::Job;
-use super::handle::WriteResult;
-use super::{Error, OwnedWrite, Owner, Store, Write};
+use super::write_lane::WriteResult;
+use super::write_lanes::WriteLanes;
+use super::{Error, OwnedWrite, Owner, Write};
 
 /// Writes gathered by [`WriteBatch::add`] and queued by [`WriteBatch::submit`]. Dropping a
 /// batch without submitting it fails its writes with [`Error::Closed`].
 pub struct WriteBatch {
-    store: Store,
+    writes: Arc<WriteLanes>,
     /// Per write lane, in the order added.
     lanes: Vec<Vec<Job<OwnedWrite, WriteResult>>>,
 }
 
 impl WriteBatch {
-    pub(super) fn new(store: Store) -> Self {
-        let lanes = (0..store.lane_count()).map(|_| Vec::new()).collect();
-        Self { store, lanes }
+    pub(super) fn new(writes: Arc<WriteLanes>) -> Self {
+        let lanes = (0..writes.count()).map(|_| Vec::new()).collect();
+        Self { writes, lanes }
     }
 
-    /// Adds a write, as [`Store::write_as`] would make it. The returned future resolves once
+    /// Adds a write, as [`super::Store::write_as`] would make it. The returned future resolves once
     /// the write is committed (or refused, or failed); it never resolves before
     /// [`WriteBatch::submit`]. The usual deadline runs from now.
     pub fn add(
@@ -35,8 +37,8 @@ impl WriteBatch {
         write: Write,
         owner: Owner,
     ) -> impl Future<Output = Result<(), Error>> + Send + use<> {
-        let until = Instant::now() + self.store.timeout();
-        let lane = self.store.lane_of(write.topic());
+        let until = Instant::now() + self.writes.timeout();
+        let lane = self.writes.lane_of(write.topic());
         let (job, answer) = Job::new(OwnedWrite { write, owner });
         self.lanes[lane].push(job);
         async move {
@@ -51,14 +53,14 @@ impl WriteBatch {
     /// Queues every write added, each lane's writes in one piece. Waits while the queue is full
     /// (back-pressure), within the usual deadline; writes that do not get in by then fail.
     pub async fn submit(self) {
-        let Self { store, lanes } = self;
+        let Self { writes, lanes } = self;
         for (lane, jobs) in lanes.into_iter().enumerate() {
             if jobs.is_empty() {
                 continue;
             }
             // On timeout the jobs are dropped, so their writes fail rather than wait on.
-            let queued = store.lane(lane).submit(jobs);
-            let _ = tokio::time::timeout(store.timeout(), queued).await;
+            let queued = writes.lane(lane).submit(jobs);
+            let _ = tokio::time::timeout(writes.timeout(), queued).await;
         }
     }
 }

@@ -21,7 +21,6 @@ use super::backend::Verdict;
 use super::cache::ReadCache;
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::failures::Failures;
-use super::handle::WriteResult;
 use super::{Clock, Error, OwnedWrite, RetainedStore, Write};
 
 /// Writes in one group commit at most. Large enough to amortise the commit, small enough that
@@ -29,7 +28,11 @@ use super::{Clock, Error, OwnedWrite, RetainedStore, Write};
 const MAX_WRITE_BATCH: usize = 512;
 const QUEUE: usize = 4096;
 
+/// What a lane answers for each write: committed, or why not.
+pub(super) type WriteResult = Result<(), Error>;
+
 /// What a lane needs to know besides its backend.
+#[derive(Clone)]
 pub(super) struct LaneSettings {
     pub(super) timeout: Duration,
     /// Most retained messages the whole store may keep.

@@ -5,6 +5,7 @@
 use std::pin::pin;
 use std::sync::Arc;
 
+use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -15,9 +16,16 @@ use tokio_util::task::AbortOnDropHandle;
 use super::activity::Activity;
 use super::io::ObservedIo;
 use super::phase::HttpTimeouts;
+use super::refusal::{MAX_HEAD_BYTES, MAX_HEADERS};
 use super::service::ConnectionService;
-use super::{MAX_HEAD_BYTES, MAX_HEADERS, Settings};
 use crate::api::Peer;
+
+/// What every connection of a server shares.
+#[derive(Clone)]
+pub(super) struct Settings {
+    pub(super) router: Router,
+    pub(super) timeouts: HttpTimeouts,
+}
 
 /// When the server is stopping: first `graceful` (finish what is in flight, take nothing new),
 /// then `now` (drop the connection).

@@ -18,37 +18,17 @@ mod refusal;
 mod request_line;
 mod service;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::Listener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use body::BodyTimeout;
 pub use phase::HttpTimeouts;
 
-use super::Peer;
-use connection::Stopping;
-
-/// Most header lines in a request head (hyper's default).
-pub const MAX_HEADERS: usize = 100;
-/// Most bytes of a request head: request line and headers (about hyper's default). Bounds what
-/// a connection buffers while its head arrives.
-pub const MAX_HEAD_BYTES: usize = 400 * 1024;
-
-/// A listener whose connections know who is at the other end.
-pub trait PeerListener: Listener<Addr = SocketAddr> {
-    fn peer(io: &Self::Io, addr: SocketAddr) -> Peer;
-}
-
-/// What every connection of a server shares.
-#[derive(Clone)]
-struct Settings {
-    router: Router,
-    timeouts: HttpTimeouts,
-}
+use super::peer::PeerListener;
+use connection::{Settings, Stopping};
 
 /// Serves `router` on the connections of `listener` until `shutdown` is cancelled, then lets
 /// requests in flight finish for at most `shutdown_timeout` before dropping their connections.

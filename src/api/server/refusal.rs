@@ -11,11 +11,17 @@
 
 use bytes::Bytes;
 
-use super::{MAX_HEAD_BYTES, MAX_HEADERS};
 use crate::api::{ApiError, ErrorBody};
 
 /// hyper's longest request target (`http::uri`'s limit).
 const MAX_TARGET_BYTES: usize = 65_534;
+/// Most header lines in a request head (hyper's default); the connection sets it, and a head
+/// with more is refused here.
+pub(super) const MAX_HEADERS: usize = 100;
+/// Most bytes of a request head: request line and headers (about hyper's default). Bounds what
+/// a connection buffers while its head arrives; the connection sets it, and a longer head is
+/// refused here.
+pub(super) const MAX_HEAD_BYTES: usize = 400 * 1024;
 
 /// What goes out instead of one of hyper's refusals.
 #[derive(Debug, PartialEq, Eq)]

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Executor, PgPool};
 
-use super::Error;
-use super::postgres::SESSION_SETUP;
+use super::pool::SESSION_SETUP;
+use crate::store::Error;
 
 /// Write connections also skip planning each batch. A prepared statement is planned afresh
 /// for every execution while Postgres judges a plan for the exact arrays cheaper than its

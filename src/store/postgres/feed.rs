@@ -12,8 +12,8 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgNotification};
 use tokio::time::Instant;
 
-use super::backend::ChangeFeed;
-use super::feed::{CHANNEL, Change, Notice, ping};
+use crate::store::backend::ChangeFeed;
+use crate::store::feed::{CHANNEL, Change, Notice, ping};
 use crate::topic::TopicName;
 
 const HEARTBEAT: Duration = Duration::from_millis(500);

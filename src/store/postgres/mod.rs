@@ -1,7 +1,15 @@
 //! Postgres backend: the production store. Every batch is one statement, so one round trip and
 //! one commit however many messages it carries.
+//!
+//! This file holds the backend itself: opening it, and the reads, counts and purges, each one
+//! statement on the shared pool (`pool`). A write batch's statement is `apply`; the connections
+//! it runs on are `writers`; the change feed that keeps other nodes' caches coherent is `feed`.
 
-use std::collections::HashSet;
+mod apply;
+mod feed;
+mod pool;
+mod writers;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,29 +18,16 @@ use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Connection, FromRow, PgPool};
 use tokio::time::Instant;
 
-use super::backend::{ChangeFeed, Verdict};
-use super::feed;
-use super::postgres_feed::PgChangeFeed;
-use super::postgres_writers::Writers;
-use super::quota;
-use super::row::{
-    MessageRow, RangeStatements, Row, ScanStart, SummaryRow, encode_user_properties,
-    last_write_per_topic, message_columns,
-};
-use super::{Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary};
+use self::apply::{apply_all, standing};
+use self::feed::PgChangeFeed;
+use self::writers::Writers;
+use crate::store::backend::{ChangeFeed, Verdict};
+use crate::store::feed::{CHANNEL, everything};
+use crate::store::row::{MessageRow, RangeStatements, ScanStart, SummaryRow, message_columns};
+use crate::store::{Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, quota};
 use crate::topic::TopicName;
 
-/// Run by every connection the store opens, pooled or for writes. Every statement the store
-/// runs has an index to use, so a sequential scan is only ever a mistake, and one that lasts:
-/// a prepared statement keeps a generic plan, and one made while the table was empty (a fresh
-/// database, a mass delete then vacuum) scans the table for each of its `topic = ANY($1)`
-/// arrays, comparing every row with every element. Measured: with 50,000 rows, batches of 100
-/// deletes kept the write lane busy for tens of seconds, until autovacuum's analyze replaced
-/// the plan. Set per connection, not in the URL (`options=`), which poolers such as PgBouncer
-/// may refuse.
-pub(super) const SESSION_SETUP: &str = "SET enable_seqscan = off";
-
-pub(super) struct PostgresStore {
+pub(in crate::store) struct PostgresStore {
     pool: PgPool,
     /// Write batches run on these, not on the pool.
     writers: Writers,
@@ -41,11 +36,13 @@ pub(super) struct PostgresStore {
 }
 
 impl PostgresStore {
-    pub(super) async fn migrate(
-        pool: PgPool,
+    /// Connects the pool and brings the schema up to date.
+    pub(in crate::store) async fn open(
         options: PgConnectOptions,
+        max_connections: u32,
         timeout: Duration,
     ) -> Result<Self, Error> {
+        let pool = pool::connect(&options, max_connections, timeout).await?;
         // sqlx takes an advisory lock, so nodes starting together migrate once.
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         let node = uuid::Uuid::new_v4().to_string().into();
@@ -145,36 +142,6 @@ impl PostgresStore {
     }
 }
 
-/// Upserts the batch's rows (messages and tombstones), takes the batch's write ticket, and tells
-/// the other nodes, in one statement; answers with the topics it left alone because a write with
-/// a later ticket got there first.
-///
-/// The ticket is an uncorrelated subquery, so Postgres evaluates it once, as an init plan, when
-/// the first row is produced: before the statement waits for any row lock. Tickets therefore
-/// order the starts of statements, and a statement that stalls on a lock still carries the
-/// ticket of when it began. Notifications are delivered at commit, and only if it commits.
-const APPLY: &str = "
-WITH upserted AS (
-INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
-    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
-    deleted, write_seq)
-SELECT u.*, (SELECT nextval('retained_write_seq'))
-FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
-    $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[], $12::text[], $13::bool[]) AS u
-ON CONFLICT (topic) DO UPDATE SET
-    payload = EXCLUDED.payload, qos = EXCLUDED.qos, user_properties = EXCLUDED.user_properties,
-    content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
-    correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
-    expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
-    last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner,
-    deleted = EXCLUDED.deleted, write_seq = EXCLUDED.write_seq
-WHERE retained_messages.write_seq < EXCLUDED.write_seq
-RETURNING topic
-), notified AS (
-SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($14::text[]) AS notice
-)
-SELECT t FROM UNNEST($1::text[]) AS t, notified WHERE t NOT IN (SELECT topic FROM upserted)";
-
 /// A range query with the given bounds on `topic`: `$1` is the lower bound, `$2` now, `$3` the
 /// limit and `$4` the upper bound. One statement per combination of bounds, so that even
 /// Postgres' generic plan is an index range scan on the primary key with both bounds as index
@@ -207,147 +174,6 @@ const SCAN: RangeStatements = range_statements!(message_columns!());
 /// Summaries in a range: [`RetainedStore::list_range`].
 const LIST_RANGE: RangeStatements =
     range_statements!("topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms");
-
-#[derive(Default)]
-struct Columns<'a> {
-    topic: Vec<&'a str>,
-    payload: Vec<&'a [u8]>,
-    qos: Vec<i16>,
-    user_properties: Vec<Option<String>>,
-    content_type: Vec<Option<&'a str>>,
-    response_topic: Vec<Option<&'a str>>,
-    correlation_data: Vec<Option<&'a [u8]>>,
-    payload_format: Vec<i16>,
-    expires_at_ms: Vec<Option<i64>>,
-    last_modified_ms: Vec<i64>,
-    last_accessed_ms: Vec<i64>,
-    owner: Vec<&'a str>,
-    deleted: Vec<bool>,
-}
-
-impl<'a> Columns<'a> {
-    fn push(&mut self, row: Row<'a>, owner: &'a Owner) {
-        self.owner.push(&owner.name);
-        match row {
-            Row::Message(m) => {
-                let p = &m.properties;
-                self.topic.push(m.topic.as_str());
-                self.payload.push(&m.payload);
-                self.qos.push(i16::from(m.qos.as_u8()));
-                self.user_properties
-                    .push(encode_user_properties(&p.user_properties));
-                self.content_type.push(p.content_type.as_deref());
-                self.response_topic
-                    .push(p.response_topic.as_ref().map(TopicName::as_str));
-                self.correlation_data.push(p.correlation_data.as_deref());
-                self.payload_format.push(i16::from(p.payload_format as u8));
-                self.expires_at_ms.push(m.expires_at_ms);
-                self.last_modified_ms.push(m.last_modified_ms);
-                self.last_accessed_ms.push(m.last_accessed_ms);
-                self.deleted.push(false);
-            }
-            Row::Tombstone { topic, at_ms } => {
-                self.topic.push(topic.as_str());
-                self.payload.push(&[]);
-                self.qos.push(0);
-                self.user_properties.push(None);
-                self.content_type.push(None);
-                self.response_topic.push(None);
-                self.correlation_data.push(None);
-                self.payload_format.push(0);
-                self.expires_at_ms.push(Some(at_ms));
-                self.last_modified_ms.push(at_ms);
-                self.last_accessed_ms.push(at_ms);
-                self.deleted.push(true);
-            }
-        }
-    }
-}
-
-/// Runs [`APPLY`] for `writes` on `db`; returns the topics that a later write had already
-/// changed, which this batch left alone.
-async fn apply_all<'c, E>(
-    db: E,
-    node: &str,
-    writes: Vec<&OwnedWrite>,
-    now_ms: i64,
-) -> Result<HashSet<String>, sqlx::Error>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
-{
-    let mut writes = last_write_per_topic(writes);
-    if writes.is_empty() {
-        return Ok(HashSet::new());
-    }
-    // Every batch locks its rows in the same (topic) order, so two batches on different nodes
-    // that share topics wait for each other instead of deadlocking.
-    writes.sort_unstable_by(|a, b| a.write.topic().cmp(b.write.topic()));
-    let notices = feed::announce(node, writes.iter().map(|w| w.write.topic().as_str()));
-    let mut cols = Columns::default();
-    for w in writes {
-        cols.push(Row::of(&w.write, now_ms), &w.owner);
-    }
-    let superseded: Vec<String> = sqlx::query_scalar(APPLY)
-        .bind(cols.topic)
-        .bind(cols.payload)
-        .bind(cols.qos)
-        .bind(cols.user_properties)
-        .bind(cols.content_type)
-        .bind(cols.response_topic)
-        .bind(cols.correlation_data)
-        .bind(cols.payload_format)
-        .bind(cols.expires_at_ms)
-        .bind(cols.last_modified_ms)
-        .bind(cols.last_accessed_ms)
-        .bind(cols.owner)
-        .bind(cols.deleted)
-        .bind(notices)
-        .fetch_all(db)
-        .await?;
-    Ok(superseded.into_iter().collect())
-}
-
-/// The counts a quota decision starts from, read after locking every shard of
-/// `retained_total`: a connection adding messages updates one of them, so the lock waits for
-/// those in progress and holds off the next ones, on every node, until this batch commits.
-async fn standing(
-    tx: &mut sqlx::PgConnection,
-    writes: &[OwnedWrite],
-) -> Result<quota::Standing, sqlx::Error> {
-    let shards: Vec<i64> =
-        sqlx::query_scalar("SELECT messages FROM retained_total ORDER BY shard FOR UPDATE")
-            .fetch_all(&mut *tx)
-            .await?;
-    let total: i64 = shards.iter().sum();
-    let owners = quota::owners_with_quota(writes);
-    let by_owner: Vec<(String, i64)> = if owners.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT owner, sum(messages)::int8 FROM retained_owner_counts
-             WHERE owner = ANY($1::text[]) GROUP BY owner",
-        )
-        .bind(owners)
-        .fetch_all(&mut *tx)
-        .await?
-    };
-    let topics: Vec<&str> = writes.iter().map(|w| w.write.topic().as_str()).collect();
-    let owner_of: Vec<(String, String)> = sqlx::query_as(
-        "SELECT topic, owner FROM retained_messages
-             WHERE topic = ANY($1::text[]) AND NOT deleted",
-    )
-    .bind(topics)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(quota::Standing {
-        total: u64::try_from(total).unwrap_or(0),
-        by_owner: by_owner
-            .into_iter()
-            .map(|(o, n)| (o.into(), u64::try_from(n).unwrap_or(0)))
-            .collect(),
-        owner_of: owner_of.into_iter().map(|(t, o)| (t, o.into())).collect(),
-    })
-}
 
 #[async_trait]
 impl RetainedStore for PostgresStore {
@@ -514,14 +340,14 @@ impl RetainedStore for PostgresStore {
         )
         .bind(cutoff_ms)
         .bind(i64::from(limit))
-        .bind(super::row::day_of(cutoff_ms))
+        .bind(crate::store::row::day_of(cutoff_ms))
         .execute(&self.pool)
         .await?;
         if done.rows_affected() > 0 {
             // Rare (nothing read for years), so the other nodes simply forget everything.
             sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(feed::CHANNEL)
-                .bind(feed::everything(&self.node))
+                .bind(CHANNEL)
+                .bind(everything(&self.node))
                 .execute(&self.pool)
                 .await?;
         }

@@ -1,0 +1,182 @@
+//! What one write batch runs on Postgres: the single upsert statement that applies the batch,
+//! takes its write ticket and notifies the other nodes, the column arrays it binds, and the
+//! locked counts a quota decision starts from. The connection it runs on is the caller's.
+
+use std::collections::HashSet;
+
+use crate::store::feed;
+use crate::store::quota;
+use crate::store::row::{Row, encode_user_properties, last_write_per_topic};
+use crate::store::{OwnedWrite, Owner};
+use crate::topic::TopicName;
+
+/// Upserts the batch's rows (messages and tombstones), takes the batch's write ticket, and tells
+/// the other nodes, in one statement; answers with the topics it left alone because a write with
+/// a later ticket got there first.
+///
+/// The ticket is an uncorrelated subquery, so Postgres evaluates it once, as an init plan, when
+/// the first row is produced: before the statement waits for any row lock. Tickets therefore
+/// order the starts of statements, and a statement that stalls on a lock still carries the
+/// ticket of when it began. Notifications are delivered at commit, and only if it commits.
+const APPLY: &str = "
+WITH upserted AS (
+INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
+    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
+    deleted, write_seq)
+SELECT u.*, (SELECT nextval('retained_write_seq'))
+FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
+    $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[], $12::text[], $13::bool[]) AS u
+ON CONFLICT (topic) DO UPDATE SET
+    payload = EXCLUDED.payload, qos = EXCLUDED.qos, user_properties = EXCLUDED.user_properties,
+    content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
+    correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
+    expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
+    last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner,
+    deleted = EXCLUDED.deleted, write_seq = EXCLUDED.write_seq
+WHERE retained_messages.write_seq < EXCLUDED.write_seq
+RETURNING topic
+), notified AS (
+SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($14::text[]) AS notice
+)
+SELECT t FROM UNNEST($1::text[]) AS t, notified WHERE t NOT IN (SELECT topic FROM upserted)";
+
+#[derive(Default)]
+struct Columns<'a> {
+    topic: Vec<&'a str>,
+    payload: Vec<&'a [u8]>,
+    qos: Vec<i16>,
+    user_properties: Vec<Option<String>>,
+    content_type: Vec<Option<&'a str>>,
+    response_topic: Vec<Option<&'a str>>,
+    correlation_data: Vec<Option<&'a [u8]>>,
+    payload_format: Vec<i16>,
+    expires_at_ms: Vec<Option<i64>>,
+    last_modified_ms: Vec<i64>,
+    last_accessed_ms: Vec<i64>,
+    owner: Vec<&'a str>,
+    deleted: Vec<bool>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, row: Row<'a>, owner: &'a Owner) {
+        self.owner.push(&owner.name);
+        match row {
+            Row::Message(m) => {
+                let p = &m.properties;
+                self.topic.push(m.topic.as_str());
+                self.payload.push(&m.payload);
+                self.qos.push(i16::from(m.qos.as_u8()));
+                self.user_properties
+                    .push(encode_user_properties(&p.user_properties));
+                self.content_type.push(p.content_type.as_deref());
+                self.response_topic
+                    .push(p.response_topic.as_ref().map(TopicName::as_str));
+                self.correlation_data.push(p.correlation_data.as_deref());
+                self.payload_format.push(i16::from(p.payload_format as u8));
+                self.expires_at_ms.push(m.expires_at_ms);
+                self.last_modified_ms.push(m.last_modified_ms);
+                self.last_accessed_ms.push(m.last_accessed_ms);
+                self.deleted.push(false);
+            }
+            Row::Tombstone { topic, at_ms } => {
+                self.topic.push(topic.as_str());
+                self.payload.push(&[]);
+                self.qos.push(0);
+                self.user_properties.push(None);
+                self.content_type.push(None);
+                self.response_topic.push(None);
+                self.correlation_data.push(None);
+                self.payload_format.push(0);
+                self.expires_at_ms.push(Some(at_ms));
+                self.last_modified_ms.push(at_ms);
+                self.last_accessed_ms.push(at_ms);
+                self.deleted.push(true);
+            }
+        }
+    }
+}
+
+/// Runs [`APPLY`] for `writes` on `db`; returns the topics that a later write had already
+/// changed, which this batch left alone.
+pub(super) async fn apply_all<'c, E>(
+    db: E,
+    node: &str,
+    writes: Vec<&OwnedWrite>,
+    now_ms: i64,
+) -> Result<HashSet<String>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let mut writes = last_write_per_topic(writes);
+    if writes.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // Every batch locks its rows in the same (topic) order, so two batches on different nodes
+    // that share topics wait for each other instead of deadlocking.
+    writes.sort_unstable_by(|a, b| a.write.topic().cmp(b.write.topic()));
+    let notices = feed::announce(node, writes.iter().map(|w| w.write.topic().as_str()));
+    let mut cols = Columns::default();
+    for w in writes {
+        cols.push(Row::of(&w.write, now_ms), &w.owner);
+    }
+    let superseded: Vec<String> = sqlx::query_scalar(APPLY)
+        .bind(cols.topic)
+        .bind(cols.payload)
+        .bind(cols.qos)
+        .bind(cols.user_properties)
+        .bind(cols.content_type)
+        .bind(cols.response_topic)
+        .bind(cols.correlation_data)
+        .bind(cols.payload_format)
+        .bind(cols.expires_at_ms)
+        .bind(cols.last_modified_ms)
+        .bind(cols.last_accessed_ms)
+        .bind(cols.owner)
+        .bind(cols.deleted)
+        .bind(notices)
+        .fetch_all(db)
+        .await?;
+    Ok(superseded.into_iter().collect())
+}
+
+/// The counts a quota decision starts from, read after locking every shard of
+/// `retained_total`: a connection adding messages updates one of them, so the lock waits for
+/// those in progress and holds off the next ones, on every node, until this batch commits.
+pub(super) async fn standing(
+    tx: &mut sqlx::PgConnection,
+    writes: &[OwnedWrite],
+) -> Result<quota::Standing, sqlx::Error> {
+    let shards: Vec<i64> =
+        sqlx::query_scalar("SELECT messages FROM retained_total ORDER BY shard FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?;
+    let total: i64 = shards.iter().sum();
+    let owners = quota::owners_with_quota(writes);
+    let by_owner: Vec<(String, i64)> = if owners.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT owner, sum(messages)::int8 FROM retained_owner_counts
+             WHERE owner = ANY($1::text[]) GROUP BY owner",
+        )
+        .bind(owners)
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    let topics: Vec<&str> = writes.iter().map(|w| w.write.topic().as_str()).collect();
+    let owner_of: Vec<(String, String)> = sqlx::query_as(
+        "SELECT topic, owner FROM retained_messages
+             WHERE topic = ANY($1::text[]) AND NOT deleted",
+    )
+    .bind(topics)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(quota::Standing {
+        total: u64::try_from(total).unwrap_or(0),
+        by_owner: by_owner
+            .into_iter()
+            .map(|(o, n)| (o.into(), u64::try_from(n).unwrap_or(0)))
+            .collect(),
+        owner_of: owner_of.into_iter().map(|(t, o)| (t, o.into())).collect(),
+    })
+}
