@@ -26,7 +26,7 @@ pub struct Publication {
 }
 
 /// An application message as published, over MQTT or HTTP. Shared by every delivery of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Message {
     pub topic: TopicName,
     pub payload: Bytes,
@@ -112,16 +112,6 @@ impl WireForm {
         self.0.get_or_init(build)
     }
 }
-
-/// Written by hand: a cache derived from the message's other fields never tells two messages
-/// apart, whether it is filled yet or not.
-impl PartialEq for WireForm {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for WireForm {}
 
 /// One message on its way to one session.
 #[derive(Debug, Clone)]
