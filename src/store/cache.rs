@@ -49,8 +49,8 @@ pub(super) struct ReadCache {
     entries: Cache<TopicName, Cached, Bytes>,
     /// Whether the change feed is known to work (always, when there is no other writer).
     trusted: AtomicBool,
-    /// Write batches past their deadline that may still commit; reads bypass the cache while
-    /// there are any.
+    /// Write batches past their deadline that may still commit, and idle purges in progress;
+    /// reads bypass the cache while there are any.
     unsettled: AtomicUsize,
 }
 
@@ -135,8 +135,8 @@ impl ReadCache {
     }
 
     /// Bypasses the cache until the returned guard is dropped: a write batch passed its
-    /// deadline and may still commit. Whoever holds the guard evicts the batch's topics through
-    /// it once the batch is settled, before letting go.
+    /// deadline and may still commit, or a purge is deleting messages. Whoever holds the guard
+    /// evicts what changed (the batch's topics, or everything) before letting go.
     pub(super) fn unsettled(cache: Arc<Self>) -> Unsettled {
         cache.unsettled.fetch_add(1, Ordering::AcqRel);
         Unsettled(cache)

@@ -331,6 +331,9 @@ impl Store {
             }
         }
         let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        // Reads bypass the cache from before the idle purge until the cache has forgotten what
+        // it purged: a message must not be served from memory after its delete has committed.
+        let unsettled = self.inner.cache.clone().map(ReadCache::unsettled);
         loop {
             let n = deadline(timeout, backend.purge_idle(cutoff, PURGE_BATCH)).await?;
             report.idle += n;
@@ -343,6 +346,7 @@ impl Store {
                 break;
             }
         }
+        drop(unsettled);
         Ok(report)
     }
 
