@@ -3,7 +3,8 @@
 //! Layers, each importing only those above it in this list: `topic` (pure names and rules),
 //! `auth` (pure credentials and policies), `rate` (a pure token bucket), `tcp` (accepted
 //! sockets' options), `tls` (certificates and handshakes), `store` (persistence), `mqtt`
-//! (framing over the codec crate; it borrows only `store::Qos`), `broker` (MQTT sessions,
+//! (framing over the codec crate; it borrows only `store::Qos`), `cluster` (many nodes as one
+//! service over NATS: so far the subjects of topics and filters), `broker` (MQTT sessions,
 //! subscriptions and retained delivery), `api` (HTTP, including MQTT over WebSocket into the
 //! broker), `app` (configuration and wiring).
 
@@ -11,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod mqtt;
 pub mod rate;
 pub mod store;
