@@ -1,7 +1,8 @@
 //! MQTT sessions and Wills over real sockets against the real server: persistent sessions
 //! (MQTT 5 session expiry, 3.1.1 clean session 0) with their offline queue and DUP resend, and
 //! Will messages: on a dropped connection, discarded on a normal DISCONNECT, sent on 0x04,
-//! retained, and delayed (and dropped when the session resumes in time).
+//! retained, delayed (and dropped when the session resumes in time), and expiring from when
+//! they are published.
 
 mod common;
 
@@ -25,6 +26,7 @@ fn prop_u32(id: u8, v: u32) -> Vec<u8> {
 
 const SESSION_EXPIRY: u8 = 0x11;
 const WILL_DELAY: u8 = 0x18;
+const MESSAGE_EXPIRY: u8 = 0x02;
 
 async fn marker(app: &TestApp, topic: &str) {
     let res = app
@@ -187,6 +189,26 @@ async fn retained_will_is_stored_for_http_and_later_subscribers() {
     late.subscribe("will/t", Qos5::AtLeastOnce).await;
     let p = late.next_publish().await;
     assert_eq!((&p.payload[..], p.retain), (&b"bye"[..], true));
+    let stored: serde_json::Value = app.get_json("/retainedMessage/will%2Ft").await;
+    assert_eq!(stored["payload"], B64.encode("bye"));
+}
+
+#[tokio::test]
+async fn a_wills_expiry_counts_from_when_it_is_published_not_from_connect() {
+    let app = app().await;
+    let mut w = watcher(&app).await;
+    let (raw, _) = Raw::connect(
+        &app,
+        &will_connect("w", true, &prop_u32(MESSAGE_EXPIRY, 60), &[]),
+    )
+    .await;
+    // Connected for longer than the Will's expiry interval.
+    app.clock.advance(Duration::from_secs(120));
+    drop(raw);
+    let p = w.next_publish().await;
+    assert_eq!(&p.payload[..], b"bye");
+    let expiry = p.properties.and_then(|props| props.message_expiry_interval);
+    assert_eq!(expiry, Some(60));
     let stored: serde_json::Value = app.get_json("/retainedMessage/will%2Ft").await;
     assert_eq!(stored["payload"], B64.encode("bye"));
 }

@@ -69,9 +69,16 @@ where
     };
     let will = match connect.last_will.as_ref() {
         None => None,
-        Some(w) => match will(w, &key, &cfg, broker.store().clock().now_ms()) {
+        Some(w) => match will(w, &cfg) {
             // A Will the client could not publish itself is refused up front.
-            Ok(will) if !may_publish(principal.as_deref(), &will.message, &key) => {
+            Ok(will)
+                if !may_publish(
+                    principal.as_deref(),
+                    &will.publication.topic,
+                    will.publication.retain,
+                    &key,
+                ) =>
+            {
                 refuse(framed, ConnectAckReason::NotAuthorized).await;
                 return None;
             }

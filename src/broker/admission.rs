@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use super::handle::Broker;
 use super::known_credentials::Known;
-use super::message::Message;
+
 use super::password_checks::{PasswordChecks, REFUSAL_DELAY};
 use super::tree::ClientKey;
 use crate::auth::{Action, AuthError, Principal};
 use crate::mqtt::{self, ConnectAckReason};
 use crate::tls::CertFingerprint;
+use crate::topic::TopicName;
 
 /// Who the transport under MQTT proved the client to be, before its CONNECT arrived.
 #[derive(Clone)]
@@ -140,11 +141,16 @@ fn authorize_connect(
     Ok(Some(principal))
 }
 
-/// Whether `principal` may publish `message` (and retain it, when it is retained).
-pub(super) fn may_publish(principal: Option<&Principal>, message: &Message, client: &str) -> bool {
+/// Whether `principal` may publish to `topic` (and retain there, when `retain`).
+pub(super) fn may_publish(
+    principal: Option<&Principal>,
+    topic: &TopicName,
+    retain: bool,
+    client: &str,
+) -> bool {
     principal.is_none_or(|p| {
-        let topic = message.topic.as_str();
+        let topic = topic.as_str();
         p.allows(Action::Publish, topic, Some(client))
-            && (!message.retain || p.allows(Action::RetainPublish, topic, Some(client)))
+            && (!retain || p.allows(Action::RetainPublish, topic, Some(client)))
     })
 }

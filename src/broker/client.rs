@@ -257,7 +257,12 @@ impl Client {
             // Over --mqtt-max-publish-rate. 0x96 Message rate too high is not a PUBACK/PUBREC
             // code (MQTT 5 §3.4.2.1, §3.5.2.1), so MQTT 5 gets 0x97 Quota exceeded.
             Some(PublishAckReason::QuotaExceeded)
-        } else if !may_publish(self.principal.as_deref(), &message, &self.key) {
+        } else if !may_publish(
+            self.principal.as_deref(),
+            &message.topic,
+            message.retain,
+            &self.key,
+        ) {
             Some(PublishAckReason::NotAuthorized)
         } else {
             None

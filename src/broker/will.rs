@@ -15,19 +15,17 @@ use crate::topic::TopicName;
 
 /// A Will message and how long after the connection ends it is published.
 pub(super) struct Will {
-    pub message: Message,
+    /// Made a message only when published: its expiry counts from then, as the Will's Message
+    /// Expiry Interval is "sent as the Publication Expiry Interval when the Server publishes
+    /// the Will Message" (MQTT 5, 3.1.3.2.4).
+    pub publication: Publication,
     pub delay: Duration,
     /// Whom a retained Will is charged to: the client's principal.
     pub owner: Owner,
 }
 
 /// The Will of a CONNECT, checked like a PUBLISH would be.
-pub(super) fn will(
-    w: &LastWill,
-    client: &ClientKey,
-    cfg: &BrokerConfig,
-    now_ms: i64,
-) -> Result<Will, ConnectAckReason> {
+pub(super) fn will(w: &LastWill, cfg: &BrokerConfig) -> Result<Will, ConnectAckReason> {
     let topic = TopicName::parse(&*w.topic, cfg.topic_limits)
         .map_err(|_| ConnectAckReason::TopicNameInvalid)?;
     if w.retain && topic.is_reserved() {
@@ -55,20 +53,14 @@ pub(super) fn will(
         return Err(ConnectAckReason::ImplementationSpecificError);
     }
     Ok(Will {
-        // The expiry runs from when the Will is published; fixed here as an approximation
-        // that only errs for long Will delays.
-        message: Message::published(
-            Publication {
-                topic,
-                payload: w.message.clone(),
-                qos: w.qos.into(),
-                retain: w.retain,
-                properties,
-                expiry_secs: w.message_expiry_interval.map(NonZeroU32::get),
-            },
-            Some(client.clone()),
-            now_ms,
-        ),
+        publication: Publication {
+            topic,
+            payload: w.message.clone(),
+            qos: w.qos.into(),
+            retain: w.retain,
+            properties,
+            expiry_secs: w.message_expiry_interval.map(NonZeroU32::get),
+        },
         delay: Duration::from_secs(u64::from(w.will_delay_interval_sec.unwrap_or(0))),
         owner: Owner::anonymous(),
     })
@@ -97,7 +89,8 @@ impl Broker {
                 }
             }
             let now = broker.store().clock().now_ms();
-            if let Err(e) = broker.publish_message(will.message, will.owner, now).await {
+            let message = Message::published(will.publication, Some(client.clone()), now);
+            if let Err(e) = broker.publish_message(message, will.owner, now).await {
                 // Logged by the store, in summary.
                 tracing::debug!(%client, error = %e, "the Will message could not be stored");
             }
