@@ -1,13 +1,12 @@
-//! Who gets in: a CONNECT's credentials and client id checked against the principals, the
-//! publish permission a PUBLISH or a Will needs, and whom a client's retained publishes are
-//! charged to. The CONNACK that refuses a client is sent by `accept`.
+//! Who gets in: a CONNECT's credentials and client id checked against the principals, and the
+//! publish permission a PUBLISH or a Will needs. Whom a client's retained publishes are charged
+//! to is `store::Owner::of`. The CONNACK that refuses a client is sent by `accept`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::handle::Broker;
 use super::known_credentials::Known;
-
 use super::password_checks::{PasswordChecks, REFUSAL_DELAY};
 use super::tree::ClientKey;
 use crate::auth::{Action, AuthError, Principal};

@@ -236,9 +236,12 @@ where
         if std::mem::take(&mut self.out.took) {
             self.watch.acknowledged();
         }
-        for packet in std::mem::take(&mut self.out.packets) {
+        // The buffer goes back afterwards, so a packet's answers allocate nothing.
+        let mut packets = std::mem::take(&mut self.out.packets);
+        for packet in packets.drain(..) {
             self.write(packet).await?;
         }
+        self.out.packets = packets;
         Ok(())
     }
 
