@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite. Works on a fresh machine: finds or starts Postgres, creates a scratch
-# database for this run, builds retaind, runs the Rust tests (unit, store contract, HTTP
-# integration), the boto3 compatibility tests in a Python venv it creates, and the web
-# console's tests in headless chromium.
+# database for this run, installs Mosquitto's clients and nats-server where missing, builds
+# retaind, runs the Rust tests (unit, store contract, HTTP and MQTT integration, clusters),
+# the boto3 compatibility tests in a Python venv it creates, and the web console's tests in
+# headless chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/postgres.sh
@@ -18,13 +19,17 @@ ensure_postgres
 export RETAIND_TEST_DATABASE_URL; RETAIND_TEST_DATABASE_URL=$(create_scratch_database "$db")
 echo "test database: $RETAIND_TEST_DATABASE_URL"
 
-# The MQTT client tests drive retaind with Mosquitto's command-line clients.
-if ! command -v mosquitto_pub >/dev/null 2>&1; then
-    echo "installing Debian's mosquitto-clients" >&2
+# The MQTT client tests drive retaind with Mosquitto's command-line clients; the cluster
+# tests start nats-server processes of their own.
+missing=()
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian's ${missing[*]}" >&2
     apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
     [ "$(id -u)" = 0 ] || ! command -v sudo >/dev/null 2>&1 || apt=(sudo "${apt[@]}")
-    "${apt[@]}" install -y -qq mosquitto-clients >/dev/null 2>&1 ||
-        { "${apt[@]}" update -qq && "${apt[@]}" install -y -qq mosquitto-clients >/dev/null; }
+    "${apt[@]}" install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+        { "${apt[@]}" update -qq && "${apt[@]}" install -y -qq "${missing[@]}" >/dev/null; }
 fi
 
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}

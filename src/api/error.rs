@@ -48,6 +48,9 @@ pub enum ApiError {
     Unavailable(#[source] store::Error),
     #[error("internal failure")]
     Internal(#[source] store::Error),
+    /// A part the service needs besides the store is missing (`/readyz`).
+    #[error("{0}")]
+    NotReady(&'static str),
 }
 
 /// The body of every error response, as the AWS SDKs parse it.
@@ -89,7 +92,7 @@ impl ApiError {
             // The SDKs' standard retry mode retries this name as a transient error.
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeoutException"),
             Self::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"),
-            Self::Unavailable(_) => (
+            Self::Unavailable(_) | Self::NotReady(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailableException",
             ),

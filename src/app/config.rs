@@ -169,6 +169,18 @@ pub struct ServeConfig {
     )]
     pub database_url: String,
 
+    /// NATS server(s) (nats://host:port, comma-separated) to join the other nodes started
+    /// with the same URL and the same Postgres database, as one MQTT service: publishes on
+    /// any node reach subscribers on every node. Needs a postgres:// --database-url. Off
+    /// unless given: a single node needs no NATS.
+    #[arg(long, env = "RETAIND_CLUSTER_URL")]
+    pub cluster_url: Option<String>,
+
+    /// The first token of every NATS subject the service uses, and its bucket's name, so that
+    /// several services can share one NATS.
+    #[arg(long, env = "RETAIND_CLUSTER_PREFIX", default_value = "retaind")]
+    pub cluster_prefix: String,
+
     /// Largest accepted payload in bytes; larger publishes get 413.
     #[arg(long, env = "RETAIND_MAX_PAYLOAD_BYTES", default_value_t = 128 * 1024)]
     pub max_payload_bytes: usize,

@@ -18,6 +18,7 @@ pub use redact::redact_url;
 use crate::api::{self, AllowedHosts, ApiState, HttpTimeouts, PageTokens, RateLimits, Throttle};
 use crate::auth::{AuthConfig, Authenticator, ConfigError};
 use crate::broker::{self, Broker, BrokerConfig};
+use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::store::{self, Clock, Store, StoreOptions};
 use crate::tls::{self, TlsAcceptors, TlsFiles, TlsIncoming};
 use crate::topic::TopicLimits;
@@ -51,6 +52,13 @@ pub enum Error {
     },
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    #[error(
+        "--cluster-url needs a postgres:// --database-url: the nodes of one service share \
+         their retained messages through Postgres, and a SQLite file serves one process"
+    )]
+    ClusterNeedsPostgres,
+    #[error(transparent)]
+    Cluster(#[from] cluster::Error),
     #[error("{flag} needs --tls-cert and --tls-key")]
     TlsFilesMissing { flag: &'static str },
     #[error("cannot listen on {flag} {addr}: {source}")]
@@ -89,6 +97,9 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     let auth = load_auth(config)?;
     check_local_only(config, &auth)?;
     let tls = load_tls(config)?;
+    if config.cluster_url.is_some() && !config.database_url.starts_with("postgres") {
+        return Err(Error::ClusterNeedsPostgres);
+    }
     let store_err = |cause| Error::Store {
         url: redact_url(&config.database_url),
         cause,
@@ -119,6 +130,19 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         max_bytes: config.max_topic_bytes,
         max_levels: config.max_topic_levels,
     };
+    let cluster = match &config.cluster_url {
+        None => None,
+        Some(url) => Some(
+            Cluster::start(ClusterConfig {
+                url: url.clone(),
+                prefix: config.cluster_prefix.clone(),
+                startup_wait: config.db_startup_wait,
+                max_payload_bytes: config.max_payload_bytes,
+                topic_limits,
+            })
+            .await?,
+        ),
+    };
     let broker = Broker::new(
         store.clone(),
         BrokerConfig {
@@ -138,6 +162,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             ..BrokerConfig::default()
         },
         auth.clone(),
+        cluster,
     );
     let state = ApiState::from(api::Shared {
         store: store.clone(),
@@ -325,6 +350,9 @@ impl Running {
         }
         if let Err(e) = self.maintenance.await {
             tracing::error!(error = %e, "maintenance task failed");
+        }
+        if let Some(cluster) = self.broker.cluster() {
+            cluster.stop().await;
         }
     }
 }

@@ -13,10 +13,10 @@ use super::admission::{TransportIdentity, authenticate, may_publish};
 use super::client::{Client, Joined};
 use super::handle::Broker;
 use super::limits::{self, GOODBYE_TIMEOUT};
-use super::tree::ClientKey;
 use super::will::{Will, will};
 use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet, Version};
 use crate::store::Owner;
+use crate::topic::ClientKey;
 
 /// A client let in: its state, the CONNACK to send it, and how long it may stay silent.
 pub(super) struct Accepted {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use super::handle::Broker;
 use super::known_credentials::Known;
 use super::password_checks::{PasswordChecks, REFUSAL_DELAY};
-use super::tree::ClientKey;
 use crate::auth::{Action, AuthError, Principal};
 use crate::mqtt::{self, ConnectAckReason};
 use crate::tls::CertFingerprint;
+use crate::topic::ClientKey;
 use crate::topic::TopicName;
 
 /// Who the transport under MQTT proved the client to be, before its CONNECT arrived.

@@ -23,7 +23,6 @@ use super::registry::Session;
 use super::retained::RetainedFeed;
 use super::settling::{Settled, Settling};
 use super::subscribe::{self, Subscriber};
-use super::tree::ClientKey;
 use super::will::Will;
 use crate::auth::Principal;
 use crate::mqtt::{
@@ -32,6 +31,7 @@ use crate::mqtt::{
 };
 use crate::rate::TokenBucket;
 use crate::store::{self, Owner, WriteBatch};
+use crate::topic::ClientKey;
 
 /// What a connection waits on besides its socket, borrowed apart so that one `select!` can
 /// wait on all of it.
@@ -199,6 +199,11 @@ impl Client {
                         .fetch(self.broker.store().clone(), self.cfg.topic_limits)
                         .await;
                     self.outbound.fetched(page)?;
+                }
+                // Once the other nodes know the filters, what they publish reaches it. The
+                // cluster bounds each announcement; a node without NATS answers at once.
+                for announced in subscribed.announcements {
+                    let _ = announced.await;
                 }
                 out.send(Packet::SubscribeAck(subscribed.ack));
                 Ok(())

@@ -14,9 +14,10 @@ use super::message::{Message, Publication};
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
 use super::registry::{Attached, Session, Sessions};
 use super::session::{SessionLimits, SubOptions};
-use super::tree::{ClientKey, SubscriptionTree};
 use crate::auth::{Authenticator, Principal};
+use crate::cluster::{Cluster, Outgoing, Routed};
 use crate::store::{self, Owner, Store};
+use crate::topic::{ClientKey, FilterSpec};
 
 /// Handle on the broker: cheap to clone, shared by listeners, connections and the HTTP API.
 #[derive(Clone)]
@@ -35,28 +36,52 @@ pub(super) struct Inner {
     /// Connections past CONNECT, against `config.max_connections`.
     pub live: Arc<ConnectionCount>,
     pub password_checks: PasswordChecks,
+    /// The other nodes of the service, when this node is one of many.
+    pub cluster: Option<Cluster>,
 }
 
 impl Broker {
     /// `auth` decides who may connect, publish, subscribe and receive; with no principals
-    /// configured ([`Authenticator::disabled`]) everyone may do everything.
-    pub fn new(store: Store, config: BrokerConfig, auth: Authenticator) -> Self {
+    /// configured ([`Authenticator::disabled`]) everyone may do everything. With `cluster`,
+    /// publishes reach the other nodes' subscribers and theirs reach this node's.
+    pub fn new(
+        store: Store,
+        config: BrokerConfig,
+        auth: Authenticator,
+        cluster: Option<Cluster>,
+    ) -> Self {
         let limits = SessionLimits {
             max_queued: config.max_queued_messages,
             max_queued_bytes: config.max_queued_bytes,
         };
-        Self {
+        let broker = Self {
             inner: Arc::new(Inner {
                 store,
                 auth,
                 config,
-                sessions: Sessions::new(limits),
+                sessions: Sessions::new(limits, cluster.clone()),
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 live: Arc::default(),
                 password_checks: PasswordChecks::new(),
+                cluster,
             }),
+        };
+        if let Some(cluster) = &broker.inner.cluster {
+            // Weak: the cluster's tasks must not keep a stopped broker alive.
+            let weak = Arc::downgrade(&broker.inner);
+            cluster.set_receiver(move |routed| {
+                if let Some(inner) = weak.upgrade() {
+                    Broker { inner }.receive(routed);
+                }
+            });
         }
+        broker
+    }
+
+    /// The other nodes, when this node is one of many.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.as_ref()
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -100,8 +125,34 @@ impl Broker {
         if let Some(write) = message.retained_write(now_ms) {
             self.inner.store.write_as(write, owner).await?;
         }
-        self.inner.sessions.route(Arc::new(message), now_ms);
+        self.deliver(Arc::new(message), now_ms);
         Ok(())
+    }
+
+    /// Sends a message handled here to every matching subscription, on this node and others.
+    fn deliver(&self, message: Arc<Message>, now_ms: i64) {
+        if let Some(cluster) = &self.inner.cluster
+            && !message.expired(now_ms)
+        {
+            cluster.forward(&Outgoing {
+                topic: &message.topic,
+                payload: &message.payload,
+                qos: message.qos,
+                retain: message.retain,
+                properties: &message.properties,
+                expires_at_ms: message.expires_at_ms,
+                origin: message.origin.as_deref(),
+            });
+        }
+        self.inner.sessions.route(message, now_ms);
+    }
+
+    /// A publish another node handled (and stored, if retained): this node's subscribers get it.
+    fn receive(&self, routed: Routed) {
+        let now = self.inner.store.clock().now_ms();
+        self.inner
+            .sessions
+            .route(Arc::new(Message::routed(routed)), now);
     }
 
     /// Asks every connection to close (MQTT 5: DISCONNECT 0x8B) and waits for them, up to `grace`.
@@ -120,10 +171,22 @@ impl Broker {
         &self.inner.shutdown
     }
 
-    pub(super) fn subscriptions_write(
+    /// Adds or replaces a subscription (see [`Sessions::subscribe`]).
+    pub(super) fn subscribe(
         &self,
-    ) -> std::sync::RwLockWriteGuard<'_, SubscriptionTree<SubOptions>> {
-        self.inner.sessions.subscriptions_write()
+        key: &ClientKey,
+        spec: &FilterSpec,
+        options: SubOptions,
+    ) -> (
+        Option<SubOptions>,
+        Option<tokio::sync::oneshot::Receiver<()>>,
+    ) {
+        self.inner.sessions.subscribe(key, spec, options)
+    }
+
+    /// Removes a subscription; whether it existed.
+    pub(super) fn unsubscribe(&self, key: &ClientKey, spec: &FilterSpec) -> bool {
+        self.inner.sessions.unsubscribe(key, spec)
     }
 
     /// Binds a new connection to the client's session (see [`Sessions::attach`]).
@@ -160,9 +223,10 @@ impl Broker {
         self.inner.sessions.resumed_since(key, connection)
     }
 
-    /// Sends a message to every matching subscription (see [`Sessions::route`]).
+    /// Sends a message to every matching subscription, here (see [`Sessions::route`]) and on
+    /// the other nodes.
     pub(super) fn route(&self, message: Arc<Message>) {
         let now = self.inner.store.clock().now_ms();
-        self.inner.sessions.route(message, now);
+        self.deliver(message, now);
     }
 }

@@ -8,10 +8,10 @@ use std::num::NonZeroU32;
 use super::config::BrokerConfig;
 use super::inbound_qos::Refusal;
 use super::message::{Message, Publication};
-use super::tree::ClientKey;
 use super::wire;
 use crate::mqtt::{ByteString, DisconnectReasonCode as R, Publish, PublishAckReason};
 use crate::store;
+use crate::topic::ClientKey;
 use crate::topic::{TopicError, TopicName};
 
 /// The reason string of a publish refused for its user properties.

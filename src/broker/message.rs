@@ -7,9 +7,10 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::tree::ClientKey;
+use crate::cluster::Routed;
 use crate::mqtt::PublishProperties;
 use crate::store::{MessageProperties, Qos, RetainedMessage, Write};
+use crate::topic::ClientKey;
 use crate::topic::TopicName;
 
 /// What a client publishes, as each transport reads it (an MQTT PUBLISH or Will, an HTTP
@@ -88,6 +89,20 @@ impl Message {
             properties: stored.properties,
             expires_at_ms: stored.expires_at_ms,
             origin: None,
+            wire: WireForm::default(),
+        }
+    }
+
+    /// A publish another node handled, as this node's subscribers receive it.
+    pub fn routed(r: Routed) -> Self {
+        Self {
+            topic: r.topic,
+            payload: r.payload,
+            qos: r.qos,
+            retain: r.retain,
+            properties: r.properties,
+            expires_at_ms: r.expires_at_ms,
+            origin: r.origin,
             wire: WireForm::default(),
         }
     }

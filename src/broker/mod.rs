@@ -33,10 +33,10 @@ mod session;
 mod settling;
 mod stall;
 mod subscribe;
-mod tree;
 mod will;
 mod wire;
 
+pub use crate::topic::{ClientKey, SubscriptionTree};
 pub use admission::TransportIdentity;
 pub use config::BrokerConfig;
 pub use handle::Broker;
@@ -44,4 +44,3 @@ pub use listener::{serve_tcp, serve_tls};
 pub use message::{Message, Publication, WireForm};
 pub use password_checks::PasswordCheckStats;
 pub use remote::Remote;
-pub use tree::{ClientKey, SubscriptionTree};

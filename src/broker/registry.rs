@@ -12,16 +12,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::message::{Delivery, Message};
 use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
-use super::tree::{ClientKey, SubscriptionTree};
 use crate::auth::{Action, Principal};
+use crate::cluster::Cluster;
 use crate::mqtt::DisconnectReasonCode;
-use crate::topic::TopicName;
+use crate::topic::{ClientKey, SubscriptionTree};
+use crate::topic::{FilterSpec, TopicName};
 
 /// Every session and subscription of the broker.
 pub(super) struct Sessions {
     subscriptions: RwLock<SubscriptionTree<SubOptions>>,
     registry: Mutex<Registry>,
     limits: SessionLimits,
+    /// Told of every filter that gains or loses a subscription, when the node is one of many.
+    cluster: Option<Cluster>,
 }
 
 #[derive(Default)]
@@ -138,11 +141,12 @@ pub(super) struct Attached {
 }
 
 impl Sessions {
-    pub fn new(limits: SessionLimits) -> Self {
+    pub fn new(limits: SessionLimits, cluster: Option<Cluster>) -> Self {
         Self {
             subscriptions: RwLock::new(SubscriptionTree::new()),
             registry: Mutex::new(Registry::default()),
             limits,
+            cluster,
         }
     }
 
@@ -159,10 +163,38 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn subscriptions_write(&self) -> RwLockWriteGuard<'_, SubscriptionTree<SubOptions>> {
+    fn subscriptions_write(&self) -> RwLockWriteGuard<'_, SubscriptionTree<SubOptions>> {
         self.subscriptions
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds or replaces `key`'s subscription to `spec` and returns the previous options. A
+    /// new one is announced to the other nodes; the SUBACK waits for the returned receiver.
+    pub fn subscribe(
+        &self,
+        key: &ClientKey,
+        spec: &FilterSpec,
+        options: SubOptions,
+    ) -> (
+        Option<SubOptions>,
+        Option<tokio::sync::oneshot::Receiver<()>>,
+    ) {
+        let previous = self.subscriptions_write().insert(key, spec, options);
+        let announced = match (&previous, &self.cluster) {
+            (None, Some(cluster)) => Some(cluster.interest_added(spec.filter())),
+            _ => None,
+        };
+        (previous, announced)
+    }
+
+    /// Removes `key`'s subscription to `spec`; whether it existed.
+    pub fn unsubscribe(&self, key: &ClientKey, spec: &FilterSpec) -> bool {
+        let removed = self.subscriptions_write().remove(key, spec).is_some();
+        if removed && let Some(cluster) = &self.cluster {
+            cluster.interest_removed(spec.filter());
+        }
+        removed
     }
 
     /// Binds a new connection to the client's session, taking it over from any connection
@@ -255,7 +287,11 @@ impl Sessions {
             .collect();
         let mut tree = self.subscriptions_write();
         for spec in specs {
-            tree.remove(&session.key, &spec);
+            if tree.remove(&session.key, &spec).is_some()
+                && let Some(cluster) = &self.cluster
+            {
+                cluster.interest_removed(spec.filter());
+            }
         }
     }
 

@@ -7,12 +7,12 @@ use super::limits;
 use super::registry::Session;
 use super::retained::RetainedScan;
 use super::session::SubOptions;
-use super::tree::ClientKey;
 use crate::auth::{Action, Principal};
 use crate::mqtt::{
     DisconnectReasonCode, QoS, RetainHandling, Subscribe, SubscribeAck, SubscribeAckReason,
     Unsubscribe, UnsubscribeAck, UnsubscribeAckReason,
 };
+use crate::topic::ClientKey;
 use crate::topic::FilterSpec;
 
 /// Who subscribes: the client, its session and what it may do.
@@ -27,6 +27,8 @@ pub(super) struct Subscriber<'a> {
 pub(super) struct Subscribed {
     pub ack: SubscribeAck,
     pub retained: Vec<RetainedScan>,
+    /// New filters being announced to the other nodes: the SUBACK waits for them.
+    pub announcements: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 pub(super) fn subscribe(
@@ -36,6 +38,7 @@ pub(super) fn subscribe(
     let max_subscriptions = who.broker.config().max_subscriptions;
     let mut status = Vec::with_capacity(s.topic_filters.len());
     let mut retained = Vec::new();
+    let mut announcements = Vec::new();
     for (raw, opts) in s.topic_filters {
         let Ok(spec) = FilterSpec::parse(&raw) else {
             status.push(SubscribeAckReason::TopicFilterInvalid); // MQTT 5 §3.9.3: 0x8F
@@ -66,11 +69,9 @@ pub(super) fn subscribe(
             retain_as_published: opts.retain_as_published,
             subscription_id: s.id,
         };
-        let existed = who
-            .broker
-            .subscriptions_write()
-            .insert(who.client, &spec, options)
-            .is_some();
+        let (previous, announced) = who.broker.subscribe(who.client, &spec, options);
+        let existed = previous.is_some();
+        announcements.extend(announced);
         who.session
             .state()
             .subscriptions
@@ -97,7 +98,11 @@ pub(super) fn subscribe(
         reason_string: None,
         status,
     };
-    Ok(Subscribed { ack, retained })
+    Ok(Subscribed {
+        ack,
+        retained,
+        announcements,
+    })
 }
 
 pub(super) fn unsubscribe(who: &Subscriber, u: Unsubscribe) -> UnsubscribeAck {
@@ -107,11 +112,7 @@ pub(super) fn unsubscribe(who: &Subscriber, u: Unsubscribe) -> UnsubscribeAck {
             status.push(UnsubscribeAckReason::TopicFilterInvalid);
             continue;
         };
-        let removed = who
-            .broker
-            .subscriptions_write()
-            .remove(who.client, &spec)
-            .is_some();
+        let removed = who.broker.unsubscribe(who.client, &spec);
         who.session.state().subscriptions.remove(&spec);
         status.push(if removed {
             UnsubscribeAckReason::Success

@@ -7,10 +7,10 @@ use std::time::Duration;
 use super::config::BrokerConfig;
 use super::handle::Broker;
 use super::message::{Message, Publication};
-use super::tree::ClientKey;
 use super::wire;
 use crate::mqtt::{ConnectAckReason, LastWill};
 use crate::store::{self, Owner};
+use crate::topic::ClientKey;
 use crate::topic::TopicName;
 
 /// A Will message and how long after the connection ends it is published.

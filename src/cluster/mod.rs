@@ -1,7 +1,46 @@
-//! Many nodes as one service (decision 014). So far: how MQTT topics and filters become NATS
-//! subjects. Pure; the NATS connection, routing and the durable cluster state come with the
-//! rest of issue 15.
+//! Many nodes as one service (decision 014). Live routing between nodes over core NATS:
+//! each node subscribes to the subjects of its sessions' filters and announces them in a
+//! JetStream key-value bucket, which every node watches so that it sends a publish to NATS
+//! only when another node wants it. Publishes travel as frames (`frame`) on subjects made
+//! from their topics (`subject`), and each arrives once however many overlapping
+//! subscriptions it matches (`seen`).
 
+mod bucket;
+mod frame;
+mod handle;
+mod inbox;
+mod link;
+mod local;
+mod remote;
+mod seen;
 mod subject;
 
+pub use frame::{Outgoing, Routed};
+pub use handle::{Cluster, ClusterConfig, ClusterStats};
 pub use subject::{filter_subjects, topic_subject};
+
+/// Why a node could not join the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot reach NATS at {url}: {cause}. A node started with --cluster-url must reach \
+         NATS: without it, it could not route messages between nodes or take client ids \
+         over, and would serve as an island"
+    )]
+    Unreachable { url: String, cause: String },
+    #[error(
+        "NATS at {url} carries messages of at most {server} bytes, and --max-payload-bytes \
+         {payload} needs {needed} with room for a message's topic and properties: raise \
+         max_payload in nats-server's configuration, or lower --max-payload-bytes"
+    )]
+    PayloadTooLarge {
+        url: String,
+        server: usize,
+        payload: usize,
+        needed: usize,
+    },
+    #[error("JetStream at {url} does not answer ({cause}): start nats-server with -js")]
+    JetStream { url: String, cause: String },
+    #[error("--cluster-prefix {0:?} must be letters, digits, '_' and '-'")]
+    Prefix(String),
+}

@@ -1,6 +1,6 @@
 //! Topic filters: what SUBSCRIBE names, how a filter matches a topic name, and which range of
 //! names a store must scan to find every match. Pure; the subscription tree that matches many
-//! filters at once lives in `broker::tree`.
+//! filters at once is `tree`.
 
 use std::fmt;
 

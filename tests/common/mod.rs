@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 pub mod mqtt;
+pub mod nats;
 pub mod proxy;
 pub mod raw_http;
 

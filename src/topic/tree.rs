@@ -16,7 +16,7 @@ use std::str::Split;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::topic::{FilterSpec, TopicName};
+use super::{FilterSpec, TopicName};
 
 /// Identifies a client (session) in the tree; cheap to clone into every match.
 pub type ClientKey = Arc<str>;

@@ -1,0 +1,299 @@
+//! A publish as it travels between nodes: one NATS message whose body is a version byte, a
+//! compact head (postcard) and then the payload, untouched, so a receiver slices the payload
+//! out of the NATS buffer instead of copying it. The head holds the exact topic (never rebuilt
+//! from the subject), the MQTT 5 properties, the expiry as an absolute time, and where the
+//! message comes from: the publishing client, for No Local, and the node with its sequence
+//! number, which is what a receiver reached through several overlapping subscriptions uses to
+//! handle each message once.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{MessageProperties, PayloadFormat, Qos, UserProperty};
+use crate::topic::{TopicLimits, TopicName, check_text};
+
+/// Changed whenever the head changes shape; a node drops frames of another version.
+const VERSION: u8 = 1;
+
+/// What every node needs besides the payload. Field order is the wire order.
+#[derive(Serialize, Deserialize)]
+struct Head<'a> {
+    topic: &'a str,
+    qos: u8,
+    retain: bool,
+    expires_at_ms: Option<i64>,
+    origin_client: Option<&'a str>,
+    node: &'a str,
+    seq: u64,
+    user_properties: Vec<(&'a str, &'a str)>,
+    content_type: Option<&'a str>,
+    response_topic: Option<&'a str>,
+    correlation_data: Option<&'a [u8]>,
+    utf8: bool,
+}
+
+/// A publish on its way out, borrowed from the broker's message.
+pub struct Outgoing<'a> {
+    pub topic: &'a TopicName,
+    pub payload: &'a Bytes,
+    pub qos: Qos,
+    pub retain: bool,
+    pub properties: &'a MessageProperties,
+    pub expires_at_ms: Option<i64>,
+    /// The publishing client's id; `None` for HTTP publishes and the broker's own.
+    pub origin: Option<&'a str>,
+}
+
+/// A publish received from another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub retain: bool,
+    pub properties: MessageProperties,
+    pub expires_at_ms: Option<i64>,
+    pub origin: Option<Arc<str>>,
+}
+
+/// Where a frame comes from: its node and that node's sequence number for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub node: Arc<str>,
+    pub seq: u64,
+}
+
+/// Why a received frame was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame version {0}, this node reads version {VERSION}")]
+    Version(u8),
+    #[error("the frame's head does not decode")]
+    Head,
+    #[error("the frame's topic {0:?} is not a topic this node accepts")]
+    Topic(String),
+    #[error("the frame carries a string MQTT cannot")]
+    Text,
+}
+
+pub fn encode(m: &Outgoing<'_>, node: &str, seq: u64) -> Bytes {
+    let p = m.properties;
+    let head = Head {
+        topic: m.topic.as_str(),
+        qos: m.qos as u8,
+        retain: m.retain,
+        expires_at_ms: m.expires_at_ms,
+        origin_client: m.origin,
+        node,
+        seq,
+        user_properties: p
+            .user_properties
+            .iter()
+            .map(|u| (u.key.as_str(), u.value.as_str()))
+            .collect(),
+        content_type: p.content_type.as_deref(),
+        response_topic: p.response_topic.as_ref().map(TopicName::as_str),
+        correlation_data: p.correlation_data.as_deref(),
+        utf8: p.payload_format == PayloadFormat::Utf8,
+    };
+    let mut out = Vec::with_capacity(64 + m.topic.as_str().len() + m.payload.len());
+    out.push(VERSION);
+    // Serializing plain strings, integers and slices into a Vec cannot fail.
+    let mut out = postcard::to_extend(&head, out).unwrap_or_default();
+    out.extend_from_slice(m.payload);
+    Bytes::from(out)
+}
+
+/// The publish in `body`, checked as the edge checks a client's: a topic within this node's
+/// limits and no string MQTT cannot carry. Another node checked it already; a NATS account
+/// shared with other software could still carry anything under the prefix.
+pub fn decode(body: &Bytes, limits: TopicLimits) -> Result<(Routed, Source), FrameError> {
+    let (&version, rest) = body.split_first().ok_or(FrameError::Head)?;
+    if version != VERSION {
+        return Err(FrameError::Version(version));
+    }
+    let (head, payload) =
+        postcard::take_from_bytes::<Head<'_>>(rest).map_err(|_| FrameError::Head)?;
+    let payload = body.slice(body.len() - payload.len()..);
+    let topic = TopicName::parse(head.topic, limits)
+        .map_err(|_| FrameError::Topic(head.topic.to_owned()))?;
+    let response_topic = head
+        .response_topic
+        .map(|t| TopicName::parse(t, limits).map_err(|_| FrameError::Topic(t.to_owned())))
+        .transpose()?;
+    let strings = head
+        .user_properties
+        .iter()
+        .flat_map(|(k, v)| [*k, *v])
+        .chain(head.content_type)
+        .chain(head.origin_client);
+    for s in strings {
+        check_text(s).map_err(|_| FrameError::Text)?;
+    }
+    let qos = Qos::from_u8(head.qos).ok_or(FrameError::Head)?;
+    let routed = Routed {
+        topic,
+        payload,
+        qos,
+        retain: head.retain,
+        properties: MessageProperties {
+            user_properties: head
+                .user_properties
+                .iter()
+                .map(|(k, v)| UserProperty {
+                    key: (*k).to_owned(),
+                    value: (*v).to_owned(),
+                })
+                .collect(),
+            content_type: head.content_type.map(str::to_owned),
+            response_topic,
+            correlation_data: head.correlation_data.map(Bytes::copy_from_slice),
+            payload_format: if head.utf8 {
+                PayloadFormat::Utf8
+            } else {
+                PayloadFormat::Unspecified
+            },
+        },
+        expires_at_ms: head.expires_at_ms,
+        origin: head.origin_client.map(Arc::from),
+    };
+    Ok((
+        routed,
+        Source {
+            node: Arc::from(head.node),
+            seq: head.seq,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(s: &str) -> TopicName {
+        TopicName::parse(s, TopicLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn a_publish_with_every_property_arrives_as_sent() {
+        let properties = MessageProperties {
+            user_properties: vec![
+                UserProperty {
+                    key: "k".into(),
+                    value: "v1".into(),
+                },
+                UserProperty {
+                    key: "k".into(),
+                    value: "ü v2".into(),
+                },
+            ],
+            content_type: Some("application/json".into()),
+            response_topic: Some(topic("reply/here")),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01corr")),
+            payload_format: PayloadFormat::Utf8,
+        };
+        let payload = Bytes::from_static(b"{\"on\":true}");
+        let t = topic("a b/.*>/$x");
+        let body = encode(
+            &Outgoing {
+                topic: &t,
+                payload: &payload,
+                qos: Qos::ExactlyOnce,
+                retain: true,
+                properties: &properties,
+                expires_at_ms: Some(1_767_225_600_000),
+                origin: Some("client-1"),
+            },
+            "node-a",
+            42,
+        );
+        let (routed, source) = decode(&body, TopicLimits::default()).unwrap();
+        assert_eq!(
+            routed,
+            Routed {
+                topic: t,
+                payload,
+                qos: Qos::ExactlyOnce,
+                retain: true,
+                properties,
+                expires_at_ms: Some(1_767_225_600_000),
+                origin: Some(Arc::from("client-1")),
+            }
+        );
+        assert_eq!(
+            source,
+            Source {
+                node: Arc::from("node-a"),
+                seq: 42
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_payload_and_no_properties_round_trip() {
+        let t = topic("x");
+        let body = encode(
+            &Outgoing {
+                topic: &t,
+                payload: &Bytes::new(),
+                qos: Qos::AtMostOnce,
+                retain: false,
+                properties: &MessageProperties::default(),
+                expires_at_ms: None,
+                origin: None,
+            },
+            "n",
+            0,
+        );
+        let (routed, _) = decode(&body, TopicLimits::default()).unwrap();
+        assert!(routed.payload.is_empty());
+        assert_eq!(routed.properties, MessageProperties::default());
+        assert_eq!(routed.origin, None);
+    }
+
+    #[test]
+    fn foreign_or_bad_frames_are_refused() {
+        let t = topic("long/topic/name");
+        let good = encode(
+            &Outgoing {
+                topic: &t,
+                payload: &Bytes::from_static(b"p"),
+                qos: Qos::AtLeastOnce,
+                retain: false,
+                properties: &MessageProperties::default(),
+                expires_at_ms: None,
+                origin: Some("c\0"),
+            },
+            "n",
+            1,
+        );
+        assert_eq!(decode(&good, TopicLimits::default()), Err(FrameError::Text));
+        let mut other = good.to_vec();
+        other[0] = 9;
+        assert_eq!(
+            decode(&Bytes::from(other), TopicLimits::default()),
+            Err(FrameError::Version(9))
+        );
+        assert_eq!(
+            decode(&Bytes::new(), TopicLimits::default()),
+            Err(FrameError::Head)
+        );
+        assert_eq!(
+            decode(
+                &Bytes::from_static(&[VERSION, 0xFF]),
+                TopicLimits::default()
+            ),
+            Err(FrameError::Head)
+        );
+        let tight = TopicLimits {
+            max_bytes: 4,
+            max_levels: 8,
+        };
+        assert_eq!(
+            decode(&good, tight),
+            Err(FrameError::Topic("long/topic/name".into()))
+        );
+    }
+}

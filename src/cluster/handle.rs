@@ -1,0 +1,262 @@
+//! [`Cluster`], the cheap `Clone` handle the broker holds when the node is one of many: it
+//! sends publishes to the nodes that want them, hands the broker what the others send, and
+//! keeps the node's interest announced.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Error;
+use super::frame::{self, Outgoing, Routed};
+use super::inbox::Inbox;
+use super::link::{self, Link};
+use super::local::{Change, Local};
+use super::remote::{self, RemoteInterest};
+use super::subject::topic_subject;
+use crate::topic::{TopicFilter, TopicLimits};
+
+/// Publishes waiting for the NATS connection: beyond this many, a publish is not sent to the
+/// other nodes (and counted), so a stalled NATS never holds a publisher back.
+const OUTBOX: usize = 16 * 1024;
+
+/// How a node joins the service.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `nats://host:port`, or several, comma-separated.
+    pub url: String,
+    /// The first token of every subject and the bucket's name: services sharing one NATS
+    /// each have their own.
+    pub prefix: String,
+    /// How long to keep trying to reach NATS at start.
+    pub startup_wait: Duration,
+    /// This node's `--max-payload-bytes`, which must fit NATS's message size.
+    pub max_payload_bytes: usize,
+    pub topic_limits: TopicLimits,
+}
+
+/// What this node sent and received, for tests, benchmarks and (issue 16) metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Publishes sent to NATS.
+    pub forwarded: u64,
+    /// Publishes no other node wanted, so not sent.
+    pub not_forwarded: u64,
+    /// Publishes another node wanted but that found the outbox full (NATS stalled or down).
+    pub dropped: u64,
+    /// Publishes received from other nodes and handed to the broker.
+    pub received: u64,
+    /// Extra copies received through overlapping subscriptions, not handed over again.
+    pub duplicates: u64,
+    /// Interest changes that could not be announced at once (announced on reconnection).
+    pub unannounced: u64,
+    /// Times NATS reported this node as too slow to read.
+    pub slow_consumer_events: u64,
+}
+
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: Arc<str>,
+    prefix: String,
+    link: Arc<Link>,
+    remote: Arc<RemoteInterest>,
+    inbox: Arc<Inbox>,
+    changes: mpsc::UnboundedSender<Change>,
+    outbox: mpsc::Sender<(String, Bytes)>,
+    seq: AtomicU64,
+    forwarded: Arc<AtomicU64>,
+    not_forwarded: AtomicU64,
+    dropped: AtomicU64,
+    unannounced: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Cluster {
+    /// Connects to NATS (retrying for `startup_wait`) and starts following the other nodes.
+    pub async fn start(config: ClusterConfig) -> Result<Self, Error> {
+        check_prefix(&config.prefix)?;
+        let node: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+        let (client, link) = link::connect(
+            &config.url,
+            &format!("retaind {node}"),
+            config.startup_wait,
+            config.max_payload_bytes,
+        )
+        .await?;
+        let js = async_nats::jetstream::new(client.clone());
+        // JetStream must answer now: a node that cannot announce its interest would miss
+        // every message published elsewhere.
+        super::bucket::open(&js, &config.prefix)
+            .await
+            .map_err(|cause| Error::JetStream {
+                url: config.url.clone(),
+                cause,
+            })?;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let remote = Arc::new(RemoteInterest::new());
+        let inbox = Arc::new(Inbox::new(config.topic_limits));
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let unannounced = Arc::new(AtomicU64::new(0));
+        tasks.spawn(remote::follow(
+            js.clone(),
+            config.prefix.clone(),
+            node.clone(),
+            remote.clone(),
+            link.epochs(),
+            shutdown.clone(),
+        ));
+        let local = Local {
+            client: client.clone(),
+            js,
+            link: link.clone(),
+            prefix: config.prefix.clone(),
+            node: node.clone(),
+            inbox: inbox.clone(),
+            unannounced: unannounced.clone(),
+        };
+        tasks.spawn(local.run(changes_rx, link.epochs(), shutdown.clone()));
+        tasks.spawn(send(client, outbox_rx, forwarded.clone()));
+        tasks.close();
+        tracing::info!(%node, url = %config.url, "joined the cluster");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                node,
+                prefix: config.prefix,
+                link,
+                remote,
+                inbox,
+                changes,
+                outbox,
+                seq: AtomicU64::new(0),
+                forwarded,
+                not_forwarded: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                unannounced,
+                shutdown,
+                tasks,
+            }),
+        })
+    }
+
+    /// This node's id in the service, new at every start.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Whether the NATS connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.link.is_connected()
+    }
+
+    /// Whether the node does not know the other nodes' interest right now, and so sends
+    /// every publish.
+    pub fn in_doubt(&self) -> bool {
+        self.inner.remote.in_doubt()
+    }
+
+    /// Whether a publish to `topic` would be sent to NATS now: some other node announced a
+    /// matching filter, or this node does not know (and sends everything).
+    pub fn sends(&self, topic: &crate::topic::TopicName) -> bool {
+        self.inner.remote.wants(topic)
+    }
+
+    /// Sets what the broker does with publishes from other nodes; the first call wins.
+    pub fn set_receiver(&self, receiver: impl Fn(Routed) + Send + Sync + 'static) {
+        let _ = self.inner.inbox.receiver.set(Box::new(receiver));
+    }
+
+    /// Sends a publish this node handled to every other node with a matching subscription.
+    /// Never waits.
+    pub fn forward(&self, message: &Outgoing<'_>) {
+        let inner = &self.inner;
+        if !inner.remote.wants(message.topic) {
+            inner.not_forwarded.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
+        let body = frame::encode(message, &inner.node, seq);
+        let subject = topic_subject(&inner.prefix, message.topic);
+        if inner.outbox.try_send((subject, body)).is_err()
+            && inner
+                .dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(10_000)
+        {
+            tracing::warn!(
+                "publishes for other nodes are dropped: the NATS connection does not keep up or is down"
+            );
+        }
+    }
+
+    /// A session subscribed to `filter`. The returned receiver completes once the other
+    /// nodes can know it (or the attempt timed out); the SUBACK waits for it.
+    pub fn interest_added(&self, filter: &TopicFilter) -> oneshot::Receiver<()> {
+        let (done, announced) = oneshot::channel();
+        let _ = self.inner.changes.send(Change::Add(filter.clone(), done));
+        announced
+    }
+
+    /// A session's subscription to `filter` ended.
+    pub fn interest_removed(&self, filter: &TopicFilter) {
+        let _ = self.inner.changes.send(Change::Remove(filter.clone()));
+    }
+
+    pub fn stats(&self) -> ClusterStats {
+        let i = &self.inner;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClusterStats {
+            forwarded: load(&i.forwarded),
+            not_forwarded: load(&i.not_forwarded),
+            dropped: load(&i.dropped),
+            received: load(&i.inbox.received),
+            duplicates: load(&i.inbox.duplicates),
+            unannounced: load(&i.unannounced),
+            slow_consumer_events: load(&i.link.slow_consumer_events),
+        }
+    }
+
+    /// Leaves the service: withdraws this node's interest and stops its tasks.
+    pub async fn stop(&self) {
+        self.inner.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tasks.wait()).await;
+    }
+}
+
+/// One task sends every forwarded publish, so they leave in the order they were handled:
+/// a publisher's messages stay in order, as NATS keeps them from one connection.
+async fn send(
+    client: async_nats::Client,
+    mut outbox: mpsc::Receiver<(String, Bytes)>,
+    forwarded: Arc<AtomicU64>,
+) {
+    while let Some((subject, body)) = outbox.recv().await {
+        if client.publish(subject, body).await.is_ok() {
+            forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A prefix is one NATS token and part of the bucket's name.
+fn check_prefix(prefix: &str) -> Result<(), Error> {
+    let ok = !prefix.is_empty()
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Prefix(prefix.to_owned()))
+    }
+}

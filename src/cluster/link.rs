@@ -1,0 +1,126 @@
+//! The node's one NATS connection: made at start with retries for as long as the operator
+//! allows, then kept by async-nats, which reconnects and resubscribes by itself. What changes
+//! while it runs is logged once per change (not per retry), counted as an epoch that the
+//! interest tasks wait on to announce themselves again, and shown by `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, ConnectOptions, Event};
+use tokio::sync::watch;
+
+use super::Error;
+
+/// Room for a message's topic, properties and frame head besides its payload.
+pub const HEAD_ROOM: usize = 64 * 1024;
+
+/// Whether the connection is up, and how many times it came back.
+pub struct Link {
+    connected: AtomicBool,
+    /// Set once the first connection is made: only later ones are reconnections.
+    started: AtomicBool,
+    /// Advanced on every reconnection.
+    epoch: watch::Sender<u64>,
+    /// Messages the NATS server or this client dropped because this node read too slowly.
+    pub slow_consumer_events: AtomicU64,
+}
+
+impl Link {
+    fn new() -> Self {
+        Self {
+            connected: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            epoch: watch::Sender::new(0),
+            slow_consumer_events: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn epochs(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    fn on(&self, url: &str, event: Event) {
+        match event {
+            Event::Connected => {
+                let was = self.connected.swap(true, Ordering::AcqRel);
+                if !was && self.started.load(Ordering::Acquire) {
+                    tracing::warn!(url, "NATS connection back: routing between nodes resumes");
+                    self.epoch.send_modify(|e| *e += 1);
+                }
+            }
+            Event::Disconnected => {
+                if self.connected.swap(false, Ordering::AcqRel) {
+                    tracing::error!(
+                        url,
+                        "NATS connection lost: this node delivers only its own clients' \
+                         messages, and /readyz answers 503, until it is back"
+                    );
+                }
+            }
+            Event::SlowConsumer(_) => {
+                // Logged in summary by the counter's reader; one line per event would flood.
+                self.slow_consumer_events.fetch_add(1, Ordering::Relaxed);
+            }
+            other => tracing::info!(url, event = %other, "NATS"),
+        }
+    }
+}
+
+/// Connects to `url`, trying again every half second until `wait` has passed, logging each
+/// failure's cause; then checks that the largest payload fits the server's message size.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    wait: Duration,
+    max_payload_bytes: usize,
+) -> Result<(Client, Arc<Link>), Error> {
+    let link = Arc::new(Link::new());
+    let deadline = Instant::now() + wait;
+    let client = loop {
+        let events = link.clone();
+        let events_url = url.to_owned();
+        let options = ConnectOptions::new()
+            .name(name)
+            // A node's own publishes never come back to it: it delivered them locally.
+            .no_echo()
+            .connection_timeout(Duration::from_secs(2))
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let events = events.clone();
+                let url = events_url.clone();
+                async move { events.on(&url, event) }
+            });
+        match options.connect(url).await {
+            Ok(client) => break client,
+            Err(e) => {
+                let cause = e.to_string();
+                if Instant::now() >= deadline {
+                    return Err(Error::Unreachable {
+                        url: url.to_owned(),
+                        cause,
+                    });
+                }
+                tracing::warn!(url, %cause, "cannot reach NATS yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    link.connected.store(true, Ordering::Release);
+    link.started.store(true, Ordering::Release);
+    let server = client.server_info().max_payload;
+    let needed = max_payload_bytes.saturating_add(HEAD_ROOM);
+    if server < needed {
+        return Err(Error::PayloadTooLarge {
+            url: url.to_owned(),
+            server,
+            payload: max_payload_bytes,
+            needed,
+        });
+    }
+    Ok((client, link))
+}

@@ -1,0 +1,385 @@
+//! Many nodes, one service (issue 15, decision 014): real nodes on port 0 sharing one Postgres
+//! database and a `nats-server` each test starts on a free port, with real MQTT and HTTP
+//! clients. Live routing between nodes: every publish reaches every matching subscription on
+//! every node once, with its properties and QoS downgraded per subscription; a node sends
+//! NATS only what another node wants; NATS lost and back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::mqtt::{Qos5, V3, V5, p5, v3_options, v5_options, within};
+use common::nats::Nats;
+use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
+use retaind::cluster::Cluster;
+
+/// `n` nodes of one service: one database, one NATS.
+async fn nodes(nats: &Nats, n: usize) -> Vec<TestApp> {
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let mut dbs = vec![db];
+    dbs.extend((1..n).map(|_| FreshDb::shared(&url)));
+    let mut nodes = Vec::new();
+    for db in dbs {
+        let mut config = test_config(&url);
+        config.cluster_url = Some(nats.url());
+        nodes.push(spawn_app_with(db, config).await);
+    }
+    nodes
+}
+
+fn cluster(app: &TestApp) -> &Cluster {
+    app.running
+        .as_ref()
+        .expect("running")
+        .broker
+        .cluster()
+        .expect("started with --cluster-url")
+}
+
+/// Waits until `app` knows that another node wants `t`: the propagation window (decision
+/// 014) is over for it.
+async fn until_sends(app: &TestApp, t: &str) {
+    let t = topic(t);
+    within("the other nodes' interest to arrive", async {
+        while cluster(app).in_doubt() || !cluster(app).sends(&t) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// The MQTT 5 publishes `c` receives up to and including the one whose payload is `last`.
+async fn until_payload(c: &mut V5, last: &[u8]) -> Vec<p5::Publish> {
+    let mut got = Vec::new();
+    loop {
+        let p = c.next_publish().await;
+        let done = p.payload[..] == *last;
+        got.push(p);
+        if done {
+            return got;
+        }
+    }
+}
+
+fn ids(p: &p5::Publish) -> Vec<usize> {
+    let mut ids = p
+        .properties
+        .as_ref()
+        .map(|p| p.subscription_identifiers.clone())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn every_publish_on_any_node_reaches_each_matching_subscription_on_the_others_once() {
+    let nats = Nats::start().await;
+    let [a, b, c] = <[TestApp; 3]>::try_from(nodes(&nats, 3).await)
+        .ok()
+        .unwrap();
+
+    // On B, two overlapping subscriptions of one client: one copy of each message, at the
+    // higher granted QoS, with both identifiers [MQTT-3.3.4-2, -3].
+    let (mut on_b, _) = V5::connect(v5_options(&b, "sub-b")).await;
+    let with_id = |id| {
+        Some(p5::SubscribeProperties {
+            id: Some(id),
+            user_properties: vec![],
+        })
+    };
+    on_b.subscribe_filter(p5::Filter::new("t/#", Qos5::ExactlyOnce), with_id(7))
+        .await;
+    on_b.subscribe_filter(p5::Filter::new("t/+", Qos5::AtLeastOnce), with_id(9))
+        .await;
+    // On C, an MQTT 3.1.1 client granted QoS 1: QoS 2 arrives downgraded.
+    let (mut on_c, _) = V3::connect(v3_options(&c, "sub-c")).await;
+    on_c.subscribe("t/x", rumqttc::QoS::AtLeastOnce).await;
+    until_sends(&a, "t/x").await;
+
+    let (mut publisher, _) = V5::connect(v5_options(&a, "pub-a")).await;
+    publisher
+        .publish("t/x", Qos5::AtMostOnce, false, b"m0")
+        .await;
+    let props = p5::PublishProperties {
+        user_properties: vec![("k".into(), "v".into())],
+        content_type: Some("text/plain".into()),
+        response_topic: Some("reply/to".into()),
+        correlation_data: Some(b"corr".to_vec().into()),
+        ..Default::default()
+    };
+    publisher
+        .publish_with("t/x", Qos5::AtLeastOnce, false, b"m1", props)
+        .await;
+    publisher
+        .publish("t/x", Qos5::ExactlyOnce, false, b"m2")
+        .await;
+    let res = a.publish("/topics/t%2Fx?qos=1", "h1").await;
+    assert_eq!(res.status(), 200);
+    publisher
+        .publish("t/x", Qos5::AtLeastOnce, false, b"end")
+        .await;
+
+    let got = until_payload(&mut on_b, b"end").await;
+    let seen: Vec<_> = got
+        .iter()
+        .map(|p| {
+            (
+                String::from_utf8_lossy(&p.payload).into_owned(),
+                p.qos,
+                ids(p),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("m0".into(), Qos5::AtMostOnce, vec![7, 9]),
+            ("m1".into(), Qos5::AtLeastOnce, vec![7, 9]),
+            ("m2".into(), Qos5::ExactlyOnce, vec![7, 9]),
+            ("h1".into(), Qos5::AtLeastOnce, vec![7, 9]),
+            ("end".into(), Qos5::AtLeastOnce, vec![7, 9]),
+        ],
+        "each message once, in order, at min(published, highest granted) QoS"
+    );
+    let m1 = got[1].properties.as_ref().expect("m1's properties");
+    assert_eq!(m1.user_properties, vec![("k".into(), "v".into())]);
+    assert_eq!(m1.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(m1.response_topic.as_deref(), Some("reply/to"));
+    assert_eq!(m1.correlation_data.as_deref(), Some(&b"corr"[..]));
+    assert_eq!(got[1].topic, "t/x");
+
+    let mut on_c_got = Vec::new();
+    while on_c_got.last().map(|(p, _): &(Vec<u8>, _)| &p[..]) != Some(b"end") {
+        let p = on_c.next_publish().await;
+        on_c_got.push((p.payload.to_vec(), p.qos));
+    }
+    use rumqttc::QoS::{AtLeastOnce, AtMostOnce};
+    assert_eq!(
+        on_c_got,
+        vec![
+            (b"m0".to_vec(), AtMostOnce),
+            (b"m1".to_vec(), AtLeastOnce),
+            (b"m2".to_vec(), AtLeastOnce),
+            (b"h1".to_vec(), AtLeastOnce),
+            (b"end".to_vec(), AtLeastOnce),
+        ]
+    );
+    // B's subscriptions overlap in NATS too (`t.>` and `t.*`): each message came twice and
+    // was handed to the broker once.
+    let stats = cluster(&b).stats();
+    assert_eq!((stats.received, stats.duplicates), (5, 5), "{stats:?}");
+    assert_eq!(cluster(&a).stats().forwarded, 5);
+}
+
+#[tokio::test]
+async fn a_publisher_keeps_its_order_across_nodes_and_retained_messages_are_stored_once() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut on_b, _) = V5::connect(v5_options(&b, "sub")).await;
+    on_b.subscribe("seq/#", Qos5::AtLeastOnce).await;
+    until_sends(&a, "seq/n").await;
+
+    let (mut publisher, _) = V5::connect(v5_options(&a, "pub")).await;
+    for i in 0..300 {
+        let qos = [Qos5::AtMostOnce, Qos5::AtLeastOnce][i % 2];
+        publisher
+            .publish("seq/n", qos, false, i.to_string().as_bytes())
+            .await;
+    }
+    publisher
+        .publish("seq/r", Qos5::AtLeastOnce, true, b"kept")
+        .await;
+    let got = until_payload(&mut on_b, b"kept").await;
+    let numbers: Vec<String> = got[..got.len() - 1]
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    assert_eq!(numbers, expected);
+    assert!(
+        !got.last().unwrap().retain,
+        "live delivery without Retain As Published"
+    );
+
+    // The retained publish was stored once, by A, and B serves it from the shared store.
+    let res = b.get("/retainedMessage/seq%2Fr").await;
+    assert_eq!(res.status(), 200);
+    let (mut late, _) = V5::connect(v5_options(&b, "late")).await;
+    late.subscribe("seq/r", Qos5::AtLeastOnce).await;
+    let p = late.next_publish().await;
+    assert_eq!((&p.payload[..], p.retain), (&b"kept"[..], true));
+}
+
+#[tokio::test]
+async fn a_node_sends_nats_nothing_for_topics_no_other_node_wants() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut on_b, _) = V5::connect(v5_options(&b, "sub")).await;
+    on_b.subscribe("wanted/+", Qos5::AtMostOnce).await;
+    until_sends(&a, "wanted/x").await;
+    // A local subscriber on A: the quiet topic is delivered, just not sent to NATS.
+    let (mut on_a, _) = V5::connect(v5_options(&a, "local")).await;
+    on_a.subscribe("quiet/#", Qos5::AtMostOnce).await;
+
+    let before = cluster(&a).stats();
+    let (mut publisher, _) = V5::connect(v5_options(&a, "pub")).await;
+    for _ in 0..100 {
+        publisher
+            .publish("quiet/x", Qos5::AtLeastOnce, false, b"q")
+            .await;
+    }
+    publisher
+        .publish("quiet/x", Qos5::AtLeastOnce, false, b"last")
+        .await;
+    assert_eq!(until_payload(&mut on_a, b"last").await.len(), 101);
+    for _ in 0..10 {
+        publisher
+            .publish("wanted/x", Qos5::AtLeastOnce, false, b"w")
+            .await;
+    }
+    publisher
+        .publish("wanted/x", Qos5::AtLeastOnce, false, b"end")
+        .await;
+    assert_eq!(until_payload(&mut on_b, b"end").await.len(), 11);
+
+    let after = cluster(&a).stats();
+    assert_eq!(after.not_forwarded - before.not_forwarded, 101);
+    assert_eq!(after.forwarded - before.forwarded, 11);
+    assert_eq!(cluster(&b).stats().received, 11);
+}
+
+#[tokio::test]
+async fn a_subscription_that_ends_stops_the_traffic_to_its_node() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut on_b, _) = V5::connect(v5_options(&b, "sub")).await;
+    on_b.subscribe("gone/x", Qos5::AtMostOnce).await;
+    until_sends(&a, "gone/x").await;
+    on_b.disconnect().await;
+    let t = topic("gone/x");
+    within("A to see B's interest withdrawn", async {
+        while cluster(&a).sends(&t) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nats_lost_and_back_local_delivery_goes_on_readyz_says_so_and_routing_resumes() {
+    let mut nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut on_b, _) = V5::connect(v5_options(&b, "sub-b")).await;
+    on_b.subscribe("n/x", Qos5::AtLeastOnce).await;
+    let (mut on_a, _) = V5::connect(v5_options(&a, "sub-a")).await;
+    on_a.subscribe("n/x", Qos5::AtLeastOnce).await;
+    until_sends(&a, "n/x").await;
+    assert_eq!(a.get("/readyz").await.status(), 200);
+
+    nats.stop().await;
+    within("A to notice that NATS is gone", async {
+        while cluster(&a).is_connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let res = a.get("/readyz").await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.headers()["x-amzn-errortype"],
+        "ServiceUnavailableException"
+    );
+    let body = res.text().await.unwrap();
+    assert!(body.contains("cluster: disconnected"), "{body}");
+
+    // Local delivery goes on without NATS.
+    let (mut publisher, _) = V5::connect(v5_options(&a, "pub")).await;
+    publisher
+        .publish("n/x", Qos5::AtLeastOnce, false, b"alone")
+        .await;
+    assert_eq!(&on_a.next_publish().await.payload[..], b"alone");
+
+    // NATS comes back empty (its interest bucket lived in memory): the nodes reconnect,
+    // announce their interest again, and routing resumes.
+    nats.restart().await;
+    let start = Instant::now();
+    within("A to reconnect", async {
+        while !cluster(&a).is_connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    until_sends(&a, "n/x").await;
+    assert_eq!(a.get("/readyz").await.status(), 200);
+    eprintln!("routing resumed {:?} after NATS restarted", start.elapsed());
+    publisher
+        .publish("n/x", Qos5::AtLeastOnce, false, b"together")
+        .await;
+    assert_eq!(&on_a.next_publish().await.payload[..], b"together");
+    // What A published while NATS was down waited in its bounded outbox and went out once
+    // NATS was back: B has it if it had subscribed again by then, never twice or out of order.
+    let got = until_payload(&mut on_b, b"together").await;
+    let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert!(
+        payloads == [&b"alone"[..], b"together"] || payloads == [&b"together"[..]],
+        "{payloads:?}"
+    );
+    assert_eq!(cluster(&a).stats().dropped, 0);
+}
+
+#[tokio::test]
+async fn a_node_refuses_to_start_as_an_island() {
+    // SQLite serves one process: a cluster needs Postgres.
+    let sqlite = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&sqlite.url);
+    config.cluster_url = Some("nats://127.0.0.1:1".into());
+    let err = retaind::app::start(&config, retaind::store::Clock::manual(common::T0_MS))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("needs a postgres://"), "{err}");
+
+    // NATS unreachable: retried for --db-startup-wait, then a clear error.
+    let pg = fresh_db(Backend::Postgres).await;
+    let mut config = test_config(&pg.url);
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config.cluster_url = Some(format!("nats://127.0.0.1:{unused}"));
+    config.db_startup_wait = Duration::from_millis(1200);
+    let started = Instant::now();
+    let err = retaind::app::start(&config, retaind::store::Clock::manual(common::T0_MS))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "it retried"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("cannot reach NATS at nats://127.0.0.1:{unused}")),
+        "{msg}"
+    );
+
+    // A payload limit NATS cannot carry.
+    let nats = Nats::start().await;
+    config.cluster_url = Some(nats.url());
+    config.max_payload_bytes = 1024 * 1024;
+    let err = retaind::app::start(&config, retaind::store::Clock::manual(common::T0_MS))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("raise max_payload"), "{err}");
+}
