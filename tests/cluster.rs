@@ -2,16 +2,19 @@
 //! database and a `nats-server` each test starts on a free port, with real MQTT and HTTP
 //! clients. Live routing between nodes: every publish reaches every matching subscription on
 //! every node once, with its properties and QoS downgraded per subscription; a node sends
-//! NATS only what another node wants; NATS lost and back.
+//! NATS only what another node wants; NATS lost and back; one client id, one connection,
+//! service-wide.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V3, V5, p5, v3_options, v5_options, within};
 use common::nats::Nats;
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
 use retaind::cluster::Cluster;
+use sqlx::Connection;
 
 /// `n` nodes of one service: one database, one NATS.
 async fn nodes(nats: &Nats, n: usize) -> Vec<TestApp> {
@@ -382,4 +385,112 @@ async fn a_node_refuses_to_start_as_an_island() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("raise max_payload"), "{err}");
+}
+
+#[tokio::test]
+async fn a_client_id_connected_on_another_node_is_taken_over() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+
+    // MQTT 5 on A, then the same id on B: A's connection gets DISCONNECT 0x8E.
+    let (mut old, _) = Raw::connect(&a, &build::connect("dev", true, 60, Some(&[]))).await;
+    let (mut new, ack) = Raw::connect(&b, &build::connect("dev", true, 60, Some(&[]))).await;
+    assert_eq!(ack.body[1], 0, "CONNACK success");
+    let got = old.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].disconnect_reason(), 0x8E);
+    // The new connection is the one that stays.
+    new.send(&[0xC0, 0]).await;
+    new.expect(13).await;
+
+    // MQTT 3.1.1 has no DISCONNECT from the server: the old connection is closed.
+    let (mut old, _) = Raw::connect(&b, &build::connect("dev3", true, 60, None)).await;
+    let (mut new, _) = Raw::connect(&a, &build::connect("dev3", true, 60, None)).await;
+    assert!(old.until_closed().await.is_empty());
+    new.send(&[0xC0, 0]).await;
+    new.expect(13).await;
+}
+
+#[tokio::test]
+async fn a_take_over_across_nodes_publishes_the_old_connections_will_once() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut w, _) = V5::connect(v5_options(&b, "watcher")).await;
+    w.subscribe("will/#", Qos5::AtLeastOnce).await;
+    until_sends(&a, "will/t").await;
+    let will = build::Will {
+        topic: "will/t",
+        payload: b"bye",
+        qos: 1,
+        retain: false,
+        props: &[],
+    };
+    let connect = build::connect_with_will("tw", true, 60, Some(&[]), will);
+    let (mut old, _) = Raw::connect(&a, &connect).await;
+    let (_new, _) = Raw::connect(&b, &build::connect("tw", true, 60, Some(&[]))).await;
+    assert_eq!(old.until_closed().await[0].disconnect_reason(), 0x8E);
+    assert_eq!(&w.next_publish().await.payload[..], b"bye");
+    w.publish("will/t", Qos5::AtLeastOnce, false, b"after")
+        .await;
+    assert_eq!(
+        &w.next_publish().await.payload[..],
+        b"after",
+        "the Will came once"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_connection_closes_even_if_its_take_over_notice_is_lost() {
+    let nats = Nats::start().await;
+    let [a, _b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut old, _) = Raw::connect(&a, &build::connect("quiet", true, 60, Some(&[]))).await;
+    // Another node's claim that sent no notice: only the database knows.
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    let changed = sqlx::query(
+        "UPDATE cluster_clients SET node = 'elsewhere', \
+         generation = nextval('cluster_generation') WHERE client_id = 'quiet'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(changed, 1, "the CONNECT claimed its id");
+    let started = Instant::now();
+    let got = old.until_closed().await;
+    assert_eq!(got[0].disconnect_reason(), 0x8E);
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "closed at the next comparison, within 5 s"
+    );
+}
+
+#[tokio::test]
+async fn a_connect_whose_id_cannot_be_claimed_is_refused_as_server_unavailable() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let mut config = test_config(&db.url);
+    config.cluster_url = Some(nats.url());
+    config.store_timeout = Duration::from_millis(500);
+    let a = spawn_app_with(db, config).await;
+    // A transaction holds the claims table: the database cannot arbitrate the id in time.
+    let mut locker = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    let mut tx = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE cluster_clients IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let (mut refused, ack) = Raw::connect(&a, &build::connect("dev", true, 60, Some(&[]))).await;
+    assert_eq!(ack.body[1], 0x88, "MQTT 5 CONNACK: Server unavailable");
+    assert!(refused.until_closed().await.is_empty());
+    let (_, ack) = Raw::connect(&a, &build::connect("dev3", true, 60, None)).await;
+    assert_eq!(ack.body[1], 0x03, "MQTT 3.1.1 CONNACK: Server unavailable");
+    tx.rollback().await.unwrap();
+    let (_, ack) = Raw::connect(&a, &build::connect("dev", true, 60, Some(&[]))).await;
+    assert_eq!(ack.body[1], 0, "accepted once the database answers");
 }

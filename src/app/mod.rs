@@ -139,6 +139,8 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
                 startup_wait: config.db_startup_wait,
                 max_payload_bytes: config.max_payload_bytes,
                 topic_limits,
+                database_url: config.database_url.clone(),
+                database_timeout: config.store_timeout,
             })
             .await?,
         ),

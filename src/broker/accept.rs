@@ -101,6 +101,20 @@ where
         framed.set_max_outbound_size(max.get());
     }
     let keep_alive = limits::keep_alive(connect.keep_alive, cfg.max_keep_alive);
+    // One client id, one connection, service-wide: the claim commits before the CONNACK,
+    // and the node holding the id is told to close its connection (decision 014).
+    let claim = match broker.cluster() {
+        None => 0,
+        Some(cluster) => match cluster.claim(&key, !connect.clean_start).await {
+            Ok(generation) => generation,
+            Err(e) => {
+                tracing::warn!(client = %key, error = %e, "refusing a CONNECT: its client id cannot be claimed");
+                // MQTT 5: 0x88 Server unavailable (3.1.1: 0x03).
+                refuse(framed, ConnectAckReason::ServerUnavailable).await;
+                return None;
+            }
+        },
+    };
     let joined = Joined {
         broker,
         v5,
@@ -111,6 +125,7 @@ where
         problem_info: connect.request_problem_info,
         client_window,
         slot,
+        claim,
     };
     let (client, session_present) = Client::join(joined, connect.clean_start);
     let connack = ConnectAck {

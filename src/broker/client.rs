@@ -70,6 +70,8 @@ pub(super) struct Joined {
     /// The client's Receive Maximum (3.1.1: none).
     pub client_window: u16,
     pub slot: ConnectionSlot,
+    /// The generation of its claim on the client id, service-wide (0: a single node).
+    pub claim: u64,
 }
 
 /// A client past CONNECT, until its connection ends.
@@ -101,6 +103,8 @@ pub(super) struct Client {
     publish_rate: TokenBucket,
     /// This connection's place under `--mqtt-max-connections`, freed when it is dropped.
     _slot: ConnectionSlot,
+    /// Its claim on the client id, released when it ends (0: a single node).
+    claim: u64,
 }
 
 impl Client {
@@ -116,9 +120,10 @@ impl Client {
             problem_info,
             client_window,
             slot,
+            claim,
         } = joined;
         let cfg = broker.config().clone();
-        let attached = broker.attach(key.clone(), clean_start, principal.clone());
+        let attached = broker.attach(key.clone(), clean_start, principal.clone(), claim);
         let client = Self {
             outbound: Outbound::new(
                 attached.session.clone(),
@@ -145,6 +150,7 @@ impl Client {
             pending: Settling::default(),
             writes: None,
             _slot: slot,
+            claim,
         };
         (client, attached.session_present)
     }
@@ -458,7 +464,18 @@ impl Client {
         }
         let expiry = Duration::from_secs(u64::from(self.session_expiry));
         self.broker.detach(&self.session, self.connection, expiry);
-        if publish_will && let Some(will) = self.will.take() {
+        self.release_claim();
+        // Taken over by a connection on another node that resumes the session: as after a
+        // take-over here, a delayed Will is not published (MQTT 5, 3.1.3.2.2).
+        let resumed_elsewhere = self.session.resumed_elsewhere()
+            && self
+                .will
+                .as_ref()
+                .is_some_and(|w| !w.delay.min(expiry).is_zero());
+        if publish_will
+            && !resumed_elsewhere
+            && let Some(will) = self.will.take()
+        {
             self.broker
                 .publish_will(will, self.key.clone(), self.connection, expiry);
         }
@@ -468,6 +485,15 @@ impl Client {
     pub fn abandon(&self) {
         self.broker
             .detach(&self.session, self.connection, Duration::ZERO);
+        self.release_claim();
+    }
+
+    fn release_claim(&self) {
+        if let Some(cluster) = self.broker.cluster()
+            && self.claim > 0
+        {
+            cluster.release(self.key.clone(), self.claim);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use super::config::BrokerConfig;
 use super::limits::ConnectionCount;
 use super::message::{Message, Publication};
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
+use super::peers;
 use super::registry::{Attached, Session, Sessions};
 use super::session::{SessionLimits, SubOptions};
 use crate::auth::{Authenticator, Principal};
@@ -68,13 +69,7 @@ impl Broker {
             }),
         };
         if let Some(cluster) = &broker.inner.cluster {
-            // Weak: the cluster's tasks must not keep a stopped broker alive.
-            let weak = Arc::downgrade(&broker.inner);
-            cluster.set_receiver(move |routed| {
-                if let Some(inner) = weak.upgrade() {
-                    Broker { inner }.receive(routed);
-                }
-            });
+            peers::join(&broker, cluster);
         }
         broker
     }
@@ -148,7 +143,7 @@ impl Broker {
     }
 
     /// A publish another node handled (and stored, if retained): this node's subscribers get it.
-    fn receive(&self, routed: Routed) {
+    pub(super) fn receive(&self, routed: Routed) {
         let now = self.inner.store.clock().now_ms();
         self.inner
             .sessions
@@ -195,10 +190,15 @@ impl Broker {
         key: ClientKey,
         clean_start: bool,
         principal: Option<Arc<Principal>>,
+        claim: u64,
     ) -> Attached {
         self.inner
             .sessions
-            .attach(key, clean_start, principal, &self.inner.shutdown)
+            .attach(key, clean_start, principal, claim, &self.inner.shutdown)
+    }
+
+    pub(super) fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
     }
 
     /// The connection is gone; its session ends now or once `expiry` passes without a new

@@ -26,6 +26,7 @@ mod listener;
 mod message;
 mod outbound;
 mod password_checks;
+mod peers;
 mod registry;
 mod remote;
 mod retained;

@@ -3,7 +3,7 @@
 //! `.await`. The handle (`handle`) schedules expiry; everything here is synchronous.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::message::{Delivery, Message};
 use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
 use crate::auth::{Action, Principal};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, TakeOver};
 use crate::mqtt::DisconnectReasonCode;
 use crate::topic::{ClientKey, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicName};
@@ -50,7 +50,16 @@ pub(super) struct Session {
     /// The name of the principal that created the session (`None`: anonymous). Only that
     /// principal may resume it: its queue and subscriptions were granted to it.
     creator: Option<String>,
+    /// The generation of the attached connection's claim on the client id, service-wide
+    /// (0: a single node, no claims).
+    claim: AtomicU64,
+    /// Whether the client id was claimed by a connection on another node: [`MOVED`], or
+    /// [`MOVED_RESUMED`] when that connection resumes the session.
+    moved: AtomicU8,
 }
+
+const MOVED: u8 = 1;
+const MOVED_RESUMED: u8 = 2;
 
 impl Session {
     fn new(key: ClientKey, limits: SessionLimits, creator: Option<String>) -> Self {
@@ -63,7 +72,15 @@ impl Session {
             connection: AtomicU64::new(0),
             link: Mutex::new(None),
             principal: Mutex::new(None),
+            claim: AtomicU64::new(0),
+            moved: AtomicU8::new(0),
         }
+    }
+
+    /// Whether the client now connects through another node and resumes its session there:
+    /// a delayed Will is then not published, as after a take-over on one node.
+    pub fn resumed_elsewhere(&self) -> bool {
+        self.moved.load(Ordering::Acquire) == MOVED_RESUMED
     }
 
     /// A message reaches a client only if its principal may `iot:Receive` the topic,
@@ -209,6 +226,7 @@ impl Sessions {
         key: ClientKey,
         clean_start: bool,
         principal: Option<Arc<Principal>>,
+        claim: u64,
         shutdown: &CancellationToken,
     ) -> Attached {
         let mut registry = self.registry();
@@ -236,6 +254,8 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = principal;
         let stop = shutdown.child_token();
         *session.link() = Some((stop.clone(), DisconnectReasonCode::ServerShuttingDown));
+        session.claim.store(claim, Ordering::Release);
+        session.moved.store(0, Ordering::Release);
         session.connection.store(connection, Ordering::Release);
         session.online.store(true, Ordering::Release);
         Attached {
@@ -256,7 +276,8 @@ impl Sessions {
         }
         session.online.store(false, Ordering::Release);
         *session.link() = None;
-        if expiry.is_zero() {
+        // A client that moved to another node has its session there, not here.
+        if expiry.is_zero() || session.moved.load(Ordering::Acquire) != 0 {
             registry.sessions.remove(&session.key);
             drop(registry);
             self.unsubscribe_all(session);
@@ -293,6 +314,39 @@ impl Sessions {
                 cluster.interest_removed(spec.filter());
             }
         }
+    }
+
+    /// Another node claimed `notice.client_id` (decision 014): the connection here, if its
+    /// claim is older, closes as taken over (MQTT 5: 0x8E), and its session ends with it; an
+    /// offline session of that id ends now. The client's session lives where it connected.
+    pub fn taken_over(&self, notice: &TakeOver) {
+        let mut registry = self.registry();
+        let Some(session) = registry.sessions.get(&*notice.client_id).cloned() else {
+            return;
+        };
+        if session.claim.load(Ordering::Acquire) >= notice.generation {
+            return;
+        }
+        let moved = if notice.resumed { MOVED_RESUMED } else { MOVED };
+        session.moved.store(moved, Ordering::Release);
+        if session.online.load(Ordering::Acquire) {
+            session.kick(DisconnectReasonCode::SessionTakenOver);
+            return;
+        }
+        registry.sessions.remove(&session.key);
+        drop(registry);
+        self.unsubscribe_all(&session);
+    }
+
+    /// The client ids of connected sessions and their claims' generations.
+    pub fn held_claims(&self) -> Vec<(ClientKey, u64)> {
+        self.registry()
+            .sessions
+            .values()
+            .filter(|s| s.online.load(Ordering::Acquire))
+            .map(|s| (s.key.clone(), s.claim.load(Ordering::Acquire)))
+            .filter(|(_, claim)| *claim > 0)
+            .collect()
     }
 
     /// Whether a session that ended its connection at `connection` was resumed since.

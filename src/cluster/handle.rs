@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Error;
-use super::frame::{self, Outgoing, Routed};
-use super::inbox::Inbox;
+use super::claims::{ClaimError, Claims, TakeOver};
+use super::frame::{self, Outgoing};
+use super::inbox::{Events, Inbox};
 use super::link::{self, Link};
 use super::local::{Change, Local};
 use super::remote::{self, RemoteInterest};
@@ -37,6 +38,10 @@ pub struct ClusterConfig {
     /// This node's `--max-payload-bytes`, which must fit NATS's message size.
     pub max_payload_bytes: usize,
     pub topic_limits: TopicLimits,
+    /// The service's Postgres database, where client ids are claimed.
+    pub database_url: String,
+    /// How long a claim may wait for the database (`--store-timeout`).
+    pub database_timeout: Duration,
 }
 
 /// What this node sent and received, for tests, benchmarks and (issue 16) metrics.
@@ -66,6 +71,8 @@ pub struct Cluster {
 struct Inner {
     node: Arc<str>,
     prefix: String,
+    client: async_nats::Client,
+    claims: Claims,
     link: Arc<Link>,
     remote: Arc<RemoteInterest>,
     inbox: Arc<Inbox>,
@@ -84,6 +91,9 @@ impl Cluster {
     /// Connects to NATS (retrying for `startup_wait`) and starts following the other nodes.
     pub async fn start(config: ClusterConfig) -> Result<Self, Error> {
         check_prefix(&config.prefix)?;
+        let claims = Claims::open(&config.database_url, config.database_timeout)
+            .await
+            .map_err(|e| Error::Database(e.to_string()))?;
         let node: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
         let (client, link) = link::connect(
             &config.url,
@@ -127,13 +137,23 @@ impl Cluster {
             unannounced: unannounced.clone(),
         };
         tasks.spawn(local.run(changes_rx, link.epochs(), shutdown.clone()));
-        tasks.spawn(send(client, outbox_rx, forwarded.clone()));
+        let notices = client
+            .subscribe(takeover_subject(&config.prefix, &node))
+            .await
+            .map_err(|e| Error::Unreachable {
+                url: config.url.clone(),
+                cause: e.to_string(),
+            })?;
+        tasks.spawn(take_overs(notices, inbox.clone(), shutdown.clone()));
+        tasks.spawn(send(client.clone(), outbox_rx, forwarded.clone()));
         tasks.close();
         tracing::info!(%node, url = %config.url, "joined the cluster");
         Ok(Self {
             inner: Arc::new(Inner {
                 node,
                 prefix: config.prefix,
+                client,
+                claims,
                 link,
                 remote,
                 inbox,
@@ -172,9 +192,47 @@ impl Cluster {
         self.inner.remote.wants(topic)
     }
 
-    /// Sets what the broker does with publishes from other nodes; the first call wins.
-    pub fn set_receiver(&self, receiver: impl Fn(Routed) + Send + Sync + 'static) {
-        let _ = self.inner.inbox.receiver.set(Box::new(receiver));
+    /// Sets what the broker does with what other nodes send; the first call wins.
+    pub fn set_events(&self, events: impl Events + 'static) {
+        let _ = self.inner.inbox.events.set(Box::new(events));
+    }
+
+    /// Claims `client_id` for a new connection on this node and tells the node that held
+    /// it, if another, to close its connection. Returns the claim's generation. The CONNACK
+    /// waits for it: one database round trip.
+    pub async fn claim(&self, client_id: &str, resumed: bool) -> Result<u64, ClaimError> {
+        let inner = &self.inner;
+        let claimed = inner.claims.claim(client_id, &inner.node).await?;
+        if let Some(previous) = claimed.previous {
+            let notice = TakeOver {
+                client_id: Arc::from(client_id),
+                generation: claimed.generation,
+                resumed,
+            };
+            // At most once, like all of core NATS: the holder also finds out from its next
+            // comparison with the database.
+            let _ = inner
+                .client
+                .publish(takeover_subject(&inner.prefix, &previous), notice.encode())
+                .await;
+        }
+        Ok(claimed.generation)
+    }
+
+    /// The connection that claimed `client_id` at `generation` is gone.
+    pub fn release(&self, client_id: Arc<str>, generation: u64) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cluster.inner.claims.release(&client_id, generation).await {
+                tracing::debug!(client = %client_id, error = %e, "a claim was not released; the next claim replaces it");
+            }
+        });
+    }
+
+    /// Of the client ids this node holds (with their claims' generations), those claimed
+    /// since by a later connection.
+    pub async fn lost(&self, held: &[(Arc<str>, u64)]) -> Result<Vec<String>, ClaimError> {
+        self.inner.claims.lost(held).await
     }
 
     /// Sends a publish this node handled to every other node with a matching subscription.
@@ -246,6 +304,36 @@ async fn send(
             forwarded.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Hands take-over notices for this node to the broker.
+async fn take_overs(
+    mut notices: async_nats::Subscriber,
+    inbox: Arc<Inbox>,
+    shutdown: CancellationToken,
+) {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::select! {
+            m = notices.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        match TakeOver::decode(&message.payload) {
+            Some(notice) => {
+                if let Some(events) = inbox.events.get() {
+                    events.taken_over(notice);
+                }
+            }
+            None => tracing::warn!("dropped a take-over notice that does not decode"),
+        }
+    }
+}
+
+fn takeover_subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}.k.{node}")
 }
 
 /// A prefix is one NATS token and part of the bucket's name.

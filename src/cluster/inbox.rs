@@ -6,19 +6,25 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 
+use super::claims::TakeOver;
 use super::frame::{self, Routed};
 use super::seen::Seen;
 use crate::topic::TopicLimits;
 
-/// What the broker does with a publish from another node.
-pub type Receiver = Box<dyn Fn(Routed) + Send + Sync>;
+/// What a node does with what the other nodes send it (the broker implements it).
+pub trait Events: Send + Sync {
+    /// A publish another node handled (and stored, if retained).
+    fn publish(&self, routed: Routed);
+    /// Another node claimed a client id: its connection here, if older, must close.
+    fn taken_over(&self, notice: TakeOver);
+}
 
 pub struct Inbox {
     limits: TopicLimits,
     /// Held while a message is handed over, so that of two copies arriving at once on two
     /// subscriptions, the second waits and then sees the first as handled.
     seen: Mutex<Seen>,
-    pub receiver: OnceLock<Receiver>,
+    pub events: OnceLock<Box<dyn Events>>,
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
     pub malformed: AtomicU64,
@@ -29,7 +35,7 @@ impl Inbox {
         Self {
             limits,
             seen: Mutex::new(Seen::default()),
-            receiver: OnceLock::new(),
+            events: OnceLock::new(),
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
@@ -55,8 +61,8 @@ impl Inbox {
             return;
         }
         self.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(receiver) = self.receiver.get() {
-            receiver(routed);
+        if let Some(events) = self.events.get() {
+            events.publish(routed);
         }
     }
 }

@@ -3,9 +3,11 @@
 //! JetStream key-value bucket, which every node watches so that it sends a publish to NATS
 //! only when another node wants it. Publishes travel as frames (`frame`) on subjects made
 //! from their topics (`subject`), and each arrives once however many overlapping
-//! subscriptions it matches (`seen`).
+//! subscriptions it matches (`seen`). Client ids are claimed in Postgres, and the previous
+//! holder told over NATS to let go (`claims`).
 
 mod bucket;
+mod claims;
 mod frame;
 mod handle;
 mod inbox;
@@ -15,8 +17,10 @@ mod remote;
 mod seen;
 mod subject;
 
+pub use claims::{ClaimError, TakeOver};
 pub use frame::{Outgoing, Routed};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
+pub use inbox::Events;
 pub use subject::{filter_subjects, topic_subject};
 
 /// Why a node could not join the service.
@@ -43,4 +47,6 @@ pub enum Error {
     JetStream { url: String, cause: String },
     #[error("--cluster-prefix {0:?} must be letters, digits, '_' and '-'")]
     Prefix(String),
+    #[error("cannot open the cluster's connections to the database: {0}")]
+    Database(String),
 }

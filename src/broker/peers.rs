@@ -1,0 +1,76 @@
+//! This node as one of many (decision 014): what the other nodes send it (publishes and
+//! take-over notices), and the comparison of the client ids it holds with their claims in
+//! the database, which closes a connection whose take-over notice was lost.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::handle::{Broker, Inner};
+use crate::cluster::{Cluster, Events, Routed, TakeOver};
+
+/// How often a node compares the client ids it holds with their claims.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Weak: the cluster's tasks must not keep a stopped broker alive.
+struct FromCluster(Weak<Inner>);
+
+impl Events for FromCluster {
+    fn publish(&self, routed: Routed) {
+        if let Some(inner) = self.0.upgrade() {
+            Broker { inner }.receive(routed);
+        }
+    }
+
+    fn taken_over(&self, notice: TakeOver) {
+        if let Some(inner) = self.0.upgrade() {
+            Broker { inner }.sessions().taken_over(&notice);
+        }
+    }
+}
+
+pub(super) fn join(broker: &Broker, cluster: &Cluster) {
+    cluster.set_events(FromCluster(Arc::downgrade(&broker.inner)));
+    tokio::spawn(reconcile(Arc::downgrade(&broker.inner), cluster.clone()));
+}
+
+async fn reconcile(broker: Weak<Inner>, cluster: Cluster) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(RECONCILE_EVERY).await;
+        let Some(inner) = broker.upgrade() else {
+            return;
+        };
+        let broker_now = Broker { inner };
+        if broker_now.shutdown_signal().is_cancelled() {
+            return;
+        }
+        let held = broker_now.sessions().held_claims();
+        drop(broker_now);
+        if held.is_empty() {
+            continue;
+        }
+        match cluster.lost(&held).await {
+            Ok(lost) => {
+                failing = false;
+                let Some(inner) = broker.upgrade() else {
+                    return;
+                };
+                let sessions = Broker { inner };
+                for client_id in lost {
+                    tracing::info!(client = %client_id, "the client id was claimed on another node; closing its connection here");
+                    sessions.sessions().taken_over(&TakeOver {
+                        client_id: Arc::from(client_id),
+                        generation: u64::MAX,
+                        resumed: false,
+                    });
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot compare client ids with their claims");
+                }
+                failing = true;
+            }
+        }
+    }
+}

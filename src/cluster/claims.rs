@@ -1,0 +1,153 @@
+//! One client id, one connection, service-wide: claims of client ids in Postgres
+//! (`cluster_clients`), arbitrated by the database so that a NATS partition cannot leave two
+//! holders, and the notices (`<prefix>.k.<node>`) that tell the previous holder to let go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sqlx::PgPool;
+
+/// Why a CONNECT could not claim its client id: the database did not answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot claim the client id: {0}")]
+pub struct ClaimError(String);
+
+pub struct Claims {
+    pool: PgPool,
+    timeout: Duration,
+}
+
+/// What a claim found: its generation, and the node that held the id before, if another.
+pub struct Claimed {
+    pub generation: u64,
+    pub previous: Option<String>,
+}
+
+/// A notice to a node: the connection of `client_id` with a claim older than `generation`
+/// must close; `resumed` says whether the new connection resumes the session (its Will,
+/// if delayed, is then not published, as for a take-over on one node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakeOver {
+    pub client_id: Arc<str>,
+    pub generation: u64,
+    pub resumed: bool,
+}
+
+impl Claims {
+    pub async fn open(url: &str, timeout: Duration) -> Result<Self, sqlx::Error> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(timeout)
+            .connect(url)
+            .await?;
+        Ok(Self { pool, timeout })
+    }
+
+    pub async fn claim(&self, client_id: &str, node: &str) -> Result<Claimed, ClaimError> {
+        let query = sqlx::query_as::<_, (i64, Option<String>)>(
+            "INSERT INTO cluster_clients AS c (client_id, node, generation) \
+             VALUES ($1, $2, nextval('cluster_generation')) \
+             ON CONFLICT (client_id) DO UPDATE SET \
+               previous_node = c.node, previous_generation = c.generation, \
+               node = EXCLUDED.node, generation = EXCLUDED.generation, connected_at = now() \
+             RETURNING generation, previous_node",
+        )
+        .bind(client_id)
+        .bind(node)
+        .fetch_one(&self.pool);
+        let (generation, previous) = self.bounded(query).await?;
+        Ok(Claimed {
+            generation: generation as u64,
+            previous: previous.filter(|p| p != node),
+        })
+    }
+
+    /// The connection holding `generation` is gone; a later claim is left alone.
+    pub async fn release(&self, client_id: &str, generation: u64) -> Result<(), ClaimError> {
+        let query =
+            sqlx::query("DELETE FROM cluster_clients WHERE client_id = $1 AND generation = $2")
+                .bind(client_id)
+                .bind(generation as i64)
+                .execute(&self.pool);
+        self.bounded(query).await.map(drop)
+    }
+
+    /// Of the ids this node holds (with their generations), those claimed since by a later
+    /// connection, here or elsewhere.
+    pub async fn lost(&self, held: &[(Arc<str>, u64)]) -> Result<Vec<String>, ClaimError> {
+        let ids: Vec<&str> = held.iter().map(|(id, _)| &**id).collect();
+        let generations: Vec<i64> = held.iter().map(|(_, g)| *g as i64).collect();
+        let query = sqlx::query_scalar::<_, String>(
+            "SELECT h.id FROM unnest($1::text[], $2::int8[]) AS h(id, generation) \
+             WHERE EXISTS (SELECT 1 FROM cluster_clients c \
+                           WHERE c.client_id = h.id AND c.generation > h.generation)",
+        )
+        .bind(ids)
+        .bind(generations)
+        .fetch_all(&self.pool);
+        self.bounded(query).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, ClaimError> {
+        match tokio::time::timeout(self.timeout, query).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => Err(ClaimError(e.to_string())),
+            Err(_) => Err(ClaimError(format!(
+                "the database did not answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+impl TakeOver {
+    /// `generation resumed client-id`: the id last, whole, whatever it contains.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(format!(
+            "{} {} {}",
+            self.generation,
+            u8::from(self.resumed),
+            self.client_id
+        ))
+    }
+
+    pub fn decode(body: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(body).ok()?;
+        let mut parts = text.splitn(3, ' ');
+        let generation = parts.next()?.parse().ok()?;
+        let resumed = match parts.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        Some(Self {
+            client_id: Arc::from(parts.next()?),
+            generation,
+            resumed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_carries_any_client_id_whole() {
+        let notice = TakeOver {
+            client_id: Arc::from("a b  c ü"),
+            generation: 17,
+            resumed: true,
+        };
+        assert_eq!(TakeOver::decode(&notice.encode()), Some(notice));
+        assert_eq!(TakeOver::decode(b"x 1 id"), None);
+        assert_eq!(TakeOver::decode(b"5 2 id"), None);
+        assert_eq!(TakeOver::decode(b"5 1"), None);
+        let empty = TakeOver::decode(b"5 0 ").unwrap();
+        assert_eq!(&*empty.client_id, "");
+    }
+}
