@@ -27,6 +27,15 @@ impl TokenBucket {
         rate.max(1.0)
     }
 
+    /// Changes the rate (a service's rate shared by a changing number of nodes), keeping the
+    /// tokens it holds up to the new capacity.
+    pub fn retune(&mut self, rate: f64) {
+        if rate != self.rate {
+            self.rate = rate;
+            self.tokens = self.tokens.min(Self::capacity(rate));
+        }
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
         if self.rate <= 0.0 {
@@ -49,6 +58,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_retuned_bucket_keeps_at_most_its_new_capacity_and_refills_at_its_new_rate() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, t0);
+        bucket.retune(2.5);
+        assert_eq!((0..10).filter(|_| bucket.try_take(t0)).count(), 2);
+        let t1 = t0 + Duration::from_millis(400);
+        assert!(bucket.try_take(t1), "one token after 0.4 s at 2.5/s");
+        assert!(!bucket.try_take(t1));
+    }
 
     #[test]
     fn a_bucket_allows_one_seconds_worth_then_refuses() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V3, V5, p5, v3_options, v5_options, within};
 use common::nats::Nats;
+use common::process::Process;
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
 use retaind::cluster::Cluster;
 use sqlx::Connection;
@@ -493,4 +494,78 @@ async fn a_connect_whose_id_cannot_be_claimed_is_refused_as_server_unavailable()
     tx.rollback().await.unwrap();
     let (_, ack) = Raw::connect(&a, &build::connect("dev", true, 60, Some(&[]))).await;
     assert_eq!(ack.body[1], 0, "accepted once the database answers");
+}
+
+#[tokio::test]
+async fn per_principal_rates_are_the_services_shared_by_the_live_nodes() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let mut dbs = vec![db, FreshDb::shared(&url)];
+    let mut nodes = Vec::new();
+    for db in dbs.drain(..) {
+        let mut config = test_config(&url);
+        config.cluster_url = Some(nats.url());
+        config.rate_publish = 20.0;
+        nodes.push(spawn_app_with(db, config).await);
+    }
+    let a = &nodes[0];
+    within("both nodes to be alive in the database", async {
+        while cluster(a).live_nodes() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // A burst on A: its share is 20/2 per second, with a burst of one second's worth.
+    let mut admitted = 0;
+    for _ in 0..30 {
+        if a.publish("/topics/rate?qos=0", "x").await.status() == 200 {
+            admitted += 1;
+        }
+    }
+    assert!((10..=12).contains(&admitted), "admitted {admitted} of 30");
+}
+
+#[tokio::test]
+async fn a_node_killed_is_found_dead_and_the_others_stop_sending_to_it() {
+    let nats = Nats::start().await;
+    let [a] = <[TestApp; 1]>::try_from(nodes(&nats, 1).await)
+        .ok()
+        .unwrap();
+    let mut b = Process::start(&a.db.url, &["--cluster-url", &nats.url()]).await;
+    let mut options = rumqttc::v5::MqttOptions::new("on-b", "127.0.0.1", b.mqtt.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (mut on_b, _) = V5::connect(options).await;
+    on_b.subscribe("dead/x", Qos5::AtMostOnce).await;
+    until_sends(&a, "dead/x").await;
+    within("B to be alive in the database", async {
+        while cluster(&a).live_nodes() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    b.kill().await;
+    let killed = Instant::now();
+    let t = topic("dead/x");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while cluster(&a).sends(&t) || cluster(&a).live_nodes() > 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("B found dead and its interest removed");
+    let found = killed.elapsed();
+    assert!(
+        found >= Duration::from_secs(8),
+        "not before B's heartbeat is 10 s old: {found:?}"
+    );
+    eprintln!("B found dead {found:?} after kill -9");
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    let claims: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cluster_clients WHERE client_id = 'on-b'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(claims, 0, "the dead node's claims are removed");
 }

@@ -8,13 +8,11 @@ mod common;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::process::Process;
 use common::{Backend, fresh_db};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Topics each writer cycles through, so that every topic is rewritten many times.
 const TOPICS_PER_WRITER: u64 = 8;
@@ -42,48 +40,6 @@ impl Ledger {
 
     fn acknowledged_total(&self) -> usize {
         self.0.lock().unwrap().values().filter(|e| e.1 > 0).count()
-    }
-}
-
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    mqtt: SocketAddr,
-}
-
-/// The release under test, as an operator starts it, on free ports.
-async fn start(database_url: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_retaind"))
-        .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
-        .args(["--database-url", database_url])
-        .args(["--rate-publish", "0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting retaind");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut http, mut mqtt) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http.is_none() || mqtt.is_none() {
-        assert!(Instant::now() < deadline, "retaind did not start");
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("retaind's output")
-            .unwrap()
-            .expect("retaind exited at start");
-        if let Some(addr) = line.strip_prefix("retaind: HTTP API on http://") {
-            http = Some(addr.parse().unwrap());
-        } else if let Some(addr) = line.strip_prefix("retaind: MQTT on mqtt://") {
-            mqtt = Some(addr.parse().unwrap());
-        }
-    }
-    // Keep reading so that the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Server {
-        child,
-        http: http.unwrap(),
-        mqtt: mqtt.unwrap(),
     }
 }
 
@@ -167,7 +123,7 @@ async fn stored_seq(http: &reqwest::Client, addr: SocketAddr, topic: &str) -> Op
 
 async fn killed_under_load_loses_no_acknowledged_write(backend: Backend) {
     let db = fresh_db(backend).await;
-    let mut server = start(&db.url).await;
+    let mut server = Process::start(&db.url, &[]).await;
     let ledger = Arc::new(Ledger::default());
     let mut writers = Vec::new();
     for w in 0..HTTP_WRITERS {
@@ -178,8 +134,7 @@ async fn killed_under_load_loses_no_acknowledged_write(backend: Backend) {
     }
     tokio::time::sleep(LOAD).await;
     let acknowledged_before_kill = ledger.acknowledged_total();
-    server.child.start_kill().expect("SIGKILL");
-    server.child.wait().await.unwrap();
+    server.kill().await;
     for w in writers {
         tokio::time::timeout(Duration::from_secs(30), w)
             .await
@@ -191,7 +146,7 @@ async fn killed_under_load_loses_no_acknowledged_write(backend: Backend) {
         "too little was acknowledged for the test to mean anything: {acknowledged_before_kill} topics"
     );
 
-    let server = start(&db.url).await;
+    let server = Process::start(&db.url, &[]).await;
     let http = reqwest::Client::new();
     let ledger: HashMap<String, (u64, u64)> = ledger.0.lock().unwrap().clone();
     let in_doubt = ledger.values().filter(|(sent, acked)| sent > acked).count();

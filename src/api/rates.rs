@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::cluster::Cluster;
 use crate::rate::TokenBucket;
 
 /// The throttled operations, each with its own rate.
@@ -61,6 +62,9 @@ impl RateLimits {
 pub struct Throttle {
     limits: RateLimits,
     buckets: Arc<Mutex<Buckets>>,
+    /// The other nodes, when this node is one of many: the rates are the service's, so each
+    /// node admits its share, the rate divided by the number of live nodes.
+    cluster: Option<Cluster>,
 }
 
 /// One bucket per operation (created on first use), for each principal.
@@ -78,7 +82,14 @@ impl Throttle {
         Self {
             limits,
             buckets: Arc::default(),
+            cluster: None,
         }
+    }
+
+    /// The rates are the service's, shared by the live nodes of `cluster`.
+    pub fn service_wide(mut self, cluster: Option<Cluster>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Whether `principal` may make one more `op` request at `now`; spends a token if so.
@@ -87,6 +98,10 @@ impl Throttle {
         if rate <= 0.0 {
             return true;
         }
+        let rate = match &self.cluster {
+            Some(cluster) => rate / cluster.live_nodes() as f64,
+            None => rate,
+        };
         let mut buckets = self
             .buckets
             .lock()
@@ -103,9 +118,9 @@ impl Throttle {
                 buckets.named.get_mut(name).expect("inserted above")
             }
         };
-        per_operation[op as usize]
-            .get_or_insert_with(|| TokenBucket::new(rate, now))
-            .try_take(now)
+        let bucket = per_operation[op as usize].get_or_insert_with(|| TokenBucket::new(rate, now));
+        bucket.retune(rate);
+        bucket.try_take(now)
     }
 }
 

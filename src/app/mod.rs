@@ -177,7 +177,8 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             get_retained_message: config.rate_get_retained_message,
             list_retained_messages: config.rate_list_retained_messages,
             publish: config.rate_publish,
-        }),
+        })
+        .service_wide(broker.cluster().cloned()),
         allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
     });
     let mqtt_listener = TcpListener::bind(config.mqtt_addr)

@@ -44,6 +44,10 @@ impl Claims {
         Ok(Self { pool, timeout })
     }
 
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub async fn claim(&self, client_id: &str, node: &str) -> Result<Claimed, ClaimError> {
         let query = sqlx::query_as::<_, (i64, Option<String>)>(
             "INSERT INTO cluster_clients AS c (client_id, node, generation) \

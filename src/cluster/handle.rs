@@ -3,7 +3,7 @@
 //! keeps the node's interest announced.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,6 +83,8 @@ struct Inner {
     not_forwarded: AtomicU64,
     dropped: AtomicU64,
     unannounced: Arc<AtomicU64>,
+    /// Nodes with a recent heartbeat, this one included.
+    live: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -146,6 +148,21 @@ impl Cluster {
             })?;
         tasks.spawn(take_overs(notices, inbox.clone(), shutdown.clone()));
         tasks.spawn(send(client.clone(), outbox_rx, forwarded.clone()));
+        let live = Arc::new(AtomicUsize::new(1));
+        let buried = {
+            let (remote, inbox, changes) = (remote.clone(), inbox.clone(), changes.clone());
+            move |dead: &str| {
+                let _ = changes.send(Change::Bury(remote.keys_of(dead)));
+                inbox.forget(dead);
+            }
+        };
+        tasks.spawn(super::nodes::run(
+            claims.pool().clone(),
+            node.clone(),
+            live.clone(),
+            buried,
+            shutdown.clone(),
+        ));
         tasks.close();
         tracing::info!(%node, url = %config.url, "joined the cluster");
         Ok(Self {
@@ -164,6 +181,7 @@ impl Cluster {
                 not_forwarded: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 unannounced,
+                live,
                 shutdown,
                 tasks,
             }),
@@ -285,10 +303,24 @@ impl Cluster {
         }
     }
 
-    /// Leaves the service: withdraws this node's interest and stops its tasks.
+    /// The nodes of the service with a recent heartbeat, this one included (at least 1).
+    pub fn live_nodes(&self) -> usize {
+        self.inner.live.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Leaves the service: withdraws this node's interest, claims and heartbeat, and stops
+    /// its tasks.
     pub async fn stop(&self) {
         self.inner.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tasks.wait()).await;
+        let left = tokio::time::timeout(
+            Duration::from_secs(5),
+            super::nodes::leave(self.inner.claims.pool(), &self.inner.node),
+        )
+        .await;
+        if !matches!(left, Ok(Ok(()))) {
+            tracing::warn!("could not remove this node's heartbeat; the others will find it dead");
+        }
     }
 }
 

@@ -65,4 +65,12 @@ impl Inbox {
             events.publish(routed);
         }
     }
+
+    /// Forgets what `node` sent (it left the service).
+    pub fn forget(&self, node: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .forget(node);
+    }
 }

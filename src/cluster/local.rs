@@ -28,6 +28,8 @@ const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Change {
     Add(TopicFilter, oneshot::Sender<()>),
     Remove(TopicFilter),
+    /// A dead node's keys: removed from the bucket so that nobody sends to it any more.
+    Bury(Vec<String>),
 }
 
 struct Held {
@@ -66,6 +68,13 @@ impl Local {
                         let _ = done.send(());
                     }
                     Some(Change::Remove(filter)) => self.remove(&mut held, &store, &filter).await,
+                    Some(Change::Bury(keys)) => {
+                        if let Some(store) = &store {
+                            for key in keys {
+                                let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
+                            }
+                        }
+                    }
                     None => break,
                 },
                 changed = epochs.changed() => {

@@ -13,6 +13,7 @@ mod handle;
 mod inbox;
 mod link;
 mod local;
+mod nodes;
 mod remote;
 mod seen;
 mod subject;

@@ -69,6 +69,15 @@ impl RemoteInterest {
         *self.tree() = SubscriptionTree::new();
     }
 
+    /// The bucket keys of `node`'s filters.
+    pub fn keys_of(&self, node: &str) -> Vec<String> {
+        self.keys()
+            .iter()
+            .filter(|(_, (n, _))| &**n == node)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     fn apply(&self, own: &str, entry: &kv::Entry) {
         let Some(node) = bucket::node_of(&entry.key) else {
             return;

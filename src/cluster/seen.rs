@@ -33,6 +33,11 @@ impl Seen {
         };
         window.first(seq)
     }
+
+    /// Forgets a node that left the service, so that the map does not grow with restarts.
+    pub fn forget(&mut self, node: &str) {
+        self.nodes.remove(node);
+    }
 }
 
 impl Window {
@@ -116,5 +121,7 @@ mod tests {
         );
         assert!(!seen.first(&a, 11 + WINDOW * 2));
         assert!(seen.first(&a, 10 + WINDOW * 3 + 1));
+        seen.forget("a");
+        assert!(seen.first(&a, 10), "a forgotten node starts afresh");
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod mqtt;
 pub mod nats;
+pub mod process;
 pub mod proxy;
 pub mod raw_http;
 

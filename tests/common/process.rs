@@ -1,0 +1,60 @@
+//! The release under test as an operator starts it: the `retaind` binary on free ports, as a
+//! process of its own that a test can kill with SIGKILL.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct Process {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub mqtt: SocketAddr,
+}
+
+impl Process {
+    /// Starts `retaind` on `database_url` with `args` besides, and waits for its addresses.
+    pub async fn start(database_url: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_retaind"))
+            .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+            .args(["--database-url", database_url])
+            .args(["--rate-publish", "0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting retaind");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut http, mut mqtt) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http.is_none() || mqtt.is_none() {
+            assert!(Instant::now() < deadline, "retaind did not start");
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("retaind's output")
+                .unwrap()
+                .expect("retaind exited at start");
+            if let Some(addr) = line.strip_prefix("retaind: HTTP API on http://") {
+                http = Some(addr.parse().unwrap());
+            } else if let Some(addr) = line.strip_prefix("retaind: MQTT on mqtt://") {
+                mqtt = Some(addr.parse().unwrap());
+            }
+        }
+        // Keep reading so that the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            http: http.unwrap(),
+            mqtt: mqtt.unwrap(),
+        }
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.unwrap();
+    }
+}
