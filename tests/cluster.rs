@@ -569,3 +569,95 @@ async fn a_node_killed_is_found_dead_and_the_others_stop_sending_to_it() {
             .unwrap();
     assert_eq!(claims, 0, "the dead node's claims are removed");
 }
+
+/// Collects the payloads `c` receives, in a task of its own, until aborted.
+fn collect(
+    mut c: V5,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = got.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(event) = c.events.poll().await {
+            if let rumqttc::v5::Event::Incoming(p5::Packet::Publish(p)) = event {
+                into.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+        }
+    });
+    (got, task)
+}
+
+#[tokio::test]
+async fn a_shared_subscription_gives_each_message_to_one_member_across_nodes() {
+    let nats = Nats::start().await;
+    let [a, b, c] = <[TestApp; 3]>::try_from(nodes(&nats, 3).await)
+        .ok()
+        .unwrap();
+    let (mut m1, _) = V5::connect(v5_options(&a, "m1")).await;
+    m1.subscribe("$share/g/jobs/#", Qos5::AtLeastOnce).await;
+    let (mut m2, _) = V5::connect(v5_options(&b, "m2")).await;
+    m2.subscribe("$share/g/jobs/#", Qos5::AtLeastOnce).await;
+    // Another group on the same filter gets every message too, on its one member.
+    let (mut other, _) = V5::connect(v5_options(&b, "other")).await;
+    other.subscribe("$share/h/jobs/#", Qos5::AtLeastOnce).await;
+    let (mut plain, _) = V5::connect(v5_options(&c, "plain")).await;
+    plain.subscribe("jobs/#", Qos5::AtLeastOnce).await;
+    until_sends(&c, "jobs/1").await;
+    until_sends(&a, "jobs/1").await;
+    let (m1, t1) = collect(m1);
+    let (m2, t2) = collect(m2);
+    let (other, t3) = collect(other);
+
+    let (mut publisher, _) = V5::connect(v5_options(&c, "pub")).await;
+    let mut sent = Vec::new();
+    for i in 0..40 {
+        let payload = format!("mqtt-{i}");
+        publisher
+            .publish("jobs/1", Qos5::AtLeastOnce, false, payload.as_bytes())
+            .await;
+        sent.push(payload);
+    }
+    for i in 0..10 {
+        let payload = format!("http-{i}");
+        let res = a.publish("/topics/jobs%2F2?qos=1", payload.clone()).await;
+        assert_eq!(res.status(), 200);
+        sent.push(payload);
+    }
+    publisher
+        .publish("jobs/end", Qos5::AtLeastOnce, false, b"end")
+        .await;
+    sent.push("end".into());
+    assert_eq!(until_payload(&mut plain, b"end").await.len(), sent.len());
+    within("every message to reach a member of each group", async {
+        while m1.lock().unwrap().len() + m2.lock().unwrap().len() < sent.len()
+            || other.lock().unwrap().len() < sent.len()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Anything sent twice would have arrived by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for t in [t1, t2, t3] {
+        t.abort();
+    }
+    let (m1, m2) = (m1.lock().unwrap().clone(), m2.lock().unwrap().clone());
+    let mut both: Vec<String> = m1.iter().chain(&m2).cloned().collect();
+    both.sort();
+    let mut expected = sent.clone();
+    expected.sort();
+    assert_eq!(both, expected, "each message to exactly one member of g");
+    assert!(
+        !m1.is_empty() && !m2.is_empty(),
+        "spread over both nodes' members: {} and {}",
+        m1.len(),
+        m2.len()
+    );
+    let mut other = other.lock().unwrap().clone();
+    other.sort();
+    assert_eq!(other, expected, "h's one member has every message");
+}

@@ -126,7 +126,10 @@ impl Broker {
 
     /// Sends a message handled here to every matching subscription, on this node and others.
     fn deliver(&self, message: Arc<Message>, now_ms: i64) {
-        if let Some(cluster) = &self.inner.cluster
+        let cluster = self.inner.cluster.as_ref();
+        // Shared groups span nodes through NATS; without it, this node's members get theirs.
+        let shared_here = cluster.is_none_or(|c| !c.shares_across_nodes());
+        if let Some(cluster) = cluster
             && !message.expired(now_ms)
         {
             cluster.forward(&Outgoing {
@@ -137,17 +140,27 @@ impl Broker {
                 properties: &message.properties,
                 expires_at_ms: message.expires_at_ms,
                 origin: message.origin.as_deref(),
+                shared_done: shared_here,
             });
         }
-        self.inner.sessions.route(message, now_ms);
+        self.inner.sessions.route(message, now_ms, shared_here);
     }
 
     /// A publish another node handled (and stored, if retained): this node's subscribers get it.
     pub(super) fn receive(&self, routed: Routed) {
         let now = self.inner.store.clock().now_ms();
+        // Members of shared groups get theirs from their queue subscriptions.
         self.inner
             .sessions
-            .route(Arc::new(Message::routed(routed)), now);
+            .route(Arc::new(Message::routed(routed)), now, false);
+    }
+
+    /// A publish from another node for the member of a shared subscription NATS picked.
+    pub(super) fn receive_for_member(&self, routed: Routed, spec: &FilterSpec, member: &str) {
+        let now = self.inner.store.clock().now_ms();
+        self.inner
+            .sessions
+            .route_to_member(Arc::new(Message::routed(routed)), now, spec, member);
     }
 
     /// Asks every connection to close (MQTT 5: DISCONNECT 0x8B) and waits for them, up to `grace`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::handle::{Broker, Inner};
 use crate::cluster::{Cluster, Events, Routed, TakeOver};
+use crate::topic::{ClientKey, FilterSpec};
 
 /// How often a node compares the client ids it holds with their claims.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
@@ -18,6 +19,12 @@ impl Events for FromCluster {
     fn publish(&self, routed: Routed) {
         if let Some(inner) = self.0.upgrade() {
             Broker { inner }.receive(routed);
+        }
+    }
+
+    fn publish_to_member(&self, routed: Routed, spec: &FilterSpec, member: &ClientKey) {
+        if let Some(inner) = self.0.upgrade() {
+            Broker { inner }.receive_for_member(routed, spec, member);
         }
     }
 

@@ -199,7 +199,7 @@ impl Sessions {
     ) {
         let previous = self.subscriptions_write().insert(key, spec, options);
         let announced = match (&previous, &self.cluster) {
-            (None, Some(cluster)) => Some(cluster.interest_added(spec.filter())),
+            (None, Some(cluster)) => Some(cluster.interest_added(spec, key)),
             _ => None,
         };
         (previous, announced)
@@ -209,7 +209,7 @@ impl Sessions {
     pub fn unsubscribe(&self, key: &ClientKey, spec: &FilterSpec) -> bool {
         let removed = self.subscriptions_write().remove(key, spec).is_some();
         if removed && let Some(cluster) = &self.cluster {
-            cluster.interest_removed(spec.filter());
+            cluster.interest_removed(spec, key);
         }
         removed
     }
@@ -311,7 +311,7 @@ impl Sessions {
             if tree.remove(&session.key, &spec).is_some()
                 && let Some(cluster) = &self.cluster
             {
-                cluster.interest_removed(spec.filter());
+                cluster.interest_removed(&spec, &session.key);
             }
         }
     }
@@ -357,18 +357,25 @@ impl Sessions {
             .is_some_and(|s| !s.is_attached_to(connection))
     }
 
-    /// Sends a message to every matching subscription. A client with several matching
+    /// Sends a message to every matching subscription, and to one member of each matching
+    /// shared group when `shared` (otherwise NATS picks members, service-wide, and hands
+    /// them over with [`Self::route_to_member`]). A client with several matching
     /// subscriptions gets one copy at the highest granted QoS carrying every subscription
     /// identifier [MQTT-3.3.4-2, -3]. Never waits: a connected client whose queue has no room
     /// for a QoS ≥ 1 message is not keeping up and is disconnected (MQTT 5: 0x97), so one
     /// slow subscriber never holds its publishers back.
-    pub fn route(&self, message: Arc<Message>, now_ms: i64) {
+    pub fn route(&self, message: Arc<Message>, now_ms: i64, shared: bool) {
         if message.expired(now_ms) {
             return;
         }
         let mut matched = Vec::new();
-        self.subscriptions_read()
-            .matches(&message.topic, &mut matched);
+        let tree = self.subscriptions_read();
+        if shared {
+            tree.matches(&message.topic, &mut matched);
+        } else {
+            tree.matches_plain(&message.topic, &mut matched);
+        }
+        drop(tree);
         if matched.is_empty() {
             return;
         }
@@ -388,14 +395,50 @@ impl Sessions {
                 .collect()
         };
         for (session, delivery) in targets {
-            if let Some(delivery) = session.offer(delivery) {
-                tracing::warn!(client = %session.key, "subscriber is not keeping up; disconnecting it");
-                session.kick(DisconnectReasonCode::QuotaExceeded);
-                session.online.store(false, Ordering::Release);
-                // Offline now: its session drops what does not fit, as for any offline one.
-                let _ = session.offer(delivery);
-            }
+            offer_or_kick(&session, delivery);
         }
+    }
+
+    /// Sends a message to `member`, the member of shared subscription `spec` that NATS
+    /// picked for it (decision 014). A member that left since gets nothing: the message is
+    /// at most once between nodes, like the rest of the hop.
+    pub fn route_to_member(
+        &self,
+        message: Arc<Message>,
+        now_ms: i64,
+        spec: &FilterSpec,
+        member: &str,
+    ) {
+        if message.expired(now_ms) {
+            return;
+        }
+        let Some(session) = self.registry().sessions.get(member).cloned() else {
+            return;
+        };
+        let Some(options) = session.state().subscriptions.get(spec).copied() else {
+            return;
+        };
+        if !session.may_receive(&message.topic) {
+            return;
+        }
+        let delivery = Delivery {
+            qos: message.qos.min(options.qos),
+            retain: options.retain_as_published && message.retain,
+            subscription_ids: options.subscription_id.into_iter().collect(),
+            message,
+        };
+        offer_or_kick(&session, delivery);
+    }
+}
+
+/// Queues a delivery; a connected client whose queue is full is disconnected (MQTT 5: 0x97).
+fn offer_or_kick(session: &Arc<Session>, delivery: Delivery) {
+    if let Some(delivery) = session.offer(delivery) {
+        tracing::warn!(client = %session.key, "subscriber is not keeping up; disconnecting it");
+        session.kick(DisconnectReasonCode::QuotaExceeded);
+        session.online.store(false, Ordering::Release);
+        // Offline now: its session drops what does not fit, as for any offline one.
+        let _ = session.offer(delivery);
     }
 }
 

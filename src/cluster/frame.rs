@@ -32,6 +32,7 @@ struct Head<'a> {
     response_topic: Option<&'a str>,
     correlation_data: Option<&'a [u8]>,
     utf8: bool,
+    shared_done: bool,
 }
 
 /// A publish on its way out, borrowed from the broker's message.
@@ -44,6 +45,9 @@ pub struct Outgoing<'a> {
     pub expires_at_ms: Option<i64>,
     /// The publishing client's id; `None` for HTTP publishes and the broker's own.
     pub origin: Option<&'a str>,
+    /// The sending node gave it to members of shared subscriptions itself (it had lost
+    /// NATS), so no member elsewhere gets it again.
+    pub shared_done: bool,
 }
 
 /// A publish received from another node.
@@ -56,6 +60,8 @@ pub struct Routed {
     pub properties: MessageProperties,
     pub expires_at_ms: Option<i64>,
     pub origin: Option<Arc<str>>,
+    /// See [`Outgoing::shared_done`].
+    pub shared_done: bool,
 }
 
 /// Where a frame comes from: its node and that node's sequence number for it.
@@ -97,6 +103,7 @@ pub fn encode(m: &Outgoing<'_>, node: &str, seq: u64) -> Bytes {
         response_topic: p.response_topic.as_ref().map(TopicName::as_str),
         correlation_data: p.correlation_data.as_deref(),
         utf8: p.payload_format == PayloadFormat::Utf8,
+        shared_done: m.shared_done,
     };
     let mut out = Vec::with_capacity(64 + m.topic.as_str().len() + m.payload.len());
     out.push(VERSION);
@@ -158,6 +165,7 @@ pub fn decode(body: &Bytes, limits: TopicLimits) -> Result<(Routed, Source), Fra
         },
         expires_at_ms: head.expires_at_ms,
         origin: head.origin_client.map(Arc::from),
+        shared_done: head.shared_done,
     };
     Ok((
         routed,
@@ -205,6 +213,7 @@ mod tests {
                 properties: &properties,
                 expires_at_ms: Some(1_767_225_600_000),
                 origin: Some("client-1"),
+                shared_done: true,
             },
             "node-a",
             42,
@@ -220,6 +229,7 @@ mod tests {
                 properties,
                 expires_at_ms: Some(1_767_225_600_000),
                 origin: Some(Arc::from("client-1")),
+                shared_done: true,
             }
         );
         assert_eq!(
@@ -243,6 +253,7 @@ mod tests {
                 properties: &MessageProperties::default(),
                 expires_at_ms: None,
                 origin: None,
+                shared_done: false,
             },
             "n",
             0,
@@ -265,6 +276,7 @@ mod tests {
                 properties: &MessageProperties::default(),
                 expires_at_ms: None,
                 origin: Some("c\0"),
+                shared_done: false,
             },
             "n",
             1,

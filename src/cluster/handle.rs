@@ -3,6 +3,7 @@
 //! keeps the node's interest announced.
 
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use super::link::{self, Link};
 use super::local::{Change, Local};
 use super::remote::{self, RemoteInterest};
 use super::subject::topic_subject;
-use crate::topic::{TopicFilter, TopicLimits};
+use crate::topic::{ClientKey, FilterSpec, SubscriptionTree, TopicLimits, TopicName};
 
 /// Publishes waiting for the NATS connection: beyond this many, a publish is not sent to the
 /// other nodes (and counted), so a stalled NATS never holds a publisher back.
@@ -85,6 +86,9 @@ struct Inner {
     unannounced: Arc<AtomicU64>,
     /// Nodes with a recent heartbeat, this one included.
     live: Arc<AtomicUsize>,
+    /// This node's members of shared subscriptions: a publish they match goes through NATS,
+    /// which picks the group's member, even when no other node is interested.
+    members_here: RwLock<SubscriptionTree<()>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -129,8 +133,11 @@ impl Cluster {
             link.epochs(),
             shutdown.clone(),
         ));
+        let members_client =
+            link::connect_members(&config.url, &format!("retaind {node} members")).await?;
         let local = Local {
             client: client.clone(),
+            members_client,
             js,
             link: link.clone(),
             prefix: config.prefix.clone(),
@@ -182,6 +189,7 @@ impl Cluster {
                 dropped: AtomicU64::new(0),
                 unannounced,
                 live,
+                members_here: RwLock::new(SubscriptionTree::new()),
                 shutdown,
                 tasks,
             }),
@@ -206,8 +214,32 @@ impl Cluster {
 
     /// Whether a publish to `topic` would be sent to NATS now: some other node announced a
     /// matching filter, or this node does not know (and sends everything).
-    pub fn sends(&self, topic: &crate::topic::TopicName) -> bool {
-        self.inner.remote.wants(topic)
+    pub fn sends(&self, topic: &TopicName) -> bool {
+        self.inner.remote.wants(topic) || (self.is_connected() && self.members_here_want(topic))
+    }
+
+    fn members_here_want(&self, topic: &TopicName) -> bool {
+        let mut matched = Vec::new();
+        self.inner
+            .members_here
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .matches(topic, &mut matched);
+        !matched.is_empty()
+    }
+
+    fn members_here(&self) -> std::sync::RwLockWriteGuard<'_, SubscriptionTree<()>> {
+        self.inner
+            .members_here
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether members of shared subscriptions get their messages through NATS, which picks
+    /// one member per group service-wide. Without NATS, this node's members get them from
+    /// this node, as on a single node.
+    pub fn shares_across_nodes(&self) -> bool {
+        self.is_connected()
     }
 
     /// Sets what the broker does with what other nodes send; the first call wins.
@@ -257,7 +289,8 @@ impl Cluster {
     /// Never waits.
     pub fn forward(&self, message: &Outgoing<'_>) {
         let inner = &self.inner;
-        if !inner.remote.wants(message.topic) {
+        let members = !message.shared_done && self.members_here_want(message.topic);
+        if !members && !inner.remote.wants(message.topic) {
             inner.not_forwarded.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -276,17 +309,30 @@ impl Cluster {
         }
     }
 
-    /// A session subscribed to `filter`. The returned receiver completes once the other
-    /// nodes can know it (or the attempt timed out); the SUBACK waits for it.
-    pub fn interest_added(&self, filter: &TopicFilter) -> oneshot::Receiver<()> {
+    /// Session `member` subscribed to `spec` (plain or shared). The returned receiver
+    /// completes once the other nodes can know it (or the attempt timed out); the SUBACK
+    /// waits for it.
+    pub fn interest_added(&self, spec: &FilterSpec, member: &ClientKey) -> oneshot::Receiver<()> {
+        if spec.share_group().is_some() {
+            self.members_here().insert(member, spec, ());
+        }
         let (done, announced) = oneshot::channel();
-        let _ = self.inner.changes.send(Change::Add(filter.clone(), done));
+        let _ = self
+            .inner
+            .changes
+            .send(Change::Add(spec.clone(), member.clone(), done));
         announced
     }
 
-    /// A session's subscription to `filter` ended.
-    pub fn interest_removed(&self, filter: &TopicFilter) {
-        let _ = self.inner.changes.send(Change::Remove(filter.clone()));
+    /// Session `member`'s subscription to `spec` ended.
+    pub fn interest_removed(&self, spec: &FilterSpec, member: &ClientKey) {
+        if spec.share_group().is_some() {
+            self.members_here().remove(member, spec);
+        }
+        let _ = self
+            .inner
+            .changes
+            .send(Change::Remove(spec.clone(), member.clone()));
     }
 
     pub fn stats(&self) -> ClusterStats {

@@ -9,12 +9,15 @@ use bytes::Bytes;
 use super::claims::TakeOver;
 use super::frame::{self, Routed};
 use super::seen::Seen;
-use crate::topic::TopicLimits;
+use crate::topic::{ClientKey, FilterSpec, TopicLimits};
 
 /// What a node does with what the other nodes send it (the broker implements it).
 pub trait Events: Send + Sync {
     /// A publish another node handled (and stored, if retained).
     fn publish(&self, routed: Routed);
+    /// A publish for `member`'s shared subscription `spec`: NATS chose this member of the
+    /// group, service-wide.
+    fn publish_to_member(&self, routed: Routed, spec: &FilterSpec, member: &ClientKey);
     /// Another node claimed a client id: its connection here, if older, must close.
     fn taken_over(&self, notice: TakeOver);
 }
@@ -42,15 +45,36 @@ impl Inbox {
         }
     }
 
-    pub fn handle(&self, body: &Bytes) {
-        let (routed, source) = match frame::decode(body, self.limits) {
-            Ok(decoded) => decoded,
+    fn decode(&self, body: &Bytes) -> Option<(Routed, frame::Source)> {
+        match frame::decode(body, self.limits) {
+            Ok(decoded) => Some(decoded),
             Err(e) => {
                 if self.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::warn!(error = %e, "dropped a message from NATS that is not a retaind publish (logged once)");
                 }
-                return;
+                None
             }
+        }
+    }
+
+    /// A copy from a queue subscription: one per group service-wide, so no duplicates to
+    /// drop, and it goes to that member alone.
+    pub fn handle_for_member(&self, body: &Bytes, spec: &FilterSpec, member: &ClientKey) {
+        let Some((routed, _)) = self.decode(body) else {
+            return;
+        };
+        if routed.shared_done {
+            return;
+        }
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(events) = self.events.get() {
+            events.publish_to_member(routed, spec, member);
+        }
+    }
+
+    pub fn handle(&self, body: &Bytes) {
+        let Some((routed, source)) = self.decode(body) else {
+            return;
         };
         let mut seen = self
             .seen

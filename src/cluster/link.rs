@@ -71,6 +71,23 @@ impl Link {
     }
 }
 
+/// A second connection for queue subscriptions (members of shared subscriptions): the
+/// first one does not receive its own publishes, and NATS would then skip this node's
+/// members for them. Made once the first connection works, so it needs no retries of its own;
+/// async-nats keeps it up.
+pub async fn connect_members(url: &str, name: &str) -> Result<Client, Error> {
+    ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(2))
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .map_err(|e| Error::Unreachable {
+            url: url.to_owned(),
+            cause: e.to_string(),
+        })
+}
+
 /// Connects to `url`, trying again every half second until `wait` has passed, logging each
 /// failure's cause; then checks that the largest payload fits the server's message size.
 pub async fn connect(

@@ -22,7 +22,7 @@ pub use claims::{ClaimError, TakeOver};
 pub use frame::{Outgoing, Routed};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
 pub use inbox::Events;
-pub use subject::{filter_subjects, topic_subject};
+pub use subject::{filter_subjects, queue_group, topic_subject};
 
 /// Why a node could not join the service.
 #[derive(Debug, thiserror::Error)]

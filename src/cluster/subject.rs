@@ -49,6 +49,19 @@ pub fn filter_subjects(prefix: &str, filter: &TopicFilter) -> Vec<String> {
     vec![subject]
 }
 
+/// The NATS queue group of the MQTT shared subscription `$share/<group>/<filter>`: its
+/// members on every node share it, so NATS hands each message to one of them. The filter is
+/// part of the group's identity in MQTT, so its digest is part of the name.
+pub fn queue_group(group: &str, filter: &TopicFilter) -> String {
+    use sha2::{Digest, Sha256};
+    let mut name = String::with_capacity(group.len() + 34);
+    push_level(&mut name, group);
+    let digest = Sha256::digest(filter.as_str().as_bytes());
+    name.push('_');
+    name.push_str(&hex::encode(&digest[..16]));
+    name
+}
+
 fn messages_root(prefix: &str, topic_len: usize) -> String {
     let mut root = String::with_capacity(prefix.len() + 2 + topic_len * 3 / 2);
     root.push_str(prefix);

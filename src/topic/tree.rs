@@ -160,6 +160,16 @@ impl<V: Clone> SubscriptionTree<V> {
     /// whose filters overlap appears once per filter), and one member of each shared group
     /// whose filter matches, taken in turn.
     pub fn matches(&self, topic: &TopicName, out: &mut Vec<(ClientKey, V)>) {
+        self.walk(topic, out, true);
+    }
+
+    /// [`Self::matches`] without shared groups: for a node whose shared groups span nodes,
+    /// where another part of the service picks the member.
+    pub fn matches_plain(&self, topic: &TopicName, out: &mut Vec<(ClientKey, V)>) {
+        self.walk(topic, out, false);
+    }
+
+    fn walk(&self, topic: &TopicName, out: &mut Vec<(ClientKey, V)>, shared: bool) {
         // [MQTT-4.7.2-1] a leading wildcard does not match a topic starting with '$'.
         let reserved = topic.is_reserved();
         // Literal children are followed in place; only '+' branches wait here, so a topic that
@@ -171,11 +181,11 @@ impl<V: Clone> SubscriptionTree<V> {
         loop {
             // '#' matches the rest of the topic, including nothing: `a/#` matches `a`.
             if wildcards && let Some(hash) = &node.hash {
-                hash.collect(out);
+                hash.collect(out, shared);
             }
             let next = match levels.next() {
                 None => {
-                    node.subscribers.collect(out);
+                    node.subscribers.collect(out, shared);
                     None
                 }
                 Some(level) => {
@@ -324,8 +334,11 @@ impl<V> Subscribers<V> {
 }
 
 impl<V: Clone> Subscribers<V> {
-    fn collect(&self, out: &mut Vec<(ClientKey, V)>) {
+    fn collect(&self, out: &mut Vec<(ClientKey, V)>, shared: bool) {
         out.extend_from_slice(&self.plain.entries);
+        if !shared {
+            return;
+        }
         for group in self.shared.values() {
             let members = &group.members.entries;
             // Groups are removed when their last member leaves, so `members` is not empty.
@@ -524,6 +537,19 @@ mod tests {
         assert_eq!(
             counts,
             BTreeMap::from([("c1".into(), 10), ("c2".into(), 10), ("c3".into(), 10)])
+        );
+    }
+
+    #[test]
+    fn plain_matches_leave_shared_groups_out() {
+        let tree = tree(&[("c1", "$share/g/jobs/#"), ("c2", "jobs/+"), ("c3", "#")]);
+        let mut out = Vec::new();
+        tree.matches_plain(&name("jobs/1"), &mut out);
+        let mut found: Vec<_> = out.into_iter().map(|(c, v)| (c.to_string(), v)).collect();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![("c2".into(), "jobs/+".into()), ("c3".into(), "#".into())]
         );
     }
 
