@@ -357,6 +357,16 @@ impl Cluster {
     /// Leaves the service: withdraws this node's interest, claims and heartbeat, and stops
     /// its tasks.
     pub async fn stop(&self) {
+        let s = self.stats();
+        tracing::info!(
+            forwarded = s.forwarded,
+            not_forwarded = s.not_forwarded,
+            dropped = s.dropped,
+            received = s.received,
+            duplicates = s.duplicates,
+            slow_consumer_events = s.slow_consumer_events,
+            "cluster traffic of this node, since it started"
+        );
         self.inner.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tasks.wait()).await;
         let left = tokio::time::timeout(
