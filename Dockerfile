@@ -21,6 +21,6 @@ WORKDIR /var/lib/retaind
 # see docs/examples/auth.toml and docker-compose.yml). No credentials are baked into the image.
 ENV RETAIND_HTTP_ADDR=0.0.0.0:8080 \
     DATABASE_URL=sqlite:///var/lib/retaind/data/retaind.db
-EXPOSE 8080
+EXPOSE 8080 1883
 HEALTHCHECK --interval=10s --timeout=3s CMD curl -fsS http://127.0.0.1:8080/readyz || exit 1
 ENTRYPOINT ["retaind"]

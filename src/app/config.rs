@@ -316,4 +316,31 @@ mod tests {
             .expect("the --database-url flag");
         assert!(database_url.is_hide_env_values_set());
     }
+
+    /// docker-compose.yml configures the nodes through the environment; a variable no flag
+    /// reads would be ignored without a word.
+    #[test]
+    fn every_variable_docker_compose_sets_is_read_by_a_flag() {
+        let command = Cli::command();
+        let known: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .collect();
+        let compose = include_str!("../../docker-compose.yml");
+        let mut set = Vec::new();
+        for line in compose.lines() {
+            let name = line.trim().split(':').next().unwrap_or_default();
+            if name.starts_with("RETAIND_") || name == "DATABASE_URL" {
+                set.push(name.to_owned());
+            }
+        }
+        assert!(set.contains(&"RETAIND_CLUSTER_URL".to_owned()), "{set:?}");
+        for name in set {
+            assert!(
+                known.contains(&name),
+                "docker-compose.yml sets {name}, which no flag reads"
+            );
+        }
+    }
 }

@@ -154,7 +154,12 @@ impl Cluster {
                 cause: e.to_string(),
             })?;
         tasks.spawn(take_overs(notices, inbox.clone(), shutdown.clone()));
-        tasks.spawn(send(client.clone(), outbox_rx, forwarded.clone()));
+        tasks.spawn(send(
+            client.clone(),
+            outbox_rx,
+            forwarded.clone(),
+            shutdown.clone(),
+        ));
         let live = Arc::new(AtomicUsize::new(1));
         let buried = {
             let (remote, inbox, changes) = (remote.clone(), inbox.clone(), changes.clone());
@@ -386,12 +391,27 @@ async fn send(
     client: async_nats::Client,
     mut outbox: mpsc::Receiver<(String, Bytes)>,
     forwarded: Arc<AtomicU64>,
+    shutdown: CancellationToken,
 ) {
-    while let Some((subject, body)) = outbox.recv().await {
+    loop {
+        let (subject, body) = tokio::select! {
+            next = outbox.recv() => match next {
+                Some(next) => next,
+                None => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
         if client.publish(subject, body).await.is_ok() {
             forwarded.fetch_add(1, Ordering::Relaxed);
         }
     }
+    // What the broker handed over before it stopped still goes out.
+    while let Ok((subject, body)) = outbox.try_recv() {
+        if client.publish(subject, body).await.is_ok() {
+            forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
 }
 
 /// Hands take-over notices for this node to the broker.
