@@ -611,6 +611,7 @@ async fn a_shared_subscription_gives_each_message_to_one_member_across_nodes() {
     let (m1, t1) = collect(m1);
     let (m2, t2) = collect(m2);
     let (other, t3) = collect(other);
+    let (plain, t4) = collect(plain);
 
     let (mut publisher, _) = V5::connect(v5_options(&c, "pub")).await;
     let mut sent = Vec::new();
@@ -631,10 +632,10 @@ async fn a_shared_subscription_gives_each_message_to_one_member_across_nodes() {
         .publish("jobs/end", Qos5::AtLeastOnce, false, b"end")
         .await;
     sent.push("end".into());
-    assert_eq!(until_payload(&mut plain, b"end").await.len(), sent.len());
     within("every message to reach a member of each group", async {
         while m1.lock().unwrap().len() + m2.lock().unwrap().len() < sent.len()
             || other.lock().unwrap().len() < sent.len()
+            || plain.lock().unwrap().len() < sent.len()
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -642,9 +643,28 @@ async fn a_shared_subscription_gives_each_message_to_one_member_across_nodes() {
     .await;
     // Anything sent twice would have arrived by now.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for t in [t1, t2, t3] {
+    for t in [t1, t2, t3, t4] {
         t.abort();
     }
+    // The plain subscriber has every message once, each publisher's in order (C's MQTT
+    // client and A's HTTP publishes are two publishers: their messages interleave).
+    let plain = plain.lock().unwrap().clone();
+    let from = |prefix: &str| -> Vec<String> {
+        plain
+            .iter()
+            .filter(|p| p.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    let sent_from = |prefix: &str| -> Vec<String> {
+        sent.iter()
+            .filter(|p| p.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(plain.len(), sent.len(), "{plain:?}");
+    assert_eq!(from("mqtt-"), sent_from("mqtt-"));
+    assert_eq!(from("http-"), sent_from("http-"));
     let (m1, m2) = (m1.lock().unwrap().clone(), m2.lock().unwrap().clone());
     let mut both: Vec<String> = m1.iter().chain(&m2).cloned().collect();
     both.sort();
@@ -660,4 +680,168 @@ async fn a_shared_subscription_gives_each_message_to_one_member_across_nodes() {
     let mut other = other.lock().unwrap().clone();
     other.sort();
     assert_eq!(other, expected, "h's one member has every message");
+}
+
+/// MQTT 5 CONNECT with a session that outlives its connection (expiry 300 s).
+fn persistent(id: &str, clean: bool) -> Vec<u8> {
+    build::connect(id, clean, 60, Some(&[0x11, 0, 0, 1, 0x2C]))
+}
+
+/// Reads `n` PUBLISHes (acknowledging QoS 1 ones) and returns their payloads.
+async fn payloads(raw: &mut Raw, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let publish = raw.expect(3).await.publish(true);
+        if publish.qos > 0 {
+            raw.send(&build::ack(0x40, publish.pkid)).await;
+        }
+        got.push(publish.payload);
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_persistent_session_resumes_on_another_node_with_what_was_queued_for_it() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut p, ack) = Raw::connect(&a, &persistent("phone", true)).await;
+    assert_eq!(ack.body[0], 0, "a new session");
+    p.send(&build::subscribe(1, "inbox/#", 1, Some(&[]))).await;
+    p.expect(9).await;
+    until_sends(&b, "inbox/1").await;
+    p.send(&build::disconnect_v5(0)).await;
+    assert!(p.until_closed().await.is_empty());
+
+    // Published on B while the client is away: A holds the session, its queue in Postgres.
+    let (mut publisher, _) = V5::connect(v5_options(&b, "pub")).await;
+    for m in ["one", "two", "three"] {
+        publisher
+            .publish("inbox/1", Qos5::AtLeastOnce, false, m.as_bytes())
+            .await;
+    }
+    publisher
+        .publish("inbox/1", Qos5::AtMostOnce, false, b"qos0")
+        .await;
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    within("the queue to reach Postgres", async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM cluster_session_queue WHERE client_id = 'phone'",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            if n == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The client comes back through B: session present, the queue in order (QoS 0 is not
+    // queued for an offline client), and its subscription now routes on B.
+    let (mut p, ack) = Raw::connect(&b, &persistent("phone", false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    assert_eq!(
+        payloads(&mut p, 3).await,
+        [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
+        .await;
+    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+    // A let go of it: nothing is queued or routed there any more.
+    let t = topic("inbox/1");
+    within("A to withdraw the session's interest", async {
+        while cluster(&b).sends(&t) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_nodes_sessions_are_adopted_and_its_clients_wills_fire_once() {
+    let nats = Nats::start().await;
+    let [a, c] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let mut b = Process::start(&a.db.url, &["--cluster-url", &nats.url()]).await;
+    let on_b = |id: &str| {
+        let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", b.mqtt.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_clean_start(false);
+        o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+            session_expiry_interval: Some(300),
+            ..Default::default()
+        });
+        o
+    };
+    // A persistent session connected to B, and a client of B with a Will.
+    let (mut phone, _) = V5::connect(on_b("phone")).await;
+    phone.subscribe("inbox/#", Qos5::AtLeastOnce).await;
+    let mut with_will = on_b("sensor");
+    with_will.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+        "will/sensor",
+        "gone",
+        Qos5::AtLeastOnce,
+        false,
+        None,
+    ));
+    let (_sensor, _) = V5::connect(with_will).await;
+    let (mut watcher, _) = V5::connect(v5_options(&c, "watcher")).await;
+    watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
+    within("both survivors to know B", async {
+        while cluster(&a).live_nodes() < 3 || cluster(&c).live_nodes() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    b.kill().await;
+    let killed = Instant::now();
+    // The Will arrives once B is found dead (10 s without a heartbeat), published by
+    // whichever survivor adopted B's sessions.
+    let will = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watcher.events.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("the watcher's connection failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the Will of a client of the killed node");
+    let wills = [will];
+    eprintln!("Will published {:?} after kill -9", killed.elapsed());
+    assert_eq!(&wills[0].payload[..], b"gone");
+    watcher
+        .publish("will/marker", Qos5::AtLeastOnce, false, b"marker")
+        .await;
+    assert_eq!(
+        &watcher.next_publish().await.payload[..],
+        b"marker",
+        "the Will came once, from one survivor"
+    );
+
+    // The session is adopted: published to now, it is queued; resumed on A, it has it.
+    let t = topic("inbox/1");
+    within("a survivor to hold the session's subscription", async {
+        // The adopter announces it; the other survivor is the one that sees it.
+        while !cluster(&c).sends(&t) && !cluster(&a).sends(&t) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let (mut publisher, _) = V5::connect(v5_options(&c, "pub")).await;
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"while away")
+        .await;
+    let (mut p, ack) = Raw::connect(&a, &persistent("phone", false)).await;
+    assert_eq!(ack.body[0], 1, "session present after its node was killed");
+    assert_eq!(payloads(&mut p, 1).await, [b"while away".to_vec()]);
 }

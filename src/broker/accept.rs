@@ -14,6 +14,8 @@ use super::client::{Client, Joined};
 use super::handle::Broker;
 use super::limits::{self, GOODBYE_TIMEOUT};
 use super::will::{Will, will};
+use crate::auth::Principal;
+use crate::cluster::{Cluster, Restored, Routed, SessionError, SessionRow, StoredWill};
 use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet, Version};
 use crate::store::Owner;
 use crate::topic::ClientKey;
@@ -115,6 +117,21 @@ where
             }
         },
     };
+    let restored = match broker.cluster() {
+        None => None,
+        Some(cluster) => {
+            match durable_session(cluster, &connect, &key, principal.as_deref(), will.as_ref())
+                .await
+            {
+                Ok(restored) => restored,
+                Err(e) => {
+                    tracing::warn!(client = %key, error = %e, "refusing a CONNECT: its session cannot be stored");
+                    refuse(framed, ConnectAckReason::ServerUnavailable).await;
+                    return None;
+                }
+            }
+        }
+    };
     let joined = Joined {
         broker,
         v5,
@@ -126,6 +143,7 @@ where
         client_window,
         slot,
         claim,
+        restored,
     };
     let (client, session_present) = Client::join(joined, connect.clean_start);
     let connack = ConnectAck {
@@ -144,6 +162,62 @@ where
         connack,
         silence: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
     })
+}
+
+/// A node of many keeps sessions that outlive their connection, and Wills, in Postgres
+/// (decision 014): a CONNECT that resumes takes its session from there (asking the node that
+/// holds it to let go), and every CONNECT records its session before the CONNACK.
+async fn durable_session(
+    cluster: &Cluster,
+    connect: &mqtt::Connect,
+    key: &ClientKey,
+    principal: Option<&Principal>,
+    will: Option<&Will>,
+) -> Result<Option<Restored>, SessionError> {
+    let restored = if connect.clean_start {
+        None
+    } else {
+        cluster.resume(key).await?
+    };
+    let expiry = connect.session_expiry_interval_secs;
+    if expiry == 0 && will.is_none() {
+        if restored.is_none() {
+            cluster.session_forget(key).await?;
+        }
+        return Ok(restored);
+    }
+    let stored_will = will.map(|w| StoredWill {
+        publication: Routed {
+            topic: w.publication.topic.clone(),
+            payload: w.publication.payload.clone(),
+            qos: w.publication.qos,
+            retain: w.publication.retain,
+            properties: w.publication.properties.clone(),
+            expires_at_ms: None,
+            origin: Some(key.clone()),
+            shared_done: false,
+        },
+        expiry_secs: w.publication.expiry_secs,
+        delay: w.delay,
+        owner: w.owner.name.to_string(),
+        owner_max: w.owner.max_messages,
+    });
+    let row = SessionRow {
+        client_id: key,
+        creator: principal.map(|p| p.name.as_str()),
+        expiry_secs: expiry,
+        clean: connect.clean_start,
+        will: stored_will.as_ref(),
+    };
+    match cluster.session_connected(&row).await {
+        Ok(()) => Ok(restored),
+        // Taken already: it is this node's in Postgres, and its queue is in hand.
+        Err(e) if restored.is_some() => {
+            tracing::warn!(client = %key, error = %e, "the resumed session's Will and expiry could not be stored");
+            Ok(restored)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Answers a CONNECT with a refusal [MQTT-3.2.2-6] and leaves the connection to close.

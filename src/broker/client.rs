@@ -19,12 +19,13 @@ use super::inbound_publish::{self, Aliases};
 use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal};
 use super::limits::ConnectionSlot;
 use super::outbound::Outbound;
-use super::registry::Session;
+use super::registry::{Session, Sessions};
 use super::retained::RetainedFeed;
 use super::settling::{Settled, Settling};
 use super::subscribe::{self, Subscriber};
 use super::will::Will;
 use crate::auth::Principal;
+use crate::cluster::Restored;
 use crate::mqtt::{
     ByteString, Disconnect, DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2,
     PublishAck2Reason, PublishAckReason, QoS,
@@ -72,6 +73,8 @@ pub(super) struct Joined {
     pub slot: ConnectionSlot,
     /// The generation of its claim on the client id, service-wide (0: a single node).
     pub claim: u64,
+    /// Its session as another node (or this one) left it in Postgres, when it resumes one.
+    pub restored: Option<Restored>,
 }
 
 /// A client past CONNECT, until its connection ends.
@@ -121,9 +124,10 @@ impl Client {
             client_window,
             slot,
             claim,
+            restored,
         } = joined;
         let cfg = broker.config().clone();
-        let attached = broker.attach(key.clone(), clean_start, principal.clone(), claim);
+        let attached = broker.attach(key.clone(), clean_start, principal.clone(), claim, restored);
         let client = Self {
             outbound: Outbound::new(
                 attached.session.clone(),
@@ -211,11 +215,13 @@ impl Client {
                 for announced in subscribed.announcements {
                     let _ = announced.await;
                 }
+                self.store_subscriptions().await;
                 out.send(Packet::SubscribeAck(subscribed.ack));
                 Ok(())
             }
             Packet::Unsubscribe(u) => {
                 let ack = subscribe::unsubscribe(&self.subscriber(), u);
+                self.store_subscriptions().await;
                 out.send(Packet::UnsubscribeAck(ack));
                 Ok(())
             }
@@ -486,6 +492,21 @@ impl Client {
         self.broker
             .detach(&self.session, self.connection, Duration::ZERO);
         self.release_claim();
+    }
+
+    /// A persistent session's subscriptions, written through to Postgres before the SUBACK
+    /// or UNSUBACK when the node is one of many, so that any node can resume the session.
+    async fn store_subscriptions(&mut self) {
+        let Some(cluster) = self.broker.cluster() else {
+            return;
+        };
+        if self.session_expiry == 0 {
+            return;
+        }
+        let stored = Sessions::stored_subscriptions(&self.session);
+        if let Err(e) = cluster.session_subscriptions(&self.key, &stored).await {
+            tracing::warn!(client = %self.key, error = %e, "the session's subscriptions could not be stored; another node resuming it would not have them");
+        }
     }
 
     fn release_claim(&self) {

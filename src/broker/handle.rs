@@ -16,7 +16,7 @@ use super::peers;
 use super::registry::{Attached, Session, Sessions};
 use super::session::{SessionLimits, SubOptions};
 use crate::auth::{Authenticator, Principal};
-use crate::cluster::{Cluster, Outgoing, Routed};
+use crate::cluster::{Cluster, Outgoing, Restored, Routed};
 use crate::store::{self, Owner, Store};
 use crate::topic::{ClientKey, FilterSpec};
 
@@ -204,10 +204,16 @@ impl Broker {
         clean_start: bool,
         principal: Option<Arc<Principal>>,
         claim: u64,
+        restored: Option<Restored>,
     ) -> Attached {
-        self.inner
-            .sessions
-            .attach(key, clean_start, principal, claim, &self.inner.shutdown)
+        self.inner.sessions.attach(
+            key,
+            clean_start,
+            principal,
+            claim,
+            restored,
+            &self.inner.shutdown,
+        )
     }
 
     pub(super) fn sessions(&self) -> &Sessions {

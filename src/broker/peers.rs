@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::handle::{Broker, Inner};
-use crate::cluster::{Cluster, Events, Routed, TakeOver};
+use crate::cluster::{Adopted, Cluster, Events, Routed, TakeOver};
 use crate::topic::{ClientKey, FilterSpec};
 
 /// How often a node compares the client ids it holds with their claims.
@@ -31,6 +31,21 @@ impl Events for FromCluster {
     fn taken_over(&self, notice: TakeOver) {
         if let Some(inner) = self.0.upgrade() {
             Broker { inner }.sessions().taken_over(&notice);
+        }
+    }
+
+    fn hand_over(&self, client_id: &str) {
+        if let Some(inner) = self.0.upgrade() {
+            Broker { inner }.sessions().hand_over(client_id);
+        }
+    }
+
+    fn adopt(&self, sessions: Vec<Adopted>) {
+        if let Some(inner) = self.0.upgrade() {
+            let broker = Broker { inner };
+            for a in sessions {
+                adopt(&broker, a);
+            }
         }
     }
 }
@@ -79,5 +94,30 @@ async fn reconcile(broker: Weak<Inner>, cluster: Cluster) {
                 failing = true;
             }
         }
+    }
+}
+
+/// Holds a session of a node that is gone until its expiry, and publishes the Will of its
+/// client if it was connected when the node died: the client's keep alive lapsed, from the
+/// service's point of view, when the node was found dead.
+fn adopt(broker: &Broker, a: Adopted) {
+    let expiry = Duration::from_secs(u64::from(a.expiry_secs));
+    if let Some(session) = broker.sessions().adopt(&a) {
+        tracing::info!(client = %a.client_id, "holding the session of a node that is gone");
+        // MQTT 5 §3.1.2.11.2: 0xFFFFFFFF, the session does not expire.
+        if a.expiry_secs != u32::MAX {
+            let left = expiry.saturating_sub(a.away);
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(left) => {}
+                    () = broker.shutdown_signal().cancelled() => return,
+                }
+                broker.sessions().expire(&session, 0);
+            });
+        }
+    }
+    if let Some(will) = a.will {
+        broker.publish_adopted_will(a.client_id, will, expiry);
     }
 }

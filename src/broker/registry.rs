@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::message::{Delivery, Message};
 use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
 use crate::auth::{Action, Principal};
-use crate::cluster::{Cluster, TakeOver};
+use crate::cluster::{Adopted, Queued, StoredSubscription};
+use crate::cluster::{Cluster, Outgoing, Restored, TakeOver};
 use crate::mqtt::DisconnectReasonCode;
 use crate::topic::{ClientKey, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicName};
@@ -135,16 +136,24 @@ impl Session {
     }
 
     /// Queues a delivery; hands it back when a connected client's queue is full.
-    fn offer(&self, delivery: Delivery) -> Option<Delivery> {
+    fn offer(&self, delivery: Delivery, cluster: Option<&Cluster>) -> Option<Delivery> {
         let online = self.online.load(Ordering::Acquire);
-        let outcome = self.state().enqueue(delivery, online);
-        match outcome {
+        let mut state = self.state();
+        match state.enqueue(delivery, online) {
             Enqueued::Queued => {
+                drop(state);
                 self.wake.notify_one();
                 None
             }
             Enqueued::Dropped => None,
             Enqueued::Full(delivery) => Some(delivery),
+            // Appended under the state's lock, so messages reach Postgres in queue order.
+            Enqueued::Spool(delivery) => {
+                if let Some(cluster) = cluster {
+                    spool(cluster, &self.key, &delivery);
+                }
+                None
+            }
         }
     }
 }
@@ -227,6 +236,7 @@ impl Sessions {
         clean_start: bool,
         principal: Option<Arc<Principal>>,
         claim: u64,
+        restored: Option<Restored>,
         shutdown: &CancellationToken,
     ) -> Attached {
         let mut registry = self.registry();
@@ -237,6 +247,7 @@ impl Sessions {
             old.kick(DisconnectReasonCode::SessionTakenOver);
         }
         let creator = principal.as_ref().map(|p| p.name.clone());
+        let restored = restored.filter(|r| !clean_start && r.creator == creator);
         let (session, session_present) = match existing {
             Some(old) if !clean_start && old.creator == creator => (old, true),
             other => {
@@ -245,9 +256,20 @@ impl Sessions {
                 }
                 let fresh = Arc::new(Session::new(key.clone(), self.limits, creator));
                 registry.sessions.insert(key, fresh.clone());
-                (fresh, false)
+                let present = restored.is_some();
+                if let Some(r) = &restored {
+                    self.restore_subscriptions(&fresh, &r.subscriptions);
+                }
+                (fresh, present)
             }
         };
+        // Whatever waited in Postgres for the session comes back, in order.
+        let mut state = session.state();
+        state.stop_spooling();
+        for q in restored.into_iter().flat_map(|r| r.queued) {
+            state.requeue(queued_delivery(q));
+        }
+        drop(state);
         *session
             .principal
             .lock()
@@ -277,7 +299,18 @@ impl Sessions {
         session.online.store(false, Ordering::Release);
         *session.link() = None;
         // A client that moved to another node has its session there, not here.
-        if expiry.is_zero() || session.moved.load(Ordering::Acquire) != 0 {
+        let ends = expiry.is_zero() || session.moved.load(Ordering::Acquire) != 0;
+        if let Some(cluster) = &self.cluster {
+            if !ends {
+                // Its queue moves to Postgres, where any node can take it up.
+                let mut state = session.state();
+                for d in state.start_spooling(0) {
+                    spool(cluster, &session.key, &d);
+                }
+            }
+            cluster.session_detached(session.key.clone(), !ends);
+        }
+        if ends {
             registry.sessions.remove(&session.key);
             drop(registry);
             self.unsubscribe_all(session);
@@ -296,7 +329,88 @@ impl Sessions {
             registry.sessions.remove(&session.key);
             drop(registry);
             self.unsubscribe_all(session);
+            if let Some(cluster) = &self.cluster {
+                cluster.session_expired(session.key.clone());
+            }
         }
+    }
+
+    /// A session's stored subscriptions, back in the tree and announced.
+    fn restore_subscriptions(&self, session: &Session, stored: &[StoredSubscription]) {
+        let mut state = session.state();
+        for s in stored {
+            let Some((spec, options)) = from_stored(s) else {
+                continue;
+            };
+            // The announcement is not awaited: the CONNACK does not wait for it.
+            let _ = self.subscribe(&session.key, &spec, options);
+            state.subscriptions.insert(spec, options);
+        }
+    }
+
+    /// A persistent session's subscriptions as its row in Postgres keeps them.
+    pub fn stored_subscriptions(session: &Session) -> Vec<StoredSubscription> {
+        session
+            .state()
+            .subscriptions
+            .iter()
+            .map(|(spec, o)| StoredSubscription {
+                filter: match spec.share_group() {
+                    Some(group) => format!("$share/{group}/{}", spec.filter().as_str()),
+                    None => spec.filter().as_str().to_owned(),
+                },
+                qos: o.qos as u8,
+                no_local: o.no_local,
+                retain_as_published: o.retain_as_published,
+                id: o.subscription_id.map(std::num::NonZeroU32::get),
+            })
+            .collect()
+    }
+
+    /// Another node resumes `client_id`'s session (decision 014): this node's copy ends,
+    /// what it queued goes to Postgres, and a connection still attached closes as taken over.
+    pub fn hand_over(&self, client_id: &str) {
+        let mut registry = self.registry();
+        let Some(session) = registry.sessions.remove(client_id) else {
+            return;
+        };
+        drop(registry);
+        session.moved.store(MOVED_RESUMED, Ordering::Release);
+        if let Some(cluster) = &self.cluster {
+            let mut state = session.state();
+            for d in state.start_spooling(0) {
+                spool(cluster, &session.key, &d);
+            }
+        }
+        // Its connection, if any, leaves the session alone when it ends.
+        session.connection.store(0, Ordering::Release);
+        if session.online.swap(false, Ordering::AcqRel) {
+            session.kick(DisconnectReasonCode::SessionTakenOver);
+        }
+        self.unsubscribe_all(&session);
+    }
+
+    /// A session of a node that is gone, now held here offline, its queue in Postgres:
+    /// returns it, to be expired after what is left of its expiry, or `None` if a session of
+    /// that client id is here already.
+    pub fn adopt(&self, a: &Adopted) -> Option<Arc<Session>> {
+        let mut registry = self.registry();
+        if registry.sessions.contains_key(&*a.client_id) || a.expiry_secs == 0 {
+            return None;
+        }
+        let session = Arc::new(Session::new(
+            a.client_id.clone(),
+            self.limits,
+            a.creator.clone(),
+        ));
+        // Never attached: its "connection" is 0, which `expire` and `resumed_since` check.
+        let _ = session.state().start_spooling(a.queued);
+        registry
+            .sessions
+            .insert(a.client_id.clone(), session.clone());
+        drop(registry);
+        self.restore_subscriptions(&session, &a.subscriptions);
+        Some(session)
     }
 
     fn unsubscribe_all(&self, session: &Session) {
@@ -349,6 +463,14 @@ impl Sessions {
             .collect()
     }
 
+    /// Whether `client`'s session is here and no connection took it up since it was adopted.
+    pub fn still_adopted(&self, client: &ClientKey) -> bool {
+        self.registry()
+            .sessions
+            .get(client)
+            .is_some_and(|s| s.is_attached_to(0))
+    }
+
     /// Whether a session that ended its connection at `connection` was resumed since.
     pub fn resumed_since(&self, key: &ClientKey, connection: u64) -> bool {
         self.registry()
@@ -395,7 +517,7 @@ impl Sessions {
                 .collect()
         };
         for (session, delivery) in targets {
-            offer_or_kick(&session, delivery);
+            offer_or_kick(&session, delivery, self.cluster.as_ref());
         }
     }
 
@@ -427,18 +549,37 @@ impl Sessions {
             subscription_ids: options.subscription_id.into_iter().collect(),
             message,
         };
-        offer_or_kick(&session, delivery);
+        offer_or_kick(&session, delivery, self.cluster.as_ref());
     }
 }
 
 /// Queues a delivery; a connected client whose queue is full is disconnected (MQTT 5: 0x97).
-fn offer_or_kick(session: &Arc<Session>, delivery: Delivery) {
-    if let Some(delivery) = session.offer(delivery) {
+fn offer_or_kick(session: &Arc<Session>, delivery: Delivery, cluster: Option<&Cluster>) {
+    if let Some(delivery) = session.offer(delivery, cluster) {
         tracing::warn!(client = %session.key, "subscriber is not keeping up; disconnecting it");
         session.kick(DisconnectReasonCode::QuotaExceeded);
         session.online.store(false, Ordering::Release);
         // Offline now: its session drops what does not fit, as for any offline one.
-        let _ = session.offer(delivery);
+        let _ = session.offer(delivery, cluster);
+    }
+}
+
+/// Appends a message for an offline session to its queue in Postgres.
+fn spool(cluster: &Cluster, key: &ClientKey, d: &Delivery) {
+    let m = &d.message;
+    let ids = d.subscription_ids.iter().map(|i| i.get()).collect();
+    let outgoing = Outgoing {
+        topic: &m.topic,
+        payload: &m.payload,
+        qos: m.qos,
+        retain: m.retain,
+        properties: &m.properties,
+        expires_at_ms: m.expires_at_ms,
+        origin: m.origin.as_deref(),
+        shared_done: false,
+    };
+    if !cluster.spool(key, &outgoing, d.qos, d.retain, ids) {
+        tracing::debug!(client = %key, "a message for an offline session was dropped: the spool is full");
     }
 }
 
@@ -466,4 +607,30 @@ fn merge(message: &Arc<Message>, subs: &[(ClientKey, SubOptions)]) -> Option<Del
         retain,
         subscription_ids,
     })
+}
+
+/// A stored subscription as the tree and the session keep it; `None` if it no longer parses.
+fn from_stored(s: &StoredSubscription) -> Option<(FilterSpec, SubOptions)> {
+    let spec = FilterSpec::parse(&s.filter).ok()?;
+    let options = SubOptions {
+        qos: crate::store::Qos::from_u8(s.qos)?,
+        no_local: s.no_local,
+        retain_as_published: s.retain_as_published,
+        subscription_id: s.id.and_then(std::num::NonZeroU32::new),
+    };
+    Some((spec, options))
+}
+
+/// A message taken back from a session's queue in Postgres.
+fn queued_delivery(q: Queued) -> Delivery {
+    Delivery {
+        message: Arc::new(Message::routed(q.message)),
+        qos: q.qos,
+        retain: q.retain,
+        subscription_ids: q
+            .subscription_ids
+            .into_iter()
+            .filter_map(std::num::NonZeroU32::new)
+            .collect(),
+    }
 }

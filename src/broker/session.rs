@@ -39,6 +39,9 @@ pub enum Enqueued {
     /// A QoS ≥ 1 message for an online client whose queue is full, handed back: the client is
     /// not keeping up, and routing disconnects it.
     Full(Delivery),
+    /// A QoS ≥ 1 message for an offline session whose queue is kept in Postgres (a node of
+    /// many): the caller appends it there.
+    Spool(Delivery),
 }
 
 /// A message sent at QoS ≥ 1 and not yet fully acknowledged.
@@ -72,6 +75,8 @@ pub struct SessionState {
     limits: SessionLimits,
     /// Messages dropped by policy since the last report.
     pub dropped: u64,
+    /// Offline, with its queue in Postgres (a node of many): how many messages are there.
+    spooled: Option<usize>,
 }
 
 impl SessionState {
@@ -86,7 +91,37 @@ impl SessionState {
             awaiting_release: AwaitingRelease::default(),
             limits,
             dropped: 0,
+            spooled: None,
         }
+    }
+
+    /// The client is away and its session outlives this node: from now on its queue is kept
+    /// in Postgres. Returns what waited here, unacknowledged messages first, to be stored
+    /// there in this order; `already` were stored before (an adopted session).
+    pub fn start_spooling(&mut self, already: usize) -> Vec<Delivery> {
+        let mut waiting: Vec<Delivery> = self
+            .inflight
+            .drain(..)
+            .filter(|i| !i.released)
+            .map(|i| i.delivery)
+            .collect();
+        self.in_use.clear();
+        waiting.extend(self.queue.drain(..));
+        self.queued_bytes = 0;
+        self.spooled = Some(already + waiting.len());
+        waiting
+    }
+
+    /// The client is back: what was stored in Postgres comes back with it (`requeue`).
+    pub fn stop_spooling(&mut self) {
+        self.spooled = None;
+    }
+
+    /// Queues a message taken back from Postgres, in its order. Their number was bounded
+    /// when they were stored.
+    pub fn requeue(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.message.payload.len();
+        self.queue.push_back(delivery);
     }
 
     pub fn queued(&self) -> usize {
@@ -103,6 +138,14 @@ impl SessionState {
         if qos0 && !online {
             self.dropped += 1;
             return Enqueued::Dropped;
+        }
+        if let Some(spooled) = &mut self.spooled {
+            if *spooled >= self.limits.max_queued {
+                self.dropped += 1;
+                return Enqueued::Dropped;
+            }
+            *spooled += 1;
+            return Enqueued::Spool(delivery);
         }
         let size = delivery.message.payload.len();
         let full = self.queue.len() >= self.limits.max_queued

@@ -8,6 +8,7 @@ use super::config::BrokerConfig;
 use super::handle::Broker;
 use super::message::{Message, Publication};
 use super::wire;
+use crate::cluster::StoredWill;
 use crate::mqtt::{ConnectAckReason, LastWill};
 use crate::store::{self, Owner};
 use crate::topic::ClientKey;
@@ -92,6 +93,51 @@ impl Broker {
             let message = Message::published(will.publication, Some(client.clone()), now);
             if let Err(e) = broker.publish_message(message, will.owner, now).await {
                 // Logged by the store, in summary.
+                tracing::debug!(%client, error = %e, "the Will message could not be stored");
+            }
+        });
+    }
+
+    /// Publishes the Will of a client whose node died while it was connected (decision 014),
+    /// from the node that adopted its session: after the Will Delay (at most the session
+    /// expiry), unless a connection resumed the session here or on another node first.
+    pub(super) fn publish_adopted_will(
+        &self,
+        client: ClientKey,
+        will: StoredWill,
+        expiry: Duration,
+    ) {
+        let persistent = !expiry.is_zero();
+        let will = Will {
+            publication: Publication {
+                topic: will.publication.topic,
+                payload: will.publication.payload,
+                qos: will.publication.qos,
+                retain: will.publication.retain,
+                properties: will.publication.properties,
+                expiry_secs: will.expiry_secs,
+            },
+            delay: will.delay,
+            owner: Owner {
+                name: will.owner.into(),
+                max_messages: will.owner_max,
+            },
+        };
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let delay = will.delay.min(expiry);
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = broker.shutdown_signal().cancelled() => return,
+                }
+            }
+            if persistent && !broker.sessions().still_adopted(&client) {
+                return;
+            }
+            let now = broker.store().clock().now_ms();
+            let message = Message::published(will.publication, Some(client.clone()), now);
+            if let Err(e) = broker.publish_message(message, will.owner, now).await {
                 tracing::debug!(%client, error = %e, "the Will message could not be stored");
             }
         });

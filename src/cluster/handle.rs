@@ -19,8 +19,18 @@ use super::inbox::{Events, Inbox};
 use super::link::{self, Link};
 use super::local::{Change, Local};
 use super::remote::{self, RemoteInterest};
+use super::sessions::{
+    self, Restored, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
+};
 use super::subject::topic_subject;
 use crate::topic::{ClientKey, FilterSpec, SubscriptionTree, TopicLimits, TopicName};
+
+/// Messages for offline sessions waiting to be written to Postgres: beyond this many they
+/// are dropped (and counted), so a slow database never holds a publisher back.
+const SPOOL: usize = 64 * 1024;
+
+/// How long a node resuming a session waits for the node that holds it to let go.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Publishes waiting for the NATS connection: beyond this many, a publish is not sent to the
 /// other nodes (and counted), so a stalled NATS never holds a publisher back.
@@ -89,6 +99,10 @@ struct Inner {
     /// This node's members of shared subscriptions: a publish they match goes through NATS,
     /// which picks the group's member, even when no other node is interested.
     members_here: RwLock<SubscriptionTree<()>>,
+    sessions: Arc<Sessions>,
+    spool: mpsc::Sender<Spool>,
+    /// Messages for offline sessions not stored (spool full, or the database refused).
+    spool_lost: Arc<AtomicU64>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -97,10 +111,20 @@ impl Cluster {
     /// Connects to NATS (retrying for `startup_wait`) and starts following the other nodes.
     pub async fn start(config: ClusterConfig) -> Result<Self, Error> {
         check_prefix(&config.prefix)?;
+        let node: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
         let claims = Claims::open(&config.database_url, config.database_timeout)
             .await
             .map_err(|e| Error::Database(e.to_string()))?;
-        let node: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+        // Alive before the first CONNECT: a session of a node without a heartbeat would be
+        // adopted by another.
+        super::nodes::beat(claims.pool(), &node)
+            .await
+            .map_err(|e| Error::Database(e.to_string()))?;
+        let sessions = Arc::new(Sessions::new(
+            claims.pool().clone(),
+            config.topic_limits,
+            config.database_timeout,
+        ));
         let (client, link) = link::connect(
             &config.url,
             &format!("retaind {node}"),
@@ -154,6 +178,27 @@ impl Cluster {
                 cause: e.to_string(),
             })?;
         tasks.spawn(take_overs(notices, inbox.clone(), shutdown.clone()));
+        let (spool, spool_rx) = mpsc::channel(SPOOL);
+        let spool_lost = Arc::new(AtomicU64::new(0));
+        tasks.spawn(sessions::write_spool(
+            claims.pool().clone(),
+            spool_rx,
+            spool_lost.clone(),
+        ));
+        let hand_overs = client
+            .subscribe(handover_subject(&config.prefix, &node))
+            .await
+            .map_err(|e| Error::Unreachable {
+                url: config.url.clone(),
+                cause: e.to_string(),
+            })?;
+        tasks.spawn(hand_over(
+            hand_overs,
+            client.clone(),
+            inbox.clone(),
+            spool.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(send(
             client.clone(),
             outbox_rx,
@@ -168,11 +213,21 @@ impl Cluster {
                 inbox.forget(dead);
             }
         };
+        let adopted = {
+            let inbox = inbox.clone();
+            move |sessions| {
+                if let Some(events) = inbox.events.get() {
+                    events.adopt(sessions);
+                }
+            }
+        };
         tasks.spawn(super::nodes::run(
             claims.pool().clone(),
             node.clone(),
             live.clone(),
+            sessions.clone(),
             buried,
+            adopted,
             shutdown.clone(),
         ));
         tasks.close();
@@ -195,6 +250,9 @@ impl Cluster {
                 unannounced,
                 live,
                 members_here: RwLock::new(SubscriptionTree::new()),
+                sessions,
+                spool,
+                spool_lost,
                 shutdown,
                 tasks,
             }),
@@ -354,6 +412,103 @@ impl Cluster {
         }
     }
 
+    /// Records a session as its connection starts on this node, before its CONNACK.
+    pub async fn session_connected(&self, row: &SessionRow<'_>) -> Result<(), SessionError> {
+        self.inner.sessions.connected(&self.inner.node, row).await
+    }
+
+    /// A connection with neither a persistent session nor a Will started: any earlier
+    /// session of its client id, on any node, is gone.
+    pub async fn session_forget(&self, client_id: &str) -> Result<(), SessionError> {
+        self.inner.sessions.forget(client_id).await
+    }
+
+    /// A persistent session's subscriptions changed (written before the SUBACK).
+    pub async fn session_subscriptions(
+        &self,
+        client_id: &str,
+        subscriptions: &[StoredSubscription],
+    ) -> Result<(), SessionError> {
+        let node = &self.inner.node;
+        self.inner
+            .sessions
+            .set_subscriptions(node, client_id, subscriptions)
+            .await
+    }
+
+    /// A connection ended: its persistent session stays in Postgres, offline; any other row
+    /// goes.
+    pub fn session_detached(&self, client_id: Arc<str>, persistent: bool) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let inner = &cluster.inner;
+            if let Err(e) = inner
+                .sessions
+                .detached(&inner.node, &client_id, persistent)
+                .await
+            {
+                tracing::warn!(client = %client_id, error = %e, "could not record the end of a connection");
+            }
+        });
+    }
+
+    /// An offline session held here expired.
+    pub fn session_expired(&self, client_id: Arc<str>) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let inner = &cluster.inner;
+            let _ = inner.spool_flush().await;
+            if let Err(e) = inner.sessions.expired(&inner.node, &client_id).await {
+                tracing::warn!(client = %client_id, error = %e, "could not remove an expired session");
+            }
+        });
+    }
+
+    /// Takes `client_id`'s persistent session for a connection here that resumes it: the node
+    /// that holds it, if alive and another, is asked to let go first (and to store what it
+    /// queued); then its subscriptions and queue leave Postgres for this node.
+    pub async fn resume(&self, client_id: &str) -> Result<Option<Restored>, SessionError> {
+        let inner = &self.inner;
+        match inner.sessions.holder(client_id).await? {
+            None => return Ok(None),
+            Some((holder, alive)) if alive && holder != *inner.node => {
+                let ask = inner.client.request(
+                    handover_subject(&inner.prefix, &holder),
+                    Bytes::copy_from_slice(client_id.as_bytes()),
+                );
+                if !matches!(tokio::time::timeout(HANDOVER_TIMEOUT, ask).await, Ok(Ok(_))) {
+                    tracing::warn!(client = %client_id, node = %holder, "the node holding a session did not hand it over in time; taking it as stored");
+                }
+            }
+            Some(_) => inner.spool_flush().await,
+        }
+        inner.sessions.take(&inner.node, client_id).await
+    }
+
+    /// Queues a message for an offline session in Postgres; false if it was dropped (the
+    /// spool is full). Never waits.
+    pub fn spool(
+        &self,
+        client_id: &Arc<str>,
+        message: &Outgoing<'_>,
+        qos: crate::store::Qos,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+    ) -> bool {
+        let item = Spool::Append {
+            client_id: client_id.clone(),
+            queued: frame::encode(message, "", 0),
+            qos,
+            retain,
+            ids: subscription_ids,
+        };
+        let sent = self.inner.spool.try_send(item).is_ok();
+        if !sent {
+            self.inner.spool_lost.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
     /// The nodes of the service with a recent heartbeat, this one included (at least 1).
     pub fn live_nodes(&self) -> usize {
         self.inner.live.load(Ordering::Relaxed).max(1)
@@ -442,6 +597,54 @@ async fn take_overs(
 
 fn takeover_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.k.{node}")
+}
+
+fn handover_subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}.h.{node}")
+}
+
+impl Inner {
+    /// Returns once every message spooled before the call is written.
+    async fn spool_flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.spool.send(Spool::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(HANDOVER_TIMEOUT, written).await;
+        }
+    }
+}
+
+/// Answers another node's request for a session this node holds: the broker ends its copy
+/// and spools what it had queued, and the answer goes once that is written.
+async fn hand_over(
+    mut requests: async_nats::Subscriber,
+    client: async_nats::Client,
+    inbox: Arc<Inbox>,
+    spool: mpsc::Sender<Spool>,
+    shutdown: CancellationToken,
+) {
+    use futures_util::StreamExt;
+    loop {
+        let request = tokio::select! {
+            m = requests.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let Ok(client_id) = std::str::from_utf8(&request.payload) else {
+            continue;
+        };
+        if let Some(events) = inbox.events.get() {
+            events.hand_over(client_id);
+        }
+        let (done, written) = oneshot::channel();
+        if spool.send(Spool::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(HANDOVER_TIMEOUT, written).await;
+        }
+        if let Some(reply) = request.reply {
+            let _ = client.publish(reply, Bytes::new()).await;
+        }
+    }
 }
 
 /// A prefix is one NATS token and part of the bucket's name.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::claims::TakeOver;
 use super::frame::{self, Routed};
 use super::seen::Seen;
+use super::sessions::Adopted;
 use crate::topic::{ClientKey, FilterSpec, TopicLimits};
 
 /// What a node does with what the other nodes send it (the broker implements it).
@@ -20,6 +21,11 @@ pub trait Events: Send + Sync {
     fn publish_to_member(&self, routed: Routed, spec: &FilterSpec, member: &ClientKey);
     /// Another node claimed a client id: its connection here, if older, must close.
     fn taken_over(&self, notice: TakeOver);
+    /// Another node resumes `client_id`'s session: this node ends its copy, handing what it
+    /// queued in memory to the spool ([`super::Cluster::spool`]) before it returns.
+    fn hand_over(&self, client_id: &str);
+    /// Sessions of nodes that are gone, now this node's.
+    fn adopt(&self, sessions: Vec<Adopted>);
 }
 
 pub struct Inbox {

@@ -16,12 +16,16 @@ mod local;
 mod nodes;
 mod remote;
 mod seen;
+mod sessions;
 mod subject;
 
 pub use claims::{ClaimError, TakeOver};
 pub use frame::{Outgoing, Routed};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
 pub use inbox::Events;
+pub use sessions::{
+    Adopted, Queued, Restored, SessionError, SessionRow, StoredSubscription, StoredWill,
+};
 pub use subject::{filter_subjects, queue_group, topic_subject};
 
 /// Why a node could not join the service.

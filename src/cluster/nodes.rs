@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
+
+use super::sessions::{Adopted, SessionError, Sessions};
 use tokio_util::sync::CancellationToken;
 
 /// How often a node says it is alive.
@@ -27,9 +29,14 @@ pub async fn beat(pool: &PgPool, node: &str) -> Result<(), sqlx::Error> {
     .map(drop)
 }
 
-/// Removes the nodes silent for [`DEAD_AFTER`], with their claims, in one transaction so
-/// that one survivor does it; returns them and the number of live nodes.
-pub async fn bury(pool: &PgPool) -> Result<(Vec<String>, usize), sqlx::Error> {
+/// Removes the nodes silent for [`DEAD_AFTER`], with their claims, and adopts the sessions of
+/// every node gone (dead, or stopped), in one transaction so that one survivor does each;
+/// returns the dead, the number of live nodes and the adopted sessions.
+pub async fn bury(
+    pool: &PgPool,
+    node: &str,
+    sessions: &Sessions,
+) -> Result<(Vec<String>, usize, Vec<Adopted>), SessionError> {
     let mut tx = pool.begin().await?;
     let dead: Vec<String> = sqlx::query_scalar(
         "DELETE FROM cluster_nodes WHERE heartbeat_at < now() - make_interval(secs => $1) \
@@ -47,8 +54,9 @@ pub async fn bury(pool: &PgPool) -> Result<(Vec<String>, usize), sqlx::Error> {
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_nodes")
         .fetch_one(&mut *tx)
         .await?;
+    let adopted = sessions.adopt(&mut tx, node).await?;
     tx.commit().await?;
-    Ok((dead, usize::try_from(live).unwrap_or(1).max(1)))
+    Ok((dead, usize::try_from(live).unwrap_or(1).max(1), adopted))
 }
 
 /// Leaves the service: this node's row and claims go at once, not after [`DEAD_AFTER`].
@@ -65,23 +73,26 @@ pub async fn leave(pool: &PgPool, node: &str) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-/// Beats until `shutdown`, keeping `live` current and handing each dead node to `buried`.
+/// Beats until `shutdown`, keeping `live` current, handing each dead node to `buried` and the
+/// sessions adopted to `adopted`.
 pub async fn run(
     pool: PgPool,
     node: Arc<str>,
     live: Arc<AtomicUsize>,
+    sessions: Arc<Sessions>,
     buried: impl Fn(&str) + Send,
+    adopted: impl Fn(Vec<Adopted>) + Send,
     shutdown: CancellationToken,
 ) {
     let mut failing = false;
     loop {
         let result = async {
             beat(&pool, &node).await?;
-            bury(&pool).await
+            bury(&pool, &node, &sessions).await
         }
         .await;
         match result {
-            Ok((dead, count)) => {
+            Ok((dead, count, sessions)) => {
                 if failing {
                     tracing::info!("node heartbeats written again");
                     failing = false;
@@ -90,6 +101,13 @@ pub async fn run(
                 for node in dead {
                     tracing::warn!(%node, "a node stopped beating; its claims and interest are removed");
                     buried(&node);
+                }
+                if !sessions.is_empty() {
+                    tracing::info!(
+                        sessions = sessions.len(),
+                        "adopted the sessions of nodes that are gone"
+                    );
+                    adopted(sessions);
                 }
             }
             Err(e) => {

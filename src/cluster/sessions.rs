@@ -1,0 +1,525 @@
+//! Sessions that survive their node (decision 014): persistent sessions and Wills in Postgres
+//! (`cluster_sessions`), the messages queued for a session whose client is away
+//! (`cluster_session_queue`), and the writer that appends those in order without holding up
+//! the publish that produced them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::frame::{self, Outgoing, Routed};
+use super::nodes::DEAD_AFTER;
+use crate::store::Qos;
+use crate::topic::TopicLimits;
+
+/// A subscription as a session row keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSubscription {
+    /// As the client wrote it, `$share/…` included.
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub id: Option<u32>,
+}
+
+/// A Will as a session row keeps it, for whichever node ends up publishing it.
+#[derive(Debug, Clone)]
+pub struct StoredWill {
+    /// The publication, as a frame (its expiry counts from when it is published).
+    pub publication: Routed,
+    pub expiry_secs: Option<u32>,
+    pub delay: Duration,
+    /// Whom a retained Will is charged to.
+    pub owner: String,
+    pub owner_max: Option<u64>,
+}
+
+/// A session as its connection starts.
+pub struct SessionRow<'a> {
+    pub client_id: &'a str,
+    pub creator: Option<&'a str>,
+    /// 0: the session ends with its connection; the row is there for its Will.
+    pub expiry_secs: u32,
+    /// A clean start: whatever was queued for an earlier session, and its subscriptions, go.
+    pub clean: bool,
+    pub will: Option<&'a StoredWill>,
+}
+
+/// A message queued for a session.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub message: Routed,
+    /// The QoS and RETAIN flag it is delivered with, and the subscriptions it matched.
+    pub qos: Qos,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+/// A session taken from Postgres by the node its client reconnected to.
+#[derive(Debug)]
+pub struct Restored {
+    pub creator: Option<String>,
+    pub subscriptions: Vec<StoredSubscription>,
+    pub queued: Vec<Queued>,
+}
+
+/// A session of a node that is gone, adopted by this one.
+#[derive(Debug)]
+pub struct Adopted {
+    pub client_id: Arc<str>,
+    pub creator: Option<String>,
+    pub expiry_secs: u32,
+    /// How long its client has been away (since its node died, if it was connected).
+    pub away: Duration,
+    pub subscriptions: Vec<StoredSubscription>,
+    /// The Will of a client that was connected when its node died: to be published now,
+    /// after its delay.
+    pub will: Option<StoredWill>,
+    /// Messages already queued for it.
+    pub queued: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("session state in the database: {0}")]
+pub struct SessionError(String);
+
+impl From<sqlx::Error> for SessionError {
+    fn from(e: sqlx::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// What the spool writer is asked.
+pub enum Spool {
+    Append {
+        client_id: Arc<str>,
+        queued: Bytes,
+        qos: Qos,
+        retain: bool,
+        ids: Vec<u32>,
+    },
+    /// Answered once everything sent before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+fn outgoing(m: &Routed, expires_at_ms: Option<i64>) -> Outgoing<'_> {
+    Outgoing {
+        topic: &m.topic,
+        payload: &m.payload,
+        qos: m.qos,
+        retain: m.retain,
+        properties: &m.properties,
+        expires_at_ms,
+        origin: m.origin.as_deref(),
+        shared_done: false,
+    }
+}
+
+pub struct Sessions {
+    pool: PgPool,
+    limits: TopicLimits,
+    timeout: Duration,
+}
+
+type QueueRow = (i64, Vec<u8>, i16, bool, Vec<i32>);
+type SessionFields = (Option<String>, i64, serde_json::Value);
+
+impl Sessions {
+    pub fn new(pool: PgPool, limits: TopicLimits, timeout: Duration) -> Self {
+        Self {
+            pool,
+            limits,
+            timeout,
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, SessionError>>,
+    ) -> Result<T, SessionError> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SessionError(format!(
+                    "the database did not answer within {:?}",
+                    self.timeout
+                )))
+            })
+    }
+
+    /// Records a session as its connection starts on `node`.
+    pub async fn connected(&self, node: &str, row: &SessionRow<'_>) -> Result<(), SessionError> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            if row.clean {
+                delete_queue(&mut tx, row.client_id).await?;
+            }
+            let will = row.will;
+            let will_frame =
+                will.map(|w| frame::encode(&outgoing(&w.publication, None), "", 0).to_vec());
+            sqlx::query(
+                "INSERT INTO cluster_sessions AS s (client_id, node, creator, expiry_secs, \
+                   connected, detached_at, subscriptions, will, will_expiry_secs, \
+                   will_delay_secs, will_owner, will_owner_max) \
+                 VALUES ($1, $2, $3, $4, true, NULL, '[]', $6, $7, $8, $9, $10) \
+                 ON CONFLICT (client_id) DO UPDATE SET node = EXCLUDED.node, \
+                   creator = EXCLUDED.creator, expiry_secs = EXCLUDED.expiry_secs, \
+                   connected = true, detached_at = NULL, \
+                   subscriptions = CASE WHEN $5 THEN '[]'::jsonb ELSE s.subscriptions END, \
+                   will = EXCLUDED.will, will_expiry_secs = EXCLUDED.will_expiry_secs, \
+                   will_delay_secs = EXCLUDED.will_delay_secs, will_owner = EXCLUDED.will_owner, \
+                   will_owner_max = EXCLUDED.will_owner_max",
+            )
+            .bind(row.client_id)
+            .bind(node)
+            .bind(row.creator)
+            .bind(i64::from(row.expiry_secs))
+            .bind(row.clean)
+            .bind(will_frame)
+            .bind(will.and_then(|w| w.expiry_secs).map(i64::from))
+            .bind(will.map(|w| w.delay.as_secs() as i64))
+            .bind(will.map(|w| w.owner.as_str()))
+            .bind(will.and_then(|w| w.owner_max).map(|m| m as i64))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A connection with neither a persistent session nor a Will: any earlier session of its
+    /// client id is gone.
+    pub async fn forget(&self, client_id: &str) -> Result<(), SessionError> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            delete_queue(&mut tx, client_id).await?;
+            sqlx::query("DELETE FROM cluster_sessions WHERE client_id = $1")
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_subscriptions(
+        &self,
+        node: &str,
+        client_id: &str,
+        subscriptions: &[StoredSubscription],
+    ) -> Result<(), SessionError> {
+        self.bounded(async {
+            sqlx::query(
+                "UPDATE cluster_sessions SET subscriptions = $3 \
+                 WHERE client_id = $1 AND node = $2",
+            )
+            .bind(client_id)
+            .bind(node)
+            .bind(serde_json::to_value(subscriptions).unwrap_or_default())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The connection ended. A persistent session stays, offline, its Will handled by this
+    /// node; any other row goes.
+    pub async fn detached(
+        &self,
+        node: &str,
+        client_id: &str,
+        persistent: bool,
+    ) -> Result<(), SessionError> {
+        self.bounded(async {
+            if persistent {
+                sqlx::query(
+                    "UPDATE cluster_sessions SET connected = false, detached_at = now(), \
+                       will = NULL WHERE client_id = $1 AND node = $2",
+                )
+                .bind(client_id)
+                .bind(node)
+                .execute(&self.pool)
+                .await?;
+                return Ok(());
+            }
+            let mut tx = self.pool.begin().await?;
+            let gone =
+                sqlx::query("DELETE FROM cluster_sessions WHERE client_id = $1 AND node = $2")
+                    .bind(client_id)
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            if gone > 0 {
+                delete_queue(&mut tx, client_id).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The offline session expired on `node`, which held it.
+    pub async fn expired(&self, node: &str, client_id: &str) -> Result<(), SessionError> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let gone = sqlx::query(
+                "DELETE FROM cluster_sessions WHERE client_id = $1 AND node = $2 AND NOT connected",
+            )
+            .bind(client_id)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if gone > 0 {
+                delete_queue(&mut tx, client_id).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The node holding `client_id`'s session, and whether it is alive.
+    pub async fn holder(&self, client_id: &str) -> Result<Option<(String, bool)>, SessionError> {
+        self.bounded(async {
+            Ok(sqlx::query_as::<_, (String, bool)>(
+                "SELECT s.node, EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node \
+                   AND n.heartbeat_at >= now() - make_interval(secs => $2)) \
+                 FROM cluster_sessions s WHERE s.client_id = $1",
+            )
+            .bind(client_id)
+            .bind(DEAD_AFTER.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .await?)
+        })
+        .await
+    }
+
+    /// Takes `client_id`'s session for a connection on `node`: its subscriptions and every
+    /// message queued for it, in order, which leave the queue.
+    pub async fn take(
+        &self,
+        node: &str,
+        client_id: &str,
+    ) -> Result<Option<Restored>, SessionError> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let found: Option<SessionFields> = sqlx::query_as(
+                "UPDATE cluster_sessions SET node = $2, connected = true, detached_at = NULL \
+                 WHERE client_id = $1 AND expiry_secs > 0 \
+                 RETURNING creator, expiry_secs, subscriptions",
+            )
+            .bind(client_id)
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((creator, _, subscriptions)) = found else {
+                tx.commit().await?;
+                return Ok(None);
+            };
+            let mut rows: Vec<QueueRow> = sqlx::query_as(
+                "DELETE FROM cluster_session_queue WHERE client_id = $1 \
+                 RETURNING seq, frame, qos, retain, subscription_ids",
+            )
+            .bind(client_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.sort_by_key(|r| r.0);
+            Ok(Some(Restored {
+                creator,
+                subscriptions: serde_json::from_value(subscriptions).unwrap_or_default(),
+                queued: rows.into_iter().filter_map(|r| self.queued(r)).collect(),
+            }))
+        })
+        .await
+    }
+
+    fn queued(&self, (_, body, qos, retain, ids): QueueRow) -> Option<Queued> {
+        let (message, _) = frame::decode(&Bytes::from(body), self.limits)
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "a queued message does not decode; dropped"),
+            )
+            .ok()?;
+        Some(Queued {
+            message,
+            qos: Qos::from_u8(u8::try_from(qos).ok()?)?,
+            retain,
+            subscription_ids: ids
+                .into_iter()
+                .filter_map(|i| u32::try_from(i).ok())
+                .collect(),
+        })
+    }
+
+    fn will(&self, r: &AdoptRow) -> Option<StoredWill> {
+        let body = r.will.as_ref()?;
+        let (publication, _) = frame::decode(&Bytes::from(body.clone()), self.limits).ok()?;
+        Some(StoredWill {
+            publication,
+            expiry_secs: r.will_expiry_secs.and_then(|s| u32::try_from(s).ok()),
+            delay: Duration::from_secs(r.will_delay_secs.unwrap_or(0).max(0) as u64),
+            owner: r.will_owner.clone().unwrap_or_default(),
+            owner_max: r.will_owner_max.and_then(|m| u64::try_from(m).ok()),
+        })
+    }
+
+    /// In the transaction that found nodes gone: every session held by a node that has no
+    /// heartbeat row any more becomes `node`'s, offline, its Will cleared (the adopter
+    /// publishes it). One survivor adopts each session: the update locks its row.
+    pub async fn adopt(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        node: &str,
+    ) -> Result<Vec<Adopted>, SessionError> {
+        let rows: Vec<AdoptRow> = sqlx::query_as(
+            "WITH orphans AS ( \
+               SELECT client_id, connected, will, will_expiry_secs, will_delay_secs, \
+                 will_owner, will_owner_max, \
+                 extract(epoch FROM now() - coalesce(detached_at, now()))::float8 AS away \
+               FROM cluster_sessions s \
+               WHERE NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node) \
+               FOR UPDATE SKIP LOCKED) \
+             UPDATE cluster_sessions s SET node = $1, connected = false, \
+               detached_at = coalesce(s.detached_at, now()), will = NULL \
+             FROM orphans o WHERE s.client_id = o.client_id \
+             RETURNING s.client_id, s.creator, s.expiry_secs, s.subscriptions, o.connected, \
+               o.will, o.will_expiry_secs, o.will_delay_secs, o.will_owner, o.will_owner_max, \
+               o.away, \
+               (SELECT count(*) FROM cluster_session_queue q WHERE q.client_id = s.client_id)",
+        )
+        .bind(node)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut adopted = Vec::with_capacity(rows.len());
+        for r in rows {
+            let will = if r.connected { self.will(&r) } else { None };
+            if r.expiry_secs <= 0 {
+                // Kept only for its Will: gone once it is in hand.
+                sqlx::query("DELETE FROM cluster_sessions WHERE client_id = $1")
+                    .bind(&r.client_id)
+                    .execute(&mut **tx)
+                    .await?;
+                delete_queue(tx, &r.client_id).await?;
+            }
+            adopted.push(Adopted {
+                client_id: Arc::from(r.client_id.as_str()),
+                creator: r.creator.clone(),
+                expiry_secs: u32::try_from(r.expiry_secs.max(0)).unwrap_or(u32::MAX),
+                away: Duration::from_secs_f64(r.away.max(0.0)),
+                subscriptions: serde_json::from_value(r.subscriptions.clone()).unwrap_or_default(),
+                will,
+                queued: usize::try_from(r.queued).unwrap_or(0),
+            });
+        }
+        Ok(adopted)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AdoptRow {
+    client_id: String,
+    creator: Option<String>,
+    expiry_secs: i64,
+    subscriptions: serde_json::Value,
+    connected: bool,
+    will: Option<Vec<u8>>,
+    will_expiry_secs: Option<i64>,
+    will_delay_secs: Option<i64>,
+    will_owner: Option<String>,
+    will_owner_max: Option<i64>,
+    away: f64,
+    #[sqlx(rename = "count")]
+    queued: i64,
+}
+
+async fn delete_queue(
+    tx: &mut Transaction<'_, Postgres>,
+    client_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM cluster_session_queue WHERE client_id = $1")
+        .bind(client_id)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+}
+
+/// Appends queued messages in the order they were handed over, a batch per statement.
+pub async fn write_spool(pool: PgPool, mut spool: mpsc::Receiver<Spool>, lost: Arc<AtomicU64>) {
+    let mut batch = Vec::new();
+    let mut flushes = Vec::new();
+    while let Some(first) = spool.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Spool::Append {
+                    client_id,
+                    queued,
+                    qos,
+                    retain,
+                    ids,
+                } => {
+                    batch.push((client_id, queued, qos, retain, ids));
+                }
+                Spool::Flush(done) => flushes.push(done),
+            }
+            next = if batch.len() < 512 {
+                spool.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            if let Err(e) = append(&pool, &batch).await {
+                lost.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(error = %e, messages = n, "messages queued for offline sessions could not be stored");
+            }
+            batch.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+type SpoolRow = (Arc<str>, Bytes, Qos, bool, Vec<u32>);
+
+async fn append(pool: &PgPool, batch: &[SpoolRow]) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = batch.iter().map(|r| &*r.0).collect();
+    let frames: Vec<&[u8]> = batch.iter().map(|r| &r.1[..]).collect();
+    let qos: Vec<i16> = batch.iter().map(|r| r.2 as i16).collect();
+    let retain: Vec<bool> = batch.iter().map(|r| r.3).collect();
+    // Postgres arrays cannot be ragged: each message's identifiers travel as text.
+    let subscription_ids: Vec<String> = batch
+        .iter()
+        .map(|r| {
+            let list: Vec<String> = r.4.iter().map(u32::to_string).collect();
+            format!("{{{}}}", list.join(","))
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO cluster_session_queue (client_id, frame, qos, retain, subscription_ids) \
+         SELECT c, f, q, r, s::integer[] \
+         FROM unnest($1::text[], $2::bytea[], $3::int2[], $4::bool[], $5::text[]) \
+           WITH ORDINALITY AS t(c, f, q, r, s, n) ORDER BY n",
+    )
+    .bind(ids)
+    .bind(frames)
+    .bind(qos)
+    .bind(retain)
+    .bind(subscription_ids)
+    .execute(pool)
+    .await
+    .map(drop)
+}
