@@ -845,3 +845,77 @@ async fn a_killed_nodes_sessions_are_adopted_and_its_clients_wills_fire_once() {
     assert_eq!(ack.body[0], 1, "session present after its node was killed");
     assert_eq!(payloads(&mut p, 1).await, [b"while away".to_vec()]);
 }
+
+#[tokio::test]
+async fn a_stopped_nodes_sessions_are_taken_up_by_the_others_without_firing_wills() {
+    let nats = Nats::start().await;
+    let [a] = <[TestApp; 1]>::try_from(nodes(&nats, 1).await)
+        .ok()
+        .unwrap();
+    let mut b = Process::start(&a.db.url, &["--cluster-url", &nats.url()]).await;
+    let mut phone = Raw::open_addr(b.mqtt).await;
+    let will = build::Will {
+        topic: "will/phone",
+        payload: b"gone",
+        qos: 1,
+        retain: false,
+        props: &[],
+    };
+    phone
+        .send(&build::connect_with_will(
+            "phone",
+            true,
+            60,
+            Some(&[0x11, 0, 0, 1, 0x2C]),
+            will,
+        ))
+        .await;
+    phone.expect(2).await;
+    phone
+        .send(&build::subscribe(1, "inbox/#", 1, Some(&[])))
+        .await;
+    phone.expect(9).await;
+    let (mut watcher, _) = V5::connect(v5_options(&a, "watcher")).await;
+    watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
+    until_sends(&a, "inbox/1").await;
+
+    // An operator restarts B: its client is told (0x8B) and B leaves the service at once.
+    b.terminate().await;
+    let got = phone.until_closed().await;
+    assert_eq!(got[0].disconnect_reason(), 0x8B, "server shutting down");
+    let t = topic("inbox/1");
+    within("A to hold the session", async {
+        while cluster(&a).live_nodes() > 1 || !a_holds(&a, "phone").await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(!cluster(&a).sends(&t), "no other node holds it any more");
+    let (mut publisher, _) = V5::connect(v5_options(&a, "pub")).await;
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"during the restart")
+        .await;
+    publisher
+        .publish("will/marker", Qos5::AtLeastOnce, false, b"marker")
+        .await;
+    assert_eq!(
+        &watcher.next_publish().await.payload[..],
+        b"marker",
+        "no Will: the server went away, not the client"
+    );
+    let (mut p, ack) = Raw::connect(&a, &persistent("phone", false)).await;
+    assert_eq!(ack.body[0], 1, "session present after its node restarted");
+    assert_eq!(payloads(&mut p, 1).await, [b"during the restart".to_vec()]);
+}
+
+/// Whether `app`'s node holds `client`'s session, as Postgres says.
+async fn a_holds(app: &TestApp, client: &str) -> bool {
+    let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let node: Option<String> =
+        sqlx::query_scalar("SELECT node FROM cluster_sessions WHERE client_id = $1")
+            .bind(client)
+            .fetch_optional(&mut db)
+            .await
+            .unwrap();
+    node.as_deref() == Some(cluster(app).node())
+}

@@ -184,6 +184,7 @@ impl Cluster {
             claims.pool().clone(),
             spool_rx,
             spool_lost.clone(),
+            shutdown.clone(),
         ));
         let hand_overs = client
             .subscribe(handover_subject(&config.prefix, &node))
@@ -335,7 +336,7 @@ impl Cluster {
     /// The connection that claimed `client_id` at `generation` is gone.
     pub fn release(&self, client_id: Arc<str>, generation: u64) {
         let cluster = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             if let Err(e) = cluster.inner.claims.release(&client_id, generation).await {
                 tracing::debug!(client = %client_id, error = %e, "a claim was not released; the next claim replaces it");
             }
@@ -440,7 +441,9 @@ impl Cluster {
     /// goes.
     pub fn session_detached(&self, client_id: Arc<str>, persistent: bool) {
         let cluster = self.clone();
-        tokio::spawn(async move {
+        // Tracked: a node that stops records its connections' ends before it leaves, or the
+        // node adopting its sessions would take them for connected and publish their Wills.
+        self.inner.tasks.spawn(async move {
             let inner = &cluster.inner;
             if let Err(e) = inner
                 .sessions
@@ -455,7 +458,7 @@ impl Cluster {
     /// An offline session held here expired.
     pub fn session_expired(&self, client_id: Arc<str>) {
         let cluster = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let inner = &cluster.inner;
             let _ = inner.spool_flush().await;
             if let Err(e) = inner.sessions.expired(&inner.node, &client_id).await {

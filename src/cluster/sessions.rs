@@ -454,11 +454,35 @@ async fn delete_queue(
         .map(drop)
 }
 
-/// Appends queued messages in the order they were handed over, a batch per statement.
-pub async fn write_spool(pool: PgPool, mut spool: mpsc::Receiver<Spool>, lost: Arc<AtomicU64>) {
+/// Appends queued messages in the order they were handed over, a batch per statement, until
+/// `shutdown`; then writes what is left.
+pub async fn write_spool(
+    pool: PgPool,
+    mut spool: mpsc::Receiver<Spool>,
+    lost: Arc<AtomicU64>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let mut batch = Vec::new();
     let mut flushes = Vec::new();
-    while let Some(first) = spool.recv().await {
+    let mut stopping = false;
+    loop {
+        let first = if stopping {
+            match spool.try_recv() {
+                Ok(item) => item,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                item = spool.recv() => match item {
+                    Some(item) => item,
+                    None => return,
+                },
+                () = shutdown.cancelled() => {
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
         let mut next = Some(first);
         while let Some(item) = next {
             match item {

@@ -52,6 +52,24 @@ impl Process {
         }
     }
 
+    /// SIGTERM, as an operator stops it, and waits for it to exit.
+    pub async fn terminate(&mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("retaind stopped within 30 s of SIGTERM")
+            .unwrap();
+        assert!(
+            status.success(),
+            "retaind exited with {status} after SIGTERM"
+        );
+    }
+
     /// SIGKILL, as a crash or an OOM kill would.
     pub async fn kill(&mut self) {
         self.child.start_kill().expect("SIGKILL");

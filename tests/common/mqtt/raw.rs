@@ -248,7 +248,12 @@ pub struct Raw {
 
 impl Raw {
     pub async fn open(app: &TestApp) -> Self {
-        let stream = within("a TCP connection", TcpStream::connect(app.mqtt_addr))
+        Self::open_addr(app.mqtt_addr).await
+    }
+
+    /// A connection to an MQTT listener by its address (a retaind process of the test's).
+    pub async fn open_addr(addr: std::net::SocketAddr) -> Self {
+        let stream = within("a TCP connection", TcpStream::connect(addr))
             .await
             .expect("connecting to the MQTT listener");
         Self { stream }
