@@ -2,7 +2,8 @@
 //! clients that store retained messages as fast as they can (HTTP 200 and MQTT PUBACK are the
 //! acknowledgements), is killed with SIGKILL mid-stream, and is started again on the same
 //! database: every topic must hold its last acknowledged write or a later one that was sent,
-//! never an older one and never nothing. On SQLite and on Postgres.
+//! never an older one and never nothing. On SQLite and on Postgres, and for a node of a
+//! cluster, asked afterwards through the other node.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::nats::Nats;
 use common::process::Process;
 use common::{Backend, fresh_db};
 
@@ -121,9 +123,25 @@ async fn stored_seq(http: &reqwest::Client, addr: SocketAddr, topic: &str) -> Op
     Some(String::from_utf8(payload).unwrap().parse().unwrap())
 }
 
-async fn killed_under_load_loses_no_acknowledged_write(backend: Backend) {
+/// With `cluster`, the node is one of two of a service over NATS, and the other one, still
+/// running, is the one asked afterwards.
+async fn killed_under_load_loses_no_acknowledged_write(backend: Backend, cluster: bool) {
     let db = fresh_db(backend).await;
-    let mut server = Process::start(&db.url, &[]).await;
+    let nats = match cluster {
+        true => Some(Nats::start().await),
+        false => None,
+    };
+    let url = nats.as_ref().map(Nats::url).unwrap_or_default();
+    let args: &[&str] = if cluster {
+        &["--cluster-url", &url]
+    } else {
+        &[]
+    };
+    let other = match cluster {
+        true => Some(Process::start(&db.url, args).await),
+        false => None,
+    };
+    let mut server = Process::start(&db.url, args).await;
     let ledger = Arc::new(Ledger::default());
     let mut writers = Vec::new();
     for w in 0..HTTP_WRITERS {
@@ -146,16 +164,20 @@ async fn killed_under_load_loses_no_acknowledged_write(backend: Backend) {
         "too little was acknowledged for the test to mean anything: {acknowledged_before_kill} topics"
     );
 
-    let server = Process::start(&db.url, &[]).await;
+    let server = match other {
+        Some(other) => other,
+        None => Process::start(&db.url, &[]).await,
+    };
     let http = reqwest::Client::new();
     let ledger: HashMap<String, (u64, u64)> = ledger.0.lock().unwrap().clone();
     let in_doubt = ledger.values().filter(|(sent, acked)| sent > acked).count();
     eprintln!(
-        "{backend:?}: killed after {} acknowledged writes; {in_doubt} topics had a write in flight",
+        "{backend:?}: killed after {} acknowledged writes{}; {in_doubt} topics had a write in flight",
         ledger
             .values()
             .map(|(_, acked)| acked / TOPICS_PER_WRITER)
-            .sum::<u64>()
+            .sum::<u64>(),
+        if cluster { " (one of two nodes)" } else { "" },
     );
     for (topic, (sent, acknowledged)) in &ledger {
         let stored = stored_seq(&http, server.http, topic).await;
@@ -174,10 +196,15 @@ async fn killed_under_load_loses_no_acknowledged_write(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_under_load_loses_no_acknowledged_write_on_sqlite() {
-    killed_under_load_loses_no_acknowledged_write(Backend::Sqlite).await;
+    killed_under_load_loses_no_acknowledged_write(Backend::Sqlite, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_under_load_loses_no_acknowledged_write_on_postgres() {
-    killed_under_load_loses_no_acknowledged_write(Backend::Postgres).await;
+    killed_under_load_loses_no_acknowledged_write(Backend::Postgres, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_a_cluster_killed_under_load_loses_no_acknowledged_write() {
+    killed_under_load_loses_no_acknowledged_write(Backend::Postgres, true).await;
 }
