@@ -89,12 +89,7 @@ impl Broker {
                     return;
                 }
             }
-            let now = broker.store().clock().now_ms();
-            let message = Message::published(will.publication, Some(client.clone()), now);
-            if let Err(e) = broker.publish_message(message, will.owner, now).await {
-                // Logged by the store, in summary.
-                tracing::debug!(%client, error = %e, "the Will message could not be stored");
-            }
+            broker.publish_will_now(will, client).await;
         });
     }
 
@@ -135,11 +130,16 @@ impl Broker {
             if persistent && !broker.sessions().still_adopted(&client) {
                 return;
             }
-            let now = broker.store().clock().now_ms();
-            let message = Message::published(will.publication, Some(client.clone()), now);
-            if let Err(e) = broker.publish_message(message, will.owner, now).await {
-                tracing::debug!(%client, error = %e, "the Will message could not be stored");
-            }
+            broker.publish_will_now(will, client).await;
         });
+    }
+
+    async fn publish_will_now(&self, will: Will, client: ClientKey) {
+        let now = self.store().clock().now_ms();
+        let message = Message::published(will.publication, Some(client.clone()), now);
+        if let Err(e) = self.publish_message(message, will.owner, now).await {
+            // Logged by the store, in summary.
+            tracing::debug!(%client, error = %e, "the Will message could not be stored");
+        }
     }
 }

@@ -251,42 +251,40 @@ impl Sessions {
                 .await?;
                 return Ok(());
             }
-            let mut tx = self.pool.begin().await?;
-            let gone =
-                sqlx::query("DELETE FROM cluster_sessions WHERE client_id = $1 AND node = $2")
-                    .bind(client_id)
-                    .bind(node)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            if gone > 0 {
-                delete_queue(&mut tx, client_id).await?;
-            }
-            tx.commit().await?;
-            Ok(())
+            self.delete_held(node, client_id, false).await
         })
         .await
     }
 
+    /// Deletes `client_id`'s session, with its queue, if `node` holds it (and, with
+    /// `offline_only`, if its client is away).
+    async fn delete_held(
+        &self,
+        node: &str,
+        client_id: &str,
+        offline_only: bool,
+    ) -> Result<(), SessionError> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query(
+            "DELETE FROM cluster_sessions WHERE client_id = $1 AND node = $2 \
+               AND NOT (connected AND $3)",
+        )
+        .bind(client_id)
+        .bind(node)
+        .bind(offline_only)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if gone > 0 {
+            delete_queue(&mut tx, client_id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The offline session expired on `node`, which held it.
     pub async fn expired(&self, node: &str, client_id: &str) -> Result<(), SessionError> {
-        self.bounded(async {
-            let mut tx = self.pool.begin().await?;
-            let gone = sqlx::query(
-                "DELETE FROM cluster_sessions WHERE client_id = $1 AND node = $2 AND NOT connected",
-            )
-            .bind(client_id)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if gone > 0 {
-                delete_queue(&mut tx, client_id).await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.bounded(self.delete_held(node, client_id, true)).await
     }
 
     /// The node holding `client_id`'s session, and whether it is alive.

@@ -48,18 +48,27 @@ def psql(url, sql):
                    capture_output=True, timeout=30)
 
 
+@contextlib.contextmanager
+def postgres_schema():
+    """The URL of a new, empty schema in the run's Postgres database, dropped afterwards."""
+    base = os.environ["RETAIND_TEST_DATABASE_URL"]
+    schema = f"t_{uuid.uuid4().hex}"
+    psql(base, f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-c%20search_path%3D{schema}"
+    finally:
+        psql(base, f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request, tmp_path):
     """A URL of an empty store; a Postgres schema is dropped again after the test."""
     if request.param == "sqlite":
         yield f"sqlite://{tmp_path}/store/retaind.db"
         return
-    base = os.environ["RETAIND_TEST_DATABASE_URL"]
-    schema = f"t_{uuid.uuid4().hex}"
-    psql(base, f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options=-c%20search_path%3D{schema}"
-    psql(base, f"DROP SCHEMA {schema} CASCADE")
+    with postgres_schema() as url:
+        yield url
 
 
 @dataclass

@@ -9,14 +9,13 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import make_client, psql, run_server
+from conftest import make_client, postgres_schema, run_server
 from test_mqtt_clients import TIMEOUT_S, Paho
 
 
@@ -53,12 +52,8 @@ def nats_url(tmp_path):
 
 @pytest.fixture
 def postgres_url():
-    base = os.environ["RETAIND_TEST_DATABASE_URL"]
-    schema = f"t_{uuid.uuid4().hex}"
-    psql(base, f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options=-c%20search_path%3D{schema}"
-    psql(base, f"DROP SCHEMA {schema} CASCADE")
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture
