@@ -64,10 +64,11 @@ pub struct Routed {
     pub shared_done: bool,
 }
 
-/// Where a frame comes from: its node and that node's sequence number for it.
+/// Where a frame comes from: its node and that node's sequence number for it. Borrowed
+/// from the frame: a receiver looks the node up, and copies its id only the first time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
-    pub node: Arc<str>,
+pub struct Source<'a> {
+    pub node: &'a str,
     pub seq: u64,
 }
 
@@ -116,7 +117,7 @@ pub fn encode(m: &Outgoing<'_>, node: &str, seq: u64) -> Bytes {
 /// The publish in `body`, checked as the edge checks a client's: a topic within this node's
 /// limits and no string MQTT cannot carry. Another node checked it already; a NATS account
 /// shared with other software could still carry anything under the prefix.
-pub fn decode(body: &Bytes, limits: TopicLimits) -> Result<(Routed, Source), FrameError> {
+pub fn decode(body: &Bytes, limits: TopicLimits) -> Result<(Routed, Source<'_>), FrameError> {
     let (&version, rest) = body.split_first().ok_or(FrameError::Head)?;
     if version != VERSION {
         return Err(FrameError::Version(version));
@@ -170,7 +171,7 @@ pub fn decode(body: &Bytes, limits: TopicLimits) -> Result<(Routed, Source), Fra
     Ok((
         routed,
         Source {
-            node: Arc::from(head.node),
+            node: head.node,
             seq: head.seq,
         },
     ))
@@ -235,7 +236,7 @@ mod tests {
         assert_eq!(
             source,
             Source {
-                node: Arc::from("node-a"),
+                node: "node-a",
                 seq: 42
             }
         );

@@ -51,7 +51,7 @@ impl Inbox {
         }
     }
 
-    fn decode(&self, body: &Bytes) -> Option<(Routed, frame::Source)> {
+    fn decode<'a>(&self, body: &'a Bytes) -> Option<(Routed, frame::Source<'a>)> {
         match frame::decode(body, self.limits) {
             Ok(decoded) => Some(decoded),
             Err(e) => {
@@ -86,7 +86,7 @@ impl Inbox {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !seen.first(&source.node, source.seq) {
+        if !seen.first(source.node, source.seq) {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }

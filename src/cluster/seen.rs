@@ -26,10 +26,13 @@ struct Window {
 
 impl Seen {
     /// Whether message `seq` of `node` is new; it counts as handled from now on.
-    pub fn first(&mut self, node: &Arc<str>, seq: u64) -> bool {
+    pub fn first(&mut self, node: &str, seq: u64) -> bool {
         let window = match self.nodes.get_mut(node) {
             Some(w) => w,
-            None => self.nodes.entry(node.clone()).or_insert_with(Window::new),
+            None => self
+                .nodes
+                .entry(Arc::from(node))
+                .or_insert_with(Window::new),
         };
         window.first(seq)
     }
@@ -92,36 +95,35 @@ mod tests {
     #[test]
     fn each_number_is_handled_once_in_any_order() {
         let mut seen = Seen::default();
-        let a: Arc<str> = Arc::from("a");
-        let b: Arc<str> = Arc::from("b");
-        assert!(seen.first(&a, 5));
-        assert!(seen.first(&a, 3), "an earlier number not seen yet");
-        assert!(!seen.first(&a, 5));
-        assert!(!seen.first(&a, 3));
-        assert!(seen.first(&b, 5), "numbers are per node");
-        assert!(seen.first(&a, 4));
-        assert!(seen.first(&a, 0));
-        assert!(!seen.first(&a, 0));
+        let (a, b) = ("a", "b");
+        assert!(seen.first(a, 5));
+        assert!(seen.first(a, 3), "an earlier number not seen yet");
+        assert!(!seen.first(a, 5));
+        assert!(!seen.first(a, 3));
+        assert!(seen.first(b, 5), "numbers are per node");
+        assert!(seen.first(a, 4));
+        assert!(seen.first(a, 0));
+        assert!(!seen.first(a, 0));
     }
 
     #[test]
     fn the_window_slides_without_forgetting_what_it_holds() {
         let mut seen = Seen::default();
-        let a: Arc<str> = Arc::from("a");
-        assert!(seen.first(&a, 10));
+        let a = "a";
+        assert!(seen.first(a, 10));
         // A jump past a whole window clears the reused slots, 10's included.
-        assert!(seen.first(&a, 10 + WINDOW * 3));
+        assert!(seen.first(a, 10 + WINDOW * 3));
         assert!(
-            !seen.first(&a, 10),
+            !seen.first(a, 10),
             "older than the window: taken as a duplicate"
         );
         assert!(
-            seen.first(&a, 11 + WINDOW * 2),
+            seen.first(a, 11 + WINDOW * 2),
             "inside the window, never seen"
         );
-        assert!(!seen.first(&a, 11 + WINDOW * 2));
-        assert!(seen.first(&a, 10 + WINDOW * 3 + 1));
+        assert!(!seen.first(a, 11 + WINDOW * 2));
+        assert!(seen.first(a, 10 + WINDOW * 3 + 1));
         seen.forget("a");
-        assert!(seen.first(&a, 10), "a forgotten node starts afresh");
+        assert!(seen.first(a, 10), "a forgotten node starts afresh");
     }
 }
