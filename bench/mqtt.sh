@@ -17,6 +17,7 @@
 #   BENCH_WINDOW     QoS 1 publishes in flight from the one client of retained-window (default
 #                    1000, at most 65535)
 #   PG_ADMIN_URL     a Postgres superuser URL (default: see scripts/postgres.sh)
+#   CARGO_TARGET_DIR where cargo builds (default target/)
 #
 # Scenarios (examples/mqtt_bench.rs has the details):
 #   fanout-qos0  4 publishers × 4 subscribers to PREFIX/#, 256 B payloads, QoS 0: deliveries/s,
@@ -54,6 +55,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=lib.sh
+source "$ROOT/bench/lib.sh"
 
 DURATION=${BENCH_DURATION:-20}
 DURATION=${DURATION%s}
@@ -82,18 +85,9 @@ WORK=$(mktemp -d /tmp/retaind-mqtt-bench.XXXXXX)
 DB_NAME="retaind_mqtt_bench_$$"
 RETAIND_PID=""
 MOSQUITTO_PID=""
-BENCH="$ROOT/target/release/examples/mqtt_bench"
-
-log() { echo "bench: $*" >&2; }
-
-stop_pid() { # PID: SIGTERM, then SIGKILL after 10 s
-    local pid=$1
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid"
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+RETAIND="$TARGET_DIR/release/retaind"
+BENCH="$TARGET_DIR/release/examples/mqtt_bench"
 
 cleanup() {
     local status=$?
@@ -102,25 +96,12 @@ cleanup() {
     stop_pid "$MOSQUITTO_PID"
     tail -n 200 "$WORK/retaind.stderr" >"$RAW/retaind.stderr.tail" 2>/dev/null
     cp "$WORK/mosquitto.log" "$RAW/mosquitto.log" 2>/dev/null
-    [ -n "${PG_ADMIN_URL:-}" ] && drop_database "$DB_NAME"
-    stop_scratch_postgres
-    rm -rf "$WORK"
-    exit "$status"
+    finish_cleanup "$status"
 }
-
-# shellcheck source=../scripts/postgres.sh
-source "$ROOT/scripts/postgres.sh"
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+set_traps
 
 # --- tools -------------------------------------------------------------------------------------
-if ! command -v mosquitto >/dev/null 2>&1; then
-    log "installing mosquitto"
-    apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
-    [ "$(id -u)" = 0 ] || ! command -v sudo >/dev/null 2>&1 || apt=(sudo "${apt[@]}")
-    "${apt[@]}" install -y -qq mosquitto >/dev/null 2>&1 ||
-        { "${apt[@]}" update -qq && "${apt[@]}" install -y -qq mosquitto >/dev/null; }
-fi
+command -v mosquitto >/dev/null 2>&1 || install_debian mosquitto
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 ensure_postgres
 
@@ -128,12 +109,10 @@ log "building retaind and examples/mqtt_bench (release)"
 cargo build --release --quiet --example mqtt_bench --bin retaind
 
 DB_URL=$(create_scratch_database "$DB_NAME")
-psql_db() { psql "$DB_URL" -X -v ON_ERROR_STOP=1 -Atq "$@"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- brokers -----------------------------------------------------------------------------------
 log "starting retaind on Postgres"
-"$ROOT/target/release/retaind" --http-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 \
+"$RETAIND" --http-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 \
     --database-url "$DB_URL" --mqtt-max-queued-messages "$QUEUED_MESSAGES" \
     --mqtt-max-queued-bytes "$QUEUED_BYTES" --mqtt-max-inflight "$INFLIGHT" \
     >"$WORK/retaind.out" 2>"$WORK/retaind.stderr" &
@@ -172,15 +151,8 @@ for _ in $(seq 1 100); do
 done
 
 # --- measuring ---------------------------------------------------------------------------------
-# CPU seconds a process has used, and the machine's idle share over an interval, from /proc;
-# finished children's CPU seconds (the load generator's) from the shell's own `times`.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-idle_ticks() { awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
-HZ=$(getconf CLK_TCK)
-children_cpu_s() { # into the variable named $1; `times` must run in this shell, not a subshell
-    times >"$WORK/times"
-    printf -v "$1" '%s' "$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); t += p[1] * 60 + p[2] } print t }' "$WORK/times")"
-}
+# CPU ticks of the broker and of the machine, and the load generator's CPU seconds, with
+# bench/lib.sh's cpu_ticks, idle_ticks and children_cpu_s.
 
 declare -A LINE CPU IDLE GEN FAILED
 
@@ -229,14 +201,7 @@ kill -0 "$RETAIND_PID" 2>/dev/null || { log "retaind died during the run"; FAILE
 kill -0 "$MOSQUITTO_PID" 2>/dev/null || { log "mosquitto died during the run"; FAILED[mosquitto/end]="mosquitto died"; }
 
 # --- report ------------------------------------------------------------------------------------
-field() { # KEY NAME
-    sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"${LINE[$1]:-}"
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b + 0 > 0) printf "%.2f×", a / b; else print "n/a" }'; }
-fmt() { # VALUE DECIMALS
-    [ -n "$1" ] || { echo "—"; return; }
-    awk -v v="$1" -v d="$2" 'BEGIN { printf "%.*f", d, v }'
-}
+# field, ratio and fmt: bench/lib.sh.
 row() { # SCENARIO LABEL FIELD DECIMALS
     local r m
     r=$(field "retaind/$1" "$3"); m=$(field "mosquitto/$1" "$3")

@@ -27,6 +27,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=lib.sh
+source "$ROOT/bench/lib.sh"
 
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 DURATION=${BENCH_DURATION:-20}
@@ -49,24 +51,15 @@ DB_NAME="retaind_bench_$$"
 RETAIND_PID=""
 BG_PIDS=()
 
-log() { echo "bench: $*" >&2; }
-
 cleanup() {
     local status=$?
     set +e
     for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     stop_retaind
     tail -n 200 "$WORK/retaind.stderr" >"$RAW/retaind.stderr.tail" 2>/dev/null
-    [ -n "${PG_ADMIN_URL:-}" ] && drop_database "$DB_NAME"
-    stop_scratch_postgres
-    rm -rf "$WORK"
-    exit "$status"
+    finish_cleanup "$status"
 }
-
-# shellcheck source=../scripts/postgres.sh
-source "$ROOT/scripts/postgres.sh"
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+set_traps
 
 # --- tools -------------------------------------------------------------------------------------
 if ! command -v wrk >/dev/null 2>&1; then
@@ -82,7 +75,6 @@ log "building retaind (release)"
 cargo build --release --bins --quiet
 
 DB_URL=$(create_scratch_database "$DB_NAME")
-psql_db() { psql "$DB_URL" -X -v ON_ERROR_STOP=1 -Atq "$@"; }
 
 # Both sides hold connections at once (retaind's pool is idle while pgbench runs).
 MAX_CONN=$(psql_db -c 'show max_connections')
@@ -95,10 +87,7 @@ fi
 # --- retaind -----------------------------------------------------------------------------------
 stop_retaind() {
     [ -n "$RETAIND_PID" ] && kill -0 "$RETAIND_PID" 2>/dev/null || return 0
-    kill -TERM "$RETAIND_PID"
-    for _ in $(seq 1 100); do kill -0 "$RETAIND_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$RETAIND_PID" 2>/dev/null || true
-    wait "$RETAIND_PID" 2>/dev/null || true
+    stop_pid "$RETAIND_PID"
     RETAIND_PID=""
 }
 
@@ -282,6 +271,8 @@ start_retaind --read-cache-mib 0
 run_wrk get_nocache get.lua /retainedMessage/bench%2Ft%2F0
 
 # --- report ------------------------------------------------------------------------------------
+# Not bench/lib.sh's field and ratio: run_wrk's field reads wrk's BENCH line, and this ratio is a
+# bare number.
 ms() { awk -v us="$1" 'BEGIN { printf "%.1f ms", us / 1000 }'; }
 rate() { awk -v r="$1" 'BEGIN { printf "%.0f", r }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }

@@ -21,6 +21,12 @@
 //!   `PREFIX/#` and is timed from its SUBSCRIBE to the last of them (`deliver_total_s`). The
 //!   messages are cleared again (empty retained publishes) unless `--keep-retained`.
 //!
+//! Across a cluster (`bench/cluster.sh`): `--sub-host`/`--sub-port` put the fan-out subscribers
+//! on another broker than the publishers, e.g. publishers on node A and subscribers on node B.
+//! After their SUBACKs, probes are published on the publishers' broker until one has reached
+//! every subscriber, so that the measured messages do not race the cluster's propagation of the
+//! new subscriptions. The retained scenario stays on `--host`/`--port`.
+//!
 //! Flow control, so that the numbers are what the broker sustains:
 //! - QoS 1 publishers are held by rumqttc's inflight window (`--inflight`, 100): a publish waits
 //!   until fewer than that many are unacknowledged, so the QoS 1 publish rate is acked throughput.
@@ -33,18 +39,24 @@
 //! The prefix defaults to one unique to the run, so leftovers of another run never match.
 //! Exit status 1 when a connection failed or a QoS 1 / retained message never arrived.
 
+#[path = "common/fanout.rs"]
+mod fanout;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
+use fanout::{
+    HEADER_BYTES, Progress, PublisherReport, Setup, SubscriberReport, Tasks, Window, header,
+    latency_histogram,
+};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
     SubscribeReasonCode, Transport,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout};
 
@@ -53,10 +65,10 @@ use tokio::time::{sleep, sleep_until, timeout};
 const REQUEST_CHANNEL_CAPACITY: usize = 8;
 /// Connecting, CONNACK and SUBACK must each come within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often waits on shared counters look again.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// Payload bytes used for the publish timestamp, the publisher and the sequence number.
-const HEADER_BYTES: usize = 24;
+/// How often probes go out while subscribers on another broker wait for their first one.
+const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+/// Shorter than a header, so that a late probe is never taken for a measured message.
+const PROBE_PAYLOAD: &[u8] = b"probe";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -80,6 +92,14 @@ struct Args {
     /// Broker port (TCP, or the HTTP port with `--transport ws`).
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Broker host of the fan-out subscribers (default `--host`): publishers on one node of a
+    /// cluster, subscribers on another. Publishing then starts once probes published on
+    /// `--host` reach every subscriber.
+    #[arg(long)]
+    sub_host: Option<String>,
+    /// Broker port of the fan-out subscribers (default `--port`).
+    #[arg(long)]
+    sub_port: Option<u16>,
     /// MQTT over plain TCP or over WebSocket.
     #[arg(long, value_enum, default_value_t = Wire::Tcp)]
     transport: Wire,
@@ -155,15 +175,37 @@ impl Run {
         Duration::from_secs_f64(self.args.idle_timeout)
     }
 
-    /// A connected client whose CONNACK accepted the connection.
+    /// Whether the fan-out subscribers connect to another broker than the publishers.
+    fn split(&self) -> bool {
+        self.args.sub_host.is_some() || self.args.sub_port.is_some()
+    }
+
+    /// A connected client of `--host`/`--port` whose CONNACK accepted the connection.
     async fn connect(&self, role: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
+        self.connect_to(role, &self.args.host, self.args.port).await
+    }
+
+    /// A connected fan-out subscriber, on `--sub-host`/`--sub-port` when given.
+    async fn connect_subscriber(&self, role: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
+        let args = &self.args;
+        let host = args.sub_host.as_deref().unwrap_or(&args.host);
+        self.connect_to(role, host, args.sub_port.unwrap_or(args.port))
+            .await
+    }
+
+    async fn connect_to(
+        &self,
+        role: &str,
+        host: &str,
+        port: u16,
+    ) -> anyhow::Result<(AsyncClient, EventLoop)> {
         let args = &self.args;
         let id = format!("{}-{role}", self.client_prefix);
         let mut options = match args.transport {
-            Wire::Tcp => MqttOptions::new(id, &args.host, args.port),
+            Wire::Tcp => MqttOptions::new(id, host, port),
             Wire::Ws => {
-                let url = format!("ws://{}:{}{}", args.host, args.port, args.ws_path);
-                let mut options = MqttOptions::new(id, url, args.port);
+                let url = format!("ws://{host}:{port}{}", args.ws_path);
+                let mut options = MqttOptions::new(id, url, port);
                 options.set_transport(Transport::Ws);
                 options
             }
@@ -191,98 +233,8 @@ impl Run {
     }
 
     fn payload(&self, publisher: usize, seq: u64) -> Vec<u8> {
-        let mut payload = vec![b'x'; self.args.payload_bytes];
-        payload[..8].copy_from_slice(&self.now_ns().to_be_bytes());
-        payload[8..16].copy_from_slice(&(publisher as u64).to_be_bytes());
-        payload[16..HEADER_BYTES].copy_from_slice(&seq.to_be_bytes());
-        payload
+        fanout::payload(self.args.payload_bytes, self.now_ns(), publisher, seq)
     }
-}
-
-/// The publish-time range whose messages are measured.
-#[derive(Clone, Copy)]
-struct Window {
-    start_ns: u64,
-    end_ns: u64,
-}
-
-impl Window {
-    fn contains(&self, ns: u64) -> bool {
-        (self.start_ns..self.end_ns).contains(&ns)
-    }
-
-    fn seconds(&self) -> f64 {
-        (self.end_ns - self.start_ns) as f64 / 1e9
-    }
-}
-
-/// What `Run::payload` wrote: (publish time in ns since `Run::t0`, publisher, sequence number).
-fn header(payload: &[u8]) -> Option<(u64, usize, u64)> {
-    let field = |at: usize| -> Option<u64> {
-        Some(u64::from_be_bytes(
-            payload.get(at..at + 8)?.try_into().ok()?,
-        ))
-    };
-    Some((field(0)?, usize::try_from(field(8)?).ok()?, field(16)?))
-}
-
-/// How far each subscriber has got in each publisher's sequence, so that a publisher can keep
-/// at most `--max-outstanding` messages between its publish call and the slowest subscriber.
-/// Counting by highest sequence number received (order per topic is kept) means a lost QoS 0
-/// message does not hold its publisher back forever.
-struct Progress {
-    /// `[publisher][subscriber]`: one past the highest sequence number received.
-    next: Vec<Vec<AtomicU64>>,
-    /// One per publisher, notified when any subscriber advances in its sequence.
-    advanced: Vec<Notify>,
-}
-
-impl Progress {
-    fn new(publishers: usize, subscribers: usize) -> Self {
-        Self {
-            next: (0..publishers)
-                .map(|_| (0..subscribers).map(|_| AtomicU64::new(0)).collect())
-                .collect(),
-            advanced: (0..publishers).map(|_| Notify::new()).collect(),
-        }
-    }
-
-    fn record(&self, publisher: usize, subscriber: usize, seq: u64) {
-        let Some(slot) = self.next.get(publisher).and_then(|p| p.get(subscriber)) else {
-            return;
-        };
-        if slot.fetch_max(seq + 1, Ordering::Relaxed) <= seq {
-            self.advanced[publisher].notify_one();
-        }
-    }
-
-    fn slowest(&self, publisher: usize) -> u64 {
-        let received = self.next[publisher]
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed));
-        received.min().unwrap_or(u64::MAX)
-    }
-
-    /// Waits until fewer than `max` of the first `sent` messages are outstanding; false if no
-    /// subscriber advanced for `idle`.
-    async fn wait_below(&self, publisher: usize, sent: u64, max: u64, idle: Duration) -> bool {
-        loop {
-            // notify_one keeps a permit when nobody waits: no wake-up is lost between the
-            // check and the await.
-            let advanced = self.advanced[publisher].notified();
-            if sent.saturating_sub(self.slowest(publisher)) < max {
-                return true;
-            }
-            if timeout(idle, advanced).await.is_err() {
-                return false;
-            }
-        }
-    }
-}
-
-fn latency_histogram() -> Histogram<u64> {
-    // Microseconds, from 1 µs to an hour, 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
 fn qos_of(scenario: Scenario) -> QoS {
@@ -391,20 +343,6 @@ async fn wait_for_count(counter: &mut watch::Receiver<u64>, target: u64, idle: D
     }
 }
 
-struct SubscriberReport {
-    latencies_us: Histogram<u64>,
-    delivered: u64,
-    last_receipt_ns: u64,
-    error: Option<String>,
-}
-
-struct PublisherReport {
-    sent: u64,
-    measured: u64,
-    completed: u64,
-    error: Option<String>,
-}
-
 async fn fanout(run: Arc<Run>, scenario: Scenario) -> anyhow::Result<bool> {
     let args = &run.args;
     let qos = qos_of(scenario);
@@ -417,17 +355,14 @@ async fn fanout(run: Arc<Run>, scenario: Scenario) -> anyhow::Result<bool> {
     // Subscribers first, each SUBACKed before anyone publishes.
     let mut subscribers = Vec::new();
     for i in 0..args.subscribers {
-        let (client, mut events) = run.connect(&format!("{name}-sub{i}")).await?;
+        let (client, mut events) = run.connect_subscriber(&format!("{name}-sub{i}")).await?;
         subscribe(&client, &mut events, &filter, qos, |_| {}).await?;
         subscribers.push((client, events));
     }
-    let window = {
-        let start_ns = run.now_ns() + Duration::from_secs_f64(args.warmup).as_nanos() as u64;
-        Window {
-            start_ns,
-            end_ns: start_ns + Duration::from_secs_f64(args.duration).as_nanos() as u64,
-        }
-    };
+    if run.split() {
+        subscribers = await_routes(&run, name, subscribers).await?;
+    }
+    let window = Window::after(run.now_ns(), args.warmup, args.duration);
     let subscriber_tasks: Vec<JoinHandle<SubscriberReport>> = subscribers
         .into_iter()
         .enumerate()
@@ -476,72 +411,89 @@ async fn fanout(run: Arc<Run>, scenario: Scenario) -> anyhow::Result<bool> {
         args.publishers, args.subscribers, args.warmup, args.duration, args.max_outstanding
     );
 
-    let mut publishers = Vec::new();
-    for task in publisher_tasks {
-        publishers.push(task.await?);
-    }
-    let measured_published: u64 = publishers.iter().map(|p| p.measured).sum();
-    let expected = measured_published * args.subscribers as u64;
-
-    // Drain: until every measured delivery arrived, or none arrived for the idle timeout.
-    let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
-    while last.0 < expected && last.1.elapsed() < run.idle_timeout() {
-        sleep(POLL_INTERVAL).await;
-        let now = delivered.load(Ordering::Relaxed);
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-    }
-    let _ = stop_tx.send(true);
-    let mut reports = Vec::new();
-    for task in subscriber_tasks {
-        reports.push(task.await?);
-    }
-
-    let mut latencies = latency_histogram();
-    for report in &reports {
-        latencies.add(&report.latencies_us)?;
-    }
-    let got: u64 = reports.iter().map(|r| r.delivered).sum();
-    let last_receipt = reports.iter().map(|r| r.last_receipt_ns).max().unwrap_or(0);
-    let elapsed =
-        ((last_receipt.saturating_sub(window.start_ns)) as f64 / 1e9).max(window.seconds());
-    let errors: Vec<String> = reports
-        .iter()
-        .filter_map(|r| r.error.clone())
-        .chain(publishers.iter().filter_map(|p| p.error.clone()))
-        .collect();
-    let unacked: u64 = publishers
-        .iter()
-        .map(|p| p.sent - p.completed.min(p.sent))
-        .sum();
-    let percentile_ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "scenario={name} publishers={} subscribers={} payload_bytes={} max_outstanding={} window_s={:.1} \
-         published={measured_published} published_per_s={:.0} expected={expected} delivered={got} \
-         lost={} deliveries_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} unacked={unacked} \
-         errors={}",
-        args.publishers,
-        args.subscribers,
-        args.payload_bytes,
-        args.max_outstanding,
-        window.seconds(),
-        measured_published as f64 / window.seconds(),
-        expected.saturating_sub(got),
-        got as f64 / elapsed,
-        percentile_ms(0.50),
-        percentile_ms(0.99),
-        latencies.max() as f64 / 1000.0,
-        errors.len(),
-    );
-    for error in &errors {
-        eprintln!("{name}: connection error: {error}");
-    }
+    let outcome = fanout::finish(
+        Setup {
+            name,
+            publishers: args.publishers,
+            subscribers: args.subscribers,
+            payload_bytes: args.payload_bytes,
+            max_outstanding: args.max_outstanding,
+            window,
+            idle_timeout: run.idle_timeout(),
+        },
+        Tasks {
+            publishers: publisher_tasks,
+            subscribers: subscriber_tasks,
+            delivered: &delivered,
+            stop: &stop_tx,
+        },
+    )
+    .await?;
+    let (expected, got) = (outcome.expected, outcome.delivered);
     let complete = qos == QoS::AtMostOnce || got == expected;
     if !complete {
         eprintln!("{name}: {} QoS 1 deliveries never arrived", expected - got);
     }
-    Ok(errors.is_empty() && complete && unacked == 0 && got > 0)
+    Ok(outcome.errors == 0 && complete && outcome.unacked == 0 && got > 0)
+}
+
+/// Publishes probes on the publishers' broker until every subscriber, on another broker, has
+/// received one. A subscription made on one node of a cluster reaches the other nodes' view a
+/// moment after its SUBACK (the cluster's interest-propagation window, milliseconds), and what
+/// is published there before that does not reach it: without this, the first messages would
+/// count as lost and hold their publishers' flow control back.
+async fn await_routes(
+    run: &Arc<Run>,
+    name: &str,
+    subscribers: Vec<(AsyncClient, EventLoop)>,
+) -> anyhow::Result<Vec<(AsyncClient, EventLoop)>> {
+    let started = Instant::now();
+    let topic = format!("{}/probe", run.prefix);
+    let (prober, mut probe_events) = run.connect(&format!("{name}-probe")).await?;
+    let arrivals = subscribers.into_iter().map(|(client, mut events)| {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = events.poll().await?
+                    && p.topic == topic
+                {
+                    return anyhow::Ok((client, events));
+                }
+            }
+        })
+    });
+    let all_arrived = futures_util::future::try_join_all(arrivals);
+    let deadline = sleep(HANDSHAKE_TIMEOUT);
+    tokio::pin!(all_arrived, deadline);
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    let arrived = loop {
+        tokio::select! {
+            arrived = &mut all_arrived => break arrived?,
+            _ = tick.tick() => {
+                // A full request queue only means the previous probes are still being sent.
+                let _ = prober.try_publish(&topic, QoS::AtMostOnce, false, PROBE_PAYLOAD);
+            }
+            event = probe_events.poll() => {
+                event.context("probe publisher")?;
+            }
+            () = &mut deadline => bail!(
+                "probes published on {}:{} did not reach every subscriber within {HANDSHAKE_TIMEOUT:?}",
+                run.args.host,
+                run.args.port
+            ),
+        }
+    };
+    let waited = started.elapsed();
+    disconnect(prober, probe_events).await;
+    let subscribers = arrived
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("subscriber, waiting for a probe")?;
+    eprintln!(
+        "{name}: probes from the publishers' broker reached every subscriber {:.1} ms after their SUBACKs",
+        waited.as_secs_f64() * 1000.0
+    );
+    Ok(subscribers)
 }
 
 /// A fan-out subscriber's connection and its place in `Progress`.

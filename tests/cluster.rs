@@ -52,7 +52,10 @@ async fn until_sends(app: &TestApp, t: &str) {
         }
     })
     .await;
-    eprintln!("interest in {t} known {:?} after the SUBACK", started.elapsed());
+    eprintln!(
+        "interest in {t} known {:?} after the SUBACK",
+        started.elapsed()
+    );
 }
 
 /// The MQTT 5 publishes `c` receives up to and including the one whose payload is `last`.
