@@ -924,3 +924,49 @@ async fn a_holds(app: &TestApp, client: &str) -> bool {
             .unwrap();
     node.as_deref() == Some(cluster(app).node())
 }
+
+#[tokio::test]
+async fn a_clean_start_on_another_node_ends_the_session_held_elsewhere() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut p, _) = Raw::connect(&a, &persistent("phone", true)).await;
+    p.send(&build::subscribe(1, "old/#", 1, Some(&[]))).await;
+    p.expect(9).await;
+    until_sends(&b, "old/1").await;
+    p.send(&build::disconnect_v5(0)).await;
+    assert!(p.until_closed().await.is_empty());
+
+    // A clean start through B: the session A held is gone, subscriptions and all.
+    let (mut p, ack) = Raw::connect(&b, &persistent("phone", true)).await;
+    assert_eq!(ack.body[0], 0, "no session present on a clean start");
+    let t = topic("old/1");
+    within("A to let go of the old session's subscription", async {
+        while cluster(&b).sends(&t) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let (mut publisher, _) = V5::connect(v5_options(&b, "pub")).await;
+    publisher
+        .publish("old/1", Qos5::AtLeastOnce, false, b"stale")
+        .await;
+    p.send(&build::subscribe(2, "new/#", 1, Some(&[]))).await;
+    p.expect(9).await;
+    publisher
+        .publish("new/1", Qos5::AtLeastOnce, false, b"fresh")
+        .await;
+    assert_eq!(
+        payloads(&mut p, 1).await,
+        [b"fresh".to_vec()],
+        "nothing of the old session"
+    );
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    let queued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cluster_session_queue WHERE client_id = 'phone'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(queued, 0, "nothing queued for the old session");
+}

@@ -174,11 +174,9 @@ async fn durable_session(
     principal: Option<&Principal>,
     will: Option<&Will>,
 ) -> Result<Option<Restored>, SessionError> {
-    let restored = if connect.clean_start {
-        None
-    } else {
-        cluster.resume(key).await?
-    };
+    // A node holding an earlier session of this id lets go of it either way: a clean start
+    // discards it, but the holder would otherwise keep queueing for it.
+    let restored = cluster.resume(key).await?.filter(|_| !connect.clean_start);
     let expiry = connect.session_expiry_interval_secs;
     if expiry == 0 && will.is_none() {
         if restored.is_none() {

@@ -298,17 +298,20 @@ impl Sessions {
         }
         session.online.store(false, Ordering::Release);
         *session.link() = None;
-        // A client that moved to another node has its session there, not here.
-        let ends = expiry.is_zero() || session.moved.load(Ordering::Acquire) != 0;
+        // A client that moved to another node has its session there, not here; one that
+        // resumes it there finds it in Postgres, with what was queued here.
+        let moved = session.moved.load(Ordering::Acquire);
+        let ends = expiry.is_zero() || moved != 0;
+        let kept = !expiry.is_zero() && (moved == 0 || moved == MOVED_RESUMED);
         if let Some(cluster) = &self.cluster {
-            if !ends {
+            if kept {
                 // Its queue moves to Postgres, where any node can take it up.
                 let mut state = session.state();
                 for d in state.start_spooling(0) {
                     spool(cluster, &session.key, &d);
                 }
             }
-            cluster.session_detached(session.key.clone(), !ends);
+            cluster.session_detached(session.key.clone(), kept);
         }
         if ends {
             registry.sessions.remove(&session.key);
