@@ -81,9 +81,8 @@ impl Broker {
         tokio::spawn(async move {
             let delay = will.delay.min(expiry);
             if !delay.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = broker.shutdown_signal().cancelled() => return,
+                if !broker.sleep_unless_stopped(delay).await {
+                    return;
                 }
                 if broker.resumed_since(&client, connection) {
                     return;
@@ -120,18 +119,22 @@ impl Broker {
         };
         let broker = self.clone();
         tokio::spawn(async move {
-            let delay = will.delay.min(expiry);
-            if !delay.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = broker.shutdown_signal().cancelled() => return,
-                }
+            if !broker.sleep_unless_stopped(will.delay.min(expiry)).await {
+                return;
             }
             if persistent && !broker.sessions().still_adopted(&client) {
                 return;
             }
             broker.publish_will_now(will, client).await;
         });
+    }
+
+    /// Waits `delay`; false if the broker began shutting down first (no Will then).
+    async fn sleep_unless_stopped(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.shutdown_signal().cancelled() => false,
+        }
     }
 
     async fn publish_will_now(&self, will: Will, client: ClientKey) {
