@@ -970,3 +970,50 @@ async fn a_clean_start_on_another_node_ends_the_session_held_elsewhere() {
             .unwrap();
     assert_eq!(queued, 0, "nothing queued for the old session");
 }
+
+#[tokio::test]
+async fn a_persistent_session_resumes_on_its_own_node_with_its_queue_from_postgres() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut p, _) = Raw::connect(&a, &persistent("tablet", true)).await;
+    p.send(&build::subscribe(1, "inbox/#", 1, Some(&[]))).await;
+    p.expect(9).await;
+    until_sends(&b, "inbox/1").await;
+    p.send(&build::disconnect_v5(0)).await;
+    assert!(p.until_closed().await.is_empty());
+    let (mut publisher, _) = V5::connect(v5_options(&b, "pub")).await;
+    for m in ["one", "two", "three"] {
+        publisher
+            .publish("inbox/1", Qos5::AtLeastOnce, false, m.as_bytes())
+            .await;
+    }
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    within("the queue to reach Postgres", async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM cluster_session_queue WHERE client_id = 'tablet'",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            if n == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Back on A, which held the session: the queue comes from Postgres, in order.
+    let (mut p, ack) = Raw::connect(&a, &persistent("tablet", false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    assert_eq!(
+        payloads(&mut p, 3).await,
+        [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
+        .await;
+    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+}
