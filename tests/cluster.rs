@@ -382,6 +382,16 @@ async fn a_node_refuses_to_start_as_an_island() {
         "{msg}"
     );
 
+    // A prefix that is not one NATS token (checked before NATS is reached).
+    config.cluster_url = Some("nats://127.0.0.1:1".into());
+    config.cluster_prefix = "a.b".into();
+    let err = retaind::app::start(&config, retaind::store::Clock::manual(common::T0_MS))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("--cluster-prefix"), "{err}");
+    config.cluster_prefix = "retaind".into();
+
     // A payload limit NATS cannot carry.
     let nats = Nats::start().await;
     config.cluster_url = Some(nats.url());
@@ -1016,4 +1026,103 @@ async fn a_persistent_session_resumes_on_its_own_node_with_its_queue_from_postgr
         .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
         .await;
     assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+}
+
+#[tokio::test]
+async fn a_session_resumed_on_another_node_by_another_principal_starts_clean() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    let device = |name: &str| {
+        format!(
+            r#"
+[[principals]]
+name = "{name}"
+mqtt_username = "{name}"
+mqtt_password_hash = "{}"
+
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Connect", "iot:Subscribe", "iot:Receive", "iot:Publish"]
+resources = ["client/shared-id", "client/pub-{name}", "topicfilter/news/#", "topic/news/#"]
+"#,
+            retaind::auth::hash_password(&format!("{name}-pw"))
+        )
+    };
+    std::fs::write(&path, device("alpha") + &device("beta")).unwrap();
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let mut apps = Vec::new();
+    for db in [db, FreshDb::shared(&url)] {
+        let mut config = test_config(&url);
+        config.cluster_url = Some(nats.url());
+        config.config = Some(path.clone());
+        apps.push(spawn_app_with(db, config).await);
+    }
+    let [a, b] = <[TestApp; 2]>::try_from(apps).ok().unwrap();
+    // MQTT 5 CONNECT with a login and a one-hour session.
+    let login = |client: &str, user: &str, clean: bool| {
+        let mut body = build::string("MQTT");
+        body.push(5);
+        body.push(0x80 | 0x40 | if clean { 0x02 } else { 0 });
+        body.extend(60u16.to_be_bytes());
+        body.extend(build::props(&[0x11, 0, 0, 0x0E, 0x10]));
+        body.extend(build::string(client));
+        body.extend(build::string(user));
+        body.extend(build::string(format!("{user}-pw")));
+        build::packet(0x10, &body)
+    };
+
+    // alpha's session on A, with a subscription and a message queued while away.
+    let (mut alpha, ack) = Raw::connect(&a, &login("shared-id", "alpha", true)).await;
+    assert_eq!(ack.body[1], 0, "alpha connects");
+    alpha
+        .send(&build::subscribe(1, "news/#", 1, Some(&[])))
+        .await;
+    alpha.expect(9).await;
+    until_sends(&b, "news/1").await;
+    alpha.send(&build::disconnect_v5(0)).await;
+    assert!(alpha.until_closed().await.is_empty());
+    let (mut publisher, _) = Raw::connect(&b, &login("pub-alpha", "alpha", true)).await;
+    publisher
+        .send(&build::publish(
+            "news/1",
+            1,
+            false,
+            false,
+            7,
+            Some(&[]),
+            b"for alpha",
+        ))
+        .await;
+    publisher.expect(4).await;
+
+    // beta, resuming the same client id through B, gets none of it.
+    let (mut beta, ack) = Raw::connect(&b, &login("shared-id", "beta", false)).await;
+    assert_eq!(ack.body[1], 0, "beta connects");
+    assert_eq!(ack.body[0], 0, "no session present for another principal");
+    beta.send(&[0xC0, 0]).await;
+    assert_eq!(
+        beta.expect(13).await.kind(),
+        13,
+        "nothing queued arrives before the PINGRESP"
+    );
+    publisher
+        .send(&build::publish(
+            "news/1",
+            1,
+            false,
+            false,
+            8,
+            Some(&[]),
+            b"after",
+        ))
+        .await;
+    publisher.expect(4).await;
+    beta.send(&[0xC0, 0]).await;
+    assert_eq!(
+        beta.expect(13).await.kind(),
+        13,
+        "no subscription of alpha's was carried over"
+    );
 }

@@ -176,10 +176,15 @@ async fn durable_session(
 ) -> Result<Option<Restored>, SessionError> {
     // A node holding an earlier session of this id lets go of it either way: a clean start
     // discards it, but the holder would otherwise keep queueing for it.
-    let restored = cluster.resume(key).await?.filter(|_| !connect.clean_start);
+    let earlier = cluster.resume(key).await?;
+    let existed = earlier.is_some();
+    let restored = earlier
+        .and_then(|e| e.restored)
+        .filter(|_| !connect.clean_start);
     let expiry = connect.session_expiry_interval_secs;
     if expiry == 0 && will.is_none() {
-        if restored.is_none() {
+        // Nothing of this connection outlives it; what an earlier one left goes, if any.
+        if existed && restored.is_none() {
             cluster.session_forget(key).await?;
         }
         return Ok(restored);

@@ -18,9 +18,10 @@ use super::frame::{self, Outgoing};
 use super::inbox::{Events, Inbox};
 use super::link::{self, Link};
 use super::local::{Change, Local};
+use super::loops::{self, HANDOVER_TIMEOUT};
 use super::remote::{self, RemoteInterest};
 use super::sessions::{
-    self, Restored, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
+    self, Earlier, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
 };
 use super::subject::topic_subject;
 use crate::topic::{ClientKey, FilterSpec, SubscriptionTree, TopicLimits, TopicName};
@@ -28,9 +29,6 @@ use crate::topic::{ClientKey, FilterSpec, SubscriptionTree, TopicLimits, TopicNa
 /// Messages for offline sessions waiting to be written to Postgres: beyond this many they
 /// are dropped (and counted), so a slow database never holds a publisher back.
 const SPOOL: usize = 64 * 1024;
-
-/// How long a node resuming a session waits for the node that holds it to let go.
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Publishes waiting for the NATS connection: beyond this many, a publish is not sent to the
 /// other nodes (and counted), so a stalled NATS never holds a publisher back.
@@ -177,7 +175,7 @@ impl Cluster {
                 url: config.url.clone(),
                 cause: e.to_string(),
             })?;
-        tasks.spawn(take_overs(notices, inbox.clone(), shutdown.clone()));
+        tasks.spawn(loops::take_overs(notices, inbox.clone(), shutdown.clone()));
         let (spool, spool_rx) = mpsc::channel(SPOOL);
         let spool_lost = Arc::new(AtomicU64::new(0));
         tasks.spawn(sessions::write_spool(
@@ -193,14 +191,14 @@ impl Cluster {
                 url: config.url.clone(),
                 cause: e.to_string(),
             })?;
-        tasks.spawn(hand_over(
+        tasks.spawn(loops::hand_over(
             hand_overs,
             client.clone(),
             inbox.clone(),
             spool.clone(),
             shutdown.clone(),
         ));
-        tasks.spawn(send(
+        tasks.spawn(loops::send(
             client.clone(),
             outbox_rx,
             forwarded.clone(),
@@ -470,7 +468,8 @@ impl Cluster {
     /// Takes `client_id`'s persistent session for a connection here that resumes it: the node
     /// that holds it, if alive and another, is asked to let go first (and to store what it
     /// queued); then its subscriptions and queue leave Postgres for this node.
-    pub async fn resume(&self, client_id: &str) -> Result<Option<Restored>, SessionError> {
+    /// `None`: no node holds a session or a Will of that id (one database round trip).
+    pub async fn resume(&self, client_id: &str) -> Result<Option<Earlier>, SessionError> {
         let inner = &self.inner;
         match inner.sessions.holder(client_id).await? {
             None => return Ok(None),
@@ -485,7 +484,8 @@ impl Cluster {
             }
             Some(_) => inner.spool_flush().await,
         }
-        inner.sessions.take(&inner.node, client_id).await
+        let restored = inner.sessions.take(&inner.node, client_id).await?;
+        Ok(Some(Earlier { restored }))
     }
 
     /// Queues a message for an offline session in Postgres; false if it was dropped (the
@@ -543,61 +543,6 @@ impl Cluster {
     }
 }
 
-/// One task sends every forwarded publish, so they leave in the order they were handled:
-/// a publisher's messages stay in order, as NATS keeps them from one connection.
-async fn send(
-    client: async_nats::Client,
-    mut outbox: mpsc::Receiver<(String, Bytes)>,
-    forwarded: Arc<AtomicU64>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (subject, body) = tokio::select! {
-            next = outbox.recv() => match next {
-                Some(next) => next,
-                None => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
-        if client.publish(subject, body).await.is_ok() {
-            forwarded.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    // What the broker handed over before it stopped still goes out.
-    while let Ok((subject, body)) = outbox.try_recv() {
-        if client.publish(subject, body).await.is_ok() {
-            forwarded.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
-}
-
-/// Hands take-over notices for this node to the broker.
-async fn take_overs(
-    mut notices: async_nats::Subscriber,
-    inbox: Arc<Inbox>,
-    shutdown: CancellationToken,
-) {
-    use futures_util::StreamExt;
-    loop {
-        let message = tokio::select! {
-            m = notices.next() => match m {
-                Some(m) => m,
-                None => return,
-            },
-            () = shutdown.cancelled() => return,
-        };
-        match TakeOver::decode(&message.payload) {
-            Some(notice) => {
-                if let Some(events) = inbox.events.get() {
-                    events.taken_over(notice);
-                }
-            }
-            None => tracing::warn!("dropped a take-over notice that does not decode"),
-        }
-    }
-}
-
 fn takeover_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.k.{node}")
 }
@@ -612,40 +557,6 @@ impl Inner {
         let (done, written) = oneshot::channel();
         if self.spool.send(Spool::Flush(done)).await.is_ok() {
             let _ = tokio::time::timeout(HANDOVER_TIMEOUT, written).await;
-        }
-    }
-}
-
-/// Answers another node's request for a session this node holds: the broker ends its copy
-/// and spools what it had queued, and the answer goes once that is written.
-async fn hand_over(
-    mut requests: async_nats::Subscriber,
-    client: async_nats::Client,
-    inbox: Arc<Inbox>,
-    spool: mpsc::Sender<Spool>,
-    shutdown: CancellationToken,
-) {
-    use futures_util::StreamExt;
-    loop {
-        let request = tokio::select! {
-            m = requests.next() => match m {
-                Some(m) => m,
-                None => return,
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let Ok(client_id) = std::str::from_utf8(&request.payload) else {
-            continue;
-        };
-        if let Some(events) = inbox.events.get() {
-            events.hand_over(client_id);
-        }
-        let (done, written) = oneshot::channel();
-        if spool.send(Spool::Flush(done)).await.is_ok() {
-            let _ = tokio::time::timeout(HANDOVER_TIMEOUT, written).await;
-        }
-        if let Some(reply) = request.reply {
-            let _ = client.publish(reply, Bytes::new()).await;
         }
     }
 }

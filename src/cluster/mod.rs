@@ -13,6 +13,7 @@ mod handle;
 mod inbox;
 mod link;
 mod local;
+mod loops;
 mod nodes;
 mod remote;
 mod seen;
@@ -24,7 +25,7 @@ pub use frame::{Outgoing, Routed};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
 pub use inbox::Events;
 pub use sessions::{
-    Adopted, Queued, Restored, SessionError, SessionRow, StoredSubscription, StoredWill,
+    Adopted, Earlier, Queued, Restored, SessionError, SessionRow, StoredSubscription, StoredWill,
 };
 pub use subject::{filter_subjects, queue_group, topic_subject};
 

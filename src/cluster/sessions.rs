@@ -69,6 +69,13 @@ pub struct Restored {
     pub queued: Vec<Queued>,
 }
 
+/// What a CONNECT found of an earlier session (or Will) of its client id: the session, when
+/// it was a persistent one.
+#[derive(Debug)]
+pub struct Earlier {
+    pub restored: Option<Restored>,
+}
+
 /// A session of a node that is gone, adopted by this one.
 #[derive(Debug)]
 pub struct Adopted {
