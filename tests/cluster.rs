@@ -1028,6 +1028,88 @@ async fn a_persistent_session_resumes_on_its_own_node_with_its_queue_from_postgr
     assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
 }
 
+/// Regression: a client resuming on the node that holds its offline session took the queue
+/// from Postgres while new messages still went there, so one arriving in that window came at
+/// the next resume, after newer ones.
+#[tokio::test]
+async fn a_session_resumed_on_its_own_node_while_messages_arrive_gets_each_once_in_order() {
+    const SENT: usize = 2000;
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut p, _) = Raw::connect(&a, &persistent("tablet", true)).await;
+    p.send(&build::subscribe(1, "inbox/#", 1, Some(&[]))).await;
+    p.expect(9).await;
+    until_sends(&b, "inbox/1").await;
+    let (mut publisher, _) = V5::connect(v5_options(&a, "pub")).await;
+    let publishing = tokio::spawn(async move {
+        for n in 0..SENT {
+            publisher
+                .publish(
+                    "inbox/1",
+                    Qos5::AtLeastOnce,
+                    false,
+                    n.to_string().as_bytes(),
+                )
+                .await;
+            // Slower than the client reads, so its queue stays within the limit.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let number =
+        |payload: Vec<u8>| -> usize { String::from_utf8(payload).unwrap().parse().unwrap() };
+    let mut got = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut resumes = 0;
+    // Away and back, again and again, while the publisher goes on: each time some of the
+    // session's messages are in Postgres and more arrive during the resume.
+    while seen.len() + 30 < SENT {
+        for n in payloads(&mut p, 30).await.into_iter().map(number) {
+            got.push(n);
+            seen.insert(n);
+        }
+        p.send(&build::disconnect_v5(0)).await;
+        let _ = p.until_closed().await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let (again, ack) = Raw::connect(&a, &persistent("tablet", false)).await;
+        assert_eq!(ack.body[0], 1, "session present");
+        p = again;
+        resumes += 1;
+    }
+    publishing.await.unwrap();
+    within("every message", async {
+        while seen.len() < SENT {
+            let n = number(payloads(&mut p, 1).await.remove(0));
+            got.push(n);
+            seen.insert(n);
+        }
+    })
+    .await;
+    assert!(resumes >= 10, "only {resumes} resumes");
+    // A message sent but not acknowledged when the client left comes again, at the front of
+    // the next connection's queue; nothing else may repeat, and nothing may come late.
+    let mut highest = None;
+    for (at, &n) in got.iter().enumerate() {
+        if highest.is_some_and(|h| n <= h) {
+            assert!(
+                got[..at].contains(&n),
+                "{n} came after {highest:?}, late: {got:?}"
+            );
+            continue;
+        }
+        assert_eq!(n, highest.map_or(0, |h| h + 1), "{n} skipped some: {got:?}");
+        highest = Some(n);
+    }
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cluster_session_queue WHERE client_id = 'tablet'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "nothing left behind in Postgres");
+}
+
 #[tokio::test]
 async fn a_session_resumed_on_another_node_by_another_principal_starts_clean() {
     let nats = Nats::start().await;

@@ -117,6 +117,10 @@ where
             }
         },
     };
+    // Lives until the session is attached or the CONNECT goes no further.
+    let _paused = (broker.cluster().is_some() && !connect.clean_start)
+        .then(|| PausedSpool::new(&broker, &key))
+        .flatten();
     let restored = match broker.cluster() {
         None => None,
         Some(cluster) => {
@@ -220,6 +224,30 @@ async fn durable_session(
             Ok(restored)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// A CONNECT resuming a session that this node holds offline, its queue in Postgres: new
+/// messages for it wait in memory while the queue is taken back, and go to Postgres again if
+/// the CONNECT fails (or is dropped) before the session is attached, which ends the pause.
+struct PausedSpool {
+    broker: Broker,
+    key: ClientKey,
+}
+
+impl PausedSpool {
+    fn new(broker: &Broker, key: &ClientKey) -> Option<Self> {
+        broker.sessions().pause_spooling(key).then(|| Self {
+            broker: broker.clone(),
+            key: key.clone(),
+        })
+    }
+}
+
+impl Drop for PausedSpool {
+    fn drop(&mut self) {
+        // Nothing to do once attached: the session no longer spools.
+        self.broker.sessions().resume_spooling(&self.key);
     }
 }
 

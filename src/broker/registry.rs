@@ -264,11 +264,14 @@ impl Sessions {
             }
         };
         // Whatever waited in Postgres for the session comes back, in order.
+        let back = restored
+            .into_iter()
+            .flat_map(|r| r.queued)
+            .map(queued_delivery)
+            .collect();
         let mut state = session.state();
         state.stop_spooling();
-        for q in restored.into_iter().flat_map(|r| r.queued) {
-            state.requeue(queued_delivery(q));
-        }
+        state.requeue_ahead(back);
         drop(state);
         *session
             .principal
@@ -285,6 +288,28 @@ impl Sessions {
             session_present,
             connection,
             stop,
+        }
+    }
+
+    /// A connection here resumes `key`'s offline session, whose queue is in Postgres: new
+    /// messages for it wait here until [`Self::attach`] takes the queue back, so none is
+    /// written there after it was read. True if the session was spooling here.
+    pub fn pause_spooling(&self, key: &str) -> bool {
+        let session = self.registry().sessions.get(key).cloned();
+        session.is_some_and(|s| !s.online.load(Ordering::Acquire) && s.state().pause_spooling())
+    }
+
+    /// The resuming connection failed before it attached: the session spools again, what
+    /// waited here first.
+    pub fn resume_spooling(&self, key: &str) {
+        let Some(session) = self.registry().sessions.get(key).cloned() else {
+            return;
+        };
+        if let Some(cluster) = &self.cluster {
+            let mut state = session.state();
+            for d in state.resume_spooling() {
+                spool(cluster, &session.key, &d);
+            }
         }
     }
 

@@ -75,8 +75,20 @@ pub struct SessionState {
     limits: SessionLimits,
     /// Messages dropped by policy since the last report.
     pub dropped: u64,
-    /// Offline, with its queue in Postgres (a node of many): how many messages are there.
-    spooled: Option<usize>,
+    /// Offline, with its queue in Postgres (a node of many).
+    spool: Spool,
+}
+
+/// Where an offline session's new messages go on a node of many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spool {
+    /// Here, in memory (online, or a single node).
+    Off,
+    /// To Postgres, which holds this many already.
+    On(usize),
+    /// Here again while a connection on this node takes the queue back from Postgres, which
+    /// holds this many: what arrives meanwhile stays behind them, in order.
+    Paused(usize),
 }
 
 impl SessionState {
@@ -91,7 +103,7 @@ impl SessionState {
             awaiting_release: AwaitingRelease::default(),
             limits,
             dropped: 0,
-            spooled: None,
+            spool: Spool::Off,
         }
     }
 
@@ -108,20 +120,44 @@ impl SessionState {
         self.in_use.clear();
         waiting.extend(self.queue.drain(..));
         self.queued_bytes = 0;
-        self.spooled = Some(already + waiting.len());
+        self.spool = Spool::On(already + waiting.len());
         waiting
     }
 
-    /// The client is back: what was stored in Postgres comes back with it (`requeue`).
-    pub fn stop_spooling(&mut self) {
-        self.spooled = None;
+    /// A connection on this node is about to take the queue back from Postgres: until it
+    /// has (`stop_spooling`) or gives up (`resume_spooling`), new messages wait here, so none
+    /// reaches Postgres after the queue was read. False if the session was not spooling.
+    pub fn pause_spooling(&mut self) -> bool {
+        match self.spool {
+            Spool::On(stored) => {
+                self.spool = Spool::Paused(stored);
+                true
+            }
+            _ => false,
+        }
     }
 
-    /// Queues a message taken back from Postgres, in its order. Their number was bounded
-    /// when they were stored.
-    pub fn requeue(&mut self, delivery: Delivery) {
-        self.queued_bytes += delivery.message.payload.len();
-        self.queue.push_back(delivery);
+    /// The connection that paused spooling failed: what waited here goes to Postgres after
+    /// what is there, and new messages follow it.
+    pub fn resume_spooling(&mut self) -> Vec<Delivery> {
+        match self.spool {
+            Spool::Paused(stored) => self.start_spooling(stored),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The client is back: what was stored in Postgres comes back with it (`requeue_ahead`).
+    pub fn stop_spooling(&mut self) {
+        self.spool = Spool::Off;
+    }
+
+    /// Queues messages taken back from Postgres, in their order, ahead of any that arrived
+    /// while they were being taken. Their number was bounded when they were stored.
+    pub fn requeue_ahead(&mut self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries.into_iter().rev() {
+            self.queued_bytes += delivery.message.payload.len();
+            self.queue.push_front(delivery);
+        }
     }
 
     pub fn queued(&self) -> usize {
@@ -139,16 +175,20 @@ impl SessionState {
             self.dropped += 1;
             return Enqueued::Dropped;
         }
-        if let Some(spooled) = &mut self.spooled {
-            if *spooled >= self.limits.max_queued {
-                self.dropped += 1;
-                return Enqueued::Dropped;
+        let stored = match &mut self.spool {
+            Spool::On(stored) => {
+                if *stored >= self.limits.max_queued {
+                    self.dropped += 1;
+                    return Enqueued::Dropped;
+                }
+                *stored += 1;
+                return Enqueued::Spool(delivery);
             }
-            *spooled += 1;
-            return Enqueued::Spool(delivery);
-        }
+            Spool::Paused(stored) => *stored,
+            Spool::Off => 0,
+        };
         let size = delivery.message.payload.len();
-        let full = self.queue.len() >= self.limits.max_queued
+        let full = self.queue.len() + stored >= self.limits.max_queued
             || self.queued_bytes + size > self.limits.max_queued_bytes;
         if full {
             if qos0 || !online {
@@ -520,5 +560,57 @@ mod tests {
             .collect();
         assert_eq!(resent, [(ids[0], false), (ids[2], true)]);
         assert!(!s.acknowledge(ids[1]), "the denied one is forgotten");
+    }
+
+    #[test]
+    fn a_paused_spool_keeps_new_messages_behind_the_stored_ones_within_the_limit() {
+        let mut s = state(3);
+        assert!(s.start_spooling(0).is_empty());
+        assert!(matches!(
+            s.enqueue(delivery("stored", Qos::AtLeastOnce), false),
+            Enqueued::Spool(_)
+        ));
+        assert!(s.pause_spooling());
+        assert!(!s.pause_spooling(), "paused once");
+        for p in ["new1", "new2"] {
+            assert!(matches!(
+                s.enqueue(delivery(p, Qos::AtLeastOnce), false),
+                Enqueued::Queued
+            ));
+        }
+        // One in Postgres and two here fill a queue of three.
+        assert!(matches!(
+            s.enqueue(delivery("over", Qos::AtLeastOnce), false),
+            Enqueued::Dropped
+        ));
+        s.stop_spooling();
+        s.requeue_ahead(vec![delivery("stored", Qos::AtLeastOnce)]);
+        let order: Vec<Vec<u8>> = std::iter::from_fn(|| s.next_outgoing(10, all))
+            .map(|o| payload(&o).to_vec())
+            .collect();
+        assert_eq!(order, [&b"stored"[..], b"new1", b"new2"]);
+    }
+
+    #[test]
+    fn a_failed_resume_spools_what_waited_after_what_is_stored() {
+        let mut s = state(3);
+        let _ = s.start_spooling(0);
+        let _ = s.enqueue(delivery("stored", Qos::AtLeastOnce), false);
+        assert!(s.pause_spooling());
+        let _ = s.enqueue(delivery("new", Qos::AtLeastOnce), false);
+        let back: Vec<_> = s.resume_spooling();
+        assert_eq!(back.len(), 1);
+        assert_eq!(&back[0].message.payload[..], b"new");
+        assert_eq!(s.queued(), 0);
+        assert!(matches!(
+            s.enqueue(delivery("later", Qos::AtLeastOnce), false),
+            Enqueued::Spool(_)
+        ));
+        // Stored, new and later: the third fills the queue of three.
+        assert!(matches!(
+            s.enqueue(delivery("over", Qos::AtLeastOnce), false),
+            Enqueued::Dropped
+        ));
+        assert!(s.resume_spooling().is_empty(), "not paused any more");
     }
 }
