@@ -13,9 +13,8 @@ use super::admission::{TransportIdentity, authenticate, may_publish};
 use super::client::{Client, Joined};
 use super::handle::Broker;
 use super::limits::{self, GOODBYE_TIMEOUT};
+use super::resume::durable_session;
 use super::will::{Will, will};
-use crate::auth::Principal;
-use crate::cluster::{Cluster, Restored, Routed, SessionError, SessionRow, StoredWill};
 use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet, Version};
 use crate::store::Owner;
 use crate::topic::ClientKey;
@@ -117,17 +116,21 @@ where
             }
         },
     };
-    // Lives until the session is attached or the CONNECT goes no further.
-    let _paused = (broker.cluster().is_some() && !connect.clean_start)
-        .then(|| PausedSpool::new(&broker, &key))
-        .flatten();
-    let restored = match broker.cluster() {
-        None => None,
+    // `_resuming` lives until the session is attached or the CONNECT goes no further.
+    let (restored, _resuming) = match broker.cluster() {
+        None => (None, None),
         Some(cluster) => {
-            match durable_session(cluster, &connect, &key, principal.as_deref(), will.as_ref())
-                .await
+            match durable_session(
+                &broker,
+                cluster,
+                &connect,
+                &key,
+                principal.as_ref(),
+                will.as_ref(),
+            )
+            .await
             {
-                Ok(restored) => restored,
+                Ok(found) => found,
                 Err(e) => {
                     tracing::warn!(client = %key, error = %e, "refusing a CONNECT: its session cannot be stored");
                     refuse(framed, ConnectAckReason::ServerUnavailable).await;
@@ -166,89 +169,6 @@ where
         connack,
         silence: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
     })
-}
-
-/// A node of many keeps sessions that outlive their connection, and Wills, in Postgres
-/// (decision 014): a CONNECT that resumes takes its session from there (asking the node that
-/// holds it to let go), and every CONNECT records its session before the CONNACK.
-async fn durable_session(
-    cluster: &Cluster,
-    connect: &mqtt::Connect,
-    key: &ClientKey,
-    principal: Option<&Principal>,
-    will: Option<&Will>,
-) -> Result<Option<Restored>, SessionError> {
-    // A node holding an earlier session of this id lets go of it either way: a clean start
-    // discards it, but the holder would otherwise keep queueing for it.
-    let earlier = cluster.resume(key).await?;
-    let existed = earlier.is_some();
-    let restored = earlier
-        .and_then(|e| e.restored)
-        .filter(|_| !connect.clean_start);
-    let expiry = connect.session_expiry_interval_secs;
-    if expiry == 0 && will.is_none() {
-        // Nothing of this connection outlives it; what an earlier one left goes, if any.
-        if existed && restored.is_none() {
-            cluster.session_forget(key).await?;
-        }
-        return Ok(restored);
-    }
-    let stored_will = will.map(|w| StoredWill {
-        publication: Routed {
-            topic: w.publication.topic.clone(),
-            payload: w.publication.payload.clone(),
-            qos: w.publication.qos,
-            retain: w.publication.retain,
-            properties: w.publication.properties.clone(),
-            expires_at_ms: None,
-            origin: Some(key.clone()),
-            shared_done: false,
-        },
-        expiry_secs: w.publication.expiry_secs,
-        delay: w.delay,
-        owner: w.owner.name.to_string(),
-        owner_max: w.owner.max_messages,
-    });
-    let row = SessionRow {
-        client_id: key,
-        creator: principal.map(|p| p.name.as_str()),
-        expiry_secs: expiry,
-        clean: connect.clean_start,
-        will: stored_will.as_ref(),
-    };
-    match cluster.session_connected(&row).await {
-        Ok(()) => Ok(restored),
-        // Taken already: it is this node's in Postgres, and its queue is in hand.
-        Err(e) if restored.is_some() => {
-            tracing::warn!(client = %key, error = %e, "the resumed session's Will and expiry could not be stored");
-            Ok(restored)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// A CONNECT resuming a session that this node holds offline, its queue in Postgres: new
-/// messages for it wait in memory while the queue is taken back, and go to Postgres again if
-/// the CONNECT fails (or is dropped) before the session is attached, which ends the pause.
-struct PausedSpool {
-    broker: Broker,
-    key: ClientKey,
-}
-
-impl PausedSpool {
-    fn new(broker: &Broker, key: &ClientKey) -> Option<Self> {
-        broker.sessions().pause_spooling(key).then(|| Self {
-            broker: broker.clone(),
-            key: key.clone(),
-        })
-    }
-}
-
-impl Drop for PausedSpool {
-    fn drop(&mut self) {
-        // Nothing to do once attached: the session no longer spools.
-        self.broker.sessions().resume_spooling(&self.key);
-    }
 }
 
 /// Answers a CONNECT with a refusal [MQTT-3.2.2-6] and leaves the connection to close.

@@ -132,7 +132,7 @@ impl Broker {
         if let Some(cluster) = cluster
             && !message.expired(now_ms)
         {
-            cluster.forward(&Outgoing {
+            let stamp = cluster.forward(&Outgoing {
                 topic: &message.topic,
                 payload: &message.payload,
                 qos: message.qos,
@@ -142,6 +142,9 @@ impl Broker {
                 origin: message.origin.as_deref(),
                 shared_done: shared_here,
             });
+            if let Some(stamp) = stamp {
+                let _ = message.stamp.set(stamp);
+            }
         }
         self.inner.sessions.route(message, now_ms, shared_here);
     }

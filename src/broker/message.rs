@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::cluster::Routed;
+use crate::cluster::{Routed, Stamp};
 use crate::mqtt::PublishProperties;
 use crate::store::{MessageProperties, Qos, RetainedMessage, Write};
 use crate::topic::ClientKey;
@@ -40,6 +40,9 @@ pub struct Message {
     pub origin: Option<ClientKey>,
     /// Its PUBLISH form, built by the first delivery and shared by the others.
     pub wire: WireForm,
+    /// Set when it is sent between nodes (a node of many): copies of it may be queued on
+    /// two nodes while a session moves, and are delivered once.
+    pub stamp: OnceLock<Stamp>,
 }
 
 impl Message {
@@ -56,6 +59,7 @@ impl Message {
             expires_at_ms: p.expiry_secs.map(|s| now_ms + i64::from(s) * 1000),
             origin,
             wire: WireForm::default(),
+            stamp: OnceLock::new(),
         }
     }
 
@@ -90,6 +94,7 @@ impl Message {
             expires_at_ms: stored.expires_at_ms,
             origin: None,
             wire: WireForm::default(),
+            stamp: OnceLock::new(),
         }
     }
 
@@ -104,6 +109,7 @@ impl Message {
             expires_at_ms: r.expires_at_ms,
             origin: r.origin,
             wire: WireForm::default(),
+            stamp: r.stamp.map(OnceLock::from).unwrap_or_default(),
         }
     }
 

@@ -29,6 +29,7 @@ mod password_checks;
 mod peers;
 mod registry;
 mod remote;
+mod resume;
 mod retained;
 mod session;
 mod settling;

@@ -12,6 +12,11 @@ use crate::topic::{ClientKey, FilterSpec};
 /// How often a node compares the client ids it holds with their claims.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a session resumed on another node may wait here for that node to ask for it:
+/// past the longest the asking node takes (its database timeout, the announcement of the
+/// subscriptions, the hand-over request's 3 s).
+const HAND_OVER_WAIT: Duration = Duration::from_secs(30);
+
 /// Weak: the cluster's tasks must not keep a stopped broker alive.
 struct FromCluster(Weak<Inner>);
 
@@ -29,8 +34,33 @@ impl Events for FromCluster {
     }
 
     fn taken_over(&self, notice: TakeOver) {
-        if let Some(inner) = self.0.upgrade() {
-            Broker { inner }.sessions().taken_over(&notice);
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let broker = Broker { inner };
+        // Resumed elsewhere: the other node asks for the session once it holds its
+        // subscriptions; a copy it never asks for ends here after a while.
+        if let Some(session) = broker.sessions().taken_over(&notice) {
+            let broker = Arc::downgrade(&broker.inner);
+            tokio::spawn(async move {
+                tokio::time::sleep(HAND_OVER_WAIT).await;
+                let Some(inner) = broker.upgrade() else {
+                    return;
+                };
+                let broker = Broker { inner };
+                let Some(cluster) = broker.cluster() else {
+                    return;
+                };
+                if !broker.sessions().awaits_hand_over(&session) {
+                    return;
+                }
+                // Still this node's in Postgres (that connection never took it): kept.
+                let kept = match cluster.holder(&session.key).await {
+                    Ok(holder) => holder.is_some_and(|h| h.node == cluster.node()),
+                    Err(_) => true,
+                };
+                broker.sessions().not_handed_over(&session, kept);
+            });
         }
     }
 

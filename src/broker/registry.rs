@@ -2,7 +2,7 @@
 //! a message to them. Lock order: the sessions before the tree; neither is held across an
 //! `.await`. The handle (`handle`) schedules expiry; everything here is synchronous.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -249,7 +249,14 @@ impl Sessions {
         let creator = principal.as_ref().map(|p| p.name.clone());
         let restored = restored.filter(|r| !clean_start && r.creator == creator);
         let (session, session_present) = match existing {
-            Some(old) if !clean_start && old.creator == creator => (old, true),
+            Some(old) if !clean_start && old.creator == creator => {
+                // Held here already (offline, or made ready while it moved from another node):
+                // the subscriptions are those stored with it.
+                if let Some(r) = &restored {
+                    self.match_subscriptions(&old, &r.subscriptions);
+                }
+                (old, true)
+            }
             other => {
                 if let Some(old) = other {
                     self.unsubscribe_all(&old);
@@ -325,8 +332,10 @@ impl Sessions {
         *session.link() = None;
         // A client that moved to another node has its session there, not here; one that
         // resumes it there finds it in Postgres, with what was queued here.
+        // One that resumes it there asks for it (`hand_over`) once it holds its
+        // subscriptions: until then this copy goes on queueing, so nothing is lost between.
         let moved = session.moved.load(Ordering::Acquire);
-        let ends = expiry.is_zero() || moved != 0;
+        let ends = expiry.is_zero() || moved == MOVED;
         let kept = !expiry.is_zero() && (moved == 0 || moved == MOVED_RESUMED);
         if let Some(cluster) = &self.cluster {
             if kept {
@@ -361,6 +370,90 @@ impl Sessions {
                 cluster.session_expired(session.key.clone());
             }
         }
+    }
+
+    /// A connection here resumes `key`'s session, held by another node (decision 014): the
+    /// session is made here first, offline, with its stored subscriptions in the tree, so
+    /// that what is published while the other node lets go reaches it. Returns it with the
+    /// subscriptions' announcements to wait for, or `None` if a session of that id is here.
+    pub fn prepare(
+        &self,
+        key: &ClientKey,
+        creator: Option<String>,
+        principal: Option<Arc<Principal>>,
+        stored: &[StoredSubscription],
+    ) -> Option<(Arc<Session>, Vec<tokio::sync::oneshot::Receiver<()>>)> {
+        let mut registry = self.registry();
+        if registry.sessions.contains_key(key) {
+            return None;
+        }
+        let session = Arc::new(Session::new(key.clone(), self.limits, creator));
+        *session
+            .principal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = principal;
+        registry.sessions.insert(key.clone(), session.clone());
+        drop(registry);
+        let mut announced = Vec::new();
+        let mut state = session.state();
+        for s in stored {
+            let Some((spec, options)) = from_stored(s) else {
+                continue;
+            };
+            announced.extend(self.subscribe(key, &spec, options).1);
+            state.subscriptions.insert(spec, options);
+        }
+        drop(state);
+        Some((session, announced))
+    }
+
+    /// The connection that prepared `session` went no further: it leaves, and what it
+    /// received goes to Postgres, to the queue of the session it was made for, if
+    /// `keep_queue`.
+    pub fn discard_prepared(&self, session: &Arc<Session>, keep_queue: bool) {
+        let mut registry = self.registry();
+        let ours = registry
+            .sessions
+            .get(&session.key)
+            .is_some_and(|s| Arc::ptr_eq(s, session));
+        if !ours || !session.is_attached_to(0) {
+            return;
+        }
+        registry.sessions.remove(&session.key);
+        drop(registry);
+        if keep_queue && let Some(cluster) = &self.cluster {
+            let mut state = session.state();
+            for d in state.start_spooling(0) {
+                spool(cluster, &session.key, &d);
+            }
+        }
+        self.unsubscribe_all(session);
+    }
+
+    /// Makes `session`'s subscriptions those `stored`.
+    fn match_subscriptions(&self, session: &Session, stored: &[StoredSubscription]) {
+        let wanted: HashSet<FilterSpec> = stored
+            .iter()
+            .filter_map(from_stored)
+            .map(|(spec, _)| spec)
+            .collect();
+        let stale: Vec<FilterSpec> = {
+            let mut state = session.state();
+            let stale = state
+                .subscriptions
+                .keys()
+                .filter(|spec| !wanted.contains(*spec))
+                .cloned()
+                .collect::<Vec<_>>();
+            for spec in &stale {
+                state.subscriptions.remove(spec);
+            }
+            stale
+        };
+        for spec in &stale {
+            self.unsubscribe(&session.key, spec);
+        }
+        self.restore_subscriptions(session, stored);
     }
 
     /// A session's stored subscriptions, back in the tree and announced.
@@ -459,25 +552,65 @@ impl Sessions {
     }
 
     /// Another node claimed `notice.client_id` (decision 014): the connection here, if its
-    /// claim is older, closes as taken over (MQTT 5: 0x8E), and its session ends with it; an
-    /// offline session of that id ends now. The client's session lives where it connected.
-    pub fn taken_over(&self, notice: &TakeOver) {
+    /// claim is older, closes as taken over (MQTT 5: 0x8E). The client's session lives where
+    /// it connected: without a resume, this copy ends now (or with its connection); with
+    /// one, it goes on queueing until the other node asks for it, and is returned, for
+    /// [`Self::not_handed_over`] to end if that never happens.
+    pub fn taken_over(&self, notice: &TakeOver) -> Option<Arc<Session>> {
         let mut registry = self.registry();
-        let Some(session) = registry.sessions.get(&*notice.client_id).cloned() else {
-            return;
-        };
+        let session = registry.sessions.get(&*notice.client_id).cloned()?;
         if session.claim.load(Ordering::Acquire) >= notice.generation {
-            return;
+            return None;
         }
         let moved = if notice.resumed { MOVED_RESUMED } else { MOVED };
         session.moved.store(moved, Ordering::Release);
         if session.online.load(Ordering::Acquire) {
             session.kick(DisconnectReasonCode::SessionTakenOver);
+        } else if !notice.resumed {
+            registry.sessions.remove(&session.key);
+            drop(registry);
+            self.unsubscribe_all(&session);
+            return None;
+        }
+        notice.resumed.then_some(session)
+    }
+
+    /// Whether `session`, taken over by a connection on another node that resumes it, is
+    /// still here waiting for that node to ask for it.
+    pub fn awaits_hand_over(&self, session: &Arc<Session>) -> bool {
+        let registry = self.registry();
+        registry
+            .sessions
+            .get(&session.key)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+            && !session.online.load(Ordering::Acquire)
+            && session.resumed_elsewhere()
+    }
+
+    /// `session` [awaited](Self::awaits_hand_over) a hand-over that did not come: the
+    /// connection on the other node went no further (the session is still this node's in
+    /// Postgres: `kept`, and it stays), or took the session as stored (this copy ends; what
+    /// it queued is in Postgres).
+    pub fn not_handed_over(&self, session: &Arc<Session>, kept: bool) {
+        if !self.awaits_hand_over(session) {
             return;
         }
-        registry.sessions.remove(&session.key);
-        drop(registry);
-        self.unsubscribe_all(&session);
+        if kept {
+            session.moved.store(0, Ordering::Release);
+            return;
+        }
+        let removed = {
+            let mut registry = self.registry();
+            let ours = registry
+                .sessions
+                .get(&session.key)
+                .is_some_and(|s| Arc::ptr_eq(s, session));
+            ours && registry.sessions.remove(&session.key).is_some()
+        };
+        if removed {
+            tracing::info!(client = %session.key, "a session resumed on another node was not asked for; ending this copy");
+            self.unsubscribe_all(session);
+        }
     }
 
     /// The client ids of connected sessions and their claims' generations.
@@ -606,7 +739,8 @@ fn spool(cluster: &Cluster, key: &ClientKey, d: &Delivery) {
         origin: m.origin.as_deref(),
         shared_done: false,
     };
-    if !cluster.spool(key, &outgoing, d.qos, d.retain, ids) {
+    let stamp = m.stamp.get().copied();
+    if !cluster.spool(key, &outgoing, stamp, d.qos, d.retain, ids) {
         tracing::debug!(client = %key, "a message for an offline session was dropped: the spool is full");
     }
 }

@@ -152,8 +152,32 @@ impl SessionState {
     }
 
     /// Queues messages taken back from Postgres, in their order, ahead of any that arrived
-    /// while they were being taken. Their number was bounded when they were stored.
-    pub fn requeue_ahead(&mut self, deliveries: Vec<Delivery>) {
+    /// while they were being taken. Their number was bounded when they were stored. A message
+    /// that arrived here and was also queued by the node that held the session before (both
+    /// subscribed while it moved) is kept once, in its place among those taken back.
+    pub fn requeue_ahead(&mut self, mut deliveries: Vec<Delivery>) {
+        let mut stamps = HashSet::new();
+        // Queued twice in Postgres too: by the node the session left and by one that gave
+        // up resuming it.
+        deliveries.retain(|d| d.message.stamp.get().is_none_or(|s| stamps.insert(*s)));
+        if !stamps.is_empty() {
+            let before = self.queue.len();
+            let mut freed = 0;
+            self.queue.retain(|d| {
+                let twice = d.message.stamp.get().is_some_and(|s| stamps.contains(s));
+                if twice {
+                    freed += d.message.payload.len();
+                }
+                !twice
+            });
+            self.queued_bytes -= freed;
+            if self.queue.len() < before {
+                tracing::debug!(
+                    copies = before - self.queue.len(),
+                    "messages queued on two nodes while a session moved, delivered once"
+                );
+            }
+        }
         for delivery in deliveries.into_iter().rev() {
             self.queued_bytes += delivery.message.payload.len();
             self.queue.push_front(delivery);
@@ -370,6 +394,7 @@ mod tests {
                 expires_at_ms: None,
                 origin: None,
                 wire: Default::default(),
+                stamp: Default::default(),
             }),
             qos,
             retain: false,
@@ -612,5 +637,35 @@ mod tests {
             Enqueued::Dropped
         ));
         assert!(s.resume_spooling().is_empty(), "not paused any more");
+    }
+
+    #[test]
+    fn a_message_queued_on_two_nodes_while_its_session_moved_comes_once_in_its_place() {
+        let stamped = |payload: &'static str, seq: u64| {
+            let d = delivery(payload, Qos::AtLeastOnce);
+            d.message
+                .stamp
+                .set(crate::cluster::Stamp { node: 7, seq })
+                .unwrap();
+            d
+        };
+        let mut s = state(10);
+        for d in [
+            stamped("x", 1),
+            stamped("y", 2),
+            delivery("z", Qos::AtLeastOnce),
+        ] {
+            assert!(matches!(s.enqueue(d, false), Enqueued::Queued));
+        }
+        // Taken back from Postgres: "x" was queued by both nodes, and twice there.
+        s.requeue_ahead(vec![stamped("w", 0), stamped("x", 1), stamped("x", 1)]);
+        let order: Vec<Vec<u8>> = std::iter::from_fn(|| s.next_outgoing(10, all))
+            .map(|o| payload(&o).to_vec())
+            .collect();
+        assert_eq!(order, [&b"w"[..], b"x", b"y", b"z"]);
+        assert_eq!(
+            s.queued_bytes, 0,
+            "the bytes of the copies dropped are given back"
+        );
     }
 }

@@ -110,6 +110,7 @@ mod tests {
             expires_at_ms: None,
             origin: None,
             wire: Default::default(),
+            stamp: Default::default(),
         })
     }
 

@@ -4,7 +4,8 @@
 //! from the subject), the MQTT 5 properties, the expiry as an absolute time, and where the
 //! message comes from: the publishing client, for No Local, and the node with its sequence
 //! number, which is what a receiver reached through several overlapping subscriptions uses to
-//! handle each message once.
+//! handle each message once. The same frame keeps a message queued for an offline session in
+//! Postgres, with its [`Stamp`], so that a copy that reached two nodes is delivered once.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::store::{MessageProperties, PayloadFormat, Qos, UserProperty};
 use crate::topic::{TopicLimits, TopicName, check_text};
 
 /// Changed whenever the head changes shape; a node drops frames of another version.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// What every node needs besides the payload. Field order is the wire order.
 #[derive(Serialize, Deserialize)]
@@ -27,6 +28,8 @@ struct Head<'a> {
     origin_client: Option<&'a str>,
     node: &'a str,
     seq: u64,
+    /// The sending node's [`Stamp::node`]; 0 for a message that was never sent between nodes.
+    tag: u64,
     user_properties: Vec<(&'a str, &'a str)>,
     content_type: Option<&'a str>,
     response_topic: Option<&'a str>,
@@ -50,6 +53,25 @@ pub struct Outgoing<'a> {
     pub shared_done: bool,
 }
 
+/// Which publish a message is, service-wide: the node that sent it to NATS (a digest of the
+/// node's id) and that node's number for it. Only messages sent between nodes have one: no
+/// other node can hold a copy of the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    pub node: u64,
+    pub seq: u64,
+}
+
+impl Stamp {
+    /// The stable digest of a node's id that its stamps carry (FNV-1a; never 0).
+    pub fn node_tag(node: &str) -> u64 {
+        let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        hash.max(1)
+    }
+}
+
 /// A publish received from another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
@@ -62,6 +84,7 @@ pub struct Routed {
     pub origin: Option<Arc<str>>,
     /// See [`Outgoing::shared_done`].
     pub shared_done: bool,
+    pub stamp: Option<Stamp>,
 }
 
 /// Where a frame comes from: its node and that node's sequence number for it. Borrowed
@@ -85,7 +108,8 @@ pub enum FrameError {
     Text,
 }
 
-pub fn encode(m: &Outgoing<'_>, node: &str, seq: u64) -> Bytes {
+/// `m` as sent by `node` (empty for a queued message) with `stamp`, if it has one.
+pub fn encode(m: &Outgoing<'_>, node: &str, stamp: Option<Stamp>) -> Bytes {
     let p = m.properties;
     let head = Head {
         topic: m.topic.as_str(),
@@ -94,7 +118,8 @@ pub fn encode(m: &Outgoing<'_>, node: &str, seq: u64) -> Bytes {
         expires_at_ms: m.expires_at_ms,
         origin_client: m.origin,
         node,
-        seq,
+        seq: stamp.map_or(0, |s| s.seq),
+        tag: stamp.map_or(0, |s| s.node),
         user_properties: p
             .user_properties
             .iter()
@@ -167,6 +192,10 @@ pub fn decode(body: &Bytes, limits: TopicLimits) -> Result<(Routed, Source<'_>),
         expires_at_ms: head.expires_at_ms,
         origin: head.origin_client.map(Arc::from),
         shared_done: head.shared_done,
+        stamp: (head.tag != 0).then_some(Stamp {
+            node: head.tag,
+            seq: head.seq,
+        }),
     };
     Ok((
         routed,
@@ -217,7 +246,10 @@ mod tests {
                 shared_done: true,
             },
             "node-a",
-            42,
+            Some(Stamp {
+                node: Stamp::node_tag("node-a"),
+                seq: 42,
+            }),
         );
         let (routed, source) = decode(&body, TopicLimits::default()).unwrap();
         assert_eq!(
@@ -231,6 +263,10 @@ mod tests {
                 expires_at_ms: Some(1_767_225_600_000),
                 origin: Some(Arc::from("client-1")),
                 shared_done: true,
+                stamp: Some(Stamp {
+                    node: Stamp::node_tag("node-a"),
+                    seq: 42
+                }),
             }
         );
         assert_eq!(
@@ -240,6 +276,12 @@ mod tests {
                 seq: 42
             }
         );
+    }
+
+    #[test]
+    fn a_nodes_tag_is_fnv_1a_of_its_id_so_every_build_agrees() {
+        assert_eq!(Stamp::node_tag("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(Stamp::node_tag(""), 0xcbf2_9ce4_8422_2325);
     }
 
     #[test]
@@ -256,10 +298,11 @@ mod tests {
                 origin: None,
                 shared_done: false,
             },
-            "n",
-            0,
+            "",
+            None,
         );
         let (routed, _) = decode(&body, TopicLimits::default()).unwrap();
+        assert_eq!(routed.stamp, None, "queued without a stamp");
         assert!(routed.payload.is_empty());
         assert_eq!(routed.properties, MessageProperties::default());
         assert_eq!(routed.origin, None);
@@ -280,7 +323,7 @@ mod tests {
                 shared_done: false,
             },
             "n",
-            1,
+            None,
         );
         assert_eq!(decode(&good, TopicLimits::default()), Err(FrameError::Text));
         let mut other = good.to_vec();

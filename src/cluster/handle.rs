@@ -14,14 +14,14 @@ use tokio_util::task::TaskTracker;
 
 use super::Error;
 use super::claims::{ClaimError, Claims, TakeOver};
-use super::frame::{self, Outgoing};
+use super::frame::{self, Outgoing, Stamp};
 use super::inbox::{Events, Inbox};
 use super::link::{self, Link};
 use super::local::{Change, Local};
 use super::loops::{self, HANDOVER_TIMEOUT};
 use super::remote::{self, RemoteInterest};
 use super::sessions::{
-    self, Earlier, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
+    self, Holder, Restored, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
 };
 use super::subject::topic_subject;
 use crate::topic::{ClientKey, FilterSpec, SubscriptionTree, TopicLimits, TopicName};
@@ -87,6 +87,8 @@ struct Inner {
     inbox: Arc<Inbox>,
     changes: mpsc::UnboundedSender<Change>,
     outbox: mpsc::Sender<(String, Bytes)>,
+    /// This node's part of every [`Stamp`] it gives.
+    tag: u64,
     seq: AtomicU64,
     forwarded: Arc<AtomicU64>,
     not_forwarded: AtomicU64,
@@ -231,6 +233,7 @@ impl Cluster {
         ));
         tasks.close();
         tracing::info!(%node, url = %config.url, "joined the cluster");
+        let tag = Stamp::node_tag(&node);
         Ok(Self {
             inner: Arc::new(Inner {
                 node,
@@ -242,6 +245,7 @@ impl Cluster {
                 inbox,
                 changes,
                 outbox,
+                tag,
                 seq: AtomicU64::new(0),
                 forwarded,
                 not_forwarded: AtomicU64::new(0),
@@ -348,16 +352,19 @@ impl Cluster {
     }
 
     /// Sends a publish this node handled to every other node with a matching subscription.
-    /// Never waits.
-    pub fn forward(&self, message: &Outgoing<'_>) {
+    /// Never waits. Returns the stamp it was sent with: copies of it may be on other nodes.
+    pub fn forward(&self, message: &Outgoing<'_>) -> Option<Stamp> {
         let inner = &self.inner;
         let members = !message.shared_done && self.members_here_want(message.topic);
         if !members && !inner.remote.wants(message.topic) {
             inner.not_forwarded.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
-        let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
-        let body = frame::encode(message, &inner.node, seq);
+        let stamp = Stamp {
+            node: inner.tag,
+            seq: inner.seq.fetch_add(1, Ordering::Relaxed),
+        };
+        let body = frame::encode(message, &inner.node, Some(stamp));
         let subject = topic_subject(&inner.prefix, message.topic);
         if inner.outbox.try_send((subject, body)).is_err()
             && inner
@@ -369,6 +376,7 @@ impl Cluster {
                 "publishes for other nodes are dropped: the NATS connection does not keep up or is down"
             );
         }
+        Some(stamp)
     }
 
     /// Session `member` subscribed to `spec` (plain or shared). The returned receiver
@@ -465,27 +473,39 @@ impl Cluster {
         });
     }
 
-    /// Takes `client_id`'s persistent session for a connection here that resumes it: the node
-    /// that holds it, if alive and another, is asked to let go first (and to store what it
-    /// queued); then its subscriptions and queue leave Postgres for this node.
-    /// `None`: no node holds a session or a Will of that id (one database round trip).
-    pub async fn resume(&self, client_id: &str) -> Result<Option<Earlier>, SessionError> {
+    /// Where `client_id`'s earlier session or Will is held; `None` if nowhere (one database
+    /// round trip).
+    pub async fn holder(&self, client_id: &str) -> Result<Option<Holder>, SessionError> {
+        self.inner.sessions.holder(client_id).await
+    }
+
+    /// Whether `holder` is another node, alive: it holds the session in its memory.
+    pub fn held_elsewhere(&self, holder: &Holder) -> bool {
+        holder.alive && holder.node != *self.inner.node
+    }
+
+    /// Takes `client_id`'s session, held by `holder`, for a connection here: the holder, if
+    /// alive and another, is asked to let go first (and to store what it queued); then its
+    /// subscriptions and queue leave Postgres for this node. `None`: it was no persistent
+    /// session, or it is gone.
+    pub async fn take(
+        &self,
+        client_id: &str,
+        holder: &Holder,
+    ) -> Result<Option<Restored>, SessionError> {
         let inner = &self.inner;
-        match inner.sessions.holder(client_id).await? {
-            None => return Ok(None),
-            Some((holder, alive)) if alive && holder != *inner.node => {
-                let ask = inner.client.request(
-                    handover_subject(&inner.prefix, &holder),
-                    Bytes::copy_from_slice(client_id.as_bytes()),
-                );
-                if !matches!(tokio::time::timeout(HANDOVER_TIMEOUT, ask).await, Ok(Ok(_))) {
-                    tracing::warn!(client = %client_id, node = %holder, "the node holding a session did not hand it over in time; taking it as stored");
-                }
+        if self.held_elsewhere(holder) {
+            let ask = inner.client.request(
+                handover_subject(&inner.prefix, &holder.node),
+                Bytes::copy_from_slice(client_id.as_bytes()),
+            );
+            if !matches!(tokio::time::timeout(HANDOVER_TIMEOUT, ask).await, Ok(Ok(_))) {
+                tracing::warn!(client = %client_id, node = %holder.node, "the node holding a session did not hand it over in time; taking it as stored");
             }
-            Some(_) => inner.spool_flush().await,
+        } else {
+            inner.spool_flush().await;
         }
-        let restored = inner.sessions.take(&inner.node, client_id).await?;
-        Ok(Some(Earlier { restored }))
+        inner.sessions.take(&inner.node, client_id).await
     }
 
     /// Queues a message for an offline session in Postgres; false if it was dropped (the
@@ -494,13 +514,14 @@ impl Cluster {
         &self,
         client_id: &Arc<str>,
         message: &Outgoing<'_>,
+        stamp: Option<Stamp>,
         qos: crate::store::Qos,
         retain: bool,
         subscription_ids: Vec<u32>,
     ) -> bool {
         let item = Spool::Append {
             client_id: client_id.clone(),
-            queued: frame::encode(message, "", 0),
+            queued: frame::encode(message, "", stamp),
             qos,
             retain,
             ids: subscription_ids,

@@ -21,11 +21,12 @@ mod sessions;
 mod subject;
 
 pub use claims::{ClaimError, TakeOver};
-pub use frame::{Outgoing, Routed};
+pub use frame::{Outgoing, Routed, Stamp};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
 pub use inbox::Events;
 pub use sessions::{
-    Adopted, Earlier, Queued, Restored, SessionError, SessionRow, StoredSubscription, StoredWill,
+    Adopted, HeldSession, Holder, Queued, Restored, SessionError, SessionRow, StoredSubscription,
+    StoredWill,
 };
 pub use subject::{filter_subjects, queue_group, topic_subject};
 

@@ -69,11 +69,20 @@ pub struct Restored {
     pub queued: Vec<Queued>,
 }
 
-/// What a CONNECT found of an earlier session (or Will) of its client id: the session, when
-/// it was a persistent one.
+/// Where an earlier session (or Will) of a client id is held.
 #[derive(Debug)]
-pub struct Earlier {
-    pub restored: Option<Restored>,
+pub struct Holder {
+    pub node: String,
+    pub alive: bool,
+    /// The session, when it outlives its connection.
+    pub session: Option<HeldSession>,
+}
+
+/// A persistent session as its row keeps it, before it is taken.
+#[derive(Debug)]
+pub struct HeldSession {
+    pub creator: Option<String>,
+    pub subscriptions: Vec<StoredSubscription>,
 }
 
 /// A session of a node that is gone, adopted by this one.
@@ -169,7 +178,7 @@ impl Sessions {
             }
             let will = row.will;
             let will_frame =
-                will.map(|w| frame::encode(&outgoing(&w.publication, None), "", 0).to_vec());
+                will.map(|w| frame::encode(&outgoing(&w.publication, None), "", None).to_vec());
             sqlx::query(
                 "INSERT INTO cluster_sessions AS s (client_id, node, creator, expiry_secs, \
                    connected, detached_at, subscriptions, will, will_expiry_secs, \
@@ -294,20 +303,33 @@ impl Sessions {
         self.bounded(self.delete_held(node, client_id, true)).await
     }
 
-    /// The node holding `client_id`'s session, and whether it is alive.
-    pub async fn holder(&self, client_id: &str) -> Result<Option<(String, bool)>, SessionError> {
-        self.bounded(async {
-            Ok(sqlx::query_as::<_, (String, bool)>(
-                "SELECT s.node, EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node \
-                   AND n.heartbeat_at >= now() - make_interval(secs => $2)) \
-                 FROM cluster_sessions s WHERE s.client_id = $1",
-            )
-            .bind(client_id)
-            .bind(DEAD_AFTER.as_secs_f64())
-            .fetch_optional(&self.pool)
-            .await?)
-        })
-        .await
+    /// The node holding `client_id`'s session (or Will), whether it is alive, and the
+    /// session's creator and subscriptions if it outlives its connection.
+    pub async fn holder(&self, client_id: &str) -> Result<Option<Holder>, SessionError> {
+        let row: Option<(String, bool, Option<String>, i64, serde_json::Value)> = self
+            .bounded(async {
+                Ok(sqlx::query_as(
+                    "SELECT s.node, EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node \
+                       AND n.heartbeat_at >= now() - make_interval(secs => $2)), \
+                       s.creator, s.expiry_secs, s.subscriptions \
+                     FROM cluster_sessions s WHERE s.client_id = $1",
+                )
+                .bind(client_id)
+                .bind(DEAD_AFTER.as_secs_f64())
+                .fetch_optional(&self.pool)
+                .await?)
+            })
+            .await?;
+        Ok(
+            row.map(|(node, alive, creator, expiry, subscriptions)| Holder {
+                node,
+                alive,
+                session: (expiry > 0).then(|| HeldSession {
+                    creator,
+                    subscriptions: serde_json::from_value(subscriptions).unwrap_or_default(),
+                }),
+            }),
+        )
     }
 
     /// Takes `client_id`'s session for a connection on `node`: its subscriptions and every

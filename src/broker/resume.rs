@@ -1,0 +1,166 @@
+//! A CONNECT on a node of many (decision 014): the session it resumes is taken from Postgres,
+//! after the node holding it lets go, and every CONNECT records its session before the
+//! CONNACK. Nothing published while a session moves is lost: the node it leaves keeps
+//! queueing until the node it moves to holds its subscriptions.
+
+use std::sync::Arc;
+
+use super::handle::Broker;
+use super::registry::Session;
+use super::will::Will;
+use crate::auth::Principal;
+use crate::cluster::{
+    Cluster, HeldSession, Restored, Routed, SessionError, SessionRow, StoredWill,
+};
+use crate::mqtt;
+use crate::topic::ClientKey;
+
+/// What a CONNECT that resumes a session set up so that what arrives meanwhile waits for it.
+/// Dropped when the session is attached, with nothing left to undo; dropped before, because
+/// the CONNECT failed or went away, it undoes itself.
+pub(super) enum Resuming {
+    /// The session is held here offline, its queue in Postgres: new messages wait in memory,
+    /// behind that queue, until it is taken back.
+    Paused { broker: Broker, key: ClientKey },
+    /// The session is held by another node: it is made here first, with its subscriptions,
+    /// and that node asked to let go only then. Both queue meanwhile; a message queued by
+    /// both is delivered once (its [`crate::cluster::Stamp`]).
+    Prepared {
+        broker: Broker,
+        session: Arc<Session>,
+        /// Whether what it received goes to the stored session's queue if it is dropped:
+        /// not when there was no session to resume after all.
+        keep_queue: bool,
+    },
+}
+
+impl Resuming {
+    fn pause(broker: &Broker, key: &ClientKey) -> Option<Self> {
+        broker.sessions().pause_spooling(key).then(|| Self::Paused {
+            broker: broker.clone(),
+            key: key.clone(),
+        })
+    }
+
+    async fn prepare(
+        broker: &Broker,
+        key: &ClientKey,
+        held: &HeldSession,
+        principal: Option<&Arc<Principal>>,
+    ) -> Option<Self> {
+        let (session, announced) = broker.sessions().prepare(
+            key,
+            held.creator.clone(),
+            principal.cloned(),
+            &held.subscriptions,
+        )?;
+        let prepared = Self::Prepared {
+            broker: broker.clone(),
+            session,
+            keep_queue: true,
+        };
+        // As a SUBACK does: the other nodes can know the filters before the holder lets go.
+        for a in announced {
+            let _ = a.await;
+        }
+        Some(prepared)
+    }
+}
+
+impl Drop for Resuming {
+    fn drop(&mut self) {
+        match self {
+            Self::Paused { broker, key } => broker.sessions().resume_spooling(key),
+            Self::Prepared {
+                broker,
+                session,
+                keep_queue,
+            } => broker.sessions().discard_prepared(session, *keep_queue),
+        }
+    }
+}
+
+/// Resumes or ends the earlier session of `key`, wherever it is held (a clean start ends it:
+/// the holder would otherwise keep queueing for it), and records this connection's session
+/// and Will. Returns the session taken back, if resumed, and what must live until it is
+/// attached.
+pub(super) async fn durable_session(
+    broker: &Broker,
+    cluster: &Cluster,
+    connect: &mqtt::Connect,
+    key: &ClientKey,
+    principal: Option<&Arc<Principal>>,
+    will: Option<&Will>,
+) -> Result<(Option<Restored>, Option<Resuming>), SessionError> {
+    let creator = principal.map(|p| p.name.as_str());
+    let mut resuming = if connect.clean_start {
+        None
+    } else {
+        Resuming::pause(broker, key)
+    };
+    let earlier = match cluster.holder(key).await? {
+        None => None,
+        Some(holder) => {
+            if resuming.is_none()
+                && !connect.clean_start
+                && cluster.held_elsewhere(&holder)
+                && let Some(held) = &holder.session
+                && held.creator.as_deref() == creator
+            {
+                resuming = Resuming::prepare(broker, key, held, principal).await;
+            }
+            Some(cluster.take(key, &holder).await?)
+        }
+    };
+    let existed = earlier.is_some();
+    let restored = earlier.flatten().filter(|_| !connect.clean_start);
+    if restored.is_none()
+        && let Some(Resuming::Prepared { keep_queue, .. }) = resuming.as_mut()
+    {
+        // No session to resume after all (it expired, or another connection took it): the
+        // one made for it goes now, with nothing to keep.
+        *keep_queue = false;
+        resuming = None;
+    }
+    let expiry = connect.session_expiry_interval_secs;
+    if expiry == 0 && will.is_none() {
+        // Nothing of this connection outlives it; what an earlier one left goes, if any.
+        if existed && restored.is_none() {
+            cluster.session_forget(key).await?;
+        }
+        return Ok((restored, resuming));
+    }
+    let stored_will = will.map(|w| StoredWill {
+        publication: Routed {
+            topic: w.publication.topic.clone(),
+            payload: w.publication.payload.clone(),
+            qos: w.publication.qos,
+            retain: w.publication.retain,
+            properties: w.publication.properties.clone(),
+            expires_at_ms: None,
+            origin: Some(key.clone()),
+            shared_done: false,
+            stamp: None,
+        },
+        expiry_secs: w.publication.expiry_secs,
+        delay: w.delay,
+        owner: w.owner.name.to_string(),
+        owner_max: w.owner.max_messages,
+    });
+    let row = SessionRow {
+        client_id: key,
+        creator,
+        expiry_secs: expiry,
+        clean: connect.clean_start,
+        will: stored_will.as_ref(),
+    };
+    match cluster.session_connected(&row).await {
+        Ok(()) => Ok((restored, resuming)),
+        // Taken already: it is this node's in Postgres, and its queue is in hand.
+        Err(e) if restored.is_some() => {
+            tracing::warn!(client = %key, error = %e, "the resumed session's Will and expiry could not be stored");
+            Ok((restored, resuming))
+        }
+        Err(e) => Err(e),
+    }
+}
