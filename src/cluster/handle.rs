@@ -158,7 +158,7 @@ impl Cluster {
             shutdown.clone(),
         ));
         let members_client =
-            link::connect_members(&config.url, &format!("retaind {node} members")).await?;
+            link::connect_members(&config.url, &format!("retaind {node} members"), &link).await?;
         let local = Local {
             client: client.clone(),
             members_client,

@@ -24,7 +24,13 @@ pub struct Link {
     epoch: watch::Sender<u64>,
     /// Messages the NATS server or this client dropped because this node read too slowly.
     pub slow_consumer_events: AtomicU64,
+    /// When a slow consumer was last logged (ms since `born`), so that a burst is one line.
+    slow_logged_at: AtomicU64,
+    born: Instant,
 }
+
+/// At most one log line a minute about slow-consumer events.
+const SLOW_LOG_EVERY_MS: u64 = 60_000;
 
 impl Link {
     fn new() -> Self {
@@ -33,6 +39,31 @@ impl Link {
             started: AtomicBool::new(false),
             epoch: watch::Sender::new(0),
             slow_consumer_events: AtomicU64::new(0),
+            slow_logged_at: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+
+    /// A subscription's buffer in this client was full, so async-nats dropped a message sent
+    /// to this node: counted, and logged at most once a minute. Which message, and so which
+    /// sessions missed it, nobody can tell any more (decision 014).
+    fn slow_consumer(&self, url: &str) {
+        let events = self.slow_consumer_events.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.slow_logged_at.load(Ordering::Relaxed);
+        let due = events == 1 || now.saturating_sub(last) >= SLOW_LOG_EVERY_MS;
+        if due
+            && self
+                .slow_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                url,
+                events,
+                "this node reads from NATS too slowly: messages from other nodes were dropped \
+                 (slow consumer; count since start)"
+            );
         }
     }
 
@@ -62,10 +93,7 @@ impl Link {
                     );
                 }
             }
-            Event::SlowConsumer(_) => {
-                // Logged in summary by the counter's reader; one line per event would flood.
-                self.slow_consumer_events.fetch_add(1, Ordering::Relaxed);
-            }
+            Event::SlowConsumer(_) => self.slow_consumer(url),
             other => tracing::info!(url, event = %other, "NATS"),
         }
     }
@@ -75,11 +103,24 @@ impl Link {
 /// first one does not receive its own publishes, and NATS would then skip this node's
 /// members for them. Made once the first connection works, so it needs no retries of its own;
 /// async-nats keeps it up.
-pub async fn connect_members(url: &str, name: &str) -> Result<Client, Error> {
+/// Its slow consumers count with the first one's (`link`); its connection state is the
+/// first one's to report.
+pub async fn connect_members(url: &str, name: &str, link: &Arc<Link>) -> Result<Client, Error> {
+    let link = link.clone();
+    let events_url = url.to_owned();
     ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(2))
         .max_reconnects(None)
+        .event_callback(move |event| {
+            let link = link.clone();
+            let url = events_url.clone();
+            async move {
+                if matches!(event, Event::SlowConsumer(_)) {
+                    link.slow_consumer(&url);
+                }
+            }
+        })
         .connect(url)
         .await
         .map_err(|e| Error::Unreachable {
