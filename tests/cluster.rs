@@ -346,6 +346,57 @@ async fn nats_lost_and_back_local_delivery_goes_on_readyz_says_so_and_routing_re
 }
 
 #[tokio::test]
+async fn a_burst_for_one_topic_crosses_in_fewer_nats_messages_in_order() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut on_b, _) = V5::connect(v5_options(&b, "sub-b")).await;
+    on_b.subscribe("burst/x", Qos5::AtLeastOnce).await;
+    until_sends(&a, "burst/x").await;
+    // 2,000 PUBLISH packets in one write: node A reads them back to back, faster than its
+    // forwarder sends, and what queues behind a publish for the same subject goes with it.
+    let (mut p, _) = Raw::connect(&a, &build::connect("burster", true, 60, None)).await;
+    let burst: Vec<u8> = (0..2000)
+        .flat_map(|n: u32| {
+            build::publish(
+                "burst/x",
+                0,
+                false,
+                false,
+                0,
+                None,
+                n.to_string().as_bytes(),
+            )
+        })
+        .collect();
+    p.send(&burst).await;
+    let got = until_payload(&mut on_b, b"1999").await;
+    let numbers: Vec<u32> = got
+        .iter()
+        .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..2000).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    let s = cluster(&a).stats();
+    assert_eq!(s.forwarded, 2000);
+    assert!(
+        s.nats_messages < s.forwarded,
+        "{} NATS messages for {} publishes",
+        s.nats_messages,
+        s.forwarded
+    );
+    eprintln!(
+        "{} publishes in {} NATS messages",
+        s.forwarded, s.nats_messages
+    );
+    assert_eq!(cluster(&b).stats().received, 2000);
+}
+
+#[tokio::test]
 async fn a_node_refuses_to_start_as_an_island() {
     // SQLite serves one process: a cluster needs Postgres.
     let sqlite = fresh_db(Backend::Sqlite).await;

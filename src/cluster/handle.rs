@@ -58,6 +58,9 @@ pub struct ClusterConfig {
 pub struct ClusterStats {
     /// Publishes sent to NATS.
     pub forwarded: u64,
+    /// NATS messages they were sent in: fewer when publishes queued for one subject went as
+    /// one batch.
+    pub nats_messages: u64,
     /// Publishes no other node wanted, so not sent.
     pub not_forwarded: u64,
     /// Publishes another node wanted but that found the outbox full (NATS stalled or down).
@@ -91,6 +94,7 @@ struct Inner {
     tag: u64,
     seq: AtomicU64,
     forwarded: Arc<AtomicU64>,
+    nats_messages: Arc<AtomicU64>,
     not_forwarded: AtomicU64,
     dropped: AtomicU64,
     unannounced: Arc<AtomicU64>,
@@ -148,6 +152,7 @@ impl Cluster {
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let forwarded = Arc::new(AtomicU64::new(0));
+        let nats_messages = Arc::new(AtomicU64::new(0));
         let unannounced = Arc::new(AtomicU64::new(0));
         tasks.spawn(remote::follow(
             js.clone(),
@@ -204,6 +209,7 @@ impl Cluster {
             client.clone(),
             outbox_rx,
             forwarded.clone(),
+            nats_messages.clone(),
             shutdown.clone(),
         ));
         let live = Arc::new(AtomicUsize::new(1));
@@ -248,6 +254,7 @@ impl Cluster {
                 tag,
                 seq: AtomicU64::new(0),
                 forwarded,
+                nats_messages,
                 not_forwarded: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 unannounced,
@@ -410,6 +417,7 @@ impl Cluster {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ClusterStats {
             forwarded: load(&i.forwarded),
+            nats_messages: load(&i.nats_messages),
             not_forwarded: load(&i.not_forwarded),
             dropped: load(&i.dropped),
             received: load(&i.inbox.received),
@@ -544,6 +552,7 @@ impl Cluster {
         let s = self.stats();
         tracing::info!(
             forwarded = s.forwarded,
+            nats_messages = s.nats_messages,
             not_forwarded = s.not_forwarded,
             dropped = s.dropped,
             received = s.received,

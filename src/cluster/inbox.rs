@@ -52,20 +52,20 @@ impl Inbox {
     }
 
     fn decode<'a>(&self, body: &'a Bytes) -> Option<(Routed, frame::Source<'a>)> {
-        match frame::decode(body, self.limits) {
-            Ok(decoded) => Some(decoded),
-            Err(e) => {
-                if self.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(error = %e, "dropped a message from NATS that is not a retaind publish (logged once)");
-                }
-                None
-            }
+        frame::decode(body, self.limits)
+            .map_err(|e| self.malformed(&e))
+            .ok()
+    }
+
+    fn malformed(&self, e: &frame::FrameError) {
+        if self.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(error = %e, "dropped a message from NATS that is not a retaind publish (logged once)");
         }
     }
 
     /// A copy from a queue subscription: one per group service-wide, so no duplicates to
     /// drop, and it goes to that member alone.
-    pub fn handle_for_member(&self, body: &Bytes, spec: &FilterSpec, member: &ClientKey) {
+    fn handle_one_for_member(&self, body: &Bytes, spec: &FilterSpec, member: &ClientKey) {
         let Some((routed, _)) = self.decode(body) else {
             return;
         };
@@ -78,7 +78,25 @@ impl Inbox {
         }
     }
 
+    /// A NATS message from a plain subscription: each publish it carries (one, or a batch).
     pub fn handle(&self, body: &Bytes) {
+        for frame in self.frames(body) {
+            self.handle_one(&frame);
+        }
+    }
+
+    /// A NATS message from a queue subscription: each publish it carries goes to `member`.
+    pub fn handle_for_member(&self, body: &Bytes, spec: &FilterSpec, member: &ClientKey) {
+        for frame in self.frames(body) {
+            self.handle_one_for_member(&frame, spec, member);
+        }
+    }
+
+    fn frames<'a>(&'a self, body: &'a Bytes) -> impl Iterator<Item = Bytes> + 'a {
+        frame::frames(body).filter_map(|f| f.map_err(|e| self.malformed(&e)).ok())
+    }
+
+    fn handle_one(&self, body: &Bytes) {
         let Some((routed, source)) = self.decode(body) else {
             return;
         };

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::claims::TakeOver;
+use super::frame::Batch;
 use super::inbox::Inbox;
 use super::sessions::Spool;
 
@@ -19,32 +20,74 @@ use super::sessions::Spool;
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One task sends every forwarded publish, so they leave in the order they were handled:
-/// a publisher's messages stay in order, as NATS keeps them from one connection.
+/// a publisher's messages stay in order, as NATS keeps them from one connection. What is
+/// queued behind a publish for the same subject goes with it, as one NATS message (a
+/// [`Batch`]); nothing waits for a batch to fill.
 pub async fn send(
     client: async_nats::Client,
     mut outbox: mpsc::Receiver<(String, Bytes)>,
     forwarded: Arc<AtomicU64>,
+    nats_messages: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
+    let sent = Sent {
+        publishes: &forwarded,
+        messages: &nats_messages,
+    };
+    let mut next = None;
     loop {
-        let (subject, body) = tokio::select! {
-            next = outbox.recv() => match next {
-                Some(next) => next,
-                None => break,
+        let (subject, first) = match next.take() {
+            Some(item) => item,
+            None => tokio::select! {
+                item = outbox.recv() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+                () = shutdown.cancelled() => break,
             },
-            () = shutdown.cancelled() => break,
         };
-        if client.publish(subject, body).await.is_ok() {
-            forwarded.fetch_add(1, Ordering::Relaxed);
-        }
+        next = send_batch(&client, &mut outbox, subject, first, &sent).await;
     }
     // What the broker handed over before it stopped still goes out.
-    while let Ok((subject, body)) = outbox.try_recv() {
-        if client.publish(subject, body).await.is_ok() {
-            forwarded.fetch_add(1, Ordering::Relaxed);
-        }
+    loop {
+        let Some((subject, first)) = next.take().or_else(|| outbox.try_recv().ok()) else {
+            break;
+        };
+        next = send_batch(&client, &mut outbox, subject, first, &sent).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
+
+/// Sends `first` with whatever is queued right behind it for `subject`; returns the next
+/// publish queued for another subject, if it took one.
+async fn send_batch(
+    client: &async_nats::Client,
+    outbox: &mut mpsc::Receiver<(String, Bytes)>,
+    subject: String,
+    first: Bytes,
+    sent: &Sent<'_>,
+) -> Option<(String, Bytes)> {
+    let mut batch = Batch::new(first);
+    let mut next = None;
+    while let Ok((s, frame)) = outbox.try_recv() {
+        if s != subject || !batch.fits(&frame) {
+            next = Some((s, frame));
+            break;
+        }
+        batch.push(&frame);
+    }
+    let count = batch.count() as u64;
+    if client.publish(subject, batch.body()).await.is_ok() {
+        sent.publishes.fetch_add(count, Ordering::Relaxed);
+        sent.messages.fetch_add(1, Ordering::Relaxed);
+    }
+    next
+}
+
+/// The forwarder's counts: publishes sent, and the NATS messages that carried them.
+struct Sent<'a> {
+    publishes: &'a AtomicU64,
+    messages: &'a AtomicU64,
 }
 
 /// Hands take-over notices for this node to the broker.
