@@ -15,11 +15,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/retaind /usr/local/bin/retaind
 USER retaind
 WORKDIR /var/lib/retaind
-# Inside a container the API must listen on all interfaces to be reachable through a port mapping.
+# Inside a container the API and MQTT must listen on all interfaces to be reachable through a
+# port mapping.
 # retaind refuses that without principals: mount a principals file and point RETAIND_CONFIG at
 # it (docker run -v ./auth.toml:/etc/retaind/auth.toml:ro -e RETAIND_CONFIG=/etc/retaind/auth.toml;
 # see docs/examples/auth.toml and docker-compose.yml). No credentials are baked into the image.
 ENV RETAIND_HTTP_ADDR=0.0.0.0:8080 \
+    RETAIND_MQTT_ADDR=0.0.0.0:1883 \
     DATABASE_URL=sqlite:///var/lib/retaind/data/retaind.db
 EXPOSE 8080 1883
 HEALTHCHECK --interval=10s --timeout=3s CMD curl -fsS http://127.0.0.1:8080/readyz || exit 1

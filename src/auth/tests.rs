@@ -435,6 +435,10 @@ fn example_config_loads_and_grants_what_it_says() {
     assert!(ops.allows(Action::ListRetainedMessages, "", None));
     assert!(ops.allows(Action::Subscribe, "#", Some("console")));
     assert!(ops.allows(Action::Connect, "console", Some("console")));
+    let by_token = auth
+        .verify_bearer("change-me-ops-token")
+        .expect("example ops token");
+    assert_eq!(by_token.name, "ops");
 }
 
 #[test]

@@ -23,7 +23,6 @@ use super::remote::{self, RemoteInterest};
 use super::sessions::{
     self, Holder, Restored, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
 };
-use super::subject::topic_subject;
 use crate::topic::{ClientKey, FilterSpec, SubscriptionTree, TopicLimits, TopicName};
 
 /// Messages for offline sessions waiting to be written to Postgres: beyond this many they
@@ -89,7 +88,7 @@ struct Inner {
     remote: Arc<RemoteInterest>,
     inbox: Arc<Inbox>,
     changes: mpsc::UnboundedSender<Change>,
-    outbox: mpsc::Sender<(String, Bytes)>,
+    outbox: mpsc::Sender<(TopicName, Bytes)>,
     /// This node's part of every [`Stamp`] it gives.
     tag: u64,
     seq: AtomicU64,
@@ -207,6 +206,7 @@ impl Cluster {
         ));
         tasks.spawn(loops::send(
             client.clone(),
+            config.prefix.clone(),
             outbox_rx,
             forwarded.clone(),
             nats_messages.clone(),
@@ -372,8 +372,10 @@ impl Cluster {
             seq: inner.seq.fetch_add(1, Ordering::Relaxed),
         };
         let body = frame::encode(message, &inner.node, Some(stamp));
-        let subject = topic_subject(&inner.prefix, message.topic);
-        if inner.outbox.try_send((subject, body)).is_err()
+        if inner
+            .outbox
+            .try_send((message.topic.clone(), body))
+            .is_err()
             && inner
                 .dropped
                 .fetch_add(1, Ordering::Relaxed)

@@ -80,8 +80,13 @@ impl Inbox {
 
     /// A NATS message from a plain subscription: each publish it carries (one, or a batch).
     pub fn handle(&self, body: &Bytes) {
+        // One lock for the whole batch: its frames are handed over in order meanwhile.
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for frame in self.frames(body) {
-            self.handle_one(&frame);
+            self.handle_one(&frame, &mut seen);
         }
     }
 
@@ -96,14 +101,10 @@ impl Inbox {
         frame::frames(body).filter_map(|f| f.map_err(|e| self.malformed(&e)).ok())
     }
 
-    fn handle_one(&self, body: &Bytes) {
+    fn handle_one(&self, body: &Bytes, seen: &mut Seen) {
         let Some((routed, source)) = self.decode(body) else {
             return;
         };
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !seen.first(source.node, source.seq) {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return;

@@ -14,6 +14,8 @@ use super::claims::TakeOver;
 use super::frame::Batch;
 use super::inbox::Inbox;
 use super::sessions::Spool;
+use super::subject::topic_subject;
+use crate::topic::TopicName;
 
 /// How long a node resuming a session waits for the node that holds it to let go; also how
 /// long the holder waits for its spool before it answers.
@@ -25,18 +27,20 @@ pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 /// [`Batch`]); nothing waits for a batch to fill.
 pub async fn send(
     client: async_nats::Client,
-    mut outbox: mpsc::Receiver<(String, Bytes)>,
+    prefix: String,
+    mut outbox: mpsc::Receiver<(TopicName, Bytes)>,
     forwarded: Arc<AtomicU64>,
     nats_messages: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
     let sent = Sent {
+        prefix: &prefix,
         publishes: &forwarded,
         messages: &nats_messages,
     };
     let mut next = None;
     loop {
-        let (subject, first) = match next.take() {
+        let (topic, first) = match next.take() {
             Some(item) => item,
             None => tokio::select! {
                 item = outbox.recv() => match item {
@@ -46,37 +50,38 @@ pub async fn send(
                 () = shutdown.cancelled() => break,
             },
         };
-        next = send_batch(&client, &mut outbox, subject, first, &sent).await;
+        next = send_batch(&client, &mut outbox, topic, first, &sent).await;
     }
     // What the broker handed over before it stopped still goes out.
     loop {
-        let Some((subject, first)) = next.take().or_else(|| outbox.try_recv().ok()) else {
+        let Some((topic, first)) = next.take().or_else(|| outbox.try_recv().ok()) else {
             break;
         };
-        next = send_batch(&client, &mut outbox, subject, first, &sent).await;
+        next = send_batch(&client, &mut outbox, topic, first, &sent).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
 }
 
-/// Sends `first` with whatever is queued right behind it for `subject`; returns the next
-/// publish queued for another subject, if it took one.
+/// Sends `first` with whatever is queued right behind it for `topic` (one subject); returns
+/// the next publish queued for another topic, if it took one.
 async fn send_batch(
     client: &async_nats::Client,
-    outbox: &mut mpsc::Receiver<(String, Bytes)>,
-    subject: String,
+    outbox: &mut mpsc::Receiver<(TopicName, Bytes)>,
+    topic: TopicName,
     first: Bytes,
     sent: &Sent<'_>,
-) -> Option<(String, Bytes)> {
+) -> Option<(TopicName, Bytes)> {
     let mut batch = Batch::new(first);
     let mut next = None;
-    while let Ok((s, frame)) = outbox.try_recv() {
-        if s != subject || !batch.fits(&frame) {
-            next = Some((s, frame));
+    while let Ok((t, frame)) = outbox.try_recv() {
+        if t != topic || !batch.fits(&frame) {
+            next = Some((t, frame));
             break;
         }
         batch.push(&frame);
     }
     let count = batch.count() as u64;
+    let subject = topic_subject(sent.prefix, &topic);
     if client.publish(subject, batch.body()).await.is_ok() {
         sent.publishes.fetch_add(count, Ordering::Relaxed);
         sent.messages.fetch_add(1, Ordering::Relaxed);
@@ -84,8 +89,10 @@ async fn send_batch(
     next
 }
 
-/// The forwarder's counts: publishes sent, and the NATS messages that carried them.
+/// What the forwarder needs besides the outbox: the subjects' prefix, and its counts of
+/// publishes sent and of the NATS messages that carried them.
 struct Sent<'a> {
+    prefix: &'a str,
     publishes: &'a AtomicU64,
     messages: &'a AtomicU64,
 }
