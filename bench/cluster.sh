@@ -13,6 +13,8 @@
 #   BENCH_OUTSTANDING  messages a publisher may have ahead of its slowest subscriber (default 250,
 #                      as bench/mqtt.sh; 0 = no limit)
 #   BENCH_INTEREST     messages node A publishes to a topic nobody subscribes to (default 10000)
+#   BENCH_HALF_RATE    "QOS0,QOS1": messages/s per publisher of the half-rate runs, instead of
+#                      half the cluster's measured rate (to compare latency at an earlier run's pace)
 #   PG_ADMIN_URL       a Postgres superuser URL (default: see scripts/postgres.sh)
 #   CARGO_TARGET_DIR   where cargo builds (default target/)
 #
@@ -218,8 +220,10 @@ PROCS="A=${NODE_PID[a]} B=${NODE_PID[b]} nats-server=$NATS_PID"
 for s in "${QOS[@]}"; do
     run "cluster/$s" "$PROCS" mqtt_bench "${MQTT_PORT[a]}" "${MQTT_PORT[b]}" "$s" 0
 done
-for s in "${QOS[@]}"; do
-    HALF[$s]=$(half_rate "cluster/$s")
+IFS=, read -r -a PINNED <<<"${BENCH_HALF_RATE:-}"
+for i in "${!QOS[@]}"; do
+    s=${QOS[$i]}
+    HALF[$s]=${PINNED[$i]:-$(half_rate "cluster/$s")}
     run "cluster/half-$s" "$PROCS" mqtt_bench "${MQTT_PORT[a]}" "${MQTT_PORT[b]}" "$s" "${HALF[$s]}"
 done
 stop_node a
@@ -332,7 +336,11 @@ KEYS=(cluster/fanout-qos0 cluster/fanout-qos1 cluster/half-fanout-qos0 cluster/h
     echo
     echo "¹ Core NATS has no QoS (at most once, like QoS 0): one run of examples/nats_bench is the ceiling for both rows."
     echo
-    echo "At half rate: each publisher paced to half the cluster's deliveries/s of that QoS above ÷ ($PUBLISHERS × $SUBSCRIBERS); raw NATS at the same pace."
+    if [ -n "${BENCH_HALF_RATE:-}" ]; then
+        echo "At half rate: each publisher paced as BENCH_HALF_RATE=$BENCH_HALF_RATE asked (QoS 0, QoS 1), not to half of this run's rate; raw NATS at the same pace."
+    else
+        echo "At half rate: each publisher paced to half the cluster's deliveries/s of that QoS above ÷ ($PUBLISHERS × $SUBSCRIBERS); raw NATS at the same pace."
+    fi
     echo
     echo "| scenario | msgs/s per publisher | single p50 / p99 (ms) | cluster p50 / p99 (ms) | raw NATS p50 / p99 (ms) | added p99, cluster − single (ms) |"
     echo "|---|---:|---:|---:|---:|---:|"
