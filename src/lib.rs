@@ -1,6 +1,7 @@
 //! retaind: MQTT retained messages as a service, with an AWS IoT data-plane compatible HTTP API.
 //!
-//! Layers, each importing only those above it in this list: `topic` (pure names and rules),
+//! Layers, each importing only those above it in this list: `metrics` (what `/metrics`
+//! shows, recorded into by every layer below it), `topic` (pure names and rules),
 //! `auth` (pure credentials and policies), `rate` (a pure token bucket), `tcp` (accepted
 //! sockets' options), `tls` (certificates and handshakes), `store` (persistence), `mqtt`
 //! (framing over the codec crate; it borrows only `store::Qos`), `cluster` (many nodes as one
@@ -13,6 +14,7 @@ pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod cluster;
+pub mod metrics;
 pub mod mqtt;
 pub mod rate;
 pub mod store;

@@ -24,6 +24,7 @@ use super::browser::{self, cross_site};
 use super::payload::{drain, read_limited};
 use super::{ApiError, ApiState, Peer};
 use crate::auth::{Action, AuthError, Principal, SigV4Request};
+use crate::metrics::AuthFailure;
 use crate::store::Owner;
 use crate::tls::CertFingerprint;
 use crate::topic::TopicName;
@@ -90,8 +91,25 @@ pub async fn authenticate(State(state): State<ApiState>, req: Request, next: Nex
         Err(err) => {
             // The kind only: the cause could quote the credentials the client sent.
             tracing::debug!(kind = err_kind(&err), "authentication failed");
+            if let ApiError::Unauthenticated(e) = &err {
+                state.metrics.auth_failure(failure_kind(e));
+            }
             err.into_response()
         }
+    }
+}
+
+/// How `/metrics` counts a refusal of credentials.
+fn failure_kind(e: &AuthError) -> AuthFailure {
+    match e {
+        AuthError::MissingCredentials => AuthFailure::missing,
+        AuthError::UnknownAccessKey
+        | AuthError::BadCredentials
+        | AuthError::UnmappedCertificate => AuthFailure::unknown_credentials,
+        AuthError::SignatureMismatch
+        | AuthError::RequestTimeTooSkewed
+        | AuthError::PresignedUrlExpired => AuthFailure::bad_signature,
+        AuthError::Malformed(_) => AuthFailure::malformed,
     }
 }
 

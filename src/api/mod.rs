@@ -15,6 +15,7 @@ mod error;
 mod health;
 mod hosts;
 mod incoming;
+mod metrics;
 mod mqtt5_headers;
 mod mqtt_websocket;
 mod openapi;
@@ -66,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         let rate = RouteThrottle {
             throttle: state.throttle.clone(),
             operation,
+            metrics: state.metrics.clone(),
         };
         route.route_layer(from_fn_with_state(rate, throttle::throttle))
     };
@@ -84,6 +86,8 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/topics/", op(Publish, post(empty_topic)))
         .route("/topics/{*topic}", op(Publish, post(publish::publish)))
+        // Not an AWS operation, so not throttled; guarded like one (`retaind:Metrics`).
+        .route("/metrics", get(metrics::metrics))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     let websocket = Router::new()
         .route("/mqtt", get(mqtt_websocket::upgrade))

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use super::{error, health, publish, retained};
+use super::{error, health, metrics, publish, retained};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,7 +18,8 @@ use super::{error, health, publish, retained};
         retained::get,
         publish::publish,
         health::healthz,
-        health::readyz
+        health::readyz,
+        metrics::metrics
     ),
     components(schemas(error::ErrorBody))
 )]

@@ -52,15 +52,30 @@ pub async fn request_context(
         .extensions()
         .get::<Route>()
         .map_or("(unmatched)", |r| &r.0);
+    let took = started.elapsed();
+    state
+        .metrics
+        .http_request(operation(route), res.status().as_u16(), took);
     tracing::info!(
         request_id = %id,
         method = %method,
         route,
         status = res.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
+        latency_us = took.as_micros() as u64,
         "request"
     );
     res
+}
+
+/// What `/metrics` counts a route's requests as: the AWS operation it serves, or else its
+/// template (a bounded set either way).
+fn operation(route: &str) -> &str {
+    match route {
+        "/retainedMessage" => "ListRetainedMessages",
+        "/retainedMessage/" | "/retainedMessage/{*topic}" => "GetRetainedMessage",
+        "/topics/" | "/topics/{*topic}" => "Publish",
+        other => other,
+    }
 }
 
 /// Runs inside matched routes only, where axum knows the route template.

@@ -11,6 +11,7 @@ use super::payload::MaxPayload;
 use super::rates::Throttle;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::topic::TopicLimits;
 
@@ -46,6 +47,8 @@ pub struct Shared {
     pub throttle: Throttle,
     /// Host names answered besides loopback ones when there are no principals.
     pub allowed_hosts: AllowedHosts,
+    /// What `GET /metrics` shows; the broker records into the same.
+    pub metrics: Metrics,
 }
 
 impl FromRef<ApiState> for MaxPayload {

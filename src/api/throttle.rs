@@ -12,12 +12,14 @@ use axum::response::{IntoResponse, Response};
 use super::payload::drain;
 use super::rates::{Operation, Throttle};
 use super::{ApiError, auth};
+use crate::metrics::Metrics;
 
 /// What the throttle of one route needs: the buckets, and which operation the route is.
 #[derive(Clone)]
 pub struct RouteThrottle {
     pub throttle: Throttle,
     pub operation: Operation,
+    pub metrics: Metrics,
 }
 
 /// Answers 429 `ThrottlingException` when the caller has used up its rate for the route's
@@ -29,6 +31,7 @@ pub async fn throttle(State(route): State<RouteThrottle>, req: Request, next: Ne
         return next.run(req).await;
     }
     tracing::debug!(operation = op.name(), principal, "throttled");
+    route.metrics.http_throttled(op.name());
     // Refused before the handler: nothing is read into the store. The body is drained so the
     // client's connection survives for its retry: see `payload`.
     drain(req.into_body()).await;

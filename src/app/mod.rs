@@ -19,6 +19,7 @@ use crate::api::{self, AllowedHosts, ApiState, HttpTimeouts, PageTokens, RateLim
 use crate::auth::{AuthConfig, Authenticator, ConfigError};
 use crate::broker::{self, Broker, BrokerConfig};
 use crate::cluster::{self, Cluster, ClusterConfig};
+use crate::metrics::Metrics;
 use crate::store::{self, Clock, Store, StoreOptions};
 use crate::tls::{self, TlsAcceptors, TlsFiles, TlsIncoming};
 use crate::topic::TopicLimits;
@@ -145,6 +146,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             .await?,
         ),
     };
+    let metrics = Metrics::default();
     let broker = Broker::new(
         store.clone(),
         BrokerConfig {
@@ -165,6 +167,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         },
         auth.clone(),
         cluster,
+        metrics.clone(),
     );
     let state = ApiState::from(api::Shared {
         store: store.clone(),
@@ -180,6 +183,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         })
         .service_wide(broker.cluster().cloned()),
         allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
+        metrics,
     });
     let mqtt_listener = TcpListener::bind(config.mqtt_addr)
         .await

@@ -27,10 +27,24 @@ pub enum Action {
     GetRetainedMessage,
     /// `iot:ListRetainedMessages`: no resource (AWS uses `*`).
     ListRetainedMessages,
+    /// `retaind:Metrics`: reading `GET /metrics`; no resource. Not one of `iot:*`.
+    Metrics,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
+        Action::Connect,
+        Action::Publish,
+        Action::RetainPublish,
+        Action::Subscribe,
+        Action::Receive,
+        Action::GetRetainedMessage,
+        Action::ListRetainedMessages,
+        Action::Metrics,
+    ];
+
+    /// The AWS IoT actions, which `iot:*` stands for.
+    pub const IOT: [Action; 7] = [
         Action::Connect,
         Action::Publish,
         Action::RetainPublish,
@@ -50,12 +64,17 @@ impl Action {
             Action::Receive => "iot:Receive",
             Action::GetRetainedMessage => "iot:GetRetainedMessage",
             Action::ListRetainedMessages => "iot:ListRetainedMessages",
+            Action::Metrics => "retaind:Metrics",
         }
     }
 
-    /// Parses a policy action; `iot:*` stands for all of them. Case-insensitive, as in AWS.
+    /// Parses a policy action; `iot:*` stands for the AWS IoT ones, `*` for all of them.
+    /// Case-insensitive, as in AWS.
     pub(super) fn parse_many(raw: &str) -> Option<Vec<Action>> {
-        if raw.eq_ignore_ascii_case("iot:*") || raw == "*" {
+        if raw.eq_ignore_ascii_case("iot:*") {
+            return Some(Action::IOT.to_vec());
+        }
+        if raw == "*" {
             return Some(Action::ALL.to_vec());
         }
         Action::ALL
@@ -72,7 +91,7 @@ impl Action {
             | Action::Receive
             | Action::GetRetainedMessage => Some(ResourceKind::Topic),
             Action::Subscribe => Some(ResourceKind::TopicFilter),
-            Action::ListRetainedMessages => None,
+            Action::ListRetainedMessages | Action::Metrics => None,
         }
     }
 }

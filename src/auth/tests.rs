@@ -433,6 +433,8 @@ fn example_config_loads_and_grants_what_it_says() {
         assert!(ops.allows(action, "any/topic", None), "{action:?}");
     }
     assert!(ops.allows(Action::ListRetainedMessages, "", None));
+    assert!(ops.allows(Action::Metrics, "", None));
+    assert!(!device.allows(Action::Metrics, "", Some("sensor-1")));
     assert!(ops.allows(Action::Subscribe, "#", Some("console")));
     assert!(ops.allows(Action::Connect, "console", Some("console")));
     let by_token = auth
@@ -475,4 +477,23 @@ fn client_cert_digests_must_be_hex_and_unique() {
         message.contains("already") && message.contains("\"a\""),
         "{message}"
     );
+}
+
+#[test]
+fn metrics_are_granted_by_their_own_action_or_by_star_but_not_by_iot_star() {
+    let grant = |actions: &str| {
+        let auth = config(&format!(
+            "[[principals]]\nname = \"p\"\napi_tokens_sha256 = [\"{}\"]\n\
+             [[principals.statements]]\neffect = \"Allow\"\nactions = [{actions}]\nresources = [\"*\"]\n",
+            hex::encode(Sha256::digest(b"t"))
+        ))
+        .unwrap();
+        auth.verify_bearer("t")
+            .unwrap()
+            .allows(Action::Metrics, "", None)
+    };
+    assert!(grant("\"retaind:Metrics\""));
+    assert!(grant("\"RETAIND:metrics\""), "case-insensitive, as the iot: actions");
+    assert!(grant("\"*\""));
+    assert!(!grant("\"iot:*\""));
 }

@@ -9,6 +9,7 @@ use super::handle::Broker;
 use super::known_credentials::Known;
 use super::password_checks::{PasswordChecks, REFUSAL_DELAY};
 use crate::auth::{Action, AuthError, Principal};
+use crate::metrics::AuthFailure;
 use crate::mqtt::{self, ConnectAckReason};
 use crate::tls::CertFingerprint;
 use crate::topic::ClientKey;
@@ -75,6 +76,9 @@ async fn check_password(
 ) -> Result<Arc<Principal>, ConnectAckReason> {
     let checks = &broker.inner.password_checks;
     let refused = |reason| async move {
+        if reason == ConnectAckReason::BadUserNameOrPassword {
+            broker.metrics().auth_failure(AuthFailure::mqtt_password);
+        }
         tokio::time::sleep(REFUSAL_DELAY).await;
         Err(reason)
     };

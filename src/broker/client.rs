@@ -26,6 +26,7 @@ use super::subscribe::{self, Subscriber};
 use super::will::Will;
 use crate::auth::Principal;
 use crate::cluster::Restored;
+use crate::metrics::Drop;
 use crate::mqtt::{
     ByteString, Disconnect, DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2,
     PublishAck2Reason, PublishAckReason, QoS,
@@ -135,6 +136,7 @@ impl Client {
                 usize::from(client_window.min(cfg.max_inflight.max(1))),
                 broker.store().clone(),
                 cfg.topic_limits,
+                broker.metrics().clone(),
             ),
             inbound: InboundQos::new(v5, cfg.receive_maximum),
             publish_rate: TokenBucket::new(cfg.max_publish_rate, std::time::Instant::now()),
@@ -254,6 +256,7 @@ impl Client {
         if p.dup && p.qos == QoS::AtMostOnce {
             return Err(End::Close(DisconnectReasonCode::MalformedPacket)); // [MQTT-3.3.1-2]
         }
+        self.broker.metrics().mqtt_received(p.qos as u8);
         let ack = p.packet_id.map(|id| (p.qos, id));
         self.inbound.check_room(ack).map_err(End::Close)?;
         let now = self.broker.store().clock().now_ms();
@@ -285,6 +288,12 @@ impl Client {
             None
         };
         if let Some(reason) = refusal {
+            let why = if reason == PublishAckReason::NotAuthorized {
+                Drop::policy
+            } else {
+                Drop::publish_rate
+            };
+            self.broker.metrics().mqtt_dropped(why, 1);
             let mut state = self.session.state();
             let answer =
                 self.inbound
@@ -380,6 +389,7 @@ impl Client {
                 // Refused and delivered to nobody, like a denied publish. Logged per publish,
                 // so a client past its quota cannot fill the log.
                 tracing::debug!(client = %self.key, %quota, "a retained publish was refused");
+                self.broker.metrics().mqtt_dropped(Drop::quota, 1);
                 Refusal::Dropped(PublishAckReason::QuotaExceeded)
             }
             Err(e) => {

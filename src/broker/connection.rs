@@ -19,6 +19,7 @@ use super::limits::GOODBYE_TIMEOUT;
 use super::remote::Remote;
 use super::settling::Settled;
 use super::stall::{Counted, Gauge, Watch};
+use crate::metrics::Metrics;
 use crate::mqtt::{self, Disconnect, DisconnectReasonCode, Framed, Packet};
 
 /// Inbound publishes waiting for the store before they are acknowledged and routed. Past
@@ -61,6 +62,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = broker.config().clone();
+    let broker_metrics = broker.metrics().clone();
     let io = Counted::new(io);
     let gauge = match remote.uptake {
         Some(uptake) => Gauge::Tcp(uptake),
@@ -98,6 +100,7 @@ where
         last_heard: Instant::now(),
         dirty: false,
         out: Outbox::default(),
+        metrics: broker_metrics,
     };
     let greeted = conn
         .write(Packet::ConnectAck(Box::new(connack)))
@@ -131,6 +134,7 @@ struct Connection<T> {
     last_heard: Instant,
     /// Packets written since the last flush.
     dirty: bool,
+    metrics: Metrics,
     /// What the client's state produced, waiting to be written.
     out: Outbox,
 }
@@ -299,10 +303,17 @@ where
     /// Queues a packet. False when the client's Maximum Packet Size rules it out, which
     /// MQTT 5 says to treat as delivered [MQTT-3.1.2-25].
     async fn write(&mut self, packet: Packet) -> Result<bool, End> {
+        let publish_qos = match &packet {
+            Packet::Publish(p) => Some(p.qos as u8),
+            _ => None,
+        };
         let fed = self.watch.drive(self.framed.feed(packet)).await;
         match fed.map_err(|_| End::Stalled)? {
             Ok(()) => {
                 self.dirty = true;
+                if let Some(qos) = publish_qos {
+                    self.metrics.mqtt_sent(qos);
+                }
                 Ok(true)
             }
             Err(mqtt::Error::Encode(e)) => {

@@ -11,12 +11,14 @@ use tokio_util::task::TaskTracker;
 use super::config::BrokerConfig;
 use super::limits::ConnectionCount;
 use super::message::{Message, Publication};
+use super::observe;
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
 use super::peers;
 use super::registry::{Attached, Session, Sessions};
 use super::session::{SessionLimits, SubOptions};
 use crate::auth::{Authenticator, Principal};
 use crate::cluster::{Cluster, Outgoing, Restored, Routed};
+use crate::metrics::Metrics;
 use crate::store::{self, Owner, Store};
 use crate::topic::{ClientKey, FilterSpec};
 
@@ -39,6 +41,7 @@ pub(super) struct Inner {
     pub password_checks: PasswordChecks,
     /// The other nodes of the service, when this node is one of many.
     pub cluster: Option<Cluster>,
+    pub metrics: Metrics,
 }
 
 impl Broker {
@@ -50,6 +53,7 @@ impl Broker {
         config: BrokerConfig,
         auth: Authenticator,
         cluster: Option<Cluster>,
+        metrics: Metrics,
     ) -> Self {
         let limits = SessionLimits {
             max_queued: config.max_queued_messages,
@@ -60,18 +64,39 @@ impl Broker {
                 store,
                 auth,
                 config,
-                sessions: Sessions::new(limits, cluster.clone()),
+                sessions: Sessions::new(limits, cluster.clone(), metrics.clone()),
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 live: Arc::default(),
                 password_checks: PasswordChecks::new(),
                 cluster,
+                metrics,
             }),
         };
         if let Some(cluster) = &broker.inner.cluster {
             peers::join(&broker, cluster);
         }
+        observe::on_scrape(&broker);
         broker
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// MQTT connections open (counted from their CONNECT), over every listener.
+    pub fn connections(&self) -> usize {
+        self.inner.live.live()
+    }
+
+    /// Sessions held, connected or not.
+    pub fn sessions_held(&self) -> usize {
+        self.inner.sessions.held()
+    }
+
+    /// Subscriptions held by this node's sessions.
+    pub fn subscriptions(&self) -> usize {
+        self.inner.sessions.subscription_count()
     }
 
     /// The other nodes, when this node is one of many.

@@ -24,6 +24,7 @@ mod known_credentials;
 mod limits;
 mod listener;
 mod message;
+mod observe;
 mod outbound;
 mod password_checks;
 mod peers;

@@ -12,6 +12,7 @@ use super::end::End;
 use super::registry::Session;
 use super::retained::{Page, RetainedFeed};
 use super::wire;
+use crate::metrics::{Drop, Metrics};
 use crate::mqtt::{DisconnectReasonCode, Packet, PublishAck2, PublishAck2Reason};
 use crate::store::{self, Store};
 use crate::topic::TopicLimits;
@@ -33,6 +34,7 @@ pub(super) struct Outbound {
     retained: RetainedFeed,
     store: Store,
     topic_limits: TopicLimits,
+    metrics: Metrics,
 }
 
 impl Outbound {
@@ -42,11 +44,13 @@ impl Outbound {
         window: usize,
         store: Store,
         topic_limits: TopicLimits,
+        metrics: Metrics,
     ) -> Self {
         Self {
             session,
             stop,
             window,
+            metrics,
             retained: RetainedFeed::default(),
             store,
             topic_limits,
@@ -63,7 +67,12 @@ impl Outbound {
     pub fn resend(&mut self) -> Vec<(NonZeroU16, Option<Packet>)> {
         let now = self.store.clock().now_ms();
         let may_receive = self.session.receive_check();
-        let unacknowledged = self.session.state().resendable(may_receive);
+        let unacknowledged = {
+            let mut state = self.session.state();
+            let resent = state.resendable(may_receive);
+            state.dropped.report(&self.metrics);
+            resent
+        };
         unacknowledged
             .iter()
             .map(|i| {
@@ -89,13 +98,18 @@ impl Outbound {
             return None;
         }
         let may_receive = self.session.receive_check();
-        let out = self
-            .session
-            .state()
-            .next_outgoing(self.window, may_receive)?;
+        let out = {
+            let mut state = self.session.state();
+            let out = state.next_outgoing(self.window, may_receive);
+            state.dropped.report(&self.metrics);
+            out?
+        };
         let now = self.store.clock().now_ms();
         let packet = wire::publish_packet(&out.delivery, out.packet_id, false, now)
             .map(|p| Packet::Publish(Box::new(p)));
+        if packet.is_none() {
+            self.metrics.mqtt_dropped(Drop::expired, 1);
+        }
         Some(Next {
             packet_id: out.packet_id,
             packet,

@@ -15,6 +15,7 @@ use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
 use crate::auth::{Action, Principal};
 use crate::cluster::{Adopted, Queued, StoredSubscription};
 use crate::cluster::{Cluster, Outgoing, Restored, TakeOver};
+use crate::metrics::Metrics;
 use crate::mqtt::DisconnectReasonCode;
 use crate::topic::{ClientKey, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicName};
@@ -26,6 +27,8 @@ pub(super) struct Sessions {
     limits: SessionLimits,
     /// Told of every filter that gains or loses a subscription, when the node is one of many.
     cluster: Option<Cluster>,
+    /// Where messages no session could take are counted.
+    metrics: Metrics,
 }
 
 #[derive(Default)]
@@ -136,10 +139,13 @@ impl Session {
     }
 
     /// Queues a delivery; hands it back when a connected client's queue is full.
-    fn offer(&self, delivery: Delivery, cluster: Option<&Cluster>) -> Option<Delivery> {
+    fn offer(&self, delivery: Delivery, to: &Sessions) -> Option<Delivery> {
+        let cluster = to.cluster.as_ref();
         let online = self.online.load(Ordering::Acquire);
         let mut state = self.state();
-        match state.enqueue(delivery, online) {
+        let enqueued = state.enqueue(delivery, online);
+        state.dropped.report(&to.metrics);
+        match enqueued {
             Enqueued::Queued => {
                 drop(state);
                 self.wake.notify_one();
@@ -167,12 +173,13 @@ pub(super) struct Attached {
 }
 
 impl Sessions {
-    pub fn new(limits: SessionLimits, cluster: Option<Cluster>) -> Self {
+    pub fn new(limits: SessionLimits, cluster: Option<Cluster>, metrics: Metrics) -> Self {
         Self {
             subscriptions: RwLock::new(SubscriptionTree::new()),
             registry: Mutex::new(Registry::default()),
             limits,
             cluster,
+            metrics,
         }
     }
 
@@ -613,6 +620,16 @@ impl Sessions {
         }
     }
 
+    /// Sessions held, connected or not.
+    pub fn held(&self) -> usize {
+        self.registry().sessions.len()
+    }
+
+    /// Subscriptions held by this node's sessions.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions_read().len()
+    }
+
     /// The client ids of connected sessions and their claims' generations.
     pub fn held_claims(&self) -> Vec<(ClientKey, u64)> {
         self.registry()
@@ -678,7 +695,7 @@ impl Sessions {
                 .collect()
         };
         for (session, delivery) in targets {
-            offer_or_kick(&session, delivery, self.cluster.as_ref());
+            offer_or_kick(&session, delivery, self);
         }
     }
 
@@ -710,18 +727,18 @@ impl Sessions {
             subscription_ids: options.subscription_id.into_iter().collect(),
             message,
         };
-        offer_or_kick(&session, delivery, self.cluster.as_ref());
+        offer_or_kick(&session, delivery, self);
     }
 }
 
 /// Queues a delivery; a connected client whose queue is full is disconnected (MQTT 5: 0x97).
-fn offer_or_kick(session: &Arc<Session>, delivery: Delivery, cluster: Option<&Cluster>) {
-    if let Some(delivery) = session.offer(delivery, cluster) {
+fn offer_or_kick(session: &Arc<Session>, delivery: Delivery, to: &Sessions) {
+    if let Some(delivery) = session.offer(delivery, to) {
         tracing::warn!(client = %session.key, "subscriber is not keeping up; disconnecting it");
         session.kick(DisconnectReasonCode::QuotaExceeded);
         session.online.store(false, Ordering::Release);
         // Offline now: its session drops what does not fit, as for any offline one.
-        let _ = session.offer(delivery, cluster);
+        let _ = session.offer(delivery, to);
     }
 }
 

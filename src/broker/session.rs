@@ -9,6 +9,7 @@ use std::num::NonZeroU16;
 
 use super::inbound_qos::AwaitingRelease;
 use super::message::Delivery;
+use crate::metrics::{Drop, Metrics};
 use crate::store::Qos;
 use crate::topic::{FilterSpec, TopicName};
 
@@ -27,6 +28,35 @@ pub struct SessionLimits {
     pub max_queued: usize,
     /// Payload bytes waiting to be sent.
     pub max_queued_bytes: usize,
+}
+
+/// Messages a session did not deliver, by reason, until they are counted in the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// QoS 0 to a connected client whose queue was full.
+    pub slow_subscriber: u64,
+    /// Any QoS to an offline session whose queue was full.
+    pub queue_full: u64,
+    /// QoS 0 to an offline session, which queues none.
+    pub offline: u64,
+    /// The client's principal may no longer receive the topic.
+    pub policy: u64,
+}
+
+impl Dropped {
+    #[cfg(test)]
+    pub fn total(&self) -> u64 {
+        self.slow_subscriber + self.queue_full + self.offline + self.policy
+    }
+
+    /// Adds these to the metrics and starts again from zero.
+    pub fn report(&mut self, metrics: &Metrics) {
+        let d = std::mem::take(self);
+        metrics.mqtt_dropped(Drop::slow_subscriber, d.slow_subscriber);
+        metrics.mqtt_dropped(Drop::queue_full, d.queue_full);
+        metrics.mqtt_dropped(Drop::offline, d.offline);
+        metrics.mqtt_dropped(Drop::policy, d.policy);
+    }
 }
 
 /// What became of a message offered to a session.
@@ -73,8 +103,8 @@ pub struct SessionState {
     /// What the client sends us at QoS 2; `inbound_qos` keeps it.
     awaiting_release: AwaitingRelease,
     limits: SessionLimits,
-    /// Messages dropped by policy since the last report.
-    pub dropped: u64,
+    /// Messages dropped since they were last counted in the metrics, by reason.
+    pub dropped: Dropped,
     /// Offline, with its queue in Postgres (a node of many).
     spool: Spool,
 }
@@ -102,7 +132,7 @@ impl SessionState {
             last_packet_id: 0,
             awaiting_release: AwaitingRelease::default(),
             limits,
-            dropped: 0,
+            dropped: Dropped::default(),
             spool: Spool::Off,
         }
     }
@@ -196,13 +226,13 @@ impl SessionState {
     pub fn enqueue(&mut self, delivery: Delivery, online: bool) -> Enqueued {
         let qos0 = delivery.qos == Qos::AtMostOnce;
         if qos0 && !online {
-            self.dropped += 1;
+            self.dropped.offline += 1;
             return Enqueued::Dropped;
         }
         let stored = match &mut self.spool {
             Spool::On(stored) => {
                 if *stored >= self.limits.max_queued {
-                    self.dropped += 1;
+                    self.dropped.queue_full += 1;
                     return Enqueued::Dropped;
                 }
                 *stored += 1;
@@ -215,8 +245,14 @@ impl SessionState {
         let full = self.queue.len() + stored >= self.limits.max_queued
             || self.queued_bytes + size > self.limits.max_queued_bytes;
         if full {
-            if qos0 || !online {
-                self.dropped += 1;
+            if online {
+                // QoS 0 only: a QoS 1 or 2 message is handed back (`Full`).
+                if qos0 {
+                    self.dropped.slow_subscriber += 1;
+                    return Enqueued::Dropped;
+                }
+            } else {
+                self.dropped.queue_full += 1;
                 return Enqueued::Dropped;
             }
             return Enqueued::Full(delivery);
@@ -248,7 +284,7 @@ impl SessionState {
             if may_receive(&delivery.message.topic) {
                 break delivery;
             }
-            self.dropped += 1;
+            self.dropped.policy += 1;
         };
         if delivery.qos == Qos::AtMostOnce {
             return Some(Outgoing {
@@ -361,7 +397,7 @@ impl SessionState {
             .collect();
         for id in denied {
             self.forget(id);
-            self.dropped += 1;
+            self.dropped.policy += 1;
         }
         self.inflight.iter().cloned().collect()
     }
@@ -450,7 +486,7 @@ mod tests {
             s.enqueue(delivery("d", Qos::AtLeastOnce), false),
             Enqueued::Dropped
         ));
-        assert_eq!(s.dropped, 2);
+        assert_eq!(s.dropped.total(), 2);
     }
 
     #[test]
@@ -559,7 +595,7 @@ mod tests {
             .map(|o| o.delivery.message.topic.as_str().to_owned())
             .collect();
         assert_eq!(sent, ["open", "open"]);
-        assert_eq!((s.inflight(), s.dropped), (2, 1));
+        assert_eq!((s.inflight(), s.dropped.policy), (2, 1));
     }
 
     #[test]

@@ -1,0 +1,40 @@
+//! What `/metrics` reads from the broker, and from the cluster through it, at each scrape.
+
+use std::sync::Arc;
+
+use super::handle::Broker;
+use crate::metrics::ClusterCounters;
+
+/// Registers the broker's probe. It holds the broker weakly: the metrics, which the broker
+/// holds, must not keep a stopped broker alive.
+pub(super) fn on_scrape(broker: &Broker) {
+    let weak = Arc::downgrade(&broker.inner);
+    broker.metrics().on_scrape(move |m| {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let broker = Broker { inner };
+        let g = m.gauges();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        g.mqtt_connections.set(count(broker.connections()));
+        g.mqtt_sessions.set(count(broker.sessions_held()));
+        g.mqtt_subscriptions.set(count(broker.subscriptions()));
+        let Some(cluster) = broker.cluster() else {
+            g.cluster_nodes.set(1);
+            return;
+        };
+        g.cluster_nodes.set(count(cluster.live_nodes()));
+        let (s, c) = (cluster.stats(), m.cluster());
+        for (counter, total) in [
+            (&c.forwarded, s.forwarded),
+            (&c.nats_messages, s.nats_messages),
+            (&c.not_forwarded, s.not_forwarded),
+            (&c.dropped, s.dropped),
+            (&c.received, s.received),
+            (&c.duplicates, s.duplicates),
+            (&c.slow_consumer_events, s.slow_consumer_events),
+        ] {
+            ClusterCounters::catch_up(counter, total);
+        }
+    });
+}

@@ -1,0 +1,85 @@
+//! The label sets of the metrics: few values each, so that no client can make the page grow.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+
+/// `operation` and `status` of an HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub operation: String,
+    pub status: u16,
+}
+
+impl HttpLabels {
+    pub fn new(operation: &str, status: u16) -> Self {
+        Self {
+            operation: operation.to_owned(),
+            status,
+        }
+    }
+}
+
+/// The AWS operation (`Publish`), or for other routes their template (`/readyz`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: String,
+}
+
+impl OperationLabel {
+    pub fn new(operation: &str) -> Self {
+        Self {
+            operation: operation.to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QosLabel {
+    pub qos: u8,
+}
+
+/// Why credentials were refused.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AuthFailure {
+    /// An HTTP request to an operation without any credentials.
+    missing,
+    /// An AWS access key, bearer token or client certificate no principal holds.
+    unknown_credentials,
+    /// A SigV4 signature that does not match, or a request too far from the server's clock.
+    bad_signature,
+    /// An Authorization header or presigned URL that does not parse.
+    malformed,
+    /// An MQTT user name and password that match no principal.
+    mqtt_password,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct AuthFailureLabel {
+    pub kind: AuthFailure,
+}
+
+/// Why a message did not reach a session, or a publish was refused.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Drop {
+    /// QoS 0 to a connected client whose queue was full (a slow subscriber; one that cannot
+    /// take QoS 1 or 2 is disconnected instead, MQTT 5 0x97).
+    slow_subscriber,
+    /// Any QoS to an offline session whose queue was full.
+    queue_full,
+    /// QoS 0 to an offline session, which queues none.
+    offline,
+    /// The client's principal may not receive the topic, or a publisher's may not publish it.
+    policy,
+    /// A retained publish over its principal's quota.
+    quota,
+    /// A publish over `--mqtt-max-publish-rate`.
+    publish_rate,
+    /// Its Message Expiry Interval ran out before it was sent.
+    expired,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct DropLabel {
+    pub reason: Drop,
+}

@@ -1,0 +1,307 @@
+//! What an operator scrapes: `GET /metrics` in the Prometheus text format (decision 015).
+//!
+//! One [`Metrics`] per server, a cheap `Clone` handle that every layer records into; no
+//! global registry, so servers sharing a process (the tests start several) count apart.
+//! Counters and histograms are kept as events happen. Values another part already holds (the
+//! connections open, the retained messages stored, a node's cluster counts) are read when the
+//! page is scraped, by the probes the app registers ([`Metrics::on_scrape`]).
+
+mod labels;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+pub use labels::{AuthFailure, Drop, HttpLabels, OperationLabel, QosLabel};
+
+/// The `Content-Type` of the page.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// The metrics of one server.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    probes: Mutex<Vec<Probe>>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<OperationLabel, Histogram>,
+    http_throttled: Family<OperationLabel, Counter>,
+    auth_failures: Family<labels::AuthFailureLabel, Counter>,
+    mqtt_received: Family<QosLabel, Counter>,
+    mqtt_sent: Family<QosLabel, Counter>,
+    mqtt_dropped: Family<labels::DropLabel, Counter>,
+    gauges: Gauges,
+    cluster: ClusterCounters,
+}
+
+/// Values set by the probes just before each scrape.
+#[derive(Default)]
+pub struct Gauges {
+    pub mqtt_connections: Gauge,
+    pub mqtt_sessions: Gauge,
+    pub mqtt_subscriptions: Gauge,
+    pub retained_messages: Gauge,
+    pub cluster_nodes: Gauge,
+}
+
+/// A node's traffic with the others, copied from its own counts at each scrape.
+#[derive(Default)]
+pub struct ClusterCounters {
+    pub forwarded: Counter,
+    pub nats_messages: Counter,
+    pub not_forwarded: Counter,
+    pub dropped: Counter,
+    pub received: Counter,
+    pub duplicates: Counter,
+    pub slow_consumer_events: Counter,
+}
+
+impl ClusterCounters {
+    /// Raises `counter` to `total`, a count kept elsewhere that only grows.
+    pub fn catch_up(counter: &Counter, total: u64) {
+        let now = counter.get();
+        if total > now {
+            counter.inc_by(total - now);
+        }
+    }
+}
+
+type Probe = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+/// HTTP latencies from 0.5 ms to about 16 s.
+fn http_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    /// A registry with every metric of the server, `version` in `retaind_build_info`.
+    pub fn new(version: &str) -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration =
+            Family::<OperationLabel, Histogram>::new_with_constructor(http_histogram as fn() -> _);
+        let http_throttled = Family::<OperationLabel, Counter>::default();
+        let auth_failures = Family::default();
+        let mqtt_received = Family::<QosLabel, Counter>::default();
+        let mqtt_sent = Family::<QosLabel, Counter>::default();
+        let mqtt_dropped = Family::default();
+        let gauges = Gauges::default();
+        let cluster = ClusterCounters::default();
+        let r = &mut registry;
+        r.register(
+            "retaind_build",
+            "The running build: its version",
+            Info::new(vec![("version".to_owned(), version.to_owned())]),
+        );
+        r.register(
+            "retaind_http_requests",
+            "HTTP requests answered, by operation (AWS operation name, or route) and status",
+            http_requests.clone(),
+        );
+        r.register(
+            "retaind_http_request_duration_seconds",
+            "Time from a request's arrival to its response, by operation",
+            http_duration.clone(),
+        );
+        r.register(
+            "retaind_http_throttled_requests",
+            "Requests refused with 429 by a per-principal rate, by operation",
+            http_throttled.clone(),
+        );
+        r.register(
+            "retaind_auth_failures",
+            "Requests and MQTT connections refused for their credentials, by kind",
+            auth_failures.clone(),
+        );
+        r.register(
+            "retaind_mqtt_messages_received",
+            "PUBLISH packets received from MQTT clients, by QoS",
+            mqtt_received.clone(),
+        );
+        r.register(
+            "retaind_mqtt_messages_sent",
+            "PUBLISH packets sent to MQTT clients (first sends and resends), by QoS",
+            mqtt_sent.clone(),
+        );
+        r.register(
+            "retaind_mqtt_messages_dropped",
+            "Messages not delivered to a session, by reason",
+            mqtt_dropped.clone(),
+        );
+        r.register(
+            "retaind_mqtt_connections",
+            "MQTT connections open, over every listener",
+            gauges.mqtt_connections.clone(),
+        );
+        r.register(
+            "retaind_mqtt_sessions",
+            "MQTT sessions held, connected or not",
+            gauges.mqtt_sessions.clone(),
+        );
+        r.register(
+            "retaind_mqtt_subscriptions",
+            "MQTT subscriptions held by sessions on this node",
+            gauges.mqtt_subscriptions.clone(),
+        );
+        r.register(
+            "retaind_retained_messages",
+            "Retained messages stored (the whole store, shared by every node on it)",
+            gauges.retained_messages.clone(),
+        );
+        r.register(
+            "retaind_cluster_nodes",
+            "Live nodes of the service, this one included (1 without --cluster-url)",
+            gauges.cluster_nodes.clone(),
+        );
+        let c = &cluster;
+        for (name, help, counter) in [
+            (
+                "retaind_cluster_forwarded_messages",
+                "Publishes this node sent to NATS for other nodes",
+                &c.forwarded,
+            ),
+            (
+                "retaind_cluster_nats_messages",
+                "NATS messages those publishes went in (several per message when batched)",
+                &c.nats_messages,
+            ),
+            (
+                "retaind_cluster_unforwarded_messages",
+                "Publishes no other node wanted, so not sent to NATS",
+                &c.not_forwarded,
+            ),
+            (
+                "retaind_cluster_dropped_messages",
+                "Publishes for other nodes dropped because the outbox to NATS was full",
+                &c.dropped,
+            ),
+            (
+                "retaind_cluster_received_messages",
+                "Publishes received from other nodes",
+                &c.received,
+            ),
+            (
+                "retaind_cluster_duplicate_messages",
+                "Extra copies received through overlapping subscriptions, dropped",
+                &c.duplicates,
+            ),
+            (
+                "retaind_cluster_slow_consumer_events",
+                "Times NATS dropped messages to this node because it read too slowly",
+                &c.slow_consumer_events,
+            ),
+        ] {
+            r.register(name, help, counter.clone());
+        }
+        Self(Arc::new(Inner {
+            registry,
+            probes: Mutex::new(Vec::new()),
+            http_requests,
+            http_duration,
+            http_throttled,
+            auth_failures,
+            mqtt_received,
+            mqtt_sent,
+            mqtt_dropped,
+            gauges,
+            cluster,
+        }))
+    }
+
+    /// Runs `probe` before every scrape, to set what is read rather than counted.
+    pub fn on_scrape(&self, probe: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.probes().push(Box::new(probe));
+    }
+
+    /// The page: every metric, after the probes have run.
+    pub fn render(&self) -> String {
+        for probe in self.probes().iter() {
+            probe(self);
+        }
+        let mut page = String::new();
+        // Writing into a String does not fail.
+        let _ = prometheus_text::encode(&mut page, &self.0.registry);
+        page
+    }
+
+    fn probes(&self) -> std::sync::MutexGuard<'_, Vec<Probe>> {
+        self.0
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn gauges(&self) -> &Gauges {
+        &self.0.gauges
+    }
+
+    pub fn cluster(&self) -> &ClusterCounters {
+        &self.0.cluster
+    }
+
+    /// An HTTP request was answered.
+    pub fn http_request(&self, operation: &str, status: u16, took: Duration) {
+        self.0
+            .http_requests
+            .get_or_create(&HttpLabels::new(operation, status))
+            .inc();
+        self.0
+            .http_duration
+            .get_or_create(&OperationLabel::new(operation))
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn http_throttled(&self, operation: &str) {
+        self.0
+            .http_throttled
+            .get_or_create(&OperationLabel::new(operation))
+            .inc();
+    }
+
+    pub fn auth_failure(&self, kind: AuthFailure) {
+        self.0
+            .auth_failures
+            .get_or_create(&labels::AuthFailureLabel { kind })
+            .inc();
+    }
+
+    pub fn mqtt_received(&self, qos: u8) {
+        self.0.mqtt_received.get_or_create(&QosLabel { qos }).inc();
+    }
+
+    pub fn mqtt_sent(&self, qos: u8) {
+        self.0.mqtt_sent.get_or_create(&QosLabel { qos }).inc();
+    }
+
+    pub fn mqtt_dropped(&self, reason: Drop, count: u64) {
+        if count > 0 {
+            self.0
+                .mqtt_dropped
+                .get_or_create(&labels::DropLabel { reason })
+                .inc_by(count);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(env!("CARGO_PKG_VERSION"))
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

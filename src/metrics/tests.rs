@@ -1,0 +1,107 @@
+use std::time::Duration;
+
+use super::*;
+
+fn sample<'a>(page: &'a str, series: &str) -> Option<&'a str> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+}
+
+#[test]
+fn the_page_counts_what_was_recorded_in_the_prometheus_text_format() {
+    let m = Metrics::new("1.2.3");
+    m.http_request("Publish", 200, Duration::from_millis(3));
+    m.http_request("Publish", 200, Duration::from_millis(1));
+    m.http_request("Publish", 429, Duration::from_micros(100));
+    m.http_throttled("Publish");
+    m.auth_failure(AuthFailure::bad_signature);
+    m.mqtt_received(1);
+    m.mqtt_dropped(Drop::queue_full, 0);
+    m.mqtt_dropped(Drop::policy, 2);
+    m.on_scrape(|m| {
+        m.gauges().mqtt_connections.set(7);
+    });
+    let page = m.render();
+    assert_eq!(
+        sample(&page, r#"retaind_build_info{version="1.2.3"}"#),
+        Some("1")
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"retaind_http_requests_total{operation="Publish",status="200"}"#
+        ),
+        Some("2")
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"retaind_http_requests_total{operation="Publish",status="429"}"#
+        ),
+        Some("1")
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"retaind_http_request_duration_seconds_count{operation="Publish"}"#
+        ),
+        Some("3")
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"retaind_http_request_duration_seconds_bucket{operation="Publish",le="0.002"}"#
+        ),
+        Some("2"),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"retaind_auth_failures_total{kind="bad_signature"}"#
+        ),
+        Some("1")
+    );
+    assert_eq!(
+        sample(&page, r#"retaind_mqtt_messages_received_total{qos="1"}"#),
+        Some("1")
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"retaind_mqtt_messages_dropped_total{reason="policy"}"#
+        ),
+        Some("2")
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"retaind_mqtt_messages_dropped_total{reason="queue_full"}"#
+        ),
+        None,
+        "a drop of nothing makes no series"
+    );
+    assert_eq!(sample(&page, "retaind_mqtt_connections"), Some("7"));
+    assert!(page.contains("# TYPE retaind_http_requests_total counter"));
+}
+
+#[test]
+fn a_count_kept_elsewhere_is_caught_up_never_lowered() {
+    let c = Counter::default();
+    ClusterCounters::catch_up(&c, 5);
+    ClusterCounters::catch_up(&c, 5);
+    assert_eq!(c.get(), 5);
+    ClusterCounters::catch_up(&c, 3);
+    assert_eq!(c.get(), 5);
+}
+
+#[test]
+fn two_servers_in_one_process_count_apart() {
+    let (a, b) = (Metrics::default(), Metrics::default());
+    a.mqtt_sent(0);
+    assert!(
+        a.render()
+            .contains(r#"retaind_mqtt_messages_sent_total{qos="0"} 1"#)
+    );
+    assert!(!b.render().contains("retaind_mqtt_messages_sent_total{"));
+}
