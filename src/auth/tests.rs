@@ -493,7 +493,10 @@ fn metrics_are_granted_by_their_own_action_or_by_star_but_not_by_iot_star() {
             .allows(Action::Metrics, "", None)
     };
     assert!(grant("\"retaind:Metrics\""));
-    assert!(grant("\"RETAIND:metrics\""), "case-insensitive, as the iot: actions");
+    assert!(
+        grant("\"RETAIND:metrics\""),
+        "case-insensitive, as the iot: actions"
+    );
     assert!(grant("\"*\""));
     assert!(!grant("\"iot:*\""));
 }
