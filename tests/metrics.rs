@@ -120,6 +120,29 @@ async fn counters_move_by_exactly_the_workload_on_both_stores() {
             0.0,
             "no principals, no refusals"
         );
+        // The three retained publishes, however they were grouped into commits.
+        assert_eq!(m("retaind_store_write_batch_size_sum{}"), 3.0);
+        let batches = m("retaind_store_write_batch_size_count{}");
+        assert!((1.0..=3.0).contains(&batches), "{batches} batches");
+        assert_eq!(
+            m("retaind_store_write_batch_duration_seconds_count{}"),
+            batches
+        );
+        // The one GetRetainedMessage: a hit, a miss, or past the cache while it is not trusted.
+        let lookups: f64 = ["hit", "miss", "bypass"]
+            .iter()
+            .map(|r| m(&format!("retaind_store_cache_lookups_total{{result={r}}}")))
+            .sum();
+        assert_eq!(lookups, 1.0);
+        let pool = at(&after, "retaind_store_pool_connections{state=idle}")
+            + at(&after, "retaind_store_pool_connections{state=in_use}");
+        assert!(pool >= 1.0, "{pool} pool connections");
+        assert!(
+            !after
+                .keys()
+                .any(|k| k.starts_with("retaind_store_errors_total")),
+            "no store errors"
+        );
     }
 }
 

@@ -113,6 +113,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     )
     .await
     .map_err(store_err)?;
+    let metrics = Metrics::default();
     let store = Store::new(
         backend,
         clock,
@@ -124,6 +125,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_messages: (config.max_retained_messages > 0)
                 .then_some(config.max_retained_messages),
             write_lanes: usize::from(config.db_write_lanes),
+            metrics: metrics.clone(),
         },
     );
     let tokens = PageTokens::new(&store.token_key().await.map_err(store_err)?);
@@ -146,7 +148,6 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             .await?,
         ),
     };
-    let metrics = Metrics::default();
     let broker = Broker::new(
         store.clone(),
         BrokerConfig {

@@ -459,8 +459,16 @@ mod tests {
     #[test]
     fn star_resource_and_star_action_allow_everything() {
         let p = allow(&["iot:*"], &["*"]);
-        for action in Action::ALL {
+        for action in Action::IOT {
             assert!(p.allows(action, "x/y", Some("c")), "{action:?}");
+        }
+        assert!(
+            !p.allows(Action::Metrics, "", None),
+            "iot:* is the AWS IoT actions only"
+        );
+        let everything = allow(&["*"], &["*"]);
+        for action in Action::ALL {
+            assert!(everything.allows(action, "x/y", Some("c")), "{action:?}");
         }
     }
 

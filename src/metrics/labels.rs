@@ -83,3 +83,30 @@ pub enum Drop {
 pub(super) struct DropLabel {
     pub reason: Drop,
 }
+
+/// What the read cache did for a point read.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CacheResult {
+    hit,
+    miss,
+    /// Not trusted now (a write batch unsettled, a purge running, the change feed lost).
+    bypass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct CacheLabel {
+    pub result: CacheResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct StoreErrorLabel {
+    pub work: String,
+    pub kind: String,
+}
+
+/// `state` of the pool's connections: `idle` or `in_use`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub state: &'static str,
+}

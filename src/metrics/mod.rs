@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-pub use labels::{AuthFailure, Drop, HttpLabels, OperationLabel, QosLabel};
+pub use labels::{AuthFailure, CacheResult, Drop, HttpLabels, OperationLabel, PoolLabel, QosLabel};
 
 /// The `Content-Type` of the page.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -38,6 +38,10 @@ struct Inner {
     mqtt_received: Family<QosLabel, Counter>,
     mqtt_sent: Family<QosLabel, Counter>,
     mqtt_dropped: Family<labels::DropLabel, Counter>,
+    store_batch_size: Histogram,
+    store_batch_duration: Histogram,
+    store_cache: Family<labels::CacheLabel, Counter>,
+    store_errors: Family<labels::StoreErrorLabel, Counter>,
     gauges: Gauges,
     cluster: ClusterCounters,
 }
@@ -50,6 +54,7 @@ pub struct Gauges {
     pub mqtt_subscriptions: Gauge,
     pub retained_messages: Gauge,
     pub cluster_nodes: Gauge,
+    pub store_pool_connections: Family<labels::PoolLabel, Gauge>,
 }
 
 /// A node's traffic with the others, copied from its own counts at each scrape.
@@ -93,6 +98,10 @@ impl Metrics {
         let mqtt_received = Family::<QosLabel, Counter>::default();
         let mqtt_sent = Family::<QosLabel, Counter>::default();
         let mqtt_dropped = Family::default();
+        let store_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        let store_batch_duration = http_histogram();
+        let store_cache = Family::default();
+        let store_errors = Family::default();
         let gauges = Gauges::default();
         let cluster = ClusterCounters::default();
         let r = &mut registry;
@@ -135,6 +144,31 @@ impl Metrics {
             "retaind_mqtt_messages_dropped",
             "Messages not delivered to a session, by reason",
             mqtt_dropped.clone(),
+        );
+        r.register(
+            "retaind_store_write_batch_size",
+            "Writes per group commit",
+            store_batch_size.clone(),
+        );
+        r.register(
+            "retaind_store_write_batch_duration_seconds",
+            "Time a group commit took in the database, until it committed, failed or timed out",
+            store_batch_duration.clone(),
+        );
+        r.register(
+            "retaind_store_cache_lookups",
+            "Point reads (GetRetainedMessage) by what the read cache did: hit, miss, or bypass while it cannot be trusted",
+            store_cache.clone(),
+        );
+        r.register(
+            "retaind_store_errors",
+            "Store calls that failed, by work (write batch, read batch, ...) and kind",
+            store_errors.clone(),
+        );
+        r.register(
+            "retaind_store_pool_connections",
+            "Database connections of the shared pool, by state (idle, in_use)",
+            gauges.store_pool_connections.clone(),
         );
         r.register(
             "retaind_mqtt_connections",
@@ -211,6 +245,10 @@ impl Metrics {
             mqtt_received,
             mqtt_sent,
             mqtt_dropped,
+            store_batch_size,
+            store_batch_duration,
+            store_cache,
+            store_errors,
             gauges,
             cluster,
         }))
@@ -279,6 +317,29 @@ impl Metrics {
 
     pub fn mqtt_sent(&self, qos: u8) {
         self.0.mqtt_sent.get_or_create(&QosLabel { qos }).inc();
+    }
+
+    /// A group commit of `writes` writes took `took`.
+    pub fn store_batch(&self, writes: usize, took: Duration) {
+        self.0.store_batch_size.observe(writes as f64);
+        self.0.store_batch_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn store_cache(&self, result: CacheResult) {
+        self.0
+            .store_cache
+            .get_or_create(&labels::CacheLabel { result })
+            .inc();
+    }
+
+    pub fn store_error(&self, work: &'static str, kind: &'static str) {
+        self.0
+            .store_errors
+            .get_or_create(&labels::StoreErrorLabel {
+                work: work.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     pub fn mqtt_dropped(&self, reason: Drop, count: u64) {

@@ -149,6 +149,11 @@ pub trait RetainedStore: Send + Sync + 'static {
     fn change_feed(&self) -> Option<Box<dyn ChangeFeed>> {
         None
     }
+
+    /// The shared pool's connections: how many are open, and how many of those are idle.
+    fn pool_connections(&self) -> Option<(u32, usize)> {
+        None
+    }
 }
 
 /// A stream of [`Change`]s that never ends: it reconnects by itself and says when it could not

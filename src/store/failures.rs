@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
+use crate::metrics::Metrics;
 
 /// How long after a fully logged failure others of its kind are only counted.
 pub(super) const WINDOW: Duration = Duration::from_secs(10);
@@ -21,6 +22,8 @@ pub(super) const WINDOW: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(super) struct Failures {
     windows: Mutex<HashMap<Kind, Window>>,
+    /// Every failure is counted there, logged or not.
+    metrics: Metrics,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,8 +41,11 @@ struct Window {
 impl Failures {
     /// Starts the task that writes the summaries; it ends with `stop` or when the last
     /// reference to the log goes.
-    pub(super) fn start(stop: CancellationToken) -> Arc<Self> {
-        let failures = Arc::new(Self::default());
+    pub(super) fn start(stop: CancellationToken, metrics: Metrics) -> Arc<Self> {
+        let failures = Arc::new(Self {
+            windows: Mutex::default(),
+            metrics,
+        });
         tokio::spawn(summarise(Arc::downgrade(&failures), stop));
         failures
     }
@@ -52,6 +58,14 @@ impl Failures {
             Error::QuotaExceeded(_) | Error::Closed => return,
         };
         let kind = Kind { work, unavailable };
+        self.metrics.store_error(
+            work,
+            match error {
+                Error::Unavailable(_) => "unavailable",
+                Error::Refused(_) => "refused",
+                _ => "internal",
+            },
+        );
         let mut windows = self.windows();
         match windows.get_mut(&kind) {
             Some(window) => {
@@ -157,6 +171,14 @@ mod tests {
         failures.record("read batch", &unavailable());
         assert_eq!(counted(&failures, "write batch"), Some(999));
         assert_eq!(counted(&failures, "read batch"), Some(0));
+        // The metrics count every one, logged or not.
+        let page = failures.metrics.render();
+        assert!(
+            page.contains(
+                r#"retaind_store_errors_total{work="write batch",kind="unavailable"} 1000"#
+            ),
+            "{page}"
+        );
     }
 
     #[test]

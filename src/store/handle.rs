@@ -15,10 +15,11 @@ use super::write_lanes::WriteLanes;
 use super::{
     Change, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary, Write,
 };
+use crate::metrics::{CacheResult, Metrics, PoolLabel};
 use crate::topic::TopicName;
 
 /// Tuning for a [`Store`] handle.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Deadline for any one database call; past it the caller gets [`Error::Unavailable`].
     pub timeout: Duration,
@@ -32,6 +33,8 @@ pub struct StoreOptions {
     /// by hash (so each topic's writes stay in order). More than one lets the database use
     /// more than one core for writes, at the price of smaller batches.
     pub write_lanes: usize,
+    /// Where batches, cache lookups, failures and the pool are counted (`/metrics`).
+    pub metrics: Metrics,
 }
 
 impl Default for StoreOptions {
@@ -42,6 +45,7 @@ impl Default for StoreOptions {
             cache_bytes: 64 << 20,
             max_messages: None,
             write_lanes: 1,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -86,6 +90,7 @@ struct Inner {
     clock: Clock,
     timeout: Duration,
     failures: Arc<Failures>,
+    metrics: Metrics,
     /// Stops the change-feed follower and the failure summaries when the last handle goes.
     stop: CancellationToken,
 }
@@ -112,7 +117,8 @@ impl Store {
     pub fn new(backend: Arc<dyn RetainedStore>, clock: Clock, options: StoreOptions) -> Self {
         let timeout = options.timeout;
         let stop = CancellationToken::new();
-        let failures = Failures::start(stop.clone());
+        let failures = Failures::start(stop.clone(), options.metrics.clone());
+        observe_pool(&options.metrics, &backend);
         let cache = (options.cache_bytes > 0).then(|| {
             let feed = backend.change_feed();
             let cache = Arc::new(ReadCache::new(options.cache_bytes, feed.is_none()));
@@ -125,6 +131,7 @@ impl Store {
             timeout,
             max_messages: options.max_messages,
             failures: failures.clone(),
+            metrics: options.metrics.clone(),
         };
         let writes = Arc::new(WriteLanes::spawn(
             options.write_lanes,
@@ -155,6 +162,7 @@ impl Store {
                 clock,
                 timeout,
                 failures,
+                metrics: options.metrics,
                 stop,
             }),
         }
@@ -196,15 +204,20 @@ impl Store {
             None => self.read(topic).await?,
             Some(cache) => match cache.lookup(&topic).await {
                 Lookup::Hit(cached) => {
+                    self.inner.metrics.store_cache(CacheResult::hit);
                     let now = self.inner.clock.now_ms();
                     unexpired(cached, now).map(|m| RetainedMessage::clone(&m))
                 }
                 Lookup::Miss(fill) => {
+                    self.inner.metrics.store_cache(CacheResult::miss);
                     let found = self.read(topic).await?;
                     fill.fill(found.clone().map(Arc::new));
                     found
                 }
-                Lookup::Bypass => self.read(topic).await?,
+                Lookup::Bypass => {
+                    self.inner.metrics.store_cache(CacheResult::bypass);
+                    self.read(topic).await?
+                }
             },
         };
         if let Some(msg) = &found {
@@ -433,4 +446,20 @@ async fn read_batch(
             vec![Err(e); topics.len()]
         }
     }
+}
+
+/// The shared pool's connections, read at each scrape. The backend is held weakly: the
+/// metrics outlive the store.
+fn observe_pool(metrics: &Metrics, backend: &Arc<dyn RetainedStore>) {
+    let backend = Arc::downgrade(backend);
+    metrics.on_scrape(move |m| {
+        let Some((size, idle)) = backend.upgrade().and_then(|b| b.pool_connections()) else {
+            return;
+        };
+        let pool = &m.gauges().store_pool_connections;
+        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+        pool.get_or_create(&PoolLabel { state: "idle" }).set(idle);
+        pool.get_or_create(&PoolLabel { state: "in_use" })
+            .set((i64::from(size) - idle).max(0));
+    });
 }

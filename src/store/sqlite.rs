@@ -405,4 +405,9 @@ impl RetainedStore for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
+
+    /// The readers' pool: the writer is one connection of its own.
+    fn pool_connections(&self) -> Option<(u32, usize)> {
+        Some((self.reader.size(), self.reader.num_idle()))
+    }
 }

@@ -22,6 +22,7 @@ use super::cache::ReadCache;
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::failures::Failures;
 use super::{Clock, Error, OwnedWrite, RetainedStore, Write};
+use crate::metrics::Metrics;
 
 /// Writes in one group commit at most. Large enough to amortise the commit, small enough that
 /// one batch's statement stays well within a single round trip.
@@ -38,6 +39,7 @@ pub(super) struct LaneSettings {
     /// Most retained messages the whole store may keep.
     pub(super) max_messages: Option<u64>,
     pub(super) failures: Arc<Failures>,
+    pub(super) metrics: Metrics,
 }
 
 /// Starts a lane. One batch in flight: a lane's batches commit in arrival order, so the last
@@ -74,6 +76,7 @@ pub(super) fn spawn(
                 (writes, results)
             });
             let finished = tokio::time::timeout_at(deadline, &mut work).await;
+            settings.metrics.store_batch(n, started.elapsed());
             // How well writes coalesce, for tuning: RUST_LOG=retaind::store=debug.
             tracing::debug!(
                 writes = n,

@@ -377,4 +377,8 @@ impl RetainedStore for PostgresStore {
             self.node.clone(),
         )))
     }
+
+    fn pool_connections(&self) -> Option<(u32, usize)> {
+        Some((self.pool.size(), self.pool.num_idle()))
+    }
 }
