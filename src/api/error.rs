@@ -48,6 +48,8 @@ pub enum ApiError {
     Unavailable(#[source] store::Error),
     #[error("internal failure")]
     Internal(#[source] store::Error),
+    #[error("internal error: the server logged it with this response's x-amzn-RequestId")]
+    Panicked,
     /// A part the service needs besides the store is missing (`/readyz`).
     #[error("{0}")]
     NotReady(&'static str),
@@ -96,7 +98,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailableException",
             ),
-            Self::Internal(_) => (
+            Self::Internal(_) | Self::Panicked => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalFailureException",
             ),

@@ -38,6 +38,7 @@ use axum::body::Body;
 use axum::http::{Method, Uri};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodRouter, get, post};
+use tower_http::catch_panic::CatchPanicLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ApiError, ErrorBody};
@@ -55,6 +56,12 @@ use throttle::RouteThrottle;
 use topic_path::TopicPath;
 
 pub fn router(state: ApiState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] with `extra` routes served under the same layers (request ids and logs, metrics,
+/// the host and target checks, panics answered as 500): for tests.
+pub fn router_with(state: ApiState, extra: Router<ApiState>) -> Router {
     // The AWS operations need credentials when principals are configured. The probes, the
     // OpenAPI document, the console's files (which hold no data) and its session-info (which
     // says only whether to sign in) do not; MQTT over WebSocket authenticates in its CONNECT,
@@ -98,15 +105,21 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(operations)
         .merge(websocket)
+        .merge(extra)
         .route("/", get(console::index))
         .route("/console/session-info", get(console::session_info))
         .route("/console/{file}", get(console::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        // A panic in a route is answered inside `record_route`, so its 500 is counted under
+        // its operation; the outer layer below answers one anywhere else (the fallbacks).
+        .route_layer(CatchPanicLayer::custom(request_context::panicked))
         .route_layer(from_fn(request_context::record_route))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        // Inside `request_context`: the 500 gets the request's id and access-log line.
+        .layer(CatchPanicLayer::custom(request_context::panicked))
         .layer(from_fn_with_state(
             state.clone(),
             request_context::request_context,

@@ -9,9 +9,10 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::payload::drain;
-use super::{ApiState, browser, request_target};
+use super::{ApiError, ApiState, browser, request_target};
 
 /// The id of the request being served; also the `traceId` Publish answers with.
 #[derive(Debug, Clone)]
@@ -35,12 +36,15 @@ pub async fn request_context(
     let method = req.method().clone();
     let started = Instant::now();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let refusal =
-        browser::host_refusal(&state, &req).or_else(|| request_target::fragment_refusal(&req));
+    // Every line logged while the request is served carries its id.
+    let span = tracing::info_span!("http", request_id = %id);
+    let refusal = span.in_scope(|| {
+        browser::host_refusal(&state, &req).or_else(|| request_target::fragment_refusal(&req))
+    });
     let mut res = match refusal {
-        None => next.run(req).await,
+        None => next.run(req).instrument(span.clone()).await,
         Some(err) => {
-            drain(req.into_body()).await;
+            drain(req.into_body()).instrument(span.clone()).await;
             err.into_response()
         }
     };
@@ -65,6 +69,19 @@ pub async fn request_context(
         "request"
     );
     res
+}
+
+/// A handler panicked: the client gets a 500 `InternalFailureException` (with this request's
+/// `x-amzn-RequestId`, added on the way out), not a dropped connection, and the log says what
+/// panicked, within the request's span.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "a handler panicked; answered 500");
+    ApiError::Panicked.into_response()
 }
 
 /// What `/metrics` counts a route's requests as: the AWS operation it serves, or else its

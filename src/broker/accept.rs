@@ -54,6 +54,7 @@ where
     } else {
         Arc::from(&*connect.client_id)
     };
+    tracing::Span::current().record("client", tracing::field::display(&key));
     // A global cap on connections, checked before the costly password hash.
     // [MQTT-3.2.2-6] refused with CONNACK 0x89 Server busy (3.1.1: 0x03), then closed.
     let Some(slot) = broker.inner.live.try_acquire(cfg.max_connections) else {
@@ -176,6 +177,8 @@ async fn refuse<T>(framed: &mut Framed<T>, reason: ConnectAckReason)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    // In the connection's span: the line names the client id, when the CONNECT had one.
+    tracing::debug!(?reason, "CONNECT refused");
     let connack = ConnectAck {
         reason_code: reason,
         ..ConnectAck::default()

@@ -51,9 +51,16 @@ impl Broker {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        // Every line the connection logs carries its peer and, once its CONNECT is read, its
+        // client id (recorded by `accept`).
+        let span = tracing::info_span!(
+            "mqtt",
+            peer = %remote.name,
+            client = tracing::field::Empty
+        );
         self.inner
             .connections
-            .track_future(serve(self.clone(), io, remote))
+            .track_future(serve(self.clone(), io, remote).instrument(span))
     }
 }
 

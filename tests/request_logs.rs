@@ -1,0 +1,178 @@
+//! Logs a person can follow (issue 16): every line logged while an HTTP request is served
+//! carries its request id, every line of an MQTT connection its client id, and a handler that
+//! panics answers 500 with the request id instead of dropping the connection.
+//!
+//! One test in this binary: it installs the process's log subscriber.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use common::mqtt::raw::{Raw, build};
+use common::{Backend, fresh_db, spawn_app_with, test_config};
+use retaind::api::{self, AllowedHosts, ApiState, HttpIncoming, HttpTimeouts, PageTokens};
+use retaind::api::{RateLimits, Throttle};
+use retaind::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+/// Everything logged, as text lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_name_their_request_or_client_and_a_panic_is_a_500() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[principals]]\nname = \"dev\"\nmqtt_username = \"dev\"\nmqtt_password_hash = \"{}\"\n",
+            retaind::auth::hash_password("right")
+        ),
+    )
+    .unwrap();
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.config = Some(path);
+    let app = spawn_app_with(db, config).await;
+
+    // HTTP: a request refused for its credentials logs why, inside the request's span.
+    let res = app.get("/retainedMessage").await;
+    assert_eq!(res.status(), 401);
+    let id = res.headers()["x-amzn-requestid"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let lines = captured.lines();
+    let why = lines
+        .iter()
+        .find(|l| l.contains("authentication failed"))
+        .expect("the refusal is logged");
+    assert!(why.contains(&format!("request_id={id}")), "{why}");
+
+    // MQTT: lines of a connection carry its client id once its CONNECT is read.
+    let (_raw, ack) = Raw::connect(
+        &app,
+        &build::connect_with_login("meter-7", Some(&[]), "dev", b"wrong"),
+    )
+    .await;
+    assert_eq!(ack.body[1], 0x86);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let lines = captured.lines();
+    let refused = lines
+        .iter()
+        .filter(|l| l.contains("client=meter-7"))
+        .count();
+    assert!(
+        refused > 0,
+        "no line names the client:\n{}",
+        lines.join("\n")
+    );
+
+    // A handler that panics: the same router, layers and server, with one more route.
+    let running = app.running.as_ref().unwrap();
+    let state = ApiState::from(api::Shared {
+        store: running.store.clone(),
+        broker: running.broker.clone(),
+        tokens: PageTokens::new(&[7; 32]),
+        topic_limits: retaind::topic::TopicLimits::default(),
+        max_payload_bytes: 128 * 1024,
+        auth: retaind::auth::Authenticator::disabled(),
+        throttle: Throttle::new(RateLimits::UNLIMITED),
+        allowed_hosts: AllowedHosts::new(Vec::<String>::new()),
+        metrics: Metrics::default(),
+    });
+    let metrics = state.metrics.clone();
+    let extra = Router::new().route(
+        "/test/panic",
+        get(|| async {
+            if true {
+                panic!("on purpose");
+            }
+        }),
+    );
+    let router = api::router_with(state, extra);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(api::serve(
+        HttpIncoming::new(listener),
+        router,
+        HttpTimeouts {
+            header: Duration::from_secs(5),
+            body: Duration::from_secs(5),
+            idle: Duration::from_secs(5),
+        },
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("http://{addr}/test/panic"))
+        .send()
+        .await
+        .expect("an answer, not a dropped connection");
+    assert_eq!(res.status(), 500);
+    assert_eq!(
+        res.headers()["x-amzn-errortype"],
+        "InternalFailureException"
+    );
+    let id = res.headers()["x-amzn-requestid"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = res.text().await.unwrap();
+    assert!(body.contains("x-amzn-RequestId"), "{body}");
+    let lines = captured.lines();
+    let panicked = lines
+        .iter()
+        .find(|l| l.contains("a handler panicked"))
+        .expect("the panic is logged");
+    assert!(panicked.contains(&format!("request_id={id}")), "{panicked}");
+    assert!(panicked.contains("on purpose"), "{panicked}");
+    // The same client goes on: the server survived the panic.
+    let health = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        metrics
+            .render()
+            .contains(r#"retaind_http_requests_total{operation="/test/panic",status="500"} 1"#)
+    );
+    shutdown.cancel();
+}
