@@ -6,36 +6,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::logs::Captured;
 use common::proxy::{Mode, Proxy};
 use common::{Backend, fresh_db, postgres_host_port, spawn_app_with, test_config};
-
-/// Everything logged, as text lines.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 fn at_least_warn(line: &str) -> bool {
     line.contains(" WARN ") || line.contains(" ERROR ")
@@ -43,13 +18,7 @@ fn at_least_warn(line: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_logged_in_summary_not_once_per_request() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .init();
+    let captured = Captured::install(tracing::Level::INFO);
 
     let db = fresh_db(Backend::Postgres).await;
     let proxy = Proxy::start(postgres_host_port(&db.url)).await;

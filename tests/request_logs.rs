@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use common::logs::Captured;
 use common::mqtt::raw::{Raw, build};
 use common::{Backend, fresh_db, spawn_app_with, test_config};
 use retaind::api::{self, AllowedHosts, ApiState, HttpIncoming, HttpTimeouts, PageTokens};
@@ -19,39 +18,9 @@ use retaind::api::{RateLimits, Throttle};
 use retaind::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
-/// Everything logged, as text lines.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_name_their_request_or_client_and_a_panic_is_a_500() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .init();
+    let captured = Captured::install(tracing::Level::DEBUG);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("auth.toml");
