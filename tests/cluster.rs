@@ -753,6 +753,26 @@ fn persistent(id: &str, clean: bool) -> Vec<u8> {
     build::connect(id, clean, 60, Some(&[0x11, 0, 0, 1, 0x2C]))
 }
 
+/// Messages queued in Postgres for `client`'s offline session.
+async fn queued(app: &TestApp, client: &str) -> i64 {
+    let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM cluster_session_queue WHERE client_id = $1")
+        .bind(client)
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+/// Waits until `n` messages are queued in Postgres for `client`.
+async fn until_queued(app: &TestApp, client: &str, n: i64) {
+    within("the queue to reach Postgres", async {
+        while queued(app, client).await != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// Reads `n` PUBLISHes (acknowledging QoS 1 ones) and returns their payloads.
 async fn payloads(raw: &mut Raw, n: usize) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
@@ -790,22 +810,7 @@ async fn a_persistent_session_resumes_on_another_node_with_what_was_queued_for_i
     publisher
         .publish("inbox/1", Qos5::AtMostOnce, false, b"qos0")
         .await;
-    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
-    within("the queue to reach Postgres", async {
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM cluster_session_queue WHERE client_id = 'phone'",
-            )
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-            if n == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_queued(&a, "phone", 3).await;
 
     // The client comes back through B: session present, the queue in order (QoS 0 is not
     // queued for an offline client), and its subscription now routes on B.
@@ -1023,13 +1028,11 @@ async fn a_clean_start_on_another_node_ends_the_session_held_elsewhere() {
         [b"fresh".to_vec()],
         "nothing of the old session"
     );
-    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
-    let queued: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM cluster_session_queue WHERE client_id = 'phone'")
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-    assert_eq!(queued, 0, "nothing queued for the old session");
+    assert_eq!(
+        queued(&a, "phone").await,
+        0,
+        "nothing queued for the old session"
+    );
 }
 
 #[tokio::test]
@@ -1050,22 +1053,7 @@ async fn a_persistent_session_resumes_on_its_own_node_with_its_queue_from_postgr
             .publish("inbox/1", Qos5::AtLeastOnce, false, m.as_bytes())
             .await;
     }
-    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
-    within("the queue to reach Postgres", async {
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM cluster_session_queue WHERE client_id = 'tablet'",
-            )
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-            if n == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_queued(&a, "tablet", 3).await;
     // Back on A, which held the session: the queue comes from Postgres, in order.
     let (mut p, ack) = Raw::connect(&a, &persistent("tablet", false)).await;
     assert_eq!(ack.body[0], 1, "session present");
@@ -1152,15 +1140,11 @@ async fn resume_while_publishing(nodes: &[TestApp], resume_on: &[usize], publish
     for (at, &n) in got.iter().enumerate() {
         assert_eq!(n, at, "message {at} was {n}: {got:?}");
     }
-    let mut db = sqlx::PgConnection::connect(&publish_on.db.url)
-        .await
-        .unwrap();
-    let left: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM cluster_session_queue WHERE client_id = 'tablet'")
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-    assert_eq!(left, 0, "nothing left behind in Postgres");
+    assert_eq!(
+        queued(publish_on, "tablet").await,
+        0,
+        "nothing left behind in Postgres"
+    );
 }
 
 /// Regression: a client resuming on the node that holds its offline session took the queue

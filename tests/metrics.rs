@@ -196,6 +196,10 @@ mqtt_password_hash = "{password}"
 effect = "Allow"
 actions = ["retaind:Metrics"]
 resources = ["*"]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Connect"]
+resources = ["client/*"]
 
 [[principals]]
 name = "dev"
@@ -244,10 +248,30 @@ resources = ["*"]
     )
     .await;
     assert_eq!(ack.body[1], 0x86, "MQTT 5: bad user name or password");
+    // Signed in, but not allowed to publish: refused (PUBACK 0x87), and counted as a drop.
+    let (mut ops, ack) = Raw::connect(
+        &app,
+        &build::connect_with_login("c", Some(&[]), "ops", b"right"),
+    )
+    .await;
+    assert_eq!(ack.body[1], 0, "signed in");
+    ops.send(&build::publish(
+        "not/mine",
+        1,
+        false,
+        false,
+        1,
+        Some(&[]),
+        b"x",
+    ))
+    .await;
+    let puback = ops.expect(4).await;
+    assert_eq!(puback.body[2], 0x87, "MQTT 5: not authorized");
 
     let after = scrape(&app, Some(OPS_TOKEN)).await;
     let m = |series: &str| moved(&before, &after, series);
     assert_eq!(m("retaind_auth_failures_total{kind=mqtt_password}"), 1.0);
+    assert_eq!(m("retaind_mqtt_messages_dropped_total{reason=policy}"), 1.0);
     assert_eq!(m("retaind_auth_failures_total{kind=missing}"), 1.0);
     assert_eq!(
         m("retaind_auth_failures_total{kind=unknown_credentials}"),

@@ -26,7 +26,7 @@ use super::subscribe::{self, Subscriber};
 use super::will::Will;
 use crate::auth::Principal;
 use crate::cluster::Restored;
-use crate::metrics::Drop;
+use crate::metrics::DropReason;
 use crate::mqtt::{
     ByteString, Disconnect, DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2,
     PublishAck2Reason, PublishAckReason, QoS,
@@ -276,23 +276,18 @@ impl Client {
         let refusal = if !self.publish_rate.try_take(std::time::Instant::now()) {
             // Over --mqtt-max-publish-rate. 0x96 Message rate too high is not a PUBACK/PUBREC
             // code (MQTT 5 §3.4.2.1, §3.5.2.1), so MQTT 5 gets 0x97 Quota exceeded.
-            Some(PublishAckReason::QuotaExceeded)
+            Some((PublishAckReason::QuotaExceeded, DropReason::publish_rate))
         } else if !may_publish(
             self.principal.as_deref(),
             &message.topic,
             message.retain,
             &self.key,
         ) {
-            Some(PublishAckReason::NotAuthorized)
+            Some((PublishAckReason::NotAuthorized, DropReason::policy))
         } else {
             None
         };
-        if let Some(reason) = refusal {
-            let why = if reason == PublishAckReason::NotAuthorized {
-                Drop::policy
-            } else {
-                Drop::publish_rate
-            };
+        if let Some((reason, why)) = refusal {
             self.broker.metrics().mqtt_dropped(why, 1);
             let mut state = self.session.state();
             let answer =
@@ -389,7 +384,7 @@ impl Client {
                 // Refused and delivered to nobody, like a denied publish. Logged per publish,
                 // so a client past its quota cannot fill the log.
                 tracing::debug!(client = %self.key, %quota, "a retained publish was refused");
-                self.broker.metrics().mqtt_dropped(Drop::quota, 1);
+                self.broker.metrics().mqtt_dropped(DropReason::quota, 1);
                 Refusal::Dropped(PublishAckReason::QuotaExceeded)
             }
             Err(e) => {

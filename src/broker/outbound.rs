@@ -12,7 +12,7 @@ use super::end::End;
 use super::registry::Session;
 use super::retained::{Page, RetainedFeed};
 use super::wire;
-use crate::metrics::{Drop, Metrics};
+use crate::metrics::{DropReason, Metrics};
 use crate::mqtt::{DisconnectReasonCode, Packet, PublishAck2, PublishAck2Reason};
 use crate::store::{self, Store};
 use crate::topic::TopicLimits;
@@ -108,7 +108,7 @@ impl Outbound {
         let packet = wire::publish_packet(&out.delivery, out.packet_id, false, now)
             .map(|p| Packet::Publish(Box::new(p)));
         if packet.is_none() {
-            self.metrics.mqtt_dropped(Drop::expired, 1);
+            self.metrics.mqtt_dropped(DropReason::expired, 1);
         }
         Some(Next {
             packet_id: out.packet_id,

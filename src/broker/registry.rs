@@ -37,6 +37,21 @@ struct Registry {
     next_connection: u64,
 }
 
+impl Registry {
+    /// Whether `session` is the one held for its client id (not one that replaced it).
+    fn holds(&self, session: &Arc<Session>) -> bool {
+        self.sessions
+            .get(&session.key)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+    }
+
+    fn awaits_hand_over(&self, session: &Arc<Session>) -> bool {
+        self.holds(session)
+            && !session.online.load(Ordering::Acquire)
+            && session.resumed_elsewhere()
+    }
+}
+
 /// A session: state that outlives connections when the client asked for it.
 pub(super) struct Session {
     pub key: ClientKey,
@@ -272,7 +287,7 @@ impl Sessions {
                 registry.sessions.insert(key, fresh.clone());
                 let present = restored.is_some();
                 if let Some(r) = &restored {
-                    self.restore_subscriptions(&fresh, &r.subscriptions);
+                    let _ = self.restore_subscriptions(&fresh, &r.subscriptions);
                 }
                 (fresh, present)
             }
@@ -337,13 +352,11 @@ impl Sessions {
         }
         session.online.store(false, Ordering::Release);
         *session.link() = None;
-        // A client that moved to another node has its session there, not here; one that
-        // resumes it there finds it in Postgres, with what was queued here.
-        // One that resumes it there asks for it (`hand_over`) once it holds its
+        // A client that moved to another node without resuming has its session there, not
+        // here. One that resumes it there asks for it (`hand_over`) once it holds its
         // subscriptions: until then this copy goes on queueing, so nothing is lost between.
-        let moved = session.moved.load(Ordering::Acquire);
-        let ends = expiry.is_zero() || moved == MOVED;
-        let kept = !expiry.is_zero() && (moved == 0 || moved == MOVED_RESUMED);
+        let ends = expiry.is_zero() || session.moved.load(Ordering::Acquire) == MOVED;
+        let kept = !ends;
         if let Some(cluster) = &self.cluster {
             if kept {
                 // Its queue moves to Postgres, where any node can take it up.
@@ -368,8 +381,7 @@ impl Sessions {
     /// detached from `connection`.
     pub fn expire(&self, session: &Arc<Session>, connection: u64) {
         let mut registry = self.registry();
-        let current = registry.sessions.get(&session.key);
-        if current.is_some_and(|s| Arc::ptr_eq(s, session)) && session.is_attached_to(connection) {
+        if registry.holds(session) && session.is_attached_to(connection) {
             registry.sessions.remove(&session.key);
             drop(registry);
             self.unsubscribe_all(session);
@@ -401,16 +413,7 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = principal;
         registry.sessions.insert(key.clone(), session.clone());
         drop(registry);
-        let mut announced = Vec::new();
-        let mut state = session.state();
-        for s in stored {
-            let Some((spec, options)) = from_stored(s) else {
-                continue;
-            };
-            announced.extend(self.subscribe(key, &spec, options).1);
-            state.subscriptions.insert(spec, options);
-        }
-        drop(state);
+        let announced = self.restore_subscriptions(&session, stored);
         Some((session, announced))
     }
 
@@ -419,11 +422,7 @@ impl Sessions {
     /// `keep_queue`.
     pub fn discard_prepared(&self, session: &Arc<Session>, keep_queue: bool) {
         let mut registry = self.registry();
-        let ours = registry
-            .sessions
-            .get(&session.key)
-            .is_some_and(|s| Arc::ptr_eq(s, session));
-        if !ours || !session.is_attached_to(0) {
+        if !registry.holds(session) || !session.is_attached_to(0) {
             return;
         }
         registry.sessions.remove(&session.key);
@@ -460,20 +459,27 @@ impl Sessions {
         for spec in &stale {
             self.unsubscribe(&session.key, spec);
         }
-        self.restore_subscriptions(session, stored);
+        let _ = self.restore_subscriptions(session, stored);
     }
 
     /// A session's stored subscriptions, back in the tree and announced.
-    fn restore_subscriptions(&self, session: &Session, stored: &[StoredSubscription]) {
+    /// Returns the announcements of the filters new to this node, for a caller that waits for
+    /// them; a CONNACK does not.
+    fn restore_subscriptions(
+        &self,
+        session: &Session,
+        stored: &[StoredSubscription],
+    ) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let mut announced = Vec::new();
         let mut state = session.state();
         for s in stored {
             let Some((spec, options)) = from_stored(s) else {
                 continue;
             };
-            // The announcement is not awaited: the CONNACK does not wait for it.
-            let _ = self.subscribe(&session.key, &spec, options);
+            announced.extend(self.subscribe(&session.key, &spec, options).1);
             state.subscriptions.insert(spec, options);
         }
+        announced
     }
 
     /// A persistent session's subscriptions as its row in Postgres keeps them.
@@ -537,7 +543,7 @@ impl Sessions {
             .sessions
             .insert(a.client_id.clone(), session.clone());
         drop(registry);
-        self.restore_subscriptions(&session, &a.subscriptions);
+        let _ = self.restore_subscriptions(&session, &a.subscriptions);
         Some(session)
     }
 
@@ -585,13 +591,7 @@ impl Sessions {
     /// Whether `session`, taken over by a connection on another node that resumes it, is
     /// still here waiting for that node to ask for it.
     pub fn awaits_hand_over(&self, session: &Arc<Session>) -> bool {
-        let registry = self.registry();
-        registry
-            .sessions
-            .get(&session.key)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
-            && !session.online.load(Ordering::Acquire)
-            && session.resumed_elsewhere()
+        self.registry().awaits_hand_over(session)
     }
 
     /// `session` [awaited](Self::awaits_hand_over) a hand-over that did not come: the
@@ -599,25 +599,18 @@ impl Sessions {
     /// Postgres: `kept`, and it stays), or took the session as stored (this copy ends; what
     /// it queued is in Postgres).
     pub fn not_handed_over(&self, session: &Arc<Session>, kept: bool) {
-        if !self.awaits_hand_over(session) {
+        let mut registry = self.registry();
+        if !registry.awaits_hand_over(session) {
             return;
         }
         if kept {
             session.moved.store(0, Ordering::Release);
             return;
         }
-        let removed = {
-            let mut registry = self.registry();
-            let ours = registry
-                .sessions
-                .get(&session.key)
-                .is_some_and(|s| Arc::ptr_eq(s, session));
-            ours && registry.sessions.remove(&session.key).is_some()
-        };
-        if removed {
-            tracing::info!(client = %session.key, "a session resumed on another node was not asked for; ending this copy");
-            self.unsubscribe_all(session);
-        }
+        registry.sessions.remove(&session.key);
+        drop(registry);
+        tracing::info!(client = %session.key, "a session resumed on another node was not asked for; ending this copy");
+        self.unsubscribe_all(session);
     }
 
     /// Sessions held, connected or not.

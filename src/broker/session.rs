@@ -9,7 +9,7 @@ use std::num::NonZeroU16;
 
 use super::inbound_qos::AwaitingRelease;
 use super::message::Delivery;
-use crate::metrics::{Drop, Metrics};
+use crate::metrics::{DropReason, Metrics};
 use crate::store::Qos;
 use crate::topic::{FilterSpec, TopicName};
 
@@ -52,10 +52,10 @@ impl Dropped {
     /// Adds these to the metrics and starts again from zero.
     pub fn report(&mut self, metrics: &Metrics) {
         let d = std::mem::take(self);
-        metrics.mqtt_dropped(Drop::slow_subscriber, d.slow_subscriber);
-        metrics.mqtt_dropped(Drop::queue_full, d.queue_full);
-        metrics.mqtt_dropped(Drop::offline, d.offline);
-        metrics.mqtt_dropped(Drop::policy, d.policy);
+        metrics.mqtt_dropped(DropReason::slow_subscriber, d.slow_subscriber);
+        metrics.mqtt_dropped(DropReason::queue_full, d.queue_full);
+        metrics.mqtt_dropped(DropReason::offline, d.offline);
+        metrics.mqtt_dropped(DropReason::policy, d.policy);
     }
 }
 

@@ -16,7 +16,7 @@ use crate::store::{MessageProperties, PayloadFormat, Qos, UserProperty};
 use crate::topic::{TopicLimits, TopicName, check_text};
 
 /// Changed whenever the head changes shape; a node drops frames of another version.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 /// The first byte of a NATS message that carries several frames of one topic, sent back to
 /// back: each follows as a 4-byte big-endian length and the frame. Under load a node sends
@@ -36,10 +36,10 @@ struct Head<'a> {
     retain: bool,
     expires_at_ms: Option<i64>,
     origin_client: Option<&'a str>,
-    node: &'a str,
+    /// The sending node's [`Stamp::node`], and its number for the message; 0 and 0 for a
+    /// message that was never sent between nodes.
+    node: u64,
     seq: u64,
-    /// The sending node's [`Stamp::node`]; 0 for a message that was never sent between nodes.
-    tag: u64,
     user_properties: Vec<(&'a str, &'a str)>,
     content_type: Option<&'a str>,
     response_topic: Option<&'a str>,
@@ -97,14 +97,6 @@ pub struct Routed {
     pub stamp: Option<Stamp>,
 }
 
-/// Where a frame comes from: its node and that node's sequence number for it. Borrowed
-/// from the frame: a receiver looks the node up, and copies its id only the first time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source<'a> {
-    pub node: &'a str,
-    pub seq: u64,
-}
-
 /// Why a received frame was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -118,8 +110,8 @@ pub enum FrameError {
     Text,
 }
 
-/// `m` as sent by `node` (empty for a queued message) with `stamp`, if it has one.
-pub fn encode(m: &Outgoing<'_>, node: &str, stamp: Option<Stamp>) -> Bytes {
+/// `m` with its `stamp`, if it has one.
+pub fn encode(m: &Outgoing<'_>, stamp: Option<Stamp>) -> Bytes {
     let p = m.properties;
     let head = Head {
         topic: m.topic.as_str(),
@@ -127,9 +119,8 @@ pub fn encode(m: &Outgoing<'_>, node: &str, stamp: Option<Stamp>) -> Bytes {
         retain: m.retain,
         expires_at_ms: m.expires_at_ms,
         origin_client: m.origin,
-        node,
+        node: stamp.map_or(0, |s| s.node),
         seq: stamp.map_or(0, |s| s.seq),
-        tag: stamp.map_or(0, |s| s.node),
         user_properties: p
             .user_properties
             .iter()
@@ -236,7 +227,7 @@ pub fn frames(body: &Bytes) -> impl Iterator<Item = Result<Bytes, FrameError>> +
 /// The publish in `body`, checked as the edge checks a client's: a topic within this node's
 /// limits and no string MQTT cannot carry. Another node checked it already; a NATS account
 /// shared with other software could still carry anything under the prefix.
-pub fn decode(body: &Bytes, limits: TopicLimits) -> Result<(Routed, Source<'_>), FrameError> {
+pub fn decode(body: &Bytes, limits: TopicLimits) -> Result<Routed, FrameError> {
     let (&version, rest) = body.split_first().ok_or(FrameError::Head)?;
     if version != VERSION {
         return Err(FrameError::Version(version));
@@ -286,18 +277,12 @@ pub fn decode(body: &Bytes, limits: TopicLimits) -> Result<(Routed, Source<'_>),
         expires_at_ms: head.expires_at_ms,
         origin: head.origin_client.map(Arc::from),
         shared_done: head.shared_done,
-        stamp: (head.tag != 0).then_some(Stamp {
-            node: head.tag,
+        stamp: (head.node != 0).then_some(Stamp {
+            node: head.node,
             seq: head.seq,
         }),
     };
-    Ok((
-        routed,
-        Source {
-            node: head.node,
-            seq: head.seq,
-        },
-    ))
+    Ok(routed)
 }
 
 #[cfg(test)]
@@ -339,13 +324,12 @@ mod tests {
                 origin: Some("client-1"),
                 shared_done: true,
             },
-            "node-a",
             Some(Stamp {
                 node: Stamp::node_tag("node-a"),
                 seq: 42,
             }),
         );
-        let (routed, source) = decode(&body, TopicLimits::default()).unwrap();
+        let routed = decode(&body, TopicLimits::default()).unwrap();
         assert_eq!(
             routed,
             Routed {
@@ -363,13 +347,6 @@ mod tests {
                 }),
             }
         );
-        assert_eq!(
-            source,
-            Source {
-                node: "node-a",
-                seq: 42
-            }
-        );
     }
 
     fn frame_of(t: &TopicName, payload: &'static [u8], seq: u64) -> Bytes {
@@ -384,7 +361,6 @@ mod tests {
                 origin: None,
                 shared_done: false,
             },
-            "n",
             Some(Stamp { node: 1, seq }),
         )
     }
@@ -405,7 +381,7 @@ mod tests {
         let body = batch.body();
         let decoded: Vec<(Vec<u8>, u64)> = frames(&body)
             .map(|f| {
-                let (routed, _) = decode(&f.unwrap(), TopicLimits::default()).unwrap();
+                let routed = decode(&f.unwrap(), TopicLimits::default()).unwrap();
                 (routed.payload.to_vec(), routed.stamp.unwrap().seq)
             })
             .collect();
@@ -457,10 +433,9 @@ mod tests {
                 origin: None,
                 shared_done: false,
             },
-            "",
             None,
         );
-        let (routed, _) = decode(&body, TopicLimits::default()).unwrap();
+        let routed = decode(&body, TopicLimits::default()).unwrap();
         assert_eq!(routed.stamp, None, "queued without a stamp");
         assert!(routed.payload.is_empty());
         assert_eq!(routed.properties, MessageProperties::default());
@@ -481,7 +456,6 @@ mod tests {
                 origin: Some("c\0"),
                 shared_done: false,
             },
-            "n",
             None,
         );
         assert_eq!(decode(&good, TopicLimits::default()), Err(FrameError::Text));

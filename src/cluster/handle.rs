@@ -371,7 +371,7 @@ impl Cluster {
             node: inner.tag,
             seq: inner.seq.fetch_add(1, Ordering::Relaxed),
         };
-        let body = frame::encode(message, &inner.node, Some(stamp));
+        let body = frame::encode(message, Some(stamp));
         if inner
             .outbox
             .try_send((message.topic.clone(), body))
@@ -531,7 +531,7 @@ impl Cluster {
     ) -> bool {
         let item = Spool::Append {
             client_id: client_id.clone(),
-            queued: frame::encode(message, "", stamp),
+            queued: frame::encode(message, stamp),
             qos,
             retain,
             ids: subscription_ids,

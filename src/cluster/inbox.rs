@@ -51,7 +51,7 @@ impl Inbox {
         }
     }
 
-    fn decode<'a>(&self, body: &'a Bytes) -> Option<(Routed, frame::Source<'a>)> {
+    fn decode(&self, body: &Bytes) -> Option<Routed> {
         frame::decode(body, self.limits)
             .map_err(|e| self.malformed(&e))
             .ok()
@@ -66,7 +66,7 @@ impl Inbox {
     /// A copy from a queue subscription: one per group service-wide, so no duplicates to
     /// drop, and it goes to that member alone.
     fn handle_one_for_member(&self, body: &Bytes, spec: &FilterSpec, member: &ClientKey) {
-        let Some((routed, _)) = self.decode(body) else {
+        let Some(routed) = self.decode(body) else {
             return;
         };
         if routed.shared_done {
@@ -102,10 +102,15 @@ impl Inbox {
     }
 
     fn handle_one(&self, body: &Bytes, seen: &mut Seen) {
-        let Some((routed, source)) = self.decode(body) else {
+        let Some(routed) = self.decode(body) else {
             return;
         };
-        if !seen.first(source.node, source.seq) {
+        // Every node stamps what it sends; an unstamped frame is from no node.
+        let Some(stamp) = routed.stamp else {
+            self.malformed(&frame::FrameError::Head);
+            return;
+        };
+        if !seen.first(stamp.node, stamp.seq) {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -120,6 +125,6 @@ impl Inbox {
         self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .forget(node);
+            .forget(frame::Stamp::node_tag(node));
     }
 }

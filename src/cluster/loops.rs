@@ -53,10 +53,7 @@ pub async fn send(
         next = send_batch(&client, &mut outbox, topic, first, &sent).await;
     }
     // What the broker handed over before it stopped still goes out.
-    loop {
-        let Some((topic, first)) = next.take().or_else(|| outbox.try_recv().ok()) else {
-            break;
-        };
+    while let Some((topic, first)) = next.take().or_else(|| outbox.try_recv().ok()) {
         next = send_batch(&client, &mut outbox, topic, first, &sent).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;

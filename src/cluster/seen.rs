@@ -8,14 +8,14 @@
 //! older than the window is taken as already handled: a copy that late is a duplicate.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// Messages remembered per sending node (a bit each: 128 KiB per node).
 const WINDOW: u64 = 1 << 20;
 
 #[derive(Default)]
 pub struct Seen {
-    nodes: HashMap<Arc<str>, Window>,
+    /// By the node's tag ([`super::frame::Stamp::node`]).
+    nodes: HashMap<u64, Window>,
 }
 
 struct Window {
@@ -26,20 +26,16 @@ struct Window {
 
 impl Seen {
     /// Whether message `seq` of `node` is new; it counts as handled from now on.
-    pub fn first(&mut self, node: &str, seq: u64) -> bool {
-        let window = match self.nodes.get_mut(node) {
-            Some(w) => w,
-            None => self
-                .nodes
-                .entry(Arc::from(node))
-                .or_insert_with(Window::new),
-        };
-        window.first(seq)
+    pub fn first(&mut self, node: u64, seq: u64) -> bool {
+        self.nodes
+            .entry(node)
+            .or_insert_with(Window::new)
+            .first(seq)
     }
 
     /// Forgets a node that left the service, so that the map does not grow with restarts.
-    pub fn forget(&mut self, node: &str) {
-        self.nodes.remove(node);
+    pub fn forget(&mut self, node: u64) {
+        self.nodes.remove(&node);
     }
 }
 
@@ -95,7 +91,7 @@ mod tests {
     #[test]
     fn each_number_is_handled_once_in_any_order() {
         let mut seen = Seen::default();
-        let (a, b) = ("a", "b");
+        let (a, b) = (1, 2);
         assert!(seen.first(a, 5));
         assert!(seen.first(a, 3), "an earlier number not seen yet");
         assert!(!seen.first(a, 5));
@@ -109,7 +105,7 @@ mod tests {
     #[test]
     fn the_window_slides_without_forgetting_what_it_holds() {
         let mut seen = Seen::default();
-        let a = "a";
+        let a = 1;
         assert!(seen.first(a, 10));
         // A jump past a whole window clears the reused slots, 10's included.
         assert!(seen.first(a, 10 + WINDOW * 3));
@@ -123,7 +119,7 @@ mod tests {
         );
         assert!(!seen.first(a, 11 + WINDOW * 2));
         assert!(seen.first(a, 10 + WINDOW * 3 + 1));
-        seen.forget("a");
+        seen.forget(a);
         assert!(seen.first(a, 10), "a forgotten node starts afresh");
     }
 }

@@ -178,7 +178,7 @@ impl Sessions {
             }
             let will = row.will;
             let will_frame =
-                will.map(|w| frame::encode(&outgoing(&w.publication, None), "", None).to_vec());
+                will.map(|w| frame::encode(&outgoing(&w.publication, None), None).to_vec());
             sqlx::query(
                 "INSERT INTO cluster_sessions AS s (client_id, node, creator, expiry_secs, \
                    connected, detached_at, subscriptions, will, will_expiry_secs, \
@@ -373,7 +373,7 @@ impl Sessions {
     }
 
     fn queued(&self, (_, body, qos, retain, ids): QueueRow) -> Option<Queued> {
-        let (message, _) = frame::decode(&Bytes::from(body), self.limits)
+        let message = frame::decode(&Bytes::from(body), self.limits)
             .inspect_err(
                 |e| tracing::warn!(error = %e, "a queued message does not decode; dropped"),
             )
@@ -391,7 +391,7 @@ impl Sessions {
 
     fn will(&self, r: &AdoptRow) -> Option<StoredWill> {
         let body = r.will.as_ref()?;
-        let (publication, _) = frame::decode(&Bytes::from(body.clone()), self.limits).ok()?;
+        let publication = frame::decode(&Bytes::from(body.clone()), self.limits).ok()?;
         Some(StoredWill {
             publication,
             expiry_secs: r.will_expiry_secs.and_then(|s| u32::try_from(s).ok()),

@@ -61,7 +61,7 @@ pub(super) struct AuthFailureLabel {
 /// Why a message did not reach a session, or a publish was refused.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Drop {
+pub enum DropReason {
     /// QoS 0 to a connected client whose queue was full (a slow subscriber; one that cannot
     /// take QoS 1 or 2 is disconnected instead, MQTT 5 0x97).
     slow_subscriber,
@@ -81,7 +81,7 @@ pub enum Drop {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct DropLabel {
-    pub reason: Drop,
+    pub reason: DropReason,
 }
 
 /// What the read cache did for a point read.
