@@ -17,8 +17,8 @@ USER retaind
 WORKDIR /var/lib/retaind
 # Inside a container the API and MQTT must listen on all interfaces to be reachable through a
 # port mapping.
-# retaind refuses that without principals: mount a principals file and point RETAIND_CONFIG at
-# it (docker run -v ./auth.toml:/etc/retaind/auth.toml:ro -e RETAIND_CONFIG=/etc/retaind/auth.toml;
+# retaind refuses that without principals: mount a principals file and point RETAIND_PRINCIPALS at
+# it (docker run -v ./auth.toml:/etc/retaind/auth.toml:ro -e RETAIND_PRINCIPALS=/etc/retaind/auth.toml;
 # see docs/examples/auth.toml and docker-compose.yml). No credentials are baked into the image.
 ENV RETAIND_HTTP_ADDR=0.0.0.0:8080 \
     RETAIND_MQTT_ADDR=0.0.0.0:1883 \

@@ -2,20 +2,37 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
-use clap::Parser;
-use retaind::app::{self, Cli, Command, LogFormat, ServeConfig};
+use retaind::app::{self, Command, LogFormat, ServeConfig};
 use retaind::store::Clock;
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = app::parse_args(std::env::args_os().collect())?;
     match cli.command {
         Some(Command::Openapi { output }) => write_openapi(output),
         Some(Command::HashPassword) => hash_password(),
+        Some(Command::CheckConfig { file }) => check_config(&file),
         None => serve(cli.serve).await,
     }
+}
+
+/// Prints every problem as `FILE:LINE: message` (the form editors jump to); exits 1 if any.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let problems = app::check_config(file);
+    if problems.is_empty() {
+        println!("{}: OK", file.display());
+        return Ok(());
+    }
+    for problem in &problems {
+        match problem.line {
+            Some(line) => eprintln!("{}:{line}: {}", file.display(), problem.message),
+            None => eprintln!("{}: {}", file.display(), problem.message),
+        }
+    }
+    eprintln!("{}: {} problem(s)", file.display(), problems.len());
+    std::process::exit(1);
 }
 
 fn write_openapi(output: Option<std::path::PathBuf>) -> anyhow::Result<()> {
@@ -68,6 +85,15 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     match config.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
+    }
+    if config.deprecated_config.is_some() {
+        tracing::warn!(
+            "--config (RETAIND_CONFIG) is the old name of --principals (RETAIND_PRINCIPALS) and \
+             will be removed; it still works"
+        );
+    }
+    if let Some(path) = &config.config_file {
+        tracing::info!(file = %path.display(), "settings read from --config-file");
     }
     let running = app::start(&config, Clock::System).await?;
     // Printed on stdout, not logged: scripts (and the compatibility tests) read the bound port here.

@@ -1200,7 +1200,7 @@ resources = ["client/shared-id", "client/pub-{name}", "topicfilter/news/#", "top
     for db in [db, FreshDb::shared(&url)] {
         let mut config = test_config(&url);
         config.cluster_url = Some(nats.url());
-        config.config = Some(path.clone());
+        config.principals = Some(path.clone());
         apps.push(spawn_app_with(db, config).await);
     }
     let [a, b] = <[TestApp; 2]>::try_from(apps).ok().unwrap();

@@ -136,7 +136,7 @@ resources = ["*"]
     .expect("writing the config");
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = test_config(&db.url);
-    config.config = Some(path);
+    config.principals = Some(path);
     let app = spawn_app_with(db, config).await;
 
     // Exactly this object: no principal names, no credential kinds.

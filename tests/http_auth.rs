@@ -71,7 +71,7 @@ async fn spawn_secured(backend: Backend) -> (TestApp, tempfile::TempDir) {
     std::fs::write(&path, principals_toml()).expect("writing the config");
     let db = fresh_db(backend).await;
     let mut config = test_config(&db.url);
-    config.config = Some(path);
+    config.principals = Some(path);
     (spawn_app_with(db, config).await, dir)
 }
 
@@ -341,7 +341,7 @@ async fn anonymous_access_refuses_a_non_loopback_http_addr() {
         config.http_addr = addr.parse().unwrap();
         let message = start_error(&config).await;
         assert!(message.contains("--http-addr"), "{message}");
-        assert!(message.contains("--config"), "{message}");
+        assert!(message.contains("--principals"), "{message}");
         assert!(message.contains("docs/examples/auth.toml"), "{message}");
     }
 }
@@ -365,7 +365,7 @@ async fn a_config_without_principals_stays_local_only() {
     std::fs::write(&path, "").unwrap();
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = sqlite_config(&db);
-    config.config = Some(path);
+    config.principals = Some(path);
     config.http_addr = "0.0.0.0:0".parse().unwrap();
     assert!(start_error(&config).await.contains("--http-addr"));
 }
@@ -377,7 +377,7 @@ async fn with_principals_any_address_may_be_bound() {
     std::fs::write(&path, principals_toml()).unwrap();
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = sqlite_config(&db);
-    config.config = Some(path);
+    config.principals = Some(path);
     config.http_addr = "0.0.0.0:0".parse().unwrap();
     config.mqtt_addr = "0.0.0.0:0".parse().unwrap();
     let running = app::start(&config, Clock::manual(T0_MS))
@@ -396,7 +396,7 @@ async fn a_missing_or_invalid_config_is_a_startup_error_naming_the_file() {
     let db = fresh_db(Backend::Sqlite).await;
     for path in [missing, invalid] {
         let mut config = sqlite_config(&db);
-        config.config = Some(path.clone());
+        config.principals = Some(path.clone());
         let message = start_error(&config).await;
         assert!(message.contains(&path.display().to_string()), "{message}");
     }

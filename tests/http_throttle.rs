@@ -142,7 +142,7 @@ resources = ["*"]
     }
     std::fs::write(&path, toml).expect("writing the config");
     let app = app_with(|c| {
-        c.config = Some(path);
+        c.principals = Some(path);
         c.rate_publish = 1.0;
         c.rate_get_retained_message = 1.0;
     })

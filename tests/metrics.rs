@@ -217,7 +217,7 @@ resources = ["*"]
     .unwrap();
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = test_config(&db.url);
-    config.config = Some(path);
+    config.principals = Some(path);
     let app = spawn_app_with(db, config).await;
     let before = scrape(&app, Some(OPS_TOKEN)).await;
 

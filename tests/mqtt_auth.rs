@@ -1,4 +1,4 @@
-//! MQTT authentication and authorization with principals from a `--config` file: CONNECT
+//! MQTT authentication and authorization with principals from a `--principals` file: CONNECT
 //! credentials and client ids, SUBSCRIBE and PUBLISH permissions, and `iot:Receive` filtering of
 //! live and retained messages. Every refusal is checked for its reason code and for leaving the
 //! store unchanged.
@@ -67,7 +67,7 @@ async fn app() -> (TestApp, tempfile::TempDir) {
     std::fs::write(&path, config_toml()).unwrap();
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = test_config(&db.url);
-    config.config = Some(path);
+    config.principals = Some(path);
     (spawn_app_with(db, config).await, dir)
 }
 

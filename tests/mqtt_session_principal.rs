@@ -63,7 +63,7 @@ async fn app() -> (TestApp, tempfile::TempDir) {
     std::fs::write(&path, config_toml()).unwrap();
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = test_config(&db.url);
-    config.config = Some(path);
+    config.principals = Some(path);
     (spawn_app_with(db, config).await, dir)
 }
 

@@ -34,7 +34,7 @@ async fn log_lines_name_their_request_or_client_and_a_panic_is_a_500() {
     .unwrap();
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = test_config(&db.url);
-    config.config = Some(path);
+    config.principals = Some(path);
     let app = spawn_app_with(db, config).await;
 
     // HTTP: a request refused for its credentials logs why, inside the request's span.

@@ -93,7 +93,7 @@ resources = ["*"]
     std::fs::write(&path, config).unwrap();
     let db = fresh_db(backend).await;
     let mut config = test_config(&db.url);
-    config.config = Some(path);
+    config.principals = Some(path);
     config.max_retained_messages_per_principal = 2;
     (spawn_app_with(db, config).await, dir)
 }

@@ -166,7 +166,7 @@ resources = ["*"]
 fn tls_config(pki: &Pki, database_url: &str) -> ServeConfig {
     std::fs::write(pki.path("auth.toml"), auth_toml(pki)).unwrap();
     let mut config = test_config(database_url);
-    config.config = Some(pki.path("auth.toml"));
+    config.principals = Some(pki.path("auth.toml"));
     config.mqtts_addr = Some("127.0.0.1:0".parse().unwrap());
     config.https_addr = Some("127.0.0.1:0".parse().unwrap());
     config.tls_cert = Some(pki.path("server.pem"));
@@ -720,7 +720,7 @@ async fn anonymous_tls_listeners_must_be_local() {
     let db = fresh_db(Backend::Sqlite).await;
     for flag in ["--mqtts-addr", "--https-addr"] {
         let mut config = tls_config(&pki, &db.url);
-        config.config = None;
+        config.principals = None;
         let everywhere = Some("0.0.0.0:0".parse().unwrap());
         match flag {
             "--mqtts-addr" => config.mqtts_addr = everywhere,

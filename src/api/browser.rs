@@ -98,7 +98,7 @@ pub fn host_refusal(state: &ApiState, req: &Request) -> Option<ApiError> {
             "requests for the host {host:?} are refused: without principals, retaind answers \
              only for localhost, loopback addresses and the names in --allowed-hosts \
              (against DNS rebinding). Add the name to --allowed-hosts (RETAIND_ALLOWED_HOSTS), \
-             or configure principals (--config)"
+             or configure principals (--principals)"
         ))
     })
 }
@@ -112,7 +112,7 @@ pub fn cross_site_refusal(state: &ApiState, req: &Request) -> Option<ApiError> {
     Some(ApiError::Forbidden(
         "cross-site browser requests are refused: without principals anyone on this machine may \
          call, so a page from another site may not. Use the console at this server's own \
-         address, or configure principals (--config)"
+         address, or configure principals (--principals)"
             .into(),
     ))
 }

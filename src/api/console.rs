@@ -95,7 +95,7 @@ pub async fn session_info(State(state): State<ApiState>) -> Response {
         auth_required: state.auth.is_enabled(),
     })
     .into_response();
-    // A restart with or without `--config` changes the answer: never reuse a stale one.
+    // A restart with or without `--principals` changes the answer: never reuse a stale one.
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

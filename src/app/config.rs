@@ -24,19 +24,42 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// Hash a password for `mqtt_password_hash` in the --config file: reads it from the first
-    /// line of standard input, prints its argon2id PHC string.
+    /// Hash a password for `mqtt_password_hash` in the --principals file: reads it from the
+    /// first line of standard input, prints its argon2id PHC string.
     HashPassword,
+    /// Check a --config-file without starting: prints every problem with its line (and those
+    /// of the principals and TLS files it names), exits 1 if there is any.
+    CheckConfig {
+        /// The TOML settings file to check.
+        file: PathBuf,
+    },
 }
 
 /// Everything `retaind` needs to serve; each flag can also come from the environment.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// TOML file of settings: every flag below has a key of the same name with `_` for `-`
+    /// (see docs/examples/retaind.toml). Flags and environment variables override it.
+    /// `retaind check-config FILE` reports every problem in one.
+    #[arg(long, env = "RETAIND_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// TOML file of principals: credentials (AWS access keys, API bearer tokens, MQTT
     /// passwords) and their policies (see docs/examples/auth.toml). Without it, or with no
     /// principals in it, access is anonymous and both listeners must be on loopback addresses.
-    #[arg(long, env = "RETAIND_CONFIG")]
-    pub config: Option<PathBuf>,
+    /// Reloaded on SIGHUP.
+    #[arg(long, env = "RETAIND_PRINCIPALS")]
+    pub principals: Option<PathBuf>,
+
+    /// The old name of --principals (and RETAIND_CONFIG of RETAIND_PRINCIPALS): still read,
+    /// with a warning at start.
+    #[arg(
+        long = "config",
+        env = "RETAIND_CONFIG",
+        hide = true,
+        conflicts_with = "principals"
+    )]
+    pub deprecated_config: Option<PathBuf>,
 
     /// Address for the HTTP API (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "RETAIND_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -200,7 +223,7 @@ pub struct ServeConfig {
     pub max_retained_messages: u64,
 
     /// Most retained messages one principal may keep, counting those its publishes stored,
-    /// for principals whose entry in --config sets no `max_retained_messages`. 0: no limit.
+    /// for principals whose entry in --principals sets no `max_retained_messages`. 0: no limit.
     #[arg(
         long,
         env = "RETAIND_MAX_RETAINED_MESSAGES_PER_PRINCIPAL",
@@ -298,6 +321,13 @@ impl ServeConfig {
     /// The defaults, as `retaind` with no flags and no environment would use them.
     pub fn defaults() -> Self {
         Cli::parse_from(["retaind"]).serve
+    }
+
+    /// The principals file: --principals, or its deprecated name --config.
+    pub fn principals_file(&self) -> Option<&std::path::Path> {
+        self.principals
+            .as_deref()
+            .or(self.deprecated_config.as_deref())
     }
 }
 

@@ -1,7 +1,9 @@
 //! Configuration and wiring: builds the store and the HTTP API from a [`ServeConfig`], starts
 //! them, and stops them in order. The only module that knows every other one.
 
+mod check_config;
 mod config;
+mod config_file;
 mod maintenance;
 mod redact;
 
@@ -12,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use check_config::check_config;
 pub use config::{Cli, Command, LogFormat, ServeConfig};
+pub use config_file::{ConfigFile, Problem};
 pub use redact::redact_url;
 
 use crate::api::{self, AllowedHosts, ApiState, HttpTimeouts, PageTokens, RateLimits, Throttle};
@@ -26,12 +30,17 @@ use crate::topic::TopicLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("--config {path}: {source}")]
+    #[error("--principals {path}: {source}")]
     AuthConfig { path: PathBuf, source: ConfigError },
+    #[error("--config-file {path}:{}", problem_lines(.problems))]
+    ConfigFile {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
     #[error(
         "{flag} {addr} is not a loopback address, and no principals are configured: without \
          principals retaind allows anonymous access, so it listens only on loopback addresses \
-         (127.0.0.1, ::1). Configure principals with --config (see docs/examples/auth.toml), \
+         (127.0.0.1, ::1). Configure principals with --principals (see docs/examples/auth.toml), \
          or bind {flag} to a loopback address"
     )]
     AnonymousNotLocal {
@@ -98,9 +107,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     let auth = load_auth(config)?;
     check_local_only(config, &auth)?;
     let tls = load_tls(config)?;
-    if config.cluster_url.is_some() && !config.database_url.starts_with("postgres") {
-        return Err(Error::ClusterNeedsPostgres);
-    }
+    check_cluster(config)?;
     let store_err = |cause| Error::Store {
         url: redact_url(&config.database_url),
         cause,
@@ -304,19 +311,65 @@ async fn bind_tls(
     Ok(Some((TlsIncoming::new(listener, acceptor.clone()), bound)))
 }
 
-/// The principals of `--config`; none (anonymous access) without the flag.
+fn problem_lines(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+/// The command line, with `--config-file`'s settings for the flags that neither it nor the
+/// environment set. Exits as clap does on `--help`, `--version` and bad flags.
+pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches_from(&args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Some(path) = cli
+        .serve
+        .config_file
+        .clone()
+        .filter(|_| cli.command.is_none())
+    else {
+        return Ok(cli);
+    };
+    let problems = |problems| Error::ConfigFile {
+        path: path.clone(),
+        problems,
+    };
+    let file = ConfigFile::read(&path).map_err(problems)?;
+    let merged = file.merged_args(&args, &matches);
+    match Cli::command().try_get_matches_from(&merged) {
+        Ok(matches) => Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())),
+        Err(e) => {
+            // A value of the file's that clap refuses is said at its line; a problem of the
+            // command line's own, as clap says it.
+            let found = file.value_problems();
+            if found.is_empty() {
+                e.exit()
+            }
+            Err(problems(found))
+        }
+    }
+}
+
+/// The principals of `--principals`; none (anonymous access) without the flag.
 fn load_auth(config: &ServeConfig) -> Result<Authenticator, Error> {
-    let Some(path) = &config.config else {
+    let Some(path) = config.principals_file() else {
         return Ok(Authenticator::disabled());
     };
     let err = |source| Error::AuthConfig {
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     };
     let principals = AuthConfig::load(path)
         .map_err(err)?
         .with_default_retained_quota(config.max_retained_messages_per_principal);
     Authenticator::new(principals).map_err(err)
+}
+
+/// A cluster's nodes share their retained messages through Postgres.
+fn check_cluster(config: &ServeConfig) -> Result<(), Error> {
+    if config.cluster_url.is_some() && !config.database_url.starts_with("postgres") {
+        return Err(Error::ClusterNeedsPostgres);
+    }
+    Ok(())
 }
 
 /// Mosquitto 2's "local only" rule: anonymous access is allowed only to this machine. An
@@ -364,3 +417,6 @@ impl Running {
         }
     }
 }
+
+#[cfg(test)]
+mod config_file_tests;

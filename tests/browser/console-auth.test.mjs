@@ -1,4 +1,4 @@
-// The web console against a retaind with principals (`--config`): it asks for credentials
+// The web console against a retaind with principals (`--principals`): it asks for credentials
 // first, sends the API token as `Authorization: Bearer` and the MQTT user name and password in
 // CONNECT, shows refused credentials readably with a way to sign in again, and signs out.
 //
@@ -75,7 +75,7 @@ before(async () => {
   scratch = await mkdtemp(path.join(tmpdir(), 'retaind-browser-auth-'));
   const configPath = path.join(scratch, 'auth.toml');
   await writeFile(configPath, principalsToml());
-  server = await startRetaind(path.join(scratch, 'r.db'), ['--config', configPath]);
+  server = await startRetaind(path.join(scratch, 'r.db'), ['--principals', configPath]);
   const seeded = await apiFetch(`/topics/${encodeURIComponent(SEEDED)}?qos=1&retain=true`, { method: 'POST', body: '{"on": true}' });
   assert.equal(seeded.status, 200, await seeded.text());
 

@@ -20,7 +20,7 @@ const CHROMIUM_ARGS = [
 
 /**
  * Starts retaind on free ports and resolves with `{ child, base, stderr }` once it says it
- * listens. `extraArgs` are added to the command line (e.g. `--config`).
+ * listens. `extraArgs` are added to the command line (e.g. `--principals`).
  */
 export function startRetaind(dbPath, extraArgs = []) {
   const child = spawn(

@@ -84,7 +84,7 @@ class Server:
 
 @pytest.fixture
 def with_principals():
-    """Whether `server` runs with AUTH_TOML as its --config (and `client` signs with its
+    """Whether `server` runs with AUTH_TOML as its --principals (and `client` signs with its
     credentials). A test module can override this fixture to run its tests both ways."""
     return False
 
@@ -92,7 +92,7 @@ def with_principals():
 @pytest.fixture
 def server(database_url, tmp_path, with_principals):
     """A running retaind on a free port; stopped with SIGTERM, which must end it cleanly."""
-    args = ("--config", str(write_auth_config(tmp_path))) if with_principals else ()
+    args = ("--principals", str(write_auth_config(tmp_path))) if with_principals else ()
     with run_server(database_url, tmp_path, *args) as running:
         yield running
 
@@ -206,7 +206,7 @@ def now_ms():
     return time.time_ns() // 1_000_000
 
 
-# --- with principals (--config) ------------------------------------------------------------
+# --- with principals (--principals) ------------------------------------------------------------
 
 ACCESS_KEY_ID = "AKIDRETAINDTEST00001"
 # '/' and '+' as real AWS secrets have them.
@@ -246,8 +246,8 @@ def write_auth_config(tmp_path):
 
 @pytest.fixture
 def auth_server(database_url, tmp_path):
-    """A running retaind with AUTH_TOML as its --config."""
-    with run_server(database_url, tmp_path, "--config", str(write_auth_config(tmp_path))) as running:
+    """A running retaind with AUTH_TOML as its --principals."""
+    with run_server(database_url, tmp_path, "--principals", str(write_auth_config(tmp_path))) as running:
         yield running
 
 

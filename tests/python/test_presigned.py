@@ -196,7 +196,7 @@ resources = ["*"]
 def ws_server(database_url, tmp_path):
     config = tmp_path / "auth.toml"
     config.write_text(ws_auth_toml())
-    with run_server(database_url, tmp_path, "--config", str(config)) as server:
+    with run_server(database_url, tmp_path, "--principals", str(config)) as server:
         yield server
 
 

@@ -76,7 +76,7 @@ def tls_server(database_url, tmp_path, tls_files):
     """retaind with principals, MQTT over TLS and HTTPS; yields (server, mqtts port, https url)."""
     config = tmp_path / "auth.toml"
     config.write_text(auth_toml())
-    with run_server(database_url, tmp_path, "--config", str(config),
+    with run_server(database_url, tmp_path, "--principals", str(config),
                     "--mqtts-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0",
                     "--tls-cert", str(tls_files / "server.pem"),
                     "--tls-key", str(tls_files / "server.key")) as server:
