@@ -116,10 +116,45 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         mqtt = %running.mqtt_addr,
         "serving"
     );
-    shutdown_signal().await;
+    serve_until_shutdown(&running).await;
     tracing::info!("shutting down: finishing in-flight requests");
     running.shutdown().await;
     Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM, reloading on each SIGHUP meanwhile.
+async fn serve_until_shutdown(running: &app::Running) {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("installing a SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = hangup.recv() => reload(running),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    shutdown.await;
+}
+
+fn reload(running: &app::Running) {
+    match running.reload() {
+        Ok(done) => tracing::info!(
+            principals = ?done.principals,
+            tls_cert = ?done.tls_cert,
+            sessions_kept = done.sessions.kept,
+            connections_closed = done.sessions.disconnected,
+            "reloaded: the principals and TLS files are in force"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "reload refused: the configuration in force stays"
+        ),
+    }
 }
 
 async fn shutdown_signal() {

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -140,19 +140,44 @@ pub fn client_cert_sha256(stream: &TlsStream<PromptAcks>) -> Option<CertFingerpr
     Some(Sha256::digest(leaf.as_ref()).into())
 }
 
+/// A listener's acceptor, which a reload replaces (certificate, key, client CA) for the
+/// handshakes that start after it; established connections keep what they agreed on.
+#[derive(Clone)]
+pub struct LiveAcceptor(Arc<RwLock<TlsAcceptor>>);
+
+impl LiveAcceptor {
+    pub fn new(acceptor: TlsAcceptor) -> Self {
+        Self(Arc::new(RwLock::new(acceptor)))
+    }
+
+    pub fn current(&self) -> TlsAcceptor {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, acceptor: TlsAcceptor) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = acceptor;
+    }
+}
+
 /// A TCP listener whose connections come out TLS-established. Handshakes run concurrently on
 /// their own tasks (a slow client does not hold up the others), at most
 /// [`MAX_PENDING_HANDSHAKES`] at once, each within [`HANDSHAKE_TIMEOUT`]; failed ones are
 /// logged and dropped. Dropping it aborts the handshakes in progress.
 pub struct TlsIncoming {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: LiveAcceptor,
     handshake_timeout: Duration,
     handshakes: JoinSet<Option<(TlsStream<PromptAcks>, SocketAddr)>>,
 }
 
 impl TlsIncoming {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> Self {
+    pub fn new(listener: TcpListener, acceptor: LiveAcceptor) -> Self {
         Self {
             listener,
             acceptor,
@@ -172,7 +197,7 @@ impl TlsIncoming {
             tokio::select! {
                 accepted = self.listener.accept(), if room => match accepted {
                     Ok((tcp, peer)) => {
-                        let acceptor = self.acceptor.clone();
+                        let acceptor = self.acceptor.current();
                         let timeout = self.handshake_timeout;
                         self.handshakes.spawn(handshake(acceptor, tcp, peer, timeout));
                     }
@@ -254,7 +279,7 @@ mod tests {
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = TlsIncoming::new(listener, acceptors.mqtt);
+        let mut incoming = TlsIncoming::new(listener, LiveAcceptor::new(acceptors.mqtt));
         incoming.handshake_timeout = Duration::from_millis(200);
 
         // Connects and never says hello.

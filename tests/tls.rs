@@ -797,3 +797,53 @@ async fn a_tls_subscriber_that_stops_reading_is_reset_within_the_timeout() {
         "reset {waited:?} after the client last took data"
     );
 }
+
+/// A reload (SIGHUP) reads the certificate and key again: handshakes after it get the new
+/// certificate, a connection made before it carries on, and a file that does not load is
+/// refused with the certificate in force kept.
+#[tokio::test]
+async fn a_reload_swaps_the_certificate_for_new_handshakes_and_refuses_a_bad_one() {
+    let pki = Pki::new();
+    let app = spawn_tls_app(&pki).await;
+    let running = app.running.as_ref().unwrap();
+    let mut before = tls_open(&app, &pki.connector(None)).await;
+
+    // A certificate from another CA, as a renewal from a new issuer would be.
+    let renewed = Pki::new();
+    for file in ["server.pem", "server.key"] {
+        std::fs::copy(renewed.path(file), pki.path(file)).unwrap();
+    }
+    let done = running.reload().expect("the reload");
+    assert_eq!(done.tls_cert, Some(pki.path("server.pem")));
+    let addr = mqtts_addr(&app);
+    let handshake = |connector: TlsConnector| async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        within("a TLS handshake", connector.connect(name, tcp)).await
+    };
+    assert!(handshake(renewed.connector(None)).await.is_ok());
+    assert!(
+        handshake(pki.connector(None)).await.is_err(),
+        "the old certificate is gone"
+    );
+
+    // The connection made before the reload still serves MQTT.
+    let login = build::connect_with_login("dev-1", None, "device", DEVICE_PASSWORD.as_bytes());
+    before.write_all(&login).await.unwrap();
+    let mut ack = [0u8; 4];
+    within("a CONNACK", before.read_exact(&mut ack))
+        .await
+        .expect("a CONNACK on the connection made before the reload");
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+
+    std::fs::write(pki.path("server.pem"), "not a certificate").unwrap();
+    let refused = running
+        .reload()
+        .expect_err("a bad certificate file")
+        .to_string();
+    assert!(refused.contains("server.pem"), "{refused}");
+    assert!(
+        handshake(renewed.connector(None)).await.is_ok(),
+        "the renewed one stays"
+    );
+}

@@ -6,9 +6,10 @@ mod config;
 mod config_file;
 mod maintenance;
 mod redact;
+mod reload;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -18,6 +19,7 @@ pub use check_config::check_config;
 pub use config::{Cli, Command, LogFormat, ServeConfig};
 pub use config_file::{ConfigFile, Problem};
 pub use redact::redact_url;
+pub use reload::{RefusedReload, Reloaded};
 
 use crate::api::{self, AllowedHosts, ApiState, HttpTimeouts, PageTokens, RateLimits, Throttle};
 use crate::auth::{AuthConfig, Authenticator, ConfigError};
@@ -25,7 +27,7 @@ use crate::broker::{self, Broker, BrokerConfig};
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::metrics::Metrics;
 use crate::store::{self, Clock, Store, StoreOptions};
-use crate::tls::{self, TlsAcceptors, TlsFiles, TlsIncoming};
+use crate::tls::{self, LiveAcceptor, TlsAcceptors, TlsFiles, TlsIncoming};
 use crate::topic::TopicLimits;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,7 @@ pub struct Running {
     pub broker: Broker,
     /// Who may do what; disabled (everyone may do everything) when no principals are configured.
     pub auth: Authenticator,
+    reloader: reload::Reloader,
     shutdown: CancellationToken,
     server: JoinHandle<()>,
     https: Option<JoinHandle<()>>,
@@ -228,8 +231,15 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         tls.as_ref().map(|t| &t.https),
     )
     .await?;
-    let mqtts_addr = mqtts_incoming.as_ref().map(|(_, addr)| *addr);
-    let https_addr = https_incoming.as_ref().map(|(_, addr)| *addr);
+    let mqtts_addr = mqtts_incoming.as_ref().map(|(_, addr, _)| *addr);
+    let https_addr = https_incoming.as_ref().map(|(_, addr, _)| *addr);
+    let reloader = reload::Reloader::new(
+        config,
+        auth.clone(),
+        broker.clone(),
+        mqtts_incoming.as_ref().map(|(_, _, live)| live.clone()),
+        https_incoming.as_ref().map(|(_, _, live)| live.clone()),
+    );
 
     let shutdown = CancellationToken::new();
     // One router for HTTP and HTTPS, so both share its state (throttles, caches).
@@ -246,7 +256,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         shutdown.clone(),
         config.shutdown_timeout,
     ));
-    let https = https_incoming.map(|(incoming, _)| {
+    let https = https_incoming.map(|(incoming, _, _)| {
         tokio::spawn(api::serve(
             incoming,
             router,
@@ -257,7 +267,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     });
     let mqtt = tokio::spawn(broker::serve_tcp(broker.clone(), mqtt_listener));
     let mqtts = mqtts_incoming
-        .map(|(incoming, _)| tokio::spawn(broker::serve_tls(broker.clone(), incoming)));
+        .map(|(incoming, _, _)| tokio::spawn(broker::serve_tls(broker.clone(), incoming)));
     let maintenance = tokio::spawn(maintenance::run(
         store.clone(),
         config.retention,
@@ -272,6 +282,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         store,
         broker,
         auth,
+        reloader,
         shutdown,
         server,
         https,
@@ -300,7 +311,7 @@ async fn bind_tls(
     flag: &'static str,
     addr: Option<SocketAddr>,
     acceptor: Option<&tokio_rustls::TlsAcceptor>,
-) -> Result<Option<(TlsIncoming, SocketAddr)>, Error> {
+) -> Result<Option<(TlsIncoming, SocketAddr, LiveAcceptor)>, Error> {
     let Some(addr) = addr else {
         return Ok(None);
     };
@@ -308,7 +319,12 @@ async fn bind_tls(
     let err = |source| Error::BindTls { flag, addr, source };
     let listener = TcpListener::bind(addr).await.map_err(err)?;
     let bound = listener.local_addr().map_err(err)?;
-    Ok(Some((TlsIncoming::new(listener, acceptor.clone()), bound)))
+    let live = LiveAcceptor::new(acceptor.clone());
+    Ok(Some((
+        TlsIncoming::new(listener, live.clone()),
+        bound,
+        live,
+    )))
 }
 
 fn problem_lines(problems: &[Problem]) -> String {
@@ -351,17 +367,30 @@ pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, Error> {
 
 /// The principals of `--principals`; none (anonymous access) without the flag.
 fn load_auth(config: &ServeConfig) -> Result<Authenticator, Error> {
-    let Some(path) = config.principals_file() else {
+    let Some(principals) = load_auth_config(config)? else {
         return Ok(Authenticator::disabled());
     };
-    let err = |source| Error::AuthConfig {
+    Authenticator::new(principals).map_err(|source| Error::AuthConfig {
+        path: config
+            .principals_file()
+            .map(Path::to_owned)
+            .unwrap_or_default(),
+        source,
+    })
+}
+
+/// The principals file, read and parsed (not yet validated); `None` without the flag.
+fn load_auth_config(config: &ServeConfig) -> Result<Option<AuthConfig>, Error> {
+    let Some(path) = config.principals_file() else {
+        return Ok(None);
+    };
+    let principals = AuthConfig::load(path).map_err(|source| Error::AuthConfig {
         path: path.to_owned(),
         source,
-    };
-    let principals = AuthConfig::load(path)
-        .map_err(err)?
-        .with_default_retained_quota(config.max_retained_messages_per_principal);
-    Authenticator::new(principals).map_err(err)
+    })?;
+    Ok(Some(principals.with_default_retained_quota(
+        config.max_retained_messages_per_principal,
+    )))
 }
 
 /// A cluster's nodes share their retained messages through Postgres.
@@ -393,6 +422,12 @@ fn check_local_only(config: &ServeConfig, auth: &Authenticator) -> Result<(), Er
 }
 
 impl Running {
+    /// Reads the principals file and the TLS files again and puts them in force together (see
+    /// [`reload`]); on an error nothing changes.
+    pub fn reload(&self) -> Result<Reloaded, RefusedReload> {
+        self.reloader.reload()
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (dropping the HTTP
     /// connections still open after `--shutdown-timeout`), tells MQTT clients the server is
     /// going away, then stops background work.

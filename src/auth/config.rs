@@ -113,6 +113,9 @@ pub(super) struct ValidPrincipal {
     pub(super) client_cert: Option<[u8; 32]>,
     pub(super) statements: Vec<Statement>,
     pub(super) max_retained_messages: Option<u64>,
+    /// Digest of the MQTT credentials as written (username, password hash, certificate): a
+    /// reload that changes it ends the connections made with the old ones.
+    pub(super) mqtt_credentials: [u8; 32],
 }
 
 /// Checks every principal and the uniqueness of names and credentials across them.
@@ -212,7 +215,9 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
             .enumerate()
             .map(|(i, s)| statement(s).map_err(|e| invalid(format!("statements[{i}]: {e}"))))
             .collect::<Result<_, _>>()?;
+        let mqtt_credentials = mqtt_credentials_digest(&p);
         out.push(ValidPrincipal {
+            mqtt_credentials,
             name: p.name,
             access_key,
             token_hashes,
@@ -223,6 +228,24 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
         });
     }
     Ok(out)
+}
+
+fn mqtt_credentials_digest(p: &PrincipalConfig) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in [
+        &p.mqtt_username,
+        &p.mqtt_password_hash,
+        &p.client_cert_sha256
+            .as_ref()
+            .map(|c| c.trim().to_ascii_lowercase()),
+    ] {
+        // Length-prefixed, so that no two different triples hash alike.
+        let part = part.as_deref().unwrap_or_default();
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part.as_bytes());
+    }
+    digest.finalize().into()
 }
 
 fn statement(s: &StatementConfig) -> Result<Statement, String> {

@@ -26,7 +26,7 @@ mod presigned;
 mod sigv4;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
@@ -41,13 +41,32 @@ pub use sigv4::SigV4Request;
 
 use password::StoredHash;
 
-/// Checks credentials against the configured principals. A cheap `Clone` handle.
+/// Checks credentials against the configured principals. A cheap `Clone` handle: every clone
+/// sees a [`Authenticator::reload`] at once.
 #[derive(Clone)]
 pub struct Authenticator {
-    inner: Arc<Inner>,
+    // A lock held only to clone an `Arc`: a check never waits on a reload's parsing, and each
+    // check sees the whole old or the whole new set of principals.
+    inner: Arc<RwLock<Arc<Inner>>>,
+}
+
+/// Why a reload was refused; the principals in force stay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "the file has no principals: a reload cannot turn authentication off (anonymous access); \
+         restart without --principals for that"
+    )]
+    WouldDisable,
+    #[error("authentication is off (no --principals at start): a reload cannot turn it on")]
+    Disabled,
 }
 
 struct Inner {
+    /// Every principal by name, for moving connections to their new entry on a reload.
+    by_name: HashMap<String, Arc<Principal>>,
     /// Present only when no principals are configured.
     anonymous: Option<Arc<Principal>>,
     access_keys: HashMap<String, AccessKey>,
@@ -79,6 +98,7 @@ impl Authenticator {
             return Ok(Self::disabled());
         }
         let mut inner = Inner {
+            by_name: HashMap::new(),
             anonymous: None,
             access_keys: HashMap::new(),
             tokens: HashMap::new(),
@@ -88,10 +108,12 @@ impl Authenticator {
         };
         for valid in config::validate(config)? {
             let principal = Arc::new(Principal::new(
-                valid.name,
+                valid.name.clone(),
                 valid.statements,
                 valid.max_retained_messages,
+                valid.mqtt_credentials,
             ));
+            inner.by_name.insert(valid.name, principal.clone());
             if let Some((id, secret)) = valid.access_key {
                 let principal = principal.clone();
                 inner
@@ -111,33 +133,68 @@ impl Authenticator {
                     .insert(username, MqttUser { hash, principal });
             }
         }
-        Ok(Authenticator {
-            inner: Arc::new(inner),
-        })
+        Ok(Self::holding(inner))
+    }
+
+    fn holding(inner: Inner) -> Self {
+        Authenticator {
+            inner: Arc::new(RwLock::new(Arc::new(inner))),
+        }
+    }
+
+    /// The principals in force, whole: one check never mixes two generations.
+    fn current(&self) -> Arc<Inner> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `config`'s principals in force for every clone of this handle, atomically; on an
+    /// error those in force stay. Connections already authenticated are the caller's to
+    /// re-check ([`Authenticator::principal`], [`Principal::same_mqtt_credentials`]).
+    pub fn reload(&self, config: AuthConfig) -> Result<(), ReloadError> {
+        if !self.is_enabled() {
+            return Err(ReloadError::Disabled);
+        }
+        let next = Authenticator::new(config)?;
+        if !next.is_enabled() {
+            return Err(ReloadError::WouldDisable);
+        }
+        let next = next.current();
+        *self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(())
+    }
+
+    /// The principal in force under this name.
+    pub fn principal(&self, name: &str) -> Option<Arc<Principal>> {
+        self.current().by_name.get(name).cloned()
     }
 
     /// No principals configured: everyone is anonymous and everything is allowed.
     pub fn disabled() -> Self {
-        Authenticator {
-            inner: Arc::new(Inner {
-                anonymous: Some(Arc::new(Principal::anonymous())),
-                access_keys: HashMap::new(),
-                tokens: HashMap::new(),
-                mqtt_users: HashMap::new(),
-                client_certs: HashMap::new(),
-                decoy_hash: None,
-            }),
-        }
+        Self::holding(Inner {
+            by_name: HashMap::new(),
+            anonymous: Some(Arc::new(Principal::anonymous())),
+            access_keys: HashMap::new(),
+            tokens: HashMap::new(),
+            mqtt_users: HashMap::new(),
+            client_certs: HashMap::new(),
+            decoy_hash: None,
+        })
     }
 
     /// True iff at least one principal is configured.
     pub fn is_enabled(&self) -> bool {
-        self.inner.anonymous.is_none()
+        self.current().anonymous.is_none()
     }
 
     /// The allow-everything principal of a disabled authenticator; `None` when enabled.
     pub fn anonymous(&self) -> Option<Arc<Principal>> {
-        self.inner.anonymous.clone()
+        self.current().anonymous.clone()
     }
 
     /// SigV4 as the AWS SDKs sign, in the `Authorization` header or in the query string (a
@@ -169,8 +226,8 @@ impl Authenticator {
             Some(presigned) => presigned.authorization()?,
             None => sigv4::parse_authorization(req.headers)?,
         };
-        let key = self
-            .inner
+        let inner = self.current();
+        let key = inner
             .access_keys
             .get(auth.access_key_id)
             .ok_or(AuthError::UnknownAccessKey)?;
@@ -189,7 +246,7 @@ impl Authenticator {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // The map lookup is keyed by the digest, so its timing reveals nothing usable about the
         // token; the final comparison is constant-time anyway.
-        match self.inner.tokens.get_key_value(&digest) {
+        match self.current().tokens.get_key_value(&digest) {
             Some((stored, principal)) if bool::from(stored.ct_eq(&digest)) => Ok(principal.clone()),
             _ => Err(AuthError::BadCredentials),
         }
@@ -208,11 +265,12 @@ impl Authenticator {
         let (Some(username), Some(password)) = (username, password) else {
             return Err(AuthError::MissingCredentials);
         };
-        match self.inner.mqtt_users.get(username) {
+        let inner = self.current();
+        match inner.mqtt_users.get(username) {
             Some(user) if user.hash.verify(password) => Ok(user.principal.clone()),
             Some(_) => Err(AuthError::BadCredentials),
             None => {
-                if let Some(decoy) = &self.inner.decoy_hash {
+                if let Some(decoy) = &inner.decoy_hash {
                     decoy.verify(password);
                 }
                 Err(AuthError::BadCredentials)
@@ -227,7 +285,7 @@ impl Authenticator {
         if let Some(anonymous) = self.anonymous() {
             return Ok(anonymous);
         }
-        self.inner
+        self.current()
             .client_certs
             .get(sha256)
             .cloned()
@@ -237,12 +295,13 @@ impl Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.current();
         f.debug_struct("Authenticator")
-            .field("enabled", &self.is_enabled())
-            .field("access_keys", &self.inner.access_keys.len())
-            .field("tokens", &self.inner.tokens.len())
-            .field("mqtt_users", &self.inner.mqtt_users.len())
-            .field("client_certs", &self.inner.client_certs.len())
+            .field("enabled", &inner.anonymous.is_none())
+            .field("access_keys", &inner.access_keys.len())
+            .field("tokens", &inner.tokens.len())
+            .field("mqtt_users", &inner.mqtt_users.len())
+            .field("client_certs", &inner.client_certs.len())
             .finish()
     }
 }

@@ -194,6 +194,8 @@ pub struct Principal {
     pub max_retained_messages: Option<u64>,
     statements: Vec<Statement>,
     allow_all: bool,
+    /// See [`Principal::same_mqtt_credentials`].
+    mqtt_credentials: [u8; 32],
 }
 
 impl Principal {
@@ -201,12 +203,14 @@ impl Principal {
         name: String,
         statements: Vec<Statement>,
         max_retained_messages: Option<u64>,
+        mqtt_credentials: [u8; 32],
     ) -> Self {
         Principal {
             name,
             max_retained_messages,
             statements,
             allow_all: false,
+            mqtt_credentials,
         }
     }
 
@@ -217,7 +221,15 @@ impl Principal {
             max_retained_messages: None,
             statements: Vec::new(),
             allow_all: true,
+            mqtt_credentials: [0; 32],
         }
+    }
+
+    /// Whether an MQTT connection that authenticated as `self` would authenticate as `other`
+    /// too: the same MQTT username, password hash and client certificate. A reload keeps the
+    /// connections whose principal passes this, under the new policy.
+    pub fn same_mqtt_credentials(&self, other: &Principal) -> bool {
+        self.mqtt_credentials == other.mqtt_credentials
     }
 
     /// Explicit Deny wins, then any Allow, else denied. `resource` is the topic name (Publish,
@@ -257,7 +269,7 @@ mod tests {
                     .collect(),
             })
             .collect();
-        Principal::new("test".into(), statements, None)
+        Principal::new("test".into(), statements, None, [0; 32])
     }
 
     fn allow(actions: &[&str], resources: &[&str]) -> Principal {

@@ -84,10 +84,9 @@ pub(super) struct Client {
     cfg: BrokerConfig,
     v5: bool,
     key: ClientKey,
-    /// Who the client authenticated as; `None` when authentication is off (all allowed).
-    principal: Option<Arc<Principal>>,
-    /// Whom this client's retained publishes are charged to.
-    owner: Owner,
+    /// Whom this client's retained publishes are charged to, and the principal (the
+    /// session's, which a reload may replace) it was worked out from.
+    owner: (Owner, Option<Arc<Principal>>),
     session: Arc<Session>,
     connection: u64,
     /// Cancelled when the connection must close (taken over, kicked, shutdown).
@@ -129,6 +128,11 @@ impl Client {
         } = joined;
         let cfg = broker.config().clone();
         let attached = broker.attach(key.clone(), clean_start, principal.clone(), claim, restored);
+        // Authenticated under principals a reload has just replaced: judged as the reload
+        // judges the sessions it finds (see `reauthorize`).
+        if broker.reauthorize_session(&attached.session) == Some(false) {
+            attached.session.revoke();
+        }
         let client = Self {
             outbound: Outbound::new(
                 attached.session.clone(),
@@ -140,12 +144,11 @@ impl Client {
             ),
             inbound: InboundQos::new(v5, cfg.receive_maximum),
             publish_rate: TokenBucket::new(cfg.max_publish_rate, std::time::Instant::now()),
-            owner: Owner::of(principal.as_deref()),
+            owner: (Owner::of(principal.as_deref()), principal),
             broker,
             cfg,
             v5,
             key,
-            principal,
             session: attached.session,
             connection: attached.connection,
             stop: attached.stop,
@@ -200,7 +203,9 @@ impl Client {
                 Ok(())
             }
             Packet::Subscribe(s) => {
-                let subscribed = subscribe::subscribe(&self.subscriber(), s).map_err(End::Close)?;
+                let subscribed =
+                    subscribe::subscribe(&self.subscriber(self.principal().as_deref()), s)
+                        .map_err(End::Close)?;
                 // The first page of each filter's retained messages is read now, before
                 // SUBACK: the subscription's view of the retained state is taken at subscribe
                 // time, so a message published after SUBACK arrives once, live, and never
@@ -222,7 +227,7 @@ impl Client {
                 Ok(())
             }
             Packet::Unsubscribe(u) => {
-                let ack = subscribe::unsubscribe(&self.subscriber(), u);
+                let ack = subscribe::unsubscribe(&self.subscriber(self.principal().as_deref()), u);
                 self.store_subscriptions().await;
                 out.send(Packet::UnsubscribeAck(ack));
                 Ok(())
@@ -243,13 +248,34 @@ impl Client {
         }
     }
 
-    fn subscriber(&self) -> Subscriber<'_> {
+    fn subscriber<'a>(&'a self, principal: Option<&'a Principal>) -> Subscriber<'a> {
         Subscriber {
             broker: &self.broker,
             client: &self.key,
             session: &self.session,
-            principal: self.principal.as_deref(),
+            principal,
         }
+    }
+
+    /// The principal now in force for this client (a reload may have replaced it).
+    fn principal(&self) -> Option<Arc<Principal>> {
+        self.session.principal()
+    }
+
+    /// Whom a retained write is charged to, under the principal in force.
+    fn owner(&mut self) -> Owner {
+        let principal = self.principal();
+        let (owner, of) = &mut self.owner;
+        let same = match (&principal, &*of) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            *owner = Owner::of(principal.as_deref());
+            *of = principal;
+        }
+        owner.clone()
     }
 
     fn on_publish(&mut self, p: Publish, out: &mut Outbox) -> Result<(), End> {
@@ -278,7 +304,7 @@ impl Client {
             // code (MQTT 5 §3.4.2.1, §3.5.2.1), so MQTT 5 gets 0x97 Quota exceeded.
             Some((PublishAckReason::QuotaExceeded, DropReason::publish_rate))
         } else if !may_publish(
-            self.principal.as_deref(),
+            self.principal().as_deref(),
             &message.topic,
             message.retain,
             &self.key,
@@ -320,10 +346,11 @@ impl Client {
                 // Queued with the rest of the burst being read (`submit_writes`), so that
                 // they commit together.
                 let committed = write.map(|w| {
+                    let owner = self.owner();
                     let store = self.broker.store();
                     self.writes
                         .get_or_insert_with(|| store.batch())
-                        .add(w, self.owner.clone())
+                        .add(w, owner)
                 });
                 self.pending.push(message, ack, committed);
                 Ok(())
@@ -485,11 +512,31 @@ impl Client {
                 .is_some_and(|w| !w.delay.min(expiry).is_zero());
         if publish_will
             && !resumed_elsewhere
+            && self.will_still_allowed()
             && let Some(will) = self.will.take()
         {
             self.broker
                 .publish_will(will, self.key.clone(), self.connection, expiry);
         }
+    }
+
+    /// A Will was checked at CONNECT; a reload since may have removed the principal (its
+    /// connection was closed for it: no Will) or its right to publish there.
+    fn will_still_allowed(&self) -> bool {
+        let Some(will) = &self.will else {
+            return true;
+        };
+        let Some(principal) = self.principal() else {
+            return true;
+        };
+        self.broker.still_stands(&principal).is_some_and(|now| {
+            may_publish(
+                Some(&now),
+                &will.publication.topic,
+                will.publication.retain,
+                &self.key,
+            )
+        })
     }
 
     /// Lets go of the session at once: the CONNACK could not be sent.

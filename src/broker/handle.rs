@@ -244,6 +244,11 @@ impl Broker {
         )
     }
 
+    /// The principals were reloaded: what was learnt of MQTT passwords no longer holds.
+    pub(super) fn forget_checked_credentials(&self) {
+        self.inner.password_checks.forget_all();
+    }
+
     pub(super) fn sessions(&self) -> &Sessions {
         &self.inner.sessions
     }

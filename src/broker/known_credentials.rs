@@ -10,10 +10,13 @@
 //! - one that failed is refused without a check, and does not count against its source again:
 //!   a device retrying a wrong password costs one argon2 run, not one per attempt.
 //!
-//! The principals are read once at start, so a verdict cannot go stale while the process runs.
+//! A reload of the principals makes every verdict stale: [`KnownCredentials::forget_all`] empties
+//! both tables and starts a new generation, which is part of every digest, so that a verdict
+//! reached under the old principals while the reload ran is remembered where no one looks.
 //! A credential pushed out of a full table is simply checked again next time.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
 use quick_cache::sync::Cache;
@@ -39,6 +42,7 @@ pub(super) struct Digest([u8; 32]);
 
 pub(super) struct KnownCredentials {
     key: [u8; 32],
+    generation: AtomicU64,
     verified: Cache<Digest, Arc<Principal>>,
     refused: Cache<Digest, ()>,
 }
@@ -54,6 +58,7 @@ impl KnownCredentials {
     fn with_key(key: [u8; 32]) -> Self {
         Self {
             key,
+            generation: AtomicU64::new(0),
             verified: Cache::new(MAX_VERIFIED),
             refused: Cache::new(MAX_REFUSED),
         }
@@ -62,11 +67,19 @@ impl KnownCredentials {
     pub fn digest(&self, username: &str, password: &[u8]) -> Digest {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(&self.generation.load(Ordering::Acquire).to_be_bytes());
         // The user name's length first, so that ("ab", "c") and ("a", "bc") differ.
         mac.update(&(username.len() as u64).to_be_bytes());
         mac.update(username.as_bytes());
         mac.update(password);
         Digest(mac.finalize().into_bytes().into())
+    }
+
+    /// The principals changed: nothing known holds any more.
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.verified.clear();
+        self.refused.clear();
     }
 
     pub fn get(&self, digest: &Digest) -> Option<Known> {
@@ -111,6 +124,22 @@ mod tests {
         assert!(matches!(known.get(&good), Some(Known::Verified(p)) if p.name == "d"));
         assert!(matches!(known.get(&bad), Some(Known::Refused)));
         assert!(known.get(&known.digest("d", b"other")).is_none());
+    }
+
+    /// A verdict reached under the old principals, remembered after the reload forgot them
+    /// all, is never recalled.
+    #[test]
+    fn after_forget_all_nothing_is_known_and_late_verdicts_are_not_recalled() {
+        let known = KnownCredentials::with_key([7; 32]);
+        let before = known.digest("d", b"pw");
+        known.verified(before, principal());
+        known.forget_all();
+        assert!(known.get(&before).is_none());
+        known.verified(before, principal());
+        assert!(known.get(&known.digest("d", b"pw")).is_none());
+        let after = known.digest("d", b"pw");
+        known.verified(after, principal());
+        assert!(matches!(known.get(&after), Some(Known::Verified(_))));
     }
 
     #[test]

@@ -105,6 +105,13 @@ impl PasswordChecks {
         Some(self.known.as_ref()?.digest(username, password))
     }
 
+    /// The principals were reloaded: verdicts reached before are forgotten.
+    pub fn forget_all(&self) {
+        if let Some(known) = &self.known {
+            known.forget_all();
+        }
+    }
+
     /// What a check of this credential found before, if it ran.
     pub fn recall(&self, digest: Option<Digest>) -> Option<Known> {
         let known = self.known.as_ref()?.get(&digest?)?;

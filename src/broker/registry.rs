@@ -102,6 +102,40 @@ impl Session {
         self.moved.load(Ordering::Acquire) == MOVED_RESUMED
     }
 
+    /// Who the attached (or last) connection authenticated as, as of the last reload.
+    pub fn principal(&self) -> Option<Arc<Principal>> {
+        self.principal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The principals were reloaded and `old`, this session's principal, is now `new`: it
+    /// goes on under the new policy. False if the session's principal is no longer `old`.
+    pub fn replace_principal(&self, old: &Arc<Principal>, new: Arc<Principal>) -> bool {
+        let mut slot = self
+            .principal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*slot {
+            Some(current) if Arc::ptr_eq(current, old) => {
+                *slot = Some(new);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The principal's credentials are gone: the attached connection, if any, closes
+    /// (MQTT 5: DISCONNECT 0x87 Not authorized). True if one was attached.
+    pub fn revoke(&self) -> bool {
+        let online = self.online.load(Ordering::Acquire);
+        if online {
+            self.kick(DisconnectReasonCode::NotAuthorized);
+        }
+        online
+    }
+
     /// A message reaches a client only if its principal may `iot:Receive` the topic,
     /// retained messages included.
     pub fn may_receive(&self, topic: &TopicName) -> bool {
@@ -614,6 +648,11 @@ impl Sessions {
     }
 
     /// Sessions held, connected or not.
+    /// Every session held here, online or not.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.registry().sessions.values().cloned().collect()
+    }
+
     pub fn held(&self) -> usize {
         self.registry().sessions.len()
     }
