@@ -15,6 +15,7 @@
 #   BENCH_INTEREST     messages node A publishes to a topic nobody subscribes to (default 10000)
 #   BENCH_HALF_RATE    "QOS0,QOS1": messages/s per publisher of the half-rate runs, instead of
 #                      half the cluster's measured rate (to compare latency at an earlier run's pace)
+#   BENCH_NODE_THREADS tokio worker threads of each retaind (default: one per core)
 #   PG_ADMIN_URL       a Postgres superuser URL (default: see scripts/postgres.sh)
 #   CARGO_TARGET_DIR   where cargo builds (default target/)
 #
@@ -127,7 +128,8 @@ NATS_URL="nats://127.0.0.1:$NATS_PORT"
 start_node() { # NAME [RETAIND ARGS...]: a retaind on free ports; its MQTT port in MQTT_PORT[NAME]
     local name=$1 line port=""
     shift
-    RUST_LOG=info "$RETAIND" --http-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 \
+    env ${BENCH_NODE_THREADS:+TOKIO_WORKER_THREADS=$BENCH_NODE_THREADS} RUST_LOG=info \
+        "$RETAIND" --http-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 \
         --database-url "$DB_URL" --mqtt-max-queued-messages "$QUEUED_MESSAGES" \
         --mqtt-max-queued-bytes "$QUEUED_BYTES" --mqtt-max-inflight "$INFLIGHT" "$@" \
         >"$WORK/$name.out" 2>"$WORK/$name.stderr" &
@@ -392,7 +394,7 @@ KEYS=(cluster/fanout-qos0 cluster/fanout-qos1 cluster/half-fanout-qos0 cluster/h
     echo
     echo "- Date: $STARTED"
     echo "- Machine: $(nproc) CPUs ($CPU_MODEL), $RAM RAM; load generators, nodes, nats-server and Postgres share it"
-    echo "- retaind: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown), release build, Postgres store, --mqtt-max-inflight $INFLIGHT --mqtt-max-queued-messages $QUEUED_MESSAGES --mqtt-max-queued-bytes $QUEUED_BYTES"
+    echo "- retaind: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown), release build, Postgres store, --mqtt-max-inflight $INFLIGHT --mqtt-max-queued-messages $QUEUED_MESSAGES --mqtt-max-queued-bytes $QUEUED_BYTES${BENCH_NODE_THREADS:+, $BENCH_NODE_THREADS tokio worker thread(s) per node}"
     echo "- NATS: $NATS_VERSION, JetStream on (the interest bucket); Postgres $PG_VERSION"
     echo "- Load generators: examples/mqtt_bench.rs (rumqttc, MQTT 3.1.1 over TCP; QoS 1 publishers with 100 in flight), examples/nats_bench.rs (async-nats); --max-outstanding $OUTSTANDING"
 } >"$WORK/table.md"

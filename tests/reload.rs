@@ -118,6 +118,10 @@ async fn app(dir: &Path) -> TestApp {
     spawn_app_with(db, config).await
 }
 
+fn rewrite(dir: &Path, policy: &Policy) {
+    std::fs::write(dir.join("auth.toml"), principals(policy)).unwrap();
+}
+
 fn running(app: &TestApp) -> &retaind::app::Running {
     app.running.as_ref().unwrap()
 }
@@ -218,14 +222,13 @@ async fn a_widened_policy_holds_at_once_for_http_and_for_connected_clients() {
         403
     );
 
-    std::fs::write(
-        dir.path().join("auth.toml"),
-        principals(&Policy {
+    rewrite(
+        dir.path(),
+        &Policy {
             secret_open: true,
             ..SECRET_CLOSED
-        }),
-    )
-    .unwrap();
+        },
+    );
     let done = running(&app).reload().expect("the reload");
     assert_eq!(
         done.sessions,
@@ -345,14 +348,13 @@ async fn a_removed_principal_is_disconnected_and_a_changed_password_is_not_remem
     // memory, without a check.
     let (mut device, _) = V5::connect(options).await;
 
-    std::fs::write(
-        dir.path().join("auth.toml"),
-        principals(&Policy {
+    rewrite(
+        dir.path(),
+        &Policy {
             secret_open: false,
             device_password: None,
-        }),
-    )
-    .unwrap();
+        },
+    );
     let done = running(&app).reload().expect("the reload");
     assert_eq!(
         done.sessions,
@@ -383,14 +385,13 @@ async fn a_removed_principal_is_disconnected_and_a_changed_password_is_not_remem
         ["news/secret", "news/open"]
     );
 
-    std::fs::write(
-        dir.path().join("auth.toml"),
-        principals(&Policy {
+    rewrite(
+        dir.path(),
+        &Policy {
             secret_open: false,
             device_password: Some("new-device-pw"),
-        }),
-    )
-    .unwrap();
+        },
+    );
     running(&app).reload().expect("the reload");
     assert_eq!(
         device_connack(&app, "device-pw").await,
