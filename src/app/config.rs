@@ -27,6 +27,9 @@ pub enum Command {
     /// Hash a password for `mqtt_password_hash` in the --config file: reads it from the first
     /// line of standard input, prints its argon2id PHC string.
     HashPassword,
+    /// Export, import or delete retained messages in bulk, over a running service's HTTP API
+    /// or straight in its database (see `retaind retained --help`).
+    Retained(crate::admin::RetainedCommand),
 }
 
 /// Everything `retaind` needs to serve; each flag can also come from the environment.
