@@ -25,15 +25,18 @@ pub enum RetainedAction {
 
 /// Where the messages are: a running service, or its database.
 #[derive(Debug, Clone, Args)]
-#[group(id = "connection", required = true, multiple = false)]
 pub struct ConnectionArgs {
     /// A running retaind (or any AWS IoT data-plane endpoint): http(s)://host:port.
-    #[arg(long, group = "connection")]
+    #[arg(
+        long,
+        required_unless_present = "database_url",
+        conflicts_with = "database_url"
+    )]
     pub endpoint: Option<String>,
 
     /// The store itself, opened as the server opens it: sqlite://PATH or postgres://... A
     /// SQLite file is locked by the server that uses it: stop that server first.
-    #[arg(long, group = "connection")]
+    #[arg(long, required_unless_present = "endpoint")]
     pub database_url: Option<String>,
 
     /// With --endpoint: an API bearer token (a principal's api_tokens_sha256 entry).

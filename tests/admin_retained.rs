@@ -1,0 +1,488 @@
+//! `retaind retained export|import|delete` run as the real binary, against both stores: from
+//! and into a database URL, and over HTTP with a bearer token or SigV4; bad lines named by
+//! number with nothing written; a dry run; confirmation before a delete.
+
+#[path = "admin/cli.rs"]
+mod cli;
+mod common;
+
+use cli::{messages, ndjson, retained, seed, stored, without_read_time};
+use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config};
+use retaind::admin::Line;
+use sha2::{Digest, Sha256};
+
+const TOKEN: &str = "admin-token-0123456789";
+const READER_TOKEN: &str = "reader-token-0123456789";
+const ACCESS_KEY: &str = "AKIDADMINEXAMPLE";
+const SECRET_KEY: &str = "admin/secret/EXAMPLEKEY";
+
+fn expected(n: usize) -> Vec<retaind::store::RetainedMessage> {
+    messages(n).into_iter().map(without_read_time).collect()
+}
+
+async fn export_from_a_database_is_every_message_with_every_property(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let all = messages(60);
+    seed(&db.url, &all).await;
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("out.ndjson");
+    let run = retained(
+        &[
+            "export",
+            "--database-url",
+            &db.url,
+            "--output",
+            file.to_str().unwrap(),
+        ],
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    assert!(
+        run.report().contains("exported 60 retained messages to"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), ndjson(&all));
+
+    // To standard output, narrowed by a filter.
+    let run = retained(
+        &[
+            "export",
+            "--database-url",
+            &db.url,
+            "--topic-filter",
+            "fleet/3/+",
+        ],
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    run.report();
+    let wanted: Vec<_> = all
+        .iter()
+        .filter(|m| m.topic.as_str().starts_with("fleet/3/"))
+        .cloned()
+        .collect();
+    assert_eq!(wanted.len(), 6);
+    assert_eq!(run.stdout, ndjson(&wanted));
+}
+
+async fn an_import_into_a_database_keeps_each_message_and_twice_changes_nothing(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("in.ndjson");
+    std::fs::write(&file, ndjson(&messages(60))).unwrap();
+    let args = [
+        "import",
+        file.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+        "--batch-size",
+        "7",
+    ];
+    let run = retained(&args, &[], home.path(), None).await;
+    assert!(run.report().contains("wrote 60, kept 0"), "{}", run.stderr);
+    assert_eq!(stored(&db.url).await, expected(60));
+
+    let run = retained(&args, &[], home.path(), None).await;
+    assert!(run.report().contains("wrote 0, kept 60"), "{}", run.stderr);
+    assert_eq!(stored(&db.url).await, expected(60));
+
+    // From standard input too.
+    let std_args = ["import", "-", "--database-url", &db.url];
+    let run = retained(
+        &std_args,
+        &[],
+        home.path(),
+        Some(ndjson(&messages(60)).as_bytes()),
+    )
+    .await;
+    assert!(run.report().contains("wrote 0, kept 60"), "{}", run.stderr);
+}
+
+async fn an_import_keeps_a_newer_message_and_replaces_an_older_one(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let mut target = messages(2);
+    target[0].last_modified_ms += 10_000; // newer than the file's
+    target[1].last_modified_ms -= 10_000; // older than the file's
+    target[0].payload = "target's newer".into();
+    target[1].payload = "target's older".into();
+    seed(&db.url, &target).await;
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("in.ndjson");
+    std::fs::write(&file, ndjson(&messages(2))).unwrap();
+    let run = retained(
+        &["import", file.to_str().unwrap(), "--database-url", &db.url],
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    assert!(run.report().contains("wrote 1, kept 1"), "{}", run.stderr);
+    let now = stored(&db.url).await;
+    assert_eq!(now[0], without_read_time(target[0].clone()));
+    assert_eq!(now[1], expected(2)[1]);
+}
+
+/// A valid line 1 and 3 around a bad line 2, and what the report must say of line 2.
+fn bad_files() -> Vec<(&'static str, String, &'static str)> {
+    let good = messages(3);
+    let line = |i: usize| Line::of(&good[i]);
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = serde_json::to_value(line(1)).unwrap();
+        edit(&mut v);
+        v.to_string()
+    };
+    let file = |bad: String| format!("{}\n{bad}\n{}\n", line(0).to_json(), line(2).to_json());
+    vec![
+        (
+            "bad JSON",
+            file("{\"topic\": \"a\", ".into()),
+            "not a line of the export format",
+        ),
+        (
+            "bad base64",
+            file(with(&|v| v["payload"] = "not base64!".into())),
+            "payload is not base64",
+        ),
+        (
+            "invalid topic",
+            file(with(&|v| v["topic"] = "fleet/+/x".into())),
+            "invalid topic",
+        ),
+        (
+            "oversize payload",
+            file(with(&|v| {
+                v["payload"] = base64_of(&vec![b'x'; 128 * 1024 + 1]).into();
+                v["payloadFormatIndicator"] = serde_json::Value::Null;
+            })),
+            "payload is 131073 bytes, more than the limit of 131072",
+        ),
+        (
+            "unknown qos",
+            file(with(&|v| v["qos"] = 3.into())),
+            "qos must be 0, 1 or 2, not 3",
+        ),
+    ]
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn a_bad_line_is_named_and_nothing_is_written(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let before = messages(40).split_off(30);
+    seed(&db.url, &before).await;
+    let before = stored(&db.url).await;
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("in.ndjson");
+    for (case, text, reason) in bad_files() {
+        std::fs::write(&file, &text).unwrap();
+        let run = retained(
+            &["import", file.to_str().unwrap(), "--database-url", &db.url],
+            &[],
+            home.path(),
+            None,
+        )
+        .await;
+        let report = run.failure();
+        assert!(report.contains(&format!("line 2: ")), "{case}: {report}");
+        assert!(report.contains(reason), "{case}: {report}");
+        assert!(report.contains("nothing was written"), "{case}: {report}");
+        assert!(
+            !report.contains("line 1:") && !report.contains("line 3:"),
+            "{case}: {report}"
+        );
+        assert_eq!(stored(&db.url).await, before, "{case}: the store changed");
+    }
+    // Skipped on request: the good lines are imported, each bad one reported.
+    let all: String = bad_files().into_iter().map(|(_, text, _)| text).collect();
+    std::fs::write(&file, &all).unwrap();
+    let run = retained(
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--database-url",
+            &db.url,
+            "--skip-bad-lines",
+        ],
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    let report = run.report();
+    for (n, (_, _, reason)) in bad_files().into_iter().enumerate() {
+        assert!(
+            report.contains(&format!("line {}: ", 3 * n + 2)),
+            "{report}"
+        );
+        assert!(report.contains(reason), "{report}");
+    }
+    assert!(report.contains("5 bad skipped"), "{report}");
+    // Lines 1 and 3 of every file: the same two messages.
+    let now = stored(&db.url).await;
+    assert_eq!(now.len(), before.len() + 2);
+}
+
+async fn a_dry_run_reports_what_it_would_do_and_changes_nothing(backend: Backend) {
+    let db = fresh_db(backend).await;
+    seed(&db.url, &messages(10)).await;
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("in.ndjson");
+    std::fs::write(&file, ndjson(&messages(25))).unwrap();
+    let run = retained(
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--database-url",
+            &db.url,
+            "--dry-run",
+        ],
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    let report = run.report();
+    assert!(
+        report.contains("dry run: would write 15, would keep 10"),
+        "{report}"
+    );
+    assert!(report.contains("nothing was changed"), "{report}");
+    assert_eq!(stored(&db.url).await, expected(10));
+}
+
+async fn a_delete_asks_refuses_without_a_terminal_and_deletes_with_yes(backend: Backend) {
+    let db = fresh_db(backend).await;
+    seed(&db.url, &messages(50)).await;
+    let home = tempfile::tempdir().unwrap();
+    let args = [
+        "delete",
+        "--database-url",
+        &db.url,
+        "--topic-filter",
+        "fleet/4/#",
+    ];
+    let run = retained(&args, &[], home.path(), None).await;
+    let report = run.failure();
+    assert!(
+        report.contains("5 retained messages match fleet/4/#"),
+        "{report}"
+    );
+    assert!(report.contains("refusing to delete 5"), "{report}");
+    assert_eq!(stored(&db.url).await.len(), 50);
+
+    let run = retained(
+        &[&args[..], &["--dry-run"]].concat(),
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    assert!(run.report().contains("dry run: nothing was deleted"));
+    assert_eq!(stored(&db.url).await.len(), 50);
+
+    let run = retained(
+        &[&args[..], &["--yes", "--batch-size", "2"]].concat(),
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    assert!(
+        run.report()
+            .contains("deleted 5 retained messages matching fleet/4/#")
+    );
+    let left = stored(&db.url).await;
+    assert_eq!(left.len(), 45);
+    assert!(
+        left.iter()
+            .all(|m| !m.topic.as_str().starts_with("fleet/4/"))
+    );
+}
+
+fn principals() -> String {
+    let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    format!(
+        r#"
+[[principals]]
+name = "admin"
+api_tokens_sha256 = ["{admin}"]
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+[[principals.statements]]
+effect = "Allow"
+actions = ["*"]
+resources = ["*"]
+
+[[principals]]
+name = "reader"
+api_tokens_sha256 = ["{reader}"]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:GetRetainedMessage", "iot:ListRetainedMessages"]
+resources = ["*"]
+"#,
+        admin = hash(TOKEN),
+        reader = hash(READER_TOKEN),
+    )
+}
+
+/// The server with the principals above, on `db`.
+async fn spawn_secured(db: FreshDb, dir: &std::path::Path) -> TestApp {
+    let path = dir.join("auth.toml");
+    std::fs::write(&path, principals()).unwrap();
+    let mut config = test_config(&db.url);
+    config.config = Some(path);
+    spawn_app_with(db, config).await
+}
+
+/// Lines without their lastModifiedTime, which a service stamps on publish.
+fn unstamped(text: &str) -> Vec<Line> {
+    text.lines()
+        .map(|l| Line {
+            last_modified_time: 0,
+            ..Line::parse(l).unwrap()
+        })
+        .collect()
+}
+
+async fn over_http_with_a_token_import_export_and_delete_work_as_the_user_may(backend: Backend) {
+    let home = tempfile::tempdir().unwrap();
+    let app = spawn_secured(fresh_db(backend).await, home.path()).await;
+    let file = home.path().join("in.ndjson");
+    std::fs::write(&file, ndjson(&messages(30))).unwrap();
+    let import = ["import", file.to_str().unwrap(), "--endpoint", &app.base];
+
+    // A principal that may not publish: 403, nothing stored.
+    let run = retained(
+        &[&import[..], &["--token", READER_TOKEN]].concat(),
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    let report = run.failure();
+    assert!(
+        report.contains("Publish answered HTTP 403 ForbiddenException"),
+        "{report}"
+    );
+    assert_eq!(app.store().count(None).await.unwrap(), 0);
+
+    let run = retained(&import, &[("RETAIND_API_TOKEN", TOKEN)], home.path(), None).await;
+    assert!(run.report().contains("wrote 30, kept 0"), "{}", run.stderr);
+    // Again: the service's copies are newer (stamped on publish), so nothing is written.
+    let run = retained(&import, &[("RETAIND_API_TOKEN", TOKEN)], home.path(), None).await;
+    assert!(run.report().contains("wrote 0, kept 30"), "{}", run.stderr);
+
+    let run = retained(
+        &["export", "--endpoint", &app.base, "--token", TOKEN],
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    run.report();
+    let exported = unstamped(&run.stdout);
+    let mut wanted = unstamped(&ndjson(&messages(30)));
+    // The expiry travels as seconds left, so the service's instant is its own clock's.
+    for line in exported.iter().zip(wanted.iter_mut()) {
+        line.1.message_expires_at = line.0.message_expires_at;
+    }
+    assert_eq!(exported, wanted);
+
+    let delete = [
+        "delete",
+        "--endpoint",
+        &app.base,
+        "--token",
+        TOKEN,
+        "--topic-filter",
+        "fleet/+/dev-1",
+    ];
+    let run = retained(&delete, &[], home.path(), None).await;
+    assert!(
+        run.failure().contains("refusing to delete 1"),
+        "{}",
+        run.stderr
+    );
+    let run = retained(&[&delete[..], &["--yes"]].concat(), &[], home.path(), None).await;
+    assert!(
+        run.report().contains("deleted 1 retained messages"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(app.store().count(None).await.unwrap(), 29);
+}
+
+async fn over_http_sigv4_signs_with_the_environment_or_a_profile(backend: Backend) {
+    let home = tempfile::tempdir().unwrap();
+    let app = spawn_secured(fresh_db(backend).await, home.path()).await;
+    app.store()
+        .write(retaind::store::Write::Put(messages(1).remove(0)))
+        .await
+        .unwrap();
+    let export = ["export", "--endpoint", &app.base, "--sigv4"];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "eu-west-1"),
+    ];
+    let run = retained(&export, &env, home.path(), None).await;
+    assert!(
+        run.report().contains("exported 1 retained messages"),
+        "{}",
+        run.stderr
+    );
+
+    std::fs::create_dir_all(home.path().join(".aws")).unwrap();
+    std::fs::write(
+        home.path().join(".aws/credentials"),
+        format!("[default]\naws_access_key_id = WRONG\naws_secret_access_key = wrong\n\n[retaind]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+    )
+    .unwrap();
+    let run = retained(
+        &[&export[..], &["--region", "us-east-1"]].concat(),
+        &[("AWS_PROFILE", "retaind")],
+        home.path(),
+        None,
+    )
+    .await;
+    assert!(
+        run.report().contains("exported 1 retained messages"),
+        "{}",
+        run.stderr
+    );
+    // The default profile's key is unknown to the service.
+    let run = retained(
+        &[&export[..], &["--region", "us-east-1"]].concat(),
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    assert!(
+        run.failure().contains("403 ForbiddenException"),
+        "{}",
+        run.stderr
+    );
+    let run = retained(&export, &[("AWS_PROFILE", "retaind")], home.path(), None).await;
+    assert!(run.failure().contains("no region"), "{}", run.stderr);
+}
+
+for_each_backend!(
+    export_from_a_database_is_every_message_with_every_property,
+    an_import_into_a_database_keeps_each_message_and_twice_changes_nothing,
+    an_import_keeps_a_newer_message_and_replaces_an_older_one,
+    a_bad_line_is_named_and_nothing_is_written,
+    a_dry_run_reports_what_it_would_do_and_changes_nothing,
+    a_delete_asks_refuses_without_a_terminal_and_deletes_with_yes,
+    over_http_with_a_token_import_export_and_delete_work_as_the_user_may,
+    over_http_sigv4_signs_with_the_environment_or_a_profile,
+);
