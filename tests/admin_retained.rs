@@ -476,6 +476,70 @@ async fn over_http_sigv4_signs_with_the_environment_or_a_profile(backend: Backen
     assert!(run.failure().contains("no region"), "{}", run.stderr);
 }
 
+/// A node serving from Postgres learns of a delete and an import made in its database by
+/// the command: its read cache forgets the topics (the store's change feed), as it does for
+/// another node's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_node_on_postgres_sees_what_the_command_changes_in_its_database() {
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let app = spawn_app_with(db, test_config(&url)).await;
+    app.retain("fleet%2F1%2Fdev-1", "cached").await;
+    app.retain("kept", "cached").await;
+    // Both read once, so the node's cache holds them.
+    assert_eq!(
+        app.get("/retainedMessage/fleet%2F1%2Fdev-1").await.status(),
+        200
+    );
+    assert_eq!(app.get("/retainedMessage/kept").await.status(), 200);
+    let home = tempfile::tempdir().unwrap();
+    let run = retained(
+        &[
+            "delete",
+            "--database-url",
+            &url,
+            "--topic-filter",
+            "fleet/#",
+            "--yes",
+        ],
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    assert!(
+        run.report().contains("deleted 1 retained messages"),
+        "{}",
+        run.stderr
+    );
+    let file = home.path().join("in.ndjson");
+    let mut replacement = messages(1).remove(0);
+    replacement.topic = common::topic("kept");
+    replacement.last_modified_ms = common::T0_MS + 1;
+    std::fs::write(&file, ndjson(&[replacement.clone()])).unwrap();
+    let run = retained(
+        &["import", file.to_str().unwrap(), "--database-url", &url],
+        &[],
+        home.path(),
+        None,
+    )
+    .await;
+    assert!(run.report().contains("wrote 1"), "{}", run.stderr);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let gone = app.get("/retainedMessage/fleet%2F1%2Fdev-1").await.status() == 404;
+        let kept: serde_json::Value = app.get_json("/retainedMessage/kept").await;
+        if gone && kept["lastModifiedTime"] == common::T0_MS + 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node still serves its cached copies"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 for_each_backend!(
     export_from_a_database_is_every_message_with_every_property,
     an_import_into_a_database_keeps_each_message_and_twice_changes_nothing,

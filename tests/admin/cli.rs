@@ -1,6 +1,8 @@
 //! The `retaind` binary run as an operator runs `retaind retained ...`, and the messages the
 //! tests seed and compare.
 
+#![allow(dead_code)] // each test binary uses its own subset of these helpers
+
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
