@@ -191,7 +191,7 @@ async fn a_bad_line_is_named_and_nothing_is_written(backend: Backend) {
         )
         .await;
         let report = run.failure();
-        assert!(report.contains(&format!("line 2: ")), "{case}: {report}");
+        assert!(report.contains("line 2: "), "{case}: {report}");
         assert!(report.contains(reason), "{case}: {report}");
         assert!(report.contains("nothing was written"), "{case}: {report}");
         assert!(

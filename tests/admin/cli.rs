@@ -101,7 +101,7 @@ impl Run {
 /// Message `i` of a seeded set, with every property the store keeps, varied by `i`: QoS,
 /// repeated user property keys, binary and UTF-8 payloads, expiry or none.
 pub fn message(i: usize) -> RetainedMessage {
-    let utf8 = i % 2 == 0;
+    let utf8 = i.is_multiple_of(2);
     let payload = if utf8 {
         Bytes::from(format!("{{\"n\": {i}, \"é\": true}}"))
     } else {
@@ -112,7 +112,7 @@ pub fn message(i: usize) -> RetainedMessage {
         payload,
         qos: Qos::from_u8((i % 3) as u8).unwrap(),
         properties: MessageProperties {
-            user_properties: if i % 5 == 0 {
+            user_properties: if i.is_multiple_of(5) {
                 Vec::new()
             } else {
                 vec![
@@ -126,8 +126,8 @@ pub fn message(i: usize) -> RetainedMessage {
                     },
                 ]
             },
-            content_type: (i % 3 != 0).then(|| "application/json".to_owned()),
-            response_topic: (i % 4 != 0).then(|| topic(&format!("fleet/replies/{i}"))),
+            content_type: (!i.is_multiple_of(3)).then(|| "application/json".to_owned()),
+            response_topic: (!i.is_multiple_of(4)).then(|| topic(&format!("fleet/replies/{i}"))),
             correlation_data: (i % 2 == 1).then(|| Bytes::from(vec![1u8, 2, (i % 256) as u8])),
             payload_format: if utf8 {
                 PayloadFormat::Utf8
