@@ -93,14 +93,20 @@ async fn a_wrong_expected_count_deletes_nothing(backend: Backend) {
     }
     let (status, kind, message) =
         error_of(bulk_delete(&app, "topicFilter=dev%2F%23", None).await).await;
-    assert_eq!((status, kind.as_str()), (400, "InvalidRequestException"));
+    assert_eq!((status, kind.as_str()), (409, "ConflictException"));
     assert!(message.contains("expectedCount is required"), "{message}");
     let (status, _, message) =
         error_of(bulk_delete(&app, "topicFilter=%24share%2Fg%2F%23&dryRun=true", None).await).await;
     assert_eq!(status, 400, "{message}");
-    let (status, _, _) =
-        error_of(bulk_delete(&app, "topicFilter=a%2B&expectedCount=0", None).await).await;
-    assert_eq!(status, 400);
+    for bad in [
+        "topicFilter=a%2B&expectedCount=0",
+        "expectedCount=0",
+        "topicFilter=a&expectedCount=-1",
+        "topicFilter=a&dryRun=maybe",
+    ] {
+        let (status, _, message) = error_of(bulk_delete(&app, bad, None).await).await;
+        assert_eq!(status, 400, "{bad}: {message}");
+    }
     assert_eq!(topics(&app).await, before);
 }
 

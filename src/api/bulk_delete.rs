@@ -42,10 +42,11 @@ pub struct BulkDeleteParams {
         example = "devices/+/config",
         pattern = r"^(?!\$share/)(\+|[^+#/\u0000]*)(/(\+|[^+#/\u0000]*))*(/#)?$|^#$"
     )]
-    topic_filter: Option<String>,
-    /// How many messages the caller expects the filter to match (from a dry run). Required
-    /// unless `dryRun=true`; when the filter matches another number, nothing is deleted (409).
-    #[param(value_type = Option<u64>, minimum = 0)]
+    topic_filter: String,
+    /// How many messages the caller expects the filter to match (what a dry run reported).
+    /// Without it (and without `dryRun=true`), or when the filter matches another number,
+    /// nothing is deleted (409).
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4_294_967_295_u64)]
     expected_count: Option<String>,
     /// `true`: count the matches, delete nothing.
     #[param(value_type = Option<bool>)]
@@ -72,10 +73,10 @@ pub struct BulkDeleteResponse {
     params(BulkDeleteParams),
     responses(
         (status = 200, body = BulkDeleteResponse),
-        (status = 400, description = "InvalidRequestException: missing or invalid topicFilter, expectedCount or dryRun; or the filter matches more than 100,000 messages (narrow it); nothing was deleted", body = ErrorBody),
+        (status = 400, description = "InvalidRequestException: missing or invalid topicFilter, invalid expectedCount or dryRun; or the filter matches more than 100,000 messages (narrow it); nothing was deleted", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
         (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow retaind:DeleteRetainedMessages on a topicfilter/ covering the filter; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request; nothing was deleted", body = ErrorBody),
-        (status = 409, description = "ConflictException: the filter matches another number of messages than expectedCount; nothing was deleted", body = ErrorBody),
+        (status = 409, description = "ConflictException: no expectedCount (and no dryRun=true), or the filter matches another number of messages than expectedCount; nothing was deleted", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException: the store did not answer; some matches may have been deleted (count again and repeat)", body = ErrorBody),
     )
 )]
@@ -85,7 +86,7 @@ pub async fn delete_matching(
     params: Result<Params<BulkDeleteParams>, ApiError>,
 ) -> Result<Json<BulkDeleteResponse>, ApiError> {
     let Params(params) = params?;
-    let filter = parse_filter(params.topic_filter.as_deref())?;
+    let filter = parse_filter(&params.topic_filter)?;
     caller.authorize_filter(Action::DeleteRetainedMessages, &filter)?;
     let dry_run = match params.dry_run.as_deref() {
         None => false,
@@ -96,9 +97,13 @@ pub async fn delete_matching(
     let expected =
         match params.expected_count.as_deref() {
             None if dry_run => None,
+            // The guard's condition is unmet rather than the request malformed: the caller
+            // has not said how many it means to delete.
             None => {
-                return Err(ApiError::invalid(
-                    "expectedCount is required (the number a dryRun=true request reported)",
+                return Err(ApiError::Conflict(
+                    "expectedCount is required: the number of messages a dryRun=true request \
+                     reported; nothing was deleted"
+                        .into(),
                 ));
             }
             Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
@@ -147,8 +152,7 @@ pub async fn delete_matching(
     }))
 }
 
-fn parse_filter(raw: Option<&str>) -> Result<TopicFilter, ApiError> {
-    let raw = raw.ok_or_else(|| ApiError::invalid("topicFilter is required"))?;
+fn parse_filter(raw: &str) -> Result<TopicFilter, ApiError> {
     match FilterSpec::parse(raw) {
         Ok(FilterSpec::Plain(filter)) => Ok(filter),
         Ok(FilterSpec::Shared { .. }) => Err(ApiError::invalid(
