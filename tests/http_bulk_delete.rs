@@ -156,6 +156,31 @@ async fn subscribers_get_the_empty_retained_message_of_each_delete() {
     assert_eq!(emptied, ["dev/1/cfg", "dev/2/cfg"]);
 }
 
+/// Two nodes sharing a Postgres database: a bulk delete on one reaches the other's read cache
+/// (the store's change feed), as an empty retained publish does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_stops_serving_what_a_bulk_delete_removed() {
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let a = spawn_app_with(db, test_config(&url)).await;
+    let b = spawn_app_with(common::FreshDb::shared(&url), test_config(&url)).await;
+    seed(&a).await;
+    // b reads them, so its cache holds them.
+    assert_eq!(b.get("/retainedMessage/dev%2F1%2Fcfg").await.status(), 200);
+    assert_eq!(b.get("/retainedMessage/other%2Fcfg").await.status(), 200);
+    let res = bulk_delete(&a, "topicFilter=dev%2F%2B%2Fcfg&expectedCount=2", None).await;
+    assert_eq!(res.status(), 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while b.get("/retainedMessage/dev%2F1%2Fcfg").await.status() != 404 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other node still serves the deleted message"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.get("/retainedMessage/other%2Fcfg").await.status(), 200);
+}
+
 fn principals() -> String {
     let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
     format!(

@@ -35,7 +35,13 @@ pub async fn run(args: ExportArgs) -> Result<(), Error> {
         }
     };
     count.finish_and_clear();
-    let written = result?;
+    let written = match result {
+        Ok(written) => written,
+        Err(e) => {
+            out.abandon();
+            return Err(e);
+        }
+    };
     let place = out.finish()?;
     eprintln!("exported {written} retained messages{place}");
     if let Connection::Service(service) = &connection
@@ -153,6 +159,13 @@ impl Output {
                 std::fs::rename(partial, path).map_err(|e| Error::io(path, e))?;
                 Ok(format!(" to {}", path.display()))
             }
+        }
+    }
+
+    /// Removes what a failed export wrote to a file; standard output keeps what it got.
+    fn abandon(self) {
+        if let Some((partial, _)) = &self.file {
+            let _ = std::fs::remove_file(partial);
         }
     }
 
