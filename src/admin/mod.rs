@@ -15,6 +15,7 @@ mod database;
 mod delete;
 mod error;
 mod export;
+mod fetched;
 mod import;
 mod migrate;
 mod ndjson;

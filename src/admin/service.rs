@@ -16,9 +16,10 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
+use super::Error;
 use super::credentials::AwsCredentials;
-use super::{Error, Line};
-use crate::store::{PayloadFormat, RetainedMessage, UserProperty};
+use super::fetched::Fetched;
+use crate::store::{PayloadFormat, RetainedMessage};
 
 /// Everything but RFC 3986's unreserved characters is encoded: the canonical form SigV4 signs,
 /// and a topic's `/` becomes `%2F`, keeping it one path segment.
@@ -72,72 +73,6 @@ struct ListBody {
 #[derive(Deserialize)]
 struct ListedTopic {
     topic: String,
-}
-
-/// GetRetainedMessage's answer, with retaind's extension fields when the service is retaind
-/// (AWS IoT Core sends only the first five).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Fetched {
-    topic: String,
-    #[serde(default)]
-    payload: String,
-    #[serde(default)]
-    qos: u8,
-    last_modified_time: i64,
-    user_properties: Option<String>,
-    content_type: Option<String>,
-    response_topic: Option<String>,
-    correlation_data: Option<String>,
-    payload_format_indicator: Option<String>,
-    message_expires_at: Option<i64>,
-}
-
-impl Fetched {
-    /// The line an export writes for it; `Err` says why it cannot be read (for a person).
-    pub fn into_line(self) -> Result<Line, String> {
-        let user_properties = match self.user_properties.as_deref() {
-            None | Some("") => Vec::new(),
-            Some(b64) => aws_user_properties(b64)
-                .map_err(|why| format!("{}: userProperties {why}", self.topic))?,
-        };
-        Ok(Line {
-            topic: self.topic,
-            payload: self.payload,
-            qos: self.qos,
-            user_properties,
-            content_type: self.content_type,
-            response_topic: self.response_topic,
-            correlation_data: self.correlation_data,
-            payload_format_indicator: self.payload_format_indicator,
-            message_expires_at: self.message_expires_at,
-            last_modified_time: self.last_modified_time,
-        })
-    }
-
-    pub fn last_modified_time(&self) -> i64 {
-        self.last_modified_time
-    }
-}
-
-/// AWS's form: base64 of `[{"key":"value"}, ...]`, one single-key object per property.
-fn aws_user_properties(b64: &str) -> Result<Vec<UserProperty>, String> {
-    let json = STANDARD
-        .decode(b64.as_bytes())
-        .map_err(|e| format!("is not base64: {e}"))?;
-    let objects: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_slice(&json)
-        .map_err(|e| format!("is not a JSON array of objects: {e}"))?;
-    let mut props = Vec::new();
-    for object in objects {
-        for (key, value) in object {
-            let value = value
-                .as_str()
-                .ok_or_else(|| format!("value of {key:?} is not a string"))?
-                .to_owned();
-            props.push(UserProperty { key, value });
-        }
-    }
-    Ok(props)
 }
 
 #[derive(Deserialize)]
@@ -315,10 +250,13 @@ impl Service {
     /// Sends `request` until it is answered with success or an error that waiting does not
     /// cure (returned as [`Error::Api`]).
     async fn send(&self, request: &Request<'_>) -> Result<reqwest::Response, Error> {
+        let url = format!("{}{}", self.base, request.path_and_query);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let res = match self.attempt(request).await {
+            // Signed afresh each time: a signature is only good for minutes.
+            let auth = self.authorization(request, &url)?;
+            let res = match self.attempt(request, &url, auth).await {
                 Ok(res) => res,
                 // Refused or reset connections are an outage's symptoms, like a 503.
                 Err(e) if attempt < MAX_ATTEMPTS && (e.is_connect() || e.is_timeout()) => {
@@ -363,29 +301,42 @@ impl Service {
         }
     }
 
-    async fn attempt(&self, request: &Request<'_>) -> Result<reqwest::Response, reqwest::Error> {
-        let url = format!("{}{}", self.base, request.path_and_query);
-        let mut builder = self
-            .http
-            .request(request.method.clone(), &url)
-            .body(request.body.to_vec());
-        for (name, value) in &request.headers {
-            builder = builder.header(*name, value);
-        }
+    /// The headers that say who sends `request`.
+    fn authorization(
+        &self,
+        request: &Request<'_>,
+        url: &str,
+    ) -> Result<Vec<(String, String)>, Error> {
         match &self.auth {
-            Auth::Anonymous => {}
-            Auth::Bearer(token) => builder = builder.bearer_auth(token),
+            Auth::Anonymous => Ok(Vec::new()),
+            Auth::Bearer(token) => Ok(vec![("authorization".into(), format!("Bearer {token}"))]),
             Auth::SigV4 {
                 credentials,
                 region,
             } => {
-                // Signing can only fail on a request it cannot parse, which `url` never is.
-                for (name, value) in
-                    sigv4_headers(request, &url, credentials, region).unwrap_or_default()
-                {
-                    builder = builder.header(name, value);
-                }
+                sigv4_headers(request, url, credentials, region).map_err(|cause| Error::Transport {
+                    what: format!("signing {} for {url}", request.operation),
+                    cause,
+                })
             }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        request: &Request<'_>,
+        url: &str,
+        auth: Vec<(String, String)>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut builder = self
+            .http
+            .request(request.method.clone(), url)
+            .body(request.body.to_vec());
+        for (name, value) in &request.headers {
+            builder = builder.header(*name, value);
+        }
+        for (name, value) in auth {
+            builder = builder.header(name, value);
         }
         builder.send().await
     }
@@ -398,7 +349,7 @@ fn sigv4_headers(
     url: &str,
     credentials: &AwsCredentials,
     region: &str,
-) -> Option<Vec<(String, String)>> {
+) -> Result<Vec<(String, String)>, String> {
     let identity = Credentials::new(
         &credentials.access_key_id,
         &credentials.secret_access_key,
@@ -414,7 +365,7 @@ fn sigv4_headers(
         .time(SystemTime::now())
         .settings(SigningSettings::default())
         .build()
-        .ok()?
+        .map_err(|e| e.to_string())?
         .into();
     let headers = request.headers.iter().map(|(n, v)| (*n, v.as_str()));
     let signable = SignableRequest::new(
@@ -423,14 +374,14 @@ fn sigv4_headers(
         headers,
         SignableBody::Bytes(request.body),
     )
-    .ok()?;
-    let (instructions, _) = sign(signable, &params).ok()?.into_parts();
-    Some(
-        instructions
-            .headers()
-            .map(|(n, v)| (n.to_owned(), v.to_owned()))
-            .collect(),
-    )
+    .map_err(|e| e.to_string())?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    Ok(instructions
+        .headers()
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect())
 }
 
 /// `?a=1&b=2`, each value encoded as SigV4's canonical query encodes it; "" when empty.
@@ -521,16 +472,5 @@ mod tests {
             query_string(&[("topicFilter", "a/+/#".into()), ("dryRun", "true".into())]),
             "?topicFilter=a%2F%2B%2F%23&dryRun=true"
         );
-    }
-
-    #[test]
-    fn aws_user_properties_keep_order_and_repeats() {
-        let b64 = STANDARD.encode(r#"[{"k":"1"},{"k":"2"},{"a":"x"}]"#);
-        let props = aws_user_properties(&b64).unwrap();
-        let pairs: Vec<(&str, &str)> = props
-            .iter()
-            .map(|p| (p.key.as_str(), p.value.as_str()))
-            .collect();
-        assert_eq!(pairs, [("k", "1"), ("k", "2"), ("a", "x")]);
     }
 }
