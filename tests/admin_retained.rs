@@ -85,6 +85,9 @@ async fn an_import_into_a_database_keeps_each_message_and_twice_changes_nothing(
     ];
     let run = retained(&args, &[], home.path(), None).await;
     assert!(run.report().contains("wrote 60, kept 0"), "{}", run.stderr);
+    // Standard error is not a terminal: the report, and no progress bar drawn into it.
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(!run.stderr.contains(['\r', '\u{1b}']), "{:?}", run.stderr);
     assert_eq!(stored(&db.url).await, expected(60));
 
     let run = retained(&args, &[], home.path(), None).await;
@@ -305,6 +308,77 @@ async fn a_delete_asks_refuses_without_a_terminal_and_deletes_with_yes(backend: 
         left.iter()
             .all(|m| !m.topic.as_str().starts_with("fleet/4/"))
     );
+}
+
+/// Runs `retaind retained ARGS` on a terminal (a pseudo-terminal `script` opens, as an
+/// operator's shell has), typing `typed`; returns what the terminal showed.
+async fn on_a_terminal(args: &[&str], typed: &str) -> String {
+    let command = std::iter::once(env!("CARGO_BIN_EXE_retaind").to_owned())
+        .chain(std::iter::once("retained".to_owned()))
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("script (util-linux) runs a command on a pseudo-terminal");
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(typed.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command finished")
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn on_a_terminal_a_delete_asks_and_only_yes_deletes(backend: Backend) {
+    let db = fresh_db(backend).await;
+    seed(&db.url, &messages(20)).await;
+    let args = [
+        "delete",
+        "--database-url",
+        &db.url,
+        "--topic-filter",
+        "fleet/2/+",
+    ];
+    let shown = on_a_terminal(&args, "no\n").await;
+    assert!(
+        shown.contains("2 retained messages match fleet/2/+"),
+        "{shown}"
+    );
+    assert!(shown.contains("Type 'yes' to confirm"), "{shown}");
+    assert!(
+        shown.contains("not confirmed: nothing was deleted"),
+        "{shown}"
+    );
+    assert_eq!(stored(&db.url).await.len(), 20);
+    let shown = on_a_terminal(&args, "yes\n").await;
+    assert!(
+        shown.contains("deleted 2 retained messages matching fleet/2/+"),
+        "{shown}"
+    );
+    assert_eq!(stored(&db.url).await.len(), 18);
+
+    // An import on a terminal draws its progress, then clears it for the report.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.ndjson");
+    std::fs::write(&file, ndjson(&messages(300))).unwrap();
+    let import = [
+        "import",
+        file.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+        "--batch-size",
+        "10",
+    ];
+    let shown = on_a_terminal(&import, "").await;
+    assert!(shown.contains("/300 imported"), "{shown}");
+    assert!(shown.contains("wrote 282, kept 18"), "{shown}");
 }
 
 fn principals() -> String {
@@ -547,6 +621,7 @@ for_each_backend!(
     a_bad_line_is_named_and_nothing_is_written,
     a_dry_run_reports_what_it_would_do_and_changes_nothing,
     a_delete_asks_refuses_without_a_terminal_and_deletes_with_yes,
+    on_a_terminal_a_delete_asks_and_only_yes_deletes,
     over_http_with_a_token_import_export_and_delete_work_as_the_user_may,
     over_http_sigv4_signs_with_the_environment_or_a_profile,
 );

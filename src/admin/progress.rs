@@ -11,9 +11,7 @@ pub fn bar(len: u64, what: &'static str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({per_sec}, {eta} left)")
-    {
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ({eta} left)") {
         bar.set_style(style);
     }
     bar.set_message(what);
@@ -26,7 +24,7 @@ pub fn counter(what: &'static str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new_spinner();
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {pos} {msg} ({per_sec})") {
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {pos} {msg}") {
         bar.set_style(style);
     }
     bar.set_message(what);
