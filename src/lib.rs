@@ -7,8 +7,10 @@
 //! (framing over the codec crate; it borrows only `store::Qos`), `cluster` (many nodes as one
 //! service over NATS: so far the subjects of topics and filters), `broker` (MQTT sessions,
 //! subscriptions and retained delivery), `api` (HTTP, including MQTT over WebSocket into the
-//! broker), `app` (configuration and wiring).
+//! broker), `admin` (the `retaind retained ...` commands: a client of the HTTP API, or the
+//! store opened directly), `app` (configuration and wiring).
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;

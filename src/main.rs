@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Openapi { output }) => write_openapi(output),
         Some(Command::HashPassword) => hash_password(),
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Retained(command)) => retained(command).await,
         None => serve(cli.serve).await,
     }
 }
@@ -63,6 +64,17 @@ fn hash_password() -> anyhow::Result<()> {
     );
     println!("{}", retaind::auth::hash_password(password));
     Ok(())
+}
+
+/// `retaind retained ...`: warnings (a stored row left out, say) go to standard error with
+/// the command's own report.
+async fn retained(command: retaind::admin::RetainedCommand) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(retaind::admin::run(command).await?)
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {

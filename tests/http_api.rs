@@ -98,6 +98,13 @@ async fn mqtt5_properties_are_stored_with_the_message(backend: Backend) {
         retaind::store::PayloadFormat::Utf8
     );
     assert_eq!(stored.expires_at_ms, Some(T0_MS + 3_600_000));
+    // GetRetainedMessage carries them as retaind's extension fields.
+    let got: Value = app.get_json("/retainedMessage/p").await;
+    assert_eq!(got["contentType"], "text/plain");
+    assert_eq!(got["responseTopic"], "p/reply");
+    assert_eq!(got["correlationData"], B64.encode([1u8, 2, 3]));
+    assert_eq!(got["payloadFormatIndicator"], "UTF8_DATA");
+    assert_eq!(got["messageExpiresAt"], T0_MS + 3_600_000);
 }
 
 async fn publish_without_retain_stores_nothing(backend: Backend) {

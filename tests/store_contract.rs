@@ -841,7 +841,67 @@ async fn an_empty_range_lists_nothing(backend: Backend) {
     );
 }
 
+/// Everything a snapshot sends, once the channel is drained.
+async fn drain(mut rx: tokio::sync::mpsc::Receiver<RetainedMessage>) -> Vec<RetainedMessage> {
+    let mut all = Vec::new();
+    while let Some(m) = rx.recv().await {
+        all.push(m);
+    }
+    all
+}
+
+async fn a_snapshot_is_the_set_at_one_instant_despite_writes_during_it(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let store = open_backend(&db.url).await;
+    // More than a snapshot reads per query, so that later pages are read after the writes.
+    let n = 1_500;
+    let name = |i: usize| format!("s/{i:05}");
+    let writes: Vec<_> = (0..n)
+        .map(|i| Write::Put(message(&name(i), "before", T0_MS)).into())
+        .collect();
+    store
+        .apply(&writes, None, T0_MS, common::far_deadline())
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move { store.snapshot("", None, T0_MS, tx).await })
+    };
+    // The snapshot has begun (and holds its first page); now the world changes.
+    let first = rx.recv().await.expect("a first message");
+    let changes = [
+        Write::Put(message(&name(1_200), "after", T0_MS + 1)).into(),
+        Write::Delete(topic(&name(1_300))).into(),
+        Write::Put(message("s/99999", "new", T0_MS + 1)).into(),
+    ];
+    store
+        .apply(&changes, None, T0_MS + 1, common::far_deadline())
+        .await
+        .unwrap();
+    let mut seen = vec![first];
+    seen.extend(drain(rx).await);
+    assert_eq!(reader.await.unwrap().unwrap(), n as u64);
+    let topics: Vec<String> = seen.iter().map(|m| m.topic.to_string()).collect();
+    assert_eq!(topics, (0..n).map(name).collect::<Vec<_>>());
+    assert!(seen.iter().all(|m| &m.payload[..] == b"before"));
+
+    // A new snapshot sees the writes; one bounded by a range sees only that range.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (sent, after) = tokio::join!(store.snapshot("", None, T0_MS + 1, tx), drain(rx));
+    assert_eq!(sent.unwrap(), n as u64);
+    assert_eq!(after.len(), n);
+    assert!(after.iter().any(|m| &m.payload[..] == b"new"));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (sent, range) = tokio::join!(
+        store.snapshot("s/00010", Some("s/00020"), T0_MS + 1, tx),
+        drain(rx)
+    );
+    assert_eq!((sent.unwrap(), range.len()), (10, 10));
+}
+
 for_each_backend!(
+    a_snapshot_is_the_set_at_one_instant_despite_writes_during_it,
     every_field_round_trips,
     a_put_replaces_and_a_delete_removes,
     within_one_batch_the_last_write_per_topic_wins,

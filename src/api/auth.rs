@@ -27,7 +27,7 @@ use crate::auth::{Action, AuthError, Principal, SigV4Request};
 use crate::metrics::AuthFailure;
 use crate::store::Owner;
 use crate::tls::CertFingerprint;
-use crate::topic::TopicName;
+use crate::topic::{TopicFilter, TopicName};
 
 /// The principal the middleware authenticated, as a request extension.
 #[derive(Clone)]
@@ -225,6 +225,21 @@ impl Caller {
             Some(topic) => format!("not authorized to perform {action} on topic {topic}"),
             None => format!("not authorized to perform {action}"),
         }))
+    }
+
+    /// Whether the caller's policy allows `action` on the topic filter `filter` (a
+    /// `topicfilter/` resource must cover it); 403 `ForbiddenException` if not.
+    pub fn authorize_filter(&self, action: Action, filter: &TopicFilter) -> Result<(), ApiError> {
+        let Some(principal) = &self.0 else {
+            return Ok(());
+        };
+        if principal.allows(action, filter.as_str(), None) {
+            return Ok(());
+        }
+        Err(ApiError::Forbidden(format!(
+            "not authorized to perform {} on topic filter {filter}",
+            action.name()
+        )))
     }
 }
 

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The caller is known but its policy does not allow the operation.
     #[error("{0}")]
     Forbidden(String),
+    /// The request's precondition does not hold (a bulk delete's expected count).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     UnknownOperation(String),
     #[error("{0}")]
@@ -77,6 +80,7 @@ impl ApiError {
                 cause.aws_error_type(),
             ),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "ForbiddenException"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "ConflictException"),
             Self::UnknownOperation(_) => (StatusCode::NOT_FOUND, "UnknownOperationException"),
             Self::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowedException")

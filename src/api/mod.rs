@@ -10,6 +10,7 @@
 
 mod auth;
 mod browser;
+mod bulk_delete;
 mod console;
 mod error;
 mod health;
@@ -41,6 +42,7 @@ use axum::routing::{MethodRouter, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use bulk_delete::{BulkDeleteResponse, MAX_BULK_DELETE};
 pub use error::{ApiError, ErrorBody};
 pub use hosts::AllowedHosts;
 pub use incoming::HttpIncoming;
@@ -81,7 +83,8 @@ pub fn router_with(state: ApiState, extra: Router<ApiState>) -> Router {
     let operations = Router::new()
         .route(
             "/retainedMessage",
-            op(ListRetainedMessages, get(retained::list)),
+            // The bulk delete is retaind's own (no AWS rate applies); guarded by its action.
+            op(ListRetainedMessages, get(retained::list)).delete(bulk_delete::delete_matching),
         )
         .route(
             "/retainedMessage/",

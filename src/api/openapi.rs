@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use super::{error, health, metrics, publish, retained};
+use super::{bulk_delete, error, health, metrics, publish, retained};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use super::{error, health, metrics, publish, retained};
     paths(
         retained::list,
         retained::get,
+        bulk_delete::delete_matching,
         publish::publish,
         health::healthz,
         health::readyz,

@@ -14,7 +14,7 @@ use super::auth::Caller;
 use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, TopicPath};
 use crate::auth::Action;
-use crate::store::{RetainedMessage, RetainedSummary, UserProperty};
+use crate::store::{PayloadFormat, RetainedMessage, RetainedSummary, UserProperty};
 use crate::topic::TopicName;
 use list_filter::{FilteredPage, Selection, WALK_LIMITS};
 
@@ -87,6 +87,24 @@ pub struct GetRetainedMessageResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(format = Byte)]
     pub user_properties: Option<String>,
+    /// **retaind extension, not part of the AWS API** (the SDKs ignore it), as are the fields
+    /// below, each absent when the message does not carry it: the MQTT 5 content type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// The MQTT 5 response topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_topic: Option<String>,
+    /// The MQTT 5 correlation data, base64-encoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    pub correlation_data: Option<String>,
+    /// `UTF8_DATA` when the message's MQTT 5 payload format indicator says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^UTF8_DATA$")]
+    pub payload_format_indicator: Option<String>,
+    /// Epoch milliseconds at which the message expires (MQTT 5 message expiry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_expires_at: Option<i64>,
 }
 
 /// Lists retained messages, one page at a time.
@@ -233,6 +251,12 @@ impl From<RetainedMessage> for GetRetainedMessageResponse {
             qos: m.qos.as_u8(),
             last_modified_time: m.last_modified_ms,
             user_properties: aws_user_properties(&m.properties.user_properties),
+            content_type: m.properties.content_type,
+            response_topic: m.properties.response_topic.map(|t| t.to_string()),
+            correlation_data: m.properties.correlation_data.map(|c| STANDARD.encode(c)),
+            payload_format_indicator: (m.properties.payload_format == PayloadFormat::Utf8)
+                .then(|| "UTF8_DATA".to_owned()),
+            message_expires_at: m.expires_at_ms,
             topic: m.topic.to_string(),
         }
     }

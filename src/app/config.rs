@@ -33,6 +33,9 @@ pub enum Command {
         /// The TOML settings file to check.
         file: PathBuf,
     },
+    /// Export, import or delete retained messages in bulk, over a running service's HTTP API
+    /// or straight in its database (see `retaind retained --help`).
+    Retained(crate::admin::RetainedCommand),
 }
 
 /// Everything `retaind` needs to serve; each flag can also come from the environment.

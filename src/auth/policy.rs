@@ -29,10 +29,15 @@ pub enum Action {
     ListRetainedMessages,
     /// `retaind:Metrics`: reading `GET /metrics`; no resource. Not one of `iot:*`.
     Metrics,
+    /// `retaind:DeleteRetainedMessages`: deleting every retained message matching a topic
+    /// filter at once (`DELETE /retainedMessage?topicFilter=`); resource is that filter, which a
+    /// `topicfilter/` pattern must cover. Not one of `iot:*`: it can empty the store in one
+    /// request, which no AWS action can.
+    DeleteRetainedMessages,
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::Connect,
         Action::Publish,
         Action::RetainPublish,
@@ -41,11 +46,12 @@ impl Action {
         Action::GetRetainedMessage,
         Action::ListRetainedMessages,
         Action::Metrics,
+        Action::DeleteRetainedMessages,
     ];
 
     /// An AWS IoT action, one of those `iot:*` stands for.
     pub fn is_iot(self) -> bool {
-        self != Action::Metrics
+        !matches!(self, Action::Metrics | Action::DeleteRetainedMessages)
     }
 
     /// The policy name, e.g. `iot:Publish`.
@@ -59,6 +65,7 @@ impl Action {
             Action::GetRetainedMessage => "iot:GetRetainedMessage",
             Action::ListRetainedMessages => "iot:ListRetainedMessages",
             Action::Metrics => "retaind:Metrics",
+            Action::DeleteRetainedMessages => "retaind:DeleteRetainedMessages",
         }
     }
 
@@ -84,7 +91,7 @@ impl Action {
             | Action::RetainPublish
             | Action::Receive
             | Action::GetRetainedMessage => Some(ResourceKind::Topic),
-            Action::Subscribe => Some(ResourceKind::TopicFilter),
+            Action::Subscribe | Action::DeleteRetainedMessages => Some(ResourceKind::TopicFilter),
             Action::ListRetainedMessages | Action::Metrics => None,
         }
     }

@@ -500,3 +500,38 @@ fn metrics_are_granted_by_their_own_action_or_by_star_but_not_by_iot_star() {
     assert!(grant("\"*\""));
     assert!(!grant("\"iot:*\""));
 }
+
+#[test]
+fn deleting_by_filter_needs_its_own_action_on_a_covering_filter_not_iot_star() {
+    let principal = |actions: &str, resource: &str| {
+        let auth = config(&format!(
+            "[[principals]]\nname = \"p\"\napi_tokens_sha256 = [\"{}\"]\n\
+             [[principals.statements]]\neffect = \"Allow\"\nactions = [{actions}]\nresources = [\"{resource}\"]\n",
+            hex::encode(Sha256::digest(b"t"))
+        ))
+        .unwrap();
+        auth.verify_bearer("t").unwrap()
+    };
+    let del = Action::DeleteRetainedMessages;
+    let admin = principal(
+        "\"retaind:DeleteRetainedMessages\"",
+        "topicfilter/devices/#",
+    );
+    assert!(admin.allows(del, "devices/+/config", None));
+    assert!(admin.allows(del, "devices/#", None));
+    assert!(
+        !admin.allows(del, "#", None),
+        "a wider filter is not covered"
+    );
+    assert!(!admin.allows(del, "other/#", None));
+    assert!(!principal("\"iot:*\"", "*").allows(del, "devices/#", None));
+    assert!(principal("\"*\"", "*").allows(del, "#", None));
+    assert!(
+        !principal("\"retaind:DeleteRetainedMessages\"", "topic/devices/#").allows(
+            del,
+            "devices/#",
+            None
+        ),
+        "a topic/ resource does not grant a filter action"
+    );
+}

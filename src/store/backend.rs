@@ -124,6 +124,23 @@ pub trait RetainedStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Vec<RetainedSummary>, Error>;
 
+    /// Every unexpired full message whose topic is in `[from, until)` (the same bounds as
+    /// [`RetainedStore::scan`]), in byte order of topic, sent to `out` as read: the set as it
+    /// was at one instant, read in one transaction (Postgres: REPEATABLE READ, READ ONLY; SQLite:
+    /// one read transaction, which WAL keeps on one snapshot). Paged inside the transaction, so
+    /// memory stays bounded; a slow receiver keeps the transaction open. Returns how many were
+    /// sent; stops early, without error, if `out` is closed.
+    ///
+    /// For `retaind retained export` from a database URL, which needs a file that is the set
+    /// at one instant even while writers go on.
+    async fn snapshot(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        now_ms: i64,
+        out: tokio::sync::mpsc::Sender<RetainedMessage>,
+    ) -> Result<u64, Error>;
+
     /// Records that `topics` were read at `now_ms` (never moves a time backwards).
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error>;
 

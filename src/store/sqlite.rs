@@ -84,6 +84,9 @@ macro_rules! range_statement {
     };
 }
 
+/// Rows per query of a [`RetainedStore::snapshot`].
+const SNAPSHOT_PAGE: u32 = 500;
+
 /// Full messages in a range: [`RetainedStore::scan`].
 const SCAN: RangeStatements = range_statements!(message_columns!());
 /// Summaries in a range: [`RetainedStore::list_range`].
@@ -347,6 +350,44 @@ impl RetainedStore for SqliteStore {
         let start = ScanStart::new(from, after);
         let rows: Vec<SummaryRow> = self.range(&LIST_RANGE, start, until, limit, now_ms).await?;
         Ok(rows.into_iter().map(SummaryRow::into_summary).collect())
+    }
+
+    async fn snapshot(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        now_ms: i64,
+        out: tokio::sync::mpsc::Sender<RetainedMessage>,
+    ) -> Result<u64, Error> {
+        // A deferred transaction on a reader: its first SELECT fixes the WAL snapshot that
+        // every later page of it reads.
+        let mut tx = self.reader.begin().await?;
+        let mut after: Option<TopicName> = None;
+        let mut sent = 0;
+        loop {
+            let start = ScanStart::new(from, after.as_ref());
+            let mut query = sqlx::query_as(SCAN.pick(start, until))
+                .bind(start.bound())
+                .bind(now_ms)
+                .bind(i64::from(SNAPSHOT_PAGE));
+            if let Some(until) = until {
+                query = query.bind(until);
+            }
+            let rows: Vec<MessageRow> = query.fetch_all(&mut *tx).await?;
+            let full = rows.len() == SNAPSHOT_PAGE as usize;
+            for row in rows {
+                let message = row.into_message();
+                after = Some(message.topic.clone());
+                if out.send(message).await.is_err() {
+                    return Ok(sent);
+                }
+                sent += 1;
+            }
+            if !full {
+                tx.commit().await?;
+                return Ok(sent);
+            }
+        }
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {

@@ -169,6 +169,9 @@ macro_rules! range_statement {
     };
 }
 
+/// Rows per query of a [`RetainedStore::snapshot`].
+const SNAPSHOT_PAGE: u32 = 500;
+
 /// Full messages in a range: [`RetainedStore::scan`].
 const SCAN: RangeStatements = range_statements!(message_columns!());
 /// Summaries in a range: [`RetainedStore::list_range`].
@@ -308,6 +311,51 @@ impl RetainedStore for PostgresStore {
         let start = ScanStart::new(from, after);
         let rows: Vec<SummaryRow> = self.range(&LIST_RANGE, start, until, limit, now_ms).await?;
         Ok(rows.into_iter().map(SummaryRow::into_summary).collect())
+    }
+
+    async fn snapshot(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        now_ms: i64,
+        out: tokio::sync::mpsc::Sender<RetainedMessage>,
+    ) -> Result<u64, Error> {
+        // REPEATABLE READ: every page of this transaction reads the snapshot its first
+        // statement took, so writes committed meanwhile are in none of them.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        // As in `range`: walk the primary key in order rather than sort each page.
+        sqlx::query("SET LOCAL enable_sort = off")
+            .execute(&mut *tx)
+            .await?;
+        let mut after: Option<TopicName> = None;
+        let mut sent = 0;
+        loop {
+            let start = ScanStart::new(from, after.as_ref());
+            let mut query = sqlx::query_as(SCAN.pick(start, until))
+                .bind(start.bound())
+                .bind(now_ms)
+                .bind(i64::from(SNAPSHOT_PAGE));
+            if let Some(until) = until {
+                query = query.bind(until);
+            }
+            let rows: Vec<MessageRow> = query.fetch_all(&mut *tx).await?;
+            let full = rows.len() == SNAPSHOT_PAGE as usize;
+            for row in rows {
+                let message = row.into_message();
+                after = Some(message.topic.clone());
+                if out.send(message).await.is_err() {
+                    return Ok(sent);
+                }
+                sent += 1;
+            }
+            if !full {
+                tx.commit().await?;
+                return Ok(sent);
+            }
+        }
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {
