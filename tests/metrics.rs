@@ -82,8 +82,12 @@ async fn counters_move_by_exactly_the_workload_on_both_stores() {
             sub.next_publish().await;
         }
 
+        // The sum of payload bytes stands for a minute: the store's clock moves past it.
+        app.clock.advance(retaind::store::PAYLOAD_BYTES_MAX_AGE);
         let after = scrape(&app, None).await;
         let m = |series: &str| moved(&before, &after, series);
+        assert_eq!(at(&before, "retaind_retained_bytes{}"), 0.0);
+        assert_eq!(at(&after, "retaind_retained_bytes{}"), 3.0 * 4.0, "three times \"kept\"");
         assert_eq!(
             m("retaind_http_requests_total{operation=Publish,status=200}"),
             3.0

@@ -8,8 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
 use retaind::store::{
-    Clock, Error as StoreError, MessageProperties, Owner, PayloadFormat, Qos, RetainedMessage,
-    RetainedSummary, Store, StoreOptions, UserProperty, Verdict, Write, purge_delay,
+    Clock, Error as StoreError, MessageProperties, Owner, PAYLOAD_BYTES_MAX_AGE, PayloadFormat,
+    Qos, RetainedMessage, RetainedSummary, Store, StoreOptions, UserProperty, Verdict, Write,
+    purge_delay,
 };
 use retaind::topic::{TopicLimits, TopicName};
 
@@ -900,7 +901,38 @@ async fn a_snapshot_is_the_set_at_one_instant_despite_writes_during_it(backend: 
     assert_eq!((sent.unwrap(), range.len()), (10, 10));
 }
 
+/// The payload bytes are summed over live messages only (a rewrite counts its new payload, a
+/// tombstone nothing), and the sum stands for a minute of the store's clock.
+async fn payload_bytes_sum_live_messages_and_stand_for_a_minute(backend: Backend) {
+    let clock = Clock::manual(T0_MS);
+    let (store, _db) = fresh_store(backend, clock.clone()).await;
+    assert_eq!(store.payload_bytes().await.unwrap(), 0);
+    clock.advance(PAYLOAD_BYTES_MAX_AGE);
+    for (t, payload) in [("b/1", "12345"), ("b/2", "1234567"), ("b/3", "123")] {
+        store
+            .write(Write::Put(message(t, payload, T0_MS)))
+            .await
+            .unwrap();
+    }
+    store
+        .write(Write::Put(message("b/1", "1", T0_MS + 1)))
+        .await
+        .unwrap();
+    store.write(Write::Delete(topic("b/3"))).await.unwrap();
+    assert_eq!(store.payload_bytes().await.unwrap(), 1 + 7);
+    // Within the minute, the sum taken stands.
+    store
+        .write(Write::Put(message("b/4", "1234", T0_MS + 2)))
+        .await
+        .unwrap();
+    clock.advance(PAYLOAD_BYTES_MAX_AGE - Duration::from_millis(1));
+    assert_eq!(store.payload_bytes().await.unwrap(), 8);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(store.payload_bytes().await.unwrap(), 12);
+}
+
 for_each_backend!(
+    payload_bytes_sum_live_messages_and_stand_for_a_minute,
     a_snapshot_is_the_set_at_one_instant_despite_writes_during_it,
     every_field_round_trips,
     a_put_replaces_and_a_delete_removes,

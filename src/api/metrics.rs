@@ -36,6 +36,16 @@ pub async fn metrics(State(state): State<ApiState>, caller: Caller) -> Result<Re
         }
         Err(e) => tracing::warn!(error = %e, "the retained count for /metrics could not be read"),
     }
+    match state.store.payload_bytes().await {
+        Ok(n) => {
+            state
+                .metrics
+                .gauges()
+                .retained_bytes
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        Err(e) => tracing::warn!(error = %e, "the retained bytes for /metrics could not be read"),
+    }
     let page = state.metrics.render();
     Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], page).into_response())
 }

@@ -57,6 +57,7 @@ pub struct Gauges {
     pub mqtt_sessions: Gauge,
     pub mqtt_subscriptions: Gauge,
     pub retained_messages: Gauge,
+    pub retained_bytes: Gauge,
     pub cluster_nodes: Gauge,
     pub store_pool_connections: Family<labels::PoolLabel, Gauge>,
 }
@@ -198,6 +199,12 @@ impl Metrics {
             "retaind_retained_messages",
             "Retained messages stored (the whole store, shared by every node on it)",
             gauges.retained_messages.clone(),
+        );
+        r.register(
+            "retaind_retained_bytes",
+            "Payload bytes of the retained messages stored (the whole store), summed at most a \
+             minute ago",
+            gauges.retained_bytes.clone(),
         );
         r.register(
             "retaind_cluster_nodes",

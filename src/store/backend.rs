@@ -77,6 +77,11 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// them, or those of one owner. Read from the counts the quotas use.
     async fn count(&self, owner: Option<&str>) -> Result<u64, Error>;
 
+    /// The payload bytes of the stored messages (expired ones not yet purged included), summed
+    /// by a scan of the table: no count is kept on the write path, so callers keep the answer
+    /// a while ([`crate::store::Store::payload_bytes`]).
+    async fn payload_bytes(&self) -> Result<u64, Error>;
+
     /// The unexpired messages among `topics` (in no particular order; missing ones are absent).
     async fn get_many(
         &self,

@@ -51,6 +51,8 @@ impl Default for StoreOptions {
 }
 
 const MAX_READ_BATCH: usize = 256;
+/// How long a sum of the payload bytes stands (see [`Store::payload_bytes`]).
+pub const PAYLOAD_BYTES_MAX_AGE: Duration = Duration::from_secs(60);
 const QUEUE: usize = 4096;
 
 /// Reads are recorded for the retention rule only when the stored access time is older than
@@ -91,6 +93,8 @@ struct Inner {
     timeout: Duration,
     failures: Arc<Failures>,
     metrics: Metrics,
+    /// The last sum of payload bytes and when it was taken (ms, the store's clock).
+    payload_bytes: tokio::sync::Mutex<Option<(i64, u64)>>,
     /// Stops the change-feed follower and the failure summaries when the last handle goes.
     stop: CancellationToken,
 }
@@ -163,6 +167,7 @@ impl Store {
                 timeout,
                 failures,
                 metrics: options.metrics,
+                payload_bytes: tokio::sync::Mutex::new(None),
                 stop,
             }),
         }
@@ -294,6 +299,26 @@ impl Store {
     /// them, or those charged to one owner.
     pub async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
         self.call("count", self.inner.backend.count(owner)).await
+    }
+
+    /// The payload bytes of the stored messages, as summed at most [`PAYLOAD_BYTES_MAX_AGE`]
+    /// ago by this handle's clock: the sum is a scan of the table, too dear for every scrape.
+    /// Callers at the same time wait for one scan.
+    pub async fn payload_bytes(&self) -> Result<u64, Error> {
+        let mut summed = self.inner.payload_bytes.lock().await;
+        let now = self.inner.clock.now_ms();
+        let max_age = PAYLOAD_BYTES_MAX_AGE.as_millis() as i64;
+        if let Some((at, bytes)) = *summed
+            && now.saturating_sub(at) < max_age
+            && now >= at
+        {
+            return Ok(bytes);
+        }
+        let bytes = self
+            .call("payload bytes", self.inner.backend.payload_bytes())
+            .await?;
+        *summed = Some((now, bytes));
+        Ok(bytes)
     }
 
     pub async fn ping(&self) -> Result<(), Error> {

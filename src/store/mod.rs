@@ -32,7 +32,7 @@ pub use backend::{ChangeFeed, RetainedStore, Verdict};
 pub use clock::Clock;
 pub use error::Error;
 pub use feed::Change;
-pub use handle::{MaintenanceReport, Store, StoreOptions, purge_delay};
+pub use handle::{MaintenanceReport, PAYLOAD_BYTES_MAX_AGE, Store, StoreOptions, purge_delay};
 pub use message::{
     MAX_USER_PROPERTY_BYTES, MessageProperties, OwnedWrite, Owner, PayloadFormat, Qos,
     QuotaExceeded, RetainedMessage, RetainedSummary, UserProperty, Write, user_properties_wire_len,

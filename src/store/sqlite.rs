@@ -277,6 +277,15 @@ impl RetainedStore for SqliteStore {
         Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
+    async fn payload_bytes(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(length(payload)), 0) FROM retained_messages WHERE NOT deleted",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn get_many(
         &self,
         topics: &[TopicName],

@@ -234,6 +234,16 @@ impl RetainedStore for PostgresStore {
         Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
+    async fn payload_bytes(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(octet_length(payload)), 0)::int8 FROM retained_messages \
+             WHERE NOT deleted",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn get_many(
         &self,
         topics: &[TopicName],
