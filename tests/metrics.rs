@@ -87,7 +87,11 @@ async fn counters_move_by_exactly_the_workload_on_both_stores() {
         let after = scrape(&app, None).await;
         let m = |series: &str| moved(&before, &after, series);
         assert_eq!(at(&before, "retaind_retained_bytes{}"), 0.0);
-        assert_eq!(at(&after, "retaind_retained_bytes{}"), 3.0 * 4.0, "three times \"kept\"");
+        assert_eq!(
+            at(&after, "retaind_retained_bytes{}"),
+            3.0 * 4.0,
+            "three times \"kept\""
+        );
         assert_eq!(
             m("retaind_http_requests_total{operation=Publish,status=200}"),
             3.0
