@@ -36,6 +36,7 @@ mod session;
 mod settling;
 mod stall;
 mod subscribe;
+mod sys_topics;
 mod will;
 mod wire;
 
