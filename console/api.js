@@ -37,7 +37,7 @@ function topicPath(topic) {
   return encodeURIComponent(topic);
 }
 
-async function request(method, path, { headers = {}, body } = {}) {
+async function request(method, path, { headers = {}, body, as = 'json' } = {}) {
   let response;
   try {
     response = await fetch(path, {
@@ -47,7 +47,7 @@ async function request(method, path, { headers = {}, body } = {}) {
     // fetch rejects only when no HTTP answer came back at all.
     throw new ApiError(`could not reach retaind (${err.message})`);
   }
-  if (response.ok) return response.json();
+  if (response.ok) return as === 'text' ? response.text() : response.json();
 
   // Error bodies are `{"message": "..."}`; the AWS error name is in the header. Something in
   // between (a proxy) may answer with anything, so fall back to the raw text.
@@ -100,4 +100,9 @@ export function publish({ topic, payload, qos, retain, contentType = '', userPro
 /** There is no delete operation: a retained publish with an empty payload is one. */
 export function deleteRetained(topic, qos) {
   return publish({ topic, payload: '', qos, retain: true });
+}
+
+/** `GET /metrics`, the Prometheus text page (the principal needs `retaind:Metrics`). */
+export function metricsText() {
+  return request('GET', '/metrics', { as: 'text' });
 }

@@ -1,6 +1,7 @@
-// The retaind console: retained messages (list, detail, edit, delete), a publish form and an
-// MQTT test client. Plain DOM; views are sections of index.html shown by the URL fragment
-// (#/retained, #/retained/<topic>, #/publish, #/client), so links, the back button and
+// The retaind console: retained messages (list, detail, edit, delete), a publish form, an
+// MQTT test client and an overview of the service's health (overview.js). Plain DOM; views are
+// sections of index.html shown by the URL fragment (#/retained, #/retained/<topic>,
+// #/publish, #/client, #/overview), so links, the back button and
 // bookmarks work. Data is only ever put in the page with textContent, never as HTML.
 // With principals configured, a sign-in view comes first (see session.js).
 
@@ -9,6 +10,7 @@ import {
   decodeUserProperties, describePayload, formatBytes, formatTime, payloadPreview, utf8Decode,
 } from './format.js';
 import { MqttClient, brokerUrl } from './mqtt-ws.js';
+import { createOverview } from './overview.js';
 import * as session from './session.js';
 
 /** The live message list keeps this many; older ones drop off the end. */
@@ -65,6 +67,7 @@ const views = {
   detail: $('view-detail'),
   publish: $('view-publish'),
   client: $('view-client'),
+  overview: $('view-overview'),
 };
 
 function route() {
@@ -73,7 +76,7 @@ function route() {
   const hash = location.hash || '#/retained';
   const [, section, ...rest] = hash.split('/');
   const encodedTopic = rest.join('/');
-  let name = ['retained', 'publish', 'client'].includes(section) ? section : 'retained';
+  let name = ['retained', 'publish', 'client', 'overview'].includes(section) ? section : 'retained';
   let topic = null;
   if (name === 'retained' && encodedTopic !== '') {
     name = 'detail';
@@ -96,6 +99,9 @@ function route() {
   }
   if (name === 'retained') list.load();
   if (name === 'detail') detail.load(topic);
+  // Polled only while shown.
+  if (name === 'overview') overview.start();
+  else overview.stop();
 
   // Move focus to the new view's heading, so keyboard and screen-reader users start there
   // rather than on the link they left behind.
@@ -567,6 +573,8 @@ $('clear-messages').addEventListener('click', () => {
 });
 
 // ---- Start ---------------------------------------------------------------------------------
+
+const overview = createOverview({ $, el, showError, clearError });
 
 window.addEventListener('hashchange', route);
 client.setState('disconnected');

@@ -43,6 +43,8 @@ async fn assets_are_served_with_their_content_types() {
         ("/console/app.js", "text/javascript; charset=utf-8"),
         ("/console/mqtt-ws.js", "text/javascript; charset=utf-8"),
         ("/console/session.js", "text/javascript; charset=utf-8"),
+        ("/console/overview.js", "text/javascript; charset=utf-8"),
+        ("/console/prom.js", "text/javascript; charset=utf-8"),
         ("/console/style.css", "text/css; charset=utf-8"),
         ("/console/index.html", "text/html; charset=utf-8"),
         ("/console/favicon.svg", "image/svg+xml"),

@@ -65,6 +65,16 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../console/format.js"),
     },
     Asset {
+        name: "overview.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../console/overview.js"),
+    },
+    Asset {
+        name: "prom.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../console/prom.js"),
+    },
+    Asset {
         name: "mqtt-ws.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../../console/mqtt-ws.js"),

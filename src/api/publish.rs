@@ -154,7 +154,7 @@ fn publication(
         (status = 200, body = PublishResponse),
         (status = 400, description = "InvalidRequestException: invalid topic, parameter or header; or a retained publish that would exceed the quota on stored retained messages (--max-retained-messages, or the principal's max_retained_messages), in which case nothing was stored", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
-        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:Publish (and, with retain=true, iot:RetainPublish) on the topic; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:Publish (and, with retain=true, iot:RetainPublish) on the topic; a topic under `$SYS` (the broker's own status, whatever the policy); without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
         (status = 408, description = "RequestTimeoutException: the body did not arrive within --http-body-timeout of the request's head; nothing was stored", body = ErrorBody),
         (status = 413, description = "RequestEntityTooLargeException: payload over the configured limit", body = ErrorBody),
         (status = 429, description = "ThrottlingException: the caller's Publish rate (--rate-publish) is used up; nothing was stored", body = ErrorBody),
@@ -180,6 +180,12 @@ pub async fn publish(
     caller.authorize(Action::Publish, Some(&publish.topic))?;
     if publish.retain {
         caller.authorize(Action::RetainPublish, Some(&publish.topic))?;
+    }
+    if publish.topic.is_broker_status() {
+        // As over MQTT: the broker alone publishes its status there, whatever the policy.
+        return Err(ApiError::Forbidden(
+            "topics under $SYS are the broker's own status: no client may publish to them".into(),
+        ));
     }
     state.broker.publish(publish, caller.owner()).await?;
     Ok(Json(PublishResponse {

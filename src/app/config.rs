@@ -293,6 +293,12 @@ pub struct ServeConfig {
     /// Log line format. The level comes from RUST_LOG (default: info).
     #[arg(long, env = "RETAIND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// How often this node publishes its status to MQTT subscribers of `$SYS/broker/...`
+    /// (Mosquitto's topic names: clients connected, PUBLISH packets received and sent,
+    /// retained messages, uptime, version); 0 turns them off.
+    #[arg(long, env = "RETAIND_SYS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sys_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

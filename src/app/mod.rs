@@ -174,6 +174,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_publish_rate: config.mqtt_max_publish_rate,
             max_keep_alive: config.mqtt_max_keep_alive,
             write_timeout: config.mqtt_write_timeout,
+            sys_interval: config.sys_interval,
             ..BrokerConfig::default()
         },
         auth.clone(),

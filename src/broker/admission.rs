@@ -144,16 +144,18 @@ fn authorize_connect(
     Ok(Some(principal))
 }
 
-/// Whether `principal` may publish to `topic` (and retain there, when `retain`).
+/// Whether `principal` may publish to `topic` (and retain there, when `retain`). Nobody may
+/// publish under `$SYS`, whatever the policy: those topics are the broker's own status.
 pub(super) fn may_publish(
     principal: Option<&Principal>,
     topic: &TopicName,
     retain: bool,
     client: &str,
 ) -> bool {
-    principal.is_none_or(|p| {
-        let topic = topic.as_str();
-        p.allows(Action::Publish, topic, Some(client))
-            && (!retain || p.allows(Action::RetainPublish, topic, Some(client)))
-    })
+    !topic.is_broker_status()
+        && principal.is_none_or(|p| {
+            let topic = topic.as_str();
+            p.allows(Action::Publish, topic, Some(client))
+                && (!retain || p.allows(Action::RetainPublish, topic, Some(client)))
+        })
 }

@@ -34,6 +34,8 @@ pub struct BrokerConfig {
     /// Longest keep alive a client may have, in seconds: one that asks for more, or for none
     /// (0), is held to this (MQTT 5: told so in Server Keep Alive). 0: no maximum.
     pub max_keep_alive: u16,
+    /// How often the `$SYS/broker/...` status topics are published; zero: never.
+    pub sys_interval: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -53,6 +55,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             max_keep_alive: 1200,
+            sys_interval: Duration::ZERO,
         }
     }
 }

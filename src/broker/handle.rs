@@ -16,11 +16,12 @@ use super::password_checks::{PasswordCheckStats, PasswordChecks};
 use super::peers;
 use super::registry::{Attached, Session, Sessions};
 use super::session::{SessionLimits, SubOptions};
+use super::sys_topics::{self, SysTopics};
 use crate::auth::{Authenticator, Principal};
 use crate::cluster::{Cluster, Outgoing, Restored, Routed};
 use crate::metrics::Metrics;
 use crate::store::{self, Owner, Store};
-use crate::topic::{ClientKey, FilterSpec};
+use crate::topic::{ClientKey, FilterSpec, TopicFilter};
 
 /// Handle on the broker: cheap to clone, shared by listeners, connections and the HTTP API.
 #[derive(Clone)]
@@ -42,6 +43,8 @@ pub(super) struct Inner {
     /// The other nodes of the service, when this node is one of many.
     pub cluster: Option<Cluster>,
     pub metrics: Metrics,
+    /// The latest `$SYS/broker/...` values (`sys_topics`).
+    pub sys: SysTopics,
 }
 
 impl Broker {
@@ -71,12 +74,17 @@ impl Broker {
                 password_checks: PasswordChecks::new(),
                 cluster,
                 metrics,
+                sys: SysTopics::new(),
             }),
         };
         if let Some(cluster) = &broker.inner.cluster {
             peers::join(&broker, cluster);
         }
         observe::on_scrape(&broker);
+        let sys_interval = broker.inner.config.sys_interval;
+        if !sys_interval.is_zero() {
+            sys_topics::start(&broker, sys_interval);
+        }
         broker
     }
 
@@ -218,6 +226,16 @@ impl Broker {
         Option<tokio::sync::oneshot::Receiver<()>>,
     ) {
         self.inner.sessions.subscribe(key, spec, options)
+    }
+
+    /// Queues the latest `$SYS` values `filter` matches for a new subscription of `session`.
+    pub(super) fn send_latest_status(
+        &self,
+        session: &Session,
+        filter: &TopicFilter,
+        options: SubOptions,
+    ) {
+        self.inner.sys.send_latest(session, filter, options);
     }
 
     /// Removes a subscription; whether it existed.

@@ -37,6 +37,7 @@ mod session;
 mod settling;
 mod stall;
 mod subscribe;
+mod sys_topics;
 mod will;
 mod wire;
 

@@ -90,6 +90,10 @@ pub(super) fn subscribe(
         };
         if wanted && spec.share_group().is_none() {
             retained.push(RetainedScan::new(spec.filter().clone(), options));
+            // The `$SYS` values are never in the store, but a new subscriber gets the latest
+            // as if they were.
+            who.broker
+                .send_latest_status(who.session, spec.filter(), options);
         }
     }
     let ack = SubscribeAck {

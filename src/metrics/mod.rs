@@ -335,6 +335,16 @@ impl Metrics {
         self.0.mqtt_sent[usize::from(qos.min(2))].inc();
     }
 
+    /// PUBLISH packets received from clients so far, every QoS.
+    pub fn mqtt_received_total(&self) -> u64 {
+        self.0.mqtt_received.iter().map(Counter::get).sum()
+    }
+
+    /// PUBLISH packets sent to clients so far, every QoS.
+    pub fn mqtt_sent_total(&self) -> u64 {
+        self.0.mqtt_sent.iter().map(Counter::get).sum()
+    }
+
     /// A group commit of `writes` writes took `took`.
     pub fn store_batch(&self, writes: usize, took: Duration) {
         self.0.store_batch_size.observe(writes as f64);

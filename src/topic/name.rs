@@ -83,6 +83,11 @@ impl TopicName {
     pub fn is_reserved(&self) -> bool {
         self.0.starts_with('$')
     }
+
+    /// Topics under `$SYS` carry the broker's own status; only the broker publishes there.
+    pub fn is_broker_status(&self) -> bool {
+        self.0.split('/').next() == Some("$SYS")
+    }
 }
 
 impl fmt::Display for TopicName {
@@ -177,5 +182,14 @@ mod tests {
     fn dollar_topics_are_reserved() {
         assert!(parse("$aws/things").unwrap().is_reserved());
         assert!(!parse("a/$b").unwrap().is_reserved());
+    }
+
+    #[test]
+    fn broker_status_topics_are_those_whose_first_level_is_sys() {
+        assert!(parse("$SYS").unwrap().is_broker_status());
+        assert!(parse("$SYS/broker/uptime").unwrap().is_broker_status());
+        assert!(!parse("$SYSTEM/x").unwrap().is_broker_status());
+        assert!(!parse("$sys/x").unwrap().is_broker_status());
+        assert!(!parse("a/$SYS").unwrap().is_broker_status());
     }
 }

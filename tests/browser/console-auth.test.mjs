@@ -145,6 +145,17 @@ test('publishing and deleting work with the token', { timeout: TEST_TIMEOUT_MS }
   assert.equal((await apiFetch(`/retainedMessage/${encodeURIComponent(TOPIC)}`)).status, 404);
 });
 
+test('the overview of a principal without retaind:Metrics shows the refusal and no numbers', { timeout: TEST_TIMEOUT_MS }, async () => {
+  // iot:* does not include retaind:Metrics (decision 015).
+  assert.equal((await apiFetch('/metrics')).status, 403);
+  await navigate('Overview');
+  const overview = view('overview');
+  await expectText(overview.getByRole('alert'), 'ForbiddenException (HTTP 403)');
+  await expectText(overview.getByRole('alert'), 'retaind:Metrics');
+  assert.equal(await overview.locator('#overview-body').isHidden(), true);
+  assert.equal(await overview.getByRole('button', { name: 'Sign in again' }).isVisible(), true);
+});
+
 test('the test client connects with the MQTT credentials and gets the retained message', { timeout: TEST_TIMEOUT_MS }, async () => {
   await navigate('Test client');
   const client = view('client');
