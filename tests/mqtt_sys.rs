@@ -34,7 +34,7 @@ async fn app_on(backend: Backend, config_toml: Option<&str>) -> (TestApp, tempfi
     if let Some(toml) = config_toml {
         let path = dir.path().join("auth.toml");
         std::fs::write(&path, toml).unwrap();
-        config.config = Some(path);
+        config.principals = Some(path);
     }
     (spawn_app_with(db, config).await, dir)
 }
