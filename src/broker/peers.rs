@@ -70,6 +70,13 @@ impl Events for FromCluster {
         }
     }
 
+    fn filters_of(&self, client_id: &str) -> Vec<FilterSpec> {
+        let Some(inner) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        Broker { inner }.sessions().plain_filters_of(client_id)
+    }
+
     fn adopt(&self, sessions: Vec<Adopted>) {
         if let Some(inner) = self.0.upgrade() {
             let broker = Broker { inner };

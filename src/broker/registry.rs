@@ -535,6 +535,20 @@ impl Sessions {
             .collect()
     }
 
+    /// The plain filters of `client_id`'s session held here.
+    pub fn plain_filters_of(&self, client_id: &str) -> Vec<FilterSpec> {
+        let Some(session) = self.registry().sessions.get(client_id).cloned() else {
+            return Vec::new();
+        };
+        let state = session.state();
+        state
+            .subscriptions
+            .keys()
+            .filter(|spec| spec.share_group().is_none())
+            .cloned()
+            .collect()
+    }
+
     /// Another node resumes `client_id`'s session (decision 014): this node's copy ends,
     /// what it queued goes to Postgres, and a connection still attached closes as taken over.
     pub fn hand_over(&self, client_id: &str) {

@@ -201,6 +201,7 @@ impl Cluster {
             hand_overs,
             client.clone(),
             inbox.clone(),
+            remote.clone(),
             spool.clone(),
             shutdown.clone(),
         ));

@@ -24,6 +24,8 @@ pub trait Events: Send + Sync {
     /// Another node resumes `client_id`'s session: this node ends its copy, handing what it
     /// queued in memory to the spool ([`super::Cluster::spool`]) before it returns.
     fn hand_over(&self, client_id: &str);
+    /// The plain (not shared) filters of `client_id`'s session held here; none if none is.
+    fn filters_of(&self, client_id: &str) -> Vec<FilterSpec>;
     /// Sessions of nodes that are gone, now this node's.
     fn adopt(&self, sessions: Vec<Adopted>);
 }

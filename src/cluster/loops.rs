@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::claims::TakeOver;
 use super::frame::Batch;
 use super::inbox::Inbox;
+use super::remote::RemoteInterest;
 use super::sessions::Spool;
 use super::subject::topic_subject;
 use crate::topic::TopicName;
@@ -20,6 +21,10 @@ use crate::topic::TopicName;
 /// How long a node resuming a session waits for the node that holds it to let go; also how
 /// long the holder waits for its spool before it answers.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest a hand-over waits to hear of the requester's interest (see [`hand_over`]); well
+/// within [`HANDOVER_TIMEOUT`], which the requester waits for the whole answer.
+const INTEREST_WAIT: Duration = Duration::from_secs(1);
 
 /// One task sends every forwarded publish, so they leave in the order they were handled:
 /// a publisher's messages stay in order, as NATS keeps them from one connection. What is
@@ -121,10 +126,17 @@ pub async fn take_overs(
 
 /// Answers another node's request for a session this node holds: the broker ends its copy
 /// and spools what it had queued, and the answer goes once that is written.
+///
+/// The copy ends only once this node has heard, from the bucket, that another node holds the
+/// session's filters (within [`INTEREST_WAIT`]). The requester announced them before asking,
+/// but the announcement reaches this node by another path than the request and can come
+/// second. Were the copy to end first, a message published here in between would match no
+/// subscription here and no known interest elsewhere, and be lost.
 pub async fn hand_over(
     mut requests: async_nats::Subscriber,
     client: async_nats::Client,
     inbox: Arc<Inbox>,
+    remote: Arc<RemoteInterest>,
     spool: mpsc::Sender<Spool>,
     shutdown: CancellationToken,
 ) {
@@ -140,6 +152,13 @@ pub async fn hand_over(
             continue;
         };
         if let Some(events) = inbox.events.get() {
+            let filters = events.filters_of(client_id);
+            let deadline = tokio::time::Instant::now() + INTEREST_WAIT;
+            while !filters.iter().all(|f| remote.announced_elsewhere(f))
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             events.hand_over(client_id);
         }
         let (done, written) = oneshot::channel();

@@ -47,6 +47,12 @@ impl RemoteInterest {
         !matched.is_empty()
     }
 
+    /// Whether another node has announced `spec` (or this node does not know the map, and
+    /// so forwards everything).
+    pub fn announced_elsewhere(&self, spec: &FilterSpec) -> bool {
+        self.in_doubt.load(Ordering::Acquire) || self.keys().values().any(|(_, s)| s == spec)
+    }
+
     pub fn in_doubt(&self) -> bool {
         self.in_doubt.load(Ordering::Acquire)
     }
