@@ -402,3 +402,50 @@ async fn a_refused_row_fails_alone_on_postgres() {
 async fn a_refused_row_fails_alone_on_sqlite() {
     a_refused_row_fails_alone(Backend::Sqlite).await;
 }
+
+/// The sum of payload bytes is a scan of the table. While one caller's scan waits on a lock,
+/// another caller gets the last sum at once instead of queueing behind it; the scan, once
+/// free, gives the new sum.
+#[tokio::test]
+async fn a_slow_sum_of_payload_bytes_keeps_no_one_else_waiting() {
+    let db = fresh_db(Backend::Postgres).await;
+    let clock = Clock::manual(common::T0_MS);
+    let store = Store::new(
+        common::open_backend(&db.url).await,
+        clock.clone(),
+        StoreOptions::default(),
+    );
+    store
+        .write(Write::Put(message("s/1", "12345")))
+        .await
+        .unwrap();
+    assert_eq!(store.payload_bytes().await.unwrap(), 5);
+    store
+        .write(Write::Put(message("s/2", "123")))
+        .await
+        .unwrap();
+    clock.advance(retaind::store::PAYLOAD_BYTES_MAX_AGE);
+
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE retained_messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let slow = tokio::spawn({
+        let store = store.clone();
+        async move { store.payload_bytes().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!slow.is_finished(), "the first sum waits on the lock");
+    let started = Instant::now();
+    let other = tokio::time::timeout(Duration::from_secs(1), store.payload_bytes())
+        .await
+        .expect("a second caller does not wait behind the scan");
+    assert_eq!(other.unwrap(), 5, "the last sum");
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    locker.execute("ROLLBACK").await.unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), 8);
+    assert_eq!(store.payload_bytes().await.unwrap(), 8, "and it stands");
+}

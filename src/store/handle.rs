@@ -82,6 +82,23 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// The last sum of payload bytes, when it was taken (ms, the store's clock), and whether a
+/// caller is summing now.
+#[derive(Default)]
+struct PayloadBytes {
+    last: Option<(i64, u64)>,
+    summing: bool,
+}
+
+/// A caller summing the payload bytes; dropping it, however the scan ended, lets the next.
+struct Summing<'a>(&'a Store);
+
+impl Drop for Summing<'_> {
+    fn drop(&mut self) {
+        self.0.payload_bytes_state().summing = false;
+    }
+}
+
 struct Inner {
     backend: Arc<dyn RetainedStore>,
     /// Shared with every [`WriteBatch`] made from this handle.
@@ -93,8 +110,7 @@ struct Inner {
     timeout: Duration,
     failures: Arc<Failures>,
     metrics: Metrics,
-    /// The last sum of payload bytes and when it was taken (ms, the store's clock).
-    payload_bytes: tokio::sync::Mutex<Option<(i64, u64)>>,
+    payload_bytes: Mutex<PayloadBytes>,
     /// Stops the change-feed follower and the failure summaries when the last handle goes.
     stop: CancellationToken,
 }
@@ -167,7 +183,7 @@ impl Store {
                 timeout,
                 failures,
                 metrics: options.metrics,
-                payload_bytes: tokio::sync::Mutex::new(None),
+                payload_bytes: Mutex::new(PayloadBytes::default()),
                 stop,
             }),
         }
@@ -303,22 +319,35 @@ impl Store {
 
     /// The payload bytes of the stored messages, as summed at most [`PAYLOAD_BYTES_MAX_AGE`]
     /// ago by this handle's clock: the sum is a scan of the table, too dear for every scrape.
-    /// Callers at the same time wait for one scan.
+    /// One caller at a time sums; the others meanwhile get the last sum rather than wait
+    /// behind it (the scan may take up to the store timeout on a slow database).
     pub async fn payload_bytes(&self) -> Result<u64, Error> {
-        let mut summed = self.inner.payload_bytes.lock().await;
         let now = self.inner.clock.now_ms();
-        let max_age = PAYLOAD_BYTES_MAX_AGE.as_millis() as i64;
-        if let Some((at, bytes)) = *summed
-            && now.saturating_sub(at) < max_age
-            && now >= at
         {
-            return Ok(bytes);
+            let mut summed = self.payload_bytes_state();
+            let max_age = PAYLOAD_BYTES_MAX_AGE.as_millis() as i64;
+            match summed.last {
+                Some((at, bytes)) if (at..at.saturating_add(max_age)).contains(&now) => {
+                    return Ok(bytes);
+                }
+                Some((_, bytes)) if summed.summing => return Ok(bytes),
+                _ => summed.summing = true,
+            }
         }
+        // Cleared however the scan ends, cancelled callers included.
+        let _summing = Summing(self);
         let bytes = self
             .call("payload bytes", self.inner.backend.payload_bytes())
             .await?;
-        *summed = Some((now, bytes));
+        self.payload_bytes_state().last = Some((now, bytes));
         Ok(bytes)
+    }
+
+    fn payload_bytes_state(&self) -> std::sync::MutexGuard<'_, PayloadBytes> {
+        self.inner
+            .payload_bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
