@@ -65,6 +65,8 @@ async fn store_directly(app: &common::TestApp, topics: impl IntoIterator<Item = 
             expires_at_ms: None,
             last_modified_ms: T0_MS,
             last_accessed_ms: T0_MS,
+            revision: 0,
+            writer: None,
         }))
     });
     for done in futures_util::future::join_all(writes).await {

@@ -20,6 +20,8 @@ fn put(name: &str) -> Write {
         expires_at_ms: None,
         last_modified_ms: T0_MS,
         last_accessed_ms: T0_MS,
+        revision: 0,
+        writer: None,
     })
 }
 

@@ -231,6 +231,8 @@ fn message(t: &str, payload: &'static str) -> RetainedMessage {
         expires_at_ms: None,
         last_modified_ms: common::T0_MS,
         last_accessed_ms: common::T0_MS,
+        revision: 0,
+        writer: None,
     }
 }
 

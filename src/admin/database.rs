@@ -79,7 +79,7 @@ impl Database {
         // with any write.
         match verdicts.into_iter().find_map(|v| match v {
             Verdict::Refused(quota) => Some(quota),
-            Verdict::Applied | Verdict::Superseded => None,
+            Verdict::Applied(_) | Verdict::Superseded | Verdict::ConditionFailed => None,
         }) {
             Some(quota) => Err(store::Error::QuotaExceeded(quota).into()),
             None => Ok(()),

@@ -172,6 +172,8 @@ impl Line {
             expires_at_ms: self.message_expires_at,
             last_modified_ms: self.last_modified_time,
             last_accessed_ms: now_ms.max(self.last_modified_time),
+            revision: 0,
+            writer: None,
         })
     }
 }
@@ -208,6 +210,8 @@ mod tests {
             expires_at_ms: Some(NOW + 60_000),
             last_modified_ms: NOW - 5,
             last_accessed_ms: NOW,
+            revision: 0,
+            writer: None,
         }
     }
 

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The request's precondition does not hold (a bulk delete's expected count).
     #[error("{0}")]
     Conflict(String),
+    /// A conditional write's `If-Match` or `If-None-Match` does not hold; nothing was stored.
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("{0}")]
     UnknownOperation(String),
     #[error("{0}")]
@@ -81,6 +84,10 @@ impl ApiError {
             ),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "ForbiddenException"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "ConflictException"),
+            Self::PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailedException",
+            ),
             Self::UnknownOperation(_) => (StatusCode::NOT_FOUND, "UnknownOperationException"),
             Self::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowedException")
@@ -147,6 +154,10 @@ impl From<store::Error> for ApiError {
             store::Error::QuotaExceeded(_) => {
                 Self::InvalidRequest(format!("{err}; nothing was stored"))
             }
+            store::Error::ConditionFailed => Self::PreconditionFailed(format!(
+                "{err}: its revision is not the one If-Match names, or If-None-Match: * found \
+                 one; nothing was stored"
+            )),
         }
     }
 }

@@ -80,6 +80,8 @@ impl Message {
             expires_at_ms: self.expires_at_ms,
             last_modified_ms: now_ms,
             last_accessed_ms: now_ms,
+            revision: 0,
+            writer: None,
         }))
     }
 

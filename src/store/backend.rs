@@ -1,39 +1,59 @@
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::feed::Change;
+use super::message::Revision;
+use super::watch_types::ChangePage;
 use super::{Error, OwnedWrite, QuotaExceeded, RetainedMessage, RetainedSummary};
 use crate::topic::TopicName;
 
 /// What became of one write of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Stored, or deleted.
-    Applied,
-    /// A write to the same topic that started later had already been applied, so this one
-    /// changed nothing: it took effect, and was replaced, before that one.
+    /// Stored, or deleted, under this revision.
+    Applied(Revision),
+    /// A write to the same topic that started later had already been applied (or came later
+    /// in the same batch), so this one changed nothing: it took effect, and was replaced,
+    /// before that one.
     Superseded,
     /// It would have gone over a quota; nothing of it was written.
     Refused(QuotaExceeded),
+    /// Its condition did not hold; nothing of it was written.
+    ConditionFailed,
 }
 
 impl Verdict {
-    /// Each write's verdict, from the quota's decisions and the topics the database left alone
-    /// because a later write had already changed them.
+    /// Each write's verdict, from the quota's decisions and the topics the database changed.
+    /// Only the last admitted write of a topic can have been applied: the earlier ones in the
+    /// batch were replaced by it (conditional writes never share a batch with another write of
+    /// their topic, see `write_lane`).
     pub(super) fn of_batch(
         writes: &[OwnedWrite],
         admissions: Vec<Result<(), QuotaExceeded>>,
-        superseded: &HashSet<String>,
+        applied: &HashMap<String, Revision>,
     ) -> Vec<Self> {
+        let mut last = HashMap::with_capacity(writes.len());
+        for (i, (w, admission)) in writes.iter().zip(&admissions).enumerate() {
+            if admission.is_ok() {
+                last.insert(w.write.topic().as_str(), i);
+            }
+        }
         writes
             .iter()
             .zip(admissions)
-            .map(|(w, admission)| match admission {
-                Err(quota) => Self::Refused(quota),
-                Ok(()) if superseded.contains(w.write.topic().as_str()) => Self::Superseded,
-                Ok(()) => Self::Applied,
+            .enumerate()
+            .map(|(i, (w, admission))| {
+                let topic = w.write.topic().as_str();
+                match admission {
+                    Err(quota) => Self::Refused(quota),
+                    Ok(()) => match applied.get(topic) {
+                        Some(&revision) if last.get(topic) == Some(&i) => Self::Applied(revision),
+                        _ if w.condition.is_some() => Self::ConditionFailed,
+                        _ => Self::Superseded,
+                    },
+                }
             })
             .collect()
     }
@@ -149,15 +169,50 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// Records that `topics` were read at `now_ms` (never moves a time backwards).
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error>;
 
-    /// Deletes up to `limit` messages whose expiry is at or before `cutoff_ms`; returns how many.
-    async fn purge_expired(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error>;
+    /// Turns up to `limit` messages whose expiry is at or before `now_ms` into tombstones of an
+    /// expiry, each with a new revision (so watches hear of it); returns how many. The
+    /// tombstone keeps the message's write ticket and expiry time, so it guards against older
+    /// writes as the expired message did, and is purged with the other tombstones.
+    async fn expire(&self, now_ms: i64, limit: u32) -> Result<u64, Error>;
 
-    /// Deletes up to `limit` tombstones of deletes made at or before `cutoff_ms`; returns how
-    /// many.
+    /// Deletes up to `limit` tombstones of changes made (or messages expired) at or before
+    /// `cutoff_ms`; returns how many. The highest revision removed becomes the compaction
+    /// point ([`RetainedStore::compacted`]).
     async fn purge_tombstones(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error>;
 
-    /// Deletes up to `limit` messages neither updated nor read since `cutoff_ms`; returns how many.
-    async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error>;
+    /// Turns up to `limit` messages neither updated nor read since `cutoff_ms` into tombstones
+    /// of the retention purge, dated `now_ms`; returns how many.
+    async fn purge_idle(&self, cutoff_ms: i64, now_ms: i64, limit: u32) -> Result<u64, Error>;
+
+    /// Removes entries of the change log that are no longer their topic's latest change,
+    /// examining up to `limit` entries after `after` in revision order. Returns how many it
+    /// removed, and the last revision it examined (`None`: none left after `after`).
+    async fn compact_changes(
+        &self,
+        after: Revision,
+        limit: u32,
+    ) -> Result<(u64, Option<Revision>), Error>;
+
+    /// Up to `limit` changes after revision `after` whose topics are in `[from, until)`, in
+    /// revision order: each topic's latest change only (a put, a delete, an expiry), and only
+    /// changes that can no longer be preceded by one still in flight. The page's `settled`
+    /// tells where the next page starts.
+    async fn changes(
+        &self,
+        after: Revision,
+        from: &str,
+        until: Option<&str>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<ChangePage, Error>;
+
+    /// The revision every change at or below which is settled (committed, or never to be):
+    /// where a watch that starts from the current set starts following changes.
+    async fn settled(&self) -> Result<Revision, Error>;
+
+    /// The highest revision whose tombstone has been purged: changes after a revision below
+    /// this one may have been lost to a reader, which must start over.
+    async fn compacted(&self) -> Result<Revision, Error>;
 
     /// The secret that signs pagination tokens. Created once per database, so every node that
     /// shares the database accepts the tokens of the others.

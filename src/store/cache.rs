@@ -186,6 +186,8 @@ mod tests {
             expires_at_ms: None,
             last_modified_ms: 1,
             last_accessed_ms: 1,
+            revision: 0,
+            writer: None,
         }))
     }
 

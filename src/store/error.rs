@@ -21,6 +21,9 @@ pub enum Error {
     /// The write would keep more retained messages than a quota allows; nothing was written.
     #[error("retained message quota reached: {0}")]
     QuotaExceeded(super::QuotaExceeded),
+    /// The write's condition (see [`super::Condition`]) did not hold; nothing was written.
+    #[error("the retained message is not the one the write expected")]
+    ConditionFailed,
     /// The handle's background workers have stopped (the service is shutting down).
     #[error("store is shutting down")]
     Closed,

@@ -55,7 +55,7 @@ impl Failures {
         let unavailable = match error {
             Error::Unavailable(_) => true,
             Error::Internal(_) | Error::Refused(_) | Error::Config(_) => false,
-            Error::QuotaExceeded(_) | Error::Closed => return,
+            Error::QuotaExceeded(_) | Error::ConditionFailed | Error::Closed => return,
         };
         let kind = Kind { work, unavailable };
         self.metrics.store_error(

@@ -13,7 +13,8 @@ use super::write_batch::WriteBatch;
 use super::write_lane::LaneSettings;
 use super::write_lanes::WriteLanes;
 use super::{
-    Change, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedStore, RetainedSummary, Write,
+    Change, ChangePage, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedStore,
+    RetainedSummary, Revision, Write,
 };
 use crate::metrics::{CacheResult, Metrics, PoolLabel};
 use crate::topic::TopicName;
@@ -64,6 +65,8 @@ const TOUCH_GRANULARITY_MS: i64 = 60 * 60 * 1000;
 const MAX_PENDING_TOUCHES: usize = 100_000;
 /// Rows deleted per purge statement, so a large purge never holds long locks.
 const PURGE_BATCH: u32 = 1000;
+/// Change-log entries one maintenance pass examines at most.
+const COMPACT_PER_PASS: u32 = 100_000;
 
 /// How long after its expiry an expired message, or after its delete a tombstone, stays in the
 /// database: longer than any write that started before it can still be running (the database
@@ -111,6 +114,10 @@ struct Inner {
     failures: Arc<Failures>,
     metrics: Metrics,
     payload_bytes: Mutex<PayloadBytes>,
+    /// Where the next pass of [`Store::compact_changes`] starts.
+    compact_cursor: Mutex<Revision>,
+    /// Bumped whenever the retained set may have changed (see [`Store::changed`]).
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Stops the change-feed follower and the failure summaries when the last handle goes.
     stop: CancellationToken,
 }
@@ -129,6 +136,8 @@ pub struct MaintenanceReport {
     pub idle: u64,
     /// Tombstones of deleted messages removed.
     pub tombstones: u64,
+    /// Change-log entries removed that no write had removed.
+    pub changes_compacted: u64,
 }
 
 impl Store {
@@ -139,19 +148,20 @@ impl Store {
         let stop = CancellationToken::new();
         let failures = Failures::start(stop.clone(), options.metrics.clone());
         observe_pool(&options.metrics, &backend);
-        let cache = (options.cache_bytes > 0).then(|| {
-            let feed = backend.change_feed();
-            let cache = Arc::new(ReadCache::new(options.cache_bytes, feed.is_none()));
-            if let Some(feed) = feed {
-                tokio::spawn(follow(feed, Arc::downgrade(&cache), stop.clone()));
-            }
-            cache
-        });
+        let feed = backend.change_feed();
+        let cache = (options.cache_bytes > 0)
+            .then(|| Arc::new(ReadCache::new(options.cache_bytes, feed.is_none())));
+        let changed = Arc::new(tokio::sync::watch::Sender::new(0));
+        if let Some(feed) = feed {
+            let cache = cache.as_ref().map(Arc::downgrade);
+            tokio::spawn(follow(feed, cache, changed.clone(), stop.clone()));
+        }
         let settings = LaneSettings {
             timeout,
             max_messages: options.max_messages,
             failures: failures.clone(),
             metrics: options.metrics.clone(),
+            changed: changed.clone(),
         };
         let writes = Arc::new(WriteLanes::spawn(
             options.write_lanes,
@@ -184,6 +194,8 @@ impl Store {
                 failures,
                 metrics: options.metrics,
                 payload_bytes: Mutex::new(PayloadBytes::default()),
+                compact_cursor: Mutex::new(0),
+                changed,
                 stop,
             }),
         }
@@ -210,7 +222,16 @@ impl Store {
     /// Like [`Store::write`], charged to `owner`: a put that would take it (or the store) past
     /// its quota of retained messages fails with [`Error::QuotaExceeded`] and writes nothing.
     pub async fn write_as(&self, write: Write, owner: Owner) -> Result<(), Error> {
-        let call = self.inner.writes.write(OwnedWrite { write, owner });
+        self.write_owned(OwnedWrite::new(write, owner))
+            .await
+            .map(drop)
+    }
+
+    /// Like [`Store::write_as`], with where the write came from and its condition; answers
+    /// with the change's revision (`None`: a later write replaced it at once), or
+    /// [`Error::ConditionFailed`] when the condition did not hold and nothing was written.
+    pub async fn write_owned(&self, write: OwnedWrite) -> Result<Option<Revision>, Error> {
+        let call = self.inner.writes.write(write);
         deadline(self.inner.timeout, call).await
     }
 
@@ -354,6 +375,43 @@ impl Store {
         self.call("ping", self.inner.backend.ping()).await
     }
 
+    /// A signal that the retained set may have changed: it moves after every write batch of
+    /// this handle, every change another node announces, and every expiry or retention purge.
+    /// Watches wait on it, then read [`Store::changes`]; it says nothing of what changed.
+    pub fn changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// Up to `limit` changes after revision `after` to topics in `[from, until)` (byte order;
+    /// `until: None` = no upper bound), in revision order: each topic's latest change, and none
+    /// that a change still in flight could precede. The next page starts after the page's
+    /// `settled`.
+    pub async fn changes(
+        &self,
+        after: Revision,
+        from: &str,
+        until: Option<&str>,
+        limit: u32,
+    ) -> Result<ChangePage, Error> {
+        let now = self.inner.clock.now_ms();
+        let work = self.inner.backend.changes(after, from, until, limit, now);
+        self.call("changes", work).await
+    }
+
+    /// The revision every change at or below which is settled: where a watch that starts from
+    /// the current set starts following changes.
+    pub async fn settled(&self) -> Result<Revision, Error> {
+        self.call("settled revision", self.inner.backend.settled())
+            .await
+    }
+
+    /// The highest revision whose tombstone has been purged: a watch resuming from below it
+    /// may have missed a delete.
+    pub async fn compacted(&self) -> Result<Revision, Error> {
+        self.call("compacted revision", self.inner.backend.compacted())
+            .await
+    }
+
     /// The key that signs pagination tokens, shared by every node on the same database.
     pub async fn token_key(&self) -> Result<Vec<u8>, Error> {
         let candidate = *uuid::Uuid::new_v4().as_bytes();
@@ -391,8 +449,11 @@ impl Store {
             }
         }
         loop {
-            let n = deadline(timeout, backend.purge_expired(settled, PURGE_BATCH)).await?;
+            let n = deadline(timeout, backend.expire(now, PURGE_BATCH)).await?;
             report.expired += n;
+            if n > 0 {
+                self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+            }
             if n < u64::from(PURGE_BATCH) {
                 break;
             }
@@ -402,8 +463,11 @@ impl Store {
         // it purged: a message must not be served from memory after its delete has committed.
         let unsettled = self.inner.cache.clone().map(ReadCache::unsettled);
         loop {
-            let n = deadline(timeout, backend.purge_idle(cutoff, PURGE_BATCH)).await?;
+            let n = deadline(timeout, backend.purge_idle(cutoff, now, PURGE_BATCH)).await?;
             report.idle += n;
+            if n > 0 {
+                self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+            }
             if n > 0
                 && let Some(cache) = &self.inner.cache
             {
@@ -414,7 +478,41 @@ impl Store {
             }
         }
         drop(unsettled);
+        report.changes_compacted = self.compact_changes().await?;
         Ok(report)
+    }
+
+    /// Removes change-log entries that are no longer their topic's latest: most are removed
+    /// by the write that replaces them, and this finds the few two concurrent writes of one
+    /// topic leave behind. Each pass walks on from where the last stopped, at most
+    /// [`COMPACT_PER_PASS`] entries, and starts over at the end.
+    async fn compact_changes(&self) -> Result<u64, Error> {
+        let backend = &self.inner.backend;
+        let mut removed = 0;
+        let mut examined = 0;
+        let mut after = *self.compact_cursor();
+        while examined < COMPACT_PER_PASS {
+            let call = backend.compact_changes(after, PURGE_BATCH);
+            let (n, last) = deadline(self.inner.timeout, call).await?;
+            removed += n;
+            examined += PURGE_BATCH;
+            match last {
+                Some(last) => after = last,
+                None => {
+                    after = 0;
+                    break;
+                }
+            }
+        }
+        *self.compact_cursor() = after;
+        Ok(removed)
+    }
+
+    fn compact_cursor(&self) -> std::sync::MutexGuard<'_, Revision> {
+        self.inner
+            .compact_cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One database call under the deadline; a failure is logged (in summary, see `failures`).
@@ -449,14 +547,26 @@ impl Store {
     }
 }
 
-/// Applies what the change feed reports to the cache until the store handle is dropped.
-async fn follow(mut feed: Box<dyn ChangeFeed>, cache: Weak<ReadCache>, stop: CancellationToken) {
+/// Applies what the change feed reports to the cache, and tells watches, until the store
+/// handle is dropped.
+async fn follow(
+    mut feed: Box<dyn ChangeFeed>,
+    cache: Option<Weak<ReadCache>>,
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+    stop: CancellationToken,
+) {
     loop {
         let change = tokio::select! {
             () = stop.cancelled() => return,
             change = feed.next() => change,
         };
-        let Some(cache) = cache.upgrade() else { return };
+        if !matches!(change, Change::Lost) {
+            changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        let Some(cache) = cache.as_ref().map(Weak::upgrade) else {
+            continue;
+        };
+        let Some(cache) = cache else { return };
         match change {
             Change::Topics(topics) => topics.iter().for_each(|t| cache.evict(t)),
             Change::All => cache.forget_all(),

@@ -79,6 +79,39 @@ pub struct RetainedMessage {
     pub last_modified_ms: i64,
     /// The later of the last update and the last recorded read; drives the retention purge.
     pub last_accessed_ms: i64,
+    /// The revision the store gave the write that left this message (see [`Revision`]); 0 for
+    /// a message not yet stored.
+    pub revision: Revision,
+    /// Who wrote it, when the store knows (rows written before revisions existed do not).
+    pub writer: Option<Writer>,
+}
+
+/// A service-wide number the store gives every change to the retained set (a put, a delete, an
+/// expiry): strictly increasing in the order changes become visible, on every node and across
+/// restarts. Decision 018 says how.
+pub type Revision = i64;
+
+/// Who made a change: the principal it was charged to (empty when authentication is off) and
+/// where it came from, the MQTT client id or [`Writer::HTTP`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    pub principal: std::sync::Arc<str>,
+    pub client: std::sync::Arc<str>,
+}
+
+impl Writer {
+    /// The client named for writes made over the HTTP API.
+    pub const HTTP: &'static str = "HTTP";
+}
+
+/// What must hold for a write to be applied (compare-and-set). Checked by the database, at the
+/// moment the write is applied, against the topic's latest row on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// The topic's retained message is the one with this revision (`If-Match`).
+    Revision(Revision),
+    /// The topic has no retained message (`If-None-Match: *`).
+    Absent,
 }
 
 /// What a listing shows of a message: everything but the payload and properties.
@@ -88,10 +121,14 @@ pub struct RetainedSummary {
     pub payload_size: i64,
     pub qos: Qos,
     pub last_modified_ms: i64,
+    pub revision: Revision,
 }
 
 /// One change to the store. A batch of these is applied atomically, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// A write moves by value through the write queue and into the cache; boxing the message would
+// cost an allocation per write to save the bytes of the rare delete.
+#[allow(clippy::large_enum_variant)]
 pub enum Write {
     Put(RetainedMessage),
     Delete(TopicName),
@@ -131,19 +168,30 @@ impl Owner {
     }
 }
 
-/// A write and whom it is charged to.
+/// A write, whom it is charged to, where it came from, and what must hold for it to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedWrite {
     pub write: Write,
     pub owner: Owner,
+    /// The MQTT client id, or [`Writer::HTTP`]; `None` when no one in particular (tools, tests).
+    pub client: Option<std::sync::Arc<str>>,
+    pub condition: Option<Condition>,
+}
+
+impl OwnedWrite {
+    pub fn new(write: Write, owner: Owner) -> Self {
+        Self {
+            write,
+            owner,
+            client: None,
+            condition: None,
+        }
+    }
 }
 
 impl From<Write> for OwnedWrite {
     fn from(write: Write) -> Self {
-        Self {
-            write,
-            owner: Owner::anonymous(),
-        }
+        Self::new(write, Owner::anonymous())
     }
 }
 

@@ -24,6 +24,7 @@ mod postgres;
 mod quota;
 mod row;
 mod sqlite;
+mod watch_types;
 mod write_batch;
 mod write_lane;
 mod write_lanes;
@@ -34,8 +35,10 @@ pub use error::Error;
 pub use feed::Change;
 pub use handle::{MaintenanceReport, PAYLOAD_BYTES_MAX_AGE, Store, StoreOptions, purge_delay};
 pub use message::{
-    MAX_USER_PROPERTY_BYTES, MessageProperties, OwnedWrite, Owner, PayloadFormat, Qos,
-    QuotaExceeded, RetainedMessage, RetainedSummary, UserProperty, Write, user_properties_wire_len,
+    Condition, MAX_USER_PROPERTY_BYTES, MessageProperties, OwnedWrite, Owner, PayloadFormat, Qos,
+    QuotaExceeded, RetainedMessage, RetainedSummary, Revision, UserProperty, Write, Writer,
+    user_properties_wire_len,
 };
 pub use open::open_backend;
+pub use watch_types::{ChangeKind, ChangePage, RetainedChange};
 pub use write_batch::WriteBatch;

@@ -123,11 +123,15 @@ mod tests {
                 expires_at_ms: None,
                 last_modified_ms: 0,
                 last_accessed_ms: 0,
+                revision: 0,
+                writer: None,
             }),
             owner: Owner {
                 name: owner.into(),
                 max_messages: max,
             },
+            client: None,
+            condition: None,
         }
     }
 

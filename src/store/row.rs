@@ -3,7 +3,8 @@
 use bytes::Bytes;
 
 use super::{
-    MessageProperties, PayloadFormat, Qos, RetainedMessage, RetainedSummary, UserProperty,
+    ChangeKind, ChangePage, MessageProperties, PayloadFormat, Qos, RetainedChange, RetainedMessage,
+    RetainedSummary, Revision, UserProperty, Writer,
 };
 use crate::topic::{TopicName, check_text};
 
@@ -12,7 +13,8 @@ use crate::topic::{TopicName, check_text};
 macro_rules! message_columns {
     () => {
         "topic, payload, qos, user_properties, content_type, response_topic, correlation_data, \
-         payload_format, expires_at_ms, last_modified_ms, last_accessed_ms"
+         payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, revision, owner, \
+         writer_client"
     };
 }
 pub(super) use message_columns;
@@ -108,6 +110,9 @@ pub(super) struct MessageRow {
     expires_at_ms: Option<i64>,
     last_modified_ms: i64,
     last_accessed_ms: i64,
+    revision: i64,
+    owner: String,
+    writer_client: Option<String>,
 }
 
 // A stored row is read one at a time, and what cannot be served of it is left out of that row
@@ -172,10 +177,85 @@ impl MessageRow {
             expires_at_ms: self.expires_at_ms,
             last_modified_ms: self.last_modified_ms,
             last_accessed_ms: self.last_accessed_ms,
+            revision: self.revision,
+            writer: self.writer_client.map(|client| Writer {
+                principal: self.owner.into(),
+                client: client.into(),
+            }),
             topic,
         }
     }
 }
+
+/// A change-log entry joined to its topic's row (see `RetainedStore::changes`).
+#[derive(sqlx::FromRow)]
+pub(super) struct ChangeRow {
+    #[sqlx(flatten)]
+    message: MessageRow,
+    deleted: bool,
+    change_kind: i16,
+}
+
+impl ChangeRow {
+    /// The change, unless it is a message that has expired since: its expiry is a change of
+    /// its own, with a later revision, once maintenance records it.
+    pub(super) fn into_change(self, now_ms: i64) -> Option<RetainedChange> {
+        let revision = self.message.revision;
+        let message = self.message.into_message();
+        let (topic, writer) = (message.topic.clone(), message.writer.clone());
+        let kind = match (self.deleted, self.change_kind) {
+            (false, _) if message.expires_at_ms.is_some_and(|at| at <= now_ms) => return None,
+            (false, _) => ChangeKind::Put(Box::new(message)),
+            (true, 1) => ChangeKind::Expired,
+            (true, 2) => ChangeKind::Purged,
+            (true, _) => ChangeKind::Delete,
+        };
+        let writer = match kind {
+            ChangeKind::Put(_) | ChangeKind::Delete => writer,
+            ChangeKind::Expired | ChangeKind::Purged => None,
+        };
+        Some(RetainedChange {
+            revision,
+            topic,
+            kind,
+            writer,
+        })
+    }
+}
+
+/// A page of changes from rows read in revision order with `limit`, where `settled` is the
+/// highest revision the read could see settled: a full page ends at its last row (later ones may
+/// follow at once), a short one at `settled`.
+pub(super) fn change_page(
+    rows: Vec<ChangeRow>,
+    limit: u32,
+    settled: Revision,
+    now_ms: i64,
+) -> ChangePage {
+    let full = rows.len() >= limit as usize;
+    let last = rows.last().map(|r| r.message.revision);
+    let changes = rows
+        .into_iter()
+        .filter_map(|r| r.into_change(now_ms))
+        .collect();
+    let settled = match last {
+        Some(last) if full => last,
+        _ => settled,
+    };
+    ChangePage { changes, settled }
+}
+
+/// Columns selected for a change: the message's, and what kind of row it is.
+macro_rules! change_columns {
+    () => {
+        concat!(
+            "m.topic, m.payload, m.qos, m.user_properties, m.content_type, m.response_topic, \
+             m.correlation_data, m.payload_format, m.expires_at_ms, m.last_modified_ms, \
+             m.last_accessed_ms, m.revision, m.owner, m.writer_client, m.deleted, m.change_kind"
+        )
+    };
+}
+pub(super) use change_columns;
 
 #[derive(sqlx::FromRow)]
 pub(super) struct SummaryRow {
@@ -183,6 +263,7 @@ pub(super) struct SummaryRow {
     payload_size: i64,
     qos: i16,
     last_modified_ms: i64,
+    revision: i64,
 }
 
 impl SummaryRow {
@@ -192,6 +273,7 @@ impl SummaryRow {
             qos: stored_qos(&topic, self.qos),
             payload_size: self.payload_size,
             last_modified_ms: self.last_modified_ms,
+            revision: self.revision,
             topic,
         }
     }

@@ -3,7 +3,7 @@
 //! survives power loss. Writes go through a single connection because SQLite has one writer
 //! anyway; group commit upstream turns many publishes into one transaction on it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
@@ -13,10 +13,13 @@ use tokio::time::Instant;
 use super::backend::Verdict;
 use super::quota;
 use super::row::{
-    MessageRow, RangeStatements, Row, ScanStart, SummaryRow, encode_user_properties,
-    last_write_per_topic, message_columns,
+    ChangeRow, MessageRow, RangeStatements, Row, ScanStart, SummaryRow, change_columns,
+    change_page, encode_user_properties, last_write_per_topic, message_columns,
 };
-use super::{Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary};
+use super::{
+    ChangePage, Condition, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary,
+    Revision,
+};
 use crate::topic::TopicName;
 
 pub(super) struct SqliteStore {
@@ -42,20 +45,34 @@ impl SqliteStore {
 }
 
 /// A message or a tombstone, replacing only a row with an earlier write ticket (see
-/// `RetainedStore::apply`).
+/// `RetainedStore::apply`), and, for `If-None-Match: *` (`?17` true), only a tombstone or an
+/// expired message (`?18` is now). `?14` is the write ticket and revision, `?15` the writer's
+/// client; `?16` (the `If-Match` revision) is for `UPDATE_MATCHED`.
 const UPSERT: &str = "
 INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
     correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
-    deleted, write_seq)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    deleted, write_seq, revision, writer_client, change_kind)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, 0)
 ON CONFLICT (topic) DO UPDATE SET
     payload = excluded.payload, qos = excluded.qos, user_properties = excluded.user_properties,
     content_type = excluded.content_type, response_topic = excluded.response_topic,
     correlation_data = excluded.correlation_data, payload_format = excluded.payload_format,
     expires_at_ms = excluded.expires_at_ms, last_modified_ms = excluded.last_modified_ms,
     last_accessed_ms = excluded.last_accessed_ms, owner = excluded.owner,
-    deleted = excluded.deleted, write_seq = excluded.write_seq
-WHERE retained_messages.write_seq < excluded.write_seq";
+    deleted = excluded.deleted, write_seq = excluded.write_seq, revision = excluded.revision,
+    writer_client = excluded.writer_client, change_kind = 0
+WHERE retained_messages.write_seq < excluded.write_seq
+    AND (NOT ?17 OR retained_messages.deleted OR retained_messages.expires_at_ms <= ?18)";
+
+/// `If-Match`: replaces the message holding revision `?16`, unexpired at `?18`; never inserts.
+/// Binds as `UPSERT` does (`?17` unused).
+const UPDATE_MATCHED: &str = "
+UPDATE retained_messages SET payload = ?2, qos = ?3, user_properties = ?4, content_type = ?5,
+    response_topic = ?6, correlation_data = ?7, payload_format = ?8, expires_at_ms = ?9,
+    last_modified_ms = ?10, last_accessed_ms = ?11, owner = ?12, deleted = ?13, write_seq = ?14,
+    revision = ?14, writer_client = ?15, change_kind = 0
+WHERE topic = ?1 AND revision = ?16 AND NOT deleted
+    AND (expires_at_ms IS NULL OR expires_at_ms > ?18) AND write_seq < ?14";
 
 /// A range query with the given bounds on `topic`: `?1` is the lower bound, `?2` now, `?3` the
 /// limit and `?4` the upper bound. One statement per combination of bounds, so that SQLite
@@ -91,7 +108,7 @@ const SNAPSHOT_PAGE: u32 = 500;
 const SCAN: RangeStatements = range_statements!(message_columns!());
 /// Summaries in a range: [`RetainedStore::list_range`].
 const LIST_RANGE: RangeStatements =
-    range_statements!("topic, length(payload) AS payload_size, qos, last_modified_ms");
+    range_statements!("topic, length(payload) AS payload_size, qos, last_modified_ms, revision");
 
 impl SqliteStore {
     /// Up to `limit` unexpired rows from `start` up to `until` (exclusive), in topic order, with
@@ -119,47 +136,85 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Expired messages (`tombstones: false`) or tombstones, whose expiry is the time of their
-    /// delete, found through the expiry index.
-    async fn purge_by_expiry(
+    /// Turns the rows `victims` selects (binding `?1` and `?2`; `?3` is free for it) into
+    /// tombstones of `kind` (1: expiry, 2: retention) dated `at` (`None`: their expiry), each
+    /// with a revision of a new write ticket, logged; the write ticket of each row stays, so a
+    /// write that started after the message was written still replaces the tombstone.
+    async fn tombstone(
         &self,
-        cutoff_ms: i64,
-        limit: u32,
-        tombstones: bool,
+        victims: &'static str,
+        binds: (i64, i64, i64),
+        kind: i16,
+        at: Option<i64>,
     ) -> Result<u64, Error> {
-        let done = sqlx::query(
-            "DELETE FROM retained_messages WHERE topic IN
-             (SELECT topic FROM retained_messages
-              WHERE expires_at_ms <= ?1 AND deleted = ?3 LIMIT ?2)",
+        let mut tx = self.writer.begin().await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(victims)
+            .bind(binds.0)
+            .bind(binds.1)
+            .bind(binds.2)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ticket: i64 = sqlx::query_scalar(
+            "UPDATE retained_write_seq SET value = value + 1 WHERE only_row = 1 RETURNING value",
         )
-        .bind(cutoff_ms)
-        .bind(i64::from(limit))
-        .bind(tombstones)
-        .execute(&self.writer)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        for (ord, (topic, old)) in (1..).zip(&rows) {
+            let revision = ticket * 4096 + ord;
+            sqlx::query(
+                "UPDATE retained_messages SET deleted = 1, change_kind = ?3, revision = ?2,
+                     payload = x'', user_properties = NULL, content_type = NULL,
+                     response_topic = NULL, correlation_data = NULL, writer_client = NULL,
+                     expires_at_ms = coalesce(?4, expires_at_ms),
+                     last_modified_ms = coalesce(?4, expires_at_ms)
+                 WHERE topic = ?1",
+            )
+            .bind(topic)
+            .bind(revision)
+            .bind(kind)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            log_change(&mut tx, topic, revision, Some(*old)).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
     }
 }
 
 /// Applies `writes` (reduced to the last per topic) in the transaction `tx`, under a new write
-/// ticket; returns the topics that a write with a later ticket had already changed.
+/// ticket, logging each change; returns the topics it changed, with their revisions.
 async fn apply_all(
     tx: &mut sqlx::SqliteConnection,
     writes: Vec<&OwnedWrite>,
     now_ms: i64,
-) -> Result<HashSet<String>, sqlx::Error> {
+) -> Result<HashMap<String, Revision>, sqlx::Error> {
     let ticket: i64 = sqlx::query_scalar(
         "UPDATE retained_write_seq SET value = value + 1 WHERE only_row = 1 RETURNING value",
     )
     .fetch_one(&mut *tx)
     .await?;
-    let mut superseded = HashSet::new();
-    for w in last_write_per_topic(writes) {
+    let mut applied = HashMap::new();
+    for (ord, w) in (1..).zip(last_write_per_topic(writes)) {
+        let revision = ticket * 4096 + ord;
+        let topic = w.write.topic().as_str();
+        let old: Option<i64> =
+            sqlx::query_scalar("SELECT revision FROM retained_messages WHERE topic = ?")
+                .bind(topic)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let statement = match w.condition {
+            Some(Condition::Revision(_)) => UPDATE_MATCHED,
+            _ => UPSERT,
+        };
         let query = match Row::of(&w.write, now_ms) {
             Row::Message(m) => {
                 let p = &m.properties;
-                sqlx::query(UPSERT)
-                    .bind(m.topic.as_str())
+                sqlx::query(statement)
+                    .bind(topic)
                     .bind(&m.payload[..])
                     .bind(i16::from(m.qos.as_u8()))
                     .bind(encode_user_properties(&p.user_properties))
@@ -173,7 +228,7 @@ async fn apply_all(
                     .bind(&*w.owner.name)
                     .bind(false)
             }
-            Row::Tombstone { topic, at_ms } => sqlx::query(UPSERT)
+            Row::Tombstone { topic, at_ms } => sqlx::query(statement)
                 .bind(topic.as_str())
                 .bind(&[][..])
                 .bind(0i16)
@@ -188,12 +243,45 @@ async fn apply_all(
                 .bind(&*w.owner.name)
                 .bind(true),
         };
-        let done = query.bind(ticket).execute(&mut *tx).await?;
-        if done.rows_affected() == 0 {
-            superseded.insert(w.write.topic().as_str().to_owned());
+        let if_match = match w.condition {
+            Some(Condition::Revision(r)) => Some(r),
+            _ => None,
+        };
+        let done = query
+            .bind(revision)
+            .bind(w.client.as_deref())
+            .bind(if_match)
+            .bind(w.condition == Some(Condition::Absent))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() > 0 {
+            log_change(tx, topic, revision, old).await?;
+            applied.insert(topic.to_owned(), revision);
         }
     }
-    Ok(superseded)
+    Ok(applied)
+}
+
+/// Logs that `topic` changed at `revision`, and forgets the entry of the version replaced.
+async fn log_change(
+    tx: &mut sqlx::SqliteConnection,
+    topic: &str,
+    revision: Revision,
+    old: Option<Revision>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO retained_changes (revision, topic) VALUES (?, ?)")
+        .bind(revision)
+        .bind(topic)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(old) = old {
+        sqlx::query("DELETE FROM retained_changes WHERE revision = ?")
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The counts a quota decision starts from. SQLite has one writer, and this runs in its
@@ -255,9 +343,9 @@ impl RetainedStore for SqliteStore {
             .iter()
             .zip(&admissions)
             .filter_map(|(w, v)| v.is_ok().then_some(w));
-        let superseded = apply_all(&mut tx, admitted.collect(), now_ms).await?;
+        let applied = apply_all(&mut tx, admitted.collect(), now_ms).await?;
         tx.commit().await?;
-        Ok(Verdict::of_batch(writes, admissions, &superseded))
+        Ok(Verdict::of_batch(writes, admissions, &applied))
     }
 
     async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
@@ -322,7 +410,7 @@ impl RetainedStore for SqliteStore {
         // `topic > ''` holds for every topic (none is empty) and, unlike `?1 IS NULL OR ...`,
         // lets SQLite seek the primary key to the page instead of scanning from the start.
         let rows: Vec<SummaryRow> = sqlx::query_as(
-            "SELECT topic, length(payload) AS payload_size, qos, last_modified_ms
+            "SELECT topic, length(payload) AS payload_size, qos, last_modified_ms, revision
              FROM retained_messages
              WHERE topic > ?1 AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > ?2)
              ORDER BY topic LIMIT ?3",
@@ -415,26 +503,138 @@ impl RetainedStore for SqliteStore {
         Ok(())
     }
 
-    async fn purge_expired(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
-        self.purge_by_expiry(cutoff_ms, limit, false).await
+    async fn expire(&self, now_ms: i64, limit: u32) -> Result<u64, Error> {
+        self.tombstone(
+            "SELECT topic, revision FROM retained_messages
+             WHERE expires_at_ms <= ?1 AND NOT deleted AND ?3 = ?3 ORDER BY expires_at_ms LIMIT ?2",
+            (now_ms, i64::from(limit), 0),
+            1,
+            None,
+        )
+        .await
     }
 
     async fn purge_tombstones(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
-        self.purge_by_expiry(cutoff_ms, limit, true).await
-    }
-
-    async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
-        let done = sqlx::query(
+        let mut tx = self.writer.begin().await?;
+        let gone: Vec<(i64,)> = sqlx::query_as(
             "DELETE FROM retained_messages WHERE topic IN
              (SELECT topic FROM retained_messages
-              WHERE last_accessed_day <= ?3 AND last_accessed_ms < ?1 LIMIT ?2)",
+              WHERE expires_at_ms <= ?1 AND deleted LIMIT ?2)
+             RETURNING revision",
         )
         .bind(cutoff_ms)
         .bind(i64::from(limit))
-        .bind(super::row::day_of(cutoff_ms))
-        .execute(&self.writer)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        if let Some(highest) = gone.iter().map(|(r,)| *r).max() {
+            for (revision,) in &gone {
+                sqlx::query("DELETE FROM retained_changes WHERE revision = ?")
+                    .bind(revision)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("UPDATE retained_compacted SET revision = max(revision, ?)")
+                .bind(highest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone.len() as u64)
+    }
+
+    async fn purge_idle(&self, cutoff_ms: i64, now_ms: i64, limit: u32) -> Result<u64, Error> {
+        self.tombstone(
+            "SELECT topic, revision FROM retained_messages
+             WHERE last_accessed_day <= ?3 AND last_accessed_ms < ?1 AND NOT deleted LIMIT ?2",
+            (
+                cutoff_ms,
+                i64::from(limit),
+                i64::from(super::row::day_of(cutoff_ms)),
+            ),
+            2,
+            Some(now_ms),
+        )
+        .await
+    }
+
+    async fn compact_changes(
+        &self,
+        after: Revision,
+        limit: u32,
+    ) -> Result<(u64, Option<Revision>), Error> {
+        let mut tx = self.writer.begin().await?;
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT max(revision) FROM
+             (SELECT revision FROM retained_changes WHERE revision > ?1 ORDER BY revision LIMIT ?2)",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(last) = last else {
+            return Ok((0, None));
+        };
+        let done = sqlx::query(
+            "DELETE FROM retained_changes WHERE revision > ?1 AND revision <= ?2 AND NOT EXISTS
+             (SELECT 1 FROM retained_messages m
+              WHERE m.topic = retained_changes.topic AND m.revision = retained_changes.revision)",
+        )
+        .bind(after)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((done.rows_affected(), Some(last)))
+    }
+
+    async fn changes(
+        &self,
+        after: Revision,
+        from: &str,
+        until: Option<&str>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<ChangePage, Error> {
+        // One read transaction: the ticket and the rows come from the same snapshot, and one
+        // writer commits tickets in order, so everything up to the ticket's range is settled.
+        let mut tx = self.reader.begin().await?;
+        let ticket: i64 = sqlx::query_scalar("SELECT value FROM retained_write_seq")
+            .fetch_one(&mut *tx)
+            .await?;
+        let settled = ticket * 4096 + 4095;
+        let rows: Vec<ChangeRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            change_columns!(),
+            " FROM retained_changes c JOIN retained_messages m
+                 ON m.topic = c.topic AND m.revision = c.revision
+             WHERE c.revision > ?1 AND c.revision <= ?2 AND c.topic >= ?3
+                 AND (?4 IS NULL OR c.topic < ?4)
+             ORDER BY c.revision LIMIT ?5"
+        ))
+        .bind(after)
+        .bind(settled)
+        .bind(from)
+        .bind(until)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(change_page(rows, limit, settled, now_ms))
+    }
+
+    async fn settled(&self) -> Result<Revision, Error> {
+        let ticket: i64 = sqlx::query_scalar("SELECT value FROM retained_write_seq")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(ticket * 4096 + 4095)
+    }
+
+    async fn compacted(&self) -> Result<Revision, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT revision FROM retained_compacted")
+                .fetch_one(&self.reader)
+                .await?,
+        )
     }
 
     async fn token_key(&self, candidate: &[u8]) -> Result<Vec<u8>, Error> {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::coalesce::Job;
 use super::write_lane::WriteResult;
 use super::write_lanes::WriteLanes;
-use super::{Error, OwnedWrite, Owner, Write};
+use super::{Error, OwnedWrite, Owner, Revision, Write};
 
 /// Writes gathered by [`WriteBatch::add`] and queued by [`WriteBatch::submit`]. Dropping a
 /// batch without submitting it fails its writes with [`Error::Closed`].
@@ -37,9 +37,19 @@ impl WriteBatch {
         write: Write,
         owner: Owner,
     ) -> impl Future<Output = Result<(), Error>> + Send + use<> {
+        let answer = self.add_owned(OwnedWrite::new(write, owner));
+        async move { answer.await.map(drop) }
+    }
+
+    /// Like [`WriteBatch::add`], with where the write came from and its condition; resolves as
+    /// [`super::Store::write_owned`] does.
+    pub fn add_owned(
+        &mut self,
+        write: OwnedWrite,
+    ) -> impl Future<Output = Result<Option<Revision>, Error>> + Send + use<> {
         let until = Instant::now() + self.writes.timeout();
-        let lane = self.writes.lane_of(write.topic());
-        let (job, answer) = Job::new(OwnedWrite { write, owner });
+        let lane = self.writes.lane_of(write.write.topic());
+        let (job, answer) = Job::new(write);
         self.lanes[lane].push(job);
         async move {
             match tokio::time::timeout_at(until, answer).await {

@@ -21,7 +21,7 @@ use super::backend::Verdict;
 use super::cache::ReadCache;
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::failures::Failures;
-use super::{Clock, Error, OwnedWrite, RetainedStore, Write};
+use super::{Clock, Error, OwnedWrite, RetainedStore, Revision, Write, Writer};
 use crate::metrics::Metrics;
 
 /// Writes in one group commit at most. Large enough to amortise the commit, small enough that
@@ -29,8 +29,9 @@ use crate::metrics::Metrics;
 const MAX_WRITE_BATCH: usize = 512;
 const QUEUE: usize = 4096;
 
-/// What a lane answers for each write: committed, or why not.
-pub(super) type WriteResult = Result<(), Error>;
+/// What a lane answers for each write: committed under this revision, committed and replaced
+/// at once by a later write (`None`), or why not.
+pub(super) type WriteResult = Result<Option<Revision>, Error>;
 
 /// What a lane needs to know besides its backend.
 #[derive(Clone)]
@@ -40,6 +41,8 @@ pub(super) struct LaneSettings {
     pub(super) max_messages: Option<u64>,
     pub(super) failures: Arc<Failures>,
     pub(super) metrics: Metrics,
+    /// Bumped after every settled batch, for watches (`Store::changed`).
+    pub(super) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Starts a lane. One batch in flight: a lane's batches commit in arrival order, so the last
@@ -72,7 +75,7 @@ pub(super) fn spawn(
             // the database), and moved to a task of its own if it outlasts it.
             let mut work = Box::pin(async move {
                 let results =
-                    apply_isolating(&*backend, &writes, max_messages, now_ms, deadline).await;
+                    apply_in_turns(&*backend, &writes, max_messages, now_ms, deadline).await;
                 (writes, results)
             });
             let finished = tokio::time::timeout_at(deadline, &mut work).await;
@@ -93,6 +96,7 @@ pub(super) fn spawn(
                     if let Some(cache) = &cache {
                         record(cache, writes, &results);
                     }
+                    settings.changed.send_modify(|n| *n = n.wrapping_add(1));
                     drop(turn);
                     results.into_iter().map(answer).collect()
                 }
@@ -101,8 +105,10 @@ pub(super) fn spawn(
                     // The callers learn now that the outcome is unknown; the lane and the cache
                     // wait for the batch to settle.
                     let unsettled = cache.map(ReadCache::unsettled);
+                    let changed = settings.changed.clone();
                     tokio::spawn(async move {
                         let (writes, _) = work.await;
+                        changed.send_modify(|n| *n = n.wrapping_add(1));
                         if let Some(unsettled) = &unsettled {
                             writes.iter().for_each(|w| unsettled.evict(w.write.topic()));
                         }
@@ -114,6 +120,49 @@ pub(super) fn spawn(
             }
         }
     })
+}
+
+/// Applies `writes` in turns ([`turns`]), each split while the database refuses its data, so
+/// that only the writes it refuses fail. One result per write, in order; a batch-wide failure
+/// is every write's.
+async fn apply_in_turns(
+    backend: &dyn RetainedStore,
+    writes: &[OwnedWrite],
+    max_total: Option<u64>,
+    now_ms: i64,
+    deadline: Instant,
+) -> Vec<Result<Verdict, Error>> {
+    let mut results = Vec::with_capacity(writes.len());
+    for turn in turns(writes) {
+        results.extend(apply_isolating(backend, &writes[turn], max_total, now_ms, deadline).await);
+    }
+    results
+}
+
+/// Cuts a batch where a topic comes back and either of its writes is conditional: a condition
+/// must be checked against the write before it, which a batch (applying only the last write of
+/// each topic) would not do. Thirty-two racers for one revision in one batch become 32
+/// transactions, of which the first wins; batches without conditions stay whole.
+fn turns(writes: &[OwnedWrite]) -> Vec<std::ops::Range<usize>> {
+    let mut cuts = Vec::new();
+    let mut start = 0;
+    let mut seen: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    for (i, w) in writes.iter().enumerate() {
+        let topic = w.write.topic().as_str();
+        let conditional = w.condition.is_some();
+        if seen
+            .get(topic)
+            .is_some_and(|&earlier| earlier || conditional)
+        {
+            cuts.push(start..i);
+            start = i;
+            seen.clear();
+        }
+        let entry = seen.entry(topic).or_insert(false);
+        *entry |= conditional;
+    }
+    cuts.push(start..writes.len());
+    cuts
 }
 
 /// Applies `writes`, splitting the batch while the database refuses its data, so that only the
@@ -153,24 +202,35 @@ async fn apply_isolating(
 
 fn answer(result: Result<Verdict, Error>) -> WriteResult {
     match result? {
-        Verdict::Applied | Verdict::Superseded => Ok(()),
+        Verdict::Applied(revision) => Ok(Some(revision)),
+        Verdict::Superseded => Ok(None),
         Verdict::Refused(quota) => Err(Error::QuotaExceeded(quota)),
+        Verdict::ConditionFailed => Err(Error::ConditionFailed),
     }
 }
 
 /// Brings the cache in line with a settled batch: applied writes are cached as written; a
-/// superseded topic holds a newer write from elsewhere, and a failed write may or may not have
-/// committed, so both are forgotten and read afresh; refused ones changed nothing.
+/// superseded topic holds a newer write, and a failed write may or may not have committed, so
+/// both are forgotten and read afresh, as is a topic whose condition failed (it changed under
+/// the writer); refused ones changed nothing.
 /// The writes move into the cache rather than being cloned.
 fn record(cache: &ReadCache, writes: Vec<OwnedWrite>, results: &[Result<Verdict, Error>]) {
     for (w, result) in writes.into_iter().zip(results) {
+        let writer = w.client.map(|client| Writer {
+            principal: w.owner.name,
+            client,
+        });
         match (result, w.write) {
-            (Ok(Verdict::Applied), Write::Put(m)) => {
+            (Ok(Verdict::Applied(revision)), Write::Put(mut m)) => {
+                m.revision = *revision;
+                m.writer = writer;
                 cache.written(m.topic.clone(), Some(Arc::new(m)))
             }
-            (Ok(Verdict::Applied), Write::Delete(topic)) => cache.written(topic, None),
+            (Ok(Verdict::Applied(_)), Write::Delete(topic)) => cache.written(topic, None),
             (Ok(Verdict::Refused(_)), _) => {}
-            (Ok(Verdict::Superseded) | Err(_), w) => cache.evict(w.topic()),
+            (Ok(Verdict::Superseded | Verdict::ConditionFailed) | Err(_), w) => {
+                cache.evict(w.topic())
+            }
         }
     }
 }

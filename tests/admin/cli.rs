@@ -138,6 +138,8 @@ pub fn message(i: usize) -> RetainedMessage {
         expires_at_ms: (i % 3 == 1).then_some(FAR_EXPIRY_MS + i as i64),
         last_modified_ms: T0_MS - 1_000_000 + i as i64,
         last_accessed_ms: T0_MS,
+        revision: 0,
+        writer: None,
     }
 }
 

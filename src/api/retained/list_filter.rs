@@ -210,6 +210,7 @@ mod tests {
             payload_size: 1,
             qos: Qos::AtMostOnce,
             last_modified_ms: 0,
+            revision: 0,
         }
     }
 

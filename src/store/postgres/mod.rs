@@ -23,8 +23,13 @@ use self::feed::PgChangeFeed;
 use self::writers::Writers;
 use crate::store::backend::{ChangeFeed, Verdict};
 use crate::store::feed::{CHANNEL, everything};
-use crate::store::row::{MessageRow, RangeStatements, ScanStart, SummaryRow, message_columns};
-use crate::store::{Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, quota};
+use crate::store::row::{
+    ChangeRow, MessageRow, RangeStatements, ScanStart, SummaryRow, change_columns, change_page,
+    message_columns,
+};
+use crate::store::{
+    ChangePage, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Revision, quota,
+};
 use crate::topic::TopicName;
 
 pub(in crate::store) struct PostgresStore {
@@ -98,47 +103,75 @@ impl PostgresStore {
         max_total: Option<u64>,
         now_ms: i64,
     ) -> Result<Vec<Verdict>, sqlx::Error> {
-        let (admissions, superseded) = if quota::applies(writes, max_total) {
+        let (admissions, applied) = if quota::applies(writes, max_total) {
             let mut tx = conn.begin().await?;
             let admissions = quota::admit(writes, max_total, standing(&mut tx, writes).await?);
             let admitted = writes
                 .iter()
                 .zip(&admissions)
                 .filter_map(|(w, v)| v.is_ok().then_some(w));
-            let superseded = apply_all(&mut *tx, &self.node, admitted.collect(), now_ms).await?;
+            let applied = apply_all(&mut *tx, &self.node, admitted.collect(), now_ms).await?;
             tx.commit().await?;
-            (admissions, superseded)
+            (admissions, applied)
         } else {
-            let superseded = apply_all(conn, &self.node, writes.iter().collect(), now_ms).await?;
-            (vec![Ok(()); writes.len()], superseded)
+            let applied = apply_all(conn, &self.node, writes.iter().collect(), now_ms).await?;
+            (vec![Ok(()); writes.len()], applied)
         };
-        Ok(Verdict::of_batch(writes, admissions, &superseded))
+        Ok(Verdict::of_batch(writes, admissions, &applied))
     }
 }
 
-impl PostgresStore {
-    /// Expired messages (`tombstones: false`) or tombstones, whose expiry is the time of their
-    /// delete, found through the expiry index.
-    async fn purge_by_expiry(
-        &self,
-        cutoff_ms: i64,
-        limit: u32,
-        tombstones: bool,
-    ) -> Result<u64, Error> {
-        // The outer condition is repeated so that a row updated after the inner scan is
-        // re-checked against its new version rather than deleted on the strength of the old one.
-        let done = sqlx::query(
-            "DELETE FROM retained_messages
-             WHERE topic IN (SELECT topic FROM retained_messages
-                             WHERE expires_at_ms <= $1 AND deleted = $3 LIMIT $2)
-               AND expires_at_ms <= $1 AND deleted = $3",
+/// Turns the rows `victims` selects into tombstones of `kind` (1: expiry, 2: retention), each
+/// with a revision of this transaction's (see `apply::APPLY`), logged, with the entries of the
+/// versions they replace removed; the write ticket stays, so a write that started after the
+/// message was written still replaces the tombstone. `$1`, `$2` and `$3` are the victims'.
+macro_rules! tombstone_statement {
+    ($victims:literal, $kind:literal, $at:literal) => {
+        concat!(
+            "WITH ticket AS MATERIALIZED (SELECT pg_current_xact_id()::text::int8 * 4096 AS base),
+             victims AS MATERIALIZED (SELECT v.topic, v.revision AS old, t.base + row_number() OVER () AS rev
+                 FROM (", $victims, ") v, ticket t),
+             changed AS (
+                 UPDATE retained_messages r SET deleted = true, change_kind = ", $kind, ",
+                     revision = v.rev, payload = '', user_properties = NULL, content_type = NULL,
+                     response_topic = NULL, correlation_data = NULL, writer_client = NULL,
+                     expires_at_ms = ", $at, ", last_modified_ms = ", $at, "
+                 FROM victims v WHERE r.topic = v.topic AND r.revision = v.old
+                 RETURNING r.topic, r.revision),
+             logged AS (INSERT INTO retained_changes (revision, topic) SELECT revision, topic FROM changed),
+             pruned AS (DELETE FROM retained_changes c USING victims v, changed x
+                 WHERE x.topic = v.topic AND c.revision = v.old)
+             SELECT count(*) FROM changed"
         )
-        .bind(cutoff_ms)
-        .bind(i64::from(limit))
-        .bind(tombstones)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+    };
+}
+
+/// Messages expired at or before `$1`, up to `$2`.
+const EXPIRE: &str = tombstone_statement!(
+    "SELECT topic, revision FROM retained_messages
+     WHERE expires_at_ms <= $1 AND NOT deleted ORDER BY expires_at_ms LIMIT $2",
+    "1",
+    "expires_at_ms"
+);
+
+/// Messages last read and written before `$1` (whose day is `$3`), up to `$2`, dated `$4`.
+const PURGE_IDLE: &str = tombstone_statement!(
+    "SELECT topic, revision FROM retained_messages
+     WHERE last_accessed_day <= $3 AND last_accessed_ms < $1 AND NOT deleted LIMIT $2",
+    "2",
+    "$4"
+);
+
+impl PostgresStore {
+    /// Tells every node (this one's watches included) that changes were made outside a write
+    /// batch, which announces its own.
+    async fn announce_all(&self) -> Result<(), Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(everything(&self.node))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
 
@@ -175,8 +208,9 @@ const SNAPSHOT_PAGE: u32 = 500;
 /// Full messages in a range: [`RetainedStore::scan`].
 const SCAN: RangeStatements = range_statements!(message_columns!());
 /// Summaries in a range: [`RetainedStore::list_range`].
-const LIST_RANGE: RangeStatements =
-    range_statements!("topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms");
+const LIST_RANGE: RangeStatements = range_statements!(
+    "topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms, revision"
+);
 
 #[async_trait]
 impl RetainedStore for PostgresStore {
@@ -273,7 +307,7 @@ impl RetainedStore for PostgresStore {
         // Postgres' generic plan.
         let rows: Vec<SummaryRow> = match after {
             None => sqlx::query_as(
-                "SELECT topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms
+                "SELECT topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms, revision
                  FROM retained_messages
                  WHERE NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > $1)
                  ORDER BY topic LIMIT $2",
@@ -283,7 +317,7 @@ impl RetainedStore for PostgresStore {
             .fetch_all(&self.pool)
             .await?,
             Some(after) => sqlx::query_as(
-                "SELECT topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms
+                "SELECT topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms, revision
                  FROM retained_messages
                  WHERE topic > $3 AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > $1)
                  ORDER BY topic LIMIT $2",
@@ -381,35 +415,124 @@ impl RetainedStore for PostgresStore {
         Ok(())
     }
 
-    async fn purge_expired(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
-        self.purge_by_expiry(cutoff_ms, limit, false).await
+    async fn expire(&self, now_ms: i64, limit: u32) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(EXPIRE)
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .fetch_one(&self.pool)
+            .await?;
+        if n > 0 {
+            self.announce_all().await?;
+        }
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn purge_tombstones(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
-        self.purge_by_expiry(cutoff_ms, limit, true).await
-    }
-
-    async fn purge_idle(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
-        let done = sqlx::query(
-            "DELETE FROM retained_messages
-             WHERE topic IN (SELECT topic FROM retained_messages
-                             WHERE last_accessed_day <= $3 AND last_accessed_ms < $1 LIMIT $2)
-               AND last_accessed_ms < $1",
+        // The outer condition is repeated so that a row written after the inner scan is
+        // re-checked against its new version rather than deleted on the strength of the old one.
+        let n: i64 = sqlx::query_scalar(
+            "WITH gone AS (
+                 DELETE FROM retained_messages
+                 WHERE topic IN (SELECT topic FROM retained_messages
+                                 WHERE expires_at_ms <= $1 AND deleted LIMIT $2)
+                   AND expires_at_ms <= $1 AND deleted
+                 RETURNING topic, revision),
+             unlogged AS (DELETE FROM retained_changes c USING gone g WHERE c.revision = g.revision),
+             marked AS (UPDATE retained_compacted
+                        SET revision = GREATEST(revision, (SELECT max(revision) FROM gone))
+                        WHERE EXISTS (SELECT 1 FROM gone))
+             SELECT count(*) FROM gone",
         )
         .bind(cutoff_ms)
         .bind(i64::from(limit))
-        .bind(crate::store::row::day_of(cutoff_ms))
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        if done.rows_affected() > 0 {
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn purge_idle(&self, cutoff_ms: i64, now_ms: i64, limit: u32) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(PURGE_IDLE)
+            .bind(cutoff_ms)
+            .bind(i64::from(limit))
+            .bind(crate::store::row::day_of(cutoff_ms))
+            .bind(now_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        if n > 0 {
             // Rare (nothing read for years), so the other nodes simply forget everything.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(everything(&self.node))
-                .execute(&self.pool)
-                .await?;
+            self.announce_all().await?;
         }
-        Ok(done.rows_affected())
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn compact_changes(
+        &self,
+        after: Revision,
+        limit: u32,
+    ) -> Result<(u64, Option<Revision>), Error> {
+        let (removed, last): (i64, Option<i64>) = sqlx::query_as(
+            "WITH examined AS MATERIALIZED (
+                 SELECT revision, topic FROM retained_changes WHERE revision > $1
+                 ORDER BY revision LIMIT $2),
+             gone AS (
+                 DELETE FROM retained_changes c USING examined e
+                 WHERE c.revision = e.revision AND NOT EXISTS (
+                     SELECT 1 FROM retained_messages m
+                     WHERE m.topic = e.topic AND m.revision = e.revision)
+                 RETURNING 1)
+             SELECT (SELECT count(*) FROM gone), (SELECT max(revision) FROM examined)",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((u64::try_from(removed).unwrap_or(0), last))
+    }
+
+    async fn changes(
+        &self,
+        after: Revision,
+        from: &str,
+        until: Option<&str>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<ChangePage, Error> {
+        // Read first, in a statement of its own: every transaction with an id below the oldest
+        // one running has ended, and the next statement's snapshot sees all it committed.
+        let below = self.settled().await? + 1;
+        let rows: Vec<ChangeRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            change_columns!(),
+            " FROM retained_changes c JOIN retained_messages m
+                 ON m.topic = c.topic AND m.revision = c.revision
+             WHERE c.revision > $1 AND c.revision < $2 AND c.topic >= $3
+                 AND ($4::text IS NULL OR c.topic < $4)
+             ORDER BY c.revision LIMIT $5"
+        ))
+        .bind(after)
+        .bind(below)
+        .bind(from)
+        .bind(until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(change_page(rows, limit, below - 1, now_ms))
+    }
+
+    async fn settled(&self) -> Result<Revision, Error> {
+        let below: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 * 4096")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(below - 1)
+    }
+
+    async fn compacted(&self) -> Result<Revision, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT revision FROM retained_compacted")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn token_key(&self, candidate: &[u8]) -> Result<Vec<u8>, Error> {
