@@ -162,7 +162,7 @@ impl SqliteStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        for (ord, (topic, old)) in (1..).zip(&rows) {
+        for (ord, (topic, _)) in (1..).zip(&rows) {
             let revision = ticket * 4096 + ord;
             sqlx::query(
                 "UPDATE retained_messages SET deleted = 1, change_kind = ?3, revision = ?2,
@@ -178,7 +178,6 @@ impl SqliteStore {
             .bind(at)
             .execute(&mut *tx)
             .await?;
-            log_change(&mut tx, topic, revision, Some(*old)).await?;
         }
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -201,11 +200,6 @@ async fn apply_all(
     for (ord, w) in (1..).zip(last_write_per_topic(writes)) {
         let revision = ticket * 4096 + ord;
         let topic = w.write.topic().as_str();
-        let old: Option<i64> =
-            sqlx::query_scalar("SELECT revision FROM retained_messages WHERE topic = ?")
-                .bind(topic)
-                .fetch_optional(&mut *tx)
-                .await?;
         let statement = match w.condition {
             Some(Condition::Revision(_)) => UPDATE_MATCHED,
             _ => UPSERT,
@@ -255,33 +249,12 @@ async fn apply_all(
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
+        // Triggers log the change (migration 0005).
         if done.rows_affected() > 0 {
-            log_change(tx, topic, revision, old).await?;
             applied.insert(topic.to_owned(), revision);
         }
     }
     Ok(applied)
-}
-
-/// Logs that `topic` changed at `revision`, and forgets the entry of the version replaced.
-async fn log_change(
-    tx: &mut sqlx::SqliteConnection,
-    topic: &str,
-    revision: Revision,
-    old: Option<Revision>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO retained_changes (revision, topic) VALUES (?, ?)")
-        .bind(revision)
-        .bind(topic)
-        .execute(&mut *tx)
-        .await?;
-    if let Some(old) = old {
-        sqlx::query("DELETE FROM retained_changes WHERE revision = ?")
-            .bind(old)
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(())
 }
 
 /// The counts a quota decision starts from. SQLite has one writer, and this runs in its
@@ -526,13 +499,8 @@ impl RetainedStore for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
+        // Their log entries went with them (a trigger, migration 0005).
         if let Some(highest) = gone.iter().map(|(r,)| *r).max() {
-            for (revision,) in &gone {
-                sqlx::query("DELETE FROM retained_changes WHERE revision = ?")
-                    .bind(revision)
-                    .execute(&mut *tx)
-                    .await?;
-            }
             sqlx::query("UPDATE retained_compacted SET revision = max(revision, ?)")
                 .bind(highest)
                 .execute(&mut *tx)
