@@ -18,7 +18,7 @@ use super::auth::Caller;
 use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody};
 use crate::auth::Action;
-use crate::broker::Publication;
+use crate::broker::{Publication, PublishFrom};
 use crate::store::{MessageProperties, Qos};
 use crate::topic::{FilterSpec, TopicFilter, TopicName};
 
@@ -131,13 +131,13 @@ pub async fn delete_matching(
              deletes ({MAX_BULK_DELETE}); narrow the filter; nothing was deleted"
         )));
     }
-    let owner = caller.owner();
+    let from = PublishFrom::http(caller.owner());
     let mut deleted = 0;
     for wave in topics.chunks(DELETE_WAVE) {
         let deletes = wave.iter().map(|topic| {
             state
                 .broker
-                .publish(empty_retained(topic.clone()), owner.clone())
+                .publish(empty_retained(topic.clone()), from.clone())
         });
         for result in join_all(deletes).await {
             result?;

@@ -13,7 +13,7 @@ use super::payload::Payload;
 use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, RequestId, TopicPath};
 use crate::auth::Action;
-use crate::broker::Publication;
+use crate::broker::{Publication, PublishFrom};
 use crate::store::{MessageProperties, PayloadFormat, Qos};
 use crate::topic::{TopicLimits, TopicName};
 
@@ -187,7 +187,10 @@ pub async fn publish(
             "topics under $SYS are the broker's own status: no client may publish to them".into(),
         ));
     }
-    state.broker.publish(publish, caller.owner()).await?;
+    state
+        .broker
+        .publish(publish, PublishFrom::http(caller.owner()))
+        .await?;
     Ok(Json(PublishResponse {
         message: "OK".into(),
         trace_id: request_id.0.to_string(),

@@ -32,7 +32,7 @@ use crate::mqtt::{
     PublishAck2Reason, PublishAckReason, QoS,
 };
 use crate::rate::TokenBucket;
-use crate::store::{self, Owner, WriteBatch};
+use crate::store::{self, OwnedWrite, Owner, WriteBatch};
 use crate::topic::ClientKey;
 
 /// What a connection waits on besides its socket, borrowed apart so that one `select!` can
@@ -346,11 +346,18 @@ impl Client {
                 // Queued with the rest of the burst being read (`submit_writes`), so that
                 // they commit together.
                 let committed = write.map(|w| {
-                    let owner = self.owner();
+                    let write = OwnedWrite {
+                        write: w,
+                        owner: self.owner(),
+                        client: Some(self.key.clone()),
+                        condition: None,
+                    };
                     let store = self.broker.store();
-                    self.writes
+                    let answer = self
+                        .writes
                         .get_or_insert_with(|| store.batch())
-                        .add(w, owner)
+                        .add_owned(write);
+                    async move { answer.await.map(drop) }
                 });
                 self.pending.push(message, ack, committed);
                 Ok(())

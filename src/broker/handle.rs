@@ -20,8 +20,29 @@ use super::sys_topics::{self, SysTopics};
 use crate::auth::{Authenticator, Principal};
 use crate::cluster::{Cluster, Outgoing, Restored, Routed};
 use crate::metrics::Metrics;
-use crate::store::{self, Owner, Store};
+use crate::store::{self, Condition, OwnedWrite, Owner, Revision, Store};
 use crate::topic::{ClientKey, FilterSpec, TopicFilter};
+
+/// Who a publish from outside a connection comes from, and what must hold for its retained
+/// write (compare-and-set; ignored for a publish that is not retained).
+#[derive(Debug, Clone)]
+pub struct PublishFrom {
+    pub owner: Owner,
+    /// Recorded as the writer's client: the MQTT client id, or [`store::Writer::HTTP`].
+    pub client: Option<Arc<str>>,
+    pub condition: Option<Condition>,
+}
+
+impl PublishFrom {
+    /// A publish over the HTTP API by `owner`.
+    pub fn http(owner: Owner) -> Self {
+        Self {
+            owner,
+            client: Some(store::Writer::HTTP.into()),
+            condition: None,
+        }
+    }
+}
 
 /// Handle on the broker: cheap to clone, shared by listeners, connections and the HTTP API.
 #[derive(Clone)]
@@ -131,15 +152,16 @@ impl Broker {
     }
 
     /// Publishes from outside MQTT (the HTTP API): a retained publication is committed to the
-    /// store first, charged to `owner`, then it reaches every matching subscription. One the
-    /// store refuses (a quota) reaches nobody.
+    /// store first, charged to `from.owner` and subject to `from.condition`, then it reaches
+    /// every matching subscription. One the store refuses (a quota, a condition that does not
+    /// hold) reaches nobody. Answers with the retained change's revision, if there was one.
     pub async fn publish(
         &self,
         publication: Publication,
-        owner: Owner,
-    ) -> Result<(), store::Error> {
+        from: PublishFrom,
+    ) -> Result<Option<Revision>, store::Error> {
         let now = self.inner.store.clock().now_ms();
-        self.publish_message(Message::published(publication, None, now), owner, now)
+        self.publish_message(Message::published(publication, None, now), from, now)
             .await
     }
 
@@ -147,14 +169,24 @@ impl Broker {
     pub(super) async fn publish_message(
         &self,
         message: Message,
-        owner: Owner,
+        from: PublishFrom,
         now_ms: i64,
-    ) -> Result<(), store::Error> {
+    ) -> Result<Option<Revision>, store::Error> {
+        let mut revision = None;
         if let Some(write) = message.retained_write(now_ms) {
-            self.inner.store.write_as(write, owner).await?;
+            revision = self
+                .inner
+                .store
+                .write_owned(OwnedWrite {
+                    write,
+                    owner: from.owner,
+                    client: from.client,
+                    condition: from.condition,
+                })
+                .await?;
         }
         self.deliver(Arc::new(message), now_ms);
-        Ok(())
+        Ok(revision)
     }
 
     /// Sends a message handled here to every matching subscription, on this node and others.

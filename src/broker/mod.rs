@@ -44,7 +44,7 @@ mod wire;
 pub use crate::topic::{ClientKey, SubscriptionTree};
 pub use admission::TransportIdentity;
 pub use config::BrokerConfig;
-pub use handle::Broker;
+pub use handle::{Broker, PublishFrom};
 pub use listener::{serve_tcp, serve_tls};
 pub use message::{Message, Publication, WireForm};
 pub use password_checks::PasswordCheckStats;

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::config::BrokerConfig;
-use super::handle::Broker;
+use super::handle::{Broker, PublishFrom};
 use super::message::{Message, Publication};
 use super::wire;
 use crate::cluster::StoredWill;
@@ -140,7 +140,12 @@ impl Broker {
     async fn publish_will_now(&self, will: Will, client: ClientKey) {
         let now = self.store().clock().now_ms();
         let message = Message::published(will.publication, Some(client.clone()), now);
-        if let Err(e) = self.publish_message(message, will.owner, now).await {
+        let from = PublishFrom {
+            owner: will.owner,
+            client: Some(client.clone()),
+            condition: None,
+        };
+        if let Err(e) = self.publish_message(message, from, now).await {
             // Logged by the store, in summary.
             tracing::debug!(%client, error = %e, "the Will message could not be stored");
         }
