@@ -14,7 +14,7 @@ use super::auth::Caller;
 use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, TopicPath};
 use crate::auth::Action;
-use crate::store::{PayloadFormat, RetainedMessage, RetainedSummary, UserProperty};
+use crate::store::{PayloadFormat, RetainedMessage, RetainedSummary, UserProperty, Writer};
 use crate::topic::TopicName;
 use list_filter::{FilteredPage, Selection, WALK_LIMITS};
 
@@ -105,6 +105,30 @@ pub struct GetRetainedMessageResponse {
     /// Epoch milliseconds at which the message expires (MQTT 5 message expiry).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_expires_at: Option<i64>,
+    /// **retaind extension** (issue 17): the message's revision, also its `ETag`.
+    pub revision: i64,
+    /// **retaind extension** (issue 17): who wrote this revision, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer: Option<WriterBody>,
+}
+
+/// Who wrote a revision: the principal (absent when authentication is off) and the MQTT client
+/// id, or `HTTP`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WriterBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    pub client_id: String,
+}
+
+impl From<&Writer> for WriterBody {
+    fn from(w: &Writer) -> Self {
+        Self {
+            principal: (!w.principal.is_empty()).then(|| w.principal.to_string()),
+            client_id: w.client.to_string(),
+        }
+    }
 }
 
 /// Lists retained messages, one page at a time.
@@ -257,6 +281,8 @@ impl From<RetainedMessage> for GetRetainedMessageResponse {
             payload_format_indicator: (m.properties.payload_format == PayloadFormat::Utf8)
                 .then(|| "UTF8_DATA".to_owned()),
             message_expires_at: m.expires_at_ms,
+            revision: m.revision,
+            writer: m.writer.as_ref().map(WriterBody::from),
             topic: m.topic.to_string(),
         }
     }
