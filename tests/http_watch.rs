@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::sse::{Sse, SseEvent};
-use common::{
-    Backend, FreshDb, TestApp, encode, fresh_db, spawn_app, spawn_app_with, test_config,
-};
+use common::{Backend, FreshDb, TestApp, encode, fresh_db, spawn_app, spawn_app_with, test_config};
 use retaind::store::purge_delay;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -181,7 +179,9 @@ async fn resuming_by_last_event_id_loses_and_repeats_nothing_across_10000_change
     }
     publisher.await.unwrap();
     assert!(reconnections >= 3, "only {reconnections} reconnections");
-    let app = std::sync::Arc::try_unwrap(app).ok().expect("the only handle");
+    let app = std::sync::Arc::try_unwrap(app)
+        .ok()
+        .expect("the only handle");
     app.stop().await;
 }
 
@@ -366,8 +366,16 @@ async fn a_stalled_reader_does_not_block_publishers_and_gets_resync(backend: Bac
         }
     };
     assert!(puts < 3000, "{puts}");
-    assert!(resync.json()["message"].as_str().unwrap().contains("resync"));
-    assert!(stalled.next().await.is_none(), "the stream goes on after resync");
+    assert!(
+        resync.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("resync")
+    );
+    assert!(
+        stalled.next().await.is_none(),
+        "the stream goes on after resync"
+    );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("retaind_watch_resyncs_total{reason=\"overflow\"} 1"),

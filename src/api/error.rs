@@ -57,9 +57,7 @@ pub enum ApiError {
     #[error("internal error: the server logged it with this response's x-amzn-RequestId")]
     Panicked,
     /// The node holds as many watches as `--max-watches` allows.
-    #[error(
-        "this node already holds {0} watches (--max-watches); retry later or on another node"
-    )]
+    #[error("this node already holds {0} watches (--max-watches); retry later or on another node")]
     TooManyWatches(usize),
     /// A part the service needs besides the store is missing (`/readyz`).
     #[error("{0}")]

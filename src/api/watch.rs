@@ -87,7 +87,9 @@ pub async fn watch(
     standing.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stream = Stream {
         watch,
-        principal: caller.principal().map(|p| Arc::<str>::from(p.name.as_str())),
+        principal: caller
+            .principal()
+            .map(|p| Arc::<str>::from(p.name.as_str())),
         state: state.clone(),
         standing,
         _open: open,

@@ -218,8 +218,7 @@ impl Watch {
         // A tombstone above the position purged before this read would be a delete missed.
         let compacted = self.store.compacted().await?;
         if compacted > self.position {
-            self.pending
-                .push_back(resync(Resync::Compacted, compacted));
+            self.pending.push_back(resync(Resync::Compacted, compacted));
             self.phase = Phase::Ended;
             return Ok(());
         }
@@ -248,7 +247,9 @@ impl Watch {
                 }
             };
         } else if let Phase::CatchUp { joined } = &mut self.phase
-            && joined.as_ref().is_some_and(|j| j.joined_at <= self.position)
+            && joined
+                .as_ref()
+                .is_some_and(|j| j.joined_at <= self.position)
             && let Some(joined) = joined.take()
         {
             self.phase = Phase::Live { joined };

@@ -5,7 +5,7 @@ use axum::response::sse::Event;
 use serde::Serialize;
 
 use super::super::retained::{GetRetainedMessageResponse, WriterBody};
-use crate::store::{ChangeKind, RetainedChange, Revision, Resync, WatchItem};
+use crate::store::{ChangeKind, Resync, RetainedChange, Revision, WatchItem};
 use crate::topic::TopicName;
 
 /// `delete` data.

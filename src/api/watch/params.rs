@@ -96,7 +96,11 @@ mod tests {
         }
     }
 
-    fn parse(filter: Option<&str>, from: Option<&str>, last: Option<&str>) -> Result<WatchRequest, String> {
+    fn parse(
+        filter: Option<&str>,
+        from: Option<&str>,
+        last: Option<&str>,
+    ) -> Result<WatchRequest, String> {
         let mut headers = HeaderMap::new();
         if let Some(last) = last {
             headers.insert("last-event-id", HeaderValue::from_str(last).unwrap());
@@ -119,7 +123,16 @@ mod tests {
 
     #[test]
     fn revisions_are_digits_only() {
-        for bad in ["", "-1", "+1", "1e3", " 1", "0x10", "1.0", "9999999999999999999"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1e3",
+            " 1",
+            "0x10",
+            "1.0",
+            "9999999999999999999",
+        ] {
             assert!(parse(None, Some(bad), None).is_err(), "{bad:?}");
         }
         assert!(parse(None, None, Some("abc")).is_err());
