@@ -446,6 +446,32 @@ async fn the_writer_of_an_mqtt_publish_is_its_client_id(backend: Backend) {
     assert_eq!(body["writer"], serde_json::json!({"clientId": "HTTP"}));
 }
 
+async fn an_expired_message_matches_no_revision_and_counts_as_absent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let res = publish(
+        &app,
+        "/topics/cfg%2Fa?retain=true&messageExpiry=60",
+        &[],
+        "short-lived",
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let tag = etag(&res).expect("an ETag");
+    app.clock.advance(std::time::Duration::from_secs(61));
+    let res = publish(
+        &app,
+        "/topics/cfg%2Fa?retain=true",
+        &[("If-Match", &tag)],
+        "v2",
+    )
+    .await;
+    assert_eq!(error_of(res).await.1, PRECONDITION_FAILED);
+    assert_eq!(get(&app, "cfg%2Fa").await.0, 404);
+    let created = put(&app, "cfg%2Fa", &[("If-None-Match", "*")], "v3").await;
+    assert!(revision_in(&created) > revision_in(&tag));
+    assert_eq!(get(&app, "cfg%2Fa").await.2["payload"], common_b64("v3"));
+}
+
 async fn non_retained_publishes_and_deletes_answer_no_etag(backend: Backend) {
     let app = spawn_app(backend).await;
     let res = publish(&app, "/topics/cfg%2Fa?qos=1", &[], "live").await;
@@ -476,6 +502,7 @@ for_each_backend!(
     malformed_conditions_are_400_and_change_nothing,
     the_writer_of_an_mqtt_publish_is_its_client_id,
     non_retained_publishes_and_deletes_answer_no_etag,
+    an_expired_message_matches_no_revision_and_counts_as_absent,
     the_writer_names_the_principal_with_authentication,
 );
 
