@@ -312,6 +312,9 @@ async fn delete_if_none_match_succeeds_only_when_there_is_nothing_to_delete(back
     assert_eq!(app.snapshot().await, before);
 }
 
+/// A malformed request: what it shows, its path, its headers and its body.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'static str);
+
 async fn malformed_conditions_are_400_and_change_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
     let current = put(&app, "cfg%2Fa", &[], "v1").await;
@@ -327,7 +330,7 @@ async fn malformed_conditions_are_400_and_change_nothing(backend: Backend) {
     let single_quoted = format!("'{digits}'");
     let retained = "/topics/cfg%2Fa?retain=true&qos=1";
     // Each would otherwise succeed: the revision is the current one, or the topic is new.
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &'static str)> = vec![
+    let cases: Vec<Case> = vec![
         ("weak If-Match", retained, vec![("If-Match", &weak)], "v2"),
         (
             "unquoted If-Match",

@@ -173,7 +173,11 @@ async fn races_on(nodes: &[&TestApp], sub: Option<&mut V3>) {
         if i % 2 == 0 { Move::Delete } else { Move::Put }
     })
     .await;
-    let last = if mixed.etag.is_none() {
+    let last = if let Some(etag) = mixed.etag.clone() {
+        holds(nodes, topic, "mixed", &mixed).await;
+        delivered.push(payload("mixed", mixed.winner));
+        race(nodes, "last", topic, ("If-Match", etag), |_| Move::Put).await
+    } else {
         for node in nodes {
             let deadline = tokio::time::Instant::now() + common::mqtt::DEADLINE;
             while get(node, topic).await.0 != 404 {
@@ -188,17 +192,6 @@ async fn races_on(nodes: &[&TestApp], sub: Option<&mut V3>) {
         race(nodes, "last", topic, ("If-None-Match", "*".into()), |_| {
             Move::Put
         })
-        .await
-    } else {
-        holds(nodes, topic, "mixed", &mixed).await;
-        delivered.push(payload("mixed", mixed.winner));
-        race(
-            nodes,
-            "last",
-            topic,
-            ("If-Match", mixed.etag.unwrap()),
-            |_| Move::Put,
-        )
         .await
     };
     holds(nodes, topic, "last", &last).await;

@@ -89,7 +89,9 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Api
     let value = value
         .to_str()
         .map_err(|_| ApiError::invalid(format!("{name} must be ASCII")))?;
-    Ok(Some(value.trim()))
+    // Taken as it arrives: the HTTP parser has already stripped the optional whitespace
+    // around a field value (RFC 9110 §5.5), so what is left must be exactly the form.
+    Ok(Some(value))
 }
 
 /// The revision named by an `If-Match` value: exactly `"<digits>"`, as an `ETag` shows it.
