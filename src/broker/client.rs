@@ -12,11 +12,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::may_publish;
+use super::conditional;
 use super::config::BrokerConfig;
 use super::end::End;
 use super::handle::Broker;
 use super::inbound_publish::{self, Aliases};
-use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal};
+use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal, Why};
 use super::limits::ConnectionSlot;
 use super::outbound::Outbound;
 use super::registry::{Session, Sessions};
@@ -278,19 +279,40 @@ impl Client {
         owner.clone()
     }
 
-    fn on_publish(&mut self, p: Publish, out: &mut Outbox) -> Result<(), End> {
+    fn on_publish(&mut self, mut p: Publish, out: &mut Outbox) -> Result<(), End> {
         if p.dup && p.qos == QoS::AtMostOnce {
             return Err(End::Close(DisconnectReasonCode::MalformedPacket)); // [MQTT-3.3.1-2]
         }
         self.broker.metrics().mqtt_received(p.qos as u8);
         let ack = p.packet_id.map(|id| (p.qos, id));
         self.inbound.check_room(ack).map_err(End::Close)?;
+        // Taken out before the message is built from the properties, so that neither the
+        // store nor a subscriber sees them; a malformed one is answered after what the
+        // packet breaks of the protocol, which closes the connection instead.
+        let condition = match p.properties.as_mut() {
+            Some(props) => conditional::take(&mut props.user_properties, p.retain),
+            None => Ok(None),
+        };
         let now = self.broker.store().clock().now_ms();
         let message =
             match inbound_publish::message(p, &mut self.aliases, &self.cfg, &self.key, now) {
                 Ok(message) => message,
                 Err(refusal) => return self.refuse_now(ack, refusal, out),
             };
+        let condition = match condition {
+            Ok(condition) => condition,
+            Err(malformed) => {
+                // Counted whatever its QoS: a QoS 0 publisher hears nothing, so this count is
+                // how an operator learns that a client sends conditions retaind cannot read.
+                let metrics = self.broker.metrics();
+                metrics.mqtt_dropped(DropReason::malformed_condition, 1);
+                let refusal = Refusal::Declined {
+                    reason: PublishAckReason::ImplementationSpecificError,
+                    why: malformed.why(),
+                };
+                return self.refuse_now(ack, refusal, out);
+            }
+        };
         let mut state = self.session.state();
         let admitted = self.inbound.admit(state.awaiting_release(), ack);
         drop(state);
@@ -336,6 +358,7 @@ impl Client {
                     message: Some(message),
                     ack,
                     reason: PublishAckReason::Success,
+                    condition: None,
                     result: Ok(()),
                 };
                 self.settle(settled, out)
@@ -350,7 +373,7 @@ impl Client {
                         write: w,
                         owner: self.owner(),
                         client: Some(self.key.clone()),
-                        condition: None,
+                        condition,
                     };
                     let store = self.broker.store();
                     let answer = self
@@ -359,7 +382,7 @@ impl Client {
                         .add_owned(write);
                     async move { answer.await.map(drop) }
                 });
-                self.pending.push(message, ack, committed);
+                self.pending.push(message, ack, condition, committed);
                 Ok(())
             }
         }
@@ -389,9 +412,10 @@ impl Client {
                 let mut packet = publish_ack(qos, id, reason);
                 if let Packet::PublishAck(a) | Packet::PublishReceived(a) = &mut packet {
                     // [MQTT-3.1.2-29] only to a client that asked for problem information.
-                    a.reason_string = why
-                        .filter(|_| self.problem_info)
-                        .map(ByteString::from_static);
+                    a.reason_string = why.filter(|_| self.problem_info).map(|why| match why {
+                        Why::Text(text) => ByteString::from_static(text),
+                        why => ByteString::from(why.to_string()),
+                    });
                 }
                 out.send(packet);
                 Ok(())
@@ -421,6 +445,20 @@ impl Client {
                 self.broker.metrics().mqtt_dropped(DropReason::quota, 1);
                 Refusal::Dropped(PublishAckReason::QuotaExceeded)
             }
+            // The store fails only conditional writes so; `None` cannot be, and would be
+            // answered as a write not stored.
+            Err(store::Error::ConditionFailed) => match settled.condition {
+                Some(condition) => {
+                    // Not stored and delivered to nobody, as HTTP's 412. Counted whatever the
+                    // QoS, as the quota is.
+                    tracing::debug!(client = %self.key, ?condition, "a conditional publish's condition did not hold");
+                    self.broker
+                        .metrics()
+                        .mqtt_dropped(DropReason::precondition, 1);
+                    Refusal::Unmet(condition)
+                }
+                None => Refusal::NotStored,
+            },
             Err(e) => {
                 // Logged by the store, once per failed batch and in summary.
                 tracing::debug!(error = %e, "a retained publish could not be stored");

@@ -11,7 +11,7 @@ use futures_util::{FutureExt, StreamExt};
 use super::inbound_qos::Ack;
 use super::message::Message;
 use crate::mqtt::PublishAckReason;
-use crate::store;
+use crate::store::{self, Condition};
 
 /// An inbound publish once the store has (or has not) taken its retained write.
 pub(super) struct Settled {
@@ -20,6 +20,9 @@ pub(super) struct Settled {
     pub ack: Option<Ack>,
     /// What the acknowledgement says when the store took the write.
     pub reason: PublishAckReason,
+    /// The condition its retained write was under, to say which failed
+    /// ([`store::Error::ConditionFailed`]).
+    pub condition: Option<Condition>,
     pub result: Result<(), store::Error>,
 }
 
@@ -35,16 +38,19 @@ impl Settling {
             message: None,
             ack,
             reason,
+            condition: None,
             result: Ok(()),
         };
         self.0.push_back(Box::pin(async move { settled }));
     }
 
-    /// A publish to route once `committed` (its retained write, if any) is done.
+    /// A publish to route once `committed` (its retained write, if any, under `condition`)
+    /// is done.
     pub fn push(
         &mut self,
         message: Arc<Message>,
         ack: Option<Ack>,
+        condition: Option<Condition>,
         committed: Option<impl Future<Output = Result<(), store::Error>> + Send + 'static>,
     ) {
         self.0.push_back(Box::pin(async move {
@@ -56,6 +62,7 @@ impl Settling {
                 message: Some(message),
                 ack,
                 reason: PublishAckReason::Success,
+                condition,
                 result,
             }
         }));
@@ -123,7 +130,7 @@ mod tests {
         let mut settling = Settling::default();
         let (commit, committed) = oneshot::channel::<()>();
         let write = async move { committed.await.map_err(|_| store::Error::Closed) };
-        settling.push(message(), ack(1), Some(write));
+        settling.push(message(), ack(1), None, Some(write));
         settling.answer(ack(2), PublishAckReason::NotAuthorized);
         assert!(settling.next_now().is_none(), "the write is not done");
         assert_eq!(settling.len(), 2);
@@ -135,5 +142,27 @@ mod tests {
         assert_eq!(second.ack, ack(2));
         assert_eq!(second.reason, PublishAckReason::NotAuthorized);
         assert!(second.message.is_none() && settling.is_empty());
+    }
+
+    #[test]
+    fn a_conditional_publish_that_failed_is_answered_in_its_turn_with_its_condition() {
+        let mut settling = Settling::default();
+        let (commit, committed) = oneshot::channel::<()>();
+        let first = async move { committed.await.map_err(|_| store::Error::Closed) };
+        settling.push(message(), ack(1), None, Some(first));
+        let failed = async { Err(store::Error::ConditionFailed) };
+        let condition = Some(Condition::Revision(7));
+        settling.push(message(), ack(2), condition, Some(failed));
+        settling.answer(ack(3), PublishAckReason::Success);
+        assert!(
+            settling.next_now().is_none(),
+            "the failure waits behind the write before it"
+        );
+        commit.send(()).unwrap();
+        assert_eq!(settling.next_now().unwrap().ack, ack(1));
+        let second = settling.next_now().unwrap();
+        assert_eq!((second.ack, second.condition), (ack(2), condition));
+        assert!(matches!(second.result, Err(store::Error::ConditionFailed)));
+        assert_eq!(settling.next_now().unwrap().ack, ack(3));
     }
 }
