@@ -287,8 +287,8 @@ impl Client {
         let ack = p.packet_id.map(|id| (p.qos, id));
         self.inbound.check_room(ack).map_err(End::Close)?;
         // Taken out before the message is built from the properties, so that neither the
-        // store nor a subscriber sees them; a malformed one is answered after what the
-        // packet breaks of the protocol, which closes the connection instead.
+        // store nor a subscriber sees them. A malformed one is refused below, once the publish
+        // is counted, so that its answer takes its turn behind earlier publishes.
         let condition = match p.properties.as_mut() {
             Some(props) => conditional::take(&mut props.user_properties, p.retain),
             None => Ok(None),
@@ -299,57 +299,54 @@ impl Client {
                 Ok(message) => message,
                 Err(refusal) => return self.refuse_now(ack, refusal, out),
             };
-        let condition = match condition {
-            Ok(condition) => condition,
-            Err(malformed) => {
-                // Counted whatever its QoS: a QoS 0 publisher hears nothing, so this count is
-                // how an operator learns that a client sends conditions retaind cannot read.
-                let metrics = self.broker.metrics();
-                metrics.mqtt_dropped(DropReason::malformed_condition, 1);
-                let refusal = Refusal::Declined {
-                    reason: PublishAckReason::ImplementationSpecificError,
-                    why: malformed.why(),
-                };
-                return self.refuse_now(ack, refusal, out);
-            }
-        };
         let mut state = self.session.state();
         let admitted = self.inbound.admit(state.awaiting_release(), ack);
         drop(state);
         if admitted == Admitted::Duplicate {
             // Acknowledged in order behind the original's own PUBREC.
-            self.pending.answer(ack, PublishAckReason::Success);
+            self.pending.answer(ack, PublishAckReason::Success, None);
             return Ok(());
         }
         let refusal = if !self.publish_rate.try_take(std::time::Instant::now()) {
             // Over --mqtt-max-publish-rate. 0x96 Message rate too high is not a PUBACK/PUBREC
             // code (MQTT 5 §3.4.2.1, §3.5.2.1), so MQTT 5 gets 0x97 Quota exceeded.
-            Some((PublishAckReason::QuotaExceeded, DropReason::publish_rate))
+            let quota = PublishAckReason::QuotaExceeded;
+            Some((Refusal::Dropped(quota), DropReason::publish_rate))
         } else if !may_publish(
             self.principal().as_deref(),
             &message.topic,
             message.retain,
             &self.key,
         ) {
-            Some((PublishAckReason::NotAuthorized, DropReason::policy))
+            Some((
+                Refusal::Dropped(PublishAckReason::NotAuthorized),
+                DropReason::policy,
+            ))
         } else {
-            None
+            // Counted whatever its QoS: a QoS 0 publisher hears nothing, so this count is
+            // how an operator learns that a client sends conditions retaind cannot read.
+            condition.as_ref().err().map(|malformed| {
+                (
+                    Refusal::Unreadable(malformed.why()),
+                    DropReason::malformed_condition,
+                )
+            })
         };
-        if let Some((reason, why)) = refusal {
-            self.broker.metrics().mqtt_dropped(why, 1);
+        if let Some((refusal, dropped)) = refusal {
+            self.broker.metrics().mqtt_dropped(dropped, 1);
             let mut state = self.session.state();
-            let answer =
-                self.inbound
-                    .refused(state.awaiting_release(), ack, Refusal::Dropped(reason));
+            let answer = self.inbound.refused(state.awaiting_release(), ack, refusal);
             drop(state);
             // Answered in order behind earlier publishes.
-            let (ack, reason) = match answer {
-                Answer::Ack { ack, reason, .. } => (Some(ack), reason),
-                _ => (None, PublishAckReason::Success),
+            let (ack, reason, why) = match answer {
+                Answer::Ack { ack, reason, why } => (Some(ack), reason, why),
+                _ => (None, PublishAckReason::Success, None),
             };
-            self.pending.answer(ack, reason);
+            self.pending.answer(ack, reason, why);
             return Ok(());
         }
+        // A malformed condition was refused just above.
+        let condition = condition.unwrap_or_default();
         let write = message.retained_write(now);
         let message = Arc::new(message);
         match write {
@@ -358,6 +355,7 @@ impl Client {
                     message: Some(message),
                     ack,
                     reason: PublishAckReason::Success,
+                    why: None,
                     condition: None,
                     result: Ok(()),
                 };
@@ -409,15 +407,7 @@ impl Client {
                 reason,
                 why,
             } => {
-                let mut packet = publish_ack(qos, id, reason);
-                if let Packet::PublishAck(a) | Packet::PublishReceived(a) = &mut packet {
-                    // [MQTT-3.1.2-29] only to a client that asked for problem information.
-                    a.reason_string = why.filter(|_| self.problem_info).map(|why| match why {
-                        Why::Text(text) => ByteString::from_static(text),
-                        why => ByteString::from(why.to_string()),
-                    });
-                }
-                out.send(packet);
+                out.send(self.publish_ack(qos, id, reason, why));
                 Ok(())
             }
             Answer::Close(reason) => Err(End::Close(reason)),
@@ -434,7 +424,7 @@ impl Client {
                 }
                 if let Some((qos, id)) = settled.ack {
                     self.inbound.acknowledged(qos, settled.reason);
-                    out.send(publish_ack(qos, id, settled.reason));
+                    out.send(self.publish_ack(qos, id, settled.reason, settled.why));
                 }
                 return Ok(());
             }
@@ -479,6 +469,32 @@ impl Client {
             self.inbound.acknowledged(qos, reason);
         }
         self.answer(answer, out)
+    }
+
+    /// The PUBACK (QoS 1) or PUBREC (QoS 2) of a publish, saying why only to a client that
+    /// asked for problem information [MQTT-3.1.2-29].
+    fn publish_ack(
+        &self,
+        qos: QoS,
+        id: NonZeroU16,
+        reason: PublishAckReason,
+        why: Option<Why>,
+    ) -> Packet {
+        let reason_string = why.filter(|_| self.problem_info).map(|why| match why {
+            Why::Text(text) => ByteString::from_static(text),
+            why => ByteString::from(why.to_string()),
+        });
+        let ack = PublishAck {
+            packet_id: id,
+            reason_code: reason,
+            properties: Vec::new(),
+            reason_string,
+        };
+        if qos == QoS::ExactlyOnce {
+            Packet::PublishReceived(ack)
+        } else {
+            Packet::PublishAck(ack)
+        }
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> End {
@@ -625,19 +641,5 @@ fn ack2(packet_id: NonZeroU16, known: bool) -> PublishAck2 {
         },
         properties: Vec::new(),
         reason_string: None,
-    }
-}
-
-fn publish_ack(qos: QoS, packet_id: NonZeroU16, reason_code: PublishAckReason) -> Packet {
-    let ack = PublishAck {
-        packet_id,
-        reason_code,
-        properties: Vec::new(),
-        reason_string: None,
-    };
-    if qos == QoS::ExactlyOnce {
-        Packet::PublishReceived(ack)
-    } else {
-        Packet::PublishAck(ack)
     }
 }

@@ -57,6 +57,11 @@ pub(super) enum Refusal {
     /// Unspecified error, saying which condition, and a QoS 2 exchange ends there. Only MQTT 5
     /// can carry a condition; were 3.1.1 to, it would be treated as [`Refusal::Dropped`].
     Unmet(Condition),
+    /// A counted publish whose condition cannot be read (see `conditional`): 0x83
+    /// Implementation specific error with this reason string, and a QoS 2 exchange ends there.
+    /// Counted first so that, like the others, it is answered in turn; 3.1.1 cannot carry one
+    /// (as with `Unmet`).
+    Unreadable(&'static str),
 }
 
 /// The reason string of a refusal, put into words only for a client that asked for them.
@@ -180,10 +185,15 @@ impl InboundQos {
             }
             Refusal::Invalid(reason) => Answer::Close(reason),
             Refusal::Declined { reason, why } => answer(reason, Some(Why::Text(why))),
-            Refusal::Dropped(_) | Refusal::NotStored | Refusal::Unmet(_) if ack.is_none() => {
+            Refusal::Dropped(_)
+            | Refusal::NotStored
+            | Refusal::Unmet(_)
+            | Refusal::Unreadable(_)
+                if ack.is_none() =>
+            {
                 Answer::Nothing
             }
-            Refusal::Dropped(_) | Refusal::Unmet(_) if !self.v5 => {
+            Refusal::Dropped(_) | Refusal::Unmet(_) | Refusal::Unreadable(_) if !self.v5 => {
                 answer(PublishAckReason::Success, None)
             }
             Refusal::NotStored if !self.v5 => Answer::Hangup,
@@ -200,6 +210,13 @@ impl InboundQos {
                 answer(
                     PublishAckReason::UnspecifiedError,
                     Some(Why::Unmet(Unmet(condition))),
+                )
+            }
+            Refusal::Unreadable(why) => {
+                self.end_refused(awaiting, ack);
+                answer(
+                    PublishAckReason::ImplementationSpecificError,
+                    Some(Why::Text(why)),
                 )
             }
         }
@@ -401,5 +418,23 @@ mod tests {
             "a refused QoS 2 exchange ends at PUBREC"
         );
         assert_eq!(v5.refused(&mut awaiting, None, unmet), Answer::Nothing);
+    }
+
+    #[test]
+    fn an_unreadable_condition_is_refused_with_0x83_and_ends_a_qos2_exchange() {
+        let unreadable = Refusal::Unreadable("malformed");
+        let mut awaiting = AwaitingRelease::default();
+        let mut v5 = InboundQos::new(V5, 10);
+        v5.admit(&mut awaiting, qos2(1));
+        assert_eq!(
+            v5.refused(&mut awaiting, qos2(1), unreadable),
+            ack(
+                qos2(1),
+                PublishAckReason::ImplementationSpecificError,
+                Some(Why::Text("malformed"))
+            )
+        );
+        assert!(!awaiting.end(id(1)));
+        assert_eq!(v5.refused(&mut awaiting, None, unreadable), Answer::Nothing);
     }
 }

@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 
-use super::inbound_qos::Ack;
+use super::inbound_qos::{Ack, Why};
 use super::message::Message;
 use crate::mqtt::PublishAckReason;
 use crate::store::{self, Condition};
@@ -20,6 +20,8 @@ pub(super) struct Settled {
     pub ack: Option<Ack>,
     /// What the acknowledgement says when the store took the write.
     pub reason: PublishAckReason,
+    /// The reason string that goes with `reason`, for a client that asked for them.
+    pub why: Option<Why>,
     /// The condition its retained write was under, to say which failed
     /// ([`store::Error::ConditionFailed`]).
     pub condition: Option<Condition>,
@@ -31,13 +33,14 @@ pub(super) struct Settled {
 pub(super) struct Settling(FuturesOrdered<BoxFuture<'static, Settled>>);
 
 impl Settling {
-    /// A publish that waits for nothing and routes nothing, acknowledged with `reason` in
-    /// turn.
-    pub fn answer(&mut self, ack: Option<Ack>, reason: PublishAckReason) {
+    /// A publish that waits for nothing and routes nothing, acknowledged with `reason` (and
+    /// `why`) in turn.
+    pub fn answer(&mut self, ack: Option<Ack>, reason: PublishAckReason, why: Option<Why>) {
         let settled = Settled {
             message: None,
             ack,
             reason,
+            why,
             condition: None,
             result: Ok(()),
         };
@@ -62,6 +65,7 @@ impl Settling {
                 message: Some(message),
                 ack,
                 reason: PublishAckReason::Success,
+                why: None,
                 condition,
                 result,
             }
@@ -131,7 +135,7 @@ mod tests {
         let (commit, committed) = oneshot::channel::<()>();
         let write = async move { committed.await.map_err(|_| store::Error::Closed) };
         settling.push(message(), ack(1), None, Some(write));
-        settling.answer(ack(2), PublishAckReason::NotAuthorized);
+        settling.answer(ack(2), PublishAckReason::NotAuthorized, None);
         assert!(settling.next_now().is_none(), "the write is not done");
         assert_eq!(settling.len(), 2);
         commit.send(()).unwrap();
@@ -153,7 +157,7 @@ mod tests {
         let failed = async { Err(store::Error::ConditionFailed) };
         let condition = Some(Condition::Revision(7));
         settling.push(message(), ack(2), condition, Some(failed));
-        settling.answer(ack(3), PublishAckReason::Success);
+        settling.answer(ack(3), PublishAckReason::Success, None);
         assert!(
             settling.next_now().is_none(),
             "the failure waits behind the write before it"
