@@ -204,9 +204,15 @@ async fn a_matching_revision_is_stored_and_records_its_writer(backend: Backend) 
     assert!(m.revision > r1);
     let writer = m.writer.expect("the writer is recorded");
     assert_eq!(&*writer.client, "writer-1");
+    // GetRetainedMessage shows the same: the revision as ETag, and the writer.
+    let got = app.get("/retainedMessage/c%2Ft").await;
+    let quoted = got.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(quoted, format!("\"{}\"", m.revision));
+    let got: serde_json::Value = got.json().await.unwrap();
+    assert_eq!(got["writer"]["clientId"], "writer-1");
+    assert_eq!(got["revision"], m.revision);
 
-    // The ETag's quoted form, copied from HTTP, works as well; QoS 2 is answered by PUBREC.
-    let quoted = format!("\"{}\"", m.revision);
+    // The ETag copied as it is (quoted) works as well; QoS 2 is answered by PUBREC.
     let answer = send(
         &mut p,
         &publish("c/t", 2, true, 3, &[("retaind-if-match", &quoted)], b"v3"),

@@ -58,17 +58,20 @@ async fn a_read_recorded_while_the_purge_waits_for_the_row_saves_it() {
         if waiting > 0 {
             break;
         }
-        assert!(!purge.is_finished(), "the purge did not wait for the row lock");
+        assert!(
+            !purge.is_finished(),
+            "the purge did not wait for the row lock"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     touch.commit().await.unwrap();
 
     let purged = purge.await.unwrap().unwrap();
-    assert_eq!(purged, 0, "the message was read after the purge selected it");
-    let kept = backend
-        .get_many(&[topic("idle/read")], now)
-        .await
-        .unwrap();
+    assert_eq!(
+        purged, 0,
+        "the message was read after the purge selected it"
+    );
+    let kept = backend.get_many(&[topic("idle/read")], now).await.unwrap();
     assert_eq!(kept.len(), 1, "the message is still there");
     assert_eq!(&kept[0].payload[..], b"kept");
     assert_eq!(kept[0].last_accessed_ms, now);

@@ -30,7 +30,12 @@ async fn rows_written_before_revisions_get_revisions_and_tickets_below_every_new
     .await
     .unwrap();
     // Written in the order c, a, b (each its own ticket), and a tombstone of d.
-    for (t, deleted) in [("old/c", false), ("old/a", false), ("old/b", false), ("old/d", true)] {
+    for (t, deleted) in [
+        ("old/c", false),
+        ("old/a", false),
+        ("old/b", false),
+        ("old/d", true),
+    ] {
         sqlx::query(
             "INSERT INTO retained_messages (topic, payload, qos, payload_format,
                  last_modified_ms, last_accessed_ms, owner, write_seq, deleted, expires_at_ms)
@@ -58,7 +63,11 @@ async fn rows_written_before_revisions_get_revisions_and_tickets_below_every_new
     .await
     .unwrap();
     let order: Vec<&str> = rows.iter().map(|(t, _, _)| t.as_str()).collect();
-    assert_eq!(order, ["old/c", "old/a", "old/b", "old/d"], "old write order kept");
+    assert_eq!(
+        order,
+        ["old/c", "old/a", "old/b", "old/d"],
+        "old write order kept"
+    );
     for (t, revision, write_seq) in &rows {
         assert!(*revision > 0, "{t}: revision {revision}");
         assert_eq!(write_seq, revision, "{t}: its ticket is its revision");
@@ -87,7 +96,10 @@ async fn rows_written_before_revisions_get_revisions_and_tickets_below_every_new
     let got = store.get(topic("old/c")).await.unwrap().unwrap();
     assert_eq!(&got.payload[..], b"new");
     assert_eq!(got.revision, new_c);
-    assert_eq!(&store.get(topic("old/d")).await.unwrap().unwrap().payload[..], b"new");
+    assert_eq!(
+        &store.get(topic("old/d")).await.unwrap().unwrap().payload[..],
+        b"new"
+    );
 
     // A condition on an old revision holds, and on a stale one fails and writes nothing.
     let matched = store
@@ -99,7 +111,10 @@ async fn rows_written_before_revisions_get_revisions_and_tickets_below_every_new
         .write_owned(when(put("old/b", "cas"), Condition::Revision(rows[1].1)))
         .await;
     assert!(matches!(stale, Err(Error::ConditionFailed)), "{stale:?}");
-    assert_eq!(&store.get(topic("old/b")).await.unwrap().unwrap().payload[..], b"old");
+    assert_eq!(
+        &store.get(topic("old/b")).await.unwrap().unwrap().payload[..],
+        b"old"
+    );
     // A delete of an old row takes too.
     let deleted = store
         .write_owned(Write::Delete(topic("old/b")).into())
