@@ -54,6 +54,9 @@ async fn retained_publish_is_returned_by_get_and_list(backend: Backend) {
         props_json,
         json!([{"deviceName": "alpha"}, {"deviceCnt": "45"}])
     );
+    // The revision is the store's to choose (decision 018); it is a positive number, the same
+    // in the publish's ETag, Get and List.
+    assert!(revision > 0, "{got}");
     assert_eq!(
         got,
         json!({"topic": "dev/1/cfg", "payload": B64.encode("hello"), "qos": 1,

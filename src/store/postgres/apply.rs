@@ -190,7 +190,10 @@ where
         return Ok(HashMap::new());
     }
     // Every batch locks its rows in the same (topic) order, so two batches on different nodes
-    // that share topics wait for each other instead of deadlocking.
+    // that share topics wait for each other instead of deadlocking. That holds per part of the
+    // statement (`matched`, `upserted`, `created` run one after another), so a batch carries
+    // one kind of write only: the write lane applies a mixed batch kind by kind, each in its
+    // own transaction (`write_lane::apply_by_kind`).
     writes.sort_unstable_by(|a, b| a.write.topic().cmp(b.write.topic()));
     let notices = feed::announce(node, writes.iter().map(|w| w.write.topic().as_str()));
     let mut cols = Columns::default();
