@@ -318,6 +318,9 @@ async fn a_delete_applies_only_if_the_revision_matches(backend: Backend) {
     assert_eq!(answer.reason, UNSPECIFIED_ERROR);
 }
 
+/// User properties, as (name, value).
+type Props<'a> = Vec<(&'a str, &'a str)>;
+
 async fn malformed_conditions_are_refused_with_0x83_and_change_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut p = publisher(&app, "malformed", true).await;
@@ -331,7 +334,7 @@ async fn malformed_conditions_are_refused_with_0x83_and_change_nothing(backend: 
     let star = "malformed condition: retaind-if-none-match must be *";
     let retained = "malformed condition: a condition needs the RETAIN flag";
     let weak = format!("W/\"{r}\"");
-    let cases: Vec<(Vec<(&str, &str)>, bool, &str)> = vec![
+    let cases: Vec<(Props, bool, &str)> = vec![
         (
             vec![("retaind-if-match", &r), ("retaind-if-none-match", "*")],
             true,
