@@ -85,12 +85,18 @@ export async function getRetained(topic) {
 }
 
 /**
- * Publish. `payload` is a string or bytes; `userProperties` is `[[key, value], ...]`.
+ * Publish. `payload` is a string or bytes; `userProperties` is `[[key, value], ...]`; with
+ * `ifRevision`, a retained publish fails with PreconditionFailedException (HTTP 412) unless
+ * the topic's retained message is still that revision.
  */
-export function publish({ topic, payload, qos, retain, contentType = '', userProperties = [] }) {
+export function publish({
+  topic, payload, qos, retain, contentType = '', userProperties = [], ifRevision = null,
+}) {
   const query = new URLSearchParams({ qos: String(qos), retain: String(retain) });
   if (contentType) query.set('contentType', contentType);
   const headers = {};
+  // Compare-and-set: stored only while the topic's retained message is still this revision.
+  if (ifRevision !== null) headers['If-Match'] = `"${ifRevision}"`;
   if (userProperties.length > 0) {
     headers['x-amz-mqtt5-user-properties'] = encodeUserProperties(userProperties);
   }
@@ -98,8 +104,8 @@ export function publish({ topic, payload, qos, retain, contentType = '', userPro
 }
 
 /** There is no delete operation: a retained publish with an empty payload is one. */
-export function deleteRetained(topic, qos) {
-  return publish({ topic, payload: '', qos, retain: true });
+export function deleteRetained(topic, qos, ifRevision = null) {
+  return publish({ topic, payload: '', qos, retain: true, ifRevision });
 }
 
 /** `GET /metrics`, the Prometheus text page (the principal needs `retaind:Metrics`). */

@@ -12,9 +12,12 @@ import {
 import { MqttClient, brokerUrl } from './mqtt-ws.js';
 import { createOverview } from './overview.js';
 import * as session from './session.js';
+import { watchRetained } from './watch.js';
 
 /** The live message list keeps this many; older ones drop off the end. */
 const MAX_LIVE_MESSAGES = 500;
+/** A burst of changes to the retained set reloads the list once, this long after the first. */
+const LIVE_RELOAD_DELAY_MS = 300;
 
 const $ = (id) => document.getElementById(id);
 
@@ -99,6 +102,10 @@ function route() {
   }
   if (name === 'retained') list.load();
   if (name === 'detail') detail.load(topic);
+  // Watches run only while their view is shown.
+  if (name === 'retained') list.follow();
+  else list.unfollow();
+  if (name !== 'detail') detail.unfollow();
   // Polled only while shown.
   if (name === 'overview') overview.start();
   else overview.stop();
@@ -239,8 +246,72 @@ const list = {
     this.tokens = [undefined];
     this.page = 0;
     this.load();
+    if (this.stopWatch) {
+      this.unfollow();
+      this.follow();
+    }
+  },
+
+  /** Stops the list's watch, if one runs. */
+  stopWatch: null,
+  reloadTimer: null,
+
+  /**
+   * Keeps the shown page current: a watch on what the filter covers reloads the page (once
+   * per burst) whenever a retained message in scope changes, on any node, by anyone.
+   */
+  follow() {
+    if (this.stopWatch) return;
+    const { topicFilter, covers } = watchScope(this.filter);
+    this.setLive('connecting', 'Live updates: connecting…');
+    this.stopWatch = watchRetained({
+      topicFilter,
+      onChange: (_kind, change) => {
+        if (covers(change.topic ?? '')) this.reloadSoon();
+      },
+      onState: (state, detail) => {
+        if (state === 'live') this.setLive('live', 'Live: the list follows changes as they happen');
+        else if (state === 'resync') {
+          this.setLive('connecting', 'Live updates: catching up…');
+          this.reloadSoon();
+        } else if (state === 'refused') this.setLive('off', `Live updates off: ${detail}`);
+        else this.setLive('retrying', `Live updates interrupted (${detail}); retrying`);
+      },
+    });
+  },
+
+  unfollow() {
+    this.stopWatch?.();
+    this.stopWatch = null;
+    clearTimeout(this.reloadTimer);
+    this.reloadTimer = null;
+    this.setLive('off', 'Live updates off');
+  },
+
+  setLive(state, text) {
+    $('retained-live').dataset.state = state;
+    $('retained-live').textContent = text;
+  },
+
+  reloadSoon() {
+    if (this.reloadTimer) return;
+    this.reloadTimer = setTimeout(() => {
+      this.reloadTimer = null;
+      this.load();
+    }, LIVE_RELOAD_DELAY_MS);
   },
 };
+
+/**
+ * What the list's filter box covers, as a watch filter plus a test on each topic: a topic
+ * filter as it is; a prefix as the filter of its whole levels (`devices/th` → `devices/#`),
+ * narrowed to the prefix in the page.
+ */
+function watchScope(filter) {
+  if (/[+#]/.test(filter)) return { topicFilter: filter, covers: () => true };
+  const levels = filter.slice(0, filter.lastIndexOf('/') + 1);
+  return { topicFilter: `${levels}#`, covers: (topic) => topic.startsWith(filter) };
+}
 
 $('filter-form').addEventListener('submit', (event) => {
   event.preventDefault();
@@ -269,17 +340,23 @@ const detail = {
   message: null,
   generation: 0,
 
+  /** Stops the watch on the shown topic, if one runs. */
+  stopWatch: null,
+
   async load(topic) {
     const generation = ++this.generation;
+    this.unfollow();
     this.message = null;
     $('detail-title').textContent = 'Retained message';
     $('detail-body').hidden = true;
+    $('detail-changed').hidden = true;
     clearError($('detail-error'));
     try {
       const message = await api.getRetained(topic);
       if (generation !== this.generation) return;
       this.message = message;
       this.render(message);
+      this.follow(message);
     } catch (err) {
       if (generation !== this.generation) return;
       showError($('detail-error'), err);
@@ -292,6 +369,8 @@ const detail = {
     $('detail-modified').dateTime = new Date(msg.lastModifiedTime).toISOString();
     $('detail-modified').textContent = formatTime(msg.lastModifiedTime);
     $('detail-size').textContent = formatBytes(msg.payload.length);
+    $('detail-revision').textContent = msg.revision === undefined ? 'unknown' : String(msg.revision);
+    $('detail-writer').textContent = describeWriter(msg.writer);
     const shown = describePayload(msg.payload);
     $('detail-format').textContent = shown.kind === 'binary' ? 'binary, shown as hex' : shown.kind;
     $('detail-payload').textContent = shown.text;
@@ -309,7 +388,52 @@ const detail = {
     );
     $('detail-body').hidden = false;
   },
+
+  /**
+   * Says when the shown message changes after it was read (a watch on its topic from its
+   * revision on), so that no one edits or deletes from a stale view without knowing.
+   */
+  follow(msg) {
+    if (msg.revision === undefined) return;
+    this.stopWatch = watchRetained({
+      topicFilter: msg.topic,
+      fromRevision: msg.revision,
+      onChange: (kind, change, revision) => {
+        if (change.topic !== msg.topic || this.message !== msg) return;
+        const what = {
+          put: 'was republished', delete: 'was deleted', expire: 'expired', purge: 'was purged as unused',
+        }[kind];
+        const by = change.writer ? ` by ${describeWriter(change.writer)}` : '';
+        $('detail-changed-text').textContent =
+          `This retained message ${what}${by} after you opened it (now revision ${revision}).`;
+        $('detail-changed').hidden = false;
+      },
+      onState: (state) => {
+        // Could not follow from the shown revision: say the view may be stale.
+        if (state === 'resync' && this.message === msg) {
+          $('detail-changed-text').textContent = 'This view could not follow changes to the message; it may be out of date.';
+          $('detail-changed').hidden = false;
+        }
+      },
+    });
+  },
+
+  unfollow() {
+    this.stopWatch?.();
+    this.stopWatch = null;
+  },
 };
+
+/** "sensor-7 (principal ops)", "HTTP", or "unknown" for messages from before revisions. */
+function describeWriter(writer) {
+  if (!writer) return 'unknown';
+  const client = writer.clientId === 'HTTP' ? 'the HTTP API' : `MQTT client ${writer.clientId}`;
+  return writer.principal ? `${client} (principal ${writer.principal})` : client;
+}
+
+$('detail-reload').addEventListener('click', () => {
+  if (detail.message) detail.load(detail.message.topic);
+});
 
 $('edit-republish').addEventListener('click', () => {
   const msg = detail.message;
@@ -320,7 +444,9 @@ $('edit-republish').addEventListener('click', () => {
   } catch {
     // already reported in the detail view; republish without them
   }
-  publishForm.fill({ topic: msg.topic, qos: msg.qos, retain: true, payload: msg.payload, props });
+  publishForm.fill({
+    topic: msg.topic, qos: msg.qos, retain: true, payload: msg.payload, props, revision: msg.revision,
+  });
   location.hash = '#/publish';
 });
 
@@ -329,6 +455,7 @@ const confirmDialog = $('confirm-delete');
 $('delete-message').addEventListener('click', () => {
   if (!detail.message) return;
   $('confirm-topic').textContent = detail.message.topic;
+  $('confirm-revision').textContent = String(detail.message.revision ?? 'unknown');
   confirmDialog.returnValue = '';
   confirmDialog.showModal(); // focus goes to Cancel (autofocus); Escape cancels
 });
@@ -337,19 +464,38 @@ confirmDialog.addEventListener('close', async () => {
   // Back to where the user was, whatever they chose.
   $('delete-message').focus();
   if (confirmDialog.returnValue !== 'delete' || !detail.message) return;
-  const { topic, qos } = detail.message;
+  const { topic, qos, revision } = detail.message;
   try {
-    await api.deleteRetained(topic, qos);
+    // Only the message the user saw: a newer one is not theirs to delete unseen.
+    await api.deleteRetained(topic, qos, revision ?? null);
     list.notice = `Deleted the retained message on ${topic}.`;
     location.hash = '#/retained';
   } catch (err) {
     showError($('detail-error'), err);
+    if (err instanceof api.ApiError && err.status === 412) {
+      $('detail-error').append(el('p', {},
+        'It changed after you opened it, so nothing was deleted. Use “Show the latest” to see it.'));
+      $('detail-changed').hidden = false;
+      if ($('detail-changed-text').textContent === '') {
+        $('detail-changed-text').textContent = 'This retained message changed after you opened it.';
+      }
+    }
   }
 });
 
 // ---- Publish -------------------------------------------------------------------------------
 
 const publishForm = {
+  /** The revision the form was filled from, and its topic; null when typed afresh. */
+  revision: null,
+  revisionTopic: null,
+
+  /** The If-Match revision to send: only for the topic it was read from, when asked for. */
+  condition(topic, retain) {
+    if (this.revision === null || topic !== this.revisionTopic || !retain) return null;
+    return $('pub-if-unchanged').checked ? this.revision : null;
+  },
+
   addProperty(key = '', value = '') {
     const n = $('pub-props').children.length + 1;
     const keyId = `prop-key-${n}-${Date.now()}`;
@@ -380,8 +526,16 @@ const publishForm = {
     ]).filter(([k, v]) => k !== '' || v !== '');
   },
 
-  /** Prefills the form, e.g. from "Edit and republish". `payload` is bytes. */
-  fill({ topic, qos, retain, payload, props }) {
+  /**
+   * Prefills the form, e.g. from "Edit and republish". `payload` is bytes; `revision`, the
+   * message's revision, offers to republish only if it is still the topic's message.
+   */
+  fill({ topic, qos, retain, payload, props, revision }) {
+    this.revision = revision ?? null;
+    this.revisionTopic = topic;
+    $('pub-if-unchanged-field').hidden = this.revision === null;
+    $('pub-if-unchanged').checked = true;
+    $('pub-if-revision').textContent = String(this.revision ?? '');
     $('pub-topic').value = topic;
     $('pub-qos').value = String(qos);
     $('pub-retain').checked = retain;
@@ -420,12 +574,16 @@ $('publish-form').addEventListener('submit', async (event) => {
     contentType: $('pub-content-type').value.trim(),
     userProperties: publishForm.properties(),
   };
+  request.ifRevision = publishForm.condition(topic, request.retain);
   const button = $('publish-form').querySelector('button[type=submit]');
   button.disabled = true;
   status.textContent = 'Publishing…';
   try {
     await api.publish(request);
     $('pub-binary-note').hidden = true;
+    // The condition was for one publish; a second would be refused by the first.
+    publishForm.revision = null;
+    $('pub-if-unchanged-field').hidden = true;
     const what = request.retain
       ? request.payload === ''
         ? 'An empty retained message deletes the retained message on'
@@ -438,6 +596,11 @@ $('publish-form').addEventListener('submit', async (event) => {
   } catch (err) {
     status.textContent = '';
     showError(errors, err);
+    if (err instanceof api.ApiError && err.status === 412) {
+      errors.append(el('p', {},
+        'Someone changed this retained message after you opened it; nothing was published. ',
+        el('a', { href: topicHref(topic) }, 'See the current message')));
+    }
   } finally {
     button.disabled = false;
   }

@@ -14,9 +14,11 @@ ALTER TABLE retained_messages
     ADD COLUMN change_kind SMALLINT NOT NULL DEFAULT 0;
 
 -- Rows written before numbered in their write order, just below this transaction's range,
--- so that every later change has a higher revision. write_seq keeps its old ticket, which every
--- later ticket exceeds.
-UPDATE retained_messages m SET revision = b.base - b.n + r.rn
+-- so that every later change has a higher revision. Their write ticket becomes that revision:
+-- the old tickets came from a sequence that need not be below the transaction ids (a database
+-- restored into a younger cluster keeps its sequence, while transaction ids start again), and
+-- an old ticket above a new one would make every new write of the topic lose to the old row.
+UPDATE retained_messages m SET revision = b.base - b.n + r.rn, write_seq = b.base - b.n + r.rn
 FROM (SELECT topic, row_number() OVER (ORDER BY write_seq, topic) AS rn FROM retained_messages) r,
      (SELECT pg_current_xact_id()::text::int8 * 4096 AS base, count(*) AS n
       FROM retained_messages) b

@@ -75,6 +75,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../console/prom.js"),
     },
     Asset {
+        name: "watch.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../console/watch.js"),
+    },
+    Asset {
         name: "mqtt-ws.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../../console/mqtt-ws.js"),

@@ -23,6 +23,7 @@ mod openapi;
 mod page_token;
 mod payload;
 mod peer;
+mod precondition;
 mod publish;
 mod query;
 mod rates;

@@ -1,7 +1,9 @@
 //! Publish: `POST /topics/{topic}`. A retained publish is committed before the 200.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::header::ETAG;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::AppendHeaders;
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::mqtt5_headers::{self, CORRELATION_DATA, PAYLOAD_FORMAT, USER_PROPERTIES};
 use super::payload::Payload;
+use super::precondition;
 use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, RequestId, TopicPath};
 use crate::auth::Action;
@@ -148,14 +151,17 @@ fn publication(
         ("x-amz-mqtt5-user-properties" = Option<String>, Header, nullable = false, description = "Base64 of a JSON array of single-key objects with string values, e.g. `[{\"deviceName\":\"alpha\"}]`; at most 8 KiB as MQTT 5 frames them (5 bytes per property besides its key and value), no U+0000", pattern = r"^[A-Za-z0-9+/]*={0,2}$"),
         ("x-amz-mqtt5-payload-format-indicator" = Option<String>, Header, nullable = false, description = "`UNSPECIFIED_BYTES` or `UTF8_DATA`; `UTF8_DATA` requires a payload that is UTF-8", pattern = "^(UNSPECIFIED_BYTES|UTF8_DATA)$"),
         ("x-amz-mqtt5-correlation-data" = Option<String>, Header, nullable = false, description = "Base64 (standard, padded) of at most 65,535 bytes of correlation data", max_length = 87_380, pattern = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "**retaind extension, not part of the AWS API.** Store (or, with an empty body, delete) the retained message only if the topic's retained message is the one with this revision: its `ETag` as GetRetainedMessage or a retained Publish answered it, one strong entity tag of at most 16 decimal digits in double quotes. Needs retain=true; not with If-None-Match. If the topic holds another revision, or none: 412 and nothing stored or delivered. Weak tags (`W/`), lists, `*` and unquoted values are 400", pattern = r#"^"(0|[1-9][0-9]{0,15})"$"#),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "**retaind extension, not part of the AWS API.** `*`: store only if the topic has no retained message (create-only); with an empty body, succeed only if there is none to delete. Needs retain=true; not with If-Match. If the topic has a retained message: 412 and nothing stored or delivered. Any other value is 400", pattern = r"^\*$"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The payload bytes; empty with retain=true deletes the retained message"),
     responses(
-        (status = 200, body = PublishResponse),
-        (status = 400, description = "InvalidRequestException: invalid topic, parameter or header; or a retained publish that would exceed the quota on stored retained messages (--max-retained-messages, or the principal's max_retained_messages), in which case nothing was stored", body = ErrorBody),
+        (status = 200, body = PublishResponse, headers(("ETag" = String, description = "**retaind extension.** On a retained publish that stored a message (not a delete, not a non-retained publish): its revision, `\"<digits>\"`, the value GetRetainedMessage's ETag will show and If-Match may name. Absent when a later write replaced the message before this one was answered"))),
+        (status = 400, description = "InvalidRequestException: invalid topic, parameter or header (a malformed If-Match or If-None-Match, both at once, or either without retain=true); or a retained publish that would exceed the quota on stored retained messages (--max-retained-messages, or the principal's max_retained_messages), in which case nothing was stored", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
         (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:Publish (and, with retain=true, iot:RetainPublish) on the topic; a topic under `$SYS` (the broker's own status, whatever the policy); without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
         (status = 408, description = "RequestTimeoutException: the body did not arrive within --http-body-timeout of the request's head; nothing was stored", body = ErrorBody),
+        (status = 412, description = "PreconditionFailedException (retaind extension): If-Match named another revision than the topic's retained message has (or it has none), or If-None-Match: * found one; nothing was stored or delivered", body = ErrorBody),
         (status = 413, description = "RequestEntityTooLargeException: payload over the configured limit", body = ErrorBody),
         (status = 429, description = "ThrottlingException: the caller's Publish rate (--rate-publish) is used up; nothing was stored", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException: the store did not answer; the publish may or may not have been stored", body = ErrorBody),
@@ -169,13 +175,20 @@ pub async fn publish(
     params: Result<Params<PublishParams>, ApiError>,
     headers: HeaderMap,
     Payload(payload): Payload,
-) -> Result<Json<PublishResponse>, ApiError> {
+) -> Result<
+    (
+        AppendHeaders<Option<(HeaderName, HeaderValue)>>,
+        Json<PublishResponse>,
+    ),
+    ApiError,
+> {
     // Everything is checked only once the body has been read: an answer sent while the client
     // is still sending would make the server drop the connection under the client's next
     // request (boto3 reuses connections).
     let TopicPath(topic) = topic?;
     let Params(params) = params?;
     let publish = publication(topic, params, &headers, payload, state.topic_limits)?;
+    let condition = precondition::condition(&headers, publish.retain)?;
     // As on AWS, a retained publish needs both actions.
     caller.authorize(Action::Publish, Some(&publish.topic))?;
     if publish.retain {
@@ -187,12 +200,27 @@ pub async fn publish(
             "topics under $SYS are the broker's own status: no client may publish to them".into(),
         ));
     }
-    state
+    // Only a put leaves a message whose revision a later If-Match can name; a delete's
+    // revision is a tombstone's.
+    let put = publish.retain && !publish.payload.is_empty();
+    let from = PublishFrom {
+        condition,
+        ..PublishFrom::http(caller.owner())
+    };
+    let asked = condition.map(|c| (c, publish.topic.clone()));
+    let revision = state
         .broker
-        .publish(publish, PublishFrom::http(caller.owner()))
-        .await?;
-    Ok(Json(PublishResponse {
-        message: "OK".into(),
-        trace_id: request_id.0.to_string(),
-    }))
+        .publish(publish, from)
+        .await
+        .map_err(|e| precondition::failed(e, asked.as_ref()))?;
+    let etag = revision
+        .filter(|_| put)
+        .map(|r| (ETAG, precondition::etag(r)));
+    Ok((
+        AppendHeaders(etag),
+        Json(PublishResponse {
+            message: "OK".into(),
+            trace_id: request_id.0.to_string(),
+        }),
+    ))
 }

@@ -5,12 +5,15 @@ mod list_filter;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::http::header::ETAG;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
+use super::precondition;
 use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody, TopicPath};
 use crate::auth::Action;
@@ -70,6 +73,9 @@ pub struct RetainedMessageSummary {
     pub qos: u8,
     /// Epoch milliseconds of the last update.
     pub last_modified_time: i64,
+    /// **retaind extension, not part of the AWS API** (the SDKs ignore it): the revision of
+    /// the message, as GetRetainedMessage's `ETag` shows it.
+    pub revision: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -105,30 +111,23 @@ pub struct GetRetainedMessageResponse {
     /// Epoch milliseconds at which the message expires (MQTT 5 message expiry).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_expires_at: Option<i64>,
-    /// **retaind extension** (issue 17): the message's revision, also its `ETag`.
+    /// The revision of the message (decision 018): the number in the `ETag` header, which
+    /// Publish's `If-Match` may name.
     pub revision: i64,
-    /// **retaind extension** (issue 17): who wrote this revision, when known.
+    /// Who wrote this revision; absent for messages stored before revisions existed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub writer: Option<WriterBody>,
+    pub writer: Option<MessageWriter>,
 }
 
-/// Who wrote a revision: the principal (absent when authentication is off) and the MQTT client
-/// id, or `HTTP`.
+/// Who wrote a revision (**retaind extension**).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct WriterBody {
+pub struct MessageWriter {
+    /// The principal the write was charged to; absent when authentication is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
+    /// The MQTT client id of the publisher (of the Will's client), or `HTTP` for the HTTP API.
     pub client_id: String,
-}
-
-impl From<&Writer> for WriterBody {
-    fn from(w: &Writer) -> Self {
-        Self {
-            principal: (!w.principal.is_empty()).then(|| w.principal.to_string()),
-            client_id: w.client.to_string(),
-        }
-    }
 }
 
 /// Lists retained messages, one page at a time.
@@ -234,7 +233,7 @@ async fn list_selected(
     tag = "retained messages",
     params(("topic" = String, Path, description = "The topic, percent-encoded as one path segment (`a%2Fb`); literal slashes are accepted too. At most 256 UTF-8 bytes and 8 levels (the defaults of --max-topic-bytes and --max-topic-levels), no `+`, `#` or U+0000", min_length = 1, max_length = 256, pattern = r"^[^+#/\u0000]*(/[^+#/\u0000]*){0,7}$")),
     responses(
-        (status = 200, body = GetRetainedMessageResponse),
+        (status = 200, body = GetRetainedMessageResponse, headers(("ETag" = String, description = "**retaind extension.** The message's revision as a strong entity tag, `\"<digits>\"` (the JSON `revision` quoted): send it back as Publish's If-Match to replace or delete this message only if no one changed it since"))),
         (status = 400, description = "InvalidRequestException: not a valid topic name", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
         (status = 403, description = "ForbiddenException: unknown or wrong credentials, or the policy does not allow iot:GetRetainedMessage on the topic; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
@@ -247,10 +246,16 @@ pub async fn get(
     State(state): State<ApiState>,
     caller: Caller,
     TopicPath(topic): TopicPath,
-) -> Result<Json<GetRetainedMessageResponse>, ApiError> {
+) -> Result<
+    (
+        [(axum::http::HeaderName, HeaderValue); 1],
+        Json<GetRetainedMessageResponse>,
+    ),
+    ApiError,
+> {
     caller.authorize(Action::GetRetainedMessage, Some(&topic))?;
     match state.store.get(topic.clone()).await? {
-        Some(msg) => Ok(Json(msg.into())),
+        Some(msg) => Ok(([(ETAG, precondition::etag(msg.revision))], Json(msg.into()))),
         None => Err(ApiError::NotFound(format!(
             "no retained message on topic {topic}"
         ))),
@@ -264,6 +269,7 @@ impl From<RetainedSummary> for RetainedMessageSummary {
             payload_size: s.payload_size,
             qos: s.qos.as_u8(),
             last_modified_time: s.last_modified_ms,
+            revision: s.revision,
         }
     }
 }
@@ -282,8 +288,17 @@ impl From<RetainedMessage> for GetRetainedMessageResponse {
                 .then(|| "UTF8_DATA".to_owned()),
             message_expires_at: m.expires_at_ms,
             revision: m.revision,
-            writer: m.writer.as_ref().map(WriterBody::from),
+            writer: m.writer.map(MessageWriter::from),
             topic: m.topic.to_string(),
+        }
+    }
+}
+
+impl From<Writer> for MessageWriter {
+    fn from(w: Writer) -> Self {
+        Self {
+            principal: (!w.principal.is_empty()).then(|| w.principal.to_string()),
+            client_id: w.client.to_string(),
         }
     }
 }

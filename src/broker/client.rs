@@ -12,11 +12,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::may_publish;
+use super::conditional;
 use super::config::BrokerConfig;
 use super::end::End;
 use super::handle::Broker;
 use super::inbound_publish::{self, Aliases};
-use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal};
+use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal, Why};
 use super::limits::ConnectionSlot;
 use super::outbound::Outbound;
 use super::registry::{Session, Sessions};
@@ -278,13 +279,20 @@ impl Client {
         owner.clone()
     }
 
-    fn on_publish(&mut self, p: Publish, out: &mut Outbox) -> Result<(), End> {
+    fn on_publish(&mut self, mut p: Publish, out: &mut Outbox) -> Result<(), End> {
         if p.dup && p.qos == QoS::AtMostOnce {
             return Err(End::Close(DisconnectReasonCode::MalformedPacket)); // [MQTT-3.3.1-2]
         }
         self.broker.metrics().mqtt_received(p.qos as u8);
         let ack = p.packet_id.map(|id| (p.qos, id));
         self.inbound.check_room(ack).map_err(End::Close)?;
+        // Taken out before the message is built from the properties, so that neither the
+        // store nor a subscriber sees them. A malformed one is refused below, once the publish
+        // is counted, so that its answer takes its turn behind earlier publishes.
+        let condition = match p.properties.as_mut() {
+            Some(props) => conditional::take(&mut props.user_properties, p.retain),
+            None => Ok(None),
+        };
         let now = self.broker.store().clock().now_ms();
         let message =
             match inbound_publish::message(p, &mut self.aliases, &self.cfg, &self.key, now) {
@@ -296,38 +304,49 @@ impl Client {
         drop(state);
         if admitted == Admitted::Duplicate {
             // Acknowledged in order behind the original's own PUBREC.
-            self.pending.answer(ack, PublishAckReason::Success);
+            self.pending.answer(ack, PublishAckReason::Success, None);
             return Ok(());
         }
         let refusal = if !self.publish_rate.try_take(std::time::Instant::now()) {
             // Over --mqtt-max-publish-rate. 0x96 Message rate too high is not a PUBACK/PUBREC
             // code (MQTT 5 §3.4.2.1, §3.5.2.1), so MQTT 5 gets 0x97 Quota exceeded.
-            Some((PublishAckReason::QuotaExceeded, DropReason::publish_rate))
+            let quota = PublishAckReason::QuotaExceeded;
+            Some((Refusal::Dropped(quota), DropReason::publish_rate))
         } else if !may_publish(
             self.principal().as_deref(),
             &message.topic,
             message.retain,
             &self.key,
         ) {
-            Some((PublishAckReason::NotAuthorized, DropReason::policy))
+            Some((
+                Refusal::Dropped(PublishAckReason::NotAuthorized),
+                DropReason::policy,
+            ))
         } else {
-            None
+            // Counted whatever its QoS: a QoS 0 publisher hears nothing, so this count is
+            // how an operator learns that a client sends conditions retaind cannot read.
+            condition.as_ref().err().map(|malformed| {
+                (
+                    Refusal::Unreadable(malformed.why()),
+                    DropReason::malformed_condition,
+                )
+            })
         };
-        if let Some((reason, why)) = refusal {
-            self.broker.metrics().mqtt_dropped(why, 1);
+        if let Some((refusal, dropped)) = refusal {
+            self.broker.metrics().mqtt_dropped(dropped, 1);
             let mut state = self.session.state();
-            let answer =
-                self.inbound
-                    .refused(state.awaiting_release(), ack, Refusal::Dropped(reason));
+            let answer = self.inbound.refused(state.awaiting_release(), ack, refusal);
             drop(state);
             // Answered in order behind earlier publishes.
-            let (ack, reason) = match answer {
-                Answer::Ack { ack, reason, .. } => (Some(ack), reason),
-                _ => (None, PublishAckReason::Success),
+            let (ack, reason, why) = match answer {
+                Answer::Ack { ack, reason, why } => (Some(ack), reason, why),
+                _ => (None, PublishAckReason::Success, None),
             };
-            self.pending.answer(ack, reason);
+            self.pending.answer(ack, reason, why);
             return Ok(());
         }
+        // A malformed condition was refused just above.
+        let condition = condition.unwrap_or_default();
         let write = message.retained_write(now);
         let message = Arc::new(message);
         match write {
@@ -336,6 +355,8 @@ impl Client {
                     message: Some(message),
                     ack,
                     reason: PublishAckReason::Success,
+                    why: None,
+                    condition: None,
                     result: Ok(()),
                 };
                 self.settle(settled, out)
@@ -350,7 +371,7 @@ impl Client {
                         write: w,
                         owner: self.owner(),
                         client: Some(self.key.clone()),
-                        condition: None,
+                        condition,
                     };
                     let store = self.broker.store();
                     let answer = self
@@ -359,7 +380,7 @@ impl Client {
                         .add_owned(write);
                     async move { answer.await.map(drop) }
                 });
-                self.pending.push(message, ack, committed);
+                self.pending.push(message, ack, condition, committed);
                 Ok(())
             }
         }
@@ -386,14 +407,7 @@ impl Client {
                 reason,
                 why,
             } => {
-                let mut packet = publish_ack(qos, id, reason);
-                if let Packet::PublishAck(a) | Packet::PublishReceived(a) = &mut packet {
-                    // [MQTT-3.1.2-29] only to a client that asked for problem information.
-                    a.reason_string = why
-                        .filter(|_| self.problem_info)
-                        .map(ByteString::from_static);
-                }
-                out.send(packet);
+                out.send(self.publish_ack(qos, id, reason, why));
                 Ok(())
             }
             Answer::Close(reason) => Err(End::Close(reason)),
@@ -410,7 +424,7 @@ impl Client {
                 }
                 if let Some((qos, id)) = settled.ack {
                     self.inbound.acknowledged(qos, settled.reason);
-                    out.send(publish_ack(qos, id, settled.reason));
+                    out.send(self.publish_ack(qos, id, settled.reason, settled.why));
                 }
                 return Ok(());
             }
@@ -421,6 +435,20 @@ impl Client {
                 self.broker.metrics().mqtt_dropped(DropReason::quota, 1);
                 Refusal::Dropped(PublishAckReason::QuotaExceeded)
             }
+            // The store fails only conditional writes so; `None` cannot be, and would be
+            // answered as a write not stored.
+            Err(store::Error::ConditionFailed) => match settled.condition {
+                Some(condition) => {
+                    // Not stored and delivered to nobody, as HTTP's 412. Counted whatever the
+                    // QoS, as the quota is.
+                    tracing::debug!(client = %self.key, ?condition, "a conditional publish's condition did not hold");
+                    self.broker
+                        .metrics()
+                        .mqtt_dropped(DropReason::precondition, 1);
+                    Refusal::Unmet(condition)
+                }
+                None => Refusal::NotStored,
+            },
             Err(e) => {
                 // Logged by the store, once per failed batch and in summary.
                 tracing::debug!(error = %e, "a retained publish could not be stored");
@@ -441,6 +469,32 @@ impl Client {
             self.inbound.acknowledged(qos, reason);
         }
         self.answer(answer, out)
+    }
+
+    /// The PUBACK (QoS 1) or PUBREC (QoS 2) of a publish, saying why only to a client that
+    /// asked for problem information [MQTT-3.1.2-29].
+    fn publish_ack(
+        &self,
+        qos: QoS,
+        id: NonZeroU16,
+        reason: PublishAckReason,
+        why: Option<Why>,
+    ) -> Packet {
+        let reason_string = why.filter(|_| self.problem_info).map(|why| match why {
+            Why::Text(text) => ByteString::from_static(text),
+            why => ByteString::from(why.to_string()),
+        });
+        let ack = PublishAck {
+            packet_id: id,
+            reason_code: reason,
+            properties: Vec::new(),
+            reason_string,
+        };
+        if qos == QoS::ExactlyOnce {
+            Packet::PublishReceived(ack)
+        } else {
+            Packet::PublishAck(ack)
+        }
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> End {
@@ -587,19 +641,5 @@ fn ack2(packet_id: NonZeroU16, known: bool) -> PublishAck2 {
         },
         properties: Vec::new(),
         reason_string: None,
-    }
-}
-
-fn publish_ack(qos: QoS, packet_id: NonZeroU16, reason_code: PublishAckReason) -> Packet {
-    let ack = PublishAck {
-        packet_id,
-        reason_code,
-        properties: Vec::new(),
-        reason_string: None,
-    };
-    if qos == QoS::ExactlyOnce {
-        Packet::PublishReceived(ack)
-    } else {
-        Packet::PublishAck(ack)
     }
 }

@@ -4,9 +4,12 @@
 //! the answers.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::num::NonZeroU16;
 
+use super::conditional::Unmet;
 use crate::mqtt::{DisconnectReasonCode, PublishAckReason, QoS};
+use crate::store::Condition;
 
 /// The QoS and packet id of a publish that is acknowledged (QoS 1 or 2).
 pub(super) type Ack = (QoS, NonZeroU16);
@@ -50,6 +53,31 @@ pub(super) enum Refusal {
     /// A counted publish the store could not take: MQTT 5 hears 0x80; 3.1.1 cannot say "not
     /// stored", so the connection closes and the client resends.
     NotStored,
+    /// A counted conditional publish whose condition did not hold (see `conditional`): 0x80
+    /// Unspecified error, saying which condition, and a QoS 2 exchange ends there. Only MQTT 5
+    /// can carry a condition; were 3.1.1 to, it would be treated as [`Refusal::Dropped`].
+    Unmet(Condition),
+    /// A counted publish whose condition cannot be read (see `conditional`): 0x83
+    /// Implementation specific error with this reason string, and a QoS 2 exchange ends there.
+    /// Counted first so that, like the others, it is answered in turn; 3.1.1 cannot carry one
+    /// (as with `Unmet`).
+    Unreadable(&'static str),
+}
+
+/// The reason string of a refusal, put into words only for a client that asked for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Why {
+    Text(&'static str),
+    Unmet(Unmet),
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(text) => f.write_str(text),
+            Self::Unmet(unmet) => unmet.fmt(f),
+        }
+    }
 }
 
 /// What the client is told about a refused publish.
@@ -61,7 +89,7 @@ pub(super) enum Answer {
     Ack {
         ack: Ack,
         reason: PublishAckReason,
-        why: Option<&'static str>,
+        why: Option<Why>,
     },
     /// Close the connection; an MQTT 5 client is told this reason.
     Close(DisconnectReasonCode),
@@ -156,9 +184,18 @@ impl InboundQos {
                 answer(ack_reason(reason), None)
             }
             Refusal::Invalid(reason) => Answer::Close(reason),
-            Refusal::Declined { reason, why } => answer(reason, Some(why)),
-            Refusal::Dropped(_) | Refusal::NotStored if ack.is_none() => Answer::Nothing,
-            Refusal::Dropped(_) if !self.v5 => answer(PublishAckReason::Success, None),
+            Refusal::Declined { reason, why } => answer(reason, Some(Why::Text(why))),
+            Refusal::Dropped(_)
+            | Refusal::NotStored
+            | Refusal::Unmet(_)
+            | Refusal::Unreadable(_)
+                if ack.is_none() =>
+            {
+                Answer::Nothing
+            }
+            Refusal::Dropped(_) | Refusal::Unmet(_) | Refusal::Unreadable(_) if !self.v5 => {
+                answer(PublishAckReason::Success, None)
+            }
             Refusal::NotStored if !self.v5 => Answer::Hangup,
             Refusal::Dropped(reason) => {
                 self.end_refused(awaiting, ack);
@@ -167,6 +204,20 @@ impl InboundQos {
             Refusal::NotStored => {
                 self.end_refused(awaiting, ack);
                 answer(PublishAckReason::UnspecifiedError, None)
+            }
+            Refusal::Unmet(condition) => {
+                self.end_refused(awaiting, ack);
+                answer(
+                    PublishAckReason::UnspecifiedError,
+                    Some(Why::Unmet(Unmet(condition))),
+                )
+            }
+            Refusal::Unreadable(why) => {
+                self.end_refused(awaiting, ack);
+                answer(
+                    PublishAckReason::ImplementationSpecificError,
+                    Some(Why::Text(why)),
+                )
             }
         }
     }
@@ -255,7 +306,7 @@ mod tests {
         assert_eq!(q.check_room(qos1(4)), Ok(()));
     }
 
-    fn ack(ack: Option<Ack>, reason: PublishAckReason, why: Option<&'static str>) -> Answer {
+    fn ack(ack: Option<Ack>, reason: PublishAckReason, why: Option<Why>) -> Answer {
         Answer::Ack {
             ack: ack.unwrap(),
             reason,
@@ -290,7 +341,7 @@ mod tests {
             ack(
                 qos2(1),
                 PublishAckReason::ImplementationSpecificError,
-                Some("too large")
+                Some(Why::Text("too large"))
             )
         );
         assert_eq!(q.refused(&mut awaiting, None, declined), Answer::Nothing);
@@ -338,5 +389,52 @@ mod tests {
             v311.refused(&mut awaiting, None, Refusal::NotStored),
             Answer::Nothing
         );
+    }
+
+    #[test]
+    fn an_unmet_condition_is_refused_with_0x80_saying_which_and_ends_a_qos2_exchange() {
+        let unmet = Refusal::Unmet(Condition::Revision(42));
+        let mut awaiting = AwaitingRelease::default();
+        let mut v5 = InboundQos::new(V5, 10);
+        v5.admit(&mut awaiting, qos2(1));
+        let answer = v5.refused(&mut awaiting, qos2(1), unmet);
+        assert_eq!(
+            answer,
+            ack(
+                qos2(1),
+                PublishAckReason::UnspecifiedError,
+                Some(Why::Unmet(Unmet(Condition::Revision(42))))
+            )
+        );
+        let Answer::Ack { why: Some(why), .. } = answer else {
+            unreachable!()
+        };
+        assert_eq!(
+            why.to_string(),
+            "precondition failed: the topic's revision is not 42"
+        );
+        assert!(
+            !awaiting.end(id(1)),
+            "a refused QoS 2 exchange ends at PUBREC"
+        );
+        assert_eq!(v5.refused(&mut awaiting, None, unmet), Answer::Nothing);
+    }
+
+    #[test]
+    fn an_unreadable_condition_is_refused_with_0x83_and_ends_a_qos2_exchange() {
+        let unreadable = Refusal::Unreadable("malformed");
+        let mut awaiting = AwaitingRelease::default();
+        let mut v5 = InboundQos::new(V5, 10);
+        v5.admit(&mut awaiting, qos2(1));
+        assert_eq!(
+            v5.refused(&mut awaiting, qos2(1), unreadable),
+            ack(
+                qos2(1),
+                PublishAckReason::ImplementationSpecificError,
+                Some(Why::Text("malformed"))
+            )
+        );
+        assert!(!awaiting.end(id(1)));
+        assert_eq!(v5.refused(&mut awaiting, None, unreadable), Answer::Nothing);
     }
 }

@@ -14,6 +14,7 @@
 mod accept;
 mod admission;
 mod client;
+mod conditional;
 mod config;
 mod connection;
 mod end;

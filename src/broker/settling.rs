@@ -8,10 +8,10 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 
-use super::inbound_qos::Ack;
+use super::inbound_qos::{Ack, Why};
 use super::message::Message;
 use crate::mqtt::PublishAckReason;
-use crate::store;
+use crate::store::{self, Condition};
 
 /// An inbound publish once the store has (or has not) taken its retained write.
 pub(super) struct Settled {
@@ -20,6 +20,11 @@ pub(super) struct Settled {
     pub ack: Option<Ack>,
     /// What the acknowledgement says when the store took the write.
     pub reason: PublishAckReason,
+    /// The reason string that goes with `reason`, for a client that asked for them.
+    pub why: Option<Why>,
+    /// The condition its retained write was under, to say which failed
+    /// ([`store::Error::ConditionFailed`]).
+    pub condition: Option<Condition>,
     pub result: Result<(), store::Error>,
 }
 
@@ -28,23 +33,27 @@ pub(super) struct Settled {
 pub(super) struct Settling(FuturesOrdered<BoxFuture<'static, Settled>>);
 
 impl Settling {
-    /// A publish that waits for nothing and routes nothing, acknowledged with `reason` in
-    /// turn.
-    pub fn answer(&mut self, ack: Option<Ack>, reason: PublishAckReason) {
+    /// A publish that waits for nothing and routes nothing, acknowledged with `reason` (and
+    /// `why`) in turn.
+    pub fn answer(&mut self, ack: Option<Ack>, reason: PublishAckReason, why: Option<Why>) {
         let settled = Settled {
             message: None,
             ack,
             reason,
+            why,
+            condition: None,
             result: Ok(()),
         };
         self.0.push_back(Box::pin(async move { settled }));
     }
 
-    /// A publish to route once `committed` (its retained write, if any) is done.
+    /// A publish to route once `committed` (its retained write, if any, under `condition`)
+    /// is done.
     pub fn push(
         &mut self,
         message: Arc<Message>,
         ack: Option<Ack>,
+        condition: Option<Condition>,
         committed: Option<impl Future<Output = Result<(), store::Error>> + Send + 'static>,
     ) {
         self.0.push_back(Box::pin(async move {
@@ -56,6 +65,8 @@ impl Settling {
                 message: Some(message),
                 ack,
                 reason: PublishAckReason::Success,
+                why: None,
+                condition,
                 result,
             }
         }));
@@ -123,8 +134,8 @@ mod tests {
         let mut settling = Settling::default();
         let (commit, committed) = oneshot::channel::<()>();
         let write = async move { committed.await.map_err(|_| store::Error::Closed) };
-        settling.push(message(), ack(1), Some(write));
-        settling.answer(ack(2), PublishAckReason::NotAuthorized);
+        settling.push(message(), ack(1), None, Some(write));
+        settling.answer(ack(2), PublishAckReason::NotAuthorized, None);
         assert!(settling.next_now().is_none(), "the write is not done");
         assert_eq!(settling.len(), 2);
         commit.send(()).unwrap();
@@ -135,5 +146,27 @@ mod tests {
         assert_eq!(second.ack, ack(2));
         assert_eq!(second.reason, PublishAckReason::NotAuthorized);
         assert!(second.message.is_none() && settling.is_empty());
+    }
+
+    #[test]
+    fn a_conditional_publish_that_failed_is_answered_in_its_turn_with_its_condition() {
+        let mut settling = Settling::default();
+        let (commit, committed) = oneshot::channel::<()>();
+        let first = async move { committed.await.map_err(|_| store::Error::Closed) };
+        settling.push(message(), ack(1), None, Some(first));
+        let failed = async { Err(store::Error::ConditionFailed) };
+        let condition = Some(Condition::Revision(7));
+        settling.push(message(), ack(2), condition, Some(failed));
+        settling.answer(ack(3), PublishAckReason::Success, None);
+        assert!(
+            settling.next_now().is_none(),
+            "the failure waits behind the write before it"
+        );
+        commit.send(()).unwrap();
+        assert_eq!(settling.next_now().unwrap().ack, ack(1));
+        let second = settling.next_now().unwrap();
+        assert_eq!((second.ack, second.condition), (ack(2), condition));
+        assert!(matches!(second.result, Err(store::Error::ConditionFailed)));
+        assert_eq!(settling.next_now().unwrap().ack, ack(3));
     }
 }

@@ -77,6 +77,11 @@ pub enum DropReason {
     publish_rate,
     /// Its Message Expiry Interval ran out before it was sent.
     expired,
+    /// A conditional publish (`retaind-if-match`, `retaind-if-none-match`) whose condition
+    /// did not hold: neither stored nor delivered.
+    precondition,
+    /// A publish whose condition could not be read (see `broker::conditional`).
+    malformed_condition,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -21,7 +21,7 @@ use super::backend::Verdict;
 use super::cache::ReadCache;
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::failures::Failures;
-use super::{Clock, Error, OwnedWrite, RetainedStore, Revision, Write, Writer};
+use super::{Clock, Condition, Error, OwnedWrite, RetainedStore, Revision, Write, Writer};
 use crate::metrics::Metrics;
 
 /// Writes in one group commit at most. Large enough to amortise the commit, small enough that
@@ -134,9 +134,63 @@ async fn apply_in_turns(
 ) -> Vec<Result<Verdict, Error>> {
     let mut results = Vec::with_capacity(writes.len());
     for turn in turns(writes) {
-        results.extend(apply_isolating(backend, &writes[turn], max_total, now_ms, deadline).await);
+        results.extend(apply_by_kind(backend, &writes[turn], max_total, now_ms, deadline).await);
     }
     results
+}
+
+/// The kinds of write, in the order a turn applies them: unconditional, `If-Match`,
+/// `If-None-Match: *`.
+fn kind(w: &OwnedWrite) -> usize {
+    match w.condition {
+        None => 0,
+        Some(Condition::Revision(_)) => 1,
+        Some(Condition::Absent) => 2,
+    }
+}
+
+/// Applies a turn one kind of write at a time, each kind in its own transaction, in the
+/// order of [`kind`]; one result per write, in the turn's order.
+///
+/// A database applies each kind with its own statement (Postgres: its own part of one
+/// statement), and each locks its rows in topic order. In one transaction, a batch would then
+/// hold its unconditional topics while it locks its conditional ones: two nodes whose batches
+/// share topics with the kinds the other way round would each wait for the other, a deadlock
+/// that fails both batches. One kind per transaction, each transaction takes its locks in one
+/// order. A turn holds each topic under one kind only ([`turns`] cuts where a conditional
+/// write's topic comes back), so the kinds are independent; a turn of one kind, the usual
+/// case, is one transaction as before.
+async fn apply_by_kind(
+    backend: &dyn RetainedStore,
+    writes: &[OwnedWrite],
+    max_total: Option<u64>,
+    now_ms: i64,
+    deadline: Instant,
+) -> Vec<Result<Verdict, Error>> {
+    let first = writes.first().map(kind);
+    if writes.iter().all(|w| Some(kind(w)) == first) {
+        return apply_isolating(backend, writes, max_total, now_ms, deadline).await;
+    }
+    let mut results: Vec<Option<Result<Verdict, Error>>> = vec![None; writes.len()];
+    for k in 0..3 {
+        let (at, group): (Vec<usize>, Vec<OwnedWrite>) = writes
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| kind(w) == k)
+            .map(|(i, w)| (i, w.clone()))
+            .unzip();
+        if group.is_empty() {
+            continue;
+        }
+        let done = apply_isolating(backend, &group, max_total, now_ms, deadline).await;
+        for (i, result) in at.into_iter().zip(done) {
+            results[i] = Some(result);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Internal("a write of no kind".into()))))
+        .collect()
 }
 
 /// Cuts a batch where a topic comes back and either of its writes is conditional: a condition

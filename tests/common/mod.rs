@@ -10,6 +10,7 @@ pub mod process;
 pub mod proxy;
 pub mod raw_http;
 pub mod sse;
+pub mod writes;
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use axum::response::sse::Event;
 use serde::Serialize;
 
-use super::super::retained::{GetRetainedMessageResponse, WriterBody};
+use super::super::retained::{GetRetainedMessageResponse, MessageWriter};
 use crate::store::{ChangeKind, Resync, RetainedChange, Revision, WatchItem};
 use crate::topic::TopicName;
 
@@ -14,7 +14,7 @@ struct Deleted<'a> {
     topic: &'a str,
     revision: Revision,
     #[serde(skip_serializing_if = "Option::is_none")]
-    writer: Option<WriterBody>,
+    writer: Option<MessageWriter>,
 }
 
 /// `expire` and `purge` data.
@@ -118,7 +118,7 @@ fn changed(change: &RetainedChange) -> Parts {
             json(&Deleted {
                 topic,
                 revision,
-                writer: change.writer.as_ref().map(WriterBody::from),
+                writer: change.writer.as_ref().map(|w| MessageWriter::from(w.clone())),
             }),
         ),
         ChangeKind::Expired => ("expire", json(&Gone { topic, revision })),

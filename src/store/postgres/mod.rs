@@ -125,18 +125,28 @@ impl PostgresStore {
 /// with a revision of this transaction's (see `apply::APPLY`), logged, with the entries of the
 /// versions they replace removed; the write ticket stays, so a write that started after the
 /// message was written still replaces the tombstone. `$1`, `$2` and `$3` are the victims'.
+///
+/// Like a write batch (`apply::APPLY`), it locks its session's shard of the counts before any
+/// row, and takes its rows in topic order.
+///
+/// `$still` is checked again on the row's latest version as it is changed: the victims are
+/// chosen on the statement's snapshot, and under READ COMMITTED a row changed meanwhile by
+/// another transaction (a node recording a read, which leaves the revision as it was) is
+/// re-checked only against the `UPDATE`'s own conditions.
 macro_rules! tombstone_statement {
-    ($victims:literal, $kind:literal, $at:literal) => {
+    ($victims:literal, $still:literal, $kind:literal, $at:literal) => {
         concat!(
-            "WITH ticket AS MATERIALIZED (SELECT pg_current_xact_id()::text::int8 * 4096 AS base),
+            "WITH ticket AS MATERIALIZED (SELECT pg_current_xact_id()::text::int8 * 4096 AS base,
+                 (SELECT count(*) FROM (SELECT 1 FROM retained_total
+                     WHERE shard = retained_count_shard() FOR UPDATE) l) AS locked),
              victims AS MATERIALIZED (SELECT v.topic, v.revision AS old, t.base + row_number() OVER () AS rev
-                 FROM (", $victims, ") v, ticket t),
+                 FROM (", $victims, ") v, ticket t ORDER BY v.topic),
              changed AS (
                  UPDATE retained_messages r SET deleted = true, change_kind = ", $kind, ",
                      revision = v.rev, payload = '', user_properties = NULL, content_type = NULL,
                      response_topic = NULL, correlation_data = NULL, writer_client = NULL,
                      expires_at_ms = ", $at, ", last_modified_ms = ", $at, "
-                 FROM victims v WHERE r.topic = v.topic AND r.revision = v.old
+                 FROM victims v WHERE r.topic = v.topic AND r.revision = v.old AND ", $still, "
                  RETURNING r.topic, r.revision),
              logged AS (INSERT INTO retained_changes (revision, topic) SELECT revision, topic FROM changed),
              pruned AS (DELETE FROM retained_changes c USING victims v, changed x
@@ -150,6 +160,7 @@ macro_rules! tombstone_statement {
 const EXPIRE: &str = tombstone_statement!(
     "SELECT topic, revision FROM retained_messages
      WHERE expires_at_ms <= $1 AND NOT deleted ORDER BY expires_at_ms LIMIT $2",
+    "r.expires_at_ms <= $1 AND NOT r.deleted",
     "1",
     "expires_at_ms"
 );
@@ -158,6 +169,7 @@ const EXPIRE: &str = tombstone_statement!(
 const PURGE_IDLE: &str = tombstone_statement!(
     "SELECT topic, revision FROM retained_messages
      WHERE last_accessed_day <= $3 AND last_accessed_ms < $1 AND NOT deleted LIMIT $2",
+    "r.last_accessed_ms < $1 AND NOT r.deleted",
     "2",
     "$4"
 );
