@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 for_each_backend!(
     a_snapshot_then_live_changes,
     resuming_by_last_event_id_loses_and_repeats_nothing_across_10000_changes,
+    snapshots_taken_while_writes_go_on_meet_the_live_changes_exactly,
     an_expiry_is_an_event,
     a_watcher_sees_only_what_its_policy_lets_it_get,
     a_stalled_reader_does_not_block_publishers_and_gets_resync,
@@ -179,6 +180,94 @@ async fn resuming_by_last_event_id_loses_and_repeats_nothing_across_10000_change
     }
     publisher.await.unwrap();
     assert!(reconnections >= 3, "only {reconnections} reconnections");
+    let app = std::sync::Arc::try_unwrap(app)
+        .ok()
+        .expect("the only handle");
+    app.stop().await;
+}
+
+/// Fresh watches (snapshot, then changes) opened again and again while 200 topics are
+/// rewritten: within each, a topic's revisions only grow (the snapshot and the changes after
+/// it never give one state twice), and the last one's mirror ends equal to the store.
+async fn snapshots_taken_while_writes_go_on_meet_the_live_changes_exactly(backend: Backend) {
+    const TOPICS: usize = 200;
+    const ROUNDS: usize = 15;
+    let app = std::sync::Arc::new(spawn_app(backend).await);
+    for t in 0..TOPICS {
+        retain(&app, &format!("load/{t}"), "seed").await;
+    }
+    let publisher = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let mut batch = tokio::task::JoinSet::new();
+                for t in 0..TOPICS {
+                    let app = app.clone();
+                    let body = if t % 7 == round % 7 {
+                        String::new()
+                    } else {
+                        format!("{round}")
+                    };
+                    batch.spawn(async move {
+                        retain(&app, &format!("load/{t}"), body).await;
+                    });
+                    if batch.len() >= 16 {
+                        batch.join_next().await.unwrap().unwrap();
+                    }
+                }
+                while let Some(done) = batch.join_next().await {
+                    done.unwrap();
+                }
+            }
+        })
+    };
+    let mut sessions = 0;
+    loop {
+        sessions += 1;
+        let mut watch = open(&app, "?topicFilter=load%2F%23").await;
+        let mut mirror: BTreeMap<String, (i64, String)> = BTreeMap::new();
+        let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+        let mut synced = false;
+        let mut events = 0;
+        loop {
+            if synced && publisher.is_finished() && matches_store(&app, &mirror).await {
+                break;
+            }
+            let event = watch.expect().await;
+            events += 1;
+            let topic = event.json()["topic"].as_str().map(str::to_owned);
+            if let Some(topic) = &topic {
+                let revision = event.revision();
+                let before = seen.insert(topic.clone(), revision);
+                assert!(
+                    before.is_none_or(|b| b < revision),
+                    "{topic}: revision {revision} after {before:?} ({})",
+                    event.event
+                );
+            }
+            match event.event.as_str() {
+                "put" => {
+                    assert_eq!(event.id.is_none(), !synced, "snapshot puts have no id");
+                    let value = (event.revision(), payload(&event));
+                    mirror.insert(topic.unwrap(), value);
+                }
+                "delete" => {
+                    mirror.remove(&topic.unwrap());
+                }
+                "synced" => synced = true,
+                "progress" => {}
+                other => panic!("unexpected {other} event: {}", event.data),
+            }
+            if events >= 300 && !publisher.is_finished() {
+                break; // start again from a fresh snapshot while the writes go on
+            }
+        }
+        if synced && publisher.is_finished() && matches_store(&app, &mirror).await {
+            break;
+        }
+    }
+    publisher.await.unwrap();
+    assert!(sessions >= 2, "only {sessions} sessions");
     let app = std::sync::Arc::try_unwrap(app)
         .ok()
         .expect("the only handle");
