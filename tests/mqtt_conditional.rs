@@ -348,6 +348,7 @@ async fn malformed_conditions_are_refused_with_0x83_and_change_nothing(backend: 
         ),
         (vec![("retaind-if-match", "abc")], true, digits),
         (vec![("retaind-if-match", "-1")], true, digits),
+        (vec![("retaind-if-match", "007")], true, digits),
         (vec![("retaind-if-match", &weak)], true, digits),
         (vec![("retaind-if-match", "")], true, digits),
         (vec![("retaind-if-none-match", "x")], true, star),
