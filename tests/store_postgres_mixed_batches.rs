@@ -8,7 +8,7 @@ mod common;
 
 use common::writes::{put, two_nodes, when};
 use common::{T0_MS, topic};
-use retaind::store::{Clock, Condition, Error, OwnedWrite, Store};
+use retaind::store::{Clock, Condition, Error, OwnedWrite, Store, StoreOptions};
 
 const TOPICS: usize = 200;
 const ROUNDS: usize = 20;
@@ -62,5 +62,43 @@ async fn batches_mixing_kinds_on_two_nodes_do_not_deadlock() {
     for i in 0..TOPICS {
         let m = a.get(topic(&name(i))).await.unwrap().unwrap();
         assert_eq!(m.payload, format!("r{}", ROUNDS - 1).as_bytes());
+    }
+}
+
+/// With a quota on the number of messages, a batch with puts locks the counts before its rows,
+/// and a batch of deletes changes its rows before the counts: two nodes doing the one and the
+/// other on the same topics must not deadlock either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_batches_and_delete_batches_on_two_nodes_do_not_deadlock() {
+    let db = common::fresh_db(common::Backend::Postgres).await;
+    let options = || StoreOptions {
+        max_messages: Some(1_000_000),
+        ..StoreOptions::default()
+    };
+    let clock = Clock::manual(T0_MS);
+    let a = common::writes::node(&db, clock.clone(), options()).await;
+    let b = common::writes::node(&db, clock, options()).await;
+    for round in 0..ROUNDS {
+        let puts = async {
+            let mut batch = a.batch();
+            let answers: Vec<_> = (0..TOPICS)
+                .map(|i| batch.add_owned(put(&name(i), &format!("r{round}")).into()))
+                .collect();
+            batch.submit().await;
+            futures_util::future::join_all(answers).await
+        };
+        let deletes = async {
+            let mut batch = b.batch();
+            let answers: Vec<_> = (0..TOPICS)
+                .rev()
+                .map(|i| batch.add_owned(common::writes::delete(&name(i)).into()))
+                .collect();
+            batch.submit().await;
+            futures_util::future::join_all(answers).await
+        };
+        let (puts, deletes) = tokio::join!(puts, deletes);
+        for r in puts.iter().chain(&deletes) {
+            assert!(r.is_ok(), "round {round}: {r:?}");
+        }
     }
 }

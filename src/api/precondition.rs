@@ -14,7 +14,8 @@
 use axum::http::{HeaderMap, HeaderValue};
 
 use super::ApiError;
-use crate::store::{Condition, Revision};
+use crate::store::{self, Condition, Revision};
+use crate::topic::TopicName;
 
 pub const IF_MATCH: &str = "if-match";
 pub const IF_NONE_MATCH: &str = "if-none-match";
@@ -26,6 +27,23 @@ const MAX_REVISION_DIGITS: usize = 16;
 /// The `ETag` value naming `revision`: a strong entity tag, the decimal number quoted.
 pub fn etag(revision: Revision) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{revision}\"")).expect("digits and quotes are a valid header")
+}
+
+/// A publish's failure, with the 412 of a condition that did not hold saying which one.
+/// `asked` is the publish's condition and topic, if it had one.
+pub fn failed(err: store::Error, asked: Option<&(Condition, TopicName)>) -> ApiError {
+    let message = match (&err, asked) {
+        (store::Error::ConditionFailed, Some((Condition::Revision(revision), topic))) => format!(
+            "the retained message of topic {topic} is not revision {revision} (it changed, or \
+             there is none): read it again; nothing was stored"
+        ),
+        (store::Error::ConditionFailed, Some((Condition::Absent, topic))) => format!(
+            "topic {topic} has a retained message and If-None-Match: * asked for none; \
+             nothing was stored"
+        ),
+        _ => return err.into(),
+    };
+    ApiError::PreconditionFailed(message)
 }
 
 /// The condition a publish's headers ask for, if any. `retain` is whether the publish is
@@ -71,7 +89,9 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Api
     let value = value
         .to_str()
         .map_err(|_| ApiError::invalid(format!("{name} must be ASCII")))?;
-    Ok(Some(value.trim()))
+    // Taken as it arrives: the HTTP parser has already stripped the optional whitespace
+    // around a field value (RFC 9110 §5.5), so what is left must be exactly the form.
+    Ok(Some(value))
 }
 
 /// The revision named by an `If-Match` value: exactly `"<digits>"`, as an `ETag` shows it.
@@ -212,6 +232,24 @@ mod tests {
             let err = condition(&headers(&pairs), false).unwrap_err();
             assert!(err.to_string().contains("retain=true"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_failed_condition_says_which() {
+        let topic = TopicName::parse("cfg/a".to_owned(), Default::default()).unwrap();
+        let by_revision = (Condition::Revision(42), topic.clone());
+        let err = failed(store::Error::ConditionFailed, Some(&by_revision));
+        assert!(matches!(err, ApiError::PreconditionFailed(_)), "{err}");
+        assert!(
+            err.to_string().contains("cfg/a is not revision 42"),
+            "{err}"
+        );
+        let absent = (Condition::Absent, topic);
+        let err = failed(store::Error::ConditionFailed, Some(&absent));
+        assert!(err.to_string().contains("If-None-Match: *"), "{err}");
+        // Other failures keep their own mapping.
+        let err = failed(store::Error::Closed, Some(&absent));
+        assert!(matches!(err, ApiError::Unavailable(_)), "{err}");
     }
 
     #[test]

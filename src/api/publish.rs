@@ -207,7 +207,12 @@ pub async fn publish(
         condition,
         ..PublishFrom::http(caller.owner())
     };
-    let revision = state.broker.publish(publish, from).await?;
+    let asked = condition.map(|c| (c, publish.topic.clone()));
+    let revision = state
+        .broker
+        .publish(publish, from)
+        .await
+        .map_err(|e| precondition::failed(e, asked.as_ref()))?;
     let etag = revision
         .filter(|_| put)
         .map(|r| (ETAG, precondition::etag(r)));

@@ -34,10 +34,20 @@ use crate::topic::TopicName;
 /// removed (`old` is read before the writes; an entry a concurrent write leaves behind is
 /// found by maintenance, `RetainedStore::compact_changes`).
 ///
+/// The session's shard of the counts (`retained_total`, migration 0004) is locked right after
+/// the ticket is taken, before any row (`counted`): the count triggers update it at the end of
+/// the statement, and a batch deciding a quota locks every shard before its rows
+/// (`standing`). Counts after rows here, rows after counts there, and two nodes deadlocked
+/// (`tests/store_postgres_mixed_batches.rs`); counts first everywhere, they wait in turn.
+///
 /// Notifications are delivered at commit, and only if it commits.
 const APPLY: &str = "
 WITH ticket AS MATERIALIZED (SELECT pg_current_xact_id()::text::int8 * 4096 AS base),
-src AS MATERIALIZED (
+counted AS MATERIALIZED (
+SELECT t.base, (SELECT count(*) FROM (SELECT 1 FROM retained_total
+    WHERE shard = retained_count_shard() FOR UPDATE) l) AS locked
+FROM ticket t
+), src AS MATERIALIZED (
 SELECT u.*, t.base + u.ord AS rev
 FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
     $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[], $12::text[], $13::bool[],
@@ -45,7 +55,7 @@ FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::tex
     WITH ORDINALITY AS u(topic, payload, qos, user_properties, content_type, response_topic,
         correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms,
         owner, deleted, writer_client, if_match, if_absent, ord),
-    ticket t
+    counted t
 ), old AS MATERIALIZED (
 SELECT r.topic, r.revision FROM retained_messages r WHERE r.topic = ANY($1::text[])
 ), matched AS (

@@ -126,6 +126,9 @@ impl PostgresStore {
 /// versions they replace removed; the write ticket stays, so a write that started after the
 /// message was written still replaces the tombstone. `$1`, `$2` and `$3` are the victims'.
 ///
+/// Like a write batch (`apply::APPLY`), it locks its session's shard of the counts before any
+/// row, and takes its rows in topic order.
+///
 /// `$still` is checked again on the row's latest version as it is changed: the victims are
 /// chosen on the statement's snapshot, and under READ COMMITTED a row changed meanwhile by
 /// another transaction (a node recording a read, which leaves the revision as it was) is
@@ -133,9 +136,11 @@ impl PostgresStore {
 macro_rules! tombstone_statement {
     ($victims:literal, $still:literal, $kind:literal, $at:literal) => {
         concat!(
-            "WITH ticket AS MATERIALIZED (SELECT pg_current_xact_id()::text::int8 * 4096 AS base),
+            "WITH ticket AS MATERIALIZED (SELECT pg_current_xact_id()::text::int8 * 4096 AS base,
+                 (SELECT count(*) FROM (SELECT 1 FROM retained_total
+                     WHERE shard = retained_count_shard() FOR UPDATE) l) AS locked),
              victims AS MATERIALIZED (SELECT v.topic, v.revision AS old, t.base + row_number() OVER () AS rev
-                 FROM (", $victims, ") v, ticket t),
+                 FROM (", $victims, ") v, ticket t ORDER BY v.topic),
              changed AS (
                  UPDATE retained_messages r SET deleted = true, change_kind = ", $kind, ",
                      revision = v.rev, payload = '', user_properties = NULL, content_type = NULL,
