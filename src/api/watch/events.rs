@@ -118,7 +118,10 @@ fn changed(change: &RetainedChange) -> Parts {
             json(&Deleted {
                 topic,
                 revision,
-                writer: change.writer.as_ref().map(|w| MessageWriter::from(w.clone())),
+                writer: change
+                    .writer
+                    .as_ref()
+                    .map(|w| MessageWriter::from(w.clone())),
             }),
         ),
         ChangeKind::Expired => ("expire", json(&Gone { topic, revision })),
