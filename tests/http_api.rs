@@ -40,6 +40,9 @@ async fn retained_publish_is_returned_by_get_and_list(backend: Backend) {
         .to_str()
         .unwrap()
         .to_owned();
+    // retaind's extension: the revision stored, as an ETag (tests/http_conditional.rs).
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    let revision: i64 = etag.trim_matches('"').parse().unwrap();
     let body: Value = res.json().await.unwrap();
     assert_eq!(body, json!({"message": "OK", "traceId": request_id}));
 
@@ -51,15 +54,20 @@ async fn retained_publish_is_returned_by_get_and_list(backend: Backend) {
         props_json,
         json!([{"deviceName": "alpha"}, {"deviceCnt": "45"}])
     );
+    // The revision is the store's to choose (decision 018); it is a positive number, the same
+    // in the publish's ETag, Get and List.
+    assert!(revision > 0, "{got}");
     assert_eq!(
         got,
         json!({"topic": "dev/1/cfg", "payload": B64.encode("hello"), "qos": 1,
-               "lastModifiedTime": T0_MS, "userProperties": got["userProperties"]})
+               "lastModifiedTime": T0_MS, "userProperties": got["userProperties"],
+               "revision": revision, "writer": {"clientId": "HTTP"}})
     );
     let list: Value = app.get_json("/retainedMessage").await;
     assert_eq!(
         list,
-        json!({"retainedTopics": [{"topic": "dev/1/cfg", "payloadSize": 5, "qos": 1, "lastModifiedTime": T0_MS}]})
+        json!({"retainedTopics": [{"topic": "dev/1/cfg", "payloadSize": 5, "qos": 1,
+                                   "lastModifiedTime": T0_MS, "revision": revision}]})
     );
 }
 

@@ -13,7 +13,8 @@ use base64::Engine;
 
 use common::mqtt::raw::{Raw, RawPacket, build};
 use common::mqtt::{Qos5, V5, p5, v5_options};
-use common::{Backend, TestApp, spawn_app, topic};
+use common::nats::Nats;
+use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app, spawn_app_with, test_config, topic};
 use retaind::store::RetainedMessage;
 
 const REQUEST_PROBLEM_INFO: u8 = 0x17;
@@ -318,6 +319,9 @@ async fn a_delete_applies_only_if_the_revision_matches(backend: Backend) {
     assert_eq!(answer.reason, UNSPECIFIED_ERROR);
 }
 
+/// User properties, as (name, value).
+type Props<'a> = Vec<(&'a str, &'a str)>;
+
 async fn malformed_conditions_are_refused_with_0x83_and_change_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut p = publisher(&app, "malformed", true).await;
@@ -331,7 +335,7 @@ async fn malformed_conditions_are_refused_with_0x83_and_change_nothing(backend: 
     let star = "malformed condition: retaind-if-none-match must be *";
     let retained = "malformed condition: a condition needs the RETAIN flag";
     let weak = format!("W/\"{r}\"");
-    let cases: Vec<(Vec<(&str, &str)>, bool, &str)> = vec![
+    let cases: Vec<(Props, bool, &str)> = vec![
         (
             vec![("retaind-if-match", &r), ("retaind-if-none-match", "*")],
             true,
@@ -602,6 +606,57 @@ async fn of_32_racers_on_one_revision_exactly_one_wins(backend: Backend) {
     assert_eq!(&m.payload[..], winner.as_bytes());
     assert_eq!(&*m.writer.unwrap().client, winner);
     assert!(m.revision > r);
+}
+
+/// 16 racers on each of two nodes sharing one Postgres (and a NATS for the cluster): the
+/// check is the database's, so one of all 32 wins, whichever node it is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_32_racers_on_two_nodes_exactly_one_wins() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let mut nodes = Vec::new();
+    for db in [db, FreshDb::shared(&url)] {
+        let mut config = test_config(&url);
+        config.cluster_url = Some(nats.url());
+        nodes.push(spawn_app_with(db, config).await);
+    }
+    let mut setup = publisher(&nodes[0], "setup", true).await;
+    send(&mut setup, &publish("c/race", 1, true, 1, &[], b"start")).await;
+    let r = current(&nodes[1], "c/race").await.revision;
+
+    let mut racers = Vec::new();
+    for i in 0..32 {
+        racers.push(publisher(&nodes[i % 2], &format!("racer-{i}"), true).await);
+    }
+    let revision = r.to_string();
+    let races = racers.iter_mut().enumerate().map(|(i, raw)| {
+        let props = [("retaind-if-match", &*revision)];
+        let packet = publish(
+            "c/race",
+            1,
+            true,
+            1,
+            &props,
+            format!("racer-{i}").as_bytes(),
+        );
+        async move { (i, send(raw, &packet).await) }
+    });
+    let results = futures_util::future::join_all(races).await;
+    let winners: Vec<usize> = results
+        .iter()
+        .filter(|(_, a)| a.reason == SUCCESS)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for (_, a) in results.iter().filter(|(_, a)| a.reason != SUCCESS) {
+        assert_eq!(*a, failed(PUBACK, 1, &not_revision(r)));
+    }
+    let winner = format!("racer-{}", winners[0]);
+    for node in &nodes {
+        let got = node.get_json("/retainedMessage/c%2Frace").await;
+        assert_eq!(got["writer"]["clientId"], winner.as_str());
+    }
 }
 
 for_each_backend!(

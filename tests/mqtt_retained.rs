@@ -64,10 +64,14 @@ async fn mqtt5_retained_publish_is_readable_over_http_once_acked(backend: Backen
         serde_json::from_slice(&B64.decode(got["userProperties"].as_str().unwrap()).unwrap())
             .unwrap();
     assert_eq!(user, json!([{"owner": "ops"}, {"rack": "7"}]));
+    let revision = got["revision"].as_i64().expect("a revision");
+    assert!(revision > 0, "{got}");
+    // The writer is the MQTT client id (no principal: authentication is off).
     assert_eq!(
         got,
         json!({"topic": "dev/1/cfg", "payload": B64.encode("hello"), "qos": 1,
-               "lastModifiedTime": T0_MS, "userProperties": got["userProperties"]})
+               "lastModifiedTime": T0_MS, "userProperties": got["userProperties"],
+               "revision": revision, "writer": {"clientId": "pub"}})
     );
 }
 

@@ -82,6 +82,11 @@ async fn log_lines_name_their_request_or_client_and_a_panic_is_a_500() {
         throttle: Throttle::new(RateLimits::UNLIMITED),
         allowed_hosts: AllowedHosts::new(Vec::<String>::new()),
         metrics: Metrics::default(),
+        watches: api::Watches::new(
+            running.store.clone(),
+            api::WatchSettings::default(),
+            CancellationToken::new(),
+        ),
     });
     let metrics = state.metrics.clone();
     let extra = Router::new().route(

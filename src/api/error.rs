@@ -56,6 +56,9 @@ pub enum ApiError {
     Internal(#[source] store::Error),
     #[error("internal error: the server logged it with this response's x-amzn-RequestId")]
     Panicked,
+    /// The node holds as many watches as `--max-watches` allows.
+    #[error("this node already holds {0} watches (--max-watches); retry later or on another node")]
+    TooManyWatches(usize),
     /// A part the service needs besides the store is missing (`/readyz`).
     #[error("{0}")]
     NotReady(&'static str),
@@ -105,7 +108,7 @@ impl ApiError {
             // The SDKs' standard retry mode retries this name as a transient error.
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeoutException"),
             Self::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"),
-            Self::Unavailable(_) | Self::NotReady(_) => (
+            Self::Unavailable(_) | Self::NotReady(_) | Self::TooManyWatches(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailableException",
             ),

@@ -34,6 +34,7 @@ mod server;
 mod state;
 mod throttle;
 mod topic_path;
+mod watch;
 
 use axum::Router;
 use axum::body::Body;
@@ -50,13 +51,14 @@ pub use incoming::HttpIncoming;
 pub use openapi::spec;
 pub use page_token::PageTokens;
 pub use peer::{Peer, Transport};
-use rates::Operation::{GetRetainedMessage, ListRetainedMessages, Publish};
+use rates::Operation::{GetRetainedMessage, ListRetainedMessages, Publish, WatchRetainedMessages};
 pub use rates::{RateLimits, Throttle};
 pub use request_context::RequestId;
 pub use server::{HttpTimeouts, serve};
 pub use state::{ApiState, Shared};
 use throttle::RouteThrottle;
 use topic_path::TopicPath;
+pub use watch::{WatchSettings, Watches};
 
 pub fn router(state: ApiState) -> Router {
     router_with(state, Router::new())
@@ -94,6 +96,10 @@ pub fn router_with(state: ApiState, extra: Router<ApiState>) -> Router {
         .route(
             "/retainedMessage/{*topic}",
             op(GetRetainedMessage, get(retained::get)),
+        )
+        .route(
+            "/retainedMessage-watch",
+            op(WatchRetainedMessages, get(watch::watch)),
         )
         .route("/topics/", op(Publish, post(empty_topic)))
         .route("/topics/{*topic}", op(Publish, post(publish::publish)))

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use super::{bulk_delete, error, health, metrics, publish, retained};
+use super::{bulk_delete, error, health, metrics, publish, retained, watch};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use super::{bulk_delete, error, health, metrics, publish, retained};
     paths(
         retained::list,
         retained::get,
+        watch::watch,
         bulk_delete::delete_matching,
         publish::publish,
         health::healthz,

@@ -3,7 +3,7 @@
 //! [`TokenBucket`]'s.
 //!
 //! Only principals from the config file are counted (unknown callers are refused by
-//! authentication first), so the buckets are bounded by three per configured principal; with
+//! authentication first), so the buckets are bounded by four per configured principal; with
 //! authentication off every caller is the anonymous principal and shares one bucket per
 //! operation.
 
@@ -20,6 +20,8 @@ pub enum Operation {
     GetRetainedMessage,
     ListRetainedMessages,
     Publish,
+    /// Opening a watch (`GET /retainedMessage-watch`), retaind's own.
+    WatchRetainedMessages,
 }
 
 impl Operation {
@@ -28,6 +30,7 @@ impl Operation {
             Self::GetRetainedMessage => "GetRetainedMessage",
             Self::ListRetainedMessages => "ListRetainedMessages",
             Self::Publish => "Publish",
+            Self::WatchRetainedMessages => "WatchRetainedMessages",
         }
     }
 }
@@ -38,6 +41,7 @@ pub struct RateLimits {
     pub get_retained_message: f64,
     pub list_retained_messages: f64,
     pub publish: f64,
+    pub watch_retained_messages: f64,
 }
 
 impl RateLimits {
@@ -46,6 +50,7 @@ impl RateLimits {
         get_retained_message: 0.0,
         list_retained_messages: 0.0,
         publish: 0.0,
+        watch_retained_messages: 0.0,
     };
 
     fn per_second(&self, op: Operation) -> f64 {
@@ -53,6 +58,7 @@ impl RateLimits {
             Operation::GetRetainedMessage => self.get_retained_message,
             Operation::ListRetainedMessages => self.list_retained_messages,
             Operation::Publish => self.publish,
+            Operation::WatchRetainedMessages => self.watch_retained_messages,
         }
     }
 }
@@ -68,7 +74,7 @@ pub struct Throttle {
 }
 
 /// One bucket per operation (created on first use), for each principal.
-type PerOperation = [Option<TokenBucket>; 3];
+type PerOperation = [Option<TokenBucket>; 4];
 
 #[derive(Default)]
 struct Buckets {
@@ -133,6 +139,7 @@ mod tests {
             get_retained_message: rate,
             list_retained_messages: rate,
             publish: rate,
+            watch_retained_messages: rate,
         }
     }
 

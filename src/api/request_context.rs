@@ -91,6 +91,7 @@ fn operation(route: &str) -> &str {
         "/retainedMessage" => "ListRetainedMessages",
         "/retainedMessage/" | "/retainedMessage/{*topic}" => "GetRetainedMessage",
         "/topics/" | "/topics/{*topic}" => "Publish",
+        "/retainedMessage-watch" => "WatchRetainedMessages",
         other => other,
     }
 }

@@ -9,6 +9,7 @@ use super::hosts::AllowedHosts;
 use super::page_token::PageTokens;
 use super::payload::MaxPayload;
 use super::rates::Throttle;
+use super::watch::Watches;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::metrics::Metrics;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub allowed_hosts: AllowedHosts,
     /// What `GET /metrics` shows; the broker records into the same.
     pub metrics: Metrics,
+    /// The node's watches of the retained set (`GET /retainedMessage-watch`).
+    pub watches: Watches,
 }
 
 impl FromRef<ApiState> for MaxPayload {

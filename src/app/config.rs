@@ -185,6 +185,23 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_RATE_PUBLISH", default_value_t = 2000.0, value_parser = parse_rate)]
     pub rate_publish: f64,
 
+    /// Watches (`GET /retainedMessage-watch`) opened per second per principal (as above; a
+    /// watch is one request however long it streams). retaind's own; AWS has no watch.
+    #[arg(long, env = "RETAIND_RATE_WATCH_RETAINED_MESSAGES", default_value_t = 10.0,
+          value_parser = parse_rate)]
+    pub rate_watch_retained_messages: f64,
+
+    /// Watches open at once on this node; beyond it a new watch is answered 503
+    /// ServiceUnavailableException (another node, or later, may take it). 0: no watch at all.
+    #[arg(long, env = "RETAIND_MAX_WATCHES", default_value_t = 10_000)]
+    pub max_watches: usize,
+
+    /// How often an idle watch is sent a `progress` event (when the service's revision moved)
+    /// or else a keep-alive comment (e.g. 10s).
+    #[arg(long, env = "RETAIND_WATCH_PROGRESS_INTERVAL", default_value = "10s",
+          value_parser = parse_watch_interval)]
+    pub watch_progress_interval: Duration,
+
     /// Where retained messages live: sqlite://PATH (file created if missing) or postgres://...
     // `--help` would otherwise print the environment's value, password and all.
     #[arg(
@@ -314,6 +331,16 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{s:?} is not a rate (requests per second, 0 for no limit)"
         )),
+    }
+}
+
+/// The watch's progress interval: at least 100 ms (a smaller one would spend a node's time on
+/// keep-alives), at most an hour.
+fn parse_watch_interval(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) => Ok(d),
+        Ok(_) => Err("the watch progress interval must be from 100ms to 1h".to_owned()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

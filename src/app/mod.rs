@@ -21,7 +21,10 @@ pub use config_file::{ConfigFile, Problem};
 pub use redact::redact_url;
 pub use reload::{RefusedReload, Reloaded};
 
-use crate::api::{self, AllowedHosts, ApiState, HttpTimeouts, PageTokens, RateLimits, Throttle};
+use crate::api::{
+    self, AllowedHosts, ApiState, HttpTimeouts, PageTokens, RateLimits, Throttle, WatchSettings,
+    Watches,
+};
 use crate::auth::{AuthConfig, Authenticator, ConfigError};
 use crate::broker::{self, Broker, BrokerConfig};
 use crate::cluster::{self, Cluster, ClusterConfig};
@@ -181,6 +184,8 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         cluster,
         metrics.clone(),
     );
+    // Made before the API state: the watches end their streams when it is cancelled.
+    let shutdown = CancellationToken::new();
     let state = ApiState::from(api::Shared {
         store: store.clone(),
         broker: broker.clone(),
@@ -192,9 +197,19 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             get_retained_message: config.rate_get_retained_message,
             list_retained_messages: config.rate_list_retained_messages,
             publish: config.rate_publish,
+            watch_retained_messages: config.rate_watch_retained_messages,
         })
         .service_wide(broker.cluster().cloned()),
         allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
+        watches: Watches::new(
+            store.clone(),
+            WatchSettings {
+                max_watches: config.max_watches,
+                progress_every: config.watch_progress_interval,
+                ..WatchSettings::default()
+            },
+            shutdown.clone(),
+        ),
         metrics,
     });
     let mqtt_listener = TcpListener::bind(config.mqtt_addr)
@@ -242,7 +257,6 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         https_incoming.as_ref().map(|(_, _, live)| live.clone()),
     );
 
-    let shutdown = CancellationToken::new();
     // One router for HTTP and HTTPS, so both share its state (throttles, caches).
     let router = api::router(state);
     let timeouts = HttpTimeouts {

@@ -115,3 +115,18 @@ pub(super) struct StoreErrorLabel {
 pub struct PoolLabel {
     pub state: &'static str,
 }
+
+/// Why a watch was told to start over.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ResyncReason {
+    /// It asked for changes from below the compaction point.
+    compacted,
+    /// It fell behind: its buffer filled.
+    overflow,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ResyncLabel {
+    pub reason: ResyncReason,
+}

@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 
 pub use labels::{
     AuthFailure, CacheResult, DropReason, HttpLabels, OperationLabel, PoolLabel, QosLabel,
+    ResyncReason,
 };
 
 /// The `Content-Type` of the page.
@@ -46,6 +47,8 @@ struct Inner {
     store_batch_duration: Histogram,
     store_cache: Family<labels::CacheLabel, Counter>,
     store_errors: Family<labels::StoreErrorLabel, Counter>,
+    watches: Gauge,
+    watch_resyncs: Family<labels::ResyncLabel, Counter>,
     gauges: Gauges,
     cluster: ClusterCounters,
 }
@@ -112,6 +115,8 @@ impl Metrics {
         let store_batch_duration = http_histogram();
         let store_cache = Family::default();
         let store_errors = Family::default();
+        let watches = Gauge::default();
+        let watch_resyncs = Family::default();
         let gauges = Gauges::default();
         let cluster = ClusterCounters::default();
         let r = &mut registry;
@@ -174,6 +179,17 @@ impl Metrics {
             "retaind_store_errors",
             "Store calls that failed, by work (write batch, read batch, ...) and kind",
             store_errors.clone(),
+        );
+        r.register(
+            "retaind_watches",
+            "Watches of the retained set open on this node (GET /retainedMessage-watch)",
+            watches.clone(),
+        );
+        r.register(
+            "retaind_watch_resyncs",
+            "Watches ended with a resync event, by reason: compacted (asked for changes from \
+             below the compaction point) or overflow (fell behind and filled their buffer)",
+            watch_resyncs.clone(),
         );
         r.register(
             "retaind_store_pool_connections",
@@ -265,6 +281,8 @@ impl Metrics {
             store_batch_duration,
             store_cache,
             store_errors,
+            watches,
+            watch_resyncs,
             gauges,
             cluster,
         }))
@@ -365,6 +383,18 @@ impl Metrics {
                 work: work.to_owned(),
                 kind: kind.to_owned(),
             })
+            .inc();
+    }
+
+    /// Watches open on this node: raised when one opens, lowered when it ends.
+    pub fn watches(&self) -> &Gauge {
+        &self.0.watches
+    }
+
+    pub fn watch_resync(&self, reason: ResyncReason) {
+        self.0
+            .watch_resyncs
+            .get_or_create(&labels::ResyncLabel { reason })
             .inc();
     }
 

@@ -24,6 +24,8 @@ mod postgres;
 mod quota;
 mod row;
 mod sqlite;
+mod watch;
+mod watch_hub;
 mod watch_types;
 mod write_batch;
 mod write_lane;
@@ -40,5 +42,7 @@ pub use message::{
     user_properties_wire_len,
 };
 pub use open::open_backend;
+pub use watch::{Resync, Watch, WatchItem};
+pub use watch_hub::{HubOptions, Joined, WatchEnd, WatchHub};
 pub use watch_types::{ChangeKind, ChangePage, RetainedChange};
 pub use write_batch::WriteBatch;

@@ -9,6 +9,7 @@ pub mod nats;
 pub mod process;
 pub mod proxy;
 pub mod raw_http;
+pub mod sse;
 pub mod writes;
 
 use std::str::FromStr;
@@ -134,6 +135,7 @@ pub fn test_config(database_url: &str) -> ServeConfig {
     config.rate_get_retained_message = 0.0;
     config.rate_list_retained_messages = 0.0;
     config.rate_publish = 0.0;
+    config.rate_watch_retained_messages = 0.0;
     config
 }
 

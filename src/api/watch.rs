@@ -1,0 +1,168 @@
+//! `GET /retainedMessage-watch`: retaind's watch of the retained set, as Server-Sent Events
+//! (issue 17; decision 018, "Watch"). Not an AWS operation.
+//!
+//! The store's [`Watch`] gives the items in order (snapshot, `synced`, changes, progress,
+//! resync); this module parses the request, admits it under the node's cap, checks each item
+//! against the caller's policy as a GetRetainedMessage of its topic would be, and writes the
+//! events. The stream ends when the watch does, when the service stops, or when a reload of
+//! the principals removes the caller's principal.
+
+mod events;
+mod params;
+mod watches;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use super::auth::Caller;
+use super::query::Params;
+use super::{ApiError, ApiState, ErrorBody};
+use crate::auth::{Action, Principal};
+use crate::metrics::ResyncReason;
+use crate::store::{Resync, Watch, WatchItem};
+pub use params::WatchParams;
+use params::WatchRequest;
+pub use watches::{WatchSettings, Watches};
+
+/// Watches the retained messages matching a topic filter.
+///
+/// **retaind extension, not part of the AWS API.** A `text/event-stream` (Server-Sent Events).
+/// Without `fromRevision` or `Last-Event-ID`: first the matching messages as they are (`put`
+/// events without an id, in topic order), then `synced` (id and data: the snapshot's
+/// revision), then every change after it in revision order. With one: the changes after that
+/// revision. Events: `put` (data: the GetRetainedMessage JSON, id: its revision), `delete`
+/// (`{"topic","revision","writer"?}`), `expire` and `purge` (`{"topic","revision"}`),
+/// `progress` (`{"revision"}`, sent when idle, id: that revision), and `resync`
+/// (`{"message","revision"}`: the watch cannot go on without a gap and ends; start again
+/// without `fromRevision`). A topic changed several times between two reads may appear once,
+/// with its latest state. Each event is sent only if the caller may `iot:GetRetainedMessage`
+/// its topic.
+#[utoipa::path(
+    get,
+    path = "/retainedMessage-watch",
+    operation_id = "WatchRetainedMessages",
+    tag = "retained messages",
+    params(
+        WatchParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received (decimal digits): resumes after it, like fromRevision, which it overrides"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "InvalidRequestException: an invalid topicFilter, or a fromRevision or Last-Event-ID that is not decimal digits", body = ErrorBody),
+        (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
+        (status = 403, description = "ForbiddenException: unknown or wrong credentials; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
+        (status = 429, description = "ThrottlingException: the caller's rate of new watches (--rate-watch-retained-messages) is used up", body = ErrorBody),
+        (status = 503, description = "ServiceUnavailableException: the node holds --max-watches watches already, or the store is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn watch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    params: Result<Params<WatchParams>, ApiError>,
+) -> Result<Response, ApiError> {
+    let Params(params) = params?;
+    let request = WatchRequest::parse(&params, &headers).map_err(ApiError::invalid)?;
+    let watches = &state.watches;
+    let open = watches
+        .open(&state.metrics)
+        .ok_or(ApiError::TooManyWatches(watches.settings.max_watches))?;
+    let every = watches.settings.progress_every;
+    let watch = Watch::start(
+        &watches.hub,
+        &state.store,
+        request.filter,
+        request.from,
+        every,
+    )
+    .await?;
+    let mut standing = tokio::time::interval_at(Instant::now() + every, every);
+    standing.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let stream = Stream {
+        watch,
+        principal: caller
+            .principal()
+            .map(|p| Arc::<str>::from(p.name.as_str())),
+        state: state.clone(),
+        standing,
+        _open: open,
+    };
+    let events = stream::unfold(stream, |mut stream| async move {
+        let event = stream.next_event().await?;
+        Some((Ok::<Event, Infallible>(event), stream))
+    });
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(every))
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies such as nginx would otherwise hold events back to fill a buffer.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// One watch's stream of events.
+struct Stream {
+    watch: Watch,
+    /// The caller's principal by name, looked up afresh for each event so that a reload's
+    /// policy applies at once; `None` when authentication is off.
+    principal: Option<Arc<str>>,
+    state: ApiState,
+    /// When to check that the principal still stands while no event comes.
+    standing: Interval,
+    _open: watches::Open,
+}
+
+impl Stream {
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            let stop = self.state.watches.stop.clone();
+            let item = tokio::select! {
+                () = stop.cancelled() => return None,
+                _ = self.standing.tick() => {
+                    self.current_principal()?;
+                    continue;
+                }
+                item = self.watch.next() => item,
+            };
+            let item = match item {
+                Ok(Some(item)) => item,
+                Ok(None) => return None,
+                Err(e) => {
+                    // The store logged it (in summary); the client resumes from its last id.
+                    tracing::debug!(error = %e, "a watch ended on a store error");
+                    return None;
+                }
+            };
+            let principal = self.current_principal()?;
+            if let WatchItem::Resync { why, .. } = &item {
+                self.state.metrics.watch_resync(match why {
+                    Resync::Compacted => ResyncReason::compacted,
+                    Resync::Overflow => ResyncReason::overflow,
+                });
+            }
+            if let (Some(principal), Some(topic)) = (&principal, events::topic(&item))
+                && !principal.allows(Action::GetRetainedMessage, topic.as_str(), None)
+            {
+                continue;
+            }
+            return Some(events::event(&item));
+        }
+    }
+
+    /// `Some(None)` without authentication, `Some(principal)` while the caller's principal
+    /// stands, `None` once a reload has removed it: the stream ends.
+    fn current_principal(&self) -> Option<Option<Arc<Principal>>> {
+        match &self.principal {
+            None => Some(None),
+            Some(name) => self.state.auth.principal(name).map(Some),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! One watch of the retained set: the matching messages as they are (a snapshot), then every
+//! change after, in revision order, with no gap and no repeat (decision 018, "Watch").
+//!
+//! A watch moves through three phases, each reading where the last stopped:
+//!
+//! - **Snapshot** (only without a starting revision): the settled revision `S` is read first,
+//!   then the matching set page by page in topic order. A message whose revision is above `S`
+//!   is left out: it changed after `S`, so the log holds it (or a later change of its topic)
+//!   above `S`, and the next phase gives it. Every message at or below `S` is one no change
+//!   after `S` has touched, so the log will not give it again. The snapshot read in pages is
+//!   therefore, together with the log after `S`, exactly the set as it goes on, with no topic
+//!   given twice for the same revision.
+//! - **Catch-up**: the log after the watch's position, read by the watch itself, until it
+//!   reaches the settled point; then it joins the node's hub ([`WatchHub`]) and reads on only
+//!   up to the revision the hub had reached when it joined.
+//! - **Live**: the hub hands it every change after that revision. A change at or below the
+//!   watch's position (the hub may have joined it below where catch-up went) is skipped.
+//!
+//! A watch resuming from below the compaction point, or one the hub dropped because its
+//! buffer filled, ends with a resync: the client must start over from a snapshot.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use super::message::{RetainedMessage, Revision};
+use super::watch_hub::{Joined, WatchEnd, WatchHub};
+use super::watch_types::RetainedChange;
+use super::{Error, Store};
+use crate::topic::{TopicFilter, TopicName};
+
+/// Messages or changes read per query.
+const PAGE: u32 = 200;
+
+/// What a watch gives next.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    /// A message of the snapshot (topic order, so no position to resume from).
+    Current(Box<RetainedMessage>),
+    /// The snapshot is complete, as of this revision; changes after it follow.
+    Synced(Revision),
+    /// A change after the watch's position.
+    Change(Arc<RetainedChange>),
+    /// Nothing matching changed up to this revision (sent when the watch is idle).
+    Progress(Revision),
+    /// The watch cannot go on without a gap; it ends. `revision`: the compaction point, or the
+    /// watch's position when its buffer filled.
+    Resync { why: Resync, revision: Revision },
+}
+
+/// Why a watch must start over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    /// It asked for changes from below the compaction point.
+    Compacted,
+    /// It fell behind: its buffer filled.
+    Overflow,
+}
+
+enum Phase {
+    Snapshot {
+        settled: Revision,
+        after: Option<TopicName>,
+    },
+    CatchUp {
+        joined: Option<Joined>,
+    },
+    Live {
+        joined: Joined,
+    },
+    Ended,
+}
+
+/// One watch; [`Watch::next`] gives its items.
+pub struct Watch {
+    hub: WatchHub,
+    store: Store,
+    filter: TopicFilter,
+    from: String,
+    until: Option<String>,
+    phase: Phase,
+    pending: VecDeque<WatchItem>,
+    /// Every change at or below it has been read (it may still be in `pending`).
+    position: Revision,
+    progress: Interval,
+    /// Nothing was given since the last tick of `progress`.
+    quiet: bool,
+}
+
+impl Watch {
+    /// A watch of `filter`: from a snapshot when `from` is `None`, else from the changes after
+    /// revision `from`. Idle, it gives a progress item every `progress_every` at most.
+    pub async fn start(
+        hub: &WatchHub,
+        store: &Store,
+        filter: TopicFilter,
+        from: Option<Revision>,
+        progress_every: Duration,
+    ) -> Result<Self, Error> {
+        let (range_from, until) = filter.scan_range();
+        let mut pending = VecDeque::new();
+        let (phase, position) = match from {
+            None => {
+                let settled = store.settled().await?;
+                let phase = Phase::Snapshot {
+                    settled,
+                    after: None,
+                };
+                (phase, settled)
+            }
+            Some(from) => {
+                let compacted = store.compacted().await?;
+                if from < compacted {
+                    pending.push_back(resync(Resync::Compacted, compacted));
+                    (Phase::Ended, from)
+                } else {
+                    (Phase::CatchUp { joined: None }, from)
+                }
+            }
+        };
+        let period = progress_every.max(Duration::from_millis(10));
+        let mut progress = tokio::time::interval_at(Instant::now() + period, period);
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Self {
+            hub: hub.clone(),
+            store: store.clone(),
+            filter,
+            from: range_from,
+            until,
+            phase,
+            pending,
+            position,
+            progress,
+            quiet: true,
+        })
+    }
+
+    /// The next item; `None` when the watch has ended (after a resync, or as the service
+    /// stops). Cancel-safe: state changes only after each read completes.
+    pub async fn next(&mut self) -> Result<Option<WatchItem>, Error> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                self.quiet = false;
+                return Ok(Some(item));
+            }
+            match &mut self.phase {
+                Phase::Ended => return Ok(None),
+                Phase::Snapshot { settled, after } => {
+                    let settled = *settled;
+                    let page = self
+                        .store
+                        .scan(&self.from, self.until.as_deref(), after.as_ref(), PAGE)
+                        .await?;
+                    let done = page.len() < PAGE as usize;
+                    if let Some(last) = page.last() {
+                        *after = Some(last.topic.clone());
+                    }
+                    self.pending.extend(
+                        page.into_iter()
+                            .filter(|m| m.revision <= settled && self.filter.matches(&m.topic))
+                            .map(|m| WatchItem::Current(Box::new(m))),
+                    );
+                    if done {
+                        self.pending.push_back(WatchItem::Synced(settled));
+                        self.phase = Phase::CatchUp { joined: None };
+                    }
+                }
+                Phase::CatchUp { .. } => self.catch_up().await?,
+                Phase::Live { joined } => {
+                    tokio::select! {
+                        received = joined.recv() => match received {
+                            Ok(change) => {
+                                if change.revision > self.position {
+                                    self.position = change.revision;
+                                    self.pending.push_back(WatchItem::Change(change));
+                                }
+                            }
+                            Err(WatchEnd::Stopped) => self.phase = Phase::Ended,
+                            Err(WatchEnd::Overflow) => {
+                                self.pending.push_back(resync(Resync::Overflow, self.position));
+                                self.phase = Phase::Ended;
+                            }
+                            Err(WatchEnd::Compacted) => {
+                                let compacted = self.store.compacted().await?;
+                                self.pending.push_back(resync(Resync::Compacted, compacted));
+                                self.phase = Phase::Ended;
+                            }
+                        },
+                        _ = self.progress.tick() => {
+                            if self.quiet
+                                && let Some(at) = joined.caught_up()
+                                && at > self.position
+                            {
+                                self.position = at;
+                                self.pending.push_back(WatchItem::Progress(at));
+                            }
+                            self.quiet = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One page of the log after the position; joins the hub once the settled point is
+    /// reached, and goes live once the position reaches where the hub was when it joined.
+    async fn catch_up(&mut self) -> Result<(), Error> {
+        let cap = match &self.phase {
+            Phase::CatchUp { joined } => joined.as_ref().map(|j| j.joined_at),
+            _ => return Ok(()),
+        };
+        let page = self
+            .store
+            .changes(self.position, &self.from, self.until.as_deref(), PAGE)
+            .await?;
+        // A tombstone above the position purged before this read would be a delete missed.
+        let compacted = self.store.compacted().await?;
+        if compacted > self.position {
+            self.pending.push_back(resync(Resync::Compacted, compacted));
+            self.phase = Phase::Ended;
+            return Ok(());
+        }
+        let full = page.changes.len() >= PAGE as usize;
+        let mut reached = page.settled.max(self.position);
+        if let Some(cap) = cap {
+            reached = reached.min(cap.max(self.position));
+        }
+        for change in page.changes {
+            if change.revision > reached {
+                break;
+            }
+            if self.filter.matches(&change.topic) {
+                self.pending.push_back(WatchItem::Change(Arc::new(change)));
+            }
+        }
+        self.position = reached;
+        if cap.is_none() && !full {
+            // The phase stays as it is across this wait: cancelled here, the next call reads on.
+            let joined = self.hub.join(&self.filter).await?;
+            self.phase = if joined.joined_at <= self.position {
+                Phase::Live { joined }
+            } else {
+                Phase::CatchUp {
+                    joined: Some(joined),
+                }
+            };
+        } else if let Phase::CatchUp { joined } = &mut self.phase
+            && joined
+                .as_ref()
+                .is_some_and(|j| j.joined_at <= self.position)
+            && let Some(joined) = joined.take()
+        {
+            self.phase = Phase::Live { joined };
+        }
+        Ok(())
+    }
+}
+
+fn resync(why: Resync, revision: Revision) -> WatchItem {
+    WatchItem::Resync { why, revision }
+}

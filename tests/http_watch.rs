@@ -1,0 +1,560 @@
+//! The watch of the retained set (`GET /retainedMessage-watch`, issue 17) against the real
+//! server, on SQLite and on Postgres: a snapshot then live changes, resuming by Last-Event-ID
+//! across many changes, a change on one node seen on another, expiry events, policy filtering,
+//! a stalled reader, malformed requests, progress and keep-alives, the caps, and shutdown.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::sse::{Sse, SseEvent};
+use common::{Backend, FreshDb, TestApp, encode, fresh_db, spawn_app, spawn_app_with, test_config};
+use retaind::store::purge_delay;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+for_each_backend!(
+    a_snapshot_then_live_changes,
+    resuming_by_last_event_id_loses_and_repeats_nothing_across_10000_changes,
+    an_expiry_is_an_event,
+    a_watcher_sees_only_what_its_policy_lets_it_get,
+    a_stalled_reader_does_not_block_publishers_and_gets_resync,
+    malformed_parameters_are_refused_and_change_nothing,
+    an_idle_watch_gets_progress_and_keep_alives,
+    a_revision_below_the_compaction_point_gets_resync,
+    shutdown_ends_the_streams,
+);
+
+async fn open(app: &TestApp, query: &str) -> Sse {
+    Sse::new(app.get(&format!("/retainedMessage-watch{query}")).await)
+}
+
+async fn open_after(app: &TestApp, query: &str, last_event_id: &str) -> Sse {
+    let res = app
+        .http
+        .get(app.url(&format!("/retainedMessage-watch{query}")))
+        .header("Last-Event-ID", last_event_id)
+        .send()
+        .await
+        .expect("HTTP request");
+    Sse::new(res)
+}
+
+async fn retain(app: &TestApp, topic: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    let res = app
+        .publish(format!("/topics/{}?retain=true&qos=1", encode(topic)), body)
+        .await;
+    assert_eq!(res.status(), 200);
+    res
+}
+
+async fn revision_of(app: &TestApp, topic: &str) -> i64 {
+    let got = app
+        .get_json(&format!("/retainedMessage/{}", encode(topic)))
+        .await;
+    got["revision"].as_i64().expect("a revision")
+}
+
+fn payload(event: &SseEvent) -> String {
+    use base64::Engine;
+    let raw = event.json()["payload"].as_str().unwrap().to_owned();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+async fn a_snapshot_then_live_changes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    retain(&app, "a/1", "one").await;
+    retain(&app, "a/2", "two").await;
+    retain(&app, "b/1", "other").await;
+    let a1 = revision_of(&app, "a/1").await;
+
+    let mut watch = open(&app, "?topicFilter=a%2F%23").await;
+    let first = watch.expect().await;
+    assert_eq!((first.event.as_str(), first.id.as_deref()), ("put", None));
+    assert_eq!(first.json()["topic"], "a/1");
+    assert_eq!(first.json()["revision"], a1);
+    assert_eq!(first.json()["writer"]["clientId"], "HTTP");
+    assert_eq!(payload(&first), "one");
+    let second = watch.expect().await;
+    assert_eq!(second.json()["topic"], "a/2");
+    let synced = watch.expect().await;
+    assert_eq!(synced.event, "synced");
+    let at = synced.revision();
+    assert_eq!(synced.id, Some(at.to_string()));
+    assert!(at >= revision_of(&app, "a/2").await);
+
+    retain(&app, "b/2", "not watched").await;
+    retain(&app, "a/3", "three").await;
+    retain(&app, "a/1", "").await; // a delete
+    let put = watch.expect().await;
+    assert_eq!(put.event, "put");
+    assert_eq!(put.json()["topic"], "a/3");
+    assert_eq!(payload(&put), "three");
+    assert_eq!(put.id, Some(revision_of(&app, "a/3").await.to_string()));
+    assert!(put.revision() > at);
+    let delete = watch.expect().await;
+    assert_eq!(delete.event, "delete");
+    assert_eq!(delete.json()["topic"], "a/1");
+    assert_eq!(delete.json()["writer"]["clientId"], "HTTP");
+    assert!(delete.revision() > put.revision());
+    assert_eq!(delete.id, Some(delete.revision().to_string()));
+    app.stop().await;
+}
+
+/// Publishes 10,000 changes over 500 topics (puts, and a delete in every tenth round) while a
+/// watcher reads, drops its connection every 1,000 events or so and comes back with the last
+/// id it saw. Ids must only grow across reconnections, and the mirror it builds must end equal
+/// to the store.
+async fn resuming_by_last_event_id_loses_and_repeats_nothing_across_10000_changes(
+    backend: Backend,
+) {
+    const TOPICS: usize = 500;
+    const ROUNDS: usize = 20;
+    let app = std::sync::Arc::new(spawn_app(backend).await);
+    let mut watch = open(&app, "?topicFilter=load%2F%23").await;
+    assert_eq!(watch.expect().await.event, "synced");
+
+    let publisher = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let mut batch = tokio::task::JoinSet::new();
+                for t in 0..TOPICS {
+                    let app = app.clone();
+                    let body = if round % 10 == 9 && t % 3 == 0 {
+                        String::new()
+                    } else {
+                        format!("{round}")
+                    };
+                    batch.spawn(async move {
+                        retain(&app, &format!("load/{t}"), body).await;
+                    });
+                    if batch.len() >= 32 {
+                        batch.join_next().await.unwrap().unwrap();
+                    }
+                }
+                while let Some(done) = batch.join_next().await {
+                    done.unwrap();
+                }
+            }
+        })
+    };
+
+    let mut mirror: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    let mut last_id: i64 = 0;
+    let mut since_reconnect = 0;
+    let mut reconnections = 0;
+    loop {
+        if publisher.is_finished() && matches_store(&app, &mirror).await {
+            break;
+        }
+        let event = watch.expect().await;
+        if let Some(id) = &event.id {
+            let id: i64 = id.parse().unwrap();
+            assert!(id > last_id, "id {id} after {last_id}: a repeat");
+            last_id = id;
+        }
+        match event.event.as_str() {
+            "put" => {
+                let topic = event.json()["topic"].as_str().unwrap().to_owned();
+                mirror.insert(topic, (event.revision(), payload(&event)));
+            }
+            "delete" => {
+                mirror.remove(event.json()["topic"].as_str().unwrap());
+            }
+            "progress" => {}
+            other => panic!("unexpected {other} event: {}", event.data),
+        }
+        since_reconnect += 1;
+        if since_reconnect >= 1000 {
+            since_reconnect = 0;
+            reconnections += 1;
+            drop(watch);
+            watch = open_after(&app, "?topicFilter=load%2F%23", &last_id.to_string()).await;
+        }
+    }
+    publisher.await.unwrap();
+    assert!(reconnections >= 3, "only {reconnections} reconnections");
+    let app = std::sync::Arc::try_unwrap(app)
+        .ok()
+        .expect("the only handle");
+    app.stop().await;
+}
+
+/// Whether `mirror` holds exactly the stored messages under `load/` (topic, revision, payload).
+/// Reads through the listing, which is not the watch under test.
+async fn matches_store(app: &TestApp, mirror: &BTreeMap<String, (i64, String)>) -> bool {
+    let stored = app.snapshot().await;
+    let stored: BTreeMap<String, (i64, String)> = stored
+        .into_iter()
+        .filter(|(topic, _)| topic.starts_with("load/"))
+        .map(|(topic, full)| {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(full["payload"].as_str().unwrap())
+                .unwrap();
+            let revision = full["revision"].as_i64().unwrap();
+            (topic, (revision, String::from_utf8(bytes).unwrap()))
+        })
+        .collect();
+    &stored == mirror
+}
+
+async fn an_expiry_is_an_event(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let res = app
+        .publish("/topics/exp%2F1?retain=true&messageExpiry=60", "soon gone")
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut watch = open(&app, "?topicFilter=exp%2F%23").await;
+    let put = watch.expect().await;
+    assert_eq!(put.json()["topic"], "exp/1");
+    assert!(put.json()["messageExpiresAt"].is_i64());
+    assert_eq!(watch.expect().await.event, "synced");
+
+    app.clock.advance(Duration::from_secs(61));
+    let report = app
+        .store()
+        .maintain(Duration::from_secs(3 * 365 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(report.expired, 1);
+    let expired = watch.expect().await;
+    assert_eq!(expired.event, "expire");
+    assert_eq!(expired.json()["topic"], "exp/1");
+    assert!(expired.revision() > put.revision());
+    assert_eq!(expired.id, Some(expired.revision().to_string()));
+    app.stop().await;
+}
+
+const WATCHER_TOKEN: &str = "watcher-token-0123456789";
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn principals(with_watcher: bool) -> String {
+    let watcher = format!(
+        r##"
+[[principals]]
+name = "watcher"
+api_tokens_sha256 = ["{watcher}"]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:GetRetainedMessage"]
+resources = ["topic/open/*"]
+[[principals.statements]]
+effect = "Deny"
+actions = ["iot:GetRetainedMessage"]
+resources = ["topic/open/secret"]
+"##,
+        watcher = token_hash(WATCHER_TOKEN),
+    );
+    format!(
+        r##"
+[[principals]]
+name = "admin"
+api_tokens_sha256 = ["{admin}"]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Publish", "iot:RetainPublish", "iot:GetRetainedMessage", "iot:ListRetainedMessages"]
+resources = ["*"]
+{watcher}"##,
+        admin = token_hash(ADMIN_TOKEN),
+        watcher = if with_watcher { watcher } else { String::new() },
+    )
+}
+
+async fn spawn_secured(backend: Backend) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    std::fs::write(&path, principals(true)).unwrap();
+    let db = fresh_db(backend).await;
+    let mut config = test_config(&db.url);
+    config.principals = Some(path);
+    config.watch_progress_interval = Duration::from_millis(200);
+    (spawn_app_with(db, config).await, dir)
+}
+
+async fn admin_retain(app: &TestApp, topic: &str, body: &'static str) {
+    let res = app
+        .http
+        .post(app.url(&format!("/topics/{}?retain=true", encode(topic))))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+async fn a_watcher_sees_only_what_its_policy_lets_it_get(backend: Backend) {
+    let (app, dir) = spawn_secured(backend).await;
+    admin_retain(&app, "open/a", "a").await;
+    admin_retain(&app, "open/secret", "s").await;
+    admin_retain(&app, "closed/a", "c").await;
+
+    let anonymous = app.get("/retainedMessage-watch").await;
+    assert_eq!(anonymous.status(), 401);
+
+    let res = app
+        .http
+        .get(app.url("/retainedMessage-watch"))
+        .bearer_auth(WATCHER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut watch = Sse::new(res);
+    let put = watch.expect().await;
+    assert_eq!(put.json()["topic"], "open/a");
+    assert_eq!(watch.expect().await.event, "synced");
+
+    admin_retain(&app, "closed/b", "c").await;
+    admin_retain(&app, "open/secret", "s2").await;
+    admin_retain(&app, "open/b", "b").await;
+    let put = watch.expect().await;
+    assert_eq!(
+        (put.event.as_str(), put.json()["topic"].as_str()),
+        ("put", Some("open/b"))
+    );
+
+    // A reload that removes the principal ends its watch.
+    std::fs::write(dir.path().join("auth.toml"), principals(false)).unwrap();
+    app.running.as_ref().unwrap().reload().expect("the reload");
+    while let Some(event) = watch.next().await {
+        assert_eq!(event.event, "progress", "{event:?}");
+    }
+    app.stop().await;
+}
+
+/// A watcher that never reads: publishers go on as if it were not there, and when it reads at
+/// last it finds what its buffers held and then `resync`.
+async fn a_stalled_reader_does_not_block_publishers_and_gets_resync(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut stalled = open(&app, "?topicFilter=big%2F%23").await;
+    assert_eq!(stalled.expect().await.event, "synced");
+    let mut other = open(&app, "?topicFilter=big%2F%23").await;
+    assert_eq!(other.expect().await.event, "synced");
+
+    // Far more than the hub's buffer (1,024 changes) and the sockets' buffers can hold.
+    let body = "x".repeat(8 * 1024);
+    let mut seen_by_other = 0;
+    for t in 0..3000 {
+        retain(&app, &format!("big/{t}"), body.clone()).await;
+        // The other watcher keeps up; the stalled one never reads.
+        if t % 100 == 99 {
+            while seen_by_other < t - 50 {
+                let event = other.expect().await;
+                if event.event == "put" {
+                    seen_by_other += 1;
+                }
+            }
+        }
+    }
+    let mut puts = 0;
+    let resync = loop {
+        let event = stalled.expect().await;
+        match event.event.as_str() {
+            "put" => puts += 1,
+            "resync" => break event,
+            other => panic!("unexpected {other}"),
+        }
+    };
+    assert!(puts < 3000, "{puts}");
+    assert!(
+        resync.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("resync")
+    );
+    assert!(
+        stalled.next().await.is_none(),
+        "the stream goes on after resync"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("retaind_watch_resyncs_total{reason=\"overflow\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+async fn malformed_parameters_are_refused_and_change_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    retain(&app, "m/1", "kept").await;
+    let before = app.snapshot().await;
+    for query in [
+        "?fromRevision=abc",
+        "?fromRevision=-1",
+        "?fromRevision=1e3",
+        "?fromRevision=",
+        "?fromRevision=99999999999999999999",
+        "?topicFilter=a%2F%23%2Fb",
+        "?topicFilter=%24share%2Fg%2Fa",
+        "?topicFilter=",
+    ] {
+        let res = app.get(&format!("/retainedMessage-watch{query}")).await;
+        assert_eq!(res.status(), 400, "{query}");
+        assert_eq!(
+            res.headers()["x-amzn-errortype"],
+            "InvalidRequestException",
+            "{query}"
+        );
+    }
+    let res = app
+        .http
+        .get(app.url("/retainedMessage-watch"))
+        .header("Last-Event-ID", "12x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(app.snapshot().await, before);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("retaind_watches 0"), "{metrics}");
+    app.stop().await;
+}
+
+async fn an_idle_watch_gets_progress_and_keep_alives(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let mut config = test_config(&db.url);
+    config.watch_progress_interval = Duration::from_millis(200);
+    let app = spawn_app_with(db, config).await;
+    let mut watch = open(&app, "?topicFilter=quiet%2F%23").await;
+    let synced = watch.expect().await;
+    assert_eq!(synced.event, "synced");
+
+    // Nothing changes anywhere: only comments.
+    let block = watch.next_block().await.unwrap();
+    assert!(block.comment, "{block:?}");
+
+    // A change elsewhere moves the service's revision: the idle watch hears how far it got.
+    retain(&app, "loud/1", "x").await;
+    let loud = revision_of(&app, "loud/1").await;
+    let progress = loop {
+        let event = watch.expect().await;
+        assert_eq!(event.event, "progress");
+        if event.revision() >= loud {
+            break event;
+        }
+    };
+    assert_eq!(progress.id, Some(progress.revision().to_string()));
+
+    // Resuming from a progress id gives what came after it, and nothing before.
+    retain(&app, "quiet/1", "y").await;
+    let mut resumed = open_after(&app, "?topicFilter=quiet%2F%23", &progress.id.unwrap()).await;
+    let put = resumed.expect().await;
+    assert_eq!(put.json()["topic"], "quiet/1");
+    app.stop().await;
+}
+
+async fn a_revision_below_the_compaction_point_gets_resync(backend: Backend) {
+    let app = spawn_app(backend).await;
+    retain(&app, "c/1", "x").await;
+    retain(&app, "c/1", "").await;
+    app.clock
+        .advance(purge_delay(test_config("").store_timeout) + Duration::from_secs(1));
+    let report = app
+        .store()
+        .maintain(Duration::from_secs(3 * 365 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(report.tombstones, 1);
+    let mut watch = open(&app, "?fromRevision=0").await;
+    let resync = watch.expect().await;
+    assert_eq!(resync.event, "resync");
+    assert!(resync.revision() > 0);
+    assert!(watch.next().await.is_none());
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("retaind_watch_resyncs_total{reason=\"compacted\"} 1"),
+        "{metrics}"
+    );
+    // From the compaction point on, the watch goes on.
+    let mut watch = open(&app, &format!("?fromRevision={}", resync.revision())).await;
+    retain(&app, "c/2", "y").await;
+    assert_eq!(watch.expect().await.json()["topic"], "c/2");
+    app.stop().await;
+}
+
+async fn shutdown_ends_the_streams(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut watch = open(&app, "").await;
+    assert_eq!(watch.expect().await.event, "synced");
+    let stopping = tokio::spawn(app.stop());
+    assert!(watch.next().await.is_none());
+    stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_node_is_seen_by_a_watcher_on_another() {
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let a = spawn_app_with(db, test_config(&url)).await;
+    let b = spawn_app_with(FreshDb::shared(&url), test_config(&url)).await;
+    let mut watch = open(&b, "?topicFilter=shared%2F%23").await;
+    assert_eq!(watch.expect().await.event, "synced");
+    retain(&a, "shared/1", "from a").await;
+    let put = watch.expect().await;
+    assert_eq!(put.json()["topic"], "shared/1");
+    assert_eq!(payload(&put), "from a");
+    assert_eq!(put.revision(), revision_of(&a, "shared/1").await);
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_cap_answers_503() {
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.max_watches = 1;
+    let app = spawn_app_with(db, config).await;
+    let mut first = open(&app, "").await;
+    assert_eq!(first.expect().await.event, "synced");
+    let second = app.get("/retainedMessage-watch").await;
+    assert_eq!(second.status(), 503);
+    assert_eq!(
+        second.headers()["x-amzn-errortype"],
+        "ServiceUnavailableException"
+    );
+    let body: Value = second.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("--max-watches"),
+        "{body}"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("retaind_watches 1"), "{metrics}");
+    // Once the first ends, its place is free again.
+    drop(first);
+    let mut third = loop {
+        let res = app.get("/retainedMessage-watch").await;
+        if res.status() == 200 {
+            break Sse::new(res);
+        }
+        assert_eq!(res.status(), 503);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(third.expect().await.event, "synced");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_watches_is_throttled_per_principal() {
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    // A bucket of one, refilled once in 100 s.
+    config.rate_watch_retained_messages = 0.01;
+    let app = spawn_app_with(db, config).await;
+    let mut first = open(&app, "").await;
+    assert_eq!(first.expect().await.event, "synced");
+    let second = app.get("/retainedMessage-watch").await;
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["x-amzn-errortype"], "ThrottlingException");
+    drop(first);
+    app.stop().await;
+}
