@@ -85,6 +85,10 @@ def has_parameters(operation):
                          ids=["valid", "invalid"])
 def test_generated_requests_get_documented_answers(server, mode):
     for operation in operations(server):
+        # A watch's answer is an event stream that does not end, which a case's call would
+        # wait for forever; its refusals and events are tested in tests/http_watch.rs.
+        if operation.label == "GET /retainedMessage-watch":
+            continue
         if mode == GenerationMode.NEGATIVE and not has_parameters(operation):
             continue  # nothing to make invalid
 
