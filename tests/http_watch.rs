@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 for_each_backend!(
     a_snapshot_then_live_changes,
+    without_a_snapshot_a_watch_starts_at_the_present,
     resuming_by_last_event_id_loses_and_repeats_nothing_across_10000_changes,
     snapshots_taken_while_writes_go_on_meet_the_live_changes_exactly,
     an_expiry_is_an_event,
@@ -103,6 +104,33 @@ async fn a_snapshot_then_live_changes(backend: Backend) {
     assert_eq!(delete.json()["writer"]["clientId"], "HTTP");
     assert!(delete.revision() > put.revision());
     assert_eq!(delete.id, Some(delete.revision().to_string()));
+    app.stop().await;
+}
+
+/// `snapshot=false`: `synced` first, at the present revision, then only what changes after.
+async fn without_a_snapshot_a_watch_starts_at_the_present(backend: Backend) {
+    let app = spawn_app(backend).await;
+    retain(&app, "n/1", "before").await;
+    let before = revision_of(&app, "n/1").await;
+
+    let mut watch = open(&app, "?topicFilter=n%2F%23&snapshot=false").await;
+    let synced = watch.expect().await;
+    assert_eq!(synced.event, "synced", "no snapshot comes first");
+    assert!(synced.revision() >= before);
+    assert_eq!(synced.id, Some(synced.revision().to_string()));
+
+    retain(&app, "n/2", "after").await;
+    retain(&app, "n/1", "changed").await;
+    let first = watch.expect().await;
+    assert_eq!(
+        (first.event.as_str(), &first.json()["topic"]),
+        ("put", &Value::from("n/2"))
+    );
+    let second = watch.expect().await;
+    assert_eq!(second.json()["topic"], "n/1");
+    assert_eq!(payload(&second), "changed");
+    assert_eq!(second.revision(), revision_of(&app, "n/1").await);
+    assert!(first.revision() > synced.revision());
     app.stop().await;
 }
 
@@ -486,6 +514,8 @@ async fn malformed_parameters_are_refused_and_change_nothing(backend: Backend) {
         "?topicFilter=a%2F%23%2Fb",
         "?topicFilter=%24share%2Fg%2Fa",
         "?topicFilter=",
+        "?snapshot=no",
+        "?snapshot=",
     ] {
         let res = app.get(&format!("/retainedMessage-watch{query}")).await;
         assert_eq!(res.status(), 400, "{query}");

@@ -14,6 +14,7 @@ use base64::Engine;
 use common::mqtt::raw::{Raw, RawPacket, build};
 use common::mqtt::{Qos5, V5, p5, v5_options};
 use common::nats::Nats;
+use common::sse::Sse;
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app, spawn_app_with, test_config, topic};
 use retaind::store::RetainedMessage;
 
@@ -348,6 +349,7 @@ async fn malformed_conditions_are_refused_with_0x83_and_change_nothing(backend: 
         ),
         (vec![("retaind-if-match", "abc")], true, digits),
         (vec![("retaind-if-match", "-1")], true, digits),
+        (vec![("retaind-if-match", "007")], true, digits),
         (vec![("retaind-if-match", &weak)], true, digits),
         (vec![("retaind-if-match", "")], true, digits),
         (vec![("retaind-if-none-match", "x")], true, star),
@@ -434,6 +436,58 @@ async fn the_condition_is_taken_out_before_storing_and_delivering(backend: Backe
         .unwrap();
     let shown: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(shown, serde_json::json!([{"before": "1"}, {"after": "2"}]));
+}
+
+/// The next event of the watch that is not an idle watch's `progress`.
+async fn next_change(watch: &mut Sse) -> common::sse::SseEvent {
+    loop {
+        let event = watch.expect().await;
+        if event.event != "progress" {
+            return event;
+        }
+    }
+}
+
+async fn a_watch_sees_the_conditional_put_without_its_condition_and_nothing_of_a_failure(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let mut watch = Sse::new(app.get("/retainedMessage-watch?topicFilter=c%2F%23").await);
+    assert_eq!(next_change(&mut watch).await.event, "synced");
+    let mut p = publisher(&app, "watched", true).await;
+    let props = [("retaind-if-none-match", "*"), ("kept", "1")];
+    assert_eq!(
+        send(&mut p, &publish("c/t", 1, true, 1, &props, b"v1")).await,
+        ok(1)
+    );
+    let put = next_change(&mut watch).await;
+    assert_eq!(put.event, "put");
+    let data = put.json();
+    assert_eq!(
+        (&data["topic"], &data["writer"]["clientId"]),
+        (&"c/t".into(), &"watched".into())
+    );
+    let b64 = data["userProperties"].as_str().expect("userProperties");
+    let shown: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shown, serde_json::json!([{"kept": "1"}]));
+
+    let answer = send(&mut p, &publish("c/t", 1, true, 2, &props, b"v2")).await;
+    assert_eq!(answer.reason, UNSPECIFIED_ERROR);
+    assert_eq!(
+        send(&mut p, &publish("c/marker", 1, true, 3, &[], b"m")).await,
+        ok(3)
+    );
+    let next = next_change(&mut watch).await;
+    assert_eq!(
+        (next.event.as_str(), &next.json()["topic"]),
+        ("put", &"c/marker".into()),
+        "the failed publish is no change"
+    );
 }
 
 /// Every sample of the page by its name and sorted labels (as tests/metrics.rs reads it).
@@ -670,4 +724,5 @@ for_each_backend!(
     a_qos0_publish_whose_condition_fails_is_dropped_and_counted,
     answers_keep_the_order_of_publishes_when_some_fail,
     of_32_racers_on_one_revision_exactly_one_wins,
+    a_watch_sees_the_conditional_put_without_its_condition_and_nothing_of_a_failure,
 );

@@ -3,7 +3,8 @@
 //! revisions in their old write order, below every later change; their write ticket becomes
 //! that revision, so a new write always replaces them, even when the old sequence had run far
 //! ahead of the transaction ids (a database restored into a younger cluster, whose transaction
-//! ids start again while the sequence keeps its value).
+//! ids start again while the sequence keeps its value). A database whose revisions are ahead of
+//! the server's transaction ids (restored after revisions) is refused at startup.
 
 mod common;
 
@@ -122,4 +123,51 @@ async fn rows_written_before_revisions_get_revisions_and_tickets_below_every_new
         .unwrap();
     assert!(deleted.is_some());
     assert_eq!(store.get(topic("old/b")).await.unwrap(), None);
+}
+
+/// A database whose revisions are ahead of the server's transaction ids (a dump restored into
+/// a younger cluster) is refused at startup, saying why, rather than dropping new writes.
+#[tokio::test]
+async fn revisions_ahead_of_the_servers_transaction_ids_are_refused_at_startup() {
+    let db = fresh_db(Backend::Postgres).await;
+    let store = Store::new(
+        open_backend(&db.url).await,
+        Clock::manual(T0_MS),
+        StoreOptions::default(),
+    );
+    store.write(put("restored/a", "v")).await.unwrap();
+    drop(store);
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    // As if the rows came from a cluster a million transactions older than this one.
+    let ahead: i64 = sqlx::query_scalar(
+        "UPDATE retained_messages SET revision = (pg_current_xact_id()::text::int8 + 1000000) * 4096 + 1,
+             write_seq = (pg_current_xact_id()::text::int8 + 1000000) * 4096 + 1
+         RETURNING revision",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE retained_changes SET revision = $1")
+        .bind(ahead)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let refused = retaind::store::open_backend(
+        &db.url,
+        4,
+        std::time::Duration::from_secs(5),
+        std::time::Duration::ZERO,
+    )
+    .await;
+    let Err(Error::Config(why)) = refused else {
+        panic!("opened a database whose revisions are ahead of the server")
+    };
+    assert!(why.contains(&ahead.to_string()), "{why}");
+    assert!(why.contains("restored"), "{why}");
+    // Nothing was changed by the refusal.
+    let still: i64 = sqlx::query_scalar("SELECT revision FROM retained_messages")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(still, ahead);
 }

@@ -37,7 +37,8 @@ pub use watches::{WatchSettings, Watches};
 /// Without `fromRevision` or `Last-Event-ID`: first the matching messages as they are (`put`
 /// events without an id, in topic order), then `synced` (id and data: the snapshot's
 /// revision), then every change after it in revision order. With one: the changes after that
-/// revision. Events: `put` (data: the GetRetainedMessage JSON, id: its revision), `delete`
+/// revision. With `snapshot=false`: `synced` at once (the current revision), then the changes
+/// after it. Events: `put` (data: the GetRetainedMessage JSON, id: its revision), `delete`
 /// (`{"topic","revision","writer"?}`), `expire` and `purge` (`{"topic","revision"}`),
 /// `progress` (`{"revision"}`, sent when idle, id: that revision), and `resync`
 /// (`{"message","revision"}`: the watch cannot go on without a gap and ends; start again
@@ -79,7 +80,7 @@ pub async fn watch(
         &watches.hub,
         &state.store,
         request.filter,
-        request.from,
+        request.start,
         every,
     )
     .await?;

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::mqtt::UserProperties;
-use crate::store::Condition;
+use crate::store::{Condition, Revision};
 
 /// Stores only if the topic's retained message has this revision. The value is the revision
 /// in decimal, bare or quoted as HTTP's ETag shows it (`42` or `"42"`).
@@ -84,17 +84,24 @@ pub(super) fn take(
     Ok(Some(condition))
 }
 
-/// `42` or `"42"`: decimal digits only, no sign, no spaces, no weak `W/` form (a revision
-/// names one exact message). Too large for a revision is not a revision.
-fn revision(value: &str) -> Option<i64> {
+/// Revisions stay below 2^53 (decision 018): 16 digits hold every one. The HTTP API's
+/// `If-Match` allows as many.
+const MAX_REVISION_DIGITS: usize = 16;
+
+/// `42` or `"42"`: canonical decimal digits, as the HTTP API reads `If-Match` (the API's parser
+/// sits above the broker, so the rule is repeated here). No sign, spaces or weak `W/` form (a
+/// revision names one exact message), and no leading zeros: `007` is no ETag retaind gave,
+/// and reading it as 7 would match a tag the client never saw.
+fn revision(value: &str) -> Option<Revision> {
     let digits = value
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .unwrap_or(value);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    let canonical = !digits.is_empty()
+        && digits.len() <= MAX_REVISION_DIGITS
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
 }
 
 /// The reason string of a publish whose condition did not hold.
@@ -144,6 +151,18 @@ mod tests {
     }
 
     #[test]
+    fn a_revision_has_up_to_16_digits_and_zero_is_one() {
+        assert_eq!(
+            take_from(&[(IF_MATCH, "1234567890123456")]),
+            Ok(Some(Condition::Revision(1_234_567_890_123_456)))
+        );
+        assert_eq!(
+            take_from(&[(IF_MATCH, "0")]),
+            Ok(Some(Condition::Revision(0)))
+        );
+    }
+
+    #[test]
     fn if_none_match_takes_a_star() {
         assert_eq!(
             take_from(&[(IF_NONE_MATCH, "*")]),
@@ -187,6 +206,9 @@ mod tests {
             "\"1\", \"2\"",
             "*",
             "99999999999999999999",
+            "12345678901234567",
+            "007",
+            "\"00\"",
             "１",
         ] {
             assert_eq!(

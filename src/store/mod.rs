@@ -42,7 +42,7 @@ pub use message::{
     user_properties_wire_len,
 };
 pub use open::open_backend;
-pub use watch::{Resync, Watch, WatchItem};
+pub use watch::{Resync, Watch, WatchItem, WatchStart};
 pub use watch_hub::{HubOptions, Joined, WatchEnd, WatchHub};
 pub use watch_types::{ChangeKind, ChangePage, RetainedChange};
 pub use write_batch::WriteBatch;

@@ -34,6 +34,18 @@ use crate::topic::{TopicFilter, TopicName};
 /// Messages or changes read per query.
 const PAGE: u32 = 200;
 
+/// Where a watch starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchStart {
+    /// The matching set as it is, then the changes after it.
+    Snapshot,
+    /// The changes after the settled revision, with no snapshot: for a client that already
+    /// holds (or does not need) the current set, such as a console page it just listed.
+    Now,
+    /// The changes after this revision (a resuming client).
+    After(Revision),
+}
+
 /// What a watch gives next.
 #[derive(Debug, Clone)]
 pub enum WatchItem {
@@ -90,19 +102,26 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// A watch of `filter`: from a snapshot when `from` is `None`, else from the changes after
-    /// revision `from`. Idle, it gives a progress item every `progress_every` at most.
+    /// A watch of `filter` from `start`. Idle, it gives a progress item every
+    /// `progress_every` at most.
     pub async fn start(
         hub: &WatchHub,
         store: &Store,
         filter: TopicFilter,
-        from: Option<Revision>,
+        start: WatchStart,
         progress_every: Duration,
     ) -> Result<Self, Error> {
         let (range_from, until) = filter.scan_range();
         let mut pending = VecDeque::new();
-        let (phase, position) = match from {
-            None => {
+        let (phase, position) = match start {
+            WatchStart::Now => {
+                // As a snapshot that found nothing: every change after the settled point
+                // follows, none at or below it can still appear.
+                let settled = store.settled().await?;
+                pending.push_back(WatchItem::Synced(settled));
+                (Phase::CatchUp { joined: None }, settled)
+            }
+            WatchStart::Snapshot => {
                 let settled = store.settled().await?;
                 let phase = Phase::Snapshot {
                     settled,
@@ -110,7 +129,7 @@ impl Watch {
                 };
                 (phase, settled)
             }
-            Some(from) => {
+            WatchStart::After(from) => {
                 let compacted = store.compacted().await?;
                 if from < compacted {
                     pending.push_back(resync(Resync::Compacted, compacted));

@@ -35,8 +35,9 @@ async function httpPublish(topic, payload, headers = {}) {
 async function httpGet(topic) {
   const res = await fetch(`${server.base}/retainedMessage/${encodeURIComponent(topic)}`);
   if (res.status === 404) return null;
-  assert.equal(res.status, 200, await res.text());
-  const body = await res.json();
+  const text = await res.text();
+  assert.equal(res.status, 200, text);
+  const body = JSON.parse(text);
   return { ...body, etag: res.headers.get('etag'), text: Buffer.from(body.payload, 'base64').toString() };
 }
 

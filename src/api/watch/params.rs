@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::store::Revision;
+use crate::store::{Revision, WatchStart};
 use crate::topic::{FilterSpec, TopicFilter};
 
 /// The query of `GET /retainedMessage-watch`.
@@ -23,14 +23,18 @@ pub struct WatchParams {
     /// EventSource sends it with the URL it first used).
     #[param(value_type = Option<String>, pattern = "^[0-9]{1,18}$", example = "123456789")]
     from_revision: Option<String>,
+    /// `false`: no snapshot; the stream starts with `synced` (the current revision) and gives
+    /// the changes after it. For a client that has just listed what it needs. Default `true`;
+    /// ignored when resuming (fromRevision or Last-Event-ID).
+    #[param(value_type = Option<bool>)]
+    snapshot: Option<String>,
 }
 
 /// A watch request, parsed.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct WatchRequest {
     pub filter: TopicFilter,
-    /// `None`: start from a snapshot.
-    pub from: Option<Revision>,
+    pub start: WatchStart,
 }
 
 impl WatchRequest {
@@ -67,7 +71,18 @@ impl WatchRequest {
                 .map(|raw| revision("fromRevision", raw))
                 .transpose()?,
         };
-        Ok(Self { filter, from })
+        let snapshot = match params.snapshot.as_deref() {
+            None => true,
+            Some(raw) if raw.eq_ignore_ascii_case("true") => true,
+            Some(raw) if raw.eq_ignore_ascii_case("false") => false,
+            Some(_) => return Err("snapshot must be true or false".to_owned()),
+        };
+        let start = match from {
+            Some(from) => WatchStart::After(from),
+            None if snapshot => WatchStart::Snapshot,
+            None => WatchStart::Now,
+        };
+        Ok(Self { filter, start })
     }
 }
 
@@ -93,6 +108,7 @@ mod tests {
         WatchParams {
             topic_filter: filter.map(str::to_owned),
             from_revision: from.map(str::to_owned),
+            snapshot: None,
         }
     }
 
@@ -112,13 +128,19 @@ mod tests {
     fn without_a_filter_everything_is_watched_from_a_snapshot() {
         let request = parse(None, None, None).unwrap();
         assert_eq!(request.filter.as_str(), "#");
-        assert_eq!(request.from, None);
+        assert_eq!(request.start, WatchStart::Snapshot);
     }
 
     #[test]
     fn last_event_id_wins_over_from_revision() {
-        assert_eq!(parse(None, Some("5"), Some("9")).unwrap().from, Some(9));
-        assert_eq!(parse(None, Some("5"), Some("")).unwrap().from, Some(5));
+        assert_eq!(
+            parse(None, Some("5"), Some("9")).unwrap().start,
+            WatchStart::After(9)
+        );
+        assert_eq!(
+            parse(None, Some("5"), Some("")).unwrap().start,
+            WatchStart::After(5)
+        );
     }
 
     #[test]
@@ -136,7 +158,29 @@ mod tests {
             assert!(parse(None, Some(bad), None).is_err(), "{bad:?}");
         }
         assert!(parse(None, None, Some("abc")).is_err());
-        assert_eq!(parse(None, Some("0"), None).unwrap().from, Some(0));
+        assert_eq!(
+            parse(None, Some("0"), None).unwrap().start,
+            WatchStart::After(0)
+        );
+    }
+
+    #[test]
+    fn snapshot_false_starts_now_unless_resuming() {
+        let with = |snapshot: &str, from: Option<&str>| {
+            let mut p = params(None, from);
+            p.snapshot = Some(snapshot.to_owned());
+            WatchRequest::parse(&p, &HeaderMap::new())
+        };
+        assert_eq!(with("false", None).unwrap().start, WatchStart::Now);
+        assert_eq!(with("FALSE", None).unwrap().start, WatchStart::Now);
+        assert_eq!(with("true", None).unwrap().start, WatchStart::Snapshot);
+        assert_eq!(
+            with("false", Some("7")).unwrap().start,
+            WatchStart::After(7)
+        );
+        for bad in ["", "0", "no", "yes"] {
+            assert!(with(bad, None).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -50,6 +50,7 @@ impl PostgresStore {
         let pool = pool::connect(&options, max_connections, timeout).await?;
         // sqlx takes an advisory lock, so nodes starting together migrate once.
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        revisions_ahead(&pool).await?;
         let node = uuid::Uuid::new_v4().to_string().into();
         let writers = Writers::new(options, timeout);
         Ok(Self {
@@ -118,6 +119,28 @@ impl PostgresStore {
             (vec![Ok(()); writes.len()], applied)
         };
         Ok(Verdict::of_batch(writes, admissions, &applied))
+    }
+}
+
+/// Refuses a database whose revisions are ahead of the server's transaction ids: a dump
+/// restored into a younger cluster (ids start again there, while the rows keep theirs). Every
+/// new revision would be below the stored ones, and so would every new write ticket: writes of
+/// existing topics would be dropped as superseded, and watches would stall. `pg_upgrade` keeps
+/// transaction ids and is not affected. Reads the next id without taking one.
+async fn revisions_ahead(pool: &PgPool) -> Result<(), Error> {
+    let (highest, next): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT GREATEST((SELECT max(revision) FROM retained_changes),
+                         (SELECT revision FROM retained_compacted)),
+                pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+    )
+    .fetch_one(pool)
+    .await?;
+    match highest {
+        Some(highest) if highest >= next.saturating_mul(4096) => Err(Error::config(format!(
+            "the database holds revision {highest}, but this Postgres server's next transaction              id is {next} (revisions are transaction ids x 4096): was it restored from a dump              into another cluster? New writes would be dropped as older than the stored ones.              Advance the server's transaction ids past {} (pg_resetwal -x, server stopped)              before starting retaind (decision 018)",
+            highest / 4096 + 1
+        ))),
+        _ => Ok(()),
     }
 }
 
