@@ -282,9 +282,14 @@ async fn watch_lag(args: &Args) -> anyhow::Result<bool> {
         options.set_inflight(200);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let failures_loop = failures.clone();
+        let running_loop = running.clone();
         tokio::spawn(async move {
             loop {
                 if eventloop.poll().await.is_err() {
+                    // The publisher's own disconnect at the end is no failure.
+                    if !running_loop.load(Ordering::Relaxed) {
+                        return;
+                    }
                     failures_loop.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
