@@ -233,12 +233,19 @@ async fn watch_lag(args: &Args) -> anyhow::Result<bool> {
         Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?,
         0u64,
     )));
+    let resyncs = Arc::new(AtomicU64::new(0));
     let watcher = {
         let (start, end, synced) = (window_start.clone(), window_end.clone(), synced.clone());
+        let resyncs = resyncs.clone();
         let seen = seen.clone();
         tokio::spawn(async move {
             follow_events(response, |event, data| match event {
                 "synced" => synced.notify_one(),
+                "resync" => {
+                    // The watch fell behind and ended: nothing after this arrives.
+                    eprintln!("watch-lag: resync: {data}");
+                    resyncs.fetch_add(1, Ordering::Relaxed);
+                }
                 "put" => {
                     let now = now_ns();
                     let Ok(json) = serde_json::from_str::<serde_json::Value>(data) else {
@@ -347,11 +354,13 @@ async fn watch_lag(args: &Args) -> anyhow::Result<bool> {
     watcher.abort();
     let published = published.load(Ordering::Relaxed);
     let failures = failures.load(Ordering::Relaxed);
+    let resyncs = resyncs.load(Ordering::Relaxed);
     let (lags, received) = &*seen.lock().unwrap();
     let ms = |q: f64| lags.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "scenario=watch-lag rate={} publishers={} published={published} received={received} \
-         changes_per_s={:.0} lag_p50_ms={:.2} lag_p99_ms={:.2} lag_max_ms={:.2} failures={failures}",
+         changes_per_s={:.0} lag_p50_ms={:.2} lag_p99_ms={:.2} lag_max_ms={:.2} failures={failures} \
+         resyncs={resyncs}",
         args.rate,
         args.publishers,
         published as f64 / args.duration as f64,
@@ -359,7 +368,7 @@ async fn watch_lag(args: &Args) -> anyhow::Result<bool> {
         ms(0.99),
         lags.max() as f64 / 1000.0,
     );
-    Ok(published > 0 && *received > 0 && failures == 0)
+    Ok(published > 0 && *received > 0 && failures == 0 && resyncs == 0)
 }
 
 async fn rss_kib(pid: u32) -> anyhow::Result<u64> {
