@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::mqtt::UserProperties;
-use crate::store::{Condition, Revision};
+use crate::store::{self, Condition, Revision};
 
 /// Stores only if the topic's retained message has this revision. The value is the revision
 /// in decimal, bare or quoted as HTTP's ETag shows it (`42` or `"42"`).
@@ -84,24 +84,15 @@ pub(super) fn take(
     Ok(Some(condition))
 }
 
-/// Revisions stay below 2^53 (decision 018): 16 digits hold every one. The HTTP API's
-/// `If-Match` allows as many.
-const MAX_REVISION_DIGITS: usize = 16;
-
-/// `42` or `"42"`: canonical decimal digits, as the HTTP API reads `If-Match` (the API's parser
-/// sits above the broker, so the rule is repeated here). No sign, spaces or weak `W/` form (a
-/// revision names one exact message), and no leading zeros: `007` is no ETag retaind gave,
-/// and reading it as 7 would match a tag the client never saw.
+/// `42` or `"42"`, read by the same rule as the HTTP API's `If-Match`
+/// ([`store::parse_revision`]), so that an ETag copied from HTTP works. No weak `W/` form: a
+/// revision names one exact message.
 fn revision(value: &str) -> Option<Revision> {
     let digits = value
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .unwrap_or(value);
-    let canonical = !digits.is_empty()
-        && digits.len() <= MAX_REVISION_DIGITS
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'));
-    canonical.then(|| digits.parse().ok()).flatten()
+    store::parse_revision(digits)
 }
 
 /// The reason string of a publish whose condition did not hold.

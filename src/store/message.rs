@@ -91,6 +91,20 @@ pub struct RetainedMessage {
 /// restarts. Decision 018 says how.
 pub type Revision = i64;
 
+/// Revisions stay below 2^53 (decision 018), so 16 decimal digits hold every one.
+pub const MAX_REVISION_DIGITS: usize = 16;
+
+/// A revision as clients write it back (HTTP `If-Match`, MQTT `retaind-if-match`): canonical
+/// decimal digits only. No sign, space or leading zero: `007` is no revision this service gave,
+/// and reading it as 7 would match one the client never saw.
+pub fn parse_revision(digits: &str) -> Option<Revision> {
+    let canonical = !digits.is_empty()
+        && digits.len() <= MAX_REVISION_DIGITS
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
+}
+
 /// Who made a change: the principal it was charged to (empty when authentication is off) and
 /// where it came from, the MQTT client id or [`Writer::HTTP`].
 #[derive(Debug, Clone, PartialEq, Eq)]

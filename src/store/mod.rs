@@ -39,7 +39,7 @@ pub use handle::{MaintenanceReport, PAYLOAD_BYTES_MAX_AGE, Store, StoreOptions, 
 pub use message::{
     Condition, MAX_USER_PROPERTY_BYTES, MessageProperties, OwnedWrite, Owner, PayloadFormat, Qos,
     QuotaExceeded, RetainedMessage, RetainedSummary, Revision, UserProperty, Write, Writer,
-    user_properties_wire_len,
+    parse_revision, user_properties_wire_len,
 };
 pub use open::open_backend;
 pub use watch::{Resync, Watch, WatchItem, WatchStart};
