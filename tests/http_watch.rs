@@ -21,6 +21,7 @@ for_each_backend!(
     snapshots_taken_while_writes_go_on_meet_the_live_changes_exactly,
     an_expiry_is_an_event,
     a_watcher_sees_only_what_its_policy_lets_it_get,
+    a_reload_that_takes_a_token_away_ends_the_watches_opened_with_it,
     a_stalled_reader_does_not_block_publishers_and_gets_resync,
     malformed_parameters_are_refused_and_change_nothing,
     an_idle_watch_gets_progress_and_keep_alives,
@@ -470,6 +471,84 @@ async fn a_watcher_sees_only_what_its_policy_lets_it_get(backend: Backend) {
     while let Some(event) = watch.next().await {
         assert_eq!(event.event, "progress", "{event:?}");
     }
+    app.stop().await;
+}
+
+/// The admin principal, and a reader holding the given bearer tokens.
+fn reader_with_tokens(tokens: &[&str]) -> String {
+    let hashes: Vec<String> = tokens
+        .iter()
+        .map(|t| format!("\"{}\"", token_hash(t)))
+        .collect();
+    format!(
+        r##"
+[[principals]]
+name = "admin"
+api_tokens_sha256 = ["{admin}"]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Publish", "iot:RetainPublish", "iot:GetRetainedMessage"]
+resources = ["*"]
+
+[[principals]]
+name = "reader"
+api_tokens_sha256 = [{hashes}]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:GetRetainedMessage"]
+resources = ["*"]
+"##,
+        admin = token_hash(ADMIN_TOKEN),
+        hashes = hashes.join(", "),
+    )
+}
+
+/// A token removed by a reload stops working for the watches it opened, as for any new
+/// request, while the same principal's other token goes on: the credential is checked again,
+/// not only the principal's name.
+async fn a_reload_that_takes_a_token_away_ends_the_watches_opened_with_it(backend: Backend) {
+    const OLD: &str = "reader-old-token-0123456789";
+    const KEPT: &str = "reader-kept-token-0123456789";
+    let (app, dir) = spawn_secured(backend).await;
+    let path = dir.path().join("auth.toml");
+    std::fs::write(&path, reader_with_tokens(&[OLD, KEPT])).unwrap();
+    app.running.as_ref().unwrap().reload().expect("the reload");
+    let open_with = |token: &'static str| {
+        let request = app
+            .http
+            .get(app.url("/retainedMessage-watch?topicFilter=t%2F%23&snapshot=false"))
+            .bearer_auth(token);
+        async move { Sse::new(request.send().await.unwrap()) }
+    };
+    let mut old = open_with(OLD).await;
+    let mut kept = open_with(KEPT).await;
+    assert_eq!(old.expect().await.event, "synced");
+    assert_eq!(kept.expect().await.event, "synced");
+
+    std::fs::write(&path, reader_with_tokens(&[KEPT])).unwrap();
+    app.running.as_ref().unwrap().reload().expect("the reload");
+    admin_retain(&app, "t/1", "after the reload").await;
+
+    let put = kept.expect().await;
+    assert_eq!(
+        (put.event.as_str(), &put.json()["topic"]),
+        ("put", &Value::from("t/1"))
+    );
+    while let Some(event) = old.next().await {
+        assert_eq!(
+            event.event, "progress",
+            "the removed token's watch got {event:?}"
+        );
+    }
+    // And the token opens nothing new.
+    let refused = app
+        .http
+        .get(app.url("/retainedMessage-watch"))
+        .bearer_auth(OLD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
     app.stop().await;
 }
 

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::browser::{self, cross_site};
 use super::payload::{drain, read_limited};
 use super::{ApiError, ApiState, Peer};
-use crate::auth::{Action, AuthError, Principal, SigV4Request};
+use crate::auth::{Action, AuthError, Credential, Principal, SigV4Request};
 use crate::metrics::AuthFailure;
 use crate::store::Owner;
 use crate::tls::CertFingerprint;
@@ -118,10 +118,14 @@ fn err_kind(err: &ApiError) -> &'static str {
 }
 
 async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiError> {
+    let mut credential = None;
     let verified =
         match Credentials::of(req.headers(), req.uri().query(), Peer::of(req.extensions())) {
             Credentials::SigV4 => return verify_sigv4(state, req).await,
-            Credentials::Bearer(token) => state.auth.verify_bearer(token).map_err(ApiError::from),
+            Credentials::Bearer(token) => {
+                credential = Some(Credential::token(token));
+                state.auth.verify_bearer(token).map_err(ApiError::from)
+            }
             // Browsers present a certificate to any site that asks, as they send cookies, so
             // a page elsewhere could make one publish as the certificate's principal.
             Credentials::ClientCert(_) if cross_site(req.headers(), "https") => {
@@ -131,10 +135,13 @@ async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiErr
                         .into(),
                 ))
             }
-            Credentials::ClientCert(digest) => state
-                .auth
-                .verify_client_cert(&digest)
-                .map_err(ApiError::from),
+            Credentials::ClientCert(digest) => {
+                credential = Some(Credential::ClientCert(digest));
+                state
+                    .auth
+                    .verify_client_cert(&digest)
+                    .map_err(ApiError::from)
+            }
             Credentials::Missing => Err(AuthError::MissingCredentials.into()),
             Credentials::Unsupported => Err(AuthError::Malformed(
                 "the Authorization header must be AWS4-HMAC-SHA256 (SigV4) or Bearer".into(),
@@ -145,6 +152,10 @@ async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiErr
     match verified {
         Ok(principal) => {
             parts.extensions.insert(Authenticated(principal));
+            // For what outlives the request (a watch) to check again after a reload.
+            if let Some(credential) = credential {
+                parts.extensions.insert(credential);
+            }
             Ok(Request::from_parts(parts, body))
         }
         Err(err) => {
@@ -161,7 +172,7 @@ async fn authenticated(state: &ApiState, req: Request) -> Result<Request, ApiErr
 async fn verify_sigv4(state: &ApiState, req: Request) -> Result<Request, ApiError> {
     let (mut parts, body) = req.into_parts();
     let body = read_limited(&parts.headers, body, state.max_payload_bytes).await?;
-    let principal = state.auth.verify_sigv4(
+    let (principal, credential) = state.auth.verify_sigv4_with_key(
         &SigV4Request {
             method: parts.method.as_str(),
             path: parts.uri.path(),
@@ -172,6 +183,9 @@ async fn verify_sigv4(state: &ApiState, req: Request) -> Result<Request, ApiErro
         SystemTime::now(),
     )?;
     parts.extensions.insert(Authenticated(principal));
+    if let Some(credential) = credential {
+        parts.extensions.insert(credential);
+    }
     Ok(Request::from_parts(parts, Body::from(body)))
 }
 

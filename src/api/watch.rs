@@ -14,6 +14,7 @@ mod watches;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -24,7 +25,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use super::auth::Caller;
 use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody};
-use crate::auth::{Action, Principal};
+use crate::auth::{Action, Credential, Principal};
 use crate::metrics::ResyncReason;
 use crate::store::{Resync, Watch, WatchItem};
 pub use params::WatchParams;
@@ -66,6 +67,7 @@ pub use watches::{WatchSettings, Watches};
 pub async fn watch(
     State(state): State<ApiState>,
     caller: Caller,
+    credential: Option<Extension<Credential>>,
     headers: HeaderMap,
     params: Result<Params<WatchParams>, ApiError>,
 ) -> Result<Response, ApiError> {
@@ -91,6 +93,7 @@ pub async fn watch(
         principal: caller
             .principal()
             .map(|p| Arc::<str>::from(p.name.as_str())),
+        credential: credential.map(|Extension(c)| c),
         state: state.clone(),
         standing,
         _open: open,
@@ -115,6 +118,10 @@ struct Stream {
     /// The caller's principal by name, looked up afresh for each event so that a reload's
     /// policy applies at once; `None` when authentication is off.
     principal: Option<Arc<str>>,
+    /// What the watch was opened with; a reload that takes it from the principal (a removed
+    /// token, a new access key) ends the watch, as it ends an MQTT connection whose
+    /// credentials changed.
+    credential: Option<Credential>,
     state: ApiState,
     /// When to check that the principal still stands while no event comes.
     standing: Interval,
@@ -159,11 +166,20 @@ impl Stream {
     }
 
     /// `Some(None)` without authentication, `Some(principal)` while the caller's principal
-    /// stands, `None` once a reload has removed it: the stream ends.
+    /// and the credential the watch was opened with stand, `None` once a reload has removed
+    /// either: the stream ends.
     fn current_principal(&self) -> Option<Option<Arc<Principal>>> {
-        match &self.principal {
-            None => Some(None),
-            Some(name) => self.state.auth.principal(name).map(Some),
-        }
+        let Some(name) = &self.principal else {
+            return Some(None);
+        };
+        let principal = match &self.credential {
+            Some(credential) => self
+                .state
+                .auth
+                .holder(credential)
+                .filter(|p| p.name == **name)?,
+            None => self.state.auth.principal(name)?,
+        };
+        Some(Some(principal))
     }
 }

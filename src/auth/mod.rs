@@ -79,6 +79,25 @@ struct Inner {
     decoy_hash: Option<StoredHash>,
 }
 
+/// The credential a request was authenticated with, kept by what outlives the request (a
+/// watch) to check it again after a reload: [`Authenticator::holder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A SigV4 access key id.
+    AccessKey(String),
+    /// The SHA-256 of a bearer token.
+    Token([u8; 32]),
+    /// The SHA-256 of a TLS client certificate's DER encoding.
+    ClientCert([u8; 32]),
+}
+
+impl Credential {
+    /// A bearer token, as [`Authenticator::verify_bearer`] compares it.
+    pub fn token(token: &str) -> Self {
+        Self::Token(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
 struct AccessKey {
     secret: String,
     principal: Arc<Principal>,
@@ -169,6 +188,16 @@ impl Authenticator {
         Ok(())
     }
 
+    /// The principal `credential` stands for now; `None` once a reload has removed it.
+    pub fn holder(&self, credential: &Credential) -> Option<Arc<Principal>> {
+        let inner = self.current();
+        match credential {
+            Credential::AccessKey(id) => inner.access_keys.get(id).map(|k| k.principal.clone()),
+            Credential::Token(digest) => inner.tokens.get(digest).cloned(),
+            Credential::ClientCert(digest) => inner.client_certs.get(digest).cloned(),
+        }
+    }
+
     /// The principal in force under this name.
     pub fn principal(&self, name: &str) -> Option<Arc<Principal>> {
         self.current().by_name.get(name).cloned()
@@ -205,8 +234,19 @@ impl Authenticator {
         req: &SigV4Request<'_>,
         now: SystemTime,
     ) -> Result<Arc<Principal>, AuthError> {
+        self.verify_sigv4_with_key(req, now)
+            .map(|(principal, _)| principal)
+    }
+
+    /// [`Self::verify_sigv4`], with the access key that signed (`None` when authentication is
+    /// off).
+    pub fn verify_sigv4_with_key(
+        &self,
+        req: &SigV4Request<'_>,
+        now: SystemTime,
+    ) -> Result<(Arc<Principal>, Option<Credential>), AuthError> {
         if let Some(anonymous) = self.anonymous() {
-            return Ok(anonymous);
+            return Ok((anonymous, None));
         }
         // A request signed both ways is ambiguous about which signature counts.
         let presigned = match req.query {
@@ -232,7 +272,8 @@ impl Authenticator {
             .get(auth.access_key_id)
             .ok_or(AuthError::UnknownAccessKey)?;
         sigv4::verify(req, &auth, &key.secret, now, sigv4::IOT_SERVICES)?;
-        Ok(key.principal.clone())
+        let credential = Credential::AccessKey(auth.access_key_id.to_owned());
+        Ok((key.principal.clone(), Some(credential)))
     }
 
     /// A bearer token (`Authorization: Bearer <token>`), compared by its SHA-256 digest.
