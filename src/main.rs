@@ -107,6 +107,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(path) = &config.config_file {
         tracing::info!(file = %path.display(), "settings read from --config-file");
     }
+    // Listened for before the addresses are printed: a SIGTERM sent as soon as a script reads
+    // them must start a graceful shutdown, not find the default action (death) still in place.
+    let signals = Signals::install()?;
     let running = app::start(&config, Clock::System).await?;
     // Printed on stdout, not logged: scripts (and the compatibility tests) read the bound port here.
     println!("retaind: HTTP API on http://{}", running.http_addr);
@@ -128,29 +131,53 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         mqtt = %running.mqtt_addr,
         "serving"
     );
-    serve_until_shutdown(&running).await;
+    serve_until_shutdown(&running, signals).await;
     tracing::info!("shutting down: finishing in-flight requests");
     running.shutdown().await;
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM, reloading on each SIGHUP meanwhile.
-async fn serve_until_shutdown(running: &app::Running) {
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+/// The signals retaind answers: SIGINT and SIGTERM stop it gracefully, SIGHUP reloads.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .expect("installing a SIGHUP handler");
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = hangup.recv() => reload(running),
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+                hangup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+}
+
+/// Waits for SIGINT or SIGTERM, reloading on each SIGHUP meanwhile.
+async fn serve_until_shutdown(running: &app::Running, mut signals: Signals) {
+    #[cfg(unix)]
+    loop {
+        tokio::select! {
+            _ = signals.interrupt.recv() => return,
+            _ = signals.term.recv() => return,
+            _ = signals.hangup.recv() => reload(running),
         }
     }
     #[cfg(not(unix))]
-    shutdown.await;
+    {
+        let _ = (running, &mut signals);
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn reload(running: &app::Running) {
@@ -167,19 +194,4 @@ fn reload(running: &app::Running) {
             "reload refused: the configuration in force stays"
         ),
     }
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }
