@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::writes::message;
 use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
 use retaind::store::{
     Clock, Error as StoreError, MessageProperties, Owner, PAYLOAD_BYTES_MAX_AGE, PayloadFormat,
@@ -23,20 +24,6 @@ fn topic(s: &str) -> TopicName {
         },
     )
     .unwrap()
-}
-
-fn message(t: &str, payload: &'static str, at_ms: i64) -> RetainedMessage {
-    RetainedMessage {
-        topic: topic(t),
-        payload: Bytes::from_static(payload.as_bytes()),
-        qos: Qos::AtLeastOnce,
-        properties: MessageProperties::default(),
-        expires_at_ms: None,
-        last_modified_ms: at_ms,
-        last_accessed_ms: at_ms,
-        revision: 0,
-        writer: None,
-    }
 }
 
 fn full_message(at_ms: i64) -> RetainedMessage {

@@ -255,7 +255,10 @@ pub async fn get(
 > {
     caller.authorize(Action::GetRetainedMessage, Some(&topic))?;
     match state.store.get(topic.clone()).await? {
-        Some(msg) => Ok(([(ETAG, precondition::etag(msg.revision))], Json(msg.into()))),
+        Some(msg) => Ok((
+            [(ETAG, precondition::etag(msg.revision))],
+            Json((&msg).into()),
+        )),
         None => Err(ApiError::NotFound(format!(
             "no retained message on topic {topic}"
         ))),
@@ -274,28 +277,29 @@ impl From<RetainedSummary> for RetainedMessageSummary {
     }
 }
 
-impl From<RetainedMessage> for GetRetainedMessageResponse {
-    fn from(m: RetainedMessage) -> Self {
+impl From<&RetainedMessage> for GetRetainedMessageResponse {
+    fn from(m: &RetainedMessage) -> Self {
+        let props = &m.properties;
         Self {
             payload: STANDARD.encode(&m.payload),
             qos: m.qos.as_u8(),
             last_modified_time: m.last_modified_ms,
-            user_properties: aws_user_properties(&m.properties.user_properties),
-            content_type: m.properties.content_type,
-            response_topic: m.properties.response_topic.map(|t| t.to_string()),
-            correlation_data: m.properties.correlation_data.map(|c| STANDARD.encode(c)),
-            payload_format_indicator: (m.properties.payload_format == PayloadFormat::Utf8)
+            user_properties: aws_user_properties(&props.user_properties),
+            content_type: props.content_type.clone(),
+            response_topic: props.response_topic.as_ref().map(|t| t.to_string()),
+            correlation_data: props.correlation_data.as_ref().map(|c| STANDARD.encode(c)),
+            payload_format_indicator: (props.payload_format == PayloadFormat::Utf8)
                 .then(|| "UTF8_DATA".to_owned()),
             message_expires_at: m.expires_at_ms,
             revision: m.revision,
-            writer: m.writer.map(MessageWriter::from),
+            writer: m.writer.as_ref().map(MessageWriter::from),
             topic: m.topic.to_string(),
         }
     }
 }
 
-impl From<Writer> for MessageWriter {
-    fn from(w: Writer) -> Self {
+impl From<&Writer> for MessageWriter {
+    fn from(w: &Writer) -> Self {
         Self {
             principal: (!w.principal.is_empty()).then(|| w.principal.to_string()),
             client_id: w.client.to_string(),

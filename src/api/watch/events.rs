@@ -72,7 +72,7 @@ pub(super) fn parts(item: &WatchItem) -> Parts {
         WatchItem::Current(message) => Parts {
             name: "put",
             id: None,
-            data: json(&GetRetainedMessageResponse::from((**message).clone())),
+            data: json(&GetRetainedMessageResponse::from(&**message)),
         },
         WatchItem::Synced(at) => Parts {
             name: "synced",
@@ -109,19 +109,13 @@ fn changed(change: &RetainedChange) -> Parts {
     let topic = change.topic.as_str();
     let revision = change.revision;
     let (name, data) = match &change.kind {
-        ChangeKind::Put(message) => (
-            "put",
-            json(&GetRetainedMessageResponse::from((**message).clone())),
-        ),
+        ChangeKind::Put(message) => ("put", json(&GetRetainedMessageResponse::from(&**message))),
         ChangeKind::Delete => (
             "delete",
             json(&Deleted {
                 topic,
                 revision,
-                writer: change
-                    .writer
-                    .as_ref()
-                    .map(|w| MessageWriter::from(w.clone())),
+                writer: change.writer.as_ref().map(MessageWriter::from),
             }),
         ),
         ChangeKind::Expired => ("expire", json(&Gone { topic, revision })),

@@ -137,7 +137,11 @@ async fn revisions_ahead(pool: &PgPool) -> Result<(), Error> {
     .await?;
     match highest {
         Some(highest) if highest >= next.saturating_mul(4096) => Err(Error::config(format!(
-            "the database holds revision {highest}, but this Postgres server's next transaction              id is {next} (revisions are transaction ids x 4096): was it restored from a dump              into another cluster? New writes would be dropped as older than the stored ones.              Advance the server's transaction ids past {} (pg_resetwal -x, server stopped)              before starting retaind (decision 018)",
+            "the database holds revision {highest}, but this Postgres server's next transaction \
+             id is {next} (revisions are transaction ids x 4096): was it restored from a dump \
+             into another cluster? New writes would be dropped as older than the stored ones. \
+             Advance the server's transaction ids past {} (pg_resetwal -x, server stopped) \
+             before starting retaind (decision 018)",
             highest / 4096 + 1
         ))),
         _ => Ok(()),
