@@ -356,13 +356,15 @@ done
 
 # --- report ------------------------------------------------------------------------------------
 # One row per metric: retaind on each store, Mosquitto, and retaind ÷ Mosquitto per store.
-row() { # LABEL KEY DECIMALS TARGET [retaind-only]
+row() { # LABEL KEY DECIMALS TARGET [retaind-only | no-ratio]
     local pg sq mq
     pg=$(fmt "${VAL[retaind-postgres/$2]:-}" "$3")
     sq=$(fmt "${VAL[retaind-sqlite/$2]:-}" "$3")
     mq=$(fmt "${VAL[mosquitto/$2]:-}" "$3")
     if [ "${5:-}" = retaind-only ]; then
         echo "| $1 | $pg | $sq | — | | | $4 |"
+    elif [ "${5:-}" = no-ratio ]; then
+        echo "| $1 | $pg | $sq | $mq | | | $4 |"
     else
         echo "| $1 | $pg | $sq | $mq | $(ratio "${VAL[retaind-postgres/$2]:-}" "${VAL[mosquitto/$2]:-}") | $(ratio "${VAL[retaind-sqlite/$2]:-}" "${VAL[mosquitto/$2]:-}") | $4 |"
     fi
@@ -373,7 +375,7 @@ for k in "${!FAILED[@]}"; do [ -z "${FAILED[$k]}" ] || ANY_FAILED=1; done
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 RAM=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 PG_VERSION=$(psql "$PG_ADMIN_URL" -X -Atq -c 'show server_version')
-PG_SETTINGS=$(psql "$PG_ADMIN_URL" -X -Atq -F ' ' -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync', 'shared_buffers')")
+PG_SETTINGS=$(psql "$PG_ADMIN_URL" -X -Atq -F ' ' -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync', 'shared_buffers')")
 MOSQUITTO_VERSION=$({ "$MOSQUITTO" -h 2>&1 || true; } | sed -n 's/^mosquitto version \(.*\)/\1/p' | head -1)
 K=$SUBSCRIBERS
 
@@ -397,14 +399,14 @@ K=$SUBSCRIBERS
     row "… time to deliver all (s)" deliver-1_all_s 2 ""
     row "… first retained message (ms)" deliver-1_first_ms 1 ""
     row "… publish p99 meanwhile (ms)" deliver-1_probe_p99_ms 2 ""
-    row "… publish p99 meanwhile ÷ idle" probe_ratio 2 "≤ 2 (own idle)"
+    row "… publish p99 meanwhile ÷ idle" probe_ratio 2 "≤ 2 (each its own)" no-ratio
     row "… peak RSS (MiB)" deliver-1_rss_peak 1 ""
-    row "$K \`#\` subscribers at once: complete" deliver-k_complete 0 "all $K"
-    row "… cut short" deliver-k_cut_short 0 "0"
+    row "$K \`#\` subscribers at once: complete" deliver-k_complete 0 "all $K" no-ratio
+    row "… cut short" deliver-k_cut_short 0 "0" no-ratio
     row "… time until the last has all (s)" deliver-k_all_s 2 ""
     row "… delivered/s, all together" deliver-k_per_s 0 ""
-    row "… slowest / fastest subscriber (s): slowest" deliver-k_slowest_s 2 ""
-    row "… fastest (s)" deliver-k_fastest_s 2 ""
+    row "… slowest subscriber, SUBSCRIBE → all (s)" deliver-k_slowest_s 2 ""
+    row "… fastest subscriber (s)" deliver-k_fastest_s 2 ""
     row "… first retained message, median (ms)" deliver-k_first_ms 1 ""
     row "… peak RSS (MiB)" deliver-k_rss_peak 1 "≤ 0.25×"
     row "list, 200/page: page 1 p50 (ms)" list_page1_p50_ms 2 "" retaind-only

@@ -61,10 +61,10 @@ use rumqttc::v5::{
     MqttOptions as MqttOptions5,
 };
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS,
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
     SubscribeReasonCode,
 };
-use tokio::sync::{Barrier, watch};
+use tokio::sync::{Barrier, oneshot, watch};
 use tokio::time::{MissedTickBehavior, sleep, timeout};
 
 /// Connecting and CONNACK (outside `ready`), and a SUBACK, must each come within this.
@@ -347,6 +347,8 @@ fn drive_store(
                         }
                     }
                 },
+                // Our own DISCONNECT, once everything is acknowledged: the broker closes next.
+                Ok(Event5::Outgoing(Outgoing::Disconnect)) => return,
                 Ok(Event5::Incoming(Packet5::Disconnect(d))) => {
                     eprintln!("store: the broker disconnected a client: {d:?}");
                     acks.connection_errors.fetch_add(1, Ordering::Relaxed);
@@ -440,11 +442,15 @@ async fn store(args: StoreArgs) -> anyhow::Result<bool> {
     for (client, _) in &clients {
         let _ = client.try_disconnect();
     }
-    sleep(Duration::from_millis(100)).await;
-    let _ = stop_tx.send(true);
+    // Each driver ends once it has written its DISCONNECT; stop the ones that cannot.
+    let stopper = tokio::spawn(async move {
+        sleep(Duration::from_secs(2)).await;
+        let _ = stop_tx.send(true);
+    });
     for (_, driver) in clients {
         let _ = driver.await;
     }
+    stopper.abort();
 
     let stored = acks.ok.load(Ordering::Relaxed);
     let refused = acks.refused.load(Ordering::Relaxed);
@@ -663,16 +669,19 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
         args.subscribers, args.filter, args.qos, args.expect
     );
 
+    // The probe is connected and has had its first PUBACK before anyone subscribes, so it runs
+    // during the whole delivery, however short.
     let (probe_stop_tx, probe_stop_rx) = watch::channel(false);
     let probe = if args.probe_rate > 0 {
-        let broker = Broker {
-            host: args.broker.host.clone(),
-            port: args.broker.port,
-        };
+        let (client, events) = connect3(&args.broker, "probe").await?;
+        let (first_tx, first_rx) = oneshot::channel();
         let rate = args.probe_rate;
-        Some(tokio::spawn(async move {
-            run_probe(&broker, rate, probe_stop_rx).await
-        }))
+        let task = tokio::spawn(run_probe(client, events, rate, probe_stop_rx, Some(first_tx)));
+        timeout(HANDSHAKE_TIMEOUT, first_rx)
+            .await
+            .context("the probe's first PUBACK")?
+            .context("the probe ended before its first PUBACK")?;
+        Some(task)
     } else {
         None
     };
@@ -776,13 +785,15 @@ struct ProbeReport {
 
 /// Publishes `rate` retained QoS 1 messages a second, one at a time, until `stop`; records each
 /// publish → PUBACK time. Waits up to 10 s for the last PUBACK after `stop`.
+/// `first` is told when the first PUBACK has come.
 async fn run_probe(
-    broker: &Broker,
+    client: AsyncClient,
+    mut events: EventLoop,
     rate: u32,
     mut stop: watch::Receiver<bool>,
+    mut first: Option<oneshot::Sender<()>>,
 ) -> anyhow::Result<ProbeReport> {
     ensure!(rate > 0, "the probe rate must be at least 1");
-    let (client, mut events) = connect3(broker, "probe").await?;
     let mut report = ProbeReport {
         latencies: latency_histogram(),
         skipped: 0,
@@ -821,6 +832,9 @@ async fn run_probe(
                 Event::Incoming(Packet::PubAck(_)) => {
                     if let Some(at) = outstanding.take() {
                         record_us(&mut report.latencies, at.elapsed());
+                        if let Some(first) = first.take() {
+                            let _ = first.send(());
+                        }
                     }
                 }
                 Event::Incoming(Packet::Disconnect) => bail!("the broker disconnected the probe"),
@@ -838,6 +852,7 @@ async fn run_probe(
 
 async fn probe_command(args: ProbeArgs) -> anyhow::Result<bool> {
     ensure!(args.seconds > 0.0, "--seconds must be positive");
+    let (client, events) = connect3(&args.broker, "probe").await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let seconds = args.seconds;
     tokio::spawn(async move {
@@ -847,7 +862,7 @@ async fn probe_command(args: ProbeArgs) -> anyhow::Result<bool> {
         std::future::pending::<()>().await;
     });
     eprintln!("probe: {} publishes/s for {seconds} s", args.rate);
-    let report = run_probe(&args.broker, args.rate, stop_rx).await?;
+    let report = run_probe(client, events, args.rate, stop_rx, None).await?;
     println!(
         "scenario=probe rate={} seconds={seconds} probe_p50_ms={:.2} probe_p99_ms={:.2} \
          probe_max_ms={:.2} probe_n={} probe_skipped={}",
