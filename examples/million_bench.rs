@@ -241,7 +241,9 @@ fn latency_histogram() -> Histogram<u64> {
 }
 
 fn record_us(histogram: &mut Histogram<u64>, elapsed: Duration) {
-    let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+    let us = u64::try_from(elapsed.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
     histogram.saturating_record(us);
 }
 
@@ -391,7 +393,8 @@ async fn store(args: StoreArgs) -> anyhow::Result<bool> {
     let publish_failed = Arc::new(AtomicBool::new(false));
     let end = args.start + args.messages;
     for (i, (client, _)) in clients.iter().enumerate() {
-        let (client, prefix, failed) = (client.clone(), args.prefix.clone(), publish_failed.clone());
+        let (client, prefix, failed) =
+            (client.clone(), args.prefix.clone(), publish_failed.clone());
         let (bytes, step) = (args.payload_bytes, args.clients as usize);
         tokio::spawn(async move {
             for n in (args.start + i as u64..end).step_by(step) {
@@ -402,10 +405,18 @@ async fn store(args: StoreArgs) -> anyhow::Result<bool> {
                         ..PublishProperties::default()
                     };
                     client
-                        .publish_with_properties(topic, QoS5::AtLeastOnce, true, payload, properties)
+                        .publish_with_properties(
+                            topic,
+                            QoS5::AtLeastOnce,
+                            true,
+                            payload,
+                            properties,
+                        )
                         .await
                 } else {
-                    client.publish(topic, QoS5::AtLeastOnce, true, payload).await
+                    client
+                        .publish(topic, QoS5::AtLeastOnce, true, payload)
+                        .await
                 };
                 if let Err(e) = sent {
                     eprintln!("store: publish: {e}");
@@ -471,7 +482,6 @@ async fn store(args: StoreArgs) -> anyhow::Result<bool> {
     }
     Ok(stored == args.messages && connection_errors == 0)
 }
-
 
 // --- deliver ------------------------------------------------------------------------------------
 
@@ -588,24 +598,27 @@ async fn subscriber(
         cut: None,
     };
     let mut tally = Tally::new(delivery.expect);
-    if let Err(e) = client.subscribe(delivery.filter.as_str(), delivery.qos).await {
+    if let Err(e) = client
+        .subscribe(delivery.filter.as_str(), delivery.qos)
+        .await
+    {
         report.cut = Some(format!("subscribe: {e}"));
         return report;
     }
     let mut last_progress = tokio::time::Instant::now();
     while !tally.complete() {
-        let event = match tokio::time::timeout_at(last_progress + delivery.idle, events.poll()).await
-        {
-            Ok(Ok(event)) => event,
-            Ok(Err(e)) => {
-                report.cut = Some(format!("connection error: {e}"));
-                break;
-            }
-            Err(_) => {
-                report.cut = Some(format!("nothing new for {:?}", delivery.idle));
-                break;
-            }
-        };
+        let event =
+            match tokio::time::timeout_at(last_progress + delivery.idle, events.poll()).await {
+                Ok(Ok(event)) => event,
+                Ok(Err(e)) => {
+                    report.cut = Some(format!("connection error: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    report.cut = Some(format!("nothing new for {:?}", delivery.idle));
+                    break;
+                }
+            };
         match event {
             Event::Incoming(Packet::Publish(publish)) if publish.retain => {
                 let counted = number_of(&delivery.prefix, publish.topic.as_bytes())
@@ -616,15 +629,14 @@ async fn subscriber(
                     delivery.delivered.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Event::Incoming(Packet::SubAck(ack)) => {
+            Event::Incoming(Packet::SubAck(ack))
                 if !ack
                     .return_codes
                     .iter()
-                    .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
-                {
-                    report.cut = Some(format!("subscription refused: {:?}", ack.return_codes));
-                    break;
-                }
+                    .all(|c| matches!(c, SubscribeReasonCode::Success(_))) =>
+            {
+                report.cut = Some(format!("subscription refused: {:?}", ack.return_codes));
+                break;
             }
             Event::Incoming(Packet::Disconnect) => {
                 report.cut = Some("the broker disconnected".to_owned());
@@ -676,7 +688,13 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
         let (client, events) = connect3(&args.broker, "probe").await?;
         let (first_tx, first_rx) = oneshot::channel();
         let rate = args.probe_rate;
-        let task = tokio::spawn(run_probe(client, events, rate, probe_stop_rx, Some(first_tx)));
+        let task = tokio::spawn(run_probe(
+            client,
+            events,
+            rate,
+            probe_stop_rx,
+            Some(first_tx),
+        ));
         timeout(HANDSHAKE_TIMEOUT, first_rx)
             .await
             .context("the probe's first PUBACK")?
@@ -731,7 +749,10 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
     let cut_short = reports.iter().filter(|r| r.cut.is_some()).count();
     for (i, r) in reports.iter().enumerate() {
         if let Some(why) = &r.cut {
-            eprintln!("deliver: subscriber {i} cut short after {} of {}: {why}", r.unique, args.expect);
+            eprintln!(
+                "deliver: subscriber {i} cut short after {} of {}: {why}",
+                r.unique, args.expect
+            );
         }
     }
     let total: usize = reports.iter().map(|r| r.unique).sum();
@@ -748,7 +769,8 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
             .filter_map(|r| r.first.map(|d| d.as_secs_f64() * 1000.0))
             .collect(),
     );
-    let fmt = |v: Option<f64>, decimals: usize| v.map_or("nan".to_owned(), |v| format!("{v:.decimals$}"));
+    let fmt =
+        |v: Option<f64>, decimals: usize| v.map_or("nan".to_owned(), |v| format!("{v:.decimals$}"));
     let mut line = format!(
         "scenario=deliver subscribers={} filter={} expect={} complete={complete} cut_short={cut_short} \
          delivered={total} first_ms={} all_s={} per_s={} slowest_s={} fastest_s={}",
@@ -757,7 +779,10 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
         args.expect,
         fmt(first_ms, 1),
         fmt((complete > 0).then_some(all_s), 3),
-        fmt((complete > 0 && all_s > 0.0).then(|| total as f64 / all_s), 0),
+        fmt(
+            (complete > 0 && all_s > 0.0).then(|| total as f64 / all_s),
+            0
+        ),
         fmt(durations.iter().copied().reduce(f64::max), 3),
         fmt(durations.iter().copied().reduce(f64::min), 3),
     );
@@ -772,7 +797,7 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
         ));
     }
     println!("{line}");
-    Ok(complete == args.subscribers && probe.is_none_or(|p| p.latencies.len() > 0))
+    Ok(complete == args.subscribers && probe.is_none_or(|p| !p.latencies.is_empty()))
 }
 
 // --- probe --------------------------------------------------------------------------------------
@@ -873,7 +898,7 @@ async fn probe_command(args: ProbeArgs) -> anyhow::Result<bool> {
         report.latencies.len(),
         report.skipped
     );
-    Ok(report.latencies.len() > 0)
+    Ok(!report.latencies.is_empty())
 }
 
 // --- list ---------------------------------------------------------------------------------------
@@ -970,7 +995,10 @@ async fn list(args: ListArgs) -> anyhow::Result<bool> {
             args.page_size,
             args.pages
         );
-        eprintln!("{name}: the listing ended after {walked} of {} pages", args.pages);
+        eprintln!(
+            "{name}: the listing ended after {walked} of {} pages",
+            args.pages
+        );
         return Ok(false);
     }
     eprintln!("{name}: walked {walked} pages in {walk_s:.1} s; timing page 1 and page {walked}");
@@ -980,11 +1008,17 @@ async fn list(args: ListArgs) -> anyhow::Result<bool> {
         let at = Instant::now();
         let page = lister.page(None).await?;
         record_us(&mut first, at.elapsed());
-        ensure!(page.retained_topics.len() == items_first, "page 1 changed size");
+        ensure!(
+            page.retained_topics.len() == items_first,
+            "page 1 changed size"
+        );
         let at = Instant::now();
         let page = lister.page(token_p.as_deref()).await?;
         record_us(&mut deep, at.elapsed());
-        ensure!(page.retained_topics.len() == items_last, "page P changed size");
+        ensure!(
+            page.retained_topics.len() == items_last,
+            "page P changed size"
+        );
     }
     let ratio = |q: f64| ms_at(&deep, q) / ms_at(&first, q);
     println!(
@@ -1056,7 +1090,11 @@ async fn ready(args: ReadyArgs) -> anyhow::Result<bool> {
             .subscribe(args.topic.as_str(), QoS::AtLeastOnce)
             .await?;
         let retained_ms = loop {
-            match events.poll().await.context("waiting for the retained message")? {
+            match events
+                .poll()
+                .await
+                .context("waiting for the retained message")?
+            {
                 Event::Incoming(Packet::Publish(p)) if p.retain && p.topic == args.topic => {
                     break since(args.since_epoch_ms);
                 }
@@ -1100,8 +1138,15 @@ mod tests {
     #[test]
     fn other_topics_are_not_numbers() {
         for topic in [
-            "probe/1", "m/d1", "m/d1/s100", "m/d01/s1", "m/d1/s01", "m/dx/s1", "mm/d1/s1",
-            "m/d1/s1/x", "one/d1/s1",
+            "probe/1",
+            "m/d1",
+            "m/d1/s100",
+            "m/d01/s1",
+            "m/d1/s01",
+            "m/dx/s1",
+            "mm/d1/s1",
+            "m/d1/s1/x",
+            "one/d1/s1",
         ] {
             assert_eq!(number_of(b"m", topic.as_bytes()), None, "{topic}");
         }
