@@ -12,6 +12,8 @@
 #   BENCH_STORES         retaind's stores to measure, in order (default "postgres sqlite");
 #                        Mosquitto is always measured, last
 #   BENCH_ONE_CLIENT     messages stored by the one-client store (default 100000)
+#   BENCH_IDLE_TIMEOUT   seconds without a new PUBACK (store) or a new retained message (a
+#                        subscriber) after which the load generator gives up (default 30)
 #   BENCH_CARGO_PROFILE  cargo profile of retaind and the load generator (default release)
 #   PG_ADMIN_URL         a Postgres superuser URL (default: see scripts/postgres.sh)
 #   CARGO_TARGET_DIR     where cargo builds (default target/)
@@ -71,8 +73,9 @@ MESSAGES=${BENCH_MESSAGES:-1000000}
 SUBSCRIBERS=${BENCH_SUBSCRIBERS:-100}
 STORES=${BENCH_STORES:-postgres sqlite}
 ONE_CLIENT=${BENCH_ONE_CLIENT:-100000}
+IDLE_TIMEOUT=${BENCH_IDLE_TIMEOUT:-30}
 PROFILE=${BENCH_CARGO_PROFILE:-release}
-for v in MESSAGES SUBSCRIBERS ONE_CLIENT; do
+for v in MESSAGES SUBSCRIBERS ONE_CLIENT IDLE_TIMEOUT; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then echo "bench: BENCH_$v must be a positive integer" >&2; exit 2; fi
 done
 [ $((MESSAGES % 200)) = 0 ] || { echo "bench: BENCH_MESSAGES must be a multiple of 200 (pages of 200)" >&2; exit 2; }
@@ -192,7 +195,7 @@ stop_broker() {
 }
 
 # --- measuring ---------------------------------------------------------------------------------
-declare -A LINE VAL FAILED
+declare -A LINE VAL FAILED CPU
 
 # CPU ticks of Postgres's processes that serve this benchmark: the backends connected to the
 # scratch database and the server's own background processes (checkpointer, WAL writer, ...).
@@ -227,11 +230,30 @@ stop_sampler() {
     SAMPLER_PID=""
 }
 
-run_step() { # BROKER STEP SUBCOMMAND ARGS...: one million_bench run, its line kept in LINE[BROKER/STEP]
-    local broker=$1 step=$2 rc=0
+# One million_bench run: its line in LINE[BROKER/STEP]; the CPU ticks the broker and Postgres
+# used meanwhile in STEP_BROKER_TICKS and STEP_PG_TICKS; CPU[BROKER/STEP] the broker's, Postgres's
+# and the load generator's CPU and the machine's idle time, in % of one core.
+run_step() { # BROKER STEP SUBCOMMAND ARGS...
+    local broker=$1 step=$2 rc=0 b0 b1 p0=0 p1=0 i0 t0 i1 t1 g0 g1
     shift 2
     log "$step on $broker: $*"
+    b0=$(cpu_ticks "$BROKER_PID")
+    [ "$broker" != retaind-postgres ] || p0=$(pg_ticks)
+    read -r i0 t0 < <(idle_ticks)
+    children_cpu_s g0
     "$BENCH" "$@" >"$RAW/$broker-$step.out" 2>"$RAW/$broker-$step.err" || rc=$?
+    b1=$(cpu_ticks "$BROKER_PID")
+    [ "$broker" != retaind-postgres ] || p1=$(pg_ticks)
+    read -r i1 t1 < <(idle_ticks)
+    children_cpu_s g1
+    STEP_BROKER_TICKS=$((b1 - b0))
+    STEP_PG_TICKS=$((p1 - p0))
+    CPU[$broker/$step]=$(awk -v b="$STEP_BROKER_TICKS" -v p="$STEP_PG_TICKS" -v g0="$g0" -v g1="$g1" \
+        -v i="$((i1 - i0))" -v t="$((t1 - t0))" -v n="$(nproc)" -v hz="$HZ" -v pg="$broker" 'BEGIN {
+            w = t / n / hz; if (w <= 0) exit
+            printf "%.0f%% | %s | %.0f%% | %.0f%% | %.1f s", b / hz / w * 100,
+                pg == "retaind-postgres" ? sprintf("%.0f%%", p / hz / w * 100) : "—",
+                (g1 - g0) / w * 100, i / t * n * 100, w }')
     LINE[$broker/$step]=$(grep '^scenario=' "$RAW/$broker-$step.out" | tail -n 1 || true)
     FAILED[$broker/$step]=""
     [ "$rc" = 0 ] || FAILED[$broker/$step]="exit $rc"
@@ -245,19 +267,17 @@ us_per_msg() { # TICKS MESSAGES
 }
 
 store_step() { # BROKER STEP CLIENTS MESSAGES PREFIX: a store, with CPU per message
-    local broker=$1 step=$2 clients=$3 messages=$4 prefix=$5 b0 b1 p0=0 p1=0
-    b0=$(cpu_ticks "$BROKER_PID")
-    [ "$broker" != retaind-postgres ] || p0=$(pg_ticks)
+    local broker=$1 step=$2 clients=$3 messages=$4 prefix=$5
     run_step "$broker" "$step" store --port "$MQTT_PORT" --clients "$clients" --inflight "$INFLIGHT" \
-        --messages "$messages" --prefix "$prefix"
-    b1=$(cpu_ticks "$BROKER_PID")
-    [ "$broker" != retaind-postgres ] || p1=$(pg_ticks)
+        --messages "$messages" --prefix "$prefix" --idle-timeout "$IDLE_TIMEOUT"
     VAL[$broker/${step}_per_s]=$(field "$broker/$step" per_s)
-    VAL[$broker/${step}_cpu_broker]=$(us_per_msg $((b1 - b0)) "$messages")
+    # With a full window all the time, each publish waits window ÷ rate for its PUBACK.
+    VAL[$broker/${step}_rtt_ms]=$(awk -v r="${VAL[$broker/${step}_per_s]}" -v w="$INFLIGHT" 'BEGIN { if (r + 0 > 0) printf "%.2f", w / r * 1000 }')
+    VAL[$broker/${step}_cpu_broker]=$(us_per_msg "$STEP_BROKER_TICKS" "$messages")
     if [ "$broker" = retaind-postgres ]; then
-        VAL[$broker/${step}_cpu_pg]=$(us_per_msg $((p1 - p0)) "$messages")
+        VAL[$broker/${step}_cpu_pg]=$(us_per_msg "$STEP_PG_TICKS" "$messages")
     fi
-    VAL[$broker/${step}_cpu_total]=$(us_per_msg $((b1 - b0 + p1 - p0)) "$messages")
+    VAL[$broker/${step}_cpu_total]=$(us_per_msg $((STEP_BROKER_TICKS + STEP_PG_TICKS)) "$messages")
 }
 
 deliver_step() { # BROKER STEP SUBSCRIBERS [EXTRA ARGS...]: a delivery, with the peak RSS
@@ -265,11 +285,11 @@ deliver_step() { # BROKER STEP SUBSCRIBERS [EXTRA ARGS...]: a delivery, with the
     shift 3
     start_sampler "$BROKER_PID" "$WORK/rss-peak"
     run_step "$broker" "$step" deliver --port "$MQTT_PORT" --subscribers "$subscribers" --filter '#' \
-        --expect "$MESSAGES" "$@"
+        --expect "$MESSAGES" --idle-timeout "$IDLE_TIMEOUT" "$@"
     stop_sampler
     VAL[$broker/${step}_rss_peak]=$(mib "$(cat "$WORK/rss-peak")")
     local k
-    for k in complete cut_short all_s per_s first_ms slowest_s fastest_s probe_p99_ms; do
+    for k in complete cut_short all_s per_s first_ms first_max_ms slowest_s fastest_s probe_p99_ms; do
         VAL[$broker/${step}_$k]=$(field "$broker/$step" "$k")
     done
 }
@@ -356,17 +376,22 @@ done
 
 # --- report ------------------------------------------------------------------------------------
 # One row per metric: retaind on each store, Mosquitto, and retaind ÷ Mosquitto per store.
+value() { # BROKER KEY: VAL[BROKER/KEY], empty when unknown or NaN
+    local v=${VAL[$1/$2]:-}
+    case $v in nan | NaN) v="" ;; esac
+    echo "$v"
+}
 row() { # LABEL KEY DECIMALS TARGET [retaind-only | no-ratio]
     local pg sq mq
-    pg=$(fmt "${VAL[retaind-postgres/$2]:-}" "$3")
-    sq=$(fmt "${VAL[retaind-sqlite/$2]:-}" "$3")
-    mq=$(fmt "${VAL[mosquitto/$2]:-}" "$3")
+    pg=$(fmt "$(value retaind-postgres "$2")" "$3")
+    sq=$(fmt "$(value retaind-sqlite "$2")" "$3")
+    mq=$(fmt "$(value mosquitto "$2")" "$3")
     if [ "${5:-}" = retaind-only ]; then
         echo "| $1 | $pg | $sq | — | | | $4 |"
     elif [ "${5:-}" = no-ratio ]; then
         echo "| $1 | $pg | $sq | $mq | | | $4 |"
     else
-        echo "| $1 | $pg | $sq | $mq | $(ratio "${VAL[retaind-postgres/$2]:-}" "${VAL[mosquitto/$2]:-}") | $(ratio "${VAL[retaind-sqlite/$2]:-}" "${VAL[mosquitto/$2]:-}") | $4 |"
+        echo "| $1 | $pg | $sq | $mq | $(ratio "$(value retaind-postgres "$2")" "$(value mosquitto "$2")") | $(ratio "$(value retaind-sqlite "$2")" "$(value mosquitto "$2")") | $4 |"
     fi
 }
 
@@ -385,6 +410,7 @@ K=$SUBSCRIBERS
     echo "| metric | retaind (Postgres) | retaind (SQLite) | Mosquitto | Postgres ÷ Mosquitto | SQLite ÷ Mosquitto | target (issue 18) |"
     echo "|---|---:|---:|---:|---:|---:|---|"
     row "store, 1 client, $INFLIGHT in flight ($ONE_CLIENT msgs), msg/s" store-1_per_s 0 "report"
+    row "… window ÷ rate: each publish's wait for its PUBACK (ms)" store-1_rtt_ms 2 ""
     row "… broker CPU, µs/msg" store-1_cpu_broker 1 ""
     row "… Postgres CPU, µs/msg" store-1_cpu_pg 1 ""
     row "… total CPU, µs/msg" store-1_cpu_total 1 ""
@@ -408,6 +434,7 @@ K=$SUBSCRIBERS
     row "… slowest subscriber, SUBSCRIBE → all (s)" deliver-k_slowest_s 2 ""
     row "… fastest subscriber (s)" deliver-k_fastest_s 2 ""
     row "… first retained message, median (ms)" deliver-k_first_ms 1 ""
+    row "… first retained message, longest wait (ms)" deliver-k_first_max_ms 1 ""
     row "… peak RSS (MiB)" deliver-k_rss_peak 1 "≤ 0.25×"
     row "list, 200/page: page 1 p50 (ms)" list_page1_p50_ms 2 "" retaind-only
     row "… page $PAGES p50 (ms)" list_pageP_p50_ms 2 "" retaind-only
@@ -431,6 +458,16 @@ K=$SUBSCRIBERS
         echo
         printf '%s' "$fails" | sort
     fi
+    echo
+    echo "CPU during each step, in % of one core (the machine has $(nproc) cores = $(($(nproc) * 100))%): the broker, Postgres (this database's backends and the server's background processes), the load generator, and what was idle. A load generator near 100% per core it can use, or an idle near 0%, means the numbers are bound by the machine rather than the broker."
+    echo
+    echo "| broker | step | broker CPU | Postgres | load generator | idle | wall |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    for b in "${BROKERS[@]}"; do
+        for s in store-1 store-16 probe-idle deliver-1 deliver-k list list-filtered ready; do
+            [ -z "${CPU[$b/$s]:-}" ] || echo "| $b | $s | ${CPU[$b/$s]} |"
+        done
+    done
     echo
     echo "- Date: $STARTED"
     echo "- Machine: $(nproc) CPUs ($CPU_MODEL), $RAM RAM; load generator, brokers and Postgres share it"

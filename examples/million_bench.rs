@@ -757,27 +757,29 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
     }
     let total: usize = reports.iter().map(|r| r.unique).sum();
     let secs = |d: Duration| d.as_secs_f64();
-    // Until the last subscriber completed (or, when some did not, gave up), from the release.
+    // From the release until the last subscriber had everything (the complete ones only).
     let all_s = reports
         .iter()
         .filter_map(|r| r.done.map(|d| secs(r.subscribed_after + d)))
         .fold(0.0, f64::max);
     let durations: Vec<f64> = reports.iter().filter_map(|r| r.done.map(secs)).collect();
-    let first_ms = median(
-        reports
-            .iter()
-            .filter_map(|r| r.first.map(|d| d.as_secs_f64() * 1000.0))
-            .collect(),
-    );
+    let firsts: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| r.first.map(|d| d.as_secs_f64() * 1000.0))
+        .collect();
+    // The longest wait for a first message shows a broker that serves subscribers one by one.
+    let first_max_ms = firsts.iter().copied().reduce(f64::max);
+    let first_ms = median(firsts);
     let fmt =
         |v: Option<f64>, decimals: usize| v.map_or("nan".to_owned(), |v| format!("{v:.decimals$}"));
     let mut line = format!(
         "scenario=deliver subscribers={} filter={} expect={} complete={complete} cut_short={cut_short} \
-         delivered={total} first_ms={} all_s={} per_s={} slowest_s={} fastest_s={}",
+         delivered={total} first_ms={} first_max_ms={} all_s={} per_s={} slowest_s={} fastest_s={}",
         args.subscribers,
         args.filter,
         args.expect,
         fmt(first_ms, 1),
+        fmt(first_max_ms, 1),
         fmt((complete > 0).then_some(all_s), 3),
         fmt(
             (complete > 0 && all_s > 0.0).then(|| total as f64 / all_s),
