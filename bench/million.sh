@@ -232,7 +232,8 @@ stop_sampler() {
 
 # One million_bench run: its line in LINE[BROKER/STEP]; the CPU ticks the broker and Postgres
 # used meanwhile in STEP_BROKER_TICKS and STEP_PG_TICKS; CPU[BROKER/STEP] the broker's, Postgres's
-# and the load generator's CPU and the machine's idle time, in % of one core.
+# and the load generator's CPU, every other process's and the machine's idle time, in % of one
+# core.
 run_step() { # BROKER STEP SUBCOMMAND ARGS...
     local broker=$1 step=$2 rc=0 b0 b1 p0=0 p1=0 i0 t0 i1 t1 g0 g1
     shift 2
@@ -251,9 +252,10 @@ run_step() { # BROKER STEP SUBCOMMAND ARGS...
     CPU[$broker/$step]=$(awk -v b="$STEP_BROKER_TICKS" -v p="$STEP_PG_TICKS" -v g0="$g0" -v g1="$g1" \
         -v i="$((i1 - i0))" -v t="$((t1 - t0))" -v n="$(nproc)" -v hz="$HZ" -v pg="$broker" 'BEGIN {
             w = t / n / hz; if (w <= 0) exit
-            printf "%.0f%% | %s | %.0f%% | %.0f%% | %.1f s", b / hz / w * 100,
-                pg == "retaind-postgres" ? sprintf("%.0f%%", p / hz / w * 100) : "—",
-                (g1 - g0) / w * 100, i / t * n * 100, w }')
+            bc = b / hz / w * 100; pc = p / hz / w * 100; gc = (g1 - g0) / w * 100; ic = i / t * n * 100
+            oc = n * 100 - bc - pc - gc - ic
+            printf "%.0f%% | %s | %.0f%% | %.0f%% | %.0f%% | %.1f s", bc,
+                pg == "retaind-postgres" ? sprintf("%.0f%%", pc) : "—", gc, oc < 0 ? 0 : oc, ic, w }')
     LINE[$broker/$step]=$(grep '^scenario=' "$RAW/$broker-$step.out" | tail -n 1 || true)
     FAILED[$broker/$step]=""
     [ "$rc" = 0 ] || FAILED[$broker/$step]="exit $rc"
@@ -459,10 +461,10 @@ K=$SUBSCRIBERS
         printf '%s' "$fails" | sort
     fi
     echo
-    echo "CPU during each step, in % of one core (the machine has $(nproc) cores = $(($(nproc) * 100))%): the broker, Postgres (this database's backends and the server's background processes), the load generator, and what was idle. A load generator near 100% per core it can use, or an idle near 0%, means the numbers are bound by the machine rather than the broker."
+    echo "CPU during each step, in % of one core (the machine has $(nproc) cores = $(($(nproc) * 100))%): the broker, Postgres (this database's backends and the server's background processes), the load generator, every other process (high values there mean the run did not have the machine to itself), and what was idle. A load generator near 100% per core it can use, or an idle near 0%, means the numbers are bound by the machine rather than the broker."
     echo
-    echo "| broker | step | broker CPU | Postgres | load generator | idle | wall |"
-    echo "|---|---|---:|---:|---:|---:|---:|"
+    echo "| broker | step | broker CPU | Postgres | load generator | others | idle | wall |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
     for b in "${BROKERS[@]}"; do
         for s in store-1 store-16 probe-idle deliver-1 deliver-k list list-filtered ready; do
             [ -z "${CPU[$b/$s]:-}" ] || echo "| $b | $s | ${CPU[$b/$s]} |"
