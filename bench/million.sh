@@ -10,10 +10,15 @@
 #   BENCH_MESSAGES       the retained set, M (default 1000000; a multiple of 200)
 #   BENCH_SUBSCRIBERS    `#` subscribers that subscribe at once in deliver-K (default 100)
 #   BENCH_STORES         retaind's stores to measure, in order (default "postgres sqlite");
-#                        Mosquitto is always measured, last
+#                        Mosquitto is always measured, last (empty: Mosquitto only)
 #   BENCH_ONE_CLIENT     messages stored by the one-client store (default 100000)
 #   BENCH_IDLE_TIMEOUT   seconds without a new PUBACK (store) or a new retained message (a
 #                        subscriber) after which the load generator gives up (default 30)
+#   BENCH_RSS_LIMIT_MIB  a broker whose RSS passes this while delivering is killed and the step
+#                        fails (default: 3/4 of the memory available at the start), so that a
+#                        broker that queues the whole set for every subscriber (Mosquitto does:
+#                        about 200 B per queued message, so 100 × 1M could take ~20 GB) cannot
+#                        take the machine down with it
 #   BENCH_CARGO_PROFILE  cargo profile of retaind and the load generator (default release)
 #   PG_ADMIN_URL         a Postgres superuser URL (default: see scripts/postgres.sh)
 #   CARGO_TARGET_DIR     where cargo builds (default target/)
@@ -71,11 +76,12 @@ source "$ROOT/bench/lib.sh"
 
 MESSAGES=${BENCH_MESSAGES:-1000000}
 SUBSCRIBERS=${BENCH_SUBSCRIBERS:-100}
-STORES=${BENCH_STORES:-postgres sqlite}
+STORES=${BENCH_STORES-postgres sqlite}
 ONE_CLIENT=${BENCH_ONE_CLIENT:-100000}
 IDLE_TIMEOUT=${BENCH_IDLE_TIMEOUT:-30}
+RSS_LIMIT_MIB=${BENCH_RSS_LIMIT_MIB:-$(awk '/^MemAvailable:/ { printf "%d", $2 / 1024 * 3 / 4 }' /proc/meminfo)}
 PROFILE=${BENCH_CARGO_PROFILE:-release}
-for v in MESSAGES SUBSCRIBERS ONE_CLIENT IDLE_TIMEOUT; do
+for v in MESSAGES SUBSCRIBERS ONE_CLIENT IDLE_TIMEOUT RSS_LIMIT_MIB; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then echo "bench: BENCH_$v must be a positive integer" >&2; exit 2; fi
 done
 [ $((MESSAGES % 200)) = 0 ] || { echo "bench: BENCH_MESSAGES must be a multiple of 200 (pages of 200)" >&2; exit 2; }
@@ -210,14 +216,21 @@ pg_ticks() {
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 mib() { awk -v k="$1" 'BEGIN { if (k != "") printf "%.1f", k / 1024 }'; }
 
-start_sampler() { # PID FILE: the peak VmRSS of PID, in kB, kept in FILE every 0.2 s
-    local pid=$1 file=$2
+start_sampler() { # PID FILE: the peak VmRSS of PID, in kB, kept in FILE every 0.2 s; past
+    # RSS_LIMIT_MIB the process is killed and FILE.killed written
+    local pid=$1 file=$2 limit_kb=$((RSS_LIMIT_MIB * 1024))
     rss_kb "$pid" >"$file"
+    rm -f "$file.killed"
     (
         peak=0
         while kill -0 "$pid" 2>/dev/null; do
             rss=$(rss_kb "$pid")
             if [ "${rss:-0}" -gt "$peak" ]; then peak=$rss; echo "$peak" >"$file"; fi
+            if [ "$peak" -gt "$limit_kb" ]; then
+                kill -KILL "$pid" 2>/dev/null
+                echo "$peak" >"$file.killed"
+                break
+            fi
             sleep 0.2
         done
     ) &
@@ -290,6 +303,10 @@ deliver_step() { # BROKER STEP SUBSCRIBERS [EXTRA ARGS...]: a delivery, with the
         --expect "$MESSAGES" --idle-timeout "$IDLE_TIMEOUT" "$@"
     stop_sampler
     VAL[$broker/${step}_rss_peak]=$(mib "$(cat "$WORK/rss-peak")")
+    if [ -e "$WORK/rss-peak.killed" ]; then
+        log "$broker killed: its RSS passed BENCH_RSS_LIMIT_MIB ($RSS_LIMIT_MIB MiB) during $step"
+        FAILED[$broker/$step]="killed at ${VAL[$broker/${step}_rss_peak]} MiB RSS (BENCH_RSS_LIMIT_MIB $RSS_LIMIT_MIB)"
+    fi
     local k
     for k in complete cut_short all_s per_s first_ms first_max_ms slowest_s fastest_s probe_p99_ms; do
         VAL[$broker/${step}_$k]=$(field "$broker/$step" "$k")
