@@ -122,7 +122,12 @@ cleanup() {
     set +e
     stop_sampler
     stop_broker
-    for f in "$WORK"/*.log; do [ -e "$f" ] && tail -n 300 "$f" >"$RAW/$(basename "$f" .log).log.tail"; done
+    local f
+    for f in "$WORK"/*.log; do
+        [ -e "$f" ] || continue
+        tail -n 300 "$f" >"$RAW/$(basename "$f" .log).log.tail"
+        warnings "$f" | head -n 500 >"$RAW/$(basename "$f" .log).warnings"
+    done
     finish_cleanup "$status"
 }
 set_traps
@@ -211,6 +216,13 @@ pg_ticks() {
     pids=$(psql "$PG_ADMIN_URL" -X -Atq -c "SELECT pid FROM pg_stat_activity WHERE datname = '$DB_NAME' OR backend_type <> 'client backend'" 2>/dev/null || true)
     for pid in $pids; do total=$((total + $(cpu_ticks "$pid"))); done
     echo "$total"
+}
+
+warnings() { # LOG: the broker log's warnings and errors (retaind's WARN/ERROR lines, all of Mosquitto's)
+    case $1 in
+        *mosquitto*) grep -v '^--- start' "$1" || true ;;
+        *) grep -E '^[^ ]+ +(WARN|ERROR) ' "$1" || true ;;
+    esac
 }
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -476,6 +488,16 @@ K=$SUBSCRIBERS
         echo "**⚠ This run had failures; those numbers are not valid. Raw output: bench/results/million-raw/.**"
         echo
         printf '%s' "$fails" | sort
+    fi
+    logged=""
+    for b in "${BROKERS[@]}"; do
+        n=0
+        [ ! -e "$WORK/$b.log" ] || n=$(warnings "$WORK/$b.log" | wc -l)
+        [ "$n" = 0 ] || logged+="- $b logged $n warnings or errors (bench/results/million-raw/$b.warnings)"$'\n'
+    done
+    if [ -n "$logged" ]; then
+        echo
+        printf '%s' "$logged"
     fi
     echo
     echo "CPU during each step, in % of one core (the machine has $(nproc) cores = $(($(nproc) * 100))%): the broker, Postgres (this database's backends and the server's background processes), the load generator, every other process (high values there mean the run did not have the machine to itself), and what was idle. A load generator near 100% per core it can use, or an idle near 0%, means the numbers are bound by the machine rather than the broker."
