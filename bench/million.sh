@@ -127,6 +127,7 @@ cleanup() {
         [ -e "$f" ] || continue
         tail -n 300 "$f" >"$RAW/$(basename "$f" .log).log.tail"
         warnings "$f" | head -n 500 >"$RAW/$(basename "$f" .log).warnings"
+        [ -s "$RAW/$(basename "$f" .log).warnings" ] || rm -f "$RAW/$(basename "$f" .log).warnings"
     done
     finish_cleanup "$status"
 }
