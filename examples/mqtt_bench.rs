@@ -152,6 +152,10 @@ struct Args {
     /// Leave the retained messages on the broker after the retained scenario.
     #[arg(long)]
     keep_retained: bool,
+    /// Skip storing in the retained scenario: time only the delivery of what a previous run
+    /// with `--keep-retained` and the same `--prefix` left on the broker.
+    #[arg(long)]
+    deliver_only: bool,
 }
 
 /// What all tasks of a run share: the clock the payload timestamps count from, and the names.
@@ -700,7 +704,7 @@ async fn retained(run: Arc<Run>) -> anyhow::Result<bool> {
     );
     let started = Instant::now();
     let mut sending = Vec::with_capacity(publishers);
-    for (i, (client, _)) in clients.iter().enumerate() {
+    for (i, (client, _)) in clients.iter().enumerate().filter(|_| !args.deliver_only) {
         let (client, run, base) = (client.clone(), run.clone(), base.clone());
         sending.push(tokio::spawn(async move {
             for n in (i..total).step_by(publishers) {
@@ -721,7 +725,11 @@ async fn retained(run: Arc<Run>) -> anyhow::Result<bool> {
     for task in sending {
         task.await??;
     }
-    let stored = wait_for_count(&mut done, total as u64, run.idle_timeout()).await;
+    let stored = if args.deliver_only {
+        total as u64
+    } else {
+        wait_for_count(&mut done, total as u64, run.idle_timeout()).await
+    };
     let store_s = started.elapsed().as_secs_f64();
     ensure!(
         stored == total as u64,

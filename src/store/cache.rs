@@ -1,8 +1,10 @@
 //! Recently read retained messages, kept in memory so that reads of hot topics skip the
 //! database.
 //!
-//! Correctness rests on three rules. A node's own writes update the cache after they commit.
-//! Other nodes' writes arrive through the change feed and evict. And a fill from the database
+//! Correctness rests on three rules. A node's own writes update a cached topic after they
+//! commit, and only a cached one: a write of a topic nobody read goes around the cache, so a bulk
+//! store of a million messages neither fills the cache with them nor pushes out the topics
+//! devices read. Other nodes' writes arrive through the change feed and evict. And a fill from the database
 //! goes through a placeholder that any write or eviction of the same topic cancels, so a read
 //! that raced a change can never put the older value back.
 //!
@@ -108,9 +110,14 @@ impl ReadCache {
         self.trusted.load(Ordering::Acquire) && self.unsettled.load(Ordering::Acquire) == 0
     }
 
-    /// Records a committed write. Also cancels any fill of the topic in progress.
+    /// Records a committed write: replaces the cached answer of a topic that has one, and
+    /// otherwise leaves the topic out (write-around) while cancelling any fill of it in
+    /// progress, which may have read the value this write replaced.
     pub(super) fn written(&self, topic: TopicName, value: Cached) {
-        self.entries.insert(topic, value);
+        // `replace` admits only over a resident entry, never over a fill's placeholder.
+        if let Err((topic, _)) = self.entries.replace(topic, value, false) {
+            self.entries.remove(&topic);
+        }
     }
 
     /// Forgets a topic (and cancels any fill of it in progress).
@@ -213,7 +220,33 @@ mod tests {
         let fill = miss(&cache, &t).await; // a read of v1 is under way...
         cache.written(t.clone(), msg("a", "v2")); // ...when v2 commits
         fill.fill(msg("a", "v1"));
+        assert!(cache.peek(&t).is_none(), "the stale fill must not be cached");
+        miss(&cache, &t).await.fill(msg("a", "v2"));
         assert_eq!(cache.peek(&t).unwrap().unwrap().payload, "v2");
+    }
+
+    #[tokio::test]
+    async fn a_write_replaces_a_cached_topic() {
+        let cache = ReadCache::new(1 << 20, true);
+        let t = topic("a");
+        miss(&cache, &t).await.fill(msg("a", "v1"));
+        cache.written(t.clone(), msg("a", "v2"));
+        assert_eq!(cache.peek(&t).unwrap().unwrap().payload, "v2");
+        cache.written(t.clone(), None);
+        assert!(matches!(cache.lookup(&t).await, Lookup::Hit(None)));
+    }
+
+    #[tokio::test]
+    async fn a_write_of_a_topic_nobody_read_goes_around_the_cache() {
+        let cache = ReadCache::new(1 << 20, true);
+        let hot = topic("hot");
+        miss(&cache, &hot).await.fill(msg("hot", "config"));
+        for i in 0..10_000 {
+            cache.written(topic(&format!("bulk/{i}")), msg("x", "0123456789abcdef"));
+        }
+        assert!(cache.peek(&topic("bulk/9999")).is_none());
+        assert_eq!(cache.entries.len(), 1, "only the topic that was read is cached");
+        assert!(matches!(cache.lookup(&hot).await, Lookup::Hit(Some(m)) if m.payload == "config"));
     }
 
     #[tokio::test]
@@ -230,7 +263,7 @@ mod tests {
     async fn a_fill_that_raced_distrust_is_dropped_and_nothing_is_served() {
         let cache = ReadCache::new(1 << 20, true);
         let t = topic("a");
-        cache.written(topic("b"), msg("b", "x"));
+        miss(&cache, &topic("b")).await.fill(msg("b", "x"));
         let fill = miss(&cache, &t).await;
         cache.distrust();
         fill.fill(msg("a", "old"));
@@ -251,8 +284,8 @@ mod tests {
     async fn an_unsettled_batch_bypasses_the_cache_until_it_is_settled() {
         let cache = Arc::new(ReadCache::new(1 << 20, true));
         let (t, other) = (topic("a"), topic("b"));
-        cache.written(t.clone(), msg("a", "v1"));
-        cache.written(other.clone(), msg("b", "x"));
+        miss(&cache, &t).await.fill(msg("a", "v1"));
+        miss(&cache, &other).await.fill(msg("b", "x"));
         let fill = miss(&cache, &topic("c")).await; // a read under way when the batch stalls
         let unsettled = ReadCache::unsettled(cache.clone());
         assert!(matches!(cache.lookup(&t).await, Lookup::Bypass));
@@ -278,8 +311,11 @@ mod tests {
     async fn the_cache_stays_within_its_byte_budget() {
         let cache = ReadCache::new(64 * 1024, true);
         for i in 0..10_000 {
-            cache.written(topic(&format!("t/{i}")), msg("x", "0123456789abcdef"));
+            miss(&cache, &topic(&format!("t/{i}")))
+                .await
+                .fill(msg("x", "0123456789abcdef"));
         }
+        assert!(cache.entries.len() > 100, "{}", cache.entries.len());
         assert!(
             cache.entries.weight() <= 64 * 1024,
             "{}",

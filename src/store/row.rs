@@ -97,7 +97,25 @@ pub(super) fn day_of(ms: i64) -> i32 {
     i32::try_from(ms.div_euclid(86_400_000)).unwrap_or(i32::MAX)
 }
 
-#[derive(sqlx::FromRow)]
+/// A message row's columns in the order of `message_columns!`, read by position: a scan
+/// decodes millions of rows, and reading each column by name costs a hash lookup per column.
+type MessageColumns = (
+    String,
+    Vec<u8>,
+    i16,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    i16,
+    Option<i64>,
+    i64,
+    i64,
+    i64,
+    String,
+    Option<String>,
+);
+
 pub(super) struct MessageRow {
     topic: String,
     payload: Vec<u8>,
@@ -120,6 +138,48 @@ pub(super) struct MessageRow {
 // a rule was tightened must never fail a read batch, a page or a subscription's retained
 // delivery that it shares with other rows (and is never skipped, which would end a page early). A string MQTT cannot carry ([MQTT-1.5.4-2]: no
 // U+0000) would make a subscriber disconnect every time it is delivered.
+
+/// Reads the columns `message_columns!` names, by position from the first; a change row
+/// (`change_columns!`) starts with the same columns.
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for MessageRow
+where
+    MessageColumns: sqlx::FromRow<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let (
+            topic,
+            payload,
+            qos,
+            user_properties,
+            content_type,
+            response_topic,
+            correlation_data,
+            payload_format,
+            expires_at_ms,
+            last_modified_ms,
+            last_accessed_ms,
+            revision,
+            owner,
+            writer_client,
+        ) = MessageColumns::from_row(row)?;
+        Ok(Self {
+            topic,
+            payload,
+            qos,
+            user_properties,
+            content_type,
+            response_topic,
+            correlation_data,
+            payload_format,
+            expires_at_ms,
+            last_modified_ms,
+            last_accessed_ms,
+            revision,
+            owner,
+            writer_client,
+        })
+    }
+}
 
 impl MessageRow {
     /// The message, without whatever of it cannot be served.
