@@ -380,6 +380,82 @@ async fn a_write_with_an_earlier_ticket_changes_nothing(backend: Backend) {
     assert_eq!(&got[0].payload[..], b"first");
 }
 
+/// A batch larger than any one statement (SQLite writes unconditional rows in chunks of up
+/// to 64) still decides row by row: the rows a newer write got to first are superseded, every
+/// other row is applied under its own revision.
+async fn a_large_batch_decides_each_row_on_its_own(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let store = open_backend(&db.url).await;
+    let puts = |prefix: &str, n: usize, payload: &str| -> Vec<retaind::store::OwnedWrite> {
+        (0..n)
+            .map(|i| Write::Put(message(&format!("{prefix}/{i}"), payload, T0_MS)).into())
+            .collect()
+    };
+    let first = store
+        .apply(
+            &puts("b", 100, "first"),
+            None,
+            T0_MS,
+            common::far_deadline(),
+        )
+        .await
+        .unwrap();
+    assert!(first.iter().all(|v| matches!(v, Verdict::Applied(_))));
+    // A newer write got to every third topic first.
+    common::execute_sql(
+        &db.url,
+        "UPDATE retained_messages SET write_seq = write_seq + 1000000000 \
+         WHERE CAST(substr(topic, 3) AS INTEGER) % 3 = 0",
+    )
+    .await;
+    let mut late = puts("b", 100, "late");
+    late.extend(puts("c", 50, "new"));
+    late.push(Write::Delete(topic("b/1")).into());
+    let verdicts = store
+        .apply(&late, None, T0_MS, common::far_deadline())
+        .await
+        .unwrap();
+    let mut revisions = std::collections::HashSet::new();
+    for (i, verdict) in verdicts.iter().enumerate() {
+        match (i, verdict) {
+            (1, Verdict::Superseded) => {} // the delete of b/1 later in the batch replaced it
+            (i, Verdict::Superseded) if i < 100 && i % 3 == 0 => {}
+            (i, Verdict::Applied(r)) if i >= 100 || i % 3 != 0 => {
+                assert!(revisions.insert(*r), "revision {r} given twice");
+            }
+            (i, v) => panic!("write {i}: {v:?}"),
+        }
+    }
+    assert_eq!(revisions.len(), 100 - 34 - 1 + 50 + 1);
+    let all: Vec<TopicName> = (0..100)
+        .map(|i| topic(&format!("b/{i}")))
+        .chain((0..50).map(|i| topic(&format!("c/{i}"))))
+        .collect();
+    let got = store.get_many(&all, T0_MS).await.unwrap();
+    let by_topic: std::collections::HashMap<&str, &[u8]> = got
+        .iter()
+        .map(|m| (m.topic.as_str(), &m.payload[..]))
+        .collect();
+    for i in 0..100 {
+        let expected: Option<&[u8]> = match i {
+            1 => None,
+            i if i % 3 == 0 => Some(b"first"),
+            _ => Some(b"late"),
+        };
+        assert_eq!(
+            by_topic.get(format!("b/{i}").as_str()).copied(),
+            expected,
+            "b/{i}"
+        );
+    }
+    for i in 0..50 {
+        assert_eq!(
+            by_topic.get(format!("c/{i}").as_str()).copied(),
+            Some(&b"new"[..])
+        );
+    }
+}
+
 async fn idle_messages_are_purged_and_reads_keep_them(backend: Backend) {
     const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
     let retention = 3 * YEAR;
@@ -952,6 +1028,7 @@ for_each_backend!(
     expired_messages_are_invisible_then_purged,
     a_delete_leaves_an_invisible_tombstone_until_the_purge,
     a_write_with_an_earlier_ticket_changes_nothing,
+    a_large_batch_decides_each_row_on_its_own,
     idle_messages_are_purged_and_reads_keep_them,
     a_recorded_read_never_moves_access_time_backwards,
     the_token_key_is_shared_by_every_node_on_a_database,

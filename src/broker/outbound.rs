@@ -129,7 +129,10 @@ impl Outbound {
 
     /// Starts reading the next retained page if the queue is short enough.
     pub fn fetch_retained(&mut self) {
-        let queued = self.queued();
+        let queued = {
+            let state = self.session.state();
+            (state.queued(), state.queued_bytes())
+        };
         self.retained
             .fetch_more(queued, &self.store, self.topic_limits);
     }

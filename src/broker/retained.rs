@@ -20,9 +20,12 @@ const MAX_PAGE: u32 = 2000;
 /// Payload bytes a page aims for: the rows per page follow from the sizes seen so far.
 const PAGE_BYTES: usize = 1 << 20;
 
-/// The next retained page is read while fewer messages than this wait in the queue: about
-/// two pages, so the client is never kept waiting for the database, and memory stays bounded.
+/// The next retained page is read while fewer messages than this, and fewer payload bytes than
+/// `FETCH_BELOW_BYTES`, wait in the queue: about two pages, so the client is never kept waiting
+/// for the database, and memory stays bounded whatever the payloads' size. A connection then
+/// holds at most these plus one page of retained messages, however large the set.
 const FETCH_BELOW: usize = 4000;
+const FETCH_BELOW_BYTES: usize = 2 * PAGE_BYTES;
 
 /// The retained deliveries one connection still owes its subscriptions: the scans to go on
 /// with, and the page being read, at most one at a time.
@@ -35,8 +38,13 @@ pub(super) struct RetainedFeed {
 impl RetainedFeed {
     /// Starts reading the next page once the session's queue is short enough that the page
     /// will be needed soon: the client drains one page while the next is read.
-    pub fn fetch_more(&mut self, queued: usize, store: &Store, limits: TopicLimits) {
-        if self.fetching.is_some() || queued >= FETCH_BELOW {
+    pub fn fetch_more(
+        &mut self,
+        (queued, queued_bytes): (usize, usize),
+        store: &Store,
+        limits: TopicLimits,
+    ) {
+        if self.fetching.is_some() || !wants_page(queued, queued_bytes) {
             return;
         }
         if let Some(scan) = self.scans.pop_front() {
@@ -58,6 +66,11 @@ impl RetainedFeed {
     pub fn resume(&mut self, scan: RetainedScan) {
         self.scans.push_front(scan);
     }
+}
+
+/// Whether a queue this long and this heavy is short enough to read the next page into.
+fn wants_page(queued: usize, queued_bytes: usize) -> bool {
+    queued < FETCH_BELOW && queued_bytes < FETCH_BELOW_BYTES
 }
 
 /// Where one subscription's retained delivery has got to.
@@ -150,4 +163,18 @@ impl RetainedScan {
 fn average_payload(rows: &[RetainedMessage]) -> Option<usize> {
     let total: usize = rows.iter().map(|m| m.payload.len()).sum();
     (!rows.is_empty()).then(|| total / rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_read_only_into_a_queue_short_in_messages_and_in_bytes() {
+        assert!(wants_page(0, 0));
+        assert!(wants_page(FETCH_BELOW - 1, FETCH_BELOW_BYTES - 1));
+        assert!(!wants_page(FETCH_BELOW, 0), "many small messages");
+        // A few large ones: 40 messages of 64 KiB are more than two pages' worth.
+        assert!(!wants_page(40, 40 * 64 * 1024), "few large messages");
+    }
 }

@@ -218,6 +218,11 @@ impl SessionState {
         self.queue.len()
     }
 
+    /// The payload bytes of the queued messages (those in flight not included).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     #[cfg(test)]
     pub fn inflight(&self) -> usize {
         self.inflight.len()

@@ -28,22 +28,47 @@ pub(super) type Cached = Option<Arc<RetainedMessage>>;
 #[derive(Clone)]
 struct Bytes;
 
+/// The cache's own bookkeeping per entry: its slot (key, value, state) and index.
+const SLOT: usize = 64;
+/// What the allocator spends on the smallest heap allocation (a short string): its size class.
+const SMALL_ALLOCATION: usize = 16;
+
 impl Weighter<TopicName, Cached> for Bytes {
+    /// The heap an entry holds, as near as can be known without asking the allocator, so that
+    /// `--read-cache-mib` bounds memory rather than data: the slot, the key's copy of the topic,
+    /// and for a message its `Arc`ed struct, the message's own copy of the topic, the payload,
+    /// the properties and the writer's two names, each allocation at least a small size class.
     fn weight(&self, topic: &TopicName, value: &Cached) -> u64 {
-        // Approximate bookkeeping per entry (map slot, Arc, struct) on top of the data.
-        const OVERHEAD: usize = 160;
+        let heap = |len: usize| {
+            if len == 0 {
+                0
+            } else {
+                len.max(SMALL_ALLOCATION)
+            }
+        };
+        let key = heap(topic.as_str().len());
         let data = value.as_ref().map_or(0, |m| {
             let p = &m.properties;
-            m.payload.len()
+            // The Arc's two counters and the struct itself.
+            2 * std::mem::size_of::<usize>()
+                + std::mem::size_of::<RetainedMessage>()
+                + heap(m.topic.as_str().len())
+                + heap(m.payload.len())
+                + heap(p.user_properties.len() * std::mem::size_of::<crate::store::UserProperty>())
                 + p.user_properties
                     .iter()
-                    .map(|u| u.key.len() + u.value.len() + 48)
+                    .map(|u| heap(u.key.len()) + heap(u.value.len()))
                     .sum::<usize>()
-                + p.content_type.as_ref().map_or(0, String::len)
-                + p.response_topic.as_ref().map_or(0, |t| t.as_str().len())
-                + p.correlation_data.as_ref().map_or(0, |c| c.len())
+                + p.content_type.as_ref().map_or(0, |c| heap(c.len()))
+                + p.response_topic
+                    .as_ref()
+                    .map_or(0, |t| heap(t.as_str().len()))
+                + p.correlation_data.as_ref().map_or(0, |c| heap(c.len()))
+                + m.writer.as_ref().map_or(0, |w| {
+                    heap(w.principal.len() + 16) + heap(w.client.len() + 16)
+                })
         });
-        (OVERHEAD + topic.as_str().len() + data) as u64
+        (SLOT + key + data) as u64
     }
 }
 
@@ -220,7 +245,10 @@ mod tests {
         let fill = miss(&cache, &t).await; // a read of v1 is under way...
         cache.written(t.clone(), msg("a", "v2")); // ...when v2 commits
         fill.fill(msg("a", "v1"));
-        assert!(cache.peek(&t).is_none(), "the stale fill must not be cached");
+        assert!(
+            cache.peek(&t).is_none(),
+            "the stale fill must not be cached"
+        );
         miss(&cache, &t).await.fill(msg("a", "v2"));
         assert_eq!(cache.peek(&t).unwrap().unwrap().payload, "v2");
     }
@@ -245,7 +273,11 @@ mod tests {
             cache.written(topic(&format!("bulk/{i}")), msg("x", "0123456789abcdef"));
         }
         assert!(cache.peek(&topic("bulk/9999")).is_none());
-        assert_eq!(cache.entries.len(), 1, "only the topic that was read is cached");
+        assert_eq!(
+            cache.entries.len(),
+            1,
+            "only the topic that was read is cached"
+        );
         assert!(matches!(cache.lookup(&hot).await, Lookup::Hit(Some(m)) if m.payload == "config"));
     }
 

@@ -24,6 +24,7 @@ mod postgres;
 mod quota;
 mod row;
 mod sqlite;
+mod sqlite_apply;
 mod watch;
 mod watch_hub;
 mod watch_types;

@@ -3,8 +3,6 @@
 //! survives power loss. Writes go through a single connection because SQLite has one writer
 //! anyway; group commit upstream turns many publishes into one transaction on it.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, SqlitePool};
@@ -13,12 +11,12 @@ use tokio::time::Instant;
 use super::backend::Verdict;
 use super::quota;
 use super::row::{
-    ChangeRow, MessageRow, RangeStatements, Row, ScanStart, SummaryRow, change_columns,
-    change_page, encode_user_properties, last_write_per_topic, message_columns,
+    ChangeRow, MessageRow, RangeStatements, ScanStart, SummaryRow, change_columns, change_page,
+    message_columns,
 };
+use super::sqlite_apply;
 use super::{
-    ChangePage, Condition, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary,
-    Revision,
+    ChangePage, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Revision,
 };
 use crate::topic::TopicName;
 
@@ -43,36 +41,6 @@ impl SqliteStore {
         })
     }
 }
-
-/// A message or a tombstone, replacing only a row with an earlier write ticket (see
-/// `RetainedStore::apply`), and, for `If-None-Match: *` (`?17` true), only a tombstone or an
-/// expired message (`?18` is now). `?14` is the write ticket and revision, `?15` the writer's
-/// client; `?16` (the `If-Match` revision) is for `UPDATE_MATCHED`.
-const UPSERT: &str = "
-INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
-    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
-    deleted, write_seq, revision, writer_client, change_kind)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, 0)
-ON CONFLICT (topic) DO UPDATE SET
-    payload = excluded.payload, qos = excluded.qos, user_properties = excluded.user_properties,
-    content_type = excluded.content_type, response_topic = excluded.response_topic,
-    correlation_data = excluded.correlation_data, payload_format = excluded.payload_format,
-    expires_at_ms = excluded.expires_at_ms, last_modified_ms = excluded.last_modified_ms,
-    last_accessed_ms = excluded.last_accessed_ms, owner = excluded.owner,
-    deleted = excluded.deleted, write_seq = excluded.write_seq, revision = excluded.revision,
-    writer_client = excluded.writer_client, change_kind = 0
-WHERE retained_messages.write_seq < excluded.write_seq
-    AND (NOT ?17 OR retained_messages.deleted OR retained_messages.expires_at_ms <= ?18)";
-
-/// `If-Match`: replaces the message holding revision `?16`, unexpired at `?18`; never inserts.
-/// Binds as `UPSERT` does (`?17` unused).
-const UPDATE_MATCHED: &str = "
-UPDATE retained_messages SET payload = ?2, qos = ?3, user_properties = ?4, content_type = ?5,
-    response_topic = ?6, correlation_data = ?7, payload_format = ?8, expires_at_ms = ?9,
-    last_modified_ms = ?10, last_accessed_ms = ?11, owner = ?12, deleted = ?13, write_seq = ?14,
-    revision = ?14, writer_client = ?15, change_kind = 0
-WHERE topic = ?1 AND revision = ?16 AND NOT deleted
-    AND (expires_at_ms IS NULL OR expires_at_ms > ?18) AND write_seq < ?14";
 
 /// A range query with the given bounds on `topic`: `?1` is the lower bound, `?2` now, `?3` the
 /// limit and `?4` the upper bound. One statement per combination of bounds, so that SQLite
@@ -184,79 +152,6 @@ impl SqliteStore {
     }
 }
 
-/// Applies `writes` (reduced to the last per topic) in the transaction `tx`, under a new write
-/// ticket, logging each change; returns the topics it changed, with their revisions.
-async fn apply_all(
-    tx: &mut sqlx::SqliteConnection,
-    writes: Vec<&OwnedWrite>,
-    now_ms: i64,
-) -> Result<HashMap<String, Revision>, sqlx::Error> {
-    let ticket: i64 = sqlx::query_scalar(
-        "UPDATE retained_write_seq SET value = value + 1 WHERE only_row = 1 RETURNING value",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let mut applied = HashMap::new();
-    for (ord, w) in (1..).zip(last_write_per_topic(writes)) {
-        let revision = ticket * 4096 + ord;
-        let topic = w.write.topic().as_str();
-        let statement = match w.condition {
-            Some(Condition::Revision(_)) => UPDATE_MATCHED,
-            _ => UPSERT,
-        };
-        let query = match Row::of(&w.write, now_ms) {
-            Row::Message(m) => {
-                let p = &m.properties;
-                sqlx::query(statement)
-                    .bind(topic)
-                    .bind(&m.payload[..])
-                    .bind(i16::from(m.qos.as_u8()))
-                    .bind(encode_user_properties(&p.user_properties))
-                    .bind(p.content_type.as_deref())
-                    .bind(p.response_topic.as_ref().map(TopicName::as_str))
-                    .bind(p.correlation_data.as_deref())
-                    .bind(i16::from(p.payload_format as u8))
-                    .bind(m.expires_at_ms)
-                    .bind(m.last_modified_ms)
-                    .bind(m.last_accessed_ms)
-                    .bind(&*w.owner.name)
-                    .bind(false)
-            }
-            Row::Tombstone { topic, at_ms } => sqlx::query(statement)
-                .bind(topic.as_str())
-                .bind(&[][..])
-                .bind(0i16)
-                .bind(None::<String>)
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<&[u8]>)
-                .bind(0i16)
-                .bind(Some(at_ms))
-                .bind(at_ms)
-                .bind(at_ms)
-                .bind(&*w.owner.name)
-                .bind(true),
-        };
-        let if_match = match w.condition {
-            Some(Condition::Revision(r)) => Some(r),
-            _ => None,
-        };
-        let done = query
-            .bind(revision)
-            .bind(w.client.as_deref())
-            .bind(if_match)
-            .bind(w.condition == Some(Condition::Absent))
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        // Triggers log the change (migration 0005).
-        if done.rows_affected() > 0 {
-            applied.insert(topic.to_owned(), revision);
-        }
-    }
-    Ok(applied)
-}
-
 /// The counts a quota decision starts from. SQLite has one writer, and this runs in its
 /// transaction, so nothing can change them before the batch commits.
 async fn standing(
@@ -316,7 +211,7 @@ impl RetainedStore for SqliteStore {
             .iter()
             .zip(&admissions)
             .filter_map(|(w, v)| v.is_ok().then_some(w));
-        let applied = apply_all(&mut tx, admitted.collect(), now_ms).await?;
+        let applied = sqlite_apply::apply_all(&mut tx, admitted.collect(), now_ms).await?;
         tx.commit().await?;
         Ok(Verdict::of_batch(writes, admissions, &applied))
     }
