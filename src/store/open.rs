@@ -10,9 +10,6 @@ use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use super::{Error, RetainedStore};
 
-/// Rows a SQLite reader's worker may read ahead of the task that asked for them.
-const READER_ROW_BUFFER: usize = 2048;
-
 /// Opens the backend a `DATABASE_URL` names and brings its schema up to date.
 ///
 /// `sqlite://PATH` creates the file (and its directory) if missing; `postgres://` and
@@ -63,14 +60,10 @@ pub async fn open_backend(
             .acquire_timeout(timeout)
             .connect_with(options.clone())
             .await?;
-        // A reader's rows come back from sqlx's worker thread through a bounded channel; at its
-        // default of 50 rows the worker stops and waits for the reader every 50 rows, so a
-        // subscription's page of up to 2,000 rows (`broker::retained`) took dozens of thread
-        // switches. Room for a whole page lets the worker read it in one go.
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
-            .connect_with(options.row_buffer_size(READER_ROW_BUFFER))
+            .connect_with(options)
             .await?;
         Ok(Arc::new(SqliteStore::migrate(writer, reader, lock).await?))
     } else {
