@@ -116,22 +116,7 @@ type MessageColumns = (
     Option<String>,
 );
 
-pub(super) struct MessageRow {
-    topic: String,
-    payload: Vec<u8>,
-    qos: i16,
-    user_properties: Option<String>,
-    content_type: Option<String>,
-    response_topic: Option<String>,
-    correlation_data: Option<Vec<u8>>,
-    payload_format: i16,
-    expires_at_ms: Option<i64>,
-    last_modified_ms: i64,
-    last_accessed_ms: i64,
-    revision: i64,
-    owner: String,
-    writer_client: Option<String>,
-}
+pub(super) struct MessageRow(MessageColumns);
 
 // A stored row is read one at a time, and what cannot be served of it is left out of that row
 // alone, with a warning naming the topic: a row written by an older release, by hand, or before
@@ -146,6 +131,18 @@ where
     MessageColumns: sqlx::FromRow<'r, R>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        MessageColumns::from_row(row).map(Self)
+    }
+}
+
+impl MessageRow {
+    /// The revision the row holds.
+    pub(super) fn revision(&self) -> Revision {
+        self.0.11
+    }
+
+    /// The message, without whatever of it cannot be served.
+    pub(super) fn into_message(self) -> RetainedMessage {
         let (
             topic,
             payload,
@@ -161,32 +158,10 @@ where
             revision,
             owner,
             writer_client,
-        ) = MessageColumns::from_row(row)?;
-        Ok(Self {
-            topic,
-            payload,
-            qos,
-            user_properties,
-            content_type,
-            response_topic,
-            correlation_data,
-            payload_format,
-            expires_at_ms,
-            last_modified_ms,
-            last_accessed_ms,
-            revision,
-            owner,
-            writer_client,
-        })
-    }
-}
-
-impl MessageRow {
-    /// The message, without whatever of it cannot be served.
-    pub(super) fn into_message(self) -> RetainedMessage {
-        let topic = TopicName::from_stored(self.topic);
+        ) = self.0;
+        let topic = TopicName::from_stored(topic);
         let warn = |what: &str| tracing::warn!(topic = %topic, "stored {what} left out: not a valid MQTT string");
-        let user_properties = match self.user_properties {
+        let user_properties = match user_properties {
             None => Vec::new(),
             Some(json) => match decode_user_properties(&json) {
                 Ok(props) => {
@@ -206,14 +181,14 @@ impl MessageRow {
                 }
             },
         };
-        let content_type = self.content_type.filter(|c| {
+        let content_type = content_type.filter(|c| {
             let ok = check_text(c).is_ok();
             if !ok {
                 warn("content type");
             }
             ok
         });
-        let response_topic = self.response_topic.filter(|r| {
+        let response_topic = response_topic.filter(|r| {
             let ok = check_text(r).is_ok();
             if !ok {
                 warn("response topic");
@@ -221,25 +196,25 @@ impl MessageRow {
             ok
         });
         RetainedMessage {
-            qos: stored_qos(&topic, self.qos),
-            payload: Bytes::from(self.payload),
+            qos: stored_qos(&topic, qos),
+            payload: Bytes::from(payload),
             properties: MessageProperties {
                 user_properties,
                 content_type,
                 response_topic: response_topic.map(TopicName::from_stored),
-                correlation_data: self.correlation_data.map(Bytes::from),
-                payload_format: if self.payload_format == 1 {
+                correlation_data: correlation_data.map(Bytes::from),
+                payload_format: if payload_format == 1 {
                     PayloadFormat::Utf8
                 } else {
                     PayloadFormat::Unspecified
                 },
             },
-            expires_at_ms: self.expires_at_ms,
-            last_modified_ms: self.last_modified_ms,
-            last_accessed_ms: self.last_accessed_ms,
-            revision: self.revision,
-            writer: self.writer_client.map(|client| Writer {
-                principal: self.owner.into(),
+            expires_at_ms,
+            last_modified_ms,
+            last_accessed_ms,
+            revision,
+            writer: writer_client.map(|client| Writer {
+                principal: owner.into(),
                 client: client.into(),
             }),
             topic,
@@ -260,7 +235,7 @@ impl ChangeRow {
     /// The change, unless it is a message that has expired since: its expiry is a change of
     /// its own, with a later revision, once maintenance records it.
     pub(super) fn into_change(self, now_ms: i64) -> Option<RetainedChange> {
-        let revision = self.message.revision;
+        let revision = self.message.revision();
         let message = self.message.into_message();
         let (topic, writer) = (message.topic.clone(), message.writer.clone());
         let kind = match (self.deleted, self.change_kind) {
@@ -293,7 +268,7 @@ pub(super) fn change_page(
     now_ms: i64,
 ) -> ChangePage {
     let full = rows.len() >= limit as usize;
-    let last = rows.last().map(|r| r.message.revision);
+    let last = rows.last().map(|r| r.message.revision());
     let changes = rows
         .into_iter()
         .filter_map(|r| r.into_change(now_ms))
