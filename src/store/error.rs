@@ -115,6 +115,20 @@ fn sqlite_class(extended_code: i32) -> Class {
     }
 }
 
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        let text: Arc<str> = err.to_string().into();
+        match &err {
+            rusqlite::Error::SqliteFailure(e, _) => match sqlite_class(e.extended_code) {
+                Class::Transient => Self::Unavailable(text),
+                Class::BadData => Self::Refused(text),
+                Class::Other => Self::Internal(text),
+            },
+            _ => Self::Internal(text),
+        }
+    }
+}
+
 impl From<sqlx::migrate::MigrateError> for Error {
     fn from(err: sqlx::migrate::MigrateError) -> Self {
         Self::Internal(format!("migration failed: {err}").into())

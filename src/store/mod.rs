@@ -25,6 +25,7 @@ mod quota;
 mod row;
 mod sqlite;
 mod sqlite_apply;
+mod sqlite_scan;
 mod watch;
 mod watch_hub;
 mod watch_types;

@@ -8,6 +8,7 @@ use sqlx::{ConnectOptions, Connection};
 
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
+use super::sqlite_scan::ScanReaders;
 use super::{Error, RetainedStore};
 
 /// Opens the backend a `DATABASE_URL` names and brings its schema up to date.
@@ -60,12 +61,15 @@ pub async fn open_backend(
             .acquire_timeout(timeout)
             .connect_with(options.clone())
             .await?;
+        let scans = ScanReaders::new(options.get_filename().to_owned(), max_connections, timeout);
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
             .connect_with(options)
             .await?;
-        Ok(Arc::new(SqliteStore::migrate(writer, reader, lock).await?))
+        Ok(Arc::new(
+            SqliteStore::migrate(writer, reader, scans, lock).await?,
+        ))
     } else {
         Err(Error::config(
             "DATABASE_URL must start with sqlite:// or postgres:// (or postgresql://)",

@@ -99,7 +99,7 @@ pub(super) fn day_of(ms: i64) -> i32 {
 
 /// A message row's columns in the order of `message_columns!`, read by position: a scan
 /// decodes millions of rows, and reading each column by name costs a hash lookup per column.
-type MessageColumns = (
+pub(super) type MessageColumns = (
     String,
     Vec<u8>,
     i16,
@@ -132,6 +132,12 @@ where
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         MessageColumns::from_row(row).map(Self)
+    }
+}
+
+impl From<MessageColumns> for MessageRow {
+    fn from(columns: MessageColumns) -> Self {
+        Self(columns)
     }
 }
 

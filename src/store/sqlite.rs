@@ -15,6 +15,7 @@ use super::row::{
     message_columns,
 };
 use super::sqlite_apply;
+use super::sqlite_scan::ScanReaders;
 use super::{
     ChangePage, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Revision,
 };
@@ -23,6 +24,8 @@ use crate::topic::TopicName;
 pub(super) struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Retained deliveries' scans, a page per blocking call.
+    scans: ScanReaders,
     /// Held while open: no other process may use the file (see `open::lock_sqlite_file`).
     _lock: std::fs::File,
 }
@@ -31,12 +34,14 @@ impl SqliteStore {
     pub(super) async fn migrate(
         writer: SqlitePool,
         reader: SqlitePool,
+        scans: ScanReaders,
         lock: std::fs::File,
     ) -> Result<Self, Error> {
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         Ok(Self {
             writer,
             reader,
+            scans,
             _lock: lock,
         })
     }
@@ -300,8 +305,10 @@ impl RetainedStore for SqliteStore {
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error> {
         let start = ScanStart::new(from, after);
-        let rows: Vec<MessageRow> = self.range(&SCAN, start, until, limit, now_ms).await?;
-        Ok(rows.into_iter().map(MessageRow::into_message).collect())
+        let statement = SCAN.pick(start, until);
+        self.scans
+            .scan(statement, start, until, limit, now_ms)
+            .await
     }
 
     async fn list_range(

@@ -4,7 +4,7 @@
 //! Unconditional writes, nearly all of them, go in multi-row statements: sqlx runs each
 //! statement on the connection's worker thread, and a statement per row cost two thread
 //! switches per row, which bounded a fleet storing retained messages to about 15k rows/s on
-//! two cores (issue 18, docs/benchmarks.md). A batch of up to 512 rows now takes at most 14
+//! two cores (issue 18, docs/benchmarks.md). A batch of up to 512 rows now takes at most 13
 //! statements, in chunks of [`CHUNKS`] rows, whose texts are prepared once each. Conditional
 //! writes keep a statement each: their condition decides per row.
 
