@@ -106,3 +106,59 @@ async fn a_node_that_cannot_hear_the_others_stops_serving_from_its_cache() {
     proxy.restore();
     eventually(&b, "cfg", (200, Some(b64("v2"))), Duration::from_secs(15)).await;
 }
+
+/// The heartbeat that proves the feed works must not wait for a connection of the pool reads
+/// use: with every one of them busy (a hundred subscribers reading the retained set at once),
+/// the feed still works, and the cache stays in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_reads_hold_every_pooled_connection_keeps_its_change_feed() {
+    use sqlx::{Connection, Executor};
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let mut config = test_config(&url);
+    // The feed's listener takes one of them, reads the other.
+    config.db_max_connections = 2;
+    config.store_timeout = Duration::from_secs(15);
+    let app = spawn_app_with(db, config).await;
+    cache_ready(&app).await;
+
+    // Reads that wait for a lock hold every connection of the pool.
+    let mut locker = sqlx::PgConnection::connect(&url).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE retained_messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut reads = Vec::new();
+    // Listings, since point reads share one query at a time: one holds the connection, waiting
+    // for the lock, and the others wait for it.
+    for _ in 0..3 {
+        let (http, url) = (app.http.clone(), format!("{}/retainedMessage", app.base));
+        reads.push(tokio::spawn(async move {
+            http.get(url).send().await.unwrap().status().as_u16()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&mut locker)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 1, "no listing holds the pool's connection");
+    // Longer than the feed may go without hearing its own heartbeat (2 s).
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert!(
+            app.store().cache_in_use(),
+            "the change feed was declared lost while reads held the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    locker.execute("ROLLBACK").await.unwrap();
+    for read in reads {
+        assert_eq!(read.await.unwrap(), 200);
+    }
+    assert!(app.store().cache_in_use());
+}

@@ -142,6 +142,7 @@ impl Client {
                 broker.store().clone(),
                 cfg.topic_limits,
                 broker.metrics().clone(),
+                broker.read_ahead().clone(),
             ),
             inbound: InboundQos::new(v5, cfg.receive_maximum),
             publish_rate: TokenBucket::new(cfg.max_publish_rate, std::time::Instant::now()),

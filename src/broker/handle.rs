@@ -15,6 +15,7 @@ use super::observe;
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
 use super::peers;
 use super::registry::{Attached, Session, Sessions};
+use super::retained::ReadAhead;
 use super::session::{SessionLimits, SubOptions};
 use super::sys_topics::{self, SysTopics};
 use crate::auth::{Authenticator, Principal};
@@ -66,6 +67,8 @@ pub(super) struct Inner {
     pub metrics: Metrics,
     /// The latest `$SYS/broker/...` values (`sys_topics`).
     pub sys: SysTopics,
+    /// Shared by the connections reading retained pages.
+    pub read_ahead: ReadAhead,
 }
 
 impl Broker {
@@ -96,6 +99,7 @@ impl Broker {
                 cluster,
                 metrics,
                 sys: SysTopics::new(),
+                read_ahead: ReadAhead::default(),
             }),
         };
         if let Some(cluster) = &broker.inner.cluster {
@@ -135,6 +139,10 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
+    }
+
+    pub(super) fn read_ahead(&self) -> &ReadAhead {
+        &self.inner.read_ahead
     }
 
     pub fn store(&self) -> &Store {

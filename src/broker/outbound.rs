@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::end::End;
 use super::registry::Session;
-use super::retained::{Page, RetainedFeed};
+use super::retained::{Page, ReadAhead, RetainedFeed};
 use super::wire;
 use crate::metrics::{DropReason, Metrics};
 use crate::mqtt::{DisconnectReasonCode, Packet, PublishAck2, PublishAck2Reason};
@@ -45,13 +45,14 @@ impl Outbound {
         store: Store,
         topic_limits: TopicLimits,
         metrics: Metrics,
+        read_ahead: ReadAhead,
     ) -> Self {
         Self {
             session,
             stop,
             window,
             metrics,
-            retained: RetainedFeed::default(),
+            retained: RetainedFeed::new(read_ahead),
             store,
             topic_limits,
         }

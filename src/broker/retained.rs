@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::BoxFuture;
 
@@ -14,28 +15,103 @@ use crate::topic::{TopicFilter, TopicLimits, TopicName};
 
 /// Rows in a first page, before payload sizes are known.
 const FIRST_PAGE: u32 = 250;
-/// Bounds on rows per page.
+/// The fewest rows a page asks for, however large the payloads.
 const MIN_PAGE: u32 = 16;
-const MAX_PAGE: u32 = 2000;
-/// Payload bytes a page aims for: the rows per page follow from the sizes seen so far.
-const PAGE_BYTES: usize = 1 << 20;
 
-/// The next retained page is read while fewer messages than this, and fewer payload bytes than
-/// `FETCH_BELOW_BYTES`, wait in the queue: about two pages, so the client is never kept waiting
-/// for the database, and memory stays bounded whatever the payloads' size. A connection then
-/// holds at most these plus one page of retained messages, however large the set.
-const FETCH_BELOW: usize = 4000;
-const FETCH_BELOW_BYTES: usize = 2 * PAGE_BYTES;
+/// What one connection reads ahead of its client, in payload bytes, at most and at least: the
+/// next retained page is read while less than this waits in its queue (and a page is half of
+/// it), so the client is not kept waiting for the database while memory stays bounded whatever
+/// the payloads' size. Between the two, the connections reading retained pages at once share
+/// [`READ_AHEAD_TOTAL`]: one subscriber draining a million messages alone gets the most, and
+/// a hundred subscribing to `#` at once, each served a hundredth as fast, the least.
+const READ_AHEAD_MAX: usize = 2 << 20;
+const READ_AHEAD_MIN: usize = 256 << 10;
+const READ_AHEAD_TOTAL: usize = 16 << 20;
+/// Messages queued at most, at [`READ_AHEAD_MAX`] (in proportion below it), for small
+/// payloads, whose per-message cost is not in their payload bytes.
+const READ_AHEAD_MESSAGES: usize = 4000;
+
+/// How many connections are reading retained pages: shared by every connection of the broker,
+/// which each read ahead their share.
+#[derive(Clone, Default)]
+pub(super) struct ReadAhead(Arc<AtomicUsize>);
+
+/// One connection counted in a [`ReadAhead`] until dropped.
+struct Reading(Arc<AtomicUsize>);
+
+impl ReadAhead {
+    fn join(&self) -> Reading {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Reading(self.0.clone())
+    }
+
+    fn allowance(&self) -> Allowance {
+        Allowance::sharing(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What one connection may hold of retained messages before it reads the next page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Allowance {
+    bytes: usize,
+    messages: usize,
+}
+
+impl Allowance {
+    /// A connection's share while `readers` connections read retained pages.
+    fn sharing(readers: usize) -> Self {
+        let bytes = (READ_AHEAD_TOTAL / readers.max(1)).clamp(READ_AHEAD_MIN, READ_AHEAD_MAX);
+        Self {
+            bytes,
+            messages: READ_AHEAD_MESSAGES * bytes / READ_AHEAD_MAX,
+        }
+    }
+
+    /// Whether a queue this long and this heavy is short enough to read the next page into.
+    fn wants_page(self, queued: usize, queued_bytes: usize) -> bool {
+        queued < self.messages && queued_bytes < self.bytes
+    }
+
+    /// Rows of the next page: half the allowance, at the average payload size seen so far.
+    fn page_rows(self, average_payload: Option<usize>) -> u32 {
+        let most = u32::try_from(self.messages / 2)
+            .unwrap_or(u32::MAX)
+            .max(MIN_PAGE);
+        match average_payload {
+            None => FIRST_PAGE.min(most),
+            Some(average) => u32::try_from(self.bytes / 2 / average.max(1))
+                .unwrap_or(most)
+                .clamp(MIN_PAGE, most),
+        }
+    }
+}
 
 /// The retained deliveries one connection still owes its subscriptions: the scans to go on
 /// with, and the page being read, at most one at a time.
-#[derive(Default)]
 pub(super) struct RetainedFeed {
     scans: VecDeque<RetainedScan>,
     fetching: Option<BoxFuture<'static, Result<Page, store::Error>>>,
+    share: ReadAhead,
+    /// Held while there is anything left to read.
+    reading: Option<Reading>,
 }
 
 impl RetainedFeed {
+    pub fn new(share: ReadAhead) -> Self {
+        Self {
+            scans: VecDeque::new(),
+            fetching: None,
+            share,
+            reading: None,
+        }
+    }
+
     /// Starts reading the next page once the session's queue is short enough that the page
     /// will be needed soon: the client drains one page while the next is read.
     pub fn fetch_more(
@@ -44,10 +120,19 @@ impl RetainedFeed {
         store: &Store,
         limits: TopicLimits,
     ) {
-        if self.fetching.is_some() || !wants_page(queued, queued_bytes) {
+        if self.scans.is_empty() && self.fetching.is_none() {
+            self.reading = None;
             return;
         }
-        if let Some(scan) = self.scans.pop_front() {
+        if self.reading.is_none() {
+            self.reading = Some(self.share.join());
+        }
+        let allowance = self.share.allowance();
+        if self.fetching.is_some() || !allowance.wants_page(queued, queued_bytes) {
+            return;
+        }
+        if let Some(mut scan) = self.scans.pop_front() {
+            scan.page = allowance.page_rows(scan.average_payload);
             self.fetching = Some(Box::pin(scan.fetch(store.clone(), limits)));
         }
     }
@@ -68,11 +153,6 @@ impl RetainedFeed {
     }
 }
 
-/// Whether a queue this long and this heavy is short enough to read the next page into.
-fn wants_page(queued: usize, queued_bytes: usize) -> bool {
-    queued < FETCH_BELOW && queued_bytes < FETCH_BELOW_BYTES
-}
-
 /// Where one subscription's retained delivery has got to.
 pub(super) struct RetainedScan {
     filter: TopicFilter,
@@ -80,7 +160,10 @@ pub(super) struct RetainedScan {
     from: String,
     until: Option<String>,
     after: Option<TopicName>,
+    /// Rows to ask for, set before each read.
     page: u32,
+    /// The average payload of the rows read so far, to size the next page by.
+    average_payload: Option<usize>,
 }
 
 /// One page of deliveries; `next` is the scan to continue with, if there is more.
@@ -99,6 +182,7 @@ impl RetainedScan {
             until,
             after: None,
             page: FIRST_PAGE,
+            average_payload: None,
         }
     }
 
@@ -129,10 +213,7 @@ impl RetainedScan {
         let more = rows.len() == self.page as usize;
         self.after = rows.last().map(|m| m.topic.clone());
         if let Some(average) = average_payload(&rows) {
-            let fit = PAGE_BYTES / average.max(1);
-            self.page = u32::try_from(fit)
-                .unwrap_or(MAX_PAGE)
-                .clamp(MIN_PAGE, MAX_PAGE);
+            self.average_payload = Some(average);
         }
         let matching = rows
             .into_iter()
@@ -171,10 +252,50 @@ mod tests {
 
     #[test]
     fn a_page_is_read_only_into_a_queue_short_in_messages_and_in_bytes() {
-        assert!(wants_page(0, 0));
-        assert!(wants_page(FETCH_BELOW - 1, FETCH_BELOW_BYTES - 1));
-        assert!(!wants_page(FETCH_BELOW, 0), "many small messages");
-        // A few large ones: 40 messages of 64 KiB are more than two pages' worth.
-        assert!(!wants_page(40, 40 * 64 * 1024), "few large messages");
+        let alone = Allowance::sharing(1);
+        assert!(alone.wants_page(0, 0));
+        assert!(alone.wants_page(READ_AHEAD_MESSAGES - 1, READ_AHEAD_MAX - 1));
+        assert!(
+            !alone.wants_page(READ_AHEAD_MESSAGES, 0),
+            "many small messages"
+        );
+        // A few large ones: 40 messages of 64 KiB are more than the allowance.
+        assert!(!alone.wants_page(40, 40 * 64 * 1024), "few large messages");
+    }
+
+    #[test]
+    fn connections_reading_at_once_share_the_read_ahead_within_bounds() {
+        assert_eq!(Allowance::sharing(0), Allowance::sharing(1));
+        assert_eq!(Allowance::sharing(1).bytes, READ_AHEAD_MAX);
+        assert_eq!(Allowance::sharing(1).messages, READ_AHEAD_MESSAGES);
+        assert_eq!(Allowance::sharing(16).bytes, READ_AHEAD_TOTAL / 16);
+        let crowd = Allowance::sharing(100);
+        assert_eq!(crowd.bytes, READ_AHEAD_MIN);
+        assert_eq!(crowd.messages, READ_AHEAD_MESSAGES / 8);
+        assert!(crowd.wants_page(0, 0), "every connection still reads");
+        assert!(!crowd.wants_page(crowd.messages, 0));
+    }
+
+    #[test]
+    fn a_page_is_half_the_allowance_at_the_payloads_seen() {
+        let alone = Allowance::sharing(1);
+        assert_eq!(alone.page_rows(None), FIRST_PAGE);
+        assert_eq!(alone.page_rows(Some(256)), 2000, "capped by messages");
+        assert_eq!(alone.page_rows(Some(4096)), 256);
+        assert_eq!(alone.page_rows(Some(1 << 20)), MIN_PAGE);
+        let crowd = Allowance::sharing(100);
+        assert_eq!(crowd.page_rows(Some(256)), 250);
+        assert_eq!(crowd.page_rows(None), FIRST_PAGE.min(250));
+    }
+
+    #[test]
+    fn a_connection_counts_as_reading_until_it_lets_go() {
+        let share = ReadAhead::default();
+        let first = share.join();
+        let second = share.join();
+        assert_eq!(share.0.load(Ordering::Relaxed), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(share.0.load(Ordering::Relaxed), 0);
     }
 }

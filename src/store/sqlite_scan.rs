@@ -16,6 +16,9 @@ use tokio::sync::Semaphore;
 use super::row::{MessageColumns, MessageRow, ScanStart};
 use super::{Error, RetainedMessage};
 
+/// Page cache of a scan connection, in KiB (SQLite's default is 2,000 KiB).
+const SCAN_CACHE_KIB: i64 = 256;
+
 /// A bounded set of read-only connections to one SQLite file, opened as scans need them.
 #[derive(Clone)]
 pub(super) struct ScanReaders {
@@ -92,6 +95,10 @@ impl Readers {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(self.timeout)?;
+        // A scan reads each page of the table once, in order: a page cache of its own would
+        // only hold what it has passed (the OS caches the file), so it is kept small, as the
+        // memory of a hundred subscribers reading at once is.
+        conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
         Ok(conn)
     }
 

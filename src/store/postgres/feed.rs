@@ -86,15 +86,23 @@ impl PgChangeFeed {
         }
     }
 
+    /// Notifies over the listening connection itself, not the pool: with every pool connection
+    /// busy (a hundred subscribers reading the retained set), a ping that waited for one went
+    /// unsent, and a working feed was declared lost over and over. Notifications that arrive
+    /// while the ping runs are kept by the listener.
     async fn send_ping(&mut self) {
         self.seq += 1;
+        let payload = ping(&self.node, self.seq);
+        self.next_ping = Instant::now() + HEARTBEAT;
+        let Some(listener) = self.listener.as_mut() else {
+            return;
+        };
         let sent = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
-            .bind(ping(&self.node, self.seq))
-            .execute(&self.pool);
+            .bind(payload)
+            .execute(&mut *listener);
         // A ping that cannot be sent is a ping not heard; the staleness check handles it.
         let _ = tokio::time::timeout(HEARTBEAT, sent).await;
-        self.next_ping = Instant::now() + HEARTBEAT;
     }
 
     fn lose(&mut self, why: &str) -> Change {
