@@ -5,20 +5,8 @@
 mod common;
 
 use common::writes::message;
-use common::{Backend, T0_MS, fresh_db, open_backend};
+use common::{Backend, T0_MS, fresh_db, open_backend, topic};
 use retaind::store::{PayloadFormat, Write};
-use retaind::topic::{TopicLimits, TopicName};
-
-fn topic(s: &str) -> TopicName {
-    TopicName::parse(
-        s,
-        TopicLimits {
-            max_bytes: 1024,
-            max_levels: 64,
-        },
-    )
-    .unwrap()
-}
 
 #[tokio::test]
 async fn a_scan_serves_a_row_written_by_hand_as_a_point_read_does() {
