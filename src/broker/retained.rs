@@ -1,5 +1,6 @@
 //! Retained messages for a new subscription, read from the store a page at a time so that
-//! subscribing to `#` over millions of messages never holds more than two pages in memory.
+//! subscribing to `#` over millions of messages holds only its read-ahead and the page being
+//! read in memory.
 //! The connection fetches the next page while the client is still taking the current one.
 
 use std::collections::VecDeque;

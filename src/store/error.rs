@@ -48,11 +48,7 @@ impl From<sqlx::Error> for Error {
                 Self::Unavailable(text())
             }
             E::Protocol(_) => Self::Unavailable(text()),
-            E::Database(db) => match classify(db.as_ref()) {
-                Class::Transient => Self::Unavailable(text()),
-                Class::BadData => Self::Refused(text()),
-                Class::Other => Self::Internal(text()),
-            },
+            E::Database(db) => classify(db.as_ref()).error(text()),
             _ => Self::Internal(text()),
         }
     }
@@ -81,6 +77,16 @@ enum Class {
     /// The data of the statement is at fault, not the statement or the server.
     BadData,
     Other,
+}
+
+impl Class {
+    fn error(self, text: Arc<str>) -> Error {
+        match self {
+            Self::Transient => Error::Unavailable(text),
+            Self::BadData => Error::Refused(text),
+            Self::Other => Error::Internal(text),
+        }
+    }
 }
 
 fn classify(db: &dyn sqlx::error::DatabaseError) -> Class {
@@ -119,11 +125,7 @@ impl From<rusqlite::Error> for Error {
     fn from(err: rusqlite::Error) -> Self {
         let text: Arc<str> = err.to_string().into();
         match &err {
-            rusqlite::Error::SqliteFailure(e, _) => match sqlite_class(e.extended_code) {
-                Class::Transient => Self::Unavailable(text),
-                Class::BadData => Self::Refused(text),
-                Class::Other => Self::Internal(text),
-            },
+            rusqlite::Error::SqliteFailure(e, _) => sqlite_class(e.extended_code).error(text),
             _ => Self::Internal(text),
         }
     }
