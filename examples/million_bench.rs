@@ -99,7 +99,7 @@ enum Command {
     Ready(ReadyArgs),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct Broker {
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1")]
@@ -682,24 +682,29 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
     );
 
     // The probe is connected and has had its first PUBACK before anyone subscribes, so it runs
-    // during the whole delivery, however short.
+    // during the whole delivery, however short. It runs on a thread and a runtime of its own,
+    // as another device would: on this runtime, its PUBACKs would wait for the subscribers'
+    // tasks, and the load generator's own delay would be counted as the broker's.
     let (probe_stop_tx, probe_stop_rx) = watch::channel(false);
     let probe = if args.probe_rate > 0 {
-        let (client, events) = connect3(&args.broker, "probe").await?;
         let (first_tx, first_rx) = oneshot::channel();
-        let rate = args.probe_rate;
-        let task = tokio::spawn(run_probe(
-            client,
-            events,
-            rate,
-            probe_stop_rx,
-            Some(first_tx),
-        ));
+        let (broker, rate) = (args.broker.clone(), args.probe_rate);
+        let thread = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(async move {
+                        let (client, events) = connect3(&broker, "probe").await?;
+                        run_probe(client, events, rate, probe_stop_rx, Some(first_tx)).await
+                    })
+            })?;
         timeout(HANDSHAKE_TIMEOUT, first_rx)
             .await
             .context("the probe's first PUBACK")?
             .context("the probe ended before its first PUBACK")?;
-        Some(task)
+        Some(thread)
     } else {
         None
     };
@@ -741,7 +746,11 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
     progress.abort();
     let _ = probe_stop_tx.send(true);
     let probe = match probe {
-        Some(task) => Some(task.await.context("probe task")??),
+        Some(thread) => Some(
+            tokio::task::spawn_blocking(move || thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the probe thread panicked"))??,
+        ),
         None => None,
     };
 

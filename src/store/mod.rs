@@ -26,6 +26,7 @@ mod row;
 mod sqlite;
 mod sqlite_apply;
 mod sqlite_scan;
+mod sqlite_writer;
 mod watch;
 mod watch_hub;
 mod watch_types;

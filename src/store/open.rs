@@ -9,6 +9,7 @@ use sqlx::{ConnectOptions, Connection};
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use super::sqlite_scan::ScanReaders;
+use super::sqlite_writer::SqliteWriter;
 use super::{Error, RetainedStore};
 
 /// Opens the backend a `DATABASE_URL` names and brings its schema up to date.
@@ -56,19 +57,29 @@ pub async fn open_backend(
             })?;
         }
         let lock = lock_sqlite_file(options.get_filename(), timeout).await?;
-        let writer = SqlitePoolOptions::new()
+        // A pool of one, for the migrations alone: sqlx runs them on a pool.
+        let migrator = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(timeout)
             .connect_with(options.clone())
             .await?;
-        let scans = ScanReaders::new(options.get_filename().to_owned(), max_connections, timeout);
+        let path = options.get_filename().to_owned();
+        let writer = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || SqliteWriter::open(&path, timeout, lock))
+                .await
+                .map_err(|e| {
+                    Error::Internal(format!("cannot open the SQLite writer: {e}").into())
+                })??
+        };
+        let scans = ScanReaders::new(path, max_connections, timeout);
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
             .connect_with(options)
             .await?;
         Ok(Arc::new(
-            SqliteStore::migrate(writer, reader, scans, lock).await?,
+            SqliteStore::migrate(migrator, writer, reader, scans).await?,
         ))
     } else {
         Err(Error::config(

@@ -1,9 +1,11 @@
 //! SQLite backend: the zero-setup default. WAL mode lets readers run beside the one writer;
 //! `synchronous=FULL` makes a commit durable before it returns, so an acknowledged publish
-//! survives power loss. Writes go through a single connection because SQLite has one writer
-//! anyway; group commit upstream turns many publishes into one transaction on it.
+//! survives power loss. Writes go through a single connection on a thread of its own
+//! (`sqlite_writer`) because SQLite has one writer anyway; group commit upstream turns many
+//! publishes into one transaction on it.
 
 use async_trait::async_trait;
+use rusqlite::{Connection, TransactionBehavior, params};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, SqlitePool};
 use tokio::time::Instant;
@@ -16,35 +18,43 @@ use super::row::{
 };
 use super::sqlite_apply;
 use super::sqlite_scan::ScanReaders;
+use super::sqlite_writer::SqliteWriter;
 use super::{
     ChangePage, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Revision,
 };
 use crate::topic::TopicName;
 
 pub(super) struct SqliteStore {
-    writer: SqlitePool,
+    /// Every write; it holds the file's lock (see `open::lock_sqlite_file`) until it closes.
+    writer: SqliteWriter,
     reader: SqlitePool,
     /// Retained deliveries' scans, a page per blocking call.
     scans: ScanReaders,
-    /// Held while open: no other process may use the file (see `open::lock_sqlite_file`).
-    _lock: std::fs::File,
 }
 
 impl SqliteStore {
+    /// Brings the schema up to date on `migrator`, then closes it: from then on, `writer` is
+    /// the file's one write connection.
     pub(super) async fn migrate(
-        writer: SqlitePool,
+        migrator: SqlitePool,
+        writer: SqliteWriter,
         reader: SqlitePool,
         scans: ScanReaders,
-        lock: std::fs::File,
     ) -> Result<Self, Error> {
-        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        sqlx::migrate!("migrations/sqlite").run(&migrator).await?;
+        migrator.close().await;
         Ok(Self {
             writer,
             reader,
             scans,
-            _lock: lock,
         })
     }
+}
+
+/// A write transaction: it takes SQLite's write lock at its start, waiting for another process
+/// that holds it (no read of it can then turn stale before its write).
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
 /// A range query with the given bounds on `topic`: `?1` is the lower bound, `?2` now, `?3` the
@@ -120,78 +130,34 @@ impl SqliteStore {
         kind: i16,
         at: Option<i64>,
     ) -> Result<u64, Error> {
-        let mut tx = self.writer.begin().await?;
-        let rows: Vec<(String, i64)> = sqlx::query_as(victims)
-            .bind(binds.0)
-            .bind(binds.1)
-            .bind(binds.2)
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let ticket: i64 = sqlx::query_scalar(
-            "UPDATE retained_write_seq SET value = value + 1 WHERE only_row = 1 RETURNING value",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        for (ord, (topic, _)) in (1..).zip(&rows) {
-            let revision = ticket * 4096 + ord;
-            sqlx::query(
-                "UPDATE retained_messages SET deleted = 1, change_kind = ?3, revision = ?2,
-                     payload = x'', user_properties = NULL, content_type = NULL,
-                     response_topic = NULL, correlation_data = NULL, writer_client = NULL,
-                     expires_at_ms = coalesce(?4, expires_at_ms),
-                     last_modified_ms = coalesce(?4, expires_at_ms)
-                 WHERE topic = ?1",
-            )
-            .bind(topic)
-            .bind(revision)
-            .bind(kind)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(rows.len() as u64)
+        self.writer
+            .run(move |conn| {
+                let tx = write_transaction(conn)?;
+                let topics: Vec<String> = tx
+                    .prepare_cached(victims)?
+                    .query_map(params![binds.0, binds.1, binds.2], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                if topics.is_empty() {
+                    return Ok(0);
+                }
+                let ticket = sqlite_apply::next_ticket(&tx)?;
+                let mut bury = tx.prepare_cached(
+                    "UPDATE retained_messages SET deleted = 1, change_kind = ?3, revision = ?2,
+                         payload = x'', user_properties = NULL, content_type = NULL,
+                         response_topic = NULL, correlation_data = NULL, writer_client = NULL,
+                         expires_at_ms = coalesce(?4, expires_at_ms),
+                         last_modified_ms = coalesce(?4, expires_at_ms)
+                     WHERE topic = ?1",
+                )?;
+                for (ord, topic) in (1..).zip(&topics) {
+                    bury.execute(params![topic, ticket * 4096 + ord, kind, at])?;
+                }
+                drop(bury);
+                tx.commit()?;
+                Ok(topics.len() as u64)
+            })
+            .await
     }
-}
-
-/// The counts a quota decision starts from. SQLite has one writer, and this runs in its
-/// transaction, so nothing can change them before the batch commits.
-async fn standing(
-    tx: &mut sqlx::SqliteConnection,
-    writes: &[OwnedWrite],
-) -> Result<quota::Standing, sqlx::Error> {
-    let total: i64 = sqlx::query_scalar("SELECT messages FROM retained_total")
-        .fetch_one(&mut *tx)
-        .await?;
-    let mut standing = quota::Standing {
-        total: u64::try_from(total).unwrap_or(0),
-        ..Default::default()
-    };
-    for owner in quota::owners_with_quota(writes) {
-        let n: Option<i64> =
-            sqlx::query_scalar("SELECT messages FROM retained_owner_counts WHERE owner = ?")
-                .bind(owner)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let n = n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
-        standing.by_owner.insert(owner.into(), n);
-    }
-    for w in writes {
-        let topic = w.write.topic().as_str();
-        let owner: Option<String> = sqlx::query_scalar(
-            "SELECT owner FROM retained_messages WHERE topic = ? AND NOT deleted",
-        )
-        .bind(topic)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(owner) = owner {
-            standing.owner_of.insert(topic.to_owned(), owner.into());
-        }
-    }
-    Ok(standing)
 }
 
 #[async_trait]
@@ -206,19 +172,25 @@ impl RetainedStore for SqliteStore {
         now_ms: i64,
         _deadline: Instant,
     ) -> Result<Vec<Verdict>, Error> {
-        let mut tx = self.writer.begin().await?;
-        let admissions = if quota::applies(writes, max_total) {
-            quota::admit(writes, max_total, standing(&mut tx, writes).await?)
-        } else {
-            vec![Ok(()); writes.len()]
-        };
-        let admitted = writes
-            .iter()
-            .zip(&admissions)
-            .filter_map(|(w, v)| v.is_ok().then_some(w));
-        let applied = sqlite_apply::apply_all(&mut tx, admitted.collect(), now_ms).await?;
-        tx.commit().await?;
-        Ok(Verdict::of_batch(writes, admissions, &applied))
+        // The writes go to the writer's thread; the caller's slice cannot.
+        let writes = writes.to_vec();
+        self.writer
+            .run(move |conn| {
+                let tx = write_transaction(conn)?;
+                let admissions = if quota::applies(&writes, max_total) {
+                    quota::admit(&writes, max_total, sqlite_apply::standing(&tx, &writes)?)
+                } else {
+                    vec![Ok(()); writes.len()]
+                };
+                let admitted = writes
+                    .iter()
+                    .zip(&admissions)
+                    .filter_map(|(w, v)| v.is_ok().then_some(w));
+                let applied = sqlite_apply::apply_all(&tx, admitted.collect(), now_ms)?;
+                tx.commit()?;
+                Ok(Verdict::of_batch(&writes, admissions, &applied))
+            })
+            .await
     }
 
     async fn count(&self, owner: Option<&str>) -> Result<u64, Error> {
@@ -363,19 +335,21 @@ impl RetainedStore for SqliteStore {
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {
-        let mut tx = self.writer.begin().await?;
-        for topic in topics {
-            sqlx::query(
-                "UPDATE retained_messages SET last_accessed_ms = ?2
-                 WHERE topic = ?1 AND last_accessed_ms < ?2",
-            )
-            .bind(topic.as_str())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let topics = topics.to_vec();
+        self.writer
+            .run(move |conn| {
+                let tx = write_transaction(conn)?;
+                let mut touch = tx.prepare_cached(
+                    "UPDATE retained_messages SET last_accessed_ms = ?2
+                     WHERE topic = ?1 AND last_accessed_ms < ?2",
+                )?;
+                for topic in &topics {
+                    touch.execute(params![topic.as_str(), now_ms])?;
+                }
+                drop(touch);
+                Ok(tx.commit()?)
+            })
+            .await
     }
 
     async fn expire(&self, now_ms: i64, limit: u32) -> Result<u64, Error> {
@@ -390,26 +364,29 @@ impl RetainedStore for SqliteStore {
     }
 
     async fn purge_tombstones(&self, cutoff_ms: i64, limit: u32) -> Result<u64, Error> {
-        let mut tx = self.writer.begin().await?;
-        let gone: Vec<(i64,)> = sqlx::query_as(
-            "DELETE FROM retained_messages WHERE topic IN
-             (SELECT topic FROM retained_messages
-              WHERE expires_at_ms <= ?1 AND deleted LIMIT ?2)
-             RETURNING revision",
-        )
-        .bind(cutoff_ms)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        // Their log entries went with them (a trigger, migration 0005).
-        if let Some(highest) = gone.iter().map(|(r,)| *r).max() {
-            sqlx::query("UPDATE retained_compacted SET revision = max(revision, ?)")
-                .bind(highest)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(gone.len() as u64)
+        self.writer
+            .run(move |conn| {
+                let tx = write_transaction(conn)?;
+                let gone: Vec<i64> = tx
+                    .prepare_cached(
+                        "DELETE FROM retained_messages WHERE topic IN
+                         (SELECT topic FROM retained_messages
+                          WHERE expires_at_ms <= ?1 AND deleted LIMIT ?2)
+                         RETURNING revision",
+                    )?
+                    .query_map(params![cutoff_ms, limit], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                // Their log entries went with them (a trigger, migration 0005).
+                if let Some(highest) = gone.iter().max() {
+                    tx.execute(
+                        "UPDATE retained_compacted SET revision = max(revision, ?)",
+                        [highest],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(gone.len() as u64)
+            })
+            .await
     }
 
     async fn purge_idle(&self, cutoff_ms: i64, now_ms: i64, limit: u32) -> Result<u64, Error> {
@@ -432,29 +409,30 @@ impl RetainedStore for SqliteStore {
         after: Revision,
         limit: u32,
     ) -> Result<(u64, Option<Revision>), Error> {
-        let mut tx = self.writer.begin().await?;
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT max(revision) FROM
-             (SELECT revision FROM retained_changes WHERE revision > ?1 ORDER BY revision LIMIT ?2)",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_one(&mut *tx)
-        .await?;
-        let Some(last) = last else {
-            return Ok((0, None));
-        };
-        let done = sqlx::query(
-            "DELETE FROM retained_changes WHERE revision > ?1 AND revision <= ?2 AND NOT EXISTS
-             (SELECT 1 FROM retained_messages m
-              WHERE m.topic = retained_changes.topic AND m.revision = retained_changes.revision)",
-        )
-        .bind(after)
-        .bind(last)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((done.rows_affected(), Some(last)))
+        self.writer
+            .run(move |conn| {
+                let tx = write_transaction(conn)?;
+                let last: Option<i64> = tx.query_row(
+                    "SELECT max(revision) FROM
+                     (SELECT revision FROM retained_changes WHERE revision > ?1
+                      ORDER BY revision LIMIT ?2)",
+                    params![after, limit],
+                    |r| r.get(0),
+                )?;
+                let Some(last) = last else {
+                    return Ok((0, None));
+                };
+                let done = tx.execute(
+                    "DELETE FROM retained_changes WHERE revision > ?1 AND revision <= ?2
+                     AND NOT EXISTS (SELECT 1 FROM retained_messages m
+                         WHERE m.topic = retained_changes.topic
+                             AND m.revision = retained_changes.revision)",
+                    params![after, last],
+                )?;
+                tx.commit()?;
+                Ok((done as u64, Some(last)))
+            })
+            .await
     }
 
     async fn changes(
@@ -508,12 +486,17 @@ impl RetainedStore for SqliteStore {
     }
 
     async fn token_key(&self, candidate: &[u8]) -> Result<Vec<u8>, Error> {
-        sqlx::query(
-            "INSERT INTO retaind_meta (name, value) VALUES ('token_key', ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(candidate)
-        .execute(&self.writer)
-        .await?;
+        let candidate = candidate.to_vec();
+        self.writer
+            .run(move |conn| {
+                conn.execute(
+                    "INSERT INTO retaind_meta (name, value) VALUES ('token_key', ?)
+                     ON CONFLICT DO NOTHING",
+                    [candidate],
+                )?;
+                Ok(())
+            })
+            .await?;
         let key: Vec<u8> =
             sqlx::query_scalar("SELECT value FROM retaind_meta WHERE name = 'token_key'")
                 .fetch_one(&self.reader)

@@ -1,61 +1,40 @@
-//! What one write batch runs on SQLite: each write's row, under the batch's write ticket, in
-//! the writer's transaction.
+//! What one write batch runs on SQLite, in the writer's transaction (`sqlite_writer`): the
+//! counts a quota decision starts from, then each write's row under the batch's write ticket.
 //!
-//! Unconditional writes, nearly all of them, go in multi-row statements: sqlx runs each
-//! statement on the connection's worker thread, and a statement per row cost two thread
-//! switches per row, which bounded a fleet storing retained messages to about 15k rows/s on
-//! two cores (issue 18, docs/benchmarks.md). A batch of up to 512 rows now takes at most 13
-//! statements, in chunks of [`CHUNKS`] rows, whose texts are prepared once each. Conditional
-//! writes keep a statement each: their condition decides per row.
+//! A statement per row: the whole transaction runs on the writer's thread, so a row costs
+//! SQLite's own work and nothing more. (Over sqlx, each statement crossed threads twice, and
+//! rows went in multi-row statements of up to 64 to save the crossings.)
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
-use sqlx::query::Query;
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{Row as _, Sqlite};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::row::{Row, encode_user_properties, last_write_per_topic};
-use super::{Condition, OwnedWrite, Revision};
+use super::{Condition, OwnedWrite, Revision, quota};
 use crate::topic::TopicName;
 
-/// The columns every statement here writes, in the order each row binds them: the first 13,
-/// then the write ticket (`write_seq` and `revision` alike) and the writer's client.
-const COLUMNS: &str = "topic, payload, qos, user_properties, content_type, response_topic, \
-     correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner, \
-     deleted, write_seq, revision, writer_client, change_kind";
-/// Values bound per row with numbered placeholders (the ticket is bound once, named twice)...
-const NUMBERED: usize = 15;
-/// ...and with anonymous ones (the ticket bound twice).
-const ANONYMOUS: usize = 16;
-
-/// On a conflict, what a newer write replaces (every column it carries).
-const REPLACE: &str = "
+/// A message or a tombstone, replacing only a row with an earlier write ticket (see
+/// `RetainedStore::apply`), and, for `If-None-Match: *` (`?17` true), only a tombstone or an
+/// expired message (`?18` is now). The ticket (`?14`) is both the row's write ticket and its
+/// revision. `?16` (the `If-Match` revision) is for [`UPDATE_MATCHED`].
+const UPSERT: &str = "
+INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type,
+    response_topic, correlation_data, payload_format, expires_at_ms, last_modified_ms,
+    last_accessed_ms, owner, deleted, write_seq, revision, writer_client, change_kind)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, 0)
+ON CONFLICT (topic) DO UPDATE SET
     payload = excluded.payload, qos = excluded.qos, user_properties = excluded.user_properties,
     content_type = excluded.content_type, response_topic = excluded.response_topic,
     correlation_data = excluded.correlation_data, payload_format = excluded.payload_format,
     expires_at_ms = excluded.expires_at_ms, last_modified_ms = excluded.last_modified_ms,
     last_accessed_ms = excluded.last_accessed_ms, owner = excluded.owner,
     deleted = excluded.deleted, write_seq = excluded.write_seq, revision = excluded.revision,
-    writer_client = excluded.writer_client, change_kind = 0";
-
-/// A message or a tombstone, replacing only a row with an earlier write ticket (see
-/// `RetainedStore::apply`), and, for `If-None-Match: *` (`?17` true), only a tombstone or an
-/// expired message (`?18` is now). `?16` (the `If-Match` revision) is for `UPDATE_MATCHED`.
-fn upsert_one() -> &'static str {
-    static TEXT: OnceLock<String> = OnceLock::new();
-    TEXT.get_or_init(|| {
-        format!(
-            "INSERT INTO retained_messages ({COLUMNS}) VALUES {} ON CONFLICT (topic) DO UPDATE SET \
-             {REPLACE} WHERE retained_messages.write_seq < excluded.write_seq \
-             AND (NOT ?17 OR retained_messages.deleted OR retained_messages.expires_at_ms <= ?18)",
-            values(Some(0))
-        )
-    })
-}
+    writer_client = excluded.writer_client, change_kind = 0
+WHERE retained_messages.write_seq < excluded.write_seq
+    AND (NOT ?17 OR retained_messages.deleted OR retained_messages.expires_at_ms <= ?18)";
 
 /// `If-Match`: replaces the message holding revision `?16`, unexpired at `?18`; never inserts.
-/// Binds as `upsert_one` does (`?17` unused).
+/// Binds as [`UPSERT`] does (`?17` unused).
 const UPDATE_MATCHED: &str = "
 UPDATE retained_messages SET payload = ?2, qos = ?3, user_properties = ?4, content_type = ?5,
     response_topic = ?6, correlation_data = ?7, payload_format = ?8, expires_at_ms = ?9,
@@ -64,180 +43,151 @@ UPDATE retained_messages SET payload = ?2, qos = ?3, user_properties = ?4, conte
 WHERE topic = ?1 AND revision = ?16 AND NOT deleted
     AND (expires_at_ms IS NULL OR expires_at_ms > ?18) AND write_seq < ?14";
 
-/// Rows per multi-row statement, largest first: any number of rows is a sum of these with at
-/// most one chunk of each size below the largest.
-const CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
-
-/// Unconditional writes of `rows` distinct topics, each replacing only a row with an earlier
-/// write ticket; answers with the topics it wrote.
-fn upsert_many(rows: usize) -> &'static str {
-    static TEXTS: OnceLock<Vec<String>> = OnceLock::new();
-    let texts = TEXTS.get_or_init(|| {
-        CHUNKS
-            .iter()
-            .map(|&n| {
-                let values: Vec<String> = (0..n).map(|_| values(None)).collect();
-                format!(
-                    "INSERT INTO retained_messages ({COLUMNS}) VALUES {} ON CONFLICT (topic) DO \
-                     UPDATE SET {REPLACE} WHERE retained_messages.write_seq < excluded.write_seq \
-                     RETURNING topic",
-                    values.join(", ")
-                )
-            })
-            .collect()
-    });
-    let i = CHUNKS
-        .iter()
-        .position(|&n| n == rows)
-        .expect("a chunk size");
-    &texts[i]
+/// Takes the next write ticket; a batch's revisions are the ticket times 4096 plus each row's
+/// place in it (migration 0005).
+pub(super) fn next_ticket(tx: &Connection) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "UPDATE retained_write_seq SET value = value + 1 WHERE only_row = 1 RETURNING value",
+    )?
+    .query_row([], |r| r.get(0))
 }
 
-/// One row's placeholders: numbered in a single-row statement (`?14`, the ticket, twice),
-/// anonymous in a multi-row one. sqlx looks up every parameter's name when it binds, and SQLite
-/// finds a numbered name by walking the statement's list of them, so numbered placeholders cost
-/// the square of their count: 40% of the writer's time with 960 of them in a statement.
-fn values(row: Option<usize>) -> String {
-    match row {
-        Some(row) => {
-            let p = |i: usize| format!("?{}", row * NUMBERED + i);
-            let first: Vec<String> = (1..=13).map(p).collect();
-            format!("({}, {}, {}, {}, 0)", first.join(", "), p(14), p(14), p(15))
-        }
-        None => format!("({}0)", "?, ".repeat(ANONYMOUS)),
+/// The counts a quota decision starts from. SQLite has one writer, and this runs in its
+/// transaction, so nothing can change them before the batch commits.
+pub(super) fn standing(
+    tx: &Connection,
+    writes: &[OwnedWrite],
+) -> rusqlite::Result<quota::Standing> {
+    let total: i64 = tx
+        .prepare_cached("SELECT messages FROM retained_total")?
+        .query_row([], |r| r.get(0))?;
+    let mut standing = quota::Standing {
+        total: u64::try_from(total).unwrap_or(0),
+        ..Default::default()
+    };
+    let mut count =
+        tx.prepare_cached("SELECT messages FROM retained_owner_counts WHERE owner = ?")?;
+    for owner in quota::owners_with_quota(writes) {
+        let n: Option<i64> = count.query_row([owner], |r| r.get(0)).optional()?;
+        let n = n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
+        standing.by_owner.insert(owner.into(), n);
     }
-}
-
-/// Binds one row's values, for [`values`]'s numbered placeholders or its anonymous ones.
-fn bind_row<'q>(
-    query: Query<'q, Sqlite, SqliteArguments>,
-    w: &'q OwnedWrite,
-    revision: Revision,
-    now_ms: i64,
-    numbered: bool,
-) -> Query<'q, Sqlite, SqliteArguments> {
-    let query = match Row::of(&w.write, now_ms) {
-        Row::Message(m) => {
-            let p = &m.properties;
-            query
-                .bind(m.topic.as_str())
-                .bind(&m.payload[..])
-                .bind(i16::from(m.qos.as_u8()))
-                .bind(encode_user_properties(&p.user_properties))
-                .bind(p.content_type.as_deref())
-                .bind(p.response_topic.as_ref().map(TopicName::as_str))
-                .bind(p.correlation_data.as_deref())
-                .bind(i16::from(p.payload_format as u8))
-                .bind(m.expires_at_ms)
-                .bind(m.last_modified_ms)
-                .bind(m.last_accessed_ms)
-                .bind(&*w.owner.name)
-                .bind(false)
+    let mut owner_of =
+        tx.prepare_cached("SELECT owner FROM retained_messages WHERE topic = ? AND NOT deleted")?;
+    for w in writes {
+        let topic = w.write.topic().as_str();
+        let owner: Option<String> = owner_of.query_row([topic], |r| r.get(0)).optional()?;
+        if let Some(owner) = owner {
+            standing.owner_of.insert(topic.to_owned(), owner.into());
         }
-        Row::Tombstone { topic, at_ms } => query
-            .bind(topic.as_str())
-            .bind(&[][..])
-            .bind(0i16)
-            .bind(None::<String>)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&[u8]>)
-            .bind(0i16)
-            .bind(Some(at_ms))
-            .bind(at_ms)
-            .bind(at_ms)
-            .bind(&*w.owner.name)
-            .bind(true),
-    };
-    let query = query.bind(revision);
-    let query = if numbered {
-        query
-    } else {
-        query.bind(revision)
-    };
-    query.bind(w.client.as_deref())
+    }
+    Ok(standing)
 }
 
 /// Applies `writes` (reduced to the last per topic) in the transaction `tx`, under a new write
 /// ticket; triggers log each change (migration 0005). Returns the topics it changed, with
 /// their revisions.
-pub(super) async fn apply_all(
-    tx: &mut sqlx::SqliteConnection,
+pub(super) fn apply_all(
+    tx: &Connection,
     writes: Vec<&OwnedWrite>,
     now_ms: i64,
-) -> Result<HashMap<String, Revision>, sqlx::Error> {
-    let ticket: i64 = sqlx::query_scalar(
-        "UPDATE retained_write_seq SET value = value + 1 WHERE only_row = 1 RETURNING value",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+) -> rusqlite::Result<HashMap<String, Revision>> {
+    let ticket = next_ticket(tx)?;
     let mut applied = HashMap::new();
-    let mut plain = Vec::new();
     for (ord, w) in (1..).zip(last_write_per_topic(writes)) {
         let revision = ticket * 4096 + ord;
-        let statement = match w.condition {
-            None => {
-                plain.push((w, revision));
-                continue;
-            }
-            Some(Condition::Revision(_)) => UPDATE_MATCHED,
-            Some(Condition::Absent) => upsert_one(),
+        let (statement, if_match) = match w.condition {
+            Some(Condition::Revision(r)) => (UPDATE_MATCHED, Some(r)),
+            None | Some(Condition::Absent) => (UPSERT, None),
         };
-        let if_match = match w.condition {
-            Some(Condition::Revision(r)) => Some(r),
-            _ => None,
-        };
-        let done = bind_row(sqlx::query(statement), w, revision, now_ms, true)
-            .bind(if_match)
-            .bind(w.condition == Some(Condition::Absent))
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() > 0 {
-            applied.insert(w.write.topic().as_str().to_owned(), revision);
+        let absent = w.condition == Some(Condition::Absent);
+        let v = Values::of(w, now_ms);
+        let changed = tx.prepare_cached(statement)?.execute(params![
+            v.topic,
+            v.payload,
+            v.qos,
+            v.user_properties,
+            v.content_type,
+            v.response_topic,
+            v.correlation_data,
+            v.payload_format,
+            v.expires_at_ms,
+            v.last_modified_ms,
+            v.last_accessed_ms,
+            v.owner,
+            v.deleted,
+            revision,
+            v.client,
+            if_match,
+            absent,
+            now_ms,
+        ])?;
+        // Only the row the statement itself changed counts, not the triggers' log entries.
+        if changed > 0 {
+            applied.insert(v.topic.to_owned(), revision);
         }
-    }
-    let mut rest = &plain[..];
-    while !rest.is_empty() {
-        let size = CHUNKS
-            .into_iter()
-            .find(|&n| n <= rest.len())
-            .expect("1 is a chunk size");
-        let (chunk, tail) = rest.split_at(size);
-        let query = chunk
-            .iter()
-            .fold(sqlx::query(upsert_many(size)), |q, (w, revision)| {
-                bind_row(q, w, *revision, now_ms, false)
-            });
-        for row in query.fetch_all(&mut *tx).await? {
-            let topic: String = row.try_get(0)?;
-            if let Some((_, revision)) = chunk
-                .iter()
-                .find(|(w, _)| w.write.topic().as_str() == topic)
-            {
-                applied.insert(topic, *revision);
-            }
-        }
-        rest = tail;
     }
     Ok(applied)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// One write's row, as its columns are bound.
+struct Values<'a> {
+    topic: &'a str,
+    payload: &'a [u8],
+    qos: i16,
+    user_properties: Option<String>,
+    content_type: Option<&'a str>,
+    response_topic: Option<&'a str>,
+    correlation_data: Option<&'a [u8]>,
+    payload_format: i16,
+    expires_at_ms: Option<i64>,
+    last_modified_ms: i64,
+    last_accessed_ms: i64,
+    owner: &'a str,
+    deleted: bool,
+    client: Option<&'a str>,
+}
 
-    #[test]
-    fn every_chunk_statement_has_a_row_of_placeholders_per_write() {
-        for n in CHUNKS {
-            let text = upsert_many(n);
-            assert_eq!(text.matches('?').count(), n * ANONYMOUS, "{n} rows");
-            assert_eq!(text.matches("0)").count(), n, "{n} rows");
-            assert!(
-                !text.contains("?1"),
-                "{n} rows: anonymous placeholders only"
-            );
+impl<'a> Values<'a> {
+    fn of(w: &'a OwnedWrite, now_ms: i64) -> Self {
+        let owner = &*w.owner.name;
+        let client = w.client.as_deref();
+        match Row::of(&w.write, now_ms) {
+            Row::Message(m) => {
+                let p = &m.properties;
+                Self {
+                    topic: m.topic.as_str(),
+                    payload: &m.payload,
+                    qos: i16::from(m.qos.as_u8()),
+                    user_properties: encode_user_properties(&p.user_properties),
+                    content_type: p.content_type.as_deref(),
+                    response_topic: p.response_topic.as_ref().map(TopicName::as_str),
+                    correlation_data: p.correlation_data.as_deref(),
+                    payload_format: i16::from(p.payload_format as u8),
+                    expires_at_ms: m.expires_at_ms,
+                    last_modified_ms: m.last_modified_ms,
+                    last_accessed_ms: m.last_accessed_ms,
+                    owner,
+                    deleted: false,
+                    client,
+                }
+            }
+            Row::Tombstone { topic, at_ms } => Self {
+                topic: topic.as_str(),
+                payload: &[],
+                qos: 0,
+                user_properties: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                payload_format: 0,
+                expires_at_ms: Some(at_ms),
+                last_modified_ms: at_ms,
+                last_accessed_ms: at_ms,
+                owner,
+                deleted: true,
+                client,
+            },
         }
-        assert!(upsert_one().contains("?15, 0)") && upsert_one().contains("?17"));
     }
 }
