@@ -31,7 +31,9 @@
 //!   `--expect`. A subscriber is cut short when its connection fails or nothing new arrives for
 //!   `--idle-timeout`. This is the complaint users file against brokers with big retained sets: a
 //!   new wildcard subscriber is slow, stalls others, or does not get everything. With
-//!   `--probe-rate`, the `probe` below runs during the whole delivery.
+//!   `--probe-rate`, the `probe` below runs during the whole delivery, on a thread and a tokio
+//!   runtime of its own, as another device would (in the subscribers' runtime, its timings
+//!   would include their tasks' turns).
 //! - `probe`: one MQTT 3.1.1 client publishes a 256-byte QoS 1 retained message to
 //!   `probe/<i % 100>` `--rate` times a second on a fixed schedule, one at a time (a tick that
 //!   finds the previous publish unacknowledged is skipped and counted), and records each publish
