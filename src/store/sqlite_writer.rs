@@ -97,6 +97,22 @@ mod tests {
         SqliteWriter::open(&dir.path().join("w.db"), Duration::from_secs(1), ()).unwrap()
     }
 
+    /// Acknowledged means durable: a commit on the writer is flushed before it returns, even
+    /// across power loss (`synchronous=FULL`; WAL's default, NORMAL, survives only a crash).
+    #[tokio::test]
+    async fn the_writer_commits_durably_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (synchronous, journal) = writer(&dir)
+            .run(|c| {
+                let synchronous: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+                let journal: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                Ok((synchronous, journal))
+            })
+            .await
+            .unwrap();
+        assert_eq!((synchronous, journal.as_str()), (2, "wal"), "2 is FULL");
+    }
+
     #[tokio::test]
     async fn a_job_that_panics_fails_alone_and_leaves_no_transaction_open() {
         let dir = tempfile::tempdir().unwrap();
