@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Backend, T0_MS, fresh_db, open_backend};
 use retaind::store::{
-    Clock, Error, MessageProperties, OwnedWrite, Owner, Qos, QuotaExceeded, RetainedMessage,
-    RetainedStore, Store, StoreOptions, Verdict, Write,
+    Clock, Condition, Error, MessageProperties, OwnedWrite, Owner, Qos, QuotaExceeded,
+    RetainedMessage, RetainedStore, Store, StoreOptions, Verdict, Write,
 };
 use retaind::topic::TopicName;
 
@@ -65,6 +65,51 @@ async fn assert_counts(store: &Store, expected: &[(&str, u64)]) {
     }
 }
 
+/// On SQLite, where the store keeps them itself (migration 0006): the counts are those of the
+/// rows that are not tombstones, and the change log holds one entry per row, under its
+/// revision, and nothing else.
+async fn assert_books_match_rows(url: &str) {
+    use sqlx::Connection;
+    if !url.starts_with("sqlite:") {
+        return;
+    }
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let counted: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT owner, messages FROM retained_owner_counts WHERE messages <> 0 ORDER BY owner",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let stored: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT owner, count(*) FROM retained_messages WHERE NOT deleted GROUP BY owner
+         ORDER BY owner",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(counted, stored, "owners' counts against the rows");
+    let (total, rows): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT messages FROM retained_total),
+                (SELECT count(*) FROM retained_messages WHERE NOT deleted)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(total, rows, "the total against the rows");
+    let log: Vec<(i64, String)> =
+        sqlx::query_as("SELECT revision, topic FROM retained_changes ORDER BY revision")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let revisions: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT revision, topic FROM retained_messages WHERE revision > 0 ORDER BY revision",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(log, revisions, "the change log against the rows");
+}
+
 async fn counts_follow_puts_takeovers_deletes_and_purges(backend: Backend) {
     let db = fresh_db(backend).await;
     let store = store_on(open_backend(&db.url).await, None);
@@ -77,28 +122,58 @@ async fn counts_follow_puts_takeovers_deletes_and_purges(backend: Backend) {
     store.write_as(put("4"), b.clone()).await.unwrap();
     store.write_as(put("2"), b.clone()).await.unwrap(); // b takes "2" over from a
     assert_counts(&store, &[("a", 2), ("b", 2)]).await;
+    assert_books_match_rows(&db.url).await;
     store.write(Write::Delete(topic("1"))).await.unwrap();
     store.write(Write::Delete(topic("absent"))).await.unwrap();
     store.write(put("5")).await.unwrap(); // anonymous
     assert_counts(&store, &[("a", 1), ("b", 2), ("", 1)]).await;
+    assert_books_match_rows(&db.url).await;
+    // A put on a tombstone brings the topic back, for its new owner; so does If-None-Match.
+    store.write_as(put("1"), b.clone()).await.unwrap();
+    let absent = OwnedWrite {
+        write: put("absent"),
+        owner: a.clone(),
+        client: None,
+        condition: Some(Condition::Absent),
+    };
+    assert!(store.write_owned(absent).await.unwrap().is_some());
+    assert_counts(&store, &[("a", 2), ("b", 3), ("", 1)]).await;
+    // If-Match: a takes "4" over from b, with the revision it read.
+    let revision = store.get(topic("4")).await.unwrap().unwrap().revision;
+    let matched = OwnedWrite {
+        write: put("4"),
+        owner: a.clone(),
+        client: None,
+        condition: Some(Condition::Revision(revision)),
+    };
+    assert!(store.write_owned(matched).await.unwrap().is_some());
+    assert_counts(&store, &[("a", 3), ("b", 2), ("", 1)]).await;
+    assert_books_match_rows(&db.url).await;
+    for t in ["1", "absent"] {
+        store.write(Write::Delete(topic(t))).await.unwrap();
+    }
+    assert_counts(&store, &[("a", 2), ("b", 1), ("", 1)]).await;
     let expiring = Write::Put(message("6", Some(T0_MS - 1)));
     store.write_as(expiring, b.clone()).await.unwrap();
-    assert_counts(&store, &[("a", 1), ("b", 3), ("", 1)]).await;
+    assert_counts(&store, &[("a", 2), ("b", 2), ("", 1)]).await;
     // An expired message counts until maintenance records its expiry (a tombstone, which
     // counts for no one); tombstones go once the purge delay has passed.
     let report = store.maintain(Duration::from_secs(3600)).await.unwrap();
     assert_eq!((report.expired, report.tombstones), (1, 0));
-    assert_counts(&store, &[("a", 1), ("b", 2), ("", 1)]).await;
+    assert_counts(&store, &[("a", 2), ("b", 1), ("", 1)]).await;
+    assert_books_match_rows(&db.url).await;
     let delay = retaind::store::purge_delay(StoreOptions::default().timeout);
     store.clock().advance(delay);
     let report = store.maintain(Duration::from_secs(3600)).await.unwrap();
     assert_eq!((report.expired, report.tombstones), (0, 3));
-    assert_counts(&store, &[("a", 1), ("b", 2), ("", 1)]).await;
+    assert_counts(&store, &[("a", 2), ("b", 1), ("", 1)]).await;
+    assert_books_match_rows(&db.url).await;
     // Two days on, everything has been idle for longer than a day.
     store.clock().advance(Duration::from_secs(2 * 86_400));
     let report = store.maintain(Duration::from_secs(86_400)).await.unwrap();
     assert_eq!(report.idle, 4);
     assert_counts(&store, &[("a", 0), ("b", 0), ("", 0)]).await;
+    assert_books_match_rows(&db.url).await;
 }
 
 async fn the_service_quota_refuses_new_topics_and_writes_nothing(backend: Backend) {

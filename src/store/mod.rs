@@ -25,6 +25,7 @@ mod quota;
 mod row;
 mod sqlite;
 mod sqlite_apply;
+mod sqlite_books;
 mod sqlite_scan;
 mod sqlite_writer;
 mod watch;

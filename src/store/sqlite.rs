@@ -17,6 +17,7 @@ use super::row::{
     message_columns,
 };
 use super::sqlite_apply;
+use super::sqlite_books::{self, Books, Prior};
 use super::sqlite_scan::ScanReaders;
 use super::sqlite_writer::SqliteWriter;
 use super::{
@@ -119,10 +120,11 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Turns the rows `victims` selects (binding `?1` and `?2`; `?3` is free for it) into
-    /// tombstones of `kind` (1: expiry, 2: retention) dated `at` (`None`: their expiry), each
-    /// with a revision of a new write ticket, logged; the write ticket of each row stays, so a
-    /// write that started after the message was written still replaces the tombstone.
+    /// Turns the messages `victims` selects (topic, owner and revision, binding `?1` and `?2`;
+    /// `?3` is free for it) into tombstones of `kind` (1: expiry, 2: retention) dated `at`
+    /// (`None`: their expiry), each with a revision of a new write ticket, logged; the write
+    /// ticket of each row stays, so a write that started after the message was written still
+    /// replaces the tombstone.
     async fn tombstone(
         &self,
         victims: &'static str,
@@ -133,11 +135,13 @@ impl SqliteStore {
         self.writer
             .run(move |conn| {
                 let tx = write_transaction(conn)?;
-                let topics: Vec<String> = tx
+                let victims: Vec<(String, String, i64)> = tx
                     .prepare_cached(victims)?
-                    .query_map(params![binds.0, binds.1, binds.2], |r| r.get(0))?
+                    .query_map(params![binds.0, binds.1, binds.2], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
                     .collect::<rusqlite::Result<_>>()?;
-                if topics.is_empty() {
+                if victims.is_empty() {
                     return Ok(0);
                 }
                 let ticket = sqlite_apply::next_ticket(&tx)?;
@@ -149,12 +153,18 @@ impl SqliteStore {
                          last_modified_ms = coalesce(?4, expires_at_ms)
                      WHERE topic = ?1",
                 )?;
-                for (ord, topic) in (1..).zip(&topics) {
-                    bury.execute(params![topic, ticket * 4096 + ord, kind, at])?;
+                let buried = victims.len() as u64;
+                let mut books = Books::default();
+                for (ord, (topic, owner, revision)) in (1..).zip(victims) {
+                    let revision_now = ticket * 4096 + ord;
+                    bury.execute(params![topic, revision_now, kind, at])?;
+                    let before = Prior::live(owner, revision);
+                    books.changed(&tx, &topic, Some(&before), "", false, revision_now)?;
                 }
                 drop(bury);
+                books.settle(&tx)?;
                 tx.commit()?;
-                Ok(topics.len() as u64)
+                Ok(buried)
             })
             .await
     }
@@ -354,7 +364,7 @@ impl RetainedStore for SqliteStore {
 
     async fn expire(&self, now_ms: i64, limit: u32) -> Result<u64, Error> {
         self.tombstone(
-            "SELECT topic, revision FROM retained_messages
+            "SELECT topic, owner, revision FROM retained_messages
              WHERE expires_at_ms <= ?1 AND NOT deleted AND ?3 = ?3 ORDER BY expires_at_ms LIMIT ?2",
             (now_ms, i64::from(limit), 0),
             1,
@@ -376,7 +386,10 @@ impl RetainedStore for SqliteStore {
                     )?
                     .query_map(params![cutoff_ms, limit], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
-                // Their log entries went with them (a trigger, migration 0005).
+                // Tombstones are not counted; their log entries go with them.
+                for revision in &gone {
+                    sqlite_books::forget(&tx, *revision)?;
+                }
                 if let Some(highest) = gone.iter().max() {
                     tx.execute(
                         "UPDATE retained_compacted SET revision = max(revision, ?)",
@@ -391,7 +404,7 @@ impl RetainedStore for SqliteStore {
 
     async fn purge_idle(&self, cutoff_ms: i64, now_ms: i64, limit: u32) -> Result<u64, Error> {
         self.tombstone(
-            "SELECT topic, revision FROM retained_messages
+            "SELECT topic, owner, revision FROM retained_messages
              WHERE last_accessed_day <= ?3 AND last_accessed_ms < ?1 AND NOT deleted LIMIT ?2",
             (
                 cutoff_ms,

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::row::{Row, encode_user_properties, last_write_per_topic};
+use super::sqlite_books::{self, Books};
 use super::{Condition, OwnedWrite, Revision, quota};
 use crate::topic::TopicName;
 
@@ -85,8 +86,8 @@ pub(super) fn standing(
 }
 
 /// Applies `writes` (reduced to the last per topic) in the transaction `tx`, under a new write
-/// ticket; triggers log each change (migration 0005). Returns the topics it changed, with
-/// their revisions.
+/// ticket, and keeps the books (counts, change log: `sqlite_books`). Returns the topics it
+/// changed, with their revisions.
 pub(super) fn apply_all(
     tx: &Connection,
     writes: Vec<&OwnedWrite>,
@@ -94,6 +95,7 @@ pub(super) fn apply_all(
 ) -> rusqlite::Result<HashMap<String, Revision>> {
     let ticket = next_ticket(tx)?;
     let mut applied = HashMap::new();
+    let mut books = Books::default();
     for (ord, w) in (1..).zip(last_write_per_topic(writes)) {
         let revision = ticket * 4096 + ord;
         let (statement, if_match) = match w.condition {
@@ -102,6 +104,7 @@ pub(super) fn apply_all(
         };
         let absent = w.condition == Some(Condition::Absent);
         let v = Values::of(w, now_ms);
+        let before = sqlite_books::prior(tx, v.topic)?;
         let changed = tx.prepare_cached(statement)?.execute(params![
             v.topic,
             v.payload,
@@ -122,11 +125,12 @@ pub(super) fn apply_all(
             absent,
             now_ms,
         ])?;
-        // Only the row the statement itself changed counts, not the triggers' log entries.
         if changed > 0 {
+            books.changed(tx, v.topic, before.as_ref(), v.owner, !v.deleted, revision)?;
             applied.insert(v.topic.to_owned(), revision);
         }
     }
+    books.settle(tx)?;
     Ok(applied)
 }
 
