@@ -176,6 +176,22 @@ async fn counts_follow_puts_takeovers_deletes_and_purges(backend: Backend) {
     assert_books_match_rows(&db.url).await;
 }
 
+/// A purged tombstone takes its log entry with it at once, before any compaction.
+async fn a_purged_tombstone_leaves_nothing_in_the_books(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let backend = open_backend(&db.url).await;
+    let store = store_on(backend.clone(), None);
+    for t in ["1", "2"] {
+        store.write_as(put(t), owner("a", None)).await.unwrap();
+    }
+    store.write(Write::Delete(topic("1"))).await.unwrap();
+    assert_books_match_rows(&db.url).await;
+    let purged = backend.purge_tombstones(T0_MS + 1, 10).await.unwrap();
+    assert_eq!(purged, 1);
+    assert_counts(&store, &[("a", 1)]).await;
+    assert_books_match_rows(&db.url).await;
+}
+
 async fn the_service_quota_refuses_new_topics_and_writes_nothing(backend: Backend) {
     let db = fresh_db(backend).await;
     let store = store_on(open_backend(&db.url).await, Some(2));
@@ -335,6 +351,7 @@ async fn racing_nodes_never_exceed_the_service_quota(backend: Backend) {
 
 for_each_backend!(
     counts_follow_puts_takeovers_deletes_and_purges,
+    a_purged_tombstone_leaves_nothing_in_the_books,
     the_service_quota_refuses_new_topics_and_writes_nothing,
     an_owner_is_held_to_its_quota_and_a_takeover_frees_a_place,
     one_batch_admits_in_order_and_applies_only_what_it_admits,
