@@ -50,9 +50,9 @@ pub(super) struct Books {
 }
 
 impl Books {
-    /// The row of `topic`, `before` this, now holds `revision`: a message of `owner`, or a
-    /// tombstone (`live` false; a tombstone's owner does not count). Logs the change and
-    /// counts it.
+    /// The row of `topic`, `before` this, now holds `revision` (always a new one: a write
+    /// ticket is never reused): a message of `owner`, or a tombstone (`live` false; a
+    /// tombstone's owner does not count). Logs the change and counts it.
     pub(super) fn changed(
         &mut self,
         tx: &Connection,
@@ -66,17 +66,13 @@ impl Books {
             if before.live {
                 self.count(&before.owner, -1);
             }
-            if before.revision != revision {
-                forget(tx, before.revision)?;
-            }
+            forget(tx, before.revision)?;
         }
         if live {
             self.count(owner, 1);
         }
-        if revision > 0 && before.is_none_or(|b| b.revision != revision) {
-            tx.prepare_cached("INSERT INTO retained_changes (revision, topic) VALUES (?, ?)")?
-                .execute(params![revision, topic])?;
-        }
+        tx.prepare_cached("INSERT INTO retained_changes (revision, topic) VALUES (?, ?)")?
+            .execute(params![revision, topic])?;
         Ok(())
     }
 
