@@ -111,7 +111,7 @@ impl Metrics {
         let mqtt_received = Family::<QosLabel, Counter>::default();
         let mqtt_sent = Family::<QosLabel, Counter>::default();
         let mqtt_dropped = Family::default();
-        let store_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        let store_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let store_batch_duration = http_histogram();
         let store_cache = Family::default();
         let store_errors = Family::default();

@@ -231,6 +231,11 @@ pub trait RetainedStore: Send + Sync + 'static {
     fn pool_connections(&self) -> Option<(u32, usize)> {
         None
     }
+
+    /// Most writes one group commit takes: what one [`RetainedStore::apply`] carries well.
+    fn max_write_batch(&self) -> usize {
+        super::write_lane::MAX_WRITE_BATCH
+    }
 }
 
 /// A stream of [`Change`]s that never ends: it reconnects by itself and says when it could not

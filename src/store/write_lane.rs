@@ -24,9 +24,10 @@ use super::failures::Failures;
 use super::{Clock, Condition, Error, OwnedWrite, RetainedStore, Revision, Write, Writer};
 use crate::metrics::Metrics;
 
-/// Writes in one group commit at most. Large enough to amortise the commit, small enough that
+/// Writes in one group commit at most, unless the backend says otherwise
+/// ([`RetainedStore::max_write_batch`]). Large enough to amortise the commit, small enough that
 /// one batch's statement stays well within a single round trip.
-const MAX_WRITE_BATCH: usize = 512;
+pub(super) const MAX_WRITE_BATCH: usize = 512;
 const QUEUE: usize = 4096;
 
 /// What a lane answers for each write: committed under this revision, committed and replaced
@@ -55,7 +56,7 @@ pub(super) fn spawn(
 ) -> Coalescer<OwnedWrite, WriteResult> {
     let limits = CoalesceLimits {
         queue: QUEUE,
-        max_batch: MAX_WRITE_BATCH,
+        max_batch: backend.max_write_batch(),
         concurrency: 1,
     };
     // Held by a batch until it is settled, past its deadline if need be.
