@@ -233,6 +233,7 @@ pub trait RetainedStore: Send + Sync + 'static {
     }
 
     /// Most writes one group commit takes: what one [`RetainedStore::apply`] carries well.
+    /// Below 4096: a batch's revisions are its ticket × 4096 plus each row's place in it.
     fn max_write_batch(&self) -> usize {
         super::write_lane::MAX_WRITE_BATCH
     }

@@ -54,9 +54,15 @@ pub(super) fn spawn(
     clock: Clock,
     settings: LaneSettings,
 ) -> Coalescer<OwnedWrite, WriteResult> {
+    let max_batch = backend.max_write_batch();
+    // Revisions are a batch's ticket × 4096 plus each row's place: more rows would share one.
+    assert!(
+        (1..4096).contains(&max_batch),
+        "write batch limit {max_batch}"
+    );
     let limits = CoalesceLimits {
         queue: QUEUE,
-        max_batch: backend.max_write_batch(),
+        max_batch,
         concurrency: 1,
     };
     // Held by a batch until it is settled, past its deadline if need be.
