@@ -232,11 +232,10 @@ pub trait RetainedStore: Send + Sync + 'static {
         None
     }
 
-    /// Most writes one group commit takes: what one [`RetainedStore::apply`] carries well.
-    /// Below 4096: a batch's revisions are its ticket × 4096 plus each row's place in it.
-    fn max_write_batch(&self) -> usize {
-        super::write_lane::MAX_WRITE_BATCH
-    }
+    /// Most writes one group commit takes: what one [`RetainedStore::apply`] carries well, a
+    /// measured value for each backend (decision 020). Below 4096: a batch's revisions are its
+    /// ticket × 4096 plus each row's place in it.
+    fn max_write_batch(&self) -> usize;
 }
 
 /// A stream of [`Change`]s that never ends: it reconnects by itself and says when it could not

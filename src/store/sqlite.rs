@@ -522,11 +522,10 @@ impl RetainedStore for SqliteStore {
         Ok(())
     }
 
-    /// Larger than Postgres' 512: there is no round trip to keep a statement within, and a row
-    /// is one cached statement on the writer's thread, so what a batch costs beyond its rows
-    /// (the commit, the pages it rewrites) is spread over more of them. Measured, not derived
-    /// (decision 020): 800 stored faster than 512 from 16 clients with 75, 100 and 200 in
-    /// flight each, and batches allowed past 800 (1,024, 2,048) were slower than 800.
+    /// A row is one cached statement on the writer's thread, so what a batch costs beyond its
+    /// rows (the commit, the pages it rewrites) is spread over more of them. Measured, not
+    /// derived (decision 020): 800 stored faster than 512 from 16 clients with 75, 100 and 200
+    /// in flight each, and batches allowed past 800 (1,024, 2,048) were slower than 800.
     fn max_write_batch(&self) -> usize {
         800
     }

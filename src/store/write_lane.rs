@@ -24,10 +24,6 @@ use super::failures::Failures;
 use super::{Clock, Condition, Error, OwnedWrite, RetainedStore, Revision, Write, Writer};
 use crate::metrics::Metrics;
 
-/// Writes in one group commit at most, unless the backend says otherwise
-/// ([`RetainedStore::max_write_batch`]). Large enough to amortise the commit, small enough that
-/// one batch's statement stays well within a single round trip.
-pub(super) const MAX_WRITE_BATCH: usize = 512;
 const QUEUE: usize = 4096;
 
 /// What a lane answers for each write: committed under this revision, committed and replaced

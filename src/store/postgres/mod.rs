@@ -253,6 +253,15 @@ const LIST_RANGE: RangeStatements = range_statements!(
 
 #[async_trait]
 impl RetainedStore for PostgresStore {
+    /// A batch is one upsert over arrays (`UNNEST`), one round trip whatever its rows, so what
+    /// it costs beyond its rows (the round trip, the commit's WAL flush, the lane's turn) is
+    /// spread over more of them. Measured (decision 020): from 16 clients with 100 in flight
+    /// each, 1,024 stored 59k–70k/s against 41k–52k/s for 512, at less CPU per message, and
+    /// 2,048 or 4,000 were no faster.
+    fn max_write_batch(&self) -> usize {
+        1024
+    }
+
     async fn apply(
         &self,
         writes: &[OwnedWrite],
