@@ -44,6 +44,8 @@
 #   5. deliver-1  one new `#` subscriber receives the whole set while the probe runs: the delivery
 #                 rate, the probe's p99 beside the idle one (other clients stalled?) and the peak
 #                 RSS (sampled every 0.2 s: does the broker load the set into memory to send it?).
+#                 Beside both p99s, how late the probe's own thread ran its ticks (p99): the wait
+#                 for a core that the load generator pays on this machine whatever the broker does.
 #   6. deliver-K  BENCH_SUBSCRIBERS new `#` subscribers subscribe at once: does each receive the
 #                 full set (none cut short), how long until the last has it, and the peak RSS.
 #   7. list       retaind only: ListRetainedMessages page 1 against page P = M/200 (page size
@@ -321,7 +323,7 @@ deliver_step() { # BROKER STEP SUBSCRIBERS [EXTRA ARGS...]: a delivery, with the
         FAILED[$broker/$step]="killed at ${VAL[$broker/${step}_rss_peak]} MiB RSS (BENCH_RSS_LIMIT_MIB $RSS_LIMIT_MIB)"
     fi
     local k
-    for k in complete cut_short all_s per_s first_ms first_max_ms slowest_s fastest_s probe_p99_ms; do
+    for k in complete cut_short all_s per_s first_ms first_max_ms slowest_s fastest_s probe_p99_ms probe_late_p99_ms; do
         VAL[$broker/${step}_$k]=$(field "$broker/$step" "$k")
     done
 }
@@ -373,6 +375,7 @@ measure() { # BROKER: steps 1 to 8
     # 4. Publish latency, idle.
     run_step "$broker" probe-idle probe --port "$MQTT_PORT" --rate "$PROBE_RATE" --seconds 10
     VAL[$broker/probe_idle_p99_ms]=$(field "$broker/probe-idle" probe_p99_ms)
+    VAL[$broker/probe_idle_late_p99_ms]=$(field "$broker/probe-idle" probe_late_p99_ms)
     broker_alive "$broker" probe-idle || return 0
 
     # 5. One `#` subscriber, with the probe running.
@@ -459,11 +462,13 @@ K=$SUBSCRIBERS
     row "RSS empty, at start (MiB)" rss_empty 1 ""
     row "RSS idle with the set (MiB)" rss_idle 1 "≤ 0.1×"
     row "publish p99 idle, $PROBE_RATE/s (ms)" probe_idle_p99_ms 2 ""
+    row "… the probe's own thread: tick lateness p99 (ms)" probe_idle_late_p99_ms 2 "" no-ratio
     row "1 \`#\` subscriber: delivered/s" deliver-1_per_s 0 "≥ 1.5×"
     row "… time to deliver all (s)" deliver-1_all_s 2 ""
     row "… first retained message (ms)" deliver-1_first_ms 1 ""
     row "… publish p99 meanwhile (ms)" deliver-1_probe_p99_ms 2 ""
     row "… publish p99 meanwhile ÷ idle" probe_ratio 2 "≤ 2 (each its own)" no-ratio
+    row "… the probe's own thread meanwhile: tick lateness p99 (ms)" deliver-1_probe_late_p99_ms 2 "" no-ratio
     row "… peak RSS (MiB)" deliver-1_rss_peak 1 ""
     row "$K \`#\` subscribers at once: complete" deliver-k_complete 0 "all $K" no-ratio
     row "… cut short" deliver-k_cut_short 0 "0" no-ratio
