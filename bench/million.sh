@@ -55,6 +55,10 @@
 #   8. restart    retaind only: SIGTERM, start again on the same database/file (same ports when
 #                 free): time to CONNACK, to the first retained message and to /readyz 200, all
 #                 from the moment the process was started; then RSS idle after the restart.
+#   9. bare       Postgres only, with retaind stopped: pgbench stores as many new rows of 256 B
+#                 into a table with only its primary key, 16 clients, 100 rows a transaction
+#                 (bench/pgbench/bare_upsert.sql): Postgres' CPU per row for the least a durable
+#                 upsert does, beside what it spent per message under retaind in step 2.
 #
 # Brokers, as shipped where it matters:
 #   retaind    built binary, authentication off (no principals), default MQTT flags
@@ -124,6 +128,7 @@ cleanup() {
     set +e
     stop_sampler
     stop_broker
+    [ -z "${PG_ADMIN_URL:-}" ] || drop_database "${DB_NAME}_bare"
     local f
     for f in "$WORK"/*.log; do
         [ -e "$f" ] || continue
@@ -137,6 +142,7 @@ set_traps
 
 # --- tools -------------------------------------------------------------------------------------
 command -v mosquitto >/dev/null 2>&1 || install_debian mosquitto
+PGBENCH=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -1)
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 ensure_postgres
 
@@ -337,6 +343,47 @@ list_step() { # BROKER STEP ARGS...
     done
 }
 
+# CPU ticks of the whole Postgres server, its exited backends included: a backend's time goes
+# to the postmaster's children's times when it exits (pgbench's backends are gone by the time
+# it returns, so pg_ticks would miss them). Counts every database's backends: the bare upsert
+# runs with nothing else connected.
+pg_server_ticks() {
+    local dir pm total pid
+    dir=$(psql "$PG_ADMIN_URL" -X -Atq -c "SHOW data_directory")
+    pm=$(head -n 1 "$dir/postmaster.pid")
+    total=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat")
+    for pid in $(ps --ppid "$pm" -o pid=); do total=$((total + $(cpu_ticks "$pid"))); done
+    echo "$total"
+}
+
+# Postgres alone, with no broker running: what the least durable upsert of as many new rows of
+# 256 B costs it (bench/pgbench/bare_upsert.sql: 16 clients, 100 rows a transaction, a table
+# with only its primary key), in CPU per row, counted as for the store. The floor that
+# retaind's Postgres CPU per stored message is compared with.
+bare_upsert_step() {
+    local db="${DB_NAME}_bare" url per_client rows p0 p1 rc=0
+    per_client=$(((MESSAGES / 100 + STORE_CLIENTS - 1) / STORE_CLIENTS))
+    rows=$((per_client * STORE_CLIENTS * 100))
+    url=$(create_scratch_database "$db")
+    psql "$url" -X -v ON_ERROR_STOP=1 -q -c "CREATE TABLE bare_upsert (topic text PRIMARY KEY, payload bytea NOT NULL)" \
+        -c "CREATE SEQUENCE bare_upsert_block" -c "CHECKPOINT"
+    log "bare upsert on Postgres: $STORE_CLIENTS clients × $per_client transactions of 100 rows"
+    p0=$(pg_server_ticks)
+    "$PGBENCH" -n -M prepared -c "$STORE_CLIENTS" -j 2 -t "$per_client" -f "$ROOT/bench/pgbench/bare_upsert.sql" \
+        "$url" >"$RAW/postgres-bare-upsert.txt" 2>&1 || rc=$?
+    sleep 1 # until its backends have exited and been counted
+    p1=$(pg_server_ticks)
+    drop_database "$db"
+    if [ "$rc" != 0 ]; then
+        FAILED[retaind-postgres/bare-upsert]="pgbench exited $rc"
+        return 0
+    fi
+    VAL[retaind-postgres/bare_upsert_us]=$(us_per_msg $((p1 - p0)) "$rows")
+    VAL[retaind-postgres/pg_vs_bare]=$(awk -v a="${VAL[retaind-postgres/store-16_cpu_pg]:-}" -v b="${VAL[retaind-postgres/bare_upsert_us]}" \
+        'BEGIN { if (a != "" && b + 0 > 0) printf "%.2f", a / b }')
+    log "bare upsert: ${VAL[retaind-postgres/bare_upsert_us]} µs of Postgres CPU per row"
+}
+
 broker_alive() { # BROKER STEP
     kill -0 "$BROKER_PID" 2>/dev/null && return 0
     log "$1 died during $2"
@@ -411,7 +458,10 @@ STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
 for broker in "${BROKERS[@]}"; do
     measure "$broker"
     stop_broker
-    if [ "$broker" = retaind-postgres ]; then drop_database "$DB_NAME"; fi
+    if [ "$broker" = retaind-postgres ]; then
+        drop_database "$DB_NAME"
+        bare_upsert_step
+    fi
     rm -rf "$WORK/sqlite"
 done
 
@@ -459,6 +509,8 @@ K=$SUBSCRIBERS
     row "… broker CPU, µs/msg" store-16_cpu_broker 1 ""
     row "… Postgres CPU, µs/msg" store-16_cpu_pg 1 ""
     row "… total CPU, µs/msg" store-16_cpu_total 1 "≤ 1× (Mosquitto's)"
+    row "… Postgres alone, bare upsert of as many rows: CPU µs/row" bare_upsert_us 1 "" retaind-only
+    row "… retaind's Postgres CPU ÷ the bare upsert's" pg_vs_bare 2 "report (≤ 1.25 proposed)" retaind-only
     row "RSS empty, at start (MiB)" rss_empty 1 ""
     row "RSS idle with the set (MiB)" rss_idle 1 "≤ 0.1×"
     row "publish p99 idle, $PROBE_RATE/s (ms)" probe_idle_p99_ms 2 ""
