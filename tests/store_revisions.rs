@@ -341,8 +341,8 @@ async fn a_write_superseded_in_its_own_batch_gets_no_revision(backend: Backend) 
 }
 
 /// A burst larger than a batch commits in batches of the backend's size, in order: 800 writes on
-/// SQLite, 1,024 on Postgres (each measured; decision 020). A batch's
-/// revisions share its write ticket (revision ÷ 4096), so the tickets count the batches.
+/// SQLite, 1,024 on Postgres (each measured; decision 020). A batch's revisions share its write
+/// ticket (revision ÷ 4096), so the tickets count the batches.
 async fn a_burst_commits_in_batches_of_the_backends_size(backend: Backend) {
     let db = fresh_db(backend).await;
     let store = node(&db, Clock::manual(T0_MS), lanes(1)).await;

@@ -64,6 +64,11 @@ impl Verdict {
 ///
 /// Times are passed in (epoch ms) rather than read from the database's clock, so that every
 /// node and every backend agree on "now" as the service sees it, and tests can move time.
+/// Revisions per write ticket: a batch's revisions are its ticket times this plus each row's
+/// place in it (from 1), so a batch holds fewer rows than this. The SQL that computes
+/// revisions in the database spells it as a literal, since a statement is a literal too.
+pub(super) const TICKET_REVISIONS: i64 = 4096;
+
 #[async_trait]
 pub trait RetainedStore: Send + Sync + 'static {
     /// Applies writes atomically: all of them or none. When several writes name the same topic
@@ -233,8 +238,7 @@ pub trait RetainedStore: Send + Sync + 'static {
     }
 
     /// Most writes one group commit takes: what one [`RetainedStore::apply`] carries well, a
-    /// measured value for each backend (decision 020). Below 4096: a batch's revisions are its
-    /// ticket × 4096 plus each row's place in it.
+    /// measured value for each backend (decision 020). Below [`TICKET_REVISIONS`].
     fn max_write_batch(&self) -> usize;
 }
 

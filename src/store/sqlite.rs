@@ -10,7 +10,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, SqlitePool};
 use tokio::time::Instant;
 
-use super::backend::Verdict;
+use super::backend::{TICKET_REVISIONS, Verdict};
 use super::quota;
 use super::row::{
     ChangeRow, MessageRow, RangeStatements, ScanStart, SummaryRow, change_columns, change_page,
@@ -156,7 +156,7 @@ impl SqliteStore {
                 let buried = victims.len() as u64;
                 let mut books = Books::default();
                 for (ord, (topic, owner, revision)) in (1..).zip(victims) {
-                    let revision_now = ticket * 4096 + ord;
+                    let revision_now = ticket * TICKET_REVISIONS + ord;
                     bury.execute(params![topic, revision_now, kind, at])?;
                     let before = Prior::live(owner, revision);
                     books.changed(&tx, &topic, Some(&before), "", false, revision_now)?;
@@ -462,7 +462,7 @@ impl RetainedStore for SqliteStore {
         let ticket: i64 = sqlx::query_scalar("SELECT value FROM retained_write_seq")
             .fetch_one(&mut *tx)
             .await?;
-        let settled = ticket * 4096 + 4095;
+        let settled = (ticket + 1) * TICKET_REVISIONS - 1;
         let rows: Vec<ChangeRow> = sqlx::query_as(concat!(
             "SELECT ",
             change_columns!(),
@@ -487,7 +487,7 @@ impl RetainedStore for SqliteStore {
         let ticket: i64 = sqlx::query_scalar("SELECT value FROM retained_write_seq")
             .fetch_one(&self.reader)
             .await?;
-        Ok(ticket * 4096 + 4095)
+        Ok((ticket + 1) * TICKET_REVISIONS - 1)
     }
 
     async fn compacted(&self) -> Result<Revision, Error> {

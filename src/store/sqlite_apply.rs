@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::backend::TICKET_REVISIONS;
 use super::row::{Row, encode_user_properties, last_write_per_topic};
 use super::sqlite_books::{self, Books};
 use super::{Condition, OwnedWrite, Revision, quota};
@@ -44,8 +45,8 @@ UPDATE retained_messages SET payload = ?2, qos = ?3, user_properties = ?4, conte
 WHERE topic = ?1 AND revision = ?16 AND NOT deleted
     AND (expires_at_ms IS NULL OR expires_at_ms > ?18) AND write_seq < ?14";
 
-/// Takes the next write ticket; a batch's revisions are the ticket times 4096 plus each row's
-/// place in it (migration 0005).
+/// Takes the next write ticket; a batch's revisions are the ticket times [`TICKET_REVISIONS`]
+/// plus each row's place in it (migration 0005).
 pub(super) fn next_ticket(tx: &Connection) -> rusqlite::Result<i64> {
     tx.prepare_cached(
         "UPDATE retained_write_seq SET value = value + 1 WHERE only_row = 1 RETURNING value",
@@ -97,7 +98,7 @@ pub(super) fn apply_all(
     let mut applied = HashMap::new();
     let mut books = Books::default();
     for (ord, w) in (1..).zip(last_write_per_topic(writes)) {
-        let revision = ticket * 4096 + ord;
+        let revision = ticket * TICKET_REVISIONS + ord;
         let (statement, if_match) = match w.condition {
             Some(Condition::Revision(r)) => (UPDATE_MATCHED, Some(r)),
             None | Some(Condition::Absent) => (UPSERT, None),

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::backend::Verdict;
+use super::backend::{TICKET_REVISIONS, Verdict};
 use super::cache::ReadCache;
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::failures::Failures;
@@ -51,9 +51,9 @@ pub(super) fn spawn(
     settings: LaneSettings,
 ) -> Coalescer<OwnedWrite, WriteResult> {
     let max_batch = backend.max_write_batch();
-    // Revisions are a batch's ticket × 4096 plus each row's place: more rows would share one.
+    // More rows than a ticket has revisions would share one.
     assert!(
-        (1..4096).contains(&max_batch),
+        (1..TICKET_REVISIONS as usize).contains(&max_batch),
         "write batch limit {max_batch}"
     );
     let limits = CoalesceLimits {

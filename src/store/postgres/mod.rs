@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use self::apply::{apply_all, standing};
 use self::feed::PgChangeFeed;
 use self::writers::Writers;
-use crate::store::backend::{ChangeFeed, Verdict};
+use crate::store::backend::{ChangeFeed, TICKET_REVISIONS, Verdict};
 use crate::store::feed::{CHANNEL, everything};
 use crate::store::row::{
     ChangeRow, MessageRow, RangeStatements, ScanStart, SummaryRow, change_columns, change_page,
@@ -136,14 +136,16 @@ async fn revisions_ahead(pool: &PgPool) -> Result<(), Error> {
     .fetch_one(pool)
     .await?;
     match highest {
-        Some(highest) if highest >= next.saturating_mul(4096) => Err(Error::config(format!(
-            "the database holds revision {highest}, but this Postgres server's next transaction \
+        Some(highest) if highest >= next.saturating_mul(TICKET_REVISIONS) => {
+            Err(Error::config(format!(
+                "the database holds revision {highest}, but this Postgres server's next transaction \
              id is {next} (revisions are transaction ids x 4096): was it restored from a dump \
              into another cluster? New writes would be dropped as older than the stored ones. \
              Advance the server's transaction ids past {} (pg_resetwal -x, server stopped) \
              before starting retaind (decision 018)",
-            highest / 4096 + 1
-        ))),
+                highest / TICKET_REVISIONS + 1
+            )))
+        }
         _ => Ok(()),
     }
 }
