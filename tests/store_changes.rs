@@ -11,10 +11,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::writes::{delete, message, owned, put};
+use common::writes::{delete, message, owned, put, when};
 use common::{Backend, T0_MS, fresh_store, topic};
 use retaind::store::{
-    ChangeKind, ChangePage, Clock, Revision, Store, StoreOptions, Write, Writer, purge_delay,
+    ChangeKind, ChangePage, Clock, Condition, Revision, Store, StoreOptions, Write, Writer,
+    purge_delay,
 };
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -149,6 +150,41 @@ async fn changes_come_in_revision_order_each_topics_latest_once(backend: Backend
     assert!(empty.settled >= r_del);
 }
 
+/// The log's entries and the rows' revisions, as the database holds them.
+async fn log_and_rows(url: &str) -> (Vec<(i64, String)>, Vec<(i64, String)>) {
+    use sqlx::Connection;
+    const LOG: &str = "SELECT revision, topic FROM retained_changes ORDER BY revision";
+    const ROWS: &str =
+        "SELECT revision, topic FROM retained_messages WHERE revision > 0 ORDER BY revision";
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let log = sqlx::query_as(LOG).fetch_all(&mut c).await.unwrap();
+        (log, sqlx::query_as(ROWS).fetch_all(&mut c).await.unwrap())
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        let log = sqlx::query_as(LOG).fetch_all(&mut c).await.unwrap();
+        (log, sqlx::query_as(ROWS).fetch_all(&mut c).await.unwrap())
+    }
+}
+
+/// Every kind of write removes the log entry of the version it replaces, in the same
+/// statement: with no writes racing, the log holds each row's latest revision and nothing
+/// else, before any maintenance.
+async fn each_write_drops_the_entry_of_what_it_replaced(backend: Backend) {
+    let (store, db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    written(&store, put("l/a", "1")).await;
+    written(&store, put("l/a", "2")).await; // a rewrite
+    written(&store, put("l/b", "1")).await;
+    written(&store, delete("l/b")).await; // a tombstone over a message
+    written(&store, when(put("l/b", "2"), Condition::Absent)).await; // over a tombstone
+    let r_c = written(&store, put("l/c", "1")).await;
+    written(&store, when(put("l/c", "2"), Condition::Revision(r_c))).await;
+    written(&store, delete("l/d")).await; // a tombstone where nothing was
+    let (log, rows) = log_and_rows(&db.url).await;
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(log, rows);
+}
+
 async fn changes_carry_the_message_and_the_writer(backend: Backend) {
     let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
     let start = store.settled().await.unwrap();
@@ -267,6 +303,7 @@ async fn purging_tombstones_moves_the_compaction_point(backend: Backend) {
 
 for_each_backend!(
     changes_come_in_revision_order_each_topics_latest_once,
+    each_write_drops_the_entry_of_what_it_replaced,
     changes_carry_the_message_and_the_writer,
     a_delete_of_a_missing_topic_is_logged_as_a_delete,
     expiry_and_the_retention_purge_leave_changes_of_their_kind,

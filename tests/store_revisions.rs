@@ -288,6 +288,71 @@ async fn the_backend_answers_condition_failed_verdicts(backend: Backend) {
     assert_eq!(found, [("v/a", &b"1"[..]), ("v/c", &b"4"[..])]);
 }
 
+/// A batch holding every kind of write, given to the backend at once (the write lane would
+/// split it by kind), applies them all together: one ticket, a distinct revision for each.
+async fn a_batch_of_every_kind_applies_under_one_ticket(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let b = open_backend(&db.url).await;
+    let applied = |v: &Verdict| match v {
+        Verdict::Applied(r) => *r,
+        other => panic!("not applied: {other:?}"),
+    };
+    let first = b
+        .apply(
+            &[put("k/cas", "1").into(), put("k/gone", "1").into()],
+            None,
+            T0_MS,
+            far_deadline(),
+        )
+        .await
+        .unwrap();
+    let r_cas = applied(&first[0]);
+    let gone = b
+        .apply(&[delete("k/gone").into()], None, T0_MS, far_deadline())
+        .await
+        .unwrap();
+    let r_gone = applied(&gone[0]);
+    let verdicts = b
+        .apply(
+            &[
+                put("k/plain", "2").into(),
+                when(put("k/cas", "2"), Condition::Revision(r_cas)),
+                when(put("k/gone", "2"), Condition::Absent),
+                when(put("k/new", "2"), Condition::Absent),
+                put("k/also", "2").into(),
+            ],
+            None,
+            T0_MS,
+            far_deadline(),
+        )
+        .await
+        .unwrap();
+    let revisions: Vec<Revision> = verdicts.iter().map(applied).collect();
+    let distinct: HashSet<Revision> = revisions.iter().copied().collect();
+    assert_eq!(distinct.len(), revisions.len(), "{revisions:?}");
+    assert!(revisions.iter().all(|&r| r > r_gone), "{revisions:?}");
+    // The ticket is a revision's quotient by 4096 (decision 018): one for the whole batch.
+    let tickets: HashSet<Revision> = revisions.iter().map(|r| r / 4096).collect();
+    assert_eq!(tickets.len(), 1, "{revisions:?}");
+    let names = ["k/plain", "k/cas", "k/gone", "k/new", "k/also"].map(topic);
+    let mut found = b.get_many(&names, T0_MS).await.unwrap();
+    found.sort_by(|x, y| x.topic.cmp(&y.topic));
+    let found: Vec<(&str, &[u8], Revision)> = found
+        .iter()
+        .map(|m| (m.topic.as_str(), &m.payload[..], m.revision))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("k/also", &b"2"[..], revisions[4]),
+            ("k/cas", &b"2"[..], revisions[1]),
+            ("k/gone", &b"2"[..], revisions[2]),
+            ("k/new", &b"2"[..], revisions[3]),
+            ("k/plain", &b"2"[..], revisions[0]),
+        ]
+    );
+}
+
 async fn a_write_superseded_in_its_own_batch_gets_no_revision(backend: Backend) {
     let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
     let mut batch = store.batch();
@@ -382,6 +447,7 @@ for_each_backend!(
     if_match_applies_on_the_revision_and_fails_otherwise,
     if_none_match_applies_only_without_a_message,
     the_backend_answers_condition_failed_verdicts,
+    a_batch_of_every_kind_applies_under_one_ticket,
     a_write_superseded_in_its_own_batch_gets_no_revision,
 );
 

@@ -1,6 +1,7 @@
-//! What one write batch runs on Postgres: the single upsert statement that applies the batch,
-//! takes its write ticket and notifies the other nodes, the column arrays it binds, and the
-//! locked counts a quota decision starts from. The connection it runs on is the caller's.
+//! What one write batch runs on Postgres: the upsert statement that applies the batch (one per
+//! kind of write), takes its write ticket and notifies the other nodes, the column arrays it
+//! binds, and the locked counts a quota decision starts from. The connection it runs on is the
+//! caller's.
 
 use std::collections::HashMap;
 
@@ -11,115 +12,174 @@ use crate::store::quota;
 use crate::store::row::{Row, encode_user_properties, last_write_per_topic};
 use crate::topic::TopicName;
 
-/// Applies the batch's rows (messages and tombstones), numbers them, logs their revisions and
-/// tells the other nodes, in one statement; answers with the topics it changed and their new
-/// revisions. A topic it left alone either had a write with a later ticket already, or failed
-/// its write's condition.
-///
-/// The ticket is the transaction id (`ticket`, a materialized CTE evaluated once, as the first
-/// row is produced): taken before the statement waits for any row lock, so a statement that
-/// stalls on a lock still carries the ticket of when it began; and, because the transaction
-/// holds it until it ends, a watcher reading below the oldest transaction still running never
-/// passes a revision that could commit later (decision 018). Each row's revision and ticket is
-/// the ticket times 4096 plus its place in the batch.
-///
-/// Three inserts, one per kind of write, because a condition must be checked against the row
-/// the write replaces, and `ON CONFLICT ... WHERE` sees only table columns:
-/// - `matched`: `If-Match`, an update of the row holding that revision, never an insert;
-/// - `created`: `If-None-Match: *`, an insert, or a replacement of a tombstone or an expired
-///   message;
-/// - `upserted`: everything else.
-///
-/// Each change is logged in `retained_changes`, and the entry of the version it replaces is
-/// removed (`old` is read before the writes; an entry a concurrent write leaves behind is
-/// found by maintenance, `RetainedStore::compact_changes`).
-///
-/// The session's shard of the counts (`retained_total`, migration 0004) is locked right after
-/// the ticket is taken, before any row (`counted`): the count triggers update it at the end of
-/// the statement, and a batch deciding a quota locks every shard before its rows
-/// (`standing`). Counts after rows here, rows after counts there, and two nodes deadlocked
-/// (`tests/store_postgres_mixed_batches.rs`); counts first everywhere, they wait in turn.
-///
-/// Notifications are delivered at commit, and only if it commits.
-const APPLY: &str = "
-WITH ticket AS MATERIALIZED (SELECT pg_current_xact_id()::text::int8 * 4096 AS base),
-counted AS MATERIALIZED (
+/// The kinds of write, each applied by a statement of its own ([`statement`]), because a
+/// condition must be checked against the row the write replaces, and `ON CONFLICT ... WHERE`
+/// sees only table columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// No condition: an insert, or a replacement of whatever the topic holds.
+    Upsert,
+    /// `If-Match`: an update of the row holding that revision, never an insert.
+    Matched,
+    /// `If-None-Match: *`: an insert, or a replacement of a tombstone or an expired message.
+    Created,
+}
+
+impl Kind {
+    fn of(w: &OwnedWrite) -> Self {
+        match w.condition {
+            None => Self::Upsert,
+            Some(Condition::Revision(_)) => Self::Matched,
+            Some(Condition::Absent) => Self::Created,
+        }
+    }
+}
+
+// The statements, put together from the parts below (`concat!` takes only literals, and a
+// macro that expands to one). Parameters: `$1`..`$14` the column arrays (in `rows!`'
+// order), `$15` the notices, `$16` the batch's first place (its writes already applied by
+// earlier statements of the same transaction), `$17` the time expiry is judged at
+// (`Matched`, `Created`), `$18` the `If-Match` revisions (`Matched`).
+//
+// The ticket is the transaction id (`ticket`, a materialized CTE evaluated once, as the first
+// row is produced): taken before the statement waits for any row lock, so a statement that
+// stalls on a lock still carries the ticket of when it began; and, because the transaction
+// holds it until it ends, a watcher reading below the oldest transaction still running never
+// passes a revision that could commit later (decision 018). Each row's revision and ticket is
+// the ticket times 4096 plus its place in the batch.
+//
+// The session's shard of the counts (`retained_total`, migration 0004) is locked right after
+// the ticket is taken, before any row (`counted`): the count triggers update it at the end of
+// the statement, and a batch deciding a quota locks every shard before its rows
+// (`standing`). Counts after rows here, rows after counts there, and two nodes deadlocked
+// (`tests/store_postgres_mixed_batches.rs`); counts first everywhere, they wait in turn.
+//
+// Each change is logged in `retained_changes`, and the entry of the version it replaces is
+// removed: the write keeps the revision it replaced in `replaced_revision`, read from the row
+// it locked, so no separate read of the old rows is needed (an entry that a write committed
+// after this statement's snapshot leaves behind is found by maintenance,
+// `RetainedStore::compact_changes`). Notifications are delivered at commit, and only if it
+// commits.
+macro_rules! head {
+    () => {
+        "WITH ticket AS MATERIALIZED (
+SELECT pg_current_xact_id()::text::int8 * 4096 + $16::int8 AS base
+), counted AS MATERIALIZED (
 SELECT t.base, (SELECT count(*) FROM (SELECT 1 FROM retained_total
     WHERE shard = retained_count_shard() FOR UPDATE) l) AS locked
 FROM ticket t
-), src AS MATERIALIZED (
-SELECT u.*, t.base + u.ord AS rev
-FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
-    $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[], $12::text[], $13::bool[],
-    $14::text[], $15::int8[], $16::bool[])
+), applied AS ("
+    };
+}
+
+macro_rules! tail {
+    () => {
+        "), logged AS (
+INSERT INTO retained_changes (revision, topic) SELECT revision, topic FROM applied
+), pruned AS (
+DELETE FROM retained_changes c WHERE c.revision = ANY(ARRAY(
+    SELECT replaced_revision FROM applied WHERE replaced_revision IS NOT NULL))
+), notified AS (
+SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($15::text[]) AS notice
+)
+SELECT topic, revision FROM applied, notified"
+    };
+}
+
+/// The batch's rows as a table `s`, each with its revision `rev`, from `UNNEST` straight into
+/// the write: with one write per statement nothing reads them twice, so no copy of the batch
+/// is kept in between. `$extra` adds arrays after the columns, named by `$names`.
+macro_rules! rows {
+    ($extra:literal, $names:literal) => {
+        concat!(
+            "(SELECT u.*, t.base + u.ord AS rev
+    FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
+        $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[], $12::text[],
+        $13::bool[], $14::text[]",
+            $extra,
+            ")
     WITH ORDINALITY AS u(topic, payload, qos, user_properties, content_type, response_topic,
         correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms,
-        owner, deleted, writer_client, if_match, if_absent, ord),
-    counted t
-), old AS MATERIALIZED (
-SELECT r.topic, r.revision FROM retained_messages r WHERE r.topic = ANY($1::text[])
-), matched AS (
+        owner, deleted, writer_client",
+            $names,
+            ", ord),
+    counted t) s"
+        )
+    };
+}
+
+/// An insert of the batch that replaces a row only where `$also` holds (besides the ticket).
+macro_rules! insert {
+    ($also:literal) => {
+        concat!(
+            "
+INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
+    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
+    deleted, writer_client, write_seq, revision, change_kind)
+SELECT topic, payload, qos, user_properties, content_type, response_topic, correlation_data,
+    payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner, deleted,
+    writer_client, rev, rev, 0
+FROM ",
+            rows!("", ""),
+            "
+ON CONFLICT (topic) DO UPDATE SET
+    payload = EXCLUDED.payload, qos = EXCLUDED.qos, user_properties = EXCLUDED.user_properties,
+    content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
+    correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
+    expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
+    last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner,
+    deleted = EXCLUDED.deleted, writer_client = EXCLUDED.writer_client,
+    write_seq = EXCLUDED.write_seq, revision = EXCLUDED.revision, change_kind = 0,
+    replaced_revision = retained_messages.revision
+WHERE retained_messages.write_seq < EXCLUDED.write_seq",
+            $also,
+            "
+RETURNING topic, revision, replaced_revision
+"
+        )
+    };
+}
+
+const UPSERT: &str = concat!(head!(), insert!(""), tail!());
+
+const CREATED: &str = concat!(
+    head!(),
+    insert!("\n    AND (retained_messages.deleted OR retained_messages.expires_at_ms <= $17)"),
+    tail!()
+);
+
+const MATCHED: &str = concat!(
+    head!(),
+    "
 UPDATE retained_messages r SET
     payload = s.payload, qos = s.qos, user_properties = s.user_properties,
     content_type = s.content_type, response_topic = s.response_topic,
     correlation_data = s.correlation_data, payload_format = s.payload_format,
     expires_at_ms = s.expires_at_ms, last_modified_ms = s.last_modified_ms,
     last_accessed_ms = s.last_accessed_ms, owner = s.owner, deleted = s.deleted,
-    write_seq = s.rev, revision = s.rev, writer_client = s.writer_client, change_kind = 0
-FROM src s
-WHERE s.if_match IS NOT NULL AND r.topic = s.topic AND r.revision = s.if_match
+    write_seq = s.rev, revision = s.rev, writer_client = s.writer_client, change_kind = 0,
+    replaced_revision = r.revision
+FROM ",
+    rows!(", $18::int8[]", ", if_match"),
+    "
+WHERE r.topic = s.topic AND r.revision = s.if_match
     AND NOT r.deleted AND (r.expires_at_ms IS NULL OR r.expires_at_ms > $17)
     AND r.write_seq < s.rev
-RETURNING r.topic, r.revision
-), upserted AS (
-INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
-    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
-    deleted, writer_client, write_seq, revision, change_kind)
-SELECT topic, payload, qos, user_properties, content_type, response_topic, correlation_data,
-    payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner, deleted,
-    writer_client, rev, rev, 0
-FROM src WHERE if_match IS NULL AND NOT if_absent
-ON CONFLICT (topic) DO UPDATE SET
-    payload = EXCLUDED.payload, qos = EXCLUDED.qos, user_properties = EXCLUDED.user_properties,
-    content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
-    correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
-    expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
-    last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner,
-    deleted = EXCLUDED.deleted, writer_client = EXCLUDED.writer_client,
-    write_seq = EXCLUDED.write_seq, revision = EXCLUDED.revision, change_kind = 0
-WHERE retained_messages.write_seq < EXCLUDED.write_seq
-RETURNING topic, revision
-), created AS (
-INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
-    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
-    deleted, writer_client, write_seq, revision, change_kind)
-SELECT topic, payload, qos, user_properties, content_type, response_topic, correlation_data,
-    payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner, deleted,
-    writer_client, rev, rev, 0
-FROM src WHERE if_match IS NULL AND if_absent
-ON CONFLICT (topic) DO UPDATE SET
-    payload = EXCLUDED.payload, qos = EXCLUDED.qos, user_properties = EXCLUDED.user_properties,
-    content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
-    correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
-    expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
-    last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner,
-    deleted = EXCLUDED.deleted, writer_client = EXCLUDED.writer_client,
-    write_seq = EXCLUDED.write_seq, revision = EXCLUDED.revision, change_kind = 0
-WHERE retained_messages.write_seq < EXCLUDED.write_seq
-    AND (retained_messages.deleted OR retained_messages.expires_at_ms <= $17)
-RETURNING topic, revision
-), applied AS (
-SELECT * FROM matched UNION ALL SELECT * FROM upserted UNION ALL SELECT * FROM created
-), logged AS (
-INSERT INTO retained_changes (revision, topic) SELECT revision, topic FROM applied
-), pruned AS (
-DELETE FROM retained_changes c USING old o, applied a
-WHERE a.topic = o.topic AND c.revision = o.revision
-), notified AS (
-SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($18::text[]) AS notice
-)
-SELECT topic, revision FROM applied, notified";
+RETURNING r.topic, r.revision, r.replaced_revision
+",
+    tail!()
+);
 
+fn statement(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Upsert => UPSERT,
+        Kind::Matched => MATCHED,
+        Kind::Created => CREATED,
+    }
+}
+
+/// The batch's columns, one array each, in the order of `rows!`; a tombstone carries its
+/// time as its expiry.
 #[derive(Default)]
 struct Columns<'a> {
     topic: Vec<&'a str>,
@@ -137,7 +197,6 @@ struct Columns<'a> {
     deleted: Vec<bool>,
     writer_client: Vec<Option<&'a str>>,
     if_match: Vec<Option<i64>>,
-    if_absent: Vec<bool>,
 }
 
 impl<'a> Columns<'a> {
@@ -148,7 +207,6 @@ impl<'a> Columns<'a> {
             Some(Condition::Revision(r)) => Some(r),
             _ => None,
         });
-        self.if_absent.push(w.condition == Some(Condition::Absent));
         match row {
             Row::Message(m) => {
                 let p = &m.properties;
@@ -185,32 +243,58 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Runs [`APPLY`] for `writes` on `db`; returns the topics it changed, with their revisions.
-pub(super) async fn apply_all<'c, E>(
-    db: E,
+/// Applies `writes` on `conn`, one statement per kind of write among them (in the order of
+/// [`Kind`]); returns the topics they changed, with their revisions. A topic left alone either
+/// had a write with a later ticket already, or failed its write's condition. Writes of more
+/// than one kind must run in a transaction ([`one_kind`]), so that they commit together.
+pub(super) async fn apply_all(
+    conn: &mut sqlx::PgConnection,
     node: &str,
     writes: Vec<&OwnedWrite>,
     now_ms: i64,
-) -> Result<HashMap<String, Revision>, sqlx::Error>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
-{
+) -> Result<HashMap<String, Revision>, sqlx::Error> {
     let mut writes = last_write_per_topic(writes);
-    if writes.is_empty() {
-        return Ok(HashMap::new());
+    // Every statement locks its rows in the same (topic) order, so two batches on different
+    // nodes that share topics wait for each other instead of deadlocking. Across the kinds in
+    // one transaction that no longer holds, so the write lane gives the database one kind per
+    // transaction (`write_lane::apply_by_kind`).
+    writes.sort_unstable_by(|a, b| {
+        (Kind::of(a), a.write.topic()).cmp(&(Kind::of(b), b.write.topic()))
+    });
+    let mut applied = HashMap::with_capacity(writes.len());
+    let mut first = 0;
+    for part in writes.chunk_by(|a, b| Kind::of(a) == Kind::of(b)) {
+        applied.extend(apply_kind(&mut *conn, node, part, first, now_ms).await?);
+        first += part.len();
     }
-    // Every batch locks its rows in the same (topic) order, so two batches on different nodes
-    // that share topics wait for each other instead of deadlocking. That holds per part of the
-    // statement (`matched`, `upserted`, `created` run one after another), so a batch carries
-    // one kind of write only: the write lane applies a mixed batch kind by kind, each in its
-    // own transaction (`write_lane::apply_by_kind`).
-    writes.sort_unstable_by(|a, b| a.write.topic().cmp(b.write.topic()));
+    Ok(applied)
+}
+
+/// Whether `writes` are all of one kind, and so are applied by one statement.
+pub(super) fn one_kind(writes: &[OwnedWrite]) -> bool {
+    writes
+        .windows(2)
+        .all(|w| Kind::of(&w[0]) == Kind::of(&w[1]))
+}
+
+/// Runs the [`statement`] of one kind of write for `writes` (one per topic, in topic order),
+/// the batch's writes from place `first` on.
+async fn apply_kind(
+    conn: &mut sqlx::PgConnection,
+    node: &str,
+    writes: &[&OwnedWrite],
+    first: usize,
+    now_ms: i64,
+) -> Result<Vec<(String, Revision)>, sqlx::Error> {
+    let Some(kind) = writes.first().map(|w| Kind::of(w)) else {
+        return Ok(Vec::new());
+    };
     let notices = feed::announce(node, writes.iter().map(|w| w.write.topic().as_str()));
     let mut cols = Columns::default();
     for w in writes {
         cols.push(Row::of(&w.write, now_ms), w);
     }
-    let applied: Vec<(String, Revision)> = sqlx::query_as(APPLY)
+    let query = sqlx::query_as(statement(kind))
         .bind(cols.topic)
         .bind(cols.payload)
         .bind(cols.qos)
@@ -225,13 +309,14 @@ where
         .bind(cols.owner)
         .bind(cols.deleted)
         .bind(cols.writer_client)
-        .bind(cols.if_match)
-        .bind(cols.if_absent)
-        .bind(now_ms)
         .bind(notices)
-        .fetch_all(db)
-        .await?;
-    Ok(applied.into_iter().collect())
+        .bind(i64::try_from(first).unwrap_or(i64::MAX));
+    let query = match kind {
+        Kind::Upsert => query,
+        Kind::Created => query.bind(now_ms),
+        Kind::Matched => query.bind(now_ms).bind(cols.if_match),
+    };
+    query.fetch_all(conn).await
 }
 
 /// The counts a quota decision starts from, read after locking every shard of

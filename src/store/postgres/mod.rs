@@ -18,7 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Connection, FromRow, PgPool};
 use tokio::time::Instant;
 
-use self::apply::{apply_all, standing};
+use self::apply::{apply_all, one_kind, standing};
 use self::feed::PgChangeFeed;
 use self::writers::Writers;
 use crate::store::backend::{ChangeFeed, TICKET_REVISIONS, Verdict};
@@ -95,8 +95,8 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
-    /// One batch on `conn`: with a quota decision, in a transaction that first locks the counts;
-    /// without, as a single statement.
+    /// One batch on `conn`: as a single statement when it is of one kind of write and decides
+    /// no quota; otherwise in a transaction, which first locks the counts for a quota decision.
     async fn run(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -104,20 +104,27 @@ impl PostgresStore {
         max_total: Option<u64>,
         now_ms: i64,
     ) -> Result<Vec<Verdict>, sqlx::Error> {
-        let (admissions, applied) = if quota::applies(writes, max_total) {
-            let mut tx = conn.begin().await?;
-            let admissions = quota::admit(writes, max_total, standing(&mut tx, writes).await?);
-            let admitted = writes
-                .iter()
-                .zip(&admissions)
-                .filter_map(|(w, v)| v.is_ok().then_some(w));
-            let applied = apply_all(&mut *tx, &self.node, admitted.collect(), now_ms).await?;
-            tx.commit().await?;
-            (admissions, applied)
-        } else {
+        let decides = quota::applies(writes, max_total);
+        if !decides && one_kind(writes) {
             let applied = apply_all(conn, &self.node, writes.iter().collect(), now_ms).await?;
-            (vec![Ok(()); writes.len()], applied)
+            return Ok(Verdict::of_batch(
+                writes,
+                vec![Ok(()); writes.len()],
+                &applied,
+            ));
+        }
+        let mut tx = conn.begin().await?;
+        let admissions = if decides {
+            quota::admit(writes, max_total, standing(&mut tx, writes).await?)
+        } else {
+            vec![Ok(()); writes.len()]
         };
+        let admitted = writes
+            .iter()
+            .zip(&admissions)
+            .filter_map(|(w, v)| v.is_ok().then_some(w));
+        let applied = apply_all(&mut tx, &self.node, admitted.collect(), now_ms).await?;
+        tx.commit().await?;
         Ok(Verdict::of_batch(writes, admissions, &applied))
     }
 }
