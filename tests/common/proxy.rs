@@ -21,6 +21,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
     stalled: tokio::sync::watch::Sender<bool>,
+    paused: tokio::sync::watch::Sender<bool>,
+    trigger: Trigger,
     links: Arc<Mutex<Vec<AbortHandle>>>,
     held: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -33,11 +35,15 @@ impl Proxy {
             addr,
             mode: Arc::new(Mutex::new(Mode::Open)),
             stalled: tokio::sync::watch::Sender::new(false),
+            paused: tokio::sync::watch::Sender::new(false),
+            trigger: Trigger::default(),
             links: Arc::default(),
             held: Arc::default(),
         };
         let (mode, links, held) = (proxy.mode.clone(), proxy.links.clone(), proxy.held.clone());
         let stalled = proxy.stalled.clone();
+        let paused = proxy.paused.clone();
+        let trigger = proxy.trigger.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let current = *mode.lock().unwrap();
@@ -47,12 +53,20 @@ impl Proxy {
                     Mode::Open => {
                         let target = target.clone();
                         let mut stall = stalled.subscribe();
+                        let (up_paused, down_paused) = (paused.subscribe(), paused.subscribe());
+                        let up_trigger = Some((trigger.clone(), paused.clone()));
                         let link = tokio::spawn(async move {
                             if let Ok(mut server) =
                                 TcpStream::connect((target.0.as_str(), target.1)).await
                             {
+                                // Borrowed halves: the sockets outlive the forwarding, so a
+                                // stall keeps them open.
+                                let (client_read, client_write) = client.split();
+                                let (server_read, server_write) = server.split();
+                                let up = forward(client_read, server_write, up_paused, up_trigger);
+                                let down = forward(server_read, client_write, down_paused, None);
                                 tokio::select! {
-                                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                    _ = async { tokio::join!(up, down) } => {}
                                     // Stalled: stop forwarding but keep both sockets open.
                                     _ = async { stall.wait_for(|s| *s).await.map(|_| ()) } => {
                                         let _ = stall.wait_for(|s| !*s).await.map(|_| ());
@@ -83,9 +97,66 @@ impl Proxy {
         self.stalled.send_replace(true);
     }
 
+    /// Holds what either side sends, on open connections and new ones, until [`Self::resume`]:
+    /// a network that is slow for a moment, then delivers everything in order.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Pauses (as [`Self::pause`]) as soon as a client has sent `pattern`, once that has
+    /// reached the database: the database acts on it, and its answer is held.
+    pub fn pause_after(&self, pattern: &[u8]) {
+        *self.trigger.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
     pub fn restore(&self) {
         *self.mode.lock().unwrap() = Mode::Open;
         self.stalled.send_replace(false);
         self.held.lock().unwrap().clear();
+    }
+}
+
+/// What a client's bytes are watched for, to pause after ([`Proxy::pause_after`]).
+type Trigger = Arc<Mutex<Option<Vec<u8>>>>;
+
+/// Copies `from` to `to` until `from` ends (then shuts `to` down, passing the end on) or `to`
+/// fails, holding each chunk while `paused` is set, and setting it once a chunk carrying the
+/// armed pattern of `trigger` has been written.
+async fn forward(
+    mut from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+    trigger: Option<(Trigger, tokio::sync::watch::Sender<bool>)>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        if let Some((armed, pause)) = &trigger {
+            let mut armed = armed.lock().unwrap();
+            let seen = armed
+                .as_ref()
+                .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p.as_slice()));
+            if seen {
+                *armed = None;
+                pause.send_replace(true);
+            }
+        }
     }
 }
