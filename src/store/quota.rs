@@ -40,6 +40,18 @@ pub(super) fn owners_with_quota(writes: &[OwnedWrite]) -> Vec<&str> {
     names
 }
 
+/// The writes that `admissions` (one per write, as [`admit`] answers) let through, in order.
+pub(super) fn admitted<'a>(
+    writes: &'a [OwnedWrite],
+    admissions: &[Result<(), QuotaExceeded>],
+) -> Vec<&'a OwnedWrite> {
+    writes
+        .iter()
+        .zip(admissions)
+        .filter_map(|(w, v)| v.is_ok().then_some(w))
+        .collect()
+}
+
 /// One answer per write, in order, as if the writes were applied one after another: a put that
 /// would add a message beyond the service's quota, or give its owner one more message than its
 /// quota, is refused and changes nothing. Rewriting a message one already owns never counts;

@@ -192,11 +192,8 @@ impl RetainedStore for SqliteStore {
                 } else {
                     vec![Ok(()); writes.len()]
                 };
-                let admitted = writes
-                    .iter()
-                    .zip(&admissions)
-                    .filter_map(|(w, v)| v.is_ok().then_some(w));
-                let applied = sqlite_apply::apply_all(&tx, admitted.collect(), now_ms)?;
+                let admitted = quota::admitted(&writes, &admissions);
+                let applied = sqlite_apply::apply_all(&tx, admitted, now_ms)?;
                 tx.commit()?;
                 Ok(Verdict::of_batch(&writes, admissions, &applied))
             })

@@ -119,11 +119,8 @@ impl PostgresStore {
         } else {
             vec![Ok(()); writes.len()]
         };
-        let admitted = writes
-            .iter()
-            .zip(&admissions)
-            .filter_map(|(w, v)| v.is_ok().then_some(w));
-        let applied = apply_all(&mut tx, &self.node, admitted.collect(), now_ms).await?;
+        let admitted = quota::admitted(writes, &admissions);
+        let applied = apply_all(&mut tx, &self.node, admitted, now_ms).await?;
         tx.commit().await?;
         Ok(Verdict::of_batch(writes, admissions, &applied))
     }
