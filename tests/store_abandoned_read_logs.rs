@@ -11,29 +11,15 @@ mod common;
 use std::time::Duration;
 
 use common::logs::Captured;
-use common::proxy::Proxy;
-use common::writes::put;
-use common::{Backend, T0_MS, far_deadline, fresh_db, postgres_host_port, postgres_url_via, topic};
-use retaind::store::open_backend;
+use common::proxy::one_connection_backend;
+use common::{Backend, T0_MS, fresh_db, topic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_abandoned_as_it_ends_logs_no_warning() {
     let logs = Captured::install(tracing::Level::WARN);
     let db = fresh_db(Backend::Postgres).await;
-    let proxy = Proxy::start(postgres_host_port(&db.url)).await;
-    // One pooled connection, so that the read after the snapshot waits for it to be back.
-    let store = open_backend(
-        &postgres_url_via(&db.url, proxy.addr),
-        1,
-        Duration::from_secs(5),
-        Duration::ZERO,
-    )
-    .await
-    .unwrap();
-    store
-        .apply(&[put("t/a", "1").into()], None, T0_MS, far_deadline())
-        .await
-        .unwrap();
+    // One pooled connection: the read after the snapshot waits for it to be back.
+    let (store, proxy) = one_connection_backend(&db).await;
 
     proxy.pause_after(b"COMMIT");
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);

@@ -9,10 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::proxy::Proxy;
+use common::proxy::one_connection_backend;
 use common::writes::put;
-use common::{Backend, T0_MS, far_deadline, fresh_db, postgres_host_port, postgres_url_via, topic};
-use retaind::store::{RetainedStore, open_backend};
+use common::{Backend, T0_MS, far_deadline, fresh_db, topic};
+use retaind::store::RetainedStore;
 use sqlx::Connection;
 
 async fn payload_of(store: &dyn RetainedStore, name: &str) -> Option<Vec<u8>> {
@@ -23,20 +23,8 @@ async fn payload_of(store: &dyn RetainedStore, name: &str) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_abandoned_during_its_begin_leaves_no_transaction_behind() {
     let db = fresh_db(Backend::Postgres).await;
-    let proxy = Proxy::start(postgres_host_port(&db.url)).await;
-    // One pooled connection, so that the next reads take the one the snapshot had.
-    let store = open_backend(
-        &postgres_url_via(&db.url, proxy.addr),
-        1,
-        Duration::from_secs(5),
-        Duration::ZERO,
-    )
-    .await
-    .unwrap();
-    store
-        .apply(&[put("t/a", "1").into()], None, T0_MS, far_deadline())
-        .await
-        .unwrap();
+    // One pooled connection: the next reads take the one the snapshot had.
+    let (store, proxy) = one_connection_backend(&db).await;
     // The pooled connection is open and idle before the pause.
     assert_eq!(payload_of(&*store, "t/a").await.as_deref(), Some(&b"1"[..]));
 

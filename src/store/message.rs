@@ -201,6 +201,30 @@ impl OwnedWrite {
             condition: None,
         }
     }
+
+    pub(super) fn kind(&self) -> WriteKind {
+        match self.condition {
+            None => WriteKind::Unconditional,
+            Some(Condition::Revision(_)) => WriteKind::IfMatch,
+            Some(Condition::Absent) => WriteKind::IfNoneMatch,
+        }
+    }
+}
+
+/// The kinds of write, in the order a batch applies them. A database applies each with a
+/// statement of its own, because a condition is checked against the row the write replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum WriteKind {
+    /// No condition: an insert, or a replacement of whatever the topic holds.
+    Unconditional,
+    /// `If-Match`: an update of the row holding that revision, never an insert.
+    IfMatch,
+    /// `If-None-Match: *`: an insert, or a replacement of a tombstone or an expired message.
+    IfNoneMatch,
+}
+
+impl WriteKind {
+    pub(super) const ALL: [Self; 3] = [Self::Unconditional, Self::IfMatch, Self::IfNoneMatch];
 }
 
 impl From<Write> for OwnedWrite {

@@ -21,7 +21,8 @@ use super::backend::{TICKET_REVISIONS, Verdict};
 use super::cache::ReadCache;
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::failures::Failures;
-use super::{Clock, Condition, Error, OwnedWrite, RetainedStore, Revision, Write, Writer};
+use super::message::WriteKind;
+use super::{Clock, Error, OwnedWrite, RetainedStore, Revision, Write, Writer};
 use crate::metrics::Metrics;
 
 const QUEUE: usize = 4096;
@@ -142,21 +143,11 @@ async fn apply_in_turns(
     results
 }
 
-/// The kinds of write, in the order a turn applies them: unconditional, `If-Match`,
-/// `If-None-Match: *`.
-fn kind(w: &OwnedWrite) -> usize {
-    match w.condition {
-        None => 0,
-        Some(Condition::Revision(_)) => 1,
-        Some(Condition::Absent) => 2,
-    }
-}
-
 /// Applies a turn one kind of write at a time, each kind in its own transaction, in the
-/// order of [`kind`]; one result per write, in the turn's order.
+/// order of [`WriteKind`]; one result per write, in the turn's order.
 ///
-/// A database applies each kind with its own statement (Postgres: its own part of one
-/// statement), and each locks its rows in topic order. In one transaction, a batch would then
+/// A database applies each kind with its own statement, and each locks its rows in topic
+/// order. In one transaction, a batch would then
 /// hold its unconditional topics while it locks its conditional ones: two nodes whose batches
 /// share topics with the kinds the other way round would each wait for the other, a deadlock
 /// that fails both batches. One kind per transaction, each transaction takes its locks in one
@@ -170,16 +161,16 @@ async fn apply_by_kind(
     now_ms: i64,
     deadline: Instant,
 ) -> Vec<Result<Verdict, Error>> {
-    let first = writes.first().map(kind);
-    if writes.iter().all(|w| Some(kind(w)) == first) {
+    let first = writes.first().map(OwnedWrite::kind);
+    if writes.iter().all(|w| Some(w.kind()) == first) {
         return apply_isolating(backend, writes, max_total, now_ms, deadline).await;
     }
     let mut results: Vec<Option<Result<Verdict, Error>>> = vec![None; writes.len()];
-    for k in 0..3 {
+    for k in WriteKind::ALL {
         let (at, group): (Vec<usize>, Vec<OwnedWrite>) = writes
             .iter()
             .enumerate()
-            .filter(|(_, w)| kind(w) == k)
+            .filter(|(_, w)| w.kind() == k)
             .map(|(i, w)| (i, w.clone()))
             .unzip();
         if group.is_empty() {

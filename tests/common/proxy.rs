@@ -7,6 +7,32 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
+/// A Postgres backend on `db` behind a new proxy, with one pooled connection (so that each
+/// read takes the connection the one before it had), holding `t/a` = "1".
+pub async fn one_connection_backend(
+    db: &super::FreshDb,
+) -> (Arc<dyn retaind::store::RetainedStore>, Proxy) {
+    let proxy = Proxy::start(super::postgres_host_port(&db.url)).await;
+    let store = retaind::store::open_backend(
+        &super::postgres_url_via(&db.url, proxy.addr),
+        1,
+        std::time::Duration::from_secs(5),
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    store
+        .apply(
+            &[super::writes::put("t/a", "1").into()],
+            None,
+            super::T0_MS,
+            super::far_deadline(),
+        )
+        .await
+        .unwrap();
+    (store, proxy)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Forward to the database.

@@ -7,39 +7,16 @@ use std::collections::HashMap;
 
 use crate::store::OwnedWrite;
 use crate::store::feed;
-use crate::store::message::{Condition, Revision};
+use crate::store::message::{Condition, Revision, WriteKind};
 use crate::store::quota;
 use crate::store::row::{Row, encode_user_properties, last_write_per_topic};
 use crate::topic::TopicName;
-
-/// The kinds of write, each applied by a statement of its own ([`statement`]), because a
-/// condition must be checked against the row the write replaces, and `ON CONFLICT ... WHERE`
-/// sees only table columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
-    /// No condition: an insert, or a replacement of whatever the topic holds.
-    Upsert,
-    /// `If-Match`: an update of the row holding that revision, never an insert.
-    Matched,
-    /// `If-None-Match: *`: an insert, or a replacement of a tombstone or an expired message.
-    Created,
-}
-
-impl Kind {
-    fn of(w: &OwnedWrite) -> Self {
-        match w.condition {
-            None => Self::Upsert,
-            Some(Condition::Revision(_)) => Self::Matched,
-            Some(Condition::Absent) => Self::Created,
-        }
-    }
-}
 
 // The statements, put together from the parts below (`concat!` takes only literals, and a
 // macro that expands to one). Parameters: `$1`..`$14` the column arrays (in `rows!`'
 // order), `$15` the notices, `$16` the batch's first place (its writes already applied by
 // earlier statements of the same transaction), `$17` the time expiry is judged at
-// (`Matched`, `Created`), `$18` the `If-Match` revisions (`Matched`).
+// (`IfMatch`, `IfNoneMatch`), `$18` the `If-Match` revisions (`IfMatch`).
 //
 // The ticket is the transaction id (`ticket`, a materialized CTE evaluated once, as the first
 // row is produced): taken before the statement waits for any row lock, so a statement that
@@ -170,11 +147,12 @@ RETURNING r.topic, r.revision, r.replaced_revision
     tail!()
 );
 
-fn statement(kind: Kind) -> &'static str {
+/// The statement that applies writes of `kind`.
+fn statement(kind: WriteKind) -> &'static str {
     match kind {
-        Kind::Upsert => UPSERT,
-        Kind::Matched => MATCHED,
-        Kind::Created => CREATED,
+        WriteKind::Unconditional => UPSERT,
+        WriteKind::IfMatch => MATCHED,
+        WriteKind::IfNoneMatch => CREATED,
     }
 }
 
@@ -244,7 +222,7 @@ impl<'a> Columns<'a> {
 }
 
 /// Applies `writes` on `conn`, one statement per kind of write among them (in the order of
-/// [`Kind`]); returns the topics they changed, with their revisions. A topic left alone either
+/// [`WriteKind`]); returns the topics they changed, with their revisions. A topic left alone either
 /// had a write with a later ticket already, or failed its write's condition. Writes of more
 /// than one kind must run in a transaction ([`one_kind`]), so that they commit together.
 pub(super) async fn apply_all(
@@ -258,12 +236,10 @@ pub(super) async fn apply_all(
     // nodes that share topics wait for each other instead of deadlocking. Across the kinds in
     // one transaction that no longer holds, so the write lane gives the database one kind per
     // transaction (`write_lane::apply_by_kind`).
-    writes.sort_unstable_by(|a, b| {
-        (Kind::of(a), a.write.topic()).cmp(&(Kind::of(b), b.write.topic()))
-    });
+    writes.sort_unstable_by(|a, b| (a.kind(), a.write.topic()).cmp(&(b.kind(), b.write.topic())));
     let mut applied = HashMap::with_capacity(writes.len());
     let mut first = 0;
-    for part in writes.chunk_by(|a, b| Kind::of(a) == Kind::of(b)) {
+    for part in writes.chunk_by(|a, b| a.kind() == b.kind()) {
         applied.extend(apply_kind(&mut *conn, node, part, first, now_ms).await?);
         first += part.len();
     }
@@ -272,9 +248,7 @@ pub(super) async fn apply_all(
 
 /// Whether `writes` are all of one kind, and so are applied by one statement.
 pub(super) fn one_kind(writes: &[OwnedWrite]) -> bool {
-    writes
-        .windows(2)
-        .all(|w| Kind::of(&w[0]) == Kind::of(&w[1]))
+    writes.windows(2).all(|w| w[0].kind() == w[1].kind())
 }
 
 /// Runs the [`statement`] of one kind of write for `writes` (one per topic, in topic order),
@@ -286,7 +260,7 @@ async fn apply_kind(
     first: usize,
     now_ms: i64,
 ) -> Result<Vec<(String, Revision)>, sqlx::Error> {
-    let Some(kind) = writes.first().map(|w| Kind::of(w)) else {
+    let Some(kind) = writes.first().map(|w| w.kind()) else {
         return Ok(Vec::new());
     };
     let notices = feed::announce(node, writes.iter().map(|w| w.write.topic().as_str()));
@@ -312,9 +286,9 @@ async fn apply_kind(
         .bind(notices)
         .bind(i64::try_from(first).unwrap_or(i64::MAX));
     let query = match kind {
-        Kind::Upsert => query,
-        Kind::Created => query.bind(now_ms),
-        Kind::Matched => query.bind(now_ms).bind(cols.if_match),
+        WriteKind::Unconditional => query,
+        WriteKind::IfNoneMatch => query.bind(now_ms),
+        WriteKind::IfMatch => query.bind(now_ms).bind(cols.if_match),
     };
     query.fetch_all(conn).await
 }
