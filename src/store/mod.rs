@@ -23,6 +23,7 @@ mod open;
 mod postgres;
 mod quota;
 mod row;
+mod schema;
 mod sqlite;
 mod sqlite_apply;
 mod sqlite_books;

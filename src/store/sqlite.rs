@@ -16,6 +16,7 @@ use super::row::{
     ChangeRow, MessageRow, RangeStatements, ScanStart, SummaryRow, change_columns, change_page,
     message_columns,
 };
+use super::schema;
 use super::sqlite_apply;
 use super::sqlite_books::{self, Books, Prior};
 use super::sqlite_scan::ScanReaders;
@@ -42,7 +43,10 @@ impl SqliteStore {
         reader: SqlitePool,
         scans: ScanReaders,
     ) -> Result<Self, Error> {
-        sqlx::migrate!("migrations/sqlite").run(&migrator).await?;
+        let migrations = schema::lenient(sqlx::migrate!("migrations/sqlite"));
+        migrations.run(&migrator).await?;
+        let found = sqlx::query_as(schema::FOUND).fetch_one(&migrator).await?;
+        schema::judge(schema::newest_known(&migrations), found)?;
         migrator.close().await;
         Ok(Self {
             writer,

@@ -76,3 +76,24 @@ impl Process {
         self.child.wait().await.unwrap();
     }
 }
+
+/// Starts `retaind` on `database_url` as [`Process::start`] does, for a start it should refuse:
+/// waits for it to exit, and returns how, with everything it printed (standard output, then
+/// standard error).
+pub async fn refused_start(database_url: &str) -> (std::process::ExitStatus, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_retaind"))
+        .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+        .args(["--database-url", database_url])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting retaind");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("retaind exited within 60 s")
+        .expect("retaind's output");
+    let printed = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (out.status, printed.into_owned())
+}

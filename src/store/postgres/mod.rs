@@ -28,7 +28,8 @@ use crate::store::row::{
     message_columns,
 };
 use crate::store::{
-    ChangePage, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Revision, quota,
+    ChangePage, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Revision,
+    quota, schema,
 };
 use crate::topic::TopicName;
 
@@ -49,7 +50,10 @@ impl PostgresStore {
     ) -> Result<Self, Error> {
         let pool = pool::connect(&options, max_connections, timeout).await?;
         // sqlx takes an advisory lock, so nodes starting together migrate once.
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        let migrations = schema::lenient(sqlx::migrate!("migrations/postgres"));
+        migrations.run(&pool).await?;
+        let found = sqlx::query_as(schema::FOUND).fetch_one(&pool).await?;
+        schema::judge(schema::newest_known(&migrations), found)?;
         revisions_ahead(&pool).await?;
         let node = uuid::Uuid::new_v4().to_string().into();
         let writers = Writers::new(options, timeout);
