@@ -149,6 +149,18 @@ async fn a_release_runs_on_the_schema_it_makes(backend: Backend) {
         oldest <= newest,
         "the schema allows releases from migration {oldest}, past this release's {newest}"
     );
+    // `--version` names it, for an operator deciding on a rollback.
+    let version = std::process::Command::new(env!("CARGO_BIN_EXE_retaind"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    let name = match backend {
+        Backend::Sqlite => "SQLite",
+        Backend::Postgres => "Postgres",
+    };
+    let named = format!("{name} migration {newest}");
+    assert!(version.contains(&named), "{named:?} not in {version:?}");
 }
 
 async fn a_release_runs_on_a_later_schema_that_allows_it(backend: Backend) {

@@ -346,11 +346,25 @@ fn problem_lines(problems: &[Problem]) -> String {
     problems.iter().map(|p| format!("\n  {p}")).collect()
 }
 
+/// The command line's parser. `--version` also names the newest migration this release knows
+/// of each database, which decides the schemas it runs on (decision 021).
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    static LONG_VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            store::known_migrations()
+        )
+    });
+    Cli::command().long_version(LONG_VERSION.as_str())
+}
+
 /// The command line, with `--config-file`'s settings for the flags that neither it nor the
 /// environment set. Exits as clap does on `--help`, `--version` and bad flags.
 pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, Error> {
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().get_matches_from(&args);
+    use clap::FromArgMatches;
+    let matches = command().get_matches_from(&args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let Some(path) = cli
         .serve
@@ -366,7 +380,7 @@ pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, Error> {
     };
     let file = ConfigFile::read(&path).map_err(problems)?;
     let merged = file.merged_args(&args, &matches);
-    match Cli::command().try_get_matches_from(&merged) {
+    match command().try_get_matches_from(&merged) {
         Ok(matches) => Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())),
         Err(e) => {
             // A value of the file's that clap refuses is said at its line; a problem of the

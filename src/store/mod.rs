@@ -47,6 +47,7 @@ pub use message::{
     parse_revision, user_properties_wire_len,
 };
 pub use open::open_backend;
+pub use schema::known_migrations;
 pub use watch::{Resync, Watch, WatchItem, WatchStart};
 pub use watch_hub::{HubOptions, Joined, WatchEnd, WatchHub};
 pub use watch_types::{ChangeKind, ChangePage, RetainedChange};

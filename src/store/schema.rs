@@ -33,6 +33,15 @@ pub(super) fn lenient(mut migrations: Migrator) -> Migrator {
     migrations
 }
 
+/// The newest migration this release knows of each database, as `--version` names them.
+pub fn known_migrations() -> String {
+    format!(
+        "schema: Postgres migration {}, SQLite migration {}",
+        newest_known(&sqlx::migrate!("migrations/postgres")),
+        newest_known(&sqlx::migrate!("migrations/sqlite"))
+    )
+}
+
 /// The newest migration `migrations` holds.
 pub(super) fn newest_known(migrations: &Migrator) -> i64 {
     migrations.iter().map(|m| m.version).max().unwrap_or(0)
