@@ -168,6 +168,14 @@ pub struct ServeConfig {
           value_parser = humantime::parse_duration)]
     pub mqtt_write_timeout: Duration,
 
+    /// Priority of a connection delivering a large retained set (a subscription whose retained
+    /// messages take more than one page of reads): `background` runs it on threads that yield
+    /// to every other thread of the machine until its reads are done, so that live publishes
+    /// keep their latency while it drains; `normal` runs it like any other connection.
+    #[arg(long, env = "RETAIND_MQTT_RETAINED_DELIVERY_PRIORITY", value_enum,
+          default_value_t = DeliveryPriority::Background)]
+    pub mqtt_retained_delivery_priority: DeliveryPriority,
+
     /// GetRetainedMessage requests per second per principal, in bursts of up to one second's
     /// worth; beyond it 429 ThrottlingException. 0: no limit. AWS IoT's default: 500 per account.
     #[arg(long, env = "RETAIND_RATE_GET_RETAINED_MESSAGE", default_value_t = 500.0,
@@ -316,6 +324,12 @@ pub struct ServeConfig {
     /// retained messages, uptime, version); 0 turns them off.
     #[arg(long, env = "RETAIND_SYS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub sys_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeliveryPriority {
+    Background,
+    Normal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use check_config::check_config;
-pub use config::{Cli, Command, LogFormat, ServeConfig};
+pub use config::{Cli, Command, DeliveryPriority, LogFormat, ServeConfig};
 pub use config_file::{ConfigFile, Problem};
 pub use redact::redact_url;
 pub use reload::{RefusedReload, Reloaded};
@@ -178,6 +178,8 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_keep_alive: config.mqtt_max_keep_alive,
             write_timeout: config.mqtt_write_timeout,
             sys_interval: config.sys_interval,
+            retained_in_background: config.mqtt_retained_delivery_priority
+                == DeliveryPriority::Background,
             ..BrokerConfig::default()
         },
         auth.clone(),

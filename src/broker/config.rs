@@ -36,6 +36,9 @@ pub struct BrokerConfig {
     pub max_keep_alive: u16,
     /// How often the `$SYS/broker/...` status topics are published; zero: never.
     pub sys_interval: Duration,
+    /// Whether a connection owing a subscription more than a page of retained messages runs on
+    /// the background threads until its scans are done (`background`).
+    pub retained_in_background: bool,
 }
 
 impl Default for BrokerConfig {
@@ -56,6 +59,7 @@ impl Default for BrokerConfig {
             write_timeout: Duration::from_secs(30),
             max_keep_alive: 1200,
             sys_interval: Duration::ZERO,
+            retained_in_background: true,
         }
     }
 }

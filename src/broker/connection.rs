@@ -4,14 +4,19 @@
 //! the close.
 //!
 //! What a packet does is decided in `client`; this file owns the socket, the timers and the
-//! stall watch (`stall`), under which every write runs instead of a timeout of its own.
+//! stall watch (`stall`), under which every write runs instead of a timeout of its own. It
+//! also moves the loop onto the background threads (`background`) while the connection
+//! delivers a large retained set, and back after.
 
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::runtime::Handle;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::accept::{Accepted, accept};
+use super::background::{self, Census};
 use super::client::{Client, Outbox, Waits};
 use super::end::End;
 use super::handle::Broker;
@@ -89,6 +94,7 @@ where
         Ok(Ok(accepted)) => accepted,
     };
     let source = remote.addr.map(|a| a.ip());
+    let census = broker.background().clone();
     let accepted = accept(broker, &mut framed, connect, remote.identity, source).await;
     let Some(Accepted {
         client,
@@ -108,6 +114,12 @@ where
         dirty: false,
         out: Outbox::default(),
         metrics: broker_metrics,
+        background: cfg
+            .retained_in_background
+            .then(background::runtime)
+            .flatten(),
+        census,
+        in_background: false,
     };
     let greeted = conn
         .write(Packet::ConnectAck(Box::new(connack)))
@@ -123,8 +135,9 @@ where
     let span = tracing::info_span!("mqtt", client = %conn.client.key(), %peer);
     async move {
         tracing::debug!("connected");
-        let end = conn.run().await;
-        conn.finish(end).await;
+        if let Some((conn, end)) = conn.run_placed().await {
+            conn.finish(end).await;
+        }
     }
     .instrument(span)
     .await;
@@ -144,16 +157,74 @@ struct Connection<T> {
     metrics: Metrics,
     /// What the client's state produced, waiting to be written.
     out: Outbox,
+    /// The background threads, unless `--mqtt-retained-delivery-priority normal`.
+    background: Option<Handle>,
+    census: Census,
+    /// Whether the loop runs on the background threads now.
+    in_background: bool,
+}
+
+/// How a run of the connection's loop ended.
+enum Ran {
+    Ended(End),
+    /// The loop left off to run on the other threads (`run_placed`).
+    Moving,
 }
 
 impl<T> Connection<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn run(&mut self) -> End {
+    /// Runs the loop until the connection ends: on the background threads while it delivers
+    /// a large retained set, on the caller's otherwise. `None` only if the background task was
+    /// cancelled under it, which nothing but dropping this future does.
+    async fn run_placed(mut self) -> Option<(Self, End)> {
         loop {
+            let ran = match self.background.clone().filter(|_| self.wants_background()) {
+                Some(background) => {
+                    let _counted = self.census.enter();
+                    self.in_background = true;
+                    let run = async move {
+                        let ran = self.run().await;
+                        (self, ran)
+                    };
+                    let task = background.spawn(run.instrument(tracing::Span::current()));
+                    match AbortOnDropHandle::new(task).await {
+                        Ok((conn, ran)) => {
+                            self = conn;
+                            ran
+                        }
+                        Err(e) => match e.try_into_panic() {
+                            Ok(panic) => std::panic::resume_unwind(panic),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the connection's task was cancelled");
+                                return None;
+                            }
+                        },
+                    }
+                }
+                None => {
+                    self.in_background = false;
+                    self.run().await
+                }
+            };
+            if let Ran::Ended(end) = ran {
+                return Some((self, end));
+            }
+        }
+    }
+
+    fn wants_background(&mut self) -> bool {
+        self.background.is_some() && self.client.outbound().delivering_in_bulk()
+    }
+
+    async fn run(&mut self) -> Ran {
+        loop {
+            if self.wants_background() != self.in_background {
+                return Ran::Moving;
+            }
             if let Err(end) = self.pump().await {
-                return end;
+                return Ran::Ended(end);
             }
             let deadline = self.silence.map(|s| self.last_heard + s);
             let silent = async {
@@ -194,7 +265,7 @@ where
                 () = silent => Err(End::Close(DisconnectReasonCode::KeepAliveTimeout)),
             };
             if let Err(end) = step {
-                return end;
+                return Ran::Ended(end);
             }
         }
     }

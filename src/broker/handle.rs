@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::background::Census;
 use super::config::BrokerConfig;
 use super::limits::ConnectionCount;
 use super::message::{Message, Publication};
@@ -69,6 +70,8 @@ pub(super) struct Inner {
     pub sys: SysTopics,
     /// Shared by the connections reading retained pages.
     pub read_ahead: ReadAhead,
+    /// Connections on the background threads now (`background`).
+    pub background: Census,
 }
 
 impl Broker {
@@ -100,6 +103,7 @@ impl Broker {
                 metrics,
                 sys: SysTopics::new(),
                 read_ahead: ReadAhead::default(),
+                background: Census::default(),
             }),
         };
         if let Some(cluster) = &broker.inner.cluster {
@@ -143,6 +147,10 @@ impl Broker {
 
     pub(super) fn read_ahead(&self) -> &ReadAhead {
         &self.inner.read_ahead
+    }
+
+    pub(super) fn background(&self) -> &Census {
+        &self.inner.background
     }
 
     pub fn store(&self) -> &Store {

@@ -13,6 +13,7 @@
 
 mod accept;
 mod admission;
+mod background;
 mod client;
 mod conditional;
 mod config;

@@ -17,6 +17,8 @@ pub(super) fn on_scrape(broker: &Broker) {
         let g = m.gauges();
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         g.mqtt_connections.set(count(broker.connections()));
+        g.mqtt_background_connections
+            .set(count(broker.background().count()));
         g.mqtt_sessions.set(count(broker.sessions_held()));
         g.mqtt_subscriptions.set(count(broker.subscriptions()));
         let Some(cluster) = broker.cluster() else {

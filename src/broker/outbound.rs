@@ -128,6 +128,12 @@ impl Outbound {
         self.session.state().queued()
     }
 
+    /// Whether a subscription's retained delivery has needed more than one page and is still
+    /// reading: bulk work, for the background threads.
+    pub fn delivering_in_bulk(&self) -> bool {
+        self.retained.is_long()
+    }
+
     /// Starts reading the next retained page if the queue is short enough.
     pub fn fetch_retained(&mut self) {
         let queued = {

@@ -2,12 +2,19 @@
 //! subscribing to `#` over millions of messages holds only its read-ahead and the page being
 //! read in memory.
 //! The connection fetches the next page while the client is still taking the current one.
+//!
+//! Reads run on the runtime the connection started on, even while the connection itself runs
+//! on the background threads (`background`): a pooled Postgres connection's socket belongs to
+//! the runtime that opened it, and one opened from the background threads would make every
+//! later query on it, anyone's, wait for a core those threads can have.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::BoxFuture;
+use tokio::runtime::Handle;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::message::{Delivery, Message};
 use super::session::SubOptions;
@@ -101,15 +108,23 @@ pub(super) struct RetainedFeed {
     share: ReadAhead,
     /// Held while there is anything left to read.
     reading: Option<Reading>,
+    /// A scan has come back for more than one page and its reads are not all done: the
+    /// delivery is bulk work (`background`).
+    long: bool,
+    /// Where the reads run: the runtime the connection started on.
+    home: Handle,
 }
 
 impl RetainedFeed {
+    /// A feed whose reads run on the current runtime.
     pub fn new(share: ReadAhead) -> Self {
         Self {
             scans: VecDeque::new(),
             fetching: None,
             share,
             reading: None,
+            long: false,
+            home: Handle::current(),
         }
     }
 
@@ -123,6 +138,7 @@ impl RetainedFeed {
     ) {
         if self.scans.is_empty() && self.fetching.is_none() {
             self.reading = None;
+            self.long = false;
             return;
         }
         if self.reading.is_none() {
@@ -134,7 +150,15 @@ impl RetainedFeed {
         }
         if let Some(mut scan) = self.scans.pop_front() {
             scan.page = allowance.page_rows(scan.average_payload);
-            self.fetching = Some(Box::pin(scan.fetch(store.clone(), limits)));
+            let read = AbortOnDropHandle::new(self.home.spawn(scan.fetch(store.clone(), limits)));
+            self.fetching = Some(Box::pin(async move {
+                match read.await {
+                    Ok(page) => page,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    // The runtime is shutting down under the connection.
+                    Err(_) => Err(store::Error::Closed),
+                }
+            }));
         }
     }
 
@@ -151,6 +175,12 @@ impl RetainedFeed {
     /// A scan to go on with before any other, where the page just read left off.
     pub fn resume(&mut self, scan: RetainedScan) {
         self.scans.push_front(scan);
+        self.long = true;
+    }
+
+    /// Whether a scan has needed more than one page and still has pages to read.
+    pub fn is_long(&self) -> bool {
+        self.long
     }
 }
 

@@ -57,6 +57,7 @@ struct Inner {
 #[derive(Default)]
 pub struct Gauges {
     pub mqtt_connections: Gauge,
+    pub mqtt_background_connections: Gauge,
     pub mqtt_sessions: Gauge,
     pub mqtt_subscriptions: Gauge,
     pub retained_messages: Gauge,
@@ -200,6 +201,11 @@ impl Metrics {
             "retaind_mqtt_connections",
             "MQTT connections open, over every listener",
             gauges.mqtt_connections.clone(),
+        );
+        r.register(
+            "retaind_mqtt_background_connections",
+            "MQTT connections delivering a large retained set, on threads below every other",
+            gauges.mqtt_background_connections.clone(),
         );
         r.register(
             "retaind_mqtt_sessions",
