@@ -661,6 +661,40 @@ async fn scan_pages_resume_after_a_topic_and_end_exactly(backend: Backend) {
     assert!(page.is_empty(), "{:?}", topics_of(&page));
 }
 
+/// A bulk scan (a large retained delivery's, on connections of its own) reads what a scan reads.
+async fn a_bulk_scan_reads_what_a_scan_reads(backend: Backend) {
+    let clock = Clock::manual(T0_MS);
+    let (store, _db) = fresh_store(backend, clock.clone()).await;
+    put_all(
+        &store,
+        &["c/7", "b", "c/0", "c/1", "c", "c/3", "c0", "é", "d"],
+    )
+    .await;
+    let mut expiring = message("c/2", "v", T0_MS);
+    expiring.expires_at_ms = Some(T0_MS + 1);
+    store.write(Write::Put(expiring)).await.unwrap();
+    clock.advance(Duration::from_millis(1));
+    let after = [None, Some(topic("c/0")), Some(topic("c/9"))];
+    for (from, until) in [("c/", Some("c0")), ("", None), ("c", None)] {
+        for after in &after {
+            for limit in [1, 2, 100] {
+                let scanned = store
+                    .scan(from, until, after.as_ref(), limit)
+                    .await
+                    .unwrap();
+                let bulk = store
+                    .scan_bulk(from, until, after.as_ref(), limit)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    bulk, scanned,
+                    "{from:?}..{until:?} after {after:?}, {limit}"
+                );
+            }
+        }
+    }
+}
+
 async fn a_scan_without_upper_bound_runs_to_the_end(backend: Backend) {
     let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
     put_all(&store, &["z", "b/x", "a", "\u{10000}", "é", "b"]).await;
@@ -1037,6 +1071,7 @@ for_each_backend!(
     a_scan_does_not_count_as_a_read,
     scan_pages_resume_after_a_topic_and_end_exactly,
     a_scan_without_upper_bound_runs_to_the_end,
+    a_bulk_scan_reads_what_a_scan_reads,
     expired_messages_are_not_scanned,
     scan_bounds_compare_multibyte_topics_by_bytes,
     an_empty_range_scans_nothing,

@@ -214,10 +214,12 @@ impl Client {
                 // again as a retained copy read later. Further pages (large wildcard
                 // subscriptions) are read while these are sent.
                 for scan in subscribed.retained {
-                    let page = scan
-                        .fetch(self.broker.store().clone(), self.cfg.topic_limits)
-                        .await;
-                    self.outbound.fetched(page)?;
+                    let store = self.broker.store();
+                    let read = self
+                        .outbound
+                        .feed()
+                        .read(scan, store, self.cfg.topic_limits);
+                    self.outbound.fetched(read.await)?;
                 }
                 // Once the other nodes know the filters, what they publish reaches it. The
                 // cluster bounds each announcement; a node without NATS answers at once.

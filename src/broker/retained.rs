@@ -3,10 +3,12 @@
 //! read in memory.
 //! The connection fetches the next page while the client is still taking the current one.
 //!
-//! Reads run on the runtime the connection started on, even while the connection itself runs
-//! on the background threads (`background`): a pooled Postgres connection's socket belongs to
-//! the runtime that opened it, and one opened from the background threads would make every
-//! later query on it, anyone's, wait for a core those threads can have.
+//! A delivery's first page is read on the runtime the connection started on, whatever runs the
+//! connection: a pooled Postgres connection's socket belongs to the runtime that opened it, and
+//! one opened from the background threads (`background`) would make every later query on it,
+//! anyone's, wait for a core those threads can have. The pages after it are bulk work: they
+//! are read where the connection runs, on the store's connections for bulk scans
+//! (`Store::scan_bulk`), which nothing else uses.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -150,16 +152,31 @@ impl RetainedFeed {
         }
         if let Some(mut scan) = self.scans.pop_front() {
             scan.page = allowance.page_rows(scan.average_payload);
-            let read = AbortOnDropHandle::new(self.home.spawn(scan.fetch(store.clone(), limits)));
-            self.fetching = Some(Box::pin(async move {
-                match read.await {
-                    Ok(page) => page,
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    // The runtime is shutting down under the connection.
-                    Err(_) => Err(store::Error::Closed),
-                }
-            }));
+            self.fetching = Some(self.read(scan, store, limits));
         }
+    }
+
+    /// Reads a page of `scan`: while the delivery is long, a bulk scan where the connection
+    /// runs; otherwise an ordinary one on the runtime the connection started on.
+    pub fn read(
+        &self,
+        scan: RetainedScan,
+        store: &Store,
+        limits: TopicLimits,
+    ) -> BoxFuture<'static, Result<Page, store::Error>> {
+        let read = scan.fetch(store.clone(), limits, self.long);
+        if self.long {
+            return Box::pin(read);
+        }
+        let read = AbortOnDropHandle::new(self.home.spawn(read));
+        Box::pin(async move {
+            match read.await {
+                Ok(page) => page,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // The runtime is shutting down under the connection.
+                Err(_) => Err(store::Error::Closed),
+            }
+        })
     }
 
     /// The page being read, once it is read; never, when none is. Cancel-safe.
@@ -217,9 +234,14 @@ impl RetainedScan {
         }
     }
 
-    /// Reads the next page. Owns the scan and hands it back, so the fetch can run while the
-    /// connection goes on serving the client.
-    pub async fn fetch(mut self, store: Store, limits: TopicLimits) -> Result<Page, store::Error> {
+    /// Reads the next page, with a bulk scan (`Store::scan_bulk`) if `bulk`. Owns the scan and
+    /// hands it back, so the fetch can run while the connection goes on serving the client.
+    async fn fetch(
+        mut self,
+        store: Store,
+        limits: TopicLimits,
+        bulk: bool,
+    ) -> Result<Page, store::Error> {
         let now = store.clock().now_ms();
         if !self.filter.has_wildcards() {
             // An exact filter is a point read, which the read cache can answer. A filter
@@ -233,14 +255,12 @@ impl RetainedScan {
                 next: None,
             });
         }
-        let rows = store
-            .scan(
-                &self.from,
-                self.until.as_deref(),
-                self.after.as_ref(),
-                self.page,
-            )
-            .await?;
+        let (from, until, after) = (&self.from, self.until.as_deref(), self.after.as_ref());
+        let rows = if bulk {
+            store.scan_bulk(from, until, after, self.page).await?
+        } else {
+            store.scan(from, until, after, self.page).await?
+        };
         let more = rows.len() == self.page as usize;
         self.after = rows.last().map(|m| m.topic.clone());
         if let Some(average) = average_payload(&rows) {

@@ -139,6 +139,19 @@ pub trait RetainedStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error>;
 
+    /// [`RetainedStore::scan`] for bulk work on threads of low priority (a large retained
+    /// delivery, decision 020), on database connections of its own, opened as bulk scans need
+    /// them: nothing else ever waits for a connection, or for a socket's readiness, behind a
+    /// thread that gets no core.
+    async fn scan_bulk(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedMessage>, Error>;
+
     /// Like [`RetainedStore::scan`] but returns summaries (no payloads), as [`RetainedStore::list`]
     /// does: up to `limit` unexpired messages whose topics are in `[from, until)` and strictly
     /// after `after` (when given), in byte order of topic. The same rules for the bounds apply.

@@ -313,6 +313,23 @@ impl Store {
         .await
     }
 
+    /// [`Store::scan`] for bulk work on threads of low priority, on connections of its own
+    /// ([`RetainedStore::scan_bulk`]).
+    pub async fn scan_bulk(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+    ) -> Result<Vec<RetainedMessage>, Error> {
+        let now = self.inner.clock.now_ms();
+        self.call(
+            "scan",
+            self.inner.backend.scan_bulk(from, until, after, limit, now),
+        )
+        .await
+    }
+
     /// One page of unexpired summaries whose topics are in `[from, until)` (byte order;
     /// `until: None` = no upper bound) and strictly after `after`, in byte order of topic: how
     /// a listing narrowed to a topic filter or prefix walks its range. Like [`Store::list`], it

@@ -72,7 +72,7 @@ pub async fn open_backend(
                     Error::Internal(format!("cannot open the SQLite writer: {e}").into())
                 })??
         };
-        let scans = ScanReaders::new(path, max_connections, timeout);
+        let scans = [(); 2].map(|()| ScanReaders::new(path.clone(), max_connections, timeout));
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)

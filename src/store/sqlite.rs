@@ -32,6 +32,8 @@ pub(super) struct SqliteStore {
     reader: SqlitePool,
     /// Retained deliveries' scans, a page per blocking call.
     scans: ScanReaders,
+    /// Bulk scans' (`scan_bulk`), on connections of their own.
+    bulk_scans: ScanReaders,
 }
 
 impl SqliteStore {
@@ -41,7 +43,7 @@ impl SqliteStore {
         migrator: SqlitePool,
         writer: SqliteWriter,
         reader: SqlitePool,
-        scans: ScanReaders,
+        [scans, bulk_scans]: [ScanReaders; 2],
     ) -> Result<Self, Error> {
         let migrations = schema::lenient(sqlx::migrate!("migrations/sqlite"));
         migrations.run(&migrator).await?;
@@ -52,6 +54,7 @@ impl SqliteStore {
             writer,
             reader,
             scans,
+            bulk_scans,
         })
     }
 }
@@ -290,6 +293,21 @@ impl RetainedStore for SqliteStore {
         let start = ScanStart::new(from, after);
         let statement = SCAN.pick(start, until);
         self.scans
+            .scan(statement, start, until, limit, now_ms)
+            .await
+    }
+
+    async fn scan_bulk(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedMessage>, Error> {
+        let start = ScanStart::new(from, after);
+        let statement = SCAN.pick(start, until);
+        self.bulk_scans
             .scan(statement, start, until, limit, now_ms)
             .await
     }

@@ -35,6 +35,8 @@ use crate::topic::TopicName;
 
 pub(in crate::store) struct PostgresStore {
     pool: PgPool,
+    /// Bulk scans' connections (`scan_bulk`), apart from everything else's.
+    bulk: PgPool,
     /// Write batches run on these, not on the pool.
     writers: Writers,
     /// Names this process in change notices, so it can skip its own.
@@ -56,9 +58,11 @@ impl PostgresStore {
         schema::judge(schema::newest_known(&migrations), found)?;
         revisions_ahead(&pool).await?;
         let node = uuid::Uuid::new_v4().to_string().into();
+        let bulk = pool::bulk(&options, max_connections, timeout);
         let writers = Writers::new(options, timeout);
         Ok(Self {
             pool,
+            bulk,
             writers,
             node,
         })
@@ -67,7 +71,7 @@ impl PostgresStore {
     /// Up to `limit` unexpired rows from `start` up to `until` (exclusive), in topic order, with
     /// one of the `statements` of a range query.
     async fn range<R>(
-        &self,
+        pool: &PgPool,
         statements: &RangeStatements,
         start: ScanStart<'_>,
         until: Option<&str>,
@@ -88,7 +92,7 @@ impl PostgresStore {
         // may misjudge a range just filled (statistics lag behind) as small, read all of it
         // with a bitmap scan and sort it, for every page: paging through a large range then
         // costs its square. Without sorting, only the ordered index scan remains.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = pool.begin().await?;
         sqlx::query("SET LOCAL enable_sort = off")
             .execute(&mut *tx)
             .await?;
@@ -398,7 +402,22 @@ impl RetainedStore for PostgresStore {
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error> {
         let start = ScanStart::new(from, after);
-        let rows: Vec<MessageRow> = self.range(&SCAN, start, until, limit, now_ms).await?;
+        let rows: Vec<MessageRow> =
+            Self::range(&self.pool, &SCAN, start, until, limit, now_ms).await?;
+        Ok(rows.into_iter().map(MessageRow::into_message).collect())
+    }
+
+    async fn scan_bulk(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedMessage>, Error> {
+        let start = ScanStart::new(from, after);
+        let rows: Vec<MessageRow> =
+            Self::range(&self.bulk, &SCAN, start, until, limit, now_ms).await?;
         Ok(rows.into_iter().map(MessageRow::into_message).collect())
     }
 
@@ -411,7 +430,8 @@ impl RetainedStore for PostgresStore {
         now_ms: i64,
     ) -> Result<Vec<RetainedSummary>, Error> {
         let start = ScanStart::new(from, after);
-        let rows: Vec<SummaryRow> = self.range(&LIST_RANGE, start, until, limit, now_ms).await?;
+        let rows: Vec<SummaryRow> =
+            Self::range(&self.pool, &LIST_RANGE, start, until, limit, now_ms).await?;
         Ok(rows.into_iter().map(SummaryRow::into_summary).collect())
     }
 

@@ -24,7 +24,19 @@ pub(super) async fn connect(
     max_connections: u32,
     timeout: Duration,
 ) -> Result<PgPool, Error> {
-    let pool = PgPoolOptions::new()
+    Ok(pool_options(max_connections, timeout)
+        .connect_with(options.clone())
+        .await?)
+}
+
+/// The pool of bulk scans (`RetainedStore::scan_bulk`): no connection until a bulk scan opens
+/// one, on the runtime that scan runs on, and only bulk scans use them.
+pub(super) fn bulk(options: &PgConnectOptions, max_connections: u32, timeout: Duration) -> PgPool {
+    pool_options(max_connections, timeout).connect_lazy_with(options.clone())
+}
+
+fn pool_options(max_connections: u32, timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
         .after_connect(|conn, _| {
@@ -33,7 +45,4 @@ pub(super) async fn connect(
                 Ok(())
             })
         })
-        .connect_with(options.clone())
-        .await?;
-    Ok(pool)
 }
