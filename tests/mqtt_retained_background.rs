@@ -1,7 +1,7 @@
 //! A large retained delivery runs on the background threads (decision 020): a subscription
 //! whose retained messages take more than a page of reads moves its connection there until its
 //! reads are done, and back after; `--mqtt-retained-delivery-priority normal` keeps it where
-//! it was. Seen through `retaind_mqtt_background_connections`, with a client that stops reading
+//! it was, and `auto` (the default) moves it on SQLite only. Seen through `retaind_mqtt_background_connections`, with a client that stops reading
 //! so that the delivery is held in the middle, then takes every message, in topic order.
 
 mod common;
@@ -69,7 +69,7 @@ async fn held_then_drained(backend: Backend, priority: DeliveryPriority) -> (u64
     for _ in 0..10 {
         topics.push(client.expect(3).await.publish(false).topic);
     }
-    let hoped = u64::from(priority == DeliveryPriority::Background);
+    let hoped = u64::from(in_background(backend, priority));
     let held = background_connections_within(&app, hoped, Duration::from_secs(2)).await;
 
     while topics.len() < MESSAGES {
@@ -78,6 +78,15 @@ async fn held_then_drained(backend: Backend, priority: DeliveryPriority) -> (u64
     let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
     assert_eq!(topics, expected, "every message once, in topic order");
     (held, background_connections(&app).await)
+}
+
+/// Where `priority` puts a large delivery: `auto` is the background on SQLite only.
+fn in_background(backend: Backend, priority: DeliveryPriority) -> bool {
+    match priority {
+        DeliveryPriority::Background => true,
+        DeliveryPriority::Normal => false,
+        DeliveryPriority::Auto => matches!(backend, Backend::Sqlite),
+    }
 }
 
 async fn a_large_retained_delivery_runs_in_the_background_until_its_reads_are_done(
@@ -93,7 +102,16 @@ async fn with_normal_priority_a_large_retained_delivery_stays_put(backend: Backe
     assert_eq!((held, drained), (0, 0));
 }
 
+async fn by_default_a_large_retained_delivery_runs_in_the_background_on_sqlite_only(
+    backend: Backend,
+) {
+    let (held, drained) = held_then_drained(backend, DeliveryPriority::Auto).await;
+    let expected = u64::from(matches!(backend, Backend::Sqlite));
+    assert_eq!((held, drained), (expected, 0));
+}
+
 for_each_backend!(
+    by_default_a_large_retained_delivery_runs_in_the_background_on_sqlite_only,
     a_large_retained_delivery_runs_in_the_background_until_its_reads_are_done,
     with_normal_priority_a_large_retained_delivery_stays_put,
 );
