@@ -305,12 +305,7 @@ impl Store {
         after: Option<&TopicName>,
         limit: u32,
     ) -> Result<Vec<RetainedMessage>, Error> {
-        let now = self.inner.clock.now_ms();
-        self.call(
-            "scan",
-            self.inner.backend.scan(from, until, after, limit, now),
-        )
-        .await
+        self.scan_with(false, from, until, after, limit).await
     }
 
     /// [`Store::scan`] for bulk work on threads of low priority, on connections of its own
@@ -322,12 +317,25 @@ impl Store {
         after: Option<&TopicName>,
         limit: u32,
     ) -> Result<Vec<RetainedMessage>, Error> {
+        self.scan_with(true, from, until, after, limit).await
+    }
+
+    async fn scan_with(
+        &self,
+        bulk: bool,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+    ) -> Result<Vec<RetainedMessage>, Error> {
         let now = self.inner.clock.now_ms();
-        self.call(
-            "scan",
-            self.inner.backend.scan_bulk(from, until, after, limit, now),
-        )
-        .await
+        let backend = &self.inner.backend;
+        let page = if bulk {
+            backend.scan_bulk(from, until, after, limit, now)
+        } else {
+            backend.scan(from, until, after, limit, now)
+        };
+        self.call("scan", page).await
     }
 
     /// One page of unexpired summaries whose topics are in `[from, until)` (byte order;

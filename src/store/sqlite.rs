@@ -59,6 +59,20 @@ impl SqliteStore {
     }
 }
 
+/// A scan's page, on connections of `readers`.
+async fn scan_on(
+    readers: &ScanReaders,
+    from: &str,
+    until: Option<&str>,
+    after: Option<&TopicName>,
+    limit: u32,
+    now_ms: i64,
+) -> Result<Vec<RetainedMessage>, Error> {
+    let start = ScanStart::new(from, after);
+    let statement = SCAN.pick(start, until);
+    readers.scan(statement, start, until, limit, now_ms).await
+}
+
 /// A write transaction: it takes SQLite's write lock at its start, waiting for another process
 /// that holds it (no read of it can then turn stale before its write).
 fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
@@ -290,11 +304,7 @@ impl RetainedStore for SqliteStore {
         limit: u32,
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error> {
-        let start = ScanStart::new(from, after);
-        let statement = SCAN.pick(start, until);
-        self.scans
-            .scan(statement, start, until, limit, now_ms)
-            .await
+        scan_on(&self.scans, from, until, after, limit, now_ms).await
     }
 
     async fn scan_bulk(
@@ -305,11 +315,7 @@ impl RetainedStore for SqliteStore {
         limit: u32,
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error> {
-        let start = ScanStart::new(from, after);
-        let statement = SCAN.pick(start, until);
-        self.bulk_scans
-            .scan(statement, start, until, limit, now_ms)
-            .await
+        scan_on(&self.bulk_scans, from, until, after, limit, now_ms).await
     }
 
     async fn list_range(

@@ -103,6 +103,18 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
+    /// A scan's page, on connections of `pool`.
+    async fn scan_on(
+        pool: &PgPool,
+        start: ScanStart<'_>,
+        until: Option<&str>,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<Vec<RetainedMessage>, Error> {
+        let rows: Vec<MessageRow> = Self::range(pool, &SCAN, start, until, limit, now_ms).await?;
+        Ok(rows.into_iter().map(MessageRow::into_message).collect())
+    }
+
     /// One batch on `conn`: as a single statement when it is of one kind of write and decides
     /// no quota; otherwise in a transaction, which first locks the counts for a quota decision.
     async fn run(
@@ -402,9 +414,7 @@ impl RetainedStore for PostgresStore {
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error> {
         let start = ScanStart::new(from, after);
-        let rows: Vec<MessageRow> =
-            Self::range(&self.pool, &SCAN, start, until, limit, now_ms).await?;
-        Ok(rows.into_iter().map(MessageRow::into_message).collect())
+        Self::scan_on(&self.pool, start, until, limit, now_ms).await
     }
 
     async fn scan_bulk(
@@ -416,9 +426,7 @@ impl RetainedStore for PostgresStore {
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error> {
         let start = ScanStart::new(from, after);
-        let rows: Vec<MessageRow> =
-            Self::range(&self.bulk, &SCAN, start, until, limit, now_ms).await?;
-        Ok(rows.into_iter().map(MessageRow::into_message).collect())
+        Self::scan_on(&self.bulk, start, until, limit, now_ms).await
     }
 
     async fn list_range(
