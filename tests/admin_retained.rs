@@ -8,7 +8,7 @@ mod cli;
 mod common;
 
 use cli::{messages, ndjson, retained, seed, stored, without_read_time};
-use common::{Backend, fresh_db, spawn_app_with, test_config};
+use common::{Backend, FreshDb, fresh_db, spawn_app_with, test_config};
 use retaind::admin::Line;
 
 fn expected(n: usize) -> Vec<retaind::store::RetainedMessage> {
@@ -63,6 +63,61 @@ async fn export_from_a_database_is_every_message_with_every_property(backend: Ba
         .collect();
     assert_eq!(wanted.len(), 6);
     assert_eq!(run.stdout, ndjson(&wanted));
+}
+
+/// A transaction's writes share one write ticket of 4,096 revisions: a batch as large as the
+/// flag allows still fits it, so the database stays one a server starts on and writes after.
+async fn the_largest_database_batch_fits_its_write_ticket(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("in.ndjson");
+    std::fs::write(&file, ndjson(&messages(LARGEST_BATCH))).unwrap();
+    let batch = LARGEST_BATCH.to_string();
+    let file = file.to_str().unwrap();
+    let import = [
+        "import",
+        file,
+        "--database-url",
+        &db.url,
+        "--batch-size",
+        &batch,
+    ];
+    let run = retained(&import, &[], home.path(), None).await;
+    assert!(
+        run.report().contains(&format!("wrote {LARGEST_BATCH}")),
+        "{}",
+        run.stderr
+    );
+    let app = spawn_app_with(FreshDb::shared(&db.url), test_config(&db.url)).await;
+    app.retain("after%2Fimport", "v").await;
+    app.stop().await;
+    // One more is refused before anything is read or written, for delete too.
+    let over = (LARGEST_BATCH + 1).to_string();
+    for args in [
+        vec![
+            "import",
+            file,
+            "--database-url",
+            &db.url,
+            "--batch-size",
+            &over,
+        ],
+        vec![
+            "delete",
+            "--topic-filter",
+            "#",
+            "--database-url",
+            &db.url,
+            "--yes",
+            "--batch-size",
+            &over,
+        ],
+    ] {
+        let run = retained(&args, &[], home.path(), None).await;
+        let refusal = format!("{over} is not in 1..={LARGEST_BATCH}");
+        assert!(run.failure().contains(&refusal), "{}", run.stderr);
+    }
+    assert_eq!(stored(&db.url).await.len(), LARGEST_BATCH + 1);
 }
 
 async fn an_import_into_a_database_keeps_each_message_and_twice_changes_nothing(backend: Backend) {
@@ -440,7 +495,11 @@ async fn a_running_node_on_postgres_sees_what_the_command_changes_in_its_databas
     }
 }
 
+/// The largest `--batch-size`.
+const LARGEST_BATCH: usize = 4_000;
+
 for_each_backend!(
+    the_largest_database_batch_fits_its_write_ticket,
     export_from_a_database_is_every_message_with_every_property,
     an_import_into_a_database_keeps_each_message_and_twice_changes_nothing,
     an_import_keeps_a_newer_message_and_replaces_an_older_one,

@@ -122,8 +122,9 @@ pub struct ImportArgs {
     #[arg(long)]
     pub skip_bad_lines: bool,
 
-    /// Messages written per transaction (database) or per wave of requests (HTTP).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Messages written per transaction (database) or per wave of requests (HTTP). At most
+    /// 4,000: a transaction's revisions come from one write ticket of 4,096.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=4_000))]
     pub batch_size: u32,
 
     #[command(flatten)]
@@ -147,7 +148,7 @@ pub struct DeleteArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Messages deleted per transaction (with --database-url).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Messages deleted per transaction (with --database-url). At most 4,000, as for import.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=4_000))]
     pub batch_size: u32,
 }
