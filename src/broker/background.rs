@@ -11,9 +11,7 @@
 //! so this needs no privilege; where the kernel refuses it anyway, they run at nice 19. On other
 //! systems they run at normal priority.
 
-use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
@@ -56,30 +54,6 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
-/// How many connections run on the background threads now, for `/metrics`.
-#[derive(Clone, Default)]
-pub(super) struct Census(Arc<AtomicUsize>);
-
-/// One connection counted in a [`Census`] until dropped.
-pub(super) struct Counted(Arc<AtomicUsize>);
-
-impl Census {
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    pub fn enter(&self) -> Counted {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Counted(self.0.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -94,16 +68,5 @@ mod tests {
             .unwrap();
         assert_eq!(here, libc::SCHED_OTHER, "the test's own thread is normal");
         assert_eq!(there, libc::SCHED_IDLE);
-    }
-
-    #[test]
-    fn a_census_counts_what_it_let_in_until_it_leaves() {
-        let census = Census::default();
-        let (a, b) = (census.enter(), census.enter());
-        assert_eq!(census.count(), 2);
-        drop(a);
-        assert_eq!(census.count(), 1);
-        drop(b);
-        assert_eq!(census.count(), 0);
     }
 }

@@ -16,7 +16,8 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::accept::{Accepted, accept};
-use super::background::{self, Census};
+use super::background;
+use super::census::Census;
 use super::client::{Client, Outbox, Waits};
 use super::end::End;
 use super::handle::Broker;

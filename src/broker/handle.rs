@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::background::Census;
+use super::census::Census;
 use super::config::BrokerConfig;
 use super::limits::ConnectionCount;
 use super::message::{Message, Publication};

@@ -14,6 +14,7 @@
 mod accept;
 mod admission;
 mod background;
+mod census;
 mod client;
 mod conditional;
 mod config;

@@ -12,12 +12,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::census::{Census, Member};
 use super::message::{Delivery, Message};
 use super::session::SubOptions;
 use crate::store::{self, RetainedMessage, Store};
@@ -44,25 +44,15 @@ const READ_AHEAD_MESSAGES: usize = 4000;
 /// How many connections are reading retained pages: shared by every connection of the broker,
 /// which each read ahead their share.
 #[derive(Clone, Default)]
-pub(super) struct ReadAhead(Arc<AtomicUsize>);
-
-/// One connection counted in a [`ReadAhead`] until dropped.
-struct Reading(Arc<AtomicUsize>);
+pub(super) struct ReadAhead(Census);
 
 impl ReadAhead {
-    fn join(&self) -> Reading {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Reading(self.0.clone())
+    fn join(&self) -> Member {
+        self.0.enter()
     }
 
     fn allowance(&self) -> Allowance {
-        Allowance::sharing(self.0.load(Ordering::Relaxed))
-    }
-}
-
-impl Drop for Reading {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        Allowance::sharing(self.0.count())
     }
 }
 
@@ -109,7 +99,7 @@ pub(super) struct RetainedFeed {
     fetching: Option<BoxFuture<'static, Result<Page, store::Error>>>,
     share: ReadAhead,
     /// Held while there is anything left to read.
-    reading: Option<Reading>,
+    reading: Option<Member>,
     /// A scan has come back for more than one page and its reads are not all done: the
     /// delivery is bulk work (`background`).
     long: bool,
@@ -344,9 +334,9 @@ mod tests {
         let share = ReadAhead::default();
         let first = share.join();
         let second = share.join();
-        assert_eq!(share.0.load(Ordering::Relaxed), 2);
+        assert_eq!(share.0.count(), 2);
         drop(first);
         drop(second);
-        assert_eq!(share.0.load(Ordering::Relaxed), 0);
+        assert_eq!(share.0.count(), 0);
     }
 }
