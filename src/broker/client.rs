@@ -8,7 +8,6 @@ use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::may_publish;
@@ -24,6 +23,7 @@ use super::registry::{Session, Sessions};
 use super::retained::RetainedFeed;
 use super::settling::{Settled, Settling};
 use super::subscribe::{self, Subscriber};
+use super::wake::Wake;
 use super::will::Will;
 use crate::auth::Principal;
 use crate::cluster::Restored;
@@ -44,7 +44,7 @@ pub(super) struct Waits<'a> {
     pub settling: &'a mut Settling,
     pub retained: &'a mut RetainedFeed,
     /// Notified when something was queued for the client.
-    pub wake: &'a Notify,
+    pub wake: &'a Wake,
 }
 
 /// What applying packets produced for the connection to do, in order.

@@ -19,6 +19,7 @@ mod client;
 mod conditional;
 mod config;
 mod connection;
+mod deferred;
 mod end;
 mod handle;
 mod inbound_publish;
@@ -41,6 +42,7 @@ mod settling;
 mod stall;
 mod subscribe;
 mod sys_topics;
+mod wake;
 mod will;
 mod wire;
 

@@ -154,12 +154,14 @@ impl Outbound {
         if let Some(next) = page.next {
             self.retained.resume(next);
         }
-        let mut state = self.session.state();
-        page.deliveries
-            .into_iter()
-            .filter(|d| self.session.may_receive(&d.message.topic))
-            .for_each(|d| state.push_retained(d));
-        drop(state);
+        {
+            let may_receive = self.session.receive_check();
+            let mut state = self.session.state();
+            page.deliveries
+                .into_iter()
+                .filter(|d| may_receive(&d.message.topic))
+                .for_each(|d| state.push_retained(d));
+        }
         // Read the page after this one while this one is being sent.
         self.fetch_retained();
         Ok(())

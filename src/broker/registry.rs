@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use arc_swap::ArcSwapOption;
 use tokio_util::sync::CancellationToken;
 
+use super::deferred::{Locked, Place, StateGuard};
 use super::message::{Delivery, Message};
 use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
+use super::wake::Wake;
 use crate::auth::{Action, Principal};
 use crate::cluster::{Adopted, Queued, StoredSubscription};
 use crate::cluster::{Cluster, Outgoing, Restored, TakeOver};
@@ -55,9 +57,10 @@ impl Registry {
 /// A session: state that outlives connections when the client asked for it.
 pub(super) struct Session {
     pub key: ClientKey,
-    state: Mutex<SessionState>,
+    /// Routers never wait for it (`deferred`).
+    state: Locked,
     /// Wakes the connection task when something was queued for it.
-    pub wake: Notify,
+    pub wake: Wake,
     online: AtomicBool,
     /// The connection currently attached (0: none). A connection that finds another id here
     /// was taken over and leaves the session alone.
@@ -65,7 +68,8 @@ pub(super) struct Session {
     /// Cancelled to make the attached connection close; the reason is sent in MQTT 5.
     link: Mutex<Option<(CancellationToken, DisconnectReasonCode)>>,
     /// Who the attached (or last) connection authenticated as; `None` when auth is off.
-    principal: Mutex<Option<Arc<Principal>>>,
+    /// Read for every message routed and sent, so without a lock (see `deferred`).
+    principal: ArcSwapOption<Principal>,
     /// The name of the principal that created the session (`None`: anonymous). Only that
     /// principal may resume it: its queue and subscriptions were granted to it.
     creator: Option<String>,
@@ -75,24 +79,30 @@ pub(super) struct Session {
     /// Whether the client id was claimed by a connection on another node: [`MOVED`], or
     /// [`MOVED_RESUMED`] when that connection resumes the session.
     moved: AtomicU8,
+    /// Where an offline session's messages go on a node of many.
+    cluster: Option<Cluster>,
+    /// Where what the session drops is counted.
+    metrics: Metrics,
 }
 
 const MOVED: u8 = 1;
 const MOVED_RESUMED: u8 = 2;
 
 impl Session {
-    fn new(key: ClientKey, limits: SessionLimits, creator: Option<String>) -> Self {
+    fn new(key: ClientKey, creator: Option<String>, of: &Sessions) -> Self {
         Self {
             key,
             creator,
-            state: Mutex::new(SessionState::new(limits)),
-            wake: Notify::new(),
+            state: Locked::new(SessionState::new(of.limits), of.limits.max_queued),
+            wake: Wake::default(),
             online: AtomicBool::new(false),
             connection: AtomicU64::new(0),
             link: Mutex::new(None),
-            principal: Mutex::new(None),
+            principal: ArcSwapOption::empty(),
             claim: AtomicU64::new(0),
             moved: AtomicU8::new(0),
+            cluster: of.cluster.clone(),
+            metrics: of.metrics.clone(),
         }
     }
 
@@ -104,26 +114,16 @@ impl Session {
 
     /// Who the attached (or last) connection authenticated as, as of the last reload.
     pub fn principal(&self) -> Option<Arc<Principal>> {
-        self.principal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.principal.load_full()
     }
 
     /// The principals were reloaded and `old`, this session's principal, is now `new`: it
     /// goes on under the new policy. False if the session's principal is no longer `old`.
     pub fn replace_principal(&self, old: &Arc<Principal>, new: Arc<Principal>) -> bool {
-        let mut slot = self
+        let current = self
             .principal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &*slot {
-            Some(current) if Arc::ptr_eq(current, old) => {
-                *slot = Some(new);
-                true
-            }
-            _ => false,
-        }
+            .compare_and_swap(&Some(old.clone()), Some(new));
+        current.as_ref().is_some_and(|c| Arc::ptr_eq(c, old))
     }
 
     /// The principal's credentials are gone: the attached connection, if any, closes
@@ -142,13 +142,9 @@ impl Session {
         self.receive_check()(topic)
     }
 
-    /// [`Session::may_receive`] for the current principal, to check many topics with one lock.
+    /// [`Session::may_receive`] for the current principal, to check many topics with one load.
     pub fn receive_check(&self) -> impl Fn(&TopicName) -> bool + '_ {
-        let principal = self
-            .principal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let principal = self.principal.load_full();
         move |topic| {
             principal
                 .as_ref()
@@ -156,11 +152,12 @@ impl Session {
         }
     }
 
-    pub fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
-        // State changes are whole method calls on plain data; a panic cannot leave it torn.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub fn state(&self) -> StateGuard<'_, Self> {
+        self.state.lock(self)
+    }
+
+    fn set_principal(&self, principal: Option<Arc<Principal>>) {
+        self.principal.store(principal);
     }
 
     fn link(&self) -> std::sync::MutexGuard<'_, Option<(CancellationToken, DisconnectReasonCode)>> {
@@ -187,29 +184,37 @@ impl Session {
         self.connection.load(Ordering::Acquire) == connection
     }
 
-    /// Queues a delivery; hands it back when a connected client's queue is full.
-    fn offer(&self, delivery: Delivery, to: &Sessions) -> Option<Delivery> {
-        let cluster = to.cluster.as_ref();
+    /// Queues a delivery, without waiting for the session's lock (`deferred`).
+    fn offer(&self, delivery: Delivery) {
         let online = self.online.load(Ordering::Acquire);
-        let mut state = self.state();
-        let enqueued = state.enqueue(delivery, online);
-        state.dropped.report(&to.metrics);
-        match enqueued {
-            Enqueued::Queued => {
-                drop(state);
-                self.wake.notify_one();
-                None
-            }
-            Enqueued::Dropped => None,
-            Enqueued::Full(delivery) => Some(delivery),
-            // Appended under the state's lock, so messages reach Postgres in queue order.
-            Enqueued::Spool(delivery) => {
-                if let Some(cluster) = cluster {
-                    spool(cluster, &self.key, &delivery);
+        self.state.offer(self, delivery, online);
+    }
+}
+
+impl Place for Session {
+    /// Queues a delivery. A connected client whose queue is full is not keeping up, and is
+    /// disconnected (MQTT 5: 0x97); its session then takes what an offline one takes.
+    fn place(&self, state: &mut SessionState, delivery: Delivery, online: bool) {
+        let mut next = Some((delivery, online));
+        while let Some((delivery, online)) = next.take() {
+            match state.enqueue(delivery, online) {
+                Enqueued::Queued => self.wake.notify(),
+                Enqueued::Dropped => {}
+                // Appended under the state's lock, so messages reach Postgres in queue order.
+                Enqueued::Spool(delivery) => {
+                    if let Some(cluster) = &self.cluster {
+                        spool(cluster, &self.key, &delivery);
+                    }
                 }
-                None
+                Enqueued::Full(delivery) => {
+                    tracing::warn!(client = %self.key, "subscriber is not keeping up; disconnecting it");
+                    self.kick(DisconnectReasonCode::QuotaExceeded);
+                    self.online.store(false, Ordering::Release);
+                    next = Some((delivery, false));
+                }
             }
         }
+        state.dropped.report(&self.metrics);
     }
 }
 
@@ -317,7 +322,7 @@ impl Sessions {
                 if let Some(old) = other {
                     self.unsubscribe_all(&old);
                 }
-                let fresh = Arc::new(Session::new(key.clone(), self.limits, creator));
+                let fresh = Arc::new(Session::new(key.clone(), creator, self));
                 registry.sessions.insert(key, fresh.clone());
                 let present = restored.is_some();
                 if let Some(r) = &restored {
@@ -336,10 +341,7 @@ impl Sessions {
         state.stop_spooling();
         state.requeue_ahead(back);
         drop(state);
-        *session
-            .principal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = principal;
+        session.set_principal(principal);
         let stop = shutdown.child_token();
         *session.link() = Some((stop.clone(), DisconnectReasonCode::ServerShuttingDown));
         session.claim.store(claim, Ordering::Release);
@@ -440,11 +442,8 @@ impl Sessions {
         if registry.sessions.contains_key(key) {
             return None;
         }
-        let session = Arc::new(Session::new(key.clone(), self.limits, creator));
-        *session
-            .principal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = principal;
+        let session = Arc::new(Session::new(key.clone(), creator, self));
+        session.set_principal(principal);
         registry.sessions.insert(key.clone(), session.clone());
         drop(registry);
         let announced = self.restore_subscriptions(&session, stored);
@@ -580,11 +579,7 @@ impl Sessions {
         if registry.sessions.contains_key(&*a.client_id) || a.expiry_secs == 0 {
             return None;
         }
-        let session = Arc::new(Session::new(
-            a.client_id.clone(),
-            self.limits,
-            a.creator.clone(),
-        ));
+        let session = Arc::new(Session::new(a.client_id.clone(), a.creator.clone(), self));
         // Never attached: its "connection" is 0, which `expire` and `resumed_since` check.
         let _ = session.state().start_spooling(a.queued);
         registry
@@ -741,7 +736,7 @@ impl Sessions {
                 .collect()
         };
         for (session, delivery) in targets {
-            offer_or_kick(&session, delivery, self);
+            session.offer(delivery);
         }
     }
 
@@ -761,7 +756,9 @@ impl Sessions {
         let Some(session) = self.registry().sessions.get(member).cloned() else {
             return;
         };
-        let Some(options) = session.state().subscriptions.get(spec).copied() else {
+        // From the tree, not the session's state: its connection may hold that lock on the
+        // background threads (`deferred`).
+        let Some(options) = self.subscriptions_read().get(&session.key, spec).copied() else {
             return;
         };
         if !session.may_receive(&message.topic) {
@@ -773,18 +770,7 @@ impl Sessions {
             subscription_ids: options.subscription_id.into_iter().collect(),
             message,
         };
-        offer_or_kick(&session, delivery, self);
-    }
-}
-
-/// Queues a delivery; a connected client whose queue is full is disconnected (MQTT 5: 0x97).
-fn offer_or_kick(session: &Arc<Session>, delivery: Delivery, to: &Sessions) {
-    if let Some(delivery) = session.offer(delivery, to) {
-        tracing::warn!(client = %session.key, "subscriber is not keeping up; disconnecting it");
-        session.kick(DisconnectReasonCode::QuotaExceeded);
-        session.online.store(false, Ordering::Release);
-        // Offline now: its session drops what does not fit, as for any offline one.
-        let _ = session.offer(delivery, to);
+        session.offer(delivery);
     }
 }
 
@@ -859,3 +845,6 @@ fn queued_delivery(q: Queued) -> Delivery {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -72,6 +72,26 @@ impl<V> SubscriptionTree<V> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// `client`'s subscription to `spec` (its share group included), if it has one.
+    pub fn get(&self, client: &ClientKey, spec: &FilterSpec) -> Option<&V> {
+        let (path, ends_with_hash) = path(spec);
+        let mut node = &self.root;
+        for level in path {
+            node = node.child(level)?;
+        }
+        let subscribers = if ends_with_hash {
+            node.hash.as_deref()?
+        } else {
+            &node.subscribers
+        };
+        let members = match spec.share_group() {
+            None => &subscribers.plain,
+            Some(group) => &subscribers.shared.get(group)?.members,
+        };
+        let at = *members.index.get(client)?;
+        Some(&members.entries[at].1)
+    }
 }
 
 impl<V: Clone> SubscriptionTree<V> {
@@ -256,6 +276,14 @@ impl<V> Node<V> {
         }
     }
 
+    fn child(&self, level: &str) -> Option<&Node<V>> {
+        if level == "+" {
+            self.plus.as_deref()
+        } else {
+            self.children.get(level)
+        }
+    }
+
     fn child_mut(&mut self, level: &str) -> Option<&mut Node<V>> {
         if level == "+" {
             self.plus.as_deref_mut()
@@ -424,6 +452,38 @@ mod tests {
             tree.insert(&key(client), &spec(filter), filter.to_string());
         }
         tree
+    }
+
+    #[test]
+    fn a_clients_subscription_is_found_by_its_filter_and_group() {
+        let t = tree(&[
+            ("a", "x/+/y"),
+            ("a", "x/#"),
+            ("a", "$share/g/x/#"),
+            ("b", "#"),
+        ]);
+        for filter in ["x/+/y", "x/#", "$share/g/x/#"] {
+            assert_eq!(
+                t.get(&key("a"), &spec(filter)).map(String::as_str),
+                Some(filter)
+            );
+        }
+        assert_eq!(t.get(&key("b"), &spec("#")).map(String::as_str), Some("#"));
+        for (client, filter) in [
+            ("a", "#"),
+            ("a", "x/y"),
+            ("a", "x/+"),
+            ("a", "$share/h/x/#"),
+            ("a", "x/+/y/#"),
+            ("b", "x/#"),
+            ("c", "x/+/y"),
+        ] {
+            assert_eq!(
+                t.get(&key(client), &spec(filter)),
+                None,
+                "{client} {filter}"
+            );
+        }
     }
 
     fn matched(tree: &SubscriptionTree<String>, topic: &str) -> Vec<(String, String)> {

@@ -1,0 +1,110 @@
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+
+use super::*;
+use crate::store::{MessageProperties, Qos};
+use crate::topic::TopicLimits;
+
+fn sessions(max_queued: usize) -> Sessions {
+    let limits = SessionLimits {
+        max_queued,
+        max_queued_bytes: 1 << 20,
+    };
+    Sessions::new(limits, None, Metrics::default())
+}
+
+fn message(topic: &str, qos: Qos) -> Arc<Message> {
+    Arc::new(Message {
+        topic: TopicName::parse(topic, TopicLimits::default()).unwrap(),
+        payload: Bytes::from_static(b"x"),
+        qos,
+        retain: false,
+        properties: MessageProperties::default(),
+        expires_at_ms: None,
+        origin: None,
+        wire: Default::default(),
+        stamp: Default::default(),
+    })
+}
+
+/// A connected client subscribed to `#` at QoS 1.
+fn subscriber(sessions: &Sessions, shutdown: &CancellationToken) -> Attached {
+    let key: ClientKey = Arc::from("subscriber");
+    let attached = sessions.attach(key.clone(), true, None, 0, None, shutdown);
+    let options = SubOptions {
+        qos: Qos::AtLeastOnce,
+        no_local: false,
+        retain_as_published: false,
+        subscription_id: None,
+    };
+    let spec = FilterSpec::parse("#").unwrap();
+    let _ = sessions.subscribe(&key, &spec, options);
+    attached.session.state().subscriptions.insert(spec, options);
+    attached
+}
+
+#[test]
+fn a_publish_is_routed_while_the_subscribers_connection_holds_its_session() {
+    let sessions = sessions(100);
+    let shutdown = CancellationToken::new();
+    let sub = subscriber(&sessions, &shutdown);
+    let (routed, done) = mpsc::channel();
+    std::thread::scope(|s| {
+        // The connection holding its session's lock, as one preempted on a background thread.
+        let held = sub.session.state();
+        s.spawn(|| {
+            sessions.route(message("a/b", Qos::AtLeastOnce), 0, false);
+            sessions.route(message("a/c", Qos::AtMostOnce), 0, false);
+            routed.send(()).unwrap();
+        });
+        done.recv_timeout(Duration::from_secs(5))
+            .expect("routing went on without the session's lock");
+        assert_eq!(held.queued(), 0, "left for the holder");
+        drop(held);
+    });
+    assert!(
+        sub.session.wake.notified().now_or_never().is_some(),
+        "the connection was woken"
+    );
+    let mut state = sub.session.state();
+    let topics: Vec<String> = std::iter::from_fn(|| state.next_outgoing(10, |_| true))
+        .map(|o| o.delivery.message.topic.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        topics,
+        ["a/b", "a/c"],
+        "placed when the holder let go, in order"
+    );
+}
+
+#[test]
+fn a_client_found_behind_when_its_message_is_placed_is_disconnected() {
+    let sessions = sessions(1);
+    let shutdown = CancellationToken::new();
+    let sub = subscriber(&sessions, &shutdown);
+    sessions.route(message("a/1", Qos::AtLeastOnce), 0, false);
+    let (routed, done) = mpsc::channel();
+    std::thread::scope(|s| {
+        let held = sub.session.state();
+        s.spawn(|| {
+            sessions.route(message("a/2", Qos::AtLeastOnce), 0, false);
+            routed.send(()).unwrap();
+        });
+        done.recv_timeout(Duration::from_secs(5))
+            .expect("routing went on without the session's lock");
+        assert!(!sub.stop.is_cancelled(), "decided by the holder, not yet");
+        drop(held);
+    });
+    assert!(
+        sub.stop.is_cancelled(),
+        "a full queue for QoS 1: disconnected"
+    );
+    assert_eq!(
+        sub.session.stop_reason(),
+        DisconnectReasonCode::QuotaExceeded
+    );
+    assert_eq!(sub.session.state().queued(), 1, "the second was not queued");
+}
