@@ -1048,7 +1048,32 @@ async fn payload_bytes_sum_live_messages_and_stand_for_a_minute(backend: Backend
     assert_eq!(store.payload_bytes().await.unwrap(), 12);
 }
 
+async fn a_batch_past_one_write_ticket_is_refused_unwritten(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let backend = open_backend(&db.url).await;
+    let batch = |n: usize| -> Vec<retaind::store::OwnedWrite> {
+        (0..n)
+            .map(|i| Write::Put(message(&format!("t/{i}"), "1", T0_MS)).into())
+            .collect()
+    };
+    let refused = backend
+        .apply(&batch(4096), None, T0_MS, common::far_deadline())
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Internal(m)) if m.contains("4096 writes")),
+        "{refused:?}"
+    );
+    assert_eq!(backend.count(None).await.unwrap(), 0, "nothing written");
+    let verdicts = backend
+        .apply(&batch(4095), None, T0_MS, common::far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(verdicts.len(), 4095);
+    assert_eq!(backend.count(None).await.unwrap(), 4095);
+}
+
 for_each_backend!(
+    a_batch_past_one_write_ticket_is_refused_unwritten,
     payload_bytes_sum_live_messages_and_stand_for_a_minute,
     a_snapshot_is_the_set_at_one_instant_despite_writes_during_it,
     every_field_round_trips,

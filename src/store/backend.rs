@@ -69,6 +69,24 @@ impl Verdict {
 /// revisions in the database spells it as a literal, since a statement is a literal too.
 pub(super) const TICKET_REVISIONS: i64 = 4096;
 
+/// Refuses a batch whose revisions would run past its write ticket into the next one's. The
+/// write lanes never make one; a caller of [`RetainedStore::apply`] that does is wrong, and
+/// applying it would give two rows one revision (and on Postgres, revisions ahead of the
+/// transaction ids, which the next start refuses).
+pub(super) fn fits_one_ticket(writes: &[OwnedWrite]) -> Result<(), Error> {
+    if writes.len() < TICKET_REVISIONS as usize {
+        return Ok(());
+    }
+    Err(Error::Internal(
+        format!(
+            "a batch of {} writes: at most {} fit one write ticket",
+            writes.len(),
+            TICKET_REVISIONS - 1
+        )
+        .into(),
+    ))
+}
+
 #[async_trait]
 pub trait RetainedStore: Send + Sync + 'static {
     /// Applies writes atomically: all of them or none. When several writes name the same topic

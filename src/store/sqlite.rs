@@ -203,6 +203,7 @@ impl RetainedStore for SqliteStore {
         now_ms: i64,
         _deadline: Instant,
     ) -> Result<Vec<Verdict>, Error> {
+        super::backend::fits_one_ticket(writes)?;
         // The writes go to the writer's thread; the caller's slice cannot.
         let writes = writes.to_vec();
         self.writer

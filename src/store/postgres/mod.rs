@@ -295,6 +295,7 @@ impl RetainedStore for PostgresStore {
         now_ms: i64,
         deadline: Instant,
     ) -> Result<Vec<Verdict>, Error> {
+        crate::store::backend::fits_one_ticket(writes)?;
         let mut writer = tokio::time::timeout_at(deadline, self.writers.take())
             .await
             .map_err(|_| Error::timed_out())??;
