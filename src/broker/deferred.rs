@@ -150,15 +150,10 @@ impl<P: Place> Drop for StateGuard<'_, P> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-
     use super::*;
     use crate::broker::message::Message;
     use crate::broker::session::{Enqueued, SessionLimits};
-    use crate::store::{MessageProperties, Qos};
-    use crate::topic::{TopicLimits, TopicName};
+    use crate::store::Qos;
 
     struct Queue;
 
@@ -170,17 +165,7 @@ mod tests {
 
     fn delivery(n: usize) -> Delivery {
         Delivery {
-            message: Arc::new(Message {
-                topic: TopicName::parse("t", TopicLimits::default()).unwrap(),
-                payload: Bytes::from(n.to_string()),
-                qos: Qos::AtMostOnce,
-                retain: false,
-                properties: MessageProperties::default(),
-                expires_at_ms: None,
-                origin: None,
-                wire: Default::default(),
-                stamp: Default::default(),
-            }),
+            message: Message::plain("t", n.to_string(), Qos::AtMostOnce),
             // No packet ids to run out of in the race below.
             qos: Qos::AtMostOnce,
             retain: false,

@@ -46,6 +46,23 @@ pub struct Message {
 }
 
 impl Message {
+    /// A plain message: no properties, no expiry, no origin.
+    #[cfg(test)]
+    pub fn plain(topic: &str, payload: impl Into<Bytes>, qos: Qos) -> Arc<Self> {
+        let limits = crate::topic::TopicLimits::default();
+        Arc::new(Self {
+            topic: TopicName::parse(topic, limits).expect("a valid topic"),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: MessageProperties::default(),
+            expires_at_ms: None,
+            origin: None,
+            wire: Default::default(),
+            stamp: Default::default(),
+        })
+    }
+
     /// The message a publication becomes on arriving at `now_ms` from `origin` (`None` over
     /// HTTP): its expiry counts from then. A publish reads the clock once, and its retained
     /// write (see [`Self::retained_write`]) and its routing use the same reading.

@@ -421,22 +421,11 @@ mod tests {
 
     use super::*;
     use crate::broker::message::Message;
-    use crate::store::MessageProperties;
     use crate::topic::{TopicLimits, TopicName};
 
     fn delivery(payload: &'static str, qos: Qos) -> Delivery {
         Delivery {
-            message: Arc::new(Message {
-                topic: TopicName::parse("t", TopicLimits::default()).unwrap(),
-                payload: Bytes::from_static(payload.as_bytes()),
-                qos,
-                retain: false,
-                properties: MessageProperties::default(),
-                expires_at_ms: None,
-                origin: None,
-                wire: Default::default(),
-                stamp: Default::default(),
-            }),
+            message: Message::plain("t", Bytes::from_static(payload.as_bytes()), qos),
             qos,
             retain: false,
             subscription_ids: Vec::new(),

@@ -1,12 +1,10 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 
 use super::*;
-use crate::store::{MessageProperties, Qos};
-use crate::topic::TopicLimits;
+use crate::store::Qos;
 
 fn sessions(max_queued: usize) -> Sessions {
     let limits = SessionLimits {
@@ -14,20 +12,6 @@ fn sessions(max_queued: usize) -> Sessions {
         max_queued_bytes: 1 << 20,
     };
     Sessions::new(limits, None, Metrics::default())
-}
-
-fn message(topic: &str, qos: Qos) -> Arc<Message> {
-    Arc::new(Message {
-        topic: TopicName::parse(topic, TopicLimits::default()).unwrap(),
-        payload: Bytes::from_static(b"x"),
-        qos,
-        retain: false,
-        properties: MessageProperties::default(),
-        expires_at_ms: None,
-        origin: None,
-        wire: Default::default(),
-        stamp: Default::default(),
-    })
 }
 
 /// A connected client subscribed to `#` at QoS 1.
@@ -56,8 +40,8 @@ fn a_publish_is_routed_while_the_subscribers_connection_holds_its_session() {
         // The connection holding its session's lock, as one preempted on a background thread.
         let held = sub.session.state();
         s.spawn(|| {
-            sessions.route(message("a/b", Qos::AtLeastOnce), 0, false);
-            sessions.route(message("a/c", Qos::AtMostOnce), 0, false);
+            sessions.route(Message::plain("a/b", "x", Qos::AtLeastOnce), 0, false);
+            sessions.route(Message::plain("a/c", "x", Qos::AtMostOnce), 0, false);
             routed.send(()).unwrap();
         });
         done.recv_timeout(Duration::from_secs(5))
@@ -85,12 +69,12 @@ fn a_client_found_behind_when_its_message_is_placed_is_disconnected() {
     let sessions = sessions(1);
     let shutdown = CancellationToken::new();
     let sub = subscriber(&sessions, &shutdown);
-    sessions.route(message("a/1", Qos::AtLeastOnce), 0, false);
+    sessions.route(Message::plain("a/1", "x", Qos::AtLeastOnce), 0, false);
     let (routed, done) = mpsc::channel();
     std::thread::scope(|s| {
         let held = sub.session.state();
         s.spawn(|| {
-            sessions.route(message("a/2", Qos::AtLeastOnce), 0, false);
+            sessions.route(Message::plain("a/2", "x", Qos::AtLeastOnce), 0, false);
             routed.send(()).unwrap();
         });
         done.recv_timeout(Duration::from_secs(5))
