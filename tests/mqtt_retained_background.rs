@@ -1,8 +1,9 @@
 //! A large retained delivery runs on the background threads (decision 020): a subscription
 //! whose retained messages take more than a page of reads moves its connection there until its
-//! reads are done, and back after; `--mqtt-retained-delivery-priority normal` keeps it where
-//! it was, and `auto` (the default) moves it on SQLite only. Seen through `retaind_mqtt_background_connections`, with a client that stops reading
-//! so that the delivery is held in the middle, then takes every message, in topic order.
+//! reads are done, and back after, on either store by default; `--mqtt-retained-delivery-priority
+//! normal` keeps it where it was. Seen through `retaind_mqtt_background_connections`, with a
+//! client that stops reading so that the delivery is held in the middle, then takes every
+//! message, in topic order.
 
 mod common;
 
@@ -41,7 +42,8 @@ async fn background_connections_within(app: &TestApp, hoped: u64, within: Durati
 
 /// Background connections while a subscriber holds the delivery in the middle, and once it has
 /// every message.
-async fn held_then_drained(backend: Backend, priority: DeliveryPriority) -> (u64, u64) {
+/// `None`: the default priority.
+async fn held_then_drained(backend: Backend, priority: Option<DeliveryPriority>) -> (u64, u64) {
     let db = fresh_db(backend).await;
     {
         let store = open_backend(&db.url).await;
@@ -58,7 +60,10 @@ async fn held_then_drained(backend: Backend, priority: DeliveryPriority) -> (u64
         }
     }
     let mut config = test_config(&db.url);
-    config.mqtt_retained_delivery_priority = priority;
+    if let Some(priority) = priority {
+        config.mqtt_retained_delivery_priority = priority;
+    }
+    let priority = config.mqtt_retained_delivery_priority;
     let app = spawn_app_with(db, config).await;
     assert_eq!(background_connections(&app).await, 0);
 
@@ -69,7 +74,7 @@ async fn held_then_drained(backend: Backend, priority: DeliveryPriority) -> (u64
     for _ in 0..10 {
         topics.push(client.expect(3).await.publish(false).topic);
     }
-    let hoped = u64::from(in_background(backend, priority));
+    let hoped = u64::from(in_background(priority));
     let held = background_connections_within(&app, hoped, Duration::from_secs(2)).await;
 
     while topics.len() < MESSAGES {
@@ -80,38 +85,38 @@ async fn held_then_drained(backend: Backend, priority: DeliveryPriority) -> (u64
     (held, background_connections(&app).await)
 }
 
-/// Where `priority` puts a large delivery: `auto` is the background on SQLite only.
-fn in_background(backend: Backend, priority: DeliveryPriority) -> bool {
+/// Where `priority` puts a large delivery, on either store.
+fn in_background(priority: DeliveryPriority) -> bool {
     match priority {
-        DeliveryPriority::Background => true,
+        DeliveryPriority::Background | DeliveryPriority::Auto => true,
         DeliveryPriority::Normal => false,
-        DeliveryPriority::Auto => matches!(backend, Backend::Sqlite),
     }
 }
 
 async fn a_large_retained_delivery_runs_in_the_background_until_its_reads_are_done(
     backend: Backend,
 ) {
-    let (held, drained) = held_then_drained(backend, DeliveryPriority::Background).await;
+    let (held, drained) = held_then_drained(backend, Some(DeliveryPriority::Background)).await;
     assert_eq!(held, 1, "in the background while the delivery is held");
     assert_eq!(drained, 0, "back once every message was read");
 }
 
 async fn with_normal_priority_a_large_retained_delivery_stays_put(backend: Backend) {
-    let (held, drained) = held_then_drained(backend, DeliveryPriority::Normal).await;
+    let (held, drained) = held_then_drained(backend, Some(DeliveryPriority::Normal)).await;
     assert_eq!((held, drained), (0, 0));
 }
 
-async fn by_default_a_large_retained_delivery_runs_in_the_background_on_sqlite_only(
+async fn by_default_and_with_auto_a_large_retained_delivery_runs_in_the_background(
     backend: Backend,
 ) {
-    let (held, drained) = held_then_drained(backend, DeliveryPriority::Auto).await;
-    let expected = u64::from(matches!(backend, Backend::Sqlite));
-    assert_eq!((held, drained), (expected, 0));
+    for priority in [None, Some(DeliveryPriority::Auto)] {
+        let (held, drained) = held_then_drained(backend, priority).await;
+        assert_eq!((held, drained), (1, 0), "{priority:?}");
+    }
 }
 
 for_each_backend!(
-    by_default_a_large_retained_delivery_runs_in_the_background_on_sqlite_only,
+    by_default_and_with_auto_a_large_retained_delivery_runs_in_the_background,
     a_large_retained_delivery_runs_in_the_background_until_its_reads_are_done,
     with_normal_priority_a_large_retained_delivery_stays_put,
 );

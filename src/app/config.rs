@@ -171,12 +171,11 @@ pub struct ServeConfig {
     /// Priority of a connection delivering a large retained set (a subscription whose retained
     /// messages take more than one page of reads): `background` runs it on threads that yield
     /// to every other thread of the machine until its reads are done, so that live publishes
-    /// keep their latency while it drains; `normal` runs it like any other connection; `auto`,
-    /// the default, is `background` on SQLite and `normal` on Postgres, where the delivery's
-    /// reads run in the database server anyway and the background threads cost a fifth of its
-    /// rate.
+    /// keep their latency while it drains (the default); `normal` runs it like any other
+    /// connection; `auto`, the default until 2026-12-04 (`normal` on Postgres then), is now
+    /// `background` on both stores.
     #[arg(long, env = "RETAIND_MQTT_RETAINED_DELIVERY_PRIORITY", value_enum,
-          default_value_t = DeliveryPriority::Auto)]
+          default_value_t = DeliveryPriority::Background)]
     pub mqtt_retained_delivery_priority: DeliveryPriority,
 
     /// GetRetainedMessage requests per second per principal, in bursts of up to one second's

@@ -178,11 +178,10 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_keep_alive: config.mqtt_max_keep_alive,
             write_timeout: config.mqtt_write_timeout,
             sys_interval: config.sys_interval,
-            retained_in_background: match config.mqtt_retained_delivery_priority {
-                DeliveryPriority::Background => true,
-                DeliveryPriority::Normal => false,
-                DeliveryPriority::Auto => config.database_url.starts_with("sqlite:"),
-            },
+            retained_in_background: !matches!(
+                config.mqtt_retained_delivery_priority,
+                DeliveryPriority::Normal
+            ),
             ..BrokerConfig::default()
         },
         auth.clone(),

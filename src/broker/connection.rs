@@ -27,6 +27,7 @@ use super::settling::Settled;
 use super::stall::{Counted, Gauge, Watch};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, Disconnect, DisconnectReasonCode, Framed, Packet};
+use crate::tcp::Rehome;
 
 /// Inbound publishes waiting for the store before they are acknowledged and routed. Past
 /// this the connection stops reading: a client cannot queue unbounded work.
@@ -41,7 +42,7 @@ impl Broker {
     /// the transport knows of it (its address, who it proved to be, its TCP socket's uptake).
     pub async fn serve_connection<T>(&self, io: T, remote: Remote)
     where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Rehome + Unpin + Send + 'static,
     {
         self.track(io, remote).await;
     }
@@ -55,7 +56,7 @@ impl Broker {
         remote: Remote,
     ) -> impl Future<Output = ()> + Send + 'static
     where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Rehome + Unpin + Send + 'static,
     {
         // Every line the connection logs carries its peer and, once its CONNECT is read, its
         // client id (recorded by `accept`).
@@ -72,7 +73,7 @@ impl Broker {
 
 async fn serve<T>(broker: Broker, io: T, remote: Remote)
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Rehome + Unpin + Send + 'static,
 {
     let cfg = broker.config().clone();
     let broker_metrics = broker.metrics().clone();
@@ -174,7 +175,7 @@ enum Ran {
 
 impl<T> Connection<T>
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Rehome + Unpin + Send + 'static,
 {
     /// Runs the loop until the connection ends: on the background threads while it delivers
     /// a large retained set, on the caller's otherwise. `None` only if the background task was
@@ -186,6 +187,7 @@ where
                     let _counted = self.census.enter();
                     self.in_background = true;
                     let run = async move {
+                        self.rehome();
                         let ran = self.run().await;
                         (self, ran)
                     };
@@ -205,13 +207,23 @@ where
                     }
                 }
                 None => {
-                    self.in_background = false;
+                    if std::mem::take(&mut self.in_background) {
+                        self.rehome();
+                    }
                     self.run().await
                 }
             };
             if let Ran::Ended(end) = ran {
                 return Some((self, end));
             }
+        }
+    }
+
+    /// Registers the socket with the runtime the loop runs on now (see [`Rehome`]).
+    fn rehome(&mut self) {
+        if let Err(e) = self.framed.transport_mut().rehome() {
+            // It still works from here, through the other runtime's driver.
+            tracing::debug!(error = %e, "the connection's socket stays with the runtime it was on");
         }
     }
 

@@ -22,7 +22,7 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::tcp::{Taken, Uptake};
+use crate::tcp::{Rehome, Taken, Uptake};
 
 /// Samples per timeout: the clock is late by at most a tenth of the timeout...
 const SAMPLES_PER_TIMEOUT: u32 = 10;
@@ -223,6 +223,12 @@ impl<T> Counted<T> {
         if let Poll::Ready(Ok(n)) = written {
             self.accepted.fetch_add(*n as u64, Ordering::AcqRel);
         }
+    }
+}
+
+impl<T: Rehome> Rehome for Counted<T> {
+    fn rehome(&mut self) -> std::io::Result<()> {
+        self.io.rehome()
     }
 }
 

@@ -123,6 +123,11 @@ where
         .await;
     }
 
+    /// The transport, for what the packets do not cover (moving its socket, say).
+    pub fn transport_mut(&mut self) -> &mut T {
+        self.io.get_mut()
+    }
+
     /// The largest packet the client said it accepts (MQTT 5 Maximum Packet Size); a larger
     /// PUBLISH fails to encode and the broker skips it, as [MQTT-3.1.2-25] asks.
     pub fn set_max_outbound_size(&mut self, size: u32) {

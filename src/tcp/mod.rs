@@ -19,6 +19,7 @@
 //! Each connection also counts what it writes, for [`Uptake`]: how much of it the client has
 //! taken.
 
+mod rehome;
 mod uptake;
 
 use std::io::{self, IoSlice};
@@ -30,6 +31,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+pub use rehome::Rehome;
 pub use uptake::{Taken, Uptake};
 
 /// An accepted TCP connection, with the socket options above.
