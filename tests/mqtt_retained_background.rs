@@ -44,6 +44,31 @@ async fn background_connections_within(app: &TestApp, hoped: u64, within: Durati
 /// every message.
 /// `None`: the default priority.
 async fn held_then_drained(backend: Backend, priority: Option<DeliveryPriority>) -> (u64, u64) {
+    let (app, priority) = seeded(backend, priority).await;
+    let (mut client, _) = Raw::connect(&app, &build::connect("bulk", true, 60, None)).await;
+    client.send(&build::subscribe(1, "big/#", 0, None)).await;
+    client.expect(9).await; // SUBACK
+    let mut topics = Vec::with_capacity(MESSAGES);
+    for _ in 0..10 {
+        topics.push(client.expect(3).await.publish(false).topic);
+    }
+    let hoped = u64::from(in_background(priority));
+    let held = background_connections_within(&app, hoped, Duration::from_secs(2)).await;
+
+    while topics.len() < MESSAGES {
+        topics.push(client.expect(3).await.publish(false).topic);
+    }
+    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
+    assert_eq!(topics, expected, "every message once, in topic order");
+    (held, background_connections(&app).await)
+}
+
+/// A server whose store holds `MESSAGES` retained messages under `big/`, and the priority it
+/// runs large deliveries at.
+async fn seeded(
+    backend: Backend,
+    priority: Option<DeliveryPriority>,
+) -> (TestApp, DeliveryPriority) {
     let db = fresh_db(backend).await;
     {
         let store = open_backend(&db.url).await;
@@ -66,23 +91,7 @@ async fn held_then_drained(backend: Backend, priority: Option<DeliveryPriority>)
     let priority = config.mqtt_retained_delivery_priority;
     let app = spawn_app_with(db, config).await;
     assert_eq!(background_connections(&app).await, 0);
-
-    let (mut client, _) = Raw::connect(&app, &build::connect("bulk", true, 60, None)).await;
-    client.send(&build::subscribe(1, "big/#", 0, None)).await;
-    client.expect(9).await; // SUBACK
-    let mut topics = Vec::with_capacity(MESSAGES);
-    for _ in 0..10 {
-        topics.push(client.expect(3).await.publish(false).topic);
-    }
-    let hoped = u64::from(in_background(priority));
-    let held = background_connections_within(&app, hoped, Duration::from_secs(2)).await;
-
-    while topics.len() < MESSAGES {
-        topics.push(client.expect(3).await.publish(false).topic);
-    }
-    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
-    assert_eq!(topics, expected, "every message once, in topic order");
-    (held, background_connections(&app).await)
+    (app, priority)
 }
 
 /// Where `priority` puts a large delivery, on either store.
@@ -115,7 +124,39 @@ async fn by_default_and_with_auto_a_large_retained_delivery_runs_in_the_backgrou
     }
 }
 
+async fn a_client_gone_in_the_middle_of_a_background_delivery_ends_as_any_other(backend: Backend) {
+    let (app, _) = seeded(backend, Some(DeliveryPriority::Background)).await;
+    let (mut watcher, _) = Raw::connect(&app, &build::connect("watcher", true, 60, None)).await;
+    watcher.send(&build::subscribe(1, "gone/#", 0, None)).await;
+    watcher.expect(9).await;
+    let will = build::Will {
+        topic: "gone/bulk",
+        payload: b"bye",
+        qos: 0,
+        retain: false,
+        props: &[],
+    };
+    let connect = build::connect_with_will("bulk", true, 60, None, will);
+    let (mut client, _) = Raw::connect(&app, &connect).await;
+    client.send(&build::subscribe(1, "big/#", 0, None)).await;
+    client.expect(9).await;
+    client.expect(3).await;
+    let moved = background_connections_within(&app, 1, Duration::from_secs(2)).await;
+    assert_eq!(moved, 1, "held in the background");
+    drop(client);
+    let will = watcher.expect(3).await.publish(false);
+    assert_eq!(will.topic, "gone/bulk", "its Will, published as it ended");
+    let left = background_connections_within(&app, 0, Duration::from_secs(5)).await;
+    assert_eq!(left, 0);
+    // The client id is free again, and large deliveries go on.
+    let (mut again, _) = Raw::connect(&app, &build::connect("bulk", true, 60, None)).await;
+    again.send(&build::subscribe(1, "big/00000", 0, None)).await;
+    again.expect(9).await;
+    assert_eq!(again.expect(3).await.publish(false).topic, "big/00000");
+}
+
 for_each_backend!(
+    a_client_gone_in_the_middle_of_a_background_delivery_ends_as_any_other,
     by_default_and_with_auto_a_large_retained_delivery_runs_in_the_background,
     a_large_retained_delivery_runs_in_the_background_until_its_reads_are_done,
     with_normal_priority_a_large_retained_delivery_stays_put,

@@ -214,6 +214,10 @@ where
                 }
             };
             if let Ran::Ended(end) = ran {
+                // Its goodbye (`finish`) runs here.
+                if std::mem::take(&mut self.in_background) {
+                    self.rehome();
+                }
                 return Some((self, end));
             }
         }
