@@ -6,7 +6,7 @@ mod common;
 
 use common::writes::message;
 use common::{Backend, T0_MS, fresh_db, open_backend, topic};
-use retaind::store::{PayloadFormat, Write};
+use retaind::store::{PayloadFormat, Readers, Write};
 
 #[tokio::test]
 async fn a_scan_serves_a_row_written_by_hand_as_a_point_read_does() {
@@ -30,7 +30,10 @@ async fn a_scan_serves_a_row_written_by_hand_as_a_point_read_does() {
     )
     .await;
 
-    let page = store.scan("h/", Some("h0"), None, 10, T0_MS).await.unwrap();
+    let page = store
+        .scan("h/", Some("h0"), None, 10, T0_MS, Readers::Shared)
+        .await
+        .unwrap();
     let topics: Vec<&str> = page.iter().map(|m| m.topic.as_str()).collect();
     assert_eq!(topics, ["h/a", "h/b", "h/c"]);
     let scanned = &page[1];

@@ -69,6 +69,17 @@ impl Verdict {
 /// revisions in the database spells it as a literal, since a statement is a literal too.
 pub(super) const TICKET_REVISIONS: i64 = 4096;
 
+/// Whose database connections a scan reads on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// The shared pool (SQLite: its scan connections).
+    Shared,
+    /// Bulk work on threads of low priority (a large retained delivery, decision 020), on
+    /// connections of its own, opened as bulk scans need them: nothing else ever waits for a
+    /// connection, or for a socket's readiness, behind a thread that gets no core.
+    Bulk,
+}
+
 /// Refuses a batch whose revisions would run past its write ticket into the next one's. The
 /// write lanes never make one; a caller of [`RetainedStore::apply`] that does is wrong, and
 /// applying it would give two rows one revision (and on Postgres, revisions ahead of the
@@ -147,7 +158,7 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// This is how a wildcard subscription's retained messages are found page by page: the
     /// caller turns the filter's literal prefix into a range and matches each topic itself.
     /// Bounds need not be valid topic names, but must not contain U+0000: Postgres text cannot
-    /// hold it (and no topic contains it either).
+    /// hold it (and no topic contains it either). `readers` says whose connections read it.
     async fn scan(
         &self,
         from: &str,
@@ -155,19 +166,7 @@ pub trait RetainedStore: Send + Sync + 'static {
         after: Option<&TopicName>,
         limit: u32,
         now_ms: i64,
-    ) -> Result<Vec<RetainedMessage>, Error>;
-
-    /// [`RetainedStore::scan`] for bulk work on threads of low priority (a large retained
-    /// delivery, decision 020), on database connections of its own, opened as bulk scans need
-    /// them: nothing else ever waits for a connection, or for a socket's readiness, behind a
-    /// thread that gets no core.
-    async fn scan_bulk(
-        &self,
-        from: &str,
-        until: Option<&str>,
-        after: Option<&TopicName>,
-        limit: u32,
-        now_ms: i64,
+        readers: Readers,
     ) -> Result<Vec<RetainedMessage>, Error>;
 
     /// Like [`RetainedStore::scan`] but returns summaries (no payloads), as [`RetainedStore::list`]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::backend::ChangeFeed;
+use super::backend::{ChangeFeed, Readers};
 use super::cache::{Lookup, ReadCache, unexpired};
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::failures::Failures;
@@ -305,11 +305,12 @@ impl Store {
         after: Option<&TopicName>,
         limit: u32,
     ) -> Result<Vec<RetainedMessage>, Error> {
-        self.scan_with(false, from, until, after, limit).await
+        self.scan_with(Readers::Shared, from, until, after, limit)
+            .await
     }
 
     /// [`Store::scan`] for bulk work on threads of low priority, on connections of its own
-    /// ([`RetainedStore::scan_bulk`]).
+    /// ([`Readers::Bulk`]).
     pub async fn scan_bulk(
         &self,
         from: &str,
@@ -317,24 +318,23 @@ impl Store {
         after: Option<&TopicName>,
         limit: u32,
     ) -> Result<Vec<RetainedMessage>, Error> {
-        self.scan_with(true, from, until, after, limit).await
+        self.scan_with(Readers::Bulk, from, until, after, limit)
+            .await
     }
 
     async fn scan_with(
         &self,
-        bulk: bool,
+        readers: Readers,
         from: &str,
         until: Option<&str>,
         after: Option<&TopicName>,
         limit: u32,
     ) -> Result<Vec<RetainedMessage>, Error> {
         let now = self.inner.clock.now_ms();
-        let backend = &self.inner.backend;
-        let page = if bulk {
-            backend.scan_bulk(from, until, after, limit, now)
-        } else {
-            backend.scan(from, until, after, limit, now)
-        };
+        let page = self
+            .inner
+            .backend
+            .scan(from, until, after, limit, now, readers);
         self.call("scan", page).await
     }
 

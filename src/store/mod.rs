@@ -36,7 +36,7 @@ mod write_batch;
 mod write_lane;
 mod write_lanes;
 
-pub use backend::{ChangeFeed, RetainedStore, Verdict};
+pub use backend::{ChangeFeed, Readers, RetainedStore, Verdict};
 pub use clock::Clock;
 pub use error::Error;
 pub use feed::Change;

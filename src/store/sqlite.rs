@@ -10,7 +10,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, SqlitePool};
 use tokio::time::Instant;
 
-use super::backend::{TICKET_REVISIONS, Verdict};
+use super::backend::{Readers, TICKET_REVISIONS, Verdict};
 use super::quota;
 use super::row::{
     ChangeRow, MessageRow, RangeStatements, ScanStart, SummaryRow, change_columns, change_page,
@@ -32,7 +32,7 @@ pub(super) struct SqliteStore {
     reader: SqlitePool,
     /// Retained deliveries' scans, a page per blocking call.
     scans: ScanReaders,
-    /// Bulk scans' (`scan_bulk`), on connections of their own.
+    /// Bulk scans' ([`Readers::Bulk`]), on connections of their own.
     bulk_scans: ScanReaders,
 }
 
@@ -57,20 +57,6 @@ impl SqliteStore {
             bulk_scans,
         })
     }
-}
-
-/// A scan's page, on connections of `readers`.
-async fn scan_on(
-    readers: &ScanReaders,
-    from: &str,
-    until: Option<&str>,
-    after: Option<&TopicName>,
-    limit: u32,
-    now_ms: i64,
-) -> Result<Vec<RetainedMessage>, Error> {
-    let start = ScanStart::new(from, after);
-    let statement = SCAN.pick(start, until);
-    readers.scan(statement, start, until, limit, now_ms).await
 }
 
 /// A write transaction: it takes SQLite's write lock at its start, waiting for another process
@@ -304,19 +290,15 @@ impl RetainedStore for SqliteStore {
         after: Option<&TopicName>,
         limit: u32,
         now_ms: i64,
+        readers: Readers,
     ) -> Result<Vec<RetainedMessage>, Error> {
-        scan_on(&self.scans, from, until, after, limit, now_ms).await
-    }
-
-    async fn scan_bulk(
-        &self,
-        from: &str,
-        until: Option<&str>,
-        after: Option<&TopicName>,
-        limit: u32,
-        now_ms: i64,
-    ) -> Result<Vec<RetainedMessage>, Error> {
-        scan_on(&self.bulk_scans, from, until, after, limit, now_ms).await
+        let readers = match readers {
+            Readers::Shared => &self.scans,
+            Readers::Bulk => &self.bulk_scans,
+        };
+        let start = ScanStart::new(from, after);
+        let statement = SCAN.pick(start, until);
+        readers.scan(statement, start, until, limit, now_ms).await
     }
 
     async fn list_range(

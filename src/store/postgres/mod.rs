@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use self::apply::{apply_all, one_kind, standing};
 use self::feed::PgChangeFeed;
 use self::writers::Writers;
-use crate::store::backend::{ChangeFeed, TICKET_REVISIONS, Verdict};
+use crate::store::backend::{ChangeFeed, Readers, TICKET_REVISIONS, Verdict};
 use crate::store::feed::{CHANNEL, everything};
 use crate::store::row::{
     ChangeRow, MessageRow, RangeStatements, ScanStart, SummaryRow, change_columns, change_page,
@@ -35,7 +35,7 @@ use crate::topic::TopicName;
 
 pub(in crate::store) struct PostgresStore {
     pool: PgPool,
-    /// Bulk scans' connections (`scan_bulk`), apart from everything else's.
+    /// Bulk scans' connections ([`Readers::Bulk`]), apart from everything else's.
     bulk: PgPool,
     /// Write batches run on these, not on the pool.
     writers: Writers,
@@ -103,18 +103,6 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
-    /// A scan's page, on connections of `pool`.
-    async fn scan_on(
-        pool: &PgPool,
-        start: ScanStart<'_>,
-        until: Option<&str>,
-        limit: u32,
-        now_ms: i64,
-    ) -> Result<Vec<RetainedMessage>, Error> {
-        let rows: Vec<MessageRow> = Self::range(pool, &SCAN, start, until, limit, now_ms).await?;
-        Ok(rows.into_iter().map(MessageRow::into_message).collect())
-    }
-
     /// One batch on `conn`: as a single statement when it is of one kind of write and decides
     /// no quota; otherwise in a transaction, which first locks the counts for a quota decision.
     async fn run(
@@ -413,21 +401,15 @@ impl RetainedStore for PostgresStore {
         after: Option<&TopicName>,
         limit: u32,
         now_ms: i64,
+        readers: Readers,
     ) -> Result<Vec<RetainedMessage>, Error> {
+        let pool = match readers {
+            Readers::Shared => &self.pool,
+            Readers::Bulk => &self.bulk,
+        };
         let start = ScanStart::new(from, after);
-        Self::scan_on(&self.pool, start, until, limit, now_ms).await
-    }
-
-    async fn scan_bulk(
-        &self,
-        from: &str,
-        until: Option<&str>,
-        after: Option<&TopicName>,
-        limit: u32,
-        now_ms: i64,
-    ) -> Result<Vec<RetainedMessage>, Error> {
-        let start = ScanStart::new(from, after);
-        Self::scan_on(&self.bulk, start, until, limit, now_ms).await
+        let rows: Vec<MessageRow> = Self::range(pool, &SCAN, start, until, limit, now_ms).await?;
+        Ok(rows.into_iter().map(MessageRow::into_message).collect())
     }
 
     async fn list_range(

@@ -29,7 +29,7 @@ pub(super) async fn connect(
         .await?)
 }
 
-/// The pool of bulk scans (`RetainedStore::scan_bulk`): no connection until a bulk scan opens
+/// The pool of bulk scans ([`Readers::Bulk`](crate::store::Readers::Bulk)): no connection until a bulk scan opens
 /// one, on the runtime that scan runs on, and only bulk scans use them.
 pub(super) fn bulk(options: &PgConnectOptions, max_connections: u32, timeout: Duration) -> PgPool {
     pool_options(max_connections, timeout).connect_lazy_with(options.clone())
