@@ -10,8 +10,8 @@ use common::writes::message;
 use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
 use retaind::store::{
     Clock, Error as StoreError, MessageProperties, Owner, PAYLOAD_BYTES_MAX_AGE, PayloadFormat,
-    Qos, RetainedMessage, RetainedSummary, Store, StoreOptions, UserProperty, Verdict, Write,
-    purge_delay,
+    Qos, Readers, RetainedMessage, RetainedSummary, Store, StoreOptions, UserProperty, Verdict,
+    Write, purge_delay,
 };
 use retaind::topic::{TopicLimits, TopicName};
 
@@ -683,7 +683,7 @@ async fn a_bulk_scan_reads_what_a_scan_reads(backend: Backend) {
                     .await
                     .unwrap();
                 let bulk = store
-                    .scan_bulk(from, until, after.as_ref(), limit)
+                    .scan_with(Readers::Bulk, from, until, after.as_ref(), limit)
                     .await
                     .unwrap();
                 assert_eq!(

@@ -8,7 +8,7 @@
 //! one opened from the background threads (`background`) would make every later query on it,
 //! anyone's, wait for a core those threads can have. The pages after it are bulk work: they
 //! are read where the connection runs, on the store's connections for bulk scans
-//! (`Store::scan_bulk`), which nothing else uses.
+//! (`Readers::Bulk`), which nothing else uses.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::census::{Census, Member};
 use super::message::{Delivery, Message};
 use super::session::SubOptions;
-use crate::store::{self, RetainedMessage, Store};
+use crate::store::{self, Readers, RetainedMessage, Store};
 use crate::topic::{TopicFilter, TopicLimits, TopicName};
 
 /// Rows in a first page, before payload sizes are known.
@@ -224,7 +224,7 @@ impl RetainedScan {
         }
     }
 
-    /// Reads the next page, with a bulk scan (`Store::scan_bulk`) if `bulk`. Owns the scan and
+    /// Reads the next page, with a bulk scan (`Readers::Bulk`) if `bulk`. Owns the scan and
     /// hands it back, so the fetch can run while the connection goes on serving the client.
     async fn fetch(
         mut self,
@@ -246,11 +246,10 @@ impl RetainedScan {
             });
         }
         let (from, until, after) = (&self.from, self.until.as_deref(), self.after.as_ref());
-        let rows = if bulk {
-            store.scan_bulk(from, until, after, self.page).await?
-        } else {
-            store.scan(from, until, after, self.page).await?
-        };
+        let readers = if bulk { Readers::Bulk } else { Readers::Shared };
+        let rows = store
+            .scan_with(readers, from, until, after, self.page)
+            .await?;
         let more = rows.len() == self.page as usize;
         self.after = rows.last().map(|m| m.topic.clone());
         if let Some(average) = average_payload(&rows) {

@@ -309,20 +309,9 @@ impl Store {
             .await
     }
 
-    /// [`Store::scan`] for bulk work on threads of low priority, on connections of its own
-    /// ([`Readers::Bulk`]).
-    pub async fn scan_bulk(
-        &self,
-        from: &str,
-        until: Option<&str>,
-        after: Option<&TopicName>,
-        limit: u32,
-    ) -> Result<Vec<RetainedMessage>, Error> {
-        self.scan_with(Readers::Bulk, from, until, after, limit)
-            .await
-    }
-
-    async fn scan_with(
+    /// [`Store::scan`] on the connections of `readers`: [`Readers::Bulk`] for bulk work on
+    /// threads of low priority, on connections of its own.
+    pub async fn scan_with(
         &self,
         readers: Readers,
         from: &str,
