@@ -268,8 +268,8 @@ mod tests {
         (dir, cert.der().clone())
     }
 
-    #[tokio::test]
-    async fn a_stalled_handshake_is_dropped_without_holding_up_others() {
+    /// A listener handing out MQTT TLS connections, and the certificate a client trusts.
+    async fn incoming() -> (TlsIncoming, SocketAddr, CertificateDer<'static>) {
         let (dir, cert) = self_signed();
         let acceptors = TlsAcceptors::load(&TlsFiles {
             cert: &dir.path().join("cert.pem"),
@@ -279,11 +279,17 @@ mod tests {
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = TlsIncoming::new(listener, LiveAcceptor::new(acceptors.mqtt));
-        incoming.handshake_timeout = Duration::from_millis(200);
+        (
+            TlsIncoming::new(listener, LiveAcceptor::new(acceptors.mqtt)),
+            addr,
+            cert,
+        )
+    }
 
-        // Connects and never says hello.
-        let mut silent = TcpStream::connect(addr).await.unwrap();
+    async fn connect(
+        cert: CertificateDer<'static>,
+        addr: SocketAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut roots = RootCertStore::empty();
         roots.add(cert).unwrap();
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -294,11 +300,19 @@ mod tests {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let honest = tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            connector.connect(name, tcp).await.map(|_| ())
-        });
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        connector.connect(name, tcp).await
+    }
+
+    #[tokio::test]
+    async fn a_stalled_handshake_is_dropped_without_holding_up_others() {
+        let (mut incoming, addr, cert) = incoming().await;
+        incoming.handshake_timeout = Duration::from_millis(200);
+
+        // Connects and never says hello.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let honest = tokio::spawn(async move { connect(cert, addr).await.map(|_| ()) });
 
         let deadline = Duration::from_secs(5);
         let (_, peer) = tokio::time::timeout(deadline, incoming.next())
@@ -315,5 +329,49 @@ mod tests {
             _ = incoming.next() => panic!("the silent client cannot complete a handshake"),
         };
         assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
+
+    /// The TLS session stays in the stream; only its socket moves (decision 020), and it works
+    /// from the runtime it moved to once the one that accepted it is gone.
+    #[cfg(unix)]
+    #[test]
+    fn a_tls_connection_moved_to_another_runtime_works_once_the_first_is_gone() {
+        use tokio::io::AsyncWriteExt;
+
+        use crate::tcp::Rehome;
+
+        let runtime = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (first, second, clients) = (runtime(), runtime(), runtime());
+        let (mut server, client) = first.block_on(async {
+            let (mut incoming, addr, cert) = incoming().await;
+            let client = clients.spawn(connect(cert, addr));
+            let (server, _) = incoming.next().await;
+            (server, client)
+        });
+        let mut client = clients.block_on(client).unwrap().expect("handshake");
+        second.block_on(async { server.rehome() }).unwrap();
+        // Left on the first runtime's driver, the socket would now fail every poll.
+        drop(first);
+        let client = clients.spawn(async move {
+            client.write_all(b"ping").await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = [0u8; 4];
+            client.read_exact(&mut got).await.unwrap();
+            got
+        });
+        second.block_on(async {
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+            server.write_all(b"pong").await.unwrap();
+            server.flush().await.unwrap();
+        });
+        assert_eq!(&clients.block_on(client).unwrap(), b"pong");
     }
 }

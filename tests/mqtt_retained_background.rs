@@ -3,17 +3,22 @@
 //! reads are done, and back after, on either store by default; `--mqtt-retained-delivery-priority
 //! normal` keeps it where it was. Seen through `retaind_mqtt_background_connections`, with a
 //! client that stops reading so that the delivery is held in the middle, then takes every
-//! message, in topic order.
+//! message, in topic order; over plain TCP and over TLS.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mqtt::raw::{Raw, build};
+use common::mqtt::raw::{Raw, build, read_packet};
 use common::writes::message;
 use common::{Backend, T0_MS, TestApp, fresh_db, open_backend, spawn_app_with, test_config};
-use retaind::app::DeliveryPriority;
+use retaind::app::{DeliveryPriority, ServeConfig};
 use retaind::store::{OwnedWrite, Write};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
 
 /// Far more than the read-ahead (4,000 messages) and the sockets' buffers hold, so that a
 /// client that stops reading holds the delivery in the middle of its reads.
@@ -69,6 +74,19 @@ async fn seeded(
     backend: Backend,
     priority: Option<DeliveryPriority>,
 ) -> (TestApp, DeliveryPriority) {
+    seeded_with(backend, |config| {
+        if let Some(priority) = priority {
+            config.mqtt_retained_delivery_priority = priority;
+        }
+    })
+    .await
+}
+
+/// [`seeded`], with the configuration as `configure` leaves it.
+async fn seeded_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> (TestApp, DeliveryPriority) {
     let db = fresh_db(backend).await;
     {
         let store = open_backend(&db.url).await;
@@ -85,9 +103,7 @@ async fn seeded(
         }
     }
     let mut config = test_config(&db.url);
-    if let Some(priority) = priority {
-        config.mqtt_retained_delivery_priority = priority;
-    }
+    configure(&mut config);
     let priority = config.mqtt_retained_delivery_priority;
     let app = spawn_app_with(db, config).await;
     assert_eq!(background_connections(&app).await, 0);
@@ -155,7 +171,83 @@ async fn a_client_gone_in_the_middle_of_a_background_delivery_ends_as_any_other(
     assert_eq!(again.expect(3).await.publish(false).topic, "big/00000");
 }
 
+/// A TLS connection moves its socket to the background threads and back, its TLS session
+/// staying in the stream (`tcp::Rehome`): every message arrives, in order, over a session that
+/// moved twice. (The unit test in `tls` shows the socket moves; this one, that a connection
+/// carrying a delivery survives the moves.)
+async fn over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_whole(
+    backend: Backend,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (app, _) = seeded_with(backend, |config| {
+        config.mqtts_addr = Some("127.0.0.1:0".parse().unwrap());
+        config.tls_cert = Some(cert_file);
+        config.tls_key = Some(key_file);
+    })
+    .await;
+    let addr = app.running.as_ref().unwrap().mqtts_addr.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+
+    stream
+        .write_all(&build::connect("bulk", true, 60, None))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut stream).await.kind(), 2, "CONNACK");
+    stream
+        .write_all(&build::subscribe(1, "big/#", 0, None))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut stream).await.kind(), 9, "SUBACK");
+    let mut topics = Vec::with_capacity(MESSAGES);
+    for _ in 0..10 {
+        topics.push(next(&mut stream).await.publish(false).topic);
+    }
+    let held = background_connections_within(&app, 1, Duration::from_secs(2)).await;
+    assert_eq!(held, 1, "in the background while the delivery is held");
+    while topics.len() < MESSAGES {
+        topics.push(next(&mut stream).await.publish(false).topic);
+    }
+    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
+    assert_eq!(topics, expected, "every message once, in topic order");
+    assert_eq!(background_connections(&app).await, 0, "back once read");
+    // The session works after moving back: a ping is answered.
+    stream.write_all(&[0xC0, 0]).await.unwrap();
+    assert_eq!(next(&mut stream).await.kind(), 13, "PINGRESP");
+}
+
+async fn next(
+    stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
+) -> common::mqtt::raw::RawPacket {
+    read_packet(stream)
+        .await
+        .expect("a packet, not a closed connection")
+}
+
 for_each_backend!(
+    over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_whole,
     a_client_gone_in_the_middle_of_a_background_delivery_ends_as_any_other,
     by_default_and_with_auto_a_large_retained_delivery_runs_in_the_background,
     a_large_retained_delivery_runs_in_the_background_until_its_reads_are_done,

@@ -16,8 +16,8 @@ use super::PromptAcks;
 /// A transport that can register its socket with the current runtime's I/O driver.
 pub trait Rehome {
     /// Re-registers with the runtime this is called on. On an error nothing changed: the
-    /// socket still works through the driver it was on. Transports whose socket they do not
-    /// hold alone (TLS, WebSocket) stay where they are.
+    /// socket still works through the driver it was on. A transport that cannot reach its
+    /// socket (WebSocket, behind the HTTP server's upgrade) stays where it is.
     fn rehome(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -44,7 +44,13 @@ impl Rehome for PromptAcks {
 #[cfg(not(unix))]
 impl Rehome for PromptAcks {}
 
-impl<IO> Rehome for tokio_rustls::server::TlsStream<IO> {}
+/// TLS keeps its session state in the stream and only reads and writes through the socket, so
+/// the socket underneath can move alone.
+impl<IO: Rehome> Rehome for tokio_rustls::server::TlsStream<IO> {
+    fn rehome(&mut self) -> io::Result<()> {
+        self.get_mut().0.rehome()
+    }
+}
 
 impl<R, W> Rehome for tokio::io::Join<R, W> {}
 

@@ -2,7 +2,7 @@
 //! (malformed bytes, protocol violations) or not decode (a server DISCONNECT `E0 00`), and for
 //! byte-exact answers such as a v3 CONNACK `20 02 00 01`.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::within;
@@ -241,6 +241,32 @@ fn read_var_int(b: &[u8]) -> (usize, usize) {
     panic!("malformed variable byte integer from the server: {b:?}")
 }
 
+/// The next packet from any byte stream (TCP, TLS), or `None` once it is closed.
+pub async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Option<RawPacket> {
+    within("a packet from the server", async {
+        let mut first = [0u8; 1];
+        if stream.read_exact(&mut first).await.is_err() {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..4 {
+            let mut b = [0u8; 1];
+            stream.read_exact(&mut b).await.ok()?;
+            len |= ((b[0] & 0x7F) as usize) << (7 * i);
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await.ok()?;
+        Some(RawPacket {
+            first: first[0],
+            body,
+        })
+    })
+    .await
+}
+
 /// A bare TCP connection to the broker.
 pub struct Raw {
     stream: TcpStream,
@@ -292,28 +318,7 @@ impl Raw {
 
     /// The next packet, or `None` once the server has closed the connection.
     pub async fn recv(&mut self) -> Option<RawPacket> {
-        within("a packet from the server", async {
-            let mut first = [0u8; 1];
-            if self.stream.read_exact(&mut first).await.is_err() {
-                return None;
-            }
-            let mut len = 0usize;
-            for i in 0..4 {
-                let mut b = [0u8; 1];
-                self.stream.read_exact(&mut b).await.ok()?;
-                len |= ((b[0] & 0x7F) as usize) << (7 * i);
-                if b[0] & 0x80 == 0 {
-                    break;
-                }
-            }
-            let mut body = vec![0u8; len];
-            self.stream.read_exact(&mut body).await.ok()?;
-            Some(RawPacket {
-                first: first[0],
-                body,
-            })
-        })
-        .await
+        read_packet(&mut self.stream).await
     }
 
     /// The next packet, which must be of type `kind`.
