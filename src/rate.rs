@@ -36,6 +36,11 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket limits anything: without a limit, callers need not read the clock.
+    pub fn limits(&self) -> bool {
+        self.rate > 0.0
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
         if self.rate <= 0.0 {

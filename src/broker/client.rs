@@ -310,7 +310,9 @@ impl Client {
             self.pending.answer(ack, PublishAckReason::Success, None);
             return Ok(());
         }
-        let refusal = if !self.publish_rate.try_take(std::time::Instant::now()) {
+        let over_rate =
+            self.publish_rate.limits() && !self.publish_rate.try_take(std::time::Instant::now());
+        let refusal = if over_rate {
             // Over --mqtt-max-publish-rate. 0x96 Message rate too high is not a PUBACK/PUBREC
             // code (MQTT 5 §3.4.2.1, §3.5.2.1), so MQTT 5 gets 0x97 Quota exceeded.
             let quota = PublishAckReason::QuotaExceeded;

@@ -66,7 +66,6 @@ impl Outbound {
     /// A resumed session's unacknowledged messages, to go out again first: PUBLISH with
     /// DUP=1 and PUBREL as they were [MQTT-4.4.0-1]. `None`: the message expired.
     pub fn resend(&mut self) -> Vec<(NonZeroU16, Option<Packet>)> {
-        let now = self.store.clock().now_ms();
         let may_receive = self.session.receive_check();
         let unacknowledged = {
             let mut state = self.session.state();
@@ -85,7 +84,7 @@ impl Outbound {
                         reason_string: None,
                     }))
                 } else {
-                    wire::publish_packet(&i.delivery, Some(i.packet_id), true, now)
+                    wire::publish_packet(&i.delivery, Some(i.packet_id), true, self.store.clock())
                         .map(|p| Packet::Publish(Box::new(p)))
                 };
                 (i.packet_id, packet)
@@ -105,8 +104,7 @@ impl Outbound {
             state.dropped.report(&self.metrics);
             out?
         };
-        let now = self.store.clock().now_ms();
-        let packet = wire::publish_packet(&out.delivery, out.packet_id, false, now)
+        let packet = wire::publish_packet(&out.delivery, out.packet_id, false, self.store.clock())
             .map(|p| Packet::Publish(Box::new(p)));
         if packet.is_none() {
             self.metrics.mqtt_dropped(DropReason::expired, 1);

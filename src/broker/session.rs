@@ -51,6 +51,10 @@ impl Dropped {
 
     /// Adds these to the metrics and starts again from zero.
     pub fn report(&mut self, metrics: &Metrics) {
+        // Called for every message sent: nothing to add, almost always.
+        if self.slow_subscriber | self.queue_full | self.offline | self.policy == 0 {
+            return;
+        }
         let d = std::mem::take(self);
         metrics.mqtt_dropped(DropReason::slow_subscriber, d.slow_subscriber);
         metrics.mqtt_dropped(DropReason::queue_full, d.queue_full);

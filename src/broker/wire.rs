@@ -6,7 +6,7 @@ use bytestring::ByteString;
 
 use super::message::{Delivery, Message};
 use crate::mqtt::{Publish, PublishProperties};
-use crate::store::{MessageProperties, PayloadFormat, UserProperty};
+use crate::store::{Clock, MessageProperties, PayloadFormat, UserProperty};
 use crate::topic::{TopicError, TopicLimits, TopicName};
 
 /// The PUBLISH for a delivery, or `None` if the message expired while it waited
@@ -15,13 +15,18 @@ pub(super) fn publish_packet(
     delivery: &Delivery,
     packet_id: Option<NonZeroU16>,
     dup: bool,
-    now_ms: i64,
+    clock: &Clock,
 ) -> Option<Publish> {
     let m = &delivery.message;
+    // The clock is read only for a message that expires: most do not, and reading it for each
+    // delivery was 2-4% of a fan-out's CPU.
     let message_expiry_interval = match m.expires_at_ms {
         None => None,
-        Some(at) if at <= now_ms => return None,
         Some(at) => {
+            let now_ms = clock.now_ms();
+            if at <= now_ms {
+                return None;
+            }
             let secs = (at - now_ms + 999) / 1000;
             NonZeroU32::new(u32::try_from(secs).unwrap_or(u32::MAX))
         }
