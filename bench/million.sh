@@ -46,6 +46,11 @@
 #                 RSS (sampled every 0.2 s: does the broker load the set into memory to send it?).
 #                 Beside both p99s, how late the probe's own thread ran its ticks (p99): the wait
 #                 for a core that the load generator pays on this machine whatever the broker does.
+#   5b. deliver-1i  the same again with the load generator's subscriber on SCHED_IDLE threads
+#                 (`--idle-subscribers`), as if it ran on another machine: on two shared cores
+#                 the subscriber that reads the set takes a core of normal priority from the
+#                 broker and the probe alike, which step 5 counts against the broker. Reported
+#                 beside step 5, not instead of it.
 #   6. deliver-K  BENCH_SUBSCRIBERS new `#` subscribers subscribe at once: does each receive the
 #                 full set (none cut short), how long until the last has it, and the peak RSS.
 #   7. list       retaind only: ListRetainedMessages page 1 against page P = M/200 (page size
@@ -431,6 +436,12 @@ measure() { # BROKER: steps 1 to 8
         'BEGIN { if (a != "" && b + 0 > 0) printf "%.2f", a / b }')
     broker_alive "$broker" deliver-1 || return 0
 
+    # 5b. The same, the subscriber taking only CPU no one else wants.
+    deliver_step "$broker" deliver-1i 1 --probe-rate "$PROBE_RATE" --idle-subscribers
+    VAL[$broker/probe_ratio_i]=$(awk -v a="${VAL[$broker/deliver-1i_probe_p99_ms]}" -v b="${VAL[$broker/probe_idle_p99_ms]}" \
+        'BEGIN { if (a != "" && b + 0 > 0) printf "%.2f", a / b }')
+    broker_alive "$broker" deliver-1i || return 0
+
     # 6. K `#` subscribers at once.
     deliver_step "$broker" deliver-k "$SUBSCRIBERS"
     broker_alive "$broker" deliver-k || return 0
@@ -522,6 +533,10 @@ K=$SUBSCRIBERS
     row "… publish p99 meanwhile ÷ idle" probe_ratio 2 "≤ 2 (each its own)" no-ratio
     row "… the probe's own thread meanwhile: tick lateness p99 (ms)" deliver-1_probe_late_p99_ms 2 "" no-ratio
     row "… peak RSS (MiB)" deliver-1_rss_peak 1 ""
+    row "1 \`#\` subscriber on idle threads (as if elsewhere): delivered/s" deliver-1i_per_s 0 ""
+    row "… publish p99 meanwhile (ms)" deliver-1i_probe_p99_ms 2 ""
+    row "… publish p99 meanwhile ÷ idle" probe_ratio_i 2 "" no-ratio
+    row "… the probe's own thread meanwhile: tick lateness p99 (ms)" deliver-1i_probe_late_p99_ms 2 "" no-ratio
     row "$K \`#\` subscribers at once: complete" deliver-k_complete 0 "all $K" no-ratio
     row "… cut short" deliver-k_cut_short 0 "0" no-ratio
     row "… time until the last has all (s)" deliver-k_all_s 2 ""
@@ -569,7 +584,7 @@ K=$SUBSCRIBERS
     echo "| broker | step | broker CPU | Postgres | load generator | others | idle | wall |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"
     for b in "${BROKERS[@]}"; do
-        for s in store-1 store-16 probe-idle deliver-1 deliver-k list list-filtered ready; do
+        for s in store-1 store-16 probe-idle deliver-1 deliver-1i deliver-k list list-filtered ready; do
             [ -z "${CPU[$b/$s]:-}" ] || echo "| $b | $s | ${CPU[$b/$s]} |"
         done
     done

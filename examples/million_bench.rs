@@ -33,7 +33,9 @@
 //!   new wildcard subscriber is slow, stalls others, or does not get everything. With
 //!   `--probe-rate`, the `probe` below runs during the whole delivery, on a thread and a tokio
 //!   runtime of its own, as another device would (in the subscribers' runtime, its timings
-//!   would include their tasks' turns).
+//!   would include their tasks' turns). With `--idle-subscribers` the subscribers run on
+//!   `SCHED_IDLE` threads, as if on another machine: the broker's own threads and the probe get
+//!   a core before them.
 //! - `probe`: one MQTT 3.1.1 client publishes a 256-byte QoS 1 retained message to
 //!   `probe/<i % 100>` `--rate` times a second on a fixed schedule, one at a time (a tick that
 //!   finds the previous publish unacknowledged is skipped and counted), and records each publish
@@ -166,6 +168,10 @@ struct DeliverArgs {
     /// Seconds without a new retained message after which a subscriber is cut short.
     #[arg(long, default_value_t = 30.0)]
     idle_timeout: f64,
+    /// Run the subscribers on threads of their own at `SCHED_IDLE` (Linux): as if they were
+    /// on another machine, they take only the CPU that neither the broker nor the probe wants.
+    #[arg(long)]
+    idle_subscribers: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -660,6 +666,46 @@ async fn subscriber(
     report
 }
 
+/// A runtime whose threads run at `SCHED_IDLE`, the policy retaind gives its large
+/// deliveries (decision 020), so that the subscribers compete with them and with nothing else.
+/// Shut down without waiting when dropped, which an async caller may do.
+struct IdleThreads(Option<tokio::runtime::Runtime>);
+
+impl IdleThreads {
+    async fn start() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("idle-subscriber")
+            .on_thread_start(|| {
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: changes only the calling thread (pid 0), and `param` outlives the call.
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            })
+            .enable_all()
+            .build()?;
+        // SAFETY: reads the calling thread's policy only.
+        let policy = rt
+            .spawn(async { unsafe { libc::sched_getscheduler(0) } })
+            .await?;
+        ensure!(
+            policy == libc::SCHED_IDLE,
+            "the kernel refused SCHED_IDLE (policy {policy})"
+        );
+        Ok(Self(Some(rt)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("until dropped").handle().clone()
+    }
+}
+
+impl Drop for IdleThreads {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
@@ -676,10 +722,20 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
         delivered: AtomicU64::new(0),
     });
 
+    // Where the subscribers' connections and tasks run: here, or on idle threads of their own.
+    let idle_threads = match args.idle_subscribers {
+        true => Some(IdleThreads::start().await?),
+        false => None,
+    };
+    let subscribers = idle_threads
+        .as_ref()
+        .map_or_else(tokio::runtime::Handle::current, IdleThreads::handle);
+
     // Everyone connects first; then all are released to subscribe at the same moment.
     let connecting = (0..args.subscribers).map(|i| {
-        let broker = &args.broker;
-        async move { connect3(broker, &format!("sub{i}")).await }
+        let broker = args.broker.clone();
+        let connect = subscribers.spawn(async move { connect3(&broker, &format!("sub{i}")).await });
+        async move { connect.await.context("connecting task")? }
     });
     let connected = futures_util::future::try_join_all(connecting).await?;
     eprintln!(
@@ -720,7 +776,7 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
     let tasks: Vec<_> = connected
         .into_iter()
         .map(|(client, events)| {
-            tokio::spawn(subscriber(
+            subscribers.spawn(subscriber(
                 delivery.clone(),
                 client,
                 events,
@@ -750,6 +806,7 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
         reports.push(task.await.context("subscriber task")?);
     }
     progress.abort();
+    drop(idle_threads);
     let _ = probe_stop_tx.send(true);
     let probe = match probe {
         Some(thread) => Some(
