@@ -154,8 +154,13 @@ impl RetainedFeed {
         store: &Store,
         limits: TopicLimits,
     ) -> BoxFuture<'static, Result<Page, store::Error>> {
-        let read = scan.fetch(store.clone(), limits, self.long);
-        if self.long {
+        let readers = if self.long {
+            Readers::Bulk
+        } else {
+            Readers::Shared
+        };
+        let read = scan.fetch(store.clone(), limits, readers);
+        if readers == Readers::Bulk {
             return Box::pin(read);
         }
         let read = AbortOnDropHandle::new(self.home.spawn(read));
@@ -224,13 +229,13 @@ impl RetainedScan {
         }
     }
 
-    /// Reads the next page, with a bulk scan (`Readers::Bulk`) if `bulk`. Owns the scan and
-    /// hands it back, so the fetch can run while the connection goes on serving the client.
+    /// Reads the next page on the connections of `readers`. Owns the scan and hands it back,
+    /// so the fetch can run while the connection goes on serving the client.
     async fn fetch(
         mut self,
         store: Store,
         limits: TopicLimits,
-        bulk: bool,
+        readers: Readers,
     ) -> Result<Page, store::Error> {
         let now = store.clock().now_ms();
         if !self.filter.has_wildcards() {
@@ -246,7 +251,6 @@ impl RetainedScan {
             });
         }
         let (from, until, after) = (&self.from, self.until.as_deref(), self.after.as_ref());
-        let readers = if bulk { Readers::Bulk } else { Readers::Shared };
         let rows = store
             .scan_with(readers, from, until, after, self.page)
             .await?;
