@@ -89,8 +89,7 @@ impl<V> SubscriptionTree<V> {
             None => &subscribers.plain,
             Some(group) => &subscribers.shared.get(group)?.members,
         };
-        let at = *members.index.get(client)?;
-        Some(&members.entries[at].1)
+        members.get(client)
     }
 }
 
@@ -395,6 +394,10 @@ impl<V> Default for Members<V> {
 }
 
 impl<V> Members<V> {
+    fn get(&self, client: &ClientKey) -> Option<&V> {
+        self.index.get(client).map(|&at| &self.entries[at].1)
+    }
+
     fn insert(&mut self, client: &ClientKey, value: V) -> Option<V> {
         match self.index.get(client) {
             Some(&at) => Some(std::mem::replace(&mut self.entries[at].1, value)),
