@@ -3,14 +3,19 @@
 //! reads are done, and back after, on either store by default; `--mqtt-retained-delivery-priority
 //! normal` keeps it where it was. Seen through `retaind_mqtt_background_connections`, with a
 //! client that stops reading so that the delivery is held in the middle, then takes every
-//! message, in topic order; over plain TCP and over TLS.
+//! message, in topic order; over plain TCP, TLS and WebSocket. The connection's socket moves
+//! with it (`tcp::Rehome`): the server runs in this process, and the descriptor holding the
+//! server's end of the connection changes with each move (`common::sockets`).
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::mqtt::raw::{Raw, build, read_packet};
+use common::mqtt::ws::RawWs;
+use common::sockets;
 use common::writes::message;
 use common::{Backend, T0_MS, TestApp, fresh_db, open_backend, spawn_app_with, test_config};
 use retaind::app::{DeliveryPriority, ServeConfig};
@@ -45,12 +50,72 @@ async fn background_connections_within(app: &TestApp, hoped: u64, within: Durati
     }
 }
 
+/// The server's end of one connection, known by its two addresses.
+struct ServerEnd {
+    server: SocketAddr,
+    client: SocketAddr,
+}
+
+impl ServerEnd {
+    fn of(server: SocketAddr, client: &TcpStream) -> Self {
+        let client = client.local_addr().unwrap();
+        Self { server, client }
+    }
+
+    /// The one descriptor that holds it now.
+    fn fd(&self) -> i32 {
+        let fds = sockets::server_end(self.server, self.client);
+        assert_eq!(
+            fds.len(),
+            1,
+            "one descriptor holds the server's end: {fds:?}"
+        );
+        fds[0]
+    }
+
+    /// Its descriptor once it is another than `old` (the socket moved), within 2 s; else `old`.
+    async fn moved_from(&self, old: i32) -> i32 {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            let fds = sockets::server_end(self.server, self.client);
+            if let [fd] = fds[..]
+                && (fd != old || Instant::now() >= until)
+            {
+                return fd;
+            }
+            assert!(
+                Instant::now() < until,
+                "descriptors of the server's end: {fds:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Checks that the socket moved exactly when the connection did, as the gauge read it while
+    /// the delivery was held (`held`) and once it was read (`drained`): from `first` to
+    /// `during` and from there to `after`.
+    fn moved_with_the_connection(first: i32, during: i32, after: i32, held: u64, drained: u64) {
+        assert_eq!(
+            during != first,
+            held == 1,
+            "the socket moves there exactly when the connection does ({first} -> {during})"
+        );
+        assert_eq!(
+            after != during,
+            held == 1 && drained == 0,
+            "and back ({during} -> {after})"
+        );
+    }
+}
+
 /// Background connections while a subscriber holds the delivery in the middle, and once it has
-/// every message.
+/// every message; its socket moved with it (checked here).
 /// `None`: the default priority.
 async fn held_then_drained(backend: Backend, priority: Option<DeliveryPriority>) -> (u64, u64) {
     let (app, priority) = seeded(backend, priority).await;
     let (mut client, _) = Raw::connect(&app, &build::connect("bulk", true, 60, None)).await;
+    let end = ServerEnd::of(app.mqtt_addr, client.stream());
+    let first = end.fd();
     client.send(&build::subscribe(1, "big/#", 0, None)).await;
     client.expect(9).await; // SUBACK
     let mut topics = Vec::with_capacity(MESSAGES);
@@ -59,13 +124,17 @@ async fn held_then_drained(backend: Backend, priority: Option<DeliveryPriority>)
     }
     let hoped = u64::from(in_background(priority));
     let held = background_connections_within(&app, hoped, Duration::from_secs(2)).await;
+    let during = end.moved_from(first).await;
 
     while topics.len() < MESSAGES {
         topics.push(client.expect(3).await.publish(false).topic);
     }
     let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
     assert_eq!(topics, expected, "every message once, in topic order");
-    (held, background_connections(&app).await)
+    let drained = background_connections(&app).await;
+    let after = end.moved_from(during).await;
+    ServerEnd::moved_with_the_connection(first, during, after, held, drained);
+    (held, drained)
 }
 
 /// A server whose store holds `MESSAGES` retained messages under `big/`, and the priority it
@@ -173,8 +242,7 @@ async fn a_client_gone_in_the_middle_of_a_background_delivery_ends_as_any_other(
 
 /// A TLS connection moves its socket to the background threads and back, its TLS session
 /// staying in the stream (`tcp::Rehome`): every message arrives, in order, over a session that
-/// moved twice. (The unit test in `tls` shows the socket moves; this one, that a connection
-/// carrying a delivery survives the moves.)
+/// moved twice.
 async fn over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_whole(
     backend: Backend,
 ) {
@@ -205,6 +273,7 @@ async fn over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_w
     .with_root_certificates(roots)
     .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await.unwrap();
+    let end = ServerEnd::of(addr, &tcp);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut stream = TlsConnector::from(Arc::new(client))
         .connect(name, tcp)
@@ -216,6 +285,7 @@ async fn over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_w
         .await
         .unwrap();
     assert_eq!(next(&mut stream).await.kind(), 2, "CONNACK");
+    let first = end.fd();
     stream
         .write_all(&build::subscribe(1, "big/#", 0, None))
         .await
@@ -227,15 +297,63 @@ async fn over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_w
     }
     let held = background_connections_within(&app, 1, Duration::from_secs(2)).await;
     assert_eq!(held, 1, "in the background while the delivery is held");
+    let during = end.moved_from(first).await;
     while topics.len() < MESSAGES {
         topics.push(next(&mut stream).await.publish(false).topic);
     }
     let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
     assert_eq!(topics, expected, "every message once, in topic order");
-    assert_eq!(background_connections(&app).await, 0, "back once read");
+    let drained = background_connections(&app).await;
+    assert_eq!(drained, 0, "back once read");
+    let after = end.moved_from(during).await;
+    ServerEnd::moved_with_the_connection(first, during, after, held, drained);
     // The session works after moving back: a ping is answered.
     stream.write_all(&[0xC0, 0]).await.unwrap();
     assert_eq!(next(&mut stream).await.kind(), 13, "PINGRESP");
+}
+
+/// Over WebSocket the socket is out of the connection's reach, under the HTTP server's upgrade:
+/// the connection asks it to move (`tcp::AskToMove`), and it does at its next poll. There and
+/// back, every message arriving in order.
+async fn over_websocket_a_large_retained_delivery_moves_its_socket_there_and_back(
+    backend: Backend,
+) {
+    let (app, _) = seeded(backend, Some(DeliveryPriority::Background)).await;
+    let (mut ws, head) = RawWs::open(&app, "mqtt").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let end = ServerEnd::of(app.http_addr, ws.stream());
+    ws.frame(true, 2, &build::connect("bulk", true, 60, None))
+        .await;
+    assert_eq!(ws.packet().await.0 >> 4, 2, "CONNACK");
+    let first = end.fd();
+    ws.frame(true, 2, &build::subscribe(1, "big/#", 0, None))
+        .await;
+    assert_eq!(ws.packet().await.0 >> 4, 9, "SUBACK");
+    let mut topics = Vec::with_capacity(MESSAGES);
+    for _ in 0..10 {
+        topics.push(ws_topic(ws.packet().await));
+    }
+    let held = background_connections_within(&app, 1, Duration::from_secs(2)).await;
+    assert_eq!(held, 1, "in the background while the delivery is held");
+    let during = end.moved_from(first).await;
+    while topics.len() < MESSAGES {
+        topics.push(ws_topic(ws.packet().await));
+    }
+    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
+    assert_eq!(topics, expected, "every message once, in topic order");
+    let drained = background_connections(&app).await;
+    assert_eq!(drained, 0, "back once read");
+    let after = end.moved_from(during).await;
+    ServerEnd::moved_with_the_connection(first, during, after, held, drained);
+    ws.frame(true, 2, &[0xC0, 0]).await;
+    assert_eq!(ws.packet().await.0 >> 4, 13, "PINGRESP");
+}
+
+/// The topic of a QoS 0 PUBLISH read over WebSocket.
+fn ws_topic((first, body): (u8, Vec<u8>)) -> String {
+    assert_eq!(first >> 4, 3, "PUBLISH");
+    let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    String::from_utf8(body[2..2 + len].to_vec()).unwrap()
 }
 
 async fn next(
@@ -247,6 +365,7 @@ async fn next(
 }
 
 for_each_backend!(
+    over_websocket_a_large_retained_delivery_moves_its_socket_there_and_back,
     over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_whole,
     a_client_gone_in_the_middle_of_a_background_delivery_ends_as_any_other,
     by_default_and_with_auto_a_large_retained_delivery_runs_in_the_background,

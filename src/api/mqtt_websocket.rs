@@ -1,5 +1,7 @@
 //! MQTT over WebSocket at `/mqtt`: the upgraded socket is presented to the broker as a byte
-//! stream. Binary frames carry MQTT bytes, and a packet may span frames or share one.
+//! stream. Binary frames carry MQTT bytes, and a packet may span frames or share one. The
+//! stream cannot reach the socket under the upgrade, so it moves the socket, when its
+//! connection moves to the background threads and back, by asking (`tcp::AskToMove`).
 //!
 //! Over HTTPS the connection's client certificate goes to the broker with the stream, so a
 //! WSS client authenticates by it exactly as an MQTT-over-TLS client does. An upgrade request
@@ -36,6 +38,7 @@ use super::browser::cross_site;
 use super::{ApiError, ApiState, Peer};
 use crate::auth::{self, AuthError, Principal, SigV4Request};
 use crate::broker::{Broker, Remote, TransportIdentity};
+use crate::tcp::{AskToMove, MoveRequest};
 
 /// Room for the WebSocket framing around the largest MQTT packet we accept.
 const FRAME_OVERHEAD: usize = 16;
@@ -48,7 +51,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (mut remote, client_cert, acks) = match peer {
+    let (mut remote, client_cert, acks, move_request) = match peer {
         Some(Extension(ConnectInfo(peer))) => {
             let remote = Remote {
                 name: peer.websocket_name(),
@@ -56,7 +59,12 @@ pub async fn upgrade(
                 identity: None,
                 uptake: Some(peer.uptake.clone()),
             };
-            (remote, peer.client_cert(), peer.acks)
+            (
+                remote,
+                peer.client_cert(),
+                peer.acks,
+                Some(peer.move_request),
+            )
         }
         None => {
             let remote = Remote {
@@ -65,7 +73,7 @@ pub async fn upgrade(
                 identity: None,
                 uptake: None,
             };
-            (remote, None, None)
+            (remote, None, None, None)
         }
     };
     // A certificate only exists over TLS, so this server's origin is https.
@@ -93,7 +101,7 @@ pub async fn upgrade(
             if let Some(acks) = acks {
                 acks.turn_on();
             }
-            serve(broker, socket, remote)
+            serve(broker, socket, remote, move_request)
         })
 }
 
@@ -119,7 +127,14 @@ fn presigned_principal(
     state.auth.verify_sigv4(&req, SystemTime::now()).map(Some)
 }
 
-async fn serve(broker: Broker, socket: WebSocket, remote: Remote) {
+/// `move_request` moves the socket under the upgrade with the connection, when a large
+/// retained delivery takes it to the background threads and back (`tcp::Rehome`).
+async fn serve(
+    broker: Broker,
+    socket: WebSocket,
+    remote: Remote,
+    move_request: Option<MoveRequest>,
+) {
     let (sink, stream) = socket.split();
     let reader = StreamReader::new(stream.filter_map(|frame| {
         ready(match frame {
@@ -138,7 +153,6 @@ async fn serve(broker: Broker, socket: WebSocket, remote: Remote) {
         sink.sink_map_err(io::Error::other)
             .with(|bytes: Bytes| ready(Ok::<_, io::Error>(Frame::Binary(bytes)))),
     ));
-    broker
-        .serve_connection(tokio::io::join(reader, writer), remote)
-        .await;
+    let io = AskToMove::new(tokio::io::join(reader, writer), move_request);
+    broker.serve_connection(io, remote).await;
 }

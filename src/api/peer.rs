@@ -15,7 +15,7 @@ use axum::serve::Listener;
 use tokio_rustls::server::TlsStream;
 
 use super::HttpIncoming;
-use crate::tcp::{AckSwitch, PromptAcks, Uptake};
+use crate::tcp::{AckSwitch, MoveRequest, PromptAcks, Uptake};
 use crate::tls::{self, CertFingerprint, TlsIncoming};
 
 /// A listener whose connections know who is at the other end.
@@ -33,6 +33,9 @@ pub struct Peer {
     /// How much of what is written here the client has taken, for MQTT over WebSocket's
     /// slow-subscriber check.
     pub uptake: Uptake,
+    /// Moves the connection's socket to the runtime that next polls it, for MQTT over
+    /// WebSocket, whose stream cannot reach the socket under the upgrade.
+    pub move_request: MoveRequest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,7 @@ impl PeerListener for HttpIncoming {
             transport: Transport::Plain,
             acks: io.switch().cloned(),
             uptake: io.uptake(),
+            move_request: io.move_request(),
         }
     }
 }
@@ -94,6 +98,7 @@ impl PeerListener for TlsIncoming {
             },
             acks: None,
             uptake: io.get_ref().0.uptake(),
+            move_request: io.get_ref().0.move_request(),
         }
     }
 }

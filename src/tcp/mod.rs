@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub use rehome::Rehome;
+pub use rehome::{AskToMove, MoveRequest, Rehome};
 pub use uptake::{Taken, Uptake};
 
 /// An accepted TCP connection, with the socket options above.
@@ -43,6 +43,8 @@ pub struct PromptAcks {
     /// Whether Nagle's algorithm has been turned off yet.
     nodelay: bool,
     uptake: Uptake,
+    /// A move asked for by a stream above that cannot reach this one (see [`MoveRequest`]).
+    move_request: MoveRequest,
 }
 
 /// Turns prompt ACKs, and Nagle's algorithm off, on for a connection accepted with
@@ -86,6 +88,7 @@ impl PromptAcks {
             switch,
             nodelay,
             uptake,
+            move_request: MoveRequest::default(),
         }
     }
 
@@ -96,6 +99,21 @@ impl PromptAcks {
     /// How much of what was written here the client has taken.
     pub fn uptake(&self) -> Uptake {
         self.uptake.clone()
+    }
+
+    /// Asks this connection's socket to move to the runtime that next polls it.
+    pub fn move_request(&self) -> MoveRequest {
+        self.move_request.clone()
+    }
+
+    /// Moves the socket, if asked to, to the runtime polling it now.
+    fn move_if_asked(&mut self) {
+        if self.move_request.take()
+            && let Err(e) = self.rehome()
+        {
+            // It still works from here, through the other runtime's driver.
+            tracing::debug!(error = %e, "the connection's socket stays with the runtime it was on");
+        }
     }
 
     pub fn switch(&self) -> Option<&AckSwitch> {
@@ -121,6 +139,7 @@ impl AsyncRead for PromptAcks {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.move_if_asked();
         let before = buf.filled().len();
         let read = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -147,6 +166,7 @@ impl AsyncWrite for PromptAcks {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.move_if_asked();
         let written = Pin::new(&mut self.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
             self.uptake.wrote(n);
@@ -159,6 +179,7 @@ impl AsyncWrite for PromptAcks {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.move_if_asked();
         let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = written {
             self.uptake.wrote(n);
@@ -171,10 +192,12 @@ impl AsyncWrite for PromptAcks {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.move_if_asked();
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.move_if_asked();
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

@@ -9,6 +9,7 @@ pub mod nats;
 pub mod process;
 pub mod proxy;
 pub mod raw_http;
+pub mod sockets;
 pub mod sse;
 pub mod writes;
 

@@ -310,6 +310,10 @@ impl Raw {
         (raw, ack)
     }
 
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// Writes `bytes`; a write refused because the server already closed is not an error here,
     /// since what the server answered is read with [`Raw::recv`].
     pub async fn send(&mut self, bytes: &[u8]) {
