@@ -35,7 +35,8 @@
 //!   runtime of its own, as another device would (in the subscribers' runtime, its timings
 //!   would include their tasks' turns). With `--idle-subscribers` the subscribers run on
 //!   `SCHED_IDLE` threads, as if on another machine: the broker's own threads and the probe get
-//!   a core before them.
+//!   a core before them. With `--websocket-port` (retaind's HTTP port) the subscribers connect
+//!   over MQTT over WebSocket; the probe stays on TCP.
 //! - `probe`: one MQTT 3.1.1 client publishes a 256-byte QoS 1 retained message to
 //!   `probe/<i % 100>` `--rate` times a second on a fixed schedule, one at a time (a tick that
 //!   finds the previous publish unacknowledged is skipped and counted), and records each publish
@@ -114,6 +115,10 @@ struct Broker {
     /// Broker MQTT port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Connect over MQTT over WebSocket to `ws://host:PORT/mqtt` instead (set by `deliver
+    /// --websocket-port` for its subscribers).
+    #[arg(skip)]
+    websocket_port: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,6 +177,10 @@ struct DeliverArgs {
     /// on another machine, they take only the CPU that neither the broker nor the probe wants.
     #[arg(long)]
     idle_subscribers: bool,
+    /// The subscribers connect over MQTT over WebSocket, to `ws://host:PORT/mqtt` (retaind's
+    /// HTTP port); the probe stays on MQTT over TCP.
+    #[arg(long)]
+    websocket_port: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -558,7 +567,15 @@ fn qos_from(qos: u8) -> anyhow::Result<QoS> {
 
 /// A connected MQTT 3.1.1 client (clean session) whose CONNACK accepted it.
 async fn connect3(broker: &Broker, role: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
-    let mut options = MqttOptions::new(client_id(role), &broker.host, broker.port);
+    let mut options = match broker.websocket_port {
+        Some(port) => {
+            let url = format!("ws://{}:{port}/mqtt", broker.host);
+            let mut options = MqttOptions::new(client_id(role), url, port);
+            options.set_transport(rumqttc::Transport::Ws);
+            options
+        }
+        None => MqttOptions::new(client_id(role), &broker.host, broker.port),
+    };
     options
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_session(true)
@@ -733,7 +750,8 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<bool> {
 
     // Everyone connects first; then all are released to subscribe at the same moment.
     let connecting = (0..args.subscribers).map(|i| {
-        let broker = args.broker.clone();
+        let mut broker = args.broker.clone();
+        broker.websocket_port = args.websocket_port;
         let connect = subscribers.spawn(async move { connect3(&broker, &format!("sub{i}")).await });
         async move { connect.await.context("connecting task")? }
     });

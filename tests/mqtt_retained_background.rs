@@ -90,22 +90,45 @@ impl ServerEnd {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
 
-    /// Checks that the socket moved exactly when the connection did, as the gauge read it while
-    /// the delivery was held (`held`) and once it was read (`drained`): from `first` to
-    /// `during` and from there to `after`.
-    fn moved_with_the_connection(first: i32, during: i32, after: i32, held: u64, drained: u64) {
-        assert_eq!(
-            during != first,
-            held == 1,
-            "the socket moves there exactly when the connection does ({first} -> {during})"
-        );
-        assert_eq!(
-            after != during,
-            held == 1 && drained == 0,
-            "and back ({during} -> {after})"
-        );
+/// Reads a delivery whose subscription was just acknowledged, through `next_topic`: its first
+/// messages, then (the client having stopped reading meanwhile, so the delivery is held) the
+/// gauge as it settles to `hoped` and the socket's descriptor, then the rest, checked to be
+/// every message once in topic order, then the gauge and the descriptor again. Returns the
+/// gauge while held and once read, having checked that the socket moved there and back exactly
+/// when the connection did (`first`: its descriptor before).
+async fn held_then_drained_through(
+    app: &TestApp,
+    end: &ServerEnd,
+    first: i32,
+    hoped: u64,
+    mut next_topic: impl AsyncFnMut() -> String,
+) -> (u64, u64) {
+    let mut topics = Vec::with_capacity(MESSAGES);
+    for _ in 0..10 {
+        topics.push(next_topic().await);
     }
+    let held = background_connections_within(app, hoped, Duration::from_secs(2)).await;
+    let during = end.moved_from(first).await;
+    while topics.len() < MESSAGES {
+        topics.push(next_topic().await);
+    }
+    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
+    assert_eq!(topics, expected, "every message once, in topic order");
+    let drained = background_connections(app).await;
+    let after = end.moved_from(during).await;
+    assert_eq!(
+        during != first,
+        held == 1,
+        "the socket moves there exactly when the connection does ({first} -> {during})"
+    );
+    assert_eq!(
+        after != during,
+        held == 1 && drained == 0,
+        "and back ({during} -> {after})"
+    );
+    (held, drained)
 }
 
 /// Background connections while a subscriber holds the delivery in the middle, and once it has
@@ -118,23 +141,11 @@ async fn held_then_drained(backend: Backend, priority: Option<DeliveryPriority>)
     let first = end.fd();
     client.send(&build::subscribe(1, "big/#", 0, None)).await;
     client.expect(9).await; // SUBACK
-    let mut topics = Vec::with_capacity(MESSAGES);
-    for _ in 0..10 {
-        topics.push(client.expect(3).await.publish(false).topic);
-    }
     let hoped = u64::from(in_background(priority));
-    let held = background_connections_within(&app, hoped, Duration::from_secs(2)).await;
-    let during = end.moved_from(first).await;
-
-    while topics.len() < MESSAGES {
-        topics.push(client.expect(3).await.publish(false).topic);
-    }
-    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
-    assert_eq!(topics, expected, "every message once, in topic order");
-    let drained = background_connections(&app).await;
-    let after = end.moved_from(during).await;
-    ServerEnd::moved_with_the_connection(first, during, after, held, drained);
-    (held, drained)
+    held_then_drained_through(&app, &end, first, hoped, async || {
+        client.expect(3).await.publish(false).topic
+    })
+    .await
 }
 
 /// A server whose store holds `MESSAGES` retained messages under `big/`, and the priority it
@@ -291,22 +302,15 @@ async fn over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_w
         .await
         .unwrap();
     assert_eq!(next(&mut stream).await.kind(), 9, "SUBACK");
-    let mut topics = Vec::with_capacity(MESSAGES);
-    for _ in 0..10 {
-        topics.push(next(&mut stream).await.publish(false).topic);
-    }
-    let held = background_connections_within(&app, 1, Duration::from_secs(2)).await;
-    assert_eq!(held, 1, "in the background while the delivery is held");
-    let during = end.moved_from(first).await;
-    while topics.len() < MESSAGES {
-        topics.push(next(&mut stream).await.publish(false).topic);
-    }
-    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
-    assert_eq!(topics, expected, "every message once, in topic order");
-    let drained = background_connections(&app).await;
-    assert_eq!(drained, 0, "back once read");
-    let after = end.moved_from(during).await;
-    ServerEnd::moved_with_the_connection(first, during, after, held, drained);
+    let moves = held_then_drained_through(&app, &end, first, 1, async || {
+        next(&mut stream).await.publish(false).topic
+    })
+    .await;
+    assert_eq!(
+        moves,
+        (1, 0),
+        "in the background while held, back once read"
+    );
     // The session works after moving back: a ping is answered.
     stream.write_all(&[0xC0, 0]).await.unwrap();
     assert_eq!(next(&mut stream).await.kind(), 13, "PINGRESP");
@@ -329,22 +333,13 @@ async fn over_websocket_a_large_retained_delivery_moves_its_socket_there_and_bac
     ws.frame(true, 2, &build::subscribe(1, "big/#", 0, None))
         .await;
     assert_eq!(ws.packet().await.0 >> 4, 9, "SUBACK");
-    let mut topics = Vec::with_capacity(MESSAGES);
-    for _ in 0..10 {
-        topics.push(ws_topic(ws.packet().await));
-    }
-    let held = background_connections_within(&app, 1, Duration::from_secs(2)).await;
-    assert_eq!(held, 1, "in the background while the delivery is held");
-    let during = end.moved_from(first).await;
-    while topics.len() < MESSAGES {
-        topics.push(ws_topic(ws.packet().await));
-    }
-    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("big/{i:05}")).collect();
-    assert_eq!(topics, expected, "every message once, in topic order");
-    let drained = background_connections(&app).await;
-    assert_eq!(drained, 0, "back once read");
-    let after = end.moved_from(during).await;
-    ServerEnd::moved_with_the_connection(first, during, after, held, drained);
+    let moves =
+        held_then_drained_through(&app, &end, first, 1, async || ws_topic(ws.packet().await)).await;
+    assert_eq!(
+        moves,
+        (1, 0),
+        "in the background while held, back once read"
+    );
     ws.frame(true, 2, &[0xC0, 0]).await;
     assert_eq!(ws.packet().await.0 >> 4, 13, "PINGRESP");
 }
