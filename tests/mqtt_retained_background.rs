@@ -23,6 +23,7 @@ use retaind::store::{OwnedWrite, Write};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
 
 /// Far more than the read-ahead (4,000 messages) and the sockets' buffers hold, so that a
@@ -257,39 +258,9 @@ async fn a_client_gone_in_the_middle_of_a_background_delivery_ends_as_any_other(
 async fn over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_whole(
     backend: Backend,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let (app, _) = seeded_with(backend, |config| {
-        config.mqtts_addr = Some("127.0.0.1:0".parse().unwrap());
-        config.tls_cert = Some(cert_file);
-        config.tls_key = Some(key_file);
-    })
-    .await;
+    let (app, tls) = seeded_over_tls(backend).await;
     let addr = app.running.as_ref().unwrap().mqtts_addr.unwrap();
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let end = ServerEnd::of(addr, &tcp);
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = TlsConnector::from(Arc::new(client))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
+    let (mut stream, end) = tls.connect(addr).await;
 
     stream
         .write_all(&build::connect("bulk", true, 60, None))
@@ -351,9 +322,90 @@ fn ws_topic((first, body): (u8, Vec<u8>)) -> String {
     String::from_utf8(body[2..2 + len].to_vec()).unwrap()
 }
 
-async fn next(
-    stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
-) -> common::mqtt::raw::RawPacket {
+/// A server like [`seeded`]'s with MQTT over TLS and HTTPS on, and a client that trusts it.
+async fn seeded_over_tls(backend: Backend) -> (TestApp, TlsClient) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (app, _) = seeded_with(backend, |config| {
+        config.mqtts_addr = Some("127.0.0.1:0".parse().unwrap());
+        config.https_addr = Some("127.0.0.1:0".parse().unwrap());
+        config.tls_cert = Some(cert_file);
+        config.tls_key = Some(key_file);
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = TlsConnector::from(Arc::new(config));
+    (
+        app,
+        TlsClient {
+            connector,
+            _dir: dir,
+        },
+    )
+}
+
+struct TlsClient {
+    connector: TlsConnector,
+    /// The server's certificate and key, kept while the server runs.
+    _dir: tempfile::TempDir,
+}
+
+impl TlsClient {
+    /// A TLS connection to `addr`, and the server's end of it.
+    async fn connect(&self, addr: SocketAddr) -> (TlsStream<TcpStream>, ServerEnd) {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let end = ServerEnd::of(addr, &tcp);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        (stream, end)
+    }
+}
+
+/// Over HTTPS the socket under the upgrade is under TLS too; it moves all the same.
+async fn over_secure_websocket_a_large_retained_delivery_moves_its_socket_there_and_back(
+    backend: Backend,
+) {
+    let (app, tls) = seeded_over_tls(backend).await;
+    let addr = app.running.as_ref().unwrap().https_addr.unwrap();
+    let (stream, end) = tls.connect(addr).await;
+    let (mut ws, head) = RawWs::upgrade(stream, &addr.to_string(), "mqtt").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    ws.frame(true, 2, &build::connect("bulk", true, 60, None))
+        .await;
+    assert_eq!(ws.packet().await.0 >> 4, 2, "CONNACK");
+    let first = end.fd();
+    ws.frame(true, 2, &build::subscribe(1, "big/#", 0, None))
+        .await;
+    assert_eq!(ws.packet().await.0 >> 4, 9, "SUBACK");
+    let moves =
+        held_then_drained_through(&app, &end, first, 1, async || ws_topic(ws.packet().await)).await;
+    assert_eq!(
+        moves,
+        (1, 0),
+        "in the background while held, back once read"
+    );
+}
+
+async fn next(stream: &mut TlsStream<TcpStream>) -> common::mqtt::raw::RawPacket {
     read_packet(stream)
         .await
         .expect("a packet, not a closed connection")
@@ -361,6 +413,7 @@ async fn next(
 
 for_each_backend!(
     over_websocket_a_large_retained_delivery_moves_its_socket_there_and_back,
+    over_secure_websocket_a_large_retained_delivery_moves_its_socket_there_and_back,
     over_tls_a_large_retained_delivery_runs_in_the_background_and_arrives_whole,
     a_client_gone_in_the_middle_of_a_background_delivery_ends_as_any_other,
     by_default_and_with_auto_a_large_retained_delivery_runs_in_the_background,
