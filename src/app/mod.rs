@@ -351,14 +351,17 @@ fn problem_lines(problems: &[Problem]) -> String {
 }
 
 /// The command line's parser. `--version` also names the newest migration this release knows
-/// of each database, which decides the schemas it runs on (decision 021).
+/// of each database, which decides the schemas it runs on (decision 021), and the version of
+/// the frames its nodes send each other, which decides whether live messages cross between
+/// nodes of two releases (decision 014).
 fn command() -> clap::Command {
     use clap::CommandFactory;
     static LONG_VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "{}\n{}",
+            "{}\n{}\ncluster: frame version {}",
             env!("CARGO_PKG_VERSION"),
-            store::known_migrations()
+            store::known_migrations(),
+            cluster::FRAME_VERSION
         )
     });
     Cli::command().long_version(LONG_VERSION.as_str())

@@ -26,6 +26,8 @@ pub(super) fn on_scrape(broker: &Broker) {
             return;
         };
         g.cluster_nodes.set(count(cluster.live_nodes()));
+        g.cluster_nodes_other_frame_version
+            .set(count(cluster.nodes_of_other_frame_versions()));
         let (s, c) = (cluster.stats(), m.cluster());
         for (counter, total) in [
             (&c.forwarded, s.forwarded),

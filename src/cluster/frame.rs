@@ -16,7 +16,7 @@ use crate::store::{MessageProperties, PayloadFormat, Qos, UserProperty};
 use crate::topic::{TopicLimits, TopicName, check_text};
 
 /// Changed whenever the head changes shape; a node drops frames of another version.
-const VERSION: u8 = 3;
+pub const VERSION: u8 = 3;
 
 /// The first byte of a NATS message that carries several frames of one topic, sent back to
 /// back: each follows as a 4-byte big-endian length and the frame. Under load a node sends

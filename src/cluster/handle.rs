@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use super::inbox::{Events, Inbox};
 use super::link::{self, Link};
 use super::local::{Change, Local};
 use super::loops::{self, HANDOVER_TIMEOUT};
+use super::nodes::Headcount;
 use super::remote::{self, RemoteInterest};
 use super::sessions::{
     self, Holder, Restored, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
@@ -97,8 +98,8 @@ struct Inner {
     not_forwarded: AtomicU64,
     dropped: AtomicU64,
     unannounced: Arc<AtomicU64>,
-    /// Nodes with a recent heartbeat, this one included.
-    live: Arc<AtomicUsize>,
+    /// What the heartbeats say of the nodes.
+    headcount: Arc<Headcount>,
     /// This node's members of shared subscriptions: a publish they match goes through NATS,
     /// which picks the group's member, even when no other node is interested.
     members_here: RwLock<SubscriptionTree<()>>,
@@ -213,7 +214,7 @@ impl Cluster {
             nats_messages.clone(),
             shutdown.clone(),
         ));
-        let live = Arc::new(AtomicUsize::new(1));
+        let headcount = Arc::new(Headcount::default());
         let buried = {
             let (remote, inbox, changes) = (remote.clone(), inbox.clone(), changes.clone());
             move |dead: &str| {
@@ -232,7 +233,7 @@ impl Cluster {
         tasks.spawn(super::nodes::run(
             claims.pool().clone(),
             node.clone(),
-            live.clone(),
+            headcount.clone(),
             sessions.clone(),
             buried,
             adopted,
@@ -259,7 +260,7 @@ impl Cluster {
                 not_forwarded: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 unannounced,
-                live,
+                headcount,
                 members_here: RwLock::new(SubscriptionTree::new()),
                 sessions,
                 spool,
@@ -546,7 +547,13 @@ impl Cluster {
 
     /// The nodes of the service with a recent heartbeat, this one included (at least 1).
     pub fn live_nodes(&self) -> usize {
-        self.inner.live.load(Ordering::Relaxed).max(1)
+        self.inner.headcount.live()
+    }
+
+    /// Live nodes of another release whose frames this node drops, and which drop this
+    /// node's: not 0 only in the middle of a rolling upgrade across frame versions.
+    pub fn nodes_of_other_frame_versions(&self) -> usize {
+        self.inner.headcount.other_frames()
     }
 
     /// Leaves the service: withdraws this node's interest, claims and heartbeat, and stops

@@ -61,7 +61,15 @@ impl Inbox {
 
     fn malformed(&self, e: &frame::FrameError) {
         if self.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
-            tracing::warn!(error = %e, "dropped a message from NATS that is not a retaind publish (logged once)");
+            match e {
+                frame::FrameError::Version(_) => tracing::warn!(
+                    error = %e,
+                    "dropped a publish from a node of a release whose frames this node does not read (logged once)"
+                ),
+                _ => {
+                    tracing::warn!(error = %e, "dropped a message from NATS that is not a retaind publish (logged once)")
+                }
+            }
         }
     }
 

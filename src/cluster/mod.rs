@@ -21,7 +21,7 @@ mod sessions;
 mod subject;
 
 pub use claims::{ClaimError, TakeOver};
-pub use frame::{Outgoing, Routed, Stamp};
+pub use frame::{Outgoing, Routed, Stamp, VERSION as FRAME_VERSION};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
 pub use inbox::Events;
 pub use sessions::{

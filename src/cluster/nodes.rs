@@ -1,7 +1,10 @@
 //! Which nodes are alive, by heartbeats in Postgres (`cluster_nodes`), written every
 //! [`BEAT`] with the database's clock. A node silent for [`DEAD_AFTER`] is dead: the first
 //! survivor to see it removes its client-id claims and its announced interest, so that the
-//! others stop sending it messages. The count of live nodes divides per-principal rates.
+//! others stop sending it messages. The count of live nodes divides per-principal rates. Each
+//! heartbeat records the version of the frames the node sends (`frame::VERSION`): a node of
+//! another release that sends another version drops this node's live messages and has its own
+//! dropped here, which the survivors say, for an operator in the middle of a rolling upgrade.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,6 +12,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use super::frame;
 use super::sessions::{Adopted, SessionError, Sessions};
 use tokio_util::sync::CancellationToken;
 
@@ -17,26 +21,34 @@ pub const BEAT: Duration = Duration::from_secs(2);
 /// How long a node may be silent before the others take it for dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(10);
 
-/// Writes this node's heartbeat, once.
+/// Writes this node's heartbeat, once, with the version of the frames it sends.
 pub async fn beat(pool: &PgPool, node: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO cluster_nodes (node) VALUES ($1) \
-         ON CONFLICT (node) DO UPDATE SET heartbeat_at = now()",
+        "INSERT INTO cluster_nodes (node, frame_version) VALUES ($1, $2) \
+         ON CONFLICT (node) DO UPDATE SET heartbeat_at = now(), frame_version = $2",
     )
     .bind(node)
+    .bind(i16::from(frame::VERSION))
     .execute(pool)
     .await
     .map(drop)
 }
 
+/// What a pass of [`bury`] found.
+pub struct Census {
+    /// Nodes found dead and removed by this pass.
+    pub dead: Vec<String>,
+    /// Live nodes, this one included (at least 1).
+    pub live: usize,
+    /// Live nodes whose heartbeat records a frame version other than this node's, with it.
+    /// Nodes of releases that do not record one are not among them.
+    pub other_frames: Vec<(String, i16)>,
+    pub adopted: Vec<Adopted>,
+}
+
 /// Removes the nodes silent for [`DEAD_AFTER`], with their claims, and adopts the sessions of
-/// every node gone (dead, or stopped), in one transaction so that one survivor does each;
-/// returns the dead, the number of live nodes and the adopted sessions.
-pub async fn bury(
-    pool: &PgPool,
-    node: &str,
-    sessions: &Sessions,
-) -> Result<(Vec<String>, usize, Vec<Adopted>), SessionError> {
+/// every node gone (dead, or stopped), in one transaction so that one survivor does each.
+pub async fn bury(pool: &PgPool, node: &str, sessions: &Sessions) -> Result<Census, SessionError> {
     let mut tx = pool.begin().await?;
     let dead: Vec<String> = sqlx::query_scalar(
         "DELETE FROM cluster_nodes WHERE heartbeat_at < now() - make_interval(secs => $1) \
@@ -54,9 +66,21 @@ pub async fn bury(
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_nodes")
         .fetch_one(&mut *tx)
         .await?;
+    let other_frames: Vec<(String, i16)> = sqlx::query_as(
+        "SELECT node, frame_version FROM cluster_nodes \
+         WHERE frame_version <> $1 ORDER BY node",
+    )
+    .bind(i16::from(frame::VERSION))
+    .fetch_all(&mut *tx)
+    .await?;
     let adopted = sessions.adopt(&mut tx, node).await?;
     tx.commit().await?;
-    Ok((dead, usize::try_from(live).unwrap_or(1).max(1), adopted))
+    Ok(Census {
+        dead,
+        live: usize::try_from(live).unwrap_or(1).max(1),
+        other_frames,
+        adopted,
+    })
 }
 
 /// Leaves the service: this node's row and claims go at once, not after [`DEAD_AFTER`].
@@ -73,18 +97,47 @@ pub async fn leave(pool: &PgPool, node: &str) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-/// Beats until `shutdown`, keeping `live` current, handing each dead node to `buried` and the
-/// sessions adopted to `adopted`.
+/// What the heartbeats last said of the service; [`run`] keeps it current.
+pub struct Headcount {
+    live: AtomicUsize,
+    other_frames: AtomicUsize,
+}
+
+impl Default for Headcount {
+    fn default() -> Self {
+        Self {
+            live: AtomicUsize::new(1),
+            other_frames: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Headcount {
+    /// Live nodes, this one included (at least 1).
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Live nodes that send another frame version than this node's (see [`Census`]).
+    pub fn other_frames(&self) -> usize {
+        self.other_frames.load(Ordering::Relaxed)
+    }
+}
+
+/// Beats until `shutdown`, keeping `headcount` current, handing each dead node to `buried`
+/// and the sessions adopted to `adopted`.
 pub async fn run(
     pool: PgPool,
     node: Arc<str>,
-    live: Arc<AtomicUsize>,
+    headcount: Arc<Headcount>,
     sessions: Arc<Sessions>,
     buried: impl Fn(&str) + Send,
     adopted: impl Fn(Vec<Adopted>) + Send,
     shutdown: CancellationToken,
 ) {
     let mut failing = false;
+    // Nodes of another frame version already reported, so each is reported once.
+    let mut reported = std::collections::HashSet::new();
     loop {
         let result = async {
             beat(&pool, &node).await?;
@@ -92,22 +145,37 @@ pub async fn run(
         }
         .await;
         match result {
-            Ok((dead, count, sessions)) => {
+            Ok(census) => {
                 if failing {
                     tracing::info!("node heartbeats written again");
                     failing = false;
                 }
-                live.store(count, Ordering::Relaxed);
-                for node in dead {
+                headcount.live.store(census.live, Ordering::Relaxed);
+                for node in census.dead {
                     tracing::warn!(%node, "a node stopped beating; its claims and interest are removed");
                     buried(&node);
                 }
-                if !sessions.is_empty() {
+                headcount
+                    .other_frames
+                    .store(census.other_frames.len(), Ordering::Relaxed);
+                for (node, version) in census.other_frames {
+                    if reported.insert(node.clone()) {
+                        tracing::warn!(
+                            %node,
+                            frame_version = version,
+                            this_node = frame::VERSION,
+                            "a node of another release sends live messages in another frame version: \
+                             it drops this node's and this node drops its own until both run releases \
+                             of the same version (retained messages are shared through the database)"
+                        );
+                    }
+                }
+                if !census.adopted.is_empty() {
                     tracing::info!(
-                        sessions = sessions.len(),
+                        sessions = census.adopted.len(),
                         "adopted the sessions of nodes that are gone"
                     );
-                    adopted(sessions);
+                    adopted(census.adopted);
                 }
             }
             Err(e) => {

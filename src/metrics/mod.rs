@@ -63,6 +63,7 @@ pub struct Gauges {
     pub retained_messages: Gauge,
     pub retained_bytes: Gauge,
     pub cluster_nodes: Gauge,
+    pub cluster_nodes_other_frame_version: Gauge,
     pub store_pool_connections: Family<labels::PoolLabel, Gauge>,
 }
 
@@ -232,6 +233,13 @@ impl Metrics {
             "retaind_cluster_nodes",
             "Live nodes of the service, this one included (1 without --cluster-url)",
             gauges.cluster_nodes.clone(),
+        );
+        r.register(
+            "retaind_cluster_nodes_other_frame_version",
+            "Live nodes of another release whose live messages this node drops, and which drop \
+             this node's: they send another frame version (not 0 only during a rolling upgrade \
+             across frame versions)",
+            gauges.cluster_nodes_other_frame_version.clone(),
         );
         let c = &cluster;
         for (name, help, counter) in [
