@@ -294,25 +294,10 @@ async fn over_websocket_a_large_retained_delivery_moves_its_socket_there_and_bac
     backend: Backend,
 ) {
     let (app, _) = seeded(backend, Some(DeliveryPriority::Background)).await;
-    let (mut ws, head) = RawWs::open(&app, "mqtt").await;
+    let (ws, head) = RawWs::open(&app, "mqtt").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     let end = ServerEnd::of(app.http_addr, ws.stream());
-    ws.frame(true, 2, &build::connect("bulk", true, 60, None))
-        .await;
-    assert_eq!(ws.packet().await.0 >> 4, 2, "CONNACK");
-    let first = end.fd();
-    ws.frame(true, 2, &build::subscribe(1, "big/#", 0, None))
-        .await;
-    assert_eq!(ws.packet().await.0 >> 4, 9, "SUBACK");
-    let moves =
-        held_then_drained_through(&app, &end, first, 1, async || ws_topic(ws.packet().await)).await;
-    assert_eq!(
-        moves,
-        (1, 0),
-        "in the background while held, back once read"
-    );
-    ws.frame(true, 2, &[0xC0, 0]).await;
-    assert_eq!(ws.packet().await.0 >> 4, 13, "PINGRESP");
+    delivered_over_websocket(&app, &end, ws).await;
 }
 
 /// The topic of a QoS 0 PUBLISH read over WebSocket.
@@ -387,8 +372,18 @@ async fn over_secure_websocket_a_large_retained_delivery_moves_its_socket_there_
     let (app, tls) = seeded_over_tls(backend).await;
     let addr = app.running.as_ref().unwrap().https_addr.unwrap();
     let (stream, end) = tls.connect(addr).await;
-    let (mut ws, head) = RawWs::upgrade(stream, &addr.to_string(), "mqtt").await;
+    let (ws, head) = RawWs::upgrade(stream, &addr.to_string(), "mqtt").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
+    delivered_over_websocket(&app, &end, ws).await;
+}
+
+/// Over the upgraded `ws`: CONNECT, a subscription to the whole set, its delivery held in the
+/// background and back, its socket moving with it ([`held_then_drained_through`]); then a
+/// ping answered over the socket that moved twice.
+async fn delivered_over_websocket<S>(app: &TestApp, end: &ServerEnd, mut ws: RawWs<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     ws.frame(true, 2, &build::connect("bulk", true, 60, None))
         .await;
     assert_eq!(ws.packet().await.0 >> 4, 2, "CONNACK");
@@ -397,12 +392,14 @@ async fn over_secure_websocket_a_large_retained_delivery_moves_its_socket_there_
         .await;
     assert_eq!(ws.packet().await.0 >> 4, 9, "SUBACK");
     let moves =
-        held_then_drained_through(&app, &end, first, 1, async || ws_topic(ws.packet().await)).await;
+        held_then_drained_through(app, end, first, 1, async || ws_topic(ws.packet().await)).await;
     assert_eq!(
         moves,
         (1, 0),
         "in the background while held, back once read"
     );
+    ws.frame(true, 2, &[0xC0, 0]).await;
+    assert_eq!(ws.packet().await.0 >> 4, 13, "PINGRESP");
 }
 
 async fn next(stream: &mut TlsStream<TcpStream>) -> common::mqtt::raw::RawPacket {
