@@ -23,6 +23,16 @@ async fn gauge(app: &common::TestApp) -> i64 {
         .unwrap()
 }
 
+/// Waits until the gauge reads `n` (`what` names the wait).
+async fn until_gauge(app: &common::TestApp, n: i64, what: &str) {
+    within(what, async {
+        while gauge(app).await != n {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_live_node_of_another_frame_version_is_reported_once_and_counted_until_it_leaves() {
     let logs = Captured::install(tracing::Level::WARN);
@@ -46,12 +56,7 @@ async fn a_live_node_of_another_frame_version_is_reported_once_and_counted_until
     .execute(&mut conn)
     .await
     .unwrap();
-    within("the node of another version counted", async {
-        while gauge(&app).await != 1 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    until_gauge(&app, 1, "the node of another version counted").await;
     // Another heartbeat pass (every 2 s), still counted and not reported again.
     sqlx::query("UPDATE cluster_nodes SET heartbeat_at = now() WHERE node <> 'older'")
         .execute(&mut conn)
@@ -76,12 +81,7 @@ async fn a_live_node_of_another_frame_version_is_reported_once_and_counted_until
         .execute(&mut conn)
         .await
         .unwrap();
-    within("the node of another version gone from the count", async {
-        while gauge(&app).await != 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    until_gauge(&app, 0, "the node of another version gone from the count").await;
 
     let version = std::process::Command::new(env!("CARGO_BIN_EXE_retaind"))
         .arg("--version")
