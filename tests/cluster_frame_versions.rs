@@ -1,26 +1,33 @@
 //! During a rolling upgrade across frame versions (decision 014), nodes of the two releases
 //! drop each other's live messages. A node finds the live nodes of another version from their
-//! heartbeats, says so once per node in its log, and counts them in a gauge; `--version` names
-//! a release's frame version, so that an operator can tell before upgrading.
+//! heartbeats, says so once per node in its log, and counts them in a gauge; the publishes it
+//! drops from such a node are counted apart from malformed messages; `--version` names a
+//! release's frame version, so that an operator can tell before upgrading.
 
 mod common;
 
 use std::time::Duration;
 
 use common::logs::Captured;
-use common::mqtt::within;
+use common::mqtt::{Qos5, V5, v5_options, within};
 use common::nats::Nats;
 use common::{Backend, fresh_db, spawn_app_with, test_config};
-use retaind::cluster::FRAME_VERSION;
+use retaind::cluster::{FRAME_VERSION, topic_subject};
+use retaind::topic::{TopicLimits, TopicName};
 use sqlx::Connection;
 
-async fn gauge(app: &common::TestApp) -> i64 {
+/// The value of the metric `series` (name and labels, as the page writes them).
+async fn metric(app: &common::TestApp, series: &str) -> f64 {
     let page = app.get("/metrics").await.text().await.unwrap();
     page.lines()
-        .find_map(|l| l.strip_prefix("retaind_cluster_nodes_other_frame_version "))
-        .expect("the gauge is on the page")
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} is not on the page"))
         .parse()
         .unwrap()
+}
+
+async fn gauge(app: &common::TestApp) -> i64 {
+    metric(app, "retaind_cluster_nodes_other_frame_version").await as i64
 }
 
 /// Waits until the gauge reads `n` (`what` names the wait).
@@ -34,7 +41,7 @@ async fn until_gauge(app: &common::TestApp, n: i64, what: &str) {
 }
 
 #[tokio::test]
-async fn a_live_node_of_another_frame_version_is_reported_once_and_counted_until_it_leaves() {
+async fn nodes_and_publishes_of_another_frame_version_are_reported_and_counted() {
     let logs = Captured::install(tracing::Level::WARN);
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
@@ -82,6 +89,53 @@ async fn a_live_node_of_another_frame_version_is_reported_once_and_counted_until
         .await
         .unwrap();
     until_gauge(&app, 0, "the node of another version gone from the count").await;
+
+    // What a node of another release sends, and a message that is no publish at all, on the
+    // subject of a topic a session here subscribes to: both dropped, counted apart, and
+    // nothing delivered.
+    let (mut subscriber, _) = V5::connect(v5_options(&app, "fv-sub")).await;
+    subscriber.subscribe("fv/t", Qos5::AtMostOnce).await;
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let subject = topic_subject(
+        "retaind",
+        &TopicName::parse("fv/t", TopicLimits::default()).unwrap(),
+    );
+    for body in [
+        vec![FRAME_VERSION - 1, 0, 0],
+        vec![FRAME_VERSION, 0xFF, 0xFF, 0xFF],
+    ] {
+        nats_client
+            .publish(subject.clone(), body.into())
+            .await
+            .unwrap();
+    }
+    nats_client.flush().await.unwrap();
+    within("both messages counted", async {
+        while metric(&app, "retaind_cluster_malformed_messages_total").await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&app, "retaind_cluster_other_version_messages_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&app, "retaind_cluster_malformed_messages_total").await,
+        1.0
+    );
+    assert!(
+        logs.lines()
+            .iter()
+            .any(|l| l.contains("from a node of a release whose frames this node does not read")),
+        "the dropped publish of another version is logged as such"
+    );
+    // Had either been delivered, it would come before a publish made after both were counted.
+    subscriber
+        .publish("fv/t", Qos5::AtMostOnce, false, b"after")
+        .await;
+    let first = subscriber.next_publish().await;
+    assert_eq!(&first.payload[..], b"after", "nothing of the dropped ones");
 
     let version = std::process::Command::new(env!("CARGO_BIN_EXE_retaind"))
         .arg("--version")

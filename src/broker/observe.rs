@@ -37,6 +37,8 @@ pub(super) fn on_scrape(broker: &Broker) {
             (&c.received, s.received),
             (&c.duplicates, s.duplicates),
             (&c.slow_consumer_events, s.slow_consumer_events),
+            (&c.malformed, s.malformed),
+            (&c.other_version, s.other_version),
         ] {
             ClusterCounters::catch_up(counter, total);
         }

@@ -73,6 +73,10 @@ pub struct ClusterStats {
     pub unannounced: u64,
     /// Times NATS reported this node as too slow to read.
     pub slow_consumer_events: u64,
+    /// Messages received on this node's subjects that are not retaind publishes, dropped.
+    pub malformed: u64,
+    /// Publishes received from nodes of a release that sends another frame version, dropped.
+    pub other_version: u64,
 }
 
 #[derive(Clone)]
@@ -428,6 +432,8 @@ impl Cluster {
             duplicates: load(&i.inbox.duplicates),
             unannounced: load(&i.unannounced),
             slow_consumer_events: load(&i.link.slow_consumer_events),
+            malformed: load(&i.inbox.malformed),
+            other_version: load(&i.inbox.other_version),
         }
     }
 
@@ -568,6 +574,8 @@ impl Cluster {
             received = s.received,
             duplicates = s.duplicates,
             slow_consumer_events = s.slow_consumer_events,
+            malformed = s.malformed,
+            other_version = s.other_version,
             "cluster traffic of this node, since it started"
         );
         self.inner.shutdown.cancel();

@@ -38,7 +38,10 @@ pub struct Inbox {
     pub events: OnceLock<Box<dyn Events>>,
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Messages on this node's subjects that are not retaind publishes.
     pub malformed: AtomicU64,
+    /// Publishes from nodes of a release that sends another frame version.
+    pub other_version: AtomicU64,
 }
 
 impl Inbox {
@@ -50,6 +53,7 @@ impl Inbox {
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            other_version: AtomicU64::new(0),
         }
     }
 
@@ -60,16 +64,15 @@ impl Inbox {
     }
 
     fn malformed(&self, e: &frame::FrameError) {
-        if self.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
-            match e {
-                frame::FrameError::Version(_) => tracing::warn!(
+        if let frame::FrameError::Version(_) = e {
+            if self.other_version.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
                     error = %e,
                     "dropped a publish from a node of a release whose frames this node does not read (logged once)"
-                ),
-                _ => {
-                    tracing::warn!(error = %e, "dropped a message from NATS that is not a retaind publish (logged once)")
-                }
+                );
             }
+        } else if self.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(error = %e, "dropped a message from NATS that is not a retaind publish (logged once)");
         }
     }
 

@@ -77,6 +77,8 @@ pub struct ClusterCounters {
     pub received: Counter,
     pub duplicates: Counter,
     pub slow_consumer_events: Counter,
+    pub malformed: Counter,
+    pub other_version: Counter,
 }
 
 impl ClusterCounters {
@@ -277,6 +279,16 @@ impl Metrics {
                 "retaind_cluster_slow_consumer_events",
                 "Times NATS dropped messages to this node because it read too slowly",
                 &c.slow_consumer_events,
+            ),
+            (
+                "retaind_cluster_malformed_messages",
+                "Messages on this node's NATS subjects that are not retaind publishes, dropped",
+                &c.malformed,
+            ),
+            (
+                "retaind_cluster_other_version_messages",
+                "Publishes from nodes of a release that sends another frame version, dropped",
+                &c.other_version,
             ),
         ] {
             r.register(name, help, counter.clone());
