@@ -158,6 +158,9 @@ pub async fn run(
                 headcount
                     .other_frames
                     .store(census.other_frames.len(), Ordering::Relaxed);
+                // Only the nodes still live stay remembered: node ids are new at every start,
+                // so the set would otherwise grow with every upgrade the node lives through.
+                reported.retain(|n| census.other_frames.iter().any(|(o, _)| o == n));
                 for (node, version) in census.other_frames {
                     if reported.insert(node.clone()) {
                         tracing::warn!(
