@@ -298,13 +298,11 @@ impl Cluster {
     }
 
     fn members_here_want(&self, topic: &TopicName) -> bool {
-        let mut matched = Vec::new();
         self.inner
             .members_here
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .matches(topic, &mut matched);
-        !matched.is_empty()
+            .matches_any(topic)
     }
 
     fn members_here(&self) -> std::sync::RwLockWriteGuard<'_, SubscriptionTree<()>> {

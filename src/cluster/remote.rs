@@ -39,12 +39,10 @@ impl RemoteInterest {
         if self.in_doubt.load(Ordering::Acquire) {
             return true;
         }
-        let mut matched = Vec::new();
         self.tree
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .matches(topic, &mut matched);
-        !matched.is_empty()
+            .matches_any(topic)
     }
 
     /// Whether another node has announced `spec` (or this node does not know the map, and

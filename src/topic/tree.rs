@@ -188,7 +188,27 @@ impl<V: Clone> SubscriptionTree<V> {
         self.walk(topic, out, false);
     }
 
+    /// Whether `topic` reaches any subscription, plain or shared: [`Self::matches`] without
+    /// collecting, stopping at the first.
+    pub fn matches_any(&self, topic: &TopicName) -> bool {
+        let mut any = false;
+        self.visit(topic, |subscribers| {
+            any = !subscribers.is_empty();
+            any
+        });
+        any
+    }
+
     fn walk(&self, topic: &TopicName, out: &mut Vec<(ClientKey, V)>, shared: bool) {
+        self.visit(topic, |subscribers| {
+            subscribers.collect(out, shared);
+            false
+        });
+    }
+
+    /// Calls `reached` with the subscriptions of each filter `topic` matches, until it
+    /// answers that it has seen enough.
+    fn visit<'t>(&'t self, topic: &TopicName, mut reached: impl FnMut(&'t Subscribers<V>) -> bool) {
         // [MQTT-4.7.2-1] a leading wildcard does not match a topic starting with '$'.
         let reserved = topic.is_reserved();
         // Literal children are followed in place; only '+' branches wait here, so a topic that
@@ -199,12 +219,17 @@ impl<V: Clone> SubscriptionTree<V> {
         let mut wildcards = !reserved;
         loop {
             // '#' matches the rest of the topic, including nothing: `a/#` matches `a`.
-            if wildcards && let Some(hash) = &node.hash {
-                hash.collect(out, shared);
+            if wildcards
+                && let Some(hash) = &node.hash
+                && reached(hash)
+            {
+                return;
             }
             let next = match levels.next() {
                 None => {
-                    node.subscribers.collect(out, shared);
+                    if reached(&node.subscribers) {
+                        return;
+                    }
                     None
                 }
                 Some(level) => {
@@ -821,6 +846,11 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(&got_plain, &plain, "plain matches for {:?}", topic);
+                prop_assert_eq!(
+                    tree.matches_any(&topic),
+                    !plain.is_empty() || !groups.is_empty(),
+                    "any match for {:?}", topic
+                );
                 prop_assert_eq!(
                     got_groups.keys().collect::<Vec<_>>(),
                     groups.keys().collect::<Vec<_>>(),
