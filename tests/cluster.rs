@@ -1269,4 +1269,30 @@ resources = ["client/shared-id", "client/pub-{name}", "topicfilter/news/#", "top
         13,
         "no subscription of alpha's was carried over"
     );
+
+    // beta's own session, resumed through A, is the one beta made: no subscription, nothing
+    // queued, though alpha's were in its row when beta took the client id.
+    beta.send(&build::disconnect_v5(0)).await;
+    assert!(beta.until_closed().await.is_empty());
+    let (mut beta, ack) = Raw::connect(&a, &login("shared-id", "beta", false)).await;
+    assert_eq!(ack.body[1], 0, "beta connects again");
+    assert_eq!(ack.body[0], 1, "beta's own session is present");
+    publisher
+        .send(&build::publish(
+            "news/1",
+            1,
+            false,
+            false,
+            9,
+            Some(&[]),
+            b"not for beta",
+        ))
+        .await;
+    publisher.expect(4).await;
+    beta.send(&[0xC0, 0]).await;
+    assert_eq!(
+        beta.expect(13).await.kind(),
+        13,
+        "neither alpha's subscription nor its queue came back with beta's session"
+    );
 }

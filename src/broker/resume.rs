@@ -113,7 +113,15 @@ pub(super) async fn durable_session(
         }
     };
     let existed = earlier.is_some();
-    let restored = earlier.flatten().filter(|_| !connect.clean_start);
+    // Another principal's session is not this connection's to resume: it starts clean, and
+    // so does its row, or the next connection of this principal would take back the other's
+    // subscriptions (never authorized for it) and queue.
+    let clean = connect.clean_start
+        || earlier
+            .as_ref()
+            .and_then(Option::as_ref)
+            .is_some_and(|r| r.creator.as_deref() != creator);
+    let restored = earlier.flatten().filter(|_| !clean);
     if restored.is_none()
         && let Some(Resuming::Prepared { keep_queue, .. }) = resuming.as_mut()
     {
@@ -151,7 +159,7 @@ pub(super) async fn durable_session(
         client_id: key,
         creator,
         expiry_secs: expiry,
-        clean: connect.clean_start,
+        clean,
         will: stored_will.as_ref(),
     };
     match cluster.session_connected(&row).await {
