@@ -979,6 +979,140 @@ async fn a_stopped_nodes_sessions_are_taken_up_by_the_others_without_firing_will
     assert_eq!(payloads(&mut p, 1).await, [b"during the restart".to_vec()]);
 }
 
+/// The Wills of a killed node's clients are judged by the node that adopts them, under the
+/// principals in force there: a reload since the CONNECTs took away one client's right to
+/// publish its Will, which is dropped; the other's is published.
+#[tokio::test]
+async fn an_adopted_will_its_principal_may_no_longer_publish_is_dropped() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    // Hashed once: a new hash of the same password counts as changed credentials.
+    let (sensor, watcher) = (
+        retaind::auth::hash_password("sensor-pw"),
+        retaind::auth::hash_password("watcher-pw"),
+    );
+    let principals = |denied_open: bool| {
+        let deny = if denied_open {
+            ""
+        } else {
+            "[[principals.statements]]\neffect = \"Deny\"\nactions = [\"iot:Publish\"]\n\
+             resources = [\"topic/will/denied\"]\n"
+        };
+        format!(
+            r#"
+[[principals]]
+name = "sensor"
+mqtt_username = "sensor"
+mqtt_password_hash = "{sensor}"
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Connect", "iot:Publish"]
+resources = ["client/sensor-*", "topic/will/*"]
+{deny}
+[[principals]]
+name = "watcher"
+mqtt_username = "watcher"
+mqtt_password_hash = "{watcher}"
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:*"]
+resources = ["*"]
+"#
+        )
+    };
+    std::fs::write(&path, principals(true)).unwrap();
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let mut survivors = Vec::new();
+    for db in [db, FreshDb::shared(&url)] {
+        let mut config = test_config(&url);
+        config.cluster_url = Some(nats.url());
+        config.principals = Some(path.clone());
+        survivors.push(spawn_app_with(db, config).await);
+    }
+    let [a, c] = <[TestApp; 2]>::try_from(survivors).ok().unwrap();
+    let mut b = Process::start(
+        &url,
+        &[
+            "--cluster-url",
+            &nats.url(),
+            "--principals",
+            path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let mut sensors = Vec::new();
+    for will in ["allowed", "denied"] {
+        let id = format!("sensor-{will}");
+        let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", b.mqtt.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_credentials("sensor", "sensor-pw");
+        o.set_clean_start(false);
+        o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+            session_expiry_interval: Some(300),
+            ..Default::default()
+        });
+        o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+            format!("will/{will}"),
+            "gone",
+            Qos5::AtLeastOnce,
+            false,
+            None,
+        ));
+        sensors.push(V5::connect(o).await.0);
+    }
+    let mut watcher_options = v5_options(&c, "watcher");
+    watcher_options.set_credentials("watcher", "watcher-pw");
+    let (mut watcher, _) = V5::connect(watcher_options).await;
+    watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
+    within("both survivors to know B", async {
+        while cluster(&a).live_nodes() < 3 || cluster(&c).live_nodes() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The sensors still stand, but one may no longer publish its Will; then their node dies.
+    std::fs::write(&path, principals(false)).unwrap();
+    for node in [&a, &c] {
+        let done = node.running.as_ref().unwrap().reload().expect("the reload");
+        assert_eq!(done.sessions.disconnected, 0);
+    }
+    b.kill().await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let p = watcher.next_publish().await;
+            got.push(String::from_utf8(p.topic.to_vec()).unwrap());
+            if got.last().is_some_and(|t| t == "will/allowed") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the allowed Will, published by the adopter");
+    // Both Wills leave the adopter together: the denied one would be here by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // From another client: the watcher's own publish would read past what arrives meanwhile.
+    let mut marker = v5_options(&c, "marker");
+    marker.set_credentials("watcher", "watcher-pw");
+    V5::connect(marker)
+        .await
+        .0
+        .publish("will/marker", Qos5::AtLeastOnce, false, b"marker")
+        .await;
+    loop {
+        let p = watcher.next_publish().await;
+        got.push(String::from_utf8(p.topic.to_vec()).unwrap());
+        if &p.payload[..] == b"marker" {
+            break;
+        }
+    }
+    assert_eq!(got, ["will/allowed", "will/marker"]);
+    drop(sensors);
+}
+
 /// Whether `app`'s node holds `client`'s session, as Postgres says.
 async fn a_holds(app: &TestApp, client: &str) -> bool {
     let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();

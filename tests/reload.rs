@@ -25,6 +25,8 @@ struct Policy {
     secret_open: bool,
     /// The device is in the file at all, and with which password.
     device_password: Option<&'static str>,
+    /// The device may publish its Will (`news/will`).
+    will_open: bool,
 }
 
 /// One hash per password, so that rewriting the file does not change a principal's credentials
@@ -64,13 +66,19 @@ mqtt_password_hash = "{hash}"
 effect = "Allow"
 actions = ["iot:Connect", "iot:Publish", "iot:RetainPublish"]
 resources = ["client/device-*", "topic/news/will"]
-[[principals.statements]]
+{deny_will}[[principals.statements]]
 effect = "Allow"
 actions = ["iot:Subscribe", "iot:Receive"]
 resources = ["topicfilter/news/#", "topic/news/*"]
 {deny}"#,
             hash = hash(password),
             deny = deny_secret("iot:Receive"),
+            deny_will = if policy.will_open {
+                ""
+            } else {
+                "[[principals.statements]]\neffect = \"Deny\"\nactions = [\"iot:Publish\"]\n\
+                 resources = [\"topic/news/will\"]\n"
+            },
         ),
     };
     format!(
@@ -107,6 +115,7 @@ resources = ["*"]
 const SECRET_CLOSED: Policy = Policy {
     secret_open: false,
     device_password: Some("device-pw"),
+    will_open: true,
 };
 
 async fn app(dir: &Path) -> TestApp {
@@ -351,8 +360,8 @@ async fn a_removed_principal_is_disconnected_and_a_changed_password_is_not_remem
     rewrite(
         dir.path(),
         &Policy {
-            secret_open: false,
             device_password: None,
+            ..SECRET_CLOSED
         },
     );
     let done = running(&app).reload().expect("the reload");
@@ -388,8 +397,8 @@ async fn a_removed_principal_is_disconnected_and_a_changed_password_is_not_remem
     rewrite(
         dir.path(),
         &Policy {
-            secret_open: false,
             device_password: Some("new-device-pw"),
+            ..SECRET_CLOSED
         },
     );
     running(&app).reload().expect("the reload");
@@ -401,6 +410,75 @@ async fn a_removed_principal_is_disconnected_and_a_changed_password_is_not_remem
         device_connack(&app, "new-device-pw").await,
         p5::ConnectReturnCode::Success
     );
+}
+
+/// A Will is judged when it is published, not only when its connection ends: the device's
+/// connection drops with a Will delayed 2 s, and a reload meanwhile takes away its right to
+/// publish there. Nothing is published; with the right kept, the same Will is.
+#[tokio::test]
+async fn a_delayed_will_is_not_published_once_a_reload_took_away_its_right() {
+    for will_open in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path()).await;
+        let mut watcher_options = v5_options(&app, "watcher-1");
+        watcher_options.set_credentials("watcher", "watcher-pw");
+        let (mut watcher, _) = V5::connect(watcher_options).await;
+        watcher.subscribe("news/#", Qos5::AtLeastOnce).await;
+
+        let mut options = v5_options(&app, "device-1");
+        options.set_credentials("device", "device-pw");
+        options.set_connect_properties(p5::ConnectProperties {
+            session_expiry_interval: Some(60),
+            ..Default::default()
+        });
+        let delayed = p5::LastWillProperties {
+            delay_interval: Some(2),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        options.set_last_will(p5::LastWill::new(
+            "news/will",
+            "gone",
+            Qos5::AtLeastOnce,
+            false,
+            Some(delayed),
+        ));
+        let (device, _) = V5::connect(options).await;
+        // Gone without a DISCONNECT: the Will is due in 2 s, judged allowed as the connection
+        // ended (before the reload).
+        drop(device);
+        within("the device's connection to end", async {
+            while running(&app).broker.connections() > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        rewrite(
+            dir.path(),
+            &Policy {
+                will_open,
+                ..SECRET_CLOSED
+            },
+        );
+        let done = running(&app).reload().expect("the reload");
+        assert_eq!(done.sessions.disconnected, 0, "the device still stands");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        publish_secret_then_open(&app).await;
+        let expected: &[&str] = if will_open {
+            &["news/will", "news/secret", "news/open"]
+        } else {
+            &["news/secret", "news/open"]
+        };
+        assert_eq!(
+            topics_until_open(&mut watcher).await,
+            expected,
+            "Will allowed when due: {will_open}"
+        );
+    }
 }
 
 /// SIGHUP to the real binary: the reload it triggers is logged, and so is a refused one.

@@ -4,6 +4,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use super::admission::may_publish;
 use super::config::BrokerConfig;
 use super::handle::{Broker, PublishFrom};
 use super::message::{Message, Publication};
@@ -129,6 +130,24 @@ impl Broker {
         });
     }
 
+    /// A Will is judged again when it is due, under the principals in force then: a reload
+    /// during its delay, or before its node died and another adopted it, may have taken away
+    /// its owner's right to publish there, or the owner.
+    fn may_publish_will_now(&self, will: &Will, client: &str) -> bool {
+        let auth = self.auth();
+        if !auth.is_enabled() {
+            return true;
+        }
+        auth.principal(&will.owner.name).is_some_and(|owner| {
+            may_publish(
+                Some(&owner),
+                &will.publication.topic,
+                will.publication.retain,
+                client,
+            )
+        })
+    }
+
     /// Waits `delay`; false if the broker began shutting down first (no Will then).
     async fn sleep_unless_stopped(&self, delay: Duration) -> bool {
         tokio::select! {
@@ -138,6 +157,14 @@ impl Broker {
     }
 
     async fn publish_will_now(&self, will: Will, client: ClientKey) {
+        if !self.may_publish_will_now(&will, &client) {
+            tracing::info!(
+                %client,
+                topic = will.publication.topic.as_str(),
+                "the Will is not published: its principal may no longer publish there"
+            );
+            return;
+        }
         let now = self.store().clock().now_ms();
         let message = Message::published(will.publication, Some(client.clone()), now);
         let from = PublishFrom {
