@@ -26,9 +26,12 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 /// rumqttc's MQTT 3.1.1 client, with its event loop polled only when a test waits on it.
+/// A PUBLISH that arrives while the test waits for something else is kept for
+/// [`V3::next_publish`], so that waiting never hides a delivery from the test.
 pub struct V3 {
     pub client: rumqttc::AsyncClient,
     pub events: rumqttc::EventLoop,
+    passed: std::collections::VecDeque<rumqttc::Publish>,
 }
 
 pub fn v3_options(app: &TestApp, client_id: &str) -> rumqttc::MqttOptions {
@@ -42,7 +45,11 @@ impl V3 {
     /// Connects with `options` and waits for a successful CONNACK.
     pub async fn connect(options: rumqttc::MqttOptions) -> (Self, rumqttc::ConnAck) {
         let (client, events) = rumqttc::AsyncClient::new(options, 64);
-        let mut me = Self { client, events };
+        let mut me = Self {
+            client,
+            events,
+            passed: Default::default(),
+        };
         let ack = me
             .until("CONNACK", |e| match e {
                 rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) => Some(a.clone()),
@@ -59,13 +66,16 @@ impl V3 {
         what: &str,
         mut f: impl FnMut(&rumqttc::Event) -> Option<T>,
     ) -> T {
-        let events = &mut self.events;
+        let (events, passed) = (&mut self.events, &mut self.passed);
         within(what, async {
             loop {
                 match events.poll().await {
                     Ok(e) => {
                         if let Some(t) = f(&e) {
                             return t;
+                        }
+                        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = e {
+                            passed.push_back(p);
                         }
                     }
                     Err(e) => panic!("connection failed while waiting for {what}: {e}"),
@@ -89,6 +99,9 @@ impl V3 {
     }
 
     pub async fn next_publish(&mut self) -> rumqttc::Publish {
+        if let Some(p) = self.passed.pop_front() {
+            return p;
+        }
         self.until("a PUBLISH", |e| match e {
             rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => Some(p.clone()),
             _ => None,
@@ -145,6 +158,7 @@ impl V3 {
 pub struct V5 {
     pub client: rumqttc::v5::AsyncClient,
     pub events: rumqttc::v5::EventLoop,
+    passed: std::collections::VecDeque<p5::Publish>,
 }
 
 pub use rumqttc::v5::mqttbytes::QoS as Qos5;
@@ -161,7 +175,11 @@ impl V5 {
     /// Connects with `options` and waits for a successful CONNACK.
     pub async fn connect(options: rumqttc::v5::MqttOptions) -> (Self, p5::ConnAck) {
         let (client, events) = rumqttc::v5::AsyncClient::new(options, 64);
-        let mut me = Self { client, events };
+        let mut me = Self {
+            client,
+            events,
+            passed: Default::default(),
+        };
         let ack = me
             .until("CONNACK", |e| match e {
                 rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(a)) => Some(a.clone()),
@@ -177,13 +195,16 @@ impl V5 {
         what: &str,
         mut f: impl FnMut(&rumqttc::v5::Event) -> Option<T>,
     ) -> T {
-        let events = &mut self.events;
+        let (events, passed) = (&mut self.events, &mut self.passed);
         within(what, async {
             loop {
                 match events.poll().await {
                     Ok(e) => {
                         if let Some(t) = f(&e) {
                             return t;
+                        }
+                        if let rumqttc::v5::Event::Incoming(p5::Packet::Publish(p)) = e {
+                            passed.push_back(p);
                         }
                     }
                     Err(e) => panic!("connection failed while waiting for {what}: {e}"),
@@ -206,6 +227,9 @@ impl V5 {
     }
 
     pub async fn next_publish(&mut self) -> p5::Publish {
+        if let Some(p) = self.passed.pop_front() {
+            return p;
+        }
         self.until("a PUBLISH", |e| match e {
             rumqttc::v5::Event::Incoming(p5::Packet::Publish(p)) => Some(p.clone()),
             _ => None,
