@@ -172,6 +172,92 @@ async fn subscribe_streams_retained_messages_beyond_one_page(backend: Backend) {
     }
 }
 
+/// One SUBSCRIBE naming `rep/+` 2,000 times: each names the subscription again, and the
+/// packet's last one stands [MQTT-3.8.4-4], so the retained set (more than one page) is sent
+/// once, not 2,000 times over; nothing else arrives before a marker published after.
+async fn one_subscribe_naming_a_filter_many_times_sends_its_retained_set_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let n = 300;
+    for i in 0..n {
+        app.retain(&format!("rep%2F{i:03}"), "v").await;
+    }
+    let (mut c, _) = Raw::connect(&app, &build::connect("repeats", true, 60, None)).await;
+    let times = 2000;
+    let mut body = 7u16.to_be_bytes().to_vec();
+    for _ in 0..times {
+        body.extend(build::string("rep/+"));
+        body.push(1);
+    }
+    c.send(&build::packet(0x82, &body)).await;
+    let ack = c.expect(9).await;
+    assert_eq!(
+        &ack.body[2..],
+        vec![1u8; times].as_slice(),
+        "every one granted"
+    );
+    let mut got = BTreeSet::new();
+    while got.len() < n {
+        let p = c.expect(3).await.publish(false);
+        assert!(p.retain, "{p:?}");
+        assert!(got.insert(p.topic.clone()), "{} twice", p.topic);
+        if p.qos == 1 {
+            c.send(&build::ack(0x40, p.pkid)).await;
+        }
+    }
+    marker(&app, "rep/marker").await;
+    let p = c.expect(3).await.publish(false);
+    assert_eq!(
+        (p.topic.as_str(), p.retain),
+        ("rep/marker", false),
+        "nothing before the marker"
+    );
+    // The store is as it was.
+    assert!(get_retained(&app, "rep/000").await.is_some());
+    assert!(get_retained(&app, "rep/299").await.is_some());
+    assert!(get_retained(&app, "rep/marker").await.is_none());
+}
+
+/// Filters whose first pages together hold more than a connection reads ahead (2 MiB):
+/// those past it are read after the SUBACK, as the queue drains; every filter still gets the
+/// whole set, each message once per filter.
+async fn first_pages_beyond_the_read_ahead_are_read_after_the_suback(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let n = 20;
+    let payload = "x".repeat(120 * 1024);
+    for i in 0..n {
+        let res = app
+            .publish(format!("/topics/big%2F{i:02}?retain=true"), payload.clone())
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+    let filters = ["big/+", "big/#", "+/+", "#", "+/#", "+/+/#"];
+    let (mut c, _) = V5::connect(v5_options(&app, "big")).await;
+    let granted = c
+        .subscribe_many(
+            filters
+                .iter()
+                .map(|f| p5::Filter::new(*f, Qos5::AtMostOnce)),
+        )
+        .await;
+    assert_eq!(granted.len(), filters.len());
+    let mut got = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..n * filters.len() {
+        let p = c.next_publish().await;
+        assert!(p.retain && p.payload.len() == payload.len(), "{p:?}");
+        *got.entry(String::from_utf8(p.topic.to_vec()).unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(got.len(), n);
+    assert!(got.values().all(|&k| k == filters.len()), "{got:?}");
+    marker(&app, "big/marker").await;
+    let p = c.next_publish().await;
+    assert_eq!(
+        &p.topic[..],
+        b"big/marker",
+        "nothing more before the marker"
+    );
+}
+
 async fn empty_retained_payload_deletes_and_is_still_forwarded(backend: Backend) {
     let app = spawn_app(backend).await;
     let (mut live, _) = V3::connect(v3_options(&app, "live")).await;
@@ -354,6 +440,8 @@ for_each_backend!(
     http_retained_publish_is_delivered_on_subscribe_with_properties,
     wildcard_subscribe_delivers_every_matching_retained_message,
     subscribe_streams_retained_messages_beyond_one_page,
+    one_subscribe_naming_a_filter_many_times_sends_its_retained_set_once,
+    first_pages_beyond_the_read_ahead_are_read_after_the_suback,
     empty_retained_payload_deletes_and_is_still_forwarded,
     retained_is_delivered_at_min_of_stored_and_granted_qos,
     retain_handling_0_1_2_control_delivery_on_subscribe,

@@ -214,6 +214,12 @@ impl Client {
                 // again as a retained copy read later. Further pages (large wildcard
                 // subscriptions) are read while these are sent.
                 for scan in subscribed.retained {
+                    if !self.outbound.room_for_retained() {
+                        // Held to the allowance however many filters one SUBSCRIBE names:
+                        // these first pages are read after the SUBACK, as the queue drains.
+                        self.outbound.feed().defer(scan);
+                        continue;
+                    }
                     let store = self.broker.store();
                     let read = self
                         .outbound
@@ -221,6 +227,7 @@ impl Client {
                         .read(scan, store, self.cfg.topic_limits);
                     self.outbound.fetched(read.await)?;
                 }
+                self.outbound.fetch_retained();
                 // Once the other nodes know the filters, what they publish reaches it. The
                 // cluster bounds each announcement; a node without NATS answers at once.
                 for announced in subscribed.announcements {

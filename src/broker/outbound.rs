@@ -132,6 +132,14 @@ impl Outbound {
         self.retained.is_long()
     }
 
+    /// Whether a first retained page may be read now: the connection holds less than its
+    /// read-ahead allowance.
+    pub fn room_for_retained(&self) -> bool {
+        let state = self.session.state();
+        self.retained
+            .has_room((state.queued(), state.queued_bytes()))
+    }
+
     /// Starts reading the next retained page if the queue is short enough.
     pub fn fetch_retained(&mut self) {
         let queued = {

@@ -13,6 +13,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures_util::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio_util::task::AbortOnDropHandle;
@@ -186,8 +188,37 @@ impl RetainedFeed {
 
     /// A scan to go on with before any other, where the page just read left off.
     pub fn resume(&mut self, scan: RetainedScan) {
-        self.scans.push_front(scan);
-        self.long = true;
+        if self.supersede(&scan) {
+            self.scans.push_front(scan);
+            self.long = true;
+        }
+    }
+
+    /// A scan whose first page waits until the connection holds less than its allowance: read
+    /// after the SUBACK, as a large delivery's later pages are.
+    pub fn defer(&mut self, scan: RetainedScan) {
+        if self.supersede(&scan) {
+            self.scans.push_back(scan);
+        }
+    }
+
+    /// Whether a connection holding `queued` messages of `queued_bytes` may read a first page
+    /// now.
+    pub fn has_room(&self, (queued, queued_bytes): (usize, usize)) -> bool {
+        self.share.allowance().wants_page(queued, queued_bytes)
+    }
+
+    /// A subscription made again replaces the one before it, and its retained delivery
+    /// replaces the one still under way: drops what is queued of an older scan of `scan`'s
+    /// filter, or answers false if `scan` is the older one. So a client that subscribes to
+    /// one filter over and over holds one scan of it, not one per SUBSCRIBE.
+    fn supersede(&mut self, scan: &RetainedScan) -> bool {
+        let newer = |s: &RetainedScan| s.filter == scan.filter && s.generation > scan.generation;
+        if self.scans.iter().any(newer) {
+            return false;
+        }
+        self.scans.retain(|s| s.filter != scan.filter);
+        true
     }
 
     /// Whether a scan has needed more than one page and still has pages to read.
@@ -199,6 +230,8 @@ impl RetainedFeed {
 /// Where one subscription's retained delivery has got to.
 pub(super) struct RetainedScan {
     filter: TopicFilter,
+    /// Later subscriptions' scans have higher numbers.
+    generation: u64,
     options: SubOptions,
     from: String,
     until: Option<String>,
@@ -217,9 +250,11 @@ pub(super) struct Page {
 
 impl RetainedScan {
     pub fn new(filter: TopicFilter, options: SubOptions) -> Self {
+        static GENERATIONS: AtomicU64 = AtomicU64::new(0);
         let (from, until) = filter.scan_range();
         Self {
             filter,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             options,
             from,
             until,
@@ -293,6 +328,42 @@ fn average_payload(rows: &[RetainedMessage]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Qos;
+
+    fn scan(filter: &str) -> RetainedScan {
+        let options = SubOptions {
+            qos: Qos::AtMostOnce,
+            no_local: false,
+            retain_as_published: false,
+            subscription_id: None,
+        };
+        RetainedScan::new(TopicFilter::parse(filter).unwrap(), options)
+    }
+
+    fn queued(feed: &RetainedFeed) -> Vec<(&str, u64)> {
+        feed.scans
+            .iter()
+            .map(|s| (s.filter.as_str(), s.generation))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_filter_subscribed_again_keeps_one_scan_the_newest() {
+        let mut feed = RetainedFeed::new(ReadAhead::default());
+        let (older, newer, other) = (scan("a/#"), scan("a/#"), scan("b/#"));
+        let (o, n, b) = (older.generation, newer.generation, other.generation);
+        feed.resume(newer);
+        // The older subscription's page came back last: where it left off is not read on.
+        feed.resume(older);
+        assert_eq!(queued(&feed), [("a/#", n)]);
+        feed.defer(other);
+        assert_eq!(queued(&feed), [("a/#", n), ("b/#", b)]);
+        let newest = scan("a/#");
+        let latest = newest.generation;
+        feed.defer(newest);
+        assert_eq!(queued(&feed), [("b/#", b), ("a/#", latest)]);
+        assert!(o < n && n < latest);
+    }
 
     #[test]
     fn a_page_is_read_only_into_a_queue_short_in_messages_and_in_bytes() {

@@ -13,7 +13,7 @@ use crate::mqtt::{
     Unsubscribe, UnsubscribeAck, UnsubscribeAckReason,
 };
 use crate::topic::ClientKey;
-use crate::topic::FilterSpec;
+use crate::topic::{FilterSpec, TopicFilter};
 
 /// Who subscribes: the client, its session and what it may do.
 pub(super) struct Subscriber<'a> {
@@ -38,6 +38,7 @@ pub(super) fn subscribe(
     let max_subscriptions = who.broker.config().max_subscriptions;
     let mut status = Vec::with_capacity(s.topic_filters.len());
     let mut retained = Vec::new();
+    let mut wanted_retained = Vec::new();
     let mut announcements = Vec::new();
     for (raw, opts) in s.topic_filters {
         let Ok(spec) = FilterSpec::parse(&raw) else {
@@ -89,12 +90,17 @@ pub(super) fn subscribe(
             RetainHandling::NoAtSubscribe => false,
         };
         if wanted && spec.share_group().is_none() {
-            retained.push(RetainedScan::new(spec.filter().clone(), options));
-            // The `$SYS` values are never in the store, but a new subscriber gets the latest
-            // as if they were.
-            who.broker
-                .send_latest_status(who.session, spec.filter(), options);
+            // A filter named again later in the packet replaces this subscription, and its
+            // retained delivery with it [MQTT-3.8.4-4]: one delivery per filter per packet.
+            wanted_retained.retain(|(f, _): &(TopicFilter, SubOptions)| f != spec.filter());
+            wanted_retained.push((spec.filter().clone(), options));
         }
+    }
+    for (filter, options) in wanted_retained {
+        // The `$SYS` values are never in the store, but a new subscriber gets the latest as
+        // if they were.
+        who.broker.send_latest_status(who.session, &filter, options);
+        retained.push(RetainedScan::new(filter, options));
     }
     let ack = SubscribeAck {
         packet_id: s.packet_id,

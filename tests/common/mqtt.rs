@@ -258,6 +258,19 @@ impl V5 {
         .await
     }
 
+    /// One SUBSCRIBE naming every filter of `filters`; returns the SUBACK's codes.
+    pub async fn subscribe_many(
+        &mut self,
+        filters: impl IntoIterator<Item = p5::Filter>,
+    ) -> Vec<p5::SubscribeReasonCode> {
+        self.client.subscribe_many(filters).await.unwrap();
+        self.until("SUBACK", |e| match e {
+            rumqttc::v5::Event::Incoming(p5::Packet::SubAck(a)) => Some(a.return_codes.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     pub async fn subscribe(&mut self, filter: &str, qos: Qos5) -> Vec<p5::SubscribeReasonCode> {
         self.subscribe_filter(p5::Filter::new(filter, qos), None)
             .await
