@@ -12,25 +12,41 @@ use std::collections::HashMap;
 /// Messages remembered per sending node (a bit each: 128 KiB per node).
 const WINDOW: u64 = 1 << 20;
 
+/// Sending nodes remembered at most (16 MiB of windows). A node restarted is a new node, and
+/// one that left cleanly is forgotten by nobody, so without a bound the map would grow with
+/// every restart; past it, the node heard from least recently is forgotten. One forgotten
+/// while it still sends could have a copy of a message arriving right then handled twice.
+const NODES: usize = 128;
+
 #[derive(Default)]
 pub struct Seen {
     /// By the node's tag ([`super::frame::Stamp::node`]).
     nodes: HashMap<u64, Window>,
+    /// Counts calls, to tell which node was heard from least recently.
+    clock: u64,
 }
 
 struct Window {
     /// The highest number handled, plus one.
     end: u64,
     bits: Box<[u64]>,
+    /// [`Seen::clock`] when the node was last heard from.
+    heard: u64,
 }
 
 impl Seen {
     /// Whether message `seq` of `node` is new; it counts as handled from now on.
     pub fn first(&mut self, node: u64, seq: u64) -> bool {
-        self.nodes
-            .entry(node)
-            .or_insert_with(Window::new)
-            .first(seq)
+        self.clock += 1;
+        if self.nodes.len() >= NODES && !self.nodes.contains_key(&node) {
+            let quietest = self.nodes.iter().min_by_key(|(_, w)| w.heard);
+            if let Some(&quietest) = quietest.map(|(tag, _)| tag) {
+                self.nodes.remove(&quietest);
+            }
+        }
+        let window = self.nodes.entry(node).or_insert_with(Window::new);
+        window.heard = self.clock;
+        window.first(seq)
     }
 
     /// Forgets a node that left the service, so that the map does not grow with restarts.
@@ -44,6 +60,7 @@ impl Window {
         Self {
             end: 0,
             bits: vec![0; (WINDOW / 64) as usize].into_boxed_slice(),
+            heard: 0,
         }
     }
 
@@ -121,5 +138,22 @@ mod tests {
         assert!(seen.first(a, 10 + WINDOW * 3 + 1));
         seen.forget(a);
         assert!(seen.first(a, 10), "a forgotten node starts afresh");
+    }
+
+    #[test]
+    fn past_the_bound_the_node_heard_from_least_recently_is_forgotten() {
+        let mut seen = Seen::default();
+        let nodes = NODES as u64;
+        for node in 0..nodes {
+            assert!(seen.first(node, 7));
+        }
+        // Node 0 is heard from again; node 1 is now the quietest.
+        assert!(!seen.first(0, 7));
+        assert!(seen.first(nodes, 7), "one node more");
+        assert_eq!(seen.nodes.len(), NODES);
+        assert!(!seen.first(0, 7), "kept: heard from lately");
+        assert!(!seen.first(2, 7), "kept");
+        assert!(seen.first(1, 7), "forgotten: its number is new again");
+        assert_eq!(seen.nodes.len(), NODES, "and node 1 took another's place");
     }
 }
