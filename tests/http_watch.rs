@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::sse::{Sse, SseEvent};
 use common::{Backend, FreshDb, TestApp, encode, fresh_db, spawn_app, spawn_app_with, test_config};
@@ -774,6 +774,42 @@ async fn the_node_cap_answers_503() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(third.expect().await.event, "synced");
+    app.stop().await;
+}
+
+/// A watcher that takes nothing of its stream for as long as the idle timeout is closed, and
+/// its place (`--max-watches` 1 here) is free again: a client that stops reading cannot hold
+/// one for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_reads_nothing_for_the_idle_timeout_is_closed() {
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.max_watches = 1;
+    config.http_idle_timeout = Duration::from_secs(1);
+    let app = spawn_app_with(db, config).await;
+    let mut stalled = open(&app, "?topicFilter=big%2F%23").await;
+    assert_eq!(stalled.expect().await.event, "synced");
+    // More than the sockets' buffers hold: the server's writes to the watcher stop going out.
+    let body = "x".repeat(64 * 1024);
+    for t in 0..400 {
+        retain(&app, &format!("big/{t}"), body.clone()).await;
+    }
+    let opened = Instant::now();
+    let mut next = loop {
+        let res = app.get("/retainedMessage-watch").await;
+        if res.status() == 200 {
+            break Sse::new(res);
+        }
+        assert_eq!(res.status(), 503);
+        assert!(
+            opened.elapsed() < Duration::from_secs(20),
+            "the stalled watch still holds the only place"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The snapshot of what is stored, then the live stream.
+    while next.expect().await.event != "synced" {}
+    drop(stalled);
     app.stop().await;
 }
 

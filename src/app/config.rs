@@ -308,8 +308,10 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
     pub http_body_timeout: Duration,
 
-    /// How long a kept-alive HTTP connection may wait for its next request. WebSocket
-    /// connections (MQTT) are not HTTP connections once upgraded: MQTT keep alive governs them.
+    /// How long a kept-alive HTTP connection may wait for its next request, and how long a
+    /// client may take none of a response being written (a watch's stream) before its
+    /// connection closes. WebSocket connections (MQTT) are not HTTP connections once upgraded:
+    /// MQTT keep alive governs them.
     #[arg(long, env = "RETAIND_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub http_idle_timeout: Duration,
 

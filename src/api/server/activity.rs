@@ -23,6 +23,8 @@ struct State {
     line: Line,
     /// hyper is done with the connection: a socket upgraded to a WebSocket reads on, uncounted.
     retired: bool,
+    /// Since when the socket has taken none of what hyper writes, if it is full now.
+    write_blocked: Option<Instant>,
 }
 
 /// The first line of the head being read.
@@ -62,6 +64,7 @@ impl Activity {
                 phase: Phase::opened(now),
                 line: Line::starting(),
                 retired: false,
+                write_blocked: None,
             }),
         })
     }
@@ -103,6 +106,16 @@ impl Activity {
         self.state().phase.on_response_done(now);
     }
 
+    /// The socket took none of a write (it is full): the client has not read for a while.
+    pub(super) fn write_blocked(&self, now: Instant) {
+        self.state().write_blocked.get_or_insert(now);
+    }
+
+    /// The socket took bytes again.
+    pub(super) fn write_flowing(&self) {
+        self.state().write_blocked = None;
+    }
+
     /// hyper has let go of the connection; what the socket reads from now on is not HTTP.
     pub(super) fn retire(&self) {
         let mut state = self.state();
@@ -114,6 +127,13 @@ impl Activity {
     /// ([`Phase::next_look`]).
     pub(super) fn look(&self, now: Instant, timeouts: &HttpTimeouts) -> Result<Instant, Expired> {
         let state = self.state();
+        // A response nobody takes: the same patience as for a client that sends nothing.
+        let stalled = state
+            .write_blocked
+            .filter(|since| !state.retired && *since + timeouts.idle <= now);
+        if stalled.is_some() {
+            return Err(Expired::Write);
+        }
         match state.phase.expired(now, timeouts) {
             Some(why) => Err(why),
             None => Ok(state.phase.next_look(now, timeouts)),

@@ -1,6 +1,7 @@
 //! The socket as hyper sees it: reads are reported to the connection's [`Activity`] (for the
-//! header and idle timeouts and the request line), and hyper's own refusals are answered in the
-//! AWS error shape on their way out ([`super::refusal`]).
+//! header and idle timeouts and the request line), and so is a socket that stops taking writes
+//! (a client that reads nothing of its response); hyper's own refusals are answered in the AWS
+//! error shape on their way out ([`super::refusal`]).
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +20,8 @@ pub(super) struct ObservedIo<T> {
     activity: Arc<Activity>,
     /// The answer written in place of one of hyper's refusals, until it is all out.
     pending: Bytes,
+    /// The last write found the socket full (reported to `activity` once, until it drains).
+    blocked: bool,
 }
 
 impl<T> ObservedIo<T> {
@@ -27,7 +30,26 @@ impl<T> ObservedIo<T> {
             inner,
             activity,
             pending: Bytes::new(),
+            blocked: false,
         }
+    }
+}
+
+impl<T> ObservedIo<T> {
+    /// Tells `activity` when the socket stops taking bytes and when it takes them again.
+    fn note_write<R>(&mut self, written: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match &written {
+            Poll::Pending if !self.blocked => {
+                self.blocked = true;
+                self.activity.write_blocked(Instant::now());
+            }
+            Poll::Ready(Ok(_)) if self.blocked => {
+                self.blocked = false;
+                self.activity.write_flowing();
+            }
+            _ => {}
+        }
+        written
     }
 }
 
@@ -93,7 +115,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ObservedIo<T> {
         if let Some(done) = self.replace_refusal(cx, buf) {
             return Poll::Ready(done);
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(written)
     }
 
     fn poll_write_vectored(
@@ -109,7 +132,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ObservedIo<T> {
         {
             return Poll::Ready(done);
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -118,7 +142,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ObservedIo<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note_write(flushed)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -5,6 +5,8 @@
 //!   is complete: `header`. A client that connects and sends nothing is cut here too.
 //! - **Busy**: a request is being served. The connection has no deadline of its own: the body
 //!   has one (`body`, see `body::Deadline`), and the handler's time is bounded by the store's.
+//!   A response the client takes none of for as long as `idle` ends it, whatever the phase
+//!   (`activity`): a stream (a watch) would otherwise hold its place for ever.
 //! - **Idle**: a response is complete and nothing of the next request has arrived: `idle`.
 //!
 //! A connection upgraded to a WebSocket leaves hyper, and with it this machine: MQTT keep alive
@@ -31,6 +33,8 @@ pub struct HttpTimeouts {
 pub(super) enum Expired {
     Header,
     Idle,
+    /// The client took none of a response for as long as `idle` (see `activity`).
+    Write,
 }
 
 impl Expired {
@@ -38,6 +42,7 @@ impl Expired {
         match self {
             Self::Header => "header",
             Self::Idle => "idle",
+            Self::Write => "write",
         }
     }
 }
