@@ -1385,24 +1385,13 @@ resources = ["client/shared-id", "client/pub-{name}", "topicfilter/news/#", "top
         13,
         "nothing queued arrives before the PINGRESP"
     );
-    publisher
-        .send(&build::publish(
-            "news/1",
-            1,
-            false,
-            false,
-            8,
-            Some(&[]),
-            b"after",
-        ))
-        .await;
-    publisher.expect(4).await;
-    beta.send(&[0xC0, 0]).await;
-    assert_eq!(
-        beta.expect(13).await.kind(),
-        13,
-        "no subscription of alpha's was carried over"
-    );
+    nothing_after(
+        &mut publisher,
+        8,
+        &mut beta,
+        "no subscription of alpha's was carried over",
+    )
+    .await;
 
     // beta's own session, resumed through A, is the one beta made: no subscription, nothing
     // queued, though alpha's were in its row when beta took the client id.
@@ -1411,22 +1400,30 @@ resources = ["client/shared-id", "client/pub-{name}", "topicfilter/news/#", "top
     let (mut beta, ack) = Raw::connect(&a, &login("shared-id", "beta", false)).await;
     assert_eq!(ack.body[1], 0, "beta connects again");
     assert_eq!(ack.body[0], 1, "beta's own session is present");
+    nothing_after(
+        &mut publisher,
+        9,
+        &mut beta,
+        "neither alpha's subscription nor its queue came back with beta's session",
+    )
+    .await;
+}
+
+/// `publisher` publishes to `news/1` (QoS 1, packet `pkid`, acknowledged); then `client`'s
+/// PINGRESP is the first thing it gets: the publish did not reach it.
+async fn nothing_after(publisher: &mut Raw, pkid: u16, client: &mut Raw, why: &str) {
     publisher
         .send(&build::publish(
             "news/1",
             1,
             false,
             false,
-            9,
+            pkid,
             Some(&[]),
-            b"not for beta",
+            b"not for this client",
         ))
         .await;
     publisher.expect(4).await;
-    beta.send(&[0xC0, 0]).await;
-    assert_eq!(
-        beta.expect(13).await.kind(),
-        13,
-        "neither alpha's subscription nor its queue came back with beta's session"
-    );
+    client.send(&[0xC0, 0]).await;
+    assert_eq!(client.expect(13).await.kind(), 13, "{why}");
 }

@@ -159,6 +159,15 @@ async fn device(app: &TestApp, password: &str) -> V5 {
     device
 }
 
+/// The watcher, subscribed to everything under `news/`.
+async fn watcher(app: &TestApp) -> V5 {
+    let mut options = v5_options(app, "watcher-1");
+    options.set_credentials("watcher", "watcher-pw");
+    let (mut watcher, _) = V5::connect(options).await;
+    watcher.subscribe("news/#", Qos5::AtLeastOnce).await;
+    watcher
+}
+
 /// The CONNACK code `device` gets with this password.
 async fn device_connack(app: &TestApp, password: &str) -> p5::ConnectReturnCode {
     let mut options = v5_options(app, "device-2");
@@ -339,10 +348,7 @@ async fn a_bad_file_is_refused_and_the_one_in_force_stays() {
 async fn a_removed_principal_is_disconnected_and_a_changed_password_is_not_remembered() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(dir.path()).await;
-    let mut watcher_options = v5_options(&app, "watcher-1");
-    watcher_options.set_credentials("watcher", "watcher-pw");
-    let (mut watcher, _) = V5::connect(watcher_options).await;
-    watcher.subscribe("news/#", Qos5::AtLeastOnce).await;
+    let mut watcher = watcher(&app).await;
 
     let mut options = v5_options(&app, "device-1");
     options.set_credentials("device", "device-pw");
@@ -420,10 +426,7 @@ async fn a_delayed_will_is_not_published_once_a_reload_took_away_its_right() {
     for will_open in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let app = app(dir.path()).await;
-        let mut watcher_options = v5_options(&app, "watcher-1");
-        watcher_options.set_credentials("watcher", "watcher-pw");
-        let (mut watcher, _) = V5::connect(watcher_options).await;
-        watcher.subscribe("news/#", Qos5::AtLeastOnce).await;
+        let mut watcher = watcher(&app).await;
 
         let mut options = v5_options(&app, "device-1");
         options.set_credentials("device", "device-pw");
