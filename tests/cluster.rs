@@ -19,6 +19,11 @@ use sqlx::Connection;
 
 /// `n` nodes of one service: one database, one NATS.
 async fn nodes(nats: &Nats, n: usize) -> Vec<TestApp> {
+    nodes_with(nats, n, None).await
+}
+
+/// [`nodes`], with the principals of the file at `principals`, if any.
+async fn nodes_with(nats: &Nats, n: usize, principals: Option<&std::path::Path>) -> Vec<TestApp> {
     let db = fresh_db(Backend::Postgres).await;
     let url = db.url.clone();
     let mut dbs = vec![db];
@@ -27,6 +32,7 @@ async fn nodes(nats: &Nats, n: usize) -> Vec<TestApp> {
     for db in dbs {
         let mut config = test_config(&url);
         config.cluster_url = Some(nats.url());
+        config.principals = principals.map(std::path::Path::to_path_buf);
         nodes.push(spawn_app_with(db, config).await);
     }
     nodes
@@ -1022,16 +1028,10 @@ resources = ["*"]
         )
     };
     std::fs::write(&path, principals(true)).unwrap();
-    let db = fresh_db(Backend::Postgres).await;
-    let url = db.url.clone();
-    let mut survivors = Vec::new();
-    for db in [db, FreshDb::shared(&url)] {
-        let mut config = test_config(&url);
-        config.cluster_url = Some(nats.url());
-        config.principals = Some(path.clone());
-        survivors.push(spawn_app_with(db, config).await);
-    }
-    let [a, c] = <[TestApp; 2]>::try_from(survivors).ok().unwrap();
+    let [a, c] = <[TestApp; 2]>::try_from(nodes_with(&nats, 2, Some(&path)).await)
+        .ok()
+        .unwrap();
+    let url = a.db.url.clone();
     let mut b = Process::start(
         &url,
         &[
@@ -1328,16 +1328,9 @@ resources = ["client/shared-id", "client/pub-{name}", "topicfilter/news/#", "top
         )
     };
     std::fs::write(&path, device("alpha") + &device("beta")).unwrap();
-    let db = fresh_db(Backend::Postgres).await;
-    let url = db.url.clone();
-    let mut apps = Vec::new();
-    for db in [db, FreshDb::shared(&url)] {
-        let mut config = test_config(&url);
-        config.cluster_url = Some(nats.url());
-        config.principals = Some(path.clone());
-        apps.push(spawn_app_with(db, config).await);
-    }
-    let [a, b] = <[TestApp; 2]>::try_from(apps).ok().unwrap();
+    let [a, b] = <[TestApp; 2]>::try_from(nodes_with(&nats, 2, Some(&path)).await)
+        .ok()
+        .unwrap();
     // MQTT 5 CONNECT with a login and a one-hour session.
     let login = |client: &str, user: &str, clean: bool| {
         let mut body = build::string("MQTT");

@@ -208,7 +208,7 @@ impl<V: Clone> SubscriptionTree<V> {
 
     /// Calls `reached` with the subscriptions of each filter `topic` matches, until it
     /// answers that it has seen enough.
-    fn visit<'t>(&'t self, topic: &TopicName, mut reached: impl FnMut(&'t Subscribers<V>) -> bool) {
+    fn visit(&self, topic: &TopicName, mut reached: impl FnMut(&Subscribers<V>) -> bool) {
         // [MQTT-4.7.2-1] a leading wildcard does not match a topic starting with '$'.
         let reserved = topic.is_reserved();
         // Literal children are followed in place; only '+' branches wait here, so a topic that
