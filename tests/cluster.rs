@@ -13,6 +13,7 @@ use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V3, V5, p5, v3_options, v5_options, within};
 use common::nats::Nats;
 use common::process::Process;
+use common::proxy::Proxy;
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
 use retaind::cluster::Cluster;
 use sqlx::Connection;
@@ -349,6 +350,249 @@ async fn nats_lost_and_back_local_delivery_goes_on_readyz_says_so_and_routing_re
         "{payloads:?}"
     );
     assert_eq!(cluster(&a).stats().dropped, 0);
+}
+
+/// While NATS is away, async-nats queues the node's commands in a bounded channel that
+/// nobody drains, and a node that forwards fills it. A SUBSCRIBE then still gets its SUBACK
+/// and its local deliveries, later ones do not wait at all, and what NATS did not take is
+/// subscribed and announced once it is back.
+#[tokio::test]
+async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_once_it_can() {
+    let mut nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut on_b, _) = V5::connect(v5_options(&b, "sub-b")).await;
+    on_b.subscribe("fill/#", Qos5::AtMostOnce).await;
+    until_sends(&a, "fill/0").await;
+    nats.stop().await;
+    within("A to notice that NATS is gone", async {
+        while cluster(&a).is_connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // One topic each, so each is its own NATS message: more than async-nats queues (2,048).
+    let (mut filler, _) = Raw::connect(&a, &build::connect("filler", true, 60, None)).await;
+    let burst: Vec<u8> = (0..5_000)
+        .flat_map(|i| build::publish(&format!("fill/{i}"), 0, false, false, 0, None, b"x"))
+        .collect();
+    filler.send(&burst).await;
+    within("the forwarder to fill async-nats's queue", async {
+        // A few of its places hold other commands.
+        while cluster(&a).stats().forwarded < 2_000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stuck = cluster(&a).stats();
+    assert!(
+        stuck.forwarded < 5_000 && stuck.dropped == 0,
+        "the queue is full and the rest waits in the outbox: {stuck:?}"
+    );
+
+    let asked = Instant::now();
+    let (mut first, _) = V5::connect(v5_options(&a, "first")).await;
+    first.subscribe("late/first", Qos5::AtLeastOnce).await;
+    let first_wait = asked.elapsed();
+    let asked = Instant::now();
+    let (mut second, _) = V5::connect(v5_options(&a, "second")).await;
+    second.subscribe("late/second", Qos5::AtLeastOnce).await;
+    let second_wait = asked.elapsed();
+    eprintln!("SUBACKs after {first_wait:?} and {second_wait:?}");
+    // The first waits out one attempt to reach NATS; the second none.
+    assert!(first_wait < Duration::from_secs(4), "{first_wait:?}");
+    assert!(second_wait < Duration::from_secs(1), "{second_wait:?}");
+    let (mut publisher, _) = V5::connect(v5_options(&a, "pub")).await;
+    publisher
+        .publish("late/first", Qos5::AtLeastOnce, false, b"local")
+        .await;
+    assert_eq!(&first.next_publish().await.payload[..], b"local");
+    // A CONNECT taking over an id held on B cannot hand NATS the notice for B, and is
+    // answered all the same (B finds out from Postgres).
+    let (_taker, ack) = V5::connect(v5_options(&a, "sub-b")).await;
+    assert_eq!(ack.code, p5::ConnectReturnCode::Success);
+
+    nats.restart().await;
+    until_sends(&b, "late/first").await;
+    until_sends(&b, "late/second").await;
+    let (mut on_b_pub, _) = V5::connect(v5_options(&b, "pub-b")).await;
+    for (t, c) in [("late/first", &mut first), ("late/second", &mut second)] {
+        on_b_pub
+            .publish(t, Qos5::AtLeastOnce, false, b"from b")
+            .await;
+        assert_eq!(&c.next_publish().await.payload[..], b"from b", "{t}");
+    }
+}
+
+/// A database that stops answering in the middle of a heartbeat, without closing anything
+/// (a dead network), does not hold the heartbeat for good: each pass gives up at the store
+/// timeout and is counted, where an operator sees it, and the heartbeat is written again once
+/// the database answers.
+#[tokio::test]
+async fn a_heartbeat_the_database_does_not_answer_is_given_up_at_the_store_timeout() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let proxy = Proxy::start(common::postgres_host_port(&db.url)).await;
+    let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
+    config.cluster_url = Some(nats.url());
+    config.store_timeout = Duration::from_millis(500);
+    let app = spawn_app_with(db, config).await;
+    assert_eq!(cluster(&app).stats().heartbeat_failures, 0);
+
+    // Every heartbeat pass sends the node's id; whatever the database answers it is held.
+    proxy.pause_after(cluster(&app).node().as_bytes());
+    within("two heartbeats given up", async {
+        while cluster(&app).stats().heartbeat_failures < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("retaind_cluster_heartbeat_failures_total ") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+
+    let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
+    let restored: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    proxy.resume();
+    within("a heartbeat written again", async {
+        loop {
+            let beat: f64 = sqlx::query_scalar(
+                "SELECT extract(epoch FROM max(heartbeat_at))::float8 FROM cluster_nodes",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            if beat > restored {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A write of offline sessions' messages that the database does not answer is given up at
+/// the store timeout and counted, so the writes behind it are not held back for good.
+#[tokio::test]
+async fn a_queue_write_the_database_does_not_answer_is_given_up_and_the_next_is_stored() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let proxy = Proxy::start(common::postgres_host_port(&db.url)).await;
+    let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
+    config.cluster_url = Some(nats.url());
+    config.store_timeout = Duration::from_millis(500);
+    let app = spawn_app_with(db, config).await;
+    let (mut away, _) = Raw::connect(&app, &persistent("spool-stalled", true)).await;
+    away.send(&build::subscribe(1, "spool/#", 1, Some(&[])))
+        .await;
+    away.expect(9).await;
+    away.send(&build::disconnect_v5(0)).await;
+    assert!(away.until_closed().await.is_empty());
+    let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
+    within("the session to be recorded offline", async {
+        loop {
+            let connected: Option<bool> = sqlx::query_scalar(
+                "SELECT connected FROM cluster_sessions WHERE client_id = 'spool-stalled'",
+            )
+            .fetch_optional(&mut db)
+            .await
+            .unwrap();
+            if connected == Some(false) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The queue's write names the client: the database takes it, and its answer is held.
+    proxy.pause_after(b"spool-stalled");
+    let (mut publisher, _) = V5::connect(v5_options(&app, "pub")).await;
+    publisher
+        .publish("spool/1", Qos5::AtLeastOnce, false, b"held")
+        .await;
+    within("the held write to be given up", async {
+        while cluster(&app).stats().queued_lost == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    proxy.resume();
+    publisher
+        .publish("spool/1", Qos5::AtLeastOnce, false, b"after")
+        .await;
+    // The held write reached the database before its answer was held, so it may have been
+    // stored too; what matters is that the next one is.
+    within("the next write to be stored", async {
+        loop {
+            let frames: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT frame FROM cluster_session_queue WHERE client_id = 'spool-stalled'",
+            )
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+            if frames.iter().any(|f| f.windows(5).any(|w| w == b"after")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // A write given up while it waits on a lock never commits later, after the messages
+    // behind it.
+    let lost = cluster(&app).stats().queued_lost;
+    let mut locker = sqlx::PgConnection::connect(&direct).await.unwrap();
+    let mut lock = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE cluster_session_queue IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    publisher
+        .publish("spool/1", Qos5::AtLeastOnce, false, b"locked")
+        .await;
+    within("the locked write to be given up", async {
+        while cluster(&app).stats().queued_lost == lost {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lock.rollback().await.unwrap();
+    publisher
+        .publish("spool/1", Qos5::AtLeastOnce, false, b"last")
+        .await;
+    let frames = within("the last write to be stored", async {
+        loop {
+            let frames: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT frame FROM cluster_session_queue WHERE client_id = 'spool-stalled'",
+            )
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+            if frames.iter().any(|f| f.windows(4).any(|w| w == b"last")) {
+                return frames;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        !frames.iter().any(|f| f.windows(6).any(|w| w == b"locked")),
+        "a write counted as lost was stored after all"
+    );
 }
 
 #[tokio::test]

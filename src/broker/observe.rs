@@ -39,6 +39,8 @@ pub(super) fn on_scrape(broker: &Broker) {
             (&c.slow_consumer_events, s.slow_consumer_events),
             (&c.malformed, s.malformed),
             (&c.other_version, s.other_version),
+            (&c.queued_lost, s.queued_lost),
+            (&c.heartbeat_failures, s.heartbeat_failures),
         ] {
             ClusterCounters::catch_up(counter, total);
         }

@@ -35,11 +35,20 @@ pub struct TakeOver {
 }
 
 impl Claims {
+    /// The cluster's pool, shared with sessions and heartbeats. Its sessions end any
+    /// statement, or transaction left idle, that outlives `timeout`: a call given up at its
+    /// deadline must not go on holding locks, or commit later than its caller believes.
     pub async fn open(url: &str, timeout: Duration) -> Result<Self, sqlx::Error> {
+        // Whole milliseconds, at least one: 0 would mean no limit.
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
+        let options = url.parse::<sqlx::postgres::PgConnectOptions>()?.options([
+            ("statement_timeout", ms),
+            ("idle_in_transaction_session_timeout", ms),
+        ]);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(timeout)
-            .connect(url)
+            .connect_with(options)
             .await?;
         Ok(Self { pool, timeout })
     }

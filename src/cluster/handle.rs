@@ -34,6 +34,10 @@ const SPOOL: usize = 64 * 1024;
 /// other nodes (and counted), so a stalled NATS never holds a publisher back.
 const OUTBOX: usize = 16 * 1024;
 
+/// How long a CONNECT that takes a client id over from another node waits to hand NATS the
+/// notice for it.
+const NOTICE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How a node joins the service.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -77,6 +81,11 @@ pub struct ClusterStats {
     pub malformed: u64,
     /// Publishes received from nodes of a release that sends another frame version, dropped.
     pub other_version: u64,
+    /// Messages for offline sessions not stored in Postgres: the spool was full, or the
+    /// database failed or did not answer in time.
+    pub queued_lost: u64,
+    /// Heartbeats this node could not write in time.
+    pub heartbeat_failures: u64,
 }
 
 #[derive(Clone)]
@@ -191,6 +200,7 @@ impl Cluster {
         let spool_lost = Arc::new(AtomicU64::new(0));
         tasks.spawn(sessions::write_spool(
             claims.pool().clone(),
+            config.database_timeout,
             spool_rx,
             spool_lost.clone(),
             shutdown.clone(),
@@ -337,11 +347,12 @@ impl Cluster {
                 resumed,
             };
             // At most once, like all of core NATS: the holder also finds out from its next
-            // comparison with the database.
-            let _ = inner
+            // comparison with the database. So the CONNACK never waits long on NATS: its
+            // queue of commands fills while it is away.
+            let notify = inner
                 .client
-                .publish(takeover_subject(&inner.prefix, &previous), notice.encode())
-                .await;
+                .publish(takeover_subject(&inner.prefix, &previous), notice.encode());
+            let _ = tokio::time::timeout(NOTICE_TIMEOUT, notify).await;
         }
         Ok(claimed.generation)
     }
@@ -432,6 +443,8 @@ impl Cluster {
             slow_consumer_events: load(&i.link.slow_consumer_events),
             malformed: load(&i.inbox.malformed),
             other_version: load(&i.inbox.other_version),
+            queued_lost: load(&i.spool_lost),
+            heartbeat_failures: i.headcount.failures(),
         }
     }
 
@@ -599,11 +612,9 @@ fn handover_subject(prefix: &str, node: &str) -> String {
 
 impl Inner {
     /// Returns once every message spooled before the call is written.
+    /// Waits, at most [`HANDOVER_TIMEOUT`] in all, until what was spooled before is written.
     async fn spool_flush(&self) {
-        let (done, written) = oneshot::channel();
-        if self.spool.send(Spool::Flush(done)).await.is_ok() {
-            let _ = tokio::time::timeout(HANDOVER_TIMEOUT, written).await;
-        }
+        loops::flush_spool(&self.spool).await;
     }
 }
 

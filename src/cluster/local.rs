@@ -4,6 +4,12 @@
 //! one key per filter in the interest bucket while any of them lasts. One task applies every
 //! change in the order the broker made them, so a filter dropped and taken again is never left
 //! unannounced; the broker waits for an addition before it sends the SUBACK.
+//!
+//! NATS may take neither in time: async-nats queues commands in a bounded channel that nobody
+//! drains while it reconnects. A subscription or key it did not take is owed, and tried again
+//! every `RETRY_EVERY` and at each reconnection; meanwhile the node is "stalled" and later
+//! changes do not wait on NATS at all, so a stalled server delays a SUBACK by at most one
+//! timeout and never holds the changes queued behind it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +33,9 @@ use crate::topic::{ClientKey, FilterSpec, TopicFilter};
 /// reconnection announces everything again.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often what NATS did not take is tried again while it stays connected.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
 pub enum Change {
     Add(FilterSpec, ClientKey, oneshot::Sender<()>),
     Remove(FilterSpec, ClientKey),
@@ -41,9 +50,11 @@ struct Held {
     /// Shared subscriptions to it (any group), across sessions.
     members: usize,
     /// The plain subscription's receiving tasks, one per subject; aborting one drops its
-    /// NATS subscription.
+    /// NATS subscription. Empty while `plain > 0` only if NATS did not take it (owed).
     receivers: Vec<JoinHandle<()>>,
     key: String,
+    /// Whether the bucket holds `key`, as far as this node knows.
+    announced: bool,
 }
 
 pub struct Local {
@@ -62,9 +73,14 @@ pub struct Local {
 
 struct State {
     held: HashMap<TopicFilter, Held>,
-    /// Each member's queue subscriptions, by shared subscription and member.
+    /// Each member's queue subscriptions, by shared subscription and member; empty if NATS
+    /// did not take them (owed).
     members: HashMap<(FilterSpec, ClientKey), Vec<JoinHandle<()>>>,
     store: Option<kv::Store>,
+    /// NATS did not take something in time: until the next retry, changes skip NATS.
+    stalled: bool,
+    /// Something is owed to NATS: a subscription or a key.
+    owed: bool,
 }
 
 impl Local {
@@ -79,7 +95,11 @@ impl Local {
             held: HashMap::new(),
             members: HashMap::new(),
             store: self.bucket().await,
+            stalled: false,
+            owed: false,
         };
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
@@ -103,9 +123,14 @@ impl Local {
                     }
                     // NATS came back, maybe restarted and without the bucket: announce again.
                     state.store = self.bucket().await;
-                    for (filter, h) in &state.held {
-                        self.put(state.store.as_ref(), &h.key, filter).await;
-                    }
+                    state.held.values_mut().for_each(|h| h.announced = false);
+                    state.owed = true;
+                    state.stalled = false;
+                    self.settle(&mut state).await;
+                }
+                _ = retry.tick(), if state.owed && self.link.is_connected() => {
+                    state.stalled = false;
+                    self.settle(&mut state).await;
                 }
                 () = shutdown.cancelled() => break,
             }
@@ -143,57 +168,190 @@ impl Local {
             members: 0,
             receivers: Vec::new(),
             key: bucket::key(&self.node, &filter),
+            announced: false,
         });
         match spec.share_group() {
             None => {
                 held.plain += 1;
                 if held.plain == 1 {
-                    for subject in filter_subjects(&self.prefix, &filter) {
-                        match self.client.subscribe(subject).await {
-                            Ok(sub) => held
-                                .receivers
-                                .push(tokio::spawn(receive(sub, self.inbox.clone()))),
-                            // Only a closed client refuses; the node is shutting down.
-                            Err(e) => tracing::warn!(error = %e, "cannot subscribe on NATS"),
-                        }
+                    let receivers = self.subscribe_plain(state, &filter).await;
+                    if let Some(held) = state.held.get_mut(&filter) {
+                        held.receivers = receivers;
                     }
                 }
             }
-            Some(group) => {
+            Some(_) => {
                 held.members += 1;
-                let queue = queue_group(group, &filter);
-                let mut tasks = Vec::new();
-                for subject in filter_subjects(&self.prefix, &filter) {
-                    match self
-                        .members_client
-                        .queue_subscribe(subject, queue.clone())
-                        .await
-                    {
-                        Ok(sub) => tasks.push(tokio::spawn(receive_as_member(
-                            sub,
-                            self.inbox.clone(),
-                            spec.clone(),
-                            member.clone(),
-                        ))),
-                        Err(e) => tracing::warn!(error = %e, "cannot subscribe on NATS"),
-                    }
-                }
+                let tasks = self.subscribe_member(state, &spec, &member).await;
                 if let Some(old) = state.members.insert((spec, member), tasks) {
                     old.iter().for_each(JoinHandle::abort);
                 }
             }
         }
-        if self.link.is_connected() {
+        if self.link.is_connected() && !state.stalled {
             // The subscriptions reach the server before the key: once another node sees the
             // key, what it sends arrives.
-            let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, self.client.flush()).await;
-            let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, self.members_client.flush()).await;
+            self.flush().await;
             if new && state.store.is_none() {
                 state.store = self.bucket().await;
             }
         }
-        if new && let Some(held) = state.held.get(&filter) {
-            self.put(state.store.as_ref(), &held.key, &filter).await;
+        if new {
+            self.announce(state, &filter).await;
+        }
+    }
+
+    /// Subscribes `filter` for this node's plain subscriptions; nothing if NATS did not take
+    /// it, which is then owed.
+    async fn subscribe_plain(
+        &self,
+        state: &mut State,
+        filter: &TopicFilter,
+    ) -> Vec<JoinHandle<()>> {
+        let subjects = filter_subjects(&self.prefix, filter);
+        let Some(subs) = self.subscribe(state, &self.client, subjects, None).await else {
+            return Vec::new();
+        };
+        subs.into_iter()
+            .map(|sub| tokio::spawn(receive(sub, self.inbox.clone())))
+            .collect()
+    }
+
+    /// Joins `member` to its shared subscription's queue group; nothing if NATS did not
+    /// take it, which is then owed.
+    async fn subscribe_member(
+        &self,
+        state: &mut State,
+        spec: &FilterSpec,
+        member: &ClientKey,
+    ) -> Vec<JoinHandle<()>> {
+        let Some(group) = spec.share_group() else {
+            return Vec::new();
+        };
+        let queue = queue_group(group, spec.filter());
+        let subjects = filter_subjects(&self.prefix, spec.filter());
+        let Some(subs) = self
+            .subscribe(state, &self.members_client, subjects, Some(&queue))
+            .await
+        else {
+            return Vec::new();
+        };
+        subs.into_iter()
+            .map(|sub| {
+                tokio::spawn(receive_as_member(
+                    sub,
+                    self.inbox.clone(),
+                    spec.clone(),
+                    member.clone(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Every subject or none: a filter half subscribed would miss messages silently. A
+    /// subscription dropped while it waits never reached async-nats, so nothing is left behind.
+    async fn subscribe(
+        &self,
+        state: &mut State,
+        client: &Client,
+        subjects: Vec<String>,
+        queue: Option<&str>,
+    ) -> Option<Vec<Subscriber>> {
+        if state.stalled {
+            state.owed = true;
+            return None;
+        }
+        let mut subs = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let made = tokio::time::timeout(ANNOUNCE_TIMEOUT, async {
+                match queue {
+                    None => client.subscribe(subject).await,
+                    Some(queue) => client.queue_subscribe(subject, queue.to_owned()).await,
+                }
+            })
+            .await;
+            match made {
+                Ok(Ok(sub)) => subs.push(sub),
+                Ok(Err(e)) => {
+                    // Only a closed client refuses; the node is shutting down.
+                    tracing::warn!(error = %e, "cannot subscribe on NATS");
+                    state.owed = true;
+                    return None;
+                }
+                Err(_) => {
+                    state.stalled = true;
+                    state.owed = true;
+                    return None;
+                }
+            }
+        }
+        Some(subs)
+    }
+
+    async fn flush(&self) {
+        let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, self.client.flush()).await;
+        let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, self.members_client.flush()).await;
+    }
+
+    /// Puts `filter`'s key in the bucket, or leaves it owed.
+    async fn announce(&self, state: &mut State, filter: &TopicFilter) {
+        let Some(key) = state.held.get(filter).map(|h| h.key.clone()) else {
+            return;
+        };
+        let announced = !state.stalled && self.put(state, &key, filter).await;
+        if !announced {
+            self.unannounced.fetch_add(1, Ordering::Relaxed);
+            state.owed = true;
+        }
+        if let Some(held) = state.held.get_mut(filter) {
+            held.announced = announced;
+        }
+    }
+
+    /// Tries again what NATS did not take: subscriptions first, then keys, so that a key
+    /// never names a filter this node cannot yet receive. Stops at the first thing NATS does
+    /// not take in time.
+    async fn settle(&self, state: &mut State) {
+        state.owed = false;
+        let plain: Vec<TopicFilter> = state
+            .held
+            .iter()
+            .filter(|(_, h)| h.plain > 0 && h.receivers.is_empty())
+            .map(|(f, _)| f.clone())
+            .collect();
+        for filter in plain {
+            let receivers = self.subscribe_plain(state, &filter).await;
+            if let Some(held) = state.held.get_mut(&filter) {
+                held.receivers = receivers;
+            }
+        }
+        let members: Vec<(FilterSpec, ClientKey)> = state
+            .members
+            .iter()
+            .filter(|(_, tasks)| tasks.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (spec, member) in members {
+            let tasks = self.subscribe_member(state, &spec, &member).await;
+            if let Some(slot) = state.members.get_mut(&(spec, member)) {
+                *slot = tasks;
+            }
+        }
+        if state.stalled {
+            return;
+        }
+        self.flush().await;
+        if state.store.is_none() {
+            state.store = self.bucket().await;
+        }
+        let keys: Vec<TopicFilter> = state
+            .held
+            .iter()
+            .filter(|(_, h)| !h.announced)
+            .map(|(f, _)| f.clone())
+            .collect();
+        for filter in keys {
+            self.announce(state, &filter).await;
         }
     }
 
@@ -229,19 +387,23 @@ impl Local {
         }
     }
 
-    async fn put(&self, store: Option<&kv::Store>, key: &str, filter: &TopicFilter) {
-        let announced = match store {
-            Some(store) if self.link.is_connected() => {
-                let value = bytes::Bytes::copy_from_slice(filter.as_str().as_bytes());
-                matches!(
-                    tokio::time::timeout(ANNOUNCE_TIMEOUT, store.put(key, value)).await,
-                    Ok(Ok(_))
-                )
-            }
-            _ => false,
+    /// A put that fails forgets the bucket, so that the next try opens it again (NATS may
+    /// have restarted without it); one that times out leaves the node stalled.
+    async fn put(&self, state: &mut State, key: &str, filter: &TopicFilter) -> bool {
+        let Some(store) = state.store.as_ref().filter(|_| self.link.is_connected()) else {
+            return false;
         };
-        if !announced {
-            self.unannounced.fetch_add(1, Ordering::Relaxed);
+        let value = bytes::Bytes::copy_from_slice(filter.as_str().as_bytes());
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, store.put(key, value)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => {
+                state.store = None;
+                false
+            }
+            Err(_) => {
+                state.stalled = true;
+                false
+            }
         }
     }
 }

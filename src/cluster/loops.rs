@@ -161,12 +161,21 @@ pub async fn hand_over(
             }
             events.hand_over(client_id);
         }
-        let (done, written) = oneshot::channel();
-        if spool.send(Spool::Flush(done)).await.is_ok() {
-            let _ = tokio::time::timeout(HANDOVER_TIMEOUT, written).await;
-        }
+        flush_spool(&spool).await;
         if let Some(reply) = request.reply {
             let _ = client.publish(reply, Bytes::new()).await;
         }
     }
+}
+
+/// Waits until what was spooled before is written, or [`HANDOVER_TIMEOUT`] passed: a spool
+/// full behind a stalled database makes even the asking wait, so the bound covers both.
+pub async fn flush_spool(spool: &mpsc::Sender<Spool>) {
+    let (done, written) = oneshot::channel();
+    let _ = tokio::time::timeout(HANDOVER_TIMEOUT, async {
+        if spool.send(Spool::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    })
+    .await;
 }

@@ -7,7 +7,7 @@
 //! dropped here, which the survivors say, for an operator in the middle of a rolling upgrade.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -101,6 +101,8 @@ pub async fn leave(pool: &PgPool, node: &str) -> Result<(), sqlx::Error> {
 pub struct Headcount {
     live: AtomicUsize,
     other_frames: AtomicUsize,
+    /// Passes that failed or did not finish within the database timeout.
+    failures: AtomicU64,
 }
 
 impl Default for Headcount {
@@ -108,6 +110,7 @@ impl Default for Headcount {
         Self {
             live: AtomicUsize::new(1),
             other_frames: AtomicUsize::new(0),
+            failures: AtomicU64::new(0),
         }
     }
 }
@@ -121,6 +124,12 @@ impl Headcount {
     /// Live nodes that send another frame version than this node's (see [`Census`]).
     pub fn other_frames(&self) -> usize {
         self.other_frames.load(Ordering::Relaxed)
+    }
+
+    /// Heartbeats not written: past [`DEAD_AFTER`] of them, the others take this node for
+    /// dead while it still serves.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 }
 
@@ -139,11 +148,13 @@ pub async fn run(
     // Nodes of another frame version already reported, so each is reported once.
     let mut reported = std::collections::HashSet::new();
     loop {
-        let result = async {
+        // Bounded like any database call: a pass that hangs would leave this node silent
+        // without its knowing, and the others would bury it.
+        let pass = async {
             beat(&pool, &node).await?;
             bury(&pool, &node, &sessions).await
-        }
-        .await;
+        };
+        let result = sessions.bounded(pass).await;
         match result {
             Ok(census) => {
                 if failing {
@@ -182,6 +193,7 @@ pub async fn run(
                 }
             }
             Err(e) => {
+                headcount.failures.fetch_add(1, Ordering::Relaxed);
                 if !failing {
                     tracing::warn!(error = %e, "cannot write this node's heartbeat");
                 }

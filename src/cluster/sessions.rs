@@ -155,7 +155,8 @@ impl Sessions {
         }
     }
 
-    async fn bounded<T>(
+    /// `work`, given up after the database timeout.
+    pub(super) async fn bounded<T>(
         &self,
         work: impl Future<Output = Result<T, SessionError>>,
     ) -> Result<T, SessionError> {
@@ -485,6 +486,7 @@ async fn delete_queue(
 /// `shutdown`; then writes what is left.
 pub async fn write_spool(
     pool: PgPool,
+    timeout: Duration,
     mut spool: mpsc::Receiver<Spool>,
     lost: Arc<AtomicU64>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -532,9 +534,17 @@ pub async fn write_spool(
         }
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            if let Err(e) = append(&pool, &batch).await {
+            // Bounded, so that a stalled database costs the messages of one batch per
+            // timeout (counted), not every later one and every flush behind them; the pool's
+            // statement_timeout makes sure a batch given up does not commit later.
+            let failed = match tokio::time::timeout(timeout, append(&pool, &batch)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("the database did not answer within {timeout:?}")),
+            };
+            if let Some(error) = failed {
                 lost.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(error = %e, messages = n, "messages queued for offline sessions could not be stored");
+                tracing::warn!(%error, messages = n, "messages queued for offline sessions could not be stored");
             }
             batch.clear();
         }

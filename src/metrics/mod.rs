@@ -79,6 +79,8 @@ pub struct ClusterCounters {
     pub slow_consumer_events: Counter,
     pub malformed: Counter,
     pub other_version: Counter,
+    pub queued_lost: Counter,
+    pub heartbeat_failures: Counter,
 }
 
 impl ClusterCounters {
@@ -289,6 +291,16 @@ impl Metrics {
                 "retaind_cluster_other_version_messages",
                 "Publishes from nodes of a release that sends another frame version, dropped",
                 &c.other_version,
+            ),
+            (
+                "retaind_cluster_unstored_queued_messages",
+                "Messages for offline sessions not stored in Postgres (spool full, database failed or too slow)",
+                &c.queued_lost,
+            ),
+            (
+                "retaind_cluster_heartbeat_failures",
+                "Heartbeats not written within the store timeout; after 10 s of them the other nodes take this one for dead",
+                &c.heartbeat_failures,
             ),
         ] {
             r.register(name, help, counter.clone());
