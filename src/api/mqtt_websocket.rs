@@ -36,7 +36,7 @@ use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 
 use super::browser::cross_site;
 use super::{ApiError, ApiState, Peer};
-use crate::auth::{self, AuthError, Principal, SigV4Request};
+use crate::auth::{self, AuthError, Credential, Principal, SigV4Request};
 use crate::broker::{Broker, Remote, TransportIdentity};
 use crate::tcp::{AskToMove, MoveRequest};
 
@@ -79,7 +79,7 @@ pub async fn upgrade(
     // A certificate only exists over TLS, so this server's origin is https.
     let client_cert = client_cert.filter(|_| !cross_site(&headers, "https"));
     remote.identity = match presigned_principal(&state, &method, &uri, &headers) {
-        Ok(Some(principal)) => Some(TransportIdentity::Signed(principal)),
+        Ok(Some((principal, key))) => Some(TransportIdentity::Signed(principal, key)),
         Ok(None) => client_cert.map(TransportIdentity::ClientCert),
         Err(err) => {
             // The kind only: the cause could quote the credentials the client sent.
@@ -105,14 +105,15 @@ pub async fn upgrade(
         })
 }
 
-/// The principal a presigned upgrade URL names, once its signature checks out; `None` when the
-/// query carries no signature or principals are not configured (the CONNECT decides then).
+/// The principal a presigned upgrade URL names, with its access key, once its signature checks
+/// out; `None` when the query carries no signature or principals are not configured (the
+/// CONNECT decides then).
 fn presigned_principal(
     state: &ApiState,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Result<Option<Arc<Principal>>, AuthError> {
+) -> Result<Option<(Arc<Principal>, Credential)>, AuthError> {
     if !state.auth.is_enabled() || !auth::is_presigned(uri.query()) {
         return Ok(None);
     }
@@ -124,7 +125,8 @@ fn presigned_principal(
         // An upgrade request has no body.
         payload_sha256: Sha256::digest(b"").into(),
     };
-    state.auth.verify_sigv4(&req, SystemTime::now()).map(Some)
+    let (principal, key) = state.auth.verify_sigv4_with_key(&req, SystemTime::now())?;
+    Ok(key.map(|key| (principal, key)))
 }
 
 /// `move_request` moves the socket under the upgrade with the connection, when a large

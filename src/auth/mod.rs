@@ -80,7 +80,8 @@ struct Inner {
 }
 
 /// The credential a request was authenticated with, kept by what outlives the request (a
-/// watch) to check it again after a reload: [`Authenticator::holder`].
+/// watch, an MQTT connection let in by a presigned URL) to check it again after a reload:
+/// [`Authenticator::holder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     /// A SigV4 access key id.

@@ -62,6 +62,7 @@ where
         refuse(framed, ConnectAckReason::ServerBusy).await;
         return None;
     };
+    let credential = identity.as_ref().and_then(TransportIdentity::credential);
     let principal = match authenticate(&broker, &connect, &key, identity, source).await {
         Ok(principal) => principal,
         Err(reason) => {
@@ -145,6 +146,7 @@ where
         v5,
         key,
         principal,
+        credential,
         will,
         session_expiry: connect.session_expiry_interval_secs,
         problem_info: connect.request_problem_info,

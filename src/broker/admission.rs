@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::handle::Broker;
 use super::known_credentials::Known;
 use super::password_checks::{PasswordChecks, REFUSAL_DELAY};
-use crate::auth::{Action, AuthError, Principal};
+use crate::auth::{Action, AuthError, Credential, Principal};
 use crate::metrics::AuthFailure;
 use crate::mqtt::{self, ConnectAckReason};
 use crate::tls::CertFingerprint;
@@ -22,8 +22,21 @@ pub enum TransportIdentity {
     /// or WSS): worth the principal whose `client_cert_sha256` it is, if any.
     ClientCert(CertFingerprint),
     /// A principal whose SigV4 signature the WebSocket upgrade request carried in its query (a
-    /// presigned `/mqtt` URL), already verified by the HTTP layer.
-    Signed(Arc<Principal>),
+    /// presigned `/mqtt` URL), already verified by the HTTP layer, with the access key that
+    /// signed it.
+    Signed(Arc<Principal>, Credential),
+}
+
+impl TransportIdentity {
+    /// The credential that let the connection in and that a reload must find still the
+    /// principal's: the signing access key. A client certificate needs none, being among the
+    /// principal's MQTT credentials ([`Principal::same_mqtt_credentials`]).
+    pub(super) fn credential(&self) -> Option<Credential> {
+        match self {
+            Self::Signed(_, key) => Some(key.clone()),
+            Self::ClientCert(_) => None,
+        }
+    }
 }
 
 /// Checks CONNECT's credentials when principals are configured ([MQTT-3.1.4-2]: the server
@@ -45,7 +58,7 @@ pub(super) async fn authenticate(
     }
     let by_transport = identity.and_then(|identity| match identity {
         TransportIdentity::ClientCert(digest) => auth.verify_client_cert(&digest).ok(),
-        TransportIdentity::Signed(principal) => Some(principal),
+        TransportIdentity::Signed(principal, _) => Some(principal),
     });
     if let Some(principal) = &by_transport
         && connect.username.is_none()

@@ -25,7 +25,7 @@ use super::settling::{Settled, Settling};
 use super::subscribe::{self, Subscriber};
 use super::wake::Wake;
 use super::will::Will;
-use crate::auth::Principal;
+use crate::auth::{Credential, Principal};
 use crate::cluster::Restored;
 use crate::metrics::DropReason;
 use crate::mqtt::{
@@ -67,6 +67,9 @@ pub(super) struct Joined {
     pub v5: bool,
     pub key: ClientKey,
     pub principal: Option<Arc<Principal>>,
+    /// The credential besides its MQTT ones that let it in (see
+    /// [`TransportIdentity::credential`](super::admission::TransportIdentity::credential)).
+    pub credential: Option<Credential>,
     pub will: Option<Will>,
     pub session_expiry: u32,
     pub problem_info: bool,
@@ -119,6 +122,7 @@ impl Client {
             v5,
             key,
             principal,
+            credential,
             will,
             session_expiry,
             problem_info,
@@ -129,8 +133,9 @@ impl Client {
         } = joined;
         let cfg = broker.config().clone();
         let attached = broker.attach(key.clone(), clean_start, principal.clone(), claim, restored);
+        attached.session.set_credential(credential);
         // Authenticated under principals a reload has just replaced: judged as the reload
-        // judges the sessions it finds (see `reauthorize`).
+        // judges the sessions it finds (see `reauthorize`), credential included.
         if broker.reauthorize_session(&attached.session) == Some(false) {
             attached.session.revoke();
         }

@@ -1,6 +1,7 @@
 //! After the principals are reloaded (`Authenticator::reload`), the connections and sessions
 //! authenticated under the old ones: each goes on under its principal's new entry (same name,
-//! same MQTT credentials), or its connection closes.
+//! same MQTT credentials, and the access key of the presigned URL it came through, if any),
+//! or its connection closes.
 
 use std::sync::Arc;
 
@@ -51,6 +52,15 @@ impl Broker {
         let Some(new) = standing(self, &old) else {
             return Some(false);
         };
+        // Let in by a presigned URL: its access key must still be the principal's.
+        if let Some(credential) = session.credential()
+            && !self
+                .auth()
+                .holder(&credential)
+                .is_some_and(|holder| Arc::ptr_eq(&holder, &new))
+        {
+            return Some(false);
+        }
         if !Arc::ptr_eq(&old, &new) {
             session.replace_principal(&old, new);
         }

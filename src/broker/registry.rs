@@ -14,7 +14,7 @@ use super::deferred::{Locked, Place, StateGuard};
 use super::message::{Delivery, Message};
 use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
 use super::wake::Wake;
-use crate::auth::{Action, Principal};
+use crate::auth::{Action, Credential, Principal};
 use crate::cluster::{Adopted, Queued, StoredSubscription};
 use crate::cluster::{Cluster, Outgoing, Restored, TakeOver};
 use crate::metrics::Metrics;
@@ -70,6 +70,9 @@ pub(super) struct Session {
     /// Who the attached (or last) connection authenticated as; `None` when auth is off.
     /// Read for every message routed and sent, so without a lock (see `deferred`).
     principal: ArcSwapOption<Principal>,
+    /// The attached connection's credential besides its MQTT ones (a presigned URL's access
+    /// key), which a reload must find still its principal's. Read only by reloads.
+    credential: Mutex<Option<Credential>>,
     /// The name of the principal that created the session (`None`: anonymous). Only that
     /// principal may resume it: its queue and subscriptions were granted to it.
     creator: Option<String>,
@@ -99,6 +102,7 @@ impl Session {
             connection: AtomicU64::new(0),
             link: Mutex::new(None),
             principal: ArcSwapOption::empty(),
+            credential: Mutex::new(None),
             claim: AtomicU64::new(0),
             moved: AtomicU8::new(0),
             cluster: of.cluster.clone(),
@@ -158,6 +162,21 @@ impl Session {
 
     fn set_principal(&self, principal: Option<Arc<Principal>>) {
         self.principal.store(principal);
+    }
+
+    /// Set by the attached connection, right after [`Sessions::attach`] cleared it.
+    pub fn set_credential(&self, credential: Option<Credential>) {
+        *self
+            .credential
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = credential;
+    }
+
+    pub fn credential(&self) -> Option<Credential> {
+        self.credential
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn link(&self) -> std::sync::MutexGuard<'_, Option<(CancellationToken, DisconnectReasonCode)>> {
@@ -342,6 +361,8 @@ impl Sessions {
         state.requeue_ahead(back);
         drop(state);
         session.set_principal(principal);
+        // The earlier connection's; the new one sets its own.
+        session.set_credential(None);
         let stop = shutdown.child_token();
         *session.link() = Some((stop.clone(), DisconnectReasonCode::ServerShuttingDown));
         session.claim.store(claim, Ordering::Release);

@@ -37,13 +37,19 @@ pub struct TakeOver {
 impl Claims {
     /// The cluster's pool, shared with sessions and heartbeats. Its sessions end any
     /// statement, or transaction left idle, that outlives `timeout`: a call given up at its
-    /// deadline must not go on holding locks, or commit later than its caller believes.
+    /// deadline must not go on holding locks, or commit later than its caller believes (a
+    /// claim committed late would take the id from a newer connection).
+    ///
+    /// The database ends a statement a little before the caller would give up on it, so that
+    /// the caller usually gets the error and the connection stays usable. A call dropped
+    /// while its statement runs leaves the connection to be closed, since its late error
+    /// would be the next call's, and then the next call pays for a new connection.
     pub async fn open(url: &str, timeout: Duration) -> Result<Self, sqlx::Error> {
         // Whole milliseconds, at least one: 0 would mean no limit.
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
+        let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128);
         let options = url.parse::<sqlx::postgres::PgConnectOptions>()?.options([
-            ("statement_timeout", ms),
-            ("idle_in_transaction_session_timeout", ms),
+            ("statement_timeout", ms(timeout.mul_f64(0.9))),
+            ("idle_in_transaction_session_timeout", ms(timeout)),
         ]);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)

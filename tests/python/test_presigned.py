@@ -8,6 +8,7 @@ import base64
 import http.client
 import json
 import queue
+import signal
 import time
 import urllib.error
 import urllib.parse
@@ -287,3 +288,56 @@ def test_a_bad_presigned_websocket_url_refuses_the_upgrade(ws_server, how):
         assert response.headers["x-amzn-ErrorType"].startswith("ForbiddenException")
     finally:
         connection.close()
+
+
+def reload(server, tmp_path, times):
+    """SIGHUP, then waits for the `times`-th successful reload in the log."""
+    server.process.send_signal(signal.SIGHUP)
+    log = tmp_path / "retaind.stderr"
+    deadline = time.monotonic() + TIMEOUT_S
+    while log.read_text().count("reloaded: the principals") < times:
+        assert time.monotonic() < deadline, f"no reload in the log:\n{log.read_text()}"
+        time.sleep(0.05)
+
+
+def published(client, topic):
+    """Whether `client` can still publish at QoS 1 (its PUBACK arrives)."""
+    info = client.publish(topic, b"x", qos=1)
+    info.wait_for_publish(timeout=TIMEOUT_S)
+    return info.is_published()
+
+
+def test_a_reload_that_takes_the_access_key_away_closes_the_presigned_connection(ws_server,
+                                                                                tmp_path):
+    """A presigned URL lets its connection in by its access key, not by MQTT credentials: a
+    reload that keeps the principal but takes the key from it closes the connection, as one
+    that changes a password closes those that used it. Keeping the key keeps it, and a
+    connection of another principal is left alone."""
+    signed, reason = connect_ws(ws_server, presigned_mqtt_path(ws_server))
+    assert not reason.is_failure, reason
+    by_password, reason = connect_ws(ws_server, ws_server.ws_path, "other", OTHER_PASSWORD)
+    assert not reason.is_failure, reason
+    closed = queue.Queue()
+    signed.on_disconnect = lambda *_: closed.put("signed")
+    by_password.on_disconnect = lambda *_: closed.put("by password")
+    config = tmp_path / "auth.toml"
+    # As written (a password hashed again would count as changed).
+    in_force = config.read_text()
+    try:
+        # The same principals read again: every one is a new entry, and nothing closes.
+        config.write_text(in_force)
+        reload(ws_server, tmp_path, 1)
+        assert published(signed, "presigned/kept")
+        assert published(by_password, "presigned/other")
+        assert closed.empty()
+
+        # The key rotated: the connection it let in closes; the other stays.
+        config.write_text(in_force.replace(ACCESS_KEY_ID, "AKIDRETAINDROTATED01"))
+        reload(ws_server, tmp_path, 2)
+        assert closed.get(timeout=TIMEOUT_S) == "signed"
+        assert published(by_password, "presigned/still")
+        assert closed.empty()
+    finally:
+        for client in (signed, by_password):
+            client.disconnect()
+            client.loop_stop()
