@@ -373,7 +373,7 @@ async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_o
     })
     .await;
 
-    // One topic each, so each is its own NATS message: more than async-nats queues (2,048).
+    // One topic each, so each is its own NATS message: more than async-nats queues (256).
     let (mut filler, _) = Raw::connect(&a, &build::connect("filler", true, 60, None)).await;
     let burst: Vec<u8> = (0..5_000)
         .flat_map(|i| build::publish(&format!("fill/{i}"), 0, false, false, 0, None, b"x"))
@@ -381,7 +381,7 @@ async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_o
     filler.send(&burst).await;
     within("the forwarder to fill async-nats's queue", async {
         // A few of its places hold other commands.
-        while cluster(&a).stats().forwarded < 2_000 {
+        while cluster(&a).stats().forwarded < 250 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -427,20 +427,73 @@ async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_o
     }
 }
 
+/// While NATS is away, what waits for it is bounded by bytes, not only by count: of large
+/// publishes, those beyond 64 MiB (and the few hundred async-nats queues itself) are dropped
+/// and counted, and the rest go out once NATS is back.
+#[tokio::test]
+async fn while_nats_is_away_the_publishes_waiting_for_it_are_bounded_by_bytes() {
+    let mut nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut on_b, _) = V5::connect(v5_options(&b, "sub-b")).await;
+    on_b.subscribe("big/#", Qos5::AtMostOnce).await;
+    until_sends(&a, "big/x").await;
+    nats.stop().await;
+    within("A to notice that NATS is gone", async {
+        while cluster(&a).is_connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // 1,000 × 100 KiB: far fewer than the outbox's 16,384 places, but 100 MB.
+    const SENT: u64 = 1_000;
+    let payload = vec![b'x'; 100 << 10];
+    let (mut publisher, _) = Raw::connect(&a, &build::connect("big-pub", true, 60, None)).await;
+    for i in 0..SENT {
+        publisher
+            .send(&build::publish(
+                &format!("big/{i}"),
+                0,
+                false,
+                false,
+                0,
+                None,
+                &payload,
+            ))
+            .await;
+    }
+    publisher.send(&[0xC0, 0]).await;
+    publisher.expect(13).await;
+    let held = cluster(&a).stats();
+    // async-nats holds up to 256 of them (one NATS message each), the outbox 64 MiB: 671.
+    assert!(
+        (SENT - 256 - 671..SENT).contains(&held.dropped),
+        "dropped beyond the bytes allowed: {held:?}"
+    );
+
+    nats.restart().await;
+    within("what waited to go out", async {
+        loop {
+            let s = cluster(&a).stats();
+            if s.forwarded + s.dropped == SENT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// A database that stops answering in the middle of a heartbeat, without closing anything
 /// (a dead network), does not hold the heartbeat for good: each pass gives up at the store
 /// timeout and is counted, where an operator sees it, and the heartbeat is written again once
 /// the database answers.
 #[tokio::test]
 async fn a_heartbeat_the_database_does_not_answer_is_given_up_at_the_store_timeout() {
-    let nats = Nats::start().await;
-    let db = fresh_db(Backend::Postgres).await;
-    let direct = db.url.clone();
-    let proxy = Proxy::start(common::postgres_host_port(&db.url)).await;
-    let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
-    config.cluster_url = Some(nats.url());
-    config.store_timeout = Duration::from_millis(500);
-    let app = spawn_app_with(db, config).await;
+    let (_nats, app, proxy) = node_behind_proxy(Duration::from_millis(500)).await;
+    let direct = app.db.url.clone();
     assert_eq!(cluster(&app).stats().heartbeat_failures, 0);
 
     // Every heartbeat pass sends the node's id; whatever the database answers it is held.
@@ -482,33 +535,34 @@ async fn a_heartbeat_the_database_does_not_answer_is_given_up_at_the_store_timeo
     .await;
 }
 
-/// A write of offline sessions' messages that the database does not answer is given up at
-/// the store timeout and counted, so the writes behind it are not held back for good.
-#[tokio::test]
-async fn a_queue_write_the_database_does_not_answer_is_given_up_and_the_next_is_stored() {
+/// One node of a service, whose database is reached through a proxy the test can stall.
+async fn node_behind_proxy(store_timeout: Duration) -> (Nats, TestApp, Proxy) {
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
-    let direct = db.url.clone();
     let proxy = Proxy::start(common::postgres_host_port(&db.url)).await;
     let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
     config.cluster_url = Some(nats.url());
-    config.store_timeout = Duration::from_millis(500);
-    let app = spawn_app_with(db, config).await;
-    let (mut away, _) = Raw::connect(&app, &persistent("spool-stalled", true)).await;
-    away.send(&build::subscribe(1, "spool/#", 1, Some(&[])))
-        .await;
+    config.store_timeout = store_timeout;
+    (nats, spawn_app_with(db, config).await, proxy)
+}
+
+/// Makes `client`'s persistent session, subscribed to `filter` at QoS 1, and waits until it is
+/// recorded offline; returns a direct connection to the database.
+async fn offline_session(app: &TestApp, client: &str, filter: &str) -> sqlx::PgConnection {
+    let (mut away, _) = Raw::connect(app, &persistent(client, true)).await;
+    away.send(&build::subscribe(1, filter, 1, Some(&[]))).await;
     away.expect(9).await;
     away.send(&build::disconnect_v5(0)).await;
     assert!(away.until_closed().await.is_empty());
-    let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
+    let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
     within("the session to be recorded offline", async {
         loop {
-            let connected: Option<bool> = sqlx::query_scalar(
-                "SELECT connected FROM cluster_sessions WHERE client_id = 'spool-stalled'",
-            )
-            .fetch_optional(&mut db)
-            .await
-            .unwrap();
+            let connected: Option<bool> =
+                sqlx::query_scalar("SELECT connected FROM cluster_sessions WHERE client_id = $1")
+                    .bind(client)
+                    .fetch_optional(&mut db)
+                    .await
+                    .unwrap();
             if connected == Some(false) {
                 break;
             }
@@ -516,6 +570,72 @@ async fn a_queue_write_the_database_does_not_answer_is_given_up_and_the_next_is_
         }
     })
     .await;
+    db
+}
+
+/// While the database holds a write of offline sessions' messages, those waiting behind it
+/// are bounded by bytes, not only by count: of large messages, those beyond 64 MiB are
+/// dropped and counted, and the writes go on once the database answers.
+#[tokio::test]
+async fn while_the_database_holds_a_queue_write_the_messages_behind_it_are_bounded_by_bytes() {
+    // Longer than the test: the held write is not given up while it runs.
+    let (_nats, app, proxy) = node_behind_proxy(Duration::from_secs(60)).await;
+    let mut db = offline_session(&app, "spool-big", "big/#").await;
+    proxy.pause_after(b"spool-big");
+
+    // 1,000 × 100 KiB at QoS 1: far fewer than the spool's 65,536 places, but 100 MB.
+    const SENT: u64 = 1_000;
+    let payload = vec![b'x'; 100 << 10];
+    let (mut publisher, _) = Raw::connect(&app, &build::connect("big-pub", true, 60, None)).await;
+    for i in 0..SENT {
+        let pkid = u16::try_from(i % 60_000 + 1).unwrap();
+        publisher
+            .send(&build::publish(
+                "big/1", 1, false, false, pkid, None, &payload,
+            ))
+            .await;
+    }
+    publisher.send(&[0xC0, 0]).await;
+    within("the PINGRESP after the PUBACKs", async {
+        while publisher.recv().await.expect("open").kind() != 13 {}
+    })
+    .await;
+    // The held batch and those waiting behind it: 64 MiB, 655 frames of 100 KiB.
+    let lost = cluster(&app).stats().queued_lost;
+    assert!(
+        (SENT - 700..=SENT - 600).contains(&lost),
+        "{lost} lost of {SENT}"
+    );
+
+    proxy.resume();
+    publisher
+        .send(&build::publish("big/1", 1, false, false, 1, None, b"after"))
+        .await;
+    within("the next write to be stored", async {
+        loop {
+            let frames: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT frame FROM cluster_session_queue WHERE client_id = 'spool-big'",
+            )
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+            if frames.iter().any(|f| f.ends_with(b"after")) {
+                assert_eq!(frames.len() as u64, SENT - lost + 1);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// A write of offline sessions' messages that the database does not answer is given up at
+/// the store timeout and counted, so the writes behind it are not held back for good.
+#[tokio::test]
+async fn a_queue_write_the_database_does_not_answer_is_given_up_and_the_next_is_stored() {
+    let (_nats, app, proxy) = node_behind_proxy(Duration::from_millis(500)).await;
+    let direct = app.db.url.clone();
+    let mut db = offline_session(&app, "spool-stalled", "spool/#").await;
 
     // The queue's write names the client: the database takes it, and its answer is held.
     proxy.pause_after(b"spool-stalled");

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Error;
+use super::budget::{Budget, Weighed};
 use super::claims::{ClaimError, Claims, TakeOver};
 use super::frame::{self, Outgoing, Stamp};
 use super::inbox::{Events, Inbox};
@@ -26,13 +27,17 @@ use super::sessions::{
 };
 use crate::topic::{ClientKey, FilterSpec, SubscriptionTree, TopicLimits, TopicName};
 
-/// Messages for offline sessions waiting to be written to Postgres: beyond this many they
-/// are dropped (and counted), so a slow database never holds a publisher back.
+/// Messages for offline sessions waiting to be written to Postgres: beyond this many, or
+/// this many bytes of frames, they are dropped (and counted), so a slow database never holds
+/// a publisher back nor fills the node's memory.
 const SPOOL: usize = 64 * 1024;
+const SPOOL_BYTES: usize = 64 << 20;
 
-/// Publishes waiting for the NATS connection: beyond this many, a publish is not sent to the
-/// other nodes (and counted), so a stalled NATS never holds a publisher back.
+/// Publishes waiting for the NATS connection: beyond this many, or this many bytes of frames,
+/// a publish is not sent to the other nodes (and counted), so a stalled NATS never holds a
+/// publisher back nor fills the node's memory.
 const OUTBOX: usize = 16 * 1024;
+const OUTBOX_BYTES: usize = 64 << 20;
 
 /// How long a CONNECT that takes a client id over from another node waits to hand NATS the
 /// notice for it.
@@ -103,6 +108,7 @@ struct Inner {
     inbox: Arc<Inbox>,
     changes: mpsc::UnboundedSender<Change>,
     outbox: mpsc::Sender<(TopicName, Bytes)>,
+    outbox_bytes: Arc<Budget>,
     /// This node's part of every [`Stamp`] it gives.
     tag: u64,
     seq: AtomicU64,
@@ -118,6 +124,7 @@ struct Inner {
     members_here: RwLock<SubscriptionTree<()>>,
     sessions: Arc<Sessions>,
     spool: mpsc::Sender<Spool>,
+    spool_bytes: Arc<Budget>,
     /// Messages for offline sessions not stored (spool full, or the database refused).
     spool_lost: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -164,6 +171,7 @@ impl Cluster {
         let inbox = Arc::new(Inbox::new(config.topic_limits));
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let outbox_bytes = Arc::new(Budget::new(OUTBOX_BYTES));
         let forwarded = Arc::new(AtomicU64::new(0));
         let nats_messages = Arc::new(AtomicU64::new(0));
         let unannounced = Arc::new(AtomicU64::new(0));
@@ -197,11 +205,13 @@ impl Cluster {
             })?;
         tasks.spawn(loops::take_overs(notices, inbox.clone(), shutdown.clone()));
         let (spool, spool_rx) = mpsc::channel(SPOOL);
+        let spool_bytes = Arc::new(Budget::new(SPOOL_BYTES));
         let spool_lost = Arc::new(AtomicU64::new(0));
         tasks.spawn(sessions::write_spool(
             claims.pool().clone(),
             config.database_timeout,
             spool_rx,
+            spool_bytes.clone(),
             spool_lost.clone(),
             shutdown.clone(),
         ));
@@ -224,6 +234,7 @@ impl Cluster {
             client.clone(),
             config.prefix.clone(),
             outbox_rx,
+            outbox_bytes.clone(),
             forwarded.clone(),
             nats_messages.clone(),
             shutdown.clone(),
@@ -267,6 +278,7 @@ impl Cluster {
                 inbox,
                 changes,
                 outbox,
+                outbox_bytes,
                 tag,
                 seq: AtomicU64::new(0),
                 forwarded,
@@ -278,6 +290,7 @@ impl Cluster {
                 members_here: RwLock::new(SubscriptionTree::new()),
                 sessions,
                 spool,
+                spool_bytes,
                 spool_lost,
                 shutdown,
                 tasks,
@@ -387,14 +400,14 @@ impl Cluster {
             seq: inner.seq.fetch_add(1, Ordering::Relaxed),
         };
         let body = frame::encode(message, Some(stamp));
-        if inner
-            .outbox
-            .try_send((message.topic.clone(), body))
-            .is_err()
-            && inner
-                .dropped
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(10_000)
+        if !queue(
+            &inner.outbox,
+            &inner.outbox_bytes,
+            (message.topic.clone(), body),
+        ) && inner
+            .dropped
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(10_000)
         {
             tracing::warn!(
                 "publishes for other nodes are dropped: the NATS connection does not keep up or is down"
@@ -555,7 +568,7 @@ impl Cluster {
             retain,
             ids: subscription_ids,
         };
-        let sent = self.inner.spool.try_send(item).is_ok();
+        let sent = queue(&self.inner.spool, &self.inner.spool_bytes, item);
         if !sent {
             self.inner.spool_lost.fetch_add(1, Ordering::Relaxed);
         }
@@ -616,6 +629,20 @@ impl Inner {
     async fn spool_flush(&self) {
         loops::flush_spool(&self.spool).await;
     }
+}
+
+/// Sends `item` if its bytes fit `budget` and the channel has room; the receiver gives the
+/// bytes back.
+fn queue<T: Weighed>(channel: &mpsc::Sender<T>, budget: &Budget, item: T) -> bool {
+    let n = item.weight();
+    if !budget.take(n) {
+        return false;
+    }
+    if channel.try_send(item).is_err() {
+        budget.give_back(n);
+        return false;
+    }
+    true
 }
 
 /// A prefix is one NATS token and part of the bucket's name.

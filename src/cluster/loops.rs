@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::budget::Budget;
 use super::claims::TakeOver;
 use super::frame::Batch;
 use super::inbox::Inbox;
@@ -34,6 +35,7 @@ pub async fn send(
     client: async_nats::Client,
     prefix: String,
     mut outbox: mpsc::Receiver<(TopicName, Bytes)>,
+    bytes: Arc<Budget>,
     forwarded: Arc<AtomicU64>,
     nats_messages: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -42,6 +44,7 @@ pub async fn send(
         prefix: &prefix,
         publishes: &forwarded,
         messages: &nats_messages,
+        bytes: &bytes,
     };
     let mut next = None;
     loop {
@@ -73,6 +76,7 @@ async fn send_batch(
     first: Bytes,
     sent: &Sent<'_>,
 ) -> Option<(TopicName, Bytes)> {
+    let mut held = first.len();
     let mut batch = Batch::new(first);
     let mut next = None;
     while let Ok((t, frame)) = outbox.try_recv() {
@@ -80,11 +84,16 @@ async fn send_batch(
             next = Some((t, frame));
             break;
         }
+        held += frame.len();
         batch.push(&frame);
     }
     let count = batch.count() as u64;
     let subject = topic_subject(sent.prefix, &topic);
-    if client.publish(subject, batch.body()).await.is_ok() {
+    let published = client.publish(subject, batch.body()).await.is_ok();
+    // Held until async-nats took it: while NATS is away, what waits is counted here, bar
+    // the few hundred batches async-nats queues itself (`link::COMMANDS`).
+    sent.bytes.give_back(held);
+    if published {
         sent.publishes.fetch_add(count, Ordering::Relaxed);
         sent.messages.fetch_add(1, Ordering::Relaxed);
     }
@@ -97,6 +106,8 @@ struct Sent<'a> {
     prefix: &'a str,
     publishes: &'a AtomicU64,
     messages: &'a AtomicU64,
+    /// The outbox's bytes, given back as the frames leave it for async-nats.
+    bytes: &'a Budget,
 }
 
 /// Hands take-over notices for this node to the broker.

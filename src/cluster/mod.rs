@@ -7,6 +7,7 @@
 //! holder told over NATS to let go (`claims`).
 
 mod bucket;
+mod budget;
 mod claims;
 mod frame;
 mod handle;

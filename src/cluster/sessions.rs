@@ -124,6 +124,15 @@ pub enum Spool {
     Flush(oneshot::Sender<()>),
 }
 
+impl super::budget::Weighed for Spool {
+    fn weight(&self) -> usize {
+        match self {
+            Spool::Append { queued, .. } => queued.len(),
+            Spool::Flush(_) => 0,
+        }
+    }
+}
+
 fn outgoing(m: &Routed, expires_at_ms: Option<i64>) -> Outgoing<'_> {
     Outgoing {
         topic: &m.topic,
@@ -488,6 +497,7 @@ pub async fn write_spool(
     pool: PgPool,
     timeout: Duration,
     mut spool: mpsc::Receiver<Spool>,
+    bytes: Arc<super::budget::Budget>,
     lost: Arc<AtomicU64>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -546,6 +556,8 @@ pub async fn write_spool(
                 lost.fetch_add(n, Ordering::Relaxed);
                 tracing::warn!(%error, messages = n, "messages queued for offline sessions could not be stored");
             }
+            // Given back once written (or lost): a batch in flight is held too.
+            bytes.give_back(batch.iter().map(|r| r.1.len()).sum());
             batch.clear();
         }
         for done in flushes.drain(..) {
