@@ -573,6 +573,41 @@ async fn offline_session(app: &TestApp, client: &str, filter: &str) -> sqlx::PgC
     db
 }
 
+/// An offline session's queue in Postgres is held to `--mqtt-max-queued-bytes` as well as to
+/// its count, as one in memory is: it all comes back into memory when the client returns.
+#[tokio::test]
+async fn an_offline_sessions_queue_in_postgres_is_held_to_the_byte_limit() {
+    let (_nats, app, _proxy) = node_behind_proxy(Duration::from_secs(5)).await;
+    let _db = offline_session(&app, "bytes-away", "bytes/#").await;
+    // 200 × 100 KiB, far fewer than the 10,000 messages allowed: 16 MiB holds 163.
+    let payload = vec![b'x'; 100 << 10];
+    let (mut publisher, _) = V5::connect(v5_options(&app, "bytes-pub")).await;
+    for i in 0..200u8 {
+        let mut p = payload.clone();
+        p[0] = i;
+        publisher
+            .publish("bytes/1", Qos5::AtLeastOnce, false, &p)
+            .await;
+    }
+    until_queued(&app, "bytes-away", 163).await;
+    // Written in order: once a later message is stored, none of the 200 is still on its way.
+    publisher
+        .publish("bytes/1", Qos5::AtLeastOnce, false, b"small")
+        .await;
+    until_queued(&app, "bytes-away", 164).await;
+
+    let (mut back, ack) = Raw::connect(&app, &persistent("bytes-away", false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    let got = payloads(&mut back, 164).await;
+    let firsts: Vec<u8> = got[..163].iter().map(|p| p[0]).collect();
+    assert_eq!(
+        firsts,
+        (0..163).collect::<Vec<u8>>(),
+        "the first 163, in order"
+    );
+    assert_eq!(got[163], b"small");
+}
+
 /// While the database holds a write of offline sessions' messages, those waiting behind it
 /// are bounded by bytes, not only by count: of large messages, those beyond 64 MiB are
 /// dropped and counted, and the writes go on once the database answers.

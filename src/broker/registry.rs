@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::deferred::{Locked, Place, StateGuard};
 use super::message::{Delivery, Message};
-use super::session::{Enqueued, SessionLimits, SessionState, SubOptions};
+use super::session::{Enqueued, SessionLimits, SessionState, Stored, SubOptions};
 use super::wake::Wake;
 use crate::auth::{Action, Credential, Principal};
 use crate::cluster::{Adopted, Queued, StoredSubscription};
@@ -418,7 +418,7 @@ impl Sessions {
             if kept {
                 // Its queue moves to Postgres, where any node can take it up.
                 let mut state = session.state();
-                for d in state.start_spooling(0) {
+                for d in state.start_spooling(Stored::default()) {
                     spool(cluster, &session.key, &d);
                 }
             }
@@ -483,7 +483,7 @@ impl Sessions {
         drop(registry);
         if keep_queue && let Some(cluster) = &self.cluster {
             let mut state = session.state();
-            for d in state.start_spooling(0) {
+            for d in state.start_spooling(Stored::default()) {
                 spool(cluster, &session.key, &d);
             }
         }
@@ -580,7 +580,7 @@ impl Sessions {
         session.moved.store(MOVED_RESUMED, Ordering::Release);
         if let Some(cluster) = &self.cluster {
             let mut state = session.state();
-            for d in state.start_spooling(0) {
+            for d in state.start_spooling(Stored::default()) {
                 spool(cluster, &session.key, &d);
             }
         }
@@ -602,7 +602,10 @@ impl Sessions {
         }
         let session = Arc::new(Session::new(a.client_id.clone(), a.creator.clone(), self));
         // Never attached: its "connection" is 0, which `expire` and `resumed_since` check.
-        let _ = session.state().start_spooling(a.queued);
+        let _ = session.state().start_spooling(Stored {
+            messages: a.queued,
+            bytes: a.queued_bytes,
+        });
         registry
             .sessions
             .insert(a.client_id.clone(), session.clone());

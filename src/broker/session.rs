@@ -118,11 +118,20 @@ pub struct SessionState {
 enum Spool {
     /// Here, in memory (online, or a single node).
     Off,
-    /// To Postgres, which holds this many already.
-    On(usize),
+    /// To Postgres, which holds this much already.
+    On(Stored),
     /// Here again while a connection on this node takes the queue back from Postgres, which
-    /// holds this many: what arrives meanwhile stays behind them, in order.
-    Paused(usize),
+    /// holds this much: what arrives meanwhile stays behind them, in order.
+    Paused(Stored),
+}
+
+/// An offline session's queue in Postgres, held to the same limits as one in memory: it all
+/// comes back into memory when its client returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub messages: usize,
+    /// Payload bytes (for a session adopted from another node, the stored frames' bytes).
+    pub bytes: usize,
 }
 
 impl SessionState {
@@ -144,7 +153,7 @@ impl SessionState {
     /// The client is away and its session outlives this node: from now on its queue is kept
     /// in Postgres. Returns what waited here, unacknowledged messages first, to be stored
     /// there in this order; `already` were stored before (an adopted session).
-    pub fn start_spooling(&mut self, already: usize) -> Vec<Delivery> {
+    pub fn start_spooling(&mut self, already: Stored) -> Vec<Delivery> {
         let mut waiting: Vec<Delivery> = self
             .inflight
             .drain(..)
@@ -154,7 +163,14 @@ impl SessionState {
         self.in_use.clear();
         waiting.extend(self.queue.drain(..));
         self.queued_bytes = 0;
-        self.spool = Spool::On(already + waiting.len());
+        self.spool = Spool::On(Stored {
+            messages: already.messages + waiting.len(),
+            bytes: already.bytes
+                + waiting
+                    .iter()
+                    .map(|d| d.message.payload.len())
+                    .sum::<usize>(),
+        });
         waiting
     }
 
@@ -238,21 +254,24 @@ impl SessionState {
             self.dropped.offline += 1;
             return Enqueued::Dropped;
         }
+        let size = delivery.message.payload.len();
         let stored = match &mut self.spool {
             Spool::On(stored) => {
-                if *stored >= self.limits.max_queued {
+                if stored.messages >= self.limits.max_queued
+                    || stored.bytes + size > self.limits.max_queued_bytes
+                {
                     self.dropped.queue_full += 1;
                     return Enqueued::Dropped;
                 }
-                *stored += 1;
+                stored.messages += 1;
+                stored.bytes += size;
                 return Enqueued::Spool(delivery);
             }
             Spool::Paused(stored) => *stored,
-            Spool::Off => 0,
+            Spool::Off => Stored::default(),
         };
-        let size = delivery.message.payload.len();
-        let full = self.queue.len() + stored >= self.limits.max_queued
-            || self.queued_bytes + size > self.limits.max_queued_bytes;
+        let full = self.queue.len() + stored.messages >= self.limits.max_queued
+            || self.queued_bytes + stored.bytes + size > self.limits.max_queued_bytes;
         if full {
             if online {
                 // QoS 0 only: a QoS 1 or 2 message is handed back (`Full`).
@@ -624,7 +643,7 @@ mod tests {
     #[test]
     fn a_paused_spool_keeps_new_messages_behind_the_stored_ones_within_the_limit() {
         let mut s = state(3);
-        assert!(s.start_spooling(0).is_empty());
+        assert!(s.start_spooling(Stored::default()).is_empty());
         assert!(matches!(
             s.enqueue(delivery("stored", Qos::AtLeastOnce), false),
             Enqueued::Spool(_)
@@ -651,9 +670,41 @@ mod tests {
     }
 
     #[test]
+    fn a_spooled_queue_is_held_to_the_byte_limit_too() {
+        let mut s = SessionState::new(SessionLimits {
+            max_queued: 100,
+            max_queued_bytes: 10,
+        });
+        // Adopted with 6 bytes stored: 4 more fit, 5 do not.
+        let _ = s.start_spooling(Stored {
+            messages: 1,
+            bytes: 6,
+        });
+        assert!(matches!(
+            s.enqueue(delivery("12345", Qos::AtLeastOnce), false),
+            Enqueued::Dropped
+        ));
+        assert!(matches!(
+            s.enqueue(delivery("1234", Qos::AtLeastOnce), false),
+            Enqueued::Spool(_)
+        ));
+        assert!(matches!(
+            s.enqueue(delivery("1", Qos::AtLeastOnce), false),
+            Enqueued::Dropped
+        ));
+        // Paused, what waits here counts with what is stored.
+        assert!(s.pause_spooling());
+        assert!(matches!(
+            s.enqueue(delivery("1", Qos::AtLeastOnce), false),
+            Enqueued::Dropped
+        ));
+        assert_eq!(s.dropped.queue_full, 3);
+    }
+
+    #[test]
     fn a_failed_resume_spools_what_waited_after_what_is_stored() {
         let mut s = state(3);
-        let _ = s.start_spooling(0);
+        let _ = s.start_spooling(Stored::default());
         let _ = s.enqueue(delivery("stored", Qos::AtLeastOnce), false);
         assert!(s.pause_spooling());
         let _ = s.enqueue(delivery("new", Qos::AtLeastOnce), false);

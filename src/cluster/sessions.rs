@@ -97,8 +97,9 @@ pub struct Adopted {
     /// The Will of a client that was connected when its node died: to be published now,
     /// after its delay.
     pub will: Option<StoredWill>,
-    /// Messages already queued for it.
+    /// Messages already queued for it, and their frames' bytes.
     pub queued: usize,
+    pub queued_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -433,7 +434,10 @@ impl Sessions {
              RETURNING s.client_id, s.creator, s.expiry_secs, s.subscriptions, o.connected, \
                o.will, o.will_expiry_secs, o.will_delay_secs, o.will_owner, o.will_owner_max, \
                o.away, \
-               (SELECT count(*) FROM cluster_session_queue q WHERE q.client_id = s.client_id)",
+               (SELECT count(*) FROM cluster_session_queue q \
+                WHERE q.client_id = s.client_id) AS queued, \
+               (SELECT coalesce(sum(octet_length(q.frame)), 0)::int8 FROM cluster_session_queue q \
+                WHERE q.client_id = s.client_id) AS queued_bytes",
         )
         .bind(node)
         .fetch_all(&mut **tx)
@@ -457,6 +461,7 @@ impl Sessions {
                 subscriptions: serde_json::from_value(r.subscriptions.clone()).unwrap_or_default(),
                 will,
                 queued: usize::try_from(r.queued).unwrap_or(0),
+                queued_bytes: usize::try_from(r.queued_bytes).unwrap_or(0),
             });
         }
         Ok(adopted)
@@ -476,8 +481,8 @@ struct AdoptRow {
     will_owner: Option<String>,
     will_owner_max: Option<i64>,
     away: f64,
-    #[sqlx(rename = "count")]
     queued: i64,
+    queued_bytes: i64,
 }
 
 async fn delete_queue(
