@@ -166,3 +166,59 @@ async fn retaind_waits_at_start_for_a_database_that_comes_up() {
     let app = starting.await.unwrap();
     app.retain("after", "v").await;
 }
+
+/// While the store does not answer, a connection stops reading once its publishes waiting for
+/// the store hold 4 MiB of payload (or 1,024 publishes): a client cannot make the broker hold
+/// a thousand of the largest messages. Once the store answers, every one is stored and
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_waiting_for_a_stalled_store_is_not_read_past_4_mib() {
+    use common::mqtt::raw::{Raw, build};
+    use tokio::io::AsyncWriteExt;
+
+    let db = fresh_db(Backend::Postgres).await;
+    let proxy = Proxy::start(postgres_host_port(&db.url)).await;
+    let mut config = test_config(&postgres_url_via(&db.url, proxy.addr));
+    // Longer than the test: the held writes are not given up while it runs.
+    config.store_timeout = Duration::from_secs(60);
+    let app = spawn_app_with(db, config).await;
+    let (mut raw, _) = Raw::connect(&app, &build::connect("big", true, 60, None)).await;
+
+    proxy.pause();
+    // 500 retained publishes of 100 KiB: 50 MiB, each waiting for the store.
+    const SENT: u16 = 500;
+    let payload = vec![b'x'; 100 << 10];
+    let all: Vec<u8> = (1..=SENT)
+        .flat_map(|i| build::publish(&format!("big/{i}"), 1, true, false, i, None, &payload))
+        .collect();
+    let mut taken = 0;
+    while taken < all.len() {
+        // A write that times out wrote nothing.
+        let write = raw.stream_mut().write(&all[taken..]);
+        match tokio::time::timeout(Duration::from_millis(500), write).await {
+            Ok(Ok(n)) => taken += n,
+            Ok(Err(e)) => panic!("the server closed the connection: {e}"),
+            Err(_) => break,
+        }
+    }
+    // 4 MiB read, plus what the two sockets' buffers hold.
+    assert!(
+        taken < 30 << 20,
+        "{} MiB taken while the store stalls",
+        taken >> 20
+    );
+
+    proxy.resume();
+    common::mqtt::within(
+        "the rest to be taken",
+        raw.stream_mut().write_all(&all[taken..]),
+    )
+    .await
+    .unwrap();
+    for _ in 0..SENT {
+        let ack = common::mqtt::within("a PUBACK", raw.expect(4)).await;
+        assert_eq!(ack.ack_reason(), 0, "stored: {ack:?}");
+    }
+    let last = app.get(&format!("/retainedMessage/big/{SENT}")).await;
+    assert_eq!(last.status(), 200);
+}

@@ -533,6 +533,11 @@ impl Client {
         self.pending.len()
     }
 
+    /// The payload bytes of the publishes [`Client::waiting`].
+    pub fn waiting_bytes(&self) -> usize {
+        self.pending.bytes()
+    }
+
     pub fn waits(&mut self) -> Waits<'_> {
         Waits {
             stop: &self.stop,

@@ -29,9 +29,11 @@ use crate::metrics::Metrics;
 use crate::mqtt::{self, Disconnect, DisconnectReasonCode, Framed, Packet};
 use crate::tcp::Rehome;
 
-/// Inbound publishes waiting for the store before they are acknowledged and routed. Past
-/// this the connection stops reading: a client cannot queue unbounded work.
+/// Inbound publishes waiting for the store before they are acknowledged and routed, and
+/// their payload bytes. Past either the connection stops reading: a client cannot queue
+/// unbounded work, nor, while the store stalls, a thousand of the largest messages.
 const MAX_PENDING: usize = 1024;
+const MAX_PENDING_BYTES: usize = 4 << 20;
 /// Packets handled back to back before the answers are flushed.
 const READ_BURST: usize = 64;
 /// Flush once this much is buffered, so a long drain does not build a large buffer.
@@ -257,7 +259,7 @@ where
                     None => std::future::pending().await,
                 }
             };
-            let readable = self.client.waiting() < MAX_PENDING;
+            let readable = self.may_read();
             let Waits {
                 stop,
                 settling,
@@ -296,10 +298,16 @@ where
         read
     }
 
+    /// Whether another packet may be read: the publishes waiting for the store are within
+    /// both bounds.
+    fn may_read(&self) -> bool {
+        self.client.waiting() < MAX_PENDING && self.client.waiting_bytes() < MAX_PENDING_BYTES
+    }
+
     async fn apply_burst(&mut self, first: Packet) -> Result<(), End> {
         self.apply(first).await?;
         for _ in 0..READ_BURST {
-            if self.client.waiting() >= MAX_PENDING {
+            if !self.may_read() {
                 break;
             }
             match self.framed.recv().now_or_never() {

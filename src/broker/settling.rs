@@ -28,9 +28,9 @@ pub(super) struct Settled {
     pub result: Result<(), store::Error>,
 }
 
-/// Publishes waiting for the store, in arrival order.
+/// Publishes waiting for the store, in arrival order, and their payload bytes.
 #[derive(Default)]
-pub(super) struct Settling(FuturesOrdered<BoxFuture<'static, Settled>>);
+pub(super) struct Settling(FuturesOrdered<BoxFuture<'static, Settled>>, usize);
 
 impl Settling {
     /// A publish that waits for nothing and routes nothing, acknowledged with `reason` (and
@@ -56,6 +56,7 @@ impl Settling {
         condition: Option<Condition>,
         committed: Option<impl Future<Output = Result<(), store::Error>> + Send + 'static>,
     ) {
+        self.1 += message.payload.len();
         self.0.push_back(Box::pin(async move {
             let result = match committed {
                 Some(committed) => committed.await,
@@ -76,13 +77,26 @@ impl Settling {
         self.0.len()
     }
 
+    /// The payload bytes of the publishes waiting.
+    pub fn bytes(&self) -> usize {
+        self.1
+    }
+
+    fn left(&mut self, settled: Option<Settled>) -> Option<Settled> {
+        if let Some(m) = settled.as_ref().and_then(|s| s.message.as_ref()) {
+            self.1 -= m.payload.len();
+        }
+        settled
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// The next publish whose store write is done; never, when none waits. Cancel-safe.
     pub async fn next(&mut self) -> Settled {
-        match self.0.next().await {
+        let next = self.0.next().await;
+        match self.left(next) {
             Some(settled) => settled,
             None => std::future::pending().await,
         }
@@ -90,12 +104,14 @@ impl Settling {
 
     /// The next publish, if its store write is already done.
     pub fn next_now(&mut self) -> Option<Settled> {
-        self.0.next().now_or_never().flatten()
+        let next = self.0.next().now_or_never().flatten();
+        self.left(next)
     }
 
     /// The next publish, once its store write is done; `None` when none waits.
     pub async fn drain(&mut self) -> Option<Settled> {
-        self.0.next().await
+        let next = self.0.next().await;
+        self.left(next)
     }
 }
 

@@ -314,6 +314,11 @@ impl Raw {
         &self.stream
     }
 
+    /// For a test that writes in pieces of its own, to see how much the server takes.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
     /// Writes `bytes`; a write refused because the server already closed is not an error here,
     /// since what the server answered is read with [`Raw::recv`].
     pub async fn send(&mut self, bytes: &[u8]) {
