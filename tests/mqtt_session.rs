@@ -337,3 +337,65 @@ async fn session_ends_after_its_expiry_interval_publishing_a_longer_delayed_will
     let (_raw, ack) = Raw::connect(&app, &persistent_connect("se", false)).await;
     assert_eq!(ack.body[0], 0, "the session should have ended");
 }
+
+/// A node with `--mqtt-max-session-expiry 1`.
+async fn app_keeping_sessions_one_second() -> TestApp {
+    let db = common::fresh_db(Backend::Postgres).await;
+    let mut config = common::test_config(&db.url);
+    config.mqtt_max_session_expiry = 1;
+    common::spawn_app_with(db, config).await
+}
+
+/// The CONNACK's MQTT 5 Session Expiry Interval property, if it has one.
+fn connack_session_expiry(body: &[u8]) -> Option<u32> {
+    // Flags, reason, then the properties' length (one byte here) and the properties.
+    let props = &body[3..3 + usize::from(body[2])];
+    props
+        .windows(5)
+        .find(|w| w[0] == SESSION_EXPIRY)
+        .map(|w| u32::from_be_bytes([w[1], w[2], w[3], w[4]]))
+}
+
+/// `--mqtt-max-session-expiry` holds every persistent session to it: an MQTT 3.1.1 one (which
+/// would never expire) as well as an MQTT 5 one asking for more, which is told the expiry it
+/// gets; one asking for less keeps its own.
+#[tokio::test]
+async fn persistent_sessions_are_held_to_the_maximum_session_expiry() {
+    let app = app_keeping_sessions_one_second().await;
+    let (mut v3, ack) = Raw::connect(&app, &build::connect("cap3", false, 60, None)).await;
+    assert_eq!(ack.body, [0, 0]);
+    v3.send(&build::subscribe(1, "cap/#", 1, None)).await;
+    v3.expect(9).await;
+    v3.send(&[0xE0, 0x00]).await;
+    assert_eq!(v3.until_closed().await, vec![]);
+
+    let (mut v5, ack) = Raw::connect(&app, &persistent_connect("cap5", true)).await;
+    assert_eq!(
+        connack_session_expiry(&ack.body),
+        Some(1),
+        "300 asked, 1 given"
+    );
+    v5.send(&build::disconnect_v5(0)).await;
+    assert_eq!(v5.until_closed().await, vec![]);
+    let short = build::connect("short", true, 60, Some(&prop_u32(SESSION_EXPIRY, 1)));
+    let (_short, ack) = Raw::connect(&app, &short).await;
+    assert_eq!(connack_session_expiry(&ack.body), None, "1 asked, 1 given");
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_v3, ack) = Raw::connect(&app, &build::connect("cap3", false, 60, None)).await;
+    assert_eq!(ack.body, [0, 0], "the 3.1.1 session expired");
+    let (_v5, ack) = Raw::connect(&app, &persistent_connect("cap5", false)).await;
+    assert_eq!(ack.body[0], 0, "the MQTT 5 session expired");
+}
+
+/// Under the default maximum (AWS IoT's hour) a session asking for 300 s keeps it, and the
+/// CONNACK says nothing of it.
+#[tokio::test]
+async fn a_session_expiry_within_the_maximum_is_kept_as_asked() {
+    let app = app().await;
+    let (_c, ack) = Raw::connect(&app, &persistent_connect("within", true)).await;
+    assert_eq!(connack_session_expiry(&ack.body), None);
+    let never = build::connect("never", true, 60, Some(&prop_u32(SESSION_EXPIRY, u32::MAX)));
+    let (_c, ack) = Raw::connect(&app, &never).await;
+    assert_eq!(connack_session_expiry(&ack.body), Some(3600));
+}

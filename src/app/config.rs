@@ -161,6 +161,13 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MQTT_MAX_KEEP_ALIVE", default_value_t = 1200)]
     pub mqtt_max_keep_alive: u16,
 
+    /// Longest time, in seconds, a persistent MQTT session is kept while its client is away
+    /// (AWS IoT's default: 3600). A client asking for more, or for a session that never
+    /// expires (every MQTT 3.1.1 clean session 0), gets this: MQTT 5 clients are told in
+    /// CONNACK (Session Expiry Interval). 0: no maximum, and 3.1.1 sessions never expire.
+    #[arg(long, env = "RETAIND_MQTT_MAX_SESSION_EXPIRY", default_value_t = 3600)]
+    pub mqtt_max_session_expiry: u32,
+
     /// How long an MQTT client may take nothing of what waits for it (bytes its TCP does not
     /// acknowledge, messages it does not acknowledge) before it is disconnected as a slow
     /// subscriber, within a tenth of this more (at most 1 s) (e.g. 30s).

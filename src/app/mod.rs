@@ -176,6 +176,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_subscriptions: config.mqtt_max_subscriptions,
             max_publish_rate: config.mqtt_max_publish_rate,
             max_keep_alive: config.mqtt_max_keep_alive,
+            max_session_expiry: config.mqtt_max_session_expiry,
             write_timeout: config.mqtt_write_timeout,
             sys_interval: config.sys_interval,
             retained_in_background: !matches!(

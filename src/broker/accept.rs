@@ -31,7 +31,7 @@ pub(super) struct Accepted {
 pub(super) async fn accept<T>(
     broker: Broker,
     framed: &mut Framed<T>,
-    connect: mqtt::Connect,
+    mut connect: mqtt::Connect,
     identity: Option<TransportIdentity>,
     source: Option<IpAddr>,
 ) -> Option<Accepted>
@@ -104,6 +104,10 @@ where
         framed.set_max_outbound_size(max.get());
     }
     let keep_alive = limits::keep_alive(connect.keep_alive, cfg.max_keep_alive);
+    // Held to the maximum before anything stores or uses it (its session row too).
+    let asked_expiry = connect.session_expiry_interval_secs;
+    connect.session_expiry_interval_secs =
+        limits::session_expiry(asked_expiry, cfg.max_session_expiry);
     // One client id, one connection, service-wide: the claim commits before the CONNACK,
     // and the node holding the id is told to close its connection (decision 014).
     let claim = match broker.cluster() {
@@ -165,6 +169,9 @@ where
         topic_alias_max: cfg.topic_alias_maximum,
         // [MQTT-3.2.2-21] the client must use this instead of what it asked for.
         server_keepalive_sec: (keep_alive != connect.keep_alive).then_some(keep_alive),
+        // MQTT 5 §3.2.2.3.2: the server says when it uses another expiry than the client's.
+        session_expiry_interval_secs: (connect.session_expiry_interval_secs != asked_expiry)
+            .then_some(connect.session_expiry_interval_secs),
         ..ConnectAck::default()
     };
     Some(Accepted {

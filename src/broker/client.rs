@@ -520,7 +520,7 @@ impl Client {
             if self.session_expiry == 0 && secs != 0 {
                 return End::Close(DisconnectReasonCode::ProtocolError);
             }
-            self.session_expiry = secs;
+            self.session_expiry = super::limits::session_expiry(secs, self.cfg.max_session_expiry);
         }
         End::ClientDisconnect {
             // [MQTT-3.14.4-3] a normal DISCONNECT discards the Will; 0x04 asks for it.

@@ -34,6 +34,9 @@ pub struct BrokerConfig {
     /// Longest keep alive a client may have, in seconds: one that asks for more, or for none
     /// (0), is held to this (MQTT 5: told so in Server Keep Alive). 0: no maximum.
     pub max_keep_alive: u16,
+    /// Longest session expiry, in seconds: a client asking for more, or for never (every 3.1.1
+    /// persistent session), gets this (MQTT 5: told so in CONNACK). 0: no maximum.
+    pub max_session_expiry: u32,
     /// How often the `$SYS/broker/...` status topics are published; zero: never.
     pub sys_interval: Duration,
     /// Whether a connection owing a subscription more than a page of retained messages runs on
@@ -58,6 +61,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             max_keep_alive: 1200,
+            max_session_expiry: 3600,
             sys_interval: Duration::ZERO,
             retained_in_background: true,
         }

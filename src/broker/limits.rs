@@ -56,6 +56,13 @@ pub(super) fn subscription_fits<V>(
     existing.contains_key(spec) || existing.len() < max
 }
 
+/// The session expiry (seconds) a client asking for `asked` gets under a maximum of `max`
+/// (0: none). "Never" (0xFFFFFFFF, and every 3.1.1 persistent session) is more than any
+/// maximum: without one, offline sessions would pile up for every client id ever seen.
+pub(super) fn session_expiry(asked: u32, max: u32) -> u32 {
+    if max == 0 { asked } else { asked.min(max) }
+}
+
 /// The keep alive (seconds) a client asking for `asked` is held to under a maximum of `max`
 /// (0: none). Asking for none (0) or for more than the maximum gets the maximum, which an
 /// MQTT 5 client is told in Server Keep Alive [MQTT-3.2.2-21] and a 3.1.1 client is not.
@@ -70,6 +77,15 @@ pub(super) fn keep_alive(asked: u16, max: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_expiry_is_held_to_the_maximum_never_included() {
+        assert_eq!(session_expiry(0, 3600), 0, "ends with the connection");
+        assert_eq!(session_expiry(60, 3600), 60);
+        assert_eq!(session_expiry(7200, 3600), 3600);
+        assert_eq!(session_expiry(u32::MAX, 3600), 3600, "never is held too");
+        assert_eq!(session_expiry(u32::MAX, 0), u32::MAX, "no maximum");
+    }
 
     #[test]
     fn keep_alive_is_held_to_the_maximum_when_asked_for_more_or_none() {
