@@ -269,6 +269,42 @@ async fn a_node_sends_nats_nothing_for_topics_no_other_node_wants() {
     assert_eq!(cluster(&b).stats().received, 11);
 }
 
+/// Interest keys that outlive their node (a burial whose deletes NATS did not take, a node
+/// that stopped before it withdrew them all) are removed at the heartbeats: a node does not go
+/// on sending NATS what only a node that is gone wanted.
+#[tokio::test]
+async fn interest_keys_of_a_node_that_is_gone_are_removed() {
+    let nats = Nats::start().await;
+    let [a] = <[TestApp; 1]>::try_from(nodes(&nats, 1).await)
+        .ok()
+        .unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_key_value("retaind-interest")
+        .await
+        .unwrap();
+    // As a node with no heartbeat row would have left it.
+    bucket
+        .put("0123abcd.00", "orphan/#".as_bytes().to_vec().into())
+        .await
+        .unwrap();
+    let t = topic("orphan/x");
+    within("A to hear of the key", async {
+        while !cluster(&a).sends(&t) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Two heartbeat passes (2 s apart) find its node missing, then the key goes.
+    within("the key to be removed", async {
+        while cluster(&a).sends(&t) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(bucket.get("0123abcd.00").await.unwrap().is_none());
+}
+
 #[tokio::test]
 async fn a_subscription_that_ends_stops_the_traffic_to_its_node() {
     let nats = Nats::start().await;

@@ -2,6 +2,7 @@
 //! sends publishes to the nodes that want them, hands the broker what the others send, and
 //! keeps the node's interest announced.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use super::inbox::{Events, Inbox};
 use super::link::{self, Link};
 use super::local::{Change, Local};
 use super::loops::{self, HANDOVER_TIMEOUT};
-use super::nodes::Headcount;
+use super::nodes::{Census, Headcount};
 use super::remote::{self, RemoteInterest};
 use super::sessions::{
     self, Holder, Restored, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
@@ -240,11 +241,35 @@ impl Cluster {
             shutdown.clone(),
         ));
         let headcount = Arc::new(Headcount::default());
-        let buried = {
+        let counted = {
             let (remote, inbox, changes) = (remote.clone(), inbox.clone(), changes.clone());
-            move |dead: &str| {
-                let _ = changes.send(Change::Bury(remote.keys_of(dead)));
-                inbox.forget(dead);
+            // Nodes with keys in the bucket but no heartbeat row at the last pass.
+            let mut suspects = HashSet::new();
+            move |census: &Census| {
+                for dead in &census.dead {
+                    let _ = changes.send(Change::Bury(remote.keys_of(dead)));
+                    inbox.forget(dead);
+                }
+                // Keys that outlive their node: a burial whose deletes NATS did not take, a
+                // node that stopped before it withdrew them all. Two passes running, so that
+                // a node starting between the census and this look is not taken for one.
+                let absent: HashSet<String> = remote
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| !census.live.contains(n))
+                    .collect();
+                let orphans: Vec<String> = absent
+                    .intersection(&suspects)
+                    .flat_map(|n| remote.keys_of(n))
+                    .collect();
+                if !orphans.is_empty() {
+                    tracing::info!(
+                        keys = orphans.len(),
+                        "removing interest keys of nodes that are gone"
+                    );
+                    let _ = changes.send(Change::Bury(orphans));
+                }
+                suspects = absent;
             }
         };
         let adopted = {
@@ -260,7 +285,7 @@ impl Cluster {
             node.clone(),
             headcount.clone(),
             sessions.clone(),
-            buried,
+            counted,
             adopted,
             shutdown.clone(),
         ));

@@ -39,7 +39,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 pub enum Change {
     Add(FilterSpec, ClientKey, oneshot::Sender<()>),
     Remove(FilterSpec, ClientKey),
-    /// A dead node's keys: removed from the bucket so that nobody sends to it any more.
+    /// The keys of a node that is gone (dead, or stopped without withdrawing them all):
+    /// removed from the bucket so that nobody sends to it any more.
     Bury(Vec<String>),
 }
 
@@ -108,13 +109,7 @@ impl Local {
                         let _ = done.send(());
                     }
                     Some(Change::Remove(spec, member)) => self.remove(&mut state, &spec, &member).await,
-                    Some(Change::Bury(keys)) => {
-                        if let Some(store) = &state.store {
-                            for key in keys {
-                                let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
-                            }
-                        }
-                    }
+                    Some(Change::Bury(keys)) => self.bury(&mut state, keys).await,
                     None => break,
                 },
                 changed = epochs.changed() => {
@@ -142,6 +137,26 @@ impl Local {
             h.receivers.iter().for_each(JoinHandle::abort);
             if let Some(store) = &state.store {
                 let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&h.key)).await;
+            }
+        }
+    }
+
+    /// Deletes other nodes' keys, until NATS does not take one in time: what is left, the
+    /// next census finds again (`Cluster::start`'s sweep).
+    async fn bury(&self, state: &mut State, keys: Vec<String>) {
+        let Some(store) = state.store.clone() else {
+            return;
+        };
+        for key in keys {
+            if state.stalled || !self.link.is_connected() {
+                return;
+            }
+            if tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key))
+                .await
+                .is_err()
+            {
+                state.stalled = true;
+                state.owed = true;
             }
         }
     }

@@ -38,8 +38,8 @@ pub async fn beat(pool: &PgPool, node: &str) -> Result<(), sqlx::Error> {
 pub struct Census {
     /// Nodes found dead and removed by this pass.
     pub dead: Vec<String>,
-    /// Live nodes, this one included (at least 1).
-    pub live: usize,
+    /// Live nodes, this one included.
+    pub live: Vec<String>,
     /// Live nodes whose heartbeat records a frame version other than this node's, with it.
     /// Nodes of releases that do not record one are not among them.
     pub other_frames: Vec<(String, i16)>,
@@ -63,8 +63,8 @@ pub async fn bury(pool: &PgPool, node: &str, sessions: &Sessions) -> Result<Cens
             .execute(&mut *tx)
             .await?;
     }
-    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_nodes")
-        .fetch_one(&mut *tx)
+    let live: Vec<String> = sqlx::query_scalar("SELECT node FROM cluster_nodes")
+        .fetch_all(&mut *tx)
         .await?;
     let other_frames: Vec<(String, i16)> = sqlx::query_as(
         "SELECT node, frame_version FROM cluster_nodes \
@@ -77,7 +77,7 @@ pub async fn bury(pool: &PgPool, node: &str, sessions: &Sessions) -> Result<Cens
     tx.commit().await?;
     Ok(Census {
         dead,
-        live: usize::try_from(live).unwrap_or(1).max(1),
+        live,
         other_frames,
         adopted,
     })
@@ -133,14 +133,14 @@ impl Headcount {
     }
 }
 
-/// Beats until `shutdown`, keeping `headcount` current, handing each dead node to `buried`
-/// and the sessions adopted to `adopted`.
+/// Beats until `shutdown`, keeping `headcount` current, handing each pass's census to
+/// `counted` (the dead nodes, the live ones) and the sessions adopted to `adopted`.
 pub async fn run(
     pool: PgPool,
     node: Arc<str>,
     headcount: Arc<Headcount>,
     sessions: Arc<Sessions>,
-    buried: impl Fn(&str) + Send,
+    mut counted: impl FnMut(&Census) + Send,
     adopted: impl Fn(Vec<Adopted>) + Send,
     shutdown: CancellationToken,
 ) {
@@ -161,11 +161,11 @@ pub async fn run(
                     tracing::info!("node heartbeats written again");
                     failing = false;
                 }
-                headcount.live.store(census.live, Ordering::Relaxed);
-                for node in census.dead {
+                headcount.live.store(census.live.len(), Ordering::Relaxed);
+                for node in &census.dead {
                     tracing::warn!(%node, "a node stopped beating; its claims and interest are removed");
-                    buried(&node);
                 }
+                counted(&census);
                 headcount
                     .other_frames
                     .store(census.other_frames.len(), Ordering::Relaxed);

@@ -73,6 +73,11 @@ impl RemoteInterest {
         *self.tree() = SubscriptionTree::new();
     }
 
+    /// The other nodes that hold keys in the bucket.
+    pub fn nodes(&self) -> std::collections::HashSet<String> {
+        self.keys().values().map(|(n, _)| n.to_string()).collect()
+    }
+
     /// The bucket keys of `node`'s filters.
     pub fn keys_of(&self, node: &str) -> Vec<String> {
         self.keys()
