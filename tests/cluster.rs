@@ -409,7 +409,7 @@ async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_o
     })
     .await;
 
-    // One topic each, so each is its own NATS message: more than async-nats queues (256).
+    // One topic each, so each is its own NATS message: more than async-nats queues (2,048).
     let (mut filler, _) = Raw::connect(&a, &build::connect("filler", true, 60, None)).await;
     let burst: Vec<u8> = (0..5_000)
         .flat_map(|i| build::publish(&format!("fill/{i}"), 0, false, false, 0, None, b"x"))
@@ -417,7 +417,7 @@ async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_o
     filler.send(&burst).await;
     within("the forwarder to fill async-nats's queue", async {
         // A few of its places hold other commands.
-        while cluster(&a).stats().forwarded < 250 {
+        while cluster(&a).stats().forwarded < 2_000 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -464,8 +464,8 @@ async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_o
 }
 
 /// While NATS is away, what waits for it is bounded by bytes, not only by count: of large
-/// publishes, those beyond 64 MiB (and the few hundred async-nats queues itself) are dropped
-/// and counted, and the rest go out once NATS is back.
+/// publishes, those beyond 64 MiB (and the 2,048 async-nats queues itself) are dropped and
+/// counted, and the rest go out once NATS is back.
 #[tokio::test]
 async fn while_nats_is_away_the_publishes_waiting_for_it_are_bounded_by_bytes() {
     let mut nats = Nats::start().await;
@@ -483,8 +483,8 @@ async fn while_nats_is_away_the_publishes_waiting_for_it_are_bounded_by_bytes() 
     })
     .await;
 
-    // 1,000 × 100 KiB: far fewer than the outbox's 16,384 places, but 100 MB.
-    const SENT: u64 = 1_000;
+    // 3,000 × 100 KiB: far fewer than the outbox's 16,384 places, but 300 MB.
+    const SENT: u64 = 3_000;
     let payload = vec![b'x'; 100 << 10];
     let (mut publisher, _) = Raw::connect(&a, &build::connect("big-pub", true, 60, None)).await;
     for i in 0..SENT {
@@ -503,9 +503,9 @@ async fn while_nats_is_away_the_publishes_waiting_for_it_are_bounded_by_bytes() 
     publisher.send(&[0xC0, 0]).await;
     publisher.expect(13).await;
     let held = cluster(&a).stats();
-    // async-nats holds up to 256 of them (one NATS message each), the outbox 64 MiB: 671.
+    // async-nats holds up to 2,048 of them (one NATS message each), the outbox 64 MiB: 655.
     assert!(
-        (SENT - 256 - 671..SENT).contains(&held.dropped),
+        (SENT - 2_048 - 655..SENT).contains(&held.dropped),
         "dropped beyond the bytes allowed: {held:?}"
     );
 

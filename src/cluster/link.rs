@@ -15,11 +15,6 @@ use super::Error;
 /// Room for a message's topic, properties and frame head besides its payload.
 pub const HEAD_ROOM: usize = 64 * 1024;
 
-/// Commands async-nats queues for its connection (2,048 by default). While NATS is away
-/// nobody drains them, and each may be a batch of up to a payload's size, so the queue is
-/// kept short: the outbox in front of it bounds what waits by bytes.
-pub const COMMANDS: usize = 256;
-
 /// Whether the connection is up, and how many times it came back.
 pub struct Link {
     connected: AtomicBool,
@@ -151,7 +146,6 @@ pub async fn connect(
             .name(name)
             // A node's own publishes never come back to it: it delivered them locally.
             .no_echo()
-            .client_capacity(COMMANDS)
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)
             .event_callback(move |event| {

@@ -91,7 +91,7 @@ async fn send_batch(
     let subject = topic_subject(sent.prefix, &topic);
     let published = client.publish(subject, batch.body()).await.is_ok();
     // Held until async-nats took it: while NATS is away, what waits is counted here, bar
-    // the few hundred batches async-nats queues itself (`link::COMMANDS`).
+    // the 2,048 batches async-nats queues itself (decision 014).
     sent.bytes.give_back(held);
     if published {
         sent.publishes.fetch_add(count, Ordering::Relaxed);
