@@ -338,12 +338,7 @@ async fn nats_lost_and_back_local_delivery_goes_on_readyz_says_so_and_routing_re
     assert_eq!(a.get("/readyz").await.status(), 200);
 
     nats.stop().await;
-    within("A to notice that NATS is gone", async {
-        while cluster(&a).is_connected() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_nats_lost(&a).await;
     let res = a.get("/readyz").await;
     assert_eq!(res.status(), 503);
     assert_eq!(
@@ -402,12 +397,7 @@ async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_o
     on_b.subscribe("fill/#", Qos5::AtMostOnce).await;
     until_sends(&a, "fill/0").await;
     nats.stop().await;
-    within("A to notice that NATS is gone", async {
-        while cluster(&a).is_connected() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_nats_lost(&a).await;
 
     // One topic each, so each is its own NATS message: more than async-nats queues (2,048).
     let (mut filler, _) = Raw::connect(&a, &build::connect("filler", true, 60, None)).await;
@@ -476,12 +466,7 @@ async fn while_nats_is_away_the_publishes_waiting_for_it_are_bounded_by_bytes() 
     on_b.subscribe("big/#", Qos5::AtMostOnce).await;
     until_sends(&a, "big/x").await;
     nats.stop().await;
-    within("A to notice that NATS is gone", async {
-        while cluster(&a).is_connected() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_nats_lost(&a).await;
 
     // 3,000 × 100 KiB: far fewer than the outbox's 16,384 places, but 300 MB.
     const SENT: u64 = 3_000;
@@ -571,14 +556,53 @@ async fn a_heartbeat_the_database_does_not_answer_is_given_up_at_the_store_timeo
     .await;
 }
 
+/// Waits until `app` has noticed that NATS is gone.
+async fn until_nats_lost(app: &TestApp) {
+    within("the node to notice that NATS is gone", async {
+        while cluster(app).is_connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Waits until a message whose payload is `payload` is queued in Postgres for `client` (a
+/// frame ends with its payload); returns every frame queued for it then.
+async fn until_stored(db: &mut sqlx::PgConnection, client: &str, payload: &[u8]) -> Vec<Vec<u8>> {
+    within("the message to be stored", async {
+        loop {
+            let frames: Vec<Vec<u8>> =
+                sqlx::query_scalar("SELECT frame FROM cluster_session_queue WHERE client_id = $1")
+                    .bind(client)
+                    .fetch_all(&mut *db)
+                    .await
+                    .unwrap();
+            if frames.iter().any(|f| f.ends_with(payload)) {
+                return frames;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 /// One node of a service, whose database is reached through a proxy the test can stall.
 async fn node_behind_proxy(store_timeout: Duration) -> (Nats, TestApp, Proxy) {
+    node_behind_proxy_with(store_timeout, |_| {}).await
+}
+
+/// [`node_behind_proxy`], with settings of the test's own.
+async fn node_behind_proxy_with(
+    store_timeout: Duration,
+    set: impl FnOnce(&mut retaind::app::ServeConfig),
+) -> (Nats, TestApp, Proxy) {
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
     let proxy = Proxy::start(common::postgres_host_port(&db.url)).await;
     let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
     config.cluster_url = Some(nats.url());
     config.store_timeout = store_timeout;
+    set(&mut config);
     (nats, spawn_app_with(db, config).await, proxy)
 }
 
@@ -649,15 +673,21 @@ async fn an_offline_sessions_queue_in_postgres_is_held_to_the_byte_limit() {
 /// dropped and counted, and the writes go on once the database answers.
 #[tokio::test]
 async fn while_the_database_holds_a_queue_write_the_messages_behind_it_are_bounded_by_bytes() {
-    // Longer than the test: the held write is not given up while it runs.
-    let (_nats, app, proxy) = node_behind_proxy(Duration::from_secs(60)).await;
+    // Longer than the test: the held write is not given up while it runs. The session's own
+    // queue may hold all of them: the spool's bound is the one under test.
+    let (_nats, app, proxy) = node_behind_proxy_with(Duration::from_secs(60), |c| {
+        c.mqtt_max_queued_bytes = 1 << 30;
+    })
+    .await;
     let mut db = offline_session(&app, "spool-big", "big/#").await;
-    proxy.pause_after(b"spool-big");
+    // Connected first: its CONNECT claims its client id in the database.
+    let (mut publisher, _) = Raw::connect(&app, &build::connect("big-pub", true, 60, None)).await;
+    // Everything the node sends the database is held, the first queue write with it.
+    proxy.pause();
 
     // 1,000 × 100 KiB at QoS 1: far fewer than the spool's 65,536 places, but 100 MB.
     const SENT: u64 = 1_000;
     let payload = vec![b'x'; 100 << 10];
-    let (mut publisher, _) = Raw::connect(&app, &build::connect("big-pub", true, 60, None)).await;
     for i in 0..SENT {
         let pkid = u16::try_from(i % 60_000 + 1).unwrap();
         publisher
@@ -682,22 +712,8 @@ async fn while_the_database_holds_a_queue_write_the_messages_behind_it_are_bound
     publisher
         .send(&build::publish("big/1", 1, false, false, 1, None, b"after"))
         .await;
-    within("the next write to be stored", async {
-        loop {
-            let frames: Vec<Vec<u8>> = sqlx::query_scalar(
-                "SELECT frame FROM cluster_session_queue WHERE client_id = 'spool-big'",
-            )
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-            if frames.iter().any(|f| f.ends_with(b"after")) {
-                assert_eq!(frames.len() as u64, SENT - lost + 1);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let frames = until_stored(&mut db, "spool-big", b"after").await;
+    assert_eq!(frames.len() as u64, SENT - lost + 1);
 }
 
 /// A write of offline sessions' messages that the database does not answer is given up at
@@ -726,21 +742,7 @@ async fn a_queue_write_the_database_does_not_answer_is_given_up_and_the_next_is_
         .await;
     // The held write reached the database before its answer was held, so it may have been
     // stored too; what matters is that the next one is.
-    within("the next write to be stored", async {
-        loop {
-            let frames: Vec<Vec<u8>> = sqlx::query_scalar(
-                "SELECT frame FROM cluster_session_queue WHERE client_id = 'spool-stalled'",
-            )
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-            if frames.iter().any(|f| f.windows(5).any(|w| w == b"after")) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_stored(&mut db, "spool-stalled", b"after").await;
 
     // A write given up while it waits on a lock never commits later, after the messages
     // behind it.
@@ -765,23 +767,9 @@ async fn a_queue_write_the_database_does_not_answer_is_given_up_and_the_next_is_
     publisher
         .publish("spool/1", Qos5::AtLeastOnce, false, b"last")
         .await;
-    let frames = within("the last write to be stored", async {
-        loop {
-            let frames: Vec<Vec<u8>> = sqlx::query_scalar(
-                "SELECT frame FROM cluster_session_queue WHERE client_id = 'spool-stalled'",
-            )
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-            if frames.iter().any(|f| f.windows(4).any(|w| w == b"last")) {
-                return frames;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let frames = until_stored(&mut db, "spool-stalled", b"last").await;
     assert!(
-        !frames.iter().any(|f| f.windows(6).any(|w| w == b"locked")),
+        !frames.iter().any(|f| f.ends_with(b"locked")),
         "a write counted as lost was stored after all"
     );
 }
