@@ -3,17 +3,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// What an item holds, as a budget counts it.
-pub trait Weighed {
-    fn weight(&self) -> usize;
-}
-
-impl Weighed for (crate::topic::TopicName, bytes::Bytes) {
-    fn weight(&self) -> usize {
-        self.1.len()
-    }
-}
-
 pub struct Budget {
     used: AtomicUsize,
     limit: usize,

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Error;
-use super::budget::{Budget, Weighed};
+use super::budget::Budget;
 use super::claims::{ClaimError, Claims, TakeOver};
 use super::frame::{self, Outgoing, Stamp};
 use super::inbox::{Events, Inbox};
@@ -79,7 +79,8 @@ pub struct ClusterStats {
     pub received: u64,
     /// Extra copies received through overlapping subscriptions, not handed over again.
     pub duplicates: u64,
-    /// Interest changes that could not be announced at once (announced on reconnection).
+    /// Attempts to announce an interest change that NATS did not take (each is tried again
+    /// every 2 s while connected, and on reconnection).
     pub unannounced: u64,
     /// Times NATS reported this node as too slow to read.
     pub slow_consumer_events: u64,
@@ -428,6 +429,7 @@ impl Cluster {
         if !queue(
             &inner.outbox,
             &inner.outbox_bytes,
+            body.len(),
             (message.topic.clone(), body),
         ) && inner
             .dropped
@@ -533,7 +535,7 @@ impl Cluster {
         let cluster = self.clone();
         self.inner.tasks.spawn(async move {
             let inner = &cluster.inner;
-            let _ = inner.spool_flush().await;
+            let _ = loops::flush_spool(&inner.spool).await;
             if let Err(e) = inner.sessions.expired(&inner.node, &client_id).await {
                 tracing::warn!(client = %client_id, error = %e, "could not remove an expired session");
             }
@@ -570,7 +572,7 @@ impl Cluster {
                 tracing::warn!(client = %client_id, node = %holder.node, "the node holding a session did not hand it over in time; taking it as stored");
             }
         } else {
-            inner.spool_flush().await;
+            loops::flush_spool(&inner.spool).await;
         }
         inner.sessions.take(&inner.node, client_id).await
     }
@@ -586,14 +588,16 @@ impl Cluster {
         retain: bool,
         subscription_ids: Vec<u32>,
     ) -> bool {
+        let queued = frame::encode(message, stamp);
+        let n = queued.len();
         let item = Spool::Append {
             client_id: client_id.clone(),
-            queued: frame::encode(message, stamp),
+            queued,
             qos,
             retain,
             ids: subscription_ids,
         };
-        let sent = queue(&self.inner.spool, &self.inner.spool_bytes, item);
+        let sent = queue(&self.inner.spool, &self.inner.spool_bytes, n, item);
         if !sent {
             self.inner.spool_lost.fetch_add(1, Ordering::Relaxed);
         }
@@ -648,18 +652,9 @@ fn handover_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.h.{node}")
 }
 
-impl Inner {
-    /// Returns once every message spooled before the call is written.
-    /// Waits, at most [`HANDOVER_TIMEOUT`] in all, until what was spooled before is written.
-    async fn spool_flush(&self) {
-        loops::flush_spool(&self.spool).await;
-    }
-}
-
-/// Sends `item` if its bytes fit `budget` and the channel has room; the receiver gives the
-/// bytes back.
-fn queue<T: Weighed>(channel: &mpsc::Sender<T>, budget: &Budget, item: T) -> bool {
-    let n = item.weight();
+/// Sends `item`, which holds `n` bytes, if they fit `budget` and the channel has room; the
+/// receiver gives the bytes back.
+fn queue<T>(channel: &mpsc::Sender<T>, budget: &Budget, n: usize, item: T) -> bool {
     if !budget.take(n) {
         return false;
     }

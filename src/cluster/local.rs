@@ -308,12 +308,15 @@ impl Local {
         let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, self.members_client.flush()).await;
     }
 
-    /// Puts `filter`'s key in the bucket, or leaves it owed.
+    /// Puts `filter`'s key in the bucket, or leaves it owed: also while its plain
+    /// subscription is owed, since a key must never name a filter this node cannot receive.
     async fn announce(&self, state: &mut State, filter: &TopicFilter) {
-        let Some(key) = state.held.get(filter).map(|h| h.key.clone()) else {
+        let Some(held) = state.held.get(filter) else {
             return;
         };
-        let announced = !state.stalled && self.put(state, &key, filter).await;
+        let receivable = held.plain == 0 || !held.receivers.is_empty();
+        let key = held.key.clone();
+        let announced = receivable && !state.stalled && self.put(state, &key, filter).await;
         if !announced {
             self.unannounced.fetch_add(1, Ordering::Relaxed);
             state.owed = true;
@@ -323,9 +326,8 @@ impl Local {
         }
     }
 
-    /// Tries again what NATS did not take: subscriptions first, then keys, so that a key
-    /// never names a filter this node cannot yet receive. Stops at the first thing NATS does
-    /// not take in time.
+    /// Tries again what NATS did not take: subscriptions first, then keys. Stops at the
+    /// first thing NATS does not take in time.
     async fn settle(&self, state: &mut State) {
         state.owed = false;
         let plain: Vec<TopicFilter> = state

@@ -125,15 +125,6 @@ pub enum Spool {
     Flush(oneshot::Sender<()>),
 }
 
-impl super::budget::Weighed for Spool {
-    fn weight(&self) -> usize {
-        match self {
-            Spool::Append { queued, .. } => queued.len(),
-            Spool::Flush(_) => 0,
-        }
-    }
-}
-
 fn outgoing(m: &Routed, expires_at_ms: Option<i64>) -> Outgoing<'_> {
     Outgoing {
         topic: &m.topic,
