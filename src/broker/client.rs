@@ -595,6 +595,7 @@ impl Client {
                 .is_some_and(|w| !w.delay.min(expiry).is_zero());
         if publish_will
             && !resumed_elsewhere
+            && !self.session.adopted_elsewhere()
             && self.will_still_allowed()
             && let Some(will) = self.will.take()
         {

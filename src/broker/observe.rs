@@ -41,6 +41,7 @@ pub(super) fn on_scrape(broker: &Broker) {
             (&c.other_version, s.other_version),
             (&c.queued_lost, s.queued_lost),
             (&c.heartbeat_failures, s.heartbeat_failures),
+            (&c.taken_for_dead, s.taken_for_dead),
         ] {
             ClusterCounters::catch_up(counter, total);
         }

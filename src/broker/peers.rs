@@ -77,6 +77,10 @@ impl Events for FromCluster {
         Broker { inner }.sessions().plain_filters_of(client_id)
     }
 
+    fn taken_for_dead(&self) {
+        tokio::spawn(give_up_adopted(self.0.clone()));
+    }
+
     fn adopt(&self, sessions: Vec<Adopted>) {
         if let Some(inner) = self.0.upgrade() {
             let broker = Broker { inner };
@@ -129,6 +133,49 @@ async fn reconcile(broker: Weak<Inner>, cluster: Cluster) {
                     tracing::warn!(error = %e, "cannot compare client ids with their claims");
                 }
                 failing = true;
+            }
+        }
+    }
+}
+
+/// The other nodes took this node for dead: the sessions they adopted, and the connections
+/// whose claims they removed, end here. Tried again each heartbeat until the database
+/// answers: until then they stay, as they did while the node could not reach it.
+async fn give_up_adopted(broker: Weak<Inner>) {
+    loop {
+        let Some(inner) = broker.upgrade() else {
+            return;
+        };
+        let broker = Broker { inner };
+        let Some(cluster) = broker.cluster().cloned() else {
+            return;
+        };
+        let held: Vec<_> = broker
+            .sessions()
+            .all()
+            .iter()
+            .map(|s| s.key.clone())
+            .collect();
+        match cluster.not_held_here(&held).await {
+            Ok(gone) => {
+                tracing::info!(
+                    sessions = gone.len(),
+                    held = held.len(),
+                    "ending the sessions the other nodes adopted while they took this node for dead"
+                );
+                for (client_id, lives_on) in gone {
+                    broker.sessions().give_up(&client_id, lives_on);
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find which sessions the other nodes adopted; trying again");
+                let shutdown = broker.shutdown_signal().clone();
+                drop(broker);
+                tokio::select! {
+                    () = tokio::time::sleep(crate::cluster::BEAT) => {}
+                    () = shutdown.cancelled() => return,
+                }
             }
         }
     }

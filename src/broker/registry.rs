@@ -90,6 +90,9 @@ pub(super) struct Session {
 
 const MOVED: u8 = 1;
 const MOVED_RESUMED: u8 = 2;
+/// The other nodes took this node for dead and adopted the session: the adopter published
+/// the Will of its connection, if it had one.
+const ADOPTED_ELSEWHERE: u8 = 3;
 
 impl Session {
     fn new(key: ClientKey, creator: Option<String>, of: &Sessions) -> Self {
@@ -114,6 +117,12 @@ impl Session {
     /// a delayed Will is then not published, as after a take-over on one node.
     pub fn resumed_elsewhere(&self) -> bool {
         self.moved.load(Ordering::Acquire) == MOVED_RESUMED
+    }
+
+    /// Whether another node adopted the session when the service took this node for dead:
+    /// its Will, if any, is that node's to publish, and it did.
+    pub fn adopted_elsewhere(&self) -> bool {
+        self.moved.load(Ordering::Acquire) == ADOPTED_ELSEWHERE
     }
 
     /// Who the attached (or last) connection authenticated as, as of the last reload.
@@ -572,13 +581,27 @@ impl Sessions {
     /// Another node resumes `client_id`'s session (decision 014): this node's copy ends,
     /// what it queued goes to Postgres, and a connection still attached closes as taken over.
     pub fn hand_over(&self, client_id: &str) {
+        self.let_go(client_id, MOVED_RESUMED, true);
+    }
+
+    /// The other nodes took this node for dead (decision 014) and adopted `client_id`'s
+    /// session, or removed its claim: this copy ends, and its connection, if any, closes as
+    /// taken over, without a Will. What it queued goes to Postgres if `lives_on` (another
+    /// node holds the session), as at a hand-over.
+    pub fn give_up(&self, client_id: &str, lives_on: bool) {
+        self.let_go(client_id, ADOPTED_ELSEWHERE, lives_on);
+    }
+
+    /// Ends this node's copy of `client_id`'s session, which went elsewhere as `moved` says;
+    /// what it queued goes to Postgres if `keep_queue`.
+    fn let_go(&self, client_id: &str, moved: u8, keep_queue: bool) {
         let mut registry = self.registry();
         let Some(session) = registry.sessions.remove(client_id) else {
             return;
         };
         drop(registry);
-        session.moved.store(MOVED_RESUMED, Ordering::Release);
-        if let Some(cluster) = &self.cluster {
+        session.moved.store(moved, Ordering::Release);
+        if keep_queue && let Some(cluster) = &self.cluster {
             let mut state = session.state();
             for d in state.start_spooling(Stored::default()) {
                 spool(cluster, &session.key, &d);

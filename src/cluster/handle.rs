@@ -93,6 +93,8 @@ pub struct ClusterStats {
     pub queued_lost: u64,
     /// Heartbeats this node could not write in time.
     pub heartbeat_failures: u64,
+    /// Times this node found that the others had taken it for dead.
+    pub taken_for_dead: u64,
 }
 
 #[derive(Clone)]
@@ -143,7 +145,7 @@ impl Cluster {
             .map_err(|e| Error::Database(e.to_string()))?;
         // Alive before the first CONNECT: a session of a node without a heartbeat would be
         // adopted by another.
-        super::nodes::beat(claims.pool(), &node)
+        super::nodes::beat(claims.pool(), &node, &mut false)
             .await
             .map_err(|e| Error::Database(e.to_string()))?;
         let sessions = Arc::new(Sessions::new(
@@ -247,6 +249,13 @@ impl Cluster {
             // Nodes with keys in the bucket but no heartbeat row at the last pass.
             let mut suspects = HashSet::new();
             move |census: &Census| {
+                if census.taken_for_dead {
+                    // The others deleted this node's keys when they buried it.
+                    let _ = changes.send(Change::Reannounce);
+                    if let Some(events) = inbox.events.get() {
+                        events.taken_for_dead();
+                    }
+                }
                 for dead in &census.dead {
                     let _ = changes.send(Change::Bury(remote.keys_of(dead)));
                     inbox.forget(dead);
@@ -485,6 +494,7 @@ impl Cluster {
             other_version: load(&i.inbox.other_version),
             queued_lost: load(&i.spool_lost),
             heartbeat_failures: i.headcount.failures(),
+            taken_for_dead: i.headcount.taken_for_dead(),
         }
     }
 
@@ -575,6 +585,19 @@ impl Cluster {
             loops::flush_spool(&inner.spool).await;
         }
         inner.sessions.take(&inner.node, client_id).await
+    }
+
+    /// Of `held`, the client ids whose session and claim are no longer this node's (the
+    /// others took it for dead), each with whether another node holds its session, which
+    /// then takes what this node queued for it.
+    pub async fn not_held_here(
+        &self,
+        held: &[Arc<str>],
+    ) -> Result<Vec<(String, bool)>, SessionError> {
+        self.inner
+            .sessions
+            .not_held_by(&self.inner.node, held)
+            .await
     }
 
     /// Queues a message for an offline session in Postgres; false if it was dropped (the

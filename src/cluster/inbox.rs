@@ -28,6 +28,9 @@ pub trait Events: Send + Sync {
     fn filters_of(&self, client_id: &str) -> Vec<FilterSpec>;
     /// Sessions of nodes that are gone, now this node's.
     fn adopt(&self, sessions: Vec<Adopted>);
+    /// The others took this node for dead: the sessions they adopted and the client ids
+    /// whose claims they removed are no longer this node's.
+    fn taken_for_dead(&self);
 }
 
 pub struct Inbox {

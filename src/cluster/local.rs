@@ -42,6 +42,8 @@ pub enum Change {
     /// The keys of a node that is gone (dead, or stopped without withdrawing them all):
     /// removed from the bucket so that nobody sends to it any more.
     Bury(Vec<String>),
+    /// The others took this node for dead and deleted its keys: every key is put again.
+    Reannounce,
 }
 
 /// One filter this node is interested in.
@@ -110,6 +112,14 @@ impl Local {
                     }
                     Some(Change::Remove(spec, member)) => self.remove(&mut state, &spec, &member).await,
                     Some(Change::Bury(keys)) => self.bury(&mut state, keys).await,
+                    Some(Change::Reannounce) => {
+                        state.held.values_mut().for_each(|h| h.announced = false);
+                        state.owed = true;
+                        // Stalled, the next retry puts them.
+                        if !state.stalled {
+                            self.settle(&mut state).await;
+                        }
+                    }
                     None => break,
                 },
                 changed = epochs.changed() => {

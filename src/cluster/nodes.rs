@@ -1,14 +1,18 @@
 //! Which nodes are alive, by heartbeats in Postgres (`cluster_nodes`), written every
 //! [`BEAT`] with the database's clock. A node silent for [`DEAD_AFTER`] is dead: the first
 //! survivor to see it removes its client-id claims and its announced interest, so that the
-//! others stop sending it messages. The count of live nodes divides per-principal rates. Each
+//! others stop sending it messages. Only a node that has itself written its heartbeat all
+//! along judges: after an outage of the database every heartbeat is old, and the first node
+//! back would otherwise bury all the others. A node that finds its own row gone was taken for
+//! dead (a partition, a pause) and gives up what the others adopted. The count of live nodes
+//! divides per-principal rates. Each
 //! heartbeat records the version of the frames the node sends (`frame::VERSION`): a node of
 //! another release that sends another version drops this node's live messages and has its own
 //! dropped here, which the survivors say, for an operator in the middle of a rolling upgrade.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
@@ -21,17 +25,32 @@ pub const BEAT: Duration = Duration::from_secs(2);
 /// How long a node may be silent before the others take it for dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(10);
 
-/// Writes this node's heartbeat, once, with the version of the frames it sends.
-pub async fn beat(pool: &PgPool, node: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO cluster_nodes (node, frame_version) VALUES ($1, $2) \
-         ON CONFLICT (node) DO UPDATE SET heartbeat_at = now(), frame_version = $2",
+/// Writes this node's heartbeat, once, with the version of the frames it sends. Sets `missing`
+/// if its row was not there: the node is new, or the others took it for dead and removed it.
+/// Set before the row is written again, so that a call that fails after that still tells.
+pub async fn beat(pool: &PgPool, node: &str, missing: &mut bool) -> Result<(), sqlx::Error> {
+    let version = i16::from(frame::VERSION);
+    // A burial deleting the row at the same time makes the update wait for it, then find
+    // nothing.
+    let updated = sqlx::query(
+        "UPDATE cluster_nodes SET heartbeat_at = now(), frame_version = $2 WHERE node = $1",
     )
     .bind(node)
-    .bind(i16::from(frame::VERSION))
+    .bind(version)
     .execute(pool)
-    .await
-    .map(drop)
+    .await?;
+    if updated.rows_affected() == 0 {
+        *missing = true;
+        sqlx::query(
+            "INSERT INTO cluster_nodes (node, frame_version) VALUES ($1, $2) \
+             ON CONFLICT (node) DO UPDATE SET heartbeat_at = now(), frame_version = $2",
+        )
+        .bind(node)
+        .bind(version)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 /// What a pass of [`bury`] found.
@@ -44,19 +63,32 @@ pub struct Census {
     /// Nodes of releases that do not record one are not among them.
     pub other_frames: Vec<(String, i16)>,
     pub adopted: Vec<Adopted>,
+    /// This node's own row was gone: the others took it for dead, removed its claims and
+    /// interest, and adopted its sessions.
+    pub taken_for_dead: bool,
 }
 
-/// Removes the nodes silent for [`DEAD_AFTER`], with their claims, and adopts the sessions of
-/// every node gone (dead, or stopped), in one transaction so that one survivor does each.
-pub async fn bury(pool: &PgPool, node: &str, sessions: &Sessions) -> Result<Census, SessionError> {
+/// Removes the nodes silent for [`DEAD_AFTER`] if `judge`, with their claims, and adopts the
+/// sessions of every node gone (dead, or stopped), in one transaction so that one survivor
+/// does each.
+pub async fn bury(
+    pool: &PgPool,
+    node: &str,
+    sessions: &Sessions,
+    judge: bool,
+) -> Result<Census, SessionError> {
     let mut tx = pool.begin().await?;
-    let dead: Vec<String> = sqlx::query_scalar(
-        "DELETE FROM cluster_nodes WHERE heartbeat_at < now() - make_interval(secs => $1) \
-         RETURNING node",
-    )
-    .bind(DEAD_AFTER.as_secs_f64())
-    .fetch_all(&mut *tx)
-    .await?;
+    let dead: Vec<String> = if judge {
+        sqlx::query_scalar(
+            "DELETE FROM cluster_nodes WHERE heartbeat_at < now() - make_interval(secs => $1) \
+             RETURNING node",
+        )
+        .bind(DEAD_AFTER.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?
+    } else {
+        Vec::new()
+    };
     if !dead.is_empty() {
         sqlx::query("DELETE FROM cluster_clients WHERE node = ANY($1)")
             .bind(&dead)
@@ -80,6 +112,7 @@ pub async fn bury(pool: &PgPool, node: &str, sessions: &Sessions) -> Result<Cens
         live,
         other_frames,
         adopted,
+        taken_for_dead: false,
     })
 }
 
@@ -103,6 +136,8 @@ pub struct Headcount {
     other_frames: AtomicUsize,
     /// Passes that failed or did not finish within the database timeout.
     failures: AtomicU64,
+    /// Passes that found this node's row gone.
+    taken_for_dead: AtomicU64,
 }
 
 impl Default for Headcount {
@@ -111,6 +146,7 @@ impl Default for Headcount {
             live: AtomicUsize::new(1),
             other_frames: AtomicUsize::new(0),
             failures: AtomicU64::new(0),
+            taken_for_dead: AtomicU64::new(0),
         }
     }
 }
@@ -131,6 +167,11 @@ impl Headcount {
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
+
+    /// Times the others took this node for dead, as its heartbeats found out.
+    pub fn taken_for_dead(&self) -> u64 {
+        self.taken_for_dead.load(Ordering::Relaxed)
+    }
 }
 
 /// Beats until `shutdown`, keeping `headcount` current, handing each pass's census to
@@ -145,21 +186,38 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut failing = false;
+    // Since when every pass has written this node's heartbeat (`None`: the last one failed).
+    // Another node's silence means death only if this node could be heard all that time.
+    let mut heard_since: Option<Instant> = None;
+    // This node's row was found gone by a pass, and no pass has finished since to say so.
+    let mut missing = false;
     // Nodes of another frame version already reported, so each is reported once.
     let mut reported = std::collections::HashSet::new();
     loop {
+        let started = Instant::now();
+        let judge = heard_since.is_some_and(|since| since.elapsed() >= DEAD_AFTER);
         // Bounded like any database call: a pass that hangs would leave this node silent
         // without its knowing, and the others would bury it.
         let pass = async {
-            beat(&pool, &node).await?;
-            bury(&pool, &node, &sessions).await
+            beat(&pool, &node, &mut missing).await?;
+            bury(&pool, &node, &sessions, judge).await
         };
         let result = sessions.bounded(pass).await;
         match result {
-            Ok(census) => {
+            Ok(mut census) => {
+                census.taken_for_dead = std::mem::take(&mut missing);
+                heard_since.get_or_insert(started);
                 if failing {
                     tracing::info!("node heartbeats written again");
                     failing = false;
+                }
+                if census.taken_for_dead {
+                    headcount.taken_for_dead.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "the other nodes took this node for dead (its heartbeat was not written \
+                         for 10 s) and adopted its sessions: closing the connections and \
+                         dropping the sessions that are no longer this node's"
+                    );
                 }
                 headcount.live.store(census.live.len(), Ordering::Relaxed);
                 for node in &census.dead {
@@ -193,6 +251,7 @@ pub async fn run(
                 }
             }
             Err(e) => {
+                heard_since = None;
                 headcount.failures.fetch_add(1, Ordering::Relaxed);
                 if !failing {
                     tracing::warn!(error = %e, "cannot write this node's heartbeat");

@@ -13,7 +13,6 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{self, Outgoing, Routed};
-use super::nodes::DEAD_AFTER;
 use crate::store::Qos;
 use crate::topic::TopicLimits;
 
@@ -73,6 +72,9 @@ pub struct Restored {
 #[derive(Debug)]
 pub struct Holder {
     pub node: String,
+    /// Whether the node still has its heartbeat row: no other node took it for dead, so it
+    /// is asked to hand the session over. A stale heartbeat is not enough to skip it: after
+    /// an outage of the database every node's is stale for a moment.
     pub alive: bool,
     /// The session, when it outlives its connection.
     pub session: Option<HeldSession>,
@@ -305,19 +307,43 @@ impl Sessions {
         self.bounded(self.delete_held(node, client_id, true)).await
     }
 
+    /// Of `held`, the client ids `node` no longer has: neither their session nor their claim
+    /// is `node`'s. With each, whether its session lives on (held by another node).
+    pub async fn not_held_by(
+        &self,
+        node: &str,
+        held: &[Arc<str>],
+    ) -> Result<Vec<(String, bool)>, SessionError> {
+        let ids: Vec<&str> = held.iter().map(|id| &**id).collect();
+        self.bounded(async {
+            Ok(sqlx::query_as(
+                "SELECT h.id, EXISTS (SELECT 1 FROM cluster_sessions s \
+                                      WHERE s.client_id = h.id AND s.expiry_secs > 0) \
+                 FROM unnest($1::text[]) AS h(id) \
+                 WHERE NOT EXISTS (SELECT 1 FROM cluster_sessions s \
+                                   WHERE s.client_id = h.id AND s.node = $2) \
+                   AND NOT EXISTS (SELECT 1 FROM cluster_clients c \
+                                   WHERE c.client_id = h.id AND c.node = $2)",
+            )
+            .bind(ids)
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await
+    }
+
     /// The node holding `client_id`'s session (or Will), whether it is alive, and the
     /// session's creator and subscriptions if it outlives its connection.
     pub async fn holder(&self, client_id: &str) -> Result<Option<Holder>, SessionError> {
         let row: Option<(String, bool, Option<String>, i64, serde_json::Value)> = self
             .bounded(async {
                 Ok(sqlx::query_as(
-                    "SELECT s.node, EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node \
-                       AND n.heartbeat_at >= now() - make_interval(secs => $2)), \
+                    "SELECT s.node, EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node), \
                        s.creator, s.expiry_secs, s.subscriptions \
                      FROM cluster_sessions s WHERE s.client_id = $1",
                 )
                 .bind(client_id)
-                .bind(DEAD_AFTER.as_secs_f64())
                 .fetch_optional(&self.pool)
                 .await?)
             })

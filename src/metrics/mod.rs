@@ -81,6 +81,7 @@ pub struct ClusterCounters {
     pub other_version: Counter,
     pub queued_lost: Counter,
     pub heartbeat_failures: Counter,
+    pub taken_for_dead: Counter,
 }
 
 impl ClusterCounters {
@@ -301,6 +302,11 @@ impl Metrics {
                 "retaind_cluster_heartbeat_failures",
                 "Heartbeats not written within the store timeout; after 10 s of them the other nodes take this one for dead",
                 &c.heartbeat_failures,
+            ),
+            (
+                "retaind_cluster_taken_for_dead",
+                "Times this node found that the other nodes had taken it for dead and adopted its sessions",
+                &c.taken_for_dead,
             ),
         ] {
             r.register(name, help, counter.clone());

@@ -1,0 +1,445 @@
+//! Heartbeats between nodes (decision 014) when the database goes away: an outage that every
+//! node sees buries nobody, whoever gets back first; a node the others took for dead, because
+//! it alone could not reach the database, gives up what they adopted once it can, so that a
+//! session lives on one node and a Will fires once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mqtt::raw::{Raw, build};
+use common::mqtt::{Qos5, V5, p5, v5_options, within};
+use common::nats::Nats;
+use common::proxy::{Mode, Proxy};
+use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
+use retaind::cluster::Cluster;
+use sqlx::Connection;
+
+/// Longer than the 10 s after which the others take a silent node for dead, with a heartbeat
+/// (2 s) to spare.
+const PAST_DEAD: Duration = Duration::from_secs(13);
+
+fn cluster(app: &TestApp) -> &Cluster {
+    app.running
+        .as_ref()
+        .expect("running")
+        .broker
+        .cluster()
+        .expect("started with --cluster-url")
+}
+
+/// A node of the service on `nats` whose database, `db`, is reached through `proxy`.
+async fn node_via(nats: &Nats, db: FreshDb, proxy: &Proxy) -> TestApp {
+    let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
+    config.cluster_url = Some(nats.url());
+    config.store_timeout = Duration::from_secs(1);
+    spawn_app_with(db, config).await
+}
+
+async fn until_live(nodes: &[&TestApp], n: usize) {
+    within("every node to see the others' heartbeats", async {
+        while nodes.iter().any(|a| cluster(a).live_nodes() < n) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+async fn until_sends(app: &TestApp, t: &str) {
+    let t = topic(t);
+    within("the other nodes' interest to arrive", async {
+        while cluster(app).in_doubt() || !cluster(app).sends(&t) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// Waits until every node's heartbeat is newer than the database's clock now.
+async fn until_every_heartbeat_after_now(db: &mut sqlx::PgConnection, nodes: i64) {
+    let now: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
+        .fetch_one(&mut *db)
+        .await
+        .unwrap();
+    within("every node's heartbeat written again", async {
+        loop {
+            let fresh: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM cluster_nodes WHERE extract(epoch FROM heartbeat_at) > $1",
+            )
+            .bind(now)
+            .fetch_one(&mut *db)
+            .await
+            .unwrap();
+            if fresh >= nodes {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A client of `app` with a Will on `will/<id>`; also subscribed to every Will and to `hear`.
+async fn watcher(app: &TestApp, id: &str, hear: &str) -> V5 {
+    let mut options = v5_options(app, id);
+    options.set_last_will(p5::LastWill::new(
+        format!("will/{id}"),
+        "gone",
+        Qos5::AtLeastOnce,
+        false,
+        None,
+    ));
+    let (mut c, _) = V5::connect(options).await;
+    c.subscribe("will/#", Qos5::AtLeastOnce).await;
+    c.subscribe(hear, Qos5::AtLeastOnce).await;
+    c
+}
+
+/// The database stops answering every node for longer than the dead time, then comes back:
+/// no node is taken for dead, so no Will fires, no client is disconnected, and the nodes
+/// still send each other what their subscribers want. Before, the first node back buried the
+/// others: it fired their clients' Wills and stopped sending them anything.
+#[tokio::test]
+async fn a_database_outage_longer_than_the_dead_time_buries_no_node() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let proxy = Proxy::start(common::postgres_host_port(&db.url)).await;
+    let direct = db.url.clone();
+    let a = node_via(&nats, db, &proxy).await;
+    let b = node_via(&nats, FreshDb::shared(&direct), &proxy).await;
+    // Each node has a client with a Will, which hears every Will and the other node's topic.
+    let mut on_a = watcher(&a, "on-a", "t/b").await;
+    let mut on_b = watcher(&b, "on-b", "t/a").await;
+    until_live(&[&a, &b], 2).await;
+    until_sends(&a, "t/a").await;
+    until_sends(&b, "t/b").await;
+
+    proxy.fail(Mode::Refuse);
+    tokio::time::sleep(PAST_DEAD).await;
+    assert!(cluster(&a).stats().heartbeat_failures >= 3);
+    assert!(cluster(&b).stats().heartbeat_failures >= 3);
+    proxy.restore();
+    let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
+    until_every_heartbeat_after_now(&mut db, 2).await;
+    // Two more passes each: a burial would have happened at the first.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let claims: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cluster_clients WHERE client_id IN ('on-a', 'on-b')",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(claims, 2, "both connections keep their claims");
+    assert_eq!(cluster(&a).live_nodes(), 2);
+    assert_eq!(cluster(&b).live_nodes(), 2);
+    on_a.publish("t/a", Qos5::AtLeastOnce, false, b"from a")
+        .await;
+    on_b.publish("t/b", Qos5::AtLeastOnce, false, b"from b")
+        .await;
+    let heard_on_b = on_b.next_publish().await;
+    let heard_on_a = on_a.next_publish().await;
+    assert_eq!(
+        (&*heard_on_b.topic, &heard_on_b.payload[..]),
+        (&b"t/a"[..], &b"from a"[..]),
+        "B hears A's publish first: no Will, and A still sends to B"
+    );
+    assert_eq!(
+        (&*heard_on_a.topic, &heard_on_a.payload[..]),
+        (&b"t/b"[..], &b"from b"[..]),
+        "A hears B's publish first: no Will, and B still sends to A"
+    );
+}
+
+/// MQTT 5 CONNECT of a persistent session (expiry 300 s), keep alive 60 s.
+fn persistent(id: &str, clean: bool) -> Vec<u8> {
+    build::connect(id, clean, 60, Some(&[0x11, 0, 0, 1, 0x2C]))
+}
+
+/// A node alone loses the database for longer than the dead time: the other takes it for dead,
+/// fires its client's Will and adopts its persistent session, which queues what is published
+/// meanwhile. Once the node reaches the database again it finds itself taken for dead and
+/// closes those connections as taken over, with no second Will; the client resumes the
+/// adopted session, with what was queued once, and the node's subscriptions reach it again.
+#[tokio::test]
+async fn a_node_taken_for_dead_gives_up_what_the_others_adopted() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let mut config = test_config(&direct);
+    config.cluster_url = Some(nats.url());
+    let a = spawn_app_with(db, config).await;
+    let proxy = Proxy::start(common::postgres_host_port(&direct)).await;
+    let b = node_via(&nats, FreshDb::shared(&direct), &proxy).await;
+
+    let (mut phone, ack) = Raw::connect(&b, &persistent("phone", true)).await;
+    assert_eq!(ack.body[0], 0);
+    phone
+        .send(&build::subscribe(1, "inbox/#", 1, Some(&[])))
+        .await;
+    phone.expect(9).await;
+    let will = build::Will {
+        topic: "will/sensor",
+        payload: b"gone",
+        qos: 1,
+        retain: false,
+        props: &[],
+    };
+    let (mut sensor, _) = Raw::connect(
+        &b,
+        &build::connect_with_will("sensor", true, 60, Some(&[]), will),
+    )
+    .await;
+    let (mut watcher, _) = V5::connect(v5_options(&a, "watcher")).await;
+    watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
+    until_live(&[&a, &b], 2).await;
+    until_sends(&a, "inbox/1").await;
+
+    proxy.fail(Mode::Refuse);
+    // Past the helpers' 10 s deadline: B is dead 10 s after its last heartbeat.
+    let will = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watcher.events.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("the watcher's connection failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the Will of B's client, once A takes B for dead");
+    assert_eq!(
+        (&*will.topic, &will.payload[..]),
+        (&b"will/sensor"[..], &b"gone"[..])
+    );
+    // A holds the session now and queues for it; B's subscription no longer gets anything.
+    within("A to stop sending to B", async {
+        while cluster(&a).sends(&topic("inbox/1")) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    watcher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"while away")
+        .await;
+    let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
+    within("the message to be queued for the adopted session", async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM cluster_session_queue WHERE client_id = 'phone'",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            if n == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    proxy.restore();
+    for (client, name) in [(&mut phone, "phone"), (&mut sensor, "sensor")] {
+        let said = within("B to close the connection whose session A adopted", async {
+            client.until_closed().await
+        })
+        .await;
+        assert_eq!(said.len(), 1, "{name}: {said:?}");
+        assert_eq!(said[0].kind(), 14, "{name}: DISCONNECT, got {said:?}");
+        assert_eq!(
+            said[0].disconnect_reason(),
+            0x8E,
+            "{name}: session taken over"
+        );
+    }
+    let metrics = b.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "retaind_cluster_taken_for_dead_total 1"),
+        "{metrics}"
+    );
+    let (mut phone, ack) = Raw::connect(&b, &persistent("phone", false)).await;
+    assert_eq!(ack.body[0], 1, "the adopted session is resumed");
+    let publish = within("the queued message", phone.expect(3))
+        .await
+        .publish(true);
+    assert_eq!(publish.payload, b"while away");
+    phone.send(&build::ack(0x40, publish.pkid)).await;
+    phone.send(&[0xC0, 0]).await;
+    assert_eq!(
+        within("PINGRESP", phone.expect(13)).await.kind(),
+        13,
+        "the queued message came once"
+    );
+    // B's interest is back: A sends to it, and B's subscriber gets it.
+    until_sends(&a, "inbox/1").await;
+    watcher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"after")
+        .await;
+    let publish = within("a live message", phone.expect(3))
+        .await
+        .publish(true);
+    assert_eq!(publish.payload, b"after");
+    watcher
+        .publish("will/marker", Qos5::AtLeastOnce, false, b"marker")
+        .await;
+    assert_eq!(
+        &watcher.next_publish().await.payload[..],
+        b"marker",
+        "the Will fired once: B closed its connection without it"
+    );
+}
+
+/// The others took B for dead as a burial does it (its heartbeat row and its interest keys
+/// deleted) while B's clients kept their claims: B finds its row gone at its next heartbeat,
+/// puts its keys back, so that A sends to it again, and keeps the connections that are still
+/// its own. The heartbeat that finds the row gone does not finish (here the row's key is held
+/// by a transaction; in life, an answer lost): the next one, which finds the row, still tells.
+#[tokio::test]
+async fn a_node_taken_for_dead_puts_its_interest_back_and_keeps_what_is_still_its_own() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let mut config = test_config(&direct);
+    config.cluster_url = Some(nats.url());
+    let prefix = config.cluster_prefix.clone();
+    let a = spawn_app_with(db, config).await;
+    let proxy = Proxy::start(common::postgres_host_port(&direct)).await;
+    let b = node_via(&nats, FreshDb::shared(&direct), &proxy).await;
+    let (mut on_b, _) = V5::connect(v5_options(&b, "on-b")).await;
+    on_b.subscribe("k/#", Qos5::AtLeastOnce).await;
+    let (mut on_a, _) = V5::connect(v5_options(&a, "on-a")).await;
+    until_live(&[&a, &b], 2).await;
+    until_sends(&a, "k/1").await;
+
+    // The burial, while B's database traffic is held: its row and its keys go.
+    let node = cluster(&b).node().to_owned();
+    proxy.pause();
+    let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
+    sqlx::query("DELETE FROM cluster_nodes WHERE node = $1")
+        .bind(&node)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    // A row for B that nobody sees until this transaction commits: B's heartbeat finds no
+    // row, then waits to write its own, and is given up.
+    let mut holder = sqlx::PgConnection::connect(&direct).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("INSERT INTO cluster_nodes (node) VALUES ($1)")
+        .bind(&node)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_key_value(format!("{prefix}-interest"))
+        .await
+        .unwrap();
+    let keys: Vec<String> = {
+        use futures_util::TryStreamExt;
+        bucket.keys().await.unwrap().try_collect().await.unwrap()
+    };
+    let of_b: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with(&format!("{node}.")))
+        .collect();
+    assert!(!of_b.is_empty(), "{keys:?}");
+    for key in of_b {
+        bucket.delete(key).await.unwrap();
+    }
+    within("A to see B's keys gone", async {
+        while cluster(&a).sends(&topic("k/1")) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let failures = cluster(&b).stats().heartbeat_failures;
+    proxy.resume();
+    within("B's heartbeat to be given up", async {
+        while cluster(&b).stats().heartbeat_failures == failures {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+
+    // B's next heartbeat finds a row, and B still knows it was gone.
+    until_sends(&a, "k/1").await;
+    on_a.publish("k/1", Qos5::AtLeastOnce, false, b"again")
+        .await;
+    let p = on_b.next_publish().await;
+    assert_eq!(&p.payload[..], b"again", "B's client kept its connection");
+    let claims: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cluster_clients WHERE client_id = 'on-b'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(claims, 1);
+}
+
+/// After an outage of the database every heartbeat is old for a moment. A client that resumes
+/// on A a session that B holds offline then: A asks B for it, as from any node that was not
+/// taken for dead, and B lets its copy go. Before, a stale heartbeat made A take the session
+/// as stored, and B went on holding a copy, and its subscriptions, for the session's life.
+#[tokio::test]
+async fn a_session_resumed_while_heartbeats_are_stale_is_asked_of_the_node_that_holds_it() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let proxy_a = Proxy::start(common::postgres_host_port(&direct)).await;
+    let proxy_b = Proxy::start(common::postgres_host_port(&direct)).await;
+    let a = node_via(&nats, db, &proxy_a).await;
+    let b = node_via(&nats, FreshDb::shared(&direct), &proxy_b).await;
+    let (mut phone, _) = Raw::connect(&b, &persistent("phone", true)).await;
+    phone
+        .send(&build::subscribe(1, "inbox/#", 1, Some(&[])))
+        .await;
+    phone.expect(9).await;
+    phone.send(&build::disconnect_v5(0)).await;
+    assert!(phone.until_closed().await.is_empty());
+    let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
+    within("the session to be recorded offline", async {
+        loop {
+            let connected: Option<bool> = sqlx::query_scalar(
+                "SELECT connected FROM cluster_sessions WHERE client_id = 'phone'",
+            )
+            .fetch_optional(&mut db)
+            .await
+            .unwrap();
+            if connected == Some(false) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    until_live(&[&a, &b], 2).await;
+    until_sends(&a, "inbox/1").await;
+
+    proxy_a.fail(Mode::Refuse);
+    proxy_b.fail(Mode::Refuse);
+    tokio::time::sleep(PAST_DEAD).await;
+    // A is back; B's heartbeat stays stale (B still cannot reach the database).
+    proxy_a.restore();
+    until_every_heartbeat_after_now(&mut db, 1).await;
+    let stale: bool = sqlx::query_scalar(
+        "SELECT bool_and(heartbeat_at < now() - interval '10 seconds') FROM cluster_nodes \
+         WHERE node = $1",
+    )
+    .bind(cluster(&b).node())
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(stale, "B's heartbeat is older than the dead time");
+
+    let (_phone, ack) = Raw::connect(&a, &persistent("phone", false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    within("B to let go of its copy, and of its interest", async {
+        while cluster(&a).sends(&topic("inbox/1")) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
