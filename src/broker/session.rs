@@ -202,9 +202,12 @@ impl SessionState {
     }
 
     /// Queues messages taken back from Postgres, in their order, ahead of any that arrived
-    /// while they were being taken. Their number was bounded when they were stored. A message
-    /// that arrived here and was also queued by the node that held the session before (both
-    /// subscribed while it moved) is kept once, in its place among those taken back.
+    /// while they were being taken. A message that arrived here and was also queued by the
+    /// node that held the session before (both subscribed while it moved) is kept once, in its
+    /// place among those taken back. All of them are held to the session's limits, the oldest
+    /// first, as when a queue fills: a queue in Postgres can hold more than the session
+    /// counted (one written by an older release, or a node taken for dead adding what it held
+    /// in memory to the adopter's).
     pub fn requeue_ahead(&mut self, mut deliveries: Vec<Delivery>) {
         let mut stamps = HashSet::new();
         // Queued twice in Postgres too: by the node the session left and by one that gave
@@ -228,6 +231,30 @@ impl SessionState {
                 );
             }
         }
+        let (mut count, mut bytes) = (0, 0);
+        let limits = self.limits;
+        let mut dropped = 0;
+        deliveries.retain(|d| {
+            let size = d.message.payload.len();
+            let fits = count < limits.max_queued && bytes + size <= limits.max_queued_bytes;
+            if fits {
+                count += 1;
+                bytes += size;
+            } else {
+                dropped += 1;
+            }
+            fits
+        });
+        while self.queue.len() + count > limits.max_queued
+            || self.queued_bytes + bytes > limits.max_queued_bytes
+        {
+            let Some(newest) = self.queue.pop_back() else {
+                break;
+            };
+            self.queued_bytes -= newest.message.payload.len();
+            dropped += 1;
+        }
+        self.dropped.queue_full += dropped;
         for delivery in deliveries.into_iter().rev() {
             self.queued_bytes += delivery.message.payload.len();
             self.queue.push_front(delivery);
@@ -699,6 +726,30 @@ mod tests {
             Enqueued::Dropped
         ));
         assert_eq!(s.dropped.queue_full, 3);
+    }
+
+    #[test]
+    fn a_queue_taken_back_is_held_to_the_limits_the_oldest_first() {
+        let mut s = state(3);
+        let _ = s.enqueue(delivery("arrived here", Qos::AtLeastOnce), false);
+        let back = ["a", "b", "c", "d"].map(|p| delivery(p, Qos::AtLeastOnce));
+        s.requeue_ahead(back.into());
+        let queued: Vec<_> = s.queue.iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(queued, [&b"a"[..], b"b", b"c"]);
+        assert_eq!(s.queued_bytes(), 3);
+        assert_eq!(s.dropped.queue_full, 2);
+
+        let mut s = SessionState::new(SessionLimits {
+            max_queued: 100,
+            max_queued_bytes: 10,
+        });
+        let _ = s.enqueue(delivery("12", Qos::AtLeastOnce), false);
+        let back = ["12345", "123456", "1234"].map(|p| delivery(p, Qos::AtLeastOnce));
+        s.requeue_ahead(back.into());
+        let queued: Vec<_> = s.queue.iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(queued, [&b"12345"[..], b"1234"]);
+        assert_eq!(s.queued_bytes(), 9);
+        assert_eq!(s.dropped.queue_full, 2);
     }
 
     #[test]
