@@ -324,6 +324,49 @@ async fn a_subscription_that_ends_stops_the_traffic_to_its_node() {
     .await;
 }
 
+/// A subscription that ends while its node cannot reach NATS: the removal of its key is owed
+/// and made once the node is back, so the other nodes stop sending what nobody here wants
+/// (the key would otherwise stay in the bucket, which outlives the node's connection).
+#[tokio::test]
+async fn a_subscription_that_ends_while_nats_is_unreachable_stops_the_traffic_once_it_is_back() {
+    let nats = Nats::start().await;
+    let [a] = <[TestApp; 1]>::try_from(nodes(&nats, 1).await)
+        .ok()
+        .unwrap();
+    let port: u16 = nats.url().rsplit(':').next().unwrap().parse().unwrap();
+    let to_nats = Proxy::start(("127.0.0.1".to_owned(), port)).await;
+    let mut config = test_config(&a.db.url);
+    config.cluster_url = Some(format!("nats://{}", to_nats.addr));
+    let b = spawn_app_with(FreshDb::shared(&a.db.url), config).await;
+    let (mut on_b, _) = V5::connect(v5_options(&b, "sub")).await;
+    on_b.subscribe("gone/x", Qos5::AtMostOnce).await;
+    until_sends(&a, "gone/x").await;
+
+    to_nats.fail(common::proxy::Mode::Refuse);
+    until_nats_lost(&b).await;
+    on_b.disconnect().await;
+    let unannounced = cluster(&b).stats().unannounced;
+    within("the removal to be owed", async {
+        while cluster(&b).stats().unannounced == unannounced {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        cluster(&a).sends(&topic("gone/x")),
+        "the key is still there"
+    );
+
+    to_nats.restore();
+    let t = topic("gone/x");
+    within("A to see B's interest withdrawn", async {
+        while cluster(&a).sends(&t) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn nats_lost_and_back_local_delivery_goes_on_readyz_says_so_and_routing_resumes() {
     let mut nats = Nats::start().await;

@@ -11,7 +11,7 @@
 //! changes do not wait on NATS at all, so a stalled server delays a SUBACK by at most one
 //! timeout and never holds the changes queued behind it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -82,8 +82,11 @@ struct State {
     store: Option<kv::Store>,
     /// NATS did not take something in time: until the next retry, changes skip NATS.
     stalled: bool,
-    /// Something is owed to NATS: a subscription or a key.
+    /// Something is owed to NATS: a subscription or a key, or a key's removal.
     owed: bool,
+    /// Keys of filters this node no longer holds that the bucket may still hold: their
+    /// removal was not taken. Until it is, the others send this node what it drops.
+    unwithdrawn: HashSet<String>,
 }
 
 impl Local {
@@ -100,6 +103,7 @@ impl Local {
             store: self.bucket().await,
             stalled: false,
             owed: false,
+            unwithdrawn: HashSet::new(),
         };
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -142,6 +146,12 @@ impl Local {
         }
         for tasks in state.members.values() {
             tasks.iter().for_each(JoinHandle::abort);
+        }
+        let unwithdrawn = std::mem::take(&mut state.unwithdrawn);
+        for key in unwithdrawn {
+            if let Some(store) = &state.store {
+                let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
+            }
         }
         for (_, h) in state.held.drain() {
             h.receivers.iter().for_each(JoinHandle::abort);
@@ -188,11 +198,14 @@ impl Local {
     async fn add(&self, state: &mut State, spec: FilterSpec, member: ClientKey) {
         let filter = spec.filter().clone();
         let new = !state.held.contains_key(&filter);
+        let key = bucket::key(&self.node, &filter);
+        // Held again before its removal was taken: the key is to stay.
+        state.unwithdrawn.remove(&key);
         let held = state.held.entry(filter.clone()).or_insert_with(|| Held {
             plain: 0,
             members: 0,
             receivers: Vec::new(),
-            key: bucket::key(&self.node, &filter),
+            key,
             announced: false,
         });
         match spec.share_group() {
@@ -380,6 +393,38 @@ impl Local {
         for filter in keys {
             self.announce(state, &filter).await;
         }
+        let unwithdrawn: Vec<String> = state.unwithdrawn.drain().collect();
+        for key in unwithdrawn {
+            self.withdraw(state, key).await;
+        }
+    }
+
+    /// Removes this node's `key` from the bucket, or leaves its removal owed: while stalled,
+    /// a removal does not wait on NATS either.
+    async fn withdraw(&self, state: &mut State, key: String) {
+        let store = state
+            .store
+            .as_ref()
+            .filter(|_| !state.stalled && self.link.is_connected());
+        let taken = match store {
+            None => false,
+            Some(store) => match tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => {
+                    state.store = None;
+                    false
+                }
+                Err(_) => {
+                    state.stalled = true;
+                    false
+                }
+            },
+        };
+        if !taken {
+            self.unannounced.fetch_add(1, Ordering::Relaxed);
+            state.unwithdrawn.insert(key);
+            state.owed = true;
+        }
     }
 
     async fn remove(&self, state: &mut State, spec: &FilterSpec, member: &ClientKey) {
@@ -407,11 +452,7 @@ impl Local {
         let Some(held) = state.held.remove(filter) else {
             return;
         };
-        if let Some(store) = &state.store
-            && self.link.is_connected()
-        {
-            let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&held.key)).await;
-        }
+        self.withdraw(state, held.key).await;
     }
 
     /// A put that fails forgets the bucket, so that the next try opens it again (NATS may
