@@ -62,21 +62,16 @@ pub struct Census {
     /// Live nodes whose heartbeat records a frame version other than this node's, with it.
     /// Nodes of releases that do not record one are not among them.
     pub other_frames: Vec<(String, i16)>,
-    pub adopted: Vec<Adopted>,
+    /// Nodes gone (dead, or stopped) whose sessions are left to adopt.
+    pub orphans: Vec<String>,
     /// This node's own row was gone: the others took it for dead, removed its claims and
     /// interest, and adopted its sessions.
     pub taken_for_dead: bool,
 }
 
-/// Removes the nodes silent for [`DEAD_AFTER`] if `judge`, with their claims, and adopts the
-/// sessions of every node gone (dead, or stopped), in one transaction so that one survivor
-/// does each.
-pub async fn bury(
-    pool: &PgPool,
-    node: &str,
-    sessions: &Sessions,
-    judge: bool,
-) -> Result<Census, SessionError> {
+/// Removes the nodes silent for [`DEAD_AFTER`] if `judge`, with their claims, and finds the
+/// nodes gone (dead, or stopped) whose sessions are left to adopt ([`adopt`]).
+pub async fn bury(pool: &PgPool, sessions: &Sessions, judge: bool) -> Result<Census, SessionError> {
     let mut tx = pool.begin().await?;
     let dead: Vec<String> = if judge {
         sqlx::query_scalar(
@@ -105,15 +100,55 @@ pub async fn bury(
     .bind(i16::from(frame::VERSION))
     .fetch_all(&mut *tx)
     .await?;
-    let adopted = sessions.adopt(&mut tx, node).await?;
+    let orphans = sessions.orphan_nodes(&mut tx).await?;
     tx.commit().await?;
     Ok(Census {
         dead,
         live,
         other_frames,
-        adopted,
+        orphans,
         taken_for_dead: false,
     })
+}
+
+/// Sessions adopted in one transaction: a dead node may have held a hundred thousand, more
+/// than one statement does within the database timeout.
+const ADOPT_BATCH: usize = 1_000;
+/// How long one heartbeat pass goes on adopting before it lets the next beat come: the rest
+/// is adopted at the next passes.
+const ADOPT_BUDGET: Duration = Duration::from_secs(1);
+
+/// Adopts the sessions of `orphans` a batch at a time, handing each batch to `adopted`,
+/// starting batches for at most [`ADOPT_BUDGET`].
+async fn adopt(
+    node: &str,
+    orphans: &[String],
+    sessions: &Sessions,
+    adopted: &impl Fn(Vec<Adopted>),
+) {
+    let started = Instant::now();
+    // The budget is looked at between batches only: a batch given up while it commits could
+    // be adopted in the database and not here.
+    while started.elapsed() < ADOPT_BUDGET {
+        let batch = match sessions
+            .bounded(sessions.adopt(node, orphans, ADOPT_BATCH))
+            .await
+        {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot adopt the sessions of nodes that are gone; trying again at the next heartbeat");
+                return;
+            }
+        };
+        let n = batch.len();
+        if n > 0 {
+            tracing::info!(sessions = n, "adopted sessions of nodes that are gone");
+            adopted(batch);
+        }
+        if n < ADOPT_BATCH {
+            return;
+        }
+    }
 }
 
 /// Leaves the service: this node's row and claims go at once, not after [`DEAD_AFTER`].
@@ -200,7 +235,7 @@ pub async fn run(
         // without its knowing, and the others would bury it.
         let pass = async {
             beat(&pool, &node, &mut missing).await?;
-            bury(&pool, &node, &sessions, judge).await
+            bury(&pool, &sessions, judge).await
         };
         let result = sessions.bounded(pass).await;
         match result {
@@ -242,12 +277,8 @@ pub async fn run(
                         );
                     }
                 }
-                if !census.adopted.is_empty() {
-                    tracing::info!(
-                        sessions = census.adopted.len(),
-                        "adopted the sessions of nodes that are gone"
-                    );
-                    adopted(census.adopted);
+                if !census.orphans.is_empty() {
+                    adopt(&node, &census.orphans, &sessions, &adopted).await;
                 }
             }
             Err(e) => {

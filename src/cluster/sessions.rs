@@ -429,59 +429,97 @@ impl Sessions {
         })
     }
 
-    /// In the transaction that found nodes gone: every session held by a node that has no
-    /// heartbeat row any more becomes `node`'s, offline, its Will cleared (the adopter
-    /// publishes it). One survivor adopts each session: the update locks its row.
-    pub async fn adopt(
+    /// Nodes that hold sessions but have no heartbeat row: dead and buried, or stopped. It
+    /// walks the distinct nodes of the `node` index, a probe each, rather than reading every
+    /// session: every node looks at every heartbeat.
+    pub async fn orphan_nodes(
         &self,
         tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<Vec<String>, SessionError> {
+        Ok(sqlx::query_scalar(
+            "WITH RECURSIVE holders(node) AS ( \
+               (SELECT node FROM cluster_sessions ORDER BY node LIMIT 1) \
+               UNION ALL \
+               SELECT (SELECT s.node FROM cluster_sessions s WHERE s.node > h.node \
+                       ORDER BY s.node LIMIT 1) \
+               FROM holders h WHERE h.node IS NOT NULL) \
+             SELECT node FROM holders h WHERE node IS NOT NULL \
+               AND NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = h.node)",
+        )
+        .fetch_all(&mut **tx)
+        .await?)
+    }
+
+    /// At most `limit` sessions of the `orphans` (nodes without a heartbeat row, as
+    /// [`Self::orphan_nodes`] found them) become `node`'s, offline, their Wills cleared (the
+    /// adopter publishes them), in a transaction of their own. One survivor adopts each
+    /// session: the update locks its row, and the others skip it.
+    pub async fn adopt(
+        &self,
         node: &str,
+        orphans: &[String],
+        limit: usize,
     ) -> Result<Vec<Adopted>, SessionError> {
+        let mut tx = self.pool.begin().await?;
         let rows: Vec<AdoptRow> = sqlx::query_as(
             "WITH orphans AS ( \
                SELECT client_id, connected, will, will_expiry_secs, will_delay_secs, \
                  will_owner, will_owner_max, \
                  extract(epoch FROM now() - coalesce(detached_at, now()))::float8 AS away \
                FROM cluster_sessions s \
-               WHERE NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node) \
-               FOR UPDATE SKIP LOCKED) \
+               WHERE s.node = ANY($2) \
+                 AND NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node) \
+               LIMIT $3 \
+               FOR UPDATE SKIP LOCKED), \
+             queues AS ( \
+               SELECT q.client_id, count(*) AS queued, \
+                 sum(octet_length(q.frame))::int8 AS queued_bytes \
+               FROM cluster_session_queue q JOIN orphans o USING (client_id) \
+               GROUP BY q.client_id) \
              UPDATE cluster_sessions s SET node = $1, connected = false, \
                detached_at = coalesce(s.detached_at, now()), will = NULL \
-             FROM orphans o WHERE s.client_id = o.client_id \
+             FROM orphans o LEFT JOIN queues q USING (client_id) \
+             WHERE s.client_id = o.client_id \
              RETURNING s.client_id, s.creator, s.expiry_secs, s.subscriptions, o.connected, \
                o.will, o.will_expiry_secs, o.will_delay_secs, o.will_owner, o.will_owner_max, \
-               o.away, \
-               (SELECT count(*) FROM cluster_session_queue q \
-                WHERE q.client_id = s.client_id) AS queued, \
-               (SELECT coalesce(sum(octet_length(q.frame)), 0)::int8 FROM cluster_session_queue q \
-                WHERE q.client_id = s.client_id) AS queued_bytes",
+               o.away, coalesce(q.queued, 0) AS queued, \
+               coalesce(q.queued_bytes, 0) AS queued_bytes",
         )
         .bind(node)
-        .fetch_all(&mut **tx)
+        .bind(orphans)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
         .await?;
-        let mut adopted = Vec::with_capacity(rows.len());
-        for r in rows {
-            let will = if r.connected { self.will(&r) } else { None };
-            if r.expiry_secs <= 0 {
-                // Kept only for its Will: gone once it is in hand.
-                sqlx::query("DELETE FROM cluster_sessions WHERE client_id = $1")
-                    .bind(&r.client_id)
-                    .execute(&mut **tx)
-                    .await?;
-                delete_queue(tx, &r.client_id).await?;
-            }
-            adopted.push(Adopted {
+        // Kept only for their Wills: gone once those are in hand.
+        let will_only: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.expiry_secs <= 0)
+            .map(|r| r.client_id.as_str())
+            .collect();
+        if !will_only.is_empty() {
+            sqlx::query("DELETE FROM cluster_sessions WHERE client_id = ANY($1)")
+                .bind(&will_only)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM cluster_session_queue WHERE client_id = ANY($1)")
+                .bind(&will_only)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .map(|r| Adopted {
                 client_id: Arc::from(r.client_id.as_str()),
                 creator: r.creator.clone(),
                 expiry_secs: u32::try_from(r.expiry_secs.max(0)).unwrap_or(u32::MAX),
                 away: Duration::from_secs_f64(r.away.max(0.0)),
                 subscriptions: serde_json::from_value(r.subscriptions.clone()).unwrap_or_default(),
-                will,
+                will: if r.connected { self.will(r) } else { None },
                 queued: usize::try_from(r.queued).unwrap_or(0),
                 queued_bytes: usize::try_from(r.queued_bytes).unwrap_or(0),
-            });
-        }
-        Ok(adopted)
+            })
+            .collect())
     }
 }
 
