@@ -5,6 +5,7 @@ mod check_config;
 mod config;
 mod config_file;
 mod maintenance;
+mod open_files;
 mod redact;
 mod reload;
 
@@ -114,6 +115,13 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     check_local_only(config, &auth)?;
     let tls = load_tls(config)?;
     check_cluster(config)?;
+    // MQTT connections, the database's (reads and scans, write lanes), and a margin for HTTP
+    // connections, listeners and files.
+    let needed = config.mqtt_max_connections as u64
+        + 2 * u64::from(config.db_max_connections)
+        + u64::from(config.db_write_lanes)
+        + 512;
+    open_files::raise(needed);
     let store_err = |cause| Error::Store {
         url: redact_url(&config.database_url),
         cause,
