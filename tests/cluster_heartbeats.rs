@@ -28,6 +28,13 @@ fn cluster(app: &TestApp) -> &Cluster {
         .expect("started with --cluster-url")
 }
 
+/// A node of the service on `nats` that reaches its database, `db`, directly.
+async fn node(nats: &Nats, db: FreshDb) -> TestApp {
+    let mut config = test_config(&db.url.clone());
+    config.cluster_url = Some(nats.url());
+    spawn_app_with(db, config).await
+}
+
 /// A node of the service on `nats` whose database, `db`, is reached through `proxy`.
 async fn node_via(nats: &Nats, db: FreshDb, proxy: &Proxy) -> TestApp {
     let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
@@ -166,9 +173,7 @@ async fn a_node_taken_for_dead_gives_up_what_the_others_adopted() {
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
     let direct = db.url.clone();
-    let mut config = test_config(&direct);
-    config.cluster_url = Some(nats.url());
-    let a = spawn_app_with(db, config).await;
+    let a = node(&nats, db).await;
     let proxy = Proxy::start(common::postgres_host_port(&direct)).await;
     let b = node_via(&nats, FreshDb::shared(&direct), &proxy).await;
 
@@ -302,10 +307,8 @@ async fn a_node_taken_for_dead_puts_its_interest_back_and_keeps_what_is_still_it
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
     let direct = db.url.clone();
-    let mut config = test_config(&direct);
-    config.cluster_url = Some(nats.url());
-    let prefix = config.cluster_prefix.clone();
-    let a = spawn_app_with(db, config).await;
+    let prefix = test_config(&direct).cluster_prefix;
+    let a = node(&nats, db).await;
     let proxy = Proxy::start(common::postgres_host_port(&direct)).await;
     let b = node_via(&nats, FreshDb::shared(&direct), &proxy).await;
     let (mut on_b, _) = V5::connect(v5_options(&b, "on-b")).await;
@@ -465,12 +468,12 @@ async fn a_hundred_thousand_sessions_of_a_node_that_is_gone_are_all_adopted() {
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
     let direct = db.url.clone();
-    // The schema first: a node that starts runs the migrations.
     let mut config = test_config(&direct);
     config.cluster_url = Some(nats.url());
     config.store_timeout = Duration::from_secs(1);
-    let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();
     let a = spawn_app_with(db, config).await;
+    // Once the node has made the schema.
+    let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();
     sessions_of(&mut admin, "gone", 100_000).await;
     let node = cluster(&a).node().to_owned();
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -523,9 +526,7 @@ async fn heartbeats_do_not_read_every_session_to_find_those_of_nodes_that_are_go
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
     let direct = db.url.clone();
-    let mut config = test_config(&direct);
-    config.cluster_url = Some(nats.url());
-    let a = spawn_app_with(db, config).await;
+    let a = node(&nats, db).await;
     let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();
     sessions_of(&mut admin, cluster(&a).node(), 100_000).await;
     // Postgres' counters reach the view when a backend flushes them (within a second or so

@@ -408,17 +408,10 @@ impl Local {
             .filter(|_| !state.stalled && self.link.is_connected());
         let taken = match store {
             None => false,
-            Some(store) => match tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await {
-                Ok(Ok(())) => true,
-                Ok(Err(_)) => {
-                    state.store = None;
-                    false
-                }
-                Err(_) => {
-                    state.stalled = true;
-                    false
-                }
-            },
+            Some(store) => {
+                let deleted = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
+                taken(state, deleted)
+            }
         };
         if !taken {
             self.unannounced.fetch_add(1, Ordering::Relaxed);
@@ -455,23 +448,33 @@ impl Local {
         self.withdraw(state, held.key).await;
     }
 
-    /// A put that fails forgets the bucket, so that the next try opens it again (NATS may
-    /// have restarted without it); one that times out leaves the node stalled.
+    /// Puts `key`; false if NATS did not take it ([`taken`]).
     async fn put(&self, state: &mut State, key: &str, filter: &TopicFilter) -> bool {
         let Some(store) = state.store.as_ref().filter(|_| self.link.is_connected()) else {
             return false;
         };
         let value = bytes::Bytes::copy_from_slice(filter.as_str().as_bytes());
-        match tokio::time::timeout(ANNOUNCE_TIMEOUT, store.put(key, value)).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(_)) => {
-                state.store = None;
-                false
-            }
-            Err(_) => {
-                state.stalled = true;
-                false
-            }
+        let put = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.put(key, value)).await;
+        taken(state, put)
+    }
+}
+
+/// Whether NATS took a write to the bucket. One it refused forgets the bucket, so that the
+/// next try opens it again (NATS may have restarted without it); one that timed out leaves
+/// the node stalled.
+fn taken<T, E>(
+    state: &mut State,
+    written: Result<Result<T, E>, tokio::time::error::Elapsed>,
+) -> bool {
+    match written {
+        Ok(Ok(_)) => true,
+        Ok(Err(_)) => {
+            state.store = None;
+            false
+        }
+        Err(_) => {
+            state.stalled = true;
+            false
         }
     }
 }
