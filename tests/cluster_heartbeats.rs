@@ -537,3 +537,64 @@ async fn heartbeats_do_not_read_every_session_to_find_those_of_nodes_that_are_go
     let read = session_rows_read(&mut admin).await - before;
     assert!(read < 1_000, "{read} rows read in 8 s of heartbeats");
 }
+
+/// A burst of CONNECTs whose claims wait on the database holds every connection of the
+/// cluster's pool; the heartbeats have their own, so the node is not taken for dead for it.
+/// Sharing the pool, they waited behind the claims past the 10 s after which the others take a
+/// silent node for dead.
+#[tokio::test]
+async fn heartbeats_go_on_while_connects_hold_every_pooled_database_connection() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let mut config = test_config(&direct);
+    config.cluster_url = Some(nats.url());
+    // Claims wait on the lock below for most of this, instead of failing at once.
+    config.store_timeout = Duration::from_secs(30);
+    let a = spawn_app_with(db, config).await;
+    let mut locker = sqlx::PgConnection::connect(&direct).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE cluster_clients IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let addr = a.mqtt_addr;
+    let connects: Vec<_> = (0..12)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut raw = Raw::open_addr(addr).await;
+                raw.send(&build::connect(&format!("burst{i}"), true, 60, None))
+                    .await;
+                // Past the helpers' deadline: the answer comes once the lock goes.
+                let answered = raw.stream().readable();
+                tokio::time::timeout(Duration::from_secs(60), answered)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                raw.recv().await
+            })
+        })
+        .collect();
+
+    let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
+    tokio::time::sleep(PAST_DEAD).await;
+    let age: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - heartbeat_at)::float8 FROM cluster_nodes \
+         WHERE node = $1",
+    )
+    .bind(cluster(&a).node())
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(age < 5.0, "the heartbeat is {age} s old");
+    assert_eq!(cluster(&a).stats().heartbeat_failures, 0);
+
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    for connect in connects {
+        let ack = within("a CONNACK", connect)
+            .await
+            .unwrap()
+            .expect("a CONNACK");
+        assert_eq!(ack.kind(), 2);
+    }
+}

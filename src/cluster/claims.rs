@@ -15,6 +15,10 @@ pub struct ClaimError(String);
 
 pub struct Claims {
     pool: PgPool,
+    /// The heartbeats' own connection: however busy the pool is with clients' claims and
+    /// sessions, a node's liveness never waits behind them, or a burst of CONNECTs could get
+    /// it taken for dead.
+    beats: PgPool,
     timeout: Duration,
 }
 
@@ -54,13 +58,27 @@ impl Claims {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(timeout)
+            .connect_with(options.clone())
+            .await?;
+        let beats = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(timeout)
             .connect_with(options)
             .await?;
-        Ok(Self { pool, timeout })
+        Ok(Self {
+            pool,
+            beats,
+            timeout,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// For the heartbeats (and the adoptions they find) alone.
+    pub fn beats(&self) -> &PgPool {
+        &self.beats
     }
 
     pub async fn claim(&self, client_id: &str, node: &str) -> Result<Claimed, ClaimError> {

@@ -291,7 +291,7 @@ impl Cluster {
             }
         };
         tasks.spawn(super::nodes::run(
-            claims.pool().clone(),
+            claims.beats().clone(),
             node.clone(),
             headcount.clone(),
             sessions.clone(),

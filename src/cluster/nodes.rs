@@ -121,6 +121,7 @@ const ADOPT_BUDGET: Duration = Duration::from_secs(1);
 /// Adopts the sessions of `orphans` a batch at a time, handing each batch to `adopted`,
 /// starting batches for at most [`ADOPT_BUDGET`].
 async fn adopt(
+    pool: &PgPool,
     node: &str,
     orphans: &[String],
     sessions: &Sessions,
@@ -131,7 +132,7 @@ async fn adopt(
     // be adopted in the database and not here.
     while started.elapsed() < ADOPT_BUDGET {
         let batch = match sessions
-            .bounded(sessions.adopt(node, orphans, ADOPT_BATCH))
+            .bounded(sessions.adopt(pool, node, orphans, ADOPT_BATCH))
             .await
         {
             Ok(batch) => batch,
@@ -278,7 +279,7 @@ pub async fn run(
                     }
                 }
                 if !census.orphans.is_empty() {
-                    adopt(&node, &census.orphans, &sessions, &adopted).await;
+                    adopt(&pool, &node, &census.orphans, &sessions, &adopted).await;
                 }
             }
             Err(e) => {

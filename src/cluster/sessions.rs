@@ -452,15 +452,16 @@ impl Sessions {
 
     /// At most `limit` sessions of the `orphans` (nodes without a heartbeat row, as
     /// [`Self::orphan_nodes`] found them) become `node`'s, offline, their Wills cleared (the
-    /// adopter publishes them), in a transaction of their own. One survivor adopts each
-    /// session: the update locks its row, and the others skip it.
+    /// adopter publishes them), in a transaction of their own on `pool` (the heartbeats'). One
+    /// survivor adopts each session: the update locks its row, and the others skip it.
     pub async fn adopt(
         &self,
+        pool: &PgPool,
         node: &str,
         orphans: &[String],
         limit: usize,
     ) -> Result<Vec<Adopted>, SessionError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = pool.begin().await?;
         let rows: Vec<AdoptRow> = sqlx::query_as(
             "WITH orphans AS ( \
                SELECT client_id, connected, will, will_expiry_secs, will_delay_secs, \
