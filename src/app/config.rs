@@ -232,9 +232,28 @@ pub struct ServeConfig {
     /// NATS server(s) (nats://host:port, comma-separated) to join the other nodes started
     /// with the same URL and the same Postgres database, as one MQTT service: publishes on
     /// any node reach subscribers on every node. Needs a postgres:// --database-url. Off
-    /// unless given: a single node needs no NATS.
+    /// unless given: a single node needs no NATS. Credentials go in the URL
+    /// (nats://user:password@host, nats://token@host); tls://host asks for TLS.
     #[arg(long, env = "RETAIND_CLUSTER_URL")]
     pub cluster_url: Option<String>,
+
+    /// PEM file of the CA certificates that sign the NATS servers' certificates, when a CA of
+    /// your own does; TLS to NATS is then required.
+    #[arg(long, env = "RETAIND_CLUSTER_TLS_CA", requires = "cluster_url")]
+    pub cluster_tls_ca: Option<PathBuf>,
+
+    /// PEM certificate this node presents to NATS servers that verify their clients; TLS to
+    /// NATS is then required.
+    #[arg(
+        long,
+        env = "RETAIND_CLUSTER_TLS_CERT",
+        requires_all = ["cluster_url", "cluster_tls_key"]
+    )]
+    pub cluster_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-tls-cert.
+    #[arg(long, env = "RETAIND_CLUSTER_TLS_KEY", requires = "cluster_tls_cert")]
+    pub cluster_tls_key: Option<PathBuf>,
 
     /// The first token of every NATS subject the service uses, and its bucket's name, so that
     /// several services can share one NATS.

@@ -159,6 +159,11 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         Some(url) => Some(
             Cluster::start(ClusterConfig {
                 url: url.clone(),
+                tls: cluster::NatsTls {
+                    ca: config.cluster_tls_ca.clone(),
+                    cert: config.cluster_tls_cert.clone(),
+                    key: config.cluster_tls_key.clone(),
+                },
                 prefix: config.cluster_prefix.clone(),
                 startup_wait: config.db_startup_wait,
                 max_payload_bytes: config.max_payload_bytes,

@@ -18,7 +18,7 @@ use super::budget::Budget;
 use super::claims::{ClaimError, Claims, TakeOver};
 use super::frame::{self, Outgoing, Stamp};
 use super::inbox::{Events, Inbox};
-use super::link::{self, Link};
+use super::link::{self, Link, NatsTls};
 use super::local::{Change, Local};
 use super::loops::{self, HANDOVER_TIMEOUT};
 use super::nodes::{Census, Headcount};
@@ -47,8 +47,11 @@ const NOTICE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How a node joins the service.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `nats://host:port`, or several, comma-separated.
+    /// `nats://host:port`, or several, comma-separated; `user:password@` or `token@` before
+    /// the host for servers that ask for credentials, `tls://` for TLS.
     pub url: String,
+    /// TLS settings beyond the URL's.
+    pub tls: NatsTls,
     /// The first token of every subject and the bucket's name: services sharing one NATS
     /// each have their own.
     pub prefix: String,
@@ -153,8 +156,10 @@ impl Cluster {
             config.topic_limits,
             config.database_timeout,
         ));
+        let shown = link::redact(&config.url);
         let (client, link) = link::connect(
             &config.url,
+            &config.tls,
             &format!("retaind {node}"),
             config.startup_wait,
             config.max_payload_bytes,
@@ -166,7 +171,7 @@ impl Cluster {
         super::bucket::open(&js, &config.prefix)
             .await
             .map_err(|cause| Error::JetStream {
-                url: config.url.clone(),
+                url: shown.clone(),
                 cause,
             })?;
         let shutdown = CancellationToken::new();
@@ -187,8 +192,13 @@ impl Cluster {
             link.epochs(),
             shutdown.clone(),
         ));
-        let members_client =
-            link::connect_members(&config.url, &format!("retaind {node} members"), &link).await?;
+        let members_client = link::connect_members(
+            &config.url,
+            &config.tls,
+            &format!("retaind {node} members"),
+            &link,
+        )
+        .await?;
         let local = Local {
             client: client.clone(),
             members_client,
@@ -204,7 +214,7 @@ impl Cluster {
             .subscribe(takeover_subject(&config.prefix, &node))
             .await
             .map_err(|e| Error::Unreachable {
-                url: config.url.clone(),
+                url: shown.clone(),
                 cause: e.to_string(),
             })?;
         tasks.spawn(loops::take_overs(notices, inbox.clone(), shutdown.clone()));
@@ -223,7 +233,7 @@ impl Cluster {
             .subscribe(handover_subject(&config.prefix, &node))
             .await
             .map_err(|e| Error::Unreachable {
-                url: config.url.clone(),
+                url: shown.clone(),
                 cause: e.to_string(),
             })?;
         tasks.spawn(loops::hand_over(
@@ -300,7 +310,7 @@ impl Cluster {
             shutdown.clone(),
         ));
         tasks.close();
-        tracing::info!(%node, url = %config.url, "joined the cluster");
+        tracing::info!(%node, url = %shown, "joined the cluster");
         let tag = Stamp::node_tag(&node);
         Ok(Self {
             inner: Arc::new(Inner {

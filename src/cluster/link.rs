@@ -3,6 +3,7 @@
 //! while it runs is logged once per change (not per retry), counted as an epoch that the
 //! interest tasks wait on to announce themselves again, and shown by `/readyz`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,6 +15,81 @@ use super::Error;
 
 /// Room for a message's topic, properties and frame head besides its payload.
 pub const HEAD_ROOM: usize = 64 * 1024;
+
+/// TLS to NATS beyond what a `tls://` URL asks for: a CA of the operator's own to verify the
+/// servers with, and a certificate for servers that verify their clients.
+#[derive(Debug, Clone, Default)]
+pub struct NatsTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Credentials carried by a URL's user info, as NATS's own clients read them.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// `nats://user:password@host`
+    UserPassword(String, String),
+    /// `nats://token@host`
+    Token(String),
+}
+
+/// The credentials in the user info of the first of the comma-separated `urls` that has any,
+/// percent-decoded. async-nats parses them but does not send them.
+fn credentials(urls: &str) -> Option<Credentials> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    urls.split(',').find_map(|url| {
+        let (userinfo, _) = authority(url)?.rsplit_once('@')?;
+        Some(match userinfo.split_once(':') {
+            Some((user, password)) => Credentials::UserPassword(decode(user), decode(password)),
+            None => Credentials::Token(decode(userinfo)),
+        })
+    })
+}
+
+/// The authority of `url` (between `scheme://` and the path), if it has a scheme.
+fn authority(url: &str) -> Option<&str> {
+    let (_, rest) = url.trim().split_once("://")?;
+    Some(rest.split(['/', '?']).next().unwrap_or(rest))
+}
+
+/// `urls` as logs and errors show them: the credentials of each replaced by `***`.
+pub fn redact(urls: &str) -> String {
+    urls.split(',')
+        .map(
+            |url| match authority(url).and_then(|a| a.rsplit_once('@')) {
+                Some((userinfo, _)) => url.replacen(&format!("{userinfo}@"), "***@", 1),
+                None => url.to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What every connection of the node to NATS starts from: the credentials of the URL and the
+/// TLS settings.
+fn options(urls: &str, tls: &NatsTls) -> ConnectOptions {
+    let mut options = match credentials(urls) {
+        Some(Credentials::UserPassword(user, password)) => {
+            ConnectOptions::new().user_and_password(user, password)
+        }
+        Some(Credentials::Token(token)) => ConnectOptions::new().token(token),
+        None => ConnectOptions::new(),
+    };
+    if let Some(ca) = &tls.ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    options
+}
 
 /// Whether the connection is up, and how many times it came back.
 pub struct Link {
@@ -105,10 +181,15 @@ impl Link {
 /// async-nats keeps it up.
 /// Its slow consumers count with the first one's (`link`); its connection state is the
 /// first one's to report.
-pub async fn connect_members(url: &str, name: &str, link: &Arc<Link>) -> Result<Client, Error> {
+pub async fn connect_members(
+    url: &str,
+    tls: &NatsTls,
+    name: &str,
+    link: &Arc<Link>,
+) -> Result<Client, Error> {
     let link = link.clone();
-    let events_url = url.to_owned();
-    ConnectOptions::new()
+    let events_url = redact(url);
+    options(url, tls)
         .name(name)
         .connection_timeout(Duration::from_secs(2))
         .max_reconnects(None)
@@ -124,7 +205,7 @@ pub async fn connect_members(url: &str, name: &str, link: &Arc<Link>) -> Result<
         .connect(url)
         .await
         .map_err(|e| Error::Unreachable {
-            url: url.to_owned(),
+            url: redact(url),
             cause: e.to_string(),
         })
 }
@@ -133,16 +214,18 @@ pub async fn connect_members(url: &str, name: &str, link: &Arc<Link>) -> Result<
 /// failure's cause; then checks that the largest payload fits the server's message size.
 pub async fn connect(
     url: &str,
+    tls: &NatsTls,
     name: &str,
     wait: Duration,
     max_payload_bytes: usize,
 ) -> Result<(Client, Arc<Link>), Error> {
     let link = Arc::new(Link::new());
     let deadline = Instant::now() + wait;
+    let shown = redact(url);
     let client = loop {
         let events = link.clone();
-        let events_url = url.to_owned();
-        let options = ConnectOptions::new()
+        let events_url = shown.clone();
+        let options = options(url, tls)
             .name(name)
             // A node's own publishes never come back to it: it delivered them locally.
             .no_echo()
@@ -158,12 +241,9 @@ pub async fn connect(
             Err(e) => {
                 let cause = e.to_string();
                 if Instant::now() >= deadline {
-                    return Err(Error::Unreachable {
-                        url: url.to_owned(),
-                        cause,
-                    });
+                    return Err(Error::Unreachable { url: shown, cause });
                 }
-                tracing::warn!(url, %cause, "cannot reach NATS yet; trying again");
+                tracing::warn!(url = %shown, %cause, "cannot reach NATS yet; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -174,11 +254,38 @@ pub async fn connect(
     let needed = max_payload_bytes.saturating_add(HEAD_ROOM);
     if server < needed {
         return Err(Error::PayloadTooLarge {
-            url: url.to_owned(),
+            url: shown,
             server,
             payload: max_payload_bytes,
             needed,
         });
     }
     Ok((client, link))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_the_first_url_that_has_them_percent_decoded() {
+        assert_eq!(credentials("nats://127.0.0.1:4222"), None);
+        assert_eq!(
+            credentials("nats://a:4222,nats://svc:p%40ss%3Aw%2Frd@b:4222/x?y"),
+            Some(Credentials::UserPassword("svc".into(), "p@ss:w/rd".into()))
+        );
+        assert_eq!(
+            credentials("tls://t0ken@nats.example:4222"),
+            Some(Credentials::Token("t0ken".into()))
+        );
+    }
+
+    #[test]
+    fn logs_show_urls_without_their_credentials() {
+        assert_eq!(
+            redact("nats://svc:secret@a:4222,nats://b:4222,tls://tok@c"),
+            "nats://***@a:4222,nats://b:4222,tls://***@c"
+        );
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
 }

@@ -25,6 +25,7 @@ pub use claims::{ClaimError, TakeOver};
 pub use frame::{Outgoing, Routed, Stamp, VERSION as FRAME_VERSION};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
 pub use inbox::Events;
+pub use link::NatsTls;
 pub use nodes::BEAT;
 pub use sessions::{
     Adopted, HeldSession, Holder, Queued, Restored, SessionError, SessionRow, StoredSubscription,

@@ -11,10 +11,17 @@ pub struct Nats {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Arguments of the test's own (credentials, a configuration file).
+    extra: Vec<String>,
 }
 
 impl Nats {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Nats::start`], with `args` besides.
+    pub async fn start_with(args: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -23,6 +30,7 @@ impl Nats {
             port,
             child: None,
             dir: tempfile::tempdir().expect("a directory for JetStream"),
+            extra: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         nats.restart().await;
         nats
@@ -44,6 +52,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

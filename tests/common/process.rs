@@ -81,9 +81,18 @@ impl Process {
 /// waits for it to exit, and returns how, with everything it printed (standard output, then
 /// standard error).
 pub async fn refused_start(database_url: &str) -> (std::process::ExitStatus, String) {
+    refused_start_with(database_url, &[]).await
+}
+
+/// [`refused_start`], with `args` besides.
+pub async fn refused_start_with(
+    database_url: &str,
+    args: &[&str],
+) -> (std::process::ExitStatus, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_retaind"))
         .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
         .args(["--database-url", database_url])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
