@@ -650,7 +650,8 @@ async fn node_behind_proxy_with(
 }
 
 /// Makes `client`'s persistent session, subscribed to `filter` at QoS 1, and waits until it is
-/// recorded offline; returns a direct connection to the database.
+/// recorded offline and its claim released (nothing naming the client is still on its way to
+/// the database); returns a direct connection to the database.
 async fn offline_session(app: &TestApp, client: &str, filter: &str) -> sqlx::PgConnection {
     let (mut away, _) = Raw::connect(app, &persistent(client, true)).await;
     away.send(&build::subscribe(1, filter, 1, Some(&[]))).await;
@@ -660,13 +661,15 @@ async fn offline_session(app: &TestApp, client: &str, filter: &str) -> sqlx::PgC
     let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
     within("the session to be recorded offline", async {
         loop {
-            let connected: Option<bool> =
-                sqlx::query_scalar("SELECT connected FROM cluster_sessions WHERE client_id = $1")
-                    .bind(client)
-                    .fetch_optional(&mut db)
-                    .await
-                    .unwrap();
-            if connected == Some(false) {
+            let (connected, claimed): (Option<bool>, bool) = sqlx::query_as(
+                "SELECT (SELECT connected FROM cluster_sessions WHERE client_id = $1), \
+                        EXISTS (SELECT 1 FROM cluster_clients WHERE client_id = $1)",
+            )
+            .bind(client)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            if connected == Some(false) && !claimed {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -598,3 +598,88 @@ async fn heartbeats_go_on_while_connects_hold_every_pooled_database_connection()
         assert_eq!(ack.kind(), 2);
     }
 }
+
+/// A client of B leaves while B cannot reach the database: B publishes its Will, and records
+/// the end of its connection once the database is back. Before, the row stayed "connected",
+/// and whichever node took up B's sessions later, even after B stopped cleanly, published the
+/// Will a second time.
+#[tokio::test]
+async fn the_end_of_a_connection_during_an_outage_is_recorded_once_the_database_is_back() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let a = node(&nats, db).await;
+    let proxy = Proxy::start(common::postgres_host_port(&direct)).await;
+    let mut b = common::process::Process::start(
+        &common::postgres_url_via(&direct, proxy.addr),
+        &["--cluster-url", &nats.url(), "--store-timeout", "1s"],
+    )
+    .await;
+    let (mut watcher, _) = V5::connect(v5_options(&a, "watcher")).await;
+    watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
+    until_live(&[&a], 2).await;
+    let will = build::Will {
+        topic: "will/sensor",
+        payload: b"gone",
+        qos: 1,
+        retain: false,
+        props: &[],
+    };
+    let mut sensor = Raw::open_addr(b.mqtt).await;
+    sensor
+        .send(&build::connect_with_will(
+            "sensor",
+            true,
+            60,
+            Some(&[]),
+            will,
+        ))
+        .await;
+    within("a CONNACK", sensor.expect(2)).await;
+    let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
+    let row = "SELECT count(*) FROM cluster_sessions WHERE client_id = 'sensor'";
+    let rows: i64 = sqlx::query_scalar(row).fetch_one(&mut db).await.unwrap();
+    assert_eq!(rows, 1, "the connection's Will is in its row");
+
+    proxy.fail(Mode::Refuse);
+    drop(sensor);
+    let first = watcher.next_publish().await;
+    assert_eq!(
+        (&*first.topic, &first.payload[..]),
+        (&b"will/sensor"[..], &b"gone"[..])
+    );
+    // B's record of the end fails meanwhile (its database timeout is 1 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows: i64 = sqlx::query_scalar(row).fetch_one(&mut db).await.unwrap();
+    assert_eq!(rows, 1, "not recorded while the database is away");
+    proxy.restore();
+    within("B to record the end of the connection", async {
+        while sqlx::query_scalar::<_, i64>(row)
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+            > 0
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // B stops; A takes up what B held, and publishes no Will for the client that left.
+    b.terminate().await;
+    within("A to see B gone", async {
+        while cluster(&a).live_nodes() > 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watcher
+        .publish("will/marker", Qos5::AtLeastOnce, false, b"marker")
+        .await;
+    assert_eq!(
+        &watcher.next_publish().await.payload[..],
+        b"marker",
+        "the Will came once"
+    );
+}

@@ -431,7 +431,8 @@ impl Sessions {
                     spool(cluster, &session.key, &d);
                 }
             }
-            cluster.session_detached(session.key.clone(), kept);
+            let claim = session.claim.load(Ordering::Acquire);
+            cluster.session_detached(session.key.clone(), claim, kept);
         }
         if ends {
             registry.sessions.remove(&session.key);

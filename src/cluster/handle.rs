@@ -20,7 +20,7 @@ use super::frame::{self, Outgoing, Stamp};
 use super::inbox::{Events, Inbox};
 use super::link::{self, Link, NatsTls};
 use super::local::{Change, Local};
-use super::loops::{self, HANDOVER_TIMEOUT};
+use super::loops::{self, HANDOVER_TIMEOUT, Undetached};
 use super::nodes::{Census, Headcount};
 use super::remote::{self, RemoteInterest};
 use super::sessions::{
@@ -134,6 +134,8 @@ struct Inner {
     spool_bytes: Arc<Budget>,
     /// Messages for offline sessions not stored (spool full, or the database refused).
     spool_lost: Arc<AtomicU64>,
+    /// Ends of connections the database did not record yet.
+    undetached: Arc<Undetached>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -253,6 +255,13 @@ impl Cluster {
             nats_messages.clone(),
             shutdown.clone(),
         ));
+        let undetached = Arc::new(Undetached::default());
+        tasks.spawn(loops::record_detached(
+            sessions.clone(),
+            node.clone(),
+            undetached.clone(),
+            shutdown.clone(),
+        ));
         let headcount = Arc::new(Headcount::default());
         let counted = {
             let (remote, inbox, changes) = (remote.clone(), inbox.clone(), changes.clone());
@@ -337,6 +346,7 @@ impl Cluster {
                 spool,
                 spool_bytes,
                 spool_lost,
+                undetached,
                 shutdown,
                 tasks,
             }),
@@ -532,9 +542,11 @@ impl Cluster {
             .await
     }
 
-    /// A connection ended: its persistent session stays in Postgres, offline; any other row
-    /// goes.
-    pub fn session_detached(&self, client_id: Arc<str>, persistent: bool) {
+    /// The connection that claimed `client_id` at `generation` ended: its persistent session
+    /// stays in Postgres, offline; any other row goes. Tried again every heartbeat until the
+    /// database takes it: a row left "connected" would have its Will published a second time
+    /// by whichever node adopts this node's sessions, even after a clean stop.
+    pub fn session_detached(&self, client_id: Arc<str>, generation: u64, persistent: bool) {
         let cluster = self.clone();
         // Tracked: a node that stops records its connections' ends before it leaves, or the
         // node adopting its sessions would take them for connected and publish their Wills.
@@ -542,10 +554,11 @@ impl Cluster {
             let inner = &cluster.inner;
             if let Err(e) = inner
                 .sessions
-                .detached(&inner.node, &client_id, persistent)
+                .detached(&inner.node, &client_id, generation, persistent)
                 .await
             {
-                tracing::warn!(client = %client_id, error = %e, "could not record the end of a connection");
+                tracing::warn!(client = %client_id, error = %e, "could not record the end of a connection; trying again");
+                inner.undetached.owe(client_id, generation, persistent);
             }
         });
     }

@@ -1,8 +1,9 @@
 //! The cluster handle's background loops: the forwarder that sends publishes to NATS in
 //! order, and the answers to other nodes' take-over notices and hand-over requests.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +15,9 @@ use super::budget::Budget;
 use super::claims::TakeOver;
 use super::frame::Batch;
 use super::inbox::Inbox;
+use super::nodes::BEAT;
 use super::remote::RemoteInterest;
-use super::sessions::Spool;
+use super::sessions::{Sessions, Spool};
 use super::subject::topic_subject;
 use crate::topic::TopicName;
 
@@ -189,4 +191,73 @@ pub async fn flush_spool(spool: &mpsc::Sender<Spool>) {
         }
     })
     .await;
+}
+
+/// Ends of connections whose record in Postgres failed, by client id: the claim's generation
+/// and whether the session outlives the connection. One per client id, the latest.
+#[derive(Default)]
+pub struct Undetached(Mutex<HashMap<Arc<str>, (u64, bool)>>);
+
+impl Undetached {
+    pub fn owe(&self, client_id: Arc<str>, generation: u64, persistent: bool) {
+        let mut owed = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = owed.entry(client_id).or_insert((generation, persistent));
+        if entry.0 < generation {
+            *entry = (generation, persistent);
+        }
+    }
+
+    fn take(&self) -> Vec<(Arc<str>, (u64, bool))> {
+        let mut owed = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        owed.drain().collect()
+    }
+}
+
+/// Records, every heartbeat until the database takes them, the ends of connections it did not
+/// take when they happened; once more at shutdown.
+pub async fn record_detached(
+    sessions: Arc<Sessions>,
+    node: Arc<str>,
+    owed: Arc<Undetached>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(BEAT) => false,
+            () = shutdown.cancelled() => true,
+        };
+        let mut pending = owed.take().into_iter();
+        let mut left = 0;
+        // The first failure ends the pass: the database is still away, and each try would
+        // wait out its timeout.
+        while let Some((client_id, (generation, persistent))) = pending.next() {
+            let recorded = sessions
+                .detached(&node, &client_id, generation, persistent)
+                .await;
+            if recorded.is_err() {
+                owed.owe(client_id, generation, persistent);
+                left = 1;
+                for (client_id, (generation, persistent)) in pending.by_ref() {
+                    owed.owe(client_id, generation, persistent);
+                    left += 1;
+                }
+            }
+        }
+        if stopping {
+            if left > 0 {
+                tracing::warn!(
+                    connections = left,
+                    "stopping with ends of connections the database did not record: the node \
+                     that takes up this node's sessions will publish their Wills again"
+                );
+            }
+            return;
+        }
+    }
 }

@@ -251,47 +251,56 @@ impl Sessions {
         .await
     }
 
-    /// The connection ended. A persistent session stays, offline, its Will handled by this
-    /// node; any other row goes.
+    /// The connection that claimed `client_id` at `generation` ended. A persistent session
+    /// stays, offline, its Will handled by this node; any other row goes. Nothing changes if
+    /// the client id was claimed again since: the row is then the newer connection's, and
+    /// this may be a late try ([`super::Cluster::session_detached`] tries again).
     pub async fn detached(
         &self,
         node: &str,
         client_id: &str,
+        generation: u64,
         persistent: bool,
     ) -> Result<(), SessionError> {
         self.bounded(async {
             if persistent {
                 sqlx::query(
                     "UPDATE cluster_sessions SET connected = false, detached_at = now(), \
-                       will = NULL WHERE client_id = $1 AND node = $2",
+                       will = NULL WHERE client_id = $1 AND node = $2 \
+                       AND NOT EXISTS (SELECT 1 FROM cluster_clients c \
+                                       WHERE c.client_id = $1 AND c.generation > $3)",
                 )
                 .bind(client_id)
                 .bind(node)
+                .bind(generation as i64)
                 .execute(&self.pool)
                 .await?;
                 return Ok(());
             }
-            self.delete_held(node, client_id, false).await
+            self.delete_held(node, client_id, Some(generation)).await
         })
         .await
     }
 
-    /// Deletes `client_id`'s session, with its queue, if `node` holds it (and, with
-    /// `offline_only`, if its client is away).
+    /// Deletes `client_id`'s session, with its queue, if `node` holds it: for the end of the
+    /// connection claimed at `ended` if no later one claimed the id, or (`None`) if its client
+    /// is away.
     async fn delete_held(
         &self,
         node: &str,
         client_id: &str,
-        offline_only: bool,
+        ended: Option<u64>,
     ) -> Result<(), SessionError> {
         let mut tx = self.pool.begin().await?;
         let gone = sqlx::query(
             "DELETE FROM cluster_sessions WHERE client_id = $1 AND node = $2 \
-               AND NOT (connected AND $3)",
+               AND CASE WHEN $3::int8 IS NULL THEN NOT connected \
+                 ELSE NOT EXISTS (SELECT 1 FROM cluster_clients c \
+                                  WHERE c.client_id = $1 AND c.generation > $3) END",
         )
         .bind(client_id)
         .bind(node)
-        .bind(offline_only)
+        .bind(ended.map(|g| g as i64))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -304,7 +313,7 @@ impl Sessions {
 
     /// The offline session expired on `node`, which held it.
     pub async fn expired(&self, node: &str, client_id: &str) -> Result<(), SessionError> {
-        self.bounded(self.delete_held(node, client_id, true)).await
+        self.bounded(self.delete_held(node, client_id, None)).await
     }
 
     /// Of `held`, the client ids `node` no longer has: neither their session nor their claim
