@@ -12,6 +12,7 @@ use common::mqtt::{Qos5, V5, p5, v5_options, within};
 use common::nats::Nats;
 use common::proxy::{Mode, Proxy};
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
+use retaind::app::ServeConfig;
 use retaind::cluster::Cluster;
 use sqlx::Connection;
 
@@ -30,8 +31,14 @@ fn cluster(app: &TestApp) -> &Cluster {
 
 /// A node of the service on `nats` that reaches its database, `db`, directly.
 async fn node(nats: &Nats, db: FreshDb) -> TestApp {
+    node_with(nats, db, |_| {}).await
+}
+
+/// [`node`], with settings of the test's own.
+async fn node_with(nats: &Nats, db: FreshDb, set: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let mut config = test_config(&db.url.clone());
     config.cluster_url = Some(nats.url());
+    set(&mut config);
     spawn_app_with(db, config).await
 }
 
@@ -468,10 +475,7 @@ async fn a_hundred_thousand_sessions_of_a_node_that_is_gone_are_all_adopted() {
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
     let direct = db.url.clone();
-    let mut config = test_config(&direct);
-    config.cluster_url = Some(nats.url());
-    config.store_timeout = Duration::from_secs(1);
-    let a = spawn_app_with(db, config).await;
+    let a = node_with(&nats, db, |c| c.store_timeout = Duration::from_secs(1)).await;
     // Once the node has made the schema.
     let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();
     sessions_of(&mut admin, "gone", 100_000).await;
@@ -547,11 +551,8 @@ async fn heartbeats_go_on_while_connects_hold_every_pooled_database_connection()
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
     let direct = db.url.clone();
-    let mut config = test_config(&direct);
-    config.cluster_url = Some(nats.url());
     // Claims wait on the lock below for most of this, instead of failing at once.
-    config.store_timeout = Duration::from_secs(30);
-    let a = spawn_app_with(db, config).await;
+    let a = node_with(&nats, db, |c| c.store_timeout = Duration::from_secs(30)).await;
     let mut locker = sqlx::PgConnection::connect(&direct).await.unwrap();
     sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
     sqlx::query("LOCK TABLE cluster_clients IN ACCESS EXCLUSIVE MODE")
