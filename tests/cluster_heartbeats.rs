@@ -600,6 +600,21 @@ async fn heartbeats_go_on_while_connects_hold_every_pooled_database_connection()
     }
 }
 
+/// The value of `name` on the metrics page of the node serving HTTP at `http`.
+async fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
+    let page = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} is not on the page"))
+        .parse()
+        .unwrap()
+}
+
 /// A client of B leaves while B cannot reach the database: B publishes its Will, and records
 /// the end of its connection once the database is back. Before, the row stayed "connected",
 /// and whichever node took up B's sessions later, even after B stopped cleanly, published the
@@ -653,6 +668,8 @@ async fn the_end_of_a_connection_during_an_outage_is_recorded_once_the_database_
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rows: i64 = sqlx::query_scalar(row).fetch_one(&mut db).await.unwrap();
     assert_eq!(rows, 1, "not recorded while the database is away");
+    let unrecorded = "retaind_cluster_unrecorded_connection_ends";
+    assert_eq!(metric(b.http, unrecorded).await, 1.0);
     proxy.restore();
     within("B to record the end of the connection", async {
         while sqlx::query_scalar::<_, i64>(row)
@@ -665,6 +682,7 @@ async fn the_end_of_a_connection_during_an_outage_is_recorded_once_the_database_
         }
     })
     .await;
+    assert_eq!(metric(b.http, unrecorded).await, 0.0);
 
     // B stops; A takes up what B held, and publishes no Will for the client that left.
     b.terminate().await;

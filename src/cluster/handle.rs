@@ -650,6 +650,11 @@ impl Cluster {
         sent
     }
 
+    /// Connections that ended while the database could not record it, not recorded yet.
+    pub fn unrecorded_connection_ends(&self) -> usize {
+        self.inner.undetached.len()
+    }
+
     /// The nodes of the service with a recent heartbeat, this one included (at least 1).
     pub fn live_nodes(&self) -> usize {
         self.inner.headcount.live()

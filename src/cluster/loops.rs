@@ -210,6 +210,13 @@ impl Undetached {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     fn take(&self) -> Vec<(Arc<str>, (u64, bool))> {
         let mut owed = self
             .0

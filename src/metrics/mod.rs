@@ -64,6 +64,7 @@ pub struct Gauges {
     pub retained_bytes: Gauge,
     pub cluster_nodes: Gauge,
     pub cluster_nodes_other_frame_version: Gauge,
+    pub cluster_unrecorded_connection_ends: Gauge,
     pub store_pool_connections: Family<labels::PoolLabel, Gauge>,
 }
 
@@ -245,6 +246,12 @@ impl Metrics {
              this node's: they send another frame version (not 0 only during a rolling upgrade \
              across frame versions)",
             gauges.cluster_nodes_other_frame_version.clone(),
+        );
+        r.register(
+            "retaind_cluster_unrecorded_connection_ends",
+            "Connections that ended while the database could not record it, recorded every \
+             heartbeat until it can (0 but during an outage of the database)",
+            gauges.cluster_unrecorded_connection_ends.clone(),
         );
         let c = &cluster;
         for (name, help, counter) in [
