@@ -19,11 +19,7 @@ use sqlx::Connection;
 /// The value of the metric `series` (name and labels, as the page writes them).
 async fn metric(app: &common::TestApp, series: &str) -> f64 {
     let page = app.get("/metrics").await.text().await.unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} is not on the page"))
-        .parse()
-        .unwrap()
+    common::metric_value(&page, series)
 }
 
 async fn gauge(app: &common::TestApp) -> i64 {

@@ -265,12 +265,10 @@ async fn a_node_taken_for_dead_gives_up_what_the_others_adopted() {
             "{name}: session taken over"
         );
     }
-    let metrics = b.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "retaind_cluster_taken_for_dead_total 1"),
-        "{metrics}"
+    let page = b.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        common::metric_value(&page, "retaind_cluster_taken_for_dead_total"),
+        1.0
     );
     let (mut phone, ack) = Raw::connect(&b, &persistent("phone", false)).await;
     assert_eq!(ack.body[0], 1, "the adopted session is resumed");
@@ -608,11 +606,7 @@ async fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} is not on the page"))
-        .parse()
-        .unwrap()
+    common::metric_value(&page, name)
 }
 
 /// A client of B leaves while B cannot reach the database: B publishes its Will, and records

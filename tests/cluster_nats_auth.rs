@@ -148,4 +148,11 @@ async fn nodes_join_through_a_nats_with_tls_of_a_private_ca_that_verifies_client
     // Without the client certificate the server refuses the node.
     let printed = refused(&url, &["--cluster-tls-ca", &file("ca.pem")]).await;
     assert!(printed.contains("cannot reach NATS"), "{printed}");
+    // A file that is not there is named, at once.
+    let missing = file("nowhere.pem");
+    let printed = refused(&url, &["--cluster-tls-ca", &missing]).await;
+    assert!(
+        printed.contains(&format!("--cluster-tls-ca {missing}: No such file")),
+        "{printed}"
+    );
 }

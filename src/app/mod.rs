@@ -73,6 +73,12 @@ pub enum Error {
          their retained messages through Postgres, and a SQLite file serves one process"
     )]
     ClusterNeedsPostgres,
+    #[error("{flag} {}: {source}", path.display())]
+    ClusterFile {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Cluster(#[from] cluster::Error),
     #[error("{flag} needs --tls-cert and --tls-key")]
@@ -443,10 +449,25 @@ fn load_auth_config(config: &ServeConfig) -> Result<Option<AuthConfig>, Error> {
     )))
 }
 
-/// A cluster's nodes share their retained messages through Postgres.
+/// A cluster's nodes share their retained messages through Postgres, and the files naming
+/// NATS's TLS can be read.
 fn check_cluster(config: &ServeConfig) -> Result<(), Error> {
     if config.cluster_url.is_some() && !config.database_url.starts_with("postgres") {
         return Err(Error::ClusterNeedsPostgres);
+    }
+    // Read at every connection to NATS: a missing file would only say "TLS error", retried.
+    for (flag, path) in [
+        ("--cluster-tls-ca", &config.cluster_tls_ca),
+        ("--cluster-tls-cert", &config.cluster_tls_cert),
+        ("--cluster-tls-key", &config.cluster_tls_key),
+    ] {
+        if let Some(path) = path {
+            std::fs::File::open(path).map_err(|source| Error::ClusterFile {
+                flag,
+                path: path.clone(),
+                source,
+            })?;
+        }
     }
     Ok(())
 }

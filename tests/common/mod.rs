@@ -304,3 +304,13 @@ macro_rules! for_each_backend {
         }
     };
 }
+
+/// The value of `series` (a metric's name, with its labels as the page writes them) on a
+/// `/metrics` page.
+pub fn metric_value(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} is not on the page"))
+        .parse()
+        .unwrap()
+}
