@@ -1,5 +1,6 @@
 //! The cluster handle's background loops: the forwarder that sends publishes to NATS in
-//! order, and the answers to other nodes' take-over notices and hand-over requests.
+//! order, the answers to other nodes' take-over notices and hand-over requests, and the
+//! retries of connection ends the database did not record.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
