@@ -255,6 +255,17 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_CLUSTER_TLS_KEY", requires = "cluster_tls_cert")]
     pub cluster_tls_key: Option<PathBuf>,
 
+    /// NATS credentials file (a user JWT and its NKey seed, as `nsc` or Synadia Cloud issue
+    /// them) for servers with decentralized accounts. Read again at every connection to NATS,
+    /// so a replaced file is used from the next one on. Not with credentials in the URL.
+    #[arg(long, env = "RETAIND_CLUSTER_CREDS", requires = "cluster_url")]
+    pub cluster_creds: Option<PathBuf>,
+
+    /// File holding an NKey user seed (`SU...`) for servers that know their users by public
+    /// key. Read again at every connection to NATS. Not with credentials in the URL.
+    #[arg(long, env = "RETAIND_CLUSTER_NKEY", requires = "cluster_url")]
+    pub cluster_nkey: Option<PathBuf>,
+
     /// The first token of every NATS subject the service uses, and its bucket's name, so that
     /// several services can share one NATS.
     #[arg(long, env = "RETAIND_CLUSTER_PREFIX", default_value = "retaind")]

@@ -79,6 +79,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0} are two identities for NATS: give one")]
+    ClusterTwoIdentities(&'static str),
     #[error(transparent)]
     Cluster(#[from] cluster::Error),
     #[error("{flag} needs --tls-cert and --tls-key")]
@@ -165,11 +167,12 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         Some(url) => Some(
             Cluster::start(ClusterConfig {
                 url: url.clone(),
-                tls: cluster::NatsTls {
-                    ca: config.cluster_tls_ca.clone(),
-                    cert: config.cluster_tls_cert.clone(),
-                    key: config.cluster_tls_key.clone(),
-                },
+                tls: cluster::NatsAccess::new(
+                    config.cluster_tls_ca.clone(),
+                    config.cluster_tls_cert.clone(),
+                    config.cluster_tls_key.clone(),
+                    cluster_key_file(config),
+                )?,
                 prefix: config.cluster_prefix.clone(),
                 startup_wait: config.db_startup_wait,
                 max_payload_bytes: config.max_payload_bytes,
@@ -449,11 +452,36 @@ fn load_auth_config(config: &ServeConfig) -> Result<Option<AuthConfig>, Error> {
     )))
 }
 
-/// A cluster's nodes share their retained messages through Postgres, and the files naming
-/// NATS's TLS can be read.
+/// The file the node's NATS identity comes from, if any.
+fn cluster_key_file(config: &ServeConfig) -> Option<cluster::KeyFile> {
+    let creds = config.cluster_creds.clone().map(cluster::KeyFile::Creds);
+    creds.or_else(|| config.cluster_nkey.clone().map(cluster::KeyFile::Nkey))
+}
+
+/// A cluster's nodes share their retained messages through Postgres, the files naming
+/// NATS's TLS can be read, and the node has one NATS identity, which can be used.
 fn check_cluster(config: &ServeConfig) -> Result<(), Error> {
     if config.cluster_url.is_some() && !config.database_url.starts_with("postgres") {
         return Err(Error::ClusterNeedsPostgres);
+    }
+    if config.cluster_creds.is_some() && config.cluster_nkey.is_some() {
+        return Err(Error::ClusterTwoIdentities(
+            "--cluster-creds and --cluster-nkey",
+        ));
+    }
+    if let Some(file) = cluster_key_file(config) {
+        let url = config.cluster_url.as_deref().unwrap_or_default();
+        if cluster::url_has_credentials(url) {
+            return Err(Error::ClusterTwoIdentities(match file {
+                cluster::KeyFile::Creds(_) => "--cluster-creds and credentials in --cluster-url",
+                cluster::KeyFile::Nkey(_) => "--cluster-nkey and credentials in --cluster-url",
+            }));
+        }
+        cluster::check_key_file(&file).map_err(|cause| cluster::Error::KeyFile {
+            flag: file.flag(),
+            path: file.path().to_owned(),
+            cause,
+        })?;
     }
     // Read at every connection to NATS: a missing file would only say "TLS error", retried.
     for (flag, path) in [

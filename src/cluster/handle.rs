@@ -18,7 +18,7 @@ use super::budget::Budget;
 use super::claims::{ClaimError, Claims, TakeOver};
 use super::frame::{self, Outgoing, Stamp};
 use super::inbox::{Events, Inbox};
-use super::link::{self, Link, NatsTls};
+use super::link::{self, Link, NatsAccess};
 use super::local::{Change, Local};
 use super::loops::{self, HANDOVER_TIMEOUT, Undetached};
 use super::nodes::{Census, Headcount};
@@ -50,8 +50,8 @@ pub struct ClusterConfig {
     /// `nats://host:port`, or several, comma-separated; `user:password@` or `token@` before
     /// the host for servers that ask for credentials, `tls://` for TLS.
     pub url: String,
-    /// TLS settings beyond the URL's.
-    pub tls: NatsTls,
+    /// TLS and identity beyond the URL's.
+    pub tls: NatsAccess,
     /// The first token of every subject and the bucket's name: services sharing one NATS
     /// each have their own.
     pub prefix: String,

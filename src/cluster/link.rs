@@ -12,17 +12,65 @@ use async_nats::{Client, ConnectOptions, Event};
 use tokio::sync::watch;
 
 use super::Error;
+use super::keys::{KeyFile, Keys};
 
 /// Room for a message's topic, properties and frame head besides its payload.
 pub const HEAD_ROOM: usize = 64 * 1024;
 
-/// TLS to NATS beyond what a `tls://` URL asks for: a CA of the operator's own to verify the
-/// servers with, and a certificate for servers that verify their clients.
-#[derive(Debug, Clone, Default)]
-pub struct NatsTls {
+/// How the node reaches NATS beyond what its URL says: TLS with a CA of the operator's own
+/// to verify the servers with, a certificate for servers that verify their clients, and an
+/// identity from a credentials or NKey file (which takes the place of the URL's credentials).
+#[derive(Clone, Default)]
+pub struct NatsAccess {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    keys: Option<Arc<Keys>>,
+}
+
+impl NatsAccess {
+    /// Reads `key_file`, if any: an unusable one is an error now rather than at every
+    /// connection.
+    pub fn new(
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        key_file: Option<KeyFile>,
+    ) -> Result<Self, Error> {
+        let keys = match key_file {
+            None => None,
+            Some(file) => Some(Arc::new(Keys::load(file.clone()).map_err(|cause| {
+                Error::KeyFile {
+                    flag: file.flag(),
+                    path: file.path().to_owned(),
+                    cause,
+                }
+            })?)),
+        };
+        Ok(Self {
+            ca,
+            cert,
+            key,
+            keys,
+        })
+    }
+}
+
+/// Shows which key file, never what it holds.
+impl std::fmt::Debug for NatsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAccess")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("key_file", &self.keys.as_ref().map(|k| k.file()))
+            .finish()
+    }
+}
+
+/// Whether `urls` carry credentials of their own, which a key file would silently replace.
+pub fn url_has_credentials(urls: &str) -> bool {
+    credentials(urls).is_some()
 }
 
 /// Credentials carried by a URL's user info, as NATS's own clients read them.
@@ -70,15 +118,22 @@ pub fn redact(urls: &str) -> String {
         .join(",")
 }
 
-/// What every connection of the node to NATS starts from: the credentials of the URL and the
-/// TLS settings.
-fn options(urls: &str, tls: &NatsTls) -> ConnectOptions {
-    let mut options = match credentials(urls) {
-        Some(Credentials::UserPassword(user, password)) => {
+/// What every connection of the node to NATS starts from: its identity (a key file's, read
+/// again at each connection, or the URL's credentials) and the TLS settings.
+fn options(urls: &str, tls: &NatsAccess) -> ConnectOptions {
+    let mut options = match (&tls.keys, credentials(urls)) {
+        (Some(keys), _) => {
+            let keys = keys.clone();
+            ConnectOptions::with_auth_callback(move |nonce| {
+                let answer = keys.auth(&nonce);
+                async move { answer }
+            })
+        }
+        (None, Some(Credentials::UserPassword(user, password))) => {
             ConnectOptions::new().user_and_password(user, password)
         }
-        Some(Credentials::Token(token)) => ConnectOptions::new().token(token),
-        None => ConnectOptions::new(),
+        (None, Some(Credentials::Token(token))) => ConnectOptions::new().token(token),
+        (None, None) => ConnectOptions::new(),
     };
     if let Some(ca) = &tls.ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
@@ -183,7 +238,7 @@ impl Link {
 /// first one's to report.
 pub async fn connect_members(
     url: &str,
-    tls: &NatsTls,
+    tls: &NatsAccess,
     name: &str,
     link: &Arc<Link>,
 ) -> Result<Client, Error> {
@@ -214,7 +269,7 @@ pub async fn connect_members(
 /// failure's cause; then checks that the largest payload fits the server's message size.
 pub async fn connect(
     url: &str,
-    tls: &NatsTls,
+    tls: &NatsAccess,
     name: &str,
     wait: Duration,
     max_payload_bytes: usize,

@@ -12,6 +12,7 @@ mod claims;
 mod frame;
 mod handle;
 mod inbox;
+mod keys;
 mod link;
 mod local;
 mod loops;
@@ -25,7 +26,8 @@ pub use claims::{ClaimError, TakeOver};
 pub use frame::{Outgoing, Routed, Stamp, VERSION as FRAME_VERSION};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
 pub use inbox::Events;
-pub use link::NatsTls;
+pub use keys::{KeyFile, check as check_key_file};
+pub use link::{NatsAccess, url_has_credentials};
 pub use nodes::BEAT;
 pub use sessions::{
     Adopted, HeldSession, Holder, Queued, Restored, SessionError, SessionRow, StoredSubscription,
@@ -57,6 +59,12 @@ pub enum Error {
     JetStream { url: String, cause: String },
     #[error("--cluster-prefix {0:?} must be letters, digits, '_' and '-'")]
     Prefix(String),
+    #[error("{flag} {}: {cause}", path.display())]
+    KeyFile {
+        flag: &'static str,
+        path: std::path::PathBuf,
+        cause: String,
+    },
     #[error("cannot open the cluster's connections to the database: {0}")]
     Database(String),
 }
