@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V5, p5, v5_options, within};
 use common::nats::Nats;
+use common::process::Process;
 use common::proxy::{Mode, Proxy};
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
 use retaind::app::ServeConfig;
@@ -695,4 +696,154 @@ async fn the_end_of_a_connection_during_an_outage_is_recorded_once_the_database_
         b"marker",
         "the Will came once"
     );
+}
+
+/// Node B, a process to kill, holds a connected client with a Will (`sensor`) and a persistent
+/// session subscribed to `inbox/#` (`phone`); node A reaches the database through a proxy
+/// and has a client watching Wills.
+struct Adoption {
+    _nats: Nats,
+    a: TestApp,
+    b: Process,
+    proxy: Proxy,
+    watcher: V5,
+    direct: String,
+    _clients: [Raw; 2],
+}
+
+impl Adoption {
+    async fn new() -> Self {
+        let nats = Nats::start().await;
+        let db = fresh_db(Backend::Postgres).await;
+        let direct = db.url.clone();
+        let proxy = Proxy::start(common::postgres_host_port(&direct)).await;
+        let a = node_via(&nats, db, &proxy).await;
+        let b = Process::start(&direct, &["--cluster-url", &nats.url()]).await;
+        let mut phone = Raw::open_addr(b.mqtt).await;
+        phone.send(&persistent("phone", true)).await;
+        phone.expect(2).await;
+        phone
+            .send(&build::subscribe(1, "inbox/#", 1, Some(&[])))
+            .await;
+        phone.expect(9).await;
+        let will = build::Will {
+            topic: "will/sensor",
+            payload: b"gone",
+            qos: 1,
+            retain: false,
+            props: &[],
+        };
+        let mut sensor = Raw::open_addr(b.mqtt).await;
+        sensor
+            .send(&build::connect_with_will(
+                "sensor",
+                true,
+                60,
+                Some(&[]),
+                will,
+            ))
+            .await;
+        sensor.expect(2).await;
+        let (mut watcher, _) = V5::connect(v5_options(&a, "watcher")).await;
+        watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
+        until_live(&[&a], 2).await;
+        Self {
+            _nats: nats,
+            a,
+            b,
+            proxy,
+            watcher,
+            direct,
+            _clients: [phone, sensor],
+        }
+    }
+
+    /// The first message the watcher gets, within `wait`.
+    async fn will(&mut self, wait: Duration) -> p5::Publish {
+        tokio::time::timeout(wait, async {
+            loop {
+                match self.watcher.events.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) => return p,
+                    Ok(_) => {}
+                    Err(e) => panic!("the watcher's connection failed: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("the Will of the killed node's client")
+    }
+
+    /// The Will came once, and A holds the phone's session: what is published for it while
+    /// it is away is queued, and it resumes on A with it.
+    async fn adopted_once(&mut self, will: p5::Publish) {
+        assert_eq!(
+            (&*will.topic, &will.payload[..]),
+            (&b"will/sensor"[..], &b"gone"[..])
+        );
+        self.watcher
+            .publish("will/marker", Qos5::AtLeastOnce, false, b"marker")
+            .await;
+        assert_eq!(
+            &self.watcher.next_publish().await.payload[..],
+            b"marker",
+            "the Will came once"
+        );
+        let mut db = sqlx::PgConnection::connect(&self.direct).await.unwrap();
+        let holder: String =
+            sqlx::query_scalar("SELECT node FROM cluster_sessions WHERE client_id = 'phone'")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        assert_eq!(holder, cluster(&self.a).node(), "A adopted the session");
+        self.watcher
+            .publish("inbox/1", Qos5::AtLeastOnce, false, b"while away")
+            .await;
+        let (mut phone, ack) = Raw::connect(&self.a, &persistent("phone", false)).await;
+        assert_eq!(ack.body[0], 1, "the adopted session is resumed");
+        let publish = within("the message queued while away", phone.expect(3))
+            .await
+            .publish(true);
+        assert_eq!(publish.payload, b"while away");
+    }
+}
+
+/// The survivor's COMMIT of an adoption reaches the database, which commits, but its answer
+/// is lost (here held past the database timeout). The sessions are A's in the database: given
+/// up as failed, they were held nowhere, their Wills never published and nothing queued for
+/// them. A asks the database what became of the transaction and takes them up.
+#[tokio::test]
+async fn an_adoption_whose_commit_went_unanswered_is_taken_up_once_the_database_says_it_committed()
+{
+    let mut scene = Adoption::new().await;
+    scene
+        .proxy
+        .pause_after_both(b"UPDATE cluster_sessions s SET node", b"COMMIT");
+    scene.b.kill().await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !scene.proxy.triggered() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("A to adopt B's sessions, once B is found dead");
+    // Past A's database timeout (1 s): A gives the commit up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    scene.proxy.resume();
+    let will = scene.will(Duration::from_secs(15)).await;
+    scene.adopted_once(will).await;
+}
+
+/// The survivor's COMMIT of an adoption is lost with its connection and never reaches the
+/// database, which rolls the adoption back. A finds it did not commit and adopts the sessions
+/// anew: the Will comes once, not once for the lost adoption and once for the new one.
+#[tokio::test]
+async fn an_adoption_whose_commit_was_lost_is_adopted_anew_and_its_will_comes_once() {
+    let mut scene = Adoption::new().await;
+    scene
+        .proxy
+        .cut_before_both(b"UPDATE cluster_sessions s SET node", b"COMMIT");
+    scene.b.kill().await;
+    let will = scene.will(Duration::from_secs(40)).await;
+    assert!(scene.proxy.triggered(), "the adoption's COMMIT was cut");
+    scene.adopted_once(will).await;
 }

@@ -6,10 +6,10 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 
+use super::adoption::Adopted;
 use super::claims::TakeOver;
 use super::frame::{self, Routed};
 use super::seen::Seen;
-use super::sessions::Adopted;
 use crate::topic::{ClientKey, FilterSpec, TopicLimits};
 
 /// What a node does with what the other nodes send it (the broker implements it).

@@ -6,6 +6,7 @@
 //! subscriptions it matches (`seen`). Client ids are claimed in Postgres, and the previous
 //! holder told over NATS to let go (`claims`).
 
+mod adoption;
 mod bucket;
 mod budget;
 mod claims;
@@ -22,6 +23,7 @@ mod seen;
 mod sessions;
 mod subject;
 
+pub use adoption::Adopted;
 pub use claims::{ClaimError, TakeOver};
 pub use frame::{Outgoing, Routed, Stamp, VERSION as FRAME_VERSION};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
@@ -30,8 +32,7 @@ pub use keys::{KeyFile, check as check_key_file};
 pub use link::{NatsAccess, url_has_credentials};
 pub use nodes::BEAT;
 pub use sessions::{
-    Adopted, HeldSession, Holder, Queued, Restored, SessionError, SessionRow, StoredSubscription,
-    StoredWill,
+    HeldSession, Holder, Queued, Restored, SessionError, SessionRow, StoredSubscription, StoredWill,
 };
 pub use subject::{filter_subjects, queue_group, topic_subject};
 

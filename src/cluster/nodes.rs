@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
+use super::adoption::{self, Adopted, InDoubt};
 use super::frame;
-use super::sessions::{Adopted, SessionError, Sessions};
+use super::sessions::{SessionError, Sessions};
 use tokio_util::sync::CancellationToken;
 
 /// How often a node says it is alive.
@@ -70,7 +71,7 @@ pub struct Census {
 }
 
 /// Removes the nodes silent for [`DEAD_AFTER`] if `judge`, with their claims, and finds the
-/// nodes gone (dead, or stopped) whose sessions are left to adopt ([`adopt`]).
+/// nodes gone (dead, or stopped) whose sessions are left to adopt ([`adoption::adopt`]).
 pub async fn bury(pool: &PgPool, sessions: &Sessions, judge: bool) -> Result<Census, SessionError> {
     let mut tx = pool.begin().await?;
     let dead: Vec<String> = if judge {
@@ -109,47 +110,6 @@ pub async fn bury(pool: &PgPool, sessions: &Sessions, judge: bool) -> Result<Cen
         orphans,
         taken_for_dead: false,
     })
-}
-
-/// Sessions adopted in one transaction: a dead node may have held a hundred thousand, more
-/// than one statement does within the database timeout.
-const ADOPT_BATCH: usize = 1_000;
-/// How long one heartbeat pass goes on adopting before it lets the next beat come: the rest
-/// is adopted at the next passes.
-const ADOPT_BUDGET: Duration = Duration::from_secs(1);
-
-/// Adopts the sessions of `orphans` a batch at a time, handing each batch to `adopted`,
-/// starting batches for at most [`ADOPT_BUDGET`].
-async fn adopt(
-    pool: &PgPool,
-    node: &str,
-    orphans: &[String],
-    sessions: &Sessions,
-    adopted: &impl Fn(Vec<Adopted>),
-) {
-    let started = Instant::now();
-    // The budget is looked at between batches only: a batch given up while it commits could
-    // be adopted in the database and not here.
-    while started.elapsed() < ADOPT_BUDGET {
-        let batch = match sessions
-            .bounded(sessions.adopt(pool, node, orphans, ADOPT_BATCH))
-            .await
-        {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot adopt the sessions of nodes that are gone; trying again at the next heartbeat");
-                return;
-            }
-        };
-        let n = batch.len();
-        if n > 0 {
-            tracing::info!(sessions = n, "adopted sessions of nodes that are gone");
-            adopted(batch);
-        }
-        if n < ADOPT_BATCH {
-            return;
-        }
-    }
 }
 
 /// Leaves the service: this node's row and claims go at once, not after [`DEAD_AFTER`].
@@ -229,6 +189,8 @@ pub async fn run(
     let mut missing = false;
     // Nodes of another frame version already reported, so each is reported once.
     let mut reported = std::collections::HashSet::new();
+    // Adoptions whose commit went unanswered, until the database says what became of them.
+    let mut in_doubt: Vec<InDoubt> = Vec::new();
     loop {
         let started = Instant::now();
         let judge = heard_since.is_some_and(|since| since.elapsed() >= DEAD_AFTER);
@@ -278,8 +240,13 @@ pub async fn run(
                         );
                     }
                 }
+                if !in_doubt.is_empty() {
+                    adoption::settle(&pool, &node, &sessions, &mut in_doubt, &adopted).await;
+                }
                 if !census.orphans.is_empty() {
-                    adopt(&pool, &node, &census.orphans, &sessions, &adopted).await;
+                    let orphans = &census.orphans;
+                    adoption::adopt(&pool, &node, orphans, &sessions, &mut in_doubt, &adopted)
+                        .await;
                 }
             }
             Err(e) => {

@@ -87,26 +87,9 @@ pub struct HeldSession {
     pub subscriptions: Vec<StoredSubscription>,
 }
 
-/// A session of a node that is gone, adopted by this one.
-#[derive(Debug)]
-pub struct Adopted {
-    pub client_id: Arc<str>,
-    pub creator: Option<String>,
-    pub expiry_secs: u32,
-    /// How long its client has been away (since its node died, if it was connected).
-    pub away: Duration,
-    pub subscriptions: Vec<StoredSubscription>,
-    /// The Will of a client that was connected when its node died: to be published now,
-    /// after its delay.
-    pub will: Option<StoredWill>,
-    /// Messages already queued for it, and their frames' bytes.
-    pub queued: usize,
-    pub queued_bytes: usize,
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("session state in the database: {0}")]
-pub struct SessionError(String);
+pub struct SessionError(pub(super) String);
 
 impl From<sqlx::Error> for SessionError {
     fn from(e: sqlx::Error) -> Self {
@@ -142,8 +125,8 @@ fn outgoing(m: &Routed, expires_at_ms: Option<i64>) -> Outgoing<'_> {
 
 pub struct Sessions {
     pool: PgPool,
-    limits: TopicLimits,
-    timeout: Duration,
+    pub(super) limits: TopicLimits,
+    pub(super) timeout: Duration,
 }
 
 type QueueRow = (i64, Vec<u8>, i16, bool, Vec<i32>);
@@ -426,18 +409,6 @@ impl Sessions {
         })
     }
 
-    fn will(&self, r: &AdoptRow) -> Option<StoredWill> {
-        let body = r.will.as_ref()?;
-        let publication = frame::decode(&Bytes::from(body.clone()), self.limits).ok()?;
-        Some(StoredWill {
-            publication,
-            expiry_secs: r.will_expiry_secs.and_then(|s| u32::try_from(s).ok()),
-            delay: Duration::from_secs(r.will_delay_secs.unwrap_or(0).max(0) as u64),
-            owner: r.will_owner.clone().unwrap_or_default(),
-            owner_max: r.will_owner_max.and_then(|m| u64::try_from(m).ok()),
-        })
-    }
-
     /// Nodes that hold sessions but have no heartbeat row: dead and buried, or stopped. It
     /// walks the distinct nodes of the `node` index, a probe each, rather than reading every
     /// session: every node looks at every heartbeat.
@@ -458,96 +429,6 @@ impl Sessions {
         .fetch_all(&mut **tx)
         .await?)
     }
-
-    /// At most `limit` sessions of the `orphans` (nodes without a heartbeat row, as
-    /// [`Self::orphan_nodes`] found them) become `node`'s, offline, their Wills cleared (the
-    /// adopter publishes them), in a transaction of their own on `pool` (the heartbeats'). One
-    /// survivor adopts each session: the update locks its row, and the others skip it.
-    pub async fn adopt(
-        &self,
-        pool: &PgPool,
-        node: &str,
-        orphans: &[String],
-        limit: usize,
-    ) -> Result<Vec<Adopted>, SessionError> {
-        let mut tx = pool.begin().await?;
-        let rows: Vec<AdoptRow> = sqlx::query_as(
-            "WITH orphans AS ( \
-               SELECT client_id, connected, will, will_expiry_secs, will_delay_secs, \
-                 will_owner, will_owner_max, \
-                 extract(epoch FROM now() - coalesce(detached_at, now()))::float8 AS away \
-               FROM cluster_sessions s \
-               WHERE s.node = ANY($2) \
-                 AND NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node) \
-               LIMIT $3 \
-               FOR UPDATE SKIP LOCKED), \
-             queues AS ( \
-               SELECT q.client_id, count(*) AS queued, \
-                 sum(octet_length(q.frame))::int8 AS queued_bytes \
-               FROM cluster_session_queue q JOIN orphans o USING (client_id) \
-               GROUP BY q.client_id) \
-             UPDATE cluster_sessions s SET node = $1, connected = false, \
-               detached_at = coalesce(s.detached_at, now()), will = NULL \
-             FROM orphans o LEFT JOIN queues q USING (client_id) \
-             WHERE s.client_id = o.client_id \
-             RETURNING s.client_id, s.creator, s.expiry_secs, s.subscriptions, o.connected, \
-               o.will, o.will_expiry_secs, o.will_delay_secs, o.will_owner, o.will_owner_max, \
-               o.away, coalesce(q.queued, 0) AS queued, \
-               coalesce(q.queued_bytes, 0) AS queued_bytes",
-        )
-        .bind(node)
-        .bind(orphans)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
-        // Kept only for their Wills: gone once those are in hand.
-        let will_only: Vec<&str> = rows
-            .iter()
-            .filter(|r| r.expiry_secs <= 0)
-            .map(|r| r.client_id.as_str())
-            .collect();
-        if !will_only.is_empty() {
-            sqlx::query("DELETE FROM cluster_sessions WHERE client_id = ANY($1)")
-                .bind(&will_only)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM cluster_session_queue WHERE client_id = ANY($1)")
-                .bind(&will_only)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(rows
-            .iter()
-            .map(|r| Adopted {
-                client_id: Arc::from(r.client_id.as_str()),
-                creator: r.creator.clone(),
-                expiry_secs: u32::try_from(r.expiry_secs.max(0)).unwrap_or(u32::MAX),
-                away: Duration::from_secs_f64(r.away.max(0.0)),
-                subscriptions: serde_json::from_value(r.subscriptions.clone()).unwrap_or_default(),
-                will: if r.connected { self.will(r) } else { None },
-                queued: usize::try_from(r.queued).unwrap_or(0),
-                queued_bytes: usize::try_from(r.queued_bytes).unwrap_or(0),
-            })
-            .collect())
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct AdoptRow {
-    client_id: String,
-    creator: Option<String>,
-    expiry_secs: i64,
-    subscriptions: serde_json::Value,
-    connected: bool,
-    will: Option<Vec<u8>>,
-    will_expiry_secs: Option<i64>,
-    will_delay_secs: Option<i64>,
-    will_owner: Option<String>,
-    will_owner_max: Option<i64>,
-    away: f64,
-    queued: i64,
-    queued_bytes: i64,
 }
 
 async fn delete_queue(

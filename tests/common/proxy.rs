@@ -132,7 +132,37 @@ impl Proxy {
     /// Pauses (as [`Self::pause`]) as soon as a client has sent `pattern`, once that has
     /// reached the database: the database acts on it, and its answer is held.
     pub fn pause_after(&self, pattern: &[u8]) {
-        *self.trigger.lock().unwrap() = Some(pattern.to_vec());
+        self.arm(pattern, None, Action::Pause);
+    }
+
+    /// Pauses (as [`Self::pause_after`]) once the connection that sent `first` sends `then`:
+    /// the COMMIT of a given transaction, say, reaches the database and its answer is held.
+    pub fn pause_after_both(&self, first: &[u8], then: &[u8]) {
+        self.arm(first, Some(then), Action::Pause);
+    }
+
+    /// Closes the connection that sent `first` when it sends `then`, which never reaches the
+    /// database: a COMMIT lost with its connection, its transaction rolled back.
+    pub fn cut_before_both(&self, first: &[u8], then: &[u8]) {
+        self.arm(first, Some(then), Action::Cut);
+    }
+
+    fn arm(&self, first: &[u8], then: Option<&[u8]>, action: Action) {
+        *self.trigger.lock().unwrap() = Some(Armed {
+            first: first.to_vec(),
+            then: then.map(<[u8]>::to_vec),
+            action,
+        });
+    }
+
+    /// Whether the proxy holds what either side sends (paused by hand or by a trigger).
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Whether an armed trigger has gone off.
+    pub fn triggered(&self) -> bool {
+        self.trigger.lock().unwrap().is_none()
     }
 
     pub fn resume(&self) {
@@ -146,8 +176,23 @@ impl Proxy {
     }
 }
 
-/// What a client's bytes are watched for, to pause after ([`Proxy::pause_after`]).
-type Trigger = Arc<Mutex<Option<Vec<u8>>>>;
+/// What a client's bytes are watched for ([`Proxy::pause_after`] and its kin).
+type Trigger = Arc<Mutex<Option<Armed>>>;
+
+struct Armed {
+    first: Vec<u8>,
+    /// Sent after `first`, on the same connection: what the action waits for, if any.
+    then: Option<Vec<u8>>,
+    action: Action,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Forward the chunk, then pause.
+    Pause,
+    /// Drop the chunk and close the connection.
+    Cut,
+}
 
 /// Copies `from` to `to` until `from` ends (then shuts `to` down, passing the end on) or `to`
 /// fails, holding each chunk while `paused` is set, and setting it once a chunk carrying the
@@ -160,6 +205,8 @@ async fn forward(
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
+    // This connection has sent the first pattern of a trigger that waits for two.
+    let mut sent_first = false;
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
@@ -171,18 +218,40 @@ async fn forward(
         if paused.wait_for(|p| !*p).await.is_err() {
             return;
         }
+        let fired = trigger
+            .as_ref()
+            .and_then(|(armed, _)| went_off(armed, &buf[..n], &mut sent_first));
+        if fired == Some(Action::Cut) {
+            let _ = to.shutdown().await;
+            return;
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-        if let Some((armed, pause)) = &trigger {
-            let mut armed = armed.lock().unwrap();
-            let seen = armed
-                .as_ref()
-                .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p.as_slice()));
-            if seen {
-                *armed = None;
-                pause.send_replace(true);
-            }
+        if let (Some(Action::Pause), Some((_, pause))) = (fired, &trigger) {
+            pause.send_replace(true);
         }
     }
+}
+
+/// The action of the trigger `armed` if `chunk` sets it off (disarming it), given whether
+/// this connection already sent its first pattern.
+fn went_off(armed: &Trigger, chunk: &[u8], sent_first: &mut bool) -> Option<Action> {
+    let mut armed = armed.lock().unwrap();
+    let trigger = armed.as_ref()?;
+    let has = |p: &[u8]| chunk.windows(p.len()).any(|w| w == p);
+    let fired = match &trigger.then {
+        None => has(&trigger.first),
+        Some(then) if *sent_first => has(then),
+        Some(_) => {
+            *sent_first = has(&trigger.first);
+            false
+        }
+    };
+    if !fired {
+        return None;
+    }
+    let action = trigger.action;
+    *armed = None;
+    Some(action)
 }

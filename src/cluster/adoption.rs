@@ -1,0 +1,368 @@
+//! Taking up the sessions of nodes that are gone (decision 014): a survivor makes them its
+//! own in Postgres, a batch per transaction, then holds them and publishes the Wills of the
+//! clients that were connected.
+//!
+//! A batch whose COMMIT goes unanswered (the database timeout, a connection lost) may have
+//! committed. Given up as failed, its sessions would be this node's in the database and held
+//! nowhere: their Wills never published, nothing queued for them. So the batch is kept, with
+//! its transaction's id, until Postgres says (`txid_status`) whether it committed: if so it is
+//! taken up then, less what changed meanwhile; if not, its sessions are orphans again and
+//! the next pass adopts them anew.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sqlx::PgPool;
+
+use super::frame;
+use super::sessions::{SessionError, Sessions, StoredSubscription, StoredWill};
+
+/// Sessions adopted in one transaction: a dead node may have held a hundred thousand, more
+/// than one statement does within the database timeout.
+const ADOPT_BATCH: usize = 1_000;
+/// How long one heartbeat pass goes on adopting before it lets the next beat come: the rest
+/// is adopted at the next passes.
+const ADOPT_BUDGET: Duration = Duration::from_secs(1);
+/// Batches in doubt kept at most; past it the oldest is given up (logged). Each is a
+/// commit unanswered, so this many means the database has been failing for minutes.
+const MAX_IN_DOUBT: usize = 64;
+
+/// A session of a node that is gone, adopted by this one.
+#[derive(Debug)]
+pub struct Adopted {
+    pub client_id: Arc<str>,
+    pub creator: Option<String>,
+    pub expiry_secs: u32,
+    /// How long its client has been away (since its node died, if it was connected).
+    pub away: Duration,
+    pub subscriptions: Vec<StoredSubscription>,
+    /// The Will of a client that was connected when its node died: to be published now,
+    /// after its delay.
+    pub will: Option<StoredWill>,
+    /// Messages already queued for it, and their frames' bytes.
+    pub queued: usize,
+    pub queued_bytes: usize,
+}
+
+/// A batch whose COMMIT was sent and not answered.
+pub struct InDoubt {
+    /// Its transaction, as `txid_current()` gave it.
+    xid: i64,
+    adopted: Vec<Adopted>,
+}
+
+/// Why a batch was not adopted.
+enum Unadopted {
+    /// Nothing was committed.
+    Failed(SessionError),
+    /// The COMMIT was sent; whether it took is not known.
+    InDoubt(InDoubt, SessionError),
+}
+
+impl From<SessionError> for Unadopted {
+    fn from(e: SessionError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// `work`, given up at `deadline` (the end of the database timeout, `timeout`, for the whole
+/// transaction).
+async fn before<T>(
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    work: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(SessionError(format!(
+            "the database did not answer within {timeout:?}"
+        ))),
+    }
+}
+
+/// Adopts the sessions of `orphans` a batch at a time, handing each batch to `adopted`,
+/// starting batches for at most [`ADOPT_BUDGET`]. A batch in doubt joins `in_doubt`.
+pub async fn adopt(
+    pool: &PgPool,
+    node: &str,
+    orphans: &[String],
+    sessions: &Sessions,
+    in_doubt: &mut Vec<InDoubt>,
+    adopted: &impl Fn(Vec<Adopted>),
+) {
+    let started = Instant::now();
+    while started.elapsed() < ADOPT_BUDGET {
+        let batch = match sessions.adopt(pool, node, orphans, ADOPT_BATCH).await {
+            Ok(batch) => batch,
+            Err(Unadopted::Failed(e)) => {
+                tracing::warn!(error = %e, "cannot adopt the sessions of nodes that are gone; trying again at the next heartbeat");
+                return;
+            }
+            Err(Unadopted::InDoubt(batch, e)) => {
+                tracing::warn!(
+                    error = %e, sessions = batch.adopted.len(),
+                    "no answer to the commit of adopted sessions; asking the database what became of it at the next heartbeat"
+                );
+                if in_doubt.len() == MAX_IN_DOUBT {
+                    let given_up = in_doubt.remove(0);
+                    tracing::error!(
+                        sessions = given_up.adopted.len(),
+                        "giving up on an adoption still in doubt; if it committed, its sessions are held nowhere until their clients come back"
+                    );
+                }
+                in_doubt.push(batch);
+                return;
+            }
+        };
+        let n = batch.len();
+        if n > 0 {
+            tracing::info!(sessions = n, "adopted sessions of nodes that are gone");
+            adopted(batch);
+        }
+        if n < ADOPT_BATCH {
+            return;
+        }
+    }
+}
+
+/// Asks the database what became of the batches `in_doubt`: hands those committed to
+/// `adopted` (less what is no longer this node's to take up), drops those rolled back, and
+/// keeps those it cannot tell yet.
+pub async fn settle(
+    pool: &PgPool,
+    node: &str,
+    sessions: &Sessions,
+    in_doubt: &mut Vec<InDoubt>,
+    adopted: &impl Fn(Vec<Adopted>),
+) {
+    let mut kept = Vec::new();
+    for batch in std::mem::take(in_doubt) {
+        match sessions.settle(pool, node, batch).await {
+            Ok(Settled::Committed(batch)) => {
+                tracing::info!(
+                    sessions = batch.len(),
+                    "adopted sessions of nodes that are gone (their commit's answer was lost)"
+                );
+                if !batch.is_empty() {
+                    adopted(batch);
+                }
+            }
+            Ok(Settled::RolledBack) => {
+                tracing::info!(
+                    "an adoption in doubt did not commit; its sessions are adopted anew"
+                );
+            }
+            Ok(Settled::Open(batch)) => kept.push(batch),
+            Err((batch, e)) => {
+                tracing::warn!(error = %e, "cannot tell yet whether an adoption committed");
+                kept.push(batch);
+            }
+        }
+    }
+    *in_doubt = kept;
+}
+
+/// What became of a batch in doubt.
+enum Settled {
+    /// It committed: what of it is still to take up.
+    Committed(Vec<Adopted>),
+    RolledBack,
+    /// Its transaction is still open (the database has not yet seen the connection go).
+    Open(InDoubt),
+}
+
+#[derive(sqlx::FromRow)]
+struct AdoptRow {
+    client_id: String,
+    creator: Option<String>,
+    expiry_secs: i64,
+    subscriptions: serde_json::Value,
+    connected: bool,
+    will: Option<Vec<u8>>,
+    will_expiry_secs: Option<i64>,
+    will_delay_secs: Option<i64>,
+    will_owner: Option<String>,
+    will_owner_max: Option<i64>,
+    away: f64,
+    queued: i64,
+    queued_bytes: i64,
+}
+
+impl Sessions {
+    /// At most `limit` sessions of the `orphans` (nodes without a heartbeat row, as
+    /// [`Self::orphan_nodes`] found them) become `node`'s, offline, their Wills cleared (the
+    /// adopter publishes them), in a transaction of their own on `pool` (the heartbeats'). One
+    /// survivor adopts each session: the update locks its row, and the others skip it. The
+    /// whole transaction is bounded by the database timeout.
+    async fn adopt(
+        &self,
+        pool: &PgPool,
+        node: &str,
+        orphans: &[String],
+        limit: usize,
+    ) -> Result<Vec<Adopted>, Unadopted> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let t = self.timeout;
+        let mut tx = before(deadline, t, pool.begin()).await?;
+        let xid: i64 = before(
+            deadline,
+            t,
+            sqlx::query_scalar("SELECT txid_current()").fetch_one(&mut *tx),
+        )
+        .await?;
+        let rows: Vec<AdoptRow> = before(
+            deadline,
+            t,
+            sqlx::query_as(
+                "WITH orphans AS ( \
+                   SELECT client_id, connected, will, will_expiry_secs, will_delay_secs, \
+                     will_owner, will_owner_max, \
+                     extract(epoch FROM now() - coalesce(detached_at, now()))::float8 AS away \
+                   FROM cluster_sessions s \
+                   WHERE s.node = ANY($2) \
+                     AND NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node) \
+                   LIMIT $3 \
+                   FOR UPDATE SKIP LOCKED), \
+                 queues AS ( \
+                   SELECT q.client_id, count(*) AS queued, \
+                     sum(octet_length(q.frame))::int8 AS queued_bytes \
+                   FROM cluster_session_queue q JOIN orphans o USING (client_id) \
+                   GROUP BY q.client_id) \
+                 UPDATE cluster_sessions s SET node = $1, connected = false, \
+                   detached_at = coalesce(s.detached_at, now()), will = NULL \
+                 FROM orphans o LEFT JOIN queues q USING (client_id) \
+                 WHERE s.client_id = o.client_id \
+                 RETURNING s.client_id, s.creator, s.expiry_secs, s.subscriptions, o.connected, \
+                   o.will, o.will_expiry_secs, o.will_delay_secs, o.will_owner, o.will_owner_max, \
+                   o.away, coalesce(q.queued, 0) AS queued, \
+                   coalesce(q.queued_bytes, 0) AS queued_bytes",
+            )
+            .bind(node)
+            .bind(orphans)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx),
+        )
+        .await?;
+        // Kept only for their Wills: gone once those are in hand.
+        let will_only: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.expiry_secs <= 0)
+            .map(|r| r.client_id.as_str())
+            .collect();
+        if !will_only.is_empty() {
+            before(
+                deadline,
+                t,
+                sqlx::query("DELETE FROM cluster_sessions WHERE client_id = ANY($1)")
+                    .bind(&will_only)
+                    .execute(&mut *tx),
+            )
+            .await?;
+            before(
+                deadline,
+                t,
+                sqlx::query("DELETE FROM cluster_session_queue WHERE client_id = ANY($1)")
+                    .bind(&will_only)
+                    .execute(&mut *tx),
+            )
+            .await?;
+        }
+        let adopted: Vec<Adopted> = rows.iter().map(|r| self.adopted(r)).collect();
+        match before(deadline, t, tx.commit()).await {
+            Ok(()) => Ok(adopted),
+            Err(e) if adopted.is_empty() => Err(e.into()),
+            Err(e) => Err(Unadopted::InDoubt(InDoubt { xid, adopted }, e)),
+        }
+    }
+
+    fn adopted(&self, r: &AdoptRow) -> Adopted {
+        Adopted {
+            client_id: Arc::from(r.client_id.as_str()),
+            creator: r.creator.clone(),
+            expiry_secs: u32::try_from(r.expiry_secs.max(0)).unwrap_or(u32::MAX),
+            away: Duration::from_secs_f64(r.away.max(0.0)),
+            subscriptions: serde_json::from_value(r.subscriptions.clone()).unwrap_or_default(),
+            will: if r.connected { self.will(r) } else { None },
+            queued: usize::try_from(r.queued).unwrap_or(0),
+            queued_bytes: usize::try_from(r.queued_bytes).unwrap_or(0),
+        }
+    }
+
+    fn will(&self, r: &AdoptRow) -> Option<StoredWill> {
+        let body = r.will.as_ref()?;
+        let publication = frame::decode(&Bytes::from(body.clone()), self.limits).ok()?;
+        Some(StoredWill {
+            publication,
+            expiry_secs: r.will_expiry_secs.and_then(|s| u32::try_from(s).ok()),
+            delay: Duration::from_secs(r.will_delay_secs.unwrap_or(0).max(0) as u64),
+            owner: r.will_owner.clone().unwrap_or_default(),
+            owner_max: r.will_owner_max.and_then(|m| u64::try_from(m).ok()),
+        })
+    }
+
+    /// What became of `batch`. Committed, a session is still to take up unless its client
+    /// came back meanwhile (a claim on its id, anywhere) or its row changed hands (another
+    /// node's now, or, for a session kept only for its Will, a new session's); such a
+    /// session's Will is not published late either: its client is back.
+    async fn settle(
+        &self,
+        pool: &PgPool,
+        node: &str,
+        batch: InDoubt,
+    ) -> Result<Settled, (InDoubt, SessionError)> {
+        let ids: Vec<&str> = batch.adopted.iter().map(|a| &*a.client_id).collect();
+        let answer = self
+            .bounded(async {
+                let status: Option<String> = sqlx::query_scalar("SELECT txid_status($1)")
+                    .bind(batch.xid)
+                    .fetch_one(pool)
+                    .await?;
+                if status.as_deref() != Some("committed") {
+                    return Ok((status, Vec::new()));
+                }
+                let rows: Vec<(String, Option<String>, bool)> = sqlx::query_as(
+                    "SELECT c.client_id, s.node, \
+                       EXISTS (SELECT 1 FROM cluster_clients k WHERE k.client_id = c.client_id) \
+                     FROM unnest($1::text[]) AS c(client_id) \
+                     LEFT JOIN cluster_sessions s USING (client_id)",
+                )
+                .bind(&ids)
+                .fetch_all(pool)
+                .await?;
+                Ok((status, rows))
+            })
+            .await;
+        let (status, rows) = match answer {
+            Ok(answer) => answer,
+            Err(e) => return Err((batch, e)),
+        };
+        match status.as_deref() {
+            Some("committed") => {}
+            Some("aborted") => return Ok(Settled::RolledBack),
+            Some(_) => return Ok(Settled::Open(batch)),
+            None => {
+                tracing::error!(
+                    sessions = batch.adopted.len(),
+                    "an adoption in doubt is too old for the database to tell; given up"
+                );
+                return Ok(Settled::RolledBack);
+            }
+        }
+        let still_ours = |a: &Adopted| {
+            rows.iter()
+                .find(|(id, _, _)| id.as_str() == &*a.client_id)
+                .is_some_and(|(_, holder, claimed)| {
+                    !claimed
+                        && if a.expiry_secs == 0 {
+                            holder.is_none()
+                        } else {
+                            holder.as_deref() == Some(node)
+                        }
+                })
+        };
+        Ok(Settled::Committed(
+            batch.adopted.into_iter().filter(still_ours).collect(),
+        ))
+    }
+}
