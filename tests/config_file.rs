@@ -240,6 +240,29 @@ fn check_config_reports_every_problem_with_its_line() {
     assert_eq!(problems[3], format!("{name}: 3 problem(s)"));
 }
 
+/// A NATS key file that cannot be used is named at its own key, with what is wrong with it.
+#[test]
+fn check_config_names_a_nats_key_file_that_does_not_load_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "nats.creds", "not a credentials file\n");
+    let file = write(
+        dir.path(),
+        "cluster.toml",
+        "database_url = \"postgres://retaind@127.0.0.1/retaind\"\n\
+         cluster_url = \"nats://127.0.0.1:4222\"\n\
+         cluster_creds = \"nats.creds\"\n",
+    );
+    let (code, _, stderr) = run(dir.path(), &["check-config", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    let name = file.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{name}:3: `cluster_creds`: --cluster-creds nats.creds: no user JWT"
+        )),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_config_accepts_the_example() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/retaind.toml");

@@ -59,7 +59,15 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
         problems.push(at("tls_cert", e));
     }
     if let Err(e) = check_cluster(&config) {
-        problems.push(at("cluster_url", e));
+        let key = match &e {
+            Error::ClusterFile { flag, .. }
+            | Error::Cluster(crate::cluster::Error::KeyFile { flag, .. }) => {
+                flag.trim_start_matches("--").replace('-', "_")
+            }
+            Error::ClusterTwoIdentities(_) => "cluster_creds".to_owned(),
+            _ => "cluster_url".to_owned(),
+        };
+        problems.push(at(&key, e));
     }
     problems.sort_by_key(|p| p.line);
     problems
