@@ -380,8 +380,16 @@ async fn nats_lost_and_back_local_delivery_goes_on_readyz_says_so_and_routing_re
     until_sends(&a, "n/x").await;
     assert_eq!(a.get("/readyz").await.status(), 200);
 
+    let connected = |page: &str| common::metric_value(page, "retaind_cluster_nats_connected");
+    let reconnections =
+        |page: &str| common::metric_value(page, "retaind_cluster_nats_reconnections_total");
+    let page = a.get("/metrics").await.text().await.unwrap();
+    assert_eq!((connected(&page), reconnections(&page)), (1.0, 0.0));
+
     nats.stop().await;
     until_nats_lost(&a).await;
+    let page = a.get("/metrics").await.text().await.unwrap();
+    assert_eq!((connected(&page), reconnections(&page)), (0.0, 0.0));
     let res = a.get("/readyz").await;
     assert_eq!(res.status(), 503);
     assert_eq!(
@@ -410,6 +418,8 @@ async fn nats_lost_and_back_local_delivery_goes_on_readyz_says_so_and_routing_re
     .await;
     until_sends(&a, "n/x").await;
     assert_eq!(a.get("/readyz").await.status(), 200);
+    let page = a.get("/metrics").await.text().await.unwrap();
+    assert_eq!((connected(&page), reconnections(&page)), (1.0, 1.0));
     eprintln!("routing resumed {:?} after NATS restarted", start.elapsed());
     publisher
         .publish("n/x", Qos5::AtLeastOnce, false, b"together")

@@ -30,6 +30,8 @@ pub(super) fn on_scrape(broker: &Broker) {
             .set(count(cluster.nodes_of_other_frame_versions()));
         g.cluster_unrecorded_connection_ends
             .set(count(cluster.unrecorded_connection_ends()));
+        g.cluster_nats_connected
+            .set(i64::from(cluster.is_connected()));
         let (s, c) = (cluster.stats(), m.cluster());
         for (counter, total) in [
             (&c.forwarded, s.forwarded),
@@ -44,6 +46,7 @@ pub(super) fn on_scrape(broker: &Broker) {
             (&c.queued_lost, s.queued_lost),
             (&c.heartbeat_failures, s.heartbeat_failures),
             (&c.taken_for_dead, s.taken_for_dead),
+            (&c.nats_reconnections, s.nats_reconnections),
         ] {
             ClusterCounters::catch_up(counter, total);
         }

@@ -98,6 +98,8 @@ pub struct ClusterStats {
     pub heartbeat_failures: u64,
     /// Times this node found that the others had taken it for dead.
     pub taken_for_dead: u64,
+    /// Times the connection to NATS came back after it was lost.
+    pub nats_reconnections: u64,
 }
 
 #[derive(Clone)]
@@ -515,6 +517,7 @@ impl Cluster {
             queued_lost: load(&i.spool_lost),
             heartbeat_failures: i.headcount.failures(),
             taken_for_dead: i.headcount.taken_for_dead(),
+            nats_reconnections: i.link.reconnections(),
         }
     }
 

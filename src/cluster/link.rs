@@ -206,6 +206,11 @@ impl Link {
         self.epoch.subscribe()
     }
 
+    /// Times the connection came back since the node started.
+    pub fn reconnections(&self) -> u64 {
+        *self.epoch.borrow()
+    }
+
     fn on(&self, url: &str, event: Event) {
         match event {
             Event::Connected => {

@@ -65,6 +65,7 @@ pub struct Gauges {
     pub cluster_nodes: Gauge,
     pub cluster_nodes_other_frame_version: Gauge,
     pub cluster_unrecorded_connection_ends: Gauge,
+    pub cluster_nats_connected: Gauge,
     pub store_pool_connections: Family<labels::PoolLabel, Gauge>,
 }
 
@@ -83,6 +84,7 @@ pub struct ClusterCounters {
     pub queued_lost: Counter,
     pub heartbeat_failures: Counter,
     pub taken_for_dead: Counter,
+    pub nats_reconnections: Counter,
 }
 
 impl ClusterCounters {
@@ -253,6 +255,12 @@ impl Metrics {
              heartbeat until it can (0 but during an outage of the database)",
             gauges.cluster_unrecorded_connection_ends.clone(),
         );
+        r.register(
+            "retaind_cluster_nats_connected",
+            "1 while this node's connection to NATS is up, 0 while it is lost (and without \
+             --cluster-url): routing between nodes waits for it",
+            gauges.cluster_nats_connected.clone(),
+        );
         let c = &cluster;
         for (name, help, counter) in [
             (
@@ -314,6 +322,11 @@ impl Metrics {
                 "retaind_cluster_taken_for_dead",
                 "Times this node found that the other nodes had taken it for dead and adopted its sessions",
                 &c.taken_for_dead,
+            ),
+            (
+                "retaind_cluster_nats_reconnections",
+                "Times this node's connection to NATS came back after it was lost",
+                &c.nats_reconnections,
             ),
         ] {
             r.register(name, help, counter.clone());
