@@ -629,24 +629,7 @@ async fn the_end_of_a_connection_during_an_outage_is_recorded_once_the_database_
     let (mut watcher, _) = V5::connect(v5_options(&a, "watcher")).await;
     watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
     until_live(&[&a], 2).await;
-    let will = build::Will {
-        topic: "will/sensor",
-        payload: b"gone",
-        qos: 1,
-        retain: false,
-        props: &[],
-    };
-    let mut sensor = Raw::open_addr(b.mqtt).await;
-    sensor
-        .send(&build::connect_with_will(
-            "sensor",
-            true,
-            60,
-            Some(&[]),
-            will,
-        ))
-        .await;
-    within("a CONNACK", sensor.expect(2)).await;
+    let sensor = sensor_on(b.mqtt).await;
     let mut db = sqlx::PgConnection::connect(&direct).await.unwrap();
     let row = "SELECT count(*) FROM cluster_sessions WHERE client_id = 'sensor'";
     let rows: i64 = sqlx::query_scalar(row).fetch_one(&mut db).await.unwrap();
@@ -698,6 +681,29 @@ async fn the_end_of_a_connection_during_an_outage_is_recorded_once_the_database_
     );
 }
 
+/// An MQTT 5 client `sensor` of the node at `mqtt`, with a Will on `will/sensor`, connected.
+async fn sensor_on(mqtt: std::net::SocketAddr) -> Raw {
+    let will = build::Will {
+        topic: "will/sensor",
+        payload: b"gone",
+        qos: 1,
+        retain: false,
+        props: &[],
+    };
+    let mut sensor = Raw::open_addr(mqtt).await;
+    sensor
+        .send(&build::connect_with_will(
+            "sensor",
+            true,
+            60,
+            Some(&[]),
+            will,
+        ))
+        .await;
+    within("a CONNACK", sensor.expect(2)).await;
+    sensor
+}
+
 /// Node B, a process to kill, holds a connected client with a Will (`sensor`) and a persistent
 /// session subscribed to `inbox/#` (`phone`); node A reaches the database through a proxy
 /// and has a client watching Wills.
@@ -726,24 +732,7 @@ impl Adoption {
             .send(&build::subscribe(1, "inbox/#", 1, Some(&[])))
             .await;
         phone.expect(9).await;
-        let will = build::Will {
-            topic: "will/sensor",
-            payload: b"gone",
-            qos: 1,
-            retain: false,
-            props: &[],
-        };
-        let mut sensor = Raw::open_addr(b.mqtt).await;
-        sensor
-            .send(&build::connect_with_will(
-                "sensor",
-                true,
-                60,
-                Some(&[]),
-                will,
-            ))
-            .await;
-        sensor.expect(2).await;
+        let sensor = sensor_on(b.mqtt).await;
         let (mut watcher, _) = V5::connect(v5_options(&a, "watcher")).await;
         watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
         until_live(&[&a], 2).await;
