@@ -2,7 +2,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
-use retaind::app::{self, Command, LogFormat, ServeConfig};
+use retaind::app::{self, ClusterAction, Command, LogFormat, ServeConfig};
 use retaind::store::Clock;
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
@@ -15,6 +15,9 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::HashPassword) => hash_password(),
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Retained(command)) => retained(command).await,
+        Some(Command::Cluster {
+            action: ClusterAction::Status { database_url, json },
+        }) => cluster_status(&database_url, json).await,
         None => serve(cli.serve).await,
     }
 }
@@ -75,6 +78,18 @@ async fn retained(command: retaind::admin::RetainedCommand) -> anyhow::Result<()
         .with_writer(std::io::stderr)
         .init();
     Ok(retaind::admin::run(command).await?)
+}
+
+/// `retaind cluster status`: the table (or JSON) on standard output.
+async fn cluster_status(database_url: &str, json: bool) -> anyhow::Result<()> {
+    let status =
+        retaind::cluster::read_status(database_url, std::time::Duration::from_secs(10)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.text());
+    }
+    Ok(())
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {

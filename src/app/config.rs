@@ -36,6 +36,27 @@ pub enum Command {
     /// Export, import or delete retained messages in bulk, over a running service's HTTP API
     /// or straight in its database (see `retaind retained --help`).
     Retained(crate::admin::RetainedCommand),
+    /// The nodes of a service started with --cluster-url, as its Postgres database shows them.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Each node with a heartbeat (when it started, how long since its last heartbeat, the
+    /// frame version it sends, its connected clients and the sessions it holds), the sessions
+    /// of nodes that are gone awaiting adoption, and the messages queued for offline sessions.
+    /// Reads the database only; changes nothing.
+    Status {
+        /// The service's Postgres database.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Everything `retaind` needs to serve; each flag can also come from the environment.

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use check_config::check_config;
-pub use config::{Cli, Command, DeliveryPriority, LogFormat, ServeConfig};
+pub use config::{Cli, ClusterAction, Command, DeliveryPriority, LogFormat, ServeConfig};
 pub use config_file::{ConfigFile, Problem};
 pub use redact::redact_url;
 pub use reload::{RefusedReload, Reloaded};

@@ -21,6 +21,7 @@ mod nodes;
 mod remote;
 mod seen;
 mod sessions;
+mod status;
 mod subject;
 
 pub use adoption::Adopted;
@@ -34,6 +35,7 @@ pub use nodes::BEAT;
 pub use sessions::{
     HeldSession, Holder, Queued, Restored, SessionError, SessionRow, StoredSubscription, StoredWill,
 };
+pub use status::{NodeStatus, Status, StatusError, read as read_status};
 pub use subject::{filter_subjects, queue_group, topic_subject};
 
 /// Why a node could not join the service.
