@@ -52,16 +52,23 @@ pub enum StatusError {
          service, migrated by a release that has clusters?"
     )]
     Read(String),
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 type NodeRow = (String, String, f64, Option<i16>, i64, i64, i64);
 
-/// Reads the service's state from the Postgres database at `url`, waiting at most `wait` for
-/// each step.
+/// Reads the service's state from the Postgres database at `url`, waiting at most `wait` in
+/// all (a database that does not answer is an error, not a tool that hangs).
 pub async fn read(url: &str, wait: Duration) -> Result<Status, StatusError> {
+    tokio::time::timeout(wait, read_now(url))
+        .await
+        .map_err(|_| StatusError::Timeout(wait))?
+}
+
+async fn read_now(url: &str) -> Result<Status, StatusError> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(wait)
         .connect(url)
         .await
         .map_err(|e| StatusError::Connect(e.to_string()))?;
