@@ -4,11 +4,16 @@
 //! connection to NATS: a file replaced before its JWT expires is what the node reconnects
 //! with when the server ends the old JWT's connection, with no restart.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_nats::{Auth, AuthError};
 use nkeys::{KeyPair, KeyPairType};
+
+/// A credentials file is a JWT of a few hundred bytes and a seed; a path given by mistake
+/// (a log, a device) is refused rather than read whole at every connection.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
 
 /// Which file, and how to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +40,16 @@ impl KeyFile {
 
     /// What the file holds, or why it cannot be used.
     fn read(&self) -> Result<Identity, String> {
-        let text = std::fs::read_to_string(self.path()).map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        std::fs::File::open(self.path())
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| e.to_string())?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(format!(
+                "larger than {} KiB: not a key file",
+                MAX_FILE_BYTES / 1024
+            ));
+        }
         match self {
             Self::Creds(_) => {
                 let jwt = armored(&text, "USER JWT")
@@ -222,6 +236,14 @@ mod tests {
             ),
             (KeyFile::Nkey(file("blank", "  \n")), "empty"),
             (KeyFile::Nkey(dir.path().join("nowhere.nk")), "No such file"),
+            (
+                KeyFile::Creds(file("large", &"x".repeat(64 * 1024 + 1))),
+                "larger than 64 KiB",
+            ),
+            (
+                KeyFile::Nkey(PathBuf::from("/dev/zero")),
+                "larger than 64 KiB",
+            ),
         ] {
             let cause = check(&file).unwrap_err();
             assert!(cause.contains(says), "{file:?}: {cause}");
