@@ -477,11 +477,7 @@ fn check_cluster(config: &ServeConfig) -> Result<(), Error> {
                 cluster::KeyFile::Nkey(_) => "--cluster-nkey and credentials in --cluster-url",
             }));
         }
-        cluster::check_key_file(&file).map_err(|cause| cluster::Error::KeyFile {
-            flag: file.flag(),
-            path: file.path().to_owned(),
-            cause,
-        })?;
+        cluster::check_key_file(&file)?;
     }
     // Read at every connection to NATS: a missing file would only say "TLS error", retried.
     for (flag, path) in [

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use async_nats::{Auth, AuthError};
 use nkeys::{KeyPair, KeyPairType};
 
+use super::Error;
+
 /// A credentials file is a JWT of a few hundred bytes and a seed; a path given by mistake
 /// (a log, a device) is refused rather than read whole at every connection.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
@@ -35,6 +37,14 @@ impl KeyFile {
     pub fn path(&self) -> &Path {
         match self {
             Self::Creds(path) | Self::Nkey(path) => path,
+        }
+    }
+
+    fn error(&self, cause: String) -> Error {
+        Error::KeyFile {
+            flag: self.flag(),
+            path: self.path().to_owned(),
+            cause,
         }
     }
 
@@ -109,8 +119,8 @@ pub struct Keys {
 
 impl Keys {
     /// Reads `file` for the first time: an error names what is wrong with it.
-    pub fn load(file: KeyFile) -> Result<Self, String> {
-        let first = file.read()?;
+    pub fn load(file: KeyFile) -> Result<Self, Error> {
+        let first = file.read().map_err(|cause| file.error(cause))?;
         Ok(Self {
             file,
             last: Mutex::new(Arc::new(first)),
@@ -162,8 +172,8 @@ impl Keys {
 }
 
 /// Whether `file` can be used, for a check at start.
-pub fn check(file: &KeyFile) -> Result<(), String> {
-    file.read().map(|_| ())
+pub fn check(file: &KeyFile) -> Result<(), Error> {
+    file.read().map(|_| ()).map_err(|cause| file.error(cause))
 }
 
 #[cfg(test)]
@@ -245,7 +255,7 @@ mod tests {
                 "larger than 64 KiB",
             ),
         ] {
-            let cause = check(&file).unwrap_err();
+            let cause = check(&file).unwrap_err().to_string();
             assert!(cause.contains(says), "{file:?}: {cause}");
         }
     }

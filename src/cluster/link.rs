@@ -37,16 +37,7 @@ impl NatsAccess {
         key: Option<PathBuf>,
         key_file: Option<KeyFile>,
     ) -> Result<Self, Error> {
-        let keys = match key_file {
-            None => None,
-            Some(file) => Some(Arc::new(Keys::load(file.clone()).map_err(|cause| {
-                Error::KeyFile {
-                    flag: file.flag(),
-                    path: file.path().to_owned(),
-                    cause,
-                }
-            })?)),
-        };
+        let keys = key_file.map(Keys::load).transpose()?.map(Arc::new);
         Ok(Self {
             ca,
             cert,
