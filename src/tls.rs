@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,8 +31,16 @@ use crate::tcp::PromptAcks;
 /// connection (or a handshake slot) longer than this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Handshakes in progress on one listener; further connections wait in the kernel's backlog.
+mod slots;
+
+/// Handshakes in progress on one listener. When they are all taken, a newcomer takes the slot
+/// of one past [`HANDSHAKE_GRACE`] from the address holding the most (`slots`), or waits in
+/// the kernel's backlog.
 const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// How long a handshake keeps its slot whatever newcomers arrive: far longer than an honest
+/// client needs, so only connections that stall are given up.
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 
 /// SHA-256 of a client certificate's DER encoding: how the principals file names it.
 pub type CertFingerprint = [u8; 32];
@@ -174,6 +182,7 @@ pub struct TlsIncoming {
     acceptor: LiveAcceptor,
     handshake_timeout: Duration,
     handshakes: JoinSet<Option<(TlsStream<PromptAcks>, SocketAddr)>>,
+    slots: slots::Slots,
 }
 
 impl TlsIncoming {
@@ -183,6 +192,7 @@ impl TlsIncoming {
             acceptor,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             handshakes: JoinSet::new(),
+            slots: slots::Slots::new(MAX_PENDING_HANDSHAKES, HANDSHAKE_GRACE),
         }
     }
 
@@ -193,13 +203,23 @@ impl TlsIncoming {
     /// The next established connection. Cancel-safe: nothing is lost if the future is dropped.
     pub async fn next(&mut self) -> (TlsStream<PromptAcks>, SocketAddr) {
         loop {
-            let room = self.handshakes.len() < MAX_PENDING_HANDSHAKES;
+            let can_take = self.slots.can_take(Instant::now());
+            // Full of handshakes within their grace: look again once the oldest's is over.
+            let look_again = (!can_take)
+                .then(|| self.slots.next_chance())
+                .flatten()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
-                accepted = self.listener.accept(), if room => match accepted {
+                accepted = self.listener.accept(), if can_take => match accepted {
                     Ok((tcp, peer)) => {
+                        let now = Instant::now();
+                        if self.slots.make_room(now) {
+                            tracing::debug!(%peer, "every TLS handshake slot taken: gave up the oldest stalled handshake of the address holding the most");
+                        }
                         let acceptor = self.acceptor.current();
                         let timeout = self.handshake_timeout;
-                        self.handshakes.spawn(handshake(acceptor, tcp, peer, timeout));
+                        let abort = self.handshakes.spawn(handshake(acceptor, tcp, peer, timeout));
+                        self.slots.add(peer.ip().into(), now, abort);
                     }
                     Err(e) => {
                         // Usually out of file descriptors: wait instead of spinning.
@@ -207,13 +227,26 @@ impl TlsIncoming {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                Some(done) = self.handshakes.join_next() => {
-                    if let Ok(Some(established)) = done {
-                        return established;
+                Some(done) = self.handshakes.join_next_with_id() => match done {
+                    Ok((id, established)) => {
+                        self.slots.remove(id);
+                        if let Some(established) = established {
+                            return established;
+                        }
                     }
-                }
+                    Err(e) => self.slots.remove(e.id()),
+                },
+                () = sleep_until_some(look_again) => {}
             }
         }
+    }
+}
+
+/// Sleeps until `at`; never returns without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -303,6 +336,65 @@ mod tests {
         let tcp = TcpStream::connect(addr).await?;
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         connector.connect(name, tcp).await
+    }
+
+    /// [`connect`], from the local address `from` (any of 127.0.0.0/8 on loopback).
+    async fn connect_from(
+        cert: CertificateDer<'static>,
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+    ) -> std::io::Result<SocketAddr> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from, 0))?;
+        let tcp = socket.connect(addr).await?;
+        let local = tcp.local_addr()?;
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await?;
+        Ok(local)
+    }
+
+    /// Every slot held by connections of one address that never say hello: a client from
+    /// another address still gets one, from the oldest of them, once it has had its grace,
+    /// rather than waiting for their handshakes to time out.
+    #[tokio::test]
+    async fn silent_connections_of_one_address_in_every_slot_do_not_keep_another_out() {
+        let (mut incoming, addr, cert) = incoming().await;
+        incoming.slots = slots::Slots::new(4, Duration::from_millis(100));
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let honest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            connect_from(cert, addr, "127.0.0.2".parse().unwrap()).await
+        });
+        // Within the handshake timeout (10 s) by far.
+        let (_, peer) = tokio::time::timeout(Duration::from_secs(3), incoming.next())
+            .await
+            .expect("the client from another address gets a slot");
+        assert_eq!(peer, honest.await.unwrap().expect("its handshake"));
+
+        let mut closed = 0;
+        for socket in &mut silent {
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(100), socket.read(&mut byte)).await {
+                Ok(Ok(0) | Err(_)) => closed += 1,
+                Ok(Ok(_)) => panic!("a silent client got bytes"),
+                Err(_) => {}
+            }
+        }
+        assert_eq!(closed, 1, "one silent connection gave up its slot");
     }
 
     #[tokio::test]
