@@ -26,15 +26,14 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 
 use crate::tcp::PromptAcks;
+use crate::tcp::slots::Slots;
 
 /// Time a client gets to complete its TLS handshake; one that never finishes cannot hold a
 /// connection (or a handshake slot) longer than this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-mod slots;
-
 /// Handshakes in progress on one listener. When they are all taken, a newcomer takes the slot
-/// of one past [`HANDSHAKE_GRACE`] from the address holding the most (`slots`), or waits in
+/// of one past [`HANDSHAKE_GRACE`] from the address holding the most ([`Slots`]), or waits in
 /// the kernel's backlog.
 const MAX_PENDING_HANDSHAKES: usize = 256;
 
@@ -182,7 +181,7 @@ pub struct TlsIncoming {
     acceptor: LiveAcceptor,
     handshake_timeout: Duration,
     handshakes: JoinSet<Option<(TlsStream<PromptAcks>, SocketAddr)>>,
-    slots: slots::Slots,
+    slots: Slots<tokio::task::Id>,
 }
 
 impl TlsIncoming {
@@ -192,7 +191,7 @@ impl TlsIncoming {
             acceptor,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             handshakes: JoinSet::new(),
-            slots: slots::Slots::new(MAX_PENDING_HANDSHAKES, HANDSHAKE_GRACE),
+            slots: Slots::new(MAX_PENDING_HANDSHAKES, HANDSHAKE_GRACE),
         }
     }
 
@@ -219,7 +218,8 @@ impl TlsIncoming {
                         let acceptor = self.acceptor.current();
                         let timeout = self.handshake_timeout;
                         let abort = self.handshakes.spawn(handshake(acceptor, tcp, peer, timeout));
-                        self.slots.add(peer.ip().into(), now, abort);
+                        let id = abort.id();
+                        self.slots.add(id, peer.ip().into(), now, Box::new(move || abort.abort()));
                     }
                     Err(e) => {
                         // Usually out of file descriptors: wait instead of spinning.
@@ -370,7 +370,7 @@ mod tests {
     #[tokio::test]
     async fn silent_connections_of_one_address_in_every_slot_do_not_keep_another_out() {
         let (mut incoming, addr, cert) = incoming().await;
-        incoming.slots = slots::Slots::new(4, Duration::from_millis(100));
+        incoming.slots = Slots::new(4, Duration::from_millis(100));
         let mut silent = Vec::new();
         for _ in 0..4 {
             silent.push(TcpStream::connect(addr).await.unwrap());

@@ -629,3 +629,51 @@ async fn a_client_flooding_past_receive_maximum_gets_disconnect_0x93() {
     );
     assert_eq!(got[got.len() - 4..], [0xE0, 0x02, 0x93, 0x00]);
 }
+
+/// Whether the server closed `raw` within `wait` (without sending anything).
+async fn closed_within(raw: &mut Raw, wait: std::time::Duration) -> bool {
+    match tokio::time::timeout(wait, raw.recv()).await {
+        Ok(None) => true,
+        Ok(Some(p)) => panic!("a connection that sent nothing got {p:?}"),
+        Err(_) => false,
+    }
+}
+
+/// One address fills every place for connections awaiting CONNECT with connections that
+/// never send anything. A newcomer while they are within their 2 s is closed at once; after,
+/// a client of another address takes the place of one of them and is served, and the rest
+/// wait on. Before, they were bounded only by the open-files limit, which such connections
+/// could use up.
+#[tokio::test]
+async fn a_silent_address_filling_every_place_before_connect_does_not_keep_others_out() {
+    use std::time::Duration;
+    let app = app_with(|c| c.mqtt_max_awaiting_connect = 3).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(Raw::open(&app).await);
+    }
+    // Each takes its place as its connection task starts: the fourth finds none free.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut early = Raw::open(&app).await;
+    assert!(
+        closed_within(&mut early, Duration::from_secs(2)).await,
+        "a newcomer while every place is within its grace is closed at once"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut honest = Raw::open_from(app.mqtt_addr, other).await;
+    honest.send(&build::connect("honest", true, 60, None)).await;
+    let ack = honest.expect(2).await;
+    assert_eq!(ack.body, [0, 0], "served");
+    let mut closed = 0;
+    for raw in &mut silent {
+        if closed_within(raw, Duration::from_millis(300)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, 1,
+        "one silent connection made room, the others wait on"
+    );
+}

@@ -163,6 +163,12 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MQTT_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub mqtt_max_connections: usize,
 
+    /// MQTT connections that have not sent their CONNECT yet, at once, over every listener.
+    /// When all are taken, a new one takes the place of one that has waited more than 2 s,
+    /// from the address holding the most; if none has, the new one is closed at once.
+    #[arg(long, env = "RETAIND_MQTT_MAX_AWAITING_CONNECT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub mqtt_max_awaiting_connect: u32,
+
     /// Subscriptions one MQTT session may hold (AWS IoT's default: 50 per connection); a
     /// filter beyond it gets SUBACK 0x97 Quota exceeded (MQTT 3.1.1: 0x80).
     #[arg(long, env = "RETAIND_MQTT_MAX_SUBSCRIPTIONS", default_value_t = 50)]

@@ -126,6 +126,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     // MQTT connections, the database's (reads and scans, write lanes), and a margin for HTTP
     // connections, listeners and files.
     let needed = config.mqtt_max_connections as u64
+        + u64::from(config.mqtt_max_awaiting_connect)
         + 2 * u64::from(config.db_max_connections)
         + u64::from(config.db_write_lanes)
         + 512;
@@ -195,6 +196,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             receive_maximum: config.mqtt_receive_maximum,
             topic_alias_maximum: config.mqtt_topic_alias_maximum,
             max_connections: config.mqtt_max_connections,
+            max_awaiting_connect: config.mqtt_max_awaiting_connect as usize,
             max_subscriptions: config.mqtt_max_subscriptions,
             max_publish_rate: config.mqtt_max_publish_rate,
             max_keep_alive: config.mqtt_max_keep_alive,

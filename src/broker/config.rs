@@ -28,6 +28,8 @@ pub struct BrokerConfig {
     pub max_publish_rate: f64,
     /// Time allowed between accepting a connection and receiving its CONNECT.
     pub connect_timeout: Duration,
+    /// Connections awaiting their CONNECT at once, across all listeners (`awaiting`).
+    pub max_awaiting_connect: usize,
     /// Time a client may take nothing of the output waiting for it before it is disconnected
     /// (see `stall`).
     pub write_timeout: Duration,
@@ -59,6 +61,7 @@ impl Default for BrokerConfig {
             max_subscriptions: 50,
             max_publish_rate: 0.0,
             connect_timeout: Duration::from_secs(10),
+            max_awaiting_connect: 4096,
             write_timeout: Duration::from_secs(30),
             max_keep_alive: 1200,
             max_session_expiry: 3600,

@@ -85,8 +85,20 @@ where
         None => Gauge::Transport(io.accepted()),
     };
     let peer = remote.name;
+    let Some(slot) = broker.awaiting().enter(remote.addr.map(|a| a.ip())) else {
+        tracing::debug!(%peer, "closed: every slot for connections awaiting CONNECT is taken");
+        return;
+    };
     let handshake = mqtt::handshake(io, cfg.max_packet_bytes);
-    let (mut framed, connect) = match tokio::time::timeout(cfg.connect_timeout, handshake).await {
+    let read = tokio::select! {
+        read = tokio::time::timeout(cfg.connect_timeout, handshake) => read,
+        () = slot.given_up.cancelled() => {
+            tracing::debug!(%peer, "closed before CONNECT to make room for another address");
+            return;
+        }
+    };
+    drop(slot);
+    let (mut framed, connect) = match read {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT in time");
             return;

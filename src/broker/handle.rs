@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::awaiting::Awaiting;
 use super::census::Census;
 use super::config::BrokerConfig;
 use super::limits::ConnectionCount;
@@ -72,6 +73,8 @@ pub(super) struct Inner {
     pub read_ahead: ReadAhead,
     /// Connections on the background threads now (`background`).
     pub background: Census,
+    /// Connections that have not sent their CONNECT yet.
+    pub awaiting: Awaiting,
 }
 
 impl Broker {
@@ -89,6 +92,7 @@ impl Broker {
             max_queued: config.max_queued_messages,
             max_queued_bytes: config.max_queued_bytes,
         };
+        let config_max_awaiting = config.max_awaiting_connect;
         let broker = Self {
             inner: Arc::new(Inner {
                 store,
@@ -104,6 +108,7 @@ impl Broker {
                 sys: SysTopics::new(),
                 read_ahead: ReadAhead::default(),
                 background: Census::default(),
+                awaiting: Awaiting::new(config_max_awaiting),
             }),
         };
         if let Some(cluster) = &broker.inner.cluster {
@@ -119,6 +124,11 @@ impl Broker {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The slots of connections that have not sent their CONNECT yet.
+    pub(super) fn awaiting(&self) -> &Awaiting {
+        &self.inner.awaiting
     }
 
     /// MQTT connections open (counted from their CONNECT), over every listener.

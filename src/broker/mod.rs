@@ -13,6 +13,7 @@
 
 mod accept;
 mod admission;
+mod awaiting;
 mod background;
 mod census;
 mod client;

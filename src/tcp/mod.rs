@@ -20,6 +20,7 @@
 //! taken.
 
 mod rehome;
+pub mod slots;
 mod uptake;
 
 use std::io::{self, IoSlice};

@@ -1,0 +1,246 @@
+//! Slots for connections that have not yet shown who they are (a TLS handshake in progress,
+//! an MQTT connection before its CONNECT), shared fairly among their sources. They are
+//! bounded, so a single client holding them all with connections that never say anything
+//! would keep every other client out until they time out, again and again. When they are
+//! full, a newcomer takes the slot of one that has had its grace, from the address (IPv6:
+//! the /64) that holds the most, oldest first. One address cannot then shut the others out;
+//! a slow honest client is only given up for a newcomer while its address holds as many slots
+//! as any other; and connections younger than their grace are never given up, so a burst of
+//! honest clients (a fleet reconnecting through one load balancer) is not churned through.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use std::hash::Hash;
+
+/// Where a connection comes from, for sharing the slots: an IPv4 address, or the /64 of an
+/// IPv6 one (a single host is usually given a whole /64); `Unknown` for a transport that does
+/// not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    V4(u32),
+    V6Prefix(u64),
+    Unknown,
+}
+
+impl From<Option<IpAddr>> for Source {
+    fn from(ip: Option<IpAddr>) -> Self {
+        ip.map_or(Self::Unknown, Self::from)
+    }
+}
+
+impl From<IpAddr> for Source {
+    fn from(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self::V4(u32::from(v4)),
+            IpAddr::V6(v6) => Self::V6Prefix((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+/// What gives a slot's connection up.
+pub type GiveUp = Box<dyn FnOnce() + Send>;
+
+struct Holder {
+    source: Source,
+    since: Instant,
+    give_up: Option<GiveUp>,
+}
+
+/// The slots, each known by a key of the owner's (`K`).
+pub struct Slots<K> {
+    max: usize,
+    /// How long a connection keeps its slot whatever happens.
+    grace: Duration,
+    held: HashMap<K, Holder>,
+    per_source: HashMap<Source, usize>,
+}
+
+impl<K: Copy + Eq + Hash> Slots<K> {
+    pub fn new(max: usize, grace: Duration) -> Self {
+        Self {
+            max,
+            grace,
+            held: HashMap::new(),
+            per_source: HashMap::new(),
+        }
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.held.len() < self.max
+    }
+
+    /// Whether a newcomer can have a slot now: there is room, or one can be given up.
+    pub fn can_take(&self, now: Instant) -> bool {
+        self.has_room() || self.victim(now).is_some()
+    }
+
+    /// When a slot can next be given up, if none can now and there is no room.
+    pub fn next_chance(&self) -> Option<Instant> {
+        self.held.values().map(|h| h.since + self.grace).min()
+    }
+
+    /// Records the connection `key`, from `source`, started `since`, which `give_up` ends.
+    pub fn add(&mut self, key: K, source: Source, since: Instant, give_up: GiveUp) {
+        *self.per_source.entry(source).or_default() += 1;
+        let holder = Holder {
+            source,
+            since,
+            give_up: Some(give_up),
+        };
+        if let Some(old) = self.held.insert(key, holder) {
+            self.forget(old.source);
+        }
+    }
+
+    /// The connection `id` went past the point the slots are for, ended, or was given up: its
+    /// slot is free.
+    pub fn remove(&mut self, id: K) {
+        if let Some(holder) = self.held.remove(&id) {
+            self.forget(holder.source);
+        }
+    }
+
+    fn forget(&mut self, source: Source) {
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+
+    /// Frees a slot for a newcomer if there is none: gives up the connection [`Self::victim`]
+    /// names. Whether one was given up.
+    pub fn make_room(&mut self, now: Instant) -> bool {
+        if self.has_room() {
+            return false;
+        }
+        let Some(id) = self.victim(now) else {
+            return false;
+        };
+        if let Some(give_up) = self.held.get_mut(&id).and_then(|h| h.give_up.take()) {
+            give_up();
+        }
+        self.remove(id);
+        true
+    }
+
+    /// Among the connections past their grace, the oldest of the source holding the most
+    /// slots.
+    fn victim(&self, now: Instant) -> Option<K> {
+        self.held
+            .iter()
+            .filter(|(_, h)| now.saturating_duration_since(h.since) >= self.grace)
+            .max_by_key(|(_, h)| {
+                let held = self.per_source.get(&h.source).copied().unwrap_or(0);
+                // The most slots first; among them the oldest (the earliest start).
+                (held, std::cmp::Reverse(h.since))
+            })
+            .map(|(id, _)| *id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use super::*;
+
+    fn v4(last: u8) -> Source {
+        Source::from(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)))
+    }
+
+    /// A connection in a slot until given up: its key, and whether it was given up.
+    struct Pending {
+        key: u64,
+        given_up: Arc<AtomicBool>,
+    }
+
+    impl Pending {
+        fn given_up(&self) -> bool {
+            self.given_up.load(Ordering::SeqCst)
+        }
+    }
+
+    fn pending(slots: &mut Slots<u64>, source: Source, since: Instant) -> Pending {
+        static KEYS: AtomicU64 = AtomicU64::new(0);
+        let key = KEYS.fetch_add(1, Ordering::Relaxed);
+        let given_up = Arc::new(AtomicBool::new(false));
+        let flag = given_up.clone();
+        slots.add(
+            key,
+            source,
+            since,
+            Box::new(move || flag.store(true, Ordering::SeqCst)),
+        );
+        Pending { key, given_up }
+    }
+
+    #[test]
+    fn a_full_set_gives_up_the_oldest_connection_of_the_address_holding_the_most() {
+        let mut slots = Slots::new(4, Duration::from_secs(2));
+        let t0 = Instant::now();
+        // One address with the oldest connection, another with three younger ones.
+        let lone = pending(&mut slots, v4(1), t0);
+        let crowd: Vec<_> = (1..=3)
+            .map(|i| pending(&mut slots, v4(2), t0 + Duration::from_millis(10 * i)))
+            .collect();
+        assert!(!slots.has_room());
+
+        // Within their grace, none is given up: the newcomer waits.
+        let early = t0 + Duration::from_secs(1);
+        assert!(!slots.can_take(early));
+        assert!(!slots.make_room(early));
+        assert_eq!(slots.next_chance(), Some(t0 + Duration::from_secs(2)));
+
+        let later = t0 + Duration::from_secs(3);
+        assert!(slots.can_take(later));
+        assert!(slots.make_room(later));
+        assert!(slots.has_room());
+        assert!(crowd[0].given_up(), "the crowd's oldest is given up");
+        assert!(!lone.given_up() && !crowd[1].given_up() && !crowd[2].given_up());
+
+        // The crowd still holds the most (two, against one and one).
+        let third = pending(&mut slots, v4(3), later);
+        let much_later = later + Duration::from_secs(3);
+        assert!(slots.make_room(much_later));
+        assert!(crowd[1].given_up());
+        assert!(!lone.given_up() && !crowd[2].given_up() && !third.given_up());
+
+        // One each now: the oldest of all goes, the lone address's own.
+        pending(&mut slots, v4(4), much_later);
+        assert!(slots.make_room(much_later));
+        assert!(lone.given_up());
+        assert!(!crowd[2].given_up() && !third.given_up());
+    }
+
+    #[test]
+    fn a_connection_past_the_slots_frees_its_slot_and_its_address_count() {
+        let mut slots = Slots::new(1, Duration::ZERO);
+        let one = pending(&mut slots, v4(1), Instant::now());
+        assert!(!slots.has_room());
+        slots.remove(one.key);
+        slots.remove(one.key);
+        assert!(slots.has_room());
+        assert!(slots.per_source.is_empty());
+        assert_eq!(slots.next_chance(), None);
+        assert!(!slots.make_room(Instant::now()), "room already");
+        assert!(!one.given_up());
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_64_are_one_source_and_mapped_ipv4_is_ipv4() {
+        let a: Ipv6Addr = "2001:db8:1:2::1".parse().unwrap();
+        let b: Ipv6Addr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(Source::from(IpAddr::V6(a)), Source::from(IpAddr::V6(b)));
+        assert_ne!(Source::from(IpAddr::V6(a)), Source::from(IpAddr::V6(c)));
+        let mapped = Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped();
+        assert_eq!(Source::from(IpAddr::V6(mapped)), v4(1));
+        assert_eq!(Source::from(None), Source::Unknown);
+    }
+}
