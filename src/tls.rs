@@ -319,35 +319,11 @@ mod tests {
         )
     }
 
-    async fn connect(
+    /// A TLS client of `localhost` that trusts `cert`, over `tcp`.
+    async fn handshake_over(
         cert: CertificateDer<'static>,
-        addr: SocketAddr,
+        tcp: TcpStream,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let mut roots = RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let tcp = TcpStream::connect(addr).await?;
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        connector.connect(name, tcp).await
-    }
-
-    /// [`connect`], from the local address `from` (any of 127.0.0.0/8 on loopback).
-    async fn connect_from(
-        cert: CertificateDer<'static>,
-        addr: SocketAddr,
-        from: std::net::IpAddr,
-    ) -> std::io::Result<SocketAddr> {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(from, 0))?;
-        let tcp = socket.connect(addr).await?;
-        let local = tcp.local_addr()?;
         let mut roots = RootCertStore::empty();
         roots.add(cert).unwrap();
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -360,7 +336,27 @@ mod tests {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         tokio_rustls::TlsConnector::from(Arc::new(client))
             .connect(name, tcp)
-            .await?;
+            .await
+    }
+
+    async fn connect(
+        cert: CertificateDer<'static>,
+        addr: SocketAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        handshake_over(cert, TcpStream::connect(addr).await?).await
+    }
+
+    /// [`connect`], from the local address `from` (any of 127.0.0.0/8 on loopback).
+    async fn connect_from(
+        cert: CertificateDer<'static>,
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+    ) -> std::io::Result<SocketAddr> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from, 0))?;
+        let tcp = socket.connect(addr).await?;
+        let local = tcp.local_addr()?;
+        handshake_over(cert, tcp).await?;
         Ok(local)
     }
 

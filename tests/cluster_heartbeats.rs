@@ -191,18 +191,7 @@ async fn a_node_taken_for_dead_gives_up_what_the_others_adopted() {
         .send(&build::subscribe(1, "inbox/#", 1, Some(&[])))
         .await;
     phone.expect(9).await;
-    let will = build::Will {
-        topic: "will/sensor",
-        payload: b"gone",
-        qos: 1,
-        retain: false,
-        props: &[],
-    };
-    let (mut sensor, _) = Raw::connect(
-        &b,
-        &build::connect_with_will("sensor", true, 60, Some(&[]), will),
-    )
-    .await;
+    let mut sensor = sensor_on(b.mqtt_addr).await;
     let (mut watcher, _) = V5::connect(v5_options(&a, "watcher")).await;
     watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
     until_live(&[&a, &b], 2).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V5, v5_options, within};
 use common::nats::Nats;
-use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config};
+use common::TestApp;
 use serde_json::Value;
 
 /// What `retaind cluster status` printed, with `--json` or as a table.
@@ -41,14 +41,8 @@ fn persistent(id: &str) -> Vec<u8> {
 #[tokio::test]
 async fn cluster_status_shows_each_node_with_its_clients_and_sessions_and_what_awaits_adoption() {
     let nats = Nats::start().await;
-    let db = fresh_db(Backend::Postgres).await;
-    let url = db.url.clone();
-    let mut nodes = Vec::new();
-    for db in [db, FreshDb::shared(&url)] {
-        let mut config = test_config(&url);
-        config.cluster_url = Some(nats.url());
-        nodes.push(spawn_app_with(db, config).await);
-    }
+    let mut nodes = common::cluster_nodes(&nats.url(), 2).await;
+    let url = nodes[0].db.url.clone();
     let b = nodes.pop().unwrap();
     let a = nodes.pop().unwrap();
 

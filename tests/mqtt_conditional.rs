@@ -15,7 +15,7 @@ use common::mqtt::raw::{Raw, RawPacket, build};
 use common::mqtt::{Qos5, V5, p5, v5_options};
 use common::nats::Nats;
 use common::sse::Sse;
-use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app, spawn_app_with, test_config, topic};
+use common::{Backend, TestApp, spawn_app, topic};
 use retaind::store::RetainedMessage;
 
 const REQUEST_PROBLEM_INFO: u8 = 0x17;
@@ -667,14 +667,7 @@ async fn of_32_racers_on_one_revision_exactly_one_wins(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_32_racers_on_two_nodes_exactly_one_wins() {
     let nats = Nats::start().await;
-    let db = fresh_db(Backend::Postgres).await;
-    let url = db.url.clone();
-    let mut nodes = Vec::new();
-    for db in [db, FreshDb::shared(&url)] {
-        let mut config = test_config(&url);
-        config.cluster_url = Some(nats.url());
-        nodes.push(spawn_app_with(db, config).await);
-    }
+    let nodes = common::cluster_nodes(&nats.url(), 2).await;
     let mut setup = publisher(&nodes[0], "setup", true).await;
     send(&mut setup, &publish("c/race", 1, true, 1, &[], b"start")).await;
     let r = current(&nodes[1], "c/race").await.revision;

@@ -241,6 +241,22 @@ impl TestApp {
     }
 }
 
+/// `n` nodes of one service on a fresh Postgres database, joined through the NATS at
+/// `cluster_url`.
+pub async fn cluster_nodes(cluster_url: &str, n: usize) -> Vec<TestApp> {
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let mut dbs = vec![db];
+    dbs.extend((1..n).map(|_| FreshDb::shared(&url)));
+    let mut nodes = Vec::new();
+    for db in dbs {
+        let mut config = test_config(&url);
+        config.cluster_url = Some(cluster_url.to_owned());
+        nodes.push(spawn_app_with(db, config).await);
+    }
+    nodes
+}
+
 /// Runs `sql` (one or more statements) on the database behind a store URL, over a connection of
 /// its own, as an operator's psql or sqlite3 session would.
 pub async fn execute_sql(url: &str, sql: &str) {
