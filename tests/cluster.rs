@@ -25,18 +25,10 @@ async fn nodes(nats: &Nats, n: usize) -> Vec<TestApp> {
 
 /// [`nodes`], with the principals of the file at `principals`, if any.
 async fn nodes_with(nats: &Nats, n: usize, principals: Option<&std::path::Path>) -> Vec<TestApp> {
-    let db = fresh_db(Backend::Postgres).await;
-    let url = db.url.clone();
-    let mut dbs = vec![db];
-    dbs.extend((1..n).map(|_| FreshDb::shared(&url)));
-    let mut nodes = Vec::new();
-    for db in dbs {
-        let mut config = test_config(&url);
-        config.cluster_url = Some(nats.url());
-        config.principals = principals.map(std::path::Path::to_path_buf);
-        nodes.push(spawn_app_with(db, config).await);
-    }
-    nodes
+    common::cluster_nodes_with(&nats.url(), n, |c| {
+        c.principals = principals.map(std::path::Path::to_path_buf);
+    })
+    .await
 }
 
 fn cluster(app: &TestApp) -> &Cluster {

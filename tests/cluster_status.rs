@@ -5,10 +5,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::TestApp;
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V5, v5_options, within};
 use common::nats::Nats;
-use common::TestApp;
 use serde_json::Value;
 
 /// What `retaind cluster status` printed, with `--json` or as a table.

@@ -244,6 +244,15 @@ impl TestApp {
 /// `n` nodes of one service on a fresh Postgres database, joined through the NATS at
 /// `cluster_url`.
 pub async fn cluster_nodes(cluster_url: &str, n: usize) -> Vec<TestApp> {
+    cluster_nodes_with(cluster_url, n, |_| {}).await
+}
+
+/// [`cluster_nodes`], with `set` applied to each node's settings.
+pub async fn cluster_nodes_with(
+    cluster_url: &str,
+    n: usize,
+    set: impl Fn(&mut retaind::app::ServeConfig),
+) -> Vec<TestApp> {
     let db = fresh_db(Backend::Postgres).await;
     let url = db.url.clone();
     let mut dbs = vec![db];
@@ -252,6 +261,7 @@ pub async fn cluster_nodes(cluster_url: &str, n: usize) -> Vec<TestApp> {
     for db in dbs {
         let mut config = test_config(&url);
         config.cluster_url = Some(cluster_url.to_owned());
+        set(&mut config);
         nodes.push(spawn_app_with(db, config).await);
     }
     nodes
