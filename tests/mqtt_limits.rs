@@ -676,4 +676,11 @@ async fn a_silent_address_filling_every_place_before_connect_does_not_keep_other
         closed, 1,
         "one silent connection made room, the others wait on"
     );
+    let page = app.get("/metrics").await.text().await.unwrap();
+    let value = |series: &str| common::metric_value(&page, series);
+    assert_eq!(value("retaind_mqtt_awaiting_connect"), 2.0, "{page}");
+    for (reason, n) in [("no_room", 1.0), ("made_room", 1.0)] {
+        let series = format!("retaind_mqtt_closed_before_connect_total{{reason=\"{reason}\"}}");
+        assert_eq!(value(&series), n, "{reason}");
+    }
 }

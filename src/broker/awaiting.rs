@@ -53,6 +53,11 @@ impl Awaiting {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Connections holding a slot now.
+    pub fn len(&self) -> usize {
+        self.state().slots.len()
+    }
+
     /// A slot for a connection from `source`, freeing one if need be; `None` when every slot is
     /// held by a connection still within its grace.
     pub fn enter(&self, source: Option<IpAddr>) -> Option<Slot> {

@@ -25,7 +25,7 @@ use super::limits::GOODBYE_TIMEOUT;
 use super::remote::Remote;
 use super::settling::Settled;
 use super::stall::{Counted, Gauge, Watch};
-use crate::metrics::Metrics;
+use crate::metrics::{BeforeConnect, Metrics};
 use crate::mqtt::{self, Disconnect, DisconnectReasonCode, Framed, Packet};
 use crate::tcp::Rehome;
 
@@ -87,6 +87,7 @@ where
     let peer = remote.name;
     let Some(slot) = broker.awaiting().enter(remote.addr.map(|a| a.ip())) else {
         tracing::debug!(%peer, "closed: every slot for connections awaiting CONNECT is taken");
+        broker_metrics.mqtt_closed_before_connect(BeforeConnect::no_room);
         return;
     };
     let handshake = mqtt::handshake(io, cfg.max_packet_bytes);
@@ -94,6 +95,7 @@ where
         read = tokio::time::timeout(cfg.connect_timeout, handshake) => read,
         () = slot.given_up.cancelled() => {
             tracing::debug!(%peer, "closed before CONNECT to make room for another address");
+            broker_metrics.mqtt_closed_before_connect(BeforeConnect::made_room);
             return;
         }
     };

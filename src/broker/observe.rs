@@ -20,6 +20,7 @@ pub(super) fn on_scrape(broker: &Broker) {
         g.mqtt_background_connections
             .set(count(broker.background().count()));
         g.mqtt_sessions.set(count(broker.sessions_held()));
+        g.mqtt_awaiting_connect.set(count(broker.awaiting().len()));
         g.mqtt_subscriptions.set(count(broker.subscriptions()));
         let Some(cluster) = broker.cluster() else {
             g.cluster_nodes.set(1);

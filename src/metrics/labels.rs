@@ -89,6 +89,23 @@ pub(super) struct DropLabel {
     pub reason: DropReason,
 }
 
+/// Why an MQTT connection was closed before its CONNECT, when every place for such
+/// connections was taken (`--mqtt-max-awaiting-connect`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum BeforeConnect {
+    /// It had waited past its grace, from the address holding the most places: a newcomer
+    /// took its place.
+    made_room,
+    /// It was the newcomer, and every place was held by one still within its grace.
+    no_room,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct BeforeConnectLabel {
+    pub reason: BeforeConnect,
+}
+
 /// What the read cache did for a point read.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]

@@ -20,8 +20,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use labels::{
-    AuthFailure, CacheResult, DropReason, HttpLabels, OperationLabel, PoolLabel, QosLabel,
-    ResyncReason,
+    AuthFailure, BeforeConnect, CacheResult, DropReason, HttpLabels, OperationLabel, PoolLabel,
+    QosLabel, ResyncReason,
 };
 
 /// The `Content-Type` of the page.
@@ -43,6 +43,7 @@ struct Inner {
     mqtt_received: [Counter; 3],
     mqtt_sent: [Counter; 3],
     mqtt_dropped: Family<labels::DropLabel, Counter>,
+    mqtt_closed_before_connect: Family<labels::BeforeConnectLabel, Counter>,
     store_batch_size: Histogram,
     store_batch_duration: Histogram,
     store_cache: Family<labels::CacheLabel, Counter>,
@@ -58,6 +59,7 @@ struct Inner {
 pub struct Gauges {
     pub mqtt_connections: Gauge,
     pub mqtt_background_connections: Gauge,
+    pub mqtt_awaiting_connect: Gauge,
     pub mqtt_sessions: Gauge,
     pub mqtt_subscriptions: Gauge,
     pub retained_messages: Gauge,
@@ -121,6 +123,7 @@ impl Metrics {
         let mqtt_received = Family::<QosLabel, Counter>::default();
         let mqtt_sent = Family::<QosLabel, Counter>::default();
         let mqtt_dropped = Family::default();
+        let mqtt_closed_before_connect = Family::default();
         let store_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let store_batch_duration = http_histogram();
         let store_cache = Family::default();
@@ -171,6 +174,12 @@ impl Metrics {
             mqtt_dropped.clone(),
         );
         r.register(
+            "retaind_mqtt_closed_before_connect",
+            "MQTT connections closed before their CONNECT because every place for such \
+             connections was taken, by reason",
+            mqtt_closed_before_connect.clone(),
+        );
+        r.register(
             "retaind_store_write_batch_size",
             "Writes per group commit",
             store_batch_size.clone(),
@@ -215,6 +224,11 @@ impl Metrics {
             "retaind_mqtt_background_connections",
             "MQTT connections delivering a large retained set, on threads below every other",
             gauges.mqtt_background_connections.clone(),
+        );
+        r.register(
+            "retaind_mqtt_awaiting_connect",
+            "MQTT connections that have not sent their CONNECT yet, over every listener",
+            gauges.mqtt_awaiting_connect.clone(),
         );
         r.register(
             "retaind_mqtt_sessions",
@@ -341,6 +355,7 @@ impl Metrics {
             mqtt_received: by_qos(&mqtt_received),
             mqtt_sent: by_qos(&mqtt_sent),
             mqtt_dropped,
+            mqtt_closed_before_connect,
             store_batch_size,
             store_batch_duration,
             store_cache,
@@ -459,6 +474,13 @@ impl Metrics {
         self.0
             .watch_resyncs
             .get_or_create(&labels::ResyncLabel { reason })
+            .inc();
+    }
+
+    pub fn mqtt_closed_before_connect(&self, reason: BeforeConnect) {
+        self.0
+            .mqtt_closed_before_connect
+            .get_or_create(&labels::BeforeConnectLabel { reason })
             .inc();
     }
 

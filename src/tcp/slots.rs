@@ -67,6 +67,15 @@ impl<K: Copy + Eq + Hash> Slots<K> {
         }
     }
 
+    /// Slots held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
     pub fn has_room(&self) -> bool {
         self.held.len() < self.max
     }
