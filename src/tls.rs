@@ -219,7 +219,15 @@ impl TlsIncoming {
                         let timeout = self.handshake_timeout;
                         let abort = self.handshakes.spawn(handshake(acceptor, tcp, peer, timeout));
                         let id = abort.id();
-                        self.slots.add(id, peer.ip().into(), now, Box::new(move || abort.abort()));
+                        self.slots.add(
+                            id,
+                            peer.ip().into(),
+                            now,
+                            Box::new(move || {
+                                abort.abort();
+                                true
+                            }),
+                        );
                     }
                     Err(e) => {
                         // Usually out of file descriptors: wait instead of spinning.

@@ -227,3 +227,70 @@ async fn a_client_that_stops_reading_responses_is_cut_at_the_idle_timeout() {
     drop(stream);
     app.stop().await;
 }
+
+/// Whether the server closed `stream` within `wait`, having sent nothing.
+async fn closed_within(stream: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, stream.read(&mut byte)).await {
+        Ok(Ok(0) | Err(_)) => true,
+        Ok(Ok(_)) => panic!("a connection that sent no whole request got bytes"),
+        Err(_) => false,
+    }
+}
+
+/// One address holds every HTTP place: first a request being served (its body still coming),
+/// then two connections that send nothing. A newcomer while they are within their 2 s is
+/// closed at once; after, a client of another address is served in place of a silent one,
+/// and the request in flight, the oldest of all, is never cut.
+#[tokio::test]
+async fn an_address_holding_every_http_place_keeps_no_one_out_and_loses_no_request_in_flight() {
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.http_max_connections = 3;
+    let app = spawn_app_with(db, config).await;
+    let mut busy = connect(app.http_addr).await;
+    busy.write_all(
+        format!(
+            "POST /topics/places?retain=true HTTP/1.1\r\nHost: {}\r\nContent-Length: 6\r\n\r\nin",
+            app.http_addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut silent = vec![connect(app.http_addr).await, connect(app.http_addr).await];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut early = connect(app.http_addr).await;
+    assert!(
+        closed_within(&mut early, Duration::from_secs(2)).await,
+        "a newcomer while every place is within its grace is closed at once"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(app.http_addr).await.unwrap();
+    let response = exchange(&mut other, &get(&app, "/healthz")).await;
+    assert_eq!(response.status, 200);
+
+    busy.write_all(b"flig").await.unwrap();
+    let response = read_response(&mut busy).await;
+    assert_eq!(response.status, 200, "{}", response.head);
+    let mut closed = 0;
+    for stream in &mut silent {
+        if closed_within(stream, Duration::from_millis(300)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, 1,
+        "one silent connection made room, the other waits on"
+    );
+    let stored = app.get_json("/retainedMessage/places").await;
+    assert_eq!(
+        stored["payload"], "aW5mbGln",
+        "base64 of the whole body: {stored}"
+    );
+}

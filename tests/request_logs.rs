@@ -109,6 +109,7 @@ async fn log_lines_name_their_request_or_client_and_a_panic_is_a_500() {
             body: Duration::from_secs(5),
             idle: Duration::from_secs(5),
         },
+        api::http_places(64),
         shutdown.clone(),
         Duration::from_secs(1),
     ));

@@ -54,7 +54,7 @@ pub use peer::{Peer, Transport};
 use rates::Operation::{GetRetainedMessage, ListRetainedMessages, Publish, WatchRetainedMessages};
 pub use rates::{RateLimits, Throttle};
 pub use request_context::RequestId;
-pub use server::{HttpTimeouts, serve};
+pub use server::{HttpTimeouts, places as http_places, serve};
 pub use state::{ApiState, Shared};
 use throttle::RouteThrottle;
 use topic_path::TopicPath;

@@ -379,6 +379,13 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub http_idle_timeout: Duration,
 
+    /// HTTP connections open at once, over the HTTP and HTTPS listeners (MQTT over WebSocket
+    /// counts until its upgrade). When all are taken, a connection open for more than 2 s and
+    /// between requests, from the address holding the most, is closed for a newcomer; if none
+    /// can be, the newcomer is closed.
+    #[arg(long, env = "RETAIND_HTTP_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
     /// At shutdown, how long HTTP requests in flight may take to finish; connections still
     /// open then are dropped, so stopping always completes.
     #[arg(long, env = "RETAIND_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]

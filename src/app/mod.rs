@@ -123,10 +123,11 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     check_local_only(config, &auth)?;
     let tls = load_tls(config)?;
     check_cluster(config)?;
-    // MQTT connections, the database's (reads and scans, write lanes), and a margin for HTTP
-    // connections, listeners and files.
+    // MQTT connections (and those before CONNECT), HTTP connections, the database's (reads and
+    // scans, write lanes), and a margin for listeners and files.
     let needed = config.mqtt_max_connections as u64
         + u64::from(config.mqtt_max_awaiting_connect)
+        + u64::from(config.http_max_connections)
         + 2 * u64::from(config.db_max_connections)
         + u64::from(config.db_write_lanes)
         + 512;
@@ -293,10 +294,13 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         body: config.http_body_timeout,
         idle: config.http_idle_timeout,
     };
+    // One set of places for HTTP and HTTPS, as the open files they stand for are one.
+    let http_places = api::http_places(config.http_max_connections as usize);
     let server = tokio::spawn(api::serve(
         api::HttpIncoming::new(listener),
         router.clone(),
         timeouts,
+        http_places.clone(),
         shutdown.clone(),
         config.shutdown_timeout,
     ));
@@ -305,6 +309,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             incoming,
             router,
             timeouts,
+            http_places,
             shutdown.clone(),
             config.shutdown_timeout,
         ))

@@ -25,7 +25,7 @@ pub fn raise(needed: u64) -> Option<u64> {
             "the process may open fewer files than the connections its flags allow (each MQTT, \
              HTTP and database connection is one): connections past the limit are refused. Raise \
              the hard limit (systemd: LimitNOFILE=; docker: --ulimit nofile=) or lower \
-             --mqtt-max-connections"
+             --mqtt-max-connections, --mqtt-max-awaiting-connect or --http-max-connections"
         );
     }
     Some(now)

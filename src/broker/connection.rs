@@ -85,7 +85,10 @@ where
         None => Gauge::Transport(io.accepted()),
     };
     let peer = remote.name;
-    let Some(slot) = broker.awaiting().enter(remote.addr.map(|a| a.ip())) else {
+    let Some(slot) = broker
+        .awaiting()
+        .enter(remote.addr.map(|a| a.ip()), || false)
+    else {
         tracing::debug!(%peer, "closed: every slot for connections awaiting CONNECT is taken");
         broker_metrics.mqtt_closed_before_connect(BeforeConnect::no_room);
         return;

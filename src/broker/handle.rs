@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::awaiting::Awaiting;
+use super::awaiting;
 use super::census::Census;
 use super::config::BrokerConfig;
 use super::limits::ConnectionCount;
@@ -24,6 +24,7 @@ use crate::auth::{Authenticator, Principal};
 use crate::cluster::{Cluster, Outgoing, Restored, Routed};
 use crate::metrics::Metrics;
 use crate::store::{self, Condition, OwnedWrite, Owner, Revision, Store};
+use crate::tcp::slots::Places;
 use crate::topic::{ClientKey, FilterSpec, TopicFilter};
 
 /// Who a publish from outside a connection comes from, and what must hold for its retained
@@ -74,7 +75,7 @@ pub(super) struct Inner {
     /// Connections on the background threads now (`background`).
     pub background: Census,
     /// Connections that have not sent their CONNECT yet.
-    pub awaiting: Awaiting,
+    pub awaiting: Places,
 }
 
 impl Broker {
@@ -108,7 +109,7 @@ impl Broker {
                 sys: SysTopics::new(),
                 read_ahead: ReadAhead::default(),
                 background: Census::default(),
-                awaiting: Awaiting::new(config_max_awaiting),
+                awaiting: awaiting::places(config_max_awaiting),
             }),
         };
         if let Some(cluster) = &broker.inner.cluster {
@@ -127,7 +128,7 @@ impl Broker {
     }
 
     /// The slots of connections that have not sent their CONNECT yet.
-    pub(super) fn awaiting(&self) -> &Awaiting {
+    pub(super) fn awaiting(&self) -> &Places {
         &self.inner.awaiting
     }
 

@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Where a connection comes from, for sharing the slots: an IPv4 address, or the /64 of an
 /// IPv6 one (a single host is usually given a whole /64); `Unknown` for a transport that does
@@ -39,13 +42,14 @@ impl From<IpAddr> for Source {
     }
 }
 
-/// What gives a slot's connection up.
-pub type GiveUp = Box<dyn FnOnce() + Send>;
+/// Gives a slot's connection up, if it can be now: whether it was (an HTTP connection
+/// serving a request declines).
+pub type GiveUp = Box<dyn FnMut() -> bool + Send>;
 
 struct Holder {
     source: Source,
     since: Instant,
-    give_up: Option<GiveUp>,
+    give_up: GiveUp,
 }
 
 /// The slots, each known by a key of the owner's (`K`).
@@ -80,9 +84,10 @@ impl<K: Copy + Eq + Hash> Slots<K> {
         self.held.len() < self.max
     }
 
-    /// Whether a newcomer can have a slot now: there is room, or one can be given up.
+    /// Whether a newcomer may have a slot now: there is room, or one is past its grace (which
+    /// may still decline to be given up).
     pub fn can_take(&self, now: Instant) -> bool {
-        self.has_room() || self.victim(now).is_some()
+        self.has_room() || self.candidates(now).next().is_some()
     }
 
     /// When a slot can next be given up, if none can now and there is no room.
@@ -96,7 +101,7 @@ impl<K: Copy + Eq + Hash> Slots<K> {
         let holder = Holder {
             source,
             since,
-            give_up: Some(give_up),
+            give_up,
         };
         if let Some(old) = self.held.insert(key, holder) {
             self.forget(old.source);
@@ -120,34 +125,114 @@ impl<K: Copy + Eq + Hash> Slots<K> {
         }
     }
 
-    /// Frees a slot for a newcomer if there is none: gives up the connection [`Self::victim`]
-    /// names. Whether one was given up.
+    /// Frees a slot for a newcomer if there is none: gives up, of the connections past their
+    /// grace, the oldest of the source holding the most slots, or the next if it declines.
+    /// Whether one was given up.
     pub fn make_room(&mut self, now: Instant) -> bool {
         if self.has_room() {
             return false;
         }
-        let Some(id) = self.victim(now) else {
-            return false;
-        };
-        if let Some(give_up) = self.held.get_mut(&id).and_then(|h| h.give_up.take()) {
-            give_up();
+        let mut order: Vec<(usize, Instant, K)> = self
+            .candidates(now)
+            .map(|(key, h)| (self.per_source[&h.source], h.since, *key))
+            .collect();
+        // The most slots first; among them the oldest.
+        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, _, key) in order {
+            let agreed = self.held.get_mut(&key).is_some_and(|h| (h.give_up)());
+            if agreed {
+                self.remove(key);
+                return true;
+            }
         }
-        self.remove(id);
-        true
+        false
     }
 
-    /// Among the connections past their grace, the oldest of the source holding the most
-    /// slots.
-    fn victim(&self, now: Instant) -> Option<K> {
+    fn candidates(&self, now: Instant) -> impl Iterator<Item = (&K, &Holder)> {
         self.held
             .iter()
-            .filter(|(_, h)| now.saturating_duration_since(h.since) >= self.grace)
-            .max_by_key(|(_, h)| {
-                let held = self.per_source.get(&h.source).copied().unwrap_or(0);
-                // The most slots first; among them the oldest (the earliest start).
-                (held, std::cmp::Reverse(h.since))
-            })
-            .map(|(id, _)| *id)
+            .filter(move |(_, h)| now.saturating_duration_since(h.since) >= self.grace)
+    }
+}
+
+/// Slots shared by connections of one or several listeners: a cheap handle.
+#[derive(Clone)]
+pub struct Places(Arc<Mutex<PlacesState>>);
+
+struct PlacesState {
+    slots: Slots<u64>,
+    next_key: u64,
+}
+
+/// A connection's place until it has shown who it is (or, for HTTP, while it lives); freed
+/// when dropped.
+pub struct Place {
+    places: Places,
+    key: u64,
+    /// Cancelled when a newcomer takes this place: the connection is to close.
+    pub given_up: CancellationToken,
+}
+
+impl Places {
+    pub fn new(max: usize, grace: Duration) -> Self {
+        Self(Arc::new(Mutex::new(PlacesState {
+            slots: Slots::new(max, grace),
+            next_key: 0,
+        })))
+    }
+
+    fn state(&self) -> MutexGuard<'_, PlacesState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Places held now.
+    pub fn len(&self) -> usize {
+        self.state().slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A place for a connection from `source`, freeing one if need be; `None` when none can be
+    /// had: every one is within its grace, or declines. A connection declines while `busy`
+    /// says so.
+    pub fn enter(
+        &self,
+        source: Option<IpAddr>,
+        busy: impl Fn() -> bool + Send + 'static,
+    ) -> Option<Place> {
+        let mut state = self.state();
+        let now = Instant::now();
+        if !state.slots.can_take(now) {
+            return None;
+        }
+        if !state.slots.has_room() && !state.slots.make_room(now) {
+            return None;
+        }
+        let key = state.next_key;
+        state.next_key += 1;
+        let given_up = CancellationToken::new();
+        let cancel = given_up.clone();
+        let give_up: GiveUp = Box::new(move || {
+            if busy() {
+                return false;
+            }
+            cancel.cancel();
+            true
+        });
+        state.slots.add(key, Source::from(source), now, give_up);
+        Some(Place {
+            places: self.clone(),
+            key,
+            given_up,
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.places.state().slots.remove(self.key);
     }
 }
 
@@ -184,7 +269,10 @@ mod tests {
             key,
             source,
             since,
-            Box::new(move || flag.store(true, Ordering::SeqCst)),
+            Box::new(move || {
+                flag.store(true, Ordering::SeqCst);
+                true
+            }),
         );
         Pending { key, given_up }
     }
@@ -228,6 +316,42 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_that_declines_is_passed_over_for_the_next() {
+        let mut slots = Slots::new(2, Duration::ZERO);
+        let t0 = Instant::now();
+        let asked = Arc::new(AtomicBool::new(false));
+        let flag = asked.clone();
+        slots.add(
+            0,
+            v4(1),
+            t0,
+            Box::new(move || {
+                flag.store(true, Ordering::SeqCst);
+                false
+            }),
+        );
+        let younger = pending(&mut slots, v4(1), t0 + Duration::from_millis(1));
+        assert!(slots.make_room(t0 + Duration::from_secs(1)));
+        assert!(asked.load(Ordering::SeqCst), "the oldest was asked first");
+        assert!(younger.given_up());
+        assert!(!slots.make_room(t0 + Duration::from_secs(1)), "room now");
+        // Alone, it still declines: no room can be made.
+        let other = pending(&mut slots, v4(2), t0 + Duration::from_millis(2));
+        assert!(slots.make_room(t0 + Duration::from_secs(1)));
+        assert!(
+            other.given_up(),
+            "passed over to the next, of another address"
+        );
+        let mut slots_of_one = Slots::new(1, Duration::ZERO);
+        slots_of_one.add(0, v4(1), t0, Box::new(|| false));
+        assert!(
+            slots_of_one.can_take(t0),
+            "past its grace, so it may be asked"
+        );
+        assert!(!slots_of_one.make_room(t0), "and it declines");
+    }
+
+    #[test]
     fn a_connection_past_the_slots_frees_its_slot_and_its_address_count() {
         let mut slots = Slots::new(1, Duration::ZERO);
         let one = pending(&mut slots, v4(1), Instant::now());
@@ -251,5 +375,42 @@ mod tests {
         let mapped = Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped();
         assert_eq!(Source::from(IpAddr::V6(mapped)), v4(1));
         assert_eq!(Source::from(None), Source::Unknown);
+    }
+
+    #[test]
+    fn a_newcomer_closes_the_oldest_waiting_connection_of_the_crowded_address_or_is_refused() {
+        let places = Places::new(2, Duration::from_millis(50));
+        let crowd: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = places.enter(Some(crowd), || false).unwrap();
+        let second = places.enter(Some(crowd), || false).unwrap();
+        assert!(
+            places.enter(Some(other), || false).is_none(),
+            "all within their grace"
+        );
+
+        std::thread::sleep(Duration::from_millis(60));
+        let newcomer = places
+            .enter(Some(other), || false)
+            .expect("a place past its grace");
+        assert!(first.given_up.is_cancelled());
+        assert!(!second.given_up.is_cancelled());
+        assert_eq!(places.len(), 2);
+
+        // A connection past what the places are for frees its own: room without giving
+        // anyone up.
+        drop(second);
+        let third = places.enter(None, || false).expect("room");
+        assert!(!newcomer.given_up.is_cancelled() && !third.given_up.is_cancelled());
+        drop(first);
+        assert_eq!(places.len(), 2, "the place given up was freed already");
+    }
+
+    #[test]
+    fn a_busy_connection_keeps_its_place_and_the_newcomer_is_refused() {
+        let places = Places::new(1, Duration::ZERO);
+        let busy = places.enter(None, || true).unwrap();
+        assert!(places.enter(None, || false).is_none());
+        assert!(!busy.given_up.is_cancelled());
     }
 }

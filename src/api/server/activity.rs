@@ -106,6 +106,11 @@ impl Activity {
         self.state().phase.on_response_done(now);
     }
 
+    /// Whether a request is being served: its connection must not be cut for another's sake.
+    pub(super) fn is_busy(&self) -> bool {
+        matches!(self.state().phase, Phase::Busy { .. })
+    }
+
     /// The socket took none of a write (it is full): the client has not read for a while.
     pub(super) fn write_blocked(&self, now: Instant) {
         self.state().write_blocked.get_or_insert(now);

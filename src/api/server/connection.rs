@@ -19,12 +19,14 @@ use super::phase::HttpTimeouts;
 use super::refusal::{MAX_HEAD_BYTES, MAX_HEADERS};
 use super::service::ConnectionService;
 use crate::api::Peer;
+use crate::tcp::slots::Places;
 
 /// What every connection of a server shares.
 #[derive(Clone)]
 pub(super) struct Settings {
     pub(super) router: Router,
     pub(super) timeouts: HttpTimeouts,
+    pub(super) places: Places,
 }
 
 /// When the server is stopping: first `graceful` (finish what is in flight, take nothing new),
@@ -41,6 +43,14 @@ where
 {
     let activity = Activity::new(Instant::now());
     let addr = peer.addr;
+    let serving = activity.clone();
+    let Some(place) = settings
+        .places
+        .enter(Some(addr.ip()), move || serving.is_busy())
+    else {
+        tracing::debug!(%addr, "closed: every place for HTTP connections is taken");
+        return;
+    };
     let service = ConnectionService {
         router: settings.router,
         peer,
@@ -80,6 +90,10 @@ where
                 return;
             }
             () = expired.cancelled() => return,
+            () = place.given_up.cancelled() => {
+                tracing::debug!(%addr, "closed an HTTP connection between requests to make room for another address");
+                return;
+            }
             () = stopping.graceful.cancelled(), if !draining => {
                 connection.as_mut().graceful_shutdown();
                 draining = true;

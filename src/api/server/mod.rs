@@ -28,20 +28,39 @@ pub use body::BodyTimeout;
 pub use phase::HttpTimeouts;
 
 use super::peer::PeerListener;
+use crate::tcp::slots::Places;
 use connection::{Settings, Stopping};
+
+/// How long an HTTP connection keeps its place whatever newcomers arrive ([`places`]).
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Places for `max` HTTP connections at once, shared by the listeners given them. When all are
+/// taken, a newcomer takes the place of a connection open for more than 2 s that is between
+/// requests (idle, or reading a head), from the address holding the most, oldest first; a
+/// connection serving a request is never cut for it. If none can be given up, the newcomer is
+/// closed at once.
+pub fn places(max: usize) -> Places {
+    Places::new(max, GRACE)
+}
 
 /// Serves `router` on the connections of `listener` until `shutdown` is cancelled, then lets
 /// requests in flight finish for at most `shutdown_timeout` before dropping their connections.
+/// Each connection holds one of `places` for its life.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
     timeouts: HttpTimeouts,
+    places: Places,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
 ) where
     L: PeerListener,
 {
-    let settings = Settings { router, timeouts };
+    let settings = Settings {
+        router,
+        timeouts,
+        places,
+    };
     let stopping = Stopping {
         graceful: shutdown.clone(),
         now: CancellationToken::new(),
