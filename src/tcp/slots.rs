@@ -1,21 +1,21 @@
-//! Slots for connections that have not yet shown who they are (a TLS handshake in progress,
-//! an MQTT connection before its CONNECT), shared fairly among their sources. They are
-//! bounded, so a single client holding them all with connections that never say anything
-//! would keep every other client out until they time out, again and again. When they are
-//! full, a newcomer takes the slot of one that has had its grace, from the address (IPv6:
-//! the /64) that holds the most, oldest first. One address cannot then shut the others out;
-//! a slow honest client is only given up for a newcomer while its address holds as many slots
-//! as any other; and connections younger than their grace are never given up, so a burst of
-//! honest clients (a fleet reconnecting through one load balancer) is not churned through.
+//! Places for connections, shared fairly among their sources: TLS handshakes in progress,
+//! MQTT connections before their CONNECT, and HTTP connections (which decline to be given up
+//! while they serve a request). They are bounded, so a single client holding them all with
+//! connections that never say anything would keep every other client out until they time
+//! out, again and again, or use up the open files. When they are full, a newcomer takes the
+//! place of one that has had its grace, from the address (IPv6: the /64) that holds the most,
+//! oldest first. One address cannot then shut the others out; a slow honest client is only
+//! given up for a newcomer while its address holds as many places as any other; and
+//! connections younger than their grace are never given up, so a burst of honest clients (a
+//! fleet reconnecting through one load balancer) is not churned through.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-
-use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Where a connection comes from, for sharing the slots: an IPv4 address, or the /64 of an
 /// IPv6 one (a single host is usually given a whole /64); `Unknown` for a transport that does
@@ -41,6 +41,9 @@ impl From<IpAddr> for Source {
         }
     }
 }
+
+/// Connections asked, in order, to give their place up for one newcomer.
+const MAX_ASKED: usize = 16;
 
 /// Gives a slot's connection up, if it can be now: whether it was (an HTTP connection
 /// serving a request declines).
@@ -136,8 +139,15 @@ impl<K: Copy + Eq + Hash> Slots<K> {
             .candidates(now)
             .map(|(key, h)| (self.per_source[&h.source], h.since, *key))
             .collect();
-        // The most slots first; among them the oldest.
-        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        // The most slots first; among them the oldest. Only the first few are asked: under a
+        // flood of newcomers while every place is busy, each must not cost a pass over all.
+        let first =
+            |a: &(usize, Instant, K), b: &(usize, Instant, K)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        if order.len() > MAX_ASKED {
+            order.select_nth_unstable_by(MAX_ASKED - 1, first);
+            order.truncate(MAX_ASKED);
+        }
+        order.sort_unstable_by(first);
         for (_, _, key) in order {
             let agreed = self.held.get_mut(&key).is_some_and(|h| (h.give_up)());
             if agreed {
@@ -322,7 +332,7 @@ mod tests {
         let asked = Arc::new(AtomicBool::new(false));
         let flag = asked.clone();
         slots.add(
-            0,
+            u64::MAX,
             v4(1),
             t0,
             Box::new(move || {
@@ -343,12 +353,38 @@ mod tests {
             "passed over to the next, of another address"
         );
         let mut slots_of_one = Slots::new(1, Duration::ZERO);
-        slots_of_one.add(0, v4(1), t0, Box::new(|| false));
+        slots_of_one.add(u64::MAX, v4(1), t0, Box::new(|| false));
         assert!(
             slots_of_one.can_take(t0),
             "past its grace, so it may be asked"
         );
         assert!(!slots_of_one.make_room(t0), "and it declines");
+    }
+
+    #[test]
+    fn no_more_than_a_few_are_asked_for_one_newcomer() {
+        let n = MAX_ASKED as u64 + 1;
+        let mut slots = Slots::new(n as usize, Duration::ZERO);
+        let t0 = Instant::now();
+        let asked = Arc::new(AtomicU64::new(0));
+        // Keys apart from those `pending` hands out.
+        for i in 0..MAX_ASKED as u64 {
+            let asked = asked.clone();
+            slots.add(
+                u64::MAX - i,
+                v4(1),
+                t0 + Duration::from_millis(i),
+                Box::new(move || {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    false
+                }),
+            );
+        }
+        // The youngest, and the only one that would agree: never reached.
+        let willing = pending(&mut slots, v4(1), t0 + Duration::from_secs(1));
+        assert!(!slots.make_room(t0 + Duration::from_secs(2)));
+        assert_eq!(asked.load(Ordering::SeqCst), MAX_ASKED as u64);
+        assert!(!willing.given_up());
     }
 
     #[test]
