@@ -288,6 +288,14 @@ async fn an_address_holding_every_http_place_keeps_no_one_out_and_loses_no_reque
         closed, 1,
         "one silent connection made room, the other waits on"
     );
+    // Asked over a connection that holds a place: a new one would take another's.
+    let metrics = exchange(&mut other, &get(&app, "/metrics")).await;
+    let page = String::from_utf8(metrics.body).unwrap();
+    for (reason, n) in [("no_room", 1.0), ("made_room", 1.0)] {
+        let series =
+            format!("retaind_http_connections_closed_for_room_total{{reason=\"{reason}\"}}");
+        assert_eq!(common::metric_value(&page, &series), n, "{reason}: {page}");
+    }
     let stored = app.get_json("/retainedMessage/places").await;
     assert_eq!(
         stored["payload"], "aW5mbGln",

@@ -240,7 +240,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             },
             shutdown.clone(),
         ),
-        metrics,
+        metrics: metrics.clone(),
     });
     let mqtt_listener = TcpListener::bind(config.mqtt_addr)
         .await
@@ -296,6 +296,11 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     };
     // One set of places for HTTP and HTTPS, as the open files they stand for are one.
     let http_places = api::http_places(config.http_max_connections as usize);
+    let counted = http_places.clone();
+    metrics.on_scrape(move |m| {
+        let (made_room, no_room) = counted.closed_for_room();
+        m.http_closed_for_room(made_room, no_room);
+    });
     let server = tokio::spawn(api::serve(
         api::HttpIncoming::new(listener),
         router.clone(),

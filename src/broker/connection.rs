@@ -25,7 +25,7 @@ use super::limits::GOODBYE_TIMEOUT;
 use super::remote::Remote;
 use super::settling::Settled;
 use super::stall::{Counted, Gauge, Watch};
-use crate::metrics::{BeforeConnect, Metrics};
+use crate::metrics::{ForRoom, Metrics};
 use crate::mqtt::{self, Disconnect, DisconnectReasonCode, Framed, Packet};
 use crate::tcp::Rehome;
 
@@ -90,7 +90,7 @@ where
         .enter(remote.addr.map(|a| a.ip()), || false)
     else {
         tracing::debug!(%peer, "closed: every slot for connections awaiting CONNECT is taken");
-        broker_metrics.mqtt_closed_before_connect(BeforeConnect::no_room);
+        broker_metrics.mqtt_closed_before_connect(ForRoom::no_room);
         return;
     };
     let handshake = mqtt::handshake(io, cfg.max_packet_bytes);
@@ -98,7 +98,7 @@ where
         read = tokio::time::timeout(cfg.connect_timeout, handshake) => read,
         () = slot.given_up.cancelled() => {
             tracing::debug!(%peer, "closed before CONNECT to make room for another address");
-            broker_metrics.mqtt_closed_before_connect(BeforeConnect::made_room);
+            broker_metrics.mqtt_closed_before_connect(ForRoom::made_room);
             return;
         }
     };

@@ -89,21 +89,22 @@ pub(super) struct DropLabel {
     pub reason: DropReason,
 }
 
-/// Why an MQTT connection was closed before its CONNECT, when every place for such
-/// connections was taken (`--mqtt-max-awaiting-connect`).
+/// Why a connection was closed when every place for its kind was taken (MQTT connections
+/// before their CONNECT, `--mqtt-max-awaiting-connect`; HTTP connections,
+/// `--http-max-connections`).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum BeforeConnect {
-    /// It had waited past its grace, from the address holding the most places: a newcomer
-    /// took its place.
+pub enum ForRoom {
+    /// It had had its grace (and, HTTP, was between requests), from the address holding the
+    /// most places: a newcomer took its place.
     made_room,
-    /// It was the newcomer, and every place was held by one still within its grace.
+    /// It was the newcomer, and no place could be given up.
     no_room,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(super) struct BeforeConnectLabel {
-    pub reason: BeforeConnect,
+pub(super) struct RoomLabel {
+    pub reason: ForRoom,
 }
 
 /// What the read cache did for a point read.

@@ -20,8 +20,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use labels::{
-    AuthFailure, BeforeConnect, CacheResult, DropReason, HttpLabels, OperationLabel, PoolLabel,
-    QosLabel, ResyncReason,
+    AuthFailure, CacheResult, DropReason, ForRoom, HttpLabels, OperationLabel, PoolLabel, QosLabel,
+    ResyncReason,
 };
 
 /// The `Content-Type` of the page.
@@ -43,7 +43,8 @@ struct Inner {
     mqtt_received: [Counter; 3],
     mqtt_sent: [Counter; 3],
     mqtt_dropped: Family<labels::DropLabel, Counter>,
-    mqtt_closed_before_connect: Family<labels::BeforeConnectLabel, Counter>,
+    mqtt_closed_before_connect: Family<labels::RoomLabel, Counter>,
+    http_closed_for_room: Family<labels::RoomLabel, Counter>,
     store_batch_size: Histogram,
     store_batch_duration: Histogram,
     store_cache: Family<labels::CacheLabel, Counter>,
@@ -124,6 +125,7 @@ impl Metrics {
         let mqtt_sent = Family::<QosLabel, Counter>::default();
         let mqtt_dropped = Family::default();
         let mqtt_closed_before_connect = Family::default();
+        let http_closed_for_room = Family::default();
         let store_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let store_batch_duration = http_histogram();
         let store_cache = Family::default();
@@ -178,6 +180,12 @@ impl Metrics {
             "MQTT connections closed before their CONNECT because every place for such \
              connections was taken, by reason",
             mqtt_closed_before_connect.clone(),
+        );
+        r.register(
+            "retaind_http_connections_closed_for_room",
+            "HTTP connections closed because every place for HTTP connections was taken, by \
+             reason",
+            http_closed_for_room.clone(),
         );
         r.register(
             "retaind_store_write_batch_size",
@@ -356,6 +364,7 @@ impl Metrics {
             mqtt_sent: by_qos(&mqtt_sent),
             mqtt_dropped,
             mqtt_closed_before_connect,
+            http_closed_for_room,
             store_batch_size,
             store_batch_duration,
             store_cache,
@@ -477,11 +486,23 @@ impl Metrics {
             .inc();
     }
 
-    pub fn mqtt_closed_before_connect(&self, reason: BeforeConnect) {
+    pub fn mqtt_closed_before_connect(&self, reason: ForRoom) {
         self.0
             .mqtt_closed_before_connect
-            .get_or_create(&labels::BeforeConnectLabel { reason })
+            .get_or_create(&labels::RoomLabel { reason })
             .inc();
+    }
+
+    /// Raises the HTTP connections closed for room to the totals their places counted.
+    pub fn http_closed_for_room(&self, made_room: u64, no_room: u64) {
+        for (reason, total) in [(ForRoom::made_room, made_room), (ForRoom::no_room, no_room)] {
+            let counter = self
+                .0
+                .http_closed_for_room
+                .get_or_create(&labels::RoomLabel { reason })
+                .clone();
+            ClusterCounters::catch_up(&counter, total);
+        }
     }
 
     pub fn mqtt_dropped(&self, reason: DropReason, count: u64) {

@@ -172,6 +172,9 @@ pub struct Places(Arc<Mutex<PlacesState>>);
 struct PlacesState {
     slots: Slots<u64>,
     next_key: u64,
+    /// Places given up for a newcomer, and newcomers refused, since the start.
+    given_up: u64,
+    refused: u64,
 }
 
 /// A connection's place until it has shown who it is (or, for HTTP, while it lives); freed
@@ -188,6 +191,8 @@ impl Places {
         Self(Arc::new(Mutex::new(PlacesState {
             slots: Slots::new(max, grace),
             next_key: 0,
+            given_up: 0,
+            refused: 0,
         })))
     }
 
@@ -204,6 +209,12 @@ impl Places {
         self.len() == 0
     }
 
+    /// Places given up for newcomers, and newcomers refused, since the start.
+    pub fn closed_for_room(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.given_up, state.refused)
+    }
+
     /// A place for a connection from `source`, freeing one if need be; `None` when none can be
     /// had: every one is within its grace, or declines. A connection declines while `busy`
     /// says so.
@@ -214,11 +225,13 @@ impl Places {
     ) -> Option<Place> {
         let mut state = self.state();
         let now = Instant::now();
-        if !state.slots.can_take(now) {
-            return None;
-        }
-        if !state.slots.has_room() && !state.slots.make_room(now) {
-            return None;
+        if !state.slots.has_room() {
+            if state.slots.can_take(now) && state.slots.make_room(now) {
+                state.given_up += 1;
+            } else {
+                state.refused += 1;
+                return None;
+            }
         }
         let key = state.next_key;
         state.next_key += 1;
@@ -440,6 +453,7 @@ mod tests {
         assert!(!newcomer.given_up.is_cancelled() && !third.given_up.is_cancelled());
         drop(first);
         assert_eq!(places.len(), 2, "the place given up was freed already");
+        assert_eq!(places.closed_for_room(), (1, 1));
     }
 
     #[test]
