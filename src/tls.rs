@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -182,6 +183,8 @@ pub struct TlsIncoming {
     handshake_timeout: Duration,
     handshakes: JoinSet<Option<(TlsStream<PromptAcks>, SocketAddr)>>,
     slots: Slots<tokio::task::Id>,
+    /// Handshakes given up for a newcomer since the start.
+    given_up: Arc<AtomicU64>,
 }
 
 impl TlsIncoming {
@@ -192,11 +195,17 @@ impl TlsIncoming {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             handshakes: JoinSet::new(),
             slots: Slots::new(MAX_PENDING_HANDSHAKES, HANDSHAKE_GRACE),
+            given_up: Arc::default(),
         }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The count of handshakes given up for newcomers, for the metrics.
+    pub fn given_up(&self) -> Arc<AtomicU64> {
+        self.given_up.clone()
     }
 
     /// The next established connection. Cancel-safe: nothing is lost if the future is dropped.
@@ -213,6 +222,7 @@ impl TlsIncoming {
                     Ok((tcp, peer)) => {
                         let now = Instant::now();
                         if self.slots.make_room(now) {
+                            self.given_up.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(%peer, "every TLS handshake slot taken: gave up the oldest stalled handshake of the address holding the most");
                         }
                         let acceptor = self.acceptor.current();
@@ -399,6 +409,7 @@ mod tests {
             }
         }
         assert_eq!(closed, 1, "one silent connection gave up its slot");
+        assert_eq!(incoming.given_up().load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -157,7 +157,7 @@ name = "admin"
 api_tokens_sha256 = ["{admin_token}"]
 [[principals.statements]]
 effect = "Allow"
-actions = ["iot:*"]
+actions = ["iot:*", "retaind:Metrics"]
 resources = ["*"]
 "#
     )
@@ -342,6 +342,21 @@ async fn plain_tcp_client_on_the_tls_port_is_dropped_and_others_carry_on() {
     let login = build::connect_with_login("dev2", None, "device", DEVICE_PASSWORD.as_bytes());
     let (_, code) = connack_code(&app, &plain, &login).await;
     assert_eq!(code, 0x00);
+
+    // Nobody held every handshake slot, so none was given up; both listeners report it.
+    let page = reqwest::Client::new()
+        .get(format!("http://{}/metrics", app.http_addr))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for listener in ["mqtts", "https"] {
+        let series = format!("retaind_tls_handshakes_given_up_total{{listener=\"{listener}\"}}");
+        assert_eq!(common::metric_value(&page, &series), 0.0, "{page}");
+    }
     app.stop().await;
 }
 

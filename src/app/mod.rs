@@ -11,6 +11,7 @@ mod reload;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -29,7 +30,7 @@ use crate::api::{
 use crate::auth::{AuthConfig, Authenticator, ConfigError};
 use crate::broker::{self, Broker, BrokerConfig};
 use crate::cluster::{self, Cluster, ClusterConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TlsListener};
 use crate::store::{self, Clock, Store, StoreOptions};
 use crate::tls::{self, LiveAcceptor, TlsAcceptors, TlsFiles, TlsIncoming};
 use crate::topic::TopicLimits;
@@ -277,6 +278,17 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         tls.as_ref().map(|t| &t.https),
     )
     .await?;
+    for (listener, incoming) in [
+        (TlsListener::mqtts, &mqtts_incoming),
+        (TlsListener::https, &https_incoming),
+    ] {
+        if let Some((incoming, _, _)) = incoming {
+            let given_up = incoming.given_up();
+            metrics.on_scrape(move |m| {
+                m.tls_handshakes_given_up(listener, given_up.load(Ordering::Relaxed));
+            });
+        }
+    }
     let mqtts_addr = mqtts_incoming.as_ref().map(|(_, addr, _)| *addr);
     let https_addr = https_incoming.as_ref().map(|(_, addr, _)| *addr);
     let reloader = reload::Reloader::new(

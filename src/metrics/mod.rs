@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 pub use labels::{
     AuthFailure, CacheResult, DropReason, ForRoom, HttpLabels, OperationLabel, PoolLabel, QosLabel,
-    ResyncReason,
+    ResyncReason, TlsListener,
 };
 
 /// The `Content-Type` of the page.
@@ -45,6 +45,7 @@ struct Inner {
     mqtt_dropped: Family<labels::DropLabel, Counter>,
     mqtt_closed_before_connect: Family<labels::RoomLabel, Counter>,
     http_closed_for_room: Family<labels::RoomLabel, Counter>,
+    tls_handshakes_given_up: Family<labels::TlsListenerLabel, Counter>,
     store_batch_size: Histogram,
     store_batch_duration: Histogram,
     store_cache: Family<labels::CacheLabel, Counter>,
@@ -126,6 +127,7 @@ impl Metrics {
         let mqtt_dropped = Family::default();
         let mqtt_closed_before_connect = Family::default();
         let http_closed_for_room = Family::default();
+        let tls_handshakes_given_up = Family::default();
         let store_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let store_batch_duration = http_histogram();
         let store_cache = Family::default();
@@ -186,6 +188,12 @@ impl Metrics {
             "HTTP connections closed because every place for HTTP connections was taken, by \
              reason",
             http_closed_for_room.clone(),
+        );
+        r.register(
+            "retaind_tls_handshakes_given_up",
+            "TLS handshakes given up for a newcomer because every handshake slot of the \
+             listener was taken, by listener",
+            tls_handshakes_given_up.clone(),
         );
         r.register(
             "retaind_store_write_batch_size",
@@ -365,6 +373,7 @@ impl Metrics {
             mqtt_dropped,
             mqtt_closed_before_connect,
             http_closed_for_room,
+            tls_handshakes_given_up,
             store_batch_size,
             store_batch_duration,
             store_cache,
@@ -503,6 +512,16 @@ impl Metrics {
                 .clone();
             ClusterCounters::catch_up(&counter, total);
         }
+    }
+
+    /// Raises the TLS handshakes `listener` gave up for newcomers to the total it counted.
+    pub fn tls_handshakes_given_up(&self, listener: TlsListener, total: u64) {
+        let counter = self
+            .0
+            .tls_handshakes_given_up
+            .get_or_create(&labels::TlsListenerLabel { listener })
+            .clone();
+        ClusterCounters::catch_up(&counter, total);
     }
 
     pub fn mqtt_dropped(&self, reason: DropReason, count: u64) {
