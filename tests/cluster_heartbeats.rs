@@ -283,13 +283,11 @@ async fn a_node_taken_for_dead_gives_up_what_the_others_adopted() {
         .publish(true);
     assert_eq!(publish.payload, b"after");
     watcher
-        .publish("will/marker", Qos5::AtLeastOnce, false, b"marker")
+        .nothing_more_before_marker(
+            "will/marker",
+            "the Will fired once: B closed its connection without it",
+        )
         .await;
-    assert_eq!(
-        &watcher.next_publish().await.payload[..],
-        b"marker",
-        "the Will fired once: B closed its connection without it"
-    );
 }
 
 /// The others took B for dead as a burial does it (its heartbeat row and its interest keys
@@ -661,13 +659,8 @@ async fn the_end_of_a_connection_during_an_outage_is_recorded_once_the_database_
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     watcher
-        .publish("will/marker", Qos5::AtLeastOnce, false, b"marker")
+        .nothing_more_before_marker("will/marker", "the Will came once")
         .await;
-    assert_eq!(
-        &watcher.next_publish().await.payload[..],
-        b"marker",
-        "the Will came once"
-    );
 }
 
 /// An MQTT 5 client `sensor` of the node at `mqtt`, with a Will on `will/sensor`, connected.
@@ -759,13 +752,8 @@ impl Adoption {
             (&b"will/sensor"[..], &b"gone"[..])
         );
         self.watcher
-            .publish("will/marker", Qos5::AtLeastOnce, false, b"marker")
+            .nothing_more_before_marker("will/marker", "the Will came once")
             .await;
-        assert_eq!(
-            &self.watcher.next_publish().await.payload[..],
-            b"marker",
-            "the Will came once"
-        );
         let mut db = sqlx::PgConnection::connect(&self.direct).await.unwrap();
         let holder: String =
             sqlx::query_scalar("SELECT node FROM cluster_sessions WHERE client_id = 'phone'")

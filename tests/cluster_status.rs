@@ -152,3 +152,35 @@ async fn cluster_status_shows_each_node_with_its_clients_and_sessions_and_what_a
         "{table}"
     );
 }
+
+/// A database that accepts the connection and never answers: the tool says so after its 10 s,
+/// with an error and a failing exit, rather than hanging.
+#[tokio::test]
+async fn cluster_status_gives_up_on_a_database_that_does_not_answer() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            kept.push(socket);
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_retaind"))
+        .args(["cluster", "status", "--database-url"])
+        .arg(format!("postgres://retaind@{addr}/retaind"))
+        .env_remove("RUST_BACKTRACE")
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), out)
+        .await
+        .expect("the tool to give up")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the database did not answer within 10s"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    held.abort();
+}

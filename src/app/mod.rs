@@ -170,7 +170,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         Some(url) => Some(
             Cluster::start(ClusterConfig {
                 url: url.clone(),
-                tls: cluster::NatsAccess::new(
+                access: cluster::NatsAccess::new(
                     config.cluster_tls_ca.clone(),
                     config.cluster_tls_cert.clone(),
                     config.cluster_tls_key.clone(),

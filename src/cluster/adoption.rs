@@ -104,14 +104,7 @@ pub async fn adopt(
                     error = %e, sessions = batch.adopted.len(),
                     "no answer to the commit of adopted sessions; asking the database what became of it at the next heartbeat"
                 );
-                if in_doubt.len() == MAX_IN_DOUBT {
-                    let given_up = in_doubt.remove(0);
-                    tracing::error!(
-                        sessions = given_up.adopted.len(),
-                        "giving up on an adoption still in doubt; if it committed, its sessions are held nowhere until their clients come back"
-                    );
-                }
-                in_doubt.push(batch);
+                keep_in_doubt(in_doubt, batch);
                 return;
             }
         };
@@ -124,6 +117,18 @@ pub async fn adopt(
             return;
         }
     }
+}
+
+/// Adds `batch` to `in_doubt`, giving up the oldest past [`MAX_IN_DOUBT`].
+fn keep_in_doubt(in_doubt: &mut Vec<InDoubt>, batch: InDoubt) {
+    if in_doubt.len() >= MAX_IN_DOUBT {
+        let given_up = in_doubt.remove(0);
+        tracing::error!(
+            sessions = given_up.adopted.len(),
+            "giving up on an adoption still in doubt; if it committed, its sessions are held nowhere until their clients come back"
+        );
+    }
+    in_doubt.push(batch);
 }
 
 /// Asks the database what became of the batches `in_doubt`: hands those committed to
@@ -364,5 +369,22 @@ impl Sessions {
         Ok(Settled::Committed(
             batch.adopted.into_iter().filter(still_ours).collect(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_in_doubt_are_kept_up_to_a_bound_the_oldest_given_up_first() {
+        let mut in_doubt = Vec::new();
+        for xid in 0..MAX_IN_DOUBT as i64 + 3 {
+            let adopted = Vec::new();
+            keep_in_doubt(&mut in_doubt, InDoubt { xid, adopted });
+        }
+        assert_eq!(in_doubt.len(), MAX_IN_DOUBT);
+        assert_eq!(in_doubt[0].xid, 3);
+        assert_eq!(in_doubt.last().unwrap().xid, MAX_IN_DOUBT as i64 + 2);
     }
 }

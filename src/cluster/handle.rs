@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Error;
+use super::access::{self, NatsAccess};
 use super::budget::Budget;
 use super::claims::{ClaimError, Claims, TakeOver};
 use super::frame::{self, Outgoing, Stamp};
 use super::inbox::{Events, Inbox};
-use super::link::{self, Link, NatsAccess};
+use super::link::{self, Link};
 use super::local::{Change, Local};
 use super::loops::{self, HANDOVER_TIMEOUT, Undetached};
 use super::nodes::{Census, Headcount};
@@ -51,7 +52,7 @@ pub struct ClusterConfig {
     /// the host for servers that ask for credentials, `tls://` for TLS.
     pub url: String,
     /// TLS and identity beyond the URL's.
-    pub tls: NatsAccess,
+    pub access: NatsAccess,
     /// The first token of every subject and the bucket's name: services sharing one NATS
     /// each have their own.
     pub prefix: String,
@@ -160,10 +161,10 @@ impl Cluster {
             config.topic_limits,
             config.database_timeout,
         ));
-        let shown = link::redact(&config.url);
+        let shown = access::redact(&config.url);
         let (client, link) = link::connect(
             &config.url,
-            &config.tls,
+            &config.access,
             &format!("retaind {node}"),
             config.startup_wait,
             config.max_payload_bytes,
@@ -198,7 +199,7 @@ impl Cluster {
         ));
         let members_client = link::connect_members(
             &config.url,
-            &config.tls,
+            &config.access,
             &format!("retaind {node} members"),
             &link,
         )

@@ -3,139 +3,18 @@
 //! while it runs is logged once per change (not per retry), counted as an epoch that the
 //! interest tasks wait on to announce themselves again, and shown by `/readyz`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, Event};
 use tokio::sync::watch;
 
 use super::Error;
-use super::keys::{KeyFile, Keys};
+use super::access::{NatsAccess, options, redact};
 
 /// Room for a message's topic, properties and frame head besides its payload.
 pub const HEAD_ROOM: usize = 64 * 1024;
-
-/// How the node reaches NATS beyond what its URL says: TLS with a CA of the operator's own
-/// to verify the servers with, a certificate for servers that verify their clients, and an
-/// identity from a credentials or NKey file (which takes the place of the URL's credentials).
-#[derive(Clone, Default)]
-pub struct NatsAccess {
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    keys: Option<Arc<Keys>>,
-}
-
-impl NatsAccess {
-    /// Reads `key_file`, if any: an unusable one is an error now rather than at every
-    /// connection.
-    pub fn new(
-        ca: Option<PathBuf>,
-        cert: Option<PathBuf>,
-        key: Option<PathBuf>,
-        key_file: Option<KeyFile>,
-    ) -> Result<Self, Error> {
-        let keys = key_file.map(Keys::load).transpose()?.map(Arc::new);
-        Ok(Self {
-            ca,
-            cert,
-            key,
-            keys,
-        })
-    }
-}
-
-/// Shows which key file, never what it holds.
-impl std::fmt::Debug for NatsAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsAccess")
-            .field("ca", &self.ca)
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .field("key_file", &self.keys.as_ref().map(|k| k.file()))
-            .finish()
-    }
-}
-
-/// Whether `urls` carry credentials of their own, which a key file would silently replace.
-pub fn url_has_credentials(urls: &str) -> bool {
-    credentials(urls).is_some()
-}
-
-/// Credentials carried by a URL's user info, as NATS's own clients read them.
-#[derive(Debug, PartialEq, Eq)]
-enum Credentials {
-    /// `nats://user:password@host`
-    UserPassword(String, String),
-    /// `nats://token@host`
-    Token(String),
-}
-
-/// The credentials in the user info of the first of the comma-separated `urls` that has any,
-/// percent-decoded. async-nats parses them but does not send them.
-fn credentials(urls: &str) -> Option<Credentials> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    urls.split(',').find_map(|url| {
-        let (userinfo, _) = authority(url)?.rsplit_once('@')?;
-        Some(match userinfo.split_once(':') {
-            Some((user, password)) => Credentials::UserPassword(decode(user), decode(password)),
-            None => Credentials::Token(decode(userinfo)),
-        })
-    })
-}
-
-/// The authority of `url` (between `scheme://` and the path), if it has a scheme.
-fn authority(url: &str) -> Option<&str> {
-    let (_, rest) = url.trim().split_once("://")?;
-    Some(rest.split(['/', '?']).next().unwrap_or(rest))
-}
-
-/// `urls` as logs and errors show them: the credentials of each replaced by `***`.
-pub fn redact(urls: &str) -> String {
-    urls.split(',')
-        .map(
-            |url| match authority(url).and_then(|a| a.rsplit_once('@')) {
-                Some((userinfo, _)) => url.replacen(&format!("{userinfo}@"), "***@", 1),
-                None => url.to_owned(),
-            },
-        )
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// What every connection of the node to NATS starts from: its identity (a key file's, read
-/// again at each connection, or the URL's credentials) and the TLS settings.
-fn options(urls: &str, tls: &NatsAccess) -> ConnectOptions {
-    let mut options = match (&tls.keys, credentials(urls)) {
-        (Some(keys), _) => {
-            let keys = keys.clone();
-            ConnectOptions::with_auth_callback(move |nonce| {
-                let answer = keys.auth(&nonce);
-                async move { answer }
-            })
-        }
-        (None, Some(Credentials::UserPassword(user, password))) => {
-            ConnectOptions::new().user_and_password(user, password)
-        }
-        (None, Some(Credentials::Token(token))) => ConnectOptions::new().token(token),
-        (None, None) => ConnectOptions::new(),
-    };
-    if let Some(ca) = &tls.ca {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        options = options
-            .add_client_certificate(cert.clone(), key.clone())
-            .require_tls(true);
-    }
-    options
-}
 
 /// Whether the connection is up, and how many times it came back.
 pub struct Link {
@@ -234,13 +113,13 @@ impl Link {
 /// first one's to report.
 pub async fn connect_members(
     url: &str,
-    tls: &NatsAccess,
+    access: &NatsAccess,
     name: &str,
     link: &Arc<Link>,
 ) -> Result<Client, Error> {
     let link = link.clone();
     let events_url = redact(url);
-    options(url, tls)
+    options(url, access)
         .name(name)
         .connection_timeout(Duration::from_secs(2))
         .max_reconnects(None)
@@ -265,7 +144,7 @@ pub async fn connect_members(
 /// failure's cause; then checks that the largest payload fits the server's message size.
 pub async fn connect(
     url: &str,
-    tls: &NatsAccess,
+    access: &NatsAccess,
     name: &str,
     wait: Duration,
     max_payload_bytes: usize,
@@ -276,7 +155,7 @@ pub async fn connect(
     let client = loop {
         let events = link.clone();
         let events_url = shown.clone();
-        let options = options(url, tls)
+        let options = options(url, access)
             .name(name)
             // A node's own publishes never come back to it: it delivered them locally.
             .no_echo()
@@ -312,31 +191,4 @@ pub async fn connect(
         });
     }
     Ok((client, link))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_come_from_the_first_url_that_has_them_percent_decoded() {
-        assert_eq!(credentials("nats://127.0.0.1:4222"), None);
-        assert_eq!(
-            credentials("nats://a:4222,nats://svc:p%40ss%3Aw%2Frd@b:4222/x?y"),
-            Some(Credentials::UserPassword("svc".into(), "p@ss:w/rd".into()))
-        );
-        assert_eq!(
-            credentials("tls://t0ken@nats.example:4222"),
-            Some(Credentials::Token("t0ken".into()))
-        );
-    }
-
-    #[test]
-    fn logs_show_urls_without_their_credentials() {
-        assert_eq!(
-            redact("nats://svc:secret@a:4222,nats://b:4222,tls://tok@c"),
-            "nats://***@a:4222,nats://b:4222,tls://***@c"
-        );
-        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-    }
 }

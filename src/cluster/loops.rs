@@ -200,11 +200,14 @@ pub async fn flush_spool(spool: &mpsc::Sender<Spool>) {
 pub struct Undetached(Mutex<HashMap<Arc<str>, (u64, bool)>>);
 
 impl Undetached {
-    pub fn owe(&self, client_id: Arc<str>, generation: u64, persistent: bool) {
-        let mut owed = self
-            .0
+    fn owed(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (u64, bool)>> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn owe(&self, client_id: Arc<str>, generation: u64, persistent: bool) {
+        let mut owed = self.owed();
         let entry = owed.entry(client_id).or_insert((generation, persistent));
         if entry.0 < generation {
             *entry = (generation, persistent);
@@ -212,18 +215,11 @@ impl Undetached {
     }
 
     pub fn len(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.owed().len()
     }
 
     fn take(&self) -> Vec<(Arc<str>, (u64, bool))> {
-        let mut owed = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        owed.drain().collect()
+        self.owed().drain().collect()
     }
 }
 

@@ -6,6 +6,7 @@
 //! subscriptions it matches (`seen`). Client ids are claimed in Postgres, and the previous
 //! holder told over NATS to let go (`claims`).
 
+mod access;
 mod adoption;
 mod bucket;
 mod budget;
@@ -24,13 +25,13 @@ mod sessions;
 mod status;
 mod subject;
 
+pub use access::{NatsAccess, url_has_credentials};
 pub use adoption::Adopted;
 pub use claims::{ClaimError, TakeOver};
 pub use frame::{Outgoing, Routed, Stamp, VERSION as FRAME_VERSION};
 pub use handle::{Cluster, ClusterConfig, ClusterStats};
 pub use inbox::Events;
 pub use keys::{KeyFile, check as check_key_file};
-pub use link::{NatsAccess, url_has_credentials};
 pub use nodes::BEAT;
 pub use sessions::{
     HeldSession, Holder, Queued, Restored, SessionError, SessionRow, StoredSubscription, StoredWill,

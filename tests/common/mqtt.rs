@@ -226,6 +226,14 @@ impl V5 {
         .await
     }
 
+    /// Publishes a marker to `topic` (which this client subscribes to) and asserts it is the
+    /// next message this client gets: nothing else (a second Will, say) came first.
+    pub async fn nothing_more_before_marker(&mut self, topic: &str, why: &str) {
+        self.publish(topic, Qos5::AtLeastOnce, false, b"marker")
+            .await;
+        assert_eq!(&self.next_publish().await.payload[..], b"marker", "{why}");
+    }
+
     pub async fn next_publish(&mut self) -> p5::Publish {
         if let Some(p) = self.passed.pop_front() {
             return p;
