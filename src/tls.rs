@@ -10,7 +10,7 @@
 //! it is) is decided by the auth module from [`client_cert_sha256`]; this module only proves the
 //! client holds the key of a certificate the CA signed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -27,6 +28,7 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 
 use crate::tcp::PromptAcks;
+use crate::tcp::proxy::ProxyProtocol;
 use crate::tcp::slots::Slots;
 
 /// Time a client gets to complete its TLS handshake; one that never finishes cannot hold a
@@ -173,6 +175,9 @@ impl LiveAcceptor {
     }
 }
 
+/// A handshake's task, and the client address its PROXY protocol header named.
+type Moved = (tokio::task::Id, IpAddr);
+
 /// A TCP listener whose connections come out TLS-established. Handshakes run concurrently on
 /// their own tasks (a slow client does not hold up the others), at most
 /// [`MAX_PENDING_HANDSHAKES`] at once, each within [`HANDSHAKE_TIMEOUT`]; failed ones are
@@ -185,10 +190,22 @@ pub struct TlsIncoming {
     slots: Slots<tokio::task::Id>,
     /// Handshakes given up for a newcomer since the start.
     given_up: Arc<AtomicU64>,
+    /// Read before the handshake from the balancers it names.
+    proxy: Option<ProxyProtocol>,
+    /// Handshakes whose PROXY protocol header named their client, to count their slots at the
+    /// client's address. At most one message per handshake, so bounded by the slots.
+    moved: (mpsc::UnboundedSender<Moved>, mpsc::UnboundedReceiver<Moved>),
 }
 
 impl TlsIncoming {
-    pub fn new(listener: TcpListener, acceptor: LiveAcceptor) -> Self {
+    /// With `proxy`, connections from the balancers it names start with a PROXY protocol
+    /// header, read before the handshake and within its time; the connection's address is then
+    /// the one it names.
+    pub fn new(
+        listener: TcpListener,
+        acceptor: LiveAcceptor,
+        proxy: Option<ProxyProtocol>,
+    ) -> Self {
         Self {
             listener,
             acceptor,
@@ -196,6 +213,8 @@ impl TlsIncoming {
             handshakes: JoinSet::new(),
             slots: Slots::new(MAX_PENDING_HANDSHAKES, HANDSHAKE_GRACE),
             given_up: Arc::default(),
+            proxy,
+            moved: mpsc::unbounded_channel(),
         }
     }
 
@@ -225,9 +244,13 @@ impl TlsIncoming {
                             self.given_up.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(%peer, "every TLS handshake slot taken: gave up the oldest stalled handshake of the address holding the most");
                         }
-                        let acceptor = self.acceptor.current();
-                        let timeout = self.handshake_timeout;
-                        let abort = self.handshakes.spawn(handshake(acceptor, tcp, peer, timeout));
+                        let start = Handshake {
+                            acceptor: self.acceptor.current(),
+                            timeout: self.handshake_timeout,
+                            proxy: self.proxy.clone().filter(|p| p.expects(peer.ip())),
+                            moved: self.moved.0.clone(),
+                        };
+                        let abort = self.handshakes.spawn(start.run(tcp, peer));
                         let id = abort.id();
                         self.slots.add(
                             id,
@@ -254,6 +277,7 @@ impl TlsIncoming {
                     }
                     Err(e) => self.slots.remove(e.id()),
                 },
+                Some((id, client)) = self.moved.1.recv() => self.slots.set_source(id, client.into()),
                 () = sleep_until_some(look_again) => {}
             }
         }
@@ -268,21 +292,47 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn handshake(
+/// What a handshake's task needs.
+struct Handshake {
     acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
     timeout: Duration,
-) -> Option<(TlsStream<PromptAcks>, SocketAddr)> {
-    match tokio::time::timeout(timeout, acceptor.accept(PromptAcks::new(tcp))).await {
-        Ok(Ok(stream)) => Some((stream, peer)),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            None
+    proxy: Option<ProxyProtocol>,
+    moved: mpsc::UnboundedSender<Moved>,
+}
+
+impl Handshake {
+    /// The PROXY protocol header, if one is expected, then the handshake, all within the
+    /// handshake's time.
+    async fn run(
+        self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(TlsStream<PromptAcks>, SocketAddr)> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut client = peer;
+        if let Some(proxy) = &self.proxy {
+            match tokio::time::timeout_at(deadline, proxy.client(&mut tcp, peer)).await {
+                Ok(Ok(said)) => client = said,
+                // Counted and logged by `client`.
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    proxy.refuse(peer, &"no PROXY protocol header in time");
+                    return None;
+                }
+            }
+            let _ = self.moved.send((tokio::task::id(), client.ip()));
         }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            None
+        let accept = self.acceptor.accept(PromptAcks::new(tcp));
+        match tokio::time::timeout_at(deadline, accept).await {
+            Ok(Ok(stream)) => Some((stream, client)),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer = %client, "TLS handshake timed out");
+                None
+            }
         }
     }
 }
@@ -303,7 +353,7 @@ impl axum::serve::Listener for TlsIncoming {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
@@ -321,6 +371,12 @@ mod tests {
 
     /// A listener handing out MQTT TLS connections, and the certificate a client trusts.
     async fn incoming() -> (TlsIncoming, SocketAddr, CertificateDer<'static>) {
+        incoming_with(None).await
+    }
+
+    async fn incoming_with(
+        proxy: Option<ProxyProtocol>,
+    ) -> (TlsIncoming, SocketAddr, CertificateDer<'static>) {
         let (dir, cert) = self_signed();
         let acceptors = TlsAcceptors::load(&TlsFiles {
             cert: &dir.path().join("cert.pem"),
@@ -331,7 +387,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         (
-            TlsIncoming::new(listener, LiveAcceptor::new(acceptors.mqtt)),
+            TlsIncoming::new(listener, LiveAcceptor::new(acceptors.mqtt), proxy),
             addr,
             cert,
         )
@@ -410,6 +466,83 @@ mod tests {
         }
         assert_eq!(closed, 1, "one silent connection gave up its slot");
         assert_eq!(incoming.given_up().load(Ordering::Relaxed), 1);
+    }
+
+    /// Connects to `addr` and sends a PROXY protocol header naming `client`, as a balancer does.
+    async fn through_balancer(addr: SocketAddr, client: &str) -> TcpStream {
+        let client: SocketAddr = client.parse().unwrap();
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let line = format!(
+            "PROXY TCP4 {} {} {} {}\r\n",
+            client.ip(),
+            addr.ip(),
+            client.port(),
+            addr.port()
+        );
+        tcp.write_all(line.as_bytes()).await.unwrap();
+        tcp
+    }
+
+    /// Every connection comes from the balancer's address: the slots are shared by the
+    /// addresses the headers name, so a crowd behind it does not push out a lone client.
+    #[tokio::test]
+    async fn behind_a_balancer_slots_are_shared_by_the_clients_addresses() {
+        let proxy = ProxyProtocol::new("mqtts", &[]);
+        let (mut incoming, addr, cert) = incoming_with(Some(proxy)).await;
+        incoming.slots = Slots::new(4, Duration::from_millis(100));
+        // The lone client's is the oldest of all.
+        let mut lone = through_balancer(addr, "192.0.2.1:1000").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut crowd = Vec::new();
+        for port in 1..=3 {
+            crowd.push(through_balancer(addr, &format!("192.0.2.2:{port}")).await);
+        }
+        let honest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let tcp = through_balancer(addr, "192.0.2.3:3000").await;
+            handshake_over(cert, tcp).await.map(|_| ())
+        });
+        let (_, peer) = tokio::time::timeout(Duration::from_secs(3), incoming.next())
+            .await
+            .expect("the newcomer gets a slot");
+        assert_eq!(
+            peer,
+            "192.0.2.3:3000".parse().unwrap(),
+            "the header's address"
+        );
+        honest.await.unwrap().expect("its handshake");
+
+        let mut byte = [0u8; 1];
+        let lone_read = tokio::time::timeout(Duration::from_millis(100), lone.read(&mut byte));
+        assert!(lone_read.await.is_err(), "the lone client keeps its slot");
+        let mut closed = 0;
+        for socket in &mut crowd {
+            let read = tokio::time::timeout(Duration::from_millis(100), socket.read(&mut byte));
+            if matches!(read.await, Ok(Ok(0) | Err(_))) {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 1, "one of the crowd's gave its slot up");
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_the_expected_header_never_reaches_the_handshake() {
+        let proxy = ProxyProtocol::new("mqtts", &[]);
+        let refused = proxy.refused();
+        let (mut incoming, addr, cert) = incoming_with(Some(proxy)).await;
+        let direct = connect(cert.clone(), addr);
+        let next = tokio::time::timeout(Duration::from_secs(5), incoming.next());
+        let (direct, next) = tokio::join!(direct, next);
+        // Its ClientHello was taken for a header, and refused.
+        assert!(direct.is_err(), "the direct client's handshake failed");
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
+        assert!(next.is_err(), "nothing was accepted");
+
+        let tcp = through_balancer(addr, "192.0.2.9:9000").await;
+        let (client, accepted) = tokio::join!(handshake_over(cert, tcp), incoming.next());
+        client.expect("through the balancer");
+        assert_eq!(accepted.1, "192.0.2.9:9000".parse().unwrap());
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

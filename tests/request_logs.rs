@@ -102,7 +102,7 @@ async fn log_lines_name_their_request_or_client_and_a_panic_is_a_500() {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(api::serve(
-        HttpIncoming::new(listener),
+        HttpIncoming::new(listener, None),
         router,
         HttpTimeouts {
             header: Duration::from_secs(5),

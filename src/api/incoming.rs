@@ -2,7 +2,9 @@
 //! prompt ACKs switched off, and keeps each connection's switch in its [`super::Peer`]. A
 //! connection that upgrades to MQTT over WebSocket turns the switch on, so that a client with
 //! Nagle's algorithm on keeps sending while its publishes commit, as over plain MQTT
-//! (`crate::tcp`). Other requests are left as they were.
+//! (`crate::tcp`). Other requests are left as they were. With `--proxy-protocol http`, the
+//! server reads each connection's PROXY protocol header on the connection's task
+//! ([`super::server`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,12 +13,21 @@ use axum::serve::Listener;
 use tokio::net::TcpListener;
 
 use crate::tcp::PromptAcks;
+use crate::tcp::proxy::ProxyProtocol;
 
-pub struct HttpIncoming(TcpListener);
+pub struct HttpIncoming {
+    listener: TcpListener,
+    proxy: Option<ProxyProtocol>,
+}
 
 impl HttpIncoming {
-    pub fn new(listener: TcpListener) -> Self {
-        Self(listener)
+    pub fn new(listener: TcpListener, proxy: Option<ProxyProtocol>) -> Self {
+        Self { listener, proxy }
+    }
+
+    /// Whether, and from whom, connections start with a PROXY protocol header.
+    pub fn proxy_protocol(&self) -> Option<ProxyProtocol> {
+        self.proxy.clone()
     }
 }
 
@@ -26,11 +37,11 @@ impl Listener for HttpIncoming {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         // axum's own accept loop, with its handling of accept errors.
-        let (stream, addr) = Listener::accept(&mut self.0).await;
+        let (stream, addr) = Listener::accept(&mut self.listener).await;
         (PromptAcks::switched_off(stream), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }

@@ -58,6 +58,7 @@ pub async fn upgrade(
                 addr: Some(peer.addr),
                 identity: None,
                 uptake: Some(peer.uptake.clone()),
+                proxy_header: None,
             };
             (
                 remote,
@@ -72,6 +73,7 @@ pub async fn upgrade(
                 addr: None,
                 identity: None,
                 uptake: None,
+                proxy_header: None,
             };
             (remote, None, None, None)
         }

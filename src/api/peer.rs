@@ -15,12 +15,19 @@ use axum::serve::Listener;
 use tokio_rustls::server::TlsStream;
 
 use super::HttpIncoming;
+use crate::tcp::proxy::ProxyProtocol;
 use crate::tcp::{AckSwitch, MoveRequest, PromptAcks, Uptake};
 use crate::tls::{self, CertFingerprint, TlsIncoming};
 
 /// A listener whose connections know who is at the other end.
 pub trait PeerListener: Listener<Addr = SocketAddr> {
     fn peer(io: &Self::Io, addr: SocketAddr) -> Peer;
+
+    /// The PROXY protocol header the server is to read first on each connection, if any: the
+    /// plain listener's. The TLS listener reads it itself, before the handshake.
+    fn proxy_protocol(&self) -> Option<ProxyProtocol> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +85,10 @@ impl Peer {
 }
 
 impl PeerListener for HttpIncoming {
+    fn proxy_protocol(&self) -> Option<ProxyProtocol> {
+        HttpIncoming::proxy_protocol(self)
+    }
+
     fn peer(io: &PromptAcks, addr: SocketAddr) -> Peer {
         Peer {
             addr,

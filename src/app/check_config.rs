@@ -69,6 +69,9 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
         };
         problems.push(at(&key, e));
     }
+    if let Err(e) = super::proxy::check(&config) {
+        problems.push(at("proxy_protocol", e));
+    }
     problems.sort_by_key(|p| p.line);
     problems
 }

@@ -125,6 +125,22 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Listeners behind a load balancer that sends the PROXY protocol (v1 or v2; HAProxy's
+    /// send-proxy, an AWS Network Load Balancer's proxy protocol v2), comma-separated: mqtt,
+    /// mqtts, http, https. Their connections must start with its header, which gives the
+    /// client's address for logs and for what is shared out by address (places before CONNECT,
+    /// TLS handshakes and HTTP connections, failed password checks). A connection without a
+    /// valid header within 10 s is closed.
+    #[arg(long, env = "RETAIND_PROXY_PROTOCOL", value_delimiter = ',')]
+    pub proxy_protocol: Vec<ProxyListener>,
+
+    /// Only connections from these addresses or networks (CIDR, comma-separated, e.g.
+    /// 10.0.0.0/8) must send a PROXY protocol header on the --proxy-protocol listeners; others
+    /// are served as direct clients. Without it, every connection must.
+    #[arg(long, env = "RETAIND_PROXY_PROTOCOL_FROM", value_delimiter = ',',
+          value_parser = parse_network, requires = "proxy_protocol")]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+
     /// Largest MQTT packet accepted from a client, in bytes (advertised to MQTT 5 clients as
     /// Maximum Packet Size); a larger one closes the connection.
     #[arg(long, env = "RETAIND_MQTT_MAX_PACKET_BYTES", default_value_t = 256 * 1024)]
@@ -409,6 +425,15 @@ pub enum DeliveryPriority {
     Normal,
 }
 
+/// A listener that can be set to expect the PROXY protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyListener {
+    Mqtt,
+    Mqtts,
+    Http,
+    Https,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -423,6 +448,15 @@ fn parse_rate(s: &str) -> Result<f64, String> {
             "{s:?} is not a rate (requests per second, 0 for no limit)"
         )),
     }
+}
+
+/// An address or a network in CIDR notation: a bare address is a network of one.
+fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{s:?} is not an address or a network (CIDR, e.g. 10.0.0.0/8)"))
 }
 
 /// The watch's progress interval: at least 100 ms (a smaller one would spend a node's time on

@@ -6,6 +6,7 @@ mod config;
 mod config_file;
 mod maintenance;
 mod open_files;
+mod proxy;
 mod redact;
 mod reload;
 
@@ -18,7 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use check_config::check_config;
-pub use config::{Cli, ClusterAction, Command, DeliveryPriority, LogFormat, ServeConfig};
+pub use config::{
+    Cli, ClusterAction, Command, DeliveryPriority, LogFormat, ProxyListener, ServeConfig,
+};
 pub use config_file::{ConfigFile, Problem};
 pub use redact::redact_url;
 pub use reload::{RefusedReload, Reloaded};
@@ -32,6 +35,7 @@ use crate::broker::{self, Broker, BrokerConfig};
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::metrics::{Metrics, TlsListener};
 use crate::store::{self, Clock, Store, StoreOptions};
+use crate::tcp::proxy::ProxyProtocol;
 use crate::tls::{self, LiveAcceptor, TlsAcceptors, TlsFiles, TlsIncoming};
 use crate::topic::TopicLimits;
 
@@ -86,6 +90,11 @@ pub enum Error {
     Cluster(#[from] cluster::Error),
     #[error("{flag} needs --tls-cert and --tls-key")]
     TlsFilesMissing { flag: &'static str },
+    #[error("--proxy-protocol names {listener}, which is off: give {flag} or leave it out")]
+    ProxyProtocolListenerOff {
+        listener: &'static str,
+        flag: &'static str,
+    },
     #[error("cannot listen on {flag} {addr}: {source}")]
     BindTls {
         flag: &'static str,
@@ -124,6 +133,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     check_local_only(config, &auth)?;
     let tls = load_tls(config)?;
     check_cluster(config)?;
+    proxy::check(config)?;
     // MQTT connections (and those before CONNECT), HTTP connections, the database's (reads and
     // scans, write lanes), and a margin for listeners and files.
     let needed = config.mqtt_max_connections as u64
@@ -270,12 +280,14 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         "--mqtts-addr",
         config.mqtts_addr,
         tls.as_ref().map(|t| &t.mqtt),
+        proxy::setting(config, &metrics, ProxyListener::Mqtts),
     )
     .await?;
     let https_incoming = bind_tls(
         "--https-addr",
         config.https_addr,
         tls.as_ref().map(|t| &t.https),
+        proxy::setting(config, &metrics, ProxyListener::Https),
     )
     .await?;
     for (listener, incoming) in [
@@ -314,7 +326,10 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         m.http_closed_for_room(made_room, no_room);
     });
     let server = tokio::spawn(api::serve(
-        api::HttpIncoming::new(listener),
+        api::HttpIncoming::new(
+            listener,
+            proxy::setting(config, &metrics, ProxyListener::Http),
+        ),
         router.clone(),
         timeouts,
         http_places.clone(),
@@ -331,7 +346,11 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             config.shutdown_timeout,
         ))
     });
-    let mqtt = tokio::spawn(broker::serve_tcp(broker.clone(), mqtt_listener));
+    let mqtt = tokio::spawn(broker::serve_tcp(
+        broker.clone(),
+        mqtt_listener,
+        proxy::setting(config, &metrics, ProxyListener::Mqtt),
+    ));
     let mqtts = mqtts_incoming
         .map(|(incoming, _, _)| tokio::spawn(broker::serve_tls(broker.clone(), incoming)));
     let maintenance = tokio::spawn(maintenance::run(
@@ -377,6 +396,7 @@ async fn bind_tls(
     flag: &'static str,
     addr: Option<SocketAddr>,
     acceptor: Option<&tokio_rustls::TlsAcceptor>,
+    proxy: Option<ProxyProtocol>,
 ) -> Result<Option<(TlsIncoming, SocketAddr, LiveAcceptor)>, Error> {
     let Some(addr) = addr else {
         return Ok(None);
@@ -387,7 +407,7 @@ async fn bind_tls(
     let bound = listener.local_addr().map_err(err)?;
     let live = LiveAcceptor::new(acceptor.clone());
     Ok(Some((
-        TlsIncoming::new(listener, live.clone()),
+        TlsIncoming::new(listener, live.clone(), proxy),
         bound,
         live,
     )))

@@ -62,11 +62,21 @@ impl Broker {
     {
         // Every line the connection logs carries its peer and, once its CONNECT is read, its
         // client id (recorded by `accept`).
-        let span = tracing::info_span!(
-            "mqtt",
-            peer = %remote.name,
-            client = tracing::field::Empty
-        );
+        // Behind a balancer that sends a PROXY protocol header, the peer is recorded once the
+        // header has named it, and `via` is the balancer.
+        let span = match remote.proxy_header {
+            None => tracing::info_span!(
+                "mqtt",
+                peer = %remote.name,
+                client = tracing::field::Empty
+            ),
+            Some(_) => tracing::info_span!(
+                "mqtt",
+                via = %remote.name,
+                peer = tracing::field::Empty,
+                client = tracing::field::Empty
+            ),
+        };
         self.inner
             .connections
             .track_future(serve(self.clone(), io, remote).instrument(span))
@@ -84,7 +94,7 @@ where
         Some(uptake) => Gauge::Tcp(uptake),
         None => Gauge::Transport(io.accepted()),
     };
-    let peer = remote.name;
+    let mut peer = remote.name;
     let Some(slot) = broker
         .awaiting()
         .enter(remote.addr.map(|a| a.ip()), || false)
@@ -93,9 +103,36 @@ where
         broker_metrics.mqtt_closed_before_connect(ForRoom::no_room);
         return;
     };
+    // The PROXY protocol header, if any, and the CONNECT share one deadline.
+    let deadline = Instant::now() + cfg.connect_timeout;
+    let mut io = io;
+    let mut source = remote.addr.map(|a| a.ip());
+    if let (Some(proxy), Some(balancer)) = (&remote.proxy_header, remote.addr) {
+        let said = tokio::select! {
+            said = tokio::time::timeout_at(deadline, proxy.client(&mut io, balancer)) => said,
+            () = slot.given_up.cancelled() => {
+                tracing::debug!(%peer, "closed before its PROXY protocol header to make room for another address");
+                broker_metrics.mqtt_closed_before_connect(ForRoom::made_room);
+                return;
+            }
+        };
+        let client = match said {
+            Ok(Ok(client)) => client,
+            // Counted and logged by `client`.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                proxy.refuse(balancer, &"no PROXY protocol header in time");
+                return;
+            }
+        };
+        slot.moved_to(client.ip());
+        source = Some(client.ip());
+        peer = client.to_string();
+        tracing::Span::current().record("peer", tracing::field::display(&peer));
+    }
     let handshake = mqtt::handshake(io, cfg.max_packet_bytes);
     let read = tokio::select! {
-        read = tokio::time::timeout(cfg.connect_timeout, handshake) => read,
+        read = tokio::time::timeout_at(deadline, handshake) => read,
         () = slot.given_up.cancelled() => {
             tracing::debug!(%peer, "closed before CONNECT to make room for another address");
             broker_metrics.mqtt_closed_before_connect(ForRoom::made_room);
@@ -114,7 +151,6 @@ where
         }
         Ok(Ok(accepted)) => accepted,
     };
-    let source = remote.addr.map(|a| a.ip());
     let census = broker.background().clone();
     let accepted = accept(broker, &mut framed, connect, remote.identity, source).await;
     let Some(Accepted {

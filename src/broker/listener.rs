@@ -8,10 +8,13 @@ use super::admission::TransportIdentity;
 use super::handle::Broker;
 use super::remote::Remote;
 use crate::tcp::PromptAcks;
+use crate::tcp::proxy::ProxyProtocol;
 use crate::tls::{self, TlsIncoming};
 
-/// Accepts connections until the broker shuts down; each is served on its own task.
-pub async fn serve_tcp(broker: Broker, listener: TcpListener) {
+/// Accepts connections until the broker shuts down; each is served on its own task. With
+/// `proxy`, connections from the balancers it names start with a PROXY protocol header, read
+/// on the connection's task.
+pub async fn serve_tcp(broker: Broker, listener: TcpListener, proxy: Option<ProxyProtocol>) {
     loop {
         let accepted = tokio::select! {
             () = broker.shutdown_signal().cancelled() => return,
@@ -25,6 +28,7 @@ pub async fn serve_tcp(broker: Broker, listener: TcpListener) {
                     addr: Some(peer),
                     identity: None,
                     uptake: Some(socket.uptake()),
+                    proxy_header: proxy.clone().filter(|p| p.expects(peer.ip())),
                 };
                 tokio::spawn(broker.track(socket, remote));
             }
@@ -38,8 +42,8 @@ pub async fn serve_tcp(broker: Broker, listener: TcpListener) {
 }
 
 /// Accepts TLS connections until the broker shuts down. Handshakes happen in [`TlsIncoming`]
-/// (bounded and timed out); a client's certificate, if it presented one, goes along to
-/// authentication.
+/// (bounded and timed out, after the PROXY protocol header if it reads one); a client's
+/// certificate, if it presented one, goes along to authentication.
 pub async fn serve_tls(broker: Broker, mut incoming: TlsIncoming) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -51,6 +55,7 @@ pub async fn serve_tls(broker: Broker, mut incoming: TlsIncoming) {
             addr: Some(peer),
             identity: tls::client_cert_sha256(&stream).map(TransportIdentity::ClientCert),
             uptake: Some(stream.get_ref().0.uptake()),
+            proxy_header: None,
         };
         tokio::spawn(broker.track(stream, remote));
     }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use super::admission::TransportIdentity;
 use crate::tcp::Uptake;
+use crate::tcp::proxy::ProxyProtocol;
 
 /// A client connection as its listener (TCP, TLS, WebSocket) hands it to the broker.
 #[derive(Clone)]
@@ -19,4 +20,7 @@ pub struct Remote {
     pub identity: Option<TransportIdentity>,
     /// The TCP socket's count of what the client took; `None`: count what the stream accepts.
     pub uptake: Option<Uptake>,
+    /// Set when the stream starts with a PROXY protocol header, to read before the CONNECT:
+    /// `addr` and `name` are then the load balancer's until it is read.
+    pub proxy_header: Option<ProxyProtocol>,
 }

@@ -102,6 +102,21 @@ pub enum ForRoom {
     no_room,
 }
 
+/// A listener.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Listener {
+    mqtt,
+    mqtts,
+    http,
+    https,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ListenerLabel {
+    pub listener: Listener,
+}
+
 /// A TLS listener.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]

@@ -20,8 +20,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use labels::{
-    AuthFailure, CacheResult, DropReason, ForRoom, HttpLabels, OperationLabel, PoolLabel, QosLabel,
-    ResyncReason, TlsListener,
+    AuthFailure, CacheResult, DropReason, ForRoom, HttpLabels, Listener, OperationLabel, PoolLabel,
+    QosLabel, ResyncReason, TlsListener,
 };
 
 /// The `Content-Type` of the page.
@@ -46,6 +46,7 @@ struct Inner {
     mqtt_closed_before_connect: Family<labels::RoomLabel, Counter>,
     http_closed_for_room: Family<labels::RoomLabel, Counter>,
     tls_handshakes_given_up: Family<labels::TlsListenerLabel, Counter>,
+    proxy_headers_refused: Family<labels::ListenerLabel, Counter>,
     store_batch_size: Histogram,
     store_batch_duration: Histogram,
     store_cache: Family<labels::CacheLabel, Counter>,
@@ -128,6 +129,7 @@ impl Metrics {
         let mqtt_closed_before_connect = Family::default();
         let http_closed_for_room = Family::default();
         let tls_handshakes_given_up = Family::default();
+        let proxy_headers_refused = Family::default();
         let store_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let store_batch_duration = http_histogram();
         let store_cache = Family::default();
@@ -194,6 +196,12 @@ impl Metrics {
             "TLS handshakes given up for a newcomer because every handshake slot of the \
              listener was taken, by listener",
             tls_handshakes_given_up.clone(),
+        );
+        r.register(
+            "retaind_proxy_headers_refused",
+            "Connections closed because they did not start with a valid PROXY protocol header \
+             in time, on the listeners set to expect one, by listener",
+            proxy_headers_refused.clone(),
         );
         r.register(
             "retaind_store_write_batch_size",
@@ -374,6 +382,7 @@ impl Metrics {
             mqtt_closed_before_connect,
             http_closed_for_room,
             tls_handshakes_given_up,
+            proxy_headers_refused,
             store_batch_size,
             store_batch_duration,
             store_cache,
@@ -520,6 +529,17 @@ impl Metrics {
             .0
             .tls_handshakes_given_up
             .get_or_create(&labels::TlsListenerLabel { listener })
+            .clone();
+        ClusterCounters::catch_up(&counter, total);
+    }
+
+    /// Raises the connections `listener` closed for their PROXY protocol header to the total it
+    /// counted.
+    pub fn proxy_headers_refused(&self, listener: Listener, total: u64) {
+        let counter = self
+            .0
+            .proxy_headers_refused
+            .get_or_create(&labels::ListenerLabel { listener })
             .clone();
         ClusterCounters::catch_up(&counter, total);
     }

@@ -19,6 +19,7 @@
 //! Each connection also counts what it writes, for [`Uptake`]: how much of it the client has
 //! taken.
 
+pub mod proxy;
 mod rehome;
 pub mod slots;
 mod uptake;

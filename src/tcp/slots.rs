@@ -111,6 +111,17 @@ impl<K: Copy + Eq + Hash> Slots<K> {
         }
     }
 
+    /// The connection `key` turned out to come from `source` (a PROXY protocol header said so):
+    /// it counts there from now on.
+    pub fn set_source(&mut self, key: K, source: Source) {
+        let Some(holder) = self.held.get_mut(&key) else {
+            return;
+        };
+        let old = std::mem::replace(&mut holder.source, source);
+        *self.per_source.entry(source).or_default() += 1;
+        self.forget(old);
+    }
+
     /// The connection `id` went past the point the slots are for, ended, or was given up: its
     /// slot is free.
     pub fn remove(&mut self, id: K) {
@@ -250,6 +261,17 @@ impl Places {
             key,
             given_up,
         })
+    }
+}
+
+impl Place {
+    /// The connection turned out to come from `source` (a PROXY protocol header said so): its
+    /// place counts there from now on.
+    pub fn moved_to(&self, source: IpAddr) {
+        self.places
+            .state()
+            .slots
+            .set_source(self.key, Source::from(source));
     }
 }
 
@@ -412,6 +434,34 @@ mod tests {
         assert_eq!(slots.next_chance(), None);
         assert!(!slots.make_room(Instant::now()), "room already");
         assert!(!one.given_up());
+    }
+
+    #[test]
+    fn a_connection_moved_to_its_real_source_counts_there() {
+        let mut slots = Slots::new(4, Duration::ZERO);
+        let t0 = Instant::now();
+        // Four through one balancer (v4(9)): the oldest is a lone client, three one crowd.
+        let lone = pending(&mut slots, v4(9), t0);
+        let crowd: Vec<_> = (1..=3)
+            .map(|i| pending(&mut slots, v4(9), t0 + Duration::from_millis(i)))
+            .collect();
+        slots.set_source(lone.key, v4(1));
+        for c in &crowd {
+            slots.set_source(c.key, v4(2));
+        }
+        slots.set_source(u64::MAX, v4(3));
+        assert_eq!(
+            slots.per_source.get(&v4(9)),
+            None,
+            "the balancer holds none"
+        );
+        assert_eq!(slots.per_source[&v4(2)], 3);
+        // Counted by the balancer's address alone, the lone client, oldest, would go.
+        assert!(slots.make_room(t0 + Duration::from_secs(1)));
+        assert!(crowd[0].given_up());
+        assert!(!lone.given_up());
+        slots.remove(lone.key);
+        assert_eq!(slots.per_source.get(&v4(1)), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::phase::HttpTimeouts;
 use super::refusal::{MAX_HEAD_BYTES, MAX_HEADERS};
 use super::service::ConnectionService;
 use crate::api::Peer;
+use crate::tcp::proxy::ProxyProtocol;
 use crate::tcp::slots::Places;
 
 /// What every connection of a server shares.
@@ -27,6 +28,8 @@ pub(super) struct Settings {
     pub(super) router: Router,
     pub(super) timeouts: HttpTimeouts,
     pub(super) places: Places,
+    /// The PROXY protocol header to read first, from the balancers it names.
+    pub(super) proxy: Option<ProxyProtocol>,
 }
 
 /// When the server is stopping: first `graceful` (finish what is in flight, take nothing new),
@@ -37,20 +40,44 @@ pub(super) struct Stopping {
     pub(super) now: CancellationToken,
 }
 
-pub(super) async fn serve<I>(io: I, peer: Peer, settings: Settings, stopping: Stopping)
+pub(super) async fn serve<I>(mut io: I, mut peer: Peer, settings: Settings, stopping: Stopping)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new(Instant::now());
-    let addr = peer.addr;
     let serving = activity.clone();
     let Some(place) = settings
         .places
-        .enter(Some(addr.ip()), move || serving.is_busy())
+        .enter(Some(peer.addr.ip()), move || serving.is_busy())
     else {
-        tracing::debug!(%addr, "closed: every place for HTTP connections is taken");
+        tracing::debug!(addr = %peer.addr, "closed: every place for HTTP connections is taken");
         return;
     };
+    if let Some(proxy) = settings
+        .proxy
+        .as_ref()
+        .filter(|p| p.expects(peer.addr.ip()))
+    {
+        // Within the time a request's head has: the header comes before it.
+        let said = tokio::select! {
+            said = tokio::time::timeout(settings.timeouts.header, proxy.client(&mut io, peer.addr)) => said,
+            () = place.given_up.cancelled() => return,
+            () = stopping.graceful.cancelled() => return,
+        };
+        match said {
+            Ok(Ok(client)) => {
+                place.moved_to(client.ip());
+                peer.addr = client;
+            }
+            // Counted and logged by `client`.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                proxy.refuse(peer.addr, &"no PROXY protocol header in time");
+                return;
+            }
+        }
+    }
+    let addr = peer.addr;
     let service = ConnectionService {
         router: settings.router,
         peer,

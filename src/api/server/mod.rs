@@ -60,6 +60,7 @@ pub async fn serve<L>(
         router,
         timeouts,
         places,
+        proxy: listener.proxy_protocol(),
     };
     let stopping = Stopping {
         graceful: shutdown.clone(),
