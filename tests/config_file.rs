@@ -263,6 +263,39 @@ fn check_config_names_a_nats_key_file_that_does_not_load_at_its_key() {
     );
 }
 
+/// `--proxy-protocol` naming a listener that is off, and a proxy source that is not an
+/// address: each reported at its own key.
+#[test]
+fn check_config_reports_proxy_protocol_settings_that_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = write(
+        dir.path(),
+        "off.toml",
+        "mqtt_addr = \"127.0.0.1:0\"\nproxy_protocol = [\"mqtt\", \"mqtts\"]\n",
+    );
+    let (code, _, stderr) = run(dir.path(), &["check-config", off.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    let name = off.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{name}:2: `proxy_protocol`: --proxy-protocol names mqtts, which is off: give \
+             --mqtts-addr or leave it out"
+        )),
+        "{stderr}"
+    );
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "proxy_protocol = [\"http\"]\nproxy_protocol_from = [\"10.0.0.0/8\", \"lb.lan\"]\n",
+    );
+    let (code, _, stderr) = run(dir.path(), &["check-config", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("\"lb.lan\" is not an address or a network"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_config_accepts_the_example() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/retaind.toml");
