@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite. Works on a fresh machine: finds or starts Postgres, creates a scratch
-# database for this run, installs Mosquitto's clients and nats-server where missing, builds
+# database for this run, installs Mosquitto's clients, nats-server and HAProxy where missing, builds
 # retaind, runs the Rust tests (unit, store contract, HTTP and MQTT integration, clusters),
 # the boto3 compatibility tests in a Python venv it creates, and the web console's tests in
 # headless chromium.
@@ -20,10 +20,11 @@ export RETAIND_TEST_DATABASE_URL; RETAIND_TEST_DATABASE_URL=$(create_scratch_dat
 echo "test database: $RETAIND_TEST_DATABASE_URL"
 
 # The MQTT client tests drive retaind with Mosquitto's command-line clients; the cluster
-# tests start nats-server processes of their own.
+# tests start nats-server processes of their own, the PROXY protocol tests an HAProxy.
 missing=()
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian's ${missing[*]}" >&2
     apt=(env DEBIAN_FRONTEND=noninteractive apt-get)

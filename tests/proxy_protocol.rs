@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::balancer::{Balancer, Version, header};
+use common::haproxy::HaProxy;
 use common::mqtt::raw::{Raw, RawPacket, build, read_packet};
 use common::mqtt::within;
 use common::mqtt::ws::RawWs;
@@ -380,15 +381,46 @@ async fn places_before_connect_are_shared_by_the_addresses_the_headers_name() {
     let lone = Balancer::start(app.mqtt_addr, Version::V2, client("198.51.100.1:1")).await;
     let crowd = Balancer::start(app.mqtt_addr, Version::V2, client("198.51.100.2:2")).await;
     let newcomer = Balancer::start(app.mqtt_addr, Version::V1, client("198.51.100.3:3")).await;
-    let mut lone = Raw::open_addr(lone.addr).await;
+    let loopback = [127, 0, 0, 1].into();
+    places_go_to_the_crowd([
+        (lone.addr, loopback),
+        (crowd.addr, loopback),
+        (newcomer.addr, loopback),
+    ])
+    .await;
+}
+
+/// The same through a real HAProxy (`send-proxy-v2`), whose clients connect from three
+/// loopback addresses: HAProxy's own connections to retaind all come from 127.0.0.1.
+#[tokio::test]
+async fn places_before_connect_through_haproxy_count_the_clients_addresses() {
+    let (app, _cert) = app_with(&[ProxyListener::Mqtt], |c| {
+        c.mqtt_max_awaiting_connect = 4;
+    })
+    .await;
+    let haproxy = HaProxy::start(app.mqtt_addr, "send-proxy-v2").await;
+    places_go_to_the_crowd([
+        (haproxy.addr, [127, 0, 0, 2].into()),
+        (haproxy.addr, [127, 0, 0, 3].into()),
+        (haproxy.addr, [127, 0, 0, 4].into()),
+    ])
+    .await;
+}
+
+/// Fills four places before CONNECT: one connection to the first front from its local address
+/// (the lone client, the oldest), three to the second (the crowd); past their grace, the third
+/// front's client is served, the lone client keeps its place, one of the crowd's is closed.
+async fn places_go_to_the_crowd(fronts: [(SocketAddr, std::net::IpAddr); 3]) {
+    let [(lone, lone_ip), (crowd, crowd_ip), (newcomer, newcomer_ip)] = fronts;
+    let mut lone = Raw::open_from(lone, lone_ip).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut crowd_of = Vec::new();
     for _ in 0..3 {
-        crowd_of.push(Raw::open_addr(crowd.addr).await);
+        crowd_of.push(Raw::open_from(crowd, crowd_ip).await);
     }
     // Past the places' grace (2 s).
     tokio::time::sleep(Duration::from_millis(2_200)).await;
-    let mut fresh = Raw::open_addr(newcomer.addr).await;
+    let mut fresh = Raw::open_from(newcomer, newcomer_ip).await;
     fresh.send(&build::connect("fresh", true, 60, None)).await;
     assert_eq!(fresh.expect(2).await.body, [0, 0], "served");
     assert!(
@@ -404,6 +436,46 @@ async fn places_before_connect_are_shared_by_the_addresses_the_headers_name() {
         }
     }
     assert_eq!(closed, 1, "one of the crowd's made room");
+}
+
+/// mosquitto_pub through an HAProxy sending version 2 headers stores a retained message;
+/// mosquitto_sub through one sending version 1 receives it. Nothing is refused.
+#[tokio::test]
+async fn mosquitto_clients_through_haproxy_reach_the_broker() {
+    let (app, _cert) = app_with(&[ProxyListener::Mqtt], |_| {}).await;
+    let v2 = HaProxy::start(app.mqtt_addr, "send-proxy-v2").await;
+    let v1 = HaProxy::start(app.mqtt_addr, "send-proxy").await;
+    let port = |h: &HaProxy| h.addr.port().to_string();
+    let published = tokio::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port(&v2), "-A", "127.0.0.2"])
+        .args([
+            "-t",
+            "via/haproxy",
+            "-m",
+            "hello",
+            "-r",
+            "-q",
+            "1",
+            "-V",
+            "mqttv5",
+        ])
+        .output();
+    let published = within("mosquitto_pub", published).await.unwrap();
+    assert!(published.status.success(), "{published:?}");
+    assert_eq!(
+        stored(&app, "via/haproxy").await.as_deref(),
+        Some(&b"hello"[..])
+    );
+    let received = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port(&v1), "-A", "127.0.0.3"])
+        .args(["-t", "via/haproxy", "-C", "1", "-W", "10"])
+        .output();
+    let received = within("mosquitto_sub", received).await.unwrap();
+    assert!(received.status.success(), "{received:?}");
+    assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), "hello");
+    let page = app.get("/metrics").await.text().await.unwrap();
+    let series = "retaind_proxy_headers_refused_total{listener=\"mqtt\"}";
+    assert_eq!(common::metric_value(&page, series), 0.0);
 }
 
 /// The same for HTTP connections: the lone client's idle connection, the oldest, keeps its
