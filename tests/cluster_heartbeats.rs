@@ -792,11 +792,19 @@ async fn an_adoption_whose_commit_went_unanswered_is_taken_up_once_the_database_
     })
     .await
     .expect("A to adopt B's sessions, once B is found dead");
-    // Past A's database timeout (1 s): A gives the commit up.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Past A's database timeout (1 s), A gives the commit up and keeps the adoption in doubt
+    // until its next heartbeat asks the database (2 s later).
+    let in_doubt = "retaind_cluster_adoptions_in_doubt";
+    within("the adoption in doubt in A's metrics", async {
+        while metric(scene.a.http_addr, in_doubt).await != 1.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     scene.proxy.resume();
     let will = scene.will(Duration::from_secs(15)).await;
     scene.adopted_once(will).await;
+    assert_eq!(metric(scene.a.http_addr, in_doubt).await, 0.0, "settled");
 }
 
 /// The survivor's COMMIT of an adoption is lost with its connection and never reaches the

@@ -29,6 +29,8 @@ pub(super) fn on_scrape(broker: &Broker) {
         g.cluster_nodes.set(count(cluster.live_nodes()));
         g.cluster_nodes_other_frame_version
             .set(count(cluster.nodes_of_other_frame_versions()));
+        g.cluster_adoptions_in_doubt
+            .set(count(cluster.adoptions_in_doubt()));
         g.cluster_unrecorded_connection_ends
             .set(count(cluster.unrecorded_connection_ends()));
         g.cluster_nats_connected

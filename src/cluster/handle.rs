@@ -670,6 +670,11 @@ impl Cluster {
         self.inner.headcount.other_frames()
     }
 
+    /// Adoptions whose commit went unanswered, until the database says what became of them.
+    pub fn adoptions_in_doubt(&self) -> usize {
+        self.inner.headcount.in_doubt()
+    }
+
     /// Leaves the service: withdraws this node's interest, claims and heartbeat, and stops
     /// its tasks.
     pub async fn stop(&self) {

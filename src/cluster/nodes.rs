@@ -130,6 +130,8 @@ pub async fn leave(pool: &PgPool, node: &str) -> Result<(), sqlx::Error> {
 pub struct Headcount {
     live: AtomicUsize,
     other_frames: AtomicUsize,
+    /// Adoptions in doubt after the last pass.
+    in_doubt: AtomicUsize,
     /// Passes that failed or did not finish within the database timeout.
     failures: AtomicU64,
     /// Passes that found this node's row gone.
@@ -141,6 +143,7 @@ impl Default for Headcount {
         Self {
             live: AtomicUsize::new(1),
             other_frames: AtomicUsize::new(0),
+            in_doubt: AtomicUsize::new(0),
             failures: AtomicU64::new(0),
             taken_for_dead: AtomicU64::new(0),
         }
@@ -154,6 +157,10 @@ impl Headcount {
     }
 
     /// Live nodes that send another frame version than this node's (see [`Census`]).
+    pub fn in_doubt(&self) -> usize {
+        self.in_doubt.load(Ordering::Relaxed)
+    }
+
     pub fn other_frames(&self) -> usize {
         self.other_frames.load(Ordering::Relaxed)
     }
@@ -248,6 +255,7 @@ pub async fn run(
                     adoption::adopt(&pool, &node, orphans, &sessions, &mut in_doubt, &adopted)
                         .await;
                 }
+                headcount.in_doubt.store(in_doubt.len(), Ordering::Relaxed);
             }
             Err(e) => {
                 heard_since = None;

@@ -69,6 +69,7 @@ pub struct Gauges {
     pub retained_bytes: Gauge,
     pub cluster_nodes: Gauge,
     pub cluster_nodes_other_frame_version: Gauge,
+    pub cluster_adoptions_in_doubt: Gauge,
     pub cluster_unrecorded_connection_ends: Gauge,
     pub cluster_nats_connected: Gauge,
     pub store_pool_connections: Family<labels::PoolLabel, Gauge>,
@@ -286,6 +287,12 @@ impl Metrics {
              this node's: they send another frame version (not 0 only during a rolling upgrade \
              across frame versions)",
             gauges.cluster_nodes_other_frame_version.clone(),
+        );
+        r.register(
+            "retaind_cluster_adoptions_in_doubt",
+            "Adoptions of a dead node's sessions whose commit went unanswered, until the \
+             database says whether it committed (asked at each heartbeat; at most 64 kept)",
+            gauges.cluster_adoptions_in_doubt.clone(),
         );
         r.register(
             "retaind_cluster_unrecorded_connection_ends",
