@@ -309,6 +309,16 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_CLUSTER_NKEY", requires = "cluster_url")]
     pub cluster_nkey: Option<PathBuf>,
 
+    /// The JetStream domain that holds the interest bucket, when the NATS server the node
+    /// connects to is a leaf node whose own JetStream (if any) is another domain: every node
+    /// of the service must reach the same bucket. Off: the server's own JetStream.
+    #[arg(
+        long,
+        env = "RETAIND_CLUSTER_JETSTREAM_DOMAIN",
+        requires = "cluster_url"
+    )]
+    pub cluster_jetstream_domain: Option<String>,
+
     /// The first token of every NATS subject the service uses, and its bucket's name, so that
     /// several services can share one NATS.
     #[arg(long, env = "RETAIND_CLUSTER_PREFIX", default_value = "retaind")]

@@ -187,6 +187,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
                     cluster_key_file(config),
                 )?,
                 prefix: config.cluster_prefix.clone(),
+                jetstream_domain: config.cluster_jetstream_domain.clone(),
                 startup_wait: config.db_startup_wait,
                 max_payload_bytes: config.max_payload_bytes,
                 topic_limits,

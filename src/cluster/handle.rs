@@ -56,6 +56,8 @@ pub struct ClusterConfig {
     /// The first token of every subject and the bucket's name: services sharing one NATS
     /// each have their own.
     pub prefix: String,
+    /// The JetStream domain of the interest bucket; `None`: the server's own JetStream.
+    pub jetstream_domain: Option<String>,
     /// How long to keep trying to reach NATS at start.
     pub startup_wait: Duration,
     /// This node's `--max-payload-bytes`, which must fit NATS's message size.
@@ -147,6 +149,9 @@ impl Cluster {
     /// Connects to NATS (retrying for `startup_wait`) and starts following the other nodes.
     pub async fn start(config: ClusterConfig) -> Result<Self, Error> {
         check_prefix(&config.prefix)?;
+        if let Some(domain) = &config.jetstream_domain {
+            check_domain(domain)?;
+        }
         let node: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
         let claims = Claims::open(&config.database_url, config.database_timeout)
             .await
@@ -170,7 +175,12 @@ impl Cluster {
             config.max_payload_bytes,
         )
         .await?;
-        let js = async_nats::jetstream::new(client.clone());
+        // A leaf node's clients reach another domain's JetStream through `$JS.<domain>.API`;
+        // async-nats then also sends the bucket's puts that way.
+        let js = match &config.jetstream_domain {
+            Some(domain) => async_nats::jetstream::with_domain(client.clone(), domain),
+            None => async_nats::jetstream::new(client.clone()),
+        };
         // JetStream must answer now: a node that cannot announce its interest would miss
         // every message published elsewhere.
         super::bucket::open(&js, &config.prefix)
@@ -727,13 +737,24 @@ fn queue<T>(channel: &mpsc::Sender<T>, budget: &Budget, n: usize, item: T) -> bo
 
 /// A prefix is one NATS token and part of the bucket's name.
 fn check_prefix(prefix: &str) -> Result<(), Error> {
-    let ok = !prefix.is_empty()
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if is_token(prefix) {
         Ok(())
     } else {
         Err(Error::Prefix(prefix.to_owned()))
     }
+}
+
+/// A domain is one token of the JetStream API's subjects.
+fn check_domain(domain: &str) -> Result<(), Error> {
+    if is_token(domain) {
+        Ok(())
+    } else {
+        Err(Error::Domain(domain.to_owned()))
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }

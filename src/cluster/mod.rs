@@ -63,6 +63,8 @@ pub enum Error {
     JetStream { url: String, cause: String },
     #[error("--cluster-prefix {0:?} must be letters, digits, '_' and '-'")]
     Prefix(String),
+    #[error("--cluster-jetstream-domain {0:?} must be letters, digits, '_' and '-'")]
+    Domain(String),
     #[error("{flag} {}: {cause}", path.display())]
     KeyFile {
         flag: &'static str,
