@@ -1886,3 +1886,63 @@ async fn nothing_after(publisher: &mut Raw, pkid: u16, client: &mut Raw, why: &s
     client.send(&[0xC0, 0]).await;
     assert_eq!(client.expect(13).await.kind(), 13, "{why}");
 }
+
+/// A node stopped with a drain time (`--mqtt-drain-time`) asks its clients to leave one after
+/// another, with DISCONNECT 0x9C Use another server, not all at once. Each reconnects to the
+/// other node and resumes its persistent session there, handed over live by the node still
+/// draining: session present, and its subscription delivers there.
+#[tokio::test]
+async fn a_drained_nodes_clients_resume_their_sessions_on_another_node_a_few_at_a_time() {
+    let nats = Nats::start().await;
+    let nodes = common::cluster_nodes_with(&nats.url(), 2, |c| {
+        c.mqtt_drain_time = Duration::from_secs(2);
+    })
+    .await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes).ok().unwrap();
+    let a_addr = a.mqtt_addr;
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let id = format!("drained{i}");
+        let (mut raw, _) = Raw::connect(&b, &persistent(&id, true)).await;
+        raw.send(&build::subscribe(1, &format!("inbox/{i}"), 1, Some(&[])))
+            .await;
+        raw.expect(9).await;
+        clients.push(tokio::spawn(async move {
+            let got = within("the drain's DISCONNECT", raw.until_closed()).await;
+            let left = Instant::now();
+            let mut raw = Raw::open_addr(a_addr).await;
+            raw.send(&persistent(&id, false)).await;
+            let ack = within("a CONNACK from the other node", raw.expect(2)).await;
+            (got, left, ack, raw)
+        }));
+    }
+    until_sends(&a, "inbox/5").await;
+    let started = Instant::now();
+    let stopping = tokio::spawn(b.stop());
+    let mut left = Vec::new();
+    let mut resumed = Vec::new();
+    for client in clients {
+        let (got, at, ack, raw) = client.await.unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].disconnect_reason(), 0x9C, "Use another server");
+        assert_eq!(ack.body[..2], [1, 0], "session present, on the other node");
+        left.push(at.duration_since(started));
+        resumed.push(raw);
+    }
+    left.sort();
+    assert!(
+        left[left.len() - 1] - left[0] >= Duration::from_millis(1200),
+        "one after another over the drain time: {left:?}"
+    );
+    within("B to stop", stopping).await.unwrap();
+    let (mut publisher, _) = V5::connect(v5_options(&a, "publisher")).await;
+    for (i, raw) in resumed.iter_mut().enumerate() {
+        publisher
+            .publish(&format!("inbox/{i}"), Qos5::AtLeastOnce, false, b"after")
+            .await;
+        let publish = within("the resumed subscription", raw.expect(3))
+            .await
+            .publish(true);
+        assert_eq!(publish.payload, b"after");
+    }
+}

@@ -114,3 +114,70 @@ async fn a_sigterm_right_after_the_addresses_are_printed_stops_gracefully() {
         retaind.terminate().await;
     }
 }
+
+/// With `--mqtt-drain-time`, shutdown first stops taking connections, then asks the connected
+/// clients to leave one after another over the drain time (MQTT 5: DISCONNECT 0x8B on a node
+/// alone), not all at once. A client that leaves this way is not gone by its own doing: its
+/// Will is not published.
+#[tokio::test]
+async fn a_drain_spreads_the_disconnects_over_its_time_and_publishes_no_will() {
+    use common::mqtt::raw::{Raw, read_packet};
+    let db = common::fresh_db(Backend::Sqlite).await;
+    let mut config = common::test_config(&db.url);
+    config.mqtt_drain_time = Duration::from_secs(2);
+    let app = common::spawn_app_with(db, config).await;
+    let addr = app.mqtt_addr;
+    let will = build::Will {
+        topic: "will/w",
+        payload: b"gone",
+        qos: 1,
+        retain: true,
+        props: &[],
+    };
+    let (_willing, _) = Raw::connect(
+        &app,
+        &build::connect_with_will("w", true, 60, Some(&[]), will),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let stream = connect(addr, &format!("c{i}")).await;
+        clients.push(tokio::spawn(async move {
+            let mut stream = stream;
+            let goodbye = common::mqtt::within("a DISCONNECT", read_packet(&mut stream))
+                .await
+                .expect("a DISCONNECT before the close");
+            (goodbye, std::time::Instant::now())
+        }));
+    }
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener stops taking connections first"
+    );
+    let mut at = Vec::new();
+    for client in clients {
+        let (goodbye, when) = client.await.unwrap();
+        assert_eq!((goodbye.kind(), goodbye.body[0]), (14, 0x8B), "{goodbye:?}");
+        at.push(when.duration_since(started));
+    }
+    at.sort();
+    let (first, last) = (at[0], at[at.len() - 1]);
+    assert!(
+        last - first >= Duration::from_millis(1200),
+        "spread over the drain time: {at:?}"
+    );
+    assert!(last < Duration::from_millis(2500), "within it: {at:?}");
+    // Kept until the end: dropping it removes the SQLite file.
+    let db = common::mqtt::within("the shutdown", stopping)
+        .await
+        .unwrap();
+    let store = common::open_backend(&db.url).await;
+    assert_eq!(
+        store.count(None).await.unwrap(),
+        0,
+        "no retained Will stored"
+    );
+}

@@ -218,6 +218,14 @@ pub struct ServeConfig {
           value_parser = humantime::parse_duration)]
     pub mqtt_write_timeout: Duration,
 
+    /// At shutdown, the time over which connected MQTT clients are asked to leave one after
+    /// another (e.g. 30s), after the listeners stop taking connections, so that they
+    /// reconnect to the other nodes a few at a time; 0: all at once. The process then takes up
+    /// to this long more to stop.
+    #[arg(long, env = "RETAIND_MQTT_DRAIN_TIME", default_value = "0s",
+          value_parser = humantime::parse_duration)]
+    pub mqtt_drain_time: Duration,
+
     /// Priority of a connection delivering a large retained set (a subscription whose retained
     /// messages take more than one page of reads): `background` runs it on threads that yield
     /// to every other thread of the machine until its reads are done, so that live publishes

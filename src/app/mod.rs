@@ -215,6 +215,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_keep_alive: config.mqtt_max_keep_alive,
             max_session_expiry: config.mqtt_max_session_expiry,
             write_timeout: config.mqtt_write_timeout,
+            drain_time: config.mqtt_drain_time,
             sys_interval: config.sys_interval,
             retained_in_background: !matches!(
                 config.mqtt_retained_delivery_priority,

@@ -44,6 +44,9 @@ pub struct BrokerConfig {
     /// Whether a connection owing a subscription more than a page of retained messages runs on
     /// the background threads until its scans are done (`background`).
     pub retained_in_background: bool,
+    /// At shutdown, the time over which connected clients are asked to leave, one after
+    /// another, so that they reconnect to the other nodes a few at a time; zero: all at once.
+    pub drain_time: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -67,6 +70,7 @@ impl Default for BrokerConfig {
             max_session_expiry: 3600,
             sys_interval: Duration::ZERO,
             retained_in_background: true,
+            drain_time: Duration::ZERO,
         }
     }
 }

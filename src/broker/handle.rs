@@ -60,6 +60,10 @@ pub(super) struct Inner {
     pub config: BrokerConfig,
     sessions: Sessions,
     pub shutdown: CancellationToken,
+    /// Cancelled when shutdown begins, before the connections are asked to leave: the
+    /// listeners stop taking connections, and a connection that ends from then on publishes
+    /// no Will (the server went away, not the client).
+    pub stopping: CancellationToken,
     /// Every connection task, so shutdown can wait for them to say goodbye.
     pub connections: TaskTracker,
     /// Connections past CONNECT, against `config.max_connections`.
@@ -101,6 +105,7 @@ impl Broker {
                 config,
                 sessions: Sessions::new(limits, cluster.clone(), metrics.clone()),
                 shutdown: CancellationToken::new(),
+                stopping: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 live: Arc::default(),
                 password_checks: PasswordChecks::new(),
@@ -258,8 +263,20 @@ impl Broker {
             .route_to_member(Arc::new(Message::routed(routed)), now, spec, member);
     }
 
-    /// Asks every connection to close (MQTT 5: DISCONNECT 0x8B) and waits for them, up to `grace`.
+    /// Stops taking connections, asks every connection to close (MQTT 5: DISCONNECT 0x8B) and
+    /// waits for them, up to `grace`. With a drain time, the connected clients are first asked
+    /// to leave one after another over that time (`drain`).
     pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.cancel();
+        let drain_time = self.inner.config.drain_time;
+        if !drain_time.is_zero() {
+            super::drain::drain(
+                &self.inner.sessions,
+                drain_time,
+                self.inner.cluster.is_some(),
+            )
+            .await;
+        }
         self.inner.shutdown.cancel();
         self.inner.connections.close();
         if tokio::time::timeout(grace, self.inner.connections.wait())
@@ -272,6 +289,11 @@ impl Broker {
 
     pub(crate) fn shutdown_signal(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// Cancelled when shutdown begins: no connection is taken from then on.
+    pub(crate) fn stopping_signal(&self) -> &CancellationToken {
+        &self.inner.stopping
     }
 
     /// Adds or replaces a subscription (see [`Sessions::subscribe`]).

@@ -17,7 +17,7 @@ use crate::tls::{self, TlsIncoming};
 pub async fn serve_tcp(broker: Broker, listener: TcpListener, proxy: Option<ProxyProtocol>) {
     loop {
         let accepted = tokio::select! {
-            () = broker.shutdown_signal().cancelled() => return,
+            () = broker.stopping_signal().cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -47,7 +47,7 @@ pub async fn serve_tcp(broker: Broker, listener: TcpListener, proxy: Option<Prox
 pub async fn serve_tls(broker: Broker, mut incoming: TlsIncoming) {
     loop {
         let (stream, peer) = tokio::select! {
-            () = broker.shutdown_signal().cancelled() => return,
+            () = broker.stopping_signal().cancelled() => return,
             established = incoming.next() => established,
         };
         let remote = Remote {

@@ -21,6 +21,7 @@ mod conditional;
 mod config;
 mod connection;
 mod deferred;
+mod drain;
 mod end;
 mod handle;
 mod inbound_publish;

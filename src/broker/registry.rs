@@ -142,11 +142,7 @@ impl Session {
     /// The principal's credentials are gone: the attached connection, if any, closes
     /// (MQTT 5: DISCONNECT 0x87 Not authorized). True if one was attached.
     pub fn revoke(&self) -> bool {
-        let online = self.online.load(Ordering::Acquire);
-        if online {
-            self.kick(DisconnectReasonCode::NotAuthorized);
-        }
-        online
+        self.ask_to_leave(DisconnectReasonCode::NotAuthorized)
     }
 
     /// A message reaches a client only if its principal may `iot:Receive` the topic,
@@ -199,6 +195,20 @@ impl Session {
         self.link()
             .as_ref()
             .map_or(DisconnectReasonCode::SessionTakenOver, |(_, r)| *r)
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    /// Asks the attached connection, if any, to close with `reason`; whether one was attached.
+    pub fn ask_to_leave(&self, reason: DisconnectReasonCode) -> bool {
+        let online = self.is_online();
+        if online {
+            self.kick(reason);
+        }
+        online
     }
 
     fn kick(&self, reason: DisconnectReasonCode) {
