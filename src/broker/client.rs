@@ -565,7 +565,7 @@ impl Client {
     }
 
     pub fn shutting_down(&self) -> bool {
-        self.broker.stopping_signal().is_cancelled()
+        self.broker.shutdown_signal().is_cancelled()
     }
 
     /// What goes to the client besides answers.

@@ -494,7 +494,17 @@ where
     }
 
     async fn finish(mut self, end: End) {
-        let publish_will = end.publishes_will() && !self.client.shutting_down();
+        // Closed by a shutdown, or asked to leave by a drain: the server went away, not the
+        // client. A connection that ends by itself while a drain goes on keeps its Will.
+        let server_left = self.client.shutting_down()
+            || matches!(
+                end,
+                End::Close(
+                    DisconnectReasonCode::ServerShuttingDown
+                        | DisconnectReasonCode::UseAnotherServer
+                )
+            );
+        let publish_will = end.publishes_will() && !server_left;
         let mut reset = false;
         match &end {
             End::Close(reason) => {

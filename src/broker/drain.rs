@@ -23,11 +23,13 @@ pub(super) async fn drain(sessions: &Sessions, time: Duration, others_serve: boo
     } else {
         DisconnectReasonCode::ServerShuttingDown
     };
-    let connected: Vec<_> = sessions
+    let mut connected: Vec<_> = sessions
         .all()
         .into_iter()
         .filter(|s| s.is_online())
         .collect();
+    // In client id order: any order spreads the load; this one is the same at every drain.
+    connected.sort_by(|a, b| a.key.cmp(&b.key));
     if connected.is_empty() {
         return;
     }

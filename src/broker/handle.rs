@@ -61,8 +61,7 @@ pub(super) struct Inner {
     sessions: Sessions,
     pub shutdown: CancellationToken,
     /// Cancelled when shutdown begins, before the connections are asked to leave: the
-    /// listeners stop taking connections, and a connection that ends from then on publishes
-    /// no Will (the server went away, not the client).
+    /// listeners stop taking connections.
     pub stopping: CancellationToken,
     /// Every connection task, so shutdown can wait for them to say goodbye.
     pub connections: TaskTracker,
