@@ -6,7 +6,7 @@
 mod common;
 
 use common::mqtt::raw::{Raw, RawPacket, build};
-use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config, topic};
+use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
 
 const PASSWORD: &str = "s3cret-device";
 const ADMIN_PASSWORD: &str = "admin-pass";
@@ -84,14 +84,6 @@ fn connack_code(ack: &RawPacket) -> u8 {
     ack.body[1]
 }
 
-async fn stored(app: &TestApp, t: &str) -> Option<Vec<u8>> {
-    app.store()
-        .get(topic(t))
-        .await
-        .unwrap()
-        .map(|m| m.payload.to_vec())
-}
-
 #[tokio::test]
 async fn a_wrong_password_is_refused_with_0x04_and_0x86() {
     let (app, _dir) = app().await;
@@ -164,10 +156,10 @@ async fn a_denied_publish_gets_0x87_and_stores_nothing() {
     ))
     .await;
     assert_eq!(c.expect(4).await.ack_reason(), 0x00);
-    assert_eq!(stored(&app, "other/x").await, None);
-    assert_eq!(stored(&app, "shared/x").await, None);
+    assert_eq!(app.stored_payload("other/x").await, None);
+    assert_eq!(app.stored_payload("shared/x").await, None);
     assert_eq!(
-        stored(&app, "devices/dev1/state").await.as_deref(),
+        app.stored_payload("devices/dev1/state").await.as_deref(),
         Some(&b"ok"[..])
     );
 }
@@ -191,9 +183,9 @@ async fn a_denied_v3_publish_is_dropped_and_stores_nothing() {
     ))
     .await;
     c.expect(4).await;
-    assert_eq!(stored(&app, "other/x").await, None);
+    assert_eq!(app.stored_payload("other/x").await, None);
     assert_eq!(
-        stored(&app, "devices/dev1/s").await.as_deref(),
+        app.stored_payload("devices/dev1/s").await.as_deref(),
         Some(&b"ok"[..])
     );
 }

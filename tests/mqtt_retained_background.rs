@@ -10,19 +10,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::mqtt::raw::{Raw, build, read_packet};
 use common::mqtt::ws::RawWs;
 use common::sockets;
+use common::tls::LocalhostCert;
 use common::writes::message;
 use common::{Backend, T0_MS, TestApp, fresh_db, open_backend, spawn_app_with, test_config};
 use retaind::app::{DeliveryPriority, ServeConfig};
 use retaind::store::{OwnedWrite, Write};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
 
@@ -309,45 +308,14 @@ fn ws_topic((first, body): (u8, Vec<u8>)) -> String {
 
 /// A server like [`seeded`]'s with MQTT over TLS and HTTPS on, and a client that trusts it.
 async fn seeded_over_tls(backend: Backend) -> (TestApp, TlsClient) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let (app, _) = seeded_with(backend, |config| {
-        config.mqtts_addr = Some("127.0.0.1:0".parse().unwrap());
-        config.https_addr = Some("127.0.0.1:0".parse().unwrap());
-        config.tls_cert = Some(cert_file);
-        config.tls_key = Some(key_file);
-    })
-    .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = TlsConnector::from(Arc::new(config));
-    (
-        app,
-        TlsClient {
-            connector,
-            _dir: dir,
-        },
-    )
+    let cert = LocalhostCert::new();
+    let (app, _) = seeded_with(backend, |config| cert.serve_tls(config)).await;
+    (app, TlsClient { cert })
 }
 
 struct TlsClient {
-    connector: TlsConnector,
     /// The server's certificate and key, kept while the server runs.
-    _dir: tempfile::TempDir,
+    cert: LocalhostCert,
 }
 
 impl TlsClient {
@@ -357,7 +325,8 @@ impl TlsClient {
         let end = ServerEnd::of(addr, &tcp);
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let stream = self
-            .connector
+            .cert
+            .connector()
             .connect(name, tcp)
             .await
             .expect("TLS handshake");

@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::balancer::{Balancer, Version, header};
@@ -16,13 +15,11 @@ use common::mqtt::raw::{Raw, RawPacket, build, read_packet};
 use common::mqtt::within;
 use common::mqtt::ws::RawWs;
 use common::raw_http::exchange;
-use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config, topic};
+use common::tls::LocalhostCert;
+use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
 use retaind::app::{ProxyListener, ServeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 const ALL: [ProxyListener; 4] = [
     ProxyListener::Mqtt,
@@ -31,59 +28,15 @@ const ALL: [ProxyListener; 4] = [
     ProxyListener::Https,
 ];
 
-/// A server certificate for localhost, as PEM files in a directory kept while the test runs.
-struct Cert {
-    dir: tempfile::TempDir,
-    der: CertificateDer<'static>,
-}
-
-impl Cert {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-        Self {
-            dir,
-            der: cert.der().clone(),
-        }
-    }
-
-    fn connector(&self) -> TlsConnector {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
-    }
-
-    async fn tls(&self, addr: SocketAddr) -> std::io::Result<impl AsyncReadExt + AsyncWriteExt> {
-        let tcp = TcpStream::connect(addr).await?;
-        let name = ServerName::try_from("localhost").unwrap();
-        self.connector().connect(name, tcp).await
-    }
-}
-
 /// A service with every listener on, those in `listeners` behind a balancer.
 async fn app_with(
     listeners: &[ProxyListener],
     edit: impl FnOnce(&mut ServeConfig),
-) -> (TestApp, Cert) {
-    let cert = Cert::new();
+) -> (TestApp, LocalhostCert) {
+    let cert = LocalhostCert::new();
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = test_config(&db.url);
-    config.mqtts_addr = Some("127.0.0.1:0".parse().unwrap());
-    config.https_addr = Some("127.0.0.1:0".parse().unwrap());
-    config.tls_cert = Some(cert.dir.path().join("cert.pem"));
-    config.tls_key = Some(cert.dir.path().join("key.pem"));
+    cert.serve_tls(&mut config);
     config.proxy_protocol = listeners.to_vec();
     edit(&mut config);
     (spawn_app_with(db, config).await, cert)
@@ -115,14 +68,6 @@ async fn retain_over(stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin), t
     assert_eq!((ack.kind(), ack.body[1]), (2, 0), "{ack:?}");
     let puback = within("PUBACK", read_packet(stream)).await.unwrap();
     assert_eq!(puback.kind(), 4, "{puback:?}");
-}
-
-async fn stored(app: &TestApp, t: &str) -> Option<Vec<u8>> {
-    app.store()
-        .get(topic(t))
-        .await
-        .unwrap()
-        .map(|m| m.payload.to_vec())
 }
 
 /// The connections `listener` refused for their header, read from the metrics through a
@@ -166,7 +111,10 @@ async fn every_listener_behind_a_balancer_serves_what_follows_the_header() {
     retain_over(&mut tcp, "via/mqtt").await;
 
     let lb = Balancer::start(mqtts, Version::V1, client("198.51.100.2:1002")).await;
-    let mut tls = cert.tls(lb.addr).await.expect("TLS through the balancer");
+    let mut tls = cert
+        .connect(lb.addr)
+        .await
+        .expect("TLS through the balancer");
     retain_over(&mut tls, "via/mqtts").await;
 
     let lb = Balancer::start(app.http_addr, Version::V2, client("198.51.100.3:1003")).await;
@@ -186,7 +134,7 @@ async fn every_listener_behind_a_balancer_serves_what_follows_the_header() {
 
     for t in ["via/mqtt", "via/mqtts", "via/ws"] {
         assert_eq!(
-            stored(&app, t).await.as_deref(),
+            app.stored_payload(t).await.as_deref(),
             Some(&b"through"[..]),
             "{t}"
         );
@@ -200,7 +148,10 @@ async fn every_listener_behind_a_balancer_serves_what_follows_the_header() {
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
 
     let lb = Balancer::start(https, Version::V1, client("198.51.100.4:1004")).await;
-    let mut tls = cert.tls(lb.addr).await.expect("TLS through the balancer");
+    let mut tls = cert
+        .connect(lb.addr)
+        .await
+        .expect("TLS through the balancer");
     let got = exchange(
         &mut tls,
         b"GET /retainedMessage/via%2Fmqtts HTTP/1.1\r\nHost: localhost\r\n\r\n",
@@ -246,7 +197,7 @@ async fn a_connection_without_a_valid_header_is_closed_and_changes_nothing() {
 
     // MQTT over TLS: the ClientHello is not a header.
     assert!(
-        cert.tls(mqtts).await.is_err(),
+        cert.connect(mqtts).await.is_err(),
         "no handshake without a header"
     );
     assert_eq!(refused(&app, "mqtts").await, 1.0);
@@ -270,11 +221,11 @@ async fn a_connection_without_a_valid_header_is_closed_and_changes_nothing() {
     assert_eq!(refused(&app, "http").await, 2.0);
 
     // HTTPS, like MQTT over TLS.
-    assert!(cert.tls(https).await.is_err());
+    assert!(cert.connect(https).await.is_err());
     assert_eq!(refused(&app, "https").await, 1.0);
 
-    assert_eq!(stored(&app, "bad/mqtt").await, None);
-    assert_eq!(stored(&app, "bad/http").await, None);
+    assert_eq!(app.stored_payload("bad/mqtt").await, None);
+    assert_eq!(app.stored_payload("bad/http").await, None);
     assert!(app.store().list(None, 10).await.unwrap().is_empty());
 }
 
@@ -307,11 +258,11 @@ async fn only_the_balancers_named_must_send_a_header() {
     balancer.expect(4).await;
 
     assert_eq!(
-        stored(&app, "from/direct").await.as_deref(),
+        app.stored_payload("from/direct").await.as_deref(),
         Some(&b"d"[..])
     );
     assert_eq!(
-        stored(&app, "from/balancer").await.as_deref(),
+        app.stored_payload("from/balancer").await.as_deref(),
         Some(&b"b"[..])
     );
     let page = app.get("/metrics").await.text().await.unwrap();
@@ -463,7 +414,7 @@ async fn mosquitto_clients_through_haproxy_reach_the_broker() {
     let published = within("mosquitto_pub", published).await.unwrap();
     assert!(published.status.success(), "{published:?}");
     assert_eq!(
-        stored(&app, "via/haproxy").await.as_deref(),
+        app.stored_payload("via/haproxy").await.as_deref(),
         Some(&b"hello"[..])
     );
     let received = tokio::process::Command::new("mosquitto_sub")

@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod raw_http;
 pub mod sockets;
 pub mod sse;
+pub mod tls;
 pub mod writes;
 
 use std::str::FromStr;
@@ -184,6 +185,15 @@ impl TestApp {
             .send()
             .await
             .expect("HTTP request")
+    }
+
+    /// The payload of the retained message at `t`, if one is stored.
+    pub async fn stored_payload(&self, t: &str) -> Option<Vec<u8>> {
+        self.store()
+            .get(topic(t))
+            .await
+            .unwrap()
+            .map(|m| m.payload.to_vec())
     }
 
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
