@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use common::balancer::{Version, header};
 use common::logs::Captured;
 use common::mqtt::raw::{Raw, build};
 use common::{Backend, fresh_db, spawn_app_with, test_config};
 use retaind::api::{self, AllowedHosts, ApiState, HttpIncoming, HttpTimeouts, PageTokens};
 use retaind::api::{RateLimits, Throttle};
+use retaind::app::ProxyListener;
 use retaind::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +37,9 @@ async fn log_lines_name_their_request_or_client_and_a_panic_is_a_500() {
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = test_config(&db.url);
     config.principals = Some(path);
+    // A load balancer at 127.0.0.2 in front of MQTT and HTTP; other peers connect directly.
+    config.proxy_protocol = vec![ProxyListener::Mqtt, ProxyListener::Http];
+    config.proxy_protocol_from = vec!["127.0.0.2/32".parse().unwrap()];
     let app = spawn_app_with(db, config).await;
 
     // HTTP: a request refused for its credentials logs why, inside the request's span.
@@ -50,6 +55,52 @@ async fn log_lines_name_their_request_or_client_and_a_panic_is_a_500() {
         .find(|l| l.contains("authentication failed"))
         .expect("the refusal is logged");
     assert!(why.contains(&format!("request_id={id}")), "{why}");
+    // Its access line names the client.
+    let access = lines
+        .iter()
+        .find(|l| l.contains(&format!("request_id={id} peer=127.0.0.1:")))
+        .unwrap_or_else(|| panic!("no access line with the peer:\n{}", lines.join("\n")));
+    assert!(access.contains("status=401"), "{access}");
+
+    // Behind the balancer, the access line and an MQTT connection's lines name the client
+    // its PROXY protocol header names; the MQTT ones name the balancer too.
+    let client: std::net::SocketAddr = "203.0.113.9:4444".parse().unwrap();
+    let mut http = Raw::open_from(app.http_addr, [127, 0, 0, 2].into()).await;
+    let mut request = header(Version::V2, client, app.http_addr);
+    request.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    http.send(&request).await;
+    let mut answer = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(http.stream_mut(), &mut answer)
+        .await
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let mut mqtt = Raw::open_from(app.mqtt_addr, [127, 0, 0, 2].into()).await;
+    let mut connect = header(Version::V1, client, app.mqtt_addr);
+    connect.extend(build::connect_with_login(
+        "behind-lb",
+        Some(&[]),
+        "dev",
+        b"wrong",
+    ));
+    mqtt.send(&connect).await;
+    assert_eq!(mqtt.expect(2).await.body[1], 0x86);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let lines = captured.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("peer=203.0.113.9:4444") && l.contains("route=\"/healthz\"")),
+        "no access line names the balancer's client:\n{}",
+        lines.join("\n")
+    );
+    let mqtt_line = lines
+        .iter()
+        .find(|l| l.contains("client=behind-lb"))
+        .unwrap_or_else(|| panic!("no line of the MQTT client:\n{}", lines.join("\n")));
+    assert!(
+        mqtt_line.contains("via=127.0.0.2:") && mqtt_line.contains("peer=203.0.113.9:4444"),
+        "{mqtt_line}"
+    );
 
     // MQTT: lines of a connection carry its client id once its CONNECT is read.
     let (_raw, ack) = Raw::connect(

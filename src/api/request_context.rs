@@ -1,5 +1,6 @@
 //! Request ids and the access log: every response carries `x-amzn-RequestId`, and every
-//! request produces one log line with method, route, status, latency and that id. The checks
+//! request produces one log line with its client's address (the one a load balancer's PROXY
+//! protocol header named, behind one), method, route, status, latency and that id. The checks
 //! every request must pass before routing run here too.
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use super::payload::drain;
-use super::{ApiError, ApiState, browser, request_target};
+use super::{ApiError, ApiState, Peer, browser, request_target};
 
 /// The id of the request being served; also the `traceId` Publish answers with.
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ pub async fn request_context(
 ) -> Response {
     let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     let method = req.method().clone();
+    let peer = Peer::of(req.extensions()).map(|p| p.addr);
     let started = Instant::now();
     req.extensions_mut().insert(RequestId(id.clone()));
     // Every line logged while the request is served carries its id.
@@ -62,6 +64,7 @@ pub async fn request_context(
         .http_request(operation(route), res.status().as_u16(), took);
     tracing::info!(
         request_id = %id,
+        peer = peer.as_ref().map(tracing::field::display),
         method = %method,
         route,
         status = res.status().as_u16(),
