@@ -1946,3 +1946,29 @@ async fn a_drained_nodes_clients_resume_their_sessions_on_another_node_a_few_at_
         assert_eq!(publish.payload, b"after");
     }
 }
+
+/// DeleteConnection on one node for a client connected to another: the node holding the
+/// client's claim closes its connection (DISCONNECT 0x98) and the request is answered 200; a
+/// client connected nowhere is 404 from any node.
+#[tokio::test]
+async fn a_connection_is_deleted_from_any_node() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let (mut dev, _) = Raw::connect(&b, &build::connect("remote/dev", true, 60, Some(&[]))).await;
+    let delete = |app: &TestApp| app.http.delete(app.url("/connections/remote%2Fdev")).send();
+    let res = delete(&a).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let got = within("the close", dev.until_closed()).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].disconnect_reason(), 0x98);
+    for app in [&a, &b] {
+        let res = delete(app).await.unwrap();
+        assert_eq!(res.status(), 404);
+        assert_eq!(
+            res.headers()["x-amzn-errortype"],
+            "ResourceNotFoundException"
+        );
+    }
+}

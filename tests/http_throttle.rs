@@ -75,19 +75,27 @@ async fn each_operation_has_its_own_rate() {
         c.rate_get_retained_message = 1.0;
         c.rate_list_retained_messages = 1.0;
         c.rate_publish = 1.0;
+        c.rate_delete_connection = 1.0;
     })
     .await;
+    let disconnect = || app.http.delete(app.url("/connections/nobody")).send();
     assert_eq!(retain(&app, "a", None).await.status(), 200);
     assert_eq!(app.get("/retainedMessage/a").await.status(), 200);
     assert_eq!(app.get("/retainedMessage").await.status(), 200);
+    assert_eq!(disconnect().await.unwrap().status(), 404, "not connected");
 
     for res in [
         retain(&app, "a", None).await,
         app.get("/retainedMessage/a").await,
         app.get("/retainedMessage").await,
+        disconnect().await.unwrap(),
     ] {
-        let (status, kind, _) = error_of(res).await;
-        assert_eq!((status, kind.as_str()), (429, "ThrottlingException"));
+        let (status, kind, message) = error_of(res).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (429, "ThrottlingException"),
+            "{message}"
+        );
     }
 }
 

@@ -241,6 +241,21 @@ impl Caller {
         }))
     }
 
+    /// Whether the caller's policy allows `action` on the MQTT client `client_id` (a
+    /// `client/` resource); 403 `ForbiddenException` if not.
+    pub fn authorize_client(&self, action: Action, client_id: &str) -> Result<(), ApiError> {
+        let Some(principal) = &self.0 else {
+            return Ok(());
+        };
+        if principal.allows(action, client_id, None) {
+            return Ok(());
+        }
+        Err(ApiError::Forbidden(format!(
+            "not authorized to perform {} on client {client_id}",
+            action.name()
+        )))
+    }
+
     /// Whether the caller's policy allows `action` on the topic filter `filter` (a
     /// `topicfilter/` resource must cover it); 403 `ForbiddenException` if not.
     pub fn authorize_filter(&self, action: Action, filter: &TopicFilter) -> Result<(), ApiError> {

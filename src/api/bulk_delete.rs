@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::query::Params;
+use super::query::{self, Params};
 use super::{ApiError, ApiState, ErrorBody};
 use crate::auth::Action;
 use crate::broker::{Publication, PublishFrom};
@@ -88,12 +88,7 @@ pub async fn delete_matching(
     let Params(params) = params?;
     let filter = parse_filter(&params.topic_filter)?;
     caller.authorize_filter(Action::DeleteRetainedMessages, &filter)?;
-    let dry_run = match params.dry_run.as_deref() {
-        None => false,
-        Some(raw) if raw.eq_ignore_ascii_case("true") => true,
-        Some(raw) if raw.eq_ignore_ascii_case("false") => false,
-        Some(_) => return Err(ApiError::invalid("dryRun must be true or false")),
-    };
+    let dry_run = query::flag(params.dry_run.as_deref(), "dryRun")?;
     let expected =
         match params.expected_count.as_deref() {
             None if dry_run => None,

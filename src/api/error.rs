@@ -56,6 +56,13 @@ pub enum ApiError {
     Internal(#[source] store::Error),
     #[error("internal error: the server logged it with this response's x-amzn-RequestId")]
     Panicked,
+    /// Another node of the service could not be asked for what the request needs; the cause
+    /// (node ids, database errors) goes to the log only.
+    #[error(
+        "the node the client is connected to could not be asked; the server logged why with \
+         this response's x-amzn-RequestId"
+    )]
+    PeerFailure(String),
     /// The node holds as many watches as `--max-watches` allows.
     #[error("this node already holds {0} watches (--max-watches); retry later or on another node")]
     TooManyWatches(usize),
@@ -112,7 +119,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailableException",
             ),
-            Self::Internal(_) | Self::Panicked => (
+            Self::Internal(_) | Self::Panicked | Self::PeerFailure(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalFailureException",
             ),
@@ -128,6 +135,9 @@ impl IntoResponse for ApiError {
             // The store logged the failure (in summary, so that an outage does not write a line
             // per request); the access log has this request's status and id.
             tracing::debug!(error = %cause, kind = name, "request failed");
+        }
+        if let Self::PeerFailure(cause) = &self {
+            tracing::warn!(error = %cause, "request failed");
         }
         let mut response = (
             status,

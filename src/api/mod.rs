@@ -11,6 +11,7 @@
 mod auth;
 mod browser;
 mod bulk_delete;
+mod connections;
 mod console;
 mod error;
 mod health;
@@ -40,7 +41,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Uri};
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -51,7 +52,9 @@ pub use incoming::HttpIncoming;
 pub use openapi::spec;
 pub use page_token::PageTokens;
 pub use peer::{Peer, Transport};
-use rates::Operation::{GetRetainedMessage, ListRetainedMessages, Publish, WatchRetainedMessages};
+use rates::Operation::{
+    DeleteConnection, GetRetainedMessage, ListRetainedMessages, Publish, WatchRetainedMessages,
+};
 pub use rates::{RateLimits, Throttle};
 pub use request_context::RequestId;
 pub use server::{HttpTimeouts, places as http_places, serve};
@@ -101,6 +104,14 @@ pub fn router_with(state: ApiState, extra: Router<ApiState>) -> Router {
             "/retainedMessage-watch",
             op(WatchRetainedMessages, get(watch::watch)),
         )
+        .route(
+            "/connections/{clientId}",
+            op(DeleteConnection, delete(connections::delete_connection)),
+        )
+        .route(
+            "/connections/",
+            op(DeleteConnection, delete(empty_client_id)),
+        )
         .route("/topics/", op(Publish, post(empty_topic)))
         .route("/topics/{*topic}", op(Publish, post(publish::publish)))
         // Not an AWS operation, so not throttled; guarded like one (`retaind:Metrics`).
@@ -142,6 +153,11 @@ pub fn router_with(state: ApiState, extra: Router<ApiState>) -> Router {
 async fn empty_topic(body: Body) -> ApiError {
     payload::drain(body).await;
     crate::topic::TopicError::Empty.into()
+}
+
+async fn empty_client_id(body: Body) -> ApiError {
+    payload::drain(body).await;
+    ApiError::invalid("the client id is empty")
 }
 
 async fn unknown_route(method: Method, uri: Uri, body: Body) -> ApiError {

@@ -2,14 +2,14 @@
 
 use utoipa::OpenApi;
 
-use super::{bulk_delete, error, health, metrics, publish, retained, watch};
+use super::{bulk_delete, connections, error, health, metrics, publish, retained, watch};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "retaind",
         description = "MQTT retained messages over HTTP, wire-compatible with the AWS IoT data plane \
-            (ListRetainedMessages, GetRetainedMessage, Publish). Errors carry the AWS exception name \
+            (ListRetainedMessages, GetRetainedMessage, Publish, DeleteConnection). Errors carry the AWS exception name \
             in the `x-amzn-ErrorType` header and every response carries `x-amzn-RequestId`.",
         license(name = "Apache-2.0")
     ),
@@ -19,6 +19,7 @@ use super::{bulk_delete, error, health, metrics, publish, retained, watch};
         watch::watch,
         bulk_delete::delete_matching,
         publish::publish,
+        connections::delete_connection,
         health::healthz,
         health::readyz,
         metrics::metrics

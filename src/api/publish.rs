@@ -13,7 +13,7 @@ use super::auth::Caller;
 use super::mqtt5_headers::{self, CORRELATION_DATA, PAYLOAD_FORMAT, USER_PROPERTIES};
 use super::payload::Payload;
 use super::precondition;
-use super::query::Params;
+use super::query::{self, Params};
 use super::{ApiError, ApiState, ErrorBody, RequestId, TopicPath};
 use crate::auth::Action;
 use crate::broker::{Publication, PublishFrom};
@@ -69,12 +69,7 @@ fn publication(
             .and_then(Qos::from_u8)
             .ok_or_else(|| ApiError::invalid("qos must be 0, 1 or 2"))?,
     };
-    let retain = match params.retain.as_deref() {
-        None => false,
-        Some(raw) if raw.eq_ignore_ascii_case("true") => true,
-        Some(raw) if raw.eq_ignore_ascii_case("false") => false,
-        Some(_) => return Err(ApiError::invalid("retain must be true or false")),
-    };
+    let retain = query::flag(params.retain.as_deref(), "retain")?;
     let expiry_secs = match params.message_expiry.as_deref() {
         None => None,
         Some(raw) => match raw.parse::<u32>() {

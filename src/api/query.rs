@@ -32,6 +32,16 @@ where
     }
 }
 
+/// A `true`/`false` parameter (any case), `false` when absent.
+pub fn flag(raw: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    match raw {
+        None => Ok(false),
+        Some(raw) if raw.eq_ignore_ascii_case("true") => Ok(true),
+        Some(raw) if raw.eq_ignore_ascii_case("false") => Ok(false),
+        Some(_) => Err(ApiError::invalid(format!("{name} must be true or false"))),
+    }
+}
+
 /// Every `name=value` pair of `query` is text: UTF-8 once percent-decoded (`+` is a space, as
 /// in forms), without U+0000.
 fn check(query: &str) -> Result<(), ApiError> {

@@ -3,7 +3,7 @@
 //! [`TokenBucket`]'s.
 //!
 //! Only principals from the config file are counted (unknown callers are refused by
-//! authentication first), so the buckets are bounded by four per configured principal; with
+//! authentication first), so the buckets are bounded by five per configured principal; with
 //! authentication off every caller is the anonymous principal and shares one bucket per
 //! operation.
 
@@ -22,6 +22,7 @@ pub enum Operation {
     Publish,
     /// Opening a watch (`GET /retainedMessage-watch`), retaind's own.
     WatchRetainedMessages,
+    DeleteConnection,
 }
 
 impl Operation {
@@ -31,6 +32,7 @@ impl Operation {
             Self::ListRetainedMessages => "ListRetainedMessages",
             Self::Publish => "Publish",
             Self::WatchRetainedMessages => "WatchRetainedMessages",
+            Self::DeleteConnection => "DeleteConnection",
         }
     }
 }
@@ -42,6 +44,7 @@ pub struct RateLimits {
     pub list_retained_messages: f64,
     pub publish: f64,
     pub watch_retained_messages: f64,
+    pub delete_connection: f64,
 }
 
 impl RateLimits {
@@ -51,6 +54,7 @@ impl RateLimits {
         list_retained_messages: 0.0,
         publish: 0.0,
         watch_retained_messages: 0.0,
+        delete_connection: 0.0,
     };
 
     fn per_second(&self, op: Operation) -> f64 {
@@ -59,6 +63,7 @@ impl RateLimits {
             Operation::ListRetainedMessages => self.list_retained_messages,
             Operation::Publish => self.publish,
             Operation::WatchRetainedMessages => self.watch_retained_messages,
+            Operation::DeleteConnection => self.delete_connection,
         }
     }
 }
@@ -74,7 +79,7 @@ pub struct Throttle {
 }
 
 /// One bucket per operation (created on first use), for each principal.
-type PerOperation = [Option<TokenBucket>; 4];
+type PerOperation = [Option<TokenBucket>; 5];
 
 #[derive(Default)]
 struct Buckets {
@@ -140,6 +145,7 @@ mod tests {
             list_retained_messages: rate,
             publish: rate,
             watch_retained_messages: rate,
+            delete_connection: rate,
         }
     }
 

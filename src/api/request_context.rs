@@ -95,6 +95,7 @@ fn operation(route: &str) -> &str {
         "/retainedMessage/" | "/retainedMessage/{*topic}" => "GetRetainedMessage",
         "/topics/" | "/topics/{*topic}" => "Publish",
         "/retainedMessage-watch" => "WatchRetainedMessages",
+        "/connections/" | "/connections/{clientId}" => "DeleteConnection",
         other => other,
     }
 }

@@ -259,6 +259,12 @@ pub struct ServeConfig {
           value_parser = parse_rate)]
     pub rate_watch_retained_messages: f64,
 
+    /// HTTP DeleteConnection requests (disconnecting an MQTT client) per second per principal
+    /// (as above). retaind's default, not an AWS figure: an operator's tool, not a device's.
+    #[arg(long, env = "RETAIND_RATE_DELETE_CONNECTION", default_value_t = 100.0,
+          value_parser = parse_rate)]
+    pub rate_delete_connection: f64,
+
     /// Watches open at once on this node; beyond it a new watch is answered 503
     /// ServiceUnavailableException (another node, or later, may take it). 0: no watch at all.
     #[arg(long, env = "RETAIND_MAX_WATCHES", default_value_t = 10_000)]

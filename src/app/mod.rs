@@ -241,6 +241,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             list_retained_messages: config.rate_list_retained_messages,
             publish: config.rate_publish,
             watch_retained_messages: config.rate_watch_retained_messages,
+            delete_connection: config.rate_delete_connection,
         })
         .service_wide(broker.cluster().cloned()),
         allowed_hosts: AllowedHosts::new(&config.allowed_hosts),

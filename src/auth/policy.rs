@@ -27,6 +27,9 @@ pub enum Action {
     GetRetainedMessage,
     /// `iot:ListRetainedMessages`: no resource (AWS uses `*`).
     ListRetainedMessages,
+    /// `iot:DeleteConnection`: disconnecting an MQTT client over HTTP; resource is its client
+    /// id, as for `iot:Connect`.
+    DeleteConnection,
     /// `retaind:Metrics`: reading `GET /metrics`; no resource. Not one of `iot:*`.
     Metrics,
     /// `retaind:DeleteRetainedMessages`: deleting every retained message matching a topic
@@ -37,7 +40,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::Connect,
         Action::Publish,
         Action::RetainPublish,
@@ -45,6 +48,7 @@ impl Action {
         Action::Receive,
         Action::GetRetainedMessage,
         Action::ListRetainedMessages,
+        Action::DeleteConnection,
         Action::Metrics,
         Action::DeleteRetainedMessages,
     ];
@@ -64,6 +68,7 @@ impl Action {
             Action::Receive => "iot:Receive",
             Action::GetRetainedMessage => "iot:GetRetainedMessage",
             Action::ListRetainedMessages => "iot:ListRetainedMessages",
+            Action::DeleteConnection => "iot:DeleteConnection",
             Action::Metrics => "retaind:Metrics",
             Action::DeleteRetainedMessages => "retaind:DeleteRetainedMessages",
         }
@@ -86,7 +91,7 @@ impl Action {
 
     fn resource_kind(self) -> Option<ResourceKind> {
         match self {
-            Action::Connect => Some(ResourceKind::Client),
+            Action::Connect | Action::DeleteConnection => Some(ResourceKind::Client),
             Action::Publish
             | Action::RetainPublish
             | Action::Receive

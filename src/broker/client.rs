@@ -583,7 +583,14 @@ impl Client {
                 self.broker.route(message);
             }
         }
-        let expiry = Duration::from_secs(u64::from(self.session_expiry));
+        // An operator's disconnect may end the session and keep the Will back.
+        let (discard, no_will) = self.session.ousted();
+        let publish_will = publish_will && !no_will;
+        let expiry = if discard {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(u64::from(self.session_expiry))
+        };
         self.broker.detach(&self.session, self.connection, expiry);
         self.release_claim();
         // Taken over by a connection on another node that resumes the session: as after a

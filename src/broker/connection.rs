@@ -540,8 +540,13 @@ where
         if !self.client.v5() {
             return;
         }
+        // An operator's disconnect says so in words too: a client log shows more than a
+        // code (and paho-mqtt 2.1 reads the code only from a DISCONNECT with properties).
+        let reason_string = (reason == DisconnectReasonCode::AdministrativeAction)
+            .then(|| "disconnected by an operator (DeleteConnection)".into());
         let goodbye = Packet::Disconnect(Disconnect {
             reason_code: reason,
+            reason_string,
             ..Disconnect::default()
         });
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.framed.send(goodbye)).await;

@@ -290,6 +290,42 @@ impl Broker {
         &self.inner.shutdown
     }
 
+    /// An operator disconnects `client_id` if it is connected here (MQTT 5: DISCONNECT 0x98
+    /// Administrative action): `clean_session` ends its session with it, `prevent_will` keeps
+    /// its Will back. Whether it was connected here.
+    pub(super) fn disconnect_here(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+        prevent_will: bool,
+    ) -> bool {
+        self.inner
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.oust(clean_session, prevent_will))
+    }
+
+    /// An operator's disconnect (DeleteConnection): `client_id`'s connection is closed here
+    /// or, on a node of many, on the node it is connected to. Whether it was connected.
+    pub async fn disconnect_client(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+        prevent_will: bool,
+    ) -> Result<bool, crate::cluster::DisconnectError> {
+        if self.disconnect_here(client_id, clean_session, prevent_will) {
+            return Ok(true);
+        }
+        match self.cluster() {
+            Some(cluster) => {
+                cluster
+                    .disconnect(client_id, clean_session, prevent_will)
+                    .await
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Cancelled when shutdown begins: no connection is taken from then on.
     pub(crate) fn stopping_signal(&self) -> &CancellationToken {
         &self.inner.stopping

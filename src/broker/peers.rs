@@ -33,6 +33,12 @@ impl Events for FromCluster {
         }
     }
 
+    fn disconnect(&self, client_id: &str, clean_session: bool, prevent_will: bool) -> bool {
+        self.0.upgrade().is_some_and(|inner| {
+            Broker { inner }.disconnect_here(client_id, clean_session, prevent_will)
+        })
+    }
+
     fn taken_over(&self, notice: TakeOver) {
         let Some(inner) = self.0.upgrade() else {
             return;

@@ -82,6 +82,9 @@ pub(super) struct Session {
     /// Whether the client id was claimed by a connection on another node: [`MOVED`], or
     /// [`MOVED_RESUMED`] when that connection resumes the session.
     moved: AtomicU8,
+    /// What an operator's disconnect (DeleteConnection) asked of the attached connection's
+    /// leaving: [`OUST_DISCARD`], [`OUST_NO_WILL`]. Cleared when a connection attaches.
+    ousted: AtomicU8,
     /// Where an offline session's messages go on a node of many.
     cluster: Option<Cluster>,
     /// Where what the session drops is counted.
@@ -93,6 +96,10 @@ const MOVED_RESUMED: u8 = 2;
 /// The other nodes took this node for dead and adopted the session: the adopter published
 /// the Will of its connection, if it had one.
 const ADOPTED_ELSEWHERE: u8 = 3;
+/// The session ends with the connection, persistent or not.
+const OUST_DISCARD: u8 = 1;
+/// The connection's Will is not published.
+const OUST_NO_WILL: u8 = 2;
 
 impl Session {
     fn new(key: ClientKey, creator: Option<String>, of: &Sessions) -> Self {
@@ -108,6 +115,7 @@ impl Session {
             credential: Mutex::new(None),
             claim: AtomicU64::new(0),
             moved: AtomicU8::new(0),
+            ousted: AtomicU8::new(0),
             cluster: of.cluster.clone(),
             metrics: of.metrics.clone(),
         }
@@ -195,6 +203,26 @@ impl Session {
         self.link()
             .as_ref()
             .map_or(DisconnectReasonCode::SessionTakenOver, |(_, r)| *r)
+    }
+
+    /// An operator disconnects the attached connection, if any (MQTT 5: DISCONNECT 0x98
+    /// Administrative action); `discard` ends the session with it, `no_will` keeps its Will
+    /// from being published. Whether one was attached.
+    pub fn oust(&self, discard: bool, no_will: bool) -> bool {
+        if !self.is_online() {
+            return false;
+        }
+        let flags = if discard { OUST_DISCARD } else { 0 } | if no_will { OUST_NO_WILL } else { 0 };
+        self.ousted.store(flags, Ordering::Release);
+        self.kick(DisconnectReasonCode::AdministrativeAction);
+        true
+    }
+
+    /// What an operator's disconnect asked of this connection's leaving: (end the session,
+    /// publish no Will).
+    pub fn ousted(&self) -> (bool, bool) {
+        let flags = self.ousted.load(Ordering::Acquire);
+        (flags & OUST_DISCARD != 0, flags & OUST_NO_WILL != 0)
     }
 
     /// Whether a connection is attached.
@@ -386,6 +414,7 @@ impl Sessions {
         *session.link() = Some((stop.clone(), DisconnectReasonCode::ServerShuttingDown));
         session.claim.store(claim, Ordering::Release);
         session.moved.store(0, Ordering::Release);
+        session.ousted.store(0, Ordering::Release);
         session.connection.store(connection, Ordering::Release);
         session.online.store(true, Ordering::Release);
         Attached {
@@ -718,6 +747,11 @@ impl Sessions {
     /// Every session held here, online or not.
     pub fn all(&self) -> Vec<Arc<Session>> {
         self.registry().sessions.values().cloned().collect()
+    }
+
+    /// The session of `client_id`, if held here.
+    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.registry().sessions.get(client_id).cloned()
     }
 
     pub fn held(&self) -> usize {

@@ -100,6 +100,16 @@ impl Claims {
         })
     }
 
+    /// The node whose connection holds `client_id`'s claim, if any.
+    pub async fn holder_of(&self, client_id: &str) -> Result<Option<String>, ClaimError> {
+        let query = sqlx::query_scalar::<_, String>(
+            "SELECT node FROM cluster_clients WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(&self.pool);
+        self.bounded(query).await
+    }
+
     /// The connection holding `generation` is gone; a later claim is left alone.
     pub async fn release(&self, client_id: &str, generation: u64) -> Result<(), ClaimError> {
         let query =

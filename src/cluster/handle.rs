@@ -17,6 +17,7 @@ use super::Error;
 use super::access::{self, NatsAccess};
 use super::budget::Budget;
 use super::claims::{ClaimError, Claims, TakeOver};
+use super::disconnect::{self, Disconnect, DisconnectError};
 use super::frame::{self, Outgoing, Stamp};
 use super::inbox::{Events, Inbox};
 use super::link::{self, Link};
@@ -251,6 +252,19 @@ impl Cluster {
                 url: shown.clone(),
                 cause: e.to_string(),
             })?;
+        let disconnects = client
+            .subscribe(disconnect::subject(&config.prefix, &node))
+            .await
+            .map_err(|e| Error::Unreachable {
+                url: shown.clone(),
+                cause: e.to_string(),
+            })?;
+        tasks.spawn(disconnect::answer(
+            disconnects,
+            client.clone(),
+            inbox.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(loops::hand_over(
             hand_overs,
             client.clone(),
@@ -622,6 +636,49 @@ impl Cluster {
             loops::flush_spool(&inner.spool).await;
         }
         inner.sessions.take(&inner.node, client_id).await
+    }
+
+    /// An operator's disconnect of `client_id`, connected to another node: the node holding
+    /// its claim is asked to close the connection. Whether it had it.
+    pub async fn disconnect(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+        prevent_will: bool,
+    ) -> Result<bool, DisconnectError> {
+        let inner = &self.inner;
+        let holder = inner.claims.holder_of(client_id).await.map_err(|e| {
+            DisconnectError(format!(
+                "cannot find the node the client is connected to: {e}"
+            ))
+        })?;
+        let Some(node) = holder.filter(|n| **n != *inner.node) else {
+            return Ok(false);
+        };
+        let asked = Disconnect {
+            client_id: client_id.to_owned(),
+            clean_session,
+            prevent_will,
+        };
+        let ask = inner
+            .client
+            .request(disconnect::subject(&inner.prefix, &node), asked.encode());
+        match tokio::time::timeout(disconnect::ANSWER_TIMEOUT, ask).await {
+            Ok(Ok(answer)) => Ok(answer.payload.as_ref() == b"1"),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Err(DisconnectError(format!(
+                    "node {node}, which holds the client's connection, takes no disconnect \
+                     requests (a release from before them?)"
+                )))
+            }
+            Ok(Err(e)) => Err(DisconnectError(format!(
+                "could not ask node {node}, which holds the client's connection: {e}"
+            ))),
+            Err(_) => Err(DisconnectError(format!(
+                "node {node}, which holds the client's connection, did not answer within {:?}",
+                disconnect::ANSWER_TIMEOUT
+            ))),
+        }
     }
 
     /// Of `held`, the client ids whose session and claim are no longer this node's (the

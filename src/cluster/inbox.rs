@@ -31,6 +31,9 @@ pub trait Events: Send + Sync {
     /// The others took this node for dead: the sessions they adopted and the client ids
     /// whose claims they removed are no longer this node's.
     fn taken_for_dead(&self);
+    /// An operator disconnects `client_id` (DeleteConnection on another node): whether it was
+    /// connected here.
+    fn disconnect(&self, client_id: &str, clean_session: bool, prevent_will: bool) -> bool;
 }
 
 pub struct Inbox {

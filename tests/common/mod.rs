@@ -140,6 +140,7 @@ pub fn test_config(database_url: &str) -> ServeConfig {
     config.rate_list_retained_messages = 0.0;
     config.rate_publish = 0.0;
     config.rate_watch_retained_messages = 0.0;
+    config.rate_delete_connection = 0.0;
     config
 }
 

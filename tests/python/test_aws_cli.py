@@ -60,3 +60,13 @@ def test_cli_reports_unknown_topic_by_error_name(aws):
     result = aws("get-retained-message", "--topic", "no/such", check=False)
     assert result.returncode == 255  # CLI v1's exit status for a service error
     assert "(ResourceNotFoundException)" in result.stderr
+
+
+def test_cli_delete_connection_of_a_client_not_connected_is_resource_not_found(aws):
+    # A connected client's disconnect is driven through boto3 with paho in
+    # test_mqtt_clients.py; here the CLI's own argument names and its error report.
+    result = aws("delete-connection", "--client-id", "nobody/here", "--clean-session",
+                 "--no-prevent-will-message", check=False)
+    assert result.returncode == 255
+    assert "(ResourceNotFoundException)" in result.stderr
+    assert "nobody/here" in result.stderr

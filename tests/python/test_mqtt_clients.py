@@ -133,10 +133,14 @@ def mosquitto_sub(server, *args):
 class Paho:
     """A connected paho-mqtt client on its own network thread; callbacks feed events and queues."""
 
-    def __init__(self, host, port, protocol=mqtt.MQTTv5, transport="tcp", ws_path="/mqtt"):
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"pytest-{uuid.uuid4().hex[:16]}",
+    def __init__(self, host, port, protocol=mqtt.MQTTv5, transport="tcp", ws_path="/mqtt",
+                 will=None):
+        self.client_id = f"pytest-{uuid.uuid4().hex[:16]}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                   protocol=protocol, transport=transport)
+        if will is not None:
+            topic, payload = will
+            self.client.will_set(topic, payload, qos=1, retain=True)
         if transport == "websockets":
             self.client.ws_set_options(path=ws_path)
         self.connack = queue.Queue()
@@ -145,6 +149,7 @@ class Paho:
         self.published = threading.Condition()
         self.messages = queue.Queue()
         self.disconnected = threading.Event()
+        self.disconnect_reason = None
         self.client.on_connect = lambda _c, _u, _f, reason, _p: self.connack.put(reason)
         self.client.on_subscribe = lambda _c, _u, _m, reasons, _p: self.subacks.put(reasons)
         self.client.on_message = lambda _c, _u, message: self.messages.put(message)
@@ -164,8 +169,11 @@ class Paho:
             self.pubacks[mid] = reason
             self.published.notify_all()
 
-    def _on_disconnect(self, client, _userdata, _flags, _reason, _properties):
+    def _on_disconnect(self, client, _userdata, _flags, reason, _properties):
         with self.published:
+            # The first: disconnecting below calls back again, with a normal disconnection.
+            if self.disconnect_reason is None:
+                self.disconnect_reason = reason
             self.disconnected.set()
             self.published.notify_all()
         client.disconnect()  # no automatic reconnect: a test sees the first connection only
@@ -214,11 +222,12 @@ class Paho:
 
 
 @contextmanager
-def paho(server, protocol=mqtt.MQTTv5, transport="tcp"):
+def paho(server, protocol=mqtt.MQTTv5, transport="tcp", will=None):
     if transport == "websockets":
-        client = Paho(server.ws_host, server.ws_port, protocol, transport, server.ws_path)
+        client = Paho(server.ws_host, server.ws_port, protocol, transport, server.ws_path,
+                      will=will)
     else:
-        client = Paho(server.mqtt_host, server.mqtt_port, protocol)
+        client = Paho(server.mqtt_host, server.mqtt_port, protocol, will=will)
     try:
         yield client
     finally:
@@ -515,3 +524,34 @@ def test_paho_qos1_publish_over_topic_limits_gets_puback_0x90_and_stores_nothing
         # The connection stays usable.
         assert not publisher.publish("ok/after", b"y", qos=1, retain=True).is_failure
     assert [m["topic"] for m in list_all(client)] == ["ok/after"]
+
+
+# --- DeleteConnection: boto3 disconnects a paho client -----------------------------------------
+
+
+def test_boto3_delete_connection_disconnects_a_paho_client_and_publishes_its_will(server, client):
+    with paho(server, will=("status/kept-will", b"offline")) as device:
+        assert_ok(client.delete_connection(clientId=device.client_id))
+        assert device.disconnected.wait(TIMEOUT_S), "paho was not disconnected"
+        assert device.disconnect_reason == 0x98, device.disconnect_reason  # Administrative action
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        try:
+            will = client.get_retained_message(topic="status/kept-will")
+            break
+        except client.exceptions.ResourceNotFoundException:
+            assert time.monotonic() < deadline, "the Will was not published"
+            time.sleep(0.05)
+    assert will["payload"] == b"offline"
+
+
+def test_boto3_delete_connection_can_keep_the_will_back_and_404s_once_gone(server, client):
+    with paho(server, will=("status/no-will", b"offline")) as device:
+        assert_ok(client.delete_connection(clientId=device.client_id, cleanSession=True,
+                                           preventWillMessage=True))
+        assert device.disconnected.wait(TIMEOUT_S), "paho was not disconnected"
+        with pytest.raises(client.exceptions.ResourceNotFoundException):
+            client.delete_connection(clientId=device.client_id)
+    assert_not_found(client, "status/no-will")
+    with pytest.raises(client.exceptions.InvalidRequestException):
+        client.delete_connection(clientId="$reserved")
