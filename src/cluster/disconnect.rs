@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::inbox::Inbox;
+use super::loops::next_or_stop;
 
 /// How long the asking node waits for the holder's answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,12 +72,8 @@ pub async fn answer(
     shutdown: CancellationToken,
 ) {
     loop {
-        let request = tokio::select! {
-            m = requests.next() => match m {
-                Some(m) => m,
-                None => return,
-            },
-            () = shutdown.cancelled() => return,
+        let Some(request) = next_or_stop(&mut requests, &shutdown).await else {
+            return;
         };
         let Some(asked) = Disconnect::decode(&request.payload) else {
             tracing::warn!("dropped a disconnect request that does not decode");

@@ -113,6 +113,17 @@ struct Sent<'a> {
     bytes: &'a Budget,
 }
 
+/// The subscription's next message; `None` once it ends or the node stops.
+pub(super) async fn next_or_stop(
+    subscription: &mut async_nats::Subscriber,
+    shutdown: &CancellationToken,
+) -> Option<async_nats::Message> {
+    tokio::select! {
+        m = subscription.next() => m,
+        () = shutdown.cancelled() => None,
+    }
+}
+
 /// Hands take-over notices for this node to the broker.
 pub async fn take_overs(
     mut notices: async_nats::Subscriber,
@@ -120,12 +131,8 @@ pub async fn take_overs(
     shutdown: CancellationToken,
 ) {
     loop {
-        let message = tokio::select! {
-            m = notices.next() => match m {
-                Some(m) => m,
-                None => return,
-            },
-            () = shutdown.cancelled() => return,
+        let Some(message) = next_or_stop(&mut notices, &shutdown).await else {
+            return;
         };
         match TakeOver::decode(&message.payload) {
             Some(notice) => {
@@ -155,12 +162,8 @@ pub async fn hand_over(
     shutdown: CancellationToken,
 ) {
     loop {
-        let request = tokio::select! {
-            m = requests.next() => match m {
-                Some(m) => m,
-                None => return,
-            },
-            () = shutdown.cancelled() => return,
+        let Some(request) = next_or_stop(&mut requests, &shutdown).await else {
+            return;
         };
         let Ok(client_id) = std::str::from_utf8(&request.payload) else {
             continue;
