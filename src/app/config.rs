@@ -338,6 +338,14 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_CLUSTER_PREFIX", default_value = "retaind")]
     pub cluster_prefix: String,
 
+    /// Pooled Postgres connections for what the service's nodes keep there: client-id claims,
+    /// sessions and their queues (the heartbeats have one more of their own). Every CONNECT
+    /// takes one for a round trip or three, so this bounds how fast a node takes a crowd of
+    /// reconnecting clients.
+    #[arg(long, env = "RETAIND_CLUSTER_DB_CONNECTIONS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256), requires = "cluster_url")]
+    pub cluster_db_connections: u32,
+
     /// Largest accepted payload in bytes; larger publishes get 413.
     #[arg(long, env = "RETAIND_MAX_PAYLOAD_BYTES", default_value_t = 128 * 1024)]
     pub max_payload_bytes: usize,

@@ -135,12 +135,16 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     check_cluster(config)?;
     proxy::check(config)?;
     // MQTT connections (and those before CONNECT), HTTP connections, the database's (reads and
-    // scans, write lanes), and a margin for listeners and files.
+    // scans, write lanes, the cluster's), and a margin for listeners and files.
     let needed = config.mqtt_max_connections as u64
         + u64::from(config.mqtt_max_awaiting_connect)
         + u64::from(config.http_max_connections)
         + 2 * u64::from(config.db_max_connections)
         + u64::from(config.db_write_lanes)
+        + config
+            .cluster_url
+            .as_ref()
+            .map_or(0, |_| u64::from(config.cluster_db_connections) + 1)
         + 512;
     open_files::raise(needed);
     let store_err = |cause| Error::Store {
@@ -187,6 +191,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
                     cluster_key_file(config),
                 )?,
                 prefix: config.cluster_prefix.clone(),
+                db_connections: config.cluster_db_connections,
                 jetstream_domain: config.cluster_jetstream_domain.clone(),
                 startup_wait: config.db_startup_wait,
                 max_payload_bytes: config.max_payload_bytes,

@@ -48,7 +48,7 @@ impl Claims {
     /// the caller usually gets the error and the connection stays usable. A call dropped
     /// while its statement runs leaves the connection to be closed, since its late error
     /// would be the next call's, and then the next call pays for a new connection.
-    pub async fn open(url: &str, timeout: Duration) -> Result<Self, sqlx::Error> {
+    pub async fn open(url: &str, timeout: Duration, connections: u32) -> Result<Self, sqlx::Error> {
         // Whole milliseconds, at least one: 0 would mean no limit.
         let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128);
         let options = url.parse::<sqlx::postgres::PgConnectOptions>()?.options([
@@ -56,7 +56,7 @@ impl Claims {
             ("idle_in_transaction_session_timeout", ms(timeout)),
         ]);
         let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections)
             .acquire_timeout(timeout)
             .connect_with(options.clone())
             .await?;

@@ -57,6 +57,8 @@ pub struct ClusterConfig {
     /// The first token of every subject and the bucket's name: services sharing one NATS
     /// each have their own.
     pub prefix: String,
+    /// Pooled Postgres connections for claims, sessions and queues (`--cluster-db-connections`).
+    pub db_connections: u32,
     /// The JetStream domain of the interest bucket; `None`: the server's own JetStream.
     pub jetstream_domain: Option<String>,
     /// How long to keep trying to reach NATS at start.
@@ -154,9 +156,13 @@ impl Cluster {
             check_domain(domain)?;
         }
         let node: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
-        let claims = Claims::open(&config.database_url, config.database_timeout)
-            .await
-            .map_err(|e| Error::Database(e.to_string()))?;
+        let claims = Claims::open(
+            &config.database_url,
+            config.database_timeout,
+            config.db_connections,
+        )
+        .await
+        .map_err(|e| Error::Database(e.to_string()))?;
         // Alive before the first CONNECT: a session of a node without a heartbeat would be
         // adopted by another.
         super::nodes::beat(claims.pool(), &node, &mut false)

@@ -1,0 +1,84 @@
+//! A benchmark, not a test (ignored unless asked for; `bench/drain.sh` runs it): a node with
+//! `BENCH_CLIENTS` persistent MQTT 5 sessions is stopped with a drain time of
+//! `BENCH_DRAIN_MS`, and each client, once asked to leave, reconnects to the other node and
+//! resumes its session there, handed over live. Printed: how long until all had resumed, how
+//! many got their session back, and the CONNACK latency on the other node (from the
+//! reconnect's start). `BENCH_CLUSTER_DB_CONNECTIONS` sets both nodes'
+//! `--cluster-db-connections`, for the baseline in the same run. Nodes in this process, a
+//! nats-server and a Postgres database of the run's own; the clients share the 2 cores.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestApp;
+use common::mqtt::raw::{Raw, build};
+use common::nats::Nats;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn persistent(id: &str, clean: bool) -> Vec<u8> {
+    build::connect(id, clean, 60, Some(&[0x11, 0, 0, 1, 0x2C]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/drain.sh"]
+async fn drain_and_resume_elsewhere() {
+    let n = env("BENCH_CLIENTS", 1000) as usize;
+    let drain = Duration::from_millis(env("BENCH_DRAIN_MS", 1000));
+    let pool = env("BENCH_CLUSTER_DB_CONNECTIONS", 8) as u32;
+    let nats = Nats::start().await;
+    let nodes = common::cluster_nodes_with(&nats.url(), 2, |c| {
+        c.mqtt_drain_time = drain;
+        c.cluster_db_connections = pool;
+    })
+    .await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes).ok().unwrap();
+    let a_addr = a.mqtt_addr;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let id = format!("bench-{i}");
+        let (mut raw, _) = Raw::connect(&b, &persistent(&id, true)).await;
+        raw.send(&build::subscribe(1, &format!("inbox/{i}"), 1, Some(&[])))
+            .await;
+        raw.expect(9).await;
+        clients.push(tokio::spawn(async move {
+            let _ = raw.until_closed().await;
+            let asked = Instant::now();
+            let mut raw = Raw::open_addr(a_addr).await;
+            raw.send(&persistent(&id, false)).await;
+            let ack = raw.expect(2).await;
+            (asked.elapsed(), ack.body[0] == 1)
+        }));
+    }
+    // Every session's filter known on A before the drain starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let stopping = tokio::spawn(b.stop());
+    let mut latencies = Vec::new();
+    let mut resumed = 0;
+    for client in clients {
+        let (latency, present) = client.await.unwrap();
+        latencies.push(latency);
+        resumed += usize::from(present);
+    }
+    let all = started.elapsed();
+    stopping.await.unwrap();
+    latencies.sort();
+    let at = |q: usize| latencies[(n * q / 100).min(n - 1)];
+    println!(
+        "drain clients={n} drain_ms={} cluster_db_connections={pool}: all resumed after {} ms, \
+         sessions present {resumed}/{n}, CONNACK on the other node p50 {:.1} ms p99 {:.1} ms \
+         max {:.1} ms",
+        drain.as_millis(),
+        all.as_millis(),
+        at(50).as_secs_f64() * 1e3,
+        at(99).as_secs_f64() * 1e3,
+        latencies[n - 1].as_secs_f64() * 1e3,
+    );
+}
