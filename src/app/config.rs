@@ -130,7 +130,7 @@ pub struct ServeConfig {
     /// mqtts, http, https. Their connections must start with its header, which gives the
     /// client's address for logs and for what is shared out by address (places before CONNECT,
     /// TLS handshakes and HTTP connections, failed password checks). A connection without a
-    /// valid header within 10 s is closed.
+    /// valid header in time (10 s; over HTTP, --http-header-timeout) is closed.
     #[arg(long, env = "RETAIND_PROXY_PROTOCOL", value_delimiter = ',')]
     pub proxy_protocol: Vec<ProxyListener>,
 
