@@ -203,3 +203,23 @@ async fn a_drain_spreads_the_disconnects_over_its_time_and_publishes_no_will() {
         "the Will of the client that left by itself only"
     );
 }
+
+/// A connection that has not sent its CONNECT when shutdown begins is closed at once: it
+/// would get no session now. Before, shutdown waited out the MQTT grace (5 s) for it.
+#[tokio::test]
+async fn a_connection_awaiting_its_connect_does_not_hold_up_shutdown() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut silent = TcpStream::connect(app.mqtt_addr).await.unwrap();
+    // Its task has taken its place before CONNECT.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    common::mqtt::within("the shutdown", app.stop()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let mut byte = [0u8; 1];
+    let read = common::mqtt::within("the close", silent.read(&mut byte)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}

@@ -51,7 +51,7 @@ impl Broker {
 
     /// A connection's future, counted by shutdown from this call on: a listener calls it
     /// before it spawns the task, so a connection accepted just before shutdown is waited for
-    /// (and told why it closes) like the others.
+    /// like the others (told why it closes once connected; closed at once before its CONNECT).
     pub(super) fn track<T>(
         &self,
         io: T,
@@ -115,6 +115,7 @@ where
                 broker_metrics.mqtt_closed_before_connect(ForRoom::made_room);
                 return;
             }
+            () = broker.stopping_signal().cancelled() => return,
         };
         let client = match said {
             Ok(Ok(client)) => client,
@@ -138,6 +139,8 @@ where
             broker_metrics.mqtt_closed_before_connect(ForRoom::made_room);
             return;
         }
+        // Shutting down: no new session now, so no need to wait for its CONNECT.
+        () = broker.stopping_signal().cancelled() => return,
     };
     drop(slot);
     let (mut framed, connect) = match read {
