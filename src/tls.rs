@@ -311,15 +311,8 @@ impl Handshake {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut client = peer;
         if let Some(proxy) = &self.proxy {
-            match tokio::time::timeout_at(deadline, proxy.client(&mut tcp, peer)).await {
-                Ok(Ok(said)) => client = said,
-                // Counted and logged by `client`.
-                Ok(Err(_)) => return None,
-                Err(_) => {
-                    proxy.refuse(peer, &"no PROXY protocol header in time");
-                    return None;
-                }
-            }
+            // A refusal is counted and logged by `client`.
+            client = proxy.client(&mut tcp, peer, deadline).await.ok()?;
             let _ = self.moved.send((tokio::task::id(), client.ip()));
         }
         let accept = self.acceptor.accept(PromptAcks::new(tcp));

@@ -21,12 +21,13 @@ pub struct HttpIncoming {
 }
 
 impl HttpIncoming {
+    /// With `proxy`, connections from the balancers it names start with a PROXY protocol
+    /// header.
     pub fn new(listener: TcpListener, proxy: Option<ProxyProtocol>) -> Self {
         Self { listener, proxy }
     }
 
-    /// Whether, and from whom, connections start with a PROXY protocol header.
-    pub fn proxy_protocol(&self) -> Option<ProxyProtocol> {
+    pub(super) fn proxy(&self) -> Option<ProxyProtocol> {
         self.proxy.clone()
     }
 }

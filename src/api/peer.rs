@@ -86,7 +86,7 @@ impl Peer {
 
 impl PeerListener for HttpIncoming {
     fn proxy_protocol(&self) -> Option<ProxyProtocol> {
-        HttpIncoming::proxy_protocol(self)
+        self.proxy()
     }
 
     fn peer(io: &PromptAcks, addr: SocketAddr) -> Peer {

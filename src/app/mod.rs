@@ -33,7 +33,7 @@ use crate::api::{
 use crate::auth::{AuthConfig, Authenticator, ConfigError};
 use crate::broker::{self, Broker, BrokerConfig};
 use crate::cluster::{self, Cluster, ClusterConfig};
-use crate::metrics::{Metrics, TlsListener};
+use crate::metrics::{Listener, Metrics};
 use crate::store::{self, Clock, Store, StoreOptions};
 use crate::tcp::proxy::ProxyProtocol;
 use crate::tls::{self, LiveAcceptor, TlsAcceptors, TlsFiles, TlsIncoming};
@@ -299,8 +299,8 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     )
     .await?;
     for (listener, incoming) in [
-        (TlsListener::mqtts, &mqtts_incoming),
-        (TlsListener::https, &https_incoming),
+        (Listener::mqtts, &mqtts_incoming),
+        (Listener::https, &https_incoming),
     ] {
         if let Some((incoming, _, _)) = incoming {
             let given_up = incoming.given_up();

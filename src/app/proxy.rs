@@ -9,18 +9,16 @@ use crate::tcp::proxy::ProxyProtocol;
 /// Refuses `--proxy-protocol` naming a listener that is off: the operator meant a header to
 /// be read somewhere it will not be.
 pub(super) fn check(config: &ServeConfig) -> Result<(), Error> {
-    for listener in &config.proxy_protocol {
-        let (off, flag) = match listener {
-            ProxyListener::Mqtts => (config.mqtts_addr.is_none(), "--mqtts-addr"),
-            ProxyListener::Https => (config.https_addr.is_none(), "--https-addr"),
-            ProxyListener::Mqtt | ProxyListener::Http => (false, ""),
+    for &listener in &config.proxy_protocol {
+        let flag = match listener {
+            ProxyListener::Mqtts if config.mqtts_addr.is_none() => "--mqtts-addr",
+            ProxyListener::Https if config.https_addr.is_none() => "--https-addr",
+            _ => continue,
         };
-        if off {
-            return Err(Error::ProxyProtocolListenerOff {
-                listener: name(*listener),
-                flag,
-            });
-        }
+        return Err(Error::ProxyProtocolListenerOff {
+            listener: names(listener).0,
+            flag,
+        });
     }
     Ok(())
 }
@@ -35,25 +33,21 @@ pub(super) fn setting(
     if !config.proxy_protocol.contains(&listener) {
         return None;
     }
-    let setting = ProxyProtocol::new(name(listener), &config.proxy_protocol_from);
+    let (name, label) = names(listener);
+    let setting = ProxyProtocol::new(name, &config.proxy_protocol_from);
     let refused = setting.refused();
-    let label = match listener {
-        ProxyListener::Mqtt => Listener::mqtt,
-        ProxyListener::Mqtts => Listener::mqtts,
-        ProxyListener::Http => Listener::http,
-        ProxyListener::Https => Listener::https,
-    };
     metrics.on_scrape(move |m| {
         m.proxy_headers_refused(label, refused.load(std::sync::atomic::Ordering::Relaxed));
     });
     Some(setting)
 }
 
-fn name(listener: ProxyListener) -> &'static str {
+/// The listener's name in logs and errors, and its metrics label.
+fn names(listener: ProxyListener) -> (&'static str, Listener) {
     match listener {
-        ProxyListener::Mqtt => "mqtt",
-        ProxyListener::Mqtts => "mqtts",
-        ProxyListener::Http => "http",
-        ProxyListener::Https => "https",
+        ProxyListener::Mqtt => ("mqtt", Listener::mqtt),
+        ProxyListener::Mqtts => ("mqtts", Listener::mqtts),
+        ProxyListener::Http => ("http", Listener::http),
+        ProxyListener::Https => ("https", Listener::https),
     }
 }

@@ -109,7 +109,7 @@ where
     let mut source = remote.addr.map(|a| a.ip());
     if let (Some(proxy), Some(balancer)) = (&remote.proxy_header, remote.addr) {
         let said = tokio::select! {
-            said = tokio::time::timeout_at(deadline, proxy.client(&mut io, balancer)) => said,
+            said = proxy.client(&mut io, balancer, deadline) => said,
             () = slot.given_up.cancelled() => {
                 tracing::debug!(%peer, "closed before its PROXY protocol header to make room for another address");
                 broker_metrics.mqtt_closed_before_connect(ForRoom::made_room);
@@ -117,14 +117,9 @@ where
             }
             () = broker.stopping_signal().cancelled() => return,
         };
-        let client = match said {
-            Ok(Ok(client)) => client,
-            // Counted and logged by `client`.
-            Ok(Err(_)) => return,
-            Err(_) => {
-                proxy.refuse(balancer, &"no PROXY protocol header in time");
-                return;
-            }
+        // A refusal is counted and logged by `client`.
+        let Ok(client) = said else {
+            return;
         };
         slot.moved_to(client.ip());
         source = Some(client.ip());

@@ -13,7 +13,7 @@ use super::inbox::Inbox;
 use super::loops::next_or_stop;
 
 /// How long the asking node waits for the holder's answer.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a disconnect could not be carried out, for the HTTP answer.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,33 @@ impl Disconnect {
             u8::from(self.prevent_will),
             self.client_id
         ))
+    }
+
+    /// Asks `node`, which holds the client's claim, to disconnect it: whether it had the client
+    /// connected.
+    pub async fn ask(
+        &self,
+        client: &async_nats::Client,
+        prefix: &str,
+        node: &str,
+    ) -> Result<bool, DisconnectError> {
+        let ask = client.request(subject(prefix, node), self.encode());
+        match tokio::time::timeout(ANSWER_TIMEOUT, ask).await {
+            Ok(Ok(answer)) => Ok(answer.payload.as_ref() == b"1"),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Err(DisconnectError(format!(
+                    "node {node}, which holds the client's connection, takes no disconnect \
+                     requests (a release from before them?)"
+                )))
+            }
+            Ok(Err(e)) => Err(DisconnectError(format!(
+                "could not ask node {node}, which holds the client's connection: {e}"
+            ))),
+            Err(_) => Err(DisconnectError(format!(
+                "node {node}, which holds the client's connection, did not answer within \
+                 {ANSWER_TIMEOUT:?}"
+            ))),
+        }
     }
 
     pub fn decode(body: &[u8]) -> Option<Self> {

@@ -666,25 +666,7 @@ impl Cluster {
             clean_session,
             prevent_will,
         };
-        let ask = inner
-            .client
-            .request(disconnect::subject(&inner.prefix, &node), asked.encode());
-        match tokio::time::timeout(disconnect::ANSWER_TIMEOUT, ask).await {
-            Ok(Ok(answer)) => Ok(answer.payload.as_ref() == b"1"),
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                Err(DisconnectError(format!(
-                    "node {node}, which holds the client's connection, takes no disconnect \
-                     requests (a release from before them?)"
-                )))
-            }
-            Ok(Err(e)) => Err(DisconnectError(format!(
-                "could not ask node {node}, which holds the client's connection: {e}"
-            ))),
-            Err(_) => Err(DisconnectError(format!(
-                "node {node}, which holds the client's connection, did not answer within {:?}",
-                disconnect::ANSWER_TIMEOUT
-            ))),
-        }
+        asked.ask(&inner.client, &inner.prefix, &node).await
     }
 
     /// Of `held`, the client ids whose session and claim are no longer this node's (the

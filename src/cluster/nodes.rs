@@ -156,11 +156,12 @@ impl Headcount {
         self.live.load(Ordering::Relaxed).max(1)
     }
 
-    /// Live nodes that send another frame version than this node's (see [`Census`]).
+    /// Adoptions whose commit went unanswered, as the last heartbeat pass left them.
     pub fn in_doubt(&self) -> usize {
         self.in_doubt.load(Ordering::Relaxed)
     }
 
+    /// Live nodes that send another frame version than this node's (see [`Census`]).
     pub fn other_frames(&self) -> usize {
         self.other_frames.load(Ordering::Relaxed)
     }

@@ -117,19 +117,6 @@ pub(super) struct ListenerLabel {
     pub listener: Listener,
 }
 
-/// A TLS listener.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum TlsListener {
-    mqtts,
-    https,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(super) struct TlsListenerLabel {
-    pub listener: TlsListener,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct RoomLabel {
     pub reason: ForRoom,

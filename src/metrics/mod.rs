@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 pub use labels::{
     AuthFailure, CacheResult, DropReason, ForRoom, HttpLabels, Listener, OperationLabel, PoolLabel,
-    QosLabel, ResyncReason, TlsListener,
+    QosLabel, ResyncReason,
 };
 
 /// The `Content-Type` of the page.
@@ -45,7 +45,7 @@ struct Inner {
     mqtt_dropped: Family<labels::DropLabel, Counter>,
     mqtt_closed_before_connect: Family<labels::RoomLabel, Counter>,
     http_closed_for_room: Family<labels::RoomLabel, Counter>,
-    tls_handshakes_given_up: Family<labels::TlsListenerLabel, Counter>,
+    tls_handshakes_given_up: Family<labels::ListenerLabel, Counter>,
     proxy_headers_refused: Family<labels::ListenerLabel, Counter>,
     store_batch_size: Histogram,
     store_batch_duration: Histogram,
@@ -111,6 +111,18 @@ fn by_qos(family: &Family<QosLabel, Counter>) -> [Counter; 3] {
 }
 
 /// HTTP latencies from 0.5 ms to about 16 s.
+/// Raises `listener`'s counter in `family` to `total`, a count its listener keeps.
+fn catch_up_listener(
+    family: &Family<labels::ListenerLabel, Counter>,
+    listener: Listener,
+    total: u64,
+) {
+    let counter = family
+        .get_or_create(&labels::ListenerLabel { listener })
+        .clone();
+    ClusterCounters::catch_up(&counter, total);
+}
+
 fn http_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -530,25 +542,16 @@ impl Metrics {
         }
     }
 
-    /// Raises the TLS handshakes `listener` gave up for newcomers to the total it counted.
-    pub fn tls_handshakes_given_up(&self, listener: TlsListener, total: u64) {
-        let counter = self
-            .0
-            .tls_handshakes_given_up
-            .get_or_create(&labels::TlsListenerLabel { listener })
-            .clone();
-        ClusterCounters::catch_up(&counter, total);
+    /// Raises the TLS handshakes `listener` (`mqtts`, `https`) gave up for newcomers to the
+    /// total it counted.
+    pub fn tls_handshakes_given_up(&self, listener: Listener, total: u64) {
+        catch_up_listener(&self.0.tls_handshakes_given_up, listener, total);
     }
 
     /// Raises the connections `listener` closed for their PROXY protocol header to the total it
     /// counted.
     pub fn proxy_headers_refused(&self, listener: Listener, total: u64) {
-        let counter = self
-            .0
-            .proxy_headers_refused
-            .get_or_create(&labels::ListenerLabel { listener })
-            .clone();
-        ClusterCounters::catch_up(&counter, total);
+        catch_up_listener(&self.0.proxy_headers_refused, listener, total);
     }
 
     pub fn mqtt_dropped(&self, reason: DropReason, count: u64) {

@@ -46,6 +46,8 @@ pub enum ProxyHeaderError {
     TooLong(usize),
     #[error("PROXY protocol header for a datagram (UDP) connection on a stream listener")]
     Datagram,
+    #[error("no PROXY protocol header in time")]
+    Late,
     #[error("connection failed while reading its PROXY protocol header: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -83,17 +85,20 @@ impl ProxyProtocol {
         self.refused.clone()
     }
 
-    /// The client's address for a connection from `peer`: read from its header when `peer` is
-    /// expected to send one, else `peer` itself. The caller bounds the wait.
+    /// The client's address for a connection from `peer`: read from its header, by
+    /// `deadline`, when `peer` is expected to send one, else `peer` itself. A refusal (a late
+    /// header included) is counted and logged here; the caller closes the connection.
     pub async fn client<S: AsyncRead + Unpin>(
         &self,
         io: &mut S,
         peer: SocketAddr,
+        deadline: tokio::time::Instant,
     ) -> Result<SocketAddr, ProxyHeaderError> {
         if !self.expects(peer.ip()) {
             return Ok(peer);
         }
-        match read_header(io).await {
+        let read = tokio::time::timeout_at(deadline, read_header(io)).await;
+        match read.unwrap_or(Err(ProxyHeaderError::Late)) {
             Ok(said) => Ok(said.unwrap_or(peer)),
             Err(e) => {
                 self.refuse(peer, &e);
@@ -102,10 +107,9 @@ impl ProxyProtocol {
         }
     }
 
-    /// Counts and logs a connection closed for its header, whatever the cause (a late one
-    /// included): the first at warning level, since it usually means the balancer does not
-    /// send headers, the others at debug level.
-    pub fn refuse(&self, peer: SocketAddr, why: &dyn std::fmt::Display) {
+    /// Counts and logs a connection closed for its header: the first at warning level, since
+    /// it usually means the balancer does not send headers, the others at debug level.
+    fn refuse(&self, peer: SocketAddr, why: &ProxyHeaderError) {
         self.refused.fetch_add(1, Ordering::Relaxed);
         let listener = self.listener;
         if self.warned.swap(true, Ordering::Relaxed) {
@@ -380,15 +384,29 @@ mod tests {
         // A direct client is read from nothing and keeps its address.
         let direct: SocketAddr = "192.0.2.1:4000".parse().unwrap();
         let mut io = MQTT_CONNECT_START;
-        assert_eq!(setting.client(&mut io, direct).await.unwrap(), direct);
+        let soon = || tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        assert_eq!(
+            setting.client(&mut io, direct, soon()).await.unwrap(),
+            direct
+        );
         assert_eq!(io, MQTT_CONNECT_START);
         assert_eq!(setting.refused().load(Ordering::Relaxed), 0);
 
         // A balancer that sends none is refused, and counted.
         let balancer: SocketAddr = "10.0.0.2:4000".parse().unwrap();
         let mut io = MQTT_CONNECT_START;
-        assert!(setting.client(&mut io, balancer).await.is_err());
+        assert!(setting.client(&mut io, balancer, soon()).await.is_err());
         assert_eq!(setting.refused().load(Ordering::Relaxed), 1);
+
+        // One whose header stops half way is refused at the deadline, and counted.
+        let (mut io, mut balancer_side) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut balancer_side, b"PROXY TCP4 10.")
+            .await
+            .unwrap();
+        let late = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        let said = setting.client(&mut io, balancer, late).await;
+        assert!(matches!(said, Err(ProxyHeaderError::Late)), "{said:?}");
+        assert_eq!(setting.refused().load(Ordering::Relaxed), 2);
 
         let every = ProxyProtocol::new("mqtt", &[]);
         assert!(every.expects(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));

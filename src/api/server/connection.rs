@@ -60,22 +60,16 @@ where
     {
         // Within the time a request's head has: the header comes before it.
         let said = tokio::select! {
-            said = tokio::time::timeout(settings.timeouts.header, proxy.client(&mut io, peer.addr)) => said,
+            said = proxy.client(&mut io, peer.addr, Instant::now() + settings.timeouts.header) => said,
             () = place.given_up.cancelled() => return,
             () = stopping.graceful.cancelled() => return,
         };
-        match said {
-            Ok(Ok(client)) => {
-                place.moved_to(client.ip());
-                peer.addr = client;
-            }
-            // Counted and logged by `client`.
-            Ok(Err(_)) => return,
-            Err(_) => {
-                proxy.refuse(peer.addr, &"no PROXY protocol header in time");
-                return;
-            }
-        }
+        // A refusal is counted and logged by `client`.
+        let Ok(client) = said else {
+            return;
+        };
+        place.moved_to(client.ip());
+        peer.addr = client;
     }
     let addr = peer.addr;
     let service = ConnectionService {
