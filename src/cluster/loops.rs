@@ -161,14 +161,10 @@ pub async fn hand_over(
     spool: mpsc::Sender<Spool>,
     shutdown: CancellationToken,
 ) {
-    let mut in_flight = tokio::task::JoinSet::new();
+    let mut in_flight = Bounded::new(MAX_HAND_OVERS);
     loop {
-        while in_flight.try_join_next().is_some() {}
-        if in_flight.len() >= MAX_HAND_OVERS {
-            tokio::select! {
-                _ = in_flight.join_next() => continue,
-                () = shutdown.cancelled() => return,
-            }
+        if !in_flight.room(&shutdown).await {
+            return;
         }
         let Some(request) = next_or_stop(&mut requests, &shutdown).await else {
             return;
@@ -190,6 +186,37 @@ pub async fn hand_over(
 
 /// Hand-overs answered at once.
 const MAX_HAND_OVERS: usize = 256;
+
+/// Tasks of one loop, at most `max` running at once.
+struct Bounded {
+    tasks: tokio::task::JoinSet<()>,
+    max: usize,
+}
+
+impl Bounded {
+    fn new(max: usize) -> Self {
+        Self {
+            tasks: tokio::task::JoinSet::new(),
+            max,
+        }
+    }
+
+    /// Waits until fewer than `max` tasks run; `false` if `stop` comes first.
+    async fn room(&mut self, stop: &CancellationToken) -> bool {
+        while self.tasks.try_join_next().is_some() {}
+        while self.tasks.len() >= self.max {
+            tokio::select! {
+                _ = self.tasks.join_next() => {}
+                () = stop.cancelled() => return false,
+            }
+        }
+        true
+    }
+
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+}
 
 /// One request for a session held here.
 struct HandOver {
@@ -306,5 +333,43 @@ pub async fn record_detached(
             }
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that runs until `release` is notified.
+    fn held(release: &Arc<tokio::sync::Notify>) -> impl Future<Output = ()> + Send + 'static {
+        let release = release.clone();
+        async move { release.notified().await }
+    }
+
+    #[tokio::test]
+    async fn a_bounded_loop_waits_for_a_task_to_end_before_the_next() {
+        let stop = CancellationToken::new();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Bounded::new(2);
+        for _ in 0..2 {
+            assert!(tasks.room(&stop).await);
+            tasks.spawn(held(&release));
+        }
+        let wait = Duration::from_millis(100);
+        assert!(
+            tokio::time::timeout(wait, tasks.room(&stop)).await.is_err(),
+            "room for a third task while two run"
+        );
+        release.notify_one();
+        assert_eq!(
+            tokio::time::timeout(wait, tasks.room(&stop)).await,
+            Ok(true)
+        );
+        tasks.spawn(held(&release));
+        stop.cancel();
+        assert_eq!(
+            tokio::time::timeout(wait, tasks.room(&stop)).await,
+            Ok(false)
+        );
     }
 }
