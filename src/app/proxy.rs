@@ -1,6 +1,8 @@
 //! `--proxy-protocol`: which listeners read a PROXY protocol header first ([`crate::tcp::proxy`]),
 //! and the check that each one named is on.
 
+use std::net::SocketAddr;
+
 use super::Error;
 use super::config::{ProxyListener, ServeConfig};
 use crate::metrics::{Listener, Metrics};
@@ -34,12 +36,35 @@ pub(super) fn setting(
         return None;
     }
     let (name, label) = names(listener);
+    if let Some(addr) = open_to_anyone(config, listener) {
+        tracing::warn!(
+            listener = name,
+            %addr,
+            "PROXY protocol headers are taken from any peer on a listener other hosts can reach: \
+             a client reaching it directly can name any address as its own (and spend another's \
+             budget of failed password checks). Name the load balancers with \
+             --proxy-protocol-from, unless the network lets only them reach this address"
+        );
+    }
     let setting = ProxyProtocol::new(name, &config.proxy_protocol_from);
     let refused = setting.refused();
     metrics.on_scrape(move |m| {
         m.proxy_headers_refused(label, refused.load(std::sync::atomic::Ordering::Relaxed));
     });
     Some(setting)
+}
+
+/// The address of `listener` when it takes a header from any peer (no
+/// `--proxy-protocol-from`) and is bound where other hosts can reach it.
+fn open_to_anyone(config: &ServeConfig, listener: ProxyListener) -> Option<SocketAddr> {
+    let addr = match listener {
+        ProxyListener::Mqtt => Some(config.mqtt_addr),
+        ProxyListener::Mqtts => config.mqtts_addr,
+        ProxyListener::Http => Some(config.http_addr),
+        ProxyListener::Https => config.https_addr,
+    }?;
+    (config.proxy_protocol_from.is_empty() && !addr.ip().to_canonical().is_loopback())
+        .then_some(addr)
 }
 
 /// The listener's name in logs and errors, and its metrics label.
@@ -49,5 +74,32 @@ fn names(listener: ProxyListener) -> (&'static str, Listener) {
         ProxyListener::Mqtts => ("mqtts", Listener::mqtts),
         ProxyListener::Http => ("http", Listener::http),
         ProxyListener::Https => ("https", Listener::https),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_others_reach_is_open_to_anyone_only_without_a_list_of_balancers() {
+        let mut config = ServeConfig::defaults();
+        config.mqtt_addr = "127.0.0.1:1883".parse().unwrap();
+        config.http_addr = "0.0.0.0:8080".parse().unwrap();
+        config.https_addr = Some("[::]:8443".parse().unwrap());
+        config.mqtts_addr = Some("[::ffff:127.0.0.1]:8883".parse().unwrap());
+        assert_eq!(open_to_anyone(&config, ProxyListener::Mqtt), None);
+        assert_eq!(open_to_anyone(&config, ProxyListener::Mqtts), None);
+        assert_eq!(
+            open_to_anyone(&config, ProxyListener::Http),
+            Some(config.http_addr)
+        );
+        assert_eq!(
+            open_to_anyone(&config, ProxyListener::Https),
+            config.https_addr
+        );
+        config.proxy_protocol_from = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(open_to_anyone(&config, ProxyListener::Http), None);
+        assert_eq!(open_to_anyone(&config, ProxyListener::Https), None);
     }
 }
