@@ -108,3 +108,65 @@ fn two_servers_in_one_process_count_apart() {
             .contains(r#"retaind_mqtt_messages_sent_total{qos="0"} 0"#)
     );
 }
+
+/// The README's table of metrics is what operators build dashboards from: every family the
+/// page carries is a row with its type, and no row names a family that is gone.
+#[test]
+fn every_family_on_the_page_is_in_the_readme_with_its_type() {
+    let readme = include_str!("../../README.md");
+    // Rows `| `name`, `name` | type | labels | meaning |`, indented in a list item.
+    let rows: Vec<(Vec<&str>, &str)> = readme
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("| `retaind_"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            let kind = *cells.get(1)?;
+            let names = cells[0].split('`').skip(1).step_by(2).collect();
+            ["counter", "gauge", "histogram"]
+                .contains(&kind)
+                .then_some((names, kind))
+        })
+        .collect();
+    // A family with nothing recorded is not on the page: one sample in each.
+    let m = Metrics::new("1");
+    m.http_request("Publish", 200, Duration::from_millis(1));
+    m.http_throttled("Publish");
+    m.auth_failure(AuthFailure::bad_signature);
+    m.store_cache(CacheResult::hit);
+    m.store_error("write batch", "timeout");
+    m.watch_resync(ResyncReason::overflow);
+    m.mqtt_closed_before_connect(ForRoom::made_room);
+    m.http_closed_for_room(1, 1);
+    m.tls_handshakes_given_up(Listener::mqtts, 1);
+    m.proxy_headers_refused(Listener::mqtt, 1);
+    m.mqtt_dropped(DropReason::policy, 1);
+    m.gauges()
+        .store_pool_connections
+        .get_or_create(&PoolLabel { state: "idle" })
+        .set(1);
+    let page = m.render();
+    let mut families = Vec::new();
+    let mut wrong = Vec::new();
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+        match rows.iter().find(|(names, _)| names.contains(&name)) {
+            None => wrong.push(format!("{name}: no row")),
+            Some((_, k)) if *k != kind => wrong.push(format!("{name}: README {k}, page {kind}")),
+            Some(_) => {}
+        }
+        families.push(name);
+    }
+    assert!(families.len() > 40, "{families:?}");
+    for (names, _) in &rows {
+        for name in names.iter().filter(|n| !families.contains(n)) {
+            wrong.push(format!(
+                "{name}: a row for a family the page does not carry"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
