@@ -67,8 +67,10 @@ impl<'a> ScanStart<'a> {
 }
 
 /// One SQL statement per combination of a range's bounds, all selecting the same columns, so
-/// that each runs as a plain range on the primary key. Built by each backend's
-/// `range_statements!` macro, which knows its placeholder syntax.
+/// that each runs as a plain range on the primary key: Postgres' generic plan and SQLite's
+/// planner both search the key between the bounds as index conditions, where one statement with
+/// `?1 IS NULL OR ...` would make them walk the table from the start. Built by
+/// [`range_statements!`].
 pub(super) struct RangeStatements {
     /// Topics `>= start`, no upper bound.
     pub(super) at: &'static str,
@@ -88,6 +90,97 @@ impl RangeStatements {
             (ScanStart::At(_), Some(_)) => self.at_until,
             (ScanStart::After(_), Some(_)) => self.after_until,
         }
+    }
+}
+
+/// The [`RangeStatements`] selecting `$columns`, with the backend's placeholder prefix `$p`
+/// (`"$"` for Postgres, `"?"` for SQLite): `{p}1` is the lower bound, `{p}2` now, `{p}3` the
+/// limit and `{p}4` the upper bound.
+macro_rules! range_statements {
+    ($columns:expr, $p:literal) => {
+        RangeStatements {
+            at: $crate::store::row::range_statement!($columns, $p, concat!("topic >= ", $p, "1")),
+            after: $crate::store::row::range_statement!($columns, $p, concat!("topic > ", $p, "1")),
+            at_until: $crate::store::row::range_statement!(
+                $columns,
+                $p,
+                concat!("topic >= ", $p, "1 AND topic < ", $p, "4")
+            ),
+            after_until: $crate::store::row::range_statement!(
+                $columns,
+                $p,
+                concat!("topic > ", $p, "1 AND topic < ", $p, "4")
+            ),
+        }
+    };
+}
+pub(super) use range_statements;
+
+macro_rules! range_statement {
+    ($columns:expr, $p:literal, $bounds:expr) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM retained_messages WHERE ",
+            $bounds,
+            " AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > ",
+            $p,
+            "2) ORDER BY topic LIMIT ",
+            $p,
+            "3"
+        )
+    };
+}
+pub(super) use range_statement;
+
+/// Rows per query of a [`super::RetainedStore::snapshot`].
+pub(super) const SNAPSHOT_PAGE: u32 = 500;
+
+/// Where a snapshot stands: the next page to read (at most [`SNAPSHOT_PAGE`] rows, each read
+/// in the snapshot's one transaction so that all read one state) and what was sent of it.
+pub(super) struct Pages<'a> {
+    from: &'a str,
+    after: Option<TopicName>,
+    sent: u64,
+    done: bool,
+}
+
+impl<'a> Pages<'a> {
+    pub(super) fn new(from: &'a str) -> Self {
+        Self {
+            from,
+            after: None,
+            sent: 0,
+            done: false,
+        }
+    }
+
+    /// Where the next page starts; `None` once the last was read.
+    pub(super) fn next(&self) -> Option<ScanStart<'_>> {
+        (!self.done).then(|| ScanStart::new(self.from, self.after.as_ref()))
+    }
+
+    /// Sends a page's messages to `out`, one at a time; `false` when the receiver left.
+    pub(super) async fn send(
+        &mut self,
+        rows: Vec<MessageRow>,
+        out: &tokio::sync::mpsc::Sender<RetainedMessage>,
+    ) -> bool {
+        self.done = rows.len() < SNAPSHOT_PAGE as usize;
+        for row in rows {
+            let message = row.into_message();
+            self.after = Some(message.topic.clone());
+            if out.send(message).await.is_err() {
+                return false;
+            }
+            self.sent += 1;
+        }
+        true
+    }
+
+    /// Messages the receiver took.
+    pub(super) fn sent(&self) -> u64 {
+        self.sent
     }
 }
 

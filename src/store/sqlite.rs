@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use super::backend::{Readers, TICKET_REVISIONS, Verdict};
 use super::quota;
 use super::row::{
-    ChangeRow, MessageRow, RangeStatements, ScanStart, SummaryRow, change_columns, change_page,
-    message_columns,
+    ChangeRow, MessageRow, Pages, RangeStatements, SNAPSHOT_PAGE, ScanStart, SummaryRow,
+    change_columns, change_page, message_columns, range_statements,
 };
 use super::schema;
 use super::sqlite_apply;
@@ -65,41 +65,13 @@ fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transa
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
-/// A range query with the given bounds on `topic`: `?1` is the lower bound, `?2` now, `?3` the
-/// limit and `?4` the upper bound. One statement per combination of bounds, so that SQLite
-/// searches the primary key between them (`?1 IS NULL OR ...` would make it walk the table from
-/// the start).
-macro_rules! range_statements {
-    ($columns:expr) => {
-        RangeStatements {
-            at: range_statement!($columns, "topic >= ?1"),
-            after: range_statement!($columns, "topic > ?1"),
-            at_until: range_statement!($columns, "topic >= ?1 AND topic < ?4"),
-            after_until: range_statement!($columns, "topic > ?1 AND topic < ?4"),
-        }
-    };
-}
-
-macro_rules! range_statement {
-    ($columns:expr, $bounds:literal) => {
-        concat!(
-            "SELECT ",
-            $columns,
-            " FROM retained_messages WHERE ",
-            $bounds,
-            " AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > ?2) ORDER BY topic LIMIT ?3"
-        )
-    };
-}
-
-/// Rows per query of a [`RetainedStore::snapshot`].
-const SNAPSHOT_PAGE: u32 = 500;
-
 /// Full messages in a range: [`RetainedStore::scan`].
-const SCAN: RangeStatements = range_statements!(message_columns!());
+const SCAN: RangeStatements = range_statements!(message_columns!(), "?");
 /// Summaries in a range: [`RetainedStore::list_range`].
-const LIST_RANGE: RangeStatements =
-    range_statements!("topic, length(payload) AS payload_size, qos, last_modified_ms, revision");
+const LIST_RANGE: RangeStatements = range_statements!(
+    "topic, length(payload) AS payload_size, qos, last_modified_ms, revision",
+    "?"
+);
 
 impl SqliteStore {
     /// Up to `limit` unexpired rows from `start` up to `until` (exclusive), in topic order, with
@@ -324,10 +296,8 @@ impl RetainedStore for SqliteStore {
         // A deferred transaction on a reader: its first SELECT fixes the WAL snapshot that
         // every later page of it reads.
         let mut tx = self.reader.begin().await?;
-        let mut after: Option<TopicName> = None;
-        let mut sent = 0;
-        loop {
-            let start = ScanStart::new(from, after.as_ref());
+        let mut pages = Pages::new(from);
+        while let Some(start) = pages.next() {
             let mut query = sqlx::query_as(SCAN.pick(start, until))
                 .bind(start.bound())
                 .bind(now_ms)
@@ -335,21 +305,13 @@ impl RetainedStore for SqliteStore {
             if let Some(until) = until {
                 query = query.bind(until);
             }
-            let rows: Vec<MessageRow> = query.fetch_all(&mut *tx).await?;
-            let full = rows.len() == SNAPSHOT_PAGE as usize;
-            for row in rows {
-                let message = row.into_message();
-                after = Some(message.topic.clone());
-                if out.send(message).await.is_err() {
-                    return Ok(sent);
-                }
-                sent += 1;
-            }
-            if !full {
-                tx.commit().await?;
-                return Ok(sent);
+            let rows = query.fetch_all(&mut *tx).await?;
+            if !pages.send(rows, &out).await {
+                return Ok(pages.sent());
             }
         }
+        tx.commit().await?;
+        Ok(pages.sent())
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {

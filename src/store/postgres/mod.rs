@@ -24,8 +24,8 @@ use self::writers::Writers;
 use crate::store::backend::{ChangeFeed, Readers, TICKET_REVISIONS, Verdict};
 use crate::store::feed::{CHANNEL, everything};
 use crate::store::row::{
-    ChangeRow, MessageRow, RangeStatements, ScanStart, SummaryRow, change_columns, change_page,
-    message_columns,
+    ChangeRow, MessageRow, Pages, RangeStatements, SNAPSHOT_PAGE, ScanStart, SummaryRow,
+    change_columns, change_page, message_columns, range_statements,
 };
 use crate::store::{
     ChangePage, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Revision,
@@ -228,41 +228,12 @@ impl PostgresStore {
     }
 }
 
-/// A range query with the given bounds on `topic`: `$1` is the lower bound, `$2` now, `$3` the
-/// limit and `$4` the upper bound. One statement per combination of bounds, so that even
-/// Postgres' generic plan is an index range scan on the primary key with both bounds as index
-/// conditions.
-macro_rules! range_statements {
-    ($columns:expr) => {
-        RangeStatements {
-            at: range_statement!($columns, "topic >= $1"),
-            after: range_statement!($columns, "topic > $1"),
-            at_until: range_statement!($columns, "topic >= $1 AND topic < $4"),
-            after_until: range_statement!($columns, "topic > $1 AND topic < $4"),
-        }
-    };
-}
-
-macro_rules! range_statement {
-    ($columns:expr, $bounds:literal) => {
-        concat!(
-            "SELECT ",
-            $columns,
-            " FROM retained_messages WHERE ",
-            $bounds,
-            " AND NOT deleted AND (expires_at_ms IS NULL OR expires_at_ms > $2) ORDER BY topic LIMIT $3"
-        )
-    };
-}
-
-/// Rows per query of a [`RetainedStore::snapshot`].
-const SNAPSHOT_PAGE: u32 = 500;
-
 /// Full messages in a range: [`RetainedStore::scan`].
-const SCAN: RangeStatements = range_statements!(message_columns!());
+const SCAN: RangeStatements = range_statements!(message_columns!(), "$");
 /// Summaries in a range: [`RetainedStore::list_range`].
 const LIST_RANGE: RangeStatements = range_statements!(
-    "topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms, revision"
+    "topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms, revision",
+    "$"
 );
 
 #[async_trait]
@@ -443,10 +414,8 @@ impl RetainedStore for PostgresStore {
         sqlx::query("SET LOCAL enable_sort = off")
             .execute(&mut *tx)
             .await?;
-        let mut after: Option<TopicName> = None;
-        let mut sent = 0;
-        loop {
-            let start = ScanStart::new(from, after.as_ref());
+        let mut pages = Pages::new(from);
+        while let Some(start) = pages.next() {
             let mut query = sqlx::query_as(SCAN.pick(start, until))
                 .bind(start.bound())
                 .bind(now_ms)
@@ -454,26 +423,18 @@ impl RetainedStore for PostgresStore {
             if let Some(until) = until {
                 query = query.bind(until);
             }
-            let rows: Vec<MessageRow> = query.fetch_all(&mut *tx).await?;
-            let full = rows.len() == SNAPSHOT_PAGE as usize;
-            for row in rows {
-                let message = row.into_message();
-                after = Some(message.topic.clone());
-                if out.send(message).await.is_err() {
-                    return Ok(sent);
-                }
-                sent += 1;
-            }
-            if !full {
-                // A read-only transaction ends as well by rollback, which dropping it queues
-                // and the pool sends as the connection goes back. A `COMMIT` awaited here
-                // could be cancelled on its way (the subscriber left with the last message);
-                // the transaction's drop then queued a `ROLLBACK` after it, which Postgres
-                // answers with a warning (`tests/store_abandoned_read_logs.rs`).
-                drop(tx);
-                return Ok(sent);
+            let rows = query.fetch_all(&mut *tx).await?;
+            if !pages.send(rows, &out).await {
+                return Ok(pages.sent());
             }
         }
+        // A read-only transaction ends as well by rollback, which dropping it queues and the
+        // pool sends as the connection goes back. A `COMMIT` awaited here could be cancelled
+        // on its way (the subscriber left with the last message); the transaction's drop then
+        // queued a `ROLLBACK` after it, which Postgres answers with a warning
+        // (`tests/store_abandoned_read_logs.rs`).
+        drop(tx);
+        Ok(pages.sent())
     }
 
     async fn touch(&self, topics: &[TopicName], now_ms: i64) -> Result<(), Error> {
