@@ -79,10 +79,12 @@ impl Allowance {
         queued < self.messages && queued_bytes < self.bytes
     }
 
-    /// Rows of the next page: half the allowance, at the average payload size seen so far.
-    fn page_rows(self, average_payload: Option<usize>) -> u32 {
+    /// Rows of the next page: half the allowance, at the average payload size seen so far,
+    /// and at most the store's `max_rows` (its pages' bound, [`Store::max_scan_rows`]).
+    fn page_rows(self, average_payload: Option<usize>, max_rows: u32) -> u32 {
         let most = u32::try_from(self.messages / 2)
             .unwrap_or(u32::MAX)
+            .min(max_rows)
             .max(MIN_PAGE);
         match average_payload {
             None => FIRST_PAGE.min(most),
@@ -142,7 +144,7 @@ impl RetainedFeed {
             return;
         }
         if let Some(mut scan) = self.scans.pop_front() {
-            scan.page = allowance.page_rows(scan.average_payload);
+            scan.page = allowance.page_rows(scan.average_payload, store.max_scan_rows());
             self.fetching = Some(self.read(scan, store, limits));
         }
     }
@@ -393,13 +395,31 @@ mod tests {
     #[test]
     fn a_page_is_half_the_allowance_at_the_payloads_seen() {
         let alone = Allowance::sharing(1);
-        assert_eq!(alone.page_rows(None), FIRST_PAGE);
-        assert_eq!(alone.page_rows(Some(256)), 2000, "capped by messages");
-        assert_eq!(alone.page_rows(Some(4096)), 256);
-        assert_eq!(alone.page_rows(Some(1 << 20)), MIN_PAGE);
+        let unbounded = u32::MAX;
+        assert_eq!(alone.page_rows(None, unbounded), FIRST_PAGE);
+        assert_eq!(
+            alone.page_rows(Some(256), unbounded),
+            2000,
+            "capped by messages"
+        );
+        assert_eq!(alone.page_rows(Some(4096), unbounded), 256);
+        assert_eq!(alone.page_rows(Some(1 << 20), unbounded), MIN_PAGE);
         let crowd = Allowance::sharing(100);
-        assert_eq!(crowd.page_rows(Some(256)), 250);
-        assert_eq!(crowd.page_rows(None), FIRST_PAGE.min(250));
+        assert_eq!(crowd.page_rows(Some(256), unbounded), 250);
+        assert_eq!(crowd.page_rows(None, unbounded), FIRST_PAGE.min(250));
+    }
+
+    #[test]
+    fn a_page_is_at_most_the_stores_bound() {
+        let alone = Allowance::sharing(1);
+        assert_eq!(alone.page_rows(Some(256), 256), 256);
+        assert_eq!(alone.page_rows(None, 100), 100);
+        assert_eq!(
+            alone.page_rows(Some(4096), 1000),
+            256,
+            "the allowance is less"
+        );
+        assert_eq!(alone.page_rows(Some(256), 1), MIN_PAGE);
     }
 
     #[test]

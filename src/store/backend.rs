@@ -270,6 +270,13 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// Most writes one group commit takes: what one [`RetainedStore::apply`] carries well, a
     /// measured value for each backend (decision 020). Below [`TICKET_REVISIONS`].
     fn max_write_batch(&self) -> usize;
+
+    /// Most rows a retained delivery reads in one [`RetainedStore::scan`]: each page is that
+    /// much of the database's time in one go, which writes wait behind where the database
+    /// shares the cores (decision 020). No bound of the store's own by default.
+    fn max_scan_rows(&self) -> u32 {
+        u32::MAX
+    }
 }
 
 /// A stream of [`Change`]s that never ends: it reconnects by itself and says when it could not

@@ -309,6 +309,12 @@ impl Store {
             .await
     }
 
+    /// Most rows one [`Store::scan`] of a retained delivery should ask for: the backend's
+    /// bound ([`RetainedStore::max_scan_rows`]).
+    pub fn max_scan_rows(&self) -> u32 {
+        self.inner.backend.max_scan_rows()
+    }
+
     /// [`Store::scan`] on the connections of `readers`: [`Readers::Bulk`] for bulk work on
     /// threads of low priority, on connections of its own.
     pub async fn scan_with(
