@@ -701,6 +701,24 @@ async fn a_bulk_scan_reads_what_a_scan_reads(backend: Backend) {
     }
 }
 
+/// `--db-scan-rows` where it is set; else Postgres bounds a delivery's pages (each is a burst
+/// of a backend's CPU that commits wait behind) and SQLite leaves them to the read-ahead.
+async fn a_deliverys_pages_are_bounded_by_the_setting_or_else_the_backend(backend: Backend) {
+    let (default, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    let expected = match backend {
+        Backend::Postgres => 256,
+        Backend::Sqlite => u32::MAX,
+    };
+    assert_eq!(default.max_scan_rows(), expected);
+    let db = fresh_db(backend).await;
+    let options = StoreOptions {
+        scan_rows: Some(1000),
+        ..StoreOptions::default()
+    };
+    let set = Store::new(open_backend(&db.url).await, Clock::manual(T0_MS), options);
+    assert_eq!(set.max_scan_rows(), 1000);
+}
+
 async fn a_scan_without_upper_bound_runs_to_the_end(backend: Backend) {
     let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
     put_all(&store, &["z", "b/x", "a", "\u{10000}", "é", "b"]).await;
@@ -1102,6 +1120,7 @@ for_each_backend!(
     a_scan_does_not_count_as_a_read,
     scan_pages_resume_after_a_topic_and_end_exactly,
     a_scan_without_upper_bound_runs_to_the_end,
+    a_deliverys_pages_are_bounded_by_the_setting_or_else_the_backend,
     a_bulk_scan_reads_what_a_scan_reads,
     expired_messages_are_not_scanned,
     scan_bounds_compare_multibyte_topics_by_bytes,

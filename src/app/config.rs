@@ -394,6 +394,15 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u16).range(1..=16))]
     pub db_write_lanes: u16,
 
+    /// Most rows a large retained delivery reads from the database per query. Unset: 256 on
+    /// Postgres, whose backend runs each page in one burst of CPU that publishes' commits wait
+    /// behind when it shares the cores (raise it when Postgres has a host of its own: each
+    /// page then costs a network round trip); on SQLite only the read-ahead bounds a page
+    /// (2,000 messages of 256 bytes).
+    #[arg(long, env = "RETAIND_DB_SCAN_ROWS",
+          value_parser = clap::value_parser!(u32).range(16..=4000))]
+    pub db_scan_rows: Option<u32>,
+
     /// How long to keep trying to reach the database at start (it may be starting too) before
     /// giving up with the cause. Each failed attempt is logged with its cause.
     #[arg(long, env = "RETAIND_DB_STARTUP_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]

@@ -171,6 +171,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_messages: (config.max_retained_messages > 0)
                 .then_some(config.max_retained_messages),
             write_lanes: usize::from(config.db_write_lanes),
+            scan_rows: config.db_scan_rows,
             metrics: metrics.clone(),
         },
     );

@@ -34,6 +34,9 @@ pub struct StoreOptions {
     /// by hash (so each topic's writes stay in order). More than one lets the database use
     /// more than one core for writes, at the price of smaller batches.
     pub write_lanes: usize,
+    /// Most rows a retained delivery reads per query; `None`: the backend's own bound
+    /// ([`RetainedStore::max_scan_rows`]).
+    pub scan_rows: Option<u32>,
     /// Where batches, cache lookups, failures and the pool are counted (`/metrics`).
     pub metrics: Metrics,
 }
@@ -46,6 +49,7 @@ impl Default for StoreOptions {
             cache_bytes: 64 << 20,
             max_messages: None,
             write_lanes: 1,
+            scan_rows: None,
             metrics: Metrics::default(),
         }
     }
@@ -111,6 +115,8 @@ struct Inner {
     cache: Option<Arc<ReadCache>>,
     clock: Clock,
     timeout: Duration,
+    /// See [`Store::max_scan_rows`].
+    scan_rows: u32,
     failures: Arc<Failures>,
     metrics: Metrics,
     payload_bytes: Mutex<PayloadBytes>,
@@ -145,6 +151,7 @@ impl Store {
     /// which stop by themselves when the last clone of the handle is dropped.
     pub fn new(backend: Arc<dyn RetainedStore>, clock: Clock, options: StoreOptions) -> Self {
         let timeout = options.timeout;
+        let scan_rows = options.scan_rows.unwrap_or(backend.max_scan_rows());
         let stop = CancellationToken::new();
         let failures = Failures::start(stop.clone(), options.metrics.clone());
         observe_pool(&options.metrics, &backend);
@@ -191,6 +198,7 @@ impl Store {
                 cache,
                 clock,
                 timeout,
+                scan_rows,
                 failures,
                 metrics: options.metrics,
                 payload_bytes: Mutex::new(PayloadBytes::default()),
@@ -309,10 +317,10 @@ impl Store {
             .await
     }
 
-    /// Most rows one [`Store::scan`] of a retained delivery should ask for: the backend's
-    /// bound ([`RetainedStore::max_scan_rows`]).
+    /// Most rows one [`Store::scan`] of a retained delivery should ask for: the setting's
+    /// ([`StoreOptions::scan_rows`]), or else the backend's ([`RetainedStore::max_scan_rows`]).
     pub fn max_scan_rows(&self) -> u32 {
-        self.inner.backend.max_scan_rows()
+        self.inner.scan_rows
     }
 
     /// [`Store::scan`] on the connections of `readers`: [`Readers::Bulk`] for bulk work on
