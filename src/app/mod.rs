@@ -603,3 +603,5 @@ impl Running {
 
 #[cfg(test)]
 mod config_file_tests;
+#[cfg(test)]
+mod config_readme_tests;
