@@ -535,7 +535,7 @@ impl ServeConfig {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     use super::Cli;
 
@@ -547,6 +547,20 @@ mod tests {
             .find(|arg| arg.get_id() == "database_url")
             .expect("the --database-url flag");
         assert!(database_url.is_hide_env_values_set());
+    }
+
+    /// A delivery's page bound outside 16–4000 stops the server at its flag, naming the range.
+    #[test]
+    fn db_scan_rows_is_refused_outside_its_range() {
+        let parse = |v: &str| Cli::try_parse_from(["retaind", "--db-scan-rows", v]);
+        for refused in ["15", "4001", "0", "many"] {
+            let e = parse(refused).err().expect(refused).to_string();
+            assert!(e.contains("--db-scan-rows"), "{e}");
+        }
+        assert!(parse("15").unwrap_err().to_string().contains("16..=4000"));
+        assert_eq!(parse("16").unwrap().serve.db_scan_rows, Some(16));
+        assert_eq!(parse("4000").unwrap().serve.db_scan_rows, Some(4000));
+        assert_eq!(super::ServeConfig::defaults().db_scan_rows, None);
     }
 
     /// docker-compose.yml configures the nodes through the environment; a variable no flag

@@ -110,7 +110,6 @@ fn by_qos(family: &Family<QosLabel, Counter>) -> [Counter; 3] {
     [0, 1, 2].map(|qos| family.get_or_create(&QosLabel { qos }).clone())
 }
 
-/// HTTP latencies from 0.5 ms to about 16 s.
 /// Raises `listener`'s counter in `family` to `total`, a count its listener keeps.
 fn catch_up_listener(
     family: &Family<labels::ListenerLabel, Counter>,
@@ -123,6 +122,7 @@ fn catch_up_listener(
     ClusterCounters::catch_up(&counter, total);
 }
 
+/// HTTP latencies from 0.5 ms to about 16 s.
 fn http_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
