@@ -554,10 +554,16 @@ mod tests {
     fn db_scan_rows_is_refused_outside_its_range() {
         let parse = |v: &str| Cli::try_parse_from(["retaind", "--db-scan-rows", v]);
         for refused in ["15", "4001", "0", "many"] {
-            let e = parse(refused).err().expect(refused).to_string();
+            let Err(e) = parse(refused) else {
+                panic!("--db-scan-rows {refused} was taken");
+            };
+            let e = e.to_string();
             assert!(e.contains("--db-scan-rows"), "{e}");
         }
-        assert!(parse("15").unwrap_err().to_string().contains("16..=4000"));
+        let Err(e) = parse("15") else {
+            unreachable!("refused above")
+        };
+        assert!(e.to_string().contains("16..=4000"), "{e}");
         assert_eq!(parse("16").unwrap().serve.db_scan_rows, Some(16));
         assert_eq!(parse("4000").unwrap().serve.db_scan_rows, Some(4000));
         assert_eq!(super::ServeConfig::defaults().db_scan_rows, None);
