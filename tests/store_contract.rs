@@ -9,9 +9,9 @@ use bytes::Bytes;
 use common::writes::message;
 use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
 use retaind::store::{
-    Clock, Error as StoreError, MessageProperties, Owner, PAYLOAD_BYTES_MAX_AGE, PayloadFormat,
-    Qos, Readers, RetainedMessage, RetainedSummary, Store, StoreOptions, UserProperty, Verdict,
-    Write, purge_delay,
+    Clock, Condition, Error as StoreError, MessageProperties, OwnedWrite, Owner,
+    PAYLOAD_BYTES_MAX_AGE, PayloadFormat, Qos, Readers, RetainedMessage, RetainedSummary, Store,
+    StoreOptions, UserProperty, Verdict, Write, purge_delay,
 };
 use retaind::topic::{TopicLimits, TopicName};
 
@@ -460,6 +460,198 @@ async fn a_large_batch_decides_each_row_on_its_own(backend: Backend) {
             Some(&b"new"[..])
         );
     }
+}
+
+/// One field of a message or of its write, set to a value of its own for `i`.
+type SetField = fn(&mut RetainedMessage, &mut OwnedWrite, i64);
+
+/// Every field a write stores, each with a setter (the Postgres store binds a field the same in
+/// every row of a batch once, the others as arrays: both must store each row's own value).
+const FIELDS: [(&str, SetField); 13] = [
+    ("payload", |m, _, i| {
+        m.payload = Bytes::from(format!("p{i}"))
+    }),
+    ("qos", |m, _, i| {
+        m.qos = [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce][i as usize % 3];
+    }),
+    ("user_properties", |m, _, i| {
+        m.properties.user_properties = (0..i % 3)
+            .map(|n| UserProperty {
+                key: format!("k{n}"),
+                value: format!("v{i}"),
+            })
+            .collect();
+    }),
+    ("content_type", |m, _, i| {
+        m.properties.content_type = (i % 2 == 1).then(|| format!("type/{i}"));
+    }),
+    ("response_topic", |m, _, i| {
+        m.properties.response_topic = (i % 2 == 1).then(|| topic(&format!("replies/{i}")));
+    }),
+    ("correlation_data", |m, _, i| {
+        m.properties.correlation_data = (i % 2 == 1).then(|| Bytes::from(vec![i as u8; 3]));
+    }),
+    ("payload_format", |m, _, i| {
+        m.properties.payload_format = if i % 2 == 1 {
+            PayloadFormat::Utf8
+        } else {
+            PayloadFormat::Unspecified
+        };
+    }),
+    ("expires_at_ms", |m, _, i| {
+        m.expires_at_ms = (i % 2 == 1).then_some(T0_MS + 60_000 + i);
+    }),
+    ("last_modified_ms", |m, _, i| {
+        m.last_modified_ms = T0_MS - 1_000 + i
+    }),
+    ("last_accessed_ms", |m, _, i| {
+        m.last_accessed_ms = T0_MS - 500 + i
+    }),
+    ("owner", |_, w, i| {
+        w.owner = Owner {
+            name: format!("owner-{i}").into(),
+            max_messages: None,
+        };
+    }),
+    ("deleted", |m, w, i| {
+        if i % 4 == 3 {
+            w.write = Write::Delete(m.topic.clone());
+        }
+    }),
+    ("writer_client", |_, w, i| {
+        w.client = Some(format!("client-{i}").into())
+    }),
+];
+
+/// A write of `t` with every field set by [`FIELDS`] from `base`, but those in `vary` from `i`.
+fn write_of(t: &str, base: i64, vary: &[usize], i: i64) -> (RetainedMessage, OwnedWrite) {
+    let mut m = full_message_on(t, T0_MS);
+    let mut w = OwnedWrite::new(Write::Put(m.clone()), Owner::anonymous());
+    w.client = Some("client".into());
+    for (n, (_, set)) in FIELDS.iter().enumerate() {
+        set(&mut m, &mut w, if vary.contains(&n) { i } else { base });
+    }
+    if let Write::Put(put) = &mut w.write {
+        *put = m.clone();
+    }
+    (m, w)
+}
+
+/// Applies `writes` (each of `kind`, built by `write`) as one batch, and checks each topic then
+/// holds its own write: every field, its owner and its client.
+async fn apply_and_check(
+    store: &std::sync::Arc<dyn retaind::store::RetainedStore>,
+    label: &str,
+    writes: Vec<(RetainedMessage, OwnedWrite)>,
+) {
+    let owned: Vec<OwnedWrite> = writes.iter().map(|(_, w)| w.clone()).collect();
+    let topics: Vec<TopicName> = writes.iter().map(|(m, _)| m.topic.clone()).collect();
+    let held = store.get_many(&topics, T0_MS).await.unwrap();
+    let is_held = |t: &TopicName| held.iter().any(|m| m.topic == *t);
+    // The count (expired rows and all) sees a tombstone written as a live row, which reads
+    // would hide: it expires when it is written.
+    let change: i64 = writes
+        .iter()
+        .map(|(m, w)| match (&w.write, is_held(&m.topic)) {
+            (Write::Put(_), false) => 1,
+            (Write::Delete(_), true) => -1,
+            _ => 0,
+        })
+        .sum();
+    let count = store.count(None).await.unwrap();
+    let verdicts = store
+        .apply(&owned, None, T0_MS, common::far_deadline())
+        .await
+        .unwrap();
+    for (n, v) in verdicts.iter().enumerate() {
+        assert!(
+            matches!(v, Verdict::Applied(_)),
+            "{label}: write {n}: {v:?}"
+        );
+    }
+    let counted = store.count(None).await.unwrap();
+    assert_eq!(
+        counted as i64 - count as i64,
+        change,
+        "{label}: messages stored"
+    );
+    let read = store.get_many(&topics, T0_MS).await.unwrap();
+    for (m, w) in &writes {
+        let got = read.iter().find(|r| r.topic == m.topic);
+        let Write::Put(_) = w.write else {
+            assert!(got.is_none(), "{label}: {} was deleted", m.topic);
+            continue;
+        };
+        let got = got.unwrap_or_else(|| panic!("{label}: {} missing", m.topic));
+        let writer = got.writer.as_ref().expect("a write's writer is kept");
+        assert_eq!(&*writer.principal, &*w.owner.name, "{label}: {}", m.topic);
+        assert_eq!(
+            Some(&writer.client),
+            w.client.as_ref(),
+            "{label}: {}",
+            m.topic
+        );
+        assert_eq!(unrevised(got.clone()), *m, "{label}");
+    }
+}
+
+/// A batch's rows each keep their own fields, whether the batch's rows share a field or not:
+/// for each field, a batch whose rows differ in it alone; a batch whose rows differ in every
+/// field; one whose rows share all of them; and `If-Match` and `If-None-Match` batches alike.
+async fn a_batchs_rows_keep_their_own_fields_shared_or_not(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let store = open_backend(&db.url).await;
+    for (n, (name, _)) in FIELDS.iter().enumerate() {
+        let writes = (0..4)
+            .map(|i| write_of(&format!("one/{name}/{i}"), 0, &[n], i))
+            .collect();
+        apply_and_check(&store, &format!("{name} alone differs"), writes).await;
+    }
+    let every: Vec<usize> = (0..FIELDS.len()).collect();
+    let differ = (0..6)
+        .map(|i| write_of(&format!("all/{i}"), 0, &every, i))
+        .collect();
+    apply_and_check(&store, "every field differs", differ).await;
+    let shared = (0..6)
+        .map(|i| write_of(&format!("none/{i}"), 1, &[], i))
+        .collect();
+    apply_and_check(&store, "no field differs", shared).await;
+
+    // Deletes carry no condition of their own here: the conditional batches are puts.
+    let puts: Vec<usize> = (0..FIELDS.len())
+        .filter(|&n| FIELDS[n].0 != "deleted")
+        .collect();
+    let absent: Vec<_> = (0..4)
+        .map(|i| {
+            let (m, mut w) = write_of(&format!("cond/{i}"), 0, &puts, i);
+            w.condition = Some(Condition::Absent);
+            (m, w)
+        })
+        .collect();
+    apply_and_check(&store, "If-None-Match, every field differs", absent.clone()).await;
+    let topics: Vec<TopicName> = absent.iter().map(|(m, _)| m.topic.clone()).collect();
+    let mut stored = store.get_many(&topics, T0_MS).await.unwrap();
+    stored.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let matched: Vec<_> = stored
+        .iter()
+        .enumerate()
+        .map(|(i, held)| {
+            let (m, mut w) = write_of(held.topic.as_str(), 2, &puts, i as i64 + 10);
+            w.condition = Some(Condition::Revision(held.revision));
+            (m, w)
+        })
+        .collect();
+    apply_and_check(
+        &store,
+        "If-Match, every field and revision differs",
+        matched,
+    )
+    .await;
+    // One row: every field, the `If-Match` revision too, is the batch's only value.
+    let held = store.get_many(&topics[..1], T0_MS).await.unwrap();
+    let (m, mut w) = write_of(topics[0].as_str(), 1, &[], 0);
+    w.condition = Some(Condition::Revision(held[0].revision));
+    apply_and_check(&store, "If-Match, one row", vec![(m, w)]).await;
 }
 
 async fn idle_messages_are_purged_and_reads_keep_them(backend: Backend) {
@@ -1112,6 +1304,7 @@ for_each_backend!(
     a_delete_leaves_an_invisible_tombstone_until_the_purge,
     a_write_with_an_earlier_ticket_changes_nothing,
     a_large_batch_decides_each_row_on_its_own,
+    a_batchs_rows_keep_their_own_fields_shared_or_not,
     idle_messages_are_purged_and_reads_keep_them,
     a_recorded_read_never_moves_access_time_backwards,
     the_token_key_is_shared_by_every_node_on_a_database,

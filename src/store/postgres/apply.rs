@@ -12,151 +12,9 @@ use crate::store::quota;
 use crate::store::row::{Row, encode_user_properties, last_write_per_topic};
 use crate::topic::TopicName;
 
-// The statements, put together from the parts below (`concat!` takes only literals, and a
-// macro that expands to one). Parameters: `$1`..`$14` the column arrays (in `rows!`'
-// order), `$15` the notices, `$16` the batch's first place (its writes already applied by
-// earlier statements of the same transaction), `$17` the time expiry is judged at
-// (`IfMatch`, `IfNoneMatch`), `$18` the `If-Match` revisions (`IfMatch`).
-//
-// The ticket is the transaction id (`ticket`, a materialized CTE evaluated once, as the first
-// row is produced): taken before the statement waits for any row lock, so a statement that
-// stalls on a lock still carries the ticket of when it began; and, because the transaction
-// holds it until it ends, a watcher reading below the oldest transaction still running never
-// passes a revision that could commit later (decision 018). Each row's revision and ticket is
-// the ticket times 4096 plus its place in the batch.
-//
-// The session's shard of the counts (`retained_total`, migration 0004) is locked right after
-// the ticket is taken, before any row (`counted`): the count triggers update it at the end of
-// the statement, and a batch deciding a quota locks every shard before its rows
-// (`standing`). Counts after rows here, rows after counts there, and two nodes deadlocked
-// (`tests/store_postgres_mixed_batches.rs`); counts first everywhere, they wait in turn.
-//
-// Each change is logged in `retained_changes`, and the entry of the version it replaces is
-// removed: the write keeps the revision it replaced in `replaced_revision`, read from the row
-// it locked, so no separate read of the old rows is needed (an entry that a write committed
-// after this statement's snapshot leaves behind is found by maintenance,
-// `RetainedStore::compact_changes`). Notifications are delivered at commit, and only if it
-// commits.
-macro_rules! head {
-    () => {
-        "WITH ticket AS MATERIALIZED (
-SELECT pg_current_xact_id()::text::int8 * 4096 + $16::int8 AS base
-), counted AS MATERIALIZED (
-SELECT t.base, (SELECT count(*) FROM (SELECT 1 FROM retained_total
-    WHERE shard = retained_count_shard() FOR UPDATE) l) AS locked
-FROM ticket t
-), applied AS ("
-    };
-}
+use super::statements::{Shape, same, statement};
 
-macro_rules! tail {
-    () => {
-        "), logged AS (
-INSERT INTO retained_changes (revision, topic) SELECT revision, topic FROM applied
-), pruned AS (
-DELETE FROM retained_changes c WHERE c.revision = ANY(ARRAY(
-    SELECT replaced_revision FROM applied WHERE replaced_revision IS NOT NULL))
-), notified AS (
-SELECT count(pg_notify('retaind_changes', notice)) FROM UNNEST($15::text[]) AS notice
-)
-SELECT topic, revision FROM applied, notified"
-    };
-}
-
-/// The batch's rows as a table `s`, each with its revision `rev`, from `UNNEST` straight into
-/// the write: with one write per statement nothing reads them twice, so no copy of the batch
-/// is kept in between. `$extra` adds arrays after the columns, named by `$names`.
-macro_rules! rows {
-    ($extra:literal, $names:literal) => {
-        concat!(
-            "(SELECT u.*, t.base + u.ord AS rev
-    FROM UNNEST($1::text[], $2::bytea[], $3::int2[], $4::text[], $5::text[], $6::text[],
-        $7::bytea[], $8::int2[], $9::int8[], $10::int8[], $11::int8[], $12::text[],
-        $13::bool[], $14::text[]",
-            $extra,
-            ")
-    WITH ORDINALITY AS u(topic, payload, qos, user_properties, content_type, response_topic,
-        correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms,
-        owner, deleted, writer_client",
-            $names,
-            ", ord),
-    counted t) s"
-        )
-    };
-}
-
-/// An insert of the batch that replaces a row only where `$also` holds (besides the ticket).
-macro_rules! insert {
-    ($also:literal) => {
-        concat!(
-            "
-INSERT INTO retained_messages (topic, payload, qos, user_properties, content_type, response_topic,
-    correlation_data, payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner,
-    deleted, writer_client, write_seq, revision, change_kind)
-SELECT topic, payload, qos, user_properties, content_type, response_topic, correlation_data,
-    payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, owner, deleted,
-    writer_client, rev, rev, 0
-FROM ",
-            rows!("", ""),
-            "
-ON CONFLICT (topic) DO UPDATE SET
-    payload = EXCLUDED.payload, qos = EXCLUDED.qos, user_properties = EXCLUDED.user_properties,
-    content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
-    correlation_data = EXCLUDED.correlation_data, payload_format = EXCLUDED.payload_format,
-    expires_at_ms = EXCLUDED.expires_at_ms, last_modified_ms = EXCLUDED.last_modified_ms,
-    last_accessed_ms = EXCLUDED.last_accessed_ms, owner = EXCLUDED.owner,
-    deleted = EXCLUDED.deleted, writer_client = EXCLUDED.writer_client,
-    write_seq = EXCLUDED.write_seq, revision = EXCLUDED.revision, change_kind = 0,
-    replaced_revision = retained_messages.revision
-WHERE retained_messages.write_seq < EXCLUDED.write_seq",
-            $also,
-            "
-RETURNING topic, revision, replaced_revision
-"
-        )
-    };
-}
-
-const UPSERT: &str = concat!(head!(), insert!(""), tail!());
-
-const CREATED: &str = concat!(
-    head!(),
-    insert!("\n    AND (retained_messages.deleted OR retained_messages.expires_at_ms <= $17)"),
-    tail!()
-);
-
-const MATCHED: &str = concat!(
-    head!(),
-    "
-UPDATE retained_messages r SET
-    payload = s.payload, qos = s.qos, user_properties = s.user_properties,
-    content_type = s.content_type, response_topic = s.response_topic,
-    correlation_data = s.correlation_data, payload_format = s.payload_format,
-    expires_at_ms = s.expires_at_ms, last_modified_ms = s.last_modified_ms,
-    last_accessed_ms = s.last_accessed_ms, owner = s.owner, deleted = s.deleted,
-    write_seq = s.rev, revision = s.rev, writer_client = s.writer_client, change_kind = 0,
-    replaced_revision = r.revision
-FROM ",
-    rows!(", $18::int8[]", ", if_match"),
-    "
-WHERE r.topic = s.topic AND r.revision = s.if_match
-    AND NOT r.deleted AND (r.expires_at_ms IS NULL OR r.expires_at_ms > $17)
-    AND r.write_seq < s.rev
-RETURNING r.topic, r.revision, r.replaced_revision
-",
-    tail!()
-);
-
-/// The statement that applies writes of `kind`.
-fn statement(kind: WriteKind) -> &'static str {
-    match kind {
-        WriteKind::Unconditional => UPSERT,
-        WriteKind::IfMatch => MATCHED,
-        WriteKind::IfNoneMatch => CREATED,
-    }
-}
-
-/// The batch's columns, one array each, in the order of `rows!`; a tombstone carries its
+/// The batch's columns, one array each, in the order of [`COLUMNS`]; a tombstone carries its
 /// time as its expiry.
 #[derive(Default)]
 struct Columns<'a> {
@@ -178,6 +36,28 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
+    /// Which columns hold one value in every row, and so are bound once ([`Shape`]).
+    fn shape(&self, kind: WriteKind) -> Shape {
+        Shape::default()
+            .with(1, same(&self.payload))
+            .with(2, same(&self.qos))
+            .with(3, same(&self.user_properties))
+            .with(4, same(&self.content_type))
+            .with(5, same(&self.response_topic))
+            .with(6, same(&self.correlation_data))
+            .with(7, same(&self.payload_format))
+            .with(8, same(&self.expires_at_ms))
+            .with(9, same(&self.last_modified_ms))
+            .with(10, same(&self.last_accessed_ms))
+            .with(11, same(&self.owner))
+            .with(12, same(&self.deleted))
+            .with(13, same(&self.writer_client))
+            .with(
+                Shape::IF_MATCH,
+                kind == WriteKind::IfMatch && same(&self.if_match),
+            )
+    }
+
     fn push(&mut self, row: Row<'a>, w: &'a OwnedWrite) {
         self.owner.push(&w.owner.name);
         self.writer_client.push(w.client.as_deref());
@@ -268,26 +148,42 @@ async fn apply_kind(
     for w in writes {
         cols.push(Row::of(&w.write, now_ms), w);
     }
-    let query = sqlx::query_as(statement(kind))
-        .bind(cols.topic)
-        .bind(cols.payload)
-        .bind(cols.qos)
-        .bind(cols.user_properties)
-        .bind(cols.content_type)
-        .bind(cols.response_topic)
-        .bind(cols.correlation_data)
-        .bind(cols.payload_format)
-        .bind(cols.expires_at_ms)
-        .bind(cols.last_modified_ms)
-        .bind(cols.last_accessed_ms)
-        .bind(cols.owner)
-        .bind(cols.deleted)
-        .bind(cols.writer_client)
+    let shape = cols.shape(kind);
+    let sql = statement(kind, shape);
+    // Column `i` of `COLUMNS` bound as `$i+1`: its first value if the shape has it as one.
+    macro_rules! bind {
+        ($query:expr, $i:expr, $values:expr) => {
+            if shape.is_one($i) {
+                $query.bind($values.into_iter().next())
+            } else {
+                $query.bind($values)
+            }
+        };
+    }
+    // Put together from constants and numbers only: nothing a client sent is in it.
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+    let query = bind!(query, 0, cols.topic);
+    let query = bind!(query, 1, cols.payload);
+    let query = bind!(query, 2, cols.qos);
+    let query = bind!(query, 3, cols.user_properties);
+    let query = bind!(query, 4, cols.content_type);
+    let query = bind!(query, 5, cols.response_topic);
+    let query = bind!(query, 6, cols.correlation_data);
+    let query = bind!(query, 7, cols.payload_format);
+    let query = bind!(query, 8, cols.expires_at_ms);
+    let query = bind!(query, 9, cols.last_modified_ms);
+    let query = bind!(query, 10, cols.last_accessed_ms);
+    let query = bind!(query, 11, cols.owner);
+    let query = bind!(query, 12, cols.deleted);
+    let query = bind!(query, 13, cols.writer_client)
         .bind(notices)
         .bind(i64::try_from(first).unwrap_or(i64::MAX));
     let query = match kind {
         WriteKind::Unconditional => query,
         WriteKind::IfNoneMatch => query.bind(now_ms),
+        WriteKind::IfMatch if shape.is_one(Shape::IF_MATCH) => {
+            query.bind(now_ms).bind(cols.if_match.into_iter().next())
+        }
         WriteKind::IfMatch => query.bind(now_ms).bind(cols.if_match),
     };
     query.fetch_all(conn).await

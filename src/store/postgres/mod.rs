@@ -2,12 +2,13 @@
 //! one commit however many messages it carries.
 //!
 //! This file holds the backend itself: opening it, and the reads, counts and purges, each one
-//! statement on the shared pool (`pool`). A write batch's statement is `apply`; the connections
+//! statement on the shared pool (`pool`). A write batch's statements are `statements`, bound and run by `apply`; the connections
 //! it runs on are `writers`; the change feed that keeps other nodes' caches coherent is `feed`.
 
 mod apply;
 mod feed;
 mod pool;
+mod statements;
 mod writers;
 
 use std::sync::Arc;
@@ -163,11 +164,11 @@ async fn revisions_ahead(pool: &PgPool) -> Result<(), Error> {
 }
 
 /// Turns the rows `victims` selects into tombstones of `kind` (1: expiry, 2: retention), each
-/// with a revision of this transaction's (see `apply::APPLY`), logged, with the entries of the
+/// with a revision of this transaction's (see `statements`), logged, with the entries of the
 /// versions they replace removed; the write ticket stays, so a write that started after the
 /// message was written still replaces the tombstone. `$1`, `$2` and `$3` are the victims'.
 ///
-/// Like a write batch (`apply::APPLY`), it locks its session's shard of the counts before any
+/// Like a write batch (`statements`), it locks its session's shard of the counts before any
 /// row, and takes its rows in topic order.
 ///
 /// `$still` is checked again on the row's latest version as it is changed: the victims are
