@@ -36,28 +36,6 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    /// Which columns hold one value in every row, and so are bound once ([`Shape`]).
-    fn shape(&self, kind: WriteKind) -> Shape {
-        Shape::default()
-            .with(1, same(&self.payload))
-            .with(2, same(&self.qos))
-            .with(3, same(&self.user_properties))
-            .with(4, same(&self.content_type))
-            .with(5, same(&self.response_topic))
-            .with(6, same(&self.correlation_data))
-            .with(7, same(&self.payload_format))
-            .with(8, same(&self.expires_at_ms))
-            .with(9, same(&self.last_modified_ms))
-            .with(10, same(&self.last_accessed_ms))
-            .with(11, same(&self.owner))
-            .with(12, same(&self.deleted))
-            .with(13, same(&self.writer_client))
-            .with(
-                Shape::IF_MATCH,
-                kind == WriteKind::IfMatch && same(&self.if_match),
-            )
-    }
-
     fn push(&mut self, row: Row<'a>, w: &'a OwnedWrite) {
         self.owner.push(&w.owner.name);
         self.writer_client.push(w.client.as_deref());
@@ -99,6 +77,27 @@ impl<'a> Columns<'a> {
             }
         }
     }
+}
+
+/// The statement for `$kind` writes of `$cols`' [`Shape`], with the columns bound: column
+/// `$i` of [`COLUMNS`](super::statements::COLUMNS) is the field `$field`, bound as `$i+1`, its
+/// one value if every row holds the same, else the array. Every column is named once, here.
+macro_rules! shaped {
+    ($kind:expr, $cols:ident, $($i:literal $field:ident),+) => {{
+        let shape = Shape::default()
+            $(.with($i, same(&$cols.$field)))+
+            .with(Shape::IF_MATCH, $kind == WriteKind::IfMatch && same(&$cols.if_match));
+        // Put together from constants and numbers only: nothing a client sent is in it.
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(statement($kind, shape)));
+        $(
+            let query = if shape.is_one($i) {
+                query.bind($cols.$field.into_iter().next())
+            } else {
+                query.bind($cols.$field)
+            };
+        )+
+        (shape, query)
+    }};
 }
 
 /// Applies `writes` on `conn`, one statement per kind of write among them (in the order of
@@ -148,34 +147,25 @@ async fn apply_kind(
     for w in writes {
         cols.push(Row::of(&w.write, now_ms), w);
     }
-    let shape = cols.shape(kind);
-    let sql = statement(kind, shape);
-    // Column `i` of `COLUMNS` bound as `$i+1`: its first value if the shape has it as one.
-    macro_rules! bind {
-        ($query:expr, $i:expr, $values:expr) => {
-            if shape.is_one($i) {
-                $query.bind($values.into_iter().next())
-            } else {
-                $query.bind($values)
-            }
-        };
-    }
-    // Put together from constants and numbers only: nothing a client sent is in it.
-    let query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-    let query = bind!(query, 0, cols.topic);
-    let query = bind!(query, 1, cols.payload);
-    let query = bind!(query, 2, cols.qos);
-    let query = bind!(query, 3, cols.user_properties);
-    let query = bind!(query, 4, cols.content_type);
-    let query = bind!(query, 5, cols.response_topic);
-    let query = bind!(query, 6, cols.correlation_data);
-    let query = bind!(query, 7, cols.payload_format);
-    let query = bind!(query, 8, cols.expires_at_ms);
-    let query = bind!(query, 9, cols.last_modified_ms);
-    let query = bind!(query, 10, cols.last_accessed_ms);
-    let query = bind!(query, 11, cols.owner);
-    let query = bind!(query, 12, cols.deleted);
-    let query = bind!(query, 13, cols.writer_client)
+    let (shape, query) = shaped!(
+        kind,
+        cols,
+        0 topic,
+        1 payload,
+        2 qos,
+        3 user_properties,
+        4 content_type,
+        5 response_topic,
+        6 correlation_data,
+        7 payload_format,
+        8 expires_at_ms,
+        9 last_modified_ms,
+        10 last_accessed_ms,
+        11 owner,
+        12 deleted,
+        13 writer_client
+    );
+    let query = query
         .bind(notices)
         .bind(i64::try_from(first).unwrap_or(i64::MAX));
     let query = match kind {
