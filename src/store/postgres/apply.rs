@@ -1,7 +1,7 @@
-//! What one write batch runs on Postgres: the upsert statement that applies the batch (one per
-//! kind of write), takes its write ticket and notifies the other nodes, the column arrays it
-//! binds, and the locked counts a quota decision starts from. The connection it runs on is the
-//! caller's.
+//! How one write batch runs on Postgres: its columns gathered, bound to the statement of its
+//! kind and shape (`statements`: the upsert that applies the batch, takes its write ticket and
+//! notifies the other nodes), and run; and the locked counts a quota decision starts from. The
+//! connection it runs on is the caller's.
 
 use std::collections::HashMap;
 
@@ -14,7 +14,8 @@ use crate::topic::TopicName;
 
 use super::statements::{Shape, same, statement};
 
-/// The batch's columns, one array each, in the order of [`COLUMNS`]; a tombstone carries its
+/// The batch's columns, one array each, in the order of
+/// [`COLUMNS`](super::statements::COLUMNS); a tombstone carries its
 /// time as its expiry.
 #[derive(Default)]
 struct Columns<'a> {
