@@ -202,11 +202,15 @@ async fn resuming_by_last_event_id_loses_and_repeats_nothing_across_10000_change
     let mut last_id: i64 = 0;
     let mut since_reconnect = 0;
     let mut reconnections = 0;
+    let mut quiet_since = None;
     loop {
-        if publisher.is_finished() && matches_store(&app, &mirror).await {
-            break;
-        }
-        let event = watch.expect().await;
+        let Some(event) = next_soon(&mut watch).await else {
+            if settled(&app, &publisher, true, &mirror, &mut quiet_since).await {
+                break;
+            }
+            continue;
+        };
+        quiet_since = None;
         if let Some(id) = &event.id {
             let id: i64 = id.parse().unwrap();
             assert!(id > last_id, "id {id} after {last_id}: a repeat");
@@ -275,6 +279,7 @@ async fn snapshots_taken_while_writes_go_on_meet_the_live_changes_exactly(backen
         })
     };
     let mut sessions = 0;
+    let mut quiet_since = None;
     loop {
         sessions += 1;
         let mut watch = open(&app, "?topicFilter=load%2F%23").await;
@@ -283,10 +288,13 @@ async fn snapshots_taken_while_writes_go_on_meet_the_live_changes_exactly(backen
         let mut synced = false;
         let mut events = 0;
         loop {
-            if synced && publisher.is_finished() && matches_store(&app, &mirror).await {
-                break;
-            }
-            let event = watch.expect().await;
+            let Some(event) = next_soon(&mut watch).await else {
+                if settled(&app, &publisher, synced, &mirror, &mut quiet_since).await {
+                    break;
+                }
+                continue;
+            };
+            quiet_since = None;
             events += 1;
             let topic = event.json()["topic"].as_str().map(str::to_owned);
             if let Some(topic) = &topic {
@@ -325,6 +333,45 @@ async fn snapshots_taken_while_writes_go_on_meet_the_live_changes_exactly(backen
         .ok()
         .expect("the only handle");
     app.stop().await;
+}
+
+/// How long a watch may stay quiet, every write answered, with a mirror that differs from the
+/// store: past it, a change was lost.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Called while the watch is quiet: whether every write of `publisher` has been answered and
+/// the watch, once `ready` (synced), mirrors the store. Fails once it has been quiet for
+/// [`SETTLE`] with the writes answered and the mirror still different; `quiet_since` keeps
+/// when that began (the caller clears it at each event).
+async fn settled(
+    app: &TestApp,
+    publisher: &tokio::task::JoinHandle<()>,
+    ready: bool,
+    mirror: &BTreeMap<String, (i64, String)>,
+    quiet_since: &mut Option<Instant>,
+) -> bool {
+    if !publisher.is_finished() {
+        return false;
+    }
+    if ready && matches_store(app, mirror).await {
+        return true;
+    }
+    let since = *quiet_since.get_or_insert_with(Instant::now);
+    assert!(
+        since.elapsed() < SETTLE,
+        "every write answered and the watch quiet for {SETTLE:?}, its mirror still differs from the store"
+    );
+    false
+}
+
+/// The watch's next event, or `None` if none comes within a moment. The last change can reach
+/// the watch before its writer's task is seen to end, and nothing need follow it (progress is
+/// sent only when the revision moves): a loop that waited for one more event could wait for
+/// ever. Cancel-safe: what was read of a block stays in the reader.
+async fn next_soon(watch: &mut Sse) -> Option<SseEvent> {
+    tokio::time::timeout(Duration::from_millis(100), watch.expect())
+        .await
+        .ok()
 }
 
 /// Whether `mirror` holds exactly the stored messages under `load/` (topic, revision, payload).
