@@ -2,8 +2,9 @@
 //! one commit however many messages it carries.
 //!
 //! This file holds the backend itself: opening it, and the reads, counts and purges, each one
-//! statement on the shared pool (`pool`). A write batch's statements are `statements`, bound and run by `apply`; the connections
-//! it runs on are `writers`; the change feed that keeps other nodes' caches coherent is `feed`.
+//! statement on the shared pool (`pool`). A write batch's statements are `statements`, bound
+//! and run by `apply`; the connections it runs on are `writers`; the change feed that keeps
+//! other nodes' caches coherent is `feed`.
 
 mod apply;
 mod feed;

@@ -67,7 +67,7 @@ pub(super) const COLUMNS: [Column; 14] = [
 ];
 
 /// The `If-Match` revisions of an `IfMatch` batch, bound as `$18`.
-const IF_MATCH: Column = column("if_match", "int8");
+const IF_MATCH_COLUMN: Column = column("if_match", "int8");
 const IF_MATCH_PARAM: usize = 18;
 
 /// Which of a batch's columns hold one value in every row, and so are bound once. The topic
@@ -196,7 +196,11 @@ fn rows(sql: &mut String, shape: Shape, if_match: bool) {
         .iter()
         .enumerate()
         .map(|(i, c)| (i + 1, c, shape.is_one(i)));
-    let extra = if_match.then_some((IF_MATCH_PARAM, &IF_MATCH, shape.is_one(Shape::IF_MATCH)));
+    let extra = if_match.then_some((
+        IF_MATCH_PARAM,
+        &IF_MATCH_COLUMN,
+        shape.is_one(Shape::IF_MATCH),
+    ));
     let params: Vec<_> = params.chain(extra).collect();
     sql.push_str("(SELECT u.*, ");
     for (n, c, _) in params.iter().filter(|(_, _, one)| *one) {
