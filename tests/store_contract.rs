@@ -10,8 +10,8 @@ use common::writes::message;
 use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
 use retaind::store::{
     Clock, Condition, Error as StoreError, MessageProperties, OwnedWrite, Owner,
-    PAYLOAD_BYTES_MAX_AGE, PayloadFormat, Qos, Readers, RetainedMessage, RetainedSummary, Store,
-    StoreOptions, UserProperty, Verdict, Write, purge_delay,
+    PAYLOAD_BYTES_MAX_AGE, PayloadFormat, Qos, Readers, RetainedMessage, RetainedPublish,
+    RetainedSummary, Store, StoreOptions, UserProperty, Verdict, Write, purge_delay,
 };
 use retaind::topic::{TopicLimits, TopicName};
 
@@ -859,35 +859,58 @@ async fn scan_pages_resume_after_a_topic_and_end_exactly(backend: Backend) {
     assert!(page.is_empty(), "{:?}", topics_of(&page));
 }
 
-/// A bulk scan (a large retained delivery's, on connections of its own) reads what a scan reads.
-async fn a_bulk_scan_reads_what_a_scan_reads(backend: Backend) {
+/// A delivery's scan, on the shared connections or a bulk scan's own, reads the rows a full
+/// scan reads, each with every field a subscriber receives (rows that differ in each of them).
+async fn a_deliverys_scan_reads_what_a_scan_reads(backend: Backend) {
     let clock = Clock::manual(T0_MS);
     let (store, _db) = fresh_store(backend, clock.clone()).await;
-    put_all(
-        &store,
-        &["c/7", "b", "c/0", "c/1", "c", "c/3", "c0", "é", "d"],
-    )
-    .await;
+    let topics = ["c/7", "b", "c/0", "c/1", "c", "c/3", "c0", "é", "d"];
+    for (i, t) in topics.iter().enumerate() {
+        let mut m = full_message_on(t, T0_MS);
+        match i % 3 {
+            0 => {}
+            1 => {
+                m.qos = Qos::AtMostOnce;
+                m.properties = MessageProperties::default();
+                m.expires_at_ms = None;
+            }
+            _ => {
+                m.qos = Qos::AtLeastOnce;
+                m.properties.user_properties.truncate(1);
+                m.properties.content_type = None;
+                m.properties.payload_format = PayloadFormat::Unspecified;
+                m.expires_at_ms = Some(T0_MS + 3_600_000 + i as i64);
+            }
+        }
+        store.write(Write::Put(m)).await.unwrap();
+    }
     let mut expiring = message("c/2", "v", T0_MS);
     expiring.expires_at_ms = Some(T0_MS + 1);
     store.write(Write::Put(expiring)).await.unwrap();
     clock.advance(Duration::from_millis(1));
+    let all = store.scan("", None, None, 100).await.unwrap();
+    assert_eq!(all.len(), topics.len(), "the expired message is not read");
     let after = [None, Some(topic("c/0")), Some(topic("c/9"))];
     for (from, until) in [("c/", Some("c0")), ("", None), ("c", None)] {
         for after in &after {
             for limit in [1, 2, 100] {
-                let scanned = store
+                let scanned: Vec<RetainedPublish> = store
                     .scan(from, until, after.as_ref(), limit)
                     .await
-                    .unwrap();
-                let bulk = store
-                    .scan_with(Readers::Bulk, from, until, after.as_ref(), limit)
-                    .await
-                    .unwrap();
-                assert_eq!(
-                    bulk, scanned,
-                    "{from:?}..{until:?} after {after:?}, {limit}"
-                );
+                    .unwrap()
+                    .into_iter()
+                    .map(RetainedPublish::from)
+                    .collect();
+                for readers in [Readers::Shared, Readers::Bulk] {
+                    let published = store
+                        .scan_publishes(readers, from, until, after.as_ref(), limit)
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        published, scanned,
+                        "{readers:?} {from:?}..{until:?} after {after:?}, {limit}"
+                    );
+                }
             }
         }
     }
@@ -1314,7 +1337,7 @@ for_each_backend!(
     scan_pages_resume_after_a_topic_and_end_exactly,
     a_scan_without_upper_bound_runs_to_the_end,
     a_deliverys_pages_are_bounded_by_the_setting_or_else_the_backend,
-    a_bulk_scan_reads_what_a_scan_reads,
+    a_deliverys_scan_reads_what_a_scan_reads,
     expired_messages_are_not_scanned,
     scan_bounds_compare_multibyte_topics_by_bytes,
     an_empty_range_scans_nothing,

@@ -84,6 +84,8 @@ async fn no_statement_of_the_store_is_jit_compiled() {
     assert!(store.get(topic("jit/01")).await.unwrap().is_some());
     assert!(store.get(topic("jit/00")).await.unwrap().is_none());
     assert_eq!(store.list(None, 10).await.unwrap().len(), 10);
+    let page = store.scan("jit/", None, None, 100).await;
+    assert_eq!(page.unwrap().len(), 49);
     assert_eq!(
         store
             .list_range("jit/", None, None, 100)
@@ -93,7 +95,7 @@ async fn no_statement_of_the_store_is_jit_compiled() {
         49
     );
     for readers in [Readers::Shared, Readers::Bulk] {
-        let page = store.scan_with(readers, "jit/", None, None, 100).await;
+        let page = store.scan_publishes(readers, "jit/", None, None, 100).await;
         assert_eq!(page.unwrap().len(), 49, "{readers:?}");
     }
     assert_eq!(store.count(None).await.unwrap(), 49);

@@ -6,7 +6,7 @@ mod common;
 
 use common::writes::message;
 use common::{Backend, T0_MS, fresh_db, open_backend, topic};
-use retaind::store::{PayloadFormat, Readers, Write};
+use retaind::store::{PayloadFormat, Readers, RetainedPublish, Write};
 
 #[tokio::test]
 async fn a_scan_serves_a_row_written_by_hand_as_a_point_read_does() {
@@ -30,10 +30,7 @@ async fn a_scan_serves_a_row_written_by_hand_as_a_point_read_does() {
     )
     .await;
 
-    let page = store
-        .scan("h/", Some("h0"), None, 10, T0_MS, Readers::Shared)
-        .await
-        .unwrap();
+    let page = store.scan("h/", Some("h0"), None, 10, T0_MS).await.unwrap();
     let topics: Vec<&str> = page.iter().map(|m| m.topic.as_str()).collect();
     assert_eq!(topics, ["h/a", "h/b", "h/c"]);
     let scanned = &page[1];
@@ -50,4 +47,14 @@ async fn a_scan_serves_a_row_written_by_hand_as_a_point_read_does() {
 
     let read = store.get_many(&[topic("h/b")], T0_MS).await.unwrap();
     assert_eq!(read, std::slice::from_ref(scanned));
+
+    // A delivery's scan serves the same of each row, on either connections.
+    let expected: Vec<RetainedPublish> = page.into_iter().map(RetainedPublish::from).collect();
+    for readers in [Readers::Shared, Readers::Bulk] {
+        let published = store
+            .scan_publishes("h/", Some("h0"), None, 10, T0_MS, readers)
+            .await
+            .unwrap();
+        assert_eq!(published, expected, "{readers:?}");
+    }
 }

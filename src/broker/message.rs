@@ -9,7 +9,7 @@ use bytestring::ByteString;
 
 use crate::cluster::{Routed, Stamp};
 use crate::mqtt::PublishProperties;
-use crate::store::{MessageProperties, Qos, RetainedMessage, Write};
+use crate::store::{MessageProperties, Qos, RetainedMessage, RetainedPublish, Write};
 use crate::topic::ClientKey;
 use crate::topic::TopicName;
 
@@ -103,7 +103,7 @@ impl Message {
     }
 
     /// A stored retained message, as it is sent to a new subscription.
-    pub fn from_retained(stored: RetainedMessage) -> Self {
+    pub fn from_retained(stored: RetainedPublish) -> Self {
         Self {
             topic: stored.topic,
             payload: stored.payload,

@@ -21,7 +21,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::census::{Census, Member};
 use super::message::{Delivery, Message};
 use super::session::SubOptions;
-use crate::store::{self, Readers, RetainedMessage, Store};
+use crate::store::{self, Readers, RetainedPublish, Store};
 use crate::topic::{TopicFilter, TopicLimits, TopicName};
 
 /// Rows in a first page, before payload sizes are known.
@@ -278,17 +278,17 @@ impl RetainedScan {
             // An exact filter is a point read, which the read cache can answer. A filter
             // longer than any storable topic simply has no retained message.
             let found = match TopicName::parse(self.filter.as_str(), limits) {
-                Ok(topic) => store.get(topic).await?.into_iter().collect(),
-                Err(_) => Vec::new(),
+                Ok(topic) => store.get(topic).await?.map(RetainedPublish::from),
+                Err(_) => None,
             };
             return Ok(Page {
-                deliveries: self.deliveries(found, now),
+                deliveries: self.deliveries(found.into_iter().collect(), now),
                 next: None,
             });
         }
         let (from, until, after) = (&self.from, self.until.as_deref(), self.after.as_ref());
         let rows = store
-            .scan_with(readers, from, until, after, self.page)
+            .scan_publishes(readers, from, until, after, self.page)
             .await?;
         let more = rows.len() == self.page as usize;
         self.after = rows.last().map(|m| m.topic.clone());
@@ -305,7 +305,7 @@ impl RetainedScan {
         })
     }
 
-    fn deliveries(&self, found: Vec<RetainedMessage>, now: i64) -> Vec<Delivery> {
+    fn deliveries(&self, found: Vec<RetainedPublish>, now: i64) -> Vec<Delivery> {
         found
             .into_iter()
             .map(Message::from_retained)
@@ -321,7 +321,7 @@ impl RetainedScan {
     }
 }
 
-fn average_payload(rows: &[RetainedMessage]) -> Option<usize> {
+fn average_payload(rows: &[RetainedPublish]) -> Option<usize> {
     let total: usize = rows.iter().map(|m| m.payload.len()).sum();
     (!rows.is_empty()).then(|| total / rows.len())
 }

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use super::feed::Change;
 use super::message::Revision;
 use super::watch_types::ChangePage;
-use super::{Error, OwnedWrite, QuotaExceeded, RetainedMessage, RetainedSummary};
+use super::{Error, OwnedWrite, QuotaExceeded, RetainedMessage, RetainedPublish, RetainedSummary};
 use crate::topic::TopicName;
 
 /// What became of one write of a batch.
@@ -155,10 +155,10 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// `until: None` = no upper bound) and strictly after `after` (when given), in byte order
     /// of topic.
     ///
-    /// This is how a wildcard subscription's retained messages are found page by page: the
-    /// caller turns the filter's literal prefix into a range and matches each topic itself.
+    /// This is how a watch that starts from the current set reads it, page by page: the
+    /// caller turns a filter's literal prefix into a range and matches each topic itself.
     /// Bounds need not be valid topic names, but must not contain U+0000: Postgres text cannot
-    /// hold it (and no topic contains it either). `readers` says whose connections read it.
+    /// hold it (and no topic contains it either).
     async fn scan(
         &self,
         from: &str,
@@ -166,8 +166,20 @@ pub trait RetainedStore: Send + Sync + 'static {
         after: Option<&TopicName>,
         limit: u32,
         now_ms: i64,
-        readers: Readers,
     ) -> Result<Vec<RetainedMessage>, Error>;
+
+    /// [`RetainedStore::scan`] reading only what a subscriber receives of each message, on the
+    /// connections of `readers`: how a wildcard subscription's retained messages are found.
+    /// The same rows, in the same order, under the same rules for the bounds.
+    async fn scan_publishes(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+        readers: Readers,
+    ) -> Result<Vec<RetainedPublish>, Error>;
 
     /// Like [`RetainedStore::scan`] but returns summaries (no payloads), as [`RetainedStore::list`]
     /// does: up to `limit` unexpired messages whose topics are in `[from, until)` and strictly
@@ -271,7 +283,7 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// measured value for each backend (decision 020). Below [`TICKET_REVISIONS`].
     fn max_write_batch(&self) -> usize;
 
-    /// Most rows a retained delivery reads in one [`RetainedStore::scan`]: each page is that
+    /// Most rows a retained delivery reads in one [`RetainedStore::scan_publishes`]: each page is that
     /// much of the database's time in one go, which writes wait behind where the database
     /// shares the cores (decision 020). No bound of the store's own by default.
     fn max_scan_rows(&self) -> u32 {

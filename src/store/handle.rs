@@ -13,8 +13,8 @@ use super::write_batch::WriteBatch;
 use super::write_lane::LaneSettings;
 use super::write_lanes::WriteLanes;
 use super::{
-    Change, ChangePage, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedStore,
-    RetainedSummary, Revision, Write,
+    Change, ChangePage, Clock, Error, OwnedWrite, Owner, RetainedMessage, RetainedPublish,
+    RetainedStore, RetainedSummary, Revision, Write,
 };
 use crate::metrics::{CacheResult, Metrics, PoolLabel};
 use crate::topic::TopicName;
@@ -300,12 +300,11 @@ impl Store {
 
     /// One page of unexpired full messages whose topics are in `[from, until)` (byte order;
     /// `until: None` = no upper bound) and strictly after `after`, in byte order of topic: how
-    /// the broker finds the retained messages for a wildcard subscription, page by page.
+    /// a watch reads the current set, page by page.
     ///
     /// Goes straight to the database under the usual deadline; the read cache holds single
     /// topics and cannot answer a range. Unlike [`Store::get`], a scan does not count as a read
-    /// for retention: retained messages the broker delivers to subscribers do not refresh their
-    /// retention in this version.
+    /// for retention.
     pub async fn scan(
         &self,
         from: &str,
@@ -313,31 +312,36 @@ impl Store {
         after: Option<&TopicName>,
         limit: u32,
     ) -> Result<Vec<RetainedMessage>, Error> {
-        self.scan_with(Readers::Shared, from, until, after, limit)
-            .await
+        let now = self.inner.clock.now_ms();
+        let page = self.inner.backend.scan(from, until, after, limit, now);
+        self.call("scan", page).await
     }
 
-    /// Most rows one [`Store::scan`] of a retained delivery should ask for: the setting's
-    /// ([`StoreOptions::scan_rows`]), or else the backend's ([`RetainedStore::max_scan_rows`]).
+    /// Most rows one [`Store::scan_publishes`] of a retained delivery should ask for: the
+    /// setting's ([`StoreOptions::scan_rows`]), or else the backend's
+    /// ([`RetainedStore::max_scan_rows`]).
     pub fn max_scan_rows(&self) -> u32 {
         self.inner.scan_rows
     }
 
-    /// [`Store::scan`] on the connections of `readers`: [`Readers::Bulk`] for bulk work on
-    /// threads of low priority, on connections of its own.
-    pub async fn scan_with(
+    /// The page [`Store::scan`] reads, but only what a subscriber receives of each message,
+    /// on the connections of `readers` ([`Readers::Bulk`] for bulk work on threads of low
+    /// priority, on connections of its own): how the broker finds the retained messages for a
+    /// wildcard subscription. Retained messages the broker delivers to subscribers do not
+    /// refresh their retention in this version.
+    pub async fn scan_publishes(
         &self,
         readers: Readers,
         from: &str,
         until: Option<&str>,
         after: Option<&TopicName>,
         limit: u32,
-    ) -> Result<Vec<RetainedMessage>, Error> {
+    ) -> Result<Vec<RetainedPublish>, Error> {
         let now = self.inner.clock.now_ms();
         let page = self
             .inner
             .backend
-            .scan(from, until, after, limit, now, readers);
+            .scan_publishes(from, until, after, limit, now, readers);
         self.call("scan", page).await
     }
 

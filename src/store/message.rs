@@ -86,6 +86,31 @@ pub struct RetainedMessage {
     pub writer: Option<Writer>,
 }
 
+/// What a subscriber receives of a retained message: a retained delivery reads only this of
+/// each row, since a page of a large delivery costs the database in proportion to what it
+/// returns (decision 020).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedPublish {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub properties: MessageProperties,
+    /// When the MQTT 5 Message Expiry Interval runs out (epoch ms); `None` never expires.
+    pub expires_at_ms: Option<i64>,
+}
+
+impl From<RetainedMessage> for RetainedPublish {
+    fn from(m: RetainedMessage) -> Self {
+        Self {
+            topic: m.topic,
+            payload: m.payload,
+            qos: m.qos,
+            properties: m.properties,
+            expires_at_ms: m.expires_at_ms,
+        }
+    }
+}
+
 /// A service-wide number the store gives every change to the retained set (a put, a delete, an
 /// expiry): strictly increasing in the order changes become visible, on every node and across
 /// restarts. Decision 018 says how.

@@ -43,8 +43,8 @@ pub use feed::Change;
 pub use handle::{MaintenanceReport, PAYLOAD_BYTES_MAX_AGE, Store, StoreOptions, purge_delay};
 pub use message::{
     Condition, MAX_USER_PROPERTY_BYTES, MessageProperties, OwnedWrite, Owner, PayloadFormat, Qos,
-    QuotaExceeded, RetainedMessage, RetainedSummary, Revision, UserProperty, Write, Writer,
-    parse_revision, user_properties_wire_len,
+    QuotaExceeded, RetainedMessage, RetainedPublish, RetainedSummary, Revision, UserProperty,
+    Write, Writer, parse_revision, user_properties_wire_len,
 };
 pub use open::open_backend;
 pub use schema::known_migrations;

@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::{
     ChangeKind, ChangePage, MessageProperties, PayloadFormat, Qos, RetainedChange, RetainedMessage,
-    RetainedSummary, Revision, UserProperty, Writer,
+    RetainedPublish, RetainedSummary, Revision, UserProperty, Writer,
 };
 use crate::topic::{TopicName, check_text};
 
@@ -12,12 +12,23 @@ use crate::topic::{TopicName, check_text};
 /// `&'static str` (sqlx accepts only those without an explicit safety assertion).
 macro_rules! message_columns {
     () => {
-        "topic, payload, qos, user_properties, content_type, response_topic, correlation_data, \
-         payload_format, expires_at_ms, last_modified_ms, last_accessed_ms, revision, owner, \
-         writer_client"
+        concat!(
+            $crate::store::row::publish_columns!(),
+            ", last_modified_ms, last_accessed_ms, revision, owner, writer_client"
+        )
     };
 }
 pub(super) use message_columns;
+
+/// The first columns of `message_columns!`: what a subscriber receives of a message
+/// ([`super::RetainedPublish`]).
+macro_rules! publish_columns {
+    () => {
+        "topic, payload, qos, user_properties, content_type, response_topic, correlation_data, \
+         payload_format, expires_at_ms"
+    };
+}
+pub(super) use publish_columns;
 
 /// What a write leaves in its topic's row: a message, or a tombstone that remembers the delete
 /// (and its write ticket) until the expiry purge removes it at `at_ms` plus the purge's delay.
@@ -190,8 +201,24 @@ pub(super) fn day_of(ms: i64) -> i32 {
     i32::try_from(ms.div_euclid(86_400_000)).unwrap_or(i32::MAX)
 }
 
-/// A message row's columns in the order of `message_columns!`, read by position: a scan
+/// A publish row's columns in the order of `publish_columns!`, read by position: a scan
 /// decodes millions of rows, and reading each column by name costs a hash lookup per column.
+pub(super) type PublishColumns = (
+    String,
+    Vec<u8>,
+    i16,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    i16,
+    Option<i64>,
+);
+
+/// The columns of `message_columns!` after a publish row's.
+pub(super) type MessageRest = (i64, i64, i64, String, Option<String>);
+
+/// A message row's columns in the order of `message_columns!`: a publish row's, then the rest.
 pub(super) type MessageColumns = (
     String,
     Vec<u8>,
@@ -209,6 +236,9 @@ pub(super) type MessageColumns = (
     Option<String>,
 );
 
+#[derive(Debug)]
+pub(super) struct PublishRow(PublishColumns);
+
 pub(super) struct MessageRow(MessageColumns);
 
 // A stored row is read one at a time, and what cannot be served of it is left out of that row
@@ -216,6 +246,22 @@ pub(super) struct MessageRow(MessageColumns);
 // a rule was tightened must never fail a read batch, a page or a subscription's retained
 // delivery that it shares with other rows (and is never skipped, which would end a page early). A string MQTT cannot carry ([MQTT-1.5.4-2]: no
 // U+0000) would make a subscriber disconnect every time it is delivered.
+
+/// Reads the columns `publish_columns!` names, by position from the first.
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for PublishRow
+where
+    PublishColumns: sqlx::FromRow<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        PublishColumns::from_row(row).map(Self)
+    }
+}
+
+impl From<PublishColumns> for PublishRow {
+    fn from(columns: PublishColumns) -> Self {
+        Self(columns)
+    }
+}
 
 /// Reads the columns `message_columns!` names, by position from the first; a change row
 /// (`change_columns!`) starts with the same columns.
@@ -234,14 +280,9 @@ impl From<MessageColumns> for MessageRow {
     }
 }
 
-impl MessageRow {
-    /// The revision the row holds.
-    pub(super) fn revision(&self) -> Revision {
-        self.0.11
-    }
-
-    /// The message, without whatever of it cannot be served.
-    pub(super) fn into_message(self) -> RetainedMessage {
+impl PublishRow {
+    /// The publish, without whatever of it cannot be served.
+    pub(super) fn into_publish(self) -> RetainedPublish {
         let (
             topic,
             payload,
@@ -252,11 +293,6 @@ impl MessageRow {
             correlation_data,
             payload_format,
             expires_at_ms,
-            last_modified_ms,
-            last_accessed_ms,
-            revision,
-            owner,
-            writer_client,
         ) = self.0;
         let topic = TopicName::from_stored(topic);
         let warn = |what: &str| tracing::warn!(topic = %topic, "stored {what} left out: not a valid MQTT string");
@@ -294,7 +330,7 @@ impl MessageRow {
             }
             ok
         });
-        RetainedMessage {
+        RetainedPublish {
             qos: stored_qos(&topic, qos),
             payload: Bytes::from(payload),
             properties: MessageProperties {
@@ -309,6 +345,75 @@ impl MessageRow {
                 },
             },
             expires_at_ms,
+            topic,
+        }
+    }
+}
+
+impl MessageRow {
+    pub(super) fn from_parts(publish: PublishColumns, rest: MessageRest) -> Self {
+        let (topic, payload, qos, props, content_type, response, correlation, format, expires) =
+            publish;
+        let (modified, accessed, revision, owner, client) = rest;
+        Self((
+            topic,
+            payload,
+            qos,
+            props,
+            content_type,
+            response,
+            correlation,
+            format,
+            expires,
+            modified,
+            accessed,
+            revision,
+            owner,
+            client,
+        ))
+    }
+
+    /// The revision the row holds.
+    pub(super) fn revision(&self) -> Revision {
+        self.0.11
+    }
+
+    /// The message, without whatever of it cannot be served.
+    pub(super) fn into_message(self) -> RetainedMessage {
+        let (
+            topic,
+            payload,
+            qos,
+            user_properties,
+            content_type,
+            response_topic,
+            correlation_data,
+            payload_format,
+            expires_at_ms,
+            last_modified_ms,
+            last_accessed_ms,
+            revision,
+            owner,
+            writer_client,
+        ) = self.0;
+        let publish = PublishRow((
+            topic,
+            payload,
+            qos,
+            user_properties,
+            content_type,
+            response_topic,
+            correlation_data,
+            payload_format,
+            expires_at_ms,
+        ))
+        .into_publish();
+        RetainedMessage {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            properties: publish.properties,
+            expires_at_ms: publish.expires_at_ms,
             last_modified_ms,
             last_accessed_ms,
             revision,
@@ -316,7 +421,6 @@ impl MessageRow {
                 principal: owner.into(),
                 client: client.into(),
             }),
-            topic,
         }
     }
 }

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use super::backend::{Readers, TICKET_REVISIONS, Verdict};
 use super::quota;
 use super::row::{
-    ChangeRow, MessageRow, Pages, RangeStatements, SNAPSHOT_PAGE, ScanStart, SummaryRow,
-    change_columns, change_page, message_columns, range_statements,
+    ChangeRow, MessageRow, Pages, PublishRow, RangeStatements, SNAPSHOT_PAGE, ScanStart,
+    SummaryRow, change_columns, change_page, message_columns, publish_columns, range_statements,
 };
 use super::schema;
 use super::sqlite_apply;
@@ -22,7 +22,8 @@ use super::sqlite_books::{self, Books, Prior};
 use super::sqlite_scan::ScanReaders;
 use super::sqlite_writer::SqliteWriter;
 use super::{
-    ChangePage, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Revision,
+    ChangePage, Error, OwnedWrite, RetainedMessage, RetainedPublish, RetainedStore,
+    RetainedSummary, Revision,
 };
 use crate::topic::TopicName;
 
@@ -67,6 +68,8 @@ fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transa
 
 /// Full messages in a range: [`RetainedStore::scan`].
 const SCAN: RangeStatements = range_statements!(message_columns!(), "?");
+/// What subscribers receive of the messages in a range: [`RetainedStore::scan_publishes`].
+const SCAN_PUBLISHES: RangeStatements = range_statements!(publish_columns!(), "?");
 /// Summaries in a range: [`RetainedStore::list_range`].
 const LIST_RANGE: RangeStatements = range_statements!(
     "topic, length(payload) AS payload_size, qos, last_modified_ms, revision",
@@ -262,15 +265,38 @@ impl RetainedStore for SqliteStore {
         after: Option<&TopicName>,
         limit: u32,
         now_ms: i64,
-        readers: Readers,
     ) -> Result<Vec<RetainedMessage>, Error> {
+        let start = ScanStart::new(from, after);
+        let statement = SCAN.pick(start, until);
+        let rows = self.scans.scan(statement, start, until, limit, now_ms);
+        Ok(rows
+            .await?
+            .into_iter()
+            .map(MessageRow::into_message)
+            .collect())
+    }
+
+    async fn scan_publishes(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+        readers: Readers,
+    ) -> Result<Vec<RetainedPublish>, Error> {
         let readers = match readers {
             Readers::Shared => &self.scans,
             Readers::Bulk => &self.bulk_scans,
         };
         let start = ScanStart::new(from, after);
-        let statement = SCAN.pick(start, until);
-        readers.scan(statement, start, until, limit, now_ms).await
+        let statement = SCAN_PUBLISHES.pick(start, until);
+        let rows = readers.scan(statement, start, until, limit, now_ms);
+        Ok(rows
+            .await?
+            .into_iter()
+            .map(PublishRow::into_publish)
+            .collect())
     }
 
     async fn list_range(

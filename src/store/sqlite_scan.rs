@@ -13,8 +13,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Row, ToSql};
 use tokio::sync::Semaphore;
 
-use super::row::{MessageColumns, MessageRow, ScanStart};
-use super::{Error, RetainedMessage};
+use super::Error;
+use super::row::{MessageRow, PublishColumns, PublishRow, ScanStart};
 
 /// Page cache of a scan connection, in KiB (SQLite's default is 2,000 KiB).
 const SCAN_CACHE_KIB: i64 = 256;
@@ -50,15 +50,15 @@ impl ScanReaders {
     }
 
     /// Up to `limit` rows of `statement` (binding `?1` the start, `?2` now, `?3` the limit and
-    /// `?4` the end when there is one), as messages.
-    pub(super) async fn scan(
+    /// `?4` the end when there is one), each read by position as the row type `R` reads it.
+    pub(super) async fn scan<R: Columns>(
         &self,
         statement: &'static str,
         start: ScanStart<'_>,
         until: Option<&str>,
         limit: u32,
         now_ms: i64,
-    ) -> Result<Vec<RetainedMessage>, Error> {
+    ) -> Result<Vec<R>, Error> {
         let permit = tokio::time::timeout(
             self.inner.timeout,
             self.inner.permits.clone().acquire_owned(),
@@ -113,14 +113,14 @@ impl Readers {
     }
 }
 
-fn read_page(
+fn read_page<R: Columns>(
     conn: &Connection,
     statement: &str,
     start: &str,
     until: Option<&str>,
     limit: u32,
     now_ms: i64,
-) -> Result<Vec<RetainedMessage>, Error> {
+) -> Result<Vec<R>, Error> {
     let mut statement = conn.prepare_cached(statement)?;
     let limit = i64::from(limit);
     let mut params: Vec<&dyn ToSql> = vec![&start, &now_ms, &limit];
@@ -130,14 +130,41 @@ fn read_page(
     let mut rows = statement.query(params.as_slice())?;
     let mut page = Vec::with_capacity(usize::try_from(limit).unwrap_or(0));
     while let Some(row) = rows.next()? {
-        page.push(MessageRow::from(message_columns(row)?).into_message());
+        page.push(R::read(row)?);
     }
     Ok(page)
 }
 
-/// The columns of `message_columns!`, by position. A payload or correlation data stored as
-/// text is read as its bytes, as sqlx reads it.
-fn message_columns(row: &Row<'_>) -> rusqlite::Result<MessageColumns> {
+/// A row type a scan reads by position from rusqlite's row. A payload or correlation data
+/// stored as text is read as its bytes, as sqlx reads it.
+pub(super) trait Columns: Send + 'static {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self>
+    where
+        Self: Sized;
+}
+
+/// The columns of `publish_columns!`.
+impl Columns for PublishRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        publish_columns(row).map(PublishRow::from)
+    }
+}
+
+/// The columns of `message_columns!`: a publish row's, then the rest.
+impl Columns for MessageRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        let rest = (
+            row.get(9)?,
+            row.get(10)?,
+            row.get(11)?,
+            row.get(12)?,
+            row.get(13)?,
+        );
+        Ok(MessageRow::from_parts(publish_columns(row)?, rest))
+    }
+}
+
+fn publish_columns(row: &Row<'_>) -> rusqlite::Result<PublishColumns> {
     Ok((
         row.get(0)?,
         row.get_ref(1)?.as_bytes()?.to_vec(),
@@ -148,11 +175,6 @@ fn message_columns(row: &Row<'_>) -> rusqlite::Result<MessageColumns> {
         row.get_ref(6)?.as_bytes_or_null()?.map(<[u8]>::to_vec),
         row.get(7)?,
         row.get(8)?,
-        row.get(9)?,
-        row.get(10)?,
-        row.get(11)?,
-        row.get(12)?,
-        row.get(13)?,
     ))
 }
 
@@ -165,7 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let readers = ScanReaders::new(dir.path().join("absent.db"), 1, Duration::from_millis(50));
         let held = readers.inner.permits.clone().acquire_owned().await.unwrap();
-        let scan = || readers.scan("SELECT 1", ScanStart::At(""), None, 1, 0);
+        let scan = || readers.scan::<PublishRow>("SELECT 1", ScanStart::At(""), None, 1, 0);
         let err = scan().await.unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
         drop(held);

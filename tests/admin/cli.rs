@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use retaind::admin::Line;
 use retaind::store::{
-    MessageProperties, OwnedWrite, PayloadFormat, Qos, Readers, RetainedMessage, RetainedStore,
+    MessageProperties, OwnedWrite, PayloadFormat, Qos, RetainedMessage, RetainedStore,
     UserProperty, Write,
 };
 use tokio::io::AsyncWriteExt;
@@ -188,7 +188,6 @@ pub async fn stored(url: &str) -> Vec<RetainedMessage> {
                 all.last().map(|m: &RetainedMessage| &m.topic),
                 1000,
                 T0_MS,
-                Readers::Shared,
             )
             .await
             .unwrap();

@@ -26,12 +26,12 @@ use self::writers::Writers;
 use crate::store::backend::{ChangeFeed, Readers, TICKET_REVISIONS, Verdict};
 use crate::store::feed::{CHANNEL, everything};
 use crate::store::row::{
-    ChangeRow, MessageRow, Pages, RangeStatements, SNAPSHOT_PAGE, ScanStart, SummaryRow,
-    change_columns, change_page, message_columns, range_statements,
+    ChangeRow, MessageRow, Pages, PublishRow, RangeStatements, SNAPSHOT_PAGE, ScanStart,
+    SummaryRow, change_columns, change_page, message_columns, publish_columns, range_statements,
 };
 use crate::store::{
-    ChangePage, Error, OwnedWrite, RetainedMessage, RetainedStore, RetainedSummary, Revision,
-    quota, schema,
+    ChangePage, Error, OwnedWrite, RetainedMessage, RetainedPublish, RetainedStore,
+    RetainedSummary, Revision, quota, schema,
 };
 use crate::topic::TopicName;
 
@@ -232,6 +232,11 @@ impl PostgresStore {
 
 /// Full messages in a range: [`RetainedStore::scan`].
 const SCAN: RangeStatements = range_statements!(message_columns!(), "$");
+/// What subscribers receive of the messages in a range: [`RetainedStore::scan_publishes`].
+/// Postgres spends about 2 µs of its CPU a row of a delivery, most of it on output rather than
+/// on walking the index: the five columns a subscriber never sees made a delivery 4–5% slower
+/// (decision 020).
+const SCAN_PUBLISHES: RangeStatements = range_statements!(publish_columns!(), "$");
 /// Summaries in a range: [`RetainedStore::list_range`].
 const LIST_RANGE: RangeStatements = range_statements!(
     "topic, octet_length(payload)::int8 AS payload_size, qos, last_modified_ms, revision",
@@ -384,15 +389,30 @@ impl RetainedStore for PostgresStore {
         after: Option<&TopicName>,
         limit: u32,
         now_ms: i64,
-        readers: Readers,
     ) -> Result<Vec<RetainedMessage>, Error> {
+        let start = ScanStart::new(from, after);
+        let rows: Vec<MessageRow> =
+            Self::range(&self.pool, &SCAN, start, until, limit, now_ms).await?;
+        Ok(rows.into_iter().map(MessageRow::into_message).collect())
+    }
+
+    async fn scan_publishes(
+        &self,
+        from: &str,
+        until: Option<&str>,
+        after: Option<&TopicName>,
+        limit: u32,
+        now_ms: i64,
+        readers: Readers,
+    ) -> Result<Vec<RetainedPublish>, Error> {
         let pool = match readers {
             Readers::Shared => &self.pool,
             Readers::Bulk => &self.bulk,
         };
         let start = ScanStart::new(from, after);
-        let rows: Vec<MessageRow> = Self::range(pool, &SCAN, start, until, limit, now_ms).await?;
-        Ok(rows.into_iter().map(MessageRow::into_message).collect())
+        let rows: Vec<PublishRow> =
+            Self::range(pool, &SCAN_PUBLISHES, start, until, limit, now_ms).await?;
+        Ok(rows.into_iter().map(PublishRow::into_publish).collect())
     }
 
     async fn list_range(
