@@ -71,9 +71,10 @@ impl PostgresStore {
     }
 
     /// Up to `limit` unexpired rows from `start` up to `until` (exclusive), in topic order, with
-    /// one of the `statements` of a range query.
+    /// one of the `statements` of a range query, on the connections of `readers`.
     async fn range<R>(
-        pool: &PgPool,
+        &self,
+        readers: Readers,
         statements: &RangeStatements,
         start: ScanStart<'_>,
         until: Option<&str>,
@@ -93,8 +94,13 @@ impl PostgresStore {
         // Walk the primary key in order and stop after `limit` rows. Left to itself, the planner
         // may misjudge a range just filled (statistics lag behind) as small, read all of it
         // with a bitmap scan and sort it, for every page: paging through a large range then
-        // costs its square. Without sorting, only the ordered index scan remains.
-        let mut tx = pool.begin().await?;
+        // costs its square. Without sorting, only the ordered index scan remains. The bulk
+        // connections run nothing but such ranges, and their sessions forbid sorting
+        // (`pool::BULK_SETUP`); elsewhere a transaction forbids it for the one query.
+        if readers == Readers::Bulk {
+            return Ok(query.fetch_all(&self.bulk).await?);
+        }
+        let mut tx = self.pool.begin().await?;
         sqlx::query("SET LOCAL enable_sort = off")
             .execute(&mut *tx)
             .await?;
@@ -391,8 +397,9 @@ impl RetainedStore for PostgresStore {
         now_ms: i64,
     ) -> Result<Vec<RetainedMessage>, Error> {
         let start = ScanStart::new(from, after);
-        let rows: Vec<MessageRow> =
-            Self::range(&self.pool, &SCAN, start, until, limit, now_ms).await?;
+        let rows: Vec<MessageRow> = self
+            .range(Readers::Shared, &SCAN, start, until, limit, now_ms)
+            .await?;
         Ok(rows.into_iter().map(MessageRow::into_message).collect())
     }
 
@@ -405,13 +412,10 @@ impl RetainedStore for PostgresStore {
         now_ms: i64,
         readers: Readers,
     ) -> Result<Vec<RetainedPublish>, Error> {
-        let pool = match readers {
-            Readers::Shared => &self.pool,
-            Readers::Bulk => &self.bulk,
-        };
         let start = ScanStart::new(from, after);
-        let rows: Vec<PublishRow> =
-            Self::range(pool, &SCAN_PUBLISHES, start, until, limit, now_ms).await?;
+        let rows: Vec<PublishRow> = self
+            .range(readers, &SCAN_PUBLISHES, start, until, limit, now_ms)
+            .await?;
         Ok(rows.into_iter().map(PublishRow::into_publish).collect())
     }
 
@@ -424,8 +428,9 @@ impl RetainedStore for PostgresStore {
         now_ms: i64,
     ) -> Result<Vec<RetainedSummary>, Error> {
         let start = ScanStart::new(from, after);
-        let rows: Vec<SummaryRow> =
-            Self::range(&self.pool, &LIST_RANGE, start, until, limit, now_ms).await?;
+        let rows: Vec<SummaryRow> = self
+            .range(Readers::Shared, &LIST_RANGE, start, until, limit, now_ms)
+            .await?;
         Ok(rows.into_iter().map(SummaryRow::into_summary).collect())
     }
 

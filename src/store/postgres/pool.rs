@@ -23,7 +23,14 @@ use crate::store::Error;
 /// 1.5 s (logged as a slow statement) while a large delivery kept the cores busy. Every
 /// statement here reads or writes a few rows through an index, which compiled code never
 /// repays.
-pub(super) const SESSION_SETUP: &str = "SET enable_seqscan = off; SET jit = off";
+pub(super) const SESSION_SETUP: &str = session_setup!();
+
+macro_rules! session_setup {
+    () => {
+        "SET enable_seqscan = off; SET jit = off"
+    };
+}
+use session_setup;
 
 /// The pool for reads, quota counts and maintenance (write batches have connections of their
 /// own, see `writers`), each connection set up with [`SESSION_SETUP`].
@@ -32,25 +39,33 @@ pub(super) async fn connect(
     max_connections: u32,
     timeout: Duration,
 ) -> Result<PgPool, Error> {
-    Ok(pool_options(max_connections, timeout)
+    Ok(pool_options(max_connections, timeout, SESSION_SETUP)
         .connect_with(options.clone())
         .await?)
 }
 
+/// Run by every connection of the bulk pool instead of [`SESSION_SETUP`]: that, and no sorting.
+/// A bulk scan pages through a range in key order, which the planner may otherwise answer by
+/// reading the whole range and sorting it (see `PostgresStore::range`); forbidding it for the
+/// session rather than in a transaction around each page saves three statements a page
+/// (`BEGIN`, `SET LOCAL`, `ROLLBACK`), two of them round trips a delivery waits for: measured
+/// (decision 020), a delivery of a million messages in pages of 256 ran 11% faster.
+pub(super) const BULK_SETUP: &str = concat!(session_setup!(), "; SET enable_sort = off");
+
 /// The pool of bulk scans ([`Readers::Bulk`](crate::store::Readers::Bulk)): no connection until a bulk scan opens
 /// one, on the runtime that scan runs on, and only bulk scans use them.
 pub(super) fn bulk(options: &PgConnectOptions, max_connections: u32, timeout: Duration) -> PgPool {
-    pool_options(max_connections, timeout).connect_lazy_with(options.clone())
+    pool_options(max_connections, timeout, BULK_SETUP).connect_lazy_with(options.clone())
 }
 
-fn pool_options(max_connections: u32, timeout: Duration) -> PgPoolOptions {
+fn pool_options(max_connections: u32, timeout: Duration, setup: &'static str) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
             Box::pin(async move {
-                // Two statements: sent as one simple query, not prepared.
-                conn.execute(SESSION_SETUP).await?;
+                // Several statements: sent as one simple query, not prepared.
+                conn.execute(setup).await?;
                 Ok(())
             })
         })
