@@ -244,8 +244,9 @@ pub(super) struct MessageRow(MessageColumns);
 // A stored row is read one at a time, and what cannot be served of it is left out of that row
 // alone, with a warning naming the topic: a row written by an older release, by hand, or before
 // a rule was tightened must never fail a read batch, a page or a subscription's retained
-// delivery that it shares with other rows (and is never skipped, which would end a page early). A string MQTT cannot carry ([MQTT-1.5.4-2]: no
-// U+0000) would make a subscriber disconnect every time it is delivered.
+// delivery that it shares with other rows (and is never skipped, which would end a page
+// early). A string MQTT cannot carry ([MQTT-1.5.4-2]: no U+0000) would make a subscriber
+// disconnect every time it is delivered.
 
 /// Reads the columns `publish_columns!` names, by position from the first.
 impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for PublishRow
@@ -271,12 +272,6 @@ where
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         MessageColumns::from_row(row).map(Self)
-    }
-}
-
-impl From<MessageColumns> for MessageRow {
-    fn from(columns: MessageColumns) -> Self {
-        Self(columns)
     }
 }
 
