@@ -239,7 +239,11 @@ pub(super) type MessageColumns = (
 #[derive(Debug)]
 pub(super) struct PublishRow(PublishColumns);
 
-pub(super) struct MessageRow(MessageColumns);
+/// A message row: a publish row's columns, then the rest.
+pub(super) struct MessageRow {
+    publish: PublishColumns,
+    rest: MessageRest,
+}
 
 // A stored row is read one at a time, and what cannot be served of it is left out of that row
 // alone, with a warning naming the topic: a row written by an older release, by hand, or before
@@ -271,7 +275,36 @@ where
     MessageColumns: sqlx::FromRow<'r, R>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        MessageColumns::from_row(row).map(Self)
+        let (
+            topic,
+            payload,
+            qos,
+            props,
+            content_type,
+            response,
+            correlation,
+            format,
+            expires,
+            modified,
+            accessed,
+            revision,
+            owner,
+            client,
+        ) = MessageColumns::from_row(row)?;
+        Ok(Self {
+            publish: (
+                topic,
+                payload,
+                qos,
+                props,
+                content_type,
+                response,
+                correlation,
+                format,
+                expires,
+            ),
+            rest: (modified, accessed, revision, owner, client),
+        })
     }
 }
 
@@ -347,62 +380,18 @@ impl PublishRow {
 
 impl MessageRow {
     pub(super) fn from_parts(publish: PublishColumns, rest: MessageRest) -> Self {
-        let (topic, payload, qos, props, content_type, response, correlation, format, expires) =
-            publish;
-        let (modified, accessed, revision, owner, client) = rest;
-        Self((
-            topic,
-            payload,
-            qos,
-            props,
-            content_type,
-            response,
-            correlation,
-            format,
-            expires,
-            modified,
-            accessed,
-            revision,
-            owner,
-            client,
-        ))
+        Self { publish, rest }
     }
 
     /// The revision the row holds.
     pub(super) fn revision(&self) -> Revision {
-        self.0.11
+        self.rest.2
     }
 
     /// The message, without whatever of it cannot be served.
     pub(super) fn into_message(self) -> RetainedMessage {
-        let (
-            topic,
-            payload,
-            qos,
-            user_properties,
-            content_type,
-            response_topic,
-            correlation_data,
-            payload_format,
-            expires_at_ms,
-            last_modified_ms,
-            last_accessed_ms,
-            revision,
-            owner,
-            writer_client,
-        ) = self.0;
-        let publish = PublishRow((
-            topic,
-            payload,
-            qos,
-            user_properties,
-            content_type,
-            response_topic,
-            correlation_data,
-            payload_format,
-            expires_at_ms,
-        ))
-        .into_publish();
+        let publish = PublishRow(self.publish).into_publish();
+        let (last_modified_ms, last_accessed_ms, revision, owner, writer_client) = self.rest;
         RetainedMessage {
             topic: publish.topic,
             payload: publish.payload,

@@ -7,6 +7,13 @@ use sqlx::{Executor, PgPool};
 
 use crate::store::Error;
 
+/// [`SESSION_SETUP`] as a literal, so that [`BULK_SETUP`] can add to it.
+macro_rules! session_setup {
+    () => {
+        "SET enable_seqscan = off; SET jit = off"
+    };
+}
+
 /// Run by every connection the store opens, pooled or for writes. Every statement the store
 /// runs has an index to use, so a sequential scan is only ever a mistake, and one that lasts:
 /// a prepared statement keeps a generic plan, and one made while the table was empty (a fresh
@@ -24,13 +31,6 @@ use crate::store::Error;
 /// statement here reads or writes a few rows through an index, which compiled code never
 /// repays.
 pub(super) const SESSION_SETUP: &str = session_setup!();
-
-macro_rules! session_setup {
-    () => {
-        "SET enable_seqscan = off; SET jit = off"
-    };
-}
-use session_setup;
 
 /// The pool for reads, quota counts and maintenance (write batches have connections of their
 /// own, see `writers`), each connection set up with [`SESSION_SETUP`].
