@@ -11,11 +11,13 @@ mod mqtt_codec {
 }
 
 use bytes::BytesMut;
+use bytestring::ByteString;
 use mqtt_codec::fixtures::{self, Direction, Wire};
 use mqtt_codec::strategies::*;
 use proptest::prelude::*;
-use retaind::mqtt::{Codec, decode_stream};
-use rmqtt_codec::types::QoS;
+use retaind::mqtt::{Codec, OutgoingProperties, OutgoingPublish, decode_stream};
+use rmqtt_codec::error::EncodeError;
+use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::{v3, v5};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -249,6 +251,109 @@ proptest! {
         let mut buf = BytesMut::new();
         codec.encode(v3_meaning_of_server(&packet), &mut buf).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(v3_decode(buf)?, packet);
+    }
+}
+
+/// A codec that has read a CONNECT of `version` (3.1.1 when false).
+fn connected(v5: bool) -> Codec {
+    let mut codec = Codec::new(MAX_PACKET_SIZE);
+    let mut connect = if v5 {
+        let connect = v5::Connect {
+            clean_start: true,
+            ..Default::default()
+        };
+        v5_encode(v5::Packet::Connect(Box::new(connect)))
+    } else {
+        let connect = v3::Connect {
+            clean_session: true,
+            ..Default::default()
+        };
+        v3_encode(v3::Packet::Connect(Box::new(connect)))
+    };
+    let decoded = codec.decode(&mut connect);
+    assert!(
+        matches!(decoded, Ok(Some(v5::Packet::Connect(_)))),
+        "{decoded:?}"
+    );
+    codec
+}
+
+/// `p` as the broker hands it to the codec: borrowed, never with a Topic Alias.
+fn outgoing(p: &Publish) -> OutgoingPublish<'_, (ByteString, ByteString)> {
+    let props = p
+        .properties
+        .as_ref()
+        .expect("a PUBLISH for an MQTT 5 client");
+    OutgoingPublish {
+        dup: p.dup,
+        qos: p.qos,
+        retain: p.retain,
+        topic: &p.topic,
+        packet_id: p.packet_id,
+        payload: &p.payload,
+        properties: OutgoingProperties {
+            correlation_data: props.correlation_data.as_deref(),
+            message_expiry_interval: props.message_expiry_interval,
+            content_type: props.content_type.as_deref(),
+            utf8_payload: props.is_utf8_payload,
+            response_topic: props.response_topic.as_deref(),
+            subscription_ids: &props.subscription_ids,
+            user_properties: &props.user_properties,
+        },
+    }
+}
+
+fn without_alias(mut p: Publish) -> Publish {
+    if let Some(props) = p.properties.as_mut() {
+        props.topic_alias = None;
+    }
+    p
+}
+
+proptest! {
+    /// The PUBLISH packets the broker sends are written by retaind from borrowed parts
+    /// (`OutgoingPublish`), not by the codec: byte for byte what the codec writes, for both
+    /// versions (3.1.1 without the properties).
+    #[test]
+    fn outgoing_publishes_are_the_codecs_bytes(
+        publish in v5_server_publish().prop_map(without_alias),
+        v5 in any::<bool>(),
+    ) {
+        let expected = if v5 {
+            v5_encode(v5::Packet::Publish(Box::new(publish.clone())))
+        } else {
+            let v3_form = Publish { properties: None, ..publish.clone() };
+            v3_encode(v3::Packet::Publish(Box::new(v3_form)))
+        };
+        let mut buf = BytesMut::new();
+        connected(v5).encode(outgoing(&publish), &mut buf).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(buf, expected);
+    }
+
+    /// MQTT 5's Maximum Packet Size counts the whole packet, its fixed header included
+    /// [MQTT-3.1.2-24]: a PUBLISH one byte over it is refused and nothing is written; one
+    /// that fits exactly is sent. 3.1.1 has no such limit.
+    #[test]
+    fn an_outgoing_publish_over_the_clients_maximum_packet_size_is_refused(
+        publish in v5_server_publish().prop_map(without_alias),
+        slack in -3i64..=3,
+    ) {
+        let size = v5_encode(v5::Packet::Publish(Box::new(publish.clone()))).len() as i64;
+        let max = u32::try_from(size + slack).expect("a positive size");
+        let mut codec = connected(true);
+        codec.set_max_outbound_size(max);
+        let mut buf = BytesMut::new();
+        let result = codec.encode(outgoing(&publish), &mut buf);
+        if slack >= 0 {
+            prop_assert!(result.is_ok(), "{:?}", result);
+            prop_assert_eq!(buf.len() as i64, size);
+        } else {
+            prop_assert!(
+                matches!(result, Err(retaind::mqtt::Error::Encode(EncodeError::OverMaxPacketSize { size: s, max: m })) if i64::from(s) == size && m == max),
+                "{:?}", result
+            );
+            prop_assert!(buf.is_empty());
+        }
     }
 }
 

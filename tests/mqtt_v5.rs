@@ -416,3 +416,26 @@ async fn messages_over_the_clients_maximum_packet_size_are_not_sent_to_it() {
     let p = raw.expect(3).await.publish(true);
     assert_eq!(p.payload, b"small");
 }
+
+/// The Maximum Packet Size counts the whole packet, fixed header included [MQTT-3.1.2-24],
+/// and a packet of exactly that size is sent: to "big/1" at QoS 1 without properties, a PUBLISH
+/// is 12 bytes and its payload, so a client whose maximum is 100 gets 88 bytes of payload and
+/// not 89. (rmqtt-codec, which wrote these packets before, kept five bytes of margin and
+/// refused both.)
+#[tokio::test]
+async fn a_publish_one_byte_over_the_clients_maximum_packet_size_is_not_sent() {
+    let app = app().await;
+    let connect = build::connect("exact", true, 60, Some(&prop_u32(MAXIMUM_PACKET_SIZE, 100)));
+    let (mut raw, _) = Raw::connect(&app, &connect).await;
+    raw.send(&build::subscribe(1, "big/#", 1, Some(&[]))).await;
+    raw.expect(9).await;
+    let (mut c, _) = V5::connect(v5_options(&app, "p")).await;
+    c.publish("big/1", Qos5::AtLeastOnce, false, &[b'x'; 89])
+        .await;
+    c.publish("big/1", Qos5::AtLeastOnce, false, &[b'y'; 88])
+        .await;
+    let packet = raw.expect(3).await;
+    // One byte of type and flags, one of remaining length, and the rest.
+    assert_eq!(packet.body.len(), 98, "a PUBLISH of 100 bytes");
+    assert_eq!(packet.publish(true).payload, vec![b'y'; 88]);
+}

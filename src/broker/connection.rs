@@ -8,6 +8,8 @@
 //! also moves the loop onto the background threads (`background`) while the connection
 //! delivers a large retained set, and back after.
 
+use std::num::NonZeroU16;
+
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Handle;
@@ -22,6 +24,8 @@ use super::client::{Client, Outbox, Waits};
 use super::end::End;
 use super::handle::Broker;
 use super::limits::GOODBYE_TIMEOUT;
+use super::message::Delivery;
+use super::outbound::Resent;
 use super::remote::Remote;
 use super::settling::Settled;
 use super::stall::{Counted, Gauge, Watch};
@@ -405,10 +409,10 @@ where
 
     /// A resumed session's unacknowledged messages go out again first.
     async fn resend(&mut self) -> Result<(), End> {
-        for (id, packet) in self.client.outbound().resend() {
-            let sent = match packet {
-                Some(p) => self.write(p).await?,
-                None => false,
+        for (id, resent) in self.client.outbound().resend() {
+            let sent = match resent {
+                Resent::Release(p) => self.write(p).await?,
+                Resent::Publish(d) => self.write_publish(&d, Some(id), true).await?,
             };
             if !sent {
                 self.client.outbound().forget(id);
@@ -425,10 +429,9 @@ where
             self.sample()?;
         }
         while let Some(next) = self.client.outbound().next_publish() {
-            let sent = match next.packet {
-                Some(p) => self.write(p).await?,
-                None => false,
-            };
+            let sent = self
+                .write_publish(&next.delivery, next.packet_id, false)
+                .await?;
             if !sent && let Some(id) = next.packet_id {
                 self.client.outbound().forget(id);
             }
@@ -457,17 +460,34 @@ where
     /// Queues a packet. False when the client's Maximum Packet Size rules it out, which
     /// MQTT 5 says to treat as delivered [MQTT-3.1.2-25].
     async fn write(&mut self, packet: Packet) -> Result<bool, End> {
-        let publish_qos = match &packet {
-            Packet::Publish(p) => Some(p.qos as u8),
-            _ => None,
-        };
         let fed = self.watch.drive(self.framed.feed(packet)).await;
-        match fed.map_err(|_| End::Stalled)? {
+        self.queued(fed.map_err(|_| End::Stalled)?)
+    }
+
+    /// Queues the PUBLISH of `delivery`. False when it expired while it waited or the
+    /// client's Maximum Packet Size rules it out: either way it is not sent.
+    async fn write_publish(
+        &mut self,
+        delivery: &Delivery,
+        packet_id: Option<NonZeroU16>,
+        dup: bool,
+    ) -> Result<bool, End> {
+        let Some(publish) = self.client.outbound().publish(delivery, packet_id, dup) else {
+            return Ok(false);
+        };
+        let qos = u8::from(publish.qos);
+        let fed = self.watch.drive(self.framed.feed_publish(publish)).await;
+        let sent = self.queued(fed.map_err(|_| End::Stalled)?)?;
+        if sent {
+            self.metrics.mqtt_sent(qos);
+        }
+        Ok(sent)
+    }
+
+    fn queued(&mut self, fed: Result<(), mqtt::Error>) -> Result<bool, End> {
+        match fed {
             Ok(()) => {
                 self.dirty = true;
-                if let Some(qos) = publish_qos {
-                    self.metrics.mqtt_sent(qos);
-                }
                 Ok(true)
             }
             Err(mqtt::Error::Encode(e)) => {

@@ -5,10 +5,8 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use bytestring::ByteString;
 
 use crate::cluster::{Routed, Stamp};
-use crate::mqtt::PublishProperties;
 use crate::store::{MessageProperties, Qos, RetainedMessage, RetainedPublish, Write};
 use crate::topic::ClientKey;
 use crate::topic::TopicName;
@@ -38,8 +36,6 @@ pub struct Message {
     pub expires_at_ms: Option<i64>,
     /// The publishing client, for No Local; `None` for HTTP publishes.
     pub origin: Option<ClientKey>,
-    /// Its PUBLISH form, built by the first delivery and shared by the others.
-    pub wire: WireForm,
     /// Set when it is sent between nodes (a node of many): copies of it may be queued on
     /// two nodes while a session moves, and are delivered once.
     pub stamp: OnceLock<Stamp>,
@@ -58,7 +54,6 @@ impl Message {
             properties: MessageProperties::default(),
             expires_at_ms: None,
             origin: None,
-            wire: Default::default(),
             stamp: Default::default(),
         })
     }
@@ -75,7 +70,6 @@ impl Message {
             properties: p.properties,
             expires_at_ms: p.expiry_secs.map(|s| now_ms + i64::from(s) * 1000),
             origin,
-            wire: WireForm::default(),
             stamp: OnceLock::new(),
         }
     }
@@ -112,7 +106,6 @@ impl Message {
             properties: stored.properties,
             expires_at_ms: stored.expires_at_ms,
             origin: None,
-            wire: WireForm::default(),
             stamp: OnceLock::new(),
         }
     }
@@ -127,29 +120,12 @@ impl Message {
             properties: r.properties,
             expires_at_ms: r.expires_at_ms,
             origin: r.origin,
-            wire: WireForm::default(),
             stamp: r.stamp.map(OnceLock::from).unwrap_or_default(),
         }
     }
 
     pub fn expired(&self, now_ms: i64) -> bool {
         self.expires_at_ms.is_some_and(|at| at <= now_ms)
-    }
-}
-
-/// What every subscriber's PUBLISH of a message has in common, encoded once per message: the
-/// topic and the properties other than the expiry left and the subscription identifiers.
-/// Cloning it shares the strings' buffers (`ByteString` is reference-counted). `wire` builds
-/// it; it sits in the message so that every delivery of one publish finds the same copy.
-#[derive(Debug, Clone, Default)]
-pub struct WireForm(OnceLock<(ByteString, PublishProperties)>);
-
-impl WireForm {
-    pub(super) fn get_or_init(
-        &self,
-        build: impl FnOnce() -> (ByteString, PublishProperties),
-    ) -> &(ByteString, PublishProperties) {
-        self.0.get_or_init(build)
     }
 }
 

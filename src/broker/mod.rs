@@ -53,7 +53,7 @@ pub use admission::TransportIdentity;
 pub use config::BrokerConfig;
 pub use handle::{Broker, PublishFrom};
 pub use listener::{serve_tcp, serve_tls};
-pub use message::{Message, Publication, WireForm};
+pub use message::{Message, Publication};
 pub use password_checks::PasswordCheckStats;
 pub use reauthorize::Reauthorized;
 pub use remote::Remote;

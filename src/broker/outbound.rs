@@ -9,19 +9,21 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::end::End;
+use super::message::Delivery;
 use super::registry::Session;
 use super::retained::{Page, ReadAhead, RetainedFeed};
+use super::session::Outgoing;
 use super::wire;
 use crate::metrics::{DropReason, Metrics};
-use crate::mqtt::{DisconnectReasonCode, Packet, PublishAck2, PublishAck2Reason};
-use crate::store::{self, Store};
+use crate::mqtt::{DisconnectReasonCode, OutgoingPublish, Packet, PublishAck2, PublishAck2Reason};
+use crate::store::{self, Store, UserProperty};
 use crate::topic::TopicLimits;
 
-/// The next message for the client, as [`Outbound::next_publish`] finds it.
-pub(super) struct Next {
-    pub packet_id: Option<NonZeroU16>,
-    /// `None` when it expired while it waited [MQTT-3.3.2-5].
-    pub packet: Option<Packet>,
+/// What a resumed session sends again, as [`Outbound::resend`] finds it.
+pub(super) enum Resent {
+    /// A PUBREL: the PUBREC came, the PUBCOMP did not.
+    Release(Packet),
+    Publish(Delivery),
 }
 
 pub(super) struct Outbound {
@@ -64,8 +66,8 @@ impl Outbound {
     }
 
     /// A resumed session's unacknowledged messages, to go out again first: PUBLISH with
-    /// DUP=1 and PUBREL as they were [MQTT-4.4.0-1]. `None`: the message expired.
-    pub fn resend(&mut self) -> Vec<(NonZeroU16, Option<Packet>)> {
+    /// DUP=1 and PUBREL as they were [MQTT-4.4.0-1].
+    pub fn resend(&mut self) -> Vec<(NonZeroU16, Resent)> {
         let may_receive = self.session.receive_check();
         let unacknowledged = {
             let mut state = self.session.state();
@@ -74,45 +76,48 @@ impl Outbound {
             resent
         };
         unacknowledged
-            .iter()
+            .into_iter()
             .map(|i| {
-                let packet = if i.released {
-                    Some(Packet::PublishRelease(PublishAck2 {
+                let resent = if i.released {
+                    Resent::Release(Packet::PublishRelease(PublishAck2 {
                         packet_id: i.packet_id,
                         reason_code: PublishAck2Reason::Success,
                         properties: Vec::new(),
                         reason_string: None,
                     }))
                 } else {
-                    wire::publish_packet(&i.delivery, Some(i.packet_id), true, self.store.clock())
-                        .map(|p| Packet::Publish(Box::new(p)))
+                    Resent::Publish(i.delivery)
                 };
-                (i.packet_id, packet)
+                (i.packet_id, resent)
             })
             .collect()
     }
 
     /// The next queued message, as far as the flow-control window allows.
-    pub fn next_publish(&mut self) -> Option<Next> {
+    pub fn next_publish(&mut self) -> Option<Outgoing> {
         if self.stop.is_cancelled() {
             return None;
         }
         let may_receive = self.session.receive_check();
-        let out = {
-            let mut state = self.session.state();
-            let out = state.next_outgoing(self.window, may_receive);
-            state.dropped.report(&self.metrics);
-            out?
-        };
-        let packet = wire::publish_packet(&out.delivery, out.packet_id, false, self.store.clock())
-            .map(|p| Packet::Publish(Box::new(p)));
-        if packet.is_none() {
+        let mut state = self.session.state();
+        let out = state.next_outgoing(self.window, may_receive);
+        state.dropped.report(&self.metrics);
+        out
+    }
+
+    /// The PUBLISH that carries `delivery`, or `None` if it expired while it waited
+    /// [MQTT-3.3.2-5] (counted as dropped).
+    pub fn publish<'a>(
+        &self,
+        delivery: &'a Delivery,
+        packet_id: Option<NonZeroU16>,
+        dup: bool,
+    ) -> Option<OutgoingPublish<'a, UserProperty>> {
+        let publish = wire::publish(delivery, packet_id, dup, self.store.clock());
+        if publish.is_none() {
             self.metrics.mqtt_dropped(DropReason::expired, 1);
         }
-        Some(Next {
-            packet_id: out.packet_id,
-            packet,
-        })
+        publish
     }
 
     /// Drops an in-flight message that was not sent: expired, or too large for the client,

@@ -136,7 +136,6 @@ mod tests {
             properties: MessageProperties::default(),
             expires_at_ms: None,
             origin: None,
-            wire: Default::default(),
             stamp: Default::default(),
         })
     }

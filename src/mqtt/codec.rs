@@ -12,6 +12,7 @@ use rmqtt_codec::error::{DecodeError, EncodeError};
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::outgoing::{self, KeyValue, OutgoingPublish};
 use super::{Error, Version};
 use super::{Packet, v3, validate};
 
@@ -20,6 +21,9 @@ use super::{Packet, v3, validate};
 pub struct Codec {
     inner: MqttCodec,
     max_packet_size: u32,
+    /// The client's Maximum Packet Size (MQTT 5), for the PUBLISH packets written by
+    /// `outgoing`; 0 for none.
+    max_outbound_size: u32,
 }
 
 impl Codec {
@@ -30,6 +34,7 @@ impl Codec {
         Self {
             inner: MqttCodec::Version(VersionCodec),
             max_packet_size,
+            max_outbound_size: 0,
         }
     }
 
@@ -47,6 +52,7 @@ impl Codec {
     pub fn set_max_outbound_size(&mut self, size: u32) {
         if let MqttCodec::V5(codec) = &mut self.inner {
             codec.set_max_outbound_size(size);
+            self.max_outbound_size = size;
         }
     }
 
@@ -131,6 +137,17 @@ impl Encoder<Packet> for Codec {
             }
             MqttCodec::Version(_) => return Err(EncodeError::UnsupportedVersion.into()),
         }
+        Ok(())
+    }
+}
+
+impl<U: KeyValue> Encoder<OutgoingPublish<'_, U>> for Codec {
+    type Error = Error;
+
+    /// The PUBLISH packets the broker sends, without building the codec's packet for each.
+    fn encode(&mut self, publish: OutgoingPublish<'_, U>, dst: &mut BytesMut) -> Result<(), Error> {
+        let version = self.version().ok_or(EncodeError::UnsupportedVersion)?;
+        outgoing::encode(&publish, version, self.max_outbound_size, dst)?;
         Ok(())
     }
 }

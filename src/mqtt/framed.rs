@@ -4,7 +4,9 @@ use futures_util::{SinkExt, StreamExt};
 use rmqtt_codec::error::DecodeError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{Codec, Connect, ConnectAck, ConnectAckReason, Error, Packet, Version};
+use super::{
+    Codec, Connect, ConnectAck, ConnectAckReason, Error, KeyValue, OutgoingPublish, Packet, Version,
+};
 
 /// MQTT packets over `T` (a TCP stream, or a WebSocket presented as one).
 pub struct Framed<T> {
@@ -91,6 +93,14 @@ where
     /// (a server DISCONNECT, AUTH) are dropped: for them the connection just closes.
     pub async fn feed(&mut self, packet: Packet) -> Result<(), Error> {
         self.io.feed(packet).await
+    }
+
+    /// Queues a PUBLISH for sending without flushing, as [`Self::feed`] does.
+    pub async fn feed_publish<U: KeyValue>(
+        &mut self,
+        publish: OutgoingPublish<'_, U>,
+    ) -> Result<(), Error> {
+        self.io.feed(publish).await
     }
 
     pub async fn flush(&mut self) -> Result<(), Error> {

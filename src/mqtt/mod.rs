@@ -1,6 +1,7 @@
 //! MQTT framing: bytes on a socket ⇄ typed packets, for MQTT 3.1.1 and 5.0.
 //!
-//! Encoding and decoding are rmqtt-codec's (see docs/decisions/004-mqtt-codec.md). This module
+//! Encoding and decoding are rmqtt-codec's (see docs/decisions/004-mqtt-codec.md), except the
+//! PUBLISH packets the broker sends, which `outgoing` writes from borrowed parts. This module
 //! adds what the codec leaves to its caller: picking the protocol version from the first
 //! CONNECT, and presenting both versions as MQTT 5 packets so that the broker has one protocol
 //! to reason about. MQTT 3.1.1 packets are translated on the way in and out (`v3`).
@@ -12,6 +13,7 @@
 mod codec;
 mod error;
 mod framed;
+mod outgoing;
 mod qos;
 mod v3;
 mod validate;
@@ -21,6 +23,7 @@ pub use bytestring::ByteString;
 pub use codec::{Codec, decode_stream};
 pub use error::Error;
 pub use framed::{Framed, handshake};
+pub use outgoing::{KeyValue, OutgoingProperties, OutgoingPublish};
 pub use rmqtt_codec::error::DecodeError;
 pub use rmqtt_codec::types::{Publish, QoS};
 pub use rmqtt_codec::v5::Connect;

@@ -120,6 +120,11 @@ fn v5_publish(from_server: bool) -> impl Strategy<Value = Publish> {
         .prop_flat_map(|(q, props)| publish(q, text().boxed(), Some(props)))
 }
 
+/// A PUBLISH as a server sends it to an MQTT 5 client.
+pub fn v5_server_publish() -> impl Strategy<Value = Publish> {
+    v5_publish(true)
+}
+
 pub fn v3_publish() -> impl Strategy<Value = Publish> {
     qos().prop_flat_map(|q| publish(q, v3_topic().boxed(), None))
 }
