@@ -21,6 +21,7 @@ use super::limits::ConnectionSlot;
 use super::outbound::Outbound;
 use super::registry::{Session, Sessions};
 use super::retained::RetainedFeed;
+use super::retained::Tries;
 use super::settling::{Settled, Settling};
 use super::subscribe::{self, Subscriber};
 use super::wake::Wake;
@@ -226,10 +227,10 @@ impl Client {
                         continue;
                     }
                     let store = self.broker.store();
-                    let read = self
-                        .outbound
-                        .feed()
-                        .read(scan, store, self.cfg.topic_limits);
+                    let read =
+                        self.outbound
+                            .feed()
+                            .read(scan, store, self.cfg.topic_limits, Tries::Once);
                     self.outbound.fetched(read.await)?;
                 }
                 self.outbound.fetch_retained();

@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use super::end::End;
 use super::message::Delivery;
 use super::registry::Session;
-use super::retained::{Page, ReadAhead, RetainedFeed};
+use super::retained::{Page, ReadAhead, RetainedFeed, Unread};
 use super::session::Outgoing;
 use super::wire;
 use crate::metrics::{DropReason, Metrics};
 use crate::mqtt::{DisconnectReasonCode, OutgoingPublish, Packet, PublishAck2, PublishAck2Reason};
-use crate::store::{self, Store, UserProperty};
+use crate::store::{Store, UserProperty};
 use crate::topic::TopicLimits;
 
 /// What a resumed session sends again, as [`Outbound::resend`] finds it.
@@ -155,13 +155,27 @@ impl Outbound {
             .fetch_more(queued, &self.store, self.topic_limits);
     }
 
-    /// Queues a page of retained messages, those the client may receive.
-    pub fn fetched(&mut self, page: Result<Page, store::Error>) -> Result<(), End> {
-        let page = page.map_err(|e| {
-            // Logged by the store, in summary.
-            tracing::debug!(error = %e, "cannot read retained messages for a subscription");
-            End::Close(DisconnectReasonCode::UnspecifiedError)
-        })?;
+    /// Queues a page of retained messages, those the client may receive. A first page the
+    /// database could not serve yet is read again after the SUBACK; a page it has failed to
+    /// serve for too long, or cannot serve, ends the connection.
+    pub fn fetched(&mut self, page: Result<Page, Unread>) -> Result<(), End> {
+        let page = match page {
+            Ok(page) => page,
+            Err(Unread {
+                error,
+                retry: Some(scan),
+            }) => {
+                // Logged by the store, in summary; fetch_retained (after the SUBSCRIBE's
+                // first pages) starts reading it again.
+                tracing::debug!(error = %error, "retained messages for a subscription are read after its SUBACK");
+                self.retained.defer(scan);
+                return Ok(());
+            }
+            Err(Unread { error, retry: None }) => {
+                tracing::debug!(error = %error, "cannot read retained messages for a subscription");
+                return Err(End::Close(DisconnectReasonCode::UnspecifiedError));
+            }
+        };
         if let Some(next) = page.next {
             self.retained.resume(next);
         }

@@ -9,13 +9,20 @@
 //! anyone's, wait for a core those threads can have. The pages after it are bulk work: they
 //! are read where the connection runs, on the store's connections for bulk scans
 //! (`Readers::Bulk`), which nothing else uses.
+//!
+//! A page the database cannot serve for now (down, failing over, past its deadline) is read
+//! again, after waits that grow, for up to [`RETRY_FOR`] store timeouts: the delivery goes on
+//! where it stopped, and the client keeps its connection. Only past that, or on an error
+//! retrying cannot fix, is the client disconnected.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::runtime::Handle;
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::census::{Census, Member};
@@ -41,6 +48,15 @@ const READ_AHEAD_TOTAL: usize = 16 << 20;
 /// Messages queued at most, at [`READ_AHEAD_MAX`] (in proportion below it), for small
 /// payloads, whose per-message cost is not in their payload bytes.
 const READ_AHEAD_MESSAGES: usize = 4000;
+
+/// How long a delivery keeps reading again a page the database could not serve, in store
+/// timeouts (`--store-timeout`): a minute at the default 5 s, the time a Postgres restart or
+/// failover takes. Disconnecting at once sent every subscriber of an outage back to subscribe
+/// again, and to read the database again from the first page, as soon as it returned.
+const RETRY_FOR: u32 = 12;
+/// The wait before the first read again; it doubles after each failure, up to the second.
+const RETRY_WAIT_FIRST: Duration = Duration::from_millis(250);
+const RETRY_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// How many connections are reading retained pages: shared by every connection of the broker,
 /// which each read ahead their share.
@@ -99,7 +115,7 @@ impl Allowance {
 /// with, and the page being read, at most one at a time.
 pub(super) struct RetainedFeed {
     scans: VecDeque<RetainedScan>,
-    fetching: Option<BoxFuture<'static, Result<Page, store::Error>>>,
+    fetching: Option<BoxFuture<'static, Result<Page, Unread>>>,
     share: ReadAhead,
     /// Held while there is anything left to read.
     reading: Option<Member>,
@@ -145,7 +161,7 @@ impl RetainedFeed {
         }
         if let Some(mut scan) = self.scans.pop_front() {
             scan.page = allowance.page_rows(scan.average_payload, store.max_scan_rows());
-            self.fetching = Some(self.read(scan, store, limits));
+            self.fetching = Some(self.read(scan, store, limits, Tries::Patiently));
         }
     }
 
@@ -156,13 +172,14 @@ impl RetainedFeed {
         scan: RetainedScan,
         store: &Store,
         limits: TopicLimits,
-    ) -> BoxFuture<'static, Result<Page, store::Error>> {
+        tries: Tries,
+    ) -> BoxFuture<'static, Result<Page, Unread>> {
         let readers = if self.long {
             Readers::Bulk
         } else {
             Readers::Shared
         };
-        let read = scan.fetch(store.clone(), limits, readers);
+        let read = scan.fetch(store.clone(), limits, readers, tries);
         if readers == Readers::Bulk {
             return Box::pin(read);
         }
@@ -172,13 +189,16 @@ impl RetainedFeed {
                 Ok(page) => page,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 // The runtime is shutting down under the connection.
-                Err(_) => Err(store::Error::Closed),
+                Err(_) => Err(Unread {
+                    error: store::Error::Closed,
+                    retry: None,
+                }),
             }
         })
     }
 
     /// The page being read, once it is read; never, when none is. Cancel-safe.
-    pub async fn page(&mut self) -> Result<Page, store::Error> {
+    pub async fn page(&mut self) -> Result<Page, Unread> {
         let page = match self.fetching.as_mut() {
             Some(page) => page.await,
             None => std::future::pending().await,
@@ -241,12 +261,37 @@ pub(super) struct RetainedScan {
     page: u32,
     /// The average payload of the rows read so far, to size the next page by.
     average_payload: Option<usize>,
+    /// Since when, and how many times, reading the current page has failed.
+    failing: Option<Failing>,
 }
 
 /// One page of deliveries; `next` is the scan to continue with, if there is more.
 pub(super) struct Page {
     pub deliveries: Vec<Delivery>,
     pub next: Option<RetainedScan>,
+}
+
+/// A page that was not read: why, and the scan to read it with later, where the error may pass
+/// and the scan has not been failing for too long.
+pub(super) struct Unread {
+    pub error: store::Error,
+    pub retry: Option<RetainedScan>,
+}
+
+/// How a page is read when the database cannot serve it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tries {
+    /// Once, handing the scan back: the first page, read before the SUBACK, which must not
+    /// wait out an outage.
+    Once,
+    /// Again and again, for up to [`RETRY_FOR`] store timeouts.
+    Patiently,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    since: Instant,
+    failures: u32,
 }
 
 impl RetainedScan {
@@ -262,17 +307,54 @@ impl RetainedScan {
             after: None,
             page: FIRST_PAGE,
             average_payload: None,
+            failing: None,
         }
     }
 
-    /// Reads the next page on the connections of `readers`. Owns the scan and hands it back,
-    /// so the fetch can run while the connection goes on serving the client.
+    /// Reads the next page on the connections of `readers`, as `tries` says when the database
+    /// cannot serve it. Owns the scan and hands it back, so the fetch can run while the
+    /// connection goes on serving the client.
     async fn fetch(
         mut self,
         store: Store,
         limits: TopicLimits,
         readers: Readers,
-    ) -> Result<Page, store::Error> {
+        tries: Tries,
+    ) -> Result<Page, Unread> {
+        loop {
+            let error = match self.read_page(&store, limits, readers).await {
+                Ok((deliveries, more)) => {
+                    self.failing = None;
+                    return Ok(Page {
+                        deliveries,
+                        next: more.then_some(self),
+                    });
+                }
+                Err(error) => error,
+            };
+            let Some(wait) = self.wait_after(&error, store.timeout(), Instant::now()) else {
+                return Err(Unread { error, retry: None });
+            };
+            if tries == Tries::Once {
+                return Err(Unread {
+                    error,
+                    retry: Some(self),
+                });
+            }
+            tracing::debug!(error = %error, filter = %self.filter.as_str(), ?wait,
+                "reading a page of retained messages again");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The next page's deliveries, and whether there may be more; where it left off is kept
+    /// only once a page is read.
+    async fn read_page(
+        &mut self,
+        store: &Store,
+        limits: TopicLimits,
+        readers: Readers,
+    ) -> Result<(Vec<Delivery>, bool), store::Error> {
         let now = store.clock().now_ms();
         if !self.filter.has_wildcards() {
             // An exact filter is a point read, which the read cache can answer. A filter
@@ -281,10 +363,7 @@ impl RetainedScan {
                 Ok(topic) => store.get(topic).await?.map(RetainedPublish::from),
                 Err(_) => None,
             };
-            return Ok(Page {
-                deliveries: self.deliveries(found.into_iter().collect(), now),
-                next: None,
-            });
+            return Ok((self.deliveries(found.into_iter().collect(), now), false));
         }
         let (from, until, after) = (&self.from, self.until.as_deref(), self.after.as_ref());
         let rows = store
@@ -299,10 +378,33 @@ impl RetainedScan {
             .into_iter()
             .filter(|m| self.filter.matches(&m.topic))
             .collect();
-        Ok(Page {
-            deliveries: self.deliveries(matching, now),
-            next: more.then_some(self),
-        })
+        Ok((self.deliveries(matching, now), more))
+    }
+
+    /// How long to wait before reading the page again after `error`, or `None` to give up:
+    /// the error is one retrying cannot fix, or the page has failed for [`RETRY_FOR`] store
+    /// timeouts.
+    fn wait_after(
+        &mut self,
+        error: &store::Error,
+        timeout: Duration,
+        now: Instant,
+    ) -> Option<Duration> {
+        if !matches!(error, store::Error::Unavailable(_)) {
+            return None;
+        }
+        let failing = self.failing.get_or_insert(Failing {
+            since: now,
+            failures: 0,
+        });
+        if now.duration_since(failing.since) >= timeout * RETRY_FOR {
+            return None;
+        }
+        let wait = RETRY_WAIT_FIRST
+            .saturating_mul(1 << failing.failures.min(16))
+            .min(RETRY_WAIT_MAX);
+        failing.failures += 1;
+        Some(wait)
     }
 
     fn deliveries(&self, found: Vec<RetainedPublish>, now: i64) -> Vec<Delivery> {
@@ -346,6 +448,33 @@ mod tests {
             .iter()
             .map(|s| (s.filter.as_str(), s.generation))
             .collect()
+    }
+
+    #[test]
+    fn a_page_the_database_cannot_serve_is_read_again_after_growing_waits_for_twelve_timeouts() {
+        let mut s = scan("a/#");
+        let away = store::Error::timed_out();
+        let timeout = Duration::from_secs(5);
+        let t0 = Instant::now();
+        let waits: Vec<_> = (0..8)
+            .map(|_| s.wait_after(&away, timeout, t0).unwrap().as_millis())
+            .collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
+        let last = t0 + timeout * RETRY_FOR;
+        assert!(
+            s.wait_after(&away, timeout, last - Duration::from_millis(1))
+                .is_some()
+        );
+        assert_eq!(s.wait_after(&away, timeout, last), None, "given up");
+
+        let mut fresh = scan("a/#");
+        let broken = store::Error::Internal("syntax error".into());
+        assert_eq!(fresh.wait_after(&broken, timeout, t0), None, "not retried");
+        assert_eq!(
+            fresh.wait_after(&store::Error::Closed, timeout, t0),
+            None,
+            "shutting down"
+        );
     }
 
     #[tokio::test]

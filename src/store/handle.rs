@@ -218,6 +218,11 @@ impl Store {
         &self.inner.clock
     }
 
+    /// The deadline of any one database call ([`StoreOptions::timeout`]).
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// Stores or deletes one retained message; returns once the change is committed.
     ///
     /// The deadline covers the wait in the queue too. A caller that times out gets
