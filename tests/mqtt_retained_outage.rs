@@ -7,26 +7,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::TestApp;
 use common::mqtt::raw::{RawPacket, build, read_packet};
 use common::mqtt::within;
-use common::proxy::{Mode, Proxy};
-use common::{
-    Backend, TestApp, fresh_db, postgres_host_port, postgres_url_via, spawn_app_with, test_config,
-};
+use common::proxy::{Mode, app_behind_proxy};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a delivery keeps reading a page again (src/broker/retained.rs: `RETRY_FOR`).
 const PATIENCE: Duration = Duration::from_secs(12);
-
-async fn app_behind_proxy() -> (TestApp, Proxy) {
-    let db = fresh_db(Backend::Postgres).await;
-    let proxy = Proxy::start(postgres_host_port(&db.url)).await;
-    let mut config = test_config(&postgres_url_via(&db.url, proxy.addr));
-    config.store_timeout = STORE_TIMEOUT;
-    (spawn_app_with(db, config).await, proxy)
-}
 
 async fn retain_all(app: &TestApp, topics: &[String], payload: &[u8]) {
     for t in topics {
@@ -97,7 +87,7 @@ async fn stored(app: &TestApp) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_made_while_the_database_is_away_gets_its_retained_messages_when_it_returns()
 {
-    let (app, proxy) = app_behind_proxy().await;
+    let (app, proxy) = app_behind_proxy(STORE_TIMEOUT).await;
     let topics: Vec<String> = (0..3).map(|i| format!("away/{i}")).collect();
     retain_all(&app, &topics, b"kept").await;
     let mut subscriber = connect(&app, "subscriber", true).await;
@@ -157,7 +147,7 @@ async fn a_subscription_made_while_the_database_is_away_gets_its_retained_messag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_delivery_cut_by_a_database_outage_goes_on_where_it_stopped() {
     const SET: usize = 300;
-    let (app, proxy) = app_behind_proxy().await;
+    let (app, proxy) = app_behind_proxy(STORE_TIMEOUT).await;
     let topics: Vec<String> = (0..SET).map(|i| format!("big/{i:03}")).collect();
     let payload = vec![b'p'; 100 << 10];
     retain_all(&app, &topics, &payload).await;
@@ -198,7 +188,7 @@ async fn a_retained_delivery_cut_by_a_database_outage_goes_on_where_it_stopped()
 /// (MQTT 5 DISCONNECT 0x80) and closed, as before this patience, and nothing stored is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_delivery_the_database_cannot_serve_for_twelve_store_timeouts_ends_with_0x80() {
-    let (app, proxy) = app_behind_proxy().await;
+    let (app, proxy) = app_behind_proxy(STORE_TIMEOUT).await;
     let topics: Vec<String> = (0..3).map(|i| format!("gone/{i}")).collect();
     retain_all(&app, &topics, b"kept").await;
     let mut subscriber = connect(&app, "subscriber", true).await;

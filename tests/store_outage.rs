@@ -7,24 +7,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::proxy::{Mode, Proxy};
+use common::proxy::{Mode, Proxy, app_behind_proxy};
 use common::{
-    Backend, TestApp, fresh_db, postgres_host_port, postgres_url_via, spawn_app_with, test_config,
+    Backend, fresh_db, postgres_host_port, postgres_url_via, spawn_app_with, test_config,
 };
 
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The service on a fresh Postgres database reached through a proxy.
-async fn app_behind_proxy() -> (TestApp, Proxy) {
-    let db = fresh_db(Backend::Postgres).await;
-    let proxy = Proxy::start(postgres_host_port(&db.url)).await;
-    let mut config = test_config(&postgres_url_via(&db.url, proxy.addr));
-    config.store_timeout = STORE_TIMEOUT;
-    (spawn_app_with(db, config).await, proxy)
-}
-
 async fn outage_then_recovery(mode: Mode) {
-    let (app, proxy) = app_behind_proxy().await;
+    let (app, proxy) = app_behind_proxy(STORE_TIMEOUT).await;
     app.retain("before", "v").await;
 
     proxy.fail(mode);
@@ -90,7 +81,7 @@ async fn a_database_that_never_answers_gives_503_then_recovers() {
 /// use, so the next publish reconnects instead of failing with 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_after_the_database_closed_idle_connections_succeeds() {
-    let (app, proxy) = app_behind_proxy().await;
+    let (app, proxy) = app_behind_proxy(STORE_TIMEOUT).await;
     app.retain("before", "v1").await;
 
     proxy.fail(Mode::Open);

@@ -7,6 +7,16 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
+/// The service on a fresh Postgres database reached through a new proxy, each database call
+/// given up after `store_timeout`.
+pub async fn app_behind_proxy(store_timeout: std::time::Duration) -> (super::TestApp, Proxy) {
+    let db = super::fresh_db(super::Backend::Postgres).await;
+    let proxy = Proxy::start(super::postgres_host_port(&db.url)).await;
+    let mut config = super::test_config(&super::postgres_url_via(&db.url, proxy.addr));
+    config.store_timeout = store_timeout;
+    (super::spawn_app_with(db, config).await, proxy)
+}
+
 /// A Postgres backend on `db` behind a new proxy, with one pooled connection (so that each
 /// read takes the connection the one before it had), holding `t/a` = "1".
 pub async fn one_connection_backend(
