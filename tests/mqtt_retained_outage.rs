@@ -7,10 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestApp;
-use common::mqtt::raw::{RawPacket, build, read_packet};
+use common::mqtt::raw::{build, next_packet, read_packet};
 use common::mqtt::within;
 use common::proxy::{Mode, app_behind_proxy};
+use common::{TestApp, store_unavailable, until_store_unavailable};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -40,41 +40,12 @@ async fn connect(app: &TestApp, client_id: &str, v5: bool) -> TcpStream {
         .unwrap();
     let props: Option<&[u8]> = v5.then_some(&[]);
     send(&mut stream, &build::connect(client_id, true, 60, props)).await;
-    assert_eq!(next(&mut stream).await.kind(), 2, "CONNACK");
+    assert_eq!(next_packet(&mut stream).await.kind(), 2, "CONNACK");
     stream
 }
 
 async fn send(stream: &mut TcpStream, bytes: &[u8]) {
     stream.write_all(bytes).await.unwrap();
-}
-
-async fn next(stream: &mut TcpStream) -> RawPacket {
-    read_packet(stream)
-        .await
-        .expect("a packet, not a closed connection")
-}
-
-/// Failed scans of the retained set, as `/metrics` counts them.
-async fn scans_unavailable(app: &TestApp) -> f64 {
-    let page = app.get("/metrics").await.text().await.unwrap();
-    page.lines()
-        .filter(|l| {
-            l.starts_with("retaind_store_errors_total{")
-                && l.contains("work=\"scan\"")
-                && l.contains("kind=\"unavailable\"")
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
-/// Until the retained set's scans have failed `n` times.
-async fn until_scans_failed(app: &TestApp, n: f64) {
-    within("the scans to fail", async {
-        while scans_unavailable(app).await < n {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
 }
 
 async fn stored(app: &TestApp) -> u64 {
@@ -99,11 +70,11 @@ async fn a_subscription_made_while_the_database_is_away_gets_its_retained_messag
         &build::subscribe(1, "away/#", 1, Some(&[])),
     )
     .await;
-    let suback = next(&mut subscriber).await;
+    let suback = next_packet(&mut subscriber).await;
     assert_eq!(suback.kind(), 9, "SUBACK: {suback:?}");
     assert_eq!(suback.body, [0, 1, 0, 1], "granted QoS 1: {suback:?}");
     assert!(
-        scans_unavailable(&app).await >= 1.0,
+        store_unavailable(&app, "scan").await >= 1.0,
         "the first page was tried"
     );
 
@@ -112,17 +83,17 @@ async fn a_subscription_made_while_the_database_is_away_gets_its_retained_messag
         &build::publish("away/live", 0, false, false, 0, Some(&[]), b"live"),
     )
     .await;
-    let live = next(&mut subscriber).await.publish(true);
+    let live = next_packet(&mut subscriber).await.publish(true);
     assert_eq!(
         (live.topic.as_str(), live.retain, &live.payload[..]),
         ("away/live", false, &b"live"[..])
     );
 
-    until_scans_failed(&app, 2.0).await;
+    until_store_unavailable(&app, "scan", 2.0).await;
     proxy.restore();
     let mut got = Vec::new();
     for _ in &topics {
-        let p = next(&mut subscriber).await.publish(true);
+        let p = next_packet(&mut subscriber).await.publish(true);
         assert!(p.retain, "a retained message: {p:?}");
         assert_eq!(p.payload, b"kept");
         if p.qos == 1 {
@@ -133,7 +104,7 @@ async fn a_subscription_made_while_the_database_is_away_gets_its_retained_messag
     assert_eq!(got, topics);
     send(&mut subscriber, &[0xC0, 0]).await;
     assert_eq!(
-        next(&mut subscriber).await.kind(),
+        next_packet(&mut subscriber).await.kind(),
         13,
         "PINGRESP: still connected"
     );
@@ -153,15 +124,15 @@ async fn a_retained_delivery_cut_by_a_database_outage_goes_on_where_it_stopped()
     retain_all(&app, &topics, &payload).await;
     let mut subscriber = connect(&app, "reader", false).await;
     send(&mut subscriber, &build::subscribe(1, "big/#", 0, None)).await;
-    let suback = next(&mut subscriber).await;
+    let suback = next_packet(&mut subscriber).await;
     assert_eq!(suback.body, [0, 1, 0], "SUBACK granting QoS 0: {suback:?}");
 
     proxy.fail(Mode::Blackhole);
-    let before = scans_unavailable(&app).await;
+    let before = store_unavailable(&app, "scan").await;
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
         while got.len() < SET {
-            let p = next(&mut subscriber).await.publish(false);
+            let p = next_packet(&mut subscriber).await.publish(false);
             assert!(p.retain, "a retained message: {}", p.topic);
             assert_eq!(p.payload.len(), 100 << 10, "{}", p.topic);
             got.push(p.topic);
@@ -169,7 +140,7 @@ async fn a_retained_delivery_cut_by_a_database_outage_goes_on_where_it_stopped()
         (subscriber, got)
     });
     // The next page's read and at least one read again failed.
-    until_scans_failed(&app, before + 2.0).await;
+    until_store_unavailable(&app, "scan", before + 2.0).await;
     assert!(!reader.is_finished(), "the rest waits for the database");
     proxy.restore();
 
@@ -177,7 +148,7 @@ async fn a_retained_delivery_cut_by_a_database_outage_goes_on_where_it_stopped()
     assert_eq!(got, topics, "every retained message once, in order");
     send(&mut subscriber, &[0xC0, 0]).await;
     assert_eq!(
-        next(&mut subscriber).await.kind(),
+        next_packet(&mut subscriber).await.kind(),
         13,
         "PINGRESP: still connected"
     );
@@ -200,7 +171,7 @@ async fn a_retained_delivery_the_database_cannot_serve_for_twelve_store_timeouts
         &build::subscribe(1, "gone/#", 1, Some(&[])),
     )
     .await;
-    let suback = next(&mut subscriber).await;
+    let suback = next_packet(&mut subscriber).await;
     assert_eq!(suback.body, [0, 1, 0, 1], "granted QoS 1: {suback:?}");
 
     let most = PATIENCE + Duration::from_secs(10);
@@ -209,7 +180,7 @@ async fn a_retained_delivery_the_database_cannot_serve_for_twelve_store_timeouts
         .await
         .expect("the connection is ended within its patience and a last read")
         .unwrap();
-    let disconnect = next(&mut subscriber).await;
+    let disconnect = next_packet(&mut subscriber).await;
     let waited = started.elapsed();
     assert_eq!(disconnect.disconnect_reason(), 0x80, "{disconnect:?}");
     assert!(

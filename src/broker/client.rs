@@ -25,7 +25,7 @@ use super::retained::Tries;
 use super::settling::{Settled, Settling};
 use super::subscribe::{self, Subscriber};
 use super::wake::Wake;
-use super::will::Will;
+use super::will::{Ended, Will};
 use crate::auth::{Credential, Principal};
 use crate::cluster::Restored;
 use crate::metrics::DropReason;
@@ -607,8 +607,12 @@ impl Client {
             && self.will_still_allowed()
             && let Some(will) = self.will.take()
         {
+            let ended = Ended {
+                connection: self.connection,
+                claim: self.claim,
+            };
             self.broker
-                .publish_will(will, self.key.clone(), self.connection, expiry);
+                .publish_will(will, self.key.clone(), ended, expiry);
         }
     }
 

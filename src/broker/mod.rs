@@ -33,6 +33,7 @@ mod message;
 mod observe;
 mod outbound;
 mod password_checks;
+mod patience;
 mod peers;
 mod reauthorize;
 mod registry;

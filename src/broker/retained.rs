@@ -11,22 +11,23 @@
 //! (`Readers::Bulk`), which nothing else uses.
 //!
 //! A page the database cannot serve for now (down, failing over, past its deadline) is read
-//! again, after waits that grow, for up to [`RETRY_FOR`] store timeouts: the delivery goes on
-//! where it stopped, and the client keeps its connection. Only past that, or on an error
-//! retrying cannot fix, is the client disconnected.
+//! again, after waits that grow, for up to twelve store timeouts ([`Patience`]): the
+//! delivery goes on where it stopped, and the client keeps its connection. Only past that, or
+//! on an error retrying cannot fix, is the client disconnected. Disconnecting at once sent
+//! every subscriber of an outage back to subscribe again, and to read the database again from
+//! the first page, as soon as it returned.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::runtime::Handle;
-use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::census::{Census, Member};
 use super::message::{Delivery, Message};
+use super::patience::Patience;
 use super::session::SubOptions;
 use crate::store::{self, Readers, RetainedPublish, Store};
 use crate::topic::{TopicFilter, TopicLimits, TopicName};
@@ -48,15 +49,6 @@ const READ_AHEAD_TOTAL: usize = 16 << 20;
 /// Messages queued at most, at [`READ_AHEAD_MAX`] (in proportion below it), for small
 /// payloads, whose per-message cost is not in their payload bytes.
 const READ_AHEAD_MESSAGES: usize = 4000;
-
-/// How long a delivery keeps reading again a page the database could not serve, in store
-/// timeouts (`--store-timeout`): a minute at the default 5 s, the time a Postgres restart or
-/// failover takes. Disconnecting at once sent every subscriber of an outage back to subscribe
-/// again, and to read the database again from the first page, as soon as it returned.
-const RETRY_FOR: u32 = 12;
-/// The wait before the first read again; it doubles after each failure, up to the second.
-const RETRY_WAIT_FIRST: Duration = Duration::from_millis(250);
-const RETRY_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// How many connections are reading retained pages: shared by every connection of the broker,
 /// which each read ahead their share.
@@ -261,8 +253,8 @@ pub(super) struct RetainedScan {
     page: u32,
     /// The average payload of the rows read so far, to size the next page by.
     average_payload: Option<usize>,
-    /// Since when, and how many times, reading the current page has failed.
-    failing: Option<Failing>,
+    /// How long reading the current page has failed.
+    patience: Patience,
 }
 
 /// One page of deliveries; `next` is the scan to continue with, if there is more.
@@ -284,14 +276,8 @@ pub(super) enum Tries {
     /// Once, handing the scan back: the first page, read before the SUBACK, which must not
     /// wait out an outage.
     Once,
-    /// Again and again, for up to [`RETRY_FOR`] store timeouts.
+    /// Again and again, for up to twelve store timeouts ([`Patience`]).
     Patiently,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Failing {
-    since: Instant,
-    failures: u32,
 }
 
 impl RetainedScan {
@@ -307,7 +293,7 @@ impl RetainedScan {
             after: None,
             page: FIRST_PAGE,
             average_payload: None,
-            failing: None,
+            patience: Patience::default(),
         }
     }
 
@@ -324,7 +310,7 @@ impl RetainedScan {
         loop {
             let error = match self.read_page(&store, limits, readers).await {
                 Ok((deliveries, more)) => {
-                    self.failing = None;
+                    self.patience.succeeded();
                     return Ok(Page {
                         deliveries,
                         next: more.then_some(self),
@@ -332,7 +318,9 @@ impl RetainedScan {
                 }
                 Err(error) => error,
             };
-            let Some(wait) = self.wait_after(&error, store.timeout(), Instant::now()) else {
+            let now = tokio::time::Instant::now();
+            let wait = self.patience.wait_after(&error, store.timeout(), now);
+            let Some(wait) = wait else {
                 return Err(Unread { error, retry: None });
             };
             if tries == Tries::Once {
@@ -381,32 +369,6 @@ impl RetainedScan {
         Ok((self.deliveries(matching, now), more))
     }
 
-    /// How long to wait before reading the page again after `error`, or `None` to give up:
-    /// the error is one retrying cannot fix, or the page has failed for [`RETRY_FOR`] store
-    /// timeouts.
-    fn wait_after(
-        &mut self,
-        error: &store::Error,
-        timeout: Duration,
-        now: Instant,
-    ) -> Option<Duration> {
-        if !matches!(error, store::Error::Unavailable(_)) {
-            return None;
-        }
-        let failing = self.failing.get_or_insert(Failing {
-            since: now,
-            failures: 0,
-        });
-        if now.duration_since(failing.since) >= timeout * RETRY_FOR {
-            return None;
-        }
-        let wait = RETRY_WAIT_FIRST
-            .saturating_mul(1 << failing.failures.min(16))
-            .min(RETRY_WAIT_MAX);
-        failing.failures += 1;
-        Some(wait)
-    }
-
     fn deliveries(&self, found: Vec<RetainedPublish>, now: i64) -> Vec<Delivery> {
         found
             .into_iter()
@@ -448,33 +410,6 @@ mod tests {
             .iter()
             .map(|s| (s.filter.as_str(), s.generation))
             .collect()
-    }
-
-    #[test]
-    fn a_page_the_database_cannot_serve_is_read_again_after_growing_waits_for_twelve_timeouts() {
-        let mut s = scan("a/#");
-        let away = store::Error::timed_out();
-        let timeout = Duration::from_secs(5);
-        let t0 = Instant::now();
-        let waits: Vec<_> = (0..8)
-            .map(|_| s.wait_after(&away, timeout, t0).unwrap().as_millis())
-            .collect();
-        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
-        let last = t0 + timeout * RETRY_FOR;
-        assert!(
-            s.wait_after(&away, timeout, last - Duration::from_millis(1))
-                .is_some()
-        );
-        assert_eq!(s.wait_after(&away, timeout, last), None, "given up");
-
-        let mut fresh = scan("a/#");
-        let broken = store::Error::Internal("syntax error".into());
-        assert_eq!(fresh.wait_after(&broken, timeout, t0), None, "not retried");
-        assert_eq!(
-            fresh.wait_after(&store::Error::Closed, timeout, t0),
-            None,
-            "shutting down"
-        );
     }
 
     #[tokio::test]

@@ -1,13 +1,22 @@
 //! Will messages: checked like a PUBLISH when the client connects, published when its
 //! connection ends badly, after the Will Delay unless the session resumes first.
+//!
+//! A retained Will is stored before it is delivered, like any retained publish; when the
+//! database cannot store it for now, it is tried again ([`Patience`]) until it is stored, the
+//! client connects again (its new state is then newer than the Will), or the broker stops.
+//! Nobody else can retry it: the client is gone, and a Will that marks a device offline
+//! (retained, as fleets use it) would otherwise leave it "online" for good.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::admission::may_publish;
 use super::config::BrokerConfig;
 use super::handle::{Broker, PublishFrom};
 use super::message::{Message, Publication};
+use super::patience::Patience;
 use super::wire;
 use crate::cluster::StoredWill;
 use crate::mqtt::{ConnectAckReason, LastWill};
@@ -75,7 +84,7 @@ impl Broker {
         &self,
         will: Will,
         client: ClientKey,
-        connection: u64,
+        ended: Ended,
         expiry: Duration,
     ) {
         let broker = self.clone();
@@ -85,11 +94,11 @@ impl Broker {
                 if !broker.sleep_unless_stopped(delay).await {
                     return;
                 }
-                if broker.resumed_since(&client, connection) {
+                if broker.resumed_since(&client, ended.connection) {
                     return;
                 }
             }
-            broker.publish_will_now(will, client).await;
+            broker.publish_will_now(will, client, Some(ended)).await;
         });
     }
 
@@ -126,7 +135,7 @@ impl Broker {
             if persistent && !broker.sessions().still_adopted(&client) {
                 return;
             }
-            broker.publish_will_now(will, client).await;
+            broker.publish_will_now(will, client, None).await;
         });
     }
 
@@ -156,25 +165,90 @@ impl Broker {
         }
     }
 
-    async fn publish_will_now(&self, will: Will, client: ClientKey) {
-        if !self.may_publish_will_now(&will, &client) {
-            tracing::info!(
-                %client,
-                topic = will.publication.topic.as_str(),
-                "the Will is not published: its principal may no longer publish there"
-            );
-            return;
+    /// Publishes `will` now; while the database cannot store a retained one, tries again
+    /// until the client whose connection `ended` connects again. An adopted Will (`None`) is
+    /// tried once, as before the database could fail it.
+    async fn publish_will_now(&self, will: Will, client: ClientKey, ended: Option<Ended>) {
+        let mut patience = Patience::default();
+        loop {
+            // Judged at each try: a reload while the database was away counts.
+            if !self.may_publish_will_now(&will, &client) {
+                tracing::info!(
+                    %client,
+                    topic = will.publication.topic.as_str(),
+                    "the Will is not published: its principal may no longer publish there"
+                );
+                return;
+            }
+            let Err(mut error) = self.publish_will_once(&will, &client).await else {
+                return;
+            };
+            let Some(ended) = ended else {
+                // Logged by the store, in summary.
+                tracing::debug!(%client, %error, "the Will message could not be stored");
+                return;
+            };
+            // Tried again only once it is known that the client has not connected since,
+            // whose new state the Will must not overwrite.
+            loop {
+                let timeout = self.store().timeout();
+                let Some(wait) = patience.wait_after(&error, timeout, Instant::now()) else {
+                    tracing::debug!(%client, %error, "the Will message could not be stored");
+                    return;
+                };
+                tracing::debug!(%client, %error, ?wait, "storing the Will message again");
+                if !self.sleep_unless_stopped(wait).await {
+                    return;
+                }
+                match self.connected_since(&client, ended).await {
+                    Ok(false) => break,
+                    Ok(true) => {
+                        tracing::info!(%client, "the Will is not published: its client connected again while the database could not store it");
+                        return;
+                    }
+                    Err(e) => error = e,
+                }
+            }
         }
+    }
+
+    /// Stores (if retained) and delivers the Will once; its expiry counts from now.
+    async fn publish_will_once(&self, will: &Will, client: &ClientKey) -> Result<(), store::Error> {
         let now = self.store().clock().now_ms();
-        let message = Message::published(will.publication, Some(client.clone()), now);
+        let message = Message::published(will.publication.clone(), Some(client.clone()), now);
         let from = PublishFrom {
-            owner: will.owner,
+            owner: will.owner.clone(),
             client: Some(client.clone()),
             condition: None,
         };
-        if let Err(e) = self.publish_message(message, from, now).await {
-            // Logged by the store, in summary.
-            tracing::debug!(%client, error = %e, "the Will message could not be stored");
+        self.publish_message(message, from, now).await.map(drop)
+    }
+
+    /// Whether a connection with `client`'s id has started since the one that `ended`: here,
+    /// or (with `--cluster-url`) on any node, by the claims in the database, which may not
+    /// answer.
+    async fn connected_since(
+        &self,
+        client: &ClientKey,
+        ended: Ended,
+    ) -> Result<bool, store::Error> {
+        if self.resumed_since(client, ended.connection) {
+            return Ok(true);
+        }
+        match self.cluster() {
+            Some(cluster) => cluster
+                .claimed_since(client, ended.claim)
+                .await
+                .map_err(|e| store::Error::Unavailable(e.to_string().into())),
+            None => Ok(false),
         }
     }
+}
+
+/// The connection whose end made a Will due: its number on this node, and the generation of
+/// its claim on the client id service-wide (0 on a single node).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ended {
+    pub connection: u64,
+    pub claim: u64,
 }

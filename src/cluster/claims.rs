@@ -110,6 +110,22 @@ impl Claims {
         self.bounded(query).await
     }
 
+    /// Whether `client_id` has been claimed since the claim of `generation`, by a connection
+    /// on any node that holds it still.
+    pub async fn claimed_since(
+        &self,
+        client_id: &str,
+        generation: u64,
+    ) -> Result<bool, ClaimError> {
+        let query = sqlx::query_scalar::<_, i64>(
+            "SELECT generation FROM cluster_clients WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(&self.pool);
+        let held = self.bounded(query).await?;
+        Ok(held.is_some_and(|g| g as u64 > generation))
+    }
+
     /// The connection holding `generation` is gone; a later claim is left alone.
     pub async fn release(&self, client_id: &str, generation: u64) -> Result<(), ClaimError> {
         let query =

@@ -458,6 +458,16 @@ impl Cluster {
         Ok(claimed.generation)
     }
 
+    /// Whether a connection on any node has claimed `client_id` since the claim of
+    /// `generation` (and holds it still).
+    pub async fn claimed_since(
+        &self,
+        client_id: &str,
+        generation: u64,
+    ) -> Result<bool, ClaimError> {
+        self.inner.claims.claimed_since(client_id, generation).await
+    }
+
     /// The connection that claimed `client_id` at `generation` is gone.
     pub fn release(&self, client_id: Arc<str>, generation: u64) {
         let cluster = self.clone();

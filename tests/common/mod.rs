@@ -353,3 +353,28 @@ pub fn metric_value(page: &str, series: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Store work of `work` (`scan`, `write batch`, ...) that failed because the database could not
+/// serve it, as `app`'s `/metrics` counts it.
+pub async fn store_unavailable(app: &TestApp, work: &str) -> f64 {
+    let page = app.get("/metrics").await.text().await.unwrap();
+    let work = format!("work=\"{work}\"");
+    page.lines()
+        .filter(|l| {
+            l.starts_with("retaind_store_errors_total{")
+                && l.contains(&work)
+                && l.contains("kind=\"unavailable\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Until [`store_unavailable`] counts `n` failures of `work`.
+pub async fn until_store_unavailable(app: &TestApp, work: &str, n: f64) {
+    mqtt::within("the database work to fail", async {
+        while store_unavailable(app, work).await < n {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}

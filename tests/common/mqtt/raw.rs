@@ -267,6 +267,13 @@ pub async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Option<RawPack
     .await
 }
 
+/// The next packet from any byte stream, which must not be closed first.
+pub async fn next_packet<S: AsyncRead + Unpin>(stream: &mut S) -> RawPacket {
+    read_packet(stream)
+        .await
+        .expect("a packet, not a closed connection")
+}
+
 /// A bare TCP connection to the broker.
 pub struct Raw {
     stream: TcpStream,

@@ -1,0 +1,201 @@
+//! A retained Will that falls due while the database cannot store it: it is stored and
+//! delivered once the database answers again, as fleets rely on for a device's "offline"
+//! state; unless its client has connected again meanwhile, whose new state it must not
+//! overwrite. Postgres behind a TCP proxy that the test cuts and restores.
+//!
+//! One test reads the log, which this binary's subscriber keeps (`common::logs`).
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::logs::Captured;
+use common::mqtt::raw::{build, next_packet};
+use common::mqtt::within;
+use common::nats::Nats;
+use common::proxy::{Mode, Proxy, app_behind_proxy};
+use common::{
+    Backend, FreshDb, TestApp, fresh_db, postgres_host_port, postgres_url_via, spawn_app_with,
+    test_config, until_store_unavailable,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const STORE_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn log() -> &'static Captured {
+    static LOG: OnceLock<Captured> = OnceLock::new();
+    LOG.get_or_init(|| Captured::install(tracing::Level::INFO))
+}
+
+async fn send(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).await.unwrap();
+}
+
+async fn connect(app: &TestApp, connect: &[u8]) -> TcpStream {
+    let mut stream = within("a TCP connection", TcpStream::connect(app.mqtt_addr))
+        .await
+        .unwrap();
+    send(&mut stream, connect).await;
+    let ack = next_packet(&mut stream).await;
+    assert_eq!(
+        (ack.kind(), ack.body.as_slice()),
+        (2, &[0u8, 0][..]),
+        "CONNACK"
+    );
+    stream
+}
+
+/// A 3.1.1 device whose Will marks it offline, retained.
+async fn device(app: &TestApp, id: &str) -> TcpStream {
+    let will = build::Will {
+        topic: &format!("status/{id}"),
+        payload: b"offline",
+        qos: 1,
+        retain: true,
+        props: &[],
+    };
+    connect(app, &build::connect_with_will(id, true, 60, None, will)).await
+}
+
+/// A 3.1.1 client subscribed to `status/#` at QoS 0.
+async fn watcher(app: &TestApp) -> TcpStream {
+    let mut stream = connect(app, &build::connect("watcher", true, 60, None)).await;
+    send(&mut stream, &build::subscribe(1, "status/#", 0, None)).await;
+    assert_eq!(next_packet(&mut stream).await.body, [0, 1, 0], "SUBACK");
+    stream
+}
+
+async fn stored(app: &TestApp, topic: &str) -> Option<String> {
+    app.stored_payload(topic)
+        .await
+        .map(|p| String::from_utf8(p).unwrap())
+}
+
+/// Until the log says that `id`'s Will was dropped for its client's new connection.
+async fn until_will_dropped(log: &Captured, id: &str) {
+    let client = format!("client={id}");
+    within("the Will to be dropped", async {
+        while !log.lines().iter().any(|l| {
+            l.contains(&client)
+                && l.contains("the Will is not published: its client connected again")
+        }) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// The device `id`, connected again, publishes its retained "online", and the watcher's next
+/// message is that: the dropped Will never arrives.
+async fn online_again(device: &mut TcpStream, watcher: &mut TcpStream, id: &str) {
+    let topic = format!("status/{id}");
+    send(
+        device,
+        &build::publish(&topic, 1, true, false, 7, None, b"online"),
+    )
+    .await;
+    let ack = next_packet(device).await;
+    assert_eq!(
+        (ack.kind(), ack.body.as_slice()),
+        (4, &[0u8, 7][..]),
+        "PUBACK"
+    );
+    let got = next_packet(watcher).await.publish(false);
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        (topic.as_str(), &b"online"[..]),
+        "the dropped Will never arrives"
+    );
+}
+
+/// The connection ends without a DISCONNECT while the database is away: the Will is due, its
+/// write fails and is tried again, and once the database is back it is stored and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_will_due_while_the_database_is_away_is_stored_when_it_returns() {
+    log();
+    let (app, proxy) = app_behind_proxy(STORE_TIMEOUT).await;
+    let mut watcher = watcher(&app).await;
+    let d1 = device(&app, "d1").await;
+
+    proxy.fail(Mode::Blackhole);
+    drop(d1);
+    until_store_unavailable(&app, "write batch", 2.0).await;
+    assert_eq!(app.store().count(None).await.ok(), None, "still away");
+    proxy.restore();
+
+    let will = next_packet(&mut watcher).await.publish(false);
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("status/d1", &b"offline"[..])
+    );
+    assert_eq!(stored(&app, "status/d1").await.as_deref(), Some("offline"));
+    // Once: nothing more than a marker published after it.
+    let mut marker = connect(&app, &build::connect("marker", true, 60, None)).await;
+    send(
+        &mut marker,
+        &build::publish("status/marker", 0, false, false, 0, None, b"m"),
+    )
+    .await;
+    assert_eq!(
+        next_packet(&mut watcher).await.publish(false).topic,
+        "status/marker"
+    );
+}
+
+/// The device connects again while its Will waits for the database: the Will is dropped, and
+/// the device's own "online", stored once the database is back, stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_waiting_for_the_database_is_dropped_when_its_client_connects_again() {
+    let log = log();
+    let (app, proxy) = app_behind_proxy(STORE_TIMEOUT).await;
+    let mut watcher = watcher(&app).await;
+    let first = device(&app, "d2").await;
+
+    proxy.fail(Mode::Blackhole);
+    drop(first);
+    until_store_unavailable(&app, "write batch", 1.0).await;
+    let mut again = device(&app, "d2").await;
+    until_will_dropped(log, "d2").await;
+    proxy.restore();
+    online_again(&mut again, &mut watcher, "d2").await;
+    assert_eq!(stored(&app, "status/d2").await.as_deref(), Some("online"));
+}
+
+/// Two nodes of a service; the first reaches the database through a proxy the test can cut.
+async fn two_nodes_the_first_behind_a_proxy() -> (Nats, TestApp, Proxy, TestApp) {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let proxy = Proxy::start(postgres_host_port(&url)).await;
+    let mut a = test_config(&postgres_url_via(&url, proxy.addr));
+    a.cluster_url = Some(nats.url());
+    a.store_timeout = STORE_TIMEOUT;
+    let a = spawn_app_with(db, a).await;
+    let mut b = test_config(&url);
+    b.cluster_url = Some(nats.url());
+    let b = spawn_app_with(FreshDb::shared(&url), b).await;
+    (nats, a, proxy, b)
+}
+
+/// With several nodes, the device connects again on another node, which a node waiting to
+/// store its Will learns from the client id's claim in the database: the Will is dropped
+/// there once the database answers, and never written over the device's "online".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_waiting_for_the_database_is_dropped_when_its_client_connects_to_another_node() {
+    let log = log();
+    let (_nats, a, proxy, b) = two_nodes_the_first_behind_a_proxy().await;
+    let mut watcher = watcher(&b).await;
+    let first = device(&a, "d3").await;
+
+    proxy.fail(Mode::Blackhole);
+    drop(first);
+    until_store_unavailable(&a, "write batch", 1.0).await;
+    let mut again = device(&b, "d3").await;
+    proxy.restore();
+    until_will_dropped(log, "d3").await;
+    online_again(&mut again, &mut watcher, "d3").await;
+    assert_eq!(stored(&a, "status/d3").await.as_deref(), Some("online"));
+    assert_eq!(stored(&b, "status/d3").await.as_deref(), Some("online"));
+}
