@@ -20,8 +20,9 @@ use super::registry::{Attached, Session, Sessions};
 use super::retained::ReadAhead;
 use super::session::{SessionLimits, SubOptions};
 use super::sys_topics::{self, SysTopics};
+use super::will::WILLS_WAITING_BYTES;
 use crate::auth::{Authenticator, Principal};
-use crate::cluster::{Cluster, Outgoing, Restored, Routed};
+use crate::cluster::{Budget, Cluster, Outgoing, Restored, Routed};
 use crate::metrics::Metrics;
 use crate::store::{self, Condition, OwnedWrite, Owner, Revision, Store};
 use crate::tcp::slots::Places;
@@ -79,6 +80,9 @@ pub(super) struct Inner {
     pub background: Census,
     /// Connections that have not sent their CONNECT yet.
     pub awaiting: Places,
+    /// What the Wills waiting to be stored again hold (`will`): an outage of the database
+    /// must not let connections that come and go pile up their largest Wills.
+    pub wills_waiting: Budget,
 }
 
 impl Broker {
@@ -112,6 +116,7 @@ impl Broker {
                 metrics,
                 sys: SysTopics::new(),
                 read_ahead: ReadAhead::default(),
+                wills_waiting: Budget::new(WILLS_WAITING_BYTES),
                 background: Census::default(),
                 awaiting: awaiting::places(config_max_awaiting),
             }),

@@ -18,7 +18,7 @@ use super::handle::{Broker, PublishFrom};
 use super::message::{Message, Publication};
 use super::patience::Patience;
 use super::wire;
-use crate::cluster::StoredWill;
+use crate::cluster::{Budget, StoredWill};
 use crate::mqtt::{ConnectAckReason, LastWill};
 use crate::store::{self, Owner};
 use crate::topic::ClientKey;
@@ -170,6 +170,7 @@ impl Broker {
     /// tried once, as before the database could fail it.
     async fn publish_will_now(&self, will: Will, client: ClientKey, ended: Option<Ended>) {
         let mut patience = Patience::default();
+        let mut held = None;
         loop {
             // Judged at each try: a reload while the database was away counts.
             if !self.may_publish_will_now(&will, &client) {
@@ -188,6 +189,13 @@ impl Broker {
                 tracing::debug!(%client, %error, "the Will message could not be stored");
                 return;
             };
+            if held.is_none() {
+                held = Held::take(&self.inner.wills_waiting, &will);
+                if held.is_none() {
+                    tracing::debug!(%client, %error, "the Will message could not be stored, and the Wills waiting for the database already hold 64 MiB");
+                    return;
+                }
+            }
             // Tried again only once it is known that the client has not connected since,
             // whose new state the Will must not overwrite.
             loop {
@@ -245,10 +253,76 @@ impl Broker {
     }
 }
 
+/// The most that Wills waiting to be stored again may hold, topics and payloads: past it, a
+/// Will the database cannot store is given up at once, as every one was before they waited.
+pub(super) const WILLS_WAITING_BYTES: usize = 64 << 20;
+
+/// A waiting Will's share of [`WILLS_WAITING_BYTES`], given back when it stops waiting.
+struct Held<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl<'a> Held<'a> {
+    fn take(budget: &'a Budget, will: &Will) -> Option<Self> {
+        let bytes = will.publication.topic.as_str().len() + will.publication.payload.len();
+        // Built only once taken: a `Held` gives back what it holds when dropped.
+        budget.take(bytes).then(|| Self { budget, bytes })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
 /// The connection whose end made a Will due: its number on this node, and the generation of
 /// its claim on the client id service-wide (0 on a single node).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ended {
     pub connection: u64,
     pub claim: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MessageProperties, Qos};
+    use crate::topic::TopicLimits;
+
+    fn will(payload: usize) -> Will {
+        Will {
+            publication: Publication {
+                topic: TopicName::parse("status/d", TopicLimits::default()).unwrap(),
+                payload: vec![b'x'; payload].into(),
+                qos: Qos::AtLeastOnce,
+                retain: true,
+                properties: MessageProperties::default(),
+                expiry_secs: None,
+            },
+            delay: Duration::ZERO,
+            owner: Owner::anonymous(),
+        }
+    }
+
+    #[test]
+    fn wills_wait_for_the_database_within_their_budget_and_give_it_back() {
+        // Topic (8 bytes) and payload count.
+        let budget = Budget::new(100);
+        let first = Held::take(&budget, &will(42)).expect("50 of 100");
+        let second = Held::take(&budget, &will(42)).expect("100 of 100");
+        assert!(Held::take(&budget, &will(0)).is_none(), "full");
+        drop(first);
+        assert!(
+            Held::take(&budget, &will(43)).is_none(),
+            "51 do not fit in 50"
+        );
+        let third = Held::take(&budget, &will(42)).expect("50 given back");
+        drop((second, third));
+        assert!(
+            Held::take(&budget, &will(1000)).is_some(),
+            "alone, any size"
+        );
+    }
 }

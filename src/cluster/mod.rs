@@ -28,6 +28,7 @@ mod subject;
 
 pub use access::{NatsAccess, url_has_credentials};
 pub use adoption::Adopted;
+pub use budget::Budget;
 pub use claims::{ClaimError, TakeOver};
 pub use disconnect::DisconnectError;
 pub use frame::{Outgoing, Routed, Stamp, VERSION as FRAME_VERSION};
