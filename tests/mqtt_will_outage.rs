@@ -73,6 +73,15 @@ async fn stored(app: &TestApp, topic: &str) -> Option<String> {
         .map(|p| String::from_utf8(p).unwrap())
 }
 
+/// The Will came once: the watcher's next message is a marker published now, on `app`.
+async fn nothing_more_before_a_marker(app: &TestApp, watcher: &mut TcpStream) {
+    let mut marker = connect(app, &build::connect("marker", true, 60, None)).await;
+    let publish = build::publish("status/marker", 0, false, false, 0, None, b"m");
+    send(&mut marker, &publish).await;
+    let next = next_packet(watcher).await.publish(false);
+    assert_eq!(next.topic, "status/marker", "the Will once: {next:?}");
+}
+
 /// Until the log says that `id`'s Will was dropped for its client's new connection.
 async fn until_will_dropped(log: &Captured, id: &str) {
     let client = format!("client={id}");
@@ -131,17 +140,7 @@ async fn a_retained_will_due_while_the_database_is_away_is_stored_when_it_return
         ("status/d1", &b"offline"[..])
     );
     assert_eq!(stored(&app, "status/d1").await.as_deref(), Some("offline"));
-    // Once: nothing more than a marker published after it.
-    let mut marker = connect(&app, &build::connect("marker", true, 60, None)).await;
-    send(
-        &mut marker,
-        &build::publish("status/marker", 0, false, false, 0, None, b"m"),
-    )
-    .await;
-    assert_eq!(
-        next_packet(&mut watcher).await.publish(false).topic,
-        "status/marker"
-    );
+    nothing_more_before_a_marker(&app, &mut watcher).await;
 }
 
 /// The device connects again while its Will waits for the database: the Will is dropped, and
@@ -164,14 +163,16 @@ async fn a_will_waiting_for_the_database_is_dropped_when_its_client_connects_aga
 }
 
 /// Two nodes of a service; the first reaches the database through a proxy the test can cut.
-async fn two_nodes_the_first_behind_a_proxy() -> (Nats, TestApp, Proxy, TestApp) {
+async fn two_nodes_the_first_behind_a_proxy(
+    store_timeout: Duration,
+) -> (Nats, TestApp, Proxy, TestApp) {
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
     let url = db.url.clone();
     let proxy = Proxy::start(postgres_host_port(&url)).await;
     let mut a = test_config(&postgres_url_via(&url, proxy.addr));
     a.cluster_url = Some(nats.url());
-    a.store_timeout = STORE_TIMEOUT;
+    a.store_timeout = store_timeout;
     let a = spawn_app_with(db, a).await;
     let mut b = test_config(&url);
     b.cluster_url = Some(nats.url());
@@ -185,7 +186,7 @@ async fn two_nodes_the_first_behind_a_proxy() -> (Nats, TestApp, Proxy, TestApp)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_waiting_for_the_database_is_dropped_when_its_client_connects_to_another_node() {
     let log = log();
-    let (_nats, a, proxy, b) = two_nodes_the_first_behind_a_proxy().await;
+    let (_nats, a, proxy, b) = two_nodes_the_first_behind_a_proxy(STORE_TIMEOUT).await;
     let mut watcher = watcher(&b).await;
     let first = device(&a, "d3").await;
 
@@ -198,4 +199,61 @@ async fn a_will_waiting_for_the_database_is_dropped_when_its_client_connects_to_
     online_again(&mut again, &mut watcher, "d3").await;
     assert_eq!(stored(&a, "status/d3").await.as_deref(), Some("online"));
     assert_eq!(stored(&b, "status/d3").await.as_deref(), Some("online"));
+}
+
+/// The revision of `topic`'s retained message, read straight from the database.
+async fn revision(url: &str, topic: &str) -> Option<i64> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar("SELECT revision FROM retained_messages WHERE topic = $1 AND NOT deleted")
+        .bind(topic)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// A node cut off from the database for longer than the dead time, with a Will waiting there:
+/// the other node takes it for dead, adopts the session and publishes the Will. Once the cut
+/// node reaches the database again it learns it was taken for dead and drops its copy, so the
+/// Will is published once, service-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_waiting_on_a_node_taken_for_dead_is_published_once_by_the_node_that_adopted_it() {
+    let log = log();
+    // Patience of twelve 3 s timeouts: the cut node still waits when the others bury it.
+    let (_nats, a, proxy, b) = two_nodes_the_first_behind_a_proxy(Duration::from_secs(3)).await;
+    let mut watcher = watcher(&b).await;
+    let d4 = device(&a, "d4").await;
+
+    proxy.fail(Mode::Refuse);
+    drop(d4);
+    until_store_unavailable(&a, "write batch", 1.0).await;
+    // Past the helpers' 10 s deadline: A is dead 10 s after its last heartbeat.
+    // Waits for bytes to arrive, then reads them (within the helpers' deadline).
+    tokio::time::timeout(Duration::from_secs(30), watcher.peek(&mut [0u8; 1]))
+        .await
+        .expect("the Will, from B once it takes A for dead")
+        .unwrap();
+    let will = next_packet(&mut watcher).await.publish(false);
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("status/d4", &b"offline"[..])
+    );
+    let stored_once = revision(&b.db.url, "status/d4").await;
+    assert!(stored_once.is_some(), "stored by B");
+
+    proxy.restore();
+    within("A to drop its copy of the Will", async {
+        while !log.lines().iter().any(|l| {
+            l.contains("client=d4") && l.contains("the other nodes took this node for dead")
+        }) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        revision(&b.db.url, "status/d4").await,
+        stored_once,
+        "not stored again"
+    );
+    nothing_more_before_a_marker(&b, &mut watcher).await;
 }

@@ -409,7 +409,7 @@ pub struct ServeConfig {
     pub db_startup_wait: Duration,
 
     /// How long any database call may take before the request fails with 503. An MQTT
-    /// retained delivery reads a failed page again for up to twelve of these.
+    /// retained delivery's page, or a retained Will, is tried again for up to twelve of these.
     #[arg(long, env = "RETAIND_STORE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
 

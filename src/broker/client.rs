@@ -20,8 +20,7 @@ use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal, Why};
 use super::limits::ConnectionSlot;
 use super::outbound::Outbound;
 use super::registry::{Session, Sessions};
-use super::retained::RetainedFeed;
-use super::retained::Tries;
+use super::retained::{RetainedFeed, Tries};
 use super::settling::{Settled, Settling};
 use super::subscribe::{self, Subscriber};
 use super::wake::Wake;
@@ -610,6 +609,7 @@ impl Client {
             let ended = Ended {
                 connection: self.connection,
                 claim: self.claim,
+                taken_for_dead: (self.broker.cluster()).map_or(0, |c| c.heard().taken_for_dead),
             };
             self.broker
                 .publish_will(will, self.key.clone(), ended, expiry);

@@ -197,7 +197,9 @@ impl Broker {
                 }
             }
             // Tried again only once it is known that the client has not connected since,
-            // whose new state the Will must not overwrite.
+            // whose new state the Will must not overwrite, nor (with several nodes) has
+            // another node taken the Will over.
+            let mut heard_since = self.cluster().map(|c| c.heard().written);
             loop {
                 let timeout = self.store().timeout();
                 let Some(wait) = patience.wait_after(&error, timeout, Instant::now()) else {
@@ -208,13 +210,17 @@ impl Broker {
                 if !self.sleep_unless_stopped(wait).await {
                     return;
                 }
-                match self.connected_since(&client, ended).await {
-                    Ok(false) => break,
-                    Ok(true) => {
-                        tracing::info!(%client, "the Will is not published: its client connected again while the database could not store it");
+                match self.may_try_again(&client, ended, heard_since).await {
+                    Ok(Verdict::TryAgain) => break,
+                    Ok(Verdict::NotYet) => {}
+                    Ok(Verdict::Drop(why)) => {
+                        tracing::info!(%client, "the Will is not published: {why}");
                         return;
                     }
-                    Err(e) => error = e,
+                    Err(e) => {
+                        error = e;
+                        heard_since = self.cluster().map(|c| c.heard().written);
+                    }
                 }
             }
         }
@@ -232,26 +238,44 @@ impl Broker {
         self.publish_message(message, from, now).await.map(drop)
     }
 
-    /// Whether a connection with `client`'s id has started since the one that `ended`: here,
-    /// or (with `--cluster-url`) on any node, by the claims in the database, which may not
-    /// answer.
-    async fn connected_since(
+    /// Whether a Will that failed to be stored may be tried again: not if a connection with
+    /// `client`'s id has started since the one that `ended`, here or (with `--cluster-url`)
+    /// on any node by the claims in the database, nor if the other nodes took this node for
+    /// dead meanwhile (the node that adopted the session publishes its Will). With several
+    /// nodes that is known only from the database and a heartbeat pass that began after the
+    /// failure (`heard_since`: the passes written then), and not known while the database
+    /// cannot answer.
+    async fn may_try_again(
         &self,
         client: &ClientKey,
         ended: Ended,
-    ) -> Result<bool, store::Error> {
+        heard_since: Option<u64>,
+    ) -> Result<Verdict, store::Error> {
         if self.resumed_since(client, ended.connection) {
-            return Ok(true);
+            return Ok(Verdict::Drop(CONNECTED_AGAIN));
         }
-        match self.cluster() {
-            Some(cluster) => cluster
-                .claimed_since(client, ended.claim)
-                .await
-                .map_err(|e| store::Error::Unavailable(e.to_string().into())),
-            None => Ok(false),
+        let (Some(cluster), Some(heard_since)) = (self.cluster(), heard_since) else {
+            return Ok(Verdict::TryAgain);
+        };
+        let heard = cluster.heard();
+        if heard.taken_for_dead > ended.taken_for_dead {
+            return Ok(Verdict::Drop(
+                "the other nodes took this node for dead, and the node that adopted the session publishes it",
+            ));
+        }
+        // Two passes: the second began after the failure, when the database answered.
+        if heard.written < heard_since + 2 {
+            return Ok(Verdict::NotYet);
+        }
+        match cluster.claimed_since(client, ended.claim).await {
+            Ok(true) => Ok(Verdict::Drop(CONNECTED_AGAIN)),
+            Ok(false) => Ok(Verdict::TryAgain),
+            Err(e) => Err(store::Error::Unavailable(e.to_string().into())),
         }
     }
 }
+
+const CONNECTED_AGAIN: &str = "its client connected again while the database could not store it";
 
 /// The most that Wills waiting to be stored again may hold, topics and payloads: past it, a
 /// Will the database cannot store is given up at once, as every one was before they waited.
@@ -277,12 +301,23 @@ impl Drop for Held<'_> {
     }
 }
 
-/// The connection whose end made a Will due: its number on this node, and the generation of
-/// its claim on the client id service-wide (0 on a single node).
+/// The connection whose end made a Will due: its number on this node and, with
+/// `--cluster-url`, the generation of its claim on the client id and how many times this node
+/// had been taken for dead then ([`crate::cluster::Heard`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ended {
     pub connection: u64,
     pub claim: u64,
+    pub taken_for_dead: u64,
+}
+
+/// Whether a Will that could not be stored may be tried again now.
+enum Verdict {
+    TryAgain,
+    /// Not known yet: no heartbeat pass has begun since the failure.
+    NotYet,
+    /// No: why, for the log.
+    Drop(&'static str),
 }
 
 #[cfg(test)]

@@ -458,6 +458,18 @@ impl Cluster {
         Ok(claimed.generation)
     }
 
+    /// How this node stands with the others, as its heartbeats found out: the passes that
+    /// wrote its heartbeat, and the times it found itself taken for dead (counted first).
+    pub fn heard(&self) -> Heard {
+        let h = &self.inner.headcount;
+        // In this order: a pass counts itself taken for dead before it counts as written.
+        let written = h.written();
+        Heard {
+            written,
+            taken_for_dead: h.taken_for_dead(),
+        }
+    }
+
     /// Whether a connection on any node has claimed `client_id` since the claim of
     /// `generation` (and holds it still).
     pub async fn claimed_since(
@@ -812,4 +824,11 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// See [`Cluster::heard`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    pub written: u64,
+    pub taken_for_dead: u64,
 }

@@ -32,7 +32,7 @@ pub use budget::Budget;
 pub use claims::{ClaimError, TakeOver};
 pub use disconnect::DisconnectError;
 pub use frame::{Outgoing, Routed, Stamp, VERSION as FRAME_VERSION};
-pub use handle::{Cluster, ClusterConfig, ClusterStats};
+pub use handle::{Cluster, ClusterConfig, ClusterStats, Heard};
 pub use inbox::Events;
 pub use keys::{KeyFile, check as check_key_file};
 pub use nodes::BEAT;

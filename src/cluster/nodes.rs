@@ -136,6 +136,8 @@ pub struct Headcount {
     failures: AtomicU64,
     /// Passes that found this node's row gone.
     taken_for_dead: AtomicU64,
+    /// Passes that wrote this node's heartbeat (and so would have found its row gone).
+    written: AtomicU64,
 }
 
 impl Default for Headcount {
@@ -146,6 +148,7 @@ impl Default for Headcount {
             in_doubt: AtomicUsize::new(0),
             failures: AtomicU64::new(0),
             taken_for_dead: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         }
     }
 }
@@ -174,7 +177,13 @@ impl Headcount {
 
     /// Times the others took this node for dead, as its heartbeats found out.
     pub fn taken_for_dead(&self) -> u64 {
-        self.taken_for_dead.load(Ordering::Relaxed)
+        self.taken_for_dead.load(Ordering::Acquire)
+    }
+
+    /// Heartbeat passes that succeeded: each one after a moment tells whether the others took
+    /// this node for dead before it ([`Headcount::taken_for_dead`] is counted first).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
     }
 }
 
@@ -218,13 +227,14 @@ pub async fn run(
                     failing = false;
                 }
                 if census.taken_for_dead {
-                    headcount.taken_for_dead.fetch_add(1, Ordering::Relaxed);
+                    headcount.taken_for_dead.fetch_add(1, Ordering::AcqRel);
                     tracing::warn!(
                         "the other nodes took this node for dead (its heartbeat was not written \
                          for 10 s) and adopted its sessions: closing the connections and \
                          dropping the sessions that are no longer this node's"
                     );
                 }
+                headcount.written.fetch_add(1, Ordering::AcqRel);
                 headcount.live.store(census.live.len(), Ordering::Relaxed);
                 for node in &census.dead {
                     tracing::warn!(%node, "a node stopped beating; its claims and interest are removed");
