@@ -14,6 +14,7 @@ use common::logs::Captured;
 use common::mqtt::raw::{build, next_packet};
 use common::mqtt::within;
 use common::nats::Nats;
+use common::process::Process;
 use common::proxy::{Mode, Proxy, app_behind_proxy};
 use common::{
     Backend, FreshDb, TestApp, fresh_db, postgres_host_port, postgres_url_via, spawn_app_with,
@@ -256,4 +257,59 @@ async fn a_will_waiting_on_a_node_taken_for_dead_is_published_once_by_the_node_t
         "not stored again"
     );
     nothing_more_before_a_marker(&b, &mut watcher).await;
+}
+
+/// The Will of a client whose node was killed is the adopter's to publish, after its delay;
+/// when the adopter cannot store it then, it is tried again too, and arrives once the
+/// database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_will_due_while_the_database_is_away_is_stored_when_it_returns() {
+    let log = log();
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let proxy = Proxy::start(postgres_host_port(&url)).await;
+    let mut config = test_config(&postgres_url_via(&url, proxy.addr));
+    config.cluster_url = Some(nats.url());
+    config.store_timeout = Duration::from_secs(3);
+    let a = spawn_app_with(db, config).await;
+    let mut b = Process::start(&url, &["--cluster-url", &nats.url()]).await;
+    let mut watcher = watcher(&a).await;
+    // A persistent session (300 s) whose retained Will waits 5 s.
+    let will = build::Will {
+        topic: "status/d5",
+        payload: b"offline",
+        qos: 1,
+        retain: true,
+        props: &[0x18, 0, 0, 0, 5],
+    };
+    let connect = build::connect_with_will("d5", false, 60, Some(&[0x11, 0, 0, 1, 0x2c]), will);
+    let mut d5 = within("a TCP connection", TcpStream::connect(b.mqtt))
+        .await
+        .unwrap();
+    send(&mut d5, &connect).await;
+    assert_eq!(next_packet(&mut d5).await.kind(), 2, "CONNACK");
+
+    b.kill().await;
+    // Past the helpers' 10 s deadline: B is dead 10 s after its last heartbeat.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !log.lines().iter().any(|l| {
+            l.contains("client=d5") && l.contains("holding the session of a node that is gone")
+        }) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("A to adopt B's session");
+    proxy.fail(Mode::Refuse);
+    until_store_unavailable(&a, "write batch", 1.0).await;
+    proxy.restore();
+
+    let will = next_packet(&mut watcher).await.publish(false);
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("status/d5", &b"offline"[..])
+    );
+    assert_eq!(stored(&a, "status/d5").await.as_deref(), Some("offline"));
+    nothing_more_before_a_marker(&a, &mut watcher).await;
 }

@@ -98,7 +98,7 @@ impl Broker {
                     return;
                 }
             }
-            broker.publish_will_now(will, client, Some(ended)).await;
+            broker.publish_will_now(will, client, ended).await;
         });
     }
 
@@ -127,6 +127,13 @@ impl Broker {
                 max_messages: will.owner_max,
             },
         };
+        // The dead node's claims went with it: any claim of the id is a connection since, and
+        // a connection that resumed the session here attached it to another than 0.
+        let ended = Ended {
+            connection: 0,
+            claim: 0,
+            taken_for_dead: self.cluster().map_or(0, |c| c.heard().taken_for_dead),
+        };
         let broker = self.clone();
         tokio::spawn(async move {
             if !broker.sleep_unless_stopped(will.delay.min(expiry)).await {
@@ -135,7 +142,7 @@ impl Broker {
             if persistent && !broker.sessions().still_adopted(&client) {
                 return;
             }
-            broker.publish_will_now(will, client, None).await;
+            broker.publish_will_now(will, client, ended).await;
         });
     }
 
@@ -166,9 +173,8 @@ impl Broker {
     }
 
     /// Publishes `will` now; while the database cannot store a retained one, tries again
-    /// until the client whose connection `ended` connects again. An adopted Will (`None`) is
-    /// tried once, as before the database could fail it.
-    async fn publish_will_now(&self, will: Will, client: ClientKey, ended: Option<Ended>) {
+    /// until the client whose connection `ended` connects again.
+    async fn publish_will_now(&self, will: Will, client: ClientKey, ended: Ended) {
         let mut patience = Patience::default();
         let mut held = None;
         loop {
@@ -182,11 +188,6 @@ impl Broker {
                 return;
             }
             let Err(mut error) = self.publish_will_once(&will, &client).await else {
-                return;
-            };
-            let Some(ended) = ended else {
-                // Logged by the store, in summary.
-                tracing::debug!(%client, %error, "the Will message could not be stored");
                 return;
             };
             if held.is_none() {
@@ -303,7 +304,8 @@ impl Drop for Held<'_> {
 
 /// The connection whose end made a Will due: its number on this node and, with
 /// `--cluster-url`, the generation of its claim on the client id and how many times this node
-/// had been taken for dead then ([`crate::cluster::Heard`]).
+/// had been taken for dead then ([`crate::cluster::Heard`]). For the Will of an adopted
+/// session, whose connection was on a node now dead: 0, 0, and the count at the adoption.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ended {
     pub connection: u64,
