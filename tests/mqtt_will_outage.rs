@@ -83,18 +83,42 @@ async fn nothing_more_before_a_marker(app: &TestApp, watcher: &mut TcpStream) {
     assert_eq!(next.topic, "status/marker", "the Will once: {next:?}");
 }
 
-/// Until the log says that `id`'s Will was dropped for its client's new connection.
+/// Until the log says that `id`'s Will was dropped for its client's new connection. Past the
+/// helpers' 10 s deadline: with several nodes a try waits for two heartbeat passes (2 s
+/// apart) after the database answers, then for its own wait (up to 5 s).
 async fn until_will_dropped(log: &Captured, id: &str) {
-    let client = format!("client={id}");
-    within("the Will to be dropped", async {
-        while !log.lines().iter().any(|l| {
-            l.contains(&client)
-                && l.contains("the Will is not published: its client connected again")
-        }) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    until_logged(
+        log,
+        id,
+        "the Will is not published: its client connected again",
+    )
     .await;
+}
+
+/// Until the log has a line about client `id` that says `what`, for at most 30 s.
+async fn until_logged(log: &Captured, id: &str, what: &str) {
+    let client = format!("client={id}");
+    let found = async {
+        while !log
+            .lines()
+            .iter()
+            .any(|l| l.contains(&client) && l.contains(what))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), found)
+        .await
+        .unwrap_or_else(|_| panic!("no log line for {id} saying {what:?}"));
+}
+
+/// The next packet for `stream`, however long it takes to come (at most 30 s).
+async fn next_packet_within_30s(stream: &mut TcpStream) -> common::mqtt::raw::RawPacket {
+    tokio::time::timeout(Duration::from_secs(30), stream.peek(&mut [0u8; 1]))
+        .await
+        .expect("a packet within 30 s")
+        .unwrap();
+    next_packet(stream).await
 }
 
 /// The device `id`, connected again, publishes its retained "online", and the watcher's next
@@ -229,12 +253,7 @@ async fn a_will_waiting_on_a_node_taken_for_dead_is_published_once_by_the_node_t
     drop(d4);
     until_store_unavailable(&a, "write batch", 1.0).await;
     // Past the helpers' 10 s deadline: A is dead 10 s after its last heartbeat.
-    // Waits for bytes to arrive, then reads them (within the helpers' deadline).
-    tokio::time::timeout(Duration::from_secs(30), watcher.peek(&mut [0u8; 1]))
-        .await
-        .expect("the Will, from B once it takes A for dead")
-        .unwrap();
-    let will = next_packet(&mut watcher).await.publish(false);
+    let will = next_packet_within_30s(&mut watcher).await.publish(false);
     assert_eq!(
         (will.topic.as_str(), &will.payload[..]),
         ("status/d4", &b"offline"[..])
@@ -243,14 +262,7 @@ async fn a_will_waiting_on_a_node_taken_for_dead_is_published_once_by_the_node_t
     assert!(stored_once.is_some(), "stored by B");
 
     proxy.restore();
-    within("A to drop its copy of the Will", async {
-        while !log.lines().iter().any(|l| {
-            l.contains("client=d4") && l.contains("the other nodes took this node for dead")
-        }) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    until_logged(log, "d4", "the other nodes took this node for dead").await;
     assert_eq!(
         revision(&b.db.url, "status/d4").await,
         stored_once,
@@ -292,20 +304,12 @@ async fn an_adopted_will_due_while_the_database_is_away_is_stored_when_it_return
 
     b.kill().await;
     // Past the helpers' 10 s deadline: B is dead 10 s after its last heartbeat.
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !log.lines().iter().any(|l| {
-            l.contains("client=d5") && l.contains("holding the session of a node that is gone")
-        }) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("A to adopt B's session");
+    until_logged(log, "d5", "holding the session of a node that is gone").await;
     proxy.fail(Mode::Refuse);
     until_store_unavailable(&a, "write batch", 1.0).await;
     proxy.restore();
 
-    let will = next_packet(&mut watcher).await.publish(false);
+    let will = next_packet_within_30s(&mut watcher).await.publish(false);
     assert_eq!(
         (will.topic.as_str(), &will.payload[..]),
         ("status/d5", &b"offline"[..])
