@@ -54,13 +54,15 @@ async fn stored(app: &TestApp) -> u64 {
 
 /// The first page is read before the SUBACK. While the database is away the SUBSCRIBE is
 /// still answered, the subscription is live (a message published then arrives), and the
-/// retained messages follow once the database is back.
+/// retained messages follow once the database is back: a wildcard's scan, and an exact
+/// filter's point read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_made_while_the_database_is_away_gets_its_retained_messages_when_it_returns()
 {
     let (app, proxy) = app_behind_proxy(STORE_TIMEOUT).await;
     let topics: Vec<String> = (0..3).map(|i| format!("away/{i}")).collect();
     retain_all(&app, &topics, b"kept").await;
+    retain_all(&app, &["exact/one".to_owned()], b"kept").await;
     let mut subscriber = connect(&app, "subscriber", true).await;
     let mut publisher = connect(&app, "publisher", true).await;
 
@@ -77,6 +79,14 @@ async fn a_subscription_made_while_the_database_is_away_gets_its_retained_messag
         store_unavailable(&app, "scan").await >= 1.0,
         "the first page was tried"
     );
+    // An exact filter's retained message is a point read, not a scan: the same holds.
+    send(
+        &mut subscriber,
+        &build::subscribe(2, "exact/one", 1, Some(&[])),
+    )
+    .await;
+    let suback = next_packet(&mut subscriber).await;
+    assert_eq!(suback.body, [0, 2, 0, 1], "granted QoS 1: {suback:?}");
 
     send(
         &mut publisher,
@@ -91,24 +101,29 @@ async fn a_subscription_made_while_the_database_is_away_gets_its_retained_messag
 
     until_store_unavailable(&app, "scan", 2.0).await;
     proxy.restore();
-    let mut got = Vec::new();
-    for _ in &topics {
+    let (mut scanned, mut exact) = (Vec::new(), Vec::new());
+    for _ in 0..=topics.len() {
         let p = next_packet(&mut subscriber).await.publish(true);
         assert!(p.retain, "a retained message: {p:?}");
         assert_eq!(p.payload, b"kept");
         if p.qos == 1 {
             send(&mut subscriber, &build::ack(0x40, p.pkid)).await;
         }
-        got.push(p.topic);
+        if p.topic.starts_with("away/") {
+            scanned.push(p.topic);
+        } else {
+            exact.push(p.topic);
+        }
     }
-    assert_eq!(got, topics);
+    assert_eq!(scanned, topics, "the scan's, in order");
+    assert_eq!(exact, ["exact/one"]);
     send(&mut subscriber, &[0xC0, 0]).await;
     assert_eq!(
         next_packet(&mut subscriber).await.kind(),
         13,
         "PINGRESP: still connected"
     );
-    assert_eq!(stored(&app).await, 3);
+    assert_eq!(stored(&app).await, 4);
 }
 
 /// A delivery of 300 retained messages of 100 KiB: its first page (250 of them, 25 MiB) is
