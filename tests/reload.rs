@@ -484,6 +484,65 @@ async fn a_delayed_will_is_not_published_once_a_reload_took_away_its_right() {
     }
 }
 
+/// A retained Will that the database cannot store is tried again, and judged again at each
+/// try: a reload while the database is away that takes away the device's right to publish it
+/// means it is never stored nor delivered; with the right kept, it arrives once the database
+/// is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_waiting_for_the_database_is_judged_again_at_each_try() {
+    use common::proxy::{Mode, Proxy};
+    for will_open in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.toml");
+        std::fs::write(&path, principals(&SECRET_CLOSED)).unwrap();
+        let db = fresh_db(Backend::Postgres).await;
+        let proxy = Proxy::start(common::postgres_host_port(&db.url)).await;
+        let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
+        config.principals = Some(path);
+        config.store_timeout = Duration::from_secs(1);
+        let app = spawn_app_with(db, config).await;
+        let mut watcher = watcher(&app).await;
+
+        let mut options = v5_options(&app, "device-1");
+        options.set_credentials("device", "device-pw");
+        options.set_last_will(p5::LastWill::new(
+            "news/will",
+            "gone",
+            Qos5::AtLeastOnce,
+            true,
+            None,
+        ));
+        let (device, _) = V5::connect(options).await;
+        proxy.fail(Mode::Refuse);
+        drop(device);
+        common::until_store_unavailable(&app, "write batch", 1.0).await;
+        rewrite(
+            dir.path(),
+            &Policy {
+                will_open,
+                ..SECRET_CLOSED
+            },
+        );
+        running(&app).reload().expect("the reload");
+        proxy.restore();
+        // The Will's next try comes within its longest wait (5 s) of the last failure.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        publish_secret_then_open(&app).await;
+        let expected: &[&str] = if will_open {
+            &["news/will", "news/secret", "news/open"]
+        } else {
+            &["news/secret", "news/open"]
+        };
+        assert_eq!(
+            topics_until_open(&mut watcher).await,
+            expected,
+            "Will allowed at its next try: {will_open}"
+        );
+        let stored = app.stored_payload("news/will").await;
+        assert_eq!(stored.is_some(), will_open, "stored: {stored:?}");
+    }
+}
+
 /// SIGHUP to the real binary: the reload it triggers is logged, and so is a refused one.
 #[tokio::test]
 async fn sighup_reloads_the_principals_of_the_running_binary() {

@@ -606,11 +606,7 @@ impl Client {
             && self.will_still_allowed()
             && let Some(will) = self.will.take()
         {
-            let ended = Ended {
-                connection: self.connection,
-                claim: self.claim,
-                taken_for_dead: (self.broker.cluster()).map_or(0, |c| c.heard().taken_for_dead),
-            };
+            let ended = Ended::now(&self.broker, self.connection, self.claim);
             self.broker
                 .publish_will(will, self.key.clone(), ended, expiry);
         }

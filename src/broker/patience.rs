@@ -10,7 +10,7 @@ use crate::store;
 
 /// How long work is tried again, in store timeouts (`--store-timeout`): a minute at the default
 /// 5 s, the time a Postgres restart or failover takes.
-pub(super) const RETRY_FOR: u32 = 12;
+const RETRY_FOR: u32 = 12;
 /// The wait before the first try again; it doubles after each failure, up to the second.
 const RETRY_WAIT_FIRST: Duration = Duration::from_millis(250);
 const RETRY_WAIT_MAX: Duration = Duration::from_secs(5);

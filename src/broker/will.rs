@@ -129,11 +129,7 @@ impl Broker {
         };
         // The dead node's claims went with it: any claim of the id is a connection since, and
         // a connection that resumed the session here attached it to another than 0.
-        let ended = Ended {
-            connection: 0,
-            claim: 0,
-            taken_for_dead: self.cluster().map_or(0, |c| c.heard().taken_for_dead),
-        };
+        let ended = Ended::now(self, 0, 0);
         let broker = self.clone();
         tokio::spawn(async move {
             if !broker.sleep_unless_stopped(will.delay.min(expiry)).await {
@@ -308,9 +304,20 @@ impl Drop for Held<'_> {
 /// session, whose connection was on a node now dead: 0, 0, and the count at the adoption.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ended {
-    pub connection: u64,
-    pub claim: u64,
-    pub taken_for_dead: u64,
+    connection: u64,
+    claim: u64,
+    taken_for_dead: u64,
+}
+
+impl Ended {
+    /// The connection `connection`, whose claim had `claim`, ends now on `broker`'s node.
+    pub fn now(broker: &Broker, connection: u64, claim: u64) -> Self {
+        Self {
+            connection,
+            claim,
+            taken_for_dead: broker.cluster().map_or(0, |c| c.heard().taken_for_dead),
+        }
+    }
 }
 
 /// Whether a Will that could not be stored may be tried again now.

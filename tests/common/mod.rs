@@ -355,9 +355,10 @@ pub fn metric_value(page: &str, series: &str) -> f64 {
 }
 
 /// Store work of `work` (`scan`, `write batch`, ...) that failed because the database could not
-/// serve it, as `app`'s `/metrics` counts it.
-pub async fn store_unavailable(app: &TestApp, work: &str) -> f64 {
-    let page = app.get("/metrics").await.text().await.unwrap();
+/// serve it, as `app`'s metrics count it (read in the process: `/metrics` may want a token).
+pub fn store_unavailable(app: &TestApp, work: &str) -> f64 {
+    let running = app.running.as_ref().expect("app is running");
+    let page = running.broker.metrics().render();
     let work = format!("work=\"{work}\"");
     page.lines()
         .filter(|l| {
@@ -372,7 +373,7 @@ pub async fn store_unavailable(app: &TestApp, work: &str) -> f64 {
 /// Until [`store_unavailable`] counts `n` failures of `work`.
 pub async fn until_store_unavailable(app: &TestApp, work: &str, n: f64) {
     mqtt::within("the database work to fail", async {
-        while store_unavailable(app, work).await < n {
+        while store_unavailable(app, work) < n {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     })
