@@ -159,6 +159,25 @@ async fn device(app: &TestApp, password: &str) -> V5 {
     device
 }
 
+/// The device's options, with a Will to `news/will` ("gone", QoS 1), retained or not, with
+/// `properties` (MQTT 5 Will properties) if any.
+fn device_with_will(
+    app: &TestApp,
+    retain: bool,
+    properties: Option<p5::LastWillProperties>,
+) -> rumqttc::v5::MqttOptions {
+    let mut options = v5_options(app, "device-1");
+    options.set_credentials("device", "device-pw");
+    options.set_last_will(p5::LastWill::new(
+        "news/will",
+        "gone",
+        Qos5::AtLeastOnce,
+        retain,
+        properties,
+    ));
+    options
+}
+
 /// The watcher, subscribed to everything under `news/`.
 async fn watcher(app: &TestApp) -> V5 {
     let mut options = v5_options(app, "watcher-1");
@@ -199,6 +218,22 @@ async fn publish_secret_then_open(app: &TestApp) {
         .await;
         assert_eq!(status, 200);
     }
+}
+
+/// What the watcher gets before the marker (`news/secret`, `news/open`, published now): the
+/// device's Will first exactly when it was allowed (`will_open`) when it was published.
+async fn will_then_marker(app: &TestApp, watcher: &mut V5, will_open: bool) {
+    publish_secret_then_open(app).await;
+    let expected: &[&str] = if will_open {
+        &["news/will", "news/secret", "news/open"]
+    } else {
+        &["news/secret", "news/open"]
+    };
+    assert_eq!(
+        topics_until_open(watcher).await,
+        expected,
+        "Will allowed when due: {will_open}"
+    );
 }
 
 async fn topics_until_open(device: &mut V5) -> Vec<String> {
@@ -350,15 +385,7 @@ async fn a_removed_principal_is_disconnected_and_a_changed_password_is_not_remem
     let app = app(dir.path()).await;
     let mut watcher = watcher(&app).await;
 
-    let mut options = v5_options(&app, "device-1");
-    options.set_credentials("device", "device-pw");
-    options.set_last_will(p5::LastWill::new(
-        "news/will",
-        "gone",
-        Qos5::AtLeastOnce,
-        false,
-        None,
-    ));
+    let options = device_with_will(&app, false, None);
     // Its password is now known to the process: another CONNECT with it would be let in from
     // memory, without a check.
     let (mut device, _) = V5::connect(options).await;
@@ -428,12 +455,6 @@ async fn a_delayed_will_is_not_published_once_a_reload_took_away_its_right() {
         let app = app(dir.path()).await;
         let mut watcher = watcher(&app).await;
 
-        let mut options = v5_options(&app, "device-1");
-        options.set_credentials("device", "device-pw");
-        options.set_connect_properties(p5::ConnectProperties {
-            session_expiry_interval: Some(60),
-            ..Default::default()
-        });
         let delayed = p5::LastWillProperties {
             delay_interval: Some(2),
             payload_format_indicator: None,
@@ -443,13 +464,11 @@ async fn a_delayed_will_is_not_published_once_a_reload_took_away_its_right() {
             correlation_data: None,
             user_properties: Vec::new(),
         };
-        options.set_last_will(p5::LastWill::new(
-            "news/will",
-            "gone",
-            Qos5::AtLeastOnce,
-            false,
-            Some(delayed),
-        ));
+        let mut options = device_with_will(&app, false, Some(delayed));
+        options.set_connect_properties(p5::ConnectProperties {
+            session_expiry_interval: Some(60),
+            ..Default::default()
+        });
         let (device, _) = V5::connect(options).await;
         // Gone without a DISCONNECT: the Will is due in 2 s, judged allowed as the connection
         // ended (before the reload).
@@ -470,17 +489,7 @@ async fn a_delayed_will_is_not_published_once_a_reload_took_away_its_right() {
         let done = running(&app).reload().expect("the reload");
         assert_eq!(done.sessions.disconnected, 0, "the device still stands");
         tokio::time::sleep(Duration::from_secs(3)).await;
-        publish_secret_then_open(&app).await;
-        let expected: &[&str] = if will_open {
-            &["news/will", "news/secret", "news/open"]
-        } else {
-            &["news/secret", "news/open"]
-        };
-        assert_eq!(
-            topics_until_open(&mut watcher).await,
-            expected,
-            "Will allowed when due: {will_open}"
-        );
+        will_then_marker(&app, &mut watcher, will_open).await;
     }
 }
 
@@ -503,16 +512,7 @@ async fn a_will_waiting_for_the_database_is_judged_again_at_each_try() {
         let app = spawn_app_with(db, config).await;
         let mut watcher = watcher(&app).await;
 
-        let mut options = v5_options(&app, "device-1");
-        options.set_credentials("device", "device-pw");
-        options.set_last_will(p5::LastWill::new(
-            "news/will",
-            "gone",
-            Qos5::AtLeastOnce,
-            true,
-            None,
-        ));
-        let (device, _) = V5::connect(options).await;
+        let (device, _) = V5::connect(device_with_will(&app, true, None)).await;
         proxy.fail(Mode::Refuse);
         drop(device);
         common::until_store_unavailable(&app, "write batch", 1.0).await;
@@ -527,17 +527,7 @@ async fn a_will_waiting_for_the_database_is_judged_again_at_each_try() {
         proxy.restore();
         // The Will's next try comes within its longest wait (5 s) of the last failure.
         tokio::time::sleep(Duration::from_secs(7)).await;
-        publish_secret_then_open(&app).await;
-        let expected: &[&str] = if will_open {
-            &["news/will", "news/secret", "news/open"]
-        } else {
-            &["news/secret", "news/open"]
-        };
-        assert_eq!(
-            topics_until_open(&mut watcher).await,
-            expected,
-            "Will allowed at its next try: {will_open}"
-        );
+        will_then_marker(&app, &mut watcher, will_open).await;
         let stored = app.stored_payload("news/will").await;
         assert_eq!(stored.is_some(), will_open, "stored: {stored:?}");
     }
