@@ -61,6 +61,8 @@ pub enum Error {
     // Not `source`: the message already says it, and a source would print it twice.
     #[error("cannot open the store at {url}: {cause}")]
     Store { url: String, cause: store::Error },
+    #[error("cannot take up the persistent sessions saved at the last stop: {0}")]
+    SavedSessions(store::Error),
     #[error("cannot listen for MQTT on {addr}: {source}")]
     BindMqtt {
         addr: SocketAddr,
@@ -233,6 +235,11 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         cluster,
         metrics.clone(),
     );
+    // Before anything can publish: a message for a restored session must find it.
+    broker
+        .restore_sessions()
+        .await
+        .map_err(Error::SavedSessions)?;
     // Made before the API state: the watches end their streams when it is cancelled.
     let shutdown = CancellationToken::new();
     let state = ApiState::from(api::Shared {
@@ -595,6 +602,8 @@ impl Running {
         if let Err(e) = self.maintenance.await {
             tracing::error!(error = %e, "maintenance task failed");
         }
+        // Nothing routes any more: the sessions saved are as their clients left them.
+        self.broker.save_sessions().await;
         if let Some(cluster) = self.broker.cluster() {
             cluster.stop().await;
         }

@@ -234,14 +234,8 @@ impl Broker {
             && !message.expired(now_ms)
         {
             let stamp = cluster.forward(&Outgoing {
-                topic: &message.topic,
-                payload: &message.payload,
-                qos: message.qos,
-                retain: message.retain,
-                properties: &message.properties,
-                expires_at_ms: message.expires_at_ms,
-                origin: message.origin.as_deref(),
                 shared_done: shared_here,
+                ..message.outgoing()
             });
             if let Some(stamp) = stamp {
                 let _ = message.stamp.set(stamp);
@@ -395,11 +389,21 @@ impl Broker {
     /// The connection is gone; its session ends now or once `expiry` passes without a new
     /// connection, unless the broker shuts down first.
     pub(super) fn detach(&self, session: &Arc<Session>, connection: u64, expiry: Duration) {
-        if !self.inner.sessions.detach(session, connection, expiry) {
+        let now_ms = self.inner.store.clock().now_ms();
+        if !self
+            .inner
+            .sessions
+            .detach(session, connection, expiry, now_ms)
+        {
             return;
         }
+        self.expire_after(session.clone(), connection, expiry);
+    }
+
+    /// Ends `session`, offline since `connection` left, once `expiry` passes without a new
+    /// connection, unless the broker shuts down first.
+    pub(super) fn expire_after(&self, session: Arc<Session>, connection: u64, expiry: Duration) {
         let broker = self.clone();
-        let session = session.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(expiry) => {}

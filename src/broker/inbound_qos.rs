@@ -19,6 +19,12 @@ pub(super) type Ack = (QoS, NonZeroU16);
 #[derive(Debug, Default)]
 pub(super) struct AwaitingRelease(HashSet<NonZeroU16>);
 
+impl FromIterator<NonZeroU16> for AwaitingRelease {
+    fn from_iter<I: IntoIterator<Item = NonZeroU16>>(ids: I) -> Self {
+        Self(ids.into_iter().collect())
+    }
+}
+
 impl AwaitingRelease {
     /// False if this id already awaits PUBREL, i.e. a resend [MQTT-4.3.3-10].
     fn begin(&mut self, id: NonZeroU16) -> bool {
@@ -28,6 +34,11 @@ impl AwaitingRelease {
     /// False if the id was unknown.
     fn end(&mut self, id: NonZeroU16) -> bool {
         self.0.remove(&id)
+    }
+
+    /// The ids, for a session saved across a restart (decision 024).
+    pub fn ids(&self) -> impl Iterator<Item = NonZeroU16> + '_ {
+        self.0.iter().copied()
     }
 }
 

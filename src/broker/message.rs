@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use crate::cluster::{Routed, Stamp};
+use crate::cluster::{Outgoing, Routed, Stamp};
 use crate::store::{MessageProperties, Qos, RetainedMessage, RetainedPublish, Write};
 use crate::topic::ClientKey;
 use crate::topic::TopicName;
@@ -121,6 +121,20 @@ impl Message {
             expires_at_ms: r.expires_at_ms,
             origin: r.origin,
             stamp: r.stamp.map(OnceLock::from).unwrap_or_default(),
+        }
+    }
+
+    /// The message as it is written for another node or for later (a frame, `cluster`).
+    pub fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            topic: &self.topic,
+            payload: &self.payload,
+            qos: self.qos,
+            retain: self.retain,
+            properties: &self.properties,
+            expires_at_ms: self.expires_at_ms,
+            origin: self.origin.as_deref(),
+            shared_done: false,
         }
     }
 

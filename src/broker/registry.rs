@@ -3,7 +3,7 @@
 //! `.await`. The handle (`handle`) schedules expiry; everything here is synchronous.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use super::session::{Enqueued, SessionLimits, SessionState, Stored, SubOptions};
 use super::wake::Wake;
 use crate::auth::{Action, Credential, Principal};
 use crate::cluster::{Adopted, Queued, StoredSubscription};
-use crate::cluster::{Cluster, Outgoing, Restored, TakeOver};
+use crate::cluster::{Cluster, Restored, TakeOver};
 use crate::metrics::Metrics;
 use crate::mqtt::DisconnectReasonCode;
 use crate::topic::{ClientKey, SubscriptionTree};
@@ -89,7 +89,13 @@ pub(super) struct Session {
     cluster: Option<Cluster>,
     /// Where what the session drops is counted.
     metrics: Metrics,
+    /// When an offline session ends unless its client returns (epoch ms; [`NEVER`]): what a
+    /// restart saves with it (decision 024).
+    expires_at_ms: AtomicI64,
 }
+
+/// An offline session's [`Session::expires_at_ms`] when it does not expire.
+pub(super) const NEVER: i64 = i64::MAX;
 
 const MOVED: u8 = 1;
 const MOVED_RESUMED: u8 = 2;
@@ -118,7 +124,18 @@ impl Session {
             ousted: AtomicU8::new(0),
             cluster: of.cluster.clone(),
             metrics: of.metrics.clone(),
+            expires_at_ms: AtomicI64::new(NEVER),
         }
+    }
+
+    /// The principal that created the session (`None`: anonymous).
+    pub fn creator(&self) -> Option<&str> {
+        self.creator.as_deref()
+    }
+
+    /// When the session, offline, ends (epoch ms; [`NEVER`]).
+    pub fn expires_at_ms(&self) -> i64 {
+        self.expires_at_ms.load(Ordering::Acquire)
     }
 
     /// Whether the client now connects through another node and resumes its session there:
@@ -450,7 +467,13 @@ impl Sessions {
     /// The connection is gone. A session with no expiry ends now [MQTT-4.1.0-2]; others end
     /// when `expiry` passes without a new connection ([`Sessions::expire`], which the caller
     /// schedules when this returns true). A taken-over session is left alone.
-    pub fn detach(&self, session: &Arc<Session>, connection: u64, expiry: Duration) -> bool {
+    pub fn detach(
+        &self,
+        session: &Arc<Session>,
+        connection: u64,
+        expiry: Duration,
+        now_ms: i64,
+    ) -> bool {
         let mut registry = self.registry();
         if !session.is_attached_to(connection) {
             return false;
@@ -480,7 +503,14 @@ impl Sessions {
             return false;
         }
         // MQTT 5 §3.1.2.11.2: 0xFFFFFFFF, the session does not expire.
-        expiry < Duration::from_secs(u64::from(u32::MAX))
+        let expires = expiry < Duration::from_secs(u64::from(u32::MAX));
+        let at = if expires {
+            now_ms.saturating_add(i64::try_from(expiry.as_millis()).unwrap_or(NEVER))
+        } else {
+            NEVER
+        };
+        session.expires_at_ms.store(at, Ordering::Release);
+        expires
     }
 
     /// The session's expiry passed: it ends unless a connection took it up since it was
@@ -677,6 +707,43 @@ impl Sessions {
         Some(session)
     }
 
+    /// A session saved before this node's last stop (decision 024), held here offline until
+    /// `expires_at_ms`: returns it, or `None` if a session of that client id is here already.
+    pub fn restore(
+        &self,
+        key: ClientKey,
+        creator: Option<String>,
+        expires_at_ms: i64,
+        subscriptions: &[StoredSubscription],
+        fill: impl FnOnce(&mut SessionState),
+    ) -> Option<Arc<Session>> {
+        let mut registry = self.registry();
+        if registry.sessions.contains_key(&key) {
+            return None;
+        }
+        let session = Arc::new(Session::new(key.clone(), creator, self));
+        session
+            .expires_at_ms
+            .store(expires_at_ms, Ordering::Release);
+        // Never attached: its "connection" is 0, which `expire` checks.
+        fill(&mut session.state());
+        registry.sessions.insert(key, session.clone());
+        drop(registry);
+        let _ = self.restore_subscriptions(&session, subscriptions);
+        Some(session)
+    }
+
+    /// The sessions a stop saves (decision 024): those held offline, outliving their
+    /// connection.
+    pub fn offline(&self) -> Vec<Arc<Session>> {
+        self.registry()
+            .sessions
+            .values()
+            .filter(|s| !s.online.load(Ordering::Acquire))
+            .cloned()
+            .collect()
+    }
+
     fn unsubscribe_all(&self, session: &Session) {
         let specs: Vec<_> = session
             .state()
@@ -870,18 +937,8 @@ impl Sessions {
 fn spool(cluster: &Cluster, key: &ClientKey, d: &Delivery) {
     let m = &d.message;
     let ids = d.subscription_ids.iter().map(|i| i.get()).collect();
-    let outgoing = Outgoing {
-        topic: &m.topic,
-        payload: &m.payload,
-        qos: m.qos,
-        retain: m.retain,
-        properties: &m.properties,
-        expires_at_ms: m.expires_at_ms,
-        origin: m.origin.as_deref(),
-        shared_done: false,
-    };
     let stamp = m.stamp.get().copied();
-    if !cluster.spool(key, &outgoing, stamp, d.qos, d.retain, ids) {
+    if !cluster.spool(key, &m.outgoing(), stamp, d.qos, d.retain, ids) {
         tracing::debug!(client = %key, "a message for an offline session was dropped: the spool is full");
     }
 }

@@ -461,6 +461,32 @@ impl SessionState {
     pub fn awaiting_release(&mut self) -> &mut AwaitingRelease {
         &mut self.awaiting_release
     }
+
+    /// What a restart keeps of the session (decision 024): its unacknowledged messages in send
+    /// order, its queue, and the QoS 2 ids the client sent that await PUBREL.
+    pub fn to_save(&self) -> (&VecDeque<Inflight>, &VecDeque<Delivery>, &AwaitingRelease) {
+        (&self.inflight, &self.queue, &self.awaiting_release)
+    }
+
+    /// A session saved before a restart, as [`Self::to_save`] gave it: resent and sent as
+    /// after a reconnect. The queue is held to this start's limits, the oldest kept.
+    pub fn restore(
+        &mut self,
+        inflight: Vec<Inflight>,
+        queue: Vec<Delivery>,
+        awaiting_release: AwaitingRelease,
+    ) {
+        for i in &inflight {
+            self.in_use.insert(i.packet_id);
+        }
+        // New ids follow the newest in flight, as they did before the restart.
+        if let Some(last) = inflight.last() {
+            self.last_packet_id = last.packet_id.get();
+        }
+        self.inflight = inflight.into();
+        self.awaiting_release = awaiting_release;
+        self.requeue_ahead(queue);
+    }
 }
 
 #[cfg(test)]

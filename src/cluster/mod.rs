@@ -31,7 +31,10 @@ pub use adoption::Adopted;
 pub use budget::Budget;
 pub use claims::{ClaimError, TakeOver};
 pub use disconnect::DisconnectError;
-pub use frame::{Outgoing, Routed, Stamp, VERSION as FRAME_VERSION};
+pub use frame::{
+    FrameError, Outgoing, Routed, Stamp, VERSION as FRAME_VERSION, decode as decode_frame,
+    encode as encode_frame,
+};
 pub use handle::{Cluster, ClusterConfig, ClusterStats, Heard};
 pub use inbox::Events;
 pub use keys::{KeyFile, check as check_key_file};

@@ -5,6 +5,7 @@ use tokio::time::Instant;
 
 use super::feed::Change;
 use super::message::Revision;
+use super::saved_session::SavedSession;
 use super::watch_types::ChangePage;
 use super::{Error, OwnedWrite, QuotaExceeded, RetainedMessage, RetainedPublish, RetainedSummary};
 use crate::topic::TopicName;
@@ -267,6 +268,14 @@ pub trait RetainedStore: Send + Sync + 'static {
 
     /// A cheap query that succeeds only when the database answers.
     async fn ping(&self) -> Result<(), Error>;
+
+    /// Writes `sessions` in one transaction, each replacing a saved session of its client id
+    /// (decision 024). No two of them have the same client id.
+    async fn save_sessions(&self, sessions: &[SavedSession]) -> Result<(), Error>;
+
+    /// Reads and deletes, in one transaction, up to `limit` saved sessions (in client id
+    /// order); none left when it returns fewer.
+    async fn take_sessions(&self, limit: usize) -> Result<Vec<SavedSession>, Error>;
 
     /// News of changes made by other processes sharing the database, for read caches. `None`
     /// when no other process can write to it.

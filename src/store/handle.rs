@@ -9,6 +9,7 @@ use super::backend::{ChangeFeed, Readers};
 use super::cache::{Lookup, ReadCache, unexpired};
 use super::coalesce::{CoalesceLimits, Coalescer};
 use super::failures::Failures;
+use super::saved_session::SavedSession;
 use super::write_batch::WriteBatch;
 use super::write_lane::LaneSettings;
 use super::write_lanes::WriteLanes;
@@ -446,6 +447,20 @@ impl Store {
     /// may have missed a delete.
     pub async fn compacted(&self) -> Result<Revision, Error> {
         self.call("compacted revision", self.inner.backend.compacted())
+            .await
+    }
+
+    /// Saves persistent sessions for this node's next start (see
+    /// [`RetainedStore::save_sessions`]), within the store's timeout.
+    pub async fn save_sessions(&self, sessions: &[SavedSession]) -> Result<(), Error> {
+        self.call("save sessions", self.inner.backend.save_sessions(sessions))
+            .await
+    }
+
+    /// Takes up to `limit` saved sessions (see [`RetainedStore::take_sessions`]), within the
+    /// store's timeout.
+    pub async fn take_sessions(&self, limit: usize) -> Result<Vec<SavedSession>, Error> {
+        self.call("take sessions", self.inner.backend.take_sessions(limit))
             .await
     }
 

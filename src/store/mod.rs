@@ -23,11 +23,13 @@ mod open;
 mod postgres;
 mod quota;
 mod row;
+mod saved_session;
 mod schema;
 mod sqlite;
 mod sqlite_apply;
 mod sqlite_books;
 mod sqlite_scan;
+mod sqlite_sessions;
 mod sqlite_writer;
 mod watch;
 mod watch_hub;
@@ -47,6 +49,7 @@ pub use message::{
     Write, Writer, parse_revision, user_properties_wire_len,
 };
 pub use open::open_backend;
+pub use saved_session::{SESSIONS_PER_CALL, SavedSession};
 pub use schema::known_migrations;
 pub use watch::{Resync, Watch, WatchItem, WatchStart};
 pub use watch_hub::{HubOptions, Joined, WatchEnd, WatchHub};

@@ -16,10 +16,12 @@ use super::row::{
     ChangeRow, MessageRow, Pages, PublishRow, RangeStatements, SNAPSHOT_PAGE, ScanStart,
     SummaryRow, change_columns, change_page, message_columns, publish_columns, range_statements,
 };
+use super::saved_session::SavedSession;
 use super::schema;
 use super::sqlite_apply;
 use super::sqlite_books::{self, Books, Prior};
 use super::sqlite_scan::ScanReaders;
+use super::sqlite_sessions;
 use super::sqlite_writer::SqliteWriter;
 use super::{
     ChangePage, Error, OwnedWrite, RetainedMessage, RetainedPublish, RetainedStore,
@@ -62,7 +64,9 @@ impl SqliteStore {
 
 /// A write transaction: it takes SQLite's write lock at its start, waiting for another process
 /// that holds it (no read of it can then turn stale before its write).
-fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+pub(super) fn write_transaction(
+    conn: &mut Connection,
+) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
@@ -516,6 +520,19 @@ impl RetainedStore for SqliteStore {
     async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    async fn save_sessions(&self, sessions: &[SavedSession]) -> Result<(), Error> {
+        let sessions = sessions.to_vec();
+        self.writer
+            .run(move |conn| sqlite_sessions::save(conn, &sessions))
+            .await
+    }
+
+    async fn take_sessions(&self, limit: usize) -> Result<Vec<SavedSession>, Error> {
+        self.writer
+            .run(move |conn| sqlite_sessions::take(conn, limit))
+            .await
     }
 
     /// A row is one cached statement on the writer's thread, so what a batch costs beyond its

@@ -151,7 +151,11 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(db: FreshDb, config: ServeConfig) -> TestApp {
-    let clock = Clock::manual(T0_MS);
+    spawn_app_at(db, config, Clock::manual(T0_MS)).await
+}
+
+/// [`spawn_app_with`] on `clock`, for a start that must find time moved on.
+pub async fn spawn_app_at(db: FreshDb, config: ServeConfig, clock: Clock) -> TestApp {
     let running = app::start(&config, clock.clone())
         .await
         .expect("starting retaind");
@@ -296,6 +300,24 @@ pub async fn execute_sql(url: &str, sql: &str) {
             .expect("connecting to the test schema");
         conn.execute(sql).await.expect("running SQL");
     }
+}
+
+/// The one integer `sql` answers on the database behind a store URL, over a connection of its
+/// own.
+pub async fn query_i64(url: &str, sql: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("connecting to the SQLite file");
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connecting to the test schema");
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await
+    }
+    .expect("running SQL")
 }
 
 /// Percent-encodes a topic as one path segment, the way the AWS SDKs do.

@@ -9,6 +9,7 @@
 mod apply;
 mod feed;
 mod pool;
+mod sessions;
 mod statements;
 mod writers;
 
@@ -29,6 +30,7 @@ use crate::store::row::{
     ChangeRow, MessageRow, Pages, PublishRow, RangeStatements, SNAPSHOT_PAGE, ScanStart,
     SummaryRow, change_columns, change_page, message_columns, publish_columns, range_statements,
 };
+use crate::store::saved_session::SavedSession;
 use crate::store::{
     ChangePage, Error, OwnedWrite, RetainedMessage, RetainedPublish, RetainedStore,
     RetainedSummary, Revision, quota, schema,
@@ -622,6 +624,14 @@ impl RetainedStore for PostgresStore {
     async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn save_sessions(&self, sessions: &[SavedSession]) -> Result<(), Error> {
+        sessions::save(&self.pool, sessions).await
+    }
+
+    async fn take_sessions(&self, limit: usize) -> Result<Vec<SavedSession>, Error> {
+        sessions::take(&self.pool, limit).await
     }
 
     fn change_feed(&self) -> Option<Box<dyn ChangeFeed>> {

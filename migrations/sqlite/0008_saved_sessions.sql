@@ -1,0 +1,10 @@
+-- Persistent sessions a node saved when it stopped, taken (read and deleted) when it starts
+-- again (decision 024). `state` is the broker's own encoding of the session (subscriptions,
+-- unacknowledged and queued messages); the store does not read it. `expires_at_ms` is NULL for
+-- a session that never expires. Older releases never touch the table.
+CREATE TABLE saved_sessions (
+    client_id TEXT PRIMARY KEY,
+    creator TEXT,
+    expires_at_ms INTEGER,
+    state BLOB NOT NULL
+);

@@ -1,0 +1,331 @@
+//! Persistent sessions across a restart of a single node (decision 024).
+//!
+//! At a stop, once no connection is left and nothing routes any more, every persistent
+//! session held offline is saved in the store: its subscriptions, its unacknowledged messages
+//! with their packet ids, its queue, and the QoS 2 ids its client sent that await PUBREL. At
+//! the next start, before any connection or HTTP publish is taken, the saved sessions are
+//! taken (read and deleted) and held offline again until their client returns or they
+//! expire, as if the node had never stopped. A node of many (`--cluster-url`) keeps its
+//! sessions in Postgres all along and saves nothing here.
+//!
+//! The state is one blob per session, which the store does not read: a version byte, then
+//! [`State`] in postcard, each message a frame of the cluster's (the one codec retaind has for
+//! a message at rest). A row this release cannot read is dropped alone, with a warning.
+
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::handle::Broker;
+use super::inbound_qos::AwaitingRelease;
+use super::message::{Delivery, Message};
+use super::registry::{NEVER, Session};
+use super::session::Inflight;
+use crate::cluster::{FrameError, StoredSubscription, decode_frame, encode_frame};
+use crate::store::{self, Qos, SESSIONS_PER_CALL, SavedSession};
+use crate::topic::{ClientKey, TopicLimits};
+
+/// The encoding's version, the blob's first byte.
+const VERSION: u8 = 1;
+
+/// How long a stop spends saving sessions at most; what is left is lost, and logged.
+const SAVE_FOR: Duration = Duration::from_secs(30);
+
+/// Most bytes of session state one write carries (a session larger than this goes alone).
+const BYTES_PER_CALL: usize = 16 << 20;
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    subscriptions: Vec<StoredSubscription>,
+    /// In send order.
+    inflight: Vec<SavedInflight>,
+    queue: Vec<SavedDelivery>,
+    awaiting_release: Vec<u16>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedInflight {
+    packet_id: u16,
+    /// QoS 2: PUBREC received, PUBREL sent.
+    released: bool,
+    delivery: SavedDelivery,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedDelivery {
+    frame: Vec<u8>,
+    qos: u8,
+    retain: bool,
+    subscription_ids: Vec<u32>,
+}
+
+/// Why a saved session was dropped at start.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unreadable {
+    #[error("saved in session format {0}; this release reads format {VERSION}")]
+    Version(u8),
+    #[error("its state does not decode")]
+    State,
+    #[error("one of its messages does not decode: {0}")]
+    Frame(#[from] FrameError),
+}
+
+/// A saved session, read back.
+pub(super) struct Decoded {
+    pub subscriptions: Vec<StoredSubscription>,
+    pub inflight: Vec<Inflight>,
+    pub queue: Vec<Delivery>,
+    pub awaiting_release: AwaitingRelease,
+}
+
+/// `session` as a row of the store.
+pub(super) fn encode(session: &Session) -> SavedSession {
+    let subscriptions = super::registry::Sessions::stored_subscriptions(session);
+    let state = session.state();
+    let (inflight, queue, awaiting) = state.to_save();
+    let state = State {
+        subscriptions,
+        inflight: inflight
+            .iter()
+            .map(|i| SavedInflight {
+                packet_id: i.packet_id.get(),
+                released: i.released,
+                delivery: saved_delivery(&i.delivery),
+            })
+            .collect(),
+        queue: queue.iter().map(saved_delivery).collect(),
+        awaiting_release: awaiting.ids().map(NonZeroU16::get).collect(),
+    };
+    // Plain strings, integers and byte vectors into a Vec: serializing cannot fail.
+    let blob = postcard::to_extend(&state, vec![VERSION]).unwrap_or_default();
+    SavedSession {
+        client_id: session.key.to_string(),
+        creator: session.creator().map(str::to_owned),
+        expires_at_ms: Some(session.expires_at_ms()).filter(|&at| at != NEVER),
+        state: Bytes::from(blob),
+    }
+}
+
+fn saved_delivery(d: &Delivery) -> SavedDelivery {
+    let m = &d.message;
+    SavedDelivery {
+        frame: encode_frame(&m.outgoing(), m.stamp.get().copied()).to_vec(),
+        qos: d.qos as u8,
+        retain: d.retain,
+        subscription_ids: d.subscription_ids.iter().map(|i| i.get()).collect(),
+    }
+}
+
+/// A row's state, as [`encode`] wrote it.
+pub(super) fn decode(blob: &[u8], limits: TopicLimits) -> Result<Decoded, Unreadable> {
+    let (&version, rest) = blob.split_first().ok_or(Unreadable::State)?;
+    if version != VERSION {
+        return Err(Unreadable::Version(version));
+    }
+    let state: State = postcard::from_bytes(rest).map_err(|_| Unreadable::State)?;
+    let inflight = state
+        .inflight
+        .into_iter()
+        .map(|i| {
+            Ok(Inflight {
+                packet_id: NonZeroU16::new(i.packet_id).ok_or(Unreadable::State)?,
+                released: i.released,
+                delivery: delivery(i.delivery, limits)?,
+            })
+        })
+        .collect::<Result<_, Unreadable>>()?;
+    let queue = state
+        .queue
+        .into_iter()
+        .map(|d| delivery(d, limits))
+        .collect::<Result<_, _>>()?;
+    let awaiting_release = state
+        .awaiting_release
+        .into_iter()
+        .map(|id| NonZeroU16::new(id).ok_or(Unreadable::State))
+        .collect::<Result<_, _>>()?;
+    Ok(Decoded {
+        subscriptions: state.subscriptions,
+        inflight,
+        queue,
+        awaiting_release,
+    })
+}
+
+fn delivery(d: SavedDelivery, limits: TopicLimits) -> Result<Delivery, Unreadable> {
+    let routed = decode_frame(&Bytes::from(d.frame), limits)?;
+    Ok(Delivery {
+        message: Arc::new(Message::routed(routed)),
+        qos: Qos::from_u8(d.qos).ok_or(Unreadable::State)?,
+        retain: d.retain,
+        subscription_ids: d
+            .subscription_ids
+            .into_iter()
+            .filter_map(std::num::NonZeroU32::new)
+            .collect(),
+    })
+}
+
+/// Rows in writes of at most [`SESSIONS_PER_CALL`] sessions and [`BYTES_PER_CALL`] bytes.
+fn writes(rows: Vec<SavedSession>) -> Vec<Vec<SavedSession>> {
+    let mut writes: Vec<Vec<SavedSession>> = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let full = writes.last().is_none_or(|w| {
+            w.len() >= SESSIONS_PER_CALL || bytes + row.state.len() > BYTES_PER_CALL
+        });
+        if full {
+            writes.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += row.state.len();
+        writes.last_mut().expect("pushed above").push(row);
+    }
+    writes
+}
+
+/// What a start made of the saved sessions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionsRestored {
+    /// Held offline again, until their clients return.
+    pub restored: usize,
+    /// Expired while the node was stopped.
+    pub expired: usize,
+    /// Dropped: saved by a release that encodes sessions otherwise, or damaged.
+    pub unreadable: usize,
+}
+
+impl Broker {
+    /// Saves every persistent session held offline, for the next start (decision 024). Called
+    /// once the connections are closed and nothing routes any more; a node of many saves
+    /// nothing (its sessions are in Postgres already).
+    pub async fn save_sessions(&self) {
+        if self.cluster().is_some() {
+            return;
+        }
+        let store = &self.inner.store;
+        let now = store.clock().now_ms();
+        let rows: Vec<SavedSession> = self
+            .sessions()
+            .offline()
+            .iter()
+            .filter(|s| s.expires_at_ms() > now)
+            .map(|s| encode(s))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + SAVE_FOR;
+        let (mut saved, mut lost) = (0, 0);
+        let mut failure = None;
+        for write in writes(rows) {
+            if failure.is_some() || tokio::time::Instant::now() >= until {
+                lost += write.len();
+                continue;
+            }
+            match store.save_sessions(&write).await {
+                Ok(()) => saved += write.len(),
+                Err(e) => {
+                    lost += write.len();
+                    failure = Some(e);
+                }
+            }
+        }
+        match failure {
+            None if lost == 0 => {
+                tracing::info!(
+                    sessions = saved,
+                    "persistent sessions saved for the next start"
+                );
+            }
+            failure => {
+                let error = failure.map(|e| e.to_string());
+                tracing::error!(
+                    saved,
+                    lost,
+                    error,
+                    "some persistent sessions could not be saved: their clients will start clean"
+                );
+            }
+        }
+    }
+
+    /// Takes the sessions the last stop saved and holds them offline again (decision 024).
+    /// Called before any connection is taken. A node of many has none to take.
+    pub async fn restore_sessions(&self) -> Result<SessionsRestored, store::Error> {
+        let mut counts = SessionsRestored::default();
+        if self.cluster().is_some() {
+            return Ok(counts);
+        }
+        let limits = self.inner.config.topic_limits;
+        loop {
+            let rows = self.inner.store.take_sessions(SESSIONS_PER_CALL).await?;
+            let last = rows.len() < SESSIONS_PER_CALL;
+            let now = self.inner.store.clock().now_ms();
+            for row in rows {
+                let expires_at = row.expires_at_ms.unwrap_or(NEVER);
+                if expires_at <= now {
+                    counts.expired += 1;
+                    continue;
+                }
+                match decode(&row.state, limits) {
+                    Ok(decoded) => {
+                        self.restore_one(row.client_id, row.creator, expires_at, decoded, now);
+                        counts.restored += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(client = %row.client_id, error = %e, "a saved session was dropped: its client will start clean");
+                        counts.unreadable += 1;
+                    }
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        if counts != SessionsRestored::default() {
+            tracing::info!(
+                restored = counts.restored,
+                expired = counts.expired,
+                unreadable = counts.unreadable,
+                "persistent sessions saved at the last stop taken up"
+            );
+        }
+        Ok(counts)
+    }
+
+    fn restore_one(
+        &self,
+        client_id: String,
+        creator: Option<String>,
+        expires_at: i64,
+        decoded: Decoded,
+        now: i64,
+    ) {
+        let Decoded {
+            subscriptions,
+            inflight,
+            queue,
+            awaiting_release,
+        } = decoded;
+        let restored = self.sessions().restore(
+            ClientKey::from(client_id),
+            creator,
+            expires_at,
+            &subscriptions,
+            |state| state.restore(inflight, queue, awaiting_release),
+        );
+        if let Some(session) = restored
+            && expires_at != NEVER
+        {
+            let left = u64::try_from(expires_at - now).unwrap_or(0);
+            self.expire_after(session, 0, Duration::from_millis(left));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

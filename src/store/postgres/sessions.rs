@@ -1,0 +1,50 @@
+//! Postgres' `saved_sessions` (decision 024): each call one statement.
+
+use bytes::Bytes;
+use sqlx::PgPool;
+
+use crate::store::Error;
+use crate::store::saved_session::SavedSession;
+
+pub(super) async fn save(pool: &PgPool, sessions: &[SavedSession]) -> Result<(), Error> {
+    let ids: Vec<&str> = sessions.iter().map(|s| s.client_id.as_str()).collect();
+    let creators: Vec<Option<&str>> = sessions.iter().map(|s| s.creator.as_deref()).collect();
+    let expiries: Vec<Option<i64>> = sessions.iter().map(|s| s.expires_at_ms).collect();
+    let states: Vec<&[u8]> = sessions.iter().map(|s| s.state.as_ref()).collect();
+    sqlx::query(
+        "INSERT INTO saved_sessions (client_id, creator, expires_at_ms, state)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[])
+         ON CONFLICT (client_id) DO UPDATE SET creator = excluded.creator,
+             expires_at_ms = excluded.expires_at_ms, state = excluded.state",
+    )
+    .bind(ids)
+    .bind(creators)
+    .bind(expiries)
+    .bind(states)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A row of `saved_sessions` as it is read.
+type Row = (String, Option<String>, Option<i64>, Vec<u8>);
+
+pub(super) async fn take(pool: &PgPool, limit: usize) -> Result<Vec<SavedSession>, Error> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "DELETE FROM saved_sessions WHERE client_id IN
+             (SELECT client_id FROM saved_sessions ORDER BY client_id LIMIT $1 FOR UPDATE)
+         RETURNING client_id, creator, expires_at_ms, state",
+    )
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(client_id, creator, expires_at_ms, state)| SavedSession {
+            client_id,
+            creator,
+            expires_at_ms,
+            state: Bytes::from(state),
+        })
+        .collect())
+}

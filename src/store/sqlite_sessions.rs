@@ -1,0 +1,53 @@
+//! SQLite's `saved_sessions` (decision 024): written and taken on the one write connection, each
+//! call one transaction.
+
+use bytes::Bytes;
+use rusqlite::{Connection, params};
+
+use super::Error;
+use super::saved_session::SavedSession;
+use super::sqlite::write_transaction;
+
+pub(super) fn save(conn: &mut Connection, sessions: &[SavedSession]) -> Result<(), Error> {
+    let tx = write_transaction(conn)?;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO saved_sessions (client_id, creator, expires_at_ms, state)
+             VALUES (?, ?, ?, ?)
+             ON CONFLICT (client_id) DO UPDATE SET creator = excluded.creator,
+                 expires_at_ms = excluded.expires_at_ms, state = excluded.state",
+        )?;
+        for s in sessions {
+            upsert.execute(params![
+                s.client_id,
+                s.creator,
+                s.expires_at_ms,
+                s.state.as_ref()
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+pub(super) fn take(conn: &mut Connection, limit: usize) -> Result<Vec<SavedSession>, Error> {
+    let tx = write_transaction(conn)?;
+    let taken = {
+        let mut take = tx.prepare_cached(
+            "DELETE FROM saved_sessions WHERE client_id IN
+                 (SELECT client_id FROM saved_sessions ORDER BY client_id LIMIT ?)
+             RETURNING client_id, creator, expires_at_ms, state",
+        )?;
+        let rows = take.query_map([limit as i64], |row| {
+            Ok(SavedSession {
+                client_id: row.get(0)?,
+                creator: row.get(1)?,
+                expires_at_ms: row.get(2)?,
+                state: Bytes::from(row.get::<_, Vec<u8>>(3)?),
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    tx.commit()?;
+    Ok(taken)
+}
