@@ -11,7 +11,7 @@ use common::{Backend, T0_MS, fresh_db, fresh_store, open_backend};
 use retaind::store::{
     Clock, Condition, Error as StoreError, MessageProperties, OwnedWrite, Owner,
     PAYLOAD_BYTES_MAX_AGE, PayloadFormat, Qos, Readers, RetainedMessage, RetainedPublish,
-    RetainedSummary, Store, StoreOptions, UserProperty, Verdict, Write, purge_delay,
+    RetainedSummary, SavedSession, Store, StoreOptions, UserProperty, Verdict, Write, purge_delay,
 };
 use retaind::topic::{TopicLimits, TopicName};
 
@@ -1311,7 +1311,81 @@ async fn a_batch_past_one_write_ticket_is_refused_unwritten(backend: Backend) {
     assert_eq!(backend.count(None).await.unwrap(), 4095);
 }
 
+fn saved(
+    client_id: &str,
+    creator: Option<&str>,
+    expires: Option<i64>,
+    state: &[u8],
+) -> SavedSession {
+    SavedSession {
+        client_id: client_id.into(),
+        creator: creator.map(str::to_owned),
+        expires_at_ms: expires,
+        state: Bytes::copy_from_slice(state),
+    }
+}
+
+async fn saved_sessions_are_taken_once(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let backend = open_backend(&db.url).await;
+    assert_eq!(backend.take_sessions(10).await.unwrap(), []);
+    backend
+        .save_sessions(&[
+            saved("b", None, None, &[]),
+            saved("ü", Some("alice"), Some(T0_MS), &[0, 255, 0]),
+            saved("a", Some("bob"), Some(1), b"old"),
+        ])
+        .await
+        .unwrap();
+    // A later save of a client id replaces its row, every column.
+    let a = saved("a", None, None, &[1, 0, 2]);
+    backend
+        .save_sessions(std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    let mut taken = backend.take_sessions(2).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    taken.extend(backend.take_sessions(2).await.unwrap());
+    taken.sort_by(|x, y| x.client_id.cmp(&y.client_id));
+    assert_eq!(
+        taken,
+        [
+            a,
+            saved("b", None, None, &[]),
+            saved("ü", Some("alice"), Some(T0_MS), &[0, 255, 0])
+        ]
+    );
+    assert_eq!(
+        backend.take_sessions(2).await.unwrap(),
+        [],
+        "taken means deleted"
+    );
+    // Another handle on the database (a restart) finds none either.
+    drop(backend);
+    let again = open_backend(&db.url).await;
+    assert_eq!(again.take_sessions(10).await.unwrap(), []);
+}
+
+async fn a_saved_session_outlives_the_store_that_saved_it(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let big = vec![7u8; 3 << 20];
+    {
+        let backend = open_backend(&db.url).await;
+        backend
+            .save_sessions(&[saved("c", None, Some(5), &big)])
+            .await
+            .unwrap();
+    }
+    let backend = open_backend(&db.url).await;
+    assert_eq!(
+        backend.take_sessions(1).await.unwrap(),
+        [saved("c", None, Some(5), &big)]
+    );
+}
+
 for_each_backend!(
+    saved_sessions_are_taken_once,
+    a_saved_session_outlives_the_store_that_saved_it,
     a_batch_past_one_write_ticket_is_refused_unwritten,
     payload_bytes_sum_live_messages_and_stand_for_a_minute,
     a_snapshot_is_the_set_at_one_instant_despite_writes_during_it,

@@ -69,8 +69,6 @@ pub(super) enum Unreadable {
     Version(u8),
     #[error("its state does not decode")]
     State,
-    #[error("one of its messages does not decode: {0}")]
-    Frame(#[from] FrameError),
 }
 
 /// A saved session, read back.
@@ -79,6 +77,8 @@ pub(super) struct Decoded {
     pub inflight: Vec<Inflight>,
     pub queue: Vec<Delivery>,
     pub awaiting_release: AwaitingRelease,
+    /// Why each message left out was.
+    pub dropped: Vec<FrameError>,
 }
 
 /// `session` as a row of the store.
@@ -119,29 +119,34 @@ fn saved_delivery(d: &Delivery) -> SavedDelivery {
     }
 }
 
-/// A row's state, as [`encode`] wrote it.
+/// A row's state, as [`encode`] wrote it. A message that does not decode (sent in another
+/// frame version, or with a topic past this start's limits) is left out alone, and counted.
 pub(super) fn decode(blob: &[u8], limits: TopicLimits) -> Result<Decoded, Unreadable> {
     let (&version, rest) = blob.split_first().ok_or(Unreadable::State)?;
     if version != VERSION {
         return Err(Unreadable::Version(version));
     }
     let state: State = postcard::from_bytes(rest).map_err(|_| Unreadable::State)?;
-    let inflight = state
-        .inflight
-        .into_iter()
-        .map(|i| {
-            Ok(Inflight {
-                packet_id: NonZeroU16::new(i.packet_id).ok_or(Unreadable::State)?,
+    let mut dropped = Vec::new();
+    let mut inflight = Vec::with_capacity(state.inflight.len());
+    for i in state.inflight {
+        let packet_id = NonZeroU16::new(i.packet_id).ok_or(Unreadable::State)?;
+        match delivery(i.delivery, limits)? {
+            Ok(delivery) => inflight.push(Inflight {
+                packet_id,
                 released: i.released,
-                delivery: delivery(i.delivery, limits)?,
-            })
-        })
-        .collect::<Result<_, Unreadable>>()?;
-    let queue = state
-        .queue
-        .into_iter()
-        .map(|d| delivery(d, limits))
-        .collect::<Result<_, _>>()?;
+                delivery,
+            }),
+            Err(e) => dropped.push(e),
+        }
+    }
+    let mut queue = Vec::with_capacity(state.queue.len());
+    for d in state.queue {
+        match delivery(d, limits)? {
+            Ok(delivery) => queue.push(delivery),
+            Err(e) => dropped.push(e),
+        }
+    }
     let awaiting_release = state
         .awaiting_release
         .into_iter()
@@ -152,21 +157,30 @@ pub(super) fn decode(blob: &[u8], limits: TopicLimits) -> Result<Decoded, Unread
         inflight,
         queue,
         awaiting_release,
+        dropped,
     })
 }
 
-fn delivery(d: SavedDelivery, limits: TopicLimits) -> Result<Delivery, Unreadable> {
-    let routed = decode_frame(&Bytes::from(d.frame), limits)?;
-    Ok(Delivery {
+/// A saved message; the inner error is its frame's alone.
+fn delivery(
+    d: SavedDelivery,
+    limits: TopicLimits,
+) -> Result<Result<Delivery, FrameError>, Unreadable> {
+    let qos = Qos::from_u8(d.qos).ok_or(Unreadable::State)?;
+    let routed = match decode_frame(&Bytes::from(d.frame), limits) {
+        Ok(routed) => routed,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(Delivery {
         message: Arc::new(Message::routed(routed)),
-        qos: Qos::from_u8(d.qos).ok_or(Unreadable::State)?,
+        qos,
         retain: d.retain,
         subscription_ids: d
             .subscription_ids
             .into_iter()
             .filter_map(std::num::NonZeroU32::new)
             .collect(),
-    })
+    }))
 }
 
 /// Rows in writes of at most [`SESSIONS_PER_CALL`] sessions and [`BYTES_PER_CALL`] bytes.
@@ -196,6 +210,9 @@ pub struct SessionsRestored {
     pub expired: usize,
     /// Dropped: saved by a release that encodes sessions otherwise, or damaged.
     pub unreadable: usize,
+    /// Messages left out of restored sessions (sent in another frame version, or with a
+    /// topic past this start's limits).
+    pub messages_dropped: usize,
 }
 
 impl Broker {
@@ -208,9 +225,17 @@ impl Broker {
         }
         let store = &self.inner.store;
         let now = store.clock().now_ms();
-        let rows: Vec<SavedSession> = self
-            .sessions()
-            .offline()
+        let offline = self.sessions().offline();
+        // A connection still open past the shutdown's grace has not detached: its session's
+        // expiry is its connection's to know, and the session goes unsaved.
+        let still_connected = self.sessions().held().saturating_sub(offline.len());
+        if still_connected > 0 {
+            tracing::warn!(
+                sessions = still_connected,
+                "sessions whose connections did not close in time are not saved"
+            );
+        }
+        let rows: Vec<SavedSession> = offline
             .iter()
             .filter(|s| s.expires_at_ms() > now)
             .map(|s| encode(s))
@@ -273,6 +298,10 @@ impl Broker {
                 }
                 match decode(&row.state, limits) {
                     Ok(decoded) => {
+                        if let Some(first) = decoded.dropped.first() {
+                            tracing::warn!(client = %row.client_id, messages = decoded.dropped.len(), error = %first, "messages of a saved session could not be read back and were dropped; the session is restored without them");
+                            counts.messages_dropped += decoded.dropped.len();
+                        }
                         self.restore_one(row.client_id, row.creator, expires_at, decoded, now);
                         counts.restored += 1;
                     }
@@ -291,6 +320,7 @@ impl Broker {
                 restored = counts.restored,
                 expired = counts.expired,
                 unreadable = counts.unreadable,
+                messages_dropped = counts.messages_dropped,
                 "persistent sessions saved at the last stop taken up"
             );
         }
@@ -310,6 +340,7 @@ impl Broker {
             inflight,
             queue,
             awaiting_release,
+            dropped: _,
         } = decoded;
         let restored = self.sessions().restore(
             ClientKey::from(client_id),

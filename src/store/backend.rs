@@ -273,8 +273,8 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// (decision 024). No two of them have the same client id.
     async fn save_sessions(&self, sessions: &[SavedSession]) -> Result<(), Error>;
 
-    /// Reads and deletes, in one transaction, up to `limit` saved sessions (in client id
-    /// order); none left when it returns fewer.
+    /// Reads and deletes, in one transaction, up to `limit` saved sessions (in no particular
+    /// order); none are left when it returns fewer.
     async fn take_sessions(&self, limit: usize) -> Result<Vec<SavedSession>, Error>;
 
     /// News of changes made by other processes sharing the database, for read caches. `None`

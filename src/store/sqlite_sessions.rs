@@ -35,7 +35,7 @@ pub(super) fn take(conn: &mut Connection, limit: usize) -> Result<Vec<SavedSessi
     let taken = {
         let mut take = tx.prepare_cached(
             "DELETE FROM saved_sessions WHERE client_id IN
-                 (SELECT client_id FROM saved_sessions ORDER BY client_id LIMIT ?)
+                 (SELECT client_id FROM saved_sessions LIMIT ?)
              RETURNING client_id, creator, expires_at_ms, state",
         )?;
         let rows = take.query_map([limit as i64], |row| {

@@ -32,7 +32,7 @@ type Row = (String, Option<String>, Option<i64>, Vec<u8>);
 pub(super) async fn take(pool: &PgPool, limit: usize) -> Result<Vec<SavedSession>, Error> {
     let rows: Vec<Row> = sqlx::query_as(
         "DELETE FROM saved_sessions WHERE client_id IN
-             (SELECT client_id FROM saved_sessions ORDER BY client_id LIMIT $1 FOR UPDATE)
+             (SELECT client_id FROM saved_sessions LIMIT $1 FOR UPDATE SKIP LOCKED)
          RETURNING client_id, creator, expires_at_ms, state",
     )
     .bind(limit as i64)
