@@ -7,6 +7,7 @@
 mod common;
 
 use common::mqtt::raw::{Raw, RawPublish, build};
+use common::process::Process;
 use common::{Backend, T0_MS, TestApp, encode, query_i64, spawn_app};
 use retaind::store::Clock;
 
@@ -252,7 +253,61 @@ async fn a_saved_session_this_release_cannot_read_is_dropped_alone(backend: Back
     assert_eq!(next_publish(&mut good, true).await.payload, b"kept");
 }
 
+/// Connects to a `retaind` process: the CONNACK's session-present flag.
+async fn connect_to(process: &Process, connect: &[u8]) -> (Raw, u8) {
+    let mut raw = Raw::open_addr(process.mqtt).await;
+    raw.send(connect).await;
+    let ack = raw.expect(2).await;
+    assert_eq!(ack.body[1], 0, "CONNACK Success");
+    (raw, ack.body[0])
+}
+
+async fn publish_to(process: &Process, topic: &str, payload: &'static str) {
+    let res = reqwest::Client::new()
+        .post(format!(
+            "http://{}/topics/{}?qos=1",
+            process.http,
+            encode(topic)
+        ))
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// The binary as an operator runs it: SIGTERM saves the sessions, SIGKILL cannot.
+async fn the_binary_keeps_sessions_across_sigterm_not_across_a_kill(backend: Backend) {
+    let db = common::fresh_db(backend).await;
+    let mut retaind = Process::start(&db.url, &[]).await;
+    let (mut raw, present) = connect_to(&retaind, &persistent_311("device")).await;
+    assert_eq!(present, 0);
+    raw.send(&build::subscribe(1, "p/#", 1, None)).await;
+    raw.expect(9).await;
+    drop(raw);
+    publish_to(&retaind, "p/a", "queued").await;
+
+    retaind.terminate().await;
+    let mut retaind = Process::start(&db.url, &[]).await;
+    let (mut raw, present) = connect_to(&retaind, &persistent_311("device")).await;
+    assert_eq!(present, 1, "resumed after SIGTERM and a start");
+    let p = next_publish(&mut raw, false).await;
+    assert_eq!(p.payload, b"queued");
+    raw.send(&build::ack(0x40, p.pkid)).await;
+    handled(&mut raw).await;
+    drop(raw);
+
+    retaind.kill().await;
+    let retaind = Process::start(&db.url, &[]).await;
+    let (_, present) = connect_to(&retaind, &persistent_311("device")).await;
+    assert_eq!(
+        present, 0,
+        "killed: nothing saved, and the rows taken at the last start are gone"
+    );
+}
+
 for_each_backend!(
+    the_binary_keeps_sessions_across_sigterm_not_across_a_kill,
     a_persistent_session_and_its_queue_survive_a_restart,
     unfinished_qos2_exchanges_are_finished_after_a_restart,
     a_session_that_expired_while_the_node_was_stopped_starts_clean,
