@@ -214,6 +214,24 @@ async fn a_session_that_expired_while_the_node_was_stopped_starts_clean(backend:
     assert_eq!(next_publish(&mut long, true).await.payload, b"queued");
 }
 
+async fn a_lowered_session_expiry_maximum_holds_restored_sessions_from_the_start(backend: Backend) {
+    let app = spawn_app(backend).await;
+    drop(subscribed(&app, &persistent_v5("held", true, 600), true, "h/#", 1).await);
+    drop(subscribed(&app, &persistent_311("held3"), false, "h/#", 1).await);
+    let db = app.stop().await;
+    let mut config = common::test_config(&db.url);
+    config.mqtt_max_session_expiry = 1;
+    let app = common::spawn_app_with(db, config).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    for (id, connect) in [
+        ("held", persistent_v5("held", false, 600)),
+        ("held3", persistent_311("held3")),
+    ] {
+        let (_, ack) = Raw::connect(&app, &connect).await;
+        assert_eq!(ack.body[0], 0, "{id}: ended a second after the start");
+    }
+}
+
 async fn a_saved_session_this_release_cannot_read_is_dropped_alone(backend: Backend) {
     let app = spawn_app(backend).await;
     drop(subscribed(&app, &persistent_v5("good", true, 300), true, "g/#", 1).await);
@@ -311,5 +329,6 @@ for_each_backend!(
     a_persistent_session_and_its_queue_survive_a_restart,
     unfinished_qos2_exchanges_are_finished_after_a_restart,
     a_session_that_expired_while_the_node_was_stopped_starts_clean,
+    a_lowered_session_expiry_maximum_holds_restored_sessions_from_the_start,
     a_saved_session_this_release_cannot_read_is_dropped_alone,
 );

@@ -290,8 +290,15 @@ impl Broker {
             let rows = self.inner.store.take_sessions(SESSIONS_PER_CALL).await?;
             let last = rows.len() < SESSIONS_PER_CALL;
             let now = self.inner.store.clock().now_ms();
+            // A maximum lowered since the stop holds from this start.
+            let max = self.inner.config.max_session_expiry;
+            let latest = if max == 0 {
+                NEVER
+            } else {
+                now + i64::from(max) * 1000
+            };
             for row in rows {
-                let expires_at = row.expires_at_ms.unwrap_or(NEVER);
+                let expires_at = row.expires_at_ms.unwrap_or(NEVER).min(latest);
                 if expires_at <= now {
                     counts.expired += 1;
                     continue;
