@@ -1,10 +1,13 @@
 //! Persistent sessions across a restart of a single node (decision 024), on SQLite and on
 //! Postgres: saved at a clean stop, taken up at the next start before any connection, resumed
 //! with session present = 1, their subscriptions live again before their clients return, their
-//! queues delivered in order and their unfinished QoS 1/2 exchanges finished; a session that
-//! expired while the node was stopped, or that this release cannot read, starts clean, alone.
+//! queues delivered in order and their unfinished QoS 1/2 exchanges finished, a Will still in
+//! its delay published when due unless its client returns; a session that expired while the
+//! node was stopped, or that this release cannot read, starts clean, alone.
 
 mod common;
+
+use std::time::{Duration, Instant};
 
 use common::mqtt::raw::{Raw, RawPublish, build};
 use common::process::Process;
@@ -12,6 +15,7 @@ use common::{Backend, T0_MS, TestApp, encode, query_i64, spawn_app};
 use retaind::store::Clock;
 
 const SESSION_EXPIRY: u8 = 0x11;
+const WILL_DELAY: u8 = 0x18;
 const PUBREL: u8 = 0x62;
 
 fn persistent_v5(id: &str, clean: bool, expiry_secs: u32) -> Vec<u8> {
@@ -206,7 +210,7 @@ async fn a_session_that_expired_while_the_node_was_stopped_starts_clean(backend:
     let (_, ack) = Raw::connect(&app, &persistent_v5("short", false, 60)).await;
     assert_eq!(ack.body[0], 0, "expired while the node was stopped");
     // One second of its expiry was left at the start: it ends then, not later.
-    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     let (_, ack) = Raw::connect(&app, &persistent_v5("soon", false, 62)).await;
     assert_eq!(ack.body[0], 0, "expired at its saved time after the start");
     let (mut long, ack) = Raw::connect(&app, &persistent_v5("long", false, 600)).await;
@@ -222,7 +226,7 @@ async fn a_lowered_session_expiry_maximum_holds_restored_sessions_from_the_start
     let mut config = common::test_config(&db.url);
     config.mqtt_max_session_expiry = 1;
     let app = common::spawn_app_with(db, config).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     for (id, connect) in [
         ("held", persistent_v5("held", false, 600)),
         ("held3", persistent_311("held3")),
@@ -269,6 +273,85 @@ async fn a_saved_session_this_release_cannot_read_is_dropped_alone(backend: Back
         "the readable session is restored beside them"
     );
     assert_eq!(next_publish(&mut good, true).await.payload, b"kept");
+}
+
+/// A device with a persistent session (300 s) and a retained Will "offline" on `status/<id>`,
+/// published `delay_secs` after its connection is lost.
+fn device_with_delayed_will(id: &str, delay_secs: u32) -> Vec<u8> {
+    let mut session = vec![SESSION_EXPIRY];
+    session.extend(300u32.to_be_bytes());
+    let mut will = vec![WILL_DELAY];
+    will.extend(delay_secs.to_be_bytes());
+    build::connect_with_will(
+        id,
+        true,
+        60,
+        Some(&session),
+        build::Will {
+            topic: &format!("status/{id}"),
+            payload: b"offline",
+            qos: 1,
+            retain: true,
+            props: &will,
+        },
+    )
+}
+
+/// Until `app` has no MQTT connection left: each one that ended has left its session.
+async fn until_no_connections(app: &TestApp) {
+    let broker = &app.running.as_ref().expect("running").broker;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.connections() > 0 {
+        assert!(Instant::now() < deadline, "a connection did not end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn a_will_in_its_delay_at_the_stop_is_published_when_due_after_the_start(backend: Backend) {
+    let app = spawn_app(backend).await;
+    drop(Raw::connect(&app, &device_with_delayed_will("dev", 3)).await);
+    until_no_connections(&app).await;
+    // A second of its delay passes while the node is stopped.
+    let app = restart(app, 1_000).await;
+    let started = Instant::now();
+    assert_eq!(app.stored_payload("status/dev").await, None, "not due yet");
+    let deadline = started + Duration::from_secs(10);
+    while app.stored_payload("status/dev").await.is_none() {
+        assert!(Instant::now() < deadline, "the Will was never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_800),
+        "published {waited:?} after the start: before the 2 s left of its delay"
+    );
+    assert_eq!(app.stored_payload("status/dev").await.unwrap(), b"offline");
+}
+
+async fn a_will_in_its_delay_at_the_stop_is_dropped_when_its_client_returns(backend: Backend) {
+    let app = spawn_app(backend).await;
+    drop(Raw::connect(&app, &device_with_delayed_will("dev", 2)).await);
+    until_no_connections(&app).await;
+    let app = restart(app, 0).await;
+    let (_back, ack) = Raw::connect(&app, &persistent_v5("dev", false, 300)).await;
+    assert_eq!(ack.body[0], 1);
+    // A negative over time: past the 2 s delay, with a margin, no Will.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.stored_payload("status/dev").await, None);
+}
+
+async fn a_will_its_client_cancelled_by_returning_before_the_stop_is_not_saved(backend: Backend) {
+    let app = spawn_app(backend).await;
+    drop(Raw::connect(&app, &device_with_delayed_will("dev", 2)).await);
+    until_no_connections(&app).await;
+    let (mut back, ack) = Raw::connect(&app, &persistent_v5("dev", false, 300)).await;
+    assert_eq!(ack.body[0], 1);
+    back.send(&build::disconnect_v5(0)).await;
+    drop(back);
+    until_no_connections(&app).await;
+    let app = restart(app, 0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.stored_payload("status/dev").await, None);
 }
 
 /// Connects to a `retaind` process: the CONNACK's session-present flag.
@@ -325,6 +408,9 @@ async fn the_binary_keeps_sessions_across_sigterm_not_across_a_kill(backend: Bac
 }
 
 for_each_backend!(
+    a_will_in_its_delay_at_the_stop_is_published_when_due_after_the_start,
+    a_will_in_its_delay_at_the_stop_is_dropped_when_its_client_returns,
+    a_will_its_client_cancelled_by_returning_before_the_stop_is_not_saved,
     the_binary_keeps_sessions_across_sigterm_not_across_a_kill,
     a_persistent_session_and_its_queue_survive_a_restart,
     unfinished_qos2_exchanges_are_finished_after_a_restart,

@@ -20,7 +20,7 @@ use super::registry::{Attached, Session, Sessions};
 use super::retained::ReadAhead;
 use super::session::{SessionLimits, SubOptions};
 use super::sys_topics::{self, SysTopics};
-use super::will::WILLS_WAITING_BYTES;
+use super::will::{PendingWills, WILLS_WAITING_BYTES};
 use crate::auth::{Authenticator, Principal};
 use crate::cluster::{Budget, Cluster, Outgoing, Restored, Routed};
 use crate::metrics::Metrics;
@@ -83,6 +83,8 @@ pub(super) struct Inner {
     /// What the Wills waiting to be stored again hold (`will`): an outage of the database
     /// must not let connections that come and go pile up their largest Wills.
     pub wills_waiting: Budget,
+    /// The Wills waiting out their delay (`will`), which a stop saves with the sessions.
+    pub pending_wills: PendingWills,
 }
 
 impl Broker {
@@ -117,6 +119,7 @@ impl Broker {
                 sys: SysTopics::new(),
                 read_ahead: ReadAhead::default(),
                 wills_waiting: Budget::new(WILLS_WAITING_BYTES),
+                pending_wills: PendingWills::default(),
                 background: Census::default(),
                 awaiting: awaiting::places(config_max_awaiting),
             }),

@@ -2,7 +2,8 @@
 //!
 //! At a stop, once no connection is left and nothing routes any more, every persistent
 //! session held offline is saved in the store: its subscriptions, its unacknowledged messages
-//! with their packet ids, its queue, and the QoS 2 ids its client sent that await PUBREL. At
+//! with their packet ids, its queue, the QoS 2 ids its client sent that await PUBREL, and the
+//! Will it waits out the delay of (published when due, unless the client returns first). At
 //! the next start, before any connection or HTTP publish is taken, the saved sessions are
 //! taken (read and deleted) and held offline again until their client returns or they
 //! expire, as if the node had never stopped. A node of many (`--cluster-url`) keeps its
@@ -21,11 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use super::handle::Broker;
 use super::inbound_qos::AwaitingRelease;
-use super::message::{Delivery, Message};
+use super::message::{Delivery, Message, Publication};
 use super::registry::{NEVER, Session};
 use super::session::Inflight;
-use crate::cluster::{FrameError, StoredSubscription, decode_frame, encode_frame};
-use crate::store::{self, Qos, SESSIONS_PER_CALL, SavedSession};
+use super::will::{Ended, Pending, Will};
+use crate::cluster::{FrameError, Outgoing, StoredSubscription, decode_frame, encode_frame};
+use crate::store::{self, Owner, Qos, SESSIONS_PER_CALL, SavedSession};
 use crate::topic::{ClientKey, TopicLimits};
 
 /// The encoding's version, the blob's first byte.
@@ -44,6 +46,19 @@ struct State {
     inflight: Vec<SavedInflight>,
     queue: Vec<SavedDelivery>,
     awaiting_release: Vec<u16>,
+    /// The Will waiting out its delay, part of the session's state (MQTT 5, 4.1).
+    will: Option<SavedWill>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedWill {
+    /// The publication as a frame: no expiry instant, no origin.
+    frame: Vec<u8>,
+    /// Its Message Expiry Interval, which counts from when it is published.
+    expiry_secs: Option<u32>,
+    due_at_ms: i64,
+    owner: String,
+    owner_max: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,12 +92,14 @@ pub(super) struct Decoded {
     pub inflight: Vec<Inflight>,
     pub queue: Vec<Delivery>,
     pub awaiting_release: AwaitingRelease,
-    /// Why each message left out was.
+    /// The Will waiting out its delay, and when it is due (epoch ms).
+    pub will: Option<(Will, i64)>,
+    /// Why each message left out (the Will included) was.
     pub dropped: Vec<FrameError>,
 }
 
-/// `session` as a row of the store.
-pub(super) fn encode(session: &Session) -> SavedSession {
+/// `session`, with the Will it waits out, as a row of the store.
+pub(super) fn encode(session: &Session, will: Option<&Pending>) -> SavedSession {
     let subscriptions = super::registry::Sessions::stored_subscriptions(session);
     let state = session.state();
     let (inflight, queue, awaiting) = state.to_save();
@@ -98,6 +115,7 @@ pub(super) fn encode(session: &Session) -> SavedSession {
             .collect(),
         queue: queue.iter().map(saved_delivery).collect(),
         awaiting_release: awaiting.ids().map(NonZeroU16::get).collect(),
+        will: will.map(saved_will),
     };
     // Plain strings, integers and byte vectors into a Vec: serializing cannot fail.
     let blob = postcard::to_extend(&state, vec![VERSION]).unwrap_or_default();
@@ -107,6 +125,48 @@ pub(super) fn encode(session: &Session) -> SavedSession {
         expires_at_ms: Some(session.expires_at_ms()).filter(|&at| at != NEVER),
         state: Bytes::from(blob),
     }
+}
+
+fn saved_will(pending: &Pending) -> SavedWill {
+    let p = &pending.will.publication;
+    let publication = Outgoing {
+        topic: &p.topic,
+        payload: &p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties: &p.properties,
+        expires_at_ms: None,
+        origin: None,
+        shared_done: false,
+    };
+    SavedWill {
+        frame: encode_frame(&publication, None).to_vec(),
+        expiry_secs: p.expiry_secs,
+        due_at_ms: pending.due_at_ms,
+        owner: pending.will.owner.name.to_string(),
+        owner_max: pending.will.owner.max_messages,
+    }
+}
+
+fn read_will(w: SavedWill, limits: TopicLimits) -> Result<(Will, i64), FrameError> {
+    let routed = decode_frame(&Bytes::from(w.frame), limits)?;
+    let will = Will {
+        publication: Publication {
+            topic: routed.topic,
+            payload: routed.payload,
+            qos: routed.qos,
+            retain: routed.retain,
+            properties: routed.properties,
+            expiry_secs: w.expiry_secs,
+        },
+        // Counted from the start that restores it: see `Broker::restore_one`.
+        delay: Duration::ZERO,
+        owner: Owner {
+            name: w.owner.into(),
+            max_messages: w.owner_max,
+        },
+    };
+    Ok((will, w.due_at_ms))
 }
 
 fn saved_delivery(d: &Delivery) -> SavedDelivery {
@@ -152,11 +212,20 @@ pub(super) fn decode(blob: &[u8], limits: TopicLimits) -> Result<Decoded, Unread
         .into_iter()
         .map(|id| NonZeroU16::new(id).ok_or(Unreadable::State))
         .collect::<Result<_, _>>()?;
+    let will = match state.will.map(|w| read_will(w, limits)) {
+        Some(Ok(will)) => Some(will),
+        Some(Err(e)) => {
+            dropped.push(e);
+            None
+        }
+        None => None,
+    };
     Ok(Decoded {
         subscriptions: state.subscriptions,
         inflight,
         queue,
         awaiting_release,
+        will,
         dropped,
     })
 }
@@ -238,7 +307,15 @@ impl Broker {
         let rows: Vec<SavedSession> = offline
             .iter()
             .filter(|s| s.expires_at_ms() > now)
-            .map(|s| encode(s))
+            .map(|s| {
+                // A Will whose client resumed the session since is not due any more.
+                let will = self
+                    .inner
+                    .pending_wills
+                    .get(&s.key)
+                    .filter(|w| !self.resumed_since(&s.key, w.ended.connection()));
+                encode(s, will.as_ref())
+            })
             .collect();
         if rows.is_empty() {
             return;
@@ -347,20 +424,27 @@ impl Broker {
             inflight,
             queue,
             awaiting_release,
+            will,
             dropped: _,
         } = decoded;
-        let restored = self.sessions().restore(
-            ClientKey::from(client_id),
-            creator,
-            expires_at,
-            &subscriptions,
-            |state| state.restore(inflight, queue, awaiting_release),
-        );
-        if let Some(session) = restored
-            && expires_at != NEVER
-        {
+        let key = ClientKey::from(client_id);
+        let restored =
+            self.sessions()
+                .restore(key.clone(), creator, expires_at, &subscriptions, |state| {
+                    state.restore(inflight, queue, awaiting_release)
+                });
+        let Some(session) = restored else {
+            return;
+        };
+        if expires_at != NEVER {
             let left = u64::try_from(expires_at - now).unwrap_or(0);
             self.expire_after(session, 0, Duration::from_millis(left));
+        }
+        // Due when it was due: published then unless the client returns first (a connection
+        // attaches the session, restored unattached).
+        if let Some((mut will, due_at_ms)) = will {
+            will.delay = Duration::from_millis(u64::try_from(due_at_ms - now).unwrap_or(0));
+            self.publish_will(will, key, Ended::now(self, 0, 0), Duration::MAX);
         }
     }
 }

@@ -7,7 +7,10 @@
 //! Nobody else can retry it: the client is gone, and a Will that marks a device offline
 //! (retained, as fleets use it) would otherwise leave it "online" for good.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,6 +28,7 @@ use crate::topic::ClientKey;
 use crate::topic::TopicName;
 
 /// A Will message and how long after the connection ends it is published.
+#[derive(Debug, Clone)]
 pub(super) struct Will {
     /// Made a message only when published: its expiry counts from then, as the Will's Message
     /// Expiry Interval is "sent as the Publication Expiry Interval when the Server publishes
@@ -87,13 +91,23 @@ impl Broker {
         ended: Ended,
         expiry: Duration,
     ) {
+        let delay = will.delay.min(expiry);
+        // Held before this returns: a stop that follows at once finds it, and saves it with
+        // the session (decision 024).
+        let pending = (!delay.is_zero()).then(|| {
+            let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+            let due_at_ms = self.store().clock().now_ms().saturating_add(delay_ms);
+            self.inner
+                .pending_wills
+                .hold(&client, &will, due_at_ms, ended)
+        });
         let broker = self.clone();
         tokio::spawn(async move {
-            let delay = will.delay.min(expiry);
-            if !delay.is_zero() {
+            if let Some(pending) = pending {
                 if !broker.sleep_unless_stopped(delay).await {
                     return;
                 }
+                broker.inner.pending_wills.release(&client, pending);
                 if broker.resumed_since(&client, ended.connection) {
                     return;
                 }
@@ -298,6 +312,71 @@ impl Drop for Held<'_> {
     }
 }
 
+/// The Wills waiting out their delay, by client id: part of the session's state, which a stop
+/// saves (decision 024). At most one per client id, the latest connection's.
+#[derive(Default)]
+pub(super) struct PendingWills(Mutex<HashMap<ClientKey, Pending>>);
+
+/// A Will waiting out its delay.
+#[derive(Debug, Clone)]
+pub(super) struct Pending {
+    pub will: Will,
+    /// When it is due (epoch ms).
+    pub due_at_ms: i64,
+    /// The connection whose end made it due.
+    pub ended: Ended,
+    /// Tells this wait from a later one of the same client id.
+    id: u64,
+}
+
+impl Pending {
+    #[cfg(test)]
+    pub fn new(will: Will, due_at_ms: i64, ended: Ended) -> Self {
+        Self {
+            will,
+            due_at_ms,
+            ended,
+            id: 0,
+        }
+    }
+}
+
+impl PendingWills {
+    /// `will` waits until `due_at_ms`; returns what tells this wait apart.
+    fn hold(&self, client: &ClientKey, will: &Will, due_at_ms: i64, ended: Ended) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending {
+            will: will.clone(),
+            due_at_ms,
+            ended,
+            id,
+        };
+        self.lock().insert(client.clone(), pending);
+        id
+    }
+
+    /// The wait `id` is over, unless a later one of the client replaced it.
+    fn release(&self, client: &ClientKey, id: u64) {
+        let mut pending = self.lock();
+        if pending.get(client).is_some_and(|p| p.id == id) {
+            pending.remove(client);
+        }
+    }
+
+    /// The Will `client` waits out, if any.
+    pub fn get(&self, client: &str) -> Option<Pending> {
+        self.lock().get(client).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, Pending>> {
+        // Inserts and removes of whole entries: a panic cannot leave the map torn.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The connection whose end made a Will due: its number on this node and, with
 /// `--cluster-url`, the generation of its claim on the client id and how many times this node
 /// had been taken for dead then ([`crate::cluster::Heard`]). For the Will of an adopted
@@ -310,6 +389,21 @@ pub(super) struct Ended {
 }
 
 impl Ended {
+    /// The connection's number on this node.
+    pub fn connection(&self) -> u64 {
+        self.connection
+    }
+
+    /// The connection `connection` of a node that is not one of many.
+    #[cfg(test)]
+    pub fn on_a_single_node(connection: u64) -> Self {
+        Self {
+            connection,
+            claim: 0,
+            taken_for_dead: 0,
+        }
+    }
+
     /// The connection `connection`, whose claim had `claim`, ends now on `broker`'s node.
     pub fn now(broker: &Broker, connection: u64, claim: u64) -> Self {
         Self {

@@ -115,7 +115,7 @@ fn a_session_reads_back_as_it_was_saved() {
         )
         .unwrap();
 
-    let row = encode(&session);
+    let row = encode(&session, None);
     assert_eq!(
         (
             row.client_id.as_str(),
@@ -148,12 +148,51 @@ fn a_session_reads_back_as_it_was_saved() {
 }
 
 #[test]
+fn the_will_a_session_waits_out_reads_back_with_when_it_is_due() {
+    let sessions = sessions();
+    let session = sessions
+        .restore(Arc::from("dev"), None, NEVER, &[], |_| {})
+        .unwrap();
+    let d = delivery("offline", Qos::AtLeastOnce, &[]);
+    let will = Will {
+        publication: Publication {
+            topic: d.message.topic.clone(),
+            payload: d.message.payload.clone(),
+            qos: Qos::AtLeastOnce,
+            retain: true,
+            properties: d.message.properties.clone(),
+            expiry_secs: Some(30),
+        },
+        delay: Duration::from_secs(5),
+        owner: Owner {
+            name: "fleet".into(),
+            max_messages: Some(10),
+        },
+    };
+    let pending = Pending::new(will.clone(), 77_000, Ended::on_a_single_node(3));
+    let row = encode(&session, Some(&pending));
+    let back = decode(&row.state, TopicLimits::default()).unwrap();
+    let (got, due_at_ms) = back.will.expect("the Will is saved with its session");
+    assert_eq!(due_at_ms, 77_000);
+    assert_eq!(got.publication, will.publication);
+    assert_eq!(got.owner, will.owner);
+    assert!(back.dropped.is_empty());
+    let without = encode(&session, None);
+    assert!(
+        decode(&without.state, TopicLimits::default())
+            .unwrap()
+            .will
+            .is_none()
+    );
+}
+
+#[test]
 fn a_session_that_never_expires_is_saved_without_an_expiry() {
     let sessions = sessions();
     let session = sessions
         .restore(Arc::from("forever"), None, NEVER, &[], |_| {})
         .unwrap();
-    let row = encode(&session);
+    let row = encode(&session, None);
     assert_eq!((row.creator, row.expires_at_ms), (None, None));
     let back = decode(&row.state, TopicLimits::default()).unwrap();
     assert!(back.subscriptions.is_empty() && back.inflight.is_empty() && back.queue.is_empty());
@@ -171,7 +210,7 @@ fn another_format_or_a_damaged_state_is_unreadable() {
             )
         })
         .unwrap();
-    let good = encode(&session).state;
+    let good = encode(&session, None).state;
     let limits = TopicLimits::default();
     let mut other = good.to_vec();
     other[0] = VERSION + 1;
@@ -212,7 +251,7 @@ fn a_message_that_cannot_be_read_back_is_left_out_alone() {
             },
         )
         .unwrap();
-    let saved = encode(&session).state;
+    let saved = encode(&session, None).state;
     // Topics of at most two bytes: "a/ü" is four, "s" is one.
     let tight = TopicLimits {
         max_bytes: 2,
