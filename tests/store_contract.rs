@@ -1328,7 +1328,7 @@ fn saved(
 async fn saved_sessions_are_taken_once(backend: Backend) {
     let db = fresh_db(backend).await;
     let backend = open_backend(&db.url).await;
-    assert_eq!(backend.take_sessions(10).await.unwrap(), []);
+    assert_eq!(backend.take_sessions(10, usize::MAX).await.unwrap(), []);
     backend
         .save_sessions(&[
             saved("b", None, None, &[]),
@@ -1343,9 +1343,9 @@ async fn saved_sessions_are_taken_once(backend: Backend) {
         .save_sessions(std::slice::from_ref(&a))
         .await
         .unwrap();
-    let mut taken = backend.take_sessions(2).await.unwrap();
+    let mut taken = backend.take_sessions(2, usize::MAX).await.unwrap();
     assert_eq!(taken.len(), 2);
-    taken.extend(backend.take_sessions(2).await.unwrap());
+    taken.extend(backend.take_sessions(2, usize::MAX).await.unwrap());
     taken.sort_by(|x, y| x.client_id.cmp(&y.client_id));
     assert_eq!(
         taken,
@@ -1356,14 +1356,32 @@ async fn saved_sessions_are_taken_once(backend: Backend) {
         ]
     );
     assert_eq!(
-        backend.take_sessions(2).await.unwrap(),
+        backend.take_sessions(2, usize::MAX).await.unwrap(),
         [],
         "taken means deleted"
     );
     // Another handle on the database (a restart) finds none either.
     drop(backend);
     let again = open_backend(&db.url).await;
-    assert_eq!(again.take_sessions(10).await.unwrap(), []);
+    assert_eq!(again.take_sessions(10, usize::MAX).await.unwrap(), []);
+}
+
+async fn a_take_holds_to_its_bytes_but_takes_one_session_at_least(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let backend = open_backend(&db.url).await;
+    let rows: Vec<SavedSession> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| saved(id, None, None, &[1; 10]))
+        .collect();
+    backend.save_sessions(&rows).await.unwrap();
+    assert_eq!(backend.take_sessions(10, 25).await.unwrap().len(), 2);
+    assert_eq!(
+        backend.take_sessions(10, 5).await.unwrap().len(),
+        1,
+        "one larger than the bound comes alone"
+    );
+    assert_eq!(backend.take_sessions(10, 10).await.unwrap().len(), 1);
+    assert_eq!(backend.take_sessions(10, 10).await.unwrap(), []);
 }
 
 async fn a_saved_session_outlives_the_store_that_saved_it(backend: Backend) {
@@ -1378,13 +1396,14 @@ async fn a_saved_session_outlives_the_store_that_saved_it(backend: Backend) {
     }
     let backend = open_backend(&db.url).await;
     assert_eq!(
-        backend.take_sessions(1).await.unwrap(),
+        backend.take_sessions(1, usize::MAX).await.unwrap(),
         [saved("c", None, Some(5), &big)]
     );
 }
 
 for_each_backend!(
     saved_sessions_are_taken_once,
+    a_take_holds_to_its_bytes_but_takes_one_session_at_least,
     a_saved_session_outlives_the_store_that_saved_it,
     a_batch_past_one_write_ticket_is_refused_unwritten,
     payload_bytes_sum_live_messages_and_stand_for_a_minute,

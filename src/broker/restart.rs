@@ -27,7 +27,7 @@ use super::registry::{NEVER, Session};
 use super::session::Inflight;
 use super::will::{Ended, Pending, Will};
 use crate::cluster::{FrameError, Outgoing, StoredSubscription, decode_frame, encode_frame};
-use crate::store::{self, Owner, Qos, SESSIONS_PER_CALL, SavedSession};
+use crate::store::{self, Owner, Qos, SESSION_BYTES_PER_CALL, SESSIONS_PER_CALL, SavedSession};
 use crate::topic::{ClientKey, TopicLimits};
 
 /// The encoding's version, the blob's first byte.
@@ -35,9 +35,6 @@ const VERSION: u8 = 1;
 
 /// How long a stop spends saving sessions at most; what is left is lost, and logged.
 const SAVE_FOR: Duration = Duration::from_secs(30);
-
-/// Most bytes of session state one write carries (a session larger than this goes alone).
-const BYTES_PER_CALL: usize = 16 << 20;
 
 #[derive(Serialize, Deserialize)]
 struct State {
@@ -252,13 +249,14 @@ fn delivery(
     }))
 }
 
-/// Rows in writes of at most [`SESSIONS_PER_CALL`] sessions and [`BYTES_PER_CALL`] bytes.
+/// Rows in writes of at most [`SESSIONS_PER_CALL`] sessions and [`SESSION_BYTES_PER_CALL`]
+/// bytes.
 fn writes(rows: Vec<SavedSession>) -> Vec<Vec<SavedSession>> {
     let mut writes: Vec<Vec<SavedSession>> = Vec::new();
     let mut bytes = 0;
     for row in rows {
         let full = writes.last().is_none_or(|w| {
-            w.len() >= SESSIONS_PER_CALL || bytes + row.state.len() > BYTES_PER_CALL
+            w.len() >= SESSIONS_PER_CALL || bytes + row.state.len() > SESSION_BYTES_PER_CALL
         });
         if full {
             writes.push(Vec::new());
@@ -364,8 +362,14 @@ impl Broker {
         }
         let limits = self.inner.config.topic_limits;
         loop {
-            let rows = self.inner.store.take_sessions(SESSIONS_PER_CALL).await?;
-            let last = rows.len() < SESSIONS_PER_CALL;
+            let rows = self
+                .inner
+                .store
+                .take_sessions(SESSIONS_PER_CALL, SESSION_BYTES_PER_CALL)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
             let now = self.inner.store.clock().now_ms();
             // A maximum lowered since the stop holds from this start.
             let max = self.inner.config.max_session_expiry;
@@ -394,9 +398,6 @@ impl Broker {
                         counts.unreadable += 1;
                     }
                 }
-            }
-            if last {
-                break;
             }
         }
         if counts != SessionsRestored::default() {

@@ -273,9 +273,14 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// (decision 024). No two of them have the same client id.
     async fn save_sessions(&self, sessions: &[SavedSession]) -> Result<(), Error>;
 
-    /// Reads and deletes, in one transaction, up to `limit` saved sessions (in no particular
-    /// order); none are left when it returns fewer.
-    async fn take_sessions(&self, limit: usize) -> Result<Vec<SavedSession>, Error>;
+    /// Reads and deletes, in one transaction, up to `limit` saved sessions whose states hold
+    /// at most `max_bytes` together (one, if the first alone holds more), in no particular
+    /// order; none are left when it returns none.
+    async fn take_sessions(
+        &self,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SavedSession>, Error>;
 
     /// News of changes made by other processes sharing the database, for read caches. `None`
     /// when no other process can write to it.

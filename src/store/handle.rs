@@ -457,11 +457,15 @@ impl Store {
             .await
     }
 
-    /// Takes up to `limit` saved sessions (see [`RetainedStore::take_sessions`]), within the
-    /// store's timeout.
-    pub async fn take_sessions(&self, limit: usize) -> Result<Vec<SavedSession>, Error> {
-        self.call("take sessions", self.inner.backend.take_sessions(limit))
-            .await
+    /// Takes saved sessions, up to `limit` and `max_bytes` of them (see
+    /// [`RetainedStore::take_sessions`]), within the store's timeout.
+    pub async fn take_sessions(
+        &self,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SavedSession>, Error> {
+        let take = self.inner.backend.take_sessions(limit, max_bytes);
+        self.call("take sessions", take).await
     }
 
     /// The key that signs pagination tokens, shared by every node on the same database.

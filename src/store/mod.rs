@@ -49,7 +49,7 @@ pub use message::{
     Write, Writer, parse_revision, user_properties_wire_len,
 };
 pub use open::open_backend;
-pub use saved_session::{SESSIONS_PER_CALL, SavedSession};
+pub use saved_session::{SESSION_BYTES_PER_CALL, SESSIONS_PER_CALL, SavedSession};
 pub use schema::known_migrations;
 pub use watch::{Resync, Watch, WatchItem, WatchStart};
 pub use watch_hub::{HubOptions, Joined, WatchEnd, WatchHub};

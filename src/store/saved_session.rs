@@ -15,7 +15,16 @@ pub struct SavedSession {
     pub state: Bytes,
 }
 
+/// A count or a size as SQL takes it: past `i64::MAX` is no bound at all.
+pub(super) fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Most sessions one call of [`crate::store::RetainedStore::take_sessions`] returns, and one
-/// transaction of a save writes: each is at most a session's queue limit (16 MiB by default),
-/// and the state of many must not be in flight at once.
+/// transaction of a save writes.
 pub const SESSIONS_PER_CALL: usize = 64;
+
+/// Most bytes of session state one call carries, a session larger than this alone: each is up
+/// to its queue limit (16 MiB by default), and the state of many must not be in flight at once,
+/// nor take longer than the store's timeout.
+pub const SESSION_BYTES_PER_CALL: usize = 16 << 20;

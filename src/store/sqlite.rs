@@ -529,9 +529,13 @@ impl RetainedStore for SqliteStore {
             .await
     }
 
-    async fn take_sessions(&self, limit: usize) -> Result<Vec<SavedSession>, Error> {
+    async fn take_sessions(
+        &self,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SavedSession>, Error> {
         self.writer
-            .run(move |conn| sqlite_sessions::take(conn, limit))
+            .run(move |conn| sqlite_sessions::take(conn, limit, max_bytes))
             .await
     }
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, params};
 
 use super::Error;
-use super::saved_session::SavedSession;
+use super::saved_session::{SavedSession, saturating_i64};
 use super::sqlite::write_transaction;
 
 pub(super) fn save(conn: &mut Connection, sessions: &[SavedSession]) -> Result<(), Error> {
@@ -30,15 +30,24 @@ pub(super) fn save(conn: &mut Connection, sessions: &[SavedSession]) -> Result<(
     Ok(())
 }
 
-pub(super) fn take(conn: &mut Connection, limit: usize) -> Result<Vec<SavedSession>, Error> {
+pub(super) fn take(
+    conn: &mut Connection,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<SavedSession>, Error> {
     let tx = write_transaction(conn)?;
     let taken = {
         let mut take = tx.prepare_cached(
-            "DELETE FROM saved_sessions WHERE client_id IN
-                 (SELECT client_id FROM saved_sessions LIMIT ?)
+            "DELETE FROM saved_sessions WHERE client_id IN (
+                 SELECT client_id FROM (
+                     SELECT client_id,
+                         row_number() OVER (ORDER BY client_id) AS n,
+                         sum(length(state)) OVER (ORDER BY client_id) AS upto
+                     FROM saved_sessions ORDER BY client_id LIMIT ?1)
+                 WHERE n = 1 OR upto <= ?2)
              RETURNING client_id, creator, expires_at_ms, state",
         )?;
-        let rows = take.query_map([limit as i64], |row| {
+        let rows = take.query_map([saturating_i64(limit), saturating_i64(max_bytes)], |row| {
             Ok(SavedSession {
                 client_id: row.get(0)?,
                 creator: row.get(1)?,

@@ -281,13 +281,13 @@ fn writes_hold_a_count_and_a_byte_bound() {
         counts(writes((0..130).map(|_| row(10)).collect())),
         [SESSIONS_PER_CALL, SESSIONS_PER_CALL, 2]
     );
-    let big = BYTES_PER_CALL / 2 + 1;
+    let big = SESSION_BYTES_PER_CALL / 2 + 1;
     assert_eq!(
         counts(writes(vec![row(big), row(big), row(1), row(big)])),
         [1, 2, 1]
     );
     assert_eq!(
-        counts(writes(vec![row(BYTES_PER_CALL * 2), row(1)])),
+        counts(writes(vec![row(SESSION_BYTES_PER_CALL * 2), row(1)])),
         [1, 1]
     );
     assert!(writes(Vec::new()).is_empty());

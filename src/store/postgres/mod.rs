@@ -630,8 +630,12 @@ impl RetainedStore for PostgresStore {
         sessions::save(&self.pool, sessions).await
     }
 
-    async fn take_sessions(&self, limit: usize) -> Result<Vec<SavedSession>, Error> {
-        sessions::take(&self.pool, limit).await
+    async fn take_sessions(
+        &self,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SavedSession>, Error> {
+        sessions::take(&self.pool, limit, max_bytes).await
     }
 
     fn change_feed(&self) -> Option<Box<dyn ChangeFeed>> {

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use sqlx::PgPool;
 
 use crate::store::Error;
-use crate::store::saved_session::SavedSession;
+use crate::store::saved_session::{SavedSession, saturating_i64};
 
 pub(super) async fn save(pool: &PgPool, sessions: &[SavedSession]) -> Result<(), Error> {
     let ids: Vec<&str> = sessions.iter().map(|s| s.client_id.as_str()).collect();
@@ -29,13 +29,25 @@ pub(super) async fn save(pool: &PgPool, sessions: &[SavedSession]) -> Result<(),
 /// A row of `saved_sessions` as it is read.
 type Row = (String, Option<String>, Option<i64>, Vec<u8>);
 
-pub(super) async fn take(pool: &PgPool, limit: usize) -> Result<Vec<SavedSession>, Error> {
+pub(super) async fn take(
+    pool: &PgPool,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<SavedSession>, Error> {
+    // Two nodes taking at once (nodes sharing a database without a cluster) may pick the same
+    // rows: the second's delete waits for the first's and then finds them gone.
     let rows: Vec<Row> = sqlx::query_as(
-        "DELETE FROM saved_sessions WHERE client_id IN
-             (SELECT client_id FROM saved_sessions LIMIT $1 FOR UPDATE SKIP LOCKED)
+        "DELETE FROM saved_sessions WHERE client_id IN (
+             SELECT client_id FROM (
+                 SELECT client_id,
+                     row_number() OVER (ORDER BY client_id) AS n,
+                     sum(octet_length(state)) OVER (ORDER BY client_id) AS upto
+                 FROM saved_sessions ORDER BY client_id LIMIT $1) page
+             WHERE n = 1 OR upto <= $2)
          RETURNING client_id, creator, expires_at_ms, state",
     )
-    .bind(limit as i64)
+    .bind(saturating_i64(limit))
+    .bind(saturating_i64(max_bytes))
     .fetch_all(pool)
     .await?;
     Ok(rows
