@@ -354,6 +354,50 @@ async fn a_will_its_client_cancelled_by_returning_before_the_stop_is_not_saved(b
     assert_eq!(app.stored_payload("status/dev").await, None);
 }
 
+/// A start that cannot take the saved sessions in time (another session of the database
+/// holds a row the second page would take) refuses to start, names why, and puts back what
+/// the first page took: the next start finds every session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_cannot_take_the_saved_sessions_refuses_and_loses_none() {
+    use sqlx::{Connection, Executor};
+    let app = spawn_app(Backend::Postgres).await;
+    // A page more than one: 64 sessions before "kept" in client id order.
+    let ids: Vec<String> = (0..64).map(|i| format!("a-{i:02}")).collect();
+    for id in ids.iter().map(String::as_str).chain(["kept"]) {
+        drop(subscribed(&app, &persistent_v5(id, true, 300), true, "k/#", 1).await);
+    }
+    publish(&app, "k/a", 1, "queued").await;
+    let db = app.stop().await;
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    holder
+        .execute("BEGIN; SELECT * FROM saved_sessions WHERE client_id = 'kept' FOR UPDATE")
+        .await
+        .unwrap();
+    let mut config = common::test_config(&db.url);
+    config.store_timeout = Duration::from_secs(1);
+    let refused = retaind::app::start(&config, Clock::manual(T0_MS))
+        .await
+        .err()
+        .expect("a start that cannot take the saved sessions is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("cannot take up the persistent sessions saved at the last stop"),
+        "{refused}"
+    );
+    holder.execute("COMMIT").await.unwrap();
+    let app = common::spawn_app_with(db, config).await;
+    for id in ids.iter().map(String::as_str).chain(["kept"]) {
+        let (mut raw, ack) = Raw::connect(&app, &persistent_v5(id, false, 300)).await;
+        assert_eq!(ack.body[0], 1, "{id}: the session waited for this start");
+        assert_eq!(
+            next_publish(&mut raw, true).await.payload,
+            b"queued",
+            "{id}"
+        );
+    }
+}
+
 /// Connects to a `retaind` process: the CONNACK's session-present flag.
 async fn connect_to(process: &Process, connect: &[u8]) -> (Raw, u8) {
     let mut raw = Raw::open_addr(process.mqtt).await;

@@ -1328,7 +1328,13 @@ fn saved(
 async fn saved_sessions_are_taken_once(backend: Backend) {
     let db = fresh_db(backend).await;
     let backend = open_backend(&db.url).await;
-    assert_eq!(backend.take_sessions(10, usize::MAX).await.unwrap(), []);
+    assert_eq!(
+        backend
+            .take_sessions(10, usize::MAX, common::far_deadline())
+            .await
+            .unwrap(),
+        []
+    );
     backend
         .save_sessions(&[
             saved("b", None, None, &[]),
@@ -1343,9 +1349,17 @@ async fn saved_sessions_are_taken_once(backend: Backend) {
         .save_sessions(std::slice::from_ref(&a))
         .await
         .unwrap();
-    let mut taken = backend.take_sessions(2, usize::MAX).await.unwrap();
+    let mut taken = backend
+        .take_sessions(2, usize::MAX, common::far_deadline())
+        .await
+        .unwrap();
     assert_eq!(taken.len(), 2);
-    taken.extend(backend.take_sessions(2, usize::MAX).await.unwrap());
+    taken.extend(
+        backend
+            .take_sessions(2, usize::MAX, common::far_deadline())
+            .await
+            .unwrap(),
+    );
     taken.sort_by(|x, y| x.client_id.cmp(&y.client_id));
     assert_eq!(
         taken,
@@ -1356,14 +1370,23 @@ async fn saved_sessions_are_taken_once(backend: Backend) {
         ]
     );
     assert_eq!(
-        backend.take_sessions(2, usize::MAX).await.unwrap(),
+        backend
+            .take_sessions(2, usize::MAX, common::far_deadline())
+            .await
+            .unwrap(),
         [],
         "taken means deleted"
     );
     // Another handle on the database (a restart) finds none either.
     drop(backend);
     let again = open_backend(&db.url).await;
-    assert_eq!(again.take_sessions(10, usize::MAX).await.unwrap(), []);
+    assert_eq!(
+        again
+            .take_sessions(10, usize::MAX, common::far_deadline())
+            .await
+            .unwrap(),
+        []
+    );
 }
 
 async fn a_take_holds_to_its_bytes_but_takes_one_session_at_least(backend: Backend) {
@@ -1374,14 +1397,85 @@ async fn a_take_holds_to_its_bytes_but_takes_one_session_at_least(backend: Backe
         .map(|id| saved(id, None, None, &[1; 10]))
         .collect();
     backend.save_sessions(&rows).await.unwrap();
-    assert_eq!(backend.take_sessions(10, 25).await.unwrap().len(), 2);
     assert_eq!(
-        backend.take_sessions(10, 5).await.unwrap().len(),
+        backend
+            .take_sessions(10, 25, common::far_deadline())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        backend
+            .take_sessions(10, 5, common::far_deadline())
+            .await
+            .unwrap()
+            .len(),
         1,
         "one larger than the bound comes alone"
     );
-    assert_eq!(backend.take_sessions(10, 10).await.unwrap().len(), 1);
-    assert_eq!(backend.take_sessions(10, 10).await.unwrap(), []);
+    assert_eq!(
+        backend
+            .take_sessions(10, 10, common::far_deadline())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        backend
+            .take_sessions(10, 10, common::far_deadline())
+            .await
+            .unwrap(),
+        []
+    );
+}
+
+/// A take held up past its deadline (another session of the database holds the table) fails
+/// and takes nothing, then or later: the rows are all there for the next take.
+async fn a_take_held_up_past_its_deadline_takes_nothing(backend: Backend) {
+    use sqlx::{Connection, Executor};
+    let db = fresh_db(backend).await;
+    let store = open_backend(&db.url).await;
+    let rows: Vec<SavedSession> = ["a", "b"]
+        .iter()
+        .map(|id| saved(id, None, None, b"state"))
+        .collect();
+    store.save_sessions(&rows).await.unwrap();
+    let release = match backend {
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            conn.execute("BEGIN; LOCK TABLE saved_sessions IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                conn.execute("COMMIT").await.unwrap();
+            })
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            conn.execute("BEGIN EXCLUSIVE").await.unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                conn.execute("COMMIT").await.unwrap();
+            })
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    let taken = store.take_sessions(10, usize::MAX, deadline).await;
+    assert!(
+        matches!(taken, Err(StoreError::Unavailable(_))),
+        "{taken:?}"
+    );
+    release.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut back = store
+        .take_sessions(10, usize::MAX, common::far_deadline())
+        .await
+        .unwrap();
+    back.sort_by(|x, y| x.client_id.cmp(&y.client_id));
+    assert_eq!(back, rows, "the late take committed nothing");
 }
 
 async fn a_saved_session_outlives_the_store_that_saved_it(backend: Backend) {
@@ -1396,7 +1490,10 @@ async fn a_saved_session_outlives_the_store_that_saved_it(backend: Backend) {
     }
     let backend = open_backend(&db.url).await;
     assert_eq!(
-        backend.take_sessions(1, usize::MAX).await.unwrap(),
+        backend
+            .take_sessions(1, usize::MAX, common::far_deadline())
+            .await
+            .unwrap(),
         [saved("c", None, Some(5), &big)]
     );
 }
@@ -1404,6 +1501,7 @@ async fn a_saved_session_outlives_the_store_that_saved_it(backend: Backend) {
 for_each_backend!(
     saved_sessions_are_taken_once,
     a_take_holds_to_its_bytes_but_takes_one_session_at_least,
+    a_take_held_up_past_its_deadline_takes_nothing,
     a_saved_session_outlives_the_store_that_saved_it,
     a_batch_past_one_write_ticket_is_refused_unwritten,
     payload_bytes_sum_live_messages_and_stand_for_a_minute,

@@ -250,22 +250,47 @@ fn delivery(
 }
 
 /// Rows in writes of at most [`SESSIONS_PER_CALL`] sessions and [`SESSION_BYTES_PER_CALL`]
-/// bytes.
-fn writes(rows: Vec<SavedSession>) -> Vec<Vec<SavedSession>> {
-    let mut writes: Vec<Vec<SavedSession>> = Vec::new();
-    let mut bytes = 0;
-    for row in rows {
-        let full = writes.last().is_none_or(|w| {
-            w.len() >= SESSIONS_PER_CALL || bytes + row.state.len() > SESSION_BYTES_PER_CALL
-        });
-        if full {
-            writes.push(Vec::new());
-            bytes = 0;
+/// bytes (a larger session alone), made as they are written: the sessions are not encoded
+/// all at once beside themselves.
+fn writes(rows: impl Iterator<Item = SavedSession>) -> impl Iterator<Item = Vec<SavedSession>> {
+    let mut rows = rows.peekable();
+    std::iter::from_fn(move || {
+        let first = rows.next()?;
+        let mut bytes = first.state.len();
+        let mut write = vec![first];
+        while write.len() < SESSIONS_PER_CALL {
+            let Some(next) = rows.next_if(|r| bytes + r.state.len() <= SESSION_BYTES_PER_CALL)
+            else {
+                break;
+            };
+            bytes += next.state.len();
+            write.push(next);
         }
-        bytes += row.state.len();
-        writes.last_mut().expect("pushed above").push(row);
+        Some(write)
+    })
+}
+
+/// The sessions a stop saves, encoded one by one as the writes take them.
+struct Rows<'a> {
+    broker: &'a Broker,
+    sessions: std::slice::Iter<'a, &'a Arc<Session>>,
+}
+
+impl Iterator for Rows<'_> {
+    type Item = SavedSession;
+
+    fn next(&mut self) -> Option<SavedSession> {
+        let session = self.sessions.next()?;
+        let key = &session.key;
+        // A Will whose client resumed the session since is not due any more.
+        let will = self
+            .broker
+            .inner
+            .pending_wills
+            .get(key)
+            .filter(|w| !self.broker.resumed_since(key, w.ended.connection()));
+        Some(encode(session, will.as_ref()))
     }
-    writes
 }
 
 /// What a start made of the saved sessions.
@@ -302,38 +327,29 @@ impl Broker {
                 "sessions whose connections did not close in time are not saved"
             );
         }
-        let rows: Vec<SavedSession> = offline
-            .iter()
-            .filter(|s| s.expires_at_ms() > now)
-            .map(|s| {
-                // A Will whose client resumed the session since is not due any more.
-                let will = self
-                    .inner
-                    .pending_wills
-                    .get(&s.key)
-                    .filter(|w| !self.resumed_since(&s.key, w.ended.connection()));
-                encode(s, will.as_ref())
-            })
-            .collect();
-        if rows.is_empty() {
+        let saving: Vec<&Arc<Session>> =
+            offline.iter().filter(|s| s.expires_at_ms() > now).collect();
+        if saving.is_empty() {
             return;
         }
+        let rows = Rows {
+            broker: self,
+            sessions: saving.iter(),
+        };
         let until = tokio::time::Instant::now() + SAVE_FOR;
-        let (mut saved, mut lost) = (0, 0);
+        let mut saved = 0;
         let mut failure = None;
         for write in writes(rows) {
-            if failure.is_some() || tokio::time::Instant::now() >= until {
-                lost += write.len();
-                continue;
+            if tokio::time::Instant::now() >= until {
+                break;
             }
-            match store.save_sessions(&write).await {
-                Ok(()) => saved += write.len(),
-                Err(e) => {
-                    lost += write.len();
-                    failure = Some(e);
-                }
+            if let Err(e) = store.save_sessions(&write).await {
+                failure = Some(e);
+                break;
             }
+            saved += write.len();
         }
+        let lost = saving.len() - saved;
         match failure {
             None if lost == 0 => {
                 tracing::info!(
@@ -362,11 +378,21 @@ impl Broker {
         }
         let limits = self.inner.config.topic_limits;
         loop {
-            let rows = self
+            let taken = self
                 .inner
                 .store
                 .take_sessions(SESSIONS_PER_CALL, SESSION_BYTES_PER_CALL)
-                .await?;
+                .await;
+            let rows = match taken {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // This start will not run: what earlier pages took goes back for the next.
+                    if counts.restored > 0 {
+                        self.save_sessions().await;
+                    }
+                    return Err(e);
+                }
+            };
             if rows.is_empty() {
                 break;
             }

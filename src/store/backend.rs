@@ -276,10 +276,16 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// Reads and deletes, in one transaction, up to `limit` saved sessions whose states hold
     /// at most `max_bytes` together (one, if the first alone holds more), in no particular
     /// order; none are left when it returns none.
+    ///
+    /// A take that cannot commit by `deadline` rolls back and fails with
+    /// [`Error::Unavailable`], and one that fails leaves every row: taken rows are gone, so a
+    /// take given up must not commit later (then nobody would hold those sessions). Past the
+    /// deadline only a COMMIT already sent may still land, as with any commit.
     async fn take_sessions(
         &self,
         limit: usize,
         max_bytes: usize,
+        deadline: Instant,
     ) -> Result<Vec<SavedSession>, Error>;
 
     /// News of changes made by other processes sharing the database, for read caches. `None`

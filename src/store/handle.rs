@@ -458,14 +458,24 @@ impl Store {
     }
 
     /// Takes saved sessions, up to `limit` and `max_bytes` of them (see
-    /// [`RetainedStore::take_sessions`]), within the store's timeout.
+    /// [`RetainedStore::take_sessions`]): committed within the store's timeout or not at
+    /// all. The answer is awaited a little longer, so that a take that commits in time is not
+    /// given up on its way back.
     pub async fn take_sessions(
         &self,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<SavedSession>, Error> {
-        let take = self.inner.backend.take_sessions(limit, max_bytes);
-        self.call("take sessions", take).await
+        let timeout = self.inner.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let take = self.inner.backend.take_sessions(limit, max_bytes, deadline);
+        let result = tokio::time::timeout(timeout + TAKE_ANSWER_MARGIN, take)
+            .await
+            .unwrap_or_else(|_| Err(Error::timed_out()));
+        if let Err(e) = &result {
+            self.inner.failures.record("take sessions", e);
+        }
+        result
     }
 
     /// The key that signs pagination tokens, shared by every node on the same database.
@@ -631,6 +641,10 @@ async fn follow(
         }
     }
 }
+
+/// How much longer than its deadline a take of saved sessions is awaited: its COMMIT's way
+/// back.
+const TAKE_ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 async fn deadline<T>(
     timeout: Duration,

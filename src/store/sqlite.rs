@@ -533,9 +533,10 @@ impl RetainedStore for SqliteStore {
         &self,
         limit: usize,
         max_bytes: usize,
+        deadline: Instant,
     ) -> Result<Vec<SavedSession>, Error> {
         self.writer
-            .run(move |conn| sqlite_sessions::take(conn, limit, max_bytes))
+            .run(move |conn| sqlite_sessions::take(conn, limit, max_bytes, deadline))
             .await
     }
 

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use rusqlite::{Connection, params};
+use tokio::time::Instant;
 
 use super::Error;
 use super::saved_session::{SavedSession, saturating_i64};
@@ -34,7 +35,13 @@ pub(super) fn take(
     conn: &mut Connection,
     limit: usize,
     max_bytes: usize,
+    deadline: Instant,
 ) -> Result<Vec<SavedSession>, Error> {
+    // The writer runs a job to its end even if its caller stopped waiting: one that starts
+    // or finishes late rolls back rather than delete rows nobody will take up.
+    if Instant::now() >= deadline {
+        return Err(Error::timed_out());
+    }
     let tx = write_transaction(conn)?;
     let taken = {
         let mut take = tx.prepare_cached(
@@ -57,6 +64,9 @@ pub(super) fn take(
         })?;
         rows.collect::<Result<Vec<_>, _>>()?
     };
+    if Instant::now() >= deadline {
+        return Err(Error::timed_out());
+    }
     tx.commit()?;
     Ok(taken)
 }

@@ -276,19 +276,23 @@ fn row(bytes: usize) -> SavedSession {
 
 #[test]
 fn writes_hold_a_count_and_a_byte_bound() {
-    let counts = |w: Vec<Vec<SavedSession>>| w.iter().map(Vec::len).collect::<Vec<_>>();
+    let counts = |rows: Vec<SavedSession>| {
+        writes(rows.into_iter())
+            .map(|w| w.len())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
-        counts(writes((0..130).map(|_| row(10)).collect())),
+        counts((0..130).map(|_| row(10)).collect()),
         [SESSIONS_PER_CALL, SESSIONS_PER_CALL, 2]
     );
     let big = SESSION_BYTES_PER_CALL / 2 + 1;
     assert_eq!(
-        counts(writes(vec![row(big), row(big), row(1), row(big)])),
+        counts(vec![row(big), row(big), row(1), row(big)]),
         [1, 2, 1]
     );
     assert_eq!(
-        counts(writes(vec![row(SESSION_BYTES_PER_CALL * 2), row(1)])),
+        counts(vec![row(SESSION_BYTES_PER_CALL * 2), row(1)]),
         [1, 1]
     );
-    assert!(writes(Vec::new()).is_empty());
+    assert!(counts(Vec::new()).is_empty());
 }

@@ -634,8 +634,9 @@ impl RetainedStore for PostgresStore {
         &self,
         limit: usize,
         max_bytes: usize,
+        deadline: Instant,
     ) -> Result<Vec<SavedSession>, Error> {
-        sessions::take(&self.pool, limit, max_bytes).await
+        sessions::take(&self.pool, limit, max_bytes, deadline).await
     }
 
     fn change_feed(&self) -> Option<Box<dyn ChangeFeed>> {

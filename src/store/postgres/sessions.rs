@@ -1,7 +1,8 @@
 //! Postgres' `saved_sessions` (decision 024): each call one statement.
 
 use bytes::Bytes;
-use sqlx::PgPool;
+use sqlx::{Executor, PgPool};
+use tokio::time::Instant;
 
 use crate::store::Error;
 use crate::store::saved_session::{SavedSession, saturating_i64};
@@ -33,7 +34,23 @@ pub(super) async fn take(
     pool: &PgPool,
     limit: usize,
     max_bytes: usize,
+    deadline: Instant,
 ) -> Result<Vec<SavedSession>, Error> {
+    // In a transaction whose statements Postgres itself ends at the deadline: a delete left
+    // waiting on a lock after this node gave up would otherwise commit later, and the rows
+    // it took would be nobody's. Without a COMMIT the transaction rolls back.
+    let mut tx = pool.begin().await?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis();
+    if left == 0 {
+        return Err(Error::timed_out());
+    }
+    let ms = left.min(i32::MAX as u128);
+    tx.execute(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL statement_timeout = {ms}"
+    )))
+    .await?;
     // Two nodes taking at once (nodes sharing a database without a cluster) may pick the same
     // rows: the second's delete waits for the first's and then finds them gone.
     let rows: Vec<Row> = sqlx::query_as(
@@ -48,8 +65,12 @@ pub(super) async fn take(
     )
     .bind(saturating_i64(limit))
     .bind(saturating_i64(max_bytes))
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    if Instant::now() >= deadline {
+        return Err(Error::timed_out());
+    }
+    tx.commit().await?;
     Ok(rows
         .into_iter()
         .map(|(client_id, creator, expires_at_ms, state)| SavedSession {
