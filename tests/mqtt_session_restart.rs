@@ -311,9 +311,12 @@ async fn a_will_in_its_delay_at_the_stop_is_published_when_due_after_the_start(b
     let app = spawn_app(backend).await;
     drop(Raw::connect(&app, &device_with_delayed_will("dev", 3)).await);
     until_no_connections(&app).await;
-    // A second of its delay passes while the node is stopped.
-    let app = restart(app, 1_000).await;
+    let db = app.stop().await;
+    let config = common::test_config(&db.url);
+    // Timed from before the start, which schedules the Will: 2 s from then at the earliest.
     let started = Instant::now();
+    // A second of its delay passes while the node is stopped.
+    let app = common::spawn_app_at(db, config, Clock::manual(T0_MS + 1_000)).await;
     assert_eq!(app.stored_payload("status/dev").await, None, "not due yet");
     let deadline = started + Duration::from_secs(10);
     while app.stored_payload("status/dev").await.is_none() {
