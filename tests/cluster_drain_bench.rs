@@ -15,13 +15,6 @@ use common::TestApp;
 use common::mqtt::raw::{Raw, build};
 use common::nats::Nats;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn persistent(id: &str, clean: bool) -> Vec<u8> {
     build::connect(id, clean, 60, Some(&[0x11, 0, 0, 1, 0x2C]))
 }
@@ -29,9 +22,9 @@ fn persistent(id: &str, clean: bool) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: bench/drain.sh"]
 async fn drain_and_resume_elsewhere() {
-    let n = env("BENCH_CLIENTS", 1000) as usize;
-    let drain = Duration::from_millis(env("BENCH_DRAIN_MS", 1000));
-    let pool = env("BENCH_CLUSTER_DB_CONNECTIONS", 8) as u32;
+    let n = common::bench_setting("BENCH_CLIENTS", 1000) as usize;
+    let drain = Duration::from_millis(common::bench_setting("BENCH_DRAIN_MS", 1000));
+    let pool = common::bench_setting("BENCH_CLUSTER_DB_CONNECTIONS", 8) as u32;
     let nats = Nats::start().await;
     let nodes = common::cluster_nodes_with(&nats.url(), 2, |c| {
         c.mqtt_drain_time = drain;

@@ -297,20 +297,10 @@ fn device_with_delayed_will(id: &str, delay_secs: u32) -> Vec<u8> {
     )
 }
 
-/// Until `app` has no MQTT connection left: each one that ended has left its session.
-async fn until_no_connections(app: &TestApp) {
-    let broker = &app.running.as_ref().expect("running").broker;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while broker.connections() > 0 {
-        assert!(Instant::now() < deadline, "a connection did not end");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn a_will_in_its_delay_at_the_stop_is_published_when_due_after_the_start(backend: Backend) {
     let app = spawn_app(backend).await;
     drop(Raw::connect(&app, &device_with_delayed_will("dev", 3)).await);
-    until_no_connections(&app).await;
+    app.until_no_connections().await;
     let db = app.stop().await;
     let config = common::test_config(&db.url);
     // Timed from before the start, which schedules the Will: 2 s from then at the earliest.
@@ -334,7 +324,7 @@ async fn a_will_in_its_delay_at_the_stop_is_published_when_due_after_the_start(b
 async fn a_will_in_its_delay_at_the_stop_is_dropped_when_its_client_returns(backend: Backend) {
     let app = spawn_app(backend).await;
     drop(Raw::connect(&app, &device_with_delayed_will("dev", 2)).await);
-    until_no_connections(&app).await;
+    app.until_no_connections().await;
     let app = restart(app, 0).await;
     let (_back, ack) = Raw::connect(&app, &persistent_v5("dev", false, 300)).await;
     assert_eq!(ack.body[0], 1);
@@ -346,12 +336,12 @@ async fn a_will_in_its_delay_at_the_stop_is_dropped_when_its_client_returns(back
 async fn a_will_its_client_cancelled_by_returning_before_the_stop_is_not_saved(backend: Backend) {
     let app = spawn_app(backend).await;
     drop(Raw::connect(&app, &device_with_delayed_will("dev", 2)).await);
-    until_no_connections(&app).await;
+    app.until_no_connections().await;
     let (mut back, ack) = Raw::connect(&app, &persistent_v5("dev", false, 300)).await;
     assert_eq!(ack.body[0], 1);
     back.send(&build::disconnect_v5(0)).await;
     drop(back);
-    until_no_connections(&app).await;
+    app.until_no_connections().await;
     let app = restart(app, 0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(app.stored_payload("status/dev").await, None);

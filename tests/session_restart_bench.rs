@@ -10,17 +10,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::mqtt::raw::{Raw, build};
-use common::{Backend, TestApp, encode};
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::{Backend, encode};
 
 fn persistent(id: &str, clean: bool) -> Vec<u8> {
     build::connect(id, clean, 60, Some(&[0x11, 0, 0, 0x0E, 0x10]))
@@ -47,18 +40,11 @@ where
     }
 }
 
-async fn until_no_connections(app: &TestApp) {
-    let broker = &app.running.as_ref().expect("running").broker;
-    while broker.connections() > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: bench/sessions.sh"]
 async fn stop_and_start_with_saved_sessions() {
-    let n = env("BENCH_SESSIONS", 10_000) as usize;
-    let queued = env("BENCH_QUEUED", 10) as usize;
+    let n = common::bench_setting("BENCH_SESSIONS", 10_000) as usize;
+    let queued = common::bench_setting("BENCH_QUEUED", 10) as usize;
     let backend = match std::env::var("BENCH_STORE").as_deref() {
         Ok("postgres") => Backend::Postgres,
         _ => Backend::Sqlite,
@@ -79,7 +65,7 @@ async fn stop_and_start_with_saved_sessions() {
         raw.expect(9).await;
     })
     .await;
-    until_no_connections(&app).await;
+    app.until_no_connections().await;
     let payload = "x".repeat(256);
     for _ in 0..queued {
         let res = app

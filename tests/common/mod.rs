@@ -250,6 +250,20 @@ impl TestApp {
         }
     }
 
+    /// Until no MQTT connection is left: each one that ended has left its session (and
+    /// scheduled its Will).
+    pub async fn until_no_connections(&self) {
+        let broker = &self.running.as_ref().expect("app is running").broker;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while broker.connections() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a connection did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn stop(mut self) -> FreshDb {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
@@ -318,6 +332,14 @@ pub async fn query_i64(url: &str, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&mut conn).await
     }
     .expect("running SQL")
+}
+
+/// A benchmark's setting from the environment variable `name`, or `default`.
+pub fn bench_setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Percent-encodes a topic as one path segment, the way the AWS SDKs do.
