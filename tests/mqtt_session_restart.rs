@@ -391,6 +391,29 @@ async fn a_start_that_cannot_take_the_saved_sessions_refuses_and_loses_none() {
     }
 }
 
+/// A stop whose database has gone silent ends within its bounds: the save is given up at the
+/// store timeout, and its sessions are lost (logged), not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_whose_database_is_silent_ends_in_time_and_saves_nothing() {
+    let (app, proxy) = common::proxy::app_behind_proxy(Duration::from_secs(1)).await;
+    drop(subscribed(&app, &persistent_v5("lost", true, 300), true, "l/#", 1).await);
+    app.until_no_connections().await;
+    let url = app.db.url.clone();
+    proxy.stall();
+    let stopping = Instant::now();
+    let db = app.stop().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    proxy.restore();
+    assert_eq!(
+        query_i64(&url, "SELECT count(*) FROM saved_sessions").await,
+        0
+    );
+    let app = common::spawn_app_with(db, common::test_config(&url)).await;
+    let (_, ack) = Raw::connect(&app, &persistent_v5("lost", false, 300)).await;
+    assert_eq!(ack.body[0], 0, "not saved: its client starts clean");
+}
+
 /// Connects to a `retaind` process: the CONNACK's session-present flag.
 async fn connect_to(process: &Process, connect: &[u8]) -> (Raw, u8) {
     let mut raw = Raw::open_addr(process.mqtt).await;

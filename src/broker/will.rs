@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -94,20 +93,21 @@ impl Broker {
         let delay = will.delay.min(expiry);
         // Held before this returns: a stop that follows at once finds it, and saves it with
         // the session (decision 024).
-        let pending = (!delay.is_zero()).then(|| {
+        let delayed = !delay.is_zero();
+        if delayed {
             let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
             let due_at_ms = self.store().clock().now_ms().saturating_add(delay_ms);
             self.inner
                 .pending_wills
-                .hold(&client, &will, due_at_ms, ended)
-        });
+                .hold(&client, &will, due_at_ms, ended);
+        }
         let broker = self.clone();
         tokio::spawn(async move {
-            if let Some(pending) = pending {
+            if delayed {
                 if !broker.sleep_unless_stopped(delay).await {
                     return;
                 }
-                broker.inner.pending_wills.release(&client, pending);
+                broker.inner.pending_wills.release(&client, ended);
                 if broker.resumed_since(&client, ended.connection) {
                     return;
                 }
@@ -323,43 +323,30 @@ pub(super) struct Pending {
     pub will: Will,
     /// When it is due (epoch ms).
     pub due_at_ms: i64,
-    /// The connection whose end made it due.
+    /// The connection whose end made it due: it tells this wait from a later one of the same
+    /// client id (each connection of a client id here has a number of its own).
     pub ended: Ended,
-    /// Tells this wait from a later one of the same client id.
-    id: u64,
-}
-
-impl Pending {
-    #[cfg(test)]
-    pub fn new(will: Will, due_at_ms: i64, ended: Ended) -> Self {
-        Self {
-            will,
-            due_at_ms,
-            ended,
-            id: 0,
-        }
-    }
 }
 
 impl PendingWills {
-    /// `will` waits until `due_at_ms`; returns what tells this wait apart.
-    fn hold(&self, client: &ClientKey, will: &Will, due_at_ms: i64, ended: Ended) -> u64 {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    /// `will` waits until `due_at_ms`, in place of any earlier wait of `client`'s.
+    fn hold(&self, client: &ClientKey, will: &Will, due_at_ms: i64, ended: Ended) {
         let pending = Pending {
             will: will.clone(),
             due_at_ms,
             ended,
-            id,
         };
         self.lock().insert(client.clone(), pending);
-        id
     }
 
-    /// The wait `id` is over, unless a later one of the client replaced it.
-    fn release(&self, client: &ClientKey, id: u64) {
+    /// The wait for the Will of the connection that `ended` is over, unless a later one of
+    /// the client replaced it.
+    fn release(&self, client: &ClientKey, ended: Ended) {
         let mut pending = self.lock();
-        if pending.get(client).is_some_and(|p| p.id == id) {
+        if pending
+            .get(client)
+            .is_some_and(|p| p.ended.connection == ended.connection)
+        {
             pending.remove(client);
         }
     }

@@ -469,13 +469,8 @@ impl Store {
         let timeout = self.inner.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let take = self.inner.backend.take_sessions(limit, max_bytes, deadline);
-        let result = tokio::time::timeout(timeout + TAKE_ANSWER_MARGIN, take)
+        self.call_within("take sessions", timeout + TAKE_ANSWER_MARGIN, take)
             .await
-            .unwrap_or_else(|_| Err(Error::timed_out()));
-        if let Err(e) = &result {
-            self.inner.failures.record("take sessions", e);
-        }
-        result
     }
 
     /// The key that signs pagination tokens, shared by every node on the same database.
@@ -587,7 +582,17 @@ impl Store {
         work: &'static str,
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        let result = deadline(self.inner.timeout, call).await;
+        self.call_within(work, self.inner.timeout, call).await
+    }
+
+    /// [`Self::call`] given up after `timeout` instead of the store's.
+    async fn call_within<T>(
+        &self,
+        work: &'static str,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let result = deadline(timeout, call).await;
         if let Err(e) = &result {
             self.inner.failures.record(work, e);
         }

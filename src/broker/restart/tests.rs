@@ -169,7 +169,11 @@ fn the_will_a_session_waits_out_reads_back_with_when_it_is_due() {
             max_messages: Some(10),
         },
     };
-    let pending = Pending::new(will.clone(), 77_000, Ended::on_a_single_node(3));
+    let pending = Pending {
+        will: will.clone(),
+        due_at_ms: 77_000,
+        ended: Ended::on_a_single_node(3),
+    };
     let row = encode(&session, Some(&pending));
     let back = decode(&row.state, TopicLimits::default()).unwrap();
     let (got, due_at_ms) = back.will.expect("the Will is saved with its session");

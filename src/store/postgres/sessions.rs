@@ -1,4 +1,5 @@
-//! Postgres' `saved_sessions` (decision 024): each call one statement.
+//! Postgres' `saved_sessions` (decision 024): a save is one statement, a take one
+//! transaction bound by its deadline.
 
 use bytes::Bytes;
 use sqlx::{Executor, PgPool};
