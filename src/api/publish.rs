@@ -159,7 +159,7 @@ fn publication(
         (status = 412, description = "PreconditionFailedException (retaind extension): If-Match named another revision than the topic's retained message has (or it has none), or If-None-Match: * found one; nothing was stored or delivered", body = ErrorBody),
         (status = 413, description = "RequestEntityTooLargeException: payload over the configured limit", body = ErrorBody),
         (status = 429, description = "ThrottlingException: the caller's Publish rate (--rate-publish) is used up; nothing was stored", body = ErrorBody),
-        (status = 503, description = "ServiceUnavailableException: the store did not answer; the publish may or may not have been stored", body = ErrorBody),
+        (status = 503, description = "ServiceUnavailableException: the store did not answer, or has no room (a full disk); the publish may or may not have been stored (one refused for room was not)", body = ErrorBody),
     )
 )]
 pub async fn publish(

@@ -111,11 +111,15 @@ fn postgres_class(sqlstate: &str) -> Class {
     }
 }
 
-/// By SQLite primary result code (the low byte of an extended code): BUSY (5) and LOCKED (6)
-/// are transient; TOOBIG (18), CONSTRAINT (19), MISMATCH (20) and RANGE (25) are the data's fault.
+/// By SQLite primary result code (the low byte of an extended code): BUSY (5), LOCKED (6) and
+/// FULL (13) are transient; TOOBIG (18), CONSTRAINT (19), MISMATCH (20) and RANGE (25) are the
+/// data's fault. FULL is the disk (or the file system's quota) full: the write is rolled back
+/// and the next one succeeds once space is freed, as Postgres' disk_full (53100) is transient
+/// in class 53 above, so both stores answer it alike and the broker retries what no client can
+/// (a retained Will).
 fn sqlite_class(extended_code: i32) -> Class {
     match extended_code & 0xff {
-        5 | 6 => Class::Transient,
+        5 | 6 | 13 => Class::Transient,
         18..=20 | 25 => Class::BadData,
         _ => Class::Other,
     }
@@ -134,5 +138,32 @@ impl From<rusqlite::Error> for Error {
 impl From<sqlx::migrate::MigrateError> for Error {
     fn from(err: sqlx::migrate::MigrateError) -> Self {
         Self::Internal(format!("migration failed: {err}").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> Error {
+        let failure = rusqlite::ffi::Error::new(code);
+        rusqlite::Error::SqliteFailure(failure, Some("message".into())).into()
+    }
+
+    #[test]
+    fn a_full_disk_is_transient_on_both_stores() {
+        assert!(matches!(sqlite(13), Error::Unavailable(_)));
+        assert!(matches!(postgres_class("53100"), Class::Transient));
+    }
+
+    #[test]
+    fn sqlite_codes_are_classed_by_their_primary_code() {
+        // SQLITE_BUSY_SNAPSHOT (517) is BUSY; SQLITE_CONSTRAINT_UNIQUE (2067) is CONSTRAINT.
+        assert!(matches!(sqlite(517), Error::Unavailable(_)));
+        assert!(matches!(sqlite(2067), Error::Refused(_)));
+        // SQLITE_IOERR (10), SQLITE_CORRUPT (11), SQLITE_READONLY (8): nothing to wait for.
+        for code in [8, 10, 11] {
+            assert!(matches!(sqlite(code), Error::Internal(_)), "{code}");
+        }
     }
 }

@@ -17,7 +17,22 @@ pub struct Process {
 impl Process {
     /// Starts `retaind` on `database_url` with `args` besides, and waits for its addresses.
     pub async fn start(database_url: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_retaind"))
+        Self::start_under(&[], database_url, args).await
+    }
+
+    /// [`Process::start`] run by `wrapper` (a program and its arguments, which ends by running
+    /// the path of `retaind` and the arguments after it, in the same process: `exec`).
+    pub async fn start_under(wrapper: &[&str], database_url: &str, args: &[&str]) -> Self {
+        let retaind = env!("CARGO_BIN_EXE_retaind");
+        let mut command = match wrapper.split_first() {
+            None => Command::new(retaind),
+            Some((program, before)) => {
+                let mut c = Command::new(program);
+                c.args(before).arg(retaind);
+                c
+            }
+        };
+        let mut child = command
             .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
             .args(["--database-url", database_url])
             .args(["--rate-publish", "0"])

@@ -307,7 +307,12 @@ impl Raw {
 
     /// Opens a connection, sends `connect` and returns the CONNACK.
     pub async fn connect(app: &TestApp, connect: &[u8]) -> (Self, RawPacket) {
-        let mut raw = Self::open(app).await;
+        Self::connect_addr(app.mqtt_addr, connect).await
+    }
+
+    /// [`Raw::connect`] to an MQTT listener by its address (a retaind process of the test's).
+    pub async fn connect_addr(addr: std::net::SocketAddr, connect: &[u8]) -> (Self, RawPacket) {
+        let mut raw = Self::open_addr(addr).await;
         raw.send(connect).await;
         let ack = raw
             .recv()
