@@ -97,6 +97,67 @@ async fn v5_empty_client_id_without_clean_start_is_refused_with_0x85() {
     assert_eq!(got[0].body[1], 0x85, "{got:?}");
 }
 
+/// MQTT 5 enhanced authentication is not offered: a CONNECT that names an authentication
+/// method gets CONNACK 0x8C Bad authentication method and is closed [MQTT-4.12.0-1], rather
+/// than let in as if the method had been carried out; neither its Will nor a session is left.
+#[tokio::test]
+async fn v5_connect_naming_an_authentication_method_is_refused_with_0x8c_leaving_nothing() {
+    let app = app().await;
+    // Session Expiry Interval (0x11) an hour; Authentication Method (0x15) and Data (0x16).
+    let expiry = [0x11, 0, 0, 0x0e, 0x10];
+    let mut props = expiry.to_vec();
+    props.push(0x15);
+    props.extend(build::string("SCRAM-SHA-256"));
+    props.push(0x16);
+    props.extend(build::string("n,,n=device,r=nonce"));
+    let will = build::Will {
+        topic: "status/scram",
+        payload: b"offline",
+        qos: 1,
+        retain: true,
+        props: &[],
+    };
+    let mut raw = Raw::open(&app).await;
+    raw.send(&build::connect_with_will(
+        "scram",
+        false,
+        60,
+        Some(&props),
+        will,
+    ))
+    .await;
+    let got = raw.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].kind(), got[0].body[1]), (2, 0x8C), "{got:?}");
+    assert_nothing_stored(&app).await;
+    // No session was made for it: the same id asking to resume is told there is none.
+    let (_raw, ack) = Raw::connect(&app, &build::connect("scram", false, 60, Some(&expiry))).await;
+    assert_eq!(ack.body[..2], [0x00, 0x00], "session present 0, Success");
+}
+
+/// Nor is re-authentication: an AUTH on a connection that began without a method is a
+/// protocol error (DISCONNECT 0x82): a client that named no method may send none (MQTT 5,
+/// 3.1.2.11.9).
+#[tokio::test]
+async fn v5_auth_packet_on_a_connection_without_a_method_gets_disconnect_0x82() {
+    let app = app().await;
+    let (mut raw, ack) = Raw::connect(&app, &v5_connect("reauth")).await;
+    assert_eq!(ack.body[1], 0x00);
+    // AUTH, Re-authenticate (0x19), Authentication Method "SCRAM-SHA-256".
+    let mut props = vec![0x15];
+    props.extend(build::string("SCRAM-SHA-256"));
+    let mut body = vec![0x19];
+    body.extend(build::props(&props));
+    raw.send(&build::packet(0xF0, &body)).await;
+    let got = raw.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].kind(), got[0].disconnect_reason()),
+        (14, 0x82),
+        "{got:?}"
+    );
+}
+
 #[tokio::test]
 async fn same_client_id_takes_over_and_the_old_v5_connection_gets_0x8e() {
     let app = app().await;

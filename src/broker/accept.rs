@@ -1,5 +1,5 @@
-//! A CONNECT accepted or refused: the client id, the connection limit, the credentials (see
-//! `admission`) and the Will checked in that order, then the session joined and the CONNACK
+//! A CONNECT accepted or refused: the client id, the authentication method, the connection
+//! limit, the credentials (see `admission`) and the Will checked in that order, then the session joined and the CONNACK
 //! that says how.
 
 use std::net::IpAddr;
@@ -55,6 +55,13 @@ where
         Arc::from(&*connect.client_id)
     };
     tracing::Span::current().record("client", tracing::field::display(&key));
+    // MQTT 5 enhanced authentication (AUTH exchanges) is not offered: a client that names a
+    // method expects it to be carried out, and taking it in on its password alone, or on
+    // nothing, would let it believe it authenticated so [MQTT-4.12.0-1].
+    if connect.auth_method.is_some() {
+        refuse(framed, ConnectAckReason::BadAuthenticationMethod).await;
+        return None;
+    }
     // A global cap on connections, checked before the costly password hash.
     // [MQTT-3.2.2-6] refused with CONNACK 0x89 Server busy (3.1.1: 0x03), then closed.
     let Some(slot) = broker.inner.live.try_acquire(cfg.max_connections) else {
