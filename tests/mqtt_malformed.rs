@@ -236,6 +236,66 @@ async fn v3_connect_with_the_reserved_flag_set_is_closed_without_connack() {
     assert_eq!(raw.until_closed().await, vec![]);
 }
 
+/// An MQTT 5 CONNECT the codec refuses is answered with its CONNACK before the close
+/// [MQTT-4.13.1-1], so the client learns why; nothing of it (its retained Will) is stored and
+/// an unrelated session keeps working.
+async fn v5_connect_refused_with(bad: &[u8], reason: u8) {
+    let app = app().await;
+    let (mut bystander, _) = V3::connect(v3_options(&app, "bystander")).await;
+    bystander.subscribe("ok", QoS::AtLeastOnce).await;
+    let mut raw = Raw::open(&app).await;
+    raw.send(bad).await;
+    let got = raw.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].kind(), got[0].body[1]), (2, reason), "{got:?}");
+    assert_nothing_stored(&app).await;
+    let (mut publ, _) = V3::connect(v3_options(&app, "pub")).await;
+    publ.publish("ok", QoS::AtLeastOnce, false, b"still here")
+        .await;
+    assert_eq!(&bystander.next_publish().await.payload[..], b"still here");
+}
+
+/// A retained Will, so that a CONNECT taken in by mistake would leave a trace in the store.
+fn v5_connect_with_will(props: &[u8]) -> Vec<u8> {
+    let will = build::Will {
+        topic: "status/bad",
+        payload: b"offline",
+        qos: 1,
+        retain: true,
+        props: &[],
+    };
+    build::connect_with_will("bad", true, 60, Some(props), will)
+}
+
+#[tokio::test]
+async fn v5_connect_with_receive_maximum_0_gets_connack_0x81() {
+    // Receive Maximum (0x21) 0 [MQTT-3.1.2-?]: "a Protocol Error ... to have the value 0".
+    v5_connect_refused_with(&v5_connect_with_will(&[0x21, 0, 0]), 0x81).await;
+}
+
+#[tokio::test]
+async fn v5_connect_with_a_property_twice_gets_connack_0x81() {
+    let twice = [0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2]; // Session Expiry Interval twice
+    v5_connect_refused_with(&v5_connect_with_will(&twice), 0x81).await;
+}
+
+#[tokio::test]
+async fn v5_connect_with_will_qos_3_gets_connack_0x81() {
+    let mut connect = v5_connect_with_will(&[]);
+    connect[9] |= 0x18; // Will QoS 3 [MQTT-3.1.2-12]
+    v5_connect_refused_with(&connect, 0x81).await;
+}
+
+#[tokio::test]
+async fn v5_connect_over_the_maximum_packet_size_gets_connack_0x95() {
+    // A user property of 300 KiB, past the default 256 KiB.
+    let mut props = vec![0x26];
+    props.extend(build::string("k"));
+    props.extend(build::string(vec![b'v'; 60_000]));
+    let props = props.repeat(5);
+    v5_connect_refused_with(&v5_connect_with_will(&props), 0x95).await;
+}
+
 /// Retained publishes read in the same burst as a malformed packet are still committed: the
 /// broker closes the connection, but what it had accepted before the bad packet is kept.
 #[tokio::test]

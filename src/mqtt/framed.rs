@@ -31,35 +31,81 @@ where
                 // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, in the 3.1.1 form every
                 // client version can read, then close.
                 let _ = io.get_mut().write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+                close(io.get_mut(), LINGER).await;
             }
             return Err(Error::UnsupportedVersion);
         }
         Some(Err(Error::Decode(DecodeError::InvalidClientId))) => {
             // The codec refuses an empty client id with a request to resume a session
             // [MQTT-3.1.3-8]; the client is owed a CONNACK saying so (3.1.1: 0x02, 5: 0x85).
-            let refusal = ConnectAck {
-                reason_code: ConnectAckReason::ClientIdentifierNotValid,
-                ..ConnectAck::default()
-            };
-            let _ = io.send(Packet::ConnectAck(Box::new(refusal))).await;
+            refuse(&mut io, Some(ConnectAckReason::ClientIdentifierNotValid)).await;
             return Err(DecodeError::InvalidClientId.into());
         }
         Some(Err(Error::Invalid(violation))) => {
             // The codec settled the version before it refused the CONNECT.
             let refusal = io.codec().version().and_then(|v| violation.connack(v));
-            if let Some(reason_code) = refusal {
-                let refusal = ConnectAck {
-                    reason_code,
-                    ..ConnectAck::default()
-                };
-                let _ = io.send(Packet::ConnectAck(Box::new(refusal))).await;
-            }
+            refuse(&mut io, refusal).await;
             return Err(violation.into());
+        }
+        Some(Err(Error::Decode(e))) => {
+            // The codec refused the CONNECT itself (a property twice or out of range, bad
+            // flags, too large): an MQTT 5 client is told so before the close
+            // [MQTT-4.13.1-1], as for the CONNECTs refused above.
+            let refusal = io.codec().version().and_then(|v| decode_refusal(&e, v));
+            refuse(&mut io, refusal).await;
+            return Err(e.into());
         }
         Some(Err(e)) => return Err(e),
     };
     let version = io.codec().version().ok_or(Error::NotConnect)?;
     Ok((Framed { io, version }, connect))
+}
+
+/// How long a refused CONNECT's connection reads what its client still sends after the
+/// refusal, as every later close does ([`Framed::close`]): closing with unread input would
+/// reset the connection, and the reset can overtake the CONNACK.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Answers a CONNECT with `reason` (none: closed without a CONNACK) and closes.
+async fn refuse<T>(io: &mut tokio_util::codec::Framed<T, Codec>, reason: Option<ConnectAckReason>)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(reason_code) = reason {
+        let refusal = ConnectAck {
+            reason_code,
+            ..ConnectAck::default()
+        };
+        let _ = io.send(Packet::ConnectAck(Box::new(refusal))).await;
+    }
+    close(io.get_mut(), LINGER).await;
+}
+
+/// Sends FIN, then reads and drops what the client still sends, for at most `linger`
+/// ([`Framed::close`] says why).
+async fn close<T>(io: &mut T, linger: std::time::Duration)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(linger, async {
+        let _ = io.shutdown().await;
+        let mut discard = [0u8; 4096];
+        while matches!(io.read(&mut discard).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// The CONNACK refusing a CONNECT the codec could not take, as a connection past its CONNECT
+/// is closed for the same errors (`broker::end`); `None` to close without one: 3.1.1 has no
+/// code for a malformed packet, and a failed socket cannot be answered.
+fn decode_refusal(e: &DecodeError, version: Version) -> Option<ConnectAckReason> {
+    match (e, version) {
+        (_, Version::V3) | (DecodeError::Io(_), _) => None,
+        (DecodeError::MaxSizeExceeded { .. }, Version::V5) => {
+            Some(ConnectAckReason::PacketTooLarge)
+        }
+        (_, Version::V5) => Some(ConnectAckReason::MalformedPacket),
+    }
 }
 
 /// A CONNECT whose protocol name is MQTT's, whatever level it asks for.
@@ -124,13 +170,7 @@ where
     /// was still sending (one flooding past Receive Maximum, a publisher at shutdown) would
     /// lose the DISCONNECT that says why.
     pub async fn close(&mut self, linger: std::time::Duration) {
-        let io = self.io.get_mut();
-        let _ = tokio::time::timeout(linger, async {
-            let _ = io.shutdown().await;
-            let mut discard = [0u8; 4096];
-            while matches!(io.read(&mut discard).await, Ok(n) if n > 0) {}
-        })
-        .await;
+        close(self.io.get_mut(), linger).await;
     }
 
     /// The transport, for what the packets do not cover (moving its socket, say).
