@@ -269,7 +269,7 @@ fn v5_connect_with_will(props: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn v5_connect_with_receive_maximum_0_gets_connack_0x81() {
-    // Receive Maximum (0x21) 0 [MQTT-3.1.2-?]: "a Protocol Error ... to have the value 0".
+    // Receive Maximum (0x21) 0: a Protocol Error (MQTT 5, 3.1.2.11.3).
     v5_connect_refused_with(&v5_connect_with_will(&[0x21, 0, 0]), 0x81).await;
 }
 
