@@ -99,13 +99,20 @@ fn classify(db: &dyn sqlx::error::DatabaseError) -> Class {
     }
 }
 
-/// By SQLSTATE class: connection exceptions (08), insufficient resources (53) and operator
-/// intervention such as shutdown (57) are transient; data exceptions (22, e.g. a character the
-/// encoding cannot hold), integrity constraint violations (23) and program limits (54, e.g. an
-/// index row too large) are the data's fault.
+/// By SQLSTATE class: connection exceptions (08), insufficient resources (53, a full disk
+/// included), operator intervention such as shutdown (57) and transaction rollbacks (40: a
+/// deadlock or serialization failure, which the next try need not meet) are transient, and so
+/// is a server that takes no writes (25006, read_only_sql_transaction: a primary demoted in a
+/// failover, still reached by a connection opened before it or through a stale address; the
+/// write connection that met it is not reused, so the next write connects afresh); data
+/// exceptions (22, e.g. a character the encoding cannot hold), integrity constraint violations
+/// (23) and program limits (54, e.g. an index row too large) are the data's fault.
 fn postgres_class(sqlstate: &str) -> Class {
+    if sqlstate == "25006" {
+        return Class::Transient;
+    }
     match sqlstate.get(..2) {
-        Some("08" | "53" | "57") => Class::Transient,
+        Some("08" | "40" | "53" | "57") => Class::Transient,
         Some("22" | "23" | "54") => Class::BadData,
         _ => Class::Other,
     }
@@ -154,6 +161,20 @@ mod tests {
     fn a_full_disk_is_transient_on_both_stores() {
         assert!(matches!(sqlite(13), Error::Unavailable(_)));
         assert!(matches!(postgres_class("53100"), Class::Transient));
+    }
+
+    #[test]
+    fn postgres_states_that_waiting_can_fix_are_transient() {
+        for state in ["08006", "25006", "40001", "40P01", "53300", "57P01"] {
+            assert!(matches!(postgres_class(state), Class::Transient), "{state}");
+        }
+        for state in ["22021", "23505", "54000"] {
+            assert!(matches!(postgres_class(state), Class::BadData), "{state}");
+        }
+        // Another state of class 25 (a transaction in the wrong state) is retaind's mistake.
+        for state in ["25001", "42P01"] {
+            assert!(matches!(postgres_class(state), Class::Other), "{state}");
+        }
     }
 
     #[test]
