@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::within;
+use common::nats::Nats;
 use common::{FreshDb, TestApp, execute_sql, postgres_base_url, spawn_app_with, test_config};
 use reqwest::StatusCode;
 
@@ -43,15 +44,20 @@ async fn own_role() -> (String, String) {
     (role, url.to_string())
 }
 
-/// Makes `role`'s sessions read-only (or writable again) and ends its open ones.
-async fn set_read_only(role: &str, read_only: bool) {
+/// Makes `role`'s new sessions read-only (or writable again), leaving its open ones as they are.
+async fn set_new_sessions_read_only(role: &str, read_only: bool) {
     let setting = if read_only {
         format!("ALTER ROLE {role} SET default_transaction_read_only = on")
     } else {
         format!("ALTER ROLE {role} RESET default_transaction_read_only")
     };
+    execute_sql(&postgres_base_url(), &setting).await;
+}
+
+/// Makes `role`'s sessions read-only (or writable again) and ends its open ones.
+async fn set_read_only(role: &str, read_only: bool) {
+    set_new_sessions_read_only(role, read_only).await;
     let base = postgres_base_url();
-    execute_sql(&base, &setting).await;
     execute_sql(
         &base,
         &format!(
@@ -69,6 +75,23 @@ async fn publish(app: &TestApp, topic: &str, body: &'static str) -> reqwest::Res
         .send()
         .await
         .unwrap()
+}
+
+/// Drops `role` and what it owns (roles outlive the scratch database), once `app` stopped.
+async fn drop_role(app: TestApp, role: &str) {
+    app.stop().await;
+    set_read_only(role, false).await;
+    execute_sql(
+        &postgres_base_url(),
+        &format!("DROP OWNED BY {role} CASCADE; DROP ROLE {role}"),
+    )
+    .await;
+}
+
+/// The reason code of the CONNACK a 3.1.1 CONNECT as `id` gets.
+async fn connect_code(app: &TestApp, id: &str) -> u8 {
+    let (_raw, ack) = Raw::connect(app, &build::connect(id, true, 60, None)).await;
+    ack.body[1]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,13 +157,48 @@ async fn a_database_turned_read_only_refuses_writes_as_unavailable_and_they_resu
     assert_eq!(app.get("/retainedMessage/during").await.status(), 404);
     assert_eq!(app.stored_payload("before").await.unwrap(), b"v");
     assert_eq!(app.stored_payload("after").await.unwrap(), b"v");
+    drop_role(app, &role).await;
+}
 
-    // Roles outlive the scratch database: this one goes with what it owns.
-    app.stop().await;
-    set_read_only(&role, false).await;
-    execute_sql(
-        &postgres_base_url(),
-        &format!("DROP OWNED BY {role} CASCADE; DROP ROLE {role}"),
-    )
+/// With `--cluster-url` every CONNECT writes its claim of the client id through a pool of
+/// connections. Connections opened while the database took no writes stay read-only after it
+/// takes them again, as connections to a demoted primary do: the pool must not go on lending
+/// them, or the node refuses every client until they age out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_takes_clients_again_once_its_database_takes_writes() {
+    let nats = Nats::start().await;
+    let (role, url) = own_role().await;
+    let mut config = test_config(&url);
+    config.store_timeout = Duration::from_secs(1);
+    config.cluster_url = Some(nats.url());
+    let app = spawn_app_with(FreshDb::shared(&url), config).await;
+    assert_eq!(connect_code(&app, "before").await, 0x00);
+
+    set_read_only(&role, true).await;
+    // The pool's sessions were ended: those it opens now are read-only, and claims fail.
+    within("a CONNECT to be refused", async {
+        while connect_code(&app, "during").await == 0x00 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
     .await;
+    // Let the pool hold its read-only sessions for a while, as one does through a failover.
+    for _ in 0..10 {
+        assert_eq!(
+            connect_code(&app, "during").await,
+            0x03,
+            "Server unavailable"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The database takes writes again; the sessions already open stay read-only.
+    set_new_sessions_read_only(&role, false).await;
+    within("a CONNECT to be taken again", async {
+        while connect_code(&app, "after").await != 0x00 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    drop_role(app, &role).await;
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 /// Why a CONNECT could not claim its client id: the database did not answer in time.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,38 @@ pub struct TakeOver {
     pub resumed: bool,
 }
 
+/// Options of a pool whose work is writes (claims, sessions, heartbeats). A connection to a
+/// server that takes no writes is closed when it would next be lent, instead of the ping
+/// sqlx sends then: after a failover, connections opened to the old primary (before it was
+/// demoted, or through an address not yet moved) answer every write with 25006, and a busy
+/// pool never idles them out. Without this, every CONNECT and heartbeat of the node failed
+/// until the pool's lifetime (30 minutes) replaced them; the write connections of retained
+/// writes are not reused after any error (`store::postgres::writers`).
+///
+/// A connection younger than [`RECHECK_AFTER`] is only pinged, as sqlx would: while the whole
+/// database takes no writes, each new connection is read-only too, and closing every one at
+/// its next use would open a connection per call. So a slot is replaced at most once per
+/// [`RECHECK_AFTER`].
+fn writable() -> sqlx::postgres::PgPoolOptions {
+    sqlx::postgres::PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.age < RECHECK_AFTER {
+                    conn.ping().await?;
+                    return Ok(true);
+                }
+                let read_only: String = sqlx::query_scalar("SHOW transaction_read_only")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(read_only == "off")
+            })
+        })
+}
+
+/// See [`writable`].
+const RECHECK_AFTER: Duration = Duration::from_secs(2);
+
 impl Claims {
     /// The cluster's pool, shared with sessions and heartbeats. Its sessions end any
     /// statement, or transaction left idle, that outlives `timeout`: a call given up at its
@@ -55,12 +87,12 @@ impl Claims {
             ("statement_timeout", ms(timeout.mul_f64(0.9))),
             ("idle_in_transaction_session_timeout", ms(timeout)),
         ]);
-        let pool = sqlx::postgres::PgPoolOptions::new()
+        let pool = writable()
             .max_connections(connections)
             .acquire_timeout(timeout)
             .connect_with(options.clone())
             .await?;
-        let beats = sqlx::postgres::PgPoolOptions::new()
+        let beats = writable()
             .max_connections(1)
             .acquire_timeout(timeout)
             .connect_with(options)
