@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Works on a fresh machine: finds or starts Postgres, creates a scratch
-# database for this run, installs Mosquitto's clients, nats-server and HAProxy where missing, builds
-# retaind, runs the Rust tests (unit, store contract, HTTP and MQTT integration, clusters),
+# database for this run, installs Mosquitto's clients, nats-server, HAProxy and PgBouncer where
+# missing, builds retaind, runs the Rust tests (unit, store contract, HTTP and MQTT integration, clusters),
 # the boto3 compatibility tests in a Python venv it creates, and the web console's tests in
 # headless chromium.
 set -euo pipefail
@@ -20,11 +20,13 @@ export RETAIND_TEST_DATABASE_URL; RETAIND_TEST_DATABASE_URL=$(create_scratch_dat
 echo "test database: $RETAIND_TEST_DATABASE_URL"
 
 # The MQTT client tests drive retaind with Mosquitto's command-line clients; the cluster
-# tests start nats-server processes of their own, the PROXY protocol tests an HAProxy.
+# tests start nats-server processes of their own, the PROXY protocol tests an HAProxy, the
+# pooler tests a PgBouncer.
 missing=()
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian's ${missing[*]}" >&2
     apt=(env DEBIAN_FRONTEND=noninteractive apt-get)

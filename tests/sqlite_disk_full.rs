@@ -28,12 +28,8 @@ const BIG: usize = 100_000;
 /// `unshare` running a shell that mounts the tmpfs on `dir` (its `$0`) and then becomes
 /// `retaind` (`exec "$@"`), so that the process the test holds is retaind itself.
 fn on_a_small_disk(dir: &str) -> Vec<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
     let mut wrapper = vec!["unshare".to_owned(), "--mount".to_owned()];
-    if !root {
+    if !common::running_as_root() {
         wrapper.extend(["--user".to_owned(), "--map-root-user".to_owned()]);
     }
     wrapper.extend([

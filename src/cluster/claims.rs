@@ -50,8 +50,23 @@ pub struct TakeOver {
 /// database takes no writes, each new connection is read-only too, and closing every one at
 /// its next use would open a connection per call. So a slot is replaced at most once per
 /// [`RECHECK_AFTER`].
-fn writable() -> sqlx::postgres::PgPoolOptions {
+fn writable(timeout: Duration) -> sqlx::postgres::PgPoolOptions {
+    // Whole milliseconds, at least one: 0 would mean no limit.
+    let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128);
+    // Set once connected, not as startup options, which a pooler may refuse (`postgres_options`).
+    let setup = format!(
+        "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+        ms(timeout.mul_f64(0.9)),
+        ms(timeout)
+    );
     sqlx::postgres::PgPoolOptions::new()
+        .after_connect(move |conn, _| {
+            let setup = sqlx::AssertSqlSafe(setup.clone());
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, setup).await?;
+                Ok(())
+            })
+        })
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
@@ -81,18 +96,13 @@ impl Claims {
     /// while its statement runs leaves the connection to be closed, since its late error
     /// would be the next call's, and then the next call pays for a new connection.
     pub async fn open(url: &str, timeout: Duration, connections: u32) -> Result<Self, sqlx::Error> {
-        // Whole milliseconds, at least one: 0 would mean no limit.
-        let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128);
-        let options = url.parse::<sqlx::postgres::PgConnectOptions>()?.options([
-            ("statement_timeout", ms(timeout.mul_f64(0.9))),
-            ("idle_in_transaction_session_timeout", ms(timeout)),
-        ]);
-        let pool = writable()
+        let options = crate::store::postgres_options(url)?;
+        let pool = writable(timeout)
             .max_connections(connections)
             .acquire_timeout(timeout)
             .connect_with(options.clone())
             .await?;
-        let beats = writable()
+        let beats = writable(timeout)
             .max_connections(1)
             .acquire_timeout(timeout)
             .connect_with(options)

@@ -67,9 +67,11 @@ pub async fn read(url: &str, wait: Duration) -> Result<Status, StatusError> {
 }
 
 async fn read_now(url: &str) -> Result<Status, StatusError> {
+    let options =
+        crate::store::postgres_options(url).map_err(|e| StatusError::Connect(e.to_string()))?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
-        .connect(url)
+        .connect_with(options)
         .await
         .map_err(|e| StatusError::Connect(e.to_string()))?;
     let read = |e: sqlx::Error| StatusError::Read(e.to_string());

@@ -48,7 +48,7 @@ pub use message::{
     QuotaExceeded, RetainedMessage, RetainedPublish, RetainedSummary, Revision, UserProperty,
     Write, Writer, parse_revision, user_properties_wire_len,
 };
-pub use open::open_backend;
+pub use open::{open_backend, postgres_options};
 pub use saved_session::{SESSION_BYTES_PER_CALL, SESSIONS_PER_CALL, SavedSession};
 pub use schema::known_migrations;
 pub use watch::{Resync, Watch, WatchItem, WatchStart};

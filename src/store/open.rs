@@ -12,6 +12,20 @@ use super::sqlite_scan::ScanReaders;
 use super::sqlite_writer::SqliteWriter;
 use super::{Error, RetainedStore};
 
+/// The connection options of a `postgres://` URL, as every connection retaind opens uses them.
+///
+/// Nothing but the user, database and application name goes in the startup packet, so that a
+/// connection pooler in front of Postgres takes them unconfigured: PgBouncer refuses a startup
+/// parameter it does not know (sqlx's `extra_float_digits`, the `options` string) unless told
+/// to ignore it, and ignoring `options` would drop what it sets. Settings are `SET` on each
+/// connection instead. `extra_float_digits` only shapes floats sent as text, and from Postgres
+/// 12 on (retaind needs 14) the default already writes them exactly.
+pub fn postgres_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?
+        .application_name("retaind")
+        .extra_float_digits(None))
+}
+
 /// Opens the backend a `DATABASE_URL` names and brings its schema up to date.
 ///
 /// `sqlite://PATH` creates the file (and its directory) if missing; `postgres://` and
@@ -24,9 +38,8 @@ pub async fn open_backend(
     startup_wait: Duration,
 ) -> Result<Arc<dyn RetainedStore>, Error> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| Error::config(format!("invalid Postgres URL: {e}")))?
-            .application_name("retaind");
+        let options = postgres_options(url)
+            .map_err(|e| Error::config(format!("invalid Postgres URL: {e}")))?;
         first_connection(&options, timeout, startup_wait).await?;
         Ok(Arc::new(
             PostgresStore::open(options, max_connections, timeout).await?,

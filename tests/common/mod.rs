@@ -8,6 +8,7 @@ pub mod haproxy;
 pub mod logs;
 pub mod mqtt;
 pub mod nats;
+pub mod pgbouncer;
 pub mod process;
 pub mod proxy;
 pub mod raw_http;
@@ -422,4 +423,12 @@ pub async fn until_store_unavailable(app: &TestApp, work: &str, n: f64) {
         }
     })
     .await;
+}
+
+/// Whether the tests run as root (some helpers then give up privileges, or need none).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
