@@ -174,9 +174,50 @@ async fn a_cluster_node_behind_pgbouncer_claims_client_ids_and_keeps_sessions() 
     device.send(&build::disconnect_v5(0)).await;
     drop(device);
 
+    // Connected, it holds the claim row the next CONNECT of its id takes over.
     let (_device, ack) =
         Raw::connect(&app, &build::connect("device", false, 60, Some(&expiry))).await;
     assert_eq!(ack.body[..2], [0x01, 0x00], "session present");
+
+    // A claim held up by a lock is ended by the database itself at the pools' statement
+    // timeout, set on their sessions through the pooler: it cannot commit late and take the
+    // id from a newer connection.
+    let mut locker = sqlx::PgConnection::connect(&scratch.direct).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut locker)
+        .await
+        .unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    sqlx::query("SELECT 1 FROM cluster_clients WHERE client_id = 'device' FOR UPDATE")
+        .fetch_one(&mut locker)
+        .await
+        .unwrap();
+    let mut held_up = Raw::open(&app).await;
+    held_up
+        .send(&build::connect("device", false, 60, Some(&expiry)))
+        .await;
+    let started = Instant::now();
+    while waiting_for(&scratch.direct, pid).await == 0 {
+        assert!(
+            started.elapsed() < 2 * STORE_TIMEOUT,
+            "the claim never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while waiting_for(&scratch.direct, pid).await > 0 {
+        assert!(
+            started.elapsed() < 2 * STORE_TIMEOUT,
+            "the claim still waits in the database"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = held_up.recv().await.expect("a CONNACK");
+    assert_eq!(
+        (refused.kind(), refused.body[1]),
+        (2, 0x88),
+        "Server unavailable"
+    );
+    locker.execute("ROLLBACK").await.unwrap();
 
     app.stop().await;
     drop(bouncer);
