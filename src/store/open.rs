@@ -2,7 +2,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 
@@ -20,10 +20,29 @@ use super::{Error, RetainedStore};
 /// to ignore it, and ignoring `options` would drop what it sets. Settings are `SET` on each
 /// connection instead. `extra_float_digits` only shapes floats sent as text, and from Postgres
 /// 12 on (retaind needs 14) the default already writes them exactly.
+///
+/// TLS is used when the URL's `sslmode` (or `PGSSLMODE`) asks for it: `require`, `verify-ca`,
+/// `verify-full`, or `prefer`. Without either, the connection is plain, as it always was
+/// (builds before 2026-12-06 had no TLS for Postgres at all), rather than libpq's `prefer`:
+/// that would start encrypting every existing same-host deployment at a cost its operators
+/// did not choose, while protecting nothing against an active attacker, who can refuse it.
 pub fn postgres_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(PgConnectOptions::from_str(url)?
+    let options = PgConnectOptions::from_str(url)?
         .application_name("retaind")
-        .extra_float_digits(None))
+        .extra_float_digits(None);
+    if names_ssl_mode(url) || std::env::var_os("PGSSLMODE").is_some() {
+        Ok(options)
+    } else {
+        Ok(options.ssl_mode(PgSslMode::Disable))
+    }
+}
+
+/// Whether a `postgres://` URL sets `sslmode` (or sqlx's spelling, `ssl-mode`).
+fn names_ssl_mode(url: &str) -> bool {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .any(|pair| matches!(pair.split('=').next(), Some("sslmode" | "ssl-mode")))
 }
 
 /// Opens the backend a `DATABASE_URL` names and brings its schema up to date.
@@ -172,5 +191,37 @@ fn lock_error(db: &std::path::Path, path: &std::path::Path, e: std::fs::TryLockE
         std::fs::TryLockError::Error(e) => {
             Error::config(format!("cannot lock {}: {e}", path.display()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(url: &str) -> PgSslMode {
+        postgres_options(url).unwrap().get_ssl_mode()
+    }
+
+    #[test]
+    fn tls_is_used_when_the_url_asks_for_it_and_not_otherwise() {
+        // PGSSLMODE would decide for URLs without sslmode; the tests do not set it.
+        assert!(std::env::var_os("PGSSLMODE").is_none());
+        assert!(matches!(mode("postgres://u@h/db"), PgSslMode::Disable));
+        assert!(matches!(
+            mode("postgres://u@h/db?application_name=x"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@h/db?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@h/db?x=1&sslmode=verify-full"),
+            PgSslMode::VerifyFull
+        ));
+        assert!(matches!(
+            mode("postgres://u@h/db?ssl-mode=prefer"),
+            PgSslMode::Prefer
+        ));
     }
 }

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod mqtt;
 pub mod nats;
 pub mod pgbouncer;
+pub mod postgres_tls;
 pub mod process;
 pub mod proxy;
 pub mod raw_http;
