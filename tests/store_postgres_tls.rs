@@ -71,6 +71,20 @@ async fn a_certificate_that_does_not_verify_or_a_url_without_tls_stops_the_start
     let error = start_error(&server.url("localhost", &params)).await;
     assert!(error.to_lowercase().contains("certificate"), "{error}");
 
+    // A root certificate file that is not there is named, at once (not taken for a database
+    // that does not answer yet).
+    let started = std::time::Instant::now();
+    let error = start_error(&server.url(
+        "localhost",
+        "sslmode=verify-full&sslrootcert=/nonexistent/root.pem",
+    ))
+    .await;
+    assert!(
+        error.contains("sslrootcert /nonexistent/root.pem"),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
     // No sslmode: a plain connection, which this server refuses, and says why.
     let error = start_error(&server.url("127.0.0.1", "")).await;
     assert!(error.contains("no encryption"), "{error}");

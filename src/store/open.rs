@@ -39,10 +39,42 @@ pub fn postgres_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 
 /// Whether a `postgres://` URL sets `sslmode` (or sqlx's spelling, `ssl-mode`).
 fn names_ssl_mode(url: &str) -> bool {
+    query_pairs(url).any(|(key, _)| matches!(key, "sslmode" | "ssl-mode"))
+}
+
+/// The `key=value` pairs of a URL's query string, undecoded.
+fn query_pairs(url: &str) -> impl Iterator<Item = (&str, &str)> {
     let query = url.split_once('?').map_or("", |(_, q)| q);
     query
         .split('&')
-        .any(|pair| matches!(pair.split('=').next(), Some("sslmode" | "ssl-mode")))
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// The certificate and key files a `postgres://` URL names must be readable: sqlx reads them
+/// at each connection and, when one is missing, says only "No such file or directory", which
+/// names no file, and as a database it cannot reach, so the start would wait out
+/// `--db-startup-wait` for a mistake in the URL.
+fn check_tls_files(url: &str) -> Result<(), Error> {
+    for (key, value) in query_pairs(url) {
+        if !matches!(
+            key,
+            "sslrootcert"
+                | "ssl-root-cert"
+                | "ssl-ca"
+                | "sslcert"
+                | "ssl-cert"
+                | "sslkey"
+                | "ssl-key"
+        ) {
+            continue;
+        }
+        let path = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        if let Err(e) = std::fs::File::open(&*path) {
+            return Err(Error::config(format!("{key} {path}: {e}")));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the backend a `DATABASE_URL` names and brings its schema up to date.
@@ -59,6 +91,7 @@ pub async fn open_backend(
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options = postgres_options(url)
             .map_err(|e| Error::config(format!("invalid Postgres URL: {e}")))?;
+        check_tls_files(url)?;
         first_connection(&options, timeout, startup_wait).await?;
         Ok(Arc::new(
             PostgresStore::open(options, max_connections, timeout).await?,
