@@ -70,6 +70,10 @@ fn check_tls_files(url: &str) -> Result<(), Error> {
             continue;
         }
         let path = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        // sqlx takes a PEM text itself in place of a path.
+        if path.trim().starts_with("-----BEGIN") {
+            continue;
+        }
         if let Err(e) = std::fs::File::open(&*path) {
             return Err(Error::config(format!("{key} {path}: {e}")));
         }
@@ -256,5 +260,16 @@ mod tests {
             mode("postgres://u@h/db?ssl-mode=prefer"),
             PgSslMode::Prefer
         ));
+    }
+
+    #[test]
+    fn certificate_files_must_be_readable_but_pem_text_is_no_file() {
+        let missing = "postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Fno%2Fsuch.pem";
+        let err = check_tls_files(missing).unwrap_err().to_string();
+        assert!(err.contains("sslrootcert /no/such.pem"), "{err}");
+        let pem = "postgres://u@h/db?sslmode=verify-full&sslrootcert=\
+                   -----BEGIN%20CERTIFICATE-----%0AMII%0A-----END%20CERTIFICATE-----";
+        check_tls_files(pem).unwrap();
+        check_tls_files("postgres://u@h/db?sslmode=require").unwrap();
     }
 }
