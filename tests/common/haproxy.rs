@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
@@ -18,10 +17,7 @@ impl HaProxy {
     /// HAProxy on a free port forwarding to `upstream`, with `send` (`send-proxy` or
     /// `send-proxy-v2`) on its server line.
     pub async fn start(upstream: SocketAddr, send: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("haproxy.cfg");
         std::fs::write(
@@ -45,11 +41,7 @@ impl HaProxy {
             .spawn()
             .expect("starting haproxy (scripts/test.sh installs it)");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "haproxy did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::until_listening(addr, "haproxy").await;
         Self {
             addr,
             _child: child,

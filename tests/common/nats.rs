@@ -22,10 +22,7 @@ impl Nats {
 
     /// [`Nats::start`], with `args` besides.
     pub async fn start_with(args: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let mut nats = Self {
             port,
             child: None,

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
@@ -20,10 +19,7 @@ impl PgBouncer {
     /// `postgres_url` (its host, port, user and password), clients let in by name alone.
     pub async fn start(postgres_url: &str) -> Self {
         let upstream = reqwest::Url::parse(postgres_url).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let dir = tempfile::tempdir().unwrap();
         // Run as root, PgBouncer switches to `nobody`, which must read its files.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -64,11 +60,7 @@ impl PgBouncer {
             .spawn()
             .expect("starting pgbouncer (scripts/test.sh installs it)");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "pgbouncer did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::until_listening(addr, "pgbouncer").await;
         Self {
             addr,
             _child: child,

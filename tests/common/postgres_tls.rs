@@ -51,10 +51,7 @@ impl TlsPostgres {
         if running_as_root() {
             chown_to_postgres(dir.path());
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let settings = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c ssl=on \
              -c ssl_cert_file=server.crt -c ssl_key_file=server.key",
