@@ -16,6 +16,9 @@
 #   BENCH_FLEET      clients storing the retained messages at once in retained-fleet (default 16)
 #   BENCH_WINDOW     QoS 1 publishes in flight from the one client of retained-window (default
 #                    1000, at most 65535)
+#   BENCH_SCENARIOS  the scenarios to run, space-separated (default: all five below)
+#   BENCH_PG_SSLMODE retaind's sslmode to Postgres (default disable; require: TLS, to measure
+#                    what it costs; Debian's Postgres offers TLS on 127.0.0.1 too)
 #   PG_ADMIN_URL     a Postgres superuser URL (default: see scripts/postgres.sh)
 #   CARGO_TARGET_DIR where cargo builds (default target/)
 #
@@ -108,7 +111,7 @@ ensure_postgres
 log "building retaind and examples/mqtt_bench (release)"
 cargo build --release --quiet --example mqtt_bench --bin retaind
 
-DB_URL=$(create_scratch_database "$DB_NAME")
+DB_URL="$(create_scratch_database "$DB_NAME")?sslmode=${BENCH_PG_SSLMODE:-disable}"
 
 # --- brokers -----------------------------------------------------------------------------------
 log "starting retaind on Postgres"
@@ -192,7 +195,7 @@ run_bench() { # BROKER PORT PID SCENARIO
 checkpoint_db() { psql_db -c 'VACUUM retained_messages' -c 'CHECKPOINT' >/dev/null; }
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
-SCENARIOS=(fanout-qos0 fanout-qos1 retained retained-fleet retained-window)
+read -r -a SCENARIOS <<<"${BENCH_SCENARIOS:-fanout-qos0 fanout-qos1 retained retained-fleet retained-window}"
 for scenario in "${SCENARIOS[@]}"; do
     run_bench mosquitto "$MOSQUITTO_PORT" "$MOSQUITTO_PID" "$scenario"
     run_bench retaind "$RETAIND_PORT" "$RETAIND_PID" "$scenario"
@@ -202,8 +205,9 @@ kill -0 "$MOSQUITTO_PID" 2>/dev/null || { log "mosquitto died during the run"; F
 
 # --- report ------------------------------------------------------------------------------------
 # field, ratio and fmt: bench/lib.sh.
-row() { # SCENARIO LABEL FIELD DECIMALS
+row() { # SCENARIO LABEL FIELD DECIMALS (nothing for a scenario not run: BENCH_SCENARIOS)
     local r m
+    [[ " ${SCENARIOS[*]} " == *" $1 "* ]] || return 0
     r=$(field "retaind/$1" "$3"); m=$(field "mosquitto/$1" "$3")
     echo "| $1 | $2 | $(fmt "$r" "$4") | $(fmt "$m" "$4") | $(ratio "$r" "$m") |"
 }
@@ -230,7 +234,7 @@ MOSQUITTO_VERSION=$({ "$MOSQUITTO" -h 2>&1 || true; } | sed -n 's/^mosquitto ver
 {
     echo "## MQTT: retaind vs Mosquitto, 4 publishers × 4 subscribers, 256 B payloads"
     echo
-    echo "| scenario | metric | retaind (Postgres) | Mosquitto (in memory) | retaind ÷ Mosquitto |"
+    echo "| scenario | metric | retaind (Postgres, sslmode=${BENCH_PG_SSLMODE:-disable}) | Mosquitto (in memory) | retaind ÷ Mosquitto |"
     echo "|---|---|---:|---:|---:|"
     for s in fanout-qos0 fanout-qos1; do
         row "$s" "deliveries/s" deliveries_per_s 0
