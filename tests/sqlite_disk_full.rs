@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::within;
 use common::process::Process;
-use common::{encode, metric_value};
+use common::{encode, metric_value, snapshot_at};
 use reqwest::StatusCode;
 
 /// The file system's size: the write-ahead log never reaches SQLite's automatic checkpoint
@@ -72,42 +72,7 @@ impl Http {
             return None;
         }
         assert_eq!(res.status(), StatusCode::OK, "GetRetainedMessage {topic}");
-        let body: serde_json::Value = res.json().await.unwrap();
-        Some(
-            base64::Engine::decode(
-                &base64::engine::general_purpose::STANDARD,
-                body["payload"].as_str().unwrap(),
-            )
-            .unwrap(),
-        )
-    }
-
-    /// Every retained topic, page after page.
-    async fn topics(&self) -> Vec<String> {
-        let mut topics = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut url = format!("{}/retainedMessage?maxResults=200", self.base);
-            if let Some(t) = &token {
-                url.push_str(&format!("&nextToken={t}"));
-            }
-            let page: serde_json::Value = self
-                .client
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            for t in page["retainedTopics"].as_array().unwrap() {
-                topics.push(t["topic"].as_str().unwrap().to_owned());
-            }
-            match page["nextToken"].as_str() {
-                Some(t) => token = Some(t.to_owned()),
-                None => return topics,
-            }
-        }
+        Some(payload_of(&res.json().await.unwrap()))
     }
 
     async fn metric(&self, series: &str) -> f64 {
@@ -135,6 +100,12 @@ impl Http {
 
 const UNAVAILABLE: &str = "retaind_store_errors_total{work=\"write batch\",kind=\"unavailable\"}";
 const INTERNAL: &str = "retaind_store_errors_total{work=\"write batch\",kind=\"internal\"}";
+
+/// The payload of a GetRetainedMessage answer, decoded.
+fn payload_of(message: &serde_json::Value) -> Vec<u8> {
+    let payload = message["payload"].as_str().unwrap();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, payload).unwrap()
+}
 
 /// A payload told apart by its topic's number.
 fn payload(n: usize, len: usize) -> Vec<u8> {
@@ -260,13 +231,16 @@ async fn a_full_disk_refuses_writes_as_unavailable_loses_nothing_and_they_resume
     stored.push(("status/device-1".to_owned(), b"offline".to_vec()));
 
     // Every acknowledged write is there, whole, and nothing else.
-    let mut expected: Vec<String> = stored.iter().map(|(t, _)| t.clone()).collect();
-    expected.sort();
-    let mut listed = http.topics().await;
-    listed.sort();
-    assert_eq!(listed, expected);
-    for (topic, payload) in &stored {
-        assert_eq!(http.get(topic).await.as_ref(), Some(payload), "{topic}");
-    }
+    let mut found: Vec<(String, Vec<u8>)> = snapshot_at(&http.client, &http.base)
+        .await
+        .iter()
+        .map(|(topic, m)| (topic.clone(), payload_of(m)))
+        .collect();
+    found.sort();
+    stored.sort();
+    assert!(
+        found == stored,
+        "the store holds other than what was acknowledged"
+    );
     node.terminate().await;
 }

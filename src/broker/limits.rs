@@ -10,8 +10,9 @@ use std::time::Duration;
 use crate::topic::FilterSpec;
 
 /// How long a closing connection waits to send its last packet, and then reads and discards
-/// what the client still sends, so that the client gets the packet that says why.
-pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+/// what the client still sends, so that the client gets the packet that says why (the same
+/// as for a CONNECT the codec refuses).
+pub(super) const GOODBYE_TIMEOUT: Duration = crate::mqtt::GOODBYE;
 
 /// The number of live connections, shared by every listener.
 #[derive(Debug, Default)]

@@ -31,7 +31,7 @@ where
                 // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, in the 3.1.1 form every
                 // client version can read, then close.
                 let _ = io.get_mut().write_all(&[0x20, 0x02, 0x00, 0x01]).await;
-                close(io.get_mut(), LINGER).await;
+                close(io.get_mut(), GOODBYE).await;
             }
             return Err(Error::UnsupportedVersion);
         }
@@ -61,10 +61,11 @@ where
     Ok((Framed { io, version }, connect))
 }
 
-/// How long a refused CONNECT's connection reads what its client still sends after the
-/// refusal, as every later close does ([`Framed::close`]): closing with unread input would
-/// reset the connection, and the reset can overtake the CONNACK.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a closing connection waits to send its last packet, and then reads and discards
+/// what the client still sends ([`Framed::close`]): closing with unread input would reset
+/// the connection, and the reset can overtake the packet that says why. A CONNECT refused
+/// here is closed so too, as the broker closes every later connection.
+pub const GOODBYE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers a CONNECT with `reason` (none: closed without a CONNACK) and closes.
 async fn refuse<T>(io: &mut tokio_util::codec::Framed<T, Codec>, reason: Option<ConnectAckReason>)
@@ -78,7 +79,7 @@ where
         };
         let _ = io.send(Packet::ConnectAck(Box::new(refusal))).await;
     }
-    close(io.get_mut(), LINGER).await;
+    close(io.get_mut(), GOODBYE).await;
 }
 
 /// Sends FIN, then reads and drops what the client still sends, for at most `linger`

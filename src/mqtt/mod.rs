@@ -22,7 +22,7 @@ mod version;
 pub use bytestring::ByteString;
 pub use codec::{Codec, decode_stream};
 pub use error::Error;
-pub use framed::{Framed, handshake};
+pub use framed::{Framed, GOODBYE, handshake};
 pub use outgoing::{KeyValue, OutgoingProperties, OutgoingPublish};
 pub use rmqtt_codec::error::DecodeError;
 pub use rmqtt_codec::types::{Publish, QoS};

@@ -27,10 +27,15 @@ use super::{Error, RetainedStore};
 /// that would start encrypting every existing same-host deployment at a cost its operators
 /// did not choose, while protecting nothing against an active attacker, who can refuse it.
 pub fn postgres_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    options_for(url, std::env::var_os("PGSSLMODE").is_some())
+}
+
+/// [`postgres_options`], told whether `PGSSLMODE` is set.
+fn options_for(url: &str, env_ssl_mode: bool) -> Result<PgConnectOptions, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?
         .application_name("retaind")
         .extra_float_digits(None);
-    if names_ssl_mode(url) || std::env::var_os("PGSSLMODE").is_some() {
+    if env_ssl_mode || names_ssl_mode(url) {
         Ok(options)
     } else {
         Ok(options.ssl_mode(PgSslMode::Disable))
@@ -236,13 +241,16 @@ mod tests {
     use super::*;
 
     fn mode(url: &str) -> PgSslMode {
-        postgres_options(url).unwrap().get_ssl_mode()
+        options_for(url, false).unwrap().get_ssl_mode()
     }
 
     #[test]
-    fn tls_is_used_when_the_url_asks_for_it_and_not_otherwise() {
-        // PGSSLMODE would decide for URLs without sslmode; the tests do not set it.
-        assert!(std::env::var_os("PGSSLMODE").is_none());
+    fn tls_is_used_when_the_url_or_pgsslmode_asks_for_it_and_not_otherwise() {
+        // With PGSSLMODE set, sqlx reads it itself: what it made of it is left alone.
+        let url = "postgres://u@h/db";
+        let sqlx_alone = PgConnectOptions::from_str(url).unwrap().get_ssl_mode();
+        let kept = options_for(url, true).unwrap().get_ssl_mode();
+        assert_eq!(format!("{kept:?}"), format!("{sqlx_alone:?}"));
         assert!(matches!(mode("postgres://u@h/db"), PgSslMode::Disable));
         assert!(matches!(
             mode("postgres://u@h/db?application_name=x"),

@@ -230,26 +230,7 @@ impl TestApp {
     /// Every retained topic with its payload, following nextToken to the end: a picture of the
     /// whole stored state, for checking that a rejected request changed nothing.
     pub async fn snapshot(&self) -> Vec<(String, serde_json::Value)> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let path = match &token {
-                Some(t) => format!("/retainedMessage?maxResults=200&nextToken={t}"),
-                None => "/retainedMessage?maxResults=200".to_owned(),
-            };
-            let page: serde_json::Value = self.get_json(&path).await;
-            for item in page["retainedTopics"].as_array().unwrap() {
-                let topic = item["topic"].as_str().unwrap().to_owned();
-                let enc = encode(&topic);
-                let full: serde_json::Value =
-                    self.get_json(&format!("/retainedMessage/{enc}")).await;
-                out.push((topic, full));
-            }
-            match page["nextToken"].as_str() {
-                Some(t) => token = Some(t.to_owned()),
-                None => return out,
-            }
-        }
+        snapshot_at(&self.http, &self.base).await
     }
 
     /// Until no MQTT connection is left: each one that ended has left its session (and
@@ -449,5 +430,33 @@ pub async fn until_listening(addr: std::net::SocketAddr, what: &str) {
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         assert!(std::time::Instant::now() < deadline, "{what} did not start");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// [`TestApp::snapshot`] of the service at `base` (`http://host:port`), for a node the test
+/// runs as a process of its own.
+pub async fn snapshot_at(http: &reqwest::Client, base: &str) -> Vec<(String, serde_json::Value)> {
+    let get = |path: String| async move {
+        let res = http.get(format!("{base}{path}")).send().await;
+        let res = res.expect("HTTP request");
+        res.json::<serde_json::Value>().await.expect("a JSON body")
+    };
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let path = match &token {
+            Some(t) => format!("/retainedMessage?maxResults=200&nextToken={t}"),
+            None => "/retainedMessage?maxResults=200".to_owned(),
+        };
+        let page = get(path).await;
+        for item in page["retainedTopics"].as_array().unwrap() {
+            let topic = item["topic"].as_str().unwrap().to_owned();
+            let full = get(format!("/retainedMessage/{}", encode(&topic))).await;
+            out.push((topic, full));
+        }
+        match page["nextToken"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return out,
+        }
     }
 }
