@@ -42,6 +42,9 @@ use crate::tcp::{AskToMove, MoveRequest};
 
 /// Room for the WebSocket framing around the largest MQTT packet we accept.
 const FRAME_OVERHEAD: usize = 16;
+/// The WebSocket read buffer of each connection, which tungstenite holds for as long as the
+/// connection lasts: small, as most devices send little. A larger frame grows it.
+const WS_READ_BUFFER: usize = 4 * 1024;
 
 pub async fn upgrade(
     State(state): State<ApiState>,
@@ -98,6 +101,9 @@ pub async fn upgrade(
     ws.protocols(["mqtt", "mqttv3.1"])
         .max_message_size(max)
         .max_frame_size(max)
+        // tungstenite reads into a buffer it allocates whole up front, 128 KiB unless told:
+        // that much for every WebSocket device, idle or not (decision 025).
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| {
             // From here on the connection carries MQTT: its publishes wait for their commits.
             if let Some(acks) = acks {

@@ -30,7 +30,9 @@ pub struct SubscriptionTree<V> {
 /// One filter level. A filter ending here keeps its subscriptions in `subscribers`; one ending
 /// in `/#` keeps them in `hash` of the node before the `#`, which can have no children.
 struct Node<V> {
-    children: HashMap<Box<str>, Node<V>>,
+    /// Boxed: most nodes of a fleet's tree have one child (`devices/<id>/config`), and a
+    /// map of nodes inline reserves room for several whole nodes (about 800 bytes) to hold one.
+    children: HashMap<Box<str>, Box<Node<V>>>,
     plus: Option<Box<Node<V>>>,
     hash: Option<Box<Subscribers<V>>>,
     subscribers: Subscribers<V>,
@@ -236,7 +238,7 @@ impl<V: Clone> SubscriptionTree<V> {
                     if wildcards && let Some(plus) = &node.plus {
                         pending.push((plus, levels.clone()));
                     }
-                    node.children.get(level)
+                    node.children.get(level).map(Box::as_ref)
                 }
             };
             wildcards = true;
@@ -304,7 +306,7 @@ impl<V> Node<V> {
         if level == "+" {
             self.plus.as_deref()
         } else {
-            self.children.get(level)
+            self.children.get(level).map(Box::as_ref)
         }
     }
 
@@ -312,7 +314,7 @@ impl<V> Node<V> {
         if level == "+" {
             self.plus.as_deref_mut()
         } else {
-            self.children.get_mut(level)
+            self.children.get_mut(level).map(Box::as_mut)
         }
     }
 
@@ -345,7 +347,7 @@ impl<V> Drop for Node<V> {
     /// overflow the stack.
     fn drop(&mut self) {
         fn detach<V>(node: &mut Node<V>, worklist: &mut Vec<Node<V>>) {
-            worklist.extend(node.children.drain().map(|(_, child)| child));
+            worklist.extend(node.children.drain().map(|(_, child)| *child));
             worklist.extend(node.plus.take().map(|plus| *plus));
         }
         let mut worklist = Vec::new();

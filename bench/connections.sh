@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Memory per connected device: examples/connections_bench.rs connects BENCH_CONNECTIONS clients
+# to retaind (release build, SQLite default store) and to Mosquitto on the same machine, in one
+# run. Each client subscribes at QoS 1 to a topic of its own and receives the retained message
+# stored there (256 B), as a device takes its configuration, then all stay connected and idle;
+# the broker's resident memory (VmRSS) is read before, while they are connected and after they
+# have left.
+#
+#   bench/connections.sh
+#
+# Environment:
+#   BENCH_CONNECTIONS  clients (default 10000; each broker and the load generator need as many
+#                      open files: the script raises its soft limit to the hard one)
+#   BENCH_TRANSPORTS   tcp, ws or both (default "tcp ws"); Mosquitto over WebSocket needs a
+#                      build with websockets (Debian's has them)
+#   BENCH_PERSISTENT   1: persistent sessions (clean session 0), left offline at the end
+#   RETAIND            the retaind binary to measure (default: this tree's release build), e.g.
+#                      an earlier commit's, to compare in the same run
+#   CARGO_TARGET_DIR   where cargo builds (default target/)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=lib.sh
+source bench/lib.sh
+
+WORK=$(mktemp -d)
+DB_NAME=""
+BROKER_PID=""
+cleanup() {
+    local status=$?
+    stop_pid "$BROKER_PID"
+    rm -rf "$WORK"
+    exit "$status"
+}
+set_traps
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+CONNECTIONS=${BENCH_CONNECTIONS:-10000}
+TARGET=${CARGO_TARGET_DIR:-target}
+command -v mosquitto >/dev/null 2>&1 || install_debian mosquitto
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+log "building retaind and examples/connections_bench (release)"
+cargo build --release --quiet --example connections_bench --bin retaind
+RETAIND=${RETAIND:-$TARGET/release/retaind}
+LOADGEN=$TARGET/release/examples/connections_bench
+persistent=()
+[ "${BENCH_PERSISTENT:-0}" = 1 ] && persistent=(--persistent)
+
+start() { # BROKER: on free ports; sets BROKER_PID, MQTT_PORT, WS_PORT
+    MQTT_PORT=$(free_port)
+    WS_PORT=$(free_port)
+    while [ "$WS_PORT" = "$MQTT_PORT" ]; do WS_PORT=$(free_port); done
+    if [ "$1" = mosquitto ]; then
+        cat >"$WORK/mosquitto.conf" <<EOF
+listener $MQTT_PORT 127.0.0.1
+listener $WS_PORT 127.0.0.1
+protocol websockets
+allow_anonymous true
+persistence false
+max_connections -1
+log_dest stderr
+log_type error
+log_type warning
+EOF
+        "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
+    else
+        rm -rf "$WORK/sqlite" && mkdir -p "$WORK/sqlite"
+        "$RETAIND" --http-addr "127.0.0.1:$WS_PORT" --mqtt-addr "127.0.0.1:$MQTT_PORT" \
+            --mqtt-max-connections $((CONNECTIONS + 100)) --rate-list-retained-messages 0 \
+            --database-url "sqlite://$WORK/sqlite/retaind.db" >>"$WORK/retaind.log" 2>&1 &
+    fi
+    BROKER_PID=$!
+    for _ in $(seq 1 300); do
+        python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
+            "$MQTT_PORT" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "$1 did not start; its log:"
+    cat "$WORK"/*.log >&2
+    return 1
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)"
+echo "retaind: $RETAIND; mosquitto: $({ "$MOSQUITTO" -h 2>&1 || true; } | sed -n 's/^mosquitto version \(.*\)/\1/p' | head -1)"
+for transport in ${BENCH_TRANSPORTS:-tcp ws}; do
+    for broker in retaind mosquitto; do
+        start "$broker"
+        port=$MQTT_PORT
+        [ "$transport" = ws ] && port=$WS_PORT
+        line=$("$LOADGEN" --port "$port" --transport "$transport" --pid "$BROKER_PID" \
+            --connections "$CONNECTIONS" "${persistent[@]}")
+        echo "broker=$broker $line"
+        stop_pid "$BROKER_PID"
+        BROKER_PID=""
+    done
+done
