@@ -24,8 +24,15 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, http};
 
+/// The tests' hand-built packets (a file of their own, with nothing else of the tests').
+#[allow(dead_code)]
+#[path = "../tests/common/mqtt/build.rs"]
+mod build;
+
 /// Each client's CONNECT, SUBACK and retained message must come within this.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Long enough that no client sends a PINGREQ while memory is read.
+const KEEP_ALIVE: u16 = 600;
 /// Clients handshaking at once: a fleet reconnecting, not a single burst of SYNs.
 const CONNECTING_AT_ONCE: usize = 256;
 
@@ -70,57 +77,6 @@ struct Args {
     /// Prefix of the client ids and topics, so that runs do not meet.
     #[arg(long, default_value = "bench-conn")]
     prefix: String,
-}
-
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return;
-        }
-    }
-}
-
-fn string(s: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    remaining_length(body.len(), &mut out);
-    out.extend_from_slice(body);
-    out
-}
-
-fn connect(client_id: &str, clean: bool) -> Vec<u8> {
-    let mut body = Vec::new();
-    string("MQTT", &mut body);
-    body.push(4);
-    body.push(if clean { 0x02 } else { 0x00 });
-    body.extend_from_slice(&600u16.to_be_bytes());
-    string(client_id, &mut body);
-    packet(0x10, &body)
-}
-
-fn subscribe(topic: &str) -> Vec<u8> {
-    let mut body = 1u16.to_be_bytes().to_vec();
-    string(topic, &mut body);
-    body.push(1);
-    packet(0x82, &body)
-}
-
-fn publish_retained(topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    string(topic, &mut body);
-    body.extend_from_slice(&packet_id.to_be_bytes());
-    body.extend_from_slice(payload);
-    packet(0x33, &body)
 }
 
 /// One client's connection: MQTT bytes over TCP, or in binary WebSocket messages.
@@ -214,7 +170,12 @@ fn topic(args: &Args, i: usize) -> String {
 async fn store_retained(args: &Args) -> anyhow::Result<()> {
     let mut stream = Wire::open(args).await?;
     stream
-        .send(&connect(&format!("{}-loader", args.prefix), true))
+        .send(&build::connect(
+            &format!("{}-loader", args.prefix),
+            true,
+            KEEP_ALIVE,
+            None,
+        ))
         .await?;
     stream.expect(2, "CONNACK").await?;
     let payload = vec![b'c'; args.payload_bytes];
@@ -223,7 +184,15 @@ async fn store_retained(args: &Args) -> anyhow::Result<()> {
         while sent < args.connections && sent - acked < 1_000 {
             let id = (sent % 65_535 + 1) as u16;
             stream
-                .send(&publish_retained(&topic(args, sent), id, &payload))
+                .send(&build::publish(
+                    &topic(args, sent),
+                    1,
+                    true,
+                    false,
+                    id,
+                    None,
+                    &payload,
+                ))
                 .await?;
             sent += 1;
         }
@@ -238,12 +207,21 @@ async fn store_retained(args: &Args) -> anyhow::Result<()> {
 async fn device(args: &Args, i: usize) -> anyhow::Result<Wire> {
     let mut stream = Wire::open(args).await?;
     let client_id = format!("{}-{i}", args.prefix);
-    stream.send(&connect(&client_id, !args.persistent)).await?;
+    stream
+        .send(&build::connect(
+            &client_id,
+            !args.persistent,
+            KEEP_ALIVE,
+            None,
+        ))
+        .await?;
     let connack = stream.expect(2, "CONNACK").await?;
     if connack.get(1) != Some(&0) {
         bail!("CONNACK refused {client_id}: {connack:?}");
     }
-    stream.send(&subscribe(&topic(args, i))).await?;
+    stream
+        .send(&build::subscribe(1, &topic(args, i), 1, None))
+        .await?;
     let suback = stream.expect(9, "SUBACK").await?;
     if suback.get(2) != Some(&1) {
         bail!("SUBACK for {client_id}: {suback:?}");
@@ -252,7 +230,8 @@ async fn device(args: &Args, i: usize) -> anyhow::Result<Wire> {
         let publish = stream.expect(3, "the retained PUBLISH").await?;
         let topic_len = usize::from(u16::from_be_bytes([publish[0], publish[1]]));
         let id = &publish[2 + topic_len..4 + topic_len];
-        stream.send(&[0x40, 0x02, id[0], id[1]]).await?;
+        let id = u16::from_be_bytes([id[0], id[1]]);
+        stream.send(&build::ack(0x40, id)).await?;
     }
     Ok(stream)
 }
