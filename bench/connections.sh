@@ -4,15 +4,16 @@
 # run. Each client subscribes at QoS 1 to a topic of its own and receives the retained message
 # stored there (256 B), as a device takes its configuration, then all stay connected and idle;
 # the broker's resident memory (VmRSS) is read before, while they are connected and after they
-# have left.
+# have left. Over TLS both brokers serve a certificate for localhost made by the script
+# (openssl, P-256).
 #
 #   bench/connections.sh
 #
 # Environment:
 #   BENCH_CONNECTIONS  clients (default 10000; each broker and the load generator need as many
 #                      open files: the script raises its soft limit to the hard one)
-#   BENCH_TRANSPORTS   tcp, ws or both (default "tcp ws"); Mosquitto over WebSocket needs a
-#                      build with websockets (Debian's has them)
+#   BENCH_TRANSPORTS   tcp, tls, ws, space-separated (default "tcp tls ws"); Mosquitto over
+#                      WebSocket needs a build with websockets (Debian's has them)
 #   BENCH_PERSISTENT   1: persistent sessions (clean session 0), left offline at the end
 #   RETAIND            the retaind binary to measure (default: this tree's release build), e.g.
 #                      an earlier commit's, to compare in the same run
@@ -46,13 +47,22 @@ LOADGEN=$TARGET/release/examples/connections_bench
 persistent=()
 [ "${BENCH_PERSISTENT:-0}" = 1 ] && persistent=(--persistent)
 
-start() { # BROKER: on free ports; sets BROKER_PID, MQTT_PORT, WS_PORT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+
+start() { # BROKER: on free ports; sets BROKER_PID, MQTT_PORT, TLS_PORT, WS_PORT
     MQTT_PORT=$(free_port)
+    TLS_PORT=$(free_port)
     WS_PORT=$(free_port)
-    while [ "$WS_PORT" = "$MQTT_PORT" ]; do WS_PORT=$(free_port); done
+    while [ "$TLS_PORT" = "$MQTT_PORT" ]; do TLS_PORT=$(free_port); done
+    while [ "$WS_PORT" = "$MQTT_PORT" ] || [ "$WS_PORT" = "$TLS_PORT" ]; do WS_PORT=$(free_port); done
     if [ "$1" = mosquitto ]; then
         cat >"$WORK/mosquitto.conf" <<EOF
 listener $MQTT_PORT 127.0.0.1
+listener $TLS_PORT 127.0.0.1
+certfile $WORK/cert.pem
+keyfile $WORK/key.pem
 listener $WS_PORT 127.0.0.1
 protocol websockets
 allow_anonymous true
@@ -66,6 +76,7 @@ EOF
     else
         rm -rf "$WORK/sqlite" && mkdir -p "$WORK/sqlite"
         "$RETAIND" --http-addr "127.0.0.1:$WS_PORT" --mqtt-addr "127.0.0.1:$MQTT_PORT" \
+            --mqtts-addr "127.0.0.1:$TLS_PORT" --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" \
             --mqtt-max-connections $((CONNECTIONS + 100)) --rate-list-retained-messages 0 \
             --database-url "sqlite://$WORK/sqlite/retaind.db" >>"$WORK/retaind.log" 2>&1 &
     fi
@@ -82,13 +93,16 @@ EOF
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)"
 echo "retaind: $RETAIND; mosquitto: $({ "$MOSQUITTO" -h 2>&1 || true; } | sed -n 's/^mosquitto version \(.*\)/\1/p' | head -1)"
-for transport in ${BENCH_TRANSPORTS:-tcp ws}; do
+for transport in ${BENCH_TRANSPORTS:-tcp tls ws}; do
     for broker in retaind mosquitto; do
         start "$broker"
-        port=$MQTT_PORT
-        [ "$transport" = ws ] && port=$WS_PORT
-        line=$("$LOADGEN" --port "$port" --transport "$transport" --pid "$BROKER_PID" \
-            --connections "$CONNECTIONS" "${persistent[@]}")
+        case $transport in
+            tls) port=$TLS_PORT ;;
+            ws) port=$WS_PORT ;;
+            *) port=$MQTT_PORT ;;
+        esac
+        line=$("$LOADGEN" --port "$port" --transport "$transport" --ca "$WORK/cert.pem" \
+            --pid "$BROKER_PID" --connections "$CONNECTIONS" "${persistent[@]}")
         echo "broker=$broker $line"
         stop_pid "$BROKER_PID"
         BROKER_PID=""

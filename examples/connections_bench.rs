@@ -7,8 +7,9 @@
 //!
 //!     cargo run --release --example connections_bench -- --port 1883 --pid $(pidof mosquitto)
 //!
-//! The clients speak raw MQTT over tokio sockets (or over WebSocket, `--transport ws`), so the
-//! load generator costs the same against every broker and stays small itself. Prints one line:
+//! The clients speak raw MQTT over tokio sockets (over TLS with `--transport tls`, over
+//! WebSocket with `--transport ws`), so the load generator costs the same against every broker
+//! and stays small itself. Prints one line:
 //! `scenario=connections key=value...`.
 
 use std::time::{Duration, Instant};
@@ -19,6 +20,11 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -39,6 +45,8 @@ const CONNECTING_AT_ONCE: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
     Tcp,
+    /// MQTT over TLS to `localhost`, trusting `--ca`.
+    Tls,
     Ws,
 }
 
@@ -52,6 +60,9 @@ struct Args {
     port: u16,
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     transport: Transport,
+    /// The PEM certificate the broker's TLS certificate must chain to, with `--transport tls`.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// The WebSocket path, with `--transport ws`.
     #[arg(long, default_value = "/mqtt")]
     ws_path: String,
@@ -82,15 +93,22 @@ struct Args {
 /// One client's connection: MQTT bytes over TCP, or in binary WebSocket messages.
 enum Wire {
     Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
     /// With the bytes received and not yet read.
     Ws(Box<WebSocketStream<TcpStream>>, Vec<u8>),
 }
 
 impl Wire {
-    async fn open(args: &Args) -> anyhow::Result<Wire> {
+    async fn open(args: &Args, tls: Option<&TlsConnector>) -> anyhow::Result<Wire> {
         let stream = TcpStream::connect((args.host.as_str(), args.port)).await?;
-        if args.transport == Transport::Tcp {
-            return Ok(Wire::Tcp(stream));
+        match (args.transport, tls) {
+            (Transport::Tcp, _) => return Ok(Wire::Tcp(stream)),
+            (Transport::Tls, Some(tls)) => {
+                let name = ServerName::try_from("localhost")?;
+                return Ok(Wire::Tls(Box::new(tls.connect(name, stream).await?)));
+            }
+            (Transport::Tls, None) => bail!("--transport tls needs --ca"),
+            (Transport::Ws, _) => {}
         }
         let url = format!("ws://{}:{}{}", args.host, args.port, args.ws_path);
         let mut request = url.into_client_request()?;
@@ -110,6 +128,10 @@ impl Wire {
     async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         match self {
             Wire::Tcp(s) => s.write_all(bytes).await?,
+            Wire::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await?;
+            }
             Wire::Ws(ws, _) => ws.send(Message::binary(bytes.to_vec())).await?,
         }
         Ok(())
@@ -118,6 +140,11 @@ impl Wire {
     async fn read_exact(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
         match self {
             Wire::Tcp(s) => {
+                let mut out = vec![0; n];
+                s.read_exact(&mut out).await?;
+                Ok(out)
+            }
+            Wire::Tls(s) => {
                 let mut out = vec![0; n];
                 s.read_exact(&mut out).await?;
                 Ok(out)
@@ -167,8 +194,8 @@ fn topic(args: &Args, i: usize) -> String {
 }
 
 /// Stores every client's retained message from one connection, 1,000 in flight.
-async fn store_retained(args: &Args) -> anyhow::Result<()> {
-    let mut stream = Wire::open(args).await?;
+async fn store_retained(args: &Args, tls: Option<&TlsConnector>) -> anyhow::Result<()> {
+    let mut stream = Wire::open(args, tls).await?;
     stream
         .send(&build::connect(
             &format!("{}-loader", args.prefix),
@@ -204,8 +231,8 @@ async fn store_retained(args: &Args) -> anyhow::Result<()> {
 }
 
 /// Connects client `i`, subscribes it and takes its retained message.
-async fn device(args: &Args, i: usize) -> anyhow::Result<Wire> {
-    let mut stream = Wire::open(args).await?;
+async fn device(args: &Args, tls: Option<&TlsConnector>, i: usize) -> anyhow::Result<Wire> {
+    let mut stream = Wire::open(args, tls).await?;
     let client_id = format!("{}-{i}", args.prefix);
     stream
         .send(&build::connect(
@@ -236,6 +263,21 @@ async fn device(args: &Args, i: usize) -> anyhow::Result<Wire> {
     Ok(stream)
 }
 
+/// A TLS client trusting the certificates of `ca` alone.
+fn connector(ca: &std::path::Path) -> anyhow::Result<TlsConnector> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let config = ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConnector::from(std::sync::Arc::new(config)))
+}
+
 fn rss_kb(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -249,8 +291,11 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
 async fn main() -> anyhow::Result<()> {
     let args = std::sync::Arc::new(Args::parse());
     let settle = Duration::from_secs_f64(args.settle);
+    let tls = args.ca.as_deref().map(connector).transpose()?;
     if args.retained {
-        store_retained(&args).await.context("storing")?;
+        store_retained(&args, tls.as_ref())
+            .await
+            .context("storing")?;
     }
     tokio::time::sleep(settle).await;
     let before = rss_kb(args.pid)?;
@@ -259,10 +304,10 @@ async fn main() -> anyhow::Result<()> {
     let gate = std::sync::Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
     let mut tasks = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
-        let (args, gate) = (args.clone(), gate.clone());
+        let (args, gate, tls) = (args.clone(), gate.clone(), tls.clone());
         tasks.push(tokio::spawn(async move {
             let _turn = gate.acquire().await?;
-            device(&args, i).await
+            device(&args, tls.as_ref(), i).await
         }));
     }
     let mut streams = Vec::with_capacity(args.connections);
