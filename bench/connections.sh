@@ -50,6 +50,8 @@ persistent=()
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
     -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+# Mosquitto started as root reads its files as the user mosquitto (a throwaway key).
+chmod a+rx "$WORK" && chmod a+r "$WORK/key.pem" "$WORK/cert.pem"
 
 start() { # BROKER: on free ports; sets BROKER_PID, MQTT_PORT, TLS_PORT, WS_PORT
     MQTT_PORT=$(free_port)
