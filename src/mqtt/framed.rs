@@ -9,7 +9,8 @@ use super::{
     Codec, Connect, ConnectAck, ConnectAckReason, Error, KeyValue, OutgoingPublish, Packet, Version,
 };
 
-/// What a read takes from the socket at most, as tokio-util's own default.
+/// The read buffer a connection takes when it reads, tokio-util's own size: a packet larger
+/// than this grows it as it arrives.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// MQTT packets over `T` (a TCP stream, or a WebSocket presented as one).
