@@ -198,6 +198,24 @@ async fn silent_client_is_closed_after_one_and_a_half_keep_alives_with_0x8d() {
 }
 
 #[tokio::test]
+async fn a_quiet_connection_giving_back_its_buffers_is_not_taken_for_a_silent_one() {
+    // Keep alive 3 s: the connection's timer first fires 2 s after the loop last ran (the
+    // CONNACK, then the stall watch's sample a second later) to give back its buffers
+    // (decision 025), then at 4.5 s for the keep alive. Only the second closes it.
+    let app = app().await;
+    let (mut raw, _) = Raw::connect(&app, &build::connect("quiet", true, 3, Some(&[]))).await;
+    let started = Instant::now();
+    let got = raw.until_closed().await;
+    let waited = started.elapsed();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].disconnect_reason(), 0x8D);
+    assert!(
+        waited >= Duration::from_millis(4400),
+        "closed after {waited:?}, before 1.5 × its keep alive"
+    );
+}
+
+#[tokio::test]
 async fn keep_alive_timeout_publishes_the_will() {
     let app = app().await;
     let (mut watcher, _) = V3::connect(v3_options(&app, "watcher")).await;

@@ -55,16 +55,21 @@ async fn node(url: &str, cluster: Option<&Nats>) -> TestApp {
     spawn_app_with(FreshDb::shared(url), config).await
 }
 
-/// A session of an operator's holding the row of `topic` locked, straight on the database.
-async fn lock_row(direct: &str, topic: &str) -> (sqlx::PgConnection, i32) {
+/// A session of an operator's, straight on the database, holding locked the row that
+/// `select_for_update` finds with `key`; and its backend's pid.
+async fn lock_row(
+    direct: &str,
+    select_for_update: &'static str,
+    key: &str,
+) -> (sqlx::PgConnection, i32) {
     let mut conn = sqlx::PgConnection::connect(direct).await.unwrap();
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut conn)
         .await
         .unwrap();
     conn.execute("BEGIN").await.unwrap();
-    sqlx::query("SELECT 1 FROM retained_messages WHERE topic = $1 FOR UPDATE")
-        .bind(topic)
+    sqlx::query(select_for_update)
+        .bind(key)
         .fetch_one(&mut conn)
         .await
         .unwrap();
@@ -123,7 +128,12 @@ async fn a_node_behind_pgbouncer_in_session_mode_serves_and_stops_abandoned_writ
 
     // A write held up past its deadline is given up (503) and its database session ended while
     // the lock it waits for is still held: it never commits.
-    let (mut locker, pid) = lock_row(&scratch.direct, "a/y").await;
+    let (mut locker, pid) = lock_row(
+        &scratch.direct,
+        "SELECT 1 FROM retained_messages WHERE topic = $1 FOR UPDATE",
+        "a/y",
+    )
+    .await;
     let publish = app
         .http
         .post(app.url("/topics/a%2Fy?retain=true&qos=1"))
@@ -182,16 +192,12 @@ async fn a_cluster_node_behind_pgbouncer_claims_client_ids_and_keeps_sessions() 
     // A claim held up by a lock is ended by the database itself at the pools' statement
     // timeout, set on their sessions through the pooler: it cannot commit late and take the
     // id from a newer connection.
-    let mut locker = sqlx::PgConnection::connect(&scratch.direct).await.unwrap();
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut locker)
-        .await
-        .unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    sqlx::query("SELECT 1 FROM cluster_clients WHERE client_id = 'device' FOR UPDATE")
-        .fetch_one(&mut locker)
-        .await
-        .unwrap();
+    let (mut locker, pid) = lock_row(
+        &scratch.direct,
+        "SELECT 1 FROM cluster_clients WHERE client_id = $1 FOR UPDATE",
+        "device",
+    )
+    .await;
     let mut held_up = Raw::open(&app).await;
     held_up
         .send(&build::connect("device", false, 60, Some(&expiry)))

@@ -348,10 +348,7 @@ where
                 .framed
                 .holds_buffers()
                 .then(|| Instant::now() + LEAN_AFTER);
-            let timer_at = match (keep_alive_at, lean_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let timer_at = keep_alive_at.into_iter().chain(lean_at).min();
             let timer = async {
                 match timer_at {
                     Some(at) => tokio::time::sleep_until(at).await,
