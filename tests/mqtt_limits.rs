@@ -684,3 +684,110 @@ async fn a_silent_address_filling_every_place_before_connect_does_not_keep_other
         assert_eq!(value(&series), n, "{reason}");
     }
 }
+
+async fn queue_metrics(app: &TestApp) -> (f64, f64) {
+    let page = app.get("/metrics").await.text().await.unwrap();
+    (
+        common::metric_value(&page, "retaind_mqtt_queue_memory_bytes"),
+        common::metric_value(
+            &page,
+            r#"retaind_mqtt_messages_dropped_total{reason="queue_memory"}"#,
+        ),
+    )
+}
+
+/// `--mqtt-max-queue-memory-mib` bounds what every queue of the node holds together: offline
+/// sessions stop queueing at it (the oldest of what they queued kept), a message waiting for
+/// several sessions counts once, a connected subscriber is not held to it, and what the
+/// returning sessions take is free again.
+#[tokio::test]
+async fn offline_sessions_stop_queueing_at_the_nodes_queue_memory_and_a_connected_client_does_not()
+{
+    use rumqttc::QoS;
+    const LIMIT: usize = 1 << 20;
+    const PAYLOAD: usize = 16 * 1024;
+    // Each session's own queue would take all of them (16 MiB): the node's 1 MiB holds
+    // about 60 messages.
+    const AWAY: usize = 100;
+    const HERE: usize = 20;
+    let app = app_with(|c| c.mqtt_max_queue_memory_mib = 1).await;
+    let message = |i: usize| format!("{i:04}").into_bytes().repeat(PAYLOAD / 4);
+    let away = ["away-1", "away-2"];
+    for id in away {
+        let mut o = common::mqtt::v3_options(&app, id);
+        o.set_clean_session(false);
+        let (mut c, _) = common::mqtt::V3::connect(o).await;
+        c.subscribe("q/#", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    app.until_no_connections().await;
+    let (mut publ, _) = common::mqtt::V3::connect(common::mqtt::v3_options(&app, "pub")).await;
+    for i in 0..AWAY {
+        publ.publish("q/x", QoS::AtLeastOnce, false, &message(i))
+            .await;
+    }
+    let (held, dropped) = queue_metrics(&app).await;
+    assert!(held as usize <= LIMIT, "{held} held");
+    // Within one message of the limit (a message counts its payload and at most 1 KiB more).
+    assert!(held as usize + PAYLOAD + 1024 > LIMIT, "{held} held");
+
+    // A connected subscriber gets everything, while the offline sessions queue nothing more.
+    let (mut here, _) = common::mqtt::V3::connect(common::mqtt::v3_options(&app, "here")).await;
+    here.subscribe("q/#", QoS::AtLeastOnce).await;
+    for i in AWAY..AWAY + HERE {
+        publ.publish("q/x", QoS::AtLeastOnce, false, &message(i))
+            .await;
+    }
+    for i in AWAY..AWAY + HERE {
+        assert_eq!(here.next_publish().await.payload, message(i));
+    }
+    let (_, dropped_after) = queue_metrics(&app).await;
+    assert_eq!(dropped_after - dropped, (2 * HERE) as f64);
+
+    // Back: each session gets the oldest of what was published, in order, then a message
+    // published after its return.
+    let (mut received, mut back) = (Vec::new(), Vec::new());
+    for id in away {
+        let mut o = common::mqtt::v3_options(&app, id);
+        o.set_clean_session(false);
+        let (mut c, ack) = common::mqtt::V3::connect(o).await;
+        assert!(ack.session_present);
+        publ.publish("q/x", QoS::AtLeastOnce, false, &message(AWAY + HERE))
+            .await;
+        let mut i = 0;
+        loop {
+            let p = c.next_publish().await;
+            assert_eq!(p.topic, "q/x");
+            if p.payload == message(AWAY + HERE) {
+                break;
+            }
+            assert_eq!(p.payload, message(i), "{id}: the oldest first, in order");
+            i += 1;
+        }
+        received.push(i);
+        // Still connected: what is published now is sent, not queued.
+        back.push(c);
+    }
+    assert_eq!(
+        received.iter().sum::<usize>() as f64,
+        2.0 * AWAY as f64 - dropped
+    );
+    // Both sessions queued the same messages, each counted once: about 60 of 16 KiB in
+    // 1 MiB, not 30 each. The second may miss the last of the first's by its entry's bytes.
+    let (first, second) = (received[0], received[1]);
+    assert!(
+        (LIMIT / (PAYLOAD + 1024)..=LIMIT / PAYLOAD).contains(&first),
+        "{received:?}"
+    );
+    assert!(second == first || second + 1 == first, "{received:?}");
+    // Everything sent: the queues hold nothing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (held, _) = queue_metrics(&app).await;
+        if held == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{held} still held");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -161,6 +161,16 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MQTT_MAX_QUEUED_BYTES", default_value_t = 16 << 20)]
     pub mqtt_max_queued_bytes: usize,
 
+    /// MiB that every MQTT session's queue may hold together, each queued copy of a message
+    /// counted whole; past it a message for an offline session is dropped. Connected clients'
+    /// queues count but are held to their own limits only. `0`: no limit.
+    #[arg(
+        long,
+        env = "RETAIND_MQTT_MAX_QUEUE_MEMORY_MIB",
+        default_value_t = 1024
+    )]
+    pub mqtt_max_queue_memory_mib: usize,
+
     /// QoS 1/2 messages in flight to one client (also capped by its Receive Maximum).
     #[arg(long, env = "RETAIND_MQTT_MAX_INFLIGHT", default_value_t = 256)]
     pub mqtt_max_inflight: u16,

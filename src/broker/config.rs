@@ -15,6 +15,9 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     /// Payload bytes waiting for one session.
     pub max_queued_bytes: usize,
+    /// What every session's queue may hold together (`queue_memory`) before an offline
+    /// session queues nothing more; 0: no limit.
+    pub max_queue_memory_bytes: usize,
     /// QoS 1/2 messages sent to one client and not yet acknowledged.
     pub max_inflight: u16,
     /// QoS 1/2 messages one client may have unacknowledged towards us (MQTT 5 Receive Maximum).
@@ -57,6 +60,7 @@ impl Default for BrokerConfig {
             max_packet_bytes: 256 * 1024,
             max_queued_messages: 10_000,
             max_queued_bytes: 16 << 20,
+            max_queue_memory_bytes: 1 << 30,
             max_inflight: 256,
             receive_maximum: 1024,
             topic_alias_maximum: 64,

@@ -152,6 +152,7 @@ impl<P: Place> Drop for StateGuard<'_, P> {
 mod tests {
     use super::*;
     use crate::broker::message::Message;
+    use crate::broker::queue_memory::QueueMemory;
     use crate::broker::session::{Enqueued, SessionLimits};
     use crate::store::Qos;
 
@@ -178,7 +179,7 @@ mod tests {
             max_queued: 1_000_000,
             max_queued_bytes: usize::MAX,
         };
-        Locked::new(SessionState::new(limits), bound)
+        Locked::new(SessionState::new(limits, QueueMemory::unlimited()), bound)
     }
 
     fn drain(state: &mut SessionState) -> Vec<String> {

@@ -16,6 +16,7 @@ use super::message::{Message, Publication};
 use super::observe;
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
 use super::peers;
+use super::queue_memory::QueueMemory;
 use super::registry::{Attached, Session, Sessions};
 use super::retained::ReadAhead;
 use super::session::{SessionLimits, SubOptions};
@@ -103,12 +104,13 @@ impl Broker {
             max_queued_bytes: config.max_queued_bytes,
         };
         let config_max_awaiting = config.max_awaiting_connect;
+        let queue_memory = QueueMemory::new(config.max_queue_memory_bytes);
         let broker = Self {
             inner: Arc::new(Inner {
                 store,
                 auth,
                 config,
-                sessions: Sessions::new(limits, cluster.clone(), metrics.clone()),
+                sessions: Sessions::new(limits, queue_memory, cluster.clone(), metrics.clone()),
                 shutdown: CancellationToken::new(),
                 stopping: CancellationToken::new(),
                 connections: TaskTracker::new(),
@@ -147,6 +149,11 @@ impl Broker {
     /// MQTT connections open (counted from their CONNECT), over every listener.
     pub fn connections(&self) -> usize {
         self.inner.live.live()
+    }
+
+    /// What every session's queue holds together (`queue_memory`).
+    pub fn queue_memory_held(&self) -> usize {
+        self.inner.sessions.queue_memory_held()
     }
 
     /// Sessions held, connected or not.

@@ -2,6 +2,7 @@
 //! subscriber.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -39,6 +40,19 @@ pub struct Message {
     /// Set when it is sent between nodes (a node of many): copies of it may be queued on
     /// two nodes while a session moves, and are delivered once.
     pub stamp: OnceLock<Stamp>,
+    /// How many session queues hold it now, so that the node's count of queued memory counts
+    /// it once however many sessions it waits for (`queue_memory`).
+    pub queued: QueuedCopies,
+}
+
+/// A count that a copy of the message does not inherit: the copy is queued nowhere yet.
+#[derive(Debug, Default)]
+pub struct QueuedCopies(pub AtomicU32);
+
+impl Clone for QueuedCopies {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 impl Message {
@@ -55,6 +69,7 @@ impl Message {
             expires_at_ms: None,
             origin: None,
             stamp: Default::default(),
+            queued: Default::default(),
         })
     }
 
@@ -71,6 +86,7 @@ impl Message {
             expires_at_ms: p.expiry_secs.map(|s| now_ms + i64::from(s) * 1000),
             origin,
             stamp: OnceLock::new(),
+            queued: Default::default(),
         }
     }
 
@@ -107,6 +123,7 @@ impl Message {
             expires_at_ms: stored.expires_at_ms,
             origin: None,
             stamp: OnceLock::new(),
+            queued: Default::default(),
         }
     }
 
@@ -121,6 +138,7 @@ impl Message {
             expires_at_ms: r.expires_at_ms,
             origin: r.origin,
             stamp: r.stamp.map(OnceLock::from).unwrap_or_default(),
+            queued: Default::default(),
         }
     }
 

@@ -35,6 +35,7 @@ mod outbound;
 mod password_checks;
 mod patience;
 mod peers;
+mod queue_memory;
 mod reauthorize;
 mod registry;
 mod remote;

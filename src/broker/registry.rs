@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::deferred::{Locked, Place, StateGuard};
 use super::message::{Delivery, Message};
+use super::queue_memory::QueueMemory;
 use super::session::{Enqueued, SessionLimits, SessionState, Stored, SubOptions};
 use super::wake::Wake;
 use crate::auth::{Action, Credential, Principal};
@@ -27,6 +28,8 @@ pub(super) struct Sessions {
     subscriptions: RwLock<SubscriptionTree<SubOptions>>,
     registry: Mutex<Registry>,
     limits: SessionLimits,
+    /// What every session's queue holds, together.
+    memory: QueueMemory,
     /// Told of every filter that gains or loses a subscription, when the node is one of many.
     cluster: Option<Cluster>,
     /// Where messages no session could take are counted.
@@ -112,7 +115,10 @@ impl Session {
         Self {
             key,
             creator,
-            state: Locked::new(SessionState::new(of.limits), of.limits.max_queued),
+            state: Locked::new(
+                SessionState::new(of.limits, of.memory.clone()),
+                of.limits.max_queued,
+            ),
             wake: Wake::default(),
             online: AtomicBool::new(false),
             connection: AtomicU64::new(0),
@@ -310,11 +316,17 @@ pub(super) struct Attached {
 }
 
 impl Sessions {
-    pub fn new(limits: SessionLimits, cluster: Option<Cluster>, metrics: Metrics) -> Self {
+    pub fn new(
+        limits: SessionLimits,
+        memory: QueueMemory,
+        cluster: Option<Cluster>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             subscriptions: RwLock::new(SubscriptionTree::new()),
             registry: Mutex::new(Registry::default()),
             limits,
+            memory,
             cluster,
             metrics,
         }
@@ -819,6 +831,10 @@ impl Sessions {
     /// The session of `client_id`, if held here.
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         self.registry().sessions.get(client_id).cloned()
+    }
+
+    pub fn queue_memory_held(&self) -> usize {
+        self.memory.held()
     }
 
     pub fn held(&self) -> usize {

@@ -9,6 +9,7 @@ use std::num::NonZeroU16;
 
 use super::inbound_qos::AwaitingRelease;
 use super::message::Delivery;
+use super::queue_memory::QueueMemory;
 use crate::metrics::{DropReason, Metrics};
 use crate::store::Qos;
 use crate::topic::{FilterSpec, TopicName};
@@ -41,18 +42,22 @@ pub struct Dropped {
     pub offline: u64,
     /// The client's principal may no longer receive the topic.
     pub policy: u64,
+    /// Any QoS to an offline session while the node's queues held `--mqtt-offline-queue-mib`.
+    pub queue_memory: u64,
 }
 
 impl Dropped {
     #[cfg(test)]
     pub fn total(&self) -> u64 {
-        self.slow_subscriber + self.queue_full + self.offline + self.policy
+        self.slow_subscriber + self.queue_full + self.offline + self.policy + self.queue_memory
     }
 
     /// Adds these to the metrics and starts again from zero.
     pub fn report(&mut self, metrics: &Metrics) {
         // Called for every message sent: nothing to add, almost always.
-        if self.slow_subscriber | self.queue_full | self.offline | self.policy == 0 {
+        if self.slow_subscriber | self.queue_full | self.offline | self.policy | self.queue_memory
+            == 0
+        {
             return;
         }
         let d = std::mem::take(self);
@@ -60,6 +65,7 @@ impl Dropped {
         metrics.mqtt_dropped(DropReason::queue_full, d.queue_full);
         metrics.mqtt_dropped(DropReason::offline, d.offline);
         metrics.mqtt_dropped(DropReason::policy, d.policy);
+        metrics.mqtt_dropped(DropReason::queue_memory, d.queue_memory);
     }
 }
 
@@ -107,6 +113,8 @@ pub struct SessionState {
     /// What the client sends us at QoS 2; `inbound_qos` keeps it.
     awaiting_release: AwaitingRelease,
     limits: SessionLimits,
+    /// What the node's queues hold together; every change to `queue` is counted there.
+    memory: QueueMemory,
     /// Messages dropped since they were last counted in the metrics, by reason.
     pub dropped: Dropped,
     /// Offline, with its queue in Postgres (a node of many).
@@ -135,7 +143,7 @@ pub struct Stored {
 }
 
 impl SessionState {
-    pub fn new(limits: SessionLimits) -> Self {
+    pub fn new(limits: SessionLimits, memory: QueueMemory) -> Self {
         Self {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
@@ -145,6 +153,7 @@ impl SessionState {
             last_packet_id: 0,
             awaiting_release: AwaitingRelease::default(),
             limits,
+            memory,
             dropped: Dropped::default(),
             spool: Spool::Off,
         }
@@ -161,6 +170,9 @@ impl SessionState {
             .map(|i| i.delivery)
             .collect();
         self.in_use.clear();
+        for d in &self.queue {
+            self.memory.remove(d);
+        }
         waiting.extend(self.queue.drain(..));
         self.queued_bytes = 0;
         self.spool = Spool::On(Stored {
@@ -216,10 +228,12 @@ impl SessionState {
         if !stamps.is_empty() {
             let before = self.queue.len();
             let mut freed = 0;
+            let memory = &self.memory;
             self.queue.retain(|d| {
                 let twice = d.message.stamp.get().is_some_and(|s| stamps.contains(s));
                 if twice {
                     freed += d.message.payload.len();
+                    memory.remove(d);
                 }
                 !twice
             });
@@ -252,11 +266,13 @@ impl SessionState {
                 break;
             };
             self.queued_bytes -= newest.message.payload.len();
+            self.memory.remove(&newest);
             dropped += 1;
         }
         self.dropped.queue_full += dropped;
         for delivery in deliveries.into_iter().rev() {
             self.queued_bytes += delivery.message.payload.len();
+            self.memory.add(&delivery);
             self.queue.push_front(delivery);
         }
     }
@@ -299,6 +315,12 @@ impl SessionState {
         };
         let full = self.queue.len() + stored.messages >= self.limits.max_queued
             || self.queued_bytes + stored.bytes + size > self.limits.max_queued_bytes;
+        // The node's queues are full: a connected client's queue is held to its own limits
+        // only (see `queue_memory`).
+        if !full && !online && !self.memory.admits(&delivery) {
+            self.dropped.queue_memory += 1;
+            return Enqueued::Dropped;
+        }
         if full {
             if online {
                 // QoS 0 only: a QoS 1 or 2 message is handed back (`Full`).
@@ -313,6 +335,7 @@ impl SessionState {
             return Enqueued::Full(delivery);
         }
         self.queued_bytes += size;
+        self.memory.add(&delivery);
         self.queue.push_back(delivery);
         Enqueued::Queued
     }
@@ -336,6 +359,7 @@ impl SessionState {
             }
             let delivery = self.queue.pop_front()?;
             self.queued_bytes -= delivery.message.payload.len();
+            self.memory.remove(&delivery);
             if may_receive(&delivery.message.topic) {
                 break delivery;
             }
@@ -430,6 +454,7 @@ impl SessionState {
     /// message the client subscribed for must not be dropped because live traffic is busy.
     pub fn push_retained(&mut self, delivery: Delivery) {
         self.queued_bytes += delivery.message.payload.len();
+        self.memory.add(&delivery);
         self.queue.push_back(delivery);
     }
 
@@ -489,6 +514,15 @@ impl SessionState {
     }
 }
 
+impl Drop for SessionState {
+    /// A session that ends gives back what its queue held.
+    fn drop(&mut self) {
+        for d in &self.queue {
+            self.memory.remove(d);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -509,10 +543,13 @@ mod tests {
     }
 
     fn state(max_queued: usize) -> SessionState {
-        SessionState::new(SessionLimits {
-            max_queued,
-            max_queued_bytes: 1 << 20,
-        })
+        SessionState::new(
+            SessionLimits {
+                max_queued,
+                max_queued_bytes: 1 << 20,
+            },
+            QueueMemory::unlimited(),
+        )
     }
 
     fn all(_: &TopicName) -> bool {
@@ -561,10 +598,13 @@ mod tests {
 
     #[test]
     fn the_byte_limit_bounds_the_queue_too() {
-        let mut s = SessionState::new(SessionLimits {
-            max_queued: 100,
-            max_queued_bytes: 3,
-        });
+        let mut s = SessionState::new(
+            SessionLimits {
+                max_queued: 100,
+                max_queued_bytes: 3,
+            },
+            QueueMemory::unlimited(),
+        );
         assert!(matches!(
             s.enqueue(delivery("ab", Qos::AtLeastOnce), true),
             Enqueued::Queued
@@ -724,10 +764,13 @@ mod tests {
 
     #[test]
     fn a_spooled_queue_is_held_to_the_byte_limit_too() {
-        let mut s = SessionState::new(SessionLimits {
-            max_queued: 100,
-            max_queued_bytes: 10,
-        });
+        let mut s = SessionState::new(
+            SessionLimits {
+                max_queued: 100,
+                max_queued_bytes: 10,
+            },
+            QueueMemory::unlimited(),
+        );
         // Adopted with 6 bytes stored: 4 more fit, 5 do not.
         let _ = s.start_spooling(Stored {
             messages: 1,
@@ -765,10 +808,13 @@ mod tests {
         assert_eq!(s.queued_bytes(), 3);
         assert_eq!(s.dropped.queue_full, 2);
 
-        let mut s = SessionState::new(SessionLimits {
-            max_queued: 100,
-            max_queued_bytes: 10,
-        });
+        let mut s = SessionState::new(
+            SessionLimits {
+                max_queued: 100,
+                max_queued_bytes: 10,
+            },
+            QueueMemory::unlimited(),
+        );
         let _ = s.enqueue(delivery("12", Qos::AtLeastOnce), false);
         let back = ["12345", "123456", "1234"].map(|p| delivery(p, Qos::AtLeastOnce));
         s.requeue_ahead(back.into());
@@ -776,6 +822,118 @@ mod tests {
         assert_eq!(queued, [&b"12345"[..], b"1234"]);
         assert_eq!(s.queued_bytes(), 9);
         assert_eq!(s.dropped.queue_full, 2);
+    }
+
+    fn counted(payload: &'static str) -> usize {
+        crate::broker::queue_memory::alone(&delivery(payload, Qos::AtLeastOnce))
+    }
+
+    #[test]
+    fn an_offline_session_queues_nothing_more_once_the_nodes_queues_are_full() {
+        let memory = QueueMemory::new(3 * counted("m") + 1);
+        let limits = SessionLimits {
+            max_queued: 100,
+            max_queued_bytes: 1 << 20,
+        };
+        let (mut away, mut other) = (
+            SessionState::new(limits, memory.clone()),
+            SessionState::new(limits, memory.clone()),
+        );
+        for s in [&mut away, &mut other] {
+            assert!(matches!(
+                s.enqueue(delivery("m", Qos::AtLeastOnce), false),
+                Enqueued::Queued
+            ));
+        }
+        assert!(matches!(
+            away.enqueue(delivery("m", Qos::AtLeastOnce), false),
+            Enqueued::Queued
+        ));
+        assert_eq!(memory.held(), 3 * counted("m"));
+        for s in [&mut away, &mut other] {
+            assert!(matches!(
+                s.enqueue(delivery("m", Qos::ExactlyOnce), false),
+                Enqueued::Dropped
+            ));
+            assert_eq!(s.dropped.queue_memory, 1);
+        }
+        // A connected client is held to its own limits only.
+        let mut here = SessionState::new(limits, memory.clone());
+        for _ in 0..5 {
+            assert!(matches!(
+                here.enqueue(delivery("m", Qos::AtLeastOnce), true),
+                Enqueued::Queued
+            ));
+        }
+        assert_eq!(here.dropped.total(), 0);
+        // What a queue gives back, by sending or by ending, is free again.
+        assert!(here.next_outgoing(10, all).is_some());
+        assert_eq!(memory.held(), 7 * counted("m"));
+        drop(here);
+        assert_eq!(memory.held(), 3 * counted("m"));
+        while away.next_outgoing(10, all).is_some() {}
+        assert!(matches!(
+            other.enqueue(delivery("m", Qos::AtLeastOnce), false),
+            Enqueued::Queued
+        ));
+        assert_eq!(memory.held(), 2 * counted("m"));
+    }
+
+    #[test]
+    fn a_message_queued_for_many_sessions_counts_once_with_an_entry_for_each() {
+        let memory = QueueMemory::new(0);
+        let limits = SessionLimits {
+            max_queued: 100,
+            max_queued_bytes: 1 << 20,
+        };
+        let shared = delivery("a payload shared by every session", Qos::AtLeastOnce);
+        let whole = counted("a payload shared by every session");
+        let entry = std::mem::size_of::<Delivery>();
+        let mut sessions: Vec<_> = (0..3)
+            .map(|_| SessionState::new(limits, memory.clone()))
+            .collect();
+        for s in &mut sessions {
+            let _ = s.enqueue(shared.clone(), false);
+        }
+        assert_eq!(memory.held(), whole + 2 * entry);
+        let _ = sessions[0].next_outgoing(10, all);
+        drop(sessions.remove(1));
+        assert_eq!(memory.held(), whole, "the last copy holds the message");
+        drop(sessions);
+        assert_eq!(memory.held(), 0);
+    }
+
+    #[test]
+    fn every_way_a_queue_changes_is_counted_in_the_nodes_memory() {
+        let memory = QueueMemory::new(0);
+        let mut s = SessionState::new(
+            SessionLimits {
+                max_queued: 3,
+                max_queued_bytes: 1 << 20,
+            },
+            memory.clone(),
+        );
+        let _ = s.enqueue(delivery("a", Qos::AtLeastOnce), false);
+        s.push_retained(delivery("retained", Qos::AtLeastOnce));
+        assert_eq!(memory.held(), counted("a") + counted("retained"));
+        // Taken back ahead of them, held to three: "a" and "retained" leave, newest first.
+        s.requeue_ahead(
+            ["b", "c", "d"]
+                .map(|p| delivery(p, Qos::AtLeastOnce))
+                .into(),
+        );
+        assert_eq!(memory.held(), 3 * counted("b"));
+        let _ = s.next_outgoing(10, all);
+        assert_eq!(memory.held(), 2 * counted("b"));
+        // Spooled to Postgres: nothing left here.
+        let spooled = s.start_spooling(Stored::default());
+        assert_eq!(spooled.len(), 3, "one in flight, two queued");
+        assert_eq!(memory.held(), 0);
+        s.stop_spooling();
+        let _ = s.enqueue(delivery("e", Qos::AtLeastOnce), false);
+        assert_eq!(memory.held(), counted("e"));
+        drop(s);
+        assert_eq!(memory.held(), 0);
     }
 
     #[test]

@@ -137,6 +137,7 @@ mod tests {
             expires_at_ms: None,
             origin: None,
             stamp: Default::default(),
+            queued: Default::default(),
         })
     }
 

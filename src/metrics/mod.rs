@@ -65,6 +65,7 @@ pub struct Gauges {
     pub mqtt_awaiting_connect: Gauge,
     pub mqtt_sessions: Gauge,
     pub mqtt_subscriptions: Gauge,
+    pub mqtt_queue_memory: Gauge,
     pub retained_messages: Gauge,
     pub retained_bytes: Gauge,
     pub cluster_nodes: Gauge,
@@ -266,6 +267,11 @@ impl Metrics {
             "retaind_mqtt_awaiting_connect",
             "MQTT connections that have not sent their CONNECT yet, over every listener",
             gauges.mqtt_awaiting_connect.clone(),
+        );
+        r.register(
+            "retaind_mqtt_queue_memory_bytes",
+            "What every MQTT session's queue holds together, as --mqtt-max-queue-memory-mib counts it",
+            gauges.mqtt_queue_memory.clone(),
         );
         r.register(
             "retaind_mqtt_sessions",

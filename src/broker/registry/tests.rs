@@ -11,7 +11,7 @@ fn sessions(max_queued: usize) -> Sessions {
         max_queued,
         max_queued_bytes: 1 << 20,
     };
-    Sessions::new(limits, None, Metrics::default())
+    Sessions::new(limits, QueueMemory::unlimited(), None, Metrics::default())
 }
 
 /// A connected client subscribed to `#` at QoS 1.

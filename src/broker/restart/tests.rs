@@ -2,6 +2,7 @@ use std::num::NonZeroU32;
 use std::sync::OnceLock;
 
 use super::*;
+use crate::broker::queue_memory::QueueMemory;
 use crate::broker::registry::Sessions;
 use crate::broker::session::SessionLimits;
 use crate::metrics::Metrics;
@@ -13,7 +14,7 @@ fn sessions() -> Sessions {
         max_queued: 100,
         max_queued_bytes: 1 << 20,
     };
-    Sessions::new(limits, None, Metrics::default())
+    Sessions::new(limits, QueueMemory::unlimited(), None, Metrics::default())
 }
 
 fn topic(s: &str) -> TopicName {
@@ -40,6 +41,7 @@ fn delivery(payload: &'static str, qos: Qos, ids: &[u32]) -> Delivery {
         expires_at_ms: Some(99_000),
         origin: Some(Arc::from("publisher")),
         stamp: OnceLock::new(),
+        queued: Default::default(),
     };
     Delivery {
         message: Arc::new(message),
