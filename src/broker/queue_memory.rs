@@ -49,19 +49,23 @@ impl QueueMemory {
         self.inner.held.load(Ordering::Relaxed)
     }
 
-    /// Whether an offline session may queue `delivery`: false once the node's queues would
-    /// hold more than the limit with it. Routers on other threads may add theirs at the same
-    /// moment, so the limit can be passed by a message or so per router, never more.
-    pub fn admits(&self, delivery: &Delivery) -> bool {
+    /// Whether an offline session may queue `delivery`, its queue growing by `growth` bytes
+    /// to take it: false once the node's queues would hold more than the limit. Routers on
+    /// other threads may add theirs at the same moment, so the limit can be passed by a
+    /// message or so per router, never more.
+    pub fn admits(&self, delivery: &Delivery, growth: usize) -> bool {
         let message = match delivery.message.queued.0.load(Ordering::Relaxed) {
             0 => message_heap(&delivery.message),
             _ => 0,
         };
-        self.held().saturating_add(per_copy(delivery) + message) <= self.inner.limit
+        self.held()
+            .saturating_add(per_copy(delivery) + message + growth)
+            <= self.inner.limit
     }
 
-    /// A queue took `delivery`. Its entry counts for each copy; the message it shares with
-    /// the other sessions it waits for counts once, while any queue holds it.
+    /// A queue took `delivery`. What the copy holds of its own counts for each copy; the
+    /// message it shares with the other sessions it waits for counts once, while any queue
+    /// holds it. The queue's own allocation is counted by [`QueueMemory::resized`].
     pub fn add(&self, delivery: &Delivery) {
         let first = delivery.message.queued.0.fetch_add(1, Ordering::Relaxed) == 0;
         let message = if first {
@@ -86,17 +90,43 @@ impl QueueMemory {
             .held
             .fetch_sub(per_copy(delivery) + message, Ordering::Relaxed);
     }
+
+    /// A queue's allocation went from `from` to `to` bytes.
+    pub fn resized(&self, from: usize, to: usize) {
+        if to > from {
+            self.inner.held.fetch_add(to - from, Ordering::Relaxed);
+        } else {
+            self.inner.held.fetch_sub(from - to, Ordering::Relaxed);
+        }
+    }
 }
 
-/// What `delivery` counts for when its message is queued nowhere else.
+/// What a queue of `capacity` entries allocates.
+pub fn queue_bytes(capacity: usize) -> usize {
+    capacity * size_of::<Delivery>()
+}
+
+/// What a queue of `capacity` entries, all taken, grows by to take one more: `VecDeque`
+/// doubles, from four entries at first.
+pub fn growth(len: usize, capacity: usize) -> usize {
+    if len < capacity {
+        0
+    } else {
+        queue_bytes(capacity.max(4))
+    }
+}
+
+/// What `delivery` counts for when its message is queued nowhere else, its queue's entry
+/// not included.
 #[cfg(test)]
 pub fn alone(delivery: &Delivery) -> usize {
     per_copy(delivery) + message_heap(&delivery.message)
 }
 
-/// What one queued copy holds of its own: the queue's entry and its subscription identifiers.
+/// What one queued copy holds of its own besides its entry in the queue: its subscription
+/// identifiers.
 fn per_copy(delivery: &Delivery) -> usize {
-    size_of::<Delivery>() + delivery.subscription_ids.capacity() * size_of::<NonZeroU32>()
+    delivery.subscription_ids.capacity() * size_of::<NonZeroU32>()
 }
 
 /// What a message holds, its payload, topic and properties, shared by all its copies.

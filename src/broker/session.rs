@@ -9,7 +9,7 @@ use std::num::NonZeroU16;
 
 use super::inbound_qos::AwaitingRelease;
 use super::message::Delivery;
-use super::queue_memory::QueueMemory;
+use super::queue_memory::{self, QueueMemory};
 use crate::metrics::{DropReason, Metrics};
 use crate::store::Qos;
 use crate::topic::{FilterSpec, TopicName};
@@ -115,11 +115,16 @@ pub struct SessionState {
     limits: SessionLimits,
     /// What the node's queues hold together; every change to `queue` is counted there.
     memory: QueueMemory,
+    /// The capacity of `queue` as last counted in `memory`.
+    counted_capacity: usize,
     /// Messages dropped since they were last counted in the metrics, by reason.
     pub dropped: Dropped,
     /// Offline, with its queue in Postgres (a node of many).
     spool: Spool,
 }
+
+/// Entries an emptied queue keeps room for: enough for the bursts of a client that keeps up.
+const KEPT_CAPACITY: usize = 64;
 
 /// Where an offline session's new messages go on a node of many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +159,7 @@ impl SessionState {
             awaiting_release: AwaitingRelease::default(),
             limits,
             memory,
+            counted_capacity: 0,
             dropped: Dropped::default(),
             spool: Spool::Off,
         }
@@ -175,6 +181,7 @@ impl SessionState {
         }
         waiting.extend(self.queue.drain(..));
         self.queued_bytes = 0;
+        self.recount();
         self.spool = Spool::On(Stored {
             messages: already.messages + waiting.len(),
             bytes: already.bytes
@@ -275,10 +282,28 @@ impl SessionState {
             self.memory.add(&delivery);
             self.queue.push_front(delivery);
         }
+        self.recount();
     }
 
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Counts the queue's allocation in the node's memory as it is now; called after every
+    /// change to the queue. A queue that has emptied gives back what a burst made it grow
+    /// by: a client that was away long keeps no room for its whole queue once it took it.
+    fn recount(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > KEPT_CAPACITY {
+            self.queue.shrink_to(KEPT_CAPACITY);
+        }
+        let capacity = self.queue.capacity();
+        if capacity != self.counted_capacity {
+            self.memory.resized(
+                queue_memory::queue_bytes(self.counted_capacity),
+                queue_memory::queue_bytes(capacity),
+            );
+            self.counted_capacity = capacity;
+        }
     }
 
     /// The payload bytes of the queued messages (those in flight not included).
@@ -317,7 +342,8 @@ impl SessionState {
             || self.queued_bytes + stored.bytes + size > self.limits.max_queued_bytes;
         // The node's queues are full: a connected client's queue is held to its own limits
         // only (see `queue_memory`).
-        if !full && !online && !self.memory.admits(&delivery) {
+        let growth = queue_memory::growth(self.queue.len(), self.queue.capacity());
+        if !full && !online && !self.memory.admits(&delivery, growth) {
             self.dropped.queue_memory += 1;
             return Enqueued::Dropped;
         }
@@ -337,6 +363,7 @@ impl SessionState {
         self.queued_bytes += size;
         self.memory.add(&delivery);
         self.queue.push_back(delivery);
+        self.recount();
         Enqueued::Queued
     }
 
@@ -360,6 +387,7 @@ impl SessionState {
             let delivery = self.queue.pop_front()?;
             self.queued_bytes -= delivery.message.payload.len();
             self.memory.remove(&delivery);
+            self.recount();
             if may_receive(&delivery.message.topic) {
                 break delivery;
             }
@@ -456,6 +484,7 @@ impl SessionState {
         self.queued_bytes += delivery.message.payload.len();
         self.memory.add(&delivery);
         self.queue.push_back(delivery);
+        self.recount();
     }
 
     /// What must be sent again on a resumed session, in the original order: unacknowledged
@@ -520,6 +549,8 @@ impl Drop for SessionState {
         for d in &self.queue {
             self.memory.remove(d);
         }
+        self.memory
+            .resized(queue_memory::queue_bytes(self.counted_capacity), 0);
     }
 }
 
@@ -828,9 +859,19 @@ mod tests {
         crate::broker::queue_memory::alone(&delivery(payload, Qos::AtLeastOnce))
     }
 
+    /// What the queues' allocations count for.
+    fn room(states: &[&SessionState]) -> usize {
+        states
+            .iter()
+            .map(|s| queue_memory::queue_bytes(s.queue.capacity()))
+            .sum()
+    }
+
     #[test]
     fn an_offline_session_queues_nothing_more_once_the_nodes_queues_are_full() {
-        let memory = QueueMemory::new(3 * counted("m") + 1);
+        // Room for three messages and two queues of four entries, the least a queue takes.
+        let limit = 3 * counted("m") + 2 * queue_memory::queue_bytes(4);
+        let memory = QueueMemory::new(limit);
         let limits = SessionLimits {
             max_queued: 100,
             max_queued_bytes: 1 << 20,
@@ -849,7 +890,7 @@ mod tests {
             away.enqueue(delivery("m", Qos::AtLeastOnce), false),
             Enqueued::Queued
         ));
-        assert_eq!(memory.held(), 3 * counted("m"));
+        assert_eq!(memory.held(), limit);
         for s in [&mut away, &mut other] {
             assert!(matches!(
                 s.enqueue(delivery("m", Qos::ExactlyOnce), false),
@@ -866,21 +907,47 @@ mod tests {
             ));
         }
         assert_eq!(here.dropped.total(), 0);
+        assert_eq!(memory.held(), limit + 5 * counted("m") + room(&[&here]));
         // What a queue gives back, by sending or by ending, is free again.
         assert!(here.next_outgoing(10, all).is_some());
-        assert_eq!(memory.held(), 7 * counted("m"));
+        assert_eq!(memory.held(), limit + 4 * counted("m") + room(&[&here]));
         drop(here);
-        assert_eq!(memory.held(), 3 * counted("m"));
-        while away.next_outgoing(10, all).is_some() {}
+        assert_eq!(memory.held(), limit);
+        let _ = away.next_outgoing(10, all);
         assert!(matches!(
             other.enqueue(delivery("m", Qos::AtLeastOnce), false),
             Enqueued::Queued
         ));
-        assert_eq!(memory.held(), 2 * counted("m"));
+        assert!(matches!(
+            other.enqueue(delivery("m", Qos::AtLeastOnce), false),
+            Enqueued::Dropped
+        ));
     }
 
     #[test]
-    fn a_message_queued_for_many_sessions_counts_once_with_an_entry_for_each() {
+    fn an_offline_session_does_not_grow_its_queue_past_the_nodes_limit() {
+        // Room for four messages in queues of four: a fifth would double the queue.
+        let limit = 5 * counted("m") + queue_memory::queue_bytes(4);
+        let memory = QueueMemory::new(limit);
+        let mut s = SessionState::new(
+            SessionLimits {
+                max_queued: 100,
+                max_queued_bytes: 1 << 20,
+            },
+            memory.clone(),
+        );
+        for _ in 0..4 {
+            let _ = s.enqueue(delivery("m", Qos::AtLeastOnce), false);
+        }
+        assert!(matches!(
+            s.enqueue(delivery("m", Qos::AtLeastOnce), false),
+            Enqueued::Dropped
+        ));
+        assert_eq!(s.queued(), 4);
+    }
+
+    #[test]
+    fn a_message_queued_for_many_sessions_counts_once() {
         let memory = QueueMemory::new(0);
         let limits = SessionLimits {
             max_queued: 100,
@@ -888,17 +955,21 @@ mod tests {
         };
         let shared = delivery("a payload shared by every session", Qos::AtLeastOnce);
         let whole = counted("a payload shared by every session");
-        let entry = std::mem::size_of::<Delivery>();
         let mut sessions: Vec<_> = (0..3)
             .map(|_| SessionState::new(limits, memory.clone()))
             .collect();
         for s in &mut sessions {
             let _ = s.enqueue(shared.clone(), false);
         }
-        assert_eq!(memory.held(), whole + 2 * entry);
+        let rooms = |v: &[SessionState]| room(&v.iter().collect::<Vec<_>>());
+        assert_eq!(memory.held(), whole + rooms(&sessions));
         let _ = sessions[0].next_outgoing(10, all);
         drop(sessions.remove(1));
-        assert_eq!(memory.held(), whole, "the last copy holds the message");
+        assert_eq!(
+            memory.held(),
+            whole + rooms(&sessions),
+            "the last copy holds the message"
+        );
         drop(sessions);
         assert_eq!(memory.held(), 0);
     }
@@ -915,25 +986,51 @@ mod tests {
         );
         let _ = s.enqueue(delivery("a", Qos::AtLeastOnce), false);
         s.push_retained(delivery("retained", Qos::AtLeastOnce));
-        assert_eq!(memory.held(), counted("a") + counted("retained"));
+        assert_eq!(
+            memory.held(),
+            counted("a") + counted("retained") + room(&[&s])
+        );
         // Taken back ahead of them, held to three: "a" and "retained" leave, newest first.
         s.requeue_ahead(
             ["b", "c", "d"]
                 .map(|p| delivery(p, Qos::AtLeastOnce))
                 .into(),
         );
-        assert_eq!(memory.held(), 3 * counted("b"));
+        assert_eq!(memory.held(), 3 * counted("b") + room(&[&s]));
         let _ = s.next_outgoing(10, all);
-        assert_eq!(memory.held(), 2 * counted("b"));
-        // Spooled to Postgres: nothing left here.
+        assert_eq!(memory.held(), 2 * counted("b") + room(&[&s]));
+        // Spooled to Postgres: nothing left here but the queue's room.
         let spooled = s.start_spooling(Stored::default());
         assert_eq!(spooled.len(), 3, "one in flight, two queued");
-        assert_eq!(memory.held(), 0);
+        assert_eq!(memory.held(), room(&[&s]));
         s.stop_spooling();
         let _ = s.enqueue(delivery("e", Qos::AtLeastOnce), false);
-        assert_eq!(memory.held(), counted("e"));
+        assert_eq!(memory.held(), counted("e") + room(&[&s]));
         drop(s);
         assert_eq!(memory.held(), 0);
+    }
+
+    #[test]
+    fn a_queue_that_emptied_gives_back_what_a_burst_grew_it_by() {
+        let memory = QueueMemory::new(0);
+        let mut s = SessionState::new(
+            SessionLimits {
+                max_queued: 10_000,
+                max_queued_bytes: 1 << 30,
+            },
+            memory.clone(),
+        );
+        for _ in 0..5_000 {
+            let _ = s.enqueue(delivery("m", Qos::AtMostOnce), true);
+        }
+        assert!(s.queue.capacity() >= 5_000);
+        while s.next_outgoing(10, all).is_some() {}
+        assert!(
+            s.queue.capacity() <= KEPT_CAPACITY,
+            "{}",
+            s.queue.capacity()
+        );
+        assert_eq!(memory.held(), room(&[&s]));
     }
 
     #[test]

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# What a broker holds for devices that are away: examples/offline_queues_bench.rs leaves
+# BENCH_SESSIONS persistent sessions (MQTT 3.1.1, clean session 0) subscribed at QoS 1 to one
+# filter, then publishes BENCH_MESSAGES QoS 1 messages of 256 B that every one of them is
+# owed. The broker's resident memory (VmRSS) is read before and after, for retaind with no
+# node-wide limit (`--mqtt-max-queue-memory-mib 0`, as before the limit existed), retaind with
+# its default (1 GiB), and Mosquitto with `max_queued_messages` set to retaind's per-session
+# default (10,000), in one run; for retaind also its own count of queued memory.
+#
+#   bench/offline_queues.sh
+#
+# Environment:
+#   BENCH_SESSIONS   offline sessions (default 4000)
+#   BENCH_MESSAGES   messages owed to each (default 5000)
+#   RETAIND          the retaind binary to measure (default: this tree's release build)
+#   CARGO_TARGET_DIR where cargo builds (default target/)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=lib.sh
+source bench/lib.sh
+
+WORK=$(mktemp -d)
+BROKER_PID=""
+cleanup() {
+    local status=$?
+    stop_pid "$BROKER_PID"
+    rm -rf "$WORK"
+    exit "$status"
+}
+set_traps
+
+SESSIONS=${BENCH_SESSIONS:-4000}
+MESSAGES=${BENCH_MESSAGES:-5000}
+TARGET=${CARGO_TARGET_DIR:-target}
+command -v mosquitto >/dev/null 2>&1 || install_debian mosquitto
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+log "building retaind and examples/offline_queues_bench (release)"
+cargo build --release --quiet --example offline_queues_bench --bin retaind
+RETAIND=${RETAIND:-$TARGET/release/retaind}
+LOADGEN=$TARGET/release/examples/offline_queues_bench
+
+start() { # BROKER [RETAIND FLAGS...]: on free ports; sets BROKER_PID, MQTT_PORT, HTTP_PORT
+    local broker=$1
+    shift
+    MQTT_PORT=$(free_port)
+    HTTP_PORT=$(free_port)
+    while [ "$HTTP_PORT" = "$MQTT_PORT" ]; do HTTP_PORT=$(free_port); done
+    if [ "$broker" = mosquitto ]; then
+        cat >"$WORK/mosquitto.conf" <<EOF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 10000
+log_dest stderr
+log_type error
+log_type warning
+EOF
+        "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
+    else
+        rm -rf "$WORK/sqlite" && mkdir -p "$WORK/sqlite"
+        "$RETAIND" --http-addr "127.0.0.1:$HTTP_PORT" --mqtt-addr "127.0.0.1:$MQTT_PORT" \
+            --database-url "sqlite://$WORK/sqlite/retaind.db" "$@" >>"$WORK/retaind.log" 2>&1 &
+    fi
+    BROKER_PID=$!
+    for _ in $(seq 1 300); do
+        python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
+            "$MQTT_PORT" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "$broker did not start; its log:"
+    cat "$WORK"/*.log >&2
+    return 1
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)"
+echo "retaind: $RETAIND; mosquitto: $({ "$MOSQUITTO" -h 2>&1 || true; } | sed -n 's/^mosquitto version \(.*\)/\1/p' | head -1)"
+for run in "retaind-unlimited --mqtt-max-queue-memory-mib 0" "retaind-default" "mosquitto"; do
+    read -r name flags <<<"$run"
+    broker=retaind
+    [ "$name" = mosquitto ] && broker=mosquitto
+    # shellcheck disable=SC2086 # the flags are words
+    start "$broker" $flags
+    metrics=()
+    [ "$broker" = retaind ] && metrics=(--metrics "http://127.0.0.1:$HTTP_PORT/metrics")
+    line=$("$LOADGEN" --port "$MQTT_PORT" --pid "$BROKER_PID" --sessions "$SESSIONS" \
+        --messages "$MESSAGES" "${metrics[@]}")
+    echo "broker=$name $line"
+    stop_pid "$BROKER_PID"
+    BROKER_PID=""
+done
