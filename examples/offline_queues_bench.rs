@@ -1,5 +1,6 @@
 //! What a broker holds for devices that are away: `--sessions` MQTT 3.1.1 clients connect with
-//! clean session 0, subscribe at QoS 1 to `<prefix>/#` and leave; then one client publishes
+//! clean session 0, subscribe at QoS 1 to `<prefix>/#` and leave (what the broker keeps for
+//! each is read then: `per_session_b`); then one client publishes
 //! `--messages` QoS 1 messages to `<prefix>/all`, each acknowledged before the next window
 //! goes, which every offline session is owed. The broker's resident memory (VmRSS) is read
 //! before and after; for retaind also its count of queued memory and what it dropped, from
@@ -118,6 +119,7 @@ async fn retaind_counts(url: &str) -> anyhow::Result<(f64, f64)> {
 async fn main() -> anyhow::Result<()> {
     let args = std::sync::Arc::new(Args::parse());
     let settle = Duration::from_secs_f64(args.settle);
+    let empty = rss_kb(args.pid)?;
     let start = Instant::now();
     let mut next = 0;
     while next < args.sessions {
@@ -147,9 +149,11 @@ async fn main() -> anyhow::Result<()> {
     let owed = (args.sessions * args.messages) as f64;
     println!(
         "RESULT sessions={} messages={} owed={owed} sessions_s={sessions_s:.2} publish_s={publish_s:.2} \
-         rss_before_kb={before} rss_after_kb={after} grew_mib={:.1} counted_mib={:.1} dropped={dropped}",
+         rss_empty_kb={empty} rss_before_kb={before} per_session_b={:.0} rss_after_kb={after} \
+         grew_mib={:.1} counted_mib={:.1} dropped={dropped}",
         args.sessions,
         args.messages,
+        (before as f64 - empty as f64) * 1024.0 / args.sessions as f64,
         (after as f64 - before as f64) / 1024.0,
         counted / (1 << 20) as f64,
     );

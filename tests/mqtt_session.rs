@@ -338,6 +338,31 @@ async fn session_ends_after_its_expiry_interval_publishing_a_longer_delayed_will
     assert_eq!(ack.body[0], 0, "the session should have ended");
 }
 
+/// A session that its client took up again and left again ends at the expiry counted from
+/// the last leaving, not at the one counted from the first.
+#[tokio::test]
+async fn a_session_taken_up_again_ends_at_its_new_expiry_not_its_first() {
+    let app = app().await;
+    let two_seconds = build::connect("again", false, 60, Some(&prop_u32(SESSION_EXPIRY, 2)));
+    let (mut raw, _) = Raw::connect(&app, &two_seconds).await;
+    raw.send(&build::disconnect_v5(0)).await;
+    assert_eq!(raw.until_closed().await, vec![]);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (mut raw, ack) = Raw::connect(&app, &two_seconds).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    raw.send(&build::disconnect_v5(0)).await;
+    assert_eq!(raw.until_closed().await, vec![]);
+    // Past the first expiry (2 s after the first leaving), within the second.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (mut raw, ack) = Raw::connect(&app, &two_seconds).await;
+    assert_eq!(ack.body[0], 1, "ended at the first expiry");
+    raw.send(&build::disconnect_v5(0)).await;
+    assert_eq!(raw.until_closed().await, vec![]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_raw, ack) = Raw::connect(&app, &two_seconds).await;
+    assert_eq!(ack.body[0], 0, "the session should have ended");
+}
+
 /// A node with `--mqtt-max-session-expiry 1`.
 async fn app_keeping_sessions_one_second() -> TestApp {
     let db = common::fresh_db(Backend::Postgres).await;

@@ -18,7 +18,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{Ordering, fence};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 
 use crossbeam_queue::SegQueue;
 
@@ -33,7 +33,10 @@ pub(super) trait Place {
 
 pub(super) struct Locked {
     state: Mutex<SessionState>,
-    deferred: SegQueue<(Delivery, bool)>,
+    /// Made when a router first finds the lock taken. A `SegQueue` pads its ends to cache
+    /// lines (256 bytes, and the alignment of whatever holds it): inline, it would make every
+    /// session twice as large, connected or not, for what most never use.
+    deferred: OnceLock<Box<SegQueue<(Delivery, bool)>>>,
     /// Messages left here at most; past it a router waits for the lock. The session's queue
     /// limit: a holder that long away finds a full queue anyway.
     bound: usize,
@@ -43,7 +46,7 @@ impl Locked {
     pub fn new(state: SessionState, bound: usize) -> Self {
         Self {
             state: Mutex::new(state),
-            deferred: SegQueue::new(),
+            deferred: OnceLock::new(),
             bound,
         }
     }
@@ -73,12 +76,13 @@ impl Locked {
             place.place(&mut state, delivery, online);
             return;
         }
-        if self.deferred.len() >= self.bound {
+        let deferred = self.deferred.get_or_init(Box::default);
+        if deferred.len() >= self.bound {
             let mut state = self.lock(place);
             place.place(&mut state, delivery, online);
             return;
         }
-        self.deferred.push((delivery, online));
+        deferred.push((delivery, online));
         fence(Ordering::SeqCst);
         // Released meanwhile: place it ourselves. Otherwise the holder will see it.
         drop(self.try_lock(place));
@@ -87,7 +91,7 @@ impl Locked {
     /// Messages left for the holder, not yet placed.
     #[cfg(test)]
     pub fn left(&self) -> usize {
-        self.deferred.len()
+        self.deferred.get().map_or(0, |d| d.len())
     }
 }
 
@@ -110,7 +114,10 @@ impl<'a, P: Place> StateGuard<'a, P> {
 }
 
 fn place_left<P: Place>(locked: &Locked, place: &P, state: &mut SessionState) {
-    while let Some((delivery, online)) = locked.deferred.pop() {
+    let Some(deferred) = locked.deferred.get() else {
+        return;
+    };
+    while let Some((delivery, online)) = deferred.pop() {
         place.place(state, delivery, online);
     }
 }
@@ -135,7 +142,7 @@ impl<P: Place> Drop for StateGuard<'_, P> {
         loop {
             drop(guard.take());
             fence(Ordering::SeqCst);
-            if self.locked.deferred.is_empty() {
+            if self.locked.deferred.get().is_none_or(|d| d.is_empty()) {
                 return;
             }
             // Taken again: its holder places them.
@@ -214,7 +221,10 @@ mod tests {
     #[test]
     fn the_next_holder_places_what_was_left_before_its_own_work() {
         let locked = locked(100);
-        locked.deferred.push((delivery(0), true));
+        locked
+            .deferred
+            .get_or_init(Box::default)
+            .push((delivery(0), true));
         let mut state = locked.lock(&Queue);
         Queue.place(&mut state, delivery(1), true);
         assert_eq!(drain(&mut state), ["0", "1"]);

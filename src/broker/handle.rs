@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::awaiting;
 use super::census::Census;
 use super::config::BrokerConfig;
+use super::expiry::Expiries;
 use super::limits::ConnectionCount;
 use super::message::{Message, Publication};
 use super::observe;
@@ -86,6 +87,8 @@ pub(super) struct Inner {
     pub wills_waiting: Budget,
     /// The Wills waiting out their delay (`will`), which a stop saves with the sessions.
     pub pending_wills: PendingWills,
+    /// When the offline sessions end.
+    pub expiries: Expiries,
 }
 
 impl Broker {
@@ -124,6 +127,7 @@ impl Broker {
                 pending_wills: PendingWills::default(),
                 background: Census::default(),
                 awaiting: awaiting::places(config_max_awaiting),
+                expiries: Expiries::default(),
             }),
         };
         if let Some(cluster) = &broker.inner.cluster {
@@ -407,19 +411,21 @@ impl Broker {
         {
             return;
         }
-        self.expire_after(session.clone(), connection, expiry);
+        self.expire_after(session.key.clone(), connection, expiry);
     }
 
-    /// Ends `session`, offline since `connection` left, once `expiry` passes without a new
-    /// connection, unless the broker shuts down first.
-    pub(super) fn expire_after(&self, session: Arc<Session>, connection: u64, expiry: Duration) {
-        let broker = self.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(expiry) => {}
-                () = broker.inner.shutdown.cancelled() => return,
-            }
-            broker.inner.sessions.expire(&session, connection);
+    /// Ends `client`'s session, offline since `connection` left, once `expiry` passes without
+    /// a new connection, unless the broker shuts down first (`expiry`).
+    pub(super) fn expire_after(&self, client: ClientKey, connection: u64, expiry: Duration) {
+        self.inner.expiries.after(client, connection, expiry, || {
+            // Weak: the task must not keep a stopped broker alive.
+            let weak = Arc::downgrade(&self.inner);
+            let due = move |client: ClientKey, connection| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.sessions.expire_key(&client, connection);
+                }
+            };
+            (Box::new(due), self.inner.shutdown.clone())
         });
     }
 

@@ -23,6 +23,7 @@ mod connection;
 mod deferred;
 mod drain;
 mod end;
+mod expiry;
 mod handle;
 mod inbound_publish;
 mod inbound_qos;

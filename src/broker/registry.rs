@@ -492,6 +492,7 @@ impl Sessions {
         }
         session.online.store(false, Ordering::Release);
         *session.link() = None;
+        session.wake.forget();
         // A client that moved to another node without resuming has its session there, not
         // here. One that resumes it there asks for it (`hand_over`) once it holds its
         // subscriptions: until then this copy goes on queueing, so nothing is lost between.
@@ -536,6 +537,13 @@ impl Sessions {
             if let Some(cluster) = &self.cluster {
                 cluster.session_expired(session.key.clone());
             }
+        }
+    }
+
+    /// [`Sessions::expire`] for the session held for `client` now, if any.
+    pub fn expire_key(&self, client: &str, connection: u64) {
+        if let Some(session) = self.get(client) {
+            self.expire(&session, connection);
         }
     }
 

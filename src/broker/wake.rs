@@ -25,6 +25,13 @@ impl Wake {
         self.waker.wake();
     }
 
+    /// The connection that waited is gone: its waker goes with it. A waker keeps its task's
+    /// allocation (the task's future included, about 4 KiB) alive after the task ended, so a
+    /// persistent session kept offline would hold its last connection's for hours.
+    pub fn forget(&self) {
+        drop(self.waker.take());
+    }
+
     /// Done once [`Wake::notify`] was called since the last wait ended. One waiter at a time:
     /// the connection attached to the session.
     pub fn notified(&self) -> impl Future<Output = ()> + '_ {
@@ -62,6 +69,26 @@ mod tests {
             wake.notified().now_or_never().is_none(),
             "two calls are one wake-up"
         );
+    }
+
+    #[test]
+    fn a_forgotten_waiter_keeps_nothing_of_its_task() {
+        struct Counted;
+        impl futures_util::task::ArcWake for Counted {
+            fn wake_by_ref(_: &Arc<Self>) {}
+        }
+        let task = Arc::new(Counted);
+        let waker = futures_util::task::waker(task.clone());
+        let wake = Wake::default();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::pin!(wake.notified()).poll(&mut cx).is_pending());
+        drop(waker);
+        assert_eq!(Arc::strong_count(&task), 2, "the waiter's waker is kept");
+        wake.forget();
+        assert_eq!(Arc::strong_count(&task), 1);
+        // A call meanwhile is still kept for the next waiter.
+        wake.notify();
+        assert!(wake.notified().now_or_never().is_some());
     }
 
     #[tokio::test]

@@ -92,3 +92,25 @@ fn a_client_found_behind_when_its_message_is_placed_is_disconnected() {
     );
     assert_eq!(sub.session.state().queued(), 1, "the second was not queued");
 }
+
+#[test]
+fn a_session_kept_offline_keeps_nothing_of_its_last_connection() {
+    struct Task;
+    impl futures_util::task::ArcWake for Task {
+        fn wake_by_ref(_: &Arc<Self>) {}
+    }
+    let sessions = sessions(100);
+    let shutdown = CancellationToken::new();
+    let sub = subscriber(&sessions, &shutdown);
+    // The connection's task waits for its session, as its loop does.
+    let task = Arc::new(Task);
+    let waker = futures_util::task::waker(task.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let waiting = std::pin::pin!(sub.session.wake.notified()).poll_unpin(&mut cx);
+    assert!(waiting.is_pending());
+    drop(waker);
+    assert_eq!(Arc::strong_count(&task), 2);
+    let kept = sessions.detach(&sub.session, sub.connection, Duration::from_secs(60), 0);
+    assert!(kept, "a persistent session");
+    assert_eq!(Arc::strong_count(&task), 1, "the task's waker was let go");
+}
