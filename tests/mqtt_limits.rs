@@ -781,11 +781,11 @@ async fn offline_sessions_stop_queueing_at_the_nodes_queue_memory_and_a_connecte
     );
     assert!(second == first || second + 1 == first, "{received:?}");
     // Everything sent: the queues hold no message, only the room an emptied queue keeps (64
-    // entries of 40 bytes for each of the four sessions at most).
+    // entries of 24 bytes for each of the four sessions at most).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let (held, _) = queue_metrics(&app).await;
-        if held <= (4 * 64 * 40) as f64 {
+        if held <= (4 * 64 * 24) as f64 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{held} still held");

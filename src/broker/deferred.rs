@@ -177,7 +177,7 @@ mod tests {
             // No packet ids to run out of in the race below.
             qos: Qos::AtMostOnce,
             retain: false,
-            subscription_ids: Vec::new(),
+            subscription_ids: Default::default(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use thin_vec::ThinVec;
 
 use crate::cluster::{Outgoing, Routed, Stamp};
 use crate::store::{MessageProperties, Qos, RetainedMessage, RetainedPublish, Write};
@@ -170,6 +171,7 @@ pub struct Delivery {
     /// The RETAIN flag as sent: set for retained messages sent on subscribe, and for ordinary
     /// forwarding only with Retain As Published [MQTT-3.3.1-12, -13].
     pub retain: bool,
-    /// Subscription identifiers of every matching subscription [MQTT-3.3.4-3].
-    pub subscription_ids: Vec<NonZeroU32>,
+    /// Subscription identifiers of every matching subscription [MQTT-3.3.4-3]. One pointer,
+    /// and no allocation when there are none: every queued copy of a message is one of these.
+    pub subscription_ids: ThinVec<NonZeroU32>,
 }

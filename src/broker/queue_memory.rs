@@ -124,9 +124,12 @@ pub fn alone(delivery: &Delivery) -> usize {
 }
 
 /// What one queued copy holds of its own besides its entry in the queue: its subscription
-/// identifiers.
+/// identifiers, if it has any (a `ThinVec` keeps its length and capacity with them).
 fn per_copy(delivery: &Delivery) -> usize {
-    delivery.subscription_ids.capacity() * size_of::<NonZeroU32>()
+    match delivery.subscription_ids.capacity() {
+        0 => 0,
+        n => 2 * size_of::<usize>() + n * size_of::<NonZeroU32>(),
+    }
 }
 
 /// What a message holds, its payload, topic and properties, shared by all its copies.
@@ -142,4 +145,16 @@ fn message_heap(m: &Message) -> usize {
         + p.content_type.as_ref().map_or(0, String::len)
         + p.response_topic.as_ref().map_or(0, |t| t.as_str().len())
         + p.correlation_data.as_ref().map_or(0, |d| d.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every queued copy of a message is an entry: with a fleet's sessions offline, entries
+    /// are most of what the queues hold (decision 026).
+    #[test]
+    fn a_queue_entry_is_three_words() {
+        assert_eq!(size_of::<Delivery>(), 24);
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use thin_vec::ThinVec;
 use tokio_util::sync::CancellationToken;
 
 use super::deferred::{Locked, Place, StateGuard};
@@ -979,7 +980,7 @@ fn merge(message: &Arc<Message>, subs: &[(ClientKey, SubOptions)]) -> Option<Del
     wanted.peek()?;
     let mut granted = crate::store::Qos::AtMostOnce;
     let mut retain = false;
-    let mut subscription_ids = Vec::new();
+    let mut subscription_ids = ThinVec::new();
     for options in wanted {
         granted = granted.max(options.qos);
         retain |= options.retain_as_published && message.retain;

@@ -569,7 +569,7 @@ mod tests {
             message: Message::plain("t", Bytes::from_static(payload.as_bytes()), qos),
             qos,
             retain: false,
-            subscription_ids: Vec::new(),
+            subscription_ids: Default::default(),
         }
     }
 
