@@ -45,6 +45,17 @@ finish_cleanup() { # STATUS: the end of each script's cleanup: drops the scratch
 
 psql_db() { psql "$DB_URL" -X -v ON_ERROR_STOP=1 -Atq "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+until_listening() { # PORT NAME: waits up to 30 s for a listener on 127.0.0.1:PORT; if none,
+    # prints the logs in $WORK and fails
+    for _ in $(seq 1 300); do
+        python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
+            "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "$2 did not start; its log:"
+    cat "$WORK"/*.log >&2
+    return 1
+}
 
 # --- CPU ---------------------------------------------------------------------------------------
 # CPU ticks a process has used, and the machine's idle and total ticks, from /proc; finished

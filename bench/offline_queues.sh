@@ -63,14 +63,7 @@ EOF
             --database-url "sqlite://$WORK/sqlite/retaind.db" "$@" >>"$WORK/retaind.log" 2>&1 &
     fi
     BROKER_PID=$!
-    for _ in $(seq 1 300); do
-        python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
-            "$MQTT_PORT" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    log "$broker did not start; its log:"
-    cat "$WORK"/*.log >&2
-    return 1
+    until_listening "$MQTT_PORT" "$broker"
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)"

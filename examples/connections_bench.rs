@@ -42,6 +42,10 @@ const KEEP_ALIVE: u16 = 600;
 /// Clients handshaking at once: a fleet reconnecting, not a single burst of SYNs.
 const CONNECTING_AT_ONCE: usize = 256;
 
+#[path = "common/proc_status.rs"]
+mod proc_status;
+use proc_status::rss_kb;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
     Tcp,
@@ -276,15 +280,6 @@ fn connector(ca: &std::path::Path) -> anyhow::Result<TlsConnector> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(TlsConnector::from(std::sync::Arc::new(config)))
-}
-
-fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
 }
 
 #[tokio::main]

@@ -8,9 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+#[path = "common/proc_status.rs"]
+mod proc_status;
+use proc_status::rss_kb;
 
 #[derive(Parser)]
 struct Args {
@@ -35,15 +38,6 @@ struct Args {
     settle: f64,
     #[arg(long, default_value = "bench-away")]
     prefix: String,
-}
-
-fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
 }
 
 fn options(args: &Args, id: &str, clean: bool) -> MqttOptions {
