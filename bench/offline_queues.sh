@@ -4,14 +4,17 @@
 # filter, then publishes BENCH_MESSAGES QoS 1 messages of 256 B that every one of them is
 # owed. The broker's resident memory (VmRSS) is read before and after, for retaind with no
 # node-wide limit (`--mqtt-max-queue-memory-mib 0`, as before the limit existed), retaind with
-# its default (1 GiB), and Mosquitto with `max_queued_messages` set to retaind's per-session
-# default (10,000), in one run; for retaind also its own count of queued memory.
+# a limit the workload passes (BENCH_LIMIT_MIB), and Mosquitto with `max_queued_messages` set
+# to retaind's per-session default (10,000), in one run; for retaind also its own count of
+# queued memory and what it dropped.
 #
 #   bench/offline_queues.sh
 #
 # Environment:
 #   BENCH_SESSIONS   offline sessions (default 4000)
 #   BENCH_MESSAGES   messages owed to each (default 5000)
+#   BENCH_LIMIT_MIB  --mqtt-max-queue-memory-mib of the second run (default 512; the default
+#                    sizes take about 750 MiB without one)
 #   RETAIND          the retaind binary to measure (default: this tree's release build)
 #   CARGO_TARGET_DIR where cargo builds (default target/)
 set -euo pipefail
@@ -32,6 +35,7 @@ set_traps
 
 SESSIONS=${BENCH_SESSIONS:-4000}
 MESSAGES=${BENCH_MESSAGES:-5000}
+LIMIT_MIB=${BENCH_LIMIT_MIB:-512}
 TARGET=${CARGO_TARGET_DIR:-target}
 command -v mosquitto >/dev/null 2>&1 || install_debian mosquitto
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
@@ -68,7 +72,8 @@ EOF
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)"
 echo "retaind: $RETAIND; mosquitto: $({ "$MOSQUITTO" -h 2>&1 || true; } | sed -n 's/^mosquitto version \(.*\)/\1/p' | head -1)"
-for run in "retaind-unlimited --mqtt-max-queue-memory-mib 0" "retaind-default" "mosquitto"; do
+for run in "retaind-unlimited --mqtt-max-queue-memory-mib 0" \
+    "retaind-limit-$LIMIT_MIB --mqtt-max-queue-memory-mib $LIMIT_MIB" "mosquitto"; do
     read -r name flags <<<"$run"
     broker=retaind
     [ "$name" = mosquitto ] && broker=mosquitto
