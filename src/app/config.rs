@@ -161,9 +161,9 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MQTT_MAX_QUEUED_BYTES", default_value_t = 16 << 20)]
     pub mqtt_max_queued_bytes: usize,
 
-    /// MiB that every MQTT session's queue may hold together, each queued copy of a message
-    /// counted whole; past it a message for an offline session is dropped. Connected clients'
-    /// queues count but are held to their own limits only. `0`: no limit.
+    /// MiB that the queues of the node's offline MQTT sessions may hold together (each queue's
+    /// entries as allocated, each message once); past it a message for an offline session is
+    /// dropped. Connected clients' queues are held to their own limits only. `0`: no limit.
     #[arg(
         long,
         env = "RETAIND_MQTT_MAX_QUEUE_MEMORY_MIB",

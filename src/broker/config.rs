@@ -15,7 +15,7 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     /// Payload bytes waiting for one session.
     pub max_queued_bytes: usize,
-    /// What every session's queue may hold together (`queue_memory`) before an offline
+    /// What the offline sessions' queues may hold together (`queue_memory`) before an offline
     /// session queues nothing more; 0: no limit.
     pub max_queue_memory_bytes: usize,
     /// QoS 1/2 messages sent to one client and not yet acknowledged.

@@ -155,7 +155,7 @@ impl Broker {
         self.inner.live.live()
     }
 
-    /// What every session's queue holds together (`queue_memory`).
+    /// What the offline sessions' queues hold together (`queue_memory`).
     pub fn queue_memory_held(&self) -> usize {
         self.inner.sessions.queue_memory_held()
     }

@@ -1,11 +1,12 @@
-//! The memory that every session's queue holds together on this node, and the limit past which
-//! an offline session queues nothing more.
+//! The memory that the queues of the node's offline sessions hold together, and the limit past
+//! which an offline session queues nothing more.
 //!
 //! Each session's queue has its own limits, but persistent sessions kept for clients that are
 //! away add up with nothing else bounding them: a fleet offline for the night, or a device that
 //! connects with a new client id each time and asks for a session, multiplies them. A connected
-//! client's queue is not refused here: it is bounded by its own limits and by the connection
-//! limit, and a client that keeps up must not lose messages because others are away.
+//! client's queue is not counted: it is bounded by its own limits and by the connection limit,
+//! a client that keeps up must not lose messages because others are away, and its messages pass
+//! through without touching a count that every thread shares.
 
 use std::mem::size_of;
 use std::num::NonZeroU32;
@@ -50,7 +51,7 @@ impl QueueMemory {
     }
 
     /// Whether an offline session may queue `delivery`, its queue growing by `growth` bytes
-    /// to take it: false once the node's queues would hold more than the limit. Routers on
+    /// to take it: false once the offline sessions' queues would hold more than the limit. Routers on
     /// other threads may add theirs at the same moment, so the limit can be passed by a
     /// message or so per router, never more.
     pub fn admits(&self, delivery: &Delivery, growth: usize) -> bool {

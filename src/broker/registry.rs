@@ -29,7 +29,7 @@ pub(super) struct Sessions {
     subscriptions: RwLock<SubscriptionTree<SubOptions>>,
     registry: Mutex<Registry>,
     limits: SessionLimits,
-    /// What every session's queue holds, together.
+    /// What the offline sessions' queues hold, together.
     memory: QueueMemory,
     /// Told of every filter that gains or loses a subscription, when the node is one of many.
     cluster: Option<Cluster>,
@@ -300,6 +300,7 @@ impl Place for Session {
                     tracing::warn!(client = %self.key, "subscriber is not keeping up; disconnecting it");
                     self.kick(DisconnectReasonCode::QuotaExceeded);
                     self.online.store(false, Ordering::Release);
+                    state.set_offline(true);
                     next = Some((delivery, false));
                 }
             }
@@ -434,6 +435,7 @@ impl Sessions {
             .map(queued_delivery)
             .collect();
         let mut state = session.state();
+        state.set_offline(false);
         state.stop_spooling();
         state.requeue_ahead(back);
         drop(state);
@@ -499,6 +501,9 @@ impl Sessions {
         // subscriptions: until then this copy goes on queueing, so nothing is lost between.
         let ends = expiry.is_zero() || session.moved.load(Ordering::Acquire) == MOVED;
         let kept = !ends;
+        if kept {
+            session.state().set_offline(true);
+        }
         if let Some(cluster) = &self.cluster {
             if kept {
                 // Its queue moves to Postgres, where any node can take it up.

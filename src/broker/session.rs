@@ -42,7 +42,8 @@ pub struct Dropped {
     pub offline: u64,
     /// The client's principal may no longer receive the topic.
     pub policy: u64,
-    /// Any QoS to an offline session while the node's queues held `--mqtt-offline-queue-mib`.
+    /// Any QoS to an offline session while the offline sessions' queues held
+    /// `--mqtt-max-queue-memory-mib`.
     pub queue_memory: u64,
 }
 
@@ -113,9 +114,14 @@ pub struct SessionState {
     /// What the client sends us at QoS 2; `inbound_qos` keeps it.
     awaiting_release: AwaitingRelease,
     limits: SessionLimits,
-    /// What the node's queues hold together; every change to `queue` is counted there.
+    /// What the queues of the node's offline sessions hold together; while this session is
+    /// offline (`counted`), every change to `queue` is counted there.
     memory: QueueMemory,
-    /// The capacity of `queue` as last counted in `memory`.
+    /// Whether `queue` is counted in `memory`: from when the session is left until a connection
+    /// takes it up. A connected client's queue is held to its own limits only, and its
+    /// messages pass through without touching the node's count.
+    counted: bool,
+    /// The capacity of `queue` as counted in `memory` (0 while not counted).
     counted_capacity: usize,
     /// Messages dropped since they were last counted in the metrics, by reason.
     pub dropped: Dropped,
@@ -159,6 +165,7 @@ impl SessionState {
             awaiting_release: AwaitingRelease::default(),
             limits,
             memory,
+            counted: true,
             counted_capacity: 0,
             dropped: Dropped::default(),
             spool: Spool::Off,
@@ -177,7 +184,7 @@ impl SessionState {
             .collect();
         self.in_use.clear();
         for d in &self.queue {
-            self.memory.remove(d);
+            self.count_out(d);
         }
         waiting.extend(self.queue.drain(..));
         self.queued_bytes = 0;
@@ -235,12 +242,14 @@ impl SessionState {
         if !stamps.is_empty() {
             let before = self.queue.len();
             let mut freed = 0;
-            let memory = &self.memory;
+            let counting = self.counted.then_some(&self.memory);
             self.queue.retain(|d| {
                 let twice = d.message.stamp.get().is_some_and(|s| stamps.contains(s));
                 if twice {
                     freed += d.message.payload.len();
-                    memory.remove(d);
+                    if let Some(memory) = counting {
+                        memory.remove(d);
+                    }
                 }
                 !twice
             });
@@ -273,13 +282,13 @@ impl SessionState {
                 break;
             };
             self.queued_bytes -= newest.message.payload.len();
-            self.memory.remove(&newest);
+            self.count_out(&newest);
             dropped += 1;
         }
         self.dropped.queue_full += dropped;
         for delivery in deliveries.into_iter().rev() {
             self.queued_bytes += delivery.message.payload.len();
-            self.memory.add(&delivery);
+            self.count_in(&delivery);
             self.queue.push_front(delivery);
         }
         self.recount();
@@ -296,6 +305,9 @@ impl SessionState {
         if self.queue.is_empty() && self.queue.capacity() > KEPT_CAPACITY {
             self.queue.shrink_to(KEPT_CAPACITY);
         }
+        if !self.counted {
+            return;
+        }
         let capacity = self.queue.capacity();
         if capacity != self.counted_capacity {
             self.memory.resized(
@@ -303,6 +315,41 @@ impl SessionState {
                 queue_memory::queue_bytes(capacity),
             );
             self.counted_capacity = capacity;
+        }
+    }
+
+    fn count_in(&self, delivery: &Delivery) {
+        if self.counted {
+            self.memory.add(delivery);
+        }
+    }
+
+    fn count_out(&self, delivery: &Delivery) {
+        if self.counted {
+            self.memory.remove(delivery);
+        }
+    }
+
+    /// The session was left (`true`) or taken up by a connection (`false`): its queue, as it
+    /// is, starts or stops counting in the node's memory.
+    pub fn set_offline(&mut self, offline: bool) {
+        if offline == self.counted {
+            return;
+        }
+        if offline {
+            self.counted = true;
+            for d in &self.queue {
+                self.memory.add(d);
+            }
+            self.recount();
+        } else {
+            for d in &self.queue {
+                self.memory.remove(d);
+            }
+            self.memory
+                .resized(queue_memory::queue_bytes(self.counted_capacity), 0);
+            self.counted_capacity = 0;
+            self.counted = false;
         }
     }
 
@@ -340,8 +387,8 @@ impl SessionState {
         };
         let full = self.queue.len() + stored.messages >= self.limits.max_queued
             || self.queued_bytes + stored.bytes + size > self.limits.max_queued_bytes;
-        // The node's queues are full: a connected client's queue is held to its own limits
-        // only (see `queue_memory`).
+        // The offline sessions' queues are full; a connected client's queue is held to its own
+        // limits only (see `queue_memory`).
         let growth = queue_memory::growth(self.queue.len(), self.queue.capacity());
         if !full && !online && !self.memory.admits(&delivery, growth) {
             self.dropped.queue_memory += 1;
@@ -361,7 +408,7 @@ impl SessionState {
             return Enqueued::Full(delivery);
         }
         self.queued_bytes += size;
-        self.memory.add(&delivery);
+        self.count_in(&delivery);
         self.queue.push_back(delivery);
         self.recount();
         Enqueued::Queued
@@ -386,7 +433,7 @@ impl SessionState {
             }
             let delivery = self.queue.pop_front()?;
             self.queued_bytes -= delivery.message.payload.len();
-            self.memory.remove(&delivery);
+            self.count_out(&delivery);
             self.recount();
             if may_receive(&delivery.message.topic) {
                 break delivery;
@@ -482,7 +529,7 @@ impl SessionState {
     /// message the client subscribed for must not be dropped because live traffic is busy.
     pub fn push_retained(&mut self, delivery: Delivery) {
         self.queued_bytes += delivery.message.payload.len();
-        self.memory.add(&delivery);
+        self.count_in(&delivery);
         self.queue.push_back(delivery);
         self.recount();
     }
@@ -546,11 +593,7 @@ impl SessionState {
 impl Drop for SessionState {
     /// A session that ends gives back what its queue held.
     fn drop(&mut self) {
-        for d in &self.queue {
-            self.memory.remove(d);
-        }
-        self.memory
-            .resized(queue_memory::queue_bytes(self.counted_capacity), 0);
+        self.set_offline(false);
     }
 }
 
@@ -898,8 +941,9 @@ mod tests {
             ));
             assert_eq!(s.dropped.queue_memory, 1);
         }
-        // A connected client is held to its own limits only.
+        // A connected client is held to its own limits only, and not counted.
         let mut here = SessionState::new(limits, memory.clone());
+        here.set_offline(false);
         for _ in 0..5 {
             assert!(matches!(
                 here.enqueue(delivery("m", Qos::AtLeastOnce), true),
@@ -907,6 +951,9 @@ mod tests {
             ));
         }
         assert_eq!(here.dropped.total(), 0);
+        assert_eq!(memory.held(), limit);
+        // Left with its queue: counted from then on, past the limit as it is.
+        here.set_offline(true);
         assert_eq!(memory.held(), limit + 5 * counted("m") + room(&[&here]));
         // What a queue gives back, by sending or by ending, is free again.
         assert!(here.next_outgoing(10, all).is_some());
@@ -1006,6 +1053,36 @@ mod tests {
         s.stop_spooling();
         let _ = s.enqueue(delivery("e", Qos::AtLeastOnce), false);
         assert_eq!(memory.held(), counted("e") + room(&[&s]));
+        drop(s);
+        assert_eq!(memory.held(), 0);
+    }
+
+    #[test]
+    fn a_session_taken_up_stops_counting_and_one_left_counts_what_it_holds() {
+        let memory = QueueMemory::new(0);
+        let mut s = SessionState::new(
+            SessionLimits {
+                max_queued: 100,
+                max_queued_bytes: 1 << 20,
+            },
+            memory.clone(),
+        );
+        for p in ["a", "b"] {
+            let _ = s.enqueue(delivery(p, Qos::AtLeastOnce), false);
+        }
+        assert_eq!(memory.held(), 2 * counted("a") + room(&[&s]));
+        s.set_offline(false);
+        assert_eq!(memory.held(), 0);
+        let _ = s.enqueue(delivery("c", Qos::AtLeastOnce), true);
+        let _ = s.next_outgoing(10, all);
+        assert_eq!(
+            memory.held(),
+            0,
+            "a connected client's messages are not counted"
+        );
+        s.set_offline(true);
+        s.set_offline(true);
+        assert_eq!(memory.held(), 2 * counted("a") + room(&[&s]));
         drop(s);
         assert_eq!(memory.held(), 0);
     }

@@ -71,7 +71,8 @@ pub enum DropReason {
     offline,
     /// The client's principal may not receive the topic, or a publisher's may not publish it.
     policy,
-    /// Any QoS to an offline session while the node's queues held `--mqtt-max-queue-memory-mib`.
+    /// Any QoS to an offline session while the offline sessions' queues held
+    /// `--mqtt-max-queue-memory-mib`.
     queue_memory,
     /// A retained publish over its principal's quota.
     quota,

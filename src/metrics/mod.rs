@@ -270,7 +270,7 @@ impl Metrics {
         );
         r.register(
             "retaind_mqtt_queue_memory_bytes",
-            "What every MQTT session's queue holds together, as --mqtt-max-queue-memory-mib counts it",
+            "What the queues of offline MQTT sessions hold together, as --mqtt-max-queue-memory-mib counts it",
             gauges.mqtt_queue_memory.clone(),
         );
         r.register(
