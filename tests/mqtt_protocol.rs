@@ -182,15 +182,23 @@ async fn same_client_id_takes_over_and_the_old_v3_connection_is_closed() {
     new.expect(13).await;
 }
 
-#[tokio::test]
-async fn silent_client_is_closed_after_one_and_a_half_keep_alives_with_0x8d() {
+/// Connects with `keep_alive` seconds and sends nothing: how long until the server closed
+/// the connection with DISCONNECT 0x8D, its only packet.
+async fn closed_as_silent_after(keep_alive: u16) -> Duration {
     let app = app().await;
-    let (mut raw, _) = Raw::connect(&app, &build::connect("quiet", true, 1, Some(&[]))).await;
+    let connect = build::connect("quiet", true, keep_alive, Some(&[]));
+    let (mut raw, _) = Raw::connect(&app, &connect).await;
     let started = Instant::now();
     let got = raw.until_closed().await;
     let waited = started.elapsed();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].disconnect_reason(), 0x8D);
+    waited
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_one_and_a_half_keep_alives_with_0x8d() {
+    let waited = closed_as_silent_after(1).await;
     assert!(
         waited >= Duration::from_millis(1000),
         "closed after {waited:?}"
@@ -202,13 +210,7 @@ async fn a_quiet_connection_giving_back_its_buffers_is_not_taken_for_a_silent_on
     // Keep alive 3 s: the connection's timer first fires 2 s after the loop last ran (the
     // CONNACK, then the stall watch's sample a second later) to give back its buffers
     // (decision 025), then at 4.5 s for the keep alive. Only the second closes it.
-    let app = app().await;
-    let (mut raw, _) = Raw::connect(&app, &build::connect("quiet", true, 3, Some(&[]))).await;
-    let started = Instant::now();
-    let got = raw.until_closed().await;
-    let waited = started.elapsed();
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].disconnect_reason(), 0x8D);
+    let waited = closed_as_silent_after(3).await;
     assert!(
         waited >= Duration::from_millis(4400),
         "closed after {waited:?}, before 1.5 × its keep alive"

@@ -6,7 +6,8 @@
 //! was no longer anyone's. A deadline here is the client id and the connection it was set
 //! for; when it falls due, the session held for that id then ends only if that connection was
 //! still its last (see `Sessions::expire`). A deadline whose session came back meanwhile stays
-//! in the heap until its time, at 48 bytes.
+//! in the heap until its time, at 48 bytes: at most one per connection that ended within the
+//! longest session expiry (`--mqtt-max-session-expiry`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -108,11 +109,7 @@ impl Expiries {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn run(
-        self,
-        due: Box<dyn Fn(ClientKey, u64) + Send + Sync>,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(self, due: Due, shutdown: CancellationToken) {
         loop {
             let now = Instant::now();
             let mut ended = Vec::new();

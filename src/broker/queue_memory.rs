@@ -45,15 +45,15 @@ impl QueueMemory {
         Self::new(0)
     }
 
-    /// What every queue of the node holds now, as [`QueueMemory::add`] counts it.
+    /// What the offline sessions' queues hold now, as [`QueueMemory::add`] counts it.
     pub fn held(&self) -> usize {
         self.inner.held.load(Ordering::Relaxed)
     }
 
     /// Whether an offline session may queue `delivery`, its queue growing by `growth` bytes
-    /// to take it: false once the offline sessions' queues would hold more than the limit. Routers on
-    /// other threads may add theirs at the same moment, so the limit can be passed by a
-    /// message or so per router, never more.
+    /// to take it: false once the offline sessions' queues would hold more than the limit.
+    /// Routers on other threads may add theirs at the same moment, so the limit can be passed
+    /// by a message or so per router, never more.
     pub fn admits(&self, delivery: &Delivery, growth: usize) -> bool {
         let message = match delivery.message.queued.0.load(Ordering::Relaxed) {
             0 => message_heap(&delivery.message),

@@ -502,16 +502,16 @@ impl Sessions {
         let ends = expiry.is_zero() || session.moved.load(Ordering::Acquire) == MOVED;
         let kept = !ends;
         if kept {
-            session.state().set_offline(true);
-        }
-        if let Some(cluster) = &self.cluster {
-            if kept {
+            let mut state = session.state();
+            state.set_offline(true);
+            if let Some(cluster) = &self.cluster {
                 // Its queue moves to Postgres, where any node can take it up.
-                let mut state = session.state();
                 for d in state.start_spooling(Stored::default()) {
                     spool(cluster, &session.key, &d);
                 }
             }
+        }
+        if let Some(cluster) = &self.cluster {
             let claim = session.claim.load(Ordering::Acquire);
             cluster.session_detached(session.key.clone(), claim, kept);
         }
