@@ -15,6 +15,9 @@
 #   BENCH_MESSAGES   messages owed to each (default 5000)
 #   BENCH_LIMIT_MIB  --mqtt-max-queue-memory-mib of the second run (default 512; the default
 #                    sizes take about 750 MiB without one)
+#   BENCH_MAX_OFFLINE --mqtt-max-offline-sessions of a third run (default half the sessions:
+#                    the others end as the later ones leave; the result line's offline= and
+#                    evicted= say how many of each)
 #   RETAIND          the retaind binary to measure (default: this tree's release build)
 #   CARGO_TARGET_DIR where cargo builds (default target/)
 set -euo pipefail
@@ -36,6 +39,7 @@ set_traps
 SESSIONS=${BENCH_SESSIONS:-4000}
 MESSAGES=${BENCH_MESSAGES:-5000}
 LIMIT_MIB=${BENCH_LIMIT_MIB:-512}
+MAX_OFFLINE=${BENCH_MAX_OFFLINE:-$((SESSIONS / 2))}
 TARGET=${CARGO_TARGET_DIR:-target}
 command -v mosquitto >/dev/null 2>&1 || install_debian mosquitto
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
@@ -73,7 +77,8 @@ EOF
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)"
 echo "retaind: $RETAIND; mosquitto: $({ "$MOSQUITTO" -h 2>&1 || true; } | sed -n 's/^mosquitto version \(.*\)/\1/p' | head -1)"
 for run in "retaind-unlimited --mqtt-max-queue-memory-mib 0" \
-    "retaind-limit-$LIMIT_MIB --mqtt-max-queue-memory-mib $LIMIT_MIB" "mosquitto"; do
+    "retaind-limit-$LIMIT_MIB --mqtt-max-queue-memory-mib $LIMIT_MIB" \
+    "retaind-sessions-$MAX_OFFLINE --mqtt-max-offline-sessions $MAX_OFFLINE" "mosquitto"; do
     read -r name flags <<<"$run"
     broker=retaind
     [ "$name" = mosquitto ] && broker=mosquitto

@@ -94,8 +94,9 @@ async fn publish(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// retaind's own count of queued memory and what it dropped for lack of it.
-async fn retaind_counts(url: &str) -> anyhow::Result<(f64, f64)> {
+/// retaind's own counts: queued memory, what it dropped for lack of it, the sessions it
+/// holds offline and those it ended to keep within `--mqtt-max-offline-sessions`.
+async fn retaind_counts(url: &str) -> anyhow::Result<[f64; 4]> {
     let page = reqwest::get(url).await?.text().await?;
     let value = |series: &str| {
         page.lines()
@@ -103,10 +104,12 @@ async fn retaind_counts(url: &str) -> anyhow::Result<(f64, f64)> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    Ok((
+    Ok([
         value("retaind_mqtt_queue_memory_bytes"),
         value(r#"retaind_mqtt_messages_dropped_total{reason="queue_memory"}"#),
-    ))
+        value("retaind_mqtt_offline_sessions"),
+        value("retaind_mqtt_sessions_evicted_total"),
+    ])
 }
 
 #[tokio::main]
@@ -136,15 +139,15 @@ async fn main() -> anyhow::Result<()> {
     let publish_s = start.elapsed().as_secs_f64();
     tokio::time::sleep(settle).await;
     let after = rss_kb(args.pid)?;
-    let (counted, dropped) = match &args.metrics {
+    let [counted, dropped, offline, evicted] = match &args.metrics {
         Some(url) => retaind_counts(url).await?,
-        None => (f64::NAN, f64::NAN),
+        None => [f64::NAN; 4],
     };
     let owed = (args.sessions * args.messages) as f64;
     println!(
         "RESULT sessions={} messages={} owed={owed} sessions_s={sessions_s:.2} publish_s={publish_s:.2} \
          rss_empty_kb={empty} rss_before_kb={before} per_session_b={:.0} rss_after_kb={after} \
-         grew_mib={:.1} counted_mib={:.1} dropped={dropped}",
+         grew_mib={:.1} counted_mib={:.1} dropped={dropped} offline={offline} evicted={evicted}",
         args.sessions,
         args.messages,
         (before as f64 - empty as f64) * 1024.0 / args.sessions as f64,

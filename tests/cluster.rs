@@ -1389,6 +1389,86 @@ async fn a_killed_nodes_sessions_are_adopted_and_its_clients_wills_fire_once() {
     assert_eq!(payloads(&mut p, 1).await, [b"while away".to_vec()]);
 }
 
+/// A session adopted from a killed node counts among the adopter's offline sessions
+/// (`--mqtt-max-offline-sessions`): ended to make room, the Will its client was owed goes out
+/// then, not after its delay, and its client starts clean.
+#[tokio::test]
+async fn an_adopted_session_ended_to_make_room_publishes_its_will_at_once() {
+    let nats = Nats::start().await;
+    let [a] = <[TestApp; 1]>::try_from(
+        common::cluster_nodes_with(&nats.url(), 1, |c| c.mqtt_max_offline_sessions = 1).await,
+    )
+    .ok()
+    .unwrap();
+    let mut b = Process::start(&a.db.url, &["--cluster-url", &nats.url()]).await;
+    // Session expiry 300 s, Will Delay 200 s.
+    let sensor = build::connect_with_will(
+        "sensor",
+        true,
+        60,
+        Some(&[0x11, 0, 0, 1, 0x2C]),
+        build::Will {
+            topic: "will/sensor",
+            payload: b"gone",
+            qos: 1,
+            retain: false,
+            props: &[0x18, 0, 0, 0, 200],
+        },
+    );
+    let (_sensor, ack) = Raw::connect_addr(b.mqtt, &sensor).await;
+    assert_eq!(ack.body[1], 0);
+    let (mut watcher, _) = Raw::connect(&a, &build::connect("watcher", true, 60, Some(&[]))).await;
+    watcher
+        .send(&build::subscribe(1, "will/#", 1, Some(&[])))
+        .await;
+    watcher.expect(9).await;
+    within("A to know B", async {
+        while cluster(&a).live_nodes() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    b.kill().await;
+    let offline = |app: &TestApp| {
+        let broker = app.running.as_ref().unwrap().broker.clone();
+        async move {
+            let page = broker.metrics().render();
+            common::metric_value(&page, "retaind_mqtt_offline_sessions")
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while offline(&a).await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the killed node's session adopted");
+
+    // Another session left on A, for 3,000 s: the adopted one is nearer its end, and ends.
+    let (mut other, _) = Raw::connect(
+        &a,
+        &build::connect("other", true, 60, Some(&[0x11, 0, 0, 0x0B, 0xB8])),
+    )
+    .await;
+    other.send(&build::disconnect_v5(0)).await;
+    assert!(other.until_closed().await.is_empty());
+    let will = tokio::time::timeout(Duration::from_secs(10), watcher.expect(3))
+        .await
+        .expect("the Will is published when its session ends, not 200 s later")
+        .publish(true);
+    assert_eq!(
+        (will.topic.as_str(), will.payload.as_slice()),
+        ("will/sensor", &b"gone"[..])
+    );
+    assert_eq!(offline(&a).await, 1.0);
+    // Each kept connected: one leaving now would make room too.
+    let (_other, ack) = Raw::connect(&a, &persistent("other", false)).await;
+    assert_eq!(ack.body[0], 1, "the session just left was kept");
+    let (_sensor, ack) = Raw::connect(&a, &persistent("sensor", false)).await;
+    assert_eq!(ack.body[0], 0, "the adopted session ended");
+}
+
 #[tokio::test]
 async fn a_stopped_nodes_sessions_are_taken_up_by_the_others_without_firing_wills() {
     let nats = Nats::start().await;

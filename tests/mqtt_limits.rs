@@ -791,3 +791,116 @@ async fn offline_sessions_stop_queueing_at_the_nodes_queue_memory_and_a_connecte
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Until the node holds `n` sessions offline.
+async fn until_offline_sessions(app: &TestApp, n: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = app.get("/metrics").await.text().await.unwrap();
+        let held = common::metric_value(&page, "retaind_mqtt_offline_sessions");
+        if held == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{held} offline, not {n}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `--mqtt-max-offline-sessions` bounds the sessions the node holds for clients that are away:
+/// past it the session nearest its end ends, its client starting clean and the Will it was
+/// waiting out the delay of published at once; the session just left is kept, whatever its
+/// expiry, and the others resume.
+#[tokio::test]
+async fn past_the_offline_session_bound_the_one_nearest_its_end_ends_and_its_will_goes_out() {
+    const WILL_DELAY: u8 = 0x18;
+    let app = app_with(|c| c.mqtt_max_offline_sessions = 2).await;
+    let expiry = |secs: u32| {
+        let mut props = vec![SESSION_EXPIRY];
+        props.extend(secs.to_be_bytes());
+        props
+    };
+    let (mut watcher, _) = Raw::connect(&app, &v5_connect_with("watcher", true, &[])).await;
+    watcher
+        .send(&build::subscribe(1, "status/#", 1, Some(&[])))
+        .await;
+    watcher.expect(9).await;
+
+    // Away without a DISCONNECT: its Will waits out 90 s, within its session's 100.
+    let mut will_delay = vec![WILL_DELAY];
+    will_delay.extend(90u32.to_be_bytes());
+    let soon = build::connect_with_will(
+        "soon",
+        true,
+        60,
+        Some(&expiry(100)),
+        build::Will {
+            topic: "status/soon",
+            payload: b"offline",
+            qos: 1,
+            retain: true,
+            props: &will_delay,
+        },
+    );
+    let (raw, ack) = Raw::connect(&app, &soon).await;
+    assert_eq!(ack.body[1], 0);
+    drop(raw);
+    for (id, secs) in [("later", 600), ("newest", 50)] {
+        let (mut raw, _) = Raw::connect(&app, &v5_connect_with(id, true, &expiry(secs))).await;
+        raw.send(&build::subscribe(1, &format!("q/{id}"), 1, Some(&[])))
+            .await;
+        raw.expect(9).await;
+        raw.send(&[0xE0, 0x00]).await;
+        raw.until_closed().await;
+        if id == "later" {
+            // Both away, within the bound: nothing ends and no Will goes out.
+            until_offline_sessions(&app, 2.0).await;
+        }
+    }
+
+    // "newest" ends nearest of all (50 s) but is the one leaving: "soon" (100 s) ends.
+    let will = tokio::time::timeout(std::time::Duration::from_secs(10), watcher.expect(3))
+        .await
+        .expect("the Will is published when its session ends, not 90 s later");
+    let will = will.publish(true);
+    assert_eq!(
+        (will.topic.as_str(), will.payload.as_slice()),
+        ("status/soon", &b"offline"[..])
+    );
+    let page = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        common::metric_value(&page, "retaind_mqtt_sessions_evicted_total"),
+        1.0
+    );
+    assert_eq!(
+        common::metric_value(&page, "retaind_mqtt_offline_sessions"),
+        2.0
+    );
+    let mut back = Vec::new();
+    for (id, present) in [("newest", 1), ("later", 1), ("soon", 0)] {
+        let (raw, ack) = Raw::connect(&app, &v5_connect_with(id, false, &expiry(60))).await;
+        assert_eq!((ack.body[0], ack.body[1]), (present, 0), "{id}");
+        back.push(raw);
+    }
+    // The kept sessions' subscriptions stand; nothing is left of the ended one's.
+    let (mut publisher, _) = Raw::connect(&app, &v5_connect_with("pub", true, &[])).await;
+    for id in ["later", "newest"] {
+        publisher
+            .send(&build::publish(
+                &format!("q/{id}"),
+                0,
+                false,
+                false,
+                0,
+                Some(&[]),
+                b"m",
+            ))
+            .await;
+    }
+    for (raw, id) in back.iter_mut().zip(["newest", "later"]) {
+        let p = raw.expect(3).await.publish(true);
+        assert_eq!(p.topic, format!("q/{id}"));
+    }
+}

@@ -129,6 +129,93 @@ async fn a_persistent_session_and_its_queue_survive_a_restart(backend: Backend) 
     );
 }
 
+/// What the node's offline sessions' queues hold (`retaind_mqtt_queue_memory_bytes`), and the
+/// messages dropped for it.
+async fn queue_memory(app: &TestApp) -> (f64, f64) {
+    let page = app.get("/metrics").await.text().await.unwrap();
+    let dropped = r#"retaind_mqtt_messages_dropped_total{reason="queue_memory"}"#;
+    (
+        common::metric_value(&page, "retaind_mqtt_queue_memory_bytes"),
+        // A counter is on the page from its first count.
+        if page.contains(dropped) {
+            common::metric_value(&page, dropped)
+        } else {
+            0.0
+        },
+    )
+}
+
+/// Message `i` of a test: 16 KiB.
+fn numbered(i: usize) -> String {
+    format!("{i:04}").repeat(4 * 1024)
+}
+
+async fn send_numbered(app: &TestApp, i: usize) {
+    let res = app.publish("/topics/m/x?qos=1", numbered(i)).await;
+    assert_eq!(res.status(), 200);
+}
+
+/// A session taken up at the start is offline as any other: the queue it brought back, and
+/// what it queues before its client returns, count towards `--mqtt-max-queue-memory-mib`.
+async fn a_restored_sessions_queue_counts_towards_the_nodes_queue_memory(backend: Backend) {
+    const PAYLOAD: usize = 16 * 1024;
+    const LIMIT: f64 = (1 << 20) as f64;
+    const BEFORE: usize = 10;
+    const AFTER: usize = 100;
+    let message = numbered;
+    let limited = |url: &str| {
+        let mut config = common::test_config(url);
+        config.mqtt_max_queue_memory_mib = 1;
+        config
+    };
+    let db = common::fresh_db(backend).await;
+    let config = limited(&db.url);
+    let app = common::spawn_app_with(db, config).await;
+    drop(subscribed(&app, &persistent_311("away"), false, "m/#", 1).await);
+    app.until_no_connections().await;
+    for i in 0..BEFORE {
+        send_numbered(&app, i).await;
+    }
+    let (held, _) = queue_memory(&app).await;
+    assert!(
+        held >= (BEFORE * PAYLOAD) as f64,
+        "{held} held before the stop"
+    );
+
+    let db = app.stop().await;
+    let config = limited(&db.url);
+    let app = common::spawn_app_at(db, config, Clock::manual(T0_MS)).await;
+    let (held, dropped) = queue_memory(&app).await;
+    assert!(
+        held >= (BEFORE * PAYLOAD) as f64,
+        "{held} held after the start"
+    );
+    assert_eq!(dropped, 0.0);
+    for i in BEFORE..BEFORE + AFTER {
+        send_numbered(&app, i).await;
+    }
+    let (held, dropped) = queue_memory(&app).await;
+    assert!(held <= LIMIT, "{held} held");
+    assert!(held + (PAYLOAD + 1024) as f64 > LIMIT, "{held} held");
+    assert!(dropped > 0.0);
+
+    // Back: the oldest, in order, as many as were not dropped; then nothing is counted.
+    let (mut raw, ack) = Raw::connect(&app, &persistent_311("away")).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    let kept = BEFORE + AFTER - dropped as usize;
+    for i in 0..kept {
+        let p = next_publish(&mut raw, false).await;
+        assert_eq!(p.payload, message(i).into_bytes(), "message {i} of {kept}");
+        raw.send(&build::ack(0x40, p.pkid)).await;
+    }
+    handled(&mut raw).await;
+    assert_eq!(
+        queue_memory(&app).await.0,
+        0.0,
+        "a connected session is not counted"
+    );
+}
+
 async fn unfinished_qos2_exchanges_are_finished_after_a_restart(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut sub = subscribed(&app, &persistent_v5("q2sub", true, 300), true, "x/#", 2).await;
@@ -477,4 +564,5 @@ for_each_backend!(
     a_session_that_expired_while_the_node_was_stopped_starts_clean,
     a_lowered_session_expiry_maximum_holds_restored_sessions_from_the_start,
     a_saved_session_this_release_cannot_read_is_dropped_alone,
+    a_restored_sessions_queue_counts_towards_the_nodes_queue_memory,
 );

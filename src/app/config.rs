@@ -171,6 +171,15 @@ pub struct ServeConfig {
     )]
     pub mqtt_max_queue_memory_mib: usize,
 
+    /// Persistent MQTT sessions the node holds offline, waiting for their clients; past it
+    /// the one nearest its expiry ends first (its client starts clean). `0`: no limit.
+    #[arg(
+        long,
+        env = "RETAIND_MQTT_MAX_OFFLINE_SESSIONS",
+        default_value_t = 1_000_000
+    )]
+    pub mqtt_max_offline_sessions: usize,
+
     /// QoS 1/2 messages in flight to one client (also capped by its Receive Maximum).
     #[arg(long, env = "RETAIND_MQTT_MAX_INFLIGHT", default_value_t = 256)]
     pub mqtt_max_inflight: u16,

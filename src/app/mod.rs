@@ -214,6 +214,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_queued_messages: config.mqtt_max_queued_messages,
             max_queued_bytes: config.mqtt_max_queued_bytes,
             max_queue_memory_bytes: config.mqtt_max_queue_memory_mib.saturating_mul(1 << 20),
+            max_offline_sessions: config.mqtt_max_offline_sessions,
             max_inflight: config.mqtt_max_inflight,
             receive_maximum: config.mqtt_receive_maximum,
             topic_alias_maximum: config.mqtt_topic_alias_maximum,

@@ -18,6 +18,9 @@ pub struct BrokerConfig {
     /// What the offline sessions' queues may hold together (`queue_memory`) before an offline
     /// session queues nothing more; 0: no limit.
     pub max_queue_memory_bytes: usize,
+    /// Persistent sessions held offline at most; past it the one nearest its end ends
+    /// (`registry::offline`). 0: no bound.
+    pub max_offline_sessions: usize,
     /// QoS 1/2 messages sent to one client and not yet acknowledged.
     pub max_inflight: u16,
     /// QoS 1/2 messages one client may have unacknowledged towards us (MQTT 5 Receive Maximum).
@@ -61,6 +64,7 @@ impl Default for BrokerConfig {
             max_queued_messages: 10_000,
             max_queued_bytes: 16 << 20,
             max_queue_memory_bytes: 1 << 30,
+            max_offline_sessions: 1_000_000,
             max_inflight: 256,
             receive_maximum: 1024,
             topic_alias_maximum: 64,

@@ -107,13 +107,15 @@ impl Broker {
             max_queued_bytes: config.max_queued_bytes,
         };
         let config_max_awaiting = config.max_awaiting_connect;
+        let max_offline = config.max_offline_sessions;
         let queue_memory = QueueMemory::new(config.max_queue_memory_bytes);
         let broker = Self {
             inner: Arc::new(Inner {
                 store,
                 auth,
                 config,
-                sessions: Sessions::new(limits, queue_memory, cluster.clone(), metrics.clone()),
+                sessions: Sessions::new(limits, queue_memory, cluster.clone(), metrics.clone())
+                    .bound_offline(max_offline),
                 shutdown: CancellationToken::new(),
                 stopping: CancellationToken::new(),
                 connections: TaskTracker::new(),
@@ -134,6 +136,13 @@ impl Broker {
             peers::join(&broker, cluster);
         }
         observe::on_scrape(&broker);
+        let weak = Arc::downgrade(&broker.inner);
+        broker.inner.sessions.when_evicted(Box::new(move |client| {
+            // Weak: the sessions, which the broker holds, must not keep it alive.
+            if let Some(inner) = weak.upgrade() {
+                inner.pending_wills.session_ended(client);
+            }
+        }));
         let sys_interval = broker.inner.config.sys_interval;
         if !sys_interval.is_zero() {
             sys_topics::start(&broker, sys_interval);

@@ -20,6 +20,8 @@ pub(super) fn on_scrape(broker: &Broker) {
         g.mqtt_background_connections
             .set(count(broker.background().count()));
         g.mqtt_sessions.set(count(broker.sessions_held()));
+        g.mqtt_offline_sessions
+            .set(count(broker.sessions().offline_held()));
         g.mqtt_awaiting_connect.set(count(broker.awaiting().len()));
         g.mqtt_subscriptions.set(count(broker.subscriptions()));
         g.mqtt_queue_memory.set(count(broker.queue_memory_held()));

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::handle::{Broker, Inner};
+use super::registry::NEVER;
 use crate::cluster::{Adopted, Cluster, Events, Routed, TakeOver};
 use crate::topic::{ClientKey, FilterSpec};
 
@@ -192,19 +193,20 @@ async fn give_up_adopted(broker: Weak<Inner>) {
 /// service's point of view, when the node was found dead.
 fn adopt(broker: &Broker, a: Adopted) {
     let expiry = Duration::from_secs(u64::from(a.expiry_secs));
-    if let Some(session) = broker.sessions().adopt(&a) {
+    let left = expiry.saturating_sub(a.away);
+    // MQTT 5 §3.1.2.11.2: 0xFFFFFFFF, the session does not expire.
+    let expires = a.expiry_secs != u32::MAX;
+    let expires_at_ms = if expires {
+        let left_ms = i64::try_from(left.as_millis()).unwrap_or(NEVER);
+        broker.store().clock().now_ms().saturating_add(left_ms)
+    } else {
+        NEVER
+    };
+    if broker.sessions().adopt(&a, expires_at_ms).is_some() {
         tracing::info!(client = %a.client_id, "holding the session of a node that is gone");
-        // MQTT 5 §3.1.2.11.2: 0xFFFFFFFF, the session does not expire.
-        if a.expiry_secs != u32::MAX {
-            let left = expiry.saturating_sub(a.away);
-            let broker = broker.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = tokio::time::sleep(left) => {}
-                    () = broker.shutdown_signal().cancelled() => return,
-                }
-                broker.sessions().expire(&session, 0);
-            });
+        if expires {
+            // Never attached here: its connection is 0 until a client takes it up.
+            broker.expire_after(a.client_id.clone(), 0, left);
         }
     }
     if let Some(will) = a.will {

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -24,6 +24,13 @@ use crate::mqtt::DisconnectReasonCode;
 use crate::topic::{ClientKey, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicName};
 
+mod offline;
+
+use offline::{EvictionLog, Offline};
+
+/// What the broker does for a session ended to make room (its pending Will, `will`).
+pub(super) type OnEvicted = Box<dyn Fn(&ClientKey) + Send + Sync>;
+
 /// Every session and subscription of the broker.
 pub(super) struct Sessions {
     subscriptions: RwLock<SubscriptionTree<SubOptions>>,
@@ -35,15 +42,32 @@ pub(super) struct Sessions {
     cluster: Option<Cluster>,
     /// Where messages no session could take are counted.
     metrics: Metrics,
+    /// Offline sessions the node holds at most (0: no bound); past it the one nearest its
+    /// end ends (`offline`).
+    max_offline: usize,
+    on_evicted: OnceLock<OnEvicted>,
+    evictions: Arc<EvictionLog>,
 }
 
 #[derive(Default)]
 struct Registry {
     sessions: HashMap<ClientKey, Arc<Session>>,
     next_connection: u64,
+    /// The sessions held offline, kept with `sessions`: every removal from it unlists.
+    offline: Offline,
 }
 
 impl Registry {
+    fn insert(&mut self, key: ClientKey, session: Arc<Session>) {
+        self.offline.unlist(&key);
+        self.sessions.insert(key, session);
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Arc<Session>> {
+        self.offline.unlist(key);
+        self.sessions.remove(key)
+    }
+
     /// Whether `session` is the one held for its client id (not one that replaced it).
     fn holds(&self, session: &Arc<Session>) -> bool {
         self.sessions
@@ -331,7 +355,21 @@ impl Sessions {
             memory,
             cluster,
             metrics,
+            max_offline: 0,
+            on_evicted: OnceLock::new(),
+            evictions: Arc::default(),
         }
+    }
+
+    /// Holds at most `max` offline sessions (0: no bound).
+    pub fn bound_offline(mut self, max: usize) -> Self {
+        self.max_offline = max;
+        self
+    }
+
+    /// `on_evicted` is told of each session ended to make room (set once).
+    pub fn when_evicted(&self, on_evicted: OnEvicted) {
+        let _ = self.on_evicted.set(on_evicted);
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -410,6 +448,7 @@ impl Sessions {
             Some(old) if !clean_start && old.creator == creator => {
                 // Held here already (offline, or made ready while it moved from another node):
                 // the subscriptions are those stored with it.
+                registry.offline.unlist(&key);
                 if let Some(r) = &restored {
                     self.match_subscriptions(&old, &r.subscriptions);
                 }
@@ -420,7 +459,7 @@ impl Sessions {
                     self.unsubscribe_all(&old);
                 }
                 let fresh = Arc::new(Session::new(key.clone(), creator, self));
-                registry.sessions.insert(key, fresh.clone());
+                registry.insert(key, fresh.clone());
                 let present = restored.is_some();
                 if let Some(r) = &restored {
                     let _ = self.restore_subscriptions(&fresh, &r.subscriptions);
@@ -516,7 +555,7 @@ impl Sessions {
             cluster.session_detached(session.key.clone(), claim, kept);
         }
         if ends {
-            registry.sessions.remove(&session.key);
+            registry.remove(&session.key);
             drop(registry);
             self.unsubscribe_all(session);
             return false;
@@ -529,7 +568,57 @@ impl Sessions {
             NEVER
         };
         session.expires_at_ms.store(at, Ordering::Release);
+        self.list_offline(registry, session);
         expires
+    }
+
+    /// `session`, just made offline, is listed among the offline sessions if it is still
+    /// held and offline; past the bound, the others nearest their end end. Not `session`
+    /// itself: a client is never told its session was kept only for it to end as it leaves.
+    fn list_offline(
+        &self,
+        mut registry: std::sync::MutexGuard<'_, Registry>,
+        session: &Arc<Session>,
+    ) {
+        if !registry.holds(session) || session.online.load(Ordering::Acquire) {
+            return;
+        }
+        let at = session.expires_at_ms.load(Ordering::Acquire);
+        registry.offline.list(&session.key, at);
+        if self.max_offline == 0 || registry.offline.len() <= self.max_offline {
+            return;
+        }
+        let mut evicted = Vec::new();
+        while registry.offline.len() > self.max_offline {
+            // A session another node is taking up is left to that node's hand-over.
+            let Some(key) = registry
+                .offline
+                .nearest_end()
+                .find(|key| {
+                    **key != session.key
+                        && registry.sessions.get(*key).is_none_or(|s| {
+                            !s.online.load(Ordering::Acquire)
+                                && s.moved.load(Ordering::Acquire) == 0
+                        })
+                })
+                .cloned()
+            else {
+                break;
+            };
+            evicted.extend(registry.remove(&key));
+        }
+        drop(registry);
+        for session in &evicted {
+            self.unsubscribe_all(session);
+            if let Some(cluster) = &self.cluster {
+                cluster.session_expired(session.key.clone());
+            }
+            if let Some(on_evicted) = self.on_evicted.get() {
+                on_evicted(&session.key);
+            }
+        }
+        self.metrics.mqtt_sessions_evicted(evicted.len() as u64);
+        self.evictions.record(evicted.len(), self.max_offline);
     }
 
     /// The session's expiry passed: it ends unless a connection took it up since it was
@@ -537,7 +626,7 @@ impl Sessions {
     pub fn expire(&self, session: &Arc<Session>, connection: u64) {
         let mut registry = self.registry();
         if registry.holds(session) && session.is_attached_to(connection) {
-            registry.sessions.remove(&session.key);
+            registry.remove(&session.key);
             drop(registry);
             self.unsubscribe_all(session);
             if let Some(cluster) = &self.cluster {
@@ -570,7 +659,7 @@ impl Sessions {
         }
         let session = Arc::new(Session::new(key.clone(), creator, self));
         session.set_principal(principal);
-        registry.sessions.insert(key.clone(), session.clone());
+        registry.insert(key.clone(), session.clone());
         drop(registry);
         let announced = self.restore_subscriptions(&session, stored);
         Some((session, announced))
@@ -584,7 +673,7 @@ impl Sessions {
         if !registry.holds(session) || !session.is_attached_to(0) {
             return;
         }
-        registry.sessions.remove(&session.key);
+        registry.remove(&session.key);
         drop(registry);
         if keep_queue && let Some(cluster) = &self.cluster {
             let mut state = session.state();
@@ -692,7 +781,7 @@ impl Sessions {
     /// what it queued goes to Postgres if `keep_queue`.
     fn let_go(&self, client_id: &str, moved: u8, keep_queue: bool) {
         let mut registry = self.registry();
-        let Some(session) = registry.sessions.remove(client_id) else {
+        let Some(session) = registry.remove(client_id) else {
             return;
         };
         drop(registry);
@@ -711,10 +800,10 @@ impl Sessions {
         self.unsubscribe_all(&session);
     }
 
-    /// A session of a node that is gone, now held here offline, its queue in Postgres:
-    /// returns it, to be expired after what is left of its expiry, or `None` if a session of
-    /// that client id is here already.
-    pub fn adopt(&self, a: &Adopted) -> Option<Arc<Session>> {
+    /// A session of a node that is gone, now held here offline until `expires_at_ms`, its
+    /// queue in Postgres: returns it, to be expired then, or `None` if a session of that
+    /// client id is here already.
+    pub fn adopt(&self, a: &Adopted, expires_at_ms: i64) -> Option<Arc<Session>> {
         let mut registry = self.registry();
         if registry.sessions.contains_key(&*a.client_id) || a.expiry_secs == 0 {
             return None;
@@ -725,11 +814,13 @@ impl Sessions {
             messages: a.queued,
             bytes: a.queued_bytes,
         });
-        registry
-            .sessions
-            .insert(a.client_id.clone(), session.clone());
+        session
+            .expires_at_ms
+            .store(expires_at_ms, Ordering::Release);
+        registry.insert(a.client_id.clone(), session.clone());
         drop(registry);
         let _ = self.restore_subscriptions(&session, &a.subscriptions);
+        self.list_offline(self.registry(), &session);
         Some(session)
     }
 
@@ -753,9 +844,10 @@ impl Sessions {
             .store(expires_at_ms, Ordering::Release);
         // Never attached: its "connection" is 0, which `expire` checks.
         fill(&mut session.state());
-        registry.sessions.insert(key, session.clone());
+        registry.insert(key, session.clone());
         drop(registry);
         let _ = self.restore_subscriptions(&session, subscriptions);
+        self.list_offline(self.registry(), &session);
         Some(session)
     }
 
@@ -803,7 +895,7 @@ impl Sessions {
         if session.online.load(Ordering::Acquire) {
             session.kick(DisconnectReasonCode::SessionTakenOver);
         } else if !notice.resumed {
-            registry.sessions.remove(&session.key);
+            registry.remove(&session.key);
             drop(registry);
             self.unsubscribe_all(&session);
             return None;
@@ -830,7 +922,7 @@ impl Sessions {
             session.moved.store(0, Ordering::Release);
             return;
         }
-        registry.sessions.remove(&session.key);
+        registry.remove(&session.key);
         drop(registry);
         tracing::info!(client = %session.key, "a session resumed on another node was not asked for; ending this copy");
         self.unsubscribe_all(session);
@@ -853,6 +945,11 @@ impl Sessions {
 
     pub fn held(&self) -> usize {
         self.registry().sessions.len()
+    }
+
+    /// Sessions held offline, waiting for their clients.
+    pub fn offline_held(&self) -> usize {
+        self.registry().offline.len()
     }
 
     /// Subscriptions held by this node's sessions.

@@ -9,9 +9,10 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::admission::may_publish;
@@ -94,17 +95,11 @@ impl Broker {
         // Held before this returns: a stop that follows at once finds it, and saves it with
         // the session (decision 024).
         let delayed = !delay.is_zero();
-        if delayed {
-            let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-            let due_at_ms = self.store().clock().now_ms().saturating_add(delay_ms);
-            self.inner
-                .pending_wills
-                .hold(&client, &will, due_at_ms, ended);
-        }
+        let session_ended = delayed.then(|| self.hold_will(&client, &will, delay, ended));
         let broker = self.clone();
         tokio::spawn(async move {
             if delayed {
-                if !broker.sleep_unless_stopped(delay).await {
+                if broker.will_delay(delay, session_ended).await.is_none() {
                     return;
                 }
                 broker.inner.pending_wills.release(&client, ended);
@@ -144,12 +139,16 @@ impl Broker {
         // The dead node's claims went with it: any claim of the id is a connection since, and
         // a connection that resumed the session here attached it to another than 0.
         let ended = Ended::now(self, 0, 0);
+        let delay = will.delay.min(expiry);
+        let session_ended =
+            (persistent && !delay.is_zero()).then(|| self.hold_will(&client, &will, delay, ended));
         let broker = self.clone();
         tokio::spawn(async move {
-            if !broker.sleep_unless_stopped(will.delay.min(expiry)).await {
+            let Some(ended_first) = broker.will_delay(delay, session_ended).await else {
                 return;
-            }
-            if persistent && !broker.sessions().still_adopted(&client) {
+            };
+            broker.inner.pending_wills.release(&client, ended);
+            if persistent && !ended_first && !broker.sessions().still_adopted(&client) {
                 return;
             }
             broker.publish_will_now(will, client, ended).await;
@@ -172,6 +171,39 @@ impl Broker {
                 client,
             )
         })
+    }
+
+    /// Holds `will` as waiting out `delay` (a stop saves it with its session, decision 024);
+    /// the returned signal says the session ended first.
+    fn hold_will(
+        &self,
+        client: &ClientKey,
+        will: &Will,
+        delay: Duration,
+        ended: Ended,
+    ) -> Arc<Notify> {
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+        let due_at_ms = self.store().clock().now_ms().saturating_add(delay_ms);
+        self.inner
+            .pending_wills
+            .hold(client, will, due_at_ms, ended)
+    }
+
+    /// Waits out a Will's `delay` unless its session ends first [MQTT-3.1.3-9], ended to make
+    /// room for other offline sessions (`session_ended`, `--mqtt-max-offline-sessions`):
+    /// whether it ended first, or `None` if the broker began shutting down (no Will then).
+    async fn will_delay(
+        &self,
+        delay: Duration,
+        session_ended: Option<Arc<Notify>>,
+    ) -> Option<bool> {
+        let Some(session_ended) = session_ended else {
+            return self.sleep_unless_stopped(delay).await.then_some(false);
+        };
+        tokio::select! {
+            in_time = self.sleep_unless_stopped(delay) => in_time.then_some(false),
+            () = session_ended.notified() => Some(true),
+        }
     }
 
     /// Waits `delay`; false if the broker began shutting down first (no Will then).
@@ -323,20 +355,34 @@ pub(super) struct Pending {
     pub will: Will,
     /// When it is due (epoch ms).
     pub due_at_ms: i64,
+    /// Told when the session ends before then (see [`PendingWills::session_ended`]).
+    pub session_ended: Arc<Notify>,
     /// The connection whose end made it due: it tells this wait from a later one of the same
     /// client id (each connection of a client id here has a number of its own).
     pub ended: Ended,
 }
 
 impl PendingWills {
-    /// `will` waits until `due_at_ms`, in place of any earlier wait of `client`'s.
-    fn hold(&self, client: &ClientKey, will: &Will, due_at_ms: i64, ended: Ended) {
+    /// `will` waits until `due_at_ms`, in place of any earlier wait of `client`'s, or until
+    /// the returned signal says the session ended first.
+    fn hold(&self, client: &ClientKey, will: &Will, due_at_ms: i64, ended: Ended) -> Arc<Notify> {
+        let session_ended = Arc::new(Notify::new());
         let pending = Pending {
             will: will.clone(),
             due_at_ms,
             ended,
+            session_ended: session_ended.clone(),
         };
         self.lock().insert(client.clone(), pending);
+        session_ended
+    }
+
+    /// `client`'s session ended before its expiry: the Will it waits out, if any, is due now.
+    pub fn session_ended(&self, client: &str) {
+        if let Some(p) = self.lock().get(client) {
+            // A permit: the wait may not have begun yet.
+            p.session_ended.notify_one();
+        }
     }
 
     /// The wait for the Will of the connection that `ended` is over, unless a later one of

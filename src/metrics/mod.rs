@@ -43,6 +43,7 @@ struct Inner {
     mqtt_received: [Counter; 3],
     mqtt_sent: [Counter; 3],
     mqtt_dropped: Family<labels::DropLabel, Counter>,
+    mqtt_sessions_evicted: Counter,
     mqtt_closed_before_connect: Family<labels::RoomLabel, Counter>,
     http_closed_for_room: Family<labels::RoomLabel, Counter>,
     tls_handshakes_given_up: Family<labels::ListenerLabel, Counter>,
@@ -64,6 +65,7 @@ pub struct Gauges {
     pub mqtt_background_connections: Gauge,
     pub mqtt_awaiting_connect: Gauge,
     pub mqtt_sessions: Gauge,
+    pub mqtt_offline_sessions: Gauge,
     pub mqtt_subscriptions: Gauge,
     pub mqtt_queue_memory: Gauge,
     pub retained_messages: Gauge,
@@ -140,6 +142,7 @@ impl Metrics {
         let mqtt_received = Family::<QosLabel, Counter>::default();
         let mqtt_sent = Family::<QosLabel, Counter>::default();
         let mqtt_dropped = Family::default();
+        let mqtt_sessions_evicted = Counter::default();
         let mqtt_closed_before_connect = Family::default();
         let http_closed_for_room = Family::default();
         let tls_handshakes_given_up = Family::default();
@@ -192,6 +195,12 @@ impl Metrics {
             "retaind_mqtt_messages_dropped",
             "Messages not delivered to a session, by reason",
             mqtt_dropped.clone(),
+        );
+        r.register(
+            "retaind_mqtt_sessions_evicted",
+            "Offline MQTT sessions ended before their expiry to keep within \
+             --mqtt-max-offline-sessions, those nearest their end first",
+            mqtt_sessions_evicted.clone(),
         );
         r.register(
             "retaind_mqtt_closed_before_connect",
@@ -277,6 +286,12 @@ impl Metrics {
             "retaind_mqtt_sessions",
             "MQTT sessions held, connected or not",
             gauges.mqtt_sessions.clone(),
+        );
+        r.register(
+            "retaind_mqtt_offline_sessions",
+            "MQTT persistent sessions held offline, waiting for their clients (at most \
+             --mqtt-max-offline-sessions)",
+            gauges.mqtt_offline_sessions.clone(),
         );
         r.register(
             "retaind_mqtt_subscriptions",
@@ -404,6 +419,7 @@ impl Metrics {
             mqtt_received: by_qos(&mqtt_received),
             mqtt_sent: by_qos(&mqtt_sent),
             mqtt_dropped,
+            mqtt_sessions_evicted,
             mqtt_closed_before_connect,
             http_closed_for_room,
             tls_handshakes_given_up,
@@ -558,6 +574,11 @@ impl Metrics {
     /// counted.
     pub fn proxy_headers_refused(&self, listener: Listener, total: u64) {
         catch_up_listener(&self.0.proxy_headers_refused, listener, total);
+    }
+
+    /// `count` offline sessions ended to make room (`--mqtt-max-offline-sessions`).
+    pub fn mqtt_sessions_evicted(&self, count: u64) {
+        self.0.mqtt_sessions_evicted.inc_by(count);
     }
 
     pub fn mqtt_dropped(&self, reason: DropReason, count: u64) {

@@ -114,3 +114,96 @@ fn a_session_kept_offline_keeps_nothing_of_its_last_connection() {
     assert!(kept, "a persistent session");
     assert_eq!(Arc::strong_count(&task), 1, "the task's waker was let go");
 }
+
+/// `id`, subscribed to `t/{id}`, has just left, its session kept for `expiry_secs` from
+/// `now_ms` (`u32::MAX`: never expires).
+fn left(sessions: &Sessions, id: &str, expiry_secs: u32, now_ms: i64) {
+    let key: ClientKey = Arc::from(id);
+    let shutdown = CancellationToken::new();
+    let attached = sessions.attach(key.clone(), false, None, 0, None, &shutdown);
+    let options = SubOptions {
+        qos: Qos::AtLeastOnce,
+        no_local: false,
+        retain_as_published: false,
+        subscription_id: None,
+    };
+    let spec = FilterSpec::parse(&format!("t/{id}")).unwrap();
+    let _ = sessions.subscribe(&key, &spec, options);
+    attached.session.state().subscriptions.insert(spec, options);
+    let expiry = Duration::from_secs(u64::from(expiry_secs));
+    sessions.detach(&attached.session, attached.connection, expiry, now_ms);
+}
+
+#[test]
+fn past_the_bound_the_offline_session_nearest_its_end_ends_never_the_one_leaving() {
+    let metrics = Metrics::default();
+    let limits = SessionLimits {
+        max_queued: 10,
+        max_queued_bytes: 1 << 20,
+    };
+    let sessions =
+        Sessions::new(limits, QueueMemory::unlimited(), None, metrics.clone()).bound_offline(3);
+    let (tx, evicted) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    sessions.when_evicted(Box::new(move |key| {
+        tx.lock().unwrap().send(key.to_string()).unwrap();
+    }));
+    let held = |id: &str| sessions.get(id).is_some();
+    left(&sessions, "long", 600, 0);
+    left(&sessions, "never", u32::MAX, 0);
+    left(&sessions, "short", 60, 0);
+    assert_eq!(sessions.offline_held(), 3);
+    assert!(evicted.try_recv().is_err(), "within the bound");
+
+    // Leaving with the nearest end of all, it is kept; the nearest of the others ends.
+    left(&sessions, "shortest", 10, 1_000);
+    assert_eq!(evicted.try_recv().unwrap(), "short");
+    assert!(evicted.try_recv().is_err());
+    assert!(!held("short") && held("shortest") && held("long") && held("never"));
+    assert_eq!(sessions.offline_held(), 3);
+    assert_eq!(
+        sessions.subscription_count(),
+        3,
+        "its subscription went with it"
+    );
+
+    // A client back is not offline; leaving again, it ranks by its new expiry.
+    let shutdown = CancellationToken::new();
+    let back = sessions.attach(Arc::from("shortest"), false, None, 0, None, &shutdown);
+    assert!(back.session_present);
+    assert_eq!(sessions.offline_held(), 2);
+    left(&sessions, "other", 300, 2_000);
+    assert!(evicted.try_recv().is_err(), "room for it");
+    sessions.detach(
+        &back.session,
+        back.connection,
+        Duration::from_secs(900),
+        3_000,
+    );
+    assert_eq!(evicted.try_recv().unwrap(), "other", "300 s from 2 s");
+    // Sessions that never expire end last, after every one that does.
+    left(&sessions, "late", 5_000, 4_000);
+    assert_eq!(evicted.try_recv().unwrap(), "long");
+    left(&sessions, "later", 6_000, 5_000);
+    assert_eq!(evicted.try_recv().unwrap(), "shortest", "900 s from 3 s");
+    left(&sessions, "latest", 7_000, 6_000);
+    assert_eq!(evicted.try_recv().unwrap(), "late");
+    assert!(held("never") && held("later") && held("latest"));
+    assert!(
+        metrics
+            .render()
+            .contains("retaind_mqtt_sessions_evicted_total 5\n"),
+        "{}",
+        metrics.render()
+    );
+}
+
+#[test]
+fn without_a_bound_every_offline_session_is_kept() {
+    let sessions = sessions(10);
+    for i in 0..100 {
+        left(&sessions, &format!("d{i}"), 60, 0);
+    }
+    assert_eq!(sessions.offline_held(), 100);
+    assert_eq!(sessions.held(), 100);
+}
