@@ -796,7 +796,8 @@ async fn offline_sessions_stop_queueing_at_the_nodes_queue_memory_and_a_connecte
 async fn until_offline_sessions(app: &TestApp, n: f64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let page = app.get("/metrics").await.text().await.unwrap();
+        // Read in the process: with principals, `/metrics` wants a token.
+        let page = app.running.as_ref().unwrap().broker.metrics().render();
         let held = common::metric_value(&page, "retaind_mqtt_offline_sessions");
         if held == n {
             return;
@@ -871,7 +872,7 @@ async fn past_the_offline_session_bound_the_one_nearest_its_end_ends_and_its_wil
     );
     let page = app.get("/metrics").await.text().await.unwrap();
     assert_eq!(
-        common::metric_value(&page, "retaind_mqtt_sessions_evicted_total"),
+        common::metric_value(&page, "retaind_mqtt_sessions_evicted_total{bound=\"node\"}"),
         1.0
     );
     assert_eq!(
@@ -902,5 +903,88 @@ async fn past_the_offline_session_bound_the_one_nearest_its_end_ends_and_its_wil
     for (raw, id) in back.iter_mut().zip(["newest", "later"]) {
         let p = raw.expect(3).await.publish(true);
         assert_eq!(p.topic, format!("q/{id}"));
+    }
+}
+
+/// A principal's `max_offline_sessions`, or `--mqtt-max-offline-sessions-per-principal` for one
+/// that sets none, bounds its own sessions held offline: past it its session nearest its end
+/// ends, and another principal's sessions are not touched.
+#[tokio::test]
+async fn past_a_principals_offline_session_bound_its_own_session_nearest_its_end_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let principals = dir.path().join("auth.toml");
+    let hash = retaind::auth::hash_password("pw");
+    let principal = |name: &str, bound: &str| {
+        format!(
+            "[[principals]]\nname = \"{name}\"\nmqtt_username = \"{name}\"\n\
+             mqtt_password_hash = \"{hash}\"\n{bound}\n\
+             [[principals.statements]]\neffect = \"Allow\"\nactions = [\"iot:*\"]\nresources = [\"*\"]\n"
+        )
+    };
+    let file = principal("fleet", "max_offline_sessions = 2") + &principal("other", "");
+    std::fs::write(&principals, file).unwrap();
+    let app = app_with(|c| {
+        c.principals = Some(principals.clone());
+        c.mqtt_max_offline_sessions_per_principal = 3;
+    })
+    .await;
+    let login = |id: &str, user: &str, clean: bool, expiry_secs: u32| {
+        let mut props = vec![SESSION_EXPIRY];
+        props.extend(expiry_secs.to_be_bytes());
+        let mut connect = build::connect_with_login(id, Some(&props), user, b"pw");
+        if !clean {
+            let flags = connect.windows(4).position(|w| w == b"MQTT").unwrap() + 5;
+            connect[flags] &= !0x02;
+        }
+        connect
+    };
+    let leave = |id: &'static str, user: &'static str, expiry_secs: u32| {
+        let connect = login(id, user, true, expiry_secs);
+        let app = &app;
+        async move {
+            let (mut raw, ack) = Raw::connect(app, &connect).await;
+            assert_eq!(ack.body[1], 0, "{id}");
+            raw.send(&[0xE0, 0x00]).await;
+            raw.until_closed().await;
+        }
+    };
+    for (id, user, secs) in [
+        ("f1", "fleet", 100),
+        ("f2", "fleet", 300),
+        ("o1", "other", 50),
+        ("o2", "other", 400),
+        ("o3", "other", 500),
+    ] {
+        leave(id, user, secs).await;
+    }
+    until_offline_sessions(&app, 5.0).await;
+    // The third of each ends the one of its own nearest its end: not the other principal's
+    // o1, which ends sooner than any of the fleet's.
+    leave("f3", "fleet", 200).await;
+    until_offline_sessions(&app, 5.0).await;
+    leave("o4", "other", 600).await;
+    until_offline_sessions(&app, 5.0).await;
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    assert_eq!(
+        common::metric_value(
+            &page,
+            "retaind_mqtt_sessions_evicted_total{bound=\"principal\"}"
+        ),
+        2.0
+    );
+    assert!(!page.contains("bound=\"node\""), "{page}");
+    let mut back = Vec::new();
+    for (id, user, present) in [
+        ("f2", "fleet", 1),
+        ("f3", "fleet", 1),
+        ("o2", "other", 1),
+        ("o3", "other", 1),
+        ("o4", "other", 1),
+        ("f1", "fleet", 0),
+        ("o1", "other", 0),
+    ] {
+        let (raw, ack) = Raw::connect(&app, &login(id, user, false, 60)).await;
+        assert_eq!((ack.body[0], ack.body[1]), (present, 0), "{id}");
+        back.push(raw);
     }
 }

@@ -180,6 +180,16 @@ pub struct ServeConfig {
     )]
     pub mqtt_max_offline_sessions: usize,
 
+    /// Most persistent MQTT sessions of one principal the node holds offline, for principals
+    /// whose entry in --principals sets no `max_offline_sessions`; past it that principal's
+    /// session nearest its expiry ends first. `0`: no limit.
+    #[arg(
+        long,
+        env = "RETAIND_MQTT_MAX_OFFLINE_SESSIONS_PER_PRINCIPAL",
+        default_value_t = 0
+    )]
+    pub mqtt_max_offline_sessions_per_principal: u64,
+
     /// QoS 1/2 messages in flight to one client (also capped by its Receive Maximum).
     #[arg(long, env = "RETAIND_MQTT_MAX_INFLIGHT", default_value_t = 256)]
     pub mqtt_max_inflight: u16,

@@ -509,9 +509,11 @@ fn load_auth_config(config: &ServeConfig) -> Result<Option<AuthConfig>, Error> {
         path: path.to_owned(),
         source,
     })?;
-    Ok(Some(principals.with_default_retained_quota(
-        config.max_retained_messages_per_principal,
-    )))
+    Ok(Some(
+        principals
+            .with_default_retained_quota(config.max_retained_messages_per_principal)
+            .with_default_offline_sessions(config.mqtt_max_offline_sessions_per_principal),
+    ))
 }
 
 /// The file the node's NATS identity comes from, if any.

@@ -38,6 +38,10 @@ pub struct PrincipalConfig {
     /// Most retained messages this principal may keep, counting those its publishes stored;
     /// 0 means no limit. Unset: `--max-retained-messages-per-principal`.
     pub max_retained_messages: Option<u64>,
+    /// Most persistent sessions of this principal a node holds for clients that are away; past
+    /// it the one nearest its end ends. 0 means no limit of its own. Unset:
+    /// `--mqtt-max-offline-sessions-per-principal`.
+    pub max_offline_sessions: Option<u64>,
     #[serde(default)]
     pub statements: Vec<StatementConfig>,
 }
@@ -56,6 +60,7 @@ impl fmt::Debug for PrincipalConfig {
             .field("mqtt_username", &self.mqtt_username)
             .field("client_cert_sha256", &self.client_cert_sha256)
             .field("max_retained_messages", &self.max_retained_messages)
+            .field("max_offline_sessions", &self.max_offline_sessions)
             .field("statements", &self.statements)
             .finish_non_exhaustive()
     }
@@ -102,6 +107,14 @@ impl AuthConfig {
         }
         self
     }
+
+    /// Gives every principal that sets no `max_offline_sessions` this one (0: no limit).
+    pub fn with_default_offline_sessions(mut self, max_offline_sessions: u64) -> Self {
+        for p in &mut self.principals {
+            p.max_offline_sessions.get_or_insert(max_offline_sessions);
+        }
+        self
+    }
 }
 
 /// One principal's credentials and policy, checked.
@@ -113,6 +126,7 @@ pub(super) struct ValidPrincipal {
     pub(super) client_cert: Option<[u8; 32]>,
     pub(super) statements: Vec<Statement>,
     pub(super) max_retained_messages: Option<u64>,
+    pub(super) max_offline_sessions: Option<u64>,
     /// Digest of the MQTT credentials as written (username, password hash, certificate): a
     /// reload that changes it ends the connections made with the old ones.
     pub(super) mqtt_credentials: [u8; 32],
@@ -225,6 +239,7 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
             client_cert,
             statements,
             max_retained_messages: p.max_retained_messages.filter(|&n| n > 0),
+            max_offline_sessions: p.max_offline_sessions.filter(|&n| n > 0),
         });
     }
     Ok(out)

@@ -131,6 +131,7 @@ impl Authenticator {
                 valid.name.clone(),
                 valid.statements,
                 valid.max_retained_messages,
+                valid.max_offline_sessions,
                 valid.mqtt_credentials,
             ));
             inner.by_name.insert(valid.name, principal.clone());

@@ -204,6 +204,8 @@ pub struct Principal {
     /// Most retained messages this principal may keep (those its publishes stored); `None`:
     /// no quota of its own.
     pub max_retained_messages: Option<u64>,
+    /// Most of its persistent sessions a node holds offline; `None`: no limit of its own.
+    pub max_offline_sessions: Option<u64>,
     statements: Vec<Statement>,
     allow_all: bool,
     /// See [`Principal::same_mqtt_credentials`].
@@ -215,11 +217,13 @@ impl Principal {
         name: String,
         statements: Vec<Statement>,
         max_retained_messages: Option<u64>,
+        max_offline_sessions: Option<u64>,
         mqtt_credentials: [u8; 32],
     ) -> Self {
         Principal {
             name,
             max_retained_messages,
+            max_offline_sessions,
             statements,
             allow_all: false,
             mqtt_credentials,
@@ -231,6 +235,7 @@ impl Principal {
         Principal {
             name: "anonymous".to_owned(),
             max_retained_messages: None,
+            max_offline_sessions: None,
             statements: Vec::new(),
             allow_all: true,
             mqtt_credentials: [0; 32],
@@ -281,7 +286,7 @@ mod tests {
                     .collect(),
             })
             .collect();
-        Principal::new("test".into(), statements, None, [0; 32])
+        Principal::new("test".into(), statements, None, None, [0; 32])
     }
 
     fn allow(actions: &[&str], resources: &[&str]) -> Principal {

@@ -19,7 +19,7 @@ use super::wake::Wake;
 use crate::auth::{Action, Credential, Principal};
 use crate::cluster::{Adopted, Queued, StoredSubscription};
 use crate::cluster::{Cluster, Restored, TakeOver};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SessionBound};
 use crate::mqtt::DisconnectReasonCode;
 use crate::topic::{ClientKey, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicName};
@@ -80,6 +80,24 @@ impl Registry {
             && !session.online.load(Ordering::Acquire)
             && session.resumed_elsewhere()
     }
+}
+
+/// The first of `candidates` (offline sessions, those nearest their end first) that may end
+/// to make room: not `leaving`, and not one another node is taking up, which is left to that
+/// node's hand-over. A client id listed but no longer held is taken too, so that it goes.
+fn next_to_end<'a>(
+    registry: &Registry,
+    mut candidates: impl Iterator<Item = &'a ClientKey>,
+    leaving: &Session,
+) -> Option<ClientKey> {
+    candidates
+        .find(|key| {
+            **key != leaving.key
+                && registry.sessions.get(*key).is_none_or(|s| {
+                    !s.online.load(Ordering::Acquire) && s.moved.load(Ordering::Acquire) == 0
+                })
+        })
+        .cloned()
 }
 
 /// A session: state that outlives connections when the client asked for it.
@@ -573,8 +591,9 @@ impl Sessions {
     }
 
     /// `session`, just made offline, is listed among the offline sessions if it is still
-    /// held and offline; past the bound, the others nearest their end end. Not `session`
-    /// itself: a client is never told its session was kept only for it to end as it leaves.
+    /// held and offline. Past its principal's bound, that principal's sessions nearest their
+    /// end end; past the node's, any. Never `session` itself: a client is never told its
+    /// session was kept only for it to end as it leaves.
     fn list_offline(
         &self,
         mut registry: std::sync::MutexGuard<'_, Registry>,
@@ -584,41 +603,46 @@ impl Sessions {
             return;
         }
         let at = session.expires_at_ms.load(Ordering::Acquire);
-        registry.offline.list(&session.key, at);
-        if self.max_offline == 0 || registry.offline.len() <= self.max_offline {
-            return;
+        let creator = session.creator();
+        registry.offline.list(&session.key, creator, at);
+        let own = session
+            .principal()
+            .and_then(|p| p.max_offline_sessions)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let mut theirs = Vec::new();
+        if let Some(max) = own {
+            while registry.offline.len_of(creator) > max {
+                let next =
+                    next_to_end(&registry, registry.offline.nearest_end_of(creator), session);
+                let Some(key) = next else { break };
+                theirs.extend(registry.remove(&key));
+            }
         }
-        let mut evicted = Vec::new();
-        while registry.offline.len() > self.max_offline {
-            // A session another node is taking up is left to that node's hand-over.
-            let Some(key) = registry
-                .offline
-                .nearest_end()
-                .find(|key| {
-                    **key != session.key
-                        && registry.sessions.get(*key).is_none_or(|s| {
-                            !s.online.load(Ordering::Acquire)
-                                && s.moved.load(Ordering::Acquire) == 0
-                        })
-                })
-                .cloned()
-            else {
+        let mut any = Vec::new();
+        while self.max_offline != 0 && registry.offline.len() > self.max_offline {
+            let Some(key) = next_to_end(&registry, registry.offline.nearest_end(), session) else {
                 break;
             };
-            evicted.extend(registry.remove(&key));
+            any.extend(registry.remove(&key));
         }
         drop(registry);
-        for session in &evicted {
-            self.unsubscribe_all(session);
-            if let Some(cluster) = &self.cluster {
-                cluster.session_expired(session.key.clone());
+        for (bound, evicted) in [(SessionBound::principal, theirs), (SessionBound::node, any)] {
+            if evicted.is_empty() {
+                continue;
             }
-            if let Some(on_evicted) = self.on_evicted.get() {
-                on_evicted(&session.key);
+            for session in &evicted {
+                self.unsubscribe_all(session);
+                if let Some(cluster) = &self.cluster {
+                    cluster.session_expired(session.key.clone());
+                }
+                if let Some(on_evicted) = self.on_evicted.get() {
+                    on_evicted(&session.key);
+                }
             }
+            self.metrics
+                .mqtt_sessions_evicted(bound, evicted.len() as u64);
+            self.evictions.record(bound, evicted.len());
         }
-        self.metrics.mqtt_sessions_evicted(evicted.len() as u64);
-        self.evictions.record(evicted.len(), self.max_offline);
     }
 
     /// The session's expiry passed: it ends unless a connection took it up since it was

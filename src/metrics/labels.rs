@@ -92,6 +92,21 @@ pub(super) struct DropLabel {
     pub reason: DropReason,
 }
 
+/// Which bound an offline session was ended to keep within.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SessionBound {
+    /// `--mqtt-max-offline-sessions`, the node's.
+    node,
+    /// Its principal's `max_offline_sessions` (or `--mqtt-max-offline-sessions-per-principal`).
+    principal,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct SessionBoundLabel {
+    pub bound: SessionBound,
+}
+
 /// Why a connection was closed when every place for its kind was taken (MQTT connections
 /// before their CONNECT, `--mqtt-max-awaiting-connect`; HTTP connections,
 /// `--http-max-connections`).

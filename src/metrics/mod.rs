@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 pub use labels::{
     AuthFailure, CacheResult, DropReason, ForRoom, HttpLabels, Listener, OperationLabel, PoolLabel,
-    QosLabel, ResyncReason,
+    QosLabel, ResyncReason, SessionBound,
 };
 
 /// The `Content-Type` of the page.
@@ -43,7 +43,7 @@ struct Inner {
     mqtt_received: [Counter; 3],
     mqtt_sent: [Counter; 3],
     mqtt_dropped: Family<labels::DropLabel, Counter>,
-    mqtt_sessions_evicted: Counter,
+    mqtt_sessions_evicted: Family<labels::SessionBoundLabel, Counter>,
     mqtt_closed_before_connect: Family<labels::RoomLabel, Counter>,
     http_closed_for_room: Family<labels::RoomLabel, Counter>,
     tls_handshakes_given_up: Family<labels::ListenerLabel, Counter>,
@@ -142,7 +142,7 @@ impl Metrics {
         let mqtt_received = Family::<QosLabel, Counter>::default();
         let mqtt_sent = Family::<QosLabel, Counter>::default();
         let mqtt_dropped = Family::default();
-        let mqtt_sessions_evicted = Counter::default();
+        let mqtt_sessions_evicted = Family::default();
         let mqtt_closed_before_connect = Family::default();
         let http_closed_for_room = Family::default();
         let tls_handshakes_given_up = Family::default();
@@ -198,8 +198,8 @@ impl Metrics {
         );
         r.register(
             "retaind_mqtt_sessions_evicted",
-            "Offline MQTT sessions ended before their expiry to keep within \
-             --mqtt-max-offline-sessions, those nearest their end first",
+            "Offline MQTT sessions ended before their expiry to keep within a bound, the node's \
+             (--mqtt-max-offline-sessions) or their principal's, those nearest their end first",
             mqtt_sessions_evicted.clone(),
         );
         r.register(
@@ -576,9 +576,14 @@ impl Metrics {
         catch_up_listener(&self.0.proxy_headers_refused, listener, total);
     }
 
-    /// `count` offline sessions ended to make room (`--mqtt-max-offline-sessions`).
-    pub fn mqtt_sessions_evicted(&self, count: u64) {
-        self.0.mqtt_sessions_evicted.inc_by(count);
+    /// `count` offline sessions ended to keep within `bound`.
+    pub fn mqtt_sessions_evicted(&self, bound: SessionBound, count: u64) {
+        if count > 0 {
+            self.0
+                .mqtt_sessions_evicted
+                .get_or_create(&labels::SessionBoundLabel { bound })
+                .inc_by(count);
+        }
     }
 
     pub fn mqtt_dropped(&self, reason: DropReason, count: u64) {

@@ -141,6 +141,7 @@ fn every_family_on_the_page_is_in_the_readme_with_its_type() {
     m.tls_handshakes_given_up(Listener::mqtts, 1);
     m.proxy_headers_refused(Listener::mqtt, 1);
     m.mqtt_dropped(DropReason::policy, 1);
+    m.mqtt_sessions_evicted(SessionBound::node, 1);
     m.gauges()
         .store_pool_connections
         .get_or_create(&PoolLabel { state: "idle" })

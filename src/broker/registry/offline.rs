@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::metrics::SessionBound;
 use crate::topic::ClientKey;
 
 /// Between two log lines about sessions ended to make room: the metric counts each.
@@ -28,27 +29,50 @@ struct Rank {
 #[derive(Default)]
 pub(super) struct Offline {
     order: BTreeMap<Rank, ClientKey>,
-    ranks: HashMap<ClientKey, Rank>,
+    ranks: HashMap<ClientKey, (Rank, Creator)>,
+    /// The same, by the principal that created each session (`""`: anonymous), for the
+    /// principals' own bounds.
+    by_creator: HashMap<Creator, BTreeMap<Rank, ClientKey>>,
     next: u64,
 }
 
+/// A principal's name, shared by its sessions' entries (`""`: anonymous).
+type Creator = Arc<str>;
+
 impl Offline {
-    /// `client`'s session is offline until `expires_at_ms`, in place of any earlier listing.
-    pub fn list(&mut self, client: &ClientKey, expires_at_ms: i64) {
+    /// `client`'s session, created by `creator`, is offline until `expires_at_ms`, in place
+    /// of any earlier listing.
+    pub fn list(&mut self, client: &ClientKey, creator: Option<&str>, expires_at_ms: i64) {
         self.unlist(client);
         self.next += 1;
         let rank = Rank {
             expires_at_ms,
             listed: self.next,
         };
+        let creator = creator.unwrap_or_default();
+        let creator = match self.by_creator.get_key_value(creator) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(creator),
+        };
         self.order.insert(rank, client.clone());
-        self.ranks.insert(client.clone(), rank);
+        self.by_creator
+            .entry(creator.clone())
+            .or_default()
+            .insert(rank, client.clone());
+        self.ranks.insert(client.clone(), (rank, creator));
     }
 
     /// `client`'s session is no longer offline here: taken up, ended or gone elsewhere.
     pub fn unlist(&mut self, client: &str) {
-        if let Some(rank) = self.ranks.remove(client) {
-            self.order.remove(&rank);
+        let Some((rank, creator)) = self.ranks.remove(client) else {
+            return;
+        };
+        self.order.remove(&rank);
+        if let Some(theirs) = self.by_creator.get_mut(&creator) {
+            theirs.remove(&rank);
+            if theirs.is_empty() {
+                self.by_creator.remove(&creator);
+            }
         }
     }
 
@@ -56,17 +80,32 @@ impl Offline {
         self.ranks.len()
     }
 
+    /// How many of the listed sessions `creator` made.
+    pub fn len_of(&self, creator: Option<&str>) -> usize {
+        self.by_creator
+            .get(creator.unwrap_or_default())
+            .map_or(0, BTreeMap::len)
+    }
+
     /// The listed client ids, those nearest their end first.
     pub fn nearest_end(&self) -> impl Iterator<Item = &ClientKey> {
         self.order.values()
     }
+
+    /// [`Self::nearest_end`], of the sessions `creator` made.
+    pub fn nearest_end_of(&self, creator: Option<&str>) -> impl Iterator<Item = &ClientKey> {
+        self.by_creator
+            .get(creator.unwrap_or_default())
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
 }
 
 /// Sessions ended to make room, logged in summary so that a flood of new client ids cannot
-/// flood the log: the first at once, then how many more in each 10 s after, until 10 s pass
-/// with none.
+/// flood the log: for each bound, the first at once, then how many more in each 10 s after,
+/// until 10 s pass with none.
 #[derive(Default)]
-pub(super) struct EvictionLog(Mutex<Window>);
+pub(super) struct EvictionLog(Mutex<[Window; 2]>);
 
 #[derive(Default)]
 struct Window {
@@ -75,53 +114,67 @@ struct Window {
 }
 
 impl EvictionLog {
-    pub fn record(self: &Arc<Self>, ended: usize, max: usize) {
+    pub fn record(self: &Arc<Self>, bound: SessionBound, ended: usize) {
         if ended == 0 {
             return;
         }
         {
-            let mut window = self.window();
+            let mut windows = self.windows();
+            let window = &mut windows[bound as usize];
             if window.open {
                 window.unlogged += ended as u64;
                 return;
             }
             window.open = true;
         }
-        tracing::warn!(
-            ended,
-            max,
-            "offline sessions ended before their expiry to keep within --mqtt-max-offline-sessions, those nearest their end first"
-        );
+        log(bound, ended as u64, false);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.window().open = false;
+            self.windows()[bound as usize].open = false;
             return;
         };
-        let log = self.clone();
+        let log_ = self.clone();
         runtime.spawn(async move {
             loop {
                 tokio::time::sleep(LOG_EVERY).await;
                 let ended = {
-                    let mut window = log.window();
+                    let mut windows = log_.windows();
+                    let window = &mut windows[bound as usize];
                     if window.unlogged == 0 {
                         window.open = false;
                         return;
                     }
                     std::mem::take(&mut window.unlogged)
                 };
-                tracing::warn!(
-                    ended,
-                    max,
-                    "more offline sessions ended before their expiry in the last 10 s (--mqtt-max-offline-sessions)"
-                );
+                log(bound, ended, true);
             }
         });
     }
 
-    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+    fn windows(&self) -> std::sync::MutexGuard<'_, [Window; 2]> {
         // Plain counts: a panic cannot leave them torn.
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn log(bound: SessionBound, ended: u64, more: bool) {
+    let bound = match bound {
+        SessionBound::node => "the node's (--mqtt-max-offline-sessions)",
+        SessionBound::principal => "their principal's (max_offline_sessions)",
+    };
+    if more {
+        tracing::warn!(
+            ended,
+            bound,
+            "more offline sessions ended before their expiry in the last 10 s to keep within a bound"
+        );
+    } else {
+        tracing::warn!(
+            ended,
+            bound,
+            "offline sessions ended before their expiry to keep within a bound, those nearest their end first"
+        );
     }
 }
 
@@ -142,59 +195,96 @@ mod tests {
             ("early", 10),
             ("tie", 30),
         ] {
-            offline.list(&client.into(), at);
+            offline.list(&client.into(), None, at);
         }
         assert_eq!(order(&offline), ["early", "late", "tie", "never"]);
         assert_eq!(offline.len(), 4);
     }
 
     fn window(log: &EvictionLog) -> (bool, u64) {
-        let w = log.window();
+        let w = &log.windows()[SessionBound::node as usize];
         (w.open, w.unlogged)
     }
 
     #[tokio::test(start_paused = true)]
     async fn evictions_are_logged_first_at_once_then_in_summary_until_a_quiet_window() {
         let log = Arc::new(EvictionLog::default());
-        log.record(0, 5);
+        log.record(SessionBound::node, 0);
         assert_eq!(window(&log), (false, 0), "nothing ended, nothing logged");
-        log.record(1, 5);
+        log.record(SessionBound::node, 1);
         assert_eq!(window(&log), (true, 0), "the first logged at once");
-        log.record(2, 5);
-        log.record(3, 5);
+        log.record(SessionBound::node, 2);
+        log.record(SessionBound::node, 3);
         assert_eq!(window(&log), (true, 5), "the others counted");
+        log.record(SessionBound::principal, 7);
+        let principal = {
+            let w = &log.windows()[SessionBound::principal as usize];
+            (w.open, w.unlogged)
+        };
+        assert_eq!(principal, (true, 0), "each bound its own");
+        assert_eq!(window(&log), (true, 5));
         tokio::time::sleep(LOG_EVERY + Duration::from_millis(1)).await;
         assert_eq!(window(&log), (true, 0), "logged at the window's end");
-        log.record(4, 5);
+        log.record(SessionBound::node, 4);
         tokio::time::sleep(LOG_EVERY).await;
         assert_eq!(window(&log), (true, 0));
         tokio::time::sleep(LOG_EVERY).await;
         assert_eq!(window(&log), (false, 0), "a quiet window closes it");
-        log.record(1, 5);
+        log.record(SessionBound::node, 1);
         assert_eq!(window(&log), (true, 0), "the next logged at once again");
     }
 
     #[test]
     fn without_a_runtime_every_eviction_is_logged_at_once() {
         let log = Arc::new(EvictionLog::default());
-        log.record(1, 5);
-        log.record(1, 5);
+        log.record(SessionBound::node, 1);
+        log.record(SessionBound::node, 1);
         assert_eq!(window(&log), (false, 0));
     }
 
     #[test]
     fn a_session_listed_again_keeps_one_place_and_unlisting_leaves_nothing() {
         let mut offline = Offline::default();
-        offline.list(&"a".into(), 10);
-        offline.list(&"b".into(), 20);
-        offline.list(&"a".into(), 30);
+        offline.list(&"a".into(), Some("fleet"), 10);
+        offline.list(&"b".into(), None, 20);
+        offline.list(&"a".into(), Some("fleet"), 30);
         assert_eq!(order(&offline), ["b", "a"]);
+        assert_eq!(
+            (offline.len_of(Some("fleet")), offline.len_of(None)),
+            (1, 1)
+        );
         offline.unlist("a");
         offline.unlist("a");
         offline.unlist("unknown");
         assert_eq!(order(&offline), ["b"]);
+        assert_eq!(offline.len_of(Some("fleet")), 0);
         offline.unlist("b");
         assert_eq!(offline.len(), 0);
         assert!(offline.order.is_empty() && offline.ranks.is_empty());
+        assert!(offline.by_creator.is_empty(), "no principal left behind");
+    }
+
+    #[test]
+    fn each_principals_sessions_rank_among_their_own() {
+        let mut offline = Offline::default();
+        for (client, creator, at) in [
+            ("f1", Some("fleet"), 40),
+            ("a1", None, 10),
+            ("f2", Some("fleet"), 20),
+            ("o1", Some("other"), 30),
+        ] {
+            offline.list(&client.into(), creator, at);
+        }
+        let of = |creator| {
+            offline
+                .nearest_end_of(creator)
+                .map(|k| &**k)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(Some("fleet")), ["f2", "f1"]);
+        assert_eq!(of(None), ["a1"]);
+        assert_eq!(of(Some("nobody")), Vec::<&str>::new());
+        assert_eq!(order(&offline), ["a1", "f2", "o1", "f1"]);
+        assert_eq!(offline.len_of(Some("fleet")), 2);
     }
 }

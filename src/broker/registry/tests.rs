@@ -192,7 +192,7 @@ fn past_the_bound_the_offline_session_nearest_its_end_ends_never_the_one_leaving
     assert!(
         metrics
             .render()
-            .contains("retaind_mqtt_sessions_evicted_total 5\n"),
+            .contains("retaind_mqtt_sessions_evicted_total{bound=\"node\"} 5\n"),
         "{}",
         metrics.render()
     );
