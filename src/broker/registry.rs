@@ -26,7 +26,7 @@ use crate::topic::{FilterSpec, TopicName};
 
 mod offline;
 
-use offline::{EvictionLog, Offline};
+use offline::{EvictionLog, Listed, Offline};
 
 /// What the broker does for a session ended to make room (its pending Will, `will`).
 pub(super) type OnEvicted = Box<dyn Fn(&ClientKey) + Send + Sync>;
@@ -59,13 +59,15 @@ struct Registry {
 
 impl Registry {
     fn insert(&mut self, key: ClientKey, session: Arc<Session>) {
-        self.offline.unlist(&key);
-        self.sessions.insert(key, session);
+        if let Some(old) = self.sessions.insert(key, session) {
+            self.offline.unlist(old.creator(), &old.listed);
+        }
     }
 
     fn remove(&mut self, key: &str) -> Option<Arc<Session>> {
-        self.offline.unlist(key);
-        self.sessions.remove(key)
+        let session = self.sessions.remove(key)?;
+        self.offline.unlist(session.creator(), &session.listed);
+        Some(session)
     }
 
     /// Whether `session` is the one held for its client id (not one that replaced it).
@@ -138,6 +140,8 @@ pub(super) struct Session {
     /// When an offline session ends unless its client returns (epoch ms; [`NEVER`]): what a
     /// restart saves with it (decision 024).
     expires_at_ms: AtomicI64,
+    /// Its place among the offline sessions (`offline`), while it is one.
+    listed: Listed,
 }
 
 /// An offline session's [`Session::expires_at_ms`] when it does not expire.
@@ -174,6 +178,7 @@ impl Session {
             cluster: of.cluster.clone(),
             metrics: of.metrics.clone(),
             expires_at_ms: AtomicI64::new(NEVER),
+            listed: Listed::default(),
         }
     }
 
@@ -466,7 +471,7 @@ impl Sessions {
             Some(old) if !clean_start && old.creator == creator => {
                 // Held here already (offline, or made ready while it moved from another node):
                 // the subscriptions are those stored with it.
-                registry.offline.unlist(&key);
+                registry.offline.unlist(old.creator(), &old.listed);
                 if let Some(r) = &restored {
                     self.match_subscriptions(&old, &r.subscriptions);
                 }
@@ -604,7 +609,9 @@ impl Sessions {
         }
         let at = session.expires_at_ms.load(Ordering::Acquire);
         let creator = session.creator();
-        registry.offline.list(&session.key, creator, at);
+        registry
+            .offline
+            .list(&session.key, creator, at, &session.listed);
         let own = session
             .principal()
             .and_then(|p| p.max_offline_sessions)
