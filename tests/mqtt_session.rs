@@ -424,3 +424,63 @@ async fn a_session_expiry_within_the_maximum_is_kept_as_asked() {
     let (_c, ack) = Raw::connect(&app, &never).await;
     assert_eq!(connack_session_expiry(&ack.body), Some(3600));
 }
+
+/// A client that connects again, starting clean, while its earlier connection is still open
+/// (a device rebooted before the broker saw its old TCP connection die) takes the client id
+/// over: the new connection receives what it subscribed to, and is itself taken over by the
+/// next. Before 2026-12-06 the old connection's end removed the new session from the
+/// registry: the new connection received nothing, and a third connection with the id took
+/// nothing over, so two were connected at once. 3.1.1 (clean session 1) and MQTT 5 (clean
+/// start, with and without a session expiry).
+#[tokio::test]
+async fn a_clean_start_over_an_open_connection_gets_its_messages_and_is_taken_over_in_turn() {
+    let app = app().await;
+    let expiry = prop_u32(SESSION_EXPIRY, 300);
+    for (id, v5, props) in [
+        ("clean-311", false, None),
+        ("clean-5", true, Some(&[][..])),
+        ("clean-5-kept", true, Some(&expiry[..])),
+    ] {
+        let topic = format!("to/{id}");
+        let connect = build::connect(id, true, 60, props);
+        let sub_props = v5.then_some(&[][..]);
+        let (mut first, _) = Raw::connect(&app, &connect).await;
+        first.send(&build::subscribe(1, &topic, 1, sub_props)).await;
+        first.expect(9).await;
+        let (mut second, ack) = Raw::connect(&app, &connect).await;
+        assert_eq!(ack.body[0], 0, "{id}: started clean");
+        second
+            .send(&build::subscribe(1, &topic, 1, sub_props))
+            .await;
+        second.expect(9).await;
+        // The first is closed (MQTT 5: DISCONNECT 0x8E), and has ended, before the publish.
+        let closed = first.until_closed().await;
+        if v5 {
+            assert_eq!(closed.len(), 1, "{id}: {closed:?}");
+            assert_eq!(closed[0].disconnect_reason(), 0x8E, "{id}");
+        }
+        app.until_connections(1).await;
+        let res = app
+            .publish(format!("/topics/{}?qos=1", encode(&topic)), id.to_owned())
+            .await;
+        assert_eq!(res.status(), 200);
+        let p = second.expect(3).await.publish(v5);
+        assert_eq!(
+            p.payload,
+            id.as_bytes(),
+            "{id}: the new connection receives"
+        );
+        let (_third, _) = Raw::connect(&app, &connect).await;
+        let closed = tokio::time::timeout(Duration::from_secs(5), second.until_closed())
+            .await
+            .unwrap_or_else(|_| panic!("{id}: the second was not taken over by the third"));
+        if v5 {
+            assert_eq!(
+                closed.last().map(|p| p.disconnect_reason()),
+                Some(0x8E),
+                "{id}"
+            );
+        }
+        app.until_connections(1).await;
+    }
+}

@@ -25,8 +25,10 @@ use crate::topic::{ClientKey, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicName};
 
 mod offline;
+mod takeovers;
 
 use offline::{EvictionLog, Listed, Offline};
+use takeovers::TakeOvers;
 
 /// What the broker does for a session ended to make room (its pending Will, `will`).
 pub(super) type OnEvicted = Box<dyn Fn(&ClientKey) + Send + Sync>;
@@ -47,6 +49,7 @@ pub(super) struct Sessions {
     max_offline: usize,
     on_evicted: OnceLock<OnEvicted>,
     evictions: Arc<EvictionLog>,
+    takeovers: TakeOvers,
 }
 
 #[derive(Default)]
@@ -86,7 +89,7 @@ impl Registry {
 
 /// The first of `candidates` (offline sessions, those nearest their end first) that may end
 /// to make room: not `leaving`, and not one another node is taking up, which is left to that
-/// node's hand-over. A client id listed but no longer held is taken too, so that it goes.
+/// node's hand-over. Only a session held is taken: its removal is what unlists it.
 fn next_to_end<'a>(
     registry: &Registry,
     mut candidates: impl Iterator<Item = &'a ClientKey>,
@@ -95,7 +98,7 @@ fn next_to_end<'a>(
     candidates
         .find(|key| {
             **key != leaving.key
-                && registry.sessions.get(*key).is_none_or(|s| {
+                && registry.sessions.get(*key).is_some_and(|s| {
                     !s.online.load(Ordering::Acquire) && s.moved.load(Ordering::Acquire) == 0
                 })
         })
@@ -381,6 +384,7 @@ impl Sessions {
             max_offline: 0,
             on_evicted: OnceLock::new(),
             evictions: Arc::default(),
+            takeovers: TakeOvers::default(),
         }
     }
 
@@ -463,6 +467,9 @@ impl Sessions {
         let connection = registry.next_connection;
         let existing = registry.sessions.get(&key).cloned();
         if let Some(old) = &existing {
+            if old.is_online() {
+                self.taken_over_here(&key);
+            }
             old.kick(DisconnectReasonCode::SessionTakenOver);
         }
         let creator = principal.as_ref().map(|p| p.name.clone());
@@ -558,6 +565,19 @@ impl Sessions {
         session.online.store(false, Ordering::Release);
         *session.link() = None;
         session.wake.forget();
+        if !registry.holds(session) {
+            // A connection that started clean took the client id over and holds a session
+            // of its own, made in this one's place (its subscriptions left the tree then):
+            // this one ends with its connection, and everything held for the client id is
+            // the new one's. Before 2026-12-06 this removed the new session from the
+            // registry, so the new connection received nothing and a third was not a take-over.
+            drop(registry);
+            if let Some(cluster) = &self.cluster {
+                let claim = session.claim.load(Ordering::Acquire);
+                cluster.session_detached(session.key.clone(), claim, false);
+            }
+            return false;
+        }
         // A client that moved to another node without resuming has its session there, not
         // here. One that resumes it there asks for it (`hand_over`) once it holds its
         // subscriptions: until then this copy goes on queueing, so nothing is lost between.
@@ -649,6 +669,20 @@ impl Sessions {
             self.metrics
                 .mqtt_sessions_evicted(bound, evicted.len() as u64);
             self.evictions.record(bound, evicted.len());
+        }
+    }
+
+    /// `client`'s connection here is closed for a new one with its client id, on this node or
+    /// another: counted, and logged once a minute when it happens again and again
+    /// (`takeovers`).
+    fn taken_over_here(&self, client: &ClientKey) {
+        self.metrics.mqtt_takeover();
+        if let Some(times) = self.takeovers.record(client) {
+            tracing::warn!(
+                %client,
+                times,
+                "client id taken over again and again within a minute: more than one client may be connecting with it, each closing the other"
+            );
         }
     }
 
@@ -924,6 +958,7 @@ impl Sessions {
         let moved = if notice.resumed { MOVED_RESUMED } else { MOVED };
         session.moved.store(moved, Ordering::Release);
         if session.online.load(Ordering::Acquire) {
+            self.taken_over_here(&session.key);
             session.kick(DisconnectReasonCode::SessionTakenOver);
         } else if !notice.resumed {
             registry.remove(&session.key);

@@ -44,6 +44,7 @@ struct Inner {
     mqtt_sent: [Counter; 3],
     mqtt_dropped: Family<labels::DropLabel, Counter>,
     mqtt_sessions_evicted: Family<labels::SessionBoundLabel, Counter>,
+    mqtt_takeovers: Counter,
     mqtt_closed_before_connect: Family<labels::RoomLabel, Counter>,
     http_closed_for_room: Family<labels::RoomLabel, Counter>,
     tls_handshakes_given_up: Family<labels::ListenerLabel, Counter>,
@@ -143,6 +144,7 @@ impl Metrics {
         let mqtt_sent = Family::<QosLabel, Counter>::default();
         let mqtt_dropped = Family::default();
         let mqtt_sessions_evicted = Family::default();
+        let mqtt_takeovers = Counter::default();
         let mqtt_closed_before_connect = Family::default();
         let http_closed_for_room = Family::default();
         let tls_handshakes_given_up = Family::default();
@@ -201,6 +203,12 @@ impl Metrics {
             "Offline MQTT sessions ended before their expiry to keep within a bound, the node's \
              (--mqtt-max-offline-sessions) or their principal's, those nearest their end first",
             mqtt_sessions_evicted.clone(),
+        );
+        r.register(
+            "retaind_mqtt_takeovers",
+            "MQTT connections closed because their client id connected again, on this node or \
+             another (MQTT 5: DISCONNECT 0x8E)",
+            mqtt_takeovers.clone(),
         );
         r.register(
             "retaind_mqtt_closed_before_connect",
@@ -420,6 +428,7 @@ impl Metrics {
             mqtt_sent: by_qos(&mqtt_sent),
             mqtt_dropped,
             mqtt_sessions_evicted,
+            mqtt_takeovers,
             mqtt_closed_before_connect,
             http_closed_for_room,
             tls_handshakes_given_up,
@@ -574,6 +583,11 @@ impl Metrics {
     /// counted.
     pub fn proxy_headers_refused(&self, listener: Listener, total: u64) {
         catch_up_listener(&self.0.proxy_headers_refused, listener, total);
+    }
+
+    /// A connection closed for a new one with its client id.
+    pub fn mqtt_takeover(&self) {
+        self.0.mqtt_takeovers.inc();
     }
 
     /// `count` offline sessions ended to keep within `bound`.

@@ -236,9 +236,14 @@ impl TestApp {
     /// Until no MQTT connection is left: each one that ended has left its session (and
     /// scheduled its Will).
     pub async fn until_no_connections(&self) {
+        self.until_connections(0).await;
+    }
+
+    /// Until `n` MQTT connections are left: those that ended have left their sessions.
+    pub async fn until_connections(&self, n: usize) {
         let broker = &self.running.as_ref().expect("app is running").broker;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while broker.connections() > 0 {
+        while broker.connections() > n {
             assert!(
                 std::time::Instant::now() < deadline,
                 "a connection did not end"
