@@ -24,10 +24,12 @@ use crate::mqtt::DisconnectReasonCode;
 use crate::topic::{ClientKey, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicName};
 
+mod eviction_log;
 mod offline;
 mod takeovers;
 
-use offline::{EvictionLog, Listed, Offline};
+use eviction_log::EvictionLog;
+use offline::{Listed, Offline};
 use takeovers::TakeOvers;
 
 /// What the broker does for a session ended to make room (its pending Will, `will`).
@@ -658,10 +660,7 @@ impl Sessions {
                 continue;
             }
             for session in &evicted {
-                self.unsubscribe_all(session);
-                if let Some(cluster) = &self.cluster {
-                    cluster.session_expired(session.key.clone());
-                }
+                self.ended_offline(session);
                 if let Some(on_evicted) = self.on_evicted.get() {
                     on_evicted(&session.key);
                 }
@@ -693,10 +692,16 @@ impl Sessions {
         if registry.holds(session) && session.is_attached_to(connection) {
             registry.remove(&session.key);
             drop(registry);
-            self.unsubscribe_all(session);
-            if let Some(cluster) = &self.cluster {
-                cluster.session_expired(session.key.clone());
-            }
+            self.ended_offline(session);
+        }
+    }
+
+    /// An offline session, just removed from the registry, has ended (expired, or to make
+    /// room): its subscriptions go, and with `--cluster-url` its row in Postgres.
+    fn ended_offline(&self, session: &Session) {
+        self.unsubscribe_all(session);
+        if let Some(cluster) = &self.cluster {
+            cluster.session_expired(session.key.clone());
         }
     }
 

@@ -617,12 +617,17 @@ mod tests {
     }
 
     fn state(max_queued: usize) -> SessionState {
+        state_in(max_queued, QueueMemory::unlimited())
+    }
+
+    /// [`state`], its queue counted in `memory` (a new session counts, as one left does).
+    fn state_in(max_queued: usize, memory: QueueMemory) -> SessionState {
         SessionState::new(
             SessionLimits {
                 max_queued,
                 max_queued_bytes: 1 << 20,
             },
-            QueueMemory::unlimited(),
+            memory,
         )
     }
 
@@ -976,13 +981,7 @@ mod tests {
         // Room for four messages in queues of four: a fifth would double the queue.
         let limit = 5 * counted("m") + queue_memory::queue_bytes(4);
         let memory = QueueMemory::new(limit);
-        let mut s = SessionState::new(
-            SessionLimits {
-                max_queued: 100,
-                max_queued_bytes: 1 << 20,
-            },
-            memory.clone(),
-        );
+        let mut s = state_in(100, memory.clone());
         for _ in 0..4 {
             let _ = s.enqueue(delivery("m", Qos::AtLeastOnce), false);
         }
@@ -1024,13 +1023,7 @@ mod tests {
     #[test]
     fn every_way_a_queue_changes_is_counted_in_the_nodes_memory() {
         let memory = QueueMemory::new(0);
-        let mut s = SessionState::new(
-            SessionLimits {
-                max_queued: 3,
-                max_queued_bytes: 1 << 20,
-            },
-            memory.clone(),
-        );
+        let mut s = state_in(3, memory.clone());
         let _ = s.enqueue(delivery("a", Qos::AtLeastOnce), false);
         s.push_retained(delivery("retained", Qos::AtLeastOnce));
         assert_eq!(
@@ -1060,13 +1053,7 @@ mod tests {
     #[test]
     fn a_session_taken_up_stops_counting_and_one_left_counts_what_it_holds() {
         let memory = QueueMemory::new(0);
-        let mut s = SessionState::new(
-            SessionLimits {
-                max_queued: 100,
-                max_queued_bytes: 1 << 20,
-            },
-            memory.clone(),
-        );
+        let mut s = state_in(100, memory.clone());
         for p in ["a", "b"] {
             let _ = s.enqueue(delivery(p, Qos::AtLeastOnce), false);
         }
