@@ -1,8 +1,8 @@
 //! A token bucket, the arithmetic behind every rate limit: HTTP operations per principal
-//! (`api::throttle`) and MQTT publishes per client (`broker`). Pure: the caller passes the
-//! time, so the tests need no clock.
+//! (`api::throttle`), MQTT publishes per client and CONNECTs per client id (`broker`). Pure:
+//! the caller passes the time, so the tests need no clock.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Holds up to one second's worth of tokens (at least one) and refills continuously at `rate`
 /// tokens per second; a rate of 0 (or less) means no limit.
@@ -46,9 +46,7 @@ impl TokenBucket {
         if self.rate <= 0.0 {
             return true;
         }
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(Self::capacity(self.rate));
-        self.updated = now;
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -56,12 +54,40 @@ impl TokenBucket {
             false
         }
     }
+
+    /// Takes one token now or, when there is none, the next one to come within `max_wait`,
+    /// answering how long to wait for it; `None`: not within `max_wait`, and nothing taken.
+    /// Tokens promised are owed (the count goes below zero), so callers waiting together are
+    /// served one after another at the rate, in the order they asked.
+    pub fn reserve(&mut self, now: Instant, max_wait: Duration) -> Option<Duration> {
+        if self.rate <= 0.0 {
+            return Some(Duration::ZERO);
+        }
+        self.refill(now);
+        let wait = ((1.0 - self.tokens) / self.rate).max(0.0);
+        if wait > max_wait.as_secs_f64() {
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(Duration::from_secs_f64(wait))
+    }
+
+    /// Whether the bucket is full at `now`: then it is no different from a new one, and a
+    /// table of buckets may forget it.
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.rate <= 0.0 || self.tokens + elapsed * self.rate >= Self::capacity(self.rate)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(Self::capacity(self.rate));
+        self.updated = now;
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -109,9 +135,40 @@ mod tests {
     }
 
     #[test]
+    fn reservations_are_served_one_after_another_at_the_rate_up_to_the_longest_wait() {
+        let t0 = Instant::now();
+        let max_wait = Duration::from_secs(2);
+        let mut bucket = TokenBucket::new(1.0, t0);
+        assert_eq!(bucket.reserve(t0, max_wait), Some(Duration::ZERO));
+        assert!(!bucket.is_full(t0));
+        assert_eq!(bucket.reserve(t0, max_wait), Some(Duration::from_secs(1)));
+        assert_eq!(bucket.reserve(t0, max_wait), Some(Duration::from_secs(2)));
+        // A third would wait 3 s: refused, and it takes nothing.
+        assert_eq!(bucket.reserve(t0, max_wait), None);
+        assert!(!bucket.try_take(t0));
+        // Half a second on the next would still wait 2.5 s; a second more, 1.5.
+        assert_eq!(
+            bucket.reserve(t0 + Duration::from_millis(500), max_wait),
+            None
+        );
+        let t1 = t0 + Duration::from_millis(1500);
+        assert_eq!(
+            bucket.reserve(t1, max_wait),
+            Some(Duration::from_millis(1500))
+        );
+        // Owed tokens are paid back before the bucket counts as full again.
+        assert!(!bucket.is_full(t0 + Duration::from_secs(3)));
+        assert!(bucket.is_full(t0 + Duration::from_secs(4)));
+        let t4 = t0 + Duration::from_secs(4);
+        assert_eq!(bucket.reserve(t4, max_wait), Some(Duration::ZERO));
+    }
+
+    #[test]
     fn a_zero_rate_never_refuses() {
         let t0 = Instant::now();
         let mut bucket = TokenBucket::new(0.0, t0);
         assert!((0..10_000).all(|_| bucket.try_take(t0)));
+        assert!((0..10_000).all(|_| bucket.reserve(t0, Duration::ZERO) == Some(Duration::ZERO)));
+        assert!(bucket.is_full(t0));
     }
 }

@@ -62,12 +62,19 @@ resources = ["*"]
 }
 
 async fn app() -> (TestApp, tempfile::TempDir) {
+    app_with(|_| {}).await
+}
+
+async fn app_with(
+    edit: impl FnOnce(&mut retaind::app::ServeConfig),
+) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("auth.toml");
     std::fs::write(&path, config_toml()).unwrap();
     let db = fresh_db(Backend::Sqlite).await;
     let mut config = test_config(&db.url);
     config.principals = Some(path);
+    edit(&mut config);
     (spawn_app_with(db, config).await, dir)
 }
 
@@ -102,6 +109,37 @@ async fn no_credentials_are_refused_with_0x05_and_0x87() {
     assert_eq!(connack_code(&v3), 0x05);
     let (_, v5) = Raw::connect(&app, &build::connect("dev1", true, 60, V5)).await;
     assert_eq!(connack_code(&v5), 0x87);
+}
+
+/// A client id's turns to connect (`--mqtt-connect-rate-per-client-id`) are taken only by
+/// CONNECTs that may connect with it: refusals for credentials use none, so nobody can keep a
+/// device out by sending CONNECTs with its client id.
+#[tokio::test]
+async fn refusals_for_credentials_use_up_none_of_a_client_ids_turns() {
+    let (app, _dir) = app_with(|c| c.mqtt_connect_rate_per_client_id = 1.0).await;
+    let (_, v3) = login(&app, "dev1", false, "device", "wrong").await;
+    assert_eq!(connack_code(&v3), 0x04);
+    let (_, v5) = login(&app, "dev1", true, "device", "wrong-too").await;
+    assert_eq!(connack_code(&v5), 0x86);
+    let (_, none) = Raw::connect(&app, &build::connect("dev1", true, 60, V5)).await;
+    assert_eq!(connack_code(&none), 0x87);
+    let (_, ok) = login(&app, "dev1", true, "device", PASSWORD).await;
+    assert_eq!(connack_code(&ok), 0x00);
+
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    let refused = |reason: &str| {
+        common::metric_value(
+            &page,
+            &format!("retaind_mqtt_connects_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refused("bad_credentials"), 2.0);
+    assert_eq!(refused("not_authorized"), 1.0);
+    assert_eq!(
+        common::metric_value(&page, "retaind_mqtt_connects_paced_total"),
+        0.0,
+        "let in at once"
+    );
 }
 
 #[tokio::test]

@@ -335,6 +335,14 @@ async fn connections_beyond_the_maximum_get_connack_server_busy_and_store_nothin
     assert_eq!(ack.body, [0, 0x03]);
     assert!(fourth.until_closed().await.is_empty());
     assert!(app.snapshot().await.is_empty());
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    assert_eq!(
+        common::metric_value(
+            &page,
+            "retaind_mqtt_connects_refused_total{reason=\"server_busy\"}"
+        ),
+        2.0
+    );
 
     // A place frees up when a client leaves.
     first.send(&build::disconnect_v5(0)).await;

@@ -284,7 +284,12 @@ async fn takeover_with_clean_start_zero_keeps_the_session() {
     old.expect(9).await;
     let (mut new, ack) = Raw::connect(&app, &persistent_connect("keep", false)).await;
     assert_eq!(&ack.body[..2], &[1, 0], "session present");
-    assert_eq!(old.until_closed().await.len(), 1);
+    // Told why [MQTT-3.1.4-3], though the session it was attached to is now the new
+    // connection's: before 2026-12-06 it read the new connection's default, 0x8B Server
+    // shutting down, and a client would take the broker for going away.
+    let got = old.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].disconnect_reason(), 0x8E);
     marker(&app, "keep").await;
     assert_eq!(new.expect(3).await.publish(true).payload, b"marker");
 }

@@ -227,6 +227,14 @@ pub struct ServeConfig {
           value_parser = parse_rate)]
     pub mqtt_max_publish_rate: f64,
 
+    /// CONNECTs per second one client id may make (AWS IoT's: 1), in bursts of up to one
+    /// second's worth. A CONNECT sooner than its client id's turn waits for it, up to 2 s;
+    /// one whose turn is further off is refused with CONNACK 0x9F Connection rate exceeded
+    /// (MQTT 3.1.1: 0x03 Server unavailable). 0: no limit.
+    #[arg(long, env = "RETAIND_MQTT_CONNECT_RATE_PER_CLIENT_ID", default_value_t = 1.0,
+          value_parser = parse_rate)]
+    pub mqtt_connect_rate_per_client_id: f64,
+
     /// Longest MQTT keep alive, in seconds (AWS IoT's: 1200). A client asking for more, or for
     /// none (0), is held to it: MQTT 5 clients are told in CONNACK (Server Keep Alive), 3.1.1
     /// clients are not. 0: no maximum.

@@ -5,16 +5,18 @@
 use std::net::IpAddr;
 use std::num::NonZeroU16;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::admission::{TransportIdentity, authenticate, may_publish};
 use super::client::{Client, Joined};
+use super::connect_rate::Turn;
 use super::handle::Broker;
 use super::limits::{self, GOODBYE_TIMEOUT};
 use super::resume::durable_session;
 use super::will::{Will, will};
+use crate::metrics::ConnectRefusal as Refusal;
 use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet, Version};
 use crate::store::Owner;
 use crate::topic::ClientKey;
@@ -45,7 +47,7 @@ where
         // [MQTT-3.1.3-8] a client without an id cannot ask to resume a session (the codec
         // already refuses most such CONNECTs; this covers the rest).
         if !connect.clean_start {
-            refuse(framed, ConnectAckReason::ClientIdentifierNotValid).await;
+            refuse(&broker, framed, Refusal::client_id).await;
             return None;
         }
         let id = format!("retaind-{}", uuid::Uuid::new_v4().simple());
@@ -59,21 +61,21 @@ where
     // method expects it to be carried out, and taking it in on its password alone, or on
     // nothing, would let it believe it authenticated so [MQTT-4.12.0-1].
     if connect.auth_method.is_some() {
-        refuse(framed, ConnectAckReason::BadAuthenticationMethod).await;
+        refuse(&broker, framed, Refusal::authentication_method).await;
         return None;
     }
     // A global cap on connections, checked before the costly password hash.
     // [MQTT-3.2.2-6] refused with CONNACK 0x89 Server busy (3.1.1: 0x03), then closed.
     let Some(slot) = broker.inner.live.try_acquire(cfg.max_connections) else {
         tracing::debug!(client = %key, "too many connections");
-        refuse(framed, ConnectAckReason::ServerBusy).await;
+        refuse(&broker, framed, Refusal::server_busy).await;
         return None;
     };
     let credential = identity.as_ref().and_then(TransportIdentity::credential);
     let principal = match authenticate(&broker, &connect, &key, identity, source).await {
         Ok(principal) => principal,
         Err(reason) => {
-            refuse(framed, reason).await;
+            refuse_as(&broker, framed, reason, credentials_refusal(reason)).await;
             return None;
         }
     };
@@ -89,7 +91,7 @@ where
                     &key,
                 ) =>
             {
-                refuse(framed, ConnectAckReason::NotAuthorized).await;
+                refuse(&broker, framed, Refusal::not_authorized).await;
                 return None;
             }
             Ok(will) => Some(Will {
@@ -97,11 +99,18 @@ where
                 ..will
             }),
             Err(reason) => {
-                refuse(framed, reason).await;
+                refuse_as(&broker, framed, reason, Refusal::will).await;
                 return None;
             }
         },
     };
+    // An id the broker assigned has no earlier connections to pace.
+    if assigned.is_none()
+        && let Err(why) = await_turn(&broker, &key).await
+    {
+        refuse(&broker, framed, why).await;
+        return None;
+    }
     let client_window = if v5 {
         connect.receive_max.map_or(u16::MAX, NonZeroU16::get)
     } else {
@@ -124,7 +133,7 @@ where
             Err(e) => {
                 tracing::warn!(client = %key, error = %e, "refusing a CONNECT: its client id cannot be claimed");
                 // MQTT 5: 0x88 Server unavailable (3.1.1: 0x03).
-                refuse(framed, ConnectAckReason::ServerUnavailable).await;
+                refuse(&broker, framed, Refusal::unavailable).await;
                 return None;
             }
         },
@@ -146,7 +155,7 @@ where
                 Ok(found) => found,
                 Err(e) => {
                     tracing::warn!(client = %key, error = %e, "refusing a CONNECT: its session cannot be stored");
-                    refuse(framed, ConnectAckReason::ServerUnavailable).await;
+                    refuse(&broker, framed, Refusal::unavailable).await;
                     return None;
                 }
             }
@@ -188,11 +197,65 @@ where
     })
 }
 
-/// Answers a CONNECT with a refusal [MQTT-3.2.2-6] and leaves the connection to close.
-async fn refuse<T>(framed: &mut Framed<T>, reason: ConnectAckReason)
+/// Waits for the client id's turn to connect (`connect_rate`), or says why not: its turn is
+/// too far off, or the node began to stop meanwhile (no new session then).
+async fn await_turn(broker: &Broker, key: &ClientKey) -> Result<(), Refusal> {
+    match broker.inner.connect_rates.turn(key, Instant::now()) {
+        Turn::Now => Ok(()),
+        Turn::After(wait) => {
+            broker.metrics().mqtt_connect_paced();
+            tracing::debug!(?wait, "CONNECT waits for its client id's turn");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => Ok(()),
+                () = broker.stopping_signal().cancelled() => Err(Refusal::unavailable),
+            }
+        }
+        Turn::Refused => Err(Refusal::client_id_rate),
+    }
+}
+
+/// Why `authenticate` refused, for the metrics.
+fn credentials_refusal(reason: ConnectAckReason) -> Refusal {
+    match reason {
+        ConnectAckReason::BadUserNameOrPassword => Refusal::bad_credentials,
+        ConnectAckReason::ConnectionRateExceeded => Refusal::source_failures,
+        ConnectAckReason::ServerBusy => Refusal::server_busy,
+        ConnectAckReason::ServerUnavailable => Refusal::unavailable,
+        _ => Refusal::not_authorized,
+    }
+}
+
+/// Refuses a CONNECT with the code that says `why`.
+async fn refuse<T>(broker: &Broker, framed: &mut Framed<T>, why: Refusal)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    let reason = match why {
+        Refusal::client_id => ConnectAckReason::ClientIdentifierNotValid,
+        Refusal::authentication_method => ConnectAckReason::BadAuthenticationMethod,
+        Refusal::server_busy => ConnectAckReason::ServerBusy,
+        Refusal::bad_credentials => ConnectAckReason::BadUserNameOrPassword,
+        Refusal::not_authorized => ConnectAckReason::NotAuthorized,
+        // 3.1.1 has no such code: 0x03 Server unavailable.
+        Refusal::source_failures | Refusal::client_id_rate => {
+            ConnectAckReason::ConnectionRateExceeded
+        }
+        Refusal::will => ConnectAckReason::ImplementationSpecificError,
+        Refusal::unavailable => ConnectAckReason::ServerUnavailable,
+    };
+    refuse_as(broker, framed, reason, why).await;
+}
+
+/// Answers a CONNECT with a refusal [MQTT-3.2.2-6] and leaves the connection to close.
+async fn refuse_as<T>(
+    broker: &Broker,
+    framed: &mut Framed<T>,
+    reason: ConnectAckReason,
+    why: Refusal,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    broker.metrics().mqtt_connect_refused(why);
     // In the connection's span: the line names the client id, when the CONNECT had one.
     tracing::debug!(?reason, "CONNECT refused");
     let connack = ConnectAck {

@@ -19,7 +19,7 @@ use super::inbound_publish::{self, Aliases};
 use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal, Why};
 use super::limits::ConnectionSlot;
 use super::outbound::Outbound;
-use super::registry::{Session, Sessions};
+use super::registry::{Session, Sessions, StopReason};
 use super::retained::{RetainedFeed, Tries};
 use super::settling::{Settled, Settling};
 use super::subscribe::{self, Subscriber};
@@ -95,6 +95,7 @@ pub(super) struct Client {
     connection: u64,
     /// Cancelled when the connection must close (taken over, kicked, shutdown).
     stop: CancellationToken,
+    stop_reason: StopReason,
     will: Option<Will>,
     session_expiry: u32,
     /// Whether the client accepts reason strings beyond CONNACK, PUBLISH and DISCONNECT
@@ -159,6 +160,7 @@ impl Client {
             session: attached.session,
             connection: attached.connection,
             stop: attached.stop,
+            stop_reason: attached.stop_reason,
             will,
             session_expiry,
             problem_info,
@@ -561,7 +563,7 @@ impl Client {
 
     /// Why the connection was asked to close.
     pub fn stop_reason(&self) -> DisconnectReasonCode {
-        self.session.stop_reason()
+        self.stop_reason.get()
     }
 
     pub fn shutting_down(&self) -> bool {

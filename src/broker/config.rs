@@ -32,6 +32,8 @@ pub struct BrokerConfig {
     pub max_subscriptions: usize,
     /// PUBLISH packets per second one connection may send; 0: no limit.
     pub max_publish_rate: f64,
+    /// CONNECTs per second one client id may make (`connect_rate`); 0: no limit.
+    pub connect_rate_per_client_id: f64,
     /// Time allowed between accepting a connection and receiving its CONNECT.
     pub connect_timeout: Duration,
     /// Connections awaiting their CONNECT at once, across all listeners (`awaiting`).
@@ -71,6 +73,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             max_subscriptions: 50,
             max_publish_rate: 0.0,
+            connect_rate_per_client_id: 1.0,
             connect_timeout: Duration::from_secs(10),
             max_awaiting_connect: 4096,
             write_timeout: Duration::from_secs(30),

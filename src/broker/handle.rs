@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::awaiting;
 use super::census::Census;
 use super::config::BrokerConfig;
+use super::connect_rate::ConnectRates;
 use super::expiry::Expiries;
 use super::limits::ConnectionCount;
 use super::message::{Message, Publication};
@@ -71,6 +72,8 @@ pub(super) struct Inner {
     /// Connections past CONNECT, against `config.max_connections`.
     pub live: Arc<ConnectionCount>,
     pub password_checks: PasswordChecks,
+    /// Each client id's turns to connect.
+    pub connect_rates: ConnectRates,
     /// The other nodes of the service, when this node is one of many.
     pub cluster: Option<Cluster>,
     pub metrics: Metrics,
@@ -108,6 +111,7 @@ impl Broker {
         };
         let config_max_awaiting = config.max_awaiting_connect;
         let max_offline = config.max_offline_sessions;
+        let connect_rate = config.connect_rate_per_client_id;
         let queue_memory = QueueMemory::new(config.max_queue_memory_bytes);
         let broker = Self {
             inner: Arc::new(Inner {
@@ -121,6 +125,7 @@ impl Broker {
                 connections: TaskTracker::new(),
                 live: Arc::default(),
                 password_checks: PasswordChecks::new(),
+                connect_rates: ConnectRates::new(connect_rate),
                 cluster,
                 metrics,
                 sys: SysTopics::new(),

@@ -19,6 +19,7 @@ mod census;
 mod client;
 mod conditional;
 mod config;
+mod connect_rate;
 mod connection;
 mod deferred;
 mod drain;

@@ -119,7 +119,7 @@ pub(super) struct Session {
     /// was taken over and leaves the session alone.
     connection: AtomicU64,
     /// Cancelled to make the attached connection close; the reason is sent in MQTT 5.
-    link: Mutex<Option<(CancellationToken, DisconnectReasonCode)>>,
+    link: Mutex<Option<(CancellationToken, StopReason)>>,
     /// Who the attached (or last) connection authenticated as; `None` when auth is off.
     /// Read for every message routed and sent, so without a lock (see `deferred`).
     principal: ArcSwapOption<Principal>,
@@ -268,17 +268,10 @@ impl Session {
             .clone()
     }
 
-    fn link(&self) -> std::sync::MutexGuard<'_, Option<(CancellationToken, DisconnectReasonCode)>> {
+    fn link(&self) -> std::sync::MutexGuard<'_, Option<(CancellationToken, StopReason)>> {
         self.link
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Why the attached connection was asked to close.
-    pub fn stop_reason(&self) -> DisconnectReasonCode {
-        self.link()
-            .as_ref()
-            .map_or(DisconnectReasonCode::SessionTakenOver, |(_, r)| *r)
     }
 
     /// An operator disconnects the attached connection, if any (MQTT 5: DISCONNECT 0x98
@@ -316,8 +309,8 @@ impl Session {
     }
 
     fn kick(&self, reason: DisconnectReasonCode) {
-        if let Some((stop, r)) = self.link().as_mut() {
-            *r = reason;
+        if let Some((stop, why)) = self.link().as_ref() {
+            why.set(reason);
             stop.cancel();
         }
     }
@@ -367,6 +360,40 @@ pub(super) struct Attached {
     pub session_present: bool,
     pub connection: u64,
     pub stop: CancellationToken,
+    /// Why `stop` was cancelled.
+    pub stop_reason: StopReason,
+}
+
+/// Why a connection was asked to close (sent in MQTT 5's DISCONNECT). Each connection has its
+/// own: the session's link is replaced as soon as another connection attaches, and the one
+/// taken over, which reads its reason later on its own task, must find 0x8E Session taken
+/// over, not the default its successor starts with (it found 0x8B Server shutting down
+/// before 2026-12-06).
+#[derive(Clone)]
+pub(super) struct StopReason(Arc<Mutex<DisconnectReasonCode>>);
+
+impl StopReason {
+    fn new() -> Self {
+        // What a connection is told when nothing else gave a reason: the stop came from the
+        // shutdown, whose token is its stop's parent.
+        Self(Arc::new(Mutex::new(
+            DisconnectReasonCode::ServerShuttingDown,
+        )))
+    }
+
+    fn set(&self, reason: DisconnectReasonCode) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+    }
+
+    pub fn get(&self) -> DisconnectReasonCode {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Sessions {
@@ -514,7 +541,8 @@ impl Sessions {
         // The earlier connection's; the new one sets its own.
         session.set_credential(None);
         let stop = shutdown.child_token();
-        *session.link() = Some((stop.clone(), DisconnectReasonCode::ServerShuttingDown));
+        let stop_reason = StopReason::new();
+        *session.link() = Some((stop.clone(), stop_reason.clone()));
         session.claim.store(claim, Ordering::Release);
         session.moved.store(0, Ordering::Release);
         session.ousted.store(0, Ordering::Release);
@@ -525,6 +553,7 @@ impl Sessions {
             session_present,
             connection,
             stop,
+            stop_reason,
         }
     }
 

@@ -92,6 +92,39 @@ pub(super) struct DropLabel {
     pub reason: DropReason,
 }
 
+/// Why a CONNECT was refused (the CONNACK code in brackets, MQTT 5's; 3.1.1 has fewer).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ConnectRefusal {
+    /// An empty client id with a session to resume (0x85).
+    client_id,
+    /// MQTT 5 enhanced authentication asked for, which is not offered (0x8C).
+    authentication_method,
+    /// `--mqtt-max-connections` connected already, or no password check could start within
+    /// 2 s (0x89).
+    server_busy,
+    /// A user name and password no principal holds (0x86).
+    bad_credentials,
+    /// No credentials, or a principal that may not connect with the client id or publish its
+    /// Will (0x87).
+    not_authorized,
+    /// From a source address that failed too many password checks in the last minute (0x9F).
+    source_failures,
+    /// Its client id's turn to connect was more than 2 s off
+    /// (`--mqtt-connect-rate-per-client-id`, 0x9F).
+    client_id_rate,
+    /// A Will that could not be published: its topic, size, format or properties.
+    will,
+    /// The node began to stop while the CONNECT waited for its turn, or with `--cluster-url`
+    /// the claim on the client id, or its session's row, could not be written (0x88).
+    unavailable,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ConnectRefusalLabel {
+    pub reason: ConnectRefusal,
+}
+
 /// Which bound an offline session was ended to keep within.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]

@@ -20,8 +20,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use labels::{
-    AuthFailure, CacheResult, DropReason, ForRoom, HttpLabels, Listener, OperationLabel, PoolLabel,
-    QosLabel, ResyncReason, SessionBound,
+    AuthFailure, CacheResult, ConnectRefusal, DropReason, ForRoom, HttpLabels, Listener,
+    OperationLabel, PoolLabel, QosLabel, ResyncReason, SessionBound,
 };
 
 /// The `Content-Type` of the page.
@@ -45,6 +45,8 @@ struct Inner {
     mqtt_dropped: Family<labels::DropLabel, Counter>,
     mqtt_sessions_evicted: Family<labels::SessionBoundLabel, Counter>,
     mqtt_takeovers: Counter,
+    mqtt_connects_refused: Family<labels::ConnectRefusalLabel, Counter>,
+    mqtt_connects_paced: Counter,
     mqtt_closed_before_connect: Family<labels::RoomLabel, Counter>,
     http_closed_for_room: Family<labels::RoomLabel, Counter>,
     tls_handshakes_given_up: Family<labels::ListenerLabel, Counter>,
@@ -145,6 +147,8 @@ impl Metrics {
         let mqtt_dropped = Family::default();
         let mqtt_sessions_evicted = Family::default();
         let mqtt_takeovers = Counter::default();
+        let mqtt_connects_refused = Family::default();
+        let mqtt_connects_paced = Counter::default();
         let mqtt_closed_before_connect = Family::default();
         let http_closed_for_room = Family::default();
         let tls_handshakes_given_up = Family::default();
@@ -209,6 +213,17 @@ impl Metrics {
             "MQTT connections closed because their client id connected again, on this node or \
              another (MQTT 5: DISCONNECT 0x8E)",
             mqtt_takeovers.clone(),
+        );
+        r.register(
+            "retaind_mqtt_connects_refused",
+            "MQTT CONNECTs answered with a refusal, by reason",
+            mqtt_connects_refused.clone(),
+        );
+        r.register(
+            "retaind_mqtt_connects_paced",
+            "MQTT CONNECTs held back until their client id's next turn to connect \
+             (--mqtt-connect-rate-per-client-id)",
+            mqtt_connects_paced.clone(),
         );
         r.register(
             "retaind_mqtt_closed_before_connect",
@@ -429,6 +444,8 @@ impl Metrics {
             mqtt_dropped,
             mqtt_sessions_evicted,
             mqtt_takeovers,
+            mqtt_connects_refused,
+            mqtt_connects_paced,
             mqtt_closed_before_connect,
             http_closed_for_room,
             tls_handshakes_given_up,
@@ -588,6 +605,19 @@ impl Metrics {
     /// A connection closed for a new one with its client id.
     pub fn mqtt_takeover(&self) {
         self.0.mqtt_takeovers.inc();
+    }
+
+    /// A CONNECT refused.
+    pub fn mqtt_connect_refused(&self, reason: ConnectRefusal) {
+        self.0
+            .mqtt_connects_refused
+            .get_or_create(&labels::ConnectRefusalLabel { reason })
+            .inc();
+    }
+
+    /// A CONNECT held back for its client id's turn.
+    pub fn mqtt_connect_paced(&self) {
+        self.0.mqtt_connects_paced.inc();
     }
 
     /// `count` offline sessions ended to keep within `bound`.

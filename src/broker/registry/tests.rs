@@ -86,10 +86,7 @@ fn a_client_found_behind_when_its_message_is_placed_is_disconnected() {
         sub.stop.is_cancelled(),
         "a full queue for QoS 1: disconnected"
     );
-    assert_eq!(
-        sub.session.stop_reason(),
-        DisconnectReasonCode::QuotaExceeded
-    );
+    assert_eq!(sub.stop_reason.get(), DisconnectReasonCode::QuotaExceeded);
     assert_eq!(sub.session.state().queued(), 1, "the second was not queued");
 }
 
