@@ -23,7 +23,7 @@ use crate::rate::TokenBucket;
 
 /// The longest a CONNECT waits for its client id's turn.
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(2);
-/// Client ids tracked at once; about 50 bytes each.
+/// Client ids tracked at once: a table of at most 131,072 slots of 41 bytes, about 5.4 MB.
 const MAX_TRACKED: usize = 100_000;
 /// The table is not swept below this many entries.
 const FIRST_SWEEP: usize = 1024;
