@@ -1069,6 +1069,38 @@ async fn per_principal_rates_are_the_services_shared_by_the_live_nodes() {
     assert!((10..=12).contains(&admitted), "admitted {admitted} of 30");
 }
 
+/// `--mqtt-connect-rate-per-principal` is the service's too: with two live nodes each lets in
+/// half (here, without principals, half of the service's 4 CONNECTs a second: two at once, then
+/// one every half second, and past 2 s refused). Undivided, all seven would be let in.
+#[tokio::test]
+async fn the_connect_rate_per_principal_is_the_services_shared_by_the_live_nodes() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let mut nodes = Vec::new();
+    for db in [db, FreshDb::shared(&url)] {
+        let mut config = test_config(&url);
+        config.cluster_url = Some(nats.url());
+        config.mqtt_connect_rate_per_principal = 4.0;
+        nodes.push(spawn_app_with(db, config).await);
+    }
+    let a = &nodes[0];
+    within("both nodes to be alive in the database", async {
+        while cluster(a).live_nodes() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let attempts = (0..7).map(|i| async move {
+        let connect = build::connect(&format!("burst-{i}"), true, 60, Some(&[]));
+        Raw::connect(a, &connect).await
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let mut codes: Vec<u8> = results.iter().map(|(_, ack)| ack.body[1]).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [0, 0, 0, 0, 0, 0, 0x9F]);
+}
+
 #[tokio::test]
 async fn a_node_killed_is_found_dead_and_the_others_stop_sending_to_it() {
     let nats = Nats::start().await;

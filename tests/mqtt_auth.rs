@@ -135,11 +135,52 @@ async fn refusals_for_credentials_use_up_none_of_a_client_ids_turns() {
     };
     assert_eq!(refused("bad_credentials"), 2.0);
     assert_eq!(refused("not_authorized"), 1.0);
-    assert_eq!(
-        common::metric_value(&page, "retaind_mqtt_connects_paced_total"),
-        0.0,
-        "let in at once"
+    assert!(
+        !page.contains("retaind_mqtt_connects_paced_total"),
+        "let in at once: {page}"
     );
+}
+
+/// `--mqtt-connect-rate-per-principal`: a principal's CONNECTs beyond its rate (2 a second,
+/// in bursts of two) wait their turn, up to 2 s, and past that are refused with 0x9F, whatever
+/// their client ids; another principal's are let in at once.
+#[tokio::test]
+async fn a_principals_connects_beyond_its_rate_wait_their_turn_and_others_do_not() {
+    let (app, _dir) = app_with(|c| c.mqtt_connect_rate_per_principal = 2.0).await;
+    // Its password checked once, so that the burst below arrives together.
+    let (_first, ack) = login(&app, "admin-0", true, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(connack_code(&ack), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let burst = (1..=7).map(|i| {
+        let app = &app;
+        async move {
+            let id = format!("admin-{i}");
+            login(app, &id, true, "admin", ADMIN_PASSWORD).await
+        }
+    });
+    let (results, (_device, device_ack)) = tokio::join!(
+        futures_util::future::join_all(burst),
+        login(&app, "dev1", true, "device", PASSWORD)
+    );
+    assert_eq!(connack_code(&device_ack), 0);
+    let mut codes: Vec<u8> = results.iter().map(|(_, ack)| connack_code(ack)).collect();
+    codes.sort_unstable();
+    // Two at once, four at 0.5, 1, 1.5 and 2 s, the seventh 2.5 s off: refused.
+    assert_eq!(codes, [0, 0, 0, 0, 0, 0, 0x9F]);
+
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    let value = |series: &str| common::metric_value(&page, series);
+    assert_eq!(
+        value("retaind_mqtt_connects_paced_total{rate=\"principal\"}"),
+        4.0,
+        "the device's CONNECT was not paced"
+    );
+    assert_eq!(
+        value("retaind_mqtt_connects_refused_total{reason=\"principal_rate\"}"),
+        1.0
+    );
+    app.until_connections(8).await;
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ fn counted(app: &TestApp, series: &str) -> f64 {
         .map_or(0.0, |v| v.parse().unwrap())
 }
 
-const PACED: &str = "retaind_mqtt_connects_paced_total";
+const PACED: &str = "retaind_mqtt_connects_paced_total{rate=\"client_id\"}";
 const REFUSED_FOR_RATE: &str = "retaind_mqtt_connects_refused_total{reason=\"client_id_rate\"}";
 
 /// An MQTT 5 CONNECT asking for a session that outlives its connection by five minutes.
@@ -206,4 +206,40 @@ async fn a_connect_waiting_for_its_turn_is_refused_when_the_node_stops() {
     assert_eq!(connack_code(&ack), 0x88);
     assert!(waiting.until_closed().await.is_empty());
     common::mqtt::within("the stop", stopping).await.unwrap();
+}
+
+/// Without principals, `--mqtt-connect-rate-per-principal` is the node's CONNECT rate, shared by
+/// every client id.
+#[tokio::test]
+async fn without_principals_the_principal_rate_is_the_nodes_connect_rate() {
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.mqtt_connect_rate_per_principal = 1.0;
+    let app = spawn_app_with(db, config).await;
+    let attempts = (0..4).map(|i| {
+        let app = &app;
+        async move {
+            let connect = build::connect(&format!("fleet-{i}"), true, 60, Some(&[]));
+            Raw::connect(app, &connect).await
+        }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let mut codes: Vec<u8> = results.iter().map(|(_, ack)| connack_code(ack)).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [0, 0, 0, 0x9F]);
+    assert_eq!(
+        counted(
+            &app,
+            "retaind_mqtt_connects_paced_total{rate=\"principal\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        counted(
+            &app,
+            "retaind_mqtt_connects_refused_total{reason=\"principal_rate\"}"
+        ),
+        1.0
+    );
+    assert_eq!(counted(&app, PACED), 0.0, "distinct client ids");
 }

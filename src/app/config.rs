@@ -235,6 +235,14 @@ pub struct ServeConfig {
           value_parser = parse_rate)]
     pub mqtt_connect_rate_per_client_id: f64,
 
+    /// CONNECTs per second of one principal (AWS IoT: 500 per account), for the whole service:
+    /// with --cluster-url each node lets in the rate divided by the live nodes. Without
+    /// principals every client shares it: the service's CONNECT rate. Sooner CONNECTs wait up to
+    /// 2 s, later ones get CONNACK 0x9F (MQTT 3.1.1: 0x03). 0: no limit, the default.
+    #[arg(long, env = "RETAIND_MQTT_CONNECT_RATE_PER_PRINCIPAL", default_value_t = 0.0,
+          value_parser = parse_rate)]
+    pub mqtt_connect_rate_per_principal: f64,
+
     /// Longest MQTT keep alive, in seconds (AWS IoT's: 1200). A client asking for more, or for
     /// none (0), is held to it: MQTT 5 clients are told in CONNACK (Server Keep Alive), 3.1.1
     /// clients are not. 0: no maximum.

@@ -16,7 +16,7 @@ use super::handle::Broker;
 use super::limits::{self, GOODBYE_TIMEOUT};
 use super::resume::durable_session;
 use super::will::{Will, will};
-use crate::metrics::ConnectRefusal as Refusal;
+use crate::metrics::{ConnectRate as Rate, ConnectRefusal as Refusal};
 use crate::mqtt::{self, ConnectAck, ConnectAckReason, Framed, Packet, Version};
 use crate::store::Owner;
 use crate::topic::ClientKey;
@@ -105,9 +105,22 @@ where
         },
     };
     // An id the broker assigned has no earlier connections to pace.
-    if assigned.is_none()
-        && let Err(why) = await_turn(&broker, &key).await
-    {
+    let by_client_id = match assigned {
+        None => broker.inner.connect_rates.turn(&key, Instant::now()),
+        Some(_) => Turn::Now,
+    };
+    let paced = match await_turn(&broker, by_client_id, Rate::client_id).await {
+        Ok(()) => {
+            let name = principal.as_ref().map(|p| p.name.as_str());
+            let turn = broker
+                .inner
+                .principal_connect_rates
+                .turn(name, Instant::now());
+            await_turn(&broker, turn, Rate::principal).await
+        }
+        refused => refused,
+    };
+    if let Err(why) = paced {
         refuse(&broker, framed, why).await;
         return None;
     }
@@ -197,20 +210,23 @@ where
     })
 }
 
-/// Waits for the client id's turn to connect (`connect_rate`), or says why not: its turn is
-/// too far off, or the node began to stop meanwhile (no new session then).
-async fn await_turn(broker: &Broker, key: &ClientKey) -> Result<(), Refusal> {
-    match broker.inner.connect_rates.turn(key, Instant::now()) {
+/// Waits for a CONNECT's turn under `rate` (`connect_rate`), or says why not: the turn is too
+/// far off, or the node began to stop meanwhile (no new session then).
+async fn await_turn(broker: &Broker, turn: Turn, rate: Rate) -> Result<(), Refusal> {
+    match turn {
         Turn::Now => Ok(()),
         Turn::After(wait) => {
-            broker.metrics().mqtt_connect_paced();
-            tracing::debug!(?wait, "CONNECT waits for its client id's turn");
+            broker.metrics().mqtt_connect_paced(rate);
+            tracing::debug!(?wait, ?rate, "CONNECT waits for its turn");
             tokio::select! {
                 () = tokio::time::sleep(wait) => Ok(()),
                 () = broker.stopping_signal().cancelled() => Err(Refusal::unavailable),
             }
         }
-        Turn::Refused => Err(Refusal::client_id_rate),
+        Turn::Refused => Err(match rate {
+            Rate::client_id => Refusal::client_id_rate,
+            Rate::principal => Refusal::principal_rate,
+        }),
     }
 }
 
@@ -237,7 +253,7 @@ where
         Refusal::bad_credentials => ConnectAckReason::BadUserNameOrPassword,
         Refusal::not_authorized => ConnectAckReason::NotAuthorized,
         // 3.1.1 has no such code: 0x03 Server unavailable.
-        Refusal::source_failures | Refusal::client_id_rate => {
+        Refusal::source_failures | Refusal::client_id_rate | Refusal::principal_rate => {
             ConnectAckReason::ConnectionRateExceeded
         }
         Refusal::will => ConnectAckReason::ImplementationSpecificError,

@@ -34,6 +34,8 @@ pub struct BrokerConfig {
     pub max_publish_rate: f64,
     /// CONNECTs per second one client id may make (`connect_rate`); 0: no limit.
     pub connect_rate_per_client_id: f64,
+    /// CONNECTs per second of one principal, service-wide; 0: no limit.
+    pub connect_rate_per_principal: f64,
     /// Time allowed between accepting a connection and receiving its CONNECT.
     pub connect_timeout: Duration,
     /// Connections awaiting their CONNECT at once, across all listeners (`awaiting`).
@@ -74,6 +76,7 @@ impl Default for BrokerConfig {
             max_subscriptions: 50,
             max_publish_rate: 0.0,
             connect_rate_per_client_id: 1.0,
+            connect_rate_per_principal: 0.0,
             connect_timeout: Duration::from_secs(10),
             max_awaiting_connect: 4096,
             write_timeout: Duration::from_secs(30),

@@ -13,12 +13,16 @@
 //! The table holds a bucket only while it is not full again; client ids are kept as keyed
 //! hashes (a client id may be tens of kilobytes), and the table is bounded ([`MAX_TRACKED`]):
 //! beyond that a client id not in it is let in untracked.
+//!
+//! [`PrincipalRates`] paces the CONNECTs of each principal the same way
+//! (`--mqtt-connect-rate-per-principal`, off by default; AWS IoT: 500 a second per account).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::cluster::Cluster;
 use crate::rate::TokenBucket;
 
 /// The longest a CONNECT waits for its client id's turn.
@@ -95,6 +99,67 @@ impl ConnectRates {
     }
 }
 
+/// CONNECTs per second of each principal, the service's: with `--cluster-url` each node lets in
+/// its share, the rate divided by the live nodes, as with the HTTP rates (decision 014).
+/// Without principals every client shares one bucket, the node's CONNECT rate. The buckets are
+/// bounded by the principals ever configured, as the HTTP rates' are.
+pub(super) struct PrincipalRates {
+    /// Per second, for the whole service; 0: no limit.
+    rate: f64,
+    cluster: Option<Cluster>,
+    buckets: Mutex<PrincipalBuckets>,
+}
+
+#[derive(Default)]
+struct PrincipalBuckets {
+    anonymous: Option<TokenBucket>,
+    named: HashMap<Arc<str>, TokenBucket>,
+}
+
+impl PrincipalRates {
+    pub fn new(rate: f64, cluster: Option<Cluster>) -> Self {
+        Self {
+            rate,
+            cluster,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// The principal's turn to connect (`None`: without principals), taken.
+    pub fn turn(&self, principal: Option<&str>, now: Instant) -> Turn {
+        if self.rate <= 0.0 {
+            return Turn::Now;
+        }
+        let nodes = self.cluster.as_ref().map_or(1, Cluster::live_nodes).max(1);
+        self.turn_at(principal, self.rate / nodes as f64, now)
+    }
+
+    /// [`PrincipalRates::turn`] at this node's share of the rate.
+    fn turn_at(&self, principal: Option<&str>, rate: f64, now: Instant) -> Turn {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let buckets = &mut *buckets;
+        let bucket = match principal {
+            None => buckets
+                .anonymous
+                .get_or_insert_with(|| TokenBucket::new(rate, now)),
+            Some(name) => {
+                if !buckets.named.contains_key(name) {
+                    buckets
+                        .named
+                        .insert(Arc::from(name), TokenBucket::new(rate, now));
+                }
+                buckets.named.get_mut(name).expect("inserted above")
+            }
+        };
+        bucket.retune(rate);
+        match bucket.reserve(now, MAX_WAIT) {
+            Some(Duration::ZERO) => Turn::Now,
+            Some(wait) => Turn::After(wait),
+            None => Turn::Refused,
+        }
+    }
+}
+
 impl Table {
     /// Whether one more bucket may be added, after forgetting the full ones when the table
     /// has doubled since they were last forgotten (so that sweeping costs a constant amount
@@ -135,6 +200,46 @@ mod tests {
         let t1 = t0 + Duration::from_millis(2500);
         assert_eq!(rates.turn("a", t1), Turn::After(Duration::from_millis(500)));
         assert_eq!(rates.turn("a", t0 + Duration::from_secs(10)), Turn::Now);
+    }
+
+    #[test]
+    fn each_principal_has_its_own_turns_and_a_burst_of_a_seconds_worth() {
+        let rates = PrincipalRates::new(2.0, None);
+        let t0 = Instant::now();
+        let turns: Vec<Turn> = (0..7).map(|_| rates.turn(Some("fleet"), t0)).collect();
+        let ms = |n| Turn::After(Duration::from_millis(n));
+        assert_eq!(
+            turns,
+            [
+                Turn::Now,
+                Turn::Now,
+                ms(500),
+                ms(1000),
+                ms(1500),
+                ms(2000),
+                Turn::Refused
+            ]
+        );
+        assert_eq!(rates.turn(Some("other"), t0), Turn::Now);
+        assert_eq!(rates.turn(None, t0), Turn::Now);
+        assert_eq!(
+            PrincipalRates::new(0.0, None).turn(Some("fleet"), t0),
+            Turn::Now
+        );
+    }
+
+    #[test]
+    fn a_principals_bucket_follows_its_share_as_nodes_come_and_go() {
+        let rates = PrincipalRates::new(3.0, None);
+        let t0 = Instant::now();
+        // Alone, the node's share is all 3 a second; two more nodes come, and it is one: the
+        // bucket keeps at most one second's worth of the new share.
+        assert_eq!(rates.turn_at(Some("fleet"), 3.0, t0), Turn::Now);
+        assert_eq!(rates.turn_at(Some("fleet"), 1.0, t0), Turn::Now);
+        assert_eq!(
+            rates.turn_at(Some("fleet"), 1.0, t0),
+            Turn::After(Duration::from_secs(1))
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::awaiting;
 use super::census::Census;
 use super::config::BrokerConfig;
-use super::connect_rate::ConnectRates;
+use super::connect_rate::{ConnectRates, PrincipalRates};
 use super::expiry::Expiries;
 use super::limits::ConnectionCount;
 use super::message::{Message, Publication};
@@ -74,6 +74,8 @@ pub(super) struct Inner {
     pub password_checks: PasswordChecks,
     /// Each client id's turns to connect.
     pub connect_rates: ConnectRates,
+    /// Each principal's.
+    pub principal_connect_rates: PrincipalRates,
     /// The other nodes of the service, when this node is one of many.
     pub cluster: Option<Cluster>,
     pub metrics: Metrics,
@@ -112,6 +114,7 @@ impl Broker {
         let config_max_awaiting = config.max_awaiting_connect;
         let max_offline = config.max_offline_sessions;
         let connect_rate = config.connect_rate_per_client_id;
+        let principal_connect_rate = config.connect_rate_per_principal;
         let queue_memory = QueueMemory::new(config.max_queue_memory_bytes);
         let broker = Self {
             inner: Arc::new(Inner {
@@ -126,6 +129,10 @@ impl Broker {
                 live: Arc::default(),
                 password_checks: PasswordChecks::new(),
                 connect_rates: ConnectRates::new(connect_rate),
+                principal_connect_rates: PrincipalRates::new(
+                    principal_connect_rate,
+                    cluster.clone(),
+                ),
                 cluster,
                 metrics,
                 sys: SysTopics::new(),

@@ -113,6 +113,9 @@ pub enum ConnectRefusal {
     /// Its client id's turn to connect was more than 2 s off
     /// (`--mqtt-connect-rate-per-client-id`, 0x9F).
     client_id_rate,
+    /// Its principal's turn to connect was more than 2 s off
+    /// (`--mqtt-connect-rate-per-principal`, 0x9F).
+    principal_rate,
     /// A Will that could not be published: its topic, size, format or properties.
     will,
     /// The node began to stop while the CONNECT waited for its turn, or with `--cluster-url`
@@ -123,6 +126,21 @@ pub enum ConnectRefusal {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ConnectRefusalLabel {
     pub reason: ConnectRefusal,
+}
+
+/// Which rate a CONNECT waited for.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ConnectRate {
+    /// `--mqtt-connect-rate-per-client-id`.
+    client_id,
+    /// `--mqtt-connect-rate-per-principal`.
+    principal,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ConnectRateLabel {
+    pub rate: ConnectRate,
 }
 
 /// Which bound an offline session was ended to keep within.

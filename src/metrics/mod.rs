@@ -20,8 +20,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use labels::{
-    AuthFailure, CacheResult, ConnectRefusal, DropReason, ForRoom, HttpLabels, Listener,
-    OperationLabel, PoolLabel, QosLabel, ResyncReason, SessionBound,
+    AuthFailure, CacheResult, ConnectRate, ConnectRefusal, DropReason, ForRoom, HttpLabels,
+    Listener, OperationLabel, PoolLabel, QosLabel, ResyncReason, SessionBound,
 };
 
 /// The `Content-Type` of the page.
@@ -46,7 +46,7 @@ struct Inner {
     mqtt_sessions_evicted: Family<labels::SessionBoundLabel, Counter>,
     mqtt_takeovers: Counter,
     mqtt_connects_refused: Family<labels::ConnectRefusalLabel, Counter>,
-    mqtt_connects_paced: Counter,
+    mqtt_connects_paced: Family<labels::ConnectRateLabel, Counter>,
     mqtt_closed_before_connect: Family<labels::RoomLabel, Counter>,
     http_closed_for_room: Family<labels::RoomLabel, Counter>,
     tls_handshakes_given_up: Family<labels::ListenerLabel, Counter>,
@@ -148,7 +148,7 @@ impl Metrics {
         let mqtt_sessions_evicted = Family::default();
         let mqtt_takeovers = Counter::default();
         let mqtt_connects_refused = Family::default();
-        let mqtt_connects_paced = Counter::default();
+        let mqtt_connects_paced = Family::default();
         let mqtt_closed_before_connect = Family::default();
         let http_closed_for_room = Family::default();
         let tls_handshakes_given_up = Family::default();
@@ -221,8 +221,9 @@ impl Metrics {
         );
         r.register(
             "retaind_mqtt_connects_paced",
-            "MQTT CONNECTs held back until their client id's next turn to connect \
-             (--mqtt-connect-rate-per-client-id)",
+            "MQTT CONNECTs held back until their turn to connect, by the rate they waited for: \
+             their client id's (--mqtt-connect-rate-per-client-id) or their principal's \
+             (--mqtt-connect-rate-per-principal)",
             mqtt_connects_paced.clone(),
         );
         r.register(
@@ -615,9 +616,12 @@ impl Metrics {
             .inc();
     }
 
-    /// A CONNECT held back for its client id's turn.
-    pub fn mqtt_connect_paced(&self) {
-        self.0.mqtt_connects_paced.inc();
+    /// A CONNECT held back for its turn under `rate`.
+    pub fn mqtt_connect_paced(&self, rate: ConnectRate) {
+        self.0
+            .mqtt_connects_paced
+            .get_or_create(&labels::ConnectRateLabel { rate })
+            .inc();
     }
 
     /// `count` offline sessions ended to keep within `bound`.

@@ -143,6 +143,7 @@ fn every_family_on_the_page_is_in_the_readme_with_its_type() {
     m.mqtt_dropped(DropReason::policy, 1);
     m.mqtt_sessions_evicted(SessionBound::node, 1);
     m.mqtt_connect_refused(ConnectRefusal::client_id_rate);
+    m.mqtt_connect_paced(ConnectRate::principal);
     m.gauges()
         .store_pool_connections
         .get_or_create(&PoolLabel { state: "idle" })
