@@ -271,6 +271,7 @@ impl Client {
             broker: &self.broker,
             client: &self.key,
             session: &self.session,
+            connection: self.connection,
             principal,
         }
     }
@@ -586,7 +587,7 @@ impl Client {
             }
         }
         // An operator's disconnect may end the session and keep the Will back.
-        let (discard, no_will) = self.session.ousted();
+        let (discard, no_will) = self.stop_reason.ousted();
         let publish_will = publish_will && !no_will;
         let expiry = if discard {
             Duration::ZERO
@@ -633,10 +634,13 @@ impl Client {
         })
     }
 
-    /// Lets go of the session at once: the CONNACK could not be sent.
+    /// The CONNACK could not be sent: the connection ends before it began, without its Will,
+    /// and the session is kept for its expiry as at any other end of a connection. It may be
+    /// a session resumed with what it held for the client (before 2026-12-06 it was ended at
+    /// once, queue and subscriptions, when the client vanished during the CONNECT).
     pub fn abandon(&self) {
-        self.broker
-            .detach(&self.session, self.connection, Duration::ZERO);
+        let expiry = Duration::from_secs(u64::from(self.session_expiry));
+        self.broker.detach(&self.session, self.connection, expiry);
         self.release_claim();
     }
 

@@ -335,8 +335,7 @@ impl Broker {
     ) -> bool {
         self.inner
             .sessions
-            .get(client_id)
-            .is_some_and(|s| s.oust(clean_session, prevent_will))
+            .oust(client_id, clean_session, prevent_will)
     }
 
     /// An operator's disconnect (DeleteConnection): `client_id`'s connection is closed here
@@ -365,17 +364,21 @@ impl Broker {
         &self.inner.stopping
     }
 
-    /// Adds or replaces a subscription (see [`Sessions::subscribe`]).
+    /// Adds or replaces a client's subscription (see [`Sessions::subscribe_for`]); `None` when
+    /// its connection was taken over.
     pub(super) fn subscribe(
         &self,
-        key: &ClientKey,
+        session: &Arc<Session>,
+        connection: u64,
         spec: &FilterSpec,
         options: SubOptions,
-    ) -> (
+    ) -> Option<(
         Option<SubOptions>,
         Option<tokio::sync::oneshot::Receiver<()>>,
-    ) {
-        self.inner.sessions.subscribe(key, spec, options)
+    )> {
+        self.inner
+            .sessions
+            .subscribe_for(session, connection, spec, options)
     }
 
     /// Queues the latest `$SYS` values `filter` matches for a new subscription of `session`.
@@ -388,9 +391,17 @@ impl Broker {
         self.inner.sys.send_latest(session, filter, options);
     }
 
-    /// Removes a subscription; whether it existed.
-    pub(super) fn unsubscribe(&self, key: &ClientKey, spec: &FilterSpec) -> bool {
-        self.inner.sessions.unsubscribe(key, spec)
+    /// Removes a client's subscription: whether it existed, `None` when its connection was
+    /// taken over.
+    pub(super) fn unsubscribe(
+        &self,
+        session: &Arc<Session>,
+        connection: u64,
+        spec: &FilterSpec,
+    ) -> Option<bool> {
+        self.inner
+            .sessions
+            .unsubscribe_for(session, connection, spec)
     }
 
     /// Binds a new connection to the client's session (see [`Sessions::attach`]).
@@ -402,14 +413,18 @@ impl Broker {
         claim: u64,
         restored: Option<Restored>,
     ) -> Attached {
-        self.inner.sessions.attach(
-            key,
+        let attached = self.inner.sessions.attach(
+            key.clone(),
             clean_start,
             principal,
             claim,
             restored,
             &self.inner.shutdown,
-        )
+        );
+        if attached.session_present {
+            self.inner.pending_wills.resumed(&key);
+        }
+        attached
     }
 
     /// The principals were reloaded: what was learnt of MQTT passwords no longer holds.

@@ -26,10 +26,12 @@ use crate::topic::{FilterSpec, TopicName};
 
 mod eviction_log;
 mod offline;
+mod stop;
 mod takeovers;
 
 use eviction_log::EvictionLog;
 use offline::{Listed, Offline};
+pub(super) use stop::StopReason;
 use takeovers::TakeOvers;
 
 /// What the broker does for a session ended to make room (its pending Will, `will`).
@@ -135,9 +137,9 @@ pub(super) struct Session {
     /// Whether the client id was claimed by a connection on another node: [`MOVED`], or
     /// [`MOVED_RESUMED`] when that connection resumes the session.
     moved: AtomicU8,
-    /// What an operator's disconnect (DeleteConnection) asked of the attached connection's
-    /// leaving: [`OUST_DISCARD`], [`OUST_NO_WILL`]. Cleared when a connection attaches.
-    ousted: AtomicU8,
+    /// An operator's disconnect (DeleteConnection) asked to end the session with its
+    /// connection: a connection that comes before that one has left does not resume it.
+    discarded: AtomicBool,
     /// Where an offline session's messages go on a node of many.
     cluster: Option<Cluster>,
     /// Where what the session drops is counted.
@@ -157,10 +159,6 @@ const MOVED_RESUMED: u8 = 2;
 /// The other nodes took this node for dead and adopted the session: the adopter published
 /// the Will of its connection, if it had one.
 const ADOPTED_ELSEWHERE: u8 = 3;
-/// The session ends with the connection, persistent or not.
-const OUST_DISCARD: u8 = 1;
-/// The connection's Will is not published.
-const OUST_NO_WILL: u8 = 2;
 
 impl Session {
     fn new(key: ClientKey, creator: Option<String>, of: &Sessions) -> Self {
@@ -179,7 +177,7 @@ impl Session {
             credential: Mutex::new(None),
             claim: AtomicU64::new(0),
             moved: AtomicU8::new(0),
-            ousted: AtomicU8::new(0),
+            discarded: AtomicBool::new(false),
             cluster: of.cluster.clone(),
             metrics: of.metrics.clone(),
             expires_at_ms: AtomicI64::new(NEVER),
@@ -276,22 +274,20 @@ impl Session {
 
     /// An operator disconnects the attached connection, if any (MQTT 5: DISCONNECT 0x98
     /// Administrative action); `discard` ends the session with it, `no_will` keeps its Will
-    /// from being published. Whether one was attached.
-    pub fn oust(&self, discard: bool, no_will: bool) -> bool {
+    /// from being published. Whether one was attached. Called under the registry's lock
+    /// ([`Sessions::oust`]), so that no connection attaches between the two.
+    fn oust(&self, discard: bool, no_will: bool) -> bool {
         if !self.is_online() {
             return false;
         }
-        let flags = if discard { OUST_DISCARD } else { 0 } | if no_will { OUST_NO_WILL } else { 0 };
-        self.ousted.store(flags, Ordering::Release);
-        self.kick(DisconnectReasonCode::AdministrativeAction);
+        if discard {
+            self.discarded.store(true, Ordering::Release);
+        }
+        if let Some((stop, why)) = self.link().as_ref() {
+            why.oust(discard, no_will);
+            stop.cancel();
+        }
         true
-    }
-
-    /// What an operator's disconnect asked of this connection's leaving: (end the session,
-    /// publish no Will).
-    pub fn ousted(&self) -> (bool, bool) {
-        let flags = self.ousted.load(Ordering::Acquire);
-        (flags & OUST_DISCARD != 0, flags & OUST_NO_WILL != 0)
     }
 
     /// Whether a connection is attached.
@@ -364,38 +360,6 @@ pub(super) struct Attached {
     pub stop_reason: StopReason,
 }
 
-/// Why a connection was asked to close (sent in MQTT 5's DISCONNECT). Each connection has its
-/// own: the session's link is replaced as soon as another connection attaches, and the one
-/// taken over, which reads its reason later on its own task, must find 0x8E Session taken
-/// over, not the default its successor starts with (it found 0x8B Server shutting down
-/// before 2026-12-06).
-#[derive(Clone)]
-pub(super) struct StopReason(Arc<Mutex<DisconnectReasonCode>>);
-
-impl StopReason {
-    fn new() -> Self {
-        // What a connection is told when nothing else gave a reason: the stop came from the
-        // shutdown, whose token is its stop's parent.
-        Self(Arc::new(Mutex::new(
-            DisconnectReasonCode::ServerShuttingDown,
-        )))
-    }
-
-    fn set(&self, reason: DisconnectReasonCode) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
-    }
-
-    pub fn get(&self) -> DisconnectReasonCode {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 impl Sessions {
     pub fn new(
         limits: SessionLimits,
@@ -445,6 +409,41 @@ impl Sessions {
         self.subscriptions
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// [`Sessions::subscribe`] for a client's SUBSCRIBE, made by connection `connection`:
+    /// `None` when that connection no longer holds `session`. A connection taken over goes on
+    /// applying the packets it had read, and the tree is keyed by client id, so its late
+    /// SUBSCRIBE would otherwise reach whichever session holds the id now, a clean one that
+    /// never asked for it (and, not in that session's own list, would outlive it). Checked
+    /// under the registry's lock, which a take-over holds while it attaches.
+    pub fn subscribe_for(
+        &self,
+        session: &Arc<Session>,
+        connection: u64,
+        spec: &FilterSpec,
+        options: SubOptions,
+    ) -> Option<(
+        Option<SubOptions>,
+        Option<tokio::sync::oneshot::Receiver<()>>,
+    )> {
+        let registry = self.registry();
+        (registry.holds(session) && session.is_attached_to(connection))
+            .then(|| self.subscribe(&session.key, spec, options))
+    }
+
+    /// [`Sessions::unsubscribe`] for a client's UNSUBSCRIBE, as [`Sessions::subscribe_for`]:
+    /// `None` when `connection` no longer holds `session` (a late UNSUBSCRIBE would remove the
+    /// new session's subscription to the same filter).
+    pub fn unsubscribe_for(
+        &self,
+        session: &Arc<Session>,
+        connection: u64,
+        spec: &FilterSpec,
+    ) -> Option<bool> {
+        let registry = self.registry();
+        (registry.holds(session) && session.is_attached_to(connection))
+            .then(|| self.unsubscribe(&session.key, spec))
     }
 
     /// Adds or replaces `key`'s subscription to `spec` and returns the previous options. A
@@ -504,7 +503,11 @@ impl Sessions {
         let creator = principal.as_ref().map(|p| p.name.clone());
         let restored = restored.filter(|r| !clean_start && r.creator == creator);
         let (session, session_present) = match existing {
-            Some(old) if !clean_start && old.creator == creator => {
+            Some(old)
+                if !clean_start
+                    && old.creator == creator
+                    && !old.discarded.load(Ordering::Acquire) =>
+            {
                 // Held here already (offline, or made ready while it moved from another node):
                 // the subscriptions are those stored with it.
                 registry.offline.unlist(old.creator(), &old.listed);
@@ -545,7 +548,6 @@ impl Sessions {
         *session.link() = Some((stop.clone(), stop_reason.clone()));
         session.claim.store(claim, Ordering::Release);
         session.moved.store(0, Ordering::Release);
-        session.ousted.store(0, Ordering::Release);
         session.connection.store(connection, Ordering::Release);
         session.online.store(true, Ordering::Release);
         Attached {
@@ -1035,6 +1037,16 @@ impl Sessions {
     }
 
     /// The session of `client_id`, if held here.
+    /// An operator disconnects `client_id`'s connection here, if any (see `Session::oust`):
+    /// whether one was connected.
+    pub fn oust(&self, client_id: &str, discard: bool, no_will: bool) -> bool {
+        let registry = self.registry();
+        registry
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.oust(discard, no_will))
+    }
+
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         self.registry().sessions.get(client_id).cloned()
     }

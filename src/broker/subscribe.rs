@@ -2,6 +2,8 @@
 //! subscription limit, then entered in (or removed from) the subscription tree and the
 //! session. No I/O: the caller reads the first retained pages and sends the answer.
 
+use std::sync::Arc;
+
 use super::handle::Broker;
 use super::limits;
 use super::registry::Session;
@@ -19,7 +21,9 @@ use crate::topic::{FilterSpec, TopicFilter};
 pub(super) struct Subscriber<'a> {
     pub broker: &'a Broker,
     pub client: &'a ClientKey,
-    pub session: &'a Session,
+    pub session: &'a Arc<Session>,
+    /// The connection subscribing, which must still hold the session.
+    pub connection: u64,
     pub principal: Option<&'a Principal>,
 }
 
@@ -70,7 +74,15 @@ pub(super) fn subscribe(
             retain_as_published: opts.retain_as_published,
             subscription_id: s.id,
         };
-        let (previous, announced) = who.broker.subscribe(who.client, &spec, options);
+        let Some((previous, announced)) =
+            who.broker
+                .subscribe(who.session, who.connection, &spec, options)
+        else {
+            // Taken over since the packet was read: the connection is closing, and the
+            // session is another connection's now.
+            status.push(SubscribeAckReason::UnspecifiedError);
+            continue;
+        };
         let existed = previous.is_some();
         announcements.extend(announced);
         who.session
@@ -122,7 +134,11 @@ pub(super) fn unsubscribe(who: &Subscriber, u: Unsubscribe) -> UnsubscribeAck {
             status.push(UnsubscribeAckReason::TopicFilterInvalid);
             continue;
         };
-        let removed = who.broker.unsubscribe(who.client, &spec);
+        let Some(removed) = who.broker.unsubscribe(who.session, who.connection, &spec) else {
+            // Taken over since: the filter may be the new connection's now.
+            status.push(UnsubscribeAckReason::UnspecifiedError);
+            continue;
+        };
         who.session.state().subscriptions.remove(&spec);
         status.push(if removed {
             UnsubscribeAckReason::Success

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,7 +96,9 @@ impl Broker {
         // Held before this returns: a stop that follows at once finds it, and saves it with
         // the session (decision 024).
         let delayed = !delay.is_zero();
-        let session_ended = delayed.then(|| self.hold_will(&client, &will, delay, ended));
+        let (session_ended, resumed) = delayed
+            .then(|| self.hold_will(&client, &will, delay, ended))
+            .unzip();
         let broker = self.clone();
         tokio::spawn(async move {
             if delayed {
@@ -103,7 +106,9 @@ impl Broker {
                     return;
                 }
                 broker.inner.pending_wills.release(&client, ended);
-                if broker.resumed_since(&client, ended.connection) {
+                if resumed.is_some_and(|r| r.load(Ordering::Acquire))
+                    || broker.resumed_since(&client, ended.connection)
+                {
                     return;
                 }
             }
@@ -140,14 +145,18 @@ impl Broker {
         // a connection that resumed the session here attached it to another than 0.
         let ended = Ended::now(self, 0, 0);
         let delay = will.delay.min(expiry);
-        let session_ended =
-            (persistent && !delay.is_zero()).then(|| self.hold_will(&client, &will, delay, ended));
+        let (session_ended, resumed) = (persistent && !delay.is_zero())
+            .then(|| self.hold_will(&client, &will, delay, ended))
+            .unzip();
         let broker = self.clone();
         tokio::spawn(async move {
             let Some(ended_first) = broker.will_delay(delay, session_ended).await else {
                 return;
             };
             broker.inner.pending_wills.release(&client, ended);
+            if resumed.is_some_and(|r| r.load(Ordering::Acquire)) {
+                return;
+            }
             if persistent && !ended_first && !broker.sessions().still_adopted(&client) {
                 return;
             }
@@ -181,7 +190,7 @@ impl Broker {
         will: &Will,
         delay: Duration,
         ended: Ended,
-    ) -> Arc<Notify> {
+    ) -> (Arc<Notify>, Arc<AtomicBool>) {
         let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
         let due_at_ms = self.store().clock().now_ms().saturating_add(delay_ms);
         self.inner
@@ -355,8 +364,12 @@ pub(super) struct Pending {
     pub will: Will,
     /// When it is due (epoch ms).
     pub due_at_ms: i64,
-    /// Told when the session ends before then (see [`PendingWills::session_ended`]).
+    /// Told when the session ends before then (see [`PendingWills::session_ended`]), or is
+    /// resumed.
     pub session_ended: Arc<Notify>,
+    /// Set when a new connection resumed the session before the delay passed: the Will is
+    /// not published [MQTT-3.1.3-9], even if that session ends before the delay would have.
+    pub resumed: Arc<AtomicBool>,
     /// The connection whose end made it due: it tells this wait from a later one of the same
     /// client id (each connection of a client id here has a number of its own).
     pub ended: Ended,
@@ -365,16 +378,36 @@ pub(super) struct Pending {
 impl PendingWills {
     /// `will` waits until `due_at_ms`, in place of any earlier wait of `client`'s, or until
     /// the returned signal says the session ended first.
-    fn hold(&self, client: &ClientKey, will: &Will, due_at_ms: i64, ended: Ended) -> Arc<Notify> {
+    fn hold(
+        &self,
+        client: &ClientKey,
+        will: &Will,
+        due_at_ms: i64,
+        ended: Ended,
+    ) -> (Arc<Notify>, Arc<AtomicBool>) {
         let session_ended = Arc::new(Notify::new());
+        let resumed = Arc::new(AtomicBool::new(false));
         let pending = Pending {
             will: will.clone(),
             due_at_ms,
             ended,
             session_ended: session_ended.clone(),
+            resumed: resumed.clone(),
         };
         self.lock().insert(client.clone(), pending);
-        session_ended
+        (session_ended, resumed)
+    }
+
+    /// A new connection resumed `client`'s session: the Will it waits out, if any, is not
+    /// published [MQTT-3.1.3-9], and its wait ends now. Before 2026-12-06 this was judged
+    /// only when the delay was over, by whether a session held for the client id was
+    /// attached since: a session resumed and then ended within the delay (the new connection
+    /// left with no session expiry) was no longer held, and the Will went out.
+    pub fn resumed(&self, client: &str) {
+        if let Some(p) = self.lock().remove(client) {
+            p.resumed.store(true, Ordering::Release);
+            p.session_ended.notify_one();
+        }
     }
 
     /// `client`'s session ended before its expiry: the Will it waits out, if any, is due now.

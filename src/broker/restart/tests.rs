@@ -176,6 +176,7 @@ fn the_will_a_session_waits_out_reads_back_with_when_it_is_due() {
         due_at_ms: 77_000,
         ended: Ended::on_a_single_node(3),
         session_ended: Default::default(),
+        resumed: Default::default(),
     };
     let row = encode(&session, Some(&pending));
     let back = decode(&row.state, TopicLimits::default()).unwrap();
