@@ -580,10 +580,18 @@ impl Client {
     /// subscribers, the session is left to expire, and the Will goes out if asked to.
     pub async fn leave(&mut self, publish_will: bool) {
         while let Some(settled) = self.pending.drain().await {
-            if settled.result.is_ok()
-                && let Some(message) = settled.message
-            {
-                self.broker.route(message);
+            match (settled.result, settled.message) {
+                (Ok(()), Some(message)) => self.broker.route(message),
+                (Ok(()), None) => {}
+                // Not stored, and no one to tell: a QoS 2 id is forgotten, so that the resend
+                // after the client's return is stored rather than taken for a duplicate.
+                (Err(_), _) => {
+                    let _ = self.inbound.refused(
+                        self.session.state().awaiting_release(),
+                        settled.ack,
+                        Refusal::NotStored,
+                    );
+                }
             }
         }
         // An operator's disconnect may end the session and keep the Will back.

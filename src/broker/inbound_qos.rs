@@ -207,7 +207,13 @@ impl InboundQos {
             Refusal::Dropped(_) | Refusal::Unmet(_) | Refusal::Unreadable(_) if !self.v5 => {
                 answer(PublishAckReason::Success, None)
             }
-            Refusal::NotStored if !self.v5 => Answer::Hangup,
+            // The client resends once it is back, and must not be taken for a duplicate of a
+            // publish that was never stored (before 2026-12-06 its QoS 2 id stayed known: the
+            // resend got its PUBREC and was stored nowhere).
+            Refusal::NotStored if !self.v5 => {
+                self.end_refused(awaiting, ack);
+                Answer::Hangup
+            }
             Refusal::Dropped(reason) => {
                 self.end_refused(awaiting, ack);
                 answer(reason, None)
