@@ -1075,15 +1075,10 @@ async fn per_principal_rates_are_the_services_shared_by_the_live_nodes() {
 #[tokio::test]
 async fn the_connect_rate_per_principal_is_the_services_shared_by_the_live_nodes() {
     let nats = Nats::start().await;
-    let db = fresh_db(Backend::Postgres).await;
-    let url = db.url.clone();
-    let mut nodes = Vec::new();
-    for db in [db, FreshDb::shared(&url)] {
-        let mut config = test_config(&url);
-        config.cluster_url = Some(nats.url());
-        config.mqtt_connect_rate_per_principal = 4.0;
-        nodes.push(spawn_app_with(db, config).await);
-    }
+    let nodes = common::cluster_nodes_with(&nats.url(), 2, |c| {
+        c.mqtt_connect_rate_per_principal = 4.0;
+    })
+    .await;
     let a = &nodes[0];
     within("both nodes to be alive in the database", async {
         while cluster(a).live_nodes() < 2 {

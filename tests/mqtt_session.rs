@@ -10,18 +10,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::mqtt::raw::build::prop_u32;
 use common::mqtt::raw::{Raw, build};
+use common::mqtt::will_watcher as watcher;
 use common::mqtt::{Qos5, V5, v5_options};
 use common::{Backend, TestApp, encode, spawn_app};
 
 async fn app() -> TestApp {
     spawn_app(Backend::Postgres).await
-}
-
-fn prop_u32(id: u8, v: u32) -> Vec<u8> {
-    let mut out = vec![id];
-    out.extend(v.to_be_bytes());
-    out
 }
 
 const SESSION_EXPIRY: u8 = 0x11;
@@ -136,12 +132,6 @@ fn will_connect(id: &str, retain: bool, will_props: &[u8], connect_props: &[u8])
         props: will_props,
     };
     build::connect_with_will(id, true, 60, Some(connect_props), will)
-}
-
-async fn watcher(app: &TestApp) -> V5 {
-    let (mut w, _) = V5::connect(v5_options(app, "watcher")).await;
-    w.subscribe("will/#", Qos5::AtLeastOnce).await;
-    w
 }
 
 #[tokio::test]

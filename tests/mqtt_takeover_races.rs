@@ -8,8 +8,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::mqtt::raw::build::prop_u32;
 use common::mqtt::raw::{Raw, build};
-use common::mqtt::{Qos5, V5, v5_options};
+use common::mqtt::will_watcher as watcher;
 use common::{Backend, TestApp, fresh_db, spawn_app, spawn_app_with, test_config};
 use sqlx::{Connection, Executor};
 
@@ -17,20 +18,8 @@ async fn app() -> TestApp {
     spawn_app(Backend::Postgres).await
 }
 
-fn prop_u32(id: u8, v: u32) -> Vec<u8> {
-    let mut out = vec![id];
-    out.extend(v.to_be_bytes());
-    out
-}
-
 const SESSION_EXPIRY: u8 = 0x11;
 const WILL_DELAY: u8 = 0x18;
-
-async fn watcher(app: &TestApp) -> V5 {
-    let (mut w, _) = V5::connect(v5_options(app, "watcher")).await;
-    w.subscribe("will/#", Qos5::AtLeastOnce).await;
-    w
-}
 
 /// [MQTT-3.1.3-9]: a new connection to the session before the Will Delay passed cancels the
 /// Will for good; the session ending later (the new connection left with expiry 0) must not

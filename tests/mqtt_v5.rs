@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::mqtt::raw::build::prop_u32;
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V5, p5, v5_options};
 use common::{Backend, TestApp, encode, spawn_app};
@@ -17,12 +18,6 @@ async fn app() -> TestApp {
 }
 
 fn prop_u16(id: u8, v: u16) -> Vec<u8> {
-    let mut out = vec![id];
-    out.extend(v.to_be_bytes());
-    out
-}
-
-fn prop_u32(id: u8, v: u32) -> Vec<u8> {
     let mut out = vec![id];
     out.extend(v.to_be_bytes());
     out

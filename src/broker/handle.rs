@@ -19,7 +19,7 @@ use super::observe;
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
 use super::peers;
 use super::queue_memory::QueueMemory;
-use super::registry::{Attached, Session, Sessions};
+use super::registry::{Attached, Entered, Session, Sessions};
 use super::retained::ReadAhead;
 use super::session::{SessionLimits, SubOptions};
 use super::sys_topics::{self, SysTopics};
@@ -372,10 +372,7 @@ impl Broker {
         connection: u64,
         spec: &FilterSpec,
         options: SubOptions,
-    ) -> Option<(
-        Option<SubOptions>,
-        Option<tokio::sync::oneshot::Receiver<()>>,
-    )> {
+    ) -> Option<Entered> {
         self.inner
             .sessions
             .subscribe_for(session, connection, spec, options)

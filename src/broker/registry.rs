@@ -32,6 +32,13 @@ mod takeovers;
 use eviction_log::EvictionLog;
 use offline::{Listed, Offline};
 pub(super) use stop::StopReason;
+
+/// What a subscription replaced (its options, if the filter was held already), and the
+/// announcement of a new filter to the other nodes that the SUBACK waits for.
+pub(super) type Entered = (
+    Option<SubOptions>,
+    Option<tokio::sync::oneshot::Receiver<()>>,
+);
 use takeovers::TakeOvers;
 
 /// What the broker does for a session ended to make room (its pending Will, `will`).
@@ -423,10 +430,7 @@ impl Sessions {
         connection: u64,
         spec: &FilterSpec,
         options: SubOptions,
-    ) -> Option<(
-        Option<SubOptions>,
-        Option<tokio::sync::oneshot::Receiver<()>>,
-    )> {
+    ) -> Option<Entered> {
         let registry = self.registry();
         (registry.holds(session) && session.is_attached_to(connection))
             .then(|| self.subscribe(&session.key, spec, options))
@@ -448,15 +452,7 @@ impl Sessions {
 
     /// Adds or replaces `key`'s subscription to `spec` and returns the previous options. A
     /// new one is announced to the other nodes; the SUBACK waits for the returned receiver.
-    pub fn subscribe(
-        &self,
-        key: &ClientKey,
-        spec: &FilterSpec,
-        options: SubOptions,
-    ) -> (
-        Option<SubOptions>,
-        Option<tokio::sync::oneshot::Receiver<()>>,
-    ) {
+    pub fn subscribe(&self, key: &ClientKey, spec: &FilterSpec, options: SubOptions) -> Entered {
         let previous = self.subscriptions_write().insert(key, spec, options);
         let announced = match (&previous, &self.cluster) {
             (None, Some(cluster)) => Some(cluster.interest_added(spec, key)),

@@ -327,3 +327,10 @@ impl V5 {
         .await
     }
 }
+
+/// A client subscribed to `will/#` at QoS 1, where the Will tests publish their Wills.
+pub async fn will_watcher(app: &TestApp) -> V5 {
+    let (mut w, _) = V5::connect(v5_options(app, "watcher")).await;
+    w.subscribe("will/#", Qos5::AtLeastOnce).await;
+    w
+}

@@ -34,6 +34,13 @@ pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One MQTT 5 property with a four-byte integer value (Session Expiry, Will Delay, ...).
+pub fn prop_u32(id: u8, v: u32) -> Vec<u8> {
+    let mut out = vec![id];
+    out.extend(v.to_be_bytes());
+    out
+}
+
 /// A property block: its length then the properties.
 pub fn props(raw: &[u8]) -> Vec<u8> {
     let mut out = var_int(raw.len());
