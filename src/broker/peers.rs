@@ -73,7 +73,11 @@ impl Events for FromCluster {
 
     fn hand_over(&self, client_id: &str) {
         if let Some(inner) = self.0.upgrade() {
-            Broker { inner }.sessions().hand_over(client_id);
+            let broker = Broker { inner };
+            broker.sessions().hand_over(client_id);
+            // Resumed on another node: a Will this node holds for it is cancelled, as at a
+            // resume here [MQTT-3.1.3-9] (before 2026-12-06 it was published at its delay).
+            broker.inner.pending_wills.resumed(client_id);
         }
     }
 

@@ -497,13 +497,14 @@ impl Sessions {
             old.kick(DisconnectReasonCode::SessionTakenOver);
         }
         let creator = principal.as_ref().map(|p| p.name.clone());
-        let restored = restored.filter(|r| !clean_start && r.creator == creator);
+        // An operator ended the session here: its row in Postgres is not a session to resume
+        // either, whether or not its deletion has reached the database yet.
+        let discarded = existing
+            .as_ref()
+            .is_some_and(|old| old.discarded.load(Ordering::Acquire));
+        let restored = restored.filter(|r| !clean_start && r.creator == creator && !discarded);
         let (session, session_present) = match existing {
-            Some(old)
-                if !clean_start
-                    && old.creator == creator
-                    && !old.discarded.load(Ordering::Acquire) =>
-            {
+            Some(old) if !clean_start && old.creator == creator && !discarded => {
                 // Held here already (offline, or made ready while it moved from another node):
                 // the subscriptions are those stored with it.
                 registry.offline.unlist(old.creator(), &old.listed);
@@ -883,6 +884,8 @@ impl Sessions {
         };
         drop(registry);
         session.moved.store(moved, Ordering::Release);
+        // A session an operator ended keeps nothing for anyone.
+        let keep_queue = keep_queue && !session.discarded.load(Ordering::Acquire);
         if keep_queue && let Some(cluster) = &self.cluster {
             let mut state = session.state();
             for d in state.start_spooling(Stored::default()) {
@@ -1037,10 +1040,25 @@ impl Sessions {
     /// whether one was connected.
     pub fn oust(&self, client_id: &str, discard: bool, no_will: bool) -> bool {
         let registry = self.registry();
-        registry
+        let ousted = registry
             .sessions
             .get(client_id)
-            .is_some_and(|s| s.oust(discard, no_will))
+            .is_some_and(|s| s.oust(discard, no_will));
+        drop(registry);
+        // With several nodes, the session's row goes now, not when the ousted connection has
+        // finished: a reconnect through another node meanwhile would resume it from there.
+        if ousted
+            && discard
+            && let Some(cluster) = self.cluster.clone()
+        {
+            let client_id = client_id.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = cluster.session_forget(&client_id).await {
+                    tracing::warn!(client = %client_id, error = %e, "the session an operator ended could not be removed from the database now; it goes when its connection has finished");
+                }
+            });
+        }
+        ousted
     }
 
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {

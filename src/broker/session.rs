@@ -176,13 +176,15 @@ impl SessionState {
     /// in Postgres. Returns what waited here, unacknowledged messages first, to be stored
     /// there in this order; `already` were stored before (an adopted session).
     pub fn start_spooling(&mut self, already: Stored) -> Vec<Delivery> {
-        let mut waiting: Vec<Delivery> = self
-            .inflight
-            .drain(..)
-            .filter(|i| !i.released)
-            .map(|i| i.delivery)
-            .collect();
+        // A released QoS 2 message is owed only its PUBREL [MQTT-4.4.0-1], which a queue of
+        // messages in Postgres cannot hold: it stays here, in flight, for the client's return
+        // to this node (before 2026-12-06 it was dropped, and the PUBREL never came).
+        let (released, unacknowledged): (Vec<Inflight>, Vec<Inflight>) =
+            self.inflight.drain(..).partition(|i| i.released);
+        let mut waiting: Vec<Delivery> = unacknowledged.into_iter().map(|i| i.delivery).collect();
         self.in_use.clear();
+        self.in_use.extend(released.iter().map(|i| i.packet_id));
+        self.inflight.extend(released);
         for d in &self.queue {
             self.count_out(d);
         }
