@@ -9,13 +9,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::cluster_of as cluster;
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V3, V5, p5, v3_options, v5_options, within};
 use common::nats::Nats;
 use common::process::Process;
 use common::proxy::Proxy;
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
-use retaind::cluster::Cluster;
 use sqlx::Connection;
 
 /// `n` nodes of one service: one database, one NATS.
@@ -29,15 +29,6 @@ async fn nodes_with(nats: &Nats, n: usize, principals: Option<&std::path::Path>)
         c.principals = principals.map(std::path::Path::to_path_buf);
     })
     .await
-}
-
-fn cluster(app: &TestApp) -> &Cluster {
-    app.running
-        .as_ref()
-        .expect("running")
-        .broker
-        .cluster()
-        .expect("started with --cluster-url")
 }
 
 /// Waits until `app` knows that another node wants `t`: the propagation window (decision

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::cluster_of as cluster;
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V5, p5, v5_options, within};
 use common::nats::Nats;
@@ -14,21 +15,11 @@ use common::process::Process;
 use common::proxy::{Mode, Proxy};
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
 use retaind::app::ServeConfig;
-use retaind::cluster::Cluster;
 use sqlx::Connection;
 
 /// Longer than the 10 s after which the others take a silent node for dead, with a heartbeat
 /// (2 s) to spare.
 const PAST_DEAD: Duration = Duration::from_secs(13);
-
-fn cluster(app: &TestApp) -> &Cluster {
-    app.running
-        .as_ref()
-        .expect("running")
-        .broker
-        .cluster()
-        .expect("started with --cluster-url")
-}
 
 /// A node of the service on `nats` that reaches its database, `db`, directly.
 async fn node(nats: &Nats, db: FreshDb) -> TestApp {

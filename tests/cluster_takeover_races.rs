@@ -10,12 +10,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::cluster_of as cluster;
 use common::mqtt::raw::build::prop_u32;
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V5, v5_options, will_watcher, within};
 use common::nats::Nats;
 use common::{TestApp, topic};
-use retaind::cluster::Cluster;
 use sqlx::{Connection, Executor};
 
 const SESSION_EXPIRY: u8 = 0x11;
@@ -32,15 +32,6 @@ async fn two(nats: &Nats, set: impl Fn(&mut retaind::app::ServeConfig)) -> [Test
     })
     .await;
     [a, b]
-}
-
-fn cluster(app: &TestApp) -> &Cluster {
-    app.running
-        .as_ref()
-        .expect("running")
-        .broker
-        .cluster()
-        .expect("started with --cluster-url")
 }
 
 /// MQTT connections open on `app`.
@@ -73,9 +64,9 @@ async fn until_no_connections(app: &TestApp) {
 /// connects again within the delay through B and resumes its session there (session
 /// present 1). MQTT 5 3.1.3.2.2 / [MQTT-3.1.3-9]: the Will is not sent if a new connection
 /// resumes the session before the delay passes; on one node `PendingWills::resumed` cancels
-/// it at the attach. Across nodes, A's Will task asks only its own registry
-/// (`resumed_since`), from which the hand-over removed the session: the Will goes out while
-/// the client is connected on B.
+/// it at the attach. Before 2026-12-06, across nodes, A's Will task asked only its own
+/// registry (`resumed_since`), from which the hand-over removed the session: the Will went
+/// out while the client was connected on B. The hand-over now cancels it.
 #[tokio::test]
 async fn a_delayed_will_pending_on_one_node_is_cancelled_by_a_resume_on_another() {
     let nats = Nats::start().await;
@@ -145,11 +136,12 @@ async fn a_delayed_will_cancelled_by_a_resume_on_another_node_stays_cancelled_wh
 /// retained publish it read waits for the database) when the client reconnects with clean
 /// start 0, through `back_through`. The operator ended the session; on one node that session
 /// is not resumed by a connection that comes before the ousted one has left
-/// (`Session::discarded`, checked in `attach`; `tests/mqtt_takeover_races.rs`). With
-/// `--cluster-url` the discard is only in A's memory: the session row stays in Postgres until
-/// the ousted connection detaches, `durable_session` takes it (`Cluster::take`, from A by a
-/// hand-over that never looks at `discarded`), and `attach` counts what it took as a session
-/// to restore: session present 1, with the subscriptions the operator ended.
+/// (`Session::discarded`, checked in `attach`; `tests/mqtt_takeover_races.rs`). Before
+/// 2026-12-06, with `--cluster-url`, the discard was only in A's memory: the session row
+/// stayed in Postgres until the ousted connection detached, `durable_session` took it, and
+/// `attach` counted it as a session to restore: session present 1, with the subscriptions
+/// the operator ended. The oust now deletes the row, and a node does not restore a row for a
+/// session it holds ended.
 async fn operator_ended_session_then_reconnect(through_b: bool) -> u8 {
     let nats = Nats::start().await;
     let [a, b] = two(&nats, |c| c.store_timeout = Duration::from_secs(15)).await;
@@ -335,9 +327,10 @@ async fn qos2_delivery_awaiting_pubcomp(a: &TestApp, b: &TestApp) -> (u16, Vec<u
 /// owed again, under their packet ids (on one node without `--cluster-url` the released
 /// message stays in flight, `tests/mqtt_session.rs`
 /// `outbound_qos2_pubrel_is_resent_after_reconnect`; across a restart decision 024 saves it
-/// "as its PUBREL"). With `--cluster-url` it is lost as soon as the session goes offline:
-/// `Sessions::detach` moves the queue to Postgres with `SessionState::start_spooling`, which
-/// drops the in-flight messages already released; so does a hand-over (`let_go`). A client
+/// "as its PUBREL"). With `--cluster-url` it was lost as soon as the session went offline
+/// (before 2026-12-06): `SessionState::start_spooling`, moving the queue to Postgres, dropped
+/// the in-flight messages already released. They now stay in memory, so a return to the same
+/// node gets its PUBREL; a hand-over (`let_go`) still drops them (marked `ignore`). A client
 /// that delivers on PUBREL (the spec's Method A) never delivers the message, and its packet
 /// id stays taken on the client, so the next QoS 2 message sent under that id is taken for
 /// a duplicate.

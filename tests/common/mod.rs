@@ -286,6 +286,16 @@ pub async fn cluster_nodes_with(
     nodes
 }
 
+/// The cluster handle of a node started with `--cluster-url`.
+pub fn cluster_of(app: &TestApp) -> &retaind::cluster::Cluster {
+    app.running
+        .as_ref()
+        .expect("running")
+        .broker
+        .cluster()
+        .expect("started with --cluster-url")
+}
+
 /// Runs `sql` (one or more statements) on the database behind a store URL, over a connection of
 /// its own, as an operator's psql or sqlite3 session would.
 pub async fn execute_sql(url: &str, sql: &str) {
