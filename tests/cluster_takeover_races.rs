@@ -154,12 +154,7 @@ async fn operator_ended_session_then_reconnect(through_b: bool) -> u8 {
     old.send(&build::subscribe(1, "ou/t", 1, Some(&[]))).await;
     old.expect(9).await;
     // An operator's transaction holds the row of topic lk.
-    let mut locker = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    locker
-        .execute("SELECT 1 FROM retained_messages WHERE topic = 'lk' FOR UPDATE")
-        .await
-        .unwrap();
+    let mut locker = common::hold_retained_row(&a.db.url, "lk").await;
     // The client's retained publish on A waits for the row (and so does its connection's end).
     old.send(&build::publish("lk", 1, true, false, 7, Some(&[]), b"v2"))
         .await;

@@ -126,12 +126,7 @@ async fn a_reconnect_while_an_ousted_connection_finishes_does_not_undo_clean_ses
     old.send(&build::subscribe(1, "ou/t", 1, Some(&[]))).await;
     old.expect(9).await;
     // An operator's session holds the row of topic lk.
-    let mut locker = sqlx::PgConnection::connect(&url).await.unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    locker
-        .execute("SELECT 1 FROM retained_messages WHERE topic = 'lk' FOR UPDATE")
-        .await
-        .unwrap();
+    let mut locker = common::hold_retained_row(&url, "lk").await;
     // The client's retained publish waits for the row.
     old.send(&build::publish("lk", 1, true, false, 7, Some(&[]), b"v2"))
         .await;

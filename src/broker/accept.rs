@@ -1,6 +1,7 @@
 //! A CONNECT accepted or refused: the client id, the authentication method, the connection
-//! limit, the credentials (see `admission`) and the Will checked in that order, then the
-//! session joined and the CONNACK that says how.
+//! limit, the credentials (see `admission`) and the Will checked in that order, then its turn
+//! under the connect rates awaited (`connect_rate`), then the session joined and the CONNACK
+//! that says how.
 
 use std::net::IpAddr;
 use std::num::NonZeroU16;

@@ -43,6 +43,17 @@ pub(super) enum Turn {
     Refused,
 }
 
+impl Turn {
+    /// What a bucket's reservation ([`TokenBucket::reserve`]) means for a CONNECT.
+    fn of(reserved: Option<Duration>) -> Self {
+        match reserved {
+            Some(Duration::ZERO) => Self::Now,
+            Some(wait) => Self::After(wait),
+            None => Self::Refused,
+        }
+    }
+}
+
 pub(super) struct ConnectRates {
     /// Per second; 0: no limit.
     rate: f64,
@@ -85,11 +96,7 @@ impl ConnectRates {
             .buckets
             .entry(key)
             .or_insert_with(|| TokenBucket::new(self.rate, now));
-        match bucket.reserve(now, MAX_WAIT) {
-            Some(Duration::ZERO) => Turn::Now,
-            Some(wait) => Turn::After(wait),
-            None => Turn::Refused,
-        }
+        Turn::of(bucket.reserve(now, MAX_WAIT))
     }
 
     /// Client ids in the table, for the tests.
@@ -152,11 +159,7 @@ impl PrincipalRates {
             }
         };
         bucket.retune(rate);
-        match bucket.reserve(now, MAX_WAIT) {
-            Some(Duration::ZERO) => Turn::Now,
-            Some(wait) => Turn::After(wait),
-            None => Turn::Refused,
-        }
+        Turn::of(bucket.reserve(now, MAX_WAIT))
     }
 }
 

@@ -286,6 +286,21 @@ pub async fn cluster_nodes_with(
     nodes
 }
 
+/// An operator's transaction on the Postgres database at `url` holding the row of the retained
+/// message at `topic` (`SELECT ... FOR UPDATE`): writes to it wait until the returned
+/// connection rolls back or is dropped.
+pub async fn hold_retained_row(url: &str, topic: &str) -> sqlx::PgConnection {
+    use sqlx::{Connection, Executor};
+    let mut locker = sqlx::PgConnection::connect(url).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    sqlx::query("SELECT 1 FROM retained_messages WHERE topic = $1 FOR UPDATE")
+        .bind(topic)
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    locker
+}
+
 /// The cluster handle of a node started with `--cluster-url`.
 pub fn cluster_of(app: &TestApp) -> &retaind::cluster::Cluster {
     app.running
