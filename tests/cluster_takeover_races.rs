@@ -2,9 +2,9 @@
 //! (`tests/mqtt_takeover_races.rs`, decision 006 "An old connection's late work is its own"):
 //! two nodes sharing Postgres and NATS, a client id whose session, Will or connection is on
 //! node A while the client comes back through node B. Each test failed on the code it was
-//! written against (a review of 2026-12-06); the three marked `ignore` still fail, bugs left
-//! open in decision 014's "Not done" (run them with `cargo test --test cluster_takeover_races
-//! -- --ignored`).
+//! written against (a review of 2026-12-06); three of them until the session's row carried
+//! its open QoS 2 exchanges and, at a clean stop, its delayed Will (decision 014, "A
+//! session's QoS 2 exchanges and delayed Will across nodes").
 
 mod common;
 
@@ -198,11 +198,11 @@ async fn a_session_an_operator_ended_is_not_resumed_by_a_reconnect_to_its_own_no
 /// its connection broke: the client resumes its session through B and, as MQTT requires,
 /// sends the PUBLISH again with DUP under the same packet id. The packet ids awaiting
 /// PUBREL are session state (MQTT 5 4.1; on one node, and across a restart, decision 024,
-/// "its own QoS 2 resend recognised and not delivered twice"), but they are neither in the
-/// session row nor handed over: B takes the resend for a new message and every subscriber
-/// gets it twice.
+/// "its own QoS 2 resend recognised and not delivered twice"). Until 2026-12-06 they were
+/// neither in the session row nor handed over: B took the resend for a new message and
+/// every subscriber got it twice. A hand-over now writes them into the row for B to take up.
+/// Checked by the next message: were the resend delivered, it would come before it.
 #[tokio::test]
-#[ignore = "open (2026-12-06): the QoS 2 ids awaiting PUBREL are not in the session's row, so another node takes the resend for new; decision 014, Not done"]
 async fn a_qos2_publish_resent_after_resuming_on_another_node_is_delivered_once() {
     let nats = Nats::start().await;
     let [a, b] = two(&nats, |_| {}).await;
@@ -248,11 +248,10 @@ async fn a_qos2_publish_resent_after_resuming_on_another_node_is_delivered_once(
 /// clean stop saves that Will with its session and the next start publishes it when due
 /// (decision 024: "a Will that marks a device offline is then not lost to a restart that
 /// happens inside its delay"); a node of many "saves nothing here: its sessions are in
-/// Postgres all along". But the end of the connection set the row's Will to NULL
-/// (`Sessions::detached`), the stop cancels B's wait, and A adopts a session without a Will:
-/// it is never published.
+/// Postgres all along". Until 2026-12-06 the end of the connection set the row's Will to
+/// NULL (`Sessions::detached`), the stop cancelled B's wait, and A adopted a session without
+/// a Will: it was never published. The stop now writes it back with when it is due.
 #[tokio::test]
-#[ignore = "open (2026-12-06): a clean stop of a node of many saves no Will waiting out its delay (the row's Will is cleared at the connection's end); decision 014, Not done"]
 async fn a_will_waiting_out_its_delay_on_a_node_stopped_cleanly_is_published_by_the_survivor() {
     let nats = Nats::start().await;
     // `a` owns the test schema; `b` only shares it, so `b` is the one stopped.
@@ -325,7 +324,7 @@ async fn qos2_delivery_awaiting_pubcomp(a: &TestApp, b: &TestApp) -> (u16, Vec<u
 /// "as its PUBREL"). With `--cluster-url` it was lost as soon as the session went offline
 /// (before 2026-12-06): `SessionState::start_spooling`, moving the queue to Postgres, dropped
 /// the in-flight messages already released. They now stay in memory, so a return to the same
-/// node gets its PUBREL; a hand-over (`let_go`) still drops them (marked `ignore`). A client
+/// node gets its PUBREL, and a hand-over writes them into the row for the other node. A client
 /// that delivers on PUBREL (the spec's Method A) never delivers the message, and its packet
 /// id stays taken on the client, so the next QoS 2 message sent under that id is taken for
 /// a duplicate.
@@ -351,7 +350,6 @@ async fn pubrel_after_resume(through_b: bool) -> (u16, Option<(u8, u16)>) {
 }
 
 #[tokio::test]
-#[ignore = "open (2026-12-06): a released QoS 2 message owed its PUBREL is not in the session's row, so only the node that holds it resends it; decision 014, Not done"]
 async fn a_pubrel_owed_to_a_client_is_sent_again_when_it_resumes_on_another_node() {
     let (pkid, got) = pubrel_after_resume(true).await;
     assert_eq!(
@@ -368,5 +366,193 @@ async fn a_pubrel_owed_to_a_client_is_sent_again_when_it_resumes_on_its_own_node
         got,
         Some((6, pkid)),
         "the PUBREL owed for packet id {pkid} was not sent again after the resume on A"
+    );
+}
+
+/// The packet id of a PUBREL (or any acknowledgement).
+fn ack_id(p: &common::mqtt::raw::RawPacket) -> u16 {
+    u16::from_be_bytes([p.body[0], p.body[1]])
+}
+
+/// Leaves, on `node`, the persistent session "sx" with both kinds of QoS 2 exchange open
+/// when its connection breaks: a QoS 2 PUBLISH to "xq/t" it sent under packet id 7, whose
+/// PUBREC it never read (a subscriber to "xq/#" on `other` received it); and a QoS 2
+/// message on "xo/t" published on `other` and delivered to it, whose PUBREL it read but
+/// never answered with PUBCOMP. Returns that subscriber, the delivered message's packet id,
+/// and the CONNECT to come back with.
+async fn open_exchanges(node: &TestApp, other: &TestApp) -> (V5, u16, Vec<u8>) {
+    let (mut sub, _) = V5::connect(v5_options(other, "xsub")).await;
+    sub.subscribe("xq/#", Qos5::ExactlyOnce).await;
+    until_sends(node, "xq/t").await;
+    let persistent = prop_u32(SESSION_EXPIRY, 300);
+    let (mut s, _) = Raw::connect(node, &build::connect("sx", true, 60, Some(&persistent))).await;
+    s.send(&build::subscribe(1, "xo/t", 2, Some(&[]))).await;
+    s.expect(9).await;
+    until_sends(other, "xo/t").await;
+    let (mut publisher, _) = V5::connect(v5_options(other, "xpub")).await;
+    publisher
+        .publish("xo/t", Qos5::ExactlyOnce, false, b"exactly")
+        .await;
+    let p = s.expect(3).await.publish(true);
+    assert_eq!((p.qos, p.payload.as_slice()), (2, &b"exactly"[..]));
+    s.send(&build::ack(0x50, p.pkid)).await;
+    assert_eq!(ack_id(&s.expect(6).await), p.pkid, "PUBREL");
+    s.send(&build::publish(
+        "xq/t",
+        2,
+        false,
+        false,
+        7,
+        Some(&[]),
+        b"once",
+    ))
+    .await;
+    assert_eq!(&sub.next_publish().await.payload[..], b"once");
+    drop(s);
+    until_no_connections(node).await;
+    (
+        sub,
+        p.pkid,
+        build::connect("sx", false, 60, Some(&persistent)),
+    )
+}
+
+/// Comes back as "sx" through `node` and checks both exchanges `open_exchanges` left: the
+/// PUBREL owed comes first, under its packet id [MQTT-4.4.0-1], and the resent PUBLISH is
+/// recognised [MQTT-4.3.3-10]: the subscriber's next message is the marker published after
+/// it, not the resend. Returns the subscriber's next payload.
+async fn resume_open_exchanges(node: &TestApp, sub: &mut V5, pkid: u16, back: &[u8]) -> Vec<u8> {
+    let (mut s, ack) = Raw::connect(node, back).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    let next = within("the PUBREL owed", s.recv()).await;
+    let got = next.map(|p| (p.kind(), ack_id(&p)));
+    assert_eq!(got, Some((6, pkid)), "the PUBREL owed for packet id {pkid}");
+    s.send(&build::ack(0x70, pkid)).await;
+    s.send(&build::publish(
+        "xq/t",
+        2,
+        false,
+        true,
+        7,
+        Some(&[]),
+        b"once",
+    ))
+    .await;
+    assert!(s.expect(5).await.ack_reason() < 0x80, "PUBREC");
+    s.send(&build::ack(0x62, 7)).await;
+    s.expect(7).await;
+    let marker = node.publish("/topics/xq%2Fafter?qos=1", "after").await;
+    assert_eq!(marker.status(), 200);
+    sub.next_publish().await.payload.to_vec()
+}
+
+/// The node holding a session with open QoS 2 exchanges is stopped cleanly (SIGTERM) while
+/// its client is away; the client comes back through the survivor. On one node a stop saves
+/// these exchanges with the session (decision 024); a node of many writes them into the
+/// session's row, and the survivor takes them up with the session (before 2026-12-06 they
+/// were lost: the PUBREL never came and the resend was delivered a second time).
+#[tokio::test]
+async fn a_sessions_open_qos2_exchanges_survive_a_clean_stop_of_its_node() {
+    let nats = Nats::start().await;
+    // `a` owns the test schema; `b` only shares it, so `b` is the one stopped.
+    let [a, b] = two(&nats, |_| {}).await;
+    let (mut sub, pkid, back) = open_exchanges(&b, &a).await;
+    b.stop().await;
+    let next = resume_open_exchanges(&a, &mut sub, pkid, &back).await;
+    assert_eq!(
+        next, b"after",
+        "the resent QoS 2 message was delivered a second time"
+    );
+}
+
+/// Exchanges written into a row hold only as of the session's last end. A node of an older
+/// release does not know the column: when it resumes the session and its connection ends,
+/// it writes only `detached_at`, and the exchanges left in the row are those of a session
+/// that has moved on since. Taken up then, a stale id awaiting PUBREL would make the next
+/// QoS 2 message sent under it a "duplicate", acknowledged and never delivered. Here the
+/// older release's end is that write, made by hand; a resume then takes up nothing: no
+/// PUBREL, and a QoS 2 PUBLISH under packet id 7 is delivered.
+#[tokio::test]
+async fn exchanges_left_in_a_row_an_older_release_resumed_since_are_not_taken_up() {
+    let nats = Nats::start().await;
+    let [a, b] = two(&nats, |_| {}).await;
+    let (mut sub, _, back) = open_exchanges(&b, &a).await;
+    b.stop().await;
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    let (exchanges,): (Option<Vec<u8>>,) =
+        sqlx::query_as("SELECT exchanges FROM cluster_sessions WHERE client_id = 'sx'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(exchanges.is_some(), "the stop wrote the exchanges");
+    db.execute(
+        "UPDATE cluster_sessions SET detached_at = now() + interval '1 second' \
+         WHERE client_id = 'sx'",
+    )
+    .await
+    .unwrap();
+    let (mut s, ack) = Raw::connect(&a, &back).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    s.send(&build::publish(
+        "xq/t",
+        2,
+        false,
+        false,
+        7,
+        Some(&[]),
+        b"new",
+    ))
+    .await;
+    let first = s.expect(5).await;
+    assert_eq!(ack_id(&first), 7, "the PUBREC (no PUBREL came before it)");
+    s.send(&build::ack(0x62, 7)).await;
+    s.expect(7).await;
+    assert_eq!(
+        &sub.next_publish().await.payload[..],
+        b"new",
+        "a new QoS 2 message was taken for a resend of a stale exchange"
+    );
+}
+
+/// A Will a clean stop wrote back is the session's, and a resume before it is due cancels
+/// it [MQTT-3.1.3-9], through whichever node: the client left B with a Will delayed 3 s, B
+/// stopped, and the client resumed on A within the delay. No Will, then or later.
+#[tokio::test]
+async fn a_will_written_back_by_a_clean_stop_is_cancelled_by_a_resume_before_it_is_due() {
+    let nats = Nats::start().await;
+    let [a, b] = two(&nats, |_| {}).await;
+    let mut w = will_watcher(&a).await;
+    until_sends(&b, "will/t").await;
+    let will = build::Will {
+        topic: "will/t",
+        payload: b"bye",
+        qos: 1,
+        retain: false,
+        props: &prop_u32(WILL_DELAY, 3),
+    };
+    let persistent = prop_u32(SESSION_EXPIRY, 300);
+    let first = build::connect_with_will("wc", true, 60, Some(&persistent), will);
+    let (raw, _) = Raw::connect(&b, &first).await;
+    drop(raw);
+    until_no_connections(&b).await;
+    b.stop().await;
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    let (due,): (Option<f64>,) = sqlx::query_as(
+        "SELECT extract(epoch FROM will_due_at - now())::float8 FROM cluster_sessions \
+         WHERE client_id = 'wc'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(
+        due.is_some_and(|d| d > 0.0 && d <= 3.0),
+        "the stop wrote back the Will, due within its delay: {due:?}"
+    );
+    let (_back, ack) = Raw::connect(&a, &build::connect("wc", false, 60, Some(&persistent))).await;
+    assert_eq!(ack.body[0], 1, "session present: resumed on A");
+    let waited = tokio::time::timeout(Duration::from_secs(5), w.next_publish()).await;
+    assert!(
+        waited.is_err(),
+        "the Will of a session resumed before it was due was published: {waited:?}"
     );
 }

@@ -12,6 +12,7 @@ use super::awaiting;
 use super::census::Census;
 use super::config::BrokerConfig;
 use super::connect_rate::{ConnectRates, PrincipalRates};
+use super::exchanges;
 use super::expiry::Expiries;
 use super::limits::ConnectionCount;
 use super::message::{Message, Publication};
@@ -410,6 +411,14 @@ impl Broker {
         claim: u64,
         restored: Option<Restored>,
     ) -> Attached {
+        let limits = self.inner.config.topic_limits;
+        let restored = restored.map(|r| {
+            let open = r
+                .exchanges
+                .as_ref()
+                .and_then(|blob| exchanges::decode(&key, blob, limits));
+            (r, open)
+        });
         let attached = self.inner.sessions.attach(
             key.clone(),
             clean_start,

@@ -25,6 +25,13 @@ impl FromIterator<NonZeroU16> for AwaitingRelease {
     }
 }
 
+/// Ids a session took up with its state from the node it was on (decision 014).
+impl Extend<NonZeroU16> for AwaitingRelease {
+    fn extend<I: IntoIterator<Item = NonZeroU16>>(&mut self, ids: I) {
+        self.0.extend(ids);
+    }
+}
+
 impl AwaitingRelease {
     /// False if this id already awaits PUBREL, i.e. a resend [MQTT-4.3.3-10].
     fn begin(&mut self, id: NonZeroU16) -> bool {

@@ -24,6 +24,7 @@ mod connection;
 mod deferred;
 mod drain;
 mod end;
+mod exchanges;
 mod expiry;
 mod handle;
 mod inbound_publish;

@@ -5,6 +5,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::handle::{Broker, Inner};
 use super::registry::NEVER;
 use crate::cluster::{Adopted, Cluster, Events, Routed, TakeOver};
@@ -71,14 +73,21 @@ impl Events for FromCluster {
         }
     }
 
-    fn hand_over(&self, client_id: &str) {
-        if let Some(inner) = self.0.upgrade() {
-            let broker = Broker { inner };
-            broker.sessions().hand_over(client_id);
-            // Resumed on another node: a Will this node holds for it is cancelled, as at a
-            // resume here [MQTT-3.1.3-9] (before 2026-12-06 it was published at its delay).
-            broker.inner.pending_wills.resumed(client_id);
-        }
+    fn hand_over(&self, client_id: &str) -> Option<Bytes> {
+        let broker = Broker {
+            inner: self.0.upgrade()?,
+        };
+        let exchanges = broker.sessions().hand_over(client_id);
+        // Resumed on another node: a Will this node holds for it is cancelled, as at a
+        // resume here [MQTT-3.1.3-9] (before 2026-12-06 it was published at its delay).
+        broker.inner.pending_wills.resumed(client_id);
+        exchanges
+    }
+
+    fn connected_here(&self, client_id: &str) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|inner| Broker { inner }.sessions().connected_here(client_id))
     }
 
     fn filters_of(&self, client_id: &str) -> Vec<FilterSpec> {

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard}
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use thin_vec::ThinVec;
 use tokio_util::sync::CancellationToken;
 
 use super::deferred::{Locked, Place, StateGuard};
+use super::exchanges::Open;
 use super::message::{Delivery, Message};
 use super::queue_memory::QueueMemory;
 use super::session::{Enqueued, SessionLimits, SessionState, Stored, SubOptions};
@@ -483,7 +485,7 @@ impl Sessions {
         clean_start: bool,
         principal: Option<Arc<Principal>>,
         claim: u64,
-        restored: Option<Restored>,
+        restored: Option<(Restored, Option<Open>)>,
         shutdown: &CancellationToken,
     ) -> Attached {
         let mut registry = self.registry();
@@ -502,7 +504,9 @@ impl Sessions {
         let discarded = existing
             .as_ref()
             .is_some_and(|old| old.discarded.load(Ordering::Acquire));
-        let restored = restored.filter(|r| !clean_start && r.creator == creator && !discarded);
+        let (restored, exchanges) = restored
+            .filter(|(r, _)| !clean_start && r.creator == creator && !discarded)
+            .unzip();
         let (session, session_present) = match existing {
             Some(old) if !clean_start && old.creator == creator && !discarded => {
                 // Held here already (offline, or made ready while it moved from another node):
@@ -536,6 +540,9 @@ impl Sessions {
         state.set_offline(false);
         state.stop_spooling();
         state.requeue_ahead(back);
+        if let Some(open) = exchanges.flatten() {
+            state.take_up(open.released, open.awaiting_release);
+        }
         drop(state);
         session.set_principal(principal);
         // The earlier connection's; the new one sets its own.
@@ -863,8 +870,17 @@ impl Sessions {
 
     /// Another node resumes `client_id`'s session (decision 014): this node's copy ends,
     /// what it queued goes to Postgres, and a connection still attached closes as taken over.
-    pub fn hand_over(&self, client_id: &str) {
-        self.let_go(client_id, MOVED_RESUMED, true);
+    pub fn hand_over(&self, client_id: &str) -> Option<Bytes> {
+        self.let_go(client_id, MOVED_RESUMED, true)
+    }
+
+    /// Whether a connection here holds `client_id`'s session.
+    pub fn connected_here(&self, client_id: &str) -> bool {
+        let registry = self.registry();
+        registry
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.online.load(Ordering::Acquire))
     }
 
     /// The other nodes took this node for dead (decision 014) and adopted `client_id`'s
@@ -872,25 +888,27 @@ impl Sessions {
     /// taken over, without a Will. What it queued goes to Postgres if `lives_on` (another
     /// node holds the session), as at a hand-over.
     pub fn give_up(&self, client_id: &str, lives_on: bool) {
-        self.let_go(client_id, ADOPTED_ELSEWHERE, lives_on);
+        // Its row is another node's now: what was open here is lost, as with a node killed.
+        let _ = self.let_go(client_id, ADOPTED_ELSEWHERE, lives_on);
     }
 
     /// Ends this node's copy of `client_id`'s session, which went elsewhere as `moved` says;
-    /// what it queued goes to Postgres if `keep_queue`.
-    fn let_go(&self, client_id: &str, moved: u8, keep_queue: bool) {
+    /// what it queued goes to Postgres if `keep_queue`, and the QoS 2 exchanges it left open
+    /// are returned, encoded, to go into the session's row.
+    fn let_go(&self, client_id: &str, moved: u8, keep_queue: bool) -> Option<Bytes> {
         let mut registry = self.registry();
-        let Some(session) = registry.remove(client_id) else {
-            return;
-        };
+        let session = registry.remove(client_id)?;
         drop(registry);
         session.moved.store(moved, Ordering::Release);
         // A session an operator ended keeps nothing for anyone.
         let keep_queue = keep_queue && !session.discarded.load(Ordering::Acquire);
+        let mut exchanges = None;
         if keep_queue && let Some(cluster) = &self.cluster {
             let mut state = session.state();
             for d in state.start_spooling(Stored::default()) {
                 spool(cluster, &session.key, &d);
             }
+            exchanges = super::exchanges::encode(&state);
         }
         // Its connection, if any, leaves the session alone when it ends.
         session.connection.store(0, Ordering::Release);
@@ -898,6 +916,7 @@ impl Sessions {
             session.kick(DisconnectReasonCode::SessionTakenOver);
         }
         self.unsubscribe_all(&session);
+        exchanges
     }
 
     /// A session of a node that is gone, now held here offline until `expires_at_ms`, its

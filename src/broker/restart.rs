@@ -7,7 +7,7 @@
 //! the next start, before any connection or HTTP publish is taken, the saved sessions are
 //! taken (read and deleted) and held offline again until their client returns or they
 //! expire, as if the node had never stopped. A node of many (`--cluster-url`) keeps its
-//! sessions in Postgres all along and saves nothing here.
+//! sessions in Postgres all along and writes back only what their rows lack (`exchanges`).
 //!
 //! The state is one blob per session, which the store does not read: a version byte, then
 //! [`State`] in postcard, each message a frame of the cluster's (the one codec retaind has for
@@ -67,7 +67,7 @@ struct SavedInflight {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SavedDelivery {
+pub(super) struct SavedDelivery {
     frame: Vec<u8>,
     qos: u8,
     retain: bool,
@@ -166,7 +166,7 @@ fn read_will(w: SavedWill, limits: TopicLimits) -> Result<(Will, i64), FrameErro
     Ok((will, w.due_at_ms))
 }
 
-fn saved_delivery(d: &Delivery) -> SavedDelivery {
+pub(super) fn saved_delivery(d: &Delivery) -> SavedDelivery {
     let m = &d.message;
     SavedDelivery {
         frame: encode_frame(&m.outgoing(), m.stamp.get().copied()).to_vec(),
@@ -228,7 +228,7 @@ pub(super) fn decode(blob: &[u8], limits: TopicLimits) -> Result<Decoded, Unread
 }
 
 /// A saved message; the inner error is its frame's alone.
-fn delivery(
+pub(super) fn delivery(
     d: SavedDelivery,
     limits: TopicLimits,
 ) -> Result<Result<Delivery, FrameError>, Unreadable> {
@@ -309,11 +309,11 @@ pub struct SessionsRestored {
 
 impl Broker {
     /// Saves every persistent session held offline, for the next start (decision 024). Called
-    /// once the connections are closed and nothing routes any more; a node of many saves
-    /// nothing (its sessions are in Postgres already).
+    /// once the connections are closed and nothing routes any more. A node of many has its
+    /// sessions in Postgres already: it writes back only what their rows lack (`exchanges`).
     pub async fn save_sessions(&self) {
-        if self.cluster().is_some() {
-            return;
+        if let Some(cluster) = self.cluster() {
+            return self.write_back_sessions(cluster).await;
         }
         let store = &self.inner.store;
         let now = store.clock().now_ms();

@@ -9,9 +9,7 @@ use super::handle::Broker;
 use super::registry::Session;
 use super::will::Will;
 use crate::auth::Principal;
-use crate::cluster::{
-    Cluster, HeldSession, Restored, Routed, SessionError, SessionRow, StoredWill,
-};
+use crate::cluster::{Cluster, HeldSession, Restored, SessionError, SessionRow};
 use crate::mqtt;
 use crate::topic::ClientKey;
 
@@ -138,23 +136,7 @@ pub(super) async fn durable_session(
         }
         return Ok((restored, resuming));
     }
-    let stored_will = will.map(|w| StoredWill {
-        publication: Routed {
-            topic: w.publication.topic.clone(),
-            payload: w.publication.payload.clone(),
-            qos: w.publication.qos,
-            retain: w.publication.retain,
-            properties: w.publication.properties.clone(),
-            expires_at_ms: None,
-            origin: Some(key.clone()),
-            shared_done: false,
-            stamp: None,
-        },
-        expiry_secs: w.publication.expiry_secs,
-        delay: w.delay,
-        owner: w.owner.name.to_string(),
-        owner_max: w.owner.max_messages,
-    });
+    let stored_will = will.map(|w| w.stored(key));
     let row = SessionRow {
         client_id: key,
         creator,

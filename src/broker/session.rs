@@ -571,6 +571,18 @@ impl SessionState {
         (&self.inflight, &self.queue, &self.awaiting_release)
     }
 
+    /// The QoS 2 exchanges the node that held the session before left open (decision 014):
+    /// the released messages go ahead of anything in flight here (they were sent first), the
+    /// ids awaiting PUBREL join those here. An id in flight here already keeps its message.
+    pub fn take_up(&mut self, released: Vec<Inflight>, awaiting: Vec<NonZeroU16>) {
+        for i in released.into_iter().rev() {
+            if self.in_use.insert(i.packet_id) {
+                self.inflight.push_front(i);
+            }
+        }
+        self.awaiting_release.extend(awaiting);
+    }
+
     /// A session saved before a restart, as [`Self::to_save`] gave it: resent and sent as
     /// after a reconnect. The queue is held to this start's limits, the oldest kept.
     pub fn restore(

@@ -22,7 +22,7 @@ use super::handle::{Broker, PublishFrom};
 use super::message::{Message, Publication};
 use super::patience::Patience;
 use super::wire;
-use crate::cluster::{Budget, StoredWill};
+use crate::cluster::{Budget, Routed, StoredWill};
 use crate::mqtt::{ConnectAckReason, LastWill};
 use crate::store::{self, Owner};
 use crate::topic::ClientKey;
@@ -38,6 +38,30 @@ pub(super) struct Will {
     pub delay: Duration,
     /// Whom a retained Will is charged to: the client's principal.
     pub owner: Owner,
+}
+
+impl Will {
+    /// As a session's row keeps it (decision 014), published by `client`.
+    pub fn stored(&self, client: &ClientKey) -> StoredWill {
+        let p = &self.publication;
+        StoredWill {
+            publication: Routed {
+                topic: p.topic.clone(),
+                payload: p.payload.clone(),
+                qos: p.qos,
+                retain: p.retain,
+                properties: p.properties.clone(),
+                expires_at_ms: None,
+                origin: Some(client.clone()),
+                shared_done: false,
+                stamp: None,
+            },
+            expiry_secs: p.expiry_secs,
+            delay: self.delay,
+            owner: self.owner.name.to_string(),
+            owner_max: self.owner.max_messages,
+        }
+    }
 }
 
 /// The Will of a CONNECT, checked like a PUBLISH would be.

@@ -37,8 +37,9 @@ pub struct Adopted {
     /// How long its client has been away (since its node died, if it was connected).
     pub away: Duration,
     pub subscriptions: Vec<StoredSubscription>,
-    /// The Will of a client that was connected when its node died: to be published now,
-    /// after its delay.
+    /// The Will of a client that was connected when its node died, to be published after its
+    /// delay; or, from a node stopped cleanly, one that waited out its delay there, its
+    /// `delay` what was left of it.
     pub will: Option<StoredWill>,
     /// Messages already queued for it, and their frames' bytes.
     pub queued: usize,
@@ -190,6 +191,8 @@ struct AdoptRow {
     will_owner: Option<String>,
     will_owner_max: Option<i64>,
     away: f64,
+    /// Seconds until a Will written back by a clean stop is due (negative: overdue).
+    will_due_in: Option<f64>,
     queued: i64,
     queued_bytes: i64,
 }
@@ -223,7 +226,8 @@ impl Sessions {
                 "WITH orphans AS ( \
                    SELECT client_id, connected, will, will_expiry_secs, will_delay_secs, \
                      will_owner, will_owner_max, \
-                     extract(epoch FROM now() - coalesce(detached_at, now()))::float8 AS away \
+                     extract(epoch FROM now() - coalesce(detached_at, now()))::float8 AS away, \
+                     extract(epoch FROM will_due_at - now())::float8 AS will_due_in \
                    FROM cluster_sessions s \
                    WHERE s.node = ANY($2) \
                      AND NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = s.node) \
@@ -235,12 +239,13 @@ impl Sessions {
                    FROM cluster_session_queue q JOIN orphans o USING (client_id) \
                    GROUP BY q.client_id) \
                  UPDATE cluster_sessions s SET node = $1, connected = false, \
-                   detached_at = coalesce(s.detached_at, now()), will = NULL \
+                   detached_at = coalesce(s.detached_at, now()), will = NULL, \
+                   will_due_at = NULL \
                  FROM orphans o LEFT JOIN queues q USING (client_id) \
                  WHERE s.client_id = o.client_id \
                  RETURNING s.client_id, s.creator, s.expiry_secs, s.subscriptions, o.connected, \
                    o.will, o.will_expiry_secs, o.will_delay_secs, o.will_owner, o.will_owner_max, \
-                   o.away, coalesce(q.queued, 0) AS queued, \
+                   o.away, o.will_due_in, coalesce(q.queued, 0) AS queued, \
                    coalesce(q.queued_bytes, 0) AS queued_bytes",
             )
             .bind(node)
@@ -288,19 +293,27 @@ impl Sessions {
             expiry_secs: u32::try_from(r.expiry_secs.max(0)).unwrap_or(u32::MAX),
             away: Duration::from_secs_f64(r.away.max(0.0)),
             subscriptions: serde_json::from_value(r.subscriptions.clone()).unwrap_or_default(),
-            will: if r.connected { self.will(r) } else { None },
+            will: self.will(r),
             queued: usize::try_from(r.queued).unwrap_or(0),
             queued_bytes: usize::try_from(r.queued_bytes).unwrap_or(0),
         }
     }
 
+    /// The Will of a client that was connected when its node died, due after its delay; or
+    /// one its node, stopped cleanly, wrote back while it waited out its delay, due when it
+    /// was (`will_due_at` counts only for a client that is not connected: see migration 0015).
     fn will(&self, r: &AdoptRow) -> Option<StoredWill> {
+        let delay = if r.connected {
+            Duration::from_secs(r.will_delay_secs.unwrap_or(0).max(0) as u64)
+        } else {
+            Duration::try_from_secs_f64(r.will_due_in?.max(0.0)).unwrap_or_default()
+        };
         let body = r.will.as_ref()?;
         let publication = frame::decode(&Bytes::from(body.clone()), self.limits).ok()?;
         Some(StoredWill {
             publication,
             expiry_secs: r.will_expiry_secs.and_then(|s| u32::try_from(s).ok()),
-            delay: Duration::from_secs(r.will_delay_secs.unwrap_or(0).max(0) as u64),
+            delay,
             owner: r.will_owner.clone().unwrap_or_default(),
             owner_max: r.will_owner_max.and_then(|m| u64::try_from(m).ok()),
         })

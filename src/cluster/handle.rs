@@ -27,6 +27,7 @@ use super::nodes::{Census, Headcount};
 use super::remote::{self, RemoteInterest};
 use super::sessions::{
     self, Holder, Restored, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
+    WrittenBack,
 };
 use crate::topic::{ClientKey, FilterSpec, SubscriptionTree, TopicLimits, TopicName};
 
@@ -271,12 +272,17 @@ impl Cluster {
             inbox.clone(),
             shutdown.clone(),
         ));
+        let holder = loops::Holder {
+            node: node.clone(),
+            client: client.clone(),
+            inbox: inbox.clone(),
+            remote: remote.clone(),
+            spool: spool.clone(),
+            sessions: sessions.clone(),
+        };
         tasks.spawn(loops::hand_over(
             hand_overs,
-            client.clone(),
-            inbox.clone(),
-            remote.clone(),
-            spool.clone(),
+            Arc::new(holder),
             shutdown.clone(),
         ));
         tasks.spawn(loops::send(
@@ -617,6 +623,12 @@ impl Cluster {
                 inner.undetached.owe(client_id, generation, persistent);
             }
         });
+    }
+
+    /// This node stops cleanly: what it held of its offline sessions beyond their rows goes
+    /// into them, for the node that adopts them (see [`Sessions::write_back`]).
+    pub async fn write_back(&self, held: &[WrittenBack]) -> Result<(), SessionError> {
+        self.inner.sessions.write_back(&self.inner.node, held).await
     }
 
     /// An offline session held here expired.

@@ -146,7 +146,8 @@ pub async fn take_overs(
 }
 
 /// Answers other nodes' requests for sessions this node holds: the broker ends its copy and
-/// spools what it had queued, and the answer goes once that is written.
+/// spools what it had queued, and the answer goes once that, and the QoS 2 exchanges it left
+/// open, are written.
 ///
 /// Requests are answered concurrently, up to [`MAX_HAND_OVERS`] at once: each waits on the
 /// bucket and on a database commit, so answered one after another they queued behind each
@@ -155,10 +156,7 @@ pub async fn take_overs(
 /// the median.
 pub async fn hand_over(
     mut requests: async_nats::Subscriber,
-    client: async_nats::Client,
-    inbox: Arc<Inbox>,
-    remote: Arc<RemoteInterest>,
-    spool: mpsc::Sender<Spool>,
+    holder: Arc<Holder>,
     shutdown: CancellationToken,
 ) {
     let mut in_flight = Bounded::new(MAX_HAND_OVERS);
@@ -175,10 +173,7 @@ pub async fn hand_over(
         let one = HandOver {
             client_id: client_id.to_owned(),
             reply: request.reply,
-            client: client.clone(),
-            inbox: inbox.clone(),
-            remote: remote.clone(),
-            spool: spool.clone(),
+            holder: holder.clone(),
         };
         in_flight.spawn(one.answer());
     }
@@ -218,14 +213,21 @@ impl Bounded {
     }
 }
 
+/// What the answers to hand-over requests share: the node holding the sessions asked for.
+pub struct Holder {
+    pub node: Arc<str>,
+    pub client: async_nats::Client,
+    pub inbox: Arc<Inbox>,
+    pub remote: Arc<RemoteInterest>,
+    pub spool: mpsc::Sender<Spool>,
+    pub sessions: Arc<Sessions>,
+}
+
 /// One request for a session held here.
 struct HandOver {
     client_id: String,
     reply: Option<async_nats::Subject>,
-    client: async_nats::Client,
-    inbox: Arc<Inbox>,
-    remote: Arc<RemoteInterest>,
-    spool: mpsc::Sender<Spool>,
+    holder: Arc<Holder>,
 }
 
 impl HandOver {
@@ -234,20 +236,35 @@ impl HandOver {
     /// asking, but the announcement reaches this node by another path than the request and
     /// can come second. Were the copy to end first, a message published here in between would
     /// match no subscription here and no known interest elsewhere, and be lost.
+    ///
+    /// Within the same wait, a connection here that the take-over is closing has finished
+    /// its publishes: a QoS 2 publish the store then refuses is forgotten by the session (its
+    /// resend must be stored), so the exchanges handed on are those as it left them.
     async fn answer(self) {
-        if let Some(events) = self.inbox.events.get() {
+        let holder = &*self.holder;
+        let mut exchanges = None;
+        if let Some(events) = holder.inbox.events.get() {
             let filters = events.filters_of(&self.client_id);
             let deadline = tokio::time::Instant::now() + INTEREST_WAIT;
-            while !filters.iter().all(|f| self.remote.announced_elsewhere(f))
+            while (events.connected_here(&self.client_id)
+                || !filters.iter().all(|f| holder.remote.announced_elsewhere(f)))
                 && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            events.hand_over(&self.client_id);
+            exchanges = events.hand_over(&self.client_id);
         }
-        flush_spool(&self.spool).await;
+        flush_spool(&holder.spool).await;
+        if let Some(exchanges) = exchanges
+            && let Err(e) = holder
+                .sessions
+                .let_go(&holder.node, &self.client_id, &exchanges)
+                .await
+        {
+            tracing::warn!(client = %self.client_id, error = %e, "the QoS 2 exchanges of a session handed over could not be stored; its client may receive a message it resends twice");
+        }
         if let Some(reply) = self.reply {
-            let _ = self.client.publish(reply, Bytes::new()).await;
+            let _ = holder.client.publish(reply, Bytes::new()).await;
         }
     }
 }

@@ -50,6 +50,15 @@ pub struct SessionRow<'a> {
     pub will: Option<&'a StoredWill>,
 }
 
+/// What a node stopping cleanly writes back to one of its sessions' rows.
+pub struct WrittenBack {
+    pub client_id: Arc<str>,
+    /// The QoS 2 exchanges left open, in the broker's encoding.
+    pub exchanges: Option<Bytes>,
+    /// A Will waiting out its delay, and how long until it is due.
+    pub will: Option<(StoredWill, Duration)>,
+}
+
 /// A message queued for a session.
 #[derive(Debug, Clone)]
 pub struct Queued {
@@ -66,6 +75,9 @@ pub struct Restored {
     pub creator: Option<String>,
     pub subscriptions: Vec<StoredSubscription>,
     pub queued: Vec<Queued>,
+    /// The QoS 2 exchanges the node that let the session go left open, in the broker's
+    /// encoding ([`Sessions::let_go`], [`Sessions::write_back`]).
+    pub exchanges: Option<Bytes>,
 }
 
 /// Where an earlier session (or Will) of a client id is held.
@@ -130,7 +142,7 @@ pub struct Sessions {
 }
 
 type QueueRow = (i64, Vec<u8>, i16, bool, Vec<i32>);
-type SessionFields = (Option<String>, i64, serde_json::Value);
+type SessionFields = (Option<String>, i64, serde_json::Value, Option<Vec<u8>>);
 
 impl Sessions {
     pub fn new(pool: PgPool, limits: TopicLimits, timeout: Duration) -> Self {
@@ -177,7 +189,8 @@ impl Sessions {
                    subscriptions = CASE WHEN $5 THEN '[]'::jsonb ELSE s.subscriptions END, \
                    will = EXCLUDED.will, will_expiry_secs = EXCLUDED.will_expiry_secs, \
                    will_delay_secs = EXCLUDED.will_delay_secs, will_owner = EXCLUDED.will_owner, \
-                   will_owner_max = EXCLUDED.will_owner_max",
+                   will_owner_max = EXCLUDED.will_owner_max, will_due_at = NULL, \
+                   exchanges = NULL, exchanges_at = NULL",
             )
             .bind(row.client_id)
             .bind(node)
@@ -247,9 +260,14 @@ impl Sessions {
     ) -> Result<(), SessionError> {
         self.bounded(async {
             if persistent {
+                // A late record (tried again after a failure) of an end that a hand-over or
+                // a stop has written after: what they wrote stays.
                 sqlx::query(
-                    "UPDATE cluster_sessions SET connected = false, detached_at = now(), \
-                       will = NULL WHERE client_id = $1 AND node = $2 \
+                    "UPDATE cluster_sessions SET connected = false, \
+                       detached_at = CASE WHEN exchanges_at IS NULL THEN now() \
+                         ELSE detached_at END, \
+                       will = CASE WHEN will_due_at IS NULL THEN NULL ELSE will END \
+                     WHERE client_id = $1 AND node = $2 \
                        AND NOT EXISTS (SELECT 1 FROM cluster_clients c \
                                        WHERE c.client_id = $1 AND c.generation > $3)",
                 )
@@ -292,6 +310,92 @@ impl Sessions {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// `node` lets `client_id`'s session go to the node that resumes it (a hand-over): the
+    /// QoS 2 exchanges it left open go into the row, for that node's [`Self::take`].
+    pub async fn let_go(
+        &self,
+        node: &str,
+        client_id: &str,
+        exchanges: &[u8],
+    ) -> Result<(), SessionError> {
+        self.bounded(async {
+            sqlx::query(
+                "UPDATE cluster_sessions SET exchanges = $3, exchanges_at = now(), \
+                   connected = false, detached_at = coalesce(detached_at, now()) \
+                 WHERE client_id = $1 AND node = $2",
+            )
+            .bind(client_id)
+            .bind(node)
+            .bind(exchanges)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// `node` stops cleanly and writes back what it held of its offline sessions beyond
+    /// their rows (decision 014): for whichever node adopts them, their open QoS 2
+    /// exchanges and the Wills waiting out their delays.
+    pub async fn write_back(&self, node: &str, held: &[WrittenBack]) -> Result<(), SessionError> {
+        let ids: Vec<&str> = held.iter().map(|h| &*h.client_id).collect();
+        let exchanges: Vec<Option<&[u8]>> = held.iter().map(|h| h.exchanges.as_deref()).collect();
+        let wills: Vec<Option<&StoredWill>> =
+            held.iter().map(|h| h.will.as_ref().map(|w| &w.0)).collect();
+        let frames: Vec<Option<Vec<u8>>> = wills
+            .iter()
+            .map(|w| w.map(|w| frame::encode(&outgoing(&w.publication, None), None).to_vec()))
+            .collect();
+        let expiry: Vec<Option<i64>> = wills
+            .iter()
+            .map(|w| w.and_then(|w| w.expiry_secs).map(i64::from))
+            .collect();
+        let owner: Vec<Option<&str>> = wills.iter().map(|w| w.map(|w| w.owner.as_str())).collect();
+        let owner_max: Vec<Option<i64>> = wills
+            .iter()
+            .map(|w| w.and_then(|w| w.owner_max).map(|m| m as i64))
+            .collect();
+        let due_in: Vec<Option<i64>> = held
+            .iter()
+            .map(|h| {
+                h.will
+                    .as_ref()
+                    .map(|w| i64::try_from(w.1.as_millis()).unwrap_or(i64::MAX))
+            })
+            .collect();
+        self.bounded(async {
+            sqlx::query(
+                "UPDATE cluster_sessions s SET connected = false, \
+                   detached_at = coalesce(s.detached_at, now()), \
+                   exchanges = coalesce(t.x, s.exchanges), \
+                   exchanges_at = CASE WHEN t.x IS NULL THEN s.exchanges_at ELSE now() END, \
+                   will = CASE WHEN t.due IS NULL THEN s.will ELSE t.w END, \
+                   will_expiry_secs = CASE WHEN t.due IS NULL THEN s.will_expiry_secs \
+                     ELSE t.we END, \
+                   will_owner = CASE WHEN t.due IS NULL THEN s.will_owner ELSE t.wo END, \
+                   will_owner_max = CASE WHEN t.due IS NULL THEN s.will_owner_max \
+                     ELSE t.wm END, \
+                   will_due_at = CASE WHEN t.due IS NULL THEN s.will_due_at \
+                     ELSE now() + t.due * interval '1 millisecond' END \
+                 FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::int8[], $6::text[], \
+                             $7::int8[], $8::int8[]) AS t(c, x, w, we, wo, wm, due) \
+                 WHERE s.client_id = t.c AND s.node = $1",
+            )
+            .bind(node)
+            .bind(ids)
+            .bind(exchanges)
+            .bind(frames)
+            .bind(expiry)
+            .bind(owner)
+            .bind(owner_max)
+            .bind(due_in)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The offline session expired on `node`, which held it.
@@ -361,16 +465,22 @@ impl Sessions {
     ) -> Result<Option<Restored>, SessionError> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
+            // The exchanges go with this take (they hold only as of the session's last end:
+            // see migration 0015), and so does a Will waiting out its delay: the client is back.
             let found: Option<SessionFields> = sqlx::query_as(
-                "UPDATE cluster_sessions SET node = $2, connected = true, detached_at = NULL \
-                 WHERE client_id = $1 AND expiry_secs > 0 \
-                 RETURNING creator, expiry_secs, subscriptions",
+                "UPDATE cluster_sessions s SET node = $2, connected = true, detached_at = NULL, \
+                   will = NULL, will_due_at = NULL, exchanges = NULL, exchanges_at = NULL \
+                 FROM (SELECT client_id, CASE WHEN exchanges_at >= detached_at \
+                         THEN exchanges END AS exchanges \
+                       FROM cluster_sessions WHERE client_id = $1 FOR UPDATE) o \
+                 WHERE s.client_id = o.client_id AND s.expiry_secs > 0 \
+                 RETURNING s.creator, s.expiry_secs, s.subscriptions, o.exchanges",
             )
             .bind(client_id)
             .bind(node)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((creator, _, subscriptions)) = found else {
+            let Some((creator, _, subscriptions, exchanges)) = found else {
                 tx.commit().await?;
                 return Ok(None);
             };
@@ -387,6 +497,7 @@ impl Sessions {
                 creator,
                 subscriptions: serde_json::from_value(subscriptions).unwrap_or_default(),
                 queued: rows.into_iter().filter_map(|r| self.queued(r)).collect(),
+                exchanges: exchanges.map(Bytes::from),
             }))
         })
         .await
