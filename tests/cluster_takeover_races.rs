@@ -60,6 +60,24 @@ async fn until_no_connections(app: &TestApp) {
     .await;
 }
 
+/// Connects `client` to `node` with a persistent session (300 s) and a Will on "will/t"
+/// delayed `delay` seconds, then breaks the connection (no DISCONNECT): the Will waits out
+/// its delay on `node`.
+async fn leave_with_a_delayed_will(node: &TestApp, client: &str, delay: u32) {
+    let will = build::Will {
+        topic: "will/t",
+        payload: b"bye",
+        qos: 1,
+        retain: false,
+        props: &prop_u32(WILL_DELAY, delay),
+    };
+    let persistent = prop_u32(SESSION_EXPIRY, 300);
+    let first = build::connect_with_will(client, true, 60, Some(&persistent), will);
+    let (raw, _) = Raw::connect(node, &first).await;
+    drop(raw);
+    until_no_connections(node).await;
+}
+
 /// A client whose connection on A ended badly, its Will waiting out a 2 s delay on A,
 /// connects again within the delay through B and resumes its session there (session
 /// present 1). MQTT 5 3.1.3.2.2 / [MQTT-3.1.3-9]: the Will is not sent if a new connection
@@ -73,19 +91,9 @@ async fn a_delayed_will_pending_on_one_node_is_cancelled_by_a_resume_on_another(
     let [a, b] = two(&nats, |_| {}).await;
     let mut w = will_watcher(&b).await;
     until_sends(&a, "will/t").await;
-    let will = build::Will {
-        topic: "will/t",
-        payload: b"bye",
-        qos: 1,
-        retain: false,
-        props: &prop_u32(WILL_DELAY, 2),
-    };
-    let persistent = prop_u32(SESSION_EXPIRY, 300);
-    let first = build::connect_with_will("wr", true, 60, Some(&persistent), will);
-    let (raw, _) = Raw::connect(&a, &first).await;
     // Ends badly (no DISCONNECT): the Will waits out its delay on A.
-    drop(raw);
-    until_no_connections(&a).await;
+    leave_with_a_delayed_will(&a, "wr", 2).await;
+    let persistent = prop_u32(SESSION_EXPIRY, 300);
     let (_back, ack) = Raw::connect(&b, &build::connect("wr", false, 60, Some(&persistent))).await;
     assert_eq!(ack.body[1], 0, "CONNACK success");
     assert_eq!(ack.body[0], 1, "session present: resumed on B");
@@ -107,18 +115,7 @@ async fn a_delayed_will_cancelled_by_a_resume_on_another_node_stays_cancelled_wh
     let [a, b] = two(&nats, |_| {}).await;
     let mut w = will_watcher(&b).await;
     until_sends(&a, "will/t").await;
-    let will = build::Will {
-        topic: "will/t",
-        payload: b"bye",
-        qos: 1,
-        retain: false,
-        props: &prop_u32(WILL_DELAY, 2),
-    };
-    let first =
-        build::connect_with_will("we", true, 60, Some(&prop_u32(SESSION_EXPIRY, 300)), will);
-    let (raw, _) = Raw::connect(&a, &first).await;
-    drop(raw);
-    until_no_connections(&a).await;
+    leave_with_a_delayed_will(&a, "we", 2).await;
     // Resumes on B with no session expiry: the session ends with this connection.
     let (mut back, ack) = Raw::connect(&b, &build::connect("we", false, 60, Some(&[]))).await;
     assert_eq!(ack.body[0], 1, "session present: resumed on B");
@@ -258,18 +255,7 @@ async fn a_will_waiting_out_its_delay_on_a_node_stopped_cleanly_is_published_by_
     let [a, b] = two(&nats, |_| {}).await;
     let mut w = will_watcher(&a).await;
     until_sends(&b, "will/t").await;
-    let will = build::Will {
-        topic: "will/t",
-        payload: b"bye",
-        qos: 1,
-        retain: false,
-        props: &prop_u32(WILL_DELAY, 3),
-    };
-    let first =
-        build::connect_with_will("ws", true, 60, Some(&prop_u32(SESSION_EXPIRY, 300)), will);
-    let (raw, _) = Raw::connect(&b, &first).await;
-    drop(raw);
-    until_no_connections(&b).await;
+    leave_with_a_delayed_will(&b, "ws", 3).await;
     let ended = Instant::now();
     b.stop().await;
     // The delay (3 s from the end of the connection) plus A's take-up (within 2 s) and margin.
@@ -523,18 +509,7 @@ async fn a_will_written_back_by_a_clean_stop_is_cancelled_by_a_resume_before_it_
     let [a, b] = two(&nats, |_| {}).await;
     let mut w = will_watcher(&a).await;
     until_sends(&b, "will/t").await;
-    let will = build::Will {
-        topic: "will/t",
-        payload: b"bye",
-        qos: 1,
-        retain: false,
-        props: &prop_u32(WILL_DELAY, 3),
-    };
-    let persistent = prop_u32(SESSION_EXPIRY, 300);
-    let first = build::connect_with_will("wc", true, 60, Some(&persistent), will);
-    let (raw, _) = Raw::connect(&b, &first).await;
-    drop(raw);
-    until_no_connections(&b).await;
+    leave_with_a_delayed_will(&b, "wc", 3).await;
     b.stop().await;
     let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
     let (due,): (Option<f64>,) = sqlx::query_as(
@@ -548,11 +523,84 @@ async fn a_will_written_back_by_a_clean_stop_is_cancelled_by_a_resume_before_it_
         due.is_some_and(|d| d > 0.0 && d <= 3.0),
         "the stop wrote back the Will, due within its delay: {due:?}"
     );
+    let persistent = prop_u32(SESSION_EXPIRY, 300);
     let (_back, ack) = Raw::connect(&a, &build::connect("wc", false, 60, Some(&persistent))).await;
     assert_eq!(ack.body[0], 1, "session present: resumed on A");
     let waited = tokio::time::timeout(Duration::from_secs(5), w.next_publish()).await;
     assert!(
         waited.is_err(),
         "the Will of a session resumed before it was due was published: {waited:?}"
+    );
+}
+
+/// A take-over across nodes while the old connection's QoS 2 publish still waits for the
+/// database. On A, client "pl" sends a retained QoS 2 PUBLISH (packet id 7) whose row an
+/// operator's transaction holds; it resumes its session through B before the store answers,
+/// and A's hand-over finds the connection still finishing that publish. The store then gives
+/// up (the database timeout, 1.5 s here): nothing was stored and no PUBREC sent, so the client
+/// resends on B, and the resend must be stored [MQTT-4.3.3]. An id awaiting PUBREL is taken
+/// from the moment its PUBLISH is read; handed to B before the failure made A forget it (the
+/// first version of the hand-over's exchanges, 2026-12-06, a review's finding), B would have
+/// answered the resend as a duplicate, PUBREC and all, and stored it nowhere. A connection
+/// still attached hands on no such ids now.
+#[tokio::test]
+async fn a_qos2_publish_still_being_stored_at_a_hand_over_is_stored_when_resent_on_the_new_node() {
+    let nats = Nats::start().await;
+    let [a, b] = two(&nats, |c| c.store_timeout = Duration::from_millis(1500)).await;
+    assert_eq!(
+        a.publish("/topics/lk?retain=true", "v1").await.status(),
+        200
+    );
+    let persistent = prop_u32(SESSION_EXPIRY, 300);
+    let (mut old, _) = Raw::connect(&a, &build::connect("pl", true, 60, Some(&persistent))).await;
+    let mut locker = common::hold_retained_row(&a.db.url, "lk").await;
+    old.send(&build::publish("lk", 2, true, false, 7, Some(&[]), b"v2"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut s, ack) = Raw::connect(&b, &build::connect("pl", false, 60, Some(&persistent))).await;
+    assert_eq!(ack.body[0], 1, "session present: resumed on B");
+    // A's store gives up, and its connection ends; then the row is free again.
+    until_no_connections(&a).await;
+    locker.execute("ROLLBACK").await.unwrap();
+    s.send(&build::publish("lk", 2, true, true, 7, Some(&[]), b"v2"))
+        .await;
+    assert_eq!(ack_id(&s.expect(5).await), 7, "PUBREC");
+    s.send(&build::ack(0x62, 7)).await;
+    s.expect(7).await;
+    assert_eq!(
+        a.stored_payload("lk").await.as_deref(),
+        Some(&b"v2"[..]),
+        "the resend was acknowledged with PUBREC, so it is stored"
+    );
+}
+
+/// The session ends before its Will's delay: the Will is due then [MQTT-3.1.3-9], and so it
+/// is when that end passed while the session moved. The client leaves B with a session
+/// expiring after 1 s and a Will delayed 10 s; B stops at once, writing the Will back due at
+/// the session's end; A takes the session up after that end, and publishes the Will at once
+/// (before 2026-12-06 it could lose the race with the session's expiry, which A also ran at
+/// once, and drop the Will as no longer its to publish).
+#[tokio::test]
+async fn a_will_written_back_for_a_session_that_expired_meanwhile_is_published_by_the_survivor() {
+    let nats = Nats::start().await;
+    let [a, b] = two(&nats, |_| {}).await;
+    let mut w = will_watcher(&a).await;
+    until_sends(&b, "will/t").await;
+    let will = build::Will {
+        topic: "will/t",
+        payload: b"bye",
+        qos: 1,
+        retain: false,
+        props: &prop_u32(WILL_DELAY, 10),
+    };
+    let first = build::connect_with_will("wx", true, 60, Some(&prop_u32(SESSION_EXPIRY, 1)), will);
+    let (raw, _) = Raw::connect(&b, &first).await;
+    drop(raw);
+    until_no_connections(&b).await;
+    b.stop().await;
+    let got = tokio::time::timeout(Duration::from_secs(6), w.next_publish()).await;
+    assert!(
+        got.as_ref().is_ok_and(|p| &p.payload[..] == b"bye"),
+        "no Will after its session expired while it moved to the survivor: {got:?}"
     );
 }

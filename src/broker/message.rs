@@ -175,3 +175,16 @@ pub struct Delivery {
     /// and no allocation when there are none: every queued copy of a message is one of these.
     pub subscription_ids: ThinVec<NonZeroU32>,
 }
+
+impl Delivery {
+    /// A plain message on topic "t", delivered at its own QoS, as tests make them.
+    #[cfg(test)]
+    pub fn plain(payload: &'static str, qos: Qos) -> Self {
+        Self {
+            message: Message::plain("t", Bytes::from_static(payload.as_bytes()), qos),
+            qos,
+            retain: false,
+            subscription_ids: ThinVec::new(),
+        }
+    }
+}

@@ -223,6 +223,13 @@ fn adopt(broker: &Broker, a: Adopted) {
         }
     }
     if let Some(will) = a.will {
+        // A session whose expiry passed while it was away has ended: its Will is due now,
+        // whatever is left of its delay, and whichever of this and the expiry comes first.
+        let expiry = if expires && left.is_zero() {
+            Duration::ZERO
+        } else {
+            expiry
+        };
         broker.publish_adopted_will(a.client_id, will, expiry);
     }
 }

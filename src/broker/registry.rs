@@ -904,11 +904,13 @@ impl Sessions {
         let keep_queue = keep_queue && !session.discarded.load(Ordering::Acquire);
         let mut exchanges = None;
         if keep_queue && let Some(cluster) = &self.cluster {
+            // A connection still attached has not finished its publishes.
+            let settled = !session.online.load(Ordering::Acquire);
             let mut state = session.state();
             for d in state.start_spooling(Stored::default()) {
                 spool(cluster, &session.key, &d);
             }
-            exchanges = super::exchanges::encode(&state);
+            exchanges = super::exchanges::encode(&state, settled);
         }
         // Its connection, if any, leaves the session alone when it ends.
         session.connection.store(0, Ordering::Release);

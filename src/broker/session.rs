@@ -615,19 +615,11 @@ impl Drop for SessionState {
 mod tests {
     use std::sync::Arc;
 
-    use bytes::Bytes;
-
     use super::*;
-    use crate::broker::message::Message;
     use crate::topic::{TopicLimits, TopicName};
 
     fn delivery(payload: &'static str, qos: Qos) -> Delivery {
-        Delivery {
-            message: Message::plain("t", Bytes::from_static(payload.as_bytes()), qos),
-            qos,
-            retain: false,
-            subscription_ids: Default::default(),
-        }
+        Delivery::plain(payload, qos)
     }
 
     fn state(max_queued: usize) -> SessionState {

@@ -272,7 +272,7 @@ impl Cluster {
             inbox.clone(),
             shutdown.clone(),
         ));
-        let holder = loops::Holder {
+        let shared = loops::HandOvers {
             node: node.clone(),
             client: client.clone(),
             inbox: inbox.clone(),
@@ -282,7 +282,7 @@ impl Cluster {
         };
         tasks.spawn(loops::hand_over(
             hand_overs,
-            Arc::new(holder),
+            Arc::new(shared),
             shutdown.clone(),
         ));
         tasks.spawn(loops::send(

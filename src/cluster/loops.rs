@@ -156,7 +156,7 @@ pub async fn take_overs(
 /// the median.
 pub async fn hand_over(
     mut requests: async_nats::Subscriber,
-    holder: Arc<Holder>,
+    shared: Arc<HandOvers>,
     shutdown: CancellationToken,
 ) {
     let mut in_flight = Bounded::new(MAX_HAND_OVERS);
@@ -173,7 +173,8 @@ pub async fn hand_over(
         let one = HandOver {
             client_id: client_id.to_owned(),
             reply: request.reply,
-            holder: holder.clone(),
+            shared: shared.clone(),
+            asked: tokio::time::Instant::now(),
         };
         in_flight.spawn(one.answer());
     }
@@ -181,6 +182,10 @@ pub async fn hand_over(
 
 /// Hand-overs answered at once.
 const MAX_HAND_OVERS: usize = 256;
+
+/// How long before the requester stops waiting a hand-over no longer writes the exchanges:
+/// the request took some time to arrive, and the write some to reach the database.
+const EXCHANGES_MARGIN: Duration = Duration::from_millis(500);
 
 /// Tasks of one loop, at most `max` running at once.
 struct Bounded {
@@ -214,7 +219,7 @@ impl Bounded {
 }
 
 /// What the answers to hand-over requests share: the node holding the sessions asked for.
-pub struct Holder {
+pub struct HandOvers {
     pub node: Arc<str>,
     pub client: async_nats::Client,
     pub inbox: Arc<Inbox>,
@@ -227,7 +232,9 @@ pub struct Holder {
 struct HandOver {
     client_id: String,
     reply: Option<async_nats::Subject>,
-    holder: Arc<Holder>,
+    shared: Arc<HandOvers>,
+    /// When the request arrived.
+    asked: tokio::time::Instant,
 }
 
 impl HandOver {
@@ -240,31 +247,40 @@ impl HandOver {
     /// Within the same wait, a connection here that the take-over is closing has finished
     /// its publishes: a QoS 2 publish the store then refuses is forgotten by the session (its
     /// resend must be stored), so the exchanges handed on are those as it left them.
+    ///
+    /// The exchanges are written only while the requester still waits (it takes the session
+    /// as stored after [`HANDOVER_TIMEOUT`]); after, nobody would take them.
     async fn answer(self) {
-        let holder = &*self.holder;
+        let shared = &*self.shared;
         let mut exchanges = None;
-        if let Some(events) = holder.inbox.events.get() {
+        if let Some(events) = shared.inbox.events.get() {
             let filters = events.filters_of(&self.client_id);
-            let deadline = tokio::time::Instant::now() + INTEREST_WAIT;
+            let deadline = self.asked + INTEREST_WAIT;
             while (events.connected_here(&self.client_id)
-                || !filters.iter().all(|f| holder.remote.announced_elsewhere(f)))
+                || !filters.iter().all(|f| shared.remote.announced_elsewhere(f)))
                 && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             exchanges = events.hand_over(&self.client_id);
         }
-        flush_spool(&holder.spool).await;
-        if let Some(exchanges) = exchanges
-            && let Err(e) = holder
-                .sessions
-                .let_go(&holder.node, &self.client_id, &exchanges)
-                .await
-        {
-            tracing::warn!(client = %self.client_id, error = %e, "the QoS 2 exchanges of a session handed over could not be stored; its client may receive a message it resends twice");
+        flush_spool(&shared.spool).await;
+        if let Some(exchanges) = exchanges {
+            let stored = if self.asked.elapsed() < HANDOVER_TIMEOUT - EXCHANGES_MARGIN {
+                shared
+                    .sessions
+                    .let_go(&shared.node, &self.client_id, &exchanges)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                Err("the node that asked for the session stopped waiting".to_owned())
+            };
+            if let Err(error) = stored {
+                tracing::warn!(client = %self.client_id, %error, "the QoS 2 exchanges of a session handed over could not be stored: its client may have a QoS 2 message it resends delivered twice, and a PUBREL it is owed is not sent again");
+            }
         }
         if let Some(reply) = self.reply {
-            let _ = holder.client.publish(reply, Bytes::new()).await;
+            let _ = shared.client.publish(reply, Bytes::new()).await;
         }
     }
 }

@@ -313,7 +313,10 @@ impl Sessions {
     }
 
     /// `node` lets `client_id`'s session go to the node that resumes it (a hand-over): the
-    /// QoS 2 exchanges it left open go into the row, for that node's [`Self::take`].
+    /// QoS 2 exchanges it left open go into the row, for that node's [`Self::take`]. Not
+    /// if `node` holds the client id's claim again: the client came back here since (the
+    /// requester gave up waiting and took the session as stored), and the row is its new
+    /// connection's.
     pub async fn let_go(
         &self,
         node: &str,
@@ -321,10 +324,15 @@ impl Sessions {
         exchanges: &[u8],
     ) -> Result<(), SessionError> {
         self.bounded(async {
+            // `greatest`: `now()` is when the statement began, and a connection's end
+            // recorded meanwhile must not make these exchanges look older than it.
             sqlx::query(
-                "UPDATE cluster_sessions SET exchanges = $3, exchanges_at = now(), \
+                "UPDATE cluster_sessions SET exchanges = $3, \
+                   exchanges_at = greatest(now(), coalesce(detached_at, now())), \
                    connected = false, detached_at = coalesce(detached_at, now()) \
-                 WHERE client_id = $1 AND node = $2",
+                 WHERE client_id = $1 AND node = $2 \
+                   AND NOT EXISTS (SELECT 1 FROM cluster_clients c \
+                                   WHERE c.client_id = $1 AND c.node = $2)",
             )
             .bind(client_id)
             .bind(node)
@@ -370,7 +378,8 @@ impl Sessions {
                 "UPDATE cluster_sessions s SET connected = false, \
                    detached_at = coalesce(s.detached_at, now()), \
                    exchanges = coalesce(t.x, s.exchanges), \
-                   exchanges_at = CASE WHEN t.x IS NULL THEN s.exchanges_at ELSE now() END, \
+                   exchanges_at = CASE WHEN t.x IS NULL THEN s.exchanges_at \
+                     ELSE greatest(now(), s.detached_at) END, \
                    will = CASE WHEN t.due IS NULL THEN s.will ELSE t.w END, \
                    will_expiry_secs = CASE WHEN t.due IS NULL THEN s.will_expiry_secs \
                      ELSE t.we END, \
