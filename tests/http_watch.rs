@@ -29,6 +29,10 @@ for_each_backend!(
     shutdown_ends_the_streams,
 );
 
+/// Held by the tests that need the Postgres server's settled point to follow their own writes
+/// and by the one that holds it back: the point is the whole server's.
+static SETTLED_POINT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn open(app: &TestApp, query: &str) -> Sse {
     Sse::new(app.get(&format!("/retainedMessage-watch{query}")).await)
 }
@@ -134,6 +138,9 @@ async fn a_snapshot_then_live_changes(backend: Backend) {
 
 /// `snapshot=false`: `synced` first, at the present revision, then only what changes after.
 async fn without_a_snapshot_a_watch_starts_at_the_present(backend: Backend) {
+    // On a quiet server: not beside the test below, whose open transaction holds the
+    // settled point back on purpose.
+    let _quiet = SETTLED_POINT.lock().await;
     let app = spawn_app(backend).await;
     retain(&app, "n/1", "before").await;
     let before = revision_of(&app, "n/1").await;
@@ -770,6 +777,45 @@ async fn shutdown_ends_the_streams(backend: Backend) {
     let stopping = tokio::spawn(app.stop());
     assert!(watch.next().await.is_none());
     stopping.await.unwrap();
+}
+
+/// `snapshot=false` starts at the settled point, which a write transaction still open
+/// anywhere on the Postgres server holds back (decision 018). A write acknowledged just
+/// before the request then lies above `synced`, and it must come as a change once the
+/// other transaction ends: late, never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_snapshot_a_write_held_above_the_settled_point_comes_as_a_change() {
+    use sqlx::{Connection, Executor};
+    let _held = SETTLED_POINT.lock().await;
+    let app = spawn_app(Backend::Postgres).await;
+    // Another client of the server, in a write transaction (it has a transaction id).
+    let mut other = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    other.execute("BEGIN").await.unwrap();
+    other.execute("SELECT txid_current()").await.unwrap();
+    retain(&app, "h/1", "acknowledged").await;
+    let acknowledged = revision_of(&app, "h/1").await;
+
+    let mut watch = open(&app, "?topicFilter=h%2F%23&snapshot=false").await;
+    let synced = watch.expect().await;
+    assert_eq!(synced.event, "synced");
+    assert!(
+        synced.revision() < acknowledged,
+        "the open transaction held the settled point ({}) below the write ({acknowledged})",
+        synced.revision()
+    );
+    // Past a few of the reader's passes (every 250 ms).
+    let early = tokio::time::timeout(Duration::from_millis(800), watch.expect()).await;
+    assert!(
+        early.is_err(),
+        "nothing comes while the other transaction is open: {early:?}"
+    );
+    other.execute("ROLLBACK").await.unwrap();
+    let put = watch.expect().await;
+    assert_eq!(put.event, "put");
+    assert_eq!(put.json()["topic"], "h/1");
+    assert_eq!(payload(&put), "acknowledged");
+    assert_eq!(put.revision(), acknowledged);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
