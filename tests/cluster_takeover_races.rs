@@ -64,6 +64,11 @@ async fn until_no_connections(app: &TestApp) {
 /// delayed `delay` seconds, then breaks the connection (no DISCONNECT): the Will waits out
 /// its delay on `node`.
 async fn leave_with_a_delayed_will(node: &TestApp, client: &str, delay: u32) {
+    leave_with_a_will(node, client, delay, 300).await;
+}
+
+/// As [`leave_with_a_delayed_will`], the session expiring after `expiry` seconds.
+async fn leave_with_a_will(node: &TestApp, client: &str, delay: u32, expiry: u32) {
     let will = build::Will {
         topic: "will/t",
         payload: b"bye",
@@ -71,8 +76,13 @@ async fn leave_with_a_delayed_will(node: &TestApp, client: &str, delay: u32) {
         retain: false,
         props: &prop_u32(WILL_DELAY, delay),
     };
-    let persistent = prop_u32(SESSION_EXPIRY, 300);
-    let first = build::connect_with_will(client, true, 60, Some(&persistent), will);
+    let first = build::connect_with_will(
+        client,
+        true,
+        60,
+        Some(&prop_u32(SESSION_EXPIRY, expiry)),
+        will,
+    );
     let (raw, _) = Raw::connect(node, &first).await;
     drop(raw);
     until_no_connections(node).await;
@@ -586,21 +596,53 @@ async fn a_will_written_back_for_a_session_that_expired_meanwhile_is_published_b
     let [a, b] = two(&nats, |_| {}).await;
     let mut w = will_watcher(&a).await;
     until_sends(&b, "will/t").await;
-    let will = build::Will {
-        topic: "will/t",
-        payload: b"bye",
-        qos: 1,
-        retain: false,
-        props: &prop_u32(WILL_DELAY, 10),
-    };
-    let first = build::connect_with_will("wx", true, 60, Some(&prop_u32(SESSION_EXPIRY, 1)), will);
-    let (raw, _) = Raw::connect(&b, &first).await;
-    drop(raw);
-    until_no_connections(&b).await;
+    leave_with_a_will(&b, "wx", 10, 1).await;
     b.stop().await;
     let got = tokio::time::timeout(Duration::from_secs(6), w.next_publish()).await;
     assert!(
         got.as_ref().is_ok_and(|p| &p.payload[..] == b"bye"),
         "no Will after its session expired while it moved to the survivor: {got:?}"
     );
+}
+
+/// DeleteConnection with cleanSession=true on a node of many: the session's row is gone from
+/// Postgres before its connection is told (DISCONNECT 0x98), so a client that reconnects at
+/// once, through any node, finds nothing to resume. Before 2026-12-06 the row's deletion was
+/// spawned and the DISCONNECT sent at once, so a reconnect through another node within the
+/// deletion's milliseconds could resume the session the operator ended. Here another
+/// transaction holds the row for a second (a lock a delete waits for), which made that
+/// window a second wide; the client reads its DISCONNECT only once the row is gone.
+#[tokio::test]
+async fn a_session_an_operator_ended_is_gone_from_postgres_before_its_client_is_told() {
+    let nats = Nats::start().await;
+    let [a, b] = two(&nats, |_| {}).await;
+    let persistent = prop_u32(SESSION_EXPIRY, 300);
+    let (mut old, _) = Raw::connect(&a, &build::connect("og", true, 60, Some(&persistent))).await;
+    let mut locker = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("SELECT 1 FROM cluster_sessions WHERE client_id = 'og' FOR KEY SHARE")
+        .await
+        .unwrap();
+    let asked = {
+        let (http, url) = (b.http.clone(), b.url("/connections/og?cleanSession=true"));
+        tokio::spawn(async move { http.delete(url).send().await.unwrap().status() })
+    };
+    let released = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        locker.execute("ROLLBACK").await.unwrap();
+    });
+    assert_eq!(old.expect(14).await.disconnect_reason(), 0x98);
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    let (rows,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM cluster_sessions WHERE client_id = 'og'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows, 0,
+        "the client was told of the disconnect while the session's row was still there"
+    );
+    released.await.unwrap();
+    assert_eq!(asked.await.unwrap(), 200);
 }

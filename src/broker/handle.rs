@@ -328,15 +328,27 @@ impl Broker {
     /// An operator disconnects `client_id` if it is connected here (MQTT 5: DISCONNECT 0x98
     /// Administrative action): `clean_session` ends its session with it, `prevent_will` keeps
     /// its Will back. Whether it was connected here.
-    pub(super) fn disconnect_here(
+    pub(super) async fn disconnect_here(
         &self,
         client_id: &str,
         clean_session: bool,
         prevent_will: bool,
     ) -> bool {
-        self.inner
+        let Some(stop) = self
+            .inner
             .sessions
             .oust(client_id, clean_session, prevent_will)
+        else {
+            return false;
+        };
+        if clean_session
+            && let Some(cluster) = self.cluster()
+            && let Err(e) = cluster.session_forget(client_id).await
+        {
+            tracing::warn!(client = %client_id, error = %e, "the session an operator ended could not be removed from the database first; it goes when its connection has finished");
+        }
+        stop.cancel();
+        true
     }
 
     /// An operator's disconnect (DeleteConnection): `client_id`'s connection is closed here
@@ -347,7 +359,10 @@ impl Broker {
         clean_session: bool,
         prevent_will: bool,
     ) -> Result<bool, crate::cluster::DisconnectError> {
-        if self.disconnect_here(client_id, clean_session, prevent_will) {
+        if self
+            .disconnect_here(client_id, clean_session, prevent_will)
+            .await
+        {
             return Ok(true);
         }
         match self.cluster() {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 
 use super::handle::{Broker, Inner};
 use super::registry::NEVER;
@@ -36,9 +37,23 @@ impl Events for FromCluster {
         }
     }
 
-    fn disconnect(&self, client_id: &str, clean_session: bool, prevent_will: bool) -> bool {
-        self.0.upgrade().is_some_and(|inner| {
-            Broker { inner }.disconnect_here(client_id, clean_session, prevent_will)
+    fn disconnect(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+        prevent_will: bool,
+    ) -> BoxFuture<'static, bool> {
+        let broker = self.0.upgrade().map(|inner| Broker { inner });
+        let client_id = client_id.to_owned();
+        Box::pin(async move {
+            match broker {
+                Some(broker) => {
+                    broker
+                        .disconnect_here(&client_id, clean_session, prevent_will)
+                        .await
+                }
+                None => false,
+            }
         })
     }
 

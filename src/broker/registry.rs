@@ -283,20 +283,20 @@ impl Session {
 
     /// An operator disconnects the attached connection, if any (MQTT 5: DISCONNECT 0x98
     /// Administrative action); `discard` ends the session with it, `no_will` keeps its Will
-    /// from being published. Whether one was attached. Called under the registry's lock
-    /// ([`Sessions::oust`]), so that no connection attaches between the two.
-    fn oust(&self, discard: bool, no_will: bool) -> bool {
+    /// from being published. Returns the connection's stop signal, for the caller to give
+    /// (see [`Sessions::oust`]), if one was attached. Called under the registry's lock, so
+    /// that no connection attaches between the two.
+    fn oust(&self, discard: bool, no_will: bool) -> Option<CancellationToken> {
         if !self.is_online() {
-            return false;
+            return None;
         }
         if discard {
             self.discarded.store(true, Ordering::Release);
         }
-        if let Some((stop, why)) = self.link().as_ref() {
-            why.oust(discard, no_will);
-            stop.cancel();
-        }
-        true
+        let link = self.link();
+        let (stop, why) = link.as_ref()?;
+        why.oust(discard, no_will);
+        Some(stop.clone())
     }
 
     /// Whether a connection is attached.
@@ -1056,32 +1056,21 @@ impl Sessions {
         self.registry().sessions.values().cloned().collect()
     }
 
-    /// The session of `client_id`, if held here.
     /// An operator disconnects `client_id`'s connection here, if any (see `Session::oust`):
-    /// whether one was connected.
-    pub fn oust(&self, client_id: &str, discard: bool, no_will: bool) -> bool {
+    /// the connection's stop signal, to give once the session is gone from Postgres (with
+    /// `--cluster-url` and `discard`), if one was connected. Until then the connection goes
+    /// on: were it told first, its client could reconnect through another node and resume
+    /// from the row the session an operator ended (before 2026-12-06 the row's deletion was
+    /// spawned and the DISCONNECT sent at once).
+    pub fn oust(&self, client_id: &str, discard: bool, no_will: bool) -> Option<CancellationToken> {
         let registry = self.registry();
-        let ousted = registry
+        registry
             .sessions
             .get(client_id)
-            .is_some_and(|s| s.oust(discard, no_will));
-        drop(registry);
-        // With several nodes, the session's row goes now, not when the ousted connection has
-        // finished: a reconnect through another node meanwhile would resume it from there.
-        if ousted
-            && discard
-            && let Some(cluster) = self.cluster.clone()
-        {
-            let client_id = client_id.to_owned();
-            tokio::spawn(async move {
-                if let Err(e) = cluster.session_forget(&client_id).await {
-                    tracing::warn!(client = %client_id, error = %e, "the session an operator ended could not be removed from the database now; it goes when its connection has finished");
-                }
-            });
-        }
-        ousted
+            .and_then(|s| s.oust(discard, no_will))
     }
 
+    /// The session of `client_id`, if held here.
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         self.registry().sessions.get(client_id).cloned()
     }

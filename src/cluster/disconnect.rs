@@ -106,9 +106,14 @@ pub async fn answer(
             tracing::warn!("dropped a disconnect request that does not decode");
             continue;
         };
-        let done = inbox.events.get().is_some_and(|events| {
-            events.disconnect(&asked.client_id, asked.clean_session, asked.prevent_will)
-        });
+        let done = match inbox.events.get() {
+            Some(events) => {
+                events
+                    .disconnect(&asked.client_id, asked.clean_session, asked.prevent_will)
+                    .await
+            }
+            None => false,
+        };
         if let Some(reply) = request.reply {
             let answer = Bytes::from_static(if done { b"1" } else { b"0" });
             let _ = client.publish(reply, answer).await;

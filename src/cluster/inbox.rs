@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 
 use super::adoption::Adopted;
 use super::claims::TakeOver;
@@ -35,8 +36,13 @@ pub trait Events: Send + Sync {
     /// whose claims they removed are no longer this node's.
     fn taken_for_dead(&self);
     /// An operator disconnects `client_id` (DeleteConnection on another node): whether it was
-    /// connected here.
-    fn disconnect(&self, client_id: &str, clean_session: bool, prevent_will: bool) -> bool;
+    /// connected here, once it is being disconnected.
+    fn disconnect(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+        prevent_will: bool,
+    ) -> BoxFuture<'static, bool>;
 }
 
 pub struct Inbox {
