@@ -115,7 +115,28 @@ async fn a_delayed_will_pending_on_one_node_is_cancelled_by_a_resume_on_another(
     );
 }
 
-/// As above, and the session resumed on B then ends (the new connection asked for no
+/// As above with a clean start on B: the Will waiting on A is not published either, as on
+/// one node ([MQTT-3.1.2-8], decision 006 "Not changed";
+/// `tests/mqtt_session.rs` `will_delay_drops_the_will_when_the_client_id_connects_with_a_clean_start_in_time`):
+/// B's CONNECT asks A to let the session go, and that cancels the Will.
+#[tokio::test]
+async fn a_delayed_will_pending_on_one_node_is_dropped_by_a_clean_start_on_another() {
+    let nats = Nats::start().await;
+    let [a, b] = two(&nats, |_| {}).await;
+    let mut w = will_watcher(&b).await;
+    until_sends(&a, "will/t").await;
+    leave_with_a_delayed_will(&a, "wn", 2).await;
+    let persistent = prop_u32(SESSION_EXPIRY, 300);
+    let (_back, ack) = Raw::connect(&b, &build::connect("wn", true, 60, Some(&persistent))).await;
+    assert_eq!(ack.body[..2], [0, 0], "CONNACK success, no session present");
+    let waited = tokio::time::timeout(Duration::from_secs(4), w.next_publish()).await;
+    assert!(
+        waited.is_err(),
+        "the Will was published after a clean start on another node: {waited:?}"
+    );
+}
+
+/// As the resume two above, and the session resumed on B then ends (the new connection asked for no
 /// expiry and leaves) before A's delay is over: the cross-node version of the single node's
 /// `a_delayed_will_cancelled_by_a_resume_stays_cancelled_when_the_resumed_session_ends`.
 #[tokio::test]

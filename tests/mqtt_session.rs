@@ -241,6 +241,27 @@ async fn will_delay_drops_the_will_when_the_session_resumes_in_time() {
     assert!(waited.is_err(), "the will was published: {waited:?}");
 }
 
+/// [MQTT-3.1.2-8]: the Will is not published when "a new Network Connection for the ClientID
+/// is opened before the Will Delay Interval has elapsed", whatever its Clean Start; a clean
+/// start also ends the old session, which 3.1.3.2.2 makes a reason to publish it, and
+/// decision 006 ("Not changed") reads the normative statement as the one that holds.
+#[tokio::test]
+async fn will_delay_drops_the_will_when_the_client_id_connects_with_a_clean_start_in_time() {
+    let app = app().await;
+    let mut w = watcher(&app).await;
+    let session = prop_u32(SESSION_EXPIRY, 300);
+    let (raw, _) = Raw::connect(
+        &app,
+        &will_connect("w", false, &prop_u32(WILL_DELAY, 2), &session),
+    )
+    .await;
+    drop(raw);
+    let (_back, ack) = Raw::connect(&app, &persistent_connect("w", true)).await;
+    assert_eq!(ack.body[0], 0, "a clean start: no session present");
+    let waited = tokio::time::timeout(Duration::from_secs(4), w.next_publish()).await;
+    assert!(waited.is_err(), "the will was published: {waited:?}");
+}
+
 #[tokio::test]
 async fn outbound_qos2_pubrel_is_resent_after_reconnect() {
     let app = app().await;
