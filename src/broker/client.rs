@@ -442,6 +442,8 @@ impl Client {
                 if let Some(message) = settled.message {
                     self.broker.route(message);
                 }
+                self.inbound
+                    .stored(self.session.state().awaiting_release(), settled.ack);
                 if let Some((qos, id)) = settled.ack {
                     self.inbound.acknowledged(qos, settled.reason);
                     out.send(self.publish_ack(qos, id, settled.reason, settled.why));
@@ -581,8 +583,13 @@ impl Client {
     pub async fn leave(&mut self, publish_will: bool) {
         while let Some(settled) = self.pending.drain().await {
             match (settled.result, settled.message) {
-                (Ok(()), Some(message)) => self.broker.route(message),
-                (Ok(()), None) => {}
+                (Ok(()), message) => {
+                    if let Some(message) = message {
+                        self.broker.route(message);
+                    }
+                    self.inbound
+                        .stored(self.session.state().awaiting_release(), settled.ack);
+                }
                 // Not stored, and no one to tell: a QoS 2 id is forgotten, so that the resend
                 // after the client's return is stored rather than taken for a duplicate.
                 (Err(_), _) => {

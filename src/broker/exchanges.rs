@@ -37,17 +37,16 @@ struct Exchanges {
     released: Vec<(u16, SavedDelivery)>,
 }
 
-/// The exchanges `state` has open, or `None` if it has none. The ids awaiting PUBREL only
-/// `with_awaiting`: not while a connection still holds the session, whose publishes may not
-/// have settled. An id is taken as awaiting PUBREL from the moment its PUBLISH is read, and
-/// a store that then fails forgets it, so that the client's resend is stored: handed on
-/// before that, it would make the resend a duplicate on the next node, acknowledged and
-/// lost. Left out, a resend of one that did settle is delivered twice, the lesser harm.
-pub(super) fn encode(state: &SessionState, with_awaiting: bool) -> Option<Bytes> {
+/// The exchanges `state` has open, or `None` if it has none. Of the ids awaiting PUBREL,
+/// those whose publishes have settled: a connection still attached may have one whose store
+/// has not answered, and a store that then fails forgets it, so that the client's resend is
+/// stored. Handed on before that, it would make the resend a duplicate on the next node,
+/// acknowledged and stored nowhere; left out, a resend of one that did get stored is
+/// delivered twice, the lesser harm.
+pub(super) fn encode(state: &SessionState) -> Option<Bytes> {
     let (inflight, _, awaiting) = state.to_save();
-    let awaiting = awaiting.ids().filter(|_| with_awaiting);
     let exchanges = Exchanges {
-        awaiting_release: awaiting.map(NonZeroU16::get).collect(),
+        awaiting_release: awaiting.settled_ids().map(NonZeroU16::get).collect(),
         released: inflight
             .iter()
             .filter(|i| i.released)
@@ -133,7 +132,7 @@ impl Broker {
                         let left = u64::try_from(w.due_at_ms.saturating_sub(now)).unwrap_or(0);
                         (w.will.stored(key), Duration::from_millis(left))
                     });
-                let exchanges = encode(&session.state(), true);
+                let exchanges = encode(&session.state());
                 (will.is_some() || exchanges.is_some()).then(|| WrittenBack {
                     client_id: key.clone(),
                     exchanges,
@@ -192,7 +191,7 @@ mod tests {
         s.enqueue(delivery("unacked", Qos::AtLeastOnce), true);
         s.next_outgoing(10, all);
         let _ = s.start_spooling(Stored::default());
-        assert!(encode(&s, true).is_none());
+        assert!(encode(&s).is_none());
     }
 
     /// What a node letting a session go encodes (after its unacknowledged messages left for
@@ -211,7 +210,7 @@ mod tests {
         let spooled = s.start_spooling(Stored::default());
         assert_eq!(&spooled[0].message.payload[..], b"unacked");
 
-        let blob = encode(&s, true).expect("exchanges are open");
+        let blob = encode(&s).expect("exchanges are open");
         let open = decode("c", &blob, TopicLimits::default()).expect("it decodes");
         let mut next = state();
         next.take_up(open.released, open.awaiting_release);
@@ -223,7 +222,7 @@ mod tests {
             .collect();
         assert_eq!(taken, [(released, true, &b"released"[..])]);
         assert!(queue.is_empty());
-        assert_eq!(awaiting.ids().collect::<Vec<_>>(), [seven]);
+        assert_eq!(awaiting.settled_ids().collect::<Vec<_>>(), [seven]);
         // The id stays taken until its PUBCOMP.
         next.enqueue(delivery("new", Qos::AtLeastOnce), true);
         let fresh = next.next_outgoing(10, all).unwrap().packet_id.unwrap();

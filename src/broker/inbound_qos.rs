@@ -3,7 +3,7 @@
 //! when retaind refuses a publish, for both protocol versions. No I/O: the connection applies
 //! the answers.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU16;
 
@@ -15,37 +15,57 @@ use crate::store::Condition;
 pub(super) type Ack = (QoS, NonZeroU16);
 
 /// QoS 2 packet ids we answered with PUBREC and await PUBREL for [MQTT-4.3.3-9]. Kept by the
-/// session, so a publish resent after a reconnect is still recognised.
+/// session, so a publish resent after a reconnect is still recognised. An id is known from the
+/// moment its PUBLISH is read, and *settled* once its fate is: stored and routed, or dropped
+/// with a PUBREC all the same (3.1.1). A publish the store then refuses is forgotten instead,
+/// so that its resend is stored.
 #[derive(Debug, Default)]
-pub(super) struct AwaitingRelease(HashSet<NonZeroU16>);
+pub(super) struct AwaitingRelease(HashMap<NonZeroU16, bool>);
 
+/// Ids whose publishes were settled before: a session restored after a restart, or taken up
+/// from the node it was on (decision 014).
 impl FromIterator<NonZeroU16> for AwaitingRelease {
     fn from_iter<I: IntoIterator<Item = NonZeroU16>>(ids: I) -> Self {
-        Self(ids.into_iter().collect())
+        Self(ids.into_iter().map(|id| (id, true)).collect())
     }
 }
 
-/// Ids a session took up with its state from the node it was on (decision 014).
 impl Extend<NonZeroU16> for AwaitingRelease {
     fn extend<I: IntoIterator<Item = NonZeroU16>>(&mut self, ids: I) {
-        self.0.extend(ids);
+        self.0.extend(ids.into_iter().map(|id| (id, true)));
     }
 }
 
 impl AwaitingRelease {
     /// False if this id already awaits PUBREL, i.e. a resend [MQTT-4.3.3-10].
     fn begin(&mut self, id: NonZeroU16) -> bool {
-        self.0.insert(id)
+        match self.0.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(false);
+                true
+            }
+        }
+    }
+
+    /// The publish of `id`, if still awaiting PUBREL, is settled.
+    fn settle(&mut self, id: NonZeroU16) {
+        if let Some(settled) = self.0.get_mut(&id) {
+            *settled = true;
+        }
     }
 
     /// False if the id was unknown.
     fn end(&mut self, id: NonZeroU16) -> bool {
-        self.0.remove(&id)
+        self.0.remove(&id).is_some()
     }
 
-    /// The ids, for a session saved across a restart (decision 024).
-    pub fn ids(&self) -> impl Iterator<Item = NonZeroU16> + '_ {
-        self.0.iter().copied()
+    /// The ids whose publishes are settled: a session saved across a restart (decision 024)
+    /// or handed on to another node (decision 014) keeps only those. One still being stored
+    /// may yet be forgotten; left out, its resend is taken for new (at worst delivered twice,
+    /// never acknowledged and lost).
+    pub fn settled_ids(&self) -> impl Iterator<Item = NonZeroU16> + '_ {
+        self.0.iter().filter(|(_, s)| **s).map(|(id, _)| *id)
     }
 }
 
@@ -192,6 +212,29 @@ impl InboundQos {
         ack: Option<Ack>,
         refusal: Refusal,
     ) -> Answer {
+        let answer = self.answer_refusal(awaiting, ack, refusal);
+        // Acknowledged all the same (3.1.1 cannot say "dropped"): an id still known is
+        // settled, and its resend is a duplicate.
+        if matches!(answer, Answer::Ack { .. }) {
+            self.stored(awaiting, ack);
+        }
+        answer
+    }
+
+    /// The publish `ack` acknowledges was stored and routed (or its fate otherwise decided):
+    /// its QoS 2 id, if still awaiting PUBREL, is settled.
+    pub fn stored(&self, awaiting: &mut AwaitingRelease, ack: Option<Ack>) {
+        if let Some((QoS::ExactlyOnce, id)) = ack {
+            awaiting.settle(id);
+        }
+    }
+
+    fn answer_refusal(
+        &self,
+        awaiting: &mut AwaitingRelease,
+        ack: Option<Ack>,
+        refusal: Refusal,
+    ) -> Answer {
         let answer = |reason, why| match ack {
             Some(ack) => Answer::Ack { ack, reason, why },
             None => Answer::Nothing,
@@ -294,6 +337,38 @@ mod tests {
             q.admit(&mut awaiting, qos2(7)),
             Admitted::New,
             "id reusable"
+        );
+    }
+
+    /// What a session hands on keeps an id only once its publish is settled: stored, or
+    /// dropped with a PUBREC all the same (3.1.1); one whose store failed is forgotten.
+    #[test]
+    fn only_settled_qos2_ids_are_kept_for_another_node() {
+        let ids = |a: &AwaitingRelease| {
+            let mut ids: Vec<u16> = a.settled_ids().map(NonZeroU16::get).collect();
+            ids.sort_unstable();
+            ids
+        };
+        let (mut q, mut awaiting) = (InboundQos::new(V311, 10), AwaitingRelease::default());
+        for n in 1..=3 {
+            q.admit(&mut awaiting, qos2(n));
+        }
+        assert!(ids(&awaiting).is_empty(), "being stored, none is settled");
+        q.stored(&mut awaiting, qos2(1));
+        let dropped = Refusal::Dropped(PublishAckReason::NotAuthorized);
+        assert!(matches!(
+            q.refused(&mut awaiting, qos2(2), dropped),
+            Answer::Ack { .. }
+        ));
+        assert_eq!(
+            q.refused(&mut awaiting, qos2(3), Refusal::NotStored),
+            Answer::Hangup
+        );
+        assert_eq!(ids(&awaiting), [1, 2]);
+        assert_eq!(
+            q.admit(&mut awaiting, qos2(3)),
+            Admitted::New,
+            "3 was forgotten"
         );
     }
 

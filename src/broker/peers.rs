@@ -99,12 +99,6 @@ impl Events for FromCluster {
         exchanges
     }
 
-    fn connected_here(&self, client_id: &str) -> bool {
-        self.0
-            .upgrade()
-            .is_some_and(|inner| Broker { inner }.sessions().connected_here(client_id))
-    }
-
     fn filters_of(&self, client_id: &str) -> Vec<FilterSpec> {
         let Some(inner) = self.0.upgrade() else {
             return Vec::new();

@@ -874,15 +874,6 @@ impl Sessions {
         self.let_go(client_id, MOVED_RESUMED, true)
     }
 
-    /// Whether a connection here holds `client_id`'s session.
-    pub fn connected_here(&self, client_id: &str) -> bool {
-        let registry = self.registry();
-        registry
-            .sessions
-            .get(client_id)
-            .is_some_and(|s| s.online.load(Ordering::Acquire))
-    }
-
     /// The other nodes took this node for dead (decision 014) and adopted `client_id`'s
     /// session, or removed its claim: this copy ends, and its connection, if any, closes as
     /// taken over, without a Will. What it queued goes to Postgres if `lives_on` (another
@@ -904,13 +895,11 @@ impl Sessions {
         let keep_queue = keep_queue && !session.discarded.load(Ordering::Acquire);
         let mut exchanges = None;
         if keep_queue && let Some(cluster) = &self.cluster {
-            // A connection still attached has not finished its publishes.
-            let settled = !session.online.load(Ordering::Acquire);
             let mut state = session.state();
             for d in state.start_spooling(Stored::default()) {
                 spool(cluster, &session.key, &d);
             }
-            exchanges = super::exchanges::encode(&state, settled);
+            exchanges = super::exchanges::encode(&state);
         }
         // Its connection, if any, leaves the session alone when it ends.
         session.connection.store(0, Ordering::Release);

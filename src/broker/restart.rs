@@ -111,7 +111,7 @@ pub(super) fn encode(session: &Session, will: Option<&Pending>) -> SavedSession 
             })
             .collect(),
         queue: queue.iter().map(saved_delivery).collect(),
-        awaiting_release: awaiting.ids().map(NonZeroU16::get).collect(),
+        awaiting_release: awaiting.settled_ids().map(NonZeroU16::get).collect(),
         will: will.map(saved_will),
     };
     // Plain strings, integers and byte vectors into a Vec: serializing cannot fail.

@@ -26,8 +26,6 @@ pub trait Events: Send + Sync {
     /// queued in memory to the spool ([`super::Cluster::spool`]) before it returns, and
     /// returns the QoS 2 exchanges it left open, if any, in the broker's encoding.
     fn hand_over(&self, client_id: &str) -> Option<Bytes>;
-    /// Whether a connection here still holds `client_id`'s session.
-    fn connected_here(&self, client_id: &str) -> bool;
     /// The plain (not shared) filters of `client_id`'s session held here; none if none is.
     fn filters_of(&self, client_id: &str) -> Vec<FilterSpec>;
     /// Sessions of nodes that are gone, now this node's.

@@ -244,10 +244,6 @@ impl HandOver {
     /// can come second. Were the copy to end first, a message published here in between would
     /// match no subscription here and no known interest elsewhere, and be lost.
     ///
-    /// Within the same wait, a connection here that the take-over is closing has finished
-    /// its publishes: a QoS 2 publish the store then refuses is forgotten by the session (its
-    /// resend must be stored), so the exchanges handed on are those as it left them.
-    ///
     /// The exchanges are written only while the requester still waits (it takes the session
     /// as stored after [`HANDOVER_TIMEOUT`]); after, nobody would take them.
     async fn answer(self) {
@@ -255,9 +251,8 @@ impl HandOver {
         let mut exchanges = None;
         if let Some(events) = shared.inbox.events.get() {
             let filters = events.filters_of(&self.client_id);
-            let deadline = self.asked + INTEREST_WAIT;
-            while (events.connected_here(&self.client_id)
-                || !filters.iter().all(|f| shared.remote.announced_elsewhere(f)))
+            let deadline = tokio::time::Instant::now() + INTEREST_WAIT;
+            while !filters.iter().all(|f| shared.remote.announced_elsewhere(f))
                 && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(1)).await;

@@ -144,7 +144,11 @@ fn a_session_reads_back_as_it_was_saved() {
     for (got, want) in back.queue.iter().zip(&queue) {
         same_delivery(got, want);
     }
-    let mut awaiting: Vec<u16> = back.awaiting_release.ids().map(NonZeroU16::get).collect();
+    let mut awaiting: Vec<u16> = back
+        .awaiting_release
+        .settled_ids()
+        .map(NonZeroU16::get)
+        .collect();
     awaiting.sort_unstable();
     assert_eq!(awaiting, [3, 9]);
 }
