@@ -223,17 +223,23 @@ async fn will_delay_holds_the_will_back() {
     );
 }
 
-#[tokio::test]
-async fn will_delay_drops_the_will_when_the_session_resumes_in_time() {
-    let app = app().await;
-    let mut w = watcher(&app).await;
+/// Client "w" connects with a persistent session and a Will delayed 2 s, then its connection
+/// breaks: the Will waits out its delay.
+async fn leave_with_a_will_delayed_2s(app: &TestApp) {
     let session = prop_u32(SESSION_EXPIRY, 300);
     let (raw, _) = Raw::connect(
-        &app,
+        app,
         &will_connect("w", false, &prop_u32(WILL_DELAY, 2), &session),
     )
     .await;
     drop(raw);
+}
+
+#[tokio::test]
+async fn will_delay_drops_the_will_when_the_session_resumes_in_time() {
+    let app = app().await;
+    let mut w = watcher(&app).await;
+    leave_with_a_will_delayed_2s(&app).await;
     let (_back, ack) = Raw::connect(&app, &persistent_connect("w", false)).await;
     assert_eq!(ack.body[0], 1, "session present");
     // A negative over time: wait past the 2 s delay (plus margin) for a Will that must not come.
@@ -249,13 +255,7 @@ async fn will_delay_drops_the_will_when_the_session_resumes_in_time() {
 async fn will_delay_drops_the_will_when_the_client_id_connects_with_a_clean_start_in_time() {
     let app = app().await;
     let mut w = watcher(&app).await;
-    let session = prop_u32(SESSION_EXPIRY, 300);
-    let (raw, _) = Raw::connect(
-        &app,
-        &will_connect("w", false, &prop_u32(WILL_DELAY, 2), &session),
-    )
-    .await;
-    drop(raw);
+    leave_with_a_will_delayed_2s(&app).await;
     let (_back, ack) = Raw::connect(&app, &persistent_connect("w", true)).await;
     assert_eq!(ack.body[0], 0, "a clean start: no session present");
     let waited = tokio::time::timeout(Duration::from_secs(4), w.next_publish()).await;

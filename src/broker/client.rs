@@ -442,8 +442,10 @@ impl Client {
                 if let Some(message) = settled.message {
                     self.broker.route(message);
                 }
-                self.inbound
-                    .stored(self.session.state().awaiting_release(), settled.ack);
+                if is_qos2(settled.ack) {
+                    self.inbound
+                        .stored(self.session.state().awaiting_release(), settled.ack);
+                }
                 if let Some((qos, id)) = settled.ack {
                     self.inbound.acknowledged(qos, settled.reason);
                     out.send(self.publish_ack(qos, id, settled.reason, settled.why));
@@ -587,8 +589,10 @@ impl Client {
                     if let Some(message) = message {
                         self.broker.route(message);
                     }
-                    self.inbound
-                        .stored(self.session.state().awaiting_release(), settled.ack);
+                    if is_qos2(settled.ack) {
+                        self.inbound
+                            .stored(self.session.state().awaiting_release(), settled.ack);
+                    }
                 }
                 // Not stored, and no one to tell: a QoS 2 id is forgotten, so that the resend
                 // after the client's return is stored rather than taken for a duplicate.
@@ -694,4 +698,10 @@ fn ack2(packet_id: NonZeroU16, known: bool) -> PublishAck2 {
         properties: Vec::new(),
         reason_string: None,
     }
+}
+
+/// Whether `ack` is a QoS 2 exchange's: only those await PUBREL, so only they need the
+/// session's lock once settled (not taken for every QoS 1 publish).
+fn is_qos2(ack: Option<(QoS, std::num::NonZeroU16)>) -> bool {
+    matches!(ack, Some((QoS::ExactlyOnce, _)))
 }
