@@ -252,6 +252,101 @@ async fn a_node_sends_nats_nothing_for_topics_no_other_node_wants() {
     assert_eq!(cluster(&b).stats().received, 11);
 }
 
+/// Subscriptions and unsubscriptions arriving together on one node, from many clients at
+/// once, are announced in bulk (one flush and one round of puts for the additions queued
+/// together) and still in the order they were made: each SUBACK waits for its filter's key, a
+/// filter taken, dropped and taken again is left announced, and one taken and dropped is
+/// withdrawn.
+#[tokio::test]
+async fn subscriptions_made_together_are_announced_together_in_their_order() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let unsubscribe = |pkid: u16, filter: &str| {
+        let mut body = pkid.to_be_bytes().to_vec();
+        body.push(0);
+        body.extend(build::string(filter));
+        build::packet(0xA2, &body)
+    };
+    let clients = (0..200).map(|i| {
+        let a = &a;
+        async move {
+            let id = format!("together-{i}");
+            let (mut raw, _) = Raw::connect(a, &build::connect(&id, true, 60, Some(&[]))).await;
+            raw.send(&build::subscribe(1, &format!("kept/{i}"), 1, Some(&[])))
+                .await;
+            raw.expect(9).await;
+            let filter = format!("together/{i}");
+            let mut packets = build::subscribe(2, &filter, 1, Some(&[]));
+            packets.extend(unsubscribe(3, &filter));
+            if i % 2 == 0 {
+                packets.extend(build::subscribe(4, &filter, 1, Some(&[])));
+            }
+            raw.send(&packets).await;
+            raw.expect(9).await;
+            raw.expect(11).await;
+            if i % 2 == 0 {
+                raw.expect(9).await;
+            }
+            raw
+        }
+    });
+    let mut clients = futures_util::future::join_all(clients).await;
+    // Every SUBACK is in: each filter held is in the bucket already, not owed to a retry.
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let bucket = async_nats::jetstream::new(nats_client)
+        .get_key_value("retaind-interest")
+        .await
+        .unwrap();
+    let mut announced = std::collections::HashSet::new();
+    let mut keys = bucket.keys().await.unwrap();
+    while let Some(key) = futures_util::StreamExt::next(&mut keys).await {
+        if let Some(filter) = bucket.get(key.unwrap()).await.unwrap() {
+            announced.insert(String::from_utf8(filter.to_vec()).unwrap());
+        }
+    }
+    let missing: Vec<String> = (0..200)
+        .map(|i| format!("kept/{i}"))
+        .chain((0..200).step_by(2).map(|i| format!("together/{i}")))
+        .filter(|f| !announced.contains(f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the bucket at their SUBACK: {missing:?}"
+    );
+    let (mut publisher, _) = Raw::connect(&b, &build::connect("pub-b", true, 60, Some(&[]))).await;
+    for (i, raw) in clients.iter_mut().enumerate().step_by(2) {
+        let t = format!("together/{i}");
+        until_sends(&b, &t).await;
+        publisher
+            .send(&build::publish(
+                &t,
+                0,
+                false,
+                false,
+                0,
+                Some(&[]),
+                b"from b",
+            ))
+            .await;
+        let got = raw.expect(3).await.publish(true);
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            (t.as_str(), &b"from b"[..])
+        );
+    }
+    within("B to see the dropped filters withdrawn", async {
+        while (1..200)
+            .step_by(2)
+            .any(|i| cluster(&b).sends(&topic(&format!("together/{i}"))))
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
 /// Interest keys that outlive their node (a burial whose deletes NATS did not take, a node
 /// that stopped before it withdrew them all) are removed at the heartbeats: a node does not go
 /// on sending NATS what only a node that is gone wanted.
@@ -2033,6 +2128,11 @@ async fn a_drained_nodes_clients_resume_their_sessions_on_another_node_a_few_at_
         "one after another over the drain time: {left:?}"
     );
     within("B to stop", stopping).await.unwrap();
+    assert_eq!(
+        cluster(&a).stats().handovers_missed,
+        0,
+        "each handed over live"
+    );
     let (mut publisher, _) = V5::connect(v5_options(&a, "publisher")).await;
     for (i, raw) in resumed.iter_mut().enumerate() {
         publisher
@@ -2043,6 +2143,52 @@ async fn a_drained_nodes_clients_resume_their_sessions_on_another_node_a_few_at_
             .publish(true);
         assert_eq!(publish.payload, b"after");
     }
+}
+
+/// A client that comes back through another node only after the drain has asked the last one
+/// (its own reconnect delay) still finds its session handed over live: the drained node goes
+/// on answering for the sessions it asked, and stops once they are all taken up. Before, it
+/// stopped about a second after the drain whoever had come back, and the other node took the
+/// sessions of the later ones as stored, without what only a live hand-over carries.
+#[tokio::test]
+async fn a_drained_node_answers_for_its_sessions_until_their_clients_come_back() {
+    let nats = Nats::start().await;
+    let nodes = common::cluster_nodes_with(&nats.url(), 2, |c| {
+        c.mqtt_drain_time = Duration::from_millis(100);
+    })
+    .await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes).ok().unwrap();
+    let (mut raw, _) = Raw::connect(&b, &persistent("late", true)).await;
+    raw.send(&build::subscribe(1, "inbox/late", 1, Some(&[])))
+        .await;
+    raw.expect(9).await;
+    until_sends(&a, "inbox/late").await;
+    let stopping = tokio::spawn(b.stop());
+    let got = within("the drain's DISCONNECT", raw.until_closed()).await;
+    assert_eq!(got[0].disconnect_reason(), 0x9C, "Use another server");
+    // Longer than the rest of the stop takes here (about a second), shorter than the node's
+    // patience for the sessions it asked (2 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the drained node stopped before its client came back"
+    );
+    let mut raw = Raw::open_addr(a.mqtt_addr).await;
+    raw.send(&persistent("late", false)).await;
+    let ack = within("a CONNACK from the other node", raw.expect(2)).await;
+    assert_eq!(ack.body[..2], [1, 0], "session present, on the other node");
+    assert_eq!(cluster(&a).stats().handovers_missed, 0, "handed over live");
+    within("B to stop once its session was taken up", stopping)
+        .await
+        .unwrap();
+    let (mut publisher, _) = V5::connect(v5_options(&a, "publisher")).await;
+    publisher
+        .publish("inbox/late", Qos5::AtLeastOnce, false, b"after")
+        .await;
+    let publish = within("the resumed subscription", raw.expect(3))
+        .await
+        .publish(true);
+    assert_eq!(publish.payload, b"after");
 }
 
 /// DeleteConnection on one node for a client connected to another: the node holding the

@@ -2,7 +2,8 @@
 //! `BENCH_CLIENTS` persistent MQTT 5 sessions is stopped with a drain time of
 //! `BENCH_DRAIN_MS`, and each client, once asked to leave, reconnects to the other node and
 //! resumes its session there, handed over live. Printed: how long until all had resumed, how
-//! many got their session back, and the CONNACK latency on the other node (from the
+//! many got their session back, how many were handed over live (the rest were taken as stored,
+//! the drained node no longer answering), and the CONNACK latency on the other node (from the
 //! reconnect's start). `BENCH_CLUSTER_DB_CONNECTIONS` sets both nodes'
 //! `--cluster-db-connections`, for the baseline in the same run. Nodes in this process, a
 //! nats-server and a Postgres database of the run's own; the clients share the 2 cores.
@@ -64,12 +65,14 @@ async fn drain_and_resume_elsewhere() {
     stopping.await.unwrap();
     latencies.sort();
     let at = |q: usize| latencies[(n * q / 100).min(n - 1)];
+    let missed = common::cluster_of(&a).stats().handovers_missed;
     println!(
         "drain clients={n} drain_ms={} cluster_db_connections={pool}: all resumed after {} ms, \
-         sessions present {resumed}/{n}, CONNACK on the other node p50 {:.1} ms p99 {:.1} ms \
-         max {:.1} ms",
+         sessions present {resumed}/{n}, handed over live {}/{n}, CONNACK on the other node \
+         p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
         drain.as_millis(),
         all.as_millis(),
+        n as u64 - missed,
         at(50).as_secs_f64() * 1e3,
         at(99).as_secs_f64() * 1e3,
         latencies[n - 1].as_secs_f64() * 1e3,

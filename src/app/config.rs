@@ -266,7 +266,8 @@ pub struct ServeConfig {
     /// At shutdown, the time over which connected MQTT clients are asked to leave one after
     /// another (e.g. 30s), after the listeners stop taking connections, so that they
     /// reconnect to the other nodes a few at a time; 0: all at once. The process then takes up
-    /// to this long more to stop.
+    /// to this long more to stop (with --cluster-url, up to 2 s beyond it while the sessions
+    /// asked are handed over to the nodes their clients come back to).
     #[arg(long, env = "RETAIND_MQTT_DRAIN_TIME", default_value = "0s",
           value_parser = humantime::parse_duration)]
     pub mqtt_drain_time: Duration,

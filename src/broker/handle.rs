@@ -299,17 +299,17 @@ impl Broker {
 
     /// Stops taking connections, asks every connection to close (MQTT 5: DISCONNECT 0x8B) and
     /// waits for them, up to `grace`. With a drain time, the connected clients are first asked
-    /// to leave one after another over that time (`drain`).
+    /// to leave one after another over that time (`drain`), and with other nodes their
+    /// sessions are handed over to them as the clients come back there.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.cancel();
         let drain_time = self.inner.config.drain_time;
         if !drain_time.is_zero() {
-            super::drain::drain(
-                &self.inner.sessions,
-                drain_time,
-                self.inner.cluster.is_some(),
-            )
-            .await;
+            let others_serve = self.inner.cluster.is_some();
+            let asked = super::drain::drain(&self.inner.sessions, drain_time, others_serve).await;
+            if others_serve {
+                super::drain::await_hand_overs(&self.inner.sessions, asked).await;
+            }
         }
         self.inner.shutdown.cancel();
         self.inner.connections.close();

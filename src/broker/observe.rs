@@ -53,6 +53,7 @@ pub(super) fn on_scrape(broker: &Broker) {
             (&c.heartbeat_failures, s.heartbeat_failures),
             (&c.taken_for_dead, s.taken_for_dead),
             (&c.nats_reconnections, s.nats_reconnections),
+            (&c.handovers_missed, s.handovers_missed),
         ] {
             ClusterCounters::catch_up(counter, total);
         }

@@ -107,6 +107,9 @@ pub struct ClusterStats {
     pub taken_for_dead: u64,
     /// Times the connection to NATS came back after it was lost.
     pub nats_reconnections: u64,
+    /// Sessions taken up here as stored because the node holding them did not hand them over
+    /// in time (or no longer answered: it had stopped).
+    pub handovers_missed: u64,
 }
 
 #[derive(Clone)]
@@ -132,6 +135,7 @@ struct Inner {
     nats_messages: Arc<AtomicU64>,
     not_forwarded: AtomicU64,
     dropped: AtomicU64,
+    handovers_missed: AtomicU64,
     unannounced: Arc<AtomicU64>,
     /// What the heartbeats say of the nodes.
     headcount: Arc<Headcount>,
@@ -378,6 +382,7 @@ impl Cluster {
                 nats_messages,
                 not_forwarded: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                handovers_missed: AtomicU64::new(0),
                 unannounced,
                 headcount,
                 members_here: RwLock::new(SubscriptionTree::new()),
@@ -577,6 +582,7 @@ impl Cluster {
             heartbeat_failures: i.headcount.failures(),
             taken_for_dead: i.headcount.taken_for_dead(),
             nats_reconnections: i.link.reconnections(),
+            handovers_missed: load(&i.handovers_missed),
         }
     }
 
@@ -670,6 +676,7 @@ impl Cluster {
                 Bytes::copy_from_slice(client_id.as_bytes()),
             );
             if !matches!(tokio::time::timeout(HANDOVER_TIMEOUT, ask).await, Ok(Ok(_))) {
+                inner.handovers_missed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(client = %client_id, node = %holder.node, "the node holding a session did not hand it over in time; taking it as stored");
             }
         } else {

@@ -97,6 +97,7 @@ pub struct ClusterCounters {
     pub heartbeat_failures: Counter,
     pub taken_for_dead: Counter,
     pub nats_reconnections: Counter,
+    pub handovers_missed: Counter,
 }
 
 impl ClusterCounters {
@@ -424,6 +425,11 @@ impl Metrics {
                 "retaind_cluster_taken_for_dead",
                 "Times this node found that the other nodes had taken it for dead and adopted its sessions",
                 &c.taken_for_dead,
+            ),
+            (
+                "retaind_cluster_handovers_missed",
+                "Sessions taken up as stored because the node holding them did not hand them over in time",
+                &c.handovers_missed,
             ),
             (
                 "retaind_cluster_nats_reconnections",
