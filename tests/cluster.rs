@@ -2110,6 +2110,7 @@ async fn a_drained_nodes_clients_resume_their_sessions_on_another_node_a_few_at_
         }));
     }
     until_sends(&a, "inbox/5").await;
+    until_sees_the_other(&b).await;
     let started = Instant::now();
     let stopping = tokio::spawn(b.stop());
     let mut left = Vec::new();
@@ -2145,6 +2146,17 @@ async fn a_drained_nodes_clients_resume_their_sessions_on_another_node_a_few_at_
     }
 }
 
+/// Waits until `app` counts the other node of two among the live ones: a drained node waits
+/// for its sessions to be taken up only when another node can take them.
+async fn until_sees_the_other(app: &TestApp) {
+    within("the other node to be alive in the database", async {
+        while cluster(app).live_nodes() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// A client that comes back through another node only after the drain has asked the last one
 /// (its own reconnect delay) still finds its session handed over live: the drained node goes
 /// on answering for the sessions it asked, and stops once they are all taken up. Before, it
@@ -2163,6 +2175,7 @@ async fn a_drained_node_answers_for_its_sessions_until_their_clients_come_back()
         .await;
     raw.expect(9).await;
     until_sends(&a, "inbox/late").await;
+    until_sees_the_other(&b).await;
     let stopping = tokio::spawn(b.stop());
     let got = within("the drain's DISCONNECT", raw.until_closed()).await;
     assert_eq!(got[0].disconnect_reason(), 0x9C, "Use another server");

@@ -50,8 +50,11 @@ async fn drain_and_resume_elsewhere() {
             (asked.elapsed(), ack.body[0] == 1)
         }));
     }
-    // Every session's filter known on A before the drain starts.
+    // Every session's filter known on A before the drain starts, and A alive to B.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    while common::cluster_of(&b).live_nodes() < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     let stopping = tokio::spawn(b.stop());
     let mut latencies = Vec::new();

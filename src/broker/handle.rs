@@ -307,7 +307,8 @@ impl Broker {
         if !drain_time.is_zero() {
             let others_serve = self.inner.cluster.is_some();
             let asked = super::drain::drain(&self.inner.sessions, drain_time, others_serve).await;
-            if others_serve {
+            // Alone, nobody will ask for them.
+            if self.cluster().is_some_and(|c| c.live_nodes() > 1) {
                 super::drain::await_hand_overs(&self.inner.sessions, asked).await;
             }
         }
