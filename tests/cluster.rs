@@ -48,6 +48,16 @@ async fn until_sends(app: &TestApp, t: &str) {
     );
 }
 
+/// Waits until `app` counts `n` live nodes, itself included, from their heartbeats.
+async fn until_live(app: &TestApp, n: usize) {
+    within("the other nodes to be alive in the database", async {
+        while cluster(app).live_nodes() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// The MQTT 5 publishes `c` receives up to and including the one whose payload is `last`.
 async fn until_payload(c: &mut V5, last: &[u8]) -> Vec<p5::Publish> {
     let mut got = Vec::new();
@@ -1139,12 +1149,7 @@ async fn per_principal_rates_are_the_services_shared_by_the_live_nodes() {
         nodes.push(spawn_app_with(db, config).await);
     }
     let a = &nodes[0];
-    within("both nodes to be alive in the database", async {
-        while cluster(a).live_nodes() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_live(a, 2).await;
     // A burst on A: its share is 20/2 per second, with a burst of one second's worth.
     let mut admitted = 0;
     for _ in 0..30 {
@@ -1166,12 +1171,7 @@ async fn the_connect_rate_per_principal_is_the_services_shared_by_the_live_nodes
     })
     .await;
     let a = &nodes[0];
-    within("both nodes to be alive in the database", async {
-        while cluster(a).live_nodes() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_live(a, 2).await;
     let attempts = (0..7).map(|i| async move {
         let connect = build::connect(&format!("burst-{i}"), true, 60, Some(&[]));
         Raw::connect(a, &connect).await
@@ -1194,12 +1194,7 @@ async fn a_node_killed_is_found_dead_and_the_others_stop_sending_to_it() {
     let (mut on_b, _) = V5::connect(options).await;
     on_b.subscribe("dead/x", Qos5::AtMostOnce).await;
     until_sends(&a, "dead/x").await;
-    within("B to be alive in the database", async {
-        while cluster(&a).live_nodes() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_live(&a, 2).await;
 
     b.kill().await;
     let killed = Instant::now();
@@ -1455,12 +1450,8 @@ async fn a_killed_nodes_sessions_are_adopted_and_its_clients_wills_fire_once() {
     let (_sensor, _) = V5::connect(with_will).await;
     let (mut watcher, _) = V5::connect(v5_options(&c, "watcher")).await;
     watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
-    within("both survivors to know B", async {
-        while cluster(&a).live_nodes() < 3 || cluster(&c).live_nodes() < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_live(&a, 3).await;
+    until_live(&c, 3).await;
 
     b.kill().await;
     let killed = Instant::now();
@@ -1535,12 +1526,7 @@ async fn an_adopted_session_ended_to_make_room_publishes_its_will_at_once() {
         .send(&build::subscribe(1, "will/#", 1, Some(&[])))
         .await;
     watcher.expect(9).await;
-    within("A to know B", async {
-        while cluster(&a).live_nodes() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_live(&a, 2).await;
 
     b.kill().await;
     let offline = |app: &TestApp| {
@@ -1725,12 +1711,8 @@ resources = ["*"]
     watcher_options.set_credentials("watcher", "watcher-pw");
     let (mut watcher, _) = V5::connect(watcher_options).await;
     watcher.subscribe("will/#", Qos5::AtLeastOnce).await;
-    within("both survivors to know B", async {
-        while cluster(&a).live_nodes() < 3 || cluster(&c).live_nodes() < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_live(&a, 3).await;
+    until_live(&c, 3).await;
 
     // The sensors still stand, but one may no longer publish its Will; then their node dies.
     std::fs::write(&path, principals(false)).unwrap();
@@ -2087,19 +2069,12 @@ async fn nothing_after(publisher: &mut Raw, pkid: u16, client: &mut Raw, why: &s
 #[tokio::test]
 async fn a_drained_nodes_clients_resume_their_sessions_on_another_node_a_few_at_a_time() {
     let nats = Nats::start().await;
-    let nodes = common::cluster_nodes_with(&nats.url(), 2, |c| {
-        c.mqtt_drain_time = Duration::from_secs(2);
-    })
-    .await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes).ok().unwrap();
+    let [a, b] = drained_pair(&nats, Duration::from_secs(2)).await;
     let a_addr = a.mqtt_addr;
     let mut clients = Vec::new();
     for i in 0..6 {
         let id = format!("drained{i}");
-        let (mut raw, _) = Raw::connect(&b, &persistent(&id, true)).await;
-        raw.send(&build::subscribe(1, &format!("inbox/{i}"), 1, Some(&[])))
-            .await;
-        raw.expect(9).await;
+        let mut raw = subscribed(&b, &id, &format!("inbox/{i}")).await;
         clients.push(tokio::spawn(async move {
             let got = within("the drain's DISCONNECT", raw.until_closed()).await;
             let left = Instant::now();
@@ -2110,7 +2085,8 @@ async fn a_drained_nodes_clients_resume_their_sessions_on_another_node_a_few_at_
         }));
     }
     until_sends(&a, "inbox/5").await;
-    until_sees_the_other(&b).await;
+    // A drained node waits for its sessions to be taken up only while another node is live.
+    until_live(&b, 2).await;
     let started = Instant::now();
     let stopping = tokio::spawn(b.stop());
     let mut left = Vec::new();
@@ -2146,15 +2122,18 @@ async fn a_drained_nodes_clients_resume_their_sessions_on_another_node_a_few_at_
     }
 }
 
-/// Waits until `app` counts the other node of two among the live ones: a drained node waits
-/// for its sessions to be taken up only when another node can take them.
-async fn until_sees_the_other(app: &TestApp) {
-    within("the other node to be alive in the database", async {
-        while cluster(app).live_nodes() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+/// Two nodes, each draining over `drain` when it stops.
+async fn drained_pair(nats: &Nats, drain: Duration) -> [TestApp; 2] {
+    let nodes = common::cluster_nodes_with(&nats.url(), 2, |c| c.mqtt_drain_time = drain).await;
+    <[TestApp; 2]>::try_from(nodes).ok().unwrap()
+}
+
+/// A persistent MQTT 5 session of `id` on `app`, subscribed to `filter` at QoS 1.
+async fn subscribed(app: &TestApp, id: &str, filter: &str) -> Raw {
+    let (mut raw, _) = Raw::connect(app, &persistent(id, true)).await;
+    raw.send(&build::subscribe(1, filter, 1, Some(&[]))).await;
+    raw.expect(9).await;
+    raw
 }
 
 /// A client that comes back through another node only after the drain has asked the last one
@@ -2165,17 +2144,11 @@ async fn until_sees_the_other(app: &TestApp) {
 #[tokio::test]
 async fn a_drained_node_answers_for_its_sessions_until_their_clients_come_back() {
     let nats = Nats::start().await;
-    let nodes = common::cluster_nodes_with(&nats.url(), 2, |c| {
-        c.mqtt_drain_time = Duration::from_millis(100);
-    })
-    .await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes).ok().unwrap();
-    let (mut raw, _) = Raw::connect(&b, &persistent("late", true)).await;
-    raw.send(&build::subscribe(1, "inbox/late", 1, Some(&[])))
-        .await;
-    raw.expect(9).await;
+    let [a, b] = drained_pair(&nats, Duration::from_millis(100)).await;
+    let mut raw = subscribed(&b, "late", "inbox/late").await;
     until_sends(&a, "inbox/late").await;
-    until_sees_the_other(&b).await;
+    // A drained node waits for its sessions to be taken up only while another node is live.
+    until_live(&b, 2).await;
     let stopping = tokio::spawn(b.stop());
     let got = within("the drain's DISCONNECT", raw.until_closed()).await;
     assert_eq!(got[0].disconnect_reason(), 0x9C, "Use another server");
