@@ -1371,6 +1371,41 @@ async fn payloads(raw: &mut Raw, n: usize) -> Vec<Vec<u8>> {
     got
 }
 
+/// `client`'s persistent session on `a`, subscribed to `inbox/#`, its client gone, with
+/// "one", "two" and "three" published on `b` at QoS 1 and queued for it in Postgres; returns
+/// the publisher, still connected.
+async fn away_with_three_queued(a: &TestApp, b: &TestApp, client: &str) -> V5 {
+    let (mut p, _) = Raw::connect(a, &persistent(client, true)).await;
+    p.send(&build::subscribe(1, "inbox/#", 1, Some(&[]))).await;
+    p.expect(9).await;
+    until_sends(b, "inbox/1").await;
+    p.send(&build::disconnect_v5(0)).await;
+    assert!(p.until_closed().await.is_empty());
+    let (mut publisher, _) = V5::connect(v5_options(b, "pub")).await;
+    for m in ["one", "two", "three"] {
+        publisher
+            .publish("inbox/1", Qos5::AtLeastOnce, false, m.as_bytes())
+            .await;
+    }
+    until_queued(a, client, 3).await;
+    publisher
+}
+
+/// `client` comes back on `node`: session present, "one", "two" and "three" (queued for it, in
+/// that order), then "live", published by `publisher` once it is back.
+async fn resumes_with_three_then_live(node: &TestApp, client: &str, publisher: &mut V5) {
+    let (mut p, ack) = Raw::connect(node, &persistent(client, false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    assert_eq!(
+        payloads(&mut p, 3).await,
+        [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
+        .await;
+    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+}
+
 #[tokio::test]
 async fn a_persistent_session_resumes_on_another_node_with_what_was_queued_for_it() {
     let nats = Nats::start().await;
@@ -1399,16 +1434,7 @@ async fn a_persistent_session_resumes_on_another_node_with_what_was_queued_for_i
 
     // The client comes back through B: session present, the queue in order (QoS 0 is not
     // queued for an offline client), and its subscription now routes on B.
-    let (mut p, ack) = Raw::connect(&b, &persistent("phone", false)).await;
-    assert_eq!(ack.body[0], 1, "session present");
-    assert_eq!(
-        payloads(&mut p, 3).await,
-        [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
-    );
-    publisher
-        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
-        .await;
-    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+    resumes_with_three_then_live(&b, "phone", &mut publisher).await;
     // A let go of it: nothing is queued or routed there any more.
     let t = topic("inbox/1");
     within("A to withdraw the session's interest", async {
@@ -1417,6 +1443,57 @@ async fn a_persistent_session_resumes_on_another_node_with_what_was_queued_for_i
         }
     })
     .await;
+}
+
+/// A resume takes the earlier session and records the new connection's in one transaction: a
+/// record the database refuses leaves the earlier session where it was, its queue included,
+/// and the CONNECT is refused; the next CONNECT resumes it whole.
+#[tokio::test]
+async fn a_resume_whose_session_cannot_be_recorded_is_refused_and_takes_nothing() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let mut publisher = away_with_three_queued(&a, &b, "meter").await;
+
+    // The database refuses this client a Will, so a connection with one cannot be recorded.
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_meter_will() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.client_id = 'meter' AND NEW.will IS NOT NULL THEN \
+           RAISE EXCEPTION 'no Will for meter'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_meter_will BEFORE INSERT OR UPDATE ON cluster_sessions \
+           FOR EACH ROW EXECUTE FUNCTION refuse_meter_will();",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let will = build::Will {
+        topic: "gone/meter",
+        payload: b"bye",
+        qos: 0,
+        retain: false,
+        props: &[],
+    };
+    let connect = build::connect_with_will("meter", false, 60, Some(&[0x11, 0, 0, 1, 0x2C]), will);
+    let (mut refused, ack) = Raw::connect(&b, &connect).await;
+    assert_eq!(ack.body[1], 0x88, "MQTT 5 CONNACK: Server unavailable");
+    assert!(refused.until_closed().await.is_empty());
+    assert_eq!(queued(&a, "meter").await, 3, "the queue is still stored");
+    let (subscriptions, expiry): (serde_json::Value, i64) = sqlx::query_as(
+        "SELECT subscriptions, expiry_secs FROM cluster_sessions WHERE client_id = 'meter'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(subscriptions[0]["filter"], "inbox/#", "{subscriptions}");
+    assert_eq!(expiry, 300);
+
+    sqlx::raw_sql("DROP TRIGGER refuse_meter_will ON cluster_sessions")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    resumes_with_three_then_live(&b, "meter", &mut publisher).await;
 }
 
 #[tokio::test]
@@ -1816,30 +1893,9 @@ async fn a_persistent_session_resumes_on_its_own_node_with_its_queue_from_postgr
     let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
         .ok()
         .unwrap();
-    let (mut p, _) = Raw::connect(&a, &persistent("tablet", true)).await;
-    p.send(&build::subscribe(1, "inbox/#", 1, Some(&[]))).await;
-    p.expect(9).await;
-    until_sends(&b, "inbox/1").await;
-    p.send(&build::disconnect_v5(0)).await;
-    assert!(p.until_closed().await.is_empty());
-    let (mut publisher, _) = V5::connect(v5_options(&b, "pub")).await;
-    for m in ["one", "two", "three"] {
-        publisher
-            .publish("inbox/1", Qos5::AtLeastOnce, false, m.as_bytes())
-            .await;
-    }
-    until_queued(&a, "tablet", 3).await;
+    let mut publisher = away_with_three_queued(&a, &b, "tablet").await;
     // Back on A, which held the session: the queue comes from Postgres, in order.
-    let (mut p, ack) = Raw::connect(&a, &persistent("tablet", false)).await;
-    assert_eq!(ack.body[0], 1, "session present");
-    assert_eq!(
-        payloads(&mut p, 3).await,
-        [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
-    );
-    publisher
-        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
-        .await;
-    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+    resumes_with_three_then_live(&a, "tablet", &mut publisher).await;
 }
 
 /// A persistent session leaves and resumes again and again, on `resume_on` in turn, while a

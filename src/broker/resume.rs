@@ -80,8 +80,8 @@ impl Drop for Resuming {
 
 /// Resumes or ends the earlier session of `key`, wherever it is held (a clean start ends it:
 /// the holder would otherwise keep queueing for it), and records this connection's session
-/// and Will. Returns the session taken back, if resumed, and what must live until it is
-/// attached.
+/// and Will, in the transaction that takes the earlier one if there is one. Returns the
+/// session taken back, if resumed, and what must live until it is attached.
 pub(super) async fn durable_session(
     broker: &Broker,
     cluster: &Cluster,
@@ -91,66 +91,43 @@ pub(super) async fn durable_session(
     will: Option<&Will>,
 ) -> Result<(Option<Restored>, Option<Resuming>), SessionError> {
     let creator = principal.map(|p| p.name.as_str());
+    let stored_will = will.map(|w| w.stored(key));
+    let row = SessionRow {
+        client_id: key,
+        creator,
+        expiry_secs: connect.session_expiry_interval_secs,
+        clean: connect.clean_start,
+        will: stored_will.as_ref(),
+    };
     let mut resuming = if connect.clean_start {
         None
     } else {
         Resuming::pause(broker, key)
     };
-    let earlier = match cluster.holder(key).await? {
-        None => None,
-        Some(holder) => {
-            if resuming.is_none()
-                && !connect.clean_start
-                && cluster.held_elsewhere(&holder)
-                && let Some(held) = &holder.session
-                && held.creator.as_deref() == creator
-            {
-                resuming = Resuming::prepare(broker, key, held, principal).await;
-            }
-            Some(cluster.take(key, &holder).await?)
+    let Some(holder) = cluster.holder(key).await? else {
+        // No earlier session anywhere: this one is recorded if something of it outlives
+        // its connection.
+        if row.expiry_secs > 0 || row.will.is_some() {
+            cluster.session_connected(&row).await?;
         }
+        return Ok((None, resuming));
     };
-    let existed = earlier.is_some();
-    // Another principal's session is not this connection's to resume: it starts clean, and
-    // so does its row, or the next connection of this principal would take back the other's
-    // subscriptions (never authorized for it) and queue.
-    let clean = connect.clean_start
-        || earlier
-            .as_ref()
-            .and_then(Option::as_ref)
-            .is_some_and(|r| r.creator.as_deref() != creator);
-    let restored = earlier.flatten().filter(|_| !clean);
+    if resuming.is_none()
+        && !connect.clean_start
+        && cluster.held_elsewhere(&holder)
+        && let Some(held) = &holder.session
+        && held.creator.as_deref() == creator
+    {
+        resuming = Resuming::prepare(broker, key, held, principal).await;
+    }
+    let restored = cluster.take(&holder, &row).await?;
     if restored.is_none()
         && let Some(Resuming::Prepared { keep_queue, .. }) = resuming.as_mut()
     {
-        // No session to resume after all (it expired, or another connection took it): the
-        // one made for it goes now, with nothing to keep.
+        // No session to resume after all (it expired, another connection took it, or it was
+        // another principal's): the one made for it goes now, with nothing to keep.
         *keep_queue = false;
         resuming = None;
     }
-    let expiry = connect.session_expiry_interval_secs;
-    if expiry == 0 && will.is_none() {
-        // Nothing of this connection outlives it; what an earlier one left goes, if any.
-        if existed && restored.is_none() {
-            cluster.session_forget(key).await?;
-        }
-        return Ok((restored, resuming));
-    }
-    let stored_will = will.map(|w| w.stored(key));
-    let row = SessionRow {
-        client_id: key,
-        creator,
-        expiry_secs: expiry,
-        clean,
-        will: stored_will.as_ref(),
-    };
-    match cluster.session_connected(&row).await {
-        Ok(()) => Ok((restored, resuming)),
-        // Taken already: it is this node's in Postgres, and its queue is in hand.
-        Err(e) if restored.is_some() => {
-            tracing::warn!(client = %key, error = %e, "the resumed session's Will and expiry could not be stored");
-            Ok((restored, resuming))
-        }
-        Err(e) => Err(e),
-    }
+    Ok((restored, resuming))
 }

@@ -660,16 +660,18 @@ impl Cluster {
         holder.alive && holder.node != *self.inner.node
     }
 
-    /// Takes `client_id`'s session, held by `holder`, for a connection here: the holder, if
+    /// Takes the earlier session of `row`'s client id, held by `holder`, for a connection
+    /// here, and records the connection's session in the same transaction: the holder, if
     /// alive and another, is asked to let go first (and to store what it queued); then its
-    /// subscriptions and queue leave Postgres for this node. `None`: it was no persistent
-    /// session, or it is gone.
+    /// subscriptions and queue leave Postgres for this node. `None`: nothing to resume (see
+    /// [`Sessions::take`]).
     pub async fn take(
         &self,
-        client_id: &str,
         holder: &Holder,
+        row: &SessionRow<'_>,
     ) -> Result<Option<Restored>, SessionError> {
         let inner = &self.inner;
+        let client_id = row.client_id;
         if self.held_elsewhere(holder) {
             let ask = inner.client.request(
                 handover_subject(&inner.prefix, &holder.node),
@@ -682,7 +684,7 @@ impl Cluster {
         } else {
             loops::flush_spool(&inner.spool).await;
         }
-        inner.sessions.take(&inner.node, client_id).await
+        inner.sessions.take(&inner.node, row).await
     }
 
     /// An operator's disconnect of `client_id`, connected to another node: the node holding

@@ -40,6 +40,7 @@ pub struct StoredWill {
 }
 
 /// A session as its connection starts.
+#[derive(Clone, Copy)]
 pub struct SessionRow<'a> {
     pub client_id: &'a str,
     pub creator: Option<&'a str>,
@@ -172,38 +173,7 @@ impl Sessions {
     pub async fn connected(&self, node: &str, row: &SessionRow<'_>) -> Result<(), SessionError> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            if row.clean {
-                delete_queue(&mut tx, row.client_id).await?;
-            }
-            let will = row.will;
-            let will_frame =
-                will.map(|w| frame::encode(&outgoing(&w.publication, None), None).to_vec());
-            sqlx::query(
-                "INSERT INTO cluster_sessions AS s (client_id, node, creator, expiry_secs, \
-                   connected, detached_at, subscriptions, will, will_expiry_secs, \
-                   will_delay_secs, will_owner, will_owner_max) \
-                 VALUES ($1, $2, $3, $4, true, NULL, '[]', $6, $7, $8, $9, $10) \
-                 ON CONFLICT (client_id) DO UPDATE SET node = EXCLUDED.node, \
-                   creator = EXCLUDED.creator, expiry_secs = EXCLUDED.expiry_secs, \
-                   connected = true, detached_at = NULL, \
-                   subscriptions = CASE WHEN $5 THEN '[]'::jsonb ELSE s.subscriptions END, \
-                   will = EXCLUDED.will, will_expiry_secs = EXCLUDED.will_expiry_secs, \
-                   will_delay_secs = EXCLUDED.will_delay_secs, will_owner = EXCLUDED.will_owner, \
-                   will_owner_max = EXCLUDED.will_owner_max, will_due_at = NULL, \
-                   exchanges = NULL, exchanges_at = NULL",
-            )
-            .bind(row.client_id)
-            .bind(node)
-            .bind(row.creator)
-            .bind(i64::from(row.expiry_secs))
-            .bind(row.clean)
-            .bind(will_frame)
-            .bind(will.and_then(|w| w.expiry_secs).map(i64::from))
-            .bind(will.map(|w| w.delay.as_secs() as i64))
-            .bind(will.map(|w| w.owner.as_str()))
-            .bind(will.and_then(|w| w.owner_max).map(|m| m as i64))
-            .execute(&mut *tx)
-            .await?;
+            record(&mut tx, node, row).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -215,11 +185,7 @@ impl Sessions {
     pub async fn forget(&self, client_id: &str) -> Result<(), SessionError> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            delete_queue(&mut tx, client_id).await?;
-            sqlx::query("DELETE FROM cluster_sessions WHERE client_id = $1")
-                .bind(client_id)
-                .execute(&mut *tx)
-                .await?;
+            forget_in(&mut tx, client_id).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -465,51 +431,52 @@ impl Sessions {
         )
     }
 
-    /// Takes `client_id`'s session for a connection on `node`: its subscriptions and every
-    /// message queued for it, in order, which leave the queue.
+    /// Takes the earlier session of `row`'s client id for a connection on `node` (its
+    /// subscriptions and every message queued for it, in order, which leave the queue) and
+    /// records the connection's own session, in one transaction: one commit, where a take and
+    /// then a record were two, on the way of every CONNECT that resumes (what bounds a drain
+    /// on a slow disk, decision 014). `None`: nothing to resume, as it was no persistent
+    /// session, it is gone, `row` starts clean, or it was another principal's.
     pub async fn take(
         &self,
         node: &str,
-        client_id: &str,
+        row: &SessionRow<'_>,
     ) -> Result<Option<Restored>, SessionError> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            // The exchanges go with this take (they hold only as of the session's last end:
-            // see migration 0015), and so does a Will waiting out its delay: the client is back.
-            let found: Option<SessionFields> = sqlx::query_as(
-                "UPDATE cluster_sessions s SET node = $2, connected = true, detached_at = NULL, \
-                   will = NULL, will_due_at = NULL, exchanges = NULL, exchanges_at = NULL \
-                 FROM (SELECT client_id, CASE WHEN exchanges_at >= detached_at \
-                         THEN exchanges END AS exchanges \
-                       FROM cluster_sessions WHERE client_id = $1 FOR UPDATE) o \
-                 WHERE s.client_id = o.client_id AND s.expiry_secs > 0 \
-                 RETURNING s.creator, s.expiry_secs, s.subscriptions, o.exchanges",
-            )
-            .bind(client_id)
-            .bind(node)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((creator, _, subscriptions, exchanges)) = found else {
-                tx.commit().await?;
-                return Ok(None);
-            };
-            let mut rows: Vec<QueueRow> = sqlx::query_as(
-                "DELETE FROM cluster_session_queue WHERE client_id = $1 \
-                 RETURNING seq, frame, qos, retain, subscription_ids",
-            )
-            .bind(client_id)
-            .fetch_all(&mut *tx)
-            .await?;
+            let taken = take_in(&mut tx, node, row.client_id).await?;
+            // Another principal's session is not this connection's to resume: it starts
+            // clean, and so does its row, or the next connection of this principal would
+            // take back the other's subscriptions (never authorized for it) and queue.
+            let clean = row.clean
+                || taken
+                    .as_ref()
+                    .is_some_and(|t| t.creator.as_deref() != row.creator);
+            let restored = taken.filter(|_| !clean);
+            if row.expiry_secs > 0 || row.will.is_some() {
+                record(&mut tx, node, &SessionRow { clean, ..*row }).await?;
+            } else if restored.is_none() {
+                // Nothing of this connection outlives it, and what an earlier one left goes.
+                forget_in(&mut tx, row.client_id).await?;
+            }
             tx.commit().await?;
-            rows.sort_by_key(|r| r.0);
-            Ok(Some(Restored {
-                creator,
-                subscriptions: serde_json::from_value(subscriptions).unwrap_or_default(),
-                queued: rows.into_iter().filter_map(|r| self.queued(r)).collect(),
-                exchanges: exchanges.map(Bytes::from),
-            }))
+            Ok(restored.map(|t| self.restored(t)))
         })
         .await
+    }
+
+    fn restored(&self, mut taken: Taken) -> Restored {
+        taken.queue.sort_by_key(|r| r.0);
+        Restored {
+            creator: taken.creator,
+            subscriptions: serde_json::from_value(taken.subscriptions).unwrap_or_default(),
+            queued: taken
+                .queue
+                .into_iter()
+                .filter_map(|r| self.queued(r))
+                .collect(),
+            exchanges: taken.exchanges.map(Bytes::from),
+        }
     }
 
     fn queued(&self, (_, body, qos, retain, ids): QueueRow) -> Option<Queued> {
@@ -549,6 +516,104 @@ impl Sessions {
         .fetch_all(&mut **tx)
         .await?)
     }
+}
+
+/// A persistent session's row and queue as a take found them, before they are decoded.
+struct Taken {
+    creator: Option<String>,
+    subscriptions: serde_json::Value,
+    exchanges: Option<Vec<u8>>,
+    queue: Vec<QueueRow>,
+}
+
+/// Makes `client_id`'s persistent session `node`'s, connected, and removes its queue, which
+/// it returns with the session's fields; `None` if it has no persistent session.
+async fn take_in(
+    tx: &mut Transaction<'_, Postgres>,
+    node: &str,
+    client_id: &str,
+) -> Result<Option<Taken>, sqlx::Error> {
+    // The exchanges go with this take (they hold only as of the session's last end: see
+    // migration 0015), and so does a Will waiting out its delay: the client is back.
+    let found: Option<SessionFields> = sqlx::query_as(
+        "UPDATE cluster_sessions s SET node = $2, connected = true, detached_at = NULL, \
+           will = NULL, will_due_at = NULL, exchanges = NULL, exchanges_at = NULL \
+         FROM (SELECT client_id, CASE WHEN exchanges_at >= detached_at \
+                 THEN exchanges END AS exchanges \
+               FROM cluster_sessions WHERE client_id = $1 FOR UPDATE) o \
+         WHERE s.client_id = o.client_id AND s.expiry_secs > 0 \
+         RETURNING s.creator, s.expiry_secs, s.subscriptions, o.exchanges",
+    )
+    .bind(client_id)
+    .bind(node)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((creator, _, subscriptions, exchanges)) = found else {
+        return Ok(None);
+    };
+    let queue = sqlx::query_as(
+        "DELETE FROM cluster_session_queue WHERE client_id = $1 \
+         RETURNING seq, frame, qos, retain, subscription_ids",
+    )
+    .bind(client_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(Some(Taken {
+        creator,
+        subscriptions,
+        exchanges,
+        queue,
+    }))
+}
+
+/// Writes `row` as its connection starts on `node`.
+async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    node: &str,
+    row: &SessionRow<'_>,
+) -> Result<(), sqlx::Error> {
+    if row.clean {
+        delete_queue(tx, row.client_id).await?;
+    }
+    let will = row.will;
+    let will_frame = will.map(|w| frame::encode(&outgoing(&w.publication, None), None).to_vec());
+    sqlx::query(
+        "INSERT INTO cluster_sessions AS s (client_id, node, creator, expiry_secs, \
+           connected, detached_at, subscriptions, will, will_expiry_secs, \
+           will_delay_secs, will_owner, will_owner_max) \
+         VALUES ($1, $2, $3, $4, true, NULL, '[]', $6, $7, $8, $9, $10) \
+         ON CONFLICT (client_id) DO UPDATE SET node = EXCLUDED.node, \
+           creator = EXCLUDED.creator, expiry_secs = EXCLUDED.expiry_secs, \
+           connected = true, detached_at = NULL, \
+           subscriptions = CASE WHEN $5 THEN '[]'::jsonb ELSE s.subscriptions END, \
+           will = EXCLUDED.will, will_expiry_secs = EXCLUDED.will_expiry_secs, \
+           will_delay_secs = EXCLUDED.will_delay_secs, will_owner = EXCLUDED.will_owner, \
+           will_owner_max = EXCLUDED.will_owner_max, will_due_at = NULL, \
+           exchanges = NULL, exchanges_at = NULL",
+    )
+    .bind(row.client_id)
+    .bind(node)
+    .bind(row.creator)
+    .bind(i64::from(row.expiry_secs))
+    .bind(row.clean)
+    .bind(will_frame)
+    .bind(will.and_then(|w| w.expiry_secs).map(i64::from))
+    .bind(will.map(|w| w.delay.as_secs() as i64))
+    .bind(will.map(|w| w.owner.as_str()))
+    .bind(will.and_then(|w| w.owner_max).map(|m| m as i64))
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
+
+/// Removes `client_id`'s session row and queue.
+async fn forget_in(tx: &mut Transaction<'_, Postgres>, client_id: &str) -> Result<(), sqlx::Error> {
+    delete_queue(tx, client_id).await?;
+    sqlx::query("DELETE FROM cluster_sessions WHERE client_id = $1")
+        .bind(client_id)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
 }
 
 async fn delete_queue(
