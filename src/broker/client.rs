@@ -613,8 +613,8 @@ impl Client {
         } else {
             Duration::from_secs(u64::from(self.session_expiry))
         };
-        self.broker.detach(&self.session, self.connection, expiry);
-        self.release_claim();
+        self.broker
+            .detach(&self.session, self.connection, self.claim, expiry);
         // Taken over by a connection on another node that resumes the session: as after a
         // take-over here, a delayed Will is not published (MQTT 5, 3.1.3.2.2).
         let resumed_elsewhere = self.session.resumed_elsewhere()
@@ -659,8 +659,8 @@ impl Client {
     /// once, queue and subscriptions, when the client vanished during the CONNECT).
     pub fn abandon(&self) {
         let expiry = Duration::from_secs(u64::from(self.session_expiry));
-        self.broker.detach(&self.session, self.connection, expiry);
-        self.release_claim();
+        self.broker
+            .detach(&self.session, self.connection, self.claim, expiry);
     }
 
     /// A persistent session's subscriptions, written through to Postgres before the SUBACK
@@ -675,14 +675,6 @@ impl Client {
         let stored = Sessions::stored_subscriptions(&self.session);
         if let Err(e) = cluster.session_subscriptions(&self.key, &stored).await {
             tracing::warn!(client = %self.key, error = %e, "the session's subscriptions could not be stored; another node resuming it would not have them");
-        }
-    }
-
-    fn release_claim(&self) {
-        if let Some(cluster) = self.broker.cluster()
-            && self.claim > 0
-        {
-            cluster.release(self.key.clone(), self.claim);
         }
     }
 }

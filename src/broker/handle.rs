@@ -459,13 +459,20 @@ impl Broker {
     }
 
     /// The connection is gone; its session ends now or once `expiry` passes without a new
-    /// connection, unless the broker shuts down first.
-    pub(super) fn detach(&self, session: &Arc<Session>, connection: u64, expiry: Duration) {
+    /// connection, unless the broker shuts down first; its `claim` on the client id (with
+    /// many nodes) is released.
+    pub(super) fn detach(
+        &self,
+        session: &Arc<Session>,
+        connection: u64,
+        claim: u64,
+        expiry: Duration,
+    ) {
         let now_ms = self.inner.store.clock().now_ms();
         if !self
             .inner
             .sessions
-            .detach(session, connection, expiry, now_ms)
+            .detach(session, connection, claim, expiry, now_ms)
         {
             return;
         }

@@ -587,16 +587,25 @@ impl Sessions {
 
     /// The connection is gone. A session with no expiry ends now [MQTT-4.1.0-2]; others end
     /// when `expiry` passes without a new connection ([`Sessions::expire`], which the caller
-    /// schedules when this returns true). A taken-over session is left alone.
+    /// schedules when this returns true). A taken-over session is left alone. With many
+    /// nodes, the connection's `claim` on its client id is released, with the record of the
+    /// end where there is one (one write, not two).
     pub fn detach(
         &self,
         session: &Arc<Session>,
         connection: u64,
+        claim: u64,
         expiry: Duration,
         now_ms: i64,
     ) -> bool {
         let mut registry = self.registry();
         if !session.is_attached_to(connection) {
+            drop(registry);
+            if let Some(cluster) = &self.cluster
+                && claim > 0
+            {
+                cluster.release(session.key.clone(), claim);
+            }
             return false;
         }
         session.online.store(false, Ordering::Release);
@@ -610,7 +619,6 @@ impl Sessions {
             // registry, so the new connection received nothing and a third was not a take-over.
             drop(registry);
             if let Some(cluster) = &self.cluster {
-                let claim = session.claim.load(Ordering::Acquire);
                 cluster.session_detached(session.key.clone(), claim, false);
             }
             return false;
@@ -631,7 +639,6 @@ impl Sessions {
             }
         }
         if let Some(cluster) = &self.cluster {
-            let claim = session.claim.load(Ordering::Acquire);
             cluster.session_detached(session.key.clone(), claim, kept);
         }
         if ends {

@@ -227,9 +227,12 @@ impl Sessions {
         self.bounded(async {
             if persistent {
                 // A late record (tried again after a failure) of an end that a hand-over or
-                // a stop has written after: what they wrote stays.
+                // a stop has written after: what they wrote stays. The claim's release does
+                // not change what the condition reads: it looks only for later claims.
                 sqlx::query(
-                    "UPDATE cluster_sessions SET connected = false, \
+                    "WITH released AS (DELETE FROM cluster_clients \
+                                       WHERE client_id = $1 AND generation = $3) \
+                     UPDATE cluster_sessions SET connected = false, \
                        detached_at = CASE WHEN exchanges_at IS NULL THEN now() \
                          ELSE detached_at END, \
                        will = CASE WHEN will_due_at IS NULL THEN NULL ELSE will END \
@@ -250,8 +253,8 @@ impl Sessions {
     }
 
     /// Deletes `client_id`'s session, with its queue, if `node` holds it: for the end of the
-    /// connection claimed at `ended` if no later one claimed the id, or (`None`) if its client
-    /// is away.
+    /// connection claimed at `ended` if no later one claimed the id (releasing that claim),
+    /// or (`None`) if its client is away.
     async fn delete_held(
         &self,
         node: &str,
@@ -260,7 +263,9 @@ impl Sessions {
     ) -> Result<(), SessionError> {
         let mut tx = self.pool.begin().await?;
         let gone = sqlx::query(
-            "DELETE FROM cluster_sessions WHERE client_id = $1 AND node = $2 \
+            "WITH released AS (DELETE FROM cluster_clients \
+                               WHERE client_id = $1 AND generation = $3::int8) \
+             DELETE FROM cluster_sessions WHERE client_id = $1 AND node = $2 \
                AND CASE WHEN $3::int8 IS NULL THEN NOT connected \
                  ELSE NOT EXISTS (SELECT 1 FROM cluster_clients c \
                                   WHERE c.client_id = $1 AND c.generation > $3) END",

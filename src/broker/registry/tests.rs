@@ -107,7 +107,7 @@ fn a_session_kept_offline_keeps_nothing_of_its_last_connection() {
     assert!(waiting.is_pending());
     drop(waker);
     assert_eq!(Arc::strong_count(&task), 2);
-    let kept = sessions.detach(&sub.session, sub.connection, Duration::from_secs(60), 0);
+    let kept = sessions.detach(&sub.session, sub.connection, 0, Duration::from_secs(60), 0);
     assert!(kept, "a persistent session");
     assert_eq!(Arc::strong_count(&task), 1, "the task's waker was let go");
 }
@@ -128,7 +128,7 @@ fn left(sessions: &Sessions, id: &str, expiry_secs: u32, now_ms: i64) {
     let _ = sessions.subscribe(&key, &spec, options);
     attached.session.state().subscriptions.insert(spec, options);
     let expiry = Duration::from_secs(u64::from(expiry_secs));
-    sessions.detach(&attached.session, attached.connection, expiry, now_ms);
+    sessions.detach(&attached.session, attached.connection, 0, expiry, now_ms);
 }
 
 #[test]
@@ -174,6 +174,7 @@ fn past_the_bound_the_offline_session_nearest_its_end_ends_never_the_one_leaving
     sessions.detach(
         &back.session,
         back.connection,
+        0,
         Duration::from_secs(900),
         3_000,
     );
