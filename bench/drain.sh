@@ -25,7 +25,9 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -
 for drain in ${BENCH_DRAINS:-2000 1000 250}; do
     for pool in ${BENCH_POOLS:-8 4}; do
         BENCH_DRAIN_MS=$drain BENCH_CLUSTER_DB_CONNECTIONS=$pool \
-            cargo test --release -q --test cluster_drain_bench -- --ignored --nocapture 2>/dev/null |
-            grep '^drain '
+            cargo test --release -q --test cluster_drain_bench -- --ignored --nocapture \
+                drain_and_resume_elsewhere 2>/dev/null | grep '^drain '
     done
 done
+cargo test --release -q --test cluster_drain_bench -- --ignored --nocapture \
+    a_crowd_leaves_while_another_subscribes 2>/dev/null | grep '^crowd '

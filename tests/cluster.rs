@@ -266,7 +266,7 @@ async fn a_node_sends_nats_nothing_for_topics_no_other_node_wants() {
 /// once, are announced in bulk (one flush and one round of puts for the additions queued
 /// together) and still in the order they were made: each SUBACK waits for its filter's key, a
 /// filter taken, dropped and taken again is left announced, and one taken and dropped is
-/// withdrawn.
+/// withdrawn. When the clients all leave, every filter of theirs is withdrawn.
 #[tokio::test]
 async fn subscriptions_made_together_are_announced_together_in_their_order() {
     let nats = Nats::start().await;
@@ -355,6 +355,24 @@ async fn subscriptions_made_together_are_announced_together_in_their_order() {
         }
     })
     .await;
+    // The 200 leave together: their removals go together, every key is withdrawn, and a
+    // subscription made meanwhile stays announced.
+    drop(clients);
+    let (mut late, _) = Raw::connect(&a, &build::connect("late", true, 60, Some(&[]))).await;
+    late.send(&build::subscribe(1, "kept/late", 0, Some(&[])))
+        .await;
+    late.expect(9).await;
+    let held: Vec<String> = (0..200)
+        .map(|i| format!("kept/{i}"))
+        .chain((0..200).step_by(2).map(|i| format!("together/{i}")))
+        .collect();
+    within("B to see the leaving clients' filters withdrawn", async {
+        while held.iter().any(|f| cluster(&b).sends(&topic(f))) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(cluster(&b).sends(&topic("kept/late")), "still announced");
 }
 
 /// Interest keys that outlive their node (a burial whose deletes NATS did not take, a node

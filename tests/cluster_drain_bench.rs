@@ -7,6 +7,11 @@
 //! reconnect's start). `BENCH_CLUSTER_DB_CONNECTIONS` sets both nodes'
 //! `--cluster-db-connections`, for the baseline in the same run. Nodes in this process, a
 //! nats-server and a Postgres database of the run's own; the clients share the 2 cores.
+//!
+//! Also (`a_crowd_leaves_while_another_subscribes`): `BENCH_CLIENTS` clients of node A, each
+//! subscribed to a filter of its own, close their connections at once while one more client
+//! of A subscribes every 10 ms until node B no longer sends any of the crowd's topics (A's
+//! interest withdrawn); printed: how long that took, and those SUBACKs' latency.
 
 mod common;
 
@@ -79,5 +84,59 @@ async fn drain_and_resume_elsewhere() {
         at(50).as_secs_f64() * 1e3,
         at(99).as_secs_f64() * 1e3,
         latencies[n - 1].as_secs_f64() * 1e3,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/drain.sh"]
+async fn a_crowd_leaves_while_another_subscribes() {
+    let n = common::bench_setting("BENCH_CLIENTS", 1000) as usize;
+    let nats = Nats::start().await;
+    let nodes = common::cluster_nodes_with(&nats.url(), 2, |_| {}).await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes).ok().unwrap();
+    let mut crowd = Vec::with_capacity(n);
+    for i in 0..n {
+        let connect = build::connect(&format!("crowd-{i}"), true, 60, Some(&[]));
+        let (mut raw, _) = Raw::connect(&a, &connect).await;
+        raw.send(&build::subscribe(1, &format!("crowd/{i}"), 0, Some(&[])))
+            .await;
+        raw.expect(9).await;
+        crowd.push(raw);
+    }
+    let topics: Vec<_> = (0..n)
+        .map(|i| common::topic(&format!("crowd/{i}")))
+        .collect();
+    while !topics.iter().all(|t| common::cluster_of(&b).sends(t)) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut probe, _) = Raw::connect(&a, &build::connect("probe", true, 60, Some(&[]))).await;
+    let started = Instant::now();
+    drop(crowd);
+    let mut subacks = Vec::new();
+    let mut withdrawn = None;
+    let mut k: u16 = 1;
+    while withdrawn.is_none() && started.elapsed() < Duration::from_secs(60) {
+        let asked = Instant::now();
+        probe
+            .send(&build::subscribe(k, &format!("probe/{k}"), 0, Some(&[])))
+            .await;
+        probe.expect(9).await;
+        subacks.push(asked.elapsed());
+        k += 1;
+        if withdrawn.is_none() && !topics.iter().any(|t| common::cluster_of(&b).sends(t)) {
+            withdrawn = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    subacks.sort();
+    let at = |q: usize| subacks[(subacks.len() * q / 100).min(subacks.len() - 1)];
+    println!(
+        "crowd clients={n}: interest withdrawn after {} ms; SUBACK on the same node meanwhile \
+         ({} subscribes) p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+        withdrawn.unwrap_or_default().as_millis(),
+        subacks.len(),
+        at(50).as_secs_f64() * 1e3,
+        at(99).as_secs_f64() * 1e3,
+        subacks[subacks.len() - 1].as_secs_f64() * 1e3,
     );
 }

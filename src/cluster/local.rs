@@ -4,7 +4,8 @@
 //! one key per filter in the interest bucket while any of them lasts. One task applies every
 //! change in the order the broker made them, so a filter dropped and taken again is never left
 //! unannounced; the broker waits for an addition before it sends the SUBACK. Additions queued
-//! together are applied together, with one flush and their keys put at once.
+//! together are applied together, with one flush and their keys put at once; so are removals,
+//! their keys deleted at once.
 //!
 //! NATS may take neither in time: async-nats queues commands in a bounded channel that nobody
 //! drains while it reconnects. A subscription or key it did not take is owed, and tried again
@@ -143,16 +144,19 @@ impl Local {
         for tasks in state.members.values() {
             tasks.iter().for_each(JoinHandle::abort);
         }
-        let unwithdrawn = std::mem::take(&mut state.unwithdrawn);
-        for key in unwithdrawn {
-            if let Some(store) = &state.store {
-                let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
-            }
-        }
+        let mut keys: Vec<String> = std::mem::take(&mut state.unwithdrawn).into_iter().collect();
         for (_, h) in state.held.drain() {
             h.receivers.iter().for_each(JoinHandle::abort);
-            if let Some(store) = &state.store {
-                let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&h.key)).await;
+            keys.push(h.key);
+        }
+        // At once, a batch at a time: one after another, a node holding many filters passed
+        // its deadline to stop before it had withdrawn them all.
+        if let Some(store) = &state.store {
+            for batch in keys.chunks(MAX_BATCH) {
+                let deletes = batch
+                    .iter()
+                    .map(|key| tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(key)));
+                futures_util::future::join_all(deletes).await;
             }
         }
     }
@@ -219,7 +223,28 @@ impl Local {
                 self.add(state, batch).await;
                 return next;
             }
-            Change::Remove(spec, member) => self.remove(state, &spec, &member).await,
+            Change::Remove(spec, member) => {
+                // The removals queued behind this one go with it, their keys deleted at once:
+                // one at a time, the clients of a node leaving together (a network cut, a
+                // drain) held every SUBSCRIBE behind them a NATS round trip per filter.
+                let mut keys: Vec<String> =
+                    self.release(state, &spec, &member).into_iter().collect();
+                let mut next = None;
+                for _ in 1..MAX_BATCH {
+                    match changes.try_recv() {
+                        Ok(Change::Remove(spec, member)) => {
+                            keys.extend(self.release(state, &spec, &member));
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.withdraw(state, keys).await;
+                return next;
+            }
             Change::Bury(keys) => self.bury(state, keys).await,
             Change::Reannounce => {
                 state.held.values_mut().for_each(|h| h.announced = false);
@@ -482,37 +507,49 @@ impl Local {
             self.announce(state, filters).await;
         }
         let unwithdrawn: Vec<String> = state.unwithdrawn.drain().collect();
-        for key in unwithdrawn {
-            self.withdraw(state, key).await;
+        for keys in unwithdrawn.chunks(MAX_BATCH) {
+            self.withdraw(state, keys.to_vec()).await;
         }
     }
 
-    /// Removes this node's `key` from the bucket, or leaves its removal owed: while stalled,
-    /// a removal does not wait on NATS either.
-    async fn withdraw(&self, state: &mut State, key: String) {
+    /// Removes this node's `keys` from the bucket, all at once, or leaves the removals NATS
+    /// did not take owed: while stalled, a removal does not wait on NATS either.
+    async fn withdraw(&self, state: &mut State, keys: Vec<String>) {
+        if keys.is_empty() {
+            return;
+        }
         let store = state
             .store
-            .as_ref()
+            .clone()
             .filter(|_| !state.stalled && self.link.is_connected());
-        let taken = match store {
-            None => false,
+        let results: Vec<(String, bool)> = match &store {
+            None => keys.into_iter().map(|k| (k, false)).collect(),
             Some(store) => {
-                let deleted = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
-                taken(state, deleted)
+                let deletes = keys.into_iter().map(|key| async move {
+                    let deleted = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
+                    (key, deleted)
+                });
+                let mut results = Vec::new();
+                for (key, deleted) in futures_util::future::join_all(deletes).await {
+                    results.push((key, taken(state, deleted)));
+                }
+                results
             }
         };
-        if !taken {
-            self.unannounced.fetch_add(1, Ordering::Relaxed);
-            state.unwithdrawn.insert(key);
-            state.owed = true;
+        for (key, taken) in results {
+            if !taken {
+                self.unannounced.fetch_add(1, Ordering::Relaxed);
+                state.unwithdrawn.insert(key);
+                state.owed = true;
+            }
         }
     }
 
-    async fn remove(&self, state: &mut State, spec: &FilterSpec, member: &ClientKey) {
+    /// Uncounts `member`'s subscription to `spec`, dropping the NATS subscriptions it was
+    /// the last to need; the filter's key, to withdraw, if this node no longer holds it.
+    fn release(&self, state: &mut State, spec: &FilterSpec, member: &ClientKey) -> Option<String> {
         let filter = spec.filter();
-        let Some(held) = state.held.get_mut(filter) else {
-            return;
-        };
+        let held = state.held.get_mut(filter)?;
         match spec.share_group() {
             None => {
                 held.plain = held.plain.saturating_sub(1);
@@ -528,12 +565,9 @@ impl Local {
             }
         }
         if held.plain + held.members > 0 {
-            return;
+            return None;
         }
-        let Some(held) = state.held.remove(filter) else {
-            return;
-        };
-        self.withdraw(state, held.key).await;
+        state.held.remove(filter).map(|h| h.key)
     }
 }
 
