@@ -208,18 +208,10 @@ impl Local {
                 // puts for all of them, instead of three round trips to NATS each, one after
                 // another, while every SUBACK and resume waits (measured in a drain: 1,000
                 // resumes a second queued here for a third of a second each).
-                let mut batch = vec![(spec, member, done)];
-                let mut next = None;
-                while batch.len() < MAX_BATCH {
-                    match changes.try_recv() {
-                        Ok(Change::Add(spec, member, done)) => batch.push((spec, member, done)),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let (batch, next) = gather((spec, member, done), changes, |c| match c {
+                    Change::Add(spec, member, done) => Ok((spec, member, done)),
+                    other => Err(other),
+                });
                 self.add(state, batch).await;
                 return next;
             }
@@ -227,21 +219,14 @@ impl Local {
                 // The removals queued behind this one go with it, their keys deleted at once:
                 // one at a time, the clients of a node leaving together (a network cut, a
                 // drain) held every SUBSCRIBE behind them a NATS round trip per filter.
-                let mut keys: Vec<String> =
-                    self.release(state, &spec, &member).into_iter().collect();
-                let mut next = None;
-                for _ in 1..MAX_BATCH {
-                    match changes.try_recv() {
-                        Ok(Change::Remove(spec, member)) => {
-                            keys.extend(self.release(state, &spec, &member));
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let (batch, next) = gather((spec, member), changes, |c| match c {
+                    Change::Remove(spec, member) => Ok((spec, member)),
+                    other => Err(other),
+                });
+                let keys = batch
+                    .iter()
+                    .filter_map(|(spec, member)| self.release(state, spec, member))
+                    .collect();
                 self.withdraw(state, keys).await;
                 return next;
             }
@@ -569,6 +554,24 @@ impl Local {
         }
         state.held.remove(filter).map(|h| h.key)
     }
+}
+
+/// `first` and the changes of its kind queued right behind it (`pick` takes them), up to
+/// [`MAX_BATCH`]; and the change of another kind that ended the batch, if one did.
+fn gather<T>(
+    first: T,
+    changes: &mut mpsc::UnboundedReceiver<Change>,
+    pick: impl Fn(Change) -> Result<T, Change>,
+) -> (Vec<T>, Option<Change>) {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match changes.try_recv().map(&pick) {
+            Ok(Ok(item)) => batch.push(item),
+            Ok(Err(other)) => return (batch, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (batch, None)
 }
 
 /// Whether NATS took a write to the bucket. One it refused forgets the bucket, so that the
