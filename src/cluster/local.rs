@@ -38,7 +38,8 @@ const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often what NATS did not take is tried again while it stays connected.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
-/// Keys put at once: additions queued together, or owed keys tried again.
+/// Changes applied together, and keys put or deleted at once: additions or removals queued
+/// together, or owed keys tried again.
 const MAX_BATCH: usize = 256;
 
 pub enum Change {
@@ -500,34 +501,30 @@ impl Local {
     /// Removes this node's `keys` from the bucket, all at once, or leaves the removals NATS
     /// did not take owed: while stalled, a removal does not wait on NATS either.
     async fn withdraw(&self, state: &mut State, keys: Vec<String>) {
-        if keys.is_empty() {
-            return;
-        }
         let store = state
             .store
             .clone()
             .filter(|_| !state.stalled && self.link.is_connected());
-        let results: Vec<(String, bool)> = match &store {
-            None => keys.into_iter().map(|k| (k, false)).collect(),
-            Some(store) => {
-                let deletes = keys.into_iter().map(|key| async move {
-                    let deleted = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
-                    (key, deleted)
-                });
-                let mut results = Vec::new();
-                for (key, deleted) in futures_util::future::join_all(deletes).await {
-                    results.push((key, taken(state, deleted)));
-                }
-                results
-            }
+        let Some(store) = store else {
+            keys.into_iter()
+                .for_each(|key| self.owe_removal(state, key));
+            return;
         };
-        for (key, taken) in results {
-            if !taken {
-                self.unannounced.fetch_add(1, Ordering::Relaxed);
-                state.unwithdrawn.insert(key);
-                state.owed = true;
+        let deletes = keys.into_iter().map(|key| async {
+            let deleted = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
+            (key, deleted)
+        });
+        for (key, deleted) in futures_util::future::join_all(deletes).await {
+            if !taken(state, deleted) {
+                self.owe_removal(state, key);
             }
         }
+    }
+
+    fn owe_removal(&self, state: &mut State, key: String) {
+        self.unannounced.fetch_add(1, Ordering::Relaxed);
+        state.unwithdrawn.insert(key);
+        state.owed = true;
     }
 
     /// Uncounts `member`'s subscription to `spec`, dropping the NATS subscriptions it was
