@@ -14,7 +14,7 @@ use common::mqtt::raw::build::prop_u32;
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::will_watcher as watcher;
 use common::mqtt::{Qos5, V5, v5_options};
-use common::{Backend, TestApp, encode, spawn_app};
+use common::{Backend, TestApp, encode, fresh_db, spawn_app, spawn_app_with, test_config};
 
 async fn app() -> TestApp {
     spawn_app(Backend::Postgres).await
@@ -450,7 +450,11 @@ async fn a_session_expiry_within_the_maximum_is_kept_as_asked() {
 /// start, with and without a session expiry).
 #[tokio::test]
 async fn a_clean_start_over_an_open_connection_gets_its_messages_and_is_taken_over_in_turn() {
-    let app = app().await;
+    // Unpaced: nine CONNECTs of three ids would otherwise each wait for its id's turn.
+    let db = fresh_db(Backend::Postgres).await;
+    let mut config = test_config(&db.url);
+    config.mqtt_connect_rate_per_client_id = 0.0;
+    let app = spawn_app_with(db, config).await;
     let expiry = prop_u32(SESSION_EXPIRY, 300);
     for (id, v5, props) in [
         ("clean-311", false, None),

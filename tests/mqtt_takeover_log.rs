@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 
 use common::logs::Captured;
 use common::mqtt::raw::{Raw, build};
-use common::{Backend, spawn_app};
+use common::{Backend, fresh_db, spawn_app_with, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_taken_over_again_and_again_is_counted_and_logged_once() {
     let captured = Captured::install(tracing::Level::INFO);
-    let app = spawn_app(Backend::Sqlite).await;
+    // Unpaced: each CONNECT of the same id would otherwise wait for its turn (once a second).
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.mqtt_connect_rate_per_client_id = 0.0;
+    let app = spawn_app_with(db, config).await;
     let metrics = app.running.as_ref().unwrap().broker.metrics().clone();
     let takeovers = || {
         let page = metrics.render();
