@@ -10,6 +10,8 @@
 #   BENCH_CLIENTS      sessions on the drained node (default 1000)
 #   BENCH_DRAINS       drain times in ms, space-separated (default "2000 1000 250")
 #   BENCH_POOLS        --cluster-db-connections values (default "8 4")
+#   BENCH_OTHER_FILTERS filters more subscribed on the node the clients move to, before the drain
+#                      (default 0; tests/cluster_drain_bench.rs)
 #   PG_ADMIN_URL       a Postgres superuser URL (default: see scripts/postgres.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."

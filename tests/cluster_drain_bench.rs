@@ -5,7 +5,9 @@
 //! many got their session back, how many were handed over live (the rest were taken as stored,
 //! the drained node no longer answering), and the CONNACK latency on the other node (from the
 //! reconnect's start). `BENCH_CLUSTER_DB_CONNECTIONS` sets both nodes'
-//! `--cluster-db-connections`, for the baseline in the same run. Nodes in this process, a
+//! `--cluster-db-connections`, for the baseline in the same run. `BENCH_OTHER_FILTERS` (default
+//! 0): as many more filters, 1,000 per client, subscribed on the node the clients move to before
+//! the drain, so that the drained node knows that many keys of it. Nodes in this process, a
 //! nats-server and a Postgres database of the run's own; the clients share the 2 cores.
 //!
 //! Also (`a_crowd_leaves_while_another_subscribes`): `BENCH_CLIENTS` clients of node A, each
@@ -31,14 +33,49 @@ async fn drain_and_resume_elsewhere() {
     let n = common::bench_setting("BENCH_CLIENTS", 1000) as usize;
     let drain = Duration::from_millis(common::bench_setting("BENCH_DRAIN_MS", 1000));
     let pool = common::bench_setting("BENCH_CLUSTER_DB_CONNECTIONS", 8) as u32;
+    let others = common::bench_setting("BENCH_OTHER_FILTERS", 0) as usize;
     let nats = Nats::start().await;
     let nodes = common::cluster_nodes_with(&nats.url(), 2, |c| {
         c.mqtt_drain_time = drain;
         c.cluster_db_connections = pool;
+        c.mqtt_max_subscriptions = 1000;
     })
     .await;
     let [a, b] = <[TestApp; 2]>::try_from(nodes).ok().unwrap();
     let a_addr = a.mqtt_addr;
+    let mut held = Vec::new();
+    for c in 0..others.div_ceil(1000) {
+        let (mut raw, _) = Raw::connect(
+            &a,
+            &build::connect(&format!("other-{c}"), true, 60, Some(&[])),
+        )
+        .await;
+        let filters = (others - c * 1000).min(1000);
+        for f in 0..filters {
+            let pkid = u16::try_from(f + 1).unwrap();
+            raw.send(&build::subscribe(
+                pkid,
+                &format!("other/{c}/{f}/+"),
+                1,
+                Some(&[]),
+            ))
+            .await;
+        }
+        for _ in 0..filters {
+            raw.expect(9).await;
+        }
+        held.push(raw);
+    }
+    if others > 0 {
+        let last = common::topic(&format!(
+            "other/{}/{}/x",
+            (others - 1) / 1000,
+            (others - 1) % 1000
+        ));
+        while !common::cluster_of(&b).sends(&last) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let mut clients = Vec::new();
     for i in 0..n {
         let id = format!("bench-{i}");
@@ -75,7 +112,8 @@ async fn drain_and_resume_elsewhere() {
     let at = |q: usize| latencies[(n * q / 100).min(n - 1)];
     let missed = common::cluster_of(&a).stats().handovers_missed;
     println!(
-        "drain clients={n} drain_ms={} cluster_db_connections={pool}: all resumed after {} ms, \
+        "drain clients={n} drain_ms={} cluster_db_connections={pool} other_filters={others}: \
+         all resumed after {} ms, \
          sessions present {resumed}/{n}, handed over live {}/{n}, CONNACK on the other node \
          p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
         drain.as_millis(),

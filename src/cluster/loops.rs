@@ -252,11 +252,10 @@ impl HandOver {
         if let Some(events) = shared.inbox.events.get() {
             let filters = events.filters_of(&self.client_id);
             let deadline = tokio::time::Instant::now() + INTEREST_WAIT;
-            while !filters.iter().all(|f| shared.remote.announced_elsewhere(f))
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            shared
+                .remote
+                .until_announced_elsewhere(&filters, deadline)
+                .await;
             exchanges = events.hand_over(&self.client_id);
         }
         flush_spool(&shared.spool).await;
