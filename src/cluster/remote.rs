@@ -111,9 +111,11 @@ impl RemoteInterest {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// The watch caught up: the map is known.
     fn settle(&self) {
-        self.in_doubt.store(false, Ordering::Release);
-        self.changed();
+        if self.in_doubt.swap(false, Ordering::AcqRel) {
+            self.changed();
+        }
     }
 
     pub fn in_doubt(&self) -> bool {
