@@ -479,6 +479,9 @@ async fn a_clean_start_over_an_open_connection_gets_its_messages_and_is_taken_ov
             assert_eq!(closed.len(), 1, "{id}: {closed:?}");
             assert_eq!(closed[0].disconnect_reason(), 0x8E, "{id}");
         }
+        // Closed on its side too, as a client does: the server's end would otherwise wait
+        // out its linger (1 s) for it.
+        drop(first);
         app.until_connections(1).await;
         let res = app
             .publish(format!("/topics/{}?qos=1", encode(&topic)), id.to_owned())
@@ -501,6 +504,7 @@ async fn a_clean_start_over_an_open_connection_gets_its_messages_and_is_taken_ov
                 "{id}"
             );
         }
+        drop(second);
         app.until_connections(1).await;
     }
 }
