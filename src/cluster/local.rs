@@ -154,10 +154,7 @@ impl Local {
         // its deadline to stop before it had withdrawn them all.
         if let Some(store) = &state.store {
             for batch in keys.chunks(MAX_BATCH) {
-                let deletes = batch
-                    .iter()
-                    .map(|key| tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(key)));
-                futures_util::future::join_all(deletes).await;
+                delete_at_once(store, batch.to_vec()).await;
             }
         }
     }
@@ -168,14 +165,13 @@ impl Local {
         let Some(store) = state.store.clone() else {
             return;
         };
-        for key in keys {
+        // A batch at a time, as this node's own removals go: a dead node may leave thousands.
+        for batch in keys.chunks(MAX_BATCH) {
             if state.stalled || !self.link.is_connected() {
                 return;
             }
-            if tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key))
-                .await
-                .is_err()
-            {
+            let deleted = delete_at_once(&store, batch.to_vec()).await;
+            if deleted.iter().any(|(_, d)| d.is_err()) {
                 state.stalled = true;
                 state.owed = true;
             }
@@ -510,11 +506,7 @@ impl Local {
                 .for_each(|key| self.owe_removal(state, key));
             return;
         };
-        let deletes = keys.into_iter().map(|key| async {
-            let deleted = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
-            (key, deleted)
-        });
-        for (key, deleted) in futures_util::future::join_all(deletes).await {
+        for (key, deleted) in delete_at_once(&store, keys).await {
             if !taken(state, deleted) {
                 self.owe_removal(state, key);
             }
@@ -569,6 +561,18 @@ fn gather<T>(
         }
     }
     (batch, None)
+}
+
+/// What NATS answered to a delete from the bucket, if it answered in time.
+type Deleted = Result<Result<(), kv::DeleteError>, tokio::time::error::Elapsed>;
+
+/// Deletes `keys` from the bucket at once, each within [`ANNOUNCE_TIMEOUT`].
+async fn delete_at_once(store: &kv::Store, keys: Vec<String>) -> Vec<(String, Deleted)> {
+    let deletes = keys.into_iter().map(|key| async {
+        let deleted = tokio::time::timeout(ANNOUNCE_TIMEOUT, store.delete(&key)).await;
+        (key, deleted)
+    });
+    futures_util::future::join_all(deletes).await
 }
 
 /// Whether NATS took a write to the bucket. One it refused forgets the bucket, so that the

@@ -177,15 +177,16 @@ impl RemoteInterest {
         if let Some((node, spec)) = keys.remove(key) {
             self.tree().remove(&node, &spec);
         }
-        if let Some(value) = value {
-            let filter = String::from_utf8_lossy(value);
-            let Ok(spec) = FilterSpec::parse(&filter) else {
+        match value.map(|v| FilterSpec::parse(&String::from_utf8_lossy(v))) {
+            Some(Ok(spec)) => {
+                let node: ClientKey = ClientKey::from(node);
+                self.tree().insert(&node, &spec, ());
+                keys.insert(key.to_owned(), node, spec);
+            }
+            Some(Err(_)) => {
                 tracing::warn!(key, "the interest bucket holds a key that is not a filter");
-                return;
-            };
-            let node: ClientKey = ClientKey::from(node);
-            self.tree().insert(&node, &spec, ());
-            keys.insert(key.to_owned(), node, spec);
+            }
+            None => {}
         }
         drop(keys);
         self.changed();
