@@ -1514,6 +1514,132 @@ async fn a_resume_whose_session_cannot_be_recorded_is_refused_and_takes_nothing(
     resumes_with_three_then_live(&b, "meter", &mut publisher).await;
 }
 
+/// How the database fails a resume of "gauge" on B, once A has let the session go.
+#[derive(Clone, Copy, PartialEq)]
+enum Refused {
+    /// A connection with a Will cannot be recorded: the take fails, and B's record of holding
+    /// the session (no Will in it) goes through at once.
+    Will,
+    /// The row cannot change nodes: the take fails, and so does B's record of holding the
+    /// session, until the test lets it.
+    Move,
+}
+
+/// A resume that fails after the node holding the session let it go (the take did not
+/// commit) leaves the session with the node that tried, and its row says so once the
+/// database lets it: what is published for it before its client comes back waits for it,
+/// whichever node the client comes back to (decision 014, "A resume that fails after the
+/// hand-over"). Before 2026-12-07 that node let its copy go too, so until the client came
+/// back no node held the session's subscriptions, and "four" was lost.
+async fn a_failed_resume_then_back_through(refused: Refused, back_on_a: bool) {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
+    let refusal = match refused {
+        Refused::Will => "NEW.will IS NOT NULL",
+        Refused::Move => "TG_OP = 'UPDATE' AND NEW.node <> OLD.node",
+    };
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    // The condition is one of the two constants above.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION refuse_gauge() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.client_id = 'gauge' AND {refusal} THEN \
+           RAISE EXCEPTION 'refused for gauge'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_gauge BEFORE INSERT OR UPDATE ON cluster_sessions \
+           FOR EACH ROW EXECUTE FUNCTION refuse_gauge();"
+    )))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let will = build::Will {
+        topic: "gone/gauge",
+        payload: b"bye",
+        qos: 0,
+        retain: false,
+        props: &[],
+    };
+    let connect = build::connect_with_will("gauge", false, 60, Some(&[0x11, 0, 0, 1, 0x2C]), will);
+    let (mut refused_connect, ack) = Raw::connect(&b, &connect).await;
+    assert_eq!(ack.body[1], 0x88, "MQTT 5 CONNACK: Server unavailable");
+    assert!(refused_connect.until_closed().await.is_empty());
+
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"four")
+        .await;
+    let holder = || async {
+        let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+        sqlx::query_scalar::<_, String>(
+            "SELECT node FROM cluster_sessions WHERE client_id = 'gauge'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+    };
+    if refused == Refused::Move {
+        // B holds "four" in memory, trying again to record that it holds the session.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            holder().await,
+            cluster(&a).node(),
+            "the row cannot move yet"
+        );
+        assert_eq!(queued(&a, "gauge").await, 3);
+        sqlx::raw_sql("DROP TRIGGER refuse_gauge ON cluster_sessions")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    within("the session's row to name B", async {
+        while holder().await != cluster(&b).node() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // B holds the session offline, so its queue is in Postgres, after what A queued.
+    until_queued(&a, "gauge", 4).await;
+    if refused == Refused::Will {
+        sqlx::raw_sql("DROP TRIGGER refuse_gauge ON cluster_sessions")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    let node = if back_on_a { &a } else { &b };
+    let (mut p, ack) = Raw::connect(node, &persistent("gauge", false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    assert_eq!(
+        payloads(&mut p, 4).await,
+        [
+            b"one".to_vec(),
+            b"two".to_vec(),
+            b"three".to_vec(),
+            b"four".to_vec()
+        ]
+    );
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
+        .await;
+    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+}
+
+#[tokio::test]
+async fn a_session_whose_resume_failed_after_the_hand_over_keeps_receiving_until_back_on_that_node()
+{
+    a_failed_resume_then_back_through(Refused::Will, false).await;
+}
+
+#[tokio::test]
+async fn a_session_whose_resume_failed_after_the_hand_over_keeps_receiving_until_back_on_the_first()
+{
+    a_failed_resume_then_back_through(Refused::Will, true).await;
+}
+
+#[tokio::test]
+async fn a_session_whose_resume_failed_after_the_hand_over_is_recorded_once_the_database_lets_it() {
+    a_failed_resume_then_back_through(Refused::Move, true).await;
+}
+
 #[tokio::test]
 async fn a_killed_nodes_sessions_are_adopted_and_its_clients_wills_fire_once() {
     let nats = Nats::start().await;

@@ -163,6 +163,7 @@ where
                 &key,
                 principal.as_ref(),
                 will.as_ref(),
+                claim,
             )
             .await
             {

@@ -796,6 +796,51 @@ impl Sessions {
         self.unsubscribe_all(session);
     }
 
+    /// The connection that prepared `session` failed after the node holding it let it go
+    /// (decision 014, "A resume that fails after the hand-over"): it stays here, offline, its
+    /// queue in memory, until `expires_at_ms`. False if it is no longer that prepared session.
+    pub fn keep_prepared(&self, session: &Arc<Session>, expires_at_ms: i64) -> bool {
+        let registry = self.registry();
+        if !registry.holds(session)
+            || !session.is_attached_to(0)
+            || session.online.load(Ordering::Acquire)
+        {
+            return false;
+        }
+        session
+            .expires_at_ms
+            .store(expires_at_ms, Ordering::Release);
+        session.state().set_offline(true);
+        self.list_offline(registry, session);
+        true
+    }
+
+    /// Whether `session`, [kept](Self::keep_prepared), is still here and was not taken up by
+    /// a client here (a resume elsewhere claims the client id, which the row's move checks).
+    pub fn kept_unrecorded(&self, session: &Arc<Session>) -> bool {
+        self.registry().holds(session)
+            && session.is_attached_to(0)
+            && !session.online.load(Ordering::Acquire)
+    }
+
+    /// `session`'s row names this node now: its queue moves to Postgres, as any offline
+    /// session's of a node of many, for whichever node its client comes back to.
+    pub fn kept_recorded(&self, session: &Arc<Session>) {
+        // Held across the spooling, so that a connection attaching meanwhile cannot find it
+        // spooling once it is online (`attach` holds the registry throughout).
+        let registry = self.registry();
+        if !registry.holds(session) || session.online.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(cluster) = &self.cluster {
+            let mut state = session.state();
+            for d in state.start_spooling(Stored::default()) {
+                spool(cluster, &session.key, &d);
+            }
+        }
+        drop(registry);
+    }
+
     /// Makes `session`'s subscriptions those `stored`.
     fn match_subscriptions(&self, session: &Session, stored: &[StoredSubscription]) {
         let wanted: HashSet<FilterSpec> = stored

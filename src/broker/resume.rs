@@ -4,12 +4,13 @@
 //! queueing until the node it moves to holds its subscriptions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::handle::Broker;
-use super::registry::Session;
+use super::registry::{NEVER, Session};
 use super::will::Will;
 use crate::auth::Principal;
-use crate::cluster::{Cluster, HeldSession, Restored, SessionError, SessionRow};
+use crate::cluster::{Cluster, HeldSession, LetGoHeld, Restored, SessionError, SessionRow};
 use crate::mqtt;
 use crate::topic::ClientKey;
 
@@ -29,6 +30,9 @@ pub(super) enum Resuming {
         /// Whether what it received goes to the stored session's queue if it is dropped:
         /// not when there was no session to resume after all.
         keep_queue: bool,
+        /// Whether it stays here when dropped: the CONNECT failed after the other node let
+        /// the session go ([`Resuming::hold`]).
+        held: bool,
     },
 }
 
@@ -56,6 +60,7 @@ impl Resuming {
             broker: broker.clone(),
             session,
             keep_queue: true,
+            held: false,
         };
         // As a SUBACK does: the other nodes can know the filters before the holder lets go.
         for a in announced {
@@ -63,16 +68,34 @@ impl Resuming {
         }
         Some(prepared)
     }
+
+    /// The CONNECT failed after the node that held the session let it go, and the copy made
+    /// here is now the only one that receives for it: it stays here rather than go, or what
+    /// is published for the session until its client returns would match no subscription
+    /// anywhere (decision 014, "A resume that fails after the hand-over").
+    fn hold(&mut self, from: &str, expiry_secs: u32, claim: u64) {
+        if let Self::Prepared {
+            broker,
+            session,
+            held,
+            ..
+        } = self
+        {
+            *held = hold_let_go(broker, session, from, expiry_secs, claim);
+        }
+    }
 }
 
 impl Drop for Resuming {
     fn drop(&mut self) {
         match self {
             Self::Paused { broker, key } => broker.sessions().resume_spooling(key),
+            Self::Prepared { held: true, .. } => {}
             Self::Prepared {
                 broker,
                 session,
                 keep_queue,
+                held: false,
             } => broker.sessions().discard_prepared(session, *keep_queue),
         }
     }
@@ -89,6 +112,7 @@ pub(super) async fn durable_session(
     key: &ClientKey,
     principal: Option<&Arc<Principal>>,
     will: Option<&Will>,
+    claim: u64,
 ) -> Result<(Option<Restored>, Option<Resuming>), SessionError> {
     let creator = principal.map(|p| p.name.as_str());
     let stored_will = will.map(|w| w.stored(key));
@@ -120,7 +144,19 @@ pub(super) async fn durable_session(
     {
         resuming = Resuming::prepare(broker, key, held, principal).await;
     }
-    let restored = cluster.take(&holder, &row).await?;
+    let let_go = cluster.ask_to_let_go(&holder, key).await;
+    let restored = match cluster.take(&row).await {
+        Ok(restored) => restored,
+        Err(e) => {
+            if let_go
+                && let Some(held) = &holder.session
+                && let Some(resuming) = resuming.as_mut()
+            {
+                resuming.hold(&holder.node, held.expiry_secs, claim);
+            }
+            return Err(e);
+        }
+    };
     if restored.is_none()
         && let Some(Resuming::Prepared { keep_queue, .. }) = resuming.as_mut()
     {
@@ -130,4 +166,74 @@ pub(super) async fn durable_session(
         resuming = None;
     }
     Ok((restored, resuming))
+}
+
+/// How long a session held after a failed resume waits between tries to record that this node
+/// holds it.
+const HOLD_RETRY: Duration = Duration::from_secs(1);
+
+/// Keeps `session` here after a failed resume ([`Resuming::hold`]) until it expires, and
+/// records in its row, from the node `from` that let it go, that this node holds it: from
+/// then on its queue is in Postgres and a resume elsewhere asks this node for it. Tried again
+/// while the database fails; given up if its client came back meanwhile, here or elsewhere
+/// (a later claim than `claim`). Whether it stays.
+fn hold_let_go(
+    broker: &Broker,
+    session: &Arc<Session>,
+    from: &str,
+    expiry_secs: u32,
+    claim: u64,
+) -> bool {
+    // MQTT 5 §3.1.2.11.2: 0xFFFFFFFF, the session does not expire.
+    let expires = expiry_secs != u32::MAX;
+    let expiry = Duration::from_secs(u64::from(expiry_secs));
+    let expires_at_ms = if expires {
+        let expiry_ms = i64::try_from(expiry.as_millis()).unwrap_or(NEVER);
+        broker.store().clock().now_ms().saturating_add(expiry_ms)
+    } else {
+        NEVER
+    };
+    if !broker.sessions().keep_prepared(session, expires_at_ms) {
+        return false;
+    }
+    tracing::warn!(client = %session.key, node = %from, "a resume failed after the node holding the session let it go: holding it here until its client returns");
+    if expires {
+        // Never attached: its connection is 0 until a client takes it up.
+        broker.expire_after(session.key.clone(), 0, expiry);
+    }
+    let weak = Arc::downgrade(&broker.inner);
+    let stopping = broker.stopping_signal().clone();
+    let session = session.clone();
+    let from = from.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Some(inner) = weak.upgrade() else { return };
+            let broker = Broker { inner };
+            if !broker.sessions().kept_unrecorded(&session) {
+                return;
+            }
+            let Some(cluster) = broker.cluster() else {
+                return;
+            };
+            match cluster.hold_let_go(&from, &session.key, claim).await {
+                Ok(LetGoHeld::Recorded) => return broker.sessions().kept_recorded(&session),
+                // A connection here takes it up (the copy is not made to spool under it).
+                Ok(LetGoHeld::ClaimedHere) => return,
+                // Its client came back through another node, or the row went: as any
+                // prepared copy, it leaves what it received to the stored session's queue.
+                Ok(LetGoHeld::Elsewhere) => {
+                    return broker.sessions().discard_prepared(&session, true);
+                }
+                Err(e) => {
+                    tracing::warn!(client = %session.key, error = %e, "cannot record that this node holds a session; trying again")
+                }
+            }
+            drop(broker);
+            tokio::select! {
+                () = tokio::time::sleep(HOLD_RETRY) => {}
+                () = stopping.cancelled() => return,
+            }
+        }
+    });
+    true
 }

@@ -26,8 +26,8 @@ use super::loops::{self, HANDOVER_TIMEOUT, Undetached};
 use super::nodes::{Census, Headcount};
 use super::remote::{self, RemoteInterest};
 use super::sessions::{
-    self, Holder, Restored, SessionError, SessionRow, Sessions, Spool, StoredSubscription,
-    WrittenBack,
+    self, Holder, LetGoHeld, Restored, SessionError, SessionRow, Sessions, Spool,
+    StoredSubscription, WrittenBack,
 };
 use crate::topic::{ClientKey, FilterSpec, SubscriptionTree, TopicLimits, TopicName};
 
@@ -662,31 +662,49 @@ impl Cluster {
         holder.alive && holder.node != *self.inner.node
     }
 
-    /// Takes the earlier session of `row`'s client id, held by `holder`, for a connection
-    /// here, and records the connection's session in the same transaction: the holder, if
-    /// alive and another, is asked to let go first (and to store what it queued); then its
-    /// subscriptions and queue leave Postgres for this node. `None`: nothing to resume (see
-    /// [`Sessions::take`]).
-    pub async fn take(
-        &self,
-        holder: &Holder,
-        row: &SessionRow<'_>,
-    ) -> Result<Option<Restored>, SessionError> {
+    /// Asks `holder`, if alive and another node, to let `client_id`'s session go (and to store
+    /// what it queued), for a connection here that resumes it; waits for the spool here
+    /// otherwise. Whether the holder answered that it let go.
+    pub async fn ask_to_let_go(&self, holder: &Holder, client_id: &str) -> bool {
         let inner = &self.inner;
-        let client_id = row.client_id;
-        if self.held_elsewhere(holder) {
-            let ask = inner.client.request(
-                handover_subject(&inner.prefix, &holder.node),
-                Bytes::copy_from_slice(client_id.as_bytes()),
-            );
-            if !matches!(tokio::time::timeout(HANDOVER_TIMEOUT, ask).await, Ok(Ok(_))) {
-                inner.handovers_missed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(client = %client_id, node = %holder.node, "the node holding a session did not hand it over in time; taking it as stored");
-            }
-        } else {
+        if !self.held_elsewhere(holder) {
             loops::flush_spool(&inner.spool).await;
+            return false;
         }
-        inner.sessions.take(&inner.node, row).await
+        let ask = inner.client.request(
+            handover_subject(&inner.prefix, &holder.node),
+            Bytes::copy_from_slice(client_id.as_bytes()),
+        );
+        let answered = matches!(tokio::time::timeout(HANDOVER_TIMEOUT, ask).await, Ok(Ok(_)));
+        if !answered {
+            inner.handovers_missed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client = %client_id, node = %holder.node, "the node holding a session did not hand it over in time; taking it as stored");
+        }
+        answered
+    }
+
+    /// Takes the earlier session of `row`'s client id for a connection here, once its holder
+    /// let go ([`Self::ask_to_let_go`]), and records the connection's session in the same
+    /// transaction: its subscriptions and queue leave Postgres for this node. `None`: nothing
+    /// to resume (see [`Sessions::take`]).
+    pub async fn take(&self, row: &SessionRow<'_>) -> Result<Option<Restored>, SessionError> {
+        self.inner.sessions.take(&self.inner.node, row).await
+    }
+
+    /// A resume here failed after `from` let `client_id`'s session go: this node holds it
+    /// now, and its row says so unless its client came back after `claim`
+    /// ([`Sessions::hold_let_go`]).
+    pub async fn hold_let_go(
+        &self,
+        from: &str,
+        client_id: &str,
+        claim: u64,
+    ) -> Result<LetGoHeld, SessionError> {
+        let inner = &self.inner;
+        inner
+            .sessions
+            .hold_let_go(&inner.node, from, client_id, claim)
+            .await
     }
 
     /// An operator's disconnect of `client_id`, connected to another node: the node holding

@@ -40,7 +40,7 @@ pub use inbox::Events;
 pub use keys::{KeyFile, check as check_key_file};
 pub use nodes::BEAT;
 pub use sessions::{
-    HeldSession, Holder, Queued, Restored, SessionError, SessionRow, StoredSubscription,
+    HeldSession, Holder, LetGoHeld, Queued, Restored, SessionError, SessionRow, StoredSubscription,
     StoredWill, WrittenBack,
 };
 pub use status::{NodeStatus, Status, StatusError, read as read_status};

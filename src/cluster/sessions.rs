@@ -98,6 +98,21 @@ pub struct Holder {
 pub struct HeldSession {
     pub creator: Option<String>,
     pub subscriptions: Vec<StoredSubscription>,
+    /// Its Session Expiry Interval, in seconds (`u32::MAX`: it does not expire).
+    pub expiry_secs: u32,
+}
+
+/// What became of a session a node holds after a resume there failed once the node holding
+/// it had let it go ([`Sessions::hold_let_go`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetGoHeld {
+    /// Its row names this node now.
+    Recorded,
+    /// A later connection of its client, on this node, claimed the id: that connection
+    /// takes it up.
+    ClaimedHere,
+    /// Its client came back through another node, or the row is no longer the one let go.
+    Elsewhere,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -431,6 +446,7 @@ impl Sessions {
                 session: (expiry > 0).then(|| HeldSession {
                     creator,
                     subscriptions: serde_json::from_value(subscriptions).unwrap_or_default(),
+                    expiry_secs: u32::try_from(expiry).unwrap_or(u32::MAX),
                 }),
             }),
         )
@@ -466,6 +482,42 @@ impl Sessions {
             }
             tx.commit().await?;
             Ok(restored.map(|t| self.restored(t)))
+        })
+        .await
+    }
+
+    /// A resume on `node` failed after `from` let `client_id`'s session go (the take did not
+    /// commit), and `node` holds the session now: its row says so, unless the client id was
+    /// claimed after `claim` (its client came back meanwhile) or the row is no longer
+    /// `from`'s.
+    pub async fn hold_let_go(
+        &self,
+        node: &str,
+        from: &str,
+        client_id: &str,
+        claim: u64,
+    ) -> Result<LetGoHeld, SessionError> {
+        self.bounded(async {
+            // One row per client id (its latest claim).
+            let (moved, claimer): (bool, Option<String>) = sqlx::query_as(
+                "WITH later AS (SELECT node FROM cluster_clients \
+                                WHERE client_id = $1 AND generation > $4), \
+                 moved AS (UPDATE cluster_sessions SET node = $2 \
+                           WHERE client_id = $1 AND node = $3 AND expiry_secs > 0 \
+                             AND NOT EXISTS (SELECT 1 FROM later) RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM moved), (SELECT node FROM later)",
+            )
+            .bind(client_id)
+            .bind(node)
+            .bind(from)
+            .bind(claim as i64)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(match claimer {
+                _ if moved => LetGoHeld::Recorded,
+                Some(claimer) if claimer == node => LetGoHeld::ClaimedHere,
+                _ => LetGoHeld::Elsewhere,
+            })
         })
         .await
     }
