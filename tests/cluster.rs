@@ -1464,8 +1464,8 @@ async fn a_persistent_session_resumes_on_another_node_with_what_was_queued_for_i
 }
 
 /// A resume takes the earlier session and records the new connection's in one transaction: a
-/// record the database refuses leaves the earlier session where it was, its queue included,
-/// and the CONNECT is refused; the next CONNECT resumes it whole.
+/// record the database refuses leaves the earlier session whole, its queue included (with the
+/// node that tried since 2026-12-07, below), and the CONNECT is refused; the next CONNECT resumes it.
 #[tokio::test]
 async fn a_resume_whose_session_cannot_be_recorded_is_refused_and_takes_nothing() {
     let nats = Nats::start().await;
@@ -1475,28 +1475,8 @@ async fn a_resume_whose_session_cannot_be_recorded_is_refused_and_takes_nothing(
     let mut publisher = away_with_three_queued(&a, &b, "meter").await;
 
     // The database refuses this client a Will, so a connection with one cannot be recorded.
-    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_meter_will() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN IF NEW.client_id = 'meter' AND NEW.will IS NOT NULL THEN \
-           RAISE EXCEPTION 'no Will for meter'; END IF; RETURN NEW; END $$; \
-         CREATE TRIGGER refuse_meter_will BEFORE INSERT OR UPDATE ON cluster_sessions \
-           FOR EACH ROW EXECUTE FUNCTION refuse_meter_will();",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
-    let will = build::Will {
-        topic: "gone/meter",
-        payload: b"bye",
-        qos: 0,
-        retain: false,
-        props: &[],
-    };
-    let connect = build::connect_with_will("meter", false, 60, Some(&[0x11, 0, 0, 1, 0x2C]), will);
-    let (mut refused, ack) = Raw::connect(&b, &connect).await;
-    assert_eq!(ack.body[1], 0x88, "MQTT 5 CONNACK: Server unavailable");
-    assert!(refused.until_closed().await.is_empty());
+    let mut db = refuse_session_rows(&a, "meter", Refused::Will).await;
+    resume_with_a_will_refused(&b, "meter").await;
     assert_eq!(queued(&a, "meter").await, 3, "the queue is still stored");
     let (subscriptions, expiry): (serde_json::Value, i64) = sqlx::query_as(
         "SELECT subscriptions, expiry_secs FROM cluster_sessions WHERE client_id = 'meter'",
@@ -1507,14 +1487,52 @@ async fn a_resume_whose_session_cannot_be_recorded_is_refused_and_takes_nothing(
     assert_eq!(subscriptions[0]["filter"], "inbox/#", "{subscriptions}");
     assert_eq!(expiry, 300);
 
-    sqlx::raw_sql("DROP TRIGGER refuse_meter_will ON cluster_sessions")
+    sqlx::raw_sql("DROP TRIGGER refuse_meter ON cluster_sessions")
         .execute(&mut db)
         .await
         .unwrap();
     resumes_with_three_then_live(&b, "meter", &mut publisher).await;
 }
 
-/// How the database fails a resume of "gauge" on B, once A has let the session go.
+/// Makes the database refuse writes of `client`'s session row as `refused` says (a trigger,
+/// `refuse_<client>`); returns the connection that made it, to drop it with.
+async fn refuse_session_rows(app: &TestApp, client: &str, refused: Refused) -> sqlx::PgConnection {
+    let refusal = match refused {
+        Refused::Will => "NEW.will IS NOT NULL",
+        Refused::Move => "TG_OP = 'UPDATE' AND NEW.node <> OLD.node",
+    };
+    let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    // The condition is one of the two constants above; the client ids are the tests' own.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION refuse_{client}() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.client_id = '{client}' AND {refusal} THEN \
+           RAISE EXCEPTION 'refused for {client}'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_{client} BEFORE INSERT OR UPDATE ON cluster_sessions \
+           FOR EACH ROW EXECUTE FUNCTION refuse_{client}();"
+    )))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db
+}
+
+/// `client` resumes on `node` with a Will, and the database refuses that: Server unavailable.
+async fn resume_with_a_will_refused(node: &TestApp, client: &str) {
+    let topic = format!("gone/{client}");
+    let will = build::Will {
+        topic: &topic,
+        payload: b"bye",
+        qos: 0,
+        retain: false,
+        props: &[],
+    };
+    let connect = build::connect_with_will(client, false, 60, Some(&[0x11, 0, 0, 1, 0x2C]), will);
+    let (mut refused, ack) = Raw::connect(node, &connect).await;
+    assert_eq!(ack.body[1], 0x88, "MQTT 5 CONNACK: Server unavailable");
+    assert!(refused.until_closed().await.is_empty());
+}
+
+/// How the database fails a resume, once the holder has let the session go.
 #[derive(Clone, Copy, PartialEq)]
 enum Refused {
     /// A connection with a Will cannot be recorded: the take fails, and B's record of holding
@@ -1537,33 +1555,8 @@ async fn a_failed_resume_then_back_through(refused: Refused, back_on_a: bool) {
         .ok()
         .unwrap();
     let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
-    let refusal = match refused {
-        Refused::Will => "NEW.will IS NOT NULL",
-        Refused::Move => "TG_OP = 'UPDATE' AND NEW.node <> OLD.node",
-    };
-    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
-    // The condition is one of the two constants above.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE FUNCTION refuse_gauge() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN IF NEW.client_id = 'gauge' AND {refusal} THEN \
-           RAISE EXCEPTION 'refused for gauge'; END IF; RETURN NEW; END $$; \
-         CREATE TRIGGER refuse_gauge BEFORE INSERT OR UPDATE ON cluster_sessions \
-           FOR EACH ROW EXECUTE FUNCTION refuse_gauge();"
-    )))
-    .execute(&mut db)
-    .await
-    .unwrap();
-    let will = build::Will {
-        topic: "gone/gauge",
-        payload: b"bye",
-        qos: 0,
-        retain: false,
-        props: &[],
-    };
-    let connect = build::connect_with_will("gauge", false, 60, Some(&[0x11, 0, 0, 1, 0x2C]), will);
-    let (mut refused_connect, ack) = Raw::connect(&b, &connect).await;
-    assert_eq!(ack.body[1], 0x88, "MQTT 5 CONNACK: Server unavailable");
-    assert!(refused_connect.until_closed().await.is_empty());
+    let mut db = refuse_session_rows(&a, "gauge", refused).await;
+    resume_with_a_will_refused(&b, "gauge").await;
 
     publisher
         .publish("inbox/1", Qos5::AtLeastOnce, false, b"four")
