@@ -16,6 +16,7 @@ use common::nats::Nats;
 use common::process::Process;
 use common::proxy::Proxy;
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
+use retaind::cluster::LetGoHeld;
 use sqlx::Connection;
 
 /// `n` nodes of one service: one database, one NATS.
@@ -1631,6 +1632,84 @@ async fn a_session_whose_resume_failed_after_the_hand_over_keeps_receiving_until
 #[tokio::test]
 async fn a_session_whose_resume_failed_after_the_hand_over_is_recorded_once_the_database_lets_it() {
     a_failed_resume_then_back_through(Refused::Move, true).await;
+}
+
+/// What B's record of holding a session whose resume failed does with the row, for each thing
+/// the row can say then. A take that commits after its connection gave up waiting leaves the
+/// row B's already, still connected, with the refused CONNECT's Will (and the queue gone with
+/// the take): the record sets it right, offline and without that Will, as it moves a row A
+/// let go. A later claim of the client id, here or elsewhere, leaves the row alone.
+#[tokio::test]
+async fn the_record_of_a_session_kept_after_a_failed_resume_sets_its_row_right_or_leaves_it() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let _publisher = away_with_three_queued(&a, &b, "late").await;
+    let (a_node, b_node) = (cluster(&a).node(), cluster(&b).node());
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    let row = "SELECT node, connected, will IS NULL, detached_at IS NOT NULL \
+               FROM cluster_sessions WHERE client_id = 'late'";
+    // The failed CONNECT's claim on B, and its take committed late.
+    sqlx::query(
+        "INSERT INTO cluster_clients (client_id, node, generation) VALUES ('late', $1, 7) \
+         ON CONFLICT (client_id) DO UPDATE SET node = $1, generation = 7",
+    )
+    .bind(b_node)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE cluster_sessions SET node = $1, connected = true, detached_at = NULL, \
+           will = '\\x01' WHERE client_id = 'late'",
+    )
+    .bind(b_node)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        cluster(&b).hold_let_go(a_node, "late", 7).await.unwrap(),
+        LetGoHeld::Recorded
+    );
+    assert_eq!(
+        sqlx::query_as::<_, (String, bool, bool, bool)>(row)
+            .fetch_one(&mut db)
+            .await
+            .unwrap(),
+        (b_node.to_owned(), false, true, true),
+        "B's, offline since now, without the refused CONNECT's Will"
+    );
+
+    // The row A let go, the client back through A since: not moved.
+    sqlx::query("UPDATE cluster_sessions SET node = $1 WHERE client_id = 'late'")
+        .bind(a_node)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE cluster_clients SET node = $1, generation = 8 WHERE client_id = 'late'")
+        .bind(a_node)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster(&b).hold_let_go(a_node, "late", 7).await.unwrap(),
+        LetGoHeld::Elsewhere
+    );
+    // Back through B since: B's connection takes it up.
+    sqlx::query("UPDATE cluster_clients SET node = $1 WHERE client_id = 'late'")
+        .bind(b_node)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster(&b).hold_let_go(a_node, "late", 7).await.unwrap(),
+        LetGoHeld::ClaimedHere
+    );
+    let (node, ..) = sqlx::query_as::<_, (String, bool, bool, bool)>(row)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(node, a_node, "left alone");
 }
 
 #[tokio::test]

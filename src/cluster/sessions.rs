@@ -486,10 +486,13 @@ impl Sessions {
         .await
     }
 
-    /// A resume on `node` failed after `from` let `client_id`'s session go (the take did not
-    /// commit), and `node` holds the session now: its row says so, unless the client id was
-    /// claimed after `claim` (its client came back meanwhile) or the row is no longer
-    /// `from`'s.
+    /// A resume on `node` failed after `from` let `client_id`'s session go, and `node` holds
+    /// the session now: its row says so, offline and without a Will (the hand-over cancelled
+    /// the earlier connection's; the failed CONNECT's was never acknowledged), unless the
+    /// client id was claimed after `claim` (its client came back meanwhile) or the row is
+    /// neither `from`'s nor `node`'s. It is `node`'s already when the take committed after
+    /// its connection gave up waiting (its queue went with it): the row then still says
+    /// connected, with the failed CONNECT's Will, and is set right the same way.
     pub async fn hold_let_go(
         &self,
         node: &str,
@@ -502,8 +505,10 @@ impl Sessions {
             let (moved, claimer): (bool, Option<String>) = sqlx::query_as(
                 "WITH later AS (SELECT node FROM cluster_clients \
                                 WHERE client_id = $1 AND generation > $4), \
-                 moved AS (UPDATE cluster_sessions SET node = $2 \
-                           WHERE client_id = $1 AND node = $3 AND expiry_secs > 0 \
+                 moved AS (UPDATE cluster_sessions SET node = $2, connected = false, \
+                             detached_at = coalesce(detached_at, now()), \
+                             will = NULL, will_due_at = NULL \
+                           WHERE client_id = $1 AND node IN ($2, $3) AND expiry_secs > 0 \
                              AND NOT EXISTS (SELECT 1 FROM later) RETURNING 1) \
                  SELECT EXISTS (SELECT 1 FROM moved), (SELECT node FROM later)",
             )
