@@ -476,22 +476,31 @@ impl Broker {
         {
             return;
         }
-        self.expire_after(session.key.clone(), connection, expiry);
+        self.expire_after(session, connection, expiry);
     }
 
-    /// Ends `client`'s session, offline since `connection` left, once `expiry` passes without
-    /// a new connection, unless the broker shuts down first (`expiry`).
-    pub(super) fn expire_after(&self, client: ClientKey, connection: u64, expiry: Duration) {
-        self.inner.expiries.after(client, connection, expiry, || {
-            // Weak: the task must not keep a stopped broker alive.
-            let weak = Arc::downgrade(&self.inner);
-            let due = move |client: ClientKey, connection| {
-                if let Some(inner) = weak.upgrade() {
-                    inner.sessions.expire_key(&client, connection);
-                }
-            };
-            (Box::new(due), self.inner.shutdown.clone())
-        });
+    /// Ends `session`, offline since `connection` left, once `expiry` passes without a new
+    /// connection, unless the broker shuts down first (`expiry`).
+    pub(super) fn expire_after(&self, session: &Session, connection: u64, expiry: Duration) {
+        let (client, serial) = (session.key.clone(), session.serial());
+        self.inner
+            .expiries
+            .after(client, serial, connection, expiry, || {
+                // Weak: the task must not keep a stopped broker alive.
+                let weak = Arc::downgrade(&self.inner);
+                let sessions = weak.clone();
+                let due = move |client: ClientKey, serial, connection| {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.sessions.expire_key(&client, serial, connection);
+                    }
+                };
+                let live = move |client: &ClientKey, serial, connection| {
+                    sessions
+                        .upgrade()
+                        .is_some_and(|inner| inner.sessions.left_by(client, serial, connection))
+                };
+                (Box::new(due), Box::new(live), self.inner.shutdown.clone())
+            });
     }
 
     /// Whether a session that ended its connection at `connection` was resumed since.

@@ -224,11 +224,11 @@ fn adopt(broker: &Broker, a: Adopted) {
     } else {
         NEVER
     };
-    if broker.sessions().adopt(&a, expires_at_ms).is_some() {
+    if let Some(session) = broker.sessions().adopt(&a, expires_at_ms) {
         tracing::info!(client = %a.client_id, "holding the session of a node that is gone");
         if expires {
             // Never attached here: its connection is 0 until a client takes it up.
-            broker.expire_after(a.client_id.clone(), 0, left);
+            broker.expire_after(&session, 0, left);
         }
     }
     if let Some(will) = a.will {

@@ -121,6 +121,8 @@ fn next_to_end<'a>(
 /// A session: state that outlives connections when the client asked for it.
 pub(super) struct Session {
     pub key: ClientKey,
+    /// Unique in the process: which session of the client id a deadline was set for.
+    serial: u64,
     /// Routers never wait for it (`deferred`).
     state: Locked,
     /// Wakes the connection task when something was queued for it.
@@ -171,8 +173,10 @@ const ADOPTED_ELSEWHERE: u8 = 3;
 
 impl Session {
     fn new(key: ClientKey, creator: Option<String>, of: &Sessions) -> Self {
+        static SERIALS: AtomicU64 = AtomicU64::new(1);
         Self {
             key,
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
             creator,
             state: Locked::new(
                 SessionState::new(of.limits, of.memory.clone()),
@@ -192,6 +196,11 @@ impl Session {
             expires_at_ms: AtomicI64::new(NEVER),
             listed: Listed::default(),
         }
+    }
+
+    /// Which session of its client id this is, in this process.
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// The principal that created the session (`None`: anonymous).
@@ -747,9 +756,20 @@ impl Sessions {
         }
     }
 
-    /// [`Sessions::expire`] for the session held for `client` now, if any.
-    pub fn expire_key(&self, client: &str, connection: u64) {
-        if let Some(session) = self.get(client) {
+    /// Whether the session held for `client` is still the one of `serial`, and still the one
+    /// `connection` left (so that its deadline would end it).
+    pub fn left_by(&self, client: &str, serial: u64, connection: u64) -> bool {
+        self.registry()
+            .sessions
+            .get(client)
+            .is_some_and(|s| s.serial == serial && s.is_attached_to(connection))
+    }
+
+    /// [`Sessions::expire`] for the session held for `client` now, if it is the one of
+    /// `serial`: a deadline of an earlier session never attached (connection 0, as an adopted
+    /// one) does not end a later one of the same client id early.
+    pub fn expire_key(&self, client: &str, serial: u64, connection: u64) {
+        if let Some(session) = self.get(client).filter(|s| s.serial == serial) {
             self.expire(&session, connection);
         }
     }

@@ -465,7 +465,7 @@ impl Broker {
         };
         if expires_at != NEVER {
             let left = u64::try_from(expires_at - now).unwrap_or(0);
-            self.expire_after(session.key.clone(), 0, Duration::from_millis(left));
+            self.expire_after(&session, 0, Duration::from_millis(left));
         }
         // Due when it was due: published then unless the client returns first (a connection
         // attaches the session, restored unattached).

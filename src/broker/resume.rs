@@ -199,7 +199,7 @@ fn hold_let_go(
     tracing::warn!(client = %session.key, node = %from, "a resume failed after the node holding the session let it go: holding it here until its client returns");
     if expires {
         // Never attached: its connection is 0 until a client takes it up.
-        broker.expire_after(session.key.clone(), 0, expiry);
+        broker.expire_after(session, 0, expiry);
     }
     let weak = Arc::downgrade(&broker.inner);
     let stopping = broker.stopping_signal().clone();

@@ -205,3 +205,30 @@ fn without_a_bound_every_offline_session_is_kept() {
     assert_eq!(sessions.offline_held(), 100);
     assert_eq!(sessions.held(), 100);
 }
+
+/// A deadline is its session's: one set for an earlier session of the client id that was
+/// never attached (connection 0, as a restored, adopted or kept one is) does not end a later
+/// one early. Before 2026-12-07 a deadline named only the client id and the connection.
+#[test]
+fn a_deadline_of_an_earlier_unattached_session_does_not_end_a_later_one() {
+    let sessions = sessions(100);
+    let first = sessions
+        .restore("x".into(), None, NEVER, &[], |_| {})
+        .unwrap();
+    assert!(sessions.left_by("x", first.serial(), 0));
+    sessions.expire_key("x", first.serial(), 0);
+    assert!(sessions.get("x").is_none(), "its own deadline ends it");
+
+    let second = sessions
+        .restore("x".into(), None, NEVER, &[], |_| {})
+        .unwrap();
+    assert!(!sessions.left_by("x", first.serial(), 0));
+    sessions.expire_key("x", first.serial(), 0);
+    assert!(
+        sessions.get("x").is_some_and(|s| Arc::ptr_eq(&s, &second)),
+        "the earlier session's deadline leaves the later one"
+    );
+    assert!(sessions.left_by("x", second.serial(), 0));
+    sessions.expire_key("x", second.serial(), 0);
+    assert!(sessions.get("x").is_none());
+}
