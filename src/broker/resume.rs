@@ -168,9 +168,11 @@ pub(super) async fn durable_session(
     Ok((restored, resuming))
 }
 
-/// How long a session held after a failed resume waits between tries to record that this node
-/// holds it.
+/// How long a session held after a failed resume first waits to try again to record that this
+/// node holds it; each failure doubles the wait, up to [`HOLD_RETRY_MOST`], so that the
+/// sessions of a drain that met a database outage do not each ask every second.
 const HOLD_RETRY: Duration = Duration::from_secs(1);
+const HOLD_RETRY_MOST: Duration = Duration::from_secs(30);
 
 /// Keeps `session` here after a failed resume ([`Resuming::hold`]) until it expires, and
 /// records in its row, from the node `from` that let it go, that this node holds it: from
@@ -206,6 +208,7 @@ fn hold_let_go(
     let session = session.clone();
     let from = from.to_owned();
     tokio::spawn(async move {
+        let mut wait = HOLD_RETRY;
         loop {
             let Some(inner) = weak.upgrade() else { return };
             let broker = Broker { inner };
@@ -230,9 +233,10 @@ fn hold_let_go(
             }
             drop(broker);
             tokio::select! {
-                () = tokio::time::sleep(HOLD_RETRY) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = stopping.cancelled() => return,
             }
+            wait = (wait * 2).min(HOLD_RETRY_MOST);
         }
     });
     true
