@@ -14,6 +14,7 @@ use super::config::BrokerConfig;
 use super::connect_rate::{ConnectRates, PrincipalRates};
 use super::exchanges;
 use super::expiry::Expiries;
+use super::kept::Kept;
 use super::limits::ConnectionCount;
 use super::message::{Message, Publication};
 use super::observe;
@@ -95,6 +96,8 @@ pub(super) struct Inner {
     pub pending_wills: PendingWills,
     /// When the offline sessions end.
     pub expiries: Expiries,
+    /// Sessions kept after a failed resume, until their rows name this node (`kept`).
+    pub kept: Kept,
 }
 
 impl Broker {
@@ -143,6 +146,7 @@ impl Broker {
                 background: Census::default(),
                 awaiting: awaiting::places(config_max_awaiting),
                 expiries: Expiries::default(),
+                kept: Kept::default(),
             }),
         };
         if let Some(cluster) = &broker.inner.cluster {

@@ -29,6 +29,7 @@ mod expiry;
 mod handle;
 mod inbound_publish;
 mod inbound_qos;
+mod kept;
 mod known_credentials;
 mod limits;
 mod listener;

@@ -10,7 +10,7 @@ use super::handle::Broker;
 use super::registry::{NEVER, Session};
 use super::will::Will;
 use crate::auth::Principal;
-use crate::cluster::{Cluster, HeldSession, LetGoHeld, Restored, SessionError, SessionRow};
+use crate::cluster::{Cluster, HeldSession, Restored, SessionError, SessionRow};
 use crate::mqtt;
 use crate::topic::ClientKey;
 
@@ -168,17 +168,10 @@ pub(super) async fn durable_session(
     Ok((restored, resuming))
 }
 
-/// How long a session held after a failed resume first waits to try again to record that this
-/// node holds it; each failure doubles the wait, up to [`HOLD_RETRY_MOST`], so that the
-/// sessions of a drain that met a database outage do not each ask every second.
-const HOLD_RETRY: Duration = Duration::from_secs(1);
-const HOLD_RETRY_MOST: Duration = Duration::from_secs(30);
-
 /// Keeps `session` here after a failed resume ([`Resuming::hold`]) until it expires, and
-/// records in its row, from the node `from` that let it go, that this node holds it: from
-/// then on its queue is in Postgres and a resume elsewhere asks this node for it. Tried again
-/// while the database fails; given up if its client came back meanwhile, here or elsewhere
-/// (a later claim than `claim`). Whether it stays.
+/// has its row record, from the node `from` that let it go, that this node holds it (`kept`):
+/// from then on its queue is in Postgres and a resume elsewhere asks this node for it.
+/// Whether it stays.
 fn hold_let_go(
     broker: &Broker,
     session: &Arc<Session>,
@@ -203,41 +196,9 @@ fn hold_let_go(
         // Never attached: its connection is 0 until a client takes it up.
         broker.expire_after(session, 0, expiry);
     }
-    let weak = Arc::downgrade(&broker.inner);
-    let stopping = broker.stopping_signal().clone();
-    let session = session.clone();
-    let from = from.to_owned();
-    tokio::spawn(async move {
-        let mut wait = HOLD_RETRY;
-        loop {
-            let Some(inner) = weak.upgrade() else { return };
-            let broker = Broker { inner };
-            if !broker.sessions().kept_unrecorded(&session) {
-                return;
-            }
-            let Some(cluster) = broker.cluster() else {
-                return;
-            };
-            match cluster.hold_let_go(&from, &session.key, claim).await {
-                Ok(LetGoHeld::Recorded) => return broker.sessions().kept_recorded(&session),
-                // A connection here takes it up (the copy is not made to spool under it).
-                Ok(LetGoHeld::ClaimedHere) => return,
-                // Its client came back through another node, or the row went: as any
-                // prepared copy, it leaves what it received to the stored session's queue.
-                Ok(LetGoHeld::Elsewhere) => {
-                    return broker.sessions().discard_prepared(&session, true);
-                }
-                Err(e) => {
-                    tracing::warn!(client = %session.key, error = %e, "cannot record that this node holds a session; trying again")
-                }
-            }
-            drop(broker);
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = stopping.cancelled() => return,
-            }
-            wait = (wait * 2).min(HOLD_RETRY_MOST);
-        }
-    });
+    broker
+        .inner
+        .kept
+        .owe(broker, session.clone(), from.to_owned(), claim);
     true
 }

@@ -1,0 +1,120 @@
+//! Sessions a node keeps after a resume failed once the node holding them had let them go
+//! (decision 014, "A resume that fails after the hand-over"): each is held here offline, and
+//! its row must come to name this node, so that its queue goes to Postgres and a resume
+//! elsewhere asks this node for it. One task records them all, as soon as one is kept and then
+//! every heartbeat while the database refuses; the first failure ends a pass, so a drain that
+//! met a database outage, leaving thousands of them, costs one refused statement per beat,
+//! not one per session.
+
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use tokio::sync::Notify;
+
+use super::handle::{Broker, Inner};
+use super::registry::Session;
+use crate::cluster::{BEAT, LetGoHeld};
+
+/// A kept session whose row does not name this node yet.
+struct Owed {
+    session: Arc<Session>,
+    /// The node that let it go, which its row still names.
+    from: String,
+    /// The failed CONNECT's claim on the client id: a later one means its client came back.
+    claim: u64,
+}
+
+/// A cheap handle on the node's kept sessions.
+#[derive(Clone, Default)]
+pub(super) struct Kept {
+    inner: Arc<KeptInner>,
+}
+
+#[derive(Default)]
+struct KeptInner {
+    owed: Mutex<Vec<Owed>>,
+    /// Told when one is added.
+    added: Notify,
+    started: OnceLock<()>,
+}
+
+impl Kept {
+    /// `session` is kept here; its row is recorded as this node's from `from`'s unless the
+    /// client id is claimed after `claim`.
+    pub fn owe(&self, broker: &Broker, session: Arc<Session>, from: String, claim: u64) {
+        self.inner.started.get_or_init(|| {
+            tokio::spawn(self.clone().run(Arc::downgrade(&broker.inner)));
+        });
+        self.owed().push(Owed {
+            session,
+            from,
+            claim,
+        });
+        self.inner.added.notify_one();
+    }
+
+    fn owed(&self) -> std::sync::MutexGuard<'_, Vec<Owed>> {
+        self.inner
+            .owed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn run(self, broker: Weak<Inner>) {
+        loop {
+            let pending = std::mem::take(&mut *self.owed());
+            let Some(inner) = broker.upgrade() else {
+                return;
+            };
+            let broker = Broker { inner };
+            let left = record(&broker, pending).await;
+            let stopping = broker.stopping_signal().clone();
+            drop(broker);
+            let again = !left.is_empty();
+            self.owed().extend(left);
+            // While the database refuses, the next pass waits a beat; otherwise until one is
+            // added.
+            let wait = async {
+                if again {
+                    tokio::time::sleep(BEAT).await;
+                } else {
+                    self.inner.added.notified().await;
+                }
+            };
+            tokio::select! {
+                () = wait => {}
+                () = stopping.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Records each of `pending` that is still kept; returns those the database did not take,
+/// from the first it refused on.
+async fn record(broker: &Broker, pending: Vec<Owed>) -> Vec<Owed> {
+    let Some(cluster) = broker.cluster() else {
+        return Vec::new();
+    };
+    let sessions = broker.sessions();
+    let mut pending = pending.into_iter();
+    while let Some(owed) = pending.next() {
+        if !sessions.kept_unrecorded(&owed.session) {
+            continue;
+        }
+        match cluster
+            .hold_let_go(&owed.from, &owed.session.key, owed.claim)
+            .await
+        {
+            Ok(LetGoHeld::Recorded) => sessions.kept_recorded(&owed.session),
+            // A connection here takes it up (the copy is not made to spool under it).
+            Ok(LetGoHeld::ClaimedHere) => {}
+            // Its client came back through another node, or the row went: as any prepared
+            // copy, it leaves what it received to the stored session's queue.
+            Ok(LetGoHeld::Elsewhere) => sessions.discard_prepared(&owed.session, true),
+            Err(e) => {
+                tracing::warn!(client = %owed.session.key, error = %e, "cannot record that this node holds a session; trying again");
+                return std::iter::once(owed).chain(pending).collect();
+            }
+        }
+    }
+    Vec::new()
+}
