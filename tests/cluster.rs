@@ -1634,6 +1634,46 @@ async fn a_session_whose_resume_failed_after_the_hand_over_is_recorded_once_the_
     a_failed_resume_then_back_through(Refused::Move, true).await;
 }
 
+/// The client comes back through A while B still cannot record that it holds the session:
+/// A takes the row as it is, and B, finding A's later claim, lets its copy go with "four" (which
+/// only B held) to the session's queue in Postgres. "four" is late, not lost: the client's next
+/// resume brings it.
+#[tokio::test]
+async fn a_session_kept_after_a_failed_resume_hands_what_it_held_to_a_resume_elsewhere_late() {
+    let nats = Nats::start().await;
+    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
+        .ok()
+        .unwrap();
+    let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
+    let mut db = refuse_session_rows(&a, "gauge", Refused::Move).await;
+    resume_with_a_will_refused(&b, "gauge").await;
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"four")
+        .await;
+    // The row did not move, so A takes it as it is.
+    let (mut p, ack) = Raw::connect(&a, &persistent("gauge", false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    assert_eq!(
+        payloads(&mut p, 3).await,
+        [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
+    // B's next record finds A's claim and writes what its copy held to the queue.
+    until_queued(&a, "gauge", 1).await;
+    sqlx::raw_sql("DROP TRIGGER refuse_gauge ON cluster_sessions")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    p.send(&build::disconnect_v5(0)).await;
+    assert!(p.until_closed().await.is_empty());
+    let (mut p, ack) = Raw::connect(&a, &persistent("gauge", false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    assert_eq!(payloads(&mut p, 1).await, [b"four".to_vec()]);
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
+        .await;
+    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+}
+
 /// What B's record of holding a session whose resume failed does with the row, for each thing
 /// the row can say then. A take that commits after its connection gave up waiting leaves the
 /// row B's already, still connected, with the refused CONNECT's Will (and the queue gone with
