@@ -204,6 +204,41 @@ async fn a_drain_spreads_the_disconnects_over_its_time_and_publishes_no_will() {
     );
 }
 
+/// With `--mqtt-server-reference`, a drain tells MQTT 5 clients where to go: DISCONNECT 0x9C
+/// Use another server with that Server Reference (MQTT 5 4.11), also on a node alone (without
+/// it, 0x8B: the test above). An MQTT 3.1.1 client, which has no DISCONNECT to read, is closed.
+#[tokio::test]
+async fn a_drain_with_a_server_reference_tells_mqtt5_clients_where_to_go() {
+    use common::mqtt::raw::{Raw, read_packet};
+    let db = common::fresh_db(Backend::Sqlite).await;
+    let mut config = common::test_config(&db.url);
+    config.mqtt_drain_time = Duration::from_millis(500);
+    config.mqtt_server_reference = Some("mqtt-b.example.com:8883".into());
+    let app = common::spawn_app_with(db, config).await;
+    let mut v5 = connect(app.mqtt_addr, "v5").await;
+    let (mut v3, ack) = Raw::connect(&app, &build::connect("v3", true, 60, None)).await;
+    assert_eq!(ack.body[1], 0);
+    let stopping = tokio::spawn(app.stop());
+    let goodbye = common::mqtt::within("a DISCONNECT", read_packet(&mut v5))
+        .await
+        .expect("a DISCONNECT before the close");
+    assert_eq!(goodbye.disconnect_reason(), 0x9C, "Use another server");
+    // Reason code, then the properties' length (one byte here), then Server Reference (0x1C),
+    // a two-byte length and the string.
+    let props = &goodbye.body[2..];
+    assert_eq!(usize::from(goodbye.body[1]), props.len(), "{goodbye:?}");
+    assert_eq!(props[0], 0x1C, "Server Reference: {goodbye:?}");
+    let len = usize::from(u16::from_be_bytes([props[1], props[2]]));
+    assert_eq!(&props[3..3 + len], b"mqtt-b.example.com:8883");
+    assert!(
+        v3.until_closed().await.is_empty(),
+        "closed without a DISCONNECT"
+    );
+    common::mqtt::within("the shutdown", stopping)
+        .await
+        .unwrap();
+}
+
 /// A connection that has not sent its CONNECT when shutdown begins is closed at once: it
 /// would get no session now. Before, shutdown waited out the MQTT grace (5 s) for it.
 #[tokio::test]

@@ -272,6 +272,13 @@ pub struct ServeConfig {
           value_parser = humantime::parse_duration)]
     pub mqtt_drain_time: Duration,
 
+    /// Where the clients a drain asks to leave should reconnect (e.g. mqtt.example.com:8883),
+    /// told to MQTT 5 clients as the Server Reference of their DISCONNECT 0x9C Use another
+    /// server (MQTT 5 4.11); with it a drain says 0x9C on a node alone too. Clients that act
+    /// on it connect there; others reconnect as they would. Off: none is sent.
+    #[arg(long, env = "RETAIND_MQTT_SERVER_REFERENCE", value_parser = server_reference)]
+    pub mqtt_server_reference: Option<String>,
+
     /// Priority of a connection delivering a large retained set (a subscription whose retained
     /// messages take more than one page of reads): `background` runs it on threads that yield
     /// to every other thread of the machine until its reads are done, so that live publishes
@@ -580,11 +587,30 @@ impl ServeConfig {
     }
 }
 
+/// An MQTT 5 Server Reference: a UTF-8 string of the protocol (at most 65,535 bytes, no
+/// U+0000), without control characters, which a client would have to refuse or log as they
+/// are; not empty.
+fn server_reference(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Err("empty: leave the setting out to send none".into());
+    }
+    if value.len() > usize::from(u16::MAX) {
+        return Err(format!(
+            "{} bytes; an MQTT string holds at most 65,535",
+            value.len()
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("holds a control character".into());
+    }
+    Ok(value.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, Parser};
 
-    use super::Cli;
+    use super::{Cli, server_reference};
 
     #[test]
     fn help_does_not_print_the_database_url_from_the_environment() {
@@ -641,5 +667,18 @@ mod tests {
                 "docker-compose.yml sets {name}, which no flag reads"
             );
         }
+    }
+
+    #[test]
+    fn a_server_reference_is_a_non_empty_mqtt_string_without_control_characters() {
+        assert_eq!(
+            server_reference("mqtt.example.com:8883").as_deref(),
+            Ok("mqtt.example.com:8883")
+        );
+        assert!(server_reference("").is_err());
+        assert!(server_reference("a\u{0}b").is_err());
+        assert!(server_reference("line\nbreak").is_err());
+        assert!(server_reference(&"x".repeat(65_535)).is_ok());
+        assert!(server_reference(&"x".repeat(65_536)).is_err());
     }
 }

@@ -228,6 +228,10 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_session_expiry: config.mqtt_max_session_expiry,
             write_timeout: config.mqtt_write_timeout,
             drain_time: config.mqtt_drain_time,
+            server_reference: config
+                .mqtt_server_reference
+                .as_deref()
+                .map(std::sync::Arc::from),
             sys_interval: config.sys_interval,
             retained_in_background: !matches!(
                 config.mqtt_retained_delivery_priority,

@@ -575,6 +575,11 @@ impl Client {
         self.broker.shutdown_signal().is_cancelled()
     }
 
+    /// Where a drain tells the client to go (`--mqtt-server-reference`), if anywhere.
+    pub fn server_reference(&self) -> Option<&str> {
+        self.broker.config().server_reference.as_deref()
+    }
+
     /// What goes to the client besides answers.
     pub fn outbound(&mut self) -> &mut Outbound {
         &mut self.outbound

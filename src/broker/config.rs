@@ -1,5 +1,6 @@
 //! The broker's limits and advertised values, as the application configures them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::topic::TopicLimits;
@@ -57,6 +58,9 @@ pub struct BrokerConfig {
     /// At shutdown, the time over which connected clients are asked to leave, one after
     /// another, so that they reconnect to the other nodes a few at a time; zero: all at once.
     pub drain_time: Duration,
+    /// Where MQTT 5 clients asked to leave by a drain are told to go (the Server Reference of
+    /// their DISCONNECT 0x9C Use another server); a drain on a node alone then says 0x9C too.
+    pub server_reference: Option<Arc<str>>,
 }
 
 impl Default for BrokerConfig {
@@ -85,6 +89,7 @@ impl Default for BrokerConfig {
             sys_interval: Duration::ZERO,
             retained_in_background: true,
             drain_time: Duration::ZERO,
+            server_reference: None,
         }
     }
 }

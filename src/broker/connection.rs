@@ -619,9 +619,14 @@ where
         // code (and paho-mqtt 2.1 reads the code only from a DISCONNECT with properties).
         let reason_string = (reason == DisconnectReasonCode::AdministrativeAction)
             .then(|| "disconnected by an operator (DeleteConnection)".into());
+        // Only a drain says Use another server; where to, if the operator said.
+        let server_reference = (reason == DisconnectReasonCode::UseAnotherServer)
+            .then(|| self.client.server_reference().map(Into::into))
+            .flatten();
         let goodbye = Packet::Disconnect(Disconnect {
             reason_code: reason,
             reason_string,
+            server_reference,
             ..Disconnect::default()
         });
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.framed.send(goodbye)).await;

@@ -309,7 +309,9 @@ impl Broker {
         self.inner.stopping.cancel();
         let drain_time = self.inner.config.drain_time;
         if !drain_time.is_zero() {
-            let others_serve = self.inner.cluster.is_some();
+            // A Server Reference names another server even for a node alone.
+            let others_serve =
+                self.inner.cluster.is_some() || self.inner.config.server_reference.is_some();
             let asked = super::drain::drain(&self.inner.sessions, drain_time, others_serve).await;
             // Alone, nobody will ask for them.
             if self.cluster().is_some_and(|c| c.live_nodes() > 1) {
