@@ -642,9 +642,7 @@ impl Sessions {
             state.set_offline(true);
             if let Some(cluster) = &self.cluster {
                 // Its queue moves to Postgres, where any node can take it up.
-                for d in state.start_spooling(Stored::default()) {
-                    spool(cluster, &session.key, &d);
-                }
+                start_spooling(cluster, &session.key, &mut state);
             }
         }
         if let Some(cluster) = &self.cluster {
@@ -809,9 +807,7 @@ impl Sessions {
         drop(registry);
         if keep_queue && let Some(cluster) = &self.cluster {
             let mut state = session.state();
-            for d in state.start_spooling(Stored::default()) {
-                spool(cluster, &session.key, &d);
-            }
+            start_spooling(cluster, &session.key, &mut state);
         }
         self.unsubscribe_all(session);
     }
@@ -854,9 +850,7 @@ impl Sessions {
         }
         if let Some(cluster) = &self.cluster {
             let mut state = session.state();
-            for d in state.start_spooling(Stored::default()) {
-                spool(cluster, &session.key, &d);
-            }
+            start_spooling(cluster, &session.key, &mut state);
         }
         drop(registry);
     }
@@ -968,9 +962,7 @@ impl Sessions {
         let mut exchanges = None;
         if keep_queue && let Some(cluster) = &self.cluster {
             let mut state = session.state();
-            for d in state.start_spooling(Stored::default()) {
-                spool(cluster, &session.key, &d);
-            }
+            start_spooling(cluster, &session.key, &mut state);
             exchanges = super::exchanges::encode(&state);
         }
         // Its connection, if any, leaves the session alone when it ends.
@@ -1258,6 +1250,13 @@ impl Sessions {
 }
 
 /// Appends a message for an offline session to its queue in Postgres.
+/// `key`'s offline session queues in Postgres from now on, starting with what it queued here.
+fn start_spooling(cluster: &Cluster, key: &ClientKey, state: &mut SessionState) {
+    for d in state.start_spooling(Stored::default()) {
+        spool(cluster, key, &d);
+    }
+}
+
 fn spool(cluster: &Cluster, key: &ClientKey, d: &Delivery) {
     let m = &d.message;
     let ids = d.subscription_ids.iter().map(|i| i.get()).collect();
