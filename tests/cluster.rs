@@ -25,6 +25,11 @@ async fn nodes(nats: &Nats, n: usize) -> Vec<TestApp> {
 }
 
 /// [`nodes`], with the principals of the file at `principals`, if any.
+/// Two nodes of one service, A and B.
+async fn two_nodes(nats: &Nats) -> [TestApp; 2] {
+    <[TestApp; 2]>::try_from(nodes(nats, 2).await).ok().unwrap()
+}
+
 async fn nodes_with(nats: &Nats, n: usize, principals: Option<&std::path::Path>) -> Vec<TestApp> {
     common::cluster_nodes_with(&nats.url(), n, |c| {
         c.principals = principals.map(std::path::Path::to_path_buf);
@@ -185,9 +190,7 @@ async fn every_publish_on_any_node_reaches_each_matching_subscription_on_the_oth
 #[tokio::test]
 async fn a_publisher_keeps_its_order_across_nodes_and_retained_messages_are_stored_once() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut on_b, _) = V5::connect(v5_options(&b, "sub")).await;
     on_b.subscribe("seq/#", Qos5::AtLeastOnce).await;
     until_sends(&a, "seq/n").await;
@@ -226,9 +229,7 @@ async fn a_publisher_keeps_its_order_across_nodes_and_retained_messages_are_stor
 #[tokio::test]
 async fn a_node_sends_nats_nothing_for_topics_no_other_node_wants() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut on_b, _) = V5::connect(v5_options(&b, "sub")).await;
     on_b.subscribe("wanted/+", Qos5::AtMostOnce).await;
     until_sends(&a, "wanted/x").await;
@@ -271,9 +272,7 @@ async fn a_node_sends_nats_nothing_for_topics_no_other_node_wants() {
 #[tokio::test]
 async fn subscriptions_made_together_are_announced_together_in_their_order() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let unsubscribe = |pkid: u16, filter: &str| {
         let mut body = pkid.to_be_bytes().to_vec();
         body.push(0);
@@ -415,9 +414,7 @@ async fn interest_keys_of_a_node_that_is_gone_are_removed() {
 #[tokio::test]
 async fn a_subscription_that_ends_stops_the_traffic_to_its_node() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut on_b, _) = V5::connect(v5_options(&b, "sub")).await;
     on_b.subscribe("gone/x", Qos5::AtMostOnce).await;
     until_sends(&a, "gone/x").await;
@@ -477,9 +474,7 @@ async fn a_subscription_that_ends_while_nats_is_unreachable_stops_the_traffic_on
 #[tokio::test]
 async fn nats_lost_and_back_local_delivery_goes_on_readyz_says_so_and_routing_resumes() {
     let mut nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut on_b, _) = V5::connect(v5_options(&b, "sub-b")).await;
     on_b.subscribe("n/x", Qos5::AtLeastOnce).await;
     let (mut on_a, _) = V5::connect(v5_options(&a, "sub-a")).await;
@@ -550,9 +545,7 @@ async fn nats_lost_and_back_local_delivery_goes_on_readyz_says_so_and_routing_re
 #[tokio::test]
 async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_once_it_can() {
     let mut nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut on_b, _) = V5::connect(v5_options(&b, "sub-b")).await;
     on_b.subscribe("fill/#", Qos5::AtMostOnce).await;
     until_sends(&a, "fill/0").await;
@@ -619,9 +612,7 @@ async fn a_subscribe_while_nats_cannot_take_commands_is_answered_and_announced_o
 #[tokio::test]
 async fn while_nats_is_away_the_publishes_waiting_for_it_are_bounded_by_bytes() {
     let mut nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut on_b, _) = V5::connect(v5_options(&b, "sub-b")).await;
     on_b.subscribe("big/#", Qos5::AtMostOnce).await;
     until_sends(&a, "big/x").await;
@@ -940,9 +931,7 @@ async fn a_queue_write_the_database_does_not_answer_is_given_up_and_the_next_is_
 #[tokio::test]
 async fn a_burst_for_one_topic_crosses_in_fewer_nats_messages_in_order() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut on_b, _) = V5::connect(v5_options(&b, "sub-b")).await;
     on_b.subscribe("burst/x", Qos5::AtLeastOnce).await;
     until_sends(&a, "burst/x").await;
@@ -1049,9 +1038,7 @@ async fn a_node_refuses_to_start_as_an_island() {
 #[tokio::test]
 async fn a_client_id_connected_on_another_node_is_taken_over() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
 
     // MQTT 5 on A, then the same id on B: A's connection gets DISCONNECT 0x8E.
     let (mut old, _) = Raw::connect(&a, &build::connect("dev", true, 60, Some(&[]))).await;
@@ -1075,9 +1062,7 @@ async fn a_client_id_connected_on_another_node_is_taken_over() {
 #[tokio::test]
 async fn a_take_over_across_nodes_publishes_the_old_connections_will_once() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut w, _) = V5::connect(v5_options(&b, "watcher")).await;
     w.subscribe("will/#", Qos5::AtLeastOnce).await;
     until_sends(&a, "will/t").await;
@@ -1105,9 +1090,7 @@ async fn a_take_over_across_nodes_publishes_the_old_connections_will_once() {
 #[tokio::test]
 async fn a_stale_connection_closes_even_if_its_take_over_notice_is_lost() {
     let nats = Nats::start().await;
-    let [a, _b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, _b] = two_nodes(&nats).await;
     let (mut old, _) = Raw::connect(&a, &build::connect("quiet", true, 60, Some(&[]))).await;
     // Another node's claim that sent no notice: only the database knows.
     let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
@@ -1410,6 +1393,14 @@ async fn away_with_three_queued(a: &TestApp, b: &TestApp, client: &str) -> V5 {
     publisher
 }
 
+/// "live", published by `publisher` on `inbox/1` now, reaches `p`.
+async fn live_arrives(publisher: &mut V5, p: &mut Raw) {
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
+        .await;
+    assert_eq!(payloads(p, 1).await, [b"live".to_vec()]);
+}
+
 /// `client` comes back on `node`: session present, "one", "two" and "three" (queued for it, in
 /// that order), then "live", published by `publisher` once it is back.
 async fn resumes_with_three_then_live(node: &TestApp, client: &str, publisher: &mut V5) {
@@ -1419,18 +1410,13 @@ async fn resumes_with_three_then_live(node: &TestApp, client: &str, publisher: &
         payloads(&mut p, 3).await,
         [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
     );
-    publisher
-        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
-        .await;
-    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+    live_arrives(publisher, &mut p).await;
 }
 
 #[tokio::test]
 async fn a_persistent_session_resumes_on_another_node_with_what_was_queued_for_it() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut p, ack) = Raw::connect(&a, &persistent("phone", true)).await;
     assert_eq!(ack.body[0], 0, "a new session");
     p.send(&build::subscribe(1, "inbox/#", 1, Some(&[]))).await;
@@ -1470,9 +1456,7 @@ async fn a_persistent_session_resumes_on_another_node_with_what_was_queued_for_i
 #[tokio::test]
 async fn a_resume_whose_session_cannot_be_recorded_is_refused_and_takes_nothing() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let mut publisher = away_with_three_queued(&a, &b, "meter").await;
 
     // The database refuses this client a Will, so a connection with one cannot be recorded.
@@ -1552,9 +1536,7 @@ enum Refused {
 /// back no node held the session's subscriptions, and "four" was lost.
 async fn a_failed_resume_then_back_through(refused: Refused, back_on_a: bool) {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
     let mut db = refuse_session_rows(&a, "gauge", refused).await;
     resume_with_a_will_refused(&b, "gauge").await;
@@ -1611,10 +1593,7 @@ async fn a_failed_resume_then_back_through(refused: Refused, back_on_a: bool) {
             b"four".to_vec()
         ]
     );
-    publisher
-        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
-        .await;
-    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+    live_arrives(&mut publisher, &mut p).await;
 }
 
 #[tokio::test]
@@ -1641,9 +1620,7 @@ async fn a_session_whose_resume_failed_after_the_hand_over_is_recorded_once_the_
 #[tokio::test]
 async fn a_session_kept_after_a_failed_resume_hands_what_it_held_to_a_resume_elsewhere_late() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
     let mut db = refuse_session_rows(&a, "gauge", Refused::Move).await;
     resume_with_a_will_refused(&b, "gauge").await;
@@ -1668,10 +1645,7 @@ async fn a_session_kept_after_a_failed_resume_hands_what_it_held_to_a_resume_els
     let (mut p, ack) = Raw::connect(&a, &persistent("gauge", false)).await;
     assert_eq!(ack.body[0], 1, "session present");
     assert_eq!(payloads(&mut p, 1).await, [b"four".to_vec()]);
-    publisher
-        .publish("inbox/1", Qos5::AtLeastOnce, false, b"live")
-        .await;
-    assert_eq!(payloads(&mut p, 1).await, [b"live".to_vec()]);
+    live_arrives(&mut publisher, &mut p).await;
 }
 
 /// What B's record of holding a session whose resume failed does with the row, for each thing
@@ -1682,9 +1656,7 @@ async fn a_session_kept_after_a_failed_resume_hands_what_it_held_to_a_resume_els
 #[tokio::test]
 async fn the_record_of_a_session_kept_after_a_failed_resume_sets_its_row_right_or_leaves_it() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let _publisher = away_with_three_queued(&a, &b, "late").await;
     let (a_node, b_node) = (cluster(&a).node(), cluster(&b).node());
     let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
@@ -1755,9 +1727,7 @@ async fn the_record_of_a_session_kept_after_a_failed_resume_sets_its_row_right_o
 #[tokio::test]
 async fn a_killed_nodes_sessions_are_adopted_and_its_clients_wills_fire_once() {
     let nats = Nats::start().await;
-    let [a, c] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, c] = two_nodes(&nats).await;
     let mut b = Process::start(&a.db.url, &["--cluster-url", &nats.url()]).await;
     let on_b = |id: &str| {
         let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", b.mqtt.port());
@@ -2102,9 +2072,7 @@ async fn a_holds(app: &TestApp, client: &str) -> bool {
 #[tokio::test]
 async fn a_clean_start_on_another_node_ends_the_session_held_elsewhere() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut p, _) = Raw::connect(&a, &persistent("phone", true)).await;
     p.send(&build::subscribe(1, "old/#", 1, Some(&[]))).await;
     p.expect(9).await;
@@ -2146,9 +2114,7 @@ async fn a_clean_start_on_another_node_ends_the_session_held_elsewhere() {
 #[tokio::test]
 async fn a_persistent_session_resumes_on_its_own_node_with_its_queue_from_postgres() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let mut publisher = away_with_three_queued(&a, &b, "tablet").await;
     // Back on A, which held the session: the queue comes from Postgres, in order.
     resumes_with_three_then_live(&a, "tablet", &mut publisher).await;
@@ -2509,9 +2475,7 @@ async fn a_drained_node_answers_for_its_sessions_until_their_clients_come_back()
 #[tokio::test]
 async fn a_connection_is_deleted_from_any_node() {
     let nats = Nats::start().await;
-    let [a, b] = <[TestApp; 2]>::try_from(nodes(&nats, 2).await)
-        .ok()
-        .unwrap();
+    let [a, b] = two_nodes(&nats).await;
     let (mut dev, _) = Raw::connect(&b, &build::connect("remote/dev", true, 60, Some(&[]))).await;
     let delete = |app: &TestApp| app.http.delete(app.url("/connections/remote%2Fdev")).send();
     let res = delete(&a).await.unwrap();
