@@ -1540,6 +1540,12 @@ async fn a_failed_resume_then_back_through(refused: Refused, back_on_a: bool) {
     let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
     let mut db = refuse_session_rows(&a, "gauge", refused).await;
     resume_with_a_will_refused(&b, "gauge").await;
+    assert_eq!(cluster(&b).stats().resumes_kept, 1, "counted");
+    let page = b.get("/metrics").await.text().await.unwrap();
+    assert!(
+        page.contains("retaind_cluster_resumes_kept_total 1"),
+        "{page}"
+    );
 
     publisher
         .publish("inbox/1", Qos5::AtLeastOnce, false, b"four")

@@ -54,6 +54,7 @@ pub(super) fn on_scrape(broker: &Broker) {
             (&c.taken_for_dead, s.taken_for_dead),
             (&c.nats_reconnections, s.nats_reconnections),
             (&c.handovers_missed, s.handovers_missed),
+            (&c.resumes_kept, s.resumes_kept),
         ] {
             ClusterCounters::catch_up(counter, total);
         }

@@ -191,6 +191,9 @@ fn hold_let_go(
     if !broker.sessions().keep_prepared(session, expires_at_ms) {
         return false;
     }
+    if let Some(cluster) = broker.cluster() {
+        cluster.resume_kept();
+    }
     tracing::warn!(client = %session.key, node = %from, "a resume failed after the node holding the session let it go: holding it here until its client returns");
     if expires {
         // Never attached: its connection is 0 until a client takes it up.

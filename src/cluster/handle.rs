@@ -110,6 +110,8 @@ pub struct ClusterStats {
     /// Sessions taken up here as stored because the node holding them did not hand them over
     /// in time (or no longer answered: it had stopped).
     pub handovers_missed: u64,
+    /// Sessions kept here after a resume failed once the node holding them had let them go.
+    pub resumes_kept: u64,
 }
 
 #[derive(Clone)]
@@ -136,6 +138,7 @@ struct Inner {
     not_forwarded: AtomicU64,
     dropped: AtomicU64,
     handovers_missed: AtomicU64,
+    resumes_kept: AtomicU64,
     unannounced: Arc<AtomicU64>,
     /// What the heartbeats say of the nodes.
     headcount: Arc<Headcount>,
@@ -383,6 +386,7 @@ impl Cluster {
                 not_forwarded: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 handovers_missed: AtomicU64::new(0),
+                resumes_kept: AtomicU64::new(0),
                 unannounced,
                 headcount,
                 members_here: RwLock::new(SubscriptionTree::new()),
@@ -583,6 +587,7 @@ impl Cluster {
             taken_for_dead: i.headcount.taken_for_dead(),
             nats_reconnections: i.link.reconnections(),
             handovers_missed: load(&i.handovers_missed),
+            resumes_kept: load(&i.resumes_kept),
         }
     }
 
@@ -689,6 +694,11 @@ impl Cluster {
     /// to resume (see [`Sessions::take`]).
     pub async fn take(&self, row: &SessionRow<'_>) -> Result<Option<Restored>, SessionError> {
         self.inner.sessions.take(&self.inner.node, row).await
+    }
+
+    /// A session is kept here after a resume failed once its holder had let it go: counted.
+    pub fn resume_kept(&self) {
+        self.inner.resumes_kept.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A resume here failed after `from` let `client_id`'s session go: this node holds it

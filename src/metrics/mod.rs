@@ -98,6 +98,7 @@ pub struct ClusterCounters {
     pub taken_for_dead: Counter,
     pub nats_reconnections: Counter,
     pub handovers_missed: Counter,
+    pub resumes_kept: Counter,
 }
 
 impl ClusterCounters {
@@ -430,6 +431,11 @@ impl Metrics {
                 "retaind_cluster_handovers_missed",
                 "Sessions taken up as stored because the node holding them did not hand them over in time",
                 &c.handovers_missed,
+            ),
+            (
+                "retaind_cluster_resumes_kept",
+                "Sessions kept on this node after a resume failed once the node holding them had let them go",
+                &c.resumes_kept,
             ),
             (
                 "retaind_cluster_nats_reconnections",
