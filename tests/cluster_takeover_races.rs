@@ -482,6 +482,64 @@ async fn a_sessions_open_qos2_exchanges_survive_a_clean_stop_of_its_node() {
     );
 }
 
+/// A resume through A fails after B, which held the session, let it go (the database refuses
+/// the take: a trigger refuses this client a Will): A keeps the session (decision 014, "A
+/// resume that fails after the hand-over"), and the QoS 2 exchanges B wrote into the row as it
+/// let go stay there for the next take. The client's next resume, through A, gets the PUBREL it
+/// is owed and its resend recognised.
+#[tokio::test]
+async fn open_qos2_exchanges_survive_a_resume_that_failed_after_the_hand_over() {
+    let nats = Nats::start().await;
+    let [a, b] = two(&nats, |_| {}).await;
+    let (mut sub, pkid, back) = open_exchanges(&b, &a).await;
+    let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_sx_will() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.client_id = 'sx' AND NEW.will IS NOT NULL THEN \
+           RAISE EXCEPTION 'no Will for sx'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_sx_will BEFORE INSERT OR UPDATE ON cluster_sessions \
+           FOR EACH ROW EXECUTE FUNCTION refuse_sx_will();",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let will = build::Will {
+        topic: "will/sx",
+        payload: b"bye",
+        qos: 0,
+        retain: false,
+        props: &[],
+    };
+    let persistent = prop_u32(SESSION_EXPIRY, 300);
+    let connect = build::connect_with_will("sx", false, 60, Some(&persistent), will);
+    let (mut refused, ack) = Raw::connect(&a, &connect).await;
+    assert_eq!(ack.body[1], 0x88, "MQTT 5 CONNACK: Server unavailable");
+    assert!(refused.until_closed().await.is_empty());
+    within("A to hold the session's row", async {
+        loop {
+            let node: String =
+                sqlx::query_scalar("SELECT node FROM cluster_sessions WHERE client_id = 'sx'")
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap();
+            if node == cluster(&a).node() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    sqlx::raw_sql("DROP TRIGGER refuse_sx_will ON cluster_sessions")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let next = resume_open_exchanges(&a, &mut sub, pkid, &back).await;
+    assert_eq!(
+        next, b"after",
+        "the resent QoS 2 message was delivered a second time"
+    );
+}
+
 /// Exchanges written into a row hold only as of the session's last end. A node of an older
 /// release does not know the column: when it resumes the session and its connection ends,
 /// it writes only `detached_at`, and the exchanges left in the row are those of a session
