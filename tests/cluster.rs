@@ -1654,6 +1654,40 @@ async fn a_session_kept_after_a_failed_resume_hands_what_it_held_to_a_resume_els
     live_arrives(&mut publisher, &mut p).await;
 }
 
+/// B keeps a session after a failed resume while the database refuses to record it, and is
+/// stopped as soon as the database would: its last pass, as it stops, records the row and
+/// writes what the copy held ("four") to Postgres, where A takes it up. Without that pass
+/// "four" was lost with B's memory.
+#[tokio::test]
+async fn a_session_kept_after_a_failed_resume_is_recorded_as_its_node_stops() {
+    let nats = Nats::start().await;
+    // `a` owns the test schema; `b` only shares it, so `b` is the one stopped.
+    let [a, b] = two_nodes(&nats).await;
+    let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
+    let mut db = refuse_session_rows(&a, "gauge", Refused::Move).await;
+    resume_with_a_will_refused(&b, "gauge").await;
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"four")
+        .await;
+    sqlx::raw_sql("DROP TRIGGER refuse_gauge ON cluster_sessions")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    // Well within the heartbeat after B's first refused record.
+    b.stop().await;
+    let (mut p, ack) = Raw::connect(&a, &persistent("gauge", false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    assert_eq!(
+        payloads(&mut p, 4).await,
+        [
+            b"one".to_vec(),
+            b"two".to_vec(),
+            b"three".to_vec(),
+            b"four".to_vec()
+        ]
+    );
+}
+
 /// What B's record of holding a session whose resume failed does with the row, for each thing
 /// the row can say then. A take that commits after its connection gave up waiting leaves the
 /// row B's already, still connected, with the refused CONNECT's Will (and the queue gone with

@@ -2,9 +2,9 @@
 //! (decision 014, "A resume that fails after the hand-over"): each is held here offline, and
 //! its row must come to name this node, so that its queue goes to Postgres and a resume
 //! elsewhere asks this node for it. One task records them all, as soon as one is kept and then
-//! every heartbeat while the database refuses; the first failure ends a pass, so a drain that
-//! met a database outage, leaving thousands of them, costs one refused statement per beat,
-//! not one per session.
+//! every heartbeat while the database refuses, and once more as the node stops; the first
+//! failure ends a pass, so a drain that met a database outage, leaving thousands of them,
+//! costs one refused statement per beat, not one per session.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -59,10 +59,10 @@ impl Kept {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn run(self, broker: Weak<Inner>) {
+    async fn run(self, weak: Weak<Inner>) {
         loop {
             let pending = std::mem::take(&mut *self.owed());
-            let Some(inner) = broker.upgrade() else {
+            let Some(inner) = weak.upgrade() else {
                 return;
             };
             let broker = Broker { inner };
@@ -82,8 +82,26 @@ impl Kept {
             };
             tokio::select! {
                 () = wait => {}
-                () = stopping.cancelled() => return,
+                () = stopping.cancelled() => return self.last_pass(&weak).await,
             }
+        }
+    }
+
+    /// Once more as the node stops (its listeners closed, so no new one comes): a session
+    /// recorded now has its queue written to Postgres with the others' and is taken up by
+    /// another node; one the database still refuses is lost with this node's memory.
+    async fn last_pass(&self, broker: &Weak<Inner>) {
+        let pending = std::mem::take(&mut *self.owed());
+        let Some(inner) = broker.upgrade() else {
+            return;
+        };
+        let left = record(&Broker { inner }, pending).await;
+        if !left.is_empty() {
+            tracing::warn!(
+                sessions = left.len(),
+                "stopping with sessions kept after failed resumes whose rows the database did \
+                 not record: what they queued here is lost"
+            );
         }
     }
 }
