@@ -1528,6 +1528,37 @@ enum Refused {
     Move,
 }
 
+/// Where the tests of a failed resume start: nodes A and B, "gauge"'s session held by A with
+/// "one", "two" and "three" queued; its resume through B refused by the database as
+/// `refused` says, once A has let the session go; then "four" published (on B, by the
+/// returned publisher). Returns the nodes, the publisher and the connection that holds the
+/// refusal (`refuse_gauge`).
+async fn failed_resume_with_four(
+    nats: &Nats,
+    refused: Refused,
+) -> ([TestApp; 2], V5, sqlx::PgConnection) {
+    let [a, b] = two_nodes(nats).await;
+    let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
+    let db = refuse_session_rows(&a, "gauge", refused).await;
+    resume_with_a_will_refused(&b, "gauge").await;
+    publisher
+        .publish("inbox/1", Qos5::AtLeastOnce, false, b"four")
+        .await;
+    ([a, b], publisher, db)
+}
+
+/// "gauge" comes back on `node`: session present, "one" to "four" in order.
+async fn resumes_with_four(node: &TestApp) -> Raw {
+    let (mut p, ack) = Raw::connect(node, &persistent("gauge", false)).await;
+    assert_eq!(ack.body[0], 1, "session present");
+    let expected: Vec<Vec<u8>> = ["one", "two", "three", "four"]
+        .iter()
+        .map(|m| m.as_bytes().to_vec())
+        .collect();
+    assert_eq!(payloads(&mut p, 4).await, expected);
+    p
+}
+
 /// A resume that fails after the node holding the session let it go (the take did not
 /// commit) leaves the session with the node that tried, and its row says so once the
 /// database lets it: what is published for it before its client comes back waits for it,
@@ -1536,20 +1567,13 @@ enum Refused {
 /// back no node held the session's subscriptions, and "four" was lost.
 async fn a_failed_resume_then_back_through(refused: Refused, back_on_a: bool) {
     let nats = Nats::start().await;
-    let [a, b] = two_nodes(&nats).await;
-    let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
-    let mut db = refuse_session_rows(&a, "gauge", refused).await;
-    resume_with_a_will_refused(&b, "gauge").await;
+    let ([a, b], mut publisher, mut db) = failed_resume_with_four(&nats, refused).await;
     assert_eq!(cluster(&b).stats().resumes_kept, 1, "counted");
     let page = b.get("/metrics").await.text().await.unwrap();
     assert!(
         page.contains("retaind_cluster_resumes_kept_total 1"),
         "{page}"
     );
-
-    publisher
-        .publish("inbox/1", Qos5::AtLeastOnce, false, b"four")
-        .await;
     let holder = || async {
         let mut db = sqlx::PgConnection::connect(&a.db.url).await.unwrap();
         sqlx::query_scalar::<_, String>(
@@ -1588,17 +1612,7 @@ async fn a_failed_resume_then_back_through(refused: Refused, back_on_a: bool) {
             .unwrap();
     }
     let node = if back_on_a { &a } else { &b };
-    let (mut p, ack) = Raw::connect(node, &persistent("gauge", false)).await;
-    assert_eq!(ack.body[0], 1, "session present");
-    assert_eq!(
-        payloads(&mut p, 4).await,
-        [
-            b"one".to_vec(),
-            b"two".to_vec(),
-            b"three".to_vec(),
-            b"four".to_vec()
-        ]
-    );
+    let mut p = resumes_with_four(node).await;
     live_arrives(&mut publisher, &mut p).await;
 }
 
@@ -1626,13 +1640,7 @@ async fn a_session_whose_resume_failed_after_the_hand_over_is_recorded_once_the_
 #[tokio::test]
 async fn a_session_kept_after_a_failed_resume_hands_what_it_held_to_a_resume_elsewhere_late() {
     let nats = Nats::start().await;
-    let [a, b] = two_nodes(&nats).await;
-    let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
-    let mut db = refuse_session_rows(&a, "gauge", Refused::Move).await;
-    resume_with_a_will_refused(&b, "gauge").await;
-    publisher
-        .publish("inbox/1", Qos5::AtLeastOnce, false, b"four")
-        .await;
+    let ([a, _b], mut publisher, mut db) = failed_resume_with_four(&nats, Refused::Move).await;
     // The row did not move, so A takes it as it is.
     let (mut p, ack) = Raw::connect(&a, &persistent("gauge", false)).await;
     assert_eq!(ack.body[0], 1, "session present");
@@ -1662,30 +1670,14 @@ async fn a_session_kept_after_a_failed_resume_hands_what_it_held_to_a_resume_els
 async fn a_session_kept_after_a_failed_resume_is_recorded_as_its_node_stops() {
     let nats = Nats::start().await;
     // `a` owns the test schema; `b` only shares it, so `b` is the one stopped.
-    let [a, b] = two_nodes(&nats).await;
-    let mut publisher = away_with_three_queued(&a, &b, "gauge").await;
-    let mut db = refuse_session_rows(&a, "gauge", Refused::Move).await;
-    resume_with_a_will_refused(&b, "gauge").await;
-    publisher
-        .publish("inbox/1", Qos5::AtLeastOnce, false, b"four")
-        .await;
+    let ([a, b], _publisher, mut db) = failed_resume_with_four(&nats, Refused::Move).await;
     sqlx::raw_sql("DROP TRIGGER refuse_gauge ON cluster_sessions")
         .execute(&mut db)
         .await
         .unwrap();
     // Well within the heartbeat after B's first refused record.
     b.stop().await;
-    let (mut p, ack) = Raw::connect(&a, &persistent("gauge", false)).await;
-    assert_eq!(ack.body[0], 1, "session present");
-    assert_eq!(
-        payloads(&mut p, 4).await,
-        [
-            b"one".to_vec(),
-            b"two".to_vec(),
-            b"three".to_vec(),
-            b"four".to_vec()
-        ]
-    );
+    resumes_with_four(&a).await;
 }
 
 /// What B's record of holding a session whose resume failed does with the row, for each thing
