@@ -1680,6 +1680,11 @@ async fn a_session_kept_after_a_failed_resume_is_recorded_as_its_node_stops() {
     resumes_with_four(&a).await;
 }
 
+/// Runs `sql` with `node` as its `$1`.
+async fn write(db: &mut sqlx::PgConnection, sql: &'static str, node: &str) {
+    sqlx::query(sql).bind(node).execute(db).await.unwrap();
+}
+
 /// What B's record of holding a session whose resume failed does with the row, for each thing
 /// the row can say then. A take that commits after its connection gave up waiting leaves the
 /// row B's already, still connected, with the refused CONNECT's Will (and the queue gone with
@@ -1695,22 +1700,20 @@ async fn the_record_of_a_session_kept_after_a_failed_resume_sets_its_row_right_o
     let row = "SELECT node, connected, will IS NULL, detached_at IS NOT NULL \
                FROM cluster_sessions WHERE client_id = 'late'";
     // The failed CONNECT's claim on B, and its take committed late.
-    sqlx::query(
+    write(
+        &mut db,
         "INSERT INTO cluster_clients (client_id, node, generation) VALUES ('late', $1, 7) \
          ON CONFLICT (client_id) DO UPDATE SET node = $1, generation = 7",
+        b_node,
     )
-    .bind(b_node)
-    .execute(&mut db)
-    .await
-    .unwrap();
-    sqlx::query(
+    .await;
+    write(
+        &mut db,
         "UPDATE cluster_sessions SET node = $1, connected = true, detached_at = NULL, \
            will = '\\x01' WHERE client_id = 'late'",
+        b_node,
     )
-    .bind(b_node)
-    .execute(&mut db)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         cluster(&b).hold_let_go(a_node, "late", 7).await.unwrap(),
         LetGoHeld::Recorded
@@ -1725,26 +1728,29 @@ async fn the_record_of_a_session_kept_after_a_failed_resume_sets_its_row_right_o
     );
 
     // The row A let go, the client back through A since: not moved.
-    sqlx::query("UPDATE cluster_sessions SET node = $1 WHERE client_id = 'late'")
-        .bind(a_node)
-        .execute(&mut db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE cluster_clients SET node = $1, generation = 8 WHERE client_id = 'late'")
-        .bind(a_node)
-        .execute(&mut db)
-        .await
-        .unwrap();
+    write(
+        &mut db,
+        "UPDATE cluster_sessions SET node = $1 WHERE client_id = 'late'",
+        a_node,
+    )
+    .await;
+    write(
+        &mut db,
+        "UPDATE cluster_clients SET node = $1, generation = 8 WHERE client_id = 'late'",
+        a_node,
+    )
+    .await;
     assert_eq!(
         cluster(&b).hold_let_go(a_node, "late", 7).await.unwrap(),
         LetGoHeld::Elsewhere
     );
     // Back through B since: B's connection takes it up.
-    sqlx::query("UPDATE cluster_clients SET node = $1 WHERE client_id = 'late'")
-        .bind(b_node)
-        .execute(&mut db)
-        .await
-        .unwrap();
+    write(
+        &mut db,
+        "UPDATE cluster_clients SET node = $1 WHERE client_id = 'late'",
+        b_node,
+    )
+    .await;
     assert_eq!(
         cluster(&b).hold_let_go(a_node, "late", 7).await.unwrap(),
         LetGoHeld::ClaimedHere

@@ -680,5 +680,11 @@ mod tests {
         assert!(server_reference("line\nbreak").is_err());
         assert!(server_reference(&"x".repeat(65_535)).is_ok());
         assert!(server_reference(&"x".repeat(65_536)).is_err());
+        // Refused where the flag is read, naming it, so the node does not start.
+        let err = Cli::try_parse_from(["retaind", "--mqtt-server-reference", "a\tb"])
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("--mqtt-server-reference"), "{err}");
+        assert!(err.to_string().contains("control character"), "{err}");
     }
 }

@@ -7,12 +7,45 @@
 //! costs one refused statement per beat, not one per session.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::handle::{Broker, Inner};
-use super::registry::Session;
+use super::registry::{NEVER, Session, ends_at_ms};
 use crate::cluster::{BEAT, LetGoHeld};
+
+/// Keeps `session` here after a failed resume (`Resuming::hold`) until it expires, and has
+/// its row record, from the node `from` that let it go, that this node holds it ([`Kept`]):
+/// from then on its queue is in Postgres and a resume elsewhere asks this node for it.
+/// Whether it stays.
+pub(super) fn keep(
+    broker: &Broker,
+    session: &Arc<Session>,
+    from: &str,
+    expiry_secs: u32,
+    claim: u64,
+) -> bool {
+    let expiry = Duration::from_secs(u64::from(expiry_secs));
+    let now_ms = broker.store().clock().now_ms();
+    let expires_at_ms = ends_at_ms(now_ms, expiry_secs, expiry);
+    if !broker.sessions().keep_prepared(session, expires_at_ms) {
+        return false;
+    }
+    if let Some(cluster) = broker.cluster() {
+        cluster.resume_kept();
+    }
+    tracing::warn!(client = %session.key, node = %from, "a resume failed after the node holding the session let it go: holding it here until its client returns");
+    if expires_at_ms != NEVER {
+        // Never attached: its connection is 0 until a client takes it up.
+        broker.expire_after(session, 0, expiry);
+    }
+    broker
+        .inner
+        .kept
+        .owe(broker, session.clone(), from.to_owned(), claim);
+    true
+}
 
 /// A kept session whose row does not name this node yet.
 struct Owed {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use super::handle::{Broker, Inner};
-use super::registry::NEVER;
+use super::registry::{NEVER, ends_at_ms};
 use crate::cluster::{Adopted, Cluster, Events, Routed, TakeOver};
 use crate::topic::{ClientKey, FilterSpec};
 
@@ -216,14 +216,8 @@ async fn give_up_adopted(broker: Weak<Inner>) {
 fn adopt(broker: &Broker, a: Adopted) {
     let expiry = Duration::from_secs(u64::from(a.expiry_secs));
     let left = expiry.saturating_sub(a.away);
-    // MQTT 5 §3.1.2.11.2: 0xFFFFFFFF, the session does not expire.
-    let expires = a.expiry_secs != u32::MAX;
-    let expires_at_ms = if expires {
-        let left_ms = i64::try_from(left.as_millis()).unwrap_or(NEVER);
-        broker.store().clock().now_ms().saturating_add(left_ms)
-    } else {
-        NEVER
-    };
+    let expires_at_ms = ends_at_ms(broker.store().clock().now_ms(), a.expiry_secs, left);
+    let expires = expires_at_ms != NEVER;
     if let Some(session) = broker.sessions().adopt(&a, expires_at_ms) {
         tracing::info!(client = %a.client_id, "holding the session of a node that is gone");
         if expires {

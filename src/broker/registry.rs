@@ -165,6 +165,16 @@ pub(super) struct Session {
 /// An offline session's [`Session::expires_at_ms`] when it does not expire.
 pub(super) const NEVER: i64 = i64::MAX;
 
+/// When a session whose Session Expiry Interval is `expiry_secs`, and which has `left` of it
+/// still to wait, ends (epoch ms, from `now_ms`); [`NEVER`] for 0xFFFFFFFF, which does not
+/// expire (MQTT 5 §3.1.2.11.2).
+pub(super) fn ends_at_ms(now_ms: i64, expiry_secs: u32, left: Duration) -> i64 {
+    if expiry_secs == u32::MAX {
+        return NEVER;
+    }
+    now_ms.saturating_add(i64::try_from(left.as_millis()).unwrap_or(NEVER))
+}
+
 const MOVED: u8 = 1;
 const MOVED_RESUMED: u8 = 2;
 /// The other nodes took this node for dead and adopted the session: the adopter published

@@ -4,10 +4,9 @@
 //! queueing until the node it moves to holds its subscriptions.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::handle::Broker;
-use super::registry::{NEVER, Session};
+use super::registry::Session;
 use super::will::Will;
 use crate::auth::Principal;
 use crate::cluster::{Cluster, HeldSession, Restored, SessionError, SessionRow};
@@ -81,7 +80,7 @@ impl Resuming {
             ..
         } = self
         {
-            *held = hold_let_go(broker, session, from, expiry_secs, claim);
+            *held = super::kept::keep(broker, session, from, expiry_secs, claim);
         }
     }
 }
@@ -166,42 +165,4 @@ pub(super) async fn durable_session(
         resuming = None;
     }
     Ok((restored, resuming))
-}
-
-/// Keeps `session` here after a failed resume ([`Resuming::hold`]) until it expires, and
-/// has its row record, from the node `from` that let it go, that this node holds it (`kept`):
-/// from then on its queue is in Postgres and a resume elsewhere asks this node for it.
-/// Whether it stays.
-fn hold_let_go(
-    broker: &Broker,
-    session: &Arc<Session>,
-    from: &str,
-    expiry_secs: u32,
-    claim: u64,
-) -> bool {
-    // MQTT 5 §3.1.2.11.2: 0xFFFFFFFF, the session does not expire.
-    let expires = expiry_secs != u32::MAX;
-    let expiry = Duration::from_secs(u64::from(expiry_secs));
-    let expires_at_ms = if expires {
-        let expiry_ms = i64::try_from(expiry.as_millis()).unwrap_or(NEVER);
-        broker.store().clock().now_ms().saturating_add(expiry_ms)
-    } else {
-        NEVER
-    };
-    if !broker.sessions().keep_prepared(session, expires_at_ms) {
-        return false;
-    }
-    if let Some(cluster) = broker.cluster() {
-        cluster.resume_kept();
-    }
-    tracing::warn!(client = %session.key, node = %from, "a resume failed after the node holding the session let it go: holding it here until its client returns");
-    if expires {
-        // Never attached: its connection is 0 until a client takes it up.
-        broker.expire_after(session, 0, expiry);
-    }
-    broker
-        .inner
-        .kept
-        .owe(broker, session.clone(), from.to_owned(), claim);
-    true
 }
