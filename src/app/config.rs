@@ -681,9 +681,9 @@ mod tests {
         assert!(server_reference(&"x".repeat(65_535)).is_ok());
         assert!(server_reference(&"x".repeat(65_536)).is_err());
         // Refused where the flag is read, naming it, so the node does not start.
-        let err = Cli::try_parse_from(["retaind", "--mqtt-server-reference", "a\tb"])
-            .err()
-            .expect("refused");
+        let Err(err) = Cli::try_parse_from(["retaind", "--mqtt-server-reference", "a\tb"]) else {
+            panic!("a control character was taken");
+        };
         assert!(err.to_string().contains("--mqtt-server-reference"), "{err}");
         assert!(err.to_string().contains("control character"), "{err}");
     }
