@@ -11,10 +11,15 @@ RUN cargo build --release --locked --bin retaind
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --home /var/lib/retaind --create-home retaind
+    && useradd --system --home /var/lib/retaind --create-home retaind \
+    && install -d -o retaind -g retaind /var/lib/retaind/data
 COPY --from=build /src/target/release/retaind /usr/local/bin/retaind
 USER retaind
 WORKDIR /var/lib/retaind
+# The SQLite database of the default store: a volume, so that it outlives the container. Mount a
+# named one to keep it across upgrades (docker run -v retaind-data:/var/lib/retaind/data); a new
+# named volume takes this directory's owner, the retaind user.
+VOLUME /var/lib/retaind/data
 # Inside a container the API and MQTT must listen on all interfaces to be reachable through a
 # port mapping.
 # retaind refuses that without principals: mount a principals file and point RETAIND_PRINCIPALS at
