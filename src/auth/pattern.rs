@@ -5,6 +5,8 @@
 //! level the same `*` matches any run of characters of that level (never a `/`: use `#` for
 //! "everything below"). A level that is only `*` behaves exactly like `+`.
 
+use crate::topic::levels;
+
 const CLIENT_ID_VARIABLE: &str = "${iot:ClientId}";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,25 +85,27 @@ impl Pattern {
         let Some(client_id) = self.resolve(client_id) else {
             return false;
         };
-        let topic_levels: Vec<&str> = topic.split('/').collect();
+        // Checked for every delivery to a client with a principal: nothing is allocated.
+        let mut names = levels(topic);
         let dollar = topic.starts_with('$');
         for (i, level) in self.levels.iter().enumerate() {
             // [MQTT-4.7.2-1] a filter starting with a wildcard does not match a `$` topic.
             if i == 0 && dollar && level.starts_with_wildcard() {
                 return false;
             }
-            match level {
-                Level::Hash => return true,
-                _ if i >= topic_levels.len() => return false,
-                Level::Plus => {}
-                Level::Glob(parts) => {
-                    if !glob(parts, topic_levels[i], client_id) {
-                        return false;
-                    }
-                }
+            if *level == Level::Hash {
+                return true;
+            }
+            let Some(name) = names.next() else {
+                return false;
+            };
+            if let Level::Glob(parts) = level
+                && !glob(parts, name, client_id)
+            {
+                return false;
             }
         }
-        self.levels.len() == topic_levels.len()
+        names.next().is_none()
     }
 
     /// Whether every topic the filter can match is matched by this pattern.

@@ -132,7 +132,7 @@ pub fn encode(m: &Outgoing<'_>, stamp: Option<Stamp>) -> Bytes {
         utf8: p.payload_format == PayloadFormat::Utf8,
         shared_done: m.shared_done,
     };
-    let mut out = Vec::with_capacity(64 + m.topic.as_str().len() + m.payload.len());
+    let mut out = Vec::with_capacity(head_room(m) + m.payload.len());
     out.push(VERSION);
     // Serializing plain strings, integers and slices into a Vec cannot fail.
     let mut out = postcard::to_extend(&head, out).unwrap_or_default();
@@ -140,61 +140,70 @@ pub fn encode(m: &Outgoing<'_>, stamp: Option<Stamp>) -> Bytes {
     Bytes::from(out)
 }
 
-/// Frames of one subject, in order, becoming one NATS message body.
+/// At least what the version byte and a head of `m` take, so that the frame is written
+/// without growing (and copying) its buffer: 64 bytes cover the fixed fields and their
+/// varints, and each string or byte field takes its length and at most 5 bytes more.
+fn head_room(m: &Outgoing<'_>) -> usize {
+    let p = m.properties;
+    let field = |len: usize| len + 5;
+    64 + field(m.topic.as_str().len())
+        + m.origin.map_or(0, |o| field(o.len()))
+        + p.content_type.as_ref().map_or(0, |c| field(c.len()))
+        + p.response_topic
+            .as_ref()
+            .map_or(0, |t| field(t.as_str().len()))
+        + p.correlation_data.as_ref().map_or(0, |c| field(c.len()))
+        + p.user_properties
+            .iter()
+            .map(|u| field(u.key.len()) + field(u.value.len()))
+            .sum::<usize>()
+}
+
+/// Frames of one subject, in order, becoming one NATS message body. The frames are gathered
+/// first and copied once into a body of their exact size: a body grown as they arrive would
+/// be copied again at each doubling.
 pub struct Batch {
-    first: Bytes,
-    joined: Vec<u8>,
-    count: usize,
+    frames: Vec<Bytes>,
+    /// The body's length if it is a batch: the marker, and each frame with its length.
+    joined_len: usize,
 }
 
 impl Batch {
     pub fn new(first: Bytes) -> Self {
         Self {
-            first,
-            joined: Vec::new(),
-            count: 1,
+            joined_len: 1 + 4 + first.len(),
+            frames: vec![first],
         }
     }
 
     /// Whether `frame` still fits within [`BATCH_BYTES`].
     pub fn fits(&self, frame: &Bytes) -> bool {
-        let used = if self.count == 1 {
-            1 + 4 + self.first.len()
-        } else {
-            self.joined.len()
-        };
-        used + 4 + frame.len() <= BATCH_BYTES
+        self.joined_len + 4 + frame.len() <= BATCH_BYTES
     }
 
-    pub fn push(&mut self, frame: &Bytes) {
-        if self.count == 1 {
-            self.joined
-                .reserve(BATCH_BYTES.min(2 * (1 + 4 + self.first.len())));
-            self.joined.push(BATCH);
-            append(&mut self.joined, &self.first);
-        }
-        append(&mut self.joined, frame);
-        self.count += 1;
+    pub fn push(&mut self, frame: Bytes) {
+        self.joined_len += 4 + frame.len();
+        self.frames.push(frame);
     }
 
     pub fn count(&self) -> usize {
-        self.count
+        self.frames.len()
     }
 
     /// The body to send: the one frame itself, or the batch.
-    pub fn body(self) -> Bytes {
-        if self.count == 1 {
-            self.first
-        } else {
-            Bytes::from(self.joined)
+    pub fn body(mut self) -> Bytes {
+        if self.frames.len() == 1 {
+            return self.frames.pop().unwrap_or_default();
         }
+        let mut joined = Vec::with_capacity(self.joined_len);
+        joined.push(BATCH);
+        for frame in &self.frames {
+            // A frame is below BATCH_BYTES when batched.
+            joined.extend_from_slice(&u32::try_from(frame.len()).unwrap_or(u32::MAX).to_be_bytes());
+            joined.extend_from_slice(frame);
+        }
+        Bytes::from(joined)
     }
-}
-
-fn append(out: &mut Vec<u8>, frame: &[u8]) {
-    // A frame is below BATCH_BYTES when batched.
-    out.extend_from_slice(&u32::try_from(frame.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(frame);
 }
 
 /// The frames a NATS message body carries: itself, or those of a batch (sliced, not copied).
@@ -373,12 +382,19 @@ mod tests {
         assert_eq!(alone.count(), 1);
         assert_eq!(alone.body(), one, "a batch of one is the frame itself");
         let mut batch = Batch::new(one.clone());
-        for f in [frame_of(&t, b"two", 2), frame_of(&t, b"", 3)] {
-            assert!(batch.fits(&f));
-            batch.push(&f);
+        let rest = [frame_of(&t, b"two", 2), frame_of(&t, b"", 3)];
+        for f in &rest {
+            assert!(batch.fits(f));
+            batch.push(f.clone());
         }
         assert_eq!(batch.count(), 3);
         let body = batch.body();
+        let framed: usize = [&one, &rest[0], &rest[1]].iter().map(|f| 4 + f.len()).sum();
+        assert_eq!(
+            body.len(),
+            1 + framed,
+            "the marker and each frame with its length"
+        );
         let decoded: Vec<(Vec<u8>, u64)> = frames(&body)
             .map(|f| {
                 let routed = decode(&f.unwrap(), TopicLimits::default()).unwrap();
@@ -400,7 +416,7 @@ mod tests {
         let mut batch = Batch::new(big.clone());
         let mut count = 1;
         while batch.fits(&big) {
-            batch.push(&big);
+            batch.push(big.clone());
             count += 1;
         }
         assert_eq!(count, 3, "three frames of 20 kB fit in 64 KiB, four do not");
@@ -411,6 +427,69 @@ mod tests {
         assert_eq!(results.len(), 3);
         assert!(results[..2].iter().all(Result::is_ok));
         assert_eq!(results[2], Err(FrameError::Head));
+    }
+
+    #[test]
+    fn a_frame_is_written_within_the_room_reserved_for_it() {
+        let long = "ü".repeat(30_000);
+        let properties = MessageProperties {
+            user_properties: (0..50)
+                .map(|i| UserProperty {
+                    key: format!("k{i}{long}"),
+                    value: long.clone(),
+                })
+                .collect(),
+            content_type: Some(long.clone()),
+            response_topic: Some(
+                TopicName::parse(
+                    long.clone(),
+                    TopicLimits {
+                        max_bytes: 65_535,
+                        max_levels: 8,
+                    },
+                )
+                .unwrap(),
+            ),
+            correlation_data: Some(Bytes::from(vec![7u8; 65_535])),
+            payload_format: PayloadFormat::Utf8,
+        };
+        let t = TopicName::parse(
+            long.clone(),
+            TopicLimits {
+                max_bytes: 65_535,
+                max_levels: 8,
+            },
+        )
+        .unwrap();
+        let payload = Bytes::from(vec![1u8; 1000]);
+        for (properties, origin) in [
+            (&properties, Some(long.as_str())),
+            (&MessageProperties::default(), None),
+        ] {
+            let m = Outgoing {
+                topic: &t,
+                payload: &payload,
+                qos: Qos::AtLeastOnce,
+                retain: true,
+                properties,
+                expires_at_ms: Some(i64::MAX),
+                origin,
+                shared_done: true,
+            };
+            let body = encode(
+                &m,
+                Some(Stamp {
+                    node: u64::MAX,
+                    seq: u64::MAX,
+                }),
+            );
+            assert!(
+                body.len() <= head_room(&m) + payload.len(),
+                "{} > {}",
+                body.len(),
+                head_room(&m) + payload.len()
+            );
+        }
     }
 
     #[test]

@@ -88,7 +88,7 @@ async fn send_batch(
             break;
         }
         held += frame.len();
-        batch.push(&frame);
+        batch.push(frame);
     }
     let count = batch.count() as u64;
     let subject = topic_subject(sent.prefix, &topic);

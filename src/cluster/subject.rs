@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 
-use crate::topic::{TopicFilter, TopicName};
+use crate::topic::{TopicFilter, TopicName, levels};
 
 /// The token (below `messages`) under which publishes travel.
 const MESSAGES: &str = "m";
@@ -19,7 +19,7 @@ const MESSAGES: &str = "m";
 /// The subject a publish to `topic` is sent on.
 pub fn topic_subject(prefix: &str, topic: &TopicName) -> String {
     let mut subject = messages_root(prefix, topic.as_str().len());
-    for level in topic.as_str().split('/') {
+    for level in levels(topic.as_str()) {
         subject.push('.');
         push_level(&mut subject, level);
     }
@@ -30,7 +30,7 @@ pub fn topic_subject(prefix: &str, topic: &TopicName) -> String {
 /// levels before it (the parent level and everything below it).
 pub fn filter_subjects(prefix: &str, filter: &TopicFilter) -> Vec<String> {
     let mut subject = messages_root(prefix, filter.as_str().len());
-    for level in filter.as_str().split('/') {
+    for level in levels(filter.as_str()) {
         match level {
             "+" => subject.push_str(".*"),
             "#" => {

@@ -93,8 +93,8 @@ impl TopicFilter {
         if topic.is_reserved() && self.0.starts_with(['+', '#']) {
             return false;
         }
-        let mut names = topic.as_str().split('/');
-        for level in self.0.split('/') {
+        let mut names = super::levels(topic.as_str());
+        for level in super::levels(&self.0) {
             match level {
                 "#" => return true,
                 "+" => {

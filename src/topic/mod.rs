@@ -7,11 +7,13 @@
 //! the cluster's map of which node wants what).
 
 mod filter;
+mod levels;
 mod name;
 mod text;
 mod tree;
 
 pub use filter::{FilterError, FilterSpec, TopicFilter, prefix_end};
+pub use levels::{Levels, levels};
 pub use name::{TopicError, TopicLimits, TopicName};
 pub use text::{NullCharacter, check_text};
 pub use tree::{ClientKey, SubscriptionTree};

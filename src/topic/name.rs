@@ -52,13 +52,22 @@ impl TopicName {
                 limit: limits.max_bytes,
             });
         }
-        if raw.contains(['+', '#']) {
-            return Err(TopicError::Wildcard);
+        // One pass over the bytes for what every publish checks; which rule a rare bad name
+        // breaks first is sorted out after it.
+        let (mut slashes, mut suspect) = (0usize, false);
+        for &b in raw.as_bytes() {
+            slashes += usize::from(b == b'/');
+            suspect |= matches!(b, b'+' | b'#' | 0);
         }
-        if super::check_text(&raw).is_err() {
-            return Err(TopicError::NullCharacter);
+        if suspect {
+            if raw.contains(['+', '#']) {
+                return Err(TopicError::Wildcard);
+            }
+            if super::check_text(&raw).is_err() {
+                return Err(TopicError::NullCharacter);
+            }
         }
-        let levels = raw.split('/').count();
+        let levels = slashes + 1;
         if levels > limits.max_levels {
             return Err(TopicError::TooManyLevels {
                 actual: levels,
@@ -86,7 +95,7 @@ impl TopicName {
 
     /// Topics under `$SYS` carry the broker's own status; only the broker publishes there.
     pub fn is_broker_status(&self) -> bool {
-        self.0.split('/').next() == Some("$SYS")
+        super::levels(&self.0).next() == Some("$SYS")
     }
 }
 
@@ -147,6 +156,25 @@ mod tests {
     #[test]
     fn null_character_is_rejected() {
         assert_eq!(parse("a\0b"), Err(TopicError::NullCharacter));
+    }
+
+    #[test]
+    fn a_name_breaking_several_rules_is_refused_for_the_first_in_order() {
+        // Wildcard before U+0000 before the level count, wherever each is in the name.
+        assert_eq!(parse("\0/a+"), Err(TopicError::Wildcard));
+        assert_eq!(parse("1/2/3/4/5/6/7/8/9\0"), Err(TopicError::NullCharacter));
+        assert_eq!(parse("1/2/3/4/5/6/7/8/#"), Err(TopicError::Wildcard));
+        assert_eq!(
+            parse("é/ü/€/𝄞/5/6/7/8/9"),
+            Err(TopicError::TooManyLevels {
+                actual: 9,
+                limit: 8
+            })
+        );
+        assert!(
+            parse("é/ü/€/𝄞/5/6/7/").is_ok(),
+            "an empty last level is a level"
+        );
     }
 
     #[test]

@@ -12,11 +12,10 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
-use std::str::Split;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{FilterSpec, TopicName};
+use super::{FilterSpec, Levels, TopicName, levels};
 
 /// Identifies a client (session) in the tree; cheap to clone into every match.
 pub type ClientKey = Arc<str>;
@@ -215,9 +214,9 @@ impl<V: Clone> SubscriptionTree<V> {
         let reserved = topic.is_reserved();
         // Literal children are followed in place; only '+' branches wait here, so a topic that
         // meets no '+' is matched without allocating.
-        let mut pending: Vec<(&Node<V>, Split<'_, char>)> = Vec::new();
+        let mut pending: Vec<(&Node<V>, Levels<'_>)> = Vec::new();
         let mut node = &self.root;
-        let mut levels = topic.as_str().split('/');
+        let mut levels = levels(topic.as_str());
         let mut wildcards = !reserved;
         loop {
             // '#' matches the rest of the topic, including nothing: `a/#` matches `a`.
@@ -276,10 +275,7 @@ fn path(spec: &FilterSpec) -> (impl Iterator<Item = &str> + Clone, bool) {
         Some(before) => (before.strip_suffix('/'), true),
         None => (Some(filter), false),
     };
-    (
-        levels.into_iter().flat_map(|l| l.split('/')),
-        ends_with_hash,
-    )
+    (levels.into_iter().flat_map(super::levels), ends_with_hash)
 }
 
 impl<V> Default for Node<V> {
