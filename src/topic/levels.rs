@@ -62,6 +62,15 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_string_splits_as_split_at_slash_splits_it(s in "[a/\u{0}+#é𝄞 ]{0,24}") {
+            let ours: Vec<&str> = levels(&s).collect();
+            let std: Vec<&str> = s.split('/').collect();
+            proptest::prop_assert_eq!(ours, std);
+        }
+    }
+
     #[test]
     fn a_clone_goes_on_from_where_it_was_taken() {
         let mut it = levels("a/b/c");

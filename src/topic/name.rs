@@ -158,6 +158,44 @@ mod tests {
         assert_eq!(parse("a\0b"), Err(TopicError::NullCharacter));
     }
 
+    /// Mostly slashes and plain letters, so that level limits are met as often as the rest.
+    fn name_like() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let c = prop_oneof![
+            4 => Just('/'),
+            4 => Just('a'),
+            1 => Just('é'),
+            1 => Just('+'),
+            1 => Just('#'),
+            1 => Just('\0'),
+        ];
+        prop::collection::vec(c, 0..12).prop_map(|cs| cs.into_iter().collect())
+    }
+
+    proptest::proptest! {
+        /// The one-pass check refuses what the rules, each checked on its own in order,
+        /// refuse, and for the same reason.
+        #[test]
+        fn the_check_is_the_rules_in_order(s in name_like(), max_bytes in 0usize..14, max_levels in 1usize..9) {
+            let limits = TopicLimits { max_bytes, max_levels };
+            let expected = if s.is_empty() {
+                Err(TopicError::Empty)
+            } else if s.len() > max_bytes {
+                Err(TopicError::TooLong { actual: s.len(), limit: max_bytes })
+            } else if s.contains(['+', '#']) {
+                Err(TopicError::Wildcard)
+            } else if s.contains('\0') {
+                Err(TopicError::NullCharacter)
+            } else if s.split('/').count() > max_levels {
+                Err(TopicError::TooManyLevels { actual: s.split('/').count(), limit: max_levels })
+            } else {
+                Ok(s.clone())
+            };
+            let got = TopicName::parse(s.clone(), limits).map(|t| t.as_str().to_owned());
+            proptest::prop_assert_eq!(got, expected);
+        }
+    }
+
     #[test]
     fn a_name_breaking_several_rules_is_refused_for_the_first_in_order() {
         // Wildcard before U+0000 before the level count, wherever each is in the name.
