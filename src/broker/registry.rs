@@ -1194,7 +1194,8 @@ impl Sessions {
         if message.expired(now_ms) {
             return;
         }
-        let mut matched = Vec::new();
+        // The buffers stay with the thread: every publish routed allocates none.
+        let (mut matched, mut targets) = ROUTE_BUFFERS.take();
         let tree = self.subscriptions_read();
         if shared {
             tree.matches(&message.topic, &mut matched);
@@ -1202,26 +1203,26 @@ impl Sessions {
             tree.matches_plain(&message.topic, &mut matched);
         }
         drop(tree);
-        if matched.is_empty() {
-            return;
-        }
-        matched.sort_by(|a, b| a.0.cmp(&b.0));
-        let targets: Vec<(Arc<Session>, Delivery)> = {
+        if !matched.is_empty() {
+            matched.sort_by(|a, b| a.0.cmp(&b.0));
             let registry = self.registry();
-            matched
-                .chunk_by(|a, b| a.0 == b.0)
-                .filter_map(|subs| {
-                    let delivery = merge(&message, subs)?;
-                    let session = registry.sessions.get(&subs[0].0)?.clone();
-                    if !session.may_receive(&message.topic) {
-                        return None;
-                    }
-                    Some((session, delivery))
-                })
-                .collect()
-        };
-        for (session, delivery) in targets {
-            session.offer(delivery);
+            targets.extend(matched.chunk_by(|a, b| a.0 == b.0).filter_map(|subs| {
+                let delivery = merge(&message, subs)?;
+                let session = registry.sessions.get(&subs[0].0)?.clone();
+                if !session.may_receive(&message.topic) {
+                    return None;
+                }
+                Some((session, delivery))
+            }));
+            drop(registry);
+            matched.clear();
+            for (session, delivery) in targets.drain(..) {
+                session.offer(delivery);
+            }
+        }
+        // A burst to very many sessions does not keep its room for the thread's life.
+        if matched.capacity() <= ROUTE_BUFFER_KEPT && targets.capacity() <= ROUTE_BUFFER_KEPT {
+            ROUTE_BUFFERS.set((matched, targets));
         }
     }
 
@@ -1257,6 +1258,15 @@ impl Sessions {
         };
         session.offer(delivery);
     }
+}
+
+type RouteBuffers = (Vec<(ClientKey, SubOptions)>, Vec<(Arc<Session>, Delivery)>);
+
+/// Largest room (in entries) a thread keeps in its routing buffers between publishes.
+const ROUTE_BUFFER_KEPT: usize = 1024;
+
+thread_local! {
+    static ROUTE_BUFFERS: std::cell::Cell<RouteBuffers> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// Appends a message for an offline session to its queue in Postgres.
