@@ -97,11 +97,11 @@ impl Outbound {
     pub fn next_publish(&mut self) -> Option<Outgoing> {
         let may_receive = self.session.receive_check();
         let mut state = self.session.state();
-        // Under the session's lock: a connection that resumes the session cancels this one's
-        // stop before it takes the lock to resend what is in flight, so a message taken here
-        // is either in that resend or not taken at all. Checked before the lock, a take-over
-        // in between left the message in flight to a closing connection, unsent to the new
-        // one until the client's next reconnect.
+        // Under the session's lock, and only there: a connection that resumes the session
+        // cancels this one's stop before it takes the lock to resend what is in flight, so a
+        // message taken here is either in that resend or not taken at all. Checked only
+        // before the lock, a take-over in between left the message in flight to a closing
+        // connection, unsent to the new one until the client's next reconnect.
         if self.stop.is_cancelled() {
             return None;
         }

@@ -1262,8 +1262,9 @@ impl Sessions {
 
 type RouteBuffers = (Vec<(ClientKey, SubOptions)>, Vec<(Arc<Session>, Delivery)>);
 
-/// Largest room (in entries) a thread keeps in its routing buffers between publishes.
-const ROUTE_BUFFER_KEPT: usize = 1024;
+/// Largest room (in entries) a thread keeps in its routing buffers between publishes: a few
+/// kilobytes per runtime thread at most.
+const ROUTE_BUFFER_KEPT: usize = 256;
 
 thread_local! {
     static ROUTE_BUFFERS: std::cell::Cell<RouteBuffers> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };

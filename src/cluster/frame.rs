@@ -163,7 +163,9 @@ fn head_room(m: &Outgoing<'_>) -> usize {
 /// first and copied once into a body of their exact size: a body grown as they arrive would
 /// be copied again at each doubling.
 pub struct Batch {
-    frames: Vec<Bytes>,
+    first: Bytes,
+    /// The frames after the first; a frame sent alone allocates nothing here.
+    rest: Vec<Bytes>,
     /// The body's length if it is a batch: the marker, and each frame with its length.
     joined_len: usize,
 }
@@ -172,7 +174,8 @@ impl Batch {
     pub fn new(first: Bytes) -> Self {
         Self {
             joined_len: 1 + 4 + first.len(),
-            frames: vec![first],
+            first,
+            rest: Vec::new(),
         }
     }
 
@@ -183,21 +186,21 @@ impl Batch {
 
     pub fn push(&mut self, frame: Bytes) {
         self.joined_len += 4 + frame.len();
-        self.frames.push(frame);
+        self.rest.push(frame);
     }
 
     pub fn count(&self) -> usize {
-        self.frames.len()
+        1 + self.rest.len()
     }
 
     /// The body to send: the one frame itself, or the batch.
-    pub fn body(mut self) -> Bytes {
-        if self.frames.len() == 1 {
-            return self.frames.pop().unwrap_or_default();
+    pub fn body(self) -> Bytes {
+        if self.rest.is_empty() {
+            return self.first;
         }
         let mut joined = Vec::with_capacity(self.joined_len);
         joined.push(BATCH);
-        for frame in &self.frames {
+        for frame in std::iter::once(&self.first).chain(&self.rest) {
             // A frame is below BATCH_BYTES when batched.
             joined.extend_from_slice(&u32::try_from(frame.len()).unwrap_or(u32::MAX).to_be_bytes());
             joined.extend_from_slice(frame);
