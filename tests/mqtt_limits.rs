@@ -800,6 +800,108 @@ async fn offline_sessions_stop_queueing_at_the_nodes_queue_memory_and_a_connecte
     }
 }
 
+/// A principal's `max_queue_memory_mib` (here from `--mqtt-max-queue-memory-mib-per-principal`)
+/// bounds what its offline sessions' queues hold, each copy counting its whole message: past
+/// it their new messages are dropped, the oldest kept, while another principal's offline
+/// session (`max_queue_memory_mib = 0`: no share of its own) queues every one; each session
+/// back gets what it queued, in order, and nothing stays counted.
+#[tokio::test]
+async fn a_principals_offline_sessions_stop_at_its_share_and_another_principals_do_not() {
+    use rumqttc::QoS;
+    const SHARE: usize = 1 << 20;
+    const PAYLOAD: usize = 16 * 1024;
+    const SENT: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let principals = dir.path().join("auth.toml");
+    let hash = retaind::auth::hash_password("pw");
+    let principal = |name: &str, share: &str| {
+        format!(
+            "[[principals]]\nname = \"{name}\"\nmqtt_username = \"{name}\"\n\
+             mqtt_password_hash = \"{hash}\"\n{share}\n\
+             [[principals.statements]]\neffect = \"Allow\"\nactions = [\"iot:*\"]\nresources = [\"*\"]\n"
+        )
+    };
+    let file = principal("fleet", "") + &principal("other", "max_queue_memory_mib = 0");
+    std::fs::write(&principals, file).unwrap();
+    let app = app_with(|c| {
+        c.principals = Some(principals.clone());
+        c.mqtt_max_queue_memory_mib_per_principal = 1;
+    })
+    .await;
+    let options = |id: &str, user: &str| {
+        let mut o = common::mqtt::v3_options(&app, id);
+        o.set_clean_session(false);
+        o.set_credentials(user, "pw");
+        o
+    };
+    let away = [("f1", "fleet"), ("f2", "fleet"), ("o1", "other")];
+    for (id, user) in away {
+        let (mut c, _) = common::mqtt::V3::connect(options(id, user)).await;
+        c.subscribe("q/#", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    until_offline_sessions(&app, 3.0).await;
+    let message = |i: usize| format!("{i:04}").into_bytes().repeat(PAYLOAD / 4);
+    let (mut publ, _) = common::mqtt::V3::connect(options("pub", "other")).await;
+    for i in 0..SENT {
+        publ.publish("q/x", QoS::AtLeastOnce, false, &message(i))
+            .await;
+    }
+    let dropped = |reason: &str| {
+        let page = app.running.as_ref().unwrap().broker.metrics().render();
+        common::metric_value(
+            &page,
+            &format!("retaind_mqtt_messages_dropped_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    assert!(
+        !page.contains("reason=\"queue_memory\""),
+        "the node's limit is far away"
+    );
+    let fleet_dropped = dropped("principal_queue_memory");
+
+    let (mut received, mut back) = (Vec::new(), Vec::new());
+    for (id, user) in away {
+        let (mut c, ack) = common::mqtt::V3::connect(options(id, user)).await;
+        assert!(ack.session_present, "{id}");
+        publ.publish("q/x", QoS::AtLeastOnce, false, &message(SENT))
+            .await;
+        let mut n = 0;
+        loop {
+            let p = c.next_publish().await;
+            if p.payload == message(SENT) {
+                break;
+            }
+            assert_eq!(p.payload, message(n), "{id}: the oldest first, in order");
+            n += 1;
+        }
+        received.push(n);
+        // Still connected: what is published now is sent, not queued.
+        back.push(c);
+    }
+    // The fleet's two sessions shared its 1 MiB, each copy whole: about 60 messages between
+    // them, not 60 each; the other principal's session got all 100.
+    let fleet = received[0] + received[1];
+    assert!(
+        (SHARE / (PAYLOAD + 1024)..=SHARE / PAYLOAD).contains(&fleet),
+        "{received:?}"
+    );
+    assert_eq!(received[2], SENT, "{received:?}");
+    assert_eq!(fleet_dropped, (2 * SENT - fleet) as f64);
+    // Every session connected: nothing is counted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = app.running.as_ref().unwrap().broker.metrics().render();
+        let held = common::metric_value(&page, "retaind_mqtt_queue_memory_bytes");
+        if held == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{held} still held");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Until the node holds `n` sessions offline.
 async fn until_offline_sessions(app: &TestApp, n: f64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

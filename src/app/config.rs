@@ -171,6 +171,17 @@ pub struct ServeConfig {
     )]
     pub mqtt_max_queue_memory_mib: usize,
 
+    /// What the queues of one principal's offline sessions may hold on this node, in MiB,
+    /// for principals whose entry in --principals sets no `max_queue_memory_mib`: each queued
+    /// copy counts its whole message; past it a message for one of that principal's offline
+    /// sessions is dropped. `0`: no limit.
+    #[arg(
+        long,
+        env = "RETAIND_MQTT_MAX_QUEUE_MEMORY_MIB_PER_PRINCIPAL",
+        default_value_t = 0
+    )]
+    pub mqtt_max_queue_memory_mib_per_principal: u64,
+
     /// Persistent MQTT sessions the node holds offline, waiting for their clients; past it
     /// the one nearest its expiry ends first (its client starts clean). `0`: no limit.
     #[arg(

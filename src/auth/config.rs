@@ -42,6 +42,11 @@ pub struct PrincipalConfig {
     /// it the one nearest its end ends. 0 means no limit of its own. Unset:
     /// `--mqtt-max-offline-sessions-per-principal`.
     pub max_offline_sessions: Option<u64>,
+    /// Most memory, in MiB, that the queues of this principal's offline sessions may hold on
+    /// a node, each queued copy counting its whole message; past it a message for one of them
+    /// is dropped. 0 means no limit of its own. Unset:
+    /// `--mqtt-max-queue-memory-mib-per-principal`.
+    pub max_queue_memory_mib: Option<u64>,
     #[serde(default)]
     pub statements: Vec<StatementConfig>,
 }
@@ -61,6 +66,7 @@ impl fmt::Debug for PrincipalConfig {
             .field("client_cert_sha256", &self.client_cert_sha256)
             .field("max_retained_messages", &self.max_retained_messages)
             .field("max_offline_sessions", &self.max_offline_sessions)
+            .field("max_queue_memory_mib", &self.max_queue_memory_mib)
             .field("statements", &self.statements)
             .finish_non_exhaustive()
     }
@@ -115,6 +121,14 @@ impl AuthConfig {
         }
         self
     }
+
+    /// Gives every principal that sets no `max_queue_memory_mib` this one (0: no limit).
+    pub fn with_default_queue_memory(mut self, max_queue_memory_mib: u64) -> Self {
+        for p in &mut self.principals {
+            p.max_queue_memory_mib.get_or_insert(max_queue_memory_mib);
+        }
+        self
+    }
 }
 
 /// One principal's credentials and policy, checked.
@@ -127,6 +141,8 @@ pub(super) struct ValidPrincipal {
     pub(super) statements: Vec<Statement>,
     pub(super) max_retained_messages: Option<u64>,
     pub(super) max_offline_sessions: Option<u64>,
+    /// In bytes.
+    pub(super) max_queue_memory_bytes: Option<usize>,
     /// Digest of the MQTT credentials as written (username, password hash, certificate): a
     /// reload that changes it ends the connections made with the old ones.
     pub(super) mqtt_credentials: [u8; 32],
@@ -240,6 +256,10 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
             statements,
             max_retained_messages: p.max_retained_messages.filter(|&n| n > 0),
             max_offline_sessions: p.max_offline_sessions.filter(|&n| n > 0),
+            max_queue_memory_bytes: p
+                .max_queue_memory_mib
+                .filter(|&n| n > 0)
+                .map(|mib| usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)),
         });
     }
     Ok(out)

@@ -132,6 +132,7 @@ impl Authenticator {
                 valid.statements,
                 valid.max_retained_messages,
                 valid.max_offline_sessions,
+                valid.max_queue_memory_bytes,
                 valid.mqtt_credentials,
             ));
             inner.by_name.insert(valid.name, principal.clone());

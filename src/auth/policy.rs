@@ -206,6 +206,9 @@ pub struct Principal {
     pub max_retained_messages: Option<u64>,
     /// Most of its persistent sessions a node holds offline; `None`: no limit of its own.
     pub max_offline_sessions: Option<u64>,
+    /// Most bytes its offline sessions' queues may hold on a node, each copy counting its
+    /// whole message; `None`: no limit of its own.
+    pub max_queue_memory_bytes: Option<usize>,
     statements: Vec<Statement>,
     allow_all: bool,
     /// See [`Principal::same_mqtt_credentials`].
@@ -218,12 +221,14 @@ impl Principal {
         statements: Vec<Statement>,
         max_retained_messages: Option<u64>,
         max_offline_sessions: Option<u64>,
+        max_queue_memory_bytes: Option<usize>,
         mqtt_credentials: [u8; 32],
     ) -> Self {
         Principal {
             name,
             max_retained_messages,
             max_offline_sessions,
+            max_queue_memory_bytes,
             statements,
             allow_all: false,
             mqtt_credentials,
@@ -236,6 +241,7 @@ impl Principal {
             name: "anonymous".to_owned(),
             max_retained_messages: None,
             max_offline_sessions: None,
+            max_queue_memory_bytes: None,
             statements: Vec::new(),
             allow_all: true,
             mqtt_credentials: [0; 32],
@@ -286,7 +292,7 @@ mod tests {
                     .collect(),
             })
             .collect();
-        Principal::new("test".into(), statements, None, None, [0; 32])
+        Principal::new("test".into(), statements, None, None, None, [0; 32])
     }
 
     fn allow(actions: &[&str], resources: &[&str]) -> Principal {

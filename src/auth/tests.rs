@@ -396,6 +396,9 @@ fn example_config_loads_and_grants_what_it_says() {
     let device = auth
         .verify_mqtt(Some("sensor-1"), Some(b"change-me-sensor-1"))
         .expect("example device password");
+    assert_eq!(device.max_retained_messages, Some(100));
+    assert_eq!(device.max_offline_sessions, Some(20));
+    assert_eq!(device.max_queue_memory_bytes, Some(64 << 20));
     assert!(device.allows(Action::Connect, "sensor-1", Some("sensor-1")));
     assert!(!device.allows(Action::Connect, "sensor-2", Some("sensor-2")));
     assert!(device.allows(Action::Publish, "devices/sensor-1/state", Some("sensor-1")));

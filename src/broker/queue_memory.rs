@@ -7,11 +7,19 @@
 //! client's queue is not counted: it is bounded by its own limits and by the connection limit,
 //! a client that keeps up must not lose messages because others are away, and its messages pass
 //! through without touching a count that every thread shares.
+//!
+//! A principal may have a share of its own (`max_queue_memory_mib`): what the queues of its
+//! offline sessions hold, each copy counting its whole message. Counting a message shared with
+//! other principals' queues once, for whichever queue took it first, would bill one principal
+//! for memory that another's sessions keep alive; counting it whole per copy keeps a
+//! principal's count a function of its own sessions' queues alone, and an upper bound of what
+//! they hold.
 
+use std::collections::HashMap;
 use std::mem::size_of;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::message::{Delivery, Message};
 
@@ -26,7 +34,24 @@ struct Inner {
     held: AtomicUsize,
     /// Past this, an offline session queues nothing more; `usize::MAX`: no limit.
     limit: usize,
+    /// The principals' shares, by principal name, while an offline session holds one.
+    shares: Mutex<HashMap<String, Weak<Account>>>,
 }
+
+/// One principal's share: what its offline sessions' queues hold, each copy counting its
+/// whole message. Held by each of its offline sessions that counts in it.
+#[derive(Debug, Clone)]
+pub struct Share(Arc<Account>);
+
+#[derive(Debug)]
+struct Account {
+    held: AtomicUsize,
+    /// The principal's limit as it was when one of its sessions last went offline.
+    limit: AtomicUsize,
+}
+
+/// Shares kept in the map before the ones no session holds are dropped from it.
+const SHARES_KEPT: usize = 64;
 
 impl QueueMemory {
     /// `limit` in bytes; 0: no limit.
@@ -36,6 +61,7 @@ impl QueueMemory {
             inner: Arc::new(Inner {
                 held: AtomicUsize::new(0),
                 limit,
+                shares: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -94,11 +120,70 @@ impl QueueMemory {
 
     /// A queue's allocation went from `from` to `to` bytes.
     pub fn resized(&self, from: usize, to: usize) {
-        if to > from {
-            self.inner.held.fetch_add(to - from, Ordering::Relaxed);
-        } else {
-            self.inner.held.fetch_sub(from - to, Ordering::Relaxed);
+        resize(&self.inner.held, from, to);
+    }
+}
+
+impl QueueMemory {
+    /// The share of `principal`, whose limit is `limit` bytes, for one of its sessions going
+    /// offline now: the one its other offline sessions count in, if any, its limit set to
+    /// `limit` (the one in force now, after a reload too).
+    pub fn share(&self, principal: &str, limit: usize) -> Share {
+        let mut shares = self
+            .inner
+            .shares
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(account) = shares.get(principal).and_then(Weak::upgrade) {
+            account.limit.store(limit, Ordering::Relaxed);
+            return Share(account);
         }
+        if shares.len() >= SHARES_KEPT {
+            shares.retain(|_, account| account.strong_count() > 0);
+        }
+        let account = Arc::new(Account {
+            held: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+        });
+        shares.insert(principal.to_owned(), Arc::downgrade(&account));
+        Share(account)
+    }
+}
+
+impl Share {
+    /// What the principal's offline sessions' queues hold now, as [`Share::add`] counts it.
+    pub fn held(&self) -> usize {
+        self.0.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether the principal's offline session may queue `delivery`, its queue growing by
+    /// `growth` bytes to take it. As for the node's, the limit can be passed by a message or
+    /// so per router thread.
+    pub fn admits(&self, delivery: &Delivery, growth: usize) -> bool {
+        self.held().saturating_add(alone(delivery) + growth) <= self.0.limit.load(Ordering::Relaxed)
+    }
+
+    /// One of the principal's offline queues took `delivery`.
+    pub fn add(&self, delivery: &Delivery) {
+        self.0.held.fetch_add(alone(delivery), Ordering::Relaxed);
+    }
+
+    /// One of the principal's offline queues gave `delivery` up.
+    pub fn remove(&self, delivery: &Delivery) {
+        self.0.held.fetch_sub(alone(delivery), Ordering::Relaxed);
+    }
+
+    /// One of the principal's offline queues' allocation went from `from` to `to` bytes.
+    pub fn resized(&self, from: usize, to: usize) {
+        resize(&self.0.held, from, to);
+    }
+}
+
+fn resize(held: &AtomicUsize, from: usize, to: usize) {
+    if to > from {
+        held.fetch_add(to - from, Ordering::Relaxed);
+    } else {
+        held.fetch_sub(from - to, Ordering::Relaxed);
     }
 }
 
@@ -118,8 +203,7 @@ pub fn growth(len: usize, capacity: usize) -> usize {
 }
 
 /// What `delivery` counts for when its message is queued nowhere else, its queue's entry
-/// not included.
-#[cfg(test)]
+/// not included: in the node's count, the first copy; in a principal's share, every copy.
 pub fn alone(delivery: &Delivery) -> usize {
     per_copy(delivery) + message_heap(&delivery.message)
 }

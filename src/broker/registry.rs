@@ -369,7 +369,7 @@ impl Place for Session {
                     tracing::warn!(client = %self.key, "subscriber is not keeping up; disconnecting it");
                     self.kick(DisconnectReasonCode::QuotaExceeded);
                     self.online.store(false, Ordering::Release);
-                    state.set_offline(true);
+                    state.go_offline(self.principal().as_deref());
                     next = Some((delivery, false));
                 }
             }
@@ -556,7 +556,7 @@ impl Sessions {
             .map(queued_delivery)
             .collect();
         let mut state = session.state();
-        state.set_offline(false);
+        state.go_online();
         state.stop_spooling();
         state.requeue_ahead(back);
         if let Some(open) = exchanges.flatten() {
@@ -649,7 +649,7 @@ impl Sessions {
         let kept = !ends;
         if kept {
             let mut state = session.state();
-            state.set_offline(true);
+            state.go_offline(session.principal().as_deref());
             if let Some(cluster) = &self.cluster {
                 // Its queue moves to Postgres, where any node can take it up.
                 start_spooling(cluster, &session.key, &mut state);
@@ -836,7 +836,7 @@ impl Sessions {
         session
             .expires_at_ms
             .store(expires_at_ms, Ordering::Release);
-        session.state().set_offline(true);
+        session.state().go_offline(session.principal().as_deref());
         self.list_offline(registry, session);
         true
     }

@@ -9,7 +9,8 @@ use std::num::NonZeroU16;
 
 use super::inbound_qos::AwaitingRelease;
 use super::message::Delivery;
-use super::queue_memory::{self, QueueMemory};
+use super::queue_memory::{self, QueueMemory, Share};
+use crate::auth::Principal;
 use crate::metrics::{DropReason, Metrics};
 use crate::store::Qos;
 use crate::topic::{FilterSpec, TopicName};
@@ -45,18 +46,31 @@ pub struct Dropped {
     /// Any QoS to an offline session while the offline sessions' queues held
     /// `--mqtt-max-queue-memory-mib`.
     pub queue_memory: u64,
+    /// Any QoS to an offline session while its principal's offline sessions' queues held
+    /// the principal's `max_queue_memory_mib`.
+    pub principal_queue_memory: u64,
 }
 
 impl Dropped {
     #[cfg(test)]
     pub fn total(&self) -> u64 {
-        self.slow_subscriber + self.queue_full + self.offline + self.policy + self.queue_memory
+        self.slow_subscriber
+            + self.queue_full
+            + self.offline
+            + self.policy
+            + self.queue_memory
+            + self.principal_queue_memory
     }
 
     /// Adds these to the metrics and starts again from zero.
     pub fn report(&mut self, metrics: &Metrics) {
         // Called for every message sent: nothing to add, almost always.
-        if self.slow_subscriber | self.queue_full | self.offline | self.policy | self.queue_memory
+        if self.slow_subscriber
+            | self.queue_full
+            | self.offline
+            | self.policy
+            | self.queue_memory
+            | self.principal_queue_memory
             == 0
         {
             return;
@@ -67,6 +81,7 @@ impl Dropped {
         metrics.mqtt_dropped(DropReason::offline, d.offline);
         metrics.mqtt_dropped(DropReason::policy, d.policy);
         metrics.mqtt_dropped(DropReason::queue_memory, d.queue_memory);
+        metrics.mqtt_dropped(DropReason::principal_queue_memory, d.principal_queue_memory);
     }
 }
 
@@ -123,6 +138,9 @@ pub struct SessionState {
     counted: bool,
     /// The capacity of `queue` as counted in `memory` (0 while not counted).
     counted_capacity: usize,
+    /// While counted, the share of the session's principal it also counts in, if its
+    /// principal has a limit of its own.
+    share: Option<Share>,
     /// Messages dropped since they were last counted in the metrics, by reason.
     pub dropped: Dropped,
     /// Offline, with its queue in Postgres (a node of many).
@@ -167,6 +185,7 @@ impl SessionState {
             memory,
             counted: true,
             counted_capacity: 0,
+            share: None,
             dropped: Dropped::default(),
             spool: Spool::Off,
         }
@@ -312,10 +331,14 @@ impl SessionState {
         }
         let capacity = self.queue.capacity();
         if capacity != self.counted_capacity {
-            self.memory.resized(
+            let (from, to) = (
                 queue_memory::queue_bytes(self.counted_capacity),
                 queue_memory::queue_bytes(capacity),
             );
+            self.memory.resized(from, to);
+            if let Some(share) = &self.share {
+                share.resized(from, to);
+            }
             self.counted_capacity = capacity;
         }
     }
@@ -323,36 +346,55 @@ impl SessionState {
     fn count_in(&self, delivery: &Delivery) {
         if self.counted {
             self.memory.add(delivery);
+            if let Some(share) = &self.share {
+                share.add(delivery);
+            }
         }
     }
 
     fn count_out(&self, delivery: &Delivery) {
         if self.counted {
             self.memory.remove(delivery);
+            if let Some(share) = &self.share {
+                share.remove(delivery);
+            }
         }
     }
 
-    /// The session was left (`true`) or taken up by a connection (`false`): its queue, as it
-    /// is, starts or stops counting in the node's memory.
-    pub fn set_offline(&mut self, offline: bool) {
-        if offline == self.counted {
+    /// The session was left: its queue, as it is, counts in the node's memory from now on,
+    /// and in its principal's share if `principal` has a limit of its own (the one in force
+    /// now). A session already counted stays in the share it counts in.
+    pub fn go_offline(&mut self, principal: Option<&Principal>) {
+        if self.counted {
             return;
         }
-        if offline {
-            self.counted = true;
-            for d in &self.queue {
-                self.memory.add(d);
-            }
-            self.recount();
-        } else {
-            for d in &self.queue {
-                self.memory.remove(d);
-            }
-            self.memory
-                .resized(queue_memory::queue_bytes(self.counted_capacity), 0);
-            self.counted_capacity = 0;
-            self.counted = false;
+        self.share = principal.and_then(|p| {
+            let limit = p.max_queue_memory_bytes?;
+            Some(self.memory.share(&p.name, limit))
+        });
+        self.counted = true;
+        for d in &self.queue {
+            self.count_in(d);
         }
+        self.recount();
+    }
+
+    /// A connection took the session up: its queue stops counting, in the node's memory and
+    /// in its principal's share.
+    pub fn go_online(&mut self) {
+        if !self.counted {
+            return;
+        }
+        for d in &self.queue {
+            self.count_out(d);
+        }
+        let counted = queue_memory::queue_bytes(self.counted_capacity);
+        self.memory.resized(counted, 0);
+        if let Some(share) = self.share.take() {
+            share.resized(counted, 0);
+        }
+        self.counted_capacity = 0;
+        self.counted = false;
     }
 
     /// The payload bytes of the queued messages (those in flight not included).
@@ -392,9 +434,18 @@ impl SessionState {
         // The offline sessions' queues are full; a connected client's queue is held to its own
         // limits only (see `queue_memory`).
         let growth = queue_memory::growth(self.queue.len(), self.queue.capacity());
-        if !full && !online && !self.memory.admits(&delivery, growth) {
-            self.dropped.queue_memory += 1;
-            return Enqueued::Dropped;
+        if !full && !online {
+            // The principal's own share first: past it, the principal is the one to look at.
+            if let Some(share) = &self.share
+                && !share.admits(&delivery, growth)
+            {
+                self.dropped.principal_queue_memory += 1;
+                return Enqueued::Dropped;
+            }
+            if !self.memory.admits(&delivery, growth) {
+                self.dropped.queue_memory += 1;
+                return Enqueued::Dropped;
+            }
         }
         if full {
             if online {
@@ -607,7 +658,7 @@ impl SessionState {
 impl Drop for SessionState {
     /// A session that ends gives back what its queue held.
     fn drop(&mut self) {
-        self.set_offline(false);
+        self.go_online();
     }
 }
 
@@ -954,7 +1005,7 @@ mod tests {
         }
         // A connected client is held to its own limits only, and not counted.
         let mut here = SessionState::new(limits, memory.clone());
-        here.set_offline(false);
+        here.go_online();
         for _ in 0..5 {
             assert!(matches!(
                 here.enqueue(delivery("m", Qos::AtLeastOnce), true),
@@ -964,7 +1015,7 @@ mod tests {
         assert_eq!(here.dropped.total(), 0);
         assert_eq!(memory.held(), limit);
         // Left with its queue: counted from then on, past the limit as it is.
-        here.set_offline(true);
+        here.go_offline(None);
         assert_eq!(memory.held(), limit + 5 * counted("m") + room(&[&here]));
         // What a queue gives back, by sending or by ending, is free again.
         assert!(here.next_outgoing(10, all).is_some());
@@ -1064,7 +1115,7 @@ mod tests {
             let _ = s.enqueue(delivery(p, Qos::AtLeastOnce), false);
         }
         assert_eq!(memory.held(), 2 * counted("a") + room(&[&s]));
-        s.set_offline(false);
+        s.go_online();
         assert_eq!(memory.held(), 0);
         let _ = s.enqueue(delivery("c", Qos::AtLeastOnce), true);
         let _ = s.next_outgoing(10, all);
@@ -1073,11 +1124,96 @@ mod tests {
             0,
             "a connected client's messages are not counted"
         );
-        s.set_offline(true);
-        s.set_offline(true);
+        s.go_offline(None);
+        s.go_offline(None);
         assert_eq!(memory.held(), 2 * counted("a") + room(&[&s]));
         drop(s);
         assert_eq!(memory.held(), 0);
+    }
+
+    /// Two principals' sessions by name, with tokens only; `fleet` with `fleet_share`.
+    fn principals(fleet_share: &str) -> (Arc<Principal>, Arc<Principal>) {
+        use crate::auth::{AuthConfig, Authenticator};
+        let config = AuthConfig::parse(&format!(
+            "[[principals]]\nname = \"fleet\"\napi_tokens_sha256 = [\"{}\"]\n{fleet_share}\n\
+             [[principals]]\nname = \"other\"\napi_tokens_sha256 = [\"{}\"]\n",
+            "a".repeat(64),
+            "b".repeat(64),
+        ))
+        .unwrap();
+        let auth = Authenticator::new(config).unwrap();
+        (
+            auth.principal("fleet").unwrap(),
+            auth.principal("other").unwrap(),
+        )
+    }
+
+    /// A session of `principal`, left by its client; its own limits far above the shares.
+    fn left(principal: &Principal, memory: &QueueMemory) -> SessionState {
+        let limits = SessionLimits {
+            max_queued: 100,
+            max_queued_bytes: 16 << 20,
+        };
+        let mut s = SessionState::new(limits, memory.clone());
+        s.go_online();
+        s.go_offline(Some(principal));
+        s
+    }
+
+    #[test]
+    fn a_principals_offline_sessions_stop_at_its_share_and_the_others_go_on() {
+        let (fleet, other) = principals("max_queue_memory_mib = 1");
+        let memory = QueueMemory::new(0);
+        let big: &'static str = Box::leak("x".repeat(300 * 1024).into_boxed_str());
+        let m = delivery(big, Qos::AtLeastOnce);
+        // Held here too, so that this is the one the sessions count in.
+        let share = memory.share("fleet", 1 << 20);
+        let (mut f1, mut f2, mut o) = (
+            left(&fleet, &memory),
+            left(&fleet, &memory),
+            left(&other, &memory),
+        );
+        for s in [&mut f1, &mut f2, &mut o] {
+            assert!(matches!(s.enqueue(m.clone(), false), Enqueued::Queued));
+        }
+        // Each of the principal's copies counts whole in its share; once in the node's.
+        assert_eq!(share.held(), 2 * counted(big) + room(&[&f1, &f2]));
+        assert_eq!(memory.held(), counted(big) + room(&[&f1, &f2, &o]));
+        assert!(matches!(f1.enqueue(m.clone(), false), Enqueued::Queued));
+        assert!(matches!(f2.enqueue(m.clone(), false), Enqueued::Dropped));
+        assert_eq!(f2.dropped.principal_queue_memory, 1);
+        assert_eq!(f2.dropped.queue_memory, 0);
+        // Another principal's session goes on queueing.
+        for _ in 0..5 {
+            assert!(matches!(o.enqueue(m.clone(), false), Enqueued::Queued));
+        }
+        assert_eq!(o.dropped.total(), 0);
+        // A client back takes its queue out of the share: the other session queues again.
+        f1.go_online();
+        assert_eq!(share.held(), counted(big) + room(&[&f2]));
+        assert!(matches!(f2.enqueue(m.clone(), false), Enqueued::Queued));
+        // Left again, under a limit reloaded meanwhile: the share is the same one, its limit
+        // the one in force now.
+        let (reloaded, _) = principals("max_queue_memory_mib = 2");
+        f1.go_offline(Some(&reloaded));
+        assert_eq!(share.held(), 4 * counted(big) + room(&[&f1, &f2]));
+        for _ in 0..2 {
+            assert!(matches!(f2.enqueue(m.clone(), false), Enqueued::Queued));
+        }
+        assert!(matches!(f2.enqueue(m.clone(), false), Enqueued::Dropped));
+        // Sessions that end give everything back.
+        drop((f1, f2, o));
+        assert_eq!((share.held(), memory.held()), (0, 0));
+    }
+
+    #[test]
+    fn a_principal_without_a_share_counts_in_the_nodes_memory_only() {
+        let (_, other) = principals("");
+        let memory = QueueMemory::new(0);
+        let mut s = left(&other, &memory);
+        assert!(s.share.is_none());
+        let _ = s.enqueue(delivery("m", Qos::AtLeastOnce), false);
+        assert_eq!(memory.held(), counted("m") + room(&[&s]));
     }
 
     #[test]

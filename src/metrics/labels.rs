@@ -74,6 +74,9 @@ pub enum DropReason {
     /// Any QoS to an offline session while the offline sessions' queues held
     /// `--mqtt-max-queue-memory-mib`.
     queue_memory,
+    /// Any QoS to an offline session while its principal's offline sessions' queues held
+    /// the principal's `max_queue_memory_mib`.
+    principal_queue_memory,
     /// A retained publish over its principal's quota.
     quota,
     /// A publish over `--mqtt-max-publish-rate`.
