@@ -35,7 +35,15 @@ struct Inner {
     /// Past this, an offline session queues nothing more; `usize::MAX`: no limit.
     limit: usize,
     /// The principals' shares, by principal name, while an offline session holds one.
-    shares: Mutex<HashMap<String, Weak<Account>>>,
+    shares: Mutex<Shares>,
+}
+
+#[derive(Debug, Default)]
+struct Shares {
+    by_principal: HashMap<String, Weak<Account>>,
+    /// Entries the last sift kept: the next comes when the map has doubled since, so each
+    /// costs a look at every entry amortized over as many insertions.
+    kept: usize,
 }
 
 /// One principal's share: what its offline sessions' queues hold, each copy counting its
@@ -50,7 +58,7 @@ struct Account {
     limit: AtomicUsize,
 }
 
-/// Shares kept in the map before the ones no session holds are dropped from it.
+/// Entries the map of shares holds before it is first sifted of shares no session holds.
 const SHARES_KEPT: usize = 64;
 
 impl QueueMemory {
@@ -61,7 +69,7 @@ impl QueueMemory {
             inner: Arc::new(Inner {
                 held: AtomicUsize::new(0),
                 limit,
-                shares: Mutex::new(HashMap::new()),
+                shares: Mutex::new(Shares::default()),
             }),
         }
     }
@@ -134,18 +142,23 @@ impl QueueMemory {
             .shares
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(account) = shares.get(principal).and_then(Weak::upgrade) {
+        if let Some(account) = shares.by_principal.get(principal).and_then(Weak::upgrade) {
             account.limit.store(limit, Ordering::Relaxed);
             return Share(account);
         }
-        if shares.len() >= SHARES_KEPT {
-            shares.retain(|_, account| account.strong_count() > 0);
+        if shares.by_principal.len() >= SHARES_KEPT.max(2 * shares.kept) {
+            shares
+                .by_principal
+                .retain(|_, account| account.strong_count() > 0);
+            shares.kept = shares.by_principal.len();
         }
         let account = Arc::new(Account {
             held: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
         });
-        shares.insert(principal.to_owned(), Arc::downgrade(&account));
+        shares
+            .by_principal
+            .insert(principal.to_owned(), Arc::downgrade(&account));
         Share(account)
     }
 }
@@ -238,6 +251,25 @@ mod tests {
 
     /// Every queued copy of a message is an entry: with a fleet's sessions offline, entries
     /// are most of what the queues hold (decision 026).
+    #[test]
+    fn shares_no_session_holds_are_sifted_out_as_the_map_doubles() {
+        let memory = QueueMemory::unlimited();
+        let held: Vec<Share> = (0..40).map(|i| memory.share(&format!("p{i}"), 1)).collect();
+        for i in 0..1000 {
+            drop(memory.share(&format!("gone{i}"), 1));
+        }
+        let shares = memory.inner.shares.lock().unwrap();
+        assert!(
+            shares.by_principal.len() < 2 * SHARES_KEPT.max(2 * held.len()),
+            "{}",
+            shares.by_principal.len()
+        );
+        for i in 0..40 {
+            let kept = shares.by_principal[&format!("p{i}")].upgrade().unwrap();
+            assert!(Arc::ptr_eq(&kept, &held[i].0));
+        }
+    }
+
     #[test]
     fn a_queue_entry_is_three_words() {
         assert_eq!(size_of::<Delivery>(), 24);
