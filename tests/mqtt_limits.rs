@@ -800,6 +800,27 @@ async fn offline_sessions_stop_queueing_at_the_nodes_queue_memory_and_a_connecte
     }
 }
 
+/// A principals file with two principals allowed everything, `fleet` and `other`, each signing
+/// in over MQTT with its name and password "pw", and with its own lines (`fleet`, `other`).
+fn fleet_and_other(fleet: &str, other: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let principals = dir.path().join("auth.toml");
+    let hash = retaind::auth::hash_password("pw");
+    let principal = |name: &str, own: &str| {
+        format!(
+            "[[principals]]\nname = \"{name}\"\nmqtt_username = \"{name}\"\n\
+             mqtt_password_hash = \"{hash}\"\n{own}\n\
+             [[principals.statements]]\neffect = \"Allow\"\nactions = [\"iot:*\"]\nresources = [\"*\"]\n"
+        )
+    };
+    std::fs::write(
+        &principals,
+        principal("fleet", fleet) + &principal("other", other),
+    )
+    .unwrap();
+    (dir, principals)
+}
+
 /// A principal's `max_queue_memory_mib` (here from `--mqtt-max-queue-memory-mib-per-principal`)
 /// bounds what its offline sessions' queues hold, each copy counting its whole message: past
 /// it their new messages are dropped, the oldest kept, while another principal's offline
@@ -811,18 +832,7 @@ async fn a_principals_offline_sessions_stop_at_its_share_and_another_principals_
     const SHARE: usize = 1 << 20;
     const PAYLOAD: usize = 16 * 1024;
     const SENT: usize = 100;
-    let dir = tempfile::tempdir().unwrap();
-    let principals = dir.path().join("auth.toml");
-    let hash = retaind::auth::hash_password("pw");
-    let principal = |name: &str, share: &str| {
-        format!(
-            "[[principals]]\nname = \"{name}\"\nmqtt_username = \"{name}\"\n\
-             mqtt_password_hash = \"{hash}\"\n{share}\n\
-             [[principals.statements]]\neffect = \"Allow\"\nactions = [\"iot:*\"]\nresources = [\"*\"]\n"
-        )
-    };
-    let file = principal("fleet", "") + &principal("other", "max_queue_memory_mib = 0");
-    std::fs::write(&principals, file).unwrap();
+    let (_dir, principals) = fleet_and_other("", "max_queue_memory_mib = 0");
     let app = app_with(|c| {
         c.principals = Some(principals.clone());
         c.mqtt_max_queue_memory_mib_per_principal = 1;
@@ -1021,18 +1031,7 @@ async fn past_the_offline_session_bound_the_one_nearest_its_end_ends_and_its_wil
 /// ends, and another principal's sessions are not touched.
 #[tokio::test]
 async fn past_a_principals_offline_session_bound_its_own_session_nearest_its_end_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let principals = dir.path().join("auth.toml");
-    let hash = retaind::auth::hash_password("pw");
-    let principal = |name: &str, bound: &str| {
-        format!(
-            "[[principals]]\nname = \"{name}\"\nmqtt_username = \"{name}\"\n\
-             mqtt_password_hash = \"{hash}\"\n{bound}\n\
-             [[principals.statements]]\neffect = \"Allow\"\nactions = [\"iot:*\"]\nresources = [\"*\"]\n"
-        )
-    };
-    let file = principal("fleet", "max_offline_sessions = 2") + &principal("other", "");
-    std::fs::write(&principals, file).unwrap();
+    let (_dir, principals) = fleet_and_other("max_offline_sessions = 2", "");
     let app = app_with(|c| {
         c.principals = Some(principals.clone());
         c.mqtt_max_offline_sessions_per_principal = 3;
