@@ -606,7 +606,12 @@ async fn a_reload_that_takes_a_token_away_ends_the_watches_opened_with_it(backen
 /// A watcher that never reads: publishers go on as if it were not there, and when it reads at
 /// last it finds what its buffers held and then `resync`.
 async fn a_stalled_reader_does_not_block_publishers_and_gets_resync(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let db = fresh_db(backend).await;
+    let mut config = test_config(&db.url);
+    // The publishing below takes about a minute on a loaded host: the default (60 s) would
+    // close the stalled watcher's connection for taking none of its response first.
+    config.http_idle_timeout = Duration::from_secs(600);
+    let app = spawn_app_with(db, config).await;
     let mut stalled = open(&app, "?topicFilter=big%2F%23").await;
     assert_eq!(stalled.expect().await.event, "synced");
     let mut other = open(&app, "?topicFilter=big%2F%23").await;

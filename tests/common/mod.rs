@@ -146,6 +146,18 @@ pub fn test_config(database_url: &str) -> ServeConfig {
     config
 }
 
+/// The HTTP client of a test. Its pool lets a connection go after 5 s unused: the server closes
+/// one that has sent no request for `--http-header-timeout` (10 s) from its accept, and the
+/// pool keeps connections it opened for a request that another connection then took. A request
+/// sent on such a connection just as the server closes it fails with `IncompleteMessage` (a
+/// test failed so in CI, on a loaded host), which no client retries for a request it has sent.
+pub fn test_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client")
+}
+
 pub async fn spawn_app(backend: Backend) -> TestApp {
     let db = fresh_db(backend).await;
     let config = test_config(&db.url);
@@ -165,7 +177,7 @@ pub async fn spawn_app_at(db: FreshDb, config: ServeConfig, clock: Clock) -> Tes
         base: format!("http://{}", running.http_addr),
         mqtt_addr: running.mqtt_addr,
         http_addr: running.http_addr,
-        http: reqwest::Client::new(),
+        http: test_client(),
         clock,
         db,
         running: Some(running),
