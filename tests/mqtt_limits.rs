@@ -870,6 +870,14 @@ async fn a_principals_offline_sessions_stop_at_its_share_and_another_principals_
         "the node's limit is far away"
     );
     let fleet_dropped = dropped("principal_queue_memory");
+    // The fleet's share, within a message of its limit (the message, at most 1 KiB of its own,
+    // and a queue's growth); the other principal has none.
+    let share = common::metric_value(
+        &page,
+        r#"retaind_mqtt_principal_queue_memory_bytes{principal="fleet"}"#,
+    ) as usize;
+    assert!(share <= SHARE && share + PAYLOAD + 2048 > SHARE, "{share}");
+    assert!(!page.contains(r#"{principal="other"}"#), "{page}");
 
     let (mut received, mut back) = (Vec::new(), Vec::new());
     for (id, user) in away {
@@ -899,15 +907,19 @@ async fn a_principals_offline_sessions_stop_at_its_share_and_another_principals_
     );
     assert_eq!(received[2], SENT, "{received:?}");
     assert_eq!(fleet_dropped, (2 * SENT - fleet) as f64);
-    // Every session connected: nothing is counted.
+    // Every session connected: nothing is counted, and no principal has a share to show.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let page = app.running.as_ref().unwrap().broker.metrics().render();
         let held = common::metric_value(&page, "retaind_mqtt_queue_memory_bytes");
-        if held == 0.0 {
+        let shown = page.contains("retaind_mqtt_principal_queue_memory_bytes{");
+        if held == 0.0 && !shown {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{held} still held");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{held} still held, a share still shown: {shown}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

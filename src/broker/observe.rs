@@ -25,6 +25,7 @@ pub(super) fn on_scrape(broker: &Broker) {
         g.mqtt_awaiting_connect.set(count(broker.awaiting().len()));
         g.mqtt_subscriptions.set(count(broker.subscriptions()));
         g.mqtt_queue_memory.set(count(broker.queue_memory_held()));
+        g.set_principal_queue_memory(broker.sessions().queue_memory_shares());
         let Some(cluster) = broker.cluster() else {
             g.cluster_nodes.set(1);
             return;

@@ -163,6 +163,26 @@ impl QueueMemory {
     }
 }
 
+impl QueueMemory {
+    /// Each principal's share that some session counts in, by principal name, and what it
+    /// holds.
+    pub fn shares_held(&self) -> Vec<(String, usize)> {
+        let shares = self
+            .inner
+            .shares
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shares
+            .by_principal
+            .iter()
+            .filter_map(|(name, account)| {
+                let account = account.upgrade()?;
+                Some((name.clone(), account.held.load(Ordering::Relaxed)))
+            })
+            .collect()
+    }
+}
+
 impl Share {
     /// What the principal's offline sessions' queues hold now, as [`Share::add`] counts it.
     pub fn held(&self) -> usize {

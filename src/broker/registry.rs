@@ -1142,6 +1142,12 @@ impl Sessions {
         self.memory.held()
     }
 
+    /// What each principal's share holds, for the principals with a share that an offline
+    /// session counts in.
+    pub fn queue_memory_shares(&self) -> Vec<(String, usize)> {
+        self.memory.shares_held()
+    }
+
     pub fn held(&self) -> usize {
         self.registry().sessions.len()
     }

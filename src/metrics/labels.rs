@@ -215,6 +215,12 @@ pub(super) struct StoreErrorLabel {
     pub kind: String,
 }
 
+/// A principal, by its name in the principals file.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrincipalLabel {
+    pub principal: String,
+}
+
 /// `state` of the pool's connections: `idle` or `in_use`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {

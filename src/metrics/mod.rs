@@ -79,6 +79,36 @@ pub struct Gauges {
     pub cluster_unrecorded_connection_ends: Gauge,
     pub cluster_nats_connected: Gauge,
     pub store_pool_connections: Family<labels::PoolLabel, Gauge>,
+    mqtt_principal_queue_memory: Family<labels::PrincipalLabel, Gauge>,
+    /// The principals `mqtt_principal_queue_memory` shows, as last set.
+    principals_shown: std::sync::Mutex<Vec<String>>,
+}
+
+impl Gauges {
+    /// What each principal's share of the offline queues holds (principals with a share
+    /// some offline session counts in); a principal no longer among them is no longer shown.
+    pub fn set_principal_queue_memory(&self, held: Vec<(String, usize)>) {
+        let mut shown = self
+            .principals_shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in shown.iter().filter(|p| !held.iter().any(|(h, _)| h == *p)) {
+            self.mqtt_principal_queue_memory
+                .remove(&labels::PrincipalLabel {
+                    principal: gone.clone(),
+                });
+        }
+        shown.clear();
+        for (principal, bytes) in held {
+            let label = labels::PrincipalLabel {
+                principal: principal.clone(),
+            };
+            self.mqtt_principal_queue_memory
+                .get_or_create(&label)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            shown.push(principal);
+        }
+    }
 }
 
 /// A node's traffic with the others, copied from its own counts at each scrape.
@@ -307,6 +337,11 @@ impl Metrics {
             "retaind_mqtt_queue_memory_bytes",
             "What the queues of offline MQTT sessions hold together, as --mqtt-max-queue-memory-mib counts it",
             gauges.mqtt_queue_memory.clone(),
+        );
+        r.register(
+            "retaind_mqtt_principal_queue_memory_bytes",
+            "What the queues of a principal's offline MQTT sessions hold, as its max_queue_memory_mib counts it (each copy whole), for principals with one",
+            gauges.mqtt_principal_queue_memory.clone(),
         );
         r.register(
             "retaind_mqtt_sessions",

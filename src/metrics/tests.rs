@@ -109,6 +109,24 @@ fn two_servers_in_one_process_count_apart() {
     );
 }
 
+/// A principal's share is shown while it is set, and no longer once it is not.
+#[test]
+fn a_principals_share_is_shown_until_it_is_gone() {
+    let m = Metrics::new("1");
+    let series =
+        |p: &str| format!("retaind_mqtt_principal_queue_memory_bytes{{principal=\"{p}\"}}");
+    m.gauges()
+        .set_principal_queue_memory(vec![("a".to_owned(), 5), ("b".to_owned(), 7)]);
+    let page = m.render();
+    assert!(page.contains(&format!("{} 5", series("a"))), "{page}");
+    assert!(page.contains(&format!("{} 7", series("b"))), "{page}");
+    m.gauges()
+        .set_principal_queue_memory(vec![("b".to_owned(), 9)]);
+    let page = m.render();
+    assert!(!page.contains(&series("a")), "{page}");
+    assert!(page.contains(&format!("{} 9", series("b"))), "{page}");
+}
+
 /// The README's table of metrics is what operators build dashboards from: every family the
 /// page carries is a row with its type, and no row names a family that is gone.
 #[test]
@@ -148,6 +166,8 @@ fn every_family_on_the_page_is_in_the_readme_with_its_type() {
         .store_pool_connections
         .get_or_create(&PoolLabel { state: "idle" })
         .set(1);
+    m.gauges()
+        .set_principal_queue_memory(vec![("fleet".to_owned(), 1)]);
     let page = m.render();
     let mut families = Vec::new();
     let mut wrong = Vec::new();
