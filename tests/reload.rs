@@ -331,6 +331,14 @@ async fn a_bad_file_is_refused_and_the_one_in_force_stays() {
         ),
         // No principals: would turn authentication off.
         ("no principals", String::new()),
+        // A principal's share of the offline queues that is not a count of MiB.
+        (
+            "negative share",
+            good.replace(
+                "name = \"reader\"",
+                "name = \"reader\"\nmax_queue_memory_mib = -1",
+            ),
+        ),
         // Two principals with one name.
         (
             "used by another",

@@ -387,6 +387,20 @@ fn secrets_do_not_appear_in_debug_output() {
 }
 
 #[test]
+fn a_share_of_the_offline_queues_that_is_not_a_count_of_mib_is_refused_by_name() {
+    for value in ["-1", "\"64\"", "1.5"] {
+        let message = invalid_message(&format!(
+            "[[principals]]\nname = \"d\"\napi_tokens_sha256 = [\"{}\"]\nmax_queue_memory_mib = {value}\n",
+            "a".repeat(64)
+        ));
+        assert!(
+            message.contains("max_queue_memory_mib"),
+            "{value}: {message}"
+        );
+    }
+}
+
+#[test]
 fn example_config_loads_and_grants_what_it_says() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/auth.toml");
     let auth = Authenticator::new(AuthConfig::load(&path).expect("example parses"))

@@ -92,7 +92,8 @@ impl Gauges {
             .principals_shown
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for gone in shown.iter().filter(|p| !held.iter().any(|(h, _)| h == *p)) {
+        let now: std::collections::HashSet<&str> = held.iter().map(|(p, _)| p.as_str()).collect();
+        for gone in shown.iter().filter(|p| !now.contains(p.as_str())) {
             self.mqtt_principal_queue_memory
                 .remove(&labels::PrincipalLabel {
                     principal: gone.clone(),
