@@ -99,10 +99,16 @@ async fn a_sys_subscriber_gets_every_status_topic_at_once_flagged_retained() {
     // Sent on subscribe, like retained messages [MQTT-3.3.1-9]; a live update (RETAIN 0) may
     // come first if the node published one just as the subscription was made.
     let mut latest = HashMap::new();
+    // The last count of connections heard, live or not: the node sends it again only when it
+    // changes, so one already at 1 here never comes again.
+    let mut connected = String::new();
     common::mqtt::within("a RETAIN copy of every status topic", async {
         while latest.len() < ALL.len() {
             let (topic, payload, retain) = parts(&watcher.next_publish().await);
             assert!(ALL.contains(&topic.as_str()), "unexpected {topic}");
+            if topic == CONNECTED {
+                connected.clone_from(&payload);
+            }
             if retain {
                 latest.entry(topic).or_insert(payload);
             }
@@ -118,7 +124,9 @@ async fn a_sys_subscriber_gets_every_status_topic_at_once_flagged_retained() {
         latest[VERSION],
         format!("retaind version {}", env!("CARGO_PKG_VERSION"))
     );
-    until_value(&mut watcher, CONNECTED, |v| v == "1").await;
+    if connected != "1" {
+        until_value(&mut watcher, CONNECTED, |v| v == "1").await;
+    }
     // An exact filter gets its one topic.
     let (mut exact, _) = V5::connect(v5_options(&app, "exact")).await;
     exact.subscribe(VERSION, Qos5::AtLeastOnce).await;
