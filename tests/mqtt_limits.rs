@@ -1109,3 +1109,86 @@ async fn past_a_principals_offline_session_bound_its_own_session_nearest_its_end
         back.push(raw);
     }
 }
+
+/// A principal's `max_connections` (here from `--mqtt-max-connections-per-principal`) bounds
+/// the client ids it has connected at once: past it a CONNECT with a new client id gets
+/// CONNACK 0x97 Quota exceeded (3.1.1: 0x03) and is closed, its retained Will not stored; a
+/// client id already connected connects again at the limit and takes its own connection over
+/// (the old one gets DISCONNECT 0x8E) without taking another place; another principal
+/// (`max_connections = 0`: no limit of its own) connects on; a place frees when a client leaves.
+#[tokio::test]
+async fn a_principal_past_its_connections_is_refused_and_its_connected_client_ids_take_over() {
+    use common::mqtt::{Qos5, connack_code, p5};
+    let (_dir, principals) = fleet_and_other("", "max_connections = 0");
+    let app = app_with(|c| {
+        c.principals = Some(principals.clone());
+        c.mqtt_max_connections_per_principal = 2;
+    })
+    .await;
+    let login = |id: &str, user: &str, v5: bool| {
+        build::connect_with_login(id, v5.then_some(&[][..]), user, b"pw")
+    };
+    let (mut f1, ack) = Raw::connect(&app, &login("f1", "fleet", true)).await;
+    assert_eq!(ack.body[1], 0);
+    let (mut f2, ack) = Raw::connect(&app, &login("f2", "fleet", false)).await;
+    assert_eq!(ack.body, [0, 0]);
+
+    // MQTT 5: 0x97, with a retained Will that must not be stored.
+    let mut options = common::mqtt::v5_options(&app, "f3");
+    options.set_credentials("fleet", "pw");
+    options.set_last_will(p5::LastWill::new(
+        "wills/f3",
+        "gone",
+        Qos5::AtLeastOnce,
+        true,
+        None,
+    ));
+    assert_eq!(
+        connack_code(options).await,
+        p5::ConnectReturnCode::QuotaExceeded
+    );
+    // MQTT 3.1.1: 0x03 Server unavailable.
+    let (mut f4, ack) = Raw::connect(&app, &login("f4", "fleet", false)).await;
+    assert_eq!(ack.body, [0, 0x03]);
+    assert!(f4.until_closed().await.is_empty());
+
+    // Another principal is not counted with the fleet, nor limited by the flag.
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let (o, ack) = Raw::connect(&app, &login(&format!("o{i}"), "other", true)).await;
+        assert_eq!(ack.body[1], 0, "o{i}");
+        others.push(o);
+    }
+
+    // f1 again, at the limit: it takes its own connection over.
+    let (_f1_again, ack) = Raw::connect(&app, &login("f1", "fleet", true)).await;
+    assert_eq!(ack.body[1], 0);
+    let closing = f1.until_closed().await;
+    assert_eq!(closing.last().map(RawPacket::disconnect_reason), Some(0x8E));
+    // Still two places taken: the take-over took none of its own.
+    let (_f5, ack) = Raw::connect(&app, &login("f5", "fleet", true)).await;
+    assert_eq!(ack.body[1], 0x97);
+    assert_eq!(app.stored_payload("wills/f3").await, None);
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    assert_eq!(
+        common::metric_value(
+            &page,
+            "retaind_mqtt_connects_refused_total{reason=\"principal_connections\"}"
+        ),
+        3.0
+    );
+
+    // A place frees when a client leaves.
+    f2.send(&build::packet(0xE0, &[])).await;
+    f2.until_closed().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_f6, ack) = Raw::connect(&app, &login("f6", "fleet", true)).await;
+        if ack.body[1] == 0 {
+            break;
+        }
+        assert_eq!(ack.body[1], 0x97);
+        assert!(std::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::mqtt::{Qos5, V5, p5, v5_options, within};
+use common::mqtt::{Qos5, V5, connack_code, p5, v5_options, within};
 use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
 use retaind::broker::Reauthorized;
 use sha2::{Digest, Sha256};
@@ -191,18 +191,7 @@ async fn watcher(app: &TestApp) -> V5 {
 async fn device_connack(app: &TestApp, password: &str) -> p5::ConnectReturnCode {
     let mut options = v5_options(app, "device-2");
     options.set_credentials("device", password);
-    let (_client, mut events) = rumqttc::v5::AsyncClient::new(options, 8);
-    within("a CONNACK", async {
-        loop {
-            match events.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(ack))) => return ack.code,
-                Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => return code,
-                Err(e) => panic!("no CONNACK: {e}"),
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
+    connack_code(options).await
 }
 
 /// The admin publishes `news/secret` then `news/open` (not retained): what the device gets is
@@ -337,6 +326,14 @@ async fn a_bad_file_is_refused_and_the_one_in_force_stays() {
             good.replace(
                 "name = \"reader\"",
                 "name = \"reader\"\nmax_queue_memory_mib = -1",
+            ),
+        ),
+        // A principal's connection limit that is not a count.
+        (
+            "negative connection limit",
+            good.replace(
+                "name = \"reader\"",
+                "name = \"reader\"\nmax_connections = -1",
             ),
         ),
         // Two principals with one name.

@@ -219,6 +219,17 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_MQTT_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub mqtt_max_connections: usize,
 
+    /// Concurrent MQTT connections of one principal on this node, counted by client id, for
+    /// principals whose entry in --principals sets no `max_connections`; past it a CONNECT
+    /// with a client id that principal has not connected already is refused with CONNACK 0x97
+    /// Quota exceeded (MQTT 3.1.1: 0x03 Server unavailable). `0`: no limit.
+    #[arg(
+        long,
+        env = "RETAIND_MQTT_MAX_CONNECTIONS_PER_PRINCIPAL",
+        default_value_t = 0
+    )]
+    pub mqtt_max_connections_per_principal: u64,
+
     /// MQTT connections that have not sent their CONNECT yet, at once, over every listener.
     /// When all are taken, a new one takes the place of one that has waited more than 2 s,
     /// from the address holding the most; if none has, the new one is closed at once.

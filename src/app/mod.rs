@@ -519,7 +519,8 @@ fn load_auth_config(config: &ServeConfig) -> Result<Option<AuthConfig>, Error> {
         principals
             .with_default_retained_quota(config.max_retained_messages_per_principal)
             .with_default_offline_sessions(config.mqtt_max_offline_sessions_per_principal)
-            .with_default_queue_memory(config.mqtt_max_queue_memory_mib_per_principal),
+            .with_default_queue_memory(config.mqtt_max_queue_memory_mib_per_principal)
+            .with_default_connections(config.mqtt_max_connections_per_principal),
     ))
 }
 

@@ -47,6 +47,10 @@ pub struct PrincipalConfig {
     /// is dropped. 0 means no limit of its own. Unset:
     /// `--mqtt-max-queue-memory-mib-per-principal`.
     pub max_queue_memory_mib: Option<u64>,
+    /// Most MQTT connections of this principal a node holds at once, counted by client id;
+    /// past it a CONNECT with a client id not connected already is refused. 0 means no
+    /// limit of its own. Unset: `--mqtt-max-connections-per-principal`.
+    pub max_connections: Option<u64>,
     #[serde(default)]
     pub statements: Vec<StatementConfig>,
 }
@@ -67,6 +71,7 @@ impl fmt::Debug for PrincipalConfig {
             .field("max_retained_messages", &self.max_retained_messages)
             .field("max_offline_sessions", &self.max_offline_sessions)
             .field("max_queue_memory_mib", &self.max_queue_memory_mib)
+            .field("max_connections", &self.max_connections)
             .field("statements", &self.statements)
             .finish_non_exhaustive()
     }
@@ -129,6 +134,14 @@ impl AuthConfig {
         }
         self
     }
+
+    /// Gives every principal that sets no `max_connections` this one (0: no limit).
+    pub fn with_default_connections(mut self, max_connections: u64) -> Self {
+        for p in &mut self.principals {
+            p.max_connections.get_or_insert(max_connections);
+        }
+        self
+    }
 }
 
 /// One principal's credentials and policy, checked.
@@ -143,6 +156,7 @@ pub(super) struct ValidPrincipal {
     pub(super) max_offline_sessions: Option<u64>,
     /// In bytes.
     pub(super) max_queue_memory_bytes: Option<usize>,
+    pub(super) max_connections: Option<usize>,
     /// Digest of the MQTT credentials as written (username, password hash, certificate): a
     /// reload that changes it ends the connections made with the old ones.
     pub(super) mqtt_credentials: [u8; 32],
@@ -260,6 +274,10 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
                 .max_queue_memory_mib
                 .filter(|&n| n > 0)
                 .map(|mib| usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)),
+            max_connections: p
+                .max_connections
+                .filter(|&n| n > 0)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         });
     }
     Ok(out)

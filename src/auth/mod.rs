@@ -133,6 +133,7 @@ impl Authenticator {
                 valid.max_retained_messages,
                 valid.max_offline_sessions,
                 valid.max_queue_memory_bytes,
+                valid.max_connections,
                 valid.mqtt_credentials,
             ));
             inner.by_name.insert(valid.name, principal.clone());

@@ -209,6 +209,9 @@ pub struct Principal {
     /// Most bytes its offline sessions' queues may hold on a node, each copy counting its
     /// whole message; `None`: no limit of its own.
     pub max_queue_memory_bytes: Option<usize>,
+    /// Most MQTT connections it holds on a node at once, by client id; `None`: no limit of
+    /// its own.
+    pub max_connections: Option<usize>,
     statements: Vec<Statement>,
     allow_all: bool,
     /// See [`Principal::same_mqtt_credentials`].
@@ -222,6 +225,7 @@ impl Principal {
         max_retained_messages: Option<u64>,
         max_offline_sessions: Option<u64>,
         max_queue_memory_bytes: Option<usize>,
+        max_connections: Option<usize>,
         mqtt_credentials: [u8; 32],
     ) -> Self {
         Principal {
@@ -229,6 +233,7 @@ impl Principal {
             max_retained_messages,
             max_offline_sessions,
             max_queue_memory_bytes,
+            max_connections,
             statements,
             allow_all: false,
             mqtt_credentials,
@@ -242,6 +247,7 @@ impl Principal {
             max_retained_messages: None,
             max_offline_sessions: None,
             max_queue_memory_bytes: None,
+            max_connections: None,
             statements: Vec::new(),
             allow_all: true,
             mqtt_credentials: [0; 32],
@@ -292,7 +298,7 @@ mod tests {
                     .collect(),
             })
             .collect();
-        Principal::new("test".into(), statements, None, None, None, [0; 32])
+        Principal::new("test".into(), statements, None, None, None, None, [0; 32])
     }
 
     fn allow(actions: &[&str], resources: &[&str]) -> Principal {

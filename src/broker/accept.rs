@@ -1,7 +1,7 @@
 //! A CONNECT accepted or refused: the client id, the authentication method, the connection
-//! limit, the credentials (see `admission`) and the Will checked in that order, then its turn
-//! under the connect rates awaited (`connect_rate`), then the session joined and the CONNACK
-//! that says how.
+//! limit, the credentials (see `admission`), the principal's connection limit and the Will
+//! checked in that order, then its turn under the connect rates awaited (`connect_rate`), then
+//! the session joined and the CONNACK that says how.
 
 use std::net::IpAddr;
 use std::num::NonZeroU16;
@@ -79,6 +79,26 @@ where
             refuse_as(&broker, framed, reason, credentials_refusal(reason)).await;
             return None;
         }
+    };
+    // Counted by client id: an id already connected under the principal takes its own
+    // connection over, so it is let in at the limit (`principal_connections`).
+    let principal_place = match principal.as_ref() {
+        Some(p) => match p.max_connections {
+            None => None,
+            Some(max) => match broker
+                .inner
+                .principal_connections
+                .try_acquire(&p.name, &key, max)
+            {
+                Some(place) => Some(place),
+                None => {
+                    tracing::debug!(client = %key, principal = %p.name, "the principal's connections are all taken");
+                    refuse(&broker, framed, Refusal::principal_connections).await;
+                    return None;
+                }
+            },
+        },
+        None => None,
     };
     let will = match connect.last_will.as_ref() {
         None => None,
@@ -187,6 +207,7 @@ where
         problem_info: connect.request_problem_info,
         client_window,
         slot,
+        principal_place,
         claim,
         restored,
     };
@@ -252,6 +273,8 @@ where
         Refusal::client_id => ConnectAckReason::ClientIdentifierNotValid,
         Refusal::authentication_method => ConnectAckReason::BadAuthenticationMethod,
         Refusal::server_busy => ConnectAckReason::ServerBusy,
+        // 3.1.1 has no such code: 0x03 Server unavailable.
+        Refusal::principal_connections => ConnectAckReason::QuotaExceeded,
         Refusal::bad_credentials => ConnectAckReason::BadUserNameOrPassword,
         Refusal::not_authorized => ConnectAckReason::NotAuthorized,
         // 3.1.1 has no such code: 0x03 Server unavailable.

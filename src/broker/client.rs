@@ -19,6 +19,7 @@ use super::inbound_publish::{self, Aliases};
 use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal, Why};
 use super::limits::ConnectionSlot;
 use super::outbound::Outbound;
+use super::principal_connections::PrincipalPlace;
 use super::registry::{Session, Sessions, StopReason};
 use super::retained::{RetainedFeed, Tries};
 use super::settling::{Settled, Settling};
@@ -76,6 +77,8 @@ pub(super) struct Joined {
     /// The client's Receive Maximum (3.1.1: none).
     pub client_window: u16,
     pub slot: ConnectionSlot,
+    /// Its place under its principal's `max_connections`, if it has one.
+    pub principal_place: Option<PrincipalPlace>,
     /// The generation of its claim on the client id, service-wide (0: a single node).
     pub claim: u64,
     /// Its session as another node (or this one) left it in Postgres, when it resumes one.
@@ -111,6 +114,8 @@ pub(super) struct Client {
     publish_rate: TokenBucket,
     /// This connection's place under `--mqtt-max-connections`, freed when it is dropped.
     _slot: ConnectionSlot,
+    /// Its place under its principal's `max_connections`, freed when it is dropped.
+    _principal_place: Option<PrincipalPlace>,
     /// Its claim on the client id, released when it ends (0: a single node).
     claim: u64,
 }
@@ -129,6 +134,7 @@ impl Client {
             problem_info,
             client_window,
             slot,
+            principal_place,
             claim,
             restored,
         } = joined;
@@ -168,6 +174,7 @@ impl Client {
             pending: Settling::default(),
             writes: None,
             _slot: slot,
+            _principal_place: principal_place,
             claim,
         };
         (client, attached.session_present)

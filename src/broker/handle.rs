@@ -20,6 +20,7 @@ use super::message::{Message, Publication};
 use super::observe;
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
 use super::peers;
+use super::principal_connections::PrincipalConnections;
 use super::queue_memory::QueueMemory;
 use super::registry::{Attached, Entered, Session, Sessions};
 use super::retained::ReadAhead;
@@ -73,6 +74,8 @@ pub(super) struct Inner {
     pub connections: TaskTracker,
     /// Connections past CONNECT, against `config.max_connections`.
     pub live: Arc<ConnectionCount>,
+    /// Each principal's connections, against its `max_connections`.
+    pub principal_connections: PrincipalConnections,
     pub password_checks: PasswordChecks,
     /// Each client id's turns to connect.
     pub connect_rates: ConnectRates,
@@ -131,6 +134,7 @@ impl Broker {
                 stopping: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 live: Arc::default(),
+                principal_connections: PrincipalConnections::default(),
                 password_checks: PasswordChecks::new(),
                 connect_rates: ConnectRates::new(connect_rate),
                 principal_connect_rates: PrincipalRates::new(

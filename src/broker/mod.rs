@@ -39,6 +39,7 @@ mod outbound;
 mod password_checks;
 mod patience;
 mod peers;
+mod principal_connections;
 mod queue_memory;
 mod reauthorize;
 mod registry;

@@ -119,6 +119,9 @@ pub enum ConnectRefusal {
     /// Its principal's turn to connect was more than 2 s off
     /// (`--mqtt-connect-rate-per-principal`, 0x9F).
     principal_rate,
+    /// Its principal had `max_connections` client ids connected to the node already, its own
+    /// not among them (`--mqtt-max-connections-per-principal`, 0x97).
+    principal_connections,
     /// A Will that could not be published: its topic, size, format or properties.
     will,
     /// The node began to stop while the CONNECT waited for its turn, or with `--cluster-url`

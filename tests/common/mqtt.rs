@@ -328,6 +328,22 @@ impl V5 {
     }
 }
 
+/// The CONNACK code a client connecting with `options` gets, accepted or refused.
+pub async fn connack_code(options: rumqttc::v5::MqttOptions) -> p5::ConnectReturnCode {
+    let (_client, mut events) = rumqttc::v5::AsyncClient::new(options, 8);
+    within("a CONNACK", async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(ack))) => return ack.code,
+                Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => return code,
+                Err(e) => panic!("no CONNACK: {e}"),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+}
+
 /// A client subscribed to `will/#` at QoS 1, where the Will tests publish their Wills.
 pub async fn will_watcher(app: &TestApp) -> V5 {
     let (mut w, _) = V5::connect(v5_options(app, "watcher")).await;
