@@ -872,6 +872,116 @@ async fn the_node_cap_answers_503() {
     app.stop().await;
 }
 
+/// Watches hold HTTP connections' places while they stream, so the node holds at most three
+/// quarters of `--http-max-connections` of them, whatever `--max-watches` says: requests
+/// always keep places of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_are_held_to_three_quarters_of_the_http_places() {
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.http_max_connections = 4;
+    config.max_watches = 10;
+    let app = spawn_app_with(db, config).await;
+    let mut open_watches = Vec::new();
+    for _ in 0..3 {
+        let mut watch = open(&app, "").await;
+        assert_eq!(watch.expect().await.event, "synced");
+        open_watches.push(watch);
+    }
+    let fourth = app.get("/retainedMessage-watch").await;
+    assert_eq!(fourth.status(), 503);
+    let body: Value = fourth.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("3 watches"),
+        "{body}"
+    );
+    // The place left serves requests.
+    assert_eq!(app.get("/retainedMessage").await.status(), 200);
+    app.stop().await;
+}
+
+/// The admin (`max_watches = 0`: no limit of its own) and the watcher, whose limit comes from
+/// `--max-watches-per-principal`.
+fn principals_with_watch_limits() -> String {
+    principals(true).replace("name = \"admin\"", "name = \"admin\"\nmax_watches = 0")
+}
+
+async fn open_as(app: &TestApp, token: &str) -> reqwest::Response {
+    app.http
+        .get(app.url("/retainedMessage-watch"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The watcher's next watch, once a place frees: until then each try gets `meanwhile`.
+async fn open_once_freed(app: &TestApp, meanwhile: u16) -> Sse {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = open_as(app, WATCHER_TOKEN).await;
+        if res.status() == 200 {
+            return Sse::new(res);
+        }
+        assert_eq!(res.status(), meanwhile);
+        assert!(Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A principal holds at most its `max_watches` open on a node: one more gets 429
+/// ThrottlingException, while another principal opens on; a watch the node refused (503, its
+/// `--max-watches` taken) gives its principal's place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_past_its_watches_gets_429_and_others_watch_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    std::fs::write(&path, principals_with_watch_limits()).unwrap();
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.principals = Some(path);
+    config.max_watches = 4;
+    config.max_watches_per_principal = 2;
+    // The waits below open watches in a loop; the rate of opening them is not under test.
+    config.rate_watch_retained_messages = 1000.0;
+    let app = spawn_app_with(db, config).await;
+    let mut admin = Vec::new();
+    for _ in 0..2 {
+        let mut watch = Sse::new(open_as(&app, ADMIN_TOKEN).await);
+        assert_eq!(watch.expect().await.event, "synced");
+        admin.push(watch);
+    }
+    let mut w1 = Sse::new(open_as(&app, WATCHER_TOKEN).await);
+    assert_eq!(w1.expect().await.event, "synced");
+    // The admin's third: past the flag's 2, which is not its limit.
+    let mut a3 = Sse::new(open_as(&app, ADMIN_TOKEN).await);
+    assert_eq!(a3.expect().await.event, "synced");
+    // The node is full: the watcher's second is refused there.
+    let refused = open_as(&app, WATCHER_TOKEN).await;
+    assert_eq!(refused.status(), 503);
+    // A place of the node's frees; the watcher's second opens (had the refusal kept its
+    // principal's place, it would be at its limit now: 429).
+    drop(admin.remove(0));
+    let mut w2 = open_once_freed(&app, 503).await;
+    assert_eq!(w2.expect().await.event, "synced");
+    // Its third: its principal's limit, answered before the node's.
+    drop(admin.remove(0));
+    let third = open_as(&app, WATCHER_TOKEN).await;
+    assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["x-amzn-errortype"], "ThrottlingException");
+    let body: Value = third.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("max_watches"),
+        "{body}"
+    );
+    // One of its own ends: it may open another.
+    drop(w1);
+    let mut w3 = open_once_freed(&app, 429).await;
+    assert_eq!(w3.expect().await.event, "synced");
+    drop((w2, w3, a3));
+    app.stop().await;
+}
+
 /// A watcher that takes nothing of its stream for as long as the idle timeout is closed, and
 /// its place (`--max-watches` 1 here) is free again: a client that stops reading cannot hold
 /// one for ever.

@@ -66,6 +66,12 @@ pub enum ApiError {
     /// The node holds as many watches as `--max-watches` allows.
     #[error("this node already holds {0} watches (--max-watches); retry later or on another node")]
     TooManyWatches(usize),
+    /// The caller's principal holds as many watches on this node as its `max_watches` allows.
+    #[error(
+        "the caller holds {0} watches on this node already, its principal's max_watches; \
+         close one or retry later"
+    )]
+    PrincipalWatches(usize),
     /// A part the service needs besides the store is missing (`/readyz`).
     #[error("{0}")]
     NotReady(&'static str),
@@ -114,7 +120,9 @@ impl ApiError {
             Self::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "RequestEntityTooLargeException"),
             // The SDKs' standard retry mode retries this name as a transient error.
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeoutException"),
-            Self::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"),
+            Self::Throttled(_) | Self::PrincipalWatches(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "ThrottlingException")
+            }
             Self::Unavailable(_) | Self::NotReady(_) | Self::TooManyWatches(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailableException",

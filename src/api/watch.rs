@@ -60,7 +60,7 @@ pub use watches::{WatchSettings, Watches};
         (status = 400, description = "InvalidRequestException: an invalid topicFilter, or a fromRevision or Last-Event-ID that is not decimal digits", body = ErrorBody),
         (status = 401, description = "UnauthorizedException: no credentials (when principals are configured)", body = ErrorBody),
         (status = 403, description = "ForbiddenException: unknown or wrong credentials; without principals, a request naming another host than localhost, a loopback address or --allowed-hosts, or a cross-site browser request", body = ErrorBody),
-        (status = 429, description = "ThrottlingException: the caller's rate of new watches (--rate-watch-retained-messages) is used up", body = ErrorBody),
+        (status = 429, description = "ThrottlingException: the caller's rate of new watches (--rate-watch-retained-messages) is used up, or its principal holds its max_watches watches on this node already", body = ErrorBody),
         (status = 503, description = "ServiceUnavailableException: the node holds --max-watches watches already, or the store is unavailable", body = ErrorBody),
     )
 )]
@@ -74,9 +74,7 @@ pub async fn watch(
     let Params(params) = params?;
     let request = WatchRequest::parse(&params, &headers).map_err(ApiError::invalid)?;
     let watches = &state.watches;
-    let open = watches
-        .open(&state.metrics)
-        .ok_or(ApiError::TooManyWatches(watches.settings.max_watches))?;
+    let open = watches.open(&state.metrics, caller.principal())?;
     let every = watches.settings.progress_every;
     let watch = Watch::start(
         &watches.hub,

@@ -342,8 +342,16 @@ pub struct ServeConfig {
 
     /// Watches open at once on this node; beyond it a new watch is answered 503
     /// ServiceUnavailableException (another node, or later, may take it). 0: no watch at all.
-    #[arg(long, env = "RETAIND_MAX_WATCHES", default_value_t = 10_000)]
+    /// Held to three quarters of --http-max-connections: a watch holds an HTTP connection's
+    /// place while it streams, and requests need the others.
+    #[arg(long, env = "RETAIND_MAX_WATCHES", default_value_t = 3_072)]
     pub max_watches: usize,
+
+    /// Watches one principal may hold open on this node at once, for principals whose entry
+    /// in --principals sets no `max_watches`; beyond it a new watch is answered 429
+    /// ThrottlingException. `0`: no limit.
+    #[arg(long, env = "RETAIND_MAX_WATCHES_PER_PRINCIPAL", default_value_t = 0)]
+    pub max_watches_per_principal: u64,
 
     /// How often an idle watch is sent a `progress` event (when the service's revision moved)
     /// or else a keep-alive comment (e.g. 10s).

@@ -269,7 +269,10 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         watches: Watches::new(
             store.clone(),
             WatchSettings {
-                max_watches: config.max_watches,
+                max_watches: watches_within_http_places(
+                    config.max_watches,
+                    config.http_max_connections,
+                ),
                 progress_every: config.watch_progress_interval,
                 ..WatchSettings::default()
             },
@@ -507,6 +510,26 @@ fn load_auth(config: &ServeConfig) -> Result<Authenticator, Error> {
 }
 
 /// The principals file, read and parsed (not yet validated); `None` without the flag.
+/// `--max-watches`, held to three quarters of `--http-max-connections`: a watch holds an HTTP
+/// connection's place for as long as it streams, and is never given up for a newcomer (it is
+/// serving a request), so watches alone could otherwise take every place and keep every
+/// request out.
+fn watches_within_http_places(max_watches: usize, http_max_connections: u32) -> usize {
+    let places = http_max_connections as usize;
+    let most = places - places / 4;
+    if max_watches > most {
+        tracing::warn!(
+            max_watches,
+            held_to = most,
+            "--max-watches is held to three quarters of --http-max-connections ({places}): \
+             each watch holds an HTTP connection's place while it streams; raise \
+             --http-max-connections for more"
+        );
+        return most;
+    }
+    max_watches
+}
+
 fn load_auth_config(config: &ServeConfig) -> Result<Option<AuthConfig>, Error> {
     let Some(path) = config.principals_file() else {
         return Ok(None);
@@ -520,7 +543,8 @@ fn load_auth_config(config: &ServeConfig) -> Result<Option<AuthConfig>, Error> {
             .with_default_retained_quota(config.max_retained_messages_per_principal)
             .with_default_offline_sessions(config.mqtt_max_offline_sessions_per_principal)
             .with_default_queue_memory(config.mqtt_max_queue_memory_mib_per_principal)
-            .with_default_connections(config.mqtt_max_connections_per_principal),
+            .with_default_connections(config.mqtt_max_connections_per_principal)
+            .with_default_watches(config.max_watches_per_principal),
     ))
 }
 

@@ -9,7 +9,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::password::StoredHash;
-use super::policy::{Action, Effect, Resource, Statement};
+use super::policy::{Action, Effect, Limits, Resource, Statement};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +51,10 @@ pub struct PrincipalConfig {
     /// past it a CONNECT with a client id not connected already is refused. 0 means no
     /// limit of its own. Unset: `--mqtt-max-connections-per-principal`.
     pub max_connections: Option<u64>,
+    /// Most watches of the retained set (`GET /retainedMessage-watch`) this principal may hold
+    /// open on a node at once; past it a new one gets 429 ThrottlingException. 0 means no
+    /// limit of its own. Unset: `--max-watches-per-principal`.
+    pub max_watches: Option<u64>,
     #[serde(default)]
     pub statements: Vec<StatementConfig>,
 }
@@ -72,6 +76,7 @@ impl fmt::Debug for PrincipalConfig {
             .field("max_offline_sessions", &self.max_offline_sessions)
             .field("max_queue_memory_mib", &self.max_queue_memory_mib)
             .field("max_connections", &self.max_connections)
+            .field("max_watches", &self.max_watches)
             .field("statements", &self.statements)
             .finish_non_exhaustive()
     }
@@ -142,6 +147,14 @@ impl AuthConfig {
         }
         self
     }
+
+    /// Gives every principal that sets no `max_watches` this one (0: no limit).
+    pub fn with_default_watches(mut self, max_watches: u64) -> Self {
+        for p in &mut self.principals {
+            p.max_watches.get_or_insert(max_watches);
+        }
+        self
+    }
 }
 
 /// One principal's credentials and policy, checked.
@@ -152,11 +165,7 @@ pub(super) struct ValidPrincipal {
     pub(super) mqtt: Option<(String, StoredHash)>,
     pub(super) client_cert: Option<[u8; 32]>,
     pub(super) statements: Vec<Statement>,
-    pub(super) max_retained_messages: Option<u64>,
-    pub(super) max_offline_sessions: Option<u64>,
-    /// In bytes.
-    pub(super) max_queue_memory_bytes: Option<usize>,
-    pub(super) max_connections: Option<usize>,
+    pub(super) limits: Limits,
     /// Digest of the MQTT credentials as written (username, password hash, certificate): a
     /// reload that changes it ends the connections made with the old ones.
     pub(super) mqtt_credentials: [u8; 32],
@@ -268,19 +277,25 @@ pub(super) fn validate(config: AuthConfig) -> Result<Vec<ValidPrincipal>, Config
             mqtt,
             client_cert,
             statements,
-            max_retained_messages: p.max_retained_messages.filter(|&n| n > 0),
-            max_offline_sessions: p.max_offline_sessions.filter(|&n| n > 0),
-            max_queue_memory_bytes: p
-                .max_queue_memory_mib
-                .filter(|&n| n > 0)
-                .map(|mib| usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)),
-            max_connections: p
-                .max_connections
-                .filter(|&n| n > 0)
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            limits: Limits {
+                retained_messages: p.max_retained_messages.filter(|&n| n > 0),
+                offline_sessions: p.max_offline_sessions.filter(|&n| n > 0),
+                queue_memory_bytes: p
+                    .max_queue_memory_mib
+                    .filter(|&n| n > 0)
+                    .map(|mib| usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)),
+                connections: count(p.max_connections),
+                watches: count(p.max_watches),
+            },
         });
     }
     Ok(out)
+}
+
+/// A limit as the file gives it: 0 is none.
+fn count(n: Option<u64>) -> Option<usize> {
+    n.filter(|&n| n > 0)
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 fn mqtt_credentials_digest(p: &PrincipalConfig) -> [u8; 32] {

@@ -35,7 +35,7 @@ use subtle::ConstantTimeEq;
 pub use config::{AuthConfig, ConfigError, PrincipalConfig, StatementConfig};
 pub use error::AuthError;
 pub use password::hash_password;
-pub use policy::{Action, Effect, Principal};
+pub use policy::{Action, Effect, Limits, Principal};
 pub use presigned::is_presigned;
 pub use sigv4::SigV4Request;
 
@@ -130,10 +130,7 @@ impl Authenticator {
             let principal = Arc::new(Principal::new(
                 valid.name.clone(),
                 valid.statements,
-                valid.max_retained_messages,
-                valid.max_offline_sessions,
-                valid.max_queue_memory_bytes,
-                valid.max_connections,
+                valid.limits,
                 valid.mqtt_credentials,
             ));
             inner.by_name.insert(valid.name, principal.clone());

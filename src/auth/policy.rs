@@ -197,21 +197,28 @@ impl Statement {
     }
 }
 
+/// A principal's own bounds; `None`: no limit of its own. Each is on a node's share of the
+/// service except the retained quota, which is the service's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Most retained messages it may keep (those its publishes stored).
+    pub retained_messages: Option<u64>,
+    /// Most of its persistent sessions a node holds offline.
+    pub offline_sessions: Option<u64>,
+    /// Most bytes its offline sessions' queues may hold on a node, each copy counting its
+    /// whole message.
+    pub queue_memory_bytes: Option<usize>,
+    /// Most MQTT connections it holds on a node at once, by client id.
+    pub connections: Option<usize>,
+    /// Most watches of the retained set it holds open on a node at once.
+    pub watches: Option<usize>,
+}
+
 /// An authenticated identity and its policy. Holds no secrets, so it may be logged.
 #[derive(Debug)]
 pub struct Principal {
     pub name: String,
-    /// Most retained messages this principal may keep (those its publishes stored); `None`:
-    /// no quota of its own.
-    pub max_retained_messages: Option<u64>,
-    /// Most of its persistent sessions a node holds offline; `None`: no limit of its own.
-    pub max_offline_sessions: Option<u64>,
-    /// Most bytes its offline sessions' queues may hold on a node, each copy counting its
-    /// whole message; `None`: no limit of its own.
-    pub max_queue_memory_bytes: Option<usize>,
-    /// Most MQTT connections it holds on a node at once, by client id; `None`: no limit of
-    /// its own.
-    pub max_connections: Option<usize>,
+    pub limits: Limits,
     statements: Vec<Statement>,
     allow_all: bool,
     /// See [`Principal::same_mqtt_credentials`].
@@ -222,18 +229,12 @@ impl Principal {
     pub(super) fn new(
         name: String,
         statements: Vec<Statement>,
-        max_retained_messages: Option<u64>,
-        max_offline_sessions: Option<u64>,
-        max_queue_memory_bytes: Option<usize>,
-        max_connections: Option<usize>,
+        limits: Limits,
         mqtt_credentials: [u8; 32],
     ) -> Self {
         Principal {
             name,
-            max_retained_messages,
-            max_offline_sessions,
-            max_queue_memory_bytes,
-            max_connections,
+            limits,
             statements,
             allow_all: false,
             mqtt_credentials,
@@ -244,10 +245,7 @@ impl Principal {
     pub(super) fn anonymous() -> Self {
         Principal {
             name: "anonymous".to_owned(),
-            max_retained_messages: None,
-            max_offline_sessions: None,
-            max_queue_memory_bytes: None,
-            max_connections: None,
+            limits: Limits::default(),
             statements: Vec::new(),
             allow_all: true,
             mqtt_credentials: [0; 32],
@@ -298,7 +296,7 @@ mod tests {
                     .collect(),
             })
             .collect();
-        Principal::new("test".into(), statements, None, None, None, None, [0; 32])
+        Principal::new("test".into(), statements, Limits::default(), [0; 32])
     }
 
     fn allow(actions: &[&str], resources: &[&str]) -> Principal {

@@ -388,7 +388,7 @@ fn secrets_do_not_appear_in_debug_output() {
 
 #[test]
 fn a_principals_bound_that_is_not_a_count_is_refused_by_name() {
-    for field in ["max_queue_memory_mib", "max_connections"] {
+    for field in ["max_queue_memory_mib", "max_connections", "max_watches"] {
         for value in ["-1", "\"64\"", "1.5"] {
             let message = invalid_message(&format!(
                 "[[principals]]\nname = \"d\"\napi_tokens_sha256 = [\"{}\"]\n{field} = {value}\n",
@@ -409,10 +409,16 @@ fn example_config_loads_and_grants_what_it_says() {
     let device = auth
         .verify_mqtt(Some("sensor-1"), Some(b"change-me-sensor-1"))
         .expect("example device password");
-    assert_eq!(device.max_retained_messages, Some(100));
-    assert_eq!(device.max_offline_sessions, Some(20));
-    assert_eq!(device.max_queue_memory_bytes, Some(64 << 20));
-    assert_eq!(device.max_connections, Some(1));
+    assert_eq!(
+        device.limits,
+        Limits {
+            retained_messages: Some(100),
+            offline_sessions: Some(20),
+            queue_memory_bytes: Some(64 << 20),
+            connections: Some(1),
+            watches: Some(4),
+        }
+    );
     assert!(device.allows(Action::Connect, "sensor-1", Some("sensor-1")));
     assert!(!device.allows(Action::Connect, "sensor-2", Some("sensor-2")));
     assert!(device.allows(Action::Publish, "devices/sensor-1/state", Some("sensor-1")));

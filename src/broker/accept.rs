@@ -83,7 +83,7 @@ where
     // Counted by client id: an id already connected under the principal takes its own
     // connection over, so it is let in at the limit (`principal_connections`).
     let principal_place = match principal.as_ref() {
-        Some(p) => match p.max_connections {
+        Some(p) => match p.limits.connections {
             None => None,
             Some(max) => match broker
                 .inner

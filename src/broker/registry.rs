@@ -695,7 +695,7 @@ impl Sessions {
             .list(&session.key, creator, at, &session.listed);
         let own = session
             .principal()
-            .and_then(|p| p.max_offline_sessions)
+            .and_then(|p| p.limits.offline_sessions)
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let mut theirs = Vec::new();
         if let Some(max) = own {

@@ -369,7 +369,7 @@ impl SessionState {
             return;
         }
         self.share = principal.and_then(|p| {
-            let limit = p.max_queue_memory_bytes?;
+            let limit = p.limits.queue_memory_bytes?;
             Some(self.memory.share(&p.name, limit))
         });
         self.counted = true;

@@ -202,7 +202,7 @@ impl Owner {
     pub fn of(principal: Option<&Principal>) -> Self {
         principal.map_or_else(Self::anonymous, |p| Self {
             name: p.name.as_str().into(),
-            max_messages: p.max_retained_messages,
+            max_messages: p.limits.retained_messages,
         })
     }
 }
