@@ -216,6 +216,83 @@ async fn a_restored_sessions_queue_counts_towards_the_nodes_queue_memory(backend
     );
 }
 
+/// A session taken up at the start is its creator's from the start, not from its client's
+/// return: its queue counts in that principal's share (`max_queue_memory_mib`), so what it
+/// queues before its client returns stops at the share, the oldest kept.
+#[tokio::test]
+async fn a_restored_sessions_queue_counts_in_its_principals_share() {
+    use rumqttc::QoS;
+    const PAYLOAD: usize = 16 * 1024;
+    const SHARE: f64 = (1 << 20) as f64;
+    const SENT: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let principals = dir.path().join("auth.toml");
+    std::fs::write(
+        &principals,
+        format!(
+            "[[principals]]\nname = \"fleet\"\nmqtt_username = \"fleet\"\n\
+             mqtt_password_hash = \"{}\"\nmax_queue_memory_mib = 1\n\
+             [[principals.statements]]\neffect = \"Allow\"\nactions = [\"iot:*\"]\nresources = [\"*\"]\n",
+            retaind::auth::hash_password("pw")
+        ),
+    )
+    .unwrap();
+    let configured = |url: &str| {
+        let mut config = common::test_config(url);
+        config.principals = Some(principals.clone());
+        config
+    };
+    let options = |app: &TestApp, id: &str, clean: bool| {
+        let mut o = common::mqtt::v3_options(app, id);
+        o.set_clean_session(clean);
+        o.set_credentials("fleet", "pw");
+        o
+    };
+    let db = common::fresh_db(Backend::Sqlite).await;
+    let config = configured(&db.url);
+    let app = common::spawn_app_with(db, config).await;
+    let (mut away, _) = common::mqtt::V3::connect(options(&app, "away", false)).await;
+    away.subscribe("m/#", QoS::AtLeastOnce).await;
+    away.disconnect().await;
+    app.until_no_connections().await;
+
+    let db = app.stop().await;
+    let config = configured(&db.url);
+    let app = common::spawn_app_at(db, config, Clock::manual(T0_MS)).await;
+    let (mut publisher, _) = common::mqtt::V3::connect(options(&app, "pub", true)).await;
+    for i in 0..SENT {
+        publisher
+            .publish("m/x", QoS::AtLeastOnce, false, numbered(i).as_bytes())
+            .await;
+    }
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    let share = common::metric_value(
+        &page,
+        r#"retaind_mqtt_principal_queue_memory_bytes{principal="fleet"}"#,
+    );
+    assert!(
+        share <= SHARE && share + (PAYLOAD + 2048) as f64 > SHARE,
+        "{share}"
+    );
+    let dropped = common::metric_value(
+        &page,
+        r#"retaind_mqtt_messages_dropped_total{reason="principal_queue_memory"}"#,
+    );
+    assert!(dropped > 0.0, "{page}");
+
+    // Back: the oldest, in order, as many as were not dropped.
+    let (mut back, ack) = common::mqtt::V3::connect(options(&app, "away", false)).await;
+    assert!(ack.session_present);
+    for i in 0..SENT - dropped as usize {
+        let p = back.next_publish().await;
+        assert_eq!(p.payload, numbered(i).as_bytes(), "message {i}");
+    }
+    publisher
+        .publish("m/x", QoS::AtLeastOnce, false, b"marker")
+        .await;
+    assert_eq!(&back.next_publish().await.payload[..], b"marker");
+}
+
 async fn unfinished_qos2_exchanges_are_finished_after_a_restart(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut sub = subscribed(&app, &persistent_v5("q2sub", true, 300), true, "x/#", 2).await;

@@ -218,7 +218,8 @@ fn adopt(broker: &Broker, a: Adopted) {
     let left = expiry.saturating_sub(a.away);
     let expires_at_ms = ends_at_ms(broker.store().clock().now_ms(), a.expiry_secs, left);
     let expires = expires_at_ms != NEVER;
-    if let Some(session) = broker.sessions().adopt(&a, expires_at_ms) {
+    let principal = broker.creator_principal(a.creator.as_deref());
+    if let Some(session) = broker.sessions().adopt(&a, expires_at_ms, principal) {
         tracing::info!(client = %a.client_id, "holding the session of a node that is gone");
         if expires {
             // Never attached here: its connection is 0 until a client takes it up.

@@ -67,6 +67,13 @@ impl Broker {
         Some(true)
     }
 
+    /// The entry now of the principal named `creator`, which made a session this node takes
+    /// up without its client (restored at start, adopted from a node that is gone); `None`
+    /// for an anonymous session or a principal no longer in the file.
+    pub(super) fn creator_principal(&self, creator: Option<&str>) -> Option<Arc<Principal>> {
+        self.auth().principal(creator?)
+    }
+
     /// Whether a principal (a session's, when its Will is due) still stands.
     pub(super) fn still_stands(&self, principal: &Principal) -> Option<Arc<Principal>> {
         standing(self, principal)

@@ -986,13 +986,20 @@ impl Sessions {
 
     /// A session of a node that is gone, now held here offline until `expires_at_ms`, its
     /// queue in Postgres: returns it, to be expired then, or `None` if a session of that
-    /// client id is here already.
-    pub fn adopt(&self, a: &Adopted, expires_at_ms: i64) -> Option<Arc<Session>> {
+    /// client id is here already. `principal` as for [`Self::restore`].
+    pub fn adopt(
+        &self,
+        a: &Adopted,
+        expires_at_ms: i64,
+        principal: Option<Arc<Principal>>,
+    ) -> Option<Arc<Session>> {
         let mut registry = self.registry();
         if registry.sessions.contains_key(&*a.client_id) || a.expiry_secs == 0 {
             return None;
         }
         let session = Arc::new(Session::new(a.client_id.clone(), a.creator.clone(), self));
+        session.state().left_by(principal.as_deref());
+        session.set_principal(principal);
         // Never attached: its "connection" is 0, which `expire` and `resumed_since` check.
         let _ = session.state().start_spooling(Stored {
             messages: a.queued,
@@ -1010,10 +1017,13 @@ impl Sessions {
 
     /// A session saved before this node's last stop (decision 024), held here offline until
     /// `expires_at_ms`: returns it, or `None` if a session of that client id is here already.
+    /// `principal` is its creator's entry now, if it still stands: its bounds and its receive
+    /// permission apply to the session from the start, not from its client's return.
     pub fn restore(
         &self,
         key: ClientKey,
         creator: Option<String>,
+        principal: Option<Arc<Principal>>,
         expires_at_ms: i64,
         subscriptions: &[StoredSubscription],
         fill: impl FnOnce(&mut SessionState),
@@ -1027,7 +1037,11 @@ impl Sessions {
             .expires_at_ms
             .store(expires_at_ms, Ordering::Release);
         // Never attached: its "connection" is 0, which `expire` checks.
-        fill(&mut session.state());
+        let mut state = session.state();
+        state.left_by(principal.as_deref());
+        fill(&mut state);
+        drop(state);
+        session.set_principal(principal);
         registry.insert(key, session.clone());
         drop(registry);
         let _ = self.restore_subscriptions(&session, subscriptions);

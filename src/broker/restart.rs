@@ -455,11 +455,15 @@ impl Broker {
             dropped: _,
         } = decoded;
         let key = ClientKey::from(client_id);
-        let restored =
-            self.sessions()
-                .restore(key.clone(), creator, expires_at, &subscriptions, |state| {
-                    state.restore(inflight, queue, awaiting_release)
-                });
+        let principal = self.creator_principal(creator.as_deref());
+        let restored = self.sessions().restore(
+            key.clone(),
+            creator,
+            principal,
+            expires_at,
+            &subscriptions,
+            |state| state.restore(inflight, queue, awaiting_release),
+        );
         let Some(session) = restored else {
             return;
         };

@@ -379,6 +379,14 @@ impl SessionState {
         self.recount();
     }
 
+    /// A session made offline without a connection (restored at start, adopted from a node
+    /// that is gone) counts as if `principal`, the one that made it, had just left it: in the
+    /// node's memory, and in the principal's share if it has one.
+    pub fn left_by(&mut self, principal: Option<&Principal>) {
+        self.go_online();
+        self.go_offline(principal);
+    }
+
     /// A connection took the session up: its queue stops counting, in the node's memory and
     /// in its principal's share.
     pub fn go_online(&mut self) {

@@ -213,14 +213,14 @@ fn without_a_bound_every_offline_session_is_kept() {
 fn a_deadline_of_an_earlier_unattached_session_does_not_end_a_later_one() {
     let sessions = sessions(100);
     let first = sessions
-        .restore("x".into(), None, NEVER, &[], |_| {})
+        .restore("x".into(), None, None, NEVER, &[], |_| {})
         .unwrap();
     assert!(sessions.left_by("x", first.serial(), 0));
     sessions.expire_key("x", first.serial(), 0);
     assert!(sessions.get("x").is_none(), "its own deadline ends it");
 
     let second = sessions
-        .restore("x".into(), None, NEVER, &[], |_| {})
+        .restore("x".into(), None, None, NEVER, &[], |_| {})
         .unwrap();
     assert!(!sessions.left_by("x", first.serial(), 0));
     sessions.expire_key("x", first.serial(), 0);

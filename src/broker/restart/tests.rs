@@ -105,6 +105,7 @@ fn a_session_reads_back_as_it_was_saved() {
         .restore(
             Arc::from("c"),
             Some("alice".into()),
+            None,
             1_234,
             &subscriptions,
             |state| {
@@ -157,7 +158,7 @@ fn a_session_reads_back_as_it_was_saved() {
 fn the_will_a_session_waits_out_reads_back_with_when_it_is_due() {
     let sessions = sessions();
     let session = sessions
-        .restore(Arc::from("dev"), None, NEVER, &[], |_| {})
+        .restore(Arc::from("dev"), None, None, NEVER, &[], |_| {})
         .unwrap();
     let d = delivery("offline", Qos::AtLeastOnce, &[]);
     let will = Will {
@@ -202,7 +203,7 @@ fn the_will_a_session_waits_out_reads_back_with_when_it_is_due() {
 fn a_session_that_never_expires_is_saved_without_an_expiry() {
     let sessions = sessions();
     let session = sessions
-        .restore(Arc::from("forever"), None, NEVER, &[], |_| {})
+        .restore(Arc::from("forever"), None, None, NEVER, &[], |_| {})
         .unwrap();
     let row = encode(&session, None);
     assert_eq!((row.creator, row.expires_at_ms), (None, None));
@@ -214,7 +215,7 @@ fn a_session_that_never_expires_is_saved_without_an_expiry() {
 fn another_format_or_a_damaged_state_is_unreadable() {
     let sessions = sessions();
     let session = sessions
-        .restore(Arc::from("c"), None, NEVER, &[], |state| {
+        .restore(Arc::from("c"), None, None, NEVER, &[], |state| {
             state.restore(
                 Vec::new(),
                 vec![delivery("q", Qos::AtLeastOnce, &[])],
@@ -247,6 +248,7 @@ fn a_message_that_cannot_be_read_back_is_left_out_alone() {
     let session = sessions
         .restore(
             Arc::from("c"),
+            None,
             None,
             NEVER,
             &[subscription("a/#", 1, None)],
