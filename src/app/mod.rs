@@ -516,7 +516,8 @@ fn load_auth(config: &ServeConfig) -> Result<Authenticator, Error> {
 /// request out.
 fn watches_within_http_places(max_watches: usize, http_max_connections: u32) -> usize {
     let places = http_max_connections as usize;
-    let most = places - places / 4;
+    // At least one place is left to requests, however few there are.
+    let most = places - places.div_ceil(4);
     if max_watches > most {
         tracing::warn!(
             max_watches,

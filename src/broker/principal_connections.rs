@@ -20,9 +20,15 @@ pub(super) struct PrincipalConnections {
     by_principal: Arc<Mutex<HashMap<String, HashMap<ClientKey, u32>>>>,
 }
 
-/// One connection counted for its principal; dropping it frees its place.
+/// One connection counted for its principal; dropping it frees its place. Boxed: a connection
+/// holds it for its whole life, in a task kept small (decision 025), and most hold none.
 #[derive(Debug)]
 pub(super) struct PrincipalPlace {
+    _place: Box<Place>,
+}
+
+#[derive(Debug)]
+struct Place {
     count: PrincipalConnections,
     principal: String,
     client: ClientKey,
@@ -50,9 +56,11 @@ impl PrincipalConnections {
             return None;
         }
         Some(PrincipalPlace {
-            count: self.clone(),
-            principal: principal.to_owned(),
-            client: client.clone(),
+            _place: Box::new(Place {
+                count: self.clone(),
+                principal: principal.to_owned(),
+                client: client.clone(),
+            }),
         })
     }
 
@@ -75,7 +83,7 @@ impl PrincipalConnections {
     }
 }
 
-impl Drop for PrincipalPlace {
+impl Drop for Place {
     fn drop(&mut self) {
         let mut by_principal = self.count.lock();
         let Some(clients) = by_principal.get_mut(&self.principal) else {
