@@ -30,7 +30,7 @@ use crate::api::{
     self, AllowedHosts, ApiState, HttpTimeouts, PageTokens, RateLimits, Throttle, WatchSettings,
     Watches,
 };
-use crate::auth::{AuthConfig, Authenticator, ConfigError};
+use crate::auth::{AuthConfig, Authenticator, ConfigError, PrincipalDefaults};
 use crate::broker::{self, Broker, BrokerConfig};
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::metrics::{Listener, Metrics};
@@ -539,14 +539,13 @@ fn load_auth_config(config: &ServeConfig) -> Result<Option<AuthConfig>, Error> {
         path: path.to_owned(),
         source,
     })?;
-    Ok(Some(
-        principals
-            .with_default_retained_quota(config.max_retained_messages_per_principal)
-            .with_default_offline_sessions(config.mqtt_max_offline_sessions_per_principal)
-            .with_default_queue_memory(config.mqtt_max_queue_memory_mib_per_principal)
-            .with_default_connections(config.mqtt_max_connections_per_principal)
-            .with_default_watches(config.max_watches_per_principal),
-    ))
+    Ok(Some(principals.with_defaults(&PrincipalDefaults {
+        max_retained_messages: config.max_retained_messages_per_principal,
+        max_offline_sessions: config.mqtt_max_offline_sessions_per_principal,
+        max_queue_memory_mib: config.mqtt_max_queue_memory_mib_per_principal,
+        max_connections: config.mqtt_max_connections_per_principal,
+        max_watches: config.max_watches_per_principal,
+    })))
 }
 
 /// The file the node's NATS identity comes from, if any.

@@ -116,45 +116,32 @@ impl AuthConfig {
         toml::from_str(toml).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 
-    /// Gives every principal that sets no `max_retained_messages` this one (0: no limit).
-    pub fn with_default_retained_quota(mut self, max_retained_messages: u64) -> Self {
+    /// Gives every principal the bounds of `defaults` that it does not set itself (the
+    /// `--*-per-principal` flags; 0: no limit).
+    pub fn with_defaults(mut self, defaults: &PrincipalDefaults) -> Self {
         for p in &mut self.principals {
-            p.max_retained_messages.get_or_insert(max_retained_messages);
+            p.max_retained_messages
+                .get_or_insert(defaults.max_retained_messages);
+            p.max_offline_sessions
+                .get_or_insert(defaults.max_offline_sessions);
+            p.max_queue_memory_mib
+                .get_or_insert(defaults.max_queue_memory_mib);
+            p.max_connections.get_or_insert(defaults.max_connections);
+            p.max_watches.get_or_insert(defaults.max_watches);
         }
         self
     }
+}
 
-    /// Gives every principal that sets no `max_offline_sessions` this one (0: no limit).
-    pub fn with_default_offline_sessions(mut self, max_offline_sessions: u64) -> Self {
-        for p in &mut self.principals {
-            p.max_offline_sessions.get_or_insert(max_offline_sessions);
-        }
-        self
-    }
-
-    /// Gives every principal that sets no `max_queue_memory_mib` this one (0: no limit).
-    pub fn with_default_queue_memory(mut self, max_queue_memory_mib: u64) -> Self {
-        for p in &mut self.principals {
-            p.max_queue_memory_mib.get_or_insert(max_queue_memory_mib);
-        }
-        self
-    }
-
-    /// Gives every principal that sets no `max_connections` this one (0: no limit).
-    pub fn with_default_connections(mut self, max_connections: u64) -> Self {
-        for p in &mut self.principals {
-            p.max_connections.get_or_insert(max_connections);
-        }
-        self
-    }
-
-    /// Gives every principal that sets no `max_watches` this one (0: no limit).
-    pub fn with_default_watches(mut self, max_watches: u64) -> Self {
-        for p in &mut self.principals {
-            p.max_watches.get_or_insert(max_watches);
-        }
-        self
-    }
+/// The bounds of principals whose entries set none of their own, each named as the entry's
+/// field; 0: no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrincipalDefaults {
+    pub max_retained_messages: u64,
+    pub max_offline_sessions: u64,
+    pub max_queue_memory_mib: u64,
+    pub max_connections: u64,
+    pub max_watches: u64,
 }
 
 /// One principal's credentials and policy, checked.

@@ -32,7 +32,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use config::{AuthConfig, ConfigError, PrincipalConfig, StatementConfig};
+pub use config::{AuthConfig, ConfigError, PrincipalConfig, PrincipalDefaults, StatementConfig};
 pub use error::AuthError;
 pub use password::hash_password;
 pub use policy::{Action, Effect, Limits, Principal};
