@@ -1192,3 +1192,45 @@ async fn a_principal_past_its_connections_is_refused_and_its_connected_client_id
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// `--mqtt-publish-rate-per-principal` is one bucket for all of a principal's connections
+/// (here one publish per 100 s): its second connection's first publish is over it (PUBACK
+/// 0x97, nothing stored), while another principal publishes from its own bucket.
+#[tokio::test]
+async fn a_principals_connections_share_its_publish_rate_and_another_principal_has_its_own() {
+    let (_dir, principals) = fleet_and_other("", "");
+    let app = app_with(|c| {
+        c.principals = Some(principals.clone());
+        c.mqtt_publish_rate_per_principal = 0.01;
+    })
+    .await;
+    let login = |id: &str, user: &str| build::connect_with_login(id, Some(&[][..]), user, b"pw");
+    let (mut f1, _) = Raw::connect(&app, &login("f1", "fleet")).await;
+    let (mut f2, _) = Raw::connect(&app, &login("f2", "fleet")).await;
+    let (mut o1, _) = Raw::connect(&app, &login("o1", "other")).await;
+    let publish = async |raw: &mut Raw, topic: &str| {
+        raw.send(&build::publish(topic, 1, true, false, 1, Some(&[]), b"x"))
+            .await;
+        raw.expect(4).await.ack_reason()
+    };
+    assert_eq!(publish(&mut f1, "r/f1").await, 0);
+    assert_eq!(publish(&mut f2, "r/f2").await, 0x97);
+    assert_eq!(publish(&mut o1, "r/o1").await, 0);
+    assert_eq!(publish(&mut f1, "r/f1-again").await, 0x97);
+    for (topic, stored) in [
+        ("r/f1", true),
+        ("r/f2", false),
+        ("r/o1", true),
+        ("r/f1-again", false),
+    ] {
+        assert_eq!(app.stored_payload(topic).await.is_some(), stored, "{topic}");
+    }
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    assert_eq!(
+        common::metric_value(
+            &page,
+            "retaind_mqtt_messages_dropped_total{reason=\"principal_publish_rate\"}"
+        ),
+        2.0
+    );
+}

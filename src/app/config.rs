@@ -265,6 +265,14 @@ pub struct ServeConfig {
           value_parser = parse_rate)]
     pub mqtt_connect_rate_per_principal: f64,
 
+    /// PUBLISH packets per second of one principal's MQTT connections together, for the whole
+    /// service: with --cluster-url each node admits the rate divided by the live nodes. Without
+    /// principals every client shares it. Beyond it a publish is dropped as over
+    /// --mqtt-max-publish-rate (MQTT 5 QoS 1/2: PUBACK/PUBREC 0x97). 0: no limit, the default.
+    #[arg(long, env = "RETAIND_MQTT_PUBLISH_RATE_PER_PRINCIPAL", default_value_t = 0.0,
+          value_parser = parse_rate)]
+    pub mqtt_publish_rate_per_principal: f64,
+
     /// Longest MQTT keep alive, in seconds (AWS IoT's: 1200). A client asking for more, or for
     /// none (0), is held to it: MQTT 5 clients are told in CONNACK (Server Keep Alive), 3.1.1
     /// clients are not. 0: no maximum.

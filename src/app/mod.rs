@@ -224,6 +224,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
             max_publish_rate: config.mqtt_max_publish_rate,
             connect_rate_per_client_id: config.mqtt_connect_rate_per_client_id,
             connect_rate_per_principal: config.mqtt_connect_rate_per_principal,
+            publish_rate_per_principal: config.mqtt_publish_rate_per_principal,
             max_keep_alive: config.mqtt_max_keep_alive,
             max_session_expiry: config.mqtt_max_session_expiry,
             write_timeout: config.mqtt_write_timeout,

@@ -20,6 +20,7 @@ use super::inbound_qos::{Ack, Admitted, Answer, InboundQos, Refusal, Why};
 use super::limits::ConnectionSlot;
 use super::outbound::Outbound;
 use super::principal_connections::PrincipalPlace;
+use super::publish_rate::PublishBucket;
 use super::registry::{Session, Sessions, StopReason};
 use super::retained::{RetainedFeed, Tries};
 use super::settling::{Settled, Settling};
@@ -112,6 +113,9 @@ pub(super) struct Client {
     outbound: Outbound,
     /// Its PUBLISH rate, `--mqtt-max-publish-rate`.
     publish_rate: TokenBucket,
+    /// Its principal's, shared with the principal's other connections
+    /// (`--mqtt-publish-rate-per-principal`).
+    principal_publish_rate: Option<PublishBucket>,
     /// This connection's place under `--mqtt-max-connections`, freed when it is dropped.
     _slot: ConnectionSlot,
     /// Its place under its principal's `max_connections`, freed when it is dropped.
@@ -158,6 +162,10 @@ impl Client {
             ),
             inbound: InboundQos::new(v5, cfg.receive_maximum),
             publish_rate: TokenBucket::new(cfg.max_publish_rate, std::time::Instant::now()),
+            principal_publish_rate: broker.inner.publish_rates.bucket(
+                principal.as_ref().map(|p| p.name.as_str()),
+                std::time::Instant::now(),
+            ),
             owner: (Owner::of(principal.as_deref()), principal),
             broker,
             cfg,
@@ -332,13 +340,24 @@ impl Client {
             self.pending.answer(ack, PublishAckReason::Success, None);
             return Ok(());
         }
-        let over_rate =
-            self.publish_rate.limits() && !self.publish_rate.try_take(std::time::Instant::now());
-        let refusal = if over_rate {
-            // Over --mqtt-max-publish-rate. 0x96 Message rate too high is not a PUBACK/PUBREC
-            // code (MQTT 5 §3.4.2.1, §3.5.2.1), so MQTT 5 gets 0x97 Quota exceeded.
+        // The clock is read only when a rate applies: this is every publish's path.
+        let over_rate = if self.publish_rate.limits()
+            && !self.publish_rate.try_take(std::time::Instant::now())
+        {
+            Some(DropReason::publish_rate)
+        } else if let Some(principal) = &self.principal_publish_rate
+            && !principal.try_take(std::time::Instant::now())
+        {
+            Some(DropReason::principal_publish_rate)
+        } else {
+            None
+        };
+        let refusal = if let Some(reason) = over_rate {
+            // Over --mqtt-max-publish-rate or its principal's rate. 0x96 Message rate too high
+            // is not a PUBACK/PUBREC code (MQTT 5 §3.4.2.1, §3.5.2.1), so MQTT 5 gets 0x97
+            // Quota exceeded.
             let quota = PublishAckReason::QuotaExceeded;
-            Some((Refusal::Dropped(quota), DropReason::publish_rate))
+            Some((Refusal::Dropped(quota), reason))
         } else if !may_publish(
             self.principal().as_deref(),
             &message.topic,

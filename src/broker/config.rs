@@ -33,6 +33,9 @@ pub struct BrokerConfig {
     pub max_subscriptions: usize,
     /// PUBLISH packets per second one connection may send; 0: no limit.
     pub max_publish_rate: f64,
+    /// PUBLISH packets per second of one principal's connections together, service-wide
+    /// (`publish_rate`); 0: no limit.
+    pub publish_rate_per_principal: f64,
     /// CONNECTs per second one client id may make (`connect_rate`); 0: no limit.
     pub connect_rate_per_client_id: f64,
     /// CONNECTs per second of one principal, service-wide; 0: no limit.
@@ -81,6 +84,7 @@ impl Default for BrokerConfig {
             max_publish_rate: 0.0,
             connect_rate_per_client_id: 1.0,
             connect_rate_per_principal: 0.0,
+            publish_rate_per_principal: 0.0,
             connect_timeout: Duration::from_secs(10),
             max_awaiting_connect: 4096,
             write_timeout: Duration::from_secs(30),

@@ -21,6 +21,7 @@ use super::observe;
 use super::password_checks::{PasswordCheckStats, PasswordChecks};
 use super::peers;
 use super::principal_connections::PrincipalConnections;
+use super::publish_rate::PublishRates;
 use super::queue_memory::QueueMemory;
 use super::registry::{Attached, Entered, Session, Sessions};
 use super::retained::ReadAhead;
@@ -81,6 +82,8 @@ pub(super) struct Inner {
     pub connect_rates: ConnectRates,
     /// Each principal's.
     pub principal_connect_rates: PrincipalRates,
+    /// Each principal's PUBLISH packets, service-wide.
+    pub publish_rates: PublishRates,
     /// The other nodes of the service, when this node is one of many.
     pub cluster: Option<Cluster>,
     pub metrics: Metrics,
@@ -122,6 +125,7 @@ impl Broker {
         let max_offline = config.max_offline_sessions;
         let connect_rate = config.connect_rate_per_client_id;
         let principal_connect_rate = config.connect_rate_per_principal;
+        let publish_rate = config.publish_rate_per_principal;
         let queue_memory = QueueMemory::new(config.max_queue_memory_bytes);
         let broker = Self {
             inner: Arc::new(Inner {
@@ -141,6 +145,7 @@ impl Broker {
                     principal_connect_rate,
                     cluster.clone(),
                 ),
+                publish_rates: PublishRates::new(publish_rate, cluster.clone()),
                 cluster,
                 metrics,
                 sys: SysTopics::new(),

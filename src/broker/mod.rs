@@ -40,6 +40,7 @@ mod password_checks;
 mod patience;
 mod peers;
 mod principal_connections;
+mod publish_rate;
 mod queue_memory;
 mod reauthorize;
 mod registry;

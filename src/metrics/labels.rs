@@ -81,6 +81,8 @@ pub enum DropReason {
     quota,
     /// A publish over `--mqtt-max-publish-rate`.
     publish_rate,
+    /// A publish over its principal's `--mqtt-publish-rate-per-principal`.
+    principal_publish_rate,
     /// Its Message Expiry Interval ran out before it was sent.
     expired,
     /// A conditional publish (`retaind-if-match`, `retaind-if-none-match`) whose condition
