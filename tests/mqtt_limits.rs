@@ -1193,6 +1193,56 @@ async fn a_principal_past_its_connections_is_refused_and_its_connected_client_id
     }
 }
 
+/// A full node (`--mqtt-max-connections`) still lets a client id connected to it take its own
+/// connection over (the old one gets DISCONNECT 0x8E): a device back over a half-open
+/// connection need not wait out its keep alive. Anyone else gets CONNACK 0x89 (3.1.1: 0x03)
+/// after its credentials are checked: a wrong password gets 0x86 whether or not its client id
+/// is connected here, so the answer tells one who may not use an id nothing about it.
+#[tokio::test]
+async fn a_full_node_lets_a_connected_client_id_take_its_connection_over_and_no_one_else_in() {
+    let (_dir, principals) = fleet_and_other("", "");
+    let app = app_with(|c| {
+        c.principals = Some(principals.clone());
+        c.mqtt_max_connections = 2;
+    })
+    .await;
+    let login = |id: &str, password: &[u8], v5: bool| {
+        build::connect_with_login(id, v5.then_some(&[][..]), "fleet", password)
+    };
+    let (mut d1, ack) = Raw::connect(&app, &login("d1", b"pw", true)).await;
+    assert_eq!(ack.body[1], 0);
+    let (_d2, ack) = Raw::connect(&app, &login("d2", b"pw", false)).await;
+    assert_eq!(ack.body, [0, 0]);
+
+    // Full: a client id not connected here, with good credentials.
+    let (mut d3, ack) = Raw::connect(&app, &login("d3", b"pw", true)).await;
+    assert_eq!(ack.body[1], 0x89);
+    assert!(d3.until_closed().await.is_empty());
+    let (_d3, ack) = Raw::connect(&app, &login("d3", b"pw", false)).await;
+    assert_eq!(ack.body, [0, 0x03]);
+    // A wrong password: the same answer for a connected client id as for another.
+    for id in ["d1", "d3"] {
+        let (_guess, ack) = Raw::connect(&app, &login(id, b"guess", true)).await;
+        assert_eq!(ack.body[1], 0x86, "{id}");
+    }
+
+    // d1 again: it takes its own connection over.
+    let (_d1_again, ack) = Raw::connect(&app, &login("d1", b"pw", true)).await;
+    assert_eq!(ack.body[1], 0);
+    let closing = d1.until_closed().await;
+    assert_eq!(closing.last().map(RawPacket::disconnect_reason), Some(0x8E));
+    // Full again, the old connection gone or going: still no place for another client id.
+    let (_d4, ack) = Raw::connect(&app, &login("d4", b"pw", true)).await;
+    assert_eq!(ack.body[1], 0x89);
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    let refused = |reason: &str| {
+        let name = format!("retaind_mqtt_connects_refused_total{{reason=\"{reason}\"}}");
+        common::metric_value(&page, &name)
+    };
+    assert_eq!(refused("server_busy"), 3.0);
+    assert_eq!(refused("bad_credentials"), 2.0);
+}
+
 /// `--mqtt-publish-rate-per-principal` is one bucket for all of a principal's connections
 /// (here one publish per 100 s): its second connection's first publish is over it (PUBACK
 /// 0x97, nothing stored), while another principal publishes from its own bucket.

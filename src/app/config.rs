@@ -215,7 +215,8 @@ pub struct ServeConfig {
     pub mqtt_topic_alias_maximum: u16,
 
     /// Concurrent MQTT connections over every listener (TCP, TLS, WebSocket); a CONNECT beyond it is
-    /// refused with CONNACK 0x89 Server busy (MQTT 3.1.1: 0x03 Server unavailable).
+    /// refused with CONNACK 0x89 Server busy (MQTT 3.1.1: 0x03 Server unavailable), unless its
+    /// client id is connected already: its new connection then takes the old one over.
     #[arg(long, env = "RETAIND_MQTT_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub mqtt_max_connections: usize,
 

@@ -136,9 +136,11 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
     let tls = load_tls(config)?;
     check_cluster(config)?;
     proxy::check(config)?;
-    // MQTT connections (and those before CONNECT), HTTP connections, the database's (reads and
-    // scans, write lanes, the cluster's), and a margin for listeners and files.
+    // MQTT connections (with the take-overs' margin past them, and those before CONNECT), HTTP
+    // connections, the database's (reads and scans, write lanes, the cluster's), and a margin
+    // for listeners and files.
     let needed = config.mqtt_max_connections as u64
+        + broker::takeover_margin(config.mqtt_max_connections) as u64
         + u64::from(config.mqtt_max_awaiting_connect)
         + u64::from(config.http_max_connections)
         + 2 * u64::from(config.db_max_connections)

@@ -1,6 +1,6 @@
-//! A CONNECT accepted or refused: the client id, the authentication method, the connection
-//! limit, the credentials (see `admission`), the principal's connection limit and the Will
-//! checked in that order, then its turn under the connect rates awaited (`connect_rate`), then
+//! A CONNECT accepted or refused: the client id, the authentication method, the credentials
+//! (see `admission`), the node's connection limit, the principal's and the Will checked in
+//! that order, then its turn under the connect rates awaited (`connect_rate`), then
 //! the session joined and the CONNACK that says how.
 
 use std::net::IpAddr;
@@ -14,7 +14,7 @@ use super::admission::{TransportIdentity, authenticate, may_publish};
 use super::client::{Client, Joined};
 use super::connect_rate::Turn;
 use super::handle::Broker;
-use super::limits::{self, GOODBYE_TIMEOUT};
+use super::limits::{self, ConnectionSlot, GOODBYE_TIMEOUT};
 use super::resume::durable_session;
 use super::will::{Will, will};
 use crate::metrics::{ConnectRate as Rate, ConnectRefusal as Refusal};
@@ -65,13 +65,11 @@ where
         refuse(&broker, framed, Refusal::authentication_method).await;
         return None;
     }
-    // A global cap on connections, checked before the costly password hash.
-    // [MQTT-3.2.2-6] refused with CONNACK 0x89 Server busy (3.1.1: 0x03), then closed.
-    let Some(slot) = broker.inner.live.try_acquire(cfg.max_connections) else {
-        tracing::debug!(client = %key, "too many connections");
-        refuse(&broker, framed, Refusal::server_busy).await;
-        return None;
-    };
+    // The node's cap on connections. A full node still checks the credentials (bounded on
+    // their own, `password_checks`): a client id connected here takes its own place over, as
+    // for a principal's limit below, and the answer to anyone else must not say whether an id
+    // is connected here before they have shown they may use it.
+    let slot = broker.inner.live.try_acquire(cfg.max_connections);
     let credential = identity.as_ref().and_then(TransportIdentity::credential);
     let principal = match authenticate(&broker, &connect, &key, identity, source).await {
         Ok(principal) => principal,
@@ -79,6 +77,18 @@ where
             refuse_as(&broker, framed, reason, credentials_refusal(reason)).await;
             return None;
         }
+    };
+    let slot = match slot {
+        Some(slot) => slot,
+        None => match takeover_place(&broker, &key, cfg.max_connections) {
+            Some(slot) => slot,
+            None => {
+                // [MQTT-3.2.2-6] CONNACK 0x89 Server busy (3.1.1: 0x03), then closed.
+                tracing::debug!(client = %key, "too many connections");
+                refuse(&broker, framed, Refusal::server_busy).await;
+                return None;
+            }
+        },
     };
     // Counted by client id: an id already connected under the principal takes its own
     // connection over, so it is let in at the limit (`principal_connections`).
@@ -231,6 +241,16 @@ where
         connack,
         silence: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
     })
+}
+
+/// A place on a full node for `key`'s new connection if the client id is connected here: the
+/// take-over closes the old one, so the count is back under the cap as soon as it has gone
+/// (a device back over a half-open connection need not wait out its keep alive).
+fn takeover_place(broker: &Broker, key: &ClientKey, max: usize) -> Option<ConnectionSlot> {
+    let connected = broker.sessions().get(key).is_some_and(|s| s.is_online());
+    connected
+        .then(|| broker.inner.live.try_acquire_for_takeover(max))
+        .flatten()
 }
 
 /// Waits for a CONNECT's turn under `rate` (`connect_rate`), or says why not: the turn is too

@@ -35,6 +35,13 @@ impl ConnectionCount {
             .map(|_| ConnectionSlot(self.clone()))
     }
 
+    /// A place for a client id connected here already, whose new connection takes its old
+    /// one over: past `max` when the node is full, by at most [`takeover_margin`] places, held
+    /// only until the old connections close.
+    pub fn try_acquire_for_takeover(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
+        self.try_acquire(max.saturating_add(takeover_margin(max)))
+    }
+
     /// Connections holding a place now.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Acquire)
@@ -45,6 +52,13 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// How far past a cap of `max` connections the take-overs of connected client ids may hold a
+/// node while their old connections close (each within a few seconds): 1/32 of it, rounded
+/// up. The file descriptors are budgeted for it (`app`).
+pub fn takeover_margin(max: usize) -> usize {
+    max.div_ceil(32)
 }
 
 /// Whether a session holding `existing` may subscribe to `spec` within `max` subscriptions:
@@ -78,6 +92,37 @@ pub(super) fn keep_alive(asked: u16, max: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn take_overs_pass_a_full_node_by_its_margin_and_no_more() {
+        let count = Arc::new(ConnectionCount::default());
+        let full: Vec<_> = (0..64)
+            .map(|_| count.try_acquire(64).expect("a place below the cap"))
+            .collect();
+        assert!(
+            count.try_acquire(64).is_none(),
+            "the cap holds for newcomers"
+        );
+        assert_eq!(takeover_margin(64), 2);
+        let over: Vec<_> = (0..2)
+            .map(|_| {
+                count
+                    .try_acquire_for_takeover(64)
+                    .expect("within the margin")
+            })
+            .collect();
+        assert!(
+            count.try_acquire_for_takeover(64).is_none(),
+            "past the margin"
+        );
+        assert_eq!(count.live(), 66);
+        drop(over);
+        drop(full);
+        assert_eq!(count.live(), 0, "every place is given back");
+        assert_eq!(takeover_margin(1), 1);
+        assert_eq!(takeover_margin(10_000), 313);
+        assert_eq!(takeover_margin(0), 0);
+    }
 
     #[test]
     fn session_expiry_is_held_to_the_maximum_never_included() {

@@ -61,6 +61,7 @@ pub use crate::topic::{ClientKey, SubscriptionTree};
 pub use admission::TransportIdentity;
 pub use config::BrokerConfig;
 pub use handle::{Broker, PublishFrom};
+pub use limits::takeover_margin;
 pub use listener::{serve_tcp, serve_tls};
 pub use message::{Message, Publication};
 pub use password_checks::PasswordCheckStats;

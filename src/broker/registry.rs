@@ -998,7 +998,7 @@ impl Sessions {
             return None;
         }
         let session = Arc::new(Session::new(a.client_id.clone(), a.creator.clone(), self));
-        session.state().left_by(principal.as_deref());
+        session.state().count_as_left_by(principal.as_deref());
         session.set_principal(principal);
         // Never attached: its "connection" is 0, which `expire` and `resumed_since` check.
         let _ = session.state().start_spooling(Stored {
@@ -1038,7 +1038,7 @@ impl Sessions {
             .store(expires_at_ms, Ordering::Release);
         // Never attached: its "connection" is 0, which `expire` checks.
         let mut state = session.state();
-        state.left_by(principal.as_deref());
+        state.count_as_left_by(principal.as_deref());
         fill(&mut state);
         drop(state);
         session.set_principal(principal);

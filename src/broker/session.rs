@@ -382,7 +382,7 @@ impl SessionState {
     /// A session made offline without a connection (restored at start, adopted from a node
     /// that is gone) counts as if `principal`, the one that made it, had just left it: in the
     /// node's memory, and in the principal's share if it has one.
-    pub fn left_by(&mut self, principal: Option<&Principal>) {
+    pub fn count_as_left_by(&mut self, principal: Option<&Principal>) {
         self.go_online();
         self.go_offline(principal);
     }

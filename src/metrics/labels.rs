@@ -105,8 +105,8 @@ pub enum ConnectRefusal {
     client_id,
     /// MQTT 5 enhanced authentication asked for, which is not offered (0x8C).
     authentication_method,
-    /// `--mqtt-max-connections` connected already, or no password check could start within
-    /// 2 s (0x89).
+    /// `--mqtt-max-connections` connected already, its client id not among them, or no
+    /// password check could start within 2 s (0x89).
     server_busy,
     /// A user name and password no principal holds (0x86).
     bad_credentials,
