@@ -51,7 +51,7 @@ export RUST_TEST_THREADS=${RUST_TEST_THREADS:-$((cores > 4 ? cores : 4))}
 cargo test --locked --all-targets
 
 export RETAIND_BIN="$target_dir/debug/retaind"
-"$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
+"$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider -n 2
 
 # The web console in a real browser: Debian's chromium, headless, driven by playwright-core
 # (version locked in tests/browser/package-lock.json).

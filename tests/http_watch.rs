@@ -606,6 +606,7 @@ async fn a_reload_that_takes_a_token_away_ends_the_watches_opened_with_it(backen
 /// A watcher that never reads: publishers go on as if it were not there, and when it reads at
 /// last it finds what its buffers held and then `resync`.
 async fn a_stalled_reader_does_not_block_publishers_and_gets_resync(backend: Backend) {
+    use futures_util::StreamExt;
     let db = fresh_db(backend).await;
     let mut config = test_config(&db.url);
     // The publishing below takes about a minute on a loaded host: the default (60 s) would
@@ -617,18 +618,24 @@ async fn a_stalled_reader_does_not_block_publishers_and_gets_resync(backend: Bac
     let mut other = open(&app, "?topicFilter=big%2F%23").await;
     assert_eq!(other.expect().await.event, "synced");
 
-    // Far more than the hub's buffer (1,024 changes) and the sockets' buffers can hold.
+    // Far more than the hub's buffer (1,024 changes) and the sockets' buffers can hold, a
+    // hundred at a time, 16 in flight (one after another they took half a minute).
     let body = "x".repeat(8 * 1024);
     let mut seen_by_other = 0;
-    for t in 0..3000 {
-        retain(&app, &format!("big/{t}"), body.clone()).await;
-        // The other watcher keeps up; the stalled one never reads.
-        if t % 100 == 99 {
-            while seen_by_other < t - 50 {
-                let event = other.expect().await;
-                if event.event == "put" {
-                    seen_by_other += 1;
+    for hundred in 0..30 {
+        futures_util::stream::iter(hundred * 100..(hundred + 1) * 100)
+            .for_each_concurrent(16, |t| {
+                let (app, body) = (&app, body.clone());
+                async move {
+                    retain(app, &format!("big/{t}"), body).await;
                 }
+            })
+            .await;
+        // The other watcher keeps up; the stalled one never reads.
+        while seen_by_other < hundred * 100 + 50 {
+            let event = other.expect().await;
+            if event.event == "put" {
+                seen_by_other += 1;
             }
         }
     }
