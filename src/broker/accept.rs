@@ -14,7 +14,7 @@ use super::admission::{TransportIdentity, authenticate, may_publish};
 use super::client::{Client, Joined};
 use super::connect_rate::Turn;
 use super::handle::Broker;
-use super::limits::{self, ConnectionSlot, GOODBYE_TIMEOUT};
+use super::limits::{self, GOODBYE_TIMEOUT};
 use super::resume::durable_session;
 use super::will::{Will, will};
 use crate::metrics::{ConnectRate as Rate, ConnectRefusal as Refusal};
@@ -65,11 +65,23 @@ where
         refuse(&broker, framed, Refusal::authentication_method).await;
         return None;
     }
-    // The node's cap on connections. A full node still checks the credentials (bounded on
-    // their own, `password_checks`): a client id connected here takes its own place over, as
-    // for a principal's limit below, and the answer to anyone else must not say whether an id
-    // is connected here before they have shown they may use it.
-    let slot = broker.inner.live.try_acquire(cfg.max_connections);
+    // The node's cap on connections. On a full node a client id connected here may still
+    // take its own place over (as under a principal's limit below), so a CONNECT gets one of
+    // the take-overs' places while its credentials are checked: the answer to anyone else must
+    // not say whether an id is connected here before they have shown they may use it, and the
+    // CONNECTs being checked stay bounded. With those places taken too it is refused at once,
+    // whatever its client id.
+    let live = &broker.inner.live;
+    let (slot, full) = match live.try_acquire(cfg.max_connections) {
+        Some(slot) => (slot, false),
+        None => match live.try_acquire_for_takeover(cfg.max_connections) {
+            Some(slot) => (slot, true),
+            None => {
+                too_many_connections(&broker, framed, &key).await;
+                return None;
+            }
+        },
+    };
     let credential = identity.as_ref().and_then(TransportIdentity::credential);
     let principal = match authenticate(&broker, &connect, &key, identity, source).await {
         Ok(principal) => principal,
@@ -78,18 +90,11 @@ where
             return None;
         }
     };
-    let slot = match slot {
-        Some(slot) => slot,
-        None => match takeover_place(&broker, &key, cfg.max_connections) {
-            Some(slot) => slot,
-            None => {
-                // [MQTT-3.2.2-6] CONNACK 0x89 Server busy (3.1.1: 0x03), then closed.
-                tracing::debug!(client = %key, "too many connections");
-                refuse(&broker, framed, Refusal::server_busy).await;
-                return None;
-            }
-        },
-    };
+    if full && !broker.sessions().get(&key).is_some_and(|s| s.is_online()) {
+        drop(slot);
+        too_many_connections(&broker, framed, &key).await;
+        return None;
+    }
     // Counted by client id: an id already connected under the principal takes its own
     // connection over, so it is let in at the limit (`principal_connections`).
     let principal_place = match principal.as_ref() {
@@ -243,14 +248,14 @@ where
     })
 }
 
-/// A place on a full node for `key`'s new connection if the client id is connected here: the
-/// take-over closes the old one, so the count is back under the cap as soon as it has gone
-/// (a device back over a half-open connection need not wait out its keep alive).
-fn takeover_place(broker: &Broker, key: &ClientKey, max: usize) -> Option<ConnectionSlot> {
-    let connected = broker.sessions().get(key).is_some_and(|s| s.is_online());
-    connected
-        .then(|| broker.inner.live.try_acquire_for_takeover(max))
-        .flatten()
+/// Refuses a CONNECT on a full node [MQTT-3.2.2-6]: CONNACK 0x89 Server busy (3.1.1: 0x03),
+/// then closed.
+async fn too_many_connections<T>(broker: &Broker, framed: &mut Framed<T>, key: &ClientKey)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    tracing::debug!(client = %key, "too many connections");
+    refuse(broker, framed, Refusal::server_busy).await;
 }
 
 /// Waits for a CONNECT's turn under `rate` (`connect_rate`), or says why not: the turn is too

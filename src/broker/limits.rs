@@ -35,9 +35,9 @@ impl ConnectionCount {
             .map(|_| ConnectionSlot(self.clone()))
     }
 
-    /// A place for a client id connected here already, whose new connection takes its old
-    /// one over: past `max` when the node is full, by at most [`takeover_margin`] places, held
-    /// only until the old connections close.
+    /// A place past `max`, by at most [`takeover_margin`] places: for a CONNECT to a full
+    /// node while it is checked, and kept only by one whose client id is connected here
+    /// already (its new connection takes the old one over, which then closes).
     pub fn try_acquire_for_takeover(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
         self.try_acquire(max.saturating_add(takeover_margin(max)))
     }
