@@ -15,6 +15,7 @@ use common::process::Process;
 use common::proxy::{Mode, Proxy};
 use common::{Backend, FreshDb, TestApp, fresh_db, spawn_app_with, test_config, topic};
 use retaind::app::ServeConfig;
+use retaind::cluster::Liveness;
 use sqlx::Connection;
 
 /// Longer than the 10 s after which the others take a silent node for dead, with a heartbeat
@@ -155,6 +156,66 @@ async fn a_database_outage_longer_than_the_dead_time_buries_no_node() {
         (&b"t/b"[..], &b"from b"[..]),
         "A hears B's publish first: no Will, and B still sends to A"
     );
+}
+
+async fn node_rows(db: &mut sqlx::PgConnection) -> Vec<String> {
+    sqlx::query_scalar("SELECT node FROM cluster_nodes ORDER BY node")
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+/// Each node is judged by the dead time its heartbeat records (`--cluster-dead-after`), not
+/// by the judge's own (here 2 s); a row without one (a release from before they were
+/// recorded) by 10 s; and only by a node heard for at least as long itself.
+#[tokio::test]
+async fn each_node_is_judged_by_its_own_dead_time() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let url = db.url.clone();
+    let a = node_with(&nats, db, |c| {
+        c.cluster_dead_after = Liveness::new(Duration::from_secs(2)).unwrap();
+    })
+    .await;
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let own: Option<i32> = sqlx::query_scalar("SELECT dead_after_ms FROM cluster_nodes")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(own, Some(2_000), "A records its own");
+    // Heard for 3 s and more: A may judge a dead time of 3 s.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    // Silent 4 s: past 'brief's 3 s, within 'patient's 60 s and the 10 s of 'older'. Silent
+    // 2 h: past 'unjudged's 1 h, which A has not been heard for.
+    sqlx::query(
+        "INSERT INTO cluster_nodes (node, heartbeat_at, frame_version, dead_after_ms) VALUES \
+           ('brief', now() - interval '4 seconds', 3, 3000), \
+           ('patient', now() - interval '4 seconds', 3, 60000), \
+           ('older', now() - interval '2 seconds', NULL, NULL), \
+           ('unjudged', now() - interval '2 hours', 3, 3600000)",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let inserted = std::time::Instant::now();
+    within("'brief' buried", async {
+        while node_rows(&mut db).await.contains(&"brief".to_owned()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // At A's next pass (a beat: 0.4 s); by the 10 s of A's release before, 6 s later.
+    let buried = inserted.elapsed();
+    assert!(
+        buried < Duration::from_secs(4),
+        "'brief' buried after {buried:?}"
+    );
+    // Two more of A's passes: each buries what it finds after writing its heartbeat.
+    until_every_heartbeat_after_now(&mut db, 1).await;
+    until_every_heartbeat_after_now(&mut db, 1).await;
+    let mut left = node_rows(&mut db).await;
+    left.retain(|n| n != common::cluster_of(&a).node());
+    assert_eq!(left, ["older", "patient", "unjudged"]);
 }
 
 /// MQTT 5 CONNECT of a persistent session (expiry 300 s), keep alive 60 s.

@@ -114,6 +114,7 @@ async fn cluster_status_shows_each_node_with_its_clients_and_sessions_and_what_a
             "{live}"
         );
         assert!(row["heartbeat_age_secs"].as_f64().unwrap() < 10.0, "{live}");
+        assert_eq!(row["dead_after_secs"], 10.0, "the default: {live}");
     }
     assert_eq!(live["sessions_awaiting_adoption"], 0, "{live}");
     let table = status(&url, false);
@@ -151,6 +152,28 @@ async fn cluster_status_shows_each_node_with_its_clients_and_sessions_and_what_a
         table.contains("0 live node(s); 2 session(s) of nodes that are gone, awaiting adoption"),
         "{table}"
     );
+    assert_eq!(
+        died["dead_after_secs"], 10.0,
+        "a release's that did not record it: {gone}"
+    );
+
+    // A node silent as long, whose own dead time (--cluster-dead-after) it has not yet passed.
+    common::execute_sql(
+        &url,
+        "INSERT INTO cluster_nodes (node, started_at, heartbeat_at, frame_version, dead_after_ms) \
+         VALUES ('patient', now() - interval '1 hour', now() - interval '1 minute', 3, 120000)",
+    )
+    .await;
+    let waiting = read();
+    let patient = node(&waiting, "patient");
+    assert_eq!(
+        (&patient["silent"], &patient["dead_after_secs"]),
+        (&Value::from(false), &Value::from(120.0)),
+        "{waiting}"
+    );
+    assert_eq!(node(&waiting, "died")["silent"], true, "{waiting}");
+    let table = status(&url, false);
+    assert!(table.contains("1 live node(s)"), "{table}");
 }
 
 /// A database that accepts the connection and never answers: the tool says so after its 10 s,

@@ -285,7 +285,8 @@ async fn an_adopted_will_due_while_the_database_is_away_is_stored_when_it_return
     config.cluster_url = Some(nats.url());
     config.store_timeout = Duration::from_secs(3);
     let a = spawn_app_with(db, config).await;
-    let mut b = Process::start(&url, &["--cluster-url", &nats.url()]).await;
+    let args = ["--cluster-url", &nats.url(), "--cluster-dead-after", "4s"];
+    let mut b = Process::start(&url, &args).await;
     let mut watcher = watcher(&a).await;
     // A persistent session (300 s) whose retained Will waits 5 s.
     let will = build::Will {
@@ -303,7 +304,7 @@ async fn an_adopted_will_due_while_the_database_is_away_is_stored_when_it_return
     assert_eq!(next_packet(&mut d5).await.kind(), 2, "CONNACK");
 
     b.kill().await;
-    // Past the helpers' 10 s deadline: B is dead 10 s after its last heartbeat.
+    // B is dead 4 s after its last heartbeat (`--cluster-dead-after`).
     until_logged(log, "d5", "holding the session of a node that is gone").await;
     proxy.fail(Mode::Refuse);
     until_store_unavailable(&a, "write batch", 1.0).await;

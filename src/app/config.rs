@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::cluster::Liveness;
+
 /// retaind: MQTT retained messages as a service, with an AWS IoT data-plane compatible HTTP API.
 ///
 /// Run without a subcommand to serve.
@@ -430,6 +432,14 @@ pub struct ServeConfig {
     #[arg(long, env = "RETAIND_CLUSTER_PREFIX", default_value = "retaind")]
     pub cluster_prefix: String,
 
+    /// How long this node may go without writing its heartbeat to Postgres before the other
+    /// nodes take it for dead (from 1s to 1h): then they fire its clients' Wills, adopt its
+    /// sessions and stop sending it messages. The node beats five times within it. Each node
+    /// records its own with its heartbeat and is judged by it, so nodes need not agree.
+    #[arg(long, env = "RETAIND_CLUSTER_DEAD_AFTER", default_value = "10s",
+          value_parser = parse_dead_after, requires = "cluster_url")]
+    pub cluster_dead_after: Liveness,
+
     /// Pooled Postgres connections for what the service's nodes keep there: client-id claims,
     /// sessions and their queues (the heartbeats have one more of their own). Every CONNECT
     /// takes one for a round trip or three, so this bounds how fast a node takes a crowd of
@@ -603,6 +613,12 @@ fn parse_watch_interval(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A node's dead time: a duration from 1s to 1h.
+fn parse_dead_after(s: &str) -> Result<Liveness, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    Liveness::new(d).ok_or_else(|| "a node's dead time must be from 1s to 1h".to_owned())
+}
+
 /// A timeout: a duration (humantime, e.g. 10s, 1m) more than zero.
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
@@ -647,6 +663,8 @@ fn server_reference(value: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::{CommandFactory, Parser};
 
     use super::{Cli, server_reference};
@@ -679,6 +697,43 @@ mod tests {
         assert_eq!(parse("16").unwrap().serve.db_scan_rows, Some(16));
         assert_eq!(parse("4000").unwrap().serve.db_scan_rows, Some(4000));
         assert_eq!(super::ServeConfig::defaults().db_scan_rows, None);
+    }
+
+    /// A node's dead time outside 1s–1h stops the server at its flag, and is a cluster's only.
+    #[test]
+    fn cluster_dead_after_is_refused_outside_its_range_and_without_a_cluster() {
+        let parse = |v: &str| {
+            let args = [
+                "retaind",
+                "--cluster-url",
+                "nats://n",
+                "--cluster-dead-after",
+                v,
+            ];
+            Cli::try_parse_from(args)
+        };
+        for refused in ["999ms", "0s", "61m", "soon"] {
+            let Err(e) = parse(refused) else {
+                panic!("--cluster-dead-after {refused} was taken");
+            };
+            let e = e.to_string();
+            assert!(e.contains("--cluster-dead-after"), "{e}");
+        }
+        let Err(e) = parse("999ms") else {
+            unreachable!("refused above")
+        };
+        assert!(e.to_string().contains("from 1s to 1h"), "{e}");
+        let dead_after = |v| parse(v).unwrap().serve.cluster_dead_after.dead_after();
+        assert_eq!(dead_after("1s"), Duration::from_secs(1));
+        assert_eq!(dead_after("1h"), Duration::from_secs(3600));
+        assert_eq!(
+            super::ServeConfig::defaults()
+                .cluster_dead_after
+                .dead_after(),
+            Duration::from_secs(10)
+        );
+        let alone = Cli::try_parse_from(["retaind", "--cluster-dead-after", "5s"]);
+        assert!(alone.is_err(), "without --cluster-url");
     }
 
     /// docker-compose.yml configures the nodes through the environment; a variable no flag

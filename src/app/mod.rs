@@ -203,6 +203,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
                 topic_limits,
                 database_url: config.database_url.clone(),
                 database_timeout: config.store_timeout,
+                liveness: config.cluster_dead_after,
             })
             .await?,
         ),

@@ -2,7 +2,7 @@
 //! (decision 014, "A resume that fails after the hand-over"): each is held here offline, and
 //! its row must come to name this node, so that its queue goes to Postgres and a resume
 //! elsewhere asks this node for it. One task records them all, as soon as one is kept and then
-//! every heartbeat while the database refuses, and once more as the node stops; the first
+//! every 2 s (the cluster's `BEAT`) while the database refuses, and once more as the node stops; the first
 //! failure ends a pass, so a drain that met a database outage, leaving thousands of them,
 //! costs one refused statement per beat, not one per session.
 

@@ -21,9 +21,6 @@ use super::sessions::{SessionError, Sessions, StoredSubscription, StoredWill};
 /// Sessions adopted in one transaction: a dead node may have held a hundred thousand, more
 /// than one statement does within the database timeout.
 const ADOPT_BATCH: usize = 1_000;
-/// How long one heartbeat pass goes on adopting before it lets the next beat come: the rest
-/// is adopted at the next passes.
-const ADOPT_BUDGET: Duration = Duration::from_secs(1);
 /// Batches in doubt kept at most; past it the oldest is given up (logged). Each is a
 /// commit unanswered, so this many means the database has been failing for minutes.
 const MAX_IN_DOUBT: usize = 64;
@@ -83,17 +80,19 @@ async fn before<T>(
 }
 
 /// Adopts the sessions of `orphans` a batch at a time, handing each batch to `adopted`,
-/// starting batches for at most [`ADOPT_BUDGET`]. A batch in doubt joins `in_doubt`.
+/// starting batches for at most `budget`, so that the next heartbeat is not held up: the rest
+/// is adopted at the next passes. A batch in doubt joins `in_doubt`.
 pub async fn adopt(
     pool: &PgPool,
     node: &str,
     orphans: &[String],
     sessions: &Sessions,
+    budget: Duration,
     in_doubt: &mut Vec<InDoubt>,
     adopted: &impl Fn(Vec<Adopted>),
 ) {
     let started = Instant::now();
-    while started.elapsed() < ADOPT_BUDGET {
+    while started.elapsed() < budget {
         let batch = match sessions.adopt(pool, node, orphans, ADOPT_BATCH).await {
             Ok(batch) => batch,
             Err(Unadopted::Failed(e)) => {

@@ -23,7 +23,7 @@ use super::inbox::{Events, Inbox};
 use super::link::{self, Link};
 use super::local::{Change, Local};
 use super::loops::{self, HANDOVER_TIMEOUT, Undetached};
-use super::nodes::{Census, Headcount};
+use super::nodes::{Census, Headcount, Liveness};
 use super::remote::{self, RemoteInterest};
 use super::sessions::{
     self, Holder, LetGoHeld, Restored, SessionError, SessionRow, Sessions, Spool,
@@ -71,6 +71,9 @@ pub struct ClusterConfig {
     pub database_url: String,
     /// How long a claim may wait for the database (`--store-timeout`).
     pub database_timeout: Duration,
+    /// How long this node may be silent before the others take it for dead
+    /// (`--cluster-dead-after`).
+    pub liveness: Liveness,
 }
 
 /// What this node sent and received, for tests, benchmarks and (issue 16) metrics.
@@ -173,7 +176,7 @@ impl Cluster {
         .map_err(|e| Error::Database(e.to_string()))?;
         // Alive before the first CONNECT: a session of a node without a heartbeat would be
         // adopted by another.
-        super::nodes::beat(claims.pool(), &node, &mut false)
+        super::nodes::beat(claims.pool(), &node, config.liveness, &mut false)
             .await
             .map_err(|e| Error::Database(e.to_string()))?;
         let sessions = Arc::new(Sessions::new(
@@ -358,6 +361,7 @@ impl Cluster {
         tasks.spawn(super::nodes::run(
             claims.beats().clone(),
             node.clone(),
+            config.liveness,
             headcount.clone(),
             sessions.clone(),
             counted,
@@ -618,7 +622,7 @@ impl Cluster {
     /// The connection that claimed `client_id` at `generation` ended: its persistent session
     /// stays in Postgres, offline; any other row goes; the claim is released in the same
     /// write (one commit per ended connection, where a drained node made two). Tried again
-    /// every heartbeat until the database takes it: a row left "connected" would have its
+    /// every 2 s ([`BEAT`](super::BEAT)) until the database takes it: a row left "connected" would have its
     /// Will published a second time by whichever node adopts this node's sessions, even
     /// after a clean stop.
     pub fn session_detached(&self, client_id: Arc<str>, generation: u64, persistent: bool) {

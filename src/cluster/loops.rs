@@ -320,7 +320,7 @@ impl Undetached {
     }
 }
 
-/// Records, every heartbeat until the database takes them, the ends of connections it did not
+/// Records, every [`BEAT`] until the database takes them, the ends of connections it did not
 /// take when they happened; once more at shutdown.
 pub async fn record_detached(
     sessions: Arc<Sessions>,

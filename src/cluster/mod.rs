@@ -38,7 +38,7 @@ pub use frame::{
 pub use handle::{Cluster, ClusterConfig, ClusterStats, Heard};
 pub use inbox::Events;
 pub use keys::{KeyFile, check as check_key_file};
-pub use nodes::BEAT;
+pub use nodes::{BEAT, Liveness};
 pub use sessions::{
     HeldSession, Holder, LetGoHeld, Queued, Restored, SessionError, SessionRow, StoredSubscription,
     StoredWill, WrittenBack,

@@ -1,7 +1,8 @@
-//! Which nodes are alive, by heartbeats in Postgres (`cluster_nodes`), written every
-//! [`BEAT`] with the database's clock. A node silent for [`DEAD_AFTER`] is dead: the first
-//! survivor to see it removes its client-id claims and its announced interest, so that the
-//! others stop sending it messages. Only a node that has itself written its heartbeat all
+//! Which nodes are alive, by heartbeats in Postgres (`cluster_nodes`), written with the
+//! database's clock at the pace of [`Liveness`]. A node silent for its own dead time
+//! (`--cluster-dead-after`, recorded in its row, so that nodes need not agree on one) is
+//! dead: the first survivor to see it removes its client-id claims and its announced
+//! interest, so that the others stop sending it messages. Only a node that has itself written its heartbeat all
 //! along judges: after an outage of the database every heartbeat is old, and the first node
 //! back would otherwise bury all the others. A node that finds its own row gone was taken for
 //! dead (a partition, a pause) and gives up what the others adopted. The count of live nodes
@@ -21,33 +22,102 @@ use super::frame;
 use super::sessions::{SessionError, Sessions};
 use tokio_util::sync::CancellationToken;
 
-/// How often a node says it is alive.
+/// The pace of the cluster's retries that wait for the database or NATS to come back, and
+/// the heartbeats' at the default dead time.
 pub const BEAT: Duration = Duration::from_secs(2);
-/// How long a node may be silent before the others take it for dead.
-pub const DEAD_AFTER: Duration = Duration::from_secs(10);
 
-/// Writes this node's heartbeat, once, with the version of the frames it sends. Sets `missing`
-/// if its row was not there: the node is new, or the others took it for dead and removed it.
-/// Set before the row is written again, so that a call that fails after that still tells.
-pub async fn beat(pool: &PgPool, node: &str, missing: &mut bool) -> Result<(), sqlx::Error> {
+/// How long a node may be silent before the others take it for dead (`--cluster-dead-after`),
+/// and what follows from it for its own heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    dead_after: Duration,
+}
+
+impl Liveness {
+    /// The dead time of releases that did not record one, and the default.
+    pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(10);
+    /// Below it, a pause of the node's runtime or a slow commit would bury it.
+    pub const MIN_DEAD_AFTER: Duration = Duration::from_secs(1);
+    /// Above it (1 h), a dead node's clients would wait for their sessions past reason.
+    pub const MAX_DEAD_AFTER: Duration = Duration::from_secs(3600);
+
+    /// `dead_after` within [`Self::MIN_DEAD_AFTER`]..=[`Self::MAX_DEAD_AFTER`], or `None`.
+    pub fn new(dead_after: Duration) -> Option<Self> {
+        (Self::MIN_DEAD_AFTER..=Self::MAX_DEAD_AFTER)
+            .contains(&dead_after)
+            .then_some(Self { dead_after })
+    }
+
+    pub fn dead_after(&self) -> Duration {
+        self.dead_after
+    }
+
+    /// How often the node writes its heartbeat (and looks for dead nodes): five times within
+    /// its dead time, so that four passes in a row may fail before it is taken for dead.
+    pub fn beat(&self) -> Duration {
+        self.dead_after / 5
+    }
+
+    /// How long one pass may wait for the database: the store timeout, but never more than
+    /// half the dead time, so that a pass that waits it out and the beat after it still leave
+    /// the node heard in time.
+    pub fn pass_limit(&self, store_timeout: Duration) -> Duration {
+        store_timeout.min(self.dead_after / 2)
+    }
+
+    /// How long a pass goes on adopting sessions before the next beat: a tenth of the dead
+    /// time, at most 1 s. With [`Self::beat`] and [`Self::pass_limit`], 0.8 of it at worst.
+    pub fn adopt_budget(&self) -> Duration {
+        (self.dead_after / 10).min(Duration::from_secs(1))
+    }
+
+    fn dead_after_ms(&self) -> i32 {
+        // At most an hour: fits.
+        i32::try_from(self.dead_after.as_millis()).unwrap_or(i32::MAX)
+    }
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            dead_after: Self::DEFAULT_DEAD_AFTER,
+        }
+    }
+}
+
+/// Writes this node's heartbeat, once, with the version of the frames it sends and its dead
+/// time. Sets `missing` if its row was not there: the node is new, or the others took it for
+/// dead and removed it. Set before the row is written again, so that a call that fails after
+/// that still tells.
+pub async fn beat(
+    pool: &PgPool,
+    node: &str,
+    liveness: Liveness,
+    missing: &mut bool,
+) -> Result<(), sqlx::Error> {
     let version = i16::from(frame::VERSION);
+    let dead_after = liveness.dead_after_ms();
     // A burial deleting the row at the same time makes the update wait for it, then find
     // nothing.
     let updated = sqlx::query(
-        "UPDATE cluster_nodes SET heartbeat_at = now(), frame_version = $2 WHERE node = $1",
+        "UPDATE cluster_nodes SET heartbeat_at = now(), frame_version = $2, dead_after_ms = $3 \
+         WHERE node = $1",
     )
     .bind(node)
     .bind(version)
+    .bind(dead_after)
     .execute(pool)
     .await?;
     if updated.rows_affected() == 0 {
         *missing = true;
         sqlx::query(
-            "INSERT INTO cluster_nodes (node, frame_version) VALUES ($1, $2) \
-             ON CONFLICT (node) DO UPDATE SET heartbeat_at = now(), frame_version = $2",
+            "INSERT INTO cluster_nodes (node, frame_version, dead_after_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (node) DO UPDATE \
+             SET heartbeat_at = now(), frame_version = $2, dead_after_ms = $3",
         )
         .bind(node)
         .bind(version)
+        .bind(dead_after)
         .execute(pool)
         .await?;
     }
@@ -70,16 +140,26 @@ pub struct Census {
     pub taken_for_dead: bool,
 }
 
-/// Removes the nodes silent for [`DEAD_AFTER`] if `judge`, with their claims, and finds the
-/// nodes gone (dead, or stopped) whose sessions are left to adopt ([`adoption::adopt`]).
-pub async fn bury(pool: &PgPool, sessions: &Sessions, judge: bool) -> Result<Census, SessionError> {
+/// Removes the nodes silent for their dead time, with their claims, if this node has been
+/// heard for at least as long (`heard_for`: it could have been silent itself otherwise, and
+/// so could they), and finds the nodes gone (dead, or stopped) whose sessions are left to
+/// adopt ([`adoption::adopt`]).
+pub async fn bury(
+    pool: &PgPool,
+    sessions: &Sessions,
+    heard_for: Option<Duration>,
+) -> Result<Census, SessionError> {
     let mut tx = pool.begin().await?;
-    let dead: Vec<String> = if judge {
+    let dead: Vec<String> = if let Some(heard_for) = heard_for {
+        let heard_ms = i64::try_from(heard_for.as_millis()).unwrap_or(i64::MAX);
+        // A row without a dead time is a release's from before they were recorded: 10 s.
         sqlx::query_scalar(
-            "DELETE FROM cluster_nodes WHERE heartbeat_at < now() - make_interval(secs => $1) \
+            "DELETE FROM cluster_nodes \
+             WHERE heartbeat_at < now() - coalesce(dead_after_ms, 10000) * interval '1 millisecond' \
+               AND coalesce(dead_after_ms, 10000) <= $1 \
              RETURNING node",
         )
-        .bind(DEAD_AFTER.as_secs_f64())
+        .bind(heard_ms)
         .fetch_all(&mut *tx)
         .await?
     } else {
@@ -112,7 +192,7 @@ pub async fn bury(pool: &PgPool, sessions: &Sessions, judge: bool) -> Result<Cen
     })
 }
 
-/// Leaves the service: this node's row and claims go at once, not after [`DEAD_AFTER`].
+/// Leaves the service: this node's row and claims go at once, not after its dead time.
 pub async fn leave(pool: &PgPool, node: &str) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("DELETE FROM cluster_clients WHERE node = $1")
@@ -169,7 +249,7 @@ impl Headcount {
         self.other_frames.load(Ordering::Relaxed)
     }
 
-    /// Heartbeats not written: past [`DEAD_AFTER`] of them, the others take this node for
+    /// Heartbeats not written: past its dead time of them, the others take this node for
     /// dead while it still serves.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -189,9 +269,11 @@ impl Headcount {
 
 /// Beats until `shutdown`, keeping `headcount` current, handing each pass's census to
 /// `counted` (the dead nodes, the live ones) and the sessions adopted to `adopted`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     pool: PgPool,
     node: Arc<str>,
+    liveness: Liveness,
     headcount: Arc<Headcount>,
     sessions: Arc<Sessions>,
     mut counted: impl FnMut(&Census) + Send,
@@ -210,14 +292,15 @@ pub async fn run(
     let mut in_doubt: Vec<InDoubt> = Vec::new();
     loop {
         let started = Instant::now();
-        let judge = heard_since.is_some_and(|since| since.elapsed() >= DEAD_AFTER);
+        let heard_for = heard_since.map(|since| since.elapsed());
         // Bounded like any database call: a pass that hangs would leave this node silent
         // without its knowing, and the others would bury it.
         let pass = async {
-            beat(&pool, &node, &mut missing).await?;
-            bury(&pool, &sessions, judge).await
+            beat(&pool, &node, liveness, &mut missing).await?;
+            bury(&pool, &sessions, heard_for).await
         };
-        let result = sessions.bounded(pass).await;
+        let limit = liveness.pass_limit(sessions.timeout);
+        let result = sessions.bounded_by(limit, pass).await;
         match result {
             Ok(mut census) => {
                 census.taken_for_dead = std::mem::take(&mut missing);
@@ -229,9 +312,10 @@ pub async fn run(
                 if census.taken_for_dead {
                     headcount.taken_for_dead.fetch_add(1, Ordering::AcqRel);
                     tracing::warn!(
+                        dead_after = ?liveness.dead_after(),
                         "the other nodes took this node for dead (its heartbeat was not written \
-                         for 10 s) and adopted its sessions: closing the connections and \
-                         dropping the sessions that are no longer this node's"
+                         for its dead time) and adopted its sessions: closing the connections \
+                         and dropping the sessions that are no longer this node's"
                     );
                 }
                 headcount.written.fetch_add(1, Ordering::AcqRel);
@@ -263,8 +347,17 @@ pub async fn run(
                 }
                 if !census.orphans.is_empty() {
                     let orphans = &census.orphans;
-                    adoption::adopt(&pool, &node, orphans, &sessions, &mut in_doubt, &adopted)
-                        .await;
+                    let budget = liveness.adopt_budget();
+                    adoption::adopt(
+                        &pool,
+                        &node,
+                        orphans,
+                        &sessions,
+                        budget,
+                        &mut in_doubt,
+                        &adopted,
+                    )
+                    .await;
                 }
                 headcount.in_doubt.store(in_doubt.len(), Ordering::Relaxed);
             }
@@ -278,8 +371,44 @@ pub async fn run(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(BEAT) => {}
+            () = tokio::time::sleep(liveness.beat()) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_time_sets_the_beat_and_bounds_what_a_pass_may_wait() {
+        let secs = Duration::from_secs;
+        let default = Liveness::default();
+        assert_eq!(default.dead_after(), secs(10));
+        // The defaults of the releases before the flag.
+        assert_eq!(default.beat(), BEAT);
+        assert_eq!(default.pass_limit(secs(5)), secs(5));
+        assert_eq!(default.adopt_budget(), secs(1));
+
+        let short = Liveness::new(secs(2)).unwrap();
+        assert_eq!(short.beat(), Duration::from_millis(400));
+        assert_eq!(short.pass_limit(secs(5)), secs(1));
+        assert_eq!(short.adopt_budget(), Duration::from_millis(200));
+        // A beat, a pass that waits out its limit and an adoption: heard again in time.
+        let worst = short.beat() + short.pass_limit(secs(30)) + short.adopt_budget();
+        assert!(worst < short.dead_after(), "{worst:?}");
+
+        assert_eq!(
+            Liveness::new(secs(60)).unwrap().pass_limit(secs(5)),
+            secs(5)
+        );
+        assert!(Liveness::new(Duration::from_millis(999)).is_none());
+        assert!(Liveness::new(secs(3600)).is_some());
+        assert!(Liveness::new(secs(3601)).is_none());
+        assert_eq!(
+            Liveness::new(secs(3600)).unwrap().dead_after_ms(),
+            3_600_000
+        );
     }
 }

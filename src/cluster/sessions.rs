@@ -174,14 +174,21 @@ impl Sessions {
         &self,
         work: impl Future<Output = Result<T, SessionError>>,
     ) -> Result<T, SessionError> {
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or_else(|_| {
-                Err(SessionError(format!(
-                    "the database did not answer within {:?}",
-                    self.timeout
-                )))
-            })
+        self.bounded_by(self.timeout, work).await
+    }
+
+    /// `work`, given up after `limit` (at most the database timeout: the pool's statement
+    /// timeout ends anything left running past that).
+    pub(super) async fn bounded_by<T>(
+        &self,
+        limit: Duration,
+        work: impl Future<Output = Result<T, SessionError>>,
+    ) -> Result<T, SessionError> {
+        tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(SessionError(format!(
+                "the database did not answer within {limit:?}"
+            )))
+        })
     }
 
     /// Records a session as its connection starts on `node`.

@@ -9,8 +9,6 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 
-use super::nodes::DEAD_AFTER;
-
 /// One node with a heartbeat row.
 #[derive(Debug, Serialize)]
 pub struct NodeStatus {
@@ -19,7 +17,10 @@ pub struct NodeStatus {
     pub started_at: String,
     /// Seconds since its last heartbeat, on the database's clock.
     pub heartbeat_age_secs: f64,
-    /// Its heartbeat is older than the dead time: a live node buries it at its next heartbeat.
+    /// How long it may be silent before the others take it for dead (`--cluster-dead-after`;
+    /// 10 s for releases that did not record it).
+    pub dead_after_secs: f64,
+    /// Its heartbeat is older than its dead time: a live node buries it at its next heartbeat.
     pub silent: bool,
     /// The version of the frames it sends other nodes (none from releases before it was kept).
     pub frame_version: Option<i16>,
@@ -56,7 +57,7 @@ pub enum StatusError {
     Timeout(Duration),
 }
 
-type NodeRow = (String, String, f64, Option<i16>, i64, i64, i64);
+type NodeRow = (String, String, f64, f64, Option<i16>, i64, i64, i64);
 
 /// Reads the service's state from the Postgres database at `url`, waiting at most `wait` in
 /// all (a database that does not answer is an error, not a tool that hangs).
@@ -84,7 +85,8 @@ async fn read_now(url: &str) -> Result<Status, StatusError> {
     let rows: Vec<NodeRow> = sqlx::query_as(
         "SELECT n.node, \
            to_char(n.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-           extract(epoch FROM now() - n.heartbeat_at)::float8, n.frame_version, \
+           extract(epoch FROM now() - n.heartbeat_at)::float8, \
+           coalesce(n.dead_after_ms, 10000)::float8 / 1000, n.frame_version, \
            (SELECT count(*) FROM cluster_clients c WHERE c.node = n.node), \
            (SELECT count(*) FROM cluster_sessions s WHERE s.node = n.node), \
            (SELECT count(*) FROM cluster_sessions s WHERE s.node = n.node AND NOT s.connected) \
@@ -112,15 +114,18 @@ async fn read_now(url: &str) -> Result<Status, StatusError> {
         nodes: rows
             .into_iter()
             .map(
-                |(node, started_at, age, frame_version, clients, sessions, offline)| NodeStatus {
-                    node,
-                    started_at,
-                    heartbeat_age_secs: age,
-                    silent: age > DEAD_AFTER.as_secs_f64(),
-                    frame_version,
-                    clients,
-                    sessions,
-                    offline_sessions: offline,
+                |(node, started_at, age, dead_after, frame_version, clients, sessions, offline)| {
+                    NodeStatus {
+                        node,
+                        started_at,
+                        heartbeat_age_secs: age,
+                        dead_after_secs: dead_after,
+                        silent: age > dead_after,
+                        frame_version,
+                        clients,
+                        sessions,
+                        offline_sessions: offline,
+                    }
                 },
             )
             .collect(),
