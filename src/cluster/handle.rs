@@ -23,7 +23,7 @@ use super::inbox::{Events, Inbox};
 use super::link::{self, Link};
 use super::local::{Change, Local};
 use super::loops::{self, HANDOVER_TIMEOUT, Undetached};
-use super::nodes::{Census, Headcount, Liveness};
+use super::nodes::{Census, Headcount, Heartbeats, Liveness};
 use super::remote::{self, RemoteInterest};
 use super::sessions::{
     self, Holder, LetGoHeld, Restored, SessionError, SessionRow, Sessions, Spool,
@@ -358,10 +358,13 @@ impl Cluster {
                 }
             }
         };
+        let heartbeats = Heartbeats {
+            pool: claims.beats().clone(),
+            node: node.clone(),
+            liveness: config.liveness,
+        };
         tasks.spawn(super::nodes::run(
-            claims.beats().clone(),
-            node.clone(),
-            config.liveness,
+            heartbeats,
             headcount.clone(),
             sessions.clone(),
             counted,

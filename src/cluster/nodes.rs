@@ -2,9 +2,9 @@
 //! database's clock at the pace of [`Liveness`]. A node silent for its own dead time
 //! (`--cluster-dead-after`, recorded in its row, so that nodes need not agree on one) is
 //! dead: the first survivor to see it removes its client-id claims and its announced
-//! interest, so that the others stop sending it messages. Only a node that has itself written its heartbeat all
-//! along judges: after an outage of the database every heartbeat is old, and the first node
-//! back would otherwise bury all the others. A node that finds its own row gone was taken for
+//! interest, so that the others stop sending it messages. Only a node that has itself written
+//! its heartbeat all along for that long judges: after an outage of the database every
+//! heartbeat is old, and the first node back would otherwise bury all the others. A node that finds its own row gone was taken for
 //! dead (a partition, a pause) and gives up what the others adopted. The count of live nodes
 //! divides per-principal rates. Each
 //! heartbeat records the version of the frames the node sends (`frame::VERSION`): a node of
@@ -267,19 +267,28 @@ impl Headcount {
     }
 }
 
+/// A node's heartbeats: where they go, whose they are and their pace.
+pub struct Heartbeats {
+    pub pool: PgPool,
+    pub node: Arc<str>,
+    pub liveness: Liveness,
+}
+
 /// Beats until `shutdown`, keeping `headcount` current, handing each pass's census to
 /// `counted` (the dead nodes, the live ones) and the sessions adopted to `adopted`.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
-    pool: PgPool,
-    node: Arc<str>,
-    liveness: Liveness,
+    heartbeats: Heartbeats,
     headcount: Arc<Headcount>,
     sessions: Arc<Sessions>,
     mut counted: impl FnMut(&Census) + Send,
     adopted: impl Fn(Vec<Adopted>) + Send,
     shutdown: CancellationToken,
 ) {
+    let Heartbeats {
+        pool,
+        node,
+        liveness,
+    } = heartbeats;
     let mut failing = false;
     // Since when every pass has written this node's heartbeat (`None`: the last one failed).
     // Another node's silence means death only if this node could be heard all that time.
