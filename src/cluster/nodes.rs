@@ -66,7 +66,8 @@ impl Liveness {
     }
 
     /// How long a pass goes on adopting sessions before the next beat: a tenth of the dead
-    /// time, at most 1 s. With [`Self::beat`] and [`Self::pass_limit`], 0.8 of it at worst.
+    /// time, at most 1 s. With [`Self::beat`] and [`Self::pass_limit`], 0.8 of it at worst
+    /// (the last transaction started may wait out the store timeout: decision 014).
     pub fn adopt_budget(&self) -> Duration {
         (self.dead_after / 10).min(Duration::from_secs(1))
     }
@@ -404,7 +405,7 @@ mod tests {
         assert_eq!(short.beat(), Duration::from_millis(400));
         assert_eq!(short.pass_limit(secs(5)), secs(1));
         assert_eq!(short.adopt_budget(), Duration::from_millis(200));
-        // A beat, a pass that waits out its limit and an adoption: heard again in time.
+        // A beat, a pass that waits out its limit and the time adoptions start in: within it.
         let worst = short.beat() + short.pass_limit(secs(30)) + short.adopt_budget();
         assert!(worst < short.dead_after(), "{worst:?}");
 
