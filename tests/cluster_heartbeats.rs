@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster_of as cluster;
 use common::mqtt::raw::{Raw, build};
@@ -503,6 +503,73 @@ async fn sessions_of(db: &mut sqlx::PgConnection, node: &str, n: i64) {
     .execute(&mut *db)
     .await
     .unwrap();
+}
+
+async fn sessions_held(db: &mut sqlx::PgConnection, node: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM cluster_sessions WHERE node = $1")
+        .bind(node)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// A survivor whose adoptions wait on a database that does not answer them (here, a lock held
+/// on the sessions' queues) still writes its heartbeat within its dead time: an adoption still
+/// running at the end of a pass is given up, to be tried again at the next. Before, the last
+/// adoption of a pass could wait out the store timeout in the heartbeat's loop, and a node
+/// whose dead time was shorter than that was taken for dead by the others while it adopted.
+#[tokio::test]
+async fn a_node_adopting_from_a_stalled_database_is_still_heard_within_its_dead_time() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let a = node_with(&nats, db, |c| {
+        c.store_timeout = Duration::from_secs(10);
+        c.cluster_dead_after = Liveness::new(Duration::from_secs(5)).unwrap();
+    })
+    .await;
+    let node = cluster(&a).node().to_owned();
+    let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();
+    let mut holder = sqlx::PgConnection::connect(&direct).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE cluster_session_queue IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    sessions_of(&mut admin, "gone", 10).await;
+
+    // Longer than an adoption waiting out the store timeout (the database gives its statement
+    // up at 9 s) and the beat after it.
+    let mut oldest: f64 = 0.0;
+    let until = Instant::now() + Duration::from_secs(11);
+    while Instant::now() < until {
+        let age: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - heartbeat_at)::float8 FROM cluster_nodes \
+             WHERE node = $1",
+        )
+        .bind(&node)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        oldest = oldest.max(age);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("A's heartbeat at most {oldest:.2} s old while its adoptions waited");
+    let adopted = sessions_held(&mut admin, &node).await;
+    assert_eq!(adopted, 0, "the adoptions waited on the lock");
+    // A pass of 3 s at most (three fifths of the dead time) and a beat of 1 s: 4 s.
+    assert!(
+        oldest < 5.0,
+        "A's heartbeat was {oldest:.2} s old; its dead time is 5 s"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    within("the sessions adopted once the database answers", async {
+        while sessions_held(&mut admin, &node).await < 10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
 
 /// A node that is gone held a hundred thousand sessions: a survivor adopts them all, in steps

@@ -441,7 +441,8 @@ pub struct ServeConfig {
     pub cluster_dead_after: Liveness,
 
     /// Pooled Postgres connections for what the service's nodes keep there: client-id claims,
-    /// sessions and their queues (the heartbeats have one more of their own). Every CONNECT
+    /// sessions and their queues (the heartbeats have one more of their own, and adoptions
+    /// another). Every CONNECT
     /// takes one for a round trip or three, so this bounds how fast a node takes a crowd of
     /// reconnecting clients.
     #[arg(long, env = "RETAIND_CLUSTER_DB_CONNECTIONS", default_value_t = 8,

@@ -148,7 +148,7 @@ pub async fn start(config: &ServeConfig, clock: Clock) -> Result<Running, Error>
         + config
             .cluster_url
             .as_ref()
-            .map_or(0, |_| u64::from(config.cluster_db_connections) + 1)
+            .map_or(0, |_| u64::from(config.cluster_db_connections) + 2)
         + 512;
     open_files::raise(needed);
     let store_err = |cause| Error::Store {

@@ -64,8 +64,8 @@ impl From<SessionError> for Unadopted {
     }
 }
 
-/// `work`, given up at `deadline` (the end of the database timeout, `timeout`, for the whole
-/// transaction).
+/// `work`, given up at `deadline` (the end of the database timeout for the whole
+/// transaction, `timeout` from its start, or of the heartbeat pass, if sooner).
 async fn before<T>(
     deadline: tokio::time::Instant,
     timeout: Duration,
@@ -79,21 +79,33 @@ async fn before<T>(
     }
 }
 
+/// How long a heartbeat pass may go on adopting.
+pub struct Within {
+    /// Batches are started for this long.
+    pub budget: Duration,
+    /// The pass's end: a batch still running then is given up (or, its COMMIT sent, in
+    /// doubt), so that the next heartbeat comes in time however slow the database.
+    pub deadline: tokio::time::Instant,
+}
+
 /// Adopts the sessions of `orphans` a batch at a time, handing each batch to `adopted`,
-/// starting batches for at most `budget`, so that the next heartbeat is not held up: the rest
-/// is adopted at the next passes. A batch in doubt joins `in_doubt`.
+/// within `within`, so that the next heartbeat is not held up: the rest is adopted at the
+/// next passes. A batch in doubt joins `in_doubt`.
 pub async fn adopt(
     pool: &PgPool,
     node: &str,
     orphans: &[String],
     sessions: &Sessions,
-    budget: Duration,
+    within: Within,
     in_doubt: &mut Vec<InDoubt>,
     adopted: &impl Fn(Vec<Adopted>),
 ) {
     let started = Instant::now();
-    while started.elapsed() < budget {
-        let batch = match sessions.adopt(pool, node, orphans, ADOPT_BATCH).await {
+    while started.elapsed() < within.budget && tokio::time::Instant::now() < within.deadline {
+        let batch = match sessions
+            .adopt(pool, node, orphans, ADOPT_BATCH, within.deadline)
+            .await
+        {
             Ok(batch) => batch,
             Err(Unadopted::Failed(e)) => {
                 tracing::warn!(error = %e, "cannot adopt the sessions of nodes that are gone; trying again at the next heartbeat");
@@ -133,17 +145,26 @@ fn keep_in_doubt(in_doubt: &mut Vec<InDoubt>, batch: InDoubt) {
 
 /// Asks the database what became of the batches `in_doubt`: hands those committed to
 /// `adopted` (less what is no longer this node's to take up), drops those rolled back, and
-/// keeps those it cannot tell yet.
+/// keeps those it cannot tell yet, or has no time left to ask about before `deadline` (the
+/// heartbeat pass's end).
 pub async fn settle(
     pool: &PgPool,
     node: &str,
     sessions: &Sessions,
+    deadline: tokio::time::Instant,
     in_doubt: &mut Vec<InDoubt>,
     adopted: &impl Fn(Vec<Adopted>),
 ) {
     let mut kept = Vec::new();
     for batch in std::mem::take(in_doubt) {
-        match sessions.settle(pool, node, batch).await {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            // Asked at the next pass: this one's time is up.
+            kept.push(batch);
+            continue;
+        }
+        let limit = sessions.timeout.min(deadline - now);
+        match sessions.settle(pool, node, batch, limit).await {
             Ok(Settled::Committed(batch)) => {
                 tracing::info!(
                     sessions = batch.len(),
@@ -199,18 +220,20 @@ struct AdoptRow {
 impl Sessions {
     /// At most `limit` sessions of the `orphans` (nodes without a heartbeat row, as
     /// [`Self::orphan_nodes`] found them) become `node`'s, offline, their Wills cleared (the
-    /// adopter publishes them), in a transaction of their own on `pool` (the heartbeats'). One
+    /// adopter publishes them), in a transaction of their own on `pool` (the adoptions'). One
     /// survivor adopts each session: the update locks its row, and the others skip it. The
-    /// whole transaction is bounded by the database timeout.
+    /// whole transaction is bounded by the database timeout, and ends by `pass_end`.
     async fn adopt(
         &self,
         pool: &PgPool,
         node: &str,
         orphans: &[String],
         limit: usize,
+        pass_end: tokio::time::Instant,
     ) -> Result<Vec<Adopted>, Unadopted> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let t = self.timeout;
+        let now = tokio::time::Instant::now();
+        let deadline = (now + self.timeout).min(pass_end);
+        let t = deadline - now;
         let mut tx = before(deadline, t, pool.begin()).await?;
         let xid: i64 = before(
             deadline,
@@ -327,10 +350,11 @@ impl Sessions {
         pool: &PgPool,
         node: &str,
         batch: InDoubt,
+        limit: Duration,
     ) -> Result<Settled, (InDoubt, SessionError)> {
         let ids: Vec<&str> = batch.adopted.iter().map(|a| &*a.client_id).collect();
         let answer = self
-            .bounded(async {
+            .bounded_by(limit, async {
                 let status: Option<String> = sqlx::query_scalar("SELECT txid_status($1)")
                     .bind(batch.xid)
                     .fetch_one(pool)

@@ -19,6 +19,10 @@ pub struct Claims {
     /// sessions, a node's liveness never waits behind them, or a burst of CONNECTs could get
     /// it taken for dead.
     beats: PgPool,
+    /// The adoptions' own connection, for the same reason: an adoption given up at the end of
+    /// its heartbeat pass leaves its connection until the database ends its statement, which
+    /// the next heartbeat must not wait for.
+    adoptions: PgPool,
     timeout: Duration,
 }
 
@@ -105,11 +109,16 @@ impl Claims {
         let beats = writable(timeout)
             .max_connections(1)
             .acquire_timeout(timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        let adoptions = writable(timeout)
+            .max_connections(1)
+            .acquire_timeout(timeout)
+            .connect_lazy_with(options);
         Ok(Self {
             pool,
             beats,
+            adoptions,
             timeout,
         })
     }
@@ -118,9 +127,14 @@ impl Claims {
         &self.pool
     }
 
-    /// For the heartbeats (and the adoptions they find) alone.
+    /// For the heartbeats alone.
     pub fn beats(&self) -> &PgPool {
         &self.beats
+    }
+
+    /// For the adoptions the heartbeats find, and the settling of those in doubt.
+    pub fn adoptions(&self) -> &PgPool {
+        &self.adoptions
     }
 
     pub async fn claim(&self, client_id: &str, node: &str) -> Result<Claimed, ClaimError> {

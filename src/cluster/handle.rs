@@ -360,6 +360,7 @@ impl Cluster {
         };
         let heartbeats = Heartbeats {
             pool: claims.beats().clone(),
+            adoptions: claims.adoptions().clone(),
             node: node.clone(),
             liveness: config.liveness,
         };

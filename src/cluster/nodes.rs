@@ -65,11 +65,18 @@ impl Liveness {
         store_timeout.min(self.dead_after / 2)
     }
 
-    /// How long a pass goes on adopting sessions before the next beat: a tenth of the dead
-    /// time, at most 1 s. With [`Self::beat`] and [`Self::pass_limit`], 0.8 of it at worst
-    /// (the last transaction started may wait out the store timeout: decision 014).
+    /// How long a pass goes on starting adoptions before the next beat: a tenth of the dead
+    /// time, at most 1 s.
     pub fn adopt_budget(&self) -> Duration {
         (self.dead_after / 10).min(Duration::from_secs(1))
+    }
+
+    /// How long a whole pass may take, adoptions and their settling included (each given up
+    /// at its end, to be taken up again at the next pass): three fifths of the dead time, so
+    /// that with the beat after it the node is heard again within 0.8 of it, however slow the
+    /// database.
+    pub fn pass_span(&self) -> Duration {
+        self.dead_after * 3 / 5
     }
 
     fn dead_after_ms(&self) -> i32 {
@@ -271,6 +278,8 @@ impl Headcount {
 /// A node's heartbeats: where they go, whose they are and their pace.
 pub struct Heartbeats {
     pub pool: PgPool,
+    /// Where the sessions they find orphaned are adopted: a connection of its own.
+    pub adoptions: PgPool,
     pub node: Arc<str>,
     pub liveness: Liveness,
 }
@@ -287,6 +296,7 @@ pub async fn run(
 ) {
     let Heartbeats {
         pool,
+        adoptions,
         node,
         liveness,
     } = heartbeats;
@@ -302,6 +312,7 @@ pub async fn run(
     let mut in_doubt: Vec<InDoubt> = Vec::new();
     loop {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + liveness.pass_span();
         let heard_for = heard_since.map(|since| since.elapsed());
         // Bounded like any database call: a pass that hangs would leave this node silent
         // without its knowing, and the others would bury it.
@@ -353,17 +364,20 @@ pub async fn run(
                     }
                 }
                 if !in_doubt.is_empty() {
-                    adoption::settle(&pool, &node, &sessions, &mut in_doubt, &adopted).await;
+                    let pool = &adoptions;
+                    adoption::settle(pool, &node, &sessions, deadline, &mut in_doubt, &adopted)
+                        .await;
                 }
                 if !census.orphans.is_empty() {
                     let orphans = &census.orphans;
                     let budget = liveness.adopt_budget();
+                    let within = adoption::Within { budget, deadline };
                     adoption::adopt(
-                        &pool,
+                        &adoptions,
                         &node,
                         orphans,
                         &sessions,
-                        budget,
+                        within,
                         &mut in_doubt,
                         &adopted,
                     )
@@ -405,9 +419,12 @@ mod tests {
         assert_eq!(short.beat(), Duration::from_millis(400));
         assert_eq!(short.pass_limit(secs(5)), secs(1));
         assert_eq!(short.adopt_budget(), Duration::from_millis(200));
-        // A beat, a pass that waits out its limit and the time adoptions start in: within it.
-        let worst = short.beat() + short.pass_limit(secs(30)) + short.adopt_budget();
-        assert!(worst < short.dead_after(), "{worst:?}");
+        // A pass that waits out its limit, its adoptions, and the beat after it: within it.
+        assert_eq!(short.pass_span(), Duration::from_millis(1_200));
+        assert!(short.pass_limit(secs(30)) + short.adopt_budget() <= short.pass_span());
+        let worst = short.pass_span() + short.beat();
+        assert_eq!(worst, Duration::from_millis(1_600));
+        assert_eq!(default.pass_span(), secs(6));
 
         assert_eq!(
             Liveness::new(secs(60)).unwrap().pass_limit(secs(5)),
