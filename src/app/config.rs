@@ -442,9 +442,8 @@ pub struct ServeConfig {
 
     /// Pooled Postgres connections for what the service's nodes keep there: client-id claims,
     /// sessions and their queues (the heartbeats have one more of their own, and adoptions
-    /// another). Every CONNECT
-    /// takes one for a round trip or three, so this bounds how fast a node takes a crowd of
-    /// reconnecting clients.
+    /// another). Every CONNECT takes one for a round trip or three, so this bounds how fast a
+    /// node takes a crowd of reconnecting clients.
     #[arg(long, env = "RETAIND_CLUSTER_DB_CONNECTIONS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=256), requires = "cluster_url")]
     pub cluster_db_connections: u32,

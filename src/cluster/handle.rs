@@ -626,9 +626,9 @@ impl Cluster {
     /// The connection that claimed `client_id` at `generation` ended: its persistent session
     /// stays in Postgres, offline; any other row goes; the claim is released in the same
     /// write (one commit per ended connection, where a drained node made two). Tried again
-    /// every 2 s ([`BEAT`](super::BEAT)) until the database takes it: a row left "connected" would have its
-    /// Will published a second time by whichever node adopts this node's sessions, even
-    /// after a clean stop.
+    /// every 2 s ([`BEAT`](super::BEAT)) until the database takes it: a row left "connected"
+    /// would have its Will published a second time by whichever node adopts this node's
+    /// sessions, even after a clean stop.
     pub fn session_detached(&self, client_id: Arc<str>, generation: u64, persistent: bool) {
         let cluster = self.clone();
         // Tracked: a node that stops records its connections' ends before it leaves, or the

@@ -79,7 +79,8 @@ impl Liveness {
         self.dead_after * 3 / 5
     }
 
-    fn dead_after_ms(&self) -> i32 {
+    /// As `cluster_nodes.dead_after_ms` records it; the default stands for rows without one.
+    pub(super) fn dead_after_ms(&self) -> i32 {
         // At most an hour: fits.
         i32::try_from(self.dead_after.as_millis()).unwrap_or(i32::MAX)
     }
@@ -160,14 +161,15 @@ pub async fn bury(
     let mut tx = pool.begin().await?;
     let dead: Vec<String> = if let Some(heard_for) = heard_for {
         let heard_ms = i64::try_from(heard_for.as_millis()).unwrap_or(i64::MAX);
-        // A row without a dead time is a release's from before they were recorded: 10 s.
+        // A row without a dead time is a release's from before they were recorded ($2).
         sqlx::query_scalar(
             "DELETE FROM cluster_nodes \
-             WHERE heartbeat_at < now() - coalesce(dead_after_ms, 10000) * interval '1 millisecond' \
-               AND coalesce(dead_after_ms, 10000) <= $1 \
+             WHERE heartbeat_at < now() - coalesce(dead_after_ms, $2) * interval '1 millisecond' \
+               AND coalesce(dead_after_ms, $2) <= $1 \
              RETURNING node",
         )
         .bind(heard_ms)
+        .bind(Liveness::default().dead_after_ms())
         .fetch_all(&mut *tx)
         .await?
     } else {
@@ -364,9 +366,15 @@ pub async fn run(
                     }
                 }
                 if !in_doubt.is_empty() {
-                    let pool = &adoptions;
-                    adoption::settle(pool, &node, &sessions, deadline, &mut in_doubt, &adopted)
-                        .await;
+                    adoption::settle(
+                        &adoptions,
+                        &node,
+                        &sessions,
+                        deadline,
+                        &mut in_doubt,
+                        &adopted,
+                    )
+                    .await;
                 }
                 if !census.orphans.is_empty() {
                     let orphans = &census.orphans;

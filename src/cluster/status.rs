@@ -86,12 +86,14 @@ async fn read_now(url: &str) -> Result<Status, StatusError> {
         "SELECT n.node, \
            to_char(n.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
            extract(epoch FROM now() - n.heartbeat_at)::float8, \
-           coalesce(n.dead_after_ms, 10000)::float8 / 1000, n.frame_version, \
+           coalesce(n.dead_after_ms, $1)::float8 / 1000, n.frame_version, \
            (SELECT count(*) FROM cluster_clients c WHERE c.node = n.node), \
            (SELECT count(*) FROM cluster_sessions s WHERE s.node = n.node), \
            (SELECT count(*) FROM cluster_sessions s WHERE s.node = n.node AND NOT s.connected) \
          FROM cluster_nodes n ORDER BY n.started_at, n.node",
     )
+    // The dead time of rows from releases that did not record one.
+    .bind(super::Liveness::default().dead_after_ms())
     .fetch_all(&mut *tx)
     .await
     .map_err(read)?;
