@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster_of as cluster;
+use common::cluster_rows::{sessions_held, sessions_of};
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V5, p5, v5_options, within};
 use common::nats::Nats;
@@ -490,27 +491,6 @@ async fn a_session_resumed_while_heartbeats_are_stale_is_asked_of_the_node_that_
         }
     })
     .await;
-}
-
-/// `n` offline persistent sessions of node `node`, written straight to the database.
-async fn sessions_of(db: &mut sqlx::PgConnection, node: &str, n: i64) {
-    sqlx::query(
-        "INSERT INTO cluster_sessions (client_id, node, expiry_secs, connected, detached_at) \
-         SELECT 'c' || g, $1, 3600, false, now() FROM generate_series(1, $2) g",
-    )
-    .bind(node)
-    .bind(n)
-    .execute(&mut *db)
-    .await
-    .unwrap();
-}
-
-async fn sessions_held(db: &mut sqlx::PgConnection, node: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM cluster_sessions WHERE node = $1")
-        .bind(node)
-        .fetch_one(db)
-        .await
-        .unwrap()
 }
 
 /// A survivor whose adoptions wait on a database that does not answer them (here, a lock held

@@ -52,6 +52,7 @@ pub(super) fn on_scrape(broker: &Broker) {
             (&c.other_version, s.other_version),
             (&c.queued_lost, s.queued_lost),
             (&c.heartbeat_failures, s.heartbeat_failures),
+            (&c.adoption_failures, s.adoption_failures),
             (&c.taken_for_dead, s.taken_for_dead),
             (&c.nats_reconnections, s.nats_reconnections),
             (&c.handovers_missed, s.handovers_missed),

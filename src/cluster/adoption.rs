@@ -50,6 +50,49 @@ pub struct InDoubt {
     adopted: Vec<Adopted>,
 }
 
+/// What a node's adoptions carry from one heartbeat pass to the next.
+#[derive(Default)]
+pub struct Ledger {
+    /// Batches whose COMMIT went unanswered, until the database says what became of them.
+    in_doubt: Vec<InDoubt>,
+    /// Adoptions and questions the database failed or did not answer since it last answered
+    /// one. With the database slow or away they fail a beat apart, pass after pass: only the
+    /// first of a run is logged, and its end.
+    unanswered: u64,
+    /// Every such failure so far.
+    failures: u64,
+}
+
+impl Ledger {
+    /// Batches in doubt.
+    pub fn in_doubt(&self) -> usize {
+        self.in_doubt.len()
+    }
+
+    /// Adoptions and questions about those in doubt that failed or went unanswered.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// Counts a failure; true for the first of a run, the one to log.
+    fn failed(&mut self) -> bool {
+        self.failures += 1;
+        self.unanswered += 1;
+        self.unanswered == 1
+    }
+
+    /// The database answered: ends a run of failures, saying how long it was.
+    fn answered(&mut self) {
+        if self.unanswered > 0 {
+            tracing::info!(
+                failures = self.unanswered,
+                "the database answers adoptions again (of the failures since it last did, only the first was logged)"
+            );
+            self.unanswered = 0;
+        }
+    }
+}
+
 /// Why a batch was not adopted.
 enum Unadopted {
     /// Nothing was committed.
@@ -90,14 +133,14 @@ pub struct Within {
 
 /// Adopts the sessions of `orphans` a batch at a time, handing each batch to `adopted`,
 /// within `within`, so that the next heartbeat is not held up: the rest is adopted at the
-/// next passes. A batch in doubt joins `in_doubt`.
+/// next passes. A batch in doubt joins the ledger's.
 pub async fn adopt(
     pool: &PgPool,
     node: &str,
     orphans: &[String],
     sessions: &Sessions,
     within: Within,
-    in_doubt: &mut Vec<InDoubt>,
+    ledger: &mut Ledger,
     adopted: &impl Fn(Vec<Adopted>),
 ) {
     let started = Instant::now();
@@ -108,18 +151,23 @@ pub async fn adopt(
         {
             Ok(batch) => batch,
             Err(Unadopted::Failed(e)) => {
-                tracing::warn!(error = %e, "cannot adopt the sessions of nodes that are gone; trying again at the next heartbeat");
+                if ledger.failed() {
+                    tracing::warn!(error = %e, "cannot adopt the sessions of nodes that are gone; trying again at every heartbeat (logged again once the database answers)");
+                }
                 return;
             }
             Err(Unadopted::InDoubt(batch, e)) => {
-                tracing::warn!(
-                    error = %e, sessions = batch.adopted.len(),
-                    "no answer to the commit of adopted sessions; asking the database what became of it at the next heartbeat"
-                );
-                keep_in_doubt(in_doubt, batch);
+                if ledger.failed() {
+                    tracing::warn!(
+                        error = %e, sessions = batch.adopted.len(),
+                        "no answer to the commit of adopted sessions; asking the database what became of it at the next heartbeat"
+                    );
+                }
+                keep_in_doubt(&mut ledger.in_doubt, batch);
                 return;
             }
         };
+        ledger.answered();
         let n = batch.len();
         if n > 0 {
             tracing::info!(sessions = n, "adopted sessions of nodes that are gone");
@@ -143,7 +191,7 @@ fn keep_in_doubt(in_doubt: &mut Vec<InDoubt>, batch: InDoubt) {
     in_doubt.push(batch);
 }
 
-/// Asks the database what became of the batches `in_doubt`: hands those committed to
+/// Asks the database what became of the ledger's batches in doubt: hands those committed to
 /// `adopted` (less what is no longer this node's to take up), drops those rolled back, and
 /// keeps those it cannot tell yet, or has no time left to ask about before `deadline` (the
 /// heartbeat pass's end).
@@ -152,11 +200,11 @@ pub async fn settle(
     node: &str,
     sessions: &Sessions,
     deadline: tokio::time::Instant,
-    in_doubt: &mut Vec<InDoubt>,
+    ledger: &mut Ledger,
     adopted: &impl Fn(Vec<Adopted>),
 ) {
     let mut kept = Vec::new();
-    for batch in std::mem::take(in_doubt) {
+    for batch in std::mem::take(&mut ledger.in_doubt) {
         let now = tokio::time::Instant::now();
         if now >= deadline {
             // Asked at the next pass: this one's time is up.
@@ -164,7 +212,11 @@ pub async fn settle(
             continue;
         }
         let limit = sessions.timeout.min(deadline - now);
-        match sessions.settle(pool, node, batch, limit).await {
+        let settled = sessions.settle(pool, node, batch, limit).await;
+        if settled.is_ok() {
+            ledger.answered();
+        }
+        match settled {
             Ok(Settled::Committed(batch)) => {
                 tracing::info!(
                     sessions = batch.len(),
@@ -181,12 +233,14 @@ pub async fn settle(
             }
             Ok(Settled::Open(batch)) => kept.push(batch),
             Err((batch, e)) => {
-                tracing::warn!(error = %e, "cannot tell yet whether an adoption committed");
+                if ledger.failed() {
+                    tracing::warn!(error = %e, "cannot tell yet whether an adoption committed; asking again at every heartbeat (logged again once the database answers)");
+                }
                 kept.push(batch);
             }
         }
     }
-    *in_doubt = kept;
+    ledger.in_doubt = kept;
 }
 
 /// What became of a batch in doubt.
@@ -422,5 +476,22 @@ mod tests {
         assert_eq!(in_doubt.len(), MAX_IN_DOUBT);
         assert_eq!(in_doubt[0].xid, 3);
         assert_eq!(in_doubt.last().unwrap().xid, MAX_IN_DOUBT as i64 + 2);
+    }
+
+    #[test]
+    fn only_the_first_failure_of_a_run_is_to_be_logged_and_every_one_is_counted() {
+        let mut ledger = Ledger::default();
+        ledger.answered();
+        assert!(ledger.failed(), "the first failure");
+        assert!(!ledger.failed());
+        assert!(!ledger.failed());
+        ledger.answered();
+        assert!(
+            ledger.failed(),
+            "the first failure after an answer starts a new run"
+        );
+        ledger.answered();
+        ledger.answered();
+        assert_eq!(ledger.failures(), 4);
     }
 }

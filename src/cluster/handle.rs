@@ -106,6 +106,10 @@ pub struct ClusterStats {
     pub queued_lost: u64,
     /// Heartbeats this node could not write in time.
     pub heartbeat_failures: u64,
+    /// Adoptions of the sessions of nodes that are gone, and questions about adoptions in
+    /// doubt, that the database failed or did not answer in time (tried again at the next
+    /// heartbeat).
+    pub adoption_failures: u64,
     /// Times this node found that the others had taken it for dead.
     pub taken_for_dead: u64,
     /// Times the connection to NATS came back after it was lost.
@@ -592,6 +596,7 @@ impl Cluster {
             other_version: load(&i.inbox.other_version),
             queued_lost: load(&i.spool_lost),
             heartbeat_failures: i.headcount.failures(),
+            adoption_failures: i.headcount.adoption_failures(),
             taken_for_dead: i.headcount.taken_for_dead(),
             nats_reconnections: i.link.reconnections(),
             handovers_missed: load(&i.handovers_missed),

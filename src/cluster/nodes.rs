@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use super::adoption::{self, Adopted, InDoubt};
+use super::adoption::{self, Adopted, Ledger};
 use super::frame;
 use super::sessions::{SessionError, Sessions};
 use tokio_util::sync::CancellationToken;
@@ -224,6 +224,8 @@ pub struct Headcount {
     in_doubt: AtomicUsize,
     /// Passes that failed or did not finish within the database timeout.
     failures: AtomicU64,
+    /// Adoptions, and questions about those in doubt, that failed or went unanswered.
+    adoption_failures: AtomicU64,
     /// Passes that found this node's row gone.
     taken_for_dead: AtomicU64,
     /// Passes that wrote this node's heartbeat (and so would have found its row gone).
@@ -237,6 +239,7 @@ impl Default for Headcount {
             other_frames: AtomicUsize::new(0),
             in_doubt: AtomicUsize::new(0),
             failures: AtomicU64::new(0),
+            adoption_failures: AtomicU64::new(0),
             taken_for_dead: AtomicU64::new(0),
             written: AtomicU64::new(0),
         }
@@ -263,6 +266,11 @@ impl Headcount {
     /// dead while it still serves.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Adoptions, and questions about those in doubt, that failed or went unanswered.
+    pub fn adoption_failures(&self) -> u64 {
+        self.adoption_failures.load(Ordering::Relaxed)
     }
 
     /// Times the others took this node for dead, as its heartbeats found out.
@@ -310,8 +318,7 @@ pub async fn run(
     let mut missing = false;
     // Nodes of another frame version already reported, so each is reported once.
     let mut reported = std::collections::HashSet::new();
-    // Adoptions whose commit went unanswered, until the database says what became of them.
-    let mut in_doubt: Vec<InDoubt> = Vec::new();
+    let mut ledger = Ledger::default();
     loop {
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + liveness.pass_span();
@@ -365,13 +372,13 @@ pub async fn run(
                         );
                     }
                 }
-                if !in_doubt.is_empty() {
+                if ledger.in_doubt() > 0 {
                     adoption::settle(
                         &adoptions,
                         &node,
                         &sessions,
                         deadline,
-                        &mut in_doubt,
+                        &mut ledger,
                         &adopted,
                     )
                     .await;
@@ -386,12 +393,17 @@ pub async fn run(
                         orphans,
                         &sessions,
                         within,
-                        &mut in_doubt,
+                        &mut ledger,
                         &adopted,
                     )
                     .await;
                 }
-                headcount.in_doubt.store(in_doubt.len(), Ordering::Relaxed);
+                headcount
+                    .in_doubt
+                    .store(ledger.in_doubt(), Ordering::Relaxed);
+                headcount
+                    .adoption_failures
+                    .store(ledger.failures(), Ordering::Relaxed);
             }
             Err(e) => {
                 heard_since = None;

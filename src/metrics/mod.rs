@@ -126,6 +126,7 @@ pub struct ClusterCounters {
     pub other_version: Counter,
     pub queued_lost: Counter,
     pub heartbeat_failures: Counter,
+    pub adoption_failures: Counter,
     pub taken_for_dead: Counter,
     pub nats_reconnections: Counter,
     pub handovers_missed: Counter,
@@ -455,8 +456,13 @@ impl Metrics {
             ),
             (
                 "retaind_cluster_heartbeat_failures",
-                "Heartbeats not written within the store timeout; after 10 s of them the other nodes take this one for dead",
+                "Heartbeat passes not done within the store timeout (at most half the cluster dead time); after the dead time of them the other nodes take this one for dead",
                 &c.heartbeat_failures,
+            ),
+            (
+                "retaind_cluster_adoption_failures",
+                "Adoptions of the sessions of nodes that are gone, and questions about adoptions in doubt, that the database failed or did not answer in time; tried again at the next heartbeat",
+                &c.adoption_failures,
             ),
             (
                 "retaind_cluster_taken_for_dead",

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 pub mod balancer;
+pub mod cluster_rows;
 pub mod haproxy;
 pub mod logs;
 pub mod mqtt;
