@@ -493,6 +493,122 @@ async fn a_session_resumed_while_heartbeats_are_stale_is_asked_of_the_node_that_
     .await;
 }
 
+/// Two nodes paused together (SIGSTOP: a suspended host, a hypervisor's stall) for longer than
+/// their dead time, and resumed one after the other: the one resumed first finds the other's
+/// heartbeat older than its dead time, but its own is as old, so it does not take the other for
+/// dead; neither is buried, and no session or Will moves. Before, a pause was not silence: the
+/// first node back buried the other at once.
+#[tokio::test]
+async fn nodes_paused_together_do_not_bury_each_other_when_they_resume() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let args = ["--cluster-url", &nats.url(), "--cluster-dead-after", "3s"];
+    let a = Process::start(&db.url, &args).await;
+    let b = Process::start(&db.url, &args).await;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    within("both nodes' heartbeats", async {
+        while node_rows(&mut admin).await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    a.pause();
+    b.pause();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    a.resume();
+    // A runs a pass or two alone: B's heartbeat is more than 6 s old, its dead time 3 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.resume();
+    // Past both dead times again, with a beat to spare.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    assert_eq!(node_rows(&mut admin).await.len(), 2, "both nodes alive");
+    for (name, node) in [("A", &a), ("B", &b)] {
+        let taken = metric(node.http, "retaind_cluster_taken_for_dead_total").await;
+        assert_eq!(taken, 0.0, "{name} was taken for dead");
+    }
+}
+
+/// The same with a judge whose own beat is long (the default dead time, a beat every 2 s)
+/// and a pause too short for it to tell it was paused (5 s): B (3 s) is older than its dead
+/// time when A resumes, but only by time A's own heartbeat was silent too, so A does not
+/// bury it.
+#[tokio::test]
+async fn a_judge_paused_with_a_node_of_a_shorter_dead_time_does_not_bury_it() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let a = Process::start(&db.url, &["--cluster-url", &nats.url()]).await;
+    let args = ["--cluster-url", &nats.url(), "--cluster-dead-after", "3s"];
+    let b = Process::start(&db.url, &args).await;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    within("both nodes' heartbeats", async {
+        while node_rows(&mut admin).await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // A must have been heard for B's dead time, or it would judge no one anyway.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    a.pause();
+    b.pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    a.resume();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.resume();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    assert_eq!(node_rows(&mut admin).await.len(), 2, "both nodes alive");
+    let taken = metric(b.http, "retaind_cluster_taken_for_dead_total").await;
+    assert_eq!(taken, 0.0, "B was taken for dead");
+}
+
+/// A node that waits for NATS at start for longer than its dead time has its first heartbeat
+/// taken for dead's by the others (rightly: it is silent). It held nothing then, so once it
+/// runs it is not "taken for dead": nothing to give up, nothing counted, no warning. Before,
+/// its first pass said it had been.
+#[tokio::test]
+async fn a_node_buried_while_it_waited_for_nats_at_start_is_not_taken_for_dead() {
+    let mut nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let second = Liveness::new(Duration::from_secs(1)).unwrap();
+    let _a = node_with(&nats, db, |c| c.cluster_dead_after = second).await;
+    let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();
+    // A heard for longer than B's dead time, so that it judges B.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    nats.stop().await;
+    let url = nats.url();
+    let starting = tokio::spawn(async move {
+        let mut config = test_config(&direct);
+        config.cluster_url = Some(url);
+        config.cluster_dead_after = second;
+        spawn_app_with(FreshDb::shared(&direct), config).await
+    });
+    within("B's first heartbeat, then its burial by A", async {
+        while node_rows(&mut admin).await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        while node_rows(&mut admin).await.len() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    nats.restart().await;
+    let b = starting.await.unwrap();
+    within("B's heartbeats", async {
+        while node_rows(&mut admin).await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // A few of B's passes (a beat of 0.2 s).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cluster(&b).stats().taken_for_dead, 0);
+}
+
 /// A survivor whose adoptions wait on a database that does not answer them (here, a lock held
 /// on the sessions' queues) still writes its heartbeat within its dead time: an adoption still
 /// running at the end of a pass is given up, to be tried again at the next. Before, the last

@@ -5,7 +5,10 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::mqtt::raw::{Raw, RawPacket, build};
+use common::mqtt::within;
 use common::{Backend, TestApp, fresh_db, spawn_app_with, test_config};
 
 const PASSWORD: &str = "s3cret-device";
@@ -150,7 +153,7 @@ async fn a_principals_connects_beyond_its_rate_wait_their_turn_and_others_do_not
     // Its password checked once, so that the burst below arrives together.
     let (_first, ack) = login(&app, "admin-0", true, "admin", ADMIN_PASSWORD).await;
     assert_eq!(connack_code(&ack), 0);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let burst = (1..=7).map(|i| {
         let app = &app;
@@ -353,6 +356,48 @@ async fn a_flood_of_bad_passwords_runs_a_bounded_number_of_checks_and_a_good_cli
     assert!(stats.peak >= 1, "{stats:?}");
     assert!(stats.peak <= stats.limit, "{stats:?}");
     assert_eq!(stats.running, 0, "{stats:?}");
+}
+
+/// A wave of CONNECTs with one wrong password, after a restart (nothing remembered): the
+/// first few are checked, the rest are answered from memory once they get a slot, each with
+/// the refusal's delay (1 s). They give their slots back before that delay, so a device with
+/// the right password, waiting behind them, is checked at once. Before, each held its slot
+/// through the delay: the wave held every slot for seconds, and the device was refused as
+/// Server busy (0x89) after its 2 s wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_answered_from_memory_do_not_hold_up_other_checks() {
+    let (app, _dir) = app().await;
+    let broker = app.running.as_ref().unwrap().broker.clone();
+    let limit = broker.password_checks().limit;
+    let wave: Vec<_> = (0..6 * limit)
+        .map(|i| {
+            let connect = build::connect_with_login(&format!("w{i}"), V5, "device", b"wrong");
+            let server = app.mqtt_addr;
+            tokio::spawn(async move {
+                let mut raw = Raw::open_from(server, [127, 0, 0, 7].into()).await;
+                raw.send(&connect).await;
+                connack_code(&raw.expect(2).await)
+            })
+        })
+        .collect();
+    within("the wave to be answered from memory", async {
+        while broker.password_checks().recalled == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let asked = Instant::now();
+    assert_eq!(
+        login_from(&app, [127, 0, 0, 8], "root", "admin", ADMIN_PASSWORD).await,
+        0x00,
+        "the right password, behind the wave"
+    );
+    let waited = asked.elapsed();
+    for attempt in wave {
+        assert_eq!(attempt.await.unwrap(), 0x86);
+    }
+    // Its own check, not the wave's delays (1 s each).
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
 }
 
 /// Logs in from `source` (any of 127.0.0.0/8) over MQTT 5; the CONNACK's reason code.

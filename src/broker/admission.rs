@@ -118,7 +118,12 @@ async fn check_password(
     // source may have used up its budget.
     match recalled(checks) {
         Some(Ok(principal)) => return Ok(principal),
-        Some(Err(reason)) => return refused(reason).await,
+        Some(Err(reason)) => {
+            // Not through the refusal's delay: a slot held by each CONNECT answered from
+            // memory would make a wave of one wrong password hold up every other check.
+            drop(slot);
+            return refused(reason).await;
+        }
         None => {}
     }
     if checks.over_budget(source) {

@@ -81,6 +81,18 @@ impl Ledger {
         self.unanswered == 1
     }
 
+    /// Nothing is left to adopt or settle (another node took the sessions, or they ended):
+    /// a run of failures ends without an answer, so that the next one is logged.
+    pub fn idle(&mut self) {
+        if self.unanswered > 0 {
+            tracing::info!(
+                failures = self.unanswered,
+                "no sessions of nodes that are gone are left for this node to adopt; the failures since the database last answered an adoption end here"
+            );
+            self.unanswered = 0;
+        }
+    }
+
     /// The database answered: ends a run of failures, saying how long it was.
     fn answered(&mut self) {
         if self.unanswered > 0 {
@@ -492,6 +504,9 @@ mod tests {
         );
         ledger.answered();
         ledger.answered();
-        assert_eq!(ledger.failures(), 4);
+        assert!(ledger.failed());
+        ledger.idle();
+        assert!(ledger.failed(), "a run ended with nothing left to adopt");
+        assert_eq!(ledger.failures(), 6);
     }
 }

@@ -53,9 +53,20 @@ impl Liveness {
     }
 
     /// How often the node writes its heartbeat (and looks for dead nodes): five times within
-    /// its dead time, so that four passes in a row may fail before it is taken for dead.
+    /// its dead time, and at least every 2 s ([`BEAT`]), so that releases before dead times
+    /// were recorded, which take any node silent for 10 s for dead, never bury a node with a
+    /// longer one for the length of its beat.
     pub fn beat(&self) -> Duration {
-        self.dead_after / 5
+        (self.dead_after / 5).min(BEAT)
+    }
+
+    /// Whether this node was itself silent before a heartbeat whose previous one was `gap`
+    /// old (by the database's clock): longer than its beat and a whole pass allow. The node,
+    /// or the node and the database, were paused (a stopped process, a suspended host, a VM
+    /// migrated), and every other node's heartbeat aged as much; so its own time heard starts
+    /// again there.
+    pub fn silent_for(&self, gap: Duration) -> bool {
+        gap > self.beat() + self.pass_span()
     }
 
     /// How long one pass may wait for the database: the store timeout, but never more than
@@ -95,42 +106,47 @@ impl Default for Liveness {
 }
 
 /// Writes this node's heartbeat, once, with the version of the frames it sends and its dead
-/// time. Sets `missing` if its row was not there: the node is new, or the others took it for
-/// dead and removed it. Set before the row is written again, so that a call that fails after
-/// that still tells.
+/// time, and returns how old its previous heartbeat was then, by the database's clock. Sets
+/// `missing` (and returns `None`) if its row was not there: the node is new, or the others
+/// took it for dead and removed it. Set before the row is written again, so that a call that
+/// fails after that still tells.
 pub async fn beat(
     pool: &PgPool,
     node: &str,
     liveness: Liveness,
     missing: &mut bool,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<Duration>, sqlx::Error> {
     let version = i16::from(frame::VERSION);
     let dead_after = liveness.dead_after_ms();
-    // A burial deleting the row at the same time makes the update wait for it, then find
+    // A burial deleting the row at the same time makes the lock wait for it, then find
     // nothing.
-    let updated = sqlx::query(
-        "UPDATE cluster_nodes SET heartbeat_at = now(), frame_version = $2, dead_after_ms = $3 \
-         WHERE node = $1",
+    let gap_ms: Option<i64> = sqlx::query_scalar(
+        "WITH before AS (SELECT heartbeat_at FROM cluster_nodes WHERE node = $1 FOR UPDATE) \
+         UPDATE cluster_nodes n \
+         SET heartbeat_at = now(), frame_version = $2, dead_after_ms = $3 \
+         FROM before WHERE n.node = $1 \
+         RETURNING (extract(epoch FROM now() - before.heartbeat_at) * 1000)::int8",
+    )
+    .bind(node)
+    .bind(version)
+    .bind(dead_after)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(ms) = gap_ms {
+        return Ok(Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))));
+    }
+    *missing = true;
+    sqlx::query(
+        "INSERT INTO cluster_nodes (node, frame_version, dead_after_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (node) DO UPDATE \
+         SET heartbeat_at = now(), frame_version = $2, dead_after_ms = $3",
     )
     .bind(node)
     .bind(version)
     .bind(dead_after)
     .execute(pool)
     .await?;
-    if updated.rows_affected() == 0 {
-        *missing = true;
-        sqlx::query(
-            "INSERT INTO cluster_nodes (node, frame_version, dead_after_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (node) DO UPDATE \
-             SET heartbeat_at = now(), frame_version = $2, dead_after_ms = $3",
-        )
-        .bind(node)
-        .bind(version)
-        .bind(dead_after)
-        .execute(pool)
-        .await?;
-    }
-    Ok(())
+    Ok(None)
 }
 
 /// What a pass of [`bury`] found.
@@ -149,27 +165,40 @@ pub struct Census {
     pub taken_for_dead: bool,
 }
 
+/// How long this node has been heard, as a judge of the others' silence.
+#[derive(Debug, Clone, Copy)]
+pub struct Heard {
+    /// Since when every pass has written its heartbeat in time.
+    pub for_: Duration,
+    /// How long before this pass's heartbeat its previous one was written (by the database's
+    /// clock). Nothing says this node was running in between: the others may have been
+    /// paused with it, so only a node's silence before that heartbeat counts.
+    pub gap: Duration,
+}
+
 /// Removes the nodes silent for their dead time, with their claims, if this node has been
-/// heard for at least as long (`heard_for`: it could have been silent itself otherwise, and
+/// heard for at least as long (`heard`: it could have been silent itself otherwise, and
 /// so could they), and finds the nodes gone (dead, or stopped) whose sessions are left to
 /// adopt ([`adoption::adopt`]).
 pub async fn bury(
     pool: &PgPool,
     sessions: &Sessions,
-    heard_for: Option<Duration>,
+    heard: Option<Heard>,
 ) -> Result<Census, SessionError> {
     let mut tx = pool.begin().await?;
-    let dead: Vec<String> = if let Some(heard_for) = heard_for {
-        let heard_ms = i64::try_from(heard_for.as_millis()).unwrap_or(i64::MAX);
+    let dead: Vec<String> = if let Some(heard) = heard {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         // A row without a dead time is a release's from before they were recorded ($2).
         sqlx::query_scalar(
             "DELETE FROM cluster_nodes \
-             WHERE heartbeat_at < now() - coalesce(dead_after_ms, $2) * interval '1 millisecond' \
+             WHERE heartbeat_at < now() \
+                   - (coalesce(dead_after_ms, $2) + $3) * interval '1 millisecond' \
                AND coalesce(dead_after_ms, $2) <= $1 \
              RETURNING node",
         )
-        .bind(heard_ms)
+        .bind(ms(heard.for_))
         .bind(Liveness::default().dead_after_ms())
+        .bind(ms(heard.gap))
         .fetch_all(&mut *tx)
         .await?
     } else {
@@ -311,30 +340,63 @@ pub async fn run(
         liveness,
     } = heartbeats;
     let mut failing = false;
-    // Since when every pass has written this node's heartbeat (`None`: the last one failed).
-    // Another node's silence means death only if this node could be heard all that time.
+    // Since when every pass has written this node's heartbeat in time (`None`: the last one
+    // failed). Another node's silence means death only if this node could be heard all that
+    // time.
     let mut heard_since: Option<Instant> = None;
     // This node's row was found gone by a pass, and no pass has finished since to say so.
     let mut missing = false;
+    // A heartbeat has been written by this loop (the first was written at start).
+    let mut written = false;
     // Nodes of another frame version already reported, so each is reported once.
     let mut reported = std::collections::HashSet::new();
     let mut ledger = Ledger::default();
     loop {
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + liveness.pass_span();
-        let heard_for = heard_since.map(|since| since.elapsed());
         // Bounded like any database call: a pass that hangs would leave this node silent
         // without its knowing, and the others would bury it.
         let pass = async {
-            beat(&pool, &node, liveness, &mut missing).await?;
-            bury(&pool, &sessions, heard_for).await
+            let gap = beat(&pool, &node, liveness, &mut missing).await?;
+            let first = !std::mem::replace(&mut written, true);
+            if first {
+                // Gone before this loop wrote a heartbeat: buried while it started (NATS
+                // took longer than its dead time), when it held nothing to adopt.
+                missing = false;
+            }
+            let silent = gap.is_none_or(|gap| liveness.silent_for(gap));
+            if silent
+                && !first
+                && let Some(gap) = gap
+            {
+                tracing::warn!(
+                    previous_heartbeat_age = ?gap,
+                    "this node's heartbeat was written late (the node, or the node and its database, \
+                     were paused): it takes no other node for dead until it has been heard for that \
+                     node's dead time again"
+                );
+            }
+            let heard = match (heard_since, gap) {
+                (Some(since), Some(gap)) if !silent => Some(Heard {
+                    for_: since.elapsed(),
+                    gap,
+                }),
+                _ => None,
+            };
+            let census = bury(&pool, &sessions, heard).await?;
+            Ok::<_, SessionError>((census, silent))
         };
         let limit = liveness.pass_limit(sessions.timeout);
         let result = sessions.bounded_by(limit, pass).await;
         match result {
-            Ok(mut census) => {
+            Ok((mut census, silent)) => {
                 census.taken_for_dead = std::mem::take(&mut missing);
-                heard_since.get_or_insert(started);
+                // Heard from the end of this pass: its heartbeat was written by then.
+                if silent {
+                    heard_since = Some(Instant::now());
+                } else {
+                    heard_since.get_or_insert_with(Instant::now);
+                }
                 if failing {
                     tracing::info!("node heartbeats written again");
                     failing = false;
@@ -398,6 +460,9 @@ pub async fn run(
                     )
                     .await;
                 }
+                if census.orphans.is_empty() && ledger.in_doubt() == 0 {
+                    ledger.idle();
+                }
                 headcount
                     .in_doubt
                     .store(ledger.in_doubt(), Ordering::Relaxed);
@@ -446,10 +511,16 @@ mod tests {
         assert_eq!(worst, Duration::from_millis(1_600));
         assert_eq!(default.pass_span(), secs(6));
 
-        assert_eq!(
-            Liveness::new(secs(60)).unwrap().pass_limit(secs(5)),
-            secs(5)
-        );
+        let long = Liveness::new(secs(60)).unwrap();
+        assert_eq!(long.pass_limit(secs(5)), secs(5));
+        // Never slower than the releases that judge every node by 10 s.
+        assert_eq!(long.beat(), BEAT);
+
+        // A heartbeat later than a beat and a whole pass allow: the node was paused.
+        assert!(!default.silent_for(secs(8)));
+        assert!(default.silent_for(Duration::from_millis(8_001)));
+        assert!(!short.silent_for(Duration::from_millis(1_600)));
+        assert!(short.silent_for(Duration::from_millis(1_601)));
         assert!(Liveness::new(Duration::from_millis(999)).is_none());
         assert!(Liveness::new(secs(3600)).is_some());
         assert!(Liveness::new(secs(3601)).is_none());

@@ -20,7 +20,8 @@ pub struct NodeStatus {
     /// How long it may be silent before the others take it for dead (`--cluster-dead-after`;
     /// 10 s for releases that did not record it).
     pub dead_after_secs: f64,
-    /// Its heartbeat is older than its dead time: a live node buries it at its next heartbeat.
+    /// Its heartbeat is older than its dead time: a live node buries it at one of its next
+    /// heartbeats (once it is older by that node's own interval between heartbeats too).
     pub silent: bool,
     /// The version of the frames it sends other nodes (none from releases before it was kept).
     pub frame_version: Option<i16>,

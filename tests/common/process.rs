@@ -85,6 +85,25 @@ impl Process {
         );
     }
 
+    /// Pauses it (SIGSTOP), as a suspended host or a VM's migration would, until [`Self::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets it run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// SIGKILL, as a crash or an OOM kill would.
     pub async fn kill(&mut self) {
         self.child.start_kill().expect("SIGKILL");
