@@ -609,6 +609,89 @@ async fn a_node_buried_while_it_waited_for_nats_at_start_is_not_taken_for_dead()
     assert_eq!(cluster(&b).stats().taken_for_dead, 0);
 }
 
+/// A node that stops while it adopts a dead node's sessions (its adoption waiting on the
+/// database) lets that adoption end before it writes back what its offline sessions hold: the
+/// delayed Will of a session it adopted goes back into the session's row, for the node that
+/// adopts it next. Before, the adoption could commit after the write-back: it cleared the
+/// Will from the database and left it only in the memory of a node about to exit.
+#[tokio::test]
+async fn a_node_stopping_while_it_adopts_writes_the_adopted_delayed_wills_back() {
+    let nats = Nats::start().await;
+    let db = fresh_db(Backend::Postgres).await;
+    let direct = db.url.clone();
+    let a = node_with(&nats, db, |c| {
+        c.store_timeout = Duration::from_secs(10);
+        // A pass of 12 s: the adoption is not cut before the test lets it go.
+        c.cluster_dead_after = Liveness::new(Duration::from_secs(20)).unwrap();
+    })
+    .await;
+    let args = ["--cluster-url", &nats.url(), "--cluster-dead-after", "2s"];
+    let mut b = Process::start(&direct, &args).await;
+    let mut options = rumqttc::v5::MqttOptions::new("sensor", "127.0.0.1", b.mqtt.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_start(false);
+    options.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        session_expiry_interval: Some(300),
+        ..Default::default()
+    });
+    options.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+        "will/sensor",
+        "gone",
+        Qos5::AtLeastOnce,
+        false,
+        Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
+            delay_interval: Some(600),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }),
+    ));
+    let (_sensor, _) = V5::connect(options).await;
+    let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();
+    let will_kept = "SELECT count(*) FROM cluster_sessions \
+                     WHERE client_id = 'sensor' AND will IS NOT NULL";
+    assert_eq!(common::query_i64(&direct, will_kept).await, 1);
+
+    let mut holder = sqlx::PgConnection::connect(&direct).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE cluster_session_queue IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    b.kill().await;
+    within("A's adoption of B's session to wait on the lock", async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE '%SKIP LOCKED%'",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    let stopping = tokio::spawn(a.stop());
+    // Long past the write-back of a node with nothing to wait for.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let _db = stopping.await.unwrap();
+    assert_eq!(
+        common::query_i64(&direct, will_kept).await,
+        1,
+        "the adopted session's delayed Will is in its row again"
+    );
+}
+
 /// A survivor whose adoptions wait on a database that does not answer them (here, a lock held
 /// on the sessions' queues) still writes its heartbeat within its dead time: an adoption still
 /// running at the end of a pass is given up, to be tried again at the next. Before, the last

@@ -642,7 +642,11 @@ impl Running {
         if let Err(e) = self.maintenance.await {
             tracing::error!(error = %e, "maintenance task failed");
         }
-        // Nothing routes any more: the sessions saved are as their clients left them.
+        // Nothing routes any more: the sessions saved are as their clients left them, and
+        // those adopted from nodes that are gone among them.
+        if let Some(cluster) = self.broker.cluster() {
+            cluster.stop_adopting().await;
+        }
         self.broker.save_sessions().await;
         if let Some(cluster) = self.broker.cluster() {
             cluster.stop().await;

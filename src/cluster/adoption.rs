@@ -10,6 +10,7 @@
 //! the next pass adopts them anew.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -134,13 +135,50 @@ async fn before<T>(
     }
 }
 
+/// Whether this node still takes up the sessions of nodes that are gone. It stops before a
+/// stopping node writes back what its offline sessions hold (their delayed Wills among it):
+/// a session adopted after that would be held only by a node about to exit, its Will cleared
+/// from the database by the adoption, and the node adopting it next would find none.
+#[derive(Default)]
+pub struct Adopting {
+    stopped: AtomicBool,
+    /// Held by a heartbeat pass while it adopts or settles.
+    pass: tokio::sync::Mutex<()>,
+}
+
+impl Adopting {
+    /// Starts no more adoptions, and waits for the one running (if any) to end.
+    pub async fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        drop(self.pass.lock().await);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Held while a pass adopts; `None` once stopped.
+    pub async fn start(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        let pass = self.pass.lock().await;
+        (!self.stopped()).then_some(pass)
+    }
+}
+
 /// How long a heartbeat pass may go on adopting.
-pub struct Within {
+pub struct Within<'a> {
     /// Batches are started for this long.
     pub budget: Duration,
     /// The pass's end: a batch still running then is given up (or, its COMMIT sent, in
     /// doubt), so that the next heartbeat comes in time however slow the database.
     pub deadline: tokio::time::Instant,
+    /// No batch is started once the node stops.
+    pub adopting: &'a Adopting,
+}
+
+impl Within<'_> {
+    fn may_start(&self) -> bool {
+        tokio::time::Instant::now() < self.deadline && !self.adopting.stopped()
+    }
 }
 
 /// Adopts the sessions of `orphans` a batch at a time, handing each batch to `adopted`,
@@ -151,12 +189,12 @@ pub async fn adopt(
     node: &str,
     orphans: &[String],
     sessions: &Sessions,
-    within: Within,
+    within: &Within<'_>,
     ledger: &mut Ledger,
     adopted: &impl Fn(Vec<Adopted>),
 ) {
     let started = Instant::now();
-    while started.elapsed() < within.budget && tokio::time::Instant::now() < within.deadline {
+    while started.elapsed() < within.budget && within.may_start() {
         let batch = match sessions
             .adopt(pool, node, orphans, ADOPT_BATCH, within.deadline)
             .await
@@ -205,25 +243,26 @@ fn keep_in_doubt(in_doubt: &mut Vec<InDoubt>, batch: InDoubt) {
 
 /// Asks the database what became of the ledger's batches in doubt: hands those committed to
 /// `adopted` (less what is no longer this node's to take up), drops those rolled back, and
-/// keeps those it cannot tell yet, or has no time left to ask about before `deadline` (the
-/// heartbeat pass's end).
+/// keeps those it cannot tell yet, or has no time left to ask about within `within` (by
+/// the heartbeat pass's end, and before the node stops).
 pub async fn settle(
     pool: &PgPool,
     node: &str,
     sessions: &Sessions,
-    deadline: tokio::time::Instant,
+    within: &Within<'_>,
     ledger: &mut Ledger,
     adopted: &impl Fn(Vec<Adopted>),
 ) {
     let mut kept = Vec::new();
     for batch in std::mem::take(&mut ledger.in_doubt) {
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if !within.may_start() {
             // Asked at the next pass: this one's time is up.
             kept.push(batch);
             continue;
         }
-        let limit = sessions.timeout.min(deadline - now);
+        let limit = sessions
+            .timeout
+            .min(within.deadline - tokio::time::Instant::now());
         let settled = sessions.settle(pool, node, batch, limit).await;
         if settled.is_ok() {
             ledger.answered();

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Error;
 use super::access::{self, NatsAccess};
+use super::adoption::Adopting;
 use super::budget::Budget;
 use super::claims::{ClaimError, Claims, TakeOver};
 use super::disconnect::{self, Disconnect, DisconnectError};
@@ -149,6 +150,7 @@ struct Inner {
     unannounced: Arc<AtomicU64>,
     /// What the heartbeats say of the nodes.
     headcount: Arc<Headcount>,
+    adopting: Arc<Adopting>,
     /// This node's members of shared subscriptions: a publish they match goes through NATS,
     /// which picks the group's member, even when no other node is interested.
     members_here: RwLock<SubscriptionTree<()>>,
@@ -362,11 +364,13 @@ impl Cluster {
                 }
             }
         };
+        let adopting = Arc::new(Adopting::default());
         let heartbeats = Heartbeats {
             pool: claims.beats().clone(),
             adoptions: claims.adoptions().clone(),
             node: node.clone(),
             liveness: config.liveness,
+            adopting: adopting.clone(),
         };
         tasks.spawn(super::nodes::run(
             heartbeats,
@@ -401,6 +405,7 @@ impl Cluster {
                 resumes_kept: AtomicU64::new(0),
                 unannounced,
                 headcount,
+                adopting,
                 members_here: RwLock::new(SubscriptionTree::new()),
                 sessions,
                 spool,
@@ -818,6 +823,22 @@ impl Cluster {
 
     /// Leaves the service: withdraws this node's interest, claims and heartbeat, and stops
     /// its tasks.
+    /// Takes up no more sessions of nodes that are gone, once an adoption running ends (at
+    /// most the store timeout): called before the node writes back what its offline sessions
+    /// hold, so that every session it adopted is among them.
+    pub async fn stop_adopting(&self) {
+        let within = self.inner.sessions.timeout + Duration::from_secs(1);
+        if tokio::time::timeout(within, self.inner.adopting.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "an adoption of sessions of nodes that are gone is still running as this node stops; \
+                 if it commits, their delayed Wills are not written back"
+            );
+        }
+    }
+
     pub async fn stop(&self) {
         let s = self.stats();
         tracing::info!(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use super::adoption::{self, Adopted, Ledger};
+use super::adoption::{self, Adopted, Adopting, Ledger};
 use super::frame;
 use super::sessions::{SessionError, Sessions};
 use tokio_util::sync::CancellationToken;
@@ -321,6 +321,8 @@ pub struct Heartbeats {
     pub adoptions: PgPool,
     pub node: Arc<str>,
     pub liveness: Liveness,
+    /// Whether it still adopts: not once the node stops.
+    pub adopting: Arc<Adopting>,
 }
 
 /// Beats until `shutdown`, keeping `headcount` current, handing each pass's census to
@@ -338,6 +340,7 @@ pub async fn run(
         adoptions,
         node,
         liveness,
+        adopting,
     } = heartbeats;
     let mut failing = false;
     // Since when every pass has written this node's heartbeat in time (`None`: the last one
@@ -434,31 +437,26 @@ pub async fn run(
                         );
                     }
                 }
-                if ledger.in_doubt() > 0 {
-                    adoption::settle(
-                        &adoptions,
-                        &node,
-                        &sessions,
-                        deadline,
-                        &mut ledger,
-                        &adopted,
-                    )
-                    .await;
-                }
-                if !census.orphans.is_empty() {
-                    let orphans = &census.orphans;
-                    let budget = liveness.adopt_budget();
-                    let within = adoption::Within { budget, deadline };
-                    adoption::adopt(
-                        &adoptions,
-                        &node,
-                        orphans,
-                        &sessions,
-                        within,
-                        &mut ledger,
-                        &adopted,
-                    )
-                    .await;
+                let within = adoption::Within {
+                    budget: liveness.adopt_budget(),
+                    deadline,
+                    adopting: &adopting,
+                };
+                // Not once the node stops (the guard is `None`), and not while it waits to.
+                if let Some(_pass) = adopting.start().await {
+                    if ledger.in_doubt() > 0 {
+                        let ledger = &mut ledger;
+                        adoption::settle(&adoptions, &node, &sessions, &within, ledger, &adopted)
+                            .await;
+                    }
+                    if !census.orphans.is_empty() {
+                        let orphans = &census.orphans;
+                        let ledger = &mut ledger;
+                        adoption::adopt(
+                            &adoptions, &node, orphans, &sessions, &within, ledger, &adopted,
+                        )
+                        .await;
+                    }
                 }
                 if census.orphans.is_empty() && ledger.in_doubt() == 0 {
                     ledger.idle();
