@@ -72,6 +72,14 @@ impl TokenBucket {
         Some(Duration::from_secs_f64(wait))
     }
 
+    /// Returns a token taken (by [`Self::reserve`] or [`Self::try_take`]) for something that
+    /// did not happen after all.
+    pub fn give_back(&mut self) {
+        if self.rate > 0.0 {
+            self.tokens = (self.tokens + 1.0).min(Self::capacity(self.rate));
+        }
+    }
+
     /// Whether the bucket is full at `now`: then it is no different from a new one, and a
     /// table of buckets may forget it.
     pub fn is_full(&self, now: Instant) -> bool {
@@ -89,6 +97,25 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_given_back_is_taken_again_and_never_past_the_capacity() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(1.0, t0);
+        assert_eq!(
+            bucket.reserve(t0, Duration::from_secs(2)),
+            Some(Duration::ZERO)
+        );
+        bucket.give_back();
+        assert_eq!(
+            bucket.reserve(t0, Duration::from_secs(2)),
+            Some(Duration::ZERO)
+        );
+        bucket.give_back();
+        bucket.give_back();
+        assert!(bucket.try_take(t0));
+        assert!(!bucket.try_take(t0), "one second's worth at most");
+    }
 
     #[test]
     fn a_retuned_bucket_keeps_at_most_its_new_capacity_and_refills_at_its_new_rate() {

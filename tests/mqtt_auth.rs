@@ -186,6 +186,66 @@ async fn a_principals_connects_beyond_its_rate_wait_their_turn_and_others_do_not
     app.until_connections(8).await;
 }
 
+/// A CONNECT refused for its principal's rate takes no turn of its client id's: once the
+/// principal has room again, the device gets in at once. Before, the client id's turn was
+/// taken first and kept, so a device retrying while its principal was over its rate ran up a
+/// debt on its own client id and was then held back (or refused) though it never connected.
+#[tokio::test]
+async fn a_connect_refused_for_its_principals_rate_takes_no_turn_of_its_client_ids() {
+    let (app, _dir) = app_with(|c| {
+        c.mqtt_connect_rate_per_principal = 1.0;
+        // A turn every 4 s: a turn kept would still be owed when the principal has room.
+        c.mqtt_connect_rate_per_client_id = 0.25;
+    })
+    .await;
+    // Its password checked once, so that the CONNECTs below are answered at once.
+    let (_first, ack) = login(&app, "admin-0", true, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(connack_code(&ack), 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Three CONNECTs of the principal at once take its turns for the next 2 s.
+    let server = app.mqtt_addr;
+    let burst: Vec<_> = (1..=3)
+        .map(|i| {
+            let id = format!("admin-{i}");
+            let connect = build::connect_with_login(&id, V5, "admin", ADMIN_PASSWORD.as_bytes());
+            tokio::spawn(async move { Raw::connect_addr(server, &connect).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, refused) = login(&app, "x-1", true, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(
+        connack_code(&refused),
+        0x9F,
+        "its principal's turn is 3 s off"
+    );
+    let mut held = Vec::new();
+    for attempt in burst {
+        let (raw, ack) = attempt.await.unwrap();
+        assert_eq!(connack_code(&ack), 0);
+        held.push(raw);
+    }
+
+    // The principal has room again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = std::time::Instant::now();
+    let (_x, ack) = login(&app, "x-1", true, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(connack_code(&ack), 0);
+    let page = app.running.as_ref().unwrap().broker.metrics().render();
+    let value = |series: &str| common::metric_value(&page, series);
+    // The series appears with the first CONNECT held for its client id's turn.
+    let paced = "retaind_mqtt_connects_paced_total{rate=\"client_id\"}";
+    assert!(
+        !page.contains(paced),
+        "held for its client id's turn: in after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        value("retaind_mqtt_connects_refused_total{reason=\"principal_rate\"}"),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn a_client_id_the_policy_does_not_allow_is_refused() {
     let (app, _dir) = app().await;

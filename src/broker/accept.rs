@@ -145,16 +145,29 @@ where
         None => broker.inner.connect_rates.turn(&key, Instant::now()),
         Some(_) => Turn::Now,
     };
-    let paced = match await_turn(&broker, by_client_id, Rate::client_id).await {
-        Ok(()) => {
+    let paced = match by_client_id {
+        Turn::Refused => Err(Refusal::client_id_rate),
+        by_client_id => {
             let name = principal.as_ref().map(|p| p.name.as_str());
-            let turn = broker
+            let by_principal = broker
                 .inner
                 .principal_connect_rates
                 .turn(name, Instant::now());
-            await_turn(&broker, turn, Rate::principal).await
+            if by_principal == Turn::Refused {
+                // A refused CONNECT takes no turn (decision 028): its client id's goes back.
+                if assigned.is_none() {
+                    broker.inner.connect_rates.give_back(&key);
+                }
+                Err(Refusal::principal_rate)
+            } else {
+                // Both turns were given at once: the CONNECT waits for the later.
+                let (client_id, principal) = tokio::join!(
+                    await_turn(&broker, by_client_id, Rate::client_id),
+                    await_turn(&broker, by_principal, Rate::principal)
+                );
+                client_id.and(principal)
+            }
         }
-        refused => refused,
     };
     if let Err(why) = paced {
         refuse(&broker, framed, why).await;

@@ -99,6 +99,19 @@ impl ConnectRates {
         Turn::of(bucket.reserve(now, MAX_WAIT))
     }
 
+    /// Gives back the turn `client` was given: its CONNECT was refused after all (for its
+    /// principal's rate), and a refused CONNECT takes no turn.
+    pub fn give_back(&self, client: &str) {
+        if self.rate <= 0.0 {
+            return;
+        }
+        let key = self.hasher.hash_one(client);
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = table.buckets.get_mut(&key) {
+            bucket.give_back();
+        }
+    }
+
     /// Client ids in the table, for the tests.
     #[cfg(test)]
     fn tracked(&self) -> usize {
