@@ -91,6 +91,54 @@ fn assert_on_time(what: &str, waited: Duration) {
     );
 }
 
+/// A client that reconnects while its old connection is stuck writing to it (a device gone
+/// half-open on a busy subscription: the old socket's buffers full, the broker's write
+/// waiting) takes its session over at once: the old connection gives its write up and closes
+/// within the goodbye's bounds, not at the write timeout (30 s by default). Before, the
+/// take-over was seen only between writes, so the old connection held its place (and, on a
+/// full node, one of the take-overs' places) until the client was found stalled.
+#[tokio::test]
+async fn a_connection_stuck_writing_to_its_client_ends_at_once_when_taken_over() {
+    let db = fresh_db(Backend::Sqlite).await;
+    let mut config = test_config(&db.url);
+    config.mqtt_write_timeout = Duration::from_secs(30);
+    let app = spawn_app_with(db, config).await;
+    let _stalled = stalled_subscriber(&app).await;
+    // 64 KiB every 5 ms, 13 MB/s: the stalled socket's buffers fill within a second, and the
+    // broker's writes to it then wait.
+    let addr = app.mqtt_addr;
+    let publisher = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(&build::connect("heavy-publisher", true, 0, None))
+            .await
+            .unwrap();
+        let payload = vec![b'x'; 64 * 1024];
+        let packet = build::publish("load", 0, false, false, 1, None, &payload);
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            tick.tick().await;
+            if stream.write_all(&packet).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.running.as_ref().unwrap().broker.connections(), 2);
+
+    let asked = Instant::now();
+    let (_again, ack) = Raw::connect(&app, &build::connect("stalled", true, 60, None)).await;
+    assert_eq!(ack.body, [0, 0], "the take-over is accepted");
+    app.until_connections(2).await;
+    let ended = asked.elapsed();
+    publisher.abort();
+    // Its goodbye and its close, a second each at most.
+    assert!(
+        ended < Duration::from_secs(4),
+        "the old connection ended after {ended:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_reset_within_the_timeout() {
     let app = app().await;

@@ -593,6 +593,11 @@ impl Client {
     }
 
     /// Why the connection was asked to close.
+    /// Cancelled when the connection is to end (taken over, drained, the node stopping).
+    pub fn stop_signal(&self) -> &CancellationToken {
+        &self.stop
+    }
+
     pub fn stop_reason(&self) -> DisconnectReasonCode {
         self.stop_reason.get()
     }

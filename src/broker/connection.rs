@@ -29,7 +29,7 @@ use super::message::Delivery;
 use super::outbound::Resent;
 use super::remote::Remote;
 use super::settling::Settled;
-use super::stall::{Counted, Gauge, Watch};
+use super::stall::{Counted, Gauge, Stalled, Watch};
 use crate::metrics::{ForRoom, Metrics};
 use crate::mqtt::{self, Disconnect, DisconnectReasonCode, Framed, Packet};
 use crate::tcp::Rehome;
@@ -517,8 +517,20 @@ where
     /// Queues a packet. False when the client's Maximum Packet Size rules it out, which
     /// MQTT 5 says to treat as delivered [MQTT-3.1.2-25].
     async fn write(&mut self, packet: Packet) -> Result<bool, End> {
-        let fed = self.watch.drive(self.framed.feed(packet)).await;
-        self.queued(fed.map_err(|_| End::Stalled)?)
+        let stop = self.client.stop_signal();
+        let fed = self.watch.drive(self.framed.feed(packet), stop).await;
+        let fed = self.driven(fed)?;
+        self.queued(fed)
+    }
+
+    /// What a write [`Watch::drive`] ran came to: the end of the connection if the
+    /// client was found stalled or the connection was told to stop meanwhile.
+    fn driven<D>(&self, result: Result<Option<D>, Stalled>) -> Result<D, End> {
+        match result {
+            Ok(Some(done)) => Ok(done),
+            Ok(None) => Err(End::Close(self.client.stop_reason())),
+            Err(Stalled) => Err(End::Stalled),
+        }
     }
 
     /// Queues the PUBLISH of `delivery`. False when it expired while it waited or the
@@ -533,8 +545,13 @@ where
             return Ok(false);
         };
         let qos = u8::from(publish.qos);
-        let fed = self.watch.drive(self.framed.feed_publish(publish)).await;
-        let sent = self.queued(fed.map_err(|_| End::Stalled)?)?;
+        let stop = self.client.stop_signal();
+        let fed = self
+            .watch
+            .drive(self.framed.feed_publish(publish), stop)
+            .await;
+        let fed = self.driven(fed)?;
+        let sent = self.queued(fed)?;
         if sent {
             self.metrics.mqtt_sent(qos);
         }
@@ -556,8 +573,9 @@ where
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        let flushed = self.watch.drive(self.framed.flush()).await;
-        match flushed.map_err(|_| End::Stalled)? {
+        let stop = self.client.stop_signal();
+        let flushed = self.watch.drive(self.framed.flush(), stop).await;
+        match self.driven(flushed)? {
             Ok(()) => {
                 self.dirty = false;
                 // What was written now waits in the socket until the client takes it.

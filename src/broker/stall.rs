@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::tcp::{Rehome, Taken, Uptake};
 
@@ -143,12 +144,18 @@ impl Watch {
     }
 
     /// Runs a write that blocks while the client takes nothing, sampling meanwhile: how long
-    /// one write waits does not matter, only whether the client takes anything.
-    pub async fn drive<F: Future>(&mut self, write: F) -> Result<F::Output, Stalled> {
+    /// one write waits does not matter, only whether the client takes anything. Given up
+    /// (`Ok(None)`) once `stop` is cancelled: a connection taken over, drained or stopped
+    /// must not wait for a client that reads nothing to be found stalled first.
+    pub async fn drive<F: Future>(
+        &mut self,
+        write: F,
+        stop: &CancellationToken,
+    ) -> Result<Option<F::Output>, Stalled> {
         let mut write = pin!(write);
         // Most writes are done at once: no timer for them.
         if let Some(done) = write.as_mut().now_or_never() {
-            return Ok(done);
+            return Ok(Some(done));
         }
         self.waiting();
         loop {
@@ -157,7 +164,8 @@ impl Watch {
                 .get_or_insert_with(|| Instant::now() + self.clock.interval());
             tokio::select! {
                 biased;
-                done = write.as_mut() => return Ok(done),
+                done = write.as_mut() => return Ok(Some(done)),
+                () = stop.cancelled() => return Ok(None),
                 () = tokio::time::sleep_until(at) => self.sample(true)?,
             }
         }
