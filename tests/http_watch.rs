@@ -22,6 +22,7 @@ for_each_backend!(
     an_expiry_is_an_event,
     a_watcher_sees_only_what_its_policy_lets_it_get,
     a_reload_that_takes_a_token_away_ends_the_watches_opened_with_it,
+    changes_the_caller_may_not_read_do_not_hold_its_progress_back,
     a_stalled_reader_does_not_block_publishers_and_gets_resync,
     malformed_parameters_are_refused_and_change_nothing,
     an_idle_watch_gets_progress_and_keep_alives,
@@ -522,6 +523,67 @@ async fn a_watcher_sees_only_what_its_policy_lets_it_get(backend: Backend) {
     while let Some(event) = watch.next().await {
         assert_eq!(event.event, "progress", "{event:?}");
     }
+    app.stop().await;
+}
+
+/// Changes the caller may not read are left out as changes its filter does not match are: a
+/// `progress` moves past them while they go on (every 50 ms here, four times a progress
+/// interval), so the caller's Last-Event-ID keeps up (decision 018, "Progress"), and no event
+/// names their topic.
+async fn changes_the_caller_may_not_read_do_not_hold_its_progress_back(backend: Backend) {
+    let _settling = SETTLED_POINT.lock().await;
+    let (app, _dir) = spawn_secured(backend).await;
+    let res = app
+        .http
+        .get(app.url("/retainedMessage-watch?topicFilter=%23&snapshot=false"))
+        .bearer_auth(WATCHER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut watch = Sse::new(res);
+    assert_eq!(watch.expect().await.event, "synced");
+
+    let mut progress_meanwhile = 0;
+    let revisions = {
+        let publishing = async {
+            let mut revisions = Vec::new();
+            let mut every = tokio::time::interval(Duration::from_millis(50));
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                every.tick().await;
+                revisions.push(admin_retain(&app, "closed/hidden", "not yours").await);
+            }
+            revisions
+        };
+        tokio::pin!(publishing);
+        loop {
+            tokio::select! {
+                revisions = &mut publishing => break revisions,
+                event = watch.expect() => {
+                    assert_eq!(event.event, "progress", "{event:?}");
+                    progress_meanwhile += 1;
+                }
+            }
+        }
+    };
+    // At a 200 ms interval, 2 s of writes leave room for about five; none without the fix.
+    assert!(
+        progress_meanwhile >= 2,
+        "{progress_meanwhile} progress events while the unreadable writes went on"
+    );
+    let last = *revisions.last().unwrap();
+    let caught_up = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = watch.expect().await;
+            assert_eq!(event.event, "progress", "{event:?}");
+            if event.revision() >= last {
+                break event;
+            }
+        }
+    })
+    .await
+    .expect("no progress past the last unreadable write within 10 s");
+    assert_eq!(caught_up.id, Some(caught_up.revision().to_string()));
     app.stop().await;
 }
 

@@ -157,6 +157,7 @@ impl Stream {
             if let (Some(principal), Some(topic)) = (&principal, events::topic(&item))
                 && !principal.allows(Action::GetRetainedMessage, topic.as_str(), None)
             {
+                self.watch.withheld();
                 continue;
             }
             return Some(events::event(&item));

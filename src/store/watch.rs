@@ -99,6 +99,8 @@ pub struct Watch {
     progress: Interval,
     /// Nothing was given since the last tick of `progress`.
     quiet: bool,
+    /// `quiet` as it was before the item given last, for [`Watch::withheld`] to restore.
+    quiet_before: Option<bool>,
 }
 
 impl Watch {
@@ -153,14 +155,26 @@ impl Watch {
             position,
             progress,
             quiet: true,
+            quiet_before: None,
         })
+    }
+
+    /// The item [`Watch::next`] gave last was not sent: the caller may not read its topic. It
+    /// does not count as given, so a progress moves past it as past a change the filter left
+    /// out, and the caller learns nothing of it that a progress would not tell.
+    pub fn withheld(&mut self) {
+        if let Some(quiet) = self.quiet_before.take() {
+            self.quiet = quiet;
+        }
     }
 
     /// The next item; `None` when the watch has ended (after a resync, or as the service
     /// stops). Cancel-safe: state changes only after each read completes.
     pub async fn next(&mut self) -> Result<Option<WatchItem>, Error> {
+        self.quiet_before = None;
         loop {
             if let Some(item) = self.pending.pop_front() {
+                self.quiet_before = Some(self.quiet);
                 self.quiet = false;
                 return Ok(Some(item));
             }
