@@ -1,7 +1,8 @@
 //! The watch of the retained set (`GET /retainedMessage-watch`, issue 17) against the real
 //! server, on SQLite and on Postgres: a snapshot then live changes, resuming by Last-Event-ID
 //! across many changes, a change on one node seen on another, expiry events, policy filtering,
-//! a stalled reader, malformed requests, progress and keep-alives, the caps, and shutdown.
+//! a stalled reader, malformed requests, progress and keep-alives, a slow database, the caps,
+//! and shutdown.
 
 mod common;
 
@@ -1101,5 +1102,40 @@ async fn opening_watches_is_throttled_per_principal() {
     assert_eq!(second.status(), 429);
     assert_eq!(second.headers()["x-amzn-errortype"], "ThrottlingException");
     drop(first);
+    app.stop().await;
+}
+
+/// A database read slower than the progress interval: the watch's read goes on across the
+/// checks of the principal made at each interval, so the snapshot completes. Each check
+/// dropped the read in progress, and the next started it again, for as long as reads were
+/// that slow: the watch sent keep-alives and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_reads_are_slower_than_the_progress_interval_completes() {
+    let db = fresh_db(Backend::Postgres).await;
+    let proxy = common::proxy::Proxy::start(common::postgres_host_port(&db.url)).await;
+    let mut config = test_config(&common::postgres_url_via(&db.url, proxy.addr));
+    config.watch_progress_interval = Duration::from_millis(100);
+    let app = spawn_app_with(db, config).await;
+    retain(&app, "slow/1", "x").await;
+    let written = revision_of(&app, "slow/1").await;
+    settled_past(&app, written).await;
+
+    // Every query now takes 300 ms at least: three progress intervals.
+    proxy.slow(Duration::from_millis(300));
+    let mut watch = open(&app, "?topicFilter=slow%2F%23").await;
+    let events = tokio::time::timeout(Duration::from_secs(20), async {
+        let put = watch.expect().await;
+        let synced = watch.expect().await;
+        (put, synced)
+    })
+    .await
+    .expect("no snapshot within 20 s of 300 ms reads");
+    assert_eq!(events.0.json()["topic"], "slow/1");
+    assert_eq!(events.1.event, "synced");
+
+    // And the changes after it come too.
+    proxy.slow(Duration::ZERO);
+    retain(&app, "slow/2", "y").await;
+    assert_eq!(watch.expect().await.json()["topic"], "slow/2");
     app.stop().await;
 }

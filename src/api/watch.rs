@@ -25,7 +25,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use super::auth::Caller;
 use super::query::Params;
 use super::{ApiError, ApiState, ErrorBody};
-use crate::auth::{Action, Credential, Principal};
+use crate::auth::{Action, Authenticator, Credential, Principal};
 use crate::metrics::ResyncReason;
 use crate::store::{Resync, Watch, WatchItem};
 pub use params::WatchParams;
@@ -84,16 +84,18 @@ pub async fn watch(
         every,
     )
     .await?;
-    let mut standing = tokio::time::interval_at(Instant::now() + every, every);
-    standing.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval_at(Instant::now() + every, every);
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stream = Stream {
         watch,
-        principal: caller
-            .principal()
-            .map(|p| Arc::<str>::from(p.name.as_str())),
-        credential: credential.map(|Extension(c)| c),
+        standing: Standing {
+            principal: caller
+                .principal()
+                .map(|p| Arc::<str>::from(p.name.as_str())),
+            credential: credential.map(|Extension(c)| c),
+        },
         state: state.clone(),
-        standing,
+        check,
         _open: open,
     };
     let events = stream::unfold(stream, |mut stream| async move {
@@ -113,6 +115,15 @@ pub async fn watch(
 /// One watch's stream of events.
 struct Stream {
     watch: Watch,
+    standing: Standing,
+    state: ApiState,
+    /// When to check that the principal still stands while no event comes.
+    check: Interval,
+    _open: watches::Open,
+}
+
+/// Who the watch is for, checked again at each event and each interval: a reload may end it.
+struct Standing {
     /// The caller's principal by name, looked up afresh for each event so that a reload's
     /// policy applies at once; `None` when authentication is off.
     principal: Option<Arc<str>>,
@@ -120,23 +131,27 @@ struct Stream {
     /// token, a new access key) ends the watch, as it ends an MQTT connection whose
     /// credentials changed.
     credential: Option<Credential>,
-    state: ApiState,
-    /// When to check that the principal still stands while no event comes.
-    standing: Interval,
-    _open: watches::Open,
 }
 
 impl Stream {
     async fn next_event(&mut self) -> Option<Event> {
+        let stop = self.state.watches.stop.clone();
         loop {
-            let stop = self.state.watches.stop.clone();
-            let item = tokio::select! {
-                () = stop.cancelled() => return None,
-                _ = self.standing.tick() => {
-                    self.current_principal()?;
-                    continue;
+            // The watch's read goes on across checks of the principal: dropped at each one, a
+            // read slower than the interval (a page of large messages, a slow database) would
+            // start again forever and the watch never move.
+            let item = {
+                let next = self.watch.next();
+                tokio::pin!(next);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        _ = self.check.tick() => {
+                            self.standing.current(&self.state.auth)?;
+                        }
+                        item = &mut next => break item,
+                    }
                 }
-                item = self.watch.next() => item,
             };
             let item = match item {
                 Ok(Some(item)) => item,
@@ -147,7 +162,7 @@ impl Stream {
                     return None;
                 }
             };
-            let principal = self.current_principal()?;
+            let principal = self.standing.current(&self.state.auth)?;
             if let WatchItem::Resync { why, .. } = &item {
                 self.state.metrics.watch_resync(match why {
                     Resync::Compacted => ResyncReason::compacted,
@@ -163,21 +178,19 @@ impl Stream {
             return Some(events::event(&item));
         }
     }
+}
 
+impl Standing {
     /// `Some(None)` without authentication, `Some(principal)` while the caller's principal
     /// and the credential the watch was opened with stand, `None` once a reload has removed
     /// either: the stream ends.
-    fn current_principal(&self) -> Option<Option<Arc<Principal>>> {
+    fn current(&self, auth: &Authenticator) -> Option<Option<Arc<Principal>>> {
         let Some(name) = &self.principal else {
             return Some(None);
         };
         let principal = match &self.credential {
-            Some(credential) => self
-                .state
-                .auth
-                .holder(credential)
-                .filter(|p| p.name == **name)?,
-            None => self.state.auth.principal(name)?,
+            Some(credential) => auth.holder(credential).filter(|p| p.name == **name)?,
+            None => auth.principal(name)?,
         };
         Some(Some(principal))
     }

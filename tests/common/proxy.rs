@@ -58,6 +58,8 @@ pub struct Proxy {
     mode: Arc<Mutex<Mode>>,
     stalled: tokio::sync::watch::Sender<bool>,
     paused: tokio::sync::watch::Sender<bool>,
+    /// How long each chunk a client sends is held before it goes on.
+    latency: tokio::sync::watch::Sender<std::time::Duration>,
     trigger: Trigger,
     links: Arc<Mutex<Vec<AbortHandle>>>,
     held: Arc<Mutex<Vec<TcpStream>>>,
@@ -72,6 +74,7 @@ impl Proxy {
             mode: Arc::new(Mutex::new(Mode::Open)),
             stalled: tokio::sync::watch::Sender::new(false),
             paused: tokio::sync::watch::Sender::new(false),
+            latency: tokio::sync::watch::Sender::new(std::time::Duration::ZERO),
             trigger: Trigger::default(),
             links: Arc::default(),
             held: Arc::default(),
@@ -79,6 +82,7 @@ impl Proxy {
         let (mode, links, held) = (proxy.mode.clone(), proxy.links.clone(), proxy.held.clone());
         let stalled = proxy.stalled.clone();
         let paused = proxy.paused.clone();
+        let latency = proxy.latency.clone();
         let trigger = proxy.trigger.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
@@ -91,6 +95,7 @@ impl Proxy {
                         let mut stall = stalled.subscribe();
                         let (up_paused, down_paused) = (paused.subscribe(), paused.subscribe());
                         let up_trigger = Some((trigger.clone(), paused.clone()));
+                        let up_latency = latency.subscribe();
                         let link = tokio::spawn(async move {
                             if let Ok(mut server) =
                                 TcpStream::connect((target.0.as_str(), target.1)).await
@@ -99,8 +104,15 @@ impl Proxy {
                                 // stall keeps them open.
                                 let (client_read, client_write) = client.split();
                                 let (server_read, server_write) = server.split();
-                                let up = forward(client_read, server_write, up_paused, up_trigger);
-                                let down = forward(server_read, client_write, down_paused, None);
+                                let up = forward(
+                                    client_read,
+                                    server_write,
+                                    up_paused,
+                                    up_trigger,
+                                    Some(up_latency),
+                                );
+                                let down =
+                                    forward(server_read, client_write, down_paused, None, None);
                                 tokio::select! {
                                     _ = async { tokio::join!(up, down) } => {}
                                     // Stalled: stop forwarding but keep both sockets open.
@@ -137,6 +149,12 @@ impl Proxy {
     /// a network that is slow for a moment, then delivers everything in order.
     pub fn pause(&self) {
         self.paused.send_replace(true);
+    }
+
+    /// Holds each chunk a client sends for `latency` before passing it on, on open connections
+    /// and new ones: every query takes at least that long.
+    pub fn slow(&self, latency: std::time::Duration) {
+        self.latency.send_replace(latency);
     }
 
     /// Pauses (as [`Self::pause`]) as soon as a client has sent `pattern`, once that has
@@ -205,13 +223,14 @@ enum Action {
 }
 
 /// Copies `from` to `to` until `from` ends (then shuts `to` down, passing the end on) or `to`
-/// fails, holding each chunk while `paused` is set, and setting it once a chunk carrying the
-/// armed pattern of `trigger` has been written.
+/// fails, holding each chunk for `latency` and while `paused` is set, and setting it once a
+/// chunk carrying the armed pattern of `trigger` has been written.
 async fn forward(
     mut from: tokio::net::tcp::ReadHalf<'_>,
     mut to: tokio::net::tcp::WriteHalf<'_>,
     mut paused: tokio::sync::watch::Receiver<bool>,
     trigger: Option<(Trigger, tokio::sync::watch::Sender<bool>)>,
+    latency: Option<tokio::sync::watch::Receiver<std::time::Duration>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
@@ -225,6 +244,12 @@ async fn forward(
             }
             Ok(n) => n,
         };
+        if let Some(latency) = &latency {
+            let hold = *latency.borrow();
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
+        }
         if paused.wait_for(|p| !*p).await.is_err() {
             return;
         }
