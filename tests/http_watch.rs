@@ -24,6 +24,7 @@ for_each_backend!(
     a_watcher_sees_only_what_its_policy_lets_it_get,
     a_reload_that_takes_a_token_away_ends_the_watches_opened_with_it,
     changes_the_caller_may_not_read_do_not_hold_its_progress_back,
+    a_reload_that_changes_an_access_keys_secret_ends_the_watches_it_signed,
     a_stalled_reader_does_not_block_publishers_and_gets_resync,
     malformed_parameters_are_refused_and_change_nothing,
     an_idle_watch_gets_progress_and_keep_alives,
@@ -662,6 +663,102 @@ async fn a_reload_that_takes_a_token_away_ends_the_watches_opened_with_it(backen
         .send()
         .await
         .unwrap();
+    assert_eq!(refused.status(), 403);
+    app.stop().await;
+}
+
+const READER_KEY_ID: &str = "AKIDWATCHREADER";
+
+/// The admin principal, and a reader holding `READER_KEY_ID` with `secret` and the bearer
+/// token `WATCHER_TOKEN`.
+fn reader_with_access_key(secret: &str) -> String {
+    format!(
+        r##"
+[[principals]]
+name = "admin"
+api_tokens_sha256 = ["{admin}"]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:Publish", "iot:RetainPublish", "iot:GetRetainedMessage"]
+resources = ["*"]
+
+[[principals]]
+name = "reader"
+access_key_id = "{READER_KEY_ID}"
+secret_access_key = "{secret}"
+api_tokens_sha256 = ["{watcher}"]
+[[principals.statements]]
+effect = "Allow"
+actions = ["iot:GetRetainedMessage"]
+resources = ["*"]
+"##,
+        admin = token_hash(ADMIN_TOKEN),
+        watcher = token_hash(WATCHER_TOKEN),
+    )
+}
+
+/// A GET of `url` signed with SigV4 as the AWS SDKs sign for `iotdata`.
+async fn signed_get(app: &TestApp, url: &str, key_id: &str, secret: &str) -> reqwest::Response {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let identity =
+        aws_credential_types::Credentials::new(key_id, secret, None, None, "test").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("iotdata")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let signable =
+        SignableRequest::new("GET", url, std::iter::empty(), SignableBody::Bytes(b"")).unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let mut request = app.http.get(url);
+    for (name, value) in instructions.headers() {
+        request = request.header(name, value);
+    }
+    request.send().await.unwrap()
+}
+
+/// An access key whose secret a reload changes, under the same id, stops working for the
+/// watches signed with the old secret, as a removed token does, while the principal's other
+/// credentials go on: what signed is the id and the secret, not the id alone.
+async fn a_reload_that_changes_an_access_keys_secret_ends_the_watches_it_signed(backend: Backend) {
+    let (app, dir) = spawn_secured(backend).await;
+    let path = dir.path().join("auth.toml");
+    std::fs::write(&path, reader_with_access_key("first-secret")).unwrap();
+    app.running.as_ref().unwrap().reload().expect("the reload");
+    let url = app.url("/retainedMessage-watch?topicFilter=t%2F%23&snapshot=false");
+    let mut signed = Sse::new(signed_get(&app, &url, READER_KEY_ID, "first-secret").await);
+    let tokened = app.http.get(&url).bearer_auth(WATCHER_TOKEN).send().await;
+    let mut tokened = Sse::new(tokened.unwrap());
+    assert_eq!(signed.expect().await.event, "synced");
+    assert_eq!(tokened.expect().await.event, "synced");
+
+    std::fs::write(&path, reader_with_access_key("second-secret")).unwrap();
+    app.running.as_ref().unwrap().reload().expect("the reload");
+    admin_retain(&app, "t/1", "after the reload").await;
+
+    let put = tokened.expect().await;
+    assert_eq!(
+        (put.event.as_str(), &put.json()["topic"]),
+        ("put", &Value::from("t/1"))
+    );
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(event) = signed.next().await {
+            assert_eq!(
+                event.event, "progress",
+                "the old secret's watch got {event:?}"
+            );
+        }
+    })
+    .await
+    .expect("the old secret's watch still open 5 s after the reload");
+    // The new secret signs, the old one no more.
+    let renewed = signed_get(&app, &url, READER_KEY_ID, "second-secret").await;
+    assert_eq!(renewed.status(), 200);
+    let refused = signed_get(&app, &url, READER_KEY_ID, "first-secret").await;
     assert_eq!(refused.status(), 403);
     app.stop().await;
 }

@@ -84,8 +84,9 @@ struct Inner {
 /// [`Authenticator::holder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    /// A SigV4 access key id.
-    AccessKey(String),
+    /// A SigV4 access key id, with the SHA-256 of the secret that signed: a reload that gives
+    /// the id a new secret takes this credential away, as one that removes the id does.
+    AccessKey { id: String, secret_sha256: [u8; 32] },
     /// The SHA-256 of a bearer token.
     Token([u8; 32]),
     /// The SHA-256 of a TLS client certificate's DER encoding.
@@ -101,6 +102,7 @@ impl Credential {
 
 struct AccessKey {
     secret: String,
+    secret_sha256: [u8; 32],
     principal: Arc<Principal>,
 }
 
@@ -135,10 +137,12 @@ impl Authenticator {
             ));
             inner.by_name.insert(valid.name, principal.clone());
             if let Some((id, secret)) = valid.access_key {
-                let principal = principal.clone();
-                inner
-                    .access_keys
-                    .insert(id, AccessKey { secret, principal });
+                let key = AccessKey {
+                    secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+                    secret,
+                    principal: principal.clone(),
+                };
+                inner.access_keys.insert(id, key);
             }
             for digest in valid.token_hashes {
                 inner.tokens.insert(digest, principal.clone());
@@ -193,7 +197,11 @@ impl Authenticator {
     pub fn holder(&self, credential: &Credential) -> Option<Arc<Principal>> {
         let inner = self.current();
         match credential {
-            Credential::AccessKey(id) => inner.access_keys.get(id).map(|k| k.principal.clone()),
+            Credential::AccessKey { id, secret_sha256 } => inner
+                .access_keys
+                .get(id)
+                .filter(|k| bool::from(k.secret_sha256.ct_eq(secret_sha256)))
+                .map(|k| k.principal.clone()),
             Credential::Token(digest) => inner.tokens.get(digest).cloned(),
             Credential::ClientCert(digest) => inner.client_certs.get(digest).cloned(),
         }
@@ -273,7 +281,10 @@ impl Authenticator {
             .get(auth.access_key_id)
             .ok_or(AuthError::UnknownAccessKey)?;
         sigv4::verify(req, &auth, &key.secret, now, sigv4::IOT_SERVICES)?;
-        let credential = Credential::AccessKey(auth.access_key_id.to_owned());
+        let credential = Credential::AccessKey {
+            id: auth.access_key_id.to_owned(),
+            secret_sha256: key.secret_sha256,
+        };
         Ok((key.principal.clone(), Some(credential)))
     }
 

@@ -65,6 +65,29 @@ fn botocore_signed_publish_authenticates_the_principal() {
     assert_eq!(principal.name, "app");
 }
 
+/// A reload that keeps an access key's id but gives it a new secret takes away what the old
+/// secret signed: a watch or a presigned MQTT connection opened with it must end.
+#[test]
+fn an_access_key_holds_its_principal_only_while_its_secret_stays() {
+    let auth = with_boto_key(boto::SECRET);
+    let h = boto_headers();
+    let (_, credential) = auth
+        .verify_sigv4_with_key(&boto_request(&h, boto::BODY), signed_at())
+        .expect("botocore signature verifies");
+    let credential = credential.expect("a signed request's credential");
+    assert_eq!(
+        auth.holder(&credential).map(|p| p.name.clone()),
+        Some("app".into())
+    );
+
+    let rotated = format!(
+        "[[principals]]\nname = \"app\"\naccess_key_id = \"{}\"\nsecret_access_key = \"rotated\"\n",
+        boto::ACCESS_KEY_ID
+    );
+    auth.reload(AuthConfig::parse(&rotated).unwrap()).unwrap();
+    assert!(auth.holder(&credential).is_none());
+}
+
 #[test]
 fn wrong_secret_is_a_signature_mismatch() {
     let auth = with_boto_key("not-the-secret");
