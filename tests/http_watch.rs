@@ -29,6 +29,7 @@ for_each_backend!(
     malformed_parameters_are_refused_and_change_nothing,
     an_idle_watch_gets_progress_and_keep_alives,
     a_revision_below_the_compaction_point_gets_resync,
+    a_revision_above_any_the_database_reached_gets_resync,
     shutdown_ends_the_streams,
 );
 
@@ -939,6 +940,48 @@ async fn a_revision_below_the_compaction_point_gets_resync(backend: Backend) {
     app.stop().await;
 }
 
+/// A resume from a revision this database never gave out (another deployment's id, or this
+/// database restored from an older copy) would skip, as if the client had them, every change
+/// the database makes up to it: it gets `resync`, as a resume from below the compaction point
+/// does, and a resume from the latest revision goes on.
+async fn a_revision_above_any_the_database_reached_gets_resync(backend: Backend) {
+    let app = spawn_app(backend).await;
+    retain(&app, "r/1", "x").await;
+    let latest = revision_of(&app, "r/1").await;
+    let elsewhere = latest + 4096 * 1_000_000;
+
+    let mut by_query = open(&app, &format!("?fromRevision={elsewhere}")).await;
+    let mut by_header = open_after(&app, "", &elsewhere.to_string()).await;
+    for watch in [&mut by_query, &mut by_header] {
+        // Without the check nothing comes but keep-alives, for as long as the database takes
+        // to reach the revision.
+        let resync = tokio::time::timeout(Duration::from_secs(10), watch.expect())
+            .await
+            .expect("no resync within 10 s");
+        assert_eq!(resync.event, "resync");
+        assert_eq!(resync.id, None);
+        assert!(
+            (latest..elsewhere).contains(&resync.revision()),
+            "{resync:?}"
+        );
+        assert!(watch.next().await.is_none());
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("retaind_watch_resyncs_total{reason=\"ahead\"} 2"),
+        "{metrics}"
+    );
+
+    let mut resumed = open(&app, &format!("?fromRevision={latest}")).await;
+    retain(&app, "r/2", "y").await;
+    let put = resumed.expect().await;
+    assert_eq!(
+        (put.event.as_str(), &put.json()["topic"]),
+        ("put", &Value::from("r/2"))
+    );
+    app.stop().await;
+}
+
 async fn shutdown_ends_the_streams(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut watch = open(&app, "").await;
@@ -984,6 +1027,36 @@ async fn without_a_snapshot_a_write_held_above_the_settled_point_comes_as_a_chan
     assert_eq!(put.json()["topic"], "h/1");
     assert_eq!(payload(&put), "acknowledged");
     assert_eq!(put.revision(), acknowledged);
+    app.stop().await;
+}
+
+/// A revision a client was answered with is never "ahead", even while the settled point is
+/// below it: a resume from the ETag of a write that another transaction holds above the
+/// settled point waits for it to settle, as any watch does, instead of `resync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_a_write_not_yet_settled_is_no_resync() {
+    use sqlx::{Connection, Executor};
+    let _held = SETTLED_POINT.lock().await;
+    let app = spawn_app(Backend::Postgres).await;
+    let mut other = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    other.execute("BEGIN").await.unwrap();
+    other.execute("SELECT txid_current()").await.unwrap();
+    retain(&app, "u/1", "acknowledged").await;
+    let acknowledged = revision_of(&app, "u/1").await;
+    assert!(app.store().settled().await.unwrap() < acknowledged);
+
+    let mut watch = open(
+        &app,
+        &format!("?topicFilter=u%2F%23&fromRevision={acknowledged}"),
+    )
+    .await;
+    retain(&app, "u/2", "later").await;
+    other.execute("ROLLBACK").await.unwrap();
+    let put = watch.expect().await;
+    assert_eq!(
+        (put.event.as_str(), &put.json()["topic"]),
+        ("put", &Value::from("u/2"))
+    );
     app.stop().await;
 }
 

@@ -1,5 +1,6 @@
 //! The change log (decision 018), on both stores: `changes` pages in revision order, each
-//! topic's latest change once; `settled` covers every acknowledged write; expiry, the retention
+//! topic's latest change once; `settled` covers every acknowledged write, and `reached` does at
+//! once and no later write; expiry, the retention
 //! purge and deletes are changes of their own kinds; purging tombstones moves `compacted`.
 //!
 //! A delete of a topic that has no message still writes a tombstone (it keeps an older write
@@ -301,6 +302,20 @@ async fn purging_tombstones_moves_the_compaction_point(backend: Backend) {
     assert_eq!(store.compacted().await.unwrap(), compacted);
 }
 
+/// `reached` is at or above every revision the store has answered with, settled or not, and
+/// below every write made after it is read: a revision above it is another database's, which a
+/// watch must not resume from (decision 018).
+async fn reached_covers_every_acknowledged_write_and_no_later_one(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    let acknowledged = written(&store, put("q/a", "1")).await;
+    let settled = store.settled().await.unwrap();
+    let reached = store.reached().await.unwrap();
+    assert!(acknowledged <= reached, "{acknowledged} > {reached}");
+    assert!(settled <= reached, "{settled} > {reached}");
+    let later = written(&store, put("q/b", "1")).await;
+    assert!(later > reached, "{later} <= {reached}");
+}
+
 for_each_backend!(
     changes_come_in_revision_order_each_topics_latest_once,
     each_write_drops_the_entry_of_what_it_replaced,
@@ -308,4 +323,5 @@ for_each_backend!(
     a_delete_of_a_missing_topic_is_logged_as_a_delete,
     expiry_and_the_retention_purge_leave_changes_of_their_kind,
     purging_tombstones_moves_the_compaction_point,
+    reached_covers_every_acknowledged_write_and_no_later_one,
 );

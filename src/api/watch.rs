@@ -167,6 +167,7 @@ impl Stream {
                 self.state.metrics.watch_resync(match why {
                     Resync::Compacted => ResyncReason::compacted,
                     Resync::Overflow => ResyncReason::overflow,
+                    Resync::Ahead => ResyncReason::ahead,
                 });
             }
             if let (Some(principal), Some(topic)) = (&principal, events::topic(&item))

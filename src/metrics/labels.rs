@@ -240,6 +240,8 @@ pub enum ResyncReason {
     compacted,
     /// It fell behind: its buffer filled.
     overflow,
+    /// It asked for changes after a revision the database never gave out.
+    ahead,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -312,7 +312,8 @@ impl Metrics {
         r.register(
             "retaind_watch_resyncs",
             "Watches ended with a resync event, by reason: compacted (asked for changes from \
-             below the compaction point) or overflow (fell behind and filled their buffer)",
+             below the compaction point), overflow (fell behind and filled their buffer) or \
+             ahead (asked for changes after a revision the database never gave out)",
             watch_resyncs.clone(),
         );
         r.register(

@@ -258,6 +258,11 @@ pub trait RetainedStore: Send + Sync + 'static {
     /// where a watch that starts from the current set starts following changes.
     async fn settled(&self) -> Result<Revision, Error>;
 
+    /// The highest revision this database can have given out, settled or not: every revision
+    /// a client got from it (an event's id, an ETag) is at or below it. One above it is another
+    /// database's (a restore of an older copy, another deployment).
+    async fn reached(&self) -> Result<Revision, Error>;
+
     /// The highest revision whose tombstone has been purged: changes after a revision below
     /// this one may have been lost to a reader, which must start over.
     async fn compacted(&self) -> Result<Revision, Error>;

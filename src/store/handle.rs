@@ -443,6 +443,13 @@ impl Store {
             .await
     }
 
+    /// The highest revision this database can have given out (see
+    /// [`RetainedStore::reached`]): a watch resuming from above it would skip changes.
+    pub async fn reached(&self) -> Result<Revision, Error> {
+        self.call("reached revision", self.inner.backend.reached())
+            .await
+    }
+
     /// The highest revision whose tombstone has been purged: a watch resuming from below it
     /// may have missed a delete.
     pub async fn compacted(&self) -> Result<Revision, Error> {

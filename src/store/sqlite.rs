@@ -490,6 +490,12 @@ impl RetainedStore for SqliteStore {
         Ok((ticket + 1) * TICKET_REVISIONS - 1)
     }
 
+    async fn reached(&self) -> Result<Revision, Error> {
+        // One writer, whose ticket is taken in the transaction that commits its revisions:
+        // nothing is given out above the settled point.
+        self.settled().await
+    }
+
     async fn compacted(&self) -> Result<Revision, Error> {
         Ok(
             sqlx::query_scalar("SELECT revision FROM retained_compacted")

@@ -16,8 +16,9 @@
 //! - **Live**: the hub hands it every change after that revision. A change at or below the
 //!   watch's position (the hub may have joined it below where catch-up went) is skipped.
 //!
-//! A watch resuming from below the compaction point, or one the hub dropped because its
-//! buffer filled, ends with a resync: the client must start over from a snapshot.
+//! A watch resuming from below the compaction point or from above any revision the database
+//! has given out, or one the hub dropped because its buffer filled, ends with a resync: the
+//! client must start over from a snapshot.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -57,8 +58,9 @@ pub enum WatchItem {
     Change(Arc<RetainedChange>),
     /// Nothing matching changed up to this revision (sent when the watch is idle).
     Progress(Revision),
-    /// The watch cannot go on without a gap; it ends. `revision`: the compaction point, or the
-    /// watch's position when its buffer filled.
+    /// The watch cannot go on without a gap; it ends. `revision`: the compaction point, the
+    /// watch's position when its buffer filled, or the highest revision the database has
+    /// reached when asked for one above it.
     Resync { why: Resync, revision: Revision },
 }
 
@@ -69,6 +71,9 @@ pub enum Resync {
     Compacted,
     /// It fell behind: its buffer filled.
     Overflow,
+    /// It asked for changes after a revision this database never gave out (another
+    /// database's: a restored copy, another deployment).
+    Ahead,
 }
 
 enum Phase {
@@ -137,7 +142,15 @@ impl Watch {
                     pending.push_back(resync(Resync::Compacted, compacted));
                     (Phase::Ended, from)
                 } else {
-                    (Phase::CatchUp { joined: None }, from)
+                    // A revision this database never gave out: changes at or below it, which
+                    // it has yet to make, would be skipped as if the client had them.
+                    let reached = store.reached().await?;
+                    if from > reached {
+                        pending.push_back(resync(Resync::Ahead, reached));
+                        (Phase::Ended, from)
+                    } else {
+                        (Phase::CatchUp { joined: None }, from)
+                    }
                 }
             }
         };

@@ -98,6 +98,12 @@ pub(super) fn parts(item: &WatchItem) -> Parts {
                         "resync required: this watch fell too far behind the changes and its \
                          buffer filled; start again without fromRevision or Last-Event-ID"
                     }
+                    Resync::Ahead => {
+                        "resync required: the requested revision is above any this service's \
+                         database has reached (a revision of another database, or of this one \
+                         before it was restored from an older copy); start again without \
+                         fromRevision or Last-Event-ID"
+                    }
                 },
                 revision: *revision,
             }),

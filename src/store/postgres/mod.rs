@@ -601,6 +601,16 @@ impl RetainedStore for PostgresStore {
         Ok(below - 1)
     }
 
+    async fn reached(&self) -> Result<Revision, Error> {
+        // The first transaction id not yet given out (read without taking one): a revision
+        // anyone was answered with is of a committed transaction, below it.
+        let next: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 * 4096")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(next - 1)
+    }
+
     async fn compacted(&self) -> Result<Revision, Error> {
         Ok(
             sqlx::query_scalar("SELECT revision FROM retained_compacted")
