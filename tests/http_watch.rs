@@ -590,8 +590,9 @@ async fn changes_the_caller_may_not_read_do_not_hold_its_progress_back(backend: 
     app.stop().await;
 }
 
-/// The admin principal, and a reader holding the given bearer tokens.
-fn reader_with_tokens(tokens: &[&str]) -> String {
+/// The admin principal, and a reader that may get everything, holding the given bearer tokens
+/// and `credentials` (TOML lines of its entry) besides.
+fn admin_and_reader(tokens: &[&str], credentials: &str) -> String {
     let hashes: Vec<String> = tokens
         .iter()
         .map(|t| format!("\"{}\"", token_hash(t)))
@@ -609,6 +610,7 @@ resources = ["*"]
 [[principals]]
 name = "reader"
 api_tokens_sha256 = [{hashes}]
+{credentials}
 [[principals.statements]]
 effect = "Allow"
 actions = ["iot:GetRetainedMessage"]
@@ -617,6 +619,11 @@ resources = ["*"]
         admin = token_hash(ADMIN_TOKEN),
         hashes = hashes.join(", "),
     )
+}
+
+/// The admin principal, and a reader holding the given bearer tokens.
+fn reader_with_tokens(tokens: &[&str]) -> String {
+    admin_and_reader(tokens, "")
 }
 
 /// A token removed by a reload stops working for the watches it opened, as for any new
@@ -673,28 +680,9 @@ const READER_KEY_ID: &str = "AKIDWATCHREADER";
 /// The admin principal, and a reader holding `READER_KEY_ID` with `secret` and the bearer
 /// token `WATCHER_TOKEN`.
 fn reader_with_access_key(secret: &str) -> String {
-    format!(
-        r##"
-[[principals]]
-name = "admin"
-api_tokens_sha256 = ["{admin}"]
-[[principals.statements]]
-effect = "Allow"
-actions = ["iot:Publish", "iot:RetainPublish", "iot:GetRetainedMessage"]
-resources = ["*"]
-
-[[principals]]
-name = "reader"
-access_key_id = "{READER_KEY_ID}"
-secret_access_key = "{secret}"
-api_tokens_sha256 = ["{watcher}"]
-[[principals.statements]]
-effect = "Allow"
-actions = ["iot:GetRetainedMessage"]
-resources = ["*"]
-"##,
-        admin = token_hash(ADMIN_TOKEN),
-        watcher = token_hash(WATCHER_TOKEN),
+    admin_and_reader(
+        &[WATCHER_TOKEN],
+        &format!("access_key_id = \"{READER_KEY_ID}\"\nsecret_access_key = \"{secret}\""),
     )
 }
 
