@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster_of as cluster;
-use common::cluster_rows::{sessions_held, sessions_of};
+use common::cluster_rows::{hold_session_queues, sessions_held, sessions_of};
 use common::logs::Captured;
 use common::mqtt::within;
 use common::nats::Nats;
@@ -40,12 +40,7 @@ async fn adoptions_the_database_does_not_answer_are_logged_once_per_run_and_all_
 
     // The adoptions wait on a lock on the sessions' queues: each pass gives its adoption up.
     let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();
-    let mut holder = sqlx::PgConnection::connect(&direct).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE cluster_session_queue IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_session_queues(&direct).await;
     sessions_of(&mut admin, "gone", 10).await;
     within("several passes' adoptions to fail", async {
         while failures(&a).await < 4.0 {

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster_of as cluster;
-use common::cluster_rows::{sessions_held, sessions_of};
+use common::cluster_rows::{hold_session_queues, sessions_held, sessions_of};
 use common::mqtt::raw::{Raw, build};
 use common::mqtt::{Qos5, V5, p5, v5_options, within};
 use common::nats::Nats;
@@ -493,6 +493,34 @@ async fn a_session_resumed_while_heartbeats_are_stale_is_asked_of_the_node_that_
     .await;
 }
 
+/// Two nodes as processes of their own on `url`, started with `a` and `b` besides, once both
+/// have written their heartbeats; and a connection to read their rows.
+async fn two_processes(
+    url: &str,
+    a: &[&str],
+    b: &[&str],
+) -> (Process, Process, sqlx::PgConnection) {
+    let (a, b) = (Process::start(url, a).await, Process::start(url, b).await);
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    within("both nodes' heartbeats", async {
+        while node_rows(&mut admin).await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    (a, b, admin)
+}
+
+/// Pauses `a` and `b` together for `pause`, then resumes `a`, and `b` `lag` later.
+async fn paused_together(a: &Process, b: &Process, pause: Duration, lag: Duration) {
+    a.pause();
+    b.pause();
+    tokio::time::sleep(pause).await;
+    a.resume();
+    tokio::time::sleep(lag).await;
+    b.resume();
+}
+
 /// Two nodes paused together (SIGSTOP: a suspended host, a hypervisor's stall) for longer than
 /// their dead time, and resumed one after the other: the one resumed first finds the other's
 /// heartbeat older than its dead time, but its own is as old, so it does not take the other for
@@ -503,23 +531,9 @@ async fn nodes_paused_together_do_not_bury_each_other_when_they_resume() {
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
     let args = ["--cluster-url", &nats.url(), "--cluster-dead-after", "3s"];
-    let a = Process::start(&db.url, &args).await;
-    let b = Process::start(&db.url, &args).await;
-    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    within("both nodes' heartbeats", async {
-        while node_rows(&mut admin).await.len() < 2 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-
-    a.pause();
-    b.pause();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    a.resume();
+    let (a, b, mut admin) = two_processes(&db.url, &args, &args).await;
     // A runs a pass or two alone: B's heartbeat is more than 6 s old, its dead time 3 s.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    b.resume();
+    paused_together(&a, &b, Duration::from_secs(6), Duration::from_secs(1)).await;
     // Past both dead times again, with a beat to spare.
     tokio::time::sleep(Duration::from_secs(4)).await;
 
@@ -538,25 +552,11 @@ async fn nodes_paused_together_do_not_bury_each_other_when_they_resume() {
 async fn a_judge_paused_with_a_node_of_a_shorter_dead_time_does_not_bury_it() {
     let nats = Nats::start().await;
     let db = fresh_db(Backend::Postgres).await;
-    let a = Process::start(&db.url, &["--cluster-url", &nats.url()]).await;
     let args = ["--cluster-url", &nats.url(), "--cluster-dead-after", "3s"];
-    let b = Process::start(&db.url, &args).await;
-    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    within("both nodes' heartbeats", async {
-        while node_rows(&mut admin).await.len() < 2 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let (a, b, mut admin) = two_processes(&db.url, &["--cluster-url", &nats.url()], &args).await;
     // A must have been heard for B's dead time, or it would judge no one anyway.
     tokio::time::sleep(Duration::from_secs(4)).await;
-
-    a.pause();
-    b.pause();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    a.resume();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    b.resume();
+    paused_together(&a, &b, Duration::from_secs(5), Duration::from_millis(500)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     assert_eq!(node_rows(&mut admin).await.len(), 2, "both nodes alive");
@@ -655,12 +655,7 @@ async fn a_node_stopping_while_it_adopts_writes_the_adopted_delayed_wills_back()
                      WHERE client_id = 'sensor' AND will IS NOT NULL";
     assert_eq!(common::query_i64(&direct, will_kept).await, 1);
 
-    let mut holder = sqlx::PgConnection::connect(&direct).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE cluster_session_queue IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_session_queues(&direct).await;
     b.kill().await;
     within("A's adoption of B's session to wait on the lock", async {
         loop {
@@ -709,12 +704,7 @@ async fn a_node_adopting_from_a_stalled_database_is_still_heard_within_its_dead_
     .await;
     let node = cluster(&a).node().to_owned();
     let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();
-    let mut holder = sqlx::PgConnection::connect(&direct).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE cluster_session_queue IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_session_queues(&direct).await;
     sessions_of(&mut admin, "gone", 10).await;
 
     // Longer than an adoption waiting out the store timeout (the database gives its statement

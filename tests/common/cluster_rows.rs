@@ -22,3 +22,16 @@ pub async fn sessions_held(db: &mut sqlx::PgConnection, node: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// A connection holding an exclusive lock on the sessions' queues, which every adoption of a
+/// dead node's sessions reads: adoptions wait on it until it is rolled back.
+pub async fn hold_session_queues(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut holder = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE cluster_session_queue IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder
+}
