@@ -374,8 +374,9 @@ pub async fn run(
             {
                 tracing::warn!(
                     previous_heartbeat_age = ?gap,
-                    "this node's heartbeat was written late (the node, or the node and its database, \
-                     were paused): it takes no other node for dead until it has been heard for that \
+                    "this node's previous heartbeat is older than its beat and a pass allow (the \
+                     node, or the node and its database, were paused, or the database was slow to \
+                     take it): it takes no other node for dead until it has been heard for that \
                      node's dead time again"
                 );
             }
