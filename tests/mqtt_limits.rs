@@ -821,6 +821,63 @@ fn fleet_and_other(fleet: &str, other: &str) -> (tempfile::TempDir, std::path::P
     (dir, principals)
 }
 
+/// A CONNECT to a full node, checked while a place comes free (its password's check is slow
+/// here: argon2 at 60 passes), gets that place: it is not refused as if the node were still
+/// full. Before, whether the node was full was decided before the check, and a client whose
+/// check outlasted another's leaving was refused with 0x89 by a node with room.
+#[tokio::test]
+async fn a_connect_to_a_full_node_gets_a_place_that_came_free_while_it_was_checked() {
+    use argon2::password_hash::PasswordHasher;
+    let (dir, principals) = fleet_and_other("", "");
+    let slow = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(19 * 1024, 60, 1, None).unwrap(),
+    )
+    .hash_password(b"slow-pw")
+    .unwrap()
+    .to_string();
+    let mut file = std::fs::read_to_string(&principals).unwrap();
+    file.push_str(&format!(
+        "[[principals]]\nname = \"slow\"\nmqtt_username = \"slow\"\n\
+         mqtt_password_hash = \"{slow}\"\n\
+         [[principals.statements]]\neffect = \"Allow\"\nactions = [\"iot:*\"]\nresources = [\"*\"]\n"
+    ));
+    std::fs::write(&principals, file).unwrap();
+    let app = app_with(|c| {
+        c.principals = Some(principals.clone());
+        c.mqtt_max_connections = 2;
+    })
+    .await;
+    let broker = &app.running.as_ref().unwrap().broker;
+    let login = |id: &str, user: &str, password: &[u8]| {
+        build::connect_with_login(id, Some(&[][..]), user, password)
+    };
+    let (d1, ack) = Raw::connect(&app, &login("d1", "fleet", b"pw")).await;
+    assert_eq!(ack.body[1], 0);
+    let (_d2, ack) = Raw::connect(&app, &login("d2", "fleet", b"pw")).await;
+    assert_eq!(ack.body[1], 0);
+
+    let started = std::time::Instant::now();
+    let mut z = Raw::open(&app).await;
+    z.send(&login("z", "slow", b"slow-pw")).await;
+    // Z holds the take-overs' place while it is checked.
+    while broker.connections() < 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    drop(d1);
+    app.until_connections(2).await;
+    let freed = started.elapsed();
+    let ack = z.expect(2).await;
+    assert!(
+        started.elapsed() > freed,
+        "the place came free before the check ended"
+    );
+    assert_eq!(ack.body[1], 0, "Z gets the place d1 left");
+    assert_eq!(broker.connections(), 2, "no more than the cap");
+    drop(dir);
+}
+
 /// A principal's `max_queue_memory_mib` (here from `--mqtt-max-queue-memory-mib-per-principal`)
 /// bounds what its offline sessions' queues hold, each copy counting its whole message: past
 /// it their new messages are dropped, the oldest kept, while another principal's offline

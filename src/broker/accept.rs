@@ -72,7 +72,7 @@ where
     // CONNECTs being checked stay bounded. With those places taken too it is refused at once,
     // whatever its client id.
     let live = &broker.inner.live;
-    let (slot, full) = match live.try_acquire(cfg.max_connections) {
+    let (mut slot, full) = match live.try_acquire(cfg.max_connections) {
         Some(slot) => (slot, false),
         None => match live.try_acquire_for_takeover(cfg.max_connections) {
             Some(slot) => (slot, true),
@@ -91,9 +91,17 @@ where
         }
     };
     if full && !broker.sessions().get(&key).is_some_and(|s| s.is_online()) {
+        // A place may have come free while the credentials were checked (up to 2 s and a
+        // check): the take-overs' place goes back (it counts among the connections), and
+        // one under the cap is this CONNECT's.
         drop(slot);
-        too_many_connections(&broker, framed, &key).await;
-        return None;
+        match live.try_acquire(cfg.max_connections) {
+            Some(place) => slot = place,
+            None => {
+                too_many_connections(&broker, framed, &key).await;
+                return None;
+            }
+        }
     }
     // Counted by client id: an id already connected under the principal takes its own
     // connection over, so it is let in at the limit (`principal_connections`).
