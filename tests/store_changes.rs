@@ -63,7 +63,9 @@ async fn all_changes(
     let mut out = Vec::new();
     let mut after = after;
     loop {
-        let ChangePage { changes, settled } = store.changes(after, "", None, limit).await.unwrap();
+        let ChangePage {
+            changes, settled, ..
+        } = store.changes(after, "", None, limit).await.unwrap();
         let full = changes.len() == limit as usize;
         for c in &changes {
             assert!(c.revision > after, "{} not after {after}", c.revision);

@@ -464,7 +464,11 @@ pub(super) fn change_page(
         Some(last) if full => last,
         _ => settled,
     };
-    ChangePage { changes, settled }
+    ChangePage {
+        changes,
+        settled,
+        full,
+    }
 }
 
 /// Columns selected for a change: the message's, and what kind of row it is.

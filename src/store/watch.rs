@@ -268,7 +268,7 @@ impl Watch {
             self.phase = Phase::Ended;
             return Ok(());
         }
-        let full = page.changes.len() >= PAGE as usize;
+        let full = page.full;
         let mut reached = page.settled.max(self.position);
         if let Some(cap) = cap {
             reached = reached.min(cap.max(self.position));

@@ -277,7 +277,7 @@ async fn follow(hub: WatchHub, mut position: Revision) {
                         }
                     }
                 }
-                let full = page.changes.len() >= PAGE as usize;
+                let full = page.full;
                 position = page.settled.max(position);
                 if !hub.deliver(page, position) {
                     return;

@@ -33,4 +33,9 @@ pub struct RetainedChange {
 pub struct ChangePage {
     pub changes: Vec<RetainedChange>,
     pub settled: Revision,
+    /// The read gave as many rows as asked, so more may follow at once. Judged by the rows,
+    /// not by `changes`: a message that expired after it was logged is read and left out
+    /// (its expiry comes later, as a change of its own), and a page short of one is no sign
+    /// that the log's end is near.
+    pub full: bool,
 }
