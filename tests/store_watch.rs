@@ -1,5 +1,6 @@
 //! A watch of the retained set over the store itself, on both stores: when it joins the node's
-//! hub, and what it holds while its reader does not read (decision 018, "Watch").
+//! hub, and how much it holds read and not yet given, which a reader that stops reading leaves
+//! it holding (decision 018, "Watch").
 
 #[macro_use]
 mod common;
@@ -142,7 +143,94 @@ async fn changes_made_while_a_watch_catches_up_do_not_overflow_it(backend: Backe
     }
 }
 
+/// What one watch may hold read and not yet given (`HELD_BYTES` in `src/store/watch.rs`), past
+/// the one message a page always takes.
+const HELD_BYTES: usize = 1024 * 1024;
+const LARGE: usize = 100 * 1024;
+
+/// `count` messages of `LARGE` bytes under `big/`; the revision of the last.
+async fn large_messages(store: &Store, count: usize) -> Revision {
+    let body = "x".repeat(LARGE);
+    let mut last = 0;
+    for n in 0..count {
+        last = written(store, put(&format!("big/{n:02}"), &body)).await;
+    }
+    settle(store, last).await;
+    last
+}
+
+/// Reads the rest of a watch of `big/#` that gave `big/00` first, checking what it holds after
+/// each item: every message comes, in order, and the watch never holds more than its bound.
+async fn read_large_messages(watch: &mut Watch, count: usize, snapshot: bool) {
+    for n in 1..count {
+        let topic = match watch.next().await.unwrap() {
+            Some(WatchItem::Current(message)) if snapshot => message.topic.as_str().to_owned(),
+            Some(WatchItem::Change(change)) if !snapshot => change.topic.as_str().to_owned(),
+            other => panic!("expected big/{n:02}, got {other:?}"),
+        };
+        assert_eq!(topic, format!("big/{n:02}"));
+        assert!(watch.held() <= HELD_BYTES + LARGE, "{}", watch.held());
+    }
+}
+
+/// A reader that takes one event of a snapshot of large messages and stops leaves its watch
+/// holding a bounded number of bytes, not a page of 200 messages; the snapshot still comes
+/// whole and in order.
+async fn a_snapshot_of_large_messages_holds_a_bounded_number_of_bytes(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    large_messages(&store, 50).await;
+    let hub = hub(&store, 1024);
+    let mut watch = Watch::start(
+        &hub,
+        &store,
+        filter("big/#"),
+        WatchStart::Snapshot,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    match watch.next().await.unwrap() {
+        Some(WatchItem::Current(message)) => assert_eq!(message.topic.as_str(), "big/00"),
+        other => panic!("expected big/00, got {other:?}"),
+    }
+    // The bound, not a page: 50 messages of 100 KiB are 5 MB.
+    assert!(watch.held() > 0);
+    assert!(watch.held() <= HELD_BYTES + LARGE, "{}", watch.held());
+    read_large_messages(&mut watch, 50, true).await;
+    assert!(matches!(
+        watch.next().await.unwrap(),
+        Some(WatchItem::Synced(_))
+    ));
+    assert_eq!(watch.held(), 0);
+}
+
+/// The same for a resume over a log of large changes; it still reads them all before it joins
+/// the hub.
+async fn a_catch_up_over_large_changes_holds_a_bounded_number_of_bytes(backend: Backend) {
+    let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
+    let from = written(&store, put("other/start", "0")).await;
+    large_messages(&store, 50).await;
+    let hub = hub(&store, 1024);
+    let mut watch = Watch::start(
+        &hub,
+        &store,
+        filter("big/#"),
+        WatchStart::After(from),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_change_topic(&mut watch).await, "big/00");
+    assert!(watch.held() > 0);
+    assert!(watch.held() <= HELD_BYTES + LARGE, "{}", watch.held());
+    assert_eq!(hub.joined(), 0, "joined before the log's end");
+    read_large_messages(&mut watch, 50, false).await;
+    assert_eq!(watch.held(), 0);
+}
+
 for_each_backend!(
     a_first_page_holding_an_expired_message_does_not_join_the_hub,
     changes_made_while_a_watch_catches_up_do_not_overflow_it,
+    a_snapshot_of_large_messages_holds_a_bounded_number_of_bytes,
+    a_catch_up_over_large_changes_holds_a_bounded_number_of_bytes,
 );

@@ -26,14 +26,21 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use super::message::{RetainedMessage, Revision};
+use super::message::{RetainedMessage, Revision, user_properties_wire_len};
 use super::watch_hub::{Joined, WatchEnd, WatchHub};
-use super::watch_types::RetainedChange;
+use super::watch_types::{ChangeKind, RetainedChange};
 use super::{Error, Store};
 use crate::topic::{TopicFilter, TopicName};
 
-/// Messages or changes read per query.
+/// Messages or changes read per query, at most.
 const PAGE: u32 = 200;
+
+/// Bytes of messages a watch holds read and not yet given, past which a page read adds no more
+/// (decision 018, "A watch's memory"). A reader that stops reading keeps what its watch holds
+/// until the connection's idle timeout, so this, with the largest message, bounds what each
+/// watch can keep; it is some pages of small messages, and only the first message of a page
+/// of large ones, which is always taken, so the watch moves on.
+const HELD_BYTES: usize = 1024 * 1024;
 
 /// Where a watch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +106,12 @@ pub struct Watch {
     until: Option<String>,
     phase: Phase,
     pending: VecDeque<WatchItem>,
+    /// The bytes of the messages in `pending` ([`held_bytes`]).
+    held: usize,
+    /// Rows the next page asks for: cut to what the last page could keep when large messages
+    /// filled `HELD_BYTES`, so rows read and left are not read many times over, and grown back
+    /// towards `PAGE` by the pages that fit.
+    limit: u32,
     /// Every change at or below it has been read (it may still be in `pending`).
     position: Revision,
     progress: Interval,
@@ -165,6 +178,8 @@ impl Watch {
             until,
             phase,
             pending,
+            held: 0,
+            limit: PAGE,
             position,
             progress,
             quiet: true,
@@ -181,12 +196,18 @@ impl Watch {
         }
     }
 
+    /// Bytes of the messages this watch has read and not given yet.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
     /// The next item; `None` when the watch has ended (after a resync, or as the service
     /// stops). Cancel-safe: state changes only after each read completes.
     pub async fn next(&mut self) -> Result<Option<WatchItem>, Error> {
         self.quiet_before = None;
         loop {
             if let Some(item) = self.pending.pop_front() {
+                self.held -= held_bytes(&item);
                 self.quiet_before = Some(self.quiet);
                 self.quiet = false;
                 return Ok(Some(item));
@@ -195,20 +216,30 @@ impl Watch {
                 Phase::Ended => return Ok(None),
                 Phase::Snapshot { settled, after } => {
                     let settled = *settled;
+                    let limit = self.limit;
                     let page = self
                         .store
-                        .scan(&self.from, self.until.as_deref(), after.as_ref(), PAGE)
+                        .scan(&self.from, self.until.as_deref(), after.as_ref(), limit)
                         .await?;
-                    let done = page.len() < PAGE as usize;
-                    if let Some(last) = page.last() {
-                        *after = Some(last.topic.clone());
+                    let read_all = page.len() < limit as usize;
+                    let mut taken = 0;
+                    let mut cut = false;
+                    for message in page {
+                        // The rest is read again by the next page, after the last topic taken.
+                        if self.held >= HELD_BYTES {
+                            cut = true;
+                            break;
+                        }
+                        taken += 1;
+                        *after = Some(message.topic.clone());
+                        if message.revision <= settled && self.filter.matches(&message.topic) {
+                            let item = WatchItem::Current(Box::new(message));
+                            self.held += held_bytes(&item);
+                            self.pending.push_back(item);
+                        }
                     }
-                    self.pending.extend(
-                        page.into_iter()
-                            .filter(|m| m.revision <= settled && self.filter.matches(&m.topic))
-                            .map(|m| WatchItem::Current(Box::new(m))),
-                    );
-                    if done {
+                    self.limit = next_limit(limit, cut, taken);
+                    if read_all && !cut {
                         self.pending.push_back(WatchItem::Synced(settled));
                         self.phase = Phase::CatchUp { joined: None };
                     }
@@ -220,7 +251,9 @@ impl Watch {
                             Ok(change) => {
                                 if change.revision > self.position {
                                     self.position = change.revision;
-                                    self.pending.push_back(WatchItem::Change(change));
+                                    let item = WatchItem::Change(change);
+                                    self.held += held_bytes(&item);
+                                    self.pending.push_back(item);
                                 }
                             }
                             Err(WatchEnd::Stopped) => self.phase = Phase::Ended,
@@ -257,9 +290,10 @@ impl Watch {
             Phase::CatchUp { joined } => joined.as_ref().map(|j| j.joined_at),
             _ => return Ok(()),
         };
+        let limit = self.limit;
         let page = self
             .store
-            .changes(self.position, &self.from, self.until.as_deref(), PAGE)
+            .changes(self.position, &self.from, self.until.as_deref(), limit)
             .await?;
         // A tombstone above the position purged before this read would be a delete missed.
         let compacted = self.store.compacted().await?;
@@ -268,20 +302,35 @@ impl Watch {
             self.phase = Phase::Ended;
             return Ok(());
         }
-        let full = page.full;
+        let mut full = page.full;
         let mut reached = page.settled.max(self.position);
         if let Some(cap) = cap {
             reached = reached.min(cap.max(self.position));
         }
+        let mut taken = 0;
+        let mut cut = false;
         for change in page.changes {
             if change.revision > reached {
                 break;
             }
+            // The rest is read again by the next page, after the last change taken: the page
+            // counts as full, so the watch does not join the hub before it has read them.
+            if self.held >= HELD_BYTES {
+                reached = self.position;
+                full = true;
+                cut = true;
+                break;
+            }
+            taken += 1;
+            self.position = change.revision;
             if self.filter.matches(&change.topic) {
-                self.pending.push_back(WatchItem::Change(Arc::new(change)));
+                let item = WatchItem::Change(Arc::new(change));
+                self.held += held_bytes(&item);
+                self.pending.push_back(item);
             }
         }
-        self.position = reached;
+        self.limit = next_limit(limit, cut, taken);
+        self.position = reached.max(self.position);
         if cap.is_none() && !full {
             // The phase stays as it is across this wait: cancelled here, the next call reads on.
             let joined = self.hub.join(&self.filter).await?;
@@ -304,6 +353,92 @@ impl Watch {
     }
 }
 
+/// What an item's message weighs in memory, near enough: its variable parts.
+fn held_bytes(item: &WatchItem) -> usize {
+    let message = match item {
+        WatchItem::Current(message) => message,
+        WatchItem::Change(change) => match &change.kind {
+            ChangeKind::Put(message) => message,
+            ChangeKind::Delete | ChangeKind::Expired | ChangeKind::Purged => return 0,
+        },
+        WatchItem::Synced(_) | WatchItem::Progress(_) | WatchItem::Resync { .. } => return 0,
+    };
+    let properties = &message.properties;
+    message.topic.as_str().len()
+        + message.payload.len()
+        + user_properties_wire_len(&properties.user_properties)
+        + properties.content_type.as_ref().map_or(0, String::len)
+        + properties
+            .response_topic
+            .as_ref()
+            .map_or(0, |t| t.as_str().len())
+        + properties.correlation_data.as_ref().map_or(0, |d| d.len())
+}
+
+/// The rows the page after one that asked for `limit` and took `taken` asks for.
+fn next_limit(limit: u32, cut: bool, taken: u32) -> u32 {
+    if cut {
+        taken.max(1)
+    } else {
+        limit.saturating_mul(2).min(PAGE)
+    }
+}
+
 fn resync(why: Resync, revision: Revision) -> WatchItem {
     WatchItem::Resync { why, revision }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_cut_page_is_followed_by_one_of_what_it_took() {
+        assert_eq!(next_limit(PAGE, true, 8), 8);
+        // However large the first message, the next page reads one at least.
+        assert_eq!(next_limit(PAGE, true, 0), 1);
+    }
+
+    #[test]
+    fn pages_that_fit_grow_back_to_the_page() {
+        assert_eq!(next_limit(8, false, 8), 16);
+        assert_eq!(next_limit(150, false, 150), PAGE);
+        assert_eq!(next_limit(PAGE, false, PAGE), PAGE);
+    }
+
+    #[test]
+    fn an_item_weighs_its_message_and_only_a_put_has_one() {
+        let topic = TopicName::from_stored("a/b".to_owned());
+        let mut message = RetainedMessage {
+            topic: topic.clone(),
+            payload: Bytes::from(vec![0; 1000]),
+            qos: super::super::message::Qos::AtMostOnce,
+            properties: Default::default(),
+            expires_at_ms: None,
+            last_modified_ms: 0,
+            last_accessed_ms: 0,
+            revision: 1,
+            writer: None,
+        };
+        message.properties.correlation_data = Some(Bytes::from_static(b"0123"));
+        assert_eq!(
+            held_bytes(&WatchItem::Current(Box::new(message.clone()))),
+            3 + 1000 + 4
+        );
+        let change = |kind| {
+            WatchItem::Change(Arc::new(RetainedChange {
+                revision: 1,
+                topic: topic.clone(),
+                kind,
+                writer: None,
+            }))
+        };
+        assert_eq!(
+            held_bytes(&change(ChangeKind::Put(Box::new(message)))),
+            1007
+        );
+        assert_eq!(held_bytes(&change(ChangeKind::Delete)), 0);
+        assert_eq!(held_bytes(&WatchItem::Synced(1)), 0);
+    }
 }
