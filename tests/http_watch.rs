@@ -1,8 +1,8 @@
 //! The watch of the retained set (`GET /retainedMessage-watch`, issue 17) against the real
 //! server, on SQLite and on Postgres: a snapshot then live changes, resuming by Last-Event-ID
 //! across many changes, a change on one node seen on another, expiry events, policy filtering,
-//! a stalled reader, malformed requests, progress and keep-alives, a slow database, the caps,
-//! and shutdown.
+//! a stalled reader and what its watch holds, malformed requests, progress and keep-alives, a
+//! slow database, the caps, and shutdown.
 
 mod common;
 
@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::sse::{Sse, SseEvent};
-use common::{Backend, FreshDb, TestApp, encode, fresh_db, spawn_app, spawn_app_with, test_config};
+use common::{
+    Backend, FreshDb, TestApp, encode, fresh_db, metric_value, spawn_app, spawn_app_with,
+    test_config,
+};
 use retaind::store::purge_delay;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -31,6 +34,7 @@ for_each_backend!(
     a_revision_below_the_compaction_point_gets_resync,
     a_revision_above_any_the_database_reached_gets_resync,
     shutdown_ends_the_streams,
+    a_reader_that_stops_reading_leaves_its_watch_holding_the_bound,
 );
 
 /// Held by the tests that need the Postgres server's settled point to follow their own writes
@@ -1295,5 +1299,68 @@ async fn a_snapshot_whose_reads_are_slower_than_the_progress_interval_completes(
     proxy.slow(Duration::ZERO);
     retain(&app, "slow/2", "y").await;
     assert_eq!(watch.expect().await.json()["topic"], "slow/2");
+    app.stop().await;
+}
+
+/// What one watch may hold read and not yet sent (`HELD_BYTES` in `src/store/watch.rs`), past
+/// the one message a page always takes.
+const WATCH_HELD_BYTES: f64 = 1024.0 * 1024.0;
+
+async fn held_by_watches(app: &TestApp) -> f64 {
+    let page = app.get("/metrics").await.text().await.unwrap();
+    metric_value(&page, "retaind_watch_held_bytes")
+}
+
+/// A page of the snapshot (200 messages) of 100 KiB messages is 20 MB, more than the sockets
+/// between server and client take: a reader that takes the first event and stops leaves its
+/// watch holding what it read and could not send, which is the bound, not the page.
+async fn a_reader_that_stops_reading_leaves_its_watch_holding_the_bound(backend: Backend) {
+    use futures_util::StreamExt;
+    const LARGE: usize = 100 * 1024;
+    let app = spawn_app(backend).await;
+    let body = "x".repeat(LARGE);
+    futures_util::stream::iter(0..200)
+        .for_each_concurrent(16, |n| {
+            let (app, body) = (&app, body.clone());
+            async move {
+                assert_eq!(
+                    retain(app, &format!("big/{n:03}"), body).await.status(),
+                    200
+                );
+            }
+        })
+        .await;
+    // All of them in the snapshot: a write made after they were all acknowledged has a
+    // revision above theirs, and once it is settled, they are.
+    let _settling = SETTLED_POINT.lock().await;
+    retain(&app, "other/marker", "m").await;
+    settled_past(&app, revision_of(&app, "other/marker").await).await;
+    let mut watch = open(&app, "?topicFilter=big%2F%23").await;
+    assert_eq!(watch.expect().await.json()["topic"], "big/000");
+
+    // The server writes on until the sockets are full, then holds what is left; a second of
+    // samples sees it hold the bound at most, and something (it was given a page it could not
+    // send whole).
+    let bound = WATCH_HELD_BYTES + (LARGE + 16) as f64;
+    let mut most: f64 = 0.0;
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let held = held_by_watches(&app).await;
+        assert!(held <= bound, "{held} bytes held by one watch");
+        most = most.max(held);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(most > 0.0);
+
+    // Read to the end of the snapshot: everything comes, and nothing is held after it.
+    for n in 1..200 {
+        assert_eq!(watch.expect().await.json()["topic"], format!("big/{n:03}"));
+    }
+    assert_eq!(watch.expect().await.event, "synced");
+    let until = Instant::now() + Duration::from_secs(10);
+    while held_by_watches(&app).await != 0.0 {
+        assert!(Instant::now() < until, "still held after synced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.stop().await;
 }

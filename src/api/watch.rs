@@ -96,6 +96,7 @@ pub async fn watch(
         },
         state: state.clone(),
         check,
+        held: 0,
         _open: open,
     };
     let events = stream::unfold(stream, |mut stream| async move {
@@ -119,7 +120,15 @@ struct Stream {
     state: ApiState,
     /// When to check that the principal still stands while no event comes.
     check: Interval,
+    /// What `retaind_watch_held_bytes` counts of this watch's [`Watch::held`], as last told.
+    held: i64,
     _open: watches::Open,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.state.metrics.watch_held_bytes().dec_by(self.held);
+    }
 }
 
 /// Who the watch is for, checked again at each event and each interval: a reload may end it.
@@ -153,6 +162,14 @@ impl Stream {
                     }
                 }
             };
+            // Told after each read: a reader that stops reading leaves it at what the watch
+            // holds, which is what an operator needs to see.
+            let held = i64::try_from(self.watch.held()).unwrap_or(i64::MAX);
+            self.state
+                .metrics
+                .watch_held_bytes()
+                .inc_by(held - self.held);
+            self.held = held;
             let item = match item {
                 Ok(Some(item)) => item,
                 Ok(None) => return None,

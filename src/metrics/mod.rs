@@ -56,6 +56,7 @@ struct Inner {
     store_cache: Family<labels::CacheLabel, Counter>,
     store_errors: Family<labels::StoreErrorLabel, Counter>,
     watches: Gauge,
+    watch_held_bytes: Gauge,
     watch_resyncs: Family<labels::ResyncLabel, Counter>,
     gauges: Gauges,
     cluster: ClusterCounters,
@@ -192,6 +193,7 @@ impl Metrics {
         let store_cache = Family::default();
         let store_errors = Family::default();
         let watches = Gauge::default();
+        let watch_held_bytes = Gauge::default();
         let watch_resyncs = Family::default();
         let gauges = Gauges::default();
         let cluster = ClusterCounters::default();
@@ -308,6 +310,12 @@ impl Metrics {
             "retaind_watches",
             "Watches of the retained set open on this node (GET /retainedMessage-watch)",
             watches.clone(),
+        );
+        r.register(
+            "retaind_watch_held_bytes",
+            "Bytes of messages this node's watches have read and not yet sent (at most 1 MiB \
+             and one message a watch)",
+            watch_held_bytes.clone(),
         );
         r.register(
             "retaind_watch_resyncs",
@@ -511,6 +519,7 @@ impl Metrics {
             store_cache,
             store_errors,
             watches,
+            watch_held_bytes,
             watch_resyncs,
             gauges,
             cluster,
@@ -618,6 +627,11 @@ impl Metrics {
     /// Watches open on this node: raised when one opens, lowered when it ends.
     pub fn watches(&self) -> &Gauge {
         &self.0.watches
+    }
+
+    /// Bytes of messages the node's watches hold read and not yet sent.
+    pub fn watch_held_bytes(&self) -> &Gauge {
+        &self.0.watch_held_bytes
     }
 
     pub fn watch_resync(&self, reason: ResyncReason) {
