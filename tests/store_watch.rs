@@ -1,6 +1,6 @@
 //! A watch of the retained set over the store itself, on both stores: when it joins the node's
-//! hub, and how much it holds read and not yet given, which a reader that stops reading leaves
-//! it holding (decision 018, "Watch").
+//! hub (and when the hub reads on), and how much it holds read and not yet given, which a reader
+//! that stops reading leaves it holding (decision 018, "Watch").
 
 #[macro_use]
 mod common;
@@ -234,3 +234,71 @@ for_each_backend!(
     a_snapshot_of_large_messages_holds_a_bounded_number_of_bytes,
     a_catch_up_over_large_changes_holds_a_bounded_number_of_bytes,
 );
+
+/// The hub too judges a page by its rows: one of 500 rows that opens with a put expired since
+/// is full, and the hub reads the next at once instead of waiting to be woken. Postgres only:
+/// an open transaction elsewhere on the server holds the settled point, so the whole backlog
+/// is written before the hub can read any of it; then one write wakes it. Each of its pages
+/// opens with an expired message, so a hub that took them for short needed a wake-up a page,
+/// more than the few it gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_reads_on_after_a_full_page_holding_an_expired_message() {
+    use sqlx::{Connection, Executor};
+    const HUB_PAGE: usize = 500;
+    const PAGES: usize = 8;
+    let clock = Clock::manual(T0_MS);
+    let (store, db) = fresh_store(Backend::Postgres, clock.clone()).await;
+    // No poll in the test's time: only writes wake the hub.
+    let hub = WatchHub::new(
+        store.clone(),
+        HubOptions {
+            buffer: PAGES * HUB_PAGE,
+            poll: Duration::from_secs(3600),
+        },
+        CancellationToken::new(),
+    );
+    let mut watch = Watch::start(
+        &hub,
+        &store,
+        filter("w/#"),
+        WatchStart::Now,
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        watch.next().await.unwrap(),
+        Some(WatchItem::Synced(_))
+    ));
+
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    holder.execute("BEGIN").await.unwrap();
+    holder.execute("SELECT txid_current()").await.unwrap();
+    // Joins the hub (nothing settled past its start to read).
+    let joined = tokio::time::timeout(Duration::from_secs(1), watch.next()).await;
+    assert!(joined.is_err(), "{joined:?}");
+    assert_eq!(hub.joined(), 1);
+
+    let mut last = 0;
+    for page in 0..PAGES {
+        let mut expiring = message(&format!("w/expiring/{page}"), "soon", T0_MS);
+        expiring.expires_at_ms = Some(T0_MS + 1_000);
+        written(&store, owned(Write::Put(expiring), "alice", "dev", None)).await;
+        for n in 0..HUB_PAGE - 1 {
+            last = written(&store, put(&format!("w/{page}/{n:03}"), "x")).await;
+        }
+    }
+    clock.advance(Duration::from_secs(2));
+    holder.execute("ROLLBACK").await.unwrap();
+    settle(&store, last).await;
+    written(&store, put("other/wake", "1")).await;
+
+    for page in 0..PAGES {
+        for n in 0..HUB_PAGE - 1 {
+            let topic = format!("w/{page}/{n:03}");
+            let next = tokio::time::timeout(Duration::from_secs(10), next_change_topic(&mut watch));
+            let got = next.await.unwrap_or_else(|_| panic!("{topic} never came"));
+            assert_eq!(got, topic);
+        }
+    }
+}
