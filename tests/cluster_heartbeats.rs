@@ -639,15 +639,7 @@ async fn a_node_stopping_while_it_adopts_writes_the_adopted_delayed_wills_back()
         "gone",
         Qos5::AtLeastOnce,
         false,
-        Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
-            delay_interval: Some(600),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
-        }),
+        Some(common::mqtt::delayed_will(600)),
     ));
     let (_sensor, _) = V5::connect(options).await;
     let mut admin = sqlx::PgConnection::connect(&direct).await.unwrap();

@@ -460,15 +460,7 @@ async fn a_delayed_will_is_not_published_once_a_reload_took_away_its_right() {
         let app = app(dir.path()).await;
         let mut watcher = watcher(&app).await;
 
-        let delayed = p5::LastWillProperties {
-            delay_interval: Some(2),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
-        };
+        let delayed = common::mqtt::delayed_will(2);
         let mut options = device_with_will(&app, false, Some(delayed));
         options.set_connect_properties(p5::ConnectProperties {
             session_expiry_interval: Some(60),

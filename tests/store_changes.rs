@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::writes::{delete, message, owned, put, when};
+use common::writes::{delete, message, owned, put, when, written};
 use common::{Backend, T0_MS, fresh_store, topic};
 use retaind::store::{
     ChangeKind, ChangePage, Clock, Condition, Revision, Store, StoreOptions, Write, Writer,
@@ -20,14 +20,6 @@ use retaind::store::{
 };
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-
-async fn written(store: &Store, write: impl Into<retaind::store::OwnedWrite>) -> Revision {
-    store
-        .write_owned(write.into())
-        .await
-        .unwrap()
-        .expect("applied")
-}
 
 /// Waits until everything up to `revision` is settled. On Postgres the settled point is the
 /// oldest transaction running on the whole server, which another client's transaction may hold

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::writes::{delete, message, node, owned, put, two_nodes, when};
+use common::writes::{delete, message, node, owned, put, two_nodes, when, written};
 use common::{Backend, T0_MS, far_deadline, fresh_db, fresh_store, open_backend, topic};
 use retaind::store::{
     Clock, Condition, Error, OwnedWrite, Revision, Store, StoreOptions, Verdict, Write, Writer,
@@ -28,14 +28,6 @@ fn lanes(n: usize) -> StoreOptions {
         write_lanes: n,
         ..StoreOptions::default()
     }
-}
-
-async fn written(store: &Store, write: impl Into<OwnedWrite>) -> Revision {
-    store
-        .write_owned(write.into())
-        .await
-        .unwrap()
-        .expect("applied, not superseded")
 }
 
 /// What a write that failed must leave as it was: the topic's message and the change log.

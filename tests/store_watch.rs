@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::writes::{message, owned, put};
+use common::writes::{message, owned, put, written};
 use common::{Backend, T0_MS, fresh_store};
 use retaind::store::{
     Clock, HubOptions, Revision, Store, Watch, WatchHub, WatchItem, WatchStart, Write,
@@ -17,14 +17,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows a watch's catch-up reads per query (`PAGE` in `src/store/watch.rs`).
 const CATCH_UP_PAGE: usize = 200;
-
-async fn written(store: &Store, write: impl Into<retaind::store::OwnedWrite>) -> Revision {
-    store
-        .write_owned(write.into())
-        .await
-        .unwrap()
-        .expect("applied")
-}
 
 /// Waits until everything up to `revision` is settled (on Postgres another client's
 /// transaction may hold the settled point back for a moment).
@@ -38,8 +30,17 @@ async fn settle(store: &Store, revision: Revision) {
     panic!("revision {revision} never settled");
 }
 
-fn filter(raw: &str) -> TopicFilter {
-    TopicFilter::parse(raw).unwrap()
+/// A watch of `filter` from `from`, idle for `idle_secs` at most.
+async fn start(
+    hub: &WatchHub,
+    store: &Store,
+    filter: &str,
+    from: WatchStart,
+    idle_secs: u64,
+) -> Watch {
+    let filter = TopicFilter::parse(filter).unwrap();
+    let idle = Duration::from_secs(idle_secs);
+    Watch::start(hub, store, filter, from, idle).await.unwrap()
 }
 
 /// A backlog after the returned revision: first a message that has expired by now (maintenance
@@ -85,15 +86,7 @@ async fn a_first_page_holding_an_expired_message_does_not_join_the_hub(backend: 
     let (store, _db) = fresh_store(backend, clock.clone()).await;
     let from = backlog_opened_by_an_expired_message(&store, &clock, 2 * CATCH_UP_PAGE).await;
     let hub = hub(&store, 1024);
-    let mut watch = Watch::start(
-        &hub,
-        &store,
-        filter("w/#"),
-        WatchStart::After(from),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let mut watch = start(&hub, &store, "w/#", WatchStart::After(from), 60).await;
 
     assert_eq!(next_change_topic(&mut watch).await, "w/0000");
     assert_eq!(hub.joined(), 0, "joined after a full first page");
@@ -111,15 +104,7 @@ async fn changes_made_while_a_watch_catches_up_do_not_overflow_it(backend: Backe
     let (store, _db) = fresh_store(backend, clock.clone()).await;
     let from = backlog_opened_by_an_expired_message(&store, &clock, 2 * CATCH_UP_PAGE).await;
     let hub = hub(&store, 8);
-    let mut watch = Watch::start(
-        &hub,
-        &store,
-        filter("w/#"),
-        WatchStart::After(from),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let mut watch = start(&hub, &store, "w/#", WatchStart::After(from), 60).await;
     assert_eq!(next_change_topic(&mut watch).await, "w/0000");
 
     // Writes go on while the watch is in its backlog, more than its hub buffer holds.
@@ -180,15 +165,7 @@ async fn a_snapshot_of_large_messages_holds_a_bounded_number_of_bytes(backend: B
     let (store, _db) = fresh_store(backend, Clock::manual(T0_MS)).await;
     large_messages(&store, 50).await;
     let hub = hub(&store, 1024);
-    let mut watch = Watch::start(
-        &hub,
-        &store,
-        filter("big/#"),
-        WatchStart::Snapshot,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let mut watch = start(&hub, &store, "big/#", WatchStart::Snapshot, 60).await;
     match watch.next().await.unwrap() {
         Some(WatchItem::Current(message)) => assert_eq!(message.topic.as_str(), "big/00"),
         other => panic!("expected big/00, got {other:?}"),
@@ -211,15 +188,7 @@ async fn a_catch_up_over_large_changes_holds_a_bounded_number_of_bytes(backend: 
     let from = written(&store, put("other/start", "0")).await;
     large_messages(&store, 50).await;
     let hub = hub(&store, 1024);
-    let mut watch = Watch::start(
-        &hub,
-        &store,
-        filter("big/#"),
-        WatchStart::After(from),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let mut watch = start(&hub, &store, "big/#", WatchStart::After(from), 60).await;
     assert_eq!(next_change_topic(&mut watch).await, "big/00");
     assert!(watch.held() > 0);
     assert!(watch.held() <= HELD_BYTES + LARGE, "{}", watch.held());
@@ -257,15 +226,7 @@ async fn the_hub_reads_on_after_a_full_page_holding_an_expired_message() {
         },
         CancellationToken::new(),
     );
-    let mut watch = Watch::start(
-        &hub,
-        &store,
-        filter("w/#"),
-        WatchStart::Now,
-        Duration::from_secs(3600),
-    )
-    .await
-    .unwrap();
+    let mut watch = start(&hub, &store, "w/#", WatchStart::Now, 3600).await;
     assert!(matches!(
         watch.next().await.unwrap(),
         Some(WatchItem::Synced(_))

@@ -164,6 +164,19 @@ pub struct V5 {
 pub use rumqttc::v5::mqttbytes::QoS as Qos5;
 pub use rumqttc::v5::mqttbytes::v5 as p5;
 
+/// A Will's properties with only its delay: published `secs` after its connection ends.
+pub fn delayed_will(secs: u32) -> p5::LastWillProperties {
+    p5::LastWillProperties {
+        delay_interval: Some(secs),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    }
+}
+
 pub fn v5_options(app: &TestApp, client_id: &str) -> rumqttc::v5::MqttOptions {
     let mut o = rumqttc::v5::MqttOptions::new(client_id, "127.0.0.1", app.mqtt_addr.port());
     o.set_keep_alive(Duration::from_secs(30));

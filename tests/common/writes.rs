@@ -9,6 +9,15 @@ use retaind::store::{
 
 use super::{Backend, FreshDb, T0_MS, fresh_db, open_backend, topic};
 
+/// Applies `write` and returns its revision; panics if it was refused or superseded.
+pub async fn written(store: &Store, write: impl Into<OwnedWrite>) -> retaind::store::Revision {
+    store
+        .write_owned(write.into())
+        .await
+        .unwrap()
+        .expect("applied, not superseded")
+}
+
 /// A message on `name` holding `payload`, written at `at_ms`, never expiring.
 pub fn message(name: &str, payload: &str, at_ms: i64) -> RetainedMessage {
     RetainedMessage {
